@@ -1,0 +1,15 @@
+//! CUDA kernels of Tandem's compute kinds, each beside its CPU twin.
+//!
+//! # Layout (planned; this crate is a skeleton until the compute kinds land)
+//!
+//! - `cuda/*.cu`: CUDA C sources, embedded with `include_str!` and compiled
+//!   at worker start with NVRTC for the device's architecture.
+//! - one Rust module per kernel family (`monte_carlo`, `risk`, `indicators`,
+//!   `patterns`, `portfolio_opt`, `mlp`), holding the launch code and the CPU
+//!   twin side by side.
+//!
+//! Architecture invariant: this crate knows nothing about Redis, the wire
+//! format or workers. It turns parameters into results on a device.
+
+/// The crate's version, so the worker can report what it was built with.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

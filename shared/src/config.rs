@@ -1,0 +1,444 @@
+//! One configuration type for producers, workers and the CLI.
+//!
+//! A setting's value comes from, in rising precedence: its default, the TOML
+//! file (`--config` or `TANDEM_CONFIG`), and its environment variable
+//! (`TANDEM_<NAME>`; the Redis URL also honours plain `REDIS_URL`). Binaries
+//! apply their command-line flags on top. [`Config::SETTINGS`] lists every
+//! setting with its variable, default and meaning; `tandem config` prints it
+//! and the README's table is that list.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::Class;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("environment variable {var}={value:?} is not valid: {message}")]
+    Env {
+        var: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("setting {name} is not valid: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A setting's value type: parsed from an environment variable, shown in
+/// `tandem config`.
+pub trait SettingValue: Sized {
+    fn parse_setting(text: &str) -> Result<Self, String>;
+    fn show_setting(&self) -> String;
+}
+
+impl SettingValue for String {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        Ok(text.to_owned())
+    }
+    fn show_setting(&self) -> String {
+        self.clone()
+    }
+}
+
+macro_rules! number_setting {
+    ($($ty:ty),*) => {$(
+        impl SettingValue for $ty {
+            fn parse_setting(text: &str) -> Result<Self, String> {
+                text.trim().parse().map_err(|e| format!("{e}"))
+            }
+            fn show_setting(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+number_setting!(u32, u64, usize);
+
+impl SettingValue for LogFormat {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("expected text or json, got {other:?}")),
+        }
+    }
+    fn show_setting(&self) -> String {
+        match self {
+            LogFormat::Text => "text".into(),
+            LogFormat::Json => "json".into(),
+        }
+    }
+}
+
+impl SettingValue for Vec<Class> {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<Class>().map_err(|e| e.to_string()))
+            .collect()
+    }
+    fn show_setting(&self) -> String {
+        self.iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// What `tandem config` and the README show about one setting.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingInfo {
+    pub name: &'static str,
+    pub env: &'static str,
+    pub default: fn() -> String,
+    pub doc: &'static str,
+}
+
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident : $ty:ty = $default:expr, $env:literal;
+    )*) => {
+        /// Every Tandem setting. See the module documentation for where values
+        /// come from.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $( $(#[doc = $doc])+ pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $( $name: $default, )* }
+            }
+        }
+
+        impl Config {
+            /// Every setting, in the order of the README's table.
+            pub const SETTINGS: &'static [SettingInfo] = &[$(
+                SettingInfo {
+                    name: stringify!($name),
+                    env: $env,
+                    default: || {
+                        let value: $ty = $default;
+                        value.show_setting()
+                    },
+                    doc: concat!($($doc),+),
+                },
+            )*];
+
+            /// Overrides settings from `TANDEM_*` variables read through `var`.
+            fn apply_env(&mut self, var: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+                $(
+                    if let Some(value) = var($env) {
+                        self.$name = <$ty as SettingValue>::parse_setting(&value).map_err(|message| {
+                            ConfigError::Env { var: $env, value: value.clone(), message }
+                        })?;
+                    }
+                )*
+                Ok(())
+            }
+
+            /// The current value of every setting, as `(name, value)`.
+            pub fn values(&self) -> Vec<(&'static str, String)> {
+                vec![$( (stringify!($name), self.$name.show_setting()), )*]
+            }
+        }
+    };
+}
+
+settings! {
+    /// Redis to connect to: `redis://[user:password@]host:port[/db]`. Plain `REDIS_URL` works too.
+    redis_url: String = "redis://127.0.0.1:6379".into(), "TANDEM_REDIS_URL";
+    /// First part of every key, so several Tandem deployments can share one Redis.
+    prefix: String = "tandem".into(), "TANDEM_PREFIX";
+    /// How long a Redis command may take before it counts as failed (ms).
+    redis_timeout_ms: u64 = 5_000, "TANDEM_REDIS_TIMEOUT_MS";
+    /// How long connecting to Redis may take (ms).
+    connect_timeout_ms: u64 = 2_000, "TANDEM_CONNECT_TIMEOUT_MS";
+    /// This producer's id, naming its reply stream; empty means a fresh random id per process.
+    producer_id: String = String::new(), "TANDEM_PRODUCER_ID";
+    /// Attempts a task gets when its producer does not say.
+    default_max_attempts: u32 = 3, "TANDEM_DEFAULT_MAX_ATTEMPTS";
+    /// Largest parameter blob a producer may send and a worker accepts (bytes).
+    max_payload_bytes: usize = 1 << 20, "TANDEM_MAX_PAYLOAD_BYTES";
+    /// How long a finished task's record and result stay in Redis (s).
+    result_ttl_s: u64 = 86_400, "TANDEM_RESULT_TTL_S";
+    /// How long an idempotency key keeps returning the task it created (s).
+    idempotency_ttl_s: u64 = 86_400, "TANDEM_IDEMPOTENCY_TTL_S";
+    /// Approximate length cap of each producer's reply stream (entries).
+    reply_maxlen: u64 = 10_000, "TANDEM_REPLY_MAXLEN";
+    /// A reply stream nobody writes to for this long disappears (s).
+    reply_ttl_s: u64 = 3_600, "TANDEM_REPLY_TTL_S";
+    /// Results up to this size travel inside the completion notice; larger ones are fetched (bytes).
+    inline_result_bytes: usize = 16 * 1024, "TANDEM_INLINE_RESULT_BYTES";
+    /// This worker's id (its consumer name); empty means host-pid-random, new for each process.
+    worker_id: String = String::new(), "TANDEM_WORKER_ID";
+    /// Tasks a worker runs at once; 0 means one per CPU core.
+    concurrency: usize = 0, "TANDEM_CONCURRENCY";
+    /// Classes a worker takes, in its order of preference at equal priority.
+    classes: Vec<Class> = vec![Class::Cpu, Class::Light, Class::Parallel, Class::Heavy], "TANDEM_CLASSES";
+    /// Most tasks a worker claims in one round trip.
+    claim_batch: usize = 64, "TANDEM_CLAIM_BATCH";
+    /// How long an idle worker's blocking wait for new tasks lasts before it re-arms (ms).
+    block_ms: u64 = 2_000, "TANDEM_BLOCK_MS";
+    /// How often a worker refreshes its registry record (ms).
+    heartbeat_interval_ms: u64 = 1_000, "TANDEM_HEARTBEAT_INTERVAL_MS";
+    /// A worker whose record is older than this is gone (ms).
+    heartbeat_ttl_ms: u64 = 5_000, "TANDEM_HEARTBEAT_TTL_MS";
+    /// A task waiting longer than this is started ahead of higher priorities, so none starves (ms; 0 = never).
+    aging_ms: u64 = 30_000, "TANDEM_AGING_MS";
+    /// How long a stopping worker lets its running tasks finish (ms).
+    shutdown_grace_ms: u64 = 30_000, "TANDEM_SHUTDOWN_GRACE_MS";
+    /// The device a worker runs on: `cpu` for now.
+    device: String = "cpu".into(), "TANDEM_DEVICE";
+    /// Log line format: `text` or `json`.
+    log_format: LogFormat = LogFormat::Text, "TANDEM_LOG_FORMAT";
+    /// Log filter, as RUST_LOG (which wins when set): `info`, `tandem_worker=debug`, ...
+    log_level: String = "info".into(), "TANDEM_LOG_LEVEL";
+}
+
+impl Config {
+    /// Loads defaults, then the file (the given path, else `TANDEM_CONFIG`),
+    /// then the environment, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(path, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment supplied by `var` (for tests).
+    pub fn load_from(
+        path: Option<&Path>,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let file = path
+            .map(Path::to_path_buf)
+            .or_else(|| var("TANDEM_CONFIG").map(PathBuf::from));
+        let mut config = match file {
+            Some(path) => Self::from_file(&path)?,
+            None => Self::default(),
+        };
+        // Plain REDIS_URL is the convention many tools share; the Tandem
+        // variable wins when both are set.
+        if let Some(url) = var("REDIS_URL") {
+            config.redis_url = url;
+        }
+        config.apply_env(var)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file of settings; unknown names are an error.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks the values that have rules beyond their type.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, message: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                message: message.to_owned(),
+            })
+        };
+        let key_safe = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        };
+        if self.prefix.is_empty() || !key_safe(&self.prefix) {
+            return invalid(
+                "prefix",
+                "must be non-empty ASCII letters, digits, '-', '_', '.' or '@'",
+            );
+        }
+        if !key_safe(&self.producer_id) {
+            return invalid("producer_id", "may hold only letters, digits, '-', '_', '.', '@'");
+        }
+        if !key_safe(&self.worker_id) {
+            return invalid("worker_id", "may hold only letters, digits, '-', '_', '.', '@'");
+        }
+        if self.classes.is_empty() {
+            return invalid("classes", "a worker needs at least one class");
+        }
+        if self.claim_batch == 0 {
+            return invalid("claim_batch", "must be at least 1");
+        }
+        if self.default_max_attempts == 0 {
+            return invalid("default_max_attempts", "must be at least 1");
+        }
+        if self.heartbeat_ttl_ms <= self.heartbeat_interval_ms {
+            return invalid(
+                "heartbeat_ttl_ms",
+                "must be longer than heartbeat_interval_ms",
+            );
+        }
+        if self.block_ms == 0 {
+            return invalid("block_ms", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The worker's concurrency with `0` resolved to the number of cores.
+    pub fn effective_concurrency(&self) -> usize {
+        if self.concurrency > 0 {
+            self.concurrency
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The Redis URL with any password replaced, for logs.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+/// Replaces the password part of a Redis URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+    format!("{scheme}://{user}:***@{host}")
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, value) in self.values() {
+            let value = if name == "redis_url" {
+                redact_url(&value)
+            } else {
+                value
+            };
+            writeln!(f, "{name} = {value}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(env: &[(&str, &str)], file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_from(file, &|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = load(&[], None).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.prefix, "tandem");
+        assert_eq!(Config::SETTINGS.len(), config.values().len());
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_default() {
+        let dir = std::env::temp_dir().join(format!("tandem-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tandem.toml");
+        std::fs::write(&path, "prefix = \"fromfile\"\nconcurrency = 3\nclasses = [\"cpu\"]\n").unwrap();
+
+        let config = load(&[("TANDEM_CONCURRENCY", "7")], Some(&path)).unwrap();
+        assert_eq!(config.prefix, "fromfile");
+        assert_eq!(config.concurrency, 7);
+        assert_eq!(config.classes, vec![Class::Cpu]);
+
+        let via_env = load(&[("TANDEM_CONFIG", path.to_str().unwrap())], None).unwrap();
+        assert_eq!(via_env.prefix, "fromfile");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn redis_url_env_names() {
+        let plain = load(&[("REDIS_URL", "redis://a:1")], None).unwrap();
+        assert_eq!(plain.redis_url, "redis://a:1");
+        let both = load(
+            &[("REDIS_URL", "redis://a:1"), ("TANDEM_REDIS_URL", "redis://b:2")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(both.redis_url, "redis://b:2");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = load(&[("TANDEM_CONCURRENCY", "many")], None).unwrap_err();
+        assert!(err.to_string().contains("TANDEM_CONCURRENCY"), "{err}");
+        let err = load(&[("TANDEM_CLASSES", "cpu,gpu")], None).unwrap_err();
+        assert!(err.to_string().contains("gpu"), "{err}");
+        let err = load(&[("TANDEM_PREFIX", "a{b}")], None).unwrap_err();
+        assert!(err.to_string().contains("prefix"), "{err}");
+        let err = load(&[("TANDEM_HEARTBEAT_TTL_MS", "10")], None).unwrap_err();
+        assert!(err.to_string().contains("heartbeat_ttl_ms"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_settings_are_refused() {
+        let dir = std::env::temp_dir().join(format!("tandem-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "prefx = \"typo\"\n").unwrap();
+        let err = load(&[], Some(&path)).unwrap_err();
+        assert!(err.to_string().contains("prefx"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_url("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        let config = Config {
+            redis_url: "redis://u:pw@h".into(),
+            ..Config::default()
+        };
+        assert!(!config.to_string().contains("pw"));
+    }
+}

@@ -1,0 +1,144 @@
+//! The Redis key schema. Every key Tandem touches is built here.
+//!
+//! Keys of one class carry the class as a Redis Cluster hash tag
+//! (`tandem:{heavy}:...`), so a class's streams, task records and
+//! idempotency keys share a slot and one Lua script may touch all of them,
+//! while different classes spread over a cluster. See docs/wire-format.md.
+
+use crate::task::{Class, Priority, TaskId};
+
+/// The consumer group every worker joins on every task stream.
+pub const GROUP: &str = "workers";
+
+/// Builds key names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `prefix` must be non-empty and free of braces and whitespace; the
+    /// config module checks that before it gets here.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The part shared by every key of a class: `tandem:{heavy}:`.
+    pub fn class_base(&self, class: Class) -> String {
+        format!("{}:{{{}}}:", self.prefix, class)
+    }
+
+    /// The stream of waiting tasks of one class and priority.
+    pub fn stream(&self, class: Class, priority: Priority) -> String {
+        format!("{}stream:{}", self.class_base(class), priority)
+    }
+
+    /// A task's record: its status, metadata and, once finished, its result.
+    pub fn task(&self, class: Class, id: &TaskId) -> String {
+        format!("{}task:{}", self.class_base(class), id)
+    }
+
+    /// Maps an idempotency key to the task id it created. Scoped per class.
+    pub fn idempotency(&self, class: Class, key: &str) -> String {
+        format!("{}idem:{}", self.class_base(class), key)
+    }
+
+    /// The stream a producer reads to learn that its tasks finished.
+    pub fn reply(&self, producer_id: &str) -> String {
+        format!("{}:reply:{}", self.prefix, producer_id)
+    }
+
+    /// True when `key` is a reply stream under this prefix. Workers only
+    /// notify such keys, whatever an entry's `reply_to` says.
+    pub fn is_reply(&self, key: &str) -> bool {
+        key.strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix(":reply:"))
+            .is_some_and(|id| !id.is_empty())
+    }
+
+    /// A worker's registry record (a hash with a heartbeat TTL).
+    pub fn worker(&self, worker_id: &str) -> String {
+        format!("{}:worker:{}", self.prefix, worker_id)
+    }
+
+    /// The set of registered worker ids.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// The pub/sub channel on which cancel requests for running tasks go out.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+
+    /// Every task stream, highest priority first, then in `classes` order.
+    pub fn streams_in_claim_order(&self, classes: &[Class]) -> Vec<(Class, Priority, String)> {
+        Priority::ALL
+            .iter()
+            .flat_map(|&priority| {
+                classes
+                    .iter()
+                    .map(move |&class| (class, priority, self.stream(class, priority)))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_read_plainly() {
+        let keys = Keys::new("tandem");
+        let id: TaskId = "0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b".parse().unwrap();
+        assert_eq!(
+            keys.stream(Class::Heavy, Priority::Critical),
+            "tandem:{heavy}:stream:critical"
+        );
+        assert_eq!(
+            keys.task(Class::Cpu, &id),
+            "tandem:{cpu}:task:0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"
+        );
+        assert_eq!(keys.idempotency(Class::Light, "k1"), "tandem:{light}:idem:k1");
+        assert_eq!(keys.reply("p1"), "tandem:reply:p1");
+        assert_eq!(keys.worker("w1"), "tandem:worker:w1");
+        assert_eq!(keys.workers(), "tandem:workers");
+        assert_eq!(keys.cancel_channel(), "tandem:cancel");
+    }
+
+    #[test]
+    fn reply_keys_are_recognised() {
+        let keys = Keys::new("tq");
+        assert!(keys.is_reply("tq:reply:abc"));
+        assert!(!keys.is_reply("tq:reply:"));
+        assert!(!keys.is_reply("other:reply:abc"));
+        assert!(!keys.is_reply("tq:{cpu}:task:x"));
+    }
+
+    #[test]
+    fn claim_order_is_priority_major() {
+        let keys = Keys::new("t");
+        let order = keys.streams_in_claim_order(&[Class::Cpu, Class::Light]);
+        let names: Vec<_> = order.iter().map(|(c, p, _)| format!("{c}/{p}")).collect();
+        assert_eq!(
+            names,
+            [
+                "cpu/critical",
+                "light/critical",
+                "cpu/high",
+                "light/high",
+                "cpu/normal",
+                "light/normal",
+                "cpu/low",
+                "light/low"
+            ]
+        );
+    }
+}

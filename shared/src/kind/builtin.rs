@@ -1,0 +1,154 @@
+//! Kinds every worker runs, for tests, benchmarks and smoke checks.
+//!
+//! | kind | class | parameters | result |
+//! |---|---|---|---|
+//! | `noop` | cpu | anything (ignored) | nil |
+//! | `sleep` | cpu | `{ms}`, at most one hour | `{slept_ms}` |
+//! | `echo` | cpu | anything | the parameters |
+//! | `fail` | cpu | `{code, message}` | always fails with that code |
+
+use serde::{Deserialize, Serialize};
+
+use super::{BadParams, KindSpec};
+use crate::task::{Class, ErrorCode};
+
+/// Does nothing: measures the queue's own overhead.
+#[derive(Debug)]
+pub struct Noop;
+
+impl KindSpec for Noop {
+    const KIND: &'static str = "noop";
+    const CLASS: Class = Class::Cpu;
+    type Params = rmpv::Value;
+    type Output = ();
+}
+
+/// Sleeps without using a CPU.
+#[derive(Debug)]
+pub struct Sleep;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleepParams {
+    pub ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleepOutput {
+    pub slept_ms: u64,
+}
+
+impl Sleep {
+    pub const MAX_MS: u64 = 3_600_000;
+}
+
+impl KindSpec for Sleep {
+    const KIND: &'static str = "sleep";
+    const CLASS: Class = Class::Cpu;
+    type Params = SleepParams;
+    type Output = SleepOutput;
+
+    fn validate(params: &SleepParams) -> Result<(), BadParams> {
+        if params.ms > Self::MAX_MS {
+            return Err(BadParams::new(format!(
+                "ms must be at most {} (one hour), got {}",
+                Self::MAX_MS,
+                params.ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Returns its parameters.
+#[derive(Debug)]
+pub struct Echo;
+
+impl KindSpec for Echo {
+    const KIND: &'static str = "echo";
+    const CLASS: Class = Class::Cpu;
+    type Params = rmpv::Value;
+    type Output = rmpv::Value;
+}
+
+/// Fails with the given error code: exercises error paths end to end.
+#[derive(Debug)]
+pub struct Fail;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailParams {
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl KindSpec for Fail {
+    const KIND: &'static str = "fail";
+    const CLASS: Class = Class::Cpu;
+    type Params = FailParams;
+    type Output = ();
+
+    fn validate(params: &FailParams) -> Result<(), BadParams> {
+        ErrorCode::parse(&params.code)
+            .map(|_| ())
+            .map_err(|_| BadParams::new(format!(
+                "code must be 1-64 upper-case letters, digits or '_', starting with a letter; got {:?}",
+                params.code
+            )))
+    }
+}
+
+/// Checks `params` (MessagePack) against the built-in kind `kind`, when it is
+/// one: `None` for kinds this crate does not know.
+pub fn validate_builtin(kind: &str, params: &[u8]) -> Option<Result<(), BadParams>> {
+    fn check<K: KindSpec>(params: &[u8]) -> Result<(), BadParams> {
+        let decoded: K::Params = crate::msgpack::decode(params)
+            .map_err(|e| BadParams::new(format!("parameters of {}: {e}", K::KIND)))?;
+        K::validate(&decoded)
+    }
+    match kind {
+        Noop::KIND => Some(check::<Noop>(params)),
+        Sleep::KIND => Some(check::<Sleep>(params)),
+        Echo::KIND => Some(check::<Echo>(params)),
+        Fail::KIND => Some(check::<Fail>(params)),
+        _ => None,
+    }
+}
+
+/// The class of a built-in kind.
+pub fn builtin_class(kind: &str) -> Option<Class> {
+    match kind {
+        Noop::KIND | Sleep::KIND | Echo::KIND | Fail::KIND => Some(Class::Cpu),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msgpack::encode;
+
+    #[test]
+    fn builtin_bounds() {
+        let check = |kind: &str, params: Vec<u8>, ok: bool| {
+            let outcome = validate_builtin(kind, &params).expect("built-in");
+            assert_eq!(outcome.is_ok(), ok, "{kind}: {outcome:?}");
+        };
+        check("sleep", encode(&SleepParams { ms: 10 }).unwrap(), true);
+        check("sleep", encode(&SleepParams { ms: Sleep::MAX_MS + 1 }).unwrap(), false);
+        check("sleep", encode(&"ten").unwrap(), false);
+        check("sleep", Vec::new(), false);
+        check("noop", Vec::new(), true);
+        check("echo", encode(&vec![1, 2]).unwrap(), true);
+        check(
+            "fail",
+            encode(&FailParams { code: "E_BOOM".into(), message: String::new() }).unwrap(),
+            true,
+        );
+        check(
+            "fail",
+            encode(&FailParams { code: "boom".into(), message: String::new() }).unwrap(),
+            false,
+        );
+        assert!(validate_builtin("monte_carlo", &[]).is_none());
+    }
+}

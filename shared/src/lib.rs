@@ -1,0 +1,42 @@
+//! What Tandem producers and workers share: the task model, wire format v1,
+//! the Redis key schema, the Lua scripts, the typed queue operations and the
+//! configuration.
+//!
+//! # Layout
+//!
+//! - [`task`]: ids, classes, priorities, statuses, error codes.
+//! - [`kind`]: the [`kind::KindSpec`] contract of a task kind, and the
+//!   built-in kinds (`noop`, `sleep`, `echo`, `fail`).
+//! - [`wire`]: the fields of entries, records and notices (wire format v1).
+//! - [`keys`]: every Redis key name.
+//! - [`scripts`]: the Lua scripts of `shared/lua/`, loaded and verified.
+//! - [`store`]: the queue's Redis operations, typed; the only code that
+//!   sends queue commands.
+//! - [`msgpack`]: parameter and result encoding.
+//! - [`config`]: the one configuration type.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tandem_shared::{config::Config, store::Store};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::load(None)?;
+//! let store = Store::connect(&config).await?;
+//! for stream in store.queue_stats(&config.classes).await? {
+//!     println!("{}: {} waiting", stream.key, stream.waiting);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod keys;
+pub mod kind;
+pub mod msgpack;
+pub mod scripts;
+pub mod store;
+pub mod task;
+pub mod wire;
+
+pub use config::Config;
+pub use task::{Class, ErrorCode, Priority, Status, TaskId};

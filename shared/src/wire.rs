@@ -1,0 +1,654 @@
+//! Wire format v1: the fields of a task entry, of a task record and of a
+//! completion notice. docs/wire-format.md is the prose version of this module.
+//!
+//! Only this module (and the Lua scripts in `shared/lua/`) knows the field
+//! names. Everything but the `params` and `result` blobs is plain UTF-8 text
+//! so `redis-cli` shows it as is; the blobs are MessagePack.
+
+use std::collections::HashMap;
+
+use crate::task::{Class, ErrorCode, Priority, Status, TaskId};
+
+/// The wire version this build writes and the only one it reads.
+pub const WIRE_VERSION: u32 = 1;
+
+/// Field names. Entry fields are written by producers into a task stream;
+/// record fields live in the task record hash; a completion notice repeats
+/// the record.
+pub mod field {
+    pub const VERSION: &str = "version";
+    pub const ID: &str = "id";
+    pub const KIND: &str = "kind";
+    pub const CLASS: &str = "class";
+    pub const PRIORITY: &str = "priority";
+    pub const ATTEMPT: &str = "attempt";
+    pub const MAX_ATTEMPTS: &str = "max_attempts";
+    pub const MEMORY_BYTES: &str = "memory_bytes";
+    pub const DEADLINE_MS: &str = "deadline_ms";
+    pub const PRODUCER: &str = "producer";
+    pub const SUBMITTED_AT_MS: &str = "submitted_at_ms";
+    pub const REPLY_TO: &str = "reply_to";
+    pub const PARAMS: &str = "params";
+
+    pub const STATUS: &str = "status";
+    pub const ENTRY: &str = "entry";
+    pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+    pub const WORKER: &str = "worker";
+    pub const DEVICE: &str = "device";
+    pub const STARTED_AT_MS: &str = "started_at_ms";
+    pub const FINISHED_AT_MS: &str = "finished_at_ms";
+    pub const RUN_US: &str = "run_us";
+    pub const RESULT: &str = "result";
+    pub const RESULT_BYTES: &str = "result_bytes";
+    pub const ERROR_CODE: &str = "error_code";
+    pub const ERROR_MESSAGE: &str = "error_message";
+    pub const CANCEL_REQUESTED_AT_MS: &str = "cancel_requested_at_ms";
+}
+
+/// A task as a producer hands it over, before Redis adds its times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub kind: String,
+    pub class: Class,
+    pub priority: Priority,
+    pub max_attempts: u32,
+    pub memory_bytes: u64,
+    /// Relative to the moment Redis accepts the task; the submit script
+    /// turns it into an absolute `deadline_ms` on the server's clock.
+    pub deadline_in_ms: Option<u64>,
+    pub idempotency_key: Option<String>,
+    /// MessagePack.
+    pub params: Vec<u8>,
+}
+
+impl NewTask {
+    /// The plain-text metadata pairs of the entry, which the submit script
+    /// also copies into the task record. `params`, `submitted_at_ms` and
+    /// `deadline_ms` are added by the script.
+    pub fn metadata(&self, producer: &str, reply_to: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut pairs = vec![
+            (field::VERSION, WIRE_VERSION.to_string()),
+            (field::ID, self.id.to_string()),
+            (field::KIND, self.kind.clone()),
+            (field::CLASS, self.class.to_string()),
+            (field::PRIORITY, self.priority.to_string()),
+            (field::ATTEMPT, "1".to_owned()),
+            (field::MAX_ATTEMPTS, self.max_attempts.to_string()),
+            (field::MEMORY_BYTES, self.memory_bytes.to_string()),
+            (field::PRODUCER, producer.to_owned()),
+        ];
+        if let Some(reply_to) = reply_to {
+            pairs.push((field::REPLY_TO, reply_to.to_owned()));
+        }
+        pairs
+    }
+}
+
+/// A task entry as a worker reads it from a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEntry {
+    pub id: TaskId,
+    pub kind: String,
+    pub class: Class,
+    pub priority: Priority,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub memory_bytes: u64,
+    pub deadline_ms: Option<u64>,
+    pub producer: String,
+    pub submitted_at_ms: Option<u64>,
+    pub reply_to: Option<String>,
+    /// MessagePack.
+    pub params: Vec<u8>,
+}
+
+/// Why an entry could not be read. When the entry named a readable task id
+/// it is kept, so the failure can still be written to that task's record.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct EntryError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub id: Option<TaskId>,
+    pub reply_to: Option<String>,
+}
+
+/// An entry's fields as Redis returns them.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn lookup<'a>(fields: &'a Fields, name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(key, _)| key == name.as_bytes())
+        .map(|(_, value)| value.as_slice())
+}
+
+impl TaskEntry {
+    /// Decodes an entry read from the stream of `class` and `priority`. The
+    /// stream is authoritative for both; a contradicting field is an error.
+    pub fn decode(fields: &Fields, class: Class, priority: Priority) -> Result<Self, EntryError> {
+        let id = lookup(fields, field::ID)
+            .and_then(|raw| std::str::from_utf8(raw).ok())
+            .and_then(|text| text.parse::<TaskId>().ok());
+        let reply_to = lookup(fields, field::REPLY_TO)
+            .and_then(|raw| std::str::from_utf8(raw).ok())
+            .map(str::to_owned);
+        let fail = |code: ErrorCode, message: String| EntryError {
+            code,
+            message,
+            id,
+            reply_to: reply_to.clone(),
+        };
+        let text = |name: &'static str| -> Result<Option<&str>, EntryError> {
+            lookup(fields, name)
+                .map(|raw| {
+                    std::str::from_utf8(raw).map_err(|_| {
+                        fail(
+                            ErrorCode::BAD_PAYLOAD,
+                            format!("field {name} is not UTF-8 text"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let required = |name: &'static str| -> Result<&str, EntryError> {
+            text(name)?.ok_or_else(|| {
+                fail(
+                    ErrorCode::BAD_PAYLOAD,
+                    format!("required field {name} is missing"),
+                )
+            })
+        };
+        fn number<T: std::str::FromStr>(
+            value: Option<&str>,
+            name: &'static str,
+            fail: &dyn Fn(ErrorCode, String) -> EntryError,
+        ) -> Result<Option<T>, EntryError> {
+            value
+                .map(|v| {
+                    v.parse::<T>().map_err(|_| {
+                        fail(
+                            ErrorCode::BAD_PAYLOAD,
+                            format!("field {name} is not a number: {v:?}"),
+                        )
+                    })
+                })
+                .transpose()
+        }
+
+        let version = required(field::VERSION)?;
+        if version != WIRE_VERSION.to_string() {
+            return Err(fail(
+                ErrorCode::BAD_WIRE_VERSION,
+                format!("wire version {version:?} is not supported; this worker reads version {WIRE_VERSION}"),
+            ));
+        }
+        let id_text = required(field::ID)?;
+        let Some(id) = id else {
+            return Err(fail(
+                ErrorCode::BAD_PAYLOAD,
+                format!("field id is not a UUID: {id_text:?}"),
+            ));
+        };
+        let kind = required(field::KIND)?;
+        if kind.is_empty() {
+            return Err(fail(ErrorCode::BAD_PAYLOAD, "field kind is empty".into()));
+        }
+        if let Some(named) = text(field::CLASS)?
+            && named != class.as_str()
+        {
+            return Err(fail(
+                ErrorCode::BAD_PAYLOAD,
+                format!("field class is {named:?} but the entry is in the {class} stream"),
+            ));
+        }
+        if let Some(named) = text(field::PRIORITY)?
+            && named != priority.as_str()
+        {
+            return Err(fail(
+                ErrorCode::BAD_PAYLOAD,
+                format!("field priority is {named:?} but the entry is in the {priority} stream"),
+            ));
+        }
+        let attempt = number::<u32>(text(field::ATTEMPT)?, field::ATTEMPT, &fail)?.unwrap_or(1);
+        let max_attempts =
+            number::<u32>(text(field::MAX_ATTEMPTS)?, field::MAX_ATTEMPTS, &fail)?.unwrap_or(3);
+        let memory_bytes =
+            number::<u64>(text(field::MEMORY_BYTES)?, field::MEMORY_BYTES, &fail)?.unwrap_or(0);
+        let deadline_ms = number::<u64>(text(field::DEADLINE_MS)?, field::DEADLINE_MS, &fail)?
+            .filter(|&ms| ms > 0);
+        let submitted_at_ms =
+            number::<u64>(text(field::SUBMITTED_AT_MS)?, field::SUBMITTED_AT_MS, &fail)?;
+        let producer = text(field::PRODUCER)?.unwrap_or_default().to_owned();
+        let params = lookup(fields, field::PARAMS).unwrap_or_default().to_vec();
+
+        Ok(TaskEntry {
+            id,
+            kind: kind.to_owned(),
+            class,
+            priority,
+            attempt,
+            max_attempts,
+            memory_bytes,
+            deadline_ms,
+            producer,
+            submitted_at_ms,
+            reply_to,
+            params,
+        })
+    }
+}
+
+/// Why a task did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFailure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// A task record, read from its hash or from a completion notice.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskRecord {
+    pub id: Option<TaskId>,
+    pub status: Option<Status>,
+    pub kind: Option<String>,
+    pub class: Option<Class>,
+    pub priority: Option<Priority>,
+    pub producer: Option<String>,
+    pub reply_to: Option<String>,
+    pub entry: Option<String>,
+    pub worker: Option<String>,
+    pub device: Option<String>,
+    pub attempt: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub submitted_at_ms: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub run_us: Option<u64>,
+    /// The MessagePack result, when present in what was read.
+    pub result: Option<Vec<u8>>,
+    /// The size of the result in the record, also when a notice left it out.
+    pub result_bytes: Option<u64>,
+    pub error: Option<TaskFailure>,
+    pub cancel_requested_at_ms: Option<u64>,
+}
+
+impl TaskRecord {
+    /// Reads whatever known fields are present; unknown fields are ignored
+    /// and malformed values read as absent, so a newer writer or a hand
+    /// edit never makes a record unreadable.
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let mut record = TaskRecord::default();
+        let mut error_code = None;
+        let mut error_message = None;
+        for (name, value) in fields {
+            let text = std::str::from_utf8(value).ok();
+            fn parse<T: std::str::FromStr>(text: Option<&str>) -> Option<T> {
+                text.and_then(|t| t.parse().ok())
+            }
+            match name {
+                b"id" => record.id = parse(text),
+                b"status" => record.status = parse(text),
+                b"kind" => record.kind = text.map(str::to_owned),
+                b"class" => record.class = parse(text),
+                b"priority" => record.priority = parse(text),
+                b"producer" => record.producer = text.map(str::to_owned),
+                b"reply_to" => record.reply_to = text.map(str::to_owned),
+                b"entry" => record.entry = text.map(str::to_owned),
+                b"worker" => record.worker = text.map(str::to_owned),
+                b"device" => record.device = text.map(str::to_owned),
+                b"attempt" => record.attempt = parse(text),
+                b"max_attempts" => record.max_attempts = parse(text),
+                b"submitted_at_ms" => record.submitted_at_ms = parse(text),
+                b"deadline_ms" => record.deadline_ms = parse(text).filter(|&ms: &u64| ms > 0),
+                b"started_at_ms" => record.started_at_ms = parse(text),
+                b"finished_at_ms" => record.finished_at_ms = parse(text),
+                b"run_us" => record.run_us = parse(text),
+                b"result" => record.result = Some(value.to_vec()),
+                b"result_bytes" => record.result_bytes = parse(text),
+                b"error_code" => error_code = text.and_then(|t| ErrorCode::parse(t).ok()),
+                b"error_message" => error_message = text.map(str::to_owned),
+                b"cancel_requested_at_ms" => record.cancel_requested_at_ms = parse(text),
+                _ => {}
+            }
+        }
+        if let Some(code) = error_code {
+            record.error = Some(TaskFailure {
+                code,
+                message: error_message.unwrap_or_default(),
+            });
+        }
+        if record.result_bytes.is_none() {
+            record.result_bytes = record.result.as_ref().map(|r| r.len() as u64);
+        }
+        record
+    }
+
+    /// Reads a hash as `HGETALL` returns it.
+    pub fn from_map(map: &HashMap<Vec<u8>, Vec<u8>>) -> Self {
+        Self::from_fields(map.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+    }
+
+    /// True when the record says the task finished.
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_some_and(Status::is_terminal)
+    }
+
+    /// True when a notice left the result out because it was large.
+    pub fn result_left_out(&self) -> bool {
+        self.result.is_none() && self.result_bytes.is_some_and(|n| n > 0)
+    }
+}
+
+/// What a worker writes into a task record when it finishes with a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub status: Status,
+    pub worker: String,
+    pub device: String,
+    pub run_us: Option<u64>,
+    pub outcome: FinishOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinishOutcome {
+    /// MessagePack result.
+    Result(Vec<u8>),
+    Error(TaskFailure),
+}
+
+impl Finish {
+    /// The record pairs the complete script writes, besides `status` and
+    /// `finished_at_ms`, which it sets itself.
+    pub fn record_pairs(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut pairs = vec![
+            (field::WORKER, self.worker.clone().into_bytes()),
+            (field::DEVICE, self.device.clone().into_bytes()),
+        ];
+        if let Some(run_us) = self.run_us {
+            pairs.push((field::RUN_US, run_us.to_string().into_bytes()));
+        }
+        match &self.outcome {
+            FinishOutcome::Result(bytes) => {
+                pairs.push((field::RESULT_BYTES, bytes.len().to_string().into_bytes()));
+                pairs.push((field::RESULT, bytes.clone()));
+            }
+            FinishOutcome::Error(failure) => {
+                pairs.push((field::ERROR_CODE, failure.code.to_string().into_bytes()));
+                pairs.push((field::ERROR_MESSAGE, failure.message.clone().into_bytes()));
+            }
+        }
+        pairs
+    }
+}
+
+/// A worker's registry record, refreshed with every heartbeat and expiring
+/// when the heartbeats stop.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// `cpu`, or the device the worker is bound to.
+    pub device: String,
+    pub classes: Vec<Class>,
+    pub concurrency: usize,
+    /// `running` or `draining` (stopping: claims nothing new).
+    pub state: String,
+    pub started_at_ms: u64,
+    pub heartbeat_at_ms: u64,
+    /// Tasks running now.
+    pub active: usize,
+    /// Tasks committed since start, by outcome.
+    pub succeeded: u64,
+    pub failed: u64,
+    /// The Tandem version of the worker binary.
+    pub version: String,
+}
+
+/// Registry record field names.
+pub mod worker_field {
+    pub const ID: &str = "id";
+    pub const HOST: &str = "host";
+    pub const PID: &str = "pid";
+    pub const DEVICE: &str = "device";
+    pub const CLASSES: &str = "classes";
+    pub const CONCURRENCY: &str = "concurrency";
+    pub const STATE: &str = "state";
+    pub const STARTED_AT_MS: &str = "started_at_ms";
+    pub const HEARTBEAT_AT_MS: &str = "heartbeat_at_ms";
+    pub const ACTIVE: &str = "active";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+    pub const VERSION: &str = "version";
+    pub const WIRE: &str = "wire";
+}
+
+impl WorkerInfo {
+    pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
+        use worker_field as f;
+        let classes = self
+            .classes
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        vec![
+            (f::ID, self.id.clone()),
+            (f::HOST, self.host.clone()),
+            (f::PID, self.pid.to_string()),
+            (f::DEVICE, self.device.clone()),
+            (f::CLASSES, classes),
+            (f::CONCURRENCY, self.concurrency.to_string()),
+            (f::STATE, self.state.clone()),
+            (f::STARTED_AT_MS, self.started_at_ms.to_string()),
+            (f::HEARTBEAT_AT_MS, self.heartbeat_at_ms.to_string()),
+            (f::ACTIVE, self.active.to_string()),
+            (f::SUCCEEDED, self.succeeded.to_string()),
+            (f::FAILED, self.failed.to_string()),
+            (f::VERSION, self.version.clone()),
+            (f::WIRE, WIRE_VERSION.to_string()),
+        ]
+    }
+
+    /// Reads a registry hash leniently, as [`TaskRecord::from_fields`].
+    pub fn from_map(map: &HashMap<String, String>) -> Self {
+        use worker_field as f;
+        let text = |name: &str| map.get(name).cloned().unwrap_or_default();
+        let number = |name: &str| map.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        WorkerInfo {
+            id: text(f::ID),
+            host: text(f::HOST),
+            pid: map.get(f::PID).and_then(|v| v.parse().ok()).unwrap_or(0),
+            device: text(f::DEVICE),
+            classes: map
+                .get(f::CLASSES)
+                .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
+                .unwrap_or_default(),
+            concurrency: map.get(f::CONCURRENCY).and_then(|v| v.parse().ok()).unwrap_or(0),
+            state: text(f::STATE),
+            started_at_ms: number(f::STARTED_AT_MS),
+            heartbeat_at_ms: number(f::HEARTBEAT_AT_MS),
+            active: map.get(f::ACTIVE).and_then(|v| v.parse().ok()).unwrap_or(0),
+            succeeded: number(f::SUCCEEDED),
+            failed: number(f::FAILED),
+            version: text(f::VERSION),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &[u8])]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    fn new_task() -> NewTask {
+        NewTask {
+            id: TaskId::new(),
+            kind: "sleep".into(),
+            class: Class::Cpu,
+            priority: Priority::High,
+            max_attempts: 3,
+            memory_bytes: 0,
+            deadline_in_ms: None,
+            idempotency_key: None,
+            params: vec![0x80],
+        }
+    }
+
+    #[test]
+    fn metadata_then_decode_round_trips() {
+        let task = new_task();
+        let mut pairs: Fields = task
+            .metadata("p1", Some("tandem:reply:p1"))
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+            .collect();
+        pairs.push((b"submitted_at_ms".to_vec(), b"1700000000000".to_vec()));
+        pairs.push((b"params".to_vec(), task.params.clone()));
+        let entry = TaskEntry::decode(&pairs, Class::Cpu, Priority::High).unwrap();
+        assert_eq!(entry.id, task.id);
+        assert_eq!(entry.kind, "sleep");
+        assert_eq!(entry.attempt, 1);
+        assert_eq!(entry.producer, "p1");
+        assert_eq!(entry.reply_to.as_deref(), Some("tandem:reply:p1"));
+        assert_eq!(entry.submitted_at_ms, Some(1_700_000_000_000));
+        assert_eq!(entry.params, vec![0x80]);
+    }
+
+    #[test]
+    fn minimal_entry_uses_documented_defaults() {
+        let id = TaskId::new().to_string();
+        let entry = TaskEntry::decode(
+            &fields(&[("version", b"1"), ("id", id.as_bytes()), ("kind", b"noop")]),
+            Class::Light,
+            Priority::Low,
+        )
+        .unwrap();
+        assert_eq!(entry.attempt, 1);
+        assert_eq!(entry.max_attempts, 3);
+        assert_eq!(entry.deadline_ms, None);
+        assert!(entry.params.is_empty());
+        assert_eq!(entry.class, Class::Light);
+    }
+
+    fn check_refused(pairs: &[(&str, &[u8])], code: ErrorCode, keeps_id: bool, needle: &str) {
+        let err = TaskEntry::decode(&fields(pairs), Class::Cpu, Priority::Normal).unwrap_err();
+        assert_eq!(err.code, code, "{err}");
+        assert_eq!(err.id.is_some(), keeps_id, "{err}");
+        assert!(err.message.contains(needle), "{err}");
+    }
+
+    #[test]
+    fn bad_entries_are_refused_with_a_reason() {
+        let id = TaskId::new().to_string();
+        let id = id.as_bytes();
+        check_refused(&[("id", id), ("kind", b"noop")], ErrorCode::BAD_PAYLOAD, true, "version");
+        check_refused(
+            &[("version", b"2"), ("id", id), ("kind", b"noop")],
+            ErrorCode::BAD_WIRE_VERSION,
+            true,
+            "\"2\"",
+        );
+        check_refused(&[("version", b"1"), ("kind", b"noop")], ErrorCode::BAD_PAYLOAD, false, "id");
+        check_refused(
+            &[("version", b"1"), ("id", b"42"), ("kind", b"noop")],
+            ErrorCode::BAD_PAYLOAD,
+            false,
+            "UUID",
+        );
+        check_refused(&[("version", b"1"), ("id", id)], ErrorCode::BAD_PAYLOAD, true, "kind");
+        check_refused(
+            &[("version", b"1"), ("id", id), ("kind", b"noop"), ("attempt", b"x")],
+            ErrorCode::BAD_PAYLOAD,
+            true,
+            "attempt",
+        );
+        check_refused(
+            &[("version", b"1"), ("id", id), ("kind", b"noop"), ("class", b"heavy")],
+            ErrorCode::BAD_PAYLOAD,
+            true,
+            "class",
+        );
+        check_refused(
+            &[("version", b"1"), ("id", id), ("kind", &[0xff, 0xfe])],
+            ErrorCode::BAD_PAYLOAD,
+            true,
+            "UTF-8",
+        );
+    }
+
+    #[test]
+    fn records_read_leniently() {
+        let record = TaskRecord::from_fields([
+            (&b"status"[..], &b"failed"[..]),
+            (b"attempt", b"2"),
+            (b"error_code", b"BAD_PARAMS"),
+            (b"error_message", b"ms too large"),
+            (b"run_us", b"not a number"),
+            (b"some_future_field", b"x"),
+        ]);
+        assert_eq!(record.status, Some(Status::Failed));
+        assert_eq!(record.attempt, Some(2));
+        assert_eq!(record.run_us, None);
+        assert_eq!(
+            record.error,
+            Some(TaskFailure {
+                code: ErrorCode::BAD_PARAMS,
+                message: "ms too large".into()
+            })
+        );
+        assert!(record.is_terminal());
+    }
+
+    #[test]
+    fn worker_info_round_trips() {
+        let info = WorkerInfo {
+            id: "host-1-ab".into(),
+            host: "host".into(),
+            pid: 1,
+            device: "cpu".into(),
+            classes: vec![Class::Cpu, Class::Heavy],
+            concurrency: 4,
+            state: "running".into(),
+            started_at_ms: 5,
+            heartbeat_at_ms: 6,
+            active: 2,
+            succeeded: 10,
+            failed: 1,
+            version: "0.1.0".into(),
+        };
+        let map = info
+            .to_pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(WorkerInfo::from_map(&map), info);
+    }
+
+    #[test]
+    fn finish_pairs_carry_result_or_error() {
+        let ok = Finish {
+            status: Status::Succeeded,
+            worker: "w".into(),
+            device: "cpu".into(),
+            run_us: Some(12),
+            outcome: FinishOutcome::Result(vec![1, 2, 3]),
+        };
+        let names: Vec<_> = ok.record_pairs().iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, ["worker", "device", "run_us", "result_bytes", "result"]);
+        let record = TaskRecord::from_fields(
+            ok.record_pairs().iter().map(|(k, v)| (k.as_bytes(), v.as_slice())),
+        );
+        assert_eq!(record.result.as_deref(), Some(&[1u8, 2, 3][..]));
+        assert_eq!(record.result_bytes, Some(3));
+    }
+}
