@@ -1,1 +1,45 @@
+//! The Tandem producer library: submit tasks to a Tandem queue, wait for
+//! their results (pushed, not polled), ask their status, cancel them.
+//!
+//! # Layout
+//!
+//! - [`Producer`]: the connection; submit, wait, status, cancel.
+//! - [`Task`]: a task to submit, with its options (priority, deadline,
+//!   idempotency key, ...), checked before it is sent.
+//! - [`TaskOutcome`]: how a task ended.
+//! - [`ProducerError`]: every way a call can fail.
+//! - [`cli`]: the `tandem` command-line tool's commands.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tandem_producer::{Producer, Task};
+//! use tandem_shared::Priority;
+//! use tandem_shared::kind::builtin::{Sleep, SleepParams, SleepOutput};
+//!
+//! # async fn example() -> Result<(), tandem_producer::ProducerError> {
+//! let producer = Producer::from_env().await?;
+//! let task = Task::of::<Sleep>(&SleepParams { ms: 10 })?.priority(Priority::High);
+//! let id = producer.submit(task).await?;
+//! let outcome = producer.wait(id, Duration::from_secs(5)).await?;
+//! let output: SleepOutput = outcome.result()?;
+//! assert_eq!(output.slept_ms, 10);
+//!
+//! // Or keep a handle and await it.
+//! let handle = producer.handle(producer.submit(Task::new("echo", &"hi")?).await?);
+//! let echoed: String = handle.await?.result()?;
+//! # Ok(()) }
+//! ```
 
+pub mod cli;
+mod error;
+mod outcome;
+mod producer;
+mod task;
+
+pub use error::ProducerError;
+pub use outcome::TaskOutcome;
+pub use producer::{Producer, TaskHandle};
+pub use tandem_shared::store::CancelOutcome;
+pub use task::Task;

@@ -32,6 +32,7 @@
 pub mod config;
 pub mod keys;
 pub mod kind;
+pub mod logging;
 pub mod msgpack;
 pub mod scripts;
 pub mod store;

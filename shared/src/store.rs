@@ -329,6 +329,21 @@ impl Store {
             .collect())
     }
 
+    /// The newest entry id of a stream, or `0-0` when it is empty or absent:
+    /// the point a blocking read starts from to see only what comes next.
+    pub async fn last_entry_id(&self, stream: &str) -> Result<String, StoreError> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(stream).arg("+").arg("-").arg("COUNT").arg(1);
+        let entries = array(self.single(cmd).await?, "XREVRANGE")?;
+        match entries.into_iter().next() {
+            Some(entry) => {
+                let id = array(entry, "XREVRANGE")?.into_iter().next().unwrap_or(Value::Nil);
+                text(id, "XREVRANGE")
+            }
+            None => Ok("0-0".to_owned()),
+        }
+    }
+
     /// Finds a task's record in whichever class holds it.
     pub async fn find_record(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
         let cmds: Vec<Cmd> = Class::ALL
@@ -504,6 +519,18 @@ impl Store {
             })
             .collect();
         Ok((commits, claimed))
+    }
+
+    /// Acknowledges and deletes an entry that cannot be turned into a task.
+    pub async fn discard(&self, stream: &StreamRef, entry_id: &str) -> Result<(), StoreError> {
+        let mut ack = redis::cmd("XACK");
+        ack.arg(&stream.key).arg(GROUP).arg(entry_id);
+        let mut del = redis::cmd("XDEL");
+        del.arg(&stream.key).arg(entry_id);
+        for reply in self.pipeline(&[ack, del]).await? {
+            reply_ok(reply)?;
+        }
+        Ok(())
     }
 
     /// Writes a worker's registry record with a TTL and adds it to the set.

@@ -1,1 +1,9 @@
-fn main(){}
+//! End-to-end tests: each starts its own `redis-server` on a free loopback
+//! port and real `tandem-worker` processes, and drives them with the
+//! producer library or raw Redis commands.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod kinds;

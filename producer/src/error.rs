@@ -1,0 +1,39 @@
+//! The producer's typed errors.
+
+use std::time::Duration;
+
+use tandem_shared::config::ConfigError;
+use tandem_shared::msgpack::CodecError;
+use tandem_shared::store::StoreError;
+use tandem_shared::{ErrorCode, Status, TaskId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot reach Redis at {url}: {source}")]
+    Connect { url: String, source: StoreError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("bad parameters for kind {kind}: {message}")]
+    BadParams { kind: String, message: String },
+    #[error("parameters are {bytes} bytes; the limit is {limit} (max_payload_bytes)")]
+    PayloadTooLarge { bytes: usize, limit: usize },
+    #[error("kind {0:?} is not built in: say its class with Task::class")]
+    MissingClass(String),
+    #[error("idempotency key {0:?} must be 1-200 characters without whitespace")]
+    BadIdempotencyKey(String),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("task {0} not found (never submitted, or its record expired)")]
+    NotFound(TaskId),
+    #[error("task {id} did not finish within {waited:?}")]
+    Timeout { id: TaskId, waited: Duration },
+    #[error("task {id} ended {status}: {code}: {message}")]
+    TaskFailed {
+        id: TaskId,
+        status: Status,
+        code: ErrorCode,
+        message: String,
+    },
+}

@@ -1,0 +1,211 @@
+//! [`Task`]: what a producer submits, built and checked before it is sent.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tandem_shared::kind::KindSpec;
+use tandem_shared::kind::builtin::{builtin_class, validate_builtin};
+use tandem_shared::{Class, Priority, TaskId, msgpack};
+
+use crate::error::ProducerError;
+
+/// A task to submit. Build it with [`Task::of`] (typed, validated against
+/// its [`KindSpec`]), [`Task::new`] (any serializable parameters) or
+/// [`Task::raw`] (MessagePack you already have), then set options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub(crate) id: Option<TaskId>,
+    pub(crate) kind: String,
+    pub(crate) class: Option<Class>,
+    pub(crate) priority: Priority,
+    pub(crate) params: Vec<u8>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) memory_bytes: u64,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) idempotency_key: Option<String>,
+}
+
+impl Task {
+    /// A task of kind `K`: the parameters are validated now, and the class
+    /// and memory estimate come from the kind.
+    pub fn of<K: KindSpec>(params: &K::Params) -> Result<Self, ProducerError> {
+        K::validate(params).map_err(|e| ProducerError::BadParams {
+            kind: K::KIND.to_owned(),
+            message: e.0,
+        })?;
+        let mut task = Self::raw(K::KIND, msgpack::encode(params)?);
+        task.class = Some(K::CLASS);
+        task.memory_bytes = K::memory_estimate(params);
+        Ok(task)
+    }
+
+    /// A task of any kind with any serializable parameters. Built-in kinds
+    /// are validated when submitted; other kinds need [`Task::class`].
+    pub fn new(kind: impl Into<String>, params: &impl Serialize) -> Result<Self, ProducerError> {
+        Ok(Self::raw(kind, msgpack::encode(params)?))
+    }
+
+    /// A task whose parameters are already MessagePack.
+    pub fn raw(kind: impl Into<String>, params: Vec<u8>) -> Self {
+        Self {
+            id: None,
+            kind: kind.into(),
+            class: None,
+            priority: Priority::Normal,
+            params,
+            max_attempts: None,
+            memory_bytes: 0,
+            deadline: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Overrides the class the kind would go to.
+    pub fn class(mut self, class: Class) -> Self {
+        self.class = Some(class);
+        self
+    }
+
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Device memory the task needs, when the kind cannot estimate it.
+    pub fn memory_bytes(mut self, bytes: u64) -> Self {
+        self.memory_bytes = bytes;
+        self
+    }
+
+    /// A task not started within this time of its submission (by the Redis
+    /// clock) never starts and ends as `expired`.
+    pub fn deadline(mut self, within: Duration) -> Self {
+        self.deadline = Some(within);
+        self
+    }
+
+    /// Submitting again with the same key (within the idempotency TTL, in
+    /// the same class) returns the first task's id and creates nothing.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Uses this id instead of a fresh UUID v7.
+    pub fn with_id(mut self, id: TaskId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// Checks everything that can be checked before sending, and fills in
+    /// what the submitter left to defaults.
+    pub(crate) fn into_new_task(
+        self,
+        default_max_attempts: u32,
+        max_payload_bytes: usize,
+    ) -> Result<tandem_shared::wire::NewTask, ProducerError> {
+        let bad = |message: String| ProducerError::BadParams {
+            kind: self.kind.clone(),
+            message,
+        };
+        if self.kind.is_empty() || self.kind.len() > 64 || !self.kind.chars().all(is_name_char) {
+            return Err(bad(format!(
+                "kind {:?} must be 1-64 letters, digits, '_', '-' or '.'",
+                self.kind
+            )));
+        }
+        if self.params.len() > max_payload_bytes {
+            return Err(ProducerError::PayloadTooLarge {
+                bytes: self.params.len(),
+                limit: max_payload_bytes,
+            });
+        }
+        if let Some(Err(e)) = validate_builtin(&self.kind, &self.params) {
+            return Err(bad(e.0));
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > 200 || key.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ProducerError::BadIdempotencyKey(key.clone()));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(bad("max_attempts must be at least 1".into()));
+        }
+        let class = self
+            .class
+            .or_else(|| builtin_class(&self.kind))
+            .ok_or_else(|| ProducerError::MissingClass(self.kind.clone()))?;
+        let deadline_in_ms = self
+            .deadline
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        Ok(tandem_shared::wire::NewTask {
+            id: self.id.unwrap_or_default(),
+            kind: self.kind,
+            class,
+            priority: self.priority,
+            max_attempts: self.max_attempts.unwrap_or(default_max_attempts),
+            memory_bytes: self.memory_bytes,
+            deadline_in_ms,
+            idempotency_key: self.idempotency_key,
+            params: self.params,
+        })
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_shared::kind::builtin::{Sleep, SleepParams};
+
+    use super::*;
+
+    fn check(task: Task) -> Result<tandem_shared::wire::NewTask, ProducerError> {
+        task.into_new_task(3, 1024)
+    }
+
+    #[test]
+    fn typed_tasks_are_validated_up_front() {
+        let err = Task::of::<Sleep>(&SleepParams { ms: Sleep::MAX_MS + 1 }).unwrap_err();
+        assert!(matches!(err, ProducerError::BadParams { ref kind, .. } if kind == "sleep"), "{err}");
+        let ok = check(Task::of::<Sleep>(&SleepParams { ms: 5 }).unwrap()).unwrap();
+        assert_eq!(ok.class, Class::Cpu);
+        assert_eq!(ok.max_attempts, 3);
+    }
+
+    #[test]
+    fn untyped_builtins_are_validated_at_submit() {
+        let err = check(Task::new("sleep", &"soon").unwrap()).unwrap_err();
+        assert!(matches!(err, ProducerError::BadParams { .. }), "{err}");
+    }
+
+    #[test]
+    fn rules_before_sending() {
+        let err = check(Task::raw("my_kind", vec![0xc0])).unwrap_err();
+        assert!(matches!(err, ProducerError::MissingClass(_)), "{err}");
+        assert!(check(Task::raw("my_kind", vec![0xc0]).class(Class::Light)).is_ok());
+
+        let err = check(Task::raw("noop", vec![0; 2048])).unwrap_err();
+        assert!(matches!(err, ProducerError::PayloadTooLarge { bytes: 2048, limit: 1024 }), "{err}");
+
+        let err = check(Task::raw("noop", vec![0xc0]).idempotency_key("has space")).unwrap_err();
+        assert!(matches!(err, ProducerError::BadIdempotencyKey(_)), "{err}");
+
+        let err = check(Task::raw("bad kind", vec![0xc0]).class(Class::Cpu)).unwrap_err();
+        assert!(matches!(err, ProducerError::BadParams { .. }), "{err}");
+
+        let deadline = check(Task::raw("noop", vec![]).deadline(Duration::from_micros(10))).unwrap();
+        assert_eq!(deadline.deadline_in_ms, Some(1));
+    }
+}

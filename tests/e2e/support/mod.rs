@@ -1,0 +1,292 @@
+//! Test support: a private `redis-server` per test, real worker processes,
+//! and bounded waits. Every guard kills what it started when dropped, also
+//! when the test fails, and then shows the process's log.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tandem_producer::Producer;
+use tandem_shared::Config;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch directory removed on drop.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(what: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("tandem-e2e-{}-{what}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create scratch dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `redis-server` of this test's own, on a free loopback port.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    pub dir: ScratchDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments, e.g. `["--appendonly", "yes"]`.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = ScratchDir::new("redis");
+        for _ in 0..10 {
+            let port = free_port();
+            let log = std::fs::File::create(dir.path().join("redis.log")).expect("redis log");
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .args(extra)
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("redis-server must be installed to run the end-to-end tests (apt-get install redis-server)");
+            if wait_for_pong(&mut child, port) {
+                return RedisServer { child, port, dir };
+            }
+            // The port was taken between our probe and redis binding it.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A configuration pointing at this server with test-friendly timings.
+    pub fn config(&self) -> Config {
+        Config {
+            redis_url: self.url(),
+            heartbeat_interval_ms: 200,
+            heartbeat_ttl_ms: 1_000,
+            shutdown_grace_ms: 5_000,
+            ..Config::default()
+        }
+    }
+
+    pub async fn producer(&self) -> Producer {
+        Producer::connect(&self.config()).await.expect("producer connects")
+    }
+
+    /// A plain connection, to look at Redis as `redis-cli` would.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real `tandem-worker` process.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Option<Child>,
+    pub id: String,
+    log: PathBuf,
+    _dir: ScratchDir,
+}
+
+impl WorkerProcess {
+    /// Starts a worker against `redis` with test timings and `env` on top.
+    pub fn spawn(redis: &RedisServer, env: &[(&str, &str)]) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("test-worker-{}-{n}", std::process::id());
+        let dir = ScratchDir::new("worker");
+        let log = dir.path().join("worker.log");
+        let file = std::fs::File::create(&log).expect("worker log");
+        let mut cmd = Command::new(bin("tandem-worker"));
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TANDEM_REDIS_URL", redis.url())
+            .env("TANDEM_WORKER_ID", &id)
+            .env("TANDEM_HEARTBEAT_INTERVAL_MS", "200")
+            .env("TANDEM_HEARTBEAT_TTL_MS", "1000")
+            .env("TANDEM_SHUTDOWN_GRACE_MS", "5000")
+            .env("TANDEM_LOG_LEVEL", "info,tandem_worker=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn tandem-worker");
+        Self {
+            child: Some(child),
+            id,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Starts a worker and waits until it is registered (ready to claim).
+    pub async fn start(redis: &RedisServer, env: &[(&str, &str)]) -> Self {
+        let worker = Self::spawn(redis, env);
+        worker.wait_registered(redis).await;
+        worker
+    }
+
+    pub async fn wait_registered(&self, redis: &RedisServer) {
+        let mut conn = redis.conn().await;
+        let key = format!("tandem:worker:{}", self.id);
+        wait_until(Duration::from_secs(20), "worker registered", || {
+            let mut conn = conn.clone();
+            let key = key.clone();
+            async move {
+                let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap_or(false);
+                exists
+            }
+        })
+        .await;
+        let _ = &mut conn;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal by name (TERM, KILL, STOP, CONT).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("worker {} did not exit within {timeout:?}\n{}", self.id, self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("---- log of {} (last lines) ----", self.id);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// The path of a binary of this workspace, built next to the test binary.
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("TANDEM_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("target dir");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so the binaries are built",
+        path.display()
+    );
+    path
+}
+
+fn wait_for_pong(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut reply = [0u8; 7];
+            if stream.write_all(b"PING\r\n").is_ok()
+                && std::io::Read::read_exact(&mut stream, &mut reply).is_ok()
+                && &reply == b"+PONG\r\n"
+            {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` until it returns true, panicking after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,124 @@
+//! Handlers of the built-in kinds (`noop`, `sleep`, `echo`, `fail`), whose
+//! specs live in `tandem_shared::kind::builtin`.
+
+use std::time::Duration;
+
+use tandem_shared::ErrorCode;
+use tandem_shared::kind::builtin::{Echo, Fail, FailParams, Noop, Sleep, SleepOutput, SleepParams};
+
+use crate::handler::{Handler, Registry, TaskContext, TaskError};
+
+pub(crate) fn register(registry: &mut Registry) {
+    registry
+        .register(NoopHandler)
+        .register(SleepHandler)
+        .register(EchoHandler)
+        .register(FailHandler);
+}
+
+#[derive(Debug)]
+struct NoopHandler;
+
+impl Handler for NoopHandler {
+    type Spec = Noop;
+
+    async fn run(&self, _params: rmpv::Value, _ctx: TaskContext) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SleepHandler;
+
+impl Handler for SleepHandler {
+    type Spec = Sleep;
+
+    async fn run(&self, params: SleepParams, _ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+        tokio::time::sleep(Duration::from_millis(params.ms)).await;
+        Ok(SleepOutput {
+            slept_ms: params.ms,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct EchoHandler;
+
+impl Handler for EchoHandler {
+    type Spec = Echo;
+
+    async fn run(&self, params: rmpv::Value, _ctx: TaskContext) -> Result<rmpv::Value, TaskError> {
+        Ok(params)
+    }
+}
+
+#[derive(Debug)]
+struct FailHandler;
+
+impl Handler for FailHandler {
+    type Spec = Fail;
+
+    async fn run(&self, params: FailParams, _ctx: TaskContext) -> Result<(), TaskError> {
+        // Validation already checked the code; fall back rather than panic.
+        let code = ErrorCode::parse(&params.code).unwrap_or(ErrorCode::HANDLER_ERROR);
+        Err(TaskError::new(code, params.message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_shared::{TaskId, msgpack};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    fn ctx() -> TaskContext {
+        TaskContext::new(TaskId::new(), 1, "cpu".into(), CancellationToken::new())
+    }
+
+    async fn run(kind: &str, params: &[u8]) -> Result<Vec<u8>, TaskError> {
+        Registry::with_builtins().prepare(kind, params, ctx())?.await
+    }
+
+    #[tokio::test]
+    async fn builtins_run() {
+        let echoed = run("echo", &msgpack::encode(&vec!["a", "b"]).unwrap()).await.unwrap();
+        assert_eq!(msgpack::decode::<Vec<String>>(&echoed).unwrap(), ["a", "b"]);
+
+        let slept = run("sleep", &msgpack::encode(&SleepParams { ms: 1 }).unwrap()).await.unwrap();
+        assert_eq!(msgpack::decode::<SleepOutput>(&slept).unwrap().slept_ms, 1);
+
+        let noop = run("noop", &[]).await.unwrap();
+        assert_eq!(noop, vec![0xc0]);
+
+        let failed = run(
+            "fail",
+            &msgpack::encode(&FailParams {
+                code: "E_TEST".into(),
+                message: "as asked".into(),
+            })
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(failed.code.as_str(), "E_TEST");
+        assert_eq!(failed.message, "as asked");
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_classified() {
+        let check = |kind: &'static str, params: Vec<u8>, code: ErrorCode| async move {
+            let err = run(kind, &params).await.unwrap_err();
+            assert_eq!(err.code, code, "{kind}: {err}");
+        };
+        check("nope", vec![], ErrorCode::UNKNOWN_KIND).await;
+        check("sleep", vec![0xc1], ErrorCode::BAD_PAYLOAD).await;
+        check("sleep", msgpack::encode(&"ten").unwrap(), ErrorCode::BAD_PARAMS).await;
+        check(
+            "sleep",
+            msgpack::encode(&SleepParams { ms: Sleep::MAX_MS + 1 }).unwrap(),
+            ErrorCode::BAD_PARAMS,
+        )
+        .await;
+    }
+}

@@ -1,0 +1,88 @@
+//! Listens for cancel requests and stops the running tasks they name.
+//!
+//! The cancel script publishes a task's id on the cancel channel when the
+//! task is running. Every worker listens; the one running it cancels the
+//! task's token. A missed message (the subscription was down) does not
+//! change the outcome, only its speed: the commit script still records the
+//! task as cancelled, because the request is also in the task record.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tandem_shared::TaskId;
+use tandem_shared::store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// The tokens of the tasks running on this worker.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Running(Arc<Mutex<HashMap<TaskId, CancellationToken>>>);
+
+impl Running {
+    pub fn start(&self, id: TaskId) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.lock().insert(id, token.clone());
+        token
+    }
+
+    pub fn finish(&self, id: &TaskId) {
+        self.lock().remove(id);
+    }
+
+    pub fn cancel(&self, id: &TaskId) -> bool {
+        match self.lock().get(id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The ids of the tasks running now.
+    pub fn ids(&self) -> Vec<TaskId> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, CancellationToken>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every operation is a single insert, remove or lookup).
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Subscribes to the cancel channel until the task is aborted, resubscribing
+/// after connection loss.
+pub(crate) async fn listen(store: Store, running: Running) {
+    let channel = store.keys().cancel_channel();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                        let Some(id) = std::str::from_utf8(&payload)
+                            .ok()
+                            .and_then(|t| t.parse::<TaskId>().ok())
+                        else {
+                            tracing::warn!("ignoring a malformed cancel message ({} bytes)", payload.len());
+                            continue;
+                        };
+                        if running.cancel(&id) {
+                            tracing::info!(task = %id, "cancel requested: stopping the task");
+                        }
+                    }
+                    tracing::warn!("cancel subscription ended; resubscribing");
+                }
+                Err(err) => tracing::warn!("cannot subscribe to {channel}: {err}"),
+            },
+            Err(err) => tracing::warn!("cancel listener cannot connect: {err}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,171 @@
+//! How task kinds plug into a worker: the [`Handler`] trait and the
+//! [`Registry`] that maps kind names to handlers.
+//!
+//! A handler pairs a [`KindSpec`] (name, class, parameter and output types,
+//! validation, memory estimate; shared with producers) with the code that
+//! runs it. The registry erases the types so the worker can hold handlers of
+//! every kind in one map and feed them MessagePack.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tandem_shared::kind::KindSpec;
+use tandem_shared::{Class, ErrorCode, TaskId, msgpack};
+use tokio_util::sync::CancellationToken;
+
+/// Why a task did not produce a result. The code is what users see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct TaskError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl TaskError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a running task knows about itself.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub id: TaskId,
+    pub attempt: u32,
+    /// The device the task runs on (`cpu` for now).
+    pub device: String,
+    cancel: CancellationToken,
+}
+
+impl TaskContext {
+    pub fn new(id: TaskId, attempt: u32, device: String, cancel: CancellationToken) -> Self {
+        Self {
+            id,
+            attempt,
+            device,
+            cancel,
+        }
+    }
+
+    /// True once a producer asked to cancel this task. Long CPU-bound work
+    /// should check it between steps; async work is dropped at its next
+    /// await point anyway.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the task is cancelled.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+}
+
+/// Runs the tasks of one kind.
+pub trait Handler: Send + Sync + 'static {
+    type Spec: KindSpec;
+
+    fn run(
+        &self,
+        params: <Self::Spec as KindSpec>::Params,
+        ctx: TaskContext,
+    ) -> impl Future<Output = Result<<Self::Spec as KindSpec>::Output, TaskError>> + Send;
+}
+
+/// A task ready to run: its parameters decoded and validated.
+pub type Prepared = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>> + Send>>;
+
+/// A handler with its types erased.
+trait ErasedHandler: Send + Sync {
+    fn class(&self) -> Class;
+    fn prepare(self: Arc<Self>, params: &[u8], ctx: TaskContext) -> Result<Prepared, TaskError>;
+}
+
+struct Typed<H>(H);
+
+impl<H: Handler> ErasedHandler for Typed<H> {
+    fn class(&self) -> Class {
+        H::Spec::CLASS
+    }
+
+    fn prepare(self: Arc<Self>, params: &[u8], ctx: TaskContext) -> Result<Prepared, TaskError> {
+        let params: <H::Spec as KindSpec>::Params =
+            msgpack::decode(params).map_err(|err| decode_error(params, &err))?;
+        H::Spec::validate(&params).map_err(|e| TaskError::new(ErrorCode::BAD_PARAMS, e.0))?;
+        Ok(Box::pin(async move {
+            let output = self.0.run(params, ctx).await?;
+            msgpack::encode(&output).map_err(|e| TaskError::new(ErrorCode::BAD_RESULT, e.to_string()))
+        }))
+    }
+}
+
+/// Bytes that are not MessagePack at all are a bad payload; MessagePack of
+/// the wrong shape is bad parameters.
+fn decode_error(params: &[u8], err: &msgpack::CodecError) -> TaskError {
+    match msgpack::decode::<rmpv::Value>(params) {
+        Ok(_) => TaskError::new(ErrorCode::BAD_PARAMS, err.to_string()),
+        Err(_) => TaskError::new(
+            ErrorCode::BAD_PAYLOAD,
+            format!("params are not valid MessagePack ({} bytes)", params.len()),
+        ),
+    }
+}
+
+/// The kinds a worker can run.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<&'static str, Arc<dyn ErasedHandler>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.kinds()).finish()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with the built-in kinds (`noop`, `sleep`, `echo`, `fail`).
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        crate::builtin::register(&mut registry);
+        registry
+    }
+
+    /// Adds a handler; a later one for the same kind replaces the earlier.
+    pub fn register<H: Handler>(&mut self, handler: H) -> &mut Self {
+        self.handlers
+            .insert(H::Spec::KIND, Arc::new(Typed(handler)));
+        self
+    }
+
+    /// Registered kind names, sorted.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<_> = self.handlers.keys().copied().collect();
+        kinds.sort_unstable();
+        kinds
+    }
+
+    pub fn class_of(&self, kind: &str) -> Option<Class> {
+        self.handlers.get(kind).map(|h| h.class())
+    }
+
+    /// Decodes and validates the parameters of a task of `kind`.
+    pub fn prepare(&self, kind: &str, params: &[u8], ctx: TaskContext) -> Result<Prepared, TaskError> {
+        let handler = self.handlers.get(kind).ok_or_else(|| {
+            TaskError::new(
+                ErrorCode::UNKNOWN_KIND,
+                format!("no handler for kind {kind:?}; this worker runs {:?}", self.kinds()),
+            )
+        })?;
+        Arc::clone(handler).prepare(params, ctx)
+    }
+}

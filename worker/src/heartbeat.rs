@@ -1,0 +1,53 @@
+//! Keeps the worker's registry record fresh.
+//!
+//! The record (`tandem:worker:<id>`, wire format "Worker registry") carries a
+//! TTL of `heartbeat_ttl_ms`, refreshed every `heartbeat_interval_ms`; when
+//! the heartbeats stop, the record expires and the worker is gone.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tandem_shared::store::{Store, StoreError};
+use tandem_shared::wire::WorkerInfo;
+
+use crate::stats::Stats;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Heartbeat {
+    pub store: Store,
+    pub info: WorkerInfo,
+    pub stats: Arc<Stats>,
+    pub interval: Duration,
+    pub ttl_ms: u64,
+}
+
+impl Heartbeat {
+    /// Writes the record once, with fresh counters and state.
+    pub async fn beat(&mut self) -> Result<(), StoreError> {
+        let (active, succeeded, failed) = self.stats.snapshot();
+        self.info.active = active;
+        self.info.succeeded = succeeded;
+        self.info.failed = failed;
+        self.info.state = self.stats.state().to_owned();
+        self.info.heartbeat_at_ms = now_ms();
+        self.store.heartbeat(&self.info, self.ttl_ms).await
+    }
+
+    /// Beats every interval until aborted.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(err) = self.beat().await {
+                tracing::warn!("heartbeat failed: {err}");
+            }
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

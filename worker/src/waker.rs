@@ -1,0 +1,117 @@
+//! Wakes an idle worker the moment a task arrives, without polling.
+//!
+//! When a claim finds every stream empty, the claim script also returns the
+//! newest entry id of each stream. The dispatcher arms the waker with those
+//! ids; the waker blocks in `XREAD BLOCK` on its own connection from exactly
+//! there, so an entry added after the claim wakes it at once (none can slip
+//! between the claim and the wait), and nothing is read twice. The waker
+//! never claims: it only says "look again", and the claim script keeps strict
+//! priority order however the wake came about.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_shared::store::{BlockingConn, Store};
+use tokio::sync::{Notify, watch};
+
+/// Where to wait from: stream keys and the id to wait after in each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WaitPoint {
+    pub keys: Vec<String>,
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Waker {
+    arm: watch::Sender<Option<Arc<WaitPoint>>>,
+    woken: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Waker {
+    pub fn spawn(store: Store, block_ms: u64) -> Self {
+        let (arm, armed) = watch::channel(None);
+        let woken = Arc::new(Notify::new());
+        let task = tokio::spawn(wait_loop(store, block_ms, armed, Arc::clone(&woken)));
+        Self { arm, woken, task }
+    }
+
+    /// Starts (or moves) the wait.
+    pub fn arm(&self, point: WaitPoint) {
+        self.arm.send_replace(Some(Arc::new(point)));
+    }
+
+    /// Completes after an entry arrived (or the wait failed and the
+    /// dispatcher should look again). A wake that came while nobody was
+    /// waiting is kept for the next call.
+    pub async fn woken(&self) {
+        self.woken.notified().await
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn wait_loop(
+    store: Store,
+    block_ms: u64,
+    mut armed: watch::Receiver<Option<Arc<WaitPoint>>>,
+    woken: Arc<Notify>,
+) {
+    let mut conn: Option<BlockingConn> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        // Wait to be armed with a point we have not consumed yet.
+        if armed.changed().await.is_err() {
+            return;
+        }
+        let Some(mut point) = armed.borrow_and_update().clone() else {
+            continue;
+        };
+        loop {
+            let reader = match &mut conn {
+                Some(c) => c,
+                None => match store.blocking_connection(block_ms).await {
+                    Ok(c) => conn.insert(c),
+                    Err(err) => {
+                        tracing::warn!("waker cannot connect to Redis: {err}; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        woken.notify_one();
+                        break;
+                    }
+                },
+            };
+            match reader.xread(&point.keys, &point.ids, block_ms, 1).await {
+                Ok(read) if !read.is_empty() => {
+                    backoff = Duration::from_millis(50);
+                    woken.notify_one();
+                    break;
+                }
+                Ok(_) => {
+                    // Timed out with nothing new: wait again, from a newer
+                    // point if the dispatcher moved it meanwhile.
+                    if armed.has_changed().unwrap_or(false) {
+                        match armed.borrow_and_update().clone() {
+                            Some(newer) => point = newer,
+                            None => break,
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!("waker read failed: {err}; reconnecting");
+                    conn = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    // The streams may have been recreated; let the
+                    // dispatcher claim and re-arm from fresh ids.
+                    woken.notify_one();
+                    break;
+                }
+            }
+        }
+    }
+}
