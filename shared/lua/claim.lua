@@ -7,9 +7,10 @@
 -- ARGV[2]  consumer (the worker id)
 -- ARGV[3]  max tasks to claim
 -- ARGV[4]  device name written into started records
--- ARGV[5]  aging threshold, ms: when > 0, first take one task from each lower
---          stream whose next waiting entry is at least this old (so low
---          priorities are never starved); 0 skips that pass
+-- ARGV[5]  aging threshold, ms: when > 0, first take one task from each
+--          stream, below the highest one with waiting tasks, whose next
+--          waiting entry is at least this old (so low priorities are never
+--          starved); 0 skips that pass
 --
 -- Returns {claimed, last_ids}. claimed holds {stream index, entry id, verdict,
 -- fields} per entry; verdict is
@@ -65,9 +66,13 @@ local function read(idx, count)
   end
 end
 
+-- Aging: the first stream with waiting entries is served by the main pass
+-- anyway. Of the streams below it, those whose next waiting entry has waited
+-- at least aging_ms get one task each, the longest-waiting first.
 if aging_ms > 0 then
-  for idx = 2, #KEYS do
-    if remaining <= 0 then break end
+  local first_waiting = nil
+  local aged = {}
+  for idx = 1, #KEYS do
     local last_delivered = '0-0'
     for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[idx])) do
       if field(info, 'name') == group then
@@ -76,11 +81,20 @@ if aging_ms > 0 then
     end
     local next_entry = redis.call('XRANGE', KEYS[idx], '(' .. last_delivered, '+', 'COUNT', 1)
     if #next_entry > 0 then
-      local added_ms = tonumber(string.match(next_entry[1][1], '^(%d+)'))
-      if added_ms and now - added_ms >= aging_ms then
-        read(idx, 1)
+      if first_waiting == nil then
+        first_waiting = idx
+      else
+        local added_ms = tonumber(string.match(next_entry[1][1], '^(%d+)'))
+        if added_ms and now - added_ms >= aging_ms then
+          aged[#aged + 1] = {idx, added_ms}
+        end
       end
     end
+  end
+  table.sort(aged, function(a, b) return a[2] < b[2] end)
+  for _, candidate in ipairs(aged) do
+    if remaining <= 0 then break end
+    read(candidate[1], 1)
   end
 end
 

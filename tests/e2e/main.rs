@@ -7,3 +7,7 @@
 mod support;
 
 mod kinds;
+mod cancel;
+mod deadline;
+mod idempotency;
+mod priority;

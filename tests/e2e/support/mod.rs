@@ -244,7 +244,53 @@ pub fn bin(name: &str) -> PathBuf {
         "{} is missing: run the tests with `cargo test --workspace` so the binaries are built",
         path.display()
     );
+    assert_fresh(&path, name);
     path
+}
+
+/// `cargo test -p tandem-tests` alone does not rebuild the binaries the tests
+/// run; catch a binary older than its sources instead of testing old code.
+fn assert_fresh(binary: &Path, name: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let sources: &[&str] = match name {
+        "tandem-worker" => &["worker/src", "shared/src", "shared/lua", "kernels/src"],
+        "tandem" => &["producer/src", "shared/src", "shared/lua"],
+        _ => &[],
+    };
+    let built = modified(binary);
+    for dir in sources {
+        if let Some(newer) = newest_file(&root.join(dir)).filter(|(time, _)| *time > built) {
+            panic!(
+                "{} is older than {}: run `cargo test --workspace` (or `cargo build`) so the tests run current code",
+                binary.display(),
+                newer.1.display()
+            );
+        }
+    }
+}
+
+fn modified(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH)
+}
+
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let candidate = if path.is_dir() {
+            newest_file(&path)
+        } else {
+            Some((modified(&path), path))
+        };
+        if let Some(c) = candidate
+            && newest.as_ref().is_none_or(|n| c.0 > n.0)
+        {
+            newest = Some(c);
+        }
+    }
+    newest
 }
 
 fn wait_for_pong(child: &mut Child, port: u16) -> bool {
