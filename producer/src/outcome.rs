@@ -56,6 +56,10 @@ impl TaskOutcome {
 
     /// Milliseconds from submission to finish, by the Redis clock.
     pub fn total_ms(&self) -> Option<u64> {
-        Some(self.record.finished_at_ms?.saturating_sub(self.record.submitted_at_ms?))
+        Some(
+            self.record
+                .finished_at_ms?
+                .saturating_sub(self.record.submitted_at_ms?),
+        )
     }
 }

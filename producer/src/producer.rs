@@ -232,7 +232,11 @@ impl Producer {
     }
 
     /// Turns a final record into an outcome, fetching a left-out result.
-    async fn complete(&self, id: TaskId, mut record: TaskRecord) -> Result<TaskOutcome, ProducerError> {
+    async fn complete(
+        &self,
+        id: TaskId,
+        mut record: TaskRecord,
+    ) -> Result<TaskOutcome, ProducerError> {
         if record.result_left_out()
             && let Some(class) = record.class
         {
@@ -244,7 +248,10 @@ impl Producer {
     fn register(&self, id: TaskId) -> (WaiterGuard, oneshot::Receiver<TaskOutcome>) {
         let (tx, rx) = oneshot::channel();
         let token = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.waiters).entry(id).or_default().push((token, tx));
+        lock(&self.inner.waiters)
+            .entry(id)
+            .or_default()
+            .push((token, tx));
         let guard = WaiterGuard {
             inner: Arc::downgrade(&self.inner),
             id,
@@ -296,7 +303,9 @@ impl Drop for WaiterGuard {
 fn lock(waiters: &Mutex<Waiters>) -> std::sync::MutexGuard<'_, Waiters> {
     // Every critical section is a single map operation; a panic inside one
     // cannot leave the map inconsistent.
-    waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    waiters
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Reads one reply stream and hands notices to waiters until the producer
@@ -347,7 +356,8 @@ async fn listen(inner: Weak<Inner>, store: Store, stream: String, mut last_id: S
 }
 
 async fn deliver(inner: &Inner, store: &Store, fields: &tandem_shared::wire::Fields) {
-    let mut record = TaskRecord::from_fields(fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+    let mut record =
+        TaskRecord::from_fields(fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
     let Some(id) = record.id else { return };
     let senders = match lock(&inner.waiters).remove(&id) {
         Some(senders) if !senders.is_empty() => senders,

@@ -133,7 +133,9 @@ impl Task {
             return Err(bad(e.0));
         }
         if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > 200 || key.chars().any(|c| c.is_whitespace() || c.is_control()))
+            && (key.is_empty()
+                || key.len() > 200
+                || key.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
             return Err(ProducerError::BadIdempotencyKey(key.clone()));
         }
@@ -177,8 +179,14 @@ mod tests {
 
     #[test]
     fn typed_tasks_are_validated_up_front() {
-        let err = Task::of::<Sleep>(&SleepParams { ms: Sleep::MAX_MS + 1 }).unwrap_err();
-        assert!(matches!(err, ProducerError::BadParams { ref kind, .. } if kind == "sleep"), "{err}");
+        let err = Task::of::<Sleep>(&SleepParams {
+            ms: Sleep::MAX_MS + 1,
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, ProducerError::BadParams { ref kind, .. } if kind == "sleep"),
+            "{err}"
+        );
         let ok = check(Task::of::<Sleep>(&SleepParams { ms: 5 }).unwrap()).unwrap();
         assert_eq!(ok.class, Class::Cpu);
         assert_eq!(ok.max_attempts, 3);
@@ -197,7 +205,16 @@ mod tests {
         assert!(check(Task::raw("my_kind", vec![0xc0]).class(Class::Light)).is_ok());
 
         let err = check(Task::raw("noop", vec![0; 2048])).unwrap_err();
-        assert!(matches!(err, ProducerError::PayloadTooLarge { bytes: 2048, limit: 1024 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ProducerError::PayloadTooLarge {
+                    bytes: 2048,
+                    limit: 1024
+                }
+            ),
+            "{err}"
+        );
 
         let err = check(Task::raw("noop", vec![0xc0]).idempotency_key("has space")).unwrap_err();
         assert!(matches!(err, ProducerError::BadIdempotencyKey(_)), "{err}");
@@ -205,7 +222,8 @@ mod tests {
         let err = check(Task::raw("bad kind", vec![0xc0]).class(Class::Cpu)).unwrap_err();
         assert!(matches!(err, ProducerError::BadParams { .. }), "{err}");
 
-        let deadline = check(Task::raw("noop", vec![]).deadline(Duration::from_micros(10))).unwrap();
+        let deadline =
+            check(Task::raw("noop", vec![]).deadline(Duration::from_micros(10))).unwrap();
         assert_eq!(deadline.deadline_in_ms, Some(1));
     }
 }

@@ -38,6 +38,6 @@ if entry and priority then
   redis.call('XDEL', base .. 'stream:' .. priority, entry)
 end
 if reply_to and string.sub(reply_to, 1, #ARGV[7]) == ARGV[7] and #reply_to > #ARGV[7] then
-  notify(reply_to, KEYS[1], ARGV[3], ARGV[4], tonumber(ARGV[5]))
+  notify(reply_to, KEYS[1], ARGV[6], ARGV[3], ARGV[4], tonumber(ARGV[5]))
 end
 return {'cancelled'}

@@ -32,15 +32,15 @@ local function is_task_id(text)
   return string.match(text, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil
 end
 
--- Appends the finished record to the producer's reply stream. A result larger
--- than `inline_limit` bytes stays out of the notice; `result_bytes` tells the
--- producer to fetch it from the record.
-local function notify(reply_key, record_key, maxlen, ttl_s, inline_limit)
+-- Appends the finished record of task `id` to the producer's reply stream. A
+-- result larger than `inline_limit` bytes stays out of the notice;
+-- `result_bytes` tells the producer to fetch it from the record.
+local function notify(reply_key, record_key, id, maxlen, ttl_s, inline_limit)
   local record = redis.call('HGETALL', record_key)
-  local args = {reply_key, 'MAXLEN', '~', maxlen, '*'}
+  local args = {reply_key, 'MAXLEN', '~', maxlen, '*', 'id', id}
   for i = 1, #record, 2 do
     local name, value = record[i], record[i + 1]
-    if not (name == 'result' and #value > inline_limit) then
+    if name ~= 'id' and not (name == 'result' and #value > inline_limit) then
       args[#args + 1] = name
       args[#args + 1] = value
     end

@@ -12,8 +12,9 @@
 -- ARGV[4] reply stream approximate max length
 -- ARGV[5] reply stream TTL, s
 -- ARGV[6] largest result, bytes, carried inside the notice
--- ARGV[7] final status
--- ARGV[8..] record pairs (worker, device, run_us, result | error_code, error_message)
+-- ARGV[7] task id
+-- ARGV[8] final status
+-- ARGV[9..] record pairs (worker, device, run_us, result | error_code, error_message)
 --
 -- Returns 1 when committed, 0 when the record was already final.
 
@@ -24,14 +25,14 @@ if is_terminal(current) then
   return 0
 end
 
-local status = ARGV[7]
+local status = ARGV[8]
 local record = {KEYS[1], 'status', status, 'finished_at_ms', int(now_ms())}
 local cancelled = status ~= 'expired' and redis.call('HEXISTS', KEYS[1], 'cancel_requested_at_ms') == 1
 if cancelled then
   record[3] = 'cancelled'
   redis.call('HDEL', KEYS[1], 'result', 'result_bytes')
 end
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   local name = ARGV[i]
   local outcome = name == 'result' or name == 'result_bytes' or name == 'error_code' or name == 'error_message'
   if not (cancelled and outcome) then
@@ -48,6 +49,6 @@ end
 redis.call('HSET', unpack(record))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if #KEYS >= 3 then
-  notify(KEYS[3], KEYS[1], ARGV[4], ARGV[5], tonumber(ARGV[6]))
+  notify(KEYS[3], KEYS[1], ARGV[7], ARGV[4], ARGV[5], tonumber(ARGV[6]))
 end
 return 1

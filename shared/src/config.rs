@@ -278,10 +278,16 @@ impl Config {
             );
         }
         if !key_safe(&self.producer_id) {
-            return invalid("producer_id", "may hold only letters, digits, '-', '_', '.', '@'");
+            return invalid(
+                "producer_id",
+                "may hold only letters, digits, '-', '_', '.', '@'",
+            );
         }
         if !key_safe(&self.worker_id) {
-            return invalid("worker_id", "may hold only letters, digits, '-', '_', '.', '@'");
+            return invalid(
+                "worker_id",
+                "may hold only letters, digits, '-', '_', '.', '@'",
+            );
         }
         if self.classes.is_empty() {
             return invalid("classes", "a worker needs at least one class");
@@ -380,7 +386,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tandem-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tandem.toml");
-        std::fs::write(&path, "prefix = \"fromfile\"\nconcurrency = 3\nclasses = [\"cpu\"]\n").unwrap();
+        std::fs::write(
+            &path,
+            "prefix = \"fromfile\"\nconcurrency = 3\nclasses = [\"cpu\"]\n",
+        )
+        .unwrap();
 
         let config = load(&[("TANDEM_CONCURRENCY", "7")], Some(&path)).unwrap();
         assert_eq!(config.prefix, "fromfile");
@@ -397,7 +407,10 @@ mod tests {
         let plain = load(&[("REDIS_URL", "redis://a:1")], None).unwrap();
         assert_eq!(plain.redis_url, "redis://a:1");
         let both = load(
-            &[("REDIS_URL", "redis://a:1"), ("TANDEM_REDIS_URL", "redis://b:2")],
+            &[
+                ("REDIS_URL", "redis://a:1"),
+                ("TANDEM_REDIS_URL", "redis://b:2"),
+            ],
             None,
         )
         .unwrap();

@@ -106,7 +106,10 @@ mod tests {
             keys.task(Class::Cpu, &id),
             "tandem:{cpu}:task:0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"
         );
-        assert_eq!(keys.idempotency(Class::Light, "k1"), "tandem:{light}:idem:k1");
+        assert_eq!(
+            keys.idempotency(Class::Light, "k1"),
+            "tandem:{light}:idem:k1"
+        );
         assert_eq!(keys.reply("p1"), "tandem:reply:p1");
         assert_eq!(keys.worker("w1"), "tandem:worker:w1");
         assert_eq!(keys.workers(), "tandem:workers");

@@ -48,7 +48,11 @@ mod tests {
 
     #[test]
     fn structs_are_maps() {
-        let bytes = encode(&Sample { ms: 5, name: "x".into() }).unwrap();
+        let bytes = encode(&Sample {
+            ms: 5,
+            name: "x".into(),
+        })
+        .unwrap();
         let value: rmpv::Value = decode(&bytes).unwrap();
         assert!(value.is_map(), "{value}");
         assert_eq!(decode::<Sample>(&bytes).unwrap().ms, 5);

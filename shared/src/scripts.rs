@@ -94,10 +94,12 @@ pub static COMPLETE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("complete.lua", lua!("complete.lua")));
 pub static CANCEL: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("cancel.lua", lua!("cancel.lua")));
+pub static FIND: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("find.lua", lua!("find.lua")));
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 4] {
-    [&SUBMIT, &CLAIM, &COMPLETE, &CANCEL]
+pub fn all() -> [&'static LuaScript; 5] {
+    [&SUBMIT, &CLAIM, &COMPLETE, &CANCEL, &FIND]
 }
 
 /// Why scripts could not be loaded.
@@ -108,7 +110,9 @@ pub enum ScriptError {
         name: &'static str,
         source: redis::RedisError,
     },
-    #[error("Redis named script {name} {got}, expected {expected}: the script was altered in transit")]
+    #[error(
+        "Redis named script {name} {got}, expected {expected}: the script was altered in transit"
+    )]
     ShaMismatch {
         name: &'static str,
         expected: String,

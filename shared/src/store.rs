@@ -337,33 +337,35 @@ impl Store {
         let entries = array(self.single(cmd).await?, "XREVRANGE")?;
         match entries.into_iter().next() {
             Some(entry) => {
-                let id = array(entry, "XREVRANGE")?.into_iter().next().unwrap_or(Value::Nil);
+                let id = array(entry, "XREVRANGE")?
+                    .into_iter()
+                    .next()
+                    .unwrap_or(Value::Nil);
                 text(id, "XREVRANGE")
             }
             None => Ok("0-0".to_owned()),
         }
     }
 
-    /// Finds a task's record in whichever class holds it.
+    /// Finds a task's record in whichever class holds it, in one call.
     pub async fn find_record(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        let cmds: Vec<Cmd> = Class::ALL
-            .iter()
-            .map(|&class| {
-                let mut cmd = redis::cmd("HGETALL");
-                cmd.arg(self.keys.task(class, id));
-                cmd
-            })
-            .collect();
-        for (class, reply) in Class::ALL.iter().zip(self.pipeline(&cmds).await?) {
-            let map = hash_map(reply_ok(reply)?, "HGETALL")?;
-            if !map.is_empty() {
-                let mut record = TaskRecord::from_map(&map);
-                record.id.get_or_insert(*id);
-                record.class.get_or_insert(*class);
-                return Ok(Some(record));
-            }
+        let mut call = scripts::FIND.invocation();
+        for &class in Class::ALL {
+            call = call.key(self.keys.task(class, id));
         }
-        Ok(None)
+        let mut parts = array(self.single(call.into_cmd()).await?, "find")?.into_iter();
+        let index = int(parts.next().unwrap_or(Value::Nil), "find")?;
+        let Some(class) = usize::try_from(index - 1)
+            .ok()
+            .and_then(|i| Class::ALL.get(i))
+        else {
+            return Ok(None);
+        };
+        let map = hash_map(parts.next().unwrap_or(Value::Nil), "find")?;
+        let mut record = TaskRecord::from_map(&map);
+        record.id.get_or_insert(*id);
+        record.class.get_or_insert(*class);
+        Ok(Some(record))
     }
 
     /// The result blob of a finished task, when a notice left it out.
@@ -373,7 +375,8 @@ impl Store {
         id: &TaskId,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.keys.task(class, id)).arg(crate::wire::field::RESULT);
+        cmd.arg(self.keys.task(class, id))
+            .arg(crate::wire::field::RESULT);
         match self.single(cmd).await? {
             Value::Nil => Ok(None),
             Value::BulkString(bytes) => Ok(Some(bytes)),
@@ -435,7 +438,11 @@ impl Store {
             .iter()
             .map(|s| {
                 let mut cmd = redis::cmd("XGROUP");
-                cmd.arg("CREATE").arg(&s.key).arg(GROUP).arg("0").arg("MKSTREAM");
+                cmd.arg("CREATE")
+                    .arg(&s.key)
+                    .arg(GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM");
                 cmd
             })
             .collect();
@@ -480,6 +487,7 @@ impl Store {
             .arg(self.retention.reply_maxlen)
             .arg(self.retention.reply_ttl_s)
             .arg(self.retention.inline_result_bytes)
+            .arg(completion.id.to_string())
             .arg(completion.finish.status.as_str());
         for (name, value) in completion.finish.record_pairs() {
             call = call.arg(name).arg(value);
@@ -493,8 +501,13 @@ impl Store {
         &self,
         completions: &[Completion],
         claim: Option<&ClaimRequest<'_>>,
-    ) -> Result<(Vec<Result<Committed, StoreError>>, Option<Result<Claimed, StoreError>>), StoreError>
-    {
+    ) -> Result<
+        (
+            Vec<Result<Committed, StoreError>>,
+            Option<Result<Claimed, StoreError>>,
+        ),
+        StoreError,
+    > {
         let mut cmds: Vec<Cmd> = completions.iter().map(|c| self.complete_cmd(c)).collect();
         if let Some(request) = claim {
             cmds.push(self.claim_cmd(request));
@@ -627,12 +640,11 @@ impl Store {
         let mut next_waiting = Vec::new();
         for (class, priority, key) in streams {
             let length = int(reply_ok(replies.next().unwrap_or(Value::Nil))?, "XLEN")?;
-            let (pending, consumers, last_delivered) =
-                match replies.next().unwrap_or(Value::Nil) {
-                    // A stream no worker has created yet has no groups.
-                    Value::ServerError(_) => (0, 0, None),
-                    reply => group_info(reply_ok(reply)?)?,
-                };
+            let (pending, consumers, last_delivered) = match replies.next().unwrap_or(Value::Nil) {
+                // A stream no worker has created yet has no groups.
+                Value::ServerError(_) => (0, 0, None),
+                reply => group_info(reply_ok(reply)?)?,
+            };
             let length = u64::try_from(length).unwrap_or(0);
             let waiting = length.saturating_sub(pending);
             if waiting > 0 {
@@ -656,7 +668,10 @@ impl Store {
         for ((index, _), reply) in next_waiting.iter().zip(replies) {
             let entries = array(reply_ok(reply)?, "XRANGE")?;
             if let Some(entry) = entries.into_iter().next() {
-                let id = array(entry, "XRANGE")?.into_iter().next().unwrap_or(Value::Nil);
+                let id = array(entry, "XRANGE")?
+                    .into_iter()
+                    .next()
+                    .unwrap_or(Value::Nil);
                 let id = text(id, "XRANGE")?;
                 let added_ms: u64 = id
                     .split('-')
@@ -697,7 +712,11 @@ impl BlockingConn {
         count: usize,
     ) -> Result<StreamRead, StoreError> {
         let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block_ms).arg("STREAMS");
+        cmd.arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS");
         cmd.arg(keys).arg(ids);
         let reply: Value = cmd.query_async(&mut self.conn).await?;
         parse_stream_read(reply)
@@ -884,7 +903,10 @@ fn server_time_ms(reply: Value) -> Result<u64, StoreError> {
 fn group_info(reply: Value) -> Result<(u64, u64, Option<String>), StoreError> {
     for group in array(reply, "XINFO GROUPS")? {
         let info = hash_map(group, "XINFO GROUPS")?;
-        let get = |name: &str| info.get(name.as_bytes()).map(|v| String::from_utf8_lossy(v).into_owned());
+        let get = |name: &str| {
+            info.get(name.as_bytes())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
         if get("name").as_deref() == Some(GROUP) {
             let pending = get("pending").and_then(|v| v.parse().ok()).unwrap_or(0);
             let consumers = get("consumers").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -921,7 +943,10 @@ mod tests {
         let claimed = parse_claimed(reply, &streams).unwrap();
         assert_eq!(claimed.entries.len(), 1);
         assert_eq!(claimed.entries[0].verdict, Verdict::Run);
-        assert_eq!(claimed.entries[0].fields, vec![(b"id".to_vec(), b"x".to_vec())]);
+        assert_eq!(
+            claimed.entries[0].fields,
+            vec![(b"id".to_vec(), b"x".to_vec())]
+        );
         assert_eq!(claimed.last_ids, Some(vec!["1-0".to_owned()]));
 
         let out_of_range = Value::Array(vec![

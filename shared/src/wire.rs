@@ -181,7 +181,9 @@ impl TaskEntry {
         if version != WIRE_VERSION.to_string() {
             return Err(fail(
                 ErrorCode::BAD_WIRE_VERSION,
-                format!("wire version {version:?} is not supported; this worker reads version {WIRE_VERSION}"),
+                format!(
+                    "wire version {version:?} is not supported; this worker reads version {WIRE_VERSION}"
+                ),
             ));
         }
         let id_text = required(field::ID)?;
@@ -467,7 +469,10 @@ impl WorkerInfo {
                 .get(f::CLASSES)
                 .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
                 .unwrap_or_default(),
-            concurrency: map.get(f::CONCURRENCY).and_then(|v| v.parse().ok()).unwrap_or(0),
+            concurrency: map
+                .get(f::CONCURRENCY)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             state: text(f::STATE),
             started_at_ms: number(f::STARTED_AT_MS),
             heartbeat_at_ms: number(f::HEARTBEAT_AT_MS),
@@ -551,29 +556,54 @@ mod tests {
     fn bad_entries_are_refused_with_a_reason() {
         let id = TaskId::new().to_string();
         let id = id.as_bytes();
-        check_refused(&[("id", id), ("kind", b"noop")], ErrorCode::BAD_PAYLOAD, true, "version");
+        check_refused(
+            &[("id", id), ("kind", b"noop")],
+            ErrorCode::BAD_PAYLOAD,
+            true,
+            "version",
+        );
         check_refused(
             &[("version", b"2"), ("id", id), ("kind", b"noop")],
             ErrorCode::BAD_WIRE_VERSION,
             true,
             "\"2\"",
         );
-        check_refused(&[("version", b"1"), ("kind", b"noop")], ErrorCode::BAD_PAYLOAD, false, "id");
+        check_refused(
+            &[("version", b"1"), ("kind", b"noop")],
+            ErrorCode::BAD_PAYLOAD,
+            false,
+            "id",
+        );
         check_refused(
             &[("version", b"1"), ("id", b"42"), ("kind", b"noop")],
             ErrorCode::BAD_PAYLOAD,
             false,
             "UUID",
         );
-        check_refused(&[("version", b"1"), ("id", id)], ErrorCode::BAD_PAYLOAD, true, "kind");
         check_refused(
-            &[("version", b"1"), ("id", id), ("kind", b"noop"), ("attempt", b"x")],
+            &[("version", b"1"), ("id", id)],
+            ErrorCode::BAD_PAYLOAD,
+            true,
+            "kind",
+        );
+        check_refused(
+            &[
+                ("version", b"1"),
+                ("id", id),
+                ("kind", b"noop"),
+                ("attempt", b"x"),
+            ],
             ErrorCode::BAD_PAYLOAD,
             true,
             "attempt",
         );
         check_refused(
-            &[("version", b"1"), ("id", id), ("kind", b"noop"), ("class", b"heavy")],
+            &[
+                ("version", b"1"),
+                ("id", id),
+                ("kind", b"noop"),
+                ("class", b"heavy"),
+            ],
             ErrorCode::BAD_PAYLOAD,
             true,
             "class",
@@ -644,9 +674,14 @@ mod tests {
             outcome: FinishOutcome::Result(vec![1, 2, 3]),
         };
         let names: Vec<_> = ok.record_pairs().iter().map(|(k, _)| *k).collect();
-        assert_eq!(names, ["worker", "device", "run_us", "result_bytes", "result"]);
+        assert_eq!(
+            names,
+            ["worker", "device", "run_us", "result_bytes", "result"]
+        );
         let record = TaskRecord::from_fields(
-            ok.record_pairs().iter().map(|(k, v)| (k.as_bytes(), v.as_slice())),
+            ok.record_pairs()
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_slice())),
         );
         assert_eq!(record.result.as_deref(), Some(&[1u8, 2, 3][..]));
         assert_eq!(record.result_bytes, Some(3));

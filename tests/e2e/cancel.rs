@@ -17,7 +17,10 @@ async fn a_cancelled_queued_task_never_starts() {
         .submit(Task::of::<Sleep>(&SleepParams { ms: 10 }).unwrap())
         .await
         .unwrap();
-    assert_eq!(producer.cancel(doomed).await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(
+        producer.cancel(doomed).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
     assert_eq!(producer.status(doomed).await.unwrap(), Status::Cancelled);
     // Its entry is gone from the stream.
     let mut conn = redis.conn().await;
@@ -25,20 +28,29 @@ async fn a_cancelled_queued_task_never_starts() {
     assert_eq!(queued, 0);
 
     let _worker = WorkerProcess::start(&redis, &[]).await;
-    let after = producer.submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap()).await.unwrap();
+    let after = producer
+        .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+        .await
+        .unwrap();
     producer.wait(after, Duration::from_secs(20)).await.unwrap();
 
     let outcome = producer.wait(doomed, Duration::from_secs(5)).await.unwrap();
     assert_eq!(outcome.status, Status::Cancelled);
     assert_eq!(outcome.failure().unwrap().code.as_str(), "CANCELLED");
-    assert_eq!(outcome.record.started_at_ms, None, "a cancelled queued task must not start");
+    assert_eq!(
+        outcome.record.started_at_ms, None,
+        "a cancelled queued task must not start"
+    );
     assert_eq!(outcome.record.worker, None);
     // Cancelling again reports what happened.
     assert_eq!(
         producer.cancel(doomed).await.unwrap(),
         CancelOutcome::AlreadyFinished(Status::Cancelled)
     );
-    assert_eq!(producer.cancel(TaskId::new()).await.unwrap(), CancelOutcome::NotFound);
+    assert_eq!(
+        producer.cancel(TaskId::new()).await.unwrap(),
+        CancelOutcome::NotFound
+    );
 }
 
 #[tokio::test]
@@ -57,14 +69,29 @@ async fn a_cancelled_running_task_is_stopped_and_ends_cancelled() {
     .await;
 
     let asked = Instant::now();
-    assert_eq!(producer.cancel(long).await.unwrap(), CancelOutcome::Requested);
+    assert_eq!(
+        producer.cancel(long).await.unwrap(),
+        CancelOutcome::Requested
+    );
     let outcome = producer.wait(long, Duration::from_secs(20)).await.unwrap();
     assert_eq!(outcome.status, Status::Cancelled);
     assert_eq!(outcome.failure().unwrap().code.as_str(), "CANCELLED");
     assert!(outcome.record.started_at_ms.is_some());
-    assert!(asked.elapsed() < Duration::from_secs(10), "the sleep was not interrupted");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the sleep was not interrupted"
+    );
 
     // The worker carries on.
-    let next = producer.submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap()).await.unwrap();
-    assert!(producer.wait(next, Duration::from_secs(20)).await.unwrap().succeeded());
+    let next = producer
+        .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        producer
+            .wait(next, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .succeeded()
+    );
 }

@@ -13,11 +13,19 @@ async fn a_task_past_its_deadline_expires_without_running() {
     let redis = RedisServer::start();
     let producer = redis.producer().await;
     let late = producer
-        .submit(Task::of::<Echo>(&"late".into()).unwrap().deadline(Duration::from_millis(100)))
+        .submit(
+            Task::of::<Echo>(&"late".into())
+                .unwrap()
+                .deadline(Duration::from_millis(100)),
+        )
         .await
         .unwrap();
     let in_time = producer
-        .submit(Task::of::<Echo>(&"in time".into()).unwrap().deadline(Duration::from_secs(60)))
+        .submit(
+            Task::of::<Echo>(&"in time".into())
+                .unwrap()
+                .deadline(Duration::from_secs(60)),
+        )
         .await
         .unwrap();
     let record = producer.record(late).await.unwrap().unwrap();
@@ -30,9 +38,15 @@ async fn a_task_past_its_deadline_expires_without_running() {
     let outcome = producer.wait(late, Duration::from_secs(20)).await.unwrap();
     assert_eq!(outcome.status, Status::Expired);
     assert_eq!(outcome.failure().unwrap().code.as_str(), "EXPIRED");
-    assert_eq!(outcome.record.started_at_ms, None, "an expired task must not start");
+    assert_eq!(
+        outcome.record.started_at_ms, None,
+        "an expired task must not start"
+    );
     assert!(outcome.record.finished_at_ms.unwrap() > deadline);
 
-    let outcome = producer.wait(in_time, Duration::from_secs(20)).await.unwrap();
+    let outcome = producer
+        .wait(in_time, Duration::from_secs(20))
+        .await
+        .unwrap();
     assert_eq!(outcome.result::<String>().unwrap(), "in time");
 }

@@ -12,13 +12,21 @@ use crate::support::{RedisServer, WorkerProcess};
 async fn the_same_key_returns_the_same_task_and_creates_no_second() {
     let redis = RedisServer::start();
     let producer = redis.producer().await;
-    let task = || Task::of::<Echo>(&"order-42".into()).unwrap().idempotency_key("order-42");
+    let task = || {
+        Task::of::<Echo>(&"order-42".into())
+            .unwrap()
+            .idempotency_key("order-42")
+    };
 
     let first = producer.submit(task()).await.unwrap();
     let again = producer.submit(task()).await.unwrap();
     assert_eq!(first, again);
     let other = producer
-        .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap().idempotency_key("order-43"))
+        .submit(
+            Task::of::<Noop>(&rmpv::Value::Nil)
+                .unwrap()
+                .idempotency_key("order-43"),
+        )
         .await
         .unwrap();
     assert_ne!(first, other);

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use tandem_producer::{ProducerError, Task};
-use tandem_shared::kind::builtin::{Echo, Fail, FailParams, Noop, Sleep, SleepOutput, SleepParams};
 use tandem_shared::Status;
+use tandem_shared::kind::builtin::{Echo, Fail, FailParams, Noop, Sleep, SleepOutput, SleepParams};
 
 use crate::support::{RedisServer, WorkerProcess};
 
@@ -16,7 +16,10 @@ async fn every_builtin_kind_round_trips() {
     let _worker = WorkerProcess::start(&redis, &[]).await;
     let producer = redis.producer().await;
 
-    let noop = producer.submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap()).await.unwrap();
+    let noop = producer
+        .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+        .await
+        .unwrap();
     let outcome = producer.wait(noop, WAIT).await.unwrap();
     assert_eq!(outcome.status, Status::Succeeded);
     outcome.result::<()>().unwrap();
@@ -27,13 +30,23 @@ async fn every_builtin_kind_round_trips() {
         .unwrap();
     let outcome = producer.wait(sleep, WAIT).await.unwrap();
     assert_eq!(outcome.result::<SleepOutput>().unwrap().slept_ms, 50);
-    assert!(outcome.record.run_us.unwrap() >= 50_000, "{:?}", outcome.record);
+    assert!(
+        outcome.record.run_us.unwrap() >= 50_000,
+        "{:?}",
+        outcome.record
+    );
 
     let payload = rmpv::Value::Map(vec![
         ("symbol".into(), "AAPL".into()),
-        ("prices".into(), rmpv::Value::Array(vec![1.5.into(), 2.25.into()])),
+        (
+            "prices".into(),
+            rmpv::Value::Array(vec![1.5.into(), 2.25.into()]),
+        ),
     ]);
-    let echo = producer.submit(Task::of::<Echo>(&payload).unwrap()).await.unwrap();
+    let echo = producer
+        .submit(Task::of::<Echo>(&payload).unwrap())
+        .await
+        .unwrap();
     let outcome = producer.handle(echo).await.unwrap();
     assert_eq!(outcome.result::<rmpv::Value>().unwrap(), payload);
     assert_eq!(outcome.record.worker.as_deref(), Some(_worker.id.as_str()));

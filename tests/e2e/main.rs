@@ -6,8 +6,11 @@
 
 mod support;
 
-mod kinds;
 mod cancel;
 mod deadline;
 mod idempotency;
+mod kinds;
 mod priority;
+mod producer;
+mod volume;
+mod wire;

@@ -36,8 +36,15 @@ async fn a_waiting_higher_priority_always_starts_first() {
     // Submitted lowest first and interleaved, before any worker runs.
     let mut by_priority: Vec<(Priority, TaskId)> = Vec::new();
     for _ in 0..5 {
-        for priority in [Priority::Low, Priority::Normal, Priority::High, Priority::Critical] {
-            let task = Task::of::<Noop>(&rmpv::Value::Nil).unwrap().priority(priority);
+        for priority in [
+            Priority::Low,
+            Priority::Normal,
+            Priority::High,
+            Priority::Critical,
+        ] {
+            let task = Task::of::<Noop>(&rmpv::Value::Nil)
+                .unwrap()
+                .priority(priority);
             by_priority.push((priority, producer.submit(task).await.unwrap()));
         }
     }
@@ -64,12 +71,24 @@ async fn batched_claims_keep_priority_order() {
     let mut low = Vec::new();
     let mut critical = Vec::new();
     for i in 0..200 {
-        let (priority, list) = if i % 2 == 0 { (Priority::Low, &mut low) } else { (Priority::Critical, &mut critical) };
-        list.push(Task::of::<Noop>(&rmpv::Value::Nil).unwrap().priority(priority));
+        let (priority, list) = if i % 2 == 0 {
+            (Priority::Low, &mut low)
+        } else {
+            (Priority::Critical, &mut critical)
+        };
+        list.push(
+            Task::of::<Noop>(&rmpv::Value::Nil)
+                .unwrap()
+                .priority(priority),
+        );
     }
     let low = producer.submit_many(low).await.unwrap();
     let critical = producer.submit_many(critical).await.unwrap();
-    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "16"), ("TANDEM_CLAIM_BATCH", "16")]).await;
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[("TANDEM_CONCURRENCY", "16"), ("TANDEM_CLAIM_BATCH", "16")],
+    )
+    .await;
     for id in low.iter().chain(&critical) {
         producer.wait(*id, Duration::from_secs(20)).await.unwrap();
     }
@@ -95,17 +114,32 @@ async fn low_priority_is_not_starved_by_a_flood() {
     let producer = redis.producer().await;
     // Two seconds of high-priority work for a single slot, with one low task.
     let flood: Vec<Task> = (0..100)
-        .map(|_| Task::of::<Sleep>(&SleepParams { ms: 20 }).unwrap().priority(Priority::High))
+        .map(|_| {
+            Task::of::<Sleep>(&SleepParams { ms: 20 })
+                .unwrap()
+                .priority(Priority::High)
+        })
         .collect();
     let flood = producer.submit_many(flood).await.unwrap();
     let low = producer
-        .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap().priority(Priority::Low))
+        .submit(
+            Task::of::<Noop>(&rmpv::Value::Nil)
+                .unwrap()
+                .priority(Priority::Low),
+        )
         .await
         .unwrap();
-    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "1"), ("TANDEM_AGING_MS", "300")]).await;
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[("TANDEM_CONCURRENCY", "1"), ("TANDEM_AGING_MS", "300")],
+    )
+    .await;
 
     let low_done = producer.wait(low, Duration::from_secs(20)).await.unwrap();
-    let last = producer.wait(*flood.last().unwrap(), Duration::from_secs(20)).await.unwrap();
+    let last = producer
+        .wait(*flood.last().unwrap(), Duration::from_secs(20))
+        .await
+        .unwrap();
     assert!(
         low_done.record.finished_at_ms.unwrap() < last.record.started_at_ms.unwrap(),
         "the low task waited for the whole flood: {:?} vs {:?}",

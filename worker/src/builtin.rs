@@ -77,15 +77,21 @@ mod tests {
     }
 
     async fn run(kind: &str, params: &[u8]) -> Result<Vec<u8>, TaskError> {
-        Registry::with_builtins().prepare(kind, params, ctx())?.await
+        Registry::with_builtins()
+            .prepare(kind, params, ctx())?
+            .await
     }
 
     #[tokio::test]
     async fn builtins_run() {
-        let echoed = run("echo", &msgpack::encode(&vec!["a", "b"]).unwrap()).await.unwrap();
+        let echoed = run("echo", &msgpack::encode(&vec!["a", "b"]).unwrap())
+            .await
+            .unwrap();
         assert_eq!(msgpack::decode::<Vec<String>>(&echoed).unwrap(), ["a", "b"]);
 
-        let slept = run("sleep", &msgpack::encode(&SleepParams { ms: 1 }).unwrap()).await.unwrap();
+        let slept = run("sleep", &msgpack::encode(&SleepParams { ms: 1 }).unwrap())
+            .await
+            .unwrap();
         assert_eq!(msgpack::decode::<SleepOutput>(&slept).unwrap().slept_ms, 1);
 
         let noop = run("noop", &[]).await.unwrap();
@@ -113,10 +119,18 @@ mod tests {
         };
         check("nope", vec![], ErrorCode::UNKNOWN_KIND).await;
         check("sleep", vec![0xc1], ErrorCode::BAD_PAYLOAD).await;
-        check("sleep", msgpack::encode(&"ten").unwrap(), ErrorCode::BAD_PARAMS).await;
         check(
             "sleep",
-            msgpack::encode(&SleepParams { ms: Sleep::MAX_MS + 1 }).unwrap(),
+            msgpack::encode(&"ten").unwrap(),
+            ErrorCode::BAD_PARAMS,
+        )
+        .await;
+        check(
+            "sleep",
+            msgpack::encode(&SleepParams {
+                ms: Sleep::MAX_MS + 1,
+            })
+            .unwrap(),
             ErrorCode::BAD_PARAMS,
         )
         .await;

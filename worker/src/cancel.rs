@@ -48,7 +48,9 @@ impl Running {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, CancellationToken>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert, remove or lookup).
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -69,7 +71,10 @@ pub(crate) async fn listen(store: Store, running: Running) {
                             .ok()
                             .and_then(|t| t.parse::<TaskId>().ok())
                         else {
-                            tracing::warn!("ignoring a malformed cancel message ({} bytes)", payload.len());
+                            tracing::warn!(
+                                "ignoring a malformed cancel message ({} bytes)",
+                                payload.len()
+                            );
                             continue;
                         };
                         if running.cancel(&id) {

@@ -131,7 +131,9 @@ impl Dispatcher {
                                 }
                             }
                             Some(Err(err)) if err.is_missing_group() => {
-                                tracing::warn!("consumer groups are gone (Redis flushed or restarted?); recreating them");
+                                tracing::warn!(
+                                    "consumer groups are gone (Redis flushed or restarted?); recreating them"
+                                );
                                 if let Err(err) = self.store.ensure_groups(&self.streams).await {
                                     tracing::error!("cannot recreate consumer groups: {err}");
                                     retry_at = Some(Instant::now() + retry_delay);
@@ -161,7 +163,8 @@ impl Dispatcher {
                 break;
             }
 
-            let mut wake_at = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let mut wake_at =
+                retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             if !draining && self.aging_ms > 0 {
                 wake_at = wake_at.min(next_aging);
             }

@@ -57,7 +57,11 @@ impl Executor {
         }
     }
 
-    async fn run(&self, entry: &TaskEntry, cancel: CancellationToken) -> Result<Vec<u8>, TaskError> {
+    async fn run(
+        &self,
+        entry: &TaskEntry,
+        cancel: CancellationToken,
+    ) -> Result<Vec<u8>, TaskError> {
         if entry.params.len() > self.max_payload_bytes {
             return Err(TaskError::new(
                 ErrorCode::PAYLOAD_TOO_LARGE,
@@ -84,7 +88,12 @@ impl Executor {
 
     /// The completion of an entry that could not be decoded, when it named a
     /// task to report to; `None` when it did not.
-    pub fn refused(&self, err: EntryError, stream: &StreamRef, entry_id: String) -> Option<Completion> {
+    pub fn refused(
+        &self,
+        err: EntryError,
+        stream: &StreamRef,
+        entry_id: String,
+    ) -> Option<Completion> {
         let id = err.id?;
         Some(Completion {
             id,
@@ -216,7 +225,11 @@ mod tests {
     #[tokio::test]
     async fn panics_become_failures() {
         let done = executor()
-            .execute(entry("explode", vec![]), "1-0".into(), CancellationToken::new())
+            .execute(
+                entry("explode", vec![]),
+                "1-0".into(),
+                CancellationToken::new(),
+            )
             .await;
         assert_eq!(done.finish.status, Status::Failed);
         assert_eq!(error_code(&done), Some("HANDLER_PANIC"));
@@ -234,7 +247,8 @@ mod tests {
     #[tokio::test]
     async fn cancel_stops_a_running_task() {
         let cancel = CancellationToken::new();
-        let params = msgpack::encode(&tandem_shared::kind::builtin::SleepParams { ms: 60_000 }).unwrap();
+        let params =
+            msgpack::encode(&tandem_shared::kind::builtin::SleepParams { ms: 60_000 }).unwrap();
         let exec = executor();
         let run = exec.execute(entry("sleep", params), "1-0".into(), cancel.clone());
         cancel.cancel();

@@ -99,7 +99,8 @@ impl<H: Handler> ErasedHandler for Typed<H> {
         H::Spec::validate(&params).map_err(|e| TaskError::new(ErrorCode::BAD_PARAMS, e.0))?;
         Ok(Box::pin(async move {
             let output = self.0.run(params, ctx).await?;
-            msgpack::encode(&output).map_err(|e| TaskError::new(ErrorCode::BAD_RESULT, e.to_string()))
+            msgpack::encode(&output)
+                .map_err(|e| TaskError::new(ErrorCode::BAD_RESULT, e.to_string()))
         }))
     }
 }
@@ -159,11 +160,19 @@ impl Registry {
     }
 
     /// Decodes and validates the parameters of a task of `kind`.
-    pub fn prepare(&self, kind: &str, params: &[u8], ctx: TaskContext) -> Result<Prepared, TaskError> {
+    pub fn prepare(
+        &self,
+        kind: &str,
+        params: &[u8],
+        ctx: TaskContext,
+    ) -> Result<Prepared, TaskError> {
         let handler = self.handlers.get(kind).ok_or_else(|| {
             TaskError::new(
                 ErrorCode::UNKNOWN_KIND,
-                format!("no handler for kind {kind:?}; this worker runs {:?}", self.kinds()),
+                format!(
+                    "no handler for kind {kind:?}; this worker runs {:?}",
+                    self.kinds()
+                ),
             )
         })?;
         Arc::clone(handler).prepare(params, ctx)

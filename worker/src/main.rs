@@ -81,7 +81,13 @@ fn main() -> ExitCode {
     let run_args = match cli.command {
         Some(Command::Settings) => {
             for s in Config::SETTINGS {
-                println!("{} ({}, default {:?}): {}", s.name, s.env, (s.default)(), s.doc);
+                println!(
+                    "{} ({}, default {:?}): {}",
+                    s.name,
+                    s.env,
+                    (s.default)(),
+                    s.doc
+                );
             }
             return ExitCode::SUCCESS;
         }

@@ -77,7 +77,9 @@ async fn wait_loop(
                 None => match store.blocking_connection(block_ms).await {
                     Ok(c) => conn.insert(c),
                     Err(err) => {
-                        tracing::warn!("waker cannot connect to Redis: {err}; retrying in {backoff:?}");
+                        tracing::warn!(
+                            "waker cannot connect to Redis: {err}; retrying in {backoff:?}"
+                        );
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                         woken.notify_one();

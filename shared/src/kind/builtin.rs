@@ -134,19 +134,34 @@ mod tests {
             assert_eq!(outcome.is_ok(), ok, "{kind}: {outcome:?}");
         };
         check("sleep", encode(&SleepParams { ms: 10 }).unwrap(), true);
-        check("sleep", encode(&SleepParams { ms: Sleep::MAX_MS + 1 }).unwrap(), false);
+        check(
+            "sleep",
+            encode(&SleepParams {
+                ms: Sleep::MAX_MS + 1,
+            })
+            .unwrap(),
+            false,
+        );
         check("sleep", encode(&"ten").unwrap(), false);
         check("sleep", Vec::new(), false);
         check("noop", Vec::new(), true);
         check("echo", encode(&vec![1, 2]).unwrap(), true);
         check(
             "fail",
-            encode(&FailParams { code: "E_BOOM".into(), message: String::new() }).unwrap(),
+            encode(&FailParams {
+                code: "E_BOOM".into(),
+                message: String::new(),
+            })
+            .unwrap(),
             true,
         );
         check(
             "fail",
-            encode(&FailParams { code: "boom".into(), message: String::new() }).unwrap(),
+            encode(&FailParams {
+                code: "boom".into(),
+                message: String::new(),
+            })
+            .unwrap(),
             false,
         );
         assert!(validate_builtin("monte_carlo", &[]).is_none());

@@ -23,7 +23,8 @@ pub struct ScratchDir(PathBuf);
 impl ScratchDir {
     pub fn new(what: &str) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("tandem-e2e-{}-{what}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("tandem-e2e-{}-{what}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create scratch dir");
         Self(path)
@@ -94,14 +95,18 @@ impl RedisServer {
     }
 
     pub async fn producer(&self) -> Producer {
-        Producer::connect(&self.config()).await.expect("producer connects")
+        Producer::connect(&self.config())
+            .await
+            .expect("producer connects")
     }
 
     /// A plain connection, to look at Redis as `redis-cli` would.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.url())
             .expect("url")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("connect")
     }
@@ -170,7 +175,11 @@ impl WorkerProcess {
             let mut conn = conn.clone();
             let key = key.clone();
             async move {
-                let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap_or(false);
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(false);
                 exists
             }
         })
@@ -202,7 +211,11 @@ impl WorkerProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("worker {} did not exit within {timeout:?}\n{}", self.id, self.log_text());
+        panic!(
+            "worker {} did not exit within {timeout:?}\n{}",
+            self.id,
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -251,7 +264,9 @@ pub fn bin(name: &str) -> PathBuf {
 /// `cargo test -p tandem-tests` alone does not rebuild the binaries the tests
 /// run; catch a binary older than its sources instead of testing old code.
 fn assert_fresh(binary: &Path, name: &str) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     let sources: &[&str] = match name {
         "tandem-worker" => &["worker/src", "shared/src", "shared/lua", "kernels/src"],
         "tandem" => &["producer/src", "shared/src", "shared/lua"],
@@ -332,7 +347,10 @@ where
         if check().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,144 @@
+//! Producer behaviour: typed errors before sending, waiting on tasks of
+//! other producers, time-outs and unknown ids.
+
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use tandem_producer::{ProducerError, Task};
+use tandem_shared::kind::builtin::{Echo, Sleep, SleepParams};
+use tandem_shared::{Class, Config, Priority, TaskId};
+
+use crate::support::{RedisServer, WorkerProcess};
+
+#[tokio::test]
+async fn bad_parameters_give_typed_errors_and_send_nothing() {
+    let redis = RedisServer::start();
+    let producer = tandem_producer::Producer::connect(&Config {
+        max_payload_bytes: 1_000,
+        ..redis.config()
+    })
+    .await
+    .unwrap();
+
+    let err = Task::of::<Sleep>(&SleepParams {
+        ms: Sleep::MAX_MS + 1,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, ProducerError::BadParams { ref kind, .. } if kind == "sleep"),
+        "{err}"
+    );
+
+    let err = producer
+        .submit(Task::new("sleep", &"soon").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProducerError::BadParams { .. }), "{err}");
+
+    let err = producer
+        .submit(Task::of::<Echo>(&"x".repeat(2_000).into()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProducerError::PayloadTooLarge { limit: 1_000, .. }),
+        "{err}"
+    );
+
+    let err = producer
+        .submit(Task::raw("my_model", vec![0xc0]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProducerError::MissingClass(_)), "{err}");
+
+    // A batch with one bad task sends none of them.
+    let batch = vec![
+        Task::of::<Echo>(&"fine".into()).unwrap(),
+        Task::new("sleep", &"bad").unwrap(),
+    ];
+    assert!(producer.submit_many(batch).await.is_err());
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = conn.keys("tandem:*stream*").await.unwrap();
+    for key in keys {
+        assert_eq!(
+            conn.xlen::<_, u64>(&key).await.unwrap(),
+            0,
+            "{key} holds an entry"
+        );
+    }
+}
+
+#[tokio::test]
+async fn waiting_on_another_producers_task_timeouts_and_unknown_ids() {
+    let redis = RedisServer::start();
+    let submitter = redis.producer().await;
+    let watcher = redis.producer().await;
+
+    let unknown = TaskId::new();
+    assert!(matches!(
+        watcher.wait(unknown, Duration::from_secs(1)).await,
+        Err(ProducerError::NotFound(id)) if id == unknown
+    ));
+    assert!(matches!(
+        watcher.status(unknown).await,
+        Err(ProducerError::NotFound(_))
+    ));
+
+    let slow = submitter
+        .submit(
+            Task::of::<Sleep>(&SleepParams { ms: 300 })
+                .unwrap()
+                .priority(Priority::High),
+        )
+        .await
+        .unwrap();
+    // No worker yet: the wait times out with a typed error.
+    assert!(matches!(
+        watcher.wait(slow, Duration::from_millis(200)).await,
+        Err(ProducerError::Timeout { id, .. }) if id == slow
+    ));
+
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let started = Instant::now();
+    let outcome = watcher.handle(slow).await.unwrap();
+    assert!(outcome.succeeded());
+    // Woken by the submitter's reply stream, not by the slow safety re-check.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Custom kinds go where their producer says.
+    let custom = submitter
+        .submit(Task::new("echo", &"to light").unwrap().class(Class::Light))
+        .await
+        .unwrap();
+    let outcome = watcher.wait(custom, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(outcome.record.class, Some(Class::Light));
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_tasks_finish_and_deregisters() {
+    let redis = RedisServer::start();
+    let mut worker = WorkerProcess::start(&redis, &[]).await;
+    let producer = redis.producer().await;
+    let id = producer
+        .submit(Task::of::<Sleep>(&SleepParams { ms: 500 }).unwrap())
+        .await
+        .unwrap();
+    crate::support::wait_until(Duration::from_secs(10), "task running", || {
+        let producer = producer.clone();
+        async move { producer.status(id).await.unwrap() == tandem_shared::Status::Running }
+    })
+    .await;
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(Duration::from_secs(10)), Some(0));
+    let outcome = producer.wait(id, Duration::from_secs(1)).await.unwrap();
+    assert!(outcome.succeeded(), "the running task finished before exit");
+    let mut conn = redis.conn().await;
+    let registered: bool = conn
+        .exists(format!("tandem:worker:{}", worker.id))
+        .await
+        .unwrap();
+    assert!(!registered, "the registry record is removed");
+}

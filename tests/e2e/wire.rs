@@ -1,0 +1,311 @@
+//! The wire format as `redis-cli` and a Python service see it: plain-text
+//! names and values, MessagePack only for parameters and results; raw
+//! submissions; bad entries refused with a reason while the worker goes on.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tandem_producer::Task;
+use tandem_shared::kind::builtin::{Echo, Noop};
+use tandem_shared::{Status, TaskId, msgpack};
+
+use crate::support::{RedisServer, WorkerProcess, wait_until};
+
+type Hash = HashMap<String, Vec<u8>>;
+
+fn text(hash: &Hash, field: &str) -> String {
+    let raw = hash
+        .get(field)
+        .unwrap_or_else(|| panic!("field {field} missing from {:?}", hash.keys()));
+    String::from_utf8(raw.clone()).unwrap_or_else(|_| panic!("field {field} is not plain text"))
+}
+
+fn assert_plain_text_except(hash: &Hash, blobs: &[&str]) {
+    for (name, value) in hash {
+        assert!(
+            name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "field name {name:?}"
+        );
+        if !blobs.contains(&name.as_str()) {
+            let value = std::str::from_utf8(value).unwrap_or_else(|_| panic!("{name} is not text"));
+            assert!(
+                !value.is_empty() && value.chars().all(|c| !c.is_control()),
+                "{name} = {value:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn entries_and_records_read_plainly_in_redis_cli() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let id = producer
+        .submit(
+            Task::of::<Echo>(&"hello".into())
+                .unwrap()
+                .deadline(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    let mut conn = redis.conn().await;
+
+    // XRANGE tandem:{cpu}:stream:normal - +
+    let entries: redis::streams::StreamRangeReply =
+        conn.xrange_all("tandem:{cpu}:stream:normal").await.unwrap();
+    assert_eq!(entries.ids.len(), 1);
+    let entry: Hash = entries.ids[0]
+        .map
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                redis::from_redis_value_ref::<Vec<u8>>(v).unwrap(),
+            )
+        })
+        .collect();
+    assert_plain_text_except(&entry, &["params"]);
+    assert_eq!(text(&entry, "version"), "1");
+    assert_eq!(text(&entry, "id"), id.to_string());
+    assert_eq!(text(&entry, "kind"), "echo");
+    assert_eq!(text(&entry, "class"), "cpu");
+    assert_eq!(text(&entry, "priority"), "normal");
+    assert_eq!(text(&entry, "attempt"), "1");
+    assert_eq!(text(&entry, "max_attempts"), "3");
+    assert_eq!(text(&entry, "memory_bytes"), "0");
+    assert_eq!(text(&entry, "producer"), producer.id());
+    assert_eq!(
+        text(&entry, "reply_to"),
+        format!("tandem:reply:{}", producer.id())
+    );
+    let submitted: u64 = text(&entry, "submitted_at_ms").parse().unwrap();
+    let deadline: u64 = text(&entry, "deadline_ms").parse().unwrap();
+    assert_eq!(deadline, submitted + 600_000);
+    assert_eq!(
+        msgpack::decode::<String>(&entry["params"]).unwrap(),
+        "hello"
+    );
+
+    // HGETALL tandem:{cpu}:task:<id> while queued, then finished.
+    let key = format!("tandem:{{cpu}}:task:{id}");
+    let queued: Hash = conn.hgetall(&key).await.unwrap();
+    assert_plain_text_except(&queued, &[]);
+    assert_eq!(text(&queued, "status"), "queued");
+    assert_eq!(text(&queued, "entry"), entries.ids[0].id);
+
+    let worker = WorkerProcess::start(&redis, &[]).await;
+    producer.wait(id, Duration::from_secs(20)).await.unwrap();
+    let done: Hash = conn.hgetall(&key).await.unwrap();
+    assert_plain_text_except(&done, &["result"]);
+    assert_eq!(text(&done, "status"), "succeeded");
+    assert_eq!(text(&done, "worker"), worker.id);
+    assert_eq!(text(&done, "device"), "cpu");
+    assert_eq!(
+        text(&done, "result_bytes"),
+        done["result"].len().to_string()
+    );
+    for time in [
+        "submitted_at_ms",
+        "started_at_ms",
+        "finished_at_ms",
+        "run_us",
+    ] {
+        text(&done, time).parse::<u64>().unwrap();
+    }
+    assert_eq!(msgpack::decode::<String>(&done["result"]).unwrap(), "hello");
+    let ttl: i64 = conn.ttl(&key).await.unwrap();
+    assert!(
+        ttl > 0 && ttl <= 86_400,
+        "finished records expire: ttl {ttl}"
+    );
+
+    // The worker registry record.
+    let registry: Hash = conn
+        .hgetall(format!("tandem:worker:{}", worker.id))
+        .await
+        .unwrap();
+    assert_plain_text_except(&registry, &[]);
+    assert_eq!(text(&registry, "device"), "cpu");
+    assert_eq!(text(&registry, "state"), "running");
+    let members: Vec<String> = conn.smembers("tandem:workers").await.unwrap();
+    assert_eq!(members, vec![worker.id.clone()]);
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg("tandem:{cpu}:stream:normal")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        format!("{groups:?}").contains("workers"),
+        "the consumer group is named workers"
+    );
+}
+
+/// What a Python service does with redis-py and msgpack alone.
+#[tokio::test]
+async fn a_raw_submission_runs_and_notifies() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let mut conn = redis.conn().await;
+    let id = TaskId::new().to_string();
+    let params = msgpack::encode(&vec![1, 2, 3]).unwrap();
+    let reply = "tandem:reply:python-svc";
+    let start: String = redis::cmd("XADD")
+        .arg(reply)
+        .arg("*")
+        .arg("hello")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("tandem:{{cpu}}:task:{id}"))
+        .arg(&[
+            "status", "queued", "kind", "echo", "class", "cpu", "priority", "high", "reply_to",
+            reply,
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("tandem:{cpu}:stream:high")
+        .arg("*")
+        .arg(&["version", "1", "id", &id, "kind", "echo", "reply_to", reply])
+        .arg("params")
+        .arg(params.as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // XREAD BLOCK 10000 STREAMS tandem:reply:python-svc <start>
+    let read: redis::streams::StreamReadReply = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(10_000)
+        .arg("STREAMS")
+        .arg(reply)
+        .arg(&start)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let notice = &read.keys[0].ids[0];
+    assert_eq!(notice.get::<String>("id").unwrap(), id);
+    assert_eq!(notice.get::<String>("status").unwrap(), "succeeded");
+    let result: Vec<u8> = notice.get("result").unwrap();
+    assert_eq!(msgpack::decode::<Vec<i32>>(&result).unwrap(), vec![1, 2, 3]);
+
+    // A producer can wait on it too, by id alone.
+    let producer = redis.producer().await;
+    let outcome = producer
+        .wait(id.parse().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(outcome.result::<Vec<i32>>().unwrap(), vec![1, 2, 3]);
+}
+
+async fn xadd(conn: &mut redis::aio::MultiplexedConnection, fields: &[(&str, &[u8])]) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg("tandem:{cpu}:stream:normal").arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    let _: String = cmd.query_async(conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_entries_are_refused_with_a_reason_and_the_worker_goes_on() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::start(&redis, &[]).await;
+    let mut conn = redis.conn().await;
+    let producer = redis.producer().await;
+
+    type Fields = Vec<(&'static str, Vec<u8>)>;
+    let cases: [(&str, Fields); 5] = [
+        (
+            "BAD_WIRE_VERSION",
+            vec![("version", b"2".to_vec()), ("kind", b"noop".to_vec())],
+        ),
+        (
+            "UNKNOWN_KIND",
+            vec![("version", b"1".to_vec()), ("kind", b"teleport".to_vec())],
+        ),
+        (
+            "BAD_PAYLOAD",
+            vec![
+                ("version", b"1".to_vec()),
+                ("kind", b"sleep".to_vec()),
+                ("params", vec![0xc1, 0xff]),
+            ],
+        ),
+        (
+            "BAD_PARAMS",
+            vec![
+                ("version", b"1".to_vec()),
+                ("kind", b"sleep".to_vec()),
+                ("params", msgpack::encode(&"x").unwrap()),
+            ],
+        ),
+        ("BAD_PAYLOAD", vec![("kind", b"noop".to_vec())]),
+    ];
+    let mut ids = Vec::new();
+    for (code, fields) in &cases {
+        let id = TaskId::new();
+        let id_text = id.to_string();
+        let mut all: Vec<(&str, &[u8])> = vec![("id", id_text.as_bytes())];
+        all.extend(fields.iter().map(|(k, v)| (*k, v.as_slice())));
+        xadd(&mut conn, &all).await;
+        ids.push((id, *code));
+    }
+    // An entry with no task id at all cannot be reported anywhere: it is
+    // dropped (logged), and must not stop the worker.
+    xadd(&mut conn, &[("version", b"1"), ("kind", b"noop")]).await;
+
+    for (id, code) in &ids {
+        // Raw entries come without a record; the worker creates it.
+        wait_until(Duration::from_secs(20), "record written", || {
+            let producer = producer.clone();
+            let id = *id;
+            async move { producer.record(id).await.unwrap().is_some() }
+        })
+        .await;
+        let outcome = producer.wait(*id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(outcome.status, Status::Failed, "{code}");
+        assert_eq!(
+            outcome.failure().unwrap().code.as_str(),
+            *code,
+            "{:?}",
+            outcome.failure()
+        );
+        assert!(!outcome.failure().unwrap().message.is_empty());
+    }
+    let after = producer
+        .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        producer
+            .wait(after, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .succeeded()
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "every bad entry gone from the stream",
+        || {
+            let mut conn = conn.clone();
+            async move {
+                conn.xlen::<_, u64>("tandem:{cpu}:stream:normal")
+                    .await
+                    .unwrap()
+                    == 0
+            }
+        },
+    )
+    .await;
+    assert!(
+        worker.log_text().contains("without a readable task id"),
+        "{}",
+        worker.log_text()
+    );
+}
