@@ -11,11 +11,17 @@
 //!
 //! A waiter registers first, then reads the task's record once: a task that
 //! finished before the registration is found there, one that finishes after
-//! it is announced on the stream, so none is missed. Waiting for a task
-//! another producer submitted listens on that producer's stream. As a safety
-//! net against a lost notice (a reply stream trimmed or lost in a Redis
-//! restart, a task submitted with no `reply_to` at all), a waiter also
-//! re-reads the record at growing intervals (1 s, 2 s, ... 8 s).
+//! it is announced on the stream, so none is missed. [`Producer::submit_handle`]
+//! registers before it submits, so the common "submit, then await" costs no
+//! read at all. Waiting for a task another producer submitted listens on that
+//! producer's stream.
+//!
+//! Notices can be lost only when the listener's connection broke (Redis
+//! restarted) or the reply stream was trimmed past an unread notice (the
+//! listener fell `reply_maxlen` behind). The listener notices both and tells
+//! every waiter to re-read its record once. A task submitted without a
+//! `reply_to` (a raw submission) has no notices at all; its waiter re-reads
+//! the record at growing intervals (1 s, 2 s, ... 8 s).
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
@@ -65,6 +71,8 @@ struct Inner {
     /// Reply streams with a running listener, and its task.
     listeners: tokio::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     next_waiter: AtomicU64,
+    /// Bumped when notices may have been lost; every waiter then re-reads.
+    resync: tokio::sync::watch::Sender<u64>,
 }
 
 type Waiters = HashMap<TaskId, Vec<(u64, oneshot::Sender<TaskOutcome>)>>;
@@ -103,6 +111,7 @@ impl Producer {
                 waiters: Mutex::new(HashMap::new()),
                 listeners: tokio::sync::Mutex::new(HashMap::new()),
                 next_waiter: AtomicU64::new(0),
+                resync: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -151,11 +160,54 @@ impl Producer {
             .collect()
     }
 
-    /// An awaitable handle on a task.
+    /// Submits one task and returns an awaitable handle on it. The wait is
+    /// registered before the task is sent, so awaiting the handle costs no
+    /// Redis command beyond the submit.
+    pub async fn submit_handle(&self, task: Task) -> Result<TaskHandle, ProducerError> {
+        let mut handles = self.submit_handles(vec![task]).await?;
+        handles.pop().ok_or_else(|| {
+            ProducerError::Store(StoreError::Protocol {
+                what: "submit",
+                detail: "no reply".into(),
+            })
+        })
+    }
+
+    /// [`Producer::submit_many`], returning awaitable handles.
+    pub async fn submit_handles(&self, tasks: Vec<Task>) -> Result<Vec<TaskHandle>, ProducerError> {
+        let inner = &self.inner;
+        let tasks = tasks
+            .into_iter()
+            .map(|t| t.into_new_task(inner.default_max_attempts, inner.max_payload_bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.ensure_listener(&inner.reply_key).await?;
+        let mut registrations: Vec<Registration> =
+            tasks.iter().map(|t| self.register(t.id)).collect();
+        let submitted = inner
+            .store
+            .submit_many(&tasks, &inner.producer_id, Some(&inner.reply_key))
+            .await?;
+        let mut handles = Vec::with_capacity(tasks.len());
+        for (submitted, registration) in submitted.into_iter().zip(registrations.drain(..)) {
+            let submitted = submitted?;
+            // An idempotency key that named an earlier task: that task may
+            // have finished already, so its handle waits the general way.
+            let registration = submitted.created.then_some(registration);
+            handles.push(TaskHandle {
+                id: submitted.id,
+                producer: self.clone(),
+                registration: Mutex::new(registration),
+            });
+        }
+        Ok(handles)
+    }
+
+    /// An awaitable handle on any task.
     pub fn handle(&self, id: TaskId) -> TaskHandle {
         TaskHandle {
             id,
             producer: self.clone(),
+            registration: Mutex::new(None),
         }
     }
 
@@ -192,28 +244,48 @@ impl Producer {
     async fn wait_forever(&self, id: TaskId) -> Result<TaskOutcome, ProducerError> {
         let own_stream = self.inner.reply_key.clone();
         self.ensure_listener(&own_stream).await?;
-        let (_waiter, notified) = self.register(id);
-        let mut notified = Some(notified);
+        let registration = self.register(id);
         let mut record = self.inner.store.find_record(&id).await?;
+        let mut periodic = false;
         if let Some(r) = &record
             && !r.is_terminal()
-            && let Some(foreign) = r.reply_to.as_ref().filter(|k| **k != own_stream)
-            && self.inner.store.keys().is_reply(foreign)
         {
-            // Another producer's task: listen on its stream too, then look
-            // again, in case it finished before the listener started.
-            self.ensure_listener(foreign).await?;
-            record = self.inner.store.find_record(&id).await?;
+            match r.reply_to.as_deref() {
+                Some(stream) if stream == own_stream => {}
+                Some(stream) if self.inner.store.keys().is_reply(stream) => {
+                    // Another producer's task: listen on its stream too,
+                    // then look again, in case it finished meanwhile.
+                    self.ensure_listener(stream).await?;
+                    record = self.inner.store.find_record(&id).await?;
+                }
+                _ => periodic = true,
+            }
         }
+        match record {
+            None => Err(ProducerError::NotFound(id)),
+            Some(r) if r.is_terminal() => self.complete(id, r).await,
+            Some(_) => self.await_registered(id, registration, periodic).await,
+        }
+    }
+
+    /// Waits for the notice of a registered task; re-reads its record when
+    /// notices may have been lost, or periodically when it has none.
+    async fn await_registered(
+        &self,
+        id: TaskId,
+        registration: Registration,
+        mut periodic: bool,
+    ) -> Result<TaskOutcome, ProducerError> {
+        let Registration {
+            guard: _guard,
+            receiver,
+        } = registration;
+        let mut receiver = Some(receiver);
+        let mut resync = self.inner.resync.subscribe();
         let mut recheck = RECHECK_FIRST;
         loop {
-            match record.take() {
-                None => return Err(ProducerError::NotFound(id)),
-                Some(r) if r.is_terminal() => return self.complete(id, r).await,
-                Some(_) => {}
-            }
             let notice = async {
-                match notified.as_mut() {
+                match receiver.as_mut() {
                     Some(rx) => rx.await.ok(),
                     None => std::future::pending().await,
                 }
@@ -221,13 +293,21 @@ impl Producer {
             tokio::select! {
                 outcome = notice => match outcome {
                     Some(outcome) => return Ok(outcome),
-                    // The notice could not be turned into an outcome; the
-                    // record read below decides.
-                    None => notified = None,
+                    // The listener could not turn the notice into an outcome:
+                    // the record decides, re-read until final.
+                    None => {
+                        receiver = None;
+                        periodic = true;
+                    }
                 },
-                () = tokio::time::sleep(recheck) => recheck = (recheck * 2).min(RECHECK_MAX),
+                _ = resync.changed() => {}
+                () = tokio::time::sleep(recheck), if periodic => recheck = (recheck * 2).min(RECHECK_MAX),
             }
-            record = self.inner.store.find_record(&id).await?;
+            match self.inner.store.find_record(&id).await? {
+                None => return Err(ProducerError::NotFound(id)),
+                Some(r) if r.is_terminal() => return self.complete(id, r).await,
+                Some(_) => {}
+            }
         }
     }
 
@@ -245,19 +325,21 @@ impl Producer {
         TaskOutcome::from_record(id, record).ok_or(ProducerError::NotFound(id))
     }
 
-    fn register(&self, id: TaskId) -> (WaiterGuard, oneshot::Receiver<TaskOutcome>) {
+    fn register(&self, id: TaskId) -> Registration {
         let (tx, rx) = oneshot::channel();
         let token = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
         lock(&self.inner.waiters)
             .entry(id)
             .or_default()
             .push((token, tx));
-        let guard = WaiterGuard {
-            inner: Arc::downgrade(&self.inner),
-            id,
-            token,
-        };
-        (guard, rx)
+        Registration {
+            guard: WaiterGuard {
+                inner: Arc::downgrade(&self.inner),
+                id,
+                token,
+            },
+            receiver: rx,
+        }
     }
 
     async fn ensure_listener(&self, stream: &str) -> Result<(), ProducerError> {
@@ -277,6 +359,12 @@ impl Producer {
         listeners.insert(stream.to_owned(), task);
         Ok(())
     }
+}
+
+/// A waiter in the map, and where its notice arrives.
+struct Registration {
+    guard: WaiterGuard,
+    receiver: oneshot::Receiver<TaskOutcome>,
 }
 
 /// Removes its waiter when the wait ends, however it ends.
@@ -313,11 +401,20 @@ fn lock(waiters: &Mutex<Waiters>) -> std::sync::MutexGuard<'_, Waiters> {
 async fn listen(inner: Weak<Inner>, store: Store, stream: String, mut last_id: String) {
     let mut conn = None;
     let mut backoff = Duration::from_millis(50);
+    let mut reconnected = false;
     loop {
         let reader = match &mut conn {
             Some(c) => c,
             None => match store.blocking_connection(LISTEN_BLOCK_MS).await {
-                Ok(c) => conn.insert(c),
+                Ok(c) => {
+                    if reconnected {
+                        // Notices may have come and gone while we were away.
+                        if let Some(inner) = inner.upgrade() {
+                            inner.resync.send_modify(|generation| *generation += 1);
+                        }
+                    }
+                    conn.insert(c)
+                }
                 Err(err) => {
                     tracing::warn!("reply listener cannot connect: {err}");
                     tokio::time::sleep(backoff).await;
@@ -338,15 +435,31 @@ async fn listen(inner: Weak<Inner>, store: Store, stream: String, mut last_id: S
         match read {
             Ok(streams) => {
                 backoff = Duration::from_millis(50);
+                let read_from = last_id.clone();
+                let mut count = 0;
                 for (_, entries) in streams {
                     for (entry_id, fields) in entries {
+                        count += 1;
                         last_id = entry_id;
                         deliver(&inner, &store, &fields).await;
                     }
                 }
+                // A full batch means we are behind; if the stream was trimmed
+                // past where we read from, notices were lost.
+                if count == LISTEN_COUNT
+                    && let Ok(Some(deleted)) = store.max_deleted_entry_id(&stream).await
+                    && stream_id_after(&deleted, &read_from)
+                {
+                    tracing::warn!(
+                        stream,
+                        "reply stream trimmed past unread notices; waiters re-read their records"
+                    );
+                    inner.resync.send_modify(|generation| *generation += 1);
+                }
             }
             Err(err) => {
                 tracing::warn!("reply listener read failed: {err}; reconnecting");
+                reconnected = true;
                 conn = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -379,11 +492,32 @@ async fn deliver(inner: &Inner, store: &Store, fields: &tandem_shared::wire::Fie
     }
 }
 
+/// True when stream id `a` (`ms-seq`) is after `b`.
+fn stream_id_after(a: &str, b: &str) -> bool {
+    let parse = |id: &str| {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    parse(a) > parse(b)
+}
+
 /// An awaitable task: `handle.await` waits without a time limit.
-#[derive(Debug, Clone)]
 pub struct TaskHandle {
     id: TaskId,
     producer: Producer,
+    /// The wait registered before submitting, used by the first wait.
+    registration: Mutex<Option<Registration>>,
+}
+
+impl std::fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskHandle {
@@ -391,8 +525,31 @@ impl TaskHandle {
         self.id
     }
 
+    /// Waits until the task finishes, at most `timeout`.
     pub async fn wait(&self, timeout: Duration) -> Result<TaskOutcome, ProducerError> {
-        self.producer.wait(self.id, timeout).await
+        match tokio::time::timeout(timeout, self.wait_forever()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ProducerError::Timeout {
+                id: self.id,
+                waited: timeout,
+            }),
+        }
+    }
+
+    async fn wait_forever(&self) -> Result<TaskOutcome, ProducerError> {
+        let registration = self
+            .registration
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match registration {
+            Some(registration) => {
+                self.producer
+                    .await_registered(self.id, registration, false)
+                    .await
+            }
+            None => self.producer.wait_forever(self.id).await,
+        }
     }
 
     pub async fn status(&self) -> Result<Status, ProducerError> {
@@ -409,6 +566,6 @@ impl IntoFuture for TaskHandle {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { self.producer.wait_forever(self.id).await })
+        Box::pin(async move { self.wait_forever().await })
     }
 }

@@ -8,9 +8,8 @@
 -- ARGV[2] record TTL, s
 -- ARGV[3] reply stream approximate max length
 -- ARGV[4] reply stream TTL, s
--- ARGV[5] largest result carried inside a notice, bytes
--- ARGV[6] task id
--- ARGV[7] prefix every reply stream key starts with
+-- ARGV[5] task id
+-- ARGV[6] prefix every reply stream key starts with
 --
 -- Returns {'not_found'}, {'finished', status}, {'cancelled'} or {'requested'}.
 
@@ -24,20 +23,21 @@ end
 local now = now_ms()
 if status == 'running' then
   redis.call('HSET', KEYS[1], 'cancel_requested_at_ms', int(now))
-  redis.call('PUBLISH', ARGV[1], ARGV[6])
+  redis.call('PUBLISH', ARGV[1], ARGV[5])
   return {'requested'}
 end
 
 local found = redis.call('HMGET', KEYS[1], 'entry', 'priority', 'reply_to')
 local entry, priority, reply_to = found[1], found[2], found[3]
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at_ms', int(now),
-  'error_code', 'CANCELLED', 'error_message', 'cancelled by a producer before it started')
+local outcome = {'status', 'cancelled', 'finished_at_ms', int(now),
+  'error_code', 'CANCELLED', 'error_message', 'cancelled by a producer before it started'}
+redis.call('HSET', KEYS[1], unpack(outcome))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if entry and priority then
   local base = string.match(KEYS[1], '^(.*:)task:[^:]+$')
   redis.call('XDEL', base .. 'stream:' .. priority, entry)
 end
-if reply_to and string.sub(reply_to, 1, #ARGV[7]) == ARGV[7] and #reply_to > #ARGV[7] then
-  notify(reply_to, KEYS[1], ARGV[6], ARGV[3], ARGV[4], tonumber(ARGV[5]))
+if reply_to and string.sub(reply_to, 1, #ARGV[6]) == ARGV[6] and #reply_to > #ARGV[6] then
+  notify(reply_to, KEYS[1], ARGV[5], outcome, ARGV[3], ARGV[4])
 end
 return {'cancelled'}

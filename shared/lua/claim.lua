@@ -11,6 +11,8 @@
 --          stream, below the highest one with waiting tasks, whose next
 --          waiting entry is at least this old (so low priorities are never
 --          starved); 0 skips that pass
+-- ARGV[6]  1 to return last_ids when the streams run dry; 0 when the
+--          worker's blocking wait is still armed and needs none
 --
 -- Returns {claimed, last_ids}. claimed holds {stream index, entry id, verdict,
 -- fields} per entry; verdict is
@@ -18,14 +20,24 @@
 --   expired    past its deadline; not started (the worker records it)
 --   skip       its record is already final (cancelled, ...); acknowledged here
 --   malformed  no readable task id; not started (the worker refuses it)
--- last_ids, only when fewer than max were claimed, holds the newest entry id
--- of every stream (or 0-0), from which the worker's blocking XREAD waits.
+-- last_ids, only when fewer than max were claimed (and asked for), holds the
+-- newest entry id of every stream (0-0 for an empty one), from which the
+-- worker's blocking XREAD waits.
+--
+-- Entries are deleted when acknowledged, so a stream of length 0 has nothing
+-- to deliver: XLEN (cheap) screens out empty streams before XREADGROUP.
 
 local group, consumer, device = ARGV[1], ARGV[2], ARGV[4]
 local remaining = tonumber(ARGV[3])
 local aging_ms = tonumber(ARGV[5]) or 0
+local want_last_ids = ARGV[6] == '1'
 local now = now_ms()
 local claimed = {}
+
+local lengths = {}
+for idx = 1, #KEYS do
+  lengths[idx] = redis.call('XLEN', KEYS[idx])
+end
 
 local function start(idx, entry)
   local entry_id, fields = entry[1], entry[2]
@@ -73,20 +85,22 @@ if aging_ms > 0 then
   local first_waiting = nil
   local aged = {}
   for idx = 1, #KEYS do
-    local last_delivered = '0-0'
-    for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[idx])) do
-      if field(info, 'name') == group then
-        last_delivered = field(info, 'last-delivered-id')
+    if lengths[idx] > 0 then
+      local last_delivered = '0-0'
+      for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[idx])) do
+        if field(info, 'name') == group then
+          last_delivered = field(info, 'last-delivered-id')
+        end
       end
-    end
-    local next_entry = redis.call('XRANGE', KEYS[idx], '(' .. last_delivered, '+', 'COUNT', 1)
-    if #next_entry > 0 then
-      if first_waiting == nil then
-        first_waiting = idx
-      else
-        local added_ms = tonumber(string.match(next_entry[1][1], '^(%d+)'))
-        if added_ms and now - added_ms >= aging_ms then
-          aged[#aged + 1] = {idx, added_ms}
+      local next_entry = redis.call('XRANGE', KEYS[idx], '(' .. last_delivered, '+', 'COUNT', 1)
+      if #next_entry > 0 then
+        if first_waiting == nil then
+          first_waiting = idx
+        else
+          local added_ms = tonumber(string.match(next_entry[1][1], '^(%d+)'))
+          if added_ms and now - added_ms >= aging_ms then
+            aged[#aged + 1] = {idx, added_ms}
+          end
         end
       end
     end
@@ -100,17 +114,20 @@ end
 
 for idx = 1, #KEYS do
   if remaining <= 0 then break end
-  read(idx, remaining)
+  if lengths[idx] > 0 then
+    read(idx, remaining)
+  end
 end
 
 local last_ids = {}
-if remaining > 0 then
+if remaining > 0 and want_last_ids then
   for idx = 1, #KEYS do
-    local newest = redis.call('XREVRANGE', KEYS[idx], '+', '-', 'COUNT', 1)
-    if #newest > 0 then
-      last_ids[idx] = newest[1][1]
-    else
-      last_ids[idx] = '0-0'
+    last_ids[idx] = '0-0'
+    if lengths[idx] > 0 then
+      local newest = redis.call('XREVRANGE', KEYS[idx], '+', '-', 'COUNT', 1)
+      if #newest > 0 then
+        last_ids[idx] = newest[1][1]
+      end
     end
   end
 end

@@ -32,18 +32,21 @@ local function is_task_id(text)
   return string.match(text, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil
 end
 
--- Appends the finished record of task `id` to the producer's reply stream. A
--- result larger than `inline_limit` bytes stays out of the notice;
--- `result_bytes` tells the producer to fetch it from the record.
-local function notify(reply_key, record_key, id, maxlen, ttl_s, inline_limit)
-  local record = redis.call('HGETALL', record_key)
+-- Appends a completion notice for task `id` to a producer's reply stream:
+-- the outcome `pairs` (status, finish time, worker, result or error, ...)
+-- after the class, attempt and times the record already holds.
+local function notify(reply_key, record_key, id, pairs, maxlen, ttl_s)
+  local names = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms'}
+  local known = redis.call('HMGET', record_key, unpack(names))
   local args = {reply_key, 'MAXLEN', '~', maxlen, '*', 'id', id}
-  for i = 1, #record, 2 do
-    local name, value = record[i], record[i + 1]
-    if name ~= 'id' and not (name == 'result' and #value > inline_limit) then
-      args[#args + 1] = name
-      args[#args + 1] = value
+  for i = 1, #names do
+    if known[i] then
+      args[#args + 1] = names[i]
+      args[#args + 1] = known[i]
     end
+  end
+  for i = 1, #pairs do
+    args[#args + 1] = pairs[i]
   end
   redis.call('XADD', unpack(args))
   redis.call('EXPIRE', reply_key, ttl_s)

@@ -95,6 +95,9 @@ pub struct ClaimRequest<'a> {
     pub device: &'a str,
     /// When non-zero, entries waiting this long (ms) are taken first.
     pub aging_ms: u64,
+    /// Ask for the streams' newest ids should they run dry (to arm the
+    /// blocking wait); not needed while a wait is armed.
+    pub want_last_ids: bool,
 }
 
 /// What the claim script decided for one entry.
@@ -254,6 +257,9 @@ impl Store {
     /// Redis lost the scripts (restart, flush) they are loaded and the
     /// pipeline runs once more: a NOSCRIPT reply means the call did nothing.
     pub async fn pipeline(&self, cmds: &[Cmd]) -> Result<Vec<Value>, StoreError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = Pipeline::with_capacity(cmds.len());
         for cmd in cmds {
             pipe.add_command(cmd.clone());
@@ -347,6 +353,23 @@ impl Store {
         }
     }
 
+    /// The highest id ever deleted from a stream (by trimming or XDEL), or
+    /// `None` when nothing was: a reader that had not read up to it lost
+    /// entries.
+    pub async fn max_deleted_entry_id(&self, stream: &str) -> Result<Option<String>, StoreError> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("STREAM").arg(stream);
+        let info = array(self.single(cmd).await?, "XINFO STREAM")?;
+        let mut items = info.into_iter();
+        while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            if text(name, "XINFO STREAM")? == "max-deleted-entry-id" {
+                let id = text(value, "XINFO STREAM")?;
+                return Ok((id != "0-0").then_some(id));
+            }
+        }
+        Ok(None)
+    }
+
     /// Finds a task's record in whichever class holds it, in one call.
     pub async fn find_record(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
         let mut call = scripts::FIND.invocation();
@@ -396,7 +419,6 @@ impl Store {
                     .arg(self.retention.result_ttl_s)
                     .arg(self.retention.reply_maxlen)
                     .arg(self.retention.reply_ttl_s)
-                    .arg(self.retention.inline_result_bytes)
                     .arg(id.to_string())
                     .arg(self.keys.reply(""))
                     .into_cmd()
@@ -467,6 +489,7 @@ impl Store {
             .arg(request.max)
             .arg(request.device)
             .arg(request.aging_ms)
+            .arg(if request.want_last_ids { "1" } else { "0" })
             .into_cmd()
     }
 
@@ -619,6 +642,36 @@ impl Store {
         }
         live.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(live)
+    }
+
+    /// Deletes every key under this store's prefix (demo and benchmark runs
+    /// clean up after themselves with it). Returns how many were deleted.
+    pub async fn purge_prefix(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.keys.prefix());
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
     }
 
     /// Depth, pending count, consumers and oldest waiting age per stream.

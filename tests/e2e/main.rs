@@ -7,6 +7,7 @@
 mod support;
 
 mod cancel;
+mod cli;
 mod deadline;
 mod idempotency;
 mod kinds;

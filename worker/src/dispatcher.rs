@@ -104,6 +104,7 @@ impl Dispatcher {
                     max: want,
                     device: &self.device,
                     aging_ms,
+                    want_last_ids: !waker.is_armed(),
                 };
                 let claim = (want > 0).then_some(&request);
                 match self.store.commit_and_claim(&to_commit, claim).await {

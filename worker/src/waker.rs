@@ -9,6 +9,7 @@
 //! priority order however the wake came about.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tandem_shared::store::{BlockingConn, Store};
@@ -24,6 +25,9 @@ pub(crate) struct WaitPoint {
 #[derive(Debug)]
 pub(crate) struct Waker {
     arm: watch::Sender<Option<Arc<WaitPoint>>>,
+    /// True from `arm` until the wait fires: while armed, the wait point in
+    /// force still covers every arrival, and a claim needs no fresh one.
+    armed: Arc<AtomicBool>,
     woken: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -32,13 +36,30 @@ impl Waker {
     pub fn spawn(store: Store, block_ms: u64) -> Self {
         let (arm, armed) = watch::channel(None);
         let woken = Arc::new(Notify::new());
-        let task = tokio::spawn(wait_loop(store, block_ms, armed, Arc::clone(&woken)));
-        Self { arm, woken, task }
+        let is_armed = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(wait_loop(
+            store,
+            block_ms,
+            armed,
+            Arc::clone(&is_armed),
+            Arc::clone(&woken),
+        ));
+        Self {
+            arm,
+            armed: is_armed,
+            woken,
+            task,
+        }
     }
 
     /// Starts (or moves) the wait.
     pub fn arm(&self, point: WaitPoint) {
+        self.armed.store(true, Ordering::SeqCst);
         self.arm.send_replace(Some(Arc::new(point)));
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::SeqCst)
     }
 
     /// Completes after an entry arrived (or the wait failed and the
@@ -59,8 +80,13 @@ async fn wait_loop(
     store: Store,
     block_ms: u64,
     mut armed: watch::Receiver<Option<Arc<WaitPoint>>>,
+    is_armed: Arc<AtomicBool>,
     woken: Arc<Notify>,
 ) {
+    let fire = || {
+        is_armed.store(false, Ordering::SeqCst);
+        woken.notify_one();
+    };
     let mut conn: Option<BlockingConn> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -82,7 +108,7 @@ async fn wait_loop(
                         );
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
-                        woken.notify_one();
+                        fire();
                         break;
                     }
                 },
@@ -90,7 +116,7 @@ async fn wait_loop(
             match reader.xread(&point.keys, &point.ids, block_ms, 1).await {
                 Ok(read) if !read.is_empty() => {
                     backoff = Duration::from_millis(50);
-                    woken.notify_one();
+                    fire();
                     break;
                 }
                 Ok(_) => {
@@ -110,7 +136,7 @@ async fn wait_loop(
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     // The streams may have been recreated; let the
                     // dispatcher claim and re-arm from fresh ids.
-                    woken.notify_one();
+                    fire();
                     break;
                 }
             }

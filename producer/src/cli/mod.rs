@@ -1,1 +1,136 @@
-//! The `tandem` command-line tool.
+//! The `tandem` command-line tool: submit and inspect tasks, view queues,
+//! run the demo and the benchmark. `main.rs` only parses and calls [`run`].
+
+mod bench;
+mod demo;
+mod local;
+mod queues;
+mod table;
+mod tasks;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tandem_shared::Config;
+
+pub use bench::BenchArgs;
+pub use demo::DemoArgs;
+pub use tasks::{SubmitArgs, TaskArgs, WaitArgs};
+
+/// Tandem: a GPU-aware job queue on Redis Streams.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about)]
+pub struct Cli {
+    /// TOML file of settings (default: $TANDEM_CONFIG).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Redis URL (overrides TANDEM_REDIS_URL / REDIS_URL).
+    #[arg(long, global = true)]
+    pub redis_url: Option<String>,
+    /// Key prefix (overrides TANDEM_PREFIX).
+    #[arg(long, global = true)]
+    pub prefix: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a task; prints its id (or, with --wait, its outcome).
+    Submit(SubmitArgs),
+    /// Wait for a task to finish and print its outcome.
+    Wait(WaitArgs),
+    /// Print a task's record.
+    Status(TaskArgs),
+    /// Cancel a task.
+    Cancel(TaskArgs),
+    /// Per stream: waiting, pending, consumers, oldest waiting age.
+    Queues,
+    /// Start a local Redis (unless REDIS_URL is set) and workers, run a mixed
+    /// workload with a progress bar, print a summary, clean up.
+    Demo(DemoArgs),
+    /// Measure queue overhead with no-op tasks: submit, claim, run, commit, await.
+    Bench(BenchArgs),
+    /// Print every setting with its environment variable, default and meaning.
+    Settings,
+}
+
+/// Loads the configuration and runs one command.
+pub fn run(cli: Cli) -> ExitCode {
+    let redis_url_given = cli.redis_url.is_some()
+        || std::env::var_os("REDIS_URL").is_some()
+        || std::env::var_os("TANDEM_REDIS_URL").is_some();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("tandem: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(url) = cli.redis_url {
+        config.redis_url = url;
+    }
+    if let Some(prefix) = cli.prefix {
+        config.prefix = prefix;
+    }
+    if let Err(err) = config.validate() {
+        eprintln!("tandem: {err}");
+        return ExitCode::from(2);
+    }
+    if std::env::var_os("RUST_LOG").is_none() && std::env::var_os("TANDEM_LOG_LEVEL").is_none() {
+        // The tool prints its own output; only problems go to the log.
+        config.log_level = "warn".into();
+    }
+    tandem_shared::logging::init(&config);
+
+    if let Command::Settings = cli.command {
+        settings();
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("tandem: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Submit(args) => tasks::submit(&config, args).await,
+            Command::Wait(args) => tasks::wait(&config, args).await,
+            Command::Status(args) => tasks::status(&config, args).await,
+            Command::Cancel(args) => tasks::cancel(&config, args).await,
+            Command::Queues => queues::run(&config).await,
+            Command::Demo(args) => demo::run(config, redis_url_given, args).await,
+            Command::Bench(args) => bench::run(config, redis_url_given, args).await,
+            Command::Settings => Ok(ExitCode::SUCCESS),
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("tandem: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings() {
+    let mut rows = vec![vec![
+        "setting".to_owned(),
+        "variable".to_owned(),
+        "default".to_owned(),
+        "meaning".to_owned(),
+    ]];
+    for s in Config::SETTINGS {
+        rows.push(vec![
+            s.name.to_owned(),
+            s.env.to_owned(),
+            (s.default)(),
+            s.doc.trim().to_owned(),
+        ]);
+    }
+    print!("{}", table::render(&rows));
+}

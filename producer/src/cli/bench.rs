@@ -1,0 +1,512 @@
+//! `tandem bench`: queue overhead with no-op tasks, in the phases of the
+//! peer benchmark (`../shared/peers/`), so the figures compare side by side.
+//!
+//! - enqueue: the producers alone submit N tasks (no worker runs), then W
+//!   worker processes start on the filled queue: submitted/s, and
+//!   consumed/s from the first to the last completion.
+//! - drain: workers idle and ready; the producers submit N back to back
+//!   while the workers consume: submitted/s and completed/s (N over first
+//!   submit to last completion).
+//! - latency: one producer submits at a steady rate for a duration:
+//!   latency p50/p99/max.
+//!
+//! "Completed" is stricter than the peers' "the handler ran": a task counts
+//! when its producer's `wait` returned, i.e. the result is committed and
+//! acknowledged in Redis and the producer was notified. Latency is measured
+//! from just before the submit call to that moment.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tandem_shared::Config;
+use tandem_shared::kind::builtin::Noop;
+use tandem_shared::store::Store;
+use tokio::sync::mpsc;
+
+use super::local::{LocalRedis, LocalWorkers};
+use super::table;
+use crate::{Producer, Task, TaskHandle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Enqueue,
+    Drain,
+    Latency,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// No-op tasks per run of the enqueue and drain phases.
+    #[arg(long, default_value_t = 20_000)]
+    pub n: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Tasks each worker runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Most tasks a worker claims per round trip (default: the setting).
+    #[arg(long)]
+    pub claim_batch: Option<usize>,
+    /// Producers (connections) submitting in parallel.
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Tasks per submit call: 1 is one awaited submit per task; more uses
+    /// `submit_many` (one round trip per batch).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, value_delimiter = ',', default_value = "enqueue,drain,latency")]
+    pub phases: Vec<Phase>,
+    /// Tasks per second in the latency phase.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Seconds the latency phase lasts.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Runs of each phase; the table shows the median and the range.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Also write every run's figures to this JSON file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One run of one phase.
+#[derive(Debug, Clone, Serialize)]
+struct RunFigures {
+    phase: Phase,
+    run: usize,
+    tasks: usize,
+    submitted_per_s: Option<f64>,
+    completed_per_s: Option<f64>,
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
+    latency_max_ms: Option<f64>,
+    /// Redis memory still held per task after the run (records, notices).
+    redis_bytes_per_task: Option<f64>,
+    failed: usize,
+}
+
+/// When one task was submitted and when its producer saw it finish.
+struct Timing {
+    submit_started: Instant,
+    finished: Instant,
+    ok: bool,
+}
+
+const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub(crate) async fn run(
+    mut config: Config,
+    redis_url_given: bool,
+    args: BenchArgs,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.n > 1 && args.workers > 0 && args.producers > 0 && args.batch > 0,
+        "n > 1, workers, producers and batch > 0"
+    );
+    let _redis = if redis_url_given {
+        None
+    } else {
+        let redis = LocalRedis::start()?;
+        config.redis_url = redis.url.clone();
+        Some(redis)
+    };
+    println!(
+        "tandem bench: redis {}, {} worker processes x concurrency {}, {} producer(s), {} per submit call, N = {}",
+        config.redis_url_redacted(),
+        args.workers,
+        args.concurrency,
+        args.producers,
+        if args.batch == 1 {
+            "one task".to_owned()
+        } else {
+            format!("{} tasks", args.batch)
+        },
+        args.n
+    );
+    // Results are not needed after a run: keep them briefly.
+    config.result_ttl_s = 600;
+    config.reply_maxlen = (args.n as u64).max(10_000) * 2;
+
+    let mut figures = Vec::new();
+    for &phase in &args.phases {
+        for run in 1..=args.runs {
+            let base = config.prefix.clone();
+            config.prefix = format!("{base}-bench-{}-{run}", std::process::id());
+            let outcome = one_run(&config, &args, phase, run).await;
+            let store = Store::connect(&config).await?;
+            if let Err(err) = store.purge_prefix().await {
+                tracing::warn!("cannot delete the run's keys: {err}");
+            }
+            config.prefix = base;
+            let f = outcome.with_context(|| format!("{phase:?} run {run}"))?;
+            println!("  {phase:?} run {run}: {}", describe(&f));
+            figures.push(f);
+        }
+    }
+    println!();
+    print!("{}", summary_table(&figures));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn one_run(
+    config: &Config,
+    args: &BenchArgs,
+    phase: Phase,
+    run: usize,
+) -> anyhow::Result<RunFigures> {
+    let store = Store::connect(config).await?;
+    let memory_before = used_memory(&store).await;
+    let mut producers = Vec::with_capacity(args.producers);
+    for _ in 0..args.producers {
+        producers.push(Producer::connect(config).await?);
+    }
+    let env = worker_env(config, args);
+    let mut figures = RunFigures {
+        phase,
+        run,
+        tasks: 0,
+        submitted_per_s: None,
+        completed_per_s: None,
+        latency_p50_ms: None,
+        latency_p99_ms: None,
+        latency_max_ms: None,
+        redis_bytes_per_task: None,
+        failed: 0,
+    };
+    let _workers;
+    match phase {
+        Phase::Enqueue => {
+            let (handles, submit_secs) = submit_all(&producers, args.n, args.batch, None).await?;
+            figures.submitted_per_s = Some(args.n as f64 / submit_secs);
+            // The waits were registered with the submits; start awaiting them
+            // before any worker runs.
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            for (handle, started) in handles {
+                spawn_wait(handle, started, tx.clone());
+            }
+            drop(tx);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            _workers = start_workers(&store, args.workers, &env).await?;
+            let timings = collect(&mut rx, args.n).await?;
+            let mut finished: Vec<Instant> = timings.iter().map(|t| t.finished).collect();
+            finished.sort();
+            let span = finished[finished.len() - 1]
+                .duration_since(finished[0])
+                .as_secs_f64();
+            figures.completed_per_s = Some((args.n - 1) as f64 / span.max(1e-9));
+            figures.failed = timings.iter().filter(|t| !t.ok).count();
+            figures.tasks = args.n;
+        }
+        Phase::Drain => {
+            _workers = start_workers(&store, args.workers, &env).await?;
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let first_submit = Instant::now();
+            let (_, submit_secs) = submit_all(&producers, args.n, args.batch, Some(tx)).await?;
+            let timings = collect(&mut rx, args.n).await?;
+            let last = timings
+                .iter()
+                .map(|t| t.finished)
+                .max()
+                .unwrap_or(first_submit);
+            figures.submitted_per_s = Some(args.n as f64 / submit_secs);
+            figures.completed_per_s =
+                Some(args.n as f64 / last.duration_since(first_submit).as_secs_f64());
+            figures.failed = timings.iter().filter(|t| !t.ok).count();
+            latencies(&mut figures, &timings);
+            figures.tasks = args.n;
+        }
+        Phase::Latency => {
+            _workers = start_workers(&store, args.workers, &env).await?;
+            let producer = &producers[0];
+            let total = (args.rate * args.duration).round() as usize;
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let start = Instant::now();
+            for i in 0..total {
+                let due = start + Duration::from_secs_f64(i as f64 / args.rate);
+                tokio::time::sleep_until(due.into()).await;
+                let submit_started = Instant::now();
+                let handle = producer.submit_handle(noop(i)?).await?;
+                spawn_wait(handle, submit_started, tx.clone());
+            }
+            drop(tx);
+            let timings = collect(&mut rx, total).await?;
+            figures.failed = timings.iter().filter(|t| !t.ok).count();
+            latencies(&mut figures, &timings);
+            figures.tasks = total;
+        }
+    }
+    if let (Some(before), Some(after)) = (memory_before, used_memory(&store).await) {
+        figures.redis_bytes_per_task =
+            Some(after.saturating_sub(before) as f64 / figures.tasks as f64);
+    }
+    Ok(figures)
+}
+
+fn worker_env(config: &Config, args: &BenchArgs) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("TANDEM_REDIS_URL", config.redis_url.clone()),
+        ("TANDEM_PREFIX", config.prefix.clone()),
+        ("TANDEM_CONCURRENCY", args.concurrency.to_string()),
+        ("TANDEM_RESULT_TTL_S", config.result_ttl_s.to_string()),
+        ("TANDEM_REPLY_MAXLEN", config.reply_maxlen.to_string()),
+        ("TANDEM_LOG_LEVEL", "warn".to_owned()),
+    ];
+    if let Some(batch) = args.claim_batch {
+        env.push(("TANDEM_CLAIM_BATCH", batch.to_string()));
+    }
+    env
+}
+
+/// Starts the workers and waits until all are registered, plus a second to
+/// settle into their blocking wait (as the peer harness does).
+async fn start_workers(
+    store: &Store,
+    count: usize,
+    env: &[(&str, String)],
+) -> anyhow::Result<LocalWorkers> {
+    let mut workers = LocalWorkers::start(count, env, None)?;
+    let started = Instant::now();
+    while store.workers().await?.len() < count {
+        workers.check_alive()?;
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "workers did not register within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(workers)
+}
+
+/// The peers' payload, as MessagePack.
+fn noop(i: usize) -> anyhow::Result<Task> {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let payload = rmpv::Value::Map(vec![
+        ("i".into(), (i as u64).into()),
+        ("ts".into(), now_us.into()),
+        ("user_id".into(), ((i % 1000) as u64).into()),
+        (
+            "email".into(),
+            format!("user{}@example.com", i % 1000).into(),
+        ),
+        ("amount".into(), 12.5.into()),
+    ]);
+    Ok(Task::of::<Noop>(&payload)?)
+}
+
+/// Each producer submits its share of `n` tasks, `batch` per call, each call
+/// awaited before the next. With `waits`, every task's wait starts as soon as
+/// its submit returns; without, the handles are returned with their submit
+/// start times. Also returns the seconds from the first call to the last
+/// return.
+async fn submit_all(
+    producers: &[Producer],
+    n: usize,
+    batch: usize,
+    waits: Option<mpsc::UnboundedSender<Timing>>,
+) -> anyhow::Result<(Vec<(TaskHandle, Instant)>, f64)> {
+    let shares = producers.len();
+    let started = Instant::now();
+    let mut jobs = Vec::with_capacity(shares);
+    for (p, producer) in producers.iter().enumerate() {
+        let producer = producer.clone();
+        let waits = waits.clone();
+        let indices: Vec<usize> = (p..n).step_by(shares).collect();
+        jobs.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(indices.len());
+            for chunk in indices.chunks(batch) {
+                let tasks = chunk
+                    .iter()
+                    .map(|&i| noop(i))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let submit_started = Instant::now();
+                let handles = if tasks.len() == 1 {
+                    let task = tasks.into_iter().next().context("one task")?;
+                    vec![producer.submit_handle(task).await?]
+                } else {
+                    producer.submit_handles(tasks).await?
+                };
+                for handle in handles {
+                    match &waits {
+                        Some(tx) => spawn_wait(handle, submit_started, tx.clone()),
+                        None => out.push((handle, submit_started)),
+                    }
+                }
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut handles = Vec::with_capacity(n);
+    for job in jobs {
+        handles.extend(job.await??);
+    }
+    Ok((handles, started.elapsed().as_secs_f64()))
+}
+
+fn spawn_wait(handle: TaskHandle, submit_started: Instant, tx: mpsc::UnboundedSender<Timing>) {
+    tokio::spawn(async move {
+        let ok = handle
+            .wait(PHASE_TIMEOUT)
+            .await
+            .is_ok_and(|outcome| outcome.succeeded());
+        let _ = tx.send(Timing {
+            submit_started,
+            finished: Instant::now(),
+            ok,
+        });
+    });
+}
+
+async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<Timing>,
+    n: usize,
+) -> anyhow::Result<Vec<Timing>> {
+    let mut timings = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
+    while timings.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(t)) => timings.push(t),
+            Ok(None) => break,
+            Err(_) => anyhow::bail!(
+                "only {} of {n} tasks finished within {PHASE_TIMEOUT:?}",
+                timings.len()
+            ),
+        }
+    }
+    anyhow::ensure!(
+        timings.len() == n,
+        "only {} of {n} tasks finished",
+        timings.len()
+    );
+    Ok(timings)
+}
+
+fn latencies(figures: &mut RunFigures, timings: &[Timing]) {
+    let mut ms: Vec<f64> = timings
+        .iter()
+        .map(|t| t.finished.duration_since(t.submit_started).as_secs_f64() * 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        let rank = ((q / 100.0) * ms.len() as f64).ceil() as usize;
+        ms[rank.clamp(1, ms.len()) - 1]
+    };
+    if !ms.is_empty() {
+        figures.latency_p50_ms = Some(pick(50.0));
+        figures.latency_p99_ms = Some(pick(99.0));
+        figures.latency_max_ms = ms.last().copied();
+    }
+}
+
+async fn used_memory(store: &Store) -> Option<u64> {
+    let mut conn = store.connection();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn describe(f: &RunFigures) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = f.submitted_per_s {
+        parts.push(format!("submitted {}/s", table::thousands(v as u64)));
+    }
+    if let Some(v) = f.completed_per_s {
+        parts.push(format!("completed {}/s", table::thousands(v as u64)));
+    }
+    if let (Some(p50), Some(p99), Some(max)) =
+        (f.latency_p50_ms, f.latency_p99_ms, f.latency_max_ms)
+    {
+        parts.push(format!(
+            "latency p50 {} p99 {} max {} ms",
+            table::ms(p50),
+            table::ms(p99),
+            table::ms(max)
+        ));
+    }
+    if let Some(b) = f.redis_bytes_per_task {
+        parts.push(format!("{b:.0} B/task kept in Redis"));
+    }
+    if f.failed > 0 {
+        parts.push(format!("{} FAILED", f.failed));
+    }
+    parts.join(", ")
+}
+
+/// `median [min–max]` of one figure over the runs of one phase.
+fn spread(values: &[f64], format: fn(f64) -> String) -> String {
+    if values.is_empty() {
+        return "-".to_owned();
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    if sorted.len() == 1 {
+        return format(median);
+    }
+    format!(
+        "{} [{}–{}]",
+        format(median),
+        format(sorted[0]),
+        format(sorted[sorted.len() - 1])
+    )
+}
+
+fn summary_table(figures: &[RunFigures]) -> String {
+    let per_s = |v: f64| table::thousands(v.round() as u64);
+    let mut rows = vec![
+        [
+            "phase",
+            "runs",
+            "submitted/s",
+            "completed/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "B/task in Redis",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for phase in [Phase::Enqueue, Phase::Drain, Phase::Latency] {
+        let runs: Vec<&RunFigures> = figures.iter().filter(|f| f.phase == phase).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let pick = |get: fn(&RunFigures) -> Option<f64>| {
+            runs.iter().filter_map(|f| get(f)).collect::<Vec<_>>()
+        };
+        let name = match phase {
+            Phase::Enqueue => "enqueue, then consume",
+            Phase::Drain => "drain",
+            Phase::Latency => "latency",
+        };
+        rows.push(vec![
+            name.to_owned(),
+            runs.len().to_string(),
+            spread(&pick(|f| f.submitted_per_s), per_s),
+            spread(&pick(|f| f.completed_per_s), per_s),
+            spread(&pick(|f| f.latency_p50_ms), table::ms),
+            spread(&pick(|f| f.latency_p99_ms), table::ms),
+            spread(&pick(|f| f.latency_max_ms), table::ms),
+            spread(&pick(|f| f.redis_bytes_per_task), |v| format!("{v:.0}")),
+        ]);
+    }
+    table::render(&rows)
+}

@@ -1,0 +1,252 @@
+//! The `tandem` command-line tool against real Redis and workers.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+
+use crate::support::{RedisServer, WorkerProcess, bin};
+
+fn tandem(redis: Option<&RedisServer>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin("tandem"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TANDEM_WORKER_BIN", bin("tandem-worker"));
+    if let Some(redis) = redis {
+        cmd.env("REDIS_URL", redis.url());
+    }
+    cmd.output().expect("run tandem")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn submit_wait_status_cancel_and_queues() {
+    let redis = RedisServer::start();
+
+    // Queued tasks, no worker yet.
+    let out = tandem(
+        Some(&redis),
+        &[
+            "submit",
+            "sleep",
+            "--params",
+            r#"{"ms": 5}"#,
+            "--priority",
+            "high",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let queued_id = stdout(&out).trim().to_owned();
+    let out = tandem(Some(&redis), &["submit", "noop", "--priority", "high"]);
+    let cancelled_id = stdout(&out).trim().to_owned();
+
+    let out = tandem(Some(&redis), &["queues"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("tandem:{cpu}:stream:high"))
+        .expect(&text);
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cells[1..5], ["cpu", "high", "2", "0"], "{text}");
+    assert!(text.contains("2 waiting"), "{text}");
+
+    let out = tandem(Some(&redis), &["status", &queued_id]);
+    assert!(stdout(&out).contains("queued"), "{}", stdout(&out));
+    let out = tandem(Some(&redis), &["cancel", &cancelled_id]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("will never run"), "{}", stdout(&out));
+    let out = tandem(Some(&redis), &["wait", &queued_id, "--timeout-ms", "100"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));
+
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let out = tandem(Some(&redis), &["wait", &queued_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("succeeded") && stdout(&out).contains("slept_ms"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = tandem(
+        Some(&redis),
+        &[
+            "submit",
+            "echo",
+            "--params",
+            r#"{"symbol": "ES", "qty": 3}"#,
+            "--wait",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("symbol") && stdout(&out).contains("ES"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = tandem(
+        Some(&redis),
+        &[
+            "submit",
+            "fail",
+            "--params",
+            r#"{"code": "E_CLI"}"#,
+            "--wait",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("E_CLI"), "{}", stdout(&out));
+
+    let out = tandem(
+        Some(&redis),
+        &["submit", "sleep", "--params", r#"{"ms": 99999999}"#],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad parameters"), "{}", stderr(&out));
+
+    let out = tandem(
+        Some(&redis),
+        &["status", "01a21a05-0223-7150-a48a-bb5c548aed3d"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[tokio::test]
+async fn demo_on_a_given_redis_runs_the_workload_and_cleans_up() {
+    let redis = RedisServer::start();
+    let out = tandem(Some(&redis), &["demo", "--tasks", "300", "--workers", "2"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("300 tasks in"), "{text}");
+    for section in ["kind", "by priority", "by worker", "critical", "low"] {
+        assert!(text.contains(section), "{section} missing:\n{text}");
+    }
+    // Nothing of the demo stays behind in a Redis it did not start.
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = conn.keys("*").await.unwrap();
+    assert!(keys.is_empty(), "left behind: {keys:?}");
+}
+
+#[test]
+fn demo_without_redis_url_starts_and_stops_its_own_redis() {
+    let out = tandem(None, &["demo", "--tasks", "100", "--workers", "1"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    let port = local_redis_port(&text);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the demo's redis-server still listens on {port}"
+    );
+}
+
+#[test]
+fn demo_cleans_up_on_ctrl_c() {
+    let child = Command::new(bin("tandem"))
+        .args(["demo", "--tasks", "1000000", "--workers", "1"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TANDEM_WORKER_BIN", bin("tandem-worker"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let demo_pid = child.id();
+    // Let it start Redis and the worker and get going.
+    let started = Instant::now();
+    while worker_pids(demo_pid).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no worker started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-INT", &demo_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("interrupted"), "{}", stdout(&out));
+    let port = local_redis_port(&stdout(&out));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "redis-server left running"
+    );
+    assert!(
+        worker_pids(demo_pid).is_empty(),
+        "worker processes left running"
+    );
+}
+
+#[test]
+fn bench_runs_every_phase() {
+    let out = tandem(
+        None,
+        &[
+            "bench",
+            "--n",
+            "300",
+            "--runs",
+            "1",
+            "--workers",
+            "1",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for phase in ["enqueue, then consume", "drain", "latency"] {
+        assert!(text.contains(phase), "{phase} missing:\n{text}");
+    }
+    assert!(!text.contains("FAILED"), "{text}");
+}
+
+fn local_redis_port(text: &str) -> u16 {
+    text.split("redis://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no local redis URL in:\n{text}"))
+}
+
+/// Live processes whose environment names a worker the demo `demo_pid` started.
+fn worker_pids(demo_pid: u32) -> Vec<u32> {
+    let marker = format!("TANDEM_WORKER_ID=local-{demo_pid}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            !zombie
+                && environ
+                    .split(|&b| b == 0)
+                    .any(|var| var.starts_with(marker.as_bytes()))
+        })
+        .collect()
+}
