@@ -60,3 +60,17 @@ fn bad_arguments_are_refused() {
             .contains("TANDEM_REDIS_TIMEOUT_MS")
     );
 }
+
+#[test]
+fn the_readme_lists_every_setting_as_it_is() {
+    let out = tandem().args(["settings", "--markdown"]).output().unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for row in table.lines() {
+        assert!(
+            readme.contains(row),
+            "README.md's configuration table is out of date (regenerate it with `tandem settings --markdown`); missing:\n{row}"
+        );
+    }
+}

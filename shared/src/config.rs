@@ -210,8 +210,6 @@ settings! {
     aging_ms: u64 = 30_000, "TANDEM_AGING_MS";
     /// How long a stopping worker lets its running tasks finish (ms).
     shutdown_grace_ms: u64 = 30_000, "TANDEM_SHUTDOWN_GRACE_MS";
-    /// The device a worker runs on: `cpu` for now.
-    device: String = "cpu".into(), "TANDEM_DEVICE";
     /// Log line format: `text` or `json`.
     log_format: LogFormat = LogFormat::Text, "TANDEM_LOG_FORMAT";
     /// Log filter, as RUST_LOG (which wins when set): `info`, `tandem_worker=debug`, ...

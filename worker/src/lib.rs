@@ -47,6 +47,10 @@ pub use dispatcher::WorkerReport;
 pub use handler::{Handler, Registry, TaskContext, TaskError};
 pub use shutdown::Shutdown;
 
+/// The device this worker runs tasks on. Workers bound to GPUs come with
+/// device detection; until then every worker is a CPU worker.
+const DEVICE: &str = "cpu";
+
 /// Why a worker could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -94,7 +98,7 @@ pub async fn run(
             id: worker_id.clone(),
             host: hostname(),
             pid: std::process::id(),
-            device: config.device.clone(),
+            device: DEVICE.to_owned(),
             classes: config.classes.clone(),
             concurrency,
             state: "running".into(),
@@ -113,7 +117,7 @@ pub async fn run(
 
     tracing::info!(
         worker = %worker_id,
-        device = %config.device,
+        device = DEVICE,
         concurrency,
         classes = ?config.classes,
         kinds = ?registry.kinds(),
@@ -126,12 +130,12 @@ pub async fn run(
         executor: Arc::new(executor::Executor {
             registry,
             worker_id: worker_id.clone(),
-            device: config.device.clone(),
+            device: DEVICE.to_owned(),
             max_payload_bytes: config.max_payload_bytes,
         }),
         streams,
         worker_id: worker_id.clone(),
-        device: config.device.clone(),
+        device: DEVICE.to_owned(),
         concurrency,
         claim_batch: config.claim_batch,
         aging_ms: config.aging_ms,

@@ -53,7 +53,11 @@ pub enum Command {
     /// Measure queue overhead with no-op tasks: submit, claim, run, commit, await.
     Bench(BenchArgs),
     /// Print every setting with its environment variable, default and meaning.
-    Settings,
+    Settings {
+        /// As a Markdown table (the README's).
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 /// Loads the configuration and runs one command.
@@ -84,8 +88,8 @@ pub fn run(cli: Cli) -> ExitCode {
     }
     tandem_shared::logging::init(&config);
 
-    if let Command::Settings = cli.command {
-        settings();
+    if let Command::Settings { markdown } = cli.command {
+        settings(markdown);
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -104,7 +108,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Queues => queues::run(&config).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
-            Command::Settings => Ok(ExitCode::SUCCESS),
+            Command::Settings { .. } => Ok(ExitCode::SUCCESS),
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -117,7 +121,25 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn settings() {
+fn settings(markdown: bool) {
+    if markdown {
+        println!("| setting | variable | default | meaning |\n|---|---|---|---|");
+        for s in Config::SETTINGS {
+            let default = (s.default)();
+            let default = if default.is_empty() {
+                "(empty)".to_owned()
+            } else {
+                format!("`{default}`")
+            };
+            println!(
+                "| `{}` | `{}` | {default} | {} |",
+                s.name,
+                s.env,
+                s.doc.trim()
+            );
+        }
+        return;
+    }
     let mut rows = vec![vec![
         "setting".to_owned(),
         "variable".to_owned(),
