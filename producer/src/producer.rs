@@ -22,6 +22,12 @@
 //! every waiter to re-read its record once. A task submitted without a
 //! `reply_to` (a raw submission) has no notices at all; its waiter re-reads
 //! the record at growing intervals (1 s, 2 s, ... 8 s).
+//!
+//! All calls of one producer share one multiplexed connection. A request
+//! future left idle after its first poll (a wait in a `FuturesUnordered` the
+//! caller stopped polling) keeps its slot in the connection's request queue;
+//! the queue has 8,192 slots, so keep waits polled (spawn them, as
+//! `tandem demo` does) when you hold more than that.
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};

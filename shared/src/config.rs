@@ -302,8 +302,17 @@ impl Config {
                 "must be longer than heartbeat_interval_ms",
             );
         }
-        if self.block_ms == 0 {
-            return invalid("block_ms", "must be at least 1");
+        for (name, value) in [
+            ("block_ms", self.block_ms),
+            ("redis_timeout_ms", self.redis_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("result_ttl_s", self.result_ttl_s),
+            ("idempotency_ttl_s", self.idempotency_ttl_s),
+            ("reply_ttl_s", self.reply_ttl_s),
+        ] {
+            if value == 0 {
+                return invalid(name, "must be at least 1");
+            }
         }
         Ok(())
     }

@@ -16,6 +16,9 @@ use crate::scripts::{self, ScriptError};
 use crate::task::{Class, Priority, Status, TaskId};
 use crate::wire::{Fields, Finish, NewTask, TaskRecord, WorkerInfo};
 
+/// Requests that may wait for the shared connection at once.
+const PIPELINE_BUFFER: usize = 8_192;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -202,10 +205,15 @@ impl Store {
     /// Connects, and loads and verifies the scripts.
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
         let client = Client::open(config.redis_url.as_str())?;
+        // Thousands of tasks share one connection. Its request queue holds
+        // room for as many, so a caller that leaves a request future idle
+        // (say, unpolled waits in a local set) cannot fill the queue and
+        // stall everyone else; redis-rs's default is 50.
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.redis_timeout()))
             .set_connection_timeout(Some(config.connect_timeout()))
-            .set_number_of_retries(3);
+            .set_number_of_retries(3)
+            .set_pipeline_buffer_size(PIPELINE_BUFFER);
         let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
         scripts::load_all(&mut conn).await?;
         Ok(Self {

@@ -56,7 +56,7 @@ async fn submit_wait_status_cancel_and_queues() {
         .find(|l| l.starts_with("tandem:{cpu}:stream:high"))
         .expect(&text);
     let cells: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(&cells[1..5], ["cpu", "high", "2", "0"], "{text}");
+    assert_eq!(&cells[1..6], ["cpu", "high", "2", "2", "0"], "{text}");
     assert!(text.contains("2 waiting"), "{text}");
 
     let out = tandem(Some(&redis), &["status", &queued_id]);

@@ -142,3 +142,44 @@ async fn sigterm_lets_running_tasks_finish_and_deregisters() {
         .unwrap();
     assert!(!registered, "the registry record is removed");
 }
+
+/// Regression: redis-rs queues requests to a shared connection in a bounded
+/// channel (50 by default). Wait futures polled once and then left idle, as
+/// in a `FuturesUnordered` the caller stops polling while it awaits a submit,
+/// held that channel's slots and stalled every later request.
+#[tokio::test]
+async fn idle_wait_futures_do_not_stall_later_submits() {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    use tandem_shared::kind::builtin::Noop;
+
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "8")]).await;
+    let producer = redis.producer().await;
+    let noops = |n| -> Vec<Task> {
+        (0..n)
+            .map(|_| Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+            .collect()
+    };
+
+    let ids = producer.submit_many(noops(600)).await.unwrap();
+    let mut waits: FuturesUnordered<_> = ids
+        .into_iter()
+        .map(|id| {
+            let producer = producer.clone();
+            async move { producer.wait(id, Duration::from_secs(60)).await }
+        })
+        .collect();
+    // Poll the waits until one finishes, then leave the rest idle while
+    // submitting more.
+    assert!(waits.next().await.unwrap().unwrap().succeeded());
+    for _ in 0..5 {
+        tokio::time::timeout(Duration::from_secs(10), producer.submit_many(noops(100)))
+            .await
+            .expect("a submit stalled behind idle waits")
+            .unwrap();
+    }
+    while let Some(outcome) = waits.next().await {
+        assert!(outcome.unwrap().succeeded());
+    }
+}

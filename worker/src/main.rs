@@ -105,7 +105,14 @@ fn main() -> ExitCode {
     }
     tandem_shared::logging::init(&config);
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread runs the claim loop, the connections and every task's
+    // future; handlers do CPU-heavy work on blocking threads, so nothing
+    // here needs more, and a single thread saves the cross-thread wake-ups
+    // that would otherwise cost more than a no-op task itself.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("tandem-worker: cannot start the runtime: {err}");

@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use indicatif::{ProgressBar, ProgressStyle};
 use tandem_shared::kind::builtin::{Echo, Fail, FailParams, Noop, Sleep, SleepParams};
 use tandem_shared::store::Store;
 use tandem_shared::{Config, Priority, Status};
+use tokio::signal::unix::{SignalKind, signal};
 
 use super::local::{LocalRedis, LocalWorkers};
 use super::table;
@@ -92,37 +91,39 @@ pub(crate) async fn run(
     );
 
     let run_started = Instant::now();
-    let mut waits = FuturesUnordered::new();
+    // Each wait runs as a task of its own and reports here: a wait must be
+    // polled to release what it holds on the shared connection, so none may
+    // sit idle in a local collection while this loop awaits a submit.
+    let (finished_tx, mut finished) = tokio::sync::mpsc::unbounded_channel();
     let mut done: Vec<Done> = Vec::with_capacity(args.tasks);
+    let mut in_flight = 0usize;
     let mut interrupted = false;
     let mut next = 0usize;
-    // Installed now, so a Ctrl-C at any point from here is ours to handle.
-    let mut ctrl_c = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    while next < args.tasks || !waits.is_empty() {
+    // Installed now, so a Ctrl-C (or a SIGTERM) from here on is ours to handle.
+    let mut ctrl_c = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    while next < args.tasks || in_flight > 0 {
         // Keep up to 500 tasks in flight, submitted in batches of 100.
-        if next < args.tasks && waits.len() < 500 {
-            let batch: Vec<(usize, Task, &'static str, Priority)> = (next..(next + 100)
-                .min(args.tasks))
-                .map(|i| {
-                    let (task, kind, priority) = workload(i);
-                    (i, task, kind, priority)
-                })
-                .collect();
+        if next < args.tasks && in_flight < 500 {
+            let batch: Vec<(Task, &'static str, Priority)> =
+                (next..(next + 100).min(args.tasks)).map(workload).collect();
             next += batch.len();
             let submitted_at = Instant::now();
-            let tasks = batch.iter().map(|(_, t, _, _)| t.clone()).collect();
-            let ids = producer.submit_many(tasks).await?;
-            for (id, (_, _, kind, priority)) in ids.into_iter().zip(batch) {
-                let producer = producer.clone();
-                waits.push(async move {
-                    let outcome = producer.wait(id, Duration::from_secs(120)).await;
-                    (kind, priority, submitted_at.elapsed(), outcome)
+            let tasks = batch.iter().map(|(t, _, _)| t.clone()).collect();
+            let handles = producer.submit_handles(tasks).await?;
+            for (handle, (_, kind, priority)) in handles.into_iter().zip(batch) {
+                in_flight += 1;
+                let finished = finished_tx.clone();
+                tokio::spawn(async move {
+                    let outcome = handle.wait(Duration::from_secs(120)).await;
+                    let _ = finished.send((kind, priority, submitted_at.elapsed(), outcome));
                 });
             }
             continue;
         }
         tokio::select! {
-            Some((kind, priority, latency, outcome)) = waits.next() => {
+            Some((kind, priority, latency, outcome)) = finished.recv() => {
+                in_flight -= 1;
                 let outcome = outcome?;
                 if outcome.status == Status::Failed {
                     bar.set_message(format!("last failure: {}", outcome.failure().map(|f| f.code.to_string()).unwrap_or_default()));
@@ -137,6 +138,10 @@ pub(crate) async fn run(
                 bar.inc(1);
             }
             _ = ctrl_c.recv() => {
+                interrupted = true;
+                break;
+            }
+            _ = term.recv() => {
                 interrupted = true;
                 break;
             }
@@ -251,7 +256,7 @@ fn summary(done: &[Done], elapsed: Duration) {
     }
     print!("{}", table::render(&rows));
 
-    println!("\nby priority (all submitted together: higher priorities finish first)\n");
+    println!("\nby priority (higher priorities overtake lower ones waiting in the queue)\n");
     let mut rows = vec![
         ["priority", "tasks", "p50 ms", "p99 ms"]
             .map(String::from)

@@ -92,7 +92,12 @@ pub fn run(cli: Cli) -> ExitCode {
         settings(markdown);
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread: the tool waits on Redis, and cross-thread wake-ups would
+    // cost more than they save (see the worker's main).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("tandem: cannot start the runtime: {err}");

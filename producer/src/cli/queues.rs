@@ -28,6 +28,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
             s.key.clone(),
             s.class.to_string(),
             s.priority.to_string(),
+            table::thousands(s.waiting + s.pending),
             table::thousands(s.waiting),
             table::thousands(s.pending),
             s.consumers.to_string(),
