@@ -164,11 +164,10 @@ impl Dispatcher {
                 break;
             }
 
+            // An idle worker needs no aging pass (it would have claimed any
+            // waiting task); a busy one gets it with its next claim.
             let mut wake_at =
                 retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            if !draining && self.aging_ms > 0 {
-                wake_at = wake_at.min(next_aging);
-            }
             if let Some(deadline) = drain_deadline {
                 wake_at = wake_at.min(deadline);
             }
@@ -183,10 +182,6 @@ impl Dispatcher {
                 () = tokio::time::sleep_until(wake_at) => {
                     if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
-                    }
-                    if !draining && Instant::now() >= next_aging {
-                        // Give the aging pass its turn even when idle.
-                        may_have_work = true;
                     }
                 }
             }

@@ -47,14 +47,8 @@ impl Executor {
                 tracing::debug!(task = %entry.id, kind = %entry.kind, run_us, "task succeeded")
             }
         }
-        Completion {
-            id: entry.id,
-            class: entry.class,
-            priority: entry.priority,
-            entry_id,
-            reply_to: entry.reply_to,
-            finish: self.finish(status, Some(run_us), outcome),
-        }
+        let finish = self.finish(status, Some(run_us), outcome);
+        completion(entry, entry_id, finish)
     }
 
     async fn run(
@@ -114,24 +108,15 @@ impl Executor {
 
     /// The completion of a task found past its deadline before it started.
     pub fn expired(&self, entry: TaskEntry, entry_id: String) -> Completion {
-        Completion {
-            id: entry.id,
-            class: entry.class,
-            priority: entry.priority,
-            entry_id,
-            reply_to: entry.reply_to,
-            finish: self.finish(
-                Status::Expired,
-                None,
-                FinishOutcome::Error(TaskFailure {
-                    code: ErrorCode::EXPIRED,
-                    message: format!(
-                        "deadline {} ms passed before the task started",
-                        entry.deadline_ms.unwrap_or_default()
-                    ),
-                }),
+        let failure = TaskFailure {
+            code: ErrorCode::EXPIRED,
+            message: format!(
+                "deadline {} ms passed before the task started",
+                entry.deadline_ms.unwrap_or_default()
             ),
-        }
+        };
+        let finish = self.finish(Status::Expired, None, FinishOutcome::Error(failure));
+        completion(entry, entry_id, finish)
     }
 
     fn finish(&self, status: Status, run_us: Option<u64>, outcome: FinishOutcome) -> Finish {
@@ -142,6 +127,17 @@ impl Executor {
             run_us,
             outcome,
         }
+    }
+}
+
+fn completion(entry: TaskEntry, entry_id: String, finish: Finish) -> Completion {
+    Completion {
+        id: entry.id,
+        class: entry.class,
+        priority: entry.priority,
+        entry_id,
+        reply_to: entry.reply_to,
+        finish,
     }
 }
 
