@@ -1,5 +1,6 @@
 -- Cancels a task. A queued task is finished as `cancelled` at once and its
--- entry deleted, so no worker ever starts it. A running task gets
+-- entry deleted, so no worker ever starts it; a task waiting for a retry
+-- leaves the delayed set the same way. A running task gets
 -- `cancel_requested_at_ms`, and its id is published so the worker running it
 -- stops it; the worker's commit then records `cancelled`.
 --
@@ -29,12 +30,16 @@ end
 
 local found = redis.call('HMGET', KEYS[1], 'entry', 'priority', 'reply_to')
 local entry, priority, reply_to = found[1], found[2], found[3]
+local base = string.match(KEYS[1], '^(.*:)task:[^:]+$')
 local outcome = {'status', 'cancelled', 'finished_at_ms', int(now),
   'error_code', 'CANCELLED', 'error_message', 'cancelled by a producer before it started'}
 redis.call('HSET', KEYS[1], unpack(outcome))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if entry and priority then
-  local base = string.match(KEYS[1], '^(.*:)task:[^:]+$')
+if status == 'retrying' then
+  redis.call('ZREM', base .. 'delayed', ARGV[5])
+  redis.call('DEL', base .. 'retry:' .. ARGV[5])
+  redis.call('HDEL', KEYS[1], 'retry_at_ms', 'retry_stream')
+elseif entry and priority then
   redis.call('XDEL', base .. 'stream:' .. priority, entry)
 end
 if reply_to and string.sub(reply_to, 1, #ARGV[6]) == ARGV[6] and #reply_to > #ARGV[6] then

@@ -1,70 +1,196 @@
--- Claims up to `max` tasks for one worker in strict priority order and starts
--- them, in one atomic step: a task is never seen as claimed but not started,
--- so a cancel either finds it queued (and it never runs) or running.
+-- Claims up to `max` tasks for one worker and starts them, in one atomic
+-- step: a task is never seen as claimed but not started, so a cancel finds
+-- it either queued (and it never runs) or running. In order:
+--
+-- 1. promote: retries that are due move from the delayed sets of the
+--    worker's classes back into their streams (when asked);
+-- 2. reap: the pending entries of dead workers (their heartbeat lapsed; the
+--    worker names them) are taken over, and a dead worker with nothing left
+--    pending is removed from the group;
+-- 3. sweep: entries idle longer than the lease timeout, whoever holds them,
+--    are taken over (the backstop; when asked);
+-- 4. aging: one task from each stream below the highest one with waiting
+--    tasks whose next entry has waited at least aging_ms (when asked);
+-- 5. the main pass: new entries in stream order, highest priority first.
+--
+-- Nothing is taken beyond `max`, so a worker never holds more than it can
+-- start. Entries are deleted when acknowledged, so a stream of length 0 has
+-- nothing to deliver or reclaim: XLEN (cheap) screens streams out first.
 --
 -- KEYS     the worker's task streams, highest priority first
 -- ARGV[1]  consumer group
 -- ARGV[2]  consumer (the worker id)
 -- ARGV[3]  max tasks to claim
 -- ARGV[4]  device name written into started records
--- ARGV[5]  aging threshold, ms: when > 0, first take one task from each
---          stream, below the highest one with waiting tasks, whose next
---          waiting entry is at least this old (so low priorities are never
---          starved); 0 skips that pass
--- ARGV[6]  1 to return last_ids when the streams run dry; 0 when the
---          worker's blocking wait is still armed and needs none
+-- ARGV[5]  aging threshold, ms (0: skip the aging pass)
+-- ARGV[6]  1 to return last_ids when the streams run dry (to arm the
+--          worker's blocking wait); 0 when its wait is still armed
+-- ARGV[7]  sweep: min idle time, ms (0: skip the sweep)
+-- ARGV[8]  max deliveries: an entry delivered more often than this (its
+--          workers died running it) is poison, not started
+-- ARGV[9]  1 to promote due retries
+-- ARGV[10] number of dead consumers that follow
+-- ARGV[11..] dead consumers
 --
--- Returns {claimed, last_ids}. claimed holds {stream index, entry id, verdict,
--- fields} per entry; verdict is
+-- Returns {claimed, last_ids, gone}. claimed holds {stream index, entry id,
+-- verdict, fields, attempt} per entry; verdict is
 --   run        started: the record says running, on this worker
 --   expired    past its deadline; not started (the worker records it)
---   skip       its record is already final (cancelled, ...); acknowledged here
---   malformed  no readable task id; not started (the worker refuses it)
+--   skip       its record is already final; acknowledged and deleted here
+--   malformed  no readable task id; not started (the worker buries it)
+--   poison     delivered more than max deliveries times; not started (the
+--              worker dead-letters it)
 -- last_ids, only when fewer than max were claimed (and asked for), holds the
 -- newest entry id of every stream (0-0 for an empty one), from which the
--- worker's blocking XREAD waits.
---
--- Entries are deleted when acknowledged, so a stream of length 0 has nothing
--- to deliver: XLEN (cheap) screens out empty streams before XREADGROUP.
+-- worker's blocking XREAD waits. gone lists "stream entry-id" of entries
+-- the sweep found deleted while pending (Redis drops them from the pending
+-- list; the worker logs them).
 
 local group, consumer, device = ARGV[1], ARGV[2], ARGV[4]
 local remaining = tonumber(ARGV[3])
 local aging_ms = tonumber(ARGV[5]) or 0
 local want_last_ids = ARGV[6] == '1'
+local sweep_ms = tonumber(ARGV[7]) or 0
+local max_deliveries = tonumber(ARGV[8]) or 3
+local promote = ARGV[9] == '1'
+local dead = {}
+for i = 11, 10 + (tonumber(ARGV[10]) or 0) do
+  dead[#dead + 1] = ARGV[i]
+end
 local now = now_ms()
 local claimed = {}
+local gone = {}
+
+-- 1. Promote due retries.
+if promote then
+  local seen = {}
+  for idx = 1, #KEYS do
+    local base = base_of(KEYS[idx])
+    if base and not seen[base] then
+      seen[base] = true
+      local delayed = base .. 'delayed'
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 100)) do
+        local retry_key = base .. 'retry:' .. id
+        local record_key = base .. 'task:' .. id
+        local fields = redis.call('HGETALL', retry_key)
+        local stream_key = redis.call('HGET', record_key, 'retry_stream')
+        if #fields > 0 and stream_key and base_of(stream_key) == base then
+          local entry = {stream_key, '*'}
+          local attempt = 1
+          for i = 1, #fields, 2 do
+            local value = fields[i + 1]
+            if fields[i] == 'attempt' then
+              attempt = (tonumber(value) or 1) + 1
+              value = int(attempt)
+            end
+            entry[#entry + 1] = fields[i]
+            entry[#entry + 1] = value
+          end
+          if field(fields, 'attempt') == nil then
+            attempt = 2
+            entry[#entry + 1] = 'attempt'
+            entry[#entry + 1] = '2'
+          end
+          local entry_id = redis.call('XADD', unpack(entry))
+          redis.call('HSET', record_key, 'status', 'queued', 'entry', entry_id, 'attempt', int(attempt))
+          redis.call('HDEL', record_key, 'retry_at_ms', 'retry_stream')
+        end
+        redis.call('DEL', retry_key)
+        redis.call('ZREM', delayed, id)
+      end
+    end
+  end
+end
 
 local lengths = {}
 for idx = 1, #KEYS do
   lengths[idx] = redis.call('XLEN', KEYS[idx])
 end
 
-local function start(idx, entry)
+-- Starts one claimed entry, delivered `deliveries` times so far.
+local function start(idx, entry, deliveries)
   local entry_id, fields = entry[1], entry[2]
   local id = field(fields, 'id')
+  local attempt = (tonumber(field(fields, 'attempt') or '1') or 1) + deliveries - 1
   local verdict
   if not id or not is_task_id(id) then
     verdict = 'malformed'
   else
-    local base = string.match(KEYS[idx], '^(.*:)stream:[^:]+$')
-    local record = base .. 'task:' .. id
+    local record = base_of(KEYS[idx]) .. 'task:' .. id
     local status = redis.call('HGET', record, 'status')
     if is_terminal(status) then
       redis.call('XACK', KEYS[idx], group, entry_id)
       redis.call('XDEL', KEYS[idx], entry_id)
       verdict = 'skip'
+    elseif deliveries > max_deliveries then
+      verdict = 'poison'
     else
       local deadline = tonumber(field(fields, 'deadline_ms') or '0') or 0
       if deadline > 0 and now > deadline then
         verdict = 'expired'
       else
         redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'device', device,
-          'attempt', field(fields, 'attempt') or '1', 'started_at_ms', int(now))
+          'attempt', int(attempt), 'started_at_ms', int(now))
         verdict = 'run'
       end
     end
   end
-  claimed[#claimed + 1] = {idx, entry_id, verdict, fields}
+  claimed[#claimed + 1] = {idx, entry_id, verdict, fields, attempt}
+end
+
+-- Takes over entries already pending, keeping their delivery counts.
+local function take_over(idx, pending)
+  local ids, counts = {}, {}
+  for _, p in ipairs(pending) do
+    ids[#ids + 1] = p[1]
+    counts[p[1]] = p[4]
+  end
+  if #ids == 0 then
+    return
+  end
+  for _, entry in ipairs(redis.call('XCLAIM', KEYS[idx], group, consumer, 0, unpack(ids))) do
+    remaining = remaining - 1
+    start(idx, entry, counts[entry[1]] + 1)
+  end
+end
+
+-- 2. Reap dead workers.
+for idx = 1, #KEYS do
+  for _, name in ipairs(dead) do
+    if name ~= consumer then
+      if remaining > 0 and lengths[idx] > 0 then
+        take_over(idx, redis.call('XPENDING', KEYS[idx], group, '-', '+', remaining, name))
+      end
+      if #redis.call('XPENDING', KEYS[idx], group, '-', '+', 1, name) == 0 then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[idx], group, name)
+      end
+    end
+  end
+end
+
+-- 3. Sweep entries whose lease ran out. XAUTOCLAIM looks at no more than
+-- ten times COUNT pending entries a call, so follow its cursor.
+if sweep_ms > 0 then
+  for idx = 1, #KEYS do
+    local cursor = '0-0'
+    local rounds = 0
+    while remaining > 0 and lengths[idx] > 0 and rounds < 10 do
+      rounds = rounds + 1
+      local reply = redis.call('XAUTOCLAIM', KEYS[idx], group, consumer, sweep_ms, cursor, 'COUNT', remaining)
+      cursor = reply[1]
+      for _, entry in ipairs(reply[2]) do
+        local info = redis.call('XPENDING', KEYS[idx], group, entry[1], entry[1], 1)
+        remaining = remaining - 1
+        start(idx, entry, info[1] and info[1][4] or 1)
+      end
+      for _, id in ipairs(reply[3] or {}) do
+        gone[#gone + 1] = KEYS[idx] .. ' ' .. id
+      end
+      if cursor == '0-0' then
+        break
+      end
+    end
+  end
 end
 
 local function read(idx, count)
@@ -73,15 +199,15 @@ local function read(idx, count)
   if reply then
     for _, entry in ipairs(reply[1][2]) do
       remaining = remaining - 1
-      start(idx, entry)
+      start(idx, entry, 1)
     end
   end
 end
 
--- Aging: the first stream with waiting entries is served by the main pass
+-- 4. Aging: the first stream with waiting entries is served by the main pass
 -- anyway. Of the streams below it, those whose next waiting entry has waited
 -- at least aging_ms get one task each, the longest-waiting first.
-if aging_ms > 0 then
+if aging_ms > 0 and remaining > 0 then
   local first_waiting = nil
   local aged = {}
   for idx = 1, #KEYS do
@@ -112,6 +238,7 @@ if aging_ms > 0 then
   end
 end
 
+-- 5. New entries, highest priority first.
 for idx = 1, #KEYS do
   if remaining <= 0 then break end
   if lengths[idx] > 0 then
@@ -123,7 +250,7 @@ local last_ids = {}
 if remaining > 0 and want_last_ids then
   for idx = 1, #KEYS do
     last_ids[idx] = '0-0'
-    if lengths[idx] > 0 then
+    if redis.call('XLEN', KEYS[idx]) > 0 then
       local newest = redis.call('XREVRANGE', KEYS[idx], '+', '-', 'COUNT', 1)
       if #newest > 0 then
         last_ids[idx] = newest[1][1]
@@ -131,4 +258,4 @@ if remaining > 0 and want_last_ids then
     end
   end
 end
-return {claimed, last_ids}
+return {claimed, last_ids, gone}

@@ -24,6 +24,12 @@ local function field(fields, name)
   return nil
 end
 
+-- `tandem:{cpu}:` from `tandem:{cpu}:stream:high`: the part every key of a
+-- class shares.
+local function base_of(stream_key)
+  return string.match(stream_key, '^(.*:)stream:[^:]+$')
+end
+
 local function is_terminal(status)
   return status == 'succeeded' or status == 'failed' or status == 'cancelled' or status == 'expired'
 end
@@ -50,4 +56,52 @@ local function notify(reply_key, record_key, id, pairs, maxlen, ttl_s)
   end
   redis.call('XADD', unpack(args))
   redis.call('EXPIRE', reply_key, ttl_s)
+end
+
+-- Appends one attempt to the record's history: a JSON array, one object per
+-- attempt, every value a string (cjson would print large numbers in
+-- exponent form).
+local function add_history(record_key, attempt)
+  local history = {}
+  local current = redis.call('HGET', record_key, 'history')
+  if current then
+    local ok, decoded = pcall(cjson.decode, current)
+    if ok and type(decoded) == 'table' then
+      history = decoded
+    end
+  end
+  history[#history + 1] = attempt
+  local encoded = cjson.encode(history)
+  redis.call('HSET', record_key, 'history', encoded)
+  return encoded
+end
+
+-- Appends an entry's original fields, with why it died, to a dead-letter
+-- stream; returns the dead letter's id. `fields` may be empty when the entry
+-- itself is gone.
+local function bury(dead_key, maxlen, fields, why)
+  local args = {dead_key, 'MAXLEN', '~', maxlen, '*'}
+  for i = 1, #fields do
+    args[#args + 1] = fields[i]
+  end
+  for i = 1, #why do
+    args[#args + 1] = why[i]
+  end
+  return redis.call('XADD', unpack(args))
+end
+
+-- The entry's fields, or an empty list when it was deleted.
+local function entry_fields(stream_key, entry_id)
+  local found = redis.call('XRANGE', stream_key, entry_id, entry_id)
+  if #found == 1 then
+    return found[1][2]
+  end
+  return {}
+end
+
+-- True when `consumer` still owns the pending entry: the fence every step
+-- that finishes or extends a task passes first.
+local function owns(stream_key, group, entry_id, consumer)
+  local pending = redis.call('XPENDING', stream_key, group, entry_id, entry_id, 1)
+  return #pending == 1 and pending[1][2] == consumer
 end

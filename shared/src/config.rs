@@ -200,6 +200,16 @@ settings! {
     classes: Vec<Class> = vec![Class::Cpu, Class::Light, Class::Parallel, Class::Heavy], "TANDEM_CLASSES";
     /// Most tasks a worker claims in one round trip.
     claim_batch: usize = 64, "TANDEM_CLAIM_BATCH";
+    /// A claimed task's lease: a worker extends it while the task runs; one not extended this long is taken over (ms).
+    lease_timeout_ms: u64 = 30_000, "TANDEM_LEASE_TIMEOUT_MS";
+    /// An entry delivered more often than this (its workers died running it) is dead-lettered without running.
+    max_deliveries: u32 = 3, "TANDEM_MAX_DELIVERIES";
+    /// First retry delay; each further retry doubles it, with jitter (ms).
+    retry_base_ms: u64 = 1_000, "TANDEM_RETRY_BASE_MS";
+    /// Longest retry delay (ms).
+    retry_max_ms: u64 = 60_000, "TANDEM_RETRY_MAX_MS";
+    /// Approximate length cap of each class's dead-letter stream (entries).
+    dead_letter_maxlen: u64 = 100_000, "TANDEM_DEAD_LETTER_MAXLEN";
     /// How long an idle worker's blocking wait for new tasks lasts before it re-arms (ms).
     block_ms: u64 = 2_000, "TANDEM_BLOCK_MS";
     /// How often a worker refreshes its registry record (ms).
@@ -296,6 +306,18 @@ impl Config {
         if self.default_max_attempts == 0 {
             return invalid("default_max_attempts", "must be at least 1");
         }
+        if self.lease_timeout_ms <= self.heartbeat_interval_ms {
+            return invalid(
+                "lease_timeout_ms",
+                "must be longer than heartbeat_interval_ms",
+            );
+        }
+        if self.max_deliveries == 0 {
+            return invalid("max_deliveries", "must be at least 1");
+        }
+        if self.retry_max_ms < self.retry_base_ms {
+            return invalid("retry_max_ms", "must be at least retry_base_ms");
+        }
         if self.heartbeat_ttl_ms <= self.heartbeat_interval_ms {
             return invalid(
                 "heartbeat_ttl_ms",
@@ -309,6 +331,7 @@ impl Config {
             ("result_ttl_s", self.result_ttl_s),
             ("idempotency_ttl_s", self.idempotency_ttl_s),
             ("reply_ttl_s", self.reply_ttl_s),
+            ("dead_letter_maxlen", self.dead_letter_maxlen),
         ] {
             if value == 0 {
                 return invalid(name, "must be at least 1");

@@ -44,6 +44,21 @@ impl Keys {
         format!("{}task:{}", self.class_base(class), id)
     }
 
+    /// Task ids waiting for a retry, scored by when it is due (ms).
+    pub fn delayed(&self, class: Class) -> String {
+        format!("{}delayed", self.class_base(class))
+    }
+
+    /// A task's entry fields while it waits for a retry.
+    pub fn retry(&self, class: Class, id: &TaskId) -> String {
+        format!("{}retry:{}", self.class_base(class), id)
+    }
+
+    /// The dead-letter stream of a class.
+    pub fn dead(&self, class: Class) -> String {
+        format!("{}dead", self.class_base(class))
+    }
+
     /// Maps an idempotency key to the task id it created. Scoped per class.
     pub fn idempotency(&self, class: Class, key: &str) -> String {
         format!("{}idem:{}", self.class_base(class), key)

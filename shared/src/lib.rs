@@ -30,6 +30,7 @@
 //! ```
 
 pub mod config;
+pub mod connect;
 pub mod keys;
 pub mod kind;
 pub mod logging;

@@ -96,10 +96,20 @@ pub static CANCEL: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("cancel.lua", lua!("cancel.lua")));
 pub static FIND: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("find.lua", lua!("find.lua")));
+pub static EXTEND: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("extend.lua", lua!("extend.lua")));
+pub static BURY: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("bury.lua", lua!("bury.lua")));
+pub static REQUEUE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("requeue.lua", lua!("requeue.lua")));
+pub static RELEASE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("release.lua", lua!("release.lua")));
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 5] {
-    [&SUBMIT, &CLAIM, &COMPLETE, &CANCEL, &FIND]
+pub fn all() -> [&'static LuaScript; 9] {
+    [
+        &SUBMIT, &CLAIM, &COMPLETE, &CANCEL, &FIND, &EXTEND, &BURY, &REQUEUE, &RELEASE,
+    ]
 }
 
 /// Why scripts could not be loaded.

@@ -146,6 +146,8 @@ text_enum! {
         Queued = "queued",
         /// Started by a worker; the record names which.
         Running = "running",
+        /// Failed an attempt; waits in the delayed set for its next one.
+        Retrying = "retrying",
         /// Finished; the record holds the result.
         Succeeded = "succeeded",
         /// Finished with an error code and message.
@@ -200,6 +202,11 @@ impl ErrorCode {
         ErrorCode::from_static("INSUFFICIENT_GPU_MEMORY");
     /// The device failed while running the task.
     pub const DEVICE_FAILED: ErrorCode = ErrorCode::from_static("DEVICE_FAILED");
+    /// Delivered more than `max_deliveries` times: every worker that ran it
+    /// died, so it is not run again.
+    pub const MAX_DELIVERIES: ErrorCode = ErrorCode::from_static("MAX_DELIVERIES");
+    /// The entry's signature is missing or wrong.
+    pub const BAD_SIGNATURE: ErrorCode = ErrorCode::from_static("BAD_SIGNATURE");
 
     pub const fn from_static(code: &'static str) -> Self {
         Self(Cow::Borrowed(code))

@@ -43,6 +43,9 @@ pub mod field {
     pub const ERROR_CODE: &str = "error_code";
     pub const ERROR_MESSAGE: &str = "error_message";
     pub const CANCEL_REQUESTED_AT_MS: &str = "cancel_requested_at_ms";
+    pub const RETRY_AT_MS: &str = "retry_at_ms";
+    pub const HISTORY: &str = "history";
+    pub const DEAD_LETTER: &str = "dead_letter";
 }
 
 /// A task as a producer hands it over, before Redis adds its times.
@@ -275,6 +278,12 @@ pub struct TaskRecord {
     pub result_bytes: Option<u64>,
     pub error: Option<TaskFailure>,
     pub cancel_requested_at_ms: Option<u64>,
+    /// When a task waiting for a retry is due.
+    pub retry_at_ms: Option<u64>,
+    /// Every attempt so far, as a JSON array.
+    pub history: Option<String>,
+    /// The dead-letter entry of a task that ended there.
+    pub dead_letter: Option<String>,
 }
 
 impl TaskRecord {
@@ -313,6 +322,9 @@ impl TaskRecord {
                 b"error_code" => error_code = text.and_then(|t| ErrorCode::parse(t).ok()),
                 b"error_message" => error_message = text.map(str::to_owned),
                 b"cancel_requested_at_ms" => record.cancel_requested_at_ms = parse(text),
+                b"retry_at_ms" => record.retry_at_ms = parse(text),
+                b"history" => record.history = text.map(str::to_owned),
+                b"dead_letter" => record.dead_letter = text.map(str::to_owned),
                 _ => {}
             }
         }

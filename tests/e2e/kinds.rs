@@ -58,6 +58,7 @@ async fn every_builtin_kind_round_trips() {
             Task::of::<Fail>(&FailParams {
                 code: "E_DELIBERATE".into(),
                 message: "asked to fail".into(),
+                retry: false,
             })
             .unwrap(),
         )

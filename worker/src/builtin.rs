@@ -61,7 +61,11 @@ impl Handler for FailHandler {
     async fn run(&self, params: FailParams, _ctx: TaskContext) -> Result<(), TaskError> {
         // Validation already checked the code; fall back rather than panic.
         let code = ErrorCode::parse(&params.code).unwrap_or(ErrorCode::HANDLER_ERROR);
-        Err(TaskError::new(code, params.message))
+        Err(if params.retry {
+            TaskError::new(code, params.message)
+        } else {
+            TaskError::fatal(code, params.message)
+        })
     }
 }
 
@@ -102,6 +106,7 @@ mod tests {
             &msgpack::encode(&FailParams {
                 code: "E_TEST".into(),
                 message: "as asked".into(),
+                retry: false,
             })
             .unwrap(),
         )

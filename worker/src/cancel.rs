@@ -15,14 +15,31 @@ use tandem_shared::TaskId;
 use tandem_shared::store::Store;
 use tokio_util::sync::CancellationToken;
 
-/// The tokens of the tasks running on this worker.
+/// A task running on this worker: how to stop it, and which entry it holds.
+#[derive(Debug, Clone)]
+pub(crate) struct RunningTask {
+    pub token: CancellationToken,
+    /// Index into the worker's streams.
+    pub stream: usize,
+    pub entry_id: String,
+}
+
+/// The tasks running on this worker, shared by the dispatcher (which starts
+/// them and extends their leases) and the cancel listener.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Running(Arc<Mutex<HashMap<TaskId, CancellationToken>>>);
+pub(crate) struct Running(Arc<Mutex<HashMap<TaskId, RunningTask>>>);
 
 impl Running {
-    pub fn start(&self, id: TaskId) -> CancellationToken {
+    pub fn start(&self, id: TaskId, stream: usize, entry_id: String) -> CancellationToken {
         let token = CancellationToken::new();
-        self.lock().insert(id, token.clone());
+        self.lock().insert(
+            id,
+            RunningTask {
+                token: token.clone(),
+                stream,
+                entry_id,
+            },
+        );
         token
     }
 
@@ -32,12 +49,33 @@ impl Running {
 
     pub fn cancel(&self, id: &TaskId) -> bool {
         match self.lock().get(id) {
-            Some(token) => {
-                token.cancel();
+            Some(task) => {
+                task.token.cancel();
                 true
             }
             None => false,
         }
+    }
+
+    /// Stops the tasks holding these entries (their leases were lost) and
+    /// returns their ids.
+    pub fn stop_entries(&self, entry_ids: &[String]) -> Vec<TaskId> {
+        self.lock()
+            .iter()
+            .filter(|(_, task)| entry_ids.contains(&task.entry_id))
+            .map(|(id, task)| {
+                task.token.cancel();
+                *id
+            })
+            .collect()
+    }
+
+    /// Every running task's (stream index, entry id): the leases to extend.
+    pub fn leases(&self) -> Vec<(usize, String)> {
+        self.lock()
+            .values()
+            .map(|task| (task.stream, task.entry_id.clone()))
+            .collect()
     }
 
     /// The ids of the tasks running now.
@@ -45,7 +83,11 @@ impl Running {
         self.lock().keys().copied().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, CancellationToken>> {
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, RunningTask>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert, remove or lookup).
         self.0

@@ -1,22 +1,22 @@
-//! The claim loop: commits finished tasks, claims new ones in strict
-//! priority order, starts them, and waits for the next thing to do.
+//! The claim loop: commits finished tasks, extends the leases of running
+//! ones, claims new ones in strict priority order (taking over the tasks of
+//! dead workers first), starts them, and waits for the next thing to do.
 //!
-//! One round trip carries both directions: the commits of every task that
-//! finished since the last trip, then a claim for the slots those commits
-//! free. Under load the loop never waits on Redis twice for one task; when
-//! idle it sleeps in the [`Waker`] until a task arrives. The loop alone
-//! decides what to claim, so reclaiming other workers' tasks and lease
-//! extension can join it as further commands in the same trip.
+//! One round trip carries everything: the commits of every task that
+//! finished since the last trip, the lease extensions that are due, then one
+//! claim for the slots the commits free. Under load the loop never waits on
+//! Redis twice for one task; when idle it sleeps in the [`Waker`] until a
+//! task arrives, a retry falls due or a worker dies.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tandem_shared::store::{
-    ClaimRequest, ClaimedEntry, Committed, Completion, Store, StreamRef, Verdict,
+    ClaimRequest, ClaimedEntry, Committed, Completion, Store, StoreError, StreamRef, Trip, Verdict,
 };
 use tandem_shared::wire::TaskEntry;
-use tandem_shared::{Status, TaskId};
+use tandem_shared::{ErrorCode, Status, TaskId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -31,6 +31,8 @@ use crate::waker::{WaitPoint, Waker};
 const AGING_CHECK: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How far the next wake-up may lie when no timer asks for one sooner.
+const IDLE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
@@ -44,9 +46,16 @@ pub(crate) struct Dispatcher {
     pub claim_batch: usize,
     pub aging_ms: u64,
     pub block_ms: u64,
+    /// A running task's lease; extended every third of it.
+    pub lease_timeout: Duration,
+    /// How often due retries are moved back into their streams.
+    pub promote_interval: Duration,
+    pub max_deliveries: u32,
     pub shutdown_grace: Duration,
     pub running: Running,
     pub stats: Arc<Stats>,
+    /// Names of dead workers, from the reaper.
+    pub dead_workers: mpsc::UnboundedReceiver<Vec<String>>,
 }
 
 /// How a worker's run ended.
@@ -54,23 +63,29 @@ pub(crate) struct Dispatcher {
 pub struct WorkerReport {
     pub succeeded: u64,
     pub failed: u64,
-    /// Tasks still running when the shutdown grace period ran out; their
-    /// entries stay pending in Redis.
-    pub abandoned: Vec<TaskId>,
+    /// Tasks still running when the shutdown grace period ran out, handed
+    /// back to their streams for another worker.
+    pub handed_back: Vec<TaskId>,
 }
 
 impl Dispatcher {
-    pub async fn run(self, mut shutdown: Shutdown) -> WorkerReport {
+    pub async fn run(mut self, mut shutdown: Shutdown) -> WorkerReport {
         let waker = Waker::spawn(self.store.clone(), self.block_ms);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
         let stream_keys: Vec<String> = self.streams.iter().map(|s| s.key.clone()).collect();
+        let lease_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
 
         // Claimed entries not yet committed: running, or finished and
         // waiting for the next round trip. Each holds one slot.
         let mut held = 0usize;
         let mut to_commit: Vec<Completion> = Vec::new();
         let mut may_have_work = true;
-        let mut next_aging = Instant::now();
+        let mut dead_workers: Vec<String> = Vec::new();
+        let now = Instant::now();
+        let mut next_aging = now;
+        let mut next_promote = now;
+        let mut next_sweep = now;
+        let mut next_extend = now + self.lease_timeout / 3;
         let mut retry_at: Option<Instant> = None;
         let mut retry_delay = RETRY_MIN;
         let mut drain_deadline: Option<Instant> = None;
@@ -79,6 +94,7 @@ impl Dispatcher {
             while let Ok(done) = done_rx.try_recv() {
                 to_commit.push(done);
             }
+            let now = Instant::now();
             let draining = drain_deadline.is_some();
             // The commits go first in the trip, so their slots count as free.
             let free = self
@@ -89,33 +105,69 @@ impl Dispatcher {
             } else {
                 free.min(self.claim_batch)
             };
-            let backing_off = retry_at.is_some_and(|at| Instant::now() < at);
+            let extend_due = now >= next_extend && !self.running.is_empty();
+            let backing_off = retry_at.is_some_and(|at| now < at);
 
-            if (want > 0 || !to_commit.is_empty()) && !backing_off {
-                let aging_ms = if want > 0 && Instant::now() >= next_aging {
-                    next_aging = Instant::now() + AGING_CHECK;
-                    self.aging_ms
+            if (want > 0 || !to_commit.is_empty() || extend_due) && !backing_off {
+                let leases = if extend_due {
+                    next_extend = now + self.lease_timeout / 3;
+                    self.running.leases()
                 } else {
-                    0
+                    Vec::new()
                 };
-                let request = ClaimRequest {
-                    streams: &self.streams,
-                    consumer: &self.worker_id,
-                    max: want,
-                    device: &self.device,
-                    aging_ms,
-                    want_last_ids: !waker.is_armed(),
+                let take = |due: &mut Instant, every: Duration| {
+                    let take = want > 0 && now >= *due;
+                    if take {
+                        *due = now + every;
+                    }
+                    take
                 };
-                let claim = (want > 0).then_some(&request);
-                match self.store.commit_and_claim(&to_commit, claim).await {
-                    Ok((commits, claimed)) => {
+                let aging = take(&mut next_aging, AGING_CHECK);
+                let sweep = take(&mut next_sweep, self.lease_timeout / 2);
+                let promote = take(&mut next_promote, self.promote_interval);
+                let dead = if want > 0 {
+                    std::mem::take(&mut dead_workers)
+                } else {
+                    Vec::new()
+                };
+                let outcome = {
+                    let claim = (want > 0).then(|| ClaimRequest {
+                        max: want,
+                        device: &self.device,
+                        aging_ms: if aging { self.aging_ms } else { 0 },
+                        want_last_ids: !waker.is_armed(),
+                        sweep_idle_ms: if sweep { lease_ms } else { 0 },
+                        max_deliveries: self.max_deliveries,
+                        promote,
+                        dead_consumers: &dead,
+                    });
+                    let trip = Trip {
+                        streams: &self.streams,
+                        consumer: &self.worker_id,
+                        completions: &to_commit,
+                        extend: &leases,
+                        claim,
+                    };
+                    self.store.round_trip(&trip).await
+                };
+                match outcome {
+                    Ok(result) => {
                         retry_at = None;
                         retry_delay = RETRY_MIN;
-                        for (completion, outcome) in to_commit.drain(..).zip(commits) {
+                        for (completion, outcome) in to_commit.drain(..).zip(result.commits) {
                             held -= 1;
                             self.record_commit(&completion, outcome);
                         }
-                        match claimed {
+                        match result.lost {
+                            Some(Ok(lost)) if !lost.is_empty() => {
+                                for id in self.running.stop_entries(&lost) {
+                                    tracing::warn!(task = %id, "lease lost (another worker took the task over); stopping it");
+                                }
+                            }
+                            Some(Err(err)) => tracing::warn!("lease extension failed: {err}"),
+                            _ => {}
+                        }
+                        match result.claimed {
                             None => {}
                             Some(Ok(claimed)) => {
                                 if claimed.entries.len() < want {
@@ -127,28 +179,35 @@ impl Dispatcher {
                                         ids,
                                     });
                                 }
+                                for gone in &claimed.gone {
+                                    tracing::warn!(entry = %gone, "a pending entry was deleted from its stream before it finished; its task cannot be recovered");
+                                }
                                 for entry in claimed.entries {
                                     held += self.accept(entry, &done_tx, &mut to_commit).await;
                                 }
                             }
-                            Some(Err(err)) if err.is_missing_group() => {
-                                tracing::warn!(
-                                    "consumer groups are gone (Redis flushed or restarted?); recreating them"
-                                );
-                                if let Err(err) = self.store.ensure_groups(&self.streams).await {
-                                    tracing::error!("cannot recreate consumer groups: {err}");
+                            Some(Err(err)) => {
+                                dead_workers = dead;
+                                if err.is_missing_group() {
+                                    tracing::warn!(
+                                        "consumer groups are gone (Redis flushed or restarted without persistence?); recreating them"
+                                    );
+                                    if let Err(err) = self.store.ensure_groups(&self.streams).await
+                                    {
+                                        tracing::error!("cannot recreate consumer groups: {err}");
+                                        retry_at = Some(Instant::now() + retry_delay);
+                                        retry_delay = (retry_delay * 2).min(RETRY_MAX);
+                                    }
+                                } else {
+                                    tracing::error!("claim failed: {err}");
                                     retry_at = Some(Instant::now() + retry_delay);
                                     retry_delay = (retry_delay * 2).min(RETRY_MAX);
                                 }
                             }
-                            Some(Err(err)) => {
-                                tracing::error!("claim failed: {err}");
-                                retry_at = Some(Instant::now() + retry_delay);
-                                retry_delay = (retry_delay * 2).min(RETRY_MAX);
-                            }
                         }
                     }
                     Err(err) => {
+                        dead_workers = dead;
                         tracing::warn!(
                             "Redis round trip failed: {err}; retrying in {retry_delay:?} with {} commits held",
                             to_commit.len()
@@ -164,16 +223,29 @@ impl Dispatcher {
                 break;
             }
 
-            // An idle worker needs no aging pass (it would have claimed any
-            // waiting task); a busy one gets it with its next claim.
-            let mut wake_at =
-                retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            // Sleep until the next timer: a retry after a failed trip, a
+            // lease extension, the periodic promotion and sweep (an idle
+            // worker also runs those), or the end of the grace period.
+            let mut wake_at = retry_at.unwrap_or(now + IDLE);
+            if !self.running.is_empty() {
+                wake_at = wake_at.min(next_extend);
+            }
+            if !draining {
+                wake_at = wake_at.min(next_promote).min(next_sweep);
+            }
             if let Some(deadline) = drain_deadline {
                 wake_at = wake_at.min(deadline);
             }
             tokio::select! {
                 Some(done) = done_rx.recv() => to_commit.push(done),
                 () = waker.woken(), if !draining => may_have_work = true,
+                Some(dead) = self.dead_workers.recv(), if !draining => {
+                    if !dead.is_empty() {
+                        tracing::info!(workers = ?dead, "workers gone: taking over their tasks");
+                        dead_workers = dead;
+                        may_have_work = true;
+                    }
+                }
                 () = shutdown.wait(), if !draining => {
                     drain_deadline = Some(Instant::now() + self.shutdown_grace);
                     self.stats.draining.store(true, Ordering::Relaxed);
@@ -183,46 +255,68 @@ impl Dispatcher {
                     if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
+                    if !draining && Instant::now() >= next_promote.min(next_sweep) {
+                        may_have_work = true;
+                    }
                 }
             }
         }
 
-        let abandoned = self.running.ids();
-        if !abandoned.is_empty() {
-            tracing::warn!(
-                "shutdown grace ran out with {} tasks running; their entries stay pending: {:?}",
-                abandoned.len(),
-                abandoned
-            );
-        }
+        let handed_back = self.hand_back().await;
         WorkerReport {
             succeeded: self.stats.succeeded.load(Ordering::Relaxed),
             failed: self.stats.failed.load(Ordering::Relaxed),
-            abandoned,
+            handed_back,
         }
     }
 
-    fn record_commit(
-        &self,
-        completion: &Completion,
-        outcome: Result<Committed, tandem_shared::store::StoreError>,
-    ) {
+    /// Gives the tasks still running at the end of the grace period back to
+    /// their streams, so another worker starts them at once.
+    async fn hand_back(&self) -> Vec<TaskId> {
+        let unfinished = self.running.ids();
+        if unfinished.is_empty() {
+            return unfinished;
+        }
+        let leases = self.running.leases();
+        match self
+            .store
+            .release(&self.streams, &self.worker_id, &leases)
+            .await
+        {
+            Ok(count) => tracing::warn!(
+                "shutdown grace ran out: handed {count} running tasks back to their streams: {unfinished:?}"
+            ),
+            Err(err) => tracing::error!(
+                "cannot hand back {} running tasks ({err}); they will be taken over when their lease runs out",
+                unfinished.len()
+            ),
+        }
+        unfinished
+    }
+
+    fn record_commit(&self, completion: &Completion, outcome: Result<Committed, StoreError>) {
         match outcome {
             Ok(Committed::Written) => {
-                let counter = if completion.finish.status == Status::Succeeded {
-                    &self.stats.succeeded
-                } else {
-                    &self.stats.failed
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                if completion.finish.status == Status::Succeeded {
+                    self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                } else if !matches!(
+                    completion.disposition,
+                    tandem_shared::store::Disposition::Retry { .. }
+                ) {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Ok(Committed::AlreadyFinal) => tracing::debug!(
                 task = %completion.id,
                 "task already had a final record; this outcome was discarded"
             ),
+            Ok(Committed::LeaseLost) => tracing::info!(
+                task = %completion.id,
+                "another worker took this task over; its outcome here was discarded"
+            ),
             Err(err) => tracing::error!(
                 task = %completion.id,
-                "cannot commit the task: {err}; its entry stays pending"
+                "cannot commit the task: {err}; its entry stays pending until its lease runs out"
             ),
         }
     }
@@ -239,28 +333,41 @@ impl Dispatcher {
             entry_id,
             verdict,
             fields,
+            attempt,
         } = claimed;
-        if verdict == Verdict::Skip {
-            return 0;
-        }
-        if verdict == Verdict::Malformed {
-            tracing::error!(
-                stream = %stream.key, entry = %entry_id,
-                "refusing an entry without a readable task id; deleting it"
-            );
-            if let Err(err) = self.store.discard(&stream, &entry_id).await {
-                tracing::error!("cannot delete malformed entry {entry_id}: {err}");
+        match verdict {
+            Verdict::Skip => return 0,
+            Verdict::Malformed => {
+                tracing::error!(
+                    stream = %stream.key, entry = %entry_id,
+                    "an entry without a readable task id: moving it to the dead-letter stream"
+                );
+                let message = "the entry has no readable task id";
+                if let Err(err) = self
+                    .store
+                    .bury(
+                        &stream,
+                        &entry_id,
+                        &self.worker_id,
+                        ErrorCode::BAD_PAYLOAD.as_str(),
+                        message,
+                    )
+                    .await
+                {
+                    tracing::error!("cannot dead-letter entry {entry_id}: {err}");
+                }
+                return 0;
             }
-            return 0;
+            Verdict::Run | Verdict::Expired | Verdict::Poison => {}
         }
-        let entry = match TaskEntry::decode(&fields, stream.class, stream.priority) {
+        let mut entry = match TaskEntry::decode(&fields, stream.class, stream.priority) {
             Ok(entry) => entry,
             Err(err) => {
                 tracing::warn!(
                     stream = %stream.key, entry = %entry_id, code = %err.code,
                     "refusing entry: {}", err.message
                 );
-                return match self.executor.refused(err, &stream, entry_id) {
+                return match self.executor.refused(err, &stream, entry_id, attempt) {
                     Some(completion) => {
                         to_commit.push(completion);
                         1
@@ -269,14 +376,28 @@ impl Dispatcher {
                 };
             }
         };
-        if verdict == Verdict::Expired {
-            tracing::info!(task = %entry.id, kind = %entry.kind, "deadline passed before start: expired");
-            to_commit.push(self.executor.expired(entry, entry_id));
-            return 1;
+        entry.attempt = attempt;
+        match verdict {
+            Verdict::Expired => {
+                tracing::info!(task = %entry.id, kind = %entry.kind, "deadline passed before start: expired");
+                to_commit.push(self.executor.expired(entry, entry_id));
+                return 1;
+            }
+            Verdict::Poison => {
+                tracing::warn!(task = %entry.id, kind = %entry.kind, attempt, "delivered too often: dead-lettered unrun");
+                to_commit.push(self.executor.poison(entry, entry_id, self.max_deliveries));
+                return 1;
+            }
+            _ => {}
         }
 
         let id = entry.id;
-        let cancel = self.running.start(id);
+        let stream_index = self
+            .streams
+            .iter()
+            .position(|s| s.key == stream.key)
+            .unwrap_or_default();
+        let cancel = self.running.start(id, stream_index, entry_id.clone());
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         let executor = Arc::clone(&self.executor);
         let running = self.running.clone();
@@ -287,7 +408,7 @@ impl Dispatcher {
             running.finish(&id);
             stats.active.fetch_sub(1, Ordering::Relaxed);
             // The receiver lives as long as the dispatcher; if it is gone the
-            // worker is exiting and the entry stays pending.
+            // worker is exiting and the entry was handed back.
             let _ = done.send(completion);
         });
         1

@@ -1,18 +1,49 @@
 //! Runs one claimed task through its handler and turns whatever happens
 //! (a result, an error, a panic, a cancel, bad input) into the
-//! [`Completion`] the dispatcher commits. Nothing here fails or panics
-//! outward: every problem becomes a failed completion with a code.
+//! [`Completion`] the dispatcher commits, with its disposition: final,
+//! retry after a backoff, or dead-lettered. Nothing here fails or panics
+//! outward.
 
+use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tandem_shared::store::{Completion, StreamRef};
+use tandem_shared::store::{Completion, Disposition, StreamRef};
 use tandem_shared::wire::{EntryError, Finish, FinishOutcome, TaskEntry, TaskFailure};
 use tandem_shared::{ErrorCode, Status};
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::{Registry, TaskContext, TaskError};
+use crate::handler::{Registry, Retry, TaskContext, TaskError};
+
+/// How failed attempts are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt + 1`: base x 2^(attempt - 1),
+    /// capped, then drawn uniformly from its upper half ("equal jitter"), so
+    /// tasks that failed together do not retry together.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let full = self.base.saturating_mul(1 << exponent).min(self.max);
+        let half = full / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        let random = random_u64() % jitter_ms.saturating_add(1);
+        half + Duration::from_millis(random)
+    }
+}
+
+/// A random number without a random-number crate: std seeds each
+/// `RandomState` from the OS.
+fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0x5eed);
+    hasher.finish()
+}
 
 /// Everything a worker needs to run tasks, shared by all its task runs.
 #[derive(Debug, Clone)]
@@ -21,6 +52,7 @@ pub(crate) struct Executor {
     pub worker_id: String,
     pub device: String,
     pub max_payload_bytes: usize,
+    pub backoff: Backoff,
 }
 
 impl Executor {
@@ -34,21 +66,48 @@ impl Executor {
         let started = Instant::now();
         let outcome = self.run(&entry, cancel).await;
         let run_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let (status, outcome) = match outcome {
-            Ok(result) => (Status::Succeeded, FinishOutcome::Result(result)),
-            Err(err) if err.code == ErrorCode::CANCELLED => (Status::Cancelled, failure(err)),
-            Err(err) => (Status::Failed, failure(err)),
-        };
-        match &outcome {
-            FinishOutcome::Error(f) => tracing::info!(
-                task = %entry.id, kind = %entry.kind, code = %f.code, "task failed: {}", f.message
+        let (status, disposition, outcome) = match outcome {
+            Ok(result) => (
+                Status::Succeeded,
+                Disposition::Final,
+                FinishOutcome::Result(result),
             ),
-            FinishOutcome::Result(_) => {
-                tracing::debug!(task = %entry.id, kind = %entry.kind, run_us, "task succeeded")
+            Err(err) if err.code == ErrorCode::CANCELLED => {
+                (Status::Cancelled, Disposition::Final, failure(err))
             }
+            Err(err) => {
+                let disposition = self.after_failure(&entry, &err);
+                let verb = match disposition {
+                    Disposition::Retry { .. } => "will retry",
+                    _ => "dead-lettered",
+                };
+                tracing::info!(
+                    task = %entry.id, kind = %entry.kind, attempt = entry.attempt, code = %err.code,
+                    "attempt failed ({verb}): {}", err.message
+                );
+                (Status::Failed, disposition, failure(err))
+            }
+        };
+        if status == Status::Succeeded {
+            tracing::debug!(task = %entry.id, kind = %entry.kind, run_us, "task succeeded");
         }
         let finish = self.finish(status, Some(run_us), outcome);
-        completion(entry, entry_id, finish)
+        completion(entry, entry_id, disposition, finish)
+    }
+
+    /// Retry while attempts remain and the error allows it; else dead.
+    fn after_failure(&self, entry: &TaskEntry, err: &TaskError) -> Disposition {
+        if entry.attempt >= entry.max_attempts {
+            return Disposition::Dead;
+        }
+        let delay = match err.retry {
+            Retry::Never => return Disposition::Dead,
+            Retry::Backoff => self.backoff.delay(entry.attempt),
+            Retry::After(delay) => delay,
+        };
+        Disposition::Retry {
+            after_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     async fn run(
@@ -57,7 +116,7 @@ impl Executor {
         cancel: CancellationToken,
     ) -> Result<Vec<u8>, TaskError> {
         if entry.params.len() > self.max_payload_bytes {
-            return Err(TaskError::new(
+            return Err(TaskError::fatal(
                 ErrorCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "params are {} bytes; this worker accepts at most {}",
@@ -71,9 +130,10 @@ impl Executor {
         tokio::select! {
             outcome = AssertUnwindSafe(prepared).catch_unwind() => match outcome {
                 Ok(outcome) => outcome,
+                // A panic counts as a failed attempt, retried like an error.
                 Err(panic) => Err(TaskError::new(ErrorCode::HANDLER_PANIC, panic_message(&panic))),
             },
-            () = cancel.cancelled() => Err(TaskError::new(
+            () = cancel.cancelled() => Err(TaskError::fatal(
                 ErrorCode::CANCELLED,
                 "cancelled by a producer while running",
             )),
@@ -81,12 +141,14 @@ impl Executor {
     }
 
     /// The completion of an entry that could not be decoded, when it named a
-    /// task to report to; `None` when it did not.
+    /// task to report to (it goes to the dead-letter stream); `None` when it
+    /// did not.
     pub fn refused(
         &self,
         err: EntryError,
         stream: &StreamRef,
         entry_id: String,
+        attempt: u32,
     ) -> Option<Completion> {
         let id = err.id?;
         Some(Completion {
@@ -95,6 +157,8 @@ impl Executor {
             priority: stream.priority,
             entry_id,
             reply_to: err.reply_to,
+            attempt,
+            disposition: Disposition::Dead,
             finish: self.finish(
                 Status::Failed,
                 None,
@@ -116,7 +180,20 @@ impl Executor {
             ),
         };
         let finish = self.finish(Status::Expired, None, FinishOutcome::Error(failure));
-        completion(entry, entry_id, finish)
+        completion(entry, entry_id, Disposition::Final, finish)
+    }
+
+    /// The completion of a task delivered more often than allowed: every
+    /// worker that ran it died, so it goes to the dead-letter stream unrun.
+    pub fn poison(&self, entry: TaskEntry, entry_id: String, max_deliveries: u32) -> Completion {
+        let failure = TaskFailure {
+            code: ErrorCode::MAX_DELIVERIES,
+            message: format!(
+                "delivered more than {max_deliveries} times without finishing (its workers died running it)"
+            ),
+        };
+        let finish = self.finish(Status::Failed, None, FinishOutcome::Error(failure));
+        completion(entry, entry_id, Disposition::Dead, finish)
     }
 
     fn finish(&self, status: Status, run_us: Option<u64>, outcome: FinishOutcome) -> Finish {
@@ -130,13 +207,20 @@ impl Executor {
     }
 }
 
-fn completion(entry: TaskEntry, entry_id: String, finish: Finish) -> Completion {
+fn completion(
+    entry: TaskEntry,
+    entry_id: String,
+    disposition: Disposition,
+    finish: Finish,
+) -> Completion {
     Completion {
         id: entry.id,
         class: entry.class,
         priority: entry.priority,
         entry_id,
         reply_to: entry.reply_to,
+        attempt: entry.attempt,
+        disposition,
         finish,
     }
 }
@@ -191,16 +275,20 @@ mod tests {
             worker_id: "w".into(),
             device: "cpu".into(),
             max_payload_bytes: 64,
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            },
         }
     }
 
-    fn entry(kind: &str, params: Vec<u8>) -> TaskEntry {
+    fn entry(kind: &str, params: Vec<u8>, attempt: u32) -> TaskEntry {
         TaskEntry {
             id: TaskId::new(),
             kind: kind.into(),
             class: Class::Cpu,
             priority: Priority::Normal,
-            attempt: 1,
+            attempt,
             max_attempts: 3,
             memory_bytes: 0,
             deadline_ms: None,
@@ -218,26 +306,63 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn panics_become_failures() {
-        let done = executor()
+    async fn run(kind: &str, params: Vec<u8>, attempt: u32) -> Completion {
+        executor()
             .execute(
-                entry("explode", vec![]),
+                entry(kind, params, attempt),
                 "1-0".into(),
                 CancellationToken::new(),
             )
-            .await;
-        assert_eq!(done.finish.status, Status::Failed);
-        assert_eq!(error_code(&done), Some("HANDLER_PANIC"));
+            .await
+    }
+
+    #[tokio::test]
+    async fn panics_are_retried_until_attempts_run_out() {
+        let first = run("explode", vec![], 1).await;
+        assert_eq!(first.finish.status, Status::Failed);
+        assert_eq!(error_code(&first), Some("HANDLER_PANIC"));
+        assert!(
+            matches!(first.disposition, Disposition::Retry { .. }),
+            "{:?}",
+            first.disposition
+        );
+        let last = run("explode", vec![], 3).await;
+        assert_eq!(last.disposition, Disposition::Dead);
+    }
+
+    #[tokio::test]
+    async fn errors_say_whether_to_retry() {
+        let fatal = msgpack::encode(&tandem_shared::kind::builtin::FailParams {
+            code: "E_NO".into(),
+            message: String::new(),
+            retry: false,
+        })
+        .unwrap();
+        assert_eq!(run("fail", fatal, 1).await.disposition, Disposition::Dead);
+        let transient = msgpack::encode(&tandem_shared::kind::builtin::FailParams {
+            code: "E_AGAIN".into(),
+            message: String::new(),
+            retry: true,
+        })
+        .unwrap();
+        assert!(matches!(
+            run("fail", transient, 1).await.disposition,
+            Disposition::Retry { .. }
+        ));
+        assert_eq!(run("nope", vec![], 1).await.disposition, Disposition::Dead);
+        let ok = run("noop", vec![], 1).await;
+        assert_eq!(
+            (ok.finish.status, ok.disposition),
+            (Status::Succeeded, Disposition::Final)
+        );
     }
 
     #[tokio::test]
     async fn oversized_params_are_refused() {
         let big = msgpack::encode(&"x".repeat(100)).unwrap();
-        let done = executor()
-            .execute(entry("echo", big), "1-0".into(), CancellationToken::new())
-            .await;
+        let done = run("echo", big, 1).await;
         assert_eq!(error_code(&done), Some("PAYLOAD_TOO_LARGE"));
+        assert_eq!(done.disposition, Disposition::Dead);
     }
 
     #[tokio::test]
@@ -246,12 +371,39 @@ mod tests {
         let params =
             msgpack::encode(&tandem_shared::kind::builtin::SleepParams { ms: 60_000 }).unwrap();
         let exec = executor();
-        let run = exec.execute(entry("sleep", params), "1-0".into(), cancel.clone());
+        let run = exec.execute(entry("sleep", params, 1), "1-0".into(), cancel.clone());
         cancel.cancel();
-        let done = tokio::time::timeout(std::time::Duration::from_secs(5), run)
+        let done = tokio::time::timeout(Duration::from_secs(5), run)
             .await
             .expect("a cancelled sleep ends at once");
         assert_eq!(done.finish.status, Status::Cancelled);
         assert_eq!(error_code(&done), Some("CANCELLED"));
+        assert_eq!(done.disposition, Disposition::Final);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_cap() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(1_000),
+        };
+        for (attempt, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1_000),
+            (40, 1_000),
+        ] {
+            for _ in 0..50 {
+                let delay = backoff.delay(attempt).as_millis() as u64;
+                assert!(
+                    (full / 2..=full).contains(&delay),
+                    "attempt {attempt}: {delay} ms"
+                );
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff.delay(4)).collect();
+        assert!(spread.len() > 5, "jitter spreads retries: {spread:?}");
     }
 }

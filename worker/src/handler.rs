@@ -16,19 +16,56 @@ use tandem_shared::kind::KindSpec;
 use tandem_shared::{Class, ErrorCode, TaskId, msgpack};
 use tokio_util::sync::CancellationToken;
 
-/// Why a task did not produce a result. The code is what users see.
+/// Whether a failed attempt is worth another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Retry after the worker's exponential backoff with jitter, while
+    /// attempts remain.
+    Backoff,
+    /// Retry after this delay, while attempts remain.
+    After(std::time::Duration),
+    /// Never retry: the same input fails the same way (bad parameters, a
+    /// deliberate refusal). The task goes to the dead-letter stream.
+    Never,
+}
+
+/// Why a task did not produce a result: a code users see, a message, and
+/// whether to try again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct TaskError {
     pub code: ErrorCode,
     pub message: String,
+    pub retry: Retry,
 }
 
 impl TaskError {
+    /// An error worth retrying with backoff (a transient condition).
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
+            retry: Retry::Backoff,
+        }
+    }
+
+    /// An error no retry can fix.
+    pub fn fatal(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            retry: Retry::Never,
+            ..Self::new(code, message)
+        }
+    }
+
+    /// An error worth retrying after `delay` (say, a rate limit's reset).
+    pub fn retry_after(
+        code: ErrorCode,
+        message: impl Into<String>,
+        delay: std::time::Duration,
+    ) -> Self {
+        Self {
+            retry: Retry::After(delay),
+            ..Self::new(code, message)
         }
     }
 }
@@ -96,11 +133,11 @@ impl<H: Handler> ErasedHandler for Typed<H> {
     fn prepare(self: Arc<Self>, params: &[u8], ctx: TaskContext) -> Result<Prepared, TaskError> {
         let params: <H::Spec as KindSpec>::Params =
             msgpack::decode(params).map_err(|err| decode_error(params, &err))?;
-        H::Spec::validate(&params).map_err(|e| TaskError::new(ErrorCode::BAD_PARAMS, e.0))?;
+        H::Spec::validate(&params).map_err(|e| TaskError::fatal(ErrorCode::BAD_PARAMS, e.0))?;
         Ok(Box::pin(async move {
             let output = self.0.run(params, ctx).await?;
             msgpack::encode(&output)
-                .map_err(|e| TaskError::new(ErrorCode::BAD_RESULT, e.to_string()))
+                .map_err(|e| TaskError::fatal(ErrorCode::BAD_RESULT, e.to_string()))
         }))
     }
 }
@@ -109,8 +146,8 @@ impl<H: Handler> ErasedHandler for Typed<H> {
 /// the wrong shape is bad parameters.
 fn decode_error(params: &[u8], err: &msgpack::CodecError) -> TaskError {
     match msgpack::decode::<rmpv::Value>(params) {
-        Ok(_) => TaskError::new(ErrorCode::BAD_PARAMS, err.to_string()),
-        Err(_) => TaskError::new(
+        Ok(_) => TaskError::fatal(ErrorCode::BAD_PARAMS, err.to_string()),
+        Err(_) => TaskError::fatal(
             ErrorCode::BAD_PAYLOAD,
             format!("params are not valid MessagePack ({} bytes)", params.len()),
         ),
@@ -167,7 +204,7 @@ impl Registry {
         ctx: TaskContext,
     ) -> Result<Prepared, TaskError> {
         let handler = self.handlers.get(kind).ok_or_else(|| {
-            TaskError::new(
+            TaskError::fatal(
                 ErrorCode::UNKNOWN_KIND,
                 format!(
                     "no handler for kind {kind:?}; this worker runs {:?}",

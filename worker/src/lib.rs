@@ -10,6 +10,8 @@
 //! - `executor`: runs one task; turns results, errors and panics into commits.
 //! - `waker`: wakes an idle worker when a task arrives (blocking `XREAD`).
 //! - `cancel`: stops running tasks a producer cancelled.
+//! - `reaper`: finds workers whose heartbeat lapsed, so their tasks are
+//!   taken over at once.
 //! - `heartbeat`: keeps the worker's registry record fresh.
 //! - [`shutdown`]: the stop signal; SIGTERM and SIGINT trigger it.
 //!
@@ -32,6 +34,7 @@ mod dispatcher;
 mod executor;
 pub mod handler;
 mod heartbeat;
+mod reaper;
 pub mod shutdown;
 mod stats;
 mod waker;
@@ -44,7 +47,7 @@ use tandem_shared::store::{Store, StoreError, StreamRef};
 use tandem_shared::wire::WorkerInfo;
 
 pub use dispatcher::WorkerReport;
-pub use handler::{Handler, Registry, TaskContext, TaskError};
+pub use handler::{Handler, Registry, Retry, TaskContext, TaskError};
 pub use shutdown::Shutdown;
 
 /// The device this worker runs tasks on. Workers bound to GPUs come with
@@ -61,18 +64,16 @@ pub enum WorkerError {
 }
 
 /// Runs a worker until `shutdown` fires, then drains it: no new claims,
-/// running tasks get `shutdown_grace_ms` to finish, the registry record goes.
+/// running tasks get `shutdown_grace_ms` to finish, what is still running
+/// then goes back to its stream for another worker, the registry record
+/// goes. Redis unreachable at start is retried (with a log line each time)
+/// until it answers or `shutdown` fires.
 pub async fn run(
     config: &Config,
     registry: Registry,
-    shutdown: Shutdown,
+    mut shutdown: Shutdown,
 ) -> Result<WorkerReport, WorkerError> {
-    let store = Store::connect(config)
-        .await
-        .map_err(|source| WorkerError::Connect {
-            url: config.redis_url_redacted(),
-            source,
-        })?;
+    let store = connect(config, &mut shutdown).await?;
     let worker_id = if config.worker_id.is_empty() {
         default_worker_id()
     } else {
@@ -114,6 +115,14 @@ pub async fn run(
     let heartbeat_task = tokio::spawn(heartbeat.run());
     let running = cancel::Running::default();
     let cancel_task = tokio::spawn(cancel::listen(store.clone(), running.clone()));
+    let (dead_tx, dead_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reaper_task = tokio::spawn(reaper::run(
+        store.clone(),
+        streams.clone(),
+        worker_id.clone(),
+        Duration::from_millis(config.heartbeat_interval_ms),
+        dead_tx,
+    ));
 
     tracing::info!(
         worker = %worker_id,
@@ -132,6 +141,10 @@ pub async fn run(
             worker_id: worker_id.clone(),
             device: DEVICE.to_owned(),
             max_payload_bytes: config.max_payload_bytes,
+            backoff: executor::Backoff {
+                base: Duration::from_millis(config.retry_base_ms),
+                max: Duration::from_millis(config.retry_max_ms),
+            },
         }),
         streams,
         worker_id: worker_id.clone(),
@@ -140,14 +153,19 @@ pub async fn run(
         claim_batch: config.claim_batch,
         aging_ms: config.aging_ms,
         block_ms: config.block_ms,
+        lease_timeout: Duration::from_millis(config.lease_timeout_ms),
+        promote_interval: Duration::from_millis(config.heartbeat_interval_ms),
+        max_deliveries: config.max_deliveries,
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         running,
         stats,
+        dead_workers: dead_rx,
     };
     let report = dispatcher.run(shutdown).await;
 
     heartbeat_task.abort();
     cancel_task.abort();
+    reaper_task.abort();
     if let Err(err) = store.deregister(&worker_id).await {
         tracing::warn!("cannot remove the registry record: {err}");
     }
@@ -158,6 +176,28 @@ pub async fn run(
         "worker stopped"
     );
     Ok(report)
+}
+
+/// Connects to Redis, retrying with backoff while it is unreachable (a fleet
+/// may start before its Redis). Errors no retry can fix (a wrong password, a
+/// refused script) end the worker at once.
+async fn connect(config: &Config, shutdown: &mut Shutdown) -> Result<Store, WorkerError> {
+    let url = config.redis_url_redacted();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match Store::connect(config).await {
+            Ok(store) => return Ok(store),
+            Err(source) if source.is_connection() && !shutdown.is_triggered() => {
+                tracing::warn!("cannot reach Redis at {url}: {source}; retrying in {delay:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.wait() => return Err(WorkerError::Connect { url, source }),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(source) => return Err(WorkerError::Connect { url, source }),
+        }
+    }
 }
 
 /// `host-pid-xxxx`: unique per process incarnation, so a restarted worker

@@ -57,20 +57,57 @@ fn settings_lists_every_variable() {
 }
 
 #[test]
-fn unreachable_redis_is_a_clear_error_not_a_panic() {
+fn unreachable_redis_is_retried_with_a_clear_message_until_stopped() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let out = worker()
+    let log = std::env::temp_dir().join(format!(
+        "tandem-worker-unreachable-{}.log",
+        std::process::id()
+    ));
+    let mut child = worker()
         .arg("run")
-        .env("TANDEM_REDIS_URL", format!("redis://127.0.0.1:{port}"))
-        .env("TANDEM_CONNECT_TIMEOUT_MS", "300")
-        .output()
+        .env(
+            "TANDEM_REDIS_URL",
+            format!("redis://:secret@127.0.0.1:{port}"),
+        )
+        .env("TANDEM_CONNECT_TIMEOUT_MS", "200")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("cannot reach Redis"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    let started = std::time::Instant::now();
+    let retries = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("retrying in")
+            .count()
+    };
+    while retries() < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no retry logged: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(exit.code(), Some(1), "{text}");
+    assert!(
+        text.contains("cannot reach Redis at redis://:***@127.0.0.1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret"),
+        "the password must not be logged: {text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
 }

@@ -174,6 +174,7 @@ fn workload(i: usize) -> (Task, &'static str, Priority) {
             Task::of::<Fail>(&FailParams {
                 code: "E_DEMO".into(),
                 message: "a deliberate failure".into(),
+                retry: false,
             }),
             "fail",
             Priority::Normal,

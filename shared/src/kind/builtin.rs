@@ -5,7 +5,7 @@
 //! | `noop` | cpu | anything (ignored) | nil |
 //! | `sleep` | cpu | `{ms}`, at most one hour | `{slept_ms}` |
 //! | `echo` | cpu | anything | the parameters |
-//! | `fail` | cpu | `{code, message}` | always fails with that code |
+//! | `fail` | cpu | `{code, message, retry}` | always fails with that code; retried (with backoff) only when `retry` is true |
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,9 @@ pub struct FailParams {
     pub code: String,
     #[serde(default)]
     pub message: String,
+    /// Whether the failure is worth retrying (default: no).
+    #[serde(default)]
+    pub retry: bool,
 }
 
 impl KindSpec for Fail {
@@ -151,6 +154,7 @@ mod tests {
             encode(&FailParams {
                 code: "E_BOOM".into(),
                 message: String::new(),
+                retry: false,
             })
             .unwrap(),
             true,
@@ -160,6 +164,7 @@ mod tests {
             encode(&FailParams {
                 code: "boom".into(),
                 message: String::new(),
+                retry: false,
             })
             .unwrap(),
             false,

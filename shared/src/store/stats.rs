@@ -1,0 +1,135 @@
+//! Queue depths for `tandem queues`, and clean-up of a prefix's keys.
+
+use redis::{Cmd, Value};
+
+use super::reply::{array, hash_map, int, reply_ok, server_time_ms, text};
+use super::{Store, StoreError};
+use crate::keys::GROUP;
+use crate::task::{Class, Priority};
+
+/// Counts for one task stream, for `tandem queues`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStats {
+    pub class: Class,
+    pub priority: Priority,
+    pub key: String,
+    /// Entries not yet delivered to any worker.
+    pub waiting: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    pub consumers: u64,
+    /// Age of the oldest waiting entry, by the Redis clock.
+    pub oldest_waiting_ms: Option<u64>,
+}
+
+impl Store {
+    /// Deletes every key under this store's prefix (demo and benchmark runs
+    /// clean up after themselves with it). Returns how many were deleted.
+    pub async fn purge_prefix(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.keys.prefix());
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Depth, pending count, consumers and oldest waiting age per stream.
+    pub async fn queue_stats(&self, classes: &[Class]) -> Result<Vec<StreamStats>, StoreError> {
+        let streams = self.keys.streams_in_claim_order(classes);
+        let mut cmds = vec![redis::cmd("TIME")];
+        for (_, _, key) in &streams {
+            let mut xlen = redis::cmd("XLEN");
+            xlen.arg(key);
+            let mut groups = redis::cmd("XINFO");
+            groups.arg("GROUPS").arg(key);
+            cmds.push(xlen);
+            cmds.push(groups);
+        }
+        let mut replies = self.pipeline(&cmds).await?.into_iter();
+        let now_ms = server_time_ms(reply_ok(replies.next().unwrap_or(Value::Nil))?)?;
+
+        let mut stats = Vec::new();
+        let mut next_waiting = Vec::new();
+        for (class, priority, key) in streams {
+            let length = int(reply_ok(replies.next().unwrap_or(Value::Nil))?, "XLEN")?;
+            let (pending, consumers, last_delivered) = match replies.next().unwrap_or(Value::Nil) {
+                // A stream no worker has created yet has no groups.
+                Value::ServerError(_) => (0, 0, None),
+                reply => group_info(reply_ok(reply)?)?,
+            };
+            let length = u64::try_from(length).unwrap_or(0);
+            let waiting = length.saturating_sub(pending);
+            if waiting > 0 {
+                let mut range = redis::cmd("XRANGE");
+                let start = last_delivered.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+                range.arg(&key).arg(start).arg("+").arg("COUNT").arg(1);
+                next_waiting.push((stats.len(), range));
+            }
+            stats.push(StreamStats {
+                class,
+                priority,
+                key,
+                waiting,
+                pending,
+                consumers,
+                oldest_waiting_ms: None,
+            });
+        }
+        let cmds: Vec<Cmd> = next_waiting.iter().map(|(_, c)| c.clone()).collect();
+        let replies = self.pipeline(&cmds).await?;
+        for ((index, _), reply) in next_waiting.iter().zip(replies) {
+            let entries = array(reply_ok(reply)?, "XRANGE")?;
+            if let Some(entry) = entries.into_iter().next() {
+                let id = array(entry, "XRANGE")?
+                    .into_iter()
+                    .next()
+                    .unwrap_or(Value::Nil);
+                let id = text(id, "XRANGE")?;
+                let added_ms: u64 = id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(now_ms);
+                stats[*index].oldest_waiting_ms = Some(now_ms.saturating_sub(added_ms));
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// (pending, consumers, last delivered id) of the `workers` group.
+fn group_info(reply: Value) -> Result<(u64, u64, Option<String>), StoreError> {
+    for group in array(reply, "XINFO GROUPS")? {
+        let info = hash_map(group, "XINFO GROUPS")?;
+        let get = |name: &str| {
+            info.get(name.as_bytes())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        if get("name").as_deref() == Some(GROUP) {
+            let pending = get("pending").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let consumers = get("consumers").and_then(|v| v.parse().ok()).unwrap_or(0);
+            return Ok((pending, consumers, get("last-delivered-id")));
+        }
+    }
+    Ok((0, 0, None))
+}

@@ -1,0 +1,207 @@
+//! What producers do: submit tasks, find records, cancel.
+
+use redis::{Cmd, Value};
+
+use super::reply::{array, hash_map, int, reply_ok, text};
+use super::{Store, StoreError};
+use crate::scripts;
+use crate::task::{Class, Status, TaskId};
+use crate::wire::{NewTask, TaskRecord};
+
+/// What `submit` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    pub id: TaskId,
+    pub class: Class,
+    /// False when an idempotency key or the task id named an existing task,
+    /// whose id this is.
+    pub created: bool,
+}
+
+/// The outcome of a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    NotFound,
+    /// It had already finished with this status.
+    AlreadyFinished(Status),
+    /// It was queued (or waiting for a retry) and will never run.
+    Cancelled,
+    /// It is running; its worker was told to stop it.
+    Requested,
+}
+
+impl Store {
+    fn submit_cmd(&self, task: &NewTask, producer: &str, reply_to: Option<&str>) -> Cmd {
+        let mut call = scripts::SUBMIT
+            .invocation()
+            .key(self.keys.stream(task.class, task.priority))
+            .key(self.keys.task(task.class, &task.id));
+        if let Some(key) = &task.idempotency_key {
+            call = call.key(self.keys.idempotency(task.class, key));
+        }
+        call = call
+            .arg(task.id.to_string())
+            .arg(task.deadline_in_ms.unwrap_or(0))
+            .arg(self.retention.idempotency_ttl_s)
+            .arg(task.idempotency_key.as_deref().unwrap_or(""))
+            .arg(task.params.as_slice());
+        for (name, value) in task.metadata(producer, reply_to) {
+            call = call.arg(name).arg(value);
+        }
+        call.into_cmd()
+    }
+
+    /// Submits tasks in one round trip. Each returned item matches the task
+    /// at the same position; one task's failure does not fail the others.
+    pub async fn submit_many(
+        &self,
+        tasks: &[NewTask],
+        producer: &str,
+        reply_to: Option<&str>,
+    ) -> Result<Vec<Result<Submitted, StoreError>>, StoreError> {
+        let cmds: Vec<Cmd> = tasks
+            .iter()
+            .map(|t| self.submit_cmd(t, producer, reply_to))
+            .collect();
+        let replies = self.pipeline(&cmds).await?;
+        if replies.len() != tasks.len() {
+            return Err(StoreError::Protocol {
+                what: "submit",
+                detail: format!("{} replies for {} tasks", replies.len(), tasks.len()),
+            });
+        }
+        Ok(tasks
+            .iter()
+            .zip(replies)
+            .map(|(task, reply)| parse_submitted(task.class, reply))
+            .collect())
+    }
+
+    /// The newest entry id of a stream, or `0-0` when it is empty or absent:
+    /// the point a blocking read starts from to see only what comes next.
+    pub async fn last_entry_id(&self, stream: &str) -> Result<String, StoreError> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(stream).arg("+").arg("-").arg("COUNT").arg(1);
+        let entries = array(self.single(cmd).await?, "XREVRANGE")?;
+        match entries.into_iter().next() {
+            Some(entry) => {
+                let id = array(entry, "XREVRANGE")?
+                    .into_iter()
+                    .next()
+                    .unwrap_or(Value::Nil);
+                text(id, "XREVRANGE")
+            }
+            None => Ok("0-0".to_owned()),
+        }
+    }
+
+    /// The highest id ever deleted from a stream (by trimming or XDEL), or
+    /// `None` when nothing was: a reader that had not read up to it lost
+    /// entries.
+    pub async fn max_deleted_entry_id(&self, stream: &str) -> Result<Option<String>, StoreError> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("STREAM").arg(stream);
+        let info = array(self.single(cmd).await?, "XINFO STREAM")?;
+        let mut items = info.into_iter();
+        while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            if text(name, "XINFO STREAM")? == "max-deleted-entry-id" {
+                let id = text(value, "XINFO STREAM")?;
+                return Ok((id != "0-0").then_some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Finds a task's record in whichever class holds it, in one call.
+    pub async fn find_record(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let mut call = scripts::FIND.invocation();
+        for &class in Class::ALL {
+            call = call.key(self.keys.task(class, id));
+        }
+        let mut parts = array(self.single(call.into_cmd()).await?, "find")?.into_iter();
+        let index = int(parts.next().unwrap_or(Value::Nil), "find")?;
+        let Some(class) = usize::try_from(index - 1)
+            .ok()
+            .and_then(|i| Class::ALL.get(i))
+        else {
+            return Ok(None);
+        };
+        let map = hash_map(parts.next().unwrap_or(Value::Nil), "find")?;
+        let mut record = TaskRecord::from_map(&map);
+        record.id.get_or_insert(*id);
+        record.class.get_or_insert(*class);
+        Ok(Some(record))
+    }
+
+    /// The result blob of a finished task, when a notice left it out.
+    pub async fn result_blob(
+        &self,
+        class: Class,
+        id: &TaskId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.keys.task(class, id))
+            .arg(crate::wire::field::RESULT);
+        match self.single(cmd).await? {
+            Value::Nil => Ok(None),
+            Value::BulkString(bytes) => Ok(Some(bytes)),
+            other => Err(StoreError::protocol("HGET result", &other)),
+        }
+    }
+
+    /// Cancels a task, whichever class holds it.
+    pub async fn cancel(&self, id: &TaskId) -> Result<CancelOutcome, StoreError> {
+        let cmds: Vec<Cmd> = Class::ALL
+            .iter()
+            .map(|&class| {
+                scripts::CANCEL
+                    .invocation()
+                    .key(self.keys.task(class, id))
+                    .arg(self.keys.cancel_channel())
+                    .arg(self.retention.result_ttl_s)
+                    .arg(self.retention.reply_maxlen)
+                    .arg(self.retention.reply_ttl_s)
+                    .arg(id.to_string())
+                    .arg(self.keys.reply(""))
+                    .into_cmd()
+            })
+            .collect();
+        for reply in self.pipeline(&cmds).await? {
+            let items = array(reply_ok(reply)?, "cancel")?;
+            let mut items = items.into_iter();
+            let word = text(items.next().unwrap_or(Value::Nil), "cancel")?;
+            match word.as_str() {
+                "not_found" => continue,
+                "cancelled" => return Ok(CancelOutcome::Cancelled),
+                "requested" => return Ok(CancelOutcome::Requested),
+                "finished" => {
+                    let status = text(items.next().unwrap_or(Value::Nil), "cancel")?;
+                    let status = status.parse().map_err(|_| StoreError::Protocol {
+                        what: "cancel",
+                        detail: format!("unknown status {status:?}"),
+                    })?;
+                    return Ok(CancelOutcome::AlreadyFinished(status));
+                }
+                other => {
+                    return Err(StoreError::Protocol {
+                        what: "cancel",
+                        detail: format!("unknown outcome {other:?}"),
+                    });
+                }
+            }
+        }
+        Ok(CancelOutcome::NotFound)
+    }
+}
+
+fn parse_submitted(class: Class, reply: Value) -> Result<Submitted, StoreError> {
+    let items = array(reply_ok(reply)?, "submit")?;
+    let mut items = items.into_iter();
+    let id = text(items.next().unwrap_or(Value::Nil), "submit")?;
+    let created = int(items.next().unwrap_or(Value::Nil), "submit")? == 1;
+    let id = id.parse().map_err(|_| StoreError::Protocol {
+        what: "submit",
+        detail: format!("idempotency key names a non-task id {id:?}"),
+    })?;
+    Ok(Submitted { id, class, created })
+}

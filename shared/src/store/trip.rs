@@ -1,0 +1,437 @@
+//! What workers do, one round trip at a time: commit finished tasks, extend
+//! the leases of running ones, and claim new ones.
+
+use redis::{Cmd, Value};
+
+use super::reply::{array, fields, int, reply_ok, text};
+use super::{Store, StoreError, StreamRef};
+use crate::keys::GROUP;
+use crate::scripts;
+use crate::task::{Class, Priority, TaskId};
+use crate::wire::{Fields, Finish};
+
+/// A worker's request to claim tasks.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub max: usize,
+    pub device: &'a str,
+    /// When non-zero, entries waiting this long (ms) are taken first.
+    pub aging_ms: u64,
+    /// Ask for the streams' newest ids should they run dry (to arm the
+    /// blocking wait); not needed while a wait is armed.
+    pub want_last_ids: bool,
+    /// When non-zero, take over entries idle this long (ms), whoever holds
+    /// them: their lease ran out.
+    pub sweep_idle_ms: u64,
+    /// An entry delivered more often than this is poison.
+    pub max_deliveries: u32,
+    /// Move retries that are due back into their streams first.
+    pub promote: bool,
+    /// Workers whose heartbeat lapsed: their pending entries are taken over.
+    pub dead_consumers: &'a [String],
+}
+
+/// What the claim script decided for one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Started on this worker: run it.
+    Run,
+    /// Past its deadline and not started: record it as expired.
+    Expired,
+    /// Its record is already final; the script acknowledged it.
+    Skip,
+    /// No readable task id: bury it.
+    Malformed,
+    /// Delivered more than the allowed times (its workers died running it):
+    /// dead-letter it without running it again.
+    Poison,
+}
+
+/// One claimed entry.
+#[derive(Debug, Clone)]
+pub struct ClaimedEntry {
+    pub stream: StreamRef,
+    pub entry_id: String,
+    pub verdict: Verdict,
+    pub fields: Fields,
+    /// Which attempt this delivery is: the entry's attempt plus the times it
+    /// was delivered before.
+    pub attempt: u32,
+}
+
+/// The result of one claim.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    pub entries: Vec<ClaimedEntry>,
+    /// Present when the streams ran dry: the newest entry id of each stream,
+    /// to wait from with a blocking `XREAD`.
+    pub last_ids: Option<Vec<String>>,
+    /// `stream entry-id` of entries the sweep found deleted while pending.
+    pub gone: Vec<String>,
+}
+
+/// What becomes of a task after this attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Its record takes its final status now.
+    Final,
+    /// It goes back into its stream after this many milliseconds.
+    Retry { after_ms: u64 },
+    /// It goes to the dead-letter stream and its record ends `failed`.
+    Dead,
+}
+
+/// A task to commit.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: TaskId,
+    pub class: Class,
+    pub priority: Priority,
+    pub entry_id: String,
+    pub reply_to: Option<String>,
+    pub attempt: u32,
+    pub disposition: Disposition,
+    pub finish: Finish,
+}
+
+/// The outcome of committing one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The outcome is now the task's record (or its retry is scheduled).
+    Written,
+    /// The record was already final; this outcome was discarded.
+    AlreadyFinal,
+    /// This worker no longer owns the entry (its lease was taken over); the
+    /// outcome was discarded and nothing changed.
+    LeaseLost,
+}
+
+/// One round trip of a worker: commits first (they free slots), then lease
+/// extensions, then a claim.
+#[derive(Debug)]
+pub struct Trip<'a> {
+    /// The worker's streams, highest priority first.
+    pub streams: &'a [StreamRef],
+    /// The worker's consumer name.
+    pub consumer: &'a str,
+    pub completions: &'a [Completion],
+    /// Entries whose leases to extend: (index into `streams`, entry id).
+    pub extend: &'a [(usize, String)],
+    pub claim: Option<ClaimRequest<'a>>,
+}
+
+/// What one round trip did.
+#[derive(Debug)]
+pub struct TripResult {
+    /// One per completion, in order.
+    pub commits: Vec<Result<Committed, StoreError>>,
+    /// Entry ids whose leases this worker no longer holds.
+    pub lost: Option<Result<Vec<String>, StoreError>>,
+    pub claimed: Option<Result<Claimed, StoreError>>,
+}
+
+impl Store {
+    /// Creates the consumer group on each stream (and the stream) if missing.
+    /// Groups start at id 0 so tasks submitted before any worker existed run.
+    pub async fn ensure_groups(&self, streams: &[StreamRef]) -> Result<(), StoreError> {
+        let cmds: Vec<Cmd> = streams
+            .iter()
+            .map(|s| {
+                let mut cmd = redis::cmd("XGROUP");
+                cmd.arg("CREATE")
+                    .arg(&s.key)
+                    .arg(GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM");
+                cmd
+            })
+            .collect();
+        for reply in self.pipeline(&cmds).await? {
+            match reply {
+                Value::ServerError(e) if e.code() == "BUSYGROUP" => {}
+                other => {
+                    reply_ok(other)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn claim_cmd(&self, streams: &[StreamRef], consumer: &str, request: &ClaimRequest<'_>) -> Cmd {
+        let mut call = scripts::CLAIM.invocation();
+        for stream in streams {
+            call = call.key(&stream.key);
+        }
+        call = call
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(request.max)
+            .arg(request.device)
+            .arg(request.aging_ms)
+            .arg(if request.want_last_ids { "1" } else { "0" })
+            .arg(request.sweep_idle_ms)
+            .arg(request.max_deliveries)
+            .arg(if request.promote { "1" } else { "0" })
+            .arg(request.dead_consumers.len());
+        for name in request.dead_consumers {
+            call = call.arg(name.as_str());
+        }
+        call.into_cmd()
+    }
+
+    fn complete_cmd(&self, consumer: &str, completion: &Completion) -> Cmd {
+        let class = completion.class;
+        let mut call = scripts::COMPLETE
+            .invocation()
+            .key(self.keys.task(class, &completion.id))
+            .key(self.keys.stream(class, completion.priority))
+            .key(self.keys.delayed(class))
+            .key(self.keys.dead(class));
+        if let Some(reply_to) = &completion.reply_to
+            && self.keys.is_reply(reply_to)
+        {
+            call = call.key(reply_to);
+        }
+        let (disposition, after_ms) = match completion.disposition {
+            Disposition::Final => ("final", 0),
+            Disposition::Retry { after_ms } => ("retry", after_ms),
+            Disposition::Dead => ("dead", 0),
+        };
+        call = call
+            .arg(GROUP)
+            .arg(&completion.entry_id)
+            .arg(consumer)
+            .arg(self.retention.result_ttl_s)
+            .arg(self.retention.reply_maxlen)
+            .arg(self.retention.reply_ttl_s)
+            .arg(self.retention.inline_result_bytes)
+            .arg(completion.id.to_string())
+            .arg(completion.finish.status.as_str())
+            .arg(disposition)
+            .arg(after_ms)
+            .arg(self.retention.dead_letter_maxlen)
+            .arg(completion.attempt);
+        for (name, value) in completion.finish.record_pairs() {
+            call = call.arg(name).arg(value);
+        }
+        call.into_cmd()
+    }
+
+    fn extend_cmd(&self, streams: &[StreamRef], consumer: &str, held: &[(usize, String)]) -> Cmd {
+        let mut call = scripts::EXTEND.invocation();
+        for stream in streams {
+            call = call.key(&stream.key);
+        }
+        call = call.arg(GROUP).arg(consumer);
+        for (index, entry_id) in held {
+            call = call.arg(index + 1).arg(entry_id.as_str());
+        }
+        call.into_cmd()
+    }
+
+    /// Runs one round trip: the commits, then the lease extensions, then the
+    /// claim, as one pipeline.
+    pub async fn round_trip(&self, trip: &Trip<'_>) -> Result<TripResult, StoreError> {
+        let mut cmds: Vec<Cmd> = trip
+            .completions
+            .iter()
+            .map(|c| self.complete_cmd(trip.consumer, c))
+            .collect();
+        if !trip.extend.is_empty() {
+            cmds.push(self.extend_cmd(trip.streams, trip.consumer, trip.extend));
+        }
+        if let Some(request) = &trip.claim {
+            cmds.push(self.claim_cmd(trip.streams, trip.consumer, request));
+        }
+        let mut replies = self.pipeline(&cmds).await?;
+        if replies.len() != cmds.len() {
+            return Err(StoreError::Protocol {
+                what: "round trip",
+                detail: format!("{} replies for {} commands", replies.len(), cmds.len()),
+            });
+        }
+        let claimed = trip.claim.as_ref().map(|_| {
+            let reply = replies.pop().unwrap_or(Value::Nil);
+            reply_ok(reply).and_then(|v| parse_claimed(v, trip.streams))
+        });
+        let lost = (!trip.extend.is_empty()).then(|| {
+            let reply = replies.pop().unwrap_or(Value::Nil);
+            reply_ok(reply).and_then(|v| {
+                array(v, "extend")?
+                    .into_iter()
+                    .map(|id| text(id, "extend"))
+                    .collect()
+            })
+        });
+        let commits = replies
+            .into_iter()
+            .map(|reply| match reply_ok(reply)? {
+                Value::Int(1) => Ok(Committed::Written),
+                Value::Int(0) => Ok(Committed::AlreadyFinal),
+                Value::Int(-1) => Ok(Committed::LeaseLost),
+                other => Err(StoreError::protocol("complete", &other)),
+            })
+            .collect();
+        Ok(TripResult {
+            commits,
+            lost,
+            claimed,
+        })
+    }
+
+    /// Hands a stopping worker's unfinished entries back to their streams,
+    /// as new entries another worker starts at once. Returns how many.
+    pub async fn release(
+        &self,
+        streams: &[StreamRef],
+        consumer: &str,
+        held: &[(usize, String)],
+    ) -> Result<u64, StoreError> {
+        let mut call = scripts::RELEASE.invocation();
+        for stream in streams {
+            call = call.key(&stream.key);
+        }
+        call = call.arg(GROUP).arg(consumer);
+        for (index, entry_id) in held {
+            call = call.arg(index + 1).arg(entry_id.as_str());
+        }
+        let count = int(self.single(call.into_cmd()).await?, "release")?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Moves an entry that names no task to the dead-letter stream of its
+    /// class, while `consumer` owns it. Returns the dead letter's id, or
+    /// `None` when the entry was taken over meanwhile.
+    pub async fn bury(
+        &self,
+        stream: &StreamRef,
+        entry_id: &str,
+        consumer: &str,
+        code: &str,
+        message: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let cmd = scripts::BURY
+            .invocation()
+            .key(&stream.key)
+            .key(self.keys.dead(stream.class))
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg(consumer)
+            .arg(code)
+            .arg(message)
+            .arg(self.retention.dead_letter_maxlen)
+            .into_cmd();
+        match self.single(cmd).await? {
+            Value::Int(-1) => Ok(None),
+            other => Ok(Some(text(other, "bury")?)),
+        }
+    }
+}
+
+fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claimed, StoreError> {
+    let mut parts = array(reply, "claim")?.into_iter();
+    let entries = array(parts.next().unwrap_or(Value::Nil), "claim")?;
+    let last_ids = array(parts.next().unwrap_or(Value::Nil), "claim")?;
+    let gone = array(parts.next().unwrap_or(Value::Nil), "claim")?;
+    let mut claimed = Claimed {
+        entries: Vec::with_capacity(entries.len()),
+        last_ids: None,
+        gone: gone
+            .into_iter()
+            .map(|v| text(v, "claim"))
+            .collect::<Result<_, _>>()?,
+    };
+    for entry in entries {
+        let mut items = array(entry, "claim")?.into_iter();
+        let index = int(items.next().unwrap_or(Value::Nil), "claim")?;
+        let stream = usize::try_from(index - 1)
+            .ok()
+            .and_then(|i| streams.get(i))
+            .ok_or_else(|| StoreError::Protocol {
+                what: "claim",
+                detail: format!("stream index {index} out of range"),
+            })?;
+        let entry_id = text(items.next().unwrap_or(Value::Nil), "claim")?;
+        let verdict = match text(items.next().unwrap_or(Value::Nil), "claim")?.as_str() {
+            "run" => Verdict::Run,
+            "expired" => Verdict::Expired,
+            "skip" => Verdict::Skip,
+            "malformed" => Verdict::Malformed,
+            "poison" => Verdict::Poison,
+            other => {
+                return Err(StoreError::Protocol {
+                    what: "claim",
+                    detail: format!("unknown verdict {other:?}"),
+                });
+            }
+        };
+        let fields = fields(items.next().unwrap_or(Value::Nil), "claim")?;
+        let attempt = int(items.next().unwrap_or(Value::Int(1)), "claim")?;
+        claimed.entries.push(ClaimedEntry {
+            stream: stream.clone(),
+            entry_id,
+            verdict,
+            fields,
+            attempt: u32::try_from(attempt).unwrap_or(1).max(1),
+        });
+    }
+    if !last_ids.is_empty() {
+        let ids = last_ids
+            .into_iter()
+            .map(|v| text(v, "claim"))
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.last_ids = Some(ids);
+    }
+    Ok(claimed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn claim_replies_parse() {
+        let streams = vec![StreamRef {
+            class: Class::Cpu,
+            priority: Priority::High,
+            key: "t:{cpu}:stream:high".into(),
+        }];
+        let reply = Value::Array(vec![
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(1),
+                bulk("1-0"),
+                bulk("poison"),
+                Value::Array(vec![bulk("id"), bulk("x")]),
+                Value::Int(4),
+            ])]),
+            Value::Array(vec![bulk("1-0")]),
+            Value::Array(vec![bulk("t:{cpu}:stream:high 0-1")]),
+        ]);
+        let claimed = parse_claimed(reply, &streams).unwrap();
+        assert_eq!(claimed.entries.len(), 1);
+        assert_eq!(claimed.entries[0].verdict, Verdict::Poison);
+        assert_eq!(claimed.entries[0].attempt, 4);
+        assert_eq!(
+            claimed.entries[0].fields,
+            vec![(b"id".to_vec(), b"x".to_vec())]
+        );
+        assert_eq!(claimed.last_ids, Some(vec!["1-0".to_owned()]));
+        assert_eq!(claimed.gone, vec!["t:{cpu}:stream:high 0-1".to_owned()]);
+
+        let out_of_range = Value::Array(vec![
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(2),
+                bulk("1-0"),
+                bulk("run"),
+                Value::Array(vec![]),
+            ])]),
+            Value::Array(vec![]),
+        ]);
+        assert!(parse_claimed(out_of_range, &streams).is_err());
+        assert!(parse_claimed(bulk("garbage"), &streams).is_err());
+    }
+}
