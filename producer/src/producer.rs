@@ -79,6 +79,34 @@ struct Inner {
     next_waiter: AtomicU64,
     /// Bumped when notices may have been lost; every waiter then re-reads.
     resync: tokio::sync::watch::Sender<u64>,
+    /// How long a call keeps retrying while Redis is unreachable.
+    reconnect_timeout: Duration,
+}
+
+impl Inner {
+    /// Runs `op` until it succeeds, fails for a reason other than the
+    /// connection, or Redis stayed unreachable for `reconnect_timeout`.
+    /// Every operation retried here is safe to repeat.
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.reconnect_timeout;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Err(err)
+                    if err.is_connection() && tokio::time::Instant::now() + delay < deadline =>
+                {
+                    tracing::warn!("Redis unreachable ({err}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                outcome => return outcome,
+            }
+        }
+    }
 }
 
 type Waiters = HashMap<TaskId, Vec<(u64, oneshot::Sender<TaskOutcome>)>>;
@@ -118,6 +146,7 @@ impl Producer {
                 listeners: tokio::sync::Mutex::new(HashMap::new()),
                 next_waiter: AtomicU64::new(0),
                 resync: tokio::sync::watch::Sender::new(0),
+                reconnect_timeout: Duration::from_millis(config.reconnect_timeout_ms),
             }),
         })
     }
@@ -156,9 +185,14 @@ impl Producer {
             .into_iter()
             .map(|t| t.into_new_task(inner.default_max_attempts, inner.max_payload_bytes))
             .collect::<Result<Vec<_>, _>>()?;
+        // Safe to repeat: a task id that already has a record is not
+        // submitted twice.
         let submitted = inner
-            .store
-            .submit_many(&tasks, &inner.producer_id, Some(&inner.reply_key))
+            .retry(|| {
+                inner
+                    .store
+                    .submit_many(&tasks, &inner.producer_id, Some(&inner.reply_key))
+            })
             .await?;
         submitted
             .into_iter()
@@ -189,9 +223,14 @@ impl Producer {
         self.ensure_listener(&inner.reply_key).await?;
         let mut registrations: Vec<Registration> =
             tasks.iter().map(|t| self.register(t.id)).collect();
+        // Safe to repeat: a task id that already has a record is not
+        // submitted twice.
         let submitted = inner
-            .store
-            .submit_many(&tasks, &inner.producer_id, Some(&inner.reply_key))
+            .retry(|| {
+                inner
+                    .store
+                    .submit_many(&tasks, &inner.producer_id, Some(&inner.reply_key))
+            })
             .await?;
         let mut handles = Vec::with_capacity(tasks.len());
         for (submitted, registration) in submitted.into_iter().zip(registrations.drain(..)) {
@@ -230,7 +269,10 @@ impl Producer {
 
     /// The task's current record, or `None` when no record exists.
     pub async fn record(&self, id: TaskId) -> Result<Option<TaskRecord>, ProducerError> {
-        Ok(self.inner.store.find_record(&id).await?)
+        Ok(self
+            .inner
+            .retry(|| self.inner.store.find_record(&id))
+            .await?)
     }
 
     /// The task's current status.
@@ -244,14 +286,17 @@ impl Producer {
     /// Cancels a task: a queued task never starts; a running one is told to
     /// stop and ends as `cancelled`.
     pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, ProducerError> {
-        Ok(self.inner.store.cancel(&id).await?)
+        Ok(self.inner.retry(|| self.inner.store.cancel(&id)).await?)
     }
 
     async fn wait_forever(&self, id: TaskId) -> Result<TaskOutcome, ProducerError> {
         let own_stream = self.inner.reply_key.clone();
         self.ensure_listener(&own_stream).await?;
         let registration = self.register(id);
-        let mut record = self.inner.store.find_record(&id).await?;
+        let mut record = self
+            .inner
+            .retry(|| self.inner.store.find_record(&id))
+            .await?;
         let mut periodic = false;
         if let Some(r) = &record
             && !r.is_terminal()
@@ -262,7 +307,10 @@ impl Producer {
                     // Another producer's task: listen on its stream too,
                     // then look again, in case it finished meanwhile.
                     self.ensure_listener(stream).await?;
-                    record = self.inner.store.find_record(&id).await?;
+                    record = self
+                        .inner
+                        .retry(|| self.inner.store.find_record(&id))
+                        .await?;
                 }
                 _ => periodic = true,
             }
@@ -309,7 +357,11 @@ impl Producer {
                 _ = resync.changed() => {}
                 () = tokio::time::sleep(recheck), if periodic => recheck = (recheck * 2).min(RECHECK_MAX),
             }
-            match self.inner.store.find_record(&id).await? {
+            match self
+                .inner
+                .retry(|| self.inner.store.find_record(&id))
+                .await?
+            {
                 None => return Err(ProducerError::NotFound(id)),
                 Some(r) if r.is_terminal() => return self.complete(id, r).await,
                 Some(_) => {}
@@ -326,7 +378,10 @@ impl Producer {
         if record.result_left_out()
             && let Some(class) = record.class
         {
-            record.result = self.inner.store.result_blob(class, &id).await?;
+            record.result = self
+                .inner
+                .retry(|| self.inner.store.result_blob(class, &id))
+                .await?;
         }
         TaskOutcome::from_record(id, record).ok_or(ProducerError::NotFound(id))
     }
@@ -355,7 +410,10 @@ impl Producer {
         }
         // Start from the newest notice now: older ones are covered by the
         // record check every waiter makes after registering.
-        let start = self.inner.store.last_entry_id(stream).await?;
+        let start = self
+            .inner
+            .retry(|| self.inner.store.last_entry_id(stream))
+            .await?;
         let task = tokio::spawn(listen(
             Arc::downgrade(&self.inner),
             self.inner.store.clone(),

@@ -70,7 +70,7 @@ fn the_readme_lists_every_setting_as_it_is() {
     for row in table.lines() {
         assert!(
             readme.contains(row),
-            "README.md's configuration table is out of date (regenerate it with `tandem settings --markdown`); missing:\n{row}"
+            "README.md's configuration table is out of date (regenerate it with scripts/readme-settings); missing:\n{row}"
         );
     }
 }

@@ -1,5 +1,7 @@
 -- Submits one task: appends its entry to the stream and creates its record,
--- unless an idempotency key already names a task, which is then returned.
+-- unless an idempotency key already names a task, which is then returned,
+-- or the task id already has a record: submitting the same task again (a
+-- producer retrying after a lost reply) creates nothing new.
 --
 -- KEYS[1] the class and priority's stream
 -- KEYS[2] the task record
@@ -18,6 +20,10 @@ if #KEYS >= 3 then
   if existing then
     return {existing, 0}
   end
+end
+
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {ARGV[1], 0}
 end
 
 local now = now_ms()

@@ -73,6 +73,19 @@ macro_rules! number_setting {
 }
 number_setting!(u32, u64, usize);
 
+impl SettingValue for bool {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" | "" => Ok(false),
+            other => Err(format!("expected true or false, got {other:?}")),
+        }
+    }
+    fn show_setting(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl SettingValue for LogFormat {
     fn parse_setting(text: &str) -> Result<Self, String> {
         match text.trim() {
@@ -176,6 +189,8 @@ settings! {
     redis_timeout_ms: u64 = 5_000, "TANDEM_REDIS_TIMEOUT_MS";
     /// How long connecting to Redis may take (ms).
     connect_timeout_ms: u64 = 2_000, "TANDEM_CONNECT_TIMEOUT_MS";
+    /// How long a producer call keeps retrying while Redis is unreachable (ms; 0: fail at once).
+    reconnect_timeout_ms: u64 = 30_000, "TANDEM_RECONNECT_TIMEOUT_MS";
     /// This producer's id, naming its reply stream; empty means a fresh random id per process.
     producer_id: String = String::new(), "TANDEM_PRODUCER_ID";
     /// Attempts a task gets when its producer does not say.
@@ -220,6 +235,8 @@ settings! {
     aging_ms: u64 = 30_000, "TANDEM_AGING_MS";
     /// How long a stopping worker lets its running tasks finish (ms).
     shutdown_grace_ms: u64 = 30_000, "TANDEM_SHUTDOWN_GRACE_MS";
+    /// Also run the fault-injection kinds `panic` and `abort` (tests and demos only: `abort` kills the worker).
+    test_kinds: bool = false, "TANDEM_TEST_KINDS";
     /// Log line format: `text` or `json`.
     log_format: LogFormat = LogFormat::Text, "TANDEM_LOG_FORMAT";
     /// Log filter, as RUST_LOG (which wins when set): `info`, `tandem_worker=debug`, ...

@@ -13,5 +13,6 @@ mod idempotency;
 mod kinds;
 mod priority;
 mod producer;
+mod reliability;
 mod volume;
 mod wire;

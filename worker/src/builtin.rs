@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use tandem_shared::ErrorCode;
-use tandem_shared::kind::builtin::{Echo, Fail, FailParams, Noop, Sleep, SleepOutput, SleepParams};
+use tandem_shared::kind::builtin::{
+    Abort, Echo, Fail, FailParams, Noop, Panic, PanicParams, Sleep, SleepOutput, SleepParams,
+};
 
 use crate::handler::{Handler, Registry, TaskContext, TaskError};
 
@@ -14,6 +16,34 @@ pub(crate) fn register(registry: &mut Registry) {
         .register(SleepHandler)
         .register(EchoHandler)
         .register(FailHandler);
+}
+
+/// The fault-injection kinds; see `tandem_shared::kind::builtin`.
+pub(crate) fn register_test_kinds(registry: &mut Registry) {
+    registry.register(PanicHandler).register(AbortHandler);
+}
+
+#[derive(Debug)]
+struct PanicHandler;
+
+impl Handler for PanicHandler {
+    type Spec = Panic;
+
+    async fn run(&self, params: PanicParams, _ctx: TaskContext) -> Result<(), TaskError> {
+        panic!("{}", params.message)
+    }
+}
+
+#[derive(Debug)]
+struct AbortHandler;
+
+impl Handler for AbortHandler {
+    type Spec = Abort;
+
+    async fn run(&self, _params: rmpv::Value, ctx: TaskContext) -> Result<(), TaskError> {
+        tracing::error!(task = %ctx.id, "abort task: killing this worker process, as asked");
+        std::process::abort()
+    }
 }
 
 #[derive(Debug)]

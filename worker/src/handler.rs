@@ -178,6 +178,12 @@ impl Registry {
         registry
     }
 
+    /// Adds the fault-injection kinds `panic` and `abort`, for tests.
+    pub fn add_test_kinds(&mut self) -> &mut Self {
+        crate::builtin::register_test_kinds(self);
+        self
+    }
+
     /// Adds a handler; a later one for the same kind replaces the earlier.
     pub fn register<H: Handler>(&mut self, handler: H) -> &mut Self {
         self.handlers

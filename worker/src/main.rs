@@ -121,7 +121,12 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         let shutdown = shutdown::on_signals()?;
-        let report = tandem_worker::run(&config, Registry::with_builtins(), shutdown).await?;
+        let mut registry = Registry::with_builtins();
+        if config.test_kinds {
+            tracing::warn!("test kinds enabled: this worker runs `panic` and `abort` tasks");
+            registry.add_test_kinds();
+        }
+        let report = tandem_worker::run(&config, registry, shutdown).await?;
         anyhow::Ok(report)
     });
     // Abandoned tasks (grace ran out) must not hold the process open.

@@ -6,6 +6,13 @@
 //! | `sleep` | cpu | `{ms}`, at most one hour | `{slept_ms}` |
 //! | `echo` | cpu | anything | the parameters |
 //! | `fail` | cpu | `{code, message, retry}` | always fails with that code; retried (with backoff) only when `retry` is true |
+//!
+//! Fault injection, run only by workers started with `test_kinds = true`:
+//!
+//! | kind | class | parameters | what it does |
+//! |---|---|---|---|
+//! | `panic` | cpu | `{message}` | the handler panics |
+//! | `abort` | cpu | anything | the worker process aborts (dies at once) |
 
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +107,34 @@ impl KindSpec for Fail {
     }
 }
 
+/// Panics in its handler: exercises panic capture and retries.
+#[derive(Debug)]
+pub struct Panic;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicParams {
+    #[serde(default)]
+    pub message: String,
+}
+
+impl KindSpec for Panic {
+    const KIND: &'static str = "panic";
+    const CLASS: Class = Class::Cpu;
+    type Params = PanicParams;
+    type Output = ();
+}
+
+/// Aborts the worker process: exercises poison-task detection.
+#[derive(Debug)]
+pub struct Abort;
+
+impl KindSpec for Abort {
+    const KIND: &'static str = "abort";
+    const CLASS: Class = Class::Cpu;
+    type Params = rmpv::Value;
+    type Output = ();
+}
+
 /// Checks `params` (MessagePack) against the built-in kind `kind`, when it is
 /// one: `None` for kinds this crate does not know.
 pub fn validate_builtin(kind: &str, params: &[u8]) -> Option<Result<(), BadParams>> {
@@ -113,6 +148,8 @@ pub fn validate_builtin(kind: &str, params: &[u8]) -> Option<Result<(), BadParam
         Sleep::KIND => Some(check::<Sleep>(params)),
         Echo::KIND => Some(check::<Echo>(params)),
         Fail::KIND => Some(check::<Fail>(params)),
+        Panic::KIND => Some(check::<Panic>(params)),
+        Abort::KIND => Some(check::<Abort>(params)),
         _ => None,
     }
 }
@@ -120,7 +157,9 @@ pub fn validate_builtin(kind: &str, params: &[u8]) -> Option<Result<(), BadParam
 /// The class of a built-in kind.
 pub fn builtin_class(kind: &str) -> Option<Class> {
     match kind {
-        Noop::KIND | Sleep::KIND | Echo::KIND | Fail::KIND => Some(Class::Cpu),
+        Noop::KIND | Sleep::KIND | Echo::KIND | Fail::KIND | Panic::KIND | Abort::KIND => {
+            Some(Class::Cpu)
+        }
         _ => None,
     }
 }

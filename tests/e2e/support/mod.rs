@@ -47,6 +47,8 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     pub dir: ScratchDir,
+    /// Extra `redis-server` arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -57,26 +59,46 @@ impl RedisServer {
     /// Starts with extra `redis-server` arguments, e.g. `["--appendonly", "yes"]`.
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = ScratchDir::new("redis");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..10 {
             let port = free_port();
-            let log = std::fs::File::create(dir.path().join("redis.log")).expect("redis log");
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .args(extra)
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("redis-server must be installed to run the end-to-end tests (apt-get install redis-server)");
+            let mut child = spawn_redis(port, dir.path(), &extra);
             if wait_for_pong(&mut child, port) {
-                return RedisServer { child, port, dir };
+                return RedisServer {
+                    child,
+                    port,
+                    dir,
+                    extra,
+                };
             }
             // The port was taken between our probe and redis binding it.
             let _ = child.kill();
             let _ = child.wait();
         }
         panic!("could not start redis-server on a free port");
+    }
+
+    /// Kills the server (SIGKILL: no shutdown save) and starts it again on
+    /// the same port and directory, as a crash and restart would.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = spawn_redis(self.port, self.dir.path(), &self.extra);
+            if wait_for_pong(&mut child, self.port) {
+                self.child = child;
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not come back on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn url(&self) -> String {
@@ -201,6 +223,13 @@ impl WorkerProcess {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// True while the process runs.
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Waits for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let child = self.child.as_mut()?;
@@ -306,6 +335,23 @@ fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
         }
     }
     newest
+}
+
+fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("redis.log"))
+        .expect("redis log");
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("redis-server must be installed to run the end-to-end tests (apt-get install redis-server)")
 }
 
 fn wait_for_pong(child: &mut Child, port: u16) -> bool {

@@ -1,0 +1,402 @@
+//! Leases, failover, retries, dead letters, fenced commits, poison tasks,
+//! graceful hand-back: every accepted task ends committed exactly once or in
+//! the dead-letter stream with its reason.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use tandem_producer::{Producer, Task};
+use tandem_shared::kind::builtin::{
+    Abort, Fail, FailParams, Noop, Panic, PanicParams, Sleep, SleepParams,
+};
+use tandem_shared::{Status, TaskId};
+
+use crate::support::{RedisServer, WorkerProcess, wait_until};
+
+/// Short leases and backoffs, and the fault-injection kinds.
+const FAST: &[(&str, &str)] = &[
+    ("TANDEM_LEASE_TIMEOUT_MS", "1000"),
+    ("TANDEM_RETRY_BASE_MS", "100"),
+    ("TANDEM_RETRY_MAX_MS", "400"),
+    ("TANDEM_TEST_KINDS", "1"),
+    ("TANDEM_CONCURRENCY", "1"),
+];
+/// The heartbeat TTL the test workers use (see `WorkerProcess::spawn`).
+const HEARTBEAT_TTL: Duration = Duration::from_millis(1_000);
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sleep_task(ms: u64) -> Task {
+    Task::of::<Sleep>(&SleepParams { ms }).unwrap()
+}
+
+async fn wait_running_on(producer: &Producer, id: TaskId, worker: &WorkerProcess) {
+    wait_until(Duration::from_secs(20), "task running", || async {
+        let record = producer.record(id).await.unwrap().unwrap_or_default();
+        record.status == Some(Status::Running)
+            && record.worker.as_deref() == Some(worker.id.as_str())
+    })
+    .await;
+}
+
+/// The notices in a producer's reply stream, by task id.
+async fn notices(redis: &RedisServer, producer: &Producer) -> HashMap<String, usize> {
+    let mut conn = redis.conn().await;
+    let entries: redis::streams::StreamRangeReply = conn
+        .xrange_all(format!("tandem:reply:{}", producer.id()))
+        .await
+        .unwrap();
+    let mut count = HashMap::new();
+    for entry in entries.ids {
+        *count.entry(entry.get::<String>("id").unwrap()).or_default() += 1;
+    }
+    count
+}
+
+fn history_len(record: &tandem_shared::wire::TaskRecord) -> usize {
+    let history: serde_json::Value =
+        serde_json::from_str(record.history.as_deref().unwrap_or("[]")).unwrap();
+    history.as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn a_task_running_five_leases_keeps_its_lease_and_finishes_once_where_it_started() {
+    let redis = RedisServer::start();
+    let first = WorkerProcess::start(&redis, FAST).await;
+    let producer = redis.producer().await;
+    let id = producer.submit(sleep_task(5_000)).await.unwrap();
+    wait_running_on(&producer, id, &first).await;
+    // An idle second worker sweeps for expired leases all along.
+    let _second = WorkerProcess::start(&redis, FAST).await;
+
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert!(outcome.succeeded());
+    assert_eq!(outcome.record.worker.as_deref(), Some(first.id.as_str()));
+    assert_eq!(outcome.record.attempt, Some(1));
+    let record = producer.record(id).await.unwrap().unwrap();
+    assert_eq!(history_len(&record), 1, "{:?}", record.history);
+    assert_eq!(notices(&redis, &producer).await[&id.to_string()], 1);
+}
+
+#[tokio::test]
+async fn a_killed_workers_task_restarts_on_another_within_the_heartbeat_ttl() {
+    let redis = RedisServer::start();
+    let victim = WorkerProcess::start(&redis, FAST).await;
+    let producer = redis.producer().await;
+    let task_ms = 2_000;
+    let id = producer.submit(sleep_task(task_ms)).await.unwrap();
+    wait_running_on(&producer, id, &victim).await;
+    let survivor = WorkerProcess::start(&redis, FAST).await;
+
+    let killed_at_ms = now_ms();
+    let killed = Instant::now();
+    victim.signal("KILL");
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    let took = killed.elapsed();
+    let restarted_after = Duration::from_millis(
+        outcome
+            .record
+            .started_at_ms
+            .unwrap()
+            .saturating_sub(killed_at_ms),
+    );
+    println!(
+        "failover: SIGKILL to restart on another worker {restarted_after:?}, to completion {took:?} (task {task_ms} ms)"
+    );
+    assert!(outcome.succeeded());
+    assert_eq!(outcome.record.worker.as_deref(), Some(survivor.id.as_str()));
+    assert_eq!(
+        outcome.record.attempt,
+        Some(2),
+        "the take-over is the second attempt"
+    );
+    assert!(
+        restarted_after < HEARTBEAT_TTL + Duration::from_secs(1),
+        "restarted after {restarted_after:?}: more than the heartbeat TTL + 1 s"
+    );
+    assert!(took < HEARTBEAT_TTL + Duration::from_secs(1) + Duration::from_millis(task_ms));
+
+    // The dead worker's consumer leaves the group once nothing is pending.
+    let conn = redis.conn().await;
+    wait_until(Duration::from_secs(10), "dead consumer removed", || {
+        let mut conn = conn.clone();
+        let victim = victim.id.clone();
+        async move {
+            let info: redis::Value = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg("tandem:{cpu}:stream:normal")
+                .arg("workers")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            !format!("{info:?}").contains(&victim)
+        }
+    })
+    .await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn failing_tasks_retry_with_backoff_then_go_to_the_dead_letter_stream() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, FAST).await;
+    let producer = redis.producer().await;
+    let task = Task::of::<Fail>(&FailParams {
+        code: "E_FLAKY".into(),
+        message: "upstream timed out".into(),
+        retry: true,
+    })
+    .unwrap()
+    .max_attempts(3);
+    let id = producer.submit(task).await.unwrap();
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+
+    assert_eq!(outcome.status, Status::Failed);
+    let failure = outcome.failure().unwrap();
+    assert_eq!(
+        (failure.code.as_str(), failure.message.as_str()),
+        ("E_FLAKY", "upstream timed out")
+    );
+    let record = producer.record(id).await.unwrap().unwrap();
+    assert_eq!(record.attempt, Some(3));
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(record.history.as_deref().unwrap()).unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+    let started: Vec<u64> = history
+        .iter()
+        .map(|a| a["started_at_ms"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let finished: Vec<u64> = history
+        .iter()
+        .map(|a| a["finished_at_ms"].as_str().unwrap().parse().unwrap())
+        .collect();
+    // Equal jitter: the n-th retry waits between half and all of 100 x 2^(n-1) ms.
+    assert!(started[1] - finished[0] >= 50, "{history:?}");
+    assert!(started[2] - finished[1] >= 100, "{history:?}");
+    for (n, attempt) in history.iter().enumerate() {
+        assert_eq!(attempt["attempt"], (n + 1).to_string());
+        assert_eq!(attempt["error_code"], "E_FLAKY");
+    }
+
+    // The dead letter: the original entry, the reason, the attempts.
+    let dead_id = record.dead_letter.clone().expect("a dead-letter id");
+    let letter = producer
+        .store()
+        .dead_letter(&dead_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(letter.task_id, Some(id));
+    assert_eq!(letter.reason, "E_FLAKY");
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.kind.as_deref(), Some("fail"));
+    let letter_history: serde_json::Value = serde_json::from_str(&letter.history).unwrap();
+    assert_eq!(letter_history.as_array().unwrap().len(), 3);
+    assert!(letter.fields.iter().any(|(k, _)| k == b"params"));
+}
+
+#[tokio::test]
+async fn a_delayed_retry_does_not_block_its_stream() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[
+            FAST,
+            &[
+                ("TANDEM_RETRY_BASE_MS", "3000"),
+                ("TANDEM_RETRY_MAX_MS", "3000"),
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    let producer = redis.producer().await;
+    let flaky = producer
+        .submit(
+            Task::of::<Fail>(&FailParams {
+                code: "E_FLAKY".into(),
+                message: String::new(),
+                retry: true,
+            })
+            .unwrap()
+            .max_attempts(2),
+        )
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "first attempt failed", || async {
+        producer.status(flaky).await.unwrap() == Status::Retrying
+    })
+    .await;
+    let asked = Instant::now();
+    let next = producer
+        .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+        .await
+        .unwrap();
+    assert!(producer.wait(next, WAIT).await.unwrap().succeeded());
+    assert!(
+        asked.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(producer.status(flaky).await.unwrap(), Status::Retrying);
+    let record = producer.record(flaky).await.unwrap().unwrap();
+    assert!(record.retry_at_ms.is_some());
+    // A task waiting for its retry can be cancelled like a queued one.
+    assert_eq!(
+        producer.cancel(flaky).await.unwrap(),
+        tandem_producer::CancelOutcome::Cancelled
+    );
+    let mut conn = redis.conn().await;
+    let delayed: u64 = conn.zcard("tandem:{cpu}:delayed").await.unwrap();
+    assert_eq!(delayed, 0);
+}
+
+#[tokio::test]
+async fn a_stalled_worker_past_its_lease_commits_nothing_and_carries_on() {
+    let redis = RedisServer::start();
+    let stalled = WorkerProcess::start(&redis, FAST).await;
+    let producer = redis.producer().await;
+    let id = producer.submit(sleep_task(1_500)).await.unwrap();
+    wait_running_on(&producer, id, &stalled).await;
+    stalled.signal("STOP");
+    let rescuer = WorkerProcess::start(&redis, FAST).await;
+
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert_eq!(outcome.record.worker.as_deref(), Some(rescuer.id.as_str()));
+    stalled.signal("CONT");
+    // The stalled worker wakes with its task long finished; its commit is
+    // refused by the fence and dropped quietly.
+    wait_until(
+        Duration::from_secs(20),
+        "the stalled worker's commit was refused",
+        || async {
+            let log = stalled.log_text();
+            log.contains("another worker took this task over") || log.contains("lease lost")
+        },
+    )
+    .await;
+    let record = producer.record(id).await.unwrap().unwrap();
+    assert_eq!(record.worker.as_deref(), Some(rescuer.id.as_str()));
+    assert_eq!(
+        history_len(&record),
+        1,
+        "exactly one committed attempt: {:?}",
+        record.history
+    );
+    assert_eq!(notices(&redis, &producer).await[&id.to_string()], 1);
+
+    // It carries on with other work.
+    drop(rescuer);
+    let next = producer.submit(sleep_task(10)).await.unwrap();
+    let outcome = producer.wait(next, WAIT).await.unwrap();
+    assert_eq!(outcome.record.worker.as_deref(), Some(stalled.id.as_str()));
+}
+
+#[tokio::test]
+async fn a_panicking_task_is_retried_then_dead_lettered_and_the_worker_lives() {
+    let redis = RedisServer::start();
+    let mut worker = WorkerProcess::start(&redis, FAST).await;
+    let producer = redis.producer().await;
+    let id = producer
+        .submit(
+            Task::of::<Panic>(&PanicParams {
+                message: "index out of bounds".into(),
+            })
+            .unwrap()
+            .max_attempts(2),
+        )
+        .await
+        .unwrap();
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Failed);
+    let failure = outcome.failure().unwrap();
+    assert_eq!(failure.code.as_str(), "HANDLER_PANIC");
+    assert!(
+        failure.message.contains("index out of bounds"),
+        "{failure:?}"
+    );
+    assert_eq!(outcome.record.attempt, Some(2));
+    assert!(outcome.record.dead_letter.is_some());
+    assert!(worker.is_alive());
+    let next = producer.submit(sleep_task(1)).await.unwrap();
+    assert!(producer.wait(next, WAIT).await.unwrap().succeeded());
+}
+
+#[tokio::test]
+async fn a_task_that_kills_its_workers_is_dead_lettered_after_max_deliveries() {
+    let redis = RedisServer::start();
+    let env = [FAST, &[("TANDEM_MAX_DELIVERIES", "2")]].concat();
+    let mut workers = vec![
+        WorkerProcess::start(&redis, &env).await,
+        WorkerProcess::start(&redis, &env).await,
+        WorkerProcess::start(&redis, &env).await,
+    ];
+    let producer = redis.producer().await;
+    let id = producer
+        .submit(Task::of::<Abort>(&rmpv::Value::Nil).unwrap())
+        .await
+        .unwrap();
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Failed);
+    assert_eq!(outcome.failure().unwrap().code.as_str(), "MAX_DELIVERIES");
+    let letter = producer
+        .store()
+        .dead_letter(outcome.record.dead_letter.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(letter.reason, "MAX_DELIVERIES");
+    // Two deliveries killed two workers; the third did not run it.
+    let alive = workers
+        .iter_mut()
+        .map(|w| w.is_alive())
+        .filter(|&alive| alive)
+        .count();
+    assert_eq!(alive, 1, "exactly the two workers that ran it died");
+    let next = producer.submit(sleep_task(1)).await.unwrap();
+    assert!(producer.wait(next, WAIT).await.unwrap().succeeded());
+}
+
+#[tokio::test]
+async fn sigterm_hands_unfinished_tasks_back_and_another_worker_finishes_them() {
+    let redis = RedisServer::start();
+    let mut leaving = WorkerProcess::start(
+        &redis,
+        &[FAST, &[("TANDEM_SHUTDOWN_GRACE_MS", "300")]].concat(),
+    )
+    .await;
+    let producer = redis.producer().await;
+    let long = producer.submit(sleep_task(1_500)).await.unwrap();
+    wait_running_on(&producer, long, &leaving).await;
+    let staying = WorkerProcess::start(&redis, FAST).await;
+
+    leaving.signal("TERM");
+    let handed = Instant::now();
+    assert_eq!(leaving.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        leaving.log_text().contains("handed 1 running tasks back"),
+        "{}",
+        leaving.log_text()
+    );
+    let outcome = producer.wait(long, WAIT).await.unwrap();
+    assert!(outcome.succeeded());
+    assert_eq!(outcome.record.worker.as_deref(), Some(staying.id.as_str()));
+    // Started again at once, not after a lease ran out.
+    assert!(
+        handed.elapsed() < Duration::from_millis(1_500 + 900),
+        "{:?}",
+        handed.elapsed()
+    );
+    let mut conn = redis.conn().await;
+    let registered: bool = conn
+        .exists(format!("tandem:worker:{}", leaving.id))
+        .await
+        .unwrap();
+    assert!(!registered);
+}
