@@ -332,7 +332,7 @@ async fn a_panicking_task_is_retried_then_dead_lettered_and_the_worker_lives() {
 async fn a_task_that_kills_its_workers_is_dead_lettered_after_max_deliveries() {
     let redis = RedisServer::start();
     let env = [FAST, &[("TANDEM_MAX_DELIVERIES", "2")]].concat();
-    let mut workers = vec![
+    let mut workers = [
         WorkerProcess::start(&redis, &env).await,
         WorkerProcess::start(&redis, &env).await,
         WorkerProcess::start(&redis, &env).await,
