@@ -250,3 +250,70 @@ fn worker_pids(demo_pid: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn dlq_list_show_requeue_purge() {
+    use tandem_producer::Task;
+    use tandem_shared::kind::builtin::{Fail, FailParams};
+
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let producer = redis.producer().await;
+    let id = producer
+        .submit(
+            Task::of::<Fail>(&FailParams {
+                code: "E_CLI_DLQ".into(),
+                message: "refused".into(),
+                retry: false,
+            })
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let first = producer.wait(id, Duration::from_secs(20)).await.unwrap();
+    let first_letter = first.record.dead_letter.clone().unwrap();
+
+    let out = tandem(Some(&redis), &["dlq", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&id.to_string())
+            && text.contains("E_CLI_DLQ")
+            && text.contains("1 dead letters"),
+        "{text}"
+    );
+
+    let out = tandem(Some(&redis), &["dlq", "show", &id.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&first_letter) && text.contains("refused") && text.contains("attempts"),
+        "{text}"
+    );
+
+    let out = tandem(Some(&redis), &["dlq", "requeue", &first_letter]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("requeued"), "{}", stdout(&out));
+    // It runs again, fails again, and is dead-lettered anew.
+    let mut again = producer.wait(id, Duration::from_secs(20)).await.unwrap();
+    for _ in 0..100 {
+        if again.record.dead_letter.as_deref() != Some(first_letter.as_str()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        again = producer.wait(id, Duration::from_secs(20)).await.unwrap();
+    }
+    assert_ne!(
+        again.record.dead_letter.as_deref(),
+        Some(first_letter.as_str())
+    );
+    let out = tandem(Some(&redis), &["dlq", "list"]);
+    assert!(stdout(&out).contains("1 dead letters"), "{}", stdout(&out));
+
+    let out = tandem(Some(&redis), &["dlq", "purge", "--all"]);
+    assert!(stdout(&out).contains("purged 1"), "{}", stdout(&out));
+    let out = tandem(Some(&redis), &["dlq", "list"]);
+    assert!(stdout(&out).contains("0 dead letters"), "{}", stdout(&out));
+    let out = tandem(Some(&redis), &["dlq", "show", "1-1"]);
+    assert_eq!(out.status.code(), Some(3));
+}

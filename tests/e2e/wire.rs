@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use tandem_producer::Task;
-use tandem_shared::kind::builtin::{Echo, Noop};
+use tandem_shared::kind::builtin::{Echo, Noop, SleepParams};
 use tandem_shared::{Status, TaskId, msgpack};
 
 use crate::support::{RedisServer, WorkerProcess, wait_until};
@@ -213,26 +213,24 @@ async fn xadd(conn: &mut redis::aio::MultiplexedConnection, fields: &[(&str, &[u
 }
 
 #[tokio::test]
-async fn bad_entries_are_refused_with_a_reason_and_the_worker_goes_on() {
+async fn bad_entries_are_dead_lettered_with_a_precise_reason_and_the_worker_goes_on() {
     let redis = RedisServer::start();
-    let worker = WorkerProcess::start(&redis, &[]).await;
+    let worker = WorkerProcess::start(&redis, &[("TANDEM_MAX_PAYLOAD_BYTES", "100")]).await;
     let mut conn = redis.conn().await;
     let producer = redis.producer().await;
 
     type Fields = Vec<(&'static str, Vec<u8>)>;
-    let cases: [(&str, Fields); 5] = [
+    let v1 = || ("version", b"1".to_vec());
+    let cases: Vec<(&str, Fields)> = vec![
         (
             "BAD_WIRE_VERSION",
             vec![("version", b"2".to_vec()), ("kind", b"noop".to_vec())],
         ),
-        (
-            "UNKNOWN_KIND",
-            vec![("version", b"1".to_vec()), ("kind", b"teleport".to_vec())],
-        ),
+        ("UNKNOWN_KIND", vec![v1(), ("kind", b"teleport".to_vec())]),
         (
             "BAD_PAYLOAD",
             vec![
-                ("version", b"1".to_vec()),
+                v1(),
                 ("kind", b"sleep".to_vec()),
                 ("params", vec![0xc1, 0xff]),
             ],
@@ -240,12 +238,32 @@ async fn bad_entries_are_refused_with_a_reason_and_the_worker_goes_on() {
         (
             "BAD_PARAMS",
             vec![
-                ("version", b"1".to_vec()),
+                v1(),
                 ("kind", b"sleep".to_vec()),
                 ("params", msgpack::encode(&"x").unwrap()),
             ],
         ),
+        (
+            "BAD_PARAMS",
+            vec![
+                v1(),
+                ("kind", b"sleep".to_vec()),
+                (
+                    "params",
+                    msgpack::encode(&SleepParams { ms: u64::MAX }).unwrap(),
+                ),
+            ],
+        ),
+        (
+            "PAYLOAD_TOO_LARGE",
+            vec![
+                v1(),
+                ("kind", b"echo".to_vec()),
+                ("params", msgpack::encode(&"x".repeat(200)).unwrap()),
+            ],
+        ),
         ("BAD_PAYLOAD", vec![("kind", b"noop".to_vec())]),
+        ("BAD_PAYLOAD", vec![v1()]),
     ];
     let mut ids = Vec::new();
     for (code, fields) in &cases {
@@ -256,8 +274,8 @@ async fn bad_entries_are_refused_with_a_reason_and_the_worker_goes_on() {
         xadd(&mut conn, &all).await;
         ids.push((id, *code));
     }
-    // An entry with no task id at all cannot be reported anywhere: it is
-    // dropped (logged), and must not stop the worker.
+    // An entry with no task id has no record and no producer to tell; it
+    // goes to the dead-letter stream all the same.
     xadd(&mut conn, &[("version", b"1"), ("kind", b"noop")]).await;
 
     for (id, code) in &ids {
@@ -270,14 +288,40 @@ async fn bad_entries_are_refused_with_a_reason_and_the_worker_goes_on() {
         .await;
         let outcome = producer.wait(*id, Duration::from_secs(20)).await.unwrap();
         assert_eq!(outcome.status, Status::Failed, "{code}");
-        assert_eq!(
-            outcome.failure().unwrap().code.as_str(),
-            *code,
-            "{:?}",
-            outcome.failure()
-        );
-        assert!(!outcome.failure().unwrap().message.is_empty());
+        let failure = outcome.failure().unwrap();
+        assert_eq!(failure.code.as_str(), *code, "{failure:?}");
+        assert!(!failure.message.is_empty());
+        // The producer's error and the dead letter's reason agree.
+        let letter = producer
+            .store()
+            .dead_letter(
+                outcome
+                    .record
+                    .dead_letter
+                    .as_deref()
+                    .expect("dead-lettered"),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(letter.reason, *code);
+        assert_eq!(letter.task_id, Some(*id));
+        assert_eq!(letter.message, failure.message);
     }
+    let dead: redis::streams::StreamRangeReply =
+        conn.xrange_all("tandem:{cpu}:dead").await.unwrap();
+    assert_eq!(
+        dead.ids.len(),
+        cases.len() + 1,
+        "one dead letter per bad entry"
+    );
+    let orphan = dead
+        .ids
+        .iter()
+        .find(|e| !e.map.contains_key("id"))
+        .expect("the id-less entry");
+    assert_eq!(orphan.get::<String>("reason").unwrap(), "BAD_PAYLOAD");
+
     let after = producer
         .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
         .await
@@ -289,23 +333,7 @@ async fn bad_entries_are_refused_with_a_reason_and_the_worker_goes_on() {
             .unwrap()
             .succeeded()
     );
-    wait_until(
-        Duration::from_secs(5),
-        "every bad entry gone from the stream",
-        || {
-            let mut conn = conn.clone();
-            async move {
-                conn.xlen::<_, u64>("tandem:{cpu}:stream:normal")
-                    .await
-                    .unwrap()
-                    == 0
-            }
-        },
-    )
-    .await;
-    assert!(
-        worker.log_text().contains("without a readable task id"),
-        "{}",
-        worker.log_text()
-    );
+    let left: u64 = conn.xlen("tandem:{cpu}:stream:normal").await.unwrap();
+    assert_eq!(left, 0, "every bad entry is gone from the task stream");
+    assert!(worker.log_text().contains("without a readable task id"));
 }

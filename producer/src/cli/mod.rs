@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod dlq;
 mod local;
 mod queues;
 mod table;
@@ -16,6 +17,7 @@ use tandem_shared::Config;
 
 pub use bench::BenchArgs;
 pub use demo::DemoArgs;
+pub use dlq::DlqCommand;
 pub use tasks::{SubmitArgs, TaskArgs, WaitArgs};
 
 /// Tandem: a GPU-aware job queue on Redis Streams.
@@ -47,6 +49,9 @@ pub enum Command {
     Cancel(TaskArgs),
     /// Per stream: waiting, pending, consumers, oldest waiting age.
     Queues,
+    /// The dead-letter streams: list, show, requeue, purge.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Start a local Redis (unless REDIS_URL is set) and workers, run a mixed
     /// workload with a progress bar, print a summary, clean up.
     Demo(DemoArgs),
@@ -111,6 +116,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status(args) => tasks::status(&config, args).await,
             Command::Cancel(args) => tasks::cancel(&config, args).await,
             Command::Queues => queues::run(&config).await,
+            Command::Dlq(command) => dlq::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
             Command::Settings { .. } => Ok(ExitCode::SUCCESS),
