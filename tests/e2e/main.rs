@@ -9,6 +9,7 @@ mod support;
 mod cancel;
 mod cli;
 mod deadline;
+mod faults;
 mod idempotency;
 mod kinds;
 mod priority;

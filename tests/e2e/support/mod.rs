@@ -78,6 +78,22 @@ impl RedisServer {
         panic!("could not start redis-server on a free port");
     }
 
+    /// Starts a server on a given port (a test that started a client first).
+    pub fn start_on(port: u16) -> Self {
+        let dir = ScratchDir::new("redis");
+        let mut child = spawn_redis(port, dir.path(), &[]);
+        assert!(
+            wait_for_pong(&mut child, port),
+            "redis-server did not start on port {port}"
+        );
+        RedisServer {
+            child,
+            port,
+            dir,
+            extra: Vec::new(),
+        }
+    }
+
     /// Kills the server (SIGKILL: no shutdown save) and starts it again on
     /// the same port and directory, as a crash and restart would.
     pub fn crash_and_restart(&mut self) {
