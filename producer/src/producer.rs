@@ -36,8 +36,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use tandem_shared::signature::Signer;
 use tandem_shared::store::{CancelOutcome, Store, StoreError};
-use tandem_shared::wire::TaskRecord;
+use tandem_shared::wire::{NewTask, TaskRecord};
 use tandem_shared::{Config, Status, TaskId};
 use tokio::sync::oneshot;
 
@@ -81,6 +82,8 @@ struct Inner {
     resync: tokio::sync::watch::Sender<u64>,
     /// How long a call keeps retrying while Redis is unreachable.
     reconnect_timeout: Duration,
+    /// Signs every task when a signing key is configured.
+    signer: Option<Signer>,
 }
 
 impl Inner {
@@ -147,6 +150,7 @@ impl Producer {
                 next_waiter: AtomicU64::new(0),
                 resync: tokio::sync::watch::Sender::new(0),
                 reconnect_timeout: Duration::from_millis(config.reconnect_timeout_ms),
+                signer: Signer::new(config.signing_key.expose()),
             }),
         })
     }
@@ -181,10 +185,7 @@ impl Producer {
     /// is invalid, nothing is sent.
     pub async fn submit_many(&self, tasks: Vec<Task>) -> Result<Vec<TaskId>, ProducerError> {
         let inner = &self.inner;
-        let tasks = tasks
-            .into_iter()
-            .map(|t| t.into_new_task(inner.default_max_attempts, inner.max_payload_bytes))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tasks = self.prepare(tasks)?;
         // Safe to repeat: a task id that already has a record is not
         // submitted twice.
         let submitted = inner
@@ -216,10 +217,7 @@ impl Producer {
     /// [`Producer::submit_many`], returning awaitable handles.
     pub async fn submit_handles(&self, tasks: Vec<Task>) -> Result<Vec<TaskHandle>, ProducerError> {
         let inner = &self.inner;
-        let tasks = tasks
-            .into_iter()
-            .map(|t| t.into_new_task(inner.default_max_attempts, inner.max_payload_bytes))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tasks = self.prepare(tasks)?;
         self.ensure_listener(&inner.reply_key).await?;
         let mut registrations: Vec<Registration> =
             tasks.iter().map(|t| self.register(t.id)).collect();
@@ -245,6 +243,22 @@ impl Producer {
             });
         }
         Ok(handles)
+    }
+
+    /// Checks, completes and (with a key) signs tasks before sending.
+    fn prepare(&self, tasks: Vec<Task>) -> Result<Vec<NewTask>, ProducerError> {
+        let inner = &self.inner;
+        tasks
+            .into_iter()
+            .map(|t| {
+                let mut task =
+                    t.into_new_task(inner.default_max_attempts, inner.max_payload_bytes)?;
+                if let Some(signer) = &inner.signer {
+                    task.signature = Some(signer.sign(&task.signed(Some(&inner.reply_key))));
+                }
+                Ok(task)
+            })
+            .collect()
     }
 
     /// An awaitable handle on any task.

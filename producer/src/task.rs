@@ -159,6 +159,7 @@ impl Task {
             deadline_in_ms,
             idempotency_key: self.idempotency_key,
             params: self.params,
+            signature: None,
         })
     }
 }

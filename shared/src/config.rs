@@ -118,6 +118,45 @@ impl SettingValue for Vec<Class> {
     }
 }
 
+/// A secret setting: never shown in logs, `--check-config` or `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.show_setting())
+    }
+}
+
+impl SettingValue for Secret {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        Ok(Secret(text.to_owned()))
+    }
+    fn show_setting(&self) -> String {
+        if self.0.is_empty() {
+            String::new()
+        } else {
+            "***".to_owned()
+        }
+    }
+}
+
 /// What `tandem config` and the README show about one setting.
 #[derive(Debug, Clone, Copy)]
 pub struct SettingInfo {
@@ -133,8 +172,9 @@ macro_rules! settings {
         $name:ident : $ty:ty = $default:expr, $env:literal;
     )*) => {
         /// Every Tandem setting. See the module documentation for where values
-        /// come from.
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        /// come from. `Debug` and `Display` hide secrets and the password in
+        /// the Redis URL.
+        #[derive(Clone, PartialEq, Serialize, Deserialize)]
         #[serde(default, deny_unknown_fields)]
         pub struct Config {
             $( $(#[doc = $doc])+ pub $name: $ty, )*
@@ -237,6 +277,14 @@ settings! {
     shutdown_grace_ms: u64 = 30_000, "TANDEM_SHUTDOWN_GRACE_MS";
     /// Also run the fault-injection kinds `panic` and `abort` (tests and demos only: `abort` kills the worker).
     test_kinds: bool = false, "TANDEM_TEST_KINDS";
+    /// CA certificate (PEM file) to verify a `rediss://` server with; empty: the system's roots.
+    tls_ca_file: String = String::new(), "TANDEM_TLS_CA_FILE";
+    /// Client certificate (PEM file) for servers that ask for one; needs `tls_key_file`.
+    tls_cert_file: String = String::new(), "TANDEM_TLS_CERT_FILE";
+    /// The client certificate's private key (PEM file).
+    tls_key_file: String = String::new(), "TANDEM_TLS_KEY_FILE";
+    /// Shared key for HMAC-SHA256 task signatures: producers sign, workers refuse unsigned or wrongly signed tasks; empty: off.
+    signing_key: Secret = Secret::default(), "TANDEM_SIGNING_KEY";
     /// Log line format: `text` or `json`.
     log_format: LogFormat = LogFormat::Text, "TANDEM_LOG_FORMAT";
     /// Log filter, as RUST_LOG (which wins when set): `info`, `tandem_worker=debug`, ...
@@ -312,6 +360,12 @@ impl Config {
             return invalid(
                 "worker_id",
                 "may hold only letters, digits, '-', '_', '.', '@'",
+            );
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return invalid(
+                "tls_cert_file",
+                "needs tls_key_file, and the other way round",
             );
         }
         if self.classes.is_empty() {
@@ -390,6 +444,21 @@ pub fn redact_url(url: &str) -> String {
     };
     let user = userinfo.split_once(':').map_or("", |(user, _)| user);
     format!("{scheme}://{user}:***@{host}")
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_struct("Config");
+        for (name, value) in self.values() {
+            let value = if name == "redis_url" {
+                redact_url(&value)
+            } else {
+                value
+            };
+            map.field(name, &value);
+        }
+        map.finish()
+    }
 }
 
 impl fmt::Display for Config {
@@ -485,6 +554,21 @@ mod tests {
         let err = load(&[], Some(&path)).unwrap_err();
         assert!(err.to_string().contains("prefx"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let config = Config {
+            signing_key: Secret::new("hunter2"),
+            redis_url: "rediss://app:pw@h:6380".into(),
+            ..Config::default()
+        };
+        for shown in [config.to_string(), format!("{config:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(!shown.contains("pw@"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        assert_eq!(config.signing_key.expose(), "hunter2");
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`store`]: the queue's Redis operations, typed; the only code that
 //!   sends queue commands.
 //! - [`msgpack`]: parameter and result encoding.
+//! - [`signature`]: optional HMAC signing of task entries.
+//! - [`connect`]: Redis clients from the configuration (TLS included).
 //! - [`config`]: the one configuration type.
 //!
 //! # Example
@@ -36,6 +38,7 @@ pub mod kind;
 pub mod logging;
 pub mod msgpack;
 pub mod scripts;
+pub mod signature;
 pub mod store;
 pub mod task;
 pub mod wire;

@@ -29,6 +29,7 @@ pub mod field {
     pub const SUBMITTED_AT_MS: &str = "submitted_at_ms";
     pub const REPLY_TO: &str = "reply_to";
     pub const PARAMS: &str = "params";
+    pub const SIGNATURE: &str = "signature";
 
     pub const STATUS: &str = "status";
     pub const ENTRY: &str = "entry";
@@ -63,9 +64,24 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// MessagePack.
     pub params: Vec<u8>,
+    /// The HMAC signature, when the producer signs (see [`crate::signature`]).
+    pub signature: Option<String>,
 }
 
 impl NewTask {
+    /// What a signature of this task covers, sent with `reply_to`.
+    pub fn signed<'a>(&'a self, reply_to: Option<&'a str>) -> crate::signature::Signed<'a> {
+        crate::signature::Signed {
+            id: &self.id,
+            kind: &self.kind,
+            class: self.class,
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            reply_to: reply_to.unwrap_or(""),
+            params: &self.params,
+        }
+    }
+
     /// The plain-text metadata pairs of the entry, which the submit script
     /// also copies into the task record. `params`, `submitted_at_ms` and
     /// `deadline_ms` are added by the script.
@@ -83,6 +99,9 @@ impl NewTask {
         ];
         if let Some(reply_to) = reply_to {
             pairs.push((field::REPLY_TO, reply_to.to_owned()));
+        }
+        if let Some(signature) = &self.signature {
+            pairs.push((field::SIGNATURE, signature.clone()));
         }
         pairs
     }
@@ -104,6 +123,22 @@ pub struct TaskEntry {
     pub reply_to: Option<String>,
     /// MessagePack.
     pub params: Vec<u8>,
+    pub signature: Option<String>,
+}
+
+impl TaskEntry {
+    /// What this entry's signature must cover.
+    pub fn signed(&self) -> crate::signature::Signed<'_> {
+        crate::signature::Signed {
+            id: &self.id,
+            kind: &self.kind,
+            class: self.class,
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            reply_to: self.reply_to.as_deref().unwrap_or(""),
+            params: &self.params,
+        }
+    }
 }
 
 /// Why an entry could not be read. When the entry named a readable task id
@@ -226,6 +261,7 @@ impl TaskEntry {
         let submitted_at_ms =
             number::<u64>(text(field::SUBMITTED_AT_MS)?, field::SUBMITTED_AT_MS, &fail)?;
         let producer = text(field::PRODUCER)?.unwrap_or_default().to_owned();
+        let signature = text(field::SIGNATURE)?.map(str::to_owned);
         let params = lookup(fields, field::PARAMS).unwrap_or_default().to_vec();
 
         Ok(TaskEntry {
@@ -241,6 +277,7 @@ impl TaskEntry {
             submitted_at_ms,
             reply_to,
             params,
+            signature,
         })
     }
 }
@@ -518,6 +555,7 @@ mod tests {
             deadline_in_ms: None,
             idempotency_key: None,
             params: vec![0x80],
+            signature: None,
         }
     }
 

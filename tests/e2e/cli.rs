@@ -64,6 +64,9 @@ async fn submit_wait_status_cancel_and_queues() {
     let out = tandem(Some(&redis), &["cancel", &cancelled_id]);
     assert!(out.status.success());
     assert!(stdout(&out).contains("will never run"), "{}", stdout(&out));
+    let out = tandem(Some(&redis), &["queues"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 waiting"), "{}", stdout(&out));
     let out = tandem(Some(&redis), &["wait", &queued_id, "--timeout-ms", "100"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));

@@ -15,5 +15,6 @@ mod kinds;
 mod priority;
 mod producer;
 mod reliability;
+mod security;
 mod volume;
 mod wire;

@@ -377,6 +377,11 @@ impl Dispatcher {
             }
         };
         entry.attempt = attempt;
+        if let Some(refused) = self.executor.unsigned(&entry, &entry_id) {
+            tracing::warn!(task = %entry.id, "refusing a task without a valid signature");
+            to_commit.push(refused);
+            return 1;
+        }
         match verdict {
             Verdict::Expired => {
                 tracing::info!(task = %entry.id, kind = %entry.kind, "deadline passed before start: expired");

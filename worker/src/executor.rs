@@ -53,6 +53,8 @@ pub(crate) struct Executor {
     pub device: String,
     pub max_payload_bytes: usize,
     pub backoff: Backoff,
+    /// Set when tasks must carry a valid signature.
+    pub signer: Option<tandem_shared::signature::Signer>,
 }
 
 impl Executor {
@@ -170,6 +172,30 @@ impl Executor {
         })
     }
 
+    /// Refuses a task without a valid signature, when this worker checks
+    /// them; the task goes to the dead-letter stream.
+    pub fn unsigned(&self, entry: &TaskEntry, entry_id: &str) -> Option<Completion> {
+        let signer = self.signer.as_ref()?;
+        let message = match &entry.signature {
+            Some(signature) if signer.verify(&entry.signed(), signature) => return None,
+            Some(_) => {
+                "the signature does not match this task (wrong key, or the entry was altered)"
+            }
+            None => "the task is not signed and this worker requires signatures",
+        };
+        let failure = TaskFailure {
+            code: ErrorCode::BAD_SIGNATURE,
+            message: message.to_owned(),
+        };
+        let finish = self.finish(Status::Failed, None, FinishOutcome::Error(failure));
+        Some(completion(
+            entry.clone(),
+            entry_id.to_owned(),
+            Disposition::Dead,
+            finish,
+        ))
+    }
+
     /// The completion of a task found past its deadline before it started.
     pub fn expired(&self, entry: TaskEntry, entry_id: String) -> Completion {
         let failure = TaskFailure {
@@ -275,6 +301,7 @@ mod tests {
             worker_id: "w".into(),
             device: "cpu".into(),
             max_payload_bytes: 64,
+            signer: None,
             backoff: Backoff {
                 base: Duration::from_millis(100),
                 max: Duration::from_secs(1),
@@ -296,6 +323,7 @@ mod tests {
             submitted_at_ms: None,
             reply_to: None,
             params,
+            signature: None,
         }
     }
 

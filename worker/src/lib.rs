@@ -141,6 +141,7 @@ pub async fn run(
             worker_id: worker_id.clone(),
             device: DEVICE.to_owned(),
             max_payload_bytes: config.max_payload_bytes,
+            signer: tandem_shared::signature::Signer::new(config.signing_key.expose()),
             backoff: executor::Backoff {
                 base: Duration::from_millis(config.retry_base_ms),
                 max: Duration::from_millis(config.retry_max_ms),

@@ -79,7 +79,13 @@ pub(super) fn fields(value: Value, what: &'static str) -> Result<Fields, StoreEr
     let mut out = Vec::with_capacity(items.len() / 2);
     let mut items = items.into_iter();
     while let (Some(name), Some(value)) = (items.next(), items.next()) {
-        out.push((bytes(name, what)?, bytes(value, what)?));
+        // Info replies hold nil values (XINFO GROUPS' `lag` when it is
+        // unknown); read them as empty.
+        let value = match value {
+            Value::Nil => Vec::new(),
+            other => bytes(other, what)?,
+        };
+        out.push((bytes(name, what)?, value));
     }
     Ok(out)
 }

@@ -133,3 +133,33 @@ fn group_info(reply: Value) -> Result<(u64, u64, Option<String>), StoreError> {
     }
     Ok((0, 0, None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// Regression: Redis reports a group's `lag` (and `entries-read`) as nil
+    /// when entries were deleted, which once failed every `queue_stats`.
+    #[test]
+    fn group_info_reads_nil_fields() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("name"),
+            bulk(GROUP),
+            bulk("consumers"),
+            Value::Int(2),
+            bulk("pending"),
+            Value::Int(3),
+            bulk("last-delivered-id"),
+            bulk("5-0"),
+            bulk("entries-read"),
+            Value::Nil,
+            bulk("lag"),
+            Value::Nil,
+        ])]);
+        assert_eq!(group_info(reply).unwrap(), (3, 2, Some("5-0".to_owned())));
+    }
+}

@@ -49,6 +49,8 @@ pub struct RedisServer {
     pub dir: ScratchDir,
     /// Extra `redis-server` arguments, kept for restarts.
     extra: Vec<String>,
+    /// The CA certificate (PEM file) of a TLS-only server.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -69,6 +71,7 @@ impl RedisServer {
                     port,
                     dir,
                     extra,
+                    tls_ca: None,
                 };
             }
             // The port was taken between our probe and redis binding it.
@@ -91,7 +94,75 @@ impl RedisServer {
             port,
             dir,
             extra: Vec::new(),
+            tls_ca: None,
         }
+    }
+
+    /// A server that speaks TLS only, with a certificate for 127.0.0.1
+    /// signed by a CA made for this test.
+    pub fn start_tls() -> Self {
+        let dir = ScratchDir::new("redis-tls");
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tandem test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = rcgen::KeyPair::generate().expect("server key");
+        let server_params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("server params");
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("server cert");
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write pem");
+            path
+        };
+        let ca = write("ca.pem", ca_cert.pem());
+        let cert = write("server.pem", server_cert.pem());
+        let key = write("server.key", server_key.serialize_pem());
+        for _ in 0..10 {
+            let port = free_port();
+            let extra: Vec<String> = [
+                "--port".to_owned(),
+                "0".to_owned(),
+                "--tls-port".to_owned(),
+                port.to_string(),
+                "--tls-cert-file".to_owned(),
+                cert.display().to_string(),
+                "--tls-key-file".to_owned(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".to_owned(),
+                ca.display().to_string(),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ]
+            .into();
+            let mut child = spawn_redis(0, dir.path(), &extra);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return RedisServer {
+                        child,
+                        port,
+                        dir,
+                        extra,
+                        tls_ca: Some(ca),
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start a TLS redis-server");
     }
 
     /// Kills the server (SIGKILL: no shutdown save) and starts it again on
@@ -118,13 +189,32 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The settings a worker process needs to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("TANDEM_REDIS_URL", self.url())];
+        if let Some(ca) = &self.tls_ca {
+            env.push(("TANDEM_TLS_CA_FILE", ca.display().to_string()));
+        }
+        env
     }
 
     /// A configuration pointing at this server with test-friendly timings.
     pub fn config(&self) -> Config {
         Config {
             redis_url: self.url(),
+            tls_ca_file: self
+                .tls_ca
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             heartbeat_interval_ms: 200,
             heartbeat_ttl_ms: 1_000,
             shutdown_grace_ms: 5_000,
@@ -142,7 +232,7 @@ impl RedisServer {
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         let config =
             redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-        redis::Client::open(self.url())
+        tandem_shared::connect::client(&self.config())
             .expect("url")
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -178,7 +268,7 @@ impl WorkerProcess {
         cmd.arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("TANDEM_REDIS_URL", redis.url())
+            .envs(redis.env())
             .env("TANDEM_WORKER_ID", &id)
             .env("TANDEM_HEARTBEAT_INTERVAL_MS", "200")
             .env("TANDEM_HEARTBEAT_TTL_MS", "1000")
@@ -353,6 +443,7 @@ fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     newest
 }
 
+/// Starts `redis-server` on `port` (0: no plain port; `extra` names a TLS one).
 fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
