@@ -7,6 +7,7 @@
 mod support;
 
 mod cancel;
+mod chaos;
 mod cli;
 mod deadline;
 mod faults;
