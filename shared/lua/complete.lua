@@ -73,9 +73,12 @@ if cancelled then
   pairs_in[#pairs_in + 1] = 'cancelled by a producer while running'
 end
 
--- The attempt, for the history (only attempts that started have one).
+-- The attempt, for the history: kept for tasks that needed more than one
+-- attempt or did not succeed (a first attempt that succeeded says all it has
+-- to say in the record itself); only attempts that started have one.
 local history = nil
-if current[3] then
+local needs_history = status ~= 'succeeded' or ARGV[13] ~= '1' or redis.call('HEXISTS', record_key, 'history') == 1
+if current[3] and needs_history then
   local attempt = {attempt = ARGV[13], started_at_ms = current[3], finished_at_ms = int(now), status = status}
   for i = 1, #pairs_in, 2 do
     local name = pairs_in[i]

@@ -165,7 +165,7 @@ async fn one_run(
     run: usize,
 ) -> anyhow::Result<RunFigures> {
     let store = Store::connect(config).await?;
-    let memory_before = used_memory(&store).await;
+    let memory_before = store.used_memory().await;
     let mut producers = Vec::with_capacity(args.producers);
     for _ in 0..args.producers {
         producers.push(Producer::connect(config).await?);
@@ -245,7 +245,7 @@ async fn one_run(
             figures.tasks = total;
         }
     }
-    if let (Some(before), Some(after)) = (memory_before, used_memory(&store).await) {
+    if let (Some(before), Some(after)) = (memory_before, store.used_memory().await) {
         figures.redis_bytes_per_task =
             Some(after.saturating_sub(before) as f64 / figures.tasks as f64);
     }
@@ -408,18 +408,6 @@ fn latencies(figures: &mut RunFigures, timings: &[Timing]) {
         figures.latency_p99_ms = Some(pick(99.0));
         figures.latency_max_ms = ms.last().copied();
     }
-}
-
-async fn used_memory(store: &Store) -> Option<u64> {
-    let mut conn = store.connection();
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .ok()?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn describe(f: &RunFigures) -> String {

@@ -6,6 +6,7 @@ mod demo;
 mod dlq;
 mod local;
 mod queues;
+mod soak;
 mod table;
 mod tasks;
 
@@ -18,6 +19,7 @@ use tandem_shared::Config;
 pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
+pub use soak::SoakArgs;
 pub use tasks::{SubmitArgs, TaskArgs, WaitArgs};
 
 /// Tandem: a GPU-aware job queue on Redis Streams.
@@ -57,6 +59,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure queue overhead with no-op tasks: submit, claim, run, commit, await.
     Bench(BenchArgs),
+    /// Push a million tasks through and watch Redis memory stay flat.
+    Soak(SoakArgs),
     /// Print every setting with its environment variable, default and meaning.
     Settings {
         /// As a Markdown table (the README's).
@@ -119,6 +123,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Dlq(command) => dlq::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
+            Command::Soak(args) => soak::run(config, redis_url_given, args).await,
             Command::Settings { .. } => Ok(ExitCode::SUCCESS),
         }
     });

@@ -53,6 +53,17 @@ impl Store {
         }
     }
 
+    /// Redis's `used_memory`, in bytes, or `None` when the server will not
+    /// say (an ACL user without `INFO`).
+    pub async fn used_memory(&self) -> Option<u64> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("memory");
+        let info = text(self.single(cmd).await.ok()?, "INFO").ok()?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Depth, pending count, consumers and oldest waiting age per stream.
     pub async fn queue_stats(&self, classes: &[Class]) -> Result<Vec<StreamStats>, StoreError> {
         let streams = self.keys.streams_in_claim_order(classes);
