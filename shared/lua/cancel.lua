@@ -43,6 +43,6 @@ elseif entry and priority then
   redis.call('XDEL', base .. 'stream:' .. priority, entry)
 end
 if reply_to and string.sub(reply_to, 1, #ARGV[6]) == ARGV[6] and #reply_to > #ARGV[6] then
-  notify(reply_to, KEYS[1], ARGV[5], outcome, ARGV[3], ARGV[4])
+  notify(reply_to, ARGV[5], redis.call('HMGET', KEYS[1], unpack(NOTICE_FIELDS)), outcome, ARGV[3], ARGV[4])
 end
 return {'cancelled'}

@@ -118,19 +118,24 @@ local function start(idx, entry, deliveries)
   else
     local record = base_of(KEYS[idx]) .. 'task:' .. id
     local status = redis.call('HGET', record, 'status')
+    -- `owner` names the worker and entry that hold the task now; commits
+    -- are fenced on it (complete.lua).
+    local owner = consumer .. ' ' .. entry_id
     if is_terminal(status) then
       redis.call('XACK', KEYS[idx], group, entry_id)
       redis.call('XDEL', KEYS[idx], entry_id)
       verdict = 'skip'
     elseif deliveries > max_deliveries then
+      redis.call('HSET', record, 'owner', owner)
       verdict = 'poison'
     else
       local deadline = tonumber(field(fields, 'deadline_ms') or '0') or 0
       if deadline > 0 and now > deadline then
+        redis.call('HSET', record, 'owner', owner)
         verdict = 'expired'
       else
         redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'device', device,
-          'attempt', int(attempt), 'started_at_ms', int(now))
+          'attempt', int(attempt), 'started_at_ms', int(now), 'owner', owner)
         verdict = 'run'
       end
     end

@@ -38,16 +38,17 @@ local function is_task_id(text)
   return string.match(text, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil
 end
 
+-- The record fields a completion notice repeats besides the outcome.
+local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms'}
+
 -- Appends a completion notice for task `id` to a producer's reply stream:
--- the outcome `pairs` (status, finish time, worker, result or error, ...)
--- after the class, attempt and times the record already holds.
-local function notify(reply_key, record_key, id, pairs, maxlen, ttl_s)
-  local names = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms'}
-  local known = redis.call('HMGET', record_key, unpack(names))
+-- `known`, the values of NOTICE_FIELDS in the record (HMGET order), then the
+-- outcome `pairs` (status, finish time, worker, result or error, ...).
+local function notify(reply_key, id, known, pairs, maxlen, ttl_s)
   local args = {reply_key, 'MAXLEN', '~', maxlen, '*', 'id', id}
-  for i = 1, #names do
+  for i = 1, #NOTICE_FIELDS do
     if known[i] then
-      args[#args + 1] = names[i]
+      args[#args + 1] = NOTICE_FIELDS[i]
       args[#args + 1] = known[i]
     end
   end

@@ -1,6 +1,6 @@
 -- Commits what became of a task, in one atomic step, only while this worker
--- still owns its entry (the fence: a worker that lost its lease changes
--- nothing). Then, by disposition:
+-- still holds its entry (the fence: a worker whose task was taken over, or
+-- handed back, changes nothing). Then, by disposition:
 --   final  the record gets its final status (succeeded, cancelled, expired)
 --          and the result or error; the producer is notified
 --   retry  the entry's fields are parked in a retry hash, the task id goes
@@ -39,10 +39,17 @@
 
 local record_key, stream_key = KEYS[1], KEYS[2]
 local group, entry_id, consumer = ARGV[1], ARGV[2], ARGV[3]
-if not owns(stream_key, group, entry_id, consumer) then
+-- One read for everything below: the owner, status, cancel request, start,
+-- history, then the fields a notice repeats.
+local current = redis.call('HMGET', record_key, 'status', 'cancel_requested_at_ms', 'started_at_ms',
+  'history', NOTICE_FIELDS[1], NOTICE_FIELDS[2], NOTICE_FIELDS[3], NOTICE_FIELDS[4], 'owner')
+local owner = current[9]
+-- The fence. Every step that hands an entry to a worker (claim, take-over,
+-- sweep) sets `owner` to that worker and entry in the same script, and a
+-- retry or hand-back clears it, so `owner` is who holds the entry now.
+if owner ~= consumer .. ' ' .. entry_id then
   return -1
 end
-local current = redis.call('HMGET', record_key, 'status', 'cancel_requested_at_ms', 'started_at_ms')
 if is_terminal(current[1]) then
   redis.call('XACK', stream_key, group, entry_id)
   redis.call('XDEL', stream_key, entry_id)
@@ -56,40 +63,50 @@ if cancelled then
   status, disposition = 'cancelled', 'final'
 end
 
-local pairs_in = {}
+-- The record's new fields: status and finish time first (the retry and dead
+-- paths below read the outcome pairs that follow them).
+local record = {'status', status, 'finished_at_ms', int(now)}
 for i = 14, #ARGV, 2 do
   local name = ARGV[i]
-  local outcome = name == 'result' or name == 'result_bytes' or name == 'error_code' or name == 'error_message'
-  if not (cancelled and outcome) then
-    pairs_in[#pairs_in + 1] = name
-    pairs_in[#pairs_in + 1] = ARGV[i + 1]
+  if not (cancelled and (name == 'result' or name == 'result_bytes' or name == 'error_code' or name == 'error_message')) then
+    record[#record + 1] = name
+    record[#record + 1] = ARGV[i + 1]
   end
 end
 if cancelled then
   redis.call('HDEL', record_key, 'result', 'result_bytes')
-  pairs_in[#pairs_in + 1] = 'error_code'
-  pairs_in[#pairs_in + 1] = 'CANCELLED'
-  pairs_in[#pairs_in + 1] = 'error_message'
-  pairs_in[#pairs_in + 1] = 'cancelled by a producer while running'
+  record[#record + 1] = 'error_code'
+  record[#record + 1] = 'CANCELLED'
+  record[#record + 1] = 'error_message'
+  record[#record + 1] = 'cancelled by a producer while running'
+end
+
+-- The value of an outcome pair (worker, device, error_code, ...).
+local function outcome(name)
+  for i = 5, #record, 2 do
+    if record[i] == name then
+      return record[i + 1]
+    end
+  end
+  return nil
 end
 
 -- The attempt, for the history: kept for tasks that needed more than one
 -- attempt or did not succeed (a first attempt that succeeded says all it has
 -- to say in the record itself); only attempts that started have one.
 local history = nil
-local needs_history = status ~= 'succeeded' or ARGV[13] ~= '1' or redis.call('HEXISTS', record_key, 'history') == 1
+local needs_history = status ~= 'succeeded' or ARGV[13] ~= '1' or current[4] ~= false
 if current[3] and needs_history then
-  local attempt = {attempt = ARGV[13], started_at_ms = current[3], finished_at_ms = int(now), status = status}
-  for i = 1, #pairs_in, 2 do
-    local name = pairs_in[i]
-    if name == 'worker' or name == 'device' or name == 'error_code' or name == 'error_message' then
-      attempt[name] = pairs_in[i + 1]
-    end
-  end
-  history = add_history(record_key, attempt)
+  history = add_history(record_key, {attempt = ARGV[13], started_at_ms = current[3],
+    finished_at_ms = int(now), status = status, worker = outcome('worker'), device = outcome('device'),
+    error_code = outcome('error_code'), error_message = outcome('error_message')})
 end
 
-local fields = entry_fields(stream_key, entry_id)
+-- Only a retry or a dead letter needs the entry's fields.
+local fields = {}
+if disposition ~= 'final' then
+  fields = entry_fields(stream_key, entry_id)
+end
 if disposition == 'retry' and #fields == 0 then
   -- The entry vanished while running; nothing to retry from.
   disposition = 'dead'
@@ -103,36 +120,29 @@ if disposition == 'retry' then
   redis.call('DEL', retry_key)
   redis.call('HSET', retry_key, unpack(fields))
   redis.call('ZADD', KEYS[3], due, task_id)
-  local record = {'status', 'retrying', 'retry_at_ms', int(due), 'retry_stream', stream_key}
-  for i = 1, #pairs_in, 2 do
-    if pairs_in[i] == 'error_code' or pairs_in[i] == 'error_message' or pairs_in[i] == 'worker' or pairs_in[i] == 'device' then
-      record[#record + 1] = pairs_in[i]
-      record[#record + 1] = pairs_in[i + 1]
+  local retrying = {'status', 'retrying', 'retry_at_ms', int(due), 'retry_stream', stream_key}
+  for _, name in ipairs({'error_code', 'error_message', 'worker', 'device'}) do
+    local value = outcome(name)
+    if value then
+      retrying[#retrying + 1] = name
+      retrying[#retrying + 1] = value
     end
   end
-  redis.call('HSET', record_key, unpack(record))
+  redis.call('HSET', record_key, unpack(retrying))
+  redis.call('HDEL', record_key, 'owner')
   redis.call('XACK', stream_key, group, entry_id)
   redis.call('XDEL', stream_key, entry_id)
   return 1
 end
 
-local record = {'status', status, 'finished_at_ms', int(now)}
-for i = 1, #pairs_in do
-  record[#record + 1] = pairs_in[i]
-end
 if disposition == 'dead' then
-  local why = {'reason', 'BAD_PAYLOAD', 'error_message', '', 'attempts', ARGV[13],
-    'history', history or '[]', 'dead_at_ms', int(now), 'stream', stream_key, 'entry', entry_id}
-  for i = 1, #pairs_in, 2 do
-    if pairs_in[i] == 'error_code' then why[2] = pairs_in[i + 1] end
-    if pairs_in[i] == 'error_message' then why[4] = pairs_in[i + 1] end
-  end
-  local dead_id = bury(KEYS[4], ARGV[12], fields, why)
+  local dead_id = bury(KEYS[4], ARGV[12], fields, {'reason', outcome('error_code') or 'BAD_PAYLOAD',
+    'error_message', outcome('error_message') or '', 'attempts', ARGV[13], 'history', history or '[]',
+    'dead_at_ms', int(now), 'stream', stream_key, 'entry', entry_id})
   record[#record + 1] = 'dead_letter'
   record[#record + 1] = dead_id
 end
 redis.call('HSET', record_key, unpack(record))
-redis.call('HDEL', record_key, 'retry_at_ms', 'retry_stream')
 redis.call('EXPIRE', record_key, ARGV[4])
 redis.call('XACK', stream_key, group, entry_id)
 redis.call('XDEL', stream_key, entry_id)
@@ -146,6 +156,7 @@ if #KEYS >= 5 then
       notice[#notice + 1] = record[i + 1]
     end
   end
-  notify(KEYS[5], record_key, ARGV[8], notice, ARGV[5], ARGV[6])
+  local known = {current[5], ARGV[13], current[7], current[8]}
+  notify(KEYS[5], ARGV[8], known, notice, ARGV[5], ARGV[6])
 end
 return 1

@@ -27,7 +27,7 @@ for i = 3, #ARGV, 2 do
       if id and is_task_id(id) then
         local record_key = base_of(key) .. 'task:' .. id
         redis.call('HSET', record_key, 'status', 'queued', 'entry', new_id)
-        redis.call('HDEL', record_key, 'started_at_ms', 'worker', 'device')
+        redis.call('HDEL', record_key, 'started_at_ms', 'worker', 'device', 'owner')
       end
       count = count + 1
     end

@@ -22,7 +22,8 @@ if #KEYS >= 3 then
   end
 end
 
-if redis.call('EXISTS', KEYS[2]) == 1 then
+-- Claims the record (and says `queued`) only if the task id has none yet.
+if redis.call('HSETNX', KEYS[2], 'status', 'queued') == 0 then
   return {ARGV[1], 0}
 end
 
@@ -30,7 +31,7 @@ local now = now_ms()
 local deadline_in = tonumber(ARGV[2]) or 0
 
 local entry = {KEYS[1], '*'}
-local record = {KEYS[2], 'status', 'queued', 'submitted_at_ms', int(now)}
+local record = {KEYS[2], 'submitted_at_ms', int(now)}
 for i = 6, #ARGV, 2 do
   entry[#entry + 1] = ARGV[i]
   entry[#entry + 1] = ARGV[i + 1]

@@ -10,19 +10,40 @@ use crate::task::{Class, Priority, TaskId};
 /// The consumer group every worker joins on every task stream.
 pub const GROUP: &str = "workers";
 
-/// Builds key names under one prefix.
+/// Builds key names under one prefix. The keys a worker names for every
+/// task (streams, delayed sets, dead-letter streams) are built once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    /// Per class (in `Class::ALL` order): the stream of each priority (in
+    /// `Priority::ALL` order), the delayed set, the dead-letter stream.
+    per_class: Vec<([String; 4], String, String)>,
 }
 
 impl Keys {
     /// `prefix` must be non-empty and free of braces and whitespace; the
     /// config module checks that before it gets here.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
+        let prefix = prefix.into();
+        let per_class = Class::ALL
+            .iter()
+            .map(|&class| {
+                let base = format!("{prefix}:{{{class}}}:");
+                let streams = [
+                    Priority::Critical,
+                    Priority::High,
+                    Priority::Normal,
+                    Priority::Low,
+                ]
+                .map(|priority| format!("{base}stream:{priority}"));
+                (streams, format!("{base}delayed"), format!("{base}dead"))
+            })
+            .collect();
+        Self { prefix, per_class }
+    }
+
+    fn class_keys(&self, class: Class) -> &([String; 4], String, String) {
+        &self.per_class[class.index()]
     }
 
     pub fn prefix(&self) -> &str {
@@ -36,7 +57,12 @@ impl Keys {
 
     /// The stream of waiting tasks of one class and priority.
     pub fn stream(&self, class: Class, priority: Priority) -> String {
-        format!("{}stream:{}", self.class_base(class), priority)
+        self.stream_ref(class, priority).to_owned()
+    }
+
+    /// [`Keys::stream`], without allocating.
+    pub fn stream_ref(&self, class: Class, priority: Priority) -> &str {
+        &self.class_keys(class).0[priority.index()]
     }
 
     /// A task's record: its status, metadata and, once finished, its result.
@@ -45,8 +71,8 @@ impl Keys {
     }
 
     /// Task ids waiting for a retry, scored by when it is due (ms).
-    pub fn delayed(&self, class: Class) -> String {
-        format!("{}delayed", self.class_base(class))
+    pub fn delayed(&self, class: Class) -> &str {
+        &self.class_keys(class).1
     }
 
     /// A task's entry fields while it waits for a retry.
@@ -55,8 +81,8 @@ impl Keys {
     }
 
     /// The dead-letter stream of a class.
-    pub fn dead(&self, class: Class) -> String {
-        format!("{}dead", self.class_base(class))
+    pub fn dead(&self, class: Class) -> &str {
+        &self.class_keys(class).2
     }
 
     /// Maps an idempotency key to the task id it created. Scoped per class.

@@ -131,6 +131,17 @@ mod tests {
         assert!(Signer::new("").is_none());
     }
 
+    /// The same vector as the Python recipe in docs/wire-format.md gives.
+    #[test]
+    fn matches_the_documented_python_recipe() {
+        let id: TaskId = "01a21a05-0223-7150-a48a-bb5c548aed3d".parse().unwrap();
+        let signer = Signer::new("shared secret").unwrap();
+        assert_eq!(
+            signer.sign(&task(&id, b"\xa2hi", "tandem:reply:p")),
+            "d7de4fef021298448e73b87027c807bb2c11cba7927d7f9e294fc069ae132004"
+        );
+    }
+
     /// Regression guard: moving bytes between the reply stream and the
     /// parameters must change the signed form.
     #[test]

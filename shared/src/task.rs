@@ -85,6 +85,11 @@ macro_rules! text_enum {
             /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// The position in [`Self::ALL`].
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+
             /// The wire and display form.
             pub const fn as_str(self) -> &'static str {
                 match self {

@@ -329,12 +329,13 @@ impl Dispatcher {
         to_commit: &mut Vec<Completion>,
     ) -> usize {
         let ClaimedEntry {
-            stream,
+            stream_index,
             entry_id,
             verdict,
             fields,
             attempt,
         } = claimed;
+        let stream = &self.streams[stream_index];
         match verdict {
             Verdict::Skip => return 0,
             Verdict::Malformed => {
@@ -367,7 +368,7 @@ impl Dispatcher {
                     stream = %stream.key, entry = %entry_id, code = %err.code,
                     "refusing entry: {}", err.message
                 );
-                return match self.executor.refused(err, &stream, entry_id, attempt) {
+                return match self.executor.refused(err, stream, entry_id, attempt) {
                     Some(completion) => {
                         to_commit.push(completion);
                         1
@@ -397,11 +398,6 @@ impl Dispatcher {
         }
 
         let id = entry.id;
-        let stream_index = self
-            .streams
-            .iter()
-            .position(|s| s.key == stream.key)
-            .unwrap_or_default();
         let cancel = self.running.start(id, stream_index, entry_id.clone());
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         let executor = Arc::clone(&self.executor);

@@ -50,7 +50,8 @@ pub enum Verdict {
 /// One claimed entry.
 #[derive(Debug, Clone)]
 pub struct ClaimedEntry {
-    pub stream: StreamRef,
+    /// Its stream's position in the claim's stream list.
+    pub stream_index: usize,
     pub entry_id: String,
     pub verdict: Verdict,
     pub fields: Fields,
@@ -184,7 +185,7 @@ impl Store {
         let mut call = scripts::COMPLETE
             .invocation()
             .key(self.keys.task(class, &completion.id))
-            .key(self.keys.stream(class, completion.priority))
+            .key(self.keys.stream_ref(class, completion.priority))
             .key(self.keys.delayed(class))
             .key(self.keys.dead(class));
         if let Some(reply_to) = &completion.reply_to
@@ -344,9 +345,9 @@ fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claimed, StoreEr
     for entry in entries {
         let mut items = array(entry, "claim")?.into_iter();
         let index = int(items.next().unwrap_or(Value::Nil), "claim")?;
-        let stream = usize::try_from(index - 1)
+        let stream_index = usize::try_from(index - 1)
             .ok()
-            .and_then(|i| streams.get(i))
+            .filter(|&i| i < streams.len())
             .ok_or_else(|| StoreError::Protocol {
                 what: "claim",
                 detail: format!("stream index {index} out of range"),
@@ -368,7 +369,7 @@ fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claimed, StoreEr
         let fields = fields(items.next().unwrap_or(Value::Nil), "claim")?;
         let attempt = int(items.next().unwrap_or(Value::Int(1)), "claim")?;
         claimed.entries.push(ClaimedEntry {
-            stream: stream.clone(),
+            stream_index,
             entry_id,
             verdict,
             fields,
@@ -414,6 +415,7 @@ mod tests {
         let claimed = parse_claimed(reply, &streams).unwrap();
         assert_eq!(claimed.entries.len(), 1);
         assert_eq!(claimed.entries[0].verdict, Verdict::Poison);
+        assert_eq!(claimed.entries[0].stream_index, 0);
         assert_eq!(claimed.entries[0].attempt, 4);
         assert_eq!(
             claimed.entries[0].fields,
