@@ -141,15 +141,15 @@ impl Store {
             Some([]) => return Ok(0),
             Some(ids) => {
                 let mut cmd = redis::cmd("XDEL");
-                cmd.arg(&key).arg(ids);
+                cmd.arg(key).arg(ids);
                 cmd
             }
             None => {
                 let mut len = redis::cmd("XLEN");
-                len.arg(&key);
+                len.arg(key);
                 let count = int(self.single(len).await?, "XLEN")?;
                 let mut del = redis::cmd("DEL");
-                del.arg(&key);
+                del.arg(key);
                 self.single(del).await?;
                 return Ok(u64::try_from(count).unwrap_or(0));
             }
