@@ -347,7 +347,7 @@ impl Dispatcher {
                 if let Err(err) = self
                     .store
                     .bury(
-                        &stream,
+                        stream,
                         &entry_id,
                         &self.worker_id,
                         ErrorCode::BAD_PAYLOAD.as_str(),
