@@ -15,7 +15,8 @@
 --
 -- Nothing is taken beyond `max`, so a worker never holds more than it can
 -- start. Entries are deleted when acknowledged, so a stream of length 0 has
--- nothing to deliver or reclaim: XLEN (cheap) screens streams out first.
+-- nothing to deliver: XLEN (cheap) screens streams out of the new-entry and
+-- aging passes.
 --
 -- KEYS     the worker's task streams, highest priority first
 -- ARGV[1]  consumer group
@@ -43,8 +44,8 @@
 -- last_ids, only when fewer than max were claimed (and asked for), holds the
 -- newest entry id of every stream (0-0 for an empty one), from which the
 -- worker's blocking XREAD waits. gone lists "stream entry-id" of entries
--- the sweep found deleted while pending (Redis drops them from the pending
--- list; the worker logs them).
+-- the take-over or the sweep found deleted while pending (Redis drops them
+-- from the pending list; the worker logs them).
 
 local group, consumer, device = ARGV[1], ARGV[2], ARGV[4]
 local remaining = tonumber(ARGV[3])
@@ -153,9 +154,17 @@ local function take_over(idx, pending)
   if #ids == 0 then
     return
   end
+  local taken = {}
   for _, entry in ipairs(redis.call('XCLAIM', KEYS[idx], group, consumer, 0, unpack(ids))) do
+    taken[entry[1]] = true
     remaining = remaining - 1
     start(idx, entry, counts[entry[1]] + 1)
+  end
+  -- XCLAIM drops entries deleted while pending; say which.
+  for _, id in ipairs(ids) do
+    if not taken[id] then
+      gone[#gone + 1] = KEYS[idx] .. ' ' .. id
+    end
   end
 end
 
@@ -163,7 +172,9 @@ end
 for idx = 1, #KEYS do
   for _, name in ipairs(dead) do
     if name ~= consumer then
-      if remaining > 0 and lengths[idx] > 0 then
+      -- No XLEN screen here: an entry deleted while pending leaves a
+      -- stream of length 0 with something still pending.
+      if remaining > 0 then
         take_over(idx, redis.call('XPENDING', KEYS[idx], group, '-', '+', remaining, name))
       end
       if #redis.call('XPENDING', KEYS[idx], group, '-', '+', 1, name) == 0 then
@@ -179,7 +190,7 @@ if sweep_ms > 0 then
   for idx = 1, #KEYS do
     local cursor = '0-0'
     local rounds = 0
-    while remaining > 0 and lengths[idx] > 0 and rounds < 10 do
+    while remaining > 0 and rounds < 10 do
       rounds = rounds + 1
       local reply = redis.call('XAUTOCLAIM', KEYS[idx], group, consumer, sweep_ms, cursor, 'COUNT', remaining)
       cursor = reply[1]

@@ -401,3 +401,79 @@ async fn sigterm_hands_unfinished_tasks_back_and_another_worker_finishes_them() 
         .unwrap();
     assert!(!registered);
 }
+
+/// XREADGROUP's COUNT applies per stream: a read over several streams can
+/// deliver more than asked. A worker must never hold more than it can start.
+#[tokio::test]
+async fn a_worker_never_holds_more_entries_than_its_slots() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let mut tasks = Vec::new();
+    for priority in tandem_shared::Priority::ALL {
+        for _ in 0..10 {
+            tasks.push(sleep_task(100).priority(*priority));
+        }
+    }
+    let ids = producer.submit_many(tasks).await.unwrap();
+    let worker =
+        WorkerProcess::start(&redis, &[FAST, &[("TANDEM_CONCURRENCY", "3")]].concat()).await;
+    let mut conn = redis.conn().await;
+    let mut most = 0;
+    for _ in 0..40 {
+        let mut held = 0;
+        for priority in tandem_shared::Priority::ALL {
+            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(format!("tandem:{{cpu}}:stream:{priority}"))
+                .arg("workers")
+                .arg("-")
+                .arg("+")
+                .arg(100)
+                .arg(&worker.id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            held += pending.ids.len();
+        }
+        most = most.max(held);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(most <= 3, "held {most} entries with 3 slots");
+    assert!(most > 0, "sampled nothing");
+    for id in ids {
+        producer.wait(id, WAIT).await.unwrap();
+    }
+}
+
+/// An entry deleted while its worker was dead cannot be run again; the
+/// worker that takes the dead worker's entries over says so in its log.
+#[tokio::test]
+async fn a_pending_entry_deleted_behind_a_dead_worker_is_logged() {
+    let redis = RedisServer::start();
+    let victim = WorkerProcess::start(&redis, FAST).await;
+    let producer = redis.producer().await;
+    let id = producer.submit(sleep_task(10_000)).await.unwrap();
+    wait_running_on(&producer, id, &victim).await;
+    victim.signal("KILL");
+    let entry = producer.record(id).await.unwrap().unwrap().entry.unwrap();
+    let mut conn = redis.conn().await;
+    let _: u64 = conn
+        .xdel("tandem:{cpu}:stream:normal", &[&entry])
+        .await
+        .unwrap();
+    let survivor = WorkerProcess::start(&redis, FAST).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the lost entry is logged",
+        || async {
+            survivor
+                .log_text()
+                .contains("deleted from its stream before it finished")
+        },
+    )
+    .await;
+    assert!(
+        survivor.log_text().contains(&entry),
+        "{}",
+        survivor.log_text()
+    );
+}
