@@ -320,3 +320,31 @@ async fn dlq_list_show_requeue_purge() {
     let out = tandem(Some(&redis), &["dlq", "show", "1-1"]);
     assert_eq!(out.status.code(), Some(3));
 }
+
+#[test]
+fn soak_samples_redis_memory_until_every_task_is_done() {
+    let out = tandem(
+        None,
+        &[
+            "soak",
+            "--n",
+            "3000",
+            "--workers",
+            "1",
+            "--result-ttl-s",
+            "1",
+            "--sample-ms",
+            "300",
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("3,000 completed") && text.contains("used_memory"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 failed") || !text.contains("failed"),
+        "{text}"
+    );
+}

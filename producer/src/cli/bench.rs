@@ -109,13 +109,7 @@ pub(crate) async fn run(
         args.n > 1 && args.workers > 0 && args.producers > 0 && args.batch > 0,
         "n > 1, workers, producers and batch > 0"
     );
-    let _redis = if redis_url_given {
-        None
-    } else {
-        let redis = LocalRedis::start()?;
-        config.redis_url = redis.url.clone();
-        Some(redis)
-    };
+    let _redis = LocalRedis::unless_given(&mut config, redis_url_given)?;
     println!(
         "tandem bench: redis {}, {} worker processes x concurrency {}, {} producer(s), {} per submit call, N = {}",
         config.redis_url_redacted(),
@@ -274,16 +268,7 @@ async fn start_workers(
     count: usize,
     env: &[(&str, String)],
 ) -> anyhow::Result<LocalWorkers> {
-    let mut workers = LocalWorkers::start(count, env, None)?;
-    let started = Instant::now();
-    while store.workers().await?.len() < count {
-        workers.check_alive()?;
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "workers did not register within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let workers = LocalWorkers::start_registered(store, count, env).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(workers)
 }

@@ -43,18 +43,14 @@ pub(crate) async fn run(
     redis_url_given: bool,
     args: DemoArgs,
 ) -> anyhow::Result<ExitCode> {
-    let _redis = if redis_url_given {
-        println!("using Redis at {}", config.redis_url_redacted());
-        None
-    } else {
-        let redis = LocalRedis::start()?;
-        println!(
+    let _redis = LocalRedis::unless_given(&mut config, redis_url_given)?;
+    match &_redis {
+        Some(redis) => println!(
             "started a local redis-server at {} (set REDIS_URL to use your own)",
             redis.url
-        );
-        config.redis_url = redis.url.clone();
-        Some(redis)
-    };
+        ),
+        None => println!("using Redis at {}", config.redis_url_redacted()),
+    }
     // A prefix of its own, so the demo never touches real queues.
     config.prefix = format!("{}-demo-{}", config.prefix, std::process::id());
     let store = Store::connect(&config).await?;
@@ -65,16 +61,7 @@ pub(crate) async fn run(
         ("TANDEM_CONCURRENCY", args.concurrency.to_string()),
         ("TANDEM_LOG_LEVEL", "warn".to_owned()),
     ];
-    let mut workers = LocalWorkers::start(args.workers, &env, None)?;
-    let started = Instant::now();
-    while store.workers().await?.len() < args.workers {
-        workers.check_alive()?;
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(20),
-            "workers did not register within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut workers = LocalWorkers::start_registered(&store, args.workers, &env).await?;
     println!(
         "started {} workers x concurrency {} (prefix {})",
         args.workers, args.concurrency, config.prefix

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use std::os::unix::process::CommandExt;
+use tandem_shared::Config;
+use tandem_shared::store::Store;
 
 /// A `redis-server` started for this run, without persistence.
 #[derive(Debug)]
@@ -19,6 +21,16 @@ pub(crate) struct LocalRedis {
 }
 
 impl LocalRedis {
+    /// Starts one unless the user named a Redis, and points `config` at it.
+    pub fn unless_given(config: &mut Config, given: bool) -> anyhow::Result<Option<Self>> {
+        if given {
+            return Ok(None);
+        }
+        let redis = Self::start()?;
+        config.redis_url = redis.url.clone();
+        Ok(Some(redis))
+    }
+
     pub fn start() -> anyhow::Result<Self> {
         let binary = find_on_path("redis-server").ok_or_else(|| {
             anyhow::anyhow!(
@@ -114,6 +126,24 @@ impl LocalWorkers {
                 .spawn()
                 .with_context(|| format!("starting {}", binary.display()))?;
             workers.children.push((id, child));
+        }
+        Ok(workers)
+    }
+
+    /// Starts `count` workers and waits until every one is registered.
+    pub async fn start_registered(
+        store: &Store,
+        count: usize,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let mut workers = Self::start(count, env, None)?;
+        let started = Instant::now();
+        while store.workers().await?.len() < count {
+            workers.check_alive()?;
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("workers did not register within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(workers)
     }

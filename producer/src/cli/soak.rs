@@ -45,13 +45,7 @@ pub(crate) async fn run(
     redis_url_given: bool,
     args: SoakArgs,
 ) -> anyhow::Result<ExitCode> {
-    let _redis = if redis_url_given {
-        None
-    } else {
-        let redis = LocalRedis::start()?;
-        config.redis_url = redis.url.clone();
-        Some(redis)
-    };
+    let _redis = LocalRedis::unless_given(&mut config, redis_url_given)?;
     config.prefix = format!("{}-soak-{}", config.prefix, std::process::id());
     config.result_ttl_s = args.result_ttl_s;
     config.reply_ttl_s = args.result_ttl_s.max(1);
@@ -64,16 +58,8 @@ pub(crate) async fn run(
         ("TANDEM_REPLY_TTL_S", args.result_ttl_s.max(1).to_string()),
         ("TANDEM_LOG_LEVEL", "warn".to_owned()),
     ];
-    let mut workers = LocalWorkers::start(args.workers, &env, None)?;
+    let mut workers = LocalWorkers::start_registered(&store, args.workers, &env).await?;
     let started = Instant::now();
-    while store.workers().await?.len() < args.workers {
-        workers.check_alive()?;
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "workers did not register"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     println!(
         "soak: {} no-op tasks, {} workers x {}, records kept {} s, Redis {}",
         table::thousands(args.n),
