@@ -8,6 +8,7 @@
 //! Redis twice for one task; when idle it sleeps in the [`Waker`] until a
 //! task arrives, a retry falls due or a worker dies.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -58,6 +59,22 @@ pub(crate) struct Dispatcher {
     pub dead_workers: mpsc::UnboundedReceiver<Vec<String>>,
 }
 
+/// Queues a finished task's commit, unless its lease was lost: then its
+/// outcome is dropped (the worker that took it over commits).
+fn finished(
+    done: Completion,
+    lost: &mut HashSet<TaskId>,
+    to_commit: &mut Vec<Completion>,
+    held: &mut usize,
+) {
+    if lost.remove(&done.id) {
+        *held -= 1;
+        tracing::info!(task = %done.id, "outcome dropped: the task's lease was lost");
+    } else {
+        to_commit.push(done);
+    }
+}
+
 /// How a worker's run ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -89,10 +106,13 @@ impl Dispatcher {
         let mut retry_at: Option<Instant> = None;
         let mut retry_delay = RETRY_MIN;
         let mut drain_deadline: Option<Instant> = None;
+        // Tasks whose lease another worker took over (or whose entry is
+        // gone): their outcome here is dropped, not committed.
+        let mut lost_tasks: HashSet<TaskId> = HashSet::new();
 
         loop {
             while let Ok(done) = done_rx.try_recv() {
-                to_commit.push(done);
+                finished(done, &mut lost_tasks, &mut to_commit, &mut held);
             }
             let now = Instant::now();
             let draining = drain_deadline.is_some();
@@ -162,6 +182,7 @@ impl Dispatcher {
                             Some(Ok(lost)) if !lost.is_empty() => {
                                 for id in self.running.stop_entries(&lost) {
                                     tracing::warn!(task = %id, "lease lost (another worker took the task over); stopping it");
+                                    lost_tasks.insert(id);
                                 }
                             }
                             Some(Err(err)) => tracing::warn!("lease extension failed: {err}"),
@@ -237,7 +258,7 @@ impl Dispatcher {
                 wake_at = wake_at.min(deadline);
             }
             tokio::select! {
-                Some(done) = done_rx.recv() => to_commit.push(done),
+                Some(done) = done_rx.recv() => finished(done, &mut lost_tasks, &mut to_commit, &mut held),
                 () = waker.woken(), if !draining => may_have_work = true,
                 Some(dead) = self.dead_workers.recv(), if !draining => {
                     if !dead.is_empty() {
