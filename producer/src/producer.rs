@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tandem_shared::signature::Signer;
-use tandem_shared::store::{CancelOutcome, Store, StoreError};
+use tandem_shared::store::{CancelOutcome, Store, StoreError, Submitted};
 use tandem_shared::wire::{NewTask, TaskRecord};
 use tandem_shared::{Config, Status, TaskId};
 use tokio::sync::oneshot;
@@ -172,46 +172,47 @@ impl Producer {
 
     /// Submits one task; returns its id once its entry is in Redis.
     pub async fn submit(&self, task: Task) -> Result<TaskId, ProducerError> {
-        let mut ids = self.submit_many(vec![task]).await?;
-        ids.pop().ok_or_else(|| {
-            ProducerError::Store(StoreError::Protocol {
-                what: "submit",
-                detail: "no reply".into(),
-            })
-        })
+        self.submit_many(vec![task])
+            .await?
+            .pop()
+            .ok_or_else(no_reply)
     }
 
     /// Submits tasks in one round trip. Every task is checked first; if one
     /// is invalid, nothing is sent.
     pub async fn submit_many(&self, tasks: Vec<Task>) -> Result<Vec<TaskId>, ProducerError> {
-        let inner = &self.inner;
         let tasks = self.prepare(tasks)?;
-        // Safe to repeat: a task id that already has a record is not
-        // submitted twice.
-        let submitted = inner
-            .retry(|| {
-                inner
-                    .store
-                    .submit_many(&tasks, &inner.producer_id, Some(&inner.reply_key))
-            })
-            .await?;
-        submitted
+        self.send(&tasks)
+            .await?
             .into_iter()
             .map(|s| s.map(|s| s.id).map_err(ProducerError::from))
             .collect()
+    }
+
+    /// Sends prepared tasks, retrying while Redis is unreachable. Safe to
+    /// repeat: a task id that already has a record is not submitted twice.
+    async fn send(
+        &self,
+        tasks: &[NewTask],
+    ) -> Result<Vec<Result<Submitted, StoreError>>, ProducerError> {
+        let inner = &self.inner;
+        Ok(inner
+            .retry(|| {
+                inner
+                    .store
+                    .submit_many(tasks, &inner.producer_id, Some(&inner.reply_key))
+            })
+            .await?)
     }
 
     /// Submits one task and returns an awaitable handle on it. The wait is
     /// registered before the task is sent, so awaiting the handle costs no
     /// Redis command beyond the submit.
     pub async fn submit_handle(&self, task: Task) -> Result<TaskHandle, ProducerError> {
-        let mut handles = self.submit_handles(vec![task]).await?;
-        handles.pop().ok_or_else(|| {
-            ProducerError::Store(StoreError::Protocol {
-                what: "submit",
-                detail: "no reply".into(),
-            })
-        })
+        self.submit_handles(vec![task])
+            .await?
+            .pop()
+            .ok_or_else(no_reply)
     }
 
     /// [`Producer::submit_many`], returning awaitable handles.
@@ -221,15 +222,7 @@ impl Producer {
         self.ensure_listener(&inner.reply_key).await?;
         let mut registrations: Vec<Registration> =
             tasks.iter().map(|t| self.register(t.id)).collect();
-        // Safe to repeat: a task id that already has a record is not
-        // submitted twice.
-        let submitted = inner
-            .retry(|| {
-                inner
-                    .store
-                    .submit_many(&tasks, &inner.producer_id, Some(&inner.reply_key))
-            })
-            .await?;
+        let submitted = self.send(&tasks).await?;
         let mut handles = Vec::with_capacity(tasks.len());
         for (submitted, registration) in submitted.into_iter().zip(registrations.drain(..)) {
             let submitted = submitted?;
@@ -464,6 +457,13 @@ impl Drop for WaiterGuard {
             }
         }
     }
+}
+
+fn no_reply() -> ProducerError {
+    ProducerError::Store(StoreError::Protocol {
+        what: "submit",
+        detail: "no reply".into(),
+    })
 }
 
 fn lock(waiters: &Mutex<Waiters>) -> std::sync::MutexGuard<'_, Waiters> {
