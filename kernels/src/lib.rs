@@ -8,8 +8,13 @@
 //!   `patterns`, `portfolio_opt`, `mlp`), holding the launch code and the CPU
 //!   twin side by side.
 //!
+//! - [`driver`]: the CUDA driver, loaded at run time: GPUs it sees, a
+//!   health probe, what an error means for the device.
+//!
 //! Architecture invariant: this crate knows nothing about Redis, the wire
 //! format or workers. It turns parameters into results on a device.
 
 /// The crate's version, so the worker can report what it was built with.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub mod driver;

@@ -13,6 +13,16 @@
 --    tasks whose next entry has waited at least aging_ms (when asked);
 -- 5. the main pass: new entries in stream order, highest priority first.
 --
+-- Routing: each stream comes with the worker's rule for its class (see
+-- shared/src/routing.rs), and the claim carries the worker's free device
+-- memory. An entry is taken only when the rule admits it: it fits the free
+-- memory, the class's per-claim limit is not reached, and one of the rule's
+-- clauses holds (it has waited long enough, and declares more memory than
+-- the clause's floor). Entries are taken in order, so a stream whose next
+-- entry is refused is passed over; the reply says why (`blocked`). Taken-over
+-- entries (reap, sweep) are judged by the same rule, their wait being their
+-- idle time.
+--
 -- Nothing is taken beyond `max`, so a worker never holds more than it can
 -- start. Entries are deleted when acknowledged, so a stream of length 0 has
 -- nothing to deliver: XLEN (cheap) screens streams out of the new-entry and
@@ -30,10 +40,13 @@
 -- ARGV[8]  max deliveries: an entry delivered more often than this (its
 --          workers died running it) is poison, not started
 -- ARGV[9]  1 to promote due retries
--- ARGV[10] number of dead consumers that follow
--- ARGV[11..] dead consumers
+-- ARGV[10] free device memory, bytes (-1: no limit)
+-- ARGV[11] number of dead consumers that follow
+-- ARGV[12..] dead consumers, then one rule per key: `off`, or `limit=N`
+--          (optional) then clauses `AGE/OVER` (ms waited, memory floor in
+--          bytes, -1 for none): `0/-1` takes everything at once
 --
--- Returns {claimed, last_ids, gone}. claimed holds {stream index, entry id,
+-- Returns {claimed, last_ids, gone, blocked}. claimed holds {stream index, entry id,
 -- verdict, fields, attempt} per entry; verdict is
 --   run        started: the record says running, on this worker
 --   expired    past its deadline; not started (the worker records it)
@@ -45,7 +58,10 @@
 -- newest entry id of every stream (0-0 for an empty one), from which the
 -- worker's blocking XREAD waits. gone lists "stream entry-id" of entries
 -- the take-over or the sweep found deleted while pending (Redis drops them
--- from the pending list; the worker logs them).
+-- from the pending list; the worker logs them). blocked holds, per stream,
+-- why its next entry was not taken: 0 (it was, or the stream is empty or
+-- off), N > 0 (a clause admits it in N ms), -1 (it does not fit the free
+-- memory), -2 (no clause admits it).
 
 local group, consumer, device = ARGV[1], ARGV[2], ARGV[4]
 local remaining = tonumber(ARGV[3])
@@ -54,13 +70,97 @@ local want_last_ids = ARGV[6] == '1'
 local sweep_ms = tonumber(ARGV[7]) or 0
 local max_deliveries = tonumber(ARGV[8]) or 3
 local promote = ARGV[9] == '1'
+local free_mem = tonumber(ARGV[10]) or -1
+local dead_count = tonumber(ARGV[11]) or 0
 local dead = {}
-for i = 11, 10 + (tonumber(ARGV[10]) or 0) do
+for i = 12, 11 + dead_count do
   dead[#dead + 1] = ARGV[i]
 end
 local now = now_ms()
 local claimed = {}
 local gone = {}
+local blocked = {}
+local any_blocked = false
+
+-- Rules, one per stream. A plain rule (take everything at once) with no
+-- memory limit needs no look at the entries before reading them.
+local rules = {}
+for idx = 1, #KEYS do
+  local text = ARGV[11 + dead_count + idx] or '0/-1'
+  local rule = {limit = 0, clauses = {}, base = base_of(KEYS[idx]) or ''}
+  if text ~= 'off' then
+    for token in string.gmatch(text, '%S+') do
+      local limit = string.match(token, '^limit=(%d+)$')
+      if limit then
+        rule.limit = tonumber(limit)
+      else
+        local age, over = string.match(token, '^(%d+)/(%-?%d+)$')
+        if age then
+          rule.clauses[#rule.clauses + 1] = {tonumber(age), tonumber(over)}
+        end
+      end
+    end
+  end
+  rule.off = #rule.clauses == 0
+  rule.plain = free_mem < 0 and rule.limit == 0 and #rule.clauses == 1
+    and rule.clauses[1][1] == 0 and rule.clauses[1][2] < 0
+  rules[idx] = rule
+  blocked[idx] = 0
+end
+local taken_per_class = {}
+
+-- Whether stream idx's rule admits an entry with these fields that has
+-- waited age ms. Returns true, or false and the `blocked` code.
+local function admits(idx, fields, age)
+  local rule = rules[idx]
+  if rule.off then
+    return false, -2
+  end
+  if rule.plain then
+    return true
+  end
+  if rule.limit > 0 and (taken_per_class[rule.base] or 0) >= rule.limit then
+    return false, -2
+  end
+  local mem = tonumber(field(fields, 'memory_bytes') or '0') or 0
+  if free_mem >= 0 and mem > free_mem then
+    return false, -1
+  end
+  local wait = nil
+  for _, clause in ipairs(rule.clauses) do
+    if clause[2] < 0 or mem > clause[2] then
+      if age >= clause[1] then
+        return true
+      end
+      if wait == nil or clause[1] - age < wait then
+        wait = clause[1] - age
+      end
+    end
+  end
+  return false, wait or -2
+end
+
+-- Books an admitted entry against the class limit and the free memory.
+local function book(idx, fields)
+  local rule = rules[idx]
+  taken_per_class[rule.base] = (taken_per_class[rule.base] or 0) + 1
+  if free_mem >= 0 then
+    free_mem = math.max(0, free_mem - (tonumber(field(fields, 'memory_bytes') or '0') or 0))
+  end
+end
+
+local function refuse(idx, code)
+  if blocked[idx] == 0 then
+    blocked[idx] = code
+    any_blocked = true
+  end
+end
+
+-- How long ago (ms) an entry id was added.
+local function waited(entry_id)
+  local added = tonumber(string.match(entry_id, '^(%d+)')) or now
+  return now - added
+end
 
 -- 1. Promote due retries.
 if promote then
@@ -113,6 +213,9 @@ local function start(idx, entry, deliveries)
   local entry_id, fields = entry[1], entry[2]
   local id = field(fields, 'id')
   local attempt = (tonumber(field(fields, 'attempt') or '1') or 1) + deliveries - 1
+  -- Hand-backs from failed devices count as deliveries: a task that fails
+  -- every device it touches is poison too.
+  local interrupted = tonumber(field(fields, 'interrupted') or '0') or 0
   local verdict
   if not id or not is_task_id(id) then
     verdict = 'malformed'
@@ -126,7 +229,7 @@ local function start(idx, entry, deliveries)
       redis.call('XACK', KEYS[idx], group, entry_id)
       redis.call('XDEL', KEYS[idx], entry_id)
       verdict = 'skip'
-    elseif deliveries > max_deliveries then
+    elseif deliveries + interrupted > max_deliveries then
       redis.call('HSET', record, 'owner', owner)
       verdict = 'poison'
     else
@@ -144,12 +247,32 @@ local function start(idx, entry, deliveries)
   claimed[#claimed + 1] = {idx, entry_id, verdict, fields, attempt}
 end
 
--- Takes over entries already pending, keeping their delivery counts.
+-- Takes over entries already pending ({id, consumer, idle, deliveries}
+-- from XPENDING), keeping their delivery counts; those the stream's rule
+-- refuses stay where they are.
 local function take_over(idx, pending)
   local ids, counts = {}, {}
   for _, p in ipairs(pending) do
-    ids[#ids + 1] = p[1]
-    counts[p[1]] = p[4]
+    if remaining - #ids <= 0 then
+      break
+    end
+    local admitted, why = true, 0
+    if not rules[idx].plain then
+      local fields = entry_fields(KEYS[idx], p[1])
+      -- A deleted entry is taken too, so XCLAIM reports it gone.
+      if #fields > 0 then
+        admitted, why = admits(idx, fields, p[3])
+        if admitted then
+          book(idx, fields)
+        end
+      end
+    end
+    if admitted then
+      ids[#ids + 1] = p[1]
+      counts[p[1]] = p[4]
+    else
+      refuse(idx, why)
+    end
   end
   if #ids == 0 then
     return
@@ -170,43 +293,67 @@ end
 
 -- 2. Reap dead workers.
 for idx = 1, #KEYS do
-  for _, name in ipairs(dead) do
-    if name ~= consumer then
-      -- No XLEN screen here: an entry deleted while pending leaves a
-      -- stream of length 0 with something still pending.
-      if remaining > 0 then
-        take_over(idx, redis.call('XPENDING', KEYS[idx], group, '-', '+', remaining, name))
-      end
-      if #redis.call('XPENDING', KEYS[idx], group, '-', '+', 1, name) == 0 then
-        redis.call('XGROUP', 'DELCONSUMER', KEYS[idx], group, name)
+  if not rules[idx].off then
+    for _, name in ipairs(dead) do
+      if name ~= consumer then
+        -- No XLEN screen here: an entry deleted while pending leaves a
+        -- stream of length 0 with something still pending.
+        if remaining > 0 then
+          take_over(idx, redis.call('XPENDING', KEYS[idx], group, '-', '+', 100, name))
+        end
+        if #redis.call('XPENDING', KEYS[idx], group, '-', '+', 1, name) == 0 then
+          redis.call('XGROUP', 'DELCONSUMER', KEYS[idx], group, name)
+        end
       end
     end
   end
 end
 
 -- 3. Sweep entries whose lease ran out. XAUTOCLAIM looks at no more than
--- ten times COUNT pending entries a call, so follow its cursor.
+-- ten times COUNT pending entries a call, so follow its cursor. A stream
+-- with a rule looks at the idle entries first and takes those it admits.
 if sweep_ms > 0 then
   for idx = 1, #KEYS do
-    local cursor = '0-0'
-    local rounds = 0
-    while remaining > 0 and rounds < 10 do
-      rounds = rounds + 1
-      local reply = redis.call('XAUTOCLAIM', KEYS[idx], group, consumer, sweep_ms, cursor, 'COUNT', remaining)
-      cursor = reply[1]
-      for _, entry in ipairs(reply[2]) do
-        local info = redis.call('XPENDING', KEYS[idx], group, entry[1], entry[1], 1)
-        remaining = remaining - 1
-        start(idx, entry, info[1] and info[1][4] or 1)
+    if rules[idx].plain then
+      local cursor = '0-0'
+      local rounds = 0
+      while remaining > 0 and rounds < 10 do
+        rounds = rounds + 1
+        local reply = redis.call('XAUTOCLAIM', KEYS[idx], group, consumer, sweep_ms, cursor, 'COUNT', remaining)
+        cursor = reply[1]
+        for _, entry in ipairs(reply[2]) do
+          local info = redis.call('XPENDING', KEYS[idx], group, entry[1], entry[1], 1)
+          remaining = remaining - 1
+          start(idx, entry, info[1] and info[1][4] or 1)
+        end
+        for _, id in ipairs(reply[3] or {}) do
+          gone[#gone + 1] = KEYS[idx] .. ' ' .. id
+        end
+        if cursor == '0-0' then
+          break
+        end
       end
-      for _, id in ipairs(reply[3] or {}) do
-        gone[#gone + 1] = KEYS[idx] .. ' ' .. id
+    elseif not rules[idx].off and remaining > 0 then
+      local idle = {}
+      for _, p in ipairs(redis.call('XPENDING', KEYS[idx], group, 'IDLE', sweep_ms, '-', '+', 100)) do
+        if p[2] ~= consumer then
+          idle[#idle + 1] = p
+        end
       end
-      if cursor == '0-0' then
-        break
-      end
+      take_over(idx, idle)
     end
   end
+end
+
+-- The next entries no worker has been given yet, oldest first.
+local function waiting(idx, count)
+  local last_delivered = '0-0'
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[idx])) do
+    if field(info, 'name') == group then
+      last_delivered = field(info, 'last-delivered-id')
+    end
+  end
+  return redis.call('XRANGE', KEYS[idx], '(' .. last_delivered, '+', 'COUNT', count)
 end
 
 local function read(idx, count)
@@ -220,6 +367,31 @@ local function read(idx, count)
   end
 end
 
+-- Reads up to `count` entries the stream's rule admits, in order, stopping
+-- at the first it refuses.
+local function read_admitted(idx, count)
+  if rules[idx].off then
+    return
+  end
+  if rules[idx].plain then
+    read(idx, count)
+    return
+  end
+  local admitted = 0
+  for _, entry in ipairs(waiting(idx, count)) do
+    local ok, why = admits(idx, entry[2], waited(entry[1]))
+    if not ok then
+      refuse(idx, why)
+      break
+    end
+    book(idx, entry[2])
+    admitted = admitted + 1
+  end
+  if admitted > 0 then
+    read(idx, admitted)
+  end
+end
+
 -- 4. Aging: the first stream with waiting entries is served by the main pass
 -- anyway. Of the streams below it, those whose next waiting entry has waited
 -- at least aging_ms get one task each, the longest-waiting first.
@@ -227,14 +399,8 @@ if aging_ms > 0 and remaining > 0 then
   local first_waiting = nil
   local aged = {}
   for idx = 1, #KEYS do
-    if lengths[idx] > 0 then
-      local last_delivered = '0-0'
-      for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[idx])) do
-        if field(info, 'name') == group then
-          last_delivered = field(info, 'last-delivered-id')
-        end
-      end
-      local next_entry = redis.call('XRANGE', KEYS[idx], '(' .. last_delivered, '+', 'COUNT', 1)
+    if lengths[idx] > 0 and not rules[idx].off then
+      local next_entry = waiting(idx, 1)
       if #next_entry > 0 then
         if first_waiting == nil then
           first_waiting = idx
@@ -250,7 +416,7 @@ if aging_ms > 0 and remaining > 0 then
   table.sort(aged, function(a, b) return a[2] < b[2] end)
   for _, candidate in ipairs(aged) do
     if remaining <= 0 then break end
-    read(candidate[1], 1)
+    read_admitted(candidate[1], 1)
   end
 end
 
@@ -258,7 +424,7 @@ end
 for idx = 1, #KEYS do
   if remaining <= 0 then break end
   if lengths[idx] > 0 then
-    read(idx, remaining)
+    read_admitted(idx, remaining)
   end
 end
 
@@ -274,4 +440,7 @@ if remaining > 0 and want_last_ids then
     end
   end
 end
-return {claimed, last_ids, gone}
+if not any_blocked then
+  blocked = {}
+end
+return {claimed, last_ids, gone, blocked}

@@ -9,6 +9,10 @@
 --   dead   the entry goes to the class's dead-letter stream with the reason
 --          and the attempt history; the record ends `failed`; the producer is
 --          notified
+--   handback  the entry goes back to the end of its stream at once, its
+--          `memory_bytes` raised to at least ARGV[11] (the device it ran on
+--          ran out of memory); the record says `queued` again and its
+--          history notes the attempt as `handed_back`. Not a failed attempt.
 -- In every case the entry is acknowledged and deleted. A record that is
 -- already final is left alone, and a cancel requested while the task ran
 -- turns any outcome into `cancelled`.
@@ -27,8 +31,9 @@
 -- ARGV[7]  largest result, bytes, carried inside the notice
 -- ARGV[8]  task id
 -- ARGV[9]  status: succeeded, failed, cancelled or expired
--- ARGV[10] disposition: final, retry or dead
--- ARGV[11] for retry: ms from now until the retry is due
+-- ARGV[10] disposition: final, retry, dead or handback
+-- ARGV[11] for retry: ms from now until the retry is due; for handback: the
+--          least memory_bytes the entry goes back with
 -- ARGV[12] dead-letter stream approximate max length
 -- ARGV[13] attempt number
 -- ARGV[14..] record pairs (worker, device, run_us, result_bytes and result,
@@ -89,6 +94,44 @@ local function outcome(name)
     end
   end
   return nil
+end
+
+if disposition == 'handback' then
+  local fields = entry_fields(stream_key, entry_id)
+  if #fields > 0 then
+    local min_memory = tonumber(ARGV[11]) or 0
+    local entry = {stream_key, '*'}
+    local has_memory = false
+    for i = 1, #fields, 2 do
+      local value = fields[i + 1]
+      if fields[i] == 'memory_bytes' then
+        has_memory = true
+        if (tonumber(value) or 0) < min_memory then
+          value = int(min_memory)
+        end
+      end
+      entry[#entry + 1] = fields[i]
+      entry[#entry + 1] = value
+    end
+    if not has_memory then
+      entry[#entry + 1] = 'memory_bytes'
+      entry[#entry + 1] = int(min_memory)
+    end
+    local new_id = redis.call('XADD', unpack(entry))
+    if current[3] then
+      add_history(record_key, {attempt = ARGV[13], started_at_ms = current[3],
+        finished_at_ms = int(now), status = 'handed_back', worker = outcome('worker'),
+        device = outcome('device'), error_code = outcome('error_code'),
+        error_message = outcome('error_message')})
+    end
+    redis.call('HSET', record_key, 'status', 'queued', 'entry', new_id)
+    redis.call('HDEL', record_key, 'started_at_ms', 'worker', 'device', 'owner')
+    redis.call('XACK', stream_key, group, entry_id)
+    redis.call('XDEL', stream_key, entry_id)
+    return 1
+  end
+  -- The entry vanished while running; nothing to hand back.
+  disposition = 'dead'
 end
 
 -- The attempt, for the history: kept for tasks that needed more than one

@@ -7,12 +7,14 @@
 //! setting with its variable, default and meaning; `tandem config` prints it
 //! and the README's table is that list.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::{DeviceSelector, Role};
 use crate::task::Class;
 
 /// Why a configuration could not be loaded.
@@ -113,6 +115,65 @@ impl SettingValue for Vec<Class> {
     fn show_setting(&self) -> String {
         self.iter()
             .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl SettingValue for DeviceSelector {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map_err(|e: crate::task::ParseError| e.to_string())
+    }
+    fn show_setting(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Serialize for DeviceSelector {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSelector {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A TOML integer is an index too.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Index(u32),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Index(i) => Ok(DeviceSelector::Index(i)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl SettingValue for Option<Role> {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "" | "auto" => Ok(None),
+            other => other
+                .parse()
+                .map(Some)
+                .map_err(|e: crate::task::ParseError| e.to_string()),
+        }
+    }
+    fn show_setting(&self) -> String {
+        self.map_or_else(|| "auto".to_owned(), |r| r.to_string())
+    }
+}
+
+impl SettingValue for BTreeMap<String, Role> {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        crate::device::parse_role_pins(text)
+    }
+    fn show_setting(&self) -> String {
+        self.iter()
+            .map(|(uuid, role)| format!("{uuid}={role}"))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -275,6 +336,34 @@ settings! {
     aging_ms: u64 = 30_000, "TANDEM_AGING_MS";
     /// How long a stopping worker lets its running tasks finish (ms).
     shutdown_grace_ms: u64 = 30_000, "TANDEM_SHUTDOWN_GRACE_MS";
+    /// The device a worker runs on: `cpu`, a GPU's UUID (or a unique prefix), or its index among the visible GPUs (`tandem-worker detect` lists them).
+    device: DeviceSelector = DeviceSelector::Cpu, "TANDEM_DEVICE";
+    /// A GPU worker's role (`heavy`, `light`, `both`); `auto` assigns it from the host's GPUs' capability.
+    role: Option<Role> = None, "TANDEM_ROLE";
+    /// Roles pinned by GPU UUID, over the capability ranking: a TOML table, or `GPU-a=heavy,GPU-b=light`.
+    device_roles: BTreeMap<String, Role> = BTreeMap::new(), "TANDEM_DEVICE_ROLES";
+    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`.
+    simulate_gpus: String = String::new(), "TANDEM_SIMULATE_GPUS";
+    /// Share of a GPU's memory kept free of tasks, for the CUDA context and fragmentation (percent).
+    device_memory_reserve_pct: u32 = 10, "TANDEM_DEVICE_MEMORY_RESERVE_PCT";
+    /// A heavy task waiting this long while the primary GPU is busy goes to the secondary if it fits, else the CPU worker (ms).
+    heavy_spill_ms: u64 = 2_000, "TANDEM_HEAVY_SPILL_MS";
+    /// A light task waiting this long goes to an idle primary GPU, one at a time (ms).
+    light_help_ms: u64 = 500, "TANDEM_LIGHT_HELP_MS";
+    /// A GPU task waiting this long goes to a CPU worker, the last resort (ms; 0 = only when no GPU can take it).
+    cpu_fallback_ms: u64 = 30_000, "TANDEM_CPU_FALLBACK_MS";
+    /// A GPU task running longer than this means the device hung: it is marked failed and its tasks handed back (ms; 0 = off).
+    device_watchdog_ms: u64 = 0, "TANDEM_DEVICE_WATCHDOG_MS";
+    /// First wait between health probes of a device that failed; doubles up to `probe_backoff_max_ms` (ms).
+    probe_backoff_ms: u64 = 1_000, "TANDEM_PROBE_BACKOFF_MS";
+    /// Longest wait between health probes (ms).
+    probe_backoff_max_ms: u64 = 30_000, "TANDEM_PROBE_BACKOFF_MAX_MS";
+    /// `tandem-worker fleet` also runs a CPU worker.
+    fleet_cpu_worker: bool = true, "TANDEM_FLEET_CPU_WORKER";
+    /// First wait before the fleet restarts a worker that died; doubles up to `fleet_restart_max_ms` (ms).
+    fleet_restart_ms: u64 = 1_000, "TANDEM_FLEET_RESTART_MS";
+    /// Longest wait before a restart (ms).
+    fleet_restart_max_ms: u64 = 30_000, "TANDEM_FLEET_RESTART_MAX_MS";
     /// Also run the fault-injection kinds `panic` and `abort` (tests and demos only: `abort` kills the worker).
     test_kinds: bool = false, "TANDEM_TEST_KINDS";
     /// CA certificate (PEM file) to verify a `rediss://` server with; empty: the system's roots.
@@ -395,7 +484,30 @@ impl Config {
                 "must be longer than heartbeat_interval_ms",
             );
         }
+        if let Err(err) = crate::device::parse_simulated(&self.simulate_gpus) {
+            return invalid("simulate_gpus", &err.to_string());
+        }
+        if let Err(message) = crate::device::check_role_pins(&self.device_roles) {
+            return invalid("device_roles", &message);
+        }
+        if self.role == Some(Role::Cpu) {
+            return invalid(
+                "role",
+                "a GPU worker's role is heavy, light or both; a CPU worker is `device = cpu`",
+            );
+        }
+        if self.device_memory_reserve_pct > 90 {
+            return invalid("device_memory_reserve_pct", "must be at most 90");
+        }
+        if self.probe_backoff_max_ms < self.probe_backoff_ms {
+            return invalid("probe_backoff_max_ms", "must be at least probe_backoff_ms");
+        }
+        if self.fleet_restart_max_ms < self.fleet_restart_ms {
+            return invalid("fleet_restart_max_ms", "must be at least fleet_restart_ms");
+        }
         for (name, value) in [
+            ("probe_backoff_ms", self.probe_backoff_ms),
+            ("fleet_restart_ms", self.fleet_restart_ms),
             ("block_ms", self.block_ms),
             ("redis_timeout_ms", self.redis_timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
@@ -417,6 +529,15 @@ impl Config {
             self.concurrency
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The routing bounds.
+    pub fn routing_policy(&self) -> crate::routing::Policy {
+        crate::routing::Policy {
+            spill_ms: self.heavy_spill_ms,
+            help_ms: self.light_help_ms,
+            cpu_fallback_ms: self.cpu_fallback_ms,
         }
     }
 
@@ -543,6 +664,51 @@ mod tests {
         assert!(err.to_string().contains("prefix"), "{err}");
         let err = load(&[("TANDEM_HEARTBEAT_TTL_MS", "10")], None).unwrap_err();
         assert!(err.to_string().contains("heartbeat_ttl_ms"), "{err}");
+    }
+
+    #[test]
+    fn device_settings_read_from_file_and_env() {
+        let dir = std::env::temp_dir().join(format!("tandem-config-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gpu.toml");
+        std::fs::write(
+            &path,
+            "device = 1\nrole = \"light\"\n[device_roles]\n\"GPU-abc\" = \"heavy\"\n",
+        )
+        .unwrap();
+        let config = load(&[], Some(&path)).unwrap();
+        assert_eq!(config.device, DeviceSelector::Index(1));
+        assert_eq!(config.role, Some(Role::Light));
+        assert_eq!(config.device_roles.get("GPU-abc"), Some(&Role::Heavy));
+
+        let config = load(
+            &[
+                ("TANDEM_DEVICE", "GPU-1234"),
+                ("TANDEM_ROLE", "auto"),
+                ("TANDEM_DEVICE_ROLES", "GPU-a=light,GPU-b=both"),
+            ],
+            Some(&path),
+        )
+        .unwrap();
+        assert_eq!(config.device, DeviceSelector::Uuid("GPU-1234".into()));
+        assert_eq!(config.role, None);
+        assert_eq!(config.device_roles.len(), 2);
+        assert!(
+            config
+                .to_string()
+                .contains("device_roles = GPU-a=light,GPU-b=both")
+        );
+
+        for (var, value, needle) in [
+            ("TANDEM_SIMULATE_GPUS", "RTX, 12 GiB", "TFLOPS"),
+            ("TANDEM_DEVICE_ROLES", "GPU-a=cpu", "device_roles"),
+            ("TANDEM_ROLE", "cpu", "role"),
+            ("TANDEM_ROLE", "boss", "boss"),
+        ] {
+            let err = load(&[(var, value)], None).unwrap_err().to_string();
+            assert!(err.contains(needle), "{var}={value}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`task`]: ids, classes, priorities, statuses, error codes.
 //! - [`kind`]: the [`kind::KindSpec`] contract of a task kind, and the
 //!   built-in kinds (`noop`, `sleep`, `echo`, `fail`).
+//! - [`device`]: GPUs, capability scores, roles, simulated GPUs.
+//! - [`routing`]: which waiting tasks a worker takes, from the registry.
 //! - [`wire`]: the fields of entries, records and notices (wire format v1).
 //! - [`keys`]: every Redis key name.
 //! - [`scripts`]: the Lua scripts of `shared/lua/`, loaded and verified.
@@ -33,10 +35,12 @@
 
 pub mod config;
 pub mod connect;
+pub mod device;
 pub mod keys;
 pub mod kind;
 pub mod logging;
 pub mod msgpack;
+pub mod routing;
 pub mod scripts;
 pub mod signature;
 pub mod store;

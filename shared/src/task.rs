@@ -116,6 +116,7 @@ macro_rules! text_enum {
         }
     };
 }
+pub(crate) use text_enum;
 
 text_enum! {
     /// Which kind of worker a task is meant for (SPEC.md's routing table).
@@ -205,8 +206,12 @@ impl ErrorCode {
     /// No GPU has room for the task and its kind has no CPU path.
     pub const INSUFFICIENT_GPU_MEMORY: ErrorCode =
         ErrorCode::from_static("INSUFFICIENT_GPU_MEMORY");
-    /// The device failed while running the task.
+    /// The device failed while running the task (a sticky CUDA error, a
+    /// hung kernel): the task went back to its stream for another device.
     pub const DEVICE_FAILED: ErrorCode = ErrorCode::from_static("DEVICE_FAILED");
+    /// The device ran out of memory running the task: it went back to its
+    /// stream for a device with more room, or the CPU worker.
+    pub const DEVICE_OUT_OF_MEMORY: ErrorCode = ErrorCode::from_static("DEVICE_OUT_OF_MEMORY");
     /// Delivered more than `max_deliveries` times: every worker that ran it
     /// died, so it is not run again.
     pub const MAX_DELIVERIES: ErrorCode = ErrorCode::from_static("MAX_DELIVERIES");

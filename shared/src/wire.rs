@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::device::{Health, Role};
 use crate::task::{Class, ErrorCode, Priority, Status, TaskId};
 
 /// The wire version this build writes and the only one it reads.
@@ -30,6 +31,9 @@ pub mod field {
     pub const REPLY_TO: &str = "reply_to";
     pub const PARAMS: &str = "params";
     pub const SIGNATURE: &str = "signature";
+    /// Written by workers, not producers: how often the task was handed
+    /// back because the device running it failed.
+    pub const INTERRUPTED: &str = "interrupted";
 
     pub const STATUS: &str = "status";
     pub const ENTRY: &str = "entry";
@@ -442,8 +446,30 @@ pub struct WorkerInfo {
     pub id: String,
     pub host: String,
     pub pid: u32,
-    /// `cpu`, or the device the worker is bound to.
+    /// `cpu`, or the UUID of the GPU the worker is bound to (`GPU-...`;
+    /// `SIM-...` for a simulated one).
     pub device: String,
+    /// What the worker is for: `heavy`, `light`, `both` or `cpu`.
+    pub role: Role,
+    /// Whether its device takes tasks: `probing`, `healthy` or `failed`.
+    pub health: Health,
+    /// The GPU's name (`(simulated)` appended for a simulated one); empty
+    /// for a CPU worker.
+    pub device_name: String,
+    /// The GPU's index among the host's visible GPUs.
+    pub device_index: Option<u32>,
+    pub pci_bus_id: String,
+    pub simulated: bool,
+    /// The capability score roles were assigned by.
+    pub score: f64,
+    /// `9.0`; `sim` for a simulated GPU.
+    pub compute_capability: String,
+    /// The GPU's memory, bytes.
+    pub memory_total: u64,
+    /// The part of it tasks may use.
+    pub memory_budget: u64,
+    /// The memory the running tasks declared.
+    pub memory_reserved: u64,
     pub classes: Vec<Class>,
     pub concurrency: usize,
     /// `running` or `draining` (stopping: claims nothing new).
@@ -465,6 +491,17 @@ pub mod worker_field {
     pub const HOST: &str = "host";
     pub const PID: &str = "pid";
     pub const DEVICE: &str = "device";
+    pub const ROLE: &str = "role";
+    pub const HEALTH: &str = "health";
+    pub const DEVICE_NAME: &str = "device_name";
+    pub const DEVICE_INDEX: &str = "device_index";
+    pub const PCI_BUS_ID: &str = "pci_bus_id";
+    pub const SIMULATED: &str = "simulated";
+    pub const SCORE: &str = "score";
+    pub const COMPUTE_CAPABILITY: &str = "compute_capability";
+    pub const MEMORY_TOTAL: &str = "memory_total";
+    pub const MEMORY_BUDGET: &str = "memory_budget";
+    pub const MEMORY_RESERVED: &str = "memory_reserved";
     pub const CLASSES: &str = "classes";
     pub const CONCURRENCY: &str = "concurrency";
     pub const STATE: &str = "state";
@@ -478,6 +515,8 @@ pub mod worker_field {
 }
 
 impl WorkerInfo {
+    /// The record's fields; a CPU worker's has no GPU fields but the
+    /// memory ones (0).
     pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
         use worker_field as f;
         let classes = self
@@ -486,11 +525,25 @@ impl WorkerInfo {
             .map(|c| c.as_str())
             .collect::<Vec<_>>()
             .join(",");
-        vec![
+        let pairs = vec![
             (f::ID, self.id.clone()),
             (f::HOST, self.host.clone()),
             (f::PID, self.pid.to_string()),
             (f::DEVICE, self.device.clone()),
+            (f::ROLE, self.role.as_str().to_owned()),
+            (f::HEALTH, self.health.as_str().to_owned()),
+            (f::DEVICE_NAME, self.device_name.clone()),
+            (
+                f::DEVICE_INDEX,
+                self.device_index.map(|i| i.to_string()).unwrap_or_default(),
+            ),
+            (f::PCI_BUS_ID, self.pci_bus_id.clone()),
+            (f::SIMULATED, u8::from(self.simulated).to_string()),
+            (f::SCORE, self.score.to_string()),
+            (f::COMPUTE_CAPABILITY, self.compute_capability.clone()),
+            (f::MEMORY_TOTAL, self.memory_total.to_string()),
+            (f::MEMORY_BUDGET, self.memory_budget.to_string()),
+            (f::MEMORY_RESERVED, self.memory_reserved.to_string()),
             (f::CLASSES, classes),
             (f::CONCURRENCY, self.concurrency.to_string()),
             (f::STATE, self.state.clone()),
@@ -501,7 +554,10 @@ impl WorkerInfo {
             (f::FAILED, self.failed.to_string()),
             (f::VERSION, self.version.clone()),
             (f::WIRE, WIRE_VERSION.to_string()),
-        ]
+        ];
+        // A CPU worker has no device name, index, bus id or compute
+        // capability: those fields are left out rather than empty.
+        pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect()
     }
 
     /// Reads a registry hash leniently, as [`TaskRecord::from_fields`].
@@ -514,6 +570,27 @@ impl WorkerInfo {
             host: text(f::HOST),
             pid: map.get(f::PID).and_then(|v| v.parse().ok()).unwrap_or(0),
             device: text(f::DEVICE),
+            // A record without a role is a CPU worker's (wire v1 before GPUs).
+            role: map
+                .get(f::ROLE)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(Role::Cpu),
+            health: map
+                .get(f::HEALTH)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(Health::Healthy),
+            device_name: text(f::DEVICE_NAME),
+            device_index: map.get(f::DEVICE_INDEX).and_then(|v| v.parse().ok()),
+            pci_bus_id: text(f::PCI_BUS_ID),
+            simulated: map.get(f::SIMULATED).is_some_and(|v| v == "1"),
+            score: map
+                .get(f::SCORE)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0),
+            compute_capability: text(f::COMPUTE_CAPABILITY),
+            memory_total: number(f::MEMORY_TOTAL),
+            memory_budget: number(f::MEMORY_BUDGET),
+            memory_reserved: number(f::MEMORY_RESERVED),
             classes: map
                 .get(f::CLASSES)
                 .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
@@ -695,7 +772,18 @@ mod tests {
             id: "host-1-ab".into(),
             host: "host".into(),
             pid: 1,
-            device: "cpu".into(),
+            device: "SIM-0-a".into(),
+            role: Role::Heavy,
+            health: Health::Probing,
+            device_name: "A (simulated)".into(),
+            device_index: Some(0),
+            pci_bus_id: String::new(),
+            simulated: true,
+            score: 52.09,
+            compute_capability: "sim".into(),
+            memory_total: 12 << 30,
+            memory_budget: 11 << 30,
+            memory_reserved: 1 << 30,
             classes: vec![Class::Cpu, Class::Heavy],
             concurrency: 4,
             state: "running".into(),
@@ -712,6 +800,13 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         assert_eq!(WorkerInfo::from_map(&map), info);
+        // A record from before GPUs is a healthy CPU worker's.
+        let old: HashMap<String, String> = [("id".to_owned(), "w".to_owned())].into();
+        let old = WorkerInfo::from_map(&old);
+        assert_eq!(
+            (old.role, old.health, old.device_index),
+            (Role::Cpu, Health::Healthy, None)
+        );
     }
 
     #[test]

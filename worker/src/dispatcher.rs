@@ -7,6 +7,18 @@
 //! claim for the slots the commits free. Under load the loop never waits on
 //! Redis twice for one task; when idle it sleeps in the [`Waker`] until a
 //! task arrives, a retry falls due or a worker dies.
+//!
+//! Routing: each claim carries this worker's rule per stream (from the
+//! [`Router`]) and its free device memory. A stream whose next entry the
+//! rules refused is left out of the blocking wait (new entries behind that
+//! one cannot be taken before it) and looked at again when the refusal can
+//! change: after the wait the claim named, when a running task frees
+//! memory, or when the rules change.
+//!
+//! Device failure: when a task ends with its device unusable, the worker
+//! stops claiming, commits what finished, hands every running task back at
+//! once, and returns with the failure, for the process to exit and its
+//! fleet to restart it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,7 +26,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tandem_shared::store::{
-    ClaimRequest, ClaimedEntry, Committed, Completion, Store, StoreError, StreamRef, Trip, Verdict,
+    Blocked, ClaimRequest, ClaimedEntry, Committed, Completion, Store, StoreError, StreamRef, Trip,
+    Verdict,
 };
 use tandem_shared::wire::TaskEntry;
 use tandem_shared::{ErrorCode, Status, TaskId};
@@ -22,10 +35,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cancel::Running;
-use crate::executor::Executor;
+use crate::executor::{DeviceFailure, Executor};
+use crate::router::Router;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::waker::{WaitPoint, Waker};
+use crate::watch::Observation;
 
 /// How often the claim includes the aging pass that keeps low priorities
 /// from starving.
@@ -55,23 +70,69 @@ pub(crate) struct Dispatcher {
     pub shutdown_grace: Duration,
     pub running: Running,
     pub stats: Arc<Stats>,
-    /// Names of dead workers, from the reaper.
-    pub dead_workers: mpsc::UnboundedReceiver<Vec<String>>,
+    /// Live and dead workers, from the watch task.
+    pub observations: mpsc::Receiver<Observation>,
+    pub router: Router,
+    /// The device memory tasks may declare at once; `None` for a CPU worker.
+    pub memory_budget: Option<u64>,
 }
 
-/// Queues a finished task's commit, unless its lease was lost: then its
-/// outcome is dropped (the worker that took it over commits).
-fn finished(
-    done: Completion,
-    lost: &mut HashSet<TaskId>,
-    to_commit: &mut Vec<Completion>,
-    held: &mut usize,
-) {
-    if lost.remove(&done.id) {
-        *held -= 1;
-        tracing::info!(task = %done.id, "outcome dropped: the task's lease was lost");
-    } else {
-        to_commit.push(done);
+/// How a started task ended, as its run reports it to the dispatcher.
+#[derive(Debug)]
+pub(crate) enum Finished {
+    Done(Completion),
+    /// Its device failed; the entry it holds is to be handed back.
+    DeviceFailed {
+        id: TaskId,
+        stream: usize,
+        entry_id: String,
+        failure: DeviceFailure,
+    },
+}
+
+/// What the loop keeps about tasks that finished but are not yet committed.
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// Tasks whose lease another worker took over (or whose entry is gone):
+    /// their outcome here is dropped, not committed.
+    lost: HashSet<TaskId>,
+    to_commit: Vec<Completion>,
+    /// The first device failure, and the entries its tasks held.
+    device_failure: Option<String>,
+    failed_entries: Vec<(TaskId, usize, String)>,
+    /// Tasks finished since the last claim: memory may have come free.
+    any_finished: bool,
+}
+
+impl Outcomes {
+    /// Queues a finished task's commit, unless its lease was lost: then its
+    /// outcome is dropped (the worker that took it over commits).
+    fn absorb(&mut self, done: Finished, held: &mut usize) {
+        self.any_finished = true;
+        match done {
+            Finished::Done(done) => {
+                if self.lost.remove(&done.id) {
+                    *held -= 1;
+                    tracing::info!(task = %done.id, "outcome dropped: the task's lease was lost");
+                } else {
+                    self.to_commit.push(done);
+                }
+            }
+            Finished::DeviceFailed {
+                id,
+                stream,
+                entry_id,
+                failure,
+            } => {
+                *held -= 1;
+                if self.lost.remove(&id) {
+                    return;
+                }
+                tracing::error!(task = %id, "device failed: {}", failure.message);
+                self.failed_entries.push((id, stream, entry_id));
+                self.device_failure.get_or_insert(failure.message);
+            }
+        }
     }
 }
 
@@ -80,22 +141,23 @@ fn finished(
 pub struct WorkerReport {
     pub succeeded: u64,
     pub failed: u64,
-    /// Tasks still running when the shutdown grace period ran out, handed
-    /// back to their streams for another worker.
+    /// Tasks still running when the shutdown grace period ran out (or the
+    /// device failed), handed back to their streams for another worker.
     pub handed_back: Vec<TaskId>,
+    /// Set when the worker stopped because its device failed: why.
+    pub device_failed: Option<String>,
 }
 
 impl Dispatcher {
     pub async fn run(mut self, mut shutdown: Shutdown) -> WorkerReport {
         let waker = Waker::spawn(self.store.clone(), self.block_ms);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
-        let stream_keys: Vec<String> = self.streams.iter().map(|s| s.key.clone()).collect();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let lease_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
 
         // Claimed entries not yet committed: running, or finished and
         // waiting for the next round trip. Each holds one slot.
         let mut held = 0usize;
-        let mut to_commit: Vec<Completion> = Vec::new();
+        let mut outcomes = Outcomes::default();
         let mut may_have_work = true;
         let mut dead_workers: Vec<String> = Vec::new();
         let now = Instant::now();
@@ -106,20 +168,34 @@ impl Dispatcher {
         let mut retry_at: Option<Instant> = None;
         let mut retry_delay = RETRY_MIN;
         let mut drain_deadline: Option<Instant> = None;
-        // Tasks whose lease another worker took over (or whose entry is
-        // gone): their outcome here is dropped, not committed.
-        let mut lost_tasks: HashSet<TaskId> = HashSet::new();
+        // Routing refusals: streams whose next entry was refused (left out
+        // of the wait), when a refusal may lift by waiting, and whether one
+        // waits for memory.
+        let mut blocked: Vec<Blocked> = Vec::new();
+        let mut blocked_until: Option<Instant> = None;
+        let mut memory_blocked = false;
+        // The streams the armed wait covers.
+        let mut watching: Vec<bool> = Vec::new();
 
         loop {
             while let Ok(done) = done_rx.try_recv() {
-                finished(done, &mut lost_tasks, &mut to_commit, &mut held);
+                outcomes.absorb(done, &mut held);
+            }
+            if outcomes.device_failure.is_some() {
+                break;
+            }
+            if std::mem::take(&mut outcomes.any_finished) && memory_blocked {
+                may_have_work = true;
             }
             let now = Instant::now();
             let draining = drain_deadline.is_some();
+            let to_commit = &mut outcomes.to_commit;
             // The commits go first in the trip, so their slots count as free.
-            let free = self
-                .concurrency
-                .saturating_sub(held.saturating_sub(to_commit.len()));
+            let running_after = held.saturating_sub(to_commit.len());
+            if self.router.set_idle(running_after == 0) {
+                may_have_work = true;
+            }
+            let free = self.concurrency.saturating_sub(running_after);
             let want = if draining || !may_have_work {
                 0
             } else {
@@ -150,21 +226,38 @@ impl Dispatcher {
                 } else {
                     Vec::new()
                 };
+                // The streams the wait should cover: those the rules leave
+                // on and whose next entry was not refused.
+                let watch: Vec<bool> = (0..self.streams.len())
+                    .map(|i| {
+                        self.router.is_on(i) && blocked.get(i).is_none_or(|b| *b == Blocked::No)
+                    })
+                    .collect();
+                let free_memory = self
+                    .memory_budget
+                    .map(|budget| budget.saturating_sub(self.running.reserved()));
                 let outcome = {
+                    let rules: &[String] = if self.router.is_plain() && free_memory.is_none() {
+                        &[]
+                    } else {
+                        self.router.rules()
+                    };
                     let claim = (want > 0).then(|| ClaimRequest {
                         max: want,
                         device: &self.device,
                         aging_ms: if aging { self.aging_ms } else { 0 },
-                        want_last_ids: !waker.is_armed(),
+                        want_last_ids: !waker.is_armed() || watch != watching,
                         sweep_idle_ms: if sweep { lease_ms } else { 0 },
                         max_deliveries: self.max_deliveries,
                         promote,
                         dead_consumers: &dead,
+                        free_memory,
+                        rules,
                     });
                     let trip = Trip {
                         streams: &self.streams,
                         consumer: &self.worker_id,
-                        completions: &to_commit,
+                        completions: to_commit,
                         extend: &leases,
                         claim,
                     };
@@ -182,7 +275,7 @@ impl Dispatcher {
                             Some(Ok(lost)) if !lost.is_empty() => {
                                 for id in self.running.stop_entries(&lost) {
                                     tracing::warn!(task = %id, "lease lost (another worker took the task over); stopping it");
-                                    lost_tasks.insert(id);
+                                    outcomes.lost.insert(id);
                                 }
                             }
                             Some(Err(err)) => tracing::warn!("lease extension failed: {err}"),
@@ -194,17 +287,36 @@ impl Dispatcher {
                                 if claimed.entries.len() < want {
                                     may_have_work = false;
                                 }
+                                blocked = claimed.blocked;
+                                memory_blocked = blocked.contains(&Blocked::Memory);
+                                blocked_until = blocked
+                                    .iter()
+                                    .filter_map(|b| match b {
+                                        Blocked::For(ms) => Some(*ms),
+                                        _ => None,
+                                    })
+                                    .min()
+                                    .map(|ms| Instant::now() + Duration::from_millis(ms.max(1)));
                                 if let Some(ids) = claimed.last_ids {
-                                    waker.arm(WaitPoint {
-                                        keys: stream_keys.clone(),
-                                        ids,
-                                    });
+                                    let (keys, ids): (Vec<String>, Vec<String>) = self
+                                        .streams
+                                        .iter()
+                                        .zip(ids)
+                                        .zip(&watch)
+                                        .filter(|(_, on)| **on)
+                                        .map(|((s, id), _)| (s.key.clone(), id))
+                                        .unzip();
+                                    watching = watch;
+                                    if !keys.is_empty() {
+                                        waker.arm(WaitPoint { keys, ids });
+                                    }
                                 }
                                 for gone in &claimed.gone {
                                     tracing::warn!(entry = %gone, "a pending entry was deleted from its stream before it finished; its task cannot be recovered");
                                 }
                                 for entry in claimed.entries {
-                                    held += self.accept(entry, &done_tx, &mut to_commit).await;
+                                    held +=
+                                        self.accept(entry, &done_tx, &mut outcomes.to_commit).await;
                                 }
                             }
                             Some(Err(err)) => {
@@ -231,7 +343,7 @@ impl Dispatcher {
                         dead_workers = dead;
                         tracing::warn!(
                             "Redis round trip failed: {err}; retrying in {retry_delay:?} with {} commits held",
-                            to_commit.len()
+                            outcomes.to_commit.len()
                         );
                         retry_at = Some(Instant::now() + retry_delay);
                         retry_delay = (retry_delay * 2).min(RETRY_MAX);
@@ -246,24 +358,31 @@ impl Dispatcher {
 
             // Sleep until the next timer: a retry after a failed trip, a
             // lease extension, the periodic promotion and sweep (an idle
-            // worker also runs those), or the end of the grace period.
+            // worker also runs those), a routing refusal that may lift, or
+            // the end of the grace period.
             let mut wake_at = retry_at.unwrap_or(now + IDLE);
             if !self.running.is_empty() {
                 wake_at = wake_at.min(next_extend);
             }
             if !draining {
                 wake_at = wake_at.min(next_promote).min(next_sweep);
+                if let Some(at) = blocked_until {
+                    wake_at = wake_at.min(at);
+                }
             }
             if let Some(deadline) = drain_deadline {
                 wake_at = wake_at.min(deadline);
             }
             tokio::select! {
-                Some(done) = done_rx.recv() => finished(done, &mut lost_tasks, &mut to_commit, &mut held),
+                Some(done) = done_rx.recv() => outcomes.absorb(done, &mut held),
                 () = waker.woken(), if !draining => may_have_work = true,
-                Some(dead) = self.dead_workers.recv(), if !draining => {
-                    if !dead.is_empty() {
-                        tracing::info!(workers = ?dead, "workers gone: taking over their tasks");
-                        dead_workers = dead;
+                Some(seen) = self.observations.recv() => {
+                    if self.router.observe(&seen.workers) {
+                        may_have_work = true;
+                    }
+                    if !seen.dead.is_empty() && !draining {
+                        tracing::info!(workers = ?seen.dead, "workers gone: taking over their tasks");
+                        dead_workers = seen.dead;
                         may_have_work = true;
                     }
                 }
@@ -276,18 +395,87 @@ impl Dispatcher {
                     if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
-                    if !draining && Instant::now() >= next_promote.min(next_sweep) {
+                    let now = Instant::now();
+                    if !draining && now >= next_promote.min(next_sweep) {
+                        may_have_work = true;
+                    }
+                    if blocked_until.is_some_and(|at| now >= at) {
+                        blocked_until = None;
                         may_have_work = true;
                     }
                 }
             }
         }
 
+        if let Some(message) = outcomes.device_failure.take() {
+            return self.device_failed(message, outcomes).await;
+        }
         let handed_back = self.hand_back().await;
         WorkerReport {
             succeeded: self.stats.succeeded.load(Ordering::Relaxed),
             failed: self.stats.failed.load(Ordering::Relaxed),
             handed_back,
+            device_failed: None,
+        }
+    }
+
+    /// The device failed: commit what finished before, hand back every task
+    /// still running (and the ones that hit the failure) at once, and stop.
+    async fn device_failed(&self, message: String, outcomes: Outcomes) -> WorkerReport {
+        self.stats.draining.store(true, Ordering::Relaxed);
+        if !outcomes.to_commit.is_empty() {
+            let trip = Trip {
+                streams: &self.streams,
+                consumer: &self.worker_id,
+                completions: &outcomes.to_commit,
+                extend: &[],
+                claim: None,
+            };
+            match self.store.round_trip(&trip).await {
+                Ok(result) => {
+                    for (completion, outcome) in outcomes.to_commit.iter().zip(result.commits) {
+                        self.record_commit(completion, outcome);
+                    }
+                }
+                Err(err) => tracing::error!(
+                    "cannot commit {} finished tasks ({err}); they run again elsewhere when their lease runs out",
+                    outcomes.to_commit.len()
+                ),
+            }
+        }
+        let mut handed_back = self.running.ids();
+        for id in &handed_back {
+            self.running.cancel(id);
+        }
+        let mut leases = self.running.leases();
+        for (id, stream, entry_id) in outcomes.failed_entries {
+            handed_back.push(id);
+            leases.push((stream, entry_id));
+        }
+        let code = ErrorCode::DEVICE_FAILED;
+        match self
+            .store
+            .release(
+                &self.streams,
+                &self.worker_id,
+                &leases,
+                Some((code.as_str(), &message)),
+            )
+            .await
+        {
+            Ok(count) => tracing::error!(
+                "device failed ({message}): handed {count} tasks back to their streams; this worker stops"
+            ),
+            Err(err) => tracing::error!(
+                "device failed ({message}) and handing {} tasks back failed ({err}); they run again elsewhere once this worker's heartbeat lapses",
+                leases.len()
+            ),
+        }
+        WorkerReport {
+            succeeded: self.stats.succeeded.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            handed_back,
+            device_failed: Some(message),
         }
     }
 
@@ -301,7 +489,7 @@ impl Dispatcher {
         let leases = self.running.leases();
         match self
             .store
-            .release(&self.streams, &self.worker_id, &leases)
+            .release(&self.streams, &self.worker_id, &leases, None)
             .await
         {
             Ok(count) => tracing::warn!(
@@ -346,7 +534,7 @@ impl Dispatcher {
     async fn accept(
         &self,
         claimed: ClaimedEntry,
-        done: &mpsc::UnboundedSender<Completion>,
+        done: &mpsc::UnboundedSender<Finished>,
         to_commit: &mut Vec<Completion>,
     ) -> usize {
         let ClaimedEntry {
@@ -419,19 +607,29 @@ impl Dispatcher {
         }
 
         let id = entry.id;
-        let cancel = self.running.start(id, stream_index, entry_id.clone());
+        let cancel = self
+            .running
+            .start(id, stream_index, entry_id.clone(), entry.memory_bytes);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         let executor = Arc::clone(&self.executor);
         let running = self.running.clone();
         let stats = Arc::clone(&self.stats);
         let done = done.clone();
         tokio::spawn(async move {
-            let completion = executor.execute(entry, entry_id, cancel).await;
+            let finished = match executor.execute(entry, entry_id.clone(), cancel).await {
+                Ok(completion) => Finished::Done(completion),
+                Err(failure) => Finished::DeviceFailed {
+                    id,
+                    stream: stream_index,
+                    entry_id,
+                    failure,
+                },
+            };
             running.finish(&id);
             stats.active.fetch_sub(1, Ordering::Relaxed);
             // The receiver lives as long as the dispatcher; if it is gone the
             // worker is exiting and the entry was handed back.
-            let _ = done.send(completion);
+            let _ = done.send(finished);
         });
         1
     }

@@ -1,11 +1,13 @@
 //! Runs one claimed task through its handler and turns whatever happens
 //! (a result, an error, a panic, a cancel, bad input) into the
 //! [`Completion`] the dispatcher commits, with its disposition: final,
-//! retry after a backoff, or dead-lettered. Nothing here fails or panics
-//! outward.
+//! retry after a backoff, dead-lettered, or handed back for another device.
+//! Nothing here fails or panics outward. A GPU worker's task may also end in
+//! a [`DeviceFailure`]: its device is unusable and the worker must stop.
 
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -14,7 +16,16 @@ use tandem_shared::wire::{EntryError, Finish, FinishOutcome, TaskEntry, TaskFail
 use tandem_shared::{ErrorCode, Status};
 use tokio_util::sync::CancellationToken;
 
+use crate::device::{Device, Injected};
 use crate::handler::{Registry, Retry, TaskContext, TaskError};
+
+/// A task's device became unusable while it ran (a sticky CUDA error, a
+/// hang): no outcome is committed; the worker hands its tasks back and
+/// stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeviceFailure {
+    pub message: String,
+}
 
 /// How failed attempts are spaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +61,11 @@ fn random_u64() -> u64 {
 pub(crate) struct Executor {
     pub registry: Registry,
     pub worker_id: String,
-    pub device: String,
+    /// `cpu` or the GPU's UUID, as records name it.
+    pub device_id: String,
+    pub device: Arc<Device>,
+    /// A GPU task with no result after this long means the device hung.
+    pub watchdog: Option<Duration>,
     pub max_payload_bytes: usize,
     pub backoff: Backoff,
     /// Set when tasks must carry a valid signature.
@@ -58,16 +73,91 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
-    /// Runs a started task to its completion.
+    /// Runs a started task to its completion, or to its device's failure.
     pub async fn execute(
         &self,
         entry: TaskEntry,
         entry_id: String,
         cancel: CancellationToken,
-    ) -> Completion {
+    ) -> Result<Completion, DeviceFailure> {
         let started = Instant::now();
-        let outcome = self.run(&entry, cancel).await;
+        let outcome = match self.device.before_task(entry.memory_bytes) {
+            Injected::None => self.run_watched(&entry, cancel).await,
+            Injected::Fail(message) => Err(TaskError::device_failed(message)),
+            Injected::OutOfMemory(message) => Err(TaskError::out_of_memory(message)),
+            Injected::Hang => {
+                tracing::warn!(task = %entry.id, "simulated device hang: this task never finishes");
+                self.watched(std::future::pending()).await
+            }
+            Injected::Die => {
+                tracing::error!(task = %entry.id, "simulated device death: the worker process dies now");
+                std::process::abort();
+            }
+        };
         let run_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if self.device.is_gpu() {
+            match outcome {
+                Err(err) if err.code == ErrorCode::DEVICE_FAILED => {
+                    return Err(DeviceFailure {
+                        message: err.message,
+                    });
+                }
+                Err(err) if err.code == ErrorCode::DEVICE_OUT_OF_MEMORY => {
+                    // Back to the stream, declaring more than this device
+                    // can give, so a device with more room (or the CPU
+                    // worker) takes it.
+                    let min_memory_bytes = entry.memory_bytes.max(self.device.budget) + 1;
+                    tracing::warn!(
+                        task = %entry.id, kind = %entry.kind, min_memory_bytes,
+                        "out of device memory: handing the task back for a device with more room ({})",
+                        err.message
+                    );
+                    let finish = self.finish(Status::Failed, Some(run_us), failure(err));
+                    return Ok(completion(
+                        entry,
+                        entry_id,
+                        Disposition::HandBack { min_memory_bytes },
+                        finish,
+                    ));
+                }
+                other => return Ok(self.conclude(entry, entry_id, run_us, other)),
+            }
+        }
+        Ok(self.conclude(entry, entry_id, run_us, outcome))
+    }
+
+    /// Runs the task under the device watchdog, when there is one.
+    async fn run_watched(
+        &self,
+        entry: &TaskEntry,
+        cancel: CancellationToken,
+    ) -> Result<Vec<u8>, TaskError> {
+        self.watched(self.run(entry, cancel)).await
+    }
+
+    async fn watched(
+        &self,
+        run: impl std::future::Future<Output = Result<Vec<u8>, TaskError>>,
+    ) -> Result<Vec<u8>, TaskError> {
+        match self.watchdog.filter(|_| self.device.is_gpu()) {
+            Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                Err(TaskError::device_failed(format!(
+                    "no result after {} ms: the device hung (device_watchdog_ms)",
+                    limit.as_millis()
+                )))
+            }),
+            None => run.await,
+        }
+    }
+
+    /// The completion of a task that ran.
+    fn conclude(
+        &self,
+        entry: TaskEntry,
+        entry_id: String,
+        run_us: u64,
+        outcome: Result<Vec<u8>, TaskError>,
+    ) -> Completion {
         let (status, disposition, outcome) = match outcome {
             Ok(result) => (
                 Status::Succeeded,
@@ -127,7 +217,12 @@ impl Executor {
                 ),
             ));
         }
-        let ctx = TaskContext::new(entry.id, entry.attempt, self.device.clone(), cancel.clone());
+        let ctx = TaskContext::new(
+            entry.id,
+            entry.attempt,
+            self.device_id.clone(),
+            cancel.clone(),
+        );
         let prepared = self.registry.prepare(&entry.kind, &entry.params, ctx)?;
         tokio::select! {
             outcome = AssertUnwindSafe(prepared).catch_unwind() => match outcome {
@@ -226,7 +321,7 @@ impl Executor {
         Finish {
             status,
             worker: self.worker_id.clone(),
-            device: self.device.clone(),
+            device: self.device_id.clone(),
             run_us,
             outcome,
         }
@@ -299,7 +394,9 @@ mod tests {
         Executor {
             registry,
             worker_id: "w".into(),
-            device: "cpu".into(),
+            device_id: "cpu".into(),
+            device: Arc::new(Device::cpu()),
+            watchdog: None,
             max_payload_bytes: 64,
             signer: None,
             backoff: Backoff {
@@ -342,6 +439,7 @@ mod tests {
                 CancellationToken::new(),
             )
             .await
+            .expect("a CPU worker has no device to fail")
     }
 
     #[tokio::test]
@@ -403,10 +501,91 @@ mod tests {
         cancel.cancel();
         let done = tokio::time::timeout(Duration::from_secs(5), run)
             .await
-            .expect("a cancelled sleep ends at once");
+            .expect("a cancelled sleep ends at once")
+            .unwrap();
         assert_eq!(done.finish.status, Status::Cancelled);
         assert_eq!(error_code(&done), Some("CANCELLED"));
         assert_eq!(done.disposition, Disposition::Final);
+    }
+
+    fn gpu_executor(spec: &str, watchdog: Option<Duration>) -> Executor {
+        let config = tandem_shared::Config {
+            simulate_gpus: spec.into(),
+            device: tandem_shared::device::DeviceSelector::Index(0),
+            ..tandem_shared::Config::default()
+        };
+        let detection = crate::device::Detection::simulated(&config, None).unwrap();
+        let device = Device::bind(&config, &detection).unwrap();
+        Executor {
+            device_id: device.id(),
+            device: Arc::new(device),
+            watchdog,
+            ..executor()
+        }
+    }
+
+    #[tokio::test]
+    async fn out_of_memory_hands_the_task_back_above_the_devices_budget() {
+        let exec = gpu_executor("A, 1 GiB, 1 TFLOPS, oom_above=1000", None);
+        let mut big = entry("noop", vec![], 1);
+        big.memory_bytes = 2000;
+        let done = exec
+            .execute(big, "1-0".into(), CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            done.disposition,
+            Disposition::HandBack {
+                min_memory_bytes: exec.device.budget + 1
+            }
+        );
+        assert_eq!(error_code(&done), Some("DEVICE_OUT_OF_MEMORY"));
+        // A task that fits runs.
+        let small = exec
+            .execute(
+                entry("noop", vec![], 1),
+                "2-0".into(),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(small.finish.status, Status::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn sticky_errors_and_hangs_fail_the_device() {
+        let exec = gpu_executor("A, 1 GiB, 1 TFLOPS, fail_after=0", None);
+        let failed = exec
+            .execute(
+                entry("noop", vec![], 1),
+                "1-0".into(),
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(failed.unwrap_err().message.contains("ILLEGAL_ADDRESS"));
+
+        let exec = gpu_executor(
+            "A, 1 GiB, 1 TFLOPS, hang_after=0",
+            Some(Duration::from_millis(50)),
+        );
+        let hung = exec
+            .execute(
+                entry("noop", vec![], 1),
+                "1-0".into(),
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(hung.unwrap_err().message.contains("hung"));
+
+        // A handler's device error means the same.
+        let exec = gpu_executor("A, 1 GiB, 1 TFLOPS", None);
+        let err: TaskError = tandem_kernels::driver::DeviceError {
+            fault: tandem_kernels::driver::Fault::Sticky,
+            message: "CUDA_ERROR_ILLEGAL_ADDRESS".into(),
+        }
+        .into();
+        assert_eq!(err.code, ErrorCode::DEVICE_FAILED);
+        assert!(exec.device.is_gpu());
     }
 
     #[test]

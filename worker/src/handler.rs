@@ -57,6 +57,20 @@ impl TaskError {
         }
     }
 
+    /// The device is unusable: a CUDA error that poisons the context
+    /// (illegal address, launch failure). A GPU worker marks its device
+    /// failed, hands every running task back and exits, for its fleet to
+    /// restart it; the task is not charged an attempt.
+    pub fn device_failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::DEVICE_FAILED, message)
+    }
+
+    /// The device ran out of memory: a GPU worker hands the task back for a
+    /// device with more room (or the CPU worker) and goes on.
+    pub fn out_of_memory(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::DEVICE_OUT_OF_MEMORY, message)
+    }
+
     /// An error worth retrying after `delay` (say, a rate limit's reset).
     pub fn retry_after(
         code: ErrorCode,
@@ -70,12 +84,24 @@ impl TaskError {
     }
 }
 
+/// A CUDA error, by what it means for the device.
+impl From<tandem_kernels::driver::DeviceError> for TaskError {
+    fn from(err: tandem_kernels::driver::DeviceError) -> Self {
+        use tandem_kernels::driver::Fault;
+        match err.fault {
+            Fault::Sticky => TaskError::device_failed(err.message),
+            Fault::OutOfMemory => TaskError::out_of_memory(err.message),
+            Fault::Other => TaskError::new(ErrorCode::HANDLER_ERROR, err.message),
+        }
+    }
+}
+
 /// What a running task knows about itself.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pub id: TaskId,
     pub attempt: u32,
-    /// The device the task runs on (`cpu` for now).
+    /// The device the task runs on: `cpu`, or the GPU's UUID.
     pub device: String,
     cancel: CancellationToken,
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tandem_shared::store::{Store, StoreError};
 use tandem_shared::wire::WorkerInfo;
 
+use crate::cancel::Running;
 use crate::stats::Stats;
 
 #[derive(Debug, Clone)]
@@ -17,8 +18,12 @@ pub(crate) struct Heartbeat {
     pub store: Store,
     pub info: WorkerInfo,
     pub stats: Arc<Stats>,
+    /// The running tasks, for the memory they reserve.
+    pub running: Running,
     pub interval: Duration,
     pub ttl_ms: u64,
+    /// Asks for a beat now (the health changed).
+    pub nudge: Arc<tokio::sync::Notify>,
 }
 
 impl Heartbeat {
@@ -29,6 +34,8 @@ impl Heartbeat {
         self.info.succeeded = succeeded;
         self.info.failed = failed;
         self.info.state = self.stats.state().to_owned();
+        self.info.health = self.stats.health();
+        self.info.memory_reserved = self.running.reserved();
         self.info.heartbeat_at_ms = now_ms();
         self.store.heartbeat(&self.info, self.ttl_ms).await
     }
@@ -38,7 +45,10 @@ impl Heartbeat {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.nudge.notified() => {}
+            }
             if let Err(err) = self.beat().await {
                 tracing::warn!("heartbeat failed: {err}");
             }

@@ -10,8 +10,13 @@
 //! - `executor`: runs one task; turns results, errors and panics into commits.
 //! - `waker`: wakes an idle worker when a task arrives (blocking `XREAD`).
 //! - `cancel`: stops running tasks a producer cancelled.
-//! - `reaper`: finds workers whose heartbeat lapsed, so their tasks are
-//!   taken over at once.
+//! - `watch`: reads the registry: live workers (for routing) and dead ones
+//!   (whose tasks are taken over at once).
+//! - `router`: this worker's routing rules, from the registry and its role.
+//! - [`device`]: GPU detection, binding a worker to its device, the health
+//!   probe, simulated GPUs and their faults.
+//! - [`fleet`]: `tandem-worker fleet`, one worker process per GPU plus a
+//!   CPU worker, restarted when they die.
 //! - `heartbeat`: keeps the worker's registry record fresh.
 //! - [`shutdown`]: the stop signal; SIGTERM and SIGINT trigger it.
 //!
@@ -30,29 +35,35 @@
 
 mod builtin;
 mod cancel;
+pub mod device;
 mod dispatcher;
 mod executor;
+pub mod fleet;
 pub mod handler;
 mod heartbeat;
-mod reaper;
+mod router;
 pub mod shutdown;
 mod stats;
 mod waker;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_shared::Config;
+use tandem_shared::device::Health;
+use tandem_shared::routing;
 use tandem_shared::store::{Store, StoreError, StreamRef};
 use tandem_shared::wire::WorkerInfo;
 
+pub use device::{Detection, Device};
 pub use dispatcher::WorkerReport;
 pub use handler::{Handler, Registry, Retry, TaskContext, TaskError};
 pub use shutdown::Shutdown;
 
-/// The device this worker runs tasks on. Workers bound to GPUs come with
-/// device detection; until then every worker is a CPU worker.
-const DEVICE: &str = "cpu";
+/// The exit status of a worker whose device failed: its fleet restarts it,
+/// and the new process probes the device before taking tasks.
+pub const EXIT_DEVICE_FAILED: u8 = 3;
 
 /// Why a worker could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +72,25 @@ pub enum WorkerError {
     Connect { url: String, source: StoreError },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot use device {selector}: {message}")]
+    Device { selector: String, message: String },
+}
+
+/// Binds the device `config.device` names: the CPU, or a detected (or
+/// simulated) GPU with its role.
+pub fn bind_device(config: &Config) -> Result<Device, WorkerError> {
+    let fail = |message: String| WorkerError::Device {
+        selector: config.device.to_string(),
+        message,
+    };
+    if config.device == tandem_shared::device::DeviceSelector::Cpu {
+        return Ok(Device::cpu());
+    }
+    let detection = Detection::run(config).map_err(fail)?;
+    if let Some(note) = &detection.note {
+        tracing::warn!("{note}");
+    }
+    Device::bind(config, &detection).map_err(|m| fail(format!("{m} ({})", detection.source)))
 }
 
 /// Runs a worker until `shutdown` fires, then drains it: no new claims,
@@ -68,38 +98,59 @@ pub enum WorkerError {
 /// then goes back to its stream for another worker, the registry record
 /// goes. Redis unreachable at start is retried (with a log line each time)
 /// until it answers or `shutdown` fires.
+///
+/// A GPU worker first probes its device (with backoff, as `probing` in the
+/// registry) and takes tasks once a probe passes. When the device fails
+/// while running tasks, the worker hands them all back, leaves its record
+/// saying `failed`, and returns with [`WorkerReport::device_failed`] set.
 pub async fn run(
     config: &Config,
     registry: Registry,
     mut shutdown: Shutdown,
 ) -> Result<WorkerReport, WorkerError> {
+    let device = Arc::new(bind_device(config)?);
     let store = connect(config, &mut shutdown).await?;
     let worker_id = if config.worker_id.is_empty() {
-        default_worker_id()
+        default_worker_id(&device.tag())
     } else {
         config.worker_id.clone()
     };
-    let streams: Vec<StreamRef> = store
-        .keys()
-        .streams_in_claim_order(&config.classes)
+    let streams: Vec<StreamRef> = routing::claim_order(device.role, &config.classes)
         .into_iter()
-        .map(|(class, priority, key)| StreamRef {
+        .map(|(class, priority)| StreamRef {
             class,
             priority,
-            key,
+            key: store.keys().stream(class, priority),
         })
         .collect();
     store.ensure_groups(&streams).await?;
 
     let concurrency = config.effective_concurrency();
     let stats = Arc::new(stats::Stats::default());
+    stats.set_health(if device.is_gpu() {
+        Health::Probing
+    } else {
+        Health::Healthy
+    });
+    let running = cancel::Running::default();
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    let gpu = device.gpu.as_ref();
     let mut heartbeat = heartbeat::Heartbeat {
         store: store.clone(),
         info: WorkerInfo {
             id: worker_id.clone(),
             host: hostname(),
             pid: std::process::id(),
-            device: DEVICE.to_owned(),
+            device: device.id(),
+            role: device.role,
+            device_name: gpu.map(|g| g.label()).unwrap_or_default(),
+            device_index: gpu.map(|g| g.index),
+            pci_bus_id: gpu.map(|g| g.pci_bus_id.clone()).unwrap_or_default(),
+            simulated: gpu.is_some_and(|g| g.is_simulated()),
+            score: gpu.map(|g| g.score()).unwrap_or_default(),
+            compute_capability: gpu.map(|g| g.compute_capability_text()).unwrap_or_default(),
+            memory_total: gpu.map(|g| g.memory_total).unwrap_or_default(),
+            memory_budget: device.budget,
             classes: config.classes.clone(),
             concurrency,
             state: "running".into(),
@@ -108,25 +159,55 @@ pub async fn run(
             ..WorkerInfo::default()
         },
         stats: Arc::clone(&stats),
+        running: running.clone(),
         interval: Duration::from_millis(config.heartbeat_interval_ms),
         ttl_ms: config.heartbeat_ttl_ms,
+        nudge: Arc::clone(&nudge),
     };
     heartbeat.beat().await?;
-    let heartbeat_task = tokio::spawn(heartbeat.run());
-    let running = cancel::Running::default();
-    let cancel_task = tokio::spawn(cancel::listen(store.clone(), running.clone()));
-    let (dead_tx, dead_rx) = tokio::sync::mpsc::unbounded_channel();
-    let reaper_task = tokio::spawn(reaper::run(
+    let heartbeat_task = tokio::spawn(heartbeat.clone().run());
+
+    if device.is_gpu() && !probe_until_healthy(config, &device, &mut shutdown).await {
+        heartbeat_task.abort();
+        if let Err(err) = store.deregister(&worker_id).await {
+            tracing::warn!("cannot remove the registry record: {err}");
+        }
+        return Ok(WorkerReport::default());
+    }
+    stats.set_health(Health::Healthy);
+    nudge.notify_one();
+
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let cancel_task = tokio::spawn(cancel::listen(
+        store.clone(),
+        running.clone(),
+        subscribed_tx,
+    ));
+    // Claim nothing before cancels can reach this worker; a listener that
+    // cannot subscribe (it keeps trying) holds the worker up no longer than
+    // this.
+    if tokio::time::timeout(Duration::from_secs(5), subscribed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the cancel listener is not subscribed yet; starting without it");
+    }
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::channel(1);
+    let watch_task = tokio::spawn(watch::run(
         store.clone(),
         streams.clone(),
         worker_id.clone(),
         Duration::from_millis(config.heartbeat_interval_ms),
-        dead_tx,
+        seen_tx,
     ));
 
     tracing::info!(
         worker = %worker_id,
-        device = DEVICE,
+        device = %device.id(),
+        name = gpu.map(|g| g.label()).unwrap_or_default(),
+        role = %device.role,
+        why = %device.why,
+        memory_budget = device.budget,
         concurrency,
         classes = ?config.classes,
         kinds = ?registry.kinds(),
@@ -139,7 +220,10 @@ pub async fn run(
         executor: Arc::new(executor::Executor {
             registry,
             worker_id: worker_id.clone(),
-            device: DEVICE.to_owned(),
+            device_id: device.id(),
+            device: Arc::clone(&device),
+            watchdog: (config.device_watchdog_ms > 0)
+                .then(|| Duration::from_millis(config.device_watchdog_ms)),
             max_payload_bytes: config.max_payload_bytes,
             signer: tandem_shared::signature::Signer::new(config.signing_key.expose()),
             backoff: executor::Backoff {
@@ -147,9 +231,16 @@ pub async fn run(
                 max: Duration::from_millis(config.retry_max_ms),
             },
         }),
+        router: router::Router::new(
+            device.role,
+            config.routing_policy(),
+            worker_id.clone(),
+            &streams,
+        ),
+        memory_budget: device.is_gpu().then_some(device.budget),
         streams,
         worker_id: worker_id.clone(),
-        device: DEVICE.to_owned(),
+        device: device.id(),
         concurrency,
         claim_batch: config.claim_batch,
         aging_ms: config.aging_ms,
@@ -159,24 +250,64 @@ pub async fn run(
         max_deliveries: config.max_deliveries,
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         running,
-        stats,
-        dead_workers: dead_rx,
+        stats: Arc::clone(&stats),
+        observations: seen_rx,
     };
     let report = dispatcher.run(shutdown).await;
 
     heartbeat_task.abort();
     cancel_task.abort();
-    reaper_task.abort();
-    if let Err(err) = store.deregister(&worker_id).await {
-        tracing::warn!("cannot remove the registry record: {err}");
+    watch_task.abort();
+    if let Some(why) = &report.device_failed {
+        // The record stays, saying `failed`, until its TTL runs out: peers
+        // re-route at once, and operators see what happened.
+        stats.set_health(Health::Failed);
+        if let Err(err) = heartbeat.beat().await {
+            tracing::warn!("cannot mark the device failed in the registry: {err}");
+        }
+        tracing::error!(worker = %worker_id, device = %device.id(), "device failed: {why}; exiting for the fleet to restart this worker");
+    } else {
+        if let Err(err) = store.deregister(&worker_id).await {
+            tracing::warn!("cannot remove the registry record: {err}");
+        }
+        tracing::info!(
+            worker = %worker_id,
+            succeeded = report.succeeded,
+            failed = report.failed,
+            "worker stopped"
+        );
     }
-    tracing::info!(
-        worker = %worker_id,
-        succeeded = report.succeeded,
-        failed = report.failed,
-        "worker stopped"
-    );
     Ok(report)
+}
+
+/// Probes the device until a probe passes (true) or `shutdown` fires
+/// (false), waiting `probe_backoff_ms`, doubling up to
+/// `probe_backoff_max_ms`, between failures.
+async fn probe_until_healthy(config: &Config, device: &Device, shutdown: &mut Shutdown) -> bool {
+    let mut delay = Duration::from_millis(config.probe_backoff_ms);
+    let max = Duration::from_millis(config.probe_backoff_max_ms);
+    let mut failures = 0u32;
+    loop {
+        match device.probe().await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(device = %device.id(), failures, "probe passed: the device is healthy again");
+                } else {
+                    tracing::info!(device = %device.id(), "probe passed");
+                }
+                return true;
+            }
+            Err(why) => {
+                failures += 1;
+                tracing::warn!(device = %device.id(), failures, "probe failed: {why}; next probe in {delay:?}");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.wait() => return false,
+        }
+        delay = (delay * 2).min(max);
+    }
 }
 
 /// Connects to Redis, retrying with backoff while it is unreachable (a fleet
@@ -201,12 +332,17 @@ async fn connect(config: &Config, shutdown: &mut Shutdown) -> Result<Store, Work
     }
 }
 
-/// `host-pid-xxxx`: unique per process incarnation, so a restarted worker
-/// never inherits its predecessor's pending entries by name.
-fn default_worker_id() -> String {
+/// `host-device-pid-xxxx` (device `cpu`, `gpu0`, `sim1`): unique per
+/// process incarnation, so a restarted worker never inherits its
+/// predecessor's pending entries by name.
+fn default_worker_id(device_tag: &str) -> String {
     let random = uuid::Uuid::now_v7().simple().to_string();
     let suffix = &random[random.len() - 4..];
-    format!("{}-{}-{}", hostname(), std::process::id(), suffix)
+    format!(
+        "{}-{device_tag}-{}-{suffix}",
+        hostname(),
+        std::process::id()
+    )
 }
 
 fn hostname() -> String {

@@ -1,6 +1,8 @@
 //! Counters a worker keeps about itself, read by its heartbeat.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use tandem_shared::device::Health;
 
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -11,6 +13,8 @@ pub(crate) struct Stats {
     pub failed: AtomicU64,
     /// Set once the worker stops claiming.
     pub draining: AtomicBool,
+    /// The device's health, as `Health::index`.
+    health: AtomicU8,
 }
 
 impl Stats {
@@ -20,6 +24,16 @@ impl Stats {
         } else {
             "running"
         }
+    }
+
+    pub fn health(&self) -> Health {
+        let index = usize::from(self.health.load(Ordering::Relaxed));
+        Health::ALL.get(index).copied().unwrap_or_default()
+    }
+
+    pub fn set_health(&self, health: Health) {
+        let index = u8::try_from(health.index()).unwrap_or(0);
+        self.health.store(index, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> (usize, u64, u64) {

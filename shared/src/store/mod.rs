@@ -33,8 +33,8 @@ pub use dead::DeadLetter;
 pub use stats::StreamStats;
 pub use tasks::{CancelOutcome, Submitted};
 pub use trip::{
-    ClaimRequest, Claimed, ClaimedEntry, Committed, Completion, Disposition, Trip, TripResult,
-    Verdict,
+    Blocked, ClaimRequest, Claimed, ClaimedEntry, Committed, Completion, Disposition, Trip,
+    TripResult, Verdict,
 };
 
 use reply::reply_ok;

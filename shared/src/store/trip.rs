@@ -29,6 +29,12 @@ pub struct ClaimRequest<'a> {
     pub promote: bool,
     /// Workers whose heartbeat lapsed: their pending entries are taken over.
     pub dead_consumers: &'a [String],
+    /// The worker's free device memory, bytes; `None` for no limit (a CPU
+    /// worker).
+    pub free_memory: Option<u64>,
+    /// One routing rule per stream, in the wire form of
+    /// [`crate::routing::Rule::wire`]; empty: take everything.
+    pub rules: &'a [String],
 }
 
 /// What the claim script decided for one entry.
@@ -69,6 +75,21 @@ pub struct Claimed {
     pub last_ids: Option<Vec<String>>,
     /// `stream entry-id` of entries the sweep found deleted while pending.
     pub gone: Vec<String>,
+    /// Per stream (empty when none was), why its next entry was not taken.
+    pub blocked: Vec<Blocked>,
+}
+
+/// Why a stream's next entry was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// It was, or there is none, or the rule is off.
+    No,
+    /// The routing rule admits it in this many ms (it must wait longer).
+    For(u64),
+    /// It does not fit the worker's free memory.
+    Memory,
+    /// No clause of the routing rule admits it.
+    Rule,
 }
 
 /// What becomes of a task after this attempt.
@@ -80,6 +101,11 @@ pub enum Disposition {
     Retry { after_ms: u64 },
     /// It goes to the dead-letter stream and its record ends `failed`.
     Dead,
+    /// It goes back to the end of its stream at once, for another worker,
+    /// declaring at least this much memory (the device it ran on had less
+    /// room than that); its record says `queued` again and its history
+    /// notes why. Not a failed attempt.
+    HandBack { min_memory_bytes: u64 },
 }
 
 /// A task to commit.
@@ -173,9 +199,17 @@ impl Store {
             .arg(request.sweep_idle_ms)
             .arg(request.max_deliveries)
             .arg(if request.promote { "1" } else { "0" })
+            .arg(
+                request
+                    .free_memory
+                    .map_or_else(|| "-1".to_owned(), |m| m.to_string()),
+            )
             .arg(request.dead_consumers.len());
         for name in request.dead_consumers {
             call = call.arg(name.as_str());
+        }
+        for rule in request.rules {
+            call = call.arg(rule.as_str());
         }
         call.into_cmd()
     }
@@ -197,6 +231,7 @@ impl Store {
             Disposition::Final => ("final", 0),
             Disposition::Retry { after_ms } => ("retry", after_ms),
             Disposition::Dead => ("dead", 0),
+            Disposition::HandBack { min_memory_bytes } => ("handback", min_memory_bytes),
         };
         call = call
             .arg(GROUP)
@@ -282,17 +317,22 @@ impl Store {
 
     /// Hands a stopping worker's unfinished entries back to their streams,
     /// as new entries another worker starts at once. Returns how many.
+    /// `device_failure` (an error code and message) says the worker's
+    /// device failed: each entry's `interrupted` count goes up and the
+    /// task's history notes why.
     pub async fn release(
         &self,
         streams: &[StreamRef],
         consumer: &str,
         held: &[(usize, String)],
+        device_failure: Option<(&str, &str)>,
     ) -> Result<u64, StoreError> {
         let mut call = scripts::RELEASE.invocation();
         for stream in streams {
             call = call.key(&stream.key);
         }
-        call = call.arg(GROUP).arg(consumer);
+        let (why, message) = device_failure.unwrap_or(("shutdown", ""));
+        call = call.arg(GROUP).arg(consumer).arg(why).arg(message);
         for (index, entry_id) in held {
             call = call.arg(index + 1).arg(entry_id.as_str());
         }
@@ -334,7 +374,19 @@ fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claimed, StoreEr
     let entries = array(parts.next().unwrap_or(Value::Nil), "claim")?;
     let last_ids = array(parts.next().unwrap_or(Value::Nil), "claim")?;
     let gone = array(parts.next().unwrap_or(Value::Nil), "claim")?;
+    let blocked = array(parts.next().unwrap_or(Value::Array(vec![])), "claim")?
+        .into_iter()
+        .map(|v| {
+            int(v, "claim").map(|code| match code {
+                0 => Blocked::No,
+                -1 => Blocked::Memory,
+                n if n > 0 => Blocked::For(u64::try_from(n).unwrap_or(0)),
+                _ => Blocked::Rule,
+            })
+        })
+        .collect::<Result<_, _>>()?;
     let mut claimed = Claimed {
+        blocked,
         entries: Vec::with_capacity(entries.len()),
         last_ids: None,
         gone: gone
@@ -411,6 +463,7 @@ mod tests {
             ])]),
             Value::Array(vec![bulk("1-0")]),
             Value::Array(vec![bulk("t:{cpu}:stream:high 0-1")]),
+            Value::Array(vec![Value::Int(250)]),
         ]);
         let claimed = parse_claimed(reply, &streams).unwrap();
         assert_eq!(claimed.entries.len(), 1);
@@ -423,6 +476,7 @@ mod tests {
         );
         assert_eq!(claimed.last_ids, Some(vec!["1-0".to_owned()]));
         assert_eq!(claimed.gone, vec!["t:{cpu}:stream:high 0-1".to_owned()]);
+        assert_eq!(claimed.blocked, vec![Blocked::For(250)]);
 
         let out_of_range = Value::Array(vec![
             Value::Array(vec![Value::Array(vec![

@@ -1,0 +1,259 @@
+//! The device a worker runs on: the CPU, a real GPU, or a simulated one.
+//!
+//! - `detect`: which GPUs this host has (NVML and the CUDA driver, matched
+//!   by UUID or PCI bus id), or the simulated ones the configuration names.
+//! - this module: binding a worker to one of them with its role and memory
+//!   budget, the health probe, and the faults a simulated GPU injects.
+//!
+//! A simulated GPU goes through everything a real one does (role, registry,
+//! memory accounting, routing, failure handling) but runs its tasks on the
+//! CPU, and says `(simulated)` wherever it is shown.
+
+pub mod detect;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use tandem_shared::Config;
+use tandem_shared::device::{Faults, Gpu, Role};
+
+pub use detect::Detection;
+
+/// A worker's device, bound at start.
+#[derive(Debug)]
+pub struct Device {
+    /// `None` for a CPU worker.
+    pub gpu: Option<Gpu>,
+    pub role: Role,
+    /// Why the role (shown by `detect` and the start-up log line).
+    pub why: String,
+    /// The most memory the worker's tasks may declare at once, bytes: the
+    /// GPU's memory less the reserve. 0 for a CPU worker (no limit).
+    pub budget: u64,
+    sim: SimState,
+}
+
+/// A simulated GPU's fault counters, for this process.
+#[derive(Debug, Default)]
+struct SimState {
+    started: AtomicU64,
+    probes: AtomicU32,
+    /// Set once a sticky fault hit: every later task fails too.
+    poisoned: AtomicBool,
+}
+
+/// What a simulated device does to the task about to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injected {
+    None,
+    /// A sticky device error, with its message.
+    Fail(String),
+    /// The task never finishes.
+    Hang,
+    /// The worker process dies now.
+    Die,
+    /// The device runs out of memory.
+    OutOfMemory(String),
+}
+
+impl Device {
+    /// A CPU worker's device.
+    pub fn cpu() -> Self {
+        Device {
+            gpu: None,
+            role: Role::Cpu,
+            why: "no GPU".into(),
+            budget: 0,
+            sim: SimState::default(),
+        }
+    }
+
+    /// Binds to the GPU `config.device` selects (or the CPU), with the role
+    /// `config.role` gives, else the one the host's GPUs rank it at.
+    pub fn bind(config: &Config, detection: &Detection) -> Result<Self, String> {
+        let Some(gpu) = config.device.pick(&detection.gpus)?.cloned() else {
+            return Ok(Self::cpu());
+        };
+        let assignment = detection
+            .assignments(config)
+            .into_iter()
+            .zip(&detection.gpus)
+            .find(|(_, g)| g.uuid == gpu.uuid)
+            .map(|(a, _)| a);
+        let (role, why) = match (config.role, assignment) {
+            (Some(role), _) => (role, "set by --role / TANDEM_ROLE".to_owned()),
+            (None, Some(a)) => (a.role, a.why),
+            (None, None) => (Role::Both, "the only GPU".to_owned()),
+        };
+        let reserve = u64::from(config.device_memory_reserve_pct);
+        let budget = gpu.memory_total / 100 * (100 - reserve);
+        Ok(Device {
+            gpu: Some(gpu),
+            role,
+            why,
+            budget,
+            sim: SimState::default(),
+        })
+    }
+
+    /// `cpu`, or the GPU's UUID: what task records and the registry name.
+    pub fn id(&self) -> String {
+        self.gpu
+            .as_ref()
+            .map_or_else(|| "cpu".to_owned(), |g| g.uuid.clone())
+    }
+
+    /// `gpu0` / `sim1` / `cpu`: a short tag for worker ids and log lines.
+    pub fn tag(&self) -> String {
+        match &self.gpu {
+            None => "cpu".into(),
+            Some(g) if g.is_simulated() => format!("sim{}", g.index),
+            Some(g) => format!("gpu{}", g.index),
+        }
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        self.gpu.is_some()
+    }
+
+    fn faults(&self) -> Option<Faults> {
+        self.gpu
+            .as_ref()
+            .and_then(|g| g.simulated.as_ref())
+            .map(|s| s.faults)
+    }
+
+    /// Checks the device works before it takes tasks: a real GPU writes and
+    /// reads back device memory in a fresh context; a simulated one fails
+    /// its first `probe_failures` probes.
+    pub async fn probe(&self) -> Result<(), String> {
+        let Some(gpu) = &self.gpu else {
+            return Ok(());
+        };
+        if let Some(faults) = self.faults() {
+            let n = self.sim.probes.fetch_add(1, Ordering::SeqCst);
+            return if n < faults.probe_failures {
+                Err(format!(
+                    "simulated probe failure {} of {}",
+                    n + 1,
+                    faults.probe_failures
+                ))
+            } else {
+                Ok(())
+            };
+        }
+        let ordinal = gpu.index;
+        match tokio::task::spawn_blocking(move || tandem_kernels::driver::probe(ordinal)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.message),
+            Err(join) => Err(format!("the probe panicked: {join}")),
+        }
+    }
+
+    /// Called as each task starts: what a simulated GPU's faults do to it.
+    /// Real GPUs and the CPU inject nothing.
+    pub fn before_task(&self, memory_bytes: u64) -> Injected {
+        let Some(faults) = self.faults() else {
+            return Injected::None;
+        };
+        if self.sim.poisoned.load(Ordering::SeqCst) {
+            return Injected::Fail(
+                "simulated CUDA_ERROR_ILLEGAL_ADDRESS (the context is poisoned)".into(),
+            );
+        }
+        let done = self.sim.started.fetch_add(1, Ordering::SeqCst);
+        if faults.die_after.is_some_and(|n| done >= n) {
+            return Injected::Die;
+        }
+        if faults.fail_after.is_some_and(|n| done >= n) {
+            self.sim.poisoned.store(true, Ordering::SeqCst);
+            return Injected::Fail(format!(
+                "simulated CUDA_ERROR_ILLEGAL_ADDRESS after {done} tasks"
+            ));
+        }
+        if faults.hang_after.is_some_and(|n| done >= n) {
+            return Injected::Hang;
+        }
+        if let Some(limit) = faults.oom_above
+            && memory_bytes > limit
+        {
+            return Injected::OutOfMemory(format!(
+                "simulated CUDA_ERROR_OUT_OF_MEMORY: the task declares {memory_bytes} bytes, the device holds {limit}"
+            ));
+        }
+        Injected::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_shared::device::DeviceSelector;
+
+    use super::*;
+
+    fn simulated(spec: &str) -> (Config, Detection) {
+        let config = Config {
+            simulate_gpus: spec.into(),
+            ..Config::default()
+        };
+        let detection = Detection::simulated(&config, None).unwrap();
+        (config, detection)
+    }
+
+    #[test]
+    fn binds_by_uuid_or_index_with_the_assigned_role() {
+        let (mut config, detection) =
+            simulated("RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS");
+        config.device = "SIM-1".parse().unwrap();
+        let device = Device::bind(&config, &detection).unwrap();
+        assert_eq!(device.role, Role::Light);
+        assert_eq!(device.id(), "SIM-1-rtx-3060-ti");
+        assert_eq!(device.tag(), "sim1");
+        assert_eq!(device.budget, (8u64 << 30) / 100 * 90);
+
+        config.device = DeviceSelector::Index(0);
+        config.role = Some(Role::Both);
+        let device = Device::bind(&config, &detection).unwrap();
+        assert_eq!(device.role, Role::Both);
+        assert!(device.why.contains("--role"));
+
+        config.device = DeviceSelector::Index(4);
+        assert!(
+            Device::bind(&config, &detection)
+                .unwrap_err()
+                .contains("no GPU has index 4")
+        );
+        config.device = DeviceSelector::Cpu;
+        assert_eq!(Device::bind(&config, &detection).unwrap().role, Role::Cpu);
+    }
+
+    #[tokio::test]
+    async fn simulated_faults_fire_in_order() {
+        let (mut config, detection) =
+            simulated("A, 4 GiB, 10 TFLOPS, fail_after=2, oom_above=1 GiB, probe_failures=1");
+        config.device = DeviceSelector::Index(0);
+        let device = Device::bind(&config, &detection).unwrap();
+        assert!(device.probe().await.is_err());
+        assert!(device.probe().await.is_ok());
+        assert_eq!(device.before_task(0), Injected::None);
+        assert!(matches!(
+            device.before_task(2 << 30),
+            Injected::OutOfMemory(_)
+        ));
+        assert!(matches!(device.before_task(0), Injected::Fail(_)));
+        // Sticky: every later task fails too.
+        assert!(matches!(device.before_task(0), Injected::Fail(_)));
+
+        let (mut config, detection) =
+            simulated("A, 4 GiB, 10 TFLOPS, hang_after=1; B, 4 GiB, 10 TFLOPS, die_after=0");
+        config.device = DeviceSelector::Index(0);
+        let hangs = Device::bind(&config, &detection).unwrap();
+        assert_eq!(hangs.before_task(0), Injected::None);
+        assert_eq!(hangs.before_task(0), Injected::Hang);
+        config.device = DeviceSelector::Index(1);
+        assert_eq!(
+            Device::bind(&config, &detection).unwrap().before_task(0),
+            Injected::Die
+        );
+        assert_eq!(Device::cpu().before_task(u64::MAX), Injected::None);
+    }
+}

@@ -1,0 +1,169 @@
+//! This worker's routing rules: recomputed from the registry (the watch
+//! task's observations) and its own idleness, turned into the claim
+//! script's per-stream rules, and logged when the fleet around it changes.
+//! The decisions themselves are `tandem_shared::routing`'s.
+
+use tandem_shared::device::Role;
+use tandem_shared::routing::{self, ClassRule, Peer, Policy};
+use tandem_shared::store::StreamRef;
+use tandem_shared::wire::WorkerInfo;
+
+#[derive(Debug)]
+pub(crate) struct Router {
+    role: Role,
+    policy: Policy,
+    me: String,
+    /// The class of each stream, by stream index.
+    classes: Vec<tandem_shared::Class>,
+    peers: Vec<Peer>,
+    idle: bool,
+    class_rules: Vec<ClassRule>,
+    /// The wire form of each stream's rule.
+    wire: Vec<String>,
+}
+
+impl Router {
+    pub fn new(role: Role, policy: Policy, me: String, streams: &[StreamRef]) -> Self {
+        let mut router = Router {
+            role,
+            policy,
+            me,
+            classes: streams.iter().map(|s| s.class).collect(),
+            peers: Vec::new(),
+            idle: true,
+            class_rules: Vec::new(),
+            wire: Vec::new(),
+        };
+        router.recompute();
+        router
+    }
+
+    /// Takes in the live workers; true when the rules changed.
+    pub fn observe(&mut self, workers: &[WorkerInfo]) -> bool {
+        let mut peers = Peer::live(workers, &self.me);
+        peers.sort_by_key(|p| (p.role, p.memory_budget));
+        if peers == self.peers {
+            return false;
+        }
+        self.peers = peers;
+        let before = self.class_rules.clone();
+        let changed = self.recompute();
+        if self.class_rules != before {
+            let summary: Vec<String> = self.class_rules.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                role = %self.role,
+                live = self.peers.len(),
+                "routing: {}",
+                summary.join("; ")
+            );
+        }
+        changed
+    }
+
+    /// Sets whether the worker runs nothing now; true when the rules changed.
+    pub fn set_idle(&mut self, idle: bool) -> bool {
+        if idle == self.idle {
+            return false;
+        }
+        self.idle = idle;
+        self.recompute()
+    }
+
+    /// One rule per stream, for the claim.
+    pub fn rules(&self) -> &[String] {
+        &self.wire
+    }
+
+    /// Whether stream `index` may deliver anything to this worker now.
+    pub fn is_on(&self, index: usize) -> bool {
+        self.wire.get(index).is_some_and(|w| w != "off")
+    }
+
+    /// True when the rules take every task at once: the claim then needs no
+    /// look at entries before reading them.
+    pub fn is_plain(&self) -> bool {
+        self.wire.iter().all(|w| w == "0/-1")
+    }
+
+    fn recompute(&mut self) -> bool {
+        self.class_rules = routing::rules(self.role, self.idle, &self.peers, &self.policy);
+        let wire: Vec<String> = self
+            .classes
+            .iter()
+            .map(|class| {
+                self.class_rules
+                    .iter()
+                    .find(|r| r.class == *class)
+                    .map_or_else(|| "off".to_owned(), |r| r.rule.wire())
+            })
+            .collect();
+        let changed = wire != self.wire;
+        self.wire = wire;
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_shared::device::Health;
+    use tandem_shared::{Class, Priority};
+
+    use super::*;
+
+    fn stream(class: Class) -> StreamRef {
+        StreamRef {
+            class,
+            priority: Priority::Normal,
+            key: format!("t:{{{class}}}:stream:normal"),
+        }
+    }
+
+    fn worker(id: &str, role: Role, health: Health) -> WorkerInfo {
+        WorkerInfo {
+            id: id.into(),
+            role,
+            health,
+            state: "running".into(),
+            memory_budget: 8 << 30,
+            ..WorkerInfo::default()
+        }
+    }
+
+    #[test]
+    fn rules_follow_the_registry_and_idleness() {
+        let streams = [
+            stream(Class::Heavy),
+            stream(Class::Light),
+            stream(Class::Cpu),
+        ];
+        let policy = Policy {
+            spill_ms: 2_000,
+            help_ms: 500,
+            cpu_fallback_ms: 0,
+        };
+        let mut router = Router::new(Role::Heavy, policy, "me".into(), &streams);
+        // Alone: light work at once (no secondary), cpu work too (no CPU worker).
+        assert_eq!(router.rules(), ["0/-1", "limit=1 0/-1", "0/-1"]);
+        let fleet = [
+            worker("me", Role::Heavy, Health::Healthy),
+            worker("sec", Role::Light, Health::Healthy),
+            worker("cpu", Role::Cpu, Health::Healthy),
+        ];
+        assert!(router.observe(&fleet));
+        assert!(!router.observe(&fleet), "the same registry changes nothing");
+        assert_eq!(router.rules(), ["0/-1", "limit=1 500/-1", "off"]);
+        assert!(!router.is_on(2));
+        assert!(router.set_idle(false));
+        assert_eq!(router.rules()[1], "off");
+        // A failed or draining secondary does not count.
+        let mut failed = fleet.clone();
+        failed[1].health = Health::Failed;
+        assert!(router.set_idle(true));
+        assert!(router.observe(&failed));
+        assert_eq!(router.rules()[1], "limit=1 0/-1");
+        let mut draining = fleet.clone();
+        draining[1].state = "draining".into();
+        assert!(!router.observe(&draining));
+        assert!(!router.is_plain());
+    }
+}
