@@ -11,6 +11,7 @@ mod chaos;
 mod cli;
 mod deadline;
 mod faults;
+mod gpus;
 mod idempotency;
 mod kinds;
 mod priority;

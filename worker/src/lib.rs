@@ -178,6 +178,21 @@ pub async fn run(
     nudge.notify_one();
 
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    // Routing starts from the registry as it is now, not from an empty one
+    // (which would have a CPU worker take GPU work until its first look).
+    let mut router = router::Router::new(
+        device.role,
+        config.routing_policy(),
+        worker_id.clone(),
+        &streams,
+    );
+    match store.workers().await {
+        Ok(workers) => {
+            router.observe(&workers);
+        }
+        Err(err) => tracing::warn!("cannot read the worker registry yet: {err}"),
+    }
+
     let cancel_task = tokio::spawn(cancel::listen(
         store.clone(),
         running.clone(),
@@ -231,12 +246,7 @@ pub async fn run(
                 max: Duration::from_millis(config.retry_max_ms),
             },
         }),
-        router: router::Router::new(
-            device.role,
-            config.routing_policy(),
-            worker_id.clone(),
-            &streams,
-        ),
+        router,
         memory_budget: device.is_gpu().then_some(device.budget),
         streams,
         worker_id: worker_id.clone(),

@@ -259,18 +259,35 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts a worker against `redis` with test timings and `env` on top.
     pub fn spawn(redis: &RedisServer, env: &[(&str, &str)]) -> Self {
+        Self::spawn_command(redis, &["run"], env, true)
+    }
+
+    /// Starts `tandem-worker fleet` against `redis`; its children get the
+    /// same test timings (and ids of their own).
+    pub fn spawn_fleet(redis: &RedisServer, env: &[(&str, &str)]) -> Self {
+        Self::spawn_command(redis, &["fleet"], env, false)
+    }
+
+    fn spawn_command(
+        redis: &RedisServer,
+        args: &[&str],
+        env: &[(&str, &str)],
+        with_id: bool,
+    ) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = format!("test-worker-{}-{n}", std::process::id());
         let dir = ScratchDir::new("worker");
         let log = dir.path().join("worker.log");
         let file = std::fs::File::create(&log).expect("worker log");
         let mut cmd = Command::new(bin("tandem-worker"));
-        cmd.arg("run")
+        cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(redis.env())
-            .env("TANDEM_WORKER_ID", &id)
-            .env("TANDEM_HEARTBEAT_INTERVAL_MS", "200")
+            .envs(redis.env());
+        if with_id {
+            cmd.env("TANDEM_WORKER_ID", &id);
+        }
+        cmd.env("TANDEM_HEARTBEAT_INTERVAL_MS", "200")
             .env("TANDEM_HEARTBEAT_TTL_MS", "1000")
             .env("TANDEM_SHUTDOWN_GRACE_MS", "5000")
             .env("TANDEM_LOG_LEVEL", "info,tandem_worker=debug")

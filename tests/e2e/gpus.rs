@@ -1,0 +1,600 @@
+//! GPUs with simulated devices: detection output, roles, the routing
+//! decision matrix (one test per row), out-of-memory hand-back, device
+//! failure (sticky errors, hangs, deaths) and the fleet that restarts its
+//! workers. Every worker here is a real `tandem-worker` process; the GPUs
+//! are simulated (`TANDEM_SIMULATE_GPUS`) and run their tasks on the CPU.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tandem_producer::{Producer, Task};
+use tandem_shared::device::{Health, Role};
+use tandem_shared::kind::builtin::{Sleep, SleepParams};
+use tandem_shared::store::Store;
+use tandem_shared::wire::{TaskRecord, WorkerInfo};
+use tandem_shared::{Class, Status, TaskId};
+
+use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
+
+/// The seed's pair: the 4070 Ti is the primary (heavy), the 3060 Ti the
+/// secondary (light). Budgets (90 %): 10.8 GiB and 7.2 GiB.
+const PAIR: &str = "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS";
+const PRIMARY: &str = "SIM-0-rtx-4070-ti";
+const SECONDARY: &str = "SIM-1-rtx-3060-ti";
+const GIB: u64 = 1 << 30;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Routing bounds long enough that only the rule under test moves tasks.
+const STILL: &[(&str, &str)] = &[
+    ("TANDEM_HEAVY_SPILL_MS", "600000"),
+    ("TANDEM_LIGHT_HELP_MS", "600000"),
+    ("TANDEM_CPU_FALLBACK_MS", "0"),
+    ("TANDEM_CONCURRENCY", "1"),
+];
+
+fn env<'a>(
+    device: &'a str,
+    spec: &'a str,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![("TANDEM_SIMULATE_GPUS", spec), ("TANDEM_DEVICE", device)];
+    env.extend_from_slice(STILL);
+    env.extend_from_slice(extra);
+    env
+}
+
+async fn store(redis: &RedisServer) -> Store {
+    Store::connect(&redis.config()).await.expect("store")
+}
+
+async fn registry(redis: &RedisServer) -> Vec<WorkerInfo> {
+    store(redis).await.workers().await.expect("registry")
+}
+
+/// Starts a worker on `device` and waits until its device is healthy.
+async fn start(
+    redis: &RedisServer,
+    device: &str,
+    spec: &str,
+    extra: &[(&str, &str)],
+) -> WorkerProcess {
+    let worker = WorkerProcess::spawn(redis, &env(device, spec, extra));
+    wait_healthy(redis, &worker.id).await;
+    worker
+}
+
+async fn wait_healthy(redis: &RedisServer, id: &str) {
+    wait_until(WAIT, &format!("{id} healthy"), || async {
+        registry(redis)
+            .await
+            .iter()
+            .any(|w| w.id == id && w.health == Health::Healthy)
+    })
+    .await;
+}
+
+/// Every worker re-reads the registry each heartbeat interval (200 ms in
+/// tests); after this long all of them have seen the others.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+}
+
+fn task(class: Class, ms: u64, memory: u64) -> Task {
+    Task::of::<Sleep>(&SleepParams { ms })
+        .unwrap()
+        .class(class)
+        .memory_bytes(memory)
+}
+
+async fn submit(
+    producer: &Producer,
+    class: Class,
+    ms: u64,
+    memory: u64,
+    count: usize,
+) -> Vec<TaskId> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        ids.push(producer.submit(task(class, ms, memory)).await.unwrap());
+    }
+    ids
+}
+
+/// Waits for every task to succeed; returns their records.
+async fn finished(producer: &Producer, ids: &[TaskId]) -> Vec<TaskRecord> {
+    let mut records = Vec::new();
+    for id in ids {
+        let outcome = producer.wait(*id, WAIT).await.unwrap();
+        assert_eq!(
+            outcome.status,
+            Status::Succeeded,
+            "{id}: {:?}",
+            outcome.record
+        );
+        records.push(outcome.record);
+    }
+    records
+}
+
+fn devices(records: &[TaskRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r.device.clone().unwrap_or_default())
+        .collect()
+}
+
+fn assert_all_on(records: &[TaskRecord], device: &str) {
+    assert!(
+        devices(records).iter().all(|d| d == device),
+        "expected every task on {device}: {:?}",
+        devices(records)
+    );
+}
+
+fn history(record: &TaskRecord) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(record.history.as_deref().unwrap_or("[]"))
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn detect_prints_roles_why_and_labels_simulated_gpus() {
+    let out = Command::new(bin("tandem-worker"))
+        .arg("detect")
+        .env_clear()
+        .env("TANDEM_SIMULATE_GPUS", PAIR)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "INDEX",
+        "UUID",
+        "PCI BUS ID",
+        "MEMORY",
+        "CC",
+        "SMS",
+        "SCORE",
+        "ROLE",
+        "WHY",
+        "RTX 4070 Ti (simulated)",
+        PRIMARY,
+        "12.0 GiB",
+        "heavy",
+        "light",
+        "more capable of two",
+    ] {
+        assert!(table.contains(needle), "{needle} missing:\n{table}");
+    }
+
+    // JSON for scripts; CUDA_VISIBLE_DEVICES leaves the second GPU only,
+    // which, alone, is `both`.
+    let out = Command::new(bin("tandem-worker"))
+        .args(["detect", "--json"])
+        .env_clear()
+        .env("TANDEM_SIMULATE_GPUS", PAIR)
+        .env("CUDA_VISIBLE_DEVICES", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gpus = json["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 1);
+    assert_eq!(gpus[0]["uuid"], SECONDARY);
+    assert_eq!(gpus[0]["index"], 0);
+    assert_eq!(gpus[0]["role"], "both");
+    assert_eq!(gpus[0]["simulated"], true);
+
+    // No simulation: the real driver, which CI machines lack.
+    let out = Command::new(bin("tandem-worker"))
+        .arg("detect")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "detect never fails for want of a GPU");
+    let text = String::from_utf8(out.stdout).unwrap();
+    if text.contains("no GPU") {
+        assert!(text.contains("CPU workers only"), "{text}");
+    }
+
+    // A device that is not there is a clear error.
+    let out = Command::new(bin("tandem-worker"))
+        .args(["run", "--device", "5"])
+        .env_clear()
+        .env("TANDEM_SIMULATE_GPUS", PAIR)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("no GPU has index 5") && err.contains(PRIMARY),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn roles_and_devices_show_in_the_registry() {
+    let redis = RedisServer::start();
+    let primary = start(&redis, "0", PAIR, &[]).await;
+    let secondary = start(&redis, SECONDARY, PAIR, &[]).await;
+    let workers = registry(&redis).await;
+    let find = |id: &str| workers.iter().find(|w| w.id == id).unwrap().clone();
+    let p = find(&primary.id);
+    assert_eq!((p.role, p.device.as_str()), (Role::Heavy, PRIMARY));
+    assert_eq!(p.device_name, "RTX 4070 Ti (simulated)");
+    assert!(p.simulated);
+    assert_eq!(p.memory_total, 12 * GIB);
+    assert_eq!(p.memory_budget, 12 * GIB / 100 * 90);
+    let s = find(&secondary.id);
+    assert_eq!((s.role, s.device_index), (Role::Light, Some(1)));
+}
+
+#[tokio::test]
+async fn heavy_to_the_primary_light_to_the_secondary_cpu_to_the_cpu_worker() {
+    let redis = RedisServer::start();
+    let _primary = start(&redis, PRIMARY, PAIR, &[]).await;
+    let _secondary = start(&redis, SECONDARY, PAIR, &[]).await;
+    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
+    settle().await;
+    let producer = redis.producer().await;
+    let heavy = submit(&producer, Class::Heavy, 20, GIB, 5).await;
+    let light = submit(&producer, Class::Light, 20, GIB, 5).await;
+    let cpu = submit(&producer, Class::Cpu, 20, 0, 5).await;
+    assert_all_on(&finished(&producer, &heavy).await, PRIMARY);
+    assert_all_on(&finished(&producer, &light).await, SECONDARY);
+    assert_all_on(&finished(&producer, &cpu).await, "cpu");
+}
+
+#[tokio::test]
+async fn parallel_tasks_run_on_every_gpu_and_not_the_cpu() {
+    let redis = RedisServer::start();
+    let _primary = start(&redis, PRIMARY, PAIR, &[]).await;
+    let _secondary = start(&redis, SECONDARY, PAIR, &[]).await;
+    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
+    settle().await;
+    let producer = redis.producer().await;
+    let ids = submit(&producer, Class::Parallel, 300, GIB, 6).await;
+    let used = devices(&finished(&producer, &ids).await);
+    assert!(used.iter().any(|d| d == PRIMARY), "{used:?}");
+    assert!(used.iter().any(|d| d == SECONDARY), "{used:?}");
+    assert!(!used.iter().any(|d| d == "cpu"), "{used:?}");
+}
+
+#[tokio::test]
+async fn primary_dies_heavy_tasks_that_fit_run_on_the_secondary_the_rest_on_the_cpu() {
+    let redis = RedisServer::start();
+    let primary = start(&redis, PRIMARY, PAIR, &[]).await;
+    let _secondary = start(&redis, SECONDARY, PAIR, &[]).await;
+    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
+    settle().await;
+    let producer = redis.producer().await;
+    // One heavy task in flight on the primary when it dies, and a backlog.
+    let running = producer
+        .submit(task(Class::Heavy, 5_000, GIB))
+        .await
+        .unwrap();
+    wait_until(WAIT, "the heavy task runs on the primary", || async {
+        producer.record(running).await.unwrap().is_some_and(|r| {
+            r.status == Some(Status::Running) && r.device.as_deref() == Some(PRIMARY)
+        })
+    })
+    .await;
+    let fits = submit(&producer, Class::Heavy, 20, 2 * GIB, 3).await;
+    let too_big = submit(&producer, Class::Heavy, 20, 10 * GIB, 3).await;
+    primary.signal("KILL");
+
+    let taken_over = finished(&producer, &[running]).await;
+    assert_all_on(&taken_over, SECONDARY);
+    assert_all_on(&finished(&producer, &fits).await, SECONDARY);
+    assert_all_on(&finished(&producer, &too_big).await, "cpu");
+}
+
+#[tokio::test]
+async fn both_gpus_die_and_the_cpu_worker_runs_everything() {
+    let redis = RedisServer::start();
+    let primary = start(&redis, PRIMARY, PAIR, &[]).await;
+    let secondary = start(&redis, SECONDARY, PAIR, &[]).await;
+    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
+    settle().await;
+    primary.signal("KILL");
+    secondary.signal("KILL");
+    let producer = redis.producer().await;
+    let mut ids = submit(&producer, Class::Heavy, 10, 10 * GIB, 2).await;
+    ids.extend(submit(&producer, Class::Light, 10, GIB, 2).await);
+    ids.extend(submit(&producer, Class::Parallel, 10, GIB, 2).await);
+    ids.extend(submit(&producer, Class::Cpu, 10, 0, 2).await);
+    assert_all_on(&finished(&producer, &ids).await, "cpu");
+}
+
+#[tokio::test]
+async fn the_primary_coming_back_takes_heavy_tasks_again() {
+    let redis = RedisServer::start();
+    let _secondary = start(&redis, SECONDARY, PAIR, &[]).await;
+    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
+    settle().await;
+    let producer = redis.producer().await;
+    // Primary down: the secondary takes the heavy tasks that fit.
+    let before = submit(&producer, Class::Heavy, 10, GIB, 3).await;
+    assert_all_on(&finished(&producer, &before).await, SECONDARY);
+
+    let _primary = start(&redis, PRIMARY, PAIR, &[]).await;
+    settle().await;
+    let after = submit(&producer, Class::Heavy, 10, GIB, 3).await;
+    assert_all_on(&finished(&producer, &after).await, PRIMARY);
+}
+
+#[tokio::test]
+async fn an_idle_primary_helps_with_a_light_backlog_one_task_at_a_time() {
+    let redis = RedisServer::start();
+    let help = [("TANDEM_LIGHT_HELP_MS", "200")];
+    let primary = start(&redis, PRIMARY, PAIR, &help).await;
+    let _secondary = start(&redis, SECONDARY, PAIR, &help).await;
+    settle().await;
+    let producer = redis.producer().await;
+    let ids = submit(&producer, Class::Light, 400, GIB, 6).await;
+    let records = finished(&producer, &ids).await;
+    let on_primary: Vec<&TaskRecord> = records
+        .iter()
+        .filter(|r| r.device.as_deref() == Some(PRIMARY))
+        .collect();
+    assert!(
+        !on_primary.is_empty(),
+        "the idle primary never helped: {:?}",
+        devices(&records)
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.device.as_deref() == Some(SECONDARY))
+    );
+    // One at a time: the primary's light tasks never overlap.
+    let mut spans: Vec<(u64, u64)> = on_primary
+        .iter()
+        .map(|r| (r.started_at_ms.unwrap(), r.finished_at_ms.unwrap()))
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "overlapping light tasks on the primary: {spans:?}"
+        );
+    }
+    drop(primary);
+}
+
+#[tokio::test]
+async fn a_busy_primary_spills_heavy_tasks_to_the_secondary_if_they_fit_else_to_the_cpu() {
+    let redis = RedisServer::start();
+    let spill = [("TANDEM_HEAVY_SPILL_MS", "300")];
+    let _primary = start(&redis, PRIMARY, PAIR, &spill).await;
+    let _secondary = start(&redis, SECONDARY, PAIR, &spill).await;
+    let _cpu = start(&redis, "cpu", PAIR, &spill).await;
+    settle().await;
+    let producer = redis.producer().await;
+    let long = producer
+        .submit(task(Class::Heavy, 4_000, GIB))
+        .await
+        .unwrap();
+    wait_until(WAIT, "the primary is busy", || async {
+        producer.status(long).await.unwrap() == Status::Running
+    })
+    .await;
+    let fits = submit(&producer, Class::Heavy, 10, 2 * GIB, 2).await;
+    let started = Instant::now();
+    assert_all_on(&finished(&producer, &fits).await, SECONDARY);
+    let too_big = submit(&producer, Class::Heavy, 10, 9 * GIB, 1).await;
+    assert_all_on(&finished(&producer, &too_big).await, "cpu");
+    assert!(
+        started.elapsed() < Duration::from_millis(3_500),
+        "the spilled tasks waited for the primary"
+    );
+    assert_all_on(&finished(&producer, &[long]).await, PRIMARY);
+}
+
+#[tokio::test]
+async fn out_of_memory_hands_the_task_back_for_more_room_and_the_worker_goes_on() {
+    let redis = RedisServer::start();
+    let solo = "Solo, 4 GiB, 10 TFLOPS, oom_above=1 GiB";
+    let gpu = start(&redis, "0", solo, &[]).await;
+    let _cpu = start(&redis, "cpu", solo, &[]).await;
+    settle().await;
+    let producer = redis.producer().await;
+    let big = producer
+        .submit(task(Class::Heavy, 10, 2 * GIB))
+        .await
+        .unwrap();
+    assert_all_on(&finished(&producer, &[big]).await, "cpu");
+    let record = producer.record(big).await.unwrap().unwrap();
+    let history = history(&record);
+    assert!(
+        history.iter().any(|h| h["status"] == "handed_back"
+            && h["error_code"] == "DEVICE_OUT_OF_MEMORY"
+            && h["device"] == "SIM-0-solo"),
+        "{history:?}"
+    );
+    // Not fatal: the GPU worker runs the next task that fits.
+    let small = producer
+        .submit(task(Class::Heavy, 10, GIB / 2))
+        .await
+        .unwrap();
+    assert_all_on(&finished(&producer, &[small]).await, "SIM-0-solo");
+    drop(gpu);
+}
+
+#[tokio::test]
+async fn a_hung_device_is_failed_by_the_watchdog_and_its_task_runs_elsewhere() {
+    let redis = RedisServer::start();
+    let hangs = "Solo, 4 GiB, 10 TFLOPS, hang_after=0";
+    let mut gpu = start(&redis, "0", hangs, &[("TANDEM_DEVICE_WATCHDOG_MS", "500")]).await;
+    let _cpu = start(&redis, "cpu", hangs, &[]).await;
+    settle().await;
+    let producer = redis.producer().await;
+    let id = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
+    assert_eq!(
+        gpu.wait_exit(WAIT),
+        Some(3),
+        "a failed device exits with status 3"
+    );
+    assert_all_on(&finished(&producer, &[id]).await, "cpu");
+    let record = producer.record(id).await.unwrap().unwrap();
+    assert!(
+        history(&record)
+            .iter()
+            .any(|h| h["status"] == "handed_back" && h["error_code"] == "DEVICE_FAILED"),
+        "{:?}",
+        history(&record)
+    );
+    assert!(gpu.log_text().contains("device hung"), "{}", gpu.log_text());
+}
+
+#[tokio::test]
+async fn a_device_that_dies_mid_task_loses_nothing() {
+    let redis = RedisServer::start();
+    let dies = "Solo, 4 GiB, 10 TFLOPS, die_after=0";
+    let mut gpu = start(&redis, "0", dies, &[]).await;
+    let _cpu = start(&redis, "cpu", dies, &[]).await;
+    settle().await;
+    let producer = redis.producer().await;
+    let id = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
+    gpu.wait_exit(WAIT);
+    assert_all_on(&finished(&producer, &[id]).await, "cpu");
+}
+
+#[tokio::test]
+async fn a_sticky_error_fails_the_device_and_the_fleet_restarts_and_probes_it() {
+    let redis = RedisServer::start();
+    let flaky = "Solo, 4 GiB, 10 TFLOPS, fail_after=2, probe_failures=2";
+    let mut fleet = WorkerProcess::spawn_fleet(
+        &redis,
+        &[
+            ("TANDEM_SIMULATE_GPUS", flaky),
+            ("TANDEM_CONCURRENCY", "2"),
+            ("TANDEM_FLEET_RESTART_MS", "100"),
+            ("TANDEM_PROBE_BACKOFF_MS", "100"),
+            ("TANDEM_CPU_FALLBACK_MS", "0"),
+        ],
+    );
+    wait_until(WAIT, "a healthy GPU worker and a CPU worker", || async {
+        let workers = registry(&redis).await;
+        workers
+            .iter()
+            .any(|w| w.role == Role::Both && w.health == Health::Healthy)
+            && workers.iter().any(|w| w.role == Role::Cpu)
+    })
+    .await;
+    let first_gpu_worker = registry(&redis)
+        .await
+        .into_iter()
+        .find(|w| w.role == Role::Both)
+        .unwrap();
+    settle().await;
+    let producer = redis.producer().await;
+    let ids = submit(&producer, Class::Heavy, 300, GIB, 6).await;
+    finished(&producer, &ids).await;
+    let mut records = Vec::new();
+    for id in &ids {
+        records.push(producer.record(*id).await.unwrap().unwrap());
+    }
+    // The third task hit the sticky error: it and the one beside it went
+    // back, marked in their history, and ran again.
+    let handed_back: Vec<&TaskRecord> = records
+        .iter()
+        .filter(|r| {
+            history(r)
+                .iter()
+                .any(|h| h["error_code"] == "DEVICE_FAILED")
+        })
+        .collect();
+    assert!(
+        !handed_back.is_empty(),
+        "no task was handed back: {records:?}"
+    );
+
+    // The fleet restarted the worker; it probed (failing twice) and is
+    // healthy again, under a new id.
+    wait_until(WAIT, "a new healthy GPU worker", || async {
+        registry(&redis).await.iter().any(|w| {
+            w.role == Role::Both && w.health == Health::Healthy && w.id != first_gpu_worker.id
+        })
+    })
+    .await;
+    let log = fleet.log_text();
+    for needle in [
+        "its device failed (status 3)",
+        "restarted",
+        "simulated probe failure 2 of 2",
+        "probe passed: the device is healthy again",
+    ] {
+        assert!(
+            log.contains(needle),
+            "{needle:?} not in the fleet log:\n{log}"
+        );
+    }
+    settle().await;
+    let again = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
+    assert_all_on(&finished(&producer, &[again]).await, "SIM-0-solo");
+
+    // SIGTERM reaches every member; they deregister and the fleet exits.
+    fleet.signal("TERM");
+    assert_eq!(fleet.wait_exit(WAIT), Some(0));
+    wait_until(WAIT, "the registry empties", || async {
+        registry(&redis).await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_fleet_runs_a_worker_per_gpu_and_restarts_one_that_is_killed() {
+    let redis = RedisServer::start();
+    let mut fleet = WorkerProcess::spawn_fleet(
+        &redis,
+        &[
+            ("TANDEM_SIMULATE_GPUS", PAIR),
+            ("TANDEM_FLEET_RESTART_MS", "100"),
+        ],
+    );
+    wait_until(WAIT, "three members registered", || async {
+        let workers = registry(&redis).await;
+        let mut roles: Vec<Role> = workers.iter().map(|w| w.role).collect();
+        roles.sort();
+        roles == [Role::Heavy, Role::Light, Role::Cpu]
+            && workers.iter().all(|w| w.health == Health::Healthy)
+    })
+    .await;
+    let workers = registry(&redis).await;
+    let primary = workers
+        .iter()
+        .find(|w| w.role == Role::Heavy)
+        .unwrap()
+        .clone();
+    assert_eq!(primary.device, PRIMARY);
+    assert!(primary.id.contains("-sim0-"), "{}", primary.id);
+    let status = Command::new("kill")
+        .args(["-KILL", &primary.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until(WAIT, "the primary restarted", || async {
+        registry(&redis)
+            .await
+            .iter()
+            .any(|w| w.device == PRIMARY && w.pid != primary.pid && w.health == Health::Healthy)
+    })
+    .await;
+    assert!(
+        fleet.log_text().contains("killed by signal 9"),
+        "{}",
+        fleet.log_text()
+    );
+
+    fleet.signal("TERM");
+    assert_eq!(fleet.wait_exit(WAIT), Some(0));
+    // Every member drained and deregistered (the killed one's record
+    // expires with its heartbeat).
+    wait_until(WAIT, "the registry empties", || async {
+        registry(&redis).await.is_empty()
+    })
+    .await;
+}
