@@ -598,3 +598,33 @@ async fn the_fleet_runs_a_worker_per_gpu_and_restarts_one_that_is_killed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_task_that_fails_every_device_it_touches_ends_as_poison() {
+    let redis = RedisServer::start();
+    let mut fleet = WorkerProcess::spawn_fleet(
+        &redis,
+        &[
+            (
+                "TANDEM_SIMULATE_GPUS",
+                "Bad, 4 GiB, 10 TFLOPS, fail_after=0",
+            ),
+            ("TANDEM_FLEET_CPU_WORKER", "false"),
+            ("TANDEM_FLEET_RESTART_MS", "100"),
+            ("TANDEM_MAX_DELIVERIES", "3"),
+        ],
+    );
+    let producer = redis.producer().await;
+    let id = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Failed);
+    assert_eq!(outcome.failure().unwrap().code.as_str(), "MAX_DELIVERIES");
+    let record = producer.record(id).await.unwrap().unwrap();
+    let interruptions = history(&record)
+        .iter()
+        .filter(|h| h["error_code"] == "DEVICE_FAILED")
+        .count();
+    assert_eq!(interruptions, 3, "{:?}", record.history);
+    fleet.signal("TERM");
+    assert_eq!(fleet.wait_exit(WAIT), Some(0));
+}

@@ -11,6 +11,8 @@ mod chaos;
 mod cli;
 mod deadline;
 mod faults;
+#[cfg(feature = "gpu-tests")]
+mod gpu_real;
 mod gpus;
 mod idempotency;
 mod kinds;
