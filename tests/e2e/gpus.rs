@@ -229,6 +229,27 @@ async fn roles_and_devices_show_in_the_registry() {
     assert_eq!(p.memory_budget, 12 * GIB / 100 * 90);
     let s = find(&secondary.id);
     assert_eq!((s.role, s.device_index), (Role::Light, Some(1)));
+
+    // `tandem workers` shows the same.
+    let out = Command::new(bin("tandem"))
+        .arg("workers")
+        .env_clear()
+        .env("TANDEM_REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        primary.id.as_str(),
+        PRIMARY,
+        "RTX 4070 Ti (simulated)",
+        "heavy",
+        "light",
+        "healthy",
+        "0 B / 10.8 GiB",
+    ] {
+        assert!(table.contains(needle), "{needle} missing:\n{table}");
+    }
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod queues;
 mod soak;
 mod table;
 mod tasks;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,8 @@ pub enum Command {
     Cancel(TaskArgs),
     /// Per stream: waiting, pending, consumers, oldest waiting age.
     Queues,
+    /// The live workers: device, role, health, tasks, memory.
+    Workers,
     /// The dead-letter streams: list, show, requeue, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -120,6 +123,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status(args) => tasks::status(&config, args).await,
             Command::Cancel(args) => tasks::cancel(&config, args).await,
             Command::Queues => queues::run(&config).await,
+            Command::Workers => workers::run(&config).await,
             Command::Dlq(command) => dlq::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,

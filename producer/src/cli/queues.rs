@@ -15,6 +15,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
             "stream",
             "class",
             "priority",
+            "in stream",
             "waiting",
             "pending",
             "consumers",
