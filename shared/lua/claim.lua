@@ -82,12 +82,13 @@ local gone = {}
 local blocked = {}
 local any_blocked = false
 
--- Rules, one per stream. A plain rule (take everything at once) with no
--- memory limit needs no look at the entries before reading them.
-local rules = {}
-for idx = 1, #KEYS do
-  local text = ARGV[11 + dead_count + idx] or '0/-1'
-  local rule = {limit = 0, clauses = {}, base = base_of(KEYS[idx]) or ''}
+-- Rules, one per stream; streams of one class share theirs, so each text
+-- is read once. A plain rule (take everything at once) with no memory
+-- limit needs no look at the entries before reading them; a claim without
+-- rules (a CPU worker with no GPU around) is all plain.
+local PLAIN = {limit = 0, clauses = {{0, -1}}, off = false, plain = free_mem < 0}
+local function parse_rule(text)
+  local rule = {limit = 0, clauses = {}}
   if text ~= 'off' then
     for token in string.gmatch(text, '%S+') do
       local limit = string.match(token, '^limit=(%d+)$')
@@ -104,8 +105,25 @@ for idx = 1, #KEYS do
   rule.off = #rule.clauses == 0
   rule.plain = free_mem < 0 and rule.limit == 0 and #rule.clauses == 1
     and rule.clauses[1][1] == 0 and rule.clauses[1][2] < 0
-  rules[idx] = rule
-  blocked[idx] = 0
+  return rule
+end
+local rules = {}
+local first_rule = 12 + dead_count
+if #ARGV < first_rule then
+  for idx = 1, #KEYS do
+    rules[idx] = PLAIN
+  end
+else
+  local parsed = {}
+  for idx = 1, #KEYS do
+    local text = ARGV[first_rule - 1 + idx] or '0/-1'
+    local rule = parsed[text]
+    if rule == nil then
+      rule = parse_rule(text)
+      parsed[text] = rule
+    end
+    rules[idx] = rule
+  end
 end
 local taken_per_class = {}
 
@@ -119,7 +137,7 @@ local function admits(idx, fields, age)
   if rule.plain then
     return true
   end
-  if rule.limit > 0 and (taken_per_class[rule.base] or 0) >= rule.limit then
+  if rule.limit > 0 and (taken_per_class[base_of(KEYS[idx])] or 0) >= rule.limit then
     return false, -2
   end
   local mem = tonumber(field(fields, 'memory_bytes') or '0') or 0
@@ -142,15 +160,17 @@ end
 
 -- Books an admitted entry against the class limit and the free memory.
 local function book(idx, fields)
-  local rule = rules[idx]
-  taken_per_class[rule.base] = (taken_per_class[rule.base] or 0) + 1
+  if rules[idx].limit > 0 then
+    local base = base_of(KEYS[idx])
+    taken_per_class[base] = (taken_per_class[base] or 0) + 1
+  end
   if free_mem >= 0 then
     free_mem = math.max(0, free_mem - (tonumber(field(fields, 'memory_bytes') or '0') or 0))
   end
 end
 
 local function refuse(idx, code)
-  if blocked[idx] == 0 then
+  if blocked[idx] == nil then
     blocked[idx] = code
     any_blocked = true
   end
@@ -440,7 +460,9 @@ if remaining > 0 and want_last_ids then
     end
   end
 end
-if not any_blocked then
-  blocked = {}
+if any_blocked then
+  for idx = 1, #KEYS do
+    blocked[idx] = blocked[idx] or 0
+  end
 end
 return {claimed, last_ids, gone, blocked}
