@@ -649,3 +649,27 @@ async fn a_task_that_fails_every_device_it_touches_ends_as_poison() {
     fleet.signal("TERM");
     assert_eq!(fleet.wait_exit(WAIT), Some(0));
 }
+
+#[tokio::test]
+async fn the_fleets_members_stop_when_the_fleet_is_killed() {
+    let redis = RedisServer::start();
+    let mut fleet = WorkerProcess::spawn_fleet(
+        &redis,
+        &[("TANDEM_SIMULATE_GPUS", "Solo, 4 GiB, 10 TFLOPS")],
+    );
+    wait_until(WAIT, "two healthy members", || async {
+        let workers = registry(&redis).await;
+        workers.len() == 2 && workers.iter().all(|w| w.health == Health::Healthy)
+    })
+    .await;
+    let pids: Vec<u32> = registry(&redis).await.iter().map(|w| w.pid).collect();
+    fleet.signal("KILL");
+    fleet.wait_exit(WAIT);
+    // Each member asked the kernel for SIGTERM when its parent dies: none
+    // is left behind claiming tasks.
+    wait_until(WAIT, "the members exit with the fleet", || async {
+        pids.iter()
+            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    })
+    .await;
+}

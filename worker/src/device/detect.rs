@@ -381,6 +381,16 @@ mod tests {
     }
 
     #[test]
+    fn nvml_missing_is_an_error_not_a_panic() {
+        // Without the NVIDIA driver (CI) NVML cannot load; with it, every
+        // device it lists has a UUID.
+        match nvml_devices() {
+            Ok(list) => assert!(list.iter().all(|d| !d.uuid.is_empty())),
+            Err(why) => assert!(!why.is_empty()),
+        }
+    }
+
+    #[test]
     fn the_table_labels_simulated_gpus() {
         let config = Config {
             simulate_gpus: "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS"
