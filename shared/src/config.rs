@@ -312,7 +312,7 @@ settings! {
     worker_id: String = String::new(), "TANDEM_WORKER_ID";
     /// Tasks a worker runs at once; 0 means one per CPU core.
     concurrency: usize = 0, "TANDEM_CONCURRENCY";
-    /// Classes a worker takes, in its order of preference at equal priority.
+    /// Classes a worker may take (routing decides among them by its role); a CPU worker prefers them in this order at equal priority.
     classes: Vec<Class> = vec![Class::Cpu, Class::Light, Class::Parallel, Class::Heavy], "TANDEM_CLASSES";
     /// Most tasks a worker claims in one round trip.
     claim_batch: usize = 64, "TANDEM_CLAIM_BATCH";

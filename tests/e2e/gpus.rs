@@ -139,6 +139,18 @@ fn history(record: &TaskRecord) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// SIGTERM reaches every member of a fleet: they drain and deregister (a
+/// killed member's record expires with its heartbeat), and the fleet exits
+/// cleanly.
+async fn stop_fleet(redis: &RedisServer, fleet: &mut WorkerProcess) {
+    fleet.signal("TERM");
+    assert_eq!(fleet.wait_exit(WAIT), Some(0));
+    wait_until(WAIT, "the registry empties", || async {
+        registry(redis).await.is_empty()
+    })
+    .await;
+}
+
 #[test]
 fn detect_prints_roles_why_and_labels_simulated_gpus() {
     let out = Command::new(bin("tandem-worker"))
@@ -557,13 +569,7 @@ async fn a_sticky_error_fails_the_device_and_the_fleet_restarts_and_probes_it() 
     let again = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
     assert_all_on(&finished(&producer, &[again]).await, "SIM-0-solo");
 
-    // SIGTERM reaches every member; they deregister and the fleet exits.
-    fleet.signal("TERM");
-    assert_eq!(fleet.wait_exit(WAIT), Some(0));
-    wait_until(WAIT, "the registry empties", || async {
-        registry(&redis).await.is_empty()
-    })
-    .await;
+    stop_fleet(&redis, &mut fleet).await;
 }
 
 #[tokio::test]
@@ -610,14 +616,7 @@ async fn the_fleet_runs_a_worker_per_gpu_and_restarts_one_that_is_killed() {
         fleet.log_text()
     );
 
-    fleet.signal("TERM");
-    assert_eq!(fleet.wait_exit(WAIT), Some(0));
-    // Every member drained and deregistered (the killed one's record
-    // expires with its heartbeat).
-    wait_until(WAIT, "the registry empties", || async {
-        registry(&redis).await.is_empty()
-    })
-    .await;
+    stop_fleet(&redis, &mut fleet).await;
 }
 
 #[tokio::test]
