@@ -2,6 +2,9 @@
 //! task's observations) and its own idleness, turned into the claim
 //! script's per-stream rules, and logged when the fleet around it changes.
 //! The decisions themselves are `tandem_shared::routing`'s.
+//!
+//! Idleness flips with every task on a busy worker, so both variants are
+//! computed when the registry changes and a flip only picks one.
 
 use tandem_shared::device::Role;
 use tandem_shared::routing::{self, ClassRule, Peer, Policy};
@@ -17,9 +20,11 @@ pub(crate) struct Router {
     classes: Vec<tandem_shared::Class>,
     peers: Vec<Peer>,
     idle: bool,
+    /// The class rules while idle (the ones logged).
     class_rules: Vec<ClassRule>,
-    /// The wire form of each stream's rule.
-    wire: Vec<String>,
+    /// The wire form of each stream's rule, while idle and while busy.
+    wire_idle: Vec<String>,
+    wire_busy: Vec<String>,
 }
 
 impl Router {
@@ -32,7 +37,8 @@ impl Router {
             peers: Vec::new(),
             idle: true,
             class_rules: Vec::new(),
-            wire: Vec::new(),
+            wire_idle: Vec::new(),
+            wire_busy: Vec::new(),
         };
         router.recompute();
         router
@@ -66,40 +72,49 @@ impl Router {
             return false;
         }
         self.idle = idle;
-        self.recompute()
+        self.wire_idle != self.wire_busy
     }
 
     /// One rule per stream, for the claim.
     pub fn rules(&self) -> &[String] {
-        &self.wire
+        if self.idle {
+            &self.wire_idle
+        } else {
+            &self.wire_busy
+        }
     }
 
     /// Whether stream `index` may deliver anything to this worker now.
     pub fn is_on(&self, index: usize) -> bool {
-        self.wire.get(index).is_some_and(|w| w != "off")
+        self.rules().get(index).is_some_and(|w| w != "off")
     }
 
     /// True when the rules take every task at once: the claim then needs no
     /// look at entries before reading them.
     pub fn is_plain(&self) -> bool {
-        self.wire.iter().all(|w| w == "0/-1")
+        self.rules().iter().all(|w| w == "0/-1")
     }
 
+    /// Recomputes both variants; true when the rules in force changed.
     fn recompute(&mut self) -> bool {
-        self.class_rules = routing::rules(self.role, self.idle, &self.peers, &self.policy);
-        let wire: Vec<String> = self
-            .classes
-            .iter()
-            .map(|class| {
-                self.class_rules
-                    .iter()
-                    .find(|r| r.class == *class)
-                    .map_or_else(|| "off".to_owned(), |r| r.rule.wire())
-            })
-            .collect();
-        let changed = wire != self.wire;
-        self.wire = wire;
-        changed
+        let before = self.rules().to_vec();
+        let wire = |rules: &[ClassRule]| -> Vec<String> {
+            self.classes
+                .iter()
+                .map(|class| {
+                    rules
+                        .iter()
+                        .find(|r| r.class == *class)
+                        .map_or_else(|| "off".to_owned(), |r| r.rule.wire())
+                })
+                .collect()
+        };
+        let idle = routing::rules(self.role, true, &self.peers, &self.policy);
+        let busy = routing::rules(self.role, false, &self.peers, &self.policy);
+        self.wire_idle = wire(&idle);
+        self.wire_busy = wire(&busy);
+        self.class_rules = idle;
+        self.rules() != before.as_slice()
     }
 }
 
