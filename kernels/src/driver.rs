@@ -100,6 +100,25 @@ pub fn devices() -> Result<Vec<CudaDevice>, DriverUnavailable> {
     if !is_present() {
         return Err(DriverUnavailable::Missing);
     }
+    // cudarc's loader panics when the library lacks a function (a driver
+    // older than the bindings): an error here, never a crash.
+    std::panic::catch_unwind(list_devices).unwrap_or_else(|panic| {
+        Err(DriverUnavailable::Failed(format!(
+            "the driver library is unusable: {}",
+            panic_text(&panic)
+        )))
+    })
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn list_devices() -> Result<Vec<CudaDevice>, DriverUnavailable> {
     result::init().map_err(failed)?;
     let count = result::device::get_count().map_err(failed)?;
     let mut out = Vec::new();
@@ -174,6 +193,15 @@ pub fn probe(ordinal: u32) -> Result<(u64, u64), DeviceError> {
             message: DriverUnavailable::Missing.to_string(),
         });
     }
+    std::panic::catch_unwind(|| write_and_read_back(ordinal)).unwrap_or_else(|panic| {
+        Err(DeviceError {
+            fault: Fault::Sticky,
+            message: format!("the driver library is unusable: {}", panic_text(&panic)),
+        })
+    })
+}
+
+fn write_and_read_back(ordinal: u32) -> Result<(u64, u64), DeviceError> {
     let ctx = CudaContext::new(ordinal as usize)?;
     let stream = ctx.default_stream();
     let pattern: Vec<u32> = (0..1u32 << 18)
