@@ -465,6 +465,15 @@ async fn a_hung_device_is_failed_by_the_watchdog_and_its_task_runs_elsewhere() {
     settle().await;
     let producer = redis.producer().await;
     let id = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
+    // The registry says so (until the record's TTL runs out), then the
+    // worker exits for its fleet to restart it.
+    wait_until(WAIT, "the device marked failed", || async {
+        registry(&redis)
+            .await
+            .iter()
+            .any(|w| w.id == gpu.id && w.health == Health::Failed)
+    })
+    .await;
     assert_eq!(
         gpu.wait_exit(WAIT),
         Some(3),
