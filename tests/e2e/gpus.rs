@@ -79,6 +79,19 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(700)).await;
 }
 
+/// The seed's host: the primary, the secondary and a CPU worker, each with
+/// `extra` settings, started and aware of each other.
+async fn seed_host(
+    redis: &RedisServer,
+    extra: &[(&str, &str)],
+) -> (WorkerProcess, WorkerProcess, WorkerProcess) {
+    let primary = start(redis, PRIMARY, PAIR, extra).await;
+    let secondary = start(redis, SECONDARY, PAIR, extra).await;
+    let cpu = start(redis, "cpu", PAIR, extra).await;
+    settle().await;
+    (primary, secondary, cpu)
+}
+
 fn task(class: Class, ms: u64, memory: u64) -> Task {
     Task::of::<Sleep>(&SleepParams { ms })
         .unwrap()
@@ -267,10 +280,7 @@ async fn roles_and_devices_show_in_the_registry() {
 #[tokio::test]
 async fn heavy_to_the_primary_light_to_the_secondary_cpu_to_the_cpu_worker() {
     let redis = RedisServer::start();
-    let _primary = start(&redis, PRIMARY, PAIR, &[]).await;
-    let _secondary = start(&redis, SECONDARY, PAIR, &[]).await;
-    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
-    settle().await;
+    let (_primary, _secondary, _cpu) = seed_host(&redis, &[]).await;
     let producer = redis.producer().await;
     let heavy = submit(&producer, Class::Heavy, 20, GIB, 5).await;
     let light = submit(&producer, Class::Light, 20, GIB, 5).await;
@@ -283,10 +293,7 @@ async fn heavy_to_the_primary_light_to_the_secondary_cpu_to_the_cpu_worker() {
 #[tokio::test]
 async fn parallel_tasks_run_on_every_gpu_and_not_the_cpu() {
     let redis = RedisServer::start();
-    let _primary = start(&redis, PRIMARY, PAIR, &[]).await;
-    let _secondary = start(&redis, SECONDARY, PAIR, &[]).await;
-    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
-    settle().await;
+    let (_primary, _secondary, _cpu) = seed_host(&redis, &[]).await;
     let producer = redis.producer().await;
     let ids = submit(&producer, Class::Parallel, 300, GIB, 6).await;
     let used = devices(&finished(&producer, &ids).await);
@@ -298,10 +305,7 @@ async fn parallel_tasks_run_on_every_gpu_and_not_the_cpu() {
 #[tokio::test]
 async fn primary_dies_heavy_tasks_that_fit_run_on_the_secondary_the_rest_on_the_cpu() {
     let redis = RedisServer::start();
-    let primary = start(&redis, PRIMARY, PAIR, &[]).await;
-    let _secondary = start(&redis, SECONDARY, PAIR, &[]).await;
-    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
-    settle().await;
+    let (primary, _secondary, _cpu) = seed_host(&redis, &[]).await;
     let producer = redis.producer().await;
     // One heavy task in flight on the primary when it dies, and a backlog.
     let running = producer
@@ -327,10 +331,7 @@ async fn primary_dies_heavy_tasks_that_fit_run_on_the_secondary_the_rest_on_the_
 #[tokio::test]
 async fn both_gpus_die_and_the_cpu_worker_runs_everything() {
     let redis = RedisServer::start();
-    let primary = start(&redis, PRIMARY, PAIR, &[]).await;
-    let secondary = start(&redis, SECONDARY, PAIR, &[]).await;
-    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
-    settle().await;
+    let (primary, secondary, _cpu) = seed_host(&redis, &[]).await;
     primary.signal("KILL");
     secondary.signal("KILL");
     let producer = redis.producer().await;
@@ -401,10 +402,7 @@ async fn an_idle_primary_helps_with_a_light_backlog_one_task_at_a_time() {
 async fn a_busy_primary_spills_heavy_tasks_to_the_secondary_if_they_fit_else_to_the_cpu() {
     let redis = RedisServer::start();
     let spill = [("TANDEM_HEAVY_SPILL_MS", "300")];
-    let _primary = start(&redis, PRIMARY, PAIR, &spill).await;
-    let _secondary = start(&redis, SECONDARY, PAIR, &spill).await;
-    let _cpu = start(&redis, "cpu", PAIR, &spill).await;
-    settle().await;
+    let (_primary, _secondary, _cpu) = seed_host(&redis, &spill).await;
     let producer = redis.producer().await;
     let long = producer
         .submit(task(Class::Heavy, 4_000, GIB))
