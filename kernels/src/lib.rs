@@ -18,3 +18,10 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod driver;
+pub mod philox;
+pub mod runtime;
+pub mod selftest;
+
+/// Every CUDA source of the crate: what a GPU worker compiles at start and
+/// the compile check assembles for each architecture.
+pub const SOURCES: &[runtime::Source] = &[selftest::SOURCE];
