@@ -40,11 +40,18 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(log) => {
-                    eprintln!("cuda_check: {} for compute_{major}{minor} failed:\n{log}", source.module);
+                    eprintln!(
+                        "cuda_check: {} for compute_{major}{minor} failed:\n{log}",
+                        source.module
+                    );
                     failed = true;
                 }
             }
         }
     }
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

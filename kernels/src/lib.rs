@@ -1,15 +1,19 @@
 //! CUDA kernels of Tandem's compute kinds, each beside its CPU twin.
 //!
-//! # Layout (planned; this crate is a skeleton until the compute kinds land)
+//! # Layout
 //!
 //! - `cuda/*.cu`: CUDA C sources, embedded with `include_str!` and compiled
-//!   at worker start with NVRTC for the device's architecture.
-//! - one Rust module per kernel family (`monte_carlo`, `risk`, `indicators`,
-//!   `patterns`, `portfolio_opt`, `mlp`), holding the launch code and the CPU
-//!   twin side by side.
-//!
+//!   at worker start with NVRTC for the device's exact architecture
+//!   ([`runtime`]); `cuda/philox.cuh` is the shared generator.
+//! - one Rust module per kernel family ([`monte_carlo`], [`risk`],
+//!   [`indicators`], [`patterns`], [`portfolio_opt`]), holding the CPU twin
+//!   (rayon) and the launch code side by side.
+//! - [`philox`]: Philox4x32-10, the counter-based generator, in Rust.
+//! - [`runtime`]: NVRTC compilation to CUBIN, the on-disk cache, the [`runtime::Gpu`]
+//!   handle kernels launch through.
 //! - [`driver`]: the CUDA driver, loaded at run time: GPUs it sees, a
 //!   health probe, what an error means for the device.
+//! - [`selftest`]: a kernel that checks the toolchain and the generator.
 //!
 //! Architecture invariant: this crate knows nothing about Redis, the wire
 //! format or workers. It turns parameters into results on a device.
@@ -18,10 +22,22 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod driver;
+pub mod indicators;
+pub mod monte_carlo;
+pub mod patterns;
 pub mod philox;
+pub mod portfolio_opt;
+pub mod risk;
 pub mod runtime;
 pub mod selftest;
 
 /// Every CUDA source of the crate: what a GPU worker compiles at start and
 /// the compile check assembles for each architecture.
-pub const SOURCES: &[runtime::Source] = &[selftest::SOURCE];
+pub const SOURCES: &[runtime::Source] = &[
+    selftest::SOURCE,
+    monte_carlo::SOURCE,
+    risk::SOURCE,
+    indicators::SOURCE,
+    patterns::SOURCE,
+    portfolio_opt::SOURCE,
+];

@@ -50,7 +50,12 @@ pub fn key(seed: u64) -> [u32; 2] {
 /// The counter of draw block `block` of stream `stream`.
 #[inline]
 pub fn counter(stream: u64, block: u64) -> [u32; 4] {
-    [stream as u32, (stream >> 32) as u32, block as u32, (block >> 32) as u32]
+    [
+        stream as u32,
+        (stream >> 32) as u32,
+        block as u32,
+        (block >> 32) as u32,
+    ]
 }
 
 /// A 32-bit word as a float strictly inside (0, 1): the top 23 bits, offset

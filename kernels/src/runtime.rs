@@ -271,19 +271,24 @@ impl Gpu {
     /// Opens GPU `ordinal` and compiles and loads `sources` for it. Fails
     /// only when the device itself cannot be used; a source that does not
     /// compile or load lands in [`Gpu::disabled`].
-    pub fn open(ordinal: u32, sources: &[Source], cache: Option<&Path>) -> Result<Self, DeviceError> {
+    pub fn open(
+        ordinal: u32,
+        sources: &[Source],
+        cache: Option<&Path>,
+    ) -> Result<Self, DeviceError> {
         if !crate::driver::is_present() {
             return Err(DeviceError {
                 fault: Fault::Sticky,
                 message: crate::driver::DriverUnavailable::Missing.to_string(),
             });
         }
-        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal as usize)).map_err(|_| {
-            DeviceError {
-                fault: Fault::Sticky,
-                message: "the CUDA driver library is unusable (a function is missing)".into(),
-            }
-        })??;
+        let ctx =
+            std::panic::catch_unwind(|| CudaContext::new(ordinal as usize)).map_err(|_| {
+                DeviceError {
+                    fault: Fault::Sticky,
+                    message: "the CUDA driver library is unusable (a function is missing)".into(),
+                }
+            })??;
         let (major, minor) = ctx.compute_capability()?;
         let compute_capability = (
             u32::try_from(major).unwrap_or(0),
@@ -374,7 +379,11 @@ mod tests {
         // CI puts the NVRTC wheel on LD_LIBRARY_PATH (scripts/cuda-check);
         // elsewhere this says so and passes.
         if !nvrtc_present() {
-            assert!(compile(&TEST, Target::Ptx(9, 0)).unwrap_err().contains("NVRTC"));
+            assert!(
+                compile(&TEST, Target::Ptx(9, 0))
+                    .unwrap_err()
+                    .contains("NVRTC")
+            );
             return;
         }
         let ptx = compile(&TEST, Target::Ptx(8, 6)).expect("PTX");

@@ -30,7 +30,9 @@ pub fn philox_words_gpu(gpu: &Gpu, seed: u64, n: u32) -> Result<Vec<u32>, Device
 /// The same words on the CPU.
 pub fn philox_words_cpu(seed: u64, n: u32) -> Vec<u32> {
     (0..u64::from(n))
-        .flat_map(|i| crate::philox::philox4x32_10(crate::philox::counter(i, 0), crate::philox::key(seed)))
+        .flat_map(|i| {
+            crate::philox::philox4x32_10(crate::philox::counter(i, 0), crate::philox::key(seed))
+        })
         .collect()
 }
 
@@ -43,6 +45,9 @@ mod tests {
         let gpu = Gpu::open(0, crate::SOURCES, None).expect("GPU 0");
         assert!(gpu.disabled.is_empty(), "{:?}", gpu.disabled);
         let n = 100_000;
-        assert_eq!(philox_words_gpu(&gpu, 0x1234_5678_9abc, n).unwrap(), philox_words_cpu(0x1234_5678_9abc, n));
+        assert_eq!(
+            philox_words_gpu(&gpu, 0x1234_5678_9abc, n).unwrap(),
+            philox_words_cpu(0x1234_5678_9abc, n)
+        );
     }
 }

@@ -222,7 +222,8 @@ impl Executor {
             entry.attempt,
             self.device_id.clone(),
             cancel.clone(),
-        );
+        )
+        .with_gpu(self.device.runtime());
         let prepared = self.registry.prepare(&entry.kind, &entry.params, ctx)?;
         tokio::select! {
             outcome = AssertUnwindSafe(prepared).catch_unwind() => match outcome {

@@ -103,6 +103,9 @@ pub struct TaskContext {
     pub attempt: u32,
     /// The device the task runs on: `cpu`, or the GPU's UUID.
     pub device: String,
+    /// The GPU to launch kernels on: set on a worker bound to a real GPU
+    /// whose kernels loaded; `None` on CPU workers and simulated GPUs.
+    pub gpu: Option<Arc<tandem_kernels::runtime::Gpu>>,
     cancel: CancellationToken,
 }
 
@@ -112,8 +115,15 @@ impl TaskContext {
             id,
             attempt,
             device,
+            gpu: None,
             cancel,
         }
+    }
+
+    /// The same context with a GPU to launch kernels on.
+    pub fn with_gpu(mut self, gpu: Option<Arc<tandem_kernels::runtime::Gpu>>) -> Self {
+        self.gpu = gpu;
+        self
     }
 
     /// True once a producer asked to cancel this task. Long CPU-bound work
@@ -184,6 +194,8 @@ fn decode_error(params: &[u8], err: &msgpack::CodecError) -> TaskError {
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<&'static str, Arc<dyn ErasedHandler>>,
+    /// The split operations of splittable kinds.
+    splitters: HashMap<&'static str, Arc<dyn crate::compute::Splitter>>,
 }
 
 impl fmt::Debug for Registry {
@@ -201,6 +213,7 @@ impl Registry {
     pub fn with_builtins() -> Self {
         let mut registry = Self::new();
         crate::builtin::register(&mut registry);
+        crate::kinds::register(&mut registry);
         registry
     }
 
@@ -222,6 +235,19 @@ impl Registry {
         let mut kinds: Vec<_> = self.handlers.keys().copied().collect();
         kinds.sort_unstable();
         kinds
+    }
+
+    pub(crate) fn add_splitter(
+        &mut self,
+        kind: &'static str,
+        splitter: Arc<dyn crate::compute::Splitter>,
+    ) {
+        self.splitters.insert(kind, splitter);
+    }
+
+    /// The split operations of `kind`, when it is splittable.
+    pub(crate) fn splitter(&self, kind: &str) -> Option<Arc<dyn crate::compute::Splitter>> {
+        self.splitters.get(kind).cloned()
     }
 
     pub fn class_of(&self, kind: &str) -> Option<Class> {

@@ -35,12 +35,14 @@
 
 mod builtin;
 mod cancel;
+pub mod compute;
 pub mod device;
 mod dispatcher;
 mod executor;
 pub mod fleet;
 pub mod handler;
 mod heartbeat;
+mod kinds;
 mod router;
 pub mod shutdown;
 mod stats;
@@ -56,6 +58,7 @@ use tandem_shared::routing;
 use tandem_shared::store::{Store, StoreError, StreamRef};
 use tandem_shared::wire::WorkerInfo;
 
+pub use compute::{Compute, Split};
 pub use device::{Detection, Device};
 pub use dispatcher::WorkerReport;
 pub use handler::{Handler, Registry, Retry, TaskContext, TaskError};

@@ -6,6 +6,11 @@
 //! a handler that runs it. The built-in kinds live in [`builtin`].
 
 pub mod builtin;
+pub mod indicators;
+pub mod monte_carlo;
+pub mod patterns;
+pub mod portfolio_opt;
+pub mod risk;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

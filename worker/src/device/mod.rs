@@ -12,6 +12,9 @@
 pub mod detect;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tandem_kernels::runtime::Gpu as Runtime;
 
 use tandem_shared::Config;
 use tandem_shared::device::{Faults, Gpu, Role};
@@ -30,6 +33,8 @@ pub struct Device {
     /// GPU's memory less the reserve. 0 for a CPU worker (no limit).
     pub budget: u64,
     sim: SimState,
+    /// A real GPU's kernels, compiled and loaded by the first passing probe.
+    runtime: OnceLock<Arc<Runtime>>,
 }
 
 /// A simulated GPU's fault counters, for this process.
@@ -64,6 +69,7 @@ impl Device {
             why: "no GPU".into(),
             budget: 0,
             sim: SimState::default(),
+            runtime: OnceLock::new(),
         }
     }
 
@@ -92,6 +98,7 @@ impl Device {
             why,
             budget,
             sim: SimState::default(),
+            runtime: OnceLock::new(),
         })
     }
 
@@ -122,9 +129,16 @@ impl Device {
             .map(|s| s.faults)
     }
 
+    /// The real GPU's kernels, once a probe passed; `None` on the CPU and
+    /// simulated GPUs (whose tasks run the CPU twins).
+    pub fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.runtime.get().cloned()
+    }
+
     /// Checks the device works before it takes tasks: a real GPU writes and
-    /// reads back device memory in a fresh context; a simulated one fails
-    /// its first `probe_failures` probes.
+    /// reads back device memory, then compiles and loads the kernels and
+    /// runs the self-test kernel against the CPU's Philox; a simulated one
+    /// fails its first `probe_failures` probes.
     pub async fn probe(&self) -> Result<(), String> {
         let Some(gpu) = &self.gpu else {
             return Ok(());
@@ -142,9 +156,31 @@ impl Device {
             };
         }
         let ordinal = gpu.index;
-        match tokio::task::spawn_blocking(move || tandem_kernels::driver::probe(ordinal)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(err.message),
+        let cache = tandem_kernels::runtime::default_cache_dir();
+        let opened = tokio::task::spawn_blocking(move || {
+            tandem_kernels::driver::probe(ordinal).map_err(|e| e.message)?;
+            let runtime = Runtime::open(ordinal, tandem_kernels::SOURCES, cache.as_deref())
+                .map_err(|e| e.message)?;
+            if runtime.has(tandem_kernels::selftest::SOURCE.module) {
+                let n = 4096;
+                let gpu_words = tandem_kernels::selftest::philox_words_gpu(&runtime, 7, n)
+                    .map_err(|e| format!("the self-test kernel failed: {}", e.message))?;
+                if gpu_words != tandem_kernels::selftest::philox_words_cpu(7, n) {
+                    return Err("the self-test kernel's numbers differ from the CPU's".to_owned());
+                }
+            }
+            Ok(runtime)
+        })
+        .await;
+        match opened {
+            Ok(Ok(runtime)) => {
+                for (module, why) in &runtime.disabled {
+                    tracing::warn!(module, "GPU kernels off, these kinds run on the CPU: {why}");
+                }
+                let _ = self.runtime.set(Arc::new(runtime));
+                Ok(())
+            }
+            Ok(Err(why)) => Err(why),
             Err(join) => Err(format!("the probe panicked: {join}")),
         }
     }

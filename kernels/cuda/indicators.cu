@@ -1,0 +1,1 @@
+// The indicators kernels. Not written yet.

@@ -1,0 +1,1 @@
+// The monte_carlo kernels. Not written yet.

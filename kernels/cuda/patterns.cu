@@ -1,0 +1,1 @@
+// The patterns kernels. Not written yet.

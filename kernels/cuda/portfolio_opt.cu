@@ -1,0 +1,1 @@
+// The portfolio_opt kernels. Not written yet.

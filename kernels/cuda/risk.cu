@@ -1,0 +1,1 @@
+// The risk kernels. Not written yet.

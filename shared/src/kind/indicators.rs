@@ -1,0 +1,2 @@
+//! The `indicators` kind's contract (parameters, bounds, memory estimate, result).
+//! Not written yet.

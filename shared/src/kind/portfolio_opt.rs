@@ -1,0 +1,2 @@
+//! The `portfolio_opt` kind's contract (parameters, bounds, memory estimate, result).
+//! Not written yet.

@@ -1,0 +1,2 @@
+//! The `risk` kind's contract (parameters, bounds, memory estimate, result).
+//! Not written yet.

@@ -1,0 +1,330 @@
+//! Compute kinds: a CPU twin, a GPU path, and for splittable kinds, shards
+//! and a merge.
+//!
+//! A kind implements [`Compute`] (and [`Split`] when its work divides into
+//! blocks that merge exactly). [`Registry::register_compute`] and
+//! [`Registry::register_split`] turn it into a handler that runs on the
+//! worker's GPU when the kind's kernels loaded there, else on the CPU, on a
+//! blocking thread either way (the async runtime never waits on a kernel).
+//!
+//! Splitting: a splittable task of class `parallel` is cut into shards that
+//! run as ordinary tasks on any worker (see `split.rs`), and the partial
+//! results merge into the parent's result. The rule that makes a split run
+//! equal an unsplit one: a kind's work is a sequence of fixed blocks, a shard
+//! is a run of whole blocks, a partial keeps one value per block, and the
+//! merge combines blocks in block order. The unsplit run is the one-shard
+//! split ([`whole`]), so both go through the same code.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tandem_kernels::runtime::Gpu;
+use tandem_shared::kind::KindSpec;
+use tandem_shared::{ErrorCode, msgpack};
+
+use crate::handler::{Handler, Registry, TaskContext, TaskError};
+
+/// The parameters of a compute kind's spec.
+pub type Params<C> = <<C as Compute>::Spec as KindSpec>::Params;
+/// The output of a compute kind's spec.
+pub type Output<C> = <<C as Compute>::Spec as KindSpec>::Output;
+
+/// A kind that computes: a CPU twin, and a GPU path when it has kernels.
+pub trait Compute: Send + Sync + 'static {
+    type Spec: KindSpec;
+    /// The kernel module (`tandem_kernels::SOURCES`) the GPU path needs;
+    /// `None` for a CPU-only kind.
+    const MODULE: Option<&'static str>;
+
+    /// The CPU twin. Deterministic: the same parameters give the same
+    /// result, bit for bit, whatever the number of threads.
+    fn cpu(&self, params: &Params<Self>) -> Result<Output<Self>, TaskError>;
+
+    /// The GPU path; it agrees with the CPU twin within the kind's stated
+    /// tolerance.
+    fn gpu(&self, gpu: &Gpu, params: &Params<Self>) -> Result<Output<Self>, TaskError> {
+        let _ = gpu;
+        self.cpu(params)
+    }
+}
+
+/// A kind whose work divides into blocks that merge exactly.
+pub trait Split: Compute {
+    /// Which blocks a shard computes.
+    type Shard: Serialize + DeserializeOwned + Send + Sync + Clone + 'static;
+    /// What a shard returns: one value per block (or what merges exactly).
+    type Partial: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Cuts the work into at most `n` shards of whole blocks, in block
+    /// order, covering every block once. `n = 1` is the whole task.
+    fn split(&self, params: &Params<Self>, n: usize) -> Vec<Self::Shard>;
+
+    fn cpu_shard(
+        &self,
+        params: &Params<Self>,
+        shard: &Self::Shard,
+    ) -> Result<Self::Partial, TaskError>;
+
+    fn gpu_shard(
+        &self,
+        gpu: &Gpu,
+        params: &Params<Self>,
+        shard: &Self::Shard,
+    ) -> Result<Self::Partial, TaskError> {
+        let _ = gpu;
+        self.cpu_shard(params, shard)
+    }
+
+    /// Merges the partials of every shard, given in shard order.
+    fn merge(
+        &self,
+        params: &Params<Self>,
+        parts: Vec<Self::Partial>,
+    ) -> Result<Output<Self>, TaskError>;
+}
+
+/// A splittable kind run whole, on the GPU when given one: the one-shard
+/// split, merged. `Compute::cpu` and `Compute::gpu` of a [`Split`] kind are
+/// this.
+pub fn whole<S: Split>(
+    kind: &S,
+    gpu: Option<&Gpu>,
+    params: &Params<S>,
+) -> Result<Output<S>, TaskError> {
+    let parts = kind
+        .split(params, 1)
+        .iter()
+        .map(|shard| match gpu {
+            Some(gpu) => kind.gpu_shard(gpu, params, shard),
+            None => kind.cpu_shard(params, shard),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    kind.merge(params, parts)
+}
+
+/// The GPU to use for a kind: the worker's, when the kind's module loaded.
+fn gpu_for(module: Option<&str>, ctx: &TaskContext) -> Option<Arc<Gpu>> {
+    let module = module?;
+    ctx.gpu.clone().filter(|gpu| gpu.has(module))
+}
+
+/// Runs `work` on a blocking thread; a panic there is a failed attempt.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
+) -> Result<T, TaskError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => Err(TaskError::new(
+            ErrorCode::HANDLER_PANIC,
+            format!("the computation panicked: {join}"),
+        )),
+    }
+}
+
+/// A [`Compute`] kind as a [`Handler`].
+struct Computing<C>(Arc<C>);
+
+impl<C: Compute> Handler for Computing<C> {
+    type Spec = C::Spec;
+
+    async fn run(&self, params: Params<C>, ctx: TaskContext) -> Result<Output<C>, TaskError> {
+        let kind = Arc::clone(&self.0);
+        let gpu = gpu_for(C::MODULE, &ctx);
+        blocking(move || match gpu {
+            Some(gpu) => kind.gpu(&gpu, &params),
+            None => kind.cpu(&params),
+        })
+        .await
+    }
+}
+
+/// A shard's task parameters: the parent's parameters and the shard.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShardTask<P, S> {
+    params: P,
+    shard: S,
+}
+
+pub(crate) type BoxedPartial = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>> + Send>>;
+
+/// The split operations of a kind, with the types erased (MessagePack in
+/// and out), as the executor calls them.
+pub(crate) trait Splitter: Send + Sync {
+    /// Shard task parameters for at most `n` shards.
+    fn split(&self, params: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TaskError>;
+    /// Runs one shard; returns its partial.
+    fn run_shard(&self, shard: &[u8], ctx: &TaskContext) -> Result<BoxedPartial, TaskError>;
+    /// Merges partials (in shard order) into the parent's result.
+    fn merge(&self, params: &[u8], parts: &[Vec<u8>]) -> Result<Vec<u8>, TaskError>;
+}
+
+struct Splitting<S>(Arc<S>);
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, TaskError> {
+    msgpack::decode(bytes)
+        .map_err(|e| TaskError::fatal(ErrorCode::BAD_PARAMS, format!("{what}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, TaskError> {
+    msgpack::encode(value).map_err(|e| TaskError::fatal(ErrorCode::BAD_RESULT, e.to_string()))
+}
+
+impl<S: Split> Splitter for Splitting<S>
+where
+    Params<S>: Clone + Sync,
+{
+    fn split(&self, params: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TaskError> {
+        let params: Params<S> = decode(params, "parameters")?;
+        <S::Spec as KindSpec>::validate(&params)
+            .map_err(|e| TaskError::fatal(ErrorCode::BAD_PARAMS, e.0))?;
+        self.0
+            .split(&params, n.max(1))
+            .into_iter()
+            .map(|shard| {
+                encode(&ShardTask {
+                    params: params.clone(),
+                    shard,
+                })
+            })
+            .collect()
+    }
+
+    fn run_shard(&self, shard: &[u8], ctx: &TaskContext) -> Result<BoxedPartial, TaskError> {
+        let task: ShardTask<Params<S>, S::Shard> = decode(shard, "shard")?;
+        let kind = Arc::clone(&self.0);
+        let gpu = gpu_for(S::MODULE, ctx);
+        Ok(Box::pin(async move {
+            let partial = blocking(move || match gpu {
+                Some(gpu) => kind.gpu_shard(&gpu, &task.params, &task.shard),
+                None => kind.cpu_shard(&task.params, &task.shard),
+            })
+            .await?;
+            encode(&partial)
+        }))
+    }
+
+    fn merge(&self, params: &[u8], parts: &[Vec<u8>]) -> Result<Vec<u8>, TaskError> {
+        let params: Params<S> = decode(params, "parameters")?;
+        let parts = parts
+            .iter()
+            .map(|p| decode::<S::Partial>(p, "partial result"))
+            .collect::<Result<Vec<_>, _>>()?;
+        encode(&self.0.merge(&params, parts)?)
+    }
+}
+
+impl Registry {
+    /// Adds a compute kind.
+    pub fn register_compute<C: Compute>(&mut self, kind: C) -> &mut Self {
+        self.register(Computing(Arc::new(kind)))
+    }
+
+    /// Adds a splittable compute kind: it runs whole like any kind, and its
+    /// `parallel` tasks can be split into shards across workers.
+    pub fn register_split<S: Split>(&mut self, kind: S) -> &mut Self
+    where
+        Params<S>: Clone + Sync,
+    {
+        let kind = Arc::new(kind);
+        self.add_splitter(
+            <S::Spec as KindSpec>::KIND,
+            Arc::new(Splitting(Arc::clone(&kind))),
+        );
+        self.register(Computing(kind))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use tandem_shared::Class;
+    use tandem_shared::kind::BadParams;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// A toy splittable kind: the sum of f(i) over i in 0..n, in blocks of
+    /// 10, merged in block order.
+    struct SumSpec;
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct SumParams {
+        n: u64,
+    }
+    impl KindSpec for SumSpec {
+        const KIND: &'static str = "toy_sum";
+        const CLASS: Class = Class::Parallel;
+        type Params = SumParams;
+        type Output = f64;
+        fn validate(p: &SumParams) -> Result<(), BadParams> {
+            if p.n == 0 {
+                return Err(BadParams::new("n must be positive"));
+            }
+            Ok(())
+        }
+    }
+    struct Sum;
+    impl Compute for Sum {
+        type Spec = SumSpec;
+        const MODULE: Option<&'static str> = None;
+        fn cpu(&self, params: &SumParams) -> Result<f64, TaskError> {
+            whole(self, None, params)
+        }
+    }
+    impl Split for Sum {
+        type Shard = (u64, u64);
+        type Partial = Vec<f64>;
+        fn split(&self, params: &SumParams, n: usize) -> Vec<(u64, u64)> {
+            let blocks = params.n.div_ceil(10);
+            let per = blocks.div_ceil(n as u64);
+            (0..blocks)
+                .step_by(per as usize)
+                .map(|b| (b, (b + per).min(blocks)))
+                .collect()
+        }
+        fn cpu_shard(&self, params: &SumParams, shard: &(u64, u64)) -> Result<Vec<f64>, TaskError> {
+            Ok((shard.0..shard.1)
+                .map(|b| {
+                    (b * 10..((b + 1) * 10).min(params.n))
+                        .map(|i| 1.0 / (i as f64 + 1.0))
+                        .sum()
+                })
+                .collect())
+        }
+        fn merge(&self, _: &SumParams, parts: Vec<Vec<f64>>) -> Result<f64, TaskError> {
+            Ok(parts.into_iter().flatten().sum())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_split_run_equals_the_whole_run_bit_for_bit() {
+        let mut registry = Registry::new();
+        registry.register_split(Sum);
+        let splitter = registry.splitter("toy_sum").expect("registered");
+        let params = msgpack::encode(&SumParams { n: 1_234 }).unwrap();
+        let whole = Sum.cpu(&SumParams { n: 1_234 }).unwrap();
+        for n in [1, 2, 7, 200] {
+            let shards = splitter.split(&params, n).unwrap();
+            assert!(shards.len() <= n);
+            let ctx = TaskContext::new(
+                tandem_shared::TaskId::new(),
+                1,
+                "cpu".into(),
+                CancellationToken::new(),
+            );
+            let mut parts = Vec::new();
+            for shard in &shards {
+                parts.push(splitter.run_shard(shard, &ctx).unwrap().await.unwrap());
+            }
+            let merged: f64 = msgpack::decode(&splitter.merge(&params, &parts).unwrap()).unwrap();
+            assert_eq!(merged.to_bits(), whole.to_bits(), "{n} shards");
+        }
+        let bad = msgpack::encode(&SumParams { n: 0 }).unwrap();
+        assert_eq!(
+            splitter.split(&bad, 2).unwrap_err().code,
+            ErrorCode::BAD_PARAMS
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! The `patterns` kind on a worker. Not written yet.
+
+use crate::handler::Registry;
+
+pub(crate) fn register(_registry: &mut Registry) {}
