@@ -2,7 +2,9 @@
 -- entry deleted, so no worker ever starts it; a task waiting for a retry
 -- leaves the delayed set the same way. A running task gets
 -- `cancel_requested_at_ms`, and its id is published so the worker running it
--- stops it; the worker's commit then records `cancelled`.
+-- stops it; the worker's commit then records `cancelled`. A split task
+-- whose shards are running (no worker holds the parent) is cancelled at
+-- once, with its shards.
 --
 -- KEYS[1] the task record
 -- ARGV[1] cancel channel
@@ -22,7 +24,9 @@ if is_terminal(status) then
   return {'finished', status}
 end
 local now = now_ms()
-if status == 'running' then
+local split = redis.call('HMGET', KEYS[1], 'shards', 'owner', 'shard_ids')
+local waiting_for_shards = split[1] and not split[2]
+if status == 'running' and not waiting_for_shards then
   redis.call('HSET', KEYS[1], 'cancel_requested_at_ms', int(now))
   redis.call('PUBLISH', ARGV[1], ARGV[5])
   return {'requested'}
@@ -32,7 +36,8 @@ local found = redis.call('HMGET', KEYS[1], 'entry', 'priority', 'reply_to')
 local entry, priority, reply_to = found[1], found[2], found[3]
 local base = string.match(KEYS[1], '^(.*:)task:[^:]+$')
 local outcome = {'status', 'cancelled', 'finished_at_ms', int(now),
-  'error_code', 'CANCELLED', 'error_message', 'cancelled by a producer before it started'}
+  'error_code', 'CANCELLED', 'error_message', waiting_for_shards and 'cancelled by a producer while its shards ran'
+  or 'cancelled by a producer before it started'}
 redis.call('HSET', KEYS[1], unpack(outcome))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if status == 'retrying' then
@@ -41,6 +46,10 @@ if status == 'retrying' then
   redis.call('HDEL', KEYS[1], 'retry_at_ms', 'retry_stream')
 elseif entry and priority then
   redis.call('XDEL', base .. 'stream:' .. priority, entry)
+end
+if waiting_for_shards then
+  cancel_shards(base, split[3], now, ARGV[2], 'the task it is a shard of was cancelled')
+  drop_split(base, ARGV[5])
 end
 if reply_to and string.sub(reply_to, 1, #ARGV[6]) == ARGV[6] and #reply_to > #ARGV[6] then
   notify(reply_to, ARGV[5], redis.call('HMGET', KEYS[1], unpack(NOTICE_FIELDS)), outcome, ARGV[3], ARGV[4])

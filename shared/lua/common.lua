@@ -106,3 +106,65 @@ local function owns(stream_key, group, entry_id, consumer)
   local pending = redis.call('XPENDING', stream_key, group, entry_id, entry_id, 1)
   return #pending == 1 and pending[1][2] == consumer
 end
+
+-- Split tasks (split.lua). A split parent's record holds `shards`,
+-- `shards_done` and `shard_ids`; its entry's fields wait in
+-- `<base>split:<id>` and its shards' partial results in `<base>parts:<id>`
+-- (field = shard index), both dropped once the parent is final.
+
+-- Drops what a split parent keeps while its shards run.
+local function drop_split(base, parent_id)
+  redis.call('DEL', base .. 'split:' .. parent_id, base .. 'parts:' .. parent_id)
+end
+
+-- Ends every shard of a parent that is not final yet as `cancelled` (so no
+-- worker starts one, and a running one's commit changes nothing), deleting
+-- queued shards' entries.
+local function cancel_shards(base, shard_ids, now, ttl_s, message)
+  for shard_id in string.gmatch(shard_ids or '', '%S+') do
+    local key = base .. 'task:' .. shard_id
+    local found = redis.call('HMGET', key, 'status', 'entry', 'priority')
+    if found[1] and not is_terminal(found[1]) then
+      redis.call('HSET', key, 'status', 'cancelled', 'finished_at_ms', int(now),
+        'error_code', 'CANCELLED', 'error_message', message)
+      redis.call('HDEL', key, 'owner')
+      redis.call('EXPIRE', key, ttl_s)
+      if found[1] == 'queued' and found[2] and found[3] then
+        redis.call('XDEL', base .. 'stream:' .. found[3], found[2])
+      end
+    end
+  end
+end
+
+-- A shard failed for good: its parent ends `failed` with the shard's error,
+-- the parent's own entry goes to the dead-letter stream (requeueing it runs
+-- the whole task again), the other shards are cancelled and the parent's
+-- producer is told. Returns the dead letter's id, or nil when the parent was
+-- already final.
+local function fail_parent(base, parent_id, shard_index, code, message, now, opts)
+  local parent_key = base .. 'task:' .. parent_id
+  local parent = redis.call('HMGET', parent_key, 'status', 'shards', 'shard_ids', 'reply_to')
+  if not parent[1] or is_terminal(parent[1]) then
+    return nil
+  end
+  local text = 'shard ' .. shard_index .. ' of ' .. (parent[2] or '?') .. ' failed: ' .. (message or '')
+  local fields = redis.call('HGETALL', base .. 'split:' .. parent_id)
+  local priority = field(fields, 'priority')
+  local dead_id = bury(base .. 'dead', opts.dead_maxlen, fields, {'reason', code, 'error_message', text,
+    'attempts', field(fields, 'attempt') or '1', 'history', '[]', 'dead_at_ms', int(now),
+    'stream', priority and (base .. 'stream:' .. priority) or '', 'entry', ''})
+  local outcome = {'status', 'failed', 'finished_at_ms', int(now), 'error_code', code,
+    'error_message', text, 'dead_letter', dead_id}
+  redis.call('HSET', parent_key, unpack(outcome))
+  redis.call('HDEL', parent_key, 'owner')
+  redis.call('EXPIRE', parent_key, opts.ttl_s)
+  cancel_shards(base, parent[3], now, opts.ttl_s, 'another shard of the task failed')
+  drop_split(base, parent_id)
+  local reply_to = parent[4]
+  if reply_to and string.sub(reply_to, 1, #opts.reply_prefix) == opts.reply_prefix
+      and #reply_to > #opts.reply_prefix then
+    notify(reply_to, parent_id, redis.call('HMGET', parent_key, unpack(NOTICE_FIELDS)), outcome,
+      opts.reply_maxlen, opts.reply_ttl_s)
+  end
+  return dead_id
+end

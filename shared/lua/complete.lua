@@ -17,6 +17,14 @@
 -- already final is left alone, and a cancel requested while the task ran
 -- turns any outcome into `cancelled`.
 --
+-- Shards of a split task (records with `parent`, see split.lua): a shard
+-- that succeeds stores its result in the parent's parts hash (not in its
+-- own record) and counts itself in the parent's `shards_done`; the last
+-- one puts the parent's entry back into the stream with `merge` = 1. A
+-- shard that ends any other way for good fails the parent (fail_parent in
+-- common.lua); its own dead letter is the parent's. A split parent that
+-- becomes final drops its split and parts hashes.
+--
 -- KEYS[1]  the task record
 -- KEYS[2]  the task's stream
 -- KEYS[3]  the class's delayed set
@@ -47,8 +55,10 @@ local group, entry_id, consumer = ARGV[1], ARGV[2], ARGV[3]
 -- One read for everything below: the owner, status, cancel request, start,
 -- history, then the fields a notice repeats.
 local current = redis.call('HMGET', record_key, 'status', 'cancel_requested_at_ms', 'started_at_ms',
-  'history', NOTICE_FIELDS[1], NOTICE_FIELDS[2], NOTICE_FIELDS[3], NOTICE_FIELDS[4], 'owner')
+  'history', NOTICE_FIELDS[1], NOTICE_FIELDS[2], NOTICE_FIELDS[3], NOTICE_FIELDS[4], 'owner',
+  'parent', 'shard', 'shards')
 local owner = current[9]
+local parent_id, shard_index, split_parent = current[10], current[11], current[12]
 -- The fence. Every step that hands an entry to a worker (claim, take-over,
 -- sweep) sets `owner` to that worker and entry in the same script, and a
 -- retry or hand-back clears it, so `owner` is who holds the entry now.
@@ -73,7 +83,9 @@ end
 local record = {'status', status, 'finished_at_ms', int(now)}
 for i = 14, #ARGV, 2 do
   local name = ARGV[i]
-  if not (cancelled and (name == 'result' or name == 'result_bytes' or name == 'error_code' or name == 'error_message')) then
+  local dropped = (cancelled and (name == 'result' or name == 'result_bytes' or name == 'error_code'
+    or name == 'error_message')) or (parent_id and name == 'result')
+  if not dropped then
     record[#record + 1] = name
     record[#record + 1] = ARGV[i + 1]
   end
@@ -178,10 +190,29 @@ if disposition == 'retry' then
   return 1
 end
 
-if disposition == 'dead' then
-  local dead_id = bury(KEYS[4], ARGV[12], fields, {'reason', outcome('error_code') or 'BAD_PAYLOAD',
+local base = base_of(stream_key)
+local split_opts = {dead_maxlen = ARGV[12], ttl_s = ARGV[4], reply_maxlen = ARGV[5], reply_ttl_s = ARGV[6],
+  reply_prefix = string.match(base, '^(.*):{') .. ':reply:'}
+local dead_id = nil
+if parent_id and status ~= 'succeeded' then
+  -- The parent's dead letter stands for the shard's.
+  dead_id = fail_parent(base, parent_id, shard_index, outcome('error_code') or 'HANDLER_ERROR',
+    outcome('error_message'), now, split_opts)
+elseif disposition == 'dead' then
+  -- A merge entry is buried as the task it came from, so a requeue runs
+  -- the whole task again.
+  local kept = {}
+  for i = 1, #fields, 2 do
+    if fields[i] ~= 'merge' and fields[i] ~= 'shards' then
+      kept[#kept + 1] = fields[i]
+      kept[#kept + 1] = fields[i + 1]
+    end
+  end
+  dead_id = bury(KEYS[4], ARGV[12], kept, {'reason', outcome('error_code') or 'BAD_PAYLOAD',
     'error_message', outcome('error_message') or '', 'attempts', ARGV[13], 'history', history or '[]',
     'dead_at_ms', int(now), 'stream', stream_key, 'entry', entry_id})
+end
+if dead_id then
   record[#record + 1] = 'dead_letter'
   record[#record + 1] = dead_id
 end
@@ -189,6 +220,38 @@ redis.call('HSET', record_key, unpack(record))
 redis.call('EXPIRE', record_key, ARGV[4])
 redis.call('XACK', stream_key, group, entry_id)
 redis.call('XDEL', stream_key, entry_id)
+
+if split_parent then
+  drop_split(base, ARGV[8])
+end
+if parent_id and status == 'succeeded' then
+  local parent_key = base .. 'task:' .. parent_id
+  local parent = redis.call('HMGET', parent_key, 'status', 'shards')
+  if parent[1] and not is_terminal(parent[1]) then
+    local result = ''
+    for i = 14, #ARGV, 2 do
+      if ARGV[i] == 'result' then
+        result = ARGV[i + 1]
+      end
+    end
+    redis.call('HSET', base .. 'parts:' .. parent_id, shard_index, result)
+    local done = redis.call('HINCRBY', parent_key, 'shards_done', 1)
+    if done >= (tonumber(parent[2]) or 0) then
+      local merge = redis.call('HGETALL', base .. 'split:' .. parent_id)
+      if #merge > 0 then
+        for _, pair in ipairs({{'merge', '1'}, {'shards', parent[2]}}) do
+          merge[#merge + 1] = pair[1]
+          merge[#merge + 1] = pair[2]
+        end
+        local merge_id = redis.call('XADD', stream_key, '*', unpack(merge))
+        redis.call('HSET', parent_key, 'entry', merge_id)
+      else
+        fail_parent(base, parent_id, shard_index, 'BAD_PAYLOAD', 'the parent task entry is gone', now,
+          split_opts)
+      end
+    end
+  end
+end
 
 if #KEYS >= 5 then
   local inline_limit = tonumber(ARGV[7])

@@ -342,7 +342,7 @@ settings! {
     role: Option<Role> = None, "TANDEM_ROLE";
     /// Roles pinned by GPU UUID, over the capability ranking: a TOML table, or `GPU-a=heavy,GPU-b=light`.
     device_roles: BTreeMap<String, Role> = BTreeMap::new(), "TANDEM_DEVICE_ROLES";
-    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`.
+    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`, and `paced` (tasks take as long, relative to each other, as on GPUs of those speeds).
     simulate_gpus: String = String::new(), "TANDEM_SIMULATE_GPUS";
     /// Share of a GPU's memory kept free of tasks, for the CUDA context and fragmentation (percent).
     device_memory_reserve_pct: u32 = 10, "TANDEM_DEVICE_MEMORY_RESERVE_PCT";
@@ -352,6 +352,8 @@ settings! {
     light_help_ms: u64 = 500, "TANDEM_LIGHT_HELP_MS";
     /// A GPU task waiting this long goes to a CPU worker, the last resort (ms; 0 = only when no GPU can take it).
     cpu_fallback_ms: u64 = 30_000, "TANDEM_CPU_FALLBACK_MS";
+    /// A splittable `parallel` task claimed while two or more GPU workers are live is cut into this many shards per live GPU, which any worker may run; 0: never split.
+    shards_per_gpu: u32 = 4, "TANDEM_SHARDS_PER_GPU";
     /// A GPU task running longer than this means the device hung: it is marked failed and its tasks handed back (ms; 0 = off).
     device_watchdog_ms: u64 = 0, "TANDEM_DEVICE_WATCHDOG_MS";
     /// First wait between health probes of a device that failed; doubles up to `probe_backoff_max_ms` (ms).

@@ -100,7 +100,15 @@ pub struct Gpu {
 pub struct Simulated {
     pub tflops: f64,
     pub faults: Faults,
+    /// Tasks take as long as on a GPU of this throughput would, relative to
+    /// each other: every task's run is stretched to elapsed x
+    /// [`PACE_TFLOPS`] / `tflops`, so a fleet of paced GPUs shares work the
+    /// way real GPUs of these speeds would (`paced` in the description).
+    pub paced: bool,
 }
+
+/// The throughput a paced simulated GPU runs at the host CPU's speed.
+pub const PACE_TFLOPS: f64 = 100.0;
 
 /// Faults a simulated GPU injects, counted per worker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -269,7 +277,7 @@ pub struct SimulateError {
 
 /// Reads simulated GPUs: `;`-separated, each `name, memory, TFLOPS` and any
 /// of `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`,
-/// `probe_failures=N`, `uuid=SIM-...`, as in
+/// `probe_failures=N`, `uuid=SIM-...`, and `paced` (see [`Simulated::paced`]), as in
 /// `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`.
 /// Sizes take `GiB`, `MiB`, `GB`, `MB` or plain bytes. Each gets the UUID
 /// `SIM-<position>-<name>` unless it names one.
@@ -289,8 +297,11 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
         let mut tflops = None;
         let mut faults = Faults::default();
         let mut uuid = None;
+        let mut paced = false;
         for part in parts.filter(|p| !p.is_empty()) {
-            if let Some((key, value)) = part.split_once('=') {
+            if part.eq_ignore_ascii_case("paced") {
+                paced = true;
+            } else if let Some((key, value)) = part.split_once('=') {
                 let value = value.trim();
                 let count = || {
                     value
@@ -348,7 +359,11 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
             compute_capability: (0, 0),
             sm_count: 0,
             clock_mhz: 0,
-            simulated: Some(Simulated { tflops, faults }),
+            simulated: Some(Simulated {
+                tflops,
+                faults,
+                paced,
+            }),
         });
     }
     let mut seen = std::collections::HashSet::new();
@@ -615,6 +630,9 @@ mod tests {
     #[test]
     fn one_gpu_is_both_and_more_are_tiered() {
         let one = parse_simulated("A, 8 GiB, 10 TFLOPS").unwrap();
+        assert!(!one[0].simulated.as_ref().unwrap().paced);
+        let paced = parse_simulated("A, 8 GiB, paced, 10 TFLOPS").unwrap();
+        assert!(paced[0].simulated.as_ref().unwrap().paced);
         assert_eq!(assign_roles(&one, &BTreeMap::new())[0].role, Role::Both);
 
         let four = parse_simulated(

@@ -80,6 +80,16 @@ impl Keys {
         format!("{}retry:{}", self.class_base(class), id)
     }
 
+    /// A split task's entry fields while its shards run.
+    pub fn split(&self, class: Class, id: &TaskId) -> String {
+        format!("{}split:{}", self.class_base(class), id)
+    }
+
+    /// A split task's shard results, by shard index, until it merges.
+    pub fn parts(&self, class: Class, id: &TaskId) -> String {
+        format!("{}parts:{}", self.class_base(class), id)
+    }
+
     /// The dead-letter stream of a class.
     pub fn dead(&self, class: Class) -> &str {
         &self.class_keys(class).2

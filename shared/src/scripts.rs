@@ -92,6 +92,8 @@ pub static CLAIM: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("claim.lua", lua!("claim.lua")));
 pub static COMPLETE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("complete.lua", lua!("complete.lua")));
+pub static SPLIT: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("split.lua", lua!("split.lua")));
 pub static CANCEL: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("cancel.lua", lua!("cancel.lua")));
 pub static FIND: LazyLock<LuaScript> =
@@ -106,9 +108,9 @@ pub static RELEASE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("release.lua", lua!("release.lua")));
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 9] {
+pub fn all() -> [&'static LuaScript; 10] {
     [
-        &SUBMIT, &CLAIM, &COMPLETE, &CANCEL, &FIND, &EXTEND, &BURY, &REQUEUE, &RELEASE,
+        &SUBMIT, &CLAIM, &COMPLETE, &SPLIT, &CANCEL, &FIND, &EXTEND, &BURY, &REQUEUE, &RELEASE,
     ]
 }
 

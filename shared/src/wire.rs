@@ -34,6 +34,13 @@ pub mod field {
     /// Written by workers, not producers: how often the task was handed
     /// back because the device running it failed.
     pub const INTERRUPTED: &str = "interrupted";
+    /// Written by workers on the shards of a split task: the parent task's
+    /// id, this shard's index (from 0) and the number of shards.
+    pub const PARENT: &str = "parent";
+    pub const SHARD: &str = "shard";
+    pub const SHARDS: &str = "shards";
+    /// Written by the last shard's commit on the parent's merge entry: `1`.
+    pub const MERGE: &str = "merge";
 
     pub const STATUS: &str = "status";
     pub const ENTRY: &str = "entry";
@@ -51,6 +58,10 @@ pub mod field {
     pub const RETRY_AT_MS: &str = "retry_at_ms";
     pub const HISTORY: &str = "history";
     pub const DEAD_LETTER: &str = "dead_letter";
+    /// On a split parent's record: shards committed so far, and the shard
+    /// task ids (space-separated, in shard order).
+    pub const SHARDS_DONE: &str = "shards_done";
+    pub const SHARD_IDS: &str = "shard_ids";
 }
 
 /// A task as a producer hands it over, before Redis adds its times.
@@ -128,6 +139,23 @@ pub struct TaskEntry {
     /// MessagePack.
     pub params: Vec<u8>,
     pub signature: Option<String>,
+    /// Set on the shards of a split task and on its merge entry.
+    pub split: Option<SplitRole>,
+}
+
+/// What part of a split task an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitRole {
+    /// Shard `index` of `count` of task `parent`; its params are the
+    /// parent's params and the shard, as the kind's splitter wrote them.
+    Shard {
+        parent: TaskId,
+        index: u32,
+        count: u32,
+    },
+    /// The parent itself, back once all `count` shards committed: merge
+    /// the shards' partial results into its result.
+    Merge { count: u32 },
 }
 
 impl TaskEntry {
@@ -267,6 +295,41 @@ impl TaskEntry {
         let producer = text(field::PRODUCER)?.unwrap_or_default().to_owned();
         let signature = text(field::SIGNATURE)?.map(str::to_owned);
         let params = lookup(fields, field::PARAMS).unwrap_or_default().to_vec();
+        let count = number::<u32>(text(field::SHARDS)?, field::SHARDS, &fail)?;
+        let split = match (text(field::PARENT)?, text(field::MERGE)?) {
+            (Some(parent), _) => {
+                let parent = parent.parse::<TaskId>().map_err(|_| {
+                    fail(
+                        ErrorCode::BAD_PAYLOAD,
+                        format!("field parent is not a UUID: {parent:?}"),
+                    )
+                })?;
+                let index = number::<u32>(text(field::SHARD)?, field::SHARD, &fail)?;
+                match (index, count) {
+                    (Some(index), Some(count)) if index < count => Some(SplitRole::Shard {
+                        parent,
+                        index,
+                        count,
+                    }),
+                    _ => {
+                        return Err(fail(
+                            ErrorCode::BAD_PAYLOAD,
+                            "a shard needs fields shard and shards, with shard < shards".into(),
+                        ));
+                    }
+                }
+            }
+            (None, Some("1")) => match count {
+                Some(count) if count > 0 => Some(SplitRole::Merge { count }),
+                _ => {
+                    return Err(fail(
+                        ErrorCode::BAD_PAYLOAD,
+                        "a merge entry needs field shards, at least 1".into(),
+                    ));
+                }
+            },
+            (None, _) => None,
+        };
 
         Ok(TaskEntry {
             id,
@@ -282,7 +345,79 @@ impl TaskEntry {
             reply_to,
             params,
             signature,
+            split,
         })
+    }
+
+    /// The entry's fields as [`TaskEntry::decode`] reads them back (times
+    /// and numbers as text, `params` as given).
+    pub fn fields(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let text = |value: String| value.into_bytes();
+        let mut pairs = vec![
+            (field::VERSION, text(WIRE_VERSION.to_string())),
+            (field::ID, text(self.id.to_string())),
+            (field::KIND, text(self.kind.clone())),
+            (field::CLASS, text(self.class.to_string())),
+            (field::PRIORITY, text(self.priority.to_string())),
+            (field::ATTEMPT, text(self.attempt.to_string())),
+            (field::MAX_ATTEMPTS, text(self.max_attempts.to_string())),
+            (field::MEMORY_BYTES, text(self.memory_bytes.to_string())),
+            (field::PRODUCER, text(self.producer.clone())),
+        ];
+        let optional = [
+            (field::DEADLINE_MS, self.deadline_ms.map(|v| v.to_string())),
+            (
+                field::SUBMITTED_AT_MS,
+                self.submitted_at_ms.map(|v| v.to_string()),
+            ),
+            (field::REPLY_TO, self.reply_to.clone()),
+            (field::SIGNATURE, self.signature.clone()),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                pairs.push((name, text(value)));
+            }
+        }
+        match self.split {
+            Some(SplitRole::Shard {
+                parent,
+                index,
+                count,
+            }) => {
+                pairs.push((field::PARENT, text(parent.to_string())));
+                pairs.push((field::SHARD, text(index.to_string())));
+                pairs.push((field::SHARDS, text(count.to_string())));
+            }
+            Some(SplitRole::Merge { count }) => {
+                pairs.push((field::MERGE, b"1".to_vec()));
+                pairs.push((field::SHARDS, text(count.to_string())));
+            }
+            None => {}
+        }
+        pairs.push((field::PARAMS, self.params.clone()));
+        pairs
+    }
+
+    /// Shard `index` of `count` of this task: a task of its own (new id,
+    /// first attempt, no deadline: the parent started), with the same kind,
+    /// class, priority, attempts and producer, no reply stream (the
+    /// parent's producer hears from the parent), and the shard's `params`.
+    /// Unsigned: the splitting worker signs it when workers require it.
+    pub fn shard(&self, id: TaskId, index: u32, count: u32, params: Vec<u8>) -> TaskEntry {
+        TaskEntry {
+            id,
+            attempt: 1,
+            deadline_ms: None,
+            reply_to: None,
+            params,
+            signature: None,
+            split: Some(SplitRole::Shard {
+                parent: self.id,
+                index,
+                count,
+            }),
+            ..self.clone()
+        }
     }
 }
 
@@ -325,6 +460,14 @@ pub struct TaskRecord {
     pub history: Option<String>,
     /// The dead-letter entry of a task that ended there.
     pub dead_letter: Option<String>,
+    /// On a shard of a split task: its parent, its index and the count.
+    pub parent: Option<TaskId>,
+    pub shard: Option<u32>,
+    /// On a split task: how many shards it has, how many committed, and
+    /// their task ids in shard order.
+    pub shards: Option<u32>,
+    pub shards_done: Option<u32>,
+    pub shard_ids: Vec<TaskId>,
 }
 
 impl TaskRecord {
@@ -366,6 +509,17 @@ impl TaskRecord {
                 b"retry_at_ms" => record.retry_at_ms = parse(text),
                 b"history" => record.history = text.map(str::to_owned),
                 b"dead_letter" => record.dead_letter = text.map(str::to_owned),
+                b"parent" => record.parent = parse(text),
+                b"shard" => record.shard = parse(text),
+                b"shards" => record.shards = parse(text),
+                b"shards_done" => record.shards_done = parse(text),
+                b"shard_ids" => {
+                    record.shard_ids = text
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .filter_map(|id| id.parse().ok())
+                        .collect();
+                }
                 _ => {}
             }
         }

@@ -18,11 +18,11 @@ use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
 
 /// The seed's pair: the 4070 Ti is the primary (heavy), the 3060 Ti the
 /// secondary (light). Budgets (90 %): 10.8 GiB and 7.2 GiB.
-const PAIR: &str = "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS";
-const PRIMARY: &str = "SIM-0-rtx-4070-ti";
-const SECONDARY: &str = "SIM-1-rtx-3060-ti";
-const GIB: u64 = 1 << 30;
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const PAIR: &str = "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS";
+pub(crate) const PRIMARY: &str = "SIM-0-rtx-4070-ti";
+pub(crate) const SECONDARY: &str = "SIM-1-rtx-3060-ti";
+pub(crate) const GIB: u64 = 1 << 30;
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// Routing bounds long enough that only the rule under test moves tasks.
 const STILL: &[(&str, &str)] = &[
@@ -43,16 +43,16 @@ fn env<'a>(
     env
 }
 
-async fn store(redis: &RedisServer) -> Store {
+pub(crate) async fn store(redis: &RedisServer) -> Store {
     Store::connect(&redis.config()).await.expect("store")
 }
 
-async fn registry(redis: &RedisServer) -> Vec<WorkerInfo> {
+pub(crate) async fn registry(redis: &RedisServer) -> Vec<WorkerInfo> {
     store(redis).await.workers().await.expect("registry")
 }
 
 /// Starts a worker on `device` and waits until its device is healthy.
-async fn start(
+pub(crate) async fn start(
     redis: &RedisServer,
     device: &str,
     spec: &str,
@@ -63,7 +63,7 @@ async fn start(
     worker
 }
 
-async fn wait_healthy(redis: &RedisServer, id: &str) {
+pub(crate) async fn wait_healthy(redis: &RedisServer, id: &str) {
     wait_until(WAIT, &format!("{id} healthy"), || async {
         registry(redis)
             .await
@@ -75,7 +75,7 @@ async fn wait_healthy(redis: &RedisServer, id: &str) {
 
 /// Every worker re-reads the registry each heartbeat interval (200 ms in
 /// tests); after this long all of them have seen the others.
-async fn settle() {
+pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_millis(700)).await;
 }
 

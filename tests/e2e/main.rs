@@ -20,5 +20,6 @@ mod priority;
 mod producer;
 mod reliability;
 mod security;
+mod split;
 mod volume;
 mod wire;

@@ -6,8 +6,10 @@ use std::time::Duration;
 use tandem_shared::ErrorCode;
 use tandem_shared::kind::builtin::{
     Abort, Echo, Fail, FailParams, Noop, Panic, PanicParams, Sleep, SleepOutput, SleepParams,
+    SplitSumOutput, SplitSumParams,
 };
 
+use crate::compute::{Compute, Split, whole};
 use crate::handler::{Handler, Registry, TaskContext, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -20,7 +22,81 @@ pub(crate) fn register(registry: &mut Registry) {
 
 /// The fault-injection kinds; see `tandem_shared::kind::builtin`.
 pub(crate) fn register_test_kinds(registry: &mut Registry) {
-    registry.register(PanicHandler).register(AbortHandler);
+    registry
+        .register(PanicHandler)
+        .register(AbortHandler)
+        .register_split(SplitSum);
+}
+
+/// The `split_sum` test kind: blocks of 1/(i+1), merged in block order.
+#[derive(Debug)]
+pub(crate) struct SplitSum;
+
+impl Compute for SplitSum {
+    type Spec = tandem_shared::kind::builtin::SplitSum;
+    const MODULE: Option<&'static str> = None;
+
+    fn cpu(&self, params: &SplitSumParams) -> Result<SplitSumOutput, TaskError> {
+        whole(self, None, params)
+    }
+}
+
+impl Split for SplitSum {
+    /// A range of blocks.
+    type Shard = (u64, u64);
+    /// One sum per block.
+    type Partial = Vec<f64>;
+
+    fn split(&self, params: &SplitSumParams, n: usize) -> Vec<(u64, u64)> {
+        let blocks = params.blocks();
+        let per = blocks.div_ceil(n.max(1) as u64).max(1);
+        (0..blocks)
+            .step_by(usize::try_from(per).unwrap_or(usize::MAX))
+            .map(|start| (start, (start + per).min(blocks)))
+            .collect()
+    }
+
+    fn cpu_shard(
+        &self,
+        p: &SplitSumParams,
+        &(from, to): &(u64, u64),
+    ) -> Result<Vec<f64>, TaskError> {
+        if p.fail_block.is_some_and(|b| (from..to).contains(&b)) {
+            return Err(TaskError::fatal(
+                ErrorCode::from_static("SPLIT_SUM_FAILED"),
+                format!(
+                    "block {} failed, as asked",
+                    p.fail_block.unwrap_or_default()
+                ),
+            ));
+        }
+        Ok((from..to)
+            .map(|b| {
+                std::thread::sleep(Duration::from_millis(p.block_ms));
+                (b * p.block..((b + 1) * p.block).min(p.n))
+                    .map(|i| 1.0 / (i as f64 + 1.0))
+                    .sum()
+            })
+            .collect())
+    }
+
+    fn merge(&self, p: &SplitSumParams, parts: Vec<Vec<f64>>) -> Result<SplitSumOutput, TaskError> {
+        let sums: Vec<f64> = parts.into_iter().flatten().collect();
+        if sums.len() as u64 != p.blocks() {
+            return Err(TaskError::fatal(
+                ErrorCode::BAD_RESULT,
+                format!(
+                    "the shards hold {} blocks, expected {}",
+                    sums.len(),
+                    p.blocks()
+                ),
+            ));
+        }
+        Ok(SplitSumOutput {
+            sum: sums.iter().sum(),
+            blocks: p.blocks(),
+        })
+    }
 }
 
 #[derive(Debug)]

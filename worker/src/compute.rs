@@ -15,8 +15,6 @@
 //! merge combines blocks in block order. The unsplit run is the one-shard
 //! split ([`whole`]), so both go through the same code.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -25,7 +23,7 @@ use tandem_kernels::runtime::Gpu;
 use tandem_shared::kind::KindSpec;
 use tandem_shared::{ErrorCode, msgpack};
 
-use crate::handler::{Handler, Registry, TaskContext, TaskError};
+use crate::handler::{Handler, Prepared, Registry, TaskContext, TaskError};
 
 /// The parameters of a compute kind's spec.
 pub type Params<C> = <<C as Compute>::Spec as KindSpec>::Params;
@@ -112,7 +110,7 @@ fn gpu_for(module: Option<&str>, ctx: &TaskContext) -> Option<Arc<Gpu>> {
 }
 
 /// Runs `work` on a blocking thread; a panic there is a failed attempt.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
 ) -> Result<T, TaskError> {
     match tokio::task::spawn_blocking(work).await {
@@ -148,15 +146,13 @@ struct ShardTask<P, S> {
     shard: S,
 }
 
-pub(crate) type BoxedPartial = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>> + Send>>;
-
 /// The split operations of a kind, with the types erased (MessagePack in
 /// and out), as the executor calls them.
 pub(crate) trait Splitter: Send + Sync {
     /// Shard task parameters for at most `n` shards.
     fn split(&self, params: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TaskError>;
     /// Runs one shard; returns its partial.
-    fn run_shard(&self, shard: &[u8], ctx: &TaskContext) -> Result<BoxedPartial, TaskError>;
+    fn run_shard(&self, shard: &[u8], ctx: &TaskContext) -> Result<Prepared, TaskError>;
     /// Merges partials (in shard order) into the parent's result.
     fn merge(&self, params: &[u8], parts: &[Vec<u8>]) -> Result<Vec<u8>, TaskError>;
 }
@@ -192,7 +188,7 @@ where
             .collect()
     }
 
-    fn run_shard(&self, shard: &[u8], ctx: &TaskContext) -> Result<BoxedPartial, TaskError> {
+    fn run_shard(&self, shard: &[u8], ctx: &TaskContext) -> Result<Prepared, TaskError> {
         let task: ShardTask<Params<S>, S::Shard> = decode(shard, "shard")?;
         let kind = Arc::clone(&self.0);
         let gpu = gpu_for(S::MODULE, ctx);
@@ -239,74 +235,27 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use serde::{Deserialize, Serialize};
-    use tandem_shared::Class;
-    use tandem_shared::kind::BadParams;
+    use tandem_shared::kind::builtin::{SplitSumOutput, SplitSumParams};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-
-    /// A toy splittable kind: the sum of f(i) over i in 0..n, in blocks of
-    /// 10, merged in block order.
-    struct SumSpec;
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    struct SumParams {
-        n: u64,
-    }
-    impl KindSpec for SumSpec {
-        const KIND: &'static str = "toy_sum";
-        const CLASS: Class = Class::Parallel;
-        type Params = SumParams;
-        type Output = f64;
-        fn validate(p: &SumParams) -> Result<(), BadParams> {
-            if p.n == 0 {
-                return Err(BadParams::new("n must be positive"));
-            }
-            Ok(())
-        }
-    }
-    struct Sum;
-    impl Compute for Sum {
-        type Spec = SumSpec;
-        const MODULE: Option<&'static str> = None;
-        fn cpu(&self, params: &SumParams) -> Result<f64, TaskError> {
-            whole(self, None, params)
-        }
-    }
-    impl Split for Sum {
-        type Shard = (u64, u64);
-        type Partial = Vec<f64>;
-        fn split(&self, params: &SumParams, n: usize) -> Vec<(u64, u64)> {
-            let blocks = params.n.div_ceil(10);
-            let per = blocks.div_ceil(n as u64);
-            (0..blocks)
-                .step_by(per as usize)
-                .map(|b| (b, (b + per).min(blocks)))
-                .collect()
-        }
-        fn cpu_shard(&self, params: &SumParams, shard: &(u64, u64)) -> Result<Vec<f64>, TaskError> {
-            Ok((shard.0..shard.1)
-                .map(|b| {
-                    (b * 10..((b + 1) * 10).min(params.n))
-                        .map(|i| 1.0 / (i as f64 + 1.0))
-                        .sum()
-                })
-                .collect())
-        }
-        fn merge(&self, _: &SumParams, parts: Vec<Vec<f64>>) -> Result<f64, TaskError> {
-            Ok(parts.into_iter().flatten().sum())
-        }
-    }
+    use crate::builtin::SplitSum;
 
     #[tokio::test]
     async fn a_split_run_equals_the_whole_run_bit_for_bit() {
         let mut registry = Registry::new();
-        registry.register_split(Sum);
-        let splitter = registry.splitter("toy_sum").expect("registered");
-        let params = msgpack::encode(&SumParams { n: 1_234 }).unwrap();
-        let whole = Sum.cpu(&SumParams { n: 1_234 }).unwrap();
-        for n in [1, 2, 7, 200] {
-            let shards = splitter.split(&params, n).unwrap();
+        registry.register_split(SplitSum);
+        let splitter = registry.splitter("split_sum").expect("registered");
+        let params = SplitSumParams {
+            n: 12_345,
+            block: 10,
+            block_ms: 0,
+            fail_block: None,
+        };
+        let encoded = msgpack::encode(&params).unwrap();
+        let whole = SplitSum.cpu(&params).unwrap();
+        for n in [1, 2, 7, 200, 5_000] {
+            let shards = splitter.split(&encoded, n).unwrap();
             assert!(shards.len() <= n);
             let ctx = TaskContext::new(
                 tandem_shared::TaskId::new(),
@@ -318,10 +267,20 @@ mod tests {
             for shard in &shards {
                 parts.push(splitter.run_shard(shard, &ctx).unwrap().await.unwrap());
             }
-            let merged: f64 = msgpack::decode(&splitter.merge(&params, &parts).unwrap()).unwrap();
-            assert_eq!(merged.to_bits(), whole.to_bits(), "{n} shards");
+            let merged: SplitSumOutput =
+                msgpack::decode(&splitter.merge(&encoded, &parts).unwrap()).unwrap();
+            assert_eq!(merged.sum.to_bits(), whole.sum.to_bits(), "{n} shards");
+            assert_eq!(merged.blocks, 1_235);
+            // A missing shard is an error, not a wrong sum.
+            if parts.len() > 1 {
+                parts.pop();
+                assert_eq!(
+                    splitter.merge(&encoded, &parts).unwrap_err().code,
+                    ErrorCode::BAD_RESULT
+                );
+            }
         }
-        let bad = msgpack::encode(&SumParams { n: 0 }).unwrap();
+        let bad = msgpack::encode(&SplitSumParams { n: 0, ..params }).unwrap();
         assert_eq!(
             splitter.split(&bad, 2).unwrap_err().code,
             ErrorCode::BAD_PARAMS

@@ -29,13 +29,13 @@ use tandem_shared::store::{
     Blocked, ClaimRequest, ClaimedEntry, Committed, Completion, Store, StoreError, StreamRef, Trip,
     Verdict,
 };
-use tandem_shared::wire::TaskEntry;
+use tandem_shared::wire::{SplitRole, TaskEntry};
 use tandem_shared::{ErrorCode, Status, TaskId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cancel::Running;
-use crate::executor::{DeviceFailure, Executor};
+use crate::executor::{DeviceFailure, Executor, Plan};
 use crate::router::Router;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -75,6 +75,8 @@ pub(crate) struct Dispatcher {
     pub router: Router,
     /// The device memory tasks may declare at once; `None` for a CPU worker.
     pub memory_budget: Option<u64>,
+    /// Shards per live GPU a splittable parallel task is cut into (0: never).
+    pub shards_per_gpu: u32,
 }
 
 /// How a started task ended, as its run reports it to the dispatcher.
@@ -615,8 +617,29 @@ impl Dispatcher {
         let running = self.running.clone();
         let stats = Arc::clone(&self.stats);
         let done = done.clone();
+        // Split only across two or more GPUs: one GPU gains nothing from
+        // shards but their overhead.
+        let gpus = self.router.live_gpus();
+        let split_into = if gpus >= 2 {
+            gpus.saturating_mul(self.shards_per_gpu)
+        } else {
+            0
+        };
+        let store = self.store.clone();
         tokio::spawn(async move {
-            let finished = match executor.execute(entry, entry_id.clone(), cancel).await {
+            let plan = match entry.split {
+                Some(SplitRole::Merge { count }) => Plan::Merge(
+                    store
+                        .split_parts(entry.class, &entry.id, count)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                _ => Plan::Run { split_into },
+            };
+            let finished = match executor
+                .execute(entry, entry_id.clone(), cancel, plan)
+                .await
+            {
                 Ok(completion) => Finished::Done(completion),
                 Err(failure) => Finished::DeviceFailed {
                     id,

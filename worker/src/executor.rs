@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use tandem_shared::store::{Completion, Disposition, StreamRef};
-use tandem_shared::wire::{EntryError, Finish, FinishOutcome, TaskEntry, TaskFailure};
-use tandem_shared::{ErrorCode, Status};
+use tandem_shared::wire::{EntryError, Finish, FinishOutcome, SplitRole, TaskEntry, TaskFailure};
+use tandem_shared::{Class, ErrorCode, Status, TaskId};
 use tokio_util::sync::CancellationToken;
 
+use crate::compute::Splitter;
 use crate::device::{Device, Injected};
 use crate::handler::{Registry, Retry, TaskContext, TaskError};
 
@@ -56,6 +57,18 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// What the dispatcher knows about a task beyond its entry.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Run it. A splittable task of class `parallel` (not itself a shard)
+    /// is cut into at most this many shards instead, when that is 2 or
+    /// more.
+    Run { split_into: u32 },
+    /// A split task's merge entry, with its shards' partial results in
+    /// shard order, or why they could not be read.
+    Merge(Result<Vec<Vec<u8>>, String>),
+}
+
 /// Everything a worker needs to run tasks, shared by all its task runs.
 #[derive(Debug, Clone)]
 pub(crate) struct Executor {
@@ -79,10 +92,31 @@ impl Executor {
         entry: TaskEntry,
         entry_id: String,
         cancel: CancellationToken,
+        plan: Plan,
     ) -> Result<Completion, DeviceFailure> {
         let started = Instant::now();
+        let parts = match plan {
+            Plan::Run { split_into } => {
+                match self.split(&entry, split_into) {
+                    Ok(Some(shards)) => {
+                        tracing::info!(
+                            task = %entry.id, kind = %entry.kind, shards = shards.len(),
+                            "split into shards"
+                        );
+                        let finish =
+                            self.finish(Status::Running, None, FinishOutcome::Result(Vec::new()));
+                        let disposition = Disposition::Split { shards };
+                        return Ok(completion(entry, entry_id, disposition, finish));
+                    }
+                    Ok(None) => {}
+                    Err(err) => return Ok(self.conclude(entry, entry_id, 0, Err(err))),
+                }
+                None
+            }
+            Plan::Merge(parts) => Some(parts),
+        };
         let outcome = match self.device.before_task(entry.memory_bytes) {
-            Injected::None => self.run_watched(&entry, cancel).await,
+            Injected::None => self.run_watched(&entry, cancel, parts).await,
             Injected::Fail(message) => Err(TaskError::device_failed(message)),
             Injected::OutOfMemory(message) => Err(TaskError::out_of_memory(message)),
             Injected::Hang => {
@@ -94,6 +128,9 @@ impl Executor {
                 std::process::abort();
             }
         };
+        if let Some(stretch) = self.device.pace(started.elapsed()) {
+            tokio::time::sleep(stretch).await;
+        }
         let run_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         if self.device.is_gpu() {
             match outcome {
@@ -126,13 +163,45 @@ impl Executor {
         Ok(self.conclude(entry, entry_id, run_us, outcome))
     }
 
+    /// The shards of a splittable `parallel` task, when it is one and
+    /// splits into 2 or more; `None`: run it whole.
+    fn split(
+        &self,
+        entry: &TaskEntry,
+        split_into: u32,
+    ) -> Result<Option<Vec<TaskEntry>>, TaskError> {
+        if split_into < 2 || entry.class != Class::Parallel || entry.split.is_some() {
+            return Ok(None);
+        }
+        let Some(splitter) = self.registry.splitter(&entry.kind) else {
+            return Ok(None);
+        };
+        self.check_size(entry)?;
+        let params = splitter.split(&entry.params, split_into as usize)?;
+        if params.len() < 2 {
+            return Ok(None);
+        }
+        let count = u32::try_from(params.len()).unwrap_or(u32::MAX);
+        let shards = params
+            .into_iter()
+            .zip(0..)
+            .map(|(params, index)| {
+                let mut shard = entry.shard(TaskId::new(), index, count, params);
+                shard.signature = self.signer.as_ref().map(|s| s.sign(&shard.signed()));
+                shard
+            })
+            .collect();
+        Ok(Some(shards))
+    }
+
     /// Runs the task under the device watchdog, when there is one.
     async fn run_watched(
         &self,
         entry: &TaskEntry,
         cancel: CancellationToken,
+        parts: Option<Result<Vec<Vec<u8>>, String>>,
     ) -> Result<Vec<u8>, TaskError> {
-        self.watched(self.run(entry, cancel)).await
+        self.watched(self.run(entry, cancel, parts)).await
     }
 
     async fn watched(
@@ -202,11 +271,7 @@ impl Executor {
         }
     }
 
-    async fn run(
-        &self,
-        entry: &TaskEntry,
-        cancel: CancellationToken,
-    ) -> Result<Vec<u8>, TaskError> {
+    fn check_size(&self, entry: &TaskEntry) -> Result<(), TaskError> {
         if entry.params.len() > self.max_payload_bytes {
             return Err(TaskError::fatal(
                 ErrorCode::PAYLOAD_TOO_LARGE,
@@ -217,6 +282,26 @@ impl Executor {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The splitter of a shard's or merge entry's kind.
+    fn splitter(&self, kind: &str) -> Result<Arc<dyn Splitter>, TaskError> {
+        self.registry.splitter(kind).ok_or_else(|| {
+            TaskError::fatal(
+                ErrorCode::UNKNOWN_KIND,
+                format!("kind {kind:?} does not split on this worker, yet the entry is part of a split task"),
+            )
+        })
+    }
+
+    async fn run(
+        &self,
+        entry: &TaskEntry,
+        cancel: CancellationToken,
+        parts: Option<Result<Vec<Vec<u8>>, String>>,
+    ) -> Result<Vec<u8>, TaskError> {
+        self.check_size(entry)?;
         let ctx = TaskContext::new(
             entry.id,
             entry.attempt,
@@ -224,7 +309,25 @@ impl Executor {
             cancel.clone(),
         )
         .with_gpu(self.device.runtime());
-        let prepared = self.registry.prepare(&entry.kind, &entry.params, ctx)?;
+        let prepared = match (entry.split, parts) {
+            (Some(SplitRole::Shard { .. }), _) => {
+                self.splitter(&entry.kind)?.run_shard(&entry.params, &ctx)?
+            }
+            (Some(SplitRole::Merge { .. }), Some(parts)) => {
+                let parts = parts.map_err(|why| {
+                    TaskError::new(
+                        ErrorCode::HANDLER_ERROR,
+                        format!("cannot read the shards' results: {why}"),
+                    )
+                })?;
+                let splitter = self.splitter(&entry.kind)?;
+                let params = entry.params.clone();
+                Box::pin(crate::compute::blocking(move || {
+                    splitter.merge(&params, &parts)
+                }))
+            }
+            _ => self.registry.prepare(&entry.kind, &entry.params, ctx)?,
+        };
         tokio::select! {
             outcome = AssertUnwindSafe(prepared).catch_unwind() => match outcome {
                 Ok(outcome) => outcome,
@@ -366,10 +469,13 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use tandem_shared::kind::{BadParams, KindSpec};
-    use tandem_shared::{Class, Priority, TaskId, msgpack};
+    use tandem_shared::msgpack;
 
     use super::*;
     use crate::handler::Handler;
+
+    /// Run whole (no split).
+    const WHOLE: Plan = Plan::Run { split_into: 0 };
 
     struct Explode;
     impl KindSpec for Explode {
@@ -422,6 +528,7 @@ mod tests {
             reply_to: None,
             params,
             signature: None,
+            split: None,
         }
     }
 
@@ -438,6 +545,7 @@ mod tests {
                 entry(kind, params, attempt),
                 "1-0".into(),
                 CancellationToken::new(),
+                WHOLE,
             )
             .await
             .expect("a CPU worker has no device to fail")
@@ -498,7 +606,12 @@ mod tests {
         let params =
             msgpack::encode(&tandem_shared::kind::builtin::SleepParams { ms: 60_000 }).unwrap();
         let exec = executor();
-        let run = exec.execute(entry("sleep", params, 1), "1-0".into(), cancel.clone());
+        let run = exec.execute(
+            entry("sleep", params, 1),
+            "1-0".into(),
+            cancel.clone(),
+            WHOLE,
+        );
         cancel.cancel();
         let done = tokio::time::timeout(Duration::from_secs(5), run)
             .await
@@ -531,7 +644,7 @@ mod tests {
         let mut big = entry("noop", vec![], 1);
         big.memory_bytes = 2000;
         let done = exec
-            .execute(big, "1-0".into(), CancellationToken::new())
+            .execute(big, "1-0".into(), CancellationToken::new(), WHOLE)
             .await
             .unwrap();
         assert_eq!(
@@ -547,6 +660,7 @@ mod tests {
                 entry("noop", vec![], 1),
                 "2-0".into(),
                 CancellationToken::new(),
+                WHOLE,
             )
             .await
             .unwrap();
@@ -561,6 +675,7 @@ mod tests {
                 entry("noop", vec![], 1),
                 "1-0".into(),
                 CancellationToken::new(),
+                WHOLE,
             )
             .await;
         assert!(failed.unwrap_err().message.contains("ILLEGAL_ADDRESS"));
@@ -574,6 +689,7 @@ mod tests {
                 entry("noop", vec![], 1),
                 "1-0".into(),
                 CancellationToken::new(),
+                WHOLE,
             )
             .await;
         assert!(hung.unwrap_err().message.contains("hung"));

@@ -251,6 +251,7 @@ pub async fn run(
         }),
         router,
         memory_budget: device.is_gpu().then_some(device.budget),
+        shards_per_gpu: config.shards_per_gpu,
         streams,
         worker_id: worker_id.clone(),
         device: device.id(),

@@ -66,6 +66,14 @@ impl Router {
         changed
     }
 
+    /// Live healthy GPU workers, this one included when it is one: what a
+    /// split parallel task spreads over.
+    pub fn live_gpus(&self) -> u32 {
+        let others = self.peers.iter().filter(|p| p.role != Role::Cpu).count();
+        let me = usize::from(self.role != Role::Cpu);
+        u32::try_from(others + me).unwrap_or(u32::MAX)
+    }
+
     /// Sets whether the worker runs nothing now; true when the rules changed.
     pub fn set_idle(&mut self, idle: bool) -> bool {
         if idle == self.idle {

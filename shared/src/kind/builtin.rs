@@ -13,6 +13,7 @@
 //! |---|---|---|---|
 //! | `panic` | cpu | `{message}` | the handler panics |
 //! | `abort` | cpu | anything | the worker process aborts (dies at once) |
+//! | `split_sum` | parallel | `{n, block, block_ms, fail_block}` | `{sum, blocks}`: the sum of 1/(i+1) over i < n in blocks of `block`, sleeping `block_ms` per block; splittable, so it exercises split tasks; the shard holding block `fail_block` fails for good |
 
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +136,69 @@ impl KindSpec for Abort {
     type Output = ();
 }
 
+/// A splittable test kind: sums 1/(i+1) over i in 0..n, block by block.
+#[derive(Debug)]
+pub struct SplitSum;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitSumParams {
+    pub n: u64,
+    /// Terms per block.
+    #[serde(default = "SplitSumParams::default_block")]
+    pub block: u64,
+    /// Sleep per block, to make the work take time (ms).
+    #[serde(default)]
+    pub block_ms: u64,
+    /// The shard computing this block fails, not to be retried.
+    #[serde(default)]
+    pub fail_block: Option<u64>,
+}
+
+impl SplitSumParams {
+    fn default_block() -> u64 {
+        1_000
+    }
+
+    /// The number of blocks.
+    pub fn blocks(&self) -> u64 {
+        self.n.div_ceil(self.block.max(1))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitSumOutput {
+    pub sum: f64,
+    pub blocks: u64,
+}
+
+impl SplitSum {
+    pub const MAX_BLOCKS: u64 = 100_000;
+}
+
+impl KindSpec for SplitSum {
+    const KIND: &'static str = "split_sum";
+    const CLASS: Class = Class::Parallel;
+    type Params = SplitSumParams;
+    type Output = SplitSumOutput;
+
+    fn validate(p: &SplitSumParams) -> Result<(), BadParams> {
+        if p.n == 0 || p.block == 0 {
+            return Err(BadParams::new("n and block must be at least 1"));
+        }
+        if p.blocks() > Self::MAX_BLOCKS {
+            return Err(BadParams::new(format!(
+                "n / block must be at most {} blocks, got {}",
+                Self::MAX_BLOCKS,
+                p.blocks()
+            )));
+        }
+        if p.block_ms > 10_000 {
+            return Err(BadParams::new("block_ms must be at most 10000"));
+        }
+        Ok(())
+    }
+}
+
 /// Checks `params` (MessagePack) against the built-in kind `kind`, when it is
 /// one: `None` for kinds this crate does not know.
 pub fn validate_builtin(kind: &str, params: &[u8]) -> Option<Result<(), BadParams>> {
@@ -150,6 +214,7 @@ pub fn validate_builtin(kind: &str, params: &[u8]) -> Option<Result<(), BadParam
         Fail::KIND => Some(check::<Fail>(params)),
         Panic::KIND => Some(check::<Panic>(params)),
         Abort::KIND => Some(check::<Abort>(params)),
+        SplitSum::KIND => Some(check::<SplitSum>(params)),
         _ => None,
     }
 }
@@ -160,6 +225,7 @@ pub fn builtin_class(kind: &str) -> Option<Class> {
         Noop::KIND | Sleep::KIND | Echo::KIND | Fail::KIND | Panic::KIND | Abort::KIND => {
             Some(Class::Cpu)
         }
+        SplitSum::KIND => Some(Class::Parallel),
         _ => None,
     }
 }

@@ -149,6 +149,32 @@ impl Store {
         }
     }
 
+    /// The shard results of a split task, in shard order; an error when
+    /// any of its `shards` shards is missing.
+    pub async fn split_parts(
+        &self,
+        class: Class,
+        id: &TaskId,
+        shards: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.keys.parts(class, id));
+        let map = hash_map(self.single(cmd).await?, "HGETALL parts")?;
+        (0..shards)
+            .map(|index| {
+                map.get(index.to_string().as_bytes())
+                    .cloned()
+                    .ok_or_else(|| StoreError::Protocol {
+                        what: "split parts",
+                        detail: format!(
+                            "shard {index} of {shards} of task {id} has no result ({} found)",
+                            map.len()
+                        ),
+                    })
+            })
+            .collect()
+    }
+
     /// Cancels a task, whichever class holds it.
     pub async fn cancel(&self, id: &TaskId) -> Result<CancelOutcome, StoreError> {
         let cmds: Vec<Cmd> = Class::ALL

@@ -8,7 +8,7 @@ use super::{Store, StoreError, StreamRef};
 use crate::keys::GROUP;
 use crate::scripts;
 use crate::task::{Class, Priority, TaskId};
-use crate::wire::{Fields, Finish};
+use crate::wire::{Fields, Finish, TaskEntry};
 
 /// A worker's request to claim tasks.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ pub enum Blocked {
 }
 
 /// What becomes of a task after this attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
     /// Its record takes its final status now.
     Final,
@@ -106,6 +106,10 @@ pub enum Disposition {
     /// room than that); its record says `queued` again and its history
     /// notes why. Not a failed attempt.
     HandBack { min_memory_bytes: u64 },
+    /// It was cut into these shards (entries of its own stream, each a task
+    /// with a record of its own); its record stays `running` until the last
+    /// shard's commit puts it back as a merge entry (`split.lua`).
+    Split { shards: Vec<TaskEntry> },
 }
 
 /// A task to commit.
@@ -214,6 +218,27 @@ impl Store {
         call.into_cmd()
     }
 
+    fn split_cmd(&self, consumer: &str, completion: &Completion, shards: &[TaskEntry]) -> Cmd {
+        let class = completion.class;
+        let mut call = scripts::SPLIT
+            .invocation()
+            .key(self.keys.task(class, &completion.id))
+            .key(self.keys.stream_ref(class, completion.priority))
+            .arg(GROUP)
+            .arg(&completion.entry_id)
+            .arg(consumer)
+            .arg(completion.id.to_string())
+            .arg(shards.len());
+        for shard in shards {
+            let fields = shard.fields();
+            call = call.arg(shard.id.to_string()).arg(fields.len());
+            for (name, value) in fields {
+                call = call.arg(name).arg(value);
+            }
+        }
+        call.into_cmd()
+    }
+
     fn complete_cmd(&self, consumer: &str, completion: &Completion) -> Cmd {
         let class = completion.class;
         let mut call = scripts::COMPLETE
@@ -227,11 +252,12 @@ impl Store {
         {
             call = call.key(reply_to);
         }
-        let (disposition, after_ms) = match completion.disposition {
+        let (disposition, after_ms) = match &completion.disposition {
             Disposition::Final => ("final", 0),
-            Disposition::Retry { after_ms } => ("retry", after_ms),
+            Disposition::Retry { after_ms } => ("retry", *after_ms),
             Disposition::Dead => ("dead", 0),
-            Disposition::HandBack { min_memory_bytes } => ("handback", min_memory_bytes),
+            Disposition::HandBack { min_memory_bytes } => ("handback", *min_memory_bytes),
+            Disposition::Split { shards } => return self.split_cmd(consumer, completion, shards),
         };
         call = call
             .arg(GROUP)

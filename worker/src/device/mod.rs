@@ -129,6 +129,14 @@ impl Device {
             .map(|s| s.faults)
     }
 
+    /// How much longer than it ran a task takes on a paced simulated GPU:
+    /// the run is stretched to elapsed x PACE_TFLOPS / tflops.
+    pub fn pace(&self, elapsed: std::time::Duration) -> Option<std::time::Duration> {
+        let sim = self.gpu.as_ref()?.simulated.as_ref()?;
+        let stretch = tandem_shared::device::PACE_TFLOPS / sim.tflops - 1.0;
+        (sim.paced && stretch > 0.0).then(|| elapsed.mul_f64(stretch))
+    }
+
     /// The real GPU's kernels, once a probe passed; `None` on the CPU and
     /// simulated GPUs (whose tasks run the CPU twins).
     pub fn runtime(&self) -> Option<Arc<Runtime>> {
