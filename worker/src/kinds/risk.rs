@@ -1,5 +1,284 @@
-//! The `risk` kind on a worker. Not written yet.
+//! The `risk` kind on a worker: VaR and CVaR by Monte Carlo or from
+//! history, splittable into shards of whole scenario blocks.
+//!
+//! A shard's partial is the `K` largest losses of its scenarios (K the tail
+//! of the lowest confidence level over all N scenarios), sorted in
+//! descending order, and one loss sum per block; the merge takes the K
+//! largest of all partials and adds the block sums in block order, so a
+//! split run equals the whole run bit for bit.
 
-use crate::handler::Registry;
+use serde::{Deserialize, Serialize};
+use tandem_kernels::risk::{self as kernel, Historical, MonteCarlo, Tail};
+use tandem_kernels::runtime::Gpu;
+use tandem_shared::ErrorCode;
+use tandem_shared::kind::risk::{Risk, RiskLevel, RiskOutput, RiskParams, tail_count};
 
-pub(crate) fn register(_registry: &mut Registry) {}
+use crate::compute::{Compute, Split, whole};
+use crate::handler::{Registry, TaskError};
+
+pub(crate) fn register(registry: &mut Registry) {
+    registry.register_split(RiskKind);
+}
+
+pub(crate) struct RiskKind;
+
+/// Blocks `[first, end)` of the scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BlockRange {
+    first: u64,
+    end: u64,
+}
+
+/// What a shard returns: see the module doc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RiskPartial {
+    /// The largest losses of the shard, at most K, descending.
+    top: Vec<f64>,
+    /// The loss sum of each of the shard's blocks, in block order.
+    block_sums: Vec<f64>,
+}
+
+/// What the kernels need for the parameters' method.
+enum Run<'a> {
+    MonteCarlo(MonteCarlo),
+    Historical(Historical<'a>),
+}
+
+fn prepare(params: &RiskParams) -> Result<Run<'_>, TaskError> {
+    Ok(match params {
+        RiskParams::MonteCarlo(p) => Run::MonteCarlo(
+            MonteCarlo::new(&p.weights, &p.mu, &p.covariance, p.scenarios, p.seed)
+                .map_err(|e| TaskError::fatal(ErrorCode::BAD_PARAMS, e.to_string()))?,
+        ),
+        RiskParams::Historical(p) => Run::Historical(Historical {
+            weights: &p.weights,
+            returns: &p.returns,
+        }),
+    })
+}
+
+/// K, the number of losses a partial keeps.
+fn keep(params: &RiskParams) -> usize {
+    params.max_tail_count() as usize
+}
+
+fn partial(tail: Tail) -> RiskPartial {
+    RiskPartial {
+        top: tail.top,
+        block_sums: tail.block_sums,
+    }
+}
+
+impl Compute for RiskKind {
+    type Spec = Risk;
+    const MODULE: Option<&'static str> = Some("risk");
+
+    fn cpu(&self, params: &RiskParams) -> Result<RiskOutput, TaskError> {
+        whole(self, None, params)
+    }
+
+    fn gpu(&self, gpu: &Gpu, params: &RiskParams) -> Result<RiskOutput, TaskError> {
+        whole(self, Some(gpu), params)
+    }
+}
+
+impl Split for RiskKind {
+    type Shard = BlockRange;
+    type Partial = RiskPartial;
+
+    fn split(&self, params: &RiskParams, n: usize) -> Vec<BlockRange> {
+        let blocks = kernel::block_count(params.scenarios());
+        let per = blocks.div_ceil(n.max(1) as u64).max(1);
+        (0..blocks)
+            .step_by(per as usize)
+            .map(|first| BlockRange {
+                first,
+                end: (first + per).min(blocks),
+            })
+            .collect()
+    }
+
+    fn cpu_shard(&self, params: &RiskParams, shard: &BlockRange) -> Result<RiskPartial, TaskError> {
+        let blocks = shard.first..shard.end;
+        Ok(partial(match prepare(params)? {
+            Run::MonteCarlo(run) => kernel::monte_carlo_cpu(&run, blocks, keep(params)),
+            Run::Historical(run) => kernel::historical_cpu(&run, blocks, keep(params)),
+        }))
+    }
+
+    fn gpu_shard(
+        &self,
+        gpu: &Gpu,
+        params: &RiskParams,
+        shard: &BlockRange,
+    ) -> Result<RiskPartial, TaskError> {
+        let blocks = shard.first..shard.end;
+        Ok(partial(match prepare(params)? {
+            Run::MonteCarlo(run) => kernel::monte_carlo_gpu(gpu, &run, blocks, keep(params))?,
+            Run::Historical(run) => kernel::historical_gpu(gpu, &run, blocks, keep(params))?,
+        }))
+    }
+
+    fn merge(&self, params: &RiskParams, parts: Vec<RiskPartial>) -> Result<RiskOutput, TaskError> {
+        let scenarios = params.scenarios();
+        let tail = Tail::merge(
+            parts.into_iter().map(|p| Tail {
+                top: p.top,
+                block_sums: p.block_sums,
+            }),
+            keep(params),
+        );
+        if tail.block_sums.len() as u64 != kernel::block_count(scenarios) {
+            return Err(TaskError::fatal(
+                ErrorCode::BAD_RESULT,
+                format!(
+                    "the partials cover {} blocks, the task has {}",
+                    tail.block_sums.len(),
+                    kernel::block_count(scenarios)
+                ),
+            ));
+        }
+        let levels = params
+            .confidence()
+            .iter()
+            .map(|&confidence| {
+                let k = tail_count(confidence, scenarios);
+                let (var, cvar) = tail.var_cvar(k as usize).ok_or_else(|| {
+                    TaskError::fatal(
+                        ErrorCode::BAD_RESULT,
+                        format!(
+                            "the partials hold {} tail losses, {k} needed",
+                            tail.top.len()
+                        ),
+                    )
+                })?;
+                Ok(RiskLevel {
+                    confidence,
+                    var,
+                    cvar,
+                    tail_count: k,
+                })
+            })
+            .collect::<Result<Vec<_>, TaskError>>()?;
+        Ok(RiskOutput {
+            levels,
+            mean_loss: tail.mean(scenarios),
+            scenarios,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_shared::kind::risk::{HistoricalRisk, MonteCarloRisk};
+    use tandem_shared::msgpack;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::handler::TaskContext;
+
+    fn monte_carlo() -> RiskParams {
+        RiskParams::MonteCarlo(MonteCarloRisk {
+            weights: vec![1_000.0, -400.0, 2_500.0],
+            mu: vec![0.001, 0.0005, 0.002],
+            covariance: vec![
+                0.0004, 0.00018, -0.00006, //
+                0.00018, 0.0009, 0.000225, //
+                -0.00006, 0.000225, 0.000225,
+            ],
+            scenarios: 30_001,
+            seed: 11,
+            confidence: vec![0.99, 0.95],
+        })
+    }
+
+    fn historical() -> RiskParams {
+        let returns = (0..20_000 * 3)
+            .map(|i| ((i * 7919) % 2003) as f64 / 1e4 - 0.1)
+            .collect();
+        RiskParams::Historical(HistoricalRisk {
+            weights: vec![1.0, -2.0, 3.0],
+            returns,
+            confidence: vec![0.9, 0.975],
+        })
+    }
+
+    fn ctx() -> TaskContext {
+        TaskContext::new(
+            tandem_shared::TaskId::new(),
+            1,
+            "cpu".into(),
+            CancellationToken::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn runs_through_the_registry() {
+        let mut registry = Registry::new();
+        register(&mut registry);
+        let params = msgpack::encode(&monte_carlo()).unwrap();
+        let out = registry
+            .prepare("risk", &params, ctx())
+            .unwrap()
+            .await
+            .unwrap();
+        let out: RiskOutput = msgpack::decode(&out).unwrap();
+        assert_eq!(out.scenarios, 30_001);
+        assert_eq!(out.levels.len(), 2);
+        assert_eq!(out.levels[0].confidence, 0.99);
+        assert_eq!(out.levels[0].tail_count, 301);
+        assert!(out.levels[0].var > out.levels[1].var);
+        assert!(out.levels[0].cvar > out.levels[0].var);
+
+        // Not positive semidefinite: eigenvalues 3 and -1.
+        let bad = RiskParams::MonteCarlo(MonteCarloRisk {
+            weights: vec![1.0, 1.0],
+            mu: vec![0.0, 0.0],
+            covariance: vec![1.0, 2.0, 2.0, 1.0],
+            scenarios: 10,
+            seed: 1,
+            confidence: vec![0.9],
+        });
+        let bad = msgpack::encode(&bad).unwrap();
+        let err = registry
+            .prepare("risk", &bad, ctx())
+            .unwrap()
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::BAD_PARAMS);
+        assert!(
+            err.message.contains("positive semidefinite"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_split_run_equals_the_whole_run_bit_for_bit() {
+        let mut registry = Registry::new();
+        register(&mut registry);
+        let splitter = registry.splitter("risk").expect("registered");
+        for params in [monte_carlo(), historical()] {
+            let whole = RiskKind.cpu(&params).unwrap();
+            let encoded = msgpack::encode(&params).unwrap();
+            for n in [1, 2, 3, 7] {
+                let shards = splitter.split(&encoded, n).unwrap();
+                assert!(shards.len() <= n);
+                let mut parts = Vec::new();
+                for shard in &shards {
+                    parts.push(splitter.run_shard(shard, &ctx()).unwrap().await.unwrap());
+                }
+                let merged: RiskOutput =
+                    msgpack::decode(&splitter.merge(&encoded, &parts).unwrap()).unwrap();
+                let bits = |o: &RiskOutput| {
+                    let mut bits = vec![o.mean_loss.to_bits(), o.scenarios];
+                    for level in &o.levels {
+                        bits.extend([level.var.to_bits(), level.cvar.to_bits(), level.tail_count]);
+                    }
+                    bits
+                };
+                assert_eq!(bits(&merged), bits(&whole), "{n} shards");
+            }
+        }
+    }
+}
