@@ -9,6 +9,7 @@ mod support;
 mod cancel;
 mod chaos;
 mod cli;
+mod compute;
 mod deadline;
 mod faults;
 #[cfg(feature = "gpu-tests")]

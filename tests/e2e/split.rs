@@ -39,7 +39,7 @@ fn expected(p: &SplitSumParams) -> f64 {
         .sum()
 }
 
-async fn record(redis: &RedisServer, id: &TaskId) -> TaskRecord {
+pub(crate) async fn record(redis: &RedisServer, id: &TaskId) -> TaskRecord {
     store(redis)
         .await
         .find_record(id)
