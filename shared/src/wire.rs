@@ -811,6 +811,58 @@ mod tests {
     }
 
     #[test]
+    fn shards_and_merge_entries_round_trip_through_their_fields() {
+        let mut pairs: Fields = new_task()
+            .metadata("p1", Some("tandem:reply:p1"))
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+            .collect();
+        pairs.push((b"deadline_ms".to_vec(), b"1700000009999".to_vec()));
+        let parent = TaskEntry::decode(&pairs, Class::Cpu, Priority::High).unwrap();
+        assert_eq!(parent.split, None);
+        let encode = |entry: &TaskEntry| -> Fields {
+            entry
+                .fields()
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v))
+                .collect()
+        };
+        assert_eq!(
+            TaskEntry::decode(&encode(&parent), Class::Cpu, Priority::High).unwrap(),
+            parent
+        );
+
+        let shard = parent.shard(TaskId::new(), 2, 5, vec![0x91, 0x01]);
+        let read = TaskEntry::decode(&encode(&shard), Class::Cpu, Priority::High).unwrap();
+        assert_eq!(read, shard);
+        assert_eq!(
+            read.split,
+            Some(SplitRole::Shard {
+                parent: parent.id,
+                index: 2,
+                count: 5
+            })
+        );
+        // A shard reports to nobody and has no deadline: its parent started.
+        assert_eq!((read.reply_to, read.deadline_ms), (None, None));
+
+        let merge = TaskEntry {
+            split: Some(SplitRole::Merge { count: 5 }),
+            ..parent.clone()
+        };
+        let read = TaskEntry::decode(&encode(&merge), Class::Cpu, Priority::High).unwrap();
+        assert_eq!(read, merge);
+
+        let mut bad = encode(&shard);
+        bad.retain(|(k, _)| k != b"shards");
+        let err = TaskEntry::decode(&bad, Class::Cpu, Priority::High).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BAD_PAYLOAD);
+        let mut bad = encode(&merge);
+        bad.retain(|(k, _)| k != b"shards");
+        assert!(TaskEntry::decode(&bad, Class::Cpu, Priority::High).is_err());
+    }
+
+    #[test]
     fn minimal_entry_uses_documented_defaults() {
         let id = TaskId::new().to_string();
         let entry = TaskEntry::decode(

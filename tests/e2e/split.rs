@@ -269,3 +269,55 @@ async fn cancelling_a_split_task_cancels_its_shards() {
     let outcome = producer.wait(next, WAIT).await.unwrap();
     assert_eq!(outcome.status, Status::Succeeded);
 }
+
+/// A raw submission (what a Python service does with redis-py and msgpack)
+/// is split the same, and its notice carries the merged result under its
+/// own id; `tandem status` shows the shard progress.
+#[tokio::test]
+async fn a_raw_submission_is_split_and_its_producer_hears_the_merged_result() {
+    let redis = RedisServer::start();
+    let _host = host(&redis, &[]).await;
+    let mut conn = redis.conn().await;
+    let id = TaskId::new();
+    let params = SplitSumParams {
+        n: 20_000,
+        block: 100,
+        block_ms: 1,
+        fail_block: None,
+    };
+    let reply = "tandem:reply:python-svc";
+    let _: String = redis::cmd("XADD")
+        .arg("tandem:{parallel}:stream:normal")
+        .arg("*")
+        .arg(&["version", "1", "id", &id.to_string(), "kind", "split_sum", "reply_to", reply])
+        .arg("params")
+        .arg(tandem_shared::msgpack::encode(&params).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(30_000)
+        .arg("STREAMS")
+        .arg(reply)
+        .arg("0-0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let notice = &read.keys[0].ids[0];
+    assert_eq!(notice.get::<String>("id").unwrap(), id.to_string());
+    assert_eq!(notice.get::<String>("status").unwrap(), "succeeded");
+    let result: Vec<u8> = notice.get("result").unwrap();
+    let result: SplitSumOutput = tandem_shared::msgpack::decode(&result).unwrap();
+    assert_eq!(result.sum.to_bits(), expected(&params).to_bits());
+    assert_eq!(read.keys[0].ids.len(), 1, "one notice, for the task only");
+
+    let out = std::process::Command::new(crate::support::bin("tandem"))
+        .args(["status", &id.to_string()])
+        .env_clear()
+        .env("REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("8 of 8 done"), "{text}");
+}

@@ -469,7 +469,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use tandem_shared::kind::{BadParams, KindSpec};
-    use tandem_shared::msgpack;
+    use tandem_shared::{Priority, msgpack};
 
     use super::*;
     use crate::handler::Handler;

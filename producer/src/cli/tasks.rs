@@ -149,6 +149,15 @@ fn print_record(record: &TaskRecord) {
     );
     row("worker", opt(record.worker.clone()));
     row("device", opt(record.device.clone()));
+    if let Some(shards) = record.shards {
+        row(
+            "shards",
+            format!("{} of {shards} done", record.shards_done.unwrap_or(0)),
+        );
+    }
+    if let (Some(parent), Some(shard)) = (record.parent, record.shard) {
+        row("shard of", format!("{parent} (shard {shard})"));
+    }
     row("submitted_at_ms", opt(time(record.submitted_at_ms)));
     if let Some(deadline) = record.deadline_ms {
         row("deadline_ms", deadline.to_string());
