@@ -1,5 +1,281 @@
-//! The `monte_carlo` kind on a worker. Not written yet.
+//! The `monte_carlo` kind on a worker: GBM option pricing, splittable into
+//! shards of whole 4096-path blocks (`tandem_kernels::monte_carlo`).
 
-use crate::handler::Registry;
+use serde::{Deserialize, Serialize};
+use tandem_kernels::monte_carlo::{self as mc, BlockSums, Config};
+use tandem_kernels::runtime::Gpu;
+use tandem_shared::ErrorCode;
+use tandem_shared::kind::monte_carlo::{
+    Estimate, MonteCarlo, MonteCarloOutput, MonteCarloParams, Percentile,
+};
 
-pub(crate) fn register(_registry: &mut Registry) {}
+use crate::compute::{Compute, Split, whole};
+use crate::handler::{Registry, TaskError};
+
+pub(crate) fn register(registry: &mut Registry) {
+    registry.register_split(MonteCarloKind);
+}
+
+struct MonteCarloKind;
+
+/// A shard: the blocks `first..end` of the task's paths.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BlockRange {
+    first: u64,
+    end: u64,
+}
+
+/// What a shard returns: the sums of each of its blocks, in block order
+/// ([`BlockSums::LEN`] values per block), and its histogram counts.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct BlockPartial {
+    sums: Vec<f64>,
+    histogram: Vec<u64>,
+}
+
+fn config(p: &MonteCarloParams) -> Config {
+    Config {
+        s0: p.s0,
+        strike: p.strike,
+        rate: p.rate,
+        dividend: p.dividend,
+        sigma: p.sigma,
+        maturity: p.maturity,
+        steps: p.steps,
+        paths: p.paths,
+        seed: p.seed,
+    }
+}
+
+fn partial(blocks: mc::Blocks) -> BlockPartial {
+    BlockPartial {
+        sums: blocks.sums.iter().flat_map(BlockSums::to_array).collect(),
+        histogram: blocks.histogram,
+    }
+}
+
+fn estimate(e: mc::Estimate) -> Estimate {
+    Estimate {
+        price: e.price,
+        std_error: e.std_error,
+    }
+}
+
+impl Compute for MonteCarloKind {
+    type Spec = MonteCarlo;
+    const MODULE: Option<&'static str> = Some(mc::SOURCE.module);
+
+    fn cpu(&self, params: &MonteCarloParams) -> Result<MonteCarloOutput, TaskError> {
+        whole(self, None, params)
+    }
+
+    fn gpu(&self, gpu: &Gpu, params: &MonteCarloParams) -> Result<MonteCarloOutput, TaskError> {
+        whole(self, Some(gpu), params)
+    }
+}
+
+impl Split for MonteCarloKind {
+    type Shard = BlockRange;
+    type Partial = BlockPartial;
+
+    fn split(&self, params: &MonteCarloParams, n: usize) -> Vec<BlockRange> {
+        let blocks = config(params).blocks();
+        let per = blocks.div_ceil(n.max(1) as u64).max(1);
+        (0..blocks)
+            .step_by(per as usize)
+            .map(|first| BlockRange {
+                first,
+                end: (first + per).min(blocks),
+            })
+            .collect()
+    }
+
+    fn cpu_shard(
+        &self,
+        params: &MonteCarloParams,
+        shard: &BlockRange,
+    ) -> Result<BlockPartial, TaskError> {
+        let config = config(params);
+        check_shard(&config, shard)?;
+        Ok(partial(mc::run_cpu(&config, shard.first..shard.end)))
+    }
+
+    fn gpu_shard(
+        &self,
+        gpu: &Gpu,
+        params: &MonteCarloParams,
+        shard: &BlockRange,
+    ) -> Result<BlockPartial, TaskError> {
+        let config = config(params);
+        check_shard(&config, shard)?;
+        Ok(partial(mc::run_gpu(gpu, &config, shard.first..shard.end)?))
+    }
+
+    fn merge(
+        &self,
+        params: &MonteCarloParams,
+        parts: Vec<BlockPartial>,
+    ) -> Result<MonteCarloOutput, TaskError> {
+        let config = config(params);
+        let bad = |message: String| TaskError::fatal(ErrorCode::BAD_RESULT, message);
+        let mut sums = Vec::with_capacity(config.blocks() as usize);
+        let mut histogram = vec![0u64; mc::HISTOGRAM_LEN];
+        for part in parts {
+            if part.histogram.len() != mc::HISTOGRAM_LEN || part.sums.len() % BlockSums::LEN != 0 {
+                return Err(bad(format!(
+                    "a partial holds {} sums and {} counts; expected a multiple of {} and {}",
+                    part.sums.len(),
+                    part.histogram.len(),
+                    BlockSums::LEN,
+                    mc::HISTOGRAM_LEN
+                )));
+            }
+            for chunk in part.sums.chunks_exact(BlockSums::LEN) {
+                let mut values = [0.0; BlockSums::LEN];
+                values.copy_from_slice(chunk);
+                sums.push(BlockSums::from_array(&values));
+            }
+            for (total, count) in histogram.iter_mut().zip(part.histogram) {
+                *total += count;
+            }
+        }
+        if sums.len() as u64 != config.blocks() || histogram.iter().sum::<u64>() != config.paths {
+            return Err(bad(format!(
+                "the partials cover {} blocks and {} paths; the task has {} and {}",
+                sums.len(),
+                histogram.iter().sum::<u64>(),
+                config.blocks(),
+                config.paths
+            )));
+        }
+        let summary = mc::summarize(&config, &sums, &histogram, &params.percentiles);
+        Ok(MonteCarloOutput {
+            european_call: estimate(summary.european_call),
+            european_put: estimate(summary.european_put),
+            asian_arithmetic_call: estimate(summary.asian_arithmetic_call),
+            asian_geometric_call: estimate(summary.asian_geometric_call),
+            mean_terminal_price: summary.mean_terminal_price,
+            percentiles: params
+                .percentiles
+                .iter()
+                .zip(summary.percentiles)
+                .map(|(&level, price)| Percentile { level, price })
+                .collect(),
+            paths: summary.paths,
+        })
+    }
+}
+
+/// A shard from the wire must name blocks of this task.
+fn check_shard(config: &Config, shard: &BlockRange) -> Result<(), TaskError> {
+    if shard.first >= shard.end || shard.end > config.blocks() {
+        return Err(TaskError::fatal(
+            ErrorCode::BAD_PARAMS,
+            format!(
+                "shard blocks {}..{} are outside the task's 0..{}",
+                shard.first,
+                shard.end,
+                config.blocks()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_shared::msgpack;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::handler::TaskContext;
+
+    fn params() -> MonteCarloParams {
+        MonteCarloParams {
+            s0: 100.0,
+            strike: 100.0,
+            rate: 0.03,
+            dividend: 0.01,
+            sigma: 0.2,
+            maturity: 0.5,
+            steps: 4,
+            // 13 blocks, the last partial.
+            paths: 12 * 4096 + 1000,
+            seed: 99,
+            percentiles: vec![5.0, 50.0, 95.0],
+        }
+    }
+
+    fn ctx() -> TaskContext {
+        TaskContext::new(
+            tandem_shared::TaskId::new(),
+            1,
+            "cpu".into(),
+            CancellationToken::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn runs_through_the_registry() {
+        let mut registry = Registry::new();
+        register(&mut registry);
+        let p = params();
+        let bytes = msgpack::encode(&p).unwrap();
+        let out = registry
+            .prepare("monte_carlo", &bytes, ctx())
+            .unwrap()
+            .await
+            .unwrap();
+        let out: MonteCarloOutput = msgpack::decode(&out).unwrap();
+        assert_eq!(out, MonteCarloKind.cpu(&p).unwrap());
+        assert_eq!(out.paths, p.paths);
+        assert_eq!(out.percentiles.len(), 3);
+        assert!(out.european_call.price > 0.0 && out.european_call.std_error > 0.0);
+
+        let bad = MonteCarloParams { steps: 0, ..p };
+        let err = registry
+            .prepare("monte_carlo", &msgpack::encode(&bad).unwrap(), ctx())
+            .err()
+            .expect("rejected");
+        assert_eq!(err.code, ErrorCode::BAD_PARAMS);
+    }
+
+    #[tokio::test]
+    async fn a_split_run_equals_the_whole_run_bit_for_bit() {
+        let mut registry = Registry::new();
+        register(&mut registry);
+        let splitter = registry.splitter("monte_carlo").expect("splittable");
+        let p = params();
+        let bytes = msgpack::encode(&p).unwrap();
+        let whole = MonteCarloKind.cpu(&p).unwrap();
+        for n in [1, 2, 3, 7] {
+            let shards = splitter.split(&bytes, n).unwrap();
+            assert!(!shards.is_empty() && shards.len() <= n, "{n}");
+            let mut parts = Vec::new();
+            for shard in &shards {
+                parts.push(splitter.run_shard(shard, &ctx()).unwrap().await.unwrap());
+            }
+            let merged: MonteCarloOutput =
+                msgpack::decode(&splitter.merge(&bytes, &parts).unwrap()).unwrap();
+            assert_eq!(
+                msgpack::encode(&merged).unwrap(),
+                msgpack::encode(&whole).unwrap(),
+                "{n} shards"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_partial_is_a_bad_result() {
+        let p = params();
+        let shards = MonteCarloKind.split(&p, 2);
+        let first = MonteCarloKind.cpu_shard(&p, &shards[0]).unwrap();
+        let err = MonteCarloKind.merge(&p, vec![first]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BAD_RESULT);
+        let outside = BlockRange { first: 5, end: 99 };
+        assert_eq!(
+            MonteCarloKind.cpu_shard(&p, &outside).unwrap_err().code,
+            ErrorCode::BAD_PARAMS
+        );
+    }
+}
