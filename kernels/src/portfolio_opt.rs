@@ -1,9 +1,1177 @@
-//! The `portfolio_opt` computation: CPU twin and GPU launch. Not written yet.
+//! Long-only, fully invested portfolios (`0 <= w <= max_weight`,
+//! `sum w = 1`) of least variance or greatest Sharpe ratio.
+//!
+//! Two stages:
+//! 1. A random search, in f32: `samples` Dirichlet(1) portfolios (candidate
+//!    `j` is Philox stream `j`: exponentials `-ln u`, normalized), each
+//!    shrunk toward equal weights just enough to respect `max_weight`, each
+//!    scored (minus the variance, or the Sharpe ratio). [`search_gpu`] runs
+//!    it on the GPU (`cuda/portfolio_opt.cu`, one block per
+//!    [`CANDIDATES_PER_BLOCK`] candidates, the blocks' bests reduced on the
+//!    host in block order); [`search_cpu`] is its twin with rayon. Both pick
+//!    the first best candidate; they agree on the scores within f32
+//!    rounding, so near-ties may pick different candidates.
+//! 2. [`refine`], in f64 on the CPU, from the best candidate:
+//!    - min variance: accelerated projected gradient (FISTA with gradient
+//!      restart), step `1/L`, `L = 2 min(Gershgorin, Frobenius)` (both bound
+//!      the largest eigenvalue); convex, so the global minimum.
+//!    - max Sharpe: the convex reformulation `min y'Sy` subject to
+//!      `(mu - rf)'y = 1, y >= 0`, `w = y / sum y`, by the same FISTA;
+//!      exact when `max_weight` does not bind at its solution. When it
+//!      does, a projected gradient ascent of the Sharpe ratio with
+//!      backtracking from the best candidate, stopping at a stationary
+//!      point ([`Method::LocalAscent`]).
+//!
+//! The projections are exact: onto `{0 <= w <= u, sum w = 1}` by bisection
+//! on the shift `tau` in `clamp(x - tau, 0, u)` then the closed form on the
+//! active set; onto `{y >= 0, a'y = 1}` likewise in `max(0, x - lambda a)`.
+//!
+//! The residual is `max_i |x_i - P(x - g / L)_i| / sum x` (weight units):
+//! zero exactly at a KKT point. For the ascent `L = sharpe * lambda / var`,
+//! the curvature scale of the Sharpe ratio.
 
-use crate::runtime::Source;
+use rayon::prelude::*;
+
+use crate::driver::DeviceError;
+use crate::philox;
+use crate::runtime::{Gpu, Source};
 
 pub const SOURCE: Source = Source {
     module: "portfolio_opt",
     code: include_str!("../cuda/portfolio_opt.cu"),
-    kernels: &[],
+    kernels: &["random_search"],
 };
+
+/// Candidates one GPU block evaluates together (one pass over the
+/// covariance serves them all); `CANDIDATES` in the kernel.
+pub const CANDIDATES_PER_BLOCK: usize = 4;
+const THREADS: u32 = 256;
+/// Candidate blocks per rayon task in the CPU twin.
+const CPU_BLOCKS_PER_TASK: usize = 8;
+/// Below this size a matrix-vector product is not worth a rayon fork.
+const PARALLEL_ROWS: usize = 256;
+/// Bisection steps of a projection before its closed-form finish.
+const BISECTIONS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    MinVariance,
+    MaxSharpe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// A convex problem solved to its global optimum.
+    Convex,
+    /// A projected gradient ascent of the Sharpe ratio to a stationary point.
+    LocalAscent,
+}
+
+/// Why a problem cannot be solved.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PortfolioError {
+    #[error("the covariance must hold n * n = {expected} values, got {got}")]
+    Shape { expected: usize, got: usize },
+    #[error("there must be at least one asset")]
+    NoAssets,
+    #[error("a value of mu, the covariance or the risk-free rate is not finite")]
+    NotFinite,
+    #[error("max_weight must be in (0, 1] with n * max_weight >= 1, got {0}")]
+    Infeasible(f64),
+    #[error("max Sharpe needs a feasible portfolio with a return above the risk-free rate")]
+    NoExcessReturn,
+}
+
+/// A problem, checked: sizes agree, values are finite, the set is not
+/// empty, and for max Sharpe some feasible portfolio beats the risk-free
+/// rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Problem<'a> {
+    mu: &'a [f64],
+    covariance: &'a [f64],
+    risk_free: f64,
+    objective: Objective,
+    max_weight: f64,
+}
+
+impl<'a> Problem<'a> {
+    pub fn new(
+        mu: &'a [f64],
+        covariance: &'a [f64],
+        risk_free: f64,
+        objective: Objective,
+        max_weight: f64,
+    ) -> Result<Self, PortfolioError> {
+        let n = mu.len();
+        if n == 0 {
+            return Err(PortfolioError::NoAssets);
+        }
+        if covariance.len() != n * n {
+            return Err(PortfolioError::Shape {
+                expected: n * n,
+                got: covariance.len(),
+            });
+        }
+        if !(risk_free.is_finite()
+            && mu.iter().all(|m| m.is_finite())
+            && covariance.iter().all(|c| c.is_finite()))
+        {
+            return Err(PortfolioError::NotFinite);
+        }
+        if !(max_weight > 0.0 && max_weight <= 1.0 && max_weight * n as f64 >= 1.0 - 1e-12) {
+            return Err(PortfolioError::Infeasible(max_weight));
+        }
+        let problem = Problem {
+            mu,
+            covariance,
+            risk_free,
+            objective,
+            max_weight,
+        };
+        if objective == Objective::MaxSharpe
+            && dot(&problem.excess(), &problem.max_return_portfolio()) <= 0.0
+        {
+            return Err(PortfolioError::NoExcessReturn);
+        }
+        Ok(problem)
+    }
+
+    pub fn assets(&self) -> usize {
+        self.mu.len()
+    }
+
+    /// The bound as the projections use it: at least `1/n`, so that the
+    /// rounding the constructor tolerates leaves the set non-empty.
+    fn bound(&self) -> f64 {
+        self.max_weight.max(1.0 / self.assets() as f64)
+    }
+
+    fn excess(&self) -> Vec<f64> {
+        self.mu.iter().map(|m| m - self.risk_free).collect()
+    }
+
+    /// The feasible portfolio of greatest return: the best assets filled up
+    /// to the bound in turn (exact for this linear program).
+    fn max_return_portfolio(&self) -> Vec<f64> {
+        let mut order: Vec<usize> = (0..self.assets()).collect();
+        order.sort_by(|&a, &b| self.mu[b].total_cmp(&self.mu[a]));
+        let mut w = vec![0.0; self.assets()];
+        let mut left = 1.0f64;
+        for i in order {
+            if left <= 0.0 {
+                break;
+            }
+            w[i] = left.min(self.bound());
+            left -= w[i];
+        }
+        w
+    }
+}
+
+/// How hard to search and refine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Residual (weight units) at which the refine stops.
+    pub tolerance: f64,
+    pub max_iterations: u64,
+    pub seed: u64,
+    /// Random candidates, at least 1.
+    pub samples: u32,
+}
+
+/// The search's best candidate and its f32 score (minus the variance, or
+/// the Sharpe ratio).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchBest {
+    pub index: u64,
+    pub score: f32,
+}
+
+/// The optimized portfolio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Solution {
+    pub weights: Vec<f64>,
+    pub expected_return: f64,
+    pub volatility: f64,
+    /// `None` when the volatility is 0.
+    pub sharpe: Option<f64>,
+    pub method: Method,
+    pub iterations: u64,
+    pub residual: f64,
+    pub converged: bool,
+    pub random_best_index: u64,
+    /// The start's variance (min variance) or Sharpe ratio (max Sharpe), in
+    /// f64.
+    pub random_best_objective: f64,
+}
+
+/// Search on the CPU, then refine.
+pub fn optimize_cpu(problem: &Problem, settings: &Settings) -> Solution {
+    refine(problem, settings, search_cpu(problem, settings))
+}
+
+/// Search on the GPU, then refine on the CPU.
+pub fn optimize_gpu(
+    gpu: &Gpu,
+    problem: &Problem,
+    settings: &Settings,
+) -> Result<Solution, DeviceError> {
+    let best = search_gpu(gpu, problem, settings)?;
+    Ok(refine(problem, settings, best))
+}
+
+// ---------------------------------------------------------------- search
+
+/// The f32 inputs of the search: the covariance and the excess returns.
+fn search_inputs(problem: &Problem) -> (Vec<f32>, Vec<f32>) {
+    let covariance = problem.covariance.iter().map(|&c| c as f32).collect();
+    let excess = problem.excess().iter().map(|&a| a as f32).collect();
+    (covariance, excess)
+}
+
+/// The exponential draws of candidate `j` in f32, as the kernel makes them.
+fn exponentials(seed: u64, j: u64, out: &mut [f32]) {
+    let key = philox::key(seed);
+    for (b, chunk) in out.chunks_mut(4).enumerate() {
+        let words = philox::philox4x32_10(philox::counter(j, b as u64), key);
+        for (e, &word) in chunk.iter_mut().zip(&words) {
+            *e = -philox::u01(word).ln();
+        }
+    }
+}
+
+/// The first of the best scores, in order (blocks or candidates).
+fn first_best(candidates: impl IntoIterator<Item = SearchBest>) -> Option<SearchBest> {
+    candidates.into_iter().fold(None, |best, mut c| {
+        if c.score.is_nan() {
+            c.score = f32::NEG_INFINITY;
+        }
+        match best {
+            Some(b) if c.score <= b.score => Some(b),
+            _ => Some(c),
+        }
+    })
+}
+
+/// The random search on the CPU: the kernel's twin (the same candidates and
+/// formulas in f32, summed in another order).
+pub fn search_cpu(problem: &Problem, settings: &Settings) -> SearchBest {
+    let n = problem.assets();
+    let (covariance, excess) = search_inputs(problem);
+    let samples = u64::from(settings.samples.max(1));
+    let blocks = samples.div_ceil(CANDIDATES_PER_BLOCK as u64) as usize;
+    let tasks = blocks.div_ceil(CPU_BLOCKS_PER_TASK);
+    let max_sharpe = problem.objective == Objective::MaxSharpe;
+    let bests: Vec<Option<SearchBest>> = (0..tasks)
+        .into_par_iter()
+        .map(|task| {
+            let mut weights = vec![0.0f32; CANDIDATES_PER_BLOCK * n];
+            let first_block = task * CPU_BLOCKS_PER_TASK;
+            let last_block = (first_block + CPU_BLOCKS_PER_TASK).min(blocks);
+            first_best((first_block..last_block).flat_map(|block| {
+                let first = (block * CANDIDATES_PER_BLOCK) as u64;
+                let count = (samples - first).min(CANDIDATES_PER_BLOCK as u64) as usize;
+                let scores = evaluate_block(
+                    settings.seed,
+                    first,
+                    problem.max_weight as f32,
+                    max_sharpe,
+                    &covariance,
+                    &excess,
+                    &mut weights,
+                );
+                (0..count).map(move |c| SearchBest {
+                    index: first + c as u64,
+                    score: scores[c],
+                })
+            }))
+        })
+        .collect();
+    first_best(bests.into_iter().flatten()).unwrap_or(SearchBest {
+        index: 0,
+        score: f32::NEG_INFINITY,
+    })
+}
+
+/// Draws and scores the block of candidates from `first`, as one GPU block
+/// does.
+fn evaluate_block(
+    seed: u64,
+    first: u64,
+    max_weight: f32,
+    max_sharpe: bool,
+    covariance: &[f32],
+    excess: &[f32],
+    weights: &mut [f32],
+) -> [f32; CANDIDATES_PER_BLOCK] {
+    let n = excess.len();
+    let equal = 1.0 / n as f32;
+    for (c, w) in weights.chunks_exact_mut(n).enumerate() {
+        exponentials(seed, first + c as u64, w);
+        let sum: f32 = w.iter().sum();
+        let largest = w.iter().fold(0.0f32, |m, &e| m.max(e));
+        let inv = 1.0 / sum;
+        let top = largest * inv;
+        let (scale, shift) = if top > max_weight {
+            let t = (top - max_weight) / (top - equal);
+            ((1.0 - t) * inv, t * equal)
+        } else {
+            (inv, 0.0)
+        };
+        for x in w.iter_mut() {
+            *x = *x * scale + shift;
+        }
+    }
+    let mut variance = [0.0f32; CANDIDATES_PER_BLOCK];
+    for (i, row) in covariance.chunks_exact(n).enumerate() {
+        let dots = dots4(row, weights, n);
+        for c in 0..CANDIDATES_PER_BLOCK {
+            variance[c] += weights[c * n + i] * dots[c];
+        }
+    }
+    let mut scores = [0.0f32; CANDIDATES_PER_BLOCK];
+    for c in 0..CANDIDATES_PER_BLOCK {
+        let var = variance[c];
+        scores[c] = if max_sharpe {
+            let ret: f32 = excess
+                .iter()
+                .zip(&weights[c * n..(c + 1) * n])
+                .map(|(a, w)| a * w)
+                .sum();
+            if var > 0.0 {
+                ret / var.sqrt()
+            } else {
+                f32::NEG_INFINITY
+            }
+        } else {
+            -var
+        };
+    }
+    scores
+}
+
+/// `row . w_c` for the four candidates in `weights` (`[4 * n]`), in eight
+/// lanes each so that the compiler vectorizes it; a fixed order.
+fn dots4(row: &[f32], weights: &[f32], n: usize) -> [f32; CANDIDATES_PER_BLOCK] {
+    const LANES: usize = 8;
+    let (w0, rest) = weights.split_at(n);
+    let (w1, rest) = rest.split_at(n);
+    let (w2, w3) = rest.split_at(n);
+    let mut acc = [[0.0f32; LANES]; CANDIDATES_PER_BLOCK];
+    let whole = n / LANES * LANES;
+    for k in (0..whole).step_by(LANES) {
+        let s = &row[k..k + LANES];
+        for (c, w) in [w0, w1, w2, w3].into_iter().enumerate() {
+            let w = &w[k..k + LANES];
+            for l in 0..LANES {
+                acc[c][l] += s[l] * w[l];
+            }
+        }
+    }
+    let mut out = [0.0f32; CANDIDATES_PER_BLOCK];
+    for (c, w) in [w0, w1, w2, w3].into_iter().enumerate() {
+        let mut total: f32 = acc[c].iter().sum();
+        for k in whole..n {
+            total += row[k] * w[k];
+        }
+        out[c] = total;
+    }
+    out
+}
+
+/// The random search on the GPU.
+pub fn search_gpu(
+    gpu: &Gpu,
+    problem: &Problem,
+    settings: &Settings,
+) -> Result<SearchBest, DeviceError> {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let n = problem.assets();
+    let (covariance, excess) = search_inputs(problem);
+    let samples = settings.samples.max(1);
+    let blocks = samples.div_ceil(CANDIDATES_PER_BLOCK as u32);
+    let stream = gpu.stream();
+    let function = gpu.function(SOURCE.module, "random_search")?;
+    let covariance = stream.clone_htod(&covariance)?;
+    let excess = stream.clone_htod(&excess)?;
+    let mut best_index = stream.alloc_zeros::<u32>(blocks as usize)?;
+    let mut best_score = stream.alloc_zeros::<f32>(blocks as usize)?;
+    let n32 = n as u32;
+    let max_weight = problem.max_weight as f32;
+    let max_sharpe = i32::from(problem.objective == Objective::MaxSharpe);
+    let config = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: (CANDIDATES_PER_BLOCK * n * std::mem::size_of::<f32>()) as u32,
+    };
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(&settings.seed)
+        .arg(&samples)
+        .arg(&n32)
+        .arg(&max_weight)
+        .arg(&max_sharpe)
+        .arg(&covariance)
+        .arg(&excess)
+        .arg(&mut best_index)
+        .arg(&mut best_score);
+    // SAFETY: the arguments match `random_search(u64, u32, u32, f32, i32,
+    // const f32*, const f32*, u32*, f32*)`; the covariance holds n * n
+    // values and the excess n; each output holds one value per block; the
+    // dynamic shared memory holds the block's 4 n weights (at most 32 000
+    // bytes for n <= 2000, under the 48 KiB default).
+    #[allow(unsafe_code)]
+    unsafe {
+        launch.launch(config)?;
+    }
+    let index = stream.clone_dtoh(&best_index)?;
+    let score = stream.clone_dtoh(&best_score)?;
+    Ok(
+        first_best(index.iter().zip(&score).map(|(&i, &s)| SearchBest {
+            index: u64::from(i),
+            score: s,
+        }))
+        .unwrap_or(SearchBest {
+            index: 0,
+            score: f32::NEG_INFINITY,
+        }),
+    )
+}
+
+// ---------------------------------------------------------------- refine
+
+/// Candidate `j` in f64: its f32 exponentials normalized and shrunk as in
+/// the search, then projected (which only mends rounding).
+pub fn candidate(problem: &Problem, seed: u64, j: u64) -> Vec<f64> {
+    let n = problem.assets();
+    let mut draws = vec![0.0f32; n];
+    exponentials(seed, j, &mut draws);
+    let sum: f64 = draws.iter().map(|&e| f64::from(e)).sum();
+    let mut w: Vec<f64> = draws.iter().map(|&e| f64::from(e) / sum).collect();
+    let top = w.iter().fold(0.0f64, |m, &x| m.max(x));
+    let bound = problem.bound();
+    let equal = 1.0 / n as f64;
+    if top > bound {
+        let t = (top - bound) / (top - equal);
+        for x in &mut w {
+            *x = (1.0 - t) * *x + t * equal;
+        }
+    }
+    let mut out = vec![0.0; n];
+    project_box_simplex(&w, bound, &mut out);
+    out
+}
+
+/// Refines the search's best candidate (f64, CPU).
+pub fn refine(problem: &Problem, settings: &Settings, best: SearchBest) -> Solution {
+    let n = problem.assets();
+    let cov = problem.covariance;
+    let start = candidate(problem, settings.seed, best.index);
+    let excess = problem.excess();
+    let lambda = eigenvalue_bound(cov, n);
+    let random_best_objective = match problem.objective {
+        Objective::MinVariance => quadratic(cov, &start),
+        Objective::MaxSharpe => sharpe(&excess, cov, &start).unwrap_or(f64::NEG_INFINITY),
+    };
+    let bound = problem.bound();
+    let (weights, method, iterations, residual) = match problem.objective {
+        Objective::MinVariance => {
+            let project = |x: &[f64], out: &mut [f64]| project_box_simplex(x, bound, out);
+            let run = fista(cov, 2.0 * lambda, &start, project, settings);
+            (run.x, Method::Convex, run.iterations, run.residual)
+        }
+        Objective::MaxSharpe => {
+            let project = |x: &[f64], out: &mut [f64]| project_excess(x, &excess, out);
+            let run = fista(cov, 2.0 * lambda, &start, project, settings);
+            let total: f64 = run.x.iter().sum();
+            let w: Vec<f64> = run.x.iter().map(|y| y / total).collect();
+            if w.iter().all(|&x| x <= bound) {
+                (w, Method::Convex, run.iterations, run.residual)
+            } else {
+                // The bound binds: the reformulation's answer is not
+                // feasible, so climb from the best candidate instead.
+                let start = if dot(&excess, &start) > 0.0 {
+                    start
+                } else {
+                    problem.max_return_portfolio()
+                };
+                let ascent = sharpe_ascent(cov, &excess, lambda, bound, &start, settings);
+                (
+                    ascent.x,
+                    Method::LocalAscent,
+                    run.iterations + ascent.iterations,
+                    ascent.residual,
+                )
+            }
+        }
+    };
+    let expected_return = dot(problem.mu, &weights);
+    let variance = quadratic(cov, &weights).max(0.0);
+    let volatility = variance.sqrt();
+    let sharpe = (volatility > 0.0).then(|| (expected_return - problem.risk_free) / volatility);
+    Solution {
+        weights,
+        expected_return,
+        volatility,
+        sharpe,
+        method,
+        iterations,
+        residual,
+        converged: residual <= settings.tolerance,
+        random_best_index: best.index,
+        random_best_objective,
+    }
+}
+
+struct Run {
+    x: Vec<f64>,
+    iterations: u64,
+    residual: f64,
+}
+
+/// `a . b` in four lanes, a fixed order.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let mut chunks_a = a.chunks_exact(4);
+    let mut chunks_b = b.chunks_exact(4);
+    for (x, y) in (&mut chunks_a).zip(&mut chunks_b) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f64 = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// `out = S x`, each row a [`dot`], so the result does not depend on the
+/// threads.
+fn matvec(cov: &[f64], x: &[f64], out: &mut [f64]) {
+    let n = x.len();
+    if n >= PARALLEL_ROWS {
+        out.par_iter_mut()
+            .zip(cov.par_chunks_exact(n))
+            .for_each(|(o, row)| *o = dot(row, x));
+    } else {
+        for (o, row) in out.iter_mut().zip(cov.chunks_exact(n)) {
+            *o = dot(row, x);
+        }
+    }
+}
+
+fn quadratic(cov: &[f64], x: &[f64]) -> f64 {
+    let mut sx = vec![0.0; x.len()];
+    matvec(cov, x, &mut sx);
+    dot(x, &sx)
+}
+
+fn sharpe(excess: &[f64], cov: &[f64], w: &[f64]) -> Option<f64> {
+    let var = quadratic(cov, w);
+    (var > 0.0).then(|| dot(excess, w) / var.sqrt())
+}
+
+/// An upper bound of the covariance's largest eigenvalue: the smaller of
+/// the Gershgorin and Frobenius bounds.
+fn eigenvalue_bound(cov: &[f64], n: usize) -> f64 {
+    let gershgorin = cov
+        .chunks_exact(n)
+        .map(|row| row.iter().map(|c| c.abs()).sum::<f64>())
+        .fold(0.0f64, f64::max);
+    let frobenius = cov.iter().map(|c| c * c).sum::<f64>().sqrt();
+    gershgorin.min(frobenius)
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Projects `x` onto `{0 <= w <= u, sum w = 1}`: `w = clamp(x - tau, 0,
+/// u)`, `tau` by bisection (the sum falls as `tau` grows), then exactly from
+/// the free set. Needs `n u >= 1`.
+pub fn project_box_simplex(x: &[f64], u: f64, out: &mut [f64]) {
+    let total = |tau: f64| x.iter().map(|&v| (v - tau).clamp(0.0, u)).sum::<f64>();
+    let lowest = x.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // At lo every weight is u (sum n u >= 1), at hi every weight is 0.
+    let (mut lo, mut hi) = (lowest - u, highest);
+    for _ in 0..BISECTIONS {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if total(mid) >= 1.0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let mid = 0.5 * (lo + hi);
+    let (mut free_sum, mut free, mut upper) = (0.0, 0usize, 0usize);
+    for &v in x {
+        let w = v - mid;
+        if w >= u {
+            upper += 1;
+        } else if w > 0.0 {
+            free += 1;
+            free_sum += v;
+        }
+    }
+    let tau = if free > 0 {
+        (free_sum + upper as f64 * u - 1.0) / free as f64
+    } else {
+        mid
+    };
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - tau).clamp(0.0, u);
+    }
+    // The subtractions round at the scale of x; one correction over the
+    // free weights brings the sum back to 1 at the scale of the weights.
+    if free > 0 {
+        let shift = (1.0 - out.iter().sum::<f64>()) / free as f64;
+        for o in out.iter_mut().filter(|o| **o > 0.0 && **o < u) {
+            *o = (*o + shift).clamp(0.0, u);
+        }
+    }
+}
+
+/// Projects `x` onto `{y >= 0, a'y = 1}`: `y = max(0, x - lambda a)`,
+/// `lambda` by bisection (`a'y` falls as `lambda` grows), then exactly from
+/// the free set. Needs some `a_i > 0`.
+fn project_excess(x: &[f64], a: &[f64], out: &mut [f64]) {
+    let total = |lambda: f64| {
+        x.iter()
+            .zip(a)
+            .map(|(&v, &ai)| ai * (v - lambda * ai).max(0.0))
+            .sum::<f64>()
+    };
+    let (mut lo, mut hi) = (-1.0f64, 1.0f64);
+    // Doubling reaches the crossing long before overflow for finite
+    // inputs; the caps only stop a runaway.
+    for _ in 0..2000 {
+        if total(lo) >= 1.0 {
+            break;
+        }
+        lo *= 2.0;
+    }
+    for _ in 0..2000 {
+        if total(hi) <= 1.0 {
+            break;
+        }
+        hi *= 2.0;
+    }
+    for _ in 0..BISECTIONS {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if total(mid) >= 1.0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let mid = 0.5 * (lo + hi);
+    let (mut ax, mut aa) = (0.0, 0.0);
+    for (&v, &ai) in x.iter().zip(a) {
+        if v - mid * ai > 0.0 {
+            ax += ai * v;
+            aa += ai * ai;
+        }
+    }
+    let lambda = if aa > 0.0 { (ax - 1.0) / aa } else { mid };
+    for ((o, &v), &ai) in out.iter_mut().zip(x).zip(a) {
+        *o = (v - lambda * ai).max(0.0);
+    }
+}
+
+/// Minimizes `x' S x` over the set `project` projects onto: FISTA with
+/// step `1/lipschitz` and the gradient restart of O'Donoghue and Candes.
+fn fista(
+    cov: &[f64],
+    lipschitz: f64,
+    start: &[f64],
+    project: impl Fn(&[f64], &mut [f64]),
+    settings: &Settings,
+) -> Run {
+    let n = start.len();
+    let mut x = vec![0.0; n];
+    project(start, &mut x);
+    if lipschitz <= 0.0 {
+        // A zero covariance: every feasible point is optimal.
+        return Run {
+            x,
+            iterations: 0,
+            residual: 0.0,
+        };
+    }
+    let step = 1.0 / lipschitz;
+    let mut y = x.clone();
+    let mut next = vec![0.0; n];
+    let mut gradient = vec![0.0; n];
+    let mut trial = vec![0.0; n];
+    let mut t = 1.0f64;
+    let residual_at = |point: &[f64], gradient: &mut [f64], trial: &mut [f64], out: &mut [f64]| {
+        matvec(cov, point, gradient);
+        for ((z, &p), &g) in trial.iter_mut().zip(point).zip(gradient.iter()) {
+            *z = p - 2.0 * step * g;
+        }
+        project(trial, out);
+        max_abs_diff(point, out) / point.iter().sum::<f64>()
+    };
+    let mut iterations = 0;
+    let mut scratch = vec![0.0; n];
+    while iterations < settings.max_iterations {
+        iterations += 1;
+        let at_y = residual_at(&y, &mut gradient, &mut trial, &mut next);
+        if at_y <= settings.tolerance {
+            let at_next = residual_at(&next, &mut gradient, &mut trial, &mut scratch);
+            if at_next <= settings.tolerance {
+                return Run {
+                    x: next,
+                    iterations,
+                    residual: at_next,
+                };
+            }
+        }
+        let restart = y
+            .iter()
+            .zip(&next)
+            .zip(&x)
+            .map(|((yi, ni), xi)| (yi - ni) * (ni - xi))
+            .sum::<f64>()
+            > 0.0;
+        if restart {
+            t = 1.0;
+        }
+        let t_next = 0.5 * (1.0 + (1.0 + 4.0 * t * t).sqrt());
+        let momentum = if restart { 0.0 } else { (t - 1.0) / t_next };
+        for ((yi, &ni), xi) in y.iter_mut().zip(&next).zip(&mut x) {
+            *yi = ni + momentum * (ni - *xi);
+            *xi = ni;
+        }
+        t = t_next;
+    }
+    let residual = residual_at(&x, &mut gradient, &mut trial, &mut scratch);
+    Run {
+        x,
+        iterations,
+        residual,
+    }
+}
+
+/// Projected gradient ascent of the Sharpe ratio over the bounded simplex
+/// from `start` (excess return > 0), with the step `var / (sharpe lambda)`
+/// (the inverse of the ratio's curvature scale) halved for good whenever a
+/// step loses more than rounding. A value test of sufficient increase
+/// cannot resolve steps below the square root of the precision, so the
+/// step is fixed rather than searched.
+fn sharpe_ascent(
+    cov: &[f64],
+    excess: &[f64],
+    lambda: f64,
+    bound: f64,
+    start: &[f64],
+    settings: &Settings,
+) -> Run {
+    let n = start.len();
+    let mut w = start.to_vec();
+    let mut sw = vec![0.0; n];
+    let mut gradient = vec![0.0; n];
+    let mut trial = vec![0.0; n];
+    let mut next = vec![0.0; n];
+    let mut s_next = vec![0.0; n];
+    let mut iterations = 0;
+    let mut step_scale = 1.0f64;
+    matvec(cov, &w, &mut sw);
+    let residual = loop {
+        let var = dot(&w, &sw);
+        let ret = dot(excess, &w);
+        if !(var > 0.0 && ret > 0.0 && lambda > 0.0) {
+            // No curvature to climb: the start is where it ends.
+            break 0.0;
+        }
+        let sd = var.sqrt();
+        let value = ret / sd;
+        for ((g, &a), &s) in gradient.iter_mut().zip(excess).zip(&sw) {
+            *g = a / sd - ret * s / (var * sd);
+        }
+        let reference = var / (value * lambda);
+        let ascend = |step: f64, trial: &mut [f64], out: &mut [f64]| {
+            for ((z, &x), &g) in trial.iter_mut().zip(&w).zip(&gradient) {
+                *z = x + step * g;
+            }
+            project_box_simplex(trial, bound, out);
+        };
+        ascend(reference, &mut trial, &mut next);
+        let residual = max_abs_diff(&w, &next);
+        if residual <= settings.tolerance || iterations >= settings.max_iterations {
+            break residual;
+        }
+        iterations += 1;
+        let mut accepted = false;
+        for _ in 0..60 {
+            if step_scale != 1.0 {
+                ascend(reference * step_scale, &mut trial, &mut next);
+            }
+            matvec(cov, &next, &mut s_next);
+            let var_next = dot(&next, &s_next);
+            let value_next = if var_next > 0.0 {
+                dot(excess, &next) / var_next.sqrt()
+            } else {
+                f64::NEG_INFINITY
+            };
+            if value_next >= value - 4.0 * f64::EPSILON * value {
+                accepted = true;
+                break;
+            }
+            step_scale *= 0.5;
+        }
+        if !accepted {
+            break residual;
+        }
+        std::mem::swap(&mut w, &mut next);
+        std::mem::swap(&mut sw, &mut s_next);
+    };
+    Run {
+        x: w,
+        iterations,
+        residual,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-factor covariance: `beta beta' f + diag(idio)`; every
+    /// correlation positive and small enough that `S^-1 1 > 0`.
+    fn factor_covariance(n: usize) -> Vec<f64> {
+        let beta: Vec<f64> = (0..n)
+            .map(|i| 0.5 + 0.5 * ((i * 7 % 11) as f64 / 11.0))
+            .collect();
+        let idio: Vec<f64> = (0..n)
+            .map(|i| 0.02 + 0.03 * ((i * 5 % 13) as f64 / 13.0))
+            .collect();
+        let mut cov = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                cov[i * n + j] = 0.01 * beta[i] * beta[j] + if i == j { idio[i] } else { 0.0 };
+            }
+        }
+        cov
+    }
+
+    fn returns(n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| 0.04 + 0.06 * ((i * 3 % 7) as f64 / 7.0))
+            .collect()
+    }
+
+    fn settings(samples: u32) -> Settings {
+        Settings {
+            tolerance: 1e-13,
+            max_iterations: 200_000,
+            seed: 7,
+            samples,
+        }
+    }
+
+    /// Solves `S x = b` by Gaussian elimination with partial pivoting.
+    fn solve(cov: &[f64], b: &[f64]) -> Vec<f64> {
+        let n = b.len();
+        let mut a = cov.to_vec();
+        let mut x = b.to_vec();
+        for col in 0..n {
+            let pivot = (col..n)
+                .max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))
+                .unwrap();
+            for k in 0..n {
+                a.swap(col * n + k, pivot * n + k);
+            }
+            x.swap(col, pivot);
+            for row in col + 1..n {
+                let f = a[row * n + col] / a[col * n + col];
+                for k in col..n {
+                    a[row * n + k] -= f * a[col * n + k];
+                }
+                x[row] -= f * x[col];
+            }
+        }
+        for col in (0..n).rev() {
+            let mut v = x[col];
+            for k in col + 1..n {
+                v -= a[col * n + k] * x[k];
+            }
+            x[col] = v / a[col * n + col];
+        }
+        x
+    }
+
+    fn normalized(x: Vec<f64>) -> Vec<f64> {
+        let total: f64 = x.iter().sum();
+        x.into_iter().map(|v| v / total).collect()
+    }
+
+    #[test]
+    fn min_variance_matches_the_closed_form() {
+        let n = 20;
+        let cov = factor_covariance(n);
+        let mu = returns(n);
+        let expect = normalized(solve(&cov, &vec![1.0; n]));
+        assert!(expect.iter().all(|&w| w > 0.0), "the bound must not bind");
+        let problem = Problem::new(&mu, &cov, 0.0, Objective::MinVariance, 1.0).unwrap();
+        let solution = optimize_cpu(&problem, &settings(256));
+        assert!(solution.converged, "{solution:?}");
+        assert_eq!(solution.method, Method::Convex);
+        let error = max_abs_diff(&solution.weights, &expect);
+        assert!(error <= 1e-8, "error {error}");
+        assert!(solution.volatility.powi(2) <= solution.random_best_objective);
+    }
+
+    #[test]
+    fn max_sharpe_matches_the_tangency_portfolio() {
+        let n = 20;
+        let cov = factor_covariance(n);
+        let rf = 0.01;
+        // Returns such that S^-1 (mu - rf) is a known positive vector.
+        let v: Vec<f64> = (0..n).map(|i| 1.0 + (i % 4) as f64).collect();
+        let mut mu = vec![0.0; n];
+        matvec(&cov, &v, &mut mu);
+        mu.iter_mut().for_each(|m| *m += rf);
+        let excess: Vec<f64> = mu.iter().map(|m| m - rf).collect();
+        let expect = normalized(solve(&cov, &excess));
+        assert!(expect.iter().all(|&w| w > 0.0), "the bound must not bind");
+        let problem = Problem::new(&mu, &cov, rf, Objective::MaxSharpe, 1.0).unwrap();
+        let solution = optimize_cpu(&problem, &settings(256));
+        assert!(solution.converged, "{solution:?}");
+        let error = max_abs_diff(&solution.weights, &expect);
+        assert!(error <= 1e-8, "error {error}");
+        assert!(solution.sharpe.unwrap() >= solution.random_best_objective);
+    }
+
+    /// The best of a 0.001 grid over the 3-asset simplex within the bound:
+    /// (least variance, greatest Sharpe).
+    fn grid_best(mu: &[f64], cov: &[f64], rf: f64, bound: f64) -> (f64, f64) {
+        let (mut least, mut greatest) = (f64::INFINITY, f64::NEG_INFINITY);
+        for i in 0..=1000u32 {
+            for j in 0..=1000 - i {
+                let w = [
+                    f64::from(i) / 1000.0,
+                    f64::from(j) / 1000.0,
+                    f64::from(1000 - i - j) / 1000.0,
+                ];
+                if w.iter().any(|&x| x > bound + 1e-12) {
+                    continue;
+                }
+                let var = quadratic(cov, &w);
+                least = least.min(var);
+                let ret = dot(mu, &w) - rf;
+                greatest = greatest.max(ret / var.sqrt());
+            }
+        }
+        (least, greatest)
+    }
+
+    fn check_grid(mu: [f64; 3], cov: [f64; 9], rf: f64, bound: f64) {
+        let (least, greatest) = grid_best(&mu, &cov, rf, bound);
+        let s = settings(4096);
+        for objective in [Objective::MinVariance, Objective::MaxSharpe] {
+            let problem = Problem::new(&mu, &cov, rf, objective, bound).unwrap();
+            let solution = optimize_cpu(&problem, &s);
+            let w = &solution.weights;
+            assert!(w.iter().all(|&x| (0.0..=bound).contains(&x)), "{w:?}");
+            assert!((w.iter().sum::<f64>() - 1.0).abs() <= 1e-14, "{w:?}");
+            match objective {
+                Objective::MinVariance => {
+                    let var = solution.volatility.powi(2);
+                    assert!(var <= least + 1e-12, "{var} vs grid {least}");
+                    assert!(solution.converged, "{solution:?}");
+                }
+                Objective::MaxSharpe => {
+                    let sharpe = solution.sharpe.unwrap();
+                    assert!(sharpe >= greatest - 1e-12, "{sharpe} vs grid {greatest}");
+                    assert!(solution.converged, "{solution:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn beats_a_grid_on_three_assets() {
+        // Unbounded, then with a binding bound, then a negatively
+        // correlated pair, then an asset below the risk-free rate.
+        let cov = [0.04, 0.006, 0.0, 0.006, 0.09, 0.01, 0.0, 0.01, 0.16];
+        check_grid([0.05, 0.08, 0.12], cov, 0.02, 1.0);
+        check_grid([0.05, 0.08, 0.12], cov, 0.02, 0.4);
+        let hedged = [0.04, -0.03, 0.002, -0.03, 0.05, 0.0, 0.002, 0.0, 0.01];
+        check_grid([0.07, 0.09, 0.03], hedged, 0.01, 1.0);
+        check_grid([0.07, 0.09, 0.03], hedged, 0.01, 0.45);
+        check_grid([0.01, 0.08, 0.12], cov, 0.02, 0.5);
+    }
+
+    #[test]
+    fn bounds_are_respected() {
+        let n = 30;
+        let cov = factor_covariance(n);
+        let mu = returns(n);
+        for objective in [Objective::MinVariance, Objective::MaxSharpe] {
+            let problem = Problem::new(&mu, &cov, 0.01, objective, 0.05).unwrap();
+            let solution = optimize_cpu(&problem, &settings(512));
+            let w = &solution.weights;
+            assert!(w.iter().all(|&x| (0.0..=0.05).contains(&x)), "{w:?}");
+            assert!((w.iter().sum::<f64>() - 1.0).abs() <= 1e-14);
+            assert!(solution.converged, "{objective:?}: {solution:?}");
+        }
+    }
+
+    #[test]
+    fn projection_is_exact() {
+        let x: Vec<f64> = (0..50)
+            .map(|i| ((i * 37 % 17) as f64 - 8.0) / 3.0)
+            .collect();
+        for u in [1.0, 0.2, 0.05, 0.02] {
+            let mut w = vec![0.0; 50];
+            project_box_simplex(&x, u, &mut w);
+            assert!((w.iter().sum::<f64>() - 1.0).abs() <= 1e-15, "u = {u}");
+            assert!(w.iter().all(|&v| (0.0..=u).contains(&v)));
+            // Idempotent.
+            let mut again = vec![0.0; 50];
+            project_box_simplex(&w, u, &mut again);
+            assert!(max_abs_diff(&w, &again) <= 1e-15);
+        }
+        let a: Vec<f64> = (0..50).map(|i| (i as f64 - 20.0) / 100.0).collect();
+        let mut y = vec![0.0; 50];
+        project_excess(&x, &a, &mut y);
+        assert!((dot(&a, &y) - 1.0).abs() <= 1e-14);
+        assert!(y.iter().all(|&v| v >= 0.0));
+    }
+
+    #[test]
+    fn no_excess_return_is_an_error() {
+        let cov = [0.04, 0.0, 0.0, 0.09];
+        assert_eq!(
+            Problem::new(&[0.01, 0.02], &cov, 0.03, Objective::MaxSharpe, 1.0).unwrap_err(),
+            PortfolioError::NoExcessReturn
+        );
+        assert!(Problem::new(&[0.01, 0.02], &cov, 0.03, Objective::MinVariance, 1.0).is_ok());
+        assert_eq!(
+            Problem::new(&[0.01, 0.02], &cov, 0.0, Objective::MinVariance, 0.4).unwrap_err(),
+            PortfolioError::Infeasible(0.4)
+        );
+    }
+
+    #[test]
+    fn deterministic_whatever_the_threads() {
+        let n = 300;
+        let cov = factor_covariance(n);
+        let mu = returns(n);
+        let problem = Problem::new(&mu, &cov, 0.01, Objective::MaxSharpe, 0.02).unwrap();
+        let s = Settings {
+            max_iterations: 2000,
+            ..settings(1000)
+        };
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| optimize_cpu(&problem, &s))
+        };
+        let one = run(1);
+        let three = run(3);
+        assert_eq!(one.random_best_index, three.random_best_index);
+        assert_eq!(
+            one.weights.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
+            three
+                .weights
+                .iter()
+                .map(|w| w.to_bits())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(one.residual.to_bits(), three.residual.to_bits());
+    }
+
+    #[test]
+    fn the_search_finds_a_good_candidate_and_its_score_is_the_f64_one() {
+        let n = 10;
+        let cov = factor_covariance(n);
+        let mu = returns(n);
+        let problem = Problem::new(&mu, &cov, 0.0, Objective::MinVariance, 1.0).unwrap();
+        let best = search_cpu(&problem, &settings(4001));
+        assert!(best.index < 4001);
+        let w = candidate(&problem, 7, best.index);
+        let var = quadratic(&cov, &w);
+        assert!(
+            (f64::from(-best.score) - var).abs() <= 1e-5 * var,
+            "{best:?} {var}"
+        );
+        // Better than candidate 0 (almost surely, with 4001 of them).
+        assert!(var < quadratic(&cov, &candidate(&problem, 7, 0)));
+    }
+}
+
+#[cfg(all(test, feature = "gpu-tests"))]
+mod gpu_tests {
+    use super::*;
+
+    fn covariance(n: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut cov = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                let rho = if i == j { 1.0 } else { 0.3 };
+                let sd = 0.1 + 0.2 * ((i * 7 % 13) as f64 / 13.0);
+                let sd_j = 0.1 + 0.2 * ((j * 7 % 13) as f64 / 13.0);
+                cov[i * n + j] = rho * sd * sd_j;
+            }
+        }
+        let mu = (0..n)
+            .map(|i| 0.03 + 0.08 * ((i * 5 % 11) as f64 / 11.0))
+            .collect();
+        (mu, cov)
+    }
+
+    /// The GPU's best score equals the CPU twin's within f32 rounding
+    /// (1e-4 relative), and both refines agree within 1e-7.
+    #[test]
+    fn gpu_search_matches_the_cpu_twin() {
+        let gpu = Gpu::open(0, crate::SOURCES, None).expect("GPU 0");
+        assert!(gpu.disabled.is_empty(), "{:?}", gpu.disabled);
+        for n in [3, 100, 517] {
+            let (mu, cov) = covariance(n);
+            for (objective, bound) in [
+                (Objective::MinVariance, 1.0),
+                (Objective::MaxSharpe, 1.0),
+                (Objective::MinVariance, 0.9f64.max(2.0 / n as f64)),
+                (Objective::MaxSharpe, 2.0f64.min(5.0 / n as f64).max(0.4)),
+            ] {
+                let problem = Problem::new(&mu, &cov, 0.01, objective, bound).unwrap();
+                let s = Settings {
+                    tolerance: 1e-12,
+                    max_iterations: 100_000,
+                    seed: 99,
+                    samples: 10_001,
+                };
+                let cpu = search_cpu(&problem, &s);
+                let gpu_best = search_gpu(&gpu, &problem, &s).unwrap();
+                let scale = cpu.score.abs().max(1e-30);
+                assert!(
+                    (cpu.score - gpu_best.score).abs() <= 1e-4 * scale,
+                    "n {n} {objective:?}: cpu {cpu:?} gpu {gpu_best:?}"
+                );
+                let a = refine(&problem, &s, cpu);
+                let b = optimize_gpu(&gpu, &problem, &s).unwrap();
+                let diff = max_abs_diff(&a.weights, &b.weights);
+                assert!(
+                    diff <= 1e-7,
+                    "n {n} {objective:?}: weights differ by {diff}"
+                );
+            }
+        }
+    }
+}

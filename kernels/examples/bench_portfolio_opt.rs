@@ -1,0 +1,119 @@
+//! Times `portfolio_opt` (random search of 65 536 candidates, then the
+//! refine) on 100 and 500 assets, both objectives: the CPU twin, and with
+//! `--gpu` the GPU search (the refine is on the CPU either way). Items are
+//! the random candidates (unit "portfolios"); each line's seconds cover the
+//! search and the refine. `bench/portfolio_opt_numpy.py` builds the same
+//! problems.
+//!
+//! Run with `cargo run --release -p tandem-kernels --example bench_portfolio_opt -- [--gpu]`.
+
+use std::time::Instant;
+
+use tandem_kernels::portfolio_opt::{self, Objective, Problem, Settings};
+
+const SAMPLES: u32 = 65_536;
+const REPEATS: usize = 3;
+
+/// A three-factor covariance with deterministic loadings (the same formulas
+/// as the NumPy script), and returns that rise with the loadings.
+fn problem_data(n: usize) -> (Vec<f64>, Vec<f64>) {
+    let factor_var = [0.04, 0.01, 0.0025];
+    let loading = |i: usize, f: usize| 0.5 + 0.5 * (((i + 1) * (f + 2)) as f64 * 0.7).sin();
+    let idio = |i: usize| 0.01 + 0.03 * (0.5 + 0.5 * ((i + 1) as f64 * 1.3).cos());
+    let mut cov = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            let mut c: f64 = (0..3)
+                .map(|f| loading(i, f) * loading(j, f) * factor_var[f])
+                .sum();
+            if i == j {
+                c += idio(i);
+            }
+            cov[i * n + j] = c;
+        }
+    }
+    let mu = (0..n)
+        .map(|i| 0.02 + 0.05 * loading(i, 0) + 0.02 * (0.5 + 0.5 * ((i + 1) as f64 * 2.1).sin()))
+        .collect();
+    (mu, cov)
+}
+
+fn best_seconds(mut run: impl FnMut()) -> f64 {
+    (0..REPEATS)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn line(case: &str, implementation: &str, seconds: f64) {
+    println!(
+        "BENCH {{\"kind\":\"portfolio_opt\",\"case\":\"{case}\",\"impl\":\"{implementation}\",\"items\":{SAMPLES},\"unit\":\"portfolios\",\"seconds\":{seconds:.6}}}"
+    );
+}
+
+fn main() {
+    let use_gpu = std::env::args().any(|a| a == "--gpu");
+    let gpu = if use_gpu {
+        match tandem_kernels::runtime::Gpu::open(0, tandem_kernels::SOURCES, None) {
+            Ok(gpu) if gpu.has(portfolio_opt::SOURCE.module) => Some(gpu),
+            Ok(gpu) => {
+                eprintln!("portfolio_opt did not load: {:?}", gpu.disabled);
+                None
+            }
+            Err(err) => {
+                eprintln!("no GPU: {}", err.message);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let settings = Settings {
+        tolerance: 1e-10,
+        max_iterations: 100_000,
+        seed: 42,
+        samples: SAMPLES,
+    };
+    for n in [100, 500] {
+        let (mu, cov) = problem_data(n);
+        for (name, objective) in [
+            ("min_variance", Objective::MinVariance),
+            ("max_sharpe", Objective::MaxSharpe),
+        ] {
+            let case = format!("n{n}_{name}");
+            let Ok(problem) = Problem::new(&mu, &cov, 0.01, objective, 1.0) else {
+                eprintln!("{case}: the problem is invalid");
+                continue;
+            };
+            let solution = portfolio_opt::optimize_cpu(&problem, &settings);
+            eprintln!(
+                "{case}: return {:.6} volatility {:.6} sharpe {:?} iterations {} residual {:.2e} random best {:.6}",
+                solution.expected_return,
+                solution.volatility,
+                solution.sharpe,
+                solution.iterations,
+                solution.residual,
+                solution.random_best_objective
+            );
+            let seconds = best_seconds(|| {
+                std::hint::black_box(portfolio_opt::optimize_cpu(&problem, &settings));
+            });
+            line(&case, "rust_cpu", seconds);
+            if let Some(gpu) = &gpu {
+                let mut failed = None;
+                let seconds = best_seconds(|| {
+                    if let Err(err) = portfolio_opt::optimize_gpu(gpu, &problem, &settings) {
+                        failed = Some(err.message);
+                    }
+                });
+                match failed {
+                    Some(message) => eprintln!("{case}: GPU failed: {message}"),
+                    None => line(&case, "cuda", seconds),
+                }
+            }
+        }
+    }
+}
