@@ -18,7 +18,10 @@ async fn run<K: KindSpec>(
     producer: &Producer,
     params: &K::Params,
 ) -> (K::Output, Option<u32>) {
-    let id = producer.submit(Task::of::<K>(params).unwrap()).await.unwrap();
+    let id = producer
+        .submit(Task::of::<K>(params).unwrap())
+        .await
+        .unwrap();
     let outcome = producer.wait(id, WAIT).await.unwrap();
     assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
     let shards = crate::split::record(redis, &id).await.shards;
@@ -66,6 +69,9 @@ async fn risk_split_across_two_gpus_equals_the_whole_run_on_a_cpu_worker() {
     let [p95, p99] = &whole.levels[..] else {
         panic!("two levels: {whole:?}")
     };
-    assert!(0.0 < p95.var && p95.var < p99.var && p99.var < p99.cvar, "{whole:?}");
+    assert!(
+        0.0 < p95.var && p95.var < p99.var && p99.var < p99.cvar,
+        "{whole:?}"
+    );
     assert_eq!((p95.tail_count, p99.tail_count), (5_000, 1_000));
 }

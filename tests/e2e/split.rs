@@ -289,7 +289,16 @@ async fn a_raw_submission_is_split_and_its_producer_hears_the_merged_result() {
     let _: String = redis::cmd("XADD")
         .arg("tandem:{parallel}:stream:normal")
         .arg("*")
-        .arg(&["version", "1", "id", &id.to_string(), "kind", "split_sum", "reply_to", reply])
+        .arg(&[
+            "version",
+            "1",
+            "id",
+            &id.to_string(),
+            "kind",
+            "split_sum",
+            "reply_to",
+            reply,
+        ])
         .arg("params")
         .arg(tandem_shared::msgpack::encode(&params).unwrap())
         .query_async(&mut conn)
