@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tandem_shared::kind::KindSpec;
-use tandem_shared::kind::builtin::{builtin_class, validate_builtin};
+use tandem_shared::kind;
 use tandem_shared::{Class, Priority, TaskId, msgpack};
 
 use crate::error::ProducerError;
@@ -39,8 +39,10 @@ impl Task {
         Ok(task)
     }
 
-    /// A task of any kind with any serializable parameters. Built-in kinds
-    /// are validated when submitted; other kinds need [`Task::class`].
+    /// A task of any kind with any serializable parameters. Kinds this
+    /// crate defines (`tandem_shared::kind`) are validated when submitted
+    /// and get their class and memory estimate; other kinds need
+    /// [`Task::class`].
     pub fn new(kind: impl Into<String>, params: &impl Serialize) -> Result<Self, ProducerError> {
         Ok(Self::raw(kind, msgpack::encode(params)?))
     }
@@ -129,7 +131,8 @@ impl Task {
                 limit: max_payload_bytes,
             });
         }
-        if let Some(Err(e)) = validate_builtin(&self.kind, &self.params) {
+        let known = kind::known(&self.kind, &self.params);
+        if let Some(Err(e)) = known.as_ref().map(|k| k.checked.clone()) {
             return Err(bad(e.0));
         }
         if let Some(key) = &self.idempotency_key
@@ -144,7 +147,7 @@ impl Task {
         }
         let class = self
             .class
-            .or_else(|| builtin_class(&self.kind))
+            .or_else(|| known.as_ref().map(|k| k.class))
             .ok_or_else(|| ProducerError::MissingClass(self.kind.clone()))?;
         let deadline_in_ms = self
             .deadline
@@ -155,7 +158,11 @@ impl Task {
             class,
             priority: self.priority,
             max_attempts: self.max_attempts.unwrap_or(default_max_attempts),
-            memory_bytes: self.memory_bytes,
+            // The kind's estimate unless the task declares its own.
+            memory_bytes: match self.memory_bytes {
+                0 => known.map_or(0, |k| k.memory_bytes),
+                declared => declared,
+            },
             deadline_in_ms,
             idempotency_key: self.idempotency_key,
             params: self.params,

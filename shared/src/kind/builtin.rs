@@ -199,37 +199,6 @@ impl KindSpec for SplitSum {
     }
 }
 
-/// Checks `params` (MessagePack) against the built-in kind `kind`, when it is
-/// one: `None` for kinds this crate does not know.
-pub fn validate_builtin(kind: &str, params: &[u8]) -> Option<Result<(), BadParams>> {
-    fn check<K: KindSpec>(params: &[u8]) -> Result<(), BadParams> {
-        let decoded: K::Params = crate::msgpack::decode(params)
-            .map_err(|e| BadParams::new(format!("parameters of {}: {e}", K::KIND)))?;
-        K::validate(&decoded)
-    }
-    match kind {
-        Noop::KIND => Some(check::<Noop>(params)),
-        Sleep::KIND => Some(check::<Sleep>(params)),
-        Echo::KIND => Some(check::<Echo>(params)),
-        Fail::KIND => Some(check::<Fail>(params)),
-        Panic::KIND => Some(check::<Panic>(params)),
-        Abort::KIND => Some(check::<Abort>(params)),
-        SplitSum::KIND => Some(check::<SplitSum>(params)),
-        _ => None,
-    }
-}
-
-/// The class of a built-in kind.
-pub fn builtin_class(kind: &str) -> Option<Class> {
-    match kind {
-        Noop::KIND | Sleep::KIND | Echo::KIND | Fail::KIND | Panic::KIND | Abort::KIND => {
-            Some(Class::Cpu)
-        }
-        SplitSum::KIND => Some(Class::Parallel),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,7 +207,7 @@ mod tests {
     #[test]
     fn builtin_bounds() {
         let check = |kind: &str, params: Vec<u8>, ok: bool| {
-            let outcome = validate_builtin(kind, &params).expect("built-in");
+            let outcome = crate::kind::validate(kind, &params).expect("built-in");
             assert_eq!(outcome.is_ok(), ok, "{kind}: {outcome:?}");
         };
         check("sleep", encode(&SleepParams { ms: 10 }).unwrap(), true);
@@ -274,6 +243,22 @@ mod tests {
             .unwrap(),
             false,
         );
-        assert!(validate_builtin("monte_carlo", &[]).is_none());
+        assert!(crate::kind::validate("my_kind", &[]).is_none());
+        // Compute kinds are known too: class and memory estimate.
+        let known = crate::kind::known(
+            "split_sum",
+            &encode(&SplitSumParams {
+                n: 10,
+                block: 5,
+                block_ms: 0,
+                fail_block: None,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((known.class, known.checked), (Class::Parallel, Ok(())));
+        let bad = crate::kind::known("monte_carlo", &encode(&"x").unwrap()).unwrap();
+        assert_eq!(bad.class, Class::Parallel);
+        assert!(bad.checked.is_err());
     }
 }

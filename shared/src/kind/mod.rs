@@ -49,3 +49,61 @@ pub trait KindSpec: Send + Sync + 'static {
         0
     }
 }
+
+/// What a kind this crate defines says of MessagePack parameters: checked
+/// against its rules, its class, and its memory estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub class: Class,
+    /// The parameters' problem, if any.
+    pub checked: Result<(), BadParams>,
+    /// Device memory, bytes (0 when the parameters are bad).
+    pub memory_bytes: u64,
+}
+
+/// Looks `kind` up among the kinds this crate defines (built-in, compute
+/// and test kinds) and checks `params` against it; `None` for other kinds.
+pub fn known(kind: &str, params: &[u8]) -> Option<Known> {
+    fn check<K: KindSpec>(params: &[u8]) -> Known {
+        let decoded = crate::msgpack::decode::<K::Params>(params)
+            .map_err(|e| BadParams::new(format!("parameters of {}: {e}", K::KIND)));
+        let checked = decoded.as_ref().map_err(Clone::clone).and_then(K::validate);
+        let memory_bytes = match (&decoded, &checked) {
+            (Ok(params), Ok(())) => K::memory_estimate(params),
+            _ => 0,
+        };
+        Known {
+            class: K::CLASS,
+            checked,
+            memory_bytes,
+        }
+    }
+    macro_rules! kinds {
+        ($($spec:ty),* $(,)?) => {
+            match kind {
+                $(<$spec as KindSpec>::KIND => Some(check::<$spec>(params)),)*
+                _ => None,
+            }
+        };
+    }
+    kinds!(
+        builtin::Noop,
+        builtin::Sleep,
+        builtin::Echo,
+        builtin::Fail,
+        builtin::Panic,
+        builtin::Abort,
+        builtin::SplitSum,
+        monte_carlo::MonteCarlo,
+        risk::Risk,
+        indicators::Indicators,
+        patterns::Patterns,
+        portfolio_opt::PortfolioOpt,
+    )
+}
+
+/// Checks `params` (MessagePack) against `kind` when this crate defines
+/// it: `None` for kinds it does not know.
+pub fn validate(kind: &str, params: &[u8]) -> Option<Result<(), BadParams>> {
+    known(kind, params).map(|k| k.checked)
+}
