@@ -1,6 +1,7 @@
 //! On a real GPU (the `gpu-tests` feature; `scripts/gpu-check` runs these):
 //! detection through NVML and the CUDA driver, the health probe, and two
-//! real worker processes sharing the one GPU, one killed mid-task.
+//! real worker processes sharing the one GPU, one killed mid-task, and the
+//! compute kinds on the GPU against a CPU worker.
 
 use std::process::Command;
 use std::time::Duration;
@@ -104,4 +105,125 @@ async fn two_workers_share_the_gpu_and_a_killed_ones_task_finishes_on_the_other(
     assert_eq!(outcome.status, Status::Succeeded);
     assert_eq!(outcome.record.worker.as_deref(), Some(survivor.id.as_str()));
     assert_eq!(outcome.record.device.as_deref(), Some(uuid.as_str()));
+}
+
+/// Runs `params` on a worker of `redis` and returns the record and result.
+async fn run_on<K: tandem_shared::kind::KindSpec>(
+    redis: &RedisServer,
+    params: &K::Params,
+) -> (tandem_shared::wire::TaskRecord, K::Output) {
+    let producer = redis.producer().await;
+    let id = producer
+        .submit(Task::of::<K>(params).unwrap())
+        .await
+        .unwrap();
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
+    let result = outcome.result::<K::Output>().unwrap();
+    (outcome.record, result)
+}
+
+fn close(a: f64, b: f64, relative: f64) -> bool {
+    (a - b).abs() <= relative * a.abs().max(b.abs()).max(1e-300)
+}
+
+/// The compute kinds through a worker on the real GPU (kernels compiled by
+/// NVRTC at its start, launched through the worker) against a CPU worker,
+/// within each kind's stated tolerance.
+#[tokio::test]
+async fn compute_kinds_on_the_gpu_agree_with_a_cpu_worker() {
+    use tandem_shared::kind::indicators::{IndicatorSpec, Indicators, IndicatorsParams, Series};
+    use tandem_shared::kind::monte_carlo::{MonteCarlo, MonteCarloParams};
+    use tandem_shared::kind::risk::{MonteCarloRisk, Risk, RiskParams};
+
+    let gpu = RedisServer::start();
+    let uuid = detect()["gpus"][0]["uuid"].as_str().unwrap().to_owned();
+    let gpu_worker = WorkerProcess::spawn(&gpu, &[("TANDEM_DEVICE", uuid.as_str())]);
+    let store = Store::connect(&gpu.config()).await.unwrap();
+    wait_until(WAIT, "the GPU worker is healthy", || async {
+        store
+            .workers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.health == Health::Healthy && w.device == uuid)
+    })
+    .await;
+    let cpu = RedisServer::start();
+    let _cpu_worker = WorkerProcess::start(&cpu, &[]).await;
+
+    let mc = MonteCarloParams {
+        s0: 100.0,
+        strike: 105.0,
+        rate: 0.03,
+        dividend: 0.01,
+        sigma: 0.25,
+        maturity: 1.0,
+        steps: 64,
+        paths: 1_000_000,
+        seed: 11,
+        percentiles: vec![1.0, 50.0, 99.0],
+    };
+    let (record, on_gpu) = run_on::<MonteCarlo>(&gpu, &mc).await;
+    assert_eq!(record.device.as_deref(), Some(uuid.as_str()));
+    let (_, on_cpu) = run_on::<MonteCarlo>(&cpu, &mc).await;
+    for (g, c) in [
+        (on_gpu.european_call, on_cpu.european_call),
+        (on_gpu.european_put, on_cpu.european_put),
+        (on_gpu.asian_arithmetic_call, on_cpu.asian_arithmetic_call),
+        (on_gpu.asian_geometric_call, on_cpu.asian_geometric_call),
+    ] {
+        assert!(close(g.price, c.price, 1e-4), "{g:?} vs {c:?}");
+    }
+
+    let n = 8;
+    let covariance: Vec<f64> = (0..n * n)
+        .map(|k| if k / n == k % n { 4e-4 } else { 1e-4 })
+        .collect();
+    let risk = RiskParams::MonteCarlo(MonteCarloRisk {
+        weights: vec![1e6; n],
+        mu: vec![2e-4; n],
+        covariance,
+        scenarios: 1_000_000,
+        seed: 5,
+        confidence: vec![0.95, 0.99],
+    });
+    let (_, on_gpu) = run_on::<Risk>(&gpu, &risk).await;
+    let (_, on_cpu) = run_on::<Risk>(&cpu, &risk).await;
+    for (g, c) in on_gpu.levels.iter().zip(&on_cpu.levels) {
+        assert!(
+            close(g.var, c.var, 1e-5) && close(g.cvar, c.cvar, 1e-5),
+            "{g:?} vs {c:?}"
+        );
+    }
+
+    let closes: Vec<f64> = (0..5_000)
+        .map(|t| 100.0 + (t as f64 * 0.01).sin())
+        .collect();
+    let indicators = IndicatorsParams {
+        series: vec![Series {
+            symbol: "S".into(),
+            closes,
+        }],
+        indicators: vec![
+            IndicatorSpec::Sma { period: 20 },
+            IndicatorSpec::Rsi { period: 14 },
+        ],
+    };
+    let (_, on_gpu) = run_on::<Indicators>(&gpu, &indicators).await;
+    let (_, on_cpu) = run_on::<Indicators>(&cpu, &indicators).await;
+    for (g, c) in on_gpu.series[0].values.iter().zip(&on_cpu.series[0].values) {
+        for (x, y) in g.iter().zip(c) {
+            assert!(
+                (x.is_nan() && y.is_nan()) || close(*x, *y, 1e-12),
+                "{x} vs {y}"
+            );
+        }
+    }
+
+    let log = gpu_worker.log_text();
+    assert!(
+        !log.contains("GPU kernels off"),
+        "a kernel module failed:\n{log}"
+    );
 }
