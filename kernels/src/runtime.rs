@@ -398,3 +398,44 @@ mod tests {
         assert!(err.contains("undefined_thing"), "{err}");
     }
 }
+
+#[cfg(all(test, feature = "gpu-tests"))]
+mod gpu_tests {
+    use super::*;
+
+    /// A module that does not compile is disabled with its reason; the
+    /// others load, and a second open finds them in the cache.
+    #[test]
+    fn a_broken_module_is_disabled_and_the_rest_load_and_cache() {
+        let dir = std::env::temp_dir().join(format!("tandem-cubin-{}", std::process::id()));
+        let broken = Source {
+            module: "broken",
+            code: "extern \"C\" __global__ void k() { undefined_thing(); }",
+            kernels: &["k"],
+        };
+        let mut sources = crate::SOURCES.to_vec();
+        sources.push(broken);
+        let gpu = Gpu::open(0, &sources, Some(&dir)).expect("GPU 0");
+        assert!(!gpu.has("broken"));
+        assert_eq!(gpu.disabled.len(), 1, "{:?}", gpu.disabled);
+        assert!(
+            gpu.disabled[0].1.contains("undefined_thing"),
+            "{:?}",
+            gpu.disabled
+        );
+        for source in crate::SOURCES {
+            assert!(gpu.has(source.module), "{} did not load", source.module);
+            for kernel in source.kernels {
+                gpu.function(source.module, kernel).expect("kernel");
+            }
+        }
+        let again = Gpu::open(0, crate::SOURCES, Some(&dir)).expect("GPU 0");
+        assert_eq!(
+            again.cached.len(),
+            crate::SOURCES.len(),
+            "{:?}",
+            again.cached
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
