@@ -9,7 +9,7 @@ use tandem_shared::kind::builtin::{
     SplitSumOutput, SplitSumParams,
 };
 
-use crate::compute::{Compute, Split, whole};
+use crate::compute::{BlockRange, Compute, Split, whole};
 use crate::handler::{Handler, Registry, TaskContext, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -42,26 +42,17 @@ impl Compute for SplitSum {
 }
 
 impl Split for SplitSum {
-    /// A range of blocks.
-    type Shard = (u64, u64);
+    type Shard = BlockRange;
     /// One sum per block.
     type Partial = Vec<f64>;
 
-    fn split(&self, params: &SplitSumParams, n: usize) -> Vec<(u64, u64)> {
-        let blocks = params.blocks();
-        let per = blocks.div_ceil(n.max(1) as u64).max(1);
-        (0..blocks)
-            .step_by(usize::try_from(per).unwrap_or(usize::MAX))
-            .map(|start| (start, (start + per).min(blocks)))
-            .collect()
+    fn split(&self, params: &SplitSumParams, n: usize) -> Vec<BlockRange> {
+        BlockRange::split(params.blocks(), n)
     }
 
-    fn cpu_shard(
-        &self,
-        p: &SplitSumParams,
-        &(from, to): &(u64, u64),
-    ) -> Result<Vec<f64>, TaskError> {
-        if p.fail_block.is_some_and(|b| (from..to).contains(&b)) {
+    fn cpu_shard(&self, p: &SplitSumParams, shard: &BlockRange) -> Result<Vec<f64>, TaskError> {
+        let blocks = shard.within(p.blocks())?;
+        if p.fail_block.is_some_and(|b| blocks.contains(&b)) {
             return Err(TaskError::fatal(
                 ErrorCode::from_static("SPLIT_SUM_FAILED"),
                 format!(
@@ -70,7 +61,7 @@ impl Split for SplitSum {
                 ),
             ));
         }
-        Ok((from..to)
+        Ok(blocks
             .map(|b| {
                 std::thread::sleep(Duration::from_millis(p.block_ms));
                 (b * p.block..((b + 1) * p.block).min(p.n))

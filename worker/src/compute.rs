@@ -84,6 +84,44 @@ pub trait Split: Compute {
     ) -> Result<Output<Self>, TaskError>;
 }
 
+/// A shard of a kind whose work is a sequence of fixed blocks: blocks
+/// `first..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BlockRange {
+    pub first: u64,
+    pub end: u64,
+}
+
+impl BlockRange {
+    /// Cuts `blocks` blocks into at most `n` runs of equal length (the last
+    /// may be shorter), in block order.
+    pub fn split(blocks: u64, n: usize) -> Vec<BlockRange> {
+        let per = blocks.div_ceil(n.max(1) as u64).max(1);
+        (0..blocks)
+            .step_by(usize::try_from(per).unwrap_or(usize::MAX))
+            .map(|first| BlockRange {
+                first,
+                end: (first + per).min(blocks),
+            })
+            .collect()
+    }
+
+    /// The shard's blocks, once checked to lie within the task's `blocks`
+    /// (a shard comes from the wire).
+    pub fn within(&self, blocks: u64) -> Result<std::ops::Range<u64>, TaskError> {
+        if self.first >= self.end || self.end > blocks {
+            return Err(TaskError::fatal(
+                ErrorCode::BAD_PARAMS,
+                format!(
+                    "shard blocks {}..{} are outside the task's 0..{blocks}",
+                    self.first, self.end
+                ),
+            ));
+        }
+        Ok(self.first..self.end)
+    }
+}
+
 /// A splittable kind run whole, on the GPU when given one: the one-shard
 /// split, merged. `Compute::cpu` and `Compute::gpu` of a [`Split`] kind are
 /// this.
@@ -236,7 +274,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use tandem_shared::kind::builtin::{SplitSumOutput, SplitSumParams};
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::builtin::SplitSum;
@@ -257,12 +294,7 @@ mod tests {
         for n in [1, 2, 7, 200, 5_000] {
             let shards = splitter.split(&encoded, n).unwrap();
             assert!(shards.len() <= n);
-            let ctx = TaskContext::new(
-                tandem_shared::TaskId::new(),
-                1,
-                "cpu".into(),
-                CancellationToken::new(),
-            );
+            let ctx = TaskContext::for_test();
             let mut parts = Vec::new();
             for shard in &shards {
                 parts.push(splitter.run_shard(shard, &ctx).unwrap().await.unwrap());
@@ -281,6 +313,15 @@ mod tests {
             }
         }
         let bad = msgpack::encode(&SplitSumParams { n: 0, ..params }).unwrap();
+        assert!(
+            BlockRange { first: 5, end: 99 }
+                .within(50)
+                .unwrap_err()
+                .message
+                .contains("outside")
+        );
+        assert_eq!(BlockRange::split(10, 3).len(), 3);
+        assert_eq!(BlockRange::split(10, 30).len(), 10);
         assert_eq!(
             splitter.split(&bad, 2).unwrap_err().code,
             ErrorCode::BAD_PARAMS

@@ -121,6 +121,17 @@ impl TaskContext {
     }
 
     /// The same context with a GPU to launch kernels on.
+    /// A context for unit tests: a new task id, attempt 1, on the CPU.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> Self {
+        Self::new(
+            tandem_shared::TaskId::new(),
+            1,
+            "cpu".into(),
+            CancellationToken::new(),
+        )
+    }
+
     pub fn with_gpu(mut self, gpu: Option<Arc<tandem_kernels::runtime::Gpu>>) -> Self {
         self.gpu = gpu;
         self

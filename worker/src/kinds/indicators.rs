@@ -81,18 +81,12 @@ impl Compute for IndicatorsKind {
 mod tests {
     use tandem_shared::kind::indicators::Series;
     use tandem_shared::{ErrorCode, msgpack};
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::handler::TaskContext;
 
     fn ctx() -> TaskContext {
-        TaskContext::new(
-            tandem_shared::TaskId::new(),
-            1,
-            "cpu".into(),
-            CancellationToken::new(),
-        )
+        TaskContext::for_test()
     }
 
     #[tokio::test]

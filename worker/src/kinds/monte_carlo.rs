@@ -9,7 +9,7 @@ use tandem_shared::kind::monte_carlo::{
     Estimate, MonteCarlo, MonteCarloOutput, MonteCarloParams, Percentile,
 };
 
-use crate::compute::{Compute, Split, whole};
+use crate::compute::{BlockRange, Compute, Split, whole};
 use crate::handler::{Registry, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -17,13 +17,6 @@ pub(crate) fn register(registry: &mut Registry) {
 }
 
 struct MonteCarloKind;
-
-/// A shard: the blocks `first..end` of the task's paths.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct BlockRange {
-    first: u64,
-    end: u64,
-}
 
 /// What a shard returns: the sums of each of its blocks, in block order
 /// ([`BlockSums::LEN`] values per block), and its histogram counts.
@@ -79,15 +72,7 @@ impl Split for MonteCarloKind {
     type Partial = BlockPartial;
 
     fn split(&self, params: &MonteCarloParams, n: usize) -> Vec<BlockRange> {
-        let blocks = config(params).blocks();
-        let per = blocks.div_ceil(n.max(1) as u64).max(1);
-        (0..blocks)
-            .step_by(per as usize)
-            .map(|first| BlockRange {
-                first,
-                end: (first + per).min(blocks),
-            })
-            .collect()
+        BlockRange::split(config(params).blocks(), n)
     }
 
     fn cpu_shard(
@@ -96,8 +81,8 @@ impl Split for MonteCarloKind {
         shard: &BlockRange,
     ) -> Result<BlockPartial, TaskError> {
         let config = config(params);
-        check_shard(&config, shard)?;
-        Ok(partial(mc::run_cpu(&config, shard.first..shard.end)))
+        let blocks = shard.within(config.blocks())?;
+        Ok(partial(mc::run_cpu(&config, blocks)))
     }
 
     fn gpu_shard(
@@ -107,8 +92,8 @@ impl Split for MonteCarloKind {
         shard: &BlockRange,
     ) -> Result<BlockPartial, TaskError> {
         let config = config(params);
-        check_shard(&config, shard)?;
-        Ok(partial(mc::run_gpu(gpu, &config, shard.first..shard.end)?))
+        let blocks = shard.within(config.blocks())?;
+        Ok(partial(mc::run_gpu(gpu, &config, blocks)?))
     }
 
     fn merge(
@@ -166,26 +151,9 @@ impl Split for MonteCarloKind {
     }
 }
 
-/// A shard from the wire must name blocks of this task.
-fn check_shard(config: &Config, shard: &BlockRange) -> Result<(), TaskError> {
-    if shard.first >= shard.end || shard.end > config.blocks() {
-        return Err(TaskError::fatal(
-            ErrorCode::BAD_PARAMS,
-            format!(
-                "shard blocks {}..{} are outside the task's 0..{}",
-                shard.first,
-                shard.end,
-                config.blocks()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use tandem_shared::msgpack;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::handler::TaskContext;
@@ -207,12 +175,7 @@ mod tests {
     }
 
     fn ctx() -> TaskContext {
-        TaskContext::new(
-            tandem_shared::TaskId::new(),
-            1,
-            "cpu".into(),
-            CancellationToken::new(),
-        )
+        TaskContext::for_test()
     }
 
     #[tokio::test]

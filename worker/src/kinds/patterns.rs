@@ -72,18 +72,12 @@ impl Compute for PatternsKind {
 mod tests {
     use tandem_shared::kind::patterns::{OhlcSeries, Thresholds};
     use tandem_shared::{ErrorCode, msgpack};
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::handler::TaskContext;
 
     fn ctx() -> TaskContext {
-        TaskContext::new(
-            tandem_shared::TaskId::new(),
-            1,
-            "cpu".into(),
-            CancellationToken::new(),
-        )
+        TaskContext::for_test()
     }
 
     #[tokio::test]

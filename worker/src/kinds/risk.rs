@@ -13,7 +13,7 @@ use tandem_kernels::runtime::Gpu;
 use tandem_shared::ErrorCode;
 use tandem_shared::kind::risk::{Risk, RiskLevel, RiskOutput, RiskParams, tail_count};
 
-use crate::compute::{Compute, Split, whole};
+use crate::compute::{BlockRange, Compute, Split, whole};
 use crate::handler::{Registry, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -21,13 +21,6 @@ pub(crate) fn register(registry: &mut Registry) {
 }
 
 pub(crate) struct RiskKind;
-
-/// Blocks `[first, end)` of the scenarios.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct BlockRange {
-    first: u64,
-    end: u64,
-}
 
 /// What a shard returns: see the module doc.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,19 +80,11 @@ impl Split for RiskKind {
     type Partial = RiskPartial;
 
     fn split(&self, params: &RiskParams, n: usize) -> Vec<BlockRange> {
-        let blocks = kernel::block_count(params.scenarios());
-        let per = blocks.div_ceil(n.max(1) as u64).max(1);
-        (0..blocks)
-            .step_by(per as usize)
-            .map(|first| BlockRange {
-                first,
-                end: (first + per).min(blocks),
-            })
-            .collect()
+        BlockRange::split(kernel::block_count(params.scenarios()), n)
     }
 
     fn cpu_shard(&self, params: &RiskParams, shard: &BlockRange) -> Result<RiskPartial, TaskError> {
-        let blocks = shard.first..shard.end;
+        let blocks = shard.within(kernel::block_count(params.scenarios()))?;
         Ok(partial(match prepare(params)? {
             Run::MonteCarlo(run) => kernel::monte_carlo_cpu(&run, blocks, keep(params)),
             Run::Historical(run) => kernel::historical_cpu(&run, blocks, keep(params)),
@@ -112,7 +97,7 @@ impl Split for RiskKind {
         params: &RiskParams,
         shard: &BlockRange,
     ) -> Result<RiskPartial, TaskError> {
-        let blocks = shard.first..shard.end;
+        let blocks = shard.within(kernel::block_count(params.scenarios()))?;
         Ok(partial(match prepare(params)? {
             Run::MonteCarlo(run) => kernel::monte_carlo_gpu(gpu, &run, blocks, keep(params))?,
             Run::Historical(run) => kernel::historical_gpu(gpu, &run, blocks, keep(params))?,
@@ -172,7 +157,6 @@ impl Split for RiskKind {
 mod tests {
     use tandem_shared::kind::risk::{HistoricalRisk, MonteCarloRisk};
     use tandem_shared::msgpack;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::handler::TaskContext;
@@ -204,12 +188,7 @@ mod tests {
     }
 
     fn ctx() -> TaskContext {
-        TaskContext::new(
-            tandem_shared::TaskId::new(),
-            1,
-            "cpu".into(),
-            CancellationToken::new(),
-        )
+        TaskContext::for_test()
     }
 
     #[tokio::test]
