@@ -80,6 +80,16 @@ async fn assert_cleaned_up(redis: &RedisServer, id: &TaskId) {
     }
 }
 
+/// `split_sum` over `n` terms in blocks of 100.
+fn sum(n: u64, block_ms: u64, fail_block: Option<u64>) -> SplitSumParams {
+    SplitSumParams {
+        n,
+        block: 100,
+        block_ms,
+        fail_block,
+    }
+}
+
 async fn submit(producer: &Producer, params: &SplitSumParams) -> TaskId {
     producer
         .submit(Task::of::<SplitSum>(params).unwrap())
@@ -92,12 +102,7 @@ async fn a_split_task_spreads_over_the_gpus_by_speed_and_merges_to_the_whole_res
     let redis = RedisServer::start();
     let _host = host(&redis, &[]).await;
     let producer = redis.producer().await;
-    let params = SplitSumParams {
-        n: 40_000,
-        block: 100,
-        block_ms: 2,
-        fail_block: None,
-    };
+    let params = sum(40_000, 2, None);
     let id = submit(&producer, &params).await;
     let outcome = producer.wait(id, WAIT).await.unwrap();
     assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
@@ -143,12 +148,7 @@ async fn with_one_gpu_the_task_runs_whole_with_the_same_bits() {
     let _gpu = start(&redis, "0", "Solo, 8 GiB, 20 TFLOPS", SPLITTING).await;
     settle().await;
     let producer = redis.producer().await;
-    let params = SplitSumParams {
-        n: 40_000,
-        block: 100,
-        block_ms: 0,
-        fail_block: None,
-    };
+    let params = sum(40_000, 0, None);
     let id = submit(&producer, &params).await;
     let outcome = producer.wait(id, WAIT).await.unwrap();
     let result: SplitSumOutput = outcome.result().unwrap();
@@ -161,12 +161,7 @@ async fn killing_a_worker_mid_split_loses_nothing_and_gives_the_same_result() {
     let redis = RedisServer::start();
     let mut host = host(&redis, &[]).await;
     let producer = redis.producer().await;
-    let params = SplitSumParams {
-        n: 40_000,
-        block: 100,
-        block_ms: 4,
-        fail_block: None,
-    };
+    let params = sum(40_000, 4, None);
     let id = submit(&producer, &params).await;
     wait_split(&redis, &id).await;
     wait_until(WAIT, "a shard runs on the secondary", || async {
@@ -198,12 +193,7 @@ async fn a_shard_that_fails_fails_its_task_once_and_cancels_the_rest() {
     let redis = RedisServer::start();
     let _host = host(&redis, &[]).await;
     let producer = redis.producer().await;
-    let params = SplitSumParams {
-        n: 40_000,
-        block: 100,
-        block_ms: 2,
-        fail_block: Some(0),
-    };
+    let params = sum(40_000, 2, Some(0));
     let id = submit(&producer, &params).await;
     let outcome = producer.wait(id, WAIT).await.unwrap();
     assert_eq!(outcome.status, Status::Failed);
@@ -238,12 +228,7 @@ async fn cancelling_a_split_task_cancels_its_shards() {
     let redis = RedisServer::start();
     let _host = host(&redis, &[]).await;
     let producer = redis.producer().await;
-    let params = SplitSumParams {
-        n: 40_000,
-        block: 100,
-        block_ms: 20,
-        fail_block: None,
-    };
+    let params = sum(40_000, 20, None);
     let id = submit(&producer, &params).await;
     wait_split(&redis, &id).await;
     producer.cancel(id).await.unwrap();
@@ -259,12 +244,7 @@ async fn cancelling_a_split_task_cancels_its_shards() {
     assert_cleaned_up(&redis, &id).await;
 
     // The workers go on.
-    let small = SplitSumParams {
-        n: 1_000,
-        block: 100,
-        block_ms: 0,
-        fail_block: None,
-    };
+    let small = sum(1_000, 0, None);
     let next = submit(&producer, &small).await;
     let outcome = producer.wait(next, WAIT).await.unwrap();
     assert_eq!(outcome.status, Status::Succeeded);
@@ -279,12 +259,7 @@ async fn a_raw_submission_is_split_and_its_producer_hears_the_merged_result() {
     let _host = host(&redis, &[]).await;
     let mut conn = redis.conn().await;
     let id = TaskId::new();
-    let params = SplitSumParams {
-        n: 20_000,
-        block: 100,
-        block_ms: 1,
-        fail_block: None,
-    };
+    let params = sum(20_000, 1, None);
     let reply = "tandem:reply:python-svc";
     let _: String = redis::cmd("XADD")
         .arg("tandem:{parallel}:stream:normal")
