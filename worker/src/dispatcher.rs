@@ -513,6 +513,7 @@ impl Dispatcher {
                 } else if !matches!(
                     completion.disposition,
                     tandem_shared::store::Disposition::Retry { .. }
+                        | tandem_shared::store::Disposition::Split { .. }
                 ) {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 }
