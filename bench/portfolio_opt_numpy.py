@@ -5,8 +5,14 @@ evaluated in chunks with matrix products, then FISTA with gradient restart
 and the bisection projection, as the Rust refine does. Items are the random
 candidates (unit "portfolios"); seconds cover search and refine.
 
-Run with `python3 bench/portfolio_opt_numpy.py`.
+Run with `python3 bench/portfolio_opt_numpy.py` (needs only numpy), or with
+`--cupy`: the random search then runs on the GPU with CuPy (its own
+Generator, so other candidates), the best candidate comes back to the host
+and the refine stays in NumPy, as the Rust GPU path refines on the CPU (a
+sequential loop of n-vector steps and bisections); lines say "impl":"cupy".
+Compute-bound (matrix products), no "bytes".
 """
+import argparse
 import json
 import time
 
@@ -18,6 +24,27 @@ CHUNK = 4096
 RISK_FREE = 0.01
 TOLERANCE = 1e-10
 MAX_ITERATIONS = 100_000
+
+# The array module of the search: numpy, or cupy under --cupy (see
+# use_cupy). Every call in search() exists in both with the same meaning:
+# default_rng(seed) gives a Generator whose standard_exponential takes
+# dtype=float32 in both (CuPy draws in float64 and rounds), einsum, where and
+# argmax are in CuPy too. The refine below is NumPy in both modes.
+xp = np
+IMPL = "numpy"
+asnumpy = np.asarray
+
+
+def sync():
+    pass
+
+
+def use_cupy():
+    global xp, IMPL, asnumpy, sync
+    import cupy
+
+    xp, IMPL, asnumpy = cupy, "cupy", cupy.asnumpy
+    sync = lambda: cupy.cuda.Device().synchronize()
 
 
 def problem_data(n):
@@ -31,22 +58,23 @@ def problem_data(n):
 
 
 def search(mu, cov, max_sharpe, rng):
+    """The best of the random candidates, as a host float64 vector."""
     n = len(mu)
-    excess = (mu - RISK_FREE).astype(np.float32)
-    cov32 = cov.astype(np.float32)
+    excess = xp.asarray((mu - RISK_FREE).astype(np.float32))
+    cov32 = xp.asarray(cov.astype(np.float32))
     best, best_w = -np.inf, None
     for start in range(0, SAMPLES, CHUNK):
-        e = rng.standard_exponential((min(CHUNK, SAMPLES - start), n), dtype=np.float32)
+        e = rng.standard_exponential((min(CHUNK, SAMPLES - start), n), dtype=xp.float32)
         w = e / e.sum(axis=1, keepdims=True)
-        var = np.einsum("ij,ij->i", w @ cov32, w)
+        var = xp.einsum("ij,ij->i", w @ cov32, w)
         if max_sharpe:
-            score = np.where(var > 0, (w @ excess) / np.sqrt(np.maximum(var, 1e-30)), -np.inf)
+            score = xp.where(var > 0, (w @ excess) / xp.sqrt(xp.maximum(var, 1e-30)), -np.inf)
         else:
             score = -var
-        k = int(np.argmax(score))
+        k = int(xp.argmax(score))
         if score[k] > best:
-            best, best_w = score[k], w[k].astype(np.float64)
-    return best_w
+            best, best_w = score[k], w[k].astype(xp.float64)
+    return asnumpy(best_w)
 
 
 def project_simplex(x, u=1.0):
@@ -108,7 +136,7 @@ def fista(cov, start, project):
 
 
 def optimize(mu, cov, max_sharpe, seed=42):
-    rng = np.random.default_rng(seed)
+    rng = xp.random.default_rng(seed)
     start = search(mu, cov, max_sharpe, rng)
     if max_sharpe:
         a = mu - RISK_FREE
@@ -118,6 +146,10 @@ def optimize(mu, cov, max_sharpe, seed=42):
 
 
 def main():
+    parser = argparse.ArgumentParser(description="The portfolio_opt kind in NumPy or CuPy.")
+    parser.add_argument("--cupy", action="store_true", help="search on the GPU with CuPy")
+    if parser.parse_args().cupy:
+        use_cupy()
     for n in (100, 500):
         mu, cov = problem_data(n)
         for name, max_sharpe in (("min_variance", False), ("max_sharpe", True)):
@@ -127,11 +159,13 @@ def main():
                   f"sharpe {(w @ mu - RISK_FREE) / vol:.6f} iterations {it}")
             best = np.inf
             for _ in range(REPEATS):
+                sync()
                 t0 = time.perf_counter()
                 optimize(mu, cov, max_sharpe)
+                sync()
                 best = min(best, time.perf_counter() - t0)
             print("BENCH " + json.dumps({
-                "kind": "portfolio_opt", "case": f"n{n}_{name}", "impl": "numpy",
+                "kind": "portfolio_opt", "case": f"n{n}_{name}", "impl": IMPL,
                 "items": SAMPLES, "unit": "portfolios", "seconds": round(best, 6),
             }, separators=(",", ":")))
 
