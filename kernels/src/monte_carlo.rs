@@ -26,7 +26,10 @@
 //! 4096-path block) with a fixed-order warp-shuffle reduction per block, and
 //! counts the histogram with integer atomics. Its prices agree with the CPU
 //! twin's within a relative 1e-4: the f32 path math differs by ulps (CUDA's
-//! `logf`, `sincospif` and `expf` against the host's).
+//! `logf`, `sincospif` and `expf` against the host's polynomials, see
+//! [`philox::normal_pair`] and `exp_f32`). The CPU walks [`philox::LANES`]
+//! paths at a time, one per lane, so that the generator and the path math
+//! vectorise; each path still sees its own operations in order.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,41 +206,67 @@ struct Walk {
     steps: u32,
 }
 
-/// What a path leaves: its terminal log-price, and the f32 sums of its
-/// prices and log-prices over the monitoring dates.
-struct PathEnd {
-    x: f32,
-    sum_price: f32,
-    sum_log: f32,
+/// Paths walked together, one per lane.
+const LANES: usize = philox::LANES;
+
+/// `e^x` in f32 within about one ulp (Cephes' `expf` reduction, a minimax
+/// polynomial), without branches so that it vectorises. Overflows to
+/// infinity above about 88.7, as `expf` does.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    // Adding 1.5 * 2^23 rounds to an integer, left in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-104.0, 89.0);
+    let big = x * std::f32::consts::LOG2_E + ROUND;
+    let n = big - ROUND;
+    let ni = big.to_bits() as i32 - ROUND.to_bits() as i32;
+    // ln 2 = 0.693359375 - 2.12194440e-4, the first part exact in few bits.
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = 0.499_999_94
+        + r * (0.166_665_21 + r * (0.041_668_39 + r * (0.008_368_71 + r * 0.001_381_461_3)));
+    let p = 1.0 + r + r * r * p;
+    // 2^n in two factors, each a normal float for n in [-150, 128].
+    let n1 = ni >> 1;
+    let n2 = ni - n1;
+    let two = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    p * two(n1) * two(n2)
 }
 
-fn simulate(walk: Walk, key: [u32; 2], path: u64) -> PathEnd {
-    let mut x = walk.x0;
-    let mut sum_price = 0.0f32;
-    let mut sum_log = 0.0f32;
+/// What [`LANES`] paths leave: their terminal log-prices and prices, and
+/// the f32 sums of their prices and log-prices over the monitoring dates.
+struct PathEnds {
+    x: [f32; LANES],
+    terminal: [f32; LANES],
+    sum_price: [f32; LANES],
+    sum_log: [f32; LANES],
+}
+
+/// Walks paths `first..first + LANES`, each in its lane: every path sees
+/// the same operations in the same order as alone (and as on the GPU).
+#[inline(always)]
+fn simulate(walk: Walk, key: [u32; 2], first: u64) -> PathEnds {
+    let mut x = [walk.x0; LANES];
+    let mut sum_price = [0.0f32; LANES];
+    let mut sum_log = [0.0f32; LANES];
     let mut step = 0u32;
     while step < walk.steps {
-        let words = philox::philox4x32_10(philox::counter(path, u64::from(step / 4)), key);
-        let (z0, z1) = philox::normal_pair(words[0], words[1]);
+        let words = philox::philox4x32_10_lanes(first, u64::from(step / 4), key);
+        let left = (walk.steps - step).min(4) as usize;
         // The second pair is drawn only when needed (one-step paths are a
         // common case); the GPU skips it the same way.
-        let (z2, z3) = if walk.steps - step > 2 {
-            philox::normal_pair(words[2], words[3])
-        } else {
-            (0.0, 0.0)
-        };
-        for z in [z0, z1, z2, z3]
-            .into_iter()
-            .take((walk.steps - step) as usize)
-        {
-            x += walk.drift + walk.vol * z;
-            sum_log += x;
-            sum_price += x.exp();
+        let z = philox::normals_lanes(&words, if left > 2 { 2 } else { 1 });
+        for z in &z[..left] {
+            for l in 0..LANES {
+                x[l] += walk.drift + walk.vol * z[l];
+                sum_log[l] += x[l];
+                sum_price[l] += exp_f32(x[l]);
+            }
         }
         step += 4;
     }
-    PathEnd {
+    PathEnds {
         x,
+        terminal: x.map(exp_f32),
         sum_price,
         sum_log,
     }
@@ -258,6 +287,45 @@ fn slot(x: f32, lower: f64, inv_width: f64) -> usize {
 
 /// Computes one block's sums, adding its terminal prices to `histogram`.
 fn cpu_block(config: &Config, block: u64, histogram: &mut [u64]) -> BlockSums {
+    cpu_block_on(philox::simd(), config, block, histogram)
+}
+
+/// [`cpu_block`] in the build `simd`, which the CPU must run.
+fn cpu_block_on(
+    simd: philox::Simd,
+    config: &Config,
+    block: u64,
+    histogram: &mut [u64],
+) -> BlockSums {
+    match simd {
+        // SAFETY: `simd` comes from `philox::simd`, so the CPU has the
+        // features these builds enable.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        philox::Simd::Avx512 => unsafe { cpu_block_avx512(config, block, histogram) },
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        philox::Simd::Avx2 => unsafe { cpu_block_avx2(config, block, histogram) },
+        _ => cpu_block_portable(config, block, histogram),
+    }
+}
+
+/// [`cpu_block`] built for AVX2: the same operations, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn cpu_block_avx2(config: &Config, block: u64, histogram: &mut [u64]) -> BlockSums {
+    cpu_block_portable(config, block, histogram)
+}
+
+/// [`cpu_block`] built for AVX-512: the same operations, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq,avx512bw")]
+fn cpu_block_avx512(config: &Config, block: u64, histogram: &mut [u64]) -> BlockSums {
+    cpu_block_portable(config, block, histogram)
+}
+
+#[inline(always)]
+fn cpu_block_portable(config: &Config, block: u64, histogram: &mut [u64]) -> BlockSums {
     let walk = config.walk();
     let key = philox::key(config.seed);
     let (lower, width) = config.histogram_range();
@@ -265,23 +333,29 @@ fn cpu_block(config: &Config, block: u64, histogram: &mut [u64]) -> BlockSums {
     let steps = f64::from(config.steps);
     let mut sums = BlockSums::default();
     let first = block * BLOCK_PATHS;
-    for path in first..(first + BLOCK_PATHS).min(config.paths) {
-        let end = simulate(walk, key, path);
-        let terminal = f64::from(end.x.exp());
-        let average = f64::from(end.sum_price) / steps;
-        let geometric = (f64::from(end.sum_log) / steps).exp();
-        let payoffs = [
-            (terminal - config.strike).max(0.0),
-            (config.strike - terminal).max(0.0),
-            (average - config.strike).max(0.0),
-            (geometric - config.strike).max(0.0),
-        ];
-        for (k, payoff) in payoffs.into_iter().enumerate() {
-            sums.payoff[k] += payoff;
-            sums.payoff_sq[k] += payoff * payoff;
+    let end = (first + BLOCK_PATHS).min(config.paths);
+    let mut path = first;
+    while path < end {
+        let ends = simulate(walk, key, path);
+        // The paths of a partial last group past `end` are dropped.
+        for l in 0..(end - path).min(LANES as u64) as usize {
+            let terminal = f64::from(ends.terminal[l]);
+            let average = f64::from(ends.sum_price[l]) / steps;
+            let geometric = (f64::from(ends.sum_log[l]) / steps).exp();
+            let payoffs = [
+                (terminal - config.strike).max(0.0),
+                (config.strike - terminal).max(0.0),
+                (average - config.strike).max(0.0),
+                (geometric - config.strike).max(0.0),
+            ];
+            for (k, payoff) in payoffs.into_iter().enumerate() {
+                sums.payoff[k] += payoff;
+                sums.payoff_sq[k] += payoff * payoff;
+            }
+            sums.terminal += terminal;
+            histogram[slot(ends.x[l], lower, inv_width)] += 1;
         }
-        sums.terminal += terminal;
-        histogram[slot(end.x, lower, inv_width)] += 1;
+        path += LANES as u64;
     }
     sums
 }
@@ -661,6 +735,42 @@ mod tests {
         assert_eq!(out.paths, 1);
         assert_eq!(out.european_call.std_error, 0.0);
         assert!(out.percentiles[0].is_finite());
+    }
+
+    #[test]
+    fn exp_is_within_an_ulp_or_two() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = f64::from(x).exp();
+            let spacing = 2.0f64.powi(want.log2().floor() as i32 - 23);
+            worst = worst.max((f64::from(exp_f32(x)) - want).abs() / spacing);
+            x += 0.000_37;
+        }
+        assert!(worst <= 2.0, "{worst} ulp");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(100.0), f32::INFINITY);
+        assert_eq!(exp_f32(-200.0), 0.0);
+    }
+
+    #[test]
+    fn every_simd_build_gives_the_portable_bits() {
+        use philox::Simd;
+        let builds = match philox::simd() {
+            Simd::Avx512 => vec![Simd::Avx2, Simd::Avx512],
+            Simd::Avx2 => vec![Simd::Avx2],
+            Simd::Portable => vec![],
+        };
+        let c = config(BLOCK_PATHS + 21, 9);
+        for block in 0..2 {
+            let mut want = vec![0u64; HISTOGRAM_LEN];
+            let sums = cpu_block_portable(&c, block, &mut want);
+            for &simd in &builds {
+                let mut got = vec![0u64; HISTOGRAM_LEN];
+                assert_eq!(cpu_block_on(simd, &c, block, &mut got), sums, "{simd:?}");
+                assert_eq!(got, want, "{simd:?}");
+            }
+        }
     }
 }
 

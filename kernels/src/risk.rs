@@ -22,7 +22,8 @@
 //! host in chunks of [`GPU_CHUNK_BLOCKS`] blocks, where the same block code
 //! as the CPU twin sums and selects. Historical losses equal the CPU's bit
 //! for bit (the kernel does not fuse multiply-adds); Monte Carlo ones differ
-//! by a few f32 ulp of the normals (GPU `logf`/`sincospif` against Rust's),
+//! by a few f32 ulp of the normals (GPU `logf`/`sincospif` against the
+//! polynomials of [`philox::normal_pair`]),
 //! so VaR, CVaR and the mean agree within [`GPU_RELATIVE_TOLERANCE`].
 
 use std::cmp::Ordering;
@@ -171,6 +172,71 @@ impl MonteCarlo {
     /// Scenarios of block `block`.
     fn block_range(&self, block: u64) -> Range<u64> {
         block * BLOCK..((block + 1) * BLOCK).min(self.scenarios)
+    }
+
+    /// Appends the losses of block `block` to `out`: [`MonteCarlo::loss`]
+    /// of each scenario, bit for bit, computed [`philox::LANES`] scenarios
+    /// at a time.
+    fn block_losses(&self, block: u64, out: &mut Vec<f64>) {
+        self.block_losses_on(philox::simd(), block, out);
+    }
+
+    /// [`MonteCarlo::block_losses`] in the build `simd`, which the CPU
+    /// must run.
+    fn block_losses_on(&self, simd: philox::Simd, block: u64, out: &mut Vec<f64>) {
+        match simd {
+            // SAFETY: `simd` comes from `philox::simd`, so the CPU has the
+            // features these builds enable.
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            philox::Simd::Avx512 => unsafe { self.block_losses_avx512(block, out) },
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            philox::Simd::Avx2 => unsafe { self.block_losses_avx2(block, out) },
+            _ => self.block_losses_portable(block, out),
+        }
+    }
+
+    /// [`MonteCarlo::block_losses`] built for AVX2: the same operations, so
+    /// the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn block_losses_avx2(&self, block: u64, out: &mut Vec<f64>) {
+        self.block_losses_portable(block, out);
+    }
+
+    /// [`MonteCarlo::block_losses`] built for AVX-512: the same operations,
+    /// so the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq,avx512bw")]
+    fn block_losses_avx512(&self, block: u64, out: &mut Vec<f64>) {
+        self.block_losses_portable(block, out);
+    }
+
+    #[inline(always)]
+    fn block_losses_portable(&self, block: u64, out: &mut Vec<f64>) {
+        const LANES: usize = philox::LANES;
+        let key = philox::key(self.seed);
+        let range = self.block_range(block);
+        let mut first = range.start;
+        while first < range.end {
+            // Lane l sums scenario first + l in the order of `loss`.
+            let mut sum = [0.0f64; LANES];
+            for (draw, exposure) in self.exposure.chunks(4).enumerate() {
+                let words = philox::philox4x32_10_lanes(first, draw as u64, key);
+                let z = philox::normals_lanes(&words, if exposure.len() > 2 { 2 } else { 1 });
+                for (e, z) in exposure.iter().zip(&z) {
+                    for l in 0..LANES {
+                        sum[l] += e * f64::from(z[l]);
+                    }
+                }
+            }
+            // The scenarios of a partial last group past the block are
+            // dropped.
+            let count = (range.end - first).min(LANES as u64) as usize;
+            out.extend(sum[..count].iter().map(|s| self.base_loss - s));
+            first += LANES as u64;
+        }
     }
 }
 
@@ -336,9 +402,7 @@ fn reduce_blocks(
 /// The tail of Monte Carlo blocks `blocks`, keeping the `keep` largest
 /// losses, on the CPU.
 pub fn monte_carlo_cpu(run: &MonteCarlo, blocks: Range<u64>, keep: usize) -> Tail {
-    reduce_blocks(blocks, keep, |block, out| {
-        out.extend(run.block_range(block).map(|j| run.loss(j)));
-    })
+    reduce_blocks(blocks, keep, |block, out| run.block_losses(block, out))
 }
 
 /// The tail of historical blocks `blocks` on the CPU.
@@ -675,6 +739,29 @@ mod tests {
             "{} vs {direct}",
             run.loss(7)
         );
+    }
+
+    #[test]
+    fn batched_losses_equal_the_scenario_losses() {
+        let (weights, mu, cov) = portfolio();
+        // 3 assets (a partial draw block), 2 blocks, the last partial.
+        let run = MonteCarlo::new(&weights, &mu, &cov, BLOCK + 37, 11).unwrap();
+        let bits = |losses: &[f64]| losses.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let mut builds = vec![philox::Simd::Portable, philox::simd()];
+        if builds[1] == philox::Simd::Avx512 {
+            builds.push(philox::Simd::Avx2);
+        }
+        for block in 0..2 {
+            let single: Vec<u64> = run
+                .block_range(block)
+                .map(|j| run.loss(j).to_bits())
+                .collect();
+            for &simd in &builds {
+                let mut batched = Vec::new();
+                run.block_losses_on(simd, block, &mut batched);
+                assert_eq!(bits(&batched), single, "{simd:?}");
+            }
+        }
     }
 }
 
