@@ -8,7 +8,9 @@
 //!    scored (minus the variance, or the Sharpe ratio). [`search_gpu`] runs
 //!    it on the GPU (`cuda/portfolio_opt.cu`, one block per
 //!    [`CANDIDATES_PER_BLOCK`] candidates, the blocks' bests reduced on the
-//!    host in block order); [`search_cpu`] is its twin with rayon. Both pick
+//!    host in block order); [`search_cpu`] is its twin with rayon (tiles of
+//!    [`TILE`] candidates per pass over the covariance's lower triangle,
+//!    each candidate's score the same bits whatever its tile). Both pick
 //!    the first best candidate; they agree on the scores within f32
 //!    rounding, so near-ties may pick different candidates.
 //! 2. [`refine`], in f64 on the CPU, from the best candidate:
@@ -46,8 +48,11 @@ pub const SOURCE: Source = Source {
 /// covariance serves them all); `CANDIDATES` in the kernel.
 pub const CANDIDATES_PER_BLOCK: usize = 4;
 const THREADS: u32 = 256;
-/// Candidate blocks per rayon task in the CPU twin.
-const CPU_BLOCKS_PER_TASK: usize = 8;
+/// Candidates the CPU twin scores together, in one pass over the
+/// covariance.
+const TILE: usize = 16;
+/// Tiles per rayon task in the CPU twin.
+const CPU_TILES_PER_TASK: usize = 2;
 /// Below this size a matrix-vector product is not worth a rayon fork.
 const PARALLEL_ROWS: usize = 256;
 /// Bisection steps of a projection before its closed-form finish.
@@ -254,38 +259,43 @@ fn first_best(candidates: impl IntoIterator<Item = SearchBest>) -> Option<Search
 }
 
 /// The random search on the CPU: the kernel's twin (the same candidates and
-/// formulas in f32, summed in another order).
+/// formulas in f32, summed in another order). Tiles of [`TILE`] candidates
+/// share each pass over the covariance; every candidate's score is a fixed
+/// sequence of f32 operations (see [`tile_scores`]), the same whatever the
+/// tile or the thread it falls in, so the first best is the same too.
 pub fn search_cpu(problem: &Problem, settings: &Settings) -> SearchBest {
-    let n = problem.assets();
-    let (covariance, excess) = search_inputs(problem);
+    let matrix = SearchMatrix::new(problem);
+    let n = matrix.n;
     let samples = u64::from(settings.samples.max(1));
-    let blocks = samples.div_ceil(CANDIDATES_PER_BLOCK as u64) as usize;
-    let tasks = blocks.div_ceil(CPU_BLOCKS_PER_TASK);
+    let tiles = samples.div_ceil(TILE as u64) as usize;
+    let tasks = tiles.div_ceil(CPU_TILES_PER_TASK);
+    let max_weight = problem.max_weight as f32;
     let max_sharpe = problem.objective == Objective::MaxSharpe;
     let bests: Vec<Option<SearchBest>> = (0..tasks)
         .into_par_iter()
-        .map(|task| {
-            let mut weights = vec![0.0f32; CANDIDATES_PER_BLOCK * n];
-            let first_block = task * CPU_BLOCKS_PER_TASK;
-            let last_block = (first_block + CPU_BLOCKS_PER_TASK).min(blocks);
-            first_best((first_block..last_block).flat_map(|block| {
-                let first = (block * CANDIDATES_PER_BLOCK) as u64;
-                let count = (samples - first).min(CANDIDATES_PER_BLOCK as u64) as usize;
-                let scores = evaluate_block(
-                    settings.seed,
-                    first,
-                    problem.max_weight as f32,
-                    max_sharpe,
-                    &covariance,
-                    &excess,
-                    &mut weights,
-                );
-                (0..count).map(move |c| SearchBest {
-                    index: first + c as u64,
-                    score: scores[c],
-                })
-            }))
-        })
+        .map_init(
+            || vec![0.0f32; TILE * n],
+            |weights, task| {
+                let first_tile = task * CPU_TILES_PER_TASK;
+                let last_tile = (first_tile + CPU_TILES_PER_TASK).min(tiles);
+                first_best((first_tile..last_tile).flat_map(|tile| {
+                    let first = (tile * TILE) as u64;
+                    let count = (samples - first).min(TILE as u64) as usize;
+                    let scores = score_tile(
+                        &matrix,
+                        settings.seed,
+                        first,
+                        max_weight,
+                        max_sharpe,
+                        weights,
+                    );
+                    (0..count).map(move |c| SearchBest {
+                        index: first + c as u64,
+                        score: scores[c],
+                    })
+                }))
+            },
+        )
         .collect();
     first_best(bests.into_iter().flatten()).unwrap_or(SearchBest {
         index: 0,
@@ -293,90 +303,252 @@ pub fn search_cpu(problem: &Problem, settings: &Settings) -> SearchBest {
     })
 }
 
-/// Draws and scores the block of candidates from `first`, as one GPU block
-/// does.
-fn evaluate_block(
-    seed: u64,
-    first: u64,
-    max_weight: f32,
-    max_sharpe: bool,
-    covariance: &[f32],
-    excess: &[f32],
-    weights: &mut [f32],
-) -> [f32; CANDIDATES_PER_BLOCK] {
-    let n = excess.len();
+/// The covariance as the CPU search reads it, in f32: the diagonal, and
+/// below it `S_ik + S_ki` (`k < i`), row `i` packed from `i (i - 1) / 2`,
+/// so that `w'Sw = sum_i w_i (S_ii w_i + sum_{k<i} (S_ik + S_ki) w_k)` costs
+/// half the products.
+#[derive(Debug)]
+struct SearchMatrix {
+    n: usize,
+    diagonal: Vec<f32>,
+    lower: Vec<f32>,
+    excess: Vec<f32>,
+}
+
+impl SearchMatrix {
+    fn new(problem: &Problem) -> Self {
+        let n = problem.assets();
+        let cov = problem.covariance;
+        let diagonal = (0..n).map(|i| cov[i * n + i] as f32).collect();
+        let mut lower = Vec::with_capacity(n * n.saturating_sub(1) / 2);
+        for i in 0..n {
+            lower.extend((0..i).map(|k| (cov[i * n + k] + cov[k * n + i]) as f32));
+        }
+        let excess = problem.excess().iter().map(|&a| a as f32).collect();
+        SearchMatrix {
+            n,
+            diagonal,
+            lower,
+            excess,
+        }
+    }
+
+    /// Row `i` of the packed lower triangle (`i` values).
+    fn row(&self, i: usize) -> &[f32] {
+        let start = i * i.saturating_sub(1) / 2;
+        &self.lower[start..start + i]
+    }
+}
+
+/// Draws the tile of candidates from `first` (as the kernel does: Philox
+/// exponentials, normalized, shrunk toward equal weights to fit
+/// `max_weight`) into `weights`, asset-major: `weights[k * TILE + c]` is
+/// asset `k` of candidate `first + c`. The tile's streams run side by side,
+/// each with the same operations in the same order as [`exponentials`] and
+/// the kernel's normalization.
+#[inline(always)]
+fn draw_tile(seed: u64, first: u64, max_weight: f32, weights: &mut [f32]) {
+    let (rows, _) = weights.as_chunks_mut::<TILE>();
+    let n = rows.len();
+    let key = philox::key(seed);
+    let mut sum = [0.0f32; TILE];
+    let mut largest = [0.0f32; TILE];
+    for (b, block) in rows.chunks_mut(4).enumerate() {
+        let words = philox_tile(first, b as u64, key);
+        for (row, words) in block.iter_mut().zip(&words) {
+            for c in 0..TILE {
+                let e = -philox::u01(words[c]).ln();
+                row[c] = e;
+                sum[c] += e;
+                largest[c] = largest[c].max(e);
+            }
+        }
+    }
     let equal = 1.0 / n as f32;
-    for (c, w) in weights.chunks_exact_mut(n).enumerate() {
-        exponentials(seed, first + c as u64, w);
-        let sum: f32 = w.iter().sum();
-        let largest = w.iter().fold(0.0f32, |m, &e| m.max(e));
-        let inv = 1.0 / sum;
-        let top = largest * inv;
-        let (scale, shift) = if top > max_weight {
+    let mut scale = [0.0f32; TILE];
+    let mut shift = [0.0f32; TILE];
+    for c in 0..TILE {
+        let inv = 1.0 / sum[c];
+        let top = largest[c] * inv;
+        (scale[c], shift[c]) = if top > max_weight {
             let t = (top - max_weight) / (top - equal);
             ((1.0 - t) * inv, t * equal)
         } else {
             (inv, 0.0)
         };
-        for x in w.iter_mut() {
-            *x = *x * scale + shift;
+    }
+    for row in rows {
+        for c in 0..TILE {
+            row[c] = row[c] * scale[c] + shift[c];
         }
     }
-    let mut variance = [0.0f32; CANDIDATES_PER_BLOCK];
-    for (i, row) in covariance.chunks_exact(n).enumerate() {
-        let dots = dots4(row, weights, n);
-        for c in 0..CANDIDATES_PER_BLOCK {
-            variance[c] += weights[c * n + i] * dots[c];
+}
+
+/// Philox4x32-10 (as [`philox::philox4x32_10`]) of draw block `b` of the
+/// streams `first..first + TILE`, lane `c` for stream `first + c`:
+/// `out[q][c]` is word `q`.
+#[inline(always)]
+fn philox_tile(first: u64, b: u64, key: [u32; 2]) -> [[u32; TILE]; 4] {
+    const M0: u64 = 0xD251_1F53;
+    const M1: u64 = 0xCD9E_8D57;
+    let mut x: [[u32; TILE]; 4] = [
+        std::array::from_fn(|c| (first + c as u64) as u32),
+        std::array::from_fn(|c| ((first + c as u64) >> 32) as u32),
+        [b as u32; TILE],
+        [(b >> 32) as u32; TILE],
+    ];
+    let mut key = key;
+    for round in 0..10 {
+        if round > 0 {
+            key = [
+                key[0].wrapping_add(0x9E37_79B9),
+                key[1].wrapping_add(0xBB67_AE85),
+            ];
         }
+        let mut next = [[0u32; TILE]; 4];
+        for c in 0..TILE {
+            let p0 = M0 * u64::from(x[0][c]);
+            let p1 = M1 * u64::from(x[2][c]);
+            next[0][c] = (p1 >> 32) as u32 ^ x[1][c] ^ key[0];
+            next[1][c] = p1 as u32;
+            next[2][c] = (p0 >> 32) as u32 ^ x[3][c] ^ key[1];
+            next[3][c] = p0 as u32;
+        }
+        x = next;
     }
-    let mut scores = [0.0f32; CANDIDATES_PER_BLOCK];
-    for c in 0..CANDIDATES_PER_BLOCK {
-        let var = variance[c];
-        scores[c] = if max_sharpe {
-            let ret: f32 = excess
-                .iter()
-                .zip(&weights[c * n..(c + 1) * n])
-                .map(|(a, w)| a * w)
-                .sum();
-            if var > 0.0 {
-                ret / var.sqrt()
+    x
+}
+
+/// Draws the tile from `first` ([`draw_tile`]) and scores it
+/// ([`tile_scores`]).
+fn score_tile(
+    matrix: &SearchMatrix,
+    seed: u64,
+    first: u64,
+    max_weight: f32,
+    max_sharpe: bool,
+    weights: &mut [f32],
+) -> [f32; TILE] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the only feature `score_tile_avx2`
+        // enables.
+        #[allow(unsafe_code)]
+        return unsafe { score_tile_avx2(matrix, seed, first, max_weight, max_sharpe, weights) };
+    }
+    draw_tile(seed, first, max_weight, weights);
+    tile_scores::<2>(matrix, weights, max_sharpe)
+}
+
+/// [`score_tile`] compiled for AVX2 (eight lanes, sixteen registers: four
+/// rows at a time). The same operations in the same order as without it (no
+/// FMA), so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn score_tile_avx2(
+    matrix: &SearchMatrix,
+    seed: u64,
+    first: u64,
+    max_weight: f32,
+    max_sharpe: bool,
+    weights: &mut [f32],
+) -> [f32; TILE] {
+    draw_tile(seed, first, max_weight, weights);
+    tile_scores::<4>(matrix, weights, max_sharpe)
+}
+
+/// The scores (minus the variance, or the Sharpe ratio) of a tile drawn by
+/// [`draw_tile`]. For each candidate, in f32 and in this order:
+/// `d_i = ((((0 + L_i0 w_0) + L_i1 w_1) + ...) + L_i,i-1 w_i-1) + S_ii w_i`
+/// with `L` the packed lower triangle of [`SearchMatrix`], then
+/// `var = (0 + w_0 d_0) + w_1 d_1 + ...` over the rows in order and
+/// `ret = (0 + a_0 w_0) + a_1 w_1 + ...`; no fused multiply-adds. Rows are
+/// taken a few at a time and the candidates side by side, which only
+/// changes which lane does what (`R` rows at a time).
+#[inline(always)]
+fn tile_scores<const R: usize>(
+    matrix: &SearchMatrix,
+    weights: &[f32],
+    max_sharpe: bool,
+) -> [f32; TILE] {
+    let (weights, _) = weights.as_chunks::<TILE>();
+    let n = matrix.n;
+    let mut variance = [0.0f32; TILE];
+    let mut i = 0;
+    while i + R <= n {
+        let d = lower_dots::<R>(matrix, weights, i);
+        for (r, d) in d.iter().enumerate() {
+            let w = &weights[i + r];
+            for c in 0..TILE {
+                variance[c] += w[c] * d[c];
+            }
+        }
+        i += R;
+    }
+    while i < n {
+        let [d] = lower_dots::<1>(matrix, weights, i);
+        let w = &weights[i];
+        for c in 0..TILE {
+            variance[c] += w[c] * d[c];
+        }
+        i += 1;
+    }
+    let mut scores = [0.0f32; TILE];
+    if max_sharpe {
+        let mut ret = [0.0f32; TILE];
+        for (&a, w) in matrix.excess.iter().zip(weights) {
+            for c in 0..TILE {
+                ret[c] += a * w[c];
+            }
+        }
+        for c in 0..TILE {
+            scores[c] = if variance[c] > 0.0 {
+                ret[c] / variance[c].sqrt()
             } else {
                 f32::NEG_INFINITY
-            }
-        } else {
-            -var
-        };
+            };
+        }
+    } else {
+        for c in 0..TILE {
+            scores[c] = -variance[c];
+        }
     }
     scores
 }
 
-/// `row . w_c` for the four candidates in `weights` (`[4 * n]`), in eight
-/// lanes each so that the compiler vectorizes it; a fixed order.
-fn dots4(row: &[f32], weights: &[f32], n: usize) -> [f32; CANDIDATES_PER_BLOCK] {
-    const LANES: usize = 8;
-    let (w0, rest) = weights.split_at(n);
-    let (w1, rest) = rest.split_at(n);
-    let (w2, w3) = rest.split_at(n);
-    let mut acc = [[0.0f32; LANES]; CANDIDATES_PER_BLOCK];
-    let whole = n / LANES * LANES;
-    for k in (0..whole).step_by(LANES) {
-        let s = &row[k..k + LANES];
-        for (c, w) in [w0, w1, w2, w3].into_iter().enumerate() {
-            let w = &w[k..k + LANES];
-            for l in 0..LANES {
-                acc[c][l] += s[l] * w[l];
+/// `d_(i+r)` of [`tile_scores`] for the `R` rows from `i`, every candidate
+/// of the tile: the columns below `i` that all the rows share, with `R`
+/// rows x [`TILE`] candidates of independent sums, then each row's corner
+/// and diagonal.
+#[inline(always)]
+fn lower_dots<const R: usize>(
+    matrix: &SearchMatrix,
+    weights: &[[f32; TILE]],
+    i: usize,
+) -> [[f32; TILE]; R] {
+    let rows: [&[f32]; R] = std::array::from_fn(|r| matrix.row(i + r));
+    let mut acc = [[0.0f32; TILE]; R];
+    for (k, w) in weights[..i].iter().enumerate() {
+        let s: [f32; R] = std::array::from_fn(|r| rows[r][k]);
+        for r in 0..R {
+            for c in 0..TILE {
+                acc[r][c] += s[r] * w[c];
             }
         }
     }
-    let mut out = [0.0f32; CANDIDATES_PER_BLOCK];
-    for (c, w) in [w0, w1, w2, w3].into_iter().enumerate() {
-        let mut total: f32 = acc[c].iter().sum();
-        for k in whole..n {
-            total += row[k] * w[k];
+    for (r, acc) in acc.iter_mut().enumerate() {
+        for k in i..i + r {
+            let s = rows[r][k];
+            for c in 0..TILE {
+                acc[c] += s * weights[k][c];
+            }
         }
-        out[c] = total;
+        let s = matrix.diagonal[i + r];
+        for c in 0..TILE {
+            acc[c] += s * weights[i + r][c];
+        }
     }
-    out
+    acc
 }
 
 /// The random search on the GPU.
@@ -1095,6 +1267,108 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         assert_eq!(one.residual.to_bits(), three.residual.to_bits());
+    }
+
+    /// Candidate `j`'s score by the sequence [`tile_scores`] documents, one
+    /// candidate alone.
+    fn reference_score(
+        matrix: &SearchMatrix,
+        seed: u64,
+        j: u64,
+        max_weight: f32,
+        sharpe: bool,
+    ) -> f32 {
+        let n = matrix.n;
+        let mut w = vec![0.0f32; n];
+        exponentials(seed, j, &mut w);
+        let sum: f32 = w.iter().sum();
+        let largest = w.iter().fold(0.0f32, |m, &e| m.max(e));
+        let inv = 1.0 / sum;
+        let top = largest * inv;
+        let equal = 1.0 / n as f32;
+        let (scale, shift) = if top > max_weight {
+            let t = (top - max_weight) / (top - equal);
+            ((1.0 - t) * inv, t * equal)
+        } else {
+            (inv, 0.0)
+        };
+        w.iter_mut().for_each(|x| *x = *x * scale + shift);
+        let mut var = 0.0f32;
+        for i in 0..n {
+            let mut d = 0.0f32;
+            for (k, &l) in matrix.row(i).iter().enumerate() {
+                d += l * w[k];
+            }
+            d += matrix.diagonal[i] * w[i];
+            var += w[i] * d;
+        }
+        if !sharpe {
+            return -var;
+        }
+        let mut ret = 0.0f32;
+        for (&a, &x) in matrix.excess.iter().zip(&w) {
+            ret += a * x;
+        }
+        if var > 0.0 {
+            ret / var.sqrt()
+        } else {
+            f32::NEG_INFINITY
+        }
+    }
+
+    #[test]
+    fn philox_tile_is_philox() {
+        let key = philox::key(0x1234_5678_9abc_def0);
+        let first = (1u64 << 32) - 5;
+        for b in [0u64, 3, 1 << 33] {
+            let mut expect = [[0u32; TILE]; 4];
+            for c in 0..TILE {
+                let words = philox::philox4x32_10(philox::counter(first + c as u64, b), key);
+                for (lanes, word) in expect.iter_mut().zip(words) {
+                    lanes[c] = word;
+                }
+            }
+            assert_eq!(philox_tile(first, b, key), expect, "b {b}");
+        }
+    }
+
+    /// Every candidate's tiled score is the one-candidate sequence bit for
+    /// bit, whatever the rows per step and the instruction set.
+    #[test]
+    fn tile_scores_are_each_candidates_own() {
+        for n in [1, 2, 3, 7, 30, 41] {
+            let cov = factor_covariance(n);
+            let mu = returns(n);
+            for (objective, bound) in [
+                (Objective::MinVariance, 1.0),
+                (Objective::MaxSharpe, 1.0),
+                (Objective::MaxSharpe, (2.0 / n as f64).min(1.0)),
+            ] {
+                let problem = Problem::new(&mu, &cov, 0.01, objective, bound).unwrap();
+                let matrix = SearchMatrix::new(&problem);
+                let sharpe = objective == Objective::MaxSharpe;
+                let max_weight = bound as f32;
+                let mut weights = vec![0.0f32; TILE * n];
+                for first in [0u64, 48, (1 << 32) - 8] {
+                    let dispatched =
+                        score_tile(&matrix, 5, first, max_weight, sharpe, &mut weights);
+                    draw_tile(5, first, max_weight, &mut weights);
+                    let two = tile_scores::<2>(&matrix, &weights, sharpe);
+                    let three = tile_scores::<3>(&matrix, &weights, sharpe);
+                    for c in 0..TILE {
+                        let one = reference_score(&matrix, 5, first + c as u64, max_weight, sharpe);
+                        for got in [dispatched[c], two[c], three[c]] {
+                            assert_eq!(
+                                got.to_bits(),
+                                one.to_bits(),
+                                "n {n} {objective:?} j {}",
+                                first + c as u64
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
