@@ -8,10 +8,9 @@
 //! One `BENCH {...}` line per measurement, the best of a few repetitions;
 //! the GPU time includes the copies to and from the device.
 
-use std::time::Instant;
+mod common;
 
 use tandem_kernels::indicators::{self, Indicator, SeriesLines};
-use tandem_kernels::runtime::Gpu;
 
 const REPETITIONS: usize = 5;
 
@@ -47,21 +46,19 @@ fn walks(symbols: usize, closes: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-fn best(mut run: impl FnMut() -> Vec<SeriesLines>) -> (f64, Vec<SeriesLines>) {
-    let mut best = f64::INFINITY;
-    let mut out = Vec::new();
-    for _ in 0..REPETITIONS {
-        let start = Instant::now();
-        out = run();
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    (best, out)
-}
-
 fn report(case: &str, implementation: &str, items: usize, seconds: f64, out: &[SeriesLines]) {
-    println!(
-        "BENCH {{\"kind\":\"indicators\",\"case\":\"{case}\",\"impl\":\"{implementation}\",\"items\":{items},\"unit\":\"values\",\"seconds\":{seconds:.6}}}"
-    );
+    let lines = indicators::total_lines(&ALL) as u64;
+    common::Line {
+        kind: "indicators",
+        unit: "values",
+        case,
+        implementation,
+        items: items as u64,
+        seconds,
+        // The closes read once and every output line written once.
+        bytes: Some(8 * items as u64 * (1 + lines)),
+    }
+    .print();
     if let Some(last) = out
         .first()
         .and_then(|s| s.iter().map(|l| l.last()).collect::<Option<Vec<_>>>())
@@ -71,35 +68,18 @@ fn report(case: &str, implementation: &str, items: usize, seconds: f64, out: &[S
 }
 
 fn main() {
-    let use_gpu = std::env::args().any(|a| a == "--gpu");
-    let gpu = if use_gpu {
-        match Gpu::open(0, &[indicators::SOURCE], None) {
-            Ok(gpu) if gpu.has(indicators::SOURCE.module) => Some(gpu),
-            Ok(gpu) => {
-                eprintln!(
-                    "bench_indicators: the kernels did not load: {:?}",
-                    gpu.disabled
-                );
-                None
-            }
-            Err(err) => {
-                eprintln!("bench_indicators: no GPU: {}", err.message);
-                None
-            }
-        }
-    } else {
-        None
-    };
-
+    let gpu = common::gpu_from_args("bench_indicators", indicators::SOURCE);
     for (case, symbols, closes) in [("1000x2520", 1000, 2520), ("10000x252", 10_000, 252)] {
         let data = walks(symbols, closes);
         let series: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
         let items = symbols * closes;
-        let (seconds, cpu) = best(|| indicators::indicators_cpu(&series, &ALL));
+        let (seconds, cpu) =
+            common::best(REPETITIONS, || indicators::indicators_cpu(&series, &ALL));
         report(case, "rust_cpu", items, seconds, &cpu);
         if let Some(gpu) = &gpu {
-            let (seconds, out) =
-                best(|| indicators::indicators_gpu(gpu, &series, &ALL).expect("GPU run"));
+            let (seconds, out) = common::best(REPETITIONS, || {
+                indicators::indicators_gpu(gpu, &series, &ALL).expect("GPU run")
+            });
             report(case, "cuda", items, seconds, &out);
             let same = cpu
                 .iter()

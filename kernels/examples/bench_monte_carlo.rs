@@ -5,10 +5,9 @@
 //! Prints one line per measurement:
 //! `BENCH {"kind":"monte_carlo","case":...,"impl":"rust_cpu"|"cuda","items":paths,"unit":"paths","seconds":...}`.
 
-use std::time::Instant;
+mod common;
 
 use tandem_kernels::monte_carlo::{self, Config};
-use tandem_kernels::runtime::{self, Gpu};
 
 const LEVELS: [f64; 3] = [5.0, 50.0, 95.0];
 
@@ -26,51 +25,28 @@ fn config(paths: u64, steps: u32) -> Config {
     }
 }
 
-/// The best of `reps` timings of `run`, in seconds.
-fn best(reps: usize, mut run: impl FnMut()) -> f64 {
-    (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
 fn report(case: &str, implementation: &str, paths: u64, seconds: f64) {
-    println!(
-        "BENCH {{\"kind\":\"monte_carlo\",\"case\":\"{case}\",\"impl\":\"{implementation}\",\"items\":{paths},\"unit\":\"paths\",\"seconds\":{seconds:.6}}}"
-    );
+    common::Line {
+        kind: "monte_carlo",
+        unit: "paths",
+        case,
+        implementation,
+        items: paths,
+        seconds,
+        bytes: None,
+    }
+    .print();
 }
 
 fn main() {
-    let use_gpu = std::env::args().any(|a| a == "--gpu");
-    let gpu = if use_gpu {
-        match Gpu::open(
-            0,
-            &[monte_carlo::SOURCE],
-            runtime::default_cache_dir().as_deref(),
-        ) {
-            Ok(gpu) if gpu.has(monte_carlo::SOURCE.module) => Some(gpu),
-            Ok(gpu) => {
-                eprintln!("the monte_carlo kernels did not load: {:?}", gpu.disabled);
-                None
-            }
-            Err(err) => {
-                eprintln!("no GPU: {}", err.message);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let gpu = common::gpu_from_args("bench_monte_carlo", monte_carlo::SOURCE);
     let cases = [
         ("1M_paths_252_steps", config(1_000_000, 252)),
         ("10M_paths_1_step", config(10_000_000, 1)),
     ];
     for (case, config) in &cases {
         let mut call = 0.0;
-        let seconds = best(3, || {
+        let (seconds, ()) = common::best(3, || {
             call = monte_carlo::price_cpu(config, &LEVELS).european_call.price;
         });
         eprintln!("{case}: rust_cpu call {call:.6}");
@@ -83,10 +59,11 @@ fn main() {
                 continue;
             }
             let mut failed = None;
-            let seconds = best(5, || match monte_carlo::price_gpu(gpu, config, &LEVELS) {
-                Ok(out) => call = out.european_call.price,
-                Err(err) => failed = Some(err.message),
-            });
+            let (seconds, ()) =
+                common::best(5, || match monte_carlo::price_gpu(gpu, config, &LEVELS) {
+                    Ok(out) => call = out.european_call.price,
+                    Err(err) => failed = Some(err.message),
+                });
             match failed {
                 Some(message) => eprintln!("{case}: GPU failed: {message}"),
                 None => {

@@ -7,10 +7,9 @@
 //! per measurement, the best of a few repetitions; the GPU time includes
 //! the copies to and from the device.
 
-use std::time::Instant;
+mod common;
 
 use tandem_kernels::patterns::{self, Ohlc, Thresholds};
-use tandem_kernels::runtime::Gpu;
 
 const REPETITIONS: usize = 5;
 
@@ -45,21 +44,18 @@ fn random_bars(symbols: usize, len: usize) -> Vec<Bars> {
         .collect()
 }
 
-fn best(mut run: impl FnMut() -> Vec<Vec<u32>>) -> (f64, Vec<Vec<u32>>) {
-    let mut best = f64::INFINITY;
-    let mut out = Vec::new();
-    for _ in 0..REPETITIONS {
-        let start = Instant::now();
-        out = run();
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    (best, out)
-}
-
 fn report(case: &str, implementation: &str, items: usize, seconds: f64, out: &[Vec<u32>]) {
-    println!(
-        "BENCH {{\"kind\":\"patterns\",\"case\":\"{case}\",\"impl\":\"{implementation}\",\"items\":{items},\"unit\":\"bars\",\"seconds\":{seconds:.6}}}"
-    );
+    common::Line {
+        kind: "patterns",
+        unit: "bars",
+        case,
+        implementation,
+        items: items as u64,
+        seconds,
+        // Four f64 prices read and one u32 mask written per bar.
+        bytes: Some(36 * items as u64),
+    }
+    .print();
     let counts: Vec<usize> = (0..patterns::NAMES.len())
         .map(|bit| {
             out.iter()
@@ -72,26 +68,7 @@ fn report(case: &str, implementation: &str, items: usize, seconds: f64, out: &[V
 }
 
 fn main() {
-    let use_gpu = std::env::args().any(|a| a == "--gpu");
-    let gpu = if use_gpu {
-        match Gpu::open(0, &[patterns::SOURCE], None) {
-            Ok(gpu) if gpu.has(patterns::SOURCE.module) => Some(gpu),
-            Ok(gpu) => {
-                eprintln!(
-                    "bench_patterns: the kernels did not load: {:?}",
-                    gpu.disabled
-                );
-                None
-            }
-            Err(err) => {
-                eprintln!("bench_patterns: no GPU: {}", err.message);
-                None
-            }
-        }
-    } else {
-        None
-    };
-
+    let gpu = common::gpu_from_args("bench_patterns", patterns::SOURCE);
     let th = Thresholds::default();
     for (case, symbols, len) in [("1000x2520", 1000, 2520), ("10000x252", 10_000, 252)] {
         let data = random_bars(symbols, len);
@@ -105,11 +82,12 @@ fn main() {
             })
             .collect();
         let items = symbols * len;
-        let (seconds, cpu) = best(|| patterns::patterns_cpu(&series, &th));
+        let (seconds, cpu) = common::best(REPETITIONS, || patterns::patterns_cpu(&series, &th));
         report(case, "rust_cpu", items, seconds, &cpu);
         if let Some(gpu) = &gpu {
-            let (seconds, out) =
-                best(|| patterns::patterns_gpu(gpu, &series, &th).expect("GPU run"));
+            let (seconds, out) = common::best(REPETITIONS, || {
+                patterns::patterns_gpu(gpu, &series, &th).expect("GPU run")
+            });
             report(case, "cuda", items, seconds, &out);
             assert_eq!(out, cpu, "GPU masks differ from the CPU twin");
         }

@@ -7,7 +7,7 @@
 //!
 //! Run with `cargo run --release -p tandem-kernels --example bench_portfolio_opt -- [--gpu]`.
 
-use std::time::Instant;
+mod common;
 
 use tandem_kernels::portfolio_opt::{self, Objective, Problem, Settings};
 
@@ -38,39 +38,21 @@ fn problem_data(n: usize) -> (Vec<f64>, Vec<f64>) {
     (mu, cov)
 }
 
-fn best_seconds(mut run: impl FnMut()) -> f64 {
-    (0..REPEATS)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
 fn line(case: &str, implementation: &str, seconds: f64) {
-    println!(
-        "BENCH {{\"kind\":\"portfolio_opt\",\"case\":\"{case}\",\"impl\":\"{implementation}\",\"items\":{SAMPLES},\"unit\":\"portfolios\",\"seconds\":{seconds:.6}}}"
-    );
+    common::Line {
+        kind: "portfolio_opt",
+        unit: "portfolios",
+        case,
+        implementation,
+        items: u64::from(SAMPLES),
+        seconds,
+        bytes: None,
+    }
+    .print();
 }
 
 fn main() {
-    let use_gpu = std::env::args().any(|a| a == "--gpu");
-    let gpu = if use_gpu {
-        match tandem_kernels::runtime::Gpu::open(0, tandem_kernels::SOURCES, None) {
-            Ok(gpu) if gpu.has(portfolio_opt::SOURCE.module) => Some(gpu),
-            Ok(gpu) => {
-                eprintln!("portfolio_opt did not load: {:?}", gpu.disabled);
-                None
-            }
-            Err(err) => {
-                eprintln!("no GPU: {}", err.message);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let gpu = common::gpu_from_args("bench_portfolio_opt", portfolio_opt::SOURCE);
     let settings = Settings {
         tolerance: 1e-10,
         max_iterations: 100_000,
@@ -98,13 +80,13 @@ fn main() {
                 solution.residual,
                 solution.random_best_objective
             );
-            let seconds = best_seconds(|| {
+            let (seconds, ()) = common::best(REPEATS, || {
                 std::hint::black_box(portfolio_opt::optimize_cpu(&problem, &settings));
             });
             line(&case, "rust_cpu", seconds);
             if let Some(gpu) = &gpu {
                 let mut failed = None;
-                let seconds = best_seconds(|| {
+                let (seconds, ()) = common::best(REPEATS, || {
                     if let Err(err) = portfolio_opt::optimize_gpu(gpu, &problem, &settings) {
                         failed = Some(err.message);
                     }

@@ -6,11 +6,10 @@
 //! 10^4 rows; both at confidence 0.95 and 0.99 (K = 5 % of the scenarios).
 //! One `BENCH {...}` line per measurement, the best of a few repetitions.
 
-use std::time::Instant;
+mod common;
 
 use tandem_kernels::philox;
 use tandem_kernels::risk::{self, Historical, MonteCarlo, Tail};
-use tandem_kernels::runtime::Gpu;
 
 const REPETITIONS: usize = 3;
 
@@ -37,21 +36,24 @@ fn returns(rows: usize, n: usize) -> Vec<f64> {
         .collect()
 }
 
-fn best(mut run: impl FnMut() -> Tail) -> (f64, Tail) {
-    let mut best = f64::INFINITY;
-    let mut tail = Tail::default();
-    for _ in 0..REPETITIONS {
-        let start = Instant::now();
-        tail = run();
-        best = best.min(start.elapsed().as_secs_f64());
+fn report(
+    case: &str,
+    implementation: &str,
+    items: u64,
+    seconds: f64,
+    bytes: Option<u64>,
+    tail: &Tail,
+) {
+    common::Line {
+        kind: "risk",
+        unit: "scenarios",
+        case,
+        implementation,
+        items,
+        seconds,
+        bytes,
     }
-    (best, tail)
-}
-
-fn report(case: &str, implementation: &str, items: u64, seconds: f64, tail: &Tail) {
-    println!(
-        "BENCH {{\"kind\":\"risk\",\"case\":\"{case}\",\"impl\":\"{implementation}\",\"items\":{items},\"unit\":\"scenarios\",\"seconds\":{seconds:.6}}}"
-    );
+    .print();
     let k99 = items.div_ceil(100) as usize;
     if let Some((var, cvar)) = tail.var_cvar(k99) {
         eprintln!(
@@ -62,26 +64,7 @@ fn report(case: &str, implementation: &str, items: u64, seconds: f64, tail: &Tai
 }
 
 fn main() {
-    let use_gpu = std::env::args().any(|a| a == "--gpu");
-    let gpu = if use_gpu {
-        match Gpu::open(0, &[risk::SOURCE], None) {
-            Ok(gpu) if gpu.has("risk") => Some(gpu),
-            Ok(gpu) => {
-                eprintln!(
-                    "bench_risk: the risk kernels did not load: {:?}",
-                    gpu.disabled
-                );
-                None
-            }
-            Err(err) => {
-                eprintln!("bench_risk: no GPU: {}", err.message);
-                None
-            }
-        }
-    } else {
-        None
-    };
-
+    let gpu = common::gpu_from_args("bench_risk", risk::SOURCE);
     let n = 50;
     let scenarios = 1_000_000u64;
     let weights: Vec<f64> = (0..n).map(|i| 10_000.0 + 500.0 * i as f64).collect();
@@ -91,12 +74,15 @@ fn main() {
     let blocks = 0..risk::block_count(scenarios);
     let case = "mc_50x1m";
     let build = || MonteCarlo::new(&weights, &mu, &cov, scenarios, 42).expect("positive definite");
-    let (seconds, tail) = best(|| risk::monte_carlo_cpu(&build(), blocks.clone(), keep));
-    report(case, "rust_cpu", scenarios, seconds, &tail);
+    let (seconds, tail) = common::best(REPETITIONS, || {
+        risk::monte_carlo_cpu(&build(), blocks.clone(), keep)
+    });
+    report(case, "rust_cpu", scenarios, seconds, None, &tail);
     if let Some(gpu) = &gpu {
-        let (seconds, tail) =
-            best(|| risk::monte_carlo_gpu(gpu, &build(), blocks.clone(), keep).expect("GPU run"));
-        report(case, "cuda", scenarios, seconds, &tail);
+        let (seconds, tail) = common::best(REPETITIONS, || {
+            risk::monte_carlo_gpu(gpu, &build(), blocks.clone(), keep).expect("GPU run")
+        });
+        report(case, "cuda", scenarios, seconds, None, &tail);
     }
 
     let n = 500;
@@ -110,11 +96,16 @@ fn main() {
     let keep = rows.div_ceil(20) as usize;
     let blocks = 0..risk::block_count(rows);
     let case = "hist_500x10k";
-    let (seconds, tail) = best(|| risk::historical_cpu(&run, blocks.clone(), keep));
-    report(case, "rust_cpu", rows, seconds, &tail);
+    // The returns and the weights, read once.
+    let bytes = Some(8 * (rows * n as u64 + n as u64));
+    let (seconds, tail) = common::best(REPETITIONS, || {
+        risk::historical_cpu(&run, blocks.clone(), keep)
+    });
+    report(case, "rust_cpu", rows, seconds, bytes, &tail);
     if let Some(gpu) = &gpu {
-        let (seconds, tail) =
-            best(|| risk::historical_gpu(gpu, &run, blocks.clone(), keep).expect("GPU run"));
-        report(case, "cuda", rows, seconds, &tail);
+        let (seconds, tail) = common::best(REPETITIONS, || {
+            risk::historical_gpu(gpu, &run, blocks.clone(), keep).expect("GPU run")
+        });
+        report(case, "cuda", rows, seconds, bytes, &tail);
     }
 }
