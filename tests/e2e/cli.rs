@@ -199,6 +199,68 @@ fn demo_cleans_up_on_ctrl_c() {
     );
 }
 
+#[tokio::test]
+async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up() {
+    let redis = RedisServer::start();
+    let child = Command::new(bin("tandem"))
+        .args(["demo", "--trading", "--tasks", "20"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TANDEM_WORKER_BIN", bin("tandem-worker"))
+        .env("REDIS_URL", redis.url())
+        // No GPU, also on a host that has one: the demo simulates the pair.
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let demo_pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for needle in [
+        "simulated: RTX 4070 Ti",
+        "20 tasks in",
+        "all 20 tasks succeeded",
+        "monte_carlo book",
+        "split tasks",
+        "risk VaR historical",
+        "indicators",
+        "patterns",
+        "portfolio_opt",
+        "monte_carlo revaluation (heavy)",
+        "Black-Scholes",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+    // Each simulated GPU ran tasks or shards: the last two cells of its row
+    // in the device table.
+    let devices = text.split("\nby device").nth(1).expect(&text);
+    for (label, name) in [
+        ("primary", "RTX 4070 Ti (simulated)"),
+        ("secondary", "RTX 3060 Ti (simulated)"),
+    ] {
+        let row = devices
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row:\n{text}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        let ran: u64 = cells[cells.len() - 2..]
+            .iter()
+            .map(|c| c.parse::<u64>().expect(row))
+            .sum();
+        assert!(row.contains(name) && ran > 0, "{row}\n{text}");
+    }
+    // The fleet and its members are gone, and so are the run's keys.
+    assert!(
+        demo_worker_pids(demo_pid).is_empty(),
+        "worker processes left running"
+    );
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = conn.keys("*").await.unwrap();
+    assert!(keys.is_empty(), "left behind: {keys:?}");
+}
+
 #[test]
 fn bench_runs_every_phase() {
     let out = tandem(
@@ -250,6 +312,28 @@ fn worker_pids(demo_pid: u32) -> Vec<u32> {
                 && environ
                     .split(|&b| b == 0)
                     .any(|var| var.starts_with(marker.as_bytes()))
+        })
+        .collect()
+}
+
+/// Live processes of the demo `demo_pid` (a worker, a fleet or its
+/// members): their environment names the demo's private prefix.
+fn demo_worker_pids(demo_pid: u32) -> Vec<u32> {
+    let suffix = format!("-demo-{demo_pid}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            !zombie
+                && environ.split(|&b| b == 0).any(|var| {
+                    var.starts_with(b"TANDEM_PREFIX=") && var.ends_with(suffix.as_bytes())
+                })
         })
         .collect()
 }

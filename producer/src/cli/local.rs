@@ -1,6 +1,7 @@
 //! Local processes for `tandem demo` and `tandem bench`: a private
-//! `redis-server` on a free loopback port, and `tandem-worker` processes.
-//! Each guard stops its processes when dropped, so every exit path cleans up.
+//! `redis-server` on a free loopback port, and `tandem-worker` processes
+//! (single workers, or a fleet with one worker per GPU). Each guard stops
+//! its processes when dropped, so every exit path cleans up.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -8,8 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use serde::Deserialize;
 use std::os::unix::process::CommandExt;
 use tandem_shared::Config;
+use tandem_shared::device::Role;
 use tandem_shared::store::Store;
 
 /// A `redis-server` started for this run, without persistence.
@@ -130,6 +133,33 @@ impl LocalWorkers {
         Ok(workers)
     }
 
+    /// Starts one `tandem-worker fleet` with `env` on top of ours: a worker
+    /// per GPU it detects (or simulates) plus a CPU worker, which it
+    /// restarts when they die and stops when it gets SIGTERM. Its members
+    /// inherit `env`, so they get no fixed worker id; the variables in
+    /// `unset` are removed from it.
+    pub fn start_fleet(env: &[(&str, String)], unset: &[&str]) -> anyhow::Result<Self> {
+        let binary = worker_binary()?;
+        let mut cmd = Command::new(&binary);
+        cmd.arg("fleet")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        for key in unset {
+            cmd.env_remove(key);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} fleet", binary.display()))?;
+        Ok(Self {
+            children: vec![("fleet".to_owned(), child)],
+        })
+    }
+
     /// Starts `count` workers and waits until every one is registered.
     pub async fn start_registered(
         store: &Store,
@@ -188,6 +218,45 @@ impl Drop for LocalWorkers {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
     }
+}
+
+/// This host's GPUs as `tandem-worker detect --json` reports them.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Detected {
+    /// One line on where the list came from (the driver, a simulation, or
+    /// why there is no GPU).
+    pub source: String,
+    pub gpus: Vec<DetectedGpu>,
+}
+
+/// One GPU of [`Detected`]; the report's other fields are not needed here.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct DetectedGpu {
+    pub index: u32,
+    /// With `(simulated)` appended for a simulated one.
+    pub name: String,
+    pub uuid: String,
+    pub role: Role,
+    pub simulated: bool,
+}
+
+/// Runs `tandem-worker detect --json` with our environment, as a fleet
+/// started from here would see the host.
+pub(crate) fn detect_gpus() -> anyhow::Result<Detected> {
+    let binary = worker_binary()?;
+    let out = Command::new(&binary)
+        .args(["detect", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} detect --json", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "tandem-worker detect failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("reading tandem-worker detect --json")
 }
 
 /// `tandem-worker` beside this executable (the usual cargo layout), else
