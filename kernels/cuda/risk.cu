@@ -53,7 +53,16 @@ extern "C" __global__ void risk_mc_losses(
     losses[i] = base_loss - sum;
 }
 
-// Historical: loss_t = -sum_i w_i r_ti over one row of returns, f64.
+// Historical: loss_t = -sum_i w_i r_ti over one row of returns, f64, in the
+// order of the CPU twin (Historical::loss in kernels/src/risk.rs): eight
+// partial sums, lane l adding w_i r_ti for i = l, l + 8, l + 16, ... in
+// order, from 0.0, unfused; then ((s0 + s4) + (s2 + s6)) + ((s1 + s5) +
+// (s3 + s7)). Eight consecutive threads share a row, thread l of the eight
+// being lane l (their loads of a row are adjacent), and that tree is the
+// three shuffle steps of a halving reduction. So the losses equal the CPU's
+// bit for bit.
+#define HIST_LANES 8u
+
 extern "C" __global__ void risk_hist_losses(
     unsigned int rows,
     unsigned int n_assets,
@@ -61,14 +70,25 @@ extern "C" __global__ void risk_hist_losses(
     const double* __restrict__ returns,  // device [rows x n_assets], row-major
     double* __restrict__ losses)         // device [rows]
 {
-    const unsigned int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= rows) {
-        return;
-    }
-    const double* row = returns + (size_t)t * n_assets;
+    // Launched with rows x HIST_LANES threads, blockDim a multiple of 32.
+    const unsigned long long thread =
+        (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long t = thread / HIST_LANES;
+    const unsigned int lane = threadIdx.x % HIST_LANES;
     double sum = 0.0;
-    for (unsigned int i = 0; i < n_assets; ++i) {
-        sum = mul_add_unfused(weights[i], row[i], sum);
+    if (t < rows) {
+        const double* row = returns + t * n_assets;
+        for (unsigned int i = lane; i < n_assets; i += HIST_LANES) {
+            sum = mul_add_unfused(weights[i], row[i], sum);
+        }
     }
-    losses[t] = -sum;
+    // Every thread of the warp takes part in the shuffles, rows past the end
+    // with 0. Lanes 0-3: s_l + s_(l+4); lanes 0-1: that plus lane l + 2's;
+    // lane 0: that plus lane 1's.
+    sum = __dadd_rn(sum, __shfl_down_sync(0xffffffffu, sum, 4, HIST_LANES));
+    sum = __dadd_rn(sum, __shfl_down_sync(0xffffffffu, sum, 2, HIST_LANES));
+    sum = __dadd_rn(sum, __shfl_down_sync(0xffffffffu, sum, 1, HIST_LANES));
+    if (lane == 0 && t < rows) {
+        losses[t] = -sum;
+    }
 }

@@ -16,12 +16,16 @@
 //! `base_loss - exposure.z` with `exposure = L^T w` and `base_loss = -w.mu`
 //! (host, f64), which costs n rather than n^2 per scenario.
 //!
-//! Historical: the loss of row t of the returns is `-sum_i w_i r_ti` in f64.
+//! Historical: the loss of row t of the returns is `-sum_i w_i r_ti` in f64,
+//! summed as [`HIST_LANES`] interleaved partial sums added in a fixed tree
+//! (see [`Historical::loss`]), an order that vectorises.
 //!
-//! GPU: one thread per scenario writes its loss; the losses come back to the
-//! host in chunks of [`GPU_CHUNK_BLOCKS`] blocks, where the same block code
-//! as the CPU twin sums and selects. Historical losses equal the CPU's bit
-//! for bit (the kernel does not fuse multiply-adds); Monte Carlo ones differ
+//! GPU: one thread per Monte Carlo scenario, [`HIST_LANES`] per historical
+//! row (one per partial sum, added by shuffles), writes its loss; the losses
+//! come back to the host in chunks of [`GPU_CHUNK_BLOCKS`] blocks, where the
+//! same block code as the CPU twin sums and selects. Historical losses equal
+//! the CPU's bit for bit (the kernel does the same operations in the same
+//! order and does not fuse multiply-adds); Monte Carlo ones differ
 //! by a few f32 ulp of the normals (GPU `logf`/`sincospif` against the
 //! polynomials of [`philox::normal_pair`]),
 //! so VaR, CVaR and the mean agree within [`GPU_RELATIVE_TOLERANCE`].
@@ -249,6 +253,46 @@ pub struct Historical<'a> {
     pub returns: &'a [f64],
 }
 
+/// Partial sums of a historical loss: lane l takes assets l, l + 8, l + 16,
+/// ... in order (see [`Historical::loss`]).
+pub const HIST_LANES: usize = 8;
+/// Rows the batched historical kernel carries at once (independent chains
+/// that hide the latency of the additions).
+const HIST_ROWS: usize = 4;
+/// Rows a rayon task takes at a time when computing historical losses.
+const HIST_TASK_ROWS: usize = 512;
+/// Blocks whose historical losses are held at once (512 KiB).
+const HIST_GROUP_BLOCKS: usize = 16;
+
+/// How many rows ahead the historical kernel asks for the returns.
+const HIST_PREFETCH_ROWS: usize = HIST_ROWS;
+
+/// Hints the cache that `p` will be read soon. Never dereferences: `p` may
+/// lie past the end of the returns.
+#[inline(always)]
+fn prefetch(p: *const f64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of x86-64, and a prefetch never faults,
+        // whatever the address.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast())
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// The fixed tree that adds the [`HIST_LANES`] partial sums:
+/// `((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))`, the order of a
+/// halving reduction (the GPU's shuffles do the same).
+#[inline(always)]
+fn hist_combine(s: &[f64; HIST_LANES]) -> f64 {
+    ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]))
+}
+
 impl Historical<'_> {
     pub fn rows(&self) -> u64 {
         match self.weights.len() {
@@ -257,20 +301,101 @@ impl Historical<'_> {
         }
     }
 
-    /// The loss of row `t`.
+    /// The loss of row `t`: `-sum_i w_i r_ti` in f64, summed as
+    /// [`HIST_LANES`] interleaved partial sums (lane l adds `w_i * r_ti`
+    /// for i = l, l + 8, ..., in order, from 0.0, each product rounded
+    /// before the addition: no fused multiply-add), then added in the fixed
+    /// tree `((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))`. This is the
+    /// definition, plainly written; the batched CPU kernels and the GPU do
+    /// the same operations in the same order.
     #[inline]
     pub fn loss(&self, t: u64) -> f64 {
         let n = self.weights.len();
         let row = &self.returns[t as usize * n..(t as usize + 1) * n];
-        let mut sum = 0.0f64;
-        for (w, r) in self.weights.iter().zip(row) {
-            sum += w * r;
+        let mut s = [0.0f64; HIST_LANES];
+        for (i, (w, r)) in self.weights.iter().zip(row).enumerate() {
+            s[i % HIST_LANES] += w * r;
         }
-        -sum
+        -hist_combine(&s)
     }
 
     fn block_range(&self, block: u64) -> Range<u64> {
         block * BLOCK..((block + 1) * BLOCK).min(self.rows())
+    }
+
+    /// Writes the losses of rows `first..first + out.len()` into `out`, in
+    /// the build `simd`, which the CPU must run.
+    fn losses_on(&self, simd: philox::Simd, first: u64, out: &mut [f64]) {
+        match simd {
+            // SAFETY: `simd` comes from `philox::simd` (or names a build
+            // it admits), so the CPU has the features these builds enable.
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            philox::Simd::Avx512 => unsafe { self.losses_avx512(first, out) },
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            philox::Simd::Avx2 => unsafe { self.losses_avx2(first, out) },
+            _ => self.losses_portable(first, out),
+        }
+    }
+
+    /// [`Historical::losses_on`] built for AVX2: the same operations (no
+    /// FMA: Rust never contracts `a * b + c`), so the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn losses_avx2(&self, first: u64, out: &mut [f64]) {
+        self.losses_portable(first, out);
+    }
+
+    /// [`Historical::losses_on`] built for AVX-512: the same operations, so
+    /// the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512dq,avx512bw")]
+    fn losses_avx512(&self, first: u64, out: &mut [f64]) {
+        self.losses_portable(first, out);
+    }
+
+    #[inline(always)]
+    fn losses_portable(&self, first: u64, out: &mut [f64]) {
+        let n = self.weights.len();
+        let start = first as usize * n;
+        let returns = &self.returns[start..start + out.len() * n];
+        let mut rows = returns.chunks_exact(HIST_ROWS * n);
+        let mut outs = out.chunks_exact_mut(HIST_ROWS);
+        for (group, losses) in (&mut rows).zip(&mut outs) {
+            self.rows_losses::<HIST_ROWS>(group, losses);
+        }
+        for (row, loss) in rows.remainder().chunks_exact(n).zip(outs.into_remainder()) {
+            self.rows_losses::<1>(row, std::slice::from_mut(loss));
+        }
+    }
+
+    /// The losses of the `R` consecutive rows in `rows` (R x n), each with
+    /// the operations of [`Historical::loss`].
+    #[inline(always)]
+    fn rows_losses<const R: usize>(&self, rows: &[f64], out: &mut [f64]) {
+        const L: usize = HIST_LANES;
+        let n = self.weights.len();
+        let (weights, weights_rest) = self.weights.as_chunks::<L>();
+        let row: [(&[[f64; L]], &[f64]); R] =
+            std::array::from_fn(|r| rows[r * n..(r + 1) * n].as_chunks::<L>());
+        let ahead = HIST_PREFETCH_ROWS * n;
+        let mut s = [[0.0f64; L]; R];
+        for (c, w) in weights.iter().enumerate() {
+            for r in 0..R {
+                let x = &row[r].0[c];
+                prefetch(x.as_ptr().wrapping_add(ahead));
+                for l in 0..L {
+                    s[r][l] += w[l] * x[l];
+                }
+            }
+        }
+        for r in 0..R {
+            for (l, (w, x)) in weights_rest.iter().zip(row[r].1).enumerate() {
+                s[r][l] += w * x;
+            }
+            out[r] = -hist_combine(&s[r]);
+        }
     }
 }
 
@@ -406,10 +531,55 @@ pub fn monte_carlo_cpu(run: &MonteCarlo, blocks: Range<u64>, keep: usize) -> Tai
 }
 
 /// The tail of historical blocks `blocks` on the CPU.
+///
+/// The same tail, bit for bit, as the generic block reduction over
+/// [`Historical::loss`] of each row: per group of `HIST_GROUP_BLOCKS`
+/// blocks, one parallel pass computes the losses and their top ones in
+/// tasks of `HIST_TASK_ROWS` rows, then each block's losses are summed in
+/// row order.
 pub fn historical_cpu(run: &Historical<'_>, blocks: Range<u64>, keep: usize) -> Tail {
-    reduce_blocks(blocks, keep, |block, out| {
-        out.extend(run.block_range(block).map(|t| run.loss(t)));
-    })
+    let simd = philox::simd();
+    let rows = run.rows();
+    let mut block_sums = vec![0.0; (blocks.end.saturating_sub(blocks.start)) as usize];
+    let mut top = TopK::new(keep);
+    let mut losses = Vec::new();
+    for (group, sums) in block_sums.chunks_mut(HIST_GROUP_BLOCKS).enumerate() {
+        let first_block = blocks.start + (group * HIST_GROUP_BLOCKS) as u64;
+        let first = (first_block * BLOCK).min(rows);
+        let end = ((first_block + sums.len() as u64) * BLOCK).min(rows);
+        losses.clear();
+        losses.resize((end - first) as usize, 0.0);
+        let group_top = losses
+            .par_chunks_mut(HIST_TASK_ROWS)
+            .enumerate()
+            .fold(
+                || TopK::new(keep),
+                |mut top, (task, out)| {
+                    run.losses_on(simd, first + (task * HIST_TASK_ROWS) as u64, out);
+                    top.extend(out);
+                    top
+                },
+            )
+            .reduce(
+                || TopK::new(keep),
+                |mut a, b| {
+                    a.extend(&b.values);
+                    a
+                },
+            );
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let block = first_block + i as u64;
+            let lo = (block * BLOCK).min(rows) - first;
+            let hi = ((block + 1) * BLOCK).min(rows) - first;
+            // Sequential, in row order: the same on every run.
+            *sum = losses[lo as usize..hi as usize].iter().sum();
+        }
+        top.extend(&group_top.values);
+    }
+    Tail {
+        top: top.finish(),
+        block_sums,
+    }
 }
 
 /// Grid for `count` threads, 256 per block.
@@ -503,12 +673,22 @@ pub fn historical_gpu(
         .arg(&weights)
         .arg(&returns)
         .arg(&mut losses);
+    // HIST_LANES threads per row, 256 (a whole number of warps) per block.
+    let config = cudarc::driver::LaunchConfig {
+        grid_dim: (
+            (u64::from(rows) * HIST_LANES as u64).div_ceil(256) as u32,
+            1,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
     // SAFETY: the arguments match `risk_hist_losses(u32, u32, const f64*,
     // const f64*, f64*)`; `returns` holds rows x n_assets values, `losses`
     // rows.
     #[allow(unsafe_code)]
     unsafe {
-        launch.launch(launch_config(rows))?;
+        launch.launch(config)?;
     }
     let host = stream.clone_dtoh(&losses)?;
     Ok(reduce_blocks(blocks, keep, |block, buffer| {
@@ -742,6 +922,62 @@ mod tests {
     }
 
     #[test]
+    fn historical_losses_follow_the_lane_order_in_every_build() {
+        let mut builds = vec![philox::Simd::Portable, philox::simd()];
+        if builds[1] == philox::Simd::Avx512 {
+            builds.push(philox::Simd::Avx2);
+        }
+        let bits = |losses: &[f64]| losses.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for n in [1, 3, 8, 13, 500] {
+            // A partial last block whose rows are no multiple of HIST_ROWS.
+            let rows = BLOCK as usize + 7;
+            let weights: Vec<f64> = (0..n).map(|i| 1_000.0 + 10.0 * i as f64).collect();
+            let returns: Vec<f64> = (0..rows * n)
+                .map(|i| ((i * 7919) % 2003) as f64 / 1e4 - 0.1003)
+                .collect();
+            let run = Historical {
+                weights: &weights,
+                returns: &returns,
+            };
+            // The definition: lane l adds the assets l, l + 8, ..., then
+            // the fixed tree.
+            let plain = |t: usize| {
+                let mut s = [0.0f64; 8];
+                for i in 0..n {
+                    s[i % 8] += weights[i] * returns[t * n + i];
+                }
+                -(((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])))
+            };
+            let want: Vec<u64> = (0..rows).map(|t| plain(t).to_bits()).collect();
+            let single: Vec<f64> = (0..rows as u64).map(|t| run.loss(t)).collect();
+            assert_eq!(bits(&single), want, "n {n}");
+            for &simd in &builds {
+                for (first, count) in [(0, rows), (5, 11), (BLOCK as usize, 7)] {
+                    let mut out = vec![0.0; count];
+                    run.losses_on(simd, first as u64, &mut out);
+                    assert_eq!(bits(&out), want[first..first + count], "n {n} {simd:?}");
+                }
+            }
+            // The two-pass tail equals the generic reduction over `loss`,
+            // past the last row too (empty blocks).
+            for (blocks, keep) in [(0..2, 300), (1..4, 5_000), (0..1, 0)] {
+                let generic = reduce_blocks(blocks.clone(), keep, |block, out| {
+                    out.extend(run.block_range(block).map(|t| run.loss(t)));
+                });
+                let tail = historical_cpu(&run, blocks, keep);
+                assert_eq!(bits(&tail.top), bits(&generic.top), "n {n}");
+                assert_eq!(bits(&tail.block_sums), bits(&generic.block_sums), "n {n}");
+            }
+            let one_thread = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap()
+                .install(|| historical_cpu(&run, 0..2, 300));
+            assert_eq!(one_thread, historical_cpu(&run, 0..2, 300));
+        }
+    }
+
+    #[test]
     fn batched_losses_equal_the_scenario_losses() {
         let (weights, mu, cov) = portfolio();
         // 3 assets (a partial draw block), 2 blocks, the last partial.
@@ -813,6 +1049,22 @@ mod gpu_tests {
         assert_eq!(
             historical_cpu(&hist, blocks.clone(), 900),
             historical_gpu(&gpu, &hist, blocks, 900).unwrap()
+        );
+        // 37 assets: several products per lane and a partial last chunk;
+        // bit for bit too.
+        let n = 37;
+        let weights: Vec<f64> = (0..n).map(|i| 50.0 * (i as f64 - 17.5)).collect();
+        let returns: Vec<f64> = (0..9_000 * n)
+            .map(|i| ((i * 7919) % 2003) as f64 / 1e4 - 0.1003)
+            .collect();
+        let hist = Historical {
+            weights: &weights,
+            returns: &returns,
+        };
+        let blocks = 0..block_count(hist.rows());
+        assert_eq!(
+            historical_cpu(&hist, blocks.clone(), 450),
+            historical_gpu(&gpu, &hist, blocks, 450).unwrap()
         );
     }
 }
