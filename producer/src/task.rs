@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tandem_shared::kind::KindSpec;
 use tandem_shared::kind;
+use tandem_shared::kind::KindSpec;
 use tandem_shared::{Class, Priority, TaskId, msgpack};
 
 use crate::error::ProducerError;
