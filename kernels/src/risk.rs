@@ -707,7 +707,7 @@ mod tests {
         ((1.0 - confidence) * scenarios as f64 - 1e-9).ceil() as usize
     }
 
-    /// The standard normal quantile, by bisection on erfc.
+    /// The standard normal quantile, by bisection on the distribution function.
     fn normal_quantile(p: f64) -> f64 {
         let (mut lo, mut hi) = (-10.0f64, 10.0f64);
         for _ in 0..200 {
@@ -722,25 +722,7 @@ mod tests {
     }
 
     fn normal_cdf(x: f64) -> f64 {
-        0.5 * erfc(-x / std::f64::consts::SQRT_2)
-    }
-
-    /// erfc by Numerical Recipes' Chebyshev fit (relative error < 1.2e-7).
-    fn erfc(x: f64) -> f64 {
-        let z = x.abs();
-        let t = 1.0 / (1.0 + 0.5 * z);
-        let r = t
-            * (-z * z - 1.265_512_23
-                + t * (1.000_023_68
-                    + t * (0.374_091_96
-                        + t * (0.096_784_18
-                            + t * (-0.186_288_06
-                                + t * (0.278_868_07
-                                    + t * (-1.135_203_98
-                                        + t * (1.488_515_87
-                                            + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-                .exp();
-        if x >= 0.0 { r } else { 2.0 - r }
+        crate::monte_carlo::testutil::norm_cdf(x)
     }
 
     fn normal_pdf(x: f64) -> f64 {

@@ -7,7 +7,7 @@ use tandem_producer::{Producer, ProducerError, Task};
 use tandem_shared::Status;
 use tandem_shared::kind::KindSpec;
 use tandem_shared::kind::indicators::{IndicatorSpec, Indicators, IndicatorsParams, Series};
-use tandem_shared::kind::monte_carlo::{MonteCarlo, MonteCarloParams};
+use tandem_shared::kind::monte_carlo::{MonteCarlo, MonteCarloParams, black_scholes};
 use tandem_shared::kind::patterns::{OhlcSeries, Patterns, PatternsParams, Thresholds};
 use tandem_shared::kind::portfolio_opt::{Objective, PortfolioOpt, PortfolioOptParams};
 use tandem_shared::kind::risk::{MonteCarloRisk, Risk, RiskParams};
@@ -89,25 +89,6 @@ async fn risk_split_across_two_gpus_equals_the_whole_run_on_a_cpu_worker() {
     assert_eq!((p95.tail_count, p99.tail_count), (5_000, 1_000));
 }
 
-/// Black-Scholes call price, for the check below.
-fn black_scholes_call(s: f64, k: f64, r: f64, sigma: f64, t: f64) -> f64 {
-    let d1 = ((s / k).ln() + (r + sigma * sigma / 2.0) * t) / (sigma * t.sqrt());
-    let d2 = d1 - sigma * t.sqrt();
-    let n = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
-    s * n(d1) - k * (-r * t).exp() * n(d2)
-}
-
-/// erf by Abramowitz-Stegun 7.1.26 (error under 1.5e-7: far below the
-/// Monte Carlo error it is compared with).
-fn erf(x: f64) -> f64 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    (1.0 - poly * (-x * x).exp()).copysign(x)
-}
-
 #[tokio::test]
 async fn monte_carlo_split_across_two_gpus_prices_the_call_as_black_scholes() {
     let params = MonteCarloParams {
@@ -124,7 +105,7 @@ async fn monte_carlo_split_across_two_gpus_prices_the_call_as_black_scholes() {
     };
     let (whole, shards) = split_equals_whole::<MonteCarlo>(&params).await;
     assert_eq!(shards, 7, "49 blocks of 4096 paths, 7 a shard");
-    let exact = black_scholes_call(100.0, 100.0, 0.05, 0.2, 1.0);
+    let (exact, _) = black_scholes(100.0, 100.0, 0.05, 0.0, 0.2, 1.0);
     let call = whole.european_call;
     assert!(
         (call.price - exact).abs() < 3.0 * call.std_error,

@@ -216,6 +216,51 @@ impl KindSpec for MonteCarlo {
     }
 }
 
+/// European call and put prices under Black-Scholes with a continuous
+/// dividend yield: the closed form the `european_call` and `european_put`
+/// estimates converge to, for checking results (`(call, put)`).
+pub fn black_scholes(
+    s0: f64,
+    strike: f64,
+    rate: f64,
+    dividend: f64,
+    sigma: f64,
+    maturity: f64,
+) -> (f64, f64) {
+    let vol = sigma * maturity.sqrt();
+    let d1 = ((s0 / strike).ln() + (rate - dividend + sigma * sigma / 2.0) * maturity) / vol;
+    let d2 = d1 - vol;
+    let spot = s0 * (-dividend * maturity).exp();
+    let bond = strike * (-rate * maturity).exp();
+    let call = spot * norm_cdf(d1) - bond * norm_cdf(d2);
+    let put = bond * norm_cdf(-d2) - spot * norm_cdf(-d1);
+    (call, put)
+}
+
+/// The standard normal distribution function, through the Numerical
+/// Recipes `erfc` (relative error below 1.2e-7: far below any Monte Carlo
+/// error it is compared with).
+pub fn norm_cdf(x: f64) -> f64 {
+    let z = x.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let erfc = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    if x >= 0.0 {
+        1.0 - 0.5 * erfc
+    } else {
+        0.5 * erfc
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +357,17 @@ mod tests {
         assert!(p.percentiles.is_empty());
         assert_eq!(MonteCarlo::validate(&p), Ok(()));
         assert_eq!(MonteCarlo::memory_estimate(&p), (2 * 9 + 4098) * 8);
+    }
+
+    #[test]
+    fn black_scholes_matches_published_values() {
+        // Hull's example: S = 42, K = 40, r = 10 %, sigma = 20 %, T = 0.5.
+        let (call, put) = black_scholes(42.0, 40.0, 0.1, 0.0, 0.2, 0.5);
+        assert!((call - 4.76).abs() < 0.005 && (put - 0.81).abs() < 0.005);
+        // Put-call parity with a dividend yield.
+        let (s, k, r, q, t) = (100.0, 95.0, 0.03, 0.01, 2.0);
+        let (call, put) = black_scholes(s, k, r, q, 0.3, t);
+        let parity = s * f64::exp(-q * t) - k * f64::exp(-r * t);
+        assert!((call - put - parity).abs() < 1e-6);
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use tandem_shared::kind::monte_carlo::MonteCarloOutput;
+use tandem_shared::kind::monte_carlo::{MonteCarloOutput, black_scholes};
 use tandem_shared::{Priority, Status, TaskId};
 
 use super::trading::{Column, by_column};
@@ -247,42 +247,6 @@ fn option_check(reference: &Done, shards: Option<&Vec<String>>, columns: &[Colum
     text
 }
 
-/// European call and put prices under Black-Scholes with a continuous
-/// dividend yield.
-fn black_scholes(s: f64, k: f64, r: f64, q: f64, sigma: f64, t: f64) -> (f64, f64) {
-    let vol = sigma * t.sqrt();
-    let d1 = ((s / k).ln() + (r - q + sigma * sigma / 2.0) * t) / vol;
-    let d2 = d1 - vol;
-    let (spot, strike) = (s * (-q * t).exp(), k * (-r * t).exp());
-    let call = spot * norm_cdf(d1) - strike * norm_cdf(d2);
-    let put = strike * norm_cdf(-d2) - spot * norm_cdf(-d1);
-    (call, put)
-}
-
-/// The standard normal distribution function, through the Numerical
-/// Recipes `erfc` (relative error below 1.2e-7: far below the Monte Carlo
-/// error it is compared with).
-fn norm_cdf(x: f64) -> f64 {
-    let z = x.abs() / std::f64::consts::SQRT_2;
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let erfc = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 {
-        1.0 - 0.5 * erfc
-    } else {
-        0.5 * erfc
-    }
-}
-
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -379,17 +343,5 @@ mod tests {
     fn percentile_takes_the_nearest_rank() {
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 50.0), 2.0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 99.0), 4.0);
-    }
-
-    #[test]
-    fn black_scholes_matches_published_values() {
-        // Hull's example: S = 42, K = 40, r = 10 %, sigma = 20 %, T = 0.5.
-        let (call, put) = black_scholes(42.0, 40.0, 0.1, 0.0, 0.2, 0.5);
-        assert!((call - 4.76).abs() < 0.005 && (put - 0.81).abs() < 0.005);
-        // Put-call parity with a dividend yield.
-        let (s, k, r, q, t) = (100.0, 95.0, 0.03, 0.01, 2.0);
-        let (call, put) = black_scholes(s, k, r, q, 0.3, t);
-        let parity = s * f64::exp(-q * t) - k * f64::exp(-r * t);
-        assert!((call - put - parity).abs() < 1e-6);
     }
 }
