@@ -23,6 +23,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod driver;
 pub mod indicators;
+pub mod mlp;
 pub mod monte_carlo;
 pub mod patterns;
 pub mod philox;
