@@ -324,6 +324,13 @@ impl Gpu {
         Ok(gpu)
     }
 
+    /// The device memory free now, bytes, as the driver reports it (other
+    /// processes' use included).
+    pub fn free_memory(&self) -> Result<u64, DeviceError> {
+        let (free, _total) = self.ctx.mem_get_info()?;
+        Ok(free as u64)
+    }
+
     /// Whether `module` compiled and loaded.
     pub fn has(&self, module: &str) -> bool {
         self.modules.contains_key(module)

@@ -73,8 +73,8 @@ pub(crate) struct Dispatcher {
     /// Live and dead workers, from the watch task.
     pub observations: mpsc::Receiver<Observation>,
     pub router: Router,
-    /// The device memory tasks may declare at once; `None` for a CPU worker.
-    pub memory_budget: Option<u64>,
+    /// The worker's device: its memory ledger says what a claim may take.
+    pub device_memory: Arc<crate::device::Device>,
     /// Shards per live GPU a splittable parallel task is cut into (0: never).
     pub shards_per_gpu: u32,
 }
@@ -235,9 +235,7 @@ impl Dispatcher {
                         self.router.is_on(i) && blocked.get(i).is_none_or(|b| *b == Blocked::No)
                     })
                     .collect();
-                let free_memory = self
-                    .memory_budget
-                    .map(|budget| budget.saturating_sub(self.running.reserved()));
+                let free_memory = self.device_memory.free_memory(self.running.reserved());
                 let outcome = {
                     let rules: &[String] = if self.router.is_plain() && free_memory.is_none() {
                         &[]

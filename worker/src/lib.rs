@@ -250,7 +250,7 @@ pub async fn run(
             },
         }),
         router,
-        memory_budget: device.is_gpu().then_some(device.budget),
+        device_memory: Arc::clone(&device),
         shards_per_gpu: config.shards_per_gpu,
         streams,
         worker_id: worker_id.clone(),

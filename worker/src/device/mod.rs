@@ -10,6 +10,7 @@
 //! CPU, and says `(simulated)` wherever it is shown.
 
 pub mod detect;
+pub mod ledger;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -32,6 +33,8 @@ pub struct Device {
     /// The most memory the worker's tasks may declare at once, bytes: the
     /// GPU's memory less the reserve. 0 for a CPU worker (no limit).
     pub budget: u64,
+    /// What the budget holds now: running tasks, resident models.
+    pub ledger: ledger::Ledger,
     sim: SimState,
     /// A real GPU's kernels, compiled and loaded by the first passing probe.
     runtime: OnceLock<Arc<Runtime>>,
@@ -68,6 +71,7 @@ impl Device {
             role: Role::Cpu,
             why: "no GPU".into(),
             budget: 0,
+            ledger: ledger::Ledger::new(0),
             sim: SimState::default(),
             runtime: OnceLock::new(),
         }
@@ -97,6 +101,7 @@ impl Device {
             role,
             why,
             budget,
+            ledger: ledger::Ledger::new(budget),
             sim: SimState::default(),
             runtime: OnceLock::new(),
         })
@@ -135,6 +140,17 @@ impl Device {
         let sim = self.gpu.as_ref()?.simulated.as_ref()?;
         let stretch = tandem_shared::device::PACE_TFLOPS / sim.tflops - 1.0;
         (sim.paced && stretch > 0.0).then(|| elapsed.mul_f64(stretch))
+    }
+
+    /// What the worker's tasks may still declare: the ledger's free memory,
+    /// capped by what the driver reports free on a real GPU. `None` for a
+    /// CPU worker (no limit).
+    pub fn free_memory(&self, tasks_reserved: u64) -> Option<u64> {
+        if !self.is_gpu() {
+            return None;
+        }
+        let driver_free = self.runtime().and_then(|gpu| gpu.free_memory().ok());
+        Some(self.ledger.free(tasks_reserved, driver_free))
     }
 
     /// The real GPU's kernels, once a probe passed; `None` on the CPU and
