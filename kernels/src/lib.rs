@@ -24,6 +24,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod driver;
 pub mod indicators;
 pub mod mlp;
+pub mod mlp_gpu;
 pub mod monte_carlo;
 pub mod patterns;
 pub mod philox;
@@ -41,4 +42,5 @@ pub const SOURCES: &[runtime::Source] = &[
     indicators::SOURCE,
     patterns::SOURCE,
     portfolio_opt::SOURCE,
+    mlp_gpu::SOURCE,
 ];
