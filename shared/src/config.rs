@@ -346,6 +346,10 @@ settings! {
     simulate_gpus: String = String::new(), "TANDEM_SIMULATE_GPUS";
     /// Share of a GPU's memory kept free of tasks, for the CUDA context and fragmentation (percent).
     device_memory_reserve_pct: u32 = 10, "TANDEM_DEVICE_MEMORY_RESERVE_PCT";
+    /// A model whose parameters are over this size is heavy (the primary GPU), else light (bytes; 5 GB per the seed).
+    model_heavy_threshold_bytes: u64 = 5_000_000_000, "TANDEM_MODEL_HEAVY_THRESHOLD_BYTES";
+    /// Largest model file `tandem model upload` stores in Redis; larger ones are registered by path (bytes).
+    max_model_upload_bytes: usize = 64 << 20, "TANDEM_MAX_MODEL_UPLOAD_BYTES";
     /// A heavy task waiting this long while the primary GPU is busy goes to the secondary if it fits, else the CPU worker (ms).
     heavy_spill_ms: u64 = 2_000, "TANDEM_HEAVY_SPILL_MS";
     /// A light task waiting this long goes to an idle primary GPU, one at a time (ms).
@@ -500,6 +504,13 @@ impl Config {
         }
         if self.device_memory_reserve_pct > 90 {
             return invalid("device_memory_reserve_pct", "must be at most 90");
+        }
+        // Redis refuses strings over 512 MiB.
+        if self.max_model_upload_bytes > 512 << 20 {
+            return invalid(
+                "max_model_upload_bytes",
+                "must be at most 536870912 (512 MiB)",
+            );
         }
         if self.probe_backoff_max_ms < self.probe_backoff_ms {
             return invalid("probe_backoff_max_ms", "must be at least probe_backoff_ms");

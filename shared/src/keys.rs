@@ -123,6 +123,22 @@ impl Keys {
         format!("{}:workers", self.prefix)
     }
 
+    /// A registered model's record (a hash): where it lives, its shape,
+    /// class, hash and version.
+    pub fn model(&self, name: &str) -> String {
+        format!("{}:model:{}", self.prefix, name)
+    }
+
+    /// An uploaded model's file, for models kept in Redis.
+    pub fn model_blob(&self, name: &str) -> String {
+        format!("{}:model:{}:blob", self.prefix, name)
+    }
+
+    /// The set of registered model names.
+    pub fn models(&self) -> String {
+        format!("{}:models", self.prefix)
+    }
+
     /// The pub/sub channel on which cancel requests for running tasks go out.
     pub fn cancel_channel(&self) -> String {
         format!("{}:cancel", self.prefix)
@@ -165,6 +181,9 @@ mod tests {
         assert_eq!(keys.worker("w1"), "tandem:worker:w1");
         assert_eq!(keys.workers(), "tandem:workers");
         assert_eq!(keys.cancel_channel(), "tandem:cancel");
+        assert_eq!(keys.model("mlp-1"), "tandem:model:mlp-1");
+        assert_eq!(keys.model_blob("mlp-1"), "tandem:model:mlp-1:blob");
+        assert_eq!(keys.models(), "tandem:models");
     }
 
     #[test]

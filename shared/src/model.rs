@@ -19,16 +19,15 @@
 //! this crate stays free of compute code.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, Metadata};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-use std::fmt;
-use std::str::FromStr;
 
 use crate::task::{Class, ParseError, text_enum};
 

@@ -10,10 +10,12 @@
 //!   at a time.
 //! - `registry`: worker heartbeats, and which workers are gone.
 //! - `dead`: the dead-letter streams.
+//! - `models`: the model registry (records, uploaded files).
 //! - `stats`: queue depths for the CLI; key clean-up.
 //! - `reply`: typed reading of Redis replies.
 
 mod dead;
+mod models;
 mod registry;
 mod reply;
 mod stats;
@@ -30,6 +32,9 @@ use crate::task::{Class, Priority};
 use crate::wire::Fields;
 
 pub use dead::DeadLetter;
+pub use models::{
+    MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
+};
 pub use stats::StreamStats;
 pub use tasks::{CancelOutcome, Submitted};
 pub use trip::{
