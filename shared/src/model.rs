@@ -67,7 +67,7 @@ pub enum ModelError {
     Version { found: Option<String> },
     #[error("metadata `activation` is {found:?}, expected relu or tanh")]
     Activation { found: Option<String> },
-    #[error("the model has no layers (no `layer.0.weight`)")]
+    #[error("the model has no layers (a file needs `layer.0.weight`, a shape two widths or more)")]
     NoLayers,
     #[error("tensor `{0}` is missing")]
     MissingTensor(String),
@@ -101,10 +101,12 @@ pub enum ModelError {
         value: u64,
         limit: u64,
     },
-    #[error("cannot read {path}: {source}")]
+    // The field is not named `source`, so the message carries the cause
+    // once, whether printed plainly or as an error chain.
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -573,9 +575,9 @@ impl ModelFile {
     /// [`Model::decode`] does, every value as it streams past, and hashes
     /// the bytes.
     pub fn scan(path: &Path) -> Result<Self, ModelError> {
-        let io = |source| ModelError::Io {
+        let io = |error| ModelError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let file = std::fs::File::open(path).map_err(io)?;
         let bytes = file.metadata().map_err(io)?.len();
@@ -622,9 +624,9 @@ fn read_header(
     hasher: &mut Sha256,
     path: &Path,
 ) -> Result<Vec<u8>, ModelError> {
-    let io = |source| ModelError::Io {
+    let io = |error| ModelError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     if file_bytes < 8 {
         return Err(ModelError::NotSafetensors(format!(
@@ -822,7 +824,7 @@ mod tests {
         );
         check(
             |t, _| t.retain(|t| !t.0.starts_with("layer.")),
-            "the model has no layers (no `layer.0.weight`)",
+            "the model has no layers (a file needs `layer.0.weight`, a shape two widths or more)",
         );
         check(
             |t, _| set(t, "layer.2.bias", Dtype::F32, &[1], &[0.0]),

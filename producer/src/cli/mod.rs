@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod dlq;
 mod local;
+mod model;
 mod queues;
 mod soak;
 mod table;
@@ -20,6 +21,7 @@ use tandem_shared::Config;
 pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
+pub use model::{ModelCommand, NewArgs as ModelNewArgs};
 pub use soak::SoakArgs;
 pub use tasks::{SubmitArgs, TaskArgs, WaitArgs};
 
@@ -57,6 +59,9 @@ pub enum Command {
     /// The dead-letter streams: list, show, requeue, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The model registry: new, register, upload, list, show, rm.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Start a local Redis (unless REDIS_URL is set) and workers, run a mixed
     /// workload with a progress bar, print a summary, clean up.
     Demo(DemoArgs),
@@ -125,6 +130,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Queues => queues::run(&config).await,
             Command::Workers => workers::run(&config).await,
             Command::Dlq(command) => dlq::run(&config, command).await,
+            Command::Model(command) => model::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
             Command::Soak(args) => soak::run(config, redis_url_given, args).await,

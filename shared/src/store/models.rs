@@ -41,8 +41,10 @@ const FIELDS: [&str; 10] = [
 pub enum ModelStoreError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{origin} is not a valid model: {source}")]
-    Invalid { origin: String, source: ModelError },
+    // Causes are fields not named `source`, so the message carries them
+    // once, whether printed plainly or as an error chain.
+    #[error("{origin} is not a valid model: {error}")]
+    Invalid { origin: String, error: ModelError },
     #[error(
         "invalid model name {0:?}: 1 to {MAX_MODEL_NAME} characters of letters, digits, '_', '.', '-'"
     )]
@@ -51,10 +53,10 @@ pub enum ModelStoreError {
         "{bytes} bytes is over the upload limit of {limit} (max_model_upload_bytes); register it by path instead"
     )]
     UploadTooLarge { bytes: u64, limit: u64 },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("model {name}: the registry record is damaged: {detail}")]
     Corrupt { name: String, detail: String },
@@ -217,9 +219,9 @@ impl Store {
         policy: &ModelPolicy,
     ) -> Result<ModelInfo, ModelStoreError> {
         check_model_name(name)?;
-        let path = std::fs::canonicalize(path).map_err(|source| ModelStoreError::Io {
+        let path = std::fs::canonicalize(path).map_err(|error| ModelStoreError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         // Files may be gigabytes: scan off the runtime's thread.
         let scan_path = path.clone();
@@ -227,9 +229,9 @@ impl Store {
             .await
             .map_err(|e| ModelStoreError::Io {
                 path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
+                error: std::io::Error::other(e.to_string()),
             })?;
-        let file = scanned.map_err(|source| invalid(&path, source))?;
+        let file = scanned.map_err(|error| invalid(&path, error))?;
         let registration = Registration::new(
             name,
             ModelSource::Path(path),
@@ -256,9 +258,9 @@ impl Store {
                 limit: policy.max_upload_bytes as u64,
             });
         }
-        let model = Model::decode(file).map_err(|source| ModelStoreError::Invalid {
+        let model = Model::decode(file).map_err(|error| ModelStoreError::Invalid {
             origin: format!("the upload for {name}"),
-            source,
+            error,
         })?;
         let registration = Registration::new(
             name,
@@ -360,9 +362,9 @@ impl Store {
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))
                     .and_then(|read| read)
-                    .map_err(|source| ModelStoreError::Io {
+                    .map_err(|error| ModelStoreError::Io {
                         path: path.clone(),
-                        source,
+                        error,
                     })?
             }
         };
@@ -443,13 +445,13 @@ impl Store {
     }
 }
 
-fn invalid(path: &Path, source: ModelError) -> ModelStoreError {
-    match source {
+fn invalid(path: &Path, error: ModelError) -> ModelStoreError {
+    match error {
         // An unreadable file is not an invalid one.
-        ModelError::Io { path, source } => ModelStoreError::Io { path, source },
-        source => ModelStoreError::Invalid {
+        ModelError::Io { path, error } => ModelStoreError::Io { path, error },
+        error => ModelStoreError::Invalid {
             origin: path.display().to_string(),
-            source,
+            error,
         },
     }
 }
