@@ -1254,3 +1254,336 @@ fn update(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `C = op(A) op(B)` read column-major as cuBLAS reads it, in f64.
+    fn column_major_gemm(gemm: &Gemm, a: &[f32], b: &[f32]) -> Vec<f64> {
+        let at = |i: usize, p: usize| {
+            let (row, col) = if gemm.transpose_a { (p, i) } else { (i, p) };
+            f64::from(a[col * gemm.lda + row])
+        };
+        let bt = |p: usize, j: usize| {
+            let (row, col) = if gemm.transpose_b { (j, p) } else { (p, j) };
+            f64::from(b[col * gemm.ldb + row])
+        };
+        let mut c = vec![0.0; gemm.ldc * gemm.n];
+        for j in 0..gemm.n {
+            for i in 0..gemm.m {
+                c[j * gemm.ldc + i] = (0..gemm.k).map(|p| at(i, p) * bt(p, j)).sum();
+            }
+        }
+        c
+    }
+
+    /// Row-major `rows x cols` of distinct values.
+    fn matrix(rows: usize, cols: usize, salt: f32) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| ((i as f32 * 0.37 + salt).sin() * 4.0).round() / 4.0)
+            .collect()
+    }
+
+    /// Element (r, c) of a row-major matrix of `cols` columns.
+    fn get(m: &[f32], cols: usize, r: usize, c: usize) -> f64 {
+        f64::from(m[r * cols + c])
+    }
+
+    const BATCH: usize = 5;
+    const INPUTS: usize = 3;
+    const OUTPUTS: usize = 4;
+
+    /// The column-major products land, read row-major, on `Y = X W^T`.
+    #[test]
+    fn forward_gemm_is_x_times_w_transposed() {
+        let x = matrix(BATCH, INPUTS, 0.1);
+        let w = matrix(OUTPUTS, INPUTS, 0.7);
+        let y = column_major_gemm(&Gemm::forward(BATCH, INPUTS, OUTPUTS), &w, &x);
+        for r in 0..BATCH {
+            for o in 0..OUTPUTS {
+                let expect: f64 = (0..INPUTS)
+                    .map(|i| get(&x, INPUTS, r, i) * get(&w, INPUTS, o, i))
+                    .sum();
+                assert_eq!(y[r * OUTPUTS + o], expect, "Y[{r}, {o}]");
+            }
+        }
+    }
+
+    /// `dW = dZ^T X`, row-major outputs x inputs.
+    #[test]
+    fn weight_gradient_gemm_is_delta_transposed_times_x() {
+        let x = matrix(BATCH, INPUTS, 0.3);
+        let dz = matrix(BATCH, OUTPUTS, 1.1);
+        let dw = column_major_gemm(&Gemm::weight_gradient(BATCH, INPUTS, OUTPUTS), &x, &dz);
+        for o in 0..OUTPUTS {
+            for i in 0..INPUTS {
+                let expect: f64 = (0..BATCH)
+                    .map(|r| get(&dz, OUTPUTS, r, o) * get(&x, INPUTS, r, i))
+                    .sum();
+                assert_eq!(dw[o * INPUTS + i], expect, "dW[{o}, {i}]");
+            }
+        }
+    }
+
+    /// `dX = dZ W`, row-major batch x inputs.
+    #[test]
+    fn input_gradient_gemm_is_delta_times_w() {
+        let w = matrix(OUTPUTS, INPUTS, 0.9);
+        let dz = matrix(BATCH, OUTPUTS, 2.3);
+        let dx = column_major_gemm(&Gemm::input_gradient(BATCH, INPUTS, OUTPUTS), &w, &dz);
+        for r in 0..BATCH {
+            for i in 0..INPUTS {
+                let expect: f64 = (0..OUTPUTS)
+                    .map(|o| get(&dz, OUTPUTS, r, o) * get(&w, INPUTS, o, i))
+                    .sum();
+                assert_eq!(dx[r * INPUTS + i], expect, "dX[{r}, {i}]");
+            }
+        }
+    }
+
+    #[test]
+    fn the_flat_layout_packs_each_layer_weights_then_biases() {
+        let mlp = Mlp::random(&[3, 5, 2], Activation::Relu, 1).expect("model");
+        let (slots, total) = layout(&mlp);
+        assert_eq!(slots[0].weight, 0..15);
+        assert_eq!(slots[0].bias, 15..20);
+        assert_eq!(slots[1].weight, 20..30);
+        assert_eq!(slots[1].bias, 30..32);
+        assert_eq!(4 * total as u64 + 4 * 6, mlp.parameter_bytes());
+    }
+
+    #[test]
+    fn adam_corrections_are_the_cpu_twins() {
+        let (c1, c2) = adam_corrections(0.9, 0.999, 1);
+        assert_eq!(c1, (1.0 / (1.0 - f64::from(0.9f32))) as f32);
+        assert_eq!(c2, (1.0 / (1.0 - f64::from(0.999f32))) as f32);
+        let (c1, _) = adam_corrections(0.9, 0.999, 1000);
+        assert!((c1 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bad_lengths_and_optimisers_are_the_cpu_twins_errors() {
+        let err = check_rows("inputs", &[0.0; 7], 2, 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                GpuMlpError::Invalid(MlpError::BadLength {
+                    expected: 8,
+                    got: 7,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert!(check_rows("inputs", &[0.0; 8], 2, 4).is_ok());
+        let bad = Optimizer::Sgd {
+            lr: f32::NAN,
+            momentum: 0.9,
+        };
+        assert!(matches!(
+            check_optimizer(&bad),
+            Err(MlpError::BadTraining(_))
+        ));
+        assert!(check_optimizer(&Optimizer::adam(1e-3)).is_ok());
+        let mut broken = Mlp::random(&[3, 5, 2], Activation::Tanh, 1).expect("model");
+        broken.layers[1].inputs = 4;
+        assert!(matches!(validate(&broken), Err(GpuMlpError::Invalid(_))));
+    }
+
+    #[test]
+    fn workspace_estimates_count_every_buffer() {
+        let mlp = Mlp::random(&[64, 256, 256, 1], Activation::Relu, 1).expect("model");
+        // raw and normalised inputs, then each layer's output.
+        assert_eq!(
+            GpuMlp::forward_bytes(&mlp, 1000),
+            4 * 1000 * (64 + 64 + 256 + 256 + 1)
+        );
+        let train = GpuMlp::train_bytes(&mlp, 65_536, 512);
+        assert!(train > GpuMlp::forward_bytes(&mlp, 512) + 3 * mlp.parameter_bytes());
+    }
+}
+
+/// Needs a GPU with libcublas: `cargo test -p tandem-kernels --features
+/// gpu-tests` (scripts/gpu-check). The CPU twin is the reference.
+#[cfg(all(test, feature = "gpu-tests"))]
+mod gpu_tests {
+    use super::*;
+    use crate::mlp::{OptimizerState, forward_cpu, train_cpu, train_step as train_step_cpu};
+
+    fn gpu() -> Gpu {
+        Gpu::open(0, &[SOURCE], None).expect("GPU 0 with the mlp module")
+    }
+
+    /// A model with non-trivial biases and normalisation.
+    fn model(sizes: &[usize], activation: Activation) -> Mlp {
+        let mut mlp = Mlp::random(sizes, activation, 42).expect("model");
+        for (l, layer) in mlp.layers.iter_mut().enumerate() {
+            for (o, b) in layer.bias.iter_mut().enumerate() {
+                *b = 0.05 * ((o + l) as f32).sin();
+            }
+        }
+        for k in 0..mlp.inputs() {
+            mlp.input_mean[k] = 0.3 * k as f32;
+            mlp.input_std[k] = 1.0 + 0.1 * k as f32;
+        }
+        mlp
+    }
+
+    fn inputs(rows: usize, width: usize, salt: f32) -> Vec<f32> {
+        (0..rows * width)
+            .map(|i| (i as f32 * 0.618 + salt).sin() * 2.0)
+            .collect()
+    }
+
+    /// Each value within `tolerance` relative to the larger of 1 and the
+    /// reference's magnitude.
+    fn assert_close(what: &str, got: &[f32], expect: &[f32], tolerance: f32) {
+        assert_eq!(got.len(), expect.len(), "{what}: lengths");
+        for (i, (g, e)) in got.iter().zip(expect).enumerate() {
+            assert!(
+                (g - e).abs() <= tolerance * e.abs().max(1.0),
+                "{what}[{i}]: GPU {g}, CPU {e}"
+            );
+        }
+    }
+
+    fn assert_models_close(what: &str, got: &Mlp, expect: &Mlp, tolerance: f32) {
+        for (l, (g, e)) in got.layers.iter().zip(&expect.layers).enumerate() {
+            assert_close(&format!("{what} W{l}"), &g.weight, &e.weight, tolerance);
+            assert_close(&format!("{what} b{l}"), &g.bias, &e.bias, tolerance);
+        }
+    }
+
+    #[test]
+    fn cublas_loads() {
+        cublas(&gpu()).expect("cuBLAS on a GPU machine");
+    }
+
+    #[test]
+    fn forward_matches_the_cpu_twin() {
+        let gpu = gpu();
+        for activation in [Activation::Relu, Activation::Tanh] {
+            let mlp = model(&[8, 32, 16, 3], activation);
+            let device = GpuMlp::upload(&gpu, &mlp).expect("upload");
+            for batch in [1, 37, 300] {
+                let x = inputs(batch, 8, batch as f32);
+                let got = device.forward(&gpu, &x, batch).expect("forward");
+                let expect = forward_cpu(&mlp, &x, batch).expect("CPU forward");
+                assert_close(&format!("{activation:?} b{batch}"), &got, &expect, 1e-4);
+            }
+        }
+    }
+
+    /// Uploaded once, the model serves many forwards of several sizes; the
+    /// workspace grows only for a larger batch, the parameters never change
+    /// and the same inputs give the same bits.
+    #[test]
+    fn a_model_uploaded_once_serves_many_forwards() {
+        let gpu = gpu();
+        let mlp = model(&[16, 64, 64, 2], Activation::Relu);
+        let device = GpuMlp::upload(&gpu, &mlp).expect("upload");
+        let resident = device.device_bytes();
+        assert_eq!(resident, mlp.parameter_bytes());
+        let big = inputs(512, 16, 0.5);
+        let first = device.forward(&gpu, &big, 512).expect("forward");
+        let with_workspace = device.device_bytes();
+        assert_eq!(with_workspace, resident + GpuMlp::forward_bytes(&mlp, 512));
+        for call in 0..50 {
+            let batch = 1 + call * 10;
+            let x = inputs(batch, 16, call as f32);
+            let got = device.forward(&gpu, &x, batch).expect("forward");
+            let expect = forward_cpu(&mlp, &x, batch).expect("CPU forward");
+            assert_close(&format!("call {call}"), &got, &expect, 1e-4);
+            assert_eq!(device.device_bytes(), with_workspace, "call {call}");
+        }
+        assert_eq!(device.forward(&gpu, &big, 512).expect("forward"), first);
+        assert_eq!(device.download().expect("download"), mlp);
+        assert!(device.forward(&gpu, &[], 0).expect("empty").is_empty());
+        assert!(matches!(
+            device.forward(&gpu, &big[..100], 512),
+            Err(GpuMlpError::Invalid(MlpError::BadLength { .. }))
+        ));
+    }
+
+    /// Two steps (so the optimiser's moments count) give the CPU twin's
+    /// weights and losses.
+    #[test]
+    fn training_steps_match_the_cpu_twin() {
+        let gpu = gpu();
+        let optimizers = [
+            Optimizer::Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+            },
+            Optimizer::adam(1e-2),
+        ];
+        for activation in [Activation::Relu, Activation::Tanh] {
+            for optimizer in optimizers {
+                let batch = 64;
+                let mut cpu = model(&[6, 24, 12, 2], activation);
+                let mut device = GpuMlp::upload(&gpu, &cpu).expect("upload");
+                let x = inputs(batch, 6, 1.0);
+                let y = inputs(batch, 2, 7.0);
+                let indices: Vec<usize> = (0..batch).collect();
+                let mut state = OptimizerState::new(&cpu);
+                for step in 0..2 {
+                    let expect =
+                        train_step_cpu(&mut cpu, &mut state, &x, &y, batch, &indices, &optimizer)
+                            .expect("CPU step");
+                    let got = device
+                        .train_step(&gpu, &x, &y, batch, &optimizer)
+                        .expect("GPU step");
+                    let what = format!("{activation:?} {optimizer:?} step {step}");
+                    assert!(
+                        (got - expect).abs() <= 1e-4 * expect.max(1.0),
+                        "{what}: loss {got} vs {expect}"
+                    );
+                    assert_models_close(&what, &device.download().expect("download"), &cpu, 1e-4);
+                }
+            }
+        }
+    }
+
+    /// y = sin(x1) + 0.5 x2^2 on a few thousand samples: the loss falls by
+    /// a large factor in a few epochs, as on the CPU, and starts where the
+    /// CPU's does.
+    #[test]
+    fn training_lowers_the_loss() {
+        let gpu = gpu();
+        let samples = 4096;
+        let x = inputs(samples, 2, 0.0);
+        let y: Vec<f32> = x
+            .chunks_exact(2)
+            .map(|p| p[0].sin() + 0.5 * p[1] * p[1])
+            .collect();
+        let config = TrainConfig {
+            epochs: 8,
+            batch_size: 128,
+            optimizer: Optimizer::adam(1e-2),
+            seed: 7,
+        };
+        let mut cpu = Mlp::random(&[2, 32, 32, 1], Activation::Tanh, 3).expect("model");
+        let mut device = GpuMlp::upload(&gpu, &cpu).expect("upload");
+        let report = device
+            .train(&gpu, &x, &y, samples, &config)
+            .expect("GPU training");
+        let cpu_report = train_cpu(&mut cpu, &x, &y, samples, &config).expect("CPU training");
+        assert_eq!(report.steps, cpu_report.steps);
+        assert_eq!(report.steps, 8 * 32);
+        let (first, last) = (report.losses[0], report.losses[7]);
+        assert!(last < first / 10.0, "losses {:?}", report.losses);
+        // Rounding differences grow over the epoch's steps; the first
+        // epoch's running loss still agrees closely.
+        assert!(
+            (first - cpu_report.losses[0]).abs() <= 1e-2 * cpu_report.losses[0],
+            "GPU {:?} CPU {:?}",
+            report.losses,
+            cpu_report.losses
+        );
+        // A second run goes on from the trained weights (with fresh
+        // moments): its first epoch is far below the first run's.
+        let again = device.train(&gpu, &x, &y, samples, &config).expect("again");
+        assert!(again.losses[0] < first / 10.0, "{:?}", again.losses);
+    }
+}
