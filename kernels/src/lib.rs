@@ -8,6 +8,9 @@
 //! - one Rust module per kernel family ([`monte_carlo`], [`risk`],
 //!   [`indicators`], [`patterns`], [`portfolio_opt`]), holding the CPU twin
 //!   (rayon) and the launch code side by side.
+//! - [`mlp`] and [`mlp_gpu`]: the model kinds' network, its CPU twin and
+//!   its GPU path (cuBLAS GEMMs and the kernels of `cuda/mlp.cu`, the model
+//!   resident on the device).
 //! - [`philox`]: Philox4x32-10, the counter-based generator, in Rust.
 //! - [`runtime`]: NVRTC compilation to CUBIN, the on-disk cache, the [`runtime::Gpu`]
 //!   handle kernels launch through.

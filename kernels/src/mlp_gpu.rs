@@ -12,7 +12,7 @@
 //! is the column-major `c x r` matrix, its transpose. So `Y = X W^T`
 //! (`X` batch x inputs, `W` outputs x inputs, both row-major) is computed as
 //! the column-major `Y^T = W X^T`: `W`'s buffer read transposed, `X`'s as
-//! it is. The backward products follow the same rule (see [`Gemm`]).
+//! it is. The backward products follow the same rule (see `Gemm`).
 //!
 //! cuBLAS's FP32 GEMM (default math mode: no TF32) sums in its own order,
 //! so results differ from the CPU twin's by rounding (well under 1e-4
@@ -1389,6 +1389,13 @@ mod tests {
         let mut broken = Mlp::random(&[3, 5, 2], Activation::Tanh, 1).expect("model");
         broken.layers[1].inputs = 4;
         assert!(matches!(validate(&broken), Err(GpuMlpError::Invalid(_))));
+    }
+
+    /// A worker keeps resident models in a cache shared by its threads.
+    #[test]
+    fn a_resident_model_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<GpuMlp>();
     }
 
     #[test]
