@@ -447,20 +447,35 @@ fn pack_a<const MR: usize>(a: Strided<'_>, rows: Range<usize>) -> Vec<[f32; MR]>
 }
 
 /// The `MR x NR` sums of one row group against one panel: the innermost
-/// loop. Fixed-size arrays let LLVM keep `acc` in vector registers and turn
-/// the `j` loop into lane-wise multiplies and adds.
+/// loop. Each row's accumulator is its own local array of `NR` floats (one
+/// or two vector registers): LLVM keeps such small arrays in registers and
+/// turns `row_step` into lane-wise multiplies and adds, where one `MR x NR`
+/// array would stay in memory.
 #[inline(always)]
 fn micro_tile<const MR: usize, const NR: usize>(
     a: &[[f32; MR]],
     b: &[[f32; NR]],
 ) -> [[f32; NR]; MR] {
-    let mut acc = [[0.0f32; NR]; MR];
-    for (a_step, b_step) in a.iter().zip(b) {
-        for r in 0..MR {
-            for j in 0..NR {
-                acc[r][j] += a_step[r] * b_step[j];
+    // Up to 8 rows, unrolled by hand; `MR` picks how many are live.
+    macro_rules! tile {
+        ($($acc:ident $r:literal),*) => {{
+            $(let mut $acc = [0.0f32; NR];)*
+            for (a_step, b_step) in a.iter().zip(b) {
+                $(if $r < MR { $acc = row_step($acc, a_step[$r], b_step); })*
             }
-        }
+            let rows = [$($acc),*];
+            std::array::from_fn(|r| rows[r])
+        }};
+    }
+    const { assert!(MR <= 8) };
+    tile!(acc0 0, acc1 1, acc2 2, acc3 3, acc4 4, acc5 5, acc6 6, acc7 7)
+}
+
+/// `acc + scale * b`, lane by lane (a multiply, then an add: no FMA).
+#[inline(always)]
+fn row_step<const NR: usize>(mut acc: [f32; NR], scale: f32, b: &[f32; NR]) -> [f32; NR] {
+    for j in 0..NR {
+        acc[j] += scale * b[j];
     }
     acc
 }
