@@ -277,6 +277,10 @@ mod tests {
         assert_eq!((err.free, err.models), (GIB, 2 * GIB));
         assert_eq!(ledger.models_bytes(), 3 * GIB);
         // Running tasks' reservations count against it too.
-        assert!(ledger.make_room(2 * GIB, Priority::Critical, 4 * GIB).is_err());
+        assert!(
+            ledger
+                .make_room(2 * GIB, Priority::Critical, 4 * GIB)
+                .is_err()
+        );
     }
 }
