@@ -34,7 +34,7 @@ impl Task {
             message: e.0,
         })?;
         let mut task = Self::raw(K::KIND, msgpack::encode(params)?);
-        task.class = Some(K::CLASS);
+        task.class = Some(K::class(params));
         task.memory_bytes = K::memory_estimate(params);
         Ok(task)
     }

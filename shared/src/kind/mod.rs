@@ -7,6 +7,7 @@
 
 pub mod builtin;
 pub mod indicators;
+pub mod models;
 pub mod monte_carlo;
 pub mod patterns;
 pub mod portfolio_opt;
@@ -48,6 +49,14 @@ pub trait KindSpec: Send + Sync + 'static {
         let _ = params;
         0
     }
+
+    /// The class a task with these parameters goes to unless its producer
+    /// says otherwise: [`KindSpec::CLASS`] unless the parameters decide
+    /// (a `predict_batch` over many symbols is heavy).
+    fn class(params: &Self::Params) -> Class {
+        let _ = params;
+        Self::CLASS
+    }
 }
 
 /// What a kind this crate defines says of MessagePack parameters: checked
@@ -68,12 +77,12 @@ pub fn known(kind: &str, params: &[u8]) -> Option<Known> {
         let decoded = crate::msgpack::decode::<K::Params>(params)
             .map_err(|e| BadParams::new(format!("parameters of {}: {e}", K::KIND)));
         let checked = decoded.as_ref().map_err(Clone::clone).and_then(K::validate);
-        let memory_bytes = match (&decoded, &checked) {
-            (Ok(params), Ok(())) => K::memory_estimate(params),
-            _ => 0,
+        let (memory_bytes, class) = match (&decoded, &checked) {
+            (Ok(params), Ok(())) => (K::memory_estimate(params), K::class(params)),
+            _ => (0, K::CLASS),
         };
         Known {
-            class: K::CLASS,
+            class,
             checked,
             memory_bytes,
         }
@@ -99,6 +108,9 @@ pub fn known(kind: &str, params: &[u8]) -> Option<Known> {
         indicators::Indicators,
         patterns::Patterns,
         portfolio_opt::PortfolioOpt,
+        models::Infer,
+        models::PredictBatch,
+        models::Train,
     )
 }
 
