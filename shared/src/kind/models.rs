@@ -99,7 +99,7 @@ impl KindSpec for Infer {
 
     fn validate(p: &InferParams) -> Result<(), BadParams> {
         check_model(&p.model)?;
-        if p.batch == 0 || p.inputs.len() as u64 % p.batch != 0 {
+        if p.batch == 0 || !(p.inputs.len() as u64).is_multiple_of(p.batch) {
             return Err(BadParams::new(format!(
                 "inputs hold {} numbers, not a whole number of rows for batch {}",
                 p.inputs.len(),
@@ -439,10 +439,9 @@ mod tests {
         };
         assert!(Train::validate(&sgd).unwrap_err().0.contains("momentum"));
         // Defaults fill in Adam's betas.
-        let adam: Optimizer = msgpack::decode(
-            &msgpack::encode(&adam_map(&[("type", "adam")], 0.01)).unwrap(),
-        )
-        .unwrap();
+        let adam: Optimizer =
+            msgpack::decode(&msgpack::encode(&adam_map(&[("type", "adam")], 0.01)).unwrap())
+                .unwrap();
         assert_eq!(
             adam,
             Optimizer::Adam {
