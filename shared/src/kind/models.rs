@@ -269,7 +269,9 @@ impl KindSpec for Train {
 
     fn validate(p: &TrainParams) -> Result<(), BadParams> {
         check_model(&p.model)?;
-        if p.samples == 0 || p.x.len() as u64 % p.samples != 0 || p.y.len() as u64 % p.samples != 0
+        if p.samples == 0
+            || !(p.x.len() as u64).is_multiple_of(p.samples)
+            || !(p.y.len() as u64).is_multiple_of(p.samples)
         {
             return Err(BadParams::new(format!(
                 "x ({}) and y ({}) must each hold a whole number of rows for {} samples",
