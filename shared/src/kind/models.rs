@@ -300,7 +300,7 @@ impl KindSpec for Train {
                 eps,
             } => {
                 let beta = 0.0..1.0;
-                if !beta.contains(&beta1) || !beta.contains(&beta2) || !(eps > 0.0) {
+                if !beta.contains(&beta1) || !beta.contains(&beta2) || eps.is_nan() || eps <= 0.0 {
                     return Err(BadParams::new(
                         "Adam needs beta1 and beta2 in [0, 1) and eps > 0",
                     ));
