@@ -4,6 +4,7 @@
 //! [`crate::mlp_gpu`], its GPU path. The file format lives in
 //! `tandem_shared::model`; this module sees plain arrays.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -274,23 +275,63 @@ struct Packed {
 impl Packed {
     /// Packs B(p, j) = `data[p * p_stride + j * col_stride]`.
     fn pack(kernel: Kernel, source: Strided<'_>) -> Packed {
+        let mut packed = Packed::empty();
+        packed.repack(kernel, source);
+        packed
+    }
+
+    /// Nothing packed yet: a buffer for [`Packed::repack`].
+    fn empty() -> Packed {
+        Packed {
+            data: Vec::new(),
+            depth: 0,
+            cols: 0,
+            nr: 0,
+        }
+    }
+
+    /// Packs `source` into this buffer, reusing its memory: training packs
+    /// every weight matrix on every step, and fresh buffers of that size
+    /// cost more in page faults than the copy itself.
+    fn repack(&mut self, kernel: Kernel, source: Strided<'_>) {
         // `source` is read as `cols x depth` (rows are B's columns).
         let (cols, depth, nr) = (source.rows, source.depth, kernel.nr());
         let panels = cols.div_ceil(nr);
-        let mut data = vec![0.0; panels * depth * nr];
-        for (q, panel) in data.chunks_exact_mut(depth * nr).enumerate() {
-            for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
-                for (j, slot) in row.iter_mut().enumerate().take(cols.saturating_sub(q * nr)) {
-                    *slot = source.at(q * nr + j, p);
+        reuse_for_overwrite(&mut self.data, panels * depth * nr);
+        for (q, panel) in self.data.chunks_exact_mut(depth * nr).enumerate() {
+            let valid = cols.saturating_sub(q * nr).min(nr);
+            if source.depth_stride == 1 {
+                // Each column is contiguous in `source`: read it front to
+                // back, write it down the panel (which stays in L1).
+                for j in 0..valid {
+                    let start = (q * nr + j) * source.row_stride;
+                    let column = &source.data[start..start + depth];
+                    for (row, value) in panel.chunks_exact_mut(nr).zip(column) {
+                        row[j] = *value;
+                    }
+                }
+            } else if source.row_stride == 1 {
+                // Each row of B is contiguous: copy its panel's stretch.
+                for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                    let start = p * source.depth_stride + q * nr;
+                    row[..valid].copy_from_slice(&source.data[start..start + valid]);
+                }
+            } else {
+                for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                    for (j, slot) in row.iter_mut().enumerate().take(valid) {
+                        *slot = source.at(q * nr + j, p);
+                    }
+                }
+            }
+            if valid < nr {
+                for row in panel.chunks_exact_mut(nr) {
+                    row[valid..].fill(0.0);
                 }
             }
         }
-        Packed {
-            data,
-            depth,
-            cols,
-            nr,
-        }
+        self.depth = depth;
+        self.cols = cols;
+        self.nr = nr;
     }
 
     fn panel<const NR: usize>(&self, q: usize) -> &[[f32; NR]] {
@@ -301,29 +342,57 @@ impl Packed {
     }
 }
 
+/// Gives `buffer` exactly `len` elements, keeping its memory: the contents
+/// are left as they were (stale), for callers that overwrite every element.
+fn reuse_for_overwrite(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.len() != len {
+        buffer.resize(len, 0.0);
+    }
+}
+
 /// What happens to `C(i, j)` after its sum: bias added, then the hidden
-/// activation.
+/// activation, then (backpropagation) the activation's derivative.
 #[derive(Debug, Clone, Copy)]
 struct Epilogue<'a> {
     bias: Option<&'a [f32]>,
     activation: Option<Activation>,
+    derivative: Option<Derivative<'a>>,
+}
+
+/// `C(i, j) *= activation'(z)`, read from `activated(i, j) = activation(z)`
+/// (row-major, C's shape): backpropagation through a hidden layer, applied
+/// as each delta leaves the GEMM instead of in a second pass over it.
+#[derive(Debug, Clone, Copy)]
+struct Derivative<'a> {
+    activation: Activation,
+    activated: &'a [f32],
 }
 
 impl Epilogue<'_> {
     const NONE: Epilogue<'static> = Epilogue {
         bias: None,
         activation: None,
+        derivative: None,
     };
 
+    /// `row` and `col` index C as a whole (not the block being computed).
     #[inline(always)]
-    fn apply(&self, sum: f32, col: usize) -> f32 {
+    fn apply(&self, sum: f32, row: usize, col: usize, cols: usize) -> f32 {
         let value = match self.bias {
             Some(bias) => sum + bias[col],
             None => sum,
         };
-        match self.activation {
+        let value = match self.activation {
             None => value,
             Some(activation) => activate(activation, value),
+        };
+        match self.derivative {
+            None => value,
+            Some(derivative) => scale_by_derivative(
+                derivative.activation,
+                value,
+                derivative.activated[row * cols + col],
+            ),
         }
     }
 }
@@ -355,17 +424,26 @@ fn gemm_rows(
     debug_assert_eq!(b.nr, kernel.nr());
     debug_assert_eq!(a.depth, b.depth);
     debug_assert_eq!(out.len(), rows.len() * b.cols);
-    match kernel.simd {
+    // The scratch is taken here, outside the SIMD builds: a closure passed
+    // to `LocalKey::with` is compiled without their target features. Nothing
+    // below reaches rayon or another GEMM, so the borrow is never taken twice.
+    PACKED_A.with_borrow_mut(|scratch| match kernel.simd {
         // SAFETY: `kernel.simd` comes from `philox::simd`, so the CPU has
         // the features these builds enable.
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
-        philox::Simd::Avx512 => unsafe { gemm_rows_avx512(a, rows, b, epilogue, out) },
+        philox::Simd::Avx512 => unsafe { gemm_rows_avx512(a, rows, b, epilogue, out, scratch) },
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
-        philox::Simd::Avx2 => unsafe { gemm_rows_avx2(a, rows, b, epilogue, out) },
-        _ => gemm_rows_tiled::<3, 16>(a, rows, b, epilogue, out),
-    }
+        philox::Simd::Avx2 => unsafe { gemm_rows_avx2(a, rows, b, epilogue, out, scratch) },
+        _ => gemm_rows_tiled::<3, 16>(a, rows, b, epilogue, out, scratch),
+    });
+}
+
+thread_local! {
+    /// Each thread's packed rows of A, kept from one GEMM to the next so
+    /// that the many small GEMMs of training do not map fresh memory.
+    static PACKED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`gemm_rows`] for AVX-512: 8 x 32 tile, 16 accumulator registers.
@@ -377,8 +455,9 @@ fn gemm_rows_avx512(
     b: &Packed,
     epilogue: Epilogue<'_>,
     out: &mut [f32],
+    scratch: &mut Vec<f32>,
 ) {
-    gemm_rows_tiled::<8, 32>(a, rows, b, epilogue, out);
+    gemm_rows_tiled::<8, 32>(a, rows, b, epilogue, out, scratch);
 }
 
 /// [`gemm_rows`] for AVX2: 6 x 16 tile, 12 accumulator registers.
@@ -390,10 +469,12 @@ fn gemm_rows_avx2(
     b: &Packed,
     epilogue: Epilogue<'_>,
     out: &mut [f32],
+    scratch: &mut Vec<f32>,
 ) {
-    gemm_rows_tiled::<6, 16>(a, rows, b, epilogue, out);
+    gemm_rows_tiled::<6, 16>(a, rows, b, epilogue, out, scratch);
 }
 
+/// The GEMM of one build; `scratch` holds the packed rows of A.
 #[inline(always)]
 fn gemm_rows_tiled<const MR: usize, const NR: usize>(
     a: Strided<'_>,
@@ -401,9 +482,10 @@ fn gemm_rows_tiled<const MR: usize, const NR: usize>(
     b: &Packed,
     epilogue: Epilogue<'_>,
     out: &mut [f32],
+    scratch: &mut Vec<f32>,
 ) {
     let depth = a.depth;
-    let packed_a = pack_a::<MR>(a, rows.clone());
+    let packed_a = pack_a::<MR>(a, rows.clone(), scratch);
     let groups = rows.len().div_ceil(MR);
     // Panel outer, row group inner: one panel of B stays in L1 while the
     // row block's packed A (a few tens of KB) streams from L2.
@@ -415,9 +497,10 @@ fn gemm_rows_tiled<const MR: usize, const NR: usize>(
             let valid_rows = (rows.len() - g * MR).min(MR);
             for (r, acc_row) in acc.iter().enumerate().take(valid_rows) {
                 let start = (g * MR + r) * b.cols + q * NR;
+                let row = rows.start + g * MR + r;
                 for (j, (slot, sum)) in out[start..start + cols].iter_mut().zip(acc_row).enumerate()
                 {
-                    *slot = epilogue.apply(*sum, q * NR + j);
+                    *slot = epilogue.apply(*sum, row, q * NR + j, b.cols);
                 }
             }
         }
@@ -425,11 +508,17 @@ fn gemm_rows_tiled<const MR: usize, const NR: usize>(
 }
 
 /// Rows `rows` of A as groups of `MR` rows, each `depth` steps of `MR`
-/// floats (zero past the last row), the order the micro tile reads them.
+/// floats (zero past the last row), the order the micro tile reads them,
+/// written into `scratch`.
 #[inline(always)]
-fn pack_a<const MR: usize>(a: Strided<'_>, rows: Range<usize>) -> Vec<[f32; MR]> {
+fn pack_a<'s, const MR: usize>(
+    a: Strided<'_>,
+    rows: Range<usize>,
+    scratch: &'s mut Vec<f32>,
+) -> &'s [[f32; MR]] {
     let groups = rows.len().div_ceil(MR);
-    let mut packed = vec![[0.0; MR]; groups * a.depth];
+    reuse_for_overwrite(scratch, groups * a.depth * MR);
+    let packed = scratch.as_chunks_mut::<MR>().0;
     for (g, group) in packed
         .chunks_exact_mut(a.depth.max(1))
         .enumerate()
@@ -438,8 +527,15 @@ fn pack_a<const MR: usize>(a: Strided<'_>, rows: Range<usize>) -> Vec<[f32; MR]>
         let first = rows.start + g * MR;
         let valid = (rows.end - first).min(MR);
         for (p, step) in group.iter_mut().enumerate() {
-            for (r, slot) in step.iter_mut().enumerate().take(valid) {
-                *slot = a.at(first + r, p);
+            if a.row_stride == 1 && valid == MR {
+                // The group's rows are adjacent floats (a transposed
+                // operand): one copy per step.
+                let start = first + p * a.depth_stride;
+                step.copy_from_slice(&a.data[start..start + MR]);
+            } else {
+                for (r, slot) in step.iter_mut().enumerate() {
+                    *slot = if r < valid { a.at(first + r, p) } else { 0.0 };
+                }
             }
         }
     }
@@ -501,17 +597,19 @@ fn par_gemm(
 
 /// A layer's `W^T` (`inputs x outputs`) packed as the B of `x W^T`.
 fn pack_weights_transposed(kernel: Kernel, layer: &Layer) -> Packed {
-    // B(p = input, j = output) = W[output * inputs + input].
-    Packed::pack(
-        kernel,
-        Strided {
-            data: &layer.weight,
-            rows: layer.outputs,
-            depth: layer.inputs,
-            row_stride: layer.inputs,
-            depth_stride: 1,
-        },
-    )
+    Packed::pack(kernel, weights_transposed(layer))
+}
+
+/// A layer's `W^T` as a B operand: B(p = input, j = output) =
+/// `W[output * inputs + input]`.
+fn weights_transposed(layer: &Layer) -> Strided<'_> {
+    Strided {
+        data: &layer.weight,
+        rows: layer.outputs,
+        depth: layer.inputs,
+        row_stride: layer.inputs,
+        depth_stride: 1,
+    }
 }
 
 /// A row-major `rows x width` matrix as an A operand.
@@ -579,6 +677,7 @@ fn forward_block(kernel: Kernel, mlp: &Mlp, packed: &[Packed], inputs: &[f32], o
         let epilogue = Epilogue {
             bias: Some(&layer.bias),
             activation: (index < last).then_some(mlp.activation),
+            derivative: None,
         };
         let a = row_major(&current, rows, layer.inputs);
         if index == last {
@@ -778,12 +877,22 @@ pub fn train_cpu(
         return Err(MlpError::BadTraining("batch size 0".into()));
     }
     let mut state = OptimizerState::new(mlp);
+    let mut workspace = Workspace::new(mlp);
     let mut losses = Vec::with_capacity(config.epochs);
     for epoch in 0..config.epochs {
         let order = epoch_order(samples, config.seed, epoch);
         let mut weighted = 0.0;
         for indices in order.chunks(config.batch_size) {
-            let loss = train_step(mlp, &mut state, x, y, samples, indices, &config.optimizer)?;
+            let loss = step_in(
+                mlp,
+                &mut state,
+                &mut workspace,
+                x,
+                y,
+                samples,
+                indices,
+                &config.optimizer,
+            )?;
             weighted += loss * indices.len() as f64;
         }
         losses.push(weighted / samples as f64);
@@ -816,15 +925,40 @@ pub fn train_step(
     indices: &[usize],
     optimizer: &Optimizer,
 ) -> Result<f64, MlpError> {
+    let mut workspace = Workspace::new(mlp);
+    step_in(
+        mlp,
+        state,
+        &mut workspace,
+        x,
+        y,
+        samples,
+        indices,
+        optimizer,
+    )
+}
+
+/// [`train_step`] with the run's buffers.
+#[allow(clippy::too_many_arguments)]
+fn step_in(
+    mlp: &mut Mlp,
+    state: &mut OptimizerState,
+    workspace: &mut Workspace,
+    x: &[f32],
+    y: &[f32],
+    samples: usize,
+    indices: &[usize],
+    optimizer: &Optimizer,
+) -> Result<f64, MlpError> {
     optimizer.check()?;
     if !(state.first.shaped_like(mlp) && state.second.shaped_like(mlp)) {
         return Err(MlpError::BadTraining(
             "the optimizer state is not shaped like the network".into(),
         ));
     }
-    let (loss, gradients) = gradients_cpu(mlp, x, y, samples, indices)?;
+    let loss = gradients_in(mlp, workspace, x, y, samples, indices)?;
     state.step += 1;
-    apply_update(mlp, state, &gradients, optimizer);
+    apply_update(mlp, state, &workspace.gradients, optimizer);
     Ok(loss)
 }
 
@@ -838,6 +972,20 @@ pub fn gradients_cpu(
     samples: usize,
     indices: &[usize],
 ) -> Result<(f64, Params), MlpError> {
+    let mut workspace = Workspace::new(mlp);
+    let loss = gradients_in(mlp, &mut workspace, x, y, samples, indices)?;
+    Ok((loss, workspace.gradients))
+}
+
+/// [`gradients_cpu`] into `workspace.gradients`; returns the loss.
+fn gradients_in(
+    mlp: &Mlp,
+    workspace: &mut Workspace,
+    x: &[f32],
+    y: &[f32],
+    samples: usize,
+    indices: &[usize],
+) -> Result<f64, MlpError> {
     check_training(mlp, x, y, samples)?;
     if indices.is_empty() {
         return Err(MlpError::BadTraining("empty mini-batch".into()));
@@ -847,52 +995,95 @@ pub fn gradients_cpu(
             "mini-batch index {bad} out of range for {samples} samples"
         )));
     }
+    if !workspace.gradients.shaped_like(mlp) {
+        *workspace = Workspace::new(mlp);
+    }
     let kernel = Kernel::detect();
-    let activations = forward_batch(kernel, mlp, x, indices);
-    let (loss, delta) = output_delta(mlp, &activations, y, indices);
-    Ok((loss, backward(kernel, mlp, &activations, delta)))
+    forward_batch(kernel, mlp, x, indices, workspace);
+    let loss = output_delta(mlp, workspace, y, indices);
+    backward(kernel, mlp, workspace, indices.len());
+    Ok(loss)
 }
 
-/// The activations of every layer for the rows `indices`: entry 0 is the
+/// The buffers of one training step, kept from step to step: a run maps
+/// them once, where fresh buffers on every mini-batch spent more time in
+/// page faults than in arithmetic. Every buffer is overwritten before it is
+/// read, so a step's results do not depend on what the last step left.
+#[derive(Debug)]
+struct Workspace {
+    /// Entry 0: the mini-batch's normalised inputs; entry l + 1: layer l's
+    /// output (`batch x outputs`, row-major), kept for the backward pass.
+    activations: Vec<Vec<f32>>,
+    /// The loss's gradient at the output of the layer being
+    /// back-propagated (`batch x outputs`), and at its input.
+    delta: Vec<f32>,
+    delta_next: Vec<f32>,
+    /// The step's gradient, shaped like the network's parameters.
+    gradients: Params,
+    /// Per layer, `W^T` packed as the B of the forward GEMM.
+    forward_weights: Vec<Packed>,
+    /// The B operands of the backward pass: a layer's input activations
+    /// transposed (for `dW`) and its weights (for the next delta).
+    packed_activations: Packed,
+    packed_weights: Packed,
+}
+
+impl Workspace {
+    fn new(mlp: &Mlp) -> Workspace {
+        Workspace {
+            activations: vec![Vec::new(); mlp.layers.len() + 1],
+            delta: Vec::new(),
+            delta_next: Vec::new(),
+            gradients: Params::zeros(mlp),
+            forward_weights: mlp.layers.iter().map(|_| Packed::empty()).collect(),
+            packed_activations: Packed::empty(),
+            packed_weights: Packed::empty(),
+        }
+    }
+}
+
+/// Fills `workspace.activations` for the rows `indices`: entry 0 is the
 /// normalised inputs, entry l + 1 the output of layer l.
-fn forward_batch(kernel: Kernel, mlp: &Mlp, x: &[f32], indices: &[usize]) -> Vec<Vec<f32>> {
+fn forward_batch(
+    kernel: Kernel,
+    mlp: &Mlp,
+    x: &[f32],
+    indices: &[usize],
+    workspace: &mut Workspace,
+) {
     let width = mlp.inputs();
     let batch = indices.len();
-    let gathered: Vec<f32> = indices
-        .iter()
-        .flat_map(|&i| &x[i * width..(i + 1) * width])
-        .copied()
-        .collect();
-    let mut normalised = vec![0.0; gathered.len()];
-    normalise_into(mlp, &gathered, &mut normalised);
-    let mut activations = vec![normalised];
+    let inputs = &mut workspace.activations[0];
+    reuse_for_overwrite(inputs, batch * width);
+    for (row_out, &i) in inputs.chunks_exact_mut(width).zip(indices) {
+        normalise_into(mlp, &x[i * width..(i + 1) * width], row_out);
+    }
     let last = mlp.layers.len() - 1;
     for (index, layer) in mlp.layers.iter().enumerate() {
-        let b = pack_weights_transposed(kernel, layer);
+        let b = &mut workspace.forward_weights[index];
+        b.repack(kernel, weights_transposed(layer));
         let epilogue = Epilogue {
             bias: Some(&layer.bias),
             activation: (index < last).then_some(mlp.activation),
+            derivative: None,
         };
-        let mut out = vec![0.0; batch * layer.outputs];
-        let a = row_major(&activations[index], batch, layer.inputs);
-        par_gemm(kernel, a, &b, epilogue, &mut out, TRAIN_BLOCK_ROWS);
-        activations.push(out);
+        let (done, rest) = workspace.activations.split_at_mut(index + 1);
+        let out = &mut rest[0];
+        reuse_for_overwrite(out, batch * layer.outputs);
+        let a = row_major(&done[index], batch, layer.inputs);
+        par_gemm(kernel, a, b, epilogue, out, TRAIN_BLOCK_ROWS);
     }
-    activations
 }
 
-/// The batch loss and `dL/d output = 2 (output - y) / (batch outputs)`.
-fn output_delta(
-    mlp: &Mlp,
-    activations: &[Vec<f32>],
-    y: &[f32],
-    indices: &[usize],
-) -> (f64, Vec<f32>) {
+/// The batch loss; `workspace.delta` becomes `dL/d output = 2 (output - y)
+/// / (batch outputs)`.
+fn output_delta(mlp: &Mlp, workspace: &mut Workspace, y: &[f32], indices: &[usize]) -> f64 {
     let outputs = mlp.outputs();
-    let predicted = &activations[activations.len() - 1];
+    let predicted = &workspace.activations[mlp.layers.len()];
     let count = indices.len() * outputs;
     let scale = 2.0 / count as f32;
-    let mut delta = vec![0.0; count];
+    let delta = &mut workspace.delta;
+    reuse_for_overwrite(delta, count);
     let mut sum = 0.0;
     for (row, &i) in indices.iter().enumerate() {
         let target = &y[i * outputs..(i + 1) * outputs];
@@ -902,19 +1093,27 @@ fn output_delta(
             delta[row * outputs + o] = scale * difference;
         }
     }
-    (sum / count as f64, delta)
+    sum / count as f64
 }
 
-/// Backpropagation from `delta` (the loss's gradient at the output).
-fn backward(kernel: Kernel, mlp: &Mlp, activations: &[Vec<f32>], mut delta: Vec<f32>) -> Params {
-    let batch = activations[0].len() / mlp.inputs();
-    let mut gradients = Params::zeros(mlp);
+/// Backpropagation from `workspace.delta` (the loss's gradient at the
+/// output) into `workspace.gradients`.
+fn backward(kernel: Kernel, mlp: &Mlp, workspace: &mut Workspace, batch: usize) {
+    let Workspace {
+        activations,
+        delta,
+        delta_next,
+        gradients,
+        packed_activations,
+        packed_weights,
+        ..
+    } = workspace;
     for (index, layer) in mlp.layers.iter().enumerate().rev() {
         let (inputs, outputs) = (layer.inputs, layer.outputs);
         let previous = &activations[index];
         // dW (outputs x inputs) = delta^T (outputs x batch) . previous
         // (batch x inputs): the sum over the batch is the GEMM's depth.
-        let b = Packed::pack(
+        packed_activations.repack(
             kernel,
             Strided {
                 data: previous,
@@ -925,7 +1124,7 @@ fn backward(kernel: Kernel, mlp: &Mlp, activations: &[Vec<f32>], mut delta: Vec<
             },
         );
         let delta_t = Strided {
-            data: &delta,
+            data: delta,
             rows: outputs,
             depth: batch,
             row_stride: 1,
@@ -934,12 +1133,13 @@ fn backward(kernel: Kernel, mlp: &Mlp, activations: &[Vec<f32>], mut delta: Vec<
         par_gemm(
             kernel,
             delta_t,
-            &b,
+            packed_activations,
             Epilogue::NONE,
             &mut gradients.weight[index],
             TRAIN_BLOCK_ROWS,
         );
         let bias = &mut gradients.bias[index];
+        bias.fill(0.0);
         for row in delta.chunks_exact(outputs) {
             for (sum, d) in bias.iter_mut().zip(row) {
                 *sum += d;
@@ -950,7 +1150,7 @@ fn backward(kernel: Kernel, mlp: &Mlp, activations: &[Vec<f32>], mut delta: Vec<
         }
         // delta_prev (batch x inputs) = delta (batch x outputs) . W, times
         // the activation's derivative, read from the activation itself.
-        let b = Packed::pack(
+        packed_weights.repack(
             kernel,
             Strided {
                 data: &layer.weight,
@@ -960,41 +1160,52 @@ fn backward(kernel: Kernel, mlp: &Mlp, activations: &[Vec<f32>], mut delta: Vec<
                 depth_stride: inputs,
             },
         );
-        let mut next = vec![0.0; batch * inputs];
+        let epilogue = Epilogue {
+            derivative: Some(Derivative {
+                activation: mlp.activation,
+                activated: previous,
+            }),
+            ..Epilogue::NONE
+        };
+        reuse_for_overwrite(delta_next, batch * inputs);
         par_gemm(
             kernel,
-            row_major(&delta, batch, outputs),
-            &b,
-            Epilogue::NONE,
-            &mut next,
+            row_major(delta, batch, outputs),
+            packed_weights,
+            epilogue,
+            delta_next,
             TRAIN_BLOCK_ROWS,
         );
-        next.par_chunks_mut(4096)
-            .zip(previous.par_chunks(4096))
-            .for_each(|(d, a)| scale_by_derivative(mlp.activation, d, a));
-        delta = next;
+        std::mem::swap(delta, delta_next);
     }
-    gradients
 }
 
-/// `delta *= activation'(z)`, written in terms of `a = activation(z)`.
-fn scale_by_derivative(activation: Activation, delta: &mut [f32], activated: &[f32]) {
-    for (d, a) in delta.iter_mut().zip(activated) {
-        *d = match activation {
-            Activation::Relu => {
-                if *a > 0.0 {
-                    *d
-                } else {
-                    0.0
-                }
+/// `delta * activation'(z)`, written in terms of `a = activation(z)`.
+#[inline(always)]
+fn scale_by_derivative(activation: Activation, delta: f32, activated: f32) -> f32 {
+    match activation {
+        Activation::Relu => {
+            if activated > 0.0 {
+                delta
+            } else {
+                0.0
             }
-            Activation::Tanh => *d * (1.0 - a * a),
-        };
+        }
+        Activation::Tanh => delta * (1.0 - activated * activated),
     }
 }
+
+/// Parameters per piece of the optimizer's update.
+const UPDATE_CHUNK: usize = 8192;
+
+/// Below this many parameters in all, the update runs on the calling thread:
+/// waking the pool costs more than it saves.
+const PARALLEL_UPDATE_MIN: usize = 32_768;
 
 /// The optimizer's update of every parameter (element-wise, so any split
-/// gives the same bits); `state.step` is already the new step's number.
+/// gives the same bits); `state.step` is already the new step's number. All
+/// layers' weights and biases go to the pool as one list of pieces, one
+/// parallel region per step rather than one per array.
 fn apply_update(
     mlp: &mut Mlp,
     state: &mut OptimizerState,
@@ -1002,20 +1213,66 @@ fn apply_update(
     optimizer: &Optimizer,
 ) {
     let rule = UpdateRule::new(optimizer, state.step);
-    for (index, layer) in mlp.layers.iter_mut().enumerate() {
-        rule.apply(
-            &mut layer.weight,
-            &mut state.first.weight[index],
-            &mut state.second.weight[index],
-            &gradients.weight[index],
-        );
-        rule.apply(
-            &mut layer.bias,
-            &mut state.first.bias[index],
-            &mut state.second.bias[index],
-            &gradients.bias[index],
-        );
+    let OptimizerState { first, second, .. } = state;
+    let params = mlp
+        .layers
+        .iter_mut()
+        .flat_map(|l| [&mut l.weight[..], &mut l.bias[..]]);
+    let firsts = pairs_mut(&mut first.weight, &mut first.bias);
+    let seconds = pairs_mut(&mut second.weight, &mut second.bias);
+    let grads = gradients
+        .weight
+        .iter()
+        .zip(&gradients.bias)
+        .flat_map(|(w, b)| [&w[..], &b[..]]);
+    let mut total = 0;
+    let pieces: Vec<UpdatePiece<'_>> = params
+        .zip(firsts)
+        .zip(seconds)
+        .zip(grads)
+        .flat_map(|(((params, first), second), gradient)| {
+            total += params.len();
+            params
+                .chunks_mut(UPDATE_CHUNK)
+                .zip(first.chunks_mut(UPDATE_CHUNK))
+                .zip(second.chunks_mut(UPDATE_CHUNK))
+                .zip(gradient.chunks(UPDATE_CHUNK))
+                .map(|(((params, first), second), gradient)| UpdatePiece {
+                    params,
+                    first,
+                    second,
+                    gradient,
+                })
+        })
+        .collect();
+    let apply = |piece: UpdatePiece<'_>| {
+        rule.apply_chunk(piece.params, piece.first, piece.second, piece.gradient)
+    };
+    if total < PARALLEL_UPDATE_MIN {
+        pieces.into_iter().for_each(apply);
+    } else {
+        pieces.into_par_iter().for_each(apply);
     }
+}
+
+/// Up to [`UPDATE_CHUNK`] parameters and their optimizer state and
+/// gradient, the same stretch of each array.
+struct UpdatePiece<'a> {
+    params: &'a mut [f32],
+    first: &'a mut [f32],
+    second: &'a mut [f32],
+    gradient: &'a [f32],
+}
+
+/// Per layer, its weight then its bias array of `weight` and `bias`.
+fn pairs_mut<'a>(
+    weight: &'a mut [Vec<f32>],
+    bias: &'a mut [Vec<f32>],
+) -> impl Iterator<Item = &'a mut [f32]> {
+    weight
+        .iter_mut()
+        .zip(bias.iter_mut())
+        .flat_map(|(w, b)| [&mut w[..], &mut b[..]])
 }
 
 /// One step's update with its constants worked out.
@@ -1056,16 +1313,6 @@ impl UpdateRule {
                 }
             }
         }
-    }
-
-    fn apply(self, params: &mut [f32], first: &mut [f32], second: &mut [f32], gradient: &[f32]) {
-        const CHUNK: usize = 8192;
-        params
-            .par_chunks_mut(CHUNK)
-            .zip(first.par_chunks_mut(CHUNK))
-            .zip(second.par_chunks_mut(CHUNK))
-            .zip(gradient.par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| self.apply_chunk(p, m, v, g));
     }
 
     #[inline]
@@ -1247,6 +1494,7 @@ mod tests {
             let epilogue = Epilogue {
                 bias: Some(&bias),
                 activation: Some(Activation::Tanh),
+                derivative: None,
             };
             let mut out = vec![0.0; rows * cols];
             gemm_rows(
