@@ -342,7 +342,7 @@ settings! {
     role: Option<Role> = None, "TANDEM_ROLE";
     /// Roles pinned by GPU UUID, over the capability ranking: a TOML table, or `GPU-a=heavy,GPU-b=light`.
     device_roles: BTreeMap<String, Role> = BTreeMap::new(), "TANDEM_DEVICE_ROLES";
-    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`, and `paced` (tasks take as long, relative to each other, as on GPUs of those speeds).
+    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`, `paced` (tasks take as long, relative to each other, as on GPUs of those speeds) and `model_scale=N` (a resident model is booked at N times its size).
     simulate_gpus: String = String::new(), "TANDEM_SIMULATE_GPUS";
     /// Share of a GPU's memory kept free of tasks, for the CUDA context and fragmentation (percent).
     device_memory_reserve_pct: u32 = 10, "TANDEM_DEVICE_MEMORY_RESERVE_PCT";
@@ -358,6 +358,8 @@ settings! {
     cpu_fallback_ms: u64 = 30_000, "TANDEM_CPU_FALLBACK_MS";
     /// A splittable `parallel` task claimed while two or more GPU workers are live is cut into this many shards per live GPU, which any worker may run; 0: never split.
     shards_per_gpu: u32 = 4, "TANDEM_SHARDS_PER_GPU";
+    /// A directory on the fleet's shared volume where `train` tasks may write fine-tuned models (`out`); empty: they come back in the result only.
+    model_dir: String = String::new(), "TANDEM_MODEL_DIR";
     /// A GPU task running longer than this means the device hung: it is marked failed and its tasks handed back (ms; 0 = off).
     device_watchdog_ms: u64 = 0, "TANDEM_DEVICE_WATCHDOG_MS";
     /// First wait between health probes of a device that failed; doubles up to `probe_backoff_max_ms` (ms).

@@ -105,6 +105,10 @@ pub struct Simulated {
     /// [`PACE_TFLOPS`] / `tflops`, so a fleet of paced GPUs shares work the
     /// way real GPUs of these speeds would (`paced` in the description).
     pub paced: bool,
+    /// A model resident on this GPU is booked at this many times its size
+    /// (`model_scale=N`), so tests can fill a 12 GiB device with small
+    /// model files.
+    pub model_scale: u64,
 }
 
 /// The throughput a paced simulated GPU runs at the host CPU's speed.
@@ -277,7 +281,8 @@ pub struct SimulateError {
 
 /// Reads simulated GPUs: `;`-separated, each `name, memory, TFLOPS` and any
 /// of `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`,
-/// `probe_failures=N`, `uuid=SIM-...`, and `paced` (see [`Simulated::paced`]), as in
+/// `probe_failures=N`, `uuid=SIM-...`, `model_scale=N` (see
+/// [`Simulated::model_scale`]) and `paced` (see [`Simulated::paced`]), as in
 /// `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`.
 /// Sizes take `GiB`, `MiB`, `GB`, `MB` or plain bytes. Each gets the UUID
 /// `SIM-<position>-<name>` unless it names one.
@@ -298,6 +303,7 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
         let mut faults = Faults::default();
         let mut uuid = None;
         let mut paced = false;
+        let mut model_scale = 1;
         for part in parts.filter(|p| !p.is_empty()) {
             if part.eq_ignore_ascii_case("paced") {
                 paced = true;
@@ -317,6 +323,7 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
                             .map_err(|_| fail("probe_failures is too large".into()))?;
                     }
                     "oom_above" => faults.oom_above = Some(parse_size(value).map_err(fail)?),
+                    "model_scale" => model_scale = count()?.max(1),
                     "uuid" => {
                         if !value.starts_with("SIM-") || !is_key_safe(value) {
                             return Err(fail(format!(
@@ -327,7 +334,7 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
                     }
                     other => {
                         return Err(fail(format!(
-                            "unknown setting {other:?} (fail_after, hang_after, die_after, oom_above, probe_failures, uuid)"
+                            "unknown setting {other:?} (fail_after, hang_after, die_after, oom_above, probe_failures, model_scale, uuid)"
                         )));
                     }
                 }
@@ -363,6 +370,7 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
                 tflops,
                 faults,
                 paced,
+                model_scale,
             }),
         });
     }

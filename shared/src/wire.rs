@@ -624,6 +624,13 @@ pub struct WorkerInfo {
     pub memory_budget: u64,
     /// The memory the running tasks declared.
     pub memory_reserved: u64,
+    /// Models resident on the device (booked in its memory ledger), least
+    /// recently used first, and what they hold together.
+    pub models: Vec<String>,
+    pub memory_models: u64,
+    /// Model cache hits and misses since the worker started.
+    pub model_hits: u64,
+    pub model_misses: u64,
     pub classes: Vec<Class>,
     pub concurrency: usize,
     /// `running` or `draining` (stopping: claims nothing new).
@@ -656,6 +663,10 @@ pub mod worker_field {
     pub const MEMORY_TOTAL: &str = "memory_total";
     pub const MEMORY_BUDGET: &str = "memory_budget";
     pub const MEMORY_RESERVED: &str = "memory_reserved";
+    pub const MODELS: &str = "models";
+    pub const MEMORY_MODELS: &str = "memory_models";
+    pub const MODEL_HITS: &str = "model_hits";
+    pub const MODEL_MISSES: &str = "model_misses";
     pub const CLASSES: &str = "classes";
     pub const CONCURRENCY: &str = "concurrency";
     pub const STATE: &str = "state";
@@ -698,6 +709,10 @@ impl WorkerInfo {
             (f::MEMORY_TOTAL, self.memory_total.to_string()),
             (f::MEMORY_BUDGET, self.memory_budget.to_string()),
             (f::MEMORY_RESERVED, self.memory_reserved.to_string()),
+            (f::MODELS, self.models.join(",")),
+            (f::MEMORY_MODELS, self.memory_models.to_string()),
+            (f::MODEL_HITS, self.model_hits.to_string()),
+            (f::MODEL_MISSES, self.model_misses.to_string()),
             (f::CLASSES, classes),
             (f::CONCURRENCY, self.concurrency.to_string()),
             (f::STATE, self.state.clone()),
@@ -745,6 +760,18 @@ impl WorkerInfo {
             memory_total: number(f::MEMORY_TOTAL),
             memory_budget: number(f::MEMORY_BUDGET),
             memory_reserved: number(f::MEMORY_RESERVED),
+            models: map
+                .get(f::MODELS)
+                .map(|v| {
+                    v.split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            memory_models: number(f::MEMORY_MODELS),
+            model_hits: number(f::MODEL_HITS),
+            model_misses: number(f::MODEL_MISSES),
             classes: map
                 .get(f::CLASSES)
                 .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
@@ -990,6 +1017,10 @@ mod tests {
             memory_total: 12 << 30,
             memory_budget: 11 << 30,
             memory_reserved: 1 << 30,
+            models: vec!["px".into(), "risk-net".into()],
+            memory_models: 42_760,
+            model_hits: 7,
+            model_misses: 2,
             classes: vec![Class::Cpu, Class::Heavy],
             concurrency: 4,
             state: "running".into(),

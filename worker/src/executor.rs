@@ -83,6 +83,8 @@ pub(crate) struct Executor {
     pub backoff: Backoff,
     /// Set when tasks must carry a valid signature.
     pub signer: Option<tandem_shared::signature::Signer>,
+    /// The model cache the model kinds use.
+    pub models: Option<Arc<crate::models::Models>>,
 }
 
 impl Executor {
@@ -308,7 +310,8 @@ impl Executor {
             self.device_id.clone(),
             cancel.clone(),
         )
-        .with_gpu(self.device.runtime());
+        .with_gpu(self.device.runtime())
+        .with_models(entry.priority, self.models.clone());
         let prepared = match (entry.split, parts) {
             (Some(SplitRole::Shard { .. }), _) => {
                 self.splitter(&entry.kind)?.run_shard(&entry.params, &ctx)?
@@ -506,6 +509,7 @@ mod tests {
             watchdog: None,
             max_payload_bytes: 64,
             signer: None,
+            models: None,
             backoff: Backoff {
                 base: Duration::from_millis(100),
                 max: Duration::from_secs(1),

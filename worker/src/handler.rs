@@ -96,6 +96,19 @@ impl From<tandem_kernels::driver::DeviceError> for TaskError {
     }
 }
 
+/// An MLP on the GPU failed: bad input fails for good, a device error by
+/// what it means for the device.
+impl From<tandem_kernels::mlp_gpu::GpuMlpError> for TaskError {
+    fn from(err: tandem_kernels::mlp_gpu::GpuMlpError) -> Self {
+        use tandem_kernels::mlp_gpu::GpuMlpError;
+        match err {
+            GpuMlpError::Device(err) => err.into(),
+            GpuMlpError::Invalid(err) => TaskError::fatal(ErrorCode::BAD_PARAMS, err.to_string()),
+            other => TaskError::fatal(ErrorCode::HANDLER_ERROR, other.to_string()),
+        }
+    }
+}
+
 /// What a running task knows about itself.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
@@ -106,6 +119,10 @@ pub struct TaskContext {
     /// The GPU to launch kernels on: set on a worker bound to a real GPU
     /// whose kernels loaded; `None` on CPU workers and simulated GPUs.
     pub gpu: Option<Arc<tandem_kernels::runtime::Gpu>>,
+    /// The task's priority (a high or critical task may evict models).
+    pub priority: tandem_shared::Priority,
+    /// The worker's model cache, for the model kinds.
+    pub models: Option<Arc<crate::models::Models>>,
     cancel: CancellationToken,
 }
 
@@ -116,11 +133,12 @@ impl TaskContext {
             attempt,
             device,
             gpu: None,
+            priority: tandem_shared::Priority::Normal,
+            models: None,
             cancel,
         }
     }
 
-    /// The same context with a GPU to launch kernels on.
     /// A context for unit tests: a new task id, attempt 1, on the CPU.
     #[cfg(test)]
     pub(crate) fn for_test() -> Self {
@@ -132,9 +150,31 @@ impl TaskContext {
         )
     }
 
+    /// The same context with a GPU to launch kernels on.
     pub fn with_gpu(mut self, gpu: Option<Arc<tandem_kernels::runtime::Gpu>>) -> Self {
         self.gpu = gpu;
         self
+    }
+
+    /// The same context with the task's priority and the model cache.
+    pub fn with_models(
+        mut self,
+        priority: tandem_shared::Priority,
+        models: Option<Arc<crate::models::Models>>,
+    ) -> Self {
+        self.priority = priority;
+        self.models = models;
+        self
+    }
+
+    /// The model cache, or why there is none.
+    pub fn model_cache(&self) -> Result<&crate::models::Models, TaskError> {
+        self.models.as_deref().ok_or_else(|| {
+            TaskError::fatal(
+                tandem_shared::ErrorCode::HANDLER_ERROR,
+                "this worker has no model cache",
+            )
+        })
     }
 
     /// True once a producer asked to cancel this task. Long CPU-bound work

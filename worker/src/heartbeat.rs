@@ -20,6 +20,8 @@ pub(crate) struct Heartbeat {
     pub stats: Arc<Stats>,
     /// The running tasks, for the memory they reserve.
     pub running: Running,
+    /// The device, for the models resident in its memory ledger.
+    pub device: Arc<crate::device::Device>,
     pub interval: Duration,
     pub ttl_ms: u64,
     /// Asks for a beat now (the health changed).
@@ -36,6 +38,10 @@ impl Heartbeat {
         self.info.state = self.stats.state().to_owned();
         self.info.health = self.stats.health();
         self.info.memory_reserved = self.running.reserved();
+        let ledger = &self.device.ledger;
+        self.info.models = ledger.residents().into_iter().map(|m| m.name).collect();
+        self.info.memory_models = ledger.models_bytes();
+        (self.info.model_hits, self.info.model_misses) = ledger.hits_and_misses();
         self.info.heartbeat_at_ms = now_ms();
         self.store.heartbeat(&self.info, self.ttl_ms).await
     }

@@ -43,6 +43,7 @@ pub mod fleet;
 pub mod handler;
 mod heartbeat;
 mod kinds;
+pub mod models;
 mod router;
 pub mod shutdown;
 mod stats;
@@ -163,6 +164,7 @@ pub async fn run(
         },
         stats: Arc::clone(&stats),
         running: running.clone(),
+        device: Arc::clone(&device),
         interval: Duration::from_millis(config.heartbeat_interval_ms),
         ttl_ms: config.heartbeat_ttl_ms,
         nudge: Arc::clone(&nudge),
@@ -244,6 +246,12 @@ pub async fn run(
                 .then(|| Duration::from_millis(config.device_watchdog_ms)),
             max_payload_bytes: config.max_payload_bytes,
             signer: tandem_shared::signature::Signer::new(config.signing_key.expose()),
+            models: Some(Arc::new(models::Models::new(
+                store.clone(),
+                Arc::clone(&device),
+                running.clone(),
+                config.model_dir.clone(),
+            ))),
             backoff: executor::Backoff {
                 base: Duration::from_millis(config.retry_base_ms),
                 max: Duration::from_millis(config.retry_max_ms),

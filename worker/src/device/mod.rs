@@ -142,6 +142,15 @@ impl Device {
         (sim.paced && stretch > 0.0).then(|| elapsed.mul_f64(stretch))
     }
 
+    /// How many times its size a model is booked at: 1, or a simulated
+    /// GPU's `model_scale`.
+    pub fn model_scale(&self) -> u64 {
+        self.gpu
+            .as_ref()
+            .and_then(|g| g.simulated.as_ref())
+            .map_or(1, |s| s.model_scale.max(1))
+    }
+
     /// What the worker's tasks may still declare: the ledger's free memory,
     /// capped by what the driver reports free on a real GPU. `None` for a
     /// CPU worker (no limit).

@@ -2,6 +2,7 @@
 //! real GPUs (see `crate::compute`).
 
 mod indicators;
+mod models;
 mod monte_carlo;
 mod patterns;
 mod portfolio_opt;
@@ -13,6 +14,7 @@ pub(crate) fn register(registry: &mut Registry) {
     monte_carlo::register(registry);
     risk::register(registry);
     indicators::register(registry);
+    models::register(registry);
     patterns::register(registry);
     portfolio_opt::register(registry);
 }

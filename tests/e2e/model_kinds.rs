@@ -1,0 +1,248 @@
+//! The model kinds through real workers: a registered model runs `infer`,
+//! `predict_batch` and `train`, stays resident between tasks (hits and
+//! misses counted in the registry record), and on a simulated 12 GiB GPU
+//! models are admitted, evicted by priority (least recently used first
+//! among equals) and refused to the CPU worker when they cannot fit.
+
+use tandem_producer::{Producer, Task};
+use tandem_shared::kind::KindSpec;
+use tandem_shared::kind::models::{
+    Infer, InferOutput, InferParams, Optimizer, PredictBatch, PredictBatchParams, SymbolWindow,
+    Train, TrainParams,
+};
+use tandem_shared::model::{Activation, Model, sha256_hex};
+use tandem_shared::store::{ModelPolicy, Store};
+use tandem_shared::wire::TaskRecord;
+use tandem_shared::{ErrorCode, Priority, Status};
+
+use crate::gpus::{WAIT, settle, start, store};
+use crate::support::{RedisServer, WorkerProcess};
+
+async fn upload(store: &Store, name: &str, sizes: &[usize], seed: u64) -> Model {
+    let model = Model::random(sizes, Activation::Relu, seed).unwrap();
+    let policy = ModelPolicy {
+        heavy_threshold_bytes: 5_000_000_000,
+        max_upload_bytes: 64 << 20,
+    };
+    store
+        .upload_model(name, &model.encode(), &policy)
+        .await
+        .unwrap();
+    model
+}
+
+/// The model's outputs for one row, in f64, straight from its definition.
+fn reference(model: &Model, row: &[f32]) -> Vec<f64> {
+    let mut x: Vec<f64> = row
+        .iter()
+        .zip(model.input_mean.iter().zip(&model.input_std))
+        .map(|(v, (m, s))| (f64::from(*v) - f64::from(*m)) / f64::from(*s))
+        .collect();
+    for (i, layer) in model.layers.iter().enumerate() {
+        let last = i + 1 == model.layers.len();
+        x = (0..layer.outputs)
+            .map(|o| {
+                let sum: f64 = (0..layer.inputs)
+                    .map(|k| f64::from(layer.weight[o * layer.inputs + k]) * x[k])
+                    .sum::<f64>()
+                    + f64::from(layer.bias[o]);
+                if last { sum } else { sum.max(0.0) }
+            })
+            .collect();
+    }
+    x
+}
+
+async fn run<K: KindSpec>(
+    producer: &Producer,
+    params: &K::Params,
+    priority: Priority,
+) -> (TaskRecord, Option<K::Output>) {
+    let id = producer
+        .submit(Task::of::<K>(params).unwrap().priority(priority))
+        .await
+        .unwrap();
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    let result = outcome.result::<K::Output>().ok();
+    (outcome.record, result)
+}
+
+fn infer(model: &str, rows: usize, width: usize) -> InferParams {
+    InferParams {
+        model: model.into(),
+        inputs: (0..rows * width).map(|i| (i as f32 * 0.37).sin()).collect(),
+        batch: rows as u64,
+    }
+}
+
+#[tokio::test]
+async fn a_registered_model_runs_infer_predict_and_train_and_stays_resident() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let store = store(&redis).await;
+    let producer = redis.producer().await;
+    let model = upload(&store, "px", &[4, 16, 16, 1], 3).await;
+
+    let params = infer("px", 3, 4);
+    let (record, out) = run::<Infer>(&producer, &params, Priority::Normal).await;
+    let out: InferOutput = out.unwrap_or_else(|| panic!("{record:?}"));
+    assert!(!out.cache_hit, "first use loads the model");
+    assert_eq!((out.batch, out.width, out.model_version), (3, 1, 1));
+    for (row, got) in params.inputs.chunks(4).zip(&out.outputs) {
+        let want = reference(&model, row)[0];
+        assert!(
+            (f64::from(*got) - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
+    }
+    let (_, again) = run::<Infer>(&producer, &params, Priority::Normal).await;
+    let again = again.unwrap();
+    assert!(again.cache_hit, "the model stayed resident");
+    assert_eq!(again.outputs, out.outputs);
+
+    let windows = PredictBatchParams {
+        model: "px".into(),
+        symbols: vec![
+            SymbolWindow {
+                symbol: "AAPL".into(),
+                features: params.inputs[..4].to_vec(),
+            },
+            SymbolWindow {
+                symbol: "MSFT".into(),
+                features: params.inputs[4..8].to_vec(),
+            },
+        ],
+    };
+    let (_, predicted) = run::<PredictBatch>(&producer, &windows, Priority::Normal).await;
+    let predicted = predicted.unwrap();
+    assert_eq!(predicted.predictions[1].symbol, "MSFT");
+    assert_eq!(predicted.predictions[1].values, vec![out.outputs[1]]);
+
+    // Fine-tune on y = x0 + x1 - x2: the loss falls and the new weights
+    // come back as a model file.
+    let samples = 256;
+    let x: Vec<f32> = (0..samples * 4)
+        .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let y: Vec<f32> = x.chunks(4).map(|r| r[0] + r[1] - r[2]).collect();
+    let train = TrainParams {
+        model: "px".into(),
+        x,
+        y,
+        samples: samples as u64,
+        epochs: 30,
+        batch_size: 32,
+        optimizer: Optimizer::Adam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        seed: 5,
+        out: None,
+    };
+    let (record, trained) = run::<Train>(&producer, &train, Priority::Normal).await;
+    let trained = trained.unwrap_or_else(|| panic!("{record:?}"));
+    let (first, last) = (trained.losses[0], trained.losses[29]);
+    assert!(last < first / 4.0, "loss {first} -> {last}");
+    let weights = trained.weights.expect("the model comes back");
+    assert_eq!(sha256_hex(&weights), trained.sha256);
+    assert_eq!(Model::decode(&weights).unwrap().shape(), model.shape());
+
+    // An unknown model fails for good, saying so.
+    let (record, _) = run::<Infer>(&producer, &infer("nope", 1, 4), Priority::Normal).await;
+    assert_eq!(record.status, Some(Status::Failed));
+    assert_eq!(
+        record.error.map(|e| e.code),
+        Some(ErrorCode::from_static("MODEL_NOT_FOUND"))
+    );
+}
+
+/// One simulated 12 GiB GPU (budget 90 %: 11.6 GB) where each 21,380-byte
+/// model is booked at 100,000 times its size (2.14 GB): five fit, a sixth
+/// does not.
+const BIG: &str = "Big, 12 GiB, 40 TFLOPS, model_scale=100000";
+const SIZES: [usize; 4] = [16, 64, 64, 1];
+
+async fn resident(store: &Store) -> Vec<String> {
+    let workers = store.workers().await.unwrap();
+    let gpu = workers
+        .iter()
+        .find(|w| w.device.starts_with("SIM-"))
+        .unwrap();
+    gpu.models.clone()
+}
+
+/// Waits a heartbeat so the registry shows the ledger.
+async fn beat() {
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn models_are_admitted_then_evicted_by_priority_least_recently_used_first() {
+    let redis = RedisServer::start();
+    let gpu = start(&redis, "0", BIG, &[]).await;
+    let _cpu = start(&redis, "cpu", BIG, &[]).await;
+    settle().await;
+    let store = store(&redis).await;
+    let producer = redis.producer().await;
+    for (i, name) in ["m1", "m2", "m3", "m4", "m5", "m6"].iter().enumerate() {
+        upload(&store, name, &SIZES, i as u64).await;
+    }
+    let on = |record: &TaskRecord| record.device.clone().unwrap_or_default();
+
+    // Five fit: each runs on the GPU and stays.
+    for (name, priority) in [
+        ("m1", Priority::Low),
+        ("m2", Priority::Low),
+        ("m3", Priority::Normal),
+        ("m4", Priority::Normal),
+        ("m5", Priority::Low),
+    ] {
+        let (record, out) = run::<Infer>(&producer, &infer(name, 2, 16), priority).await;
+        assert!(out.is_some(), "{record:?}");
+        assert_eq!(on(&record), "SIM-0-big");
+    }
+    beat().await;
+    assert_eq!(resident(&store).await, ["m1", "m2", "m3", "m4", "m5"]);
+
+    // A normal task never evicts: its model does not fit, so the task goes
+    // to the CPU worker and the GPU's models stay.
+    let (record, out) = run::<Infer>(&producer, &infer("m6", 2, 16), Priority::Normal).await;
+    assert!(out.is_some(), "{record:?}");
+    assert_eq!(on(&record), "cpu");
+    beat().await;
+    assert_eq!(resident(&store).await, ["m1", "m2", "m3", "m4", "m5"]);
+
+    // A high one evicts the least recently used of the lowest priority.
+    let (record, _) = run::<Infer>(&producer, &infer("m6", 2, 16), Priority::High).await;
+    assert_eq!(on(&record), "SIM-0-big");
+    beat().await;
+    assert_eq!(resident(&store).await, ["m2", "m3", "m4", "m5", "m6"]);
+
+    // Using m2 makes m5 the least recently used low one: it goes next.
+    run::<Infer>(&producer, &infer("m2", 1, 16), Priority::Low).await;
+    let (record, _) = run::<Infer>(&producer, &infer("m1", 1, 16), Priority::Critical).await;
+    assert_eq!(on(&record), "SIM-0-big");
+    beat().await;
+    let models = resident(&store).await;
+    assert!(!models.contains(&"m5".to_owned()), "{models:?}");
+    assert!(models.contains(&"m2".to_owned()), "{models:?}");
+
+    // A model larger than the whole budget runs on the CPU, even at
+    // critical priority.
+    upload(&store, "huge", &[64, 256, 256, 1], 9).await;
+    let huge = InferParams {
+        model: "huge".into(),
+        inputs: vec![0.5; 64],
+        batch: 1,
+    };
+    let (record, out) = run::<Infer>(&producer, &huge, Priority::Critical).await;
+    assert!(out.is_some(), "{record:?}");
+    assert_eq!(on(&record), "cpu");
+
+    // Hits and misses are counted in the registry record.
+    let workers = store.workers().await.unwrap();
+    let info = workers.iter().find(|w| w.id == gpu.id).unwrap();
+    assert!(info.model_hits >= 1 && info.model_misses >= 7, "{info:?}");
+}

@@ -1,0 +1,220 @@
+//! The model kinds on a worker: `infer`, `predict_batch` and `train` run a
+//! registered model from the worker's cache (`crate::models`): on the GPU
+//! through cuBLAS when the model is resident there, else the CPU twin.
+
+use std::sync::Arc;
+
+use tandem_kernels::mlp::{self, Mlp, TrainConfig};
+use tandem_kernels::mlp_gpu::GpuMlp;
+use tandem_shared::ErrorCode;
+use tandem_shared::kind::models::{
+    Infer, InferOutput, InferParams, Optimizer, PredictBatch, PredictBatchOutput,
+    PredictBatchParams, Prediction, Train, TrainOutput, TrainParams,
+};
+use tandem_shared::model::sha256_hex;
+
+use crate::compute::blocking;
+use crate::handler::{Handler, Registry, TaskContext, TaskError};
+use crate::models::{Loaded, from_mlp};
+
+pub(crate) fn register(registry: &mut Registry) {
+    registry
+        .register(InferKind)
+        .register(PredictBatchKind)
+        .register(TrainKind);
+}
+
+fn bad(message: String) -> TaskError {
+    TaskError::fatal(ErrorCode::BAD_PARAMS, message)
+}
+
+/// Checks that `values` hold `rows` rows of the model's `width`.
+fn check_width(what: &str, values: &[f32], rows: u64, width: usize) -> Result<(), TaskError> {
+    if values.len() as u64 != rows.saturating_mul(width as u64) {
+        return Err(bad(format!(
+            "{what} hold {} numbers; {rows} rows of the model's width {width} need {}",
+            values.len(),
+            rows.saturating_mul(width as u64)
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `rows` rows through the loaded model, on its GPU copy when there
+/// is one.
+async fn forward(
+    loaded: Arc<Loaded>,
+    ctx: &TaskContext,
+    inputs: Vec<f32>,
+    rows: usize,
+) -> Result<Vec<f32>, TaskError> {
+    let gpu = ctx.gpu.clone();
+    blocking(move || match (&loaded.gpu, gpu) {
+        (Some(resident), Some(gpu)) => resident
+            .forward(&gpu, &inputs, rows)
+            .map_err(TaskError::from),
+        _ => mlp::forward_cpu(&loaded.mlp, &inputs, rows).map_err(|e| bad(e.to_string())),
+    })
+    .await
+}
+
+struct InferKind;
+
+impl Handler for InferKind {
+    type Spec = Infer;
+
+    async fn run(&self, p: InferParams, ctx: TaskContext) -> Result<InferOutput, TaskError> {
+        let (loaded, cache_hit) = ctx.model_cache()?.get(&p.model, ctx.priority).await?;
+        check_width("inputs", &p.inputs, p.batch, loaded.mlp.inputs())?;
+        let width = loaded.mlp.outputs() as u64;
+        let version = loaded.version;
+        let outputs = forward(loaded, &ctx, p.inputs, p.batch as usize).await?;
+        Ok(InferOutput {
+            outputs,
+            batch: p.batch,
+            width,
+            model_version: version,
+            cache_hit,
+        })
+    }
+}
+
+struct PredictBatchKind;
+
+impl Handler for PredictBatchKind {
+    type Spec = PredictBatch;
+
+    async fn run(
+        &self,
+        p: PredictBatchParams,
+        ctx: TaskContext,
+    ) -> Result<PredictBatchOutput, TaskError> {
+        let (loaded, cache_hit) = ctx.model_cache()?.get(&p.model, ctx.priority).await?;
+        let rows = p.symbols.len();
+        let inputs: Vec<f32> = p
+            .symbols
+            .iter()
+            .flat_map(|s| s.features.iter().copied())
+            .collect();
+        check_width("features", &inputs, rows as u64, loaded.mlp.inputs())?;
+        let width = loaded.mlp.outputs();
+        let version = loaded.version;
+        let outputs = forward(loaded, &ctx, inputs, rows).await?;
+        let predictions = p
+            .symbols
+            .into_iter()
+            .zip(outputs.chunks(width.max(1)))
+            .map(|(window, values)| Prediction {
+                symbol: window.symbol,
+                values: values.to_vec(),
+            })
+            .collect();
+        Ok(PredictBatchOutput {
+            predictions,
+            model_version: version,
+            cache_hit,
+        })
+    }
+}
+
+struct TrainKind;
+
+impl Handler for TrainKind {
+    type Spec = Train;
+
+    async fn run(&self, p: TrainParams, ctx: TaskContext) -> Result<TrainOutput, TaskError> {
+        let (loaded, _) = ctx.model_cache()?.get(&p.model, ctx.priority).await?;
+        check_width("x", &p.x, p.samples, loaded.mlp.inputs())?;
+        check_width("y", &p.y, p.samples, loaded.mlp.outputs())?;
+        let config = TrainConfig {
+            epochs: p.epochs as usize,
+            batch_size: p.batch_size as usize,
+            optimizer: match p.optimizer {
+                Optimizer::Sgd { lr, momentum } => mlp::Optimizer::Sgd { lr, momentum },
+                Optimizer::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                } => mlp::Optimizer::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                },
+            },
+            seed: p.seed,
+        };
+        let version = loaded.version;
+        let start: Mlp = (*loaded.mlp).clone();
+        // Training changes the weights: it works on its own copy, on the
+        // GPU when the model is resident there.
+        let on_gpu = loaded.gpu.is_some().then(|| ctx.gpu.clone()).flatten();
+        let samples = p.samples as usize;
+        let (trained, report) = blocking(move || match on_gpu {
+            Some(gpu) => {
+                let mut copy = GpuMlp::upload(&gpu, &start).map_err(TaskError::from)?;
+                let report = copy
+                    .train(&gpu, &p.x, &p.y, samples, &config)
+                    .map_err(TaskError::from)?;
+                Ok((copy.download().map_err(TaskError::from)?, report))
+            }
+            None => {
+                let mut copy = start;
+                let report = mlp::train_cpu(&mut copy, &p.x, &p.y, samples, &config)
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok((copy, report))
+            }
+        })
+        .await?;
+        let file = from_mlp(trained).encode();
+        let sha256 = sha256_hex(&file);
+        let path = match p.out {
+            Some(name) => Some(write_out(ctx.model_cache()?.model_dir(), &name, &file).await?),
+            None => None,
+        };
+        Ok(TrainOutput {
+            losses: report.losses.iter().map(|&l| l as f32).collect(),
+            steps: report.steps,
+            model_version: version,
+            weights: path.is_none().then_some(file),
+            path,
+            sha256,
+        })
+    }
+}
+
+/// Writes a trained model to `model_dir/<name>` (the fleet's shared
+/// volume); a plain file name only, so a task cannot write elsewhere.
+async fn write_out(dir: &str, name: &str, file: &[u8]) -> Result<String, TaskError> {
+    if dir.is_empty() {
+        return Err(bad(
+            "out needs the worker's model_dir (TANDEM_MODEL_DIR: a directory on the fleet's shared volume); \
+             without out the model comes back in the result"
+                .into(),
+        ));
+    }
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && !name.starts_with('.');
+    if !plain {
+        return Err(bad(format!(
+            "out must be a plain file name (letters, digits, '_', '.', '-'), got {name:?}"
+        )));
+    }
+    let path = std::path::Path::new(dir).join(name);
+    let bytes = file.to_vec();
+    let target = path.clone();
+    tokio::task::spawn_blocking(move || std::fs::write(&target, bytes))
+        .await
+        .map_err(|e| TaskError::new(ErrorCode::HANDLER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            TaskError::new(
+                ErrorCode::HANDLER_ERROR,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
+    Ok(path.display().to_string())
+}
