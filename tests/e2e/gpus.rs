@@ -679,3 +679,29 @@ async fn the_fleets_members_stop_when_the_fleet_is_killed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_gpu_only_task_too_large_for_every_gpu_fails_with_insufficient_gpu_memory() {
+    use tandem_shared::kind::builtin::GpuOnly;
+    let redis = RedisServer::start();
+    let (_primary, _secondary, cpu) = seed_host(&redis, &[("TANDEM_TEST_KINDS", "1")]).await;
+    let producer = redis.producer().await;
+    let task = |memory: u64| {
+        Task::of::<GpuOnly>(&SleepParams { ms: 10 })
+            .unwrap()
+            .memory_bytes(memory)
+    };
+    let fits = producer.submit(task(GIB)).await.unwrap();
+    let too_big = producer.submit(task(20 * GIB)).await.unwrap();
+    assert_all_on(&finished(&producer, &[fits]).await, PRIMARY);
+    let outcome = producer.wait(too_big, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Failed, "{:?}", outcome.record);
+    let error = outcome.record.error.clone().unwrap();
+    assert_eq!(
+        error.code,
+        tandem_shared::ErrorCode::INSUFFICIENT_GPU_MEMORY
+    );
+    assert!(error.message.contains("no CPU path"), "{error:?}");
+    assert_eq!(outcome.record.worker.as_deref(), Some(cpu.id.as_str()));
+    assert!(outcome.record.dead_letter.is_some());
+}

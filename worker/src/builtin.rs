@@ -25,7 +25,21 @@ pub(crate) fn register_test_kinds(registry: &mut Registry) {
     registry
         .register(PanicHandler)
         .register(AbortHandler)
+        .register(GpuOnlyHandler)
         .register_split(SplitSum);
+}
+
+/// The `gpu_only` test kind: sleeps, on GPU workers only.
+#[derive(Debug)]
+struct GpuOnlyHandler;
+
+impl Handler for GpuOnlyHandler {
+    type Spec = tandem_shared::kind::builtin::GpuOnly;
+    const CPU_PATH: bool = false;
+
+    async fn run(&self, params: SleepParams, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+        SleepHandler.run(params, ctx).await
+    }
 }
 
 /// The `split_sum` test kind: blocks of 1/(i+1), merged in block order.

@@ -624,6 +624,7 @@ impl Dispatcher {
         } else {
             0
         };
+        let gpu_budget = self.router.max_gpu_budget(self.device_memory.budget);
         let store = self.store.clone();
         tokio::spawn(async move {
             let plan = match entry.split {
@@ -633,7 +634,10 @@ impl Dispatcher {
                         .await
                         .map_err(|e| e.to_string()),
                 ),
-                _ => Plan::Run { split_into },
+                _ => Plan::Run {
+                    split_into,
+                    gpu_budget,
+                },
             };
             let finished = match executor
                 .execute(entry, entry_id.clone(), cancel, plan)

@@ -62,8 +62,9 @@ fn random_u64() -> u64 {
 pub(crate) enum Plan {
     /// Run it. A splittable task of class `parallel` (not itself a shard)
     /// is cut into at most this many shards instead, when that is 2 or
-    /// more.
-    Run { split_into: u32 },
+    /// more. `gpu_budget` is the largest memory budget of a live GPU
+    /// worker (0: none), for kinds that cannot run on a CPU.
+    Run { split_into: u32, gpu_budget: u64 },
     /// A split task's merge entry, with its shards' partial results in
     /// shard order, or why they could not be read.
     Merge(Result<Vec<Vec<u8>>, String>),
@@ -98,7 +99,13 @@ impl Executor {
     ) -> Result<Completion, DeviceFailure> {
         let started = Instant::now();
         let parts = match plan {
-            Plan::Run { split_into } => {
+            Plan::Run {
+                split_into,
+                gpu_budget,
+            } => {
+                if let Some(completion) = self.needs_a_gpu(&entry, &entry_id, gpu_budget) {
+                    return Ok(completion);
+                }
                 match self.split(&entry, split_into) {
                     Ok(Some(shards)) => {
                         tracing::info!(
@@ -163,6 +170,51 @@ impl Executor {
             }
         }
         Ok(self.conclude(entry, entry_id, run_us, outcome))
+    }
+
+    /// On a CPU worker, a task whose kind has no CPU path: hand it back for
+    /// a GPU when one could take it, else fail it with
+    /// `INSUFFICIENT_GPU_MEMORY` (it fits no live GPU).
+    fn needs_a_gpu(
+        &self,
+        entry: &TaskEntry,
+        entry_id: &str,
+        gpu_budget: u64,
+    ) -> Option<Completion> {
+        if self.device.is_gpu() || self.registry.has_cpu_path(&entry.kind) {
+            return None;
+        }
+        // No live GPU at all: nothing would ever take it.
+        let (status, disposition, message) = if gpu_budget == 0 || entry.memory_bytes > gpu_budget {
+            (
+                Status::Failed,
+                Disposition::Dead,
+                format!(
+                    "kind {:?} has no CPU path and the task needs {} bytes of device memory; the largest live GPU budget is {gpu_budget}",
+                    entry.kind, entry.memory_bytes
+                ),
+            )
+        } else {
+            (
+                Status::Failed,
+                Disposition::HandBack {
+                    min_memory_bytes: entry.memory_bytes,
+                },
+                format!("kind {:?} has no CPU path: left for a GPU", entry.kind),
+            )
+        };
+        tracing::info!(task = %entry.id, kind = %entry.kind, "{message}");
+        let failure = TaskFailure {
+            code: ErrorCode::INSUFFICIENT_GPU_MEMORY,
+            message,
+        };
+        let finish = self.finish(status, None, FinishOutcome::Error(failure));
+        Some(completion(
+            entry.clone(),
+            entry_id.to_owned(),
+            disposition,
+            finish,
+        ))
     }
 
     /// The shards of a splittable `parallel` task, when it is one and
@@ -478,7 +530,10 @@ mod tests {
     use crate::handler::Handler;
 
     /// Run whole (no split).
-    const WHOLE: Plan = Plan::Run { split_into: 0 };
+    const WHOLE: Plan = Plan::Run {
+        split_into: 0,
+        gpu_budget: 0,
+    };
 
     struct Explode;
     impl KindSpec for Explode {
@@ -733,5 +788,35 @@ mod tests {
         }
         let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff.delay(4)).collect();
         assert!(spread.len() > 5, "jitter spreads retries: {spread:?}");
+    }
+
+    #[tokio::test]
+    async fn a_kind_without_a_cpu_path_fails_on_a_cpu_worker_when_no_gpu_can_take_it() {
+        let mut exec = executor();
+        exec.registry.add_test_kinds();
+        let params = msgpack::encode(&tandem_shared::kind::builtin::SleepParams { ms: 1 }).unwrap();
+        let mut task = entry("gpu_only", params, 1);
+        task.memory_bytes = 1 << 30;
+        let plan = |gpu_budget| Plan::Run {
+            split_into: 0,
+            gpu_budget,
+        };
+        let done = exec
+            .execute(
+                task.clone(),
+                "1-0".into(),
+                CancellationToken::new(),
+                plan(0),
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.disposition, Disposition::Dead);
+        assert_eq!(error_code(&done), Some("INSUFFICIENT_GPU_MEMORY"));
+        // A live GPU with room: left for it, not failed.
+        let done = exec
+            .execute(task, "1-0".into(), CancellationToken::new(), plan(8 << 30))
+            .await
+            .unwrap();
+        assert!(matches!(done.disposition, Disposition::HandBack { .. }));
     }
 }

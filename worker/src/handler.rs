@@ -194,6 +194,11 @@ impl TaskContext {
 pub trait Handler: Send + Sync + 'static {
     type Spec: KindSpec;
 
+    /// Whether the kind can run on a CPU worker. A kind that needs a GPU
+    /// and meets a task too large for every live GPU fails it with
+    /// `INSUFFICIENT_GPU_MEMORY` instead.
+    const CPU_PATH: bool = true;
+
     fn run(
         &self,
         params: <Self::Spec as KindSpec>::Params,
@@ -207,6 +212,7 @@ pub type Prepared = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>> + Se
 /// A handler with its types erased.
 trait ErasedHandler: Send + Sync {
     fn class(&self) -> Class;
+    fn cpu_path(&self) -> bool;
     fn prepare(self: Arc<Self>, params: &[u8], ctx: TaskContext) -> Result<Prepared, TaskError>;
 }
 
@@ -215,6 +221,10 @@ struct Typed<H>(H);
 impl<H: Handler> ErasedHandler for Typed<H> {
     fn class(&self) -> Class {
         H::Spec::CLASS
+    }
+
+    fn cpu_path(&self) -> bool {
+        H::CPU_PATH
     }
 
     fn prepare(self: Arc<Self>, params: &[u8], ctx: TaskContext) -> Result<Prepared, TaskError> {
@@ -299,6 +309,12 @@ impl Registry {
     /// The split operations of `kind`, when it is splittable.
     pub(crate) fn splitter(&self, kind: &str) -> Option<Arc<dyn crate::compute::Splitter>> {
         self.splitters.get(kind).cloned()
+    }
+
+    /// Whether `kind` can run on a CPU worker (unknown kinds: yes, so they
+    /// fail as unknown).
+    pub fn has_cpu_path(&self, kind: &str) -> bool {
+        self.handlers.get(kind).is_none_or(|h| h.cpu_path())
     }
 
     pub fn class_of(&self, kind: &str) -> Option<Class> {

@@ -74,6 +74,21 @@ impl Router {
         u32::try_from(others + me).unwrap_or(u32::MAX)
     }
 
+    /// The largest memory budget among live GPU workers (this one included
+    /// when it is one); 0 when none lives.
+    pub fn max_gpu_budget(&self, own_budget: u64) -> u64 {
+        let mine = if self.role == Role::Cpu {
+            0
+        } else {
+            own_budget
+        };
+        self.peers
+            .iter()
+            .filter(|p| p.role != Role::Cpu)
+            .map(|p| p.memory_budget)
+            .fold(mine, u64::max)
+    }
+
     /// Sets whether the worker runs nothing now; true when the rules changed.
     pub fn set_idle(&mut self, idle: bool) -> bool {
         if idle == self.idle {

@@ -13,6 +13,7 @@
 //! |---|---|---|---|
 //! | `panic` | cpu | `{message}` | the handler panics |
 //! | `abort` | cpu | anything | the worker process aborts (dies at once) |
+//! | `gpu_only` | heavy | `{ms}` | sleeps like `sleep`, but has no CPU path: a CPU worker never runs it (a task too large for every live GPU fails with `INSUFFICIENT_GPU_MEMORY`) |
 //! | `split_sum` | parallel | `{n, block, block_ms, fail_block}` | `{sum, blocks}`: the sum of 1/(i+1) over i < n in blocks of `block`, sleeping `block_ms` per block; splittable, so it exercises split tasks; the shard holding block `fail_block` fails for good |
 
 use serde::{Deserialize, Serialize};
@@ -134,6 +135,21 @@ impl KindSpec for Abort {
     const CLASS: Class = Class::Cpu;
     type Params = rmpv::Value;
     type Output = ();
+}
+
+/// A test kind that only GPU workers run: it sleeps.
+#[derive(Debug)]
+pub struct GpuOnly;
+
+impl KindSpec for GpuOnly {
+    const KIND: &'static str = "gpu_only";
+    const CLASS: Class = Class::Heavy;
+    type Params = SleepParams;
+    type Output = SleepOutput;
+
+    fn validate(params: &SleepParams) -> Result<(), BadParams> {
+        Sleep::validate(params)
+    }
 }
 
 /// A splittable test kind: sums 1/(i+1) over i in 0..n, block by block.

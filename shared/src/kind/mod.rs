@@ -103,6 +103,7 @@ pub fn known(kind: &str, params: &[u8]) -> Option<Known> {
         builtin::Panic,
         builtin::Abort,
         builtin::SplitSum,
+        builtin::GpuOnly,
         monte_carlo::MonteCarlo,
         risk::Risk,
         indicators::Indicators,
