@@ -37,9 +37,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tandem_shared::signature::Signer;
-use tandem_shared::store::{CancelOutcome, Store, StoreError, Submitted};
+use tandem_shared::store::{CancelOutcome, ModelStoreError, Store, StoreError, Submitted};
 use tandem_shared::wire::{NewTask, TaskRecord};
-use tandem_shared::{Config, Status, TaskId};
+use tandem_shared::{Class, Config, Status, TaskId};
 use tokio::sync::oneshot;
 
 use crate::error::ProducerError;
@@ -180,8 +180,15 @@ impl Producer {
 
     /// Submits tasks in one round trip. Every task is checked first; if one
     /// is invalid, nothing is sent.
+    ///
+    /// `infer` and `train` tasks with no class set go to their model's
+    /// registered class (see [`Task`]): their models are looked up first,
+    /// once per distinct model, all lookups in flight together, so a batch
+    /// costs one more round trip, not one per task. A model that is not
+    /// registered leaves the kind's class; the worker then fails the task
+    /// with `MODEL_NOT_FOUND`.
     pub async fn submit_many(&self, tasks: Vec<Task>) -> Result<Vec<TaskId>, ProducerError> {
-        let tasks = self.prepare(tasks)?;
+        let tasks = self.prepare(tasks).await?;
         self.send(&tasks)
             .await?
             .into_iter()
@@ -218,7 +225,7 @@ impl Producer {
     /// [`Producer::submit_many`], returning awaitable handles.
     pub async fn submit_handles(&self, tasks: Vec<Task>) -> Result<Vec<TaskHandle>, ProducerError> {
         let inner = &self.inner;
-        let tasks = self.prepare(tasks)?;
+        let tasks = self.prepare(tasks).await?;
         self.ensure_listener(&inner.reply_key).await?;
         let mut registrations: Vec<Registration> =
             tasks.iter().map(|t| self.register(t.id)).collect();
@@ -238,20 +245,68 @@ impl Producer {
         Ok(handles)
     }
 
-    /// Checks, completes and (with a key) signs tasks before sending.
-    fn prepare(&self, tasks: Vec<Task>) -> Result<Vec<NewTask>, ProducerError> {
+    /// Checks, completes and (with a key) signs tasks before sending. Every
+    /// task is checked before any model is looked up, so an invalid batch
+    /// costs no round trip.
+    async fn prepare(&self, tasks: Vec<Task>) -> Result<Vec<NewTask>, ProducerError> {
         let inner = &self.inner;
-        tasks
+        let mut checked = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let model = t.model_deciding_class();
+            let task = t.into_new_task(inner.default_max_attempts, inner.max_payload_bytes)?;
+            checked.push((task, model));
+        }
+        let classes = self
+            .model_classes(checked.iter().filter_map(|(_, model)| model.as_deref()))
+            .await?;
+        Ok(checked
             .into_iter()
-            .map(|t| {
-                let mut task =
-                    t.into_new_task(inner.default_max_attempts, inner.max_payload_bytes)?;
+            .map(|(mut task, model)| {
+                if let Some(class) = model.and_then(|m| classes.get(&m)) {
+                    task.class = *class;
+                }
                 if let Some(signer) = &inner.signer {
                     task.signature = Some(signer.sign(&task.signed(Some(&inner.reply_key))));
                 }
-                Ok(task)
+                task
             })
-            .collect()
+            .collect())
+    }
+
+    /// The registered class of each named model, looked up once per
+    /// distinct name, the lookups sharing the connection concurrently (one
+    /// pipelined round trip). A model that is not registered is absent, and
+    /// so is one whose record is damaged (logged; the worker fails its
+    /// tasks, saying why): their tasks keep the kind's class.
+    async fn model_classes<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+    ) -> Result<HashMap<String, Class>, ProducerError> {
+        let mut distinct: Vec<&str> = names.collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let lookups = distinct.into_iter().map(|name| async move {
+            let class = self.inner.retry(|| self.registered_class(name)).await?;
+            Ok::<_, ProducerError>(class.map(|class| (name.to_owned(), class)))
+        });
+        Ok(futures_util::future::try_join_all(lookups)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// One model's registered class; only a failure to reach Redis is an
+    /// error (and is retried).
+    async fn registered_class(&self, name: &str) -> Result<Option<Class>, StoreError> {
+        match self.inner.store.model_info(name).await {
+            Ok(info) => Ok(info.map(|info| info.class)),
+            Err(ModelStoreError::Store(err)) => Err(err),
+            Err(err) => {
+                tracing::warn!(model = name, "submitting with the kind's class: {err}");
+                Ok(None)
+            }
+        }
     }
 
     /// An awaitable handle on any task.

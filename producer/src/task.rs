@@ -2,21 +2,50 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tandem_shared::kind;
 use tandem_shared::kind::KindSpec;
+use tandem_shared::kind::models::{Infer, Train};
 use tandem_shared::{Class, Priority, TaskId, msgpack};
 
 use crate::error::ProducerError;
 
+/// The kinds whose class follows the registered class of the model they
+/// name: a heavy model's `infer` or `train` needs a heavy worker's room,
+/// whatever its batch. (`predict_batch` keeps its own rule: heavy over
+/// 100 symbols.)
+const MODEL_CLASS_KINDS: [&str; 2] = [Infer::KIND, Train::KIND];
+
+/// The one field a model kind's parameters are read for here; the others
+/// are skipped without being kept.
+#[derive(Deserialize)]
+struct ModelRef {
+    model: String,
+}
+
 /// A task to submit. Build it with [`Task::of`] (typed, validated against
 /// its [`KindSpec`]), [`Task::new`] (any serializable parameters) or
 /// [`Task::raw`] (MessagePack you already have), then set options.
+///
+/// # Class
+///
+/// The class (the stream, and so the workers, a task goes to) is, first
+/// to apply: the one set with [`Task::class`]; for `infer` and `train`,
+/// the class the model registry records for the named model (looked up
+/// when the task is submitted); the class the kind gives its parameters.
+/// A model that is not registered leaves the kind's class (light): the
+/// task is submitted anyway, and the worker fails it with
+/// `MODEL_NOT_FOUND`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
     pub(crate) id: Option<TaskId>,
     pub(crate) kind: String,
+    /// The class chosen with [`Task::class`], or the one the kind gives
+    /// these parameters ([`Task::of`]).
     pub(crate) class: Option<Class>,
+    /// Whether `class` was chosen with [`Task::class`]: then it wins over
+    /// the model's class.
+    pub(crate) class_chosen: bool,
     pub(crate) priority: Priority,
     pub(crate) params: Vec<u8>,
     pub(crate) max_attempts: Option<u32>,
@@ -53,6 +82,7 @@ impl Task {
             id: None,
             kind: kind.into(),
             class: None,
+            class_chosen: false,
             priority: Priority::Normal,
             params,
             max_attempts: None,
@@ -62,9 +92,11 @@ impl Task {
         }
     }
 
-    /// Overrides the class the kind would go to.
+    /// Sends the task to this class, whatever its kind or model would
+    /// choose.
     pub fn class(mut self, class: Class) -> Self {
         self.class = Some(class);
+        self.class_chosen = true;
         self
     }
 
@@ -106,6 +138,18 @@ impl Task {
 
     pub fn kind(&self) -> &str {
         &self.kind
+    }
+
+    /// The model whose registered class this task goes to: the `model`
+    /// parameter of an `infer` or `train` task with no class set. `None`
+    /// also when the parameters do not decode; checking them reports that.
+    pub(crate) fn model_deciding_class(&self) -> Option<String> {
+        if self.class_chosen || !MODEL_CLASS_KINDS.contains(&self.kind.as_str()) {
+            return None;
+        }
+        msgpack::decode::<ModelRef>(&self.params)
+            .ok()
+            .map(|r| r.model)
     }
 
     /// Checks everything that can be checked before sending, and fills in
@@ -178,6 +222,10 @@ fn is_name_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use tandem_shared::kind::builtin::{Sleep, SleepParams};
+    use tandem_shared::kind::models::{
+        HEAVY_SYMBOLS, InferParams, Optimizer, PredictBatch, PredictBatchParams, SymbolWindow,
+        TrainParams,
+    };
 
     use super::*;
 
@@ -233,5 +281,97 @@ mod tests {
         let deadline =
             check(Task::raw("noop", vec![]).deadline(Duration::from_micros(10))).unwrap();
         assert_eq!(deadline.deadline_in_ms, Some(1));
+    }
+
+    fn infer_params(model: &str) -> InferParams {
+        InferParams {
+            model: model.into(),
+            inputs: vec![0.5; 8],
+            batch: 2,
+        }
+    }
+
+    fn train_params(model: &str) -> TrainParams {
+        TrainParams {
+            model: model.into(),
+            x: vec![0.5; 8],
+            y: vec![1.0; 2],
+            samples: 2,
+            epochs: 1,
+            batch_size: 2,
+            optimizer: Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.0,
+            },
+            seed: 0,
+            out: None,
+        }
+    }
+
+    #[test]
+    fn infer_and_train_without_a_class_ask_for_their_model() {
+        let cases: [(Task, Option<&str>); 8] = [
+            (Task::of::<Infer>(&infer_params("px")).unwrap(), Some("px")),
+            (Task::new("infer", &infer_params("py")).unwrap(), Some("py")),
+            (Task::of::<Train>(&train_params("pz")).unwrap(), Some("pz")),
+            // An explicit class wins: nothing to look up.
+            (
+                Task::of::<Infer>(&infer_params("px"))
+                    .unwrap()
+                    .class(Class::Light),
+                None,
+            ),
+            (
+                Task::new("train", &train_params("pz"))
+                    .unwrap()
+                    .class(Class::Heavy),
+                None,
+            ),
+            // predict_batch keeps its own rule.
+            (
+                Task::new(
+                    "predict_batch",
+                    &PredictBatchParams {
+                        model: "px".into(),
+                        symbols: Vec::new(),
+                    },
+                )
+                .unwrap(),
+                None,
+            ),
+            // Parameters that do not decode are reported by the checks.
+            (Task::raw("infer", vec![0xc1]), None),
+            (Task::new("my_kind", &infer_params("px")).unwrap(), None),
+        ];
+        for (i, (task, model)) in cases.into_iter().enumerate() {
+            assert_eq!(task.model_deciding_class().as_deref(), model, "case {i}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_class_beats_the_kinds() {
+        let many = PredictBatchParams {
+            model: "px".into(),
+            symbols: (0..=HEAVY_SYMBOLS)
+                .map(|i| SymbolWindow {
+                    symbol: format!("S{i}"),
+                    features: vec![1.0; 4],
+                })
+                .collect(),
+        };
+        let class = |task: Task| task.into_new_task(3, 1 << 20).unwrap().class;
+        assert_eq!(
+            class(Task::of::<PredictBatch>(&many).unwrap()),
+            Class::Heavy
+        );
+        assert_eq!(
+            class(Task::of::<PredictBatch>(&many).unwrap().class(Class::Light)),
+            Class::Light
+        );
+        // Before any model is looked up, infer has the kind's class.
+        assert_eq!(
+            class(Task::of::<Infer>(&infer_params("px")).unwrap()),
+            Class::Light
+        );
     }
 }

@@ -13,10 +13,10 @@ use tandem_shared::kind::models::{
 use tandem_shared::model::{Activation, Model, sha256_hex};
 use tandem_shared::store::{ModelPolicy, Store};
 use tandem_shared::wire::TaskRecord;
-use tandem_shared::{ErrorCode, Priority, Status};
+use tandem_shared::{Class, ErrorCode, Priority, Status};
 
 use crate::gpus::{WAIT, settle, start, store};
-use crate::support::{RedisServer, WorkerProcess};
+use crate::support::{RedisServer, ScratchDir, WorkerProcess};
 
 async fn upload(store: &Store, name: &str, sizes: &[usize], seed: u64) -> Model {
     let model = Model::random(sizes, Activation::Relu, seed).unwrap();
@@ -245,4 +245,158 @@ async fn models_are_admitted_then_evicted_by_priority_least_recently_used_first(
     let workers = store.workers().await.unwrap();
     let info = workers.iter().find(|w| w.id == gpu.id).unwrap();
     assert!(info.model_hits >= 1 && info.model_misses >= 7, "{info:?}");
+}
+
+/// A model of 1,508 parameter bytes (4-16-16-1), uploaded under a heavy
+/// threshold of 1,000 bytes: the registry records it as heavy.
+async fn upload_heavy(store: &Store, name: &str) -> Model {
+    let model = Model::random(&[4, 16, 16, 1], Activation::Relu, 11).unwrap();
+    let policy = ModelPolicy {
+        heavy_threshold_bytes: 1_000,
+        max_upload_bytes: 64 << 20,
+    };
+    let info = store
+        .upload_model(name, &model.encode(), &policy)
+        .await
+        .unwrap();
+    assert_eq!(info.class, Class::Heavy, "{info:?}");
+    model
+}
+
+fn small_train(model: &str, out: Option<&str>) -> TrainParams {
+    let samples = 32;
+    let x: Vec<f32> = (0..samples * 4)
+        .map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5)
+        .collect();
+    let y: Vec<f32> = x.chunks(4).map(|r| r[0] - r[3]).collect();
+    TrainParams {
+        model: model.into(),
+        x,
+        y,
+        samples: samples as u64,
+        epochs: 2,
+        batch_size: 8,
+        optimizer: Optimizer::Sgd {
+            lr: 0.05,
+            momentum: 0.0,
+        },
+        seed: 1,
+        out: out.map(str::to_owned),
+    }
+}
+
+/// The class a submitted task's record was written with.
+async fn submitted_class(producer: &Producer, task: Task) -> Class {
+    let id = producer.submit(task).await.unwrap();
+    let record = producer.record(id).await.unwrap().expect("a record");
+    record.class.expect("a class")
+}
+
+#[tokio::test]
+async fn infer_and_train_go_to_their_models_registered_class_unless_told() {
+    let redis = RedisServer::start();
+    let store = store(&redis).await;
+    let producer = redis.producer().await;
+    upload_heavy(&store, "big").await;
+    upload(&store, "small", &[4, 16, 16, 1], 3).await;
+
+    // No class given: the model's registered class, typed or not.
+    let typed = Task::of::<Infer>(&infer("big", 2, 4)).unwrap();
+    assert_eq!(submitted_class(&producer, typed).await, Class::Heavy);
+    let untyped = Task::new("infer", &infer("big", 2, 4)).unwrap();
+    assert_eq!(submitted_class(&producer, untyped).await, Class::Heavy);
+    let train = Task::of::<Train>(&small_train("big", None)).unwrap();
+    assert_eq!(submitted_class(&producer, train).await, Class::Heavy);
+
+    // An explicit class wins.
+    let told = Task::of::<Infer>(&infer("big", 2, 4))
+        .unwrap()
+        .class(Class::Light);
+    assert_eq!(submitted_class(&producer, told).await, Class::Light);
+
+    // A batch mixing models: each task gets its own model's class.
+    let batch = vec![
+        Task::of::<Infer>(&infer("big", 1, 4)).unwrap(),
+        Task::of::<Infer>(&infer("small", 1, 4)).unwrap(),
+        Task::of::<Train>(&small_train("big", None)).unwrap(),
+        Task::of::<Infer>(&infer("unregistered", 1, 4)).unwrap(),
+    ];
+    let ids = producer.submit_many(batch).await.unwrap();
+    let mut classes = Vec::new();
+    for id in &ids {
+        classes.push(producer.record(*id).await.unwrap().unwrap().class);
+    }
+    assert_eq!(
+        classes,
+        [
+            Some(Class::Heavy),
+            Some(Class::Light),
+            Some(Class::Heavy),
+            Some(Class::Light)
+        ]
+    );
+
+    // The heavy tasks run (a worker takes every class), and the one whose
+    // model is not registered was submitted with the kind's class and fails
+    // saying so.
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let outcome = producer.wait(ids[0], WAIT).await.unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.record);
+    assert_eq!(outcome.record.class, Some(Class::Heavy));
+    let outcome = producer.wait(ids[3], WAIT).await.unwrap();
+    assert_eq!(
+        outcome.failure().map(|f| f.code.clone()),
+        Some(ErrorCode::from_static("MODEL_NOT_FOUND"))
+    );
+}
+
+#[tokio::test]
+async fn train_writes_its_model_into_model_dir_when_asked() {
+    let redis = RedisServer::start();
+    let dir = ScratchDir::new("model-dir");
+    let dir_text = dir.path().to_str().unwrap();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_MODEL_DIR", dir_text)]).await;
+    let store = store(&redis).await;
+    let producer = redis.producer().await;
+    let model = upload(&store, "px", &[4, 16, 16, 1], 3).await;
+
+    let params = small_train("px", Some("tuned.st"));
+    let (record, trained) = run::<Train>(&producer, &params, Priority::Normal).await;
+    let trained = trained.unwrap_or_else(|| panic!("{record:?}"));
+    assert!(trained.weights.is_none(), "the model went to the file");
+    let path = trained.path.expect("the path written");
+    assert_eq!(std::path::Path::new(&path), dir.path().join("tuned.st"));
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(sha256_hex(&file), trained.sha256);
+    let tuned = Model::decode(&file).unwrap();
+    assert_eq!(tuned.shape(), model.shape());
+    assert_ne!(
+        tuned.encode(),
+        model.encode(),
+        "training changed the weights"
+    );
+
+    // Only a plain file name inside model_dir.
+    let escape = small_train("px", Some("../x"));
+    let (record, _) = run::<Train>(&producer, &escape, Priority::Normal).await;
+    assert_eq!(record.status, Some(Status::Failed));
+    let error = record.error.expect("an error");
+    assert_eq!(error.code, ErrorCode::BAD_PARAMS, "{}", error.message);
+    assert!(!dir.path().parent().unwrap().join("x").exists());
+}
+
+#[tokio::test]
+async fn train_with_out_fails_on_a_worker_without_model_dir() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let store = store(&redis).await;
+    let producer = redis.producer().await;
+    upload(&store, "px", &[4, 16, 16, 1], 3).await;
+
+    let params = small_train("px", Some("tuned.st"));
+    let (record, _) = run::<Train>(&producer, &params, Priority::Normal).await;
+    assert_eq!(record.status, Some(Status::Failed));
+    let error = record.error.expect("an error");
+    assert_eq!(error.code, ErrorCode::BAD_PARAMS);
+    assert!(error.message.contains("model_dir"), "{}", error.message);
 }
