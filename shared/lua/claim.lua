@@ -144,6 +144,11 @@ local function admits(idx, fields, age)
   if free_mem >= 0 and mem > free_mem then
     return false, -1
   end
+  -- This device handed it back (out of memory): leave it for another.
+  local avoid = field(fields, 'avoid')
+  if avoid and string.find(',' .. avoid .. ',', ',' .. device .. ',', 1, true) then
+    return false, -1
+  end
   local wait = nil
   for _, clause in ipairs(rule.clauses) do
     if clause[2] < 0 or mem > clause[2] then

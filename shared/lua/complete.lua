@@ -10,9 +10,11 @@
 --          and the attempt history; the record ends `failed`; the producer is
 --          notified
 --   handback  the entry goes back to the end of its stream at once, its
---          `memory_bytes` raised to at least ARGV[11] (the device it ran on
---          ran out of memory); the record says `queued` again and its
---          history notes the attempt as `handed_back`. Not a failed attempt.
+--          `memory_bytes` raised to at least ARGV[11] and the device it ran
+--          on added to its `avoid` list (that device ran out of memory, or
+--          cannot run the kind), so its worker leaves it for another; the
+--          record says `queued` again and its history notes the attempt as
+--          `handed_back`. Not a failed attempt.
 -- In every case the entry is acknowledged and deleted. A record that is
 -- already final is left alone, and a cancel requested while the task ran
 -- turns any outcome into `cancelled`.
@@ -112,14 +114,20 @@ if disposition == 'handback' then
   local fields = entry_fields(stream_key, entry_id)
   if #fields > 0 then
     local min_memory = tonumber(ARGV[11]) or 0
+    local device = outcome('device') or ''
     local entry = {stream_key, '*'}
-    local has_memory = false
+    local has_memory, has_avoid = false, false
     for i = 1, #fields, 2 do
       local value = fields[i + 1]
       if fields[i] == 'memory_bytes' then
         has_memory = true
         if (tonumber(value) or 0) < min_memory then
           value = int(min_memory)
+        end
+      elseif fields[i] == 'avoid' then
+        has_avoid = true
+        if not string.find(',' .. value .. ',', ',' .. device .. ',', 1, true) then
+          value = value .. ',' .. device
         end
       end
       entry[#entry + 1] = fields[i]
@@ -128,6 +136,10 @@ if disposition == 'handback' then
     if not has_memory then
       entry[#entry + 1] = 'memory_bytes'
       entry[#entry + 1] = int(min_memory)
+    end
+    if not has_avoid and device ~= '' then
+      entry[#entry + 1] = 'avoid'
+      entry[#entry + 1] = device
     end
     local new_id = redis.call('XADD', unpack(entry))
     if current[3] then

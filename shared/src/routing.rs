@@ -107,11 +107,13 @@ pub struct Policy {
 }
 
 /// A live worker, as routing sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub role: Role,
     /// The most device memory its tasks may use (0 for a CPU worker).
     pub memory_budget: u64,
+    /// `cpu`, or its GPU's UUID.
+    pub device: String,
 }
 
 impl Peer {
@@ -124,6 +126,7 @@ impl Peer {
             .map(|w| Peer {
                 role: w.role,
                 memory_budget: w.memory_budget,
+                device: w.device.clone(),
             })
             .collect()
     }
@@ -343,6 +346,7 @@ mod tests {
         Peer {
             role,
             memory_budget: gib * GIB,
+            device: format!("SIM-{role}-{gib}"),
         }
     }
 
@@ -395,7 +399,7 @@ mod tests {
             rule_of(Role::Light, true, &[peer(Role::Cpu, 0)], Class::Heavy),
             Rule::always()
         );
-        let cpu = rule_of(Role::Cpu, true, &[peers[0]], Class::Heavy);
+        let cpu = rule_of(Role::Cpu, true, &[peers[0].clone()], Class::Heavy);
         assert_eq!(clauses(&cpu), [(0, Some(7 * GIB)), (30_000, None)]);
     }
 

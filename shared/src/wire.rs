@@ -34,6 +34,9 @@ pub mod field {
     /// Written by workers, not producers: how often the task was handed
     /// back because the device running it failed.
     pub const INTERRUPTED: &str = "interrupted";
+    /// Written by workers when they hand a task back: the devices (comma
+    /// separated) whose workers leave it for another device.
+    pub const AVOID: &str = "avoid";
     /// Written by workers on the shards of a split task: the parent task's
     /// id, this shard's index (from 0) and the number of shards.
     pub const PARENT: &str = "parent";
@@ -141,6 +144,8 @@ pub struct TaskEntry {
     pub signature: Option<String>,
     /// Set on the shards of a split task and on its merge entry.
     pub split: Option<SplitRole>,
+    /// Devices that handed this task back (out of memory there).
+    pub avoid: Vec<String>,
 }
 
 /// What part of a split task an entry is.
@@ -331,6 +336,15 @@ impl TaskEntry {
             (None, _) => None,
         };
 
+        let avoid = text(field::AVOID)?
+            .map(|v| {
+                v.split(',')
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+
         Ok(TaskEntry {
             id,
             kind: kind.to_owned(),
@@ -346,6 +360,7 @@ impl TaskEntry {
             params,
             signature,
             split,
+            avoid,
         })
     }
 
@@ -372,6 +387,10 @@ impl TaskEntry {
             ),
             (field::REPLY_TO, self.reply_to.clone()),
             (field::SIGNATURE, self.signature.clone()),
+            (
+                field::AVOID,
+                (!self.avoid.is_empty()).then(|| self.avoid.join(",")),
+            ),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
@@ -416,6 +435,7 @@ impl TaskEntry {
                 index,
                 count,
             }),
+            avoid: Vec::new(),
             ..self.clone()
         }
     }

@@ -705,3 +705,32 @@ async fn a_gpu_only_task_too_large_for_every_gpu_fails_with_insufficient_gpu_mem
     assert_eq!(outcome.record.worker.as_deref(), Some(cpu.id.as_str()));
     assert!(outcome.record.dead_letter.is_some());
 }
+
+#[tokio::test]
+async fn out_of_memory_on_the_primary_hands_the_task_to_the_secondary() {
+    let redis = RedisServer::start();
+    let pair =
+        "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS, oom_above=1 GiB; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS";
+    let spill = [("TANDEM_HEAVY_SPILL_MS", "1000")];
+    let _primary = start(&redis, PRIMARY, pair, &spill).await;
+    let _secondary = start(&redis, SECONDARY, pair, &spill).await;
+    let _cpu = start(&redis, "cpu", pair, &spill).await;
+    settle().await;
+    let producer = redis.producer().await;
+    let id = producer
+        .submit(task(Class::Heavy, 10, 2 * GIB))
+        .await
+        .unwrap();
+    let records = finished(&producer, &[id]).await;
+    // The primary ran out of memory launching it; the secondary, which has
+    // room for 2 GiB, ran it (not the CPU worker).
+    assert_all_on(&records, SECONDARY);
+    let record = producer.record(id).await.unwrap().unwrap();
+    let history = history(&record);
+    assert!(
+        history.iter().any(|h| h["status"] == "handed_back"
+            && h["error_code"] == "DEVICE_OUT_OF_MEMORY"
+            && h["device"] == PRIMARY),
+        "{history:?}"
+    );
+}

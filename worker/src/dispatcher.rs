@@ -624,7 +624,10 @@ impl Dispatcher {
         } else {
             0
         };
-        let gpu_budget = self.router.max_gpu_budget(self.device_memory.budget);
+        let fleet = crate::executor::Fleet {
+            gpu_budget: self.router.max_gpu_budget(self.device_memory.budget),
+            gpu_devices: self.router.live_gpu_devices(&self.device),
+        };
         let store = self.store.clone();
         tokio::spawn(async move {
             let plan = match entry.split {
@@ -634,13 +637,10 @@ impl Dispatcher {
                         .await
                         .map_err(|e| e.to_string()),
                 ),
-                _ => Plan::Run {
-                    split_into,
-                    gpu_budget,
-                },
+                _ => Plan::Run { split_into },
             };
             let finished = match executor
-                .execute(entry, entry_id.clone(), cancel, plan)
+                .execute(entry, entry_id.clone(), cancel, plan, fleet)
                 .await
             {
                 Ok(completion) => Finished::Done(completion),

@@ -62,12 +62,20 @@ fn random_u64() -> u64 {
 pub(crate) enum Plan {
     /// Run it. A splittable task of class `parallel` (not itself a shard)
     /// is cut into at most this many shards instead, when that is 2 or
-    /// more. `gpu_budget` is the largest memory budget of a live GPU
-    /// worker (0: none), for kinds that cannot run on a CPU.
-    Run { split_into: u32, gpu_budget: u64 },
+    /// more.
+    Run { split_into: u32 },
     /// A split task's merge entry, with its shards' partial results in
     /// shard order, or why they could not be read.
     Merge(Result<Vec<Vec<u8>>, String>),
+}
+
+/// The live GPU workers, as the router sees them when a task starts.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Fleet {
+    /// The largest memory budget of a live GPU worker (0: none lives).
+    pub gpu_budget: u64,
+    /// Their devices (this worker's included when it is a GPU worker).
+    pub gpu_devices: Vec<String>,
 }
 
 /// Everything a worker needs to run tasks, shared by all its task runs.
@@ -96,14 +104,12 @@ impl Executor {
         entry_id: String,
         cancel: CancellationToken,
         plan: Plan,
+        fleet: Fleet,
     ) -> Result<Completion, DeviceFailure> {
         let started = Instant::now();
         let parts = match plan {
-            Plan::Run {
-                split_into,
-                gpu_budget,
-            } => {
-                if let Some(completion) = self.needs_a_gpu(&entry, &entry_id, gpu_budget) {
+            Plan::Run { split_into } => {
+                if let Some(completion) = self.needs_a_gpu(&entry, &entry_id, fleet.gpu_budget) {
                     return Ok(completion);
                 }
                 match self.split(&entry, split_into) {
@@ -149,10 +155,21 @@ impl Executor {
                     });
                 }
                 Err(err) if err.code == ErrorCode::DEVICE_OUT_OF_MEMORY => {
-                    // Back to the stream, declaring more than this device
-                    // can give, so a device with more room (or the CPU
-                    // worker) takes it.
-                    let min_memory_bytes = entry.memory_bytes.max(self.device.budget) + 1;
+                    // Back to the stream, avoiding this device, for another
+                    // GPU; once every live GPU ran out of memory on it,
+                    // declaring more than any can give, for the CPU worker.
+                    let tried_all = fleet
+                        .gpu_devices
+                        .iter()
+                        .all(|d| *d == self.device_id || entry.avoid.iter().any(|a| a == d));
+                    let min_memory_bytes = if tried_all {
+                        entry
+                            .memory_bytes
+                            .max(self.device.budget.max(fleet.gpu_budget))
+                            + 1
+                    } else {
+                        entry.memory_bytes
+                    };
                     tracing::warn!(
                         task = %entry.id, kind = %entry.kind, min_memory_bytes,
                         "out of device memory: handing the task back for a device with more room ({})",
@@ -530,10 +547,7 @@ mod tests {
     use crate::handler::Handler;
 
     /// Run whole (no split).
-    const WHOLE: Plan = Plan::Run {
-        split_into: 0,
-        gpu_budget: 0,
-    };
+    const WHOLE: Plan = Plan::Run { split_into: 0 };
 
     struct Explode;
     impl KindSpec for Explode {
@@ -588,6 +602,7 @@ mod tests {
             params,
             signature: None,
             split: None,
+            avoid: Vec::new(),
         }
     }
 
@@ -605,6 +620,7 @@ mod tests {
                 "1-0".into(),
                 CancellationToken::new(),
                 WHOLE,
+                Fleet::default(),
             )
             .await
             .expect("a CPU worker has no device to fail")
@@ -670,6 +686,7 @@ mod tests {
             "1-0".into(),
             cancel.clone(),
             WHOLE,
+            Fleet::default(),
         );
         cancel.cancel();
         let done = tokio::time::timeout(Duration::from_secs(5), run)
@@ -703,7 +720,13 @@ mod tests {
         let mut big = entry("noop", vec![], 1);
         big.memory_bytes = 2000;
         let done = exec
-            .execute(big, "1-0".into(), CancellationToken::new(), WHOLE)
+            .execute(
+                big,
+                "1-0".into(),
+                CancellationToken::new(),
+                WHOLE,
+                Fleet::default(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -720,6 +743,7 @@ mod tests {
                 "2-0".into(),
                 CancellationToken::new(),
                 WHOLE,
+                Fleet::default(),
             )
             .await
             .unwrap();
@@ -735,6 +759,7 @@ mod tests {
                 "1-0".into(),
                 CancellationToken::new(),
                 WHOLE,
+                Fleet::default(),
             )
             .await;
         assert!(failed.unwrap_err().message.contains("ILLEGAL_ADDRESS"));
@@ -749,6 +774,7 @@ mod tests {
                 "1-0".into(),
                 CancellationToken::new(),
                 WHOLE,
+                Fleet::default(),
             )
             .await;
         assert!(hung.unwrap_err().message.contains("hung"));
@@ -797,16 +823,17 @@ mod tests {
         let params = msgpack::encode(&tandem_shared::kind::builtin::SleepParams { ms: 1 }).unwrap();
         let mut task = entry("gpu_only", params, 1);
         task.memory_bytes = 1 << 30;
-        let plan = |gpu_budget| Plan::Run {
-            split_into: 0,
+        let fleet = |gpu_budget| Fleet {
             gpu_budget,
+            gpu_devices: vec!["GPU-a".into()],
         };
         let done = exec
             .execute(
                 task.clone(),
                 "1-0".into(),
                 CancellationToken::new(),
-                plan(0),
+                WHOLE,
+                fleet(0),
             )
             .await
             .unwrap();
@@ -814,7 +841,13 @@ mod tests {
         assert_eq!(error_code(&done), Some("INSUFFICIENT_GPU_MEMORY"));
         // A live GPU with room: left for it, not failed.
         let done = exec
-            .execute(task, "1-0".into(), CancellationToken::new(), plan(8 << 30))
+            .execute(
+                task,
+                "1-0".into(),
+                CancellationToken::new(),
+                WHOLE,
+                fleet(8 << 30),
+            )
             .await
             .unwrap();
         assert!(matches!(done.disposition, Disposition::HandBack { .. }));

@@ -89,6 +89,20 @@ impl Router {
             .fold(mine, u64::max)
     }
 
+    /// The devices of the live GPU workers, this one's (`own`) included
+    /// when it is one.
+    pub fn live_gpu_devices(&self, own: &str) -> Vec<String> {
+        let mine = (self.role != Role::Cpu).then(|| own.to_owned());
+        mine.into_iter()
+            .chain(
+                self.peers
+                    .iter()
+                    .filter(|p| p.role != Role::Cpu)
+                    .map(|p| p.device.clone()),
+            )
+            .collect()
+    }
+
     /// Sets whether the worker runs nothing now; true when the rules changed.
     pub fn set_idle(&mut self, idle: bool) -> bool {
         if idle == self.idle {
