@@ -4,9 +4,9 @@
 //!
 //! | kind | class | parameters | result |
 //! |---|---|---|---|
-//! | `infer` | light (heavy for a heavy model: submit with the model's class, `Store::model_info`) | `{model, inputs, batch}`: `batch` rows of the model's input width, row-major, f32 | `{outputs, batch, width, model_version, cache_hit}` |
+//! | `infer` | the model's registered class (the producer library looks it up unless the task sets one; light by default) | `{model, inputs, batch}`: `batch` rows of the model's input width, row-major, f32 | `{outputs, batch, width, model_version, cache_hit}` |
 //! | `predict_batch` | light; heavy over 100 symbols (the seed's rule) | `{model, symbols: [{symbol, features}]}`: one feature window per symbol, the model's input width | `{predictions: [{symbol, values}], model_version, cache_hit}` |
-//! | `train` | as `infer` | `{model, x, y, samples, epochs, batch_size, optimizer, seed, out}` | `{losses, steps, model_version, weights or path, sha256}`: the fine-tuned model as a safetensors blob, or written to `out` |
+//! | `train` | as `infer` | `{model, x, y, samples, epochs, batch_size, optimizer, seed, out}` | `{losses, steps, model_version, weights or path, sha256}`: the fine-tuned model as a safetensors blob, or written to `model_dir/<out>` on the worker (`out` a plain file name) |
 //!
 //! Errors: `BAD_PARAMS` for shapes that do not match (the worker checks
 //! the model's widths), non-finite numbers, or bounds; `MODEL_NOT_FOUND`
