@@ -664,6 +664,62 @@ pub struct WorkerInfo {
     pub failed: u64,
     /// The Tandem version of the worker binary.
     pub version: String,
+    /// Device and task metrics, sampled every `metrics_interval_ms`.
+    pub metrics: WorkerMetrics,
+}
+
+/// Upper bounds (ms) of the task latency histogram's buckets; a last
+/// bucket counts the rest.
+pub const LATENCY_BUCKETS_MS: [u64; 10] = [1, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000, 60_000];
+
+/// What a worker measures, in its registry record: its device (from NVML on
+/// a real GPU, simulated values on a simulated one; zero on a CPU worker)
+/// and its tasks.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WorkerMetrics {
+    /// When these were sampled (worker clock, ms).
+    pub at_ms: u64,
+    /// GPU busy share over the last sample period, 0 to 1.
+    pub gpu_utilization: f64,
+    /// Device memory in use (all processes), bytes.
+    pub gpu_memory_used: u64,
+    pub gpu_temperature_c: f64,
+    pub gpu_power_w: f64,
+    pub gpu_sm_clock_mhz: u32,
+    /// Tasks finished per second over the last sample period.
+    pub tasks_per_s: f64,
+    /// Finished tasks per latency bucket (claim to commit), bounds
+    /// [`LATENCY_BUCKETS_MS`] and one more for the rest.
+    pub latency_buckets: Vec<u64>,
+    /// Sum of those latencies, ms.
+    pub latency_sum_ms: f64,
+    /// Finished tasks by `kind/class/status`.
+    pub completed: std::collections::BTreeMap<String, u64>,
+    /// Failed attempts by error code.
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// Lease extensions sent, and entries taken over from dead or stalled
+    /// workers.
+    pub lease_extensions: u64,
+    pub reclaims: u64,
+}
+
+impl WorkerMetrics {
+    fn counts_text(counts: &std::collections::BTreeMap<String, u64>) -> String {
+        counts
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn counts(text: &str) -> std::collections::BTreeMap<String, u64> {
+        text.split(',')
+            .filter_map(|pair| {
+                let (k, v) = pair.rsplit_once('=')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
 }
 
 /// Registry record field names.
@@ -693,6 +749,19 @@ pub mod worker_field {
     pub const STARTED_AT_MS: &str = "started_at_ms";
     pub const HEARTBEAT_AT_MS: &str = "heartbeat_at_ms";
     pub const ACTIVE: &str = "active";
+    pub const METRICS_AT_MS: &str = "metrics_at_ms";
+    pub const GPU_UTILIZATION: &str = "gpu_utilization";
+    pub const GPU_MEMORY_USED: &str = "gpu_memory_used";
+    pub const GPU_TEMPERATURE_C: &str = "gpu_temperature_c";
+    pub const GPU_POWER_W: &str = "gpu_power_w";
+    pub const GPU_SM_CLOCK_MHZ: &str = "gpu_sm_clock_mhz";
+    pub const TASKS_PER_S: &str = "tasks_per_s";
+    pub const LATENCY_BUCKETS: &str = "latency_buckets";
+    pub const LATENCY_SUM_MS: &str = "latency_sum_ms";
+    pub const COMPLETED: &str = "completed";
+    pub const ERRORS: &str = "errors";
+    pub const LEASE_EXTENSIONS: &str = "lease_extensions";
+    pub const RECLAIMS: &str = "reclaims";
     pub const SUCCEEDED: &str = "succeeded";
     pub const FAILED: &str = "failed";
     pub const VERSION: &str = "version";
@@ -704,6 +773,7 @@ impl WorkerInfo {
     /// memory ones (0).
     pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
         use worker_field as f;
+        let m = &self.metrics;
         let classes = self
             .classes
             .iter()
@@ -743,6 +813,26 @@ impl WorkerInfo {
             (f::FAILED, self.failed.to_string()),
             (f::VERSION, self.version.clone()),
             (f::WIRE, WIRE_VERSION.to_string()),
+            (f::METRICS_AT_MS, m.at_ms.to_string()),
+            (f::GPU_UTILIZATION, m.gpu_utilization.to_string()),
+            (f::GPU_MEMORY_USED, m.gpu_memory_used.to_string()),
+            (f::GPU_TEMPERATURE_C, m.gpu_temperature_c.to_string()),
+            (f::GPU_POWER_W, m.gpu_power_w.to_string()),
+            (f::GPU_SM_CLOCK_MHZ, m.gpu_sm_clock_mhz.to_string()),
+            (f::TASKS_PER_S, m.tasks_per_s.to_string()),
+            (
+                f::LATENCY_BUCKETS,
+                m.latency_buckets
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (f::LATENCY_SUM_MS, m.latency_sum_ms.to_string()),
+            (f::COMPLETED, WorkerMetrics::counts_text(&m.completed)),
+            (f::ERRORS, WorkerMetrics::counts_text(&m.errors)),
+            (f::LEASE_EXTENSIONS, m.lease_extensions.to_string()),
+            (f::RECLAIMS, m.reclaims.to_string()),
         ];
         // A CPU worker has no device name, index, bus id or compute
         // capability: those fields are left out rather than empty.
@@ -754,6 +844,12 @@ impl WorkerInfo {
         use worker_field as f;
         let text = |name: &str| map.get(name).cloned().unwrap_or_default();
         let number = |name: &str| map.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let float = |name: &str| {
+            map.get(name)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0)
+        };
         WorkerInfo {
             id: text(f::ID),
             host: text(f::HOST),
@@ -807,6 +903,33 @@ impl WorkerInfo {
             succeeded: number(f::SUCCEEDED),
             failed: number(f::FAILED),
             version: text(f::VERSION),
+            metrics: WorkerMetrics {
+                at_ms: number(f::METRICS_AT_MS),
+                gpu_utilization: float(f::GPU_UTILIZATION),
+                gpu_memory_used: number(f::GPU_MEMORY_USED),
+                gpu_temperature_c: float(f::GPU_TEMPERATURE_C),
+                gpu_power_w: float(f::GPU_POWER_W),
+                gpu_sm_clock_mhz: map
+                    .get(f::GPU_SM_CLOCK_MHZ)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                tasks_per_s: float(f::TASKS_PER_S),
+                latency_buckets: map
+                    .get(f::LATENCY_BUCKETS)
+                    .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
+                    .unwrap_or_default(),
+                latency_sum_ms: float(f::LATENCY_SUM_MS),
+                completed: map
+                    .get(f::COMPLETED)
+                    .map(|v| WorkerMetrics::counts(v))
+                    .unwrap_or_default(),
+                errors: map
+                    .get(f::ERRORS)
+                    .map(|v| WorkerMetrics::counts(v))
+                    .unwrap_or_default(),
+                lease_extensions: number(f::LEASE_EXTENSIONS),
+                reclaims: number(f::RECLAIMS),
+            },
         }
     }
 }
@@ -1050,6 +1173,21 @@ mod tests {
             succeeded: 10,
             failed: 1,
             version: "0.1.0".into(),
+            metrics: WorkerMetrics {
+                at_ms: 7,
+                gpu_utilization: 0.83,
+                gpu_memory_used: 3 << 30,
+                gpu_temperature_c: 71.5,
+                gpu_power_w: 215.25,
+                gpu_sm_clock_mhz: 2_520,
+                tasks_per_s: 123.5,
+                latency_buckets: vec![0, 4, 9, 1, 0, 0, 0, 0, 0, 0, 2],
+                latency_sum_ms: 812.75,
+                completed: [("infer/light/succeeded".to_owned(), 12)].into(),
+                errors: [("DEVICE_OUT_OF_MEMORY".to_owned(), 2)].into(),
+                lease_extensions: 40,
+                reclaims: 3,
+            },
         };
         let map = info
             .to_pairs()
