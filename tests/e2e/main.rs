@@ -21,6 +21,7 @@ mod model_kinds;
 mod models;
 mod priority;
 mod producer;
+mod python;
 mod reliability;
 mod security;
 mod split;
