@@ -73,7 +73,7 @@ macro_rules! number_setting {
         }
     )*};
 }
-number_setting!(u32, u64, usize);
+number_setting!(u16, u32, u64, usize);
 
 impl SettingValue for bool {
     fn parse_setting(text: &str) -> Result<Self, String> {
@@ -332,6 +332,10 @@ settings! {
     heartbeat_interval_ms: u64 = 1_000, "TANDEM_HEARTBEAT_INTERVAL_MS";
     /// A worker whose record is older than this is gone (ms).
     heartbeat_ttl_ms: u64 = 5_000, "TANDEM_HEARTBEAT_TTL_MS";
+    /// How often a worker samples its device (utilization, memory, temperature, power, clock) and its tasks (tasks/s, latency, completions, errors) into its registry record (ms).
+    metrics_interval_ms: u64 = 2_000, "TANDEM_METRICS_INTERVAL_MS";
+    /// Port of the Prometheus `/metrics` endpoint on all interfaces; `tandem-worker fleet` serves every child's there (0 = off).
+    metrics_port: u16 = 0, "TANDEM_METRICS_PORT";
     /// A task waiting longer than this is started ahead of higher priorities, so none starves (ms; 0 = never).
     aging_ms: u64 = 30_000, "TANDEM_AGING_MS";
     /// How long a stopping worker lets its running tasks finish (ms).
@@ -342,7 +346,7 @@ settings! {
     role: Option<Role> = None, "TANDEM_ROLE";
     /// Roles pinned by GPU UUID, over the capability ranking: a TOML table, or `GPU-a=heavy,GPU-b=light`.
     device_roles: BTreeMap<String, Role> = BTreeMap::new(), "TANDEM_DEVICE_ROLES";
-    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`, `paced` (tasks take as long, relative to each other, as on GPUs of those speeds) and `model_scale=N` (a resident model is booked at N times its size).
+    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`, `hot` (its temperature reads 95 C), `paced` (tasks take as long, relative to each other, as on GPUs of those speeds) and `model_scale=N` (a resident model is booked at N times its size).
     simulate_gpus: String = String::new(), "TANDEM_SIMULATE_GPUS";
     /// Share of a GPU's memory kept free of tasks, for the CUDA context and fragmentation (percent).
     device_memory_reserve_pct: u32 = 10, "TANDEM_DEVICE_MEMORY_RESERVE_PCT";
@@ -530,6 +534,7 @@ impl Config {
             ("idempotency_ttl_s", self.idempotency_ttl_s),
             ("reply_ttl_s", self.reply_ttl_s),
             ("dead_letter_maxlen", self.dead_letter_maxlen),
+            ("metrics_interval_ms", self.metrics_interval_ms),
         ] {
             if value == 0 {
                 return invalid(name, "must be at least 1");

@@ -128,6 +128,9 @@ pub struct Faults {
     pub oom_above: Option<u64>,
     /// The first this many health probes of each process fail.
     pub probe_failures: u32,
+    /// The device runs hot: its temperature reads 95 C whatever its load
+    /// (`hot` in the description), to exercise temperature alerts.
+    pub hot: bool,
 }
 
 impl Gpu {
@@ -282,7 +285,8 @@ pub struct SimulateError {
 /// Reads simulated GPUs: `;`-separated, each `name, memory, TFLOPS` and any
 /// of `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`,
 /// `probe_failures=N`, `uuid=SIM-...`, `model_scale=N` (see
-/// [`Simulated::model_scale`]) and `paced` (see [`Simulated::paced`]), as in
+/// [`Simulated::model_scale`]), `paced` (see [`Simulated::paced`]) and `hot`
+/// (see [`Faults::hot`]), as in
 /// `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`.
 /// Sizes take `GiB`, `MiB`, `GB`, `MB` or plain bytes. Each gets the UUID
 /// `SIM-<position>-<name>` unless it names one.
@@ -307,6 +311,8 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
         for part in parts.filter(|p| !p.is_empty()) {
             if part.eq_ignore_ascii_case("paced") {
                 paced = true;
+            } else if part.eq_ignore_ascii_case("hot") {
+                faults.hot = true;
             } else if let Some((key, value)) = part.split_once('=') {
                 let value = value.trim();
                 let count = || {
@@ -641,6 +647,9 @@ mod tests {
         assert!(!one[0].simulated.as_ref().unwrap().paced);
         let paced = parse_simulated("A, 8 GiB, paced, 10 TFLOPS").unwrap();
         assert!(paced[0].simulated.as_ref().unwrap().paced);
+        assert!(!paced[0].simulated.as_ref().unwrap().faults.hot);
+        let hot = parse_simulated("A, 8 GiB, 10 TFLOPS, hot").unwrap();
+        assert!(hot[0].simulated.as_ref().unwrap().faults.hot);
         assert_eq!(assign_roles(&one, &BTreeMap::new())[0].role, Role::Both);
 
         let four = parse_simulated(

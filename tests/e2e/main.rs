@@ -17,6 +17,7 @@ mod gpu_real;
 mod gpus;
 mod idempotency;
 mod kinds;
+mod metrics;
 mod model_kinds;
 mod models;
 mod priority;

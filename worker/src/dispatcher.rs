@@ -267,6 +267,10 @@ impl Dispatcher {
                     Ok(result) => {
                         retry_at = None;
                         retry_delay = RETRY_MIN;
+                        if let Some(Ok(lost)) = &result.lost {
+                            let extended = leases.len().saturating_sub(lost.len());
+                            self.stats.tasks.extended(extended);
+                        }
                         for (completion, outcome) in to_commit.drain(..).zip(result.commits) {
                             held -= 1;
                             self.record_commit(&completion, outcome);
@@ -504,6 +508,11 @@ impl Dispatcher {
     }
 
     fn record_commit(&self, completion: &Completion, outcome: Result<Committed, StoreError>) {
+        if matches!(outcome, Ok(Committed::Written)) {
+            self.stats.tasks.committed(completion);
+        } else {
+            self.stats.tasks.dropped(&completion.id);
+        }
         match outcome {
             Ok(Committed::Written) => {
                 if completion.finish.status == Status::Succeeded {
@@ -578,6 +587,9 @@ impl Dispatcher {
                     stream = %stream.key, entry = %entry_id, code = %err.code,
                     "refusing entry: {}", err.message
                 );
+                if let Some(id) = err.id {
+                    self.stats.tasks.claimed(id, None, false);
+                }
                 return match self.executor.refused(err, stream, entry_id, attempt) {
                     Some(completion) => {
                         to_commit.push(completion);
@@ -587,6 +599,12 @@ impl Dispatcher {
                 };
             }
         };
+        // The delivery's attempt is the entry's plus its earlier deliveries:
+        // more means a worker that had it died or stalled.
+        let reclaimed = attempt > entry.attempt;
+        self.stats
+            .tasks
+            .claimed(entry.id, Some(&entry.kind), reclaimed);
         entry.attempt = attempt;
         if let Some(refused) = self.executor.unsigned(&entry, &entry_id) {
             tracing::warn!(task = %entry.id, "refusing a task without a valid signature");
@@ -611,7 +629,7 @@ impl Dispatcher {
         let cancel = self
             .running
             .start(id, stream_index, entry_id.clone(), entry.memory_bytes);
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.task_started();
         let executor = Arc::clone(&self.executor);
         let running = self.running.clone();
         let stats = Arc::clone(&self.stats);
@@ -652,7 +670,7 @@ impl Dispatcher {
                 },
             };
             running.finish(&id);
-            stats.active.fetch_sub(1, Ordering::Relaxed);
+            stats.task_ended();
             // The receiver lives as long as the dispatcher; if it is gone the
             // worker is exiting and the entry was handed back.
             let _ = done.send(finished);

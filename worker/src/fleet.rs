@@ -12,6 +12,10 @@
 //!
 //! One log line per child and event: started, exited (and why: its device
 //! failed, a signal, a status), restarting in how long, stopped.
+//!
+//! With `metrics_port` set, the fleet serves `/metrics` for all its
+//! children at once, from their registry records; the children serve none
+//! of their own (they are started with `TANDEM_METRICS_PORT=0`).
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -22,6 +26,7 @@ use tandem_shared::device::Role;
 use tokio::process::Command;
 
 use crate::device::Detection;
+use crate::metrics::ChildPids;
 use crate::shutdown::Shutdown;
 
 /// The variable a fleet sets in its children: its own pid.
@@ -84,6 +89,10 @@ pub struct Launch {
     pub restart_max: Duration,
     /// How long a stopping child may take before it is killed.
     pub stop_timeout: Duration,
+    /// Where the fleet serves its children's `/metrics` (0: nowhere).
+    pub metrics_port: u16,
+    /// The fleet's settings, for reading the registry at each scrape.
+    pub config: Config,
 }
 
 impl Launch {
@@ -94,6 +103,8 @@ impl Launch {
             restart: Duration::from_millis(config.fleet_restart_ms),
             restart_max: Duration::from_millis(config.fleet_restart_max_ms),
             stop_timeout: Duration::from_millis(config.shutdown_grace_ms) + Duration::from_secs(10),
+            metrics_port: config.metrics_port,
+            config: config.clone(),
         }
     }
 }
@@ -109,20 +120,35 @@ pub async fn run(members: Vec<Member>, launch: Launch, shutdown: Shutdown) {
             .collect::<Vec<_>>()
             .join("; ")
     );
+    let children = ChildPids::default();
+    let metrics_server = match launch.metrics_port {
+        0 => None,
+        port => crate::metrics::serve_fleet(port, launch.config.clone(), children.clone()).await,
+    };
     let tasks: Vec<_> = members
         .into_iter()
-        .map(|member| tokio::spawn(supervise(member, launch.clone(), shutdown.clone())))
+        .map(|member| {
+            tokio::spawn(supervise(
+                member,
+                launch.clone(),
+                children.clone(),
+                shutdown.clone(),
+            ))
+        })
         .collect();
     for task in tasks {
         if let Err(err) = task.await {
             tracing::error!("a fleet supervisor failed: {err}");
         }
     }
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     tracing::info!("fleet stopped");
 }
 
 /// Keeps one member running until shutdown.
-async fn supervise(member: Member, launch: Launch, mut shutdown: Shutdown) {
+async fn supervise(member: Member, launch: Launch, children: ChildPids, mut shutdown: Shutdown) {
     let tag = member.tag.as_str();
     let mut delay = launch.restart;
     let mut starts = 0u32;
@@ -133,6 +159,8 @@ async fn supervise(member: Member, launch: Launch, mut shutdown: Shutdown) {
             .args(&launch.common)
             .args(&member.args)
             .env(PARENT_ENV, std::process::id().to_string())
+            // The fleet serves every child's metrics on its own port.
+            .env("TANDEM_METRICS_PORT", "0")
             .kill_on_drop(true);
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -151,6 +179,7 @@ async fn supervise(member: Member, launch: Launch, mut shutdown: Shutdown) {
         };
         starts += 1;
         let pid = child.id().unwrap_or(0);
+        set_child(&children, tag, Some(pid));
         if starts == 1 {
             tracing::info!(member = tag, pid, "started ({})", member.label);
         } else {
@@ -164,6 +193,7 @@ async fn supervise(member: Member, launch: Launch, mut shutdown: Shutdown) {
         }
         tokio::select! {
             status = child.wait() => {
+                set_child(&children, tag, None);
                 let ran = started.elapsed();
                 let why = match status {
                     Ok(status) => describe(status),
@@ -190,6 +220,18 @@ async fn supervise(member: Member, launch: Launch, mut shutdown: Shutdown) {
             }
         }
     }
+}
+
+/// Records a member's running child (`None`: none runs), whose registry
+/// record the fleet's `/metrics` shows.
+fn set_child(children: &ChildPids, tag: &str, pid: Option<u32>) {
+    let mut children = children
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match pid {
+        Some(pid) => children.insert(tag.to_owned(), pid),
+        None => children.remove(tag),
+    };
 }
 
 /// Sleeps `delay`; true when shutdown came first.

@@ -26,6 +26,11 @@ pub(crate) struct Heartbeat {
     pub ttl_ms: u64,
     /// Asks for a beat now (the health changed).
     pub nudge: Arc<tokio::sync::Notify>,
+    /// The metrics sampler's latest sample, written with each beat.
+    pub metrics: crate::metrics::Latest,
+    /// Each beat's record, for the worker's own `/metrics` (kept even when
+    /// Redis is away, when the numbers matter most).
+    pub published: crate::metrics::Published,
 }
 
 impl Heartbeat {
@@ -43,6 +48,15 @@ impl Heartbeat {
         self.info.memory_models = ledger.models_bytes();
         (self.info.model_hits, self.info.model_misses) = ledger.hits_and_misses();
         self.info.heartbeat_at_ms = now_ms();
+        self.info.metrics = self
+            .metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone_from(&self.info);
         self.store.heartbeat(&self.info, self.ttl_ms).await
     }
 

@@ -18,6 +18,8 @@
 //! - [`fleet`]: `tandem-worker fleet`, one worker process per GPU plus a
 //!   CPU worker, restarted when they die.
 //! - `heartbeat`: keeps the worker's registry record fresh.
+//! - `metrics`: samples the device and the task counters into the registry
+//!   record every `metrics_interval_ms`; `/metrics` for Prometheus.
 //! - [`shutdown`]: the stop signal; SIGTERM and SIGINT trigger it.
 //!
 //! # Example
@@ -43,6 +45,7 @@ pub mod fleet;
 pub mod handler;
 mod heartbeat;
 mod kinds;
+mod metrics;
 pub mod models;
 mod router;
 pub mod shutdown;
@@ -138,6 +141,8 @@ pub async fn run(
     });
     let running = cancel::Running::default();
     let nudge = Arc::new(tokio::sync::Notify::new());
+    let latest_metrics = metrics::Latest::default();
+    let published = metrics::Published::default();
     let gpu = device.gpu.as_ref();
     let mut heartbeat = heartbeat::Heartbeat {
         store: store.clone(),
@@ -168,12 +173,35 @@ pub async fn run(
         interval: Duration::from_millis(config.heartbeat_interval_ms),
         ttl_ms: config.heartbeat_ttl_ms,
         nudge: Arc::clone(&nudge),
+        metrics: Arc::clone(&latest_metrics),
+        published: Arc::clone(&published),
     };
     heartbeat.beat().await?;
     let heartbeat_task = tokio::spawn(heartbeat.clone().run());
+    let sampler_task = tokio::spawn(
+        metrics::Sampler {
+            stats: Arc::clone(&stats),
+            device: Arc::clone(&device),
+            running: running.clone(),
+            interval: Duration::from_millis(config.metrics_interval_ms),
+            latest: latest_metrics,
+        }
+        .run(),
+    );
+    let metrics_server = match config.metrics_port {
+        0 => None,
+        port => metrics::serve_worker(port, published).await,
+    };
+    let stop_metrics = move || {
+        sampler_task.abort();
+        if let Some(server) = &metrics_server {
+            server.abort();
+        }
+    };
 
     if device.is_gpu() && !probe_until_healthy(config, &device, &mut shutdown).await {
         heartbeat_task.abort();
+        stop_metrics();
         if let Err(err) = store.deregister(&worker_id).await {
             tracing::warn!("cannot remove the registry record: {err}");
         }
@@ -278,6 +306,7 @@ pub async fn run(
     let report = dispatcher.run(shutdown).await;
 
     heartbeat_task.abort();
+    stop_metrics();
     cancel_task.abort();
     watch_task.abort();
     if let Some(why) = &report.device_failed {
@@ -367,7 +396,7 @@ fn default_worker_id(device_tag: &str) -> String {
     )
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_default();

@@ -1,0 +1,285 @@
+//! Metrics: a simulated GPU worker's registry record carries its device
+//! readings and task counters, sampled every `metrics_interval_ms`; a
+//! fleet serves all its children's on `/metrics` in the Prometheus text
+//! format; a `hot` simulated GPU reads 95 C.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tandem_producer::Task;
+use tandem_shared::device::{Health, Role};
+use tandem_shared::kind::builtin::{Fail, FailParams, Sleep, SleepParams};
+use tandem_shared::wire::{LATENCY_BUCKETS_MS, WorkerInfo};
+use tandem_shared::{Class, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::gpus::{WAIT, registry, wait_healthy};
+use crate::support::{RedisServer, WorkerProcess, free_port, wait_until};
+
+const SLEEPS: usize = 30;
+
+/// The families every fleet's `/metrics` lists.
+const FAMILIES: &[&str] = &[
+    "tandem_gpu_utilization_ratio",
+    "tandem_gpu_memory_used_bytes",
+    "tandem_gpu_memory_total_bytes",
+    "tandem_gpu_temperature_celsius",
+    "tandem_gpu_power_watts",
+    "tandem_gpu_sm_clock_hertz",
+    "tandem_tasks_active",
+    "tandem_tasks_completed_total",
+    "tandem_task_errors_total",
+    "tandem_task_latency_seconds",
+    "tandem_lease_extensions_total",
+    "tandem_reclaims_total",
+    "tandem_models_resident",
+    "tandem_model_cache_hits_total",
+    "tandem_model_cache_misses_total",
+];
+
+async fn record(redis: &RedisServer, id: &str) -> Option<WorkerInfo> {
+    registry(redis).await.into_iter().find(|w| w.id == id)
+}
+
+#[tokio::test]
+async fn a_simulated_gpu_workers_record_carries_its_metrics() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::spawn(
+        &redis,
+        &[
+            ("TANDEM_SIMULATE_GPUS", "Sim, 8 GiB, 10 TFLOPS"),
+            ("TANDEM_DEVICE", "0"),
+            ("TANDEM_CONCURRENCY", "2"),
+            ("TANDEM_METRICS_INTERVAL_MS", "200"),
+        ],
+    );
+    wait_healthy(&redis, &worker.id).await;
+    let producer = redis.producer().await;
+    let mut ids = Vec::new();
+    for _ in 0..SLEEPS {
+        let task = Task::of::<Sleep>(&SleepParams { ms: 50 })
+            .unwrap()
+            .class(Class::Light);
+        ids.push(producer.submit(task).await.unwrap());
+    }
+    let failing = Task::of::<Fail>(&FailParams {
+        code: "E_METRICS".into(),
+        message: "counted by code".into(),
+        retry: false,
+    })
+    .unwrap()
+    .class(Class::Light);
+    let failing = producer.submit(failing).await.unwrap();
+
+    // While the tasks run, a sample shows the device busy and tasks
+    // finishing. Each is seen at some sample, not necessarily the same one.
+    let (mut busy, mut rate) = (None, None);
+    let deadline = Instant::now() + WAIT;
+    while busy.is_none() || rate.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no busy sample ({busy:?}) or no tasks/s ({rate:?})"
+        );
+        if let Some(info) = record(&redis, &worker.id).await {
+            let m = &info.metrics;
+            if m.gpu_utilization > 0.0 {
+                busy.get_or_insert(m.gpu_utilization);
+            }
+            if m.tasks_per_s > 0.0 {
+                rate.get_or_insert(m.tasks_per_s);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let busy = busy.unwrap_or_default();
+    assert!(busy > 0.0 && busy <= 1.0, "utilization {busy}");
+
+    for id in &ids {
+        let outcome = producer.wait(*id, WAIT).await.unwrap();
+        assert_eq!(outcome.status, Status::Succeeded);
+    }
+    assert_eq!(
+        producer.wait(failing, WAIT).await.unwrap().status,
+        Status::Failed
+    );
+
+    // Once a sample after the last commit is in the record, it counts
+    // every task: by kind, class and status, in the latency histogram, and
+    // the failure by its code.
+    let done = SLEEPS as u64 + 1;
+    wait_until(WAIT, "every task counted", || async {
+        record(&redis, &worker.id)
+            .await
+            .is_some_and(|w| w.metrics.latency_buckets.iter().sum::<u64>() == done)
+    })
+    .await;
+    let info = record(&redis, &worker.id).await.unwrap();
+    let m = &info.metrics;
+    assert_eq!(m.latency_buckets.len(), LATENCY_BUCKETS_MS.len() + 1);
+    let expected: BTreeMap<String, u64> = [
+        ("sleep/light/succeeded".to_owned(), SLEEPS as u64),
+        ("fail/light/failed".to_owned(), 1),
+    ]
+    .into();
+    assert_eq!(m.completed, expected);
+    assert_eq!(m.errors.get("E_METRICS"), Some(&1), "{:?}", m.errors);
+    // Each sleep took 50 ms or more from claim to commit.
+    assert!(m.latency_sum_ms >= 50.0 * SLEEPS as f64, "{m:?}");
+    assert!(
+        m.gpu_temperature_c > 0.0 && m.gpu_temperature_c < 95.0,
+        "{m:?}"
+    );
+    assert!(m.gpu_power_w > 0.0 && m.gpu_sm_clock_mhz > 0, "{m:?}");
+    assert!(m.gpu_memory_used > 0 && m.gpu_memory_used <= info.memory_total);
+
+    // What redis-cli HGETALL shows.
+    let mut conn = redis.conn().await;
+    let raw: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("tandem:worker:{}", worker.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for field in [
+        "gpu_utilization",
+        "gpu_temperature_c",
+        "tasks_per_s",
+        "latency_buckets",
+        "completed",
+        "errors",
+    ] {
+        assert!(raw.contains_key(field), "{field} not in {raw:?}");
+    }
+    assert!(
+        raw["completed"].contains("sleep/light/succeeded="),
+        "{raw:?}"
+    );
+}
+
+/// `GET path` on the loopback port; the status line and the body.
+async fn get(port: u16, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    // The server closes after its response: read to the end.
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut reply))
+        .await
+        .expect("a response")
+        .unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+/// A sample line's metric name, labels and value; panics on anything else.
+fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
+    let (series, value) = line
+        .rsplit_once(' ')
+        .unwrap_or_else(|| panic!("not `name{{labels}} value`: {line:?}"));
+    let (name, labels) = series
+        .split_once('{')
+        .unwrap_or_else(|| panic!("no labels: {line:?}"));
+    let labels = labels
+        .strip_suffix('}')
+        .unwrap_or_else(|| panic!("labels not closed: {line:?}"));
+    let labels = labels
+        .split("\",")
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once("=\"")
+                .unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
+            (k.to_owned(), v.trim_end_matches('"').to_owned())
+        })
+        .collect();
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+    };
+    (name.to_owned(), labels, value)
+}
+
+#[tokio::test]
+async fn a_fleet_serves_its_childrens_metrics_and_a_hot_gpu_reads_95_c() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut fleet = WorkerProcess::spawn_fleet(
+        &redis,
+        &[
+            (
+                "TANDEM_SIMULATE_GPUS",
+                "Cool, 12 GiB, 40 TFLOPS; Hot, 8 GiB, 16 TFLOPS, hot",
+            ),
+            ("TANDEM_METRICS_PORT", &port_text),
+            ("TANDEM_METRICS_INTERVAL_MS", "200"),
+        ],
+    );
+    wait_until(WAIT, "three members healthy", || async {
+        let workers = registry(&redis).await;
+        workers.len() == 3 && workers.iter().all(|w| w.health == Health::Healthy)
+    })
+    .await;
+    wait_until(WAIT, "the hot GPU's record reads 95 C", || async {
+        registry(&redis)
+            .await
+            .iter()
+            .any(|w| w.device == "SIM-1-hot" && w.metrics.gpu_temperature_c == 95.0)
+    })
+    .await;
+    let workers = registry(&redis).await;
+
+    // Every child's series, as of their latest records.
+    let mut body = String::new();
+    let deadline = Instant::now() + WAIT;
+    while !workers
+        .iter()
+        .all(|w| body.contains(&format!("worker=\"{}\"", w.id)))
+    {
+        assert!(Instant::now() < deadline, "children missing from:\n{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, text) = get(port, "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{text}");
+        body = text;
+    }
+    let samples: Vec<_> = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(parse_sample)
+        .collect();
+    for family in FAMILIES {
+        assert!(
+            body.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{body}"
+        );
+    }
+    for worker in &workers {
+        let theirs: Vec<_> = samples
+            .iter()
+            .filter(|(_, labels, _)| labels.get("worker") == Some(&worker.id))
+            .collect();
+        assert!(!theirs.is_empty(), "{}", worker.id);
+        for (_, labels, _) in &theirs {
+            assert_eq!(labels["device"], worker.device);
+            assert_eq!(labels["role"], worker.role.to_string());
+        }
+        let has_gpu_series = theirs
+            .iter()
+            .any(|(name, _, _)| name == "tandem_gpu_temperature_celsius");
+        assert_eq!(has_gpu_series, worker.role != Role::Cpu, "{}", worker.id);
+    }
+    let hot = samples.iter().find(|(name, labels, _)| {
+        name == "tandem_gpu_temperature_celsius" && labels["device"] == "SIM-1-hot"
+    });
+    assert_eq!(hot.map(|(_, _, v)| *v), Some(95.0), "{body}");
+
+    let (status, _) = get(port, "/").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+    fleet.signal("TERM");
+    assert_eq!(fleet.wait_exit(WAIT), Some(0));
+}
