@@ -283,3 +283,35 @@ async fn a_fleet_serves_its_childrens_metrics_and_a_hot_gpu_reads_95_c() {
     fleet.signal("TERM");
     assert_eq!(fleet.wait_exit(WAIT), Some(0));
 }
+
+/// On a real GPU (`gpu-tests`): NVML's readings of the worker's device,
+/// found by its UUID, reach the registry record.
+#[cfg(feature = "gpu-tests")]
+#[tokio::test]
+async fn a_real_gpu_workers_record_carries_nvml_readings() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::spawn(
+        &redis,
+        &[
+            ("TANDEM_DEVICE", "0"),
+            ("TANDEM_METRICS_INTERVAL_MS", "200"),
+        ],
+    );
+    // The first probe compiles the kernels: give it time.
+    wait_until(
+        Duration::from_secs(120),
+        "NVML readings in the record",
+        || async {
+            record(&redis, &worker.id).await.is_some_and(|w| {
+                let m = &w.metrics;
+                w.health == Health::Healthy
+                    && m.gpu_memory_used > 0
+                    && m.gpu_memory_used <= w.memory_total
+                    && m.gpu_temperature_c > 0.0
+                    && m.gpu_sm_clock_mhz > 0
+                    && (0.0..=1.0).contains(&m.gpu_utilization)
+            })
+        },
+    )
+    .await;
+}
