@@ -26,5 +26,6 @@ mod python;
 mod reliability;
 mod security;
 mod split;
+mod views;
 mod volume;
 mod wire;

@@ -10,6 +10,7 @@ mod queues;
 mod soak;
 mod table;
 mod tasks;
+mod top;
 mod workers;
 
 use std::path::PathBuf;
@@ -23,7 +24,8 @@ pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
 pub use model::{ModelCommand, NewArgs as ModelNewArgs};
 pub use soak::SoakArgs;
-pub use tasks::{SubmitArgs, TaskArgs, WaitArgs};
+pub use tasks::{SubmitArgs, TaskArgs, TaskViewArgs, WaitArgs};
+pub use top::TopArgs;
 
 /// Tandem: a GPU-aware job queue on Redis Streams.
 #[derive(Debug, Parser)]
@@ -50,12 +52,18 @@ pub enum Command {
     Wait(WaitArgs),
     /// Print a task's record.
     Status(TaskArgs),
+    /// A task's whole story: submission, every attempt (worker, device,
+    /// times, outcome), hand-backs, retries, split progress, the result.
+    Task(TaskViewArgs),
     /// Cancel a task.
     Cancel(TaskArgs),
     /// Per stream: waiting, pending, consumers, oldest waiting age.
     Queues,
-    /// The live workers: device, role, health, tasks, memory.
+    /// The live workers: device, role, health, utilization, memory,
+    /// temperature, power, tasks, tasks/s.
     Workers,
+    /// A live full-screen view of workers and queues (q to quit).
+    Top(TopArgs),
     /// The dead-letter streams: list, show, requeue, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -126,9 +134,11 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Submit(args) => tasks::submit(&config, args).await,
             Command::Wait(args) => tasks::wait(&config, args).await,
             Command::Status(args) => tasks::status(&config, args).await,
+            Command::Task(args) => tasks::task(&config, args).await,
             Command::Cancel(args) => tasks::cancel(&config, args).await,
             Command::Queues => queues::run(&config).await,
             Command::Workers => workers::run(&config).await,
+            Command::Top(args) => top::run(&config, args).await,
             Command::Dlq(command) => dlq::run(&config, command).await,
             Command::Model(command) => model::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,

@@ -1,11 +1,12 @@
-//! `tandem submit | wait | status | cancel`.
+//! `tandem submit | wait | status | cancel`, and `tandem task`: a task's
+//! whole story, from submission through every attempt to its outcome.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use tandem_shared::wire::TaskRecord;
-use tandem_shared::{Class, Config, Priority, TaskId, msgpack};
+use tandem_shared::{Class, Config, Priority, Status, TaskId, msgpack};
 
 use super::table;
 use crate::{CancelOutcome, Producer, Task, TaskOutcome};
@@ -48,6 +49,14 @@ pub struct WaitArgs {
 #[derive(Debug, clap::Args)]
 pub struct TaskArgs {
     pub id: TaskId,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TaskViewArgs {
+    pub id: TaskId,
+    /// One JSON object instead of text, for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -106,6 +115,27 @@ pub(crate) async fn status(config: &Config, args: TaskArgs) -> anyhow::Result<Ex
     }
 }
 
+pub(crate) async fn task(config: &Config, args: TaskViewArgs) -> anyhow::Result<ExitCode> {
+    let producer = Producer::connect(config).await?;
+    let Some(record) = producer.record(args.id).await? else {
+        eprintln!(
+            "task {} not found (never submitted, or its record expired)",
+            args.id
+        );
+        return Ok(ExitCode::from(3));
+    };
+    let attempts = attempts(&record);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&story_json(&record, &attempts))?
+        );
+    } else {
+        print!("{}", story_text(&record, &attempts));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn cancel(config: &Config, args: TaskArgs) -> anyhow::Result<ExitCode> {
     let producer = Producer::connect(config).await?;
     let (text, code) = match producer.cancel(args.id).await? {
@@ -128,6 +158,291 @@ fn exit_code(outcome: &TaskOutcome) -> ExitCode {
 
 fn print_outcome(outcome: &TaskOutcome) {
     print_record(&outcome.record);
+}
+
+/// One run of a task on a worker, from the record's history or, for the run
+/// the record itself describes, from its own fields.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+struct Attempt {
+    attempt: Option<u32>,
+    worker: Option<String>,
+    device: Option<String>,
+    started_at_ms: Option<u64>,
+    finished_at_ms: Option<u64>,
+    /// `handed_back`, or the status the attempt ended (or is) in.
+    status: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+}
+
+/// Every attempt, oldest first. The history holds the finished attempts of a
+/// task that needed more than one or did not succeed; the record's own
+/// fields describe the latest run, which the history lacks while it runs and
+/// when a first attempt succeeded. A history that does not parse (a hand
+/// edit) reads as empty rather than hiding the rest of the story.
+fn attempts(record: &TaskRecord) -> Vec<Attempt> {
+    let history: Vec<serde_json::Value> = record
+        .history
+        .as_deref()
+        .and_then(|h| serde_json::from_str(h).ok())
+        .unwrap_or_default();
+    let mut attempts: Vec<Attempt> = history.iter().map(attempt_of).collect();
+    let latest_listed = attempts
+        .iter()
+        .any(|a| a.started_at_ms.is_some() && a.started_at_ms == record.started_at_ms);
+    if record.started_at_ms.is_some() && !latest_listed {
+        attempts.push(Attempt {
+            attempt: record.attempt,
+            worker: record.worker.clone(),
+            device: record.device.clone(),
+            started_at_ms: record.started_at_ms,
+            finished_at_ms: record.finished_at_ms,
+            status: record.status.map(|s| s.to_string()),
+            error_code: record.error.as_ref().map(|e| e.code.to_string()),
+            error_message: record.error.as_ref().map(|e| e.message.clone()),
+        });
+    }
+    attempts
+}
+
+/// One history entry. The scripts write numbers as strings; take either.
+fn attempt_of(entry: &serde_json::Value) -> Attempt {
+    let text = |name: &str| match &entry[name] {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    Attempt {
+        attempt: text("attempt").and_then(|t| t.parse().ok()),
+        worker: text("worker"),
+        device: text("device"),
+        started_at_ms: text("started_at_ms").and_then(|t| t.parse().ok()),
+        finished_at_ms: text("finished_at_ms").and_then(|t| t.parse().ok()),
+        status: text("status"),
+        error_code: text("error_code"),
+        error_message: text("error_message"),
+    }
+}
+
+/// Hand-backs (not failures: the task went back to its stream for another
+/// device or worker) and retries (attempts after the first).
+fn hand_backs_and_retries(record: &TaskRecord, attempts: &[Attempt]) -> (usize, u32) {
+    let hand_backs = attempts
+        .iter()
+        .filter(|a| a.status.as_deref() == Some("handed_back"))
+        .count();
+    let highest = attempts
+        .iter()
+        .filter_map(|a| a.attempt)
+        .chain(record.attempt)
+        .max()
+        .unwrap_or(1);
+    (hand_backs, highest.saturating_sub(1))
+}
+
+/// The result as JSON where MessagePack maps onto it, else as display text.
+fn result_json(record: &TaskRecord) -> serde_json::Value {
+    match &record.result {
+        Some(bytes) => msgpack::decode::<serde_json::Value>(bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(msgpack::to_display(bytes))),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn story_json(record: &TaskRecord, attempts: &[Attempt]) -> serde_json::Value {
+    let (hand_backs, retries) = hand_backs_and_retries(record, attempts);
+    let text = |v: Option<String>| v.map_or(serde_json::Value::Null, serde_json::Value::from);
+    serde_json::json!({
+        "id": text(record.id.map(|i| i.to_string())),
+        "kind": record.kind,
+        "status": text(record.status.map(|s| s.to_string())),
+        "submitted": {
+            "at_ms": record.submitted_at_ms,
+            "producer": record.producer,
+            "class": text(record.class.map(|c| c.to_string())),
+            "priority": text(record.priority.map(|p| p.to_string())),
+            "max_attempts": record.max_attempts,
+            "deadline_ms": record.deadline_ms,
+        },
+        "attempts": attempts,
+        "hand_backs": hand_backs,
+        "retries": retries,
+        "retry_at_ms": record.retry_at_ms,
+        "split": {
+            "shards": record.shards,
+            "shards_done": record.shards_done,
+            "shard_ids": record.shard_ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "parent": text(record.parent.map(|p| p.to_string())),
+            "shard": record.shard,
+        },
+        "finished_at_ms": record.finished_at_ms,
+        "run_us": record.run_us,
+        "result": result_json(record),
+        "result_bytes": record.result_bytes,
+        "error": record.error.as_ref().map(|e| serde_json::json!({
+            "code": e.code.to_string(),
+            "message": e.message,
+        })),
+        "dead_letter": record.dead_letter,
+        "cancel_requested_at_ms": record.cancel_requested_at_ms,
+    })
+}
+
+/// The story as text: a heading, what was submitted, a table of attempts,
+/// then how it ended (or where it stands).
+fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let submitted = record.submitted_at_ms.unwrap_or(0);
+    // Attempt times read as offsets from submission: easier to follow
+    // than a column of epoch milliseconds.
+    let offset = |ms: Option<u64>| {
+        ms.map_or_else(
+            || "-".to_owned(),
+            |ms| format!("+{}", table::age(ms.saturating_sub(submitted))),
+        )
+    };
+    let mut out = format!(
+        "task {}  {}  {}\n",
+        dash(record.id.map(|i| i.to_string())),
+        dash(record.kind.clone()),
+        dash(record.status.map(|s| s.to_string())),
+    );
+    let mut line = |name: &str, value: String| out.push_str(&format!("{name:<12}{value}\n"));
+    line(
+        "submitted",
+        format!(
+            "{} by {}, class {}, priority {}, at most {} attempts",
+            record.submitted_at_ms.map_or_else(|| "-".to_owned(), utc),
+            dash(record.producer.clone()),
+            dash(record.class.map(|c| c.to_string())),
+            dash(record.priority.map(|p| p.to_string())),
+            record.max_attempts.unwrap_or(1),
+        ),
+    );
+    if let Some(deadline) = record.deadline_ms {
+        line("deadline", utc(deadline));
+    }
+    if let Some(shards) = record.shards {
+        line(
+            "split",
+            format!(
+                "shards {} of {shards} done",
+                record.shards_done.unwrap_or(0)
+            ),
+        );
+    }
+    if let (Some(parent), Some(shard)) = (record.parent, record.shard) {
+        line("shard of", format!("{parent} (shard {shard})"));
+    }
+    let (hand_backs, retries) = hand_backs_and_retries(record, attempts);
+    line(
+        "attempts",
+        format!(
+            "{} ({}, {})",
+            attempts.len(),
+            plural(retries as usize, "retry", "retries"),
+            plural(hand_backs, "hand-back", "hand-backs"),
+        ),
+    );
+    if let Some(due) = record
+        .retry_at_ms
+        .filter(|_| record.status == Some(Status::Retrying))
+    {
+        line("retry due", offset(Some(due)));
+    }
+    if let Some(ms) = record.cancel_requested_at_ms {
+        line("cancel asked", offset(Some(ms)));
+    }
+    if let Some(ms) = record.finished_at_ms.filter(|_| record.is_terminal()) {
+        line(
+            "finished",
+            format!(
+                "{} ({} after submission)",
+                utc(ms),
+                table::age(ms.saturating_sub(submitted))
+            ),
+        );
+    }
+    if let Some(error) = &record.error.as_ref().filter(|_| record.is_terminal()) {
+        line("error", format!("{}: {}", error.code, error.message));
+    }
+    if let Some(result) = &record.result {
+        line("result", msgpack::to_display(result));
+    } else if record.result_left_out() {
+        line(
+            "result",
+            format!("{} bytes (not shown)", record.result_bytes.unwrap_or(0)),
+        );
+    }
+    if let Some(dead) = &record.dead_letter {
+        line("dead letter", dead.clone());
+    }
+    if !attempts.is_empty() {
+        out.push('\n');
+        out.push_str(&attempts_table(attempts, offset));
+    }
+    out
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn attempts_table(attempts: &[Attempt], offset: impl Fn(Option<u64>) -> String) -> String {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    let mut rows = vec![
+        [
+            "attempt", "worker", "device", "started", "finished", "took", "status", "error",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for a in attempts {
+        let took = match (a.started_at_ms, a.finished_at_ms) {
+            (Some(s), Some(f)) => table::age(f.saturating_sub(s)),
+            _ => "-".to_owned(),
+        };
+        let error = match (&a.error_code, &a.error_message) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.clone(),
+            _ => "-".to_owned(),
+        };
+        rows.push(vec![
+            a.attempt.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            dash(&a.worker),
+            dash(&a.device),
+            offset(a.started_at_ms),
+            offset(a.finished_at_ms),
+            took,
+            dash(&a.status),
+            error,
+        ]);
+    }
+    table::render(&rows)
+}
+
+/// Milliseconds since the epoch as `2026-01-31 12:00:05.250 UTC`: the
+/// tool has no calendar crate, and the civil-date arithmetic is short
+/// (Howard Hinnant's `civil_from_days`).
+fn utc(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let in_day = ms % 86_400_000;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1_000 % 60,
+        in_day % 1_000
+    )
 }
 
 /// A record as `field  value` lines, the result rendered as JSON.
@@ -182,4 +497,80 @@ fn print_record(record: &TaskRecord) {
         );
     }
     print!("{}", table::render(&rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(entries: &[serde_json::Value]) -> Option<String> {
+        Some(serde_json::Value::from(entries.to_vec()).to_string())
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(utc(951_782_400_123), "2000-02-29 00:00:00.123 UTC");
+        assert_eq!(utc(1_767_225_599_999), "2025-12-31 23:59:59.999 UTC");
+    }
+
+    #[test]
+    fn a_first_attempt_that_succeeded_comes_from_the_record() {
+        let record = TaskRecord {
+            status: Some(Status::Succeeded),
+            attempt: Some(1),
+            worker: Some("w1".into()),
+            started_at_ms: Some(10),
+            finished_at_ms: Some(20),
+            ..TaskRecord::default()
+        };
+        let got = attempts(&record);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].worker.as_deref(), Some("w1"));
+        assert_eq!(got[0].status.as_deref(), Some("succeeded"));
+        assert_eq!(hand_backs_and_retries(&record, &got), (0, 0));
+    }
+
+    #[test]
+    fn history_and_the_running_attempt_are_listed_once_each() {
+        let failed = serde_json::json!({"attempt": "1", "started_at_ms": "10",
+            "finished_at_ms": 20, "status": "failed", "worker": "w1", "device": "cpu",
+            "error_code": "E_FLAKY", "error_message": "timed out"});
+        let handed = serde_json::json!({"attempt": "2", "started_at_ms": "30",
+            "finished_at_ms": 40, "status": "handed_back", "worker": "w2"});
+        let mut record = TaskRecord {
+            status: Some(Status::Running),
+            attempt: Some(2),
+            worker: Some("w3".into()),
+            started_at_ms: Some(50),
+            history: history(&[failed.clone(), handed.clone()]),
+            ..TaskRecord::default()
+        };
+        let got = attempts(&record);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].error_code.as_deref(), Some("E_FLAKY"));
+        assert_eq!(got[0].finished_at_ms, Some(20));
+        assert_eq!(got[1].status.as_deref(), Some("handed_back"));
+        assert_eq!(got[2].status.as_deref(), Some("running"));
+        assert_eq!(hand_backs_and_retries(&record, &got), (1, 1));
+
+        // Once it finished, its history has the last attempt too.
+        let done = serde_json::json!({"attempt": "2", "started_at_ms": "50",
+            "finished_at_ms": 60, "status": "succeeded", "worker": "w3"});
+        record.status = Some(Status::Succeeded);
+        record.history = history(&[failed, handed, done]);
+        assert_eq!(attempts(&record).len(), 3);
+        let text = story_text(&record, &attempts(&record));
+        assert!(text.contains("3 (1 retry, 1 hand-back)"), "{text}");
+        assert!(text.contains("E_FLAKY: timed out"), "{text}");
+    }
+
+    #[test]
+    fn a_history_that_does_not_parse_reads_as_empty() {
+        let record = TaskRecord {
+            history: Some("not json".into()),
+            ..TaskRecord::default()
+        };
+        assert!(attempts(&record).is_empty());
+    }
 }

@@ -1,4 +1,5 @@
-//! `tandem workers`: the live worker registry, one line per worker.
+//! `tandem workers`: the live worker registry, one line per worker, with
+//! each device's latest readings. `tandem top` shows the same rows.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,6 +11,26 @@ use tandem_shared::wire::WorkerInfo;
 
 use super::table;
 
+/// The column names, in the order [`row`] fills them.
+pub(crate) const HEADER: [&str; 16] = [
+    "host",
+    "worker",
+    "device",
+    "name",
+    "role",
+    "health",
+    "util",
+    "gpu memory",
+    "temp",
+    "power",
+    "tasks",
+    "tasks/s",
+    "booked",
+    "done",
+    "failed",
+    "beat",
+];
+
 pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let store = Store::connect(config).await?;
     let workers = store.workers().await?;
@@ -17,22 +38,22 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         println!("no live workers");
         return Ok(ExitCode::SUCCESS);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let mut rows = vec![
-        [
-            "worker", "device", "name", "role", "health", "tasks", "memory", "done", "failed",
-            "beat",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for w in &workers {
-        rows.push(row(w, now));
-    }
-    print!("{}", table::render(&rows));
+    print!("{}", table::render(&rows(&workers, now_ms())));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The header and one row per worker.
+pub(crate) fn rows(workers: &[WorkerInfo], now_ms: u64) -> Vec<Vec<String>> {
+    let mut rows = vec![HEADER.map(String::from).to_vec()];
+    rows.extend(workers.iter().map(|w| row(w, now_ms)));
+    rows
+}
+
+/// This machine's clock in ms since the epoch, to age heartbeats by.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn row(w: &WorkerInfo, now_ms: u64) -> Vec<String> {
@@ -42,7 +63,7 @@ fn row(w: &WorkerInfo, now_ms: u64) -> Vec<String> {
         (Health::Healthy, _, n) if n > 0 => "busy".to_owned(),
         (health, _, _) => health.to_string(),
     };
-    let memory = if w.memory_budget > 0 {
+    let booked = if w.memory_budget > 0 {
         format!(
             "{} / {}",
             format_size(w.memory_reserved),
@@ -51,29 +72,67 @@ fn row(w: &WorkerInfo, now_ms: u64) -> Vec<String> {
     } else {
         "-".to_owned()
     };
+    let [util, gpu_memory, temp, power] = device_readings(w);
     vec![
+        dash(&w.host),
         w.id.clone(),
         w.device.clone(),
-        if w.device_name.is_empty() {
-            "-".to_owned()
-        } else {
-            w.device_name.clone()
-        },
+        dash(&w.device_name),
         w.role.to_string(),
         health,
+        util,
+        gpu_memory,
+        temp,
+        power,
         format!("{}/{}", w.active, w.concurrency),
-        memory,
+        format!("{:.1}", w.metrics.tasks_per_s),
+        booked,
         table::thousands(w.succeeded),
         table::thousands(w.failed),
         table::age(now_ms.saturating_sub(w.heartbeat_at_ms)),
     ]
 }
 
+/// Utilization, memory used / total, temperature and power. A CPU worker
+/// has no device to read, and a GPU worker that has not sampled yet
+/// (`at_ms` still 0) has nothing to show: both read `-` rather than zeros
+/// that look like an idle, cold device.
+fn device_readings(w: &WorkerInfo) -> [String; 4] {
+    let m = &w.metrics;
+    if w.device == "cpu" || w.device.is_empty() || m.at_ms == 0 {
+        return ["-", "-", "-", "-"].map(String::from);
+    }
+    [
+        format!("{:.0}%", m.gpu_utilization * 100.0),
+        format!(
+            "{} / {}",
+            format_size(m.gpu_memory_used),
+            format_size(w.memory_total)
+        ),
+        format!("{:.0}C", m.gpu_temperature_c),
+        format!("{:.0}W", m.gpu_power_w),
+    ]
+}
+
+fn dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tandem_shared::device::Role;
+    use tandem_shared::wire::WorkerMetrics;
 
     use super::*;
+
+    fn cell(r: &[String], name: &str) -> String {
+        let at = HEADER.iter().position(|h| *h == name).unwrap();
+        r[at].clone()
+    }
 
     #[test]
     fn rows_say_busy_draining_and_memory() {
@@ -91,15 +150,52 @@ mod tests {
             ..WorkerInfo::default()
         };
         let r = row(&w, 1_500);
-        assert_eq!(r[3], "heavy");
-        assert_eq!(r[4], "busy");
-        assert_eq!(r[5], "1/2");
-        assert_eq!(r[6], "2.0 GiB / 10.0 GiB");
+        assert_eq!(r.len(), HEADER.len());
+        assert_eq!(cell(&r, "role"), "heavy");
+        assert_eq!(cell(&r, "health"), "busy");
+        assert_eq!(cell(&r, "tasks"), "1/2");
+        assert_eq!(cell(&r, "booked"), "2.0 GiB / 10.0 GiB");
         w.state = "draining".into();
-        assert_eq!(row(&w, 1_500)[4], "draining");
+        assert_eq!(cell(&row(&w, 1_500), "health"), "draining");
         w.health = Health::Failed;
-        assert_eq!(row(&w, 1_500)[4], "failed");
+        assert_eq!(cell(&row(&w, 1_500), "health"), "failed");
         let cpu = WorkerInfo::default();
-        assert_eq!(row(&cpu, 0)[6], "-");
+        assert_eq!(cell(&row(&cpu, 0), "booked"), "-");
+    }
+
+    #[test]
+    fn device_columns_show_readings_on_a_gpu_and_dashes_on_the_cpu() {
+        let metrics = WorkerMetrics {
+            at_ms: 5,
+            gpu_utilization: 0.734,
+            gpu_memory_used: 3 << 30,
+            gpu_temperature_c: 71.4,
+            gpu_power_w: 245.6,
+            tasks_per_s: 12.34,
+            ..WorkerMetrics::default()
+        };
+        let gpu = WorkerInfo {
+            device: "GPU-1".into(),
+            memory_total: 12 << 30,
+            metrics: metrics.clone(),
+            ..WorkerInfo::default()
+        };
+        let r = row(&gpu, 0);
+        let got: Vec<String> = ["util", "gpu memory", "temp", "power", "tasks/s"]
+            .iter()
+            .map(|c| cell(&r, c))
+            .collect();
+        assert_eq!(got, ["73%", "3.0 GiB / 12.0 GiB", "71C", "246W", "12.3"]);
+
+        let cpu = WorkerInfo {
+            device: "cpu".into(),
+            metrics,
+            ..WorkerInfo::default()
+        };
+        let r = row(&cpu, 0);
+        for column in ["util", "gpu memory", "temp", "power"] {
+            assert_eq!(cell(&r, column), "-", "{column}");
+        }
+        assert_eq!(cell(&r, "tasks/s"), "12.3");
     }
 }
