@@ -9,6 +9,7 @@ mod support;
 mod cancel;
 mod chaos;
 mod cli;
+mod compose;
 mod compute;
 mod deadline;
 mod faults;

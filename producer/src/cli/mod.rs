@@ -29,7 +29,7 @@ pub use top::TopArgs;
 
 /// Tandem: a GPU-aware job queue on Redis Streams.
 #[derive(Debug, Parser)]
-#[command(name = "tandem", version, about)]
+#[command(name = "tandem", version, about, arg_required_else_help = true)]
 pub struct Cli {
     /// TOML file of settings (default: $TANDEM_CONFIG).
     #[arg(long, global = true)]
@@ -40,8 +40,14 @@ pub struct Cli {
     /// Key prefix (overrides TANDEM_PREFIX).
     #[arg(long, global = true)]
     pub prefix: Option<String>,
+    /// Load and validate the configuration as the command would, print the
+    /// effective settings (secrets hidden) and exit: 0 when valid, 2 when not.
+    /// Connects to nothing, so a container's settings can be checked anywhere.
+    #[arg(long, global = true)]
+    pub check_config: bool,
+    /// Optional only so that `tandem --check-config` needs no command.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,9 +117,17 @@ pub fn run(cli: Cli) -> ExitCode {
         // The tool prints its own output; only problems go to the log.
         config.log_level = "warn".into();
     }
+    if cli.check_config {
+        print!("{config}");
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("tandem: a command is needed (see `tandem --help`)");
+        return ExitCode::from(2);
+    };
     tandem_shared::logging::init(&config);
 
-    if let Command::Settings { markdown } = cli.command {
+    if let Command::Settings { markdown } = command {
         settings(markdown);
         return ExitCode::SUCCESS;
     }
@@ -130,7 +144,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Submit(args) => tasks::submit(&config, args).await,
             Command::Wait(args) => tasks::wait(&config, args).await,
             Command::Status(args) => tasks::status(&config, args).await,
