@@ -26,6 +26,7 @@ mod producer;
 mod python;
 mod reliability;
 mod security;
+mod tracing;
 mod split;
 mod views;
 mod volume;

@@ -33,6 +33,7 @@ use tandem_shared::wire::{SplitRole, TaskEntry};
 use tandem_shared::{ErrorCode, Status, TaskId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::cancel::Running;
 use crate::executor::{DeviceFailure, Executor, Plan};
@@ -261,7 +262,16 @@ impl Dispatcher {
                         extend: &leases,
                         claim,
                     };
-                    self.store.round_trip(&trip).await
+                    // One span per round trip: the commits, the lease
+                    // extensions and the claim it carries.
+                    let span = tracing::debug_span!(
+                        "round_trip",
+                        worker = %self.worker_id,
+                        commits = to_commit.len(),
+                        extends = leases.len(),
+                        claim = want,
+                    );
+                    self.store.round_trip(&trip).instrument(span).await
                 };
                 match outcome {
                     Ok(result) => {
@@ -508,6 +518,14 @@ impl Dispatcher {
     }
 
     fn record_commit(&self, completion: &Completion, outcome: Result<Committed, StoreError>) {
+        let _commit = tracing::info_span!(
+            "commit",
+            task = %completion.id,
+            worker = %self.worker_id,
+            device = %self.device,
+            status = %completion.finish.status,
+        )
+        .entered();
         if matches!(outcome, Ok(Committed::Written)) {
             self.stats.tasks.committed(completion);
         } else {
@@ -515,6 +533,7 @@ impl Dispatcher {
         }
         match outcome {
             Ok(Committed::Written) => {
+                tracing::debug!("committed");
                 if completion.finish.status == Status::Succeeded {
                     self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
                 } else if !matches!(
@@ -647,7 +666,17 @@ impl Dispatcher {
             gpu_devices: self.router.live_gpu_devices(&self.device),
         };
         let store = self.store.clone();
-        tokio::spawn(async move {
+        // Every event of the task's run carries its id, kind, worker and
+        // device (the JSON log lines list them under `spans`).
+        let span = tracing::info_span!(
+            "task",
+            task = %id,
+            kind = %entry.kind,
+            worker = %self.worker_id,
+            device = %self.device,
+            attempt = entry.attempt,
+        );
+        let run = async move {
             let plan = match entry.split {
                 Some(SplitRole::Merge { count }) => Plan::Merge(
                     store
@@ -659,6 +688,7 @@ impl Dispatcher {
             };
             let finished = match executor
                 .execute(entry, entry_id.clone(), cancel, plan, fleet)
+                .instrument(tracing::info_span!("execute"))
                 .await
             {
                 Ok(completion) => Finished::Done(completion),
@@ -674,7 +704,8 @@ impl Dispatcher {
             // The receiver lives as long as the dispatcher; if it is gone the
             // worker is exiting and the entry was handed back.
             let _ = done.send(finished);
-        });
+        };
+        tokio::spawn(run.instrument(span));
         1
     }
 }
