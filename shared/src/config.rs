@@ -73,7 +73,7 @@ macro_rules! number_setting {
         }
     )*};
 }
-number_setting!(u16, u32, u64, usize);
+number_setting!(u16, u32, u64, usize, f64);
 
 impl SettingValue for bool {
     fn parse_setting(text: &str) -> Result<Self, String> {
@@ -334,6 +334,18 @@ settings! {
     heartbeat_ttl_ms: u64 = 5_000, "TANDEM_HEARTBEAT_TTL_MS";
     /// How often a worker samples its device (utilization, memory, temperature, power, clock) and its tasks (tasks/s, latency, completions, errors) into its registry record (ms).
     metrics_interval_ms: u64 = 2_000, "TANDEM_METRICS_INTERVAL_MS";
+    /// A GPU hotter than this raises `gpu_hot` (degrees C).
+    alert_temperature_c: f64 = 85.0, "TANDEM_ALERT_TEMPERATURE_C";
+    /// A GPU whose utilization stays under this share (0 to 1) while tasks run raises `gpu_underused`, after `alert_underused_ms`.
+    alert_utilization_ratio: f64 = 0.5, "TANDEM_ALERT_UTILIZATION_RATIO";
+    /// How long a GPU must stay under `alert_utilization_ratio` with tasks running before `gpu_underused` (ms).
+    alert_underused_ms: u64 = 60_000, "TANDEM_ALERT_UNDERUSED_MS";
+    /// A stream whose oldest waiting task is older than this raises `queue_stalled` (ms).
+    alert_oldest_waiting_ms: u64 = 60_000, "TANDEM_ALERT_OLDEST_WAITING_MS";
+    /// A dead-letter stream that grew by at least this many entries since the last check raises `dead_letters_growing`.
+    alert_dead_letter_growth: u64 = 1, "TANDEM_ALERT_DEAD_LETTER_GROWTH";
+    /// How often the queue alerts are checked (by one worker of the fleet) and the most often any alert repeats while its condition holds (ms).
+    alert_interval_ms: u64 = 60_000, "TANDEM_ALERT_INTERVAL_MS";
     /// Port of the Prometheus `/metrics` endpoint on all interfaces; `tandem-worker fleet` serves every child's there (0 = off).
     metrics_port: u16 = 0, "TANDEM_METRICS_PORT";
     /// A task waiting longer than this is started ahead of higher priorities, so none starves (ms; 0 = never).
@@ -346,7 +358,7 @@ settings! {
     role: Option<Role> = None, "TANDEM_ROLE";
     /// Roles pinned by GPU UUID, over the capability ranking: a TOML table, or `GPU-a=heavy,GPU-b=light`.
     device_roles: BTreeMap<String, Role> = BTreeMap::new(), "TANDEM_DEVICE_ROLES";
-    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`, `hot` (its temperature reads 95 C), `paced` (tasks take as long, relative to each other, as on GPUs of those speeds) and `model_scale=N` (a resident model is booked at N times its size).
+    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`, `hot` (its temperature reads 95 C), `underused` (its utilization reads 0.2 while tasks run), `paced` (tasks take as long, relative to each other, as on GPUs of those speeds) and `model_scale=N` (a resident model is booked at N times its size).
     simulate_gpus: String = String::new(), "TANDEM_SIMULATE_GPUS";
     /// Share of a GPU's memory kept free of tasks, for the CUDA context and fragmentation (percent).
     device_memory_reserve_pct: u32 = 10, "TANDEM_DEVICE_MEMORY_RESERVE_PCT";
@@ -518,6 +530,12 @@ impl Config {
                 "must be at most 536870912 (512 MiB)",
             );
         }
+        if !(0.0..=1.0).contains(&self.alert_utilization_ratio) {
+            return invalid("alert_utilization_ratio", "must be between 0 and 1");
+        }
+        if !self.alert_temperature_c.is_finite() {
+            return invalid("alert_temperature_c", "must be a number of degrees");
+        }
         if self.probe_backoff_max_ms < self.probe_backoff_ms {
             return invalid("probe_backoff_max_ms", "must be at least probe_backoff_ms");
         }
@@ -535,6 +553,8 @@ impl Config {
             ("reply_ttl_s", self.reply_ttl_s),
             ("dead_letter_maxlen", self.dead_letter_maxlen),
             ("metrics_interval_ms", self.metrics_interval_ms),
+            ("alert_interval_ms", self.alert_interval_ms),
+            ("alert_dead_letter_growth", self.alert_dead_letter_growth),
         ] {
             if value == 0 {
                 return invalid(name, "must be at least 1");

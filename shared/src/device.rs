@@ -131,6 +131,9 @@ pub struct Faults {
     /// The device runs hot: its temperature reads 95 C whatever its load
     /// (`hot` in the description), to exercise temperature alerts.
     pub hot: bool,
+    /// The device looks underused: its utilization reads 0.2 while tasks
+    /// run (`underused` in the description), to exercise utilization alerts.
+    pub underused: bool,
 }
 
 impl Gpu {
@@ -285,8 +288,8 @@ pub struct SimulateError {
 /// Reads simulated GPUs: `;`-separated, each `name, memory, TFLOPS` and any
 /// of `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`,
 /// `probe_failures=N`, `uuid=SIM-...`, `model_scale=N` (see
-/// [`Simulated::model_scale`]), `paced` (see [`Simulated::paced`]) and `hot`
-/// (see [`Faults::hot`]), as in
+/// [`Simulated::model_scale`]), `paced` (see [`Simulated::paced`]), `hot`
+/// (see [`Faults::hot`]) and `underused` (see [`Faults::underused`]), as in
 /// `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`.
 /// Sizes take `GiB`, `MiB`, `GB`, `MB` or plain bytes. Each gets the UUID
 /// `SIM-<position>-<name>` unless it names one.
@@ -313,6 +316,8 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
                 paced = true;
             } else if part.eq_ignore_ascii_case("hot") {
                 faults.hot = true;
+            } else if part.eq_ignore_ascii_case("underused") {
+                faults.underused = true;
             } else if let Some((key, value)) = part.split_once('=') {
                 let value = value.trim();
                 let count = || {
@@ -650,6 +655,8 @@ mod tests {
         assert!(!paced[0].simulated.as_ref().unwrap().faults.hot);
         let hot = parse_simulated("A, 8 GiB, 10 TFLOPS, hot").unwrap();
         assert!(hot[0].simulated.as_ref().unwrap().faults.hot);
+        let underused = parse_simulated("A, 8 GiB, 10 TFLOPS, underused").unwrap();
+        assert!(underused[0].simulated.as_ref().unwrap().faults.underused);
         assert_eq!(assign_roles(&one, &BTreeMap::new())[0].role, Role::Both);
 
         let four = parse_simulated(

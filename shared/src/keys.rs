@@ -144,6 +144,23 @@ impl Keys {
         format!("{}:cancel", self.prefix)
     }
 
+    /// The stream of alerts workers raise (capped, newest last).
+    pub fn alerts(&self) -> String {
+        format!("{}:alerts", self.prefix)
+    }
+
+    /// Held for `alert_interval_ms` by the worker that checks a fleet-wide
+    /// alert (`queue_stalled`, ...), so the fleet raises it once per interval.
+    pub fn alert_lock(&self, alert: &str) -> String {
+        format!("{}:alert-lock:{}", self.prefix, alert)
+    }
+
+    /// A hash of each dead-letter stream's `entries-added` at the last
+    /// `dead_letters_growing` check, so any worker can compare with it.
+    pub fn alert_dead_seen(&self) -> String {
+        format!("{}:alert-dead-seen", self.prefix)
+    }
+
     /// Every task stream, highest priority first, then in `classes` order.
     pub fn streams_in_claim_order(&self, classes: &[Class]) -> Vec<(Class, Priority, String)> {
         Priority::ALL
@@ -184,6 +201,12 @@ mod tests {
         assert_eq!(keys.model("mlp-1"), "tandem:model:mlp-1");
         assert_eq!(keys.model_blob("mlp-1"), "tandem:model:mlp-1:blob");
         assert_eq!(keys.models(), "tandem:models");
+        assert_eq!(keys.alerts(), "tandem:alerts");
+        assert_eq!(
+            keys.alert_lock("queue_stalled"),
+            "tandem:alert-lock:queue_stalled"
+        );
+        assert_eq!(keys.alert_dead_seen(), "tandem:alert-dead-seen");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod alerts;
 mod cancel;
 mod chaos;
 mod cli;
@@ -26,8 +27,8 @@ mod producer;
 mod python;
 mod reliability;
 mod security;
-mod tracing;
 mod split;
+mod tracing;
 mod views;
 mod volume;
 mod wire;

@@ -18,6 +18,8 @@
 //! - [`fleet`]: `tandem-worker fleet`, one worker process per GPU plus a
 //!   CPU worker, restarted when they die.
 //! - `heartbeat`: keeps the worker's registry record fresh.
+//! - `alerts`: raises alerts (hot or underused GPU, failed device, stalled
+//!   queue, growing dead letters) into the log and `<prefix>:alerts`.
 //! - `metrics`: samples the device and the task counters into the registry
 //!   record every `metrics_interval_ms`; `/metrics` for Prometheus.
 //! - [`shutdown`]: the stop signal; SIGTERM and SIGINT trigger it.
@@ -35,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+mod alerts;
 mod builtin;
 mod cancel;
 pub mod compute;
@@ -178,6 +181,7 @@ pub async fn run(
     };
     heartbeat.beat().await?;
     let heartbeat_task = tokio::spawn(heartbeat.clone().run());
+    let (device_samples, samples) = tokio::sync::watch::channel(None);
     let sampler_task = tokio::spawn(
         metrics::Sampler {
             stats: Arc::clone(&stats),
@@ -185,6 +189,20 @@ pub async fn run(
             running: running.clone(),
             interval: Duration::from_millis(config.metrics_interval_ms),
             latest: latest_metrics,
+            device_samples,
+        }
+        .run(),
+    );
+    let alerter = alerts::Raiser {
+        store: store.clone(),
+        worker: worker_id.clone(),
+        device: device.id(),
+    };
+    let alerts_task = tokio::spawn(
+        alerts::Alerts {
+            raiser: alerter.clone(),
+            thresholds: alerts::Thresholds::from(config),
+            samples,
         }
         .run(),
     );
@@ -194,6 +212,7 @@ pub async fn run(
     };
     let stop_metrics = move || {
         sampler_task.abort();
+        alerts_task.abort();
         if let Some(server) = &metrics_server {
             server.abort();
         }
@@ -316,6 +335,7 @@ pub async fn run(
         if let Err(err) = heartbeat.beat().await {
             tracing::warn!("cannot mark the device failed in the registry: {err}");
         }
+        alerter.device_failed(why).await;
         tracing::error!(worker = %worker_id, device = %device.id(), "device failed: {why}; exiting for the fleet to restart this worker");
     } else {
         if let Err(err) = store.deregister(&worker_id).await {

@@ -1,6 +1,7 @@
-//! The `tandem` command-line tool: submit and inspect tasks, view queues,
-//! run the demo and the benchmark. `main.rs` only parses and calls [`run`].
+//! The `tandem` command-line tool: submit and inspect tasks, view queues and
+//! alerts, run the demo and the benchmark. `main.rs` only parses and calls [`run`].
 
+mod alerts;
 mod bench;
 mod demo;
 mod dlq;
@@ -19,6 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tandem_shared::Config;
 
+pub use alerts::AlertsArgs;
 pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
@@ -70,6 +72,9 @@ pub enum Command {
     Workers,
     /// A live full-screen view of workers and queues (q to quit).
     Top(TopArgs),
+    /// The latest alerts (hot or underused GPUs, failed devices, stalled
+    /// queues, growing dead letters), newest first.
+    Alerts(AlertsArgs),
     /// The dead-letter streams: list, show, requeue, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -153,6 +158,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Queues => queues::run(&config).await,
             Command::Workers => workers::run(&config).await,
             Command::Top(args) => top::run(&config, args).await,
+            Command::Alerts(args) => alerts::run(&config, args).await,
             Command::Dlq(command) => dlq::run(&config, command).await,
             Command::Model(command) => model::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,

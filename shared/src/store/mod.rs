@@ -9,11 +9,14 @@
 //! - `trip`: what workers do (claim, commit, extend leases), one round trip
 //!   at a time.
 //! - `registry`: worker heartbeats, and which workers are gone.
+//! - `alerts`: the alerts stream, the fleet-wide alert locks and the
+//!   dead-letter counts they compare.
 //! - `dead`: the dead-letter streams.
 //! - `models`: the model registry (records, uploaded files).
 //! - `stats`: queue depths for the CLI; key clean-up.
 //! - `reply`: typed reading of Redis replies.
 
+mod alerts;
 mod dead;
 mod models;
 mod registry;
@@ -31,6 +34,7 @@ use crate::scripts::{self, ScriptError};
 use crate::task::{Class, Priority};
 use crate::wire::Fields;
 
+pub use alerts::{ALERTS_MAXLEN, Alert, AlertEntry, AlertName, DeadGrowth};
 pub use dead::DeadLetter;
 pub use models::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,

@@ -49,6 +49,7 @@ impl Gauge {
             Some(sim) => Gauge::Simulated(SimulatedGauge {
                 memory_total: gpu.memory_total,
                 hot: sim.faults.hot,
+                underused: sim.faults.underused,
                 power_limit_w: gpu
                     .power_limit_w
                     .map_or_else(|| estimated_power_limit_w(sim.tflops), f64::from),
@@ -148,6 +149,8 @@ const IDLE_C: f64 = 35.0;
 const BUSY_C: f64 = 80.0;
 /// What a `hot` simulated GPU reads.
 pub(crate) const HOT_C: f64 = 95.0;
+/// What an `underused` simulated GPU's utilization reads while tasks run.
+pub(crate) const UNDERUSED_RATIO: f64 = 0.2;
 /// How fast the simulated temperature follows the load (time constant).
 const THERMAL_TAU: Duration = Duration::from_secs(5);
 const IDLE_MHZ: u32 = 210;
@@ -166,6 +169,7 @@ fn estimated_power_limit_w(tflops: f64) -> f64 {
 pub(crate) struct SimulatedGauge {
     memory_total: u64,
     hot: bool,
+    underused: bool,
     power_limit_w: f64,
     boost_mhz: u32,
     /// Carried from sample to sample: it moves toward the load's steady
@@ -175,7 +179,12 @@ pub(crate) struct SimulatedGauge {
 
 impl SimulatedGauge {
     fn read(&mut self, load: Load) -> Reading {
-        let utilization = load.busy_share.clamp(0.0, 1.0);
+        let busy_share = load.busy_share.clamp(0.0, 1.0);
+        let utilization = if self.underused && busy_share > 0.0 {
+            UNDERUSED_RATIO
+        } else {
+            busy_share
+        };
         let steady = IDLE_C + (BUSY_C - IDLE_C) * utilization;
         let step = 1.0 - (-load.period.as_secs_f64() / THERMAL_TAU.as_secs_f64()).exp();
         self.temperature_c += (steady - self.temperature_c) * step;
@@ -208,6 +217,7 @@ mod tests {
         SimulatedGauge {
             memory_total: 8 << 30,
             hot,
+            underused: false,
             power_limit_w: estimated_power_limit_w(16.2),
             boost_mhz: SIM_BOOST_MHZ,
             temperature_c: IDLE_C,
@@ -249,6 +259,16 @@ mod tests {
         let mut gauge = simulated(true);
         assert_eq!(gauge.read(load(0.0)).temperature_c, HOT_C);
         assert_eq!(gauge.read(load(1.0)).temperature_c, HOT_C);
+    }
+
+    #[test]
+    fn an_underused_simulated_gpu_reads_0_2_while_busy() {
+        let mut gauge = SimulatedGauge {
+            underused: true,
+            ..simulated(false)
+        };
+        assert_eq!(gauge.read(load(0.0)).utilization, 0.0);
+        assert_eq!(gauge.read(load(1.0)).utilization, UNDERUSED_RATIO);
     }
 
     #[test]

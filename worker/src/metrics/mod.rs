@@ -40,6 +40,20 @@ use device::{Gauge, Load};
 /// The latest sample, written by the sampler and read by the heartbeat.
 pub(crate) type Latest = Arc<Mutex<WorkerMetrics>>;
 
+/// What the alerts need of each sample of a GPU: sent only when the device
+/// was actually read, so a failed NVML call never looks like an idle GPU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct DeviceSample {
+    pub temperature_c: f64,
+    /// Busy share over the sample period, 0 to 1.
+    pub utilization: f64,
+    /// Tasks running at the sample.
+    pub active_tasks: usize,
+}
+
+/// The latest [`DeviceSample`], watched by the alerts.
+pub(crate) type DeviceSamples = tokio::sync::watch::Sender<Option<DeviceSample>>;
+
 /// The worker's record as last written, read by its `/metrics`.
 pub(crate) type Published = Arc<Mutex<WorkerInfo>>;
 
@@ -52,6 +66,8 @@ pub(crate) struct Sampler {
     pub running: Running,
     pub interval: Duration,
     pub latest: Latest,
+    /// Each device reading, for the device alerts.
+    pub device_samples: DeviceSamples,
 }
 
 impl Sampler {
@@ -91,7 +107,15 @@ impl Sampler {
             memory_booked: self.running.reserved() + self.device.ledger.models_bytes(),
             period,
         };
-        let reading = gauge.read(load).await.unwrap_or_default();
+        let reading = gauge.read(load).await;
+        if let Some(reading) = reading {
+            self.device_samples.send_replace(Some(DeviceSample {
+                temperature_c: reading.temperature_c,
+                utilization: reading.utilization,
+                active_tasks: self.stats.snapshot().0,
+            }));
+        }
+        let reading = reading.unwrap_or_default();
         let totals = self.stats.tasks.totals();
         let finished = totals.commits.saturating_sub(*last_commits);
         *last_commits = totals.commits;

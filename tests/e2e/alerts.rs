@@ -1,0 +1,196 @@
+//! Alerts with simulated devices and short settings: a `hot` GPU raises
+//! `gpu_hot`, an `underused` one running tasks `gpu_underused`, a failing
+//! device `device_failed` before its worker exits; a task no worker takes
+//! raises `queue_stalled` (once per interval for a fleet of two), dead
+//! letters `dead_letters_growing`; `tandem alerts` lists them.
+
+use std::process::Command;
+
+use tandem_producer::Task;
+use tandem_shared::Class;
+use tandem_shared::kind::builtin::{Fail, FailParams, Sleep, SleepParams};
+use tandem_shared::store::{Alert, AlertEntry};
+
+use crate::gpus::{WAIT, store, wait_healthy};
+use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
+
+/// Settings short enough that every alert comes within a few seconds.
+const SHORT: &[(&str, &str)] = &[
+    ("TANDEM_METRICS_INTERVAL_MS", "200"),
+    ("TANDEM_ALERT_INTERVAL_MS", "1000"),
+    ("TANDEM_ALERT_UNDERUSED_MS", "500"),
+    ("TANDEM_ALERT_OLDEST_WAITING_MS", "300"),
+];
+
+fn env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = SHORT.to_vec();
+    env.extend_from_slice(extra);
+    env
+}
+
+fn gpu_env(spec: &str) -> Vec<(&str, &str)> {
+    env(&[
+        ("TANDEM_SIMULATE_GPUS", spec),
+        ("TANDEM_DEVICE", "0"),
+        ("TANDEM_CONCURRENCY", "2"),
+    ])
+}
+
+/// The alerts stream, newest first.
+async fn alerts(redis: &RedisServer) -> Vec<AlertEntry> {
+    store(redis).await.alerts(1_000).await.expect("alerts")
+}
+
+/// Waits for an alert named `name` raised by `worker`; returns it.
+async fn wait_alert(redis: &RedisServer, name: &str, worker: &str) -> Alert {
+    let matches = |a: &Alert| a.alert == name && a.worker == worker;
+    wait_until(WAIT, &format!("{name} from {worker}"), || async {
+        alerts(redis).await.iter().any(|e| matches(&e.alert))
+    })
+    .await;
+    alerts(redis)
+        .await
+        .into_iter()
+        .map(|e| e.alert)
+        .find(|a| matches(a))
+        .unwrap()
+}
+
+fn sleep_task(class: Class, ms: u64) -> Task {
+    Task::of::<Sleep>(&SleepParams { ms }).unwrap().class(class)
+}
+
+#[tokio::test]
+async fn a_hot_gpu_raises_gpu_hot() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::spawn(&redis, &gpu_env("Hot, 8 GiB, 10 TFLOPS, hot"));
+    let alert = wait_alert(&redis, "gpu_hot", &worker.id).await;
+    assert_eq!((alert.value, alert.threshold), (95.0, 85.0), "{alert:?}");
+    assert!(alert.device.starts_with("SIM-"), "{alert:?}");
+    assert!(alert.at_ms > 0 && !alert.message.is_empty(), "{alert:?}");
+    // The structured warning in the log, with its fields.
+    let log = worker.log_text();
+    assert!(
+        log.contains("alert gpu_hot") && log.contains("value=95"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_underused_gpu_running_tasks_raises_gpu_underused() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::spawn(&redis, &gpu_env("Idle, 8 GiB, 10 TFLOPS, underused"));
+    wait_healthy(&redis, &worker.id).await;
+    let producer = redis.producer().await;
+    // About four seconds of back-to-back work on two slots.
+    for _ in 0..80 {
+        producer
+            .submit(sleep_task(Class::Light, 100))
+            .await
+            .unwrap();
+    }
+    let alert = wait_alert(&redis, "gpu_underused", &worker.id).await;
+    assert_eq!((alert.value, alert.threshold), (0.2, 0.5), "{alert:?}");
+}
+
+#[tokio::test]
+async fn a_failed_device_raises_device_failed_before_its_worker_exits() {
+    let redis = RedisServer::start();
+    let mut worker = WorkerProcess::spawn(&redis, &gpu_env("Bad, 8 GiB, 10 TFLOPS, fail_after=0"));
+    wait_healthy(&redis, &worker.id).await;
+    let producer = redis.producer().await;
+    producer.submit(sleep_task(Class::Light, 10)).await.unwrap();
+    assert_eq!(worker.wait_exit(WAIT), Some(3), "{}", worker.log_text());
+    // Read after the exit: the worker wrote it on its way out.
+    let raised: Vec<Alert> = alerts(&redis).await.into_iter().map(|e| e.alert).collect();
+    let failed = raised
+        .iter()
+        .find(|a| a.alert == "device_failed")
+        .unwrap_or_else(|| panic!("no device_failed in {raised:?}"));
+    assert_eq!(failed.worker, worker.id);
+    assert!(failed.device.starts_with("SIM-"), "{failed:?}");
+}
+
+#[tokio::test]
+async fn a_task_no_worker_takes_raises_queue_stalled_once_per_interval_for_the_fleet() {
+    let redis = RedisServer::start();
+    // Two CPU workers that take only `cpu` tasks: the heavy task waits.
+    let cpu_only = env(&[("TANDEM_CLASSES", "cpu")]);
+    let first = WorkerProcess::start(&redis, &cpu_only).await;
+    let second = WorkerProcess::start(&redis, &cpu_only).await;
+    let producer = redis.producer().await;
+    producer.submit(sleep_task(Class::Heavy, 10)).await.unwrap();
+
+    let stalled = || async {
+        let mut found: Vec<Alert> = alerts(&redis)
+            .await
+            .into_iter()
+            .map(|e| e.alert)
+            .filter(|a| a.alert == "queue_stalled")
+            .collect();
+        found.reverse();
+        found
+    };
+    wait_until(WAIT, "three queue_stalled alerts", || async {
+        stalled().await.len() >= 3
+    })
+    .await;
+    let found = stalled().await;
+    for alert in &found {
+        assert_eq!(alert.stream, "tandem:{heavy}:stream:normal", "{alert:?}");
+        assert!(alert.value > 300.0 && alert.threshold == 300.0, "{alert:?}");
+        assert!(
+            alert.worker == first.id || alert.worker == second.id,
+            "{alert:?}"
+        );
+    }
+    // One worker per interval (1 s) raised it; both raising would put
+    // entries a few milliseconds apart.
+    for pair in found.windows(2) {
+        let gap = pair[1].at_ms.saturating_sub(pair[0].at_ms);
+        assert!(gap >= 500, "two alerts {gap} ms apart: {found:?}");
+    }
+
+    // `tandem alerts` lists them, newest first.
+    let out = Command::new(bin("tandem"))
+        .args(["alerts", "--count", "2"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis.url())
+        .output()
+        .expect("run tandem");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("alert") && header.contains("threshold"),
+        "{text}"
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("queue_stalled"))
+        .collect();
+    assert_eq!(rows.len(), 2, "two alerts: {text}");
+    assert!(rows.iter().all(|l| l.contains("{heavy}")), "{text}");
+}
+
+#[tokio::test]
+async fn dead_letters_raise_dead_letters_growing() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::start(&redis, &env(&[])).await;
+    let producer = redis.producer().await;
+    for _ in 0..2 {
+        let task = Task::of::<Fail>(&FailParams {
+            code: "E_ALERT".into(),
+            message: "dead on arrival".into(),
+            retry: false,
+        })
+        .unwrap()
+        .class(Class::Cpu);
+        let id = producer.submit(task).await.unwrap();
+        producer.wait(id, WAIT).await.unwrap();
+    }
+    let alert = wait_alert(&redis, "dead_letters_growing", &worker.id).await;
+    assert_eq!(alert.stream, "tandem:{cpu}:dead", "{alert:?}");
+    assert!(alert.value >= 1.0 && alert.threshold == 1.0, "{alert:?}");
+}
