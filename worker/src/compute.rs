@@ -8,7 +8,8 @@
 //! blocking thread either way (the async runtime never waits on a kernel).
 //!
 //! Splitting: a splittable task of class `parallel` is cut into shards that
-//! run as ordinary tasks on any worker (see `split.rs`), and the partial
+//! run as ordinary tasks on any worker (the executor splits, `split.lua` and
+//! `complete.lua` keep the books), and the partial
 //! results merge into the parent's result. The rule that makes a split run
 //! equal an unsplit one: a kind's work is a sequence of fixed blocks, a shard
 //! is a run of whole blocks, a partial keeps one value per block, and the

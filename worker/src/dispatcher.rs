@@ -661,10 +661,7 @@ impl Dispatcher {
         } else {
             0
         };
-        let fleet = crate::executor::Fleet {
-            gpu_budget: self.router.max_gpu_budget(self.device_memory.budget),
-            gpu_devices: self.router.live_gpu_devices(&self.device),
-        };
+        let fleet = self.router.fleet();
         let store = self.store.clone();
         // Every event of the task's run carries its id, kind, worker and
         // device (the JSON log lines list them under `spans`).

@@ -104,7 +104,7 @@ impl Executor {
         entry_id: String,
         cancel: CancellationToken,
         plan: Plan,
-        fleet: Fleet,
+        fleet: Arc<Fleet>,
     ) -> Result<Completion, DeviceFailure> {
         let started = Instant::now();
         let parts = match plan {
@@ -620,7 +620,7 @@ mod tests {
                 "1-0".into(),
                 CancellationToken::new(),
                 WHOLE,
-                Fleet::default(),
+                Arc::default(),
             )
             .await
             .expect("a CPU worker has no device to fail")
@@ -686,7 +686,7 @@ mod tests {
             "1-0".into(),
             cancel.clone(),
             WHOLE,
-            Fleet::default(),
+            Arc::default(),
         );
         cancel.cancel();
         let done = tokio::time::timeout(Duration::from_secs(5), run)
@@ -725,7 +725,7 @@ mod tests {
                 "1-0".into(),
                 CancellationToken::new(),
                 WHOLE,
-                Fleet::default(),
+                Arc::default(),
             )
             .await
             .unwrap();
@@ -743,7 +743,7 @@ mod tests {
                 "2-0".into(),
                 CancellationToken::new(),
                 WHOLE,
-                Fleet::default(),
+                Arc::default(),
             )
             .await
             .unwrap();
@@ -759,7 +759,7 @@ mod tests {
                 "1-0".into(),
                 CancellationToken::new(),
                 WHOLE,
-                Fleet::default(),
+                Arc::default(),
             )
             .await;
         assert!(failed.unwrap_err().message.contains("ILLEGAL_ADDRESS"));
@@ -774,7 +774,7 @@ mod tests {
                 "1-0".into(),
                 CancellationToken::new(),
                 WHOLE,
-                Fleet::default(),
+                Arc::default(),
             )
             .await;
         assert!(hung.unwrap_err().message.contains("hung"));
@@ -823,9 +823,11 @@ mod tests {
         let params = msgpack::encode(&tandem_shared::kind::builtin::SleepParams { ms: 1 }).unwrap();
         let mut task = entry("gpu_only", params, 1);
         task.memory_bytes = 1 << 30;
-        let fleet = |gpu_budget| Fleet {
-            gpu_budget,
-            gpu_devices: vec!["GPU-a".into()],
+        let fleet = |gpu_budget| {
+            Arc::new(Fleet {
+                gpu_budget,
+                gpu_devices: vec!["GPU-a".into()],
+            })
         };
         let done = exec
             .execute(

@@ -236,6 +236,7 @@ pub async fn run(
         device.role,
         config.routing_policy(),
         worker_id.clone(),
+        (device.id(), device.budget),
         &streams,
     );
     match store.workers().await {

@@ -97,9 +97,15 @@ impl Models {
                 )
             })?;
         let cached = self.resident().get(name).cloned();
-        if let Some(loaded) = cached.filter(|l| l.version == info.version) {
-            self.used(name, priority);
-            return Ok((loaded, true));
+        match cached {
+            Some(loaded) if loaded.version == info.version => {
+                self.used(name, priority);
+                return Ok((loaded, true));
+            }
+            // A stale version gives its room back first, so the use below
+            // counts as the miss it is.
+            Some(_) => self.forget(name),
+            None => {}
         }
         self.used(name, priority);
         let (info, file) = self
@@ -138,8 +144,6 @@ impl Models {
     ) -> Result<Arc<Loaded>, TaskError> {
         let mut gpu = None;
         if self.device.is_gpu() {
-            // A stale version's room is given back first.
-            self.forget(name);
             let bytes = mlp
                 .parameter_bytes()
                 .saturating_mul(self.device.model_scale());

@@ -6,16 +6,26 @@
 //! Idleness flips with every task on a busy worker, so both variants are
 //! computed when the registry changes and a flip only picks one.
 
+use std::sync::Arc;
+
 use tandem_shared::device::Role;
 use tandem_shared::routing::{self, ClassRule, Peer, Policy};
 use tandem_shared::store::StreamRef;
 use tandem_shared::wire::WorkerInfo;
+
+use crate::executor::Fleet;
 
 #[derive(Debug)]
 pub(crate) struct Router {
     role: Role,
     policy: Policy,
     me: String,
+    /// This worker's device and memory budget, for [`Router::fleet`].
+    own_device: String,
+    own_budget: u64,
+    /// The live GPU workers, recomputed when the registry changes (not per
+    /// task).
+    fleet: Arc<Fleet>,
     /// The class of each stream, by stream index.
     classes: Vec<tandem_shared::Class>,
     peers: Vec<Peer>,
@@ -28,11 +38,20 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub fn new(role: Role, policy: Policy, me: String, streams: &[StreamRef]) -> Self {
+    pub fn new(
+        role: Role,
+        policy: Policy,
+        me: String,
+        (own_device, own_budget): (String, u64),
+        streams: &[StreamRef],
+    ) -> Self {
         let mut router = Router {
             role,
             policy,
             me,
+            own_device,
+            own_budget,
+            fleet: Arc::default(),
             classes: streams.iter().map(|s| s.class).collect(),
             peers: Vec::new(),
             idle: true,
@@ -41,6 +60,7 @@ impl Router {
             wire_busy: Vec::new(),
         };
         router.recompute();
+        router.refresh_fleet();
         router
     }
 
@@ -52,6 +72,7 @@ impl Router {
             return false;
         }
         self.peers = peers;
+        self.refresh_fleet();
         let before = self.class_rules.clone();
         let changed = self.recompute();
         if self.class_rules != before {
@@ -69,38 +90,29 @@ impl Router {
     /// Live healthy GPU workers, this one included when it is one: what a
     /// split parallel task spreads over.
     pub fn live_gpus(&self) -> u32 {
-        let others = self.peers.iter().filter(|p| p.role != Role::Cpu).count();
-        let me = usize::from(self.role != Role::Cpu);
-        u32::try_from(others + me).unwrap_or(u32::MAX)
+        u32::try_from(self.fleet.gpu_devices.len()).unwrap_or(u32::MAX)
     }
 
-    /// The largest memory budget among live GPU workers (this one included
-    /// when it is one); 0 when none lives.
-    pub fn max_gpu_budget(&self, own_budget: u64) -> u64 {
-        let mine = if self.role == Role::Cpu {
-            0
-        } else {
-            own_budget
-        };
-        self.peers
-            .iter()
-            .filter(|p| p.role != Role::Cpu)
-            .map(|p| p.memory_budget)
-            .fold(mine, u64::max)
+    /// The live GPU workers' devices and largest budget, as a task starts.
+    pub fn fleet(&self) -> Arc<Fleet> {
+        Arc::clone(&self.fleet)
     }
 
-    /// The devices of the live GPU workers, this one's (`own`) included
-    /// when it is one.
-    pub fn live_gpu_devices(&self, own: &str) -> Vec<String> {
-        let mine = (self.role != Role::Cpu).then(|| own.to_owned());
-        mine.into_iter()
+    fn refresh_fleet(&mut self) {
+        let mine = (self.role != Role::Cpu).then(|| (self.own_device.clone(), self.own_budget));
+        let gpus: Vec<(String, u64)> = mine
+            .into_iter()
             .chain(
                 self.peers
                     .iter()
                     .filter(|p| p.role != Role::Cpu)
-                    .map(|p| p.device.clone()),
+                    .map(|p| (p.device.clone(), p.memory_budget)),
             )
-            .collect()
+            .collect();
+        self.fleet = Arc::new(Fleet {
+            gpu_budget: gpus.iter().map(|(_, budget)| *budget).max().unwrap_or(0),
+            gpu_devices: gpus.into_iter().map(|(device, _)| device).collect(),
+        });
     }
 
     /// Sets whether the worker runs nothing now; true when the rules changed.
@@ -193,7 +205,13 @@ mod tests {
             help_ms: 500,
             cpu_fallback_ms: 0,
         };
-        let mut router = Router::new(Role::Heavy, policy, "me".into(), &streams);
+        let mut router = Router::new(
+            Role::Heavy,
+            policy,
+            "me".into(),
+            ("SIM-me".into(), 8 << 30),
+            &streams,
+        );
         // Alone: light work at once (no secondary), cpu work too (no CPU worker).
         assert_eq!(router.rules(), ["0/-1", "limit=1 0/-1", "0/-1"]);
         let fleet = [
