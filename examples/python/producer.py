@@ -14,7 +14,8 @@ Settings, from the environment:
 
 It submits an `echo`, a `sleep`, the same `echo` twice under one
 idempotency key, and a `monte_carlo` option price; waits for every result
-on its reply stream with a blocking XREAD; prints each outcome; and exits
+on its reply streams (one per class it submitted to) with a blocking XREAD;
+prints each outcome; and exits
 with 1 when any task did not succeed (2 on a usage error).
 """
 
@@ -31,7 +32,7 @@ import uuid
 import msgpack
 import redis
 
-WIRE_VERSION = "1"
+WIRE_VERSION = "2"
 MAX_ATTEMPTS = 3
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
 
@@ -53,7 +54,7 @@ OPTION = {
 
 class Tandem:
     """The keys of one deployment (section "Keys") and one producer's reply
-    stream (section "How a producer learns that a result is ready")."""
+    streams (section "How a producer learns that a result is ready")."""
 
     def __init__(self, client, prefix, signing_key, idempotency_ttl_s):
         self.r = client
@@ -61,7 +62,9 @@ class Tandem:
         self.signing_key = signing_key
         self.idempotency_ttl_s = idempotency_ttl_s
         self.producer_id = f"python-{socket.gethostname()}-{os.getpid()}"
-        self.reply_to = f"{prefix}:reply:{self.producer_id}"
+        # Reply stream -> the id notices are read after: one stream per
+        # class this producer submitted to, noted before its first submit.
+        self.since = {}
 
     def stream(self, cls, priority):
         return f"{self.prefix}:{{{cls}}}:stream:{priority}"
@@ -72,15 +75,25 @@ class Tandem:
     def idempotency(self, cls, key):
         return f"{self.prefix}:{{{cls}}}:idem:{key}"
 
-    def newest_reply(self):
-        """The reply stream's newest id: notices after it are ours to read."""
-        newest = self.r.xrevrange(self.reply_to, "+", "-", count=1)
-        return newest[0][0] if newest else b"0-0"
+    def reply_to(self, cls):
+        """This producer's reply stream for tasks of class `cls`: one per
+        class, under the class's hash tag, as workers notify no other."""
+        return f"{self.prefix}:{{{cls}}}:reply:{self.producer_id}"
+
+    def listen_to(self, cls):
+        """Notes the newest id of the class's reply stream, once, before
+        the first submit of that class: notices after it are ours to read."""
+        stream = self.reply_to(cls)
+        if stream not in self.since:
+            newest = self.r.xrevrange(stream, "+", "-", count=1)
+            self.since[stream] = newest[0][0] if newest else b"0-0"
+        return stream
 
     def submit(self, kind, cls, priority, params, deadline_in_ms=None, idempotency_key=None):
         """Submits one task; returns (task id, whether it is new). With an
         idempotency key that already names a task, returns that task."""
         task_id = str(uuid.uuid4())
+        reply_to = self.listen_to(cls)
         packed = msgpack.packb(params)
         seconds, micros = self.r.time()  # times come from the Redis clock
         now_ms = seconds * 1000 + micros // 1000
@@ -97,14 +110,14 @@ class Tandem:
             "memory_bytes": "0",
             "producer": self.producer_id,
             "submitted_at_ms": str(now_ms),
-            "reply_to": self.reply_to,
+            "reply_to": reply_to,
         }
         if deadline_in_ms is not None:
             entry["deadline_ms"] = str(now_ms + deadline_in_ms)
         entry["params"] = packed
         if self.signing_key:
             entry["signature"] = signature(
-                self.signing_key, task_id, kind, cls, priority, MAX_ATTEMPTS, self.reply_to, packed
+                self.signing_key, task_id, kind, cls, priority, MAX_ATTEMPTS, reply_to, packed
             )
         # Section "Task record": the fields set at submit, so that a status
         # read sees the task while it is queued. `entry` (the stream entry
@@ -145,14 +158,15 @@ class Tandem:
                 except redis.WatchError:
                     continue
 
-    def wait_all(self, tasks, since, timeout_s):
+    def wait_all(self, tasks, timeout_s):
         """Waits for every task in `tasks` (id -> class) to finish. Returns
         id -> outcome (a dict of text fields, `result` still MessagePack).
 
         Section "How a producer learns that a result is ready": notices are
-        read from `since`, noted before the first submit, so none is missed;
-        a task that was already final (an idempotency key naming an older
-        task) is read from its record instead."""
+        read from the reply stream of each class submitted to, from the id
+        noted before that class's first submit, so none is missed; a task
+        that was already final (an idempotency key naming an older task) is
+        read from its record instead."""
         outcomes = {}
         for task_id, cls in tasks.items():
             record = self.r.hgetall(self.record(cls, task_id))
@@ -163,10 +177,12 @@ class Tandem:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 break
-            # A blocking read: woken within a round trip of the commit.
-            for _, notices in self.r.xread({self.reply_to: since}, block=left_ms) or []:
+            # A blocking read of every stream at once (on a single Redis;
+            # Redis Cluster takes one XREAD per stream, the slots differ):
+            # woken within a round trip of the commit.
+            for stream, notices in self.r.xread(dict(self.since), block=left_ms) or []:
                 for notice_id, notice in notices:
-                    since = notice_id
+                    self.since[text(stream)] = notice_id
                     task_id = text(notice.get(b"id"))
                     if task_id in tasks and task_id not in outcomes:
                         outcomes[task_id] = self._outcome(tasks[task_id], task_id, notice)
@@ -228,7 +244,6 @@ def main():
     ttl = int(os.environ.get("TANDEM_IDEMPOTENCY_TTL_S") or 86_400)
     tandem = Tandem(redis.Redis.from_url(url), prefix, key, ttl)
 
-    since = tandem.newest_reply()
     tasks = {}  # task id -> class, for the wait
     labels = {}  # task id -> what it is, for the report
 
@@ -249,7 +264,7 @@ def main():
     if key:
         print("every task is signed (TANDEM_SIGNING_KEY)")
 
-    outcomes = tandem.wait_all(tasks, since, args.timeout_s)
+    outcomes = tandem.wait_all(tasks, args.timeout_s)
     ok = True
     for task_id, label in labels.items():
         if task_id not in outcomes:

@@ -2,19 +2,24 @@
 //!
 //! # How waiting works
 //!
-//! Every task a producer submits names the producer's reply stream
-//! (`tandem:reply:<producer id>`) in `reply_to`. The worker that commits the
-//! task appends the final record to that stream in the same atomic step. A
-//! listener task per producer blocks in `XREAD` on the stream and hands each
+//! A producer has one reply stream per class, under the class's hash tag
+//! (`tandem:{<class>}:reply:<producer id>`), and every task it submits names
+//! the stream of its own class in `reply_to`. The worker that commits the
+//! task appends the final record to that stream in the same atomic step
+//! (which, on Redis Cluster, may only touch keys of the task's slot). A
+//! listener task per reply stream blocks in `XREAD` on it and hands each
 //! notice to whoever waits for that task: a wait costs no polling, and wakes
-//! within one Redis round trip of the commit.
+//! within one Redis round trip of the commit. A producer listens only on the
+//! streams of classes it submitted to or waits on.
 //!
 //! A waiter registers first, then reads the task's record once: a task that
 //! finished before the registration is found there, one that finishes after
-//! it is announced on the stream, so none is missed. [`Producer::submit_handle`]
-//! registers before it submits, so the common "submit, then await" costs no
-//! read at all. Waiting for a task another producer submitted listens on that
-//! producer's stream.
+//! it is announced on the stream, so none is missed. A listener that started
+//! after that read (the first wait on a class) may have missed a notice, so
+//! the waiter then reads the record once more. [`Producer::submit_handle`]
+//! starts the listeners and registers before it submits, so the common
+//! "submit, then await" costs no read at all. Waiting for a task another
+//! producer submitted listens on that producer's stream of the task's class.
 //!
 //! Notices can be lost only when the listener's connection broke (Redis
 //! restarted) or the reply stream was trimmed past an unread notice (the
@@ -71,12 +76,16 @@ impl std::fmt::Debug for Producer {
 struct Inner {
     store: Store,
     producer_id: String,
-    reply_key: String,
+    /// This producer's reply stream of each class, by `Class::index()`.
+    reply_keys: Vec<String>,
     default_max_attempts: u32,
     max_payload_bytes: usize,
     waiters: Mutex<Waiters>,
-    /// Reply streams with a running listener, and its task.
-    listeners: tokio::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Reply streams with a running listener, and that listener.
+    listeners: tokio::sync::Mutex<HashMap<String, Listener>>,
+    /// How many listeners have found where to start reading; a listener's
+    /// number tells a waiter whether it started after the waiter read.
+    listeners_started: AtomicU64,
     next_waiter: AtomicU64,
     /// Bumped when notices may have been lost; every waiter then re-reads.
     resync: tokio::sync::watch::Sender<u64>,
@@ -86,7 +95,19 @@ struct Inner {
     signer: Option<Signer>,
 }
 
+/// The task reading one reply stream.
+struct Listener {
+    task: tokio::task::JoinHandle<()>,
+    /// The value of `listeners_started` once it knew its start position.
+    number: u64,
+}
+
 impl Inner {
+    /// This producer's reply stream for tasks of `class`.
+    fn reply_key(&self, class: Class) -> &str {
+        &self.reply_keys[class.index()]
+    }
+
     /// Runs `op` until it succeeds, fails for a reason other than the
     /// connection, or Redis stayed unreachable for `reconnect_timeout`.
     /// Every operation retried here is safe to repeat.
@@ -117,7 +138,7 @@ type Waiters = HashMap<TaskId, Vec<(u64, oneshot::Sender<TaskOutcome>)>>;
 impl Drop for Inner {
     fn drop(&mut self) {
         for (_, listener) in self.listeners.get_mut().drain() {
-            listener.abort();
+            listener.task.abort();
         }
     }
 }
@@ -137,16 +158,20 @@ impl Producer {
         } else {
             config.producer_id.clone()
         };
-        let reply_key = store.keys().reply(&producer_id);
+        let reply_keys = Class::ALL
+            .iter()
+            .map(|&class| store.keys().reply(class, &producer_id))
+            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 producer_id,
-                reply_key,
+                reply_keys,
                 default_max_attempts: config.default_max_attempts,
                 max_payload_bytes: config.max_payload_bytes,
                 waiters: Mutex::new(HashMap::new()),
                 listeners: tokio::sync::Mutex::new(HashMap::new()),
+                listeners_started: AtomicU64::new(0),
                 next_waiter: AtomicU64::new(0),
                 resync: tokio::sync::watch::Sender::new(0),
                 reconnect_timeout: Duration::from_millis(config.reconnect_timeout_ms),
@@ -198,16 +223,17 @@ impl Producer {
 
     /// Sends prepared tasks, retrying while Redis is unreachable. Safe to
     /// repeat: a task id that already has a record is not submitted twice.
+    /// Each task names this producer's reply stream of its class.
     async fn send(
         &self,
         tasks: &[NewTask],
     ) -> Result<Vec<Result<Submitted, StoreError>>, ProducerError> {
-        let inner = &self.inner;
+        let inner: &Inner = &self.inner;
         Ok(inner
             .retry(|| {
-                inner
-                    .store
-                    .submit_many(tasks, &inner.producer_id, Some(&inner.reply_key))
+                inner.store.submit_many(tasks, &inner.producer_id, |class| {
+                    Some(inner.reply_key(class))
+                })
             })
             .await?)
     }
@@ -226,7 +252,11 @@ impl Producer {
     pub async fn submit_handles(&self, tasks: Vec<Task>) -> Result<Vec<TaskHandle>, ProducerError> {
         let inner = &self.inner;
         let tasks = self.prepare(tasks).await?;
-        self.ensure_listener(&inner.reply_key).await?;
+        for &class in Class::ALL {
+            if tasks.iter().any(|t| t.class == class) {
+                self.ensure_listener(inner.reply_key(class)).await?;
+            }
+        }
         let mut registrations: Vec<Registration> =
             tasks.iter().map(|t| self.register(t.id)).collect();
         let submitted = self.send(&tasks).await?;
@@ -266,7 +296,8 @@ impl Producer {
                     task.class = *class;
                 }
                 if let Some(signer) = &inner.signer {
-                    task.signature = Some(signer.sign(&task.signed(Some(&inner.reply_key))));
+                    task.signature =
+                        Some(signer.sign(&task.signed(Some(inner.reply_key(task.class)))));
                 }
                 task
             })
@@ -352,9 +383,8 @@ impl Producer {
     }
 
     async fn wait_forever(&self, id: TaskId) -> Result<TaskOutcome, ProducerError> {
-        let own_stream = self.inner.reply_key.clone();
-        self.ensure_listener(&own_stream).await?;
         let registration = self.register(id);
+        let listeners_before = self.inner.listeners_started.load(Ordering::SeqCst);
         let mut record = self
             .inner
             .retry(|| self.inner.store.find_record(&id))
@@ -363,16 +393,20 @@ impl Producer {
         if let Some(r) = &record
             && !r.is_terminal()
         {
-            match r.reply_to.as_deref() {
-                Some(stream) if stream == own_stream => {}
-                Some(stream) if self.inner.store.keys().is_reply(stream) => {
-                    // Another producer's task: listen on its stream too,
-                    // then look again, in case it finished meanwhile.
-                    self.ensure_listener(stream).await?;
-                    record = self
-                        .inner
-                        .retry(|| self.inner.store.find_record(&id))
-                        .await?;
+            // Workers notify only a reply stream of the task's own class.
+            match (r.class, r.reply_to.as_deref()) {
+                (Some(class), Some(stream))
+                    if self.inner.store.keys().is_reply_for(class, stream) =>
+                {
+                    // Ours or another producer's stream. A listener that
+                    // started after the read above may have missed the
+                    // notice: look again, in case it finished meanwhile.
+                    if self.ensure_listener(stream).await? > listeners_before {
+                        record = self
+                            .inner
+                            .retry(|| self.inner.store.find_record(&id))
+                            .await?;
+                    }
                 }
                 _ => periodic = true,
             }
@@ -465,10 +499,14 @@ impl Producer {
         }
     }
 
-    async fn ensure_listener(&self, stream: &str) -> Result<(), ProducerError> {
+    /// Starts a listener on `stream` unless one runs; returns the running
+    /// listener's number (see `Inner::listeners_started`).
+    async fn ensure_listener(&self, stream: &str) -> Result<u64, ProducerError> {
         let mut listeners = self.inner.listeners.lock().await;
-        if listeners.get(stream).is_some_and(|l| !l.is_finished()) {
-            return Ok(());
+        if let Some(listener) = listeners.get(stream)
+            && !listener.task.is_finished()
+        {
+            return Ok(listener.number);
         }
         // Start from the newest notice now: older ones are covered by the
         // record check every waiter makes after registering.
@@ -476,14 +514,17 @@ impl Producer {
             .inner
             .retry(|| self.inner.store.last_entry_id(stream))
             .await?;
+        // Numbered once the start is known: a waiter that read its record
+        // before this number was taken sees every notice written after.
+        let number = self.inner.listeners_started.fetch_add(1, Ordering::SeqCst) + 1;
         let task = tokio::spawn(listen(
             Arc::downgrade(&self.inner),
             self.inner.store.clone(),
             stream.to_owned(),
             start,
         ));
-        listeners.insert(stream.to_owned(), task);
-        Ok(())
+        listeners.insert(stream.to_owned(), Listener { task, number });
+        Ok(number)
     }
 }
 

@@ -12,7 +12,9 @@
 -- ARGV[3] reply stream approximate max length
 -- ARGV[4] reply stream TTL, s
 -- ARGV[5] task id
--- ARGV[6] prefix every reply stream key starts with
+--
+-- The notice goes to the record's `reply_to` only when that is a reply stream
+-- of the task's own class (`<base>reply:<producer id>`, in the same slot).
 --
 -- Returns {'not_found'}, {'finished', status}, {'cancelled'} or {'requested'}.
 
@@ -51,7 +53,8 @@ if waiting_for_shards then
   cancel_shards(base, split[3], now, ARGV[2], 'the task it is a shard of was cancelled')
   drop_split(base, ARGV[5])
 end
-if reply_to and string.sub(reply_to, 1, #ARGV[6]) == ARGV[6] and #reply_to > #ARGV[6] then
+local reply_prefix = base .. 'reply:'
+if reply_to and string.sub(reply_to, 1, #reply_prefix) == reply_prefix and #reply_to > #reply_prefix then
   notify(reply_to, ARGV[5], redis.call('HMGET', KEYS[1], unpack(NOTICE_FIELDS)), outcome, ARGV[3], ARGV[4])
 end
 return {'cancelled'}

@@ -41,7 +41,8 @@ end
 -- The record fields a completion notice repeats besides the outcome.
 local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms'}
 
--- Appends a completion notice for task `id` to a producer's reply stream:
+-- Appends a completion notice for task `id` to a producer's reply stream of
+-- the task's class (the caller checks it is one, so it shares the slot):
 -- `known`, the values of NOTICE_FIELDS in the record (HMGET order), then the
 -- outcome `pairs` (status, finish time, worker, result or error, ...).
 local function notify(reply_key, id, known, pairs, maxlen, ttl_s)
@@ -139,7 +140,9 @@ end
 -- A shard failed for good: its parent ends `failed` with the shard's error,
 -- the parent's own entry goes to the dead-letter stream (requeueing it runs
 -- the whole task again), the other shards are cancelled and the parent's
--- producer is told. Returns the dead letter's id, or nil when the parent was
+-- producer is told (on `reply_to` only when it starts with
+-- `opts.reply_prefix`, the class's `<base>reply:`: a reply stream of the
+-- same slot). Returns the dead letter's id, or nil when the parent was
 -- already final.
 local function fail_parent(base, parent_id, shard_index, code, message, now, opts)
   local parent_key = base .. 'task:' .. parent_id

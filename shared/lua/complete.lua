@@ -31,7 +31,8 @@
 -- KEYS[2]  the task's stream
 -- KEYS[3]  the class's delayed set
 -- KEYS[4]  the class's dead-letter stream
--- KEYS[5]  the producer's reply stream (only when there is one to notify)
+-- KEYS[5]  the producer's reply stream of the task's class (only when there
+--          is one to notify): `<base>reply:<producer id>`, in the class's slot
 -- ARGV[1]  consumer group
 -- ARGV[2]  entry id
 -- ARGV[3]  consumer (this worker)
@@ -204,7 +205,7 @@ end
 
 local base = base_of(stream_key)
 local split_opts = {dead_maxlen = ARGV[12], ttl_s = ARGV[4], reply_maxlen = ARGV[5], reply_ttl_s = ARGV[6],
-  reply_prefix = string.match(base, '^(.*):{') .. ':reply:'}
+  reply_prefix = base .. 'reply:'}
 local dead_id = nil
 if parent_id and status ~= 'succeeded' then
   -- The parent's dead letter stands for the shard's.

@@ -1,9 +1,10 @@
 //! The Redis key schema. Every key Tandem touches is built here.
 //!
 //! Keys of one class carry the class as a Redis Cluster hash tag
-//! (`tandem:{heavy}:...`), so a class's streams, task records and
-//! idempotency keys share a slot and one Lua script may touch all of them,
-//! while different classes spread over a cluster. See docs/wire-format.md.
+//! (`tandem:{heavy}:...`), so a class's streams, task records, idempotency
+//! keys and producers' reply streams share a slot and one Lua script may
+//! touch all of them, while different classes spread over a cluster. The
+//! model keys share the tag `{models}`. See docs/wire-format.md.
 
 use crate::task::{Class, Priority, TaskId};
 
@@ -100,16 +101,28 @@ impl Keys {
         format!("{}idem:{}", self.class_base(class), key)
     }
 
-    /// The stream a producer reads to learn that its tasks finished.
-    pub fn reply(&self, producer_id: &str) -> String {
-        format!("{}:reply:{}", self.prefix, producer_id)
+    /// The stream a producer reads to learn that its tasks of `class`
+    /// finished: one per producer and class, under the class's hash tag, so
+    /// the script that finishes a task writes the notice in the task's slot.
+    pub fn reply(&self, class: Class, producer_id: &str) -> String {
+        format!("{}reply:{}", self.class_base(class), producer_id)
     }
 
-    /// True when `key` is a reply stream under this prefix. Workers only
-    /// notify such keys, whatever an entry's `reply_to` says.
+    /// True when `key` is a reply stream of some class under this prefix.
     pub fn is_reply(&self, key: &str) -> bool {
+        Class::ALL
+            .iter()
+            .any(|&class| self.is_reply_for(class, key))
+    }
+
+    /// True when `key` is a reply stream of `class` under this prefix.
+    /// Workers only notify such keys for a task of `class`, whatever an
+    /// entry's `reply_to` says: any other key may live in another slot.
+    pub fn is_reply_for(&self, class: Class, key: &str) -> bool {
         key.strip_prefix(&self.prefix)
-            .and_then(|rest| rest.strip_prefix(":reply:"))
+            .and_then(|rest| rest.strip_prefix(":{"))
+            .and_then(|rest| rest.strip_prefix(class.as_str()))
+            .and_then(|rest| rest.strip_prefix("}:reply:"))
             .is_some_and(|id| !id.is_empty())
     }
 
@@ -124,19 +137,20 @@ impl Keys {
     }
 
     /// A registered model's record (a hash): where it lives, its shape,
-    /// class, hash and version.
+    /// class, hash and version. The model keys share one hash tag
+    /// (`{models}`), so one MULTI may write a record, its blob and the index.
     pub fn model(&self, name: &str) -> String {
-        format!("{}:model:{}", self.prefix, name)
+        format!("{}:{{models}}:model:{}", self.prefix, name)
     }
 
     /// An uploaded model's file, for models kept in Redis.
     pub fn model_blob(&self, name: &str) -> String {
-        format!("{}:model:{}:blob", self.prefix, name)
+        format!("{}:{{models}}:model:{}:blob", self.prefix, name)
     }
 
     /// The set of registered model names.
     pub fn models(&self) -> String {
-        format!("{}:models", self.prefix)
+        format!("{}:{{models}}:index", self.prefix)
     }
 
     /// The pub/sub channel on which cancel requests for running tasks go out.
@@ -194,13 +208,13 @@ mod tests {
             keys.idempotency(Class::Light, "k1"),
             "tandem:{light}:idem:k1"
         );
-        assert_eq!(keys.reply("p1"), "tandem:reply:p1");
+        assert_eq!(keys.reply(Class::Heavy, "p1"), "tandem:{heavy}:reply:p1");
         assert_eq!(keys.worker("w1"), "tandem:worker:w1");
         assert_eq!(keys.workers(), "tandem:workers");
         assert_eq!(keys.cancel_channel(), "tandem:cancel");
-        assert_eq!(keys.model("mlp-1"), "tandem:model:mlp-1");
-        assert_eq!(keys.model_blob("mlp-1"), "tandem:model:mlp-1:blob");
-        assert_eq!(keys.models(), "tandem:models");
+        assert_eq!(keys.model("mlp-1"), "tandem:{models}:model:mlp-1");
+        assert_eq!(keys.model_blob("mlp-1"), "tandem:{models}:model:mlp-1:blob");
+        assert_eq!(keys.models(), "tandem:{models}:index");
         assert_eq!(keys.alerts(), "tandem:alerts");
         assert_eq!(
             keys.alert_lock("queue_stalled"),
@@ -212,10 +226,32 @@ mod tests {
     #[test]
     fn reply_keys_are_recognised() {
         let keys = Keys::new("tq");
-        assert!(keys.is_reply("tq:reply:abc"));
-        assert!(!keys.is_reply("tq:reply:"));
-        assert!(!keys.is_reply("other:reply:abc"));
-        assert!(!keys.is_reply("tq:{cpu}:task:x"));
+        let check = |key: &str, any: bool, cpu: bool| {
+            assert_eq!(keys.is_reply(key), any, "is_reply({key:?})");
+            assert_eq!(
+                keys.is_reply_for(Class::Cpu, key),
+                cpu,
+                "is_reply_for(cpu, {key:?})"
+            );
+        };
+        check("tq:{cpu}:reply:abc", true, true);
+        check(&keys.reply(Class::Cpu, "abc"), true, true);
+        check("tq:{heavy}:reply:abc", true, false);
+        check("tq:{cpu}:reply:", false, false);
+        check("tq:{gpu}:reply:abc", false, false);
+        check("tq:{cpu}reply:abc", false, false);
+        check("tq:reply:abc", false, false);
+        check("other:{cpu}:reply:abc", false, false);
+        check("tqx:{cpu}:reply:abc", false, false);
+        check("tq:{cpu}:task:x", false, false);
+    }
+
+    #[test]
+    fn model_keys_share_one_slot() {
+        let keys = Keys::new("tq");
+        for key in [keys.model("m"), keys.model_blob("m"), keys.models()] {
+            assert!(key.starts_with("tq:{models}:"), "{key}");
+        }
     }
 
     #[test]

@@ -116,18 +116,18 @@ mod tests {
     fn signatures_verify_with_the_key_only() {
         let id = TaskId::new();
         let signer = Signer::new("shared secret").unwrap();
-        let signature = signer.sign(&task(&id, b"\x91\x01", "tandem:reply:p"));
+        let signature = signer.sign(&task(&id, b"\x91\x01", "tandem:{cpu}:reply:p"));
         assert_eq!(signature.len(), 64);
-        assert!(signer.verify(&task(&id, b"\x91\x01", "tandem:reply:p"), &signature));
+        assert!(signer.verify(&task(&id, b"\x91\x01", "tandem:{cpu}:reply:p"), &signature));
         assert!(
             !Signer::new("other")
                 .unwrap()
-                .verify(&task(&id, b"\x91\x01", "tandem:reply:p"), &signature)
+                .verify(&task(&id, b"\x91\x01", "tandem:{cpu}:reply:p"), &signature)
         );
-        assert!(!signer.verify(&task(&id, b"\x91\x02", "tandem:reply:p"), &signature));
-        assert!(!signer.verify(&task(&id, b"\x91\x01", "tandem:reply:q"), &signature));
-        assert!(!signer.verify(&task(&id, b"\x91\x01", "tandem:reply:p"), "zz"));
-        assert!(!signer.verify(&task(&id, b"\x91\x01", "tandem:reply:p"), ""));
+        assert!(!signer.verify(&task(&id, b"\x91\x02", "tandem:{cpu}:reply:p"), &signature));
+        assert!(!signer.verify(&task(&id, b"\x91\x01", "tandem:{cpu}:reply:q"), &signature));
+        assert!(!signer.verify(&task(&id, b"\x91\x01", "tandem:{cpu}:reply:p"), "zz"));
+        assert!(!signer.verify(&task(&id, b"\x91\x01", "tandem:{cpu}:reply:p"), ""));
         assert!(Signer::new("").is_none());
     }
 
@@ -137,8 +137,8 @@ mod tests {
         let id: TaskId = "01a21a05-0223-7150-a48a-bb5c548aed3d".parse().unwrap();
         let signer = Signer::new("shared secret").unwrap();
         assert_eq!(
-            signer.sign(&task(&id, b"\xa2hi", "tandem:reply:p")),
-            "d7de4fef021298448e73b87027c807bb2c11cba7927d7f9e294fc069ae132004"
+            signer.sign(&task(&id, b"\xa2hi", "tandem:{cpu}:reply:p")),
+            "770c62215d36d1abf4e602d5eddff1d97d10b58b4af5de3a07bd6596b813e422"
         );
     }
 

@@ -1,4 +1,4 @@
-//! Wire format v1: the fields of a task entry, of a task record and of a
+//! Wire format v2: the fields of a task entry, of a task record and of a
 //! completion notice. docs/wire-format.md is the prose version of this module.
 //!
 //! Only this module (and the Lua scripts in `shared/lua/`) knows the field
@@ -10,8 +10,11 @@ use std::collections::HashMap;
 use crate::device::{Health, Role};
 use crate::task::{Class, ErrorCode, Priority, Status, TaskId};
 
-/// The wire version this build writes and the only one it reads.
-pub const WIRE_VERSION: u32 = 1;
+/// The wire version this build writes and the only one it reads. Version 2
+/// moved reply streams under their class's hash tag
+/// (`tandem:{<class>}:reply:<producer id>`): a version 1 producer's
+/// `reply_to` would never be notified, so its tasks are refused instead.
+pub const WIRE_VERSION: u32 = 2;
 
 /// Field names. Entry fields are written by producers into a task stream;
 /// record fields live in the task record hash; a completion notice repeats
@@ -964,7 +967,7 @@ mod tests {
     fn metadata_then_decode_round_trips() {
         let task = new_task();
         let mut pairs: Fields = task
-            .metadata("p1", Some("tandem:reply:p1"))
+            .metadata("p1", Some("tandem:{cpu}:reply:p1"))
             .into_iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
             .collect();
@@ -975,7 +978,7 @@ mod tests {
         assert_eq!(entry.kind, "sleep");
         assert_eq!(entry.attempt, 1);
         assert_eq!(entry.producer, "p1");
-        assert_eq!(entry.reply_to.as_deref(), Some("tandem:reply:p1"));
+        assert_eq!(entry.reply_to.as_deref(), Some("tandem:{cpu}:reply:p1"));
         assert_eq!(entry.submitted_at_ms, Some(1_700_000_000_000));
         assert_eq!(entry.params, vec![0x80]);
     }
@@ -983,7 +986,7 @@ mod tests {
     #[test]
     fn shards_and_merge_entries_round_trip_through_their_fields() {
         let mut pairs: Fields = new_task()
-            .metadata("p1", Some("tandem:reply:p1"))
+            .metadata("p1", Some("tandem:{cpu}:reply:p1"))
             .into_iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
             .collect();
@@ -1036,7 +1039,7 @@ mod tests {
     fn minimal_entry_uses_documented_defaults() {
         let id = TaskId::new().to_string();
         let entry = TaskEntry::decode(
-            &fields(&[("version", b"1"), ("id", id.as_bytes()), ("kind", b"noop")]),
+            &fields(&[("version", b"2"), ("id", id.as_bytes()), ("kind", b"noop")]),
             Class::Light,
             Priority::Low,
         )
@@ -1066,32 +1069,32 @@ mod tests {
             "version",
         );
         check_refused(
-            &[("version", b"2"), ("id", id), ("kind", b"noop")],
+            &[("version", b"1"), ("id", id), ("kind", b"noop")],
             ErrorCode::BAD_WIRE_VERSION,
             true,
-            "\"2\"",
+            "\"1\"",
         );
         check_refused(
-            &[("version", b"1"), ("kind", b"noop")],
+            &[("version", b"2"), ("kind", b"noop")],
             ErrorCode::BAD_PAYLOAD,
             false,
             "id",
         );
         check_refused(
-            &[("version", b"1"), ("id", b"42"), ("kind", b"noop")],
+            &[("version", b"2"), ("id", b"42"), ("kind", b"noop")],
             ErrorCode::BAD_PAYLOAD,
             false,
             "UUID",
         );
         check_refused(
-            &[("version", b"1"), ("id", id)],
+            &[("version", b"2"), ("id", id)],
             ErrorCode::BAD_PAYLOAD,
             true,
             "kind",
         );
         check_refused(
             &[
-                ("version", b"1"),
+                ("version", b"2"),
                 ("id", id),
                 ("kind", b"noop"),
                 ("attempt", b"x"),
@@ -1102,7 +1105,7 @@ mod tests {
         );
         check_refused(
             &[
-                ("version", b"1"),
+                ("version", b"2"),
                 ("id", id),
                 ("kind", b"noop"),
                 ("class", b"heavy"),
@@ -1112,7 +1115,7 @@ mod tests {
             "class",
         );
         check_refused(
-            &[("version", b"1"), ("id", id), ("kind", &[0xff, 0xfe])],
+            &[("version", b"2"), ("id", id), ("kind", &[0xff, 0xfe])],
             ErrorCode::BAD_PAYLOAD,
             true,
             "UTF-8",

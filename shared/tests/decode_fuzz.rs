@@ -40,6 +40,7 @@ fn field_name() -> impl Strategy<Value = Vec<u8>> {
 fn field_value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         Just(b"1".to_vec()),
+        Just(b"2".to_vec()),
         Just(TaskId::new().to_string().into_bytes()),
         "[a-z_]{0,12}".prop_map(String::into_bytes),
         "[0-9]{0,20}".prop_map(String::into_bytes),
@@ -101,8 +102,9 @@ proptest! {
             params: params.clone(),
             signature: Some("ab".repeat(32)),
         };
+        let reply_to = format!("tandem:{{{}}}:reply:producer-1", task.class);
         let mut fields: Fields = task
-            .metadata("producer-1", Some("tandem:reply:producer-1"))
+            .metadata("producer-1", Some(&reply_to))
             .into_iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
             .collect();
@@ -114,6 +116,6 @@ proptest! {
         prop_assert_eq!(entry.memory_bytes, memory);
         prop_assert_eq!(&entry.params, &params);
         prop_assert_eq!(&entry.signature, &task.signature);
-        prop_assert_eq!(entry.signed().canonical(), task.signed(Some("tandem:reply:producer-1")).canonical());
+        prop_assert_eq!(entry.signed().canonical(), task.signed(Some(&reply_to)).canonical());
     }
 }

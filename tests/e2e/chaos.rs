@@ -150,7 +150,7 @@ async fn chaos_loses_nothing_and_commits_each_task_once() {
     // Committed once: one completion notice per task, no more.
     let mut conn = redis.conn().await;
     let notices: redis::streams::StreamRangeReply = conn
-        .xrange_all(format!("tandem:reply:{}", producer.id()))
+        .xrange_all(format!("tandem:{{cpu}}:reply:{}", producer.id()))
         .await
         .unwrap();
     let mut per_task: HashMap<String, usize> = HashMap::new();

@@ -170,7 +170,7 @@ async fn new_register_list_show_upload_and_rm() {
     // Removing an uploaded model deletes its blob; a path model's file stays.
     let mut conn = redis.conn().await;
     assert!(
-        conn.exists::<_, bool>("tandem:model:m2:blob")
+        conn.exists::<_, bool>("tandem:{models}:model:m2:blob")
             .await
             .unwrap()
     );
@@ -178,7 +178,7 @@ async fn new_register_list_show_upload_and_rm() {
     assert!(text.contains("removed model m2"), "{text}");
     assert!(
         !conn
-            .exists::<_, bool>("tandem:model:m2:blob")
+            .exists::<_, bool>("tandem:{models}:model:m2:blob")
             .await
             .unwrap()
     );
@@ -191,7 +191,7 @@ async fn new_register_list_show_upload_and_rm() {
     assert_eq!(out.status.code(), Some(3));
     let text = ok(&redis, &[], &["model", "list"]);
     assert!(text.contains("\n1 models"), "{text}");
-    let names: Vec<String> = conn.smembers("tandem:models").await.unwrap();
+    let names: Vec<String> = conn.smembers("tandem:{models}:index").await.unwrap();
     assert_eq!(names, ["m3"]);
 }
 

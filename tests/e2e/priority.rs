@@ -8,11 +8,11 @@ use tandem_shared::{Priority, TaskId};
 
 use crate::support::{RedisServer, WorkerProcess};
 
-/// The ids in the producer's reply stream, in commit order.
+/// The ids in the producer's `cpu` reply stream, in commit order.
 async fn commit_order(redis: &RedisServer, producer_id: &str) -> Vec<TaskId> {
     let mut conn = redis.conn().await;
     let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("tandem:reply:{producer_id}"))
+        .arg(format!("tandem:{{cpu}}:reply:{producer_id}"))
         .arg("-")
         .arg("+")
         .query_async(&mut conn)

@@ -39,11 +39,11 @@ async fn wait_running_on(producer: &Producer, id: TaskId, worker: &WorkerProcess
     .await;
 }
 
-/// The notices in a producer's reply stream, by task id.
+/// The notices in a producer's reply stream of the `cpu` class, by task id.
 async fn notices(redis: &RedisServer, producer: &Producer) -> HashMap<String, usize> {
     let mut conn = redis.conn().await;
     let entries: redis::streams::StreamRangeReply = conn
-        .xrange_all(format!("tandem:reply:{}", producer.id()))
+        .xrange_all(format!("tandem:{{cpu}}:reply:{}", producer.id()))
         .await
         .unwrap();
     let mut count = HashMap::new();

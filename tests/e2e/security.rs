@@ -184,7 +184,7 @@ async fn a_worker_with_a_key_runs_only_tasks_signed_with_it() {
     // A signed entry whose parameters were changed on the way is refused.
     let mut conn = redis.conn().await;
     let id = TaskId::new();
-    let reply_to = format!("tandem:reply:{}", signed.id());
+    let reply_to = format!("tandem:{{cpu}}:reply:{}", signed.id());
     let params = msgpack::encode(&"original").unwrap();
     let signer = tandem_shared::signature::Signer::new("k1-very-secret").unwrap();
     let signature = signer.sign(&tandem_shared::signature::Signed {
@@ -202,7 +202,7 @@ async fn a_worker_with_a_key_runs_only_tasks_signed_with_it() {
         .arg("*")
         .arg(&[
             "version",
-            "1",
+            "2",
             "id",
             &id.to_string(),
             "kind",

@@ -260,13 +260,13 @@ async fn a_raw_submission_is_split_and_its_producer_hears_the_merged_result() {
     let mut conn = redis.conn().await;
     let id = TaskId::new();
     let params = sum(20_000, 1, None);
-    let reply = "tandem:reply:python-svc";
+    let reply = "tandem:{parallel}:reply:python-svc";
     let _: String = redis::cmd("XADD")
         .arg("tandem:{parallel}:stream:normal")
         .arg("*")
         .arg(&[
             "version",
-            "1",
+            "2",
             "id",
             &id.to_string(),
             "kind",

@@ -59,7 +59,7 @@ async fn ten_thousand_noops_through_two_workers_each_result_exactly_once() {
     // Every task was committed exactly once: one completion notice each.
     let mut conn = redis.conn().await;
     let notices: redis::streams::StreamRangeReply = conn
-        .xrange_all(format!("tandem:reply:{}", producer.id()))
+        .xrange_all(format!("tandem:{{cpu}}:reply:{}", producer.id()))
         .await
         .unwrap();
     let noticed: Vec<String> = notices

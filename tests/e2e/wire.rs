@@ -66,7 +66,7 @@ async fn entries_and_records_read_plainly_in_redis_cli() {
         })
         .collect();
     assert_plain_text_except(&entry, &["params"]);
-    assert_eq!(text(&entry, "version"), "1");
+    assert_eq!(text(&entry, "version"), "2");
     assert_eq!(text(&entry, "id"), id.to_string());
     assert_eq!(text(&entry, "kind"), "echo");
     assert_eq!(text(&entry, "class"), "cpu");
@@ -77,7 +77,7 @@ async fn entries_and_records_read_plainly_in_redis_cli() {
     assert_eq!(text(&entry, "producer"), producer.id());
     assert_eq!(
         text(&entry, "reply_to"),
-        format!("tandem:reply:{}", producer.id())
+        format!("tandem:{{cpu}}:reply:{}", producer.id())
     );
     let submitted: u64 = text(&entry, "submitted_at_ms").parse().unwrap();
     let deadline: u64 = text(&entry, "deadline_ms").parse().unwrap();
@@ -150,7 +150,7 @@ async fn a_raw_submission_runs_and_notifies() {
     let mut conn = redis.conn().await;
     let id = TaskId::new().to_string();
     let params = msgpack::encode(&vec![1, 2, 3]).unwrap();
-    let reply = "tandem:reply:python-svc";
+    let reply = "tandem:{cpu}:reply:python-svc";
     let start: String = redis::cmd("XADD")
         .arg(reply)
         .arg("*")
@@ -171,14 +171,14 @@ async fn a_raw_submission_runs_and_notifies() {
     let _: String = redis::cmd("XADD")
         .arg("tandem:{cpu}:stream:high")
         .arg("*")
-        .arg(&["version", "1", "id", &id, "kind", "echo", "reply_to", reply])
+        .arg(&["version", "2", "id", &id, "kind", "echo", "reply_to", reply])
         .arg("params")
         .arg(params.as_slice())
         .query_async(&mut conn)
         .await
         .unwrap();
 
-    // XREAD BLOCK 10000 STREAMS tandem:reply:python-svc <start>
+    // XREAD BLOCK 10000 STREAMS tandem:{cpu}:reply:python-svc <start>
     let read: redis::streams::StreamReadReply = redis::cmd("XREAD")
         .arg("BLOCK")
         .arg(10_000)
@@ -203,6 +203,77 @@ async fn a_raw_submission_runs_and_notifies() {
     assert_eq!(outcome.result::<Vec<i32>>().unwrap(), vec![1, 2, 3]);
 }
 
+/// Regression: a notice goes only to a reply stream of the task's own class
+/// (its Redis Cluster slot); a `reply_to` naming another class's stream, or
+/// the version 1 form `tandem:reply:<id>`, is never written to, neither by a
+/// cancel nor by a commit. The task still finishes and can be waited for.
+#[tokio::test]
+async fn notices_go_only_to_a_reply_stream_of_the_tasks_class() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let producer = redis.producer().await;
+    let own = "tandem:{cpu}:reply:svc";
+    let foreign = ["tandem:{heavy}:reply:svc", "tandem:reply:svc"];
+    let raw_conn = conn.clone();
+    let raw = move |reply_to: &'static str| {
+        let mut conn = raw_conn.clone();
+        async move {
+            let id = TaskId::new().to_string();
+            let _: () = redis::cmd("HSET")
+                .arg(format!("tandem:{{cpu}}:task:{id}"))
+                .arg(&["status", "queued", "kind", "noop", "class", "cpu"])
+                .arg(&["priority", "normal", "reply_to", reply_to])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let entry: String = redis::cmd("XADD")
+                .arg("tandem:{cpu}:stream:normal")
+                .arg("*")
+                .arg(&[
+                    "version", "2", "id", &id, "kind", "noop", "reply_to", reply_to,
+                ])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let _: () = conn
+                .hset(format!("tandem:{{cpu}}:task:{id}"), "entry", entry)
+                .await
+                .unwrap();
+            id.parse::<TaskId>().unwrap()
+        }
+    };
+
+    // Cancelled while queued (no worker yet): cancel.lua.
+    for reply_to in [own, foreign[0], foreign[1]] {
+        let id = raw(reply_to).await;
+        assert_eq!(
+            producer.cancel(id).await.unwrap(),
+            tandem_shared::store::CancelOutcome::Cancelled
+        );
+    }
+    let notices: redis::streams::StreamRangeReply = conn.xrange_all(own).await.unwrap();
+    assert_eq!(notices.ids.len(), 1, "the own-class stream is notified");
+    for key in foreign {
+        assert!(!conn.exists::<_, bool>(key).await.unwrap(), "{key}");
+    }
+
+    // Committed by a worker: complete.lua.
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    for reply_to in foreign {
+        let id = raw(reply_to).await;
+        let outcome = producer.wait(id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(outcome.status, Status::Succeeded);
+    }
+    let id = raw(own).await;
+    let outcome = producer.wait(id, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(outcome.status, Status::Succeeded);
+    let notices: redis::streams::StreamRangeReply = conn.xrange_all(own).await.unwrap();
+    assert_eq!(notices.ids.len(), 2);
+    for key in foreign {
+        assert!(!conn.exists::<_, bool>(key).await.unwrap(), "{key}");
+    }
+}
+
 async fn xadd(conn: &mut redis::aio::MultiplexedConnection, fields: &[(&str, &[u8])]) {
     let mut cmd = redis::cmd("XADD");
     cmd.arg("tandem:{cpu}:stream:normal").arg("*");
@@ -220,17 +291,17 @@ async fn bad_entries_are_dead_lettered_with_a_precise_reason_and_the_worker_goes
     let producer = redis.producer().await;
 
     type Fields = Vec<(&'static str, Vec<u8>)>;
-    let v1 = || ("version", b"1".to_vec());
+    let v2 = || ("version", b"2".to_vec());
     let cases: Vec<(&str, Fields)> = vec![
         (
             "BAD_WIRE_VERSION",
-            vec![("version", b"2".to_vec()), ("kind", b"noop".to_vec())],
+            vec![("version", b"1".to_vec()), ("kind", b"noop".to_vec())],
         ),
-        ("UNKNOWN_KIND", vec![v1(), ("kind", b"teleport".to_vec())]),
+        ("UNKNOWN_KIND", vec![v2(), ("kind", b"teleport".to_vec())]),
         (
             "BAD_PAYLOAD",
             vec![
-                v1(),
+                v2(),
                 ("kind", b"sleep".to_vec()),
                 ("params", vec![0xc1, 0xff]),
             ],
@@ -238,7 +309,7 @@ async fn bad_entries_are_dead_lettered_with_a_precise_reason_and_the_worker_goes
         (
             "BAD_PARAMS",
             vec![
-                v1(),
+                v2(),
                 ("kind", b"sleep".to_vec()),
                 ("params", msgpack::encode(&"x").unwrap()),
             ],
@@ -246,7 +317,7 @@ async fn bad_entries_are_dead_lettered_with_a_precise_reason_and_the_worker_goes
         (
             "BAD_PARAMS",
             vec![
-                v1(),
+                v2(),
                 ("kind", b"sleep".to_vec()),
                 (
                     "params",
@@ -257,13 +328,13 @@ async fn bad_entries_are_dead_lettered_with_a_precise_reason_and_the_worker_goes
         (
             "PAYLOAD_TOO_LARGE",
             vec![
-                v1(),
+                v2(),
                 ("kind", b"echo".to_vec()),
                 ("params", msgpack::encode(&"x".repeat(200)).unwrap()),
             ],
         ),
         ("BAD_PAYLOAD", vec![("kind", b"noop".to_vec())]),
-        ("BAD_PAYLOAD", vec![v1()]),
+        ("BAD_PAYLOAD", vec![v2()]),
     ];
     let mut ids = Vec::new();
     for (code, fields) in &cases {
@@ -276,7 +347,7 @@ async fn bad_entries_are_dead_lettered_with_a_precise_reason_and_the_worker_goes
     }
     // An entry with no task id has no record and no producer to tell; it
     // goes to the dead-letter stream all the same.
-    xadd(&mut conn, &[("version", b"1"), ("kind", b"noop")]).await;
+    xadd(&mut conn, &[("version", b"2"), ("kind", b"noop")]).await;
 
     for (id, code) in &ids {
         // Raw entries come without a record; the worker creates it.

@@ -53,15 +53,20 @@ impl Store {
 
     /// Submits tasks in one round trip. Each returned item matches the task
     /// at the same position; one task's failure does not fail the others.
-    pub async fn submit_many(
+    /// `reply_to` names the stream a task's completion notice goes to, by
+    /// the task's class: a reply stream of that class ([`Keys::reply`]), as
+    /// workers notify no other key.
+    ///
+    /// [`Keys::reply`]: crate::keys::Keys::reply
+    pub async fn submit_many<'a>(
         &self,
         tasks: &[NewTask],
         producer: &str,
-        reply_to: Option<&str>,
+        reply_to: impl Fn(Class) -> Option<&'a str>,
     ) -> Result<Vec<Result<Submitted, StoreError>>, StoreError> {
         let cmds: Vec<Cmd> = tasks
             .iter()
-            .map(|t| self.submit_cmd(t, producer, reply_to))
+            .map(|t| self.submit_cmd(t, producer, reply_to(t.class)))
             .collect();
         let replies = self.pipeline(&cmds).await?;
         if replies.len() != tasks.len() {
@@ -188,7 +193,6 @@ impl Store {
                     .arg(self.retention.reply_maxlen)
                     .arg(self.retention.reply_ttl_s)
                     .arg(id.to_string())
-                    .arg(self.keys.reply(""))
                     .into_cmd()
             })
             .collect();

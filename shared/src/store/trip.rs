@@ -248,7 +248,7 @@ impl Store {
             .key(self.keys.delayed(class))
             .key(self.keys.dead(class));
         if let Some(reply_to) = &completion.reply_to
-            && self.keys.is_reply(reply_to)
+            && self.keys.is_reply_for(class, reply_to)
         {
             call = call.key(reply_to);
         }
