@@ -17,6 +17,7 @@ mod faults;
 #[cfg(feature = "gpu-tests")]
 mod gpu_real;
 mod gpus;
+mod ha;
 mod idempotency;
 mod kinds;
 mod metrics;

@@ -1,0 +1,751 @@
+//! Redis high availability for the end-to-end tests: a three-master Redis
+//! Cluster ([`RedisCluster`]) and a master with one replica watched by three
+//! Sentinels ([`SentinelSetup`]), each process in its own scratch directory
+//! on free loopback ports, and a worker process started with an explicit
+//! environment ([`HaWorker`]). Every guard kills its processes when dropped,
+//! also when the test fails, and then shows the tail of their logs.
+//!
+//! The setups are built for a slow, two-core machine: each waits for the
+//! state it promises (slots agreed on by every node; a replica in sync and
+//! known to every sentinel) with generous bounds instead of sleeping.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tandem_shared::Config;
+
+use super::{ScratchDir, bin, free_port};
+
+/// How long a cluster may take to agree on its slots.
+const CLUSTER_UP: Duration = Duration::from_secs(20);
+/// How long a replica may take to sync and the sentinels to find each other.
+const SENTINELS_UP: Duration = Duration::from_secs(30);
+/// How long one `redis-server` may take to answer its first PING.
+const PROCESS_UP: Duration = Duration::from_secs(10);
+/// The name the sentinels monitor the master under.
+pub const MASTER_NAME: &str = "mymaster";
+
+static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
+
+/// One `redis-server` process (data node or sentinel), killed on drop.
+#[derive(Debug)]
+pub struct RedisProcess {
+    child: Option<Child>,
+    /// The port it serves clients on.
+    pub port: u16,
+    /// What it is, for log headers: "cluster node 0", "sentinel 2", ...
+    role: String,
+    /// Its working directory: `redis.log`, `nodes.conf`, `sentinel.conf`.
+    dir: ScratchDir,
+    /// Its command-line arguments, kept for a restart.
+    args: Vec<String>,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` with `args(port)` in a fresh directory, trying
+    /// new free ports when one is taken between the probe and the bind.
+    /// `args` may write files (a sentinel's configuration) into the directory.
+    fn start(role: &str, mut args: impl FnMut(u16, &ScratchDir) -> Vec<String>) -> Self {
+        let dir = ScratchDir::new(&role.replace(' ', "-"));
+        let mut process = RedisProcess {
+            child: None,
+            port: 0,
+            role: role.to_owned(),
+            args: Vec::new(),
+            dir,
+        };
+        for _ in 0..10 {
+            process.port = free_port();
+            process.args = args(process.port, &process.dir);
+            process.spawn();
+            if process.wait_ready(PROCESS_UP) {
+                return process;
+            }
+            // The port was taken between our probe and redis binding it.
+            process.kill();
+        }
+        panic!(
+            "could not start {role} on a free port\n{}",
+            process.log_tail(30)
+        );
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("redis log");
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("redis-server must be installed to run the end-to-end tests");
+        self.child = Some(child);
+    }
+
+    /// Waits until the process answers PING; false if it exited or did not
+    /// answer in time.
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_alive() {
+                return false;
+            }
+            if let Ok(mut conn) = self.try_conn()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL: no shutdown, no save, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same port, directory and arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + PROCESS_UP;
+        loop {
+            self.spawn();
+            if self.wait_ready(PROCESS_UP) {
+                return;
+            }
+            self.kill();
+            assert!(
+                Instant::now() < deadline,
+                "{} did not come back on port {}\n{}",
+                self.role,
+                self.port,
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A blocking connection with short timeouts, for setting up and probing.
+    pub fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
+        let conn =
+            redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+        Ok(conn)
+    }
+
+    /// A blocking connection; panics when the process does not answer.
+    pub fn blocking_conn(&self) -> redis::Connection {
+        self.try_conn()
+            .unwrap_or_else(|e| panic!("connect to {} on port {}: {e}", self.role, self.port))
+    }
+
+    /// An async connection to this one process, as `redis-cli -p PORT` would
+    /// make (in a cluster it does not follow redirections).
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)));
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {} on port {}: {e}", self.role, self.port))
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// The last `lines` lines of the process's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log of {} (port {}, last lines) ----\n{}",
+                self.role,
+                self.port,
+                self.log_tail(25)
+            );
+        }
+    }
+}
+
+/// Arguments every data node gets: loopback only, nothing persisted.
+fn data_node_args(port: u16) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The settings test processes use, pointing at `redis_url`.
+fn test_config(redis_url: String) -> Config {
+    Config {
+        redis_url,
+        heartbeat_interval_ms: 200,
+        heartbeat_ttl_ms: 1_000,
+        shutdown_grace_ms: 5_000,
+        ..Config::default()
+    }
+}
+
+/// Waits, blocking, until `check` holds; panics with `what` and the last
+/// state `check` described after `timeout`.
+fn wait_blocking(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(()) => return,
+            Err(state) => state,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}; last seen: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs one command on a fresh blocking connection to `process`.
+fn query<T: redis::FromRedisValue>(process: &RedisProcess, cmd: &redis::Cmd) -> Result<T, String> {
+    let mut conn = process.try_conn().map_err(|e| e.to_string())?;
+    cmd.query(&mut conn).map_err(|e| e.to_string())
+}
+
+/// The value of `field` in an `INFO`-style text (`field:value` lines).
+pub fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(field)?.strip_prefix(':'))
+}
+
+/// The slots of each cluster node: A, B and C in that order.
+pub const SLOT_RANGES: [(u16, u16); 3] = [(0, 7000), (7001, 9000), (9001, 16383)];
+
+/// A Redis Cluster of three masters without replicas. Node A (index 0)
+/// serves slots 0-7000 (`{light}` 6713, `{models}` 3701), node B 7001-9000
+/// (`{heavy}` 8060), node C 9001-16383 (`{cpu}` 9296, `{parallel}` 10041),
+/// so the classes spread over the masters.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisProcess>,
+}
+
+impl RedisCluster {
+    /// Starts the three nodes, joins them, assigns the slots and waits until
+    /// every node reports `cluster_state:ok` and the same slot map.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisProcess> = (0..3)
+            .map(|i| {
+                RedisProcess::start(&format!("cluster node {i}"), |port, _| {
+                    // The bus port is chosen, not port + 10000, which may be
+                    // past 65535 for an ephemeral port.
+                    let bus = std::iter::repeat_with(free_port)
+                        .find(|bus| *bus != port)
+                        .expect("a free port");
+                    let mut args = data_node_args(port);
+                    args.extend(
+                        [
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                            "--cluster-node-timeout",
+                            "2000",
+                            "--cluster-port",
+                            &bus.to_string(),
+                            // Every node names itself 127.0.0.1 in CLUSTER
+                            // SLOTS even before it has heard a MEET.
+                            "--cluster-announce-ip",
+                            "127.0.0.1",
+                        ]
+                        .iter()
+                        .map(|s| s.to_string()),
+                    );
+                    args
+                })
+            })
+            .collect();
+        let cluster = RedisCluster { nodes };
+        cluster.form();
+        cluster
+    }
+
+    fn bus_port(&self, i: usize) -> u16 {
+        let args = &self.nodes[i].args;
+        args.iter()
+            .position(|a| a == "--cluster-port")
+            .and_then(|at| args.get(at + 1))
+            .and_then(|port| port.parse().ok())
+            .expect("bus port")
+    }
+
+    fn form(&self) {
+        let mut first = self.nodes[0].blocking_conn();
+        for i in 1..self.nodes.len() {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(self.nodes[i].port)
+                .arg(self.bus_port(i))
+                .query(&mut first)
+                .unwrap_or_else(|e| panic!("CLUSTER MEET node {i}: {e}"));
+        }
+        for (node, (start, end)) in self.nodes.iter().zip(SLOT_RANGES) {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(start)
+                .arg(end)
+                .query(&mut node.blocking_conn())
+                .unwrap_or_else(|e| panic!("CLUSTER ADDSLOTSRANGE {start} {end}: {e}"));
+        }
+        let expected: Vec<(i64, i64, String, i64)> = self
+            .nodes
+            .iter()
+            .zip(SLOT_RANGES)
+            .map(|(node, (start, end))| {
+                (
+                    i64::from(start),
+                    i64::from(end),
+                    "127.0.0.1".to_owned(),
+                    i64::from(node.port),
+                )
+            })
+            .collect();
+        wait_blocking(CLUSTER_UP, "the cluster to agree on its slots", || {
+            for (i, node) in self.nodes.iter().enumerate() {
+                let info: String = query(node, redis::cmd("CLUSTER").arg("INFO"))?;
+                if info_field(&info, "cluster_state") != Some("ok")
+                    || info_field(&info, "cluster_known_nodes") != Some("3")
+                {
+                    return Err(format!("node {i}: {info}"));
+                }
+                let slots = cluster_slots(node)?;
+                if slots != expected {
+                    return Err(format!("node {i} sees slots {slots:?}"));
+                }
+            }
+            Ok(())
+        });
+    }
+
+    /// `redis+cluster://127.0.0.1:a,127.0.0.1:b,127.0.0.1:c`
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// The settings a worker process needs to reach the cluster.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("TANDEM_REDIS_URL", self.url())]
+    }
+
+    /// A configuration pointing at the cluster with test-friendly timings.
+    pub fn config(&self) -> Config {
+        test_config(self.url())
+    }
+
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    pub fn node(&self, i: usize) -> &RedisProcess {
+        &self.nodes[i]
+    }
+
+    /// A plain connection to node `i` alone: a key of another node's slot
+    /// answers MOVED.
+    pub async fn node_conn(&self, i: usize) -> redis::aio::MultiplexedConnection {
+        self.nodes[i].conn().await
+    }
+
+    /// The index of the node that serves `slot`.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        SLOT_RANGES
+            .iter()
+            .position(|(start, end)| (*start..=*end).contains(&slot))
+            .expect("a slot below 16384")
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+/// `CLUSTER SLOTS` of one node as `(start, end, master ip, master port)`,
+/// sorted by start.
+fn cluster_slots(node: &RedisProcess) -> Result<Vec<(i64, i64, String, i64)>, String> {
+    let ranges: Vec<redis::Value> = query(node, redis::cmd("CLUSTER").arg("SLOTS"))?;
+    let mut slots = Vec::new();
+    for range in ranges {
+        let redis::Value::Array(items) = range else {
+            return Err(format!("odd CLUSTER SLOTS entry {range:?}"));
+        };
+        let parsed: Option<(i64, i64, (String, i64))> = (|| {
+            let start = redis::from_redis_value_ref(items.first()?).ok()?;
+            let end = redis::from_redis_value_ref(items.get(1)?).ok()?;
+            let redis::Value::Array(master) = items.get(2)? else {
+                return None;
+            };
+            let ip = redis::from_redis_value_ref(master.first()?).ok()?;
+            let port = redis::from_redis_value_ref(master.get(1)?).ok()?;
+            Some((start, end, (ip, port)))
+        })();
+        let (start, end, (ip, port)) =
+            parsed.ok_or_else(|| format!("odd CLUSTER SLOTS entry {items:?}"))?;
+        slots.push((start, end, ip, port));
+    }
+    slots.sort();
+    Ok(slots)
+}
+
+/// A master and one replica watched by three Sentinels (quorum 2; the
+/// master is down after 1 s without an answer).
+#[derive(Debug)]
+pub struct SentinelSetup {
+    master: RedisProcess,
+    replica: RedisProcess,
+    sentinels: Vec<RedisProcess>,
+    /// The port the master had when the setup started.
+    pub first_master_port: u16,
+}
+
+impl SentinelSetup {
+    /// Starts the pair and the sentinels and waits until the replica is in
+    /// sync and every sentinel knows the master, the replica and the other
+    /// two sentinels.
+    pub fn start() -> Self {
+        let master = RedisProcess::start("sentinel master", |port, _| data_node_args(port));
+        let replica = RedisProcess::start("sentinel replica", |port, _| {
+            let mut args = data_node_args(port);
+            args.extend(
+                ["--replicaof", "127.0.0.1", &master.port.to_string()]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+            args
+        });
+        wait_blocking(SENTINELS_UP, "the replica to sync", || {
+            let info: String = query(&master, redis::cmd("INFO").arg("replication"))?;
+            let online = info_field(&info, "slave0").is_some_and(|slave| {
+                slave.contains(&format!("port={},", replica.port)) && slave.contains("state=online")
+            });
+            if online { Ok(()) } else { Err(info) }
+        });
+        let sentinels = (0..3)
+            .map(|i| {
+                RedisProcess::start(&format!("sentinel {i}"), |port, dir| {
+                    // A sentinel rewrites its configuration file, so each
+                    // gets its own.
+                    let conf = dir.path().join("sentinel.conf");
+                    let text = format!(
+                        "port {port}\n\
+                         bind 127.0.0.1\n\
+                         dir {dir}\n\
+                         sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
+                         sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                         sentinel failover-timeout {MASTER_NAME} 4000\n\
+                         sentinel parallel-syncs {MASTER_NAME} 1\n",
+                        dir = dir.path().display(),
+                        master = master.port,
+                    );
+                    std::fs::write(&conf, text).expect("write sentinel.conf");
+                    vec![conf.display().to_string(), "--sentinel".to_owned()]
+                })
+            })
+            .collect();
+        let setup = SentinelSetup {
+            first_master_port: master.port,
+            master,
+            replica,
+            sentinels,
+        };
+        setup.wait_sentinels_agree(setup.master.port, setup.replica.port, SENTINELS_UP);
+        setup
+    }
+
+    /// Waits until every live sentinel names `master` as the master and
+    /// knows `replica` as its (connected) replica and the other sentinels.
+    fn wait_sentinels_agree(&self, master: u16, replica: u16, timeout: Duration) {
+        wait_blocking(timeout, "every sentinel to know the setup", || {
+            for (i, sentinel) in self.sentinels.iter().enumerate() {
+                let named = sentinel_master_port(sentinel)?;
+                if named != master {
+                    return Err(format!("sentinel {i} names master port {named}"));
+                }
+                let replicas: Vec<Vec<String>> = query(
+                    sentinel,
+                    redis::cmd("SENTINEL").arg("REPLICAS").arg(MASTER_NAME),
+                )?;
+                let known = replicas.iter().any(|fields| {
+                    field(fields, "port") == Some(&replica.to_string())
+                        && field(fields, "flags").is_some_and(|flags| {
+                            !flags.contains("disconnected") && !flags.contains("s_down")
+                        })
+                });
+                if !known {
+                    return Err(format!("sentinel {i} sees replicas {replicas:?}"));
+                }
+                let others: Vec<Vec<String>> = query(
+                    sentinel,
+                    redis::cmd("SENTINEL").arg("SENTINELS").arg(MASTER_NAME),
+                )?;
+                if others.len() != self.sentinels.len() - 1 {
+                    return Err(format!("sentinel {i} sees sentinels {others:?}"));
+                }
+            }
+            Ok(())
+        });
+    }
+
+    /// `redis+sentinel://127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/mymaster`
+    pub fn url(&self) -> String {
+        let sentinels: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{MASTER_NAME}", sentinels.join(","))
+    }
+
+    /// The settings a worker process needs to reach the master.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("TANDEM_REDIS_URL", self.url())]
+    }
+
+    /// A configuration pointing at the sentinels with test-friendly timings.
+    pub fn config(&self) -> Config {
+        test_config(self.url())
+    }
+
+    /// The process that started as the master.
+    pub fn master(&self) -> &RedisProcess {
+        &self.master
+    }
+
+    /// The process that started as the replica.
+    pub fn replica(&self) -> &RedisProcess {
+        &self.replica
+    }
+
+    pub fn sentinel(&self, i: usize) -> &RedisProcess {
+        &self.sentinels[i]
+    }
+
+    /// SIGKILLs the process that started as the master.
+    pub fn kill_master(&mut self) {
+        self.master.kill();
+    }
+
+    /// Starts the killed master again (empty: nothing was persisted) and
+    /// waits until the sentinels have made it a replica of the new master
+    /// and it is in sync, so the pair has two copies again.
+    pub async fn restart_old_master_as_replica(&mut self, timeout: Duration) {
+        self.master.restart();
+        let new_master = self.replica.port;
+        let old_master = self.master.port;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info: Result<String, String> =
+                query(&self.replica, redis::cmd("INFO").arg("replication"));
+            let synced = info.as_ref().is_ok_and(|info| {
+                info_field(info, "role") == Some("master")
+                    && info_field(info, "slave0").is_some_and(|slave| {
+                        slave.contains(&format!("port={old_master},"))
+                            && slave.contains("state=online")
+                    })
+            });
+            if synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the old master did not rejoin as a replica of port {new_master} within \
+                 {timeout:?}; new master's replication info: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The master's port as the first live sentinel names it.
+    pub async fn current_master_port(&self) -> u16 {
+        let mut errors = Vec::new();
+        for sentinel in &self.sentinels {
+            match sentinel_master_port(sentinel) {
+                Ok(port) => return port,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("no sentinel names a master: {errors:?}");
+    }
+
+    /// Waits until every sentinel names the replica as the master and the
+    /// replica has taken the role.
+    pub async fn wait_failover(&self, timeout: Duration) {
+        let replica = self.replica.port;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut last = String::new();
+            let mut promoted = true;
+            for (i, sentinel) in self.sentinels.iter().enumerate() {
+                match sentinel_master_port(sentinel) {
+                    Ok(port) if port == replica => {}
+                    other => {
+                        promoted = false;
+                        last = format!("sentinel {i}: {other:?}");
+                    }
+                }
+            }
+            if promoted {
+                let info: Result<String, String> =
+                    query(&self.replica, redis::cmd("INFO").arg("replication"));
+                match info {
+                    Ok(info) if info_field(&info, "role") == Some("master") => return,
+                    other => last = format!("replica: {other:?}"),
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failover to port {replica} within {timeout:?}; last seen: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `SENTINEL GET-MASTER-ADDR-BY-NAME` on one sentinel.
+fn sentinel_master_port(sentinel: &RedisProcess) -> Result<u16, String> {
+    let addr: Option<(String, String)> = query(
+        sentinel,
+        redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(MASTER_NAME),
+    )?;
+    let (_, port) = addr.ok_or("the sentinel knows no master")?;
+    port.parse()
+        .map_err(|e| format!("odd master port {port:?}: {e}"))
+}
+
+/// The value after `name` in a sentinel's flat field list.
+fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a String> {
+    fields
+        .chunks(2)
+        .find(|pair| pair.first().is_some_and(|k| k == name))
+        .and_then(|pair| pair.get(1))
+}
+
+/// A `tandem-worker run` process started with an explicit environment (the
+/// Redis settings of a cluster or a sentinel setup), test timings and
+/// `TANDEM_WORKER_ID` set to [`HaWorker::id`].
+#[derive(Debug)]
+pub struct HaWorker {
+    child: Option<Child>,
+    pub id: String,
+    log: PathBuf,
+    _dir: ScratchDir,
+}
+
+impl HaWorker {
+    pub fn spawn(redis_env: &[(&'static str, String)], env: &[(&str, &str)]) -> Self {
+        let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("ha-worker-{}-{n}", std::process::id());
+        let dir = ScratchDir::new("ha-worker");
+        let log = dir.path().join("worker.log");
+        let file = std::fs::File::create(&log).expect("worker log");
+        let mut cmd = Command::new(bin("tandem-worker"));
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(redis_env.iter().map(|(k, v)| (k, v)))
+            .env("TANDEM_WORKER_ID", &id)
+            .env("TANDEM_HEARTBEAT_INTERVAL_MS", "200")
+            .env("TANDEM_HEARTBEAT_TTL_MS", "1000")
+            .env("TANDEM_SHUTDOWN_GRACE_MS", "5000")
+            .env("TANDEM_LOG_LEVEL", "info,tandem_worker=debug")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        let child = cmd.spawn().expect("spawn tandem-worker");
+        Self {
+            child: Some(child),
+            id,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for HaWorker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("---- log of {} (last lines) ----", self.id);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
