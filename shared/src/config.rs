@@ -282,8 +282,12 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Redis to connect to: `redis://[user:password@]host:port[/db]`. Plain `REDIS_URL` works too.
+    /// Redis to connect to: `redis://[user:password@]host:port[/db]`; Sentinel `redis+sentinel://[user:password@]s1:p1,s2:p2/<master>[/db]`; Cluster `redis+cluster://[user:password@]h1:p1,h2:p2` (`rediss...` for TLS). Plain `REDIS_URL` works too.
     redis_url: String = "redis://127.0.0.1:6379".into(), "TANDEM_REDIS_URL";
+    /// Replicas that must confirm a submission (`WAIT`) before it counts as accepted; 0: do not wait.
+    redis_wait_replicas: u32 = 0, "TANDEM_REDIS_WAIT_REPLICAS";
+    /// How long a submission waits for `redis_wait_replicas` (ms).
+    redis_wait_timeout_ms: u64 = 1_000, "TANDEM_REDIS_WAIT_TIMEOUT_MS";
     /// First part of every key, so several Tandem deployments can share one Redis.
     prefix: String = "tandem".into(), "TANDEM_PREFIX";
     /// How long a Redis command may take before it counts as failed (ms).
@@ -292,7 +296,7 @@ settings! {
     connect_timeout_ms: u64 = 2_000, "TANDEM_CONNECT_TIMEOUT_MS";
     /// How long a producer call keeps retrying while Redis is unreachable (ms; 0: fail at once).
     reconnect_timeout_ms: u64 = 30_000, "TANDEM_RECONNECT_TIMEOUT_MS";
-    /// This producer's id, naming its reply stream; empty means a fresh random id per process.
+    /// This producer's id, naming its reply streams (one per class); empty means a fresh random id per process.
     producer_id: String = String::new(), "TANDEM_PRODUCER_ID";
     /// Attempts a task gets when its producer does not say.
     default_max_attempts: u32 = 3, "TANDEM_DEFAULT_MAX_ATTEMPTS";
@@ -530,6 +534,9 @@ impl Config {
                 "must be at most 536870912 (512 MiB)",
             );
         }
+        if let Err(detail) = crate::connect::Target::parse(&self.redis_url) {
+            return invalid("redis_url", &detail);
+        }
         if !(0.0..=1.0).contains(&self.alert_utilization_ratio) {
             return invalid("alert_utilization_ratio", "must be between 0 and 1");
         }
@@ -548,6 +555,7 @@ impl Config {
             ("block_ms", self.block_ms),
             ("redis_timeout_ms", self.redis_timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
+            ("redis_wait_timeout_ms", self.redis_wait_timeout_ms),
             ("result_ttl_s", self.result_ttl_s),
             ("idempotency_ttl_s", self.idempotency_ttl_s),
             ("reply_ttl_s", self.reply_ttl_s),

@@ -1,23 +1,136 @@
-//! Opening a Redis client from the configuration: plain `redis://` or TLS
-//! (`rediss://`), with an optional CA certificate (`tls_ca_file`) and client
-//! certificate (`tls_cert_file`, `tls_key_file`). Without a CA file a TLS
+//! Where Redis is, from `redis_url`, and how to open clients for it.
+//!
+//! Three deployments:
+//! - one server: `redis://[user:password@]host:port[/db]` (`rediss://` for TLS);
+//! - Sentinel: `redis+sentinel://[user:password@]s1:p1,s2:p2,.../<master>[/db]`,
+//!   the sentinels to ask and the name of the master they watch; the
+//!   credentials and TLS (`rediss+sentinel://`) are the data nodes';
+//! - Cluster: `redis+cluster://[user:password@]h1:p1,h2:p2,...`, seed nodes
+//!   (`rediss+cluster://` for TLS).
+//!
+//! TLS takes an optional CA certificate (`tls_ca_file`) and client
+//! certificate (`tls_cert_file`, `tls_key_file`); without a CA file a TLS
 //! connection trusts the system's roots.
 
+use std::time::Duration;
+
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{Client, ClientTlsConfig, ErrorKind, RedisError, TlsCertificates};
 
 use crate::config::Config;
 
-/// A client for `config.redis_url`. Opening does not connect yet.
-pub fn client(config: &Config) -> Result<Client, RedisError> {
-    let url = config.redis_url.as_str();
-    let custom_tls = !config.tls_ca_file.is_empty() || !config.tls_cert_file.is_empty();
-    if !url.starts_with("rediss://") || !custom_tls {
-        return Client::open(url);
+/// A Redis deployment, parsed from `redis_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One server (or a proxy in front of several).
+    Single { url: String },
+    /// A master watched by Sentinel; the sentinels say where it is.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master: String,
+        tls: bool,
+        /// `user:password`, as written in the URL (may be empty).
+        userinfo: String,
+        db: i64,
+    },
+    /// A Redis Cluster, found from its seed nodes.
+    Cluster {
+        nodes: Vec<(String, u16)>,
+        tls: bool,
+        userinfo: String,
+    },
+}
+
+impl Target {
+    /// Parses a `redis_url`. Errors say what is wrong, without the password.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(
+                "must start with redis://, rediss://, redis+sentinel:// or redis+cluster://".into(),
+            );
+        };
+        let (tls, kind) = match scheme {
+            "redis" | "rediss" | "redis+unix" | "unix" => {
+                return Ok(Target::Single {
+                    url: url.to_owned(),
+                });
+            }
+            "redis+sentinel" => (false, "sentinel"),
+            "rediss+sentinel" => (true, "sentinel"),
+            "redis+cluster" => (false, "cluster"),
+            "rediss+cluster" => (true, "cluster"),
+            other => return Err(format!("unknown scheme {other}://")),
+        };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (userinfo.to_owned(), hosts),
+            None => (String::new(), authority),
+        };
+        let nodes = hosts
+            .split(',')
+            .map(|node| {
+                let (host, port) = node
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("node {node:?} must be host:port"))?;
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| format!("node {node:?} has a bad port"))?;
+                if host.is_empty() {
+                    return Err(format!("node {node:?} has no host"));
+                }
+                Ok((host.to_owned(), port))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if kind == "cluster" {
+            if !path.is_empty() {
+                return Err("a cluster URL takes no path: Redis Cluster has only db 0".into());
+            }
+            return Ok(Target::Cluster {
+                nodes,
+                tls,
+                userinfo,
+            });
+        }
+        let (master, db) = path.split_once('/').unwrap_or((path, ""));
+        if master.is_empty() {
+            return Err("a sentinel URL ends with /<master name>".into());
+        }
+        let db = if db.is_empty() {
+            0
+        } else {
+            db.parse::<i64>()
+                .map_err(|_| format!("bad database number {db:?}"))?
+        };
+        Ok(Target::Sentinel {
+            sentinels: nodes,
+            master: master.to_owned(),
+            tls,
+            userinfo,
+            db,
+        })
+    }
+
+    /// The deployment's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Single { .. } => "single",
+            Target::Sentinel { .. } => "sentinel",
+            Target::Cluster { .. } => "cluster",
+        }
+    }
+}
+
+fn config_error(what: &'static str, detail: String) -> RedisError {
+    RedisError::from((ErrorKind::InvalidClientConfig, what, detail))
+}
+
+/// The TLS certificates the configuration names, if any.
+fn certificates(config: &Config) -> Result<Option<TlsCertificates>, RedisError> {
+    if config.tls_ca_file.is_empty() && config.tls_cert_file.is_empty() {
+        return Ok(None);
     }
     let read = |what: &'static str, path: &str| {
-        std::fs::read(path).map_err(|e| {
-            RedisError::from((ErrorKind::InvalidClientConfig, what, format!("{path}: {e}")))
-        })
+        std::fs::read(path).map_err(|e| config_error(what, format!("{path}: {e}")))
     };
     let root_cert = if config.tls_ca_file.is_empty() {
         None
@@ -32,11 +145,175 @@ pub fn client(config: &Config) -> Result<Client, RedisError> {
             client_key: read("cannot read tls_key_file", &config.tls_key_file)?,
         })
     };
-    Client::build_with_tls(
-        url,
-        TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// A client for one server's URL, with the configuration's certificates.
+fn client_for_url(config: &Config, url: &str) -> Result<Client, RedisError> {
+    match certificates(config)? {
+        Some(certs) if url.starts_with("rediss://") => Client::build_with_tls(url, certs),
+        _ => Client::open(url),
+    }
+}
+
+/// A client for a single-server `redis_url`. Opening does not connect yet.
+/// For Sentinel and Cluster URLs use [`Target`] with [`master_client`] or
+/// [`cluster_client`].
+pub fn client(config: &Config) -> Result<Client, RedisError> {
+    match Target::parse(&config.redis_url) {
+        Ok(Target::Single { url }) => client_for_url(config, &url),
+        Ok(other) => Err(config_error(
+            "not a single-server URL",
+            format!("redis_url is a {} URL", other.kind()),
+        )),
+        Err(detail) => Err(config_error("bad redis_url", detail)),
+    }
+}
+
+/// A client for a Redis Cluster.
+pub fn cluster_client(
+    config: &Config,
+    nodes: &[(String, u16)],
+    tls: bool,
+    userinfo: &str,
+) -> Result<ClusterClient, RedisError> {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let at = if userinfo.is_empty() { "" } else { "@" };
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|(host, port)| format!("{scheme}://{userinfo}{at}{host}:{port}"))
+        .collect();
+    let mut builder = ClusterClientBuilder::new(urls)
+        .connection_timeout(config.connect_timeout())
+        .response_timeout(config.redis_timeout())
+        .retries(3);
+    if tls && let Some(certs) = certificates(config)? {
+        builder = builder.certs(certs);
+    }
+    builder.build()
+}
+
+/// Asks the sentinels, in turn, where the master named `master` is, and
+/// returns a client for it. A sentinel that cannot be reached, or does not
+/// know the master, is passed over; the error names the last failure.
+pub async fn master_client(
+    config: &Config,
+    sentinels: &[(String, u16)],
+    master: &str,
+    tls: bool,
+    userinfo: &str,
+    db: i64,
+) -> Result<(Client, String), RedisError> {
+    let mut last = config_error("no sentinel", "redis_url names no sentinel".into());
+    for (host, port) in sentinels {
+        match ask_sentinel(config, host, *port, master).await {
+            Ok((master_host, master_port)) => {
+                let scheme = if tls { "rediss" } else { "redis" };
+                let at = if userinfo.is_empty() { "" } else { "@" };
+                let address = format!("{master_host}:{master_port}");
+                let url = format!("{scheme}://{userinfo}{at}{address}/{db}");
+                return Ok((client_for_url(config, &url)?, address));
+            }
+            Err(err) => {
+                tracing::debug!(sentinel = %format!("{host}:{port}"), "sentinel: {err}");
+                last = err;
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn ask_sentinel(
+    config: &Config,
+    host: &str,
+    port: u16,
+    master: &str,
+) -> Result<(String, u16), RedisError> {
+    let client = Client::open(format!("redis://{host}:{port}"))?;
+    let timeout = config.connect_timeout();
+    let conn_config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout.max(Duration::from_millis(500))));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&conn_config)
+        .await?;
+    let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(master)
+        .query_async(&mut conn)
+        .await?;
+    let Some((master_host, master_port)) = addr else {
+        return Err(config_error(
+            "unknown master",
+            format!("sentinel {host}:{port} does not watch a master named {master:?}"),
+        ));
+    };
+    let master_port = master_port.parse::<u16>().map_err(|_| {
+        config_error(
+            "bad sentinel reply",
+            format!("sentinel {host}:{port} gave port {master_port:?}"),
+        )
+    })?;
+    Ok((master_host, master_port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_deployment() {
+        assert_eq!(
+            Target::parse("redis://h:1/2"),
+            Ok(Target::Single {
+                url: "redis://h:1/2".into()
+            })
+        );
+        assert_eq!(
+            Target::parse("redis+sentinel://u:pw@s1:26379,s2:26380/mymaster/3"),
+            Ok(Target::Sentinel {
+                sentinels: vec![("s1".into(), 26379), ("s2".into(), 26380)],
+                master: "mymaster".into(),
+                tls: false,
+                userinfo: "u:pw".into(),
+                db: 3,
+            })
+        );
+        assert_eq!(
+            Target::parse("rediss+cluster://a:7000,b:7001"),
+            Ok(Target::Cluster {
+                nodes: vec![("a".into(), 7000), ("b".into(), 7001)],
+                tls: true,
+                userinfo: String::new(),
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_bad_urls() {
+        for bad in [
+            "h:1",
+            "http://h:1",
+            "redis+sentinel://s1:26379",
+            "redis+sentinel://s1/m",
+            "redis+sentinel://s1:x/m",
+            "redis+sentinel://s1:1/m/x",
+            "redis+cluster://a:1/0",
+            "redis+cluster://:1",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn single_client_refuses_other_deployments() {
+        let config = Config {
+            redis_url: "redis+cluster://a:1".into(),
+            ..Config::default()
+        };
+        assert!(client(&config).is_err());
+    }
 }

@@ -1,4 +1,4 @@
-//! What Tandem producers and workers share: the task model, wire format v1,
+//! What Tandem producers and workers share: the task model, wire format v2,
 //! the Redis key schema, the Lua scripts, the typed queue operations and the
 //! configuration.
 //!
@@ -9,7 +9,7 @@
 //!   built-in kinds (`noop`, `sleep`, `echo`, `fail`).
 //! - [`device`]: GPUs, capability scores, roles, simulated GPUs.
 //! - [`routing`]: which waiting tasks a worker takes, from the registry.
-//! - [`wire`]: the fields of entries, records and notices (wire format v1).
+//! - [`wire`]: the fields of entries, records and notices (wire format v2).
 //! - [`keys`]: every Redis key name.
 //! - [`scripts`]: the Lua scripts of `shared/lua/`, loaded and verified.
 //! - [`store`]: the queue's Redis operations, typed; the only code that

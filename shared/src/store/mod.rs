@@ -18,6 +18,7 @@
 
 mod alerts;
 mod dead;
+mod link;
 mod models;
 mod registry;
 mod reply;
@@ -25,17 +26,20 @@ mod stats;
 mod tasks;
 mod trip;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, Value};
+use std::sync::Arc;
+
+use redis::{Cmd, RedisError, Value};
 
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::scripts::{self, ScriptError};
 use crate::task::{Class, Priority};
 use crate::wire::Fields;
+use link::Link;
 
 pub use alerts::{ALERTS_MAXLEN, Alert, AlertEntry, AlertName, DeadGrowth};
 pub use dead::DeadLetter;
+pub use link::Conn;
 pub use models::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
 };
@@ -48,9 +52,6 @@ pub use trip::{
 
 use reply::reply_ok;
 
-/// Requests that may wait for the shared connection at once.
-const PIPELINE_BUFFER: usize = 8_192;
-
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,6 +61,14 @@ pub enum StoreError {
     Scripts(#[from] ScriptError),
     #[error("unexpected reply from Redis to {what}: {detail}")]
     Protocol { what: &'static str, detail: String },
+    /// `WAIT` heard from fewer replicas than `redis_wait_replicas` within
+    /// `redis_wait_timeout_ms`. The write happened on the master; a failover
+    /// now could lose it.
+    #[error(
+        "written, but only {acked} of {wanted} replicas confirmed it in time (redis_wait_replicas); \
+         a failover could lose it"
+    )]
+    NotReplicated { acked: u32, wanted: u32 },
 }
 
 impl StoreError {
@@ -92,6 +101,8 @@ impl StoreError {
                     || err.code() == Some("LOADING")
                     || err.code() == Some("MASTERDOWN")
                     || err.code() == Some("TRYAGAIN")
+                    || err.code() == Some("READONLY")
+                    || err.code() == Some("CLUSTERDOWN")
             }
             _ => false,
         }
@@ -133,12 +144,10 @@ pub struct StreamRef {
 /// A connection to the queue.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
-    conn: ConnectionManager,
+    link: Arc<Link>,
     keys: Keys,
     retention: Retention,
     blocking_timeout_margin_ms: u64,
-    connect_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -151,27 +160,16 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects, and loads and verifies the scripts.
+    /// Connects (to the server, the master Sentinel names, or the cluster
+    /// `redis_url` names), and loads and verifies the scripts.
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
-        let client = crate::connect::client(config)?;
-        // Thousands of tasks share one connection. Its request queue holds
-        // room for as many, so a caller that leaves a request future idle
-        // (say, unpolled waits in a local set) cannot fill the queue and
-        // stall everyone else; redis-rs's default is 50.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.redis_timeout()))
-            .set_connection_timeout(Some(config.connect_timeout()))
-            .set_number_of_retries(3)
-            .set_pipeline_buffer_size(PIPELINE_BUFFER);
-        let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
-        scripts::load_all(&mut conn).await?;
+        let link = Link::open(config).await?;
+        scripts::load_all(&mut link.conn()).await?;
         Ok(Self {
-            client,
-            conn,
+            link: Arc::new(link),
             keys: Keys::new(config.prefix.clone()),
             retention: Retention::from(config),
             blocking_timeout_margin_ms: config.redis_timeout_ms,
-            connect_timeout: config.connect_timeout(),
         })
     }
 
@@ -183,10 +181,17 @@ impl Store {
         &self.retention
     }
 
+    /// True when Redis is a cluster: calls that name keys of several
+    /// classes go out as one call per class (one slot each).
+    pub fn is_cluster(&self) -> bool {
+        self.link.is_cluster()
+    }
+
     /// The shared multiplexed connection, for commands outside the queue
-    /// protocol (tests, the CLI's inspection views).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// protocol (tests, the CLI's inspection views). In Cluster, a command
+    /// or an atomic pipeline must stay within one slot.
+    pub fn connection(&self) -> Conn {
+        self.link.conn()
     }
 
     /// A dedicated connection for blocking reads that wait up to `block_ms`.
@@ -194,44 +199,30 @@ impl Store {
     /// they would hold up every other command.
     pub async fn blocking_connection(&self, block_ms: u64) -> Result<BlockingConn, StoreError> {
         let timeout = std::time::Duration::from_millis(block_ms + self.blocking_timeout_margin_ms);
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(self.connect_timeout));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        Ok(BlockingConn { conn })
+        Ok(BlockingConn {
+            inner: self.link.blocking(timeout).await?,
+        })
     }
 
     /// A pub/sub connection.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
-        Ok(self.client.get_async_pubsub().await?)
+        self.link.pubsub().await
     }
 
-    /// Runs commands as one pipeline and returns one reply per command; a
-    /// command's own failure is a `Value::ServerError` in its place. When
-    /// Redis lost the scripts (restart, flush) they are loaded and the
-    /// pipeline runs once more: a NOSCRIPT reply means the call did nothing.
+    /// Runs commands as one pipeline (in Cluster, one per slot, at once) and
+    /// returns one reply per command; a command's own failure is a
+    /// `Value::ServerError` in its place. When Redis lost the scripts
+    /// (restart, flush, failover) they are loaded and the pipeline runs once
+    /// more: a NOSCRIPT reply means the call did nothing.
     pub async fn pipeline(&self, cmds: &[Cmd]) -> Result<Vec<Value>, StoreError> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = Pipeline::with_capacity(cmds.len());
-        for cmd in cmds {
-            pipe.add_command(cmd.clone());
-        }
-        pipe.ignore_errors();
-        let mut conn = self.conn.clone();
-        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-        let lost_scripts = replies
-            .iter()
-            .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"));
-        if !lost_scripts {
-            return Ok(replies);
-        }
-        scripts::load_all(&mut conn).await?;
-        Ok(pipe.query_async(&mut conn).await?)
+        self.link.run(cmds, false).await
+    }
+
+    /// [`Store::pipeline`], then `WAIT redis_wait_replicas` when that is set:
+    /// an `Ok` means the replicas have the writes too.
+    /// [`StoreError::NotReplicated`] when too few confirmed in time.
+    pub async fn pipeline_replicated(&self, cmds: &[Cmd]) -> Result<Vec<Value>, StoreError> {
+        self.link.run(cmds, true).await
     }
 
     async fn single(&self, cmd: Cmd) -> Result<Value, StoreError> {
@@ -246,9 +237,8 @@ impl Store {
 }
 
 /// A connection reserved for blocking reads.
-#[derive(Clone)]
 pub struct BlockingConn {
-    conn: MultiplexedConnection,
+    inner: link::BlockingConn,
 }
 
 impl std::fmt::Debug for BlockingConn {
@@ -271,14 +261,10 @@ impl BlockingConn {
         block_ms: u64,
         count: usize,
     ) -> Result<StreamRead, StoreError> {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS");
-        cmd.arg(keys).arg(ids);
-        let reply: Value = cmd.query_async(&mut self.conn).await?;
-        reply::parse_stream_read(reply)
+        let mut read = StreamRead::new();
+        for reply in self.inner.xread_raw(keys, ids, block_ms, count).await? {
+            read.extend(reply::parse_stream_read(reply)?);
+        }
+        Ok(read)
     }
 }

@@ -2,9 +2,10 @@
 //! fleet shares (the registry keeps its path and SHA-256, so a worker can
 //! check what it loads) or, for small ones, a blob in Redis.
 //!
-//! `<prefix>:model:<name>` is a hash of the fields below, `<prefix>:model:
-//! <name>:blob` an uploaded file, `<prefix>:models` the set of names. A
-//! (re-)registration replaces the record and its blob in one MULTI, and
+//! `<prefix>:{models}:model:<name>` is a hash of the fields below,
+//! `<prefix>:{models}:model:<name>:blob` an uploaded file,
+//! `<prefix>:{models}:index` the set of names: one hash tag, so that on a
+//! Redis Cluster they share a slot. A (re-)registration replaces the record and its blob in one MULTI, and
 //! bumps `version`, so a reader never sees half of one model and half of
 //! another, and a worker holding version N knows when it is stale.
 

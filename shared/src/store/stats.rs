@@ -25,26 +25,57 @@ pub struct StreamStats {
 impl Store {
     /// Deletes every key under this store's prefix (demo and benchmark runs
     /// clean up after themselves with it). Returns how many were deleted.
+    /// In Cluster, every master is scanned.
     pub async fn purge_prefix(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
         let pattern = format!("{}:*", self.keys.prefix());
+        let masters = self.link.masters().await?;
+        let mut deleted = 0;
+        if masters.is_empty() {
+            deleted += self.purge_on(None, &pattern).await?;
+        }
+        for (host, port) in &masters {
+            deleted += self.purge_on(Some((host, *port)), &pattern).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Scans one server (a cluster node, or the server) and deletes the
+    /// matching keys, one `UNLINK` per key in Cluster (keys of many slots).
+    async fn purge_on(&self, node: Option<(&str, u16)>, pattern: &str) -> Result<u64, StoreError> {
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await?;
-                deleted += n;
+                .arg(1_000);
+            let reply = match node {
+                Some((host, port)) => self.link.on_node(host, port, scan).await?,
+                None => self.single(scan).await?,
+            };
+            let mut parts = array(reply, "SCAN")?.into_iter();
+            let next: u64 = text(parts.next().unwrap_or(Value::Nil), "SCAN")?
+                .parse()
+                .map_err(|_| StoreError::Protocol {
+                    what: "SCAN",
+                    detail: "bad cursor".into(),
+                })?;
+            let keys: Vec<String> = array(parts.next().unwrap_or(Value::Nil), "SCAN")?
+                .into_iter()
+                .map(|k| text(k, "SCAN"))
+                .collect::<Result<_, _>>()?;
+            let unlinks: Vec<Cmd> = keys
+                .iter()
+                .map(|key| {
+                    let mut cmd = redis::cmd("UNLINK");
+                    cmd.arg(key);
+                    cmd
+                })
+                .collect();
+            for reply in self.pipeline(&unlinks).await? {
+                deleted += u64::try_from(int(reply_ok(reply)?, "UNLINK")?).unwrap_or(0);
             }
             if next == 0 {
                 return Ok(deleted);

@@ -68,7 +68,7 @@ impl Store {
             .iter()
             .map(|t| self.submit_cmd(t, producer, reply_to(t.class)))
             .collect();
-        let replies = self.pipeline(&cmds).await?;
+        let replies = self.pipeline_replicated(&cmds).await?;
         if replies.len() != tasks.len() {
             return Err(StoreError::Protocol {
                 what: "submit",
@@ -117,25 +117,37 @@ impl Store {
         Ok(None)
     }
 
-    /// Finds a task's record in whichever class holds it, in one call.
+    /// Finds a task's record in whichever class holds it, in one call (in
+    /// Cluster, one script per class, at once: the classes' slots differ).
     pub async fn find_record(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        let mut call = scripts::FIND.invocation();
-        for &class in Class::ALL {
-            call = call.key(self.keys.task(class, id));
-        }
-        let mut parts = array(self.single(call.into_cmd()).await?, "find")?.into_iter();
-        let index = int(parts.next().unwrap_or(Value::Nil), "find")?;
-        let Some(class) = usize::try_from(index - 1)
-            .ok()
-            .and_then(|i| Class::ALL.get(i))
-        else {
-            return Ok(None);
+        let groups: Vec<&[Class]> = if self.is_cluster() {
+            Class::ALL.chunks(1).collect()
+        } else {
+            vec![Class::ALL]
         };
-        let map = hash_map(parts.next().unwrap_or(Value::Nil), "find")?;
-        let mut record = TaskRecord::from_map(&map);
-        record.id.get_or_insert(*id);
-        record.class.get_or_insert(*class);
-        Ok(Some(record))
+        let cmds: Vec<Cmd> = groups
+            .iter()
+            .map(|classes| {
+                let mut call = scripts::FIND.invocation();
+                for &class in *classes {
+                    call = call.key(self.keys.task(class, id));
+                }
+                call.into_cmd()
+            })
+            .collect();
+        for (classes, reply) in groups.iter().zip(self.pipeline(&cmds).await?) {
+            let mut parts = array(reply_ok(reply)?, "find")?.into_iter();
+            let index = int(parts.next().unwrap_or(Value::Nil), "find")?;
+            let Some(class) = usize::try_from(index - 1).ok().and_then(|i| classes.get(i)) else {
+                continue;
+            };
+            let map = hash_map(parts.next().unwrap_or(Value::Nil), "find")?;
+            let mut record = TaskRecord::from_map(&map);
+            record.id.get_or_insert(*id);
+            record.class.get_or_insert(*class);
+            return Ok(Some(record));
+        }
+        Ok(None)
     }
 
     /// The result blob of a finished task, when a notice left it out.

@@ -294,6 +294,10 @@ impl Store {
     /// Runs one round trip: the commits, then the lease extensions, then the
     /// claim, as one pipeline.
     pub async fn round_trip(&self, trip: &Trip<'_>) -> Result<TripResult, StoreError> {
+        let groups = self.stream_groups(trip.streams);
+        if groups.len() > 1 {
+            return self.round_trip_by_class(trip, &groups).await;
+        }
         let mut cmds: Vec<Cmd> = trip
             .completions
             .iter()
@@ -325,20 +329,169 @@ impl Store {
                     .collect()
             })
         });
-        let commits = replies
-            .into_iter()
-            .map(|reply| match reply_ok(reply)? {
-                Value::Int(1) => Ok(Committed::Written),
-                Value::Int(0) => Ok(Committed::AlreadyFinal),
-                Value::Int(-1) => Ok(Committed::LeaseLost),
-                other => Err(StoreError::protocol("complete", &other)),
-            })
-            .collect();
+        let commits = replies.into_iter().map(parse_committed).collect();
         Ok(TripResult {
             commits,
             lost,
             claimed,
         })
+    }
+
+    /// The worker's streams cut by slot, as positions in `streams`: in
+    /// Cluster one group per class (each class has its own hash tag), else
+    /// one group of them all.
+    fn stream_groups(&self, streams: &[StreamRef]) -> Vec<Vec<usize>> {
+        if !self.is_cluster() {
+            return vec![(0..streams.len()).collect()];
+        }
+        let mut groups: Vec<(Class, Vec<usize>)> = Vec::new();
+        for (index, stream) in streams.iter().enumerate() {
+            match groups.iter_mut().find(|(class, _)| *class == stream.class) {
+                Some((_, members)) => members.push(index),
+                None => groups.push((stream.class, vec![index])),
+            }
+        }
+        groups.into_iter().map(|(_, members)| members).collect()
+    }
+
+    /// A round trip when the worker's streams lie in several slots (Cluster):
+    /// the commits and one lease extension per class go out as one call
+    /// (one pipeline per slot, at once), then one claim per class, in the
+    /// order of the worker's classes, each for what the ones before left of
+    /// `max`. Within a class, priorities hold as on one server; across
+    /// classes, the first class is served first.
+    async fn round_trip_by_class(
+        &self,
+        trip: &Trip<'_>,
+        groups: &[Vec<usize>],
+    ) -> Result<TripResult, StoreError> {
+        let subset = |members: &[usize]| -> Vec<StreamRef> {
+            members.iter().map(|&i| trip.streams[i].clone()).collect()
+        };
+        let mut cmds: Vec<Cmd> = trip
+            .completions
+            .iter()
+            .map(|c| self.complete_cmd(trip.consumer, c))
+            .collect();
+        let commit_count = cmds.len();
+        for members in groups {
+            let held = local_held(members, trip.extend);
+            if !held.is_empty() {
+                cmds.push(self.extend_cmd(&subset(members), trip.consumer, &held));
+            }
+        }
+        let replies = self.pipeline(&cmds).await?;
+        if replies.len() != cmds.len() {
+            return Err(StoreError::Protocol {
+                what: "round trip",
+                detail: format!("{} replies for {} commands", replies.len(), cmds.len()),
+            });
+        }
+        let mut replies = replies.into_iter();
+        let commits = replies
+            .by_ref()
+            .take(commit_count)
+            .map(parse_committed)
+            .collect();
+        let lost = (!trip.extend.is_empty()).then(|| {
+            let mut lost = Vec::new();
+            for reply in replies {
+                for id in array(reply_ok(reply)?, "extend")? {
+                    lost.push(text(id, "extend")?);
+                }
+            }
+            Ok(lost)
+        });
+        let claimed = match &trip.claim {
+            Some(request) => Some(self.claim_by_class(trip, request, groups).await),
+            None => None,
+        };
+        Ok(TripResult {
+            commits,
+            lost,
+            claimed,
+        })
+    }
+
+    /// One claim per class, in turn, until `max` is taken; the result reads
+    /// as one claim over every stream.
+    async fn claim_by_class(
+        &self,
+        trip: &Trip<'_>,
+        request: &ClaimRequest<'_>,
+        groups: &[Vec<usize>],
+    ) -> Result<Claimed, StoreError> {
+        let count = trip.streams.len();
+        let mut claimed = Claimed::default();
+        let mut last_ids = vec![String::new(); count];
+        let mut dry = true;
+        let mut blocked = vec![Blocked::No; count];
+        let mut any_blocked = false;
+        let mut left = request.max;
+        for (n, members) in groups.iter().enumerate() {
+            if left == 0 {
+                dry = false;
+                break;
+            }
+            let streams: Vec<StreamRef> =
+                members.iter().map(|&i| trip.streams[i].clone()).collect();
+            let rules: Vec<String> = if request.rules.is_empty() {
+                Vec::new()
+            } else {
+                members
+                    .iter()
+                    .filter_map(|&i| request.rules.get(i).cloned())
+                    .collect()
+            };
+            let sub = ClaimRequest {
+                max: left,
+                rules: &rules,
+                ..request.clone()
+            };
+            let reply = self
+                .single(self.claim_cmd(&streams, trip.consumer, &sub))
+                .await
+                .and_then(|v| parse_claimed(v, &streams));
+            let part = match reply {
+                Ok(part) => part,
+                // Entries claimed from earlier classes are started: hand
+                // them over; the next round tries this class again.
+                Err(err) if n > 0 => {
+                    tracing::warn!("claim from one class failed: {err}");
+                    dry = false;
+                    break;
+                }
+                Err(err) => return Err(err),
+            };
+            left = left.saturating_sub(part.entries.len());
+            for mut entry in part.entries {
+                entry.stream_index = members
+                    .get(entry.stream_index)
+                    .copied()
+                    .unwrap_or(entry.stream_index);
+                claimed.entries.push(entry);
+            }
+            match part.last_ids {
+                Some(ids) => {
+                    for (&i, id) in members.iter().zip(ids) {
+                        last_ids[i] = id;
+                    }
+                }
+                None => dry = false,
+            }
+            claimed.gone.extend(part.gone);
+            if !part.blocked.is_empty() {
+                any_blocked = true;
+                for (&i, why) in members.iter().zip(part.blocked) {
+                    blocked[i] = why;
+                }
+            }
+        }
+        claimed.last_ids = dry.then_some(last_ids);
+        if any_blocked {
+            claimed.blocked = blocked;
+        }
+        Ok(claimed)
     }
 
     /// Hands a stopping worker's unfinished entries back to their streams,
@@ -353,17 +506,28 @@ impl Store {
         held: &[(usize, String)],
         device_failure: Option<(&str, &str)>,
     ) -> Result<u64, StoreError> {
-        let mut call = scripts::RELEASE.invocation();
-        for stream in streams {
-            call = call.key(&stream.key);
-        }
         let (why, message) = device_failure.unwrap_or(("shutdown", ""));
-        call = call.arg(GROUP).arg(consumer).arg(why).arg(message);
-        for (index, entry_id) in held {
-            call = call.arg(index + 1).arg(entry_id.as_str());
+        let mut cmds = Vec::new();
+        for members in self.stream_groups(streams) {
+            let held = local_held(&members, held);
+            if held.is_empty() {
+                continue;
+            }
+            let mut call = scripts::RELEASE.invocation();
+            for &i in &members {
+                call = call.key(&streams[i].key);
+            }
+            call = call.arg(GROUP).arg(consumer).arg(why).arg(message);
+            for (index, entry_id) in &held {
+                call = call.arg(index + 1).arg(entry_id.as_str());
+            }
+            cmds.push(call.into_cmd());
         }
-        let count = int(self.single(call.into_cmd()).await?, "release")?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        let mut released = 0;
+        for reply in self.pipeline(&cmds).await? {
+            released += u64::try_from(int(reply_ok(reply)?, "release")?).unwrap_or(0);
+        }
+        Ok(released)
     }
 
     /// Moves an entry that names no task to the dead-letter stream of its
@@ -392,6 +556,26 @@ impl Store {
             Value::Int(-1) => Ok(None),
             other => Ok(Some(text(other, "bury")?)),
         }
+    }
+}
+
+/// `held` (positions in the worker's streams, entry ids) narrowed to the
+/// streams `members` names, with positions in `members`.
+fn local_held(members: &[usize], held: &[(usize, String)]) -> Vec<(usize, String)> {
+    held.iter()
+        .filter_map(|(index, id)| {
+            let local = members.iter().position(|m| m == index)?;
+            Some((local, id.clone()))
+        })
+        .collect()
+}
+
+fn parse_committed(reply: Value) -> Result<Committed, StoreError> {
+    match reply_ok(reply)? {
+        Value::Int(1) => Ok(Committed::Written),
+        Value::Int(0) => Ok(Committed::AlreadyFinal),
+        Value::Int(-1) => Ok(Committed::LeaseLost),
+        other => Err(StoreError::protocol("complete", &other)),
     }
 }
 

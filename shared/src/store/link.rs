@@ -1,0 +1,707 @@
+//! The connection under a [`super::Store`], for each deployment `redis_url`
+//! names (see [`crate::connect`]):
+//!
+//! - one server: a reconnecting multiplexed connection;
+//! - Sentinel: the same, to the master the sentinels name. When a call
+//!   fails for the connection's sake, or the server says it is a replica now
+//!   (`READONLY`), the link asks the sentinels again and moves to the new
+//!   master; the caller's retry then lands there;
+//! - Cluster: redis-rs's cluster connection, which follows the slot map and
+//!   `MOVED`/`ASK` redirects. A pipeline must stay within one slot there, so
+//!   [`Link::run`] cuts it into one pipeline per slot, sends them at once
+//!   and puts the replies back in order. Every Lua script touches the keys
+//!   of one class, which share the class's hash tag, hence one slot.
+//!
+//! With `redis_wait_replicas` > 0, a pipeline that asks for it ends with
+//! `WAIT n timeout` (in Cluster, each slot's pipeline does, on its own
+//! master), and fewer acknowledgements than asked is an error.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Arg, AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+use super::StoreError;
+use crate::config::Config;
+use crate::connect::{self, Target};
+use crate::scripts;
+
+/// Requests that may wait for the shared connection at once.
+const PIPELINE_BUFFER: usize = 8_192;
+
+/// Sentinel is asked again at most this often.
+const RELOCATE_EVERY: Duration = Duration::from_millis(250);
+
+/// A connection to the queue's Redis, whatever the deployment: commands for
+/// [`redis::aio::ConnectionLike`] users (the CLI, model uploads, tests).
+#[derive(Clone)]
+pub enum Conn {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Server(_) => "Conn::Server",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The master a Sentinel link talks to now.
+#[derive(Clone)]
+struct Master {
+    client: Client,
+    conn: ConnectionManager,
+    address: String,
+}
+
+struct SentinelLink {
+    sentinels: Vec<(String, u16)>,
+    master: String,
+    tls: bool,
+    userinfo: String,
+    db: i64,
+    current: RwLock<Master>,
+    /// When the sentinels were last asked.
+    asked: tokio::sync::Mutex<Option<Instant>>,
+}
+
+enum Mode {
+    Single {
+        client: Client,
+        conn: ConnectionManager,
+    },
+    Sentinel(SentinelLink),
+    Cluster {
+        client: ClusterClient,
+        conn: ClusterConnection,
+        seeds: Vec<(String, u16)>,
+        tls: bool,
+        userinfo: String,
+    },
+}
+
+/// How a store reaches Redis. Shared by a store's clones.
+pub(super) struct Link {
+    config: Config,
+    mode: Mode,
+    /// `WAIT` this many replicas, at most this long (ms), when asked.
+    wait: Option<(u32, u64)>,
+}
+
+async fn manager(config: &Config, client: Client) -> Result<ConnectionManager, RedisError> {
+    // Thousands of tasks share one connection. Its request queue holds room
+    // for as many, so a caller that leaves a request future idle (say,
+    // unpolled waits in a local set) cannot fill the queue and stall
+    // everyone else; redis-rs's default is 50.
+    let manager_config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(config.redis_timeout()))
+        .set_connection_timeout(Some(config.connect_timeout()))
+        .set_number_of_retries(3)
+        .set_pipeline_buffer_size(PIPELINE_BUFFER);
+    ConnectionManager::new_with_config(client, manager_config).await
+}
+
+fn cluster_config(config: &Config, response_timeout: Duration) -> ClusterConfig {
+    ClusterConfig::new()
+        .set_connection_timeout(config.connect_timeout())
+        .set_response_timeout(response_timeout)
+}
+
+impl Link {
+    /// Connects to the deployment `config.redis_url` names.
+    pub(super) async fn open(config: &Config) -> Result<Self, StoreError> {
+        let target = Target::parse(&config.redis_url).map_err(|detail| {
+            RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "bad redis_url",
+                detail,
+            ))
+        })?;
+        let mode = match target {
+            Target::Single { .. } => {
+                let client = connect::client(config)?;
+                let conn = manager(config, client.clone()).await?;
+                Mode::Single { client, conn }
+            }
+            Target::Sentinel {
+                sentinels,
+                master,
+                tls,
+                userinfo,
+                db,
+            } => {
+                let (client, address) =
+                    connect::master_client(config, &sentinels, &master, tls, &userinfo, db).await?;
+                let conn = manager(config, client.clone()).await?;
+                tracing::info!(master = %address, name = %master, "Redis master found by Sentinel");
+                Mode::Sentinel(SentinelLink {
+                    sentinels,
+                    master,
+                    tls,
+                    userinfo,
+                    db,
+                    current: RwLock::new(Master {
+                        client,
+                        conn,
+                        address,
+                    }),
+                    asked: tokio::sync::Mutex::new(Some(Instant::now())),
+                })
+            }
+            Target::Cluster {
+                nodes,
+                tls,
+                userinfo,
+            } => {
+                let client = connect::cluster_client(config, &nodes, tls, &userinfo)?;
+                let conn = client
+                    .get_async_connection_with_config(cluster_config(
+                        config,
+                        config.redis_timeout(),
+                    ))
+                    .await?;
+                Mode::Cluster {
+                    client,
+                    conn,
+                    seeds: nodes,
+                    tls,
+                    userinfo,
+                }
+            }
+        };
+        let wait = (config.redis_wait_replicas > 0)
+            .then_some((config.redis_wait_replicas, config.redis_wait_timeout_ms));
+        Ok(Self {
+            config: config.clone(),
+            mode,
+            wait,
+        })
+    }
+
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.mode, Mode::Cluster { .. })
+    }
+
+    /// The shared connection.
+    pub(super) fn conn(&self) -> Conn {
+        match &self.mode {
+            Mode::Single { conn, .. } => Conn::Server(conn.clone()),
+            Mode::Sentinel(link) => Conn::Server(link.master().conn),
+            Mode::Cluster { conn, .. } => Conn::Cluster(conn.clone()),
+        }
+    }
+
+    /// A client for one server: the server, the master now, or (Cluster) a
+    /// seed node, for pub/sub (Cluster forwards every publish to every node).
+    fn server_clients(&self) -> Result<Vec<Client>, StoreError> {
+        Ok(match &self.mode {
+            Mode::Single { client, .. } => vec![client.clone()],
+            Mode::Sentinel(link) => vec![link.master().client],
+            Mode::Cluster {
+                seeds,
+                tls,
+                userinfo,
+                ..
+            } => {
+                let scheme = if *tls { "rediss" } else { "redis" };
+                let at = if userinfo.is_empty() { "" } else { "@" };
+                let mut clients = Vec::new();
+                for (host, port) in seeds {
+                    let url = format!("{scheme}://{userinfo}{at}{host}:{port}");
+                    let mut config = self.config.clone();
+                    config.redis_url = url;
+                    clients.push(connect::client(&config)?);
+                }
+                clients
+            }
+        })
+    }
+
+    /// A pub/sub connection.
+    pub(super) async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let mut last = None;
+        for client in self.server_clients()? {
+            match client.get_async_pubsub().await {
+                Ok(pubsub) => return Ok(pubsub),
+                Err(err) => last = Some(err),
+            }
+        }
+        self.after_error().await;
+        Err(last
+            .map(StoreError::from)
+            .unwrap_or_else(|| StoreError::protocol("pubsub", &Value::Nil)))
+    }
+
+    /// A connection of its own for blocking reads that wait up to `timeout`.
+    pub(super) async fn blocking(&self, timeout: Duration) -> Result<BlockingConn, StoreError> {
+        match &self.mode {
+            Mode::Cluster { client, .. } => Ok(BlockingConn::Cluster(Box::new(ClusterReads {
+                client: client.clone(),
+                config: cluster_config(&self.config, timeout),
+                per_slot: HashMap::new(),
+            }))),
+            _ => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(self.config.connect_timeout()));
+                let client = self
+                    .server_clients()?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| StoreError::protocol("blocking connection", &Value::Nil))?;
+                match client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
+                    Ok(conn) => Ok(BlockingConn::Server(conn)),
+                    Err(err) => {
+                        self.after_error().await;
+                        Err(err.into())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Called after a call failed for the connection's sake: under Sentinel,
+    /// asks where the master is now and moves there.
+    pub(super) async fn after_error(&self) {
+        if let Mode::Sentinel(link) = &self.mode {
+            link.relocate(&self.config).await;
+        }
+    }
+
+    /// Runs `cmds` as pipelines (one per slot in Cluster) and returns one
+    /// reply per command; a command's own failure is a `Value::ServerError`
+    /// in its place. With `replicated`, each pipeline ends with `WAIT`.
+    pub(super) async fn run(
+        &self,
+        cmds: &[Cmd],
+        replicated: bool,
+    ) -> Result<Vec<Value>, StoreError> {
+        let wait = if replicated { self.wait } else { None };
+        let result = match &self.mode {
+            Mode::Cluster { conn, .. } => run_cluster(conn, cmds, wait).await,
+            _ => run_one(self.conn(), cmds.iter().collect(), wait).await,
+        };
+        if let Err(err) = &result
+            && err.is_connection()
+        {
+            self.after_error().await;
+        }
+        result
+    }
+
+    /// Every master's address (`host:port`): the server, the master, or
+    /// (Cluster) each master in the slot map.
+    pub(super) async fn masters(&self) -> Result<Vec<(String, u16)>, StoreError> {
+        let Mode::Cluster { conn, .. } = &self.mode else {
+            return Ok(Vec::new());
+        };
+        let mut conn = conn.clone();
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await?;
+        Ok(cluster_masters(&nodes))
+    }
+
+    /// Runs one command on one cluster node.
+    pub(super) async fn on_node(
+        &self,
+        host: &str,
+        port: u16,
+        cmd: Cmd,
+    ) -> Result<Value, StoreError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let Mode::Cluster { conn, .. } = &self.mode else {
+            let mut conn = self.conn();
+            return Ok(cmd.query_async(&mut conn).await?);
+        };
+        let mut conn = conn.clone();
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.to_owned(),
+            port,
+        });
+        Ok(conn.route_command(cmd, route).await?)
+    }
+}
+
+impl SentinelLink {
+    fn master(&self) -> Master {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Asks the sentinels where the master is; when it moved, connects
+    /// there. At most once per [`RELOCATE_EVERY`]; callers that come while
+    /// one asks wait for its answer.
+    async fn relocate(&self, config: &Config) {
+        let mut asked = self.asked.lock().await;
+        if asked.is_some_and(|at| at.elapsed() < RELOCATE_EVERY) {
+            return;
+        }
+        *asked = Some(Instant::now());
+        let found = connect::master_client(
+            config,
+            &self.sentinels,
+            &self.master,
+            self.tls,
+            &self.userinfo,
+            self.db,
+        )
+        .await;
+        let (client, address) = match found {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(name = %self.master, "no sentinel names the master: {err}");
+                return;
+            }
+        };
+        let old = self.master().address;
+        if old == address {
+            return;
+        }
+        match manager(config, client.clone()).await {
+            Ok(conn) => {
+                tracing::warn!(from = %old, to = %address, name = %self.master, "Redis master moved (Sentinel failover); reconnected");
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Master {
+                    client,
+                    conn,
+                    address,
+                };
+            }
+            Err(err) => {
+                tracing::warn!(master = %address, "cannot reach the new Redis master yet: {err}")
+            }
+        }
+    }
+}
+
+/// The masters in a `CLUSTER NODES` reply that are not failing.
+fn cluster_masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let address = fields.nth(1)?;
+            let flags = fields.next()?;
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+                return None;
+            }
+            let address = address.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The key a command addresses first (which decides its slot), or `None`
+/// for a command without keys.
+fn first_key(cmd: &Cmd) -> Option<Vec<u8>> {
+    let mut args = cmd.args_iter().filter_map(|arg| match arg {
+        Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?.to_ascii_uppercase();
+    let key = match name.as_slice() {
+        b"EVALSHA" | b"EVAL" => {
+            let _script = args.next()?;
+            let numkeys = std::str::from_utf8(args.next()?)
+                .ok()?
+                .parse::<usize>()
+                .ok()?;
+            if numkeys == 0 {
+                return None;
+            }
+            args.next()?
+        }
+        b"XGROUP" | b"XINFO" | b"OBJECT" | b"MEMORY" => args.nth(1)?,
+        b"PING" | b"SCRIPT" | b"WAIT" | b"PUBLISH" | b"INFO" | b"TIME" | b"MULTI" | b"EXEC"
+        | b"CLUSTER" | b"SCAN" | b"CONFIG" | b"DBSIZE" | b"CLIENT" | b"ROLE" => return None,
+        _ => args.next()?,
+    };
+    Some(key.to_vec())
+}
+
+/// The pipelines of a cluster call: commands grouped by slot, in order of
+/// first appearance. Keyless commands form a group of their own.
+fn slot_groups(cmds: &[Cmd]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
+    for (index, cmd) in cmds.iter().enumerate() {
+        let slot = first_key(cmd).map(Slot::for_key);
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((slot, vec![index])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
+}
+
+async fn run_cluster(
+    conn: &ClusterConnection,
+    cmds: &[Cmd],
+    wait: Option<(u32, u64)>,
+) -> Result<Vec<Value>, StoreError> {
+    let groups = slot_groups(cmds);
+    if groups.len() <= 1 {
+        return run_one(Conn::Cluster(conn.clone()), cmds.iter().collect(), wait).await;
+    }
+    let runs = groups.iter().map(|members| {
+        let conn = Conn::Cluster(conn.clone());
+        let group: Vec<&Cmd> = members.iter().map(|&i| &cmds[i]).collect();
+        run_one(conn, group, wait)
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let mut replies: Vec<Value> = vec![Value::Nil; cmds.len()];
+    for (members, result) in groups.iter().zip(results) {
+        for (&index, reply) in members.iter().zip(result?) {
+            replies[index] = reply;
+        }
+    }
+    Ok(replies)
+}
+
+/// Runs one pipeline on one connection. When Redis lost the scripts
+/// (restart, flush, a failover to a server that never loaded them) they
+/// are loaded and the pipeline runs once more: a NOSCRIPT reply means the
+/// call did nothing. A `READONLY` reply (the server became a replica) is
+/// an error of the connection's kind, so the caller retries.
+async fn run_one(
+    mut conn: Conn,
+    cmds: Vec<&Cmd>,
+    wait: Option<(u32, u64)>,
+) -> Result<Vec<Value>, StoreError> {
+    if cmds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = Pipeline::with_capacity(cmds.len() + 1);
+    for cmd in &cmds {
+        pipe.add_command((*cmd).clone());
+    }
+    if let Some((replicas, timeout_ms)) = wait {
+        pipe.cmd("WAIT").arg(replicas).arg(timeout_ms);
+    }
+    pipe.ignore_errors();
+    let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+    if replies
+        .iter()
+        .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"))
+    {
+        scripts::load_all(&mut conn).await?;
+        replies = pipe.query_async(&mut conn).await?;
+    }
+    if let Some(Value::ServerError(e)) = replies
+        .iter()
+        .find(|v| matches!(v, Value::ServerError(e) if e.code() == "READONLY"))
+    {
+        return Err(RedisError::from(e.clone()).into());
+    }
+    if let Some((replicas, _)) = wait {
+        let acked = match replies.pop() {
+            Some(Value::Int(n)) => n,
+            Some(other) => return Err(StoreError::protocol("WAIT", &other)),
+            None => 0,
+        };
+        if acked < i64::from(replicas) {
+            return Err(StoreError::NotReplicated {
+                acked: u32::try_from(acked).unwrap_or(0),
+                wanted: replicas,
+            });
+        }
+    }
+    Ok(replies)
+}
+
+/// A connection reserved for blocking reads.
+pub enum BlockingConn {
+    Server(MultiplexedConnection),
+    /// One cluster connection per slot read, so a read blocked on one slot
+    /// never holds up another's.
+    Cluster(Box<ClusterReads>),
+}
+
+/// A cluster client and the connections of the slots read so far.
+pub struct ClusterReads {
+    client: ClusterClient,
+    config: ClusterConfig,
+    per_slot: HashMap<Slot, ClusterConnection>,
+}
+
+impl std::fmt::Debug for BlockingConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockingConn")
+    }
+}
+
+fn xread_cmd(keys: &[&String], ids: &[&String], block_ms: u64, count: usize) -> Cmd {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block_ms)
+        .arg("STREAMS");
+    cmd.arg(keys).arg(ids);
+    cmd
+}
+
+impl BlockingConn {
+    /// `XREAD BLOCK` over `keys` from `ids`; in Cluster, one read per slot at
+    /// once, answered by the first that has entries (or all empty).
+    pub(super) async fn xread_raw(
+        &mut self,
+        keys: &[String],
+        ids: &[String],
+        block_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Value>, StoreError> {
+        match self {
+            BlockingConn::Server(conn) => {
+                let all_keys: Vec<&String> = keys.iter().collect();
+                let all_ids: Vec<&String> = ids.iter().collect();
+                let cmd = xread_cmd(&all_keys, &all_ids, block_ms, count);
+                Ok(vec![cmd.query_async(conn).await?])
+            }
+            BlockingConn::Cluster(reads) => {
+                let ClusterReads {
+                    client,
+                    config,
+                    per_slot,
+                } = reads.as_mut();
+                let mut by_slot: Vec<(Slot, Vec<&String>, Vec<&String>)> = Vec::new();
+                for (key, id) in keys.iter().zip(ids) {
+                    let slot = Slot::for_key(key);
+                    match by_slot.iter_mut().find(|(s, _, _)| *s == slot) {
+                        Some((_, k, i)) => {
+                            k.push(key);
+                            i.push(id);
+                        }
+                        None => by_slot.push((slot, vec![key], vec![id])),
+                    }
+                }
+                for (slot, _, _) in &by_slot {
+                    if !per_slot.contains_key(slot) {
+                        let conn = client
+                            .get_async_connection_with_config(config.clone())
+                            .await?;
+                        per_slot.insert(*slot, conn);
+                    }
+                }
+                let mut reads: FuturesUnordered<_> = by_slot
+                    .into_iter()
+                    .filter_map(|(slot, k, i)| {
+                        let mut conn = per_slot.get(&slot)?.clone();
+                        let cmd = xread_cmd(&k, &i, block_ms, count);
+                        Some(async move {
+                            let reply: Result<Value, RedisError> = cmd.query_async(&mut conn).await;
+                            (slot, reply)
+                        })
+                    })
+                    .collect();
+                let mut replies = Vec::new();
+                while let Some((slot, reply)) = reads.next().await {
+                    match reply {
+                        Ok(Value::Nil) => {}
+                        Ok(value) => {
+                            replies.push(value);
+                            break;
+                        }
+                        Err(err) => {
+                            per_slot.remove(&slot);
+                            return Err(err.into());
+                        }
+                    }
+                }
+                Ok(replies)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_group_by_slot() {
+        let eval = |key: &str| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg("abc").arg(1).arg(key).arg("x");
+            cmd
+        };
+        let mut xgroup = redis::cmd("XGROUP");
+        xgroup.arg("CREATE").arg("t:{cpu}:stream:low").arg("g");
+        let mut hget = redis::cmd("HGET");
+        hget.arg("t:{heavy}:task:1").arg("status");
+        let cmds = vec![
+            eval("t:{cpu}:task:1"),
+            hget,
+            redis::cmd("TIME"),
+            xgroup,
+            eval("t:{heavy}:stream:high"),
+        ];
+        assert_eq!(slot_groups(&cmds), vec![vec![0, 3], vec![1, 4], vec![2]]);
+        assert_eq!(first_key(&cmds[2]), None);
+    }
+
+    #[test]
+    fn masters_come_from_cluster_nodes() {
+        let nodes = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                     b2 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922\n\
+                     c3 127.0.0.1:7002@17002 slave b2 0 0 2 connected\n\
+                     d4 127.0.0.1:7003@17003 master,fail - 0 0 3 disconnected\n";
+        assert_eq!(
+            cluster_masters(nodes),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001)
+            ]
+        );
+    }
+}
