@@ -84,15 +84,29 @@ impl Store {
         }
     }
 
-    /// Redis's `used_memory`, in bytes, or `None` when the server will not
-    /// say (an ACL user without `INFO`).
+    /// Redis's `used_memory`, in bytes (in Cluster, the masters' sum), or
+    /// `None` when the server will not say (an ACL user without `INFO`).
     pub async fn used_memory(&self) -> Option<u64> {
-        let mut cmd = redis::cmd("INFO");
-        cmd.arg("memory");
-        let info = text(self.single(cmd).await.ok()?, "INFO").ok()?;
-        info.lines()
-            .find_map(|line| line.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
+        let info_cmd = || {
+            let mut cmd = redis::cmd("INFO");
+            cmd.arg("memory");
+            cmd
+        };
+        let parse = |reply: Value| -> Option<u64> {
+            let info = text(reply, "INFO").ok()?;
+            info.lines()
+                .find_map(|line| line.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let masters = self.link.masters().await.ok()?;
+        if masters.is_empty() {
+            return parse(self.single(info_cmd()).await.ok()?);
+        }
+        let mut total = 0;
+        for (host, port) in &masters {
+            total += parse(self.link.on_node(host, *port, info_cmd()).await.ok()?)?;
+        }
+        Some(total)
     }
 
     /// Depth, pending count, consumers and oldest waiting age per stream.

@@ -355,19 +355,16 @@ impl Store {
     }
 
     /// A round trip when the worker's streams lie in several slots (Cluster):
-    /// the commits and one lease extension per class go out as one call
-    /// (one pipeline per slot, at once), then one claim per class, in the
-    /// order of the worker's classes, each for what the ones before left of
-    /// `max`. Within a class, priorities hold as on one server; across
-    /// classes, the first class is served first.
+    /// the commits, one lease extension per class and the first class's
+    /// claim go out as one call (one pipeline per slot, at once); then, while
+    /// `max` is not reached, one claim per further class, in the order of
+    /// the worker's classes. Within a class, priorities hold as on one
+    /// server; across classes, the first class is served first.
     async fn round_trip_by_class(
         &self,
         trip: &Trip<'_>,
         groups: &[Vec<usize>],
     ) -> Result<TripResult, StoreError> {
-        let subset = |members: &[usize]| -> Vec<StreamRef> {
-            members.iter().map(|&i| trip.streams[i].clone()).collect()
-        };
         let mut cmds: Vec<Cmd> = trip
             .completions
             .iter()
@@ -377,8 +374,20 @@ impl Store {
         for members in groups {
             let held = local_held(members, trip.extend);
             if !held.is_empty() {
-                cmds.push(self.extend_cmd(&subset(members), trip.consumer, &held));
+                cmds.push(self.extend_cmd(
+                    &streams_of(trip.streams, members),
+                    trip.consumer,
+                    &held,
+                ));
             }
+        }
+        let extend_count = cmds.len() - commit_count;
+        let mut claims = trip
+            .claim
+            .as_ref()
+            .map(|request| ClassClaims::new(trip, request, groups));
+        if let Some(claims) = &claims {
+            cmds.push(claims.next_cmd(self));
         }
         let replies = self.pipeline(&cmds).await?;
         if replies.len() != cmds.len() {
@@ -393,17 +402,21 @@ impl Store {
             .take(commit_count)
             .map(parse_committed)
             .collect();
+        let extends: Vec<Value> = replies.by_ref().take(extend_count).collect();
         let lost = (!trip.extend.is_empty()).then(|| {
             let mut lost = Vec::new();
-            for reply in replies {
+            for reply in extends {
                 for id in array(reply_ok(reply)?, "extend")? {
                     lost.push(text(id, "extend")?);
                 }
             }
             Ok(lost)
         });
-        let claimed = match &trip.claim {
-            Some(request) => Some(self.claim_by_class(trip, request, groups).await),
+        let claimed = match claims.as_mut() {
+            Some(claims) => {
+                let first = reply_ok(replies.next().unwrap_or(Value::Nil));
+                Some(claims.finish(self, first).await)
+            }
             None => None,
         };
         Ok(TripResult {
@@ -411,87 +424,6 @@ impl Store {
             lost,
             claimed,
         })
-    }
-
-    /// One claim per class, in turn, until `max` is taken; the result reads
-    /// as one claim over every stream.
-    async fn claim_by_class(
-        &self,
-        trip: &Trip<'_>,
-        request: &ClaimRequest<'_>,
-        groups: &[Vec<usize>],
-    ) -> Result<Claimed, StoreError> {
-        let count = trip.streams.len();
-        let mut claimed = Claimed::default();
-        let mut last_ids = vec![String::new(); count];
-        let mut dry = true;
-        let mut blocked = vec![Blocked::No; count];
-        let mut any_blocked = false;
-        let mut left = request.max;
-        for (n, members) in groups.iter().enumerate() {
-            if left == 0 {
-                dry = false;
-                break;
-            }
-            let streams: Vec<StreamRef> =
-                members.iter().map(|&i| trip.streams[i].clone()).collect();
-            let rules: Vec<String> = if request.rules.is_empty() {
-                Vec::new()
-            } else {
-                members
-                    .iter()
-                    .filter_map(|&i| request.rules.get(i).cloned())
-                    .collect()
-            };
-            let sub = ClaimRequest {
-                max: left,
-                rules: &rules,
-                ..request.clone()
-            };
-            let reply = self
-                .single(self.claim_cmd(&streams, trip.consumer, &sub))
-                .await
-                .and_then(|v| parse_claimed(v, &streams));
-            let part = match reply {
-                Ok(part) => part,
-                // Entries claimed from earlier classes are started: hand
-                // them over; the next round tries this class again.
-                Err(err) if n > 0 => {
-                    tracing::warn!("claim from one class failed: {err}");
-                    dry = false;
-                    break;
-                }
-                Err(err) => return Err(err),
-            };
-            left = left.saturating_sub(part.entries.len());
-            for mut entry in part.entries {
-                entry.stream_index = members
-                    .get(entry.stream_index)
-                    .copied()
-                    .unwrap_or(entry.stream_index);
-                claimed.entries.push(entry);
-            }
-            match part.last_ids {
-                Some(ids) => {
-                    for (&i, id) in members.iter().zip(ids) {
-                        last_ids[i] = id;
-                    }
-                }
-                None => dry = false,
-            }
-            claimed.gone.extend(part.gone);
-            if !part.blocked.is_empty() {
-                any_blocked = true;
-                for (&i, why) in members.iter().zip(part.blocked) {
-                    blocked[i] = why;
-                }
-            }
-        }
-        claimed.last_ids = dry.then_some(last_ids);
-        if any_blocked {
-            claimed.blocked = blocked;
-        }
-        Ok(claimed)
     }
 
     /// Hands a stopping worker's unfinished entries back to their streams,
@@ -555,6 +487,138 @@ impl Store {
         match self.single(cmd).await? {
             Value::Int(-1) => Ok(None),
             other => Ok(Some(text(other, "bury")?)),
+        }
+    }
+}
+
+/// The streams at positions `members`.
+fn streams_of(streams: &[StreamRef], members: &[usize]) -> Vec<StreamRef> {
+    members.iter().map(|&i| streams[i].clone()).collect()
+}
+
+/// One claim per class, in turn, until `max` is taken, read as one claim
+/// over every stream (Cluster: each class is its own slot).
+struct ClassClaims<'t, 'a> {
+    trip: &'t Trip<'a>,
+    request: &'t ClaimRequest<'a>,
+    groups: &'t [Vec<usize>],
+    /// The next class to claim from, as a position in `groups`.
+    next: usize,
+    left: usize,
+    claimed: Claimed,
+    last_ids: Vec<String>,
+    dry: bool,
+    blocked: Vec<Blocked>,
+    any_blocked: bool,
+}
+
+impl<'t, 'a> ClassClaims<'t, 'a> {
+    fn new(trip: &'t Trip<'a>, request: &'t ClaimRequest<'a>, groups: &'t [Vec<usize>]) -> Self {
+        let count = trip.streams.len();
+        Self {
+            trip,
+            request,
+            groups,
+            next: 0,
+            left: request.max,
+            claimed: Claimed::default(),
+            last_ids: vec![String::new(); count],
+            dry: true,
+            blocked: vec![Blocked::No; count],
+            any_blocked: false,
+        }
+    }
+
+    /// The claim of the next class, for what is left of `max`.
+    fn next_cmd(&self, store: &Store) -> Cmd {
+        let members = &self.groups[self.next];
+        let rules: Vec<String> = if self.request.rules.is_empty() {
+            Vec::new()
+        } else {
+            members
+                .iter()
+                .filter_map(|&i| self.request.rules.get(i).cloned())
+                .collect()
+        };
+        let sub = ClaimRequest {
+            max: self.left,
+            rules: &rules,
+            ..self.request.clone()
+        };
+        store.claim_cmd(
+            &streams_of(self.trip.streams, members),
+            self.trip.consumer,
+            &sub,
+        )
+    }
+
+    /// Takes in the reply of the claim `next_cmd` made, then claims from the
+    /// further classes while `max` is not reached.
+    async fn finish(
+        &mut self,
+        store: &Store,
+        first: Result<Value, StoreError>,
+    ) -> Result<Claimed, StoreError> {
+        let mut reply = first;
+        loop {
+            let members = &self.groups[self.next];
+            let part = match reply
+                .and_then(|v| parse_claimed(v, &streams_of(self.trip.streams, members)))
+            {
+                Ok(part) => part,
+                Err(err) if self.next == 0 => return Err(err),
+                // Entries claimed from earlier classes are started: hand
+                // them over; the next round tries this class again.
+                Err(err) => {
+                    tracing::warn!("claim from one class failed: {err}");
+                    self.dry = false;
+                    break;
+                }
+            };
+            self.add(part);
+            self.next += 1;
+            if self.next == self.groups.len() {
+                break;
+            }
+            if self.left == 0 {
+                self.dry = false;
+                break;
+            }
+            reply = store.single(self.next_cmd(store)).await;
+        }
+        let mut claimed = std::mem::take(&mut self.claimed);
+        claimed.last_ids = self.dry.then(|| std::mem::take(&mut self.last_ids));
+        if self.any_blocked {
+            claimed.blocked = std::mem::take(&mut self.blocked);
+        }
+        Ok(claimed)
+    }
+
+    /// Adds one class's claim, its positions turned into the worker's.
+    fn add(&mut self, part: Claimed) {
+        let members = &self.groups[self.next];
+        self.left = self.left.saturating_sub(part.entries.len());
+        for mut entry in part.entries {
+            entry.stream_index = members
+                .get(entry.stream_index)
+                .copied()
+                .unwrap_or(entry.stream_index);
+            self.claimed.entries.push(entry);
+        }
+        match part.last_ids {
+            Some(ids) => {
+                for (&i, id) in members.iter().zip(ids) {
+                    self.last_ids[i] = id;
+                }
+            }
+            None => self.dry = false,
+        }
+        self.claimed.gone.extend(part.gone);
+        if !part.blocked.is_empty() {
+            self.any_blocked = true;
+            for (&i, why) in members.iter().zip(part.blocked) {
+                self.blocked[i] = why;
+            }
         }
     }
 }
