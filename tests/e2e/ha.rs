@@ -1,13 +1,26 @@
-//! Redis high availability: the harness (`support::ha`) checked on its own,
-//! so a failure there reads as a broken setup, not as a Tandem bug. A
-//! three-master Redis Cluster spreads the class hash tags over its masters;
-//! three Sentinels fail a master over to its replica.
+//! Redis high availability: Tandem on a three-master Redis Cluster (every
+//! class on the master that owns its hash tag's slot) and on a master with
+//! one replica behind three Sentinels, through a master failover, with
+//! producers that wait for a replica to have each submission. The harness
+//! (`support::ha`) is checked on its own first, so a failure there reads as
+//! a broken setup, not as a Tandem bug.
 
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tandem_shared::Class;
+use tandem_producer::{CancelOutcome, Producer, ProducerError, Task};
+use tandem_shared::device::Health;
+use tandem_shared::kind::builtin::{
+    Noop, Sleep, SleepOutput, SleepParams, SplitSum, SplitSumOutput, SplitSumParams,
+};
+use tandem_shared::store::{Store, StoreError};
+use tandem_shared::{Class, Config, Status, TaskId};
 
-use crate::support::ha::{RedisCluster, SentinelSetup};
+use crate::gpus::{PRIMARY, SECONDARY, WAIT, settle};
+use crate::support::ha::{HaWorker, RedisCluster, SentinelSetup};
+use crate::support::{RedisServer, ScratchDir, bin, wait_until};
 
 /// The slot of each class's hash tag (and of `{models}`), as the cluster
 /// computes it (`CLUSTER KEYSLOT`).
@@ -18,6 +31,80 @@ const CLASS_SLOTS: [(Class, u16); 4] = [
     (Class::Parallel, 10041),
 ];
 const MODELS_SLOT: u16 = 3701;
+
+/// Two paced simulated GPUs; the CPU worker reads the same list.
+const PACED: &str =
+    "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS, paced; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS, paced";
+const GIB: u64 = 1 << 30;
+
+/// Routing that keeps each class on its home device (as `gpus.rs`), test
+/// kinds, and four shards per live GPU for a splittable task.
+const SIMULATED_HOST: &[(&str, &str)] = &[
+    ("TANDEM_SIMULATE_GPUS", PACED),
+    ("TANDEM_HEAVY_SPILL_MS", "600000"),
+    ("TANDEM_LIGHT_HELP_MS", "600000"),
+    ("TANDEM_CPU_FALLBACK_MS", "0"),
+    ("TANDEM_CONCURRENCY", "1"),
+    ("TANDEM_TEST_KINDS", "1"),
+    ("TANDEM_SHARDS_PER_GPU", "4"),
+];
+
+async fn store(config: &Config) -> Store {
+    Store::connect(config).await.expect("store connects")
+}
+
+async fn wait_healthy(store: &Store, worker: &HaWorker) {
+    wait_until(WAIT, &format!("{} healthy", worker.id), || async {
+        store
+            .workers()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|w| w.id == worker.id && w.health == Health::Healthy)
+    })
+    .await;
+}
+
+/// Runs the `tandem` CLI against `redis_url`.
+fn tandem(redis_url: &str, args: &[&str]) -> Output {
+    Command::new(bin("tandem"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TANDEM_REDIS_URL", redis_url)
+        .output()
+        .expect("run tandem")
+}
+
+/// `tandem ARGS` that must succeed; its standard output.
+fn tandem_ok(redis_url: &str, args: &[&str]) -> String {
+    let out = tandem(redis_url, args);
+    assert!(
+        out.status.success(),
+        "tandem {args:?} exited {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sleep(class: Class, ms: u64, memory: u64) -> Task {
+    Task::of::<Sleep>(&SleepParams { ms })
+        .unwrap()
+        .class(class)
+        .memory_bytes(memory)
+}
+
+/// The sum as `split_sum` defines it: block sums added in block order.
+fn split_sum_expected(p: &SplitSumParams) -> f64 {
+    (0..p.blocks())
+        .map(|b| {
+            (b * p.block..((b + 1) * p.block).min(p.n))
+                .map(|i| 1.0 / (i as f64 + 1.0))
+                .sum::<f64>()
+        })
+        .sum()
+}
 
 /// The keys node `node` holds in `slot` (`CLUSTER GETKEYSINSLOT` answers
 /// for the node's own keys, whoever owns the slot).
@@ -180,4 +267,327 @@ async fn harness_sentinels_fail_over_to_the_replica_and_the_old_master_rejoins()
         .await
         .unwrap();
     assert_eq!(replicas, 1, "the rejoined node replicates the new master");
+}
+
+// ---- Tandem on a cluster ----
+
+#[tokio::test]
+async fn cluster_runs_every_class() {
+    let cluster = RedisCluster::start();
+    let config = cluster.config();
+    let producer = Producer::connect(&config)
+        .await
+        .expect("producer connects to the cluster");
+
+    // Cancelled while queued: no worker runs yet.
+    let doomed = producer.submit(sleep(Class::Heavy, 10, GIB)).await.unwrap();
+    assert_eq!(
+        producer.cancel(doomed).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(producer.status(doomed).await.unwrap(), Status::Cancelled);
+
+    let store = store(&config).await;
+    let env = cluster.env();
+    let workers: Vec<HaWorker> = [PRIMARY, SECONDARY, "cpu"]
+        .into_iter()
+        .map(|device| {
+            let mut worker_env = SIMULATED_HOST.to_vec();
+            worker_env.push(("TANDEM_DEVICE", device));
+            HaWorker::spawn(&env, &worker_env)
+        })
+        .collect();
+    for worker in &workers {
+        wait_healthy(&store, worker).await;
+    }
+    settle().await;
+
+    let cpu = producer.submit(sleep(Class::Cpu, 5, 0)).await.unwrap();
+    let light = producer.submit(sleep(Class::Light, 5, GIB)).await.unwrap();
+    let heavy = producer
+        .submit(sleep(Class::Heavy, 5, 2 * GIB))
+        .await
+        .unwrap();
+    let params = SplitSumParams {
+        n: 20_000,
+        block: 100,
+        block_ms: 1,
+        fail_block: None,
+    };
+    let parallel = producer
+        .submit(Task::of::<SplitSum>(&params).unwrap())
+        .await
+        .unwrap();
+
+    for (id, device) in [(cpu, "cpu"), (light, SECONDARY), (heavy, PRIMARY)] {
+        let outcome = producer.wait(id, WAIT).await.unwrap();
+        assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
+        assert_eq!(outcome.result::<SleepOutput>().unwrap().slept_ms, 5);
+        assert_eq!(
+            outcome.record.device.as_deref(),
+            Some(device),
+            "{:?}",
+            outcome.record
+        );
+    }
+    let outcome = producer.wait(parallel, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
+    let result: SplitSumOutput = outcome.result().unwrap();
+    assert_eq!(result.sum.to_bits(), split_sum_expected(&params).to_bits());
+    assert_eq!(result.blocks, 200);
+    let record = store.find_record(&parallel).await.unwrap().expect("record");
+    assert_eq!(
+        (record.shards, record.shards_done),
+        (Some(8), Some(8)),
+        "split over the two GPUs: {record:?}"
+    );
+
+    // Every class's stream lives on the master of its slot, and only there.
+    for (class, slot) in CLASS_SLOTS {
+        assert_only_on_owner(&cluster, &format!("tandem:{{{class}}}:stream:normal"), slot).await;
+    }
+
+    // The cancelled task never ran.
+    let outcome = producer.wait(doomed, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Cancelled);
+    assert_eq!(outcome.record.started_at_ms, None, "{:?}", outcome.record);
+
+    // The CLI reads the cluster.
+    let url = cluster.url();
+    let queues = tandem_ok(&url, &["queues"]);
+    for (class, _) in CLASS_SLOTS {
+        assert!(
+            queues.contains(&format!("tandem:{{{class}}}:stream:normal")),
+            "{class} missing from:\n{queues}"
+        );
+    }
+    let listed = tandem_ok(&url, &["workers"]);
+    for worker in &workers {
+        assert!(
+            listed.contains(&worker.id),
+            "{} missing from:\n{listed}",
+            worker.id
+        );
+    }
+
+    // A model lands in the {models} slot, on node A only.
+    let dir = ScratchDir::new("ha-model");
+    let path = dir.path().join("m1.safetensors");
+    let text = tandem_ok(
+        &url,
+        &[
+            "model",
+            "new",
+            "m1",
+            "--layers",
+            "4,8,1",
+            "--seed",
+            "1",
+            "--out",
+            path.to_str().unwrap(),
+            "--register",
+        ],
+    );
+    assert!(text.contains("registered model m1"), "{text}");
+    let list = tandem_ok(&url, &["model", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.split_whitespace().next() == Some("m1")),
+        "{list}"
+    );
+    let model_keys = keys_in_slot(&cluster, cluster.owner_of(MODELS_SLOT), MODELS_SLOT).await;
+    assert!(
+        model_keys.iter().any(|k| k.contains("m1")),
+        "no key of model m1 in slot {MODELS_SLOT}: {model_keys:?}"
+    );
+    for key in &model_keys {
+        assert_only_on_owner(&cluster, key, MODELS_SLOT).await;
+    }
+}
+
+// ---- Tandem behind Sentinels, through a failover ----
+
+/// What the submitting loop saw, split at the kill: a submission counts as
+/// "after" when it started once the kill was decided (the flag is set just
+/// before the SIGKILL), so all but at most the first of them were
+/// acknowledged by the promoted replica.
+#[derive(Debug, Default)]
+struct Submissions {
+    acked_before: Vec<TaskId>,
+    acked_after: Vec<TaskId>,
+    errors_before: usize,
+    errors_after: usize,
+    /// The first few distinct error messages, for the test output.
+    error_samples: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_loses_no_replicated_submission() {
+    let mut setup = SentinelSetup::start();
+    let env = setup.env();
+    let workers: Vec<HaWorker> = (0..2).map(|_| HaWorker::spawn(&env, &[])).collect();
+    let config = Config {
+        redis_wait_replicas: 1,
+        redis_wait_timeout_ms: 1_000,
+        reconnect_timeout_ms: 30_000,
+        ..setup.config()
+    };
+    let store = store(&config).await;
+    for worker in &workers {
+        wait_healthy(&store, worker).await;
+    }
+    let producer = Producer::connect(&config)
+        .await
+        .expect("producer connects through the sentinels");
+
+    let killed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Submissions::default()));
+    let submitting = tokio::spawn({
+        let (producer, killed, stop, seen) =
+            (producer.clone(), killed.clone(), stop.clone(), seen.clone());
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                let after = killed.load(Ordering::SeqCst);
+                let result = producer.submit(sleep(Class::Cpu, 5, 0)).await;
+                let mut seen = seen.lock().unwrap();
+                match (result, after) {
+                    (Ok(id), false) => seen.acked_before.push(id),
+                    (Ok(id), true) => seen.acked_after.push(id),
+                    (Err(e), after) => {
+                        if after {
+                            seen.errors_after += 1;
+                        } else {
+                            seen.errors_before += 1;
+                        }
+                        let text = format!("{e:#}");
+                        if seen.error_samples.len() < 5 && !seen.error_samples.contains(&text) {
+                            seen.error_samples.push(text);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let count = |after: bool| {
+        let seen = seen.lock().unwrap();
+        if after {
+            seen.acked_after.len()
+        } else {
+            seen.acked_before.len()
+        }
+    };
+
+    wait_until(
+        Duration::from_secs(60),
+        "100 acknowledged submissions",
+        || async { count(false) >= 100 },
+    )
+    .await;
+    killed.store(true, Ordering::SeqCst);
+    setup.kill_master();
+    let kill = Instant::now();
+    setup.wait_failover(Duration::from_secs(30)).await;
+    let failover = kill.elapsed();
+    // The promoted replica has no replica of its own until the old master
+    // is back, so WAIT 1 cannot succeed before then.
+    setup
+        .restart_old_master_as_replica(Duration::from_secs(60))
+        .await;
+    let rejoined = kill.elapsed();
+    wait_until(
+        Duration::from_secs(90),
+        "100 submissions acknowledged after the kill",
+        || async { count(true) >= 100 },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    submitting.await.unwrap();
+
+    let master = setup.current_master_port().await;
+    assert_eq!(master, setup.replica().port, "the replica is the master");
+    assert_ne!(master, setup.first_master_port);
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    println!(
+        "acknowledged: {} before the kill, {} after; submit errors: {} before, {} after; \
+         failover after {failover:?}, old master back as a replica after {rejoined:?}; \
+         sample errors: {:?}",
+        seen.acked_before.len(),
+        seen.acked_after.len(),
+        seen.errors_before,
+        seen.errors_after,
+        seen.error_samples
+    );
+
+    // Every acknowledged submission runs to the end on the new master.
+    let mut pending: Vec<TaskId> = seen
+        .acked_before
+        .iter()
+        .chain(&seen.acked_after)
+        .copied()
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last: Vec<(TaskId, String)> = Vec::new();
+    while !pending.is_empty() {
+        last.clear();
+        let mut still = Vec::new();
+        for id in pending {
+            match producer.status(id).await {
+                Ok(Status::Succeeded) => {}
+                other => {
+                    last.push((id, format!("{other:?}")));
+                    still.push(id);
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged tasks did not succeed within 90 s (of {} before and {} after \
+             the kill); first: {:?}",
+            pending.len(),
+            seen.acked_before.len(),
+            seen.acked_after.len(),
+            &last[..last.len().min(10)]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+// ---- WAIT without replicas ----
+
+#[tokio::test]
+async fn wait_reports_missing_replicas() {
+    let redis = RedisServer::start();
+    let config = Config {
+        redis_wait_replicas: 1,
+        redis_wait_timeout_ms: 100,
+        ..redis.config()
+    };
+    let producer = Producer::connect(&config).await.unwrap();
+    let started = Instant::now();
+    let err = producer
+        .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+        .await
+        .expect_err("no replica can confirm the submission");
+    assert!(
+        matches!(
+            err,
+            ProducerError::Store(StoreError::NotReplicated {
+                acked: 0,
+                wanted: 1
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("replicas confirmed"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the error came after {:?}",
+        started.elapsed()
+    );
 }
