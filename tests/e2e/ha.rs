@@ -19,7 +19,8 @@ use tandem_shared::store::{Store, StoreError};
 use tandem_shared::{Class, Config, Status, TaskId};
 
 use crate::gpus::{PRIMARY, SECONDARY, WAIT, settle};
-use crate::support::ha::{HaWorker, RedisCluster, SentinelSetup};
+use crate::support::WorkerProcess;
+use crate::support::ha::{RedisCluster, SentinelSetup};
 use crate::support::{RedisServer, ScratchDir, bin, wait_until};
 
 /// The slot of each class's hash tag (and of `{models}`), as the cluster
@@ -53,7 +54,7 @@ async fn store(config: &Config) -> Store {
     Store::connect(config).await.expect("store connects")
 }
 
-async fn wait_healthy(store: &Store, worker: &HaWorker) {
+async fn wait_healthy(store: &Store, worker: &WorkerProcess) {
     wait_until(WAIT, &format!("{} healthy", worker.id), || async {
         store
             .workers()
@@ -93,17 +94,6 @@ fn sleep(class: Class, ms: u64, memory: u64) -> Task {
         .unwrap()
         .class(class)
         .memory_bytes(memory)
-}
-
-/// The sum as `split_sum` defines it: block sums added in block order.
-fn split_sum_expected(p: &SplitSumParams) -> f64 {
-    (0..p.blocks())
-        .map(|b| {
-            (b * p.block..((b + 1) * p.block).min(p.n))
-                .map(|i| 1.0 / (i as f64 + 1.0))
-                .sum::<f64>()
-        })
-        .sum()
 }
 
 /// The keys node `node` holds in `slot` (`CLUSTER GETKEYSINSLOT` answers
@@ -289,12 +279,12 @@ async fn cluster_runs_every_class() {
 
     let store = store(&config).await;
     let env = cluster.env();
-    let workers: Vec<HaWorker> = [PRIMARY, SECONDARY, "cpu"]
+    let workers: Vec<WorkerProcess> = [PRIMARY, SECONDARY, "cpu"]
         .into_iter()
         .map(|device| {
             let mut worker_env = SIMULATED_HOST.to_vec();
             worker_env.push(("TANDEM_DEVICE", device));
-            HaWorker::spawn(&env, &worker_env)
+            WorkerProcess::spawn_with(&env, &worker_env)
         })
         .collect();
     for worker in &workers {
@@ -333,7 +323,10 @@ async fn cluster_runs_every_class() {
     let outcome = producer.wait(parallel, WAIT).await.unwrap();
     assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
     let result: SplitSumOutput = outcome.result().unwrap();
-    assert_eq!(result.sum.to_bits(), split_sum_expected(&params).to_bits());
+    assert_eq!(
+        result.sum.to_bits(),
+        crate::split::expected(&params).to_bits()
+    );
     assert_eq!(result.blocks, 200);
     let record = store.find_record(&parallel).await.unwrap().expect("record");
     assert_eq!(
@@ -425,7 +418,9 @@ struct Submissions {
 async fn sentinel_failover_loses_no_replicated_submission() {
     let mut setup = SentinelSetup::start();
     let env = setup.env();
-    let workers: Vec<HaWorker> = (0..2).map(|_| HaWorker::spawn(&env, &[])).collect();
+    let workers: Vec<WorkerProcess> = (0..2)
+        .map(|_| WorkerProcess::spawn_with(&env, &[]))
+        .collect();
     let config = Config {
         redis_wait_replicas: 1,
         redis_wait_timeout_ms: 1_000,

@@ -29,7 +29,7 @@ async fn host(redis: &RedisServer, extra: &[(&str, &str)]) -> Vec<WorkerProcess>
 }
 
 /// The sum as the kind defines it: block sums added in block order.
-fn expected(p: &SplitSumParams) -> f64 {
+pub(crate) fn expected(p: &SplitSumParams) -> f64 {
     (0..p.blocks())
         .map(|b| {
             (b * p.block..((b + 1) * p.block).min(p.n))

@@ -2,7 +2,7 @@
 //! Cluster ([`RedisCluster`]) and a master with one replica watched by three
 //! Sentinels ([`SentinelSetup`]), each process in its own scratch directory
 //! on free loopback ports, and a worker process started with an explicit
-//! environment ([`HaWorker`]). Every guard kills its processes when dropped,
+//! environment ([`super::WorkerProcess::spawn_with`]). Every guard kills its processes when dropped,
 //! also when the test fails, and then shows the tail of their logs.
 //!
 //! The setups are built for a slow, two-core machine: each waits for the
@@ -11,12 +11,11 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tandem_shared::Config;
 
-use super::{ScratchDir, bin, free_port};
+use super::{ScratchDir, free_port};
 
 /// How long a cluster may take to agree on its slots.
 const CLUSTER_UP: Duration = Duration::from_secs(20);
@@ -26,8 +25,6 @@ const SENTINELS_UP: Duration = Duration::from_secs(30);
 const PROCESS_UP: Duration = Duration::from_secs(10);
 /// The name the sentinels monitor the master under.
 pub const MASTER_NAME: &str = "mymaster";
-
-static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
 
 /// One `redis-server` process (data node or sentinel), killed on drop.
 #[derive(Debug)]
@@ -678,74 +675,4 @@ fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a String> {
         .chunks(2)
         .find(|pair| pair.first().is_some_and(|k| k == name))
         .and_then(|pair| pair.get(1))
-}
-
-/// A `tandem-worker run` process started with an explicit environment (the
-/// Redis settings of a cluster or a sentinel setup), test timings and
-/// `TANDEM_WORKER_ID` set to [`HaWorker::id`].
-#[derive(Debug)]
-pub struct HaWorker {
-    child: Option<Child>,
-    pub id: String,
-    log: PathBuf,
-    _dir: ScratchDir,
-}
-
-impl HaWorker {
-    pub fn spawn(redis_env: &[(&'static str, String)], env: &[(&str, &str)]) -> Self {
-        let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
-        let id = format!("ha-worker-{}-{n}", std::process::id());
-        let dir = ScratchDir::new("ha-worker");
-        let log = dir.path().join("worker.log");
-        let file = std::fs::File::create(&log).expect("worker log");
-        let mut cmd = Command::new(bin("tandem-worker"));
-        cmd.arg("run")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(redis_env.iter().map(|(k, v)| (k, v)))
-            .env("TANDEM_WORKER_ID", &id)
-            .env("TANDEM_HEARTBEAT_INTERVAL_MS", "200")
-            .env("TANDEM_HEARTBEAT_TTL_MS", "1000")
-            .env("TANDEM_SHUTDOWN_GRACE_MS", "5000")
-            .env("TANDEM_LOG_LEVEL", "info,tandem_worker=debug")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file);
-        let child = cmd.spawn().expect("spawn tandem-worker");
-        Self {
-            child: Some(child),
-            id,
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// True while the process runs.
-    pub fn is_alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for HaWorker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("---- log of {} (last lines) ----", self.id);
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
 }

@@ -261,17 +261,23 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts a worker against `redis` with test timings and `env` on top.
     pub fn spawn(redis: &RedisServer, env: &[(&str, &str)]) -> Self {
-        Self::spawn_command(redis, &["run"], env, true)
+        Self::spawn_command(&redis.env(), &["run"], env, true)
+    }
+
+    /// Starts a worker whose Redis settings are `redis_env` (a Sentinel or
+    /// Cluster URL, say), with test timings and `env` on top.
+    pub fn spawn_with(redis_env: &[(&'static str, String)], env: &[(&str, &str)]) -> Self {
+        Self::spawn_command(redis_env, &["run"], env, true)
     }
 
     /// Starts `tandem-worker fleet` against `redis`; its children get the
     /// same test timings (and ids of their own).
     pub fn spawn_fleet(redis: &RedisServer, env: &[(&str, &str)]) -> Self {
-        Self::spawn_command(redis, &["fleet"], env, false)
+        Self::spawn_command(&redis.env(), &["fleet"], env, false)
     }
 
     fn spawn_command(
-        redis: &RedisServer,
+        redis_env: &[(&'static str, String)],
         args: &[&str],
         env: &[(&str, &str)],
         with_id: bool,
@@ -285,7 +291,7 @@ impl WorkerProcess {
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(redis.env());
+            .envs(redis_env.iter().map(|(k, v)| (k, v)));
         if with_id {
             cmd.env("TANDEM_WORKER_ID", &id);
         }
