@@ -95,3 +95,68 @@ async fn a_cancelled_running_task_is_stopped_and_ends_cancelled() {
             .succeeded()
     );
 }
+
+/// User plus system CPU time of a process, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel's USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test]
+async fn a_cancelled_monte_carlo_stops_computing() {
+    use tandem_shared::kind::monte_carlo::{MonteCarlo, MonteCarloParams};
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "1")]).await;
+    let producer = redis.producer().await;
+    // About a minute and a half of work in a debug build: 1024 blocks of
+    // 4096 paths, run in 32 steps with a look at the cancel between them.
+    let params = MonteCarloParams {
+        s0: 100.0,
+        strike: 100.0,
+        rate: 0.05,
+        dividend: 0.0,
+        sigma: 0.2,
+        maturity: 1.0,
+        steps: 252,
+        paths: 4_194_304,
+        seed: 3,
+        percentiles: vec![],
+    };
+    let long = producer
+        .submit(Task::of::<MonteCarlo>(&params).unwrap())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "task running", || {
+        let producer = producer.clone();
+        async move { producer.status(long).await.unwrap() == Status::Running }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let asked = Instant::now();
+    assert_eq!(
+        producer.cancel(long).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    let outcome = producer.wait(long, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(outcome.status, Status::Cancelled);
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "the computation did not stop at its next step: {:?}",
+        asked.elapsed()
+    );
+    // The computation's threads are idle now: the worker burns next to
+    // no CPU (a computation still running would burn about a core).
+    let before = cpu_time(worker.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let burnt = cpu_time(worker.pid()) - before;
+    assert!(
+        burnt < Duration::from_millis(300),
+        "the worker used {burnt:?} of CPU in the second after the cancel"
+    );
+}

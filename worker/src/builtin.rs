@@ -9,7 +9,7 @@ use tandem_shared::kind::builtin::{
     SplitSumOutput, SplitSumParams,
 };
 
-use crate::compute::{BlockRange, Compute, Split, whole};
+use crate::compute::{BlockRange, Compute, Split, Stop, whole};
 use crate::handler::{Handler, Registry, TaskContext, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -50,8 +50,8 @@ impl Compute for SplitSum {
     type Spec = tandem_shared::kind::builtin::SplitSum;
     const MODULE: Option<&'static str> = None;
 
-    fn cpu(&self, params: &SplitSumParams) -> Result<SplitSumOutput, TaskError> {
-        whole(self, None, params)
+    fn cpu(&self, params: &SplitSumParams, stop: &Stop) -> Result<SplitSumOutput, TaskError> {
+        whole(self, None, params, stop)
     }
 }
 

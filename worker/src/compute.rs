@@ -17,12 +17,15 @@
 //! split ([`whole`]), so both go through the same code.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tandem_kernels::runtime::Gpu;
 use tandem_shared::kind::KindSpec;
 use tandem_shared::{ErrorCode, msgpack};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::handler::{Handler, Prepared, Registry, TaskContext, TaskError};
 
@@ -39,14 +42,20 @@ pub trait Compute: Send + Sync + 'static {
     const MODULE: Option<&'static str>;
 
     /// The CPU twin. Deterministic: the same parameters give the same
-    /// result, bit for bit, whatever the number of threads.
-    fn cpu(&self, params: &Params<Self>) -> Result<Output<Self>, TaskError>;
+    /// result, bit for bit, whatever the number of threads. A long one
+    /// checks `stop` between steps.
+    fn cpu(&self, params: &Params<Self>, stop: &Stop) -> Result<Output<Self>, TaskError>;
 
     /// The GPU path; it agrees with the CPU twin within the kind's stated
     /// tolerance.
-    fn gpu(&self, gpu: &Gpu, params: &Params<Self>) -> Result<Output<Self>, TaskError> {
+    fn gpu(
+        &self,
+        gpu: &Gpu,
+        params: &Params<Self>,
+        stop: &Stop,
+    ) -> Result<Output<Self>, TaskError> {
         let _ = gpu;
-        self.cpu(params)
+        self.cpu(params, stop)
     }
 }
 
@@ -75,6 +84,15 @@ pub trait Split: Compute {
     ) -> Result<Self::Partial, TaskError> {
         let _ = gpu;
         self.cpu_shard(params, shard)
+    }
+
+    /// Into how many runs of whole blocks the CPU twin cuts a whole task,
+    /// checking [`Stop`] between them (the result is the same bits: a split
+    /// run equals an unsplit one). Each run should take tens of
+    /// milliseconds and hold enough blocks to keep every core busy.
+    fn cpu_steps(&self, params: &Params<Self>) -> usize {
+        let _ = params;
+        1
     }
 
     /// Merges the partials of every shard, given in shard order.
@@ -123,23 +141,37 @@ impl BlockRange {
     }
 }
 
-/// A splittable kind run whole, on the GPU when given one: the one-shard
-/// split, merged. `Compute::cpu` and `Compute::gpu` of a [`Split`] kind are
-/// this.
+/// A splittable kind run whole, on the GPU when given one: a split run,
+/// merged. `Compute::cpu` and `Compute::gpu` of a [`Split`] kind are this.
+/// On the GPU it is the one-shard split; on the CPU, [`Split::cpu_steps`]
+/// shards run in turn, with a look at `stop` before each.
 pub fn whole<S: Split>(
     kind: &S,
     gpu: Option<&Gpu>,
     params: &Params<S>,
+    stop: &Stop,
 ) -> Result<Output<S>, TaskError> {
-    let parts = kind
-        .split(params, 1)
-        .iter()
-        .map(|shard| match gpu {
-            Some(gpu) => kind.gpu_shard(gpu, params, shard),
-            None => kind.cpu_shard(params, shard),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let steps = match gpu {
+        Some(_) => 1,
+        None => kind.cpu_steps(params).max(1),
+    };
+    let mut parts = Vec::with_capacity(steps);
+    for shard in kind.split(params, steps) {
+        stop.check()?;
+        parts.push(match gpu {
+            Some(gpu) => kind.gpu_shard(gpu, params, &shard)?,
+            None => kind.cpu_shard(params, &shard)?,
+        });
+    }
     kind.merge(params, parts)
+}
+
+/// [`Split::cpu_steps`] for a kind of `blocks` blocks: runs of at least
+/// `min_blocks`, at most 64 runs.
+pub fn steps_of(blocks: u64, min_blocks: u64) -> usize {
+    usize::try_from(blocks / min_blocks.max(1))
+        .unwrap_or(usize::MAX)
+        .clamp(1, 64)
 }
 
 /// The GPU to use for a kind: the worker's, when the kind's module loaded.
@@ -148,10 +180,93 @@ fn gpu_for(module: Option<&str>, ctx: &TaskContext) -> Option<Arc<Gpu>> {
     ctx.gpu.clone().filter(|gpu| gpu.has(module))
 }
 
-/// Runs `work` on a blocking thread; a panic there is a failed attempt.
+/// Tells a computation that its task was cancelled. Checked between
+/// steps (chunks of blocks, epochs): the computation then ends with
+/// `CANCELLED` and frees its thread, its slot and its device memory.
+#[derive(Debug, Clone)]
+pub struct Stop(CancellationToken);
+
+impl Stop {
+    pub fn new(cancel: CancellationToken) -> Self {
+        Self(cancel)
+    }
+
+    /// A flag that is never set (benches, tests).
+    pub fn never() -> Self {
+        Self(CancellationToken::new())
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// `Err(CANCELLED)` once the task was cancelled.
+    pub fn check(&self) -> Result<(), TaskError> {
+        if self.is_set() {
+            return Err(TaskError::fatal(
+                ErrorCode::CANCELLED,
+                "cancelled by a producer while running",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counts a task's computations on blocking threads. A blocking thread
+/// cannot be dropped like a future: after a cancel, the executor waits
+/// here until every one has returned (they check [`Stop`]), so the task's
+/// slot and device memory are not handed to the next task while its
+/// computation still runs.
+#[derive(Debug, Clone, Default)]
+pub struct Work(Arc<WorkState>);
+
+#[derive(Debug, Default)]
+struct WorkState {
+    running: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// Held by a blocking thread while its computation runs.
+struct Running(Arc<WorkState>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+impl Work {
+    fn enter(&self) -> Running {
+        self.0.running.fetch_add(1, Ordering::AcqRel);
+        Running(Arc::clone(&self.0))
+    }
+
+    /// Completes when no computation of the task runs.
+    pub async fn finished(&self) {
+        loop {
+            let done = self.0.done.notified();
+            if self.0.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+/// Runs `work` on a blocking thread, counted in the task's [`Work`] and
+/// given its [`Stop`]; a panic there is a failed attempt.
 pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
+    ctx: &TaskContext,
+    work: impl FnOnce(&Stop) -> Result<T, TaskError> + Send + 'static,
 ) -> Result<T, TaskError> {
+    let running = ctx.work().enter();
+    let stop = ctx.stop();
+    let work = move || {
+        let _running = running;
+        work(&stop)
+    };
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
         Err(join) => Err(TaskError::new(
@@ -170,9 +285,9 @@ impl<C: Compute> Handler for Computing<C> {
     async fn run(&self, params: Params<C>, ctx: TaskContext) -> Result<Output<C>, TaskError> {
         let kind = Arc::clone(&self.0);
         let gpu = gpu_for(C::MODULE, &ctx);
-        blocking(move || match gpu {
-            Some(gpu) => kind.gpu(&gpu, &params),
-            None => kind.cpu(&params),
+        blocking(&ctx, move |stop| match gpu {
+            Some(gpu) => kind.gpu(&gpu, &params, stop),
+            None => kind.cpu(&params, stop),
         })
         .await
     }
@@ -231,8 +346,9 @@ where
         let task: ShardTask<Params<S>, S::Shard> = decode(shard, "shard")?;
         let kind = Arc::clone(&self.0);
         let gpu = gpu_for(S::MODULE, ctx);
+        let ctx = ctx.clone();
         Ok(Box::pin(async move {
-            let partial = blocking(move || match gpu {
+            let partial = blocking(&ctx, move |_| match gpu {
                 Some(gpu) => kind.gpu_shard(&gpu, &task.params, &task.shard),
                 None => kind.cpu_shard(&task.params, &task.shard),
             })
@@ -291,7 +407,7 @@ mod tests {
             fail_block: None,
         };
         let encoded = msgpack::encode(&params).unwrap();
-        let whole = SplitSum.cpu(&params).unwrap();
+        let whole = SplitSum.cpu(&params, &Stop::never()).unwrap();
         for n in [1, 2, 7, 200, 5_000] {
             let shards = splitter.split(&encoded, n).unwrap();
             assert!(shards.len() <= n);

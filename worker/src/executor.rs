@@ -20,6 +20,10 @@ use crate::compute::Splitter;
 use crate::device::{Device, Injected};
 use crate::handler::{Registry, Retry, TaskContext, TaskError};
 
+/// After a cancel, how long a task's computation may take to stop before
+/// the worker says so in its log.
+const STOP_WARNING: Duration = Duration::from_secs(5);
+
 /// A task's device became unusable while it ran (a sticky CUDA error, a
 /// hang): no outcome is committed; the worker hands its tasks back and
 /// stops.
@@ -394,13 +398,19 @@ impl Executor {
                 })?;
                 let splitter = self.splitter(&entry.kind)?;
                 let params = entry.params.clone();
-                Box::pin(crate::compute::blocking(move || {
-                    splitter.merge(&params, &parts)
-                }))
+                let merge_ctx = ctx.clone();
+                Box::pin(async move {
+                    crate::compute::blocking(&merge_ctx, move |_| splitter.merge(&params, &parts))
+                        .await
+                })
             }
-            _ => self.registry.prepare(&entry.kind, &entry.params, ctx)?,
+            _ => {
+                let for_handler = ctx.clone();
+                self.registry
+                    .prepare(&entry.kind, &entry.params, for_handler)?
+            }
         };
-        tokio::select! {
+        let outcome = tokio::select! {
             outcome = AssertUnwindSafe(prepared).catch_unwind() => match outcome {
                 Ok(outcome) => outcome,
                 // A panic counts as a failed attempt, retried like an error.
@@ -410,7 +420,34 @@ impl Executor {
                 ErrorCode::CANCELLED,
                 "cancelled by a producer while running",
             )),
+        };
+        // The handler's future is dropped by now, which stops async work;
+        // a computation on a blocking thread stops at its next look at the
+        // cancel. Until it has, the task keeps its slot and its device
+        // memory, so the next task does not start beside it.
+        self.wait_for_computations(entry, ctx.work()).await;
+        outcome
+    }
+
+    /// Waits until no computation of the task runs on a blocking thread,
+    /// with a warning when one takes long to stop.
+    async fn wait_for_computations(&self, entry: &TaskEntry, work: &crate::compute::Work) {
+        let finished = work.finished();
+        tokio::pin!(finished);
+        if tokio::time::timeout(STOP_WARNING, &mut finished)
+            .await
+            .is_ok()
+        {
+            return;
         }
+        tracing::warn!(
+            task = %entry.id,
+            kind = %entry.kind,
+            "the task's computation still runs {} s after its cancel; its slot stays taken until it ends",
+            STOP_WARNING.as_secs()
+        );
+        finished.await;
+        tracing::info!(task = %entry.id, "the cancelled computation ended");
     }
 
     /// The completion of an entry that could not be decoded, when it named a
@@ -567,9 +604,40 @@ mod tests {
         }
     }
 
+    /// A computation on a blocking thread that runs until its task is
+    /// cancelled, then takes 300 ms more to end (a step finishing), and
+    /// says when it ended.
+    struct Spin;
+    impl KindSpec for Spin {
+        const KIND: &'static str = "spin";
+        const CLASS: Class = Class::Cpu;
+        type Params = rmpv::Value;
+        type Output = ();
+        fn validate(_: &rmpv::Value) -> Result<(), BadParams> {
+            Ok(())
+        }
+    }
+    static SPIN_ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    struct SpinHandler;
+    impl Handler for SpinHandler {
+        type Spec = Spin;
+        async fn run(&self, _: rmpv::Value, ctx: TaskContext) -> Result<(), TaskError> {
+            crate::compute::blocking(&ctx, |stop| {
+                while !stop.is_set() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                SPIN_ENDED.store(true, std::sync::atomic::Ordering::SeqCst);
+                stop.check()
+            })
+            .await
+        }
+    }
+
     fn executor() -> Executor {
         let mut registry = Registry::with_builtins();
         registry.register(ExplodeHandler);
+        registry.register(SpinHandler);
         Executor {
             registry,
             worker_id: "w".into(),
@@ -696,6 +764,35 @@ mod tests {
         assert_eq!(done.finish.status, Status::Cancelled);
         assert_eq!(error_code(&done), Some("CANCELLED"));
         assert_eq!(done.disposition, Disposition::Final);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_computation_holds_its_task_until_its_thread_ends() {
+        let cancel = CancellationToken::new();
+        let exec = executor();
+        let run = exec.execute(
+            entry("spin", msgpack::encode(&()).unwrap(), 1),
+            "1-0".into(),
+            cancel.clone(),
+            WHOLE,
+            Arc::default(),
+        );
+        let canceller = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cancel.cancel();
+        };
+        let (done, ()) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(run, canceller)
+        })
+        .await
+        .expect("the computation sees the cancel and ends");
+        let done = done.unwrap();
+        assert!(
+            SPIN_ENDED.load(std::sync::atomic::Ordering::SeqCst),
+            "the task was given back while its computation still ran"
+        );
+        assert_eq!(done.finish.status, Status::Cancelled);
+        assert_eq!(error_code(&done), Some("CANCELLED"));
     }
 
     fn gpu_executor(spec: &str, watchdog: Option<Duration>) -> Executor {

@@ -124,6 +124,9 @@ pub struct TaskContext {
     /// The worker's model cache, for the model kinds.
     pub models: Option<Arc<crate::models::Models>>,
     cancel: CancellationToken,
+    /// The task's computations on blocking threads, so that a cancelled
+    /// task holds its slot (and its device memory) until they stopped.
+    work: crate::compute::Work,
 }
 
 impl TaskContext {
@@ -136,6 +139,7 @@ impl TaskContext {
             priority: tandem_shared::Priority::Normal,
             models: None,
             cancel,
+            work: crate::compute::Work::default(),
         }
     }
 
@@ -187,6 +191,16 @@ impl TaskContext {
     /// Completes when the task is cancelled.
     pub async fn cancelled(&self) {
         self.cancel.cancelled().await
+    }
+
+    /// The flag a computation on a blocking thread checks between steps.
+    pub fn stop(&self) -> crate::compute::Stop {
+        crate::compute::Stop::new(self.cancel.clone())
+    }
+
+    /// The task's computations on blocking threads.
+    pub(crate) fn work(&self) -> &crate::compute::Work {
+        &self.work
     }
 }
 

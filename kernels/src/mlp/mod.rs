@@ -11,7 +11,9 @@ mod train;
 
 pub use forward::{forward_cpu, loss_cpu};
 pub use optimizer::{Optimizer, OptimizerState, Params};
-pub use train::{TrainConfig, TrainReport, epoch_order, gradients_cpu, train_cpu, train_step};
+pub use train::{
+    TrainConfig, TrainReport, epoch_order, gradients_cpu, train_cpu, train_cpu_until, train_step,
+};
 
 /// The activation between hidden layers; the output layer is linear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +85,9 @@ pub enum MlpError {
     },
     #[error("MLP training: {0}")]
     BadTraining(String),
+    /// The caller asked training to stop (its task was cancelled).
+    #[error("MLP training stopped before its last epoch")]
+    Stopped,
 }
 
 impl Mlp {

@@ -375,3 +375,33 @@ fn bad_shapes_are_errors() {
     assert!(train_step(&mut net, &mut other, &x, &y, 4, &[0], &config.optimizer).is_err());
     assert_eq!(net, mlp, "failed calls leave the network as it was");
 }
+
+#[test]
+fn training_stops_between_epochs_when_asked() {
+    let samples = 256;
+    let (x, y) = regression_set(samples);
+    let config = TrainConfig {
+        epochs: 10,
+        batch_size: 64,
+        optimizer: Optimizer::adam(0.01),
+        seed: 5,
+    };
+    // Stopped before the third epoch: the weights are those after two.
+    let asked = std::cell::Cell::new(0);
+    let stop = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 2
+    };
+    let mut stopped = Mlp::random(&[2, 8, 1], Activation::Tanh, 3).expect("sizes");
+    let err = crate::mlp::train_cpu_until(&mut stopped, &x, &y, samples, &config, &stop);
+    assert!(matches!(err, Err(MlpError::Stopped)), "{err:?}");
+    assert_eq!(asked.get(), 3);
+
+    let mut two = Mlp::random(&[2, 8, 1], Activation::Tanh, 3).expect("sizes");
+    let config = TrainConfig {
+        epochs: 2,
+        ..config
+    };
+    train_cpu(&mut two, &x, &y, samples, &config).expect("train");
+    assert_eq!(stopped, two);
+}

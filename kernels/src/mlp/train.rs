@@ -59,6 +59,20 @@ pub fn train_cpu(
     samples: usize,
     config: &TrainConfig,
 ) -> Result<TrainReport, MlpError> {
+    train_cpu_until(mlp, x, y, samples, config, &|| false)
+}
+
+/// [`train_cpu`], asking `stop` before each epoch: once it says yes,
+/// training ends with [`MlpError::Stopped`] (the weights are then those of
+/// the last whole epoch).
+pub fn train_cpu_until(
+    mlp: &mut Mlp,
+    x: &[f32],
+    y: &[f32],
+    samples: usize,
+    config: &TrainConfig,
+    stop: &dyn Fn() -> bool,
+) -> Result<TrainReport, MlpError> {
     check_training(mlp, x, y, samples)?;
     config.optimizer.check()?;
     if config.batch_size == 0 {
@@ -68,6 +82,9 @@ pub fn train_cpu(
     let mut workspace = Workspace::new(mlp);
     let mut losses = Vec::with_capacity(config.epochs);
     for epoch in 0..config.epochs {
+        if stop() {
+            return Err(MlpError::Stopped);
+        }
         let order = epoch_order(samples, config.seed, epoch);
         let mut weighted = 0.0;
         for indices in order.chunks(config.batch_size) {

@@ -193,6 +193,20 @@ impl GpuMlp {
         samples: usize,
         config: &TrainConfig,
     ) -> Result<TrainReport, GpuMlpError> {
+        self.train_until(gpu, x, y, samples, config, &|| false)
+    }
+
+    /// [`GpuMlp::train`], asking `stop` before each epoch: once it says
+    /// yes, training ends with [`MlpError::Stopped`].
+    pub fn train_until(
+        &mut self,
+        gpu: &Gpu,
+        x: &[f32],
+        y: &[f32],
+        samples: usize,
+        config: &TrainConfig,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<TrainReport, GpuMlpError> {
         check_rows("training inputs", x, samples, self.inputs())?;
         check_rows("training targets", y, samples, self.outputs())?;
         self.check_gpu(gpu)?;
@@ -223,6 +237,9 @@ impl GpuMlp {
         let mut losses = Vec::with_capacity(config.epochs);
         let mut steps = 0;
         for epoch in 0..config.epochs {
+            if stop() {
+                return Err(MlpError::Stopped.into());
+            }
             let order = crate::mlp::epoch_order(samples, config.seed, epoch);
             let order: Vec<u32> = order.iter().map(|&i| i as u32).collect();
             stream

@@ -8,7 +8,7 @@ use tandem_shared::kind::indicators::{
     IndicatorSpec, Indicators, IndicatorsOutput, IndicatorsParams, SeriesValues,
 };
 
-use crate::compute::Compute;
+use crate::compute::{Compute, Stop};
 use crate::handler::{Registry, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -64,13 +64,18 @@ impl Compute for IndicatorsKind {
     type Spec = Indicators;
     const MODULE: Option<&'static str> = Some(kernel::SOURCE.module);
 
-    fn cpu(&self, params: &IndicatorsParams) -> Result<IndicatorsOutput, TaskError> {
+    fn cpu(&self, params: &IndicatorsParams, _stop: &Stop) -> Result<IndicatorsOutput, TaskError> {
         run(params, |series, indicators| {
             Ok(kernel::indicators_cpu(series, indicators))
         })
     }
 
-    fn gpu(&self, gpu: &Gpu, params: &IndicatorsParams) -> Result<IndicatorsOutput, TaskError> {
+    fn gpu(
+        &self,
+        gpu: &Gpu,
+        params: &IndicatorsParams,
+        _stop: &Stop,
+    ) -> Result<IndicatorsOutput, TaskError> {
         run(params, |series, indicators| {
             Ok(kernel::indicators_gpu(gpu, series, indicators)?)
         })

@@ -49,7 +49,7 @@ async fn forward(
     rows: usize,
 ) -> Result<Vec<f32>, TaskError> {
     let gpu = ctx.gpu.clone();
-    blocking(move || match (&loaded.gpu, gpu) {
+    blocking(ctx, move |_| match (&loaded.gpu, gpu) {
         (Some(resident), Some(gpu)) => resident
             .forward(&gpu, &inputs, rows)
             .map_err(TaskError::from),
@@ -151,20 +151,26 @@ impl Handler for TrainKind {
         // GPU when the model is resident there.
         let on_gpu = loaded.gpu.is_some().then(|| ctx.gpu.clone()).flatten();
         let samples = p.samples as usize;
-        let (trained, report) = blocking(move || match on_gpu {
-            Some(gpu) => {
-                let mut copy = GpuMlp::upload(&gpu, &start).map_err(TaskError::from)?;
-                let report = copy
-                    .train(&gpu, &p.x, &p.y, samples, &config)
-                    .map_err(TaskError::from)?;
-                Ok((copy.download().map_err(TaskError::from)?, report))
-            }
-            None => {
-                let mut copy = start;
-                let report = mlp::train_cpu(&mut copy, &p.x, &p.y, samples, &config)
-                    .map_err(|e| bad(e.to_string()))?;
-                Ok((copy, report))
-            }
+        let (trained, report) = blocking(&ctx, move |stop| {
+            let stopped = || stop.is_set();
+            let trained = match on_gpu {
+                Some(gpu) => {
+                    let mut copy = GpuMlp::upload(&gpu, &start).map_err(TaskError::from)?;
+                    copy.train_until(&gpu, &p.x, &p.y, samples, &config, &stopped)
+                        .map_err(TaskError::from)
+                        .and_then(|report| Ok((copy.download().map_err(TaskError::from)?, report)))
+                }
+                None => {
+                    let mut copy = start;
+                    mlp::train_cpu_until(&mut copy, &p.x, &p.y, samples, &config, &stopped)
+                        .map(|report| (copy, report))
+                        .map_err(|e| bad(e.to_string()))
+                }
+            };
+            // A training the cancel cut short ends as cancelled, whatever
+            // error it stopped with.
+            stop.check()?;
+            trained
         })
         .await?;
         let file = from_mlp(trained).encode();

@@ -9,7 +9,7 @@ use tandem_shared::kind::monte_carlo::{
     Estimate, MonteCarlo, MonteCarloOutput, MonteCarloParams, Percentile,
 };
 
-use crate::compute::{BlockRange, Compute, Split, whole};
+use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
 use crate::handler::{Registry, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -58,12 +58,17 @@ impl Compute for MonteCarloKind {
     type Spec = MonteCarlo;
     const MODULE: Option<&'static str> = Some(mc::SOURCE.module);
 
-    fn cpu(&self, params: &MonteCarloParams) -> Result<MonteCarloOutput, TaskError> {
-        whole(self, None, params)
+    fn cpu(&self, params: &MonteCarloParams, stop: &Stop) -> Result<MonteCarloOutput, TaskError> {
+        whole(self, None, params, stop)
     }
 
-    fn gpu(&self, gpu: &Gpu, params: &MonteCarloParams) -> Result<MonteCarloOutput, TaskError> {
-        whole(self, Some(gpu), params)
+    fn gpu(
+        &self,
+        gpu: &Gpu,
+        params: &MonteCarloParams,
+        stop: &Stop,
+    ) -> Result<MonteCarloOutput, TaskError> {
+        whole(self, Some(gpu), params, stop)
     }
 }
 
@@ -73,6 +78,11 @@ impl Split for MonteCarloKind {
 
     fn split(&self, params: &MonteCarloParams, n: usize) -> Vec<BlockRange> {
         BlockRange::split(config(params).blocks(), n)
+    }
+
+    /// Runs of at least 32 blocks (131,072 paths).
+    fn cpu_steps(&self, params: &MonteCarloParams) -> usize {
+        steps_of(config(params).blocks(), 32)
     }
 
     fn cpu_shard(
@@ -190,7 +200,7 @@ mod tests {
             .await
             .unwrap();
         let out: MonteCarloOutput = msgpack::decode(&out).unwrap();
-        assert_eq!(out, MonteCarloKind.cpu(&p).unwrap());
+        assert_eq!(out, MonteCarloKind.cpu(&p, &Stop::never()).unwrap());
         assert_eq!(out.paths, p.paths);
         assert_eq!(out.percentiles.len(), 3);
         assert!(out.european_call.price > 0.0 && out.european_call.std_error > 0.0);
@@ -210,7 +220,7 @@ mod tests {
         let splitter = registry.splitter("monte_carlo").expect("splittable");
         let p = params();
         let bytes = msgpack::encode(&p).unwrap();
-        let whole = MonteCarloKind.cpu(&p).unwrap();
+        let whole = MonteCarloKind.cpu(&p, &Stop::never()).unwrap();
         for n in [1, 2, 3, 7] {
             let shards = splitter.split(&bytes, n).unwrap();
             assert!(!shards.is_empty() && shards.len() <= n, "{n}");

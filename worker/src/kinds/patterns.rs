@@ -7,7 +7,7 @@ use tandem_shared::kind::patterns::{
     PATTERN_NAMES, Patterns, PatternsOutput, PatternsParams, SeriesMasks,
 };
 
-use crate::compute::Compute;
+use crate::compute::{Compute, Stop};
 use crate::handler::{Registry, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -57,11 +57,16 @@ impl Compute for PatternsKind {
     type Spec = Patterns;
     const MODULE: Option<&'static str> = Some(kernel::SOURCE.module);
 
-    fn cpu(&self, params: &PatternsParams) -> Result<PatternsOutput, TaskError> {
+    fn cpu(&self, params: &PatternsParams, _stop: &Stop) -> Result<PatternsOutput, TaskError> {
         run(params, |series, th| Ok(kernel::patterns_cpu(series, th)))
     }
 
-    fn gpu(&self, gpu: &Gpu, params: &PatternsParams) -> Result<PatternsOutput, TaskError> {
+    fn gpu(
+        &self,
+        gpu: &Gpu,
+        params: &PatternsParams,
+        _stop: &Stop,
+    ) -> Result<PatternsOutput, TaskError> {
         run(params, |series, th| {
             Ok(kernel::patterns_gpu(gpu, series, th)?)
         })

@@ -8,7 +8,7 @@ use tandem_shared::kind::portfolio_opt::{
     Method, Objective, PortfolioOpt, PortfolioOptOutput, PortfolioOptParams,
 };
 
-use crate::compute::Compute;
+use crate::compute::{Compute, Stop};
 use crate::handler::{Registry, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -60,12 +60,24 @@ impl Compute for PortfolioOptKind {
     type Spec = PortfolioOpt;
     const MODULE: Option<&'static str> = Some("portfolio_opt");
 
-    fn cpu(&self, params: &PortfolioOptParams) -> Result<PortfolioOptOutput, TaskError> {
+    fn cpu(
+        &self,
+        params: &PortfolioOptParams,
+        stop: &Stop,
+    ) -> Result<PortfolioOptOutput, TaskError> {
         let problem = problem(params)?;
-        Ok(output(kernel::optimize_cpu(&problem, &settings(params)?)))
+        let settings = settings(params)?;
+        let best = kernel::search_cpu(&problem, &settings);
+        stop.check()?;
+        Ok(output(kernel::refine(&problem, &settings, best)))
     }
 
-    fn gpu(&self, gpu: &Gpu, params: &PortfolioOptParams) -> Result<PortfolioOptOutput, TaskError> {
+    fn gpu(
+        &self,
+        gpu: &Gpu,
+        params: &PortfolioOptParams,
+        _stop: &Stop,
+    ) -> Result<PortfolioOptOutput, TaskError> {
         let problem = problem(params)?;
         Ok(output(kernel::optimize_gpu(
             gpu,
@@ -119,7 +131,7 @@ mod tests {
             assert_eq!(out.method, Method::Convex);
             assert!((out.weights.iter().sum::<f64>() - 1.0).abs() < 1e-14);
             assert!(out.weights.iter().all(|&w| w >= 0.0));
-            assert_eq!(out, PortfolioOptKind.cpu(&p).unwrap());
+            assert_eq!(out, PortfolioOptKind.cpu(&p, &Stop::never()).unwrap());
             match objective {
                 Objective::MinVariance => {
                     assert!(out.volatility.powi(2) <= out.random_best_objective)

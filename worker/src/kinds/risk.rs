@@ -13,7 +13,7 @@ use tandem_kernels::runtime::Gpu;
 use tandem_shared::ErrorCode;
 use tandem_shared::kind::risk::{Risk, RiskLevel, RiskOutput, RiskParams, tail_count};
 
-use crate::compute::{BlockRange, Compute, Split, whole};
+use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
 use crate::handler::{Registry, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -66,12 +66,12 @@ impl Compute for RiskKind {
     type Spec = Risk;
     const MODULE: Option<&'static str> = Some("risk");
 
-    fn cpu(&self, params: &RiskParams) -> Result<RiskOutput, TaskError> {
-        whole(self, None, params)
+    fn cpu(&self, params: &RiskParams, stop: &Stop) -> Result<RiskOutput, TaskError> {
+        whole(self, None, params, stop)
     }
 
-    fn gpu(&self, gpu: &Gpu, params: &RiskParams) -> Result<RiskOutput, TaskError> {
-        whole(self, Some(gpu), params)
+    fn gpu(&self, gpu: &Gpu, params: &RiskParams, stop: &Stop) -> Result<RiskOutput, TaskError> {
+        whole(self, Some(gpu), params, stop)
     }
 }
 
@@ -81,6 +81,11 @@ impl Split for RiskKind {
 
     fn split(&self, params: &RiskParams, n: usize) -> Vec<BlockRange> {
         BlockRange::split(kernel::block_count(params.scenarios()), n)
+    }
+
+    /// Runs of at least 32 blocks (131,072 scenarios).
+    fn cpu_steps(&self, params: &RiskParams) -> usize {
+        steps_of(kernel::block_count(params.scenarios()), 32)
     }
 
     fn cpu_shard(&self, params: &RiskParams, shard: &BlockRange) -> Result<RiskPartial, TaskError> {
@@ -238,7 +243,7 @@ mod tests {
         register(&mut registry);
         let splitter = registry.splitter("risk").expect("registered");
         for params in [monte_carlo(), historical()] {
-            let whole = RiskKind.cpu(&params).unwrap();
+            let whole = RiskKind.cpu(&params, &Stop::never()).unwrap();
             let encoded = msgpack::encode(&params).unwrap();
             for n in [1, 2, 3, 7] {
                 let shards = splitter.split(&encoded, n).unwrap();
