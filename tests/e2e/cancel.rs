@@ -114,7 +114,8 @@ async fn a_cancelled_monte_carlo_stops_computing() {
     let worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "1")]).await;
     let producer = redis.producer().await;
     // About a minute and a half of work in a debug build: 1024 blocks of
-    // 4096 paths, run in 32 steps with a look at the cancel between them.
+    // 4096 paths, run in 16 steps of 2^26 path steps, with a look at the
+    // cancel between them.
     let params = MonteCarloParams {
         s0: 100.0,
         strike: 100.0,

@@ -9,7 +9,7 @@ use tandem_shared::kind::builtin::{
     SplitSumOutput, SplitSumParams,
 };
 
-use crate::compute::{BlockRange, Compute, Split, Stop, whole};
+use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
 use crate::handler::{Handler, Registry, TaskContext, TaskError};
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -62,6 +62,12 @@ impl Split for SplitSum {
 
     fn split(&self, params: &SplitSumParams, n: usize) -> Vec<BlockRange> {
         BlockRange::split(params.blocks(), n)
+    }
+
+    /// Whole runs go in steps of two blocks, so that the tests of the
+    /// stepping see several.
+    fn cpu_steps(&self, params: &SplitSumParams) -> usize {
+        steps_of(params.blocks(), 2)
     }
 
     fn cpu_shard(&self, p: &SplitSumParams, shard: &BlockRange) -> Result<Vec<f64>, TaskError> {

@@ -407,7 +407,15 @@ mod tests {
             fail_block: None,
         };
         let encoded = msgpack::encode(&params).unwrap();
+        // Run whole, it goes in 64 steps (1,235 blocks, 2 at the least).
+        assert_eq!(SplitSum.cpu_steps(&params), 64);
         let whole = SplitSum.cpu(&params, &Stop::never()).unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        assert_eq!(
+            SplitSum.cpu(&params, &Stop::new(cancel)).unwrap_err().code,
+            ErrorCode::CANCELLED
+        );
         for n in [1, 2, 7, 200, 5_000] {
             let shards = splitter.split(&encoded, n).unwrap();
             assert!(shards.len() <= n);

@@ -80,9 +80,11 @@ impl Split for MonteCarloKind {
         BlockRange::split(config(params).blocks(), n)
     }
 
-    /// Runs of at least 32 blocks (131,072 paths).
+    /// Runs of about 2^26 path steps (some 80 ms on two cores), and at
+    /// least 16 blocks.
     fn cpu_steps(&self, params: &MonteCarloParams) -> usize {
-        steps_of(config(params).blocks(), 32)
+        let per_block = mc::BLOCK_PATHS * u64::from(params.steps.max(1));
+        steps_of(config(params).blocks(), ((1 << 26) / per_block).max(16))
     }
 
     fn cpu_shard(
@@ -211,6 +213,31 @@ mod tests {
             .err()
             .expect("rejected");
         assert_eq!(err.code, ErrorCode::BAD_PARAMS);
+    }
+
+    #[test]
+    fn the_cpu_run_goes_in_steps_of_about_2_26_path_steps_and_stops_when_cancelled() {
+        let at = |blocks: u64, steps: u32| {
+            MonteCarloKind.cpu_steps(&MonteCarloParams {
+                paths: blocks * mc::BLOCK_PATHS,
+                steps,
+                ..params()
+            })
+        };
+        // 65 blocks of 252 steps make one step; 16 blocks at the least.
+        assert_eq!(at(64, 252), 1);
+        assert_eq!(at(130, 252), 2);
+        assert_eq!(at(245, 252), 3);
+        assert_eq!(at(10_000, 1), 1);
+        assert_eq!(at(32, 1_000_000), 2);
+        assert_eq!(at(1 << 20, 252), 64);
+
+        let cancel = tokio_util::sync::CancellationToken::new();
+        cancel.cancel();
+        let err = MonteCarloKind
+            .cpu(&params(), &Stop::new(cancel))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::CANCELLED);
     }
 
     #[tokio::test]
