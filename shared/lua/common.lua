@@ -39,7 +39,7 @@ local function is_task_id(text)
 end
 
 -- The record fields a completion notice repeats besides the outcome.
-local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms'}
+local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms', 'shards'}
 
 -- Appends a completion notice for task `id` to a producer's reply stream of
 -- the task's class (the caller checks it is one, so it shares the slot):

@@ -275,7 +275,7 @@ if #KEYS >= 5 then
       notice[#notice + 1] = record[i + 1]
     end
   end
-  local known = {current[5], ARGV[13], current[7], current[8]}
+  local known = {current[5], ARGV[13], current[7], current[8], current[12]}
   notify(KEYS[5], ARGV[8], known, notice, ARGV[5], ARGV[6])
 end
 return 1
