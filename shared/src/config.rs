@@ -284,6 +284,8 @@ macro_rules! settings {
 settings! {
     /// Redis to connect to: `redis://[user:password@]host:port[/db]`; Sentinel `redis+sentinel://[user:password@]s1:p1,s2:p2/<master>[/db]`; Cluster `redis+cluster://[user:password@]h1:p1,h2:p2` (`rediss...` for TLS). Plain `REDIS_URL` works too.
     redis_url: String = "redis://127.0.0.1:6379".into(), "TANDEM_REDIS_URL";
+    /// Password of the sentinels themselves (their `requirepass`), for a `redis+sentinel://` URL; empty: none.
+    redis_sentinel_password: Secret = Secret::default(), "TANDEM_REDIS_SENTINEL_PASSWORD";
     /// Replicas that must confirm a submission (`WAIT`) before it counts as accepted; 0: do not wait.
     redis_wait_replicas: u32 = 0, "TANDEM_REDIS_WAIT_REPLICAS";
     /// How long a submission waits for `redis_wait_replicas` (ms).

@@ -232,7 +232,13 @@ async fn ask_sentinel(
     port: u16,
     master: &str,
 ) -> Result<(String, u16), RedisError> {
-    let client = Client::open(format!("redis://{host}:{port}"))?;
+    let password = config.redis_sentinel_password.expose();
+    let auth = if password.is_empty() {
+        String::new()
+    } else {
+        format!(":{}@", percent_encode(password))
+    };
+    let client = Client::open(format!("redis://{auth}{host}:{port}"))?;
     let timeout = config.connect_timeout();
     let conn_config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
@@ -258,6 +264,19 @@ async fn ask_sentinel(
         )
     })?;
     Ok((master_host, master_port))
+}
+
+/// `text` for the user-info part of a URL: unreserved characters kept,
+/// every other byte as `%XX`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -306,6 +325,12 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn passwords_are_percent_encoded() {
+        assert_eq!(percent_encode("a-Z_0.~"), "a-Z_0.~");
+        assert_eq!(percent_encode("p@ss:w/rd%"), "p%40ss%3Aw%2Frd%25");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tandem_shared::{Class, Config, Status, TaskId};
 
 use crate::gpus::{PRIMARY, SECONDARY, WAIT, settle};
 use crate::support::WorkerProcess;
-use crate::support::ha::{RedisCluster, SentinelSetup};
+use crate::support::ha::{GuardedSentinel, RedisCluster, SentinelSetup};
 use crate::support::{RedisServer, ScratchDir, bin, wait_until};
 
 /// The slot of each class's hash tag (and of `{models}`), as the cluster
@@ -584,5 +584,36 @@ async fn wait_reports_missing_replicas() {
         started.elapsed() < Duration::from_secs(10),
         "the error came after {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_sentinel_with_a_password_is_asked_with_redis_sentinel_password() {
+    let setup = GuardedSentinel::start("s3cr:t@pw");
+    let refused = Store::connect(&setup.config())
+        .await
+        .expect_err("the sentinel wants its password");
+    assert!(format!("{refused}").contains("NOAUTH"), "{refused}");
+
+    let config = Config {
+        redis_sentinel_password: tandem_shared::config::Secret::new("s3cr:t@pw"),
+        ..setup.config()
+    };
+    let store = Store::connect(&config)
+        .await
+        .expect("the password opens the sentinel");
+    let mut conn = store.connection();
+    let port: String = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("port")
+        .query_async::<Vec<String>>(&mut conn)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        port,
+        setup.master.port.to_string(),
+        "connected to the master"
     );
 }

@@ -94,10 +94,14 @@ impl RedisProcess {
             if !self.is_alive() {
                 return false;
             }
-            if let Ok(mut conn) = self.try_conn()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return true;
+            // Up when it answers; NOAUTH is an answer (a sentinel with a
+            // password).
+            if let Ok(mut conn) = self.try_conn() {
+                match redis::cmd("PING").query::<String>(&mut conn) {
+                    Ok(_) => return true,
+                    Err(err) if err.code() == Some("NOAUTH") => return true,
+                    Err(_) => {}
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -451,6 +455,48 @@ pub struct SentinelSetup {
     sentinels: Vec<RedisProcess>,
     /// The port the master had when the setup started.
     pub first_master_port: u16,
+}
+
+/// A master and one sentinel that requires `password` (its
+/// `requirepass`), watching it under [`MASTER_NAME`] alone (quorum 1).
+#[derive(Debug)]
+pub struct GuardedSentinel {
+    pub master: RedisProcess,
+    pub sentinel: RedisProcess,
+}
+
+impl GuardedSentinel {
+    pub fn start(password: &str) -> Self {
+        let master = RedisProcess::start("guarded master", |port, _| data_node_args(port));
+        let sentinel = RedisProcess::start("guarded sentinel", |port, dir| {
+            let conf = dir.path().join("sentinel.conf");
+            let text = format!(
+                "port {port}\n\
+                 bind 127.0.0.1\n\
+                 dir {dir}\n\
+                 requirepass {password}\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 1\n",
+                dir = dir.path().display(),
+                master = master.port,
+            );
+            std::fs::write(&conf, text).expect("write sentinel.conf");
+            vec![conf.display().to_string(), "--sentinel".to_owned()]
+        });
+        GuardedSentinel { master, sentinel }
+    }
+
+    /// `redis+sentinel://127.0.0.1:<sentinel>/mymaster`
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}/{MASTER_NAME}",
+            self.sentinel.port
+        )
+    }
+
+    /// A configuration pointing at the sentinel, without its password.
+    pub fn config(&self) -> Config {
+        test_config(self.url())
+    }
 }
 
 impl SentinelSetup {
