@@ -617,3 +617,80 @@ async fn a_sentinel_with_a_password_is_asked_with_redis_sentinel_password() {
         "connected to the master"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_slot_moves_to_another_master_while_the_fleet_runs() {
+    let cluster = RedisCluster::start();
+    let env = cluster.env();
+    // A claim that ran twice in the move (redis-rs sends a pipeline again
+    // when a part of it was redirected) leaves entries pending until their
+    // lease runs out: a short lease keeps that wait short.
+    let worker = WorkerProcess::spawn_with(&env, &[("TANDEM_LEASE_TIMEOUT_MS", "3000")]);
+    let store = store(&cluster.config()).await;
+    wait_healthy(&store, &worker).await;
+    let producer = Producer::connect(&cluster.config())
+        .await
+        .expect("producer connects to the cluster");
+    let cpu_slot = 9296;
+    let from = cluster.owner_of(cpu_slot);
+    let to = (from + 1) % cluster.len();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let submitting = tokio::spawn({
+        let (producer, stop, acked) = (producer.clone(), stop.clone(), acked.clone());
+        async move {
+            let mut errors = 0;
+            while !stop.load(Ordering::SeqCst) {
+                match producer.submit(sleep(Class::Cpu, 2, 0)).await {
+                    Ok(id) => acked.lock().unwrap().push(id),
+                    Err(_) => errors += 1,
+                }
+            }
+            errors
+        }
+    });
+    let count = || acked.lock().unwrap().len();
+    wait_until(Duration::from_secs(30), "50 submissions", || async {
+        count() >= 50
+    })
+    .await;
+    // Reshard the cpu class's slot under the running fleet and producer.
+    tokio::task::block_in_place(|| cluster.move_slot(cpu_slot, from, to));
+    let moved_at = count();
+    wait_until(
+        Duration::from_secs(30),
+        "50 submissions after the move",
+        || async move { count() >= moved_at + 50 },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let errors = submitting.await.unwrap();
+
+    let ids = std::mem::take(&mut *acked.lock().unwrap());
+    println!(
+        "{} submissions, {moved_at} before the move; {errors} submit errors",
+        ids.len()
+    );
+    let waited = Instant::now();
+    for id in &ids {
+        let outcome = producer.wait(*id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(outcome.status, Status::Succeeded, "{id}");
+    }
+    println!(
+        "every task succeeded {:?} after the last submission",
+        waited.elapsed()
+    );
+    // The class's keys live on the new master now.
+    let mut conn = cluster.node_conn(to).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("tandem:{cpu}:stream:normal")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(exists, "the cpu stream moved to node {to}");
+    assert!(
+        worker.log_text().contains("worker ready"),
+        "the worker never started"
+    );
+}

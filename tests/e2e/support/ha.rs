@@ -414,6 +414,50 @@ impl RedisCluster {
         self.nodes.len()
     }
 
+    /// Moves `slot` from node `from` to node `to` as `redis-cli --cluster
+    /// reshard` does, keys and all, while clients keep using it: IMPORTING
+    /// and MIGRATING, `MIGRATE` in batches, then the new owner everywhere.
+    /// Afterwards [`RedisCluster::owner_of`] no longer tells the truth for it.
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        let id = |i: usize| -> String {
+            query(&self.nodes[i], &redis::cmd("CLUSTER").arg("MYID").clone()).expect("node id")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let setslot = |i: usize, args: &[&str]| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(args);
+            query::<String>(&self.nodes[i], &cmd).expect("SETSLOT");
+        };
+        setslot(to, &["IMPORTING", &from_id]);
+        setslot(from, &["MIGRATING", &to_id]);
+        loop {
+            let keys: Vec<String> = query(
+                &self.nodes[from],
+                redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(slot)
+                    .arg(100),
+            )
+            .expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let mut migrate = redis::cmd("MIGRATE");
+            migrate
+                .arg("127.0.0.1")
+                .arg(self.nodes[to].port)
+                .arg("")
+                .arg(0)
+                .arg(5_000)
+                .arg("KEYS")
+                .arg(&keys);
+            query::<String>(&self.nodes[from], &migrate).expect("MIGRATE");
+        }
+        for i in 0..self.nodes.len() {
+            setslot(i, &["NODE", &to_id]);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
