@@ -539,6 +539,11 @@ impl Config {
         if let Err(detail) = crate::connect::Target::parse(&self.redis_url) {
             return invalid("redis_url", &detail);
         }
+        // WAIT holds the connection it runs on: it must end before the
+        // calls queued behind it time out.
+        if self.redis_wait_replicas > 0 && self.redis_wait_timeout_ms >= self.redis_timeout_ms {
+            return invalid("redis_wait_timeout_ms", "must be below redis_timeout_ms");
+        }
         if !(0.0..=1.0).contains(&self.alert_utilization_ratio) {
             return invalid("alert_utilization_ratio", "must be between 0 and 1");
         }

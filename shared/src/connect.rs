@@ -197,8 +197,11 @@ pub fn cluster_client(
 }
 
 /// Asks the sentinels, in turn, where the master named `master` is, and
-/// returns a client for it. A sentinel that cannot be reached, or does not
-/// know the master, is passed over; the error names the last failure.
+/// returns a client for it once the node itself says it is a master
+/// (`ROLE`): a sentinel that has not caught up with a failover names the
+/// demoted node. A sentinel that cannot be reached, does not know the
+/// master, or names a node that is not one, is passed over; the error
+/// names the last failure.
 pub async fn master_client(
     config: &Config,
     sentinels: &[(String, u16)],
@@ -215,7 +218,19 @@ pub async fn master_client(
                 let at = if userinfo.is_empty() { "" } else { "@" };
                 let address = format!("{master_host}:{master_port}");
                 let url = format!("{scheme}://{userinfo}{at}{address}/{db}");
-                return Ok((client_for_url(config, &url)?, address));
+                let client = client_for_url(config, &url)?;
+                match is_master(config, &client).await {
+                    Ok(true) => return Ok((client, address)),
+                    Ok(false) => {
+                        tracing::debug!(sentinel = %format!("{host}:{port}"), node = %address, "named a node that is not a master");
+                        last = RedisError::from((
+                            ErrorKind::Io,
+                            "not a master",
+                            format!("{address}, named by sentinel {host}:{port}, is not a master"),
+                        ));
+                    }
+                    Err(err) => last = err,
+                }
             }
             Err(err) => {
                 tracing::debug!(sentinel = %format!("{host}:{port}"), "sentinel: {err}");
@@ -224,6 +239,27 @@ pub async fn master_client(
         }
     }
     Err(last)
+}
+
+/// Whether the node says it is a master (`ROLE`).
+async fn is_master(config: &Config, client: &Client) -> Result<bool, RedisError> {
+    let timeout = config.connect_timeout();
+    let conn_config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout.max(Duration::from_millis(500))));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&conn_config)
+        .await?;
+    let role: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await?;
+    Ok(match role {
+        redis::Value::Array(parts) => {
+            matches!(
+                parts.first(),
+                Some(redis::Value::BulkString(b)) if b.as_slice() == b"master"
+            ) || matches!(parts.first(), Some(redis::Value::SimpleString(s)) if s == "master")
+        }
+        _ => false,
+    })
 }
 
 async fn ask_sentinel(

@@ -20,7 +20,9 @@ use tandem_shared::{Class, Config, Status, TaskId};
 
 use crate::gpus::{PRIMARY, SECONDARY, WAIT, settle};
 use crate::support::WorkerProcess;
-use crate::support::ha::{GuardedSentinel, RedisCluster, SentinelSetup};
+use crate::support::ha::{
+    GuardedSentinel, RedisCluster, SentinelSetup, data_node, lone_sentinel, replica_node,
+};
 use crate::support::{RedisServer, ScratchDir, bin, wait_until};
 
 /// The slot of each class's hash tag (and of `{models}`), as the cluster
@@ -693,4 +695,106 @@ async fn a_class_slot_moves_to_another_master_while_the_fleet_runs() {
         worker.log_text().contains("worker ready"),
         "the worker never started"
     );
+}
+
+#[tokio::test]
+async fn a_gpu_claiming_class_by_class_books_the_memory_of_each_class() {
+    // One 12 GiB GPU (10.8 GiB budget) serving heavy and light, two tasks
+    // at a time. A heavy and a light task of 6 GiB each fit only one at a
+    // time: the light class's claim must see what the heavy one booked.
+    let cluster = RedisCluster::start();
+    let config = cluster.config();
+    let producer = Producer::connect(&config)
+        .await
+        .expect("producer connects to the cluster");
+    let heavy = producer
+        .submit(sleep(Class::Heavy, 1_500, 6 * GIB))
+        .await
+        .unwrap();
+    let light = producer
+        .submit(sleep(Class::Light, 1_500, 6 * GIB))
+        .await
+        .unwrap();
+    let store = store(&config).await;
+    let worker = WorkerProcess::spawn_with(
+        &cluster.env(),
+        &[
+            ("TANDEM_SIMULATE_GPUS", "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS"),
+            ("TANDEM_CPU_FALLBACK_MS", "0"),
+            ("TANDEM_CONCURRENCY", "2"),
+            ("TANDEM_DEVICE", PRIMARY),
+        ],
+    );
+    wait_healthy(&store, &worker).await;
+    let mut spans = Vec::new();
+    for id in [heavy, light] {
+        let outcome = producer.wait(id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
+        let record = outcome.record;
+        spans.push((
+            record.started_at_ms.expect("started"),
+            record.finished_at_ms.expect("finished"),
+        ));
+    }
+    spans.sort();
+    assert!(
+        spans[0].1 <= spans[1].0,
+        "12 GiB declared on a 10.8 GiB budget ran at once: {spans:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_class_whose_consumer_group_vanished_gets_it_back() {
+    // A CPU worker serves cpu first, then the other classes. The light
+    // class's master loses its consumer groups (as a restart without
+    // persistence would); a light task still runs.
+    let cluster = RedisCluster::start();
+    let config = cluster.config();
+    let store = store(&config).await;
+    let worker = WorkerProcess::spawn_with(&cluster.env(), &[("TANDEM_CPU_FALLBACK_MS", "0")]);
+    wait_healthy(&store, &worker).await;
+    let light_node = cluster.owner_of(6713);
+    let mut conn = cluster.node_conn(light_node).await;
+    for priority in ["critical", "high", "normal", "low"] {
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(format!("tandem:{{light}}:stream:{priority}"))
+            .arg("workers")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let producer = Producer::connect(&config).await.unwrap();
+    let id = producer.submit(sleep(Class::Light, 10, 0)).await.unwrap();
+    let outcome = producer
+        .wait(id, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", worker.log_text()));
+    assert_eq!(outcome.status, Status::Succeeded);
+    assert!(worker.log_text().contains("recreating them"));
+}
+
+#[tokio::test]
+async fn a_sentinel_naming_a_replica_is_passed_over_for_one_naming_the_master() {
+    // The first sentinel is stale: it names a node that is a replica now.
+    let master = data_node("master");
+    let replica = replica_node("replica", master.port);
+    let stale = lone_sentinel("stale sentinel", replica.port, None);
+    let good = lone_sentinel("good sentinel", master.port, None);
+    let config = Config {
+        redis_url: format!(
+            "redis+sentinel://127.0.0.1:{},127.0.0.1:{}/mymaster",
+            stale.port, good.port
+        ),
+        ..Config::default()
+    };
+    let store = Store::connect(&config).await.expect("connects");
+    let mut conn = store.connection();
+    let port: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("port")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(port[1], master.port.to_string(), "connected to the master");
 }

@@ -109,7 +109,11 @@ async fn a_split_task_spreads_over_the_gpus_by_speed_and_merges_to_the_whole_res
     let result: SplitSumOutput = outcome.result().unwrap();
     assert_eq!(result.sum.to_bits(), expected(&params).to_bits());
     assert_eq!(result.blocks, 400);
-    assert_eq!(outcome.record.shards, Some(8), "the notice says it was split");
+    assert_eq!(
+        outcome.record.shards,
+        Some(8),
+        "the notice says it was split"
+    );
 
     let parent = record(&redis, &id).await;
     assert_eq!(parent.shards, Some(8), "2 GPUs x 4 shards: {parent:?}");

@@ -386,7 +386,19 @@ impl Store {
             .claim
             .as_ref()
             .map(|request| ClassClaims::new(trip, request, groups));
-        if let Some(claims) = &claims {
+        // The first class's claim rides along when the commits and
+        // extensions are all of its class (its slot): a call to one master,
+        // which fails or succeeds as a whole. Commits of other classes go
+        // first on their own, so that a failure of another master cannot
+        // throw away the reply of a claim that ran (its entries would wait
+        // for their lease to run out).
+        let first_class = trip.streams[groups[0][0]].class;
+        let one_slot = trip.completions.iter().all(|c| c.class == first_class)
+            && groups[1..]
+                .iter()
+                .all(|members| local_held(members, trip.extend).is_empty());
+        let rides = one_slot && claims.is_some();
+        if rides && let Some(claims) = &claims {
             cmds.push(claims.next_cmd(self));
         }
         let replies = self.pipeline(&cmds).await?;
@@ -414,7 +426,11 @@ impl Store {
         });
         let claimed = match claims.as_mut() {
             Some(claims) => {
-                let first = reply_ok(replies.next().unwrap_or(Value::Nil));
+                let first = if rides {
+                    reply_ok(replies.next().unwrap_or(Value::Nil))
+                } else {
+                    self.single(claims.next_cmd(self)).await
+                };
                 Some(claims.finish(self, first).await)
             }
             None => None,
@@ -491,6 +507,16 @@ impl Store {
     }
 }
 
+/// The device memory an entry declares (`memory_bytes`; 0 when absent or
+/// unreadable: the claim script judged it the same way).
+fn declared_memory(fields: &Fields) -> u64 {
+    fields
+        .iter()
+        .find(|(name, _)| name.as_slice() == crate::wire::field::MEMORY_BYTES.as_bytes())
+        .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The streams at positions `members`.
 fn streams_of(streams: &[StreamRef], members: &[usize]) -> Vec<StreamRef> {
     members.iter().map(|&i| streams[i].clone()).collect()
@@ -505,6 +531,9 @@ struct ClassClaims<'t, 'a> {
     /// The next class to claim from, as a position in `groups`.
     next: usize,
     left: usize,
+    /// Device memory the entries started so far declared: each class's
+    /// claim sees the free memory less this.
+    booked: u64,
     claimed: Claimed,
     last_ids: Vec<String>,
     dry: bool,
@@ -521,6 +550,7 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
             groups,
             next: 0,
             left: request.max,
+            booked: 0,
             claimed: Claimed::default(),
             last_ids: vec![String::new(); count],
             dry: true,
@@ -531,7 +561,12 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
 
     /// The claim of the next class, for what is left of `max`.
     fn next_cmd(&self, store: &Store) -> Cmd {
-        let members = &self.groups[self.next];
+        self.claim_cmd(store, self.next, self.left)
+    }
+
+    /// The claim of class `n` (a position in `groups`) for `max` entries.
+    fn claim_cmd(&self, store: &Store, n: usize, max: usize) -> Cmd {
+        let members = &self.groups[n];
         let rules: Vec<String> = if self.request.rules.is_empty() {
             Vec::new()
         } else {
@@ -541,8 +576,12 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
                 .collect()
         };
         let sub = ClaimRequest {
-            max: self.left,
+            max,
             rules: &rules,
+            free_memory: self
+                .request
+                .free_memory
+                .map(|free| free.saturating_sub(self.booked)),
             ..self.request.clone()
         };
         store.claim_cmd(
@@ -553,28 +592,45 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
     }
 
     /// Takes in the reply of the claim `next_cmd` made, then claims from the
-    /// further classes while `max` is not reached.
+    /// further classes while `max` is not reached. A class whose consumer
+    /// group is gone (its master restarted empty) gets its groups again and
+    /// one more try. When `max` is reached with classes left and the round
+    /// has housekeeping (promoting due retries, the sweep, dead workers),
+    /// those classes get a claim for nothing, at once, that does it.
     async fn finish(
         &mut self,
         store: &Store,
         first: Result<Value, StoreError>,
     ) -> Result<Claimed, StoreError> {
         let mut reply = first;
+        let mut retried = false;
         loop {
-            let members = &self.groups[self.next];
-            let part = match reply
-                .and_then(|v| parse_claimed(v, &streams_of(self.trip.streams, members)))
-            {
+            let streams = streams_of(self.trip.streams, &self.groups[self.next]);
+            let part = match reply.and_then(|v| parse_claimed(v, &streams)) {
                 Ok(part) => part,
+                // The dispatcher recreates every group on this error.
                 Err(err) if self.next == 0 => return Err(err),
+                Err(err) if err.is_missing_group() && !retried => {
+                    tracing::warn!(
+                        "consumer groups of {} are gone (its master restarted empty?); recreating them",
+                        streams[0].class
+                    );
+                    retried = true;
+                    reply = match store.ensure_groups(&streams).await {
+                        Ok(()) => store.single(self.next_cmd(store)).await,
+                        Err(err) => Err(err),
+                    };
+                    continue;
+                }
                 // Entries claimed from earlier classes are started: hand
                 // them over; the next round tries this class again.
                 Err(err) => {
-                    tracing::warn!("claim from one class failed: {err}");
+                    tracing::warn!("claim from class {} failed: {err}", streams[0].class);
                     self.dry = false;
                     break;
                 }
             };
+            retried = false;
             self.add(part);
             self.next += 1;
             if self.next == self.groups.len() {
@@ -582,6 +638,7 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
             }
             if self.left == 0 {
                 self.dry = false;
+                self.housekeep(store).await;
                 break;
             }
             reply = store.single(self.next_cmd(store)).await;
@@ -594,15 +651,48 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
         Ok(claimed)
     }
 
+    /// Claims of nothing for the classes not yet asked, when the round has
+    /// work besides claiming: on one server that work is done for every
+    /// class by the one claim.
+    async fn housekeep(&mut self, store: &Store) {
+        let request = self.request;
+        if !request.promote && request.sweep_idle_ms == 0 && request.dead_consumers.is_empty() {
+            return;
+        }
+        let rest: Vec<usize> = (self.next..self.groups.len()).collect();
+        let cmds: Vec<Cmd> = rest.iter().map(|&n| self.claim_cmd(store, n, 0)).collect();
+        let replies = match store.pipeline(&cmds).await {
+            Ok(replies) => replies,
+            Err(err) => {
+                tracing::warn!("housekeeping claims failed: {err}");
+                return;
+            }
+        };
+        for (n, reply) in rest.into_iter().zip(replies) {
+            let streams = streams_of(self.trip.streams, &self.groups[n]);
+            match reply_ok(reply).and_then(|v| parse_claimed(v, &streams)) {
+                Ok(part) => {
+                    self.next = n;
+                    self.add(part);
+                }
+                Err(err) => {
+                    tracing::warn!("housekeeping claim of {} failed: {err}", streams[0].class)
+                }
+            }
+        }
+    }
+
     /// Adds one class's claim, its positions turned into the worker's.
     fn add(&mut self, part: Claimed) {
         let members = &self.groups[self.next];
         self.left = self.left.saturating_sub(part.entries.len());
         for mut entry in part.entries {
-            entry.stream_index = members
-                .get(entry.stream_index)
-                .copied()
-                .unwrap_or(entry.stream_index);
+            // parse_claimed checked the position against this class's
+            // streams.
+            entry.stream_index = members[entry.stream_index];
+            if entry.verdict == Verdict::Run {
+                self.booked = self.booked.saturating_add(declared_memory(&entry.fields));
+            }
             self.claimed.entries.push(entry);
         }
         match part.last_ids {

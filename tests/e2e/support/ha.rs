@@ -501,6 +501,45 @@ pub struct SentinelSetup {
     pub first_master_port: u16,
 }
 
+/// A data node (no persistence) on a free port.
+pub fn data_node(role: &str) -> RedisProcess {
+    RedisProcess::start(role, |port, _| data_node_args(port))
+}
+
+/// A data node that replicates the one on `master`.
+pub fn replica_node(role: &str, master: u16) -> RedisProcess {
+    RedisProcess::start(role, |port, _| {
+        let mut args = data_node_args(port);
+        args.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            master.to_string(),
+        ]);
+        args
+    })
+}
+
+/// One sentinel that watches the node on `watched` as [`MASTER_NAME`]
+/// alone (quorum 1), with `requirepass` when given a password.
+pub fn lone_sentinel(role: &str, watched: u16, password: Option<&str>) -> RedisProcess {
+    RedisProcess::start(role, |port, dir| {
+        let conf = dir.path().join("sentinel.conf");
+        let auth = password
+            .map(|p| format!("requirepass {p}\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "port {port}\n\
+             bind 127.0.0.1\n\
+             dir {dir}\n\
+             {auth}\
+             sentinel monitor {MASTER_NAME} 127.0.0.1 {watched} 1\n",
+            dir = dir.path().display(),
+        );
+        std::fs::write(&conf, text).expect("write sentinel.conf");
+        vec![conf.display().to_string(), "--sentinel".to_owned()]
+    })
+}
+
 /// A master and one sentinel that requires `password` (its
 /// `requirepass`), watching it under [`MASTER_NAME`] alone (quorum 1).
 #[derive(Debug)]
@@ -511,21 +550,8 @@ pub struct GuardedSentinel {
 
 impl GuardedSentinel {
     pub fn start(password: &str) -> Self {
-        let master = RedisProcess::start("guarded master", |port, _| data_node_args(port));
-        let sentinel = RedisProcess::start("guarded sentinel", |port, dir| {
-            let conf = dir.path().join("sentinel.conf");
-            let text = format!(
-                "port {port}\n\
-                 bind 127.0.0.1\n\
-                 dir {dir}\n\
-                 requirepass {password}\n\
-                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 1\n",
-                dir = dir.path().display(),
-                master = master.port,
-            );
-            std::fs::write(&conf, text).expect("write sentinel.conf");
-            vec![conf.display().to_string(), "--sentinel".to_owned()]
-        });
+        let master = data_node("guarded master");
+        let sentinel = lone_sentinel("guarded sentinel", master.port, Some(password));
         GuardedSentinel { master, sentinel }
     }
 
