@@ -241,15 +241,24 @@ pub async fn master_client(
     Err(last)
 }
 
-/// Whether the node says it is a master (`ROLE`).
-async fn is_master(config: &Config, client: &Client) -> Result<bool, RedisError> {
+/// A connection for a question or two (to a sentinel, or a node's role),
+/// with the connect timeout for both connecting and answering.
+async fn short_connection(
+    config: &Config,
+    client: &Client,
+) -> Result<redis::aio::MultiplexedConnection, RedisError> {
     let timeout = config.connect_timeout();
     let conn_config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout.max(Duration::from_millis(500))));
-    let mut conn = client
+    client
         .get_multiplexed_async_connection_with_config(&conn_config)
-        .await?;
+        .await
+}
+
+/// Whether the node says it is a master (`ROLE`).
+async fn is_master(config: &Config, client: &Client) -> Result<bool, RedisError> {
+    let mut conn = short_connection(config, client).await?;
     let role: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await?;
     Ok(match role {
         redis::Value::Array(parts) => {
@@ -275,13 +284,7 @@ async fn ask_sentinel(
         format!(":{}@", percent_encode(password))
     };
     let client = Client::open(format!("redis://{auth}{host}:{port}"))?;
-    let timeout = config.connect_timeout();
-    let conn_config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout.max(Duration::from_millis(500))));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&conn_config)
-        .await?;
+    let mut conn = short_connection(config, &client).await?;
     let addr: Option<(String, String)> = redis::cmd("SENTINEL")
         .arg("get-master-addr-by-name")
         .arg(master)

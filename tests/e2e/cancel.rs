@@ -53,6 +53,15 @@ async fn a_cancelled_queued_task_never_starts() {
     );
 }
 
+/// Waits until the task's record says it runs.
+async fn wait_running(producer: &tandem_producer::Producer, id: TaskId) {
+    wait_until(Duration::from_secs(20), "task running", || {
+        let producer = producer.clone();
+        async move { producer.status(id).await.unwrap() == Status::Running }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_cancelled_running_task_is_stopped_and_ends_cancelled() {
     let redis = RedisServer::start();
@@ -62,11 +71,7 @@ async fn a_cancelled_running_task_is_stopped_and_ends_cancelled() {
         .submit(Task::of::<Sleep>(&SleepParams { ms: 60_000 }).unwrap())
         .await
         .unwrap();
-    wait_until(Duration::from_secs(20), "task running", || {
-        let producer = producer.clone();
-        async move { producer.status(long).await.unwrap() == Status::Running }
-    })
-    .await;
+    wait_running(&producer, long).await;
 
     let asked = Instant::now();
     assert_eq!(
@@ -132,11 +137,7 @@ async fn a_cancelled_monte_carlo_stops_computing() {
         .submit(Task::of::<MonteCarlo>(&params).unwrap())
         .await
         .unwrap();
-    wait_until(Duration::from_secs(20), "task running", || {
-        let producer = producer.clone();
-        async move { producer.status(long).await.unwrap() == Status::Running }
-    })
-    .await;
+    wait_running(&producer, long).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let asked = Instant::now();
