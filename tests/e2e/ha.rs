@@ -350,10 +350,19 @@ async fn cluster_runs_every_class() {
     // The CLI reads the cluster.
     let url = cluster.url();
     let queues = tandem_ok(&url, &["queues"]);
-    for (class, _) in CLASS_SLOTS {
+    for (class, slot) in CLASS_SLOTS {
         assert!(
             queues.contains(&format!("tandem:{{{class}}}:stream:normal")),
             "{class} missing from:\n{queues}"
+        );
+        // Where each class lives: its slot on its master.
+        let home = format!("127.0.0.1:{}", cluster.port(cluster.owner_of(slot)));
+        assert!(
+            queues.lines().any(|line| {
+                let cells: Vec<&str> = line.split_whitespace().collect();
+                cells == [class.as_str(), &slot.to_string(), &home]
+            }),
+            "{class} on {home} missing from:\n{queues}"
         );
     }
     let listed = tandem_ok(&url, &["workers"]);

@@ -45,5 +45,17 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         table::thousands(waiting),
         table::thousands(pending)
     );
+    if let Some(homes) = store.class_homes(Class::ALL).await? {
+        // Redis Cluster: each class is one hash slot on one master.
+        let mut rows = vec![["class", "slot", "master"].map(String::from).to_vec()];
+        for (class, slot, master) in homes {
+            rows.push(vec![
+                class.to_string(),
+                slot.to_string(),
+                master.unwrap_or_else(|| "(none: slot unassigned or moving)".into()),
+            ]);
+        }
+        print!("\n{}", table::render(&rows));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -346,6 +346,27 @@ impl Link {
         Ok(cluster_masters(&nodes))
     }
 
+    /// In Cluster, the master serving each key's slot (`host:port`, or
+    /// `None` when none does); `None` on one server or under Sentinel.
+    pub(super) async fn slot_masters(
+        &self,
+        keys: &[String],
+    ) -> Result<Option<Vec<Option<String>>>, StoreError> {
+        let Mode::Cluster { conn, .. } = &self.mode else {
+            return Ok(None);
+        };
+        let mut conn = conn.clone();
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some(
+            keys.iter()
+                .map(|key| slot_master(&nodes, slot_of(key)))
+                .collect(),
+        ))
+    }
+
     /// Runs one command on one cluster node.
     pub(super) async fn on_node(
         &self,
@@ -423,6 +444,27 @@ impl SentinelLink {
     }
 }
 
+/// The master serving `slot` in a `CLUSTER NODES` reply (`host:port`), or
+/// `None` when no master lists it (unassigned, or the map is mid-change).
+fn slot_master(nodes: &str, slot: u16) -> Option<String> {
+    nodes.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let flags = fields.get(2)?;
+        if !flags.split(',').any(|f| f == "master") {
+            return None;
+        }
+        let serves = fields.get(8..)?.iter().any(|range| {
+            let (start, end) = range.split_once('-').unwrap_or((range, range));
+            match (start.parse::<u16>(), end.parse::<u16>()) {
+                (Ok(start), Ok(end)) => (start..=end).contains(&slot),
+                // `[slot->-node]` migration markers.
+                _ => false,
+            }
+        });
+        serves.then(|| fields[1].split('@').next().unwrap_or(fields[1]).to_owned())
+    })
+}
+
 /// The masters in a `CLUSTER NODES` reply that are not failing.
 fn cluster_masters(nodes: &str) -> Vec<(String, u16)> {
     nodes
@@ -440,6 +482,34 @@ fn cluster_masters(nodes: &str) -> Vec<(String, u16)> {
             Some((host.to_owned(), port.parse().ok()?))
         })
         .collect()
+}
+
+/// The Redis Cluster slot of a key: CRC16 (XMODEM) of its hash tag (the
+/// part between the first `{` and the next `}`, when not empty), or of the
+/// whole key, mod 16384.
+pub(super) fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
 }
 
 /// The key a command addresses first (which decides its slot), or `None`
@@ -688,6 +758,31 @@ mod tests {
         ];
         assert_eq!(slot_groups(&cmds), vec![vec![0, 3], vec![1, 4], vec![2]]);
         assert_eq!(first_key(&cmds[2]), None);
+    }
+
+    #[test]
+    fn slots_and_their_masters_come_from_cluster_nodes() {
+        assert_eq!(slot_of("tandem:{heavy}:stream:high"), 8060);
+        assert_eq!(slot_of("tandem:{light}:x"), 6713);
+        // Redis's own examples (CLUSTER KEYSLOT).
+        assert_eq!(slot_of("somekey"), 11058);
+        assert_eq!(slot_of("foo{}{bar}"), slot_of("foo{}{bar}"));
+        assert_eq!(slot_of("{user1000}.following"), slot_of("user1000"));
+        // Agrees with redis-rs, which routes by it.
+        for key in ["a", "tandem:{cpu}:task:1", "x{}y", "{", "}{x}"] {
+            assert_eq!(
+                format!("{:?}", Slot::for_key(key)),
+                format!("Slot({})", slot_of(key)),
+                "{key}"
+            );
+        }
+        let nodes = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-7000 7002\n\
+                     b2 127.0.0.1:7001@17001 master - 0 0 2 connected 7001 7003-16383 [7002->-a1]\n\
+                     c3 127.0.0.1:7002@17002 slave b2 0 0 2 connected\n";
+        assert_eq!(slot_master(nodes, 6713).as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(slot_master(nodes, 7001).as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(slot_master(nodes, 7002).as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(slot_master(nodes, 8060).as_deref(), Some("127.0.0.1:7001"));
     }
 
     #[test]

@@ -84,6 +84,30 @@ impl Store {
         }
     }
 
+    /// In Cluster, where each class lives: its hash slot and the master
+    /// serving it (`host:port`; `None` while no master lists the slot).
+    /// `None` on one server or under Sentinel.
+    pub async fn class_homes(
+        &self,
+        classes: &[Class],
+    ) -> Result<Option<Vec<(Class, u16, Option<String>)>>, StoreError> {
+        let keys: Vec<String> = classes
+            .iter()
+            .map(|&class| self.keys.class_base(class))
+            .collect();
+        let Some(masters) = self.link.slot_masters(&keys).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            classes
+                .iter()
+                .zip(&keys)
+                .zip(masters)
+                .map(|((&class, key), master)| (class, super::link::slot_of(key), master))
+                .collect(),
+        ))
+    }
+
     /// Redis's `used_memory`, in bytes (in Cluster, the masters' sum), or
     /// `None` when the server will not say (an ACL user without `INFO`).
     pub async fn used_memory(&self) -> Option<u64> {
