@@ -103,6 +103,7 @@ impl StoreError {
                     || err.code() == Some("TRYAGAIN")
                     || err.code() == Some("READONLY")
                     || err.code() == Some("CLUSTERDOWN")
+                    || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
             }
             _ => false,
         }
@@ -266,5 +267,25 @@ impl BlockingConn {
             read.extend(reply::parse_stream_read(reply)?);
         }
         Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError};
+
+    use super::StoreError;
+
+    #[test]
+    fn outages_are_connection_errors_and_command_errors_are_not() {
+        let error = |kind: ErrorKind| StoreError::Redis(RedisError::from((kind, "test")));
+        assert!(error(ErrorKind::Io).is_connection());
+        assert!(error(ErrorKind::ClusterConnectionNotFound).is_connection());
+        assert!(!error(ErrorKind::InvalidClientConfig).is_connection());
+        let not_replicated = StoreError::NotReplicated {
+            acked: 0,
+            wanted: 1,
+        };
+        assert!(!not_replicated.is_connection());
     }
 }
