@@ -287,6 +287,42 @@ fn bench_runs_every_phase() {
     assert!(!text.contains("FAILED"), "{text}");
 }
 
+#[test]
+fn scaling_splits_over_each_fleet_and_reports_gaps() {
+    let out = tandem(
+        None,
+        &[
+            "scaling",
+            "--gpus",
+            "1,2",
+            "--blocks",
+            "40",
+            "--block-ms",
+            "5",
+            "--runs",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    let row = |gpus: &str| -> Vec<String> {
+        text.lines()
+            .map(|line| {
+                line.split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .find(|cells| cells.first().map(String::as_str) == Some(gpus))
+            .unwrap_or_else(|| panic!("no row for {gpus} GPUs:\n{text}"))
+    };
+    // One GPU runs the task whole; two split it into 2 x 4 shards.
+    assert_eq!(row("1")[1], "1", "{text}");
+    assert_eq!(row("2")[1], "8", "{text}");
+    // Two GPUs finish the work in well under the time one takes.
+    let makespan = |gpus: &str| -> u64 { row(gpus)[2].replace(',', "").parse().unwrap() };
+    assert!(makespan("2") * 10 < makespan("1") * 8, "{text}");
+}
+
 fn local_redis_port(text: &str) -> u16 {
     text.split("redis://127.0.0.1:")
         .nth(1)

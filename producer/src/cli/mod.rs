@@ -8,6 +8,7 @@ mod dlq;
 mod local;
 mod model;
 mod queues;
+mod scaling;
 mod soak;
 mod table;
 mod tasks;
@@ -25,6 +26,7 @@ pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
 pub use model::{ModelCommand, NewArgs as ModelNewArgs};
+pub use scaling::ScalingArgs;
 pub use soak::SoakArgs;
 pub use tasks::{SubmitArgs, TaskArgs, TaskViewArgs, WaitArgs};
 pub use top::TopArgs;
@@ -88,6 +90,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Push a million tasks through and watch Redis memory stay flat.
     Soak(SoakArgs),
+    /// Split one parallel task over 1, 2, 4 ... simulated GPUs (a private
+    /// Redis and fleet each): makespan against the ideal, and each GPU's
+    /// idle gaps between shards.
+    Scaling(ScalingArgs),
     /// Print every setting with its environment variable, default and meaning.
     Settings {
         /// As a Markdown table (the README's).
@@ -164,6 +170,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
             Command::Soak(args) => soak::run(config, redis_url_given, args).await,
+            Command::Scaling(args) => scaling::run(config, args).await,
             Command::Settings { .. } => Ok(ExitCode::SUCCESS),
         }
     });
