@@ -216,7 +216,7 @@ pub async fn master_client(
             Ok((master_host, master_port)) => {
                 let scheme = if tls { "rediss" } else { "redis" };
                 let at = if userinfo.is_empty() { "" } else { "@" };
-                let address = format!("{master_host}:{master_port}");
+                let address = host_port(&master_host, master_port);
                 let url = format!("{scheme}://{userinfo}{at}{address}/{db}");
                 let client = client_for_url(config, &url)?;
                 match is_master(config, &client).await {
@@ -305,6 +305,16 @@ async fn ask_sentinel(
     Ok((master_host, master_port))
 }
 
+/// `host:port` for a URL, an IPv6 host in brackets (a sentinel names hosts
+/// without them).
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// `text` for the user-info part of a URL: unreserved characters kept,
 /// every other byte as `%XX`.
 fn percent_encode(text: &str) -> String {
@@ -364,6 +374,14 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn ipv6_hosts_get_brackets() {
+        assert_eq!(host_port("10.0.0.1", 6379), "10.0.0.1:6379");
+        assert_eq!(host_port("::1", 6379), "[::1]:6379");
+        assert_eq!(host_port("[::1]", 6379), "[::1]:6379");
+        assert_eq!(host_port("redis-0.local", 6379), "redis-0.local:6379");
     }
 
     #[test]

@@ -348,9 +348,13 @@ where
         let gpu = gpu_for(S::MODULE, ctx);
         let ctx = ctx.clone();
         Ok(Box::pin(async move {
-            let partial = blocking(&ctx, move |_| match gpu {
-                Some(gpu) => kind.gpu_shard(&gpu, &task.params, &task.shard),
-                None => kind.cpu_shard(&task.params, &task.shard),
+            // A shard is one step: it looks at the cancel before it starts.
+            let partial = blocking(&ctx, move |stop| {
+                stop.check()?;
+                match gpu {
+                    Some(gpu) => kind.gpu_shard(&gpu, &task.params, &task.shard),
+                    None => kind.cpu_shard(&task.params, &task.shard),
+                }
             })
             .await?;
             encode(&partial)
@@ -416,6 +420,13 @@ mod tests {
             SplitSum.cpu(&params, &Stop::new(cancel)).unwrap_err().code,
             ErrorCode::CANCELLED
         );
+        // A shard of a cancelled task does not start.
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        let ctx = TaskContext::new(tandem_shared::TaskId::new(), 1, "cpu".into(), cancelled);
+        let shard = splitter.split(&encoded, 2).unwrap().remove(0);
+        let refused = splitter.run_shard(&shard, &ctx).unwrap().await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::CANCELLED);
         for n in [1, 2, 7, 200, 5_000] {
             let shards = splitter.split(&encoded, n).unwrap();
             assert!(shards.len() <= n);
