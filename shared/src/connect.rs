@@ -151,8 +151,15 @@ fn certificates(config: &Config) -> Result<Option<TlsCertificates>, RedisError> 
     }))
 }
 
+/// The URL of one data node: `redis[s]://[userinfo@]host:port`.
+pub(crate) fn node_url(tls: bool, userinfo: &str, address: &str) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let at = if userinfo.is_empty() { "" } else { "@" };
+    format!("{scheme}://{userinfo}{at}{address}")
+}
+
 /// A client for one server's URL, with the configuration's certificates.
-fn client_for_url(config: &Config, url: &str) -> Result<Client, RedisError> {
+pub(crate) fn client_for_url(config: &Config, url: &str) -> Result<Client, RedisError> {
     match certificates(config)? {
         Some(certs) if url.starts_with("rediss://") => Client::build_with_tls(url, certs),
         _ => Client::open(url),
@@ -180,11 +187,9 @@ pub fn cluster_client(
     tls: bool,
     userinfo: &str,
 ) -> Result<ClusterClient, RedisError> {
-    let scheme = if tls { "rediss" } else { "redis" };
-    let at = if userinfo.is_empty() { "" } else { "@" };
     let urls: Vec<String> = nodes
         .iter()
-        .map(|(host, port)| format!("{scheme}://{userinfo}{at}{host}:{port}"))
+        .map(|(host, port)| node_url(tls, userinfo, &host_port(host, *port)))
         .collect();
     let mut builder = ClusterClientBuilder::new(urls)
         .connection_timeout(config.connect_timeout())
@@ -214,10 +219,8 @@ pub async fn master_client(
     for (host, port) in sentinels {
         match ask_sentinel(config, host, *port, master).await {
             Ok((master_host, master_port)) => {
-                let scheme = if tls { "rediss" } else { "redis" };
-                let at = if userinfo.is_empty() { "" } else { "@" };
                 let address = host_port(&master_host, master_port);
-                let url = format!("{scheme}://{userinfo}{at}{address}/{db}");
+                let url = format!("{}/{db}", node_url(tls, userinfo, &address));
                 let client = client_for_url(config, &url)?;
                 match is_master(config, &client).await {
                     Ok(true) => return Ok((client, address)),
@@ -307,7 +310,7 @@ async fn ask_sentinel(
 
 /// `host:port` for a URL, an IPv6 host in brackets (a sentinel names hosts
 /// without them).
-fn host_port(host: &str, port: u16) -> String {
+pub(crate) fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {

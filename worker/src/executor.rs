@@ -421,11 +421,14 @@ impl Executor {
                 "cancelled by a producer while running",
             )),
         };
-        // The handler's future is dropped by now, which stops async work;
-        // a computation on a blocking thread stops at its next look at the
-        // cancel. Until it has, the task keeps its slot and its device
-        // memory, so the next task does not start beside it.
-        self.wait_for_computations(entry, ctx.work()).await;
+        // After a cancel the handler's future is dropped, which stops async
+        // work; a computation on a blocking thread stops at its next look at
+        // the cancel. Until it has, the task keeps its slot and its device
+        // memory, so the next task does not start beside it. (Otherwise the
+        // handler awaited its computations to the end.)
+        if cancel.is_cancelled() {
+            self.wait_for_computations(entry, ctx.work()).await;
+        }
         outcome
     }
 
