@@ -1,9 +1,9 @@
 //! The CUDA driver, loaded at run time: whether it is there, which GPUs it
 //! sees, a health probe, and what a driver error means for the device.
 //!
-//! This is the crate's one module with `unsafe` code: cudarc's raw device
-//! queries (`cuDeviceGetAttribute`, `cuDeviceTotalMem`) are `unsafe fn`s
-//! whose only contract is a device handle from `cuDeviceGet`, which is what
+//! The `unsafe` code here is cudarc's raw device queries
+//! (`cuDeviceGetAttribute`, `cuDeviceTotalMem`): `unsafe fn`s whose only
+//! contract is a device handle from `cuDeviceGet`, which is what
 //! every call here passes. Listing devices this way creates no CUDA context,
 //! so detection costs no GPU memory.
 //!

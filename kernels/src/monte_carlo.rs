@@ -22,9 +22,10 @@
 //! at sigma sqrt(t) = 0.2). A level that falls in the underflow or overflow
 //! count reports the edge of the histogram.
 //!
-//! The GPU runs one thread per path (1024 threads, four paths each, per
-//! 4096-path block) with a fixed-order warp-shuffle reduction per block, and
-//! counts the histogram with integer atomics. Its prices agree with the CPU
+//! The GPU runs one CUDA block per 4096-path block, 1024 threads of four
+//! paths each (path = block * 4096 + k * 1024 + thread), with a fixed-order
+//! warp-shuffle reduction per block, and counts the histogram with integer
+//! atomics. Its prices agree with the CPU
 //! twin's within a relative 1e-4: the f32 path math differs by ulps (CUDA's
 //! `logf`, `sincospif` and `expf` against the host's polynomials, see
 //! [`philox::normal_pair`] and `exp_f32`). The CPU walks [`philox::LANES`]

@@ -3,7 +3,7 @@
 -- entry fields are kept in `<base>split:<id>` (for its merge entry, or its
 -- dead letter), each shard becomes an entry of the same stream with a
 -- `queued` record of its own, and the parent's record, still `running`,
--- gets `shards`, `shards_done` = 0 and `shard_ids`. The parent's entry is
+-- gets `shards`, `shards_done` = 0, `shard_ids` and `split_at_ms`. The parent's entry is
 -- acknowledged and deleted: from now on its shards carry its work, and the
 -- commit of the last one puts the parent back as a merge entry.
 --

@@ -4,7 +4,8 @@
 //! file (`--config` or `TANDEM_CONFIG`), and its environment variable
 //! (`TANDEM_<NAME>`; the Redis URL also honours plain `REDIS_URL`). Binaries
 //! apply their command-line flags on top. [`Config::SETTINGS`] lists every
-//! setting with its variable, default and meaning; `tandem config` prints it
+//! setting with its variable, default and meaning; `tandem settings` and
+//! `tandem-worker settings` print it
 //! and the README's table is that list.
 
 use std::collections::BTreeMap;
@@ -46,7 +47,7 @@ pub enum LogFormat {
 }
 
 /// A setting's value type: parsed from an environment variable, shown in
-/// `tandem config`.
+/// `tandem settings`.
 pub trait SettingValue: Sized {
     fn parse_setting(text: &str) -> Result<Self, String>;
     fn show_setting(&self) -> String;
@@ -218,7 +219,7 @@ impl SettingValue for Secret {
     }
 }
 
-/// What `tandem config` and the README show about one setting.
+/// What `tandem settings` and the README show about one setting.
 #[derive(Debug, Clone, Copy)]
 pub struct SettingInfo {
     pub name: &'static str,
@@ -314,7 +315,7 @@ settings! {
     reply_ttl_s: u64 = 3_600, "TANDEM_REPLY_TTL_S";
     /// Results up to this size travel inside the completion notice; larger ones are fetched (bytes).
     inline_result_bytes: usize = 16 * 1024, "TANDEM_INLINE_RESULT_BYTES";
-    /// This worker's id (its consumer name); empty means host-pid-random, new for each process.
+    /// This worker's id (its consumer name); empty means `<host>-<device>-<pid>-<4 hex digits>`, new for each process.
     worker_id: String = String::new(), "TANDEM_WORKER_ID";
     /// Tasks a worker runs at once; 0 means one per CPU core.
     concurrency: usize = 0, "TANDEM_CONCURRENCY";
@@ -394,7 +395,7 @@ settings! {
     fleet_restart_ms: u64 = 1_000, "TANDEM_FLEET_RESTART_MS";
     /// Longest wait before a restart (ms).
     fleet_restart_max_ms: u64 = 30_000, "TANDEM_FLEET_RESTART_MAX_MS";
-    /// Also run the fault-injection kinds `panic` and `abort` (tests and demos only: `abort` kills the worker).
+    /// Also run the test kinds `panic`, `abort`, `gpu_only` and `split_sum` (tests, demos and `tandem scaling` only: `abort` kills the worker).
     test_kinds: bool = false, "TANDEM_TEST_KINDS";
     /// CA certificate (PEM file) to verify a `rediss://` server with; empty: the system's roots.
     tls_ca_file: String = String::new(), "TANDEM_TLS_CA_FILE";

@@ -140,15 +140,55 @@ fn certificates(config: &Config) -> Result<Option<TlsCertificates>, RedisError> 
     let client_tls = if config.tls_cert_file.is_empty() {
         None
     } else {
+        let client_cert = read("cannot read tls_cert_file", &config.tls_cert_file)?;
+        let client_key = read("cannot read tls_key_file", &config.tls_key_file)?;
+        check_client_certificate(config, &client_cert, &client_key)?;
         Some(ClientTlsConfig {
-            client_cert: read("cannot read tls_cert_file", &config.tls_cert_file)?,
-            client_key: read("cannot read tls_key_file", &config.tls_key_file)?,
+            client_cert,
+            client_key,
         })
     };
     Ok(Some(TlsCertificates {
         client_tls,
         root_cert,
     }))
+}
+
+/// Checks the client certificate and key as rustls will when it connects,
+/// so that a certificate it refuses is named here. Without this, an X.509 v1
+/// certificate (which `openssl x509 -req` makes when given no extensions)
+/// fails at the first connection as "invalid peer certificate:
+/// UnsupportedCertVersion", naming neither the file nor the client side.
+fn check_client_certificate(config: &Config, cert: &[u8], key: &[u8]) -> Result<(), RedisError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_path = &config.tls_cert_file;
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| config_error("bad tls_cert_file", format!("{cert_path}: {e}")))?;
+    if chain.is_empty() {
+        return Err(config_error(
+            "bad tls_cert_file",
+            format!("{cert_path}: no PEM certificate in it"),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| config_error("bad tls_key_file", format!("{}: {e}", config.tls_key_file)))?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        let hint = match e {
+            rustls::Error::InvalidCertificate(_) => {
+                " (the client certificate must be X.509 v3: sign it with extensions, e.g. \
+                 `openssl x509 -req ... -extfile <(printf 'basicConstraints=CA:FALSE')`)"
+            }
+            _ => "",
+        };
+        config_error(
+            "bad tls_cert_file",
+            format!("{cert_path} with key {}: {e}{hint}", config.tls_key_file),
+        )
+    })?;
+    Ok(())
 }
 
 /// The URL of one data node: `redis[s]://[userinfo@]host:port`.
@@ -334,6 +374,25 @@ fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: an X.509 v1 client certificate failed mTLS at the first
+    /// connection with "invalid peer certificate", naming no file.
+    #[test]
+    fn a_v1_client_certificate_is_refused_by_name() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+        let with = |cert: &str| Config {
+            tls_cert_file: format!("{dir}/{cert}"),
+            tls_key_file: format!("{dir}/client.key"),
+            ..Config::default()
+        };
+        let v3 = with("client-v3.pem");
+        assert!(certificates(&v3).is_ok());
+        let v1 = with("client-v1.pem");
+        let err = certificates(&v1).expect_err("a v1 certificate").to_string();
+        assert!(err.contains("bad tls_cert_file"), "{err}");
+        assert!(err.contains("client-v1.pem"), "{err}");
+        assert!(err.contains("X.509 v3"), "{err}");
+    }
 
     #[test]
     fn parses_each_deployment() {

@@ -6,7 +6,8 @@
 //!
 //! - [`task`]: ids, classes, priorities, statuses, error codes.
 //! - [`kind`]: the [`kind::KindSpec`] contract of a task kind, and the
-//!   built-in kinds (`noop`, `sleep`, `echo`, `fail`).
+//!   built-in kinds (`noop`, `sleep`, `echo`, `fail`, the compute and model
+//!   kinds, the test kinds).
 //! - [`device`]: GPUs, capability scores, roles, simulated GPUs.
 //! - [`routing`]: which waiting tasks a worker takes, from the registry.
 //! - [`wire`]: the fields of entries, records and notices (wire format v2).
@@ -19,6 +20,7 @@
 //! - [`signature`]: optional HMAC signing of task entries.
 //! - [`connect`]: Redis clients from the configuration (TLS included).
 //! - [`config`]: the one configuration type.
+//! - [`logging`]: log set-up (text or JSON, `RUST_LOG` or `log_level`).
 //!
 //! # Example
 //!

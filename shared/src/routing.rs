@@ -9,7 +9,7 @@
 //! workers agree on who takes what without talking to each other, and a
 //! worker that dies changes everyone's rules within a heartbeat TTL.
 //!
-//! The decision matrix (SPEC.md's routing table; docs/ARCHITECTURE.md shows
+//! The decision matrix (the product's routing table; docs/ARCHITECTURE.md shows
 //! it as a table):
 //!
 //! - heavy: the primary (`heavy` or `both`). The secondary (`light`) takes

@@ -1,4 +1,5 @@
-//! Handlers of the built-in kinds (`noop`, `sleep`, `echo`, `fail`), whose
+//! Handlers of the built-in kinds (`noop`, `sleep`, `echo`, `fail`) and of
+//! the test kinds (`panic`, `abort`, `gpu_only`, `split_sum`), whose
 //! specs live in `tandem_shared::kind::builtin`.
 
 use std::time::Duration;

@@ -284,7 +284,8 @@ impl Registry {
         Self::default()
     }
 
-    /// A registry with the built-in kinds (`noop`, `sleep`, `echo`, `fail`).
+    /// A registry with the built-in kinds (`noop`, `sleep`, `echo`, `fail`)
+    /// and every compute and model kind.
     pub fn with_builtins() -> Self {
         let mut registry = Self::new();
         crate::builtin::register(&mut registry);
@@ -292,7 +293,7 @@ impl Registry {
         registry
     }
 
-    /// Adds the fault-injection kinds `panic` and `abort`, for tests.
+    /// Adds the test kinds `panic`, `abort`, `gpu_only` and `split_sum`.
     pub fn add_test_kinds(&mut self) -> &mut Self {
         crate::builtin::register_test_kinds(self);
         self

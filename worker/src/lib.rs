@@ -5,7 +5,13 @@
 //! # Layout
 //!
 //! - [`handler`]: the [`Handler`] trait kinds implement, and the [`Registry`].
-//! - `builtin`: handlers of the built-in kinds (`noop`, `sleep`, `echo`, `fail`).
+//! - `builtin`: handlers of the built-in kinds (`noop`, `sleep`, `echo`, `fail`)
+//!   and the test kinds.
+//! - [`compute`]: the `Compute` and `Split` traits of the compute kinds, and
+//!   the `Stop` a cancelled computation sees between steps.
+//! - `kinds`: the compute and model kinds' handlers.
+//! - [`models`]: the model cache (resident models, reloads on new versions).
+//! - `stats`: the worker's task counters.
 //! - `dispatcher`: the claim loop (commit, claim, start, wait).
 //! - `executor`: runs one task; turns results, errors and panics into commits.
 //! - `waker`: wakes an idle worker when a task arrives (blocking `XREAD`).

@@ -15,6 +15,8 @@
 //! - `models`: the model registry (records, uploaded files).
 //! - `stats`: queue depths for the CLI; key clean-up.
 //! - `reply`: typed reading of Redis replies.
+//! - `link`: the connection under the store: one server, the master a
+//!   Sentinel names, or a Cluster (pipelines cut per slot); `WAIT`.
 
 mod alerts;
 mod dead;
