@@ -154,7 +154,9 @@ fn demo_without_redis_url_starts_and_stops_its_own_redis() {
 
 #[test]
 fn demo_cleans_up_on_ctrl_c() {
-    let child = Command::new(bin("tandem"))
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+    let mut child = Command::new(bin("tandem"))
         .args(["demo", "--tasks", "1000000", "--workers", "1"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -164,31 +166,63 @@ fn demo_cleans_up_on_ctrl_c() {
         .spawn()
         .unwrap();
     let demo_pid = child.id();
-    // Let it start Redis and the worker and get going.
+    // Its output, read as it comes.
+    let printed = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let printed = printed.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut text = printed.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        })
+    };
+    let text = || printed.lock().unwrap().clone();
+    // The demo takes Ctrl-C as its own once its workload runs: wait until
+    // its Redis holds a task record (a bound only against a hang).
     let started = Instant::now();
-    while worker_pids(demo_pid).is_empty() {
+    let mut redis: Option<redis::Connection> = None;
+    loop {
         assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no worker started"
+            started.elapsed() < Duration::from_secs(120),
+            "the demo's workload did not start:\n{}",
+            text()
         );
+        if redis.is_none() && text().contains("started 1 workers") {
+            let port = local_redis_port(&text());
+            redis = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .and_then(|client| client.get_connection())
+                .ok();
+        }
+        if let Some(conn) = redis.as_mut() {
+            let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(0)
+                .arg("MATCH")
+                .arg("*:task:*")
+                .arg("COUNT")
+                .arg(1000)
+                .query(conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                break;
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    drop(redis);
     let status = Command::new("kill")
         .args(["-INT", &demo_pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(stdout(&out).contains("interrupted"), "{}", stdout(&out));
-    let port = local_redis_port(&stdout(&out));
+    reader.join().unwrap();
+    let text = text();
+    assert_eq!(out.status.code(), Some(130), "{}\n{}", text, stderr(&out));
+    assert!(text.contains("interrupted"), "{text}");
+    let port = local_redis_port(&text);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "redis-server left running"

@@ -32,7 +32,18 @@ async fn a_task_past_its_deadline_expires_without_running() {
     let deadline = record.deadline_ms.unwrap();
     assert_eq!(deadline, record.submitted_at_ms.unwrap() + 100);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The worker starts only once the deadline has passed on the Redis
+    // clock (the clock the scripts judge deadlines by).
+    let conn = redis.conn().await;
+    crate::support::wait_until(Duration::from_secs(20), "the deadline passed", || {
+        let mut conn = conn.clone();
+        async move {
+            let (secs, micros): (u64, u64) =
+                redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+            secs * 1000 + micros / 1000 > deadline
+        }
+    })
+    .await;
     let _worker = WorkerProcess::start(&redis, &[]).await;
 
     let outcome = producer.wait(late, Duration::from_secs(20)).await.unwrap();

@@ -173,9 +173,26 @@ async fn resident(store: &Store) -> Vec<String> {
     gpu.models.clone()
 }
 
-/// Waits a heartbeat so the registry shows the ledger.
-async fn beat() {
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+/// The simulated GPU worker's last heartbeat time.
+async fn heartbeat_at(store: &Store) -> u64 {
+    let workers = store.workers().await.unwrap();
+    workers
+        .iter()
+        .find(|w| w.device.starts_with("SIM-"))
+        .map_or(0, |w| w.heartbeat_at_ms)
+}
+
+/// Waits until the GPU worker wrote two heartbeats after this call, so its
+/// registry record shows the ledger as it is now (the first one may have
+/// been sampled before the last commit).
+async fn beat(store: &Store) {
+    for _ in 0..2 {
+        let seen = heartbeat_at(store).await;
+        crate::support::wait_until(WAIT, "a heartbeat", || async {
+            heartbeat_at(store).await > seen
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -203,7 +220,7 @@ async fn models_are_admitted_then_evicted_by_priority_least_recently_used_first(
         assert!(out.is_some(), "{record:?}");
         assert_eq!(on(&record), "SIM-0-big");
     }
-    beat().await;
+    beat(&store).await;
     assert_eq!(resident(&store).await, ["m1", "m2", "m3", "m4", "m5"]);
 
     // A normal task never evicts: its model does not fit, so the task goes
@@ -211,20 +228,20 @@ async fn models_are_admitted_then_evicted_by_priority_least_recently_used_first(
     let (record, out) = run::<Infer>(&producer, &infer("m6", 2, 16), Priority::Normal).await;
     assert!(out.is_some(), "{record:?}");
     assert_eq!(on(&record), "cpu");
-    beat().await;
+    beat(&store).await;
     assert_eq!(resident(&store).await, ["m1", "m2", "m3", "m4", "m5"]);
 
     // A high one evicts the least recently used of the lowest priority.
     let (record, _) = run::<Infer>(&producer, &infer("m6", 2, 16), Priority::High).await;
     assert_eq!(on(&record), "SIM-0-big");
-    beat().await;
+    beat(&store).await;
     assert_eq!(resident(&store).await, ["m2", "m3", "m4", "m5", "m6"]);
 
     // Using m2 makes m5 the least recently used low one: it goes next.
     run::<Infer>(&producer, &infer("m2", 1, 16), Priority::Low).await;
     let (record, _) = run::<Infer>(&producer, &infer("m1", 1, 16), Priority::Critical).await;
     assert_eq!(on(&record), "SIM-0-big");
-    beat().await;
+    beat(&store).await;
     let models = resident(&store).await;
     assert!(!models.contains(&"m5".to_owned()), "{models:?}");
     assert!(models.contains(&"m2".to_owned()), "{models:?}");
