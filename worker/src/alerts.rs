@@ -226,6 +226,7 @@ impl Alerts {
         }
         Ok(())
     }
+
     /// Entries in a stream no worker reads get no record, no dead letter
     /// and no outcome: without this alert they would wait unseen for ever.
     /// An empty unknown stream harms nothing and raises nothing.
