@@ -93,6 +93,8 @@ struct Inner {
     reconnect_timeout: Duration,
     /// Signs every task when a signing key is configured.
     signer: Option<Signer>,
+    /// `train` tasks go to the heavy class whatever their model.
+    train_on_primary: bool,
 }
 
 /// The task reading one reply stream.
@@ -176,6 +178,7 @@ impl Producer {
                 resync: tokio::sync::watch::Sender::new(0),
                 reconnect_timeout: Duration::from_millis(config.reconnect_timeout_ms),
                 signer: Signer::new(config.signing_key.expose()),
+                train_on_primary: config.train_on_primary,
             }),
         })
     }
@@ -206,8 +209,9 @@ impl Producer {
     /// Submits tasks in one round trip. Every task is checked first; if one
     /// is invalid, nothing is sent.
     ///
-    /// `infer` and `train` tasks with no class set go to their model's
-    /// registered class (see [`Task`]): their models are looked up first,
+    /// `infer` tasks with no class set go to their model's registered
+    /// class (`train` ones too when `train_on_primary` is off; see
+    /// [`Task`]): their models are looked up first,
     /// once per distinct model, all lookups in flight together, so a batch
     /// costs one more round trip, not one per task. A model that is not
     /// registered leaves the kind's class; the worker then fails the task
@@ -282,7 +286,7 @@ impl Producer {
         let inner = &self.inner;
         let mut checked = Vec::with_capacity(tasks.len());
         for t in tasks {
-            let model = t.model_deciding_class();
+            let model = t.model_deciding_class(inner.train_on_primary);
             let task = t.into_new_task(inner.default_max_attempts, inner.max_payload_bytes)?;
             checked.push((task, model));
         }

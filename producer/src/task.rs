@@ -13,7 +13,8 @@ use crate::error::ProducerError;
 /// The kinds whose class follows the registered class of the model they
 /// name: a heavy model's `infer` or `train` needs a heavy worker's room,
 /// whatever its batch. (`predict_batch` keeps its own rule: heavy over
-/// 100 symbols.)
+/// 100 symbols; `train` is heavy whatever its model while
+/// `train_on_primary` holds.)
 const MODEL_CLASS_KINDS: [&str; 2] = [Infer::KIND, Train::KIND];
 
 /// The one field a model kind's parameters are read for here; the others
@@ -30,11 +31,12 @@ struct ModelRef {
 /// # Class
 ///
 /// The class (the stream, and so the workers, a task goes to) is, first
-/// to apply: the one set with [`Task::class`]; for `infer` and `train`,
-/// the class the model registry records for the named model (looked up
-/// when the task is submitted); the class the kind gives its parameters.
-/// A model that is not registered leaves the kind's class (light): the
-/// task is submitted anyway, and the worker fails it with
+/// to apply: the one set with [`Task::class`]; for `infer` (and `train`
+/// when the producer's `train_on_primary` is off), the class the model
+/// registry records for the named model (looked up when the task is
+/// submitted); the class the kind gives its parameters (`train`: heavy,
+/// the primary GPU). A model that is not registered leaves the kind's
+/// class: the task is submitted anyway, and the worker fails it with
 /// `MODEL_NOT_FOUND`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
@@ -143,8 +145,11 @@ impl Task {
     /// The model whose registered class this task goes to: the `model`
     /// parameter of an `infer` or `train` task with no class set. `None`
     /// also when the parameters do not decode; checking them reports that.
-    pub(crate) fn model_deciding_class(&self) -> Option<String> {
-        if self.class_chosen || !MODEL_CLASS_KINDS.contains(&self.kind.as_str()) {
+    pub(crate) fn model_deciding_class(&self, train_on_primary: bool) -> Option<String> {
+        if self.class_chosen
+            || !MODEL_CLASS_KINDS.contains(&self.kind.as_str())
+            || (train_on_primary && self.kind == Train::KIND)
+        {
             return None;
         }
         msgpack::decode::<ModelRef>(&self.params)
@@ -344,8 +349,18 @@ mod tests {
             (Task::new("my_kind", &infer_params("px")).unwrap(), None),
         ];
         for (i, (task, model)) in cases.into_iter().enumerate() {
-            assert_eq!(task.model_deciding_class().as_deref(), model, "case {i}");
+            assert_eq!(
+                task.model_deciding_class(false).as_deref(),
+                model,
+                "case {i}"
+            );
         }
+        // Training goes to the primary whatever its model, unless told not to.
+        let train = Task::of::<Train>(&train_params("pz")).unwrap();
+        assert_eq!(train.class, Some(Class::Heavy));
+        assert_eq!(train.model_deciding_class(true), None);
+        let infer = Task::of::<Infer>(&infer_params("px")).unwrap();
+        assert_eq!(infer.model_deciding_class(true).as_deref(), Some("px"));
     }
 
     #[test]

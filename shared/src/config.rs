@@ -371,6 +371,8 @@ settings! {
     device_memory_reserve_pct: u32 = 10, "TANDEM_DEVICE_MEMORY_RESERVE_PCT";
     /// A model whose parameters are over this size is heavy (the primary GPU), else light (bytes; 5 GB per the seed).
     model_heavy_threshold_bytes: u64 = 5_000_000_000, "TANDEM_MODEL_HEAVY_THRESHOLD_BYTES";
+    /// `train` tasks go to the heavy class (the primary GPU; the secondary or a CPU worker only by the fallback rules), whatever their model's size; false: to their model's registered class, as `infer` does. Read by producers, which choose a task's class.
+    train_on_primary: bool = true, "TANDEM_TRAIN_ON_PRIMARY";
     /// Largest model file `tandem model upload` stores in Redis; larger ones are registered by path (bytes).
     max_model_upload_bytes: usize = 64 << 20, "TANDEM_MAX_MODEL_UPLOAD_BYTES";
     /// A heavy task waiting this long while the primary GPU is busy goes to the secondary if it fits, else the CPU worker (ms).

@@ -175,6 +175,45 @@ impl Keys {
         format!("{}:alert-dead-seen", self.prefix)
     }
 
+    /// The `SCAN MATCH` pattern of every key under this prefix (the
+    /// prefix holds no glob characters: the configuration allows only
+    /// letters, digits, '-', '_', '.' and '@').
+    pub fn scan_pattern(&self) -> String {
+        format!("{}:*", self.prefix)
+    }
+
+    /// Why no worker reads the stream `key` (under this prefix), in words;
+    /// `None` when it is a stream Tandem uses: a task stream of a known
+    /// class and priority, a reply stream, a dead-letter stream, or the
+    /// alerts stream.
+    pub fn unknown_stream(&self, key: &str) -> Option<String> {
+        let known = Class::ALL.iter().any(|&class| {
+            self.class_keys(class).0.iter().any(|s| s == key) || self.dead(class) == key
+        }) || self.is_reply(key)
+            || key == self.alerts();
+        if known {
+            return None;
+        }
+        let list = |names: &[&str]| names.join(", ");
+        let classes: Vec<&str> = Class::ALL.iter().map(|c| c.as_str()).collect();
+        let priorities: Vec<&str> = Priority::ALL.iter().map(|p| p.as_str()).collect();
+        let shape = format!("{}:{{<class>}}:stream:<priority>", self.prefix);
+        // `<prefix>:{<tag>}:stream:<priority>`: say which part is wrong.
+        let task_like = key
+            .strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix(":{"))
+            .and_then(|rest| rest.split_once("}:stream:"));
+        Some(match task_like {
+            Some((class, _)) if class.parse::<Class>().is_err() => {
+                format!("class {class:?} is not one of {}", list(&classes))
+            }
+            Some((_, priority)) => {
+                format!("priority {priority:?} is not one of {}", list(&priorities))
+            }
+            None => format!("not a task stream ({shape})"),
+        })
+    }
+
     /// Every task stream, highest priority first, then in `classes` order.
     pub fn streams_in_claim_order(&self, classes: &[Class]) -> Vec<(Class, Priority, String)> {
         Priority::ALL
@@ -244,6 +283,35 @@ mod tests {
         check("other:{cpu}:reply:abc", false, false);
         check("tqx:{cpu}:reply:abc", false, false);
         check("tq:{cpu}:task:x", false, false);
+    }
+
+    #[test]
+    fn streams_no_worker_reads_are_told_apart_and_explained() {
+        let keys = Keys::new("tq");
+        for known in [
+            keys.stream(Class::Cpu, Priority::Low),
+            keys.stream(Class::Heavy, Priority::Critical),
+            keys.dead(Class::Parallel).to_owned(),
+            keys.reply(Class::Light, "p1"),
+            keys.alerts(),
+        ] {
+            assert_eq!(keys.unknown_stream(&known), None, "{known}");
+        }
+        let why = |key: &str| keys.unknown_stream(key).unwrap_or_default();
+        assert_eq!(
+            why("tq:{cpu}:stream:urgent"),
+            "priority \"urgent\" is not one of critical, high, normal, low"
+        );
+        assert_eq!(
+            why("tq:{bogus}:stream:normal"),
+            "class \"bogus\" is not one of heavy, light, parallel, cpu"
+        );
+        assert_eq!(
+            why("tq:stream:normal"),
+            "not a task stream (tq:{<class>}:stream:<priority>)"
+        );
+        assert!(why("tq:{cpu}:reply:").starts_with("not a task stream"));
+        assert_eq!(keys.scan_pattern(), "tq:*");
     }
 
     #[test]

@@ -26,6 +26,10 @@
 //!   resort.
 //! - cpu: CPU workers; GPU workers only when no CPU worker lives.
 //!
+//! Classes are chosen by producers, not here: `train` is heavy whatever
+//! its model while `train_on_primary` holds (the seed: training always
+//! uses the primary GPU), so it follows the heavy row above.
+//!
 //! A GPU worker never takes a task larger than its free memory, whatever the
 //! rule: the claim carries its free memory too.
 

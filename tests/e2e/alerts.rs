@@ -2,7 +2,9 @@
 //! `gpu_hot`, an `underused` one running tasks `gpu_underused`, a failing
 //! device `device_failed` before its worker exits; a task no worker takes
 //! raises `queue_stalled` (once per interval for a fleet of two), dead
-//! letters `dead_letters_growing`; `tandem alerts` lists them.
+//! letters `dead_letters_growing`, entries in a stream no worker reads
+//! `unknown_stream` (on one server and on every master of a Cluster);
+//! `tandem alerts` lists them, `tandem queues` the unknown streams.
 
 use std::process::Command;
 
@@ -12,6 +14,7 @@ use tandem_shared::kind::builtin::{Fail, FailParams, Sleep, SleepParams};
 use tandem_shared::store::{Alert, AlertEntry};
 
 use crate::gpus::{WAIT, store, wait_healthy};
+use crate::support::ha::RedisCluster;
 use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
 
 /// Settings short enough that every alert comes within a few seconds.
@@ -193,4 +196,173 @@ async fn dead_letters_raise_dead_letters_growing() {
     let alert = wait_alert(&redis, "dead_letters_growing", &worker.id).await;
     assert_eq!(alert.stream, "tandem:{cpu}:dead", "{alert:?}");
     assert!(alert.value >= 1.0 && alert.threshold == 1.0, "{alert:?}");
+}
+
+/// Appends `count` entries shaped like a task's to `key`, as a producer
+/// that got the class or priority wrong would.
+async fn add_entries(conn: &mut impl redis::aio::ConnectionLike, key: &str, count: usize) {
+    for _ in 0..count {
+        let _: String = redis::cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg("kind")
+            .arg("noop")
+            .arg("params")
+            .arg(b"\x80".as_slice())
+            .query_async(conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// `tandem queues` against `url`; its output.
+fn tandem_queues(url: &str) -> String {
+    let out = Command::new(bin("tandem"))
+        .arg("queues")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TANDEM_REDIS_URL", url)
+        .output()
+        .expect("run tandem");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `tandem queues` row of `key`, whatever the column widths.
+fn row<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .unwrap_or_else(|| panic!("no row for {key}:\n{text}"))
+}
+
+#[tokio::test]
+async fn entries_in_streams_no_worker_reads_raise_unknown_stream_and_show_in_queues() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    // A priority and a class Tandem does not know: no worker reads these.
+    add_entries(&mut conn, "tandem:{cpu}:stream:urgent", 2).await;
+    add_entries(&mut conn, "tandem:{bogus}:stream:normal", 1).await;
+    // An empty one holds nothing up: listed, never alerted.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("tandem:{cpu}:stream:later")
+        .arg("workers")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Streams Tandem does read or write: a task stream, a reply stream, a
+    // dead-letter stream and the alerts stream are never unknown.
+    let worker = WorkerProcess::start(&redis, &env(&[])).await;
+    let producer = redis.producer().await;
+    let ok = producer.submit(sleep_task(Class::Cpu, 1)).await.unwrap();
+    producer.wait(ok, WAIT).await.unwrap();
+    let failing = Task::of::<Fail>(&FailParams {
+        code: "E_ALERT".into(),
+        message: "to the dead letters".into(),
+        retry: false,
+    })
+    .unwrap()
+    .class(Class::Cpu);
+    let dead = producer.submit(failing).await.unwrap();
+    producer.wait(dead, WAIT).await.unwrap();
+
+    let urgent = wait_alert(&redis, "unknown_stream", &worker.id).await;
+    let unknown = || async {
+        let mut found: Vec<Alert> = alerts(&redis)
+            .await
+            .into_iter()
+            .map(|e| e.alert)
+            .filter(|a| a.alert == "unknown_stream")
+            .collect();
+        found.sort_by(|a, b| a.stream.cmp(&b.stream));
+        found
+    };
+    wait_until(WAIT, "unknown_stream for both streams", || async {
+        let found = unknown().await;
+        ["tandem:{bogus}:stream:normal", "tandem:{cpu}:stream:urgent"]
+            .iter()
+            .all(|key| found.iter().any(|a| a.stream == *key))
+    })
+    .await;
+    assert!(urgent.message.contains("no worker reads"), "{urgent:?}");
+    for alert in unknown().await {
+        let (value, why) = match alert.stream.as_str() {
+            "tandem:{cpu}:stream:urgent" => (2.0, "priority \"urgent\" is not one of"),
+            "tandem:{bogus}:stream:normal" => (1.0, "class \"bogus\" is not one of"),
+            _ => panic!("only the two streams holding entries are alerted: {alert:?}"),
+        };
+        assert_eq!((alert.value, alert.threshold), (value, 0.0), "{alert:?}");
+        assert!(alert.message.contains(why), "{alert:?}");
+    }
+
+    // `tandem queues` lists all three, and none of the streams Tandem uses.
+    let text = tandem_queues(&redis.url());
+    let section = text
+        .split_once("unknown stream")
+        .map(|(_, after)| after)
+        .unwrap_or_else(|| panic!("no unknown streams section:\n{text}"));
+    for (key, entries, why) in [
+        ("tandem:{bogus}:stream:normal", "1", "class \"bogus\""),
+        ("tandem:{cpu}:stream:later", "0", "priority \"later\""),
+        ("tandem:{cpu}:stream:urgent", "2", "priority \"urgent\""),
+    ] {
+        let line = row(section, key);
+        assert_eq!(line.split_whitespace().nth(1), Some(entries), "{line}");
+        assert!(line.contains(why), "{line}");
+    }
+    for known in [
+        "tandem:{cpu}:stream:normal",
+        "tandem:{cpu}:dead",
+        "tandem:alerts",
+    ] {
+        assert!(
+            !section.lines().any(|l| l.starts_with(known)),
+            "{known} is not unknown:\n{text}"
+        );
+    }
+    assert!(!section.contains(":reply:"), "{text}");
+    assert!(
+        section.contains("3 entries in 3 streams no worker reads"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_streams_are_found_on_every_cluster_master() {
+    // `{light}` lives on node A, `{heavy}` on node B, `{cpu}` on node C.
+    let cluster = RedisCluster::start();
+    let store = tandem_shared::store::Store::connect(&cluster.config())
+        .await
+        .expect("store");
+    let mut conn = store.connection();
+    let keys = [
+        "tandem:{light}:stream:soon",
+        "tandem:{heavy}:stream:urgent",
+        "tandem:{cpu}:stream:later",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        add_entries(&mut conn, key, i + 1).await;
+    }
+    // A known stream on each master is left out.
+    for class in ["light", "heavy", "cpu"] {
+        add_entries(&mut conn, &format!("tandem:{{{class}}}:stream:normal"), 1).await;
+    }
+    let found = store.unknown_streams().await.expect("unknown streams");
+    let mut got: Vec<(String, u64)> = found.iter().map(|s| (s.key.clone(), s.length)).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("tandem:{cpu}:stream:later".to_owned(), 3),
+            ("tandem:{heavy}:stream:urgent".to_owned(), 2),
+            ("tandem:{light}:stream:soon".to_owned(), 1),
+        ]
+    );
+    assert!(found.iter().all(|s| s.oldest_ms.is_some()), "{found:?}");
+    let text = tandem_queues(&cluster.url());
+    for key in keys {
+        row(&text, key);
+    }
 }

@@ -1,18 +1,23 @@
 //! docker-compose.yml, the Dockerfile and deploy/prometheus.yml, checked
 //! without a Docker engine: every service that runs a Tandem binary runs
 //! here as the container would (its entrypoint, command and environment)
-//! with `--check-config`, and the file's structure is what a GPU fleet
-//! needs (AOF, health check, one reserved GPU and role per GPU worker, a
-//! CPU worker, Prometheus scraping them all).
+//! with `--check-config`; the worker services run for real against a test
+//! Redis on simulated GPUs, each seeing the GPUs its reservation gives it,
+//! on a host whose GPU 0 is the smaller card, and the roles must come out
+//! right; and the file's structure is what a GPU fleet needs (AOF, health
+//! check, GPUs reserved without pinned roles, a CPU worker, Prometheus
+//! scraping them all).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_yaml::Value;
 use tandem_shared::Config;
+use tandem_shared::device::{Health, Role};
 
-use crate::support::bin;
+use crate::gpus::{WAIT, registry};
+use crate::support::{RedisServer, ScratchDir, bin, wait_until};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -203,7 +208,7 @@ fn every_tandem_service_passes_its_own_check_config() {
         }
         checked.push(name);
     }
-    assert_eq!(checked, ["gpu0", "gpu1", "cpu", "cli"], "services run");
+    assert_eq!(checked, ["fleet", "cpu", "cli"], "services run");
 }
 
 #[test]
@@ -220,8 +225,19 @@ fn a_broken_setting_fails_check_config_with_exit_2_naming_it() {
         assert_eq!(out.status.code(), Some(2), "{name} {var}={value}: {stderr}");
         assert!(stderr.contains(needle), "{name} {var}={value}: {stderr}");
     };
-    check("gpu0", "TANDEM_ROLE", "bogus", "TANDEM_ROLE");
-    check("gpu1", "TANDEM_DEVICE", "GPU 1", "TANDEM_DEVICE");
+    check(
+        "fleet",
+        "TANDEM_DEVICE_ROLES",
+        "GPU-a=boss",
+        "TANDEM_DEVICE_ROLES",
+    );
+    check(
+        "fleet",
+        "TANDEM_FLEET_CPU_WORKER",
+        "maybe",
+        "TANDEM_FLEET_CPU_WORKER",
+    );
+    check("cpu", "TANDEM_DEVICE", "GPU 1", "TANDEM_DEVICE");
     check("cpu", "TANDEM_LOG_FORMAT", "xml", "TANDEM_LOG_FORMAT");
     check("cli", "TANDEM_PREFIX", "has space", "prefix");
 }
@@ -238,47 +254,226 @@ fn redis_keeps_an_append_only_file_and_reports_health() {
         .join(" ");
     assert!(probe.contains("redis-cli ping"), "{probe}");
     // Workers wait for that health check, not just for the container.
-    for name in ["gpu0", "gpu1", "cpu"] {
+    for name in ["fleet", "cpu"] {
         let condition = &service(&compose, name)["depends_on"]["redis"]["condition"];
         assert_eq!(condition.as_str(), Some("service_healthy"), "{name}");
     }
 }
 
+/// A service's GPU reservation: `None` when it reserves none, else its
+/// `device_ids`, or `count` (`all` or a number).
+fn gpu_reservation(name: &str, service: &Value) -> Option<Value> {
+    let devices = service["deploy"]["resources"]["reservations"]["devices"].as_sequence()?;
+    let gpus: Vec<&Value> = devices
+        .iter()
+        .filter(|d| {
+            words(&d["capabilities"])
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c == "gpu")
+        })
+        .collect();
+    assert_eq!(gpus.len(), 1, "{name}: one GPU reservation");
+    let device = gpus[0];
+    assert_eq!(device["driver"].as_str(), Some("nvidia"), "{name}");
+    if device["device_ids"].is_null() {
+        Some(device["count"].clone())
+    } else {
+        Some(device["device_ids"].clone())
+    }
+}
+
+/// The `CUDA_VISIBLE_DEVICES` that gives a process the GPUs the NVIDIA
+/// runtime gives the service's container: `None` (unset: every GPU) for
+/// `count: all`, the first N for `count: N`, the listed ones for
+/// `device_ids` (renumbered from 0, as in the container), none without a
+/// reservation.
+fn visible_devices(name: &str, service: &Value) -> Option<String> {
+    match gpu_reservation(name, service) {
+        None => Some(String::new()),
+        Some(Value::String(all)) if all == "all" => None,
+        Some(Value::Number(n)) => {
+            let n = n.as_u64().expect("a GPU count");
+            Some((0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+        }
+        Some(ids @ (Value::Sequence(_) | Value::String(_))) => {
+            Some(words(&ids).expect("device_ids").join(","))
+        }
+        Some(other) => panic!("{name}: GPU reservation {other:?}"),
+    }
+}
+
 #[test]
-fn each_gpu_worker_reserves_its_gpu_with_a_role_and_a_cpu_worker_runs() {
+fn gpu_workers_get_their_roles_from_detection_and_a_cpu_worker_runs() {
     let compose = compose();
-    let mut reserved = BTreeSet::new();
-    // The seed's host: the faster GPU 0 takes heavy work, GPU 1 light.
-    for (name, gpu, expected_role) in [("gpu0", "0", "heavy"), ("gpu1", "1", "light")] {
-        let worker = service(&compose, name);
-        let devices = worker["deploy"]["resources"]["reservations"]["devices"]
-            .as_sequence()
-            .unwrap_or_else(|| panic!("{name} reserves no device"));
-        assert_eq!(devices.len(), 1, "{name}: one GPU per worker");
-        let device = &devices[0];
-        assert_eq!(device["driver"].as_str(), Some("nvidia"), "{name}");
-        let capabilities = words(&device["capabilities"]).expect("capabilities");
-        assert!(capabilities.iter().any(|c| c == "gpu"), "{name}");
-        let ids = words(&device["device_ids"]).expect("device_ids");
-        assert_eq!(ids, [gpu], "{name} is pinned to its GPU");
-        reserved.extend(ids);
+    let image = Dockerfile::read();
+    let mut gpu_services = Vec::new();
+    for (name, service) in services(&compose) {
+        if gpu_reservation(&name, &service).is_none() {
+            continue;
+        }
+        gpu_services.push(name.clone());
+        // Nothing pins a GPU or a role: detection ranks the GPUs the
+        // container sees, whichever index the larger card has.
+        for var in ["TANDEM_ROLE", "TANDEM_DEVICE", "TANDEM_DEVICE_ROLES"] {
+            assert_eq!(env_value(&service, var), None, "{name} sets {var}");
+        }
+        let (program, args) = invocation(&service, &image).expect("runs our image");
         assert_eq!(
-            env_value(&worker, "TANDEM_ROLE").as_deref(),
-            Some(expected_role),
+            (program.as_str(), args.as_slice()),
+            ("tandem-worker", &["fleet".to_owned()][..]),
             "{name}"
         );
-        // The container sees only its reserved GPU, always as index 0.
         assert_eq!(
-            env_value(&worker, "TANDEM_DEVICE").as_deref(),
-            Some("0"),
-            "{name}"
+            visible_devices(&name, &service),
+            None,
+            "{name} sees every GPU"
+        );
+        assert_eq!(
+            env_value(&service, "TANDEM_FLEET_CPU_WORKER").as_deref(),
+            Some("false"),
+            "{name}: the CPU worker is its own service"
         );
     }
-    assert_eq!(reserved.len(), 2, "two different GPUs");
+    assert_eq!(gpu_services, ["fleet"]);
 
     let cpu = service(&compose, "cpu");
     assert_eq!(env_value(&cpu, "TANDEM_DEVICE").as_deref(), Some("cpu"));
     assert!(cpu["deploy"].is_null(), "the CPU worker reserves no GPU");
+}
+
+/// The seed's two cards with the smaller one first: GPU 0 is the 3060 Ti.
+const SMALL_FIRST: &str = "RTX 3060 Ti, 8 GiB, 16.2 TFLOPS; RTX 4070 Ti, 12 GiB, 40.09 TFLOPS";
+
+/// A service's container, run here as a process: killed on drop, its log
+/// shown when the test fails.
+struct Container {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("---- log of service {} ----\n{text}", self.name);
+        }
+    }
+}
+
+/// A worker service's environment on this host: the file's, pointed at
+/// the test Redis, with the simulated GPUs its reservation lets it see.
+fn host_env(
+    name: &str,
+    service: &Value,
+    redis: &RedisServer,
+    scratch: &Path,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = environment(service)
+        .into_iter()
+        .filter(|(k, _)| {
+            // The service's network and volume, replaced below; no metrics
+            // port that another test might hold.
+            !matches!(
+                k.as_str(),
+                "TANDEM_REDIS_URL" | "TANDEM_METRICS_PORT" | "TANDEM_MODEL_DIR"
+            )
+        })
+        .collect();
+    env.extend(redis.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
+    env.push(("TANDEM_MODEL_DIR".into(), scratch.display().to_string()));
+    env.push(("TANDEM_SIMULATE_GPUS".into(), SMALL_FIRST.into()));
+    if let Some(visible) = visible_devices(name, service) {
+        env.push(("CUDA_VISIBLE_DEVICES".into(), visible));
+    }
+    env
+}
+
+fn command(program: &str, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(bin(program));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+#[tokio::test]
+async fn on_a_host_whose_gpu0_is_the_smaller_card_the_roles_come_out_right() {
+    let compose = compose();
+    let image = Dockerfile::read();
+    let redis = RedisServer::start();
+    let scratch = ScratchDir::new("compose");
+    let mut containers = Vec::new();
+    let mut gpus_seen = 0;
+    for (name, service) in services(&compose) {
+        let Some((program, args)) = invocation(&service, &image) else {
+            continue;
+        };
+        if program != "tandem-worker" {
+            continue;
+        }
+        let env = host_env(&name, &service, &redis, scratch.path());
+
+        // What the container would detect: the larger card is heavy.
+        let out = command(&program, &env)
+            .args(["detect", "--json"])
+            .output()
+            .expect("run detect");
+        assert!(out.status.success(), "{name}: {out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let gpus = json["gpus"].as_array().cloned().unwrap_or_default();
+        for gpu in &gpus {
+            let want = if gpus.len() == 1 {
+                "both"
+            } else if gpu["name"].as_str().unwrap_or_default().contains("4070") {
+                "heavy"
+            } else {
+                "light"
+            };
+            assert_eq!(gpu["role"], want, "{name}: {gpu}");
+        }
+        gpus_seen += gpus.len();
+
+        // The service's exact command line.
+        let log = scratch.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log");
+        let child = command(&program, &env)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start the service");
+        containers.push(Container { name, child, log });
+    }
+    assert_eq!(gpus_seen, 2, "the host's two GPUs are served");
+
+    // Every GPU and the CPU get a healthy worker: the 4070 Ti (GPU 1) is
+    // the primary, the 3060 Ti (GPU 0) the secondary.
+    wait_until(WAIT, "a healthy worker per GPU and the CPU", || async {
+        let workers = registry(&redis).await;
+        workers.len() == 3 && workers.iter().all(|w| w.health == Health::Healthy)
+    })
+    .await;
+    let mut roles: Vec<(String, Option<u32>, Role)> = registry(&redis)
+        .await
+        .into_iter()
+        .map(|w| (w.device_name, w.device_index, w.role))
+        .collect();
+    roles.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        roles,
+        [
+            (String::new(), None, Role::Cpu),
+            ("RTX 3060 Ti (simulated)".to_owned(), Some(0), Role::Light),
+            ("RTX 4070 Ti (simulated)".to_owned(), Some(1), Role::Heavy),
+        ],
+        "{} services",
+        containers.len()
+    );
 }
 
 #[test]
@@ -300,7 +495,7 @@ fn prometheus_is_optional_and_scrapes_every_worker() {
             targets.extend(words(&group["targets"]).expect("targets"));
         }
     }
-    for name in ["gpu0", "gpu1", "cpu"] {
+    for name in ["fleet", "cpu"] {
         let port = env_value(&service(&compose, name), "TANDEM_METRICS_PORT")
             .unwrap_or_else(|| panic!("{name} sets no metrics port"));
         let target = format!("{name}:{port}");

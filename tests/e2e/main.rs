@@ -27,6 +27,7 @@ mod priority;
 mod producer;
 mod python;
 mod reliability;
+mod routing_rules;
 mod security;
 mod split;
 mod tracing;

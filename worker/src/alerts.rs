@@ -4,7 +4,8 @@
 //! Device alerts (`gpu_hot`, `gpu_underused`) follow the metrics sampler's
 //! readings of this worker's own device; `device_failed` is raised by the
 //! worker as it gives up its device. Queue alerts (`queue_stalled`,
-//! `dead_letters_growing`) concern the whole fleet: every worker tries each
+//! `dead_letters_growing`, `unknown_stream`) concern the whole fleet: every
+//! worker tries each
 //! `alert_interval_ms`, and the one that takes the alert's lock
 //! (`SET NX PX`) checks, so a fleet raises each once per interval. A
 //! condition that stays true repeats at most once per `alert_interval_ms`:
@@ -156,6 +157,9 @@ impl Alerts {
         if let Err(err) = self.check_dead_letters().await {
             tracing::warn!("cannot check the dead-letter streams for alerts: {err}");
         }
+        if let Err(err) = self.check_unknown_streams().await {
+            tracing::warn!("cannot look for streams no worker reads: {err}");
+        }
     }
 
     /// Takes the alert's lock for one interval: true when this worker won
@@ -217,6 +221,37 @@ impl Alerts {
                     stream: growth.key,
                     value: grown as f64,
                     threshold: threshold as f64,
+                })
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Entries in a stream no worker reads get no record, no dead letter
+    /// and no outcome: without this alert they would wait unseen for ever.
+    /// An empty unknown stream harms nothing and raises nothing.
+    async fn check_unknown_streams(&self) -> Result<(), StoreError> {
+        if !self.my_turn(AlertName::UnknownStream).await? {
+            return Ok(());
+        }
+        for stream in self.raiser.store.unknown_streams().await? {
+            if stream.length == 0 {
+                continue;
+            }
+            let oldest = stream
+                .oldest_ms
+                .map(|ms| format!(", the oldest for {}", seconds(ms)))
+                .unwrap_or_default();
+            self.raiser
+                .raise(Finding {
+                    name: AlertName::UnknownStream,
+                    message: format!(
+                        "{} holds {} entries no worker reads ({}){oldest}; `tandem queues` lists it: resubmit them to a task stream, then delete it",
+                        stream.key, stream.length, stream.why
+                    ),
+                    stream: stream.key,
+                    value: stream.length as f64,
+                    threshold: 0.0,
                 })
                 .await;
         }

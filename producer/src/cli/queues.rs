@@ -1,4 +1,5 @@
-//! `tandem queues`: what waits where.
+//! `tandem queues`: what waits where, and what waits in streams no worker
+//! reads.
 
 use std::process::ExitCode;
 
@@ -45,6 +46,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         table::thousands(waiting),
         table::thousands(pending)
     );
+    print_unknown_streams(&store).await?;
     if let Some(homes) = store.class_homes(Class::ALL).await? {
         // Redis Cluster: each class is one hash slot on one master.
         let mut rows = vec![["class", "slot", "master"].map(String::from).to_vec()];
@@ -58,4 +60,39 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         print!("\n{}", table::render(&rows));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Streams under the prefix that no worker reads (a class or priority
+/// Tandem does not know): their entries would otherwise wait unseen.
+async fn print_unknown_streams(store: &Store) -> anyhow::Result<()> {
+    let unknown = store.unknown_streams().await?;
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let mut rows = vec![
+        [
+            "unknown stream",
+            "entries",
+            "oldest",
+            "why no worker reads it",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for s in &unknown {
+        rows.push(vec![
+            s.key.clone(),
+            table::thousands(s.length),
+            s.oldest_ms.map_or_else(|| "-".to_owned(), table::age),
+            s.why.clone(),
+        ]);
+    }
+    print!("\n{}", table::render(&rows));
+    let entries: u64 = unknown.iter().map(|s| s.length).sum();
+    println!(
+        "\n{} entries in {} streams no worker reads: resubmit them to a task stream, then delete the streams",
+        table::thousands(entries),
+        unknown.len()
+    );
+    Ok(())
 }

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `infer` | the model's registered class (the producer library looks it up unless the task sets one; light by default) | `{model, inputs, batch}`: `batch` rows of the model's input width, row-major, f32 | `{outputs, batch, width, model_version, cache_hit}` |
 //! | `predict_batch` | light; heavy over 100 symbols (the seed's rule) | `{model, symbols: [{symbol, features}]}`: one feature window per symbol, the model's input width | `{predictions: [{symbol, values}], model_version, cache_hit}` |
-//! | `train` | as `infer` | `{model, x, y, samples, epochs, batch_size, optimizer, seed, out}` | `{losses, steps, model_version, weights or path, sha256}`: the fine-tuned model as a safetensors blob, or written to `model_dir/<out>` on the worker (`out` a plain file name) |
+//! | `train` | heavy (the seed: training always uses the primary GPU); with `train_on_primary = false`, as `infer` | `{model, x, y, samples, epochs, batch_size, optimizer, seed, out}` | `{losses, steps, model_version, weights or path, sha256}`: the fine-tuned model as a safetensors blob, or written to `model_dir/<out>` on the worker (`out` a plain file name) |
 //!
 //! Errors: `BAD_PARAMS` for shapes that do not match (the worker checks
 //! the model's widths), non-finite numbers, or bounds; `MODEL_NOT_FOUND`
@@ -263,7 +263,10 @@ pub struct TrainOutput {
 
 impl KindSpec for Train {
     const KIND: &'static str = "train";
-    const CLASS: Class = Class::Light;
+    /// The seed's rule: training always uses the primary GPU when it is
+    /// there, whatever the model's size (a producer with
+    /// `train_on_primary = false` uses the model's class instead).
+    const CLASS: Class = Class::Heavy;
     type Params = TrainParams;
     type Output = TrainOutput;
 

@@ -1,5 +1,6 @@
 //! The alerts stream (`<prefix>:alerts`): what workers raise when a device
-//! runs hot or idle, a device fails, a queue stalls or dead letters pile up;
+//! runs hot or idle, a device fails, a queue stalls, dead letters pile up
+//! or entries wait in a stream no worker reads;
 //! the locks that let one worker of a fleet check the fleet-wide ones; and
 //! the dead-letter counts those checks compare.
 
@@ -30,15 +31,19 @@ pub enum AlertName {
     /// A dead-letter stream grew by `alert_dead_letter_growth` or more
     /// entries since the last check.
     DeadLettersGrowing,
+    /// A stream under the prefix that no worker reads holds entries (a
+    /// class or priority Tandem does not know, say).
+    UnknownStream,
 }
 
 impl AlertName {
-    pub const ALL: [AlertName; 5] = [
+    pub const ALL: [AlertName; 6] = [
         AlertName::GpuHot,
         AlertName::GpuUnderused,
         AlertName::DeviceFailed,
         AlertName::QueueStalled,
         AlertName::DeadLettersGrowing,
+        AlertName::UnknownStream,
     ];
 
     /// The stable name in the stream's `alert` field and in log lines.
@@ -49,6 +54,7 @@ impl AlertName {
             AlertName::DeviceFailed => "device_failed",
             AlertName::QueueStalled => "queue_stalled",
             AlertName::DeadLettersGrowing => "dead_letters_growing",
+            AlertName::UnknownStream => "unknown_stream",
         }
     }
 }
@@ -69,8 +75,8 @@ pub struct Alert {
     pub worker: String,
     /// The device it is about, or (for queue alerts) the raising worker's.
     pub device: String,
-    /// The task stream or dead-letter stream a queue alert is about; empty
-    /// for device alerts.
+    /// The task, dead-letter or unknown stream a queue alert is about;
+    /// empty for device alerts.
     pub stream: String,
     /// What was measured, in the threshold's unit.
     pub value: f64,
@@ -311,7 +317,8 @@ mod tests {
                 "gpu_underused",
                 "device_failed",
                 "queue_stalled",
-                "dead_letters_growing"
+                "dead_letters_growing",
+                "unknown_stream"
             ]
         );
     }

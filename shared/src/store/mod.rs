@@ -13,7 +13,8 @@
 //!   dead-letter counts they compare.
 //! - `dead`: the dead-letter streams.
 //! - `models`: the model registry (records, uploaded files).
-//! - `stats`: queue depths for the CLI; key clean-up.
+//! - `stats`: queue depths for the CLI, streams no worker reads; key
+//!   clean-up.
 //! - `reply`: typed reading of Redis replies.
 //! - `link`: the connection under the store: one server, the master a
 //!   Sentinel names, or a Cluster (pipelines cut per slot); `WAIT`.
@@ -45,7 +46,7 @@ pub use link::Conn;
 pub use models::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
 };
-pub use stats::StreamStats;
+pub use stats::{StreamStats, UnknownStream};
 pub use tasks::{CancelOutcome, Submitted};
 pub use trip::{
     Blocked, ClaimRequest, Claimed, ClaimedEntry, Committed, Completion, Disposition, Trip,

@@ -1,4 +1,5 @@
-//! Queue depths for `tandem queues`, and clean-up of a prefix's keys.
+//! Queue depths for `tandem queues`, the streams no worker reads, and
+//! clean-up of a prefix's keys.
 
 use redis::{Cmd, Value};
 
@@ -22,50 +23,96 @@ pub struct StreamStats {
     pub oldest_waiting_ms: Option<u64>,
 }
 
+/// A stream under the prefix that no worker reads: not a task stream of a
+/// class and priority Tandem knows (`tandem:{cpu}:stream:urgent`,
+/// `tandem:{bogus}:stream:normal`), nor a reply, dead-letter or alerts
+/// stream. Entries there get no record, no dead letter and no outcome: they
+/// wait until someone moves or deletes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownStream {
+    pub key: String,
+    /// Entries in it.
+    pub length: u64,
+    /// Age of its oldest entry, by the Redis clock; `None` when empty.
+    pub oldest_ms: Option<u64>,
+    /// Why no worker reads it, in words.
+    pub why: String,
+}
+
+/// The server a scan runs on: the one server (or Sentinel's master), or a
+/// cluster master.
+type Node<'a> = Option<(&'a str, u16)>;
+
 impl Store {
     /// Deletes every key under this store's prefix (demo and benchmark runs
     /// clean up after themselves with it). Returns how many were deleted.
     /// In Cluster, every master is scanned.
     pub async fn purge_prefix(&self) -> Result<u64, StoreError> {
-        let pattern = format!("{}:*", self.keys.prefix());
-        let masters = self.link.masters().await?;
+        let pattern = self.keys.scan_pattern();
         let mut deleted = 0;
-        if masters.is_empty() {
-            deleted += self.purge_on(None, &pattern).await?;
-        }
-        for (host, port) in &masters {
-            deleted += self.purge_on(Some((host, *port)), &pattern).await?;
+        for (host, port) in self.scan_nodes().await? {
+            let node = host.as_deref().map(|host| (host, port));
+            deleted += self.purge_on(node, &pattern).await?;
         }
         Ok(deleted)
     }
 
+    /// Where a scan of every key must run: each master in Cluster, else
+    /// the one server (`None`).
+    async fn scan_nodes(&self) -> Result<Vec<(Option<String>, u16)>, StoreError> {
+        let masters = self.link.masters().await?;
+        if masters.is_empty() {
+            return Ok(vec![(None, 0)]);
+        }
+        Ok(masters
+            .into_iter()
+            .map(|(host, port)| (Some(host), port))
+            .collect())
+    }
+
+    /// One `SCAN` step on `node`: the next cursor (0: done) and the keys
+    /// matching `pattern`, of Redis type `kind` when given.
+    async fn scan_step(
+        &self,
+        node: Node<'_>,
+        cursor: u64,
+        pattern: &str,
+        kind: Option<&str>,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1_000);
+        if let Some(kind) = kind {
+            scan.arg("TYPE").arg(kind);
+        }
+        let reply = match node {
+            Some((host, port)) => self.link.on_node(host, port, scan).await?,
+            None => self.single(scan).await?,
+        };
+        let mut parts = array(reply, "SCAN")?.into_iter();
+        let next: u64 = text(parts.next().unwrap_or(Value::Nil), "SCAN")?
+            .parse()
+            .map_err(|_| StoreError::Protocol {
+                what: "SCAN",
+                detail: "bad cursor".into(),
+            })?;
+        let keys = array(parts.next().unwrap_or(Value::Nil), "SCAN")?
+            .into_iter()
+            .map(|k| text(k, "SCAN"))
+            .collect::<Result<_, _>>()?;
+        Ok((next, keys))
+    }
+
     /// Scans one server (a cluster node, or the server) and deletes the
     /// matching keys, one `UNLINK` per key in Cluster (keys of many slots).
-    async fn purge_on(&self, node: Option<(&str, u16)>, pattern: &str) -> Result<u64, StoreError> {
+    async fn purge_on(&self, node: Node<'_>, pattern: &str) -> Result<u64, StoreError> {
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1_000);
-            let reply = match node {
-                Some((host, port)) => self.link.on_node(host, port, scan).await?,
-                None => self.single(scan).await?,
-            };
-            let mut parts = array(reply, "SCAN")?.into_iter();
-            let next: u64 = text(parts.next().unwrap_or(Value::Nil), "SCAN")?
-                .parse()
-                .map_err(|_| StoreError::Protocol {
-                    what: "SCAN",
-                    detail: "bad cursor".into(),
-                })?;
-            let keys: Vec<String> = array(parts.next().unwrap_or(Value::Nil), "SCAN")?
-                .into_iter()
-                .map(|k| text(k, "SCAN"))
-                .collect::<Result<_, _>>()?;
+            let (next, keys) = self.scan_step(node, cursor, pattern, None).await?;
             let unlinks: Vec<Cmd> = keys
                 .iter()
                 .map(|key| {
@@ -82,6 +129,69 @@ impl Store {
             }
             cursor = next;
         }
+    }
+
+    /// Every stream under the prefix that no worker reads, by key, with its
+    /// length, its oldest entry's age and why (see [`UnknownStream`]).
+    /// `SCAN ... TYPE stream` over the whole keyspace (every master in
+    /// Cluster), so it costs a pass over all keys: for the CLI and a
+    /// once-an-interval alert, not for a hot path.
+    pub async fn unknown_streams(&self) -> Result<Vec<UnknownStream>, StoreError> {
+        let pattern = self.keys.scan_pattern();
+        let mut found: Vec<(String, String)> = Vec::new();
+        for (host, port) in self.scan_nodes().await? {
+            let node = host.as_deref().map(|host| (host, port));
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = self
+                    .scan_step(node, cursor, &pattern, Some("stream"))
+                    .await?;
+                found.extend(
+                    keys.into_iter()
+                        .filter_map(|key| self.keys.unknown_stream(&key).map(|why| (key, why))),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        // SCAN may return a key more than once.
+        found.sort();
+        found.dedup();
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmds = vec![redis::cmd("TIME")];
+        for (key, _) in &found {
+            let mut xlen = redis::cmd("XLEN");
+            xlen.arg(key);
+            let mut first = redis::cmd("XRANGE");
+            first.arg(key).arg("-").arg("+").arg("COUNT").arg(1);
+            cmds.push(xlen);
+            cmds.push(first);
+        }
+        let mut replies = self.pipeline(&cmds).await?.into_iter();
+        let now_ms = server_time_ms(reply_ok(replies.next().unwrap_or(Value::Nil))?)?;
+        let mut streams = Vec::with_capacity(found.len());
+        for (key, why) in found {
+            let length = match replies.next().unwrap_or(Value::Nil) {
+                // Deleted, or made another type, since the scan.
+                Value::ServerError(_) => continue,
+                reply => u64::try_from(int(reply_ok(reply)?, "XLEN")?).unwrap_or(0),
+            };
+            let oldest_ms = match replies.next().unwrap_or(Value::Nil) {
+                Value::ServerError(_) => None,
+                reply => first_entry_ms(reply_ok(reply)?)?.map(|ms| now_ms.saturating_sub(ms)),
+            };
+            streams.push(UnknownStream {
+                key,
+                length,
+                oldest_ms,
+                why,
+            });
+        }
+        Ok(streams)
     }
 
     /// In Cluster, where each class lives: its hash slot and the master
@@ -195,6 +305,22 @@ impl Store {
         }
         Ok(stats)
     }
+}
+
+/// When the first entry of an `XRANGE ... COUNT 1` reply was added (the
+/// milliseconds of its id); `None` for an empty stream.
+fn first_entry_ms(reply: Value) -> Result<Option<u64>, StoreError> {
+    let Some(entry) = array(reply, "XRANGE")?.into_iter().next() else {
+        return Ok(None);
+    };
+    let id = text(
+        array(entry, "XRANGE")?
+            .into_iter()
+            .next()
+            .unwrap_or(Value::Nil),
+        "XRANGE",
+    )?;
+    Ok(id.split('-').next().and_then(|ms| ms.parse().ok()))
 }
 
 /// (pending, consumers, last delivered id) of the `workers` group.
