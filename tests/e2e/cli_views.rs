@@ -264,6 +264,14 @@ async fn a_split_task_is_waited_for_and_shown_as_a_whole() {
     for device in &devices {
         assert!(ran.contains(device.as_str()), "{text}");
     }
+    // One line per shard, with where it ran.
+    let shard_lines = text
+        .lines()
+        .skip_while(|l| !l.starts_with("shard "))
+        .skip(2)
+        .filter(|l| l.contains("succeeded"))
+        .count();
+    assert_eq!(shard_lines, shards as usize, "{text}");
 }
 
 /// Whether `text` is `YYYY-MM-DD HH:MM:SS.mmm UTC`.

@@ -60,14 +60,26 @@ pub(crate) fn ms(value: f64) -> String {
 
 /// The views' one way to write a span of time (a duration, an age, an
 /// offset): `0.45ms`, `850ms`, `12.5s`, `3m10s`, `2h5m`. Below a second it
-/// keeps up to two decimals of a millisecond, so handler times of fast
-/// tasks do not all read `0ms`.
+/// keeps up to three significant digits, so handler times of fast tasks do
+/// not all read `0ms`.
 pub(crate) fn duration(span: std::time::Duration) -> String {
     let secs = span.as_secs();
     if secs == 0 {
-        let ms = format!("{:.2}", span.as_secs_f64() * 1000.0);
-        let ms = ms.trim_end_matches('0').trim_end_matches('.');
-        format!("{ms}ms")
+        // Three significant digits at most: `0.45ms`, `12.5ms`, `703ms`.
+        let ms = span.as_secs_f64() * 1000.0;
+        let text = if ms >= 100.0 {
+            format!("{ms:.0}")
+        } else if ms >= 10.0 {
+            format!("{ms:.1}")
+        } else {
+            format!("{ms:.2}")
+        };
+        let text = if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            &text
+        };
+        format!("{text}ms")
     } else if secs < 60 {
         format!("{:.1}s", span.as_secs_f64())
     } else if secs < 3600 {
@@ -167,6 +179,8 @@ mod tests {
         assert_eq!(ms(123.4), "123");
         assert_eq!(micros(450), "0.45ms");
         assert_eq!(micros(12_500), "12.5ms");
+        assert_eq!(micros(703_430), "703ms");
+        assert_eq!(micros(5_000), "5ms");
         assert_eq!(age(0), "0ms");
         assert_eq!(age(7_500_000), "2h5m");
         assert_eq!(bytes(512), "512 B");

@@ -122,13 +122,23 @@ pub(crate) async fn task(config: &Config, args: TaskViewArgs) -> anyhow::Result<
         return Ok(ExitCode::from(3));
     };
     let attempts = attempts(&record);
+    // A split task's work was done by its shards: their records tell where
+    // and how long (a shard whose record expired is left out).
+    let mut shards = Vec::with_capacity(record.shard_ids.len());
+    for id in &record.shard_ids {
+        if let Some(shard) = producer.record(*id).await? {
+            shards.push(shard);
+        }
+    }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&story_json(&record, &attempts))?
-        );
+        let mut json = story_json(&record, &attempts);
+        json["split"]["shard_runs"] = shards.iter().map(shard_json).collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", story_text(&record, &attempts));
+        if !shards.is_empty() {
+            out_shards(&record, &shards);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -480,6 +490,50 @@ fn whole_task_summary(record: &TaskRecord) -> String {
             record.shards_devices.join(", ")
         },
     )
+}
+
+fn shard_json(shard: &TaskRecord) -> serde_json::Value {
+    serde_json::json!({
+        "shard": shard.shard,
+        "id": shard.id.map(|i| i.to_string()),
+        "status": shard.status.map(|s| s.to_string()),
+        "attempt": shard.attempt,
+        "worker": shard.worker,
+        "device": shard.device,
+        "started_at_ms": shard.started_at_ms,
+        "finished_at_ms": shard.finished_at_ms,
+        "run_us": shard.run_us,
+    })
+}
+
+/// The shards of a split task, one line each: where each ran, when (from
+/// the task's submission) and for how long.
+fn out_shards(record: &TaskRecord, shards: &[TaskRecord]) {
+    let submitted = record.submitted_at_ms.unwrap_or(0);
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let offset = |ms: Option<u64>| {
+        ms.map_or_else(
+            || "-".to_owned(),
+            |ms| format!("+{}", table::age(ms.saturating_sub(submitted))),
+        )
+    };
+    let mut rows = vec![
+        ["shard", "worker", "device", "started", "finished", "run", "status"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for shard in shards {
+        rows.push(vec![
+            dash(shard.shard.map(|s| s.to_string())),
+            dash(shard.worker.clone()),
+            dash(shard.device.clone()),
+            offset(shard.started_at_ms),
+            offset(shard.finished_at_ms),
+            dash(shard.run_us.map(table::micros)),
+            dash(shard.status.map(|s| s.to_string())),
+        ]);
+    }
+    print!("\n{}", table::render(&rows));
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
