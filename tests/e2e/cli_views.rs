@@ -115,10 +115,10 @@ async fn wait_prints_what_status_prints_for_failed_and_succeeded_tasks() {
         ("status", "failed"),
     ] {
         assert!(
-            failed
-                .lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [field, value]
-                    || (l.starts_with(field) && l.ends_with(value))),
+            failed.lines().any(
+                |l| l.split_whitespace().collect::<Vec<_>>() == [field, value]
+                    || (l.starts_with(field) && l.ends_with(value))
+            ),
             "{field} {value}:\n{failed}"
         );
     }
@@ -142,7 +142,10 @@ async fn wait_prints_what_status_prints_for_failed_and_succeeded_tasks() {
 async fn task_shows_the_parameters() {
     let redis = RedisServer::start();
     let _worker = WorkerProcess::start(&redis, &[("TANDEM_TEST_KINDS", "1")]).await;
-    let id = submit(&redis, &["echo", "--params", r#"{"symbol": "ES", "qty": 3}"#]);
+    let id = submit(
+        &redis,
+        &["echo", "--params", r#"{"symbol": "ES", "qty": 3}"#],
+    );
     tandem_ok(&redis, &["wait", &id]);
     let text = tandem_ok(&redis, &["task", &id]);
     let params = text
@@ -192,7 +195,11 @@ async fn a_split_task_is_waited_for_and_shown_as_a_whole() {
             .and_then(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("no id in {stderr}"));
         if record(&redis, &id).await.shards.is_some() {
-            split = Some((id, String::from_utf8_lossy(&out.stdout).into_owned(), stderr));
+            split = Some((
+                id,
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr,
+            ));
             break;
         }
     }
@@ -250,7 +257,10 @@ async fn a_split_task_is_waited_for_and_shown_as_a_whole() {
     for device in &devices {
         assert!(row("devices").contains(device.as_str()), "{status}");
     }
-    assert!(row("compute").contains(&format!("{shards} shards")), "{status}");
+    assert!(
+        row("compute").contains(&format!("{shards} shards")),
+        "{status}"
+    );
     assert!(row("merged by").contains(" on "), "{status}");
     let text = tandem_ok(&redis, &["task", &id.to_string()]);
     let ran = text
@@ -303,7 +313,9 @@ fn is_duration(word: &str) -> bool {
         return number(s) && s.contains('.');
     }
     if let Some(m) = word.strip_suffix('m') {
-        return m.split_once('h').is_some_and(|(h, m)| number(h) && number(m));
+        return m
+            .split_once('h')
+            .is_some_and(|(h, m)| number(h) && number(m));
     }
     false
 }
@@ -319,13 +331,21 @@ fn check_units(view: &str, text: &str) {
             "{view}: raw epoch time {word}:\n{text}"
         );
         if ["ms", "bytes"].contains(word) && i > 0 {
-            panic!("{view}: a unit apart from its number ({} {word}):\n{text}", words[i - 1]);
+            panic!(
+                "{view}: a unit apart from its number ({} {word}):\n{text}",
+                words[i - 1]
+            );
         }
         // A date starts a time; the time must be whole.
-        if word.len() == 10 && word.chars().filter(|&c| c == '-').count() == 2 && word.starts_with('2')
+        if word.len() == 10
+            && word.chars().filter(|&c| c == '-').count() == 2
+            && word.starts_with('2')
         {
             let time = words[i..(i + 3).min(words.len())].join(" ");
-            assert!(is_time(&time), "{view}: time {time:?} not in the one format:\n{text}");
+            assert!(
+                is_time(&time),
+                "{view}: time {time:?} not in the one format:\n{text}"
+            );
         }
         let looks_like_span = word.len() > 1
             && word.starts_with(|c: char| c.is_ascii_digit())
@@ -356,7 +376,10 @@ async fn every_view_writes_times_and_units_one_way() {
         ],
     );
     // A task that waits: no worker serves the heavy class.
-    submit(&redis, &["sleep", "--params", r#"{"ms": 1}"#, "--class", "heavy"]);
+    submit(
+        &redis,
+        &["sleep", "--params", r#"{"ms": 1}"#, "--class", "heavy"],
+    );
     tandem_ok(&redis, &["wait", &ok]);
     let _ = tandem(&redis, &["wait", &dead]);
     raise_alert(&redis, &worker.id).await;
@@ -368,7 +391,10 @@ async fn every_view_writes_times_and_units_one_way() {
         ("wait", vec!["wait", &ok]),
         ("queues", vec!["queues"]),
         ("workers", vec!["workers"]),
-        ("top", vec!["top", "--once", "--width", "160", "--height", "40"]),
+        (
+            "top",
+            vec!["top", "--once", "--width", "160", "--height", "40"],
+        ),
         ("alerts", vec!["alerts"]),
         ("dlq list", vec!["dlq", "list"]),
         ("dlq show", vec!["dlq", "show", &dead]),
@@ -460,16 +486,26 @@ async fn top_fits_small_and_large_terminals() {
         );
         assert_eq!(text.lines().count(), height, "{text}");
         for line in text.lines() {
-            assert!(line.chars().count() <= width, "wider than {width}: {line}\n{text}");
+            assert!(
+                line.chars().count() <= width,
+                "wider than {width}: {line}\n{text}"
+            );
         }
         for worker in &fleet {
-            assert!(text.contains(&worker.id), "{} cut at {width}:\n{text}", worker.id);
+            assert!(
+                text.contains(&worker.id),
+                "{} cut at {width}:\n{text}",
+                worker.id
+            );
         }
         let header = text
             .lines()
             .find(|l| l.contains("class") && l.contains("critical") && l.contains("low"))
             .unwrap_or_else(|| panic!("no class x priority matrix at {width}:\n{text}"));
-        assert!(header.contains("high") && header.contains("normal"), "{text}");
+        assert!(
+            header.contains("high") && header.contains("normal"),
+            "{text}"
+        );
         for class in ["heavy", "light", "parallel", "cpu"] {
             assert!(
                 text.lines().any(|l| l.starts_with(&format!("│{class} "))),

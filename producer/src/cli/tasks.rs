@@ -82,7 +82,8 @@ pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("submitted {id}");
-    let outcome = wait_showing_shards(&producer, id, Duration::from_millis(args.timeout_ms)).await?;
+    let outcome =
+        wait_showing_shards(&producer, id, Duration::from_millis(args.timeout_ms)).await?;
     print_outcome(&outcome);
     Ok(exit_code(&outcome))
 }
@@ -377,7 +378,9 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
         "submitted",
         format!(
             "{} by {}, class {}, priority {}, at most {} attempts",
-            record.submitted_at_ms.map_or_else(|| "-".to_owned(), table::time),
+            record
+                .submitted_at_ms
+                .map_or_else(|| "-".to_owned(), table::time),
             dash(record.producer.clone()),
             dash(record.class.map(|c| c.to_string())),
             dash(record.priority.map(|p| p.to_string())),
@@ -518,9 +521,11 @@ fn out_shards(record: &TaskRecord, shards: &[TaskRecord]) {
         )
     };
     let mut rows = vec![
-        ["shard", "worker", "device", "started", "finished", "run", "status"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "shard", "worker", "device", "started", "finished", "run", "status",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for shard in shards {
         rows.push(vec![
@@ -593,7 +598,7 @@ fn record_text(record: &TaskRecord) -> String {
         "attempt",
         opt(record
             .attempt
-            .map(|a| format!("{a} of {}", record.max_attempts.unwrap_or(1)))),
+            .map(|a| format!("{a} of {}", opt(record.max_attempts.map(|m| m.to_string()))))),
     );
     // A split task ran on its shards' devices; its own worker only merged.
     let split = record.shards.is_some() && record.parent.is_none();

@@ -217,8 +217,10 @@ fn draw(frame: &mut Frame, snapshot: &Snapshot) {
     );
     let alert_room = usize::from(alerts_area.height.saturating_sub(2));
     frame.render_widget(
-        Paragraph::new(alert_lines(&snapshot.alerts, snapshot.now_ms, inner, alert_room).join("\n"))
-            .block(Block::bordered().title(" alerts, newest first ")),
+        Paragraph::new(
+            alert_lines(&snapshot.alerts, snapshot.now_ms, inner, alert_room).join("\n"),
+        )
+        .block(Block::bordered().title(" alerts, newest first ")),
         alerts_area,
     );
 }
@@ -311,7 +313,14 @@ fn text_lines(rows: &[Vec<String>]) -> Vec<String> {
 }
 
 const MATRIX_HEADER: [&str; 8] = [
-    "class", "critical", "high", "normal", "low", "running", "oldest", "consumers",
+    "class",
+    "critical",
+    "high",
+    "normal",
+    "low",
+    "running",
+    "oldest",
+    "consumers",
 ];
 
 /// One row per class: its waiting tasks in each priority's stream (`-` for
@@ -494,23 +503,29 @@ mod tests {
             assert!(text.contains("alerts, newest first"), "{text}");
             let words: Vec<&str> = text.split_whitespace().collect();
             let joined = words.join(" ");
-            let message: Vec<&str> = snapshot.alerts[0].alert.message.split_whitespace().collect();
-            assert!(joined.contains(&message.join(" ")) || {
-                // Wrapped inside the panel: the border sits between lines.
-                let bare = joined.replace("│ │", " ").replace("│", "");
-                bare.split_whitespace().collect::<Vec<_>>().join(" ").contains(&message.join(" "))
-            }, "{text}");
+            let message: Vec<&str> = snapshot.alerts[0]
+                .alert
+                .message
+                .split_whitespace()
+                .collect();
+            assert!(
+                joined.contains(&message.join(" ")) || {
+                    // Wrapped inside the panel: the border sits between lines.
+                    let bare = joined.replace("│ │", " ").replace("│", "");
+                    bare.split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .contains(&message.join(" "))
+                },
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn narrow_terminals_drop_whole_columns_and_count_what_does_not_fit() {
         let mut snapshot = fleet();
-        let rows = fit_columns(
-            &workers::rows(&snapshot.workers, 0),
-            &WORKER_COLUMNS,
-            60,
-        );
+        let rows = fit_columns(&workers::rows(&snapshot.workers, 0), &WORKER_COLUMNS, 60);
         assert_eq!(rows[0][0], "worker");
         let width = text_lines(&rows).iter().map(|l| l.chars().count()).max();
         assert!(width <= Some(60), "{rows:?}");
