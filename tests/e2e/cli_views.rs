@@ -137,6 +137,46 @@ async fn wait_prints_what_status_prints_for_failed_and_succeeded_tasks() {
     }
 }
 
+/// The library's outcome, from the completion notice, says what the record
+/// says (but for the fields a notice leaves out by design).
+#[tokio::test]
+async fn a_notice_outcome_equals_the_record() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[
+            ("TANDEM_TEST_KINDS", "1"),
+            ("TANDEM_RETRY_BASE_MS", "50"),
+            ("TANDEM_RETRY_MAX_MS", "100"),
+        ],
+    )
+    .await;
+    let producer = redis.producer().await;
+    let failing = serde_json::json!({"code": "E_FLAKY", "message": "timed out", "retry": true});
+    let tasks = [
+        tandem_producer::Task::new("fail", &failing)
+            .unwrap()
+            .max_attempts(2)
+            .priority(tandem_shared::Priority::High),
+        tandem_producer::Task::new("echo", &serde_json::json!({"a": 1})).unwrap(),
+    ];
+    for task in tasks {
+        // Registered before it is sent: the notice answers.
+        let handle = producer.submit_handle(task).await.unwrap();
+        let outcome = handle.wait(WAIT).await.unwrap();
+        let mut record = producer.record(handle.id()).await.unwrap().unwrap();
+        // Left out of notices (docs/wire-format.md), or only meaningful
+        // while the task waited for a retry.
+        record.params = None;
+        record.history = None;
+        record.entry = None;
+        record.reply_to = None;
+        record.retry_at_ms = None;
+        assert_eq!(outcome.record, record);
+        assert!(outcome.record.kind.is_some() && outcome.record.max_attempts.is_some());
+    }
+}
+
 /// Parameters, decoded, in `tandem task` (text and JSON).
 #[tokio::test]
 async fn task_shows_the_parameters() {
