@@ -232,12 +232,18 @@ end
 -- A split task's record describes the whole task, not only its merge step:
 -- when its first shard started, the handler time of all its shards and the
 -- devices they ran on (in shard order, each once). The shards' records are
--- final and still there (they expire with the parent's).
+-- final and still there (they expire with the parent's). Only reads, and a
+-- key that is not a hash (a hand edit) is skipped: an error here would leave
+-- the writes above without the record's.
 if split_parent and not parent_id then
   local first, run_us, devices, seen = nil, 0, {}, {}
   local shard_ids = redis.call('HGET', record_key, 'shard_ids') or ''
   for shard_id in string.gmatch(shard_ids, '%S+') do
-    local shard = redis.call('HMGET', base .. 'task:' .. shard_id, 'started_at_ms', 'run_us', 'device')
+    local shard_key = base .. 'task:' .. shard_id
+    local shard = {false, false, false}
+    if redis.call('TYPE', shard_key).ok == 'hash' then
+      shard = redis.call('HMGET', shard_key, 'started_at_ms', 'run_us', 'device')
+    end
     local started = tonumber(shard[1])
     if started and (first == nil or started < first) then
       first = started
