@@ -11,8 +11,12 @@ use crate::error::ProducerError;
 pub struct TaskOutcome {
     pub id: TaskId,
     pub status: Status,
-    /// Everything the record says: worker, device, attempt, timings,
-    /// result or error.
+    /// The final record: kind, class, priority, attempt of max attempts,
+    /// worker, device, timings, a split task's shards and whole-task
+    /// figures, result or error. When the outcome came from the completion
+    /// notice, the record's bulky or internal fields are absent (`params`,
+    /// `history`, `shard_ids`, `entry`, `reply_to`); read them with
+    /// [`Producer::record`](crate::Producer::record).
     pub record: TaskRecord,
 }
 

@@ -38,8 +38,13 @@ local function is_task_id(text)
   return string.match(text, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil
 end
 
--- The record fields a completion notice repeats besides the outcome.
-local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms', 'shards'}
+-- The record fields a completion notice repeats besides the outcome: every
+-- field a view of the finished task shows, so that what a waiting producer
+-- learns from the notice equals what the record says. The first four are
+-- read by position in complete.lua; new fields go at the end.
+local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms', 'shards', 'kind',
+  'priority', 'max_attempts', 'producer', 'deadline_ms', 'shards_done', 'parent', 'shard',
+  'cancel_requested_at_ms'}
 
 -- Appends a completion notice for task `id` to a producer's reply stream of
 -- the task's class (the caller checks it is one, so it shares the slot):

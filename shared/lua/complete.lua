@@ -229,6 +229,40 @@ if dead_id then
   record[#record + 1] = 'dead_letter'
   record[#record + 1] = dead_id
 end
+-- A split task's record describes the whole task, not only its merge step:
+-- when its first shard started, the handler time of all its shards and the
+-- devices they ran on (in shard order, each once). The shards' records are
+-- final and still there (they expire with the parent's). Only reads, and a
+-- key that is not a hash (a hand edit) is skipped: an error here would leave
+-- the writes above without the record's.
+if split_parent and not parent_id then
+  local first, run_us, devices, seen = nil, 0, {}, {}
+  local shard_ids = redis.call('HGET', record_key, 'shard_ids') or ''
+  for shard_id in string.gmatch(shard_ids, '%S+') do
+    local shard_key = base .. 'task:' .. shard_id
+    local shard = {false, false, false}
+    if redis.call('TYPE', shard_key).ok == 'hash' then
+      shard = redis.call('HMGET', shard_key, 'started_at_ms', 'run_us', 'device')
+    end
+    local started = tonumber(shard[1])
+    if started and (first == nil or started < first) then
+      first = started
+    end
+    run_us = run_us + (tonumber(shard[2]) or 0)
+    if shard[3] and not seen[shard[3]] then
+      seen[shard[3]] = true
+      devices[#devices + 1] = shard[3]
+    end
+  end
+  if first then
+    record[#record + 1] = 'shards_started_at_ms'
+    record[#record + 1] = int(first)
+  end
+  record[#record + 1] = 'shards_run_us'
+  record[#record + 1] = int(run_us)
+  record[#record + 1] = 'shards_devices'
+  record[#record + 1] = table.concat(devices, ',')
+end
 redis.call('HSET', record_key, unpack(record))
 redis.call('EXPIRE', record_key, ARGV[4])
 redis.call('XACK', stream_key, group, entry_id)
@@ -275,7 +309,9 @@ if #KEYS >= 5 then
       notice[#notice + 1] = record[i + 1]
     end
   end
-  local known = {current[5], ARGV[13], current[7], current[8], current[12]}
+  -- Read after the record's last write: the notice repeats what the record
+  -- says now (shards_done included), so a wait shows what `status` shows.
+  local known = redis.call('HMGET', record_key, unpack(NOTICE_FIELDS))
   notify(KEYS[5], ARGV[8], known, notice, ARGV[5], ARGV[6])
 end
 return 1

@@ -48,6 +48,10 @@ if deadline_in > 0 then
 end
 entry[#entry + 1] = 'params'
 entry[#entry + 1] = ARGV[5]
+-- The record keeps the parameters too: `tandem task` shows them after the
+-- entry is gone.
+record[#record + 1] = 'params'
+record[#record + 1] = ARGV[5]
 
 local entry_id = redis.call('XADD', unpack(entry))
 record[#record + 1] = 'entry'

@@ -491,6 +491,15 @@ pub struct TaskRecord {
     pub shards: Option<u32>,
     pub shards_done: Option<u32>,
     pub shard_ids: Vec<TaskId>,
+    /// On a split task that succeeded, the whole task rather than its merge
+    /// step: when its first shard started, the handler time of all its
+    /// shards, microseconds, and the devices they ran on.
+    pub shards_started_at_ms: Option<u64>,
+    pub shards_run_us: Option<u64>,
+    pub shards_devices: Vec<String>,
+    /// The task's MessagePack parameters, as submitted (records written by
+    /// the submit script; absent from notices).
+    pub params: Option<Vec<u8>>,
 }
 
 impl TaskRecord {
@@ -543,6 +552,17 @@ impl TaskRecord {
                         .filter_map(|id| id.parse().ok())
                         .collect();
                 }
+                b"shards_started_at_ms" => record.shards_started_at_ms = parse(text),
+                b"shards_run_us" => record.shards_run_us = parse(text),
+                b"shards_devices" => {
+                    record.shards_devices = text
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|d| !d.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+                b"params" => record.params = Some(value.to_vec()),
                 _ => {}
             }
         }

@@ -10,6 +10,7 @@ mod alerts;
 mod cancel;
 mod chaos;
 mod cli;
+mod cli_views;
 mod compose;
 mod compute;
 mod deadline;

@@ -177,12 +177,13 @@ async fn top_once_shows_the_worker_and_the_queues() {
         .find(|l| l.contains(&worker.id))
         .unwrap_or_else(|| panic!("no row for {}:\n{text}", worker.id));
     assert!(row.contains("cpu") && row.contains("healthy"), "{text}");
-    let queue = text
+    // The class x priority matrix: heavy has one task waiting at normal.
+    let heavy = text
         .lines()
-        .find(|l| l.contains("tandem:{heavy}:stream:normal"))
-        .unwrap_or_else(|| panic!("no heavy stream:\n{text}"));
-    let cells: Vec<&str> = queue.split_whitespace().collect();
-    // stream, class, priority, waiting, pending, consumers.
-    assert_eq!(&cells[1..6], ["heavy", "normal", "1", "0", "0"], "{text}");
+        .find(|l| l.starts_with("│heavy "))
+        .unwrap_or_else(|| panic!("no heavy row:\n{text}"));
+    let cells: Vec<&str> = heavy.trim_matches('│').split_whitespace().collect();
+    // class, critical, high, normal, low, running.
+    assert_eq!(&cells[..6], ["heavy", "-", "-", "1", "-", "0"], "{text}");
     assert!(text.contains("1 waiting"), "{text}");
 }

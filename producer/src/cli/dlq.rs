@@ -202,7 +202,7 @@ fn print_letter(letter: &DeadLetter) {
         let value = if name == "params" {
             tandem_shared::msgpack::to_display(value)
         } else {
-            String::from_utf8_lossy(value).into_owned()
+            moment(&name, &String::from_utf8_lossy(value))
         };
         if name != "history" {
             rows.push(vec![name, value]);
@@ -215,25 +215,38 @@ fn print_letter(letter: &DeadLetter) {
         println!("\nattempts\n");
         let mut rows = vec![
             [
-                "attempt",
-                "worker",
-                "started_at_ms",
-                "finished_at_ms",
-                "error",
+                "attempt", "worker", "device", "started", "finished", "took", "error",
             ]
             .map(String::from)
             .to_vec(),
         ];
         for attempt in attempts {
             let get = |key: &str| attempt[key].as_str().unwrap_or("-").to_owned();
+            let ms = |key: &str| get(key).parse::<u64>().ok();
+            let took = match (ms("started_at_ms"), ms("finished_at_ms")) {
+                (Some(s), Some(f)) => table::age(f.saturating_sub(s)),
+                _ => "-".to_owned(),
+            };
             rows.push(vec![
                 get("attempt"),
                 get("worker"),
-                get("started_at_ms"),
-                get("finished_at_ms"),
+                get("device"),
+                moment("started_at_ms", &get("started_at_ms")),
+                moment("finished_at_ms", &get("finished_at_ms")),
+                took,
                 format!("{}: {}", get("error_code"), get("error_message")),
             ]);
         }
         print!("{}", table::render(&rows));
+    }
+}
+
+/// A field that holds a moment (`..._ms` since the epoch, as every such
+/// field of an entry does) in the views' time format; other fields as they
+/// are.
+fn moment(name: &str, value: &str) -> String {
+    match value.parse::<u64>() {
+        Ok(ms) if name.ends_with("_at_ms") || name == "deadline_ms" => table::time(ms),
+        _ => value.to_owned(),
     }
 }

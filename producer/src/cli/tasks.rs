@@ -82,18 +82,16 @@ pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("submitted {id}");
-    let outcome = producer
-        .wait(id, Duration::from_millis(args.timeout_ms))
-        .await?;
+    let outcome =
+        wait_showing_shards(&producer, id, Duration::from_millis(args.timeout_ms)).await?;
     print_outcome(&outcome);
     Ok(exit_code(&outcome))
 }
 
 pub(crate) async fn wait(config: &Config, args: WaitArgs) -> anyhow::Result<ExitCode> {
     let producer = Producer::connect(config).await?;
-    let outcome = producer
-        .wait(args.id, Duration::from_millis(args.timeout_ms))
-        .await?;
+    let outcome =
+        wait_showing_shards(&producer, args.id, Duration::from_millis(args.timeout_ms)).await?;
     print_outcome(&outcome);
     Ok(exit_code(&outcome))
 }
@@ -125,13 +123,23 @@ pub(crate) async fn task(config: &Config, args: TaskViewArgs) -> anyhow::Result<
         return Ok(ExitCode::from(3));
     };
     let attempts = attempts(&record);
+    // A split task's work was done by its shards: their records tell where
+    // and how long (a shard whose record expired is left out).
+    let mut shards = Vec::with_capacity(record.shard_ids.len());
+    for id in &record.shard_ids {
+        if let Some(shard) = producer.record(*id).await? {
+            shards.push(shard);
+        }
+    }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&story_json(&record, &attempts))?
-        );
+        let mut json = story_json(&record, &attempts);
+        json["split"]["shard_runs"] = shards.iter().map(shard_json).collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", story_text(&record, &attempts));
+        if !shards.is_empty() {
+            out_shards(&record, &shards);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -146,6 +154,57 @@ pub(crate) async fn cancel(config: &Config, args: TaskArgs) -> anyhow::Result<Ex
     };
     println!("{}: {text}", args.id);
     Ok(ExitCode::from(code))
+}
+
+/// How often a wait reads a parallel task's record for its shards.
+const SHARD_POLL: Duration = Duration::from_millis(250);
+
+/// Waits for the outcome; while a split task's shards run, says on stderr
+/// how many are done whenever that changes (stdout stays what `status`
+/// prints). Only a `parallel` task can be split, so the record is read
+/// periodically only for one.
+async fn wait_showing_shards(
+    producer: &Producer,
+    id: TaskId,
+    timeout: Duration,
+) -> anyhow::Result<TaskOutcome> {
+    let wait = producer.wait(id, timeout);
+    tokio::pin!(wait);
+    let mut poll = tokio::time::interval(SHARD_POLL);
+    let mut polling = true;
+    let mut shown: Option<u32> = None;
+    let mut show = |record: &TaskRecord| {
+        if let Some(shards) = record.shards.filter(|_| record.parent.is_none()) {
+            let done = record.shards_done.unwrap_or(0);
+            if shown != Some(done) {
+                eprintln!("{id}: shards {done} of {shards} done");
+                shown = Some(done);
+            }
+        }
+    };
+    let mut outcome = loop {
+        tokio::select! {
+            outcome = &mut wait => break outcome?,
+            _ = poll.tick(), if polling => {
+                if let Some(record) = producer.record(id).await? {
+                    polling = record.class == Some(Class::Parallel) && !record.is_terminal();
+                    show(&record);
+                }
+            }
+        }
+    };
+    // A notice from a worker older than the notice's full field list lacks
+    // the kind (and more): the record has them.
+    if outcome.record.kind.is_none()
+        && let Some(record) = producer.record(id).await?
+        && record.is_terminal()
+    {
+        let result = outcome.record.result.take();
+        outcome.record = record;
+        outcome.record.result = outcome.record.result.take().or(result);
+    }
+    show(&outcome.record);
+    Ok(outcome)
 }
 
 fn exit_code(outcome: &TaskOutcome) -> ExitCode {
@@ -274,7 +333,14 @@ fn story_json(record: &TaskRecord, attempts: &[Attempt]) -> serde_json::Value {
             "shard_ids": record.shard_ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "parent": text(record.parent.map(|p| p.to_string())),
             "shard": record.shard,
+            "shards_started_at_ms": record.shards_started_at_ms,
+            "shards_run_us": record.shards_run_us,
+            "devices": record.shards_devices,
         },
+        "params": record.params.as_deref().map_or(serde_json::Value::Null, |bytes| {
+            msgpack::decode::<serde_json::Value>(bytes)
+                .unwrap_or_else(|_| serde_json::Value::String(msgpack::to_display(bytes)))
+        }),
         "finished_at_ms": record.finished_at_ms,
         "run_us": record.run_us,
         "result": result_json(record),
@@ -312,15 +378,18 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
         "submitted",
         format!(
             "{} by {}, class {}, priority {}, at most {} attempts",
-            record.submitted_at_ms.map_or_else(|| "-".to_owned(), utc),
+            record
+                .submitted_at_ms
+                .map_or_else(|| "-".to_owned(), table::time),
             dash(record.producer.clone()),
             dash(record.class.map(|c| c.to_string())),
             dash(record.priority.map(|p| p.to_string())),
             record.max_attempts.unwrap_or(1),
         ),
     );
+    line("params", params_text(record));
     if let Some(deadline) = record.deadline_ms {
-        line("deadline", utc(deadline));
+        line("deadline", table::time(deadline));
     }
     if let Some(shards) = record.shards {
         line(
@@ -328,6 +397,17 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
             format!(
                 "shards {} of {shards} done",
                 record.shards_done.unwrap_or(0)
+            ),
+        );
+    }
+    if let Some(first) = record.shards_started_at_ms {
+        // The whole task, not its merge step: the shards did the work.
+        line(
+            "ran",
+            format!(
+                "{}, first shard started {} after submission",
+                whole_task_summary(record),
+                table::age(first.saturating_sub(submitted)),
             ),
         );
     }
@@ -358,7 +438,7 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
             "finished",
             format!(
                 "{} ({} after submission)",
-                utc(ms),
+                table::time(ms),
                 table::age(ms.saturating_sub(submitted))
             ),
         );
@@ -371,7 +451,10 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
     } else if record.result_left_out() {
         line(
             "result",
-            format!("{} bytes (not shown)", record.result_bytes.unwrap_or(0)),
+            format!(
+                "{} (not shown)",
+                table::bytes(record.result_bytes.unwrap_or(0))
+            ),
         );
     }
     if let Some(dead) = &record.dead_letter {
@@ -382,6 +465,80 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
         out.push_str(&attempts_table(attempts, offset));
     }
     out
+}
+
+/// The parameters as submitted, decoded as `dlq show` shows them.
+fn params_text(record: &TaskRecord) -> String {
+    match &record.params {
+        Some(params) => msgpack::to_display(params),
+        None => "- (not recorded: submitted without the submit script)".to_owned(),
+    }
+}
+
+/// A split task's wall time (first shard start to merge), compute time
+/// (all shards and the merge) and devices, e.g. `wall 1.2s, compute 2.3s
+/// over 8 shards on SIM-0-a, SIM-1-b`.
+fn whole_task_summary(record: &TaskRecord) -> String {
+    let wall = match (record.shards_started_at_ms, record.finished_at_ms) {
+        (Some(first), Some(finished)) => table::age(finished.saturating_sub(first)),
+        _ => "-".to_owned(),
+    };
+    format!(
+        "wall {wall}, compute {} over {} shards on {}",
+        table::micros(record.shards_run_us.unwrap_or(0) + record.run_us.unwrap_or(0)),
+        record.shards.unwrap_or(0),
+        if record.shards_devices.is_empty() {
+            "-".to_owned()
+        } else {
+            record.shards_devices.join(", ")
+        },
+    )
+}
+
+fn shard_json(shard: &TaskRecord) -> serde_json::Value {
+    serde_json::json!({
+        "shard": shard.shard,
+        "id": shard.id.map(|i| i.to_string()),
+        "status": shard.status.map(|s| s.to_string()),
+        "attempt": shard.attempt,
+        "worker": shard.worker,
+        "device": shard.device,
+        "started_at_ms": shard.started_at_ms,
+        "finished_at_ms": shard.finished_at_ms,
+        "run_us": shard.run_us,
+    })
+}
+
+/// The shards of a split task, one line each: where each ran, when (from
+/// the task's submission) and for how long.
+fn out_shards(record: &TaskRecord, shards: &[TaskRecord]) {
+    let submitted = record.submitted_at_ms.unwrap_or(0);
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let offset = |ms: Option<u64>| {
+        ms.map_or_else(
+            || "-".to_owned(),
+            |ms| format!("+{}", table::age(ms.saturating_sub(submitted))),
+        )
+    };
+    let mut rows = vec![
+        [
+            "shard", "worker", "device", "started", "finished", "run", "status",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for shard in shards {
+        rows.push(vec![
+            dash(shard.shard.map(|s| s.to_string())),
+            dash(shard.worker.clone()),
+            dash(shard.device.clone()),
+            offset(shard.started_at_ms),
+            offset(shard.finished_at_ms),
+            dash(shard.run_us.map(table::micros)),
+            dash(shard.status.map(|s| s.to_string())),
+        ]);
+    }
+    print!("\n{}", table::render(&rows));
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -421,34 +578,15 @@ fn attempts_table(attempts: &[Attempt], offset: impl Fn(Option<u64>) -> String) 
     table::render(&rows)
 }
 
-/// Milliseconds since the epoch as `2026-01-31 12:00:05.250 UTC`: the
-/// tool has no calendar crate, and the civil-date arithmetic is short
-/// (Howard Hinnant's `civil_from_days`).
-fn utc(ms: u64) -> String {
-    let days = (ms / 86_400_000) as i64;
-    let in_day = ms % 86_400_000;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1_000 % 60,
-        in_day % 1_000
-    )
+/// A record as `field  value` lines, the result rendered as JSON: what
+/// `status` prints, and `wait` for the same task.
+fn print_record(record: &TaskRecord) {
+    print!("{}", record_text(record));
 }
 
-/// A record as `field  value` lines, the result rendered as JSON.
-fn print_record(record: &TaskRecord) {
+fn record_text(record: &TaskRecord) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
-    let time = |v: Option<u64>| v.map(|ms| ms.to_string());
+    let time = |v: Option<u64>| v.map(table::time);
     let mut rows = vec![vec!["field".to_owned(), "value".to_owned()]];
     let mut row = |name: &str, value: String| rows.push(vec![name.to_owned(), value]);
     row("id", opt(record.id.map(|i| i.to_string())));
@@ -460,10 +598,24 @@ fn print_record(record: &TaskRecord) {
         "attempt",
         opt(record
             .attempt
-            .map(|a| format!("{a} of {}", record.max_attempts.unwrap_or(1)))),
+            .map(|a| format!("{a} of {}", opt(record.max_attempts.map(|m| m.to_string()))))),
     );
-    row("worker", opt(record.worker.clone()));
-    row("device", opt(record.device.clone()));
+    // A split task ran on its shards' devices; its own worker only merged.
+    let split = record.shards.is_some() && record.parent.is_none();
+    if split && !record.shards_devices.is_empty() {
+        row("devices", record.shards_devices.join(", "));
+        row(
+            "merged by",
+            format!(
+                "{} on {}",
+                opt(record.worker.clone()),
+                opt(record.device.clone())
+            ),
+        );
+    } else {
+        row("worker", opt(record.worker.clone()));
+        row("device", opt(record.device.clone()));
+    }
     if let Some(shards) = record.shards {
         row(
             "shards",
@@ -473,17 +625,32 @@ fn print_record(record: &TaskRecord) {
     if let (Some(parent), Some(shard)) = (record.parent, record.shard) {
         row("shard of", format!("{parent} (shard {shard})"));
     }
-    row("submitted_at_ms", opt(time(record.submitted_at_ms)));
+    row("submitted", opt(time(record.submitted_at_ms)));
     if let Some(deadline) = record.deadline_ms {
-        row("deadline_ms", deadline.to_string());
+        row("deadline", table::time(deadline));
     }
-    row("started_at_ms", opt(time(record.started_at_ms)));
-    row("finished_at_ms", opt(time(record.finished_at_ms)));
+    let started = record.shards_started_at_ms.or(record.started_at_ms);
+    row("started", opt(time(started)));
+    row("finished", opt(time(record.finished_at_ms)));
     if let (Some(s), Some(f)) = (record.submitted_at_ms, record.finished_at_ms) {
         row("total", table::age(f.saturating_sub(s)));
     }
-    if let Some(us) = record.run_us {
-        row("run", format!("{} ms", table::ms(us as f64 / 1000.0)));
+    if let (Some(first), Some(f)) = (record.shards_started_at_ms, record.finished_at_ms) {
+        // From the first shard's start to the merge's commit.
+        row("wall", table::age(f.saturating_sub(first)));
+    }
+    match (record.shards_run_us, record.run_us) {
+        (Some(shards), merge) => row(
+            "compute",
+            format!(
+                "{} ({} shards, merge {})",
+                table::micros(shards + merge.unwrap_or(0)),
+                record.shards.unwrap_or(0),
+                table::micros(merge.unwrap_or(0))
+            ),
+        ),
+        (None, Some(us)) => row("run", table::micros(us)),
+        (None, None) => {}
     }
     if let Some(error) = &record.error {
         row("error", format!("{}: {}", error.code, error.message));
@@ -493,10 +660,13 @@ fn print_record(record: &TaskRecord) {
     } else if record.result_left_out() {
         row(
             "result",
-            format!("{} bytes (not shown)", record.result_bytes.unwrap_or(0)),
+            format!(
+                "{} (not shown)",
+                table::bytes(record.result_bytes.unwrap_or(0))
+            ),
         );
     }
-    print!("{}", table::render(&rows));
+    table::render(&rows)
 }
 
 #[cfg(test)]
@@ -505,13 +675,6 @@ mod tests {
 
     fn history(entries: &[serde_json::Value]) -> Option<String> {
         Some(serde_json::Value::from(entries.to_vec()).to_string())
-    }
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00.000 UTC");
-        assert_eq!(utc(951_782_400_123), "2000-02-29 00:00:00.123 UTC");
-        assert_eq!(utc(1_767_225_599_999), "2025-12-31 23:59:59.999 UTC");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tandem_shared::Config;
-use tandem_shared::device::{Health, format_size};
+use tandem_shared::device::Health;
 use tandem_shared::store::Store;
 use tandem_shared::wire::WorkerInfo;
 
@@ -66,8 +66,8 @@ fn row(w: &WorkerInfo, now_ms: u64) -> Vec<String> {
     let booked = if w.memory_budget > 0 {
         format!(
             "{} / {}",
-            format_size(w.memory_reserved),
-            format_size(w.memory_budget)
+            table::bytes(w.memory_reserved),
+            table::bytes(w.memory_budget)
         )
     } else {
         "-".to_owned()
@@ -106,8 +106,8 @@ fn device_readings(w: &WorkerInfo) -> [String; 4] {
         format!("{:.0}%", m.gpu_utilization * 100.0),
         format!(
             "{} / {}",
-            format_size(m.gpu_memory_used),
-            format_size(w.memory_total)
+            table::bytes(m.gpu_memory_used),
+            table::bytes(w.memory_total)
         ),
         format!("{:.0}C", m.gpu_temperature_c),
         format!("{:.0}W", m.gpu_power_w),
