@@ -1,5 +1,8 @@
 //! The `portfolio_opt` kind on a worker: the random search on the GPU when
-//! the kernel loaded (else its CPU twin), the refine on the CPU.
+//! the kernel loaded (else its CPU twin), the refine on the CPU. The
+//! covariance is checked to be positive semidefinite first (a Cholesky
+//! factorization, `n^3 / 6` multiply-adds): an indefinite one fails the
+//! task with `BAD_PARAMS`.
 
 use tandem_kernels::portfolio_opt as kernel;
 use tandem_kernels::runtime::Gpu;
@@ -66,6 +69,7 @@ impl Compute for PortfolioOptKind {
         stop: &Stop,
     ) -> Result<PortfolioOptOutput, TaskError> {
         let problem = problem(params)?;
+        problem.check_covariance().map_err(bad)?;
         let settings = settings(params)?;
         let best = kernel::search_cpu(&problem, &settings);
         stop.check()?;
@@ -79,6 +83,7 @@ impl Compute for PortfolioOptKind {
         _stop: &Stop,
     ) -> Result<PortfolioOptOutput, TaskError> {
         let problem = problem(params)?;
+        problem.check_covariance().map_err(bad)?;
         Ok(output(kernel::optimize_gpu(
             gpu,
             &problem,
@@ -141,6 +146,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The example: eigenvalues 3 and -1, so `(1/2, 1/2)` has
+    /// variance -1/2. Both objectives refuse it.
+    #[tokio::test]
+    async fn an_indefinite_covariance_is_bad_params() {
+        for objective in [Objective::MinVariance, Objective::MaxSharpe] {
+            let p = PortfolioOptParams {
+                mu: vec![0.1, 0.2],
+                covariance: vec![1.0, -2.0, -2.0, 1.0],
+                risk_free: 0.0,
+                objective,
+                max_weight: 1.0,
+                tolerance: 1e-10,
+                max_iterations: 1_000,
+                seed: 0,
+                samples: 1_024,
+            };
+            let err = run(&p).await.unwrap_err();
+            assert_eq!(err.code, ErrorCode::BAD_PARAMS, "{objective:?}");
+            assert!(
+                err.message.starts_with(
+                    "the covariance is not positive semidefinite: the Cholesky pivot of row 1 is -2.99"
+                ),
+                "{}",
+                err.message
+            );
+        }
+        // A singular one (a riskless asset) is fine.
+        let mut p = params(Objective::MinVariance);
+        p.covariance = vec![0.04, 0.006, 0.0, 0.006, 0.09, 0.0, 0.0, 0.0, 0.0];
+        let out: PortfolioOptOutput = msgpack::decode(&run(&p).await.unwrap()).unwrap();
+        assert!(out.converged && out.weights[2] > 1.0 - 1e-9, "{out:?}");
     }
 
     #[tokio::test]
