@@ -48,6 +48,12 @@
 //! same asset twice) is accepted and an indefinite one is refused
 //! (`BAD_PARAMS`, naming the row whose Cholesky pivot was not positive).
 //!
+//! Splitting: a `parallel` task claimed while two or more GPUs are live is
+//! cut into shards of whole blocks of 256 search candidates; each shard
+//! returns its best candidate, the merge takes the first of the best (ties
+//! go to the lowest index, as in one search) and refines it once, so the
+//! result is the same bits as an unsplit run on the same kind of device.
+//!
 //! The residual is `max_i |w_i - P(w - g / L)_i|`, in weight units: `P` the
 //! projection onto the feasible set, `g` the gradient of the objective and
 //! `L` its Lipschitz bound (`2 min(Gershgorin, Frobenius)` of the
