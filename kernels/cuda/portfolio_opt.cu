@@ -1,9 +1,12 @@
-// The random search of portfolio_opt, in f32: each block draws CANDIDATES
-// Dirichlet(1) portfolios (candidate j = Philox stream j, draw block b gives
-// assets 4b..4b+3), shrinks any over max_weight toward equal weights just
-// enough to fit, evaluates excess return and variance, and writes its best
-// candidate. The host reduces the blocks' bests in block order. The CPU twin
-// is kernels/src/portfolio_opt.rs (search_cpu).
+// The random search of portfolio_opt, in f32, over the candidates
+// start..end: each block draws CANDIDATES Dirichlet(1) portfolios (candidate
+// j = Philox stream j, draw block b gives assets 4b..4b+3), shrinks any over
+// max_weight toward equal weights just enough to fit, evaluates excess
+// return and variance, and writes its first best candidate (a NaN score
+// counts as minus infinity). The host reduces the blocks' bests in block
+// order. A candidate's score depends on its index only, not on its block,
+// so a search cut into runs (a split task's shards) merges to the same best.
+// The CPU twin is kernels/src/portfolio_opt.rs (search_cpu_range).
 #include "philox.cuh"
 
 #define CANDIDATES 4
@@ -70,7 +73,8 @@ __device__ __forceinline__ void block_max(float (&v)[K], float* scratch /* share
 
 extern "C" __global__ void __launch_bounds__(THREADS) random_search(
     unsigned long long seed,
-    unsigned int samples,
+    unsigned int start,                    // first candidate
+    unsigned int end,                      // one past the last candidate
     unsigned int n,
     float max_weight,
     int max_sharpe,
@@ -80,7 +84,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) random_search(
     float* __restrict__ best_score) {      // device [gridDim.x]
     extern __shared__ float weights[];     // [CANDIDATES * n]
     __shared__ float scratch[2 * CANDIDATES * WARPS];
-    const unsigned int first = blockIdx.x * CANDIDATES;
+    const unsigned int first = start + blockIdx.x * CANDIDATES;
     const unsigned int k0 = (unsigned int)seed;
     const unsigned int k1 = (unsigned int)(seed >> 32);
     const unsigned int draws = (n + 3) / 4;
@@ -172,7 +176,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) random_search(
         float best_value = NEG_INF;
 #pragma unroll
         for (int c = 0; c < CANDIDATES; ++c) {
-            if (first + c >= samples) {
+            if (first + c >= end) {
                 break;
             }
             const float var = moments[CANDIDATES + c];
@@ -181,6 +185,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) random_search(
                 score = var > 0.0f ? moments[c] / sqrtf(var) : NEG_INF;
             } else {
                 score = -var;
+            }
+            if (score != score) {
+                score = NEG_INF;
             }
             if (c == 0 || score > best_value) {
                 best = c;

@@ -24,6 +24,7 @@ mod kinds;
 mod metrics;
 mod model_kinds;
 mod models;
+mod portfolio_split;
 mod priority;
 mod producer;
 mod python;

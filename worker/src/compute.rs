@@ -163,6 +163,8 @@ pub fn whole<S: Split>(
             None => kind.cpu_shard(params, &shard)?,
         });
     }
+    // A merge may be long too (`portfolio_opt` refines there).
+    stop.check()?;
     kind.merge(params, parts)
 }
 

@@ -6,7 +6,7 @@
 //! | parameter | type | default | meaning |
 //! |---|---|---|---|
 //! | `mu` | `[f64; n]` | required | expected return of each asset, per period (a fraction: 0.08 is 8 %), 1 <= n <= 2000 |
-//! | `covariance` | `[f64; n*n]` | required | covariance of the returns, row-major, symmetric within 1e-9 relative, non-negative diagonal |
+//! | `covariance` | `[f64; n*n]` | required | covariance of the returns, row-major, symmetric within 1e-9 relative, positive semidefinite (below) |
 //! | `risk_free` | f64 | 0 | the risk-free return per period, same unit as `mu` |
 //! | `objective` | `"min_variance"` or `"max_sharpe"` | `"min_variance"` | what to optimize |
 //! | `max_weight` | f64 | 1 | upper bound of every weight, in (0, 1], with `n * max_weight >= 1` |
@@ -38,9 +38,21 @@
 //! from the best random candidate (`method = "local_ascent"`): it stops at a
 //! stationary point; with a positive definite covariance the Sharpe ratio is
 //! pseudo-concave where the excess return is positive, so that point is the
-//! global maximum, but the ascent has no convergence rate guarantee. The
-//! covariance is not checked to be positive semi-definite (that costs a
-//! factorization); with an indefinite one the results are local.
+//! global maximum, but the ascent has no convergence rate guarantee.
+//!
+//! The covariance must be positive semidefinite: with a negative
+//! eigenvalue some portfolios would have a negative "variance". The worker
+//! checks it once per task (a Cholesky factorization, `n^3 / 6`
+//! multiply-adds, as `risk` does), allowing `1e-10` times the largest
+//! variance for rounding, so a singular covariance (a riskless asset, the
+//! same asset twice) is accepted and an indefinite one is refused
+//! (`BAD_PARAMS`, naming the row whose Cholesky pivot was not positive).
+//!
+//! Splitting: a `parallel` task claimed while two or more GPUs are live is
+//! cut into shards of whole blocks of 256 search candidates; each shard
+//! returns its best candidate, the merge takes the first of the best (ties
+//! go to the lowest index, as in one search) and refines it once, so the
+//! result is the same bits as an unsplit run on the same kind of device.
 //!
 //! The residual is `max_i |w_i - P(w - g / L)_i|`, in weight units: `P` the
 //! projection onto the feasible set, `g` the gradient of the objective and
@@ -52,7 +64,8 @@
 //!
 //! Errors (`BAD_PARAMS`): sizes or values out of bounds, non-finite values,
 //! an asymmetric covariance, a negative variance, `max_sharpe` where no
-//! feasible portfolio has a return above `risk_free`.
+//! feasible portfolio has a return above `risk_free`; and, from the worker,
+//! a covariance that is not positive semidefinite.
 
 use serde::{Deserialize, Serialize};
 
