@@ -19,6 +19,7 @@
 //! - [`signature`]: optional HMAC signing of task entries.
 //! - [`connect`]: Redis clients from the configuration (TLS included).
 //! - [`config`]: the one configuration type.
+//! - [`exit`]: the exit statuses of both binaries, and how they print errors.
 //!
 //! # Example
 //!
@@ -37,6 +38,7 @@
 pub mod config;
 pub mod connect;
 pub mod device;
+pub mod exit;
 pub mod keys;
 pub mod kind;
 pub mod logging;
