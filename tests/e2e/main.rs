@@ -13,6 +13,7 @@ mod cli;
 mod compose;
 mod compute;
 mod deadline;
+mod exit_codes;
 mod faults;
 #[cfg(feature = "gpu-tests")]
 mod gpu_real;
