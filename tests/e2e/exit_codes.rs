@@ -7,8 +7,9 @@ use std::process::{Command, Output};
 
 use redis::AsyncCommands;
 use tandem_shared::TaskId;
+use tandem_shared::device::Role;
 
-use crate::gpus::{PAIR, PRIMARY};
+use crate::gpus::{PAIR, PRIMARY, SECONDARY, registry, start};
 use crate::support::{RedisServer, WorkerProcess, bin, free_port};
 
 /// `tandem ARGS` with exactly the environment given (plus PATH).
@@ -212,6 +213,48 @@ fn a_device_no_gpu_matches_is_a_config_error_said_once() {
         assert_eq!(err.matches(needle).count(), 1, "said once:\n{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
+}
+
+#[test]
+fn a_role_pin_naming_two_gpus_is_a_config_error() {
+    let pins = [("TANDEM_DEVICE_ROLES", "SIM-=heavy")];
+    for args in [&["run", "--device", "0"][..], &["fleet"], &["detect"]] {
+        let out = worker(&pins, args);
+        expect(
+            &out,
+            2,
+            &[
+                "device_roles: SIM- names more than one GPU",
+                PRIMARY,
+                SECONDARY,
+            ],
+        );
+    }
+}
+
+#[tokio::test]
+async fn role_pins_and_devices_take_a_unique_uuid_prefix() {
+    // Pinned against the scores: the weaker card heavy, the stronger light.
+    let pins = [("TANDEM_DEVICE_ROLES", "SIM-1=heavy, SIM-0-rtx=light")];
+    let out = worker(&pins, &["detect", "--json"]);
+    expect(&out, 0, &[]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gpus = json["gpus"].as_array().unwrap();
+    assert_eq!(gpus[0]["uuid"], PRIMARY);
+    assert_eq!(gpus[0]["role"], "light");
+    assert_eq!(gpus[1]["role"], "heavy");
+    assert!(
+        gpus[1]["why"].as_str().unwrap().contains("pinned"),
+        "{json}"
+    );
+    assert_eq!(json["unused_pins"], serde_json::json!([]), "{json}");
+
+    // A worker bound by a UUID prefix runs with the role its pin gives.
+    let redis = RedisServer::start();
+    let secondary = start(&redis, "SIM-1", PAIR, &pins).await;
+    let workers = registry(&redis).await;
+    let me = workers.iter().find(|w| w.id == secondary.id).unwrap();
+    assert_eq!((me.device.as_str(), me.role), (SECONDARY, Role::Heavy));
 }
 
 #[tokio::test]
