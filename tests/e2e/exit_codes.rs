@@ -73,7 +73,13 @@ async fn tandem_exit_codes_tell_the_outcomes_apart() {
     // 4: the task failed; `wait` on it says the same.
     let out = tandem(
         &env,
-        &["submit", "fail", "--params", r#"{"code": "E_EXIT"}"#, "--wait"],
+        &[
+            "submit",
+            "fail",
+            "--params",
+            r#"{"code": "E_EXIT"}"#,
+            "--wait",
+        ],
     );
     expect(&out, 4, &[]);
     assert!(stdout(&out).contains("E_EXIT"), "{}", stdout(&out));
@@ -119,7 +125,10 @@ async fn tandem_exit_codes_tell_the_outcomes_apart() {
         &["--params is not valid JSON"],
     );
     expect(
-        &tandem(&env, &["submit", "sleep", "--params", r#"{"ms": 99999999}"#]),
+        &tandem(
+            &env,
+            &["submit", "sleep", "--params", r#"{"ms": 99999999}"#],
+        ),
         2,
         &["bad parameters for kind sleep"],
     );
@@ -130,7 +139,10 @@ async fn tandem_exit_codes_tell_the_outcomes_apart() {
     );
     expect(
         &tandem(
-            &[("REDIS_URL", url.as_str()), ("TANDEM_REDIS_TIMEOUT_MS", "zero")],
+            &[
+                ("REDIS_URL", url.as_str()),
+                ("TANDEM_REDIS_TIMEOUT_MS", "zero"),
+            ],
             &["queues"],
         ),
         2,
@@ -159,7 +171,10 @@ async fn errors_list_the_valid_values_and_name_flags_not_rust_apis() {
             "--class (one of: heavy, light, parallel, cpu)",
         ],
     );
-    assert!(!err.contains("Task::"), "a shell user has no Rust API: {err}");
+    assert!(
+        !err.contains("Task::"),
+        "a shell user has no Rust API: {err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 

@@ -115,10 +115,10 @@ fn unreachable_redis_is_retried_with_a_clear_message_until_stopped() {
 
 /// The `--check-config` output of `tandem-worker ARGS`, as `name = value` lines.
 fn checked(args: &[&str]) -> Vec<String> {
-    let out = worker().args(args).output().unwrap();
+    let out = worker().args(args).output().expect("run tandem-worker");
     assert!(out.status.success(), "{args:?}: {out:?}");
     String::from_utf8(out.stdout)
-        .unwrap()
+        .expect("UTF-8 settings")
         .lines()
         .map(str::to_owned)
         .collect()

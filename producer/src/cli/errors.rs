@@ -2,10 +2,10 @@
 //! binaries, `tandem_shared::exit`, documented in the README), and errors
 //! worded for a shell user rather than a Rust caller.
 
+use tandem_shared::Class;
 use tandem_shared::config::ConfigError;
 use tandem_shared::exit;
 use tandem_shared::store::StoreError;
-use tandem_shared::Class;
 
 use crate::ProducerError;
 
