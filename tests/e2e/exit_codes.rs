@@ -3,7 +3,8 @@
 //! that would have done: the real `tandem` and `tandem-worker` binaries
 //! against a real Redis and workers.
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use tandem_shared::TaskId;
@@ -23,16 +24,37 @@ fn tandem(env: &[(&str, &str)], args: &[&str]) -> Output {
         .expect("run tandem")
 }
 
-/// `tandem-worker ARGS` with the simulated pair of GPUs and `env`.
+/// `tandem-worker ARGS` with the simulated pair of GPUs and `env`, for
+/// commands that must end by themselves. Its Redis is a loopback port no
+/// one listens on, so a worker that wrongly starts reaches no server; and
+/// one that wrongly keeps running is killed and fails the test rather than
+/// hanging it.
 fn worker(env: &[(&str, &str)], args: &[&str]) -> Output {
-    Command::new(bin("tandem-worker"))
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let mut child = Command::new(bin("tandem-worker"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TANDEM_REDIS_URL", nowhere)
         .env("TANDEM_SIMULATE_GPUS", PAIR)
         .envs(env.iter().copied())
-        .output()
-        .expect("run tandem-worker")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tandem-worker");
+    let started = Instant::now();
+    while child.try_wait().expect("wait for tandem-worker").is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("tandem-worker output");
+            panic!(
+                "tandem-worker {args:?} kept running; it should have stopped at once:\n{}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("tandem-worker output")
 }
 
 fn stdout(out: &Output) -> String {
