@@ -236,6 +236,42 @@ fn an_unreachable_redis_exits_6_naming_the_url_and_the_cause_once() {
     }
 }
 
+#[tokio::test]
+async fn a_wrong_password_is_a_config_error_naming_the_url() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "right"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    let url = format!("redis://:wrong@127.0.0.1:{port}");
+    for args in [&["submit", "noop"][..], &["queues"]] {
+        let out = tandem(&[("REDIS_URL", url.as_str())], args);
+        let err = expect(
+            &out,
+            2,
+            &[
+                &format!("cannot reach Redis at redis://:***@127.0.0.1:{port}"),
+                "uthentication failed",
+            ],
+        );
+        assert!(!err.contains("wrong"), "{args:?}: password shown: {err}");
+    }
+    // The worker says the same, and does not retry what cannot succeed.
+    let out = worker(&[("TANDEM_REDIS_URL", url.as_str())], &["run"]);
+    let err = expect(
+        &out,
+        2,
+        &[
+            &format!("cannot reach Redis at redis://:***@127.0.0.1:{port}"),
+            "uthentication failed",
+        ],
+    );
+    assert!(!err.contains("wrong"), "password shown: {err}");
+}
+
 #[test]
 fn a_device_no_gpu_matches_is_a_config_error_said_once() {
     for (device, needle) in [

@@ -293,6 +293,13 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<BadConfig>() {
             return exit::USAGE;
         }
+        // A user or password Redis refuses is the configuration's fault.
+        if cause.downcast_ref::<redis::RedisError>().is_some_and(|e| {
+            e.kind() == redis::ErrorKind::AuthenticationFailed
+                || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+        }) {
+            return exit::USAGE;
+        }
         match cause.downcast_ref::<WorkerError>() {
             Some(WorkerError::Device { .. }) => return exit::USAGE,
             Some(WorkerError::Connect { source, .. }) if source.is_connection() => {

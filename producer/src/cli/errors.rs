@@ -22,6 +22,14 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<Usage>() || cause.is::<ConfigError>() {
             return exit::USAGE;
         }
+        // A wrong password or user is the configuration's fault: retrying
+        // will not help, as it may where Redis is unreachable.
+        if cause
+            .downcast_ref::<redis::RedisError>()
+            .is_some_and(is_refused_credentials)
+        {
+            return exit::USAGE;
+        }
         if let Some(err) = cause.downcast_ref::<ProducerError>() {
             match err {
                 ProducerError::Config(_)
@@ -50,11 +58,16 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 /// The error as one line for stderr: each cause once, and, when Redis could
-/// not be reached, the URL it was reached at (without its password) even
-/// where the failing call did not say.
+/// not be reached or refused the credentials, its URL (without the
+/// password) even where the failing call did not say.
 pub(crate) fn message(err: &anyhow::Error, redis_url_redacted: &str) -> String {
     let line = exit::one_line(err.chain());
-    if exit_code(err) == exit::UNREACHABLE && !line.contains("cannot reach Redis") {
+    let refused = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<redis::RedisError>()
+            .is_some_and(is_refused_credentials)
+    });
+    if (refused || exit_code(err) == exit::UNREACHABLE) && !line.contains("cannot reach Redis") {
         format!("cannot reach Redis at {redis_url_redacted}: {line}")
     } else {
         line
@@ -76,4 +89,10 @@ pub(crate) fn for_the_shell(err: ProducerError) -> anyhow::Error {
         }
         other => other.into(),
     }
+}
+
+/// Redis refused the user or password of `redis_url`.
+fn is_refused_credentials(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
 }
