@@ -284,7 +284,6 @@ fn a_device_no_gpu_matches_is_a_config_error_said_once() {
         let out = worker(&[], &["run", "--device", device]);
         let err = expect(&out, 2, &[needle, PRIMARY]);
         assert_eq!(err.matches(needle).count(), 1, "said once:\n{err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
 
