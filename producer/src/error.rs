@@ -19,7 +19,7 @@ pub enum ProducerError {
     BadParams { kind: String, message: String },
     #[error("parameters are {bytes} bytes; the limit is {limit} (max_payload_bytes)")]
     PayloadTooLarge { bytes: usize, limit: usize },
-    #[error("kind {0:?} is not built in, so its class must be given (Task::class, or --class)")]
+    #[error("kind {0:?} is not built in, so its class must be given (Task::class)")]
     MissingClass(String),
     #[error("idempotency key {0:?} must be 1-200 characters without whitespace")]
     BadIdempotencyKey(String),

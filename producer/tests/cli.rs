@@ -43,7 +43,11 @@ fn bad_arguments_are_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("urgent"));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("urgent") && err.contains("one of: critical, high, normal, low"),
+        "{err}"
+    );
 
     let out = tandem().args(["status", "not-a-uuid"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -229,7 +229,7 @@ pub fn assign_roles(gpus: &[Gpu], pins: &BTreeMap<String, Role>) -> Vec<Assignme
     let heavy_count = gpus.len().div_ceil(2);
     for (rank, &i) in order.iter().enumerate() {
         let gpu = &gpus[i];
-        out[i] = if let Some(&role) = pins.get(&gpu.uuid) {
+        out[i] = if let Some(role) = pinned_role(gpu, pins) {
             Assignment {
                 role,
                 why: "pinned by device_roles in the config".into(),
@@ -512,14 +512,67 @@ pub fn parse_role_pins(text: &str) -> Result<BTreeMap<String, Role>, String> {
     Ok(pins)
 }
 
-/// Checks pinned roles: GPUs take `heavy`, `light` or `both`.
+/// Checks pinned roles: GPUs take `heavy`, `light` or `both`, and a pin
+/// names a GPU by its UUID or a prefix of it, as `--device` does.
 pub fn check_role_pins(pins: &BTreeMap<String, Role>) -> Result<(), String> {
+    if pins.keys().any(|uuid| uuid.trim().is_empty()) {
+        return Err("a pin needs a GPU UUID (or a prefix of one) before `=`".into());
+    }
     match pins.iter().find(|(_, role)| !role.is_gpu()) {
         Some((uuid, _)) => Err(format!(
             "{uuid}: a GPU's role is heavy, light or both (a CPU worker is `--device cpu`)"
         )),
         None => Ok(()),
     }
+}
+
+/// The role `pins` gives `gpu`: the pin whose UUID is the GPU's or a prefix
+/// of it. [`check_pins_match`] has made sure there is at most one.
+fn pinned_role(gpu: &Gpu, pins: &BTreeMap<String, Role>) -> Option<Role> {
+    pins.iter()
+        .filter(|(uuid, _)| gpu.uuid.starts_with(uuid.as_str()))
+        .max_by_key(|(uuid, _)| uuid.len())
+        .map(|(_, role)| *role)
+}
+
+/// Checks pins against this host's GPUs: a pin's UUID (or prefix) names at
+/// most one of them, and no GPU is named by two pins. A pin that names none
+/// is fine here: one config file may pin the GPUs of several hosts
+/// (`tandem-worker detect` notes it).
+pub fn check_pins_match(gpus: &[Gpu], pins: &BTreeMap<String, Role>) -> Result<(), String> {
+    for uuid in pins.keys() {
+        let named: Vec<&str> = gpus
+            .iter()
+            .filter(|g| g.uuid.starts_with(uuid.as_str()))
+            .map(|g| g.uuid.as_str())
+            .collect();
+        if named.len() > 1 {
+            return Err(format!(
+                "device_roles: {uuid} names more than one GPU ({}); give more of the UUID",
+                named.join(", ")
+            ));
+        }
+    }
+    for gpu in gpus {
+        let by: Vec<&str> = pins
+            .keys()
+            .filter(|uuid| gpu.uuid.starts_with(uuid.as_str()))
+            .map(String::as_str)
+            .collect();
+        if by.len() > 1 {
+            return Err(format!(
+                "device_roles: GPU {} is pinned more than once ({}); keep one",
+                gpu.uuid,
+                by.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a pin (a UUID or a prefix of one) names one of `gpus`.
+pub fn pin_names_any(pin: &str, gpus: &[Gpu]) -> bool {
+    gpus.iter().any(|g| g.uuid.starts_with(pin))
 }
 
 /// `12 GiB`, `512MiB`, `8 GB`, `1000000`: bytes.
@@ -691,6 +744,33 @@ mod tests {
         assert!(check_role_pins(&parse_role_pins("GPU-x=cpu").unwrap()).is_err());
         assert!(parse_role_pins("GPU-x").is_err());
         assert!(parse_role_pins("GPU-x=primary").is_err());
+    }
+
+    #[test]
+    fn pins_take_a_unique_uuid_prefix() {
+        let gpus = parse_simulated(SEED).unwrap();
+        let pins = parse_role_pins("SIM-1=heavy, SIM-0-rtx=light").unwrap();
+        assert!(check_pins_match(&gpus, &pins).is_ok());
+        let roles = assign_roles(&gpus, &pins);
+        assert_eq!(roles[0].role, Role::Light);
+        assert_eq!(roles[1].role, Role::Heavy);
+        assert!(roles[1].why.contains("pinned"));
+
+        let ambiguous = parse_role_pins("SIM-=heavy").unwrap();
+        let err = check_pins_match(&gpus, &ambiguous).unwrap_err();
+        assert!(
+            err.contains("SIM- names more than one GPU")
+                && err.contains("SIM-0-rtx-4070-ti, SIM-1-rtx-3060-ti"),
+            "{err}"
+        );
+        let twice = parse_role_pins("SIM-1=heavy, SIM-1-rtx=light").unwrap();
+        let err = check_pins_match(&gpus, &twice).unwrap_err();
+        assert!(err.contains("pinned more than once"), "{err}");
+        // Another host's GPU: not an error here.
+        let elsewhere = parse_role_pins("GPU-elsewhere=heavy").unwrap();
+        assert!(check_pins_match(&gpus, &elsewhere).is_ok());
+        assert!(!pin_names_any("GPU-elsewhere", &gpus));
+        assert!(check_role_pins(&parse_role_pins(" =heavy").unwrap()).is_err());
     }
 
     #[test]

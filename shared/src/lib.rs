@@ -21,6 +21,7 @@
 //! - [`connect`]: Redis clients from the configuration (TLS included).
 //! - [`config`]: the one configuration type.
 //! - [`logging`]: log set-up (text or JSON, `RUST_LOG` or `log_level`).
+//! - [`exit`]: the exit statuses of both binaries, and how they print errors.
 //!
 //! # Example
 //!
@@ -39,6 +40,7 @@
 pub mod config;
 pub mod connect;
 pub mod device;
+pub mod exit;
 pub mod keys;
 pub mod kind;
 pub mod logging;

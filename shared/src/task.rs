@@ -52,17 +52,40 @@ impl FromStr for TaskId {
 
 /// A text form that does not name any value of the expected type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what}: {value:?}")]
+#[error("invalid {what}: {value:?}{}", one_of(valid))]
 pub struct ParseError {
     pub what: &'static str,
     pub value: String,
+    /// The values that would have been accepted, for a closed set (empty
+    /// otherwise): the message lists them, so a user need not look them up.
+    pub valid: &'static [&'static str],
 }
 
 impl ParseError {
     pub fn new(what: &'static str, value: &str) -> Self {
         // Bad input may be arbitrarily long; keep error messages readable.
         let value: String = value.chars().take(80).collect();
-        Self { what, value }
+        Self {
+            what,
+            value,
+            valid: &[],
+        }
+    }
+
+    /// A value outside the closed set `valid`.
+    pub fn one_of(what: &'static str, value: &str, valid: &'static [&'static str]) -> Self {
+        Self {
+            valid,
+            ..Self::new(what, value)
+        }
+    }
+}
+
+fn one_of(valid: &[&str]) -> String {
+    if valid.is_empty() {
+        String::new()
+    } else {
+        format!(" (one of: {})", valid.join(", "))
     }
 }
 
@@ -110,7 +133,7 @@ macro_rules! text_enum {
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $( $text => Ok($name::$variant), )+
-                    _ => Err(ParseError::new($what, s)),
+                    _ => Err(ParseError::one_of($what, s, &[$($text),+])),
                 }
             }
         }

@@ -68,7 +68,7 @@ async fn submit_wait_status_cancel_and_queues() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("1 waiting"), "{}", stdout(&out));
     let out = tandem(Some(&redis), &["wait", &queued_id, "--timeout-ms", "100"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));
 
     let _worker = WorkerProcess::start(&redis, &[]).await;
@@ -107,14 +107,14 @@ async fn submit_wait_status_cancel_and_queues() {
             "--wait",
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(stdout(&out).contains("E_CLI"), "{}", stdout(&out));
 
     let out = tandem(
         Some(&redis),
         &["submit", "sleep", "--params", r#"{"ms": 99999999}"#],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("bad parameters"), "{}", stderr(&out));
 
     let out = tandem(

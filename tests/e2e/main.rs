@@ -14,6 +14,7 @@ mod cli_views;
 mod compose;
 mod compute;
 mod deadline;
+mod exit_codes;
 mod faults;
 #[cfg(feature = "gpu-tests")]
 mod gpu_real;

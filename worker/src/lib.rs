@@ -79,7 +79,7 @@ pub use shutdown::Shutdown;
 
 /// The exit status of a worker whose device failed: its fleet restarts it,
 /// and the new process probes the device before taking tasks.
-pub const EXIT_DEVICE_FAILED: u8 = 3;
+pub const EXIT_DEVICE_FAILED: u8 = tandem_shared::exit::DEVICE_FAILED;
 
 /// Why a worker could not start or run.
 #[derive(Debug, thiserror::Error)]

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tandem_shared::device::{DeviceSelector, Role};
-use tandem_shared::{Class, Config};
+use tandem_shared::{Class, Config, exit};
 use tandem_worker::device::detect::Report;
-use tandem_worker::{Detection, Registry, fleet, shutdown};
+use tandem_worker::{Detection, Registry, WorkerError, fleet, shutdown};
 
 #[derive(Debug, Parser)]
 #[command(name = "tandem-worker", version, about = "Runs Tandem workers")]
@@ -19,8 +19,14 @@ struct Cli {
     /// Load and validate the configuration, print it, and exit.
     #[arg(long, global = true)]
     check_config: bool,
+    /// Global, as `tandem`'s shared flags are: clap accepts them before and
+    /// after the command, and both places must mean the same.
+    #[command(flatten)]
+    common: CommonArgs,
     #[command(subcommand)]
     command: Option<Command>,
+    /// One worker's flags, for `tandem-worker` without a command (which
+    /// runs one). Given before `run`, they are merged with run's own.
     #[command(flatten)]
     run: RunArgs,
 }
@@ -48,23 +54,22 @@ enum Command {
 #[derive(Debug, Clone, Default, clap::Args)]
 struct CommonArgs {
     /// Redis URL (overrides TANDEM_REDIS_URL / REDIS_URL).
-    #[arg(long)]
+    #[arg(long, global = true)]
     redis_url: Option<String>,
     /// Key prefix.
-    #[arg(long)]
+    #[arg(long, global = true)]
     prefix: Option<String>,
     /// Tasks run at once per worker (0: one per core).
-    #[arg(long)]
+    #[arg(long, global = true)]
     concurrency: Option<usize>,
     /// Classes to take: cpu,light,parallel,heavy (routing decides among them).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, global = true, value_delimiter = ',')]
     classes: Option<Vec<Class>>,
 }
 
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The flags that pick one worker's identity and device: `run` only.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 struct RunArgs {
-    #[command(flatten)]
-    common: CommonArgs,
     /// Worker id (default: host-device-pid-random).
     #[arg(long)]
     worker_id: Option<String>,
@@ -79,9 +84,7 @@ struct RunArgs {
 
 #[derive(Debug, Clone, Default, clap::Args)]
 struct FleetArgs {
-    #[command(flatten)]
-    common: CommonArgs,
-    /// Run no CPU worker.
+    /// Run no CPU worker (sets fleet_cpu_worker = false).
     #[arg(long)]
     no_cpu: bool,
 }
@@ -124,7 +127,6 @@ impl CommonArgs {
 
 impl RunArgs {
     fn apply(self, config: &mut Config) {
-        self.common.apply(config);
         if let Some(v) = self.worker_id {
             config.worker_id = v;
         }
@@ -135,18 +137,87 @@ impl RunArgs {
             config.role = Some(v);
         }
     }
+
+    /// The flags given before `run` and after it, as one set. A flag given
+    /// in both places is refused rather than one silently winning.
+    fn merge(before: RunArgs, after: RunArgs) -> Result<RunArgs, String> {
+        let both = |name: &str, a: bool, b: bool| {
+            if a && b {
+                Err(format!(
+                    "--{name} is given both before and after `run`; give it once"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        both(
+            "worker-id",
+            before.worker_id.is_some(),
+            after.worker_id.is_some(),
+        )?;
+        both("device", before.device.is_some(), after.device.is_some())?;
+        both("role", before.role.is_some(), after.role.is_some())?;
+        Ok(RunArgs {
+            worker_id: after.worker_id.or(before.worker_id),
+            device: after.device.or(before.device),
+            role: after.role.or(before.role),
+        })
+    }
+
+    /// The flags given, by name, for a command that does not take them.
+    fn given(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.worker_id.is_some() {
+            names.push("--worker-id");
+        }
+        if self.device.is_some() {
+            names.push("--device");
+        }
+        if self.role.is_some() {
+            names.push("--role");
+        }
+        names
+    }
+}
+
+/// A usage or configuration error: printed once, exit 2.
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tandem-worker: {message}");
+    ExitCode::from(exit::USAGE)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("tandem-worker: {err}");
-            return ExitCode::from(2);
+        Err(err) => return usage(err),
+    };
+    let command = match cli.command {
+        None => Command::Run(cli.run),
+        Some(Command::Run(after)) => match RunArgs::merge(cli.run, after) {
+            Ok(args) => Command::Run(args),
+            Err(message) => return usage(message),
+        },
+        Some(other) => {
+            // clap accepts one worker's flags before any command, since
+            // they belong to the default one; for another command they
+            // would mean nothing, so they are refused, not ignored.
+            let given = cli.run.given();
+            if !given.is_empty() {
+                let name = match &other {
+                    Command::Fleet(_) => "fleet",
+                    Command::Detect { .. } => "detect",
+                    _ => "settings",
+                };
+                return usage(format!(
+                    "{} set one worker's identity or device, for `run`; `{name}` takes no such flag",
+                    given.join(", ")
+                ));
+            }
+            other
         }
     };
-    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    cli.common.apply(&mut config);
     match &command {
         Command::Settings => {
             for s in Config::SETTINGS {
@@ -161,12 +232,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run(args) => args.clone().apply(&mut config),
-        Command::Fleet(args) => args.common.apply(&mut config),
+        Command::Fleet(args) => {
+            if args.no_cpu {
+                config.fleet_cpu_worker = false;
+            }
+        }
         Command::Detect { .. } => {}
     }
     if let Err(err) = config.validate() {
-        eprintln!("tandem-worker: {err}");
-        return ExitCode::from(2);
+        return usage(err);
     }
     if cli.check_config {
         print!("{config}");
@@ -188,11 +262,11 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("tandem-worker: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::ERROR);
         }
     };
     let outcome = match command {
-        Command::Fleet(args) => runtime.block_on(run_fleet(&config, cli.config, args)),
+        Command::Fleet(_) => runtime.block_on(run_fleet(&config, cli.config, &cli.common)),
         _ => runtime.block_on(run_worker(&config)),
     };
     // Abandoned tasks (grace ran out) must not hold the process open.
@@ -200,11 +274,41 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("tandem-worker: {err:#}");
-            ExitCode::FAILURE
+            // Once, through the log (stderr), which is where the worker's
+            // other messages go and what a log collector reads.
+            tracing::error!("{}", exit::one_line(err.chain()));
+            ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// A setting that cannot work on this host: exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadConfig(String);
+
+/// The exit status for an error that ended the worker: see [`exit`].
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<BadConfig>() {
+            return exit::USAGE;
+        }
+        // A user or password Redis refuses is the configuration's fault.
+        if cause.downcast_ref::<redis::RedisError>().is_some_and(|e| {
+            e.kind() == redis::ErrorKind::AuthenticationFailed
+                || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+        }) {
+            return exit::USAGE;
+        }
+        match cause.downcast_ref::<WorkerError>() {
+            Some(WorkerError::Device { .. }) => return exit::USAGE,
+            Some(WorkerError::Connect { source, .. }) if source.is_connection() => {
+                return exit::UNREACHABLE;
+            }
+            _ => {}
+        }
+    }
+    exit::ERROR
 }
 
 async fn run_worker(config: &Config) -> anyhow::Result<ExitCode> {
@@ -228,14 +332,15 @@ async fn run_worker(config: &Config) -> anyhow::Result<ExitCode> {
 async fn run_fleet(
     config: &Config,
     config_file: Option<PathBuf>,
-    args: FleetArgs,
+    common_args: &CommonArgs,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown::on_signals()?;
-    let detection = Detection::run(config).map_err(anyhow::Error::msg)?;
+    // Detection fails only on settings (`simulate_gpus`, `device_roles`).
+    let detection = Detection::run(config).map_err(BadConfig)?;
     if let Some(note) = &detection.note {
         tracing::warn!("{note}");
     }
-    let cpu = config.fleet_cpu_worker && !args.no_cpu;
+    let cpu = config.fleet_cpu_worker;
     tracing::info!("{}", detection.source);
     let members = fleet::plan(config, &detection, cpu);
     if members.is_empty() {
@@ -250,7 +355,7 @@ async fn run_fleet(
         common.extend(["--config".to_owned(), path.display().to_string()]);
     }
     // The shared flags go after each member's `run ...`.
-    let shared = args.common.to_args();
+    let shared = common_args.to_args();
     let members = members
         .into_iter()
         .map(|mut m| {

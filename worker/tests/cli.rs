@@ -100,7 +100,8 @@ fn unreachable_redis_is_retried_with_a_clear_message_until_stopped() {
     let exit = child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
-    assert_eq!(exit.code(), Some(1), "{text}");
+    // Stopped before it ever reached Redis: "Redis unreachable".
+    assert_eq!(exit.code(), Some(6), "{text}");
     assert!(
         text.contains("cannot reach Redis at redis://:***@127.0.0.1"),
         "{text}"
@@ -110,4 +111,100 @@ fn unreachable_redis_is_retried_with_a_clear_message_until_stopped() {
         "the password must not be logged: {text}"
     );
     assert!(!text.contains("panicked"), "{text}");
+}
+
+/// The `--check-config` output of `tandem-worker ARGS`, as `name = value` lines.
+fn checked(args: &[&str]) -> Vec<String> {
+    let out = worker().args(args).output().expect("run tandem-worker");
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout)
+        .expect("UTF-8 settings")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn flags_mean_the_same_before_and_after_the_command() {
+    // Each flag with a value no default has, and the line it must print.
+    let shared: [(&[&str], &str); 4] = [
+        (
+            &["--redis-url", "redis://127.0.0.1:7399"],
+            "redis_url = redis://127.0.0.1:7399",
+        ),
+        (&["--prefix", "elsewhere"], "prefix = elsewhere"),
+        (&["--concurrency", "7"], "concurrency = 7"),
+        (&["--classes", "heavy,cpu"], "classes = heavy,cpu"),
+    ];
+    let run_only: [(&[&str], &str); 3] = [
+        (&["--device", "GPU-8e0b"], "device = GPU-8e0b"),
+        (&["--role", "light"], "role = light"),
+        (&["--worker-id", "w-7"], "worker_id = w-7"),
+    ];
+    let cases = shared
+        .iter()
+        .map(|case| ("run", case))
+        .chain(run_only.iter().map(|case| ("run", case)))
+        .chain(shared.iter().map(|case| ("fleet", case)));
+    for (command, (flag, line)) in cases {
+        let before: Vec<&str> = flag
+            .iter()
+            .copied()
+            .chain([command, "--check-config"])
+            .collect();
+        let after: Vec<&str> = [command, "--check-config"]
+            .into_iter()
+            .chain(flag.iter().copied())
+            .collect();
+        for args in [before, after] {
+            let lines = checked(&args);
+            assert!(
+                lines.iter().any(|l| l == line),
+                "{args:?} must print {line:?}:\n{}",
+                lines.join("\n")
+            );
+        }
+    }
+    // Without a command (a run), too.
+    let lines = checked(&["--device", "GPU-8e0b", "--prefix", "p2", "--check-config"]);
+    assert!(lines.iter().any(|l| l == "device = GPU-8e0b"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "prefix = p2"), "{lines:?}");
+    // `fleet --no-cpu` shows as the setting it overrides.
+    let lines = checked(&["fleet", "--no-cpu", "--check-config"]);
+    assert!(
+        lines.iter().any(|l| l == "fleet_cpu_worker = false"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_run_flag_in_two_places_or_before_another_command_is_refused() {
+    for (args, needle) in [
+        (
+            &["--device", "0", "run", "--device", "1"][..],
+            "--device is given both before and after `run`",
+        ),
+        (
+            &["--device", "0", "fleet"][..],
+            "`fleet` takes no such flag",
+        ),
+        (&["--role", "heavy", "detect"][..], "--role"),
+    ] {
+        let out = worker().args(args).arg("--check-config").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: said once: {err}");
+    }
+}
+
+#[test]
+fn a_bad_value_lists_the_valid_ones() {
+    let out = worker()
+        .args(["run", "--role", "primary", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("one of: heavy, light, both, cpu"), "{err}");
 }

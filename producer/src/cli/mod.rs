@@ -5,6 +5,7 @@ mod alerts;
 mod bench;
 mod demo;
 mod dlq;
+mod errors;
 mod local;
 mod model;
 mod queues;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tandem_shared::Config;
+use tandem_shared::{Config, exit};
 
 pub use alerts::AlertsArgs;
 pub use bench::BenchArgs;
@@ -111,7 +112,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(config) => config,
         Err(err) => {
             eprintln!("tandem: {err}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     if let Some(url) = cli.redis_url {
@@ -122,7 +123,7 @@ pub fn run(cli: Cli) -> ExitCode {
     }
     if let Err(err) = config.validate() {
         eprintln!("tandem: {err}");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::USAGE);
     }
     if std::env::var_os("RUST_LOG").is_none() && std::env::var_os("TANDEM_LOG_LEVEL").is_none() {
         // The tool prints its own output; only problems go to the log.
@@ -134,7 +135,7 @@ pub fn run(cli: Cli) -> ExitCode {
     }
     let Some(command) = cli.command else {
         eprintln!("tandem: a command is needed (see `tandem --help`)");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::USAGE);
     };
     tandem_shared::logging::init(&config);
 
@@ -151,9 +152,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("tandem: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::ERROR);
         }
     };
+    // For an error message; the commands take the configuration.
+    let redis_url = config.redis_url_redacted();
     let outcome = runtime.block_on(async move {
         match command {
             Command::Submit(args) => tasks::submit(&config, args).await,
@@ -178,8 +181,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("tandem: {err:#}");
-            ExitCode::FAILURE
+            eprintln!("tandem: {}", errors::message(&err, &redis_url));
+            ExitCode::from(errors::exit_code(&err))
         }
     }
 }

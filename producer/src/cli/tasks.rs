@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use tandem_shared::wire::TaskRecord;
-use tandem_shared::{Class, Config, Priority, Status, TaskId, msgpack};
+use tandem_shared::{Class, Config, Priority, Status, TaskId, exit, msgpack};
 
+use super::errors::{Usage, for_the_shell};
 use super::table;
 use crate::{CancelOutcome, Producer, Task, TaskOutcome};
 
@@ -31,6 +31,11 @@ pub struct SubmitArgs {
     pub idempotency_key: Option<String>,
     #[arg(long)]
     pub max_attempts: Option<u32>,
+    /// Device memory the task needs, in bytes or as a size (512MiB, 2GiB,
+    /// 8GB): routing sends it only to GPUs with that much free. Default:
+    /// the kind's estimate.
+    #[arg(long, value_parser = parse_memory)]
+    pub memory_bytes: Option<u64>,
     /// Wait for the outcome and print it.
     #[arg(long)]
     pub wait: bool,
@@ -60,8 +65,8 @@ pub struct TaskViewArgs {
 }
 
 pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let json: serde_json::Value =
-        serde_json::from_str(&args.params).context("--params is not valid JSON")?;
+    let json: serde_json::Value = serde_json::from_str(&args.params)
+        .map_err(|e| Usage(format!("--params is not valid JSON: {e}")))?;
     let mut task = Task::new(args.kind, &json)?.priority(args.priority);
     if let Some(class) = args.class {
         task = task.class(class);
@@ -75,8 +80,11 @@ pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<
     if let Some(n) = args.max_attempts {
         task = task.max_attempts(n);
     }
+    if let Some(bytes) = args.memory_bytes {
+        task = task.memory_bytes(bytes);
+    }
     let producer = Producer::connect(config).await?;
-    let id = producer.submit(task).await?;
+    let id = producer.submit(task).await.map_err(for_the_shell)?;
     if !args.wait {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
@@ -108,7 +116,7 @@ pub(crate) async fn status(config: &Config, args: TaskArgs) -> anyhow::Result<Ex
                 "task {} not found (never submitted, or its record expired)",
                 args.id
             );
-            Ok(ExitCode::from(3))
+            Ok(ExitCode::from(exit::NOT_FOUND))
         }
     }
 }
@@ -120,7 +128,7 @@ pub(crate) async fn task(config: &Config, args: TaskViewArgs) -> anyhow::Result<
             "task {} not found (never submitted, or its record expired)",
             args.id
         );
-        return Ok(ExitCode::from(3));
+        return Ok(ExitCode::from(exit::NOT_FOUND));
     };
     let attempts = attempts(&record);
     // A split task's work was done by its shards: their records tell where
@@ -149,8 +157,10 @@ pub(crate) async fn cancel(config: &Config, args: TaskArgs) -> anyhow::Result<Ex
     let (text, code) = match producer.cancel(args.id).await? {
         CancelOutcome::Cancelled => ("cancelled: it was queued and will never run".to_owned(), 0),
         CancelOutcome::Requested => ("cancel requested: its worker is stopping it".to_owned(), 0),
-        CancelOutcome::AlreadyFinished(status) => (format!("already finished: {status}"), 1),
-        CancelOutcome::NotFound => ("not found".to_owned(), 3),
+        CancelOutcome::AlreadyFinished(status) => {
+            (format!("already finished: {status}"), exit::ERROR)
+        }
+        CancelOutcome::NotFound => ("not found".to_owned(), exit::NOT_FOUND),
     };
     println!("{}: {text}", args.id);
     Ok(ExitCode::from(code))
@@ -211,8 +221,13 @@ fn exit_code(outcome: &TaskOutcome) -> ExitCode {
     if outcome.succeeded() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(exit::TASK_FAILED)
     }
+}
+
+/// `--memory-bytes`: plain bytes or a size, read as simulated GPUs' sizes are.
+fn parse_memory(text: &str) -> Result<u64, String> {
+    tandem_shared::device::parse_size(text)
 }
 
 fn print_outcome(outcome: &TaskOutcome) {

@@ -38,12 +38,17 @@ struct NvmlDevice {
 
 impl Detection {
     /// The host's GPUs: simulated ones when configured, else real ones.
+    /// Fails on a bad `simulate_gpus` and on `device_roles` pins that name
+    /// more than one of the GPUs found.
     pub fn run(config: &Config) -> Result<Self, String> {
         let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-        if !config.simulate_gpus.trim().is_empty() {
-            return Self::simulated(config, visible.as_deref());
-        }
-        Ok(Self::real())
+        let detection = if config.simulate_gpus.trim().is_empty() {
+            Self::real()
+        } else {
+            Self::simulated(config, visible.as_deref())?
+        };
+        device::check_pins_match(&detection.gpus, &config.device_roles)?;
+        Ok(detection)
     }
 
     /// Simulated GPUs from the configuration.
@@ -211,7 +216,7 @@ impl Report {
         let pins: &BTreeMap<String, Role> = &config.device_roles;
         let unused_pins = pins
             .keys()
-            .filter(|uuid| !detection.gpus.iter().any(|g| &g.uuid == *uuid))
+            .filter(|uuid| !device::pin_names_any(uuid, &detection.gpus))
             .cloned()
             .collect();
         Report {
