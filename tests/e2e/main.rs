@@ -27,6 +27,7 @@ mod priority;
 mod producer;
 mod python;
 mod reliability;
+mod retry;
 mod security;
 mod split;
 mod tracing;
