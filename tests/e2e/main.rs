@@ -7,7 +7,9 @@
 mod support;
 
 mod alerts;
+mod atomicity;
 mod cancel;
+mod cancel_race;
 mod chaos;
 mod cli;
 mod compose;
