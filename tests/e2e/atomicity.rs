@@ -45,7 +45,8 @@ async fn a_reply_stream_of_another_type_loses_only_the_notice() {
     );
     // Committed whole: acknowledged and deleted, the reply key untouched.
     let stream = "tandem:{cpu}:stream:normal";
-    let pending: redis::streams::StreamPendingReply = conn.xpending(stream, "workers").await.unwrap();
+    let pending: redis::streams::StreamPendingReply =
+        conn.xpending(stream, "workers").await.unwrap();
     assert_eq!(pending.count(), 0);
     let left: u64 = conn.xlen(stream).await.unwrap();
     assert_eq!(left, 0);
@@ -95,7 +96,10 @@ async fn a_commit_that_meets_a_wrong_key_writes_nothing_and_completes_once_it_is
     assert_eq!(status.as_deref(), Some("running"));
     let fields: Vec<String> = conn.hkeys(record_key(&id)).await.unwrap();
     for field in ["history", "finished_at_ms", "error_code", "dead_letter"] {
-        assert!(!fields.iter().any(|f| f == field), "{field} written: {fields:?}");
+        assert!(
+            !fields.iter().any(|f| f == field),
+            "{field} written: {fields:?}"
+        );
     }
     let pending: redis::streams::StreamPendingReply = conn
         .xpending("tandem:{cpu}:stream:normal", "workers")

@@ -124,7 +124,149 @@ async fn an_accepted_cancel_is_replicated_like_a_submit() {
     .await
     .unwrap();
     match store.cancel(&id).await {
-        Err(StoreError::NotReplicated { acked: 0, wanted: 1 }) => {}
+        Err(StoreError::NotReplicated {
+            acked: 0,
+            wanted: 1,
+        }) => {}
         other => panic!("expected NotReplicated, got {other:?}"),
     }
+}
+
+/// A split task whose cancel was requested before it was split ends
+/// `cancelled` when one of its shards fails, not `failed` (the cancel's
+/// `Requested` promise). The shard's commit is made by hand here: a shard
+/// whose worker holds it fails for good.
+#[tokio::test]
+async fn a_split_task_whose_cancel_was_requested_ends_cancelled_when_a_shard_fails() {
+    use redis::AsyncCommands;
+    let redis = RedisServer::start();
+    // Connecting loads the scripts.
+    let _producer = redis.producer().await;
+    let mut conn = redis.conn().await;
+    let base = "tandem:{cpu}:";
+    let stream = format!("{base}stream:normal");
+    let (parent, failing, queued) = (TaskId::new(), TaskId::new(), TaskId::new());
+    let record = |id: &TaskId| format!("{base}task:{id}");
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The parent: split into two shards, a cancel requested while it ran.
+    let shard_ids = format!("{failing} {queued}");
+    let () = conn
+        .hset_multiple(
+            record(&parent),
+            &[
+                ("status", "running"),
+                ("priority", "normal"),
+                ("shards", "2"),
+                ("shards_done", "0"),
+                ("shard_ids", shard_ids.as_str()),
+                ("cancel_requested_at_ms", "1"),
+            ],
+        )
+        .await
+        .unwrap();
+    let parent_id = parent.to_string();
+    let () = conn
+        .hset_multiple(
+            format!("{base}split:{parent}"),
+            &[
+                ("id", parent_id.as_str()),
+                ("kind", "split_sum"),
+                ("priority", "normal"),
+            ],
+        )
+        .await
+        .unwrap();
+    // Shard 0, held by worker w1; shard 1 still queued.
+    let failing_id = failing.to_string();
+    let _: String = conn
+        .xadd(&stream, "*", &[("id", failing_id.as_str())])
+        .await
+        .unwrap();
+    let read: redis::streams::StreamReadReply = conn
+        .xread_options(
+            &[&stream],
+            &[">"],
+            &redis::streams::StreamReadOptions::default().group("workers", "w1"),
+        )
+        .await
+        .unwrap();
+    let entry = read.keys[0].ids[0].id.clone();
+    let owner = format!("w1 {entry}");
+    let () = conn
+        .hset_multiple(
+            record(&failing),
+            &[
+                ("status", "running"),
+                ("parent", parent_id.as_str()),
+                ("shard", "0"),
+                ("owner", owner.as_str()),
+                ("started_at_ms", "1"),
+            ],
+        )
+        .await
+        .unwrap();
+    let queued_id = queued.to_string();
+    let queued_entry: String = conn
+        .xadd(&stream, "*", &[("id", queued_id.as_str())])
+        .await
+        .unwrap();
+    let () = conn
+        .hset_multiple(
+            record(&queued),
+            &[
+                ("status", "queued"),
+                ("priority", "normal"),
+                ("entry", queued_entry.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+
+    // Shard 0 fails for good.
+    let commit = tandem_shared::scripts::COMPLETE
+        .invocation()
+        .key(record(&failing))
+        .key(&stream)
+        .key(format!("{base}delayed"))
+        .key(format!("{base}dead"))
+        .arg("workers")
+        .arg(&entry)
+        .arg("w1")
+        .arg(60)
+        .arg(100)
+        .arg(60)
+        .arg(1_000)
+        .arg(&failing_id)
+        .arg("failed")
+        .arg("dead")
+        .arg(0)
+        .arg(100)
+        .arg(1)
+        .arg("error_code")
+        .arg("SPLIT_SUM_FAILED")
+        .arg("error_message")
+        .arg("boom")
+        .into_cmd();
+    let committed: i64 = commit.query_async(&mut conn).await.unwrap();
+    assert_eq!(committed, 1);
+
+    let status: String = conn.hget(record(&parent), "status").await.unwrap();
+    assert_eq!(
+        status, "cancelled",
+        "a requested cancel ended the task {status}"
+    );
+    let code: String = conn.hget(record(&parent), "error_code").await.unwrap();
+    assert_eq!(code, "CANCELLED");
+    let dead: u64 = conn.xlen(format!("{base}dead")).await.unwrap();
+    assert_eq!(dead, 0, "a cancelled task is not dead-lettered");
+    let other: String = conn.hget(record(&queued), "status").await.unwrap();
+    assert_eq!(other, "cancelled", "the other shard is cancelled too");
 }

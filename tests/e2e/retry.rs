@@ -146,7 +146,14 @@ struct SlowLoadingRedis {
 impl SlowLoadingRedis {
     fn spawn(port: u16, dir: &Path) -> Child {
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .args(["--key-load-delay", "50"])
             .arg("--dir")
@@ -262,21 +269,33 @@ async fn submits_across_a_restart_that_loads_for_seconds_all_succeed_once() {
             Ok(ids)
         }
     });
-    wait_until(Duration::from_secs(60), "some submits before the crash", || {
-        let accepted = accepted.clone();
-        async move { accepted.load(Ordering::SeqCst) >= 50 }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "some submits before the crash",
+        || {
+            let accepted = accepted.clone();
+            async move { accepted.load(Ordering::SeqCst) >= 50 }
+        },
+    )
     .await;
     redis.crash_and_restart();
     let before_load_ended = accepted.load(Ordering::SeqCst);
-    wait_until(Duration::from_secs(300), "the restarted server loaded", || {
-        redis.info_field("persistence", "loading")
-    })
+    wait_until(
+        Duration::from_secs(300),
+        "the restarted server loaded",
+        || redis.info_field("persistence", "loading"),
+    )
     .await;
-    wait_until(Duration::from_secs(120), "submits after the restart", || {
-        let accepted = accepted.clone();
-        async move { accepted.load(Ordering::SeqCst) >= before_load_ended + 50 }
-    })
+    // (Or the loop ended early: a submit failed, reported below.)
+    wait_until(
+        Duration::from_secs(120),
+        "submits after the restart",
+        || {
+            let done = accepted.load(Ordering::SeqCst) >= before_load_ended + 50;
+            let failed = submitting.is_finished();
+            async move { done || failed }
+        },
+    )
     .await;
     stop.store(true, Ordering::SeqCst);
     let ids = match submitting.await.unwrap() {
