@@ -42,9 +42,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tandem_shared::signature::Signer;
-use tandem_shared::store::{
-    self, CancelOutcome, ModelStoreError, Store, StoreError, Submitted,
-};
+use tandem_shared::store::{self, CancelOutcome, ModelStoreError, Store, StoreError, Submitted};
 use tandem_shared::wire::{NewTask, TaskRecord};
 use tandem_shared::{Class, Config, Status, TaskId};
 use tokio::sync::oneshot;
@@ -142,12 +140,13 @@ impl Producer {
     /// and loading the scripts are retried for up to `reconnect_timeout_ms`,
     /// as every later call is.
     pub async fn connect(config: &Config) -> Result<Self, ProducerError> {
-        let store = Store::connect_retrying(config)
-            .await
-            .map_err(|source| ProducerError::Connect {
-                url: config.redis_url_redacted(),
-                source,
-            })?;
+        let store =
+            Store::connect_retrying(config)
+                .await
+                .map_err(|source| ProducerError::Connect {
+                    url: config.redis_url_redacted(),
+                    source,
+                })?;
         let producer_id = if config.producer_id.is_empty() {
             let id = uuid::Uuid::now_v7().simple().to_string();
             format!("p-{}", &id[id.len() - 12..])

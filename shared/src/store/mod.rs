@@ -305,7 +305,9 @@ where
                         timeout.as_millis()
                     );
                 } else {
-                    tracing::debug!("Redis at {url} still unavailable ({err}); retrying in {delay:?}");
+                    tracing::debug!(
+                        "Redis at {url} still unavailable ({err}); retrying in {delay:?}"
+                    );
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
