@@ -314,6 +314,10 @@ async fn submits_across_a_restart_that_loads_for_seconds_all_succeed_once() {
         loading_errors.starts_with("count=") && loading_errors != "count=0",
         "the producer never got a LOADING reply ({loading_errors:?}): the test tested nothing"
     );
+    eprintln!(
+        "{} submits accepted across the restart; the server sent LOADING {loading_errors}",
+        ids.len()
+    );
     // Every accepted task is there once: a record and one entry each.
     let mut conn = redis.conn().await.expect("connect");
     let entries: redis::streams::StreamRangeReply =
