@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tandem_shared::signature::Signer;
-use tandem_shared::store::{CancelOutcome, ModelStoreError, Store, StoreError, Submitted};
+use tandem_shared::store::{self, CancelOutcome, ModelStoreError, Store, StoreError, Submitted};
 use tandem_shared::wire::{NewTask, TaskRecord};
 use tandem_shared::{Class, Config, Status, TaskId};
 use tokio::sync::oneshot;
@@ -91,6 +91,8 @@ struct Inner {
     resync: tokio::sync::watch::Sender<u64>,
     /// How long a call keeps retrying while Redis is unreachable.
     reconnect_timeout: Duration,
+    /// `redis_url` without its password, for messages.
+    redis_url: String,
     /// Signs every task when a signing key is configured.
     signer: Option<Signer>,
     /// `train` tasks go to the heavy class whatever their model.
@@ -111,27 +113,16 @@ impl Inner {
     }
 
     /// Runs `op` until it succeeds, fails for a reason other than the
-    /// connection, or Redis stayed unreachable for `reconnect_timeout`.
-    /// Every operation retried here is safe to repeat.
-    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    /// connection, or Redis stayed unreachable (or not ready: restarting,
+    /// loading its data) for `reconnect_timeout`. Every operation retried
+    /// here is safe to repeat: reads, cancels (a second cancel finds the
+    /// first one's work done) and submits (see [`Producer::send`]).
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let deadline = tokio::time::Instant::now() + self.reconnect_timeout;
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match op().await {
-                Err(err)
-                    if err.is_connection() && tokio::time::Instant::now() + delay < deadline =>
-                {
-                    tracing::warn!("Redis unreachable ({err}); retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                outcome => return outcome,
-            }
-        }
+        store::retry_connection(self.reconnect_timeout, &self.redis_url, op).await
     }
 }
 
@@ -146,14 +137,18 @@ impl Drop for Inner {
 }
 
 impl Producer {
-    /// Connects with the given configuration.
+    /// Connects with the given configuration. While Redis is unreachable or
+    /// not ready (not started yet, restarting, loading its data), connecting
+    /// and loading the scripts are retried for up to `reconnect_timeout_ms`,
+    /// as every later call is.
     pub async fn connect(config: &Config) -> Result<Self, ProducerError> {
-        let store = Store::connect(config)
-            .await
-            .map_err(|source| ProducerError::Connect {
-                url: config.redis_url_redacted(),
-                source,
-            })?;
+        let store =
+            Store::connect_retrying(config)
+                .await
+                .map_err(|source| ProducerError::Connect {
+                    url: config.redis_url_redacted(),
+                    source,
+                })?;
         let producer_id = if config.producer_id.is_empty() {
             let id = uuid::Uuid::now_v7().simple().to_string();
             format!("p-{}", &id[id.len() - 12..])
@@ -177,6 +172,7 @@ impl Producer {
                 next_waiter: AtomicU64::new(0),
                 resync: tokio::sync::watch::Sender::new(0),
                 reconnect_timeout: Duration::from_millis(config.reconnect_timeout_ms),
+                redis_url: config.redis_url_redacted(),
                 signer: Signer::new(config.signing_key.expose()),
                 train_on_primary: config.train_on_primary,
             }),
@@ -225,9 +221,18 @@ impl Producer {
             .collect()
     }
 
-    /// Sends prepared tasks, retrying while Redis is unreachable. Safe to
-    /// repeat: a task id that already has a record is not submitted twice.
-    /// Each task names this producer's reply stream of its class.
+    /// Sends prepared tasks, retrying while Redis is unreachable or not
+    /// ready. Each task names this producer's reply stream of its class.
+    ///
+    /// A call that failed on the connection may have gone through before
+    /// its reply was lost, so a retry must not submit anything twice. It
+    /// cannot: every task carries its id, chosen here before the first
+    /// try, and submit.lua creates a task only when that id has no record
+    /// yet (and, with an idempotency key, only when the key names no task).
+    /// A retry of a task that did go through finds its record and reports
+    /// the same id with `created` false; its entry is in the stream once.
+    /// This holds while the record exists: a finished task's record expires
+    /// after `result_ttl_s`, far beyond `reconnect_timeout_ms`.
     async fn send(
         &self,
         tasks: &[NewTask],

@@ -11,7 +11,14 @@
 -- ARGV[5] message
 -- ARGV[6] dead-letter stream approximate max length
 --
--- Returns the dead letter's id, or -1 when this worker no longer owns it.
+-- Returns the dead letter's id, or -1 when this worker no longer owns it; a
+-- WRONGTYPE error, with nothing written, when the dead-letter stream's key
+-- holds another type.
+
+local problem = wrong_type({KEYS[1], 'stream', KEYS[2], 'stream'})
+if problem then
+  return redis.error_reply(problem)
+end
 
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then
   return -1

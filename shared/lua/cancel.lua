@@ -16,7 +16,10 @@
 -- The notice goes to the record's `reply_to` only when that is a reply stream
 -- of the task's own class (`<base>reply:<producer id>`, in the same slot).
 --
--- Returns {'not_found'}, {'finished', status}, {'cancelled'} or {'requested'}.
+-- Returns {'not_found'}, {'finished', status}, {'cancelled'} or {'requested'};
+-- a WRONGTYPE error, with nothing written, when a key it would change holds
+-- another type. A reply stream of another type only loses the notice: the
+-- cancel stands, and the record's `notice_error` says why no notice came.
 
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
@@ -37,6 +40,18 @@ end
 local found = redis.call('HMGET', KEYS[1], 'entry', 'priority', 'reply_to')
 local entry, priority, reply_to = found[1], found[2], found[3]
 local base = string.match(KEYS[1], '^(.*:)task:[^:]+$')
+local checks = {base .. 'delayed', 'zset'}
+if priority then
+  checks[#checks + 1] = base .. 'stream:' .. priority
+  checks[#checks + 1] = 'stream'
+end
+if waiting_for_shards then
+  add_shard_checks(checks, base, split[3])
+end
+local problem = wrong_type(checks)
+if problem then
+  return redis.error_reply(problem)
+end
 local outcome = {'status', 'cancelled', 'finished_at_ms', int(now),
   'error_code', 'CANCELLED', 'error_message', waiting_for_shards and 'cancelled by a producer while its shards ran'
   or 'cancelled by a producer before it started'}
@@ -55,6 +70,10 @@ if waiting_for_shards then
 end
 local reply_prefix = base .. 'reply:'
 if reply_to and string.sub(reply_to, 1, #reply_prefix) == reply_prefix and #reply_to > #reply_prefix then
-  notify(reply_to, ARGV[5], redis.call('HMGET', KEYS[1], unpack(NOTICE_FIELDS)), outcome, ARGV[3], ARGV[4])
+  local unsent = notify(reply_to, ARGV[5], redis.call('HMGET', KEYS[1], unpack(NOTICE_FIELDS)), outcome,
+    ARGV[3], ARGV[4])
+  if unsent then
+    redis.call('HSET', KEYS[1], 'notice_error', unsent)
+  end
 end
 return {'cancelled'}

@@ -63,6 +63,54 @@
 -- off), N > 0 (a clause admits it in N ms), -1 (it does not fit the free
 -- memory), -2 (no clause admits it).
 
+-- Type checks before the first write (see wrong_type in common.lua): the
+-- streams, and, when due retries are promoted, each class's delayed set and
+-- the retry hashes, records and streams of the retries that may be due. A
+-- key of another type fails the claim with a WRONGTYPE error that names
+-- it, and nothing is changed.
+do
+  local checks, bases = {}, {}
+  for idx = 1, #KEYS do
+    checks[#checks + 1] = KEYS[idx]
+    checks[#checks + 1] = 'stream'
+    local base = base_of(KEYS[idx])
+    if base and not bases[base] then
+      bases[base] = true
+      bases[#bases + 1] = base
+    end
+  end
+  if ARGV[9] == '1' then
+    -- A second ahead of the promote pass's own clock, so that its due
+    -- retries are among these.
+    local horizon = now_ms() + 1000
+    for _, base in ipairs(bases) do
+      local delayed = base .. 'delayed'
+      checks[#checks + 1] = delayed
+      checks[#checks + 1] = 'zset'
+      if redis.call('TYPE', delayed)['ok'] == 'zset' then
+        for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', horizon, 'LIMIT', 0, 100)) do
+          local record_key = base .. 'task:' .. id
+          for _, pair in ipairs({{base .. 'retry:' .. id, 'hash'}, {record_key, 'hash'}}) do
+            checks[#checks + 1] = pair[1]
+            checks[#checks + 1] = pair[2]
+          end
+          if redis.call('TYPE', record_key)['ok'] == 'hash' then
+            local retry_stream = redis.call('HGET', record_key, 'retry_stream')
+            if retry_stream and base_of(retry_stream) == base then
+              checks[#checks + 1] = retry_stream
+              checks[#checks + 1] = 'stream'
+            end
+          end
+        end
+      end
+    end
+  end
+  local problem = wrong_type(checks)
+  if problem then
+    return redis.error_reply(problem)
+  end
+end
+
 local group, consumer, device = ARGV[1], ARGV[2], ARGV[4]
 local remaining = tonumber(ARGV[3])
 local aging_ms = tonumber(ARGV[5]) or 0

@@ -51,7 +51,11 @@
 --           or error_code and error_message)
 --
 -- Returns 1 when committed, 0 when the record was already final (the entry
--- is acknowledged), -1 when this worker no longer owns the entry.
+-- is acknowledged), -1 when this worker no longer owns the entry; a
+-- WRONGTYPE error, with nothing written, when a key it would change holds
+-- another type (the entry then stays pending). A reply stream of another
+-- type only loses the notice: the outcome is committed, and the record's
+-- `notice_error` says why no notice came (see notify in common.lua).
 
 local record_key, stream_key = KEYS[1], KEYS[2]
 local group, entry_id, consumer = ARGV[1], ARGV[2], ARGV[3]
@@ -67,6 +71,23 @@ local parent_id, shard_index, split_parent = current[10], current[11], current[1
 -- retry or hand-back clears it, so `owner` is who holds the entry now.
 if owner ~= consumer .. ' ' .. entry_id then
   return -1
+end
+-- Every key this commit may change, checked before the first write.
+do
+  local base = base_of(stream_key)
+  -- (The retry hash is deleted before it is written, so its type does not
+  -- matter.)
+  local checks = {stream_key, 'stream', KEYS[3], 'zset', KEYS[4], 'stream'}
+  if parent_id then
+    add_parent_checks(checks, base, parent_id)
+  end
+  if split_parent then
+    add_shard_checks(checks, base, redis.call('HGET', record_key, 'shard_ids'))
+  end
+  local problem = wrong_type(checks)
+  if problem then
+    return redis.error_reply(problem)
+  end
 end
 if is_terminal(current[1]) then
   redis.call('XACK', stream_key, group, entry_id)
@@ -312,6 +333,9 @@ if #KEYS >= 5 then
   -- Read after the record's last write: the notice repeats what the record
   -- says now (shards_done included), so a wait shows what `status` shows.
   local known = redis.call('HMGET', record_key, unpack(NOTICE_FIELDS))
-  notify(KEYS[5], ARGV[8], known, notice, ARGV[5], ARGV[6])
+  local unsent = notify(KEYS[5], ARGV[8], known, notice, ARGV[5], ARGV[6])
+  if unsent then
+    redis.call('HSET', record_key, 'notice_error', unsent)
+  end
 end
 return 1

@@ -8,8 +8,23 @@
 -- ARGV[2]  consumer (this worker)
 -- ARGV[3..] pairs: stream index (into KEYS), entry id
 --
--- Returns the entry ids this worker no longer owns.
+-- Returns the entry ids this worker no longer owns; a WRONGTYPE error, with
+-- no lease changed, when one of the streams holds another type.
 
+local checks = {}
+local seen = {}
+for i = 3, #ARGV, 2 do
+  local key = KEYS[tonumber(ARGV[i])]
+  if key and not seen[key] then
+    seen[key] = true
+    checks[#checks + 1] = key
+    checks[#checks + 1] = 'stream'
+  end
+end
+local problem = wrong_type(checks)
+if problem then
+  return redis.error_reply(problem)
+end
 local group, consumer = ARGV[1], ARGV[2]
 local lost = {}
 for i = 3, #ARGV, 2 do

@@ -14,11 +14,31 @@
 -- ARGV[4]  the device failure's message
 -- ARGV[5..] pairs: stream index (into KEYS), entry id
 --
--- Returns how many tasks were handed back.
+-- Returns how many tasks were handed back; a WRONGTYPE error, with nothing
+-- written, when a stream or a task's record key holds another type.
 
 local group, consumer, why, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local device_failed = why ~= 'shutdown'
 local now = now_ms()
+-- Every stream and record this call may change, checked before the first
+-- write.
+local checks = {}
+for i = 5, #ARGV, 2 do
+  local key = KEYS[tonumber(ARGV[i])]
+  checks[#checks + 1] = key
+  checks[#checks + 1] = 'stream'
+  if key and redis.call('TYPE', key)['ok'] == 'stream' then
+    local id = field(entry_fields(key, ARGV[i + 1]), 'id')
+    if id and is_task_id(id) then
+      checks[#checks + 1] = base_of(key) .. 'task:' .. id
+      checks[#checks + 1] = 'hash'
+    end
+  end
+end
+local problem = wrong_type(checks)
+if problem then
+  return redis.error_reply(problem)
+end
 local count = 0
 for i = 5, #ARGV, 2 do
   local key, entry_id = KEYS[tonumber(ARGV[i])], ARGV[i + 1]

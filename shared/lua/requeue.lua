@@ -6,7 +6,9 @@
 -- KEYS[1] the class's dead-letter stream
 -- ARGV[1] dead letter id
 --
--- Returns {task id or '', new entry id}, or {} when no such dead letter.
+-- Returns {task id or '', new entry id}, or {} when no such dead letter; a
+-- WRONGTYPE error, with nothing written, when the stream or the task's
+-- record key holds another type.
 
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then
@@ -18,6 +20,16 @@ local extra = {reason = true, error_message = true, attempts = true, history = t
 local stream_key = field(fields, 'stream')
 if not stream_key or not base_of(stream_key) or base_of(stream_key) .. 'dead' ~= KEYS[1] then
   return {}
+end
+local checks = {stream_key, 'stream'}
+local task_id = field(fields, 'id')
+if task_id and is_task_id(task_id) then
+  checks[#checks + 1] = base_of(stream_key) .. 'task:' .. task_id
+  checks[#checks + 1] = 'hash'
+end
+local problem = wrong_type(checks)
+if problem then
+  return redis.error_reply(problem)
 end
 local entry = {stream_key, '*'}
 for i = 1, #fields, 2 do

@@ -18,13 +18,28 @@
 -- m pairs of its entry (submitted_at_ms is added here)
 --
 -- Returns 1 when split, 0 when the record was already final (the entry is
--- acknowledged), -1 when this worker no longer owns the entry.
+-- acknowledged), -1 when this worker no longer owns the entry; a WRONGTYPE
+-- error, with nothing written, when a shard's record key holds another
+-- type. (The split hash is deleted before it is written.)
 
 local record_key, stream_key = KEYS[1], KEYS[2]
 local group, entry_id, consumer, parent_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local current = redis.call('HMGET', record_key, 'status', 'owner')
 if current[2] ~= consumer .. ' ' .. entry_id then
   return -1
+end
+local checks = {}
+do
+  local i = 6
+  for _ = 1, tonumber(ARGV[5]) do
+    checks[#checks + 1] = base_of(stream_key) .. 'task:' .. ARGV[i]
+    checks[#checks + 1] = 'hash'
+    i = i + 2 + 2 * tonumber(ARGV[i + 1])
+  end
+end
+local problem = wrong_type(checks)
+if problem then
+  return redis.error_reply(problem)
 end
 local fields = entry_fields(stream_key, entry_id)
 if is_terminal(current[1]) or #fields == 0 then

@@ -13,7 +13,18 @@
 -- ARGV[5] params (MessagePack)
 -- ARGV[6..] metadata pairs, copied into the entry and the record
 --
--- Returns {task id, 1} for a new task or {existing task id, 0}.
+-- Returns {task id, 1} for a new task or {existing task id, 0}; a WRONGTYPE
+-- error, with nothing written, when a key holds another type.
+
+local checks = {KEYS[1], 'stream', KEYS[2], 'hash'}
+if #KEYS >= 3 then
+  checks[#checks + 1] = KEYS[3]
+  checks[#checks + 1] = 'string'
+end
+local problem = wrong_type(checks)
+if problem then
+  return redis.error_reply(problem)
+end
 
 if #KEYS >= 3 then
   local existing = redis.call('GET', KEYS[3])

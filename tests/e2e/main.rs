@@ -7,7 +7,9 @@
 mod support;
 
 mod alerts;
+mod atomicity;
 mod cancel;
+mod cancel_race;
 mod chaos;
 mod cli;
 mod cli_views;
@@ -31,6 +33,7 @@ mod producer;
 mod python;
 mod reliability;
 mod routing_rules;
+mod retry;
 mod security;
 mod split;
 mod tracing;

@@ -576,8 +576,14 @@ async fn run_cluster(
 /// Runs one pipeline on one connection. When Redis lost the scripts
 /// (restart, flush, a failover to a server that never loaded them) they
 /// are loaded and the pipeline runs once more: a NOSCRIPT reply means the
-/// call did nothing. A `READONLY` reply (the server became a replica) is
-/// an error of the connection's kind, so the caller retries.
+/// call did nothing. A reply that says the server cannot serve now
+/// (`LOADING` while a restarted server reads its AOF or RDB, `READONLY`
+/// from a master that became a replica, `MASTERDOWN`, `TRYAGAIN`,
+/// `CLUSTERDOWN`) fails the whole call with that error, which is of the
+/// connection's kind, so the caller retries: the command it answers did
+/// nothing. (A pipeline that straddles the start of a reload may have run
+/// its first commands; every queue operation is safe to repeat, see
+/// `Store::submit_many`.)
 async fn run_one(
     mut conn: Conn,
     cmds: Vec<&Cmd>,
@@ -604,7 +610,7 @@ async fn run_one(
     }
     if let Some(Value::ServerError(e)) = replies
         .iter()
-        .find(|v| matches!(v, Value::ServerError(e) if e.code() == "READONLY"))
+        .find(|v| matches!(v, Value::ServerError(e) if super::is_unavailable_code(e.code())))
     {
         return Err(RedisError::from(e.clone()).into());
     }

@@ -30,6 +30,7 @@ mod tasks;
 mod trip;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::{Cmd, RedisError, Value};
 
@@ -94,23 +95,47 @@ impl StoreError {
 
     /// True when the error is the connection's, not the command's: Redis
     /// unreachable, restarting, or too slow. Such a call may be retried.
+    ///
+    /// Loading the scripts counts too: a restart can break the connection
+    /// (a broken pipe) or answer `LOADING` while they are loaded, and
+    /// `SCRIPT LOAD` changes nothing a retry could repeat wrongly.
     pub fn is_connection(&self) -> bool {
         match self {
-            StoreError::Redis(err) => {
-                err.is_io_error()
-                    || err.is_connection_dropped()
-                    || err.is_connection_refusal()
-                    || err.is_timeout()
-                    || err.code() == Some("LOADING")
-                    || err.code() == Some("MASTERDOWN")
-                    || err.code() == Some("TRYAGAIN")
-                    || err.code() == Some("READONLY")
-                    || err.code() == Some("CLUSTERDOWN")
-                    || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
-            }
+            StoreError::Redis(err) => is_connection_error(err),
+            StoreError::Scripts(ScriptError::Load { source, .. }) => is_connection_error(source),
             _ => false,
         }
     }
+}
+
+/// True when a Redis error is the connection's or the server's state
+/// (unreachable, restarting, loading its data, failing over), not the
+/// command's.
+fn is_connection_error(err: &RedisError) -> bool {
+    // A TLS peer whose certificate fails verification fails the same way
+    // every time; rustls says so in every such error's text (it reaches us
+    // as an I/O error of its own kind only).
+    if err.is_io_error() && err.to_string().contains("invalid peer certificate") {
+        return false;
+    }
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || err.code().is_some_and(is_unavailable_code)
+}
+
+/// Server replies that say the server did not run the command because it
+/// cannot serve now: loading its dataset after a restart (`LOADING`), a
+/// replica that lost its master, a cluster mid-change, or a former master
+/// that became a replica. Such a command did nothing, so it may be sent
+/// again.
+pub(crate) fn is_unavailable_code(code: &str) -> bool {
+    matches!(
+        code,
+        "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "READONLY" | "CLUSTERDOWN"
+    )
 }
 
 /// How long finished things stay in Redis, and how big notices get.
@@ -177,6 +202,20 @@ impl Store {
         })
     }
 
+    /// [`Store::connect`], retried while Redis is unreachable or not ready
+    /// (not started yet, restarting, loading its data) for up to
+    /// `reconnect_timeout_ms`, as producer calls are: a producer started
+    /// with (or just before) its Redis waits for it. Errors no retry can
+    /// fix (a bad URL, a wrong password, a script Redis altered) return at
+    /// once, as does the last error once the time is up.
+    pub async fn connect_retrying(config: &Config) -> Result<Self, StoreError> {
+        let timeout = Duration::from_millis(config.reconnect_timeout_ms);
+        retry_connection(timeout, &config.redis_url_redacted(), || {
+            Self::connect(config)
+        })
+        .await
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -202,7 +241,7 @@ impl Store {
     /// Blocking commands must not share the multiplexed connection, where
     /// they would hold up every other command.
     pub async fn blocking_connection(&self, block_ms: u64) -> Result<BlockingConn, StoreError> {
-        let timeout = std::time::Duration::from_millis(block_ms + self.blocking_timeout_margin_ms);
+        let timeout = Duration::from_millis(block_ms + self.blocking_timeout_margin_ms);
         Ok(BlockingConn {
             inner: self.link.blocking(timeout).await?,
         })
@@ -237,6 +276,53 @@ impl Store {
             .next()
             .unwrap_or(Value::Nil);
         reply_ok(reply)
+    }
+}
+
+/// Runs `op` until it succeeds, fails for a reason other than the
+/// connection ([`StoreError::is_connection`]), or `timeout` has passed; waits
+/// 50 ms after the first failure, doubling up to 2 s. The first failure is
+/// logged as a warning naming `url`, later ones at debug level, so a long
+/// outage says its cause once. Only operations that are safe to repeat may
+/// be retried here: a failed call may have run on the server before its
+/// reply was lost.
+pub async fn retry_connection<T, F, Fut>(
+    timeout: Duration,
+    url: &str,
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(50);
+    let mut failures = 0u32;
+    loop {
+        match op().await {
+            Err(err) if err.is_connection() && tokio::time::Instant::now() + delay < deadline => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(
+                        "Redis at {url} is unreachable or not ready ({err}); retrying for up to {} ms",
+                        timeout.as_millis()
+                    );
+                } else {
+                    tracing::debug!(
+                        "Redis at {url} still unavailable ({err}); retrying in {delay:?}"
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Ok(value) => {
+                if failures > 0 {
+                    tracing::info!("Redis at {url} answered after {failures} failed tries");
+                }
+                return Ok(value);
+            }
+            Err(err) => return Err(err),
+        }
     }
 }
 
@@ -290,5 +376,47 @@ mod tests {
             wanted: 1,
         };
         assert!(!not_replicated.is_connection());
+    }
+
+    #[test]
+    fn loading_and_lost_connections_are_retried_and_bad_certificates_are_not() {
+        let io = |kind: std::io::ErrorKind, text: &str| {
+            StoreError::Redis(RedisError::from(std::io::Error::new(kind, text)))
+        };
+        assert!(io(std::io::ErrorKind::ConnectionRefused, "refused").is_connection());
+        assert!(io(std::io::ErrorKind::BrokenPipe, "broken pipe").is_connection());
+        assert!(
+            !io(
+                std::io::ErrorKind::InvalidData,
+                "invalid peer certificate: UnknownIssuer"
+            )
+            .is_connection()
+        );
+        let loading = StoreError::Redis(RedisError::from((
+            ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+            "LOADING",
+        )));
+        assert!(loading.is_connection());
+        // Loading the scripts counts as the connection's when its cause is.
+        let script_load = |source: RedisError| {
+            StoreError::Scripts(crate::scripts::ScriptError::Load {
+                name: "submit.lua",
+                source,
+            })
+        };
+        assert!(
+            script_load(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "broken pipe"
+            )))
+            .is_connection()
+        );
+        assert!(
+            !script_load(RedisError::from((
+                ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                "ERR"
+            )))
+            .is_connection()
+        );
     }
 }

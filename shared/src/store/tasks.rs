@@ -193,6 +193,21 @@ impl Store {
     }
 
     /// Cancels a task, whichever class holds it.
+    ///
+    /// What the reply promises (cancel.lua decides it atomically against
+    /// every claim, commit, split, retry and take-over, each one script):
+    /// - [`CancelOutcome::Cancelled`]: the task is final as `cancelled` now;
+    ///   it never starts (again), and no later commit changes its record.
+    /// - [`CancelOutcome::Requested`]: the request is in the record; the
+    ///   task ends `cancelled` (or `expired`, when its deadline passed
+    ///   first), never `succeeded` or `failed`, whichever worker commits
+    ///   it, after any take-over, hand-back or split.
+    /// - [`CancelOutcome::AlreadyFinished`]: it had finished before the
+    ///   cancel; that status stands.
+    ///
+    /// It is written like a submit, with `WAIT` when `redis_wait_replicas`
+    /// is set, so an accepted cancel survives a failover as well as an
+    /// accepted submit does; [`StoreError::NotReplicated`] says it might not.
     pub async fn cancel(&self, id: &TaskId) -> Result<CancelOutcome, StoreError> {
         let cmds: Vec<Cmd> = Class::ALL
             .iter()
@@ -208,7 +223,7 @@ impl Store {
                     .into_cmd()
             })
             .collect();
-        for reply in self.pipeline(&cmds).await? {
+        for reply in self.pipeline_replicated(&cmds).await? {
             let items = array(reply_ok(reply)?, "cancel")?;
             let mut items = items.into_iter();
             let word = text(items.next().unwrap_or(Value::Nil), "cancel")?;

@@ -1,0 +1,183 @@
+//! A script that meets a key of another type writes nothing: Redis does not
+//! roll a script back, so each checks its keys' types before its first
+//! write. A producer's reply stream of another type only loses the notice.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tandem_producer::Task;
+use tandem_shared::kind::builtin::{Fail, FailParams, Noop, Sleep, SleepParams};
+use tandem_shared::store::Store;
+use tandem_shared::{Class, Status, TaskId};
+
+use crate::support::{RedisServer, WorkerProcess, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn record_key(id: &TaskId) -> String {
+    format!("tandem:{{cpu}}:task:{id}")
+}
+
+#[tokio::test]
+async fn a_reply_stream_of_another_type_loses_only_the_notice() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::start(&redis, &[]).await;
+    let producer = redis.producer().await;
+    let mut conn = redis.conn().await;
+    // Someone overwrote this producer's reply stream with a string.
+    let reply_key = producer.store().keys().reply(Class::Cpu, producer.id());
+    let () = conn.set(&reply_key, "not a stream").await.unwrap();
+
+    let id = producer
+        .submit(Task::of::<Sleep>(&SleepParams { ms: 1 }).unwrap())
+        .await
+        .unwrap();
+    wait_until(WAIT, "the task committed", || {
+        let producer = producer.clone();
+        async move { producer.status(id).await.unwrap() == Status::Succeeded }
+    })
+    .await;
+    let why: Option<String> = conn.hget(record_key(&id), "notice_error").await.unwrap();
+    let why = why.unwrap_or_default();
+    assert!(
+        why.contains(&reply_key) && why.contains("holds a string"),
+        "the record says why no notice came: {why:?}"
+    );
+    // Committed whole: acknowledged and deleted, the reply key untouched.
+    let stream = "tandem:{cpu}:stream:normal";
+    let pending: redis::streams::StreamPendingReply =
+        conn.xpending(stream, "workers").await.unwrap();
+    assert_eq!(pending.count(), 0);
+    let left: u64 = conn.xlen(stream).await.unwrap();
+    assert_eq!(left, 0);
+    let kept: String = conn.get(&reply_key).await.unwrap();
+    assert_eq!(kept, "not a stream");
+    // The wait still ends, from the record.
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Succeeded);
+    assert!(
+        !worker.log_text().contains("cannot commit the task"),
+        "{}",
+        worker.log_text()
+    );
+}
+
+#[tokio::test]
+async fn a_commit_that_meets_a_wrong_key_writes_nothing_and_completes_once_it_is_fixed() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::start(&redis, &[("TANDEM_LEASE_TIMEOUT_MS", "1000")]).await;
+    let producer = redis.producer().await;
+    let mut conn = redis.conn().await;
+    // The class's dead-letter stream is a string: a task that fails for
+    // good cannot be dead-lettered.
+    let dead = "tandem:{cpu}:dead";
+    let () = conn.set(dead, "not a stream").await.unwrap();
+    let params = FailParams {
+        code: "BOOM".into(),
+        message: "fails on purpose".into(),
+        retry: false,
+    };
+    let id = producer
+        .submit(Task::of::<Fail>(&params).unwrap())
+        .await
+        .unwrap();
+    wait_until(WAIT, "the worker tried to commit", || async {
+        worker.log_text().contains("cannot commit the task")
+    })
+    .await;
+    let log = worker.log_text();
+    assert!(
+        log.contains(&format!("{dead} holds a string, not a stream")),
+        "the error names the key: {log}"
+    );
+    // Nothing of the commit was written: no history, no outcome, the entry
+    // still pending (as the log says).
+    let status: Option<String> = conn.hget(record_key(&id), "status").await.unwrap();
+    assert_eq!(status.as_deref(), Some("running"));
+    let fields: Vec<String> = conn.hkeys(record_key(&id)).await.unwrap();
+    for field in ["history", "finished_at_ms", "error_code", "dead_letter"] {
+        assert!(
+            !fields.iter().any(|f| f == field),
+            "{field} written: {fields:?}"
+        );
+    }
+    let pending: redis::streams::StreamPendingReply = conn
+        .xpending("tandem:{cpu}:stream:normal", "workers")
+        .await
+        .unwrap();
+    assert_eq!(pending.count(), 1);
+
+    // Once the key is fixed, the task is taken over and ends as it should.
+    let () = conn.del(dead).await.unwrap();
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Failed);
+    assert!(outcome.record.dead_letter.is_some(), "{:?}", outcome.record);
+}
+
+#[tokio::test]
+async fn scripts_called_through_the_store_refuse_wrong_keys_before_writing() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let store = Store::connect(&redis.config()).await.unwrap();
+    let mut conn = redis.conn().await;
+
+    // submit: a stream of another type; no record is left behind (before,
+    // the record was created and the entry was not: a task queued forever).
+    let stream = "tandem:{cpu}:stream:high";
+    let () = conn.set(stream, "x").await.unwrap();
+    let id = TaskId::new();
+    let err = producer
+        .submit(
+            Task::of::<Noop>(&rmpv::Value::Nil)
+                .unwrap()
+                .priority(tandem_shared::Priority::High)
+                .with_id(id),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    assert!(err.to_string().contains(stream), "{err}");
+    let exists: bool = conn.exists(record_key(&id)).await.unwrap();
+    assert!(!exists, "submit left a record behind");
+    let () = conn.del(stream).await.unwrap();
+
+    // cancel: a task waiting for its retry, with a delayed set of another
+    // type; the record stays as it was.
+    let waiting = TaskId::new();
+    let () = conn
+        .hset_multiple(
+            record_key(&waiting),
+            &[("status", "retrying"), ("priority", "normal")],
+        )
+        .await
+        .unwrap();
+    let () = conn.set("tandem:{cpu}:delayed", "x").await.unwrap();
+    let err = store.cancel(&waiting).await.unwrap_err();
+    assert!(err.to_string().contains("tandem:{cpu}:delayed"), "{err}");
+    let status: String = conn.hget(record_key(&waiting), "status").await.unwrap();
+    assert_eq!(status, "retrying", "cancel wrote part of its work");
+    let () = conn.del("tandem:{cpu}:delayed").await.unwrap();
+
+    // requeue: a dead letter whose task record is of another type; no new
+    // entry, and the dead letter is kept.
+    let buried = TaskId::new();
+    let dead_id: String = redis::cmd("XADD")
+        .arg("tandem:{cpu}:dead")
+        .arg("*")
+        .arg(&[
+            ("id", buried.to_string().as_str()),
+            ("kind", "noop"),
+            ("reason", "BOOM"),
+            ("stream", "tandem:{cpu}:stream:normal"),
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let () = conn.set(record_key(&buried), "x").await.unwrap();
+    let err = store.requeue_dead(Class::Cpu, &dead_id).await.unwrap_err();
+    assert!(err.to_string().contains(&record_key(&buried)), "{err}");
+    let queued: u64 = conn.xlen("tandem:{cpu}:stream:normal").await.unwrap();
+    assert_eq!(queued, 0, "requeue added an entry");
+    let letters: u64 = conn.xlen("tandem:{cpu}:dead").await.unwrap();
+    assert_eq!(letters, 1, "requeue dropped the dead letter");
+}
