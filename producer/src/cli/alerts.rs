@@ -17,7 +17,7 @@ pub struct AlertsArgs {
 }
 
 pub(crate) async fn run(config: &Config, args: AlertsArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(config).await?;
+    let store = Store::connect_retrying(config).await?;
     let alerts = store.alerts(args.count).await?;
     if alerts.is_empty() {
         println!("no alerts");

@@ -44,7 +44,7 @@ pub enum DlqCommand {
 }
 
 pub(crate) async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(config).await?;
+    let store = Store::connect_retrying(config).await?;
     match command {
         DlqCommand::List { class, count } => {
             let letters = store.dead_letters(classes(class), count).await?;

@@ -59,7 +59,7 @@ pub(crate) async fn run(config: &Config, command: ModelCommand) -> anyhow::Resul
         ModelCommand::New(args) => new(config, &policy, args).await,
         ModelCommand::Register { name, path } => {
             check_model_name(&name)?;
-            let store = Store::connect(config).await?;
+            let store = Store::connect_retrying(config).await?;
             let info = store.register_model_path(&name, &path, &policy).await?;
             print_registered(&info);
             Ok(ExitCode::SUCCESS)
@@ -67,18 +67,18 @@ pub(crate) async fn run(config: &Config, command: ModelCommand) -> anyhow::Resul
         ModelCommand::Upload { name, path } => {
             check_model_name(&name)?;
             let file = read_file(&path)?;
-            let store = Store::connect(config).await?;
+            let store = Store::connect_retrying(config).await?;
             let info = store.upload_model(&name, &file, &policy).await?;
             print_registered(&info);
             Ok(ExitCode::SUCCESS)
         }
         ModelCommand::List => {
-            let store = Store::connect(config).await?;
+            let store = Store::connect_retrying(config).await?;
             print_list(&store.models().await?);
             Ok(ExitCode::SUCCESS)
         }
         ModelCommand::Show { name } => {
-            let store = Store::connect(config).await?;
+            let store = Store::connect_retrying(config).await?;
             match store.model_info(&name).await? {
                 Some(info) => {
                     print_info(&info);
@@ -91,7 +91,7 @@ pub(crate) async fn run(config: &Config, command: ModelCommand) -> anyhow::Resul
             }
         }
         ModelCommand::Rm { name } => {
-            let store = Store::connect(config).await?;
+            let store = Store::connect_retrying(config).await?;
             if store.remove_model(&name).await? {
                 println!("removed model {name}");
                 Ok(ExitCode::SUCCESS)
@@ -122,7 +122,7 @@ async fn new(config: &Config, policy: &ModelPolicy, args: NewArgs) -> anyhow::Re
         println!("wrote {}: {summary}", out.display());
     }
     if args.register || args.upload {
-        let store = Store::connect(config).await?;
+        let store = Store::connect_retrying(config).await?;
         let info = match &args.out {
             Some(out) if args.register => {
                 store.register_model_path(&args.name, out, policy).await?

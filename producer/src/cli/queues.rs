@@ -9,7 +9,7 @@ use tandem_shared::{Class, Config};
 use super::table;
 
 pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(config).await?;
+    let store = Store::connect_retrying(config).await?;
     let stats = store.queue_stats(Class::ALL).await?;
     let mut rows = vec![
         [

@@ -67,7 +67,7 @@ impl Snapshot {
 }
 
 pub(crate) async fn run(config: &Config, args: TopArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(config).await?;
+    let store = Store::connect_retrying(config).await?;
     if args.once {
         let snapshot = Snapshot::read(&store).await?;
         print!("{}", render_once(&snapshot, args.width, args.height)?);

@@ -32,7 +32,7 @@ pub(crate) const HEADER: [&str; 16] = [
 ];
 
 pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(config).await?;
+    let store = Store::connect_retrying(config).await?;
     let workers = store.workers().await?;
     if workers.is_empty() {
         println!("no live workers");
