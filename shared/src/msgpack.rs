@@ -27,6 +27,11 @@ use rmpv::Value;
 use serde::Serialize;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
+/// How deep values may nest (arrays and maps in one another). Reading is
+/// recursive: this keeps it well within a thread's stack, and no kind's
+/// parameters come near it.
+pub const MAX_DEPTH: usize = 128;
+
 /// A value that could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CodecError {
@@ -76,6 +81,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     // for the message (or for a shape `rmp_serde` cannot read directly).
     let mut rest = bytes;
     let mut de = rmp_serde::Deserializer::new(&mut rest);
+    de.set_max_depth(MAX_DEPTH);
     if let Ok(value) = T::deserialize(&mut de)
         && rest.is_empty()
     {
@@ -123,7 +129,7 @@ enum Keys {
 impl Keys {
     fn read(bytes: &[u8]) -> Result<Keys, CodecError> {
         let mut rd = bytes;
-        Self::walk(&mut rd, 1024)
+        Self::walk(&mut rd, u16::try_from(MAX_DEPTH).unwrap_or(u16::MAX))
             .map_err(|why| CodecError::NotMessagePack(format!("{} bytes: {why}", bytes.len())))
     }
 
@@ -271,6 +277,7 @@ pub fn read_value(bytes: &[u8]) -> Result<Value, CodecError> {
         return Ok(Value::Nil);
     }
     let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    de.set_max_depth(MAX_DEPTH);
     let value = <Value as serde::Deserialize>::deserialize(&mut de).map_err(|err| {
         CodecError::NotMessagePack(format!("{} bytes that do not decode: {err}", bytes.len()))
     })?;
@@ -1004,6 +1011,23 @@ mod tests {
             to_display(b"not msgpack"),
             "<11 bytes of invalid MessagePack>"
         );
+    }
+
+    /// Deep nesting ends in an error or a value, never in a stack
+    /// overflow (a task thread's stack is 2 MiB; so is a test's). rmp_serde's
+    /// own bound (1024) overflowed it in a debug build.
+    #[test]
+    fn deep_nesting_is_bounded() {
+        for depth in [MAX_DEPTH - 1, MAX_DEPTH + 1, 5_000] {
+            let mut bytes = vec![0x91; depth];
+            bytes.push(0xc0);
+            let value = decode_params::<rmpv::Value>(&bytes);
+            assert_eq!(value.is_ok(), depth < MAX_DEPTH, "{depth}: {value:?}");
+            let mut bytes = vec![0x91; depth];
+            bytes.push(0xa1);
+            bytes.push(b'x');
+            assert!(decode_params::<Sample>(&bytes).is_err());
+        }
     }
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
