@@ -336,7 +336,29 @@ impl TaskEntry {
                     ));
                 }
             },
-            (None, _) => None,
+            (None, Some(other)) => {
+                return Err(fail(
+                    ErrorCode::BAD_PAYLOAD,
+                    format!("field merge is {other:?}; workers alone write it, as 1"),
+                ));
+            }
+            // Workers write `shard` only on shards, `shards` only on shards
+            // and merge entries: on another entry they are malformed.
+            (None, None) => match (text(field::SHARD)?, count) {
+                (None, None) => None,
+                (Some(_), _) => {
+                    return Err(fail(
+                        ErrorCode::BAD_PAYLOAD,
+                        "field shard without field parent; workers alone write them, on the shards of a split task".into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(fail(
+                        ErrorCode::BAD_PAYLOAD,
+                        "field shards without field parent or merge; workers alone write them, on the parts of a split task".into(),
+                    ));
+                }
+            },
         };
 
         let avoid = text(field::AVOID)?
@@ -1140,6 +1162,25 @@ mod tests {
             true,
             "UTF-8",
         );
+        // Split fields are the workers' (issue 11, point 9): a producer's
+        // stray `shard`, `shards` or `merge` is a malformed entry, named.
+        let echo: [(&str, &[u8]); 3] = [("version", b"2"), ("id", id), ("kind", b"echo")];
+        for (extra, needle) in [
+            (&[("shard", &b"0"[..])][..], "field shard"),
+            (&[("shards", &b"2"[..])][..], "field shards"),
+            (
+                &[("merge", &b"yes"[..]), ("shards", b"2")][..],
+                "field merge",
+            ),
+            (
+                &[("parent", &b"p"[..]), ("shard", b"0"), ("shards", b"1")][..],
+                "field parent",
+            ),
+        ] {
+            let mut pairs = echo.to_vec();
+            pairs.extend_from_slice(extra);
+            check_refused(&pairs, ErrorCode::BAD_PAYLOAD, true, needle);
+        }
     }
 
     #[test]

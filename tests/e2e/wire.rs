@@ -408,3 +408,132 @@ async fn bad_entries_are_dead_lettered_with_a_precise_reason_and_the_worker_goes
     assert_eq!(left, 0, "every bad entry is gone from the task stream");
     assert!(worker.log_text().contains("without a readable task id"));
 }
+
+/// Regression (issue 11, points 3, 9 and 11), straight into Redis as any
+/// client could: params that are not one MessagePack value ran (`not
+/// msgpack` read as the integer 110); split fields a producer set failed
+/// `UNKNOWN_KIND` (`parent`, `shard`) or `HANDLER_ERROR` (`merge`); a field
+/// of the wrong type failed with `wrong msgpack marker FixStr(3)`. Each now
+/// ends with its documented reason and a message naming the field.
+#[tokio::test]
+async fn malformed_params_and_split_fields_end_with_the_documented_reason() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_TEST_KINDS", "1")]).await;
+    let mut conn = redis.conn().await;
+    let producer = redis.producer().await;
+
+    let echo = msgpack::encode(&"hi").unwrap();
+    let mut trailing = echo.clone();
+    trailing.push(0x01);
+    let option = serde_json::json!({"s0": 100.0, "strike": 100.0, "rate": 0.03, "sigma": "0.2",
+                                    "maturity": 1.0, "steps": 4, "paths": 1000, "seed": 1});
+    let parent = TaskId::new().to_string();
+    type Case = (&'static str, Vec<(&'static str, Vec<u8>)>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "BAD_PAYLOAD",
+            vec![
+                ("kind", b"echo".to_vec()),
+                ("params", b"not msgpack".to_vec()),
+            ],
+            "params are not one MessagePack value: a value of 1 byte followed by 10 more bytes (11 in all)",
+        ),
+        (
+            "BAD_PAYLOAD",
+            vec![("kind", b"echo".to_vec()), ("params", trailing)],
+            "followed by 1 more bytes",
+        ),
+        (
+            "BAD_PAYLOAD",
+            vec![
+                ("kind", b"echo".to_vec()),
+                ("parent", parent.clone().into_bytes()),
+                ("shard", b"0".to_vec()),
+                ("shards", b"2".to_vec()),
+                ("params", echo.clone()),
+            ],
+            "fields parent, shard and shards mark a part of a split task, but kind \"echo\" does not split",
+        ),
+        (
+            "BAD_PAYLOAD",
+            vec![
+                ("kind", b"echo".to_vec()),
+                ("merge", b"1".to_vec()),
+                ("shards", b"2".to_vec()),
+                ("params", echo.clone()),
+            ],
+            "field merge mark",
+        ),
+        (
+            "BAD_PAYLOAD",
+            vec![
+                ("kind", b"split_sum".to_vec()),
+                ("merge", b"1".to_vec()),
+                ("shards", b"2".to_vec()),
+                (
+                    "params",
+                    msgpack::encode(&serde_json::json!({"n": 10})).unwrap(),
+                ),
+            ],
+            "field merge marks a split task whose shards all finished, but their results are not there",
+        ),
+        (
+            "BAD_PAYLOAD",
+            vec![
+                ("kind", b"echo".to_vec()),
+                ("shard", b"0".to_vec()),
+                ("params", echo),
+            ],
+            "field shard without field parent",
+        ),
+        (
+            "BAD_PARAMS",
+            vec![
+                ("kind", b"monte_carlo".to_vec()),
+                ("params", msgpack::encode(&option).unwrap()),
+            ],
+            "sigma: expected a number, got a string (\"0.2\")",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (code, fields, needle) in &cases {
+        let id = TaskId::new();
+        let id_text = id.to_string();
+        let mut all: Vec<(&str, &[u8])> = vec![("version", b"2"), ("id", id_text.as_bytes())];
+        all.extend(fields.iter().map(|(k, v)| (*k, v.as_slice())));
+        xadd(&mut conn, &all).await;
+        ids.push((id, *code, *needle));
+    }
+    for (id, code, needle) in ids {
+        wait_until(Duration::from_secs(20), "record written", || {
+            let producer = producer.clone();
+            async move { producer.record(id).await.unwrap().is_some() }
+        })
+        .await;
+        let outcome = producer.wait(id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(outcome.status, Status::Failed, "{needle}");
+        let failure = outcome.failure().unwrap();
+        assert_eq!(failure.code.as_str(), code, "{failure:?}");
+        assert!(
+            failure.message.contains(needle),
+            "{needle:?} in {failure:?}"
+        );
+        // Refused for good at once: one attempt, dead-lettered with the reason.
+        assert_eq!(outcome.record.attempt, Some(1), "{failure:?}");
+        let letter = producer
+            .store()
+            .dead_letter(
+                outcome
+                    .record
+                    .dead_letter
+                    .as_deref()
+                    .expect("dead-lettered"),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(letter.reason, code);
+    }
+    let left: u64 = conn.xlen("tandem:{cpu}:stream:normal").await.unwrap();
+    assert_eq!(left, 0, "every bad entry is gone from the task stream");
+}

@@ -315,9 +315,17 @@ pub(crate) trait Splitter: Send + Sync {
 
 struct Splitting<S>(Arc<S>);
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, TaskError> {
+/// Decodes a task's parameters (a whole task's, or a shard's with the
+/// shard): errors as [`crate::handler`] reports them for any kind.
+fn decode_params<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, TaskError> {
+    msgpack::decode_params(bytes).map_err(|e| crate::handler::decode_error(&e))
+}
+
+/// Decodes a shard's partial result, written by the worker that ran it: one
+/// that does not decode is a bad result, whatever is wrong with it.
+fn decode_partial<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TaskError> {
     msgpack::decode(bytes)
-        .map_err(|e| TaskError::fatal(ErrorCode::BAD_PARAMS, format!("{what}: {e}")))
+        .map_err(|e| TaskError::fatal(ErrorCode::BAD_RESULT, format!("partial result: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, TaskError> {
@@ -329,7 +337,7 @@ where
     Params<S>: Clone + Sync,
 {
     fn split(&self, params: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TaskError> {
-        let params: Params<S> = decode(params, "parameters")?;
+        let params: Params<S> = decode_params(params)?;
         <S::Spec as KindSpec>::validate(&params)
             .map_err(|e| TaskError::fatal(ErrorCode::BAD_PARAMS, e.0))?;
         self.0
@@ -345,7 +353,7 @@ where
     }
 
     fn run_shard(&self, shard: &[u8], ctx: &TaskContext) -> Result<Prepared, TaskError> {
-        let task: ShardTask<Params<S>, S::Shard> = decode(shard, "shard")?;
+        let task: ShardTask<Params<S>, S::Shard> = decode_params(shard)?;
         let kind = Arc::clone(&self.0);
         let gpu = gpu_for(S::MODULE, ctx);
         let ctx = ctx.clone();
@@ -364,10 +372,10 @@ where
     }
 
     fn merge(&self, params: &[u8], parts: &[Vec<u8>]) -> Result<Vec<u8>, TaskError> {
-        let params: Params<S> = decode(params, "parameters")?;
+        let params: Params<S> = decode_params(params)?;
         let parts = parts
             .iter()
-            .map(|p| decode::<S::Partial>(p, "partial result"))
+            .map(|p| decode_partial::<S::Partial>(p))
             .collect::<Result<Vec<_>, _>>()?;
         encode(&self.0.merge(&params, parts)?)
     }

@@ -679,7 +679,7 @@ impl Dispatcher {
                     store
                         .split_parts(entry.class, &entry.id, count)
                         .await
-                        .map_err(|e| e.to_string()),
+                        .map_err(Into::into),
                 ),
                 _ => Plan::Run { split_into },
             };

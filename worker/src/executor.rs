@@ -70,7 +70,27 @@ pub(crate) enum Plan {
     Run { split_into: u32 },
     /// A split task's merge entry, with its shards' partial results in
     /// shard order, or why they could not be read.
-    Merge(Result<Vec<Vec<u8>>, String>),
+    Merge(Result<Vec<Vec<u8>>, PartsError>),
+}
+
+/// Why a merge entry's partial results could not be read.
+#[derive(Debug)]
+pub(crate) enum PartsError {
+    /// Redis could not be reached: worth another attempt.
+    Unreachable(String),
+    /// Redis answered, without every shard's result: the entry is no merge
+    /// entry of a split that finished.
+    Missing(String),
+}
+
+impl From<tandem_shared::store::StoreError> for PartsError {
+    fn from(err: tandem_shared::store::StoreError) -> Self {
+        if err.is_connection() {
+            PartsError::Unreachable(err.to_string())
+        } else {
+            PartsError::Missing(err.to_string())
+        }
+    }
 }
 
 /// The live GPU workers, as the router sees them when a task starts.
@@ -274,7 +294,7 @@ impl Executor {
         &self,
         entry: &TaskEntry,
         cancel: CancellationToken,
-        parts: Option<Result<Vec<Vec<u8>>, String>>,
+        parts: Option<Result<Vec<Vec<u8>>, PartsError>>,
     ) -> Result<Vec<u8>, TaskError> {
         self.watched(self.run(entry, cancel, parts)).await
     }
@@ -360,21 +380,44 @@ impl Executor {
         Ok(())
     }
 
-    /// The splitter of a shard's or merge entry's kind.
-    fn splitter(&self, kind: &str) -> Result<Arc<dyn Splitter>, TaskError> {
-        self.registry.splitter(kind).ok_or_else(|| {
-            TaskError::fatal(
+    /// The splitter of a shard's or merge entry's kind. Only workers write
+    /// the fields that make an entry a shard (`parent`, `shard`, `shards`)
+    /// or a merge entry (`merge`), and only for kinds that split: on an
+    /// entry of a kind this worker runs but does not split, they are a
+    /// malformed entry (`BAD_PAYLOAD`), named. A kind this worker does not
+    /// run at all stays `UNKNOWN_KIND`.
+    fn splitter(&self, entry: &TaskEntry) -> Result<Arc<dyn Splitter>, TaskError> {
+        if let Some(splitter) = self.registry.splitter(&entry.kind) {
+            return Ok(splitter);
+        }
+        if self.registry.class_of(&entry.kind).is_none() {
+            return Err(TaskError::fatal(
                 ErrorCode::UNKNOWN_KIND,
-                format!("kind {kind:?} does not split on this worker, yet the entry is part of a split task"),
-            )
-        })
+                format!(
+                    "no handler for kind {:?}; this worker runs {:?}",
+                    entry.kind,
+                    self.registry.kinds()
+                ),
+            ));
+        }
+        let fields = match entry.split {
+            Some(SplitRole::Merge { .. }) => "field merge",
+            _ => "fields parent, shard and shards",
+        };
+        Err(TaskError::fatal(
+            ErrorCode::BAD_PAYLOAD,
+            format!(
+                "{fields} mark a part of a split task, but kind {:?} does not split; workers alone write them",
+                entry.kind
+            ),
+        ))
     }
 
     async fn run(
         &self,
         entry: &TaskEntry,
         cancel: CancellationToken,
-        parts: Option<Result<Vec<Vec<u8>>, String>>,
+        parts: Option<Result<Vec<Vec<u8>>, PartsError>>,
     ) -> Result<Vec<u8>, TaskError> {
         self.check_size(entry)?;
         let ctx = TaskContext::new(
@@ -386,17 +429,40 @@ impl Executor {
         .with_gpu(self.device.runtime())
         .with_models(entry.priority, self.models.clone());
         let prepared = match (entry.split, parts) {
-            (Some(SplitRole::Shard { .. }), _) => {
-                self.splitter(&entry.kind)?.run_shard(&entry.params, &ctx)?
-            }
+            (Some(SplitRole::Shard { .. }), _) => self
+                .splitter(entry)?
+                .run_shard(&entry.params, &ctx)
+                .map_err(|err| {
+                    // The splitting worker wrote these params and checked
+                    // them: params of another shape mean the entry is no
+                    // shard of a split.
+                    if err.code != ErrorCode::BAD_PARAMS && err.code != ErrorCode::BAD_PAYLOAD {
+                        return err;
+                    }
+                    TaskError::fatal(
+                        ErrorCode::BAD_PAYLOAD,
+                        format!(
+                            "fields parent, shard and shards mark a shard, but its params are not a shard's \
+                             (a map of params and shard, written by the splitting worker): {}",
+                            err.message
+                        ),
+                    )
+                })?,
             (Some(SplitRole::Merge { .. }), Some(parts)) => {
-                let parts = parts.map_err(|why| {
-                    TaskError::new(
+                let splitter = self.splitter(entry)?;
+                let parts = parts.map_err(|err| match err {
+                    PartsError::Unreachable(why) => TaskError::new(
                         ErrorCode::HANDLER_ERROR,
                         format!("cannot read the shards' results: {why}"),
-                    )
+                    ),
+                    PartsError::Missing(why) => TaskError::fatal(
+                        ErrorCode::BAD_PAYLOAD,
+                        format!(
+                            "field merge marks a split task whose shards all finished, but their results are not there \
+                             (workers alone write merge): {why}"
+                        ),
+                    ),
                 })?;
-                let splitter = self.splitter(&entry.kind)?;
                 let params = entry.params.clone();
                 let merge_ctx = ctx.clone();
                 Box::pin(async move {
@@ -888,6 +954,118 @@ mod tests {
         .into();
         assert_eq!(err.code, ErrorCode::DEVICE_FAILED);
         assert!(exec.device.is_gpu());
+    }
+
+    /// Regression (issue 11, point 3): params that are not one MessagePack
+    /// value ran (0x6e read as the integer 110, the rest ignored).
+    #[tokio::test]
+    async fn params_that_are_not_one_messagepack_value_are_a_bad_payload() {
+        let mut trailing = msgpack::encode(&"hi").unwrap();
+        trailing.push(0xc0);
+        for params in [b"not msgpack".to_vec(), trailing, vec![0xc1]] {
+            let done = run("echo", params.clone(), 1).await;
+            assert_eq!(error_code(&done), Some("BAD_PAYLOAD"), "{params:?}");
+            assert_eq!(done.disposition, Disposition::Dead);
+        }
+        let done = run("echo", b"not msgpack".to_vec(), 1).await;
+        let FinishOutcome::Error(failure) = &done.finish.outcome else {
+            panic!("failed")
+        };
+        assert_eq!(
+            failure.message,
+            "params are not one MessagePack value: a value of 1 byte followed by 10 more bytes (11 in all)"
+        );
+    }
+
+    /// Regression (issue 11, point 9): `parent`/`shard`/`shards` on an
+    /// entry of a kind that does not split failed UNKNOWN_KIND, `merge=1`
+    /// HANDLER_ERROR (retried); both are malformed entries.
+    #[tokio::test]
+    async fn split_fields_on_an_entry_that_is_no_split_part_are_a_bad_payload() {
+        let mut exec = executor();
+        exec.registry.add_test_kinds();
+        let echo = msgpack::encode(&"hi").unwrap();
+        let execute = |entry: TaskEntry, plan: Plan| {
+            let exec = exec.clone();
+            async move {
+                exec.execute(
+                    entry,
+                    "1-0".into(),
+                    CancellationToken::new(),
+                    plan,
+                    Arc::default(),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let message = |done: &Completion| match &done.finish.outcome {
+            FinishOutcome::Error(f) => f.message.clone(),
+            FinishOutcome::Result(_) => String::new(),
+        };
+
+        let mut shard = entry("echo", echo.clone(), 1);
+        shard.split = Some(SplitRole::Shard {
+            parent: TaskId::new(),
+            index: 0,
+            count: 1,
+        });
+        let done = execute(shard.clone(), WHOLE).await;
+        assert_eq!(error_code(&done), Some("BAD_PAYLOAD"));
+        assert_eq!(done.disposition, Disposition::Dead);
+        assert!(
+            message(&done).contains("fields parent, shard and shards"),
+            "{}",
+            message(&done)
+        );
+
+        let mut merge = entry("echo", echo.clone(), 1);
+        merge.split = Some(SplitRole::Merge { count: 2 });
+        let done = execute(merge.clone(), Plan::Merge(Ok(vec![]))).await;
+        assert_eq!(error_code(&done), Some("BAD_PAYLOAD"));
+        assert!(message(&done).contains("field merge"), "{}", message(&done));
+
+        // A kind that splits, whose merge entry has no shard results: the
+        // entry is no merge of a finished split. Redis out of reach is
+        // another matter: retried.
+        let params = msgpack::encode(&tandem_shared::kind::builtin::SplitSumParams {
+            n: 10,
+            block: 5,
+            block_ms: 0,
+            fail_block: None,
+        })
+        .unwrap();
+        let mut merge = entry("split_sum", params.clone(), 1);
+        merge.split = Some(SplitRole::Merge { count: 2 });
+        let missing = PartsError::Missing("shard 0 of 2 has no result".into());
+        let done = execute(merge.clone(), Plan::Merge(Err(missing))).await;
+        assert_eq!(error_code(&done), Some("BAD_PAYLOAD"));
+        assert_eq!(done.disposition, Disposition::Dead);
+        let unreachable = PartsError::Unreachable("connection refused".into());
+        let done = execute(merge, Plan::Merge(Err(unreachable))).await;
+        assert_eq!(error_code(&done), Some("HANDLER_ERROR"));
+        assert!(matches!(done.disposition, Disposition::Retry { .. }));
+
+        // A forged shard of a kind that splits: its params are no shard's.
+        let mut shard = entry("split_sum", params, 1);
+        shard.split = Some(SplitRole::Shard {
+            parent: TaskId::new(),
+            index: 0,
+            count: 1,
+        });
+        let done = execute(shard, WHOLE).await;
+        assert_eq!(error_code(&done), Some("BAD_PAYLOAD"));
+        assert!(
+            message(&done).contains("not a shard's"),
+            "{}",
+            message(&done)
+        );
+
+        // A kind the worker does not run at all stays unknown.
+        let mut unknown = entry("teleport", echo, 1);
+        unknown.split = Some(SplitRole::Merge { count: 1 });
+        let done = execute(unknown, Plan::Merge(Ok(vec![]))).await;
+        assert_eq!(error_code(&done), Some("UNKNOWN_KIND"));
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl<H: Handler> ErasedHandler for Typed<H> {
 
     fn prepare(self: Arc<Self>, params: &[u8], ctx: TaskContext) -> Result<Prepared, TaskError> {
         let params: <H::Spec as KindSpec>::Params =
-            msgpack::decode(params).map_err(|err| decode_error(params, &err))?;
+            msgpack::decode_params(params).map_err(|err| decode_error(&err))?;
         H::Spec::validate(&params).map_err(|e| TaskError::fatal(ErrorCode::BAD_PARAMS, e.0))?;
         Ok(Box::pin(async move {
             let output = self.0.run(params, ctx).await?;
@@ -253,16 +253,15 @@ impl<H: Handler> ErasedHandler for Typed<H> {
     }
 }
 
-/// Bytes that are not MessagePack at all are a bad payload; MessagePack of
-/// the wrong shape is bad parameters.
-fn decode_error(params: &[u8], err: &msgpack::CodecError) -> TaskError {
-    match msgpack::decode::<rmpv::Value>(params) {
-        Ok(_) => TaskError::fatal(ErrorCode::BAD_PARAMS, err.to_string()),
-        Err(_) => TaskError::fatal(
-            ErrorCode::BAD_PAYLOAD,
-            format!("params are not valid MessagePack ({} bytes)", params.len()),
-        ),
-    }
+/// Bytes that are not one MessagePack value are a bad payload; MessagePack
+/// of the wrong shape is bad parameters, named by field (`sigma: expected a
+/// number, got a string ("0.2")`).
+pub(crate) fn decode_error(err: &msgpack::CodecError) -> TaskError {
+    let message = match err {
+        msgpack::CodecError::NotMessagePack(_) => format!("params are {err}"),
+        _ => err.to_string(),
+    };
+    TaskError::fatal(err.code(), message)
 }
 
 /// The kinds a worker can run.
