@@ -50,7 +50,9 @@
 -- ARGV[14..] record pairs (worker, device, run_us, result_bytes and result,
 --           or error_code and error_message)
 --
--- Returns 1 when committed, 0 when the record was already final (the entry
+-- Returns 1 when committed, 2 when committed as `cancelled` because a cancel
+-- was requested while it ran (whatever ARGV[9] said), 0 when the record was
+-- already final (the entry
 -- is acknowledged), -1 when this worker no longer owns the entry; a
 -- WRONGTYPE error, with nothing written, when a key it would change holds
 -- another type (the entry then stays pending). A reply stream of another
@@ -337,5 +339,10 @@ if #KEYS >= 5 then
   if unsent then
     redis.call('HSET', record_key, 'notice_error', unsent)
   end
+end
+-- A cancel that came while the task ran made this outcome `cancelled`:
+-- say so, so that the worker counts what the record says, not what it sent.
+if cancelled and ARGV[9] ~= 'cancelled' then
+  return 2
 end
 return 1

@@ -270,3 +270,49 @@ async fn a_split_task_whose_cancel_was_requested_ends_cancelled_when_a_shard_fai
     let other: String = conn.hget(record(&queued), "status").await.unwrap();
     assert_eq!(other, "cancelled", "the other shard is cancelled too");
 }
+
+/// Regression: a task whose cancel the worker never heard of (its pub/sub
+/// message lost) succeeded, the commit made the record `cancelled`, and the
+/// worker still counted it as succeeded in its registry record and metrics.
+#[tokio::test]
+async fn a_commit_turned_cancelled_is_counted_as_cancelled() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "1")]).await;
+    let producer = redis.producer().await;
+    let id = producer
+        .submit(Task::of::<Sleep>(&SleepParams { ms: 1_500 }).unwrap())
+        .await
+        .unwrap();
+    crate::support::wait_until(Duration::from_secs(30), "the sleep runs", || {
+        let producer = producer.clone();
+        async move { producer.status(id).await.unwrap() == Status::Running }
+    })
+    .await;
+    // The cancel as cancel.lua records it, without its message to workers.
+    let mut conn = redis.conn().await;
+    let () = redis::cmd("HSET")
+        .arg(format!("tandem:{{cpu}}:task:{id}"))
+        .arg("cancel_requested_at_ms")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let outcome = producer.wait(id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(outcome.status, Status::Cancelled);
+    let store = Store::connect(&redis.config()).await.unwrap();
+    crate::support::wait_until(Duration::from_secs(30), "the worker's counts", || {
+        let store = store.clone();
+        let worker_id = worker.id.clone();
+        async move {
+            let workers = store.workers().await.unwrap();
+            workers.iter().any(|w| {
+                w.id == worker_id && w.metrics.completed.get("sleep/cpu/cancelled") == Some(&1)
+            })
+        }
+    })
+    .await;
+    let workers = store.workers().await.unwrap();
+    let record = workers.iter().find(|w| w.id == worker.id).unwrap();
+    assert_eq!(record.succeeded, 0, "{record:?}");
+    assert_eq!(record.metrics.completed.get("sleep/cpu/succeeded"), None);
+}

@@ -526,15 +526,22 @@ impl Dispatcher {
             status = %completion.finish.status,
         )
         .entered();
-        if matches!(outcome, Ok(Committed::Written)) {
-            self.stats.tasks.committed(completion);
+        // What the record says now: a cancel requested while the task ran
+        // turned its outcome into `cancelled` (regression: such a task was
+        // counted, and shown in the worker's metrics, as succeeded).
+        let status = match outcome {
+            Ok(Committed::Cancelled) => Status::Cancelled,
+            _ => completion.finish.status,
+        };
+        if matches!(outcome, Ok(Committed::Written | Committed::Cancelled)) {
+            self.stats.tasks.committed(completion, status);
         } else {
             self.stats.tasks.dropped(&completion.id);
         }
         match outcome {
-            Ok(Committed::Written) => {
-                tracing::debug!("committed");
-                if completion.finish.status == Status::Succeeded {
+            Ok(Committed::Written | Committed::Cancelled) => {
+                tracing::debug!(%status, "committed");
+                if status == Status::Succeeded {
                     self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
                 } else if !matches!(
                     completion.disposition,

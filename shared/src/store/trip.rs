@@ -130,6 +130,9 @@ pub struct Completion {
 pub enum Committed {
     /// The outcome is now the task's record (or its retry is scheduled).
     Written,
+    /// A cancel requested while the task ran made the record `cancelled`,
+    /// whatever the outcome said; the rest of it was discarded.
+    Cancelled,
     /// The record was already final; this outcome was discarded.
     AlreadyFinal,
     /// This worker no longer owns the entry (its lease was taken over); the
@@ -727,6 +730,7 @@ fn local_held(members: &[usize], held: &[(usize, String)]) -> Vec<(usize, String
 fn parse_committed(reply: Value) -> Result<Committed, StoreError> {
     match reply_ok(reply)? {
         Value::Int(1) => Ok(Committed::Written),
+        Value::Int(2) => Ok(Committed::Cancelled),
         Value::Int(0) => Ok(Committed::AlreadyFinal),
         Value::Int(-1) => Ok(Committed::LeaseLost),
         other => Err(StoreError::protocol("complete", &other)),

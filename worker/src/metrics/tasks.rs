@@ -56,8 +56,9 @@ impl TaskCounters {
         }
     }
 
-    /// A commit Redis wrote.
-    pub fn committed(&self, completion: &Completion) {
+    /// A commit Redis wrote, with the status the record got (`cancelled`
+    /// when a cancel came while the task ran, whatever it returned).
+    pub fn committed(&self, completion: &Completion, status: Status) {
         let mut counts = self.lock();
         let (kind, claimed_at) = counts
             .claimed
@@ -78,10 +79,10 @@ impl TaskCounters {
         }
         counts.latency_buckets[bucket] += 1;
         counts.latency_sum_ms += latency_ms;
-        let status = status_label(completion);
-        let key = format!("{kind}/{}/{status}", completion.class.as_str());
+        let label = status_label(completion, status);
+        let key = format!("{kind}/{}/{label}", completion.class.as_str());
         *counts.completed.entry(key).or_default() += 1;
-        if completion.finish.status == Status::Failed
+        if status == Status::Failed
             && let FinishOutcome::Error(failure) = &completion.finish.outcome
         {
             *counts
@@ -130,12 +131,15 @@ impl TaskCounters {
 
 /// The status a commit is counted under: the final status, or what becomes
 /// of a task that is not final yet (`retried`, `handed_back`, `split`).
-fn status_label(completion: &Completion) -> &'static str {
+fn status_label(completion: &Completion, status: Status) -> &'static str {
+    if status == Status::Cancelled {
+        return status.as_str();
+    }
     match completion.disposition {
         Disposition::Retry { .. } => "retried",
         Disposition::HandBack { .. } => "handed_back",
         Disposition::Split { .. } => "split",
-        Disposition::Final | Disposition::Dead => completion.finish.status.as_str(),
+        Disposition::Final | Disposition::Dead => status.as_str(),
     }
 }
 
@@ -176,21 +180,27 @@ mod tests {
     #[test]
     fn commits_count_by_kind_class_status_and_error_code() {
         let counters = TaskCounters::default();
-        let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
+        let (a, b, c, d) = (TaskId::new(), TaskId::new(), TaskId::new(), TaskId::new());
         counters.claimed(a, Some("noop"), false);
         counters.claimed(b, Some("fail"), true);
         counters.claimed(c, Some("fail"), false);
-        counters.committed(&completion(a, Status::Succeeded, Disposition::Final));
-        counters.committed(&completion(
-            b,
-            Status::Failed,
-            Disposition::Retry { after_ms: 10 },
-        ));
-        counters.committed(&completion(c, Status::Failed, Disposition::Dead));
+        counters.claimed(d, Some("sleep"), false);
+        let committed = |id, status, disposition| {
+            counters.committed(&completion(id, status, disposition), status);
+        };
+        committed(a, Status::Succeeded, Disposition::Final);
+        committed(b, Status::Failed, Disposition::Retry { after_ms: 10 });
+        committed(c, Status::Failed, Disposition::Dead);
+        // It succeeded, but a cancel came while it ran: the record says
+        // cancelled, and so do the counters.
+        counters.committed(
+            &completion(d, Status::Succeeded, Disposition::Final),
+            Status::Cancelled,
+        );
         counters.extended(3);
         let totals = counters.totals();
-        assert_eq!(totals.commits, 3);
-        assert_eq!(totals.latency_buckets.iter().sum::<u64>(), 3);
+        assert_eq!(totals.commits, 4);
+        assert_eq!(totals.latency_buckets.iter().sum::<u64>(), 4);
         assert_eq!(totals.latency_buckets.len(), LATENCY_BUCKETS_MS.len() + 1);
         assert_eq!(
             totals.completed,
@@ -198,6 +208,7 @@ mod tests {
                 ("fail/light/failed".to_owned(), 1),
                 ("fail/light/retried".to_owned(), 1),
                 ("noop/light/succeeded".to_owned(), 1),
+                ("sleep/light/cancelled".to_owned(), 1),
             ]
             .into()
         );
