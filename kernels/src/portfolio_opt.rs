@@ -51,7 +51,7 @@ use rayon::prelude::*;
 
 use crate::driver::DeviceError;
 use crate::philox;
-use crate::risk::{CHOLESKY_JITTER, NotPositiveSemidefinite};
+use crate::risk::NotPositiveSemidefinite;
 use crate::runtime::{Gpu, Source};
 
 pub const SOURCE: Source = Source {
@@ -192,14 +192,9 @@ impl<'a> Problem<'a> {
     /// beyond rounding fails, naming the row whose pivot was not positive.
     /// Costs `n^3 / 6` multiply-adds (n = 2000: some 1.3 s).
     pub fn check_covariance(&self) -> Result<(), PortfolioError> {
-        let (cov, n) = (self.covariance, self.assets());
-        if cholesky_pivots(cov, n, 0.0).is_ok() {
-            return Ok(());
-        }
-        let largest = (0..n).map(|i| cov[i * n + i]).fold(0.0f64, f64::max);
-        // An all-zero matrix still gets a positive jitter.
-        let jitter = (CHOLESKY_JITTER * largest).max(f64::MIN_POSITIVE);
-        Ok(cholesky_pivots(cov, n, jitter)?)
+        // The same factorization, jitter and message as `risk`'s.
+        crate::risk::cholesky(self.covariance, self.assets())?;
+        Ok(())
     }
 
     /// The bound as the projections use it: at least `1/n`, so that the
@@ -228,52 +223,6 @@ impl<'a> Problem<'a> {
         }
         w
     }
-}
-
-/// Rows of `L` that [`cholesky_pivots`] computes together.
-const CHOLESKY_ROWS: usize = 8;
-
-/// Factors `cov + jitter I` as `L L'`, failing at the first pivot that is
-/// not positive. Each entry is `(cov_ij - dot(L_i[..j], L_j[..j])) / L_jj`
-/// (a [`dot`] of two contiguous rows). Rows go [`CHOLESKY_ROWS`] at a time,
-/// each earlier row read once for all of them while they stay in cache:
-/// one row at a time the factorization is bound by memory (n = 2000, on a
-/// loaded 2-core machine: 2.7 to 3.1 s against 1.2 to 1.4 s), and the
-/// entries are the same bits either way.
-fn cholesky_pivots(cov: &[f64], n: usize, jitter: f64) -> Result<(), NotPositiveSemidefinite> {
-    let mut l = vec![0.0f64; n * n];
-    let entry = |l: &mut [f64], i: usize, j: usize| -> Result<(), NotPositiveSemidefinite> {
-        let s = dot(&l[i * n..i * n + j], &l[j * n..j * n + j]);
-        if i == j {
-            let pivot = cov[i * n + i] + jitter - s;
-            // A NaN pivot fails too.
-            if pivot.is_nan() || pivot <= 0.0 {
-                return Err(NotPositiveSemidefinite {
-                    row: i,
-                    pivot,
-                    jitter,
-                });
-            }
-            l[i * n + i] = pivot.sqrt();
-        } else {
-            l[i * n + j] = (cov[i * n + j] - s) / l[j * n + j];
-        }
-        Ok(())
-    };
-    for first in (0..n).step_by(CHOLESKY_ROWS) {
-        let rows = first..(first + CHOLESKY_ROWS).min(n);
-        for j in 0..first {
-            for i in rows.clone() {
-                entry(&mut l, i, j)?;
-            }
-        }
-        for i in rows {
-            for j in first..=i {
-                entry(&mut l, i, j)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// How hard to search and refine.
