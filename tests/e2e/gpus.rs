@@ -97,7 +97,7 @@ async fn seed_host(
     let primary = start(redis, PRIMARY, PAIR, extra).await;
     let secondary = start(redis, SECONDARY, PAIR, extra).await;
     let cpu = start(redis, "cpu", PAIR, extra).await;
-    settle(&store(&redis).await).await;
+    settle(&store(redis).await).await;
     (primary, secondary, cpu)
 }
 

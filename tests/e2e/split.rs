@@ -24,7 +24,7 @@ async fn host(redis: &RedisServer, extra: &[(&str, &str)]) -> Vec<WorkerProcess>
         start(redis, SECONDARY, PACED, &env).await,
         start(redis, "cpu", PACED, &env).await,
     ];
-    settle(&store(&redis).await).await;
+    settle(&store(redis).await).await;
     workers
 }
 

@@ -37,7 +37,7 @@ const SEED_GPUS: &str = "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
     /// Tasks to submit (a mix of heavy, light, parallel and cpu sleeps).
-    #[arg(long, default_value_t = 1_500)]
+    #[arg(long, default_value_t = 3_000)]
     pub tasks: usize,
     /// Longest and shortest sleep of a task (ms).
     #[arg(long, default_value_t = 1_500)]
@@ -168,8 +168,10 @@ pub(crate) async fn run(config: Config, args: ChaosArgs) -> anyhow::Result<ExitC
     };
 
     let mut faults: Vec<Fault> = Vec::new();
-    // Stopped workers and when they continue.
+    // Stopped workers and when they continue; killed ones, whose records
+    // stay in the registry until their TTL runs out.
     let mut stopped: Vec<(u32, Instant)> = Vec::new();
+    let mut killed: Vec<u32> = Vec::new();
     let (mut kills, mut stops) = (args.kills, args.stops);
     let mut next_fault = Instant::now() + Duration::from_millis(args.every_ms);
     while finished.load(Ordering::Relaxed) < ids.len() && Instant::now() < deadline {
@@ -188,7 +190,11 @@ pub(crate) async fn run(config: Config, args: ChaosArgs) -> anyhow::Result<ExitC
             // A stopped worker is left alone until it continues.
             let candidates: Vec<_> = workers
                 .iter()
-                .filter(|w| w.health == Health::Healthy && stopped.iter().all(|(p, _)| *p != w.pid))
+                .filter(|w| {
+                    w.health == Health::Healthy
+                        && !killed.contains(&w.pid)
+                        && stopped.iter().all(|(p, _)| *p != w.pid)
+                })
                 .collect();
             if !candidates.is_empty() {
                 let victim = candidates[rng.below(candidates.len() as u64) as usize];
@@ -198,6 +204,7 @@ pub(crate) async fn run(config: Config, args: ChaosArgs) -> anyhow::Result<ExitC
                 let at_ms = now_ms();
                 if kill {
                     signal(victim.pid, "KILL");
+                    killed.push(victim.pid);
                     kills -= 1;
                 } else {
                     signal(victim.pid, "STOP");
