@@ -62,6 +62,9 @@ fn parse_siblings(text: &str, own_device: &str) -> Vec<(String, Role)> {
         .collect()
 }
 
+/// How long a child must have run for its death to restart the backoff.
+const HEALTHY_STRETCH: Duration = Duration::from_secs(10);
+
 /// One worker process the fleet keeps running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -254,8 +257,11 @@ async fn supervise(
                     return;
                 }
                 // A child that ran a good while had a healthy stretch: its
-                // next failure starts the backoff over.
-                if ran >= launch.restart_max {
+                // next failure starts the backoff over. A crash loop dies
+                // within seconds of each start; a worker killed after
+                // running for a while (an OOM kill, an operator) comes back
+                // after the first delay, not a grown one.
+                if ran >= launch.restart_max.min(HEALTHY_STRETCH) {
                     delay = launch.restart;
                 }
                 tracing::warn!(member = tag, pid, "exited after {:.1} s: {why}; restarting in {delay:?}", ran.as_secs_f64());

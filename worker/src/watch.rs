@@ -72,10 +72,17 @@ pub(crate) async fn run(
                 Vec::new()
             }
         };
-        let ended = |pid: u32, process: &str| {
-            local
-                .as_ref()
-                .is_some_and(|l| l.judge(pid, process) == Liveness::Ended)
+        // Routing leaves out a worker whose process has ended, and one that
+        // is stopped (SIGSTOP): it takes nothing while stopped, so its
+        // peers route around it at once. A stopped worker's tasks are still
+        // only taken over once its record lapses.
+        let out_of_routing = |pid: u32, process: &str| {
+            local.as_ref().is_some_and(|l| {
+                matches!(
+                    l.judge_state(pid, process),
+                    Some(State::Ended | State::Stopped)
+                )
+            })
         };
         let dead = judge_consumers(&consumers, &mut known, |p| {
             local
@@ -84,7 +91,7 @@ pub(crate) async fn run(
         });
         let workers: Vec<WorkerInfo> = workers
             .into_iter()
-            .filter(|w| w.id == me || !ended(w.pid, &w.process))
+            .filter(|w| w.id == me || !out_of_routing(w.pid, &w.process))
             .collect();
         for gone in dead.iter().filter(|d| !d.stalled) {
             if consumers
@@ -147,6 +154,15 @@ pub(crate) enum Liveness {
     Unknown,
 }
 
+/// A same-host process's state, as far as routing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    Running,
+    /// Stopped (SIGSTOP) or traced: it takes and finishes nothing now.
+    Stopped,
+    Ended,
+}
+
 /// This process's instance: boot id, pid namespace and start time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Instance {
@@ -181,28 +197,38 @@ impl Instance {
 
     /// Whether the process a record names (`pid`, `process`) still exists.
     pub fn judge(&self, pid: u32, process: &str) -> Liveness {
+        match self.judge_state(pid, process) {
+            None => Liveness::Unknown,
+            Some(State::Ended) => Liveness::Ended,
+            Some(State::Running | State::Stopped) => Liveness::Exists,
+        }
+    }
+
+    /// The state of the process a record names; `None` when it cannot be
+    /// told from here.
+    pub fn judge_state(&self, pid: u32, process: &str) -> Option<State> {
         let mut parts = process.split('/');
         let (Some(boot), Some(namespace), Some(start), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Liveness::Unknown;
+            return None;
         };
         if boot != self.boot || namespace != self.namespace || pid == 0 {
-            return Liveness::Unknown;
+            return None;
         }
-        let Ok(start) = start.parse::<u64>() else {
-            return Liveness::Unknown;
-        };
-        match process_stat(pid) {
-            None => Liveness::Ended,
+        let start = start.parse::<u64>().ok()?;
+        Some(match process_stat(pid) {
+            None => State::Ended,
             Some((state, started)) => {
                 if started != start || matches!(state, 'Z' | 'X' | 'x') {
-                    Liveness::Ended
+                    State::Ended
+                } else if matches!(state, 'T' | 't') {
+                    State::Stopped
                 } else {
-                    Liveness::Exists
+                    State::Running
                 }
             }
-        }
+        })
     }
 }
 
