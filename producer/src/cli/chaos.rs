@@ -11,6 +11,7 @@
 //! distribution for kills and for stops, against the target (median at
 //! most a heartbeat TTL + 1 s, p99 at most two TTLs), and what became of
 //! the tasks: each must succeed (none lost, none dead-lettered as poison).
+//! At most one member is stopped at a time (kills go on meanwhile).
 //!
 //! Bounded by the task count and by `--max-s`; the heartbeat settings are
 //! the configuration's (defaults: 1 s interval, 5 s TTL).
@@ -51,7 +52,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 16)]
     pub kills: usize,
     /// Workers to stop with SIGSTOP (and continue after 1 to 3 heartbeat
-    /// TTLs).
+    /// TTLs), one at a time.
     #[arg(long, default_value_t = 8)]
     pub stops: usize,
     /// Time between two faults (ms).
@@ -196,10 +197,14 @@ pub(crate) async fn run(config: Config, args: ChaosArgs) -> anyhow::Result<ExitC
                         && stopped.iter().all(|(p, _)| *p != w.pid)
                 })
                 .collect();
-            if !candidates.is_empty() {
+            // At most one member is stopped at a time: with two of the
+            // three frozen, a class can be left with no worker whose role
+            // takes it, which measures routing, not reclaim.
+            let kill = stops == 0
+                || !stopped.is_empty()
+                || (kills > 0 && rng.below((kills + stops) as u64) < kills as u64);
+            if !candidates.is_empty() && (!kill || kills > 0) {
                 let victim = candidates[rng.below(candidates.len() as u64) as usize];
-                let kill =
-                    stops == 0 || (kills > 0 && rng.below((kills + stops) as u64) < kills as u64);
                 let held = store.held_by(&victim.id).await.unwrap_or_default();
                 let at_ms = now_ms();
                 if kill {
