@@ -4,9 +4,10 @@
 --
 -- 1. promote: retries that are due move from the delayed sets of the
 --    worker's classes back into their streams (when asked);
--- 2. reap: the pending entries of dead workers (their heartbeat lapsed; the
---    worker names them) are taken over, and a dead worker with nothing left
---    pending is removed from the group;
+-- 2. reap: the pending entries of dead workers (their heartbeat lapsed, or
+--    their process is known to have ended; the worker names them) are taken
+--    over, and a dead worker with nothing left pending is removed from the
+--    group;
 -- 3. sweep: entries idle longer than the lease timeout, whoever holds them,
 --    are taken over (the backstop; when asked);
 -- 4. aging: one task from each stream below the highest one with waiting
@@ -37,23 +38,38 @@
 -- ARGV[6]  1 to return last_ids when the streams run dry (to arm the
 --          worker's blocking wait); 0 when its wait is still armed
 -- ARGV[7]  sweep: min idle time, ms (0: skip the sweep)
--- ARGV[8]  max deliveries: an entry delivered more often than this (its
---          workers died running it) is poison, not started
+-- ARGV[8]  max deliveries: a task whose blame (below) reaches this is
+--          poison, not started
 -- ARGV[9]  1 to promote due retries
 -- ARGV[10] free device memory, bytes (-1: no limit)
 -- ARGV[11] number of dead consumers that follow
--- ARGV[12..] dead consumers, then one rule per key: `off`, or `limit=N`
---          (optional) then clauses `AGE/OVER` (ms waited, memory floor in
---          bytes, -1 for none): `0/-1` takes everything at once
+-- ARGV[12..] dead consumers, two values each: the name, then `dead` (its
+--          process ended, or nothing more is known) or `stalled` (its
+--          process still exists: stopped or hung, so its tasks did not kill
+--          it); then one rule per key: `off`, or `limit=N` (optional) then
+--          clauses `AGE/OVER` (ms waited, memory floor in bytes, -1 for
+--          none): `0/-1` takes everything at once
+--
+-- Blame: a take-over tells apart a task that kills its worker from one
+-- whose worker died for other reasons. The worker it is taken from held n
+-- tasks (its pending entries in these streams when it died): a death while
+-- the task was the only one (n = 1) counts 1, a death beside others 1/n
+-- (any of them may have caused it), a stalled worker 0. The task's record
+-- keeps the sum for its current entry in `deaths`, with what was observed,
+-- and its history gets a `taken_over` attempt. A task whose blame plus its
+-- entry's `interrupted` (hand-backs by failed devices) reaches max
+-- deliveries is poison. When a dead worker's entries are not all taken in
+-- one claim, the rest are marked (`died_with`) with the n it died holding.
 --
 -- Returns {claimed, last_ids, gone, blocked}. claimed holds {stream index, entry id,
--- verdict, fields, attempt} per entry; verdict is
+-- verdict, fields, attempt, observed} per entry; verdict is
 --   run        started: the record says running, on this worker
 --   expired    past its deadline; not started (the worker records it)
 --   skip       its record is already final; acknowledged and deleted here
 --   malformed  no readable task id; not started (the worker buries it)
---   poison     delivered more than max deliveries times; not started (the
---              worker dead-letters it)
+--   poison     blamed for max deliveries worker deaths (see Blame); not
+--              started (the worker dead-letters it with the sixth value of
+--              its tuple: what was observed)
 -- last_ids, only when fewer than max were claimed (and asked for), holds the
 -- newest entry id of every stream (0-0 for an empty one), from which the
 -- worker's blocking XREAD waits. gone lists "stream entry-id" of entries
@@ -121,8 +137,10 @@ local promote = ARGV[9] == '1'
 local free_mem = tonumber(ARGV[10]) or -1
 local dead_count = tonumber(ARGV[11]) or 0
 local dead = {}
-for i = 12, 11 + dead_count do
+local stalled = {}
+for i = 12, 10 + 2 * dead_count, 2 do
   dead[#dead + 1] = ARGV[i]
+  stalled[ARGV[i]] = ARGV[i + 1] == 'stalled'
 end
 local now = now_ms()
 local claimed = {}
@@ -156,7 +174,7 @@ local function parse_rule(text)
   return rule
 end
 local rules = {}
-local first_rule = 12 + dead_count
+local first_rule = 12 + 2 * dead_count
 if #ARGV < first_rule then
   for idx = 1, #KEYS do
     rules[idx] = PLAIN
@@ -281,20 +299,113 @@ for idx = 1, #KEYS do
   lengths[idx] = redis.call('XLEN', KEYS[idx])
 end
 
--- Starts one claimed entry, delivered `deliveries` times so far.
-local function start(idx, entry, deliveries)
+-- Entries taken over from each consumer in this claim so far, and what
+-- each held before this claim took any (see held_once).
+local taken_from = {}
+local held_known = {}
+
+-- How many tasks `name` held before this claim took any: its pending
+-- entries in these streams now, plus those this claim took from it.
+local function held(name)
+  local count = taken_from[name] or 0
+  for idx = 1, #KEYS do
+    local summary = redis.call('XPENDING', KEYS[idx], group)
+    if type(summary[4]) == 'table' then
+      for _, c in ipairs(summary[4]) do
+        if c[1] == name then
+          count = count + (tonumber(c[2]) or 0)
+        end
+      end
+    end
+  end
+  return count
+end
+
+-- held(name), remembered from the first look: call it before taking any of
+-- name's entries.
+local function held_once(name)
+  if held_known[name] == nil then
+    held_known[name] = held(name)
+  end
+  return held_known[name]
+end
+
+-- The text of a record's `deaths` for `entry_id`: blame (thousandths), then
+-- deaths alone, beside others, and stalls. Zeros for another entry's.
+local function read_deaths(text, entry_id)
+  local entry, blame, alone, shared, stalls =
+    string.match(text or '', '^(%S+) (%d+) (%d+) (%d+) (%d+)$')
+  if entry ~= entry_id then
+    return 0, 0, 0, 0
+  end
+  return tonumber(blame), tonumber(alone), tonumber(shared), tonumber(stalls)
+end
+
+-- What was observed, for a poison task's dead letter.
+local function observed(alone, shared, stalls, interrupted, blame)
+  return string.format('its worker died %d times while it was the only task running (a task that '
+    .. 'kills its worker) and %d times beside other tasks (each counted as a share); %d stalled '
+    .. 'workers (not counted); %d failed devices; blame %.2f reached max_deliveries %d',
+    alone, shared, stalls, interrupted, blame / 1000, max_deliveries)
+end
+
+-- Starts one claimed entry, delivered `deliveries` times so far; `prev`
+-- names the worker it is taken over from (nil for a first delivery).
+local function start(idx, entry, deliveries, prev)
   local entry_id, fields = entry[1], entry[2]
   local id = field(fields, 'id')
   local attempt = (tonumber(field(fields, 'attempt') or '1') or 1) + deliveries - 1
-  -- Hand-backs from failed devices count as deliveries: a task that fails
-  -- every device it touches is poison too.
+  -- Hand-backs from failed devices count too: a task that fails every
+  -- device it touches is poison as well.
   local interrupted = tonumber(field(fields, 'interrupted') or '0') or 0
   local verdict
+  local note = ''
   if not id or not is_task_id(id) then
     verdict = 'malformed'
   else
     local record = base_of(KEYS[idx]) .. 'task:' .. id
-    local status = redis.call('HGET', record, 'status')
+    local current = redis.call('HMGET', record, 'status', 'deaths', 'died_with', 'started_at_ms',
+      'attempt', 'device', 'owner')
+    local status = current[1]
+    local blame, alone, shared, stalls = read_deaths(current[2], entry_id)
+    if prev and status and not is_terminal(status) then
+      -- A swept entry (prev is this worker) names its holder in the
+      -- record's owner; an unknown holder's death counts whole.
+      local n = 1
+      if prev == consumer then
+        prev = string.match(current[7] or '', '^(%S+) ') or consumer
+      end
+      if prev ~= consumer then
+        local marked, marked_n = string.match(current[3] or '', '^(%S+) (%d+)$')
+        if marked == prev then
+          n = tonumber(marked_n)
+        else
+          n = held_known[prev] or held(prev)
+        end
+      end
+      local why
+      if stalled[prev] then
+        stalls = stalls + 1
+        why = 'its worker stalled (the process still exists): not counted'
+      elseif n <= 1 then
+        alone = alone + 1
+        blame = blame + 1000
+        why = 'its worker died while it was the only task running'
+      else
+        shared = shared + 1
+        blame = blame + math.floor(1000 / n)
+        why = string.format('its worker died running %d tasks: counted 1/%d', n, n)
+      end
+      taken_from[prev] = (taken_from[prev] or 0) + 1
+      redis.call('HSET', record, 'deaths',
+        entry_id .. ' ' .. int(blame) .. ' ' .. int(alone) .. ' ' .. int(shared) .. ' ' .. int(stalls))
+      redis.call('HDEL', record, 'died_with')
+      if current[4] then
+        add_history(record, {attempt = current[5] or '1', started_at_ms = current[4],
+          finished_at_ms = int(now), status = 'taken_over', worker = prev, device = current[6] or '',
+          error_code = 'WORKER_LOST', error_message = why})
+      end
+    end
     -- `owner` names the worker and entry that hold the task now; commits
     -- are fenced on it (complete.lua).
     local owner = consumer .. ' ' .. entry_id
@@ -302,9 +413,10 @@ local function start(idx, entry, deliveries)
       redis.call('XACK', KEYS[idx], group, entry_id)
       redis.call('XDEL', KEYS[idx], entry_id)
       verdict = 'skip'
-    elseif deliveries + interrupted > max_deliveries then
+    elseif blame + 1000 * interrupted >= 1000 * max_deliveries then
       redis.call('HSET', record, 'owner', owner)
       verdict = 'poison'
+      note = observed(alone, shared, stalls, interrupted, blame + 1000 * interrupted)
     else
       local deadline = tonumber(field(fields, 'deadline_ms') or '0') or 0
       if deadline > 0 and now > deadline then
@@ -317,14 +429,31 @@ local function start(idx, entry, deliveries)
       end
     end
   end
-  claimed[#claimed + 1] = {idx, entry_id, verdict, fields, attempt}
+  claimed[#claimed + 1] = {idx, entry_id, verdict, fields, attempt, note}
+end
+
+-- Marks the tasks `name` still holds with the number it died holding, so
+-- that a later claim taking them counts the same share.
+local function mark_leftovers(name, n)
+  for idx = 1, #KEYS do
+    for _, p in ipairs(redis.call('XPENDING', KEYS[idx], group, '-', '+', 100, name)) do
+      local id = field(entry_fields(KEYS[idx], p[1]), 'id')
+      if id and is_task_id(id) then
+        local record = base_of(KEYS[idx]) .. 'task:' .. id
+        local mark = redis.call('HGET', record, 'died_with')
+        if redis.call('EXISTS', record) == 1 and not (mark and string.sub(mark, 1, #name + 1) == name .. ' ') then
+          redis.call('HSET', record, 'died_with', name .. ' ' .. int(n))
+        end
+      end
+    end
+  end
 end
 
 -- Takes over entries already pending ({id, consumer, idle, deliveries}
 -- from XPENDING), keeping their delivery counts; those the stream's rule
 -- refuses stay where they are.
 local function take_over(idx, pending)
-  local ids, counts = {}, {}
+  local ids, counts, owners = {}, {}, {}
   for _, p in ipairs(pending) do
     if remaining - #ids <= 0 then
       break
@@ -343,6 +472,7 @@ local function take_over(idx, pending)
     if admitted then
       ids[#ids + 1] = p[1]
       counts[p[1]] = p[4]
+      owners[p[1]] = p[2]
     else
       refuse(idx, why)
     end
@@ -350,11 +480,14 @@ local function take_over(idx, pending)
   if #ids == 0 then
     return
   end
+  for _, id in ipairs(ids) do
+    held_once(owners[id])
+  end
   local taken = {}
   for _, entry in ipairs(redis.call('XCLAIM', KEYS[idx], group, consumer, 0, unpack(ids))) do
     taken[entry[1]] = true
     remaining = remaining - 1
-    start(idx, entry, counts[entry[1]] + 1)
+    start(idx, entry, counts[entry[1]] + 1, owners[entry[1]])
   end
   -- XCLAIM drops entries deleted while pending; say which.
   for _, id in ipairs(ids) do
@@ -364,7 +497,12 @@ local function take_over(idx, pending)
   end
 end
 
--- 2. Reap dead workers.
+-- 2. Reap dead workers. What each held is counted before any is taken.
+for _, name in ipairs(dead) do
+  if name ~= consumer then
+    held_once(name)
+  end
+end
 for idx = 1, #KEYS do
   if not rules[idx].off then
     for _, name in ipairs(dead) do
@@ -381,6 +519,12 @@ for idx = 1, #KEYS do
     end
   end
 end
+for _, name in ipairs(dead) do
+  local n = held_known[name] or 0
+  if n > 1 and (taken_from[name] or 0) > 0 and (taken_from[name] or 0) < n then
+    mark_leftovers(name, n)
+  end
+end
 
 -- 3. Sweep entries whose lease ran out. XAUTOCLAIM looks at no more than
 -- ten times COUNT pending entries a call, so follow its cursor. A stream
@@ -394,10 +538,28 @@ if sweep_ms > 0 then
         rounds = rounds + 1
         local reply = redis.call('XAUTOCLAIM', KEYS[idx], group, consumer, sweep_ms, cursor, 'COUNT', remaining)
         cursor = reply[1]
+        -- XAUTOCLAIM has moved the entries already: their holders, named
+        -- by the records' owners, held these besides what they hold now.
+        local holders, batch = {}, {}
+        for _, entry in ipairs(reply[2]) do
+          local id = field(entry[2], 'id')
+          local holder = consumer
+          if id and is_task_id(id) then
+            local owner = redis.call('HGET', base_of(KEYS[idx]) .. 'task:' .. id, 'owner')
+            holder = string.match(owner or '', '^(%S+) ') or consumer
+          end
+          holders[entry[1]] = holder
+          if holder ~= consumer and held_known[holder] == nil then
+            batch[holder] = (batch[holder] or 0) + 1
+          end
+        end
+        for holder, count in pairs(batch) do
+          held_known[holder] = held(holder) + count
+        end
         for _, entry in ipairs(reply[2]) do
           local info = redis.call('XPENDING', KEYS[idx], group, entry[1], entry[1], 1)
           remaining = remaining - 1
-          start(idx, entry, info[1] and info[1][4] or 1)
+          start(idx, entry, info[1] and info[1][4] or 1, holders[entry[1]])
         end
         for _, id in ipairs(reply[3] or {}) do
           gone[#gone + 1] = KEYS[idx] .. ' ' .. id

@@ -325,7 +325,7 @@ settings! {
     claim_batch: usize = 64, "TANDEM_CLAIM_BATCH";
     /// A claimed task's lease: a worker extends it while the task runs; one not extended this long is taken over (ms).
     lease_timeout_ms: u64 = 30_000, "TANDEM_LEASE_TIMEOUT_MS";
-    /// An entry delivered more often than this (its workers died running it) is dead-lettered without running.
+    /// A task blamed for this many worker deaths (1 when it was its worker's only task, 1/n among n, 0 for a stalled worker) or failed devices is dead-lettered without running.
     max_deliveries: u32 = 3, "TANDEM_MAX_DELIVERIES";
     /// First retry delay; each further retry doubles it, with jitter (ms).
     retry_base_ms: u64 = 1_000, "TANDEM_RETRY_BASE_MS";

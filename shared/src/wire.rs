@@ -665,6 +665,14 @@ pub struct WorkerInfo {
     pub id: String,
     pub host: String,
     pub pid: u32,
+    /// Which process instance this is, for peers on the same host:
+    /// `<boot id>/<pid namespace>/<start time in clock ticks>` (Linux; empty
+    /// elsewhere). A peer in the same boot and pid namespace whose `pid` no
+    /// longer runs with that start time knows the worker is gone.
+    pub process: String,
+    /// Live workers (running, healthy, itself included) in its last read of
+    /// the registry: what its routing is computed from.
+    pub live_seen: usize,
     /// `cpu`, or the UUID of the GPU the worker is bound to (`GPU-...`;
     /// `SIM-...` for a simulated one).
     pub device: String,
@@ -772,6 +780,8 @@ pub mod worker_field {
     pub const ID: &str = "id";
     pub const HOST: &str = "host";
     pub const PID: &str = "pid";
+    pub const PROCESS: &str = "process";
+    pub const LIVE_SEEN: &str = "live_seen";
     pub const DEVICE: &str = "device";
     pub const ROLE: &str = "role";
     pub const HEALTH: &str = "health";
@@ -829,6 +839,8 @@ impl WorkerInfo {
             (f::ID, self.id.clone()),
             (f::HOST, self.host.clone()),
             (f::PID, self.pid.to_string()),
+            (f::PROCESS, self.process.clone()),
+            (f::LIVE_SEEN, self.live_seen.to_string()),
             (f::DEVICE, self.device.clone()),
             (f::ROLE, self.role.as_str().to_owned()),
             (f::HEALTH, self.health.as_str().to_owned()),
@@ -899,6 +911,11 @@ impl WorkerInfo {
             id: text(f::ID),
             host: text(f::HOST),
             pid: map.get(f::PID).and_then(|v| v.parse().ok()).unwrap_or(0),
+            process: text(f::PROCESS),
+            live_seen: map
+                .get(f::LIVE_SEEN)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             device: text(f::DEVICE),
             // A record without a role is a CPU worker's (wire v1 before GPUs).
             role: map
@@ -1212,6 +1229,8 @@ mod tests {
             id: "host-1-ab".into(),
             host: "host".into(),
             pid: 1,
+            process: "boot/4026531836/123".into(),
+            live_seen: 3,
             device: "SIM-0-a".into(),
             role: Role::Heavy,
             health: Health::Probing,

@@ -173,3 +173,58 @@ async fn chaos_loses_nothing_and_commits_each_task_once() {
         dead
     );
 }
+
+/// `tandem chaos`, bounded small: a private Redis and fleet, faults while
+/// tasks run, the reclaim latency table from the records' take-overs, and
+/// every task succeeding (none lost, none dead-lettered as poison). Only
+/// what does not depend on the machine's speed is checked, not the latency
+/// target the command also reports.
+#[test]
+fn tandem_chaos_reports_reclaim_latency_and_every_task_succeeds() {
+    let out = std::process::Command::new(crate::support::bin("tandem"))
+        .args([
+            "chaos",
+            "--tasks",
+            "240",
+            "--task-min-ms",
+            "200",
+            "--task-max-ms",
+            "400",
+            "--concurrency",
+            "4",
+            "--kills",
+            "2",
+            "--stops",
+            "1",
+            "--every-ms",
+            "800",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TANDEM_WORKER_BIN", crate::support::bin("tandem-worker"))
+        .env("TANDEM_HEARTBEAT_INTERVAL_MS", "200")
+        .env("TANDEM_HEARTBEAT_TTL_MS", "1000")
+        .output()
+        .expect("run tandem chaos");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let errors = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        text.contains("every task succeeded: yes"),
+        "{text}\n{errors}"
+    );
+    assert!(text.contains("240 succeeded"), "{text}");
+    // The table: one row per fault kind and the total, whose `taken over`
+    // column counts the take-overs found in the records. The queue is
+    // saturated when the first fault hits (240 tasks of at least 200 ms on
+    // 12 slots), so its victim held tasks that were taken over.
+    let all: Vec<&str> = text
+        .lines()
+        .find(|line| line.starts_with("all "))
+        .unwrap_or_else(|| panic!("no total row:\n{text}"))
+        .split_whitespace()
+        .collect();
+    let faults: usize = all[1].parse().unwrap();
+    let taken_over: usize = all[3].parse().unwrap();
+    assert!(faults >= 1, "{text}");
+    assert!(taken_over >= 1, "{text}");
+}

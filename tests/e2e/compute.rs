@@ -12,7 +12,7 @@ use tandem_shared::kind::patterns::{OhlcSeries, Patterns, PatternsParams, Thresh
 use tandem_shared::kind::portfolio_opt::{Objective, PortfolioOpt, PortfolioOptParams};
 use tandem_shared::kind::risk::{MonteCarloRisk, Risk, RiskParams};
 
-use crate::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, settle, start};
+use crate::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, settle, start, store};
 use crate::support::{RedisServer, WorkerProcess};
 
 /// Runs one task of kind `K` and returns its result, and how many shards
@@ -63,7 +63,7 @@ where
     let gpus = RedisServer::start();
     let _primary = start(&gpus, PRIMARY, PAIR, &split_env).await;
     let _secondary = start(&gpus, SECONDARY, PAIR, &split_env).await;
-    settle().await;
+    settle(&store(&gpus).await).await;
     let (split, shards) = run::<K>(&gpus, &gpus.producer().await, params).await;
 
     let cpu = RedisServer::start();

@@ -73,10 +73,19 @@ pub(crate) async fn wait_healthy(redis: &RedisServer, id: &str) {
     .await;
 }
 
-/// Every worker re-reads the registry each heartbeat interval (200 ms in
-/// tests); after this long all of them have seen the others.
-pub(crate) async fn settle() {
-    tokio::time::sleep(Duration::from_millis(700)).await;
+/// Waits until every live worker routes from the whole live fleet: each
+/// one's registry record says its last registry read (the one its routing
+/// took in) saw as many live workers as there are.
+pub(crate) async fn settle(store: &Store) {
+    wait_until(WAIT, "every worker has seen the whole fleet", || async {
+        let workers = store.workers().await.expect("registry");
+        let live: Vec<&WorkerInfo> = workers
+            .iter()
+            .filter(|w| w.state == "running" && w.health == Health::Healthy)
+            .collect();
+        !live.is_empty() && live.iter().all(|w| w.live_seen == live.len())
+    })
+    .await;
 }
 
 /// The seed's host: the primary, the secondary and a CPU worker, each with
@@ -88,7 +97,7 @@ async fn seed_host(
     let primary = start(redis, PRIMARY, PAIR, extra).await;
     let secondary = start(redis, SECONDARY, PAIR, extra).await;
     let cpu = start(redis, "cpu", PAIR, extra).await;
-    settle().await;
+    settle(&store(redis).await).await;
     (primary, secondary, cpu)
 }
 
@@ -347,14 +356,14 @@ async fn the_primary_coming_back_takes_heavy_tasks_again() {
     let redis = RedisServer::start();
     let _secondary = start(&redis, SECONDARY, PAIR, &[]).await;
     let _cpu = start(&redis, "cpu", PAIR, &[]).await;
-    settle().await;
+    settle(&store(&redis).await).await;
     let producer = redis.producer().await;
     // Primary down: the secondary takes the heavy tasks that fit.
     let before = submit(&producer, Class::Heavy, 10, GIB, 3).await;
     assert_all_on(&finished(&producer, &before).await, SECONDARY);
 
     let _primary = start(&redis, PRIMARY, PAIR, &[]).await;
-    settle().await;
+    settle(&store(&redis).await).await;
     let after = submit(&producer, Class::Heavy, 10, GIB, 3).await;
     assert_all_on(&finished(&producer, &after).await, PRIMARY);
 }
@@ -365,7 +374,7 @@ async fn an_idle_primary_helps_with_a_light_backlog_one_task_at_a_time() {
     let help = [("TANDEM_LIGHT_HELP_MS", "200")];
     let primary = start(&redis, PRIMARY, PAIR, &help).await;
     let _secondary = start(&redis, SECONDARY, PAIR, &help).await;
-    settle().await;
+    settle(&store(&redis).await).await;
     let producer = redis.producer().await;
     let ids = submit(&producer, Class::Light, 400, GIB, 6).await;
     let records = finished(&producer, &ids).await;
@@ -430,7 +439,7 @@ async fn out_of_memory_hands_the_task_back_for_more_room_and_the_worker_goes_on(
     let solo = "Solo, 4 GiB, 10 TFLOPS, oom_above=1 GiB";
     let gpu = start(&redis, "0", solo, &[]).await;
     let _cpu = start(&redis, "cpu", solo, &[]).await;
-    settle().await;
+    settle(&store(&redis).await).await;
     let producer = redis.producer().await;
     let big = producer
         .submit(task(Class::Heavy, 10, 2 * GIB))
@@ -460,7 +469,7 @@ async fn a_hung_device_is_failed_by_the_watchdog_and_its_task_runs_elsewhere() {
     let hangs = "Solo, 4 GiB, 10 TFLOPS, hang_after=0";
     let mut gpu = start(&redis, "0", hangs, &[("TANDEM_DEVICE_WATCHDOG_MS", "500")]).await;
     let _cpu = start(&redis, "cpu", hangs, &[]).await;
-    settle().await;
+    settle(&store(&redis).await).await;
     let producer = redis.producer().await;
     let id = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
     // The registry says so (until the record's TTL runs out), then the
@@ -495,7 +504,7 @@ async fn a_device_that_dies_mid_task_loses_nothing() {
     let dies = "Solo, 4 GiB, 10 TFLOPS, die_after=0";
     let mut gpu = start(&redis, "0", dies, &[]).await;
     let _cpu = start(&redis, "cpu", dies, &[]).await;
-    settle().await;
+    settle(&store(&redis).await).await;
     let producer = redis.producer().await;
     let id = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
     gpu.wait_exit(WAIT);
@@ -529,7 +538,7 @@ async fn a_sticky_error_fails_the_device_and_the_fleet_restarts_and_probes_it() 
         .into_iter()
         .find(|w| w.role == Role::Both)
         .unwrap();
-    settle().await;
+    settle(&store(&redis).await).await;
     let producer = redis.producer().await;
     let ids = submit(&producer, Class::Heavy, 300, GIB, 6).await;
     finished(&producer, &ids).await;
@@ -572,7 +581,7 @@ async fn a_sticky_error_fails_the_device_and_the_fleet_restarts_and_probes_it() 
             "{needle:?} not in the fleet log:\n{log}"
         );
     }
-    settle().await;
+    settle(&store(&redis).await).await;
     let again = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
     assert_all_on(&finished(&producer, &[again]).await, "SIM-0-solo");
 
@@ -715,7 +724,7 @@ async fn out_of_memory_on_the_primary_hands_the_task_to_the_secondary() {
     let _primary = start(&redis, PRIMARY, pair, &spill).await;
     let _secondary = start(&redis, SECONDARY, pair, &spill).await;
     let _cpu = start(&redis, "cpu", pair, &spill).await;
-    settle().await;
+    settle(&store(&redis).await).await;
     let producer = redis.producer().await;
     let id = producer
         .submit(task(Class::Heavy, 10, 2 * GIB))
@@ -733,4 +742,63 @@ async fn out_of_memory_on_the_primary_hands_the_task_to_the_secondary() {
             && h["device"] == PRIMARY),
         "{history:?}"
     );
+}
+
+/// Right after a fleet starts, every member knows its siblings: a heavy
+/// task goes to the primary and a parallel task is split across the GPUs,
+/// whether it was submitted before the members came up or the moment they
+/// were all healthy. Several fresh fleets, alternating the two.
+#[tokio::test]
+async fn right_after_a_fleet_starts_heavy_goes_to_the_primary_and_parallel_splits() {
+    use tandem_shared::kind::builtin::{SplitSum, SplitSumParams};
+    for round in 0..4 {
+        let redis = RedisServer::start();
+        let mut fleet = WorkerProcess::spawn_fleet(
+            &redis,
+            &[
+                ("TANDEM_SIMULATE_GPUS", PAIR),
+                ("TANDEM_TEST_KINDS", "1"),
+                ("TANDEM_HEAVY_SPILL_MS", "600000"),
+                ("TANDEM_CPU_FALLBACK_MS", "0"),
+            ],
+        );
+        let producer = redis.producer().await;
+        if round % 2 == 1 {
+            wait_until(WAIT, "three healthy members", || async {
+                registry(&redis)
+                    .await
+                    .iter()
+                    .filter(|w| w.health == Health::Healthy)
+                    .count()
+                    == 3
+            })
+            .await;
+        }
+        let heavy = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
+        let params = SplitSumParams {
+            n: 8_000,
+            block: 100,
+            block_ms: 1,
+            fail_block: None,
+        };
+        let parallel = producer
+            .submit(Task::of::<SplitSum>(&params).unwrap())
+            .await
+            .unwrap();
+        let records = finished(&producer, &[heavy]).await;
+        assert!(
+            devices(&records).iter().all(|d| d == PRIMARY),
+            "round {round}: the heavy task ran on {:?}",
+            devices(&records)
+        );
+        let outcome = producer.wait(parallel, WAIT).await.unwrap();
+        assert!(outcome.succeeded(), "round {round}: {:?}", outcome.record);
+        let record = producer.record(parallel).await.unwrap().unwrap();
+        assert_eq!(
+            record.shards,
+            Some(8),
+            "round {round}: not split for two GPUs: {record:?}"
+        );
+        stop_fleet(&redis, &mut fleet).await;
+    }
 }

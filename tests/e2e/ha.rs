@@ -292,7 +292,7 @@ async fn cluster_runs_every_class() {
     for worker in &workers {
         wait_healthy(&store, worker).await;
     }
-    settle().await;
+    settle(&store).await;
 
     let cpu = producer.submit(sleep(Class::Cpu, 5, 0)).await.unwrap();
     let light = producer.submit(sleep(Class::Light, 5, GIB)).await.unwrap();

@@ -200,7 +200,7 @@ async fn models_are_admitted_then_evicted_by_priority_least_recently_used_first(
     let redis = RedisServer::start();
     let gpu = start(&redis, "0", BIG, &[]).await;
     let _cpu = start(&redis, "cpu", BIG, &[]).await;
-    settle().await;
+    settle(&store(&redis).await).await;
     let store = store(&redis).await;
     let producer = redis.producer().await;
     for (i, name) in ["m1", "m2", "m3", "m4", "m5", "m6"].iter().enumerate() {

@@ -83,7 +83,7 @@ async fn fleet(redis: &RedisServer, extra: &[(&str, &str)]) -> [WorkerProcess; 2
     let gpu = WorkerProcess::spawn(redis, &gpu_env);
     wait_healthy(redis, &gpu.id).await;
     let cpu = WorkerProcess::start(redis, extra).await;
-    settle().await;
+    settle(&crate::gpus::store(redis).await).await;
     [gpu, cpu]
 }
 

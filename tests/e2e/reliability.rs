@@ -53,6 +53,14 @@ async fn notices(redis: &RedisServer, producer: &Producer) -> HashMap<String, us
     count
 }
 
+fn history(record: &tandem_shared::wire::TaskRecord) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(record.history.as_deref().unwrap_or("[]"))
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn history_len(record: &tandem_shared::wire::TaskRecord) -> usize {
     let history: serde_json::Value =
         serde_json::from_str(record.history.as_deref().unwrap_or("[]")).unwrap();
@@ -287,10 +295,21 @@ async fn a_stalled_worker_past_its_lease_commits_nothing_and_carries_on() {
     .await;
     let record = producer.record(id).await.unwrap().unwrap();
     assert_eq!(record.worker.as_deref(), Some(rescuer.id.as_str()));
+    let attempts = history(&record);
+    let committed = attempts
+        .iter()
+        .filter(|a| a["status"] != "taken_over")
+        .count();
     assert_eq!(
-        history_len(&record),
-        1,
+        committed, 1,
         "exactly one committed attempt: {:?}",
+        record.history
+    );
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a["status"] == "taken_over" && a["worker"] == stalled.id.as_str()),
+        "the take-over is in the history: {:?}",
         record.history
     );
     assert_eq!(notices(&redis, &producer).await[&id.to_string()], 1);
@@ -356,6 +375,26 @@ async fn a_task_that_kills_its_workers_is_dead_lettered_after_max_deliveries() {
         .unwrap()
         .unwrap();
     assert_eq!(letter.reason, "MAX_DELIVERIES");
+    // The message says what was seen: each worker died running it alone.
+    let message = &outcome.failure().unwrap().message;
+    assert!(
+        message.contains("died 2 times while it was the only task running"),
+        "{message}"
+    );
+    let record = producer.record(id).await.unwrap().unwrap();
+    let taken_over: Vec<serde_json::Value> = history(&record)
+        .into_iter()
+        .filter(|a| a["status"] == "taken_over")
+        .collect();
+    assert_eq!(taken_over.len(), 2, "{:?}", record.history);
+    assert!(
+        taken_over.iter().all(|a| a["error_code"] == "WORKER_LOST"
+            && a["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("only task running")),
+        "{taken_over:?}"
+    );
     // Two deliveries killed two workers; the third did not run it.
     let alive = workers
         .iter_mut()
@@ -479,4 +518,123 @@ async fn a_pending_entry_deleted_behind_a_dead_worker_is_logged() {
         "{}",
         survivor.log_text()
     );
+}
+
+/// A killed worker on this host is known dead as soon as its process is
+/// gone: its tasks restart on another worker within a heartbeat interval or
+/// two, while its registry record (a long TTL here) is still there.
+#[tokio::test]
+async fn a_killed_workers_tasks_are_taken_over_before_its_heartbeat_lapses() {
+    let redis = RedisServer::start();
+    let env = [
+        FAST,
+        &[
+            ("TANDEM_HEARTBEAT_TTL_MS", "120000"),
+            ("TANDEM_LEASE_TIMEOUT_MS", "240000"),
+        ],
+    ]
+    .concat();
+    let victim = WorkerProcess::start(&redis, &env).await;
+    let producer = redis.producer().await;
+    let id = producer.submit(sleep_task(60_000)).await.unwrap();
+    wait_running_on(&producer, id, &victim).await;
+    let survivor = WorkerProcess::start(&redis, &env).await;
+
+    victim.signal("KILL");
+    // The bound is far below the TTL: only the dead process tells.
+    wait_until(
+        Duration::from_secs(60),
+        "the task restarted on the survivor",
+        || async {
+            let record = producer.record(id).await.unwrap().unwrap_or_default();
+            record.status == Some(Status::Running)
+                && record.worker.as_deref() == Some(survivor.id.as_str())
+        },
+    )
+    .await;
+    let mut conn = redis.conn().await;
+    let registered: bool = conn
+        .exists(format!("tandem:worker:{}", victim.id))
+        .await
+        .unwrap();
+    assert!(
+        registered,
+        "the take-over waited for the victim's record to lapse"
+    );
+    assert!(
+        survivor.log_text().contains("its process has ended"),
+        "{}",
+        survivor.log_text()
+    );
+    let record = producer.record(id).await.unwrap().unwrap();
+    let taken_over = history(&record);
+    assert!(
+        taken_over.iter().any(|a| a["status"] == "taken_over"
+            && a["worker"] == victim.id.as_str()
+            && a["device"] == "cpu"),
+        "{taken_over:?}"
+    );
+}
+
+/// A worker's death beside other tasks does not count as a crash of each:
+/// healthy tasks outlive more deaths than `max_deliveries`.
+#[tokio::test]
+async fn healthy_tasks_of_a_worker_killed_four_times_are_not_dead_lettered() {
+    let redis = RedisServer::start();
+    let env = [
+        FAST,
+        &[("TANDEM_CONCURRENCY", "4"), ("TANDEM_MAX_DELIVERIES", "3")],
+    ]
+    .concat();
+    let mut holder = WorkerProcess::start(&redis, &env).await;
+    let producer = redis.producer().await;
+    let ids = producer
+        .submit_many((0..3).map(|_| sleep_task(120_000)).collect())
+        .await
+        .unwrap();
+    let all_running_on = |worker: String, attempt: u32| {
+        let producer = producer.clone();
+        let ids = ids.clone();
+        async move {
+            wait_until(
+                Duration::from_secs(60),
+                &format!("all three running on {worker}, attempt {attempt}"),
+                || async {
+                    let mut all = true;
+                    for id in &ids {
+                        let record = producer.record(*id).await.unwrap().unwrap_or_default();
+                        all &= record.status == Some(Status::Running)
+                            && record.worker.as_deref() == Some(worker.as_str())
+                            && record.attempt == Some(attempt);
+                    }
+                    all
+                },
+            )
+            .await;
+        }
+    };
+    all_running_on(holder.id.clone(), 1).await;
+    for kill in 1..=4u32 {
+        // Only the next holder is there to take them over, all at once.
+        let next = WorkerProcess::start(&redis, &env).await;
+        holder.signal("KILL");
+        all_running_on(next.id.clone(), kill + 1).await;
+        holder = next;
+    }
+    for id in &ids {
+        let record = producer.record(*id).await.unwrap().unwrap();
+        assert_eq!(record.error, None, "{record:?}");
+        let deaths: Vec<serde_json::Value> = history(&record)
+            .into_iter()
+            .filter(|a| a["status"] == "taken_over")
+            .collect();
+        assert_eq!(deaths.len(), 4, "{:?}", record.history);
+        assert!(
+            deaths
+                .iter()
+                .all(|a| a["error_message"].as_str().unwrap().contains("counted 1/3")),
+            "{deaths:?}"
+        );
+    }
+    assert!(holder.is_alive());
 }

@@ -24,7 +24,7 @@ async fn host(redis: &RedisServer, extra: &[(&str, &str)]) -> Vec<WorkerProcess>
         start(redis, SECONDARY, PACED, &env).await,
         start(redis, "cpu", PACED, &env).await,
     ];
-    settle().await;
+    settle(&store(redis).await).await;
     workers
 }
 
@@ -151,7 +151,7 @@ async fn a_split_task_spreads_over_the_gpus_by_speed_and_merges_to_the_whole_res
 async fn with_one_gpu_the_task_runs_whole_with_the_same_bits() {
     let redis = RedisServer::start();
     let _gpu = start(&redis, "0", "Solo, 8 GiB, 20 TFLOPS", SPLITTING).await;
-    settle().await;
+    settle(&store(&redis).await).await;
     let producer = redis.producer().await;
     let params = sum(40_000, 0, None);
     let id = submit(&producer, &params).await;

@@ -26,12 +26,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tandem_shared::store::{
-    Blocked, ClaimRequest, ClaimedEntry, Committed, Completion, Store, StoreError, StreamRef, Trip,
-    Verdict,
+    Blocked, ClaimRequest, ClaimedEntry, Committed, Completion, DeadConsumer, Store, StoreError,
+    StreamRef, Trip, Verdict,
 };
 use tandem_shared::wire::{SplitRole, TaskEntry};
 use tandem_shared::{ErrorCode, Status, TaskId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -71,8 +71,12 @@ pub(crate) struct Dispatcher {
     pub shutdown_grace: Duration,
     pub running: Running,
     pub stats: Arc<Stats>,
-    /// Live and dead workers, from the watch task.
-    pub observations: mpsc::Receiver<Observation>,
+    /// Live and dead workers, from the watch task: its latest look.
+    pub observations: watch::Receiver<Observation>,
+    /// How many live workers the latest look the router took in saw, for the
+    /// registry record (`live_seen`), and the heartbeat's nudge to write it.
+    pub live_seen: Arc<std::sync::atomic::AtomicUsize>,
+    pub nudge: Arc<tokio::sync::Notify>,
     pub router: Router,
     /// The worker's device: its memory ledger says what a claim may take.
     pub device_memory: Arc<crate::device::Device>,
@@ -91,6 +95,10 @@ pub(crate) enum Finished {
         entry_id: String,
         failure: DeviceFailure,
     },
+}
+
+fn draining_now(drain_deadline: Option<Instant>) -> bool {
+    drain_deadline.is_some()
 }
 
 /// What the loop keeps about tasks that finished but are not yet committed.
@@ -162,7 +170,11 @@ impl Dispatcher {
         let mut held = 0usize;
         let mut outcomes = Outcomes::default();
         let mut may_have_work = true;
-        let mut dead_workers: Vec<String> = Vec::new();
+        // The dead workers of the latest look: every claim takes over what
+        // they hold until a look no longer lists them (their consumers are
+        // removed once nothing is pending), so a dead worker's tasks are not
+        // left behind when one claim has too few free slots for them all.
+        let mut dead_workers: Vec<DeadConsumer> = Vec::new();
         let now = Instant::now();
         let mut next_aging = now;
         let mut next_promote = now;
@@ -183,6 +195,14 @@ impl Dispatcher {
         loop {
             while let Ok(done) = done_rx.try_recv() {
                 outcomes.absorb(done, &mut held);
+            }
+            // A busy worker takes in the registry's latest look here, not
+            // only when it sleeps.
+            if self.observations.has_changed().unwrap_or(false) {
+                let seen = self.observations.borrow_and_update().clone();
+                if self.take_in(seen, &mut dead_workers, draining_now(drain_deadline)) {
+                    may_have_work = true;
+                }
             }
             if outcomes.device_failure.is_some() {
                 break;
@@ -224,11 +244,7 @@ impl Dispatcher {
                 let aging = take(&mut next_aging, AGING_CHECK);
                 let sweep = take(&mut next_sweep, self.lease_timeout / 2);
                 let promote = take(&mut next_promote, self.promote_interval);
-                let dead = if want > 0 {
-                    std::mem::take(&mut dead_workers)
-                } else {
-                    Vec::new()
-                };
+                let dead: &[DeadConsumer] = if want > 0 { &dead_workers } else { &[] };
                 // The streams the wait should cover: those the rules leave
                 // on and whose next entry was not refused.
                 let watch: Vec<bool> = (0..self.streams.len())
@@ -251,7 +267,7 @@ impl Dispatcher {
                         sweep_idle_ms: if sweep { lease_ms } else { 0 },
                         max_deliveries: self.max_deliveries,
                         promote,
-                        dead_consumers: &dead,
+                        dead_consumers: dead,
                         free_memory,
                         rules,
                     });
@@ -334,7 +350,6 @@ impl Dispatcher {
                                 }
                             }
                             Some(Err(err)) => {
-                                dead_workers = dead;
                                 if err.is_missing_group() {
                                     tracing::warn!(
                                         "consumer groups are gone (Redis flushed or restarted without persistence?); recreating them"
@@ -354,7 +369,6 @@ impl Dispatcher {
                         }
                     }
                     Err(err) => {
-                        dead_workers = dead;
                         tracing::warn!(
                             "Redis round trip failed: {err}; retrying in {retry_delay:?} with {} commits held",
                             outcomes.to_commit.len()
@@ -390,13 +404,9 @@ impl Dispatcher {
             tokio::select! {
                 Some(done) = done_rx.recv() => outcomes.absorb(done, &mut held),
                 () = waker.woken(), if !draining => may_have_work = true,
-                Some(seen) = self.observations.recv() => {
-                    if self.router.observe(&seen.workers) {
-                        may_have_work = true;
-                    }
-                    if !seen.dead.is_empty() && !draining {
-                        tracing::info!(workers = ?seen.dead, "workers gone: taking over their tasks");
-                        dead_workers = seen.dead;
+                Ok(()) = self.observations.changed() => {
+                    let seen = self.observations.borrow_and_update().clone();
+                    if self.take_in(seen, &mut dead_workers, draining) {
                         may_have_work = true;
                     }
                 }
@@ -431,6 +441,38 @@ impl Dispatcher {
             handed_back,
             device_failed: None,
         }
+    }
+
+    /// Takes in a look at the registry: the router's view of the live
+    /// workers (the record's `live_seen` follows it), and the dead workers
+    /// whose tasks the next claims take over. True when there may be work
+    /// to claim now.
+    fn take_in(
+        &mut self,
+        seen: Observation,
+        dead_workers: &mut Vec<DeadConsumer>,
+        draining: bool,
+    ) -> bool {
+        let mut work = self.router.observe(&seen.workers);
+        let live = seen.live();
+        if self.live_seen.swap(live, Ordering::Relaxed) != live {
+            self.nudge.notify_one();
+        }
+        let names = |list: &[DeadConsumer]| -> Vec<String> {
+            list.iter().map(|d| d.name.clone()).collect()
+        };
+        if !draining && names(&seen.dead) != names(dead_workers) && !seen.dead.is_empty() {
+            let (stalled, dead): (Vec<&DeadConsumer>, Vec<&DeadConsumer>) =
+                seen.dead.iter().partition(|d| d.stalled);
+            tracing::info!(
+                dead = ?dead.iter().map(|d| &d.name).collect::<Vec<_>>(),
+                stalled = ?stalled.iter().map(|d| &d.name).collect::<Vec<_>>(),
+                "workers gone: taking over their tasks"
+            );
+            work = true;
+        }
+        *dead_workers = if draining { Vec::new() } else { seen.dead };
+        work
     }
 
     /// The device failed: commit what finished before, hand back every task
@@ -579,6 +621,7 @@ impl Dispatcher {
             verdict,
             fields,
             attempt,
+            observed,
         } = claimed;
         let stream = &self.streams[stream_index];
         match verdict {
@@ -644,8 +687,8 @@ impl Dispatcher {
                 return 1;
             }
             Verdict::Poison => {
-                tracing::warn!(task = %entry.id, kind = %entry.kind, attempt, "delivered too often: dead-lettered unrun");
-                to_commit.push(self.executor.poison(entry, entry_id, self.max_deliveries));
+                tracing::warn!(task = %entry.id, kind = %entry.kind, attempt, "it kills its workers: dead-lettered unrun ({observed})");
+                to_commit.push(self.executor.poison(entry, entry_id, &observed));
                 return 1;
             }
             _ => {}

@@ -586,14 +586,17 @@ impl Executor {
         completion(entry, entry_id, Disposition::Final, finish)
     }
 
-    /// The completion of a task delivered more often than allowed: every
-    /// worker that ran it died, so it goes to the dead-letter stream unrun.
-    pub fn poison(&self, entry: TaskEntry, entry_id: String, max_deliveries: u32) -> Completion {
+    /// The completion of a task that kills its workers (the claim blamed it
+    /// for `max_deliveries` deaths, see the claim script): it goes to the
+    /// dead-letter stream unrun, saying what was `observed`.
+    pub fn poison(&self, entry: TaskEntry, entry_id: String, observed: &str) -> Completion {
         let failure = TaskFailure {
             code: ErrorCode::MAX_DELIVERIES,
-            message: format!(
-                "delivered more than {max_deliveries} times without finishing (its workers died running it)"
-            ),
+            message: if observed.is_empty() {
+                "its workers died running it too often".to_owned()
+            } else {
+                observed.to_owned()
+            },
         };
         let finish = self.finish(Status::Failed, None, FinishOutcome::Error(failure));
         completion(entry, entry_id, Disposition::Dead, finish)

@@ -32,6 +32,39 @@ use crate::shutdown::Shutdown;
 /// The variable a fleet sets in its children: its own pid.
 pub const PARENT_ENV: &str = "TANDEM_FLEET_PARENT";
 
+/// The variable a fleet sets in its children: every member's device and
+/// role (`SIM-0-...=heavy,SIM-1-...=light,cpu=cpu`). Until a child has seen
+/// a sibling live (or for [`SIBLING_GRACE`]), it counts that sibling as
+/// present: right after the fleet starts, no member takes work meant for a
+/// sibling that is still starting, or leaves a parallel task unsplit.
+pub const SIBLINGS_ENV: &str = "TANDEM_FLEET_SIBLINGS";
+
+/// How long a fleet's member waits, at most, to see a sibling live before
+/// it stops counting it as present.
+pub const SIBLING_GRACE: Duration = Duration::from_secs(30);
+
+/// The siblings a fleet's child was told of ([`SIBLINGS_ENV`]), less its own
+/// device; empty outside a fleet. Malformed items are skipped.
+pub fn siblings(own_device: &str) -> Vec<(String, Role)> {
+    if std::env::var_os(PARENT_ENV).is_none() {
+        return Vec::new();
+    }
+    parse_siblings(&std::env::var(SIBLINGS_ENV).unwrap_or_default(), own_device)
+}
+
+fn parse_siblings(text: &str, own_device: &str) -> Vec<(String, Role)> {
+    text.split(',')
+        .filter_map(|item| {
+            let (device, role) = item.split_once('=')?;
+            let role: Role = role.parse().ok()?;
+            (!device.is_empty() && device != own_device).then(|| (device.to_owned(), role))
+        })
+        .collect()
+}
+
+/// How long a child must have run for its death to restart the backoff.
+const HEALTHY_STRETCH: Duration = Duration::from_secs(10);
+
 /// One worker process the fleet keeps running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -41,6 +74,9 @@ pub struct Member {
     pub label: String,
     /// `run` and its arguments.
     pub args: Vec<String>,
+    /// Its device (`cpu`, or the GPU's UUID) and role.
+    pub device: String,
+    pub role: Role,
 }
 
 /// The members for these GPUs: one per GPU with its assigned role, then the
@@ -58,6 +94,8 @@ pub fn plan(config: &Config, detection: &Detection, cpu: bool) -> Vec<Member> {
             };
             Member {
                 label: format!("{}, {}, {}", gpu.label(), gpu.uuid, assignment.role),
+                device: gpu.uuid.clone(),
+                role: assignment.role,
                 tag,
                 args: vec![
                     "run".into(),
@@ -74,6 +112,8 @@ pub fn plan(config: &Config, detection: &Detection, cpu: bool) -> Vec<Member> {
             tag: "cpu".into(),
             label: format!("CPU, {}", Role::Cpu),
             args: vec!["run".into(), "--device".into(), "cpu".into()],
+            device: "cpu".into(),
+            role: Role::Cpu,
         });
     }
     members
@@ -120,6 +160,11 @@ pub async fn run(members: Vec<Member>, launch: Launch, shutdown: Shutdown) {
             .collect::<Vec<_>>()
             .join("; ")
     );
+    let siblings = members
+        .iter()
+        .map(|m| format!("{}={}", m.device, m.role))
+        .collect::<Vec<_>>()
+        .join(",");
     let children = ChildPids::default();
     let metrics_server = match launch.metrics_port {
         0 => None,
@@ -130,6 +175,7 @@ pub async fn run(members: Vec<Member>, launch: Launch, shutdown: Shutdown) {
         .map(|member| {
             tokio::spawn(supervise(
                 member,
+                siblings.clone(),
                 launch.clone(),
                 children.clone(),
                 shutdown.clone(),
@@ -148,7 +194,13 @@ pub async fn run(members: Vec<Member>, launch: Launch, shutdown: Shutdown) {
 }
 
 /// Keeps one member running until shutdown.
-async fn supervise(member: Member, launch: Launch, children: ChildPids, mut shutdown: Shutdown) {
+async fn supervise(
+    member: Member,
+    siblings: String,
+    launch: Launch,
+    children: ChildPids,
+    mut shutdown: Shutdown,
+) {
     let tag = member.tag.as_str();
     let mut delay = launch.restart;
     let mut starts = 0u32;
@@ -159,6 +211,7 @@ async fn supervise(member: Member, launch: Launch, children: ChildPids, mut shut
             .args(&launch.common)
             .args(&member.args)
             .env(PARENT_ENV, std::process::id().to_string())
+            .env(SIBLINGS_ENV, &siblings)
             // The fleet serves every child's metrics on its own port.
             .env("TANDEM_METRICS_PORT", "0")
             .kill_on_drop(true);
@@ -204,8 +257,11 @@ async fn supervise(member: Member, launch: Launch, children: ChildPids, mut shut
                     return;
                 }
                 // A child that ran a good while had a healthy stretch: its
-                // next failure starts the backoff over.
-                if ran >= launch.restart_max {
+                // next failure starts the backoff over. A crash loop dies
+                // within seconds of each start; a worker killed after
+                // running for a while (an OOM kill, an operator) comes back
+                // after the first delay, not a grown one.
+                if ran >= launch.restart_max.min(HEALTHY_STRETCH) {
                     delay = launch.restart;
                 }
                 tracing::warn!(member = tag, pid, "exited after {:.1} s: {why}; restarting in {delay:?}", ran.as_secs_f64());
@@ -323,7 +379,24 @@ mod tests {
         assert!(members[0].label.contains("(simulated)"));
         assert!(members[0].label.ends_with("light"));
         assert_eq!(members[2].args, ["run", "--device", "cpu"]);
+        assert_eq!(
+            (members[1].device.as_str(), members[1].role),
+            ("SIM-1-rtx-4070-ti", Role::Heavy)
+        );
         assert_eq!(plan(&config, &detection, false).len(), 2);
+    }
+
+    #[test]
+    fn a_child_reads_its_siblings_less_itself() {
+        let text = "SIM-0-a=heavy,SIM-1-b=light,cpu=cpu,bogus,x=nonsense";
+        assert_eq!(
+            parse_siblings(text, "SIM-0-a"),
+            [
+                ("SIM-1-b".to_owned(), Role::Light),
+                ("cpu".to_owned(), Role::Cpu)
+            ]
+        );
+        assert!(parse_siblings("", "cpu").is_empty());
     }
 
     #[test]

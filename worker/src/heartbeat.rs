@@ -31,6 +31,9 @@ pub(crate) struct Heartbeat {
     /// Each beat's record, for the worker's own `/metrics` (kept even when
     /// Redis is away, when the numbers matter most).
     pub published: crate::metrics::Published,
+    /// Live workers in the registry look the router last took in (the
+    /// record's `live_seen`).
+    pub live_seen: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Heartbeat {
@@ -48,6 +51,7 @@ impl Heartbeat {
         self.info.memory_models = ledger.models_bytes();
         (self.info.model_hits, self.info.model_misses) = ledger.hits_and_misses();
         self.info.heartbeat_at_ms = now_ms();
+        self.info.live_seen = self.live_seen.load(std::sync::atomic::Ordering::Relaxed);
         self.info.metrics = self
             .metrics
             .lock()

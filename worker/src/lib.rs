@@ -152,6 +152,7 @@ pub async fn run(
     let nudge = Arc::new(tokio::sync::Notify::new());
     let latest_metrics = metrics::Latest::default();
     let published = metrics::Published::default();
+    let live_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let gpu = device.gpu.as_ref();
     let mut heartbeat = heartbeat::Heartbeat {
         store: store.clone(),
@@ -159,6 +160,7 @@ pub async fn run(
             id: worker_id.clone(),
             host: hostname(),
             pid: std::process::id(),
+            process: watch::Instance::record_field(),
             device: device.id(),
             role: device.role,
             device_name: gpu.map(|g| g.label()).unwrap_or_default(),
@@ -184,6 +186,7 @@ pub async fn run(
         nudge: Arc::clone(&nudge),
         metrics: Arc::clone(&latest_metrics),
         published: Arc::clone(&published),
+        live_seen: Arc::clone(&live_seen),
     };
     heartbeat.beat().await?;
     let heartbeat_task = tokio::spawn(heartbeat.clone().run());
@@ -238,16 +241,28 @@ pub async fn run(
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     // Routing starts from the registry as it is now, not from an empty one
     // (which would have a CPU worker take GPU work until its first look).
-    let mut router = router::Router::new(
+    let siblings = fleet::siblings(&device.id());
+    if !siblings.is_empty() {
+        tracing::info!(siblings = ?siblings, "in a fleet: counting its members as live until seen live");
+    }
+    let mut router = router::Router::with_siblings(
         device.role,
         config.routing_policy(),
         worker_id.clone(),
         (device.id(), device.budget),
         &streams,
+        (siblings, fleet::SIBLING_GRACE),
     );
     match store.workers().await {
         Ok(workers) => {
             router.observe(&workers);
+            let live = watch::Observation {
+                workers,
+                dead: Vec::new(),
+            }
+            .live();
+            live_seen.store(live, std::sync::atomic::Ordering::Relaxed);
+            nudge.notify_one();
         }
         Err(err) => tracing::warn!("cannot read the worker registry yet: {err}"),
     }
@@ -266,7 +281,7 @@ pub async fn run(
     {
         tracing::warn!("the cancel listener is not subscribed yet; starting without it");
     }
-    let (seen_tx, seen_rx) = tokio::sync::mpsc::channel(1);
+    let (seen_tx, seen_rx) = tokio::sync::watch::channel(watch::Observation::default());
     let watch_task = tokio::spawn(watch::run(
         store.clone(),
         streams.clone(),
@@ -328,6 +343,8 @@ pub async fn run(
         running,
         stats: Arc::clone(&stats),
         observations: seen_rx,
+        live_seen,
+        nudge: Arc::clone(&nudge),
     };
     let report = dispatcher.run(shutdown).await;
 

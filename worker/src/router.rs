@@ -5,8 +5,17 @@
 //!
 //! Idleness flips with every task on a busy worker, so both variants are
 //! computed when the registry changes and a flip only picks one.
+//!
+//! A fleet's member is told its siblings (`fleet::SIBLINGS_ENV`). Until it
+//! has seen a sibling live (or for `fleet::SIBLING_GRACE`), it counts that
+//! sibling as a live peer with its role: right after a fleet starts, a
+//! member whose siblings are still starting or probing takes no work meant
+//! for them (a secondary takes no heavy task before it waited the spill
+//! bound, the CPU worker no GPU work) and cuts parallel tasks for every GPU
+//! of the fleet.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tandem_shared::device::Role;
 use tandem_shared::routing::{self, ClassRule, Peer, Policy};
@@ -29,6 +38,10 @@ pub(crate) struct Router {
     /// The class of each stream, by stream index.
     classes: Vec<tandem_shared::Class>,
     peers: Vec<Peer>,
+    /// Fleet siblings not yet seen live (device, role), counted as peers
+    /// until seen or until `expect_until`.
+    expected: Vec<(String, Role)>,
+    expect_until: Instant,
     idle: bool,
     /// The class rules while idle (the ones logged).
     class_rules: Vec<ClassRule>,
@@ -38,12 +51,33 @@ pub(crate) struct Router {
 }
 
 impl Router {
+    #[cfg(test)]
     pub fn new(
         role: Role,
         policy: Policy,
         me: String,
         (own_device, own_budget): (String, u64),
         streams: &[StreamRef],
+    ) -> Self {
+        Self::with_siblings(
+            role,
+            policy,
+            me,
+            (own_device, own_budget),
+            streams,
+            (Vec::new(), Duration::ZERO),
+        )
+    }
+
+    /// A router that counts `expected` fleet siblings as live until it sees
+    /// them live, for at most `grace`.
+    pub fn with_siblings(
+        role: Role,
+        policy: Policy,
+        me: String,
+        (own_device, own_budget): (String, u64),
+        streams: &[StreamRef],
+        (expected, grace): (Vec<(String, Role)>, Duration),
     ) -> Self {
         let mut router = Router {
             role,
@@ -54,19 +88,52 @@ impl Router {
             fleet: Arc::default(),
             classes: streams.iter().map(|s| s.class).collect(),
             peers: Vec::new(),
+            expected,
+            expect_until: Instant::now() + grace,
             idle: true,
             class_rules: Vec::new(),
             wire_idle: Vec::new(),
             wire_busy: Vec::new(),
         };
+        router.peers = router.expected_peers();
+        router.peers.sort_by_key(|p| (p.role, p.memory_budget));
         router.recompute();
         router.refresh_fleet();
         router
     }
 
+    /// The siblings still expected, as peers. Their memory is not known
+    /// yet: taken as unlimited, so that no task counts as too large for
+    /// them (the CPU worker takes none for want of a large enough GPU).
+    fn expected_peers(&self) -> Vec<Peer> {
+        self.expected
+            .iter()
+            .map(|(device, role)| Peer {
+                role: *role,
+                memory_budget: if role.is_gpu() { u64::MAX } else { 0 },
+                device: device.clone(),
+            })
+            .collect()
+    }
+
     /// Takes in the live workers; true when the rules changed.
     pub fn observe(&mut self, workers: &[WorkerInfo]) -> bool {
         let mut peers = Peer::live(workers, &self.me);
+        if !self.expected.is_empty() {
+            let before = self.expected.len();
+            if Instant::now() >= self.expect_until {
+                self.expected.clear();
+            }
+            self.expected
+                .retain(|(device, _)| !peers.iter().any(|p| &p.device == device));
+            if self.expected.len() < before {
+                tracing::debug!(
+                    waiting_for = ?self.expected,
+                    "fleet siblings seen live (or no longer waited for)"
+                );
+            }
+            peers.extend(self.expected_peers());
+        }
         peers.sort_by_key(|p| (p.role, p.memory_budget));
         if peers == self.peers {
             return false;
@@ -235,5 +302,60 @@ mod tests {
         draining[1].state = "draining".into();
         assert!(!router.observe(&draining));
         assert!(!router.is_plain());
+    }
+
+    #[test]
+    fn fleet_siblings_count_as_live_until_seen_live() {
+        let streams = [
+            stream(Class::Heavy),
+            stream(Class::Parallel),
+            stream(Class::Cpu),
+        ];
+        let policy = Policy {
+            spill_ms: 2_000,
+            help_ms: 500,
+            cpu_fallback_ms: 0,
+        };
+        let siblings = vec![
+            ("SIM-0".to_owned(), Role::Heavy),
+            ("cpu".to_owned(), Role::Cpu),
+        ];
+        let mut router = Router::with_siblings(
+            Role::Light,
+            policy,
+            "me".into(),
+            ("SIM-1".into(), 8 << 30),
+            &streams,
+            (siblings.clone(), Duration::from_secs(3600)),
+        );
+        // The primary is still starting: heavy work only once it waited the
+        // spill bound, no cpu work, and parallel tasks cut for two GPUs.
+        assert_eq!(router.rules()[0], format!("2000/-1"));
+        assert_eq!(router.rules()[2], "off");
+        assert_eq!(router.live_gpus(), 2);
+        // Registered but probing is not live yet.
+        let mut primary = worker("p", Role::Heavy, Health::Probing);
+        primary.device = "SIM-0".into();
+        assert!(!router.observe(std::slice::from_ref(&primary)));
+        assert_eq!(router.live_gpus(), 2);
+        // Seen live, then gone: the primary is down, the secondary takes
+        // its work at once.
+        primary.health = Health::Healthy;
+        router.observe(std::slice::from_ref(&primary));
+        assert!(router.observe(&[]));
+        assert_eq!(router.rules()[0], "0/-1");
+        assert_eq!(router.live_gpus(), 1);
+
+        // Past the grace, siblings never seen no longer count.
+        let mut late = Router::with_siblings(
+            Role::Light,
+            policy,
+            "me".into(),
+            ("SIM-1".into(), 8 << 30),
+            &streams,
+            (siblings, Duration::ZERO),
+        );
+        assert!(late.observe(&[]));
+        assert_eq!(late.rules()[0], "0/-1");
     }
 }

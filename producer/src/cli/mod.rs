@@ -3,6 +3,7 @@
 
 mod alerts;
 mod bench;
+mod chaos;
 mod demo;
 mod dlq;
 mod errors;
@@ -24,6 +25,7 @@ use tandem_shared::{Config, exit};
 
 pub use alerts::AlertsArgs;
 pub use bench::BenchArgs;
+pub use chaos::ChaosArgs;
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
 pub use model::{ModelCommand, NewArgs as ModelNewArgs};
@@ -95,6 +97,9 @@ pub enum Command {
     /// Redis and fleet each): makespan against the ideal, and each GPU's
     /// idle gaps between shards.
     Scaling(ScalingArgs),
+    /// Kill and stop workers of a fleet at random while tasks run: how fast
+    /// each dead worker's tasks restart elsewhere (a private Redis and fleet).
+    Chaos(ChaosArgs),
     /// Print every setting with its environment variable, default and meaning.
     Settings {
         /// As a Markdown table (the README's).
@@ -174,6 +179,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
             Command::Soak(args) => soak::run(config, redis_url_given, args).await,
             Command::Scaling(args) => scaling::run(config, args).await,
+            Command::Chaos(args) => chaos::run(config, args).await,
             Command::Settings { .. } => Ok(ExitCode::SUCCESS),
         }
     });

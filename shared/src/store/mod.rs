@@ -47,11 +47,12 @@ pub use link::Conn;
 pub use models::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
 };
+pub use registry::{Consumer, ProcessRef};
 pub use stats::{StreamStats, UnknownStream};
 pub use tasks::{CancelOutcome, Submitted};
 pub use trip::{
-    Blocked, ClaimRequest, Claimed, ClaimedEntry, Committed, Completion, Disposition, Trip,
-    TripResult, Verdict,
+    Blocked, ClaimRequest, Claimed, ClaimedEntry, Committed, Completion, DeadConsumer, Disposition,
+    Trip, TripResult, Verdict,
 };
 
 use reply::reply_ok;

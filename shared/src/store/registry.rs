@@ -2,12 +2,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use redis::Cmd;
+use redis::{Cmd, Value};
 
-use super::reply::{array, hash_map, int, reply_ok, text};
+use super::reply::{array, hash_map, reply_ok, text};
 use super::{Store, StoreError, StreamRef};
 use crate::keys::GROUP;
-use crate::wire::WorkerInfo;
+use crate::wire::{WorkerInfo, worker_field};
 
 impl Store {
     /// Writes a worker's registry record with a TTL and adds it to the set.
@@ -85,14 +85,17 @@ impl Store {
         Ok(live)
     }
 
-    /// Consumers of `streams` other than `me` whose worker is gone (its
-    /// registry record expired): their pending entries are to be taken over,
-    /// and the consumers removed once nothing is pending.
-    pub async fn dead_consumers(
+    /// Consumers of `streams` other than `me`, each with what its registry
+    /// record says about its process (`None`: no record, its heartbeat
+    /// lapsed: the worker is gone). The records are read after the
+    /// consumers, so a worker that registered and claimed since is seen with
+    /// its record. The caller decides which of those with a record are gone
+    /// too (a peer on the same host can tell from the process table).
+    pub async fn consumers(
         &self,
         streams: &[StreamRef],
         me: &str,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<Consumer>, StoreError> {
         let cmds: Vec<Cmd> = streams
             .iter()
             .map(|s| {
@@ -115,22 +118,95 @@ impl Store {
                 }
             }
         }
-        let names: Vec<String> = names.into_iter().collect();
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.sort();
         let cmds: Vec<Cmd> = names
             .iter()
             .map(|name| {
-                let mut cmd = redis::cmd("EXISTS");
-                cmd.arg(self.keys.worker(name));
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(self.keys.worker(name))
+                    .arg(worker_field::ID)
+                    .arg(worker_field::PID)
+                    .arg(worker_field::PROCESS);
                 cmd
             })
             .collect();
-        let mut dead = Vec::new();
+        let mut consumers = Vec::with_capacity(names.len());
         for (name, reply) in names.into_iter().zip(self.pipeline(&cmds).await?) {
-            if int(reply_ok(reply)?, "EXISTS")? == 0 {
-                dead.push(name);
+            let values = array(reply_ok(reply)?, "HMGET")?;
+            let mut values = values.into_iter().map(|v| match v {
+                Value::Nil => None,
+                other => text(other, "HMGET").ok(),
+            });
+            let id = values.next().flatten();
+            let pid = values.next().flatten().and_then(|p| p.parse().ok());
+            let process = values.next().flatten().unwrap_or_default();
+            consumers.push(Consumer {
+                name,
+                record: id.map(|_| ProcessRef {
+                    pid: pid.unwrap_or(0),
+                    process,
+                }),
+            });
+        }
+        Ok(consumers)
+    }
+}
+
+impl Store {
+    /// How many task entries `worker` holds (pending in its name) across
+    /// every class's streams: what it was running, as Redis sees it.
+    pub async fn held_by(&self, worker: &str) -> Result<usize, StoreError> {
+        let cmds: Vec<Cmd> = crate::task::Class::ALL
+            .iter()
+            .flat_map(|&class| {
+                crate::task::Priority::ALL
+                    .iter()
+                    .map(move |&priority| (class, priority))
+            })
+            .map(|(class, priority)| {
+                let mut cmd = redis::cmd("XPENDING");
+                cmd.arg(self.keys.stream(class, priority)).arg(GROUP);
+                cmd
+            })
+            .collect();
+        let mut held = 0;
+        for reply in self.pipeline(&cmds).await? {
+            // A stream or group that is missing holds nothing.
+            let Ok(Value::Array(summary)) = reply_ok(reply) else {
+                continue;
+            };
+            let Some(Value::Array(consumers)) = summary.into_iter().nth(3) else {
+                continue;
+            };
+            for consumer in consumers {
+                let mut pair = array(consumer, "XPENDING")?.into_iter();
+                let (Some(name), Some(count)) = (pair.next(), pair.next()) else {
+                    continue;
+                };
+                if text(name, "XPENDING")? == worker {
+                    held += text(count, "XPENDING")?.parse::<usize>().unwrap_or(0);
+                }
             }
         }
-        dead.sort();
-        Ok(dead)
+        Ok(held)
     }
+}
+
+/// A consumer of a worker's streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// Its name: the worker id.
+    pub name: String,
+    /// What its registry record says of its process; `None` when it has no
+    /// record (its heartbeat lapsed).
+    pub record: Option<ProcessRef>,
+}
+
+/// A registry record's process: its pid and instance (see
+/// [`WorkerInfo::process`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub process: String,
 }

@@ -27,14 +27,25 @@ pub struct ClaimRequest<'a> {
     pub max_deliveries: u32,
     /// Move retries that are due back into their streams first.
     pub promote: bool,
-    /// Workers whose heartbeat lapsed: their pending entries are taken over.
-    pub dead_consumers: &'a [String],
+    /// Workers that are gone (their heartbeat lapsed, or their process is
+    /// known to have ended): their pending entries are taken over.
+    pub dead_consumers: &'a [DeadConsumer],
     /// The worker's free device memory, bytes; `None` for no limit (a CPU
     /// worker).
     pub free_memory: Option<u64>,
     /// One routing rule per stream, in the wire form of
     /// [`crate::routing::Rule::wire`]; empty: take everything.
     pub rules: &'a [String],
+}
+
+/// A worker whose tasks are to be taken over, and what is known of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadConsumer {
+    /// Its consumer name (the worker id).
+    pub name: String,
+    /// Its process still exists (stopped or hung): its heartbeat lapsed but
+    /// it did not die, so its tasks are not blamed for its death.
+    pub stalled: bool,
 }
 
 /// What the claim script decided for one entry.
@@ -48,8 +59,8 @@ pub enum Verdict {
     Skip,
     /// No readable task id: bury it.
     Malformed,
-    /// Delivered more than the allowed times (its workers died running it):
-    /// dead-letter it without running it again.
+    /// Blamed for `max_deliveries` worker deaths (or failed devices): it
+    /// kills its workers. Dead-letter it without running it again.
     Poison,
 }
 
@@ -64,6 +75,9 @@ pub struct ClaimedEntry {
     /// Which attempt this delivery is: the entry's attempt plus the times it
     /// was delivered before.
     pub attempt: u32,
+    /// For a poison entry, what was observed: how its workers died (alone,
+    /// beside other tasks, stalled) and its failed devices. Empty otherwise.
+    pub observed: String,
 }
 
 /// The result of one claim.
@@ -212,8 +226,10 @@ impl Store {
                     .map_or_else(|| "-1".to_owned(), |m| m.to_string()),
             )
             .arg(request.dead_consumers.len());
-        for name in request.dead_consumers {
-            call = call.arg(name.as_str());
+        for dead in request.dead_consumers {
+            call = call
+                .arg(dead.name.as_str())
+                .arg(if dead.stalled { "stalled" } else { "dead" });
         }
         for rule in request.rules {
             call = call.arg(rule.as_str());
@@ -788,12 +804,17 @@ fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claimed, StoreEr
         };
         let fields = fields(items.next().unwrap_or(Value::Nil), "claim")?;
         let attempt = int(items.next().unwrap_or(Value::Int(1)), "claim")?;
+        let observed = match items.next() {
+            Some(value) => text(value, "claim")?,
+            None => String::new(),
+        };
         claimed.entries.push(ClaimedEntry {
             stream_index,
             entry_id,
             verdict,
             fields,
             attempt: u32::try_from(attempt).unwrap_or(1).max(1),
+            observed,
         });
     }
     if !last_ids.is_empty() {
@@ -828,6 +849,7 @@ mod tests {
                 bulk("poison"),
                 Value::Array(vec![bulk("id"), bulk("x")]),
                 Value::Int(4),
+                bulk("its worker died 3 times"),
             ])]),
             Value::Array(vec![bulk("1-0")]),
             Value::Array(vec![bulk("t:{cpu}:stream:high 0-1")]),
@@ -838,6 +860,7 @@ mod tests {
         assert_eq!(claimed.entries[0].verdict, Verdict::Poison);
         assert_eq!(claimed.entries[0].stream_index, 0);
         assert_eq!(claimed.entries[0].attempt, 4);
+        assert_eq!(claimed.entries[0].observed, "its worker died 3 times");
         assert_eq!(
             claimed.entries[0].fields,
             vec![(b"id".to_vec(), b"x".to_vec())]
