@@ -11,7 +11,7 @@ use tandem_shared::kind::portfolio_opt::{
 use tandem_shared::wire::TaskRecord;
 use tandem_shared::{ErrorCode, Status, TaskId};
 
-use crate::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, settle, start};
+use crate::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, settle, start, store};
 use crate::split::record;
 use crate::support::{RedisServer, WorkerProcess};
 
@@ -103,7 +103,7 @@ async fn portfolio_opt_split_across_two_gpus_equals_the_whole_run_on_a_cpu_worke
     let gpus = RedisServer::start();
     let _primary = start(&gpus, PRIMARY, PAIR, &split_env).await;
     let _secondary = start(&gpus, SECONDARY, PAIR, &split_env).await;
-    settle().await;
+    settle(&store(&gpus).await).await;
     let gpu_producer = gpus.producer().await;
 
     let cpu = RedisServer::start();
