@@ -360,10 +360,18 @@ local function start(idx, entry, deliveries, prev)
   local interrupted = tonumber(field(fields, 'interrupted') or '0') or 0
   local verdict
   local note = ''
-  if not id or not is_task_id(id) then
+  local record = id and is_task_id(id) and base_of(KEYS[idx]) .. 'task:' .. id
+  -- A record key of another type would fail the HMGET below after earlier
+  -- entries of this claim were started: the claim would be half-done and
+  -- the stream blocked at this entry. Such an entry goes to the dead
+  -- letters, as one without a task id does, saying why.
+  local record_type = record and redis.call('TYPE', record)['ok']
+  if not record then
     verdict = 'malformed'
+  elseif record_type ~= 'none' and record_type ~= 'hash' then
+    verdict = 'malformed'
+    note = 'its task record ' .. record .. ' holds a ' .. record_type .. ', not a hash'
   else
-    local record = base_of(KEYS[idx]) .. 'task:' .. id
     local current = redis.call('HMGET', record, 'status', 'deaths', 'died_with', 'started_at_ms',
       'attempt', 'device', 'owner')
     local status = current[1]

@@ -181,3 +181,54 @@ async fn scripts_called_through_the_store_refuse_wrong_keys_before_writing() {
     let letters: u64 = conn.xlen("tandem:{cpu}:dead").await.unwrap();
     assert_eq!(letters, 1, "requeue dropped the dead letter");
 }
+
+/// Regression: a task record key of another type failed the claim script
+/// half-way (the entries before it started, then an error), and every
+/// later claim of that stream failed the same way.
+#[tokio::test]
+async fn an_entry_whose_record_is_not_a_hash_is_dead_lettered_and_the_stream_goes_on() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let mut conn = redis.conn().await;
+    let noop = || Task::of::<tandem_shared::kind::builtin::Noop>(&rmpv::Value::Nil).unwrap();
+    let before = producer.submit(noop()).await.unwrap();
+    let bad = TaskId::new();
+    let () = conn.set(record_key(&bad), "not a record").await.unwrap();
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg("tandem:{cpu}:stream:normal").arg("*");
+    for (field, value) in [
+        ("version", b"2".to_vec()),
+        ("id", bad.to_string().into_bytes()),
+        ("kind", b"noop".to_vec()),
+        ("params", vec![0xc0]),
+    ] {
+        xadd.arg(field).arg(value);
+    }
+    let _: String = xadd.query_async(&mut conn).await.unwrap();
+    let after = producer.submit(noop()).await.unwrap();
+
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    for id in [before, after] {
+        assert!(producer.wait(id, WAIT).await.unwrap().succeeded());
+    }
+    let dead: redis::streams::StreamRangeReply =
+        conn.xrange_all("tandem:{cpu}:dead").await.unwrap();
+    assert_eq!(dead.ids.len(), 1);
+    let letter = &dead.ids[0];
+    let text = |field: &str| -> String {
+        letter
+            .get::<String>(field)
+            .unwrap_or_else(|| panic!("{field} in {letter:?}"))
+    };
+    assert_eq!(text("reason"), "BAD_PAYLOAD");
+    assert!(
+        text("error_message").contains("holds a string, not a hash"),
+        "{}",
+        text("error_message")
+    );
+    let left: u64 = conn.xlen("tandem:{cpu}:stream:normal").await.unwrap();
+    assert_eq!(left, 0);
+    // The key that was not a record is left as it was.
+    let kept: String = conn.get(record_key(&bad)).await.unwrap();
+    assert_eq!(kept, "not a record");
+}

@@ -627,11 +627,16 @@ impl Dispatcher {
         match verdict {
             Verdict::Skip => return 0,
             Verdict::Malformed => {
+                // The claim says what is wrong when it is not the id.
+                let message = if observed.is_empty() {
+                    "the entry has no readable task id"
+                } else {
+                    observed.as_str()
+                };
                 tracing::error!(
                     stream = %stream.key, entry = %entry_id,
-                    "an entry without a readable task id: moving it to the dead-letter stream"
+                    "a malformed entry ({message}): moving it to the dead-letter stream"
                 );
-                let message = "the entry has no readable task id";
                 if let Err(err) = self
                     .store
                     .bury(

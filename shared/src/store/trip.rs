@@ -57,7 +57,8 @@ pub enum Verdict {
     Expired,
     /// Its record is already final; the script acknowledged it.
     Skip,
-    /// No readable task id: bury it.
+    /// No readable task id, or a task record key of another type (the
+    /// claim's note says which): bury it.
     Malformed,
     /// Blamed for `max_deliveries` worker deaths (or failed devices): it
     /// kills its workers. Dead-letter it without running it again.
