@@ -462,20 +462,24 @@ async fn a_worker_never_holds_more_entries_than_its_slots() {
     let mut conn = redis.conn().await;
     let mut most = 0;
     for _ in 0..40 {
-        let mut held = 0;
+        // All four pending lists in one MULTI, so that the sample is one
+        // moment: read one after another, an entry that moved from one
+        // list to another between the reads was counted twice.
+        let mut sample = redis::pipe();
+        sample.atomic();
         for priority in tandem_shared::Priority::ALL {
-            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+            sample
+                .cmd("XPENDING")
                 .arg(format!("tandem:{{cpu}}:stream:{priority}"))
                 .arg("workers")
                 .arg("-")
                 .arg("+")
                 .arg(100)
-                .arg(&worker.id)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            held += pending.ids.len();
+                .arg(&worker.id);
         }
+        let lists: Vec<redis::streams::StreamPendingCountReply> =
+            sample.query_async(&mut conn).await.unwrap();
+        let held: usize = lists.iter().map(|pending| pending.ids.len()).sum();
         most = most.max(held);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
