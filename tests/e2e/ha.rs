@@ -252,6 +252,8 @@ async fn harness_sentinels_fail_over_to_the_replica_and_the_old_master_rejoins()
         .restart_old_master_as_replica(Duration::from_secs(60))
         .await;
     println!("the old master rejoined in {:?}", restarted.elapsed());
+    // Whichever node is the master now (see restart_old_master_as_replica).
+    let mut promoted = setup.current_master().await.conn().await;
     let replicas: u64 = redis::cmd("WAIT")
         .arg(1)
         .arg(5_000)

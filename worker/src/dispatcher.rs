@@ -629,14 +629,18 @@ impl Dispatcher {
             Verdict::Malformed => {
                 // The claim says what is wrong when it is not the id.
                 let message = if observed.is_empty() {
+                    tracing::error!(
+                        stream = %stream.key, entry = %entry_id,
+                        "an entry without a readable task id: moving it to the dead-letter stream"
+                    );
                     "the entry has no readable task id"
                 } else {
+                    tracing::error!(
+                        stream = %stream.key, entry = %entry_id,
+                        "a malformed entry ({observed}): moving it to the dead-letter stream"
+                    );
                     observed.as_str()
                 };
-                tracing::error!(
-                    stream = %stream.key, entry = %entry_id,
-                    "a malformed entry ({message}): moving it to the dead-letter stream"
-                );
                 if let Err(err) = self
                     .store
                     .bury(
