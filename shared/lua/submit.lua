@@ -57,12 +57,11 @@ if deadline_in > 0 then
   record[#record + 1] = 'deadline_ms'
   record[#record + 1] = int(now + deadline_in)
 end
+-- Only the entry carries the parameters (`tandem task` reads them there,
+-- or in the retry hash or dead letter): a copy in the record would turn it
+-- from a compact listpack into a hash table once over 64 bytes.
 entry[#entry + 1] = 'params'
 entry[#entry + 1] = ARGV[5]
--- The record keeps the parameters too: `tandem task` shows them after the
--- entry is gone.
-record[#record + 1] = 'params'
-record[#record + 1] = ARGV[5]
 
 local entry_id = redis.call('XADD', unpack(entry))
 record[#record + 1] = 'entry'

@@ -181,28 +181,47 @@ async fn a_notice_outcome_equals_the_record() {
 #[tokio::test]
 async fn task_shows_the_parameters() {
     let redis = RedisServer::start();
-    let _worker = WorkerProcess::start(&redis, &[("TANDEM_TEST_KINDS", "1")]).await;
-    let id = submit(
+    let params_line = |id: &str| -> String {
+        let text = tandem_ok(&redis, &["task", id]);
+        text.lines()
+            .find(|l| l.starts_with("params"))
+            .unwrap_or_else(|| panic!("no params line:\n{text}"))
+            .to_owned()
+    };
+    // Queued: read from its entry.
+    let echo = submit(
         &redis,
         &["echo", "--params", r#"{"symbol": "ES", "qty": 3}"#],
     );
-    tandem_ok(&redis, &["wait", &id]);
-    let text = tandem_ok(&redis, &["task", &id]);
-    let params = text
-        .lines()
-        .find(|l| l.starts_with("params"))
-        .unwrap_or_else(|| panic!("no params line:\n{text}"));
+    let line = params_line(&echo);
     assert!(
-        params.contains("symbol") && params.contains("ES") && params.contains("qty"),
-        "{text}"
+        line.contains("symbol") && line.contains("ES") && line.contains("qty"),
+        "{line}"
     );
     let json: serde_json::Value =
-        serde_json::from_str(&tandem_ok(&redis, &["task", &id, "--json"])).unwrap();
+        serde_json::from_str(&tandem_ok(&redis, &["task", &echo, "--json"])).unwrap();
     assert_eq!(
         json["params"],
         serde_json::json!({"symbol": "ES", "qty": 3}),
         "{json}"
     );
+    // Dead-lettered: read from its dead letter.
+    let failing = submit(
+        &redis,
+        &[
+            "fail",
+            "--params",
+            r#"{"code": "E_PARAMS", "message": "on purpose", "retry": false}"#,
+        ],
+    );
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_TEST_KINDS", "1")]).await;
+    tandem_ok(&redis, &["wait", &echo]);
+    let _ = tandem(&redis, &["wait", &failing]);
+    let line = params_line(&failing);
+    assert!(line.contains("E_PARAMS"), "{line}");
+    // Finished: its entry is gone, and the record keeps no copy.
+    let line = params_line(&echo);
+    assert!(line.contains("not kept once it finished"), "{line}");
 }
 
 /// A split task (two simulated GPUs): `submit --wait` shows shard progress

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use tandem_shared::store::Store;
 use tandem_shared::wire::TaskRecord;
 use tandem_shared::{Class, Config, Priority, Status, TaskId, exit, msgpack};
 
@@ -123,13 +124,17 @@ pub(crate) async fn status(config: &Config, args: TaskArgs) -> anyhow::Result<Ex
 
 pub(crate) async fn task(config: &Config, args: TaskViewArgs) -> anyhow::Result<ExitCode> {
     let producer = Producer::connect(config).await?;
-    let Some(record) = producer.record(args.id).await? else {
+    let Some(mut record) = producer.record(args.id).await? else {
         eprintln!(
             "task {} not found (never submitted, or its record expired)",
             args.id
         );
         return Ok(ExitCode::from(exit::NOT_FOUND));
     };
+    // The parameters live in the entry (or retry hash, or dead letter),
+    // not in the record.
+    let store = Store::connect_retrying(config).await?;
+    record.params = store.task_params(&record).await?;
     let attempts = attempts(&record);
     // A split task's work was done by its shards: their records tell where
     // and how long (a shard whose record expired is left out).
@@ -486,7 +491,8 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
 fn params_text(record: &TaskRecord) -> String {
     match &record.params {
         Some(params) => msgpack::to_display(params),
-        None => "- (not recorded: submitted without the submit script)".to_owned(),
+        None => "- (not kept once it finished: they travel in its entry, deleted at its commit)"
+            .to_owned(),
     }
 }
 

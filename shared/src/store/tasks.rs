@@ -117,6 +117,57 @@ impl Store {
         Ok(None)
     }
 
+    /// A task's parameters, from wherever they still are: its entry while
+    /// it is queued or running, its retry hash while it waits for a retry,
+    /// its dead letter once dead-lettered. `None` once it finished (the
+    /// entry is deleted at its commit). The record does not keep a copy:
+    /// a parameter blob over 64 bytes would turn every record from a
+    /// compact listpack into a hash table (about 1.3 KB more per task, for
+    /// `result_ttl_s`), and a large one would be kept twice.
+    pub async fn task_params(&self, record: &TaskRecord) -> Result<Option<Vec<u8>>, StoreError> {
+        let pick = |fields: crate::wire::Fields| {
+            fields
+                .into_iter()
+                .find(|(name, _)| name == crate::wire::field::PARAMS.as_bytes())
+                .map(|(_, value)| value)
+        };
+        if let Some(params) = &record.params {
+            return Ok(Some(params.clone()));
+        }
+        let (Some(id), Some(class)) = (record.id, record.class) else {
+            return Ok(None);
+        };
+        if let (Some(entry), Some(priority)) = (&record.entry, record.priority) {
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(self.keys.stream(class, priority))
+                .arg(entry)
+                .arg(entry);
+            // An entry id the stream refuses reads as no entry.
+            if let Ok(reply) = reply_ok(self.single(cmd).await?)
+                && let Some(first) = array(reply, "XRANGE")?.into_iter().next()
+            {
+                let mut parts = array(first, "XRANGE")?.into_iter();
+                let _id = parts.next();
+                let fields = super::reply::fields(parts.next().unwrap_or(Value::Nil), "XRANGE")?;
+                if let Some(params) = pick(fields) {
+                    return Ok(Some(params));
+                }
+            }
+        }
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.keys.retry(class, &id));
+        let retry = super::reply::fields(self.single(cmd).await?, "HGETALL")?;
+        if let Some(params) = pick(retry) {
+            return Ok(Some(params));
+        }
+        if let Some(dead) = &record.dead_letter
+            && let Some(letter) = self.dead_letter(dead).await?
+        {
+            return Ok(pick(letter.fields));
+        }
+        Ok(None)
+    }
+
     /// Finds a task's record in whichever class holds it, in one call (in
     /// Cluster, one script per class, at once: the classes' slots differ).
     pub async fn find_record(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
