@@ -232,3 +232,31 @@ async fn an_entry_whose_record_is_not_a_hash_is_dead_lettered_and_the_stream_goe
     let kept: String = conn.get(record_key(&bad)).await.unwrap();
     assert_eq!(kept, "not a record");
 }
+
+/// A claim that meets a stream of another type fails before its first write
+/// (the stream's XLEN checks it when no retry is promoted), naming the key;
+/// once the key is fixed the worker claims as before.
+#[tokio::test]
+async fn a_claim_that_meets_a_stream_of_another_type_writes_nothing() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let mut conn = redis.conn().await;
+    let worker = WorkerProcess::start(&redis, &[]).await;
+    let wrong = "tandem:{cpu}:stream:low";
+    let () = conn.del(wrong).await.unwrap();
+    let () = conn.set(wrong, "not a stream").await.unwrap();
+    let id = producer
+        .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+        .await
+        .unwrap();
+    wait_until(WAIT, "a claim refused", || async {
+        worker
+            .log_text()
+            .contains(&format!("{wrong} holds a string, not a stream"))
+    })
+    .await;
+    let status: Option<String> = conn.hget(record_key(&id), "status").await.unwrap();
+    assert_eq!(status.as_deref(), Some("queued"), "the claim wrote nothing");
+    let () = conn.del(wrong).await.unwrap();
+    assert!(producer.wait(id, WAIT).await.unwrap().succeeded());
+}
