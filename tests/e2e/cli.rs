@@ -1,7 +1,7 @@
 //! The `tandem` command-line tool against real Redis and workers.
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 
@@ -182,21 +182,15 @@ fn demo_cleans_up_on_ctrl_c() {
     let text = || printed.lock().unwrap().clone();
     // The demo takes Ctrl-C as its own once its workload runs: wait until
     // its Redis holds a task record (a bound only against a hang).
-    let started = Instant::now();
     let mut redis: Option<redis::Connection> = None;
-    loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the demo's workload did not start:\n{}",
-            text()
-        );
+    let started = crate::support::poll_until(Duration::from_secs(120), || {
         if redis.is_none() && text().contains("started 1 workers") {
             let port = local_redis_port(&text());
             redis = redis::Client::open(format!("redis://127.0.0.1:{port}"))
                 .and_then(|client| client.get_connection())
                 .ok();
         }
-        if let Some(conn) = redis.as_mut() {
+        redis.as_mut().is_some_and(|conn| {
             let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(0)
                 .arg("MATCH")
@@ -205,12 +199,10 @@ fn demo_cleans_up_on_ctrl_c() {
                 .arg(1000)
                 .query(conn)
                 .unwrap_or_default();
-            if !keys.is_empty() {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            !keys.is_empty()
+        })
+    });
+    assert!(started, "the demo's workload did not start:\n{}", text());
     drop(redis);
     let status = Command::new("kill")
         .args(["-INT", &demo_pid.to_string()])
@@ -455,14 +447,14 @@ async fn dlq_list_show_requeue_purge() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("requeued"), "{}", stdout(&out));
     // It runs again, fails again, and is dead-lettered anew.
-    let mut again = producer.wait(id, Duration::from_secs(20)).await.unwrap();
-    for _ in 0..100 {
-        if again.record.dead_letter.as_deref() != Some(first_letter.as_str()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        again = producer.wait(id, Duration::from_secs(20)).await.unwrap();
-    }
+    crate::support::wait_until(Duration::from_secs(20), "a new dead letter", || async {
+        let record = producer.record(id).await.unwrap();
+        record.is_some_and(|r| {
+            r.dead_letter.is_some() && r.dead_letter.as_deref() != Some(first_letter.as_str())
+        })
+    })
+    .await;
+    let again = producer.wait(id, Duration::from_secs(20)).await.unwrap();
     assert_ne!(
         again.record.dead_letter.as_deref(),
         Some(first_letter.as_str())

@@ -4,7 +4,7 @@
 //! against a real Redis and workers.
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use tandem_shared::TaskId;
@@ -42,17 +42,16 @@ fn worker(env: &[(&str, &str)], args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run tandem-worker");
-    let started = Instant::now();
-    while child.try_wait().expect("wait for tandem-worker").is_none() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("tandem-worker output");
-            panic!(
-                "tandem-worker {args:?} kept running; it should have stopped at once:\n{}",
-                stderr(&out)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let exited = crate::support::poll_until(Duration::from_secs(60), || {
+        child.try_wait().expect("wait for tandem-worker").is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("tandem-worker output");
+        panic!(
+            "tandem-worker {args:?} kept running; it should have stopped at once:\n{}",
+            stderr(&out)
+        );
     }
     child.wait_with_output().expect("tandem-worker output")
 }

@@ -31,12 +31,19 @@ async fn a_redis_crash_and_restart_mid_run_loses_no_accepted_task() {
 
     const TOTAL: usize = 600;
     let accepted = Arc::new(AtomicUsize::new(0));
+    // The submitter stops after a third until the crash begins, so that its
+    // next call meets the restart whatever the machine's speed.
+    let crashing = Arc::new(tokio::sync::Notify::new());
     let submitting = {
         let producer = producer.clone();
         let accepted = Arc::clone(&accepted);
+        let crashing = Arc::clone(&crashing);
         tokio::spawn(async move {
             let mut ids = Vec::new();
             for _ in 0..TOTAL / 20 {
+                if ids.len() == TOTAL / 3 {
+                    crashing.notified().await;
+                }
                 let batch = (0..20)
                     .map(|_| Task::of::<Sleep>(&SleepParams { ms: 5 }).unwrap())
                     .collect();
@@ -44,7 +51,6 @@ async fn a_redis_crash_and_restart_mid_run_loses_no_accepted_task() {
                 // restart retries until Redis is back.
                 ids.extend(producer.submit_many(batch).await.unwrap());
                 accepted.store(ids.len(), Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             ids
         })
@@ -53,6 +59,7 @@ async fn a_redis_crash_and_restart_mid_run_loses_no_accepted_task() {
         accepted.load(Ordering::SeqCst) >= TOTAL / 3
     })
     .await;
+    crashing.notify_one();
     redis.crash_and_restart();
     let ids = submitting.await.unwrap();
     assert_eq!(ids.len(), TOTAL);

@@ -73,7 +73,8 @@ async fn two_workers_share_the_gpu_and_a_killed_ones_task_finishes_on_the_other(
                 .all(|w| w.health == Health::Healthy && w.device == uuid)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both route from the whole fleet before the task comes.
+    crate::gpus::settle(&store).await;
 
     let producer = redis.producer().await;
     let id = producer

@@ -529,41 +529,43 @@ async fn sentinel_failover_loses_no_replicated_submission() {
     );
 
     // Every acknowledged submission runs to the end on the new master.
-    let mut pending: Vec<TaskId> = seen
+    let pending: Vec<TaskId> = seen
         .acked_before
         .iter()
         .chain(&seen.acked_after)
         .copied()
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last: Vec<(TaskId, String)> = Vec::new();
-    while !pending.is_empty() {
-        last.clear();
+    let pending = std::sync::Mutex::new(pending);
+    let last: std::sync::Mutex<Vec<(TaskId, String)>> = std::sync::Mutex::new(Vec::new());
+    let done = crate::support::eventually(Duration::from_secs(90), || async {
+        let ids = pending.lock().unwrap().clone();
         let mut still = Vec::new();
-        for id in pending {
+        let mut why = Vec::new();
+        for id in ids {
             match producer.status(id).await {
                 Ok(Status::Succeeded) => {}
                 other => {
-                    last.push((id, format!("{other:?}")));
+                    why.push((id, format!("{other:?}")));
                     still.push(id);
                 }
             }
         }
-        pending = still;
-        if pending.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged tasks did not succeed within 90 s (of {} before and {} after \
-             the kill); first: {:?}",
-            pending.len(),
-            seen.acked_before.len(),
-            seen.acked_after.len(),
-            &last[..last.len().min(10)]
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        let empty = still.is_empty();
+        *pending.lock().unwrap() = still;
+        *last.lock().unwrap() = why;
+        empty
+    })
+    .await;
+    let last = last.into_inner().unwrap();
+    assert!(
+        done,
+        "{} acknowledged tasks did not succeed within 90 s (of {} before and {} after \
+         the kill); first: {:?}",
+        last.len(),
+        seen.acked_before.len(),
+        seen.acked_after.len(),
+        &last[..last.len().min(10)]
+    );
 }
 
 // ---- WAIT without replicas ----

@@ -4,7 +4,6 @@
 //! format; a `hot` simulated GPU reads 95 C.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use tandem_producer::Task;
 use tandem_shared::device::{Health, Role};
@@ -73,25 +72,23 @@ async fn a_simulated_gpu_workers_record_carries_its_metrics() {
 
     // While the tasks run, a sample shows the device busy and tasks
     // finishing. Each is seen at some sample, not necessarily the same one.
-    let (mut busy, mut rate) = (None, None);
-    let deadline = Instant::now() + WAIT;
-    while busy.is_none() || rate.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "no busy sample ({busy:?}) or no tasks/s ({rate:?})"
-        );
-        if let Some(info) = record(&redis, &worker.id).await {
+    let seen = std::sync::Mutex::new((None, None));
+    wait_until(WAIT, "a busy sample and a tasks/s sample", || async {
+        let info = record(&redis, &worker.id).await;
+        let mut seen = seen.lock().unwrap();
+        if let Some(info) = info {
             let m = &info.metrics;
             if m.gpu_utilization > 0.0 {
-                busy.get_or_insert(m.gpu_utilization);
+                seen.0.get_or_insert(m.gpu_utilization);
             }
             if m.tasks_per_s > 0.0 {
-                rate.get_or_insert(m.tasks_per_s);
+                seen.1.get_or_insert(m.tasks_per_s);
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let busy = busy.unwrap_or_default();
+        seen.0.is_some() && seen.1.is_some()
+    })
+    .await;
+    let busy = seen.lock().unwrap().0.unwrap_or_default();
     assert!(busy > 0.0 && busy <= 1.0, "utilization {busy}");
 
     for id in &ids {
@@ -234,18 +231,18 @@ async fn a_fleet_serves_its_childrens_metrics_and_a_hot_gpu_reads_95_c() {
     let workers = registry(&redis).await;
 
     // Every child's series, as of their latest records.
-    let mut body = String::new();
-    let deadline = Instant::now() + WAIT;
-    while !workers
-        .iter()
-        .all(|w| body.contains(&format!("worker=\"{}\"", w.id)))
-    {
-        assert!(Instant::now() < deadline, "children missing from:\n{body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let body = std::sync::Mutex::new(String::new());
+    wait_until(WAIT, "every child's series on /metrics", || async {
         let (status, text) = get(port, "/metrics").await;
         assert_eq!(status, "HTTP/1.1 200 OK", "{text}");
-        body = text;
-    }
+        let all = workers
+            .iter()
+            .all(|w| text.contains(&format!("worker=\"{}\"", w.id)));
+        *body.lock().unwrap() = text;
+        all
+    })
+    .await;
+    let body = body.into_inner().unwrap();
     let samples: Vec<_> = body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -299,7 +296,7 @@ async fn a_real_gpu_workers_record_carries_nvml_readings() {
     );
     // The first probe compiles the kernels: give it time.
     wait_until(
-        Duration::from_secs(120),
+        std::time::Duration::from_secs(120),
         "NVML readings in the record",
         || async {
             record(&redis, &worker.id).await.is_some_and(|w| {

@@ -461,12 +461,19 @@ async fn a_worker_never_holds_more_entries_than_its_slots() {
         WorkerProcess::start(&redis, &[FAST, &[("TANDEM_CONCURRENCY", "3")]].concat()).await;
     let mut conn = redis.conn().await;
     let mut most = 0;
-    for _ in 0..40 {
+    // Samples until every entry is committed (a commit deletes its entry),
+    // however long the machine takes.
+    loop {
         // All four pending lists in one MULTI, so that the sample is one
         // moment: read one after another, an entry that moved from one
         // list to another between the reads was counted twice.
         let mut sample = redis::pipe();
         sample.atomic();
+        for priority in tandem_shared::Priority::ALL {
+            sample
+                .cmd("XLEN")
+                .arg(format!("tandem:{{cpu}}:stream:{priority}"));
+        }
         for priority in tandem_shared::Priority::ALL {
             sample
                 .cmd("XPENDING")
@@ -477,11 +484,21 @@ async fn a_worker_never_holds_more_entries_than_its_slots() {
                 .arg(100)
                 .arg(&worker.id);
         }
-        let lists: Vec<redis::streams::StreamPendingCountReply> =
-            sample.query_async(&mut conn).await.unwrap();
-        let held: usize = lists.iter().map(|pending| pending.ids.len()).sum();
+        let (l0, l1, l2, l3, p0, p1, p2, p3): (
+            u64,
+            u64,
+            u64,
+            u64,
+            redis::streams::StreamPendingCountReply,
+            redis::streams::StreamPendingCountReply,
+            redis::streams::StreamPendingCountReply,
+            redis::streams::StreamPendingCountReply,
+        ) = sample.query_async(&mut conn).await.unwrap();
+        let held = [p0, p1, p2, p3].iter().map(|p| p.ids.len()).sum::<usize>();
         most = most.max(held);
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        if l0 + l1 + l2 + l3 == 0 {
+            break;
+        }
     }
     assert!(most <= 3, "held {most} entries with 3 slots");
     assert!(most > 0, "sampled nothing");
