@@ -200,6 +200,12 @@ async fn a_worker_with_a_key_runs_only_tasks_signed_with_it() {
         params: &params,
     });
     let tampered = msgpack::encode(&"tampered").unwrap();
+    // The record first, as a producer writes it: a worker may claim and
+    // commit the entry before the next line runs.
+    let _: () = conn
+        .hset(format!("tandem:{{cpu}}:task:{id}"), "status", "queued")
+        .await
+        .unwrap();
     let _: String = redis::cmd("XADD")
         .arg("tandem:{cpu}:stream:normal")
         .arg("*")
@@ -220,10 +226,6 @@ async fn a_worker_with_a_key_runs_only_tasks_signed_with_it() {
         .arg("params")
         .arg(tampered.as_slice())
         .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = conn
-        .hset(format!("tandem:{{cpu}}:task:{id}"), "status", "queued")
         .await
         .unwrap();
     let outcome = signed.wait(id, WAIT).await.unwrap();
