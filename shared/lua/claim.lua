@@ -88,40 +88,36 @@
 -- free slot that was 16 calls per task: the queue bench's consume 0.82x).
 -- A key of another type fails the claim with a WRONGTYPE error that names
 -- it, and nothing is changed.
-do
+if ARGV[9] == '1' then
   local checks, bases = {}, {}
   for idx = 1, #KEYS do
-    if ARGV[9] == '1' then
-      checks[#checks + 1] = KEYS[idx]
-      checks[#checks + 1] = 'stream'
-    end
+    checks[#checks + 1] = KEYS[idx]
+    checks[#checks + 1] = 'stream'
     local base = base_of(KEYS[idx])
     if base and not bases[base] then
       bases[base] = true
       bases[#bases + 1] = base
     end
   end
-  if ARGV[9] == '1' then
-    -- A second ahead of the promote pass's own clock, so that its due
-    -- retries are among these.
-    local horizon = now_ms() + 1000
-    for _, base in ipairs(bases) do
-      local delayed = base .. 'delayed'
-      checks[#checks + 1] = delayed
-      checks[#checks + 1] = 'zset'
-      if redis.call('TYPE', delayed)['ok'] == 'zset' then
-        for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', horizon, 'LIMIT', 0, 100)) do
-          local record_key = base .. 'task:' .. id
-          for _, pair in ipairs({{base .. 'retry:' .. id, 'hash'}, {record_key, 'hash'}}) do
-            checks[#checks + 1] = pair[1]
-            checks[#checks + 1] = pair[2]
-          end
-          if redis.call('TYPE', record_key)['ok'] == 'hash' then
-            local retry_stream = redis.call('HGET', record_key, 'retry_stream')
-            if retry_stream and base_of(retry_stream) == base then
-              checks[#checks + 1] = retry_stream
-              checks[#checks + 1] = 'stream'
-            end
+  -- A second ahead of the promote pass's own clock, so that its due
+  -- retries are among these.
+  local horizon = now_ms() + 1000
+  for _, base in ipairs(bases) do
+    local delayed = base .. 'delayed'
+    checks[#checks + 1] = delayed
+    checks[#checks + 1] = 'zset'
+    if redis.call('TYPE', delayed)['ok'] == 'zset' then
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', horizon, 'LIMIT', 0, 100)) do
+        local record_key = base .. 'task:' .. id
+        for _, pair in ipairs({{base .. 'retry:' .. id, 'hash'}, {record_key, 'hash'}}) do
+          checks[#checks + 1] = pair[1]
+          checks[#checks + 1] = pair[2]
+        end
+        if redis.call('TYPE', record_key)['ok'] == 'hash' then
+          local retry_stream = redis.call('HGET', record_key, 'retry_stream')
+          if retry_stream and base_of(retry_stream) == base then
+            checks[#checks + 1] = retry_stream
+            checks[#checks + 1] = 'stream'
           end
         end
       end
@@ -131,6 +127,17 @@ do
   if problem then
     return redis.error_reply(problem)
   end
+end
+
+-- The class prefix of stream `idx` (`tandem:{cpu}:`), matched once per claim.
+local bases_at = {}
+local function base_at(idx)
+  local base = bases_at[idx]
+  if base == nil then
+    base = base_of(KEYS[idx])
+    bases_at[idx] = base
+  end
+  return base
 end
 
 local group, consumer, device = ARGV[1], ARGV[2], ARGV[4]
@@ -209,7 +216,7 @@ local function admits(idx, fields, age)
   if rule.plain then
     return true
   end
-  if rule.limit > 0 and (taken_per_class[base_of(KEYS[idx])] or 0) >= rule.limit then
+  if rule.limit > 0 and (taken_per_class[base_at(idx)] or 0) >= rule.limit then
     return false, -2
   end
   local mem = tonumber(field(fields, 'memory_bytes') or '0') or 0
@@ -238,7 +245,7 @@ end
 -- Books an admitted entry against the class limit and the free memory.
 local function book(idx, fields)
   if rules[idx].limit > 0 then
-    local base = base_of(KEYS[idx])
+    local base = base_at(idx)
     taken_per_class[base] = (taken_per_class[base] or 0) + 1
   end
   if free_mem >= 0 then
@@ -263,7 +270,7 @@ end
 if promote then
   local seen = {}
   for idx = 1, #KEYS do
-    local base = base_of(KEYS[idx])
+    local base = base_at(idx)
     if base and not seen[base] then
       seen[base] = true
       local delayed = base .. 'delayed'
@@ -373,7 +380,7 @@ local function start(idx, entry, deliveries, prev)
   local interrupted = tonumber(field(fields, 'interrupted') or '0') or 0
   local verdict
   local note = ''
-  local record = id and is_task_id(id) and base_of(KEYS[idx]) .. 'task:' .. id
+  local record = id and is_task_id(id) and base_at(idx) .. 'task:' .. id
   -- A record key of another type would fail the HMGET below after earlier
   -- entries of this claim were started: the claim would be half-done and
   -- the stream blocked at this entry. Such an entry goes to the dead
@@ -460,7 +467,7 @@ local function mark_leftovers(name, n)
     for _, p in ipairs(redis.call('XPENDING', KEYS[idx], group, '-', '+', 100, name)) do
       local id = field(entry_fields(KEYS[idx], p[1]), 'id')
       if id and is_task_id(id) then
-        local record = base_of(KEYS[idx]) .. 'task:' .. id
+        local record = base_at(idx) .. 'task:' .. id
         local mark = redis.call('HGET', record, 'died_with')
         if redis.call('EXISTS', record) == 1 and not (mark and string.sub(mark, 1, #name + 1) == name .. ' ') then
           redis.call('HSET', record, 'died_with', name .. ' ' .. int(n))
@@ -566,7 +573,7 @@ if sweep_ms > 0 then
           local id = field(entry[2], 'id')
           local holder = consumer
           if id and is_task_id(id) then
-            local owner = redis.call('HGET', base_of(KEYS[idx]) .. 'task:' .. id, 'owner')
+            local owner = redis.call('HGET', base_at(idx) .. 'task:' .. id, 'owner')
             holder = string.match(owner or '', '^(%S+) ') or consumer
           end
           holders[entry[1]] = holder

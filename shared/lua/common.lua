@@ -78,8 +78,7 @@ end
 
 -- The record fields a completion notice repeats besides the outcome: every
 -- field a view of the finished task shows, so that what a waiting producer
--- learns from the notice equals what the record says. The first four are
--- read by position in complete.lua; new fields go at the end.
+-- learns from the notice equals what the record says.
 local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms', 'shards', 'kind',
   'priority', 'max_attempts', 'producer', 'deadline_ms', 'shards_done', 'parent', 'shard',
   'cancel_requested_at_ms'}
@@ -95,12 +94,6 @@ local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms', '
 -- that in the record as `notice_error`, and it goes to Redis's log): the
 -- producer's waiter finds the outcome in the record when it re-reads it.
 local function notify(reply_key, id, known, pairs, maxlen, ttl_s)
-  local found = redis.call('TYPE', reply_key)['ok']
-  if found ~= 'none' and found ~= 'stream' then
-    local why = 'no completion notice: reply_to ' .. reply_key .. ' holds a ' .. found .. ', not a stream'
-    redis.log(redis.LOG_WARNING, 'tandem: task ' .. id .. ': ' .. why)
-    return why
-  end
   local args = {reply_key, 'MAXLEN', '~', maxlen, '*', 'id', id}
   for i = 1, #NOTICE_FIELDS do
     if known[i] then
@@ -111,7 +104,18 @@ local function notify(reply_key, id, known, pairs, maxlen, ttl_s)
   for i = 1, #pairs do
     args[#args + 1] = pairs[i]
   end
-  redis.call('XADD', unpack(args))
+  -- A failed XADD writes nothing; only a key of another type is expected
+  -- (and costs the TYPE that names it), anything else fails the script.
+  local added = redis.pcall('XADD', unpack(args))
+  if type(added) == 'table' and added.err then
+    local found = redis.call('TYPE', reply_key)['ok']
+    if found == 'none' or found == 'stream' then
+      error(added.err)
+    end
+    local why = 'no completion notice: reply_to ' .. reply_key .. ' holds a ' .. found .. ', not a stream'
+    redis.log(redis.LOG_WARNING, 'tandem: task ' .. id .. ': ' .. why)
+    return why
+  end
   redis.call('EXPIRE', reply_key, ttl_s)
   return nil
 end

@@ -61,25 +61,37 @@
 
 local record_key, stream_key = KEYS[1], KEYS[2]
 local group, entry_id, consumer = ARGV[1], ARGV[2], ARGV[3]
--- One read for everything below: the owner, status, cancel request, start,
--- history, then the fields a notice repeats.
-local current = redis.call('HMGET', record_key, 'status', 'cancel_requested_at_ms', 'started_at_ms',
-  'history', NOTICE_FIELDS[1], NOTICE_FIELDS[2], NOTICE_FIELDS[3], NOTICE_FIELDS[4], 'owner',
-  'parent', 'shard', 'shards')
-local owner = current[9]
-local parent_id, shard_index, split_parent = current[10], current[11], current[12]
+-- One read for everything below: the status, history and owner, then the
+-- fields a notice repeats (among them the cancel request, the start, and a
+-- shard's parent or a split task's shard count), by name in `known`.
+local current = redis.call('HMGET', record_key, 'status', 'history', 'owner', unpack(NOTICE_FIELDS))
+local known = {}
+for i = 1, #NOTICE_FIELDS do
+  known[NOTICE_FIELDS[i]] = current[3 + i]
+end
+local owner = current[3]
+local parent_id, shard_index, split_parent = known.parent, known.shard, known.shards
+local started_at_ms = known.started_at_ms
 -- The fence. Every step that hands an entry to a worker (claim, take-over,
 -- sweep) sets `owner` to that worker and entry in the same script, and a
 -- retry or hand-back clears it, so `owner` is who holds the entry now.
 if owner ~= consumer .. ' ' .. entry_id then
   return -1
 end
--- Every key this commit may change, checked before the first write.
+-- Every key this commit may change, checked before the first write: the
+-- retry set and the dead-letter stream only when the outcome may go there
+-- (a cancel only ever makes it final).
 do
   local base = base_of(stream_key)
   -- (The retry hash is deleted before it is written, so its type does not
   -- matter.)
-  local checks = {stream_key, 'stream', KEYS[3], 'zset', KEYS[4], 'stream'}
+  local checks = {stream_key, 'stream'}
+  if ARGV[10] ~= 'final' then
+    for _, pair in ipairs({{KEYS[3], 'zset'}, {KEYS[4], 'stream'}}) do
+      checks[#checks + 1] = pair[1]
+      checks[#checks + 1] = pair[2]
+    end
+  end
   if parent_id then
     add_parent_checks(checks, base, parent_id)
   end
@@ -99,7 +111,7 @@ end
 
 local now = now_ms()
 local status, disposition = ARGV[9], ARGV[10]
-local cancelled = status ~= 'expired' and current[2] ~= false
+local cancelled = status ~= 'expired' and known.cancel_requested_at_ms ~= false
 if cancelled then
   status, disposition = 'cancelled', 'final'
 end
@@ -166,8 +178,8 @@ if disposition == 'handback' then
       entry[#entry + 1] = device
     end
     local new_id = redis.call('XADD', unpack(entry))
-    if current[3] then
-      add_history(record_key, {attempt = ARGV[13], started_at_ms = current[3],
+    if started_at_ms then
+      add_history(record_key, {attempt = ARGV[13], started_at_ms = started_at_ms,
         finished_at_ms = int(now), status = 'handed_back', worker = outcome('worker'),
         device = outcome('device'), error_code = outcome('error_code'),
         error_message = outcome('error_message')})
@@ -186,9 +198,9 @@ end
 -- attempt or did not succeed (a first attempt that succeeded says all it has
 -- to say in the record itself); only attempts that started have one.
 local history = nil
-local needs_history = status ~= 'succeeded' or ARGV[13] ~= '1' or current[4] ~= false
-if current[3] and needs_history then
-  history = add_history(record_key, {attempt = ARGV[13], started_at_ms = current[3],
+local needs_history = status ~= 'succeeded' or ARGV[13] ~= '1' or current[2] ~= false
+if started_at_ms and needs_history then
+  history = add_history(record_key, {attempt = ARGV[13], started_at_ms = started_at_ms,
     finished_at_ms = int(now), status = status, worker = outcome('worker'), device = outcome('device'),
     error_code = outcome('error_code'), error_message = outcome('error_message')})
 end
@@ -332,10 +344,25 @@ if #KEYS >= 5 then
       notice[#notice + 1] = record[i + 1]
     end
   end
-  -- Read after the record's last write: the notice repeats what the record
-  -- says now (shards_done included), so a wait shows what `status` shows.
-  local known = redis.call('HMGET', record_key, unpack(NOTICE_FIELDS))
-  local unsent = notify(KEYS[5], ARGV[8], known, notice, ARGV[5], ARGV[6])
+  -- What the record says now, so that a wait shows what `status` shows:
+  -- the fields as read above, or as this commit wrote them (no other step
+  -- of a commit writes a notice field of its own record).
+  local now_known = {}
+  for i = 1, #NOTICE_FIELDS do
+    local name = NOTICE_FIELDS[i]
+    local written = nil
+    for j = 1, #record, 2 do
+      if record[j] == name then
+        written = record[j + 1]
+      end
+    end
+    if written ~= nil then
+      now_known[i] = written
+    else
+      now_known[i] = known[name]
+    end
+  end
+  local unsent = notify(KEYS[5], ARGV[8], now_known, notice, ARGV[5], ARGV[6])
   if unsent then
     redis.call('HSET', record_key, 'notice_error', unsent)
   end
