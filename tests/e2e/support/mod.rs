@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod ha;
 
 use std::io::Write;
@@ -546,6 +547,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The tick of a `select!` that waits for an event and, between events,
+/// looks at a condition that sends none (has the client under test given
+/// up?): 50 ms, the one fixed pause such a loop needs.
+pub async fn poll_tick() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// Polls `check` until it returns true, panicking after `timeout`.
