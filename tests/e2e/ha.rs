@@ -18,8 +18,8 @@ use tandem_shared::kind::builtin::{
 use tandem_shared::store::{Store, StoreError};
 use tandem_shared::{Class, Config, Status, TaskId};
 
-use crate::gpus::{PRIMARY, SECONDARY, WAIT, settle};
 use crate::support::WorkerProcess;
+use crate::support::gpus::{PRIMARY, SECONDARY, WAIT, settle};
 use crate::support::ha::{
     GuardedSentinel, RedisCluster, SentinelSetup, data_node, lone_sentinel, replica_node,
 };
@@ -337,7 +337,7 @@ async fn cluster_runs_every_class() {
     let result: SplitSumOutput = outcome.result().unwrap();
     assert_eq!(
         result.sum.to_bits(),
-        crate::split::expected(&params).to_bits()
+        crate::support::split::expected(&params).to_bits()
     );
     assert_eq!(result.blocks, 200);
     let record = store.find_record(&parallel).await.unwrap().expect("record");

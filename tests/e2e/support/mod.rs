@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod gpus;
 pub mod ha;
+pub mod split;
 
 use std::io::Write;
 use std::net::TcpListener;
