@@ -35,6 +35,8 @@ pub mod portfolio_opt;
 pub mod risk;
 pub mod runtime;
 pub mod selftest;
+#[cfg(test)]
+mod test_device;
 
 /// Every CUDA source of the crate: what a GPU worker compiles at start and
 /// the compile check assembles for each architecture.

@@ -588,6 +588,7 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::*;
     use super::*;
+    use crate::test_device::{Device, test_device};
 
     #[test]
     fn european_call_matches_black_scholes_and_parity_holds() {
@@ -695,30 +696,55 @@ mod tests {
         assert_eq!(run(1), run(4));
     }
 
-    #[test]
-    fn block_ranges_concatenate_to_the_whole() {
-        // 10 blocks, the last partial.
-        let c = config(9 * BLOCK_PATHS + 123, 2);
-        let whole = run_cpu(&c, 0..c.blocks());
-        assert_eq!(whole.sums.len(), 10);
-        assert_eq!(whole.histogram.iter().sum::<u64>(), c.paths);
-        let first = run_cpu(&c, 0..3);
-        let second = run_cpu(&c, 3..10);
-        let sums: Vec<_> = first.sums.iter().chain(&second.sums).copied().collect();
-        assert_eq!(sums, whole.sums);
-        let histogram: Vec<u64> = first
-            .histogram
-            .iter()
-            .zip(&second.histogram)
-            .map(|(a, b)| a + b)
-            .collect();
-        assert_eq!(histogram, whole.histogram);
-        let levels = [10.0, 90.0];
-        assert_eq!(
-            summarize(&c, &sums, &histogram, &levels),
-            summarize(&c, &whole.sums, &whole.histogram, &levels)
-        );
+    /// `blocks` of `c`, run on `device`.
+    fn run_on(device: &Device, c: &Config, blocks: Range<u64>) -> Blocks {
+        match device {
+            Device::Cpu => run_cpu(c, blocks),
+            #[cfg(feature = "gpu-tests")]
+            Device::Gpu(gpu) => run_gpu(gpu, c, blocks).expect("GPU run"),
+        }
     }
+
+    /// On every device a run repeats bit for bit, its histogram counts
+    /// every path, and block ranges cut anywhere concatenate to the whole
+    /// run: the sums in block order, the histograms added, the same
+    /// summary.
+    fn block_ranges_repeat_and_concatenate_to_the_whole(device: &Device) {
+        // (paths, steps, blocks, cut): the last block partial, then one
+        // path in the last block.
+        for (paths, steps, blocks, cut) in [
+            (9 * BLOCK_PATHS + 123, 2, 10, 3),
+            (20 * BLOCK_PATHS + 5, 10, 21, 7),
+        ] {
+            let c = config(paths, steps);
+            let whole = run_on(device, &c, 0..c.blocks());
+            assert_eq!(whole, run_on(device, &c, 0..c.blocks()));
+            assert_eq!(whole.sums.len(), blocks);
+            assert_eq!(whole.histogram.iter().sum::<u64>(), c.paths);
+            let first = run_on(device, &c, 0..cut);
+            let second = run_on(device, &c, cut..c.blocks());
+            let sums: Vec<_> = first.sums.iter().chain(&second.sums).copied().collect();
+            assert_eq!(sums, whole.sums);
+            let histogram: Vec<u64> = first
+                .histogram
+                .iter()
+                .zip(&second.histogram)
+                .map(|(a, b)| a + b)
+                .collect();
+            assert_eq!(histogram, whole.histogram);
+            let levels = [10.0, 90.0];
+            assert_eq!(
+                summarize(&c, &sums, &histogram, &levels),
+                summarize(&c, &whole.sums, &whole.histogram, &levels)
+            );
+        }
+    }
+
+    test_device!(
+        block_ranges_repeat_and_concatenate_to_the_whole,
+        block_ranges_repeat_and_concatenate_to_the_whole_cpu,
+        block_ranges_repeat_and_concatenate_to_the_whole_gpu
+    );
 
     #[test]
     fn block_sums_round_trip_through_arrays() {
@@ -821,18 +847,5 @@ mod gpu_tests {
                 assert!((a.ln() - b.ln()).abs() <= width, "{a} {b}");
             }
         }
-    }
-
-    #[test]
-    fn gpu_runs_repeat_and_split_bit_for_bit() {
-        let gpu = gpu();
-        let c = config(20 * BLOCK_PATHS + 5, 10);
-        let whole = run_gpu(&gpu, &c, 0..c.blocks()).unwrap();
-        assert_eq!(whole, run_gpu(&gpu, &c, 0..c.blocks()).unwrap());
-        assert_eq!(whole.histogram.iter().sum::<u64>(), c.paths);
-        let first = run_gpu(&gpu, &c, 0..7).unwrap();
-        let second = run_gpu(&gpu, &c, 7..c.blocks()).unwrap();
-        let sums: Vec<_> = first.sums.iter().chain(&second.sums).copied().collect();
-        assert_eq!(sums, whole.sums);
     }
 }

@@ -300,6 +300,7 @@ pub fn patterns_gpu(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::test_device::{Device, test_device};
 
     /// Bars given as (open, high, low, close).
     pub(crate) struct Bars {
@@ -521,25 +522,36 @@ pub(crate) mod tests {
             assert!(masks.iter().any(|m| m & (1 << bit) != 0), "{name} never");
         }
     }
-}
 
-#[cfg(all(test, feature = "gpu-tests"))]
-mod gpu_tests {
-    use super::tests::random_bars;
-    use super::*;
+    /// The masks of `series` computed on `device`.
+    fn patterns_on(device: &Device, series: &[Ohlc<'_>], th: &Thresholds) -> Vec<Vec<u32>> {
+        match device {
+            Device::Cpu => patterns_cpu(series, th),
+            #[cfg(feature = "gpu-tests")]
+            Device::Gpu(gpu) => patterns_gpu(gpu, series, th).expect("GPU run"),
+        }
+    }
 
-    #[test]
-    fn gpu_equals_the_cpu_twin() {
-        let gpu = Gpu::open(0, crate::SOURCES, None).expect("GPU 0");
-        assert!(gpu.has(SOURCE.module), "{:?}", gpu.disabled);
+    /// On every device, 200 random series of 0 to 699 bars get at each
+    /// bar the mask of the rules applied to that bar alone ([`bar_mask`]),
+    /// bit for bit.
+    fn masks_equal_the_per_bar_rules(device: &Device) {
         let data: Vec<_> = (0..200)
             .map(|s| random_bars(s * 13 % 700, s as u64))
             .collect();
         let series: Vec<Ohlc<'_>> = data.iter().map(|b| b.ohlc()).collect();
         let th = Thresholds::default();
-        assert_eq!(
-            patterns_gpu(&gpu, &series, &th).unwrap(),
-            patterns_cpu(&series, &th)
-        );
+        let masks = patterns_on(device, &series, &th);
+        assert_eq!(masks.len(), series.len());
+        for (s, (bars, masks)) in series.iter().zip(&masks).enumerate() {
+            let expect: Vec<u32> = (0..bars.len()).map(|i| bar_mask(bars, i, &th)).collect();
+            assert_eq!(*masks, expect, "series {s}");
+        }
     }
+
+    test_device!(
+        masks_equal_the_per_bar_rules,
+        masks_equal_the_per_bar_rules_cpu,
+        masks_equal_the_per_bar_rules_gpu
+    );
 }

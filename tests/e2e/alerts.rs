@@ -13,7 +13,7 @@ use tandem_shared::Class;
 use tandem_shared::kind::builtin::{Fail, FailParams, Sleep, SleepParams};
 use tandem_shared::store::{Alert, AlertEntry};
 
-use crate::gpus::{WAIT, store, wait_healthy};
+use crate::support::gpus::{WAIT, store, wait_healthy};
 use crate::support::ha::RedisCluster;
 use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
 

@@ -12,6 +12,7 @@ use tandem_producer::{Producer, Task};
 use tandem_shared::kind::builtin::{Sleep, SleepParams};
 use tandem_shared::{Config, Status, TaskId};
 
+use crate::support::chaos::{Lcg, keep_frozen, pace_submissions, until_next_fault};
 use crate::support::{RedisServer, WorkerProcess};
 
 const TASKS: usize = 5_000;
@@ -22,20 +23,6 @@ const ENV: &[(&str, &str)] = &[
     ("TANDEM_CONCURRENCY", "4"),
     ("TANDEM_LOG_LEVEL", "warn"),
 ];
-
-/// A small deterministic generator, seeded from the clock and printed so a
-/// failing run can be replayed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % below.max(1)
-    }
-}
 
 #[tokio::test]
 async fn chaos_loses_nothing_and_commits_each_task_once() {
@@ -79,7 +66,7 @@ async fn chaos_loses_nothing_and_commits_each_task_once() {
                     })
                     .collect();
                 ids.extend(producer.submit_many(batch).await.unwrap());
-                tokio::time::sleep(Duration::from_millis(90)).await;
+                pace_submissions().await;
             }
             ids
         })
@@ -89,7 +76,7 @@ async fn chaos_loses_nothing_and_commits_each_task_once() {
     let mut restarted_redis = false;
     let (mut kills, mut stops) = (0, 0);
     while started.elapsed() < CHAOS_FOR {
-        tokio::time::sleep(Duration::from_millis(600 + rng.next(900))).await;
+        until_next_fault(&mut rng).await;
         if !restarted_redis && started.elapsed() > CHAOS_FOR / 2 {
             println!(
                 "chaos: Redis crashes and restarts at {:?}",
@@ -108,7 +95,7 @@ async fn chaos_loses_nothing_and_commits_each_task_once() {
         } else {
             stops += 1;
             workers[victim].signal("STOP");
-            tokio::time::sleep(Duration::from_millis(1_200 + rng.next(1_500))).await;
+            keep_frozen(&mut rng).await;
             workers[victim].signal("CONT");
         }
     }

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use tandem_shared::store::{Alert, Store};
 use tandem_shared::{Status, TaskId};
 
-use crate::gpus::{PRIMARY, SECONDARY, WAIT, start};
-use crate::split::record;
+use crate::support::gpus::{PRIMARY, SECONDARY, WAIT, start};
+use crate::support::split::record;
 use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
 
 const PACED: &str =

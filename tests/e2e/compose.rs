@@ -16,7 +16,7 @@ use serde_yaml::Value;
 use tandem_shared::Config;
 use tandem_shared::device::{Health, Role};
 
-use crate::gpus::{WAIT, registry};
+use crate::support::gpus::{WAIT, registry};
 use crate::support::{RedisServer, ScratchDir, bin, wait_until};
 
 fn root() -> PathBuf {

@@ -12,7 +12,7 @@ use tandem_shared::kind::patterns::{OhlcSeries, Patterns, PatternsParams, Thresh
 use tandem_shared::kind::portfolio_opt::{Objective, PortfolioOpt, PortfolioOptParams};
 use tandem_shared::kind::risk::{MonteCarloRisk, Risk, RiskParams};
 
-use crate::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, settle, start, store};
+use crate::support::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, settle, start, store};
 use crate::support::{RedisServer, WorkerProcess};
 
 /// Runs one task of kind `K` and returns its result, and how many shards
@@ -28,7 +28,7 @@ async fn run<K: KindSpec>(
         .unwrap();
     let outcome = producer.wait(id, WAIT).await.unwrap();
     assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
-    let shards = crate::split::record(redis, &id).await.shards;
+    let shards = crate::support::split::record(redis, &id).await.shards;
     (outcome.result::<K::Output>().unwrap(), shards)
 }
 

@@ -10,7 +10,7 @@ use redis::AsyncCommands;
 use tandem_shared::TaskId;
 use tandem_shared::device::Role;
 
-use crate::gpus::{PAIR, PRIMARY, SECONDARY, registry, start};
+use crate::support::gpus::{PAIR, PRIMARY, SECONDARY, registry, start};
 use crate::support::{RedisServer, WorkerProcess, bin, free_port};
 
 /// `tandem ARGS` with exactly the environment given (plus PATH).

@@ -74,7 +74,7 @@ async fn two_workers_share_the_gpu_and_a_killed_ones_task_finishes_on_the_other(
     })
     .await;
     // Both route from the whole fleet before the task comes.
-    crate::gpus::settle(&store).await;
+    crate::support::gpus::settle(&store).await;
 
     let producer = redis.producer().await;
     let id = producer

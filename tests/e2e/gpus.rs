@@ -10,83 +10,14 @@ use std::time::{Duration, Instant};
 use tandem_producer::{Producer, Task};
 use tandem_shared::device::{Health, Role};
 use tandem_shared::kind::builtin::{Sleep, SleepParams};
-use tandem_shared::store::Store;
-use tandem_shared::wire::{TaskRecord, WorkerInfo};
+use tandem_shared::wire::TaskRecord;
 use tandem_shared::{Class, Status, TaskId};
 
+use crate::support::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, registry, settle, start, store};
 use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
 
-/// The seed's pair: the 4070 Ti is the primary (heavy), the 3060 Ti the
-/// secondary (light). Budgets (90 %): 10.8 GiB and 7.2 GiB.
-pub(crate) const PAIR: &str = "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS";
-pub(crate) const PRIMARY: &str = "SIM-0-rtx-4070-ti";
-pub(crate) const SECONDARY: &str = "SIM-1-rtx-3060-ti";
-pub(crate) const GIB: u64 = 1 << 30;
-pub(crate) const WAIT: Duration = Duration::from_secs(30);
-
-/// Routing bounds long enough that only the rule under test moves tasks.
-const STILL: &[(&str, &str)] = &[
-    ("TANDEM_HEAVY_SPILL_MS", "600000"),
-    ("TANDEM_LIGHT_HELP_MS", "600000"),
-    ("TANDEM_CPU_FALLBACK_MS", "0"),
-    ("TANDEM_CONCURRENCY", "1"),
-];
-
-fn env<'a>(
-    device: &'a str,
-    spec: &'a str,
-    extra: &[(&'a str, &'a str)],
-) -> Vec<(&'a str, &'a str)> {
-    let mut env = vec![("TANDEM_SIMULATE_GPUS", spec), ("TANDEM_DEVICE", device)];
-    env.extend_from_slice(STILL);
-    env.extend_from_slice(extra);
-    env
-}
-
-pub(crate) async fn store(redis: &RedisServer) -> Store {
-    Store::connect(&redis.config()).await.expect("store")
-}
-
-pub(crate) async fn registry(redis: &RedisServer) -> Vec<WorkerInfo> {
-    store(redis).await.workers().await.expect("registry")
-}
-
-/// Starts a worker on `device` and waits until its device is healthy.
-pub(crate) async fn start(
-    redis: &RedisServer,
-    device: &str,
-    spec: &str,
-    extra: &[(&str, &str)],
-) -> WorkerProcess {
-    let worker = WorkerProcess::spawn(redis, &env(device, spec, extra));
-    wait_healthy(redis, &worker.id).await;
-    worker
-}
-
-pub(crate) async fn wait_healthy(redis: &RedisServer, id: &str) {
-    wait_until(WAIT, &format!("{id} healthy"), || async {
-        registry(redis)
-            .await
-            .iter()
-            .any(|w| w.id == id && w.health == Health::Healthy)
-    })
-    .await;
-}
-
-/// Waits until every live worker routes from the whole live fleet: each
-/// one's registry record says its last registry read (the one its routing
-/// took in) saw as many live workers as there are.
-pub(crate) async fn settle(store: &Store) {
-    wait_until(WAIT, "every worker has seen the whole fleet", || async {
-        let workers = store.workers().await.expect("registry");
-        let live: Vec<&WorkerInfo> = workers
-            .iter()
-            .filter(|w| w.state == "running" && w.health == Health::Healthy)
-            .collect();
-        !live.is_empty() && live.iter().all(|w| w.live_seen == live.len())
-    })
-    .await;
-}
+/// A gibibyte, the unit of the simulated cards' memory.
+const GIB: u64 = 1 << 30;
 
 /// The seed's host: the primary, the secondary and a CPU worker, each with
 /// `extra` settings, started and aware of each other.

@@ -18,8 +18,8 @@ use tandem_shared::kind::builtin::{
 use tandem_shared::store::{Store, StoreError};
 use tandem_shared::{Class, Config, Status, TaskId};
 
-use crate::gpus::{PRIMARY, SECONDARY, WAIT, settle};
 use crate::support::WorkerProcess;
+use crate::support::gpus::{PRIMARY, SECONDARY, WAIT, settle};
 use crate::support::ha::{
     GuardedSentinel, RedisCluster, SentinelSetup, data_node, lone_sentinel, replica_node,
 };
@@ -91,7 +91,9 @@ fn tandem_ok(redis_url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn sleep(class: Class, ms: u64, memory: u64) -> Task {
+/// A task of the built-in `sleep` kind, sleeping `ms` in its handler and
+/// declaring `memory` bytes of device memory.
+fn sleep_task(class: Class, ms: u64, memory: u64) -> Task {
     Task::of::<Sleep>(&SleepParams { ms })
         .unwrap()
         .class(class)
@@ -274,7 +276,10 @@ async fn cluster_runs_every_class() {
         .expect("producer connects to the cluster");
 
     // Cancelled while queued: no worker runs yet.
-    let doomed = producer.submit(sleep(Class::Heavy, 10, GIB)).await.unwrap();
+    let doomed = producer
+        .submit(sleep_task(Class::Heavy, 10, GIB))
+        .await
+        .unwrap();
     assert_eq!(
         producer.cancel(doomed).await.unwrap(),
         CancelOutcome::Cancelled
@@ -296,10 +301,13 @@ async fn cluster_runs_every_class() {
     }
     settle(&store).await;
 
-    let cpu = producer.submit(sleep(Class::Cpu, 5, 0)).await.unwrap();
-    let light = producer.submit(sleep(Class::Light, 5, GIB)).await.unwrap();
+    let cpu = producer.submit(sleep_task(Class::Cpu, 5, 0)).await.unwrap();
+    let light = producer
+        .submit(sleep_task(Class::Light, 5, GIB))
+        .await
+        .unwrap();
     let heavy = producer
-        .submit(sleep(Class::Heavy, 5, 2 * GIB))
+        .submit(sleep_task(Class::Heavy, 5, 2 * GIB))
         .await
         .unwrap();
     let params = SplitSumParams {
@@ -329,7 +337,7 @@ async fn cluster_runs_every_class() {
     let result: SplitSumOutput = outcome.result().unwrap();
     assert_eq!(
         result.sum.to_bits(),
-        crate::split::expected(&params).to_bits()
+        crate::support::split::expected(&params).to_bits()
     );
     assert_eq!(result.blocks, 200);
     let record = store.find_record(&parallel).await.unwrap().expect("record");
@@ -457,7 +465,7 @@ async fn sentinel_failover_loses_no_replicated_submission() {
         async move {
             while !stop.load(Ordering::SeqCst) {
                 let after = killed.load(Ordering::SeqCst);
-                let result = producer.submit(sleep(Class::Cpu, 5, 0)).await;
+                let result = producer.submit(sleep_task(Class::Cpu, 5, 0)).await;
                 let mut seen = seen.lock().unwrap();
                 match (result, after) {
                     (Ok(id), false) => seen.acked_before.push(id),
@@ -657,7 +665,7 @@ async fn a_class_slot_moves_to_another_master_while_the_fleet_runs() {
         async move {
             let mut errors = 0;
             while !stop.load(Ordering::SeqCst) {
-                match producer.submit(sleep(Class::Cpu, 2, 0)).await {
+                match producer.submit(sleep_task(Class::Cpu, 2, 0)).await {
                     Ok(id) => acked.lock().unwrap().push(id),
                     Err(_) => errors += 1,
                 }
@@ -721,11 +729,11 @@ async fn a_gpu_claiming_class_by_class_books_the_memory_of_each_class() {
         .await
         .expect("producer connects to the cluster");
     let heavy = producer
-        .submit(sleep(Class::Heavy, 1_500, 6 * GIB))
+        .submit(sleep_task(Class::Heavy, 1_500, 6 * GIB))
         .await
         .unwrap();
     let light = producer
-        .submit(sleep(Class::Light, 1_500, 6 * GIB))
+        .submit(sleep_task(Class::Light, 1_500, 6 * GIB))
         .await
         .unwrap();
     let store = store(&config).await;
@@ -778,7 +786,10 @@ async fn a_class_whose_consumer_group_vanished_gets_it_back() {
             .unwrap();
     }
     let producer = Producer::connect(&config).await.unwrap();
-    let id = producer.submit(sleep(Class::Light, 10, 0)).await.unwrap();
+    let id = producer
+        .submit(sleep_task(Class::Light, 10, 0))
+        .await
+        .unwrap();
     let outcome = producer
         .wait(id, Duration::from_secs(30))
         .await

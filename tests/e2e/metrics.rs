@@ -12,7 +12,7 @@ use tandem_shared::wire::{LATENCY_BUCKETS_MS, WorkerInfo};
 use tandem_shared::{Class, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::gpus::{WAIT, registry, wait_healthy};
+use crate::support::gpus::{WAIT, registry, wait_healthy};
 use crate::support::{RedisServer, WorkerProcess, free_port, wait_until};
 
 const SLEEPS: usize = 30;

@@ -15,7 +15,7 @@ use tandem_shared::store::{ModelPolicy, Store};
 use tandem_shared::wire::TaskRecord;
 use tandem_shared::{Class, ErrorCode, Priority, Status};
 
-use crate::gpus::{WAIT, settle, start, store};
+use crate::support::gpus::{WAIT, settle, start, store};
 use crate::support::{RedisServer, ScratchDir, WorkerProcess};
 
 async fn upload(store: &Store, name: &str, sizes: &[usize], seed: u64) -> Model {

@@ -11,8 +11,8 @@ use tandem_shared::kind::portfolio_opt::{
 use tandem_shared::wire::TaskRecord;
 use tandem_shared::{ErrorCode, Status, TaskId};
 
-use crate::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, settle, start, store};
-use crate::split::record;
+use crate::support::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, settle, start, store};
+use crate::support::split::record;
 use crate::support::{RedisServer, WorkerProcess};
 
 /// Twenty assets on one factor, at most 12 % in each, 4,096 candidates

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tandem_shared::kind::monte_carlo::black_scholes;
 
-use crate::gpus::{WAIT, settle, wait_healthy};
+use crate::support::gpus::{WAIT, settle, wait_healthy};
 use crate::support::{RedisServer, ScratchDir, WorkerProcess};
 
 /// One simulated GPU: role `both`, so it always takes `parallel` tasks.
@@ -83,7 +83,7 @@ async fn fleet(redis: &RedisServer, extra: &[(&str, &str)]) -> [WorkerProcess; 2
     let gpu = WorkerProcess::spawn(redis, &gpu_env);
     wait_healthy(redis, &gpu.id).await;
     let cpu = WorkerProcess::start(redis, extra).await;
-    settle(&crate::gpus::store(redis).await).await;
+    settle(&crate::support::gpus::store(redis).await).await;
     [gpu, cpu]
 }
 

@@ -14,7 +14,7 @@ use tandem_producer::{Producer, Task};
 use tandem_shared::kind::builtin::{Sleep, SleepParams};
 use tandem_shared::{Config, TaskId};
 
-use crate::support::{RedisServer, ScratchDir, bin, free_port, wait_until};
+use crate::support::{RedisServer, ScratchDir, bin, free_port, poll_tick, wait_until};
 
 /// The connections a client under test opened (and had closed at once)
 /// before Redis ran: 1 + the 3 retries redis-rs makes within a connect.
@@ -35,7 +35,7 @@ async fn refuse_until_retried(port: u16, gave_up: impl Fn() -> Option<String>) {
                 drop(accepted.expect("accept"));
                 tries += 1;
             }
-            () = tokio::time::sleep(Duration::from_millis(50)) => {
+            () = poll_tick() => {
                 if let Some(why) = gave_up() {
                     panic!("the client gave up after {tries} connection tries: {why}");
                 }

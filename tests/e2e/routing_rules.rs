@@ -9,7 +9,7 @@ use tandem_shared::model::{Activation, Model};
 use tandem_shared::store::{ModelPolicy, Store};
 use tandem_shared::{Class, Config, Status};
 
-use crate::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, start, store};
+use crate::support::gpus::{PAIR, PRIMARY, SECONDARY, WAIT, start, store};
 use crate::support::{RedisServer, WorkerProcess, wait_until};
 
 /// Registers a 4-16-16-1 model (1,508 parameter bytes): under the default

@@ -9,7 +9,8 @@ use tandem_shared::kind::builtin::{SplitSum, SplitSumOutput, SplitSumParams};
 use tandem_shared::wire::TaskRecord;
 use tandem_shared::{Class, ErrorCode, Status, TaskId};
 
-use crate::gpus::{PRIMARY, SECONDARY, WAIT, settle, start, store};
+use crate::support::gpus::{PRIMARY, SECONDARY, WAIT, settle, start, store};
+use crate::support::split::{expected, record};
 use crate::support::{RedisServer, WorkerProcess, wait_until};
 
 const PACED: &str =
@@ -26,26 +27,6 @@ async fn host(redis: &RedisServer, extra: &[(&str, &str)]) -> Vec<WorkerProcess>
     ];
     settle(&store(redis).await).await;
     workers
-}
-
-/// The sum as the kind defines it: block sums added in block order.
-pub(crate) fn expected(p: &SplitSumParams) -> f64 {
-    (0..p.blocks())
-        .map(|b| {
-            (b * p.block..((b + 1) * p.block).min(p.n))
-                .map(|i| 1.0 / (i as f64 + 1.0))
-                .sum::<f64>()
-        })
-        .sum()
-}
-
-pub(crate) async fn record(redis: &RedisServer, id: &TaskId) -> TaskRecord {
-    store(redis)
-        .await
-        .find_record(id)
-        .await
-        .unwrap()
-        .expect("record")
 }
 
 async fn shards(redis: &RedisServer, parent: &TaskId) -> Vec<TaskRecord> {

@@ -4,7 +4,10 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod gpus;
 pub mod ha;
+pub mod split;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -546,6 +549,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The tick of a `select!` that waits for an event and, between events,
+/// looks at a condition that sends none (has the client under test given
+/// up?): 50 ms, the one fixed pause such a loop needs.
+pub async fn poll_tick() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// Polls `check` until it returns true, panicking after `timeout`.
