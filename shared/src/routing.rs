@@ -490,6 +490,119 @@ mod tests {
         }
     }
 
+    /// The seed's pair and CPU worker as the end-to-end tests run them:
+    /// routing bounds so long that only the rule under test moves tasks,
+    /// no last-resort fallback.
+    const STILL: Policy = Policy {
+        spill_ms: 600_000,
+        help_ms: 600_000,
+        cpu_fallback_ms: 0,
+    };
+
+    fn still_rule(me: Role, idle: bool, peers: &[Peer], class: Class) -> Rule {
+        rules(me, idle, peers, &STILL)
+            .into_iter()
+            .find(|r| r.class == class)
+            .unwrap()
+            .rule
+    }
+
+    /// Was the end-to-end test `parallel_tasks_run_on_every_gpu_and_not_the_cpu`.
+    #[test]
+    fn parallel_tasks_go_to_both_gpus_of_the_seed_and_not_its_cpu_worker() {
+        let (primary, secondary, cpu) = (
+            peer(Role::Heavy, 11),
+            peer(Role::Light, 7),
+            peer(Role::Cpu, 0),
+        );
+        for idle in [true, false] {
+            let me_primary = [secondary.clone(), cpu.clone()];
+            let me_secondary = [primary.clone(), cpu.clone()];
+            for (me, peers) in [(Role::Heavy, &me_primary), (Role::Light, &me_secondary)] {
+                assert_eq!(
+                    still_rule(me, idle, peers, Class::Parallel),
+                    Rule::always(),
+                    "{me} idle={idle}"
+                );
+            }
+            // The CPU worker takes only what fits no GPU: a 1 GiB task
+            // fits the primary's 11 GiB.
+            let by_cpu = still_rule(
+                Role::Cpu,
+                idle,
+                &[primary.clone(), secondary.clone()],
+                Class::Parallel,
+            );
+            assert_eq!(clauses(&by_cpu), [(0, Some(11 * GIB))]);
+        }
+    }
+
+    /// Was the end-to-end test `both_gpus_die_and_the_cpu_worker_runs_everything`.
+    #[test]
+    fn the_cpu_worker_takes_every_class_at_once_when_both_gpus_died() {
+        for class in [Class::Heavy, Class::Light, Class::Parallel, Class::Cpu] {
+            for idle in [true, false] {
+                assert_eq!(
+                    still_rule(Role::Cpu, idle, &[], class),
+                    Rule::always(),
+                    "{class} idle={idle}"
+                );
+            }
+        }
+        // Before they died, it took no heavy, light or parallel task that
+        // fits a GPU.
+        let seed = [peer(Role::Heavy, 11), peer(Role::Light, 7)];
+        for class in [Class::Heavy, Class::Light, Class::Parallel] {
+            let before = still_rule(Role::Cpu, true, &seed, class);
+            assert!(
+                clauses(&before)
+                    .iter()
+                    .all(|(_, over)| over.is_some_and(|over| over >= 7 * GIB)),
+                "{class}: {before:?}"
+            );
+        }
+    }
+
+    /// Was the end-to-end test `the_primary_coming_back_takes_heavy_tasks_again`.
+    #[test]
+    fn a_primary_coming_back_takes_heavy_tasks_from_the_secondary_again() {
+        let (primary, secondary, cpu) = (
+            peer(Role::Heavy, 11),
+            peer(Role::Light, 7),
+            peer(Role::Cpu, 0),
+        );
+        // Primary down: the secondary takes heavy tasks at once (those
+        // that fit: the claim carries its free memory), the CPU worker
+        // only what fits no secondary.
+        assert_eq!(
+            still_rule(Role::Light, false, std::slice::from_ref(&cpu), Class::Heavy),
+            Rule::always()
+        );
+        let by_cpu = still_rule(
+            Role::Cpu,
+            true,
+            std::slice::from_ref(&secondary),
+            Class::Heavy,
+        );
+        assert_eq!(clauses(&by_cpu), [(0, Some(7 * GIB))]);
+        // Primary back: it takes them at once; the secondary only past
+        // the spill bound, the CPU worker only what fits no GPU at once.
+        let back = [primary.clone(), cpu.clone()];
+        assert_eq!(
+            clauses(&still_rule(Role::Light, true, &back, Class::Heavy)),
+            [(600_000, None)]
+        );
+        assert_eq!(
+            still_rule(Role::Heavy, false, &[secondary.clone(), cpu], Class::Heavy),
+            Rule::always()
+        );
+        let by_cpu = still_rule(Role::Cpu, true, &[primary, secondary], Class::Heavy);
+        assert_eq!(
+            clauses(&by_cpu),
+            [(0, Some(11 * GIB)), (600_000, Some(7 * GIB))]
+        );
+    }
+
     #[test]
     fn no_fallback_when_disabled() {
         let policy = Policy {

@@ -15,6 +15,11 @@
 //! change: after the wait the claim named, when a running task frees
 //! memory, or when the rules change.
 //!
+//! The decisions (when a trip goes and what it carries, the periodic
+//! passes, the retry backoff, draining, when to wake) are the
+//! [`Schedule`]'s, which does no I/O; this loop sends its plans to Redis,
+//! acts on the results and feeds them back.
+//!
 //! Device failure: when a task ends with its device unusable, the worker
 //! stops claiming, commits what finished, hands every running task back at
 //! once, and returns with the failure, for the process to exit and its
@@ -26,8 +31,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tandem_shared::store::{
-    Blocked, ClaimRequest, ClaimedEntry, Committed, Completion, DeadConsumer, Store, StoreError,
-    StreamRef, Trip, Verdict,
+    ClaimRequest, ClaimedEntry, Committed, Completion, DeadConsumer, Store, StoreError, StreamRef,
+    Trip, Verdict,
 };
 use tandem_shared::wire::{SplitRole, TaskEntry};
 use tandem_shared::{ErrorCode, Status, TaskId};
@@ -38,18 +43,11 @@ use tracing::Instrument;
 use crate::cancel::Running;
 use crate::executor::{DeviceFailure, Executor, Plan};
 use crate::router::Router;
+use crate::schedule::{ClaimResult, Limits, Schedule, TripInputs, TripPlan, TripResult};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::waker::{WaitPoint, Waker};
 use crate::watch::Observation;
-
-/// How often the claim includes the aging pass that keeps low priorities
-/// from starving.
-const AGING_CHECK: Duration = Duration::from_secs(1);
-const RETRY_MIN: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
-/// How far the next wake-up may lie when no timer asks for one sooner.
-const IDLE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
@@ -97,10 +95,6 @@ pub(crate) enum Finished {
     },
 }
 
-fn draining_now(drain_deadline: Option<Instant>) -> bool {
-    drain_deadline.is_some()
-}
-
 /// What the loop keeps about tasks that finished but are not yet committed.
 #[derive(Debug, Default)]
 struct Outcomes {
@@ -111,22 +105,21 @@ struct Outcomes {
     /// The first device failure, and the entries its tasks held.
     device_failure: Option<String>,
     failed_entries: Vec<(TaskId, usize, String)>,
-    /// Tasks finished since the last claim: memory may have come free.
-    any_finished: bool,
 }
 
 impl Outcomes {
     /// Queues a finished task's commit, unless its lease was lost: then its
-    /// outcome is dropped (the worker that took it over commits).
-    fn absorb(&mut self, done: Finished, held: &mut usize) {
-        self.any_finished = true;
+    /// outcome is dropped (the worker that took it over commits). True when
+    /// the task's slot came free without a commit.
+    fn absorb(&mut self, done: Finished) -> bool {
         match done {
             Finished::Done(done) => {
                 if self.lost.remove(&done.id) {
-                    *held -= 1;
                     tracing::info!(task = %done.id, "outcome dropped: the task's lease was lost");
+                    true
                 } else {
                     self.to_commit.push(done);
+                    false
                 }
             }
             Finished::DeviceFailed {
@@ -135,13 +128,13 @@ impl Outcomes {
                 entry_id,
                 failure,
             } => {
-                *held -= 1;
                 if self.lost.remove(&id) {
-                    return;
+                    return true;
                 }
                 tracing::error!(task = %id, "device failed: {}", failure.message);
                 self.failed_entries.push((id, stream, entry_id));
                 self.device_failure.get_or_insert(failure.message);
+                true
             }
         }
     }
@@ -163,269 +156,69 @@ impl Dispatcher {
     pub async fn run(mut self, mut shutdown: Shutdown) -> WorkerReport {
         let waker = Waker::spawn(self.store.clone(), self.block_ms);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-        let lease_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
-
-        // Claimed entries not yet committed: running, or finished and
-        // waiting for the next round trip. Each holds one slot.
-        let mut held = 0usize;
         let mut outcomes = Outcomes::default();
-        let mut may_have_work = true;
-        // The dead workers of the latest look: every claim takes over what
-        // they hold until a look no longer lists them (their consumers are
-        // removed once nothing is pending), so a dead worker's tasks are not
-        // left behind when one claim has too few free slots for them all.
-        let mut dead_workers: Vec<DeadConsumer> = Vec::new();
-        let now = Instant::now();
-        let mut next_aging = now;
-        let mut next_promote = now;
-        let mut next_sweep = now;
-        let mut next_extend = now + self.lease_timeout / 3;
-        let mut retry_at: Option<Instant> = None;
-        let mut retry_delay = RETRY_MIN;
-        let mut drain_deadline: Option<Instant> = None;
-        // Routing refusals: streams whose next entry was refused (left out
-        // of the wait), when a refusal may lift by waiting, and whether one
-        // waits for memory.
-        let mut blocked: Vec<Blocked> = Vec::new();
-        let mut blocked_until: Option<Instant> = None;
-        let mut memory_blocked = false;
-        // The streams the armed wait covers.
-        let mut watching: Vec<bool> = Vec::new();
+        let limits = Limits {
+            concurrency: self.concurrency,
+            claim_batch: self.claim_batch,
+            lease_timeout: self.lease_timeout,
+            promote_interval: self.promote_interval,
+            shutdown_grace: self.shutdown_grace,
+        };
+        let mut schedule = Schedule::new(limits, Instant::now());
 
         loop {
             while let Ok(done) = done_rx.try_recv() {
-                outcomes.absorb(done, &mut held);
+                schedule.task_finished(outcomes.absorb(done));
             }
             // A busy worker takes in the registry's latest look here, not
             // only when it sleeps.
             if self.observations.has_changed().unwrap_or(false) {
                 let seen = self.observations.borrow_and_update().clone();
-                if self.take_in(seen, &mut dead_workers, draining_now(drain_deadline)) {
-                    may_have_work = true;
-                }
+                self.take_in(seen, &mut schedule);
             }
             if outcomes.device_failure.is_some() {
                 break;
             }
-            if std::mem::take(&mut outcomes.any_finished) && memory_blocked {
-                may_have_work = true;
-            }
             let now = Instant::now();
-            let draining = drain_deadline.is_some();
-            let to_commit = &mut outcomes.to_commit;
-            // The commits go first in the trip, so their slots count as free.
-            let running_after = held.saturating_sub(to_commit.len());
-            if self.router.set_idle(running_after == 0) {
-                may_have_work = true;
+            let commits = outcomes.to_commit.len();
+            if self.router.set_idle(schedule.idle_after(commits)) {
+                schedule.rules_changed();
             }
-            let free = self.concurrency.saturating_sub(running_after);
-            let want = if draining || !may_have_work {
-                0
-            } else {
-                free.min(self.claim_batch)
+            let streams_on: Vec<bool> = (0..self.streams.len())
+                .map(|i| self.router.is_on(i))
+                .collect();
+            let inputs = TripInputs {
+                commits,
+                running: !self.running.is_empty(),
+                streams_on: &streams_on,
+                wait_armed: waker.is_armed(),
             };
-            let extend_due = now >= next_extend && !self.running.is_empty();
-            let backing_off = retry_at.is_some_and(|at| now < at);
-
-            if (want > 0 || !to_commit.is_empty() || extend_due) && !backing_off {
-                let leases = if extend_due {
-                    next_extend = now + self.lease_timeout / 3;
-                    self.running.leases()
-                } else {
-                    Vec::new()
-                };
-                let take = |due: &mut Instant, every: Duration| {
-                    let take = want > 0 && now >= *due;
-                    if take {
-                        *due = now + every;
-                    }
-                    take
-                };
-                let aging = take(&mut next_aging, AGING_CHECK);
-                let sweep = take(&mut next_sweep, self.lease_timeout / 2);
-                let promote = take(&mut next_promote, self.promote_interval);
-                let dead: &[DeadConsumer] = if want > 0 { &dead_workers } else { &[] };
-                // The streams the wait should cover: those the rules leave
-                // on and whose next entry was not refused.
-                let watch: Vec<bool> = (0..self.streams.len())
-                    .map(|i| {
-                        self.router.is_on(i) && blocked.get(i).is_none_or(|b| *b == Blocked::No)
-                    })
-                    .collect();
-                let free_memory = self.device_memory.free_memory(self.running.reserved());
-                let outcome = {
-                    let rules: &[String] = if self.router.is_plain() && free_memory.is_none() {
-                        &[]
-                    } else {
-                        self.router.rules()
-                    };
-                    let claim = (want > 0).then(|| ClaimRequest {
-                        max: want,
-                        device: &self.device,
-                        aging_ms: if aging { self.aging_ms } else { 0 },
-                        want_last_ids: !waker.is_armed() || watch != watching,
-                        sweep_idle_ms: if sweep { lease_ms } else { 0 },
-                        max_deliveries: self.max_deliveries,
-                        promote,
-                        dead_consumers: dead,
-                        free_memory,
-                        rules,
-                    });
-                    let trip = Trip {
-                        streams: &self.streams,
-                        consumer: &self.worker_id,
-                        completions: to_commit,
-                        extend: &leases,
-                        claim,
-                    };
-                    // One span per round trip: the commits, the lease
-                    // extensions and the claim it carries.
-                    let span = tracing::debug_span!(
-                        "round_trip",
-                        worker = %self.worker_id,
-                        commits = to_commit.len(),
-                        extends = leases.len(),
-                        claim = want,
-                    );
-                    self.store.round_trip(&trip).instrument(span).await
-                };
-                match outcome {
-                    Ok(result) => {
-                        retry_at = None;
-                        retry_delay = RETRY_MIN;
-                        if let Some(Ok(lost)) = &result.lost {
-                            let extended = leases.len().saturating_sub(lost.len());
-                            self.stats.tasks.extended(extended);
-                        }
-                        for (completion, outcome) in to_commit.drain(..).zip(result.commits) {
-                            held -= 1;
-                            self.record_commit(&completion, outcome);
-                        }
-                        match result.lost {
-                            Some(Ok(lost)) if !lost.is_empty() => {
-                                for id in self.running.stop_entries(&lost) {
-                                    tracing::warn!(task = %id, "lease lost (another worker took the task over); stopping it");
-                                    outcomes.lost.insert(id);
-                                }
-                            }
-                            Some(Err(err)) => tracing::warn!("lease extension failed: {err}"),
-                            _ => {}
-                        }
-                        match result.claimed {
-                            None => {}
-                            Some(Ok(claimed)) => {
-                                if claimed.entries.len() < want {
-                                    may_have_work = false;
-                                }
-                                blocked = claimed.blocked;
-                                memory_blocked = blocked.contains(&Blocked::Memory);
-                                blocked_until = blocked
-                                    .iter()
-                                    .filter_map(|b| match b {
-                                        Blocked::For(ms) => Some(*ms),
-                                        _ => None,
-                                    })
-                                    .min()
-                                    .map(|ms| Instant::now() + Duration::from_millis(ms.max(1)));
-                                if let Some(ids) = claimed.last_ids {
-                                    let (keys, ids): (Vec<String>, Vec<String>) = self
-                                        .streams
-                                        .iter()
-                                        .zip(ids)
-                                        .zip(&watch)
-                                        .filter(|(_, on)| **on)
-                                        .map(|((s, id), _)| (s.key.clone(), id))
-                                        .unzip();
-                                    watching = watch;
-                                    if !keys.is_empty() {
-                                        waker.arm(WaitPoint { keys, ids });
-                                    }
-                                }
-                                for gone in &claimed.gone {
-                                    tracing::warn!(entry = %gone, "a pending entry was deleted from its stream before it finished; its task cannot be recovered");
-                                }
-                                for entry in claimed.entries {
-                                    held +=
-                                        self.accept(entry, &done_tx, &mut outcomes.to_commit).await;
-                                }
-                            }
-                            Some(Err(err)) => {
-                                if err.is_missing_group() {
-                                    tracing::warn!(
-                                        "consumer groups are gone (Redis flushed or restarted without persistence?); recreating them"
-                                    );
-                                    if let Err(err) = self.store.ensure_groups(&self.streams).await
-                                    {
-                                        tracing::error!("cannot recreate consumer groups: {err}");
-                                        retry_at = Some(Instant::now() + retry_delay);
-                                        retry_delay = (retry_delay * 2).min(RETRY_MAX);
-                                    }
-                                } else {
-                                    tracing::error!("claim failed: {err}");
-                                    retry_at = Some(Instant::now() + retry_delay);
-                                    retry_delay = (retry_delay * 2).min(RETRY_MAX);
-                                }
-                            }
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(
-                            "Redis round trip failed: {err}; retrying in {retry_delay:?} with {} commits held",
-                            outcomes.to_commit.len()
-                        );
-                        retry_at = Some(Instant::now() + retry_delay);
-                        retry_delay = (retry_delay * 2).min(RETRY_MAX);
-                    }
-                }
+            if let Some(plan) = schedule.plan(now, &inputs) {
+                self.round_trip(plan, &mut schedule, &mut outcomes, &waker, &done_tx)
+                    .await;
                 continue;
             }
-
-            if draining && held == 0 {
+            if schedule.drained() {
                 break;
             }
 
-            // Sleep until the next timer: a retry after a failed trip, a
-            // lease extension, the periodic promotion and sweep (an idle
-            // worker also runs those), a routing refusal that may lift, or
-            // the end of the grace period.
-            let mut wake_at = retry_at.unwrap_or(now + IDLE);
-            if !self.running.is_empty() {
-                wake_at = wake_at.min(next_extend);
-            }
-            if !draining {
-                wake_at = wake_at.min(next_promote).min(next_sweep);
-                if let Some(at) = blocked_until {
-                    wake_at = wake_at.min(at);
-                }
-            }
-            if let Some(deadline) = drain_deadline {
-                wake_at = wake_at.min(deadline);
-            }
+            let wake_at = schedule.next_wake(now, !self.running.is_empty());
+            let draining = schedule.is_draining();
             tokio::select! {
-                Some(done) = done_rx.recv() => outcomes.absorb(done, &mut held),
-                () = waker.woken(), if !draining => may_have_work = true,
+                Some(done) = done_rx.recv() => schedule.task_finished(outcomes.absorb(done)),
+                () = waker.woken(), if !draining => schedule.woken(),
                 Ok(()) = self.observations.changed() => {
                     let seen = self.observations.borrow_and_update().clone();
-                    if self.take_in(seen, &mut dead_workers, draining) {
-                        may_have_work = true;
-                    }
+                    self.take_in(seen, &mut schedule);
                 }
                 () = shutdown.wait(), if !draining => {
-                    drain_deadline = Some(Instant::now() + self.shutdown_grace);
+                    schedule.drain(Instant::now());
                     self.stats.draining.store(true, Ordering::Relaxed);
-                    tracing::info!(running = held, "draining: no new claims; waiting up to {:?} for running tasks", self.shutdown_grace);
+                    tracing::info!(running = schedule.held(), "draining: no new claims; waiting up to {:?} for running tasks", self.shutdown_grace);
                 }
                 () = tokio::time::sleep_until(wake_at) => {
-                    if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                    if schedule.timer_fired(Instant::now()) {
                         break;
-                    }
-                    let now = Instant::now();
-                    if !draining && now >= next_promote.min(next_sweep) {
-                        may_have_work = true;
-                    }
-                    if blocked_until.is_some_and(|at| now >= at) {
-                        blocked_until = None;
-                        may_have_work = true;
                     }
                 }
             }
@@ -443,36 +236,167 @@ impl Dispatcher {
         }
     }
 
+    /// Sends one planned round trip to Redis, acts on what it brought back
+    /// (records the commits, stops tasks whose lease was lost, arms the
+    /// blocking wait, starts the claimed tasks) and feeds the outcome to the
+    /// schedule.
+    async fn round_trip(
+        &self,
+        plan: TripPlan,
+        schedule: &mut Schedule,
+        outcomes: &mut Outcomes,
+        waker: &Waker,
+        done: &mpsc::UnboundedSender<Finished>,
+    ) {
+        let lease_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
+        let leases = if plan.extend {
+            self.running.leases()
+        } else {
+            Vec::new()
+        };
+        let want = plan.claim.as_ref().map_or(0, |claim| claim.max);
+        let free_memory = self.device_memory.free_memory(self.running.reserved());
+        let outcome = {
+            let rules: &[String] = if self.router.is_plain() && free_memory.is_none() {
+                &[]
+            } else {
+                self.router.rules()
+            };
+            let claim = plan.claim.as_ref().map(|claim| ClaimRequest {
+                max: claim.max,
+                device: &self.device,
+                aging_ms: if claim.aging { self.aging_ms } else { 0 },
+                want_last_ids: claim.want_last_ids,
+                sweep_idle_ms: if claim.sweep { lease_ms } else { 0 },
+                max_deliveries: self.max_deliveries,
+                promote: claim.promote,
+                dead_consumers: schedule.dead_workers(),
+                free_memory,
+                rules,
+            });
+            let to_commit = &outcomes.to_commit;
+            let trip = Trip {
+                streams: &self.streams,
+                consumer: &self.worker_id,
+                completions: to_commit,
+                extend: &leases,
+                claim,
+            };
+            // One span per round trip: the commits, the lease extensions
+            // and the claim it carries.
+            let span = tracing::debug_span!(
+                "round_trip",
+                worker = %self.worker_id,
+                commits = to_commit.len(),
+                extends = leases.len(),
+                claim = want,
+            );
+            self.store.round_trip(&trip).instrument(span).await
+        };
+        let result = match outcome {
+            Ok(result) => result,
+            Err(err) => {
+                let delay = schedule.failed(Instant::now());
+                tracing::warn!(
+                    "Redis round trip failed: {err}; retrying in {delay:?} with {} commits held",
+                    outcomes.to_commit.len()
+                );
+                return;
+            }
+        };
+        if let Some(Ok(lost)) = &result.lost {
+            let extended = leases.len().saturating_sub(lost.len());
+            self.stats.tasks.extended(extended);
+        }
+        let mut committed = 0;
+        for (completion, outcome) in outcomes.to_commit.drain(..).zip(result.commits) {
+            committed += 1;
+            self.record_commit(&completion, outcome);
+        }
+        match result.lost {
+            Some(Ok(lost)) if !lost.is_empty() => {
+                for id in self.running.stop_entries(&lost) {
+                    tracing::warn!(task = %id, "lease lost (another worker took the task over); stopping it");
+                    outcomes.lost.insert(id);
+                }
+            }
+            Some(Err(err)) => tracing::warn!("lease extension failed: {err}"),
+            _ => {}
+        }
+        let (claimed, claim_error) = match result.claimed {
+            None => (None, None),
+            Some(Ok(claimed)) => (Some(claimed), None),
+            Some(Err(err)) => (None, Some(err)),
+        };
+        let arm = schedule.apply(
+            Instant::now(),
+            TripResult {
+                committed,
+                claim: claimed.as_ref().map(|claimed| ClaimResult {
+                    taken: claimed.entries.len(),
+                    blocked: claimed.blocked.clone(),
+                    last_ids: claimed.last_ids.is_some(),
+                }),
+            },
+        );
+        if let Some(claimed) = claimed {
+            if let (Some(ids), Some(watch)) = (claimed.last_ids, arm) {
+                let (keys, ids): (Vec<String>, Vec<String>) = self
+                    .streams
+                    .iter()
+                    .zip(ids)
+                    .zip(&watch)
+                    .filter(|(_, on)| **on)
+                    .map(|((s, id), _)| (s.key.clone(), id))
+                    .unzip();
+                if !keys.is_empty() {
+                    waker.arm(WaitPoint { keys, ids });
+                }
+            }
+            for gone in &claimed.gone {
+                tracing::warn!(entry = %gone, "a pending entry was deleted from its stream before it finished; its task cannot be recovered");
+            }
+            for entry in claimed.entries {
+                let slots = self.accept(entry, done, &mut outcomes.to_commit).await;
+                schedule.accepted(slots);
+            }
+        }
+        if let Some(err) = claim_error {
+            if err.is_missing_group() {
+                tracing::warn!(
+                    "consumer groups are gone (Redis flushed or restarted without persistence?); recreating them"
+                );
+                if let Err(err) = self.store.ensure_groups(&self.streams).await {
+                    tracing::error!("cannot recreate consumer groups: {err}");
+                    schedule.failed(Instant::now());
+                }
+            } else {
+                tracing::error!("claim failed: {err}");
+                schedule.failed(Instant::now());
+            }
+        }
+    }
+
     /// Takes in a look at the registry: the router's view of the live
     /// workers (the record's `live_seen` follows it), and the dead workers
-    /// whose tasks the next claims take over. True when there may be work
-    /// to claim now.
-    fn take_in(
-        &mut self,
-        seen: Observation,
-        dead_workers: &mut Vec<DeadConsumer>,
-        draining: bool,
-    ) -> bool {
-        let mut work = self.router.observe(&seen.workers);
+    /// whose tasks the next claims take over.
+    fn take_in(&mut self, seen: Observation, schedule: &mut Schedule) {
+        if self.router.observe(&seen.workers) {
+            schedule.rules_changed();
+        }
         let live = seen.live();
         if self.live_seen.swap(live, Ordering::Relaxed) != live {
             self.nudge.notify_one();
         }
-        let names = |list: &[DeadConsumer]| -> Vec<String> {
-            list.iter().map(|d| d.name.clone()).collect()
-        };
-        if !draining && names(&seen.dead) != names(dead_workers) && !seen.dead.is_empty() {
+        if schedule.workers_seen(seen.dead) {
             let (stalled, dead): (Vec<&DeadConsumer>, Vec<&DeadConsumer>) =
-                seen.dead.iter().partition(|d| d.stalled);
+                schedule.dead_workers().iter().partition(|d| d.stalled);
             tracing::info!(
                 dead = ?dead.iter().map(|d| &d.name).collect::<Vec<_>>(),
                 stalled = ?stalled.iter().map(|d| &d.name).collect::<Vec<_>>(),
                 "workers gone: taking over their tasks"
             );
-            work = true;
         }
-        *dead_workers = if draining { Vec::new() } else { seen.dead };
-        work
     }
 
     /// The device failed: commit what finished before, hand back every task

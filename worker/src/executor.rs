@@ -40,12 +40,19 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    /// The delay before attempt `attempt + 1`: base x 2^(attempt - 1),
-    /// capped, then drawn uniformly from its upper half ("equal jitter"), so
-    /// tasks that failed together do not retry together.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    /// The delay before attempt `attempt + 1` without jitter: base x
+    /// 2^(attempt - 1), capped. The claim loop waits this long after its
+    /// `attempt`-th failed round trip in a row.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(30);
-        let full = self.base.saturating_mul(1 << exponent).min(self.max);
+        self.base.saturating_mul(1 << exponent).min(self.max)
+    }
+
+    /// The delay before attempt `attempt + 1`: the [`Backoff::ceiling`],
+    /// drawn uniformly from its upper half ("equal jitter"), so tasks that
+    /// failed together do not retry together.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let full = self.ceiling(attempt);
         let half = full / 2;
         let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
         let random = random_u64() % jitter_ms.saturating_add(1);
@@ -1085,6 +1092,7 @@ mod tests {
             (5, 1_000),
             (40, 1_000),
         ] {
+            assert_eq!(backoff.ceiling(attempt), Duration::from_millis(full));
             for _ in 0..50 {
                 let delay = backoff.delay(attempt).as_millis() as u64;
                 assert!(

@@ -13,6 +13,8 @@
 //! - [`models`]: the model cache (resident models, reloads on new versions).
 //! - `stats`: the worker's task counters.
 //! - `dispatcher`: the claim loop (commit, claim, start, wait).
+//! - `schedule`: the claim loop's decisions without I/O: what each round
+//!   trip carries, when to wake, the Redis retry backoff.
 //! - `executor`: runs one task; turns results, errors and panics into commits.
 //! - `waker`: wakes an idle worker when a task arrives (blocking `XREAD`).
 //! - `cancel`: stops running tasks a producer cancelled.
@@ -57,6 +59,7 @@ mod kinds;
 mod metrics;
 pub mod models;
 mod router;
+mod schedule;
 pub mod shutdown;
 mod stats;
 mod waker;
