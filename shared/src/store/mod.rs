@@ -6,8 +6,9 @@
 //! tasks go out as one pipeline, so a batch costs one round trip.
 //!
 //! - `tasks`: what producers do (submit, find, cancel).
-//! - `trip`: what workers do (claim, commit, extend leases), one round trip
-//!   at a time.
+//! - `claim`, `commit`, `lease`: what workers do (claim tasks, commit
+//!   their outcomes, extend and hand back leases), put together one round
+//!   trip at a time by `round_trip`.
 //! - `registry`: worker heartbeats, and which workers are gone.
 //! - `alerts`: the alerts stream, the fleet-wide alert locks and the
 //!   dead-letter counts they compare.
@@ -20,14 +21,17 @@
 //!   Sentinel names, or a Cluster (pipelines cut per slot); `WAIT`.
 
 mod alerts;
+mod claim;
+mod commit;
 mod dead;
+mod lease;
 mod link;
 mod models;
 mod registry;
 mod reply;
+mod round_trip;
 mod stats;
 mod tasks;
-mod trip;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,18 +46,17 @@ use crate::wire::Fields;
 use link::Link;
 
 pub use alerts::{ALERTS_MAXLEN, Alert, AlertEntry, AlertName, DeadGrowth};
+pub use claim::{Blocked, ClaimRequest, Claimed, ClaimedEntry, DeadConsumer, Verdict};
+pub use commit::{Committed, Completion, Disposition};
 pub use dead::DeadLetter;
 pub use link::Conn;
 pub use models::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
 };
 pub use registry::{Consumer, ProcessRef};
+pub use round_trip::{Trip, TripResult};
 pub use stats::{StreamStats, UnknownStream};
 pub use tasks::{CancelOutcome, Submitted};
-pub use trip::{
-    Blocked, ClaimRequest, Claimed, ClaimedEntry, Committed, Completion, DeadConsumer, Disposition,
-    Trip, TripResult, Verdict,
-};
 
 use reply::reply_ok;
 
