@@ -161,9 +161,7 @@ impl Registration {
         policy: &ModelPolicy,
     ) -> Self {
         let class = shape.class(policy.heavy_threshold_bytes);
-        let registered_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let registered_at_ms = crate::clock::now_ms();
         Self {
             name: name.to_owned(),
             source,
