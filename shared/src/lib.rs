@@ -15,7 +15,7 @@
 //! - [`scripts`]: the Lua scripts of `shared/lua/`, loaded and verified.
 //! - [`store`]: the queue's Redis operations, typed; the only code that
 //!   sends queue commands.
-//! - [`model`]: the price-prediction model (an MLP) and its safetensors file.
+//! - [`model_format`]: the price-prediction model (an MLP) and its safetensors file.
 //! - [`msgpack`]: parameter and result encoding.
 //! - [`signature`]: optional HMAC signing of task entries.
 //! - [`connect`]: Redis clients from the configuration (TLS included).
@@ -46,7 +46,7 @@ pub mod exit;
 pub mod keys;
 pub mod kind;
 pub mod logging;
-pub mod model;
+pub mod model_format;
 pub mod msgpack;
 pub mod routing;
 pub mod scripts;

@@ -17,7 +17,7 @@ use redis::Value;
 use super::reply::{array, bytes, hash_map, int, reply_ok, text};
 use super::{Store, StoreError};
 use crate::config::Config;
-use crate::model::{Model, ModelError, ModelFile, ModelShape, sha256_hex};
+use crate::model_format::{Model, ModelError, ModelFile, ModelShape, sha256_hex};
 use crate::task::Class;
 
 /// Longest model name.
@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn records_read_back_and_damage_is_named() {
-        let shape = ModelShape::new(&[16, 64, 1], crate::model::Activation::Relu).unwrap();
+        let shape = ModelShape::new(&[16, 64, 1], crate::model_format::Activation::Relu).unwrap();
         let registration = Registration {
             name: "m".into(),
             source: ModelSource::Path("/models/m.safetensors".into()),
