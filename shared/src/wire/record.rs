@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn records_read_leniently() {
         let record = TaskRecord::from_fields([
-            (field::STATUS.as_bytes(), &b"failed"[..]),
+            (field::STATUS.as_bytes(), Status::Failed.as_str().as_bytes()),
             (field::ATTEMPT.as_bytes(), b"2"),
             (field::ERROR_CODE.as_bytes(), b"BAD_PARAMS"),
             (field::ERROR_MESSAGE.as_bytes(), b"ms too large"),

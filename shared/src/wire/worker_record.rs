@@ -296,7 +296,7 @@ mod tests {
     fn worker_info_round_trips() {
         let info = WorkerInfo {
             id: "host-1-ab".into(),
-            host: "host".into(),
+            host: "node-7".into(),
             pid: 1,
             process: "boot/4026531836/123".into(),
             live_seen: 3,
