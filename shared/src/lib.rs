@@ -9,8 +9,9 @@
 //!   built-in kinds (`noop`, `sleep`, `echo`, `fail`, the compute and model
 //!   kinds, the test kinds).
 //! - [`device`]: GPUs, capability scores, roles, simulated GPUs.
-//! - [`routing`]: which waiting tasks a worker takes, from the registry.
-//! - [`wire`]: the fields of entries, records and notices (wire format v2).
+//! - [`routing`]: which waiting tasks a worker takes, from the worker registry.
+//! - [`wire`]: the fields of entries, records, notices and worker records
+//!   (wire format v2), one file per format.
 //! - [`keys`]: every Redis key name.
 //! - [`scripts`]: the Lua scripts of `shared/lua/`, loaded and verified.
 //! - [`store`]: the queue's Redis operations, typed; the only code that
