@@ -9,17 +9,19 @@
 //!   built-in kinds (`noop`, `sleep`, `echo`, `fail`, the compute and model
 //!   kinds, the test kinds).
 //! - [`device`]: GPUs, capability scores, roles, simulated GPUs.
-//! - [`routing`]: which waiting tasks a worker takes, from the registry.
-//! - [`wire`]: the fields of entries, records and notices (wire format v2).
+//! - [`routing`]: which waiting tasks a worker takes, from the worker registry.
+//! - [`wire`]: the fields of entries, records, notices and worker records
+//!   (wire format v2), one file per format.
 //! - [`keys`]: every Redis key name.
 //! - [`scripts`]: the Lua scripts of `shared/lua/`, loaded and verified.
 //! - [`store`]: the queue's Redis operations, typed; the only code that
 //!   sends queue commands.
-//! - [`model`]: the price-prediction model (an MLP) and its safetensors file.
+//! - [`model_format`]: the price-prediction model (an MLP) and its safetensors file.
 //! - [`msgpack`]: parameter and result encoding.
 //! - [`signature`]: optional HMAC signing of task entries.
 //! - [`connect`]: Redis clients from the configuration (TLS included).
 //! - [`config`]: the one configuration type.
+//! - [`clock`]: wall-clock milliseconds since the Unix epoch ([`clock::now_ms`]).
 //! - [`logging`]: log set-up (text or JSON, `RUST_LOG` or `log_level`).
 //! - [`exit`]: the exit statuses of both binaries, and how they print errors.
 //!
@@ -37,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod device;
@@ -44,7 +47,7 @@ pub mod exit;
 pub mod keys;
 pub mod kind;
 pub mod logging;
-pub mod model;
+pub mod model_format;
 pub mod msgpack;
 pub mod routing;
 pub mod scripts;

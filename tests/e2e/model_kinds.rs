@@ -10,7 +10,7 @@ use tandem_shared::kind::models::{
     Infer, InferOutput, InferParams, Optimizer, PredictBatch, PredictBatchParams, SymbolWindow,
     Train, TrainParams,
 };
-use tandem_shared::model::{Activation, Model, sha256_hex};
+use tandem_shared::model_format::{Activation, Model, sha256_hex};
 use tandem_shared::store::{ModelPolicy, Store};
 use tandem_shared::wire::TaskRecord;
 use tandem_shared::{Class, ErrorCode, Priority, Status};

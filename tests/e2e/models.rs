@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 use redis::AsyncCommands;
-use tandem_shared::model::{Activation, Model, sha256_hex};
+use tandem_shared::model_format::{Activation, Model, sha256_hex};
 use tandem_shared::store::{ModelPolicy, ModelSource, Store};
 
 use crate::support::{RedisServer, ScratchDir, bin};

@@ -5,7 +5,7 @@
 
 use tandem_producer::{Producer, Task};
 use tandem_shared::kind::models::{Optimizer, Train, TrainParams};
-use tandem_shared::model::{Activation, Model};
+use tandem_shared::model_format::{Activation, Model};
 use tandem_shared::store::{ModelPolicy, Store};
 use tandem_shared::{Class, Config, Status};
 

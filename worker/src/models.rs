@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tandem_kernels::mlp::{Activation as MlpActivation, Layer as MlpLayer, Mlp};
 use tandem_kernels::mlp_gpu::{GpuMlp, GpuMlpError};
-use tandem_shared::model::{Activation, Layer, Model};
+use tandem_shared::model_format::{Activation, Layer, Model};
 use tandem_shared::store::Store;
 use tandem_shared::{ErrorCode, Priority};
 

@@ -2,7 +2,7 @@
 //! MLP: layers of weights and biases, a hidden activation, input
 //! normalisation), its CPU twin (forward and training) and, in
 //! [`crate::mlp_gpu`], its GPU path. The file format lives in
-//! `tandem_shared::model`; this module sees plain arrays.
+//! `tandem_shared::model_format`; this module sees plain arrays.
 
 mod forward;
 mod gemm;

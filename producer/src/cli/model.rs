@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tandem_shared::Config;
-use tandem_shared::model::{Activation, Model};
+use tandem_shared::model_format::{Activation, Model};
 use tandem_shared::store::{ModelInfo, ModelPolicy, ModelSource, Store, check_model_name};
 
 use super::table;

@@ -1,5 +1,5 @@
 //! The model kinds' contracts: `infer`, `predict_batch` and `train` run a
-//! registered price-prediction model (`crate::model`, registered with
+//! registered price-prediction model (`crate::model_format`, registered with
 //! `tandem model`), kept resident on the worker's device between tasks.
 //!
 //! | kind | class | parameters | result |

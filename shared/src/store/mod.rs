@@ -6,13 +6,15 @@
 //! tasks go out as one pipeline, so a batch costs one round trip.
 //!
 //! - `tasks`: what producers do (submit, find, cancel).
-//! - `trip`: what workers do (claim, commit, extend leases), one round trip
-//!   at a time.
-//! - `registry`: worker heartbeats, and which workers are gone.
+//! - `claim`, `commit`, `lease`: what workers do (claim tasks, commit
+//!   their outcomes, extend and hand back leases), put together one round
+//!   trip at a time by `round_trip`.
+//! - `workers`: the worker registry: heartbeats, live workers, and which
+//!   workers are gone.
 //! - `alerts`: the alerts stream, the fleet-wide alert locks and the
 //!   dead-letter counts they compare.
 //! - `dead`: the dead-letter streams.
-//! - `models`: the model registry (records, uploaded files).
+//! - `model_registry`: the model registry (records, uploaded files).
 //! - `stats`: queue depths for the CLI, streams no worker reads; key
 //!   clean-up.
 //! - `reply`: typed reading of Redis replies.
@@ -20,14 +22,17 @@
 //!   Sentinel names, or a Cluster (pipelines cut per slot); `WAIT`.
 
 mod alerts;
+mod claim;
+mod commit;
 mod dead;
+mod lease;
 mod link;
-mod models;
-mod registry;
+mod model_registry;
 mod reply;
+mod round_trip;
 mod stats;
 mod tasks;
-mod trip;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,18 +47,17 @@ use crate::wire::Fields;
 use link::Link;
 
 pub use alerts::{ALERTS_MAXLEN, Alert, AlertEntry, AlertName, DeadGrowth};
+pub use claim::{Blocked, ClaimRequest, Claimed, ClaimedEntry, DeadConsumer, Verdict};
+pub use commit::{Committed, Completion, Disposition};
 pub use dead::DeadLetter;
 pub use link::Conn;
-pub use models::{
+pub use model_registry::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
 };
-pub use registry::{Consumer, ProcessRef};
+pub use round_trip::{Trip, TripResult};
 pub use stats::{StreamStats, UnknownStream};
 pub use tasks::{CancelOutcome, Submitted};
-pub use trip::{
-    Blocked, ClaimRequest, Claimed, ClaimedEntry, Committed, Completion, DeadConsumer, Disposition,
-    Trip, TripResult, Verdict,
-};
+pub use workers::{Consumer, ProcessRef};
 
 use reply::reply_ok;
 

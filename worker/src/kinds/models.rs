@@ -11,7 +11,7 @@ use tandem_shared::kind::models::{
     Infer, InferOutput, InferParams, Optimizer, PredictBatch, PredictBatchOutput,
     PredictBatchParams, Prediction, Train, TrainOutput, TrainParams,
 };
-use tandem_shared::model::sha256_hex;
+use tandem_shared::model_format::sha256_hex;
 
 use crate::compute::blocking;
 use crate::handler::{Handler, Registry, TaskContext, TaskError};

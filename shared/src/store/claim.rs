@@ -1,14 +1,16 @@
-//! What workers do, one round trip at a time: commit finished tasks, extend
-//! the leases of running ones, and claim new ones.
+//! Claiming: a worker's request for tasks, the claim script's reply (what
+//! it decided for each entry, why a stream's next entry was not taken), and
+//! in Cluster one claim per class read as one. The claim rides in the
+//! worker's round trip ([`super::round_trip`]).
 
 use redis::{Cmd, Value};
 
 use super::reply::{array, fields, int, reply_ok, text};
-use super::{Store, StoreError, StreamRef};
+use super::round_trip::streams_of;
+use super::{Store, StoreError, StreamRef, Trip};
 use crate::keys::GROUP;
 use crate::scripts;
-use crate::task::{Class, Priority, TaskId};
-use crate::wire::{Fields, Finish, TaskEntry};
+use crate::wire::{Fields, field};
 
 /// A worker's request to claim tasks.
 #[derive(Debug, Clone)]
@@ -107,78 +109,6 @@ pub enum Blocked {
     Rule,
 }
 
-/// What becomes of a task after this attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Disposition {
-    /// Its record takes its final status now.
-    Final,
-    /// It goes back into its stream after this many milliseconds.
-    Retry { after_ms: u64 },
-    /// It goes to the dead-letter stream and its record ends `failed`.
-    Dead,
-    /// It goes back to the end of its stream at once, for another worker,
-    /// declaring at least this much memory (the device it ran on had less
-    /// room than that); its record says `queued` again and its history
-    /// notes why. Not a failed attempt.
-    HandBack { min_memory_bytes: u64 },
-    /// It was cut into these shards (entries of its own stream, each a task
-    /// with a record of its own); its record stays `running` until the last
-    /// shard's commit puts it back as a merge entry (`split.lua`).
-    Split { shards: Vec<TaskEntry> },
-}
-
-/// A task to commit.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    pub id: TaskId,
-    pub class: Class,
-    pub priority: Priority,
-    pub entry_id: String,
-    pub reply_to: Option<String>,
-    pub attempt: u32,
-    pub disposition: Disposition,
-    pub finish: Finish,
-}
-
-/// The outcome of committing one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Committed {
-    /// The outcome is now the task's record (or its retry is scheduled).
-    Written,
-    /// A cancel requested while the task ran made the record `cancelled`,
-    /// whatever the outcome said; the rest of it was discarded.
-    Cancelled,
-    /// The record was already final; this outcome was discarded.
-    AlreadyFinal,
-    /// This worker no longer owns the entry (its lease was taken over); the
-    /// outcome was discarded and nothing changed.
-    LeaseLost,
-}
-
-/// One round trip of a worker: commits first (they free slots), then lease
-/// extensions, then a claim.
-#[derive(Debug)]
-pub struct Trip<'a> {
-    /// The worker's streams, highest priority first.
-    pub streams: &'a [StreamRef],
-    /// The worker's consumer name.
-    pub consumer: &'a str,
-    pub completions: &'a [Completion],
-    /// Entries whose leases to extend: (index into `streams`, entry id).
-    pub extend: &'a [(usize, String)],
-    pub claim: Option<ClaimRequest<'a>>,
-}
-
-/// What one round trip did.
-#[derive(Debug)]
-pub struct TripResult {
-    /// One per completion, in order.
-    pub commits: Vec<Result<Committed, StoreError>>,
-    /// Entry ids whose leases this worker no longer holds.
-    pub lost: Option<Result<Vec<String>, StoreError>>,
-    pub claimed: Option<Result<Claimed, StoreError>>,
-}
-
 impl Store {
     /// Creates the consumer group on each stream (and the stream) if missing.
     /// Groups start at id 0 so tasks submitted before any worker existed run.
@@ -206,7 +136,12 @@ impl Store {
         Ok(())
     }
 
-    fn claim_cmd(&self, streams: &[StreamRef], consumer: &str, request: &ClaimRequest<'_>) -> Cmd {
+    pub(super) fn claim_cmd(
+        &self,
+        streams: &[StreamRef],
+        consumer: &str,
+        request: &ClaimRequest<'_>,
+    ) -> Cmd {
         let mut call = scripts::CLAIM.invocation();
         for stream in streams {
             call = call.key(&stream.key);
@@ -237,294 +172,6 @@ impl Store {
         }
         call.into_cmd()
     }
-
-    fn split_cmd(&self, consumer: &str, completion: &Completion, shards: &[TaskEntry]) -> Cmd {
-        let class = completion.class;
-        let mut call = scripts::SPLIT
-            .invocation()
-            .key(self.keys.task(class, &completion.id))
-            .key(self.keys.stream_ref(class, completion.priority))
-            .arg(GROUP)
-            .arg(&completion.entry_id)
-            .arg(consumer)
-            .arg(completion.id.to_string())
-            .arg(shards.len());
-        for shard in shards {
-            let fields = shard.fields();
-            call = call.arg(shard.id.to_string()).arg(fields.len());
-            for (name, value) in fields {
-                call = call.arg(name).arg(value);
-            }
-        }
-        call.into_cmd()
-    }
-
-    fn complete_cmd(&self, consumer: &str, completion: &Completion) -> Cmd {
-        let class = completion.class;
-        let mut call = scripts::COMPLETE
-            .invocation()
-            .key(self.keys.task(class, &completion.id))
-            .key(self.keys.stream_ref(class, completion.priority))
-            .key(self.keys.delayed(class))
-            .key(self.keys.dead(class));
-        if let Some(reply_to) = &completion.reply_to
-            && self.keys.is_reply_for(class, reply_to)
-        {
-            call = call.key(reply_to);
-        }
-        let (disposition, after_ms) = match &completion.disposition {
-            Disposition::Final => ("final", 0),
-            Disposition::Retry { after_ms } => ("retry", *after_ms),
-            Disposition::Dead => ("dead", 0),
-            Disposition::HandBack { min_memory_bytes } => ("handback", *min_memory_bytes),
-            Disposition::Split { shards } => return self.split_cmd(consumer, completion, shards),
-        };
-        call = call
-            .arg(GROUP)
-            .arg(&completion.entry_id)
-            .arg(consumer)
-            .arg(self.retention.result_ttl_s)
-            .arg(self.retention.reply_maxlen)
-            .arg(self.retention.reply_ttl_s)
-            .arg(self.retention.inline_result_bytes)
-            .arg(completion.id.to_string())
-            .arg(completion.finish.status.as_str())
-            .arg(disposition)
-            .arg(after_ms)
-            .arg(self.retention.dead_letter_maxlen)
-            .arg(completion.attempt);
-        for (name, value) in completion.finish.record_pairs() {
-            call = call.arg(name).arg(value);
-        }
-        call.into_cmd()
-    }
-
-    fn extend_cmd(&self, streams: &[StreamRef], consumer: &str, held: &[(usize, String)]) -> Cmd {
-        let mut call = scripts::EXTEND.invocation();
-        for stream in streams {
-            call = call.key(&stream.key);
-        }
-        call = call.arg(GROUP).arg(consumer);
-        for (index, entry_id) in held {
-            call = call.arg(index + 1).arg(entry_id.as_str());
-        }
-        call.into_cmd()
-    }
-
-    /// Runs one round trip: the commits, then the lease extensions, then the
-    /// claim, as one pipeline.
-    pub async fn round_trip(&self, trip: &Trip<'_>) -> Result<TripResult, StoreError> {
-        let groups = self.stream_groups(trip.streams);
-        if groups.len() > 1 {
-            return self.round_trip_by_class(trip, &groups).await;
-        }
-        let mut cmds: Vec<Cmd> = trip
-            .completions
-            .iter()
-            .map(|c| self.complete_cmd(trip.consumer, c))
-            .collect();
-        if !trip.extend.is_empty() {
-            cmds.push(self.extend_cmd(trip.streams, trip.consumer, trip.extend));
-        }
-        if let Some(request) = &trip.claim {
-            cmds.push(self.claim_cmd(trip.streams, trip.consumer, request));
-        }
-        let mut replies = self.pipeline(&cmds).await?;
-        if replies.len() != cmds.len() {
-            return Err(StoreError::Protocol {
-                what: "round trip",
-                detail: format!("{} replies for {} commands", replies.len(), cmds.len()),
-            });
-        }
-        let claimed = trip.claim.as_ref().map(|_| {
-            let reply = replies.pop().unwrap_or(Value::Nil);
-            reply_ok(reply).and_then(|v| parse_claimed(v, trip.streams))
-        });
-        let lost = (!trip.extend.is_empty()).then(|| {
-            let reply = replies.pop().unwrap_or(Value::Nil);
-            reply_ok(reply).and_then(|v| {
-                array(v, "extend")?
-                    .into_iter()
-                    .map(|id| text(id, "extend"))
-                    .collect()
-            })
-        });
-        let commits = replies.into_iter().map(parse_committed).collect();
-        Ok(TripResult {
-            commits,
-            lost,
-            claimed,
-        })
-    }
-
-    /// The worker's streams cut by slot, as positions in `streams`: in
-    /// Cluster one group per class (each class has its own hash tag), else
-    /// one group of them all.
-    fn stream_groups(&self, streams: &[StreamRef]) -> Vec<Vec<usize>> {
-        if !self.is_cluster() {
-            return vec![(0..streams.len()).collect()];
-        }
-        let mut groups: Vec<(Class, Vec<usize>)> = Vec::new();
-        for (index, stream) in streams.iter().enumerate() {
-            match groups.iter_mut().find(|(class, _)| *class == stream.class) {
-                Some((_, members)) => members.push(index),
-                None => groups.push((stream.class, vec![index])),
-            }
-        }
-        groups.into_iter().map(|(_, members)| members).collect()
-    }
-
-    /// A round trip when the worker's streams lie in several slots (Cluster):
-    /// the commits, one lease extension per class and the first class's
-    /// claim go out as one call (one pipeline per slot, at once); then, while
-    /// `max` is not reached, one claim per further class, in the order of
-    /// the worker's classes. Within a class, priorities hold as on one
-    /// server; across classes, the first class is served first.
-    async fn round_trip_by_class(
-        &self,
-        trip: &Trip<'_>,
-        groups: &[Vec<usize>],
-    ) -> Result<TripResult, StoreError> {
-        let mut cmds: Vec<Cmd> = trip
-            .completions
-            .iter()
-            .map(|c| self.complete_cmd(trip.consumer, c))
-            .collect();
-        let commit_count = cmds.len();
-        for members in groups {
-            let held = local_held(members, trip.extend);
-            if !held.is_empty() {
-                cmds.push(self.extend_cmd(
-                    &streams_of(trip.streams, members),
-                    trip.consumer,
-                    &held,
-                ));
-            }
-        }
-        let extend_count = cmds.len() - commit_count;
-        let mut claims = trip
-            .claim
-            .as_ref()
-            .map(|request| ClassClaims::new(trip, request, groups));
-        // The first class's claim rides along when the commits and
-        // extensions are all of its class (its slot): a call to one master,
-        // which fails or succeeds as a whole. Commits of other classes go
-        // first on their own, so that a failure of another master cannot
-        // throw away the reply of a claim that ran (its entries would wait
-        // for their lease to run out).
-        let first_class = trip.streams[groups[0][0]].class;
-        let one_slot = trip.completions.iter().all(|c| c.class == first_class)
-            && groups[1..]
-                .iter()
-                .all(|members| local_held(members, trip.extend).is_empty());
-        let rides = one_slot && claims.is_some();
-        if rides && let Some(claims) = &claims {
-            cmds.push(claims.next_cmd(self));
-        }
-        let replies = self.pipeline(&cmds).await?;
-        if replies.len() != cmds.len() {
-            return Err(StoreError::Protocol {
-                what: "round trip",
-                detail: format!("{} replies for {} commands", replies.len(), cmds.len()),
-            });
-        }
-        let mut replies = replies.into_iter();
-        let commits = replies
-            .by_ref()
-            .take(commit_count)
-            .map(parse_committed)
-            .collect();
-        let extends: Vec<Value> = replies.by_ref().take(extend_count).collect();
-        let lost = (!trip.extend.is_empty()).then(|| {
-            let mut lost = Vec::new();
-            for reply in extends {
-                for id in array(reply_ok(reply)?, "extend")? {
-                    lost.push(text(id, "extend")?);
-                }
-            }
-            Ok(lost)
-        });
-        let claimed = match claims.as_mut() {
-            Some(claims) => {
-                let first = if rides {
-                    reply_ok(replies.next().unwrap_or(Value::Nil))
-                } else {
-                    self.single(claims.next_cmd(self)).await
-                };
-                Some(claims.finish(self, first).await)
-            }
-            None => None,
-        };
-        Ok(TripResult {
-            commits,
-            lost,
-            claimed,
-        })
-    }
-
-    /// Hands a stopping worker's unfinished entries back to their streams,
-    /// as new entries another worker starts at once. Returns how many.
-    /// `device_failure` (an error code and message) says the worker's
-    /// device failed: each entry's `interrupted` count goes up and the
-    /// task's history notes why.
-    pub async fn release(
-        &self,
-        streams: &[StreamRef],
-        consumer: &str,
-        held: &[(usize, String)],
-        device_failure: Option<(&str, &str)>,
-    ) -> Result<u64, StoreError> {
-        let (why, message) = device_failure.unwrap_or(("shutdown", ""));
-        let mut cmds = Vec::new();
-        for members in self.stream_groups(streams) {
-            let held = local_held(&members, held);
-            if held.is_empty() {
-                continue;
-            }
-            let mut call = scripts::RELEASE.invocation();
-            for &i in &members {
-                call = call.key(&streams[i].key);
-            }
-            call = call.arg(GROUP).arg(consumer).arg(why).arg(message);
-            for (index, entry_id) in &held {
-                call = call.arg(index + 1).arg(entry_id.as_str());
-            }
-            cmds.push(call.into_cmd());
-        }
-        let mut released = 0;
-        for reply in self.pipeline(&cmds).await? {
-            released += u64::try_from(int(reply_ok(reply)?, "release")?).unwrap_or(0);
-        }
-        Ok(released)
-    }
-
-    /// Moves an entry that names no task to the dead-letter stream of its
-    /// class, while `consumer` owns it. Returns the dead letter's id, or
-    /// `None` when the entry was taken over meanwhile.
-    pub async fn bury(
-        &self,
-        stream: &StreamRef,
-        entry_id: &str,
-        consumer: &str,
-        code: &str,
-        message: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let cmd = scripts::BURY
-            .invocation()
-            .key(&stream.key)
-            .key(self.keys.dead(stream.class))
-            .arg(GROUP)
-            .arg(entry_id)
-            .arg(consumer)
-            .arg(code)
-            .arg(message)
-            .arg(self.retention.dead_letter_maxlen)
-            .into_cmd();
-        match self.single(cmd).await? {
-            Value::Int(-1) => Ok(None),
-            other => Ok(Some(text(other, "bury")?)),
-        }
-    }
 }
 
 /// The device memory an entry declares (`memory_bytes`; 0 when absent or
@@ -532,19 +179,14 @@ impl Store {
 fn declared_memory(fields: &Fields) -> u64 {
     fields
         .iter()
-        .find(|(name, _)| name.as_slice() == crate::wire::field::MEMORY_BYTES.as_bytes())
+        .find(|(name, _)| name.as_slice() == field::MEMORY_BYTES.as_bytes())
         .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
         .unwrap_or(0)
 }
 
-/// The streams at positions `members`.
-fn streams_of(streams: &[StreamRef], members: &[usize]) -> Vec<StreamRef> {
-    members.iter().map(|&i| streams[i].clone()).collect()
-}
-
 /// One claim per class, in turn, until `max` is taken, read as one claim
 /// over every stream (Cluster: each class is its own slot).
-struct ClassClaims<'t, 'a> {
+pub(super) struct ClassClaims<'t, 'a> {
     trip: &'t Trip<'a>,
     request: &'t ClaimRequest<'a>,
     groups: &'t [Vec<usize>],
@@ -562,7 +204,11 @@ struct ClassClaims<'t, 'a> {
 }
 
 impl<'t, 'a> ClassClaims<'t, 'a> {
-    fn new(trip: &'t Trip<'a>, request: &'t ClaimRequest<'a>, groups: &'t [Vec<usize>]) -> Self {
+    pub(super) fn new(
+        trip: &'t Trip<'a>,
+        request: &'t ClaimRequest<'a>,
+        groups: &'t [Vec<usize>],
+    ) -> Self {
         let count = trip.streams.len();
         Self {
             trip,
@@ -580,7 +226,7 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
     }
 
     /// The claim of the next class, for what is left of `max`.
-    fn next_cmd(&self, store: &Store) -> Cmd {
+    pub(super) fn next_cmd(&self, store: &Store) -> Cmd {
         self.claim_cmd(store, self.next, self.left)
     }
 
@@ -617,7 +263,7 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
     /// one more try. When `max` is reached with classes left and the round
     /// has housekeeping (promoting due retries, the sweep, dead workers),
     /// those classes get a claim for nothing, at once, that does it.
-    async fn finish(
+    pub(super) async fn finish(
         &mut self,
         store: &Store,
         first: Result<Value, StoreError>,
@@ -733,28 +379,7 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
     }
 }
 
-/// `held` (positions in the worker's streams, entry ids) narrowed to the
-/// streams `members` names, with positions in `members`.
-fn local_held(members: &[usize], held: &[(usize, String)]) -> Vec<(usize, String)> {
-    held.iter()
-        .filter_map(|(index, id)| {
-            let local = members.iter().position(|m| m == index)?;
-            Some((local, id.clone()))
-        })
-        .collect()
-}
-
-fn parse_committed(reply: Value) -> Result<Committed, StoreError> {
-    match reply_ok(reply)? {
-        Value::Int(1) => Ok(Committed::Written),
-        Value::Int(2) => Ok(Committed::Cancelled),
-        Value::Int(0) => Ok(Committed::AlreadyFinal),
-        Value::Int(-1) => Ok(Committed::LeaseLost),
-        other => Err(StoreError::protocol("complete", &other)),
-    }
-}
-
-fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claimed, StoreError> {
+pub(super) fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claimed, StoreError> {
     let mut parts = array(reply, "claim")?.into_iter();
     let entries = array(parts.next().unwrap_or(Value::Nil), "claim")?;
     let last_ids = array(parts.next().unwrap_or(Value::Nil), "claim")?;
@@ -831,6 +456,7 @@ fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claimed, StoreEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::{Class, Priority};
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

@@ -17,7 +17,7 @@ use redis::Value;
 use super::reply::{array, bytes, hash_map, int, reply_ok, text};
 use super::{Store, StoreError};
 use crate::config::Config;
-use crate::model::{Model, ModelError, ModelFile, ModelShape, sha256_hex};
+use crate::model_format::{Model, ModelError, ModelFile, ModelShape, sha256_hex};
 use crate::task::Class;
 
 /// Longest model name.
@@ -161,9 +161,7 @@ impl Registration {
         policy: &ModelPolicy,
     ) -> Self {
         let class = shape.class(policy.heavy_threshold_bytes);
-        let registered_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let registered_at_ms = crate::clock::now_ms();
         Self {
             name: name.to_owned(),
             source,
@@ -532,7 +530,7 @@ mod tests {
 
     #[test]
     fn records_read_back_and_damage_is_named() {
-        let shape = ModelShape::new(&[16, 64, 1], crate::model::Activation::Relu).unwrap();
+        let shape = ModelShape::new(&[16, 64, 1], crate::model_format::Activation::Relu).unwrap();
         let registration = Registration {
             name: "m".into(),
             source: ModelSource::Path("/models/m.safetensors".into()),

@@ -1,0 +1,112 @@
+//! Every field name of wire format v2, and the only place in `wire` that
+//! spells one: the decoders and encoders of the other files name fields
+//! through these constants, so a rename here is a rename everywhere (and a
+//! new wire version).
+//!
+//! Entry fields are written by producers into a task stream; record fields
+//! live in the task record hash; a completion notice repeats the record.
+//! [`worker`] holds the fields of a worker's registry record.
+
+pub const VERSION: &str = "version";
+pub const ID: &str = "id";
+pub const KIND: &str = "kind";
+pub const CLASS: &str = "class";
+pub const PRIORITY: &str = "priority";
+pub const ATTEMPT: &str = "attempt";
+pub const MAX_ATTEMPTS: &str = "max_attempts";
+pub const MEMORY_BYTES: &str = "memory_bytes";
+pub const DEADLINE_MS: &str = "deadline_ms";
+pub const PRODUCER: &str = "producer";
+pub const SUBMITTED_AT_MS: &str = "submitted_at_ms";
+pub const REPLY_TO: &str = "reply_to";
+pub const PARAMS: &str = "params";
+pub const SIGNATURE: &str = "signature";
+/// Written by workers, not producers: how often the task was handed
+/// back because the device running it failed.
+pub const INTERRUPTED: &str = "interrupted";
+/// Written by workers when they hand a task back: the devices (comma
+/// separated) whose workers leave it for another device.
+pub const AVOID: &str = "avoid";
+/// Written by workers on the shards of a split task: the parent task's
+/// id, this shard's index (from 0) and the number of shards.
+pub const PARENT: &str = "parent";
+pub const SHARD: &str = "shard";
+pub const SHARDS: &str = "shards";
+/// Written by the last shard's commit on the parent's merge entry: `1`.
+pub const MERGE: &str = "merge";
+
+pub const STATUS: &str = "status";
+pub const ENTRY: &str = "entry";
+pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+pub const WORKER: &str = "worker";
+pub const DEVICE: &str = "device";
+pub const STARTED_AT_MS: &str = "started_at_ms";
+pub const FINISHED_AT_MS: &str = "finished_at_ms";
+pub const RUN_US: &str = "run_us";
+pub const RESULT: &str = "result";
+pub const RESULT_BYTES: &str = "result_bytes";
+pub const ERROR_CODE: &str = "error_code";
+pub const ERROR_MESSAGE: &str = "error_message";
+pub const CANCEL_REQUESTED_AT_MS: &str = "cancel_requested_at_ms";
+pub const RETRY_AT_MS: &str = "retry_at_ms";
+pub const HISTORY: &str = "history";
+pub const DEAD_LETTER: &str = "dead_letter";
+/// On a split parent's record: shards committed so far, and the shard
+/// task ids (space-separated, in shard order).
+pub const SHARDS_DONE: &str = "shards_done";
+pub const SHARD_IDS: &str = "shard_ids";
+/// On a split parent's record once it succeeded (written by the merge's
+/// commit): when its first shard started, the handler time of all its
+/// shards (microseconds), and the devices they ran on (comma separated).
+pub const SHARDS_STARTED_AT_MS: &str = "shards_started_at_ms";
+pub const SHARDS_RUN_US: &str = "shards_run_us";
+pub const SHARDS_DEVICES: &str = "shards_devices";
+
+/// Registry record field names (`tandem:worker:<id>`), also reachable as
+/// `wire::worker_field`.
+pub mod worker {
+    pub const ID: &str = "id";
+    pub const HOST: &str = "host";
+    pub const PID: &str = "pid";
+    pub const PROCESS: &str = "process";
+    pub const LIVE_SEEN: &str = "live_seen";
+    pub const DEVICE: &str = "device";
+    pub const ROLE: &str = "role";
+    pub const HEALTH: &str = "health";
+    pub const DEVICE_NAME: &str = "device_name";
+    pub const DEVICE_INDEX: &str = "device_index";
+    pub const PCI_BUS_ID: &str = "pci_bus_id";
+    pub const SIMULATED: &str = "simulated";
+    pub const SCORE: &str = "score";
+    pub const COMPUTE_CAPABILITY: &str = "compute_capability";
+    pub const MEMORY_TOTAL: &str = "memory_total";
+    pub const MEMORY_BUDGET: &str = "memory_budget";
+    pub const MEMORY_RESERVED: &str = "memory_reserved";
+    pub const MODELS: &str = "models";
+    pub const MEMORY_MODELS: &str = "memory_models";
+    pub const MODEL_HITS: &str = "model_hits";
+    pub const MODEL_MISSES: &str = "model_misses";
+    pub const CLASSES: &str = "classes";
+    pub const CONCURRENCY: &str = "concurrency";
+    pub const STATE: &str = "state";
+    pub const STARTED_AT_MS: &str = "started_at_ms";
+    pub const HEARTBEAT_AT_MS: &str = "heartbeat_at_ms";
+    pub const ACTIVE: &str = "active";
+    pub const METRICS_AT_MS: &str = "metrics_at_ms";
+    pub const GPU_UTILIZATION: &str = "gpu_utilization";
+    pub const GPU_MEMORY_USED: &str = "gpu_memory_used";
+    pub const GPU_TEMPERATURE_C: &str = "gpu_temperature_c";
+    pub const GPU_POWER_W: &str = "gpu_power_w";
+    pub const GPU_SM_CLOCK_MHZ: &str = "gpu_sm_clock_mhz";
+    pub const TASKS_PER_S: &str = "tasks_per_s";
+    pub const LATENCY_BUCKETS: &str = "latency_buckets";
+    pub const LATENCY_SUM_MS: &str = "latency_sum_ms";
+    pub const COMPLETED: &str = "completed";
+    pub const ERRORS: &str = "errors";
+    pub const LEASE_EXTENSIONS: &str = "lease_extensions";
+    pub const RECLAIMS: &str = "reclaims";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+    pub const VERSION: &str = "version";
+    pub const WIRE: &str = "wire";
+}
