@@ -19,7 +19,7 @@ use tandem_shared::store::{Alert, AlertName, Store, StoreError};
 use tandem_shared::{Class, Config};
 use tokio::sync::watch;
 
-use crate::heartbeat::now_ms;
+use crate::clock::now_ms;
 use crate::metrics::DeviceSample;
 
 /// The alert settings, read once from the configuration.

@@ -35,9 +35,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::cancel::Running;
 use crate::executor::{DeviceFailure, Executor, Plan};
 use crate::router::Router;
+use crate::running::Running;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::waker::{WaitPoint, Waker};

@@ -15,6 +15,8 @@
 //! - `dispatcher`: the claim loop (commit, claim, start, wait).
 //! - `executor`: runs one task; turns results, errors and panics into commits.
 //! - `waker`: wakes an idle worker when a task arrives (blocking `XREAD`).
+//! - `running`: the running-task table: each task's cancel token, the entry
+//!   it holds (its lease) and the device memory it declared.
 //! - `cancel`: stops running tasks a producer cancelled.
 //! - `watch`: reads the registry: live workers (for routing) and dead ones
 //!   (whose tasks are taken over at once).
@@ -29,6 +31,8 @@
 //! - `metrics`: samples the device and the task counters into the registry
 //!   record every `metrics_interval_ms`; `/metrics` for Prometheus.
 //! - [`shutdown`]: the stop signal; SIGTERM and SIGINT trigger it.
+//! - `host`, `clock`: utilities (the host's name, wall-clock milliseconds)
+//!   that import nothing from the worker.
 //!
 //! # Example
 //!
@@ -46,6 +50,7 @@
 mod alerts;
 mod builtin;
 mod cancel;
+mod clock;
 pub mod compute;
 pub mod device;
 mod dispatcher;
@@ -53,10 +58,12 @@ mod executor;
 pub mod fleet;
 pub mod handler;
 mod heartbeat;
+mod host;
 mod kinds;
 mod metrics;
 pub mod models;
 mod router;
+mod running;
 pub mod shutdown;
 mod stats;
 mod waker;
@@ -148,7 +155,7 @@ pub async fn run(
     } else {
         Health::Healthy
     });
-    let running = cancel::Running::default();
+    let running = running::Running::default();
     let nudge = Arc::new(tokio::sync::Notify::new());
     let latest_metrics = metrics::Latest::default();
     let published = metrics::Published::default();
@@ -158,7 +165,7 @@ pub async fn run(
         store: store.clone(),
         info: WorkerInfo {
             id: worker_id.clone(),
-            host: hostname(),
+            host: host::hostname(),
             pid: std::process::id(),
             process: watch::Instance::record_field(),
             device: device.id(),
@@ -174,7 +181,7 @@ pub async fn run(
             classes: config.classes.clone(),
             concurrency,
             state: "running".into(),
-            started_at_ms: heartbeat::now_ms(),
+            started_at_ms: clock::now_ms(),
             version: env!("CARGO_PKG_VERSION").into(),
             ..WorkerInfo::default()
         },
@@ -435,29 +442,7 @@ fn default_worker_id(device_tag: &str) -> String {
     let suffix = &random[random.len() - 4..];
     format!(
         "{}-{device_tag}-{}-{suffix}",
-        hostname(),
+        host::hostname(),
         std::process::id()
     )
-}
-
-pub(crate) fn hostname() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default();
-    let clean: String = raw
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if clean.is_empty() {
-        "localhost".into()
-    } else {
-        clean
-    }
 }

@@ -18,9 +18,9 @@ use tandem_shared::model::{Activation, Layer, Model};
 use tandem_shared::store::Store;
 use tandem_shared::{ErrorCode, Priority};
 
-use crate::cancel::Running;
 use crate::device::Device;
 use crate::handler::TaskError;
+use crate::running::Running;
 
 /// A model is not registered.
 pub const MODEL_NOT_FOUND: ErrorCode = ErrorCode::from_static("MODEL_NOT_FOUND");

@@ -32,8 +32,8 @@ use tandem_shared::wire::{WorkerInfo, WorkerMetrics};
 
 pub(crate) use tasks::TaskCounters;
 
-use crate::cancel::Running;
-use crate::heartbeat::now_ms;
+use crate::clock::now_ms;
+use crate::running::Running;
 use crate::stats::Stats;
 use device::{Gauge, Load};
 
@@ -188,7 +188,7 @@ pub(crate) async fn serve_fleet(
         config,
         store: tokio::sync::Mutex::new(None),
         children,
-        host: crate::hostname(),
+        host: crate::host::hostname(),
     });
     let render = move || {
         let source = Arc::clone(&source);
