@@ -11,10 +11,10 @@ use tandem_shared::kind::builtin::{
 };
 
 use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
-use crate::handler::{Handler, Registry, TaskContext, TaskError};
+use crate::handler::{Handler, KindTable, TaskContext, TaskError};
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds
         .register(NoopHandler)
         .register(SleepHandler)
         .register(EchoHandler)
@@ -22,8 +22,8 @@ pub(crate) fn register(registry: &mut Registry) {
 }
 
 /// The fault-injection kinds; see `tandem_shared::kind::builtin`.
-pub(crate) fn register_test_kinds(registry: &mut Registry) {
-    registry
+pub(crate) fn register_test_kinds(kinds: &mut KindTable) {
+    kinds
         .register(PanicHandler)
         .register(AbortHandler)
         .register(GpuOnlyHandler)
@@ -199,7 +199,7 @@ mod tests {
     }
 
     async fn run(kind: &str, params: &[u8]) -> Result<Vec<u8>, TaskError> {
-        Registry::with_builtins()
+        KindTable::with_builtins()
             .prepare(kind, params, ctx())?
             .await
     }

@@ -2,8 +2,8 @@
 //! and a merge.
 //!
 //! A kind implements [`Compute`] (and [`Split`] when its work divides into
-//! blocks that merge exactly). [`Registry::register_compute`] and
-//! [`Registry::register_split`] turn it into a handler that runs on the
+//! blocks that merge exactly). [`KindTable::register_compute`] and
+//! [`KindTable::register_split`] turn it into a handler that runs on the
 //! worker's GPU when the kind's kernels loaded there, else on the CPU, on a
 //! blocking thread either way (the async runtime never waits on a kernel).
 //!
@@ -27,7 +27,7 @@ use tandem_shared::{ErrorCode, msgpack};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::{Handler, Prepared, Registry, TaskContext, TaskError};
+use crate::handler::{Handler, KindTable, Prepared, TaskContext, TaskError};
 
 /// The parameters of a compute kind's spec.
 pub type Params<C> = <<C as Compute>::Spec as KindSpec>::Params;
@@ -229,9 +229,9 @@ struct WorkState {
 }
 
 /// Held by a blocking thread while its computation runs.
-struct Running(Arc<WorkState>);
+struct WorkGuard(Arc<WorkState>);
 
-impl Drop for Running {
+impl Drop for WorkGuard {
     fn drop(&mut self) {
         if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.done.notify_waiters();
@@ -240,9 +240,9 @@ impl Drop for Running {
 }
 
 impl Work {
-    fn enter(&self) -> Running {
+    fn enter(&self) -> WorkGuard {
         self.0.running.fetch_add(1, Ordering::AcqRel);
-        Running(Arc::clone(&self.0))
+        WorkGuard(Arc::clone(&self.0))
     }
 
     /// Completes when no computation of the task runs.
@@ -381,7 +381,7 @@ where
     }
 }
 
-impl Registry {
+impl KindTable {
     /// Adds a compute kind.
     pub fn register_compute<C: Compute>(&mut self, kind: C) -> &mut Self {
         self.register(Computing(Arc::new(kind)))
@@ -411,9 +411,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_split_run_equals_the_whole_run_bit_for_bit() {
-        let mut registry = Registry::new();
-        registry.register_split(SplitSum);
-        let splitter = registry.splitter("split_sum").expect("registered");
+        let mut kinds = KindTable::new();
+        kinds.register_split(SplitSum);
+        let splitter = kinds.splitter("split_sum").expect("registered");
         let params = SplitSumParams {
             n: 12_345,
             block: 10,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compute::Splitter;
 use crate::device::{Device, Injected};
-use crate::handler::{Registry, Retry, TaskContext, TaskError};
+use crate::handler::{KindTable, Retry, TaskContext, TaskError};
 
 /// After a cancel, how long a task's computation may take to stop before
 /// the worker says so in its log.
@@ -105,7 +105,7 @@ pub(crate) struct Fleet {
 /// Everything a worker needs to run tasks, shared by all its task runs.
 #[derive(Debug, Clone)]
 pub(crate) struct Executor {
-    pub registry: Registry,
+    pub kinds: KindTable,
     pub worker_id: String,
     /// `cpu` or the GPU's UUID, as records name it.
     pub device_id: String,
@@ -117,7 +117,7 @@ pub(crate) struct Executor {
     /// Set when tasks must carry a valid signature.
     pub signer: Option<tandem_shared::signature::Signer>,
     /// The model cache the model kinds use.
-    pub models: Option<Arc<crate::models::Models>>,
+    pub models: Option<Arc<crate::model_cache::ModelCache>>,
 }
 
 impl Executor {
@@ -222,7 +222,7 @@ impl Executor {
         entry_id: &str,
         gpu_budget: u64,
     ) -> Option<Completion> {
-        if self.device.is_gpu() || self.registry.has_cpu_path(&entry.kind) {
+        if self.device.is_gpu() || self.kinds.has_cpu_path(&entry.kind) {
             return None;
         }
         // No live GPU at all: nothing would ever take it.
@@ -268,7 +268,7 @@ impl Executor {
         if split_into < 2 || entry.class != Class::Parallel || entry.split.is_some() {
             return Ok(None);
         }
-        let Some(splitter) = self.registry.splitter(&entry.kind) else {
+        let Some(splitter) = self.kinds.splitter(&entry.kind) else {
             return Ok(None);
         };
         self.check_size(entry)?;
@@ -387,16 +387,16 @@ impl Executor {
     /// malformed entry (`BAD_PAYLOAD`), named. A kind this worker does not
     /// run at all stays `UNKNOWN_KIND`.
     fn splitter(&self, entry: &TaskEntry) -> Result<Arc<dyn Splitter>, TaskError> {
-        if let Some(splitter) = self.registry.splitter(&entry.kind) {
+        if let Some(splitter) = self.kinds.splitter(&entry.kind) {
             return Ok(splitter);
         }
-        if self.registry.class_of(&entry.kind).is_none() {
+        if self.kinds.class_of(&entry.kind).is_none() {
             return Err(TaskError::fatal(
                 ErrorCode::UNKNOWN_KIND,
                 format!(
                     "no handler for kind {:?}; this worker runs {:?}",
                     entry.kind,
-                    self.registry.kinds()
+                    self.kinds.names()
                 ),
             ));
         }
@@ -472,7 +472,7 @@ impl Executor {
             }
             _ => {
                 let for_handler = ctx.clone();
-                self.registry
+                self.kinds
                     .prepare(&entry.kind, &entry.params, for_handler)?
             }
         };
@@ -707,11 +707,11 @@ mod tests {
     }
 
     fn executor() -> Executor {
-        let mut registry = Registry::with_builtins();
-        registry.register(ExplodeHandler);
-        registry.register(SpinHandler);
+        let mut kinds = KindTable::with_builtins();
+        kinds.register(ExplodeHandler);
+        kinds.register(SpinHandler);
         Executor {
-            registry,
+            kinds,
             worker_id: "w".into(),
             device_id: "cpu".into(),
             device: Arc::new(Device::cpu()),
@@ -986,7 +986,7 @@ mod tests {
     #[tokio::test]
     async fn split_fields_on_an_entry_that_is_no_split_part_are_a_bad_payload() {
         let mut exec = executor();
-        exec.registry.add_test_kinds();
+        exec.kinds.add_test_kinds();
         let echo = msgpack::encode(&"hi").unwrap();
         let execute = |entry: TaskEntry, plan: Plan| {
             let exec = exec.clone();
@@ -1100,7 +1100,7 @@ mod tests {
     #[tokio::test]
     async fn a_kind_without_a_cpu_path_fails_on_a_cpu_worker_when_no_gpu_can_take_it() {
         let mut exec = executor();
-        exec.registry.add_test_kinds();
+        exec.kinds.add_test_kinds();
         let params = msgpack::encode(&tandem_shared::kind::builtin::SleepParams { ms: 1 }).unwrap();
         let mut task = entry("gpu_only", params, 1);
         task.memory_bytes = 1 << 30;

@@ -1,9 +1,9 @@
 //! How task kinds plug into a worker: the [`Handler`] trait and the
-//! [`Registry`] that maps kind names to handlers.
+//! [`KindTable`] that maps kind names to handlers.
 //!
 //! A handler pairs a [`KindSpec`] (name, class, parameter and output types,
 //! validation, memory estimate; shared with producers) with the code that
-//! runs it. The registry erases the types so the worker can hold handlers of
+//! runs it. The table erases the types so the worker can hold handlers of
 //! every kind in one map and feed them MessagePack.
 
 use std::collections::HashMap;
@@ -122,7 +122,7 @@ pub struct TaskContext {
     /// The task's priority (a high or critical task may evict models).
     pub priority: tandem_shared::Priority,
     /// The worker's model cache, for the model kinds.
-    pub models: Option<Arc<crate::models::Models>>,
+    pub models: Option<Arc<crate::model_cache::ModelCache>>,
     cancel: CancellationToken,
     /// The task's computations on blocking threads, so that a cancelled
     /// task holds its slot (and its device memory) until they stopped.
@@ -164,7 +164,7 @@ impl TaskContext {
     pub fn with_models(
         mut self,
         priority: tandem_shared::Priority,
-        models: Option<Arc<crate::models::Models>>,
+        models: Option<Arc<crate::model_cache::ModelCache>>,
     ) -> Self {
         self.priority = priority;
         self.models = models;
@@ -172,7 +172,7 @@ impl TaskContext {
     }
 
     /// The model cache, or why there is none.
-    pub fn model_cache(&self) -> Result<&crate::models::Models, TaskError> {
+    pub fn model_cache(&self) -> Result<&crate::model_cache::ModelCache, TaskError> {
         self.models.as_deref().ok_or_else(|| {
             TaskError::fatal(
                 tandem_shared::ErrorCode::HANDLER_ERROR,
@@ -266,30 +266,30 @@ pub(crate) fn decode_error(err: &msgpack::CodecError) -> TaskError {
 
 /// The kinds a worker can run.
 #[derive(Clone, Default)]
-pub struct Registry {
+pub struct KindTable {
     handlers: HashMap<&'static str, Arc<dyn ErasedHandler>>,
     /// The split operations of splittable kinds.
     splitters: HashMap<&'static str, Arc<dyn crate::compute::Splitter>>,
 }
 
-impl fmt::Debug for Registry {
+impl fmt::Debug for KindTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.kinds()).finish()
+        f.debug_set().entries(self.names()).finish()
     }
 }
 
-impl Registry {
+impl KindTable {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A registry with the built-in kinds (`noop`, `sleep`, `echo`, `fail`)
+    /// A table with the built-in kinds (`noop`, `sleep`, `echo`, `fail`)
     /// and every compute and model kind.
     pub fn with_builtins() -> Self {
-        let mut registry = Self::new();
-        crate::builtin::register(&mut registry);
-        crate::kinds::register(&mut registry);
-        registry
+        let mut kinds = Self::new();
+        crate::builtin::register(&mut kinds);
+        crate::kinds::register(&mut kinds);
+        kinds
     }
 
     /// Adds the test kinds `panic`, `abort`, `gpu_only` and `split_sum`.
@@ -306,7 +306,7 @@ impl Registry {
     }
 
     /// Registered kind names, sorted.
-    pub fn kinds(&self) -> Vec<&'static str> {
+    pub fn names(&self) -> Vec<&'static str> {
         let mut kinds: Vec<_> = self.handlers.keys().copied().collect();
         kinds.sort_unstable();
         kinds
@@ -347,7 +347,7 @@ impl Registry {
                 ErrorCode::UNKNOWN_KIND,
                 format!(
                     "no handler for kind {kind:?}; this worker runs {:?}",
-                    self.kinds()
+                    self.names()
                 ),
             )
         })?;

@@ -4,17 +4,17 @@
 //!
 //! # Layout
 //!
-//! - [`handler`]: the [`Handler`] trait kinds implement, and the [`Registry`].
+//! - [`handler`]: the [`Handler`] trait kinds implement, and the [`KindTable`].
 //! - `builtin`: handlers of the built-in kinds (`noop`, `sleep`, `echo`, `fail`)
 //!   and the test kinds.
 //! - [`compute`]: the `Compute` and `Split` traits of the compute kinds, and
 //!   the `Stop` a cancelled computation sees between steps.
 //! - `kinds`: the compute and model kinds' handlers.
-//! - [`models`]: the model cache (resident models, reloads on new versions).
+//! - [`model_cache`]: the model cache (resident models, reloads on new versions).
 //! - `stats`: the worker's task counters.
 //! - `dispatcher`: the claim loop (commit, claim, start, wait).
 //! - `executor`: runs one task; turns results, errors and panics into commits.
-//! - `waker`: wakes an idle worker when a task arrives (blocking `XREAD`).
+//! - `doorbell`: wakes an idle worker when a task arrives (blocking `XREAD`).
 //! - `running`: the running-task table: each task's cancel token, the entry
 //!   it holds (its lease) and the device memory it declared.
 //! - `cancel`: stops running tasks a producer cancelled.
@@ -38,11 +38,11 @@
 //!
 //! ```no_run
 //! use tandem_shared::Config;
-//! use tandem_worker::{Registry, shutdown};
+//! use tandem_worker::{KindTable, shutdown};
 //!
 //! # async fn example() -> anyhow::Result<()> {
 //! let config = Config::load(None)?;
-//! let report = tandem_worker::run(&config, Registry::with_builtins(), shutdown::on_signals()?).await?;
+//! let report = tandem_worker::run(&config, KindTable::with_builtins(), shutdown::on_signals()?).await?;
 //! println!("{} tasks succeeded", report.succeeded);
 //! # Ok(()) }
 //! ```
@@ -54,6 +54,7 @@ mod clock;
 pub mod compute;
 pub mod device;
 mod dispatcher;
+mod doorbell;
 mod executor;
 pub mod fleet;
 pub mod handler;
@@ -61,12 +62,11 @@ mod heartbeat;
 mod host;
 mod kinds;
 mod metrics;
-pub mod models;
+pub mod model_cache;
 mod router;
 mod running;
 pub mod shutdown;
 mod stats;
-mod waker;
 mod watch;
 
 use std::sync::Arc;
@@ -81,7 +81,7 @@ use tandem_shared::wire::WorkerInfo;
 pub use compute::{Compute, Split};
 pub use device::{Detection, Device};
 pub use dispatcher::WorkerReport;
-pub use handler::{Handler, Registry, Retry, TaskContext, TaskError};
+pub use handler::{Handler, KindTable, Retry, TaskContext, TaskError};
 pub use shutdown::Shutdown;
 
 /// The exit status of a worker whose device failed: its fleet restarts it,
@@ -128,7 +128,7 @@ pub fn bind_device(config: &Config) -> Result<Device, WorkerError> {
 /// saying `failed`, and returns with [`WorkerReport::device_failed`] set.
 pub async fn run(
     config: &Config,
-    registry: Registry,
+    kinds: KindTable,
     mut shutdown: Shutdown,
 ) -> Result<WorkerReport, WorkerError> {
     let device = Arc::new(bind_device(config)?);
@@ -306,7 +306,7 @@ pub async fn run(
         memory_budget = device.budget,
         concurrency,
         classes = ?config.classes,
-        kinds = ?registry.kinds(),
+        kinds = ?kinds.names(),
         redis = %config.redis_url_redacted(),
         prefix = %config.prefix,
         "worker ready"
@@ -314,7 +314,7 @@ pub async fn run(
     let dispatcher = dispatcher::Dispatcher {
         store: store.clone(),
         executor: Arc::new(executor::Executor {
-            registry,
+            kinds,
             worker_id: worker_id.clone(),
             device_id: device.id(),
             device: Arc::clone(&device),
@@ -322,7 +322,7 @@ pub async fn run(
                 .then(|| Duration::from_millis(config.device_watchdog_ms)),
             max_payload_bytes: config.max_payload_bytes,
             signer: tandem_shared::signature::Signer::new(config.signing_key.expose()),
-            models: Some(Arc::new(models::Models::new(
+            models: Some(Arc::new(model_cache::ModelCache::new(
                 store.clone(),
                 Arc::clone(&device),
                 running.clone(),

@@ -9,10 +9,10 @@ use tandem_shared::kind::indicators::{
 };
 
 use crate::compute::{Compute, Stop};
-use crate::handler::{Registry, TaskError};
+use crate::handler::{KindTable, TaskError};
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry.register_compute(IndicatorsKind);
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds.register_compute(IndicatorsKind);
 }
 
 struct IndicatorsKind;
@@ -96,8 +96,8 @@ mod tests {
 
     #[tokio::test]
     async fn runs_through_the_registry() {
-        let mut registry = Registry::new();
-        register(&mut registry);
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
         let params = IndicatorsParams {
             series: vec![
                 Series {
@@ -115,7 +115,7 @@ mod tests {
             ],
         };
         let bytes = msgpack::encode(&params).unwrap();
-        let result = registry
+        let result = kinds
             .prepare("indicators", &bytes, ctx())
             .map_err(|e| e.message)
             .unwrap()
@@ -141,7 +141,7 @@ mod tests {
 
         let mut bad = params.clone();
         bad.series[0].closes[4] = f64::NAN;
-        let err = registry
+        let err = kinds
             .prepare("indicators", &msgpack::encode(&bad).unwrap(), ctx())
             .err()
             .expect("rejected");

@@ -8,13 +8,13 @@ mod patterns;
 mod portfolio_opt;
 mod risk;
 
-use crate::handler::Registry;
+use crate::handler::KindTable;
 
-pub(crate) fn register(registry: &mut Registry) {
-    monte_carlo::register(registry);
-    risk::register(registry);
-    indicators::register(registry);
-    models::register(registry);
-    patterns::register(registry);
-    portfolio_opt::register(registry);
+pub(crate) fn register(kinds: &mut KindTable) {
+    monte_carlo::register(kinds);
+    risk::register(kinds);
+    indicators::register(kinds);
+    models::register(kinds);
+    patterns::register(kinds);
+    portfolio_opt::register(kinds);
 }

@@ -8,10 +8,10 @@ use tandem_shared::kind::patterns::{
 };
 
 use crate::compute::{Compute, Stop};
-use crate::handler::{Registry, TaskError};
+use crate::handler::{KindTable, TaskError};
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry.register_compute(PatternsKind);
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds.register_compute(PatternsKind);
 }
 
 struct PatternsKind;
@@ -88,8 +88,8 @@ mod tests {
     #[tokio::test]
     async fn runs_through_the_registry() {
         assert_eq!(PATTERN_NAMES, kernel::NAMES);
-        let mut registry = Registry::new();
-        register(&mut registry);
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
         // A bearish bar, then a bullish one engulfing it; a doji.
         let params = PatternsParams {
             series: vec![OhlcSeries {
@@ -102,7 +102,7 @@ mod tests {
             thresholds: Thresholds::default(),
         };
         let bytes = msgpack::encode(&params).unwrap();
-        let result = registry
+        let result = kinds
             .prepare("patterns", &bytes, ctx())
             .map_err(|e| e.message)
             .unwrap()
@@ -119,7 +119,7 @@ mod tests {
 
         let mut bad = params.clone();
         bad.series[0].high[2] = 10.05;
-        let err = registry
+        let err = kinds
             .prepare("patterns", &msgpack::encode(&bad).unwrap(), ctx())
             .err()
             .expect("rejected");

@@ -21,10 +21,10 @@ use tandem_shared::kind::portfolio_opt::{
 };
 
 use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
-use crate::handler::{Registry, TaskError};
+use crate::handler::{KindTable, TaskError};
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry.register_split(PortfolioOptKind);
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds.register_split(PortfolioOptKind);
 }
 
 struct PortfolioOptKind;
@@ -231,15 +231,15 @@ mod tests {
     }
 
     async fn run(params: &PortfolioOptParams) -> Result<Vec<u8>, TaskError> {
-        let mut registry = Registry::new();
-        register(&mut registry);
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
         let ctx = crate::handler::TaskContext::new(
             tandem_shared::TaskId::new(),
             1,
             "cpu".into(),
             CancellationToken::new(),
         );
-        registry
+        kinds
             .prepare("portfolio_opt", &msgpack::encode(params).unwrap(), ctx)?
             .await
     }
@@ -292,9 +292,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_split_run_equals_the_whole_run_bit_for_bit() {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        let splitter = registry.splitter("portfolio_opt").expect("splittable");
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
+        let splitter = kinds.splitter("portfolio_opt").expect("splittable");
         let ctx = crate::handler::TaskContext::for_test;
         for p in [
             twelve(Objective::MinVariance, 1.0),
@@ -382,9 +382,9 @@ mod tests {
     /// at block 0; the other shards leave the check to that one.
     #[tokio::test]
     async fn an_indefinite_covariance_is_bad_params() {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        let splitter = registry.splitter("portfolio_opt").expect("splittable");
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
+        let splitter = kinds.splitter("portfolio_opt").expect("splittable");
         for objective in [Objective::MinVariance, Objective::MaxSharpe] {
             let p = PortfolioOptParams {
                 mu: vec![0.1, 0.2],

@@ -41,7 +41,7 @@ pub struct Loaded {
 }
 
 #[derive(Debug)]
-pub struct Models {
+pub struct ModelCache {
     store: Store,
     device: Arc<Device>,
     running: Running,
@@ -52,7 +52,7 @@ pub struct Models {
     recent: Mutex<Vec<String>>,
 }
 
-impl Models {
+impl ModelCache {
     pub(crate) fn new(
         store: Store,
         device: Arc<Device>,
