@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tandem_shared::store::{Completion, Disposition, StreamRef};
 use tandem_shared::wire::{EntryError, Finish, FinishOutcome, SplitRole, TaskEntry, TaskFailure};
-use tandem_shared::{Class, ErrorCode, Status, TaskId};
+use tandem_shared::{Class, ErrorCode, Status};
 use tokio_util::sync::CancellationToken;
 
-use crate::compute::Splitter;
+use crate::context::TaskContext;
 use crate::device::{Device, Injected};
-use crate::handler::{KindTable, Retry, TaskContext, TaskError};
+use crate::error::{Retry, TaskError};
+use crate::kind_table::KindTable;
+use crate::split::{self, Splitter};
 
 /// After a cancel, how long a task's computation may take to stop before
 /// the worker says so in its log.
@@ -272,21 +274,7 @@ impl Executor {
             return Ok(None);
         };
         self.check_size(entry)?;
-        let params = splitter.split(&entry.params, split_into as usize)?;
-        if params.len() < 2 {
-            return Ok(None);
-        }
-        let count = u32::try_from(params.len()).unwrap_or(u32::MAX);
-        let shards = params
-            .into_iter()
-            .zip(0..)
-            .map(|(params, index)| {
-                let mut shard = entry.shard(TaskId::new(), index, count, params);
-                shard.signature = self.signer.as_ref().map(|s| s.sign(&shard.signed()));
-                shard
-            })
-            .collect();
-        Ok(Some(shards))
+        split::shard_entries(&*splitter, entry, split_into, self.signer.as_ref())
     }
 
     /// Runs the task under the device watchdog, when there is one.
@@ -429,25 +417,9 @@ impl Executor {
         .with_gpu(self.device.runtime())
         .with_models(entry.priority, self.models.clone());
         let prepared = match (entry.split, parts) {
-            (Some(SplitRole::Shard { .. }), _) => self
-                .splitter(entry)?
-                .run_shard(&entry.params, &ctx)
-                .map_err(|err| {
-                    // The splitting worker wrote these params and checked
-                    // them: params of another shape mean the entry is no
-                    // shard of a split.
-                    if err.code != ErrorCode::BAD_PARAMS && err.code != ErrorCode::BAD_PAYLOAD {
-                        return err;
-                    }
-                    TaskError::fatal(
-                        ErrorCode::BAD_PAYLOAD,
-                        format!(
-                            "fields parent, shard and shards mark a shard, but its params are not a shard's \
-                             (a map of params and shard, written by the splitting worker): {}",
-                            err.message
-                        ),
-                    )
-                })?,
+            (Some(SplitRole::Shard { .. }), _) => {
+                split::run_shard_entry(&*self.splitter(entry)?, &entry.params, &ctx)?
+            }
             (Some(SplitRole::Merge { .. }), Some(parts)) => {
                 let splitter = self.splitter(entry)?;
                 let parts = parts.map_err(|err| match err {
@@ -463,12 +435,7 @@ impl Executor {
                         ),
                     ),
                 })?;
-                let params = entry.params.clone();
-                let merge_ctx = ctx.clone();
-                Box::pin(async move {
-                    crate::compute::blocking(&merge_ctx, move |_| splitter.merge(&params, &parts))
-                        .await
-                })
+                split::merge_entry(splitter, entry.params.clone(), parts, &ctx)
             }
             _ => {
                 let for_handler = ctx.clone();
@@ -500,7 +467,7 @@ impl Executor {
 
     /// Waits until no computation of the task runs on a blocking thread,
     /// with a warning when one takes long to stop.
-    async fn wait_for_computations(&self, entry: &TaskEntry, work: &crate::compute::Work) {
+    async fn wait_for_computations(&self, entry: &TaskEntry, work: &crate::context::Work) {
         let finished = work.finished();
         tokio::pin!(finished);
         if tokio::time::timeout(STOP_WARNING, &mut finished)
@@ -650,7 +617,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use tandem_shared::kind::{BadParams, KindSpec};
-    use tandem_shared::{Priority, msgpack};
+    use tandem_shared::{Priority, TaskId, msgpack};
 
     use super::*;
     use crate::handler::Handler;
@@ -694,7 +661,7 @@ mod tests {
     impl Handler for SpinHandler {
         type Spec = Spin;
         async fn run(&self, _: rmpv::Value, ctx: TaskContext) -> Result<(), TaskError> {
-            crate::compute::blocking(&ctx, |stop| {
+            crate::context::blocking(&ctx, |stop| {
                 while !stop.is_set() {
                     std::thread::sleep(Duration::from_millis(5));
                 }

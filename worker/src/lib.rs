@@ -4,35 +4,48 @@
 //!
 //! # Layout
 //!
-//! - [`handler`]: the [`Handler`] trait kinds implement, and the [`KindTable`].
-//! - `builtin`: handlers of the built-in kinds (`noop`, `sleep`, `echo`, `fail`)
-//!   and the test kinds.
-//! - [`compute`]: the `Compute` and `Split` traits of the compute kinds, and
-//!   the `Stop` a cancelled computation sees between steps.
-//! - `kinds`: the compute and model kinds' handlers.
-//! - [`model_cache`]: the model cache (resident models, reloads on new versions).
-//! - `stats`: the worker's task counters.
-//! - `dispatcher`: the claim loop (commit, claim, start, wait).
-//! - `executor`: runs one task; turns results, errors and panics into commits.
-//! - `doorbell`: wakes an idle worker when a task arrives (blocking `XREAD`).
+//! In three layers, the lowest first; a module imports only from its own
+//! layer and the ones listed before it (the handler layer nothing from the
+//! loop, the utilities nothing from either).
+//!
+//! Utilities and state:
+//! - `host`, `clock`: the host's name, wall-clock milliseconds.
+//! - [`device`]: GPU detection, binding a worker to its device, the health
+//!   probe, simulated GPUs and their faults, the device memory ledger.
 //! - `running`: the running-task table: each task's cancel token, the entry
 //!   it holds (its lease) and the device memory it declared.
-//! - `cancel`: stops running tasks a producer cancelled.
+//!
+//! How kinds plug in (the handler layer):
+//! - [`error`]: [`TaskError`] and its [`Retry`] policy.
+//! - [`model_cache`]: resident models, reloaded on new versions.
+//! - [`context`]: the [`TaskContext`] a task sees, the `Stop` a computation
+//!   checks between steps, the `Work` that counts its blocking threads.
+//! - [`handler`]: the [`Handler`] trait kinds implement.
+//! - [`compute`]: the [`Compute`] trait (CPU twin, GPU path).
+//! - [`split`]: the [`Split`] trait, its type-erased `Splitter`, shard
+//!   planning, shard runs and the merge.
+//! - [`kind_table`]: the [`KindTable`], kind names to handlers.
+//! - `kinds`: the kinds this crate defines (`builtin`: `noop`, `sleep`,
+//!   `echo`, `fail` and the test kinds; one file per compute and model
+//!   kind) and `KindTable::with_builtins`.
+//!
+//! The loop:
+//! - `stats`: the worker's task counters.
+//! - `executor`: runs one task; turns results, errors and panics into commits.
+//! - `doorbell`: wakes an idle worker when a task arrives (blocking `XREAD`).
+//! - `cancel`: the pub/sub listener that stops tasks a producer cancelled.
 //! - `watch`: reads the registry: live workers (for routing) and dead ones
 //!   (whose tasks are taken over at once).
 //! - `router`: this worker's routing rules, from the registry and its role.
-//! - [`device`]: GPU detection, binding a worker to its device, the health
-//!   probe, simulated GPUs and their faults.
-//! - [`fleet`]: `tandem-worker fleet`, one worker process per GPU plus a
-//!   CPU worker, restarted when they die.
+//! - `dispatcher`: the claim loop (commit, claim, start, wait).
 //! - `heartbeat`: keeps the worker's registry record fresh.
-//! - `alerts`: raises alerts (hot or underused GPU, failed device, stalled
-//!   queue, growing dead letters) into the log and `<prefix>:alerts`.
 //! - `metrics`: samples the device and the task counters into the registry
 //!   record every `metrics_interval_ms`; `/metrics` for Prometheus.
+//! - `alerts`: raises alerts (hot or underused GPU, failed device, stalled
+//!   queue, growing dead letters) into the log and `<prefix>:alerts`.
 //! - [`shutdown`]: the stop signal; SIGTERM and SIGINT trigger it.
-//! - `host`, `clock`: utilities (the host's name, wall-clock milliseconds)
-//!   that import nothing from the worker.
+//! - [`fleet`]: `tandem-worker fleet`, one worker process per GPU plus a
+//!   CPU worker, restarted when they die.
 //!
 //! # Example
 //!
@@ -48,24 +61,27 @@
 //! ```
 
 mod alerts;
-mod builtin;
 mod cancel;
 mod clock;
 pub mod compute;
+pub mod context;
 pub mod device;
 mod dispatcher;
 mod doorbell;
+pub mod error;
 mod executor;
 pub mod fleet;
 pub mod handler;
 mod heartbeat;
 mod host;
+pub mod kind_table;
 mod kinds;
 mod metrics;
 pub mod model_cache;
 mod router;
 mod running;
 pub mod shutdown;
+pub mod split;
 mod stats;
 mod watch;
 
@@ -78,11 +94,15 @@ use tandem_shared::routing;
 use tandem_shared::store::{Store, StoreError, StreamRef};
 use tandem_shared::wire::WorkerInfo;
 
-pub use compute::{Compute, Split};
+pub use compute::Compute;
+pub use context::TaskContext;
 pub use device::{Detection, Device};
 pub use dispatcher::WorkerReport;
-pub use handler::{Handler, KindTable, Retry, TaskContext, TaskError};
+pub use error::{Retry, TaskError};
+pub use handler::Handler;
+pub use kind_table::KindTable;
 pub use shutdown::Shutdown;
+pub use split::Split;
 
 /// The exit status of a worker whose device failed: its fleet restarts it,
 /// and the new process probes the device before taking tasks.

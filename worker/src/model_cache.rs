@@ -19,7 +19,7 @@ use tandem_shared::store::Store;
 use tandem_shared::{ErrorCode, Priority};
 
 use crate::device::Device;
-use crate::handler::TaskError;
+use crate::error::TaskError;
 use crate::running::Running;
 
 /// A model is not registered.

@@ -8,8 +8,10 @@ use tandem_shared::kind::indicators::{
     IndicatorSpec, Indicators, IndicatorsOutput, IndicatorsParams, SeriesValues,
 };
 
-use crate::compute::{Compute, Stop};
-use crate::handler::{KindTable, TaskError};
+use crate::compute::Compute;
+use crate::context::Stop;
+use crate::error::TaskError;
+use crate::kind_table::KindTable;
 
 pub(crate) fn register(kinds: &mut KindTable) {
     kinds.register_compute(IndicatorsKind);
@@ -88,7 +90,7 @@ mod tests {
     use tandem_shared::{ErrorCode, msgpack};
 
     use super::*;
-    use crate::handler::TaskContext;
+    use crate::context::TaskContext;
 
     fn ctx() -> TaskContext {
         TaskContext::for_test()

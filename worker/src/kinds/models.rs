@@ -13,8 +13,10 @@ use tandem_shared::kind::models::{
 };
 use tandem_shared::model::sha256_hex;
 
-use crate::compute::blocking;
-use crate::handler::{Handler, KindTable, TaskContext, TaskError};
+use crate::context::{TaskContext, blocking};
+use crate::error::TaskError;
+use crate::handler::Handler;
+use crate::kind_table::KindTable;
 use crate::model_cache::{Loaded, from_mlp};
 
 pub(crate) fn register(kinds: &mut KindTable) {

@@ -9,8 +9,11 @@ use tandem_shared::kind::monte_carlo::{
     Estimate, MonteCarlo, MonteCarloOutput, MonteCarloParams, Percentile,
 };
 
-use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
-use crate::handler::{KindTable, TaskError};
+use crate::compute::Compute;
+use crate::context::Stop;
+use crate::error::TaskError;
+use crate::kind_table::KindTable;
+use crate::split::{BlockRange, Split, steps_of, whole};
 
 pub(crate) fn register(kinds: &mut KindTable) {
     kinds.register_split(MonteCarloKind);
@@ -168,7 +171,7 @@ mod tests {
     use tandem_shared::msgpack;
 
     use super::*;
-    use crate::handler::TaskContext;
+    use crate::context::TaskContext;
 
     fn params() -> MonteCarloParams {
         MonteCarloParams {

@@ -20,8 +20,11 @@ use tandem_shared::kind::portfolio_opt::{
     Method, Objective, PortfolioOpt, PortfolioOptOutput, PortfolioOptParams,
 };
 
-use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
-use crate::handler::{KindTable, TaskError};
+use crate::compute::Compute;
+use crate::context::Stop;
+use crate::error::TaskError;
+use crate::kind_table::KindTable;
+use crate::split::{BlockRange, Split, steps_of, whole};
 
 pub(crate) fn register(kinds: &mut KindTable) {
     kinds.register_split(PortfolioOptKind);
@@ -233,7 +236,7 @@ mod tests {
     async fn run(params: &PortfolioOptParams) -> Result<Vec<u8>, TaskError> {
         let mut kinds = KindTable::new();
         register(&mut kinds);
-        let ctx = crate::handler::TaskContext::new(
+        let ctx = crate::context::TaskContext::new(
             tandem_shared::TaskId::new(),
             1,
             "cpu".into(),
@@ -295,7 +298,7 @@ mod tests {
         let mut kinds = KindTable::new();
         register(&mut kinds);
         let splitter = kinds.splitter("portfolio_opt").expect("splittable");
-        let ctx = crate::handler::TaskContext::for_test;
+        let ctx = crate::context::TaskContext::for_test;
         for p in [
             twelve(Objective::MinVariance, 1.0),
             twelve(Objective::MaxSharpe, 1.0),
@@ -408,7 +411,7 @@ mod tests {
             );
             let shards = splitter.split(&msgpack::encode(&p).unwrap(), 4).unwrap();
             assert_eq!(shards.len(), 4);
-            let ctx = crate::handler::TaskContext::for_test;
+            let ctx = crate::context::TaskContext::for_test;
             let err = splitter
                 .run_shard(&shards[0], &ctx())
                 .unwrap()

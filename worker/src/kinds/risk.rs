@@ -13,8 +13,11 @@ use tandem_kernels::runtime::Gpu;
 use tandem_shared::ErrorCode;
 use tandem_shared::kind::risk::{Risk, RiskLevel, RiskOutput, RiskParams, tail_count};
 
-use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
-use crate::handler::{KindTable, TaskError};
+use crate::compute::Compute;
+use crate::context::Stop;
+use crate::error::TaskError;
+use crate::kind_table::KindTable;
+use crate::split::{BlockRange, Split, steps_of, whole};
 
 pub(crate) fn register(kinds: &mut KindTable) {
     kinds.register_split(RiskKind);
@@ -165,7 +168,7 @@ mod tests {
     use tandem_shared::msgpack;
 
     use super::*;
-    use crate::handler::TaskContext;
+    use crate::context::TaskContext;
 
     fn monte_carlo() -> RiskParams {
         RiskParams::MonteCarlo(MonteCarloRisk {

@@ -20,7 +20,7 @@
 pub(crate) mod device;
 mod http;
 mod prometheus;
-mod tasks;
+pub(crate) mod tasks;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 use tandem_shared::Config;
 use tandem_shared::store::Store;
 use tandem_shared::wire::{WorkerInfo, WorkerMetrics};
-
-pub(crate) use tasks::TaskCounters;
 
 use crate::clock::now_ms;
 use crate::running::Running;
