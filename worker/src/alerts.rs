@@ -123,7 +123,7 @@ pub(crate) struct Alerts {
 }
 
 impl Alerts {
-    /// Checks until aborted.
+    /// Checks until the worker stops it.
     pub async fn run(mut self) {
         let mut device = DeviceWatch::default();
         let mut tick = tokio::time::interval(self.thresholds.interval);

@@ -14,7 +14,7 @@ use tandem_shared::store::Store;
 
 use crate::running::Running;
 
-/// Subscribes to the cancel channel until the task is aborted, resubscribing
+/// Subscribes to the cancel channel until the worker stops it, resubscribing
 /// after connection loss. `subscribed` fires once the first subscription
 /// holds, so the worker claims nothing whose cancel it could miss.
 pub(crate) async fn listen(

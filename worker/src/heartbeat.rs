@@ -65,7 +65,7 @@ impl Heartbeat {
         self.store.heartbeat(&self.info, self.ttl_ms).await
     }
 
-    /// Beats every interval until aborted.
+    /// Beats every interval until the worker stops it.
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

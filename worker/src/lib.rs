@@ -85,6 +85,7 @@ pub mod split;
 mod stats;
 mod watch;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +94,8 @@ use tandem_shared::device::Health;
 use tandem_shared::routing;
 use tandem_shared::store::{Store, StoreError, StreamRef};
 use tandem_shared::wire::WorkerInfo;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 pub use compute::Compute;
 pub use context::TaskContext;
@@ -216,9 +219,10 @@ pub async fn run(
         live_seen: Arc::clone(&live_seen),
     };
     heartbeat.beat().await?;
-    let heartbeat_task = tokio::spawn(heartbeat.clone().run());
+    let mut background = Background::new();
+    background.spawn(heartbeat.clone().run());
     let (device_samples, samples) = tokio::sync::watch::channel(None);
-    let sampler_task = tokio::spawn(
+    background.spawn(
         metrics::Sampler {
             stats: Arc::clone(&stats),
             device: Arc::clone(&device),
@@ -234,7 +238,7 @@ pub async fn run(
         worker: worker_id.clone(),
         device: device.id(),
     };
-    let alerts_task = tokio::spawn(
+    background.spawn(
         alerts::Alerts {
             raiser: alerter.clone(),
             thresholds: alerts::Thresholds::from(config),
@@ -242,21 +246,14 @@ pub async fn run(
         }
         .run(),
     );
-    let metrics_server = match config.metrics_port {
-        0 => None,
-        port => metrics::serve_worker(port, published).await,
-    };
-    let stop_metrics = move || {
-        sampler_task.abort();
-        alerts_task.abort();
-        if let Some(server) = &metrics_server {
-            server.abort();
-        }
-    };
+    if config.metrics_port != 0
+        && let Some(server) = metrics::serve_worker(config.metrics_port, published).await
+    {
+        background.spawn(server);
+    }
 
     if device.is_gpu() && !probe_until_healthy(config, &device, &mut shutdown).await {
-        heartbeat_task.abort();
-        stop_metrics();
+        background.stop().await;
         if let Err(err) = store.deregister(&worker_id).await {
             tracing::warn!("cannot remove the registry record: {err}");
         }
@@ -294,7 +291,7 @@ pub async fn run(
         Err(err) => tracing::warn!("cannot read the worker registry yet: {err}"),
     }
 
-    let cancel_task = tokio::spawn(cancel::listen(
+    background.spawn(cancel::listen(
         store.clone(),
         running.clone(),
         subscribed_tx,
@@ -309,7 +306,7 @@ pub async fn run(
         tracing::warn!("the cancel listener is not subscribed yet; starting without it");
     }
     let (seen_tx, seen_rx) = tokio::sync::watch::channel(watch::Observation::default());
-    let watch_task = tokio::spawn(watch::run(
+    background.spawn(watch::run(
         store.clone(),
         streams.clone(),
         worker_id.clone(),
@@ -375,10 +372,10 @@ pub async fn run(
     };
     let report = dispatcher.run(shutdown).await;
 
-    heartbeat_task.abort();
-    stop_metrics();
-    cancel_task.abort();
-    watch_task.abort();
+    // The dispatcher has drained: the heartbeat, metrics, alerts, cancel
+    // listener and watch stop before the record is marked failed or removed
+    // (so no late beat writes it again).
+    background.stop().await;
     if let Some(why) = &report.device_failed {
         // The record stays, saying `failed`, until its TTL runs out: peers
         // re-route at once, and operators see what happened.
@@ -400,6 +397,46 @@ pub async fn run(
         );
     }
     Ok(report)
+}
+
+/// The worker's background tasks (heartbeat, metrics sampler, alerts,
+/// `/metrics` server, cancel listener, registry watch): one set, stopped
+/// together by one token, as mini-redis stops its connection handlers.
+/// Each task runs until the token is cancelled; it then ends at its next
+/// await point, which none of them holds for long (a Redis round trip, a
+/// tick, an accept). Dropping the set (an early return, a dropped `run`)
+/// aborts what is left.
+struct Background {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Background {
+    fn new() -> Self {
+        Self {
+            stop: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Runs `task` until it returns or the background stops.
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {}
+                () = task => {}
+            }
+        });
+    }
+
+    /// Cancels every task and waits until each has ended. A task that
+    /// panicked earlier has already said so (the panic hook printed it).
+    async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 /// Probes the device until a probe passes (true) or `shutdown` fires
@@ -465,4 +502,50 @@ fn default_worker_id(device_tag: &str) -> String {
         host::hostname(),
         std::process::id()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tells, when dropped, that the future holding it was dropped.
+    struct DropFlag(Option<tokio::sync::oneshot::Sender<()>>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_the_background_ends_every_task_and_waits_for_them() {
+        let mut background = Background::new();
+        // Tasks that never end by themselves (three parked for good, one
+        // looping on a timer), and one that finished already.
+        let mut dropped = Vec::new();
+        for _ in 0..3 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            dropped.push(rx);
+            let flag = DropFlag(Some(tx));
+            background.spawn(async move {
+                let _flag = flag;
+                std::future::pending::<()>().await;
+            });
+        }
+        background.spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        background.spawn(async {});
+        // A bound, not a speed: a task that outlived the cancel would hang.
+        tokio::time::timeout(Duration::from_secs(30), background.stop())
+            .await
+            .expect("every background task ended");
+        for mut rx in dropped {
+            assert!(rx.try_recv().is_ok(), "stop() returned before a task ended");
+        }
+    }
 }
