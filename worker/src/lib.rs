@@ -402,10 +402,10 @@ pub async fn run(
 /// The worker's background tasks (heartbeat, metrics sampler, alerts,
 /// `/metrics` server, cancel listener, registry watch): one set, stopped
 /// together by one token, as mini-redis stops its connection handlers.
-/// Each task runs until the token is cancelled; it then ends at its next
-/// await point, which none of them holds for long (a Redis round trip, a
-/// tick, an accept). Dropping the set (an early return, a dropped `run`)
-/// aborts what is left.
+/// Each task runs until the token is cancelled, and is then dropped where
+/// it awaits (a Redis round trip, a tick, an accept, an NVML read on a
+/// blocking thread); none blocks the runtime, so all end at once. Dropping
+/// the set (a dropped `run`) aborts what is left.
 struct Background {
     stop: CancellationToken,
     tasks: JoinSet<()>,
