@@ -19,7 +19,7 @@ use tandem_shared::store::{Alert, AlertName, Store, StoreError};
 use tandem_shared::{Class, Config};
 use tokio::sync::watch;
 
-use crate::heartbeat::now_ms;
+use crate::clock::now_ms;
 use crate::metrics::DeviceSample;
 
 /// The alert settings, read once from the configuration.
@@ -123,7 +123,7 @@ pub(crate) struct Alerts {
 }
 
 impl Alerts {
-    /// Checks until aborted.
+    /// Checks until the worker stops it.
     pub async fn run(mut self) {
         let mut device = DeviceWatch::default();
         let mut tick = tokio::time::interval(self.thresholds.interval);

@@ -5,7 +5,7 @@
 //! One round trip carries everything: the commits of every task that
 //! finished since the last trip, the lease extensions that are due, then one
 //! claim for the slots the commits free. Under load the loop never waits on
-//! Redis twice for one task; when idle it sleeps in the [`Waker`] until a
+//! Redis twice for one task; when idle it sleeps in the [`Doorbell`] until a
 //! task arrives, a retry falls due or a worker dies.
 //!
 //! Routing: each claim carries this worker's rule per stream (from the
@@ -40,13 +40,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::cancel::Running;
+use crate::doorbell::{Doorbell, WaitPoint};
 use crate::executor::{DeviceFailure, Executor, Plan};
 use crate::router::Router;
+use crate::running::Running;
 use crate::schedule::{ClaimResult, Limits, Schedule, TripInputs, TripPlan, TripResult};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::waker::{WaitPoint, Waker};
 use crate::watch::Observation;
 
 #[derive(Debug)]
@@ -154,7 +154,7 @@ pub struct WorkerReport {
 
 impl Dispatcher {
     pub async fn run(mut self, mut shutdown: Shutdown) -> WorkerReport {
-        let waker = Waker::spawn(self.store.clone(), self.block_ms);
+        let waker = Doorbell::spawn(self.store.clone(), self.block_ms);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let mut outcomes = Outcomes::default();
         let limits = Limits {

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tandem_shared::store::{Completion, Disposition, StreamRef};
 use tandem_shared::wire::{EntryError, Finish, FinishOutcome, SplitRole, TaskEntry, TaskFailure};
-use tandem_shared::{Class, ErrorCode, Status, TaskId};
+use tandem_shared::{Class, ErrorCode, Status};
 use tokio_util::sync::CancellationToken;
 
-use crate::compute::Splitter;
+use crate::context::TaskContext;
 use crate::device::{Device, Injected};
-use crate::handler::{Registry, Retry, TaskContext, TaskError};
+use crate::error::{Retry, TaskError};
+use crate::kind_table::KindTable;
+use crate::split::{self, Splitter};
 
 /// After a cancel, how long a task's computation may take to stop before
 /// the worker says so in its log.
@@ -112,7 +114,7 @@ pub(crate) struct Fleet {
 /// Everything a worker needs to run tasks, shared by all its task runs.
 #[derive(Debug, Clone)]
 pub(crate) struct Executor {
-    pub registry: Registry,
+    pub kinds: KindTable,
     pub worker_id: String,
     /// `cpu` or the GPU's UUID, as records name it.
     pub device_id: String,
@@ -124,7 +126,7 @@ pub(crate) struct Executor {
     /// Set when tasks must carry a valid signature.
     pub signer: Option<tandem_shared::signature::Signer>,
     /// The model cache the model kinds use.
-    pub models: Option<Arc<crate::models::Models>>,
+    pub models: Option<Arc<crate::model_cache::ModelCache>>,
 }
 
 impl Executor {
@@ -229,7 +231,7 @@ impl Executor {
         entry_id: &str,
         gpu_budget: u64,
     ) -> Option<Completion> {
-        if self.device.is_gpu() || self.registry.has_cpu_path(&entry.kind) {
+        if self.device.is_gpu() || self.kinds.has_cpu_path(&entry.kind) {
             return None;
         }
         // No live GPU at all: nothing would ever take it.
@@ -275,25 +277,11 @@ impl Executor {
         if split_into < 2 || entry.class != Class::Parallel || entry.split.is_some() {
             return Ok(None);
         }
-        let Some(splitter) = self.registry.splitter(&entry.kind) else {
+        let Some(splitter) = self.kinds.splitter(&entry.kind) else {
             return Ok(None);
         };
         self.check_size(entry)?;
-        let params = splitter.split(&entry.params, split_into as usize)?;
-        if params.len() < 2 {
-            return Ok(None);
-        }
-        let count = u32::try_from(params.len()).unwrap_or(u32::MAX);
-        let shards = params
-            .into_iter()
-            .zip(0..)
-            .map(|(params, index)| {
-                let mut shard = entry.shard(TaskId::new(), index, count, params);
-                shard.signature = self.signer.as_ref().map(|s| s.sign(&shard.signed()));
-                shard
-            })
-            .collect();
-        Ok(Some(shards))
+        split::shard_entries(&*splitter, entry, split_into, self.signer.as_ref())
     }
 
     /// Runs the task under the device watchdog, when there is one.
@@ -394,16 +382,16 @@ impl Executor {
     /// malformed entry (`BAD_PAYLOAD`), named. A kind this worker does not
     /// run at all stays `UNKNOWN_KIND`.
     fn splitter(&self, entry: &TaskEntry) -> Result<Arc<dyn Splitter>, TaskError> {
-        if let Some(splitter) = self.registry.splitter(&entry.kind) {
+        if let Some(splitter) = self.kinds.splitter(&entry.kind) {
             return Ok(splitter);
         }
-        if self.registry.class_of(&entry.kind).is_none() {
+        if self.kinds.class_of(&entry.kind).is_none() {
             return Err(TaskError::fatal(
                 ErrorCode::UNKNOWN_KIND,
                 format!(
                     "no handler for kind {:?}; this worker runs {:?}",
                     entry.kind,
-                    self.registry.kinds()
+                    self.kinds.names()
                 ),
             ));
         }
@@ -436,25 +424,9 @@ impl Executor {
         .with_gpu(self.device.runtime())
         .with_models(entry.priority, self.models.clone());
         let prepared = match (entry.split, parts) {
-            (Some(SplitRole::Shard { .. }), _) => self
-                .splitter(entry)?
-                .run_shard(&entry.params, &ctx)
-                .map_err(|err| {
-                    // The splitting worker wrote these params and checked
-                    // them: params of another shape mean the entry is no
-                    // shard of a split.
-                    if err.code != ErrorCode::BAD_PARAMS && err.code != ErrorCode::BAD_PAYLOAD {
-                        return err;
-                    }
-                    TaskError::fatal(
-                        ErrorCode::BAD_PAYLOAD,
-                        format!(
-                            "fields parent, shard and shards mark a shard, but its params are not a shard's \
-                             (a map of params and shard, written by the splitting worker): {}",
-                            err.message
-                        ),
-                    )
-                })?,
+            (Some(SplitRole::Shard { .. }), _) => {
+                split::run_shard_entry(&*self.splitter(entry)?, &entry.params, &ctx)?
+            }
             (Some(SplitRole::Merge { .. }), Some(parts)) => {
                 let splitter = self.splitter(entry)?;
                 let parts = parts.map_err(|err| match err {
@@ -470,16 +442,11 @@ impl Executor {
                         ),
                     ),
                 })?;
-                let params = entry.params.clone();
-                let merge_ctx = ctx.clone();
-                Box::pin(async move {
-                    crate::compute::blocking(&merge_ctx, move |_| splitter.merge(&params, &parts))
-                        .await
-                })
+                split::merge_entry(splitter, entry.params.clone(), parts, &ctx)
             }
             _ => {
                 let for_handler = ctx.clone();
-                self.registry
+                self.kinds
                     .prepare(&entry.kind, &entry.params, for_handler)?
             }
         };
@@ -507,7 +474,7 @@ impl Executor {
 
     /// Waits until no computation of the task runs on a blocking thread,
     /// with a warning when one takes long to stop.
-    async fn wait_for_computations(&self, entry: &TaskEntry, work: &crate::compute::Work) {
+    async fn wait_for_computations(&self, entry: &TaskEntry, work: &crate::context::Work) {
         let finished = work.finished();
         tokio::pin!(finished);
         if tokio::time::timeout(STOP_WARNING, &mut finished)
@@ -657,7 +624,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use tandem_shared::kind::{BadParams, KindSpec};
-    use tandem_shared::{Priority, msgpack};
+    use tandem_shared::{Priority, TaskId, msgpack};
 
     use super::*;
     use crate::handler::Handler;
@@ -701,7 +668,7 @@ mod tests {
     impl Handler for SpinHandler {
         type Spec = Spin;
         async fn run(&self, _: rmpv::Value, ctx: TaskContext) -> Result<(), TaskError> {
-            crate::compute::blocking(&ctx, |stop| {
+            crate::context::blocking(&ctx, |stop| {
                 while !stop.is_set() {
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -714,11 +681,11 @@ mod tests {
     }
 
     fn executor() -> Executor {
-        let mut registry = Registry::with_builtins();
-        registry.register(ExplodeHandler);
-        registry.register(SpinHandler);
+        let mut kinds = KindTable::with_builtins();
+        kinds.register(ExplodeHandler);
+        kinds.register(SpinHandler);
         Executor {
-            registry,
+            kinds,
             worker_id: "w".into(),
             device_id: "cpu".into(),
             device: Arc::new(Device::cpu()),
@@ -993,7 +960,7 @@ mod tests {
     #[tokio::test]
     async fn split_fields_on_an_entry_that_is_no_split_part_are_a_bad_payload() {
         let mut exec = executor();
-        exec.registry.add_test_kinds();
+        exec.kinds.add_test_kinds();
         let echo = msgpack::encode(&"hi").unwrap();
         let execute = |entry: TaskEntry, plan: Plan| {
             let exec = exec.clone();
@@ -1108,7 +1075,7 @@ mod tests {
     #[tokio::test]
     async fn a_kind_without_a_cpu_path_fails_on_a_cpu_worker_when_no_gpu_can_take_it() {
         let mut exec = executor();
-        exec.registry.add_test_kinds();
+        exec.kinds.add_test_kinds();
         let params = msgpack::encode(&tandem_shared::kind::builtin::SleepParams { ms: 1 }).unwrap();
         let mut task = entry("gpu_only", params, 1);
         task.memory_bytes = 1 << 30;

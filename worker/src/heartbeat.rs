@@ -5,12 +5,13 @@
 //! the heartbeats stop, the record expires and the worker is gone.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tandem_shared::store::{Store, StoreError};
 use tandem_shared::wire::WorkerInfo;
 
-use crate::cancel::Running;
+use crate::clock::now_ms;
+use crate::running::Running;
 use crate::stats::Stats;
 
 #[derive(Debug, Clone)]
@@ -64,7 +65,7 @@ impl Heartbeat {
         self.store.heartbeat(&self.info, self.ttl_ms).await
     }
 
-    /// Beats every interval until aborted.
+    /// Beats every interval until the worker stops it.
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -78,10 +79,4 @@ impl Heartbeat {
             }
         }
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

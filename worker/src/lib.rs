@@ -4,67 +4,91 @@
 //!
 //! # Layout
 //!
-//! - [`handler`]: the [`Handler`] trait kinds implement, and the [`Registry`].
-//! - `builtin`: handlers of the built-in kinds (`noop`, `sleep`, `echo`, `fail`)
-//!   and the test kinds.
-//! - [`compute`]: the `Compute` and `Split` traits of the compute kinds, and
-//!   the `Stop` a cancelled computation sees between steps.
-//! - `kinds`: the compute and model kinds' handlers.
-//! - [`models`]: the model cache (resident models, reloads on new versions).
+//! In three layers, the lowest first; a module imports only from its own
+//! layer and the ones listed before it (the handler layer nothing from the
+//! loop, the utilities nothing from either).
+//!
+//! Utilities and state:
+//! - `host`, `clock`: the host's name, wall-clock milliseconds.
+//! - [`device`]: GPU detection, binding a worker to its device, the health
+//!   probe, simulated GPUs and their faults, the device memory ledger.
+//! - `running`: the running-task table: each task's cancel token, the entry
+//!   it holds (its lease) and the device memory it declared.
+//!
+//! How kinds plug in (the handler layer):
+//! - [`error`]: [`TaskError`] and its [`Retry`] policy.
+//! - [`model_cache`]: resident models, reloaded on new versions.
+//! - [`context`]: the [`TaskContext`] a task sees, the `Stop` a computation
+//!   checks between steps, the `Work` that counts its blocking threads.
+//! - [`handler`]: the [`Handler`] trait kinds implement.
+//! - [`compute`]: the [`Compute`] trait (CPU twin, GPU path).
+//! - [`split`]: the [`Split`] trait, its type-erased `Splitter`, shard
+//!   planning, shard runs and the merge.
+//! - [`kind_table`]: the [`KindTable`], kind names to handlers.
+//! - `kinds`: the kinds this crate defines (`builtin`: `noop`, `sleep`,
+//!   `echo`, `fail` and the test kinds; one file per compute and model
+//!   kind) and `KindTable::with_builtins`.
+//!
+//! The loop:
 //! - `stats`: the worker's task counters.
-//! - `dispatcher`: the claim loop (commit, claim, start, wait).
-//! - `schedule`: the claim loop's decisions without I/O: what each round
-//!   trip carries, when to wake, the Redis retry backoff.
 //! - `executor`: runs one task; turns results, errors and panics into commits.
-//! - `waker`: wakes an idle worker when a task arrives (blocking `XREAD`).
-//! - `cancel`: stops running tasks a producer cancelled.
+//! - `doorbell`: wakes an idle worker when a task arrives (blocking `XREAD`).
+//! - `cancel`: the pub/sub listener that stops tasks a producer cancelled.
 //! - `watch`: reads the registry: live workers (for routing) and dead ones
 //!   (whose tasks are taken over at once).
 //! - `router`: this worker's routing rules, from the registry and its role.
-//! - [`device`]: GPU detection, binding a worker to its device, the health
-//!   probe, simulated GPUs and their faults.
-//! - [`fleet`]: `tandem-worker fleet`, one worker process per GPU plus a
-//!   CPU worker, restarted when they die.
+//! - `dispatcher`: the claim loop (commit, claim, start, wait).
+//! - `schedule`: the claim loop's decisions without I/O: what each round
+//!   trip carries, when to wake, the Redis retry backoff.
 //! - `heartbeat`: keeps the worker's registry record fresh.
-//! - `alerts`: raises alerts (hot or underused GPU, failed device, stalled
-//!   queue, growing dead letters) into the log and `<prefix>:alerts`.
 //! - `metrics`: samples the device and the task counters into the registry
 //!   record every `metrics_interval_ms`; `/metrics` for Prometheus.
+//! - `alerts`: raises alerts (hot or underused GPU, failed device, stalled
+//!   queue, growing dead letters) into the log and `<prefix>:alerts`.
 //! - [`shutdown`]: the stop signal; SIGTERM and SIGINT trigger it.
+//! - [`fleet`]: `tandem-worker fleet`, one worker process per GPU plus a
+//!   CPU worker, restarted when they die.
 //!
 //! # Example
 //!
 //! ```no_run
 //! use tandem_shared::Config;
-//! use tandem_worker::{Registry, shutdown};
+//! use tandem_worker::{KindTable, shutdown};
 //!
 //! # async fn example() -> anyhow::Result<()> {
 //! let config = Config::load(None)?;
-//! let report = tandem_worker::run(&config, Registry::with_builtins(), shutdown::on_signals()?).await?;
+//! let report = tandem_worker::run(&config, KindTable::with_builtins(), shutdown::on_signals()?).await?;
 //! println!("{} tasks succeeded", report.succeeded);
 //! # Ok(()) }
 //! ```
 
 mod alerts;
-mod builtin;
 mod cancel;
+mod clock;
 pub mod compute;
+pub mod context;
 pub mod device;
 mod dispatcher;
+mod doorbell;
+pub mod error;
 mod executor;
 pub mod fleet;
 pub mod handler;
 mod heartbeat;
+mod host;
+pub mod kind_table;
 mod kinds;
 mod metrics;
-pub mod models;
+pub mod model_cache;
 mod router;
+mod running;
 mod schedule;
 pub mod shutdown;
+pub mod split;
 mod stats;
-mod waker;
 mod watch;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,12 +97,18 @@ use tandem_shared::device::Health;
 use tandem_shared::routing;
 use tandem_shared::store::{Store, StoreError, StreamRef};
 use tandem_shared::wire::WorkerInfo;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-pub use compute::{Compute, Split};
+pub use compute::Compute;
+pub use context::TaskContext;
 pub use device::{Detection, Device};
 pub use dispatcher::WorkerReport;
-pub use handler::{Handler, Registry, Retry, TaskContext, TaskError};
+pub use error::{Retry, TaskError};
+pub use handler::Handler;
+pub use kind_table::KindTable;
 pub use shutdown::Shutdown;
+pub use split::Split;
 
 /// The exit status of a worker whose device failed: its fleet restarts it,
 /// and the new process probes the device before taking tasks.
@@ -124,7 +154,7 @@ pub fn bind_device(config: &Config) -> Result<Device, WorkerError> {
 /// saying `failed`, and returns with [`WorkerReport::device_failed`] set.
 pub async fn run(
     config: &Config,
-    registry: Registry,
+    kinds: KindTable,
     mut shutdown: Shutdown,
 ) -> Result<WorkerReport, WorkerError> {
     let device = Arc::new(bind_device(config)?);
@@ -151,7 +181,7 @@ pub async fn run(
     } else {
         Health::Healthy
     });
-    let running = cancel::Running::default();
+    let running = running::Running::default();
     let nudge = Arc::new(tokio::sync::Notify::new());
     let latest_metrics = metrics::Latest::default();
     let published = metrics::Published::default();
@@ -161,7 +191,7 @@ pub async fn run(
         store: store.clone(),
         info: WorkerInfo {
             id: worker_id.clone(),
-            host: hostname(),
+            host: host::hostname(),
             pid: std::process::id(),
             process: watch::Instance::record_field(),
             device: device.id(),
@@ -177,7 +207,7 @@ pub async fn run(
             classes: config.classes.clone(),
             concurrency,
             state: "running".into(),
-            started_at_ms: heartbeat::now_ms(),
+            started_at_ms: clock::now_ms(),
             version: env!("CARGO_PKG_VERSION").into(),
             ..WorkerInfo::default()
         },
@@ -192,9 +222,10 @@ pub async fn run(
         live_seen: Arc::clone(&live_seen),
     };
     heartbeat.beat().await?;
-    let heartbeat_task = tokio::spawn(heartbeat.clone().run());
+    let mut background = Background::new();
+    background.spawn(heartbeat.clone().run());
     let (device_samples, samples) = tokio::sync::watch::channel(None);
-    let sampler_task = tokio::spawn(
+    background.spawn(
         metrics::Sampler {
             stats: Arc::clone(&stats),
             device: Arc::clone(&device),
@@ -210,7 +241,7 @@ pub async fn run(
         worker: worker_id.clone(),
         device: device.id(),
     };
-    let alerts_task = tokio::spawn(
+    background.spawn(
         alerts::Alerts {
             raiser: alerter.clone(),
             thresholds: alerts::Thresholds::from(config),
@@ -218,21 +249,14 @@ pub async fn run(
         }
         .run(),
     );
-    let metrics_server = match config.metrics_port {
-        0 => None,
-        port => metrics::serve_worker(port, published).await,
-    };
-    let stop_metrics = move || {
-        sampler_task.abort();
-        alerts_task.abort();
-        if let Some(server) = &metrics_server {
-            server.abort();
-        }
-    };
+    if config.metrics_port != 0
+        && let Some(server) = metrics::serve_worker(config.metrics_port, published).await
+    {
+        background.spawn(server);
+    }
 
     if device.is_gpu() && !probe_until_healthy(config, &device, &mut shutdown).await {
-        heartbeat_task.abort();
-        stop_metrics();
+        background.stop().await;
         if let Err(err) = store.deregister(&worker_id).await {
             tracing::warn!("cannot remove the registry record: {err}");
         }
@@ -270,7 +294,7 @@ pub async fn run(
         Err(err) => tracing::warn!("cannot read the worker registry yet: {err}"),
     }
 
-    let cancel_task = tokio::spawn(cancel::listen(
+    background.spawn(cancel::listen(
         store.clone(),
         running.clone(),
         subscribed_tx,
@@ -285,7 +309,7 @@ pub async fn run(
         tracing::warn!("the cancel listener is not subscribed yet; starting without it");
     }
     let (seen_tx, seen_rx) = tokio::sync::watch::channel(watch::Observation::default());
-    let watch_task = tokio::spawn(watch::run(
+    background.spawn(watch::run(
         store.clone(),
         streams.clone(),
         worker_id.clone(),
@@ -302,7 +326,7 @@ pub async fn run(
         memory_budget = device.budget,
         concurrency,
         classes = ?config.classes,
-        kinds = ?registry.kinds(),
+        kinds = ?kinds.names(),
         redis = %config.redis_url_redacted(),
         prefix = %config.prefix,
         "worker ready"
@@ -310,7 +334,7 @@ pub async fn run(
     let dispatcher = dispatcher::Dispatcher {
         store: store.clone(),
         executor: Arc::new(executor::Executor {
-            registry,
+            kinds,
             worker_id: worker_id.clone(),
             device_id: device.id(),
             device: Arc::clone(&device),
@@ -318,7 +342,7 @@ pub async fn run(
                 .then(|| Duration::from_millis(config.device_watchdog_ms)),
             max_payload_bytes: config.max_payload_bytes,
             signer: tandem_shared::signature::Signer::new(config.signing_key.expose()),
-            models: Some(Arc::new(models::Models::new(
+            models: Some(Arc::new(model_cache::ModelCache::new(
                 store.clone(),
                 Arc::clone(&device),
                 running.clone(),
@@ -351,10 +375,10 @@ pub async fn run(
     };
     let report = dispatcher.run(shutdown).await;
 
-    heartbeat_task.abort();
-    stop_metrics();
-    cancel_task.abort();
-    watch_task.abort();
+    // The dispatcher has drained: the heartbeat, metrics, alerts, cancel
+    // listener and watch stop before the record is marked failed or removed
+    // (so no late beat writes it again).
+    background.stop().await;
     if let Some(why) = &report.device_failed {
         // The record stays, saying `failed`, until its TTL runs out: peers
         // re-route at once, and operators see what happened.
@@ -376,6 +400,46 @@ pub async fn run(
         );
     }
     Ok(report)
+}
+
+/// The worker's background tasks (heartbeat, metrics sampler, alerts,
+/// `/metrics` server, cancel listener, registry watch): one set, stopped
+/// together by one token, as mini-redis stops its connection handlers.
+/// Each task runs until the token is cancelled, and is then dropped where
+/// it awaits (a Redis round trip, a tick, an accept, an NVML read on a
+/// blocking thread); none blocks the runtime, so all end at once. Dropping
+/// the set (a dropped `run`) aborts what is left.
+struct Background {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Background {
+    fn new() -> Self {
+        Self {
+            stop: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Runs `task` until it returns or the background stops.
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {}
+                () = task => {}
+            }
+        });
+    }
+
+    /// Cancels every task and waits until each has ended. A task that
+    /// panicked earlier has already said so (the panic hook printed it).
+    async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 /// Probes the device until a probe passes (true) or `shutdown` fires
@@ -438,29 +502,53 @@ fn default_worker_id(device_tag: &str) -> String {
     let suffix = &random[random.len() - 4..];
     format!(
         "{}-{device_tag}-{}-{suffix}",
-        hostname(),
+        host::hostname(),
         std::process::id()
     )
 }
 
-pub(crate) fn hostname() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default();
-    let clean: String = raw
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tells, when dropped, that the future holding it was dropped.
+    struct DropFlag(Option<tokio::sync::oneshot::Sender<()>>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
             }
-        })
-        .collect();
-    if clean.is_empty() {
-        "localhost".into()
-    } else {
-        clean
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_the_background_ends_every_task_and_waits_for_them() {
+        let mut background = Background::new();
+        // Tasks that never end by themselves (three parked for good, one
+        // looping on a timer), and one that finished already.
+        let mut dropped = Vec::new();
+        for _ in 0..3 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            dropped.push(rx);
+            let flag = DropFlag(Some(tx));
+            background.spawn(async move {
+                let _flag = flag;
+                std::future::pending::<()>().await;
+            });
+        }
+        background.spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        background.spawn(async {});
+        // A bound, not a speed: a task that outlived the cancel would hang.
+        tokio::time::timeout(Duration::from_secs(30), background.stop())
+            .await
+            .expect("every background task ended");
+        for mut rx in dropped {
+            assert!(rx.try_recv().is_ok(), "stop() returned before a task ended");
+        }
     }
 }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tandem_shared::device::{DeviceSelector, Role};
 use tandem_shared::{Class, Config, exit};
 use tandem_worker::device::detect::Report;
-use tandem_worker::{Detection, Registry, WorkerError, fleet, shutdown};
+use tandem_worker::{Detection, KindTable, WorkerError, fleet, shutdown};
 
 #[derive(Debug, Parser)]
 #[command(name = "tandem-worker", version, about = "Runs Tandem workers")]
@@ -316,12 +316,12 @@ async fn run_worker(config: &Config) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{why}");
     }
     let shutdown = shutdown::on_signals()?;
-    let mut registry = Registry::with_builtins();
+    let mut kinds = KindTable::with_builtins();
     if config.test_kinds {
         tracing::warn!("test kinds enabled: this worker runs `panic` and `abort` tasks");
-        registry.add_test_kinds();
+        kinds.add_test_kinds();
     }
-    let report = tandem_worker::run(config, registry, shutdown).await?;
+    let report = tandem_worker::run(config, kinds, shutdown).await?;
     Ok(if report.device_failed.is_some() {
         ExitCode::from(tandem_worker::EXIT_DEVICE_FAILED)
     } else {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tandem_shared::device::Health;
 
-use crate::metrics::TaskCounters;
+use crate::metrics::tasks::TaskCounters;
 
 #[derive(Debug, Default)]
 pub(crate) struct Stats {

@@ -8,11 +8,13 @@ use tandem_shared::kind::indicators::{
     IndicatorSpec, Indicators, IndicatorsOutput, IndicatorsParams, SeriesValues,
 };
 
-use crate::compute::{Compute, Stop};
-use crate::handler::{Registry, TaskError};
+use crate::compute::Compute;
+use crate::context::Stop;
+use crate::error::TaskError;
+use crate::kind_table::KindTable;
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry.register_compute(IndicatorsKind);
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds.register_compute(IndicatorsKind);
 }
 
 struct IndicatorsKind;
@@ -88,7 +90,7 @@ mod tests {
     use tandem_shared::{ErrorCode, msgpack};
 
     use super::*;
-    use crate::handler::TaskContext;
+    use crate::context::TaskContext;
 
     fn ctx() -> TaskContext {
         TaskContext::for_test()
@@ -96,8 +98,8 @@ mod tests {
 
     #[tokio::test]
     async fn runs_through_the_registry() {
-        let mut registry = Registry::new();
-        register(&mut registry);
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
         let params = IndicatorsParams {
             series: vec![
                 Series {
@@ -115,7 +117,7 @@ mod tests {
             ],
         };
         let bytes = msgpack::encode(&params).unwrap();
-        let result = registry
+        let result = kinds
             .prepare("indicators", &bytes, ctx())
             .map_err(|e| e.message)
             .unwrap()
@@ -141,7 +143,7 @@ mod tests {
 
         let mut bad = params.clone();
         bad.series[0].closes[4] = f64::NAN;
-        let err = registry
+        let err = kinds
             .prepare("indicators", &msgpack::encode(&bad).unwrap(), ctx())
             .err()
             .expect("rejected");

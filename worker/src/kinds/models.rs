@@ -1,5 +1,5 @@
 //! The model kinds on a worker: `infer`, `predict_batch` and `train` run a
-//! registered model from the worker's cache (`crate::models`): on the GPU
+//! registered model from the worker's cache (`crate::model_cache`): on the GPU
 //! through cuBLAS when the model is resident there, else the CPU twin.
 
 use std::sync::Arc;
@@ -13,12 +13,14 @@ use tandem_shared::kind::models::{
 };
 use tandem_shared::model_format::sha256_hex;
 
-use crate::compute::blocking;
-use crate::handler::{Handler, Registry, TaskContext, TaskError};
-use crate::models::{Loaded, from_mlp};
+use crate::context::{TaskContext, blocking};
+use crate::error::TaskError;
+use crate::handler::Handler;
+use crate::kind_table::KindTable;
+use crate::model_cache::{Loaded, from_mlp};
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds
         .register(InferKind)
         .register(PredictBatchKind)
         .register(TrainKind);

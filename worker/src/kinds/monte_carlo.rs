@@ -9,11 +9,14 @@ use tandem_shared::kind::monte_carlo::{
     Estimate, MonteCarlo, MonteCarloOutput, MonteCarloParams, Percentile,
 };
 
-use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
-use crate::handler::{Registry, TaskError};
+use crate::compute::Compute;
+use crate::context::Stop;
+use crate::error::TaskError;
+use crate::kind_table::KindTable;
+use crate::split::{BlockRange, Split, steps_of, whole};
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry.register_split(MonteCarloKind);
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds.register_split(MonteCarloKind);
 }
 
 struct MonteCarloKind;
@@ -168,7 +171,7 @@ mod tests {
     use tandem_shared::msgpack;
 
     use super::*;
-    use crate::handler::TaskContext;
+    use crate::context::TaskContext;
 
     fn params() -> MonteCarloParams {
         MonteCarloParams {
@@ -192,11 +195,11 @@ mod tests {
 
     #[tokio::test]
     async fn runs_through_the_registry() {
-        let mut registry = Registry::new();
-        register(&mut registry);
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
         let p = params();
         let bytes = msgpack::encode(&p).unwrap();
-        let out = registry
+        let out = kinds
             .prepare("monte_carlo", &bytes, ctx())
             .unwrap()
             .await
@@ -208,7 +211,7 @@ mod tests {
         assert!(out.european_call.price > 0.0 && out.european_call.std_error > 0.0);
 
         let bad = MonteCarloParams { steps: 0, ..p };
-        let err = registry
+        let err = kinds
             .prepare("monte_carlo", &msgpack::encode(&bad).unwrap(), ctx())
             .err()
             .expect("rejected");
@@ -242,9 +245,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_split_run_equals_the_whole_run_bit_for_bit() {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        let splitter = registry.splitter("monte_carlo").expect("splittable");
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
+        let splitter = kinds.splitter("monte_carlo").expect("splittable");
         let p = params();
         let bytes = msgpack::encode(&p).unwrap();
         let whole = MonteCarloKind.cpu(&p, &Stop::never()).unwrap();

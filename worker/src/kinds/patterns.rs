@@ -7,11 +7,13 @@ use tandem_shared::kind::patterns::{
     PATTERN_NAMES, Patterns, PatternsOutput, PatternsParams, SeriesMasks,
 };
 
-use crate::compute::{Compute, Stop};
-use crate::handler::{Registry, TaskError};
+use crate::compute::Compute;
+use crate::context::Stop;
+use crate::error::TaskError;
+use crate::kind_table::KindTable;
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry.register_compute(PatternsKind);
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds.register_compute(PatternsKind);
 }
 
 struct PatternsKind;
@@ -79,7 +81,7 @@ mod tests {
     use tandem_shared::{ErrorCode, msgpack};
 
     use super::*;
-    use crate::handler::TaskContext;
+    use crate::context::TaskContext;
 
     fn ctx() -> TaskContext {
         TaskContext::for_test()
@@ -88,8 +90,8 @@ mod tests {
     #[tokio::test]
     async fn runs_through_the_registry() {
         assert_eq!(PATTERN_NAMES, kernel::NAMES);
-        let mut registry = Registry::new();
-        register(&mut registry);
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
         // A bearish bar, then a bullish one engulfing it; a doji.
         let params = PatternsParams {
             series: vec![OhlcSeries {
@@ -102,7 +104,7 @@ mod tests {
             thresholds: Thresholds::default(),
         };
         let bytes = msgpack::encode(&params).unwrap();
-        let result = registry
+        let result = kinds
             .prepare("patterns", &bytes, ctx())
             .map_err(|e| e.message)
             .unwrap()
@@ -119,7 +121,7 @@ mod tests {
 
         let mut bad = params.clone();
         bad.series[0].high[2] = 10.05;
-        let err = registry
+        let err = kinds
             .prepare("patterns", &msgpack::encode(&bad).unwrap(), ctx())
             .err()
             .expect("rejected");

@@ -20,11 +20,14 @@ use tandem_shared::kind::portfolio_opt::{
     Method, Objective, PortfolioOpt, PortfolioOptOutput, PortfolioOptParams,
 };
 
-use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
-use crate::handler::{Registry, TaskError};
+use crate::compute::Compute;
+use crate::context::Stop;
+use crate::error::TaskError;
+use crate::kind_table::KindTable;
+use crate::split::{BlockRange, Split, steps_of, whole};
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry.register_split(PortfolioOptKind);
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds.register_split(PortfolioOptKind);
 }
 
 struct PortfolioOptKind;
@@ -231,15 +234,15 @@ mod tests {
     }
 
     async fn run(params: &PortfolioOptParams) -> Result<Vec<u8>, TaskError> {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        let ctx = crate::handler::TaskContext::new(
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
+        let ctx = crate::context::TaskContext::new(
             tandem_shared::TaskId::new(),
             1,
             "cpu".into(),
             CancellationToken::new(),
         );
-        registry
+        kinds
             .prepare("portfolio_opt", &msgpack::encode(params).unwrap(), ctx)?
             .await
     }
@@ -292,10 +295,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_split_run_equals_the_whole_run_bit_for_bit() {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        let splitter = registry.splitter("portfolio_opt").expect("splittable");
-        let ctx = crate::handler::TaskContext::for_test;
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
+        let splitter = kinds.splitter("portfolio_opt").expect("splittable");
+        let ctx = crate::context::TaskContext::for_test;
         for p in [
             twelve(Objective::MinVariance, 1.0),
             twelve(Objective::MaxSharpe, 1.0),
@@ -382,9 +385,9 @@ mod tests {
     /// at block 0; the other shards leave the check to that one.
     #[tokio::test]
     async fn an_indefinite_covariance_is_bad_params() {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        let splitter = registry.splitter("portfolio_opt").expect("splittable");
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
+        let splitter = kinds.splitter("portfolio_opt").expect("splittable");
         for objective in [Objective::MinVariance, Objective::MaxSharpe] {
             let p = PortfolioOptParams {
                 mu: vec![0.1, 0.2],
@@ -408,7 +411,7 @@ mod tests {
             );
             let shards = splitter.split(&msgpack::encode(&p).unwrap(), 4).unwrap();
             assert_eq!(shards.len(), 4);
-            let ctx = crate::handler::TaskContext::for_test;
+            let ctx = crate::context::TaskContext::for_test;
             let err = splitter
                 .run_shard(&shards[0], &ctx())
                 .unwrap()

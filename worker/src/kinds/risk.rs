@@ -13,11 +13,14 @@ use tandem_kernels::runtime::Gpu;
 use tandem_shared::ErrorCode;
 use tandem_shared::kind::risk::{Risk, RiskLevel, RiskOutput, RiskParams, tail_count};
 
-use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
-use crate::handler::{Registry, TaskError};
+use crate::compute::Compute;
+use crate::context::Stop;
+use crate::error::TaskError;
+use crate::kind_table::KindTable;
+use crate::split::{BlockRange, Split, steps_of, whole};
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry.register_split(RiskKind);
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds.register_split(RiskKind);
 }
 
 pub(crate) struct RiskKind;
@@ -165,7 +168,7 @@ mod tests {
     use tandem_shared::msgpack;
 
     use super::*;
-    use crate::handler::TaskContext;
+    use crate::context::TaskContext;
 
     fn monte_carlo() -> RiskParams {
         RiskParams::MonteCarlo(MonteCarloRisk {
@@ -199,10 +202,10 @@ mod tests {
 
     #[tokio::test]
     async fn runs_through_the_registry() {
-        let mut registry = Registry::new();
-        register(&mut registry);
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
         let params = msgpack::encode(&monte_carlo()).unwrap();
-        let out = registry
+        let out = kinds
             .prepare("risk", &params, ctx())
             .unwrap()
             .await
@@ -225,7 +228,7 @@ mod tests {
             confidence: vec![0.9],
         });
         let bad = msgpack::encode(&bad).unwrap();
-        let err = registry
+        let err = kinds
             .prepare("risk", &bad, ctx())
             .unwrap()
             .await
@@ -240,9 +243,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_split_run_equals_the_whole_run_bit_for_bit() {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        let splitter = registry.splitter("risk").expect("registered");
+        let mut kinds = KindTable::new();
+        register(&mut kinds);
+        let splitter = kinds.splitter("risk").expect("registered");
         for params in [monte_carlo(), historical()] {
             let whole = RiskKind.cpu(&params, &Stop::never()).unwrap();
             let encoded = msgpack::encode(&params).unwrap();

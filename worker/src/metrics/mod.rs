@@ -20,7 +20,7 @@
 pub(crate) mod device;
 mod http;
 mod prometheus;
-mod tasks;
+pub(crate) mod tasks;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,10 +30,8 @@ use tandem_shared::Config;
 use tandem_shared::store::Store;
 use tandem_shared::wire::{WorkerInfo, WorkerMetrics};
 
-pub(crate) use tasks::TaskCounters;
-
-use crate::cancel::Running;
-use crate::heartbeat::now_ms;
+use crate::clock::now_ms;
+use crate::running::Running;
 use crate::stats::Stats;
 use device::{Gauge, Load};
 
@@ -71,7 +69,7 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    /// Samples every interval until aborted.
+    /// Samples every interval until the worker stops it.
     pub async fn run(self) {
         let mut gauge = Gauge::for_device(&self.device);
         let mut tick = tokio::time::interval(self.interval);
@@ -137,13 +135,14 @@ impl Sampler {
     }
 }
 
-/// Serves a worker's own `/metrics` on `port` from its last heartbeat, in
-/// a task of its own; `None` (with an error logged) when the port cannot be
-/// bound: the worker still runs.
+/// Serves a worker's own `/metrics` on `port` from its last heartbeat: the
+/// port is bound here, and the returned future serves it (the worker runs
+/// it among its background tasks); `None` (with an error logged) when the
+/// port cannot be bound: the worker still runs.
 pub(crate) async fn serve_worker(
     port: u16,
     published: Published,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let listener = match http::bind(port).await {
         Ok(listener) => listener,
         Err(why) => {
@@ -162,7 +161,7 @@ pub(crate) async fn serve_worker(
             Ok(prometheus::render(&[info]))
         }
     };
-    Some(tokio::spawn(http::serve(listener, render)))
+    Some(http::serve(listener, render))
 }
 
 /// A fleet's children, by member tag: the pid of each one running now.
@@ -188,7 +187,7 @@ pub(crate) async fn serve_fleet(
         config,
         store: tokio::sync::Mutex::new(None),
         children,
-        host: crate::hostname(),
+        host: crate::host::hostname(),
     });
     let render = move || {
         let source = Arc::clone(&source);

@@ -10,11 +10,15 @@ use tandem_shared::kind::builtin::{
     SplitSumOutput, SplitSumParams,
 };
 
-use crate::compute::{BlockRange, Compute, Split, Stop, steps_of, whole};
-use crate::handler::{Handler, Registry, TaskContext, TaskError};
+use crate::compute::Compute;
+use crate::context::{Stop, TaskContext};
+use crate::error::TaskError;
+use crate::handler::Handler;
+use crate::kind_table::KindTable;
+use crate::split::{BlockRange, Split, steps_of, whole};
 
-pub(crate) fn register(registry: &mut Registry) {
-    registry
+pub(crate) fn register(kinds: &mut KindTable) {
+    kinds
         .register(NoopHandler)
         .register(SleepHandler)
         .register(EchoHandler)
@@ -22,8 +26,8 @@ pub(crate) fn register(registry: &mut Registry) {
 }
 
 /// The fault-injection kinds; see `tandem_shared::kind::builtin`.
-pub(crate) fn register_test_kinds(registry: &mut Registry) {
-    registry
+pub(crate) fn register_test_kinds(kinds: &mut KindTable) {
+    kinds
         .register(PanicHandler)
         .register(AbortHandler)
         .register(GpuOnlyHandler)
@@ -199,7 +203,7 @@ mod tests {
     }
 
     async fn run(kind: &str, params: &[u8]) -> Result<Vec<u8>, TaskError> {
-        Registry::with_builtins()
+        KindTable::with_builtins()
             .prepare(kind, params, ctx())?
             .await
     }
@@ -257,5 +261,72 @@ mod tests {
             ErrorCode::BAD_PARAMS,
         )
         .await;
+    }
+
+    /// The split machinery (`split`) end to end, through the table, with
+    /// the `split_sum` test kind.
+    #[tokio::test]
+    async fn a_split_run_equals_the_whole_run_bit_for_bit() {
+        let mut kinds = KindTable::new();
+        kinds.register_split(SplitSum);
+        let splitter = kinds.splitter("split_sum").expect("registered");
+        let params = SplitSumParams {
+            n: 12_345,
+            block: 10,
+            block_ms: 0,
+            fail_block: None,
+        };
+        let encoded = msgpack::encode(&params).unwrap();
+        // Run whole, it goes in 64 steps (1,235 blocks, 2 at the least).
+        assert_eq!(SplitSum.cpu_steps(&params), 64);
+        let whole = SplitSum.cpu(&params, &Stop::never()).unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        assert_eq!(
+            SplitSum.cpu(&params, &Stop::new(cancel)).unwrap_err().code,
+            ErrorCode::CANCELLED
+        );
+        // A shard of a cancelled task does not start.
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        let ctx = TaskContext::new(tandem_shared::TaskId::new(), 1, "cpu".into(), cancelled);
+        let shard = splitter.split(&encoded, 2).unwrap().remove(0);
+        let refused = splitter.run_shard(&shard, &ctx).unwrap().await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::CANCELLED);
+        for n in [1, 2, 7, 200, 5_000] {
+            let shards = splitter.split(&encoded, n).unwrap();
+            assert!(shards.len() <= n);
+            let ctx = TaskContext::for_test();
+            let mut parts = Vec::new();
+            for shard in &shards {
+                parts.push(splitter.run_shard(shard, &ctx).unwrap().await.unwrap());
+            }
+            let merged: SplitSumOutput =
+                msgpack::decode(&splitter.merge(&encoded, &parts).unwrap()).unwrap();
+            assert_eq!(merged.sum.to_bits(), whole.sum.to_bits(), "{n} shards");
+            assert_eq!(merged.blocks, 1_235);
+            // A missing shard is an error, not a wrong sum.
+            if parts.len() > 1 {
+                parts.pop();
+                assert_eq!(
+                    splitter.merge(&encoded, &parts).unwrap_err().code,
+                    ErrorCode::BAD_RESULT
+                );
+            }
+        }
+        let bad = msgpack::encode(&SplitSumParams { n: 0, ..params }).unwrap();
+        assert!(
+            BlockRange { first: 5, end: 99 }
+                .within(50)
+                .unwrap_err()
+                .message
+                .contains("outside")
+        );
+        assert_eq!(BlockRange::split(10, 3).len(), 3);
+        assert_eq!(BlockRange::split(10, 30).len(), 10);
+        assert_eq!(
+            splitter.split(&bad, 2).unwrap_err().code,
+            ErrorCode::BAD_PARAMS
+        );
     }
 }

@@ -1,12 +1,12 @@
 //! Wakes an idle worker the moment a task arrives, without polling.
 //!
 //! When a claim finds every stream empty, the claim script also returns the
-//! newest entry id of each stream. The dispatcher arms the waker with those
-//! ids; the waker blocks in `XREAD BLOCK` on its own connection from exactly
-//! there, so an entry added after the claim wakes it at once (none can slip
-//! between the claim and the wait), and nothing is read twice. The waker
-//! never claims: it only says "look again", and the claim script keeps strict
-//! priority order however the wake came about.
+//! newest entry id of each stream. The dispatcher arms the doorbell with
+//! those ids; the doorbell blocks in `XREAD BLOCK` on its own connection
+//! from exactly there, so an entry added after the claim wakes it at once
+//! (none can slip between the claim and the wait), and nothing is read
+//! twice. The doorbell never claims: it only says "look again", and the
+//! claim script keeps strict priority order however the wake came about.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +22,10 @@ pub(crate) struct WaitPoint {
     pub ids: Vec<String>,
 }
 
+/// Rings (wakes the dispatcher) when an entry arrives after the wait point
+/// it was armed with. (Its log lines say "waker", the name it had first.)
 #[derive(Debug)]
-pub(crate) struct Waker {
+pub(crate) struct Doorbell {
     arm: watch::Sender<Option<Arc<WaitPoint>>>,
     /// True from `arm` until the wait fires: while armed, the wait point in
     /// force still covers every arrival, and a claim needs no fresh one.
@@ -32,7 +34,7 @@ pub(crate) struct Waker {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Waker {
+impl Doorbell {
     pub fn spawn(store: Store, block_ms: u64) -> Self {
         let (arm, armed) = watch::channel(None);
         let woken = Arc::new(Notify::new());
@@ -70,7 +72,7 @@ impl Waker {
     }
 }
 
-impl Drop for Waker {
+impl Drop for Doorbell {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -18,9 +18,9 @@ use tandem_shared::model_format::{Activation, Layer, Model};
 use tandem_shared::store::Store;
 use tandem_shared::{ErrorCode, Priority};
 
-use crate::cancel::Running;
 use crate::device::Device;
-use crate::handler::TaskError;
+use crate::error::TaskError;
+use crate::running::Running;
 
 /// A model is not registered.
 pub const MODEL_NOT_FOUND: ErrorCode = ErrorCode::from_static("MODEL_NOT_FOUND");
@@ -41,7 +41,7 @@ pub struct Loaded {
 }
 
 #[derive(Debug)]
-pub struct Models {
+pub struct ModelCache {
     store: Store,
     device: Arc<Device>,
     running: Running,
@@ -52,7 +52,7 @@ pub struct Models {
     recent: Mutex<Vec<String>>,
 }
 
-impl Models {
+impl ModelCache {
     pub(crate) fn new(
         store: Store,
         device: Arc<Device>,
