@@ -245,7 +245,7 @@ impl Dispatcher {
         plan: TripPlan,
         schedule: &mut Schedule,
         outcomes: &mut Outcomes,
-        waker: &Waker,
+        waker: &Doorbell,
         done: &mpsc::UnboundedSender<Finished>,
     ) {
         let lease_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
