@@ -168,7 +168,7 @@ pub(crate) struct Splitting<S>(pub Arc<S>);
 /// Decodes a task's parameters (a whole task's, or a shard's with the
 /// shard): errors as [`crate::error::decode_error`] reports them for any
 /// kind.
-fn decode_params<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, TaskError> {
+fn decode_params<T: Serialize + DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, TaskError> {
     msgpack::decode_params(bytes).map_err(|e| decode_error(&e))
 }
 
