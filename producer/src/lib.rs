@@ -8,6 +8,8 @@
 //! - [`Producer`]: the connection; submit, wait, status, cancel.
 //! - [`TaskHandle`]: an awaitable task (`handle.await`), from
 //!   [`Producer::submit_handle`] or [`Producer::handle`].
+//! - `listener`: the reply-stream listener that hands completion notices to
+//!   waiting calls, and the bookkeeping of who waits for what.
 //! - [`Task`]: a task to submit, with its options (priority, deadline,
 //!   idempotency key, ...), checked before it is sent.
 //! - [`TaskOutcome`]: how a task ended.
@@ -36,12 +38,15 @@
 //! ```
 
 mod error;
+mod handle;
+mod listener;
 mod outcome;
 mod producer;
 mod task;
 
 pub use error::ProducerError;
+pub use handle::TaskHandle;
 pub use outcome::TaskOutcome;
-pub use producer::{Producer, TaskHandle};
+pub use producer::Producer;
 pub use tandem_shared::store::CancelOutcome;
 pub use task::Task;
