@@ -1,14 +1,19 @@
 //! The Tandem producer library: submit tasks to a Tandem queue, wait for
 //! their results (pushed, not polled), ask their status, cancel them.
+//! The `tandem` command-line tool is a crate of its own (`tandem-cli`), so
+//! this library compiles none of its dependencies.
 //!
 //! # Layout
 //!
 //! - [`Producer`]: the connection; submit, wait, status, cancel.
+//! - [`TaskHandle`]: an awaitable task (`handle.await`), from
+//!   [`Producer::submit_handle`] or [`Producer::handle`].
+//! - `listener`: the reply-stream listener that hands completion notices to
+//!   waiting calls, and the bookkeeping of who waits for what.
 //! - [`Task`]: a task to submit, with its options (priority, deadline,
 //!   idempotency key, ...), checked before it is sent.
 //! - [`TaskOutcome`]: how a task ended.
 //! - [`ProducerError`]: every way a call can fail.
-//! - [`cli`]: the `tandem` command-line tool's commands.
 //!
 //! # Example
 //!
@@ -32,14 +37,16 @@
 //! # Ok(()) }
 //! ```
 
-pub mod cli;
 mod error;
+mod handle;
+mod listener;
 mod outcome;
 mod producer;
 mod task;
 
 pub use error::ProducerError;
+pub use handle::TaskHandle;
 pub use outcome::TaskOutcome;
-pub use producer::{Producer, TaskHandle};
+pub use producer::Producer;
 pub use tandem_shared::store::CancelOutcome;
 pub use task::Task;

@@ -1,5 +1,8 @@
 //! [`Producer`]: submit tasks, wait for them, ask their status, cancel them.
 //!
+//! The reply listener and the waiter bookkeeping live in `listener.rs`,
+//! [`TaskHandle`] in `handle.rs`.
+//!
 //! # How waiting works
 //!
 //! A producer has one reply stream per class, under the class's hash tag
@@ -35,26 +38,22 @@
 //! `tandem demo` does) when you hold more than that.
 
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tandem_shared::signature::Signer;
 use tandem_shared::store::{self, CancelOutcome, ModelStoreError, Store, StoreError, Submitted};
 use tandem_shared::wire::{NewTask, TaskRecord};
 use tandem_shared::{Class, Config, Status, TaskId};
-use tokio::sync::oneshot;
 
 use crate::error::ProducerError;
+use crate::handle::{TaskHandle, within};
+use crate::listener::{self, Listener, Registration, Waiters};
 use crate::outcome::TaskOutcome;
 use crate::task::Task;
 
-/// How long one blocking read of a reply stream waits before re-arming.
-const LISTEN_BLOCK_MS: u64 = 5_000;
-/// Notices read per round trip.
-const LISTEN_COUNT: usize = 1_000;
 const RECHECK_FIRST: Duration = Duration::from_secs(1);
 const RECHECK_MAX: Duration = Duration::from_secs(8);
 
@@ -80,15 +79,14 @@ struct Inner {
     reply_keys: Vec<String>,
     default_max_attempts: u32,
     max_payload_bytes: usize,
-    waiters: Mutex<Waiters>,
+    /// Who waits for which task, and the resync generation; shared with
+    /// the listeners.
+    waiters: Arc<Waiters>,
     /// Reply streams with a running listener, and that listener.
     listeners: tokio::sync::Mutex<HashMap<String, Listener>>,
     /// How many listeners have found where to start reading; a listener's
     /// number tells a waiter whether it started after the waiter read.
     listeners_started: AtomicU64,
-    next_waiter: AtomicU64,
-    /// Bumped when notices may have been lost; every waiter then re-reads.
-    resync: tokio::sync::watch::Sender<u64>,
     /// How long a call keeps retrying while Redis is unreachable.
     reconnect_timeout: Duration,
     /// `redis_url` without its password, for messages.
@@ -97,13 +95,6 @@ struct Inner {
     signer: Option<Signer>,
     /// `train` tasks go to the heavy class whatever their model.
     train_on_primary: bool,
-}
-
-/// The task reading one reply stream.
-struct Listener {
-    task: tokio::task::JoinHandle<()>,
-    /// The value of `listeners_started` once it knew its start position.
-    number: u64,
 }
 
 impl Inner {
@@ -125,8 +116,6 @@ impl Inner {
         store::retry_connection(self.reconnect_timeout, &self.redis_url, op).await
     }
 }
-
-type Waiters = HashMap<TaskId, Vec<(u64, oneshot::Sender<TaskOutcome>)>>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -166,11 +155,9 @@ impl Producer {
                 reply_keys,
                 default_max_attempts: config.default_max_attempts,
                 max_payload_bytes: config.max_payload_bytes,
-                waiters: Mutex::new(HashMap::new()),
+                waiters: Waiters::new(),
                 listeners: tokio::sync::Mutex::new(HashMap::new()),
                 listeners_started: AtomicU64::new(0),
-                next_waiter: AtomicU64::new(0),
-                resync: tokio::sync::watch::Sender::new(0),
                 reconnect_timeout: Duration::from_millis(config.reconnect_timeout_ms),
                 redis_url: config.redis_url_redacted(),
                 signer: Signer::new(config.signing_key.expose()),
@@ -275,11 +262,7 @@ impl Producer {
             // An idempotency key that named an earlier task: that task may
             // have finished already, so its handle waits the general way.
             let registration = submitted.created.then_some(registration);
-            handles.push(TaskHandle {
-                id: submitted.id,
-                producer: self.clone(),
-                registration: Mutex::new(registration),
-            });
+            handles.push(TaskHandle::new(submitted.id, self.clone(), registration));
         }
         Ok(handles)
     }
@@ -351,22 +334,12 @@ impl Producer {
 
     /// An awaitable handle on any task.
     pub fn handle(&self, id: TaskId) -> TaskHandle {
-        TaskHandle {
-            id,
-            producer: self.clone(),
-            registration: Mutex::new(None),
-        }
+        TaskHandle::new(id, self.clone(), None)
     }
 
     /// Waits until the task finishes, at most `timeout`.
     pub async fn wait(&self, id: TaskId, timeout: Duration) -> Result<TaskOutcome, ProducerError> {
-        match tokio::time::timeout(timeout, self.wait_forever(id)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(ProducerError::Timeout {
-                id,
-                waited: timeout,
-            }),
-        }
+        within(id, timeout, self.wait_forever(id)).await
     }
 
     /// The task's current record, or `None` when no record exists.
@@ -391,7 +364,9 @@ impl Producer {
         Ok(self.inner.retry(|| self.inner.store.cancel(&id)).await?)
     }
 
-    async fn wait_forever(&self, id: TaskId) -> Result<TaskOutcome, ProducerError> {
+    /// Waits for a task with no wait registered yet: registers, reads the
+    /// record, and waits for the notice unless the task has finished.
+    pub(crate) async fn wait_forever(&self, id: TaskId) -> Result<TaskOutcome, ProducerError> {
         let registration = self.register(id);
         let listeners_before = self.inner.listeners_started.load(Ordering::SeqCst);
         let mut record = self
@@ -429,7 +404,7 @@ impl Producer {
 
     /// Waits for the notice of a registered task; re-reads its record when
     /// notices may have been lost, or periodically when it has none.
-    async fn await_registered(
+    pub(crate) async fn await_registered(
         &self,
         id: TaskId,
         registration: Registration,
@@ -440,7 +415,7 @@ impl Producer {
             receiver,
         } = registration;
         let mut receiver = Some(receiver);
-        let mut resync = self.inner.resync.subscribe();
+        let mut resync = self.inner.waiters.subscribe_resync();
         let mut recheck = RECHECK_FIRST;
         loop {
             let notice = async {
@@ -492,20 +467,7 @@ impl Producer {
     }
 
     fn register(&self, id: TaskId) -> Registration {
-        let (tx, rx) = oneshot::channel();
-        let token = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.waiters)
-            .entry(id)
-            .or_default()
-            .push((token, tx));
-        Registration {
-            guard: WaiterGuard {
-                inner: Arc::downgrade(&self.inner),
-                id,
-                token,
-            },
-            receiver: rx,
-        }
+        self.inner.waiters.register(id)
     }
 
     /// Starts a listener on `stream` unless one runs; returns the running
@@ -526,41 +488,14 @@ impl Producer {
         // Numbered once the start is known: a waiter that read its record
         // before this number was taken sees every notice written after.
         let number = self.inner.listeners_started.fetch_add(1, Ordering::SeqCst) + 1;
-        let task = tokio::spawn(listen(
-            Arc::downgrade(&self.inner),
+        let task = listener::spawn(
+            Arc::downgrade(&self.inner.waiters),
             self.inner.store.clone(),
             stream.to_owned(),
             start,
-        ));
+        );
         listeners.insert(stream.to_owned(), Listener { task, number });
         Ok(number)
-    }
-}
-
-/// A waiter in the map, and where its notice arrives.
-struct Registration {
-    guard: WaiterGuard,
-    receiver: oneshot::Receiver<TaskOutcome>,
-}
-
-/// Removes its waiter when the wait ends, however it ends.
-struct WaiterGuard {
-    inner: Weak<Inner>,
-    id: TaskId,
-    token: u64,
-}
-
-impl Drop for WaiterGuard {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            let mut waiters = lock(&inner.waiters);
-            if let Some(list) = waiters.get_mut(&self.id) {
-                list.retain(|(token, _)| *token != self.token);
-                if list.is_empty() {
-                    waiters.remove(&self.id);
-                }
-            }
-        }
     }
 }
 
@@ -569,186 +504,4 @@ fn no_reply() -> ProducerError {
         what: "submit",
         detail: "no reply".into(),
     })
-}
-
-fn lock(waiters: &Mutex<Waiters>) -> std::sync::MutexGuard<'_, Waiters> {
-    // Every critical section is a single map operation; a panic inside one
-    // cannot leave the map inconsistent.
-    waiters
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Reads one reply stream and hands notices to waiters until the producer
-/// is dropped.
-async fn listen(inner: Weak<Inner>, store: Store, stream: String, mut last_id: String) {
-    let mut conn = None;
-    let mut backoff = Duration::from_millis(50);
-    let mut reconnected = false;
-    loop {
-        let reader = match &mut conn {
-            Some(c) => c,
-            None => match store.blocking_connection(LISTEN_BLOCK_MS).await {
-                Ok(c) => {
-                    if reconnected {
-                        // Notices may have come and gone while we were away.
-                        if let Some(inner) = inner.upgrade() {
-                            inner.resync.send_modify(|generation| *generation += 1);
-                        }
-                    }
-                    conn.insert(c)
-                }
-                Err(err) => {
-                    tracing::warn!("reply listener cannot connect: {err}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-            },
-        };
-        let read = reader
-            .xread(
-                std::slice::from_ref(&stream),
-                std::slice::from_ref(&last_id),
-                LISTEN_BLOCK_MS,
-                LISTEN_COUNT,
-            )
-            .await;
-        let Some(inner) = inner.upgrade() else { return };
-        match read {
-            Ok(streams) => {
-                backoff = Duration::from_millis(50);
-                let read_from = last_id.clone();
-                let mut count = 0;
-                for (_, entries) in streams {
-                    for (entry_id, fields) in entries {
-                        count += 1;
-                        last_id = entry_id;
-                        deliver(&inner, &store, &fields).await;
-                    }
-                }
-                // A full batch means we are behind; if the stream was trimmed
-                // past where we read from, notices were lost.
-                if count == LISTEN_COUNT
-                    && let Ok(Some(deleted)) = store.max_deleted_entry_id(&stream).await
-                    && stream_id_after(&deleted, &read_from)
-                {
-                    tracing::warn!(
-                        stream,
-                        "reply stream trimmed past unread notices; waiters re-read their records"
-                    );
-                    inner.resync.send_modify(|generation| *generation += 1);
-                }
-            }
-            Err(err) => {
-                tracing::warn!("reply listener read failed: {err}; reconnecting");
-                reconnected = true;
-                conn = None;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-async fn deliver(inner: &Inner, store: &Store, fields: &tandem_shared::wire::Fields) {
-    let mut record =
-        TaskRecord::from_fields(fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
-    let Some(id) = record.id else { return };
-    let senders = match lock(&inner.waiters).remove(&id) {
-        Some(senders) if !senders.is_empty() => senders,
-        _ => return,
-    };
-    if record.result_left_out()
-        && let Some(class) = record.class
-    {
-        match store.result_blob(class, &id).await {
-            Ok(blob) => record.result = blob,
-            Err(err) => tracing::warn!(task = %id, "cannot fetch a large result: {err}"),
-        }
-    }
-    let Some(outcome) = TaskOutcome::from_record(id, record) else {
-        return;
-    };
-    for (_, sender) in senders {
-        let _ = sender.send(outcome.clone());
-    }
-}
-
-/// True when stream id `a` (`ms-seq`) is after `b`.
-fn stream_id_after(a: &str, b: &str) -> bool {
-    let parse = |id: &str| {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (
-            ms.parse::<u64>().unwrap_or(0),
-            seq.parse::<u64>().unwrap_or(0),
-        )
-    };
-    parse(a) > parse(b)
-}
-
-/// An awaitable task: `handle.await` waits without a time limit.
-pub struct TaskHandle {
-    id: TaskId,
-    producer: Producer,
-    /// The wait registered before submitting, used by the first wait.
-    registration: Mutex<Option<Registration>>,
-}
-
-impl std::fmt::Debug for TaskHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskHandle")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TaskHandle {
-    pub fn id(&self) -> TaskId {
-        self.id
-    }
-
-    /// Waits until the task finishes, at most `timeout`.
-    pub async fn wait(&self, timeout: Duration) -> Result<TaskOutcome, ProducerError> {
-        match tokio::time::timeout(timeout, self.wait_forever()).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(ProducerError::Timeout {
-                id: self.id,
-                waited: timeout,
-            }),
-        }
-    }
-
-    async fn wait_forever(&self) -> Result<TaskOutcome, ProducerError> {
-        let registration = self
-            .registration
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        match registration {
-            Some(registration) => {
-                self.producer
-                    .await_registered(self.id, registration, false)
-                    .await
-            }
-            None => self.producer.wait_forever(self.id).await,
-        }
-    }
-
-    pub async fn status(&self) -> Result<Status, ProducerError> {
-        self.producer.status(self.id).await
-    }
-
-    pub async fn cancel(&self) -> Result<CancelOutcome, ProducerError> {
-        self.producer.cancel(self.id).await
-    }
-}
-
-impl IntoFuture for TaskHandle {
-    type Output = Result<TaskOutcome, ProducerError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { self.wait_forever().await })
-    }
 }

@@ -142,6 +142,15 @@ impl Task {
         &self.kind
     }
 
+    /// The class the task has before it is submitted: the one chosen with
+    /// [`Task::class`], or the one its kind gives its parameters
+    /// ([`Task::of`]); `None` when neither set one. Submitting may still
+    /// send an `infer` or `train` task without a chosen class to its
+    /// model's registered class (see [`Task`]).
+    pub fn preset_class(&self) -> Option<Class> {
+        self.class
+    }
+
     /// The model whose registered class this task goes to: the `model`
     /// parameter of an `infer` or `train` task with no class set. `None`
     /// also when the parameters do not decode; checking them reports that.
@@ -251,6 +260,19 @@ mod tests {
         let ok = check(Task::of::<Sleep>(&SleepParams { ms: 5 }).unwrap()).unwrap();
         assert_eq!(ok.class, Class::Cpu);
         assert_eq!(ok.max_attempts, 3);
+    }
+
+    #[test]
+    fn the_preset_class_is_the_chosen_one_or_the_kinds() {
+        let typed = Task::of::<Sleep>(&SleepParams { ms: 5 }).unwrap();
+        assert_eq!(typed.preset_class(), Some(Class::Cpu));
+        assert_eq!(typed.class(Class::Heavy).preset_class(), Some(Class::Heavy));
+        let untyped = Task::raw("my_kind", vec![0xc0]);
+        assert_eq!(untyped.preset_class(), None);
+        assert_eq!(
+            untyped.class(Class::Light).preset_class(),
+            Some(Class::Light)
+        );
     }
 
     #[test]

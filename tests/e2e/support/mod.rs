@@ -432,7 +432,7 @@ fn assert_fresh(binary: &Path, name: &str) {
         .expect("workspace root");
     let sources: &[&str] = match name {
         "tandem-worker" => &["worker/src", "shared/src", "shared/lua", "kernels/src"],
-        "tandem" => &["producer/src", "shared/src", "shared/lua"],
+        "tandem" => &["cli/src", "producer/src", "shared/src", "shared/lua"],
         _ => &[],
     };
     let built = modified(binary);

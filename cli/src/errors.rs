@@ -7,7 +7,7 @@ use tandem_shared::config::ConfigError;
 use tandem_shared::exit;
 use tandem_shared::store::StoreError;
 
-use crate::ProducerError;
+use tandem_producer::ProducerError;
 
 /// A bad argument the tool itself found (`--params` that is not JSON, a
 /// size it cannot read): exit 2, like clap's own argument errors.

@@ -9,8 +9,8 @@ use tandem_shared::{Config, Priority};
 
 use super::summary::summary;
 use super::{DemoArgs, Interrupts, Planned, drive, worker_env};
-use crate::cli::local::LocalWorkers;
-use crate::{Producer, Task};
+use crate::local::LocalWorkers;
+use tandem_producer::{Producer, Task};
 
 /// The mixed workload of built-in kinds on `--workers` CPU workers.
 pub(super) async fn plain(

@@ -22,7 +22,7 @@ use tandem_shared::{Class, Config, Priority, Status, TaskId};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::local::LocalRedis;
-use crate::{Producer, Task};
+use tandem_producer::{Producer, Task};
 
 mod plain;
 mod summary;
@@ -200,7 +200,7 @@ async fn drive(
                 done.push(Done {
                     id: outcome.id,
                     kind: label,
-                    class: task.class,
+                    class: task.preset_class(),
                     priority,
                     status: outcome.status,
                     latency_ms: latency.as_secs_f64() * 1000.0,

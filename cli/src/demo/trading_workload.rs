@@ -10,7 +10,7 @@ use tandem_shared::kind::risk::{HistoricalRisk, MonteCarloRisk, Risk, RiskParams
 use tandem_shared::{Class, Priority};
 
 use super::Planned;
-use crate::Task;
+use tandem_producer::Task;
 
 /// The i-th task of the trading workload, in a cycle of 20: option quotes
 /// (high), a book of options split across the GPUs (normal), VaR by Monte
@@ -330,7 +330,7 @@ mod tests {
         let mut priorities = std::collections::HashSet::new();
         for i in 0..20 {
             let planned = trading_workload(i).unwrap_or_else(|e| panic!("task {i}: {e:#}"));
-            classes.extend(planned.task.class);
+            classes.extend(planned.task.preset_class());
             priorities.insert(planned.priority);
             assert_eq!(planned.keep_result, i == 0);
         }

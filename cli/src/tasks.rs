@@ -10,7 +10,7 @@ use tandem_shared::{Class, Config, Priority, Status, TaskId, exit, msgpack};
 
 use super::errors::{Usage, for_the_shell};
 use super::table;
-use crate::{CancelOutcome, Producer, Task, TaskOutcome};
+use tandem_producer::{CancelOutcome, Producer, Task, TaskOutcome};
 
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {

@@ -30,7 +30,7 @@ use tandem_shared::{Class, Config, Status, TaskId};
 
 use super::local::{LocalRedis, LocalWorkers};
 use super::table;
-use crate::{Producer, Task};
+use tandem_producer::{Producer, Task};
 
 /// The seed's host: the primary and the secondary GPU.
 const SEED_GPUS: &str = "RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS";

@@ -1,5 +1,32 @@
 //! The `tandem` command-line tool: submit and inspect tasks, view queues and
 //! alerts, run the demo and the benchmark. `main.rs` only parses and calls [`run`].
+//!
+//! A crate of its own so that a service embedding `tandem-producer` compiles
+//! none of what only the tool needs (clap, ratatui, indicatif) and links no
+//! code that spawns processes. It talks to a queue through the producer
+//! library's public API and `tandem-shared`'s store, as any client would.
+//!
+//! # Layout
+//!
+//! - [`Cli`], [`Command`], [`run`]: the flags, the commands, and the one
+//!   function that loads the configuration and runs a command.
+//! - `tasks`: submit, wait, status, task (a task's whole story), cancel.
+//! - `queues`, `workers`, `top`, `alerts`: the views of the queue and fleet.
+//! - `dlq`, `model`: the dead-letter streams and the model registry.
+//! - `demo/`, `bench`, `soak`, `scaling`, `chaos`: workloads and benchmarks,
+//!   most on a private Redis and fleet started by `local` (which spawns
+//!   `redis-server` and `tandem-worker` processes).
+//! - `errors`: the message and exit code of a failed command.
+//! - `table`: plain-text tables.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use clap::Parser;
+//!
+//! let code = tandem_cli::run(tandem_cli::Cli::parse_from(["tandem", "queues"]));
+//! # let _ = code;
+//! ```
 
 mod alerts;
 mod bench;
@@ -35,8 +62,16 @@ pub use tasks::{SubmitArgs, TaskArgs, TaskViewArgs, WaitArgs};
 pub use top::TopArgs;
 
 /// Tandem: a GPU-aware job queue on Redis Streams.
+// `about` is spelled out: it was the package description while the tool lived
+// in `tandem-producer`, and `tandem --help` keeps printing the same text
+// (clap's bare `about` would print this crate's description instead).
 #[derive(Debug, Parser)]
-#[command(name = "tandem", version, about, arg_required_else_help = true)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Tandem's producer library and the `tandem` command-line tool",
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// TOML file of settings (default: $TANDEM_CONFIG).
     #[arg(long, global = true)]

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::{Producer, Task};
 use clap::Args;
+use tandem_producer::{Producer, Task};
 use tandem_shared::kind::builtin::{SplitSum, SplitSumParams};
 use tandem_shared::store::Store;
 use tandem_shared::{Class, Config, Status};

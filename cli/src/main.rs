@@ -3,5 +3,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    tandem_producer::cli::run(tandem_producer::cli::Cli::parse())
+    tandem_cli::run(tandem_cli::Cli::parse())
 }

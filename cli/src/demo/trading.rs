@@ -14,9 +14,9 @@ use tandem_shared::{Class, Config, Status, TaskId};
 use super::summary::trading_summary;
 use super::trading_workload::trading_workload;
 use super::{DemoArgs, Done, Interrupts, drive, worker_env};
-use crate::Producer;
-use crate::cli::local::{LocalWorkers, detect_gpus};
-use crate::cli::table;
+use crate::local::{LocalWorkers, detect_gpus};
+use crate::table;
+use tandem_producer::Producer;
 
 /// The seed's host, simulated where there is no GPU: a 4070 Ti (the
 /// primary) and a 3060 Ti (the secondary), paced so that a task takes as

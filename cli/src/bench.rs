@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::local::{LocalRedis, LocalWorkers};
 use super::table;
-use crate::{Producer, Task, TaskHandle};
+use tandem_producer::{Producer, Task, TaskHandle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]

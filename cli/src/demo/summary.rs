@@ -11,7 +11,7 @@ use tandem_shared::{Priority, Status, TaskId};
 use super::trading::{Column, by_column};
 use super::trading_workload::REFERENCE;
 use super::{Done, Run};
-use crate::cli::table;
+use crate::table;
 
 /// Prints the trading summary; true when every task succeeded.
 pub(super) fn trading_summary(

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use super::local::{LocalRedis, LocalWorkers};
 use super::table;
-use crate::{Producer, Task};
+use tandem_producer::{Producer, Task};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SoakArgs {
