@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tandem_shared::clock::now_ms;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -156,12 +157,6 @@ fn where_(info: &ModelInfo) -> String {
         ModelSource::Path(path) => path.display().to_string(),
         ModelSource::Redis => "redis".to_owned(),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn print_list(models: &[ModelInfo]) {

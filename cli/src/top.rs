@@ -60,7 +60,7 @@ impl Snapshot {
             workers: store.workers().await?,
             queues: store.queue_stats(Class::ALL).await?,
             alerts: store.alerts(ALERTS_READ).await?,
-            now_ms: workers::now_ms(),
+            now_ms: tandem_shared::clock::now_ms(),
             error: None,
         })
     }

@@ -2,7 +2,7 @@
 //! each device's latest readings. `tandem top` shows the same rows.
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use tandem_shared::clock::now_ms;
 
 use tandem_shared::Config;
 use tandem_shared::device::Health;
@@ -47,13 +47,6 @@ pub(crate) fn rows(workers: &[WorkerInfo], now_ms: u64) -> Vec<Vec<String>> {
     let mut rows = vec![HEADER.map(String::from).to_vec()];
     rows.extend(workers.iter().map(|w| row(w, now_ms)));
     rows
-}
-
-/// This machine's clock in ms since the epoch, to age heartbeats by.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn row(w: &WorkerInfo, now_ms: u64) -> Vec<String> {

@@ -242,7 +242,9 @@ def main():
     prefix = os.environ.get("TANDEM_PREFIX") or "tandem"
     key = os.environ.get("TANDEM_SIGNING_KEY", "").encode() or None
     ttl = int(os.environ.get("TANDEM_IDEMPOTENCY_TTL_S") or 86_400)
-    tandem = Tandem(redis.Redis.from_url(url), prefix, key, ttl)
+    # A blocking XREAD waits longer than a default socket timeout (redis-py 8
+    # sets 5 s): the wait is bounded by `block=` instead.
+    tandem = Tandem(redis.Redis.from_url(url, socket_timeout=None), prefix, key, ttl)
 
     tasks = {}  # task id -> class, for the wait
     labels = {}  # task id -> what it is, for the report

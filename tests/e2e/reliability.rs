@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tandem_shared::clock::now_ms;
 
 use redis::AsyncCommands;
 use tandem_producer::{Producer, Task};
@@ -145,13 +146,6 @@ async fn a_killed_workers_task_completes_on_another_within_the_heartbeat_ttl_and
         }
     })
     .await;
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 #[tokio::test]

@@ -19,8 +19,8 @@ use tandem_shared::store::{Alert, AlertName, Store, StoreError};
 use tandem_shared::{Class, Config};
 use tokio::sync::watch;
 
-use crate::clock::now_ms;
 use crate::metrics::DeviceSample;
+use tandem_shared::clock::now_ms;
 
 /// The alert settings, read once from the configuration.
 #[derive(Debug, Clone, PartialEq)]

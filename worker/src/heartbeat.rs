@@ -10,9 +10,9 @@ use std::time::Duration;
 use tandem_shared::store::{Store, StoreError};
 use tandem_shared::wire::WorkerInfo;
 
-use crate::clock::now_ms;
 use crate::running::Running;
 use crate::stats::Stats;
+use tandem_shared::clock::now_ms;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Heartbeat {

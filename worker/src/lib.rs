@@ -9,7 +9,8 @@
 //! loop, the utilities nothing from either).
 //!
 //! Utilities and state:
-//! - `host`, `clock`: the host's name, wall-clock milliseconds.
+//! - `host`: the host's name (wall-clock milliseconds come from
+//!   `tandem_shared::clock`).
 //! - [`device`]: GPU detection, binding a worker to its device, the health
 //!   probe, simulated GPUs and their faults, the device memory ledger.
 //! - `running`: the running-task table: each task's cancel token, the entry
@@ -64,7 +65,6 @@
 
 mod alerts;
 mod cancel;
-mod clock;
 pub mod compute;
 pub mod context;
 pub mod device;
@@ -207,7 +207,7 @@ pub async fn run(
             classes: config.classes.clone(),
             concurrency,
             state: "running".into(),
-            started_at_ms: clock::now_ms(),
+            started_at_ms: tandem_shared::clock::now_ms(),
             version: env!("CARGO_PKG_VERSION").into(),
             ..WorkerInfo::default()
         },

@@ -30,10 +30,10 @@ use tandem_shared::Config;
 use tandem_shared::store::Store;
 use tandem_shared::wire::{WorkerInfo, WorkerMetrics};
 
-use crate::clock::now_ms;
 use crate::running::Running;
 use crate::stats::Stats;
 use device::{Gauge, Load};
+use tandem_shared::clock::now_ms;
 
 /// The latest sample, written by the sampler and read by the heartbeat.
 pub(crate) type Latest = Arc<Mutex<WorkerMetrics>>;
