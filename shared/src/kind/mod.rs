@@ -7,7 +7,7 @@
 
 pub mod builtin;
 pub mod indicators;
-pub mod models;
+pub mod model_kinds;
 pub mod monte_carlo;
 pub mod patterns;
 pub mod portfolio_opt;
@@ -111,9 +111,9 @@ pub fn known(kind: &str, params: &[u8]) -> Option<Known> {
         indicators::Indicators,
         patterns::Patterns,
         portfolio_opt::PortfolioOpt,
-        models::Infer,
-        models::PredictBatch,
-        models::Train,
+        model_kinds::Infer,
+        model_kinds::PredictBatch,
+        model_kinds::Train,
     )
 }
 

@@ -8,7 +8,7 @@
 
 mod builtin;
 mod indicators;
-mod models;
+mod model_kinds;
 mod monte_carlo;
 mod patterns;
 mod portfolio_opt;
@@ -25,7 +25,7 @@ impl KindTable {
         monte_carlo::register(&mut kinds);
         risk::register(&mut kinds);
         indicators::register(&mut kinds);
-        models::register(&mut kinds);
+        model_kinds::register(&mut kinds);
         patterns::register(&mut kinds);
         portfolio_opt::register(&mut kinds);
         kinds

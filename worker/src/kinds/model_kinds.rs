@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tandem_kernels::mlp::{self, Mlp, TrainConfig};
 use tandem_kernels::mlp_gpu::GpuMlp;
 use tandem_shared::ErrorCode;
-use tandem_shared::kind::models::{
+use tandem_shared::kind::model_kinds::{
     Infer, InferOutput, InferParams, Optimizer, PredictBatch, PredictBatchOutput,
     PredictBatchParams, Prediction, Train, TrainOutput, TrainParams,
 };
