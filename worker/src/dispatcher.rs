@@ -337,6 +337,7 @@ impl Dispatcher {
                     blocked: claimed.blocked.clone(),
                     last_ids: claimed.last_ids.is_some(),
                 }),
+                claim_failed: claim_error.is_some(),
             },
         );
         if let Some(claimed) = claimed {

@@ -100,8 +100,13 @@ pub(crate) struct TripResult {
     /// How many commits it made: each frees its slot.
     pub committed: usize,
     /// What its claim found; `None` when it carried none or the claim
-    /// failed (then [`Schedule::failed`] follows).
+    /// failed.
     pub claim: Option<ClaimResult>,
+    /// Its claim failed (then [`Schedule::failed`] follows): the trip
+    /// reached Redis, but the backoff goes on growing, so that a claim that
+    /// fails every time (a stream key of another type) is not sent again
+    /// every 50 ms.
+    pub claim_failed: bool,
 }
 
 /// What a claim found.
@@ -261,12 +266,14 @@ impl Schedule {
     }
 
     /// Takes in a round trip that reached Redis, at `now`: the backoff
-    /// resets, the commits free their slots, and a claim's refusals are
-    /// kept. Returns the streams to arm the blocking wait on when the claim
+    /// resets (unless its claim failed), the commits free their slots, and
+    /// a claim's refusals are kept. Returns the streams to arm the blocking wait on when the claim
     /// brought the newest ids.
     pub fn apply(&mut self, now: Instant, result: TripResult) -> Option<Vec<bool>> {
         self.retry_at = None;
-        self.failures = 0;
+        if !result.claim_failed {
+            self.failures = 0;
+        }
         self.held = self.held.saturating_sub(result.committed);
         let claimed = result.claim?;
         if claimed.taken < self.planned_claim {
@@ -446,6 +453,7 @@ mod tests {
                 blocked: blocked.to_vec(),
                 last_ids,
             }),
+            claim_failed: false,
         }
     }
 
@@ -622,6 +630,7 @@ mod tests {
             TripResult {
                 committed: 1,
                 claim: None,
+                claim_failed: false,
             },
         );
         assert_eq!(schedule.held(), 2);
@@ -797,24 +806,35 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_claim_in_a_trip_that_reached_redis_waits_the_shortest_delay() {
-        // The trip resets the backoff before its claim's error counts: a
-        // claim that keeps failing is retried every 50 ms, as before the
-        // loop's logic moved here.
+    fn a_claim_that_keeps_failing_backs_off_though_its_trips_reach_redis() {
+        // Each trip reaches Redis (its commits go through) but its claim
+        // fails: the delay doubles as for a trip that failed whole, and the
+        // first claim that succeeds resets it.
         let (clock, mut schedule) = Clock::new();
-        for ms in [0, 50, 100] {
+        let mut at = 0;
+        for delay in [50, 100, 200, 400] {
             assert!(
-                claim_at(&mut schedule, clock.at(ms)).is_some(),
-                "at {ms} ms"
+                claim_at(&mut schedule, clock.at(at)).is_some(),
+                "at {at} ms"
             );
             let result = TripResult {
                 committed: 0,
                 claim: None,
+                claim_failed: true,
             };
-            assert_eq!(schedule.apply(clock.at(ms), result), None);
-            assert_eq!(schedule.failed(clock.at(ms)), Duration::from_millis(50));
-            assert_eq!(schedule.next_wake(clock.at(ms), false), clock.at(ms + 50));
+            assert_eq!(schedule.apply(clock.at(at), result), None);
+            assert_eq!(schedule.failed(clock.at(at)), Duration::from_millis(delay));
+            assert!(
+                schedule
+                    .plan(clock.at(at + delay - 1), &inputs(0, false))
+                    .is_none(),
+                "no trip before the {delay} ms are up"
+            );
+            at += delay;
         }
+        assert!(claim_at(&mut schedule, clock.at(at)).is_some());
+        schedule.apply(clock.at(at), claimed(0, &[], false));
+        assert_eq!(schedule.failed(clock.at(at)), Duration::from_millis(50));
     }
 
     #[test]
@@ -846,6 +866,7 @@ mod tests {
             TripResult {
                 committed: 1,
                 claim: None,
+                claim_failed: false,
             },
         );
         assert!(!schedule.drained(), "one task still runs");
