@@ -239,6 +239,27 @@ mod tests {
         );
     }
 
+    /// Every bit of a seed and of a counter reaches the generator, as
+    /// `cuda/philox.cuh` splits them: seeds (or streams, or blocks) that
+    /// differ only above bit 31 give other draws.
+    #[test]
+    fn the_high_words_of_seeds_and_counters_count() {
+        assert_eq!(key(0x0000_0001_0000_0002), [2, 1]);
+        assert_eq!(
+            counter(0x0000_0003_0000_0004, 0x0000_0005_0000_0006),
+            [4, 3, 6, 5]
+        );
+        let low = 42u64;
+        let high = low | (1 << 40);
+        assert_ne!(key(low), key(high));
+        assert_ne!(
+            philox4x32_10(counter(0, 0), key(low)),
+            philox4x32_10(counter(0, 0), key(high))
+        );
+        assert_ne!(counter(1, 0), counter(1 | (1 << 33), 0));
+        assert_ne!(counter(0, 1), counter(0, 1 | (1 << 33)));
+    }
+
     #[test]
     fn uniforms_stay_inside_the_open_interval() {
         assert!(u01(0) > 0.0);

@@ -314,6 +314,70 @@ mod tests {
         assert_eq!(keys.scan_pattern(), "tq:*");
     }
 
+    /// The Lua scripts build some keys by hand from a stream key's class
+    /// part (`base_of`, then `base .. 'delayed'`, `base .. 'retry:' .. id`,
+    /// ...): every such name must be the one these functions give, and
+    /// each function's name must be one the scripts build.
+    #[test]
+    fn the_names_the_lua_scripts_build_are_these() {
+        let keys = Keys::new("tandem");
+        let id: TaskId = "0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b".parse().unwrap();
+        let class = Class::Parallel;
+        // base_of: everything up to `stream:<priority>`.
+        let stream = keys.stream(class, Priority::High);
+        let base = stream.strip_suffix("stream:high").unwrap();
+        assert_eq!(base, keys.class_base(class));
+        assert!(base.starts_with(keys.prefix()));
+        let id = id.to_string();
+        let expected: Vec<(&str, String, String)> = vec![
+            ("delayed", String::new(), keys.delayed(class).to_owned()),
+            ("dead", String::new(), keys.dead(class).to_owned()),
+            (
+                "retry:",
+                id.clone(),
+                keys.retry(class, &id.parse().unwrap()),
+            ),
+            (
+                "split:",
+                id.clone(),
+                keys.split(class, &id.parse().unwrap()),
+            ),
+            (
+                "parts:",
+                id.clone(),
+                keys.parts(class, &id.parse().unwrap()),
+            ),
+            ("task:", id.clone(), keys.task(class, &id.parse().unwrap())),
+            ("stream:", "high".into(), stream.clone()),
+            ("reply:", "p1".into(), keys.reply(class, "p1")),
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
+        let mut built = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for (at, pattern) in text.match_indices("base .. '") {
+                let rest = &text[at + pattern.len()..];
+                let suffix = &rest[..rest.find('\'').unwrap()];
+                built.insert(suffix.to_owned());
+            }
+        }
+        for suffix in &built {
+            let (_, tail, key) = expected
+                .iter()
+                .find(|(s, _, _)| s == suffix)
+                .unwrap_or_else(|| {
+                    panic!("the scripts build `base .. '{suffix}'`, which no test here names")
+                });
+            assert_eq!(&format!("{base}{suffix}{tail}"), key, "{suffix}");
+        }
+        for (suffix, _, _) in &expected {
+            assert!(
+                built.contains(*suffix),
+                "no script builds `base .. '{suffix}'`"
+            );
+        }
+    }
+
     #[test]
     fn model_keys_share_one_slot() {
         let keys = Keys::new("tq");

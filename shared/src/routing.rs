@@ -77,8 +77,11 @@ impl Rule {
     /// The claim script's form: `off`, or `limit=N` then `AGE/OVER` per
     /// clause (`-1`: any memory), e.g. `0/-1` for "always".
     pub fn wire(&self) -> String {
+        if self.is_off() {
+            return "off".into();
+        }
         match self {
-            Rule::Take { limit, clauses } if !clauses.is_empty() => {
+            Rule::Take { limit, clauses } => {
                 let mut out = String::new();
                 if *limit > 0 {
                     out.push_str(&format!("limit={limit} "));

@@ -310,6 +310,48 @@ mod tests {
         assert!("not-a-uuid".parse::<TaskId>().is_err());
     }
 
+    /// The four final statuses, and only they: a wait ends, a record
+    /// expires and a commit is refused on exactly these (the Lua scripts'
+    /// `is_terminal` lists the same four).
+    #[test]
+    fn only_final_statuses_are_terminal() {
+        let terminal: Vec<Status> = Status::ALL
+            .iter()
+            .copied()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [
+                Status::Succeeded,
+                Status::Failed,
+                Status::Cancelled,
+                Status::Expired
+            ]
+        );
+        let common = include_str!("../lua/common.lua");
+        let lua = common
+            .lines()
+            .find(|l| l.contains("return status == "))
+            .expect("common.lua's is_terminal");
+        for status in Status::ALL {
+            let named = lua.contains(&format!("'{}'", status.as_str()));
+            assert_eq!(named, status.is_terminal(), "{status} in `{lua}`");
+        }
+    }
+
+    /// An error code prints as itself: it is what the record's `error_code`
+    /// holds and what scripts match on.
+    #[test]
+    fn error_codes_display_as_written() {
+        for code in [ErrorCode::BAD_PARAMS, ErrorCode::DEVICE_FAILED] {
+            assert_eq!(code.to_string(), code.as_str());
+        }
+        assert_eq!(ErrorCode::MAX_DELIVERIES.to_string(), "MAX_DELIVERIES");
+        let parsed = ErrorCode::parse("E42").unwrap();
+        assert_eq!(format!("{parsed}"), "E42");
+    }
+
     #[test]
     fn error_codes_from_untrusted_text() {
         let check = |code: &str, ok: bool| assert_eq!(ErrorCode::parse(code).is_ok(), ok, "{code}");

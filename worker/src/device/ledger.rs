@@ -24,8 +24,10 @@ fn urgency(priority: Priority) -> usize {
 pub struct Resident {
     pub name: String,
     pub bytes: u64,
-    /// The priority of the task that loaded or last used it: a model only
-    /// a low-priority task wanted gives way first.
+    /// The highest priority of the tasks that loaded or used it: a model
+    /// only low-priority tasks wanted gives way first, and one a critical
+    /// task needed stays out of a high task's reach though a low task used
+    /// it since (the model is no less needed for that).
     pub priority: Priority,
     /// When it was last used, on the ledger's own clock.
     last_used: u64,
@@ -95,8 +97,9 @@ impl Ledger {
         }
     }
 
-    /// Marks `name` used by a task of `priority`; true when it is resident
-    /// (a cache hit, counted), false when it must be loaded (a miss).
+    /// Marks `name` used by a task of `priority` (raising the model's
+    /// priority to it, never lowering it); true when it is resident (a cache
+    /// hit, counted), false when it must be loaded (a miss).
     pub fn touch(&self, name: &str, priority: Priority) -> bool {
         let mut inner = self.lock();
         inner.clock += 1;
@@ -265,6 +268,53 @@ mod tests {
         assert_eq!(ledger.models_bytes(), 3 * GIB, "nothing was evicted");
         // What fits needs no eviction at any priority.
         assert_eq!(ledger.make_room(GIB, Priority::Low, 0), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_model_keeps_the_highest_priority_that_used_it() {
+        let ledger = Ledger::new(4 * GIB);
+        ledger.admit("m", 3 * GIB, Priority::Low);
+        assert!(ledger.touch("m", Priority::Critical));
+        assert!(ledger.touch("m", Priority::Low), "a later low use");
+        let priorities: Vec<Priority> = ledger.residents().iter().map(|m| m.priority).collect();
+        assert_eq!(priorities, [Priority::Critical]);
+        // So a high task may not evict it...
+        assert!(ledger.make_room(2 * GIB, Priority::High, 0).is_err());
+        // ...while a model only low tasks used gives way.
+        ledger.evict("m");
+        ledger.admit("n", 3 * GIB, Priority::Low);
+        assert!(ledger.touch("n", Priority::Low));
+        assert_eq!(
+            ledger.make_room(2 * GIB, Priority::High, 0),
+            Ok(vec!["n".to_owned()])
+        );
+    }
+
+    #[test]
+    fn evicting_a_model_frees_its_bytes_and_keeps_the_others() {
+        let ledger = Ledger::new(10 * GIB);
+        ledger.admit("a", 3 * GIB, Priority::Normal);
+        ledger.admit("b", 2 * GIB, Priority::Normal);
+        ledger.evict("a");
+        assert_eq!(ledger.models_bytes(), 2 * GIB);
+        assert_eq!(ledger.free(0, None), 8 * GIB);
+        let names: Vec<String> = ledger.residents().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["b"]);
+        ledger.evict("not resident");
+        assert_eq!(ledger.models_bytes(), 2 * GIB);
+    }
+
+    #[test]
+    fn evicting_everything_allowed_for_an_exact_fit_is_enough() {
+        let ledger = Ledger::new(4 * GIB);
+        ledger.admit("low", GIB, Priority::Low);
+        ledger.admit("normal", 2 * GIB, Priority::Normal);
+        // 1 GiB free and 3 GiB evictable: 4 GiB fits exactly.
+        assert_eq!(
+            ledger.make_room(4 * GIB, Priority::High, 0),
+            Ok(vec!["low".to_owned(), "normal".to_owned()])
+        );
+        assert_eq!(ledger.models_bytes(), 0);
     }
 
     #[test]
