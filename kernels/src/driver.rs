@@ -49,8 +49,10 @@ pub enum DriverUnavailable {
 /// What a driver error means for the device that raised it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The context is poisoned: every later call in this process fails too
-    /// (illegal address, launch failure, ...). Only a new process recovers.
+    /// The device failed: its context is poisoned (illegal address, launch
+    /// failure, ...) or the GPU is gone (fallen off the bus, uncorrectable
+    /// ECC or NVLink error, contained by the GPU). Every later call in this
+    /// process fails too; only a new process (and a passing probe) recovers.
     Sticky,
     /// Out of device memory: not fatal; the task needs a device with more
     /// room.
@@ -59,12 +61,19 @@ pub enum Fault {
     Other,
 }
 
-/// Classifies a driver error (CUDA Driver API, "Error Handling": the errors
-/// documented to leave the context unusable are sticky).
+/// Classifies a driver error. Sticky are the errors the CUDA Driver API
+/// documents as leaving the context unusable ("the process must be
+/// terminated and relaunched"), and those that mean the device is gone:
+/// `CUDA_ERROR_UNKNOWN` is what calls return once a GPU fell off the bus
+/// (Xid 79), `CUDA_ERROR_DEVICE_UNAVAILABLE` that the device can no longer
+/// be used by this process. `CUDA_ERROR_NOT_PERMITTED` and the errors about
+/// arguments, handles and modules stay [`Fault::Other`]: they describe the
+/// call, not the device.
 pub fn classify(err: &DriverError) -> Fault {
     use sys::cudaError_enum as E;
     match err.0 {
         E::CUDA_ERROR_OUT_OF_MEMORY => Fault::OutOfMemory,
+        // The context is poisoned.
         E::CUDA_ERROR_ILLEGAL_ADDRESS
         | E::CUDA_ERROR_LAUNCH_FAILED
         | E::CUDA_ERROR_LAUNCH_TIMEOUT
@@ -74,8 +83,15 @@ pub fn classify(err: &DriverError) -> Fault {
         | E::CUDA_ERROR_INVALID_ADDRESS_SPACE
         | E::CUDA_ERROR_INVALID_PC
         | E::CUDA_ERROR_ASSERT
-        | E::CUDA_ERROR_ECC_UNCORRECTABLE
+        | E::CUDA_ERROR_TENSOR_MEMORY_LEAK
+        | E::CUDA_ERROR_EXTERNAL_DEVICE
         | E::CUDA_ERROR_CONTEXT_IS_DESTROYED => Fault::Sticky,
+        // The hardware failed or is gone.
+        E::CUDA_ERROR_ECC_UNCORRECTABLE
+        | E::CUDA_ERROR_NVLINK_UNCORRECTABLE
+        | E::CUDA_ERROR_CONTAINED
+        | E::CUDA_ERROR_DEVICE_UNAVAILABLE
+        | E::CUDA_ERROR_UNKNOWN => Fault::Sticky,
         _ => Fault::Other,
     }
 }
@@ -237,24 +253,42 @@ mod tests {
     }
 
     #[test]
-    fn sticky_errors_are_told_from_out_of_memory() {
+    fn driver_errors_are_classified_by_what_they_mean_for_the_device() {
         use sys::cudaError_enum as E;
-        assert_eq!(
-            classify(&DriverError(E::CUDA_ERROR_ILLEGAL_ADDRESS)),
-            Fault::Sticky
-        );
-        assert_eq!(
-            classify(&DriverError(E::CUDA_ERROR_LAUNCH_FAILED)),
-            Fault::Sticky
-        );
-        assert_eq!(
-            classify(&DriverError(E::CUDA_ERROR_OUT_OF_MEMORY)),
-            Fault::OutOfMemory
-        );
-        assert_eq!(
-            classify(&DriverError(E::CUDA_ERROR_INVALID_VALUE)),
-            Fault::Other
-        );
+        let check = |code: E, expect: Fault| {
+            assert_eq!(classify(&DriverError(code)), expect, "{code:?}");
+        };
+        // The context is poisoned.
+        check(E::CUDA_ERROR_ILLEGAL_ADDRESS, Fault::Sticky);
+        check(E::CUDA_ERROR_LAUNCH_FAILED, Fault::Sticky);
+        check(E::CUDA_ERROR_LAUNCH_TIMEOUT, Fault::Sticky);
+        check(E::CUDA_ERROR_HARDWARE_STACK_ERROR, Fault::Sticky);
+        check(E::CUDA_ERROR_ILLEGAL_INSTRUCTION, Fault::Sticky);
+        check(E::CUDA_ERROR_MISALIGNED_ADDRESS, Fault::Sticky);
+        check(E::CUDA_ERROR_INVALID_ADDRESS_SPACE, Fault::Sticky);
+        check(E::CUDA_ERROR_INVALID_PC, Fault::Sticky);
+        check(E::CUDA_ERROR_ASSERT, Fault::Sticky);
+        check(E::CUDA_ERROR_TENSOR_MEMORY_LEAK, Fault::Sticky);
+        check(E::CUDA_ERROR_EXTERNAL_DEVICE, Fault::Sticky);
+        check(E::CUDA_ERROR_CONTEXT_IS_DESTROYED, Fault::Sticky);
+        // The hardware failed or is gone (issue 19: a dead GPU is dead).
+        check(E::CUDA_ERROR_UNKNOWN, Fault::Sticky);
+        check(E::CUDA_ERROR_DEVICE_UNAVAILABLE, Fault::Sticky);
+        check(E::CUDA_ERROR_ECC_UNCORRECTABLE, Fault::Sticky);
+        check(E::CUDA_ERROR_NVLINK_UNCORRECTABLE, Fault::Sticky);
+        check(E::CUDA_ERROR_CONTAINED, Fault::Sticky);
+        // Out of memory: the task needs more room, the device is fine.
+        check(E::CUDA_ERROR_OUT_OF_MEMORY, Fault::OutOfMemory);
+        // About the call, not the device.
+        check(E::CUDA_ERROR_INVALID_VALUE, Fault::Other);
+        check(E::CUDA_ERROR_NOT_PERMITTED, Fault::Other);
+        check(E::CUDA_ERROR_NOT_SUPPORTED, Fault::Other);
+        check(E::CUDA_ERROR_INVALID_HANDLE, Fault::Other);
+        check(E::CUDA_ERROR_NOT_FOUND, Fault::Other);
+        check(E::CUDA_ERROR_NOT_READY, Fault::Other);
+        check(E::CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, Fault::Other);
+        check(E::CUDA_ERROR_INVALID_PTX, Fault::Other);
+        check(E::CUDA_ERROR_NO_BINARY_FOR_GPU, Fault::Other);
     }
 
     #[test]

@@ -365,7 +365,7 @@ settings! {
     role: Option<Role> = None, "TANDEM_ROLE";
     /// Roles pinned by GPU UUID, over the capability ranking: a TOML table, or `GPU-a=heavy,GPU-b=light`.
     device_roles: BTreeMap<String, Role> = BTreeMap::new(), "TANDEM_DEVICE_ROLES";
-    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`, `hot` (its temperature reads 95 C), `underused` (its utilization reads 0.2 while tasks run), `paced` (tasks take as long, relative to each other, as on GPUs of those speeds) and `model_scale=N` (a resident model is booked at N times its size).
+    /// Simulated GPUs for machines without one (tests, demos), replacing detection: `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`, each optionally with faults `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`, `probe_failures=N`, `hot` (its temperature reads 95 C), `underused` (its utilization reads 0.2 while tasks run), `upload_fails` (every model upload hits a sticky device error), `paced` (tasks take as long, relative to each other, as on GPUs of those speeds) and `model_scale=N` (a resident model is booked at N times its size).
     simulate_gpus: String = String::new(), "TANDEM_SIMULATE_GPUS";
     /// Share of a GPU's memory kept free of tasks, for the CUDA context and fragmentation (percent).
     device_memory_reserve_pct: u32 = 10, "TANDEM_DEVICE_MEMORY_RESERVE_PCT";

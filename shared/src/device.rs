@@ -134,6 +134,10 @@ pub struct Faults {
     /// The device looks underused: its utilization reads 0.2 while tasks
     /// run (`underused` in the description), to exercise utilization alerts.
     pub underused: bool,
+    /// Every model upload hits a sticky device error (`upload_fails` in the
+    /// description), as a copy to a GPU that failed does; so does every
+    /// later task.
+    pub upload_fails: bool,
 }
 
 impl Gpu {
@@ -289,7 +293,8 @@ pub struct SimulateError {
 /// of `fail_after=N`, `hang_after=N`, `die_after=N`, `oom_above=SIZE`,
 /// `probe_failures=N`, `uuid=SIM-...`, `model_scale=N` (see
 /// [`Simulated::model_scale`]), `paced` (see [`Simulated::paced`]), `hot`
-/// (see [`Faults::hot`]) and `underused` (see [`Faults::underused`]), as in
+/// (see [`Faults::hot`]), `underused` (see [`Faults::underused`]) and
+/// `upload_fails` (see [`Faults::upload_fails`]), as in
 /// `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`.
 /// Sizes take `GiB`, `MiB`, `GB`, `MB` or plain bytes. Each gets the UUID
 /// `SIM-<position>-<name>` unless it names one.
@@ -318,6 +323,8 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
                 faults.hot = true;
             } else if part.eq_ignore_ascii_case("underused") {
                 faults.underused = true;
+            } else if part.eq_ignore_ascii_case("upload_fails") {
+                faults.upload_fails = true;
             } else if let Some((key, value)) = part.split_once('=') {
                 let value = value.trim();
                 let count = || {
@@ -776,7 +783,7 @@ mod tests {
     #[test]
     fn faults_and_uuids_parse() {
         let gpus = parse_simulated(
-            "A, 512 MiB, 1.5 TFLOPS, fail_after=3, oom_above=256MiB, probe_failures=2, uuid=SIM-a; B, 1GB, 2 tflops, hang_after=0, die_after=7",
+            "A, 512 MiB, 1.5 TFLOPS, fail_after=3, oom_above=256MiB, probe_failures=2, uuid=SIM-a; B, 1GB, 2 tflops, hang_after=0, die_after=7, upload_fails",
         )
         .unwrap();
         let a = gpus[0].simulated.as_ref().unwrap();
@@ -788,6 +795,7 @@ mod tests {
         let b = gpus[1].simulated.as_ref().unwrap();
         assert_eq!(b.faults.hang_after, Some(0));
         assert_eq!(b.faults.die_after, Some(7));
+        assert!(b.faults.upload_fails && !a.faults.upload_fails);
         assert_eq!(gpus[1].memory_total, 1_000_000_000);
         assert!(parse_simulated("").unwrap().is_empty());
     }

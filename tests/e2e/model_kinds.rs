@@ -417,3 +417,63 @@ async fn train_with_out_fails_on_a_worker_without_model_dir() {
     assert_eq!(error.code, ErrorCode::BAD_PARAMS);
     assert!(error.message.contains("model_dir"), "{}", error.message);
 }
+
+/// Issue 19: a sticky device error while a model is uploaded no longer
+/// leaves the worker serving on a dead GPU with its model on the CPU. The
+/// task goes back (`DEVICE_FAILED`, not charged an attempt), the worker
+/// exits with status 3 and its fleet restarts it; with no CPU worker and
+/// every upload failing, the task ends once its deliveries are spent.
+#[tokio::test]
+async fn a_sticky_error_during_a_model_upload_fails_the_device() {
+    let redis = RedisServer::start();
+    upload(&store(&redis).await, "m1", &SIZES, 1).await;
+    let mut fleet = WorkerProcess::spawn_fleet(
+        &redis,
+        &[
+            (
+                "TANDEM_SIMULATE_GPUS",
+                "Bad, 12 GiB, 40 TFLOPS, upload_fails",
+            ),
+            ("TANDEM_FLEET_CPU_WORKER", "false"),
+            ("TANDEM_FLEET_RESTART_MS", "100"),
+            ("TANDEM_MAX_DELIVERIES", "2"),
+        ],
+    );
+    let producer = redis.producer().await;
+    let id = producer
+        .submit(Task::of::<Infer>(&infer("m1", 2, 16)).unwrap())
+        .await
+        .unwrap();
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Failed, "{:?}", outcome.record);
+    assert_eq!(
+        outcome.failure().map(|f| f.code.as_str()),
+        Some("MAX_DELIVERIES"),
+        "{:?}",
+        outcome.record
+    );
+    let record = producer.record(id).await.unwrap().unwrap();
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(record.history.as_deref().unwrap_or("[]")).unwrap();
+    let device_failed: Vec<&serde_json::Value> = history
+        .iter()
+        .filter(|h| h["error_code"] == "DEVICE_FAILED")
+        .collect();
+    assert_eq!(device_failed.len(), 2, "{history:?}");
+    assert!(
+        device_failed.iter().all(|h| h["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("uploading model \"m1\""))),
+        "{history:?}"
+    );
+    let log = fleet.log_text();
+    for needle in ["its device failed (status 3)", "restarted"] {
+        assert!(
+            log.contains(needle),
+            "{needle:?} not in the fleet log:\n{log}"
+        );
+    }
+    assert!(!log.contains("model runs on the CPU"), "{log}");
+    fleet.signal("TERM");
+    assert_eq!(fleet.wait_exit(WAIT), Some(0));
+}

@@ -158,6 +158,15 @@ impl ModelCache {
                 tracing::info!(model = %victim, evicted_for = %name, %priority, "model evicted");
                 self.resident().remove(victim);
             }
+            if let Some(message) = self.device.before_upload() {
+                let sticky = GpuMlpError::Device(tandem_kernels::driver::DeviceError {
+                    fault: tandem_kernels::driver::Fault::Sticky,
+                    message,
+                });
+                if let UploadFailure::Fail(err) = upload_failure(name, sticky) {
+                    return Err(err);
+                }
+            }
             if let Some(runtime) = self.device.runtime() {
                 let upload = Arc::clone(&mlp);
                 let uploaded =
@@ -166,15 +175,12 @@ impl ModelCache {
                         .map_err(|e| TaskError::new(ErrorCode::HANDLER_PANIC, e.to_string()))?;
                 match uploaded {
                     Ok(resident) => gpu = Some(Arc::new(resident)),
-                    Err(GpuMlpError::Device(err))
-                        if err.fault == tandem_kernels::driver::Fault::OutOfMemory =>
-                    {
-                        return Err(TaskError::out_of_memory(format!(
-                            "uploading model {name:?}: {}",
-                            err.message
-                        )));
-                    }
-                    Err(err) => tracing::warn!(model = %name, "model runs on the CPU: {err}"),
+                    Err(err) => match upload_failure(name, err) {
+                        UploadFailure::Fail(err) => return Err(err),
+                        UploadFailure::RunOnCpu(why) => {
+                            tracing::warn!(model = %name, "model runs on the CPU: {why}");
+                        }
+                    },
                 }
             }
             self.device.ledger.admit(name, bytes, priority);
@@ -209,6 +215,41 @@ impl ModelCache {
             let oldest = oldest.clone();
             resident.remove(&oldest);
         }
+    }
+}
+
+/// What a failed upload to a real GPU does to the attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum UploadFailure {
+    /// The attempt fails with this error: `DEVICE_FAILED` (the device is
+    /// dead: the executor marks it failed, hands every running task back
+    /// and the worker exits for its fleet to restart it) or out of memory
+    /// (the task goes back for a device with more room).
+    Fail(TaskError),
+    /// The device is fine but the GPU path cannot run this model (no
+    /// cuBLAS, a width beyond cuBLAS's, a kernel that did not load): its
+    /// CPU twin runs it, for this reason.
+    RunOnCpu(String),
+}
+
+/// Decides what a failed [`GpuMlp::upload`] of model `name` means. A
+/// sticky fault (a poisoned context, a GPU gone) must not leave the worker
+/// serving tasks on a dead device with its models on the CPU (issue 19).
+fn upload_failure(name: &str, err: GpuMlpError) -> UploadFailure {
+    use tandem_kernels::driver::Fault;
+    match err {
+        GpuMlpError::Device(err) => match err.fault {
+            Fault::Sticky => UploadFailure::Fail(TaskError::device_failed(format!(
+                "uploading model {name:?}: {}",
+                err.message
+            ))),
+            Fault::OutOfMemory => UploadFailure::Fail(TaskError::out_of_memory(format!(
+                "uploading model {name:?}: {}",
+                err.message
+            ))),
+            Fault::Other => UploadFailure::RunOnCpu(err.message),
+        },
+        other => UploadFailure::RunOnCpu(other.to_string()),
     }
 }
 
@@ -259,6 +300,38 @@ pub fn from_mlp(mlp: Mlp) -> Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_upload_fails_the_device_only_when_the_device_is_dead() {
+        use tandem_kernels::driver::{DeviceError, Fault};
+        let device = |fault: Fault| {
+            GpuMlpError::Device(DeviceError {
+                fault,
+                message: "the driver's words".into(),
+            })
+        };
+        let check = |err: GpuMlpError, expect: Result<ErrorCode, ()>| {
+            let got = match upload_failure("m", err) {
+                UploadFailure::Fail(err) => {
+                    assert!(err.message.contains("uploading model \"m\""), "{err}");
+                    assert!(err.message.contains("the driver's words"), "{err}");
+                    Ok(err.code)
+                }
+                UploadFailure::RunOnCpu(_) => Err(()),
+            };
+            assert_eq!(got, expect);
+        };
+        // Issue 19: a sticky error during an upload marks the device failed,
+        // as DEVICE_FAILED from a task does; it no longer runs on the CPU.
+        check(device(Fault::Sticky), Ok(ErrorCode::DEVICE_FAILED));
+        check(
+            device(Fault::OutOfMemory),
+            Ok(ErrorCode::DEVICE_OUT_OF_MEMORY),
+        );
+        check(device(Fault::Other), Err(()));
+        check(GpuMlpError::TooLarge("wide".into()), Err(()));
+        check(GpuMlpError::WrongGpu(1), Err(()));
+    }
 
     #[test]
     fn models_convert_both_ways_unchanged() {

@@ -76,13 +76,26 @@ pub enum GpuMlpError {
     Device(#[from] DeviceError),
 }
 
-fn blas_error(err: cudarc::cublas::result::CublasError) -> DeviceError {
-    let fault = match err.0 {
+/// What a cuBLAS status means for the device, as [`crate::driver::classify`]
+/// says for driver errors. cuBLAS reports a poisoned context or a lost GPU
+/// as `CUBLAS_STATUS_EXECUTION_FAILED` (its kernel did not run) or
+/// `CUBLAS_STATUS_INTERNAL_ERROR` (its own copies or launches failed). The
+/// MLP path validates every dimension before a call (so `INVALID_VALUE`
+/// is what a bad argument gives), which leaves a failed device as the cause
+/// of those two: they mark the device failed rather than only failing the
+/// task, as the driver's sticky errors do.
+pub fn classify_blas(status: cublasStatus_t) -> Fault {
+    match status {
         cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED => Fault::OutOfMemory,
+        cublasStatus_t::CUBLAS_STATUS_EXECUTION_FAILED
+        | cublasStatus_t::CUBLAS_STATUS_INTERNAL_ERROR => Fault::Sticky,
         _ => Fault::Other,
-    };
+    }
+}
+
+fn blas_error(err: cudarc::cublas::result::CublasError) -> DeviceError {
     DeviceError {
-        fault,
+        fault: classify_blas(err.0),
         message: format!("cuBLAS: {err}"),
     }
 }

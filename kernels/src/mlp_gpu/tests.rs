@@ -154,3 +154,25 @@ fn workspace_estimates_count_every_buffer() {
     let train = GpuMlp::train_bytes(&mlp, 65_536, 512);
     assert!(train > GpuMlp::forward_bytes(&mlp, 512) + 3 * mlp.parameter_bytes());
 }
+
+#[test]
+fn cublas_statuses_are_classified_by_what_they_mean_for_the_device() {
+    use crate::driver::Fault;
+    use cudarc::cublas::sys::cublasStatus_t as S;
+    let check = |status: S, expect: Fault| {
+        assert_eq!(classify_blas(status), expect, "{status:?}");
+        let err = blas_error(cudarc::cublas::result::CublasError(status));
+        assert_eq!(err.fault, expect, "{status:?}");
+        assert!(err.message.starts_with("cuBLAS: "), "{}", err.message);
+    };
+    // After a kernel fault or with the GPU gone (issue 19).
+    check(S::CUBLAS_STATUS_EXECUTION_FAILED, Fault::Sticky);
+    check(S::CUBLAS_STATUS_INTERNAL_ERROR, Fault::Sticky);
+    check(S::CUBLAS_STATUS_ALLOC_FAILED, Fault::OutOfMemory);
+    check(S::CUBLAS_STATUS_INVALID_VALUE, Fault::Other);
+    check(S::CUBLAS_STATUS_NOT_INITIALIZED, Fault::Other);
+    check(S::CUBLAS_STATUS_ARCH_MISMATCH, Fault::Other);
+    check(S::CUBLAS_STATUS_MAPPING_ERROR, Fault::Other);
+    check(S::CUBLAS_STATUS_NOT_SUPPORTED, Fault::Other);
+    check(S::CUBLAS_STATUS_LICENSE_ERROR, Fault::Other);
+}

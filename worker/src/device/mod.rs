@@ -218,6 +218,24 @@ impl Device {
         }
     }
 
+    /// Called before a model is uploaded: a simulated GPU with
+    /// `upload_fails` hits a sticky error (and every task after it fails
+    /// too), as does one already poisoned. Real GPUs and the CPU inject
+    /// nothing here; their uploads fail for real.
+    pub fn before_upload(&self) -> Option<String> {
+        let faults = self.faults()?;
+        if self.sim.poisoned.load(Ordering::SeqCst) {
+            return Some("simulated CUDA_ERROR_ILLEGAL_ADDRESS (the context is poisoned)".into());
+        }
+        if faults.upload_fails {
+            self.sim.poisoned.store(true, Ordering::SeqCst);
+            return Some(
+                "simulated CUDA_ERROR_UNKNOWN while copying the model to the device".into(),
+            );
+        }
+        None
+    }
+
     /// Called as each task starts: what a simulated GPU's faults do to it.
     /// Real GPUs and the CPU inject nothing.
     pub fn before_task(&self, memory_bytes: u64) -> Injected {
@@ -324,5 +342,23 @@ mod tests {
             Injected::Die
         );
         assert_eq!(Device::cpu().before_task(u64::MAX), Injected::None);
+    }
+
+    #[test]
+    fn a_simulated_upload_fault_is_sticky() {
+        let (mut config, detection) =
+            simulated("A, 4 GiB, 10 TFLOPS, upload_fails; B, 4 GiB, 10 TFLOPS");
+        config.device = DeviceSelector::Index(0);
+        let failing = Device::bind(&config, &detection).unwrap();
+        assert!(failing.before_upload().is_some());
+        // The context is poisoned: the next upload and every task fail too.
+        assert!(failing.before_upload().is_some());
+        assert!(matches!(failing.before_task(0), Injected::Fail(_)));
+        config.device = DeviceSelector::Index(1);
+        assert_eq!(
+            Device::bind(&config, &detection).unwrap().before_upload(),
+            None
+        );
+        assert_eq!(Device::cpu().before_upload(), None);
     }
 }
