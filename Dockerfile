@@ -42,6 +42,12 @@ FROM nvidia/cuda:12.8.1-base-ubuntu24.04 AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cuda-nvrtc-12-8 libcublas-12-8 \
     && rm -rf /var/lib/apt/lists/*
+# The base image asks the NVIDIA container runtime to refuse a host whose
+# driver is older than CUDA 12.8 (r570). Tandem needs less: CUDA 12's minor
+# version compatibility runs what NVRTC 12.8 compiles to CUBIN for the exact
+# GPU, and cuBLAS 12.8, on any r525+ driver (CUDA 12.0). So the check is
+# off (the README states r525+).
+ENV NVIDIA_DISABLE_REQUIRE=1
 COPY --from=builder /out/tandem-worker /out/tandem /usr/local/bin/
 # A worker needs no privileges: the GPU device nodes the runtime adds are
 # usable by any user. /var/lib/tandem/models exists, owned by that user, so

@@ -532,6 +532,16 @@ fn dockerfile_builds_in_stages_and_ships_both_binaries() {
         .expect("a USER");
     assert!(!matches!(user.trim(), "root" | "0"), "runs as root");
     assert_eq!(image.entrypoint, ["tandem-worker"]);
+    // The CUDA base image's own driver check (r570+ for 12.8) would refuse
+    // hosts the code runs on (r525+): the README states that requirement.
+    assert!(
+        image.lines.iter().any(|l| l == "ENV NVIDIA_DISABLE_REQUIRE=1"),
+        "the base image's driver check is off"
+    );
+    assert!(
+        read("README.md").contains("r525"),
+        "the README states the driver the image needs"
+    );
 
     let ignored = read(".dockerignore");
     assert!(
