@@ -19,11 +19,16 @@ fn main() -> ExitCode {
         .filter_map(|a| a.parse::<u32>().ok())
         .map(|a| (a / 10, a % 10))
         .collect();
-    if !runtime::nvrtc_present() {
-        eprintln!("cuda_check: NVRTC (libnvrtc) not found; put its directory on LD_LIBRARY_PATH");
-        return ExitCode::FAILURE;
-    }
-    println!("NVRTC {}", runtime::nvrtc_version());
+    let nvrtc = match tandem_kernels::nvrtc::get() {
+        Ok(nvrtc) => nvrtc,
+        Err(why) => {
+            eprintln!(
+                "cuda_check: {why}; put its directory on LD_LIBRARY_PATH or set TANDEM_NVRTC"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{nvrtc}");
     if let Err(err) = std::fs::create_dir_all(&dir) {
         eprintln!("cuda_check: {dir}: {err}");
         return ExitCode::FAILURE;

@@ -12,8 +12,11 @@
 //!   its GPU path (cuBLAS GEMMs and the kernels of `cuda/mlp.cu`, the model
 //!   resident on the device).
 //! - [`philox`]: Philox4x32-10, the counter-based generator, in Rust.
-//! - [`runtime`]: NVRTC compilation to CUBIN, the on-disk cache, the [`runtime::Gpu`]
-//!   handle kernels launch through.
+//! - [`nvrtc`]: which NVRTC library (12.x before an unversioned one), loaded
+//!   by path, and its raw calls.
+//! - [`runtime`]: what to compile to for the driver, NVRTC and the device
+//!   (CUBIN or PTX), the compilation, the on-disk cache, the
+//!   [`runtime::Gpu`] handle kernels launch through.
 //! - [`driver`]: the CUDA driver, loaded at run time: GPUs it sees, a
 //!   health probe, what an error means for the device.
 //! - [`selftest`]: a kernel that checks the toolchain and the generator.
@@ -29,6 +32,7 @@ pub mod indicators;
 pub mod mlp;
 pub mod mlp_gpu;
 pub mod monte_carlo;
+pub mod nvrtc;
 pub mod patterns;
 pub mod philox;
 pub mod portfolio_opt;

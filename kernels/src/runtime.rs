@@ -1,28 +1,29 @@
 //! Compiling the CUDA sources for a device, caching the result, loading it.
 //!
 //! Every kernel source is CUDA C in `kernels/cuda/`, embedded with
-//! `include_str!`. At worker start, [`Gpu::open`] compiles each with NVRTC
-//! for the device's exact architecture straight to CUBIN (PTX from an NVRTC
-//! newer than the driver would fail to load), caches the CUBIN on disk per
-//! architecture and source hash, and loads it. A source that fails to
-//! compile or load disables the GPU path of its kinds, with a log line; the
-//! kinds still run on the CPU.
+//! `include_str!`. At worker start, [`Gpu::open`] asks the driver its CUDA
+//! version and [`crate::nvrtc`] for the NVRTC library (12.x first), and
+//! [`choose_target`] decides what the driver will load: CUBIN for the
+//! device's exact architecture (PTX from an NVRTC newer than the driver
+//! would fail to load; a CUBIN from any 12.x runs on every CUDA 12 driver),
+//! PTX only for a device NVRTC does not know. Each source is compiled so,
+//! cached on disk per target, options, NVRTC and source hash, and loaded.
+//! A source that fails to compile or load disables the GPU path of its
+//! kinds, with a log line; the kinds still run on the CPU.
 //!
 //! The compile check (`scripts/cuda-check`, run by CI with the NVRTC and
 //! `ptxas` wheels from PyPI) uses [`compile`] with [`Target::Ptx`] for each
 //! architecture we ship for.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
-use cudarc::nvrtc::result as nvrtc;
-use cudarc::nvrtc::sys as nvrtc_sys;
 
 use crate::driver::{DeviceError, Fault};
+use crate::nvrtc::Output;
 
 /// One CUDA source file: its module name, its code, the kernels in it.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +66,9 @@ pub fn expand(code: &str) -> String {
 pub enum Target {
     /// Machine code for exactly this compute capability.
     Cubin(u32, u32),
-    /// PTX for this virtual architecture (for `ptxas` checks).
+    /// PTX for this virtual architecture: the driver compiles it for the
+    /// device when it loads (for a device newer than NVRTC knows, and for
+    /// `ptxas` checks).
     Ptx(u32, u32),
 }
 
@@ -76,90 +79,139 @@ impl Target {
             Target::Ptx(major, minor) => format!("--gpu-architecture=compute_{major}{minor}"),
         }
     }
+
+    fn output(self) -> Output {
+        match self {
+            Target::Cubin(..) => Output::Cubin,
+            Target::Ptx(..) => Output::Ptx,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Cubin(major, minor) => write!(f, "CUBIN for sm_{major}{minor}"),
+            Target::Ptx(major, minor) => write!(f, "PTX for compute_{major}{minor}"),
+        }
+    }
+}
+
+/// A CUDA version: the driver's (`cuDriverGetVersion`) or NVRTC's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CudaVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl CudaVersion {
+    pub const fn new(major: u32, minor: u32) -> Self {
+        CudaVersion { major, minor }
+    }
+
+    /// From `cuDriverGetVersion`'s `1000 * major + 10 * minor` (12080 is
+    /// 12.8).
+    pub fn from_driver(version: i32) -> Self {
+        let version = u32::try_from(version).unwrap_or(0);
+        CudaVersion::new(version / 1000, version % 1000 / 10)
+    }
+}
+
+impl std::fmt::Display for CudaVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// What NVRTC should compile for, so that the driver loads it on the
+/// device, or why nothing it produces would load.
+///
+/// - A CUBIN from NVRTC `N.x` runs on any driver of CUDA `N.0` or later
+///   (CUDA's minor-version compatibility): so CUBIN for the device's exact
+///   architecture whenever NVRTC's major version is not above the driver's
+///   and NVRTC knows the architecture.
+/// - A device NVRTC does not know (newer than it): PTX for the newest
+///   architecture NVRTC knows below the device's, which the driver
+///   compiles forward; that needs a driver at least as new as NVRTC, major
+///   and minor, since PTX carries its ISA version.
+/// - NVRTC newer than the driver (NVRTC 13 on an r570 driver): neither its
+///   CUBIN nor its PTX loads; the error says to put NVRTC 12 first.
+///
+/// `nvrtc_archs` lists the real architectures NVRTC compiles for (`90` for
+/// sm_90); empty means unknown, and the device's is assumed.
+pub fn choose_target(
+    driver: CudaVersion,
+    nvrtc: CudaVersion,
+    nvrtc_archs: &[u32],
+    device: (u32, u32),
+) -> Result<Target, String> {
+    let arch = device.0 * 10 + device.1;
+    if nvrtc.major > driver.major {
+        return Err(format!(
+            "NVRTC {nvrtc} is newer than the driver (CUDA {driver}): the driver loads neither its \
+             CUBIN nor its PTX; put an NVRTC {}.x first ({} or LD_LIBRARY_PATH) or update the driver",
+            driver.major,
+            crate::nvrtc::NVRTC_ENV
+        ));
+    }
+    if nvrtc_archs.is_empty() || nvrtc_archs.contains(&arch) {
+        return Ok(Target::Cubin(device.0, device.1));
+    }
+    let Some(&below) = nvrtc_archs.iter().rev().find(|&&a| a < arch) else {
+        return Err(format!(
+            "NVRTC {nvrtc} does not compile for sm_{arch} (its oldest is sm_{}); use an older NVRTC",
+            nvrtc_archs.first().copied().unwrap_or(0)
+        ));
+    };
+    if nvrtc > driver {
+        return Err(format!(
+            "NVRTC {nvrtc} does not know sm_{arch}, and its PTX (for compute_{below}) needs a \
+             driver of CUDA {nvrtc} or later, not {driver}: update the driver or NVRTC"
+        ));
+    }
+    Ok(Target::Ptx(below / 10, below % 10))
+}
+
+/// The modules whose kernels are claimed to do the CPU twin's operations
+/// unfused: bit for bit the CPU's results (indicators, patterns, risk's
+/// historical losses) or the CPU's path math up to the ulps of `logf`,
+/// `sincospif`, `expf` (Monte Carlo). They spell roundings with
+/// `__fmul_rn`/`__dadd_rn`; `--fmad=false` makes sure a plain `a * b + c`
+/// is not fused into an FMA by NVRTC or `ptxas`, which would round once
+/// where the CPU rounds twice. The MLP and the portfolio search are
+/// compared with the CPU within a tolerance and keep their FMAs (the
+/// search's score is FMA-bound); the self-test is integer only.
+pub const BIT_PARITY_MODULES: &[&str] = &["monte_carlo", "risk", "indicators", "patterns"];
+
+/// The NVRTC options for `module` and `target`.
+pub fn options(module: &str, target: Target) -> Vec<String> {
+    let mut options = vec![
+        target.option(),
+        "--std=c++17".to_owned(),
+        "--device-as-default-execution-space".to_owned(),
+    ];
+    if BIT_PARITY_MODULES.contains(&module) {
+        options.push("--fmad=false".to_owned());
+    }
+    options
 }
 
 /// Whether the NVRTC library can be loaded.
 pub fn nvrtc_present() -> bool {
-    // SAFETY: only tries to open the library by its usual names.
-    #[allow(unsafe_code)]
-    unsafe {
-        nvrtc_sys::is_culib_present()
-    }
+    crate::nvrtc::get().is_ok()
 }
 
 /// Compiles one source with NVRTC. Returns the CUBIN or PTX bytes, or the
 /// compiler's log.
 pub fn compile(source: &Source, target: Target) -> Result<Vec<u8>, String> {
-    if !nvrtc_present() {
-        return Err("NVRTC (libnvrtc) is not installed".into());
-    }
+    let nvrtc = crate::nvrtc::get()?;
     let code = expand(source.code);
-    std::panic::catch_unwind(|| compile_expanded(source.module, &code, target))
-        .unwrap_or_else(|_| Err("the NVRTC library is unusable (a function is missing)".into()))
-}
-
-#[allow(unsafe_code)]
-fn compile_expanded(module: &str, code: &str, target: Target) -> Result<Vec<u8>, String> {
-    let src = CString::new(code).map_err(|_| format!("{module}: the source holds a NUL byte"))?;
-    let name = CString::new(format!("{module}.cu")).map_err(|e| e.to_string())?;
-    let prog = nvrtc::create_program(&src, Some(&name)).map_err(|e| e.to_string())?;
-    let options = [
-        target.option(),
-        "--std=c++17".to_owned(),
-        "--device-as-default-execution-space".to_owned(),
-    ];
-    // SAFETY: `prog` comes from create_program above and is destroyed once,
-    // at the end of this function; `src` and `name` outlive it.
-    let compiled = unsafe { nvrtc::compile_program(prog, &options) };
-    let result = match compiled {
-        Ok(()) => match target {
-            Target::Ptx(..) => unsafe { nvrtc::get_ptx(prog) }
-                .map(|chars| {
-                    chars
-                        .into_iter()
-                        .map(|c| c as u8)
-                        .take_while(|&b| b != 0)
-                        .collect()
-                })
-                .map_err(|e| e.to_string()),
-            Target::Cubin(..) => unsafe { cubin(prog) },
-        },
-        Err(err) => {
-            let log = unsafe { nvrtc::get_program_log(prog) }
-                .map(|chars| {
-                    let bytes: Vec<u8> = chars
-                        .into_iter()
-                        .map(|c| c as u8)
-                        .take_while(|&b| b != 0)
-                        .collect();
-                    String::from_utf8_lossy(&bytes).into_owned()
-                })
-                .unwrap_or_default();
-            Err(format!("{module}: {err}\n{log}"))
-        }
-    };
-    // SAFETY: as above; not used after this.
-    let _ = unsafe { nvrtc::destroy_program(prog) };
-    result
-}
-
-/// The CUBIN of a compiled program.
-///
-/// # Safety
-/// `prog` must be a compiled program not yet destroyed.
-#[allow(unsafe_code)]
-unsafe fn cubin(prog: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>, String> {
-    let mut size = 0usize;
-    // SAFETY: the caller's promise; `size` is a valid out pointer.
-    unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) }
-        .result()
-        .map_err(|e| e.to_string())?;
-    let mut bytes = vec![0u8; size];
-    // SAFETY: `bytes` holds the `size` bytes NVRTC said it would write.
-    unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast()) }
-        .result()
-        .map_err(|e| e.to_string())?;
-    Ok(bytes)
+    nvrtc.compile(
+        source.module,
+        &code,
+        &options(source.module, target),
+        target.output(),
+    )
 }
 
 /// FNV-1a, 64 bits: a cache key that does not change between Rust versions.
@@ -176,22 +228,11 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     hash
 }
 
-/// The NVRTC version, as `major.minor`, or `unknown`.
+/// The NVRTC version, as `major.minor`, or `none`.
 pub fn nvrtc_version() -> String {
-    if !nvrtc_present() {
-        return "none".into();
-    }
-    let mut major = 0;
-    let mut minor = 0;
-    // SAFETY: two valid out pointers.
-    #[allow(unsafe_code)]
-    let status = std::panic::catch_unwind(move || {
-        let status = unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) };
-        (status, major, minor)
-    });
-    match status {
-        Ok((nvrtc_sys::nvrtcResult::NVRTC_SUCCESS, major, minor)) => format!("{major}.{minor}"),
-        _ => "unknown".into(),
+    match crate::nvrtc::get() {
+        Ok(nvrtc) => format!("{}.{}", nvrtc.version.0, nvrtc.version.1),
+        Err(_) => "none".into(),
     }
 }
 
@@ -207,23 +248,27 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("tandem").join("kernels"))
 }
 
-/// Compiles for `target`, through the cache in `cache` when given.
-fn cubin_cached(
+/// Compiles for `target`, through the cache in `cache` when given. The key
+/// holds the source, the target, the options and NVRTC's version and path.
+fn compiled_cached(
     source: &Source,
     target: Target,
     cache: Option<&Path>,
 ) -> Result<(Vec<u8>, bool), String> {
+    let nvrtc = crate::nvrtc::get()?;
     let key = fnv1a(&[
         source.code.as_bytes(),
         expand(source.code).as_bytes(),
         format!("{target:?}").as_bytes(),
-        nvrtc_version().as_bytes(),
+        options(source.module, target).join(" ").as_bytes(),
+        nvrtc.to_string().as_bytes(),
     ]);
     let path = cache.map(|dir| {
-        let arch = match target {
-            Target::Cubin(a, b) | Target::Ptx(a, b) => format!("{a}{b}"),
+        let name = match target {
+            Target::Cubin(a, b) => format!("sm{a}{b}-{key:016x}.cubin"),
+            Target::Ptx(a, b) => format!("compute{a}{b}-{key:016x}.ptx"),
         };
-        dir.join(format!("{}-sm{arch}-{key:016x}.cubin", source.module))
+        dir.join(format!("{}-{name}", source.module))
     });
     if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
         return Ok((bytes, true));
@@ -242,6 +287,16 @@ fn cubin_cached(
     Ok((bytes, false))
 }
 
+/// The CUDA version of the installed driver, from `cuDriverGetVersion`.
+#[allow(unsafe_code)]
+fn driver_version() -> Result<CudaVersion, DeviceError> {
+    let mut version = 0;
+    // SAFETY: a valid out pointer; the driver library is loaded (the
+    // context exists).
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result()?;
+    Ok(CudaVersion::from_driver(version))
+}
+
 /// A GPU ready to run kernels: its context, a stream, and the modules that
 /// compiled and loaded.
 pub struct Gpu {
@@ -254,6 +309,13 @@ pub struct Gpu {
     pub disabled: Vec<(&'static str, String)>,
     /// Sources loaded from the cache rather than compiled.
     pub cached: Vec<&'static str>,
+    /// The driver's CUDA version.
+    pub driver_version: CudaVersion,
+    /// The NVRTC library used (version and path), or why there is none.
+    pub nvrtc: Result<String, String>,
+    /// What the sources were compiled to; `None` when nothing could be
+    /// (the reason is in [`Gpu::disabled`]).
+    pub target: Option<Target>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -263,6 +325,9 @@ impl std::fmt::Debug for Gpu {
             .field("compute_capability", &self.compute_capability)
             .field("modules", &self.modules.keys().collect::<Vec<_>>())
             .field("disabled", &self.disabled)
+            .field("driver_version", &self.driver_version)
+            .field("nvrtc", &self.nvrtc)
+            .field("target", &self.target)
             .finish()
     }
 }
@@ -295,6 +360,13 @@ impl Gpu {
             u32::try_from(minor).unwrap_or(0),
         );
         let stream = ctx.default_stream();
+        let driver_version = driver_version()?;
+        let nvrtc = crate::nvrtc::get();
+        let target = nvrtc.map_err(str::to_owned).and_then(|lib| {
+            let version = CudaVersion::new(lib.version.0, lib.version.1);
+            choose_target(driver_version, version, &lib.archs, compute_capability)
+                .map_err(|why| format!("{lib}: {why}"))
+        });
         let mut gpu = Gpu {
             ordinal,
             compute_capability,
@@ -303,25 +375,56 @@ impl Gpu {
             modules: HashMap::new(),
             disabled: Vec::new(),
             cached: Vec::new(),
+            driver_version,
+            nvrtc: nvrtc.map(|lib| lib.to_string()).map_err(str::to_owned),
+            target: target.as_ref().ok().copied(),
         };
-        let target = Target::Cubin(compute_capability.0, compute_capability.1);
+        let target = match target {
+            Ok(target) => target,
+            Err(why) => {
+                gpu.disabled = sources.iter().map(|s| (s.module, why.clone())).collect();
+                return Ok(gpu);
+            }
+        };
         for source in sources {
-            match cubin_cached(source, target, cache) {
-                Ok((bytes, from_cache)) => match gpu.ctx.load_module(Ptx::from_binary(bytes)) {
-                    Ok(module) => {
-                        if from_cache {
-                            gpu.cached.push(source.module);
+            match compiled_cached(source, target, cache) {
+                Ok((bytes, from_cache)) => {
+                    let image = match target {
+                        Target::Cubin(..) => Ptx::from_binary(bytes),
+                        Target::Ptx(..) => Ptx::from_src(String::from_utf8_lossy(&bytes)),
+                    };
+                    match gpu.ctx.load_module(image) {
+                        Ok(module) => {
+                            if from_cache {
+                                gpu.cached.push(source.module);
+                            }
+                            gpu.modules.insert(source.module, module);
                         }
-                        gpu.modules.insert(source.module, module);
+                        Err(err) => gpu
+                            .disabled
+                            .push((source.module, format!("the {target} does not load: {err}"))),
                     }
-                    Err(err) => gpu
-                        .disabled
-                        .push((source.module, format!("the CUBIN does not load: {err}"))),
-                },
+                }
                 Err(why) => gpu.disabled.push((source.module, why)),
             }
         }
         Ok(gpu)
+    }
+
+    /// One line for the worker's start log: which NVRTC, which driver,
+    /// what the kernels were compiled to.
+    pub fn compiler_summary(&self) -> String {
+        let nvrtc = match &self.nvrtc {
+            Ok(lib) => lib.clone(),
+            Err(why) => why.clone(),
+        };
+        let target = self
+            .target
+            .map_or_else(|| "nothing compiled".to_owned(), |t| t.to_string());
+        format!(
+            "{nvrtc}, driver CUDA {}, sm_{}{}: {target}",
+            self.driver_version, self.compute_capability.0, self.compute_capability.1
+        )
     }
 
     /// The device memory free now, bytes, as the driver reports it (other
@@ -379,6 +482,123 @@ mod tests {
         assert_ne!(a, fnv1a(&[b"x", b"sm_89"]));
         assert_ne!(a, fnv1a(&[b"xs", b"m_90"]));
         assert_eq!(a, fnv1a(&[b"x", b"sm_90"]));
+    }
+
+    /// NVRTC 12.x's real architectures (12.8 adds sm_100 and sm_120).
+    const ARCHS_12_4: &[u32] = &[50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90];
+    const ARCHS_12_8: &[u32] = &[
+        50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, 100, 101, 120,
+    ];
+    const ARCHS_13_0: &[u32] = &[75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121];
+
+    fn check(driver: i32, nvrtc: (u32, u32), archs: &[u32], device: (u32, u32), expect: &str) {
+        let got = match choose_target(
+            CudaVersion::from_driver(driver),
+            CudaVersion::new(nvrtc.0, nvrtc.1),
+            archs,
+            device,
+        ) {
+            Ok(target) => target.to_string(),
+            Err(why) => format!("error: {why}"),
+        };
+        assert!(
+            got.starts_with(expect),
+            "driver {driver}, NVRTC {nvrtc:?}, sm {device:?}: {got}, expected {expect}"
+        );
+    }
+
+    #[test]
+    fn the_target_follows_the_driver_nvrtc_and_device() {
+        // An H100/H200 on an r570 driver with the bundle's NVRTC 12.9: CUBIN.
+        check(12080, (12, 9), ARCHS_12_8, (9, 0), "CUBIN for sm_90");
+        // The same NVRTC on an r525 driver (CUDA 12.0): CUBIN still runs
+        // (minor-version compatibility).
+        check(12000, (12, 9), ARCHS_12_8, (9, 0), "CUBIN for sm_90");
+        // A newer driver runs an older NVRTC's CUBIN.
+        check(13000, (12, 4), ARCHS_12_4, (8, 9), "CUBIN for sm_89");
+        check(13000, (13, 0), ARCHS_13_0, (9, 0), "CUBIN for sm_90");
+        // NVRTC 13 on a CUDA 12 driver: nothing it makes loads.
+        check(
+            12080,
+            (13, 0),
+            ARCHS_13_0,
+            (9, 0),
+            "error: NVRTC 13.0 is newer",
+        );
+        check(
+            12090,
+            (13, 1),
+            ARCHS_13_0,
+            (8, 6),
+            "error: NVRTC 13.1 is newer",
+        );
+        // A device NVRTC does not know: PTX for the newest it knows below,
+        // when the driver is as new as NVRTC.
+        check(12080, (12, 4), ARCHS_12_4, (12, 0), "PTX for compute_90");
+        check(12040, (12, 4), ARCHS_12_4, (10, 0), "PTX for compute_90");
+        // ... and an error when the driver is older than NVRTC (its PTX ISA
+        // is too new to JIT).
+        check(
+            12020,
+            (12, 4),
+            ARCHS_12_4,
+            (12, 0),
+            "error: NVRTC 12.4 does not know sm_120",
+        );
+        // A device older than any NVRTC architecture.
+        check(
+            13000,
+            (13, 0),
+            ARCHS_13_0,
+            (7, 0),
+            "error: NVRTC 13.0 does not compile for sm_70",
+        );
+        // An NVRTC that cannot list its architectures: the device's.
+        check(12080, (12, 9), &[], (8, 6), "CUBIN for sm_86");
+    }
+
+    #[test]
+    fn driver_versions_read_as_major_minor() {
+        assert_eq!(CudaVersion::from_driver(12080), CudaVersion::new(12, 8));
+        assert_eq!(CudaVersion::from_driver(13000), CudaVersion::new(13, 0));
+        assert_eq!(CudaVersion::from_driver(11040), CudaVersion::new(11, 4));
+        assert_eq!(CudaVersion::from_driver(-1), CudaVersion::new(0, 0));
+        assert!(CudaVersion::new(12, 10) > CudaVersion::new(12, 9));
+    }
+
+    /// Issue 19: every kernel claimed to equal the CPU bit for bit is
+    /// compiled without FMA contraction, whatever the target.
+    #[test]
+    fn bit_parity_modules_compile_without_fma_contraction() {
+        for target in [Target::Cubin(9, 0), Target::Ptx(8, 6)] {
+            for module in ["monte_carlo", "risk", "indicators", "patterns"] {
+                let options = options(module, target);
+                assert!(
+                    options.iter().any(|o| o == "--fmad=false"),
+                    "{module}: {options:?}"
+                );
+                assert!(options.contains(&target.option()), "{options:?}");
+            }
+            // The MLP and the portfolio search are compared within a
+            // tolerance and keep their FMAs.
+            for module in ["mlp", "portfolio_opt"] {
+                let options = options(module, target);
+                assert!(
+                    !options.iter().any(|o| o.starts_with("--fmad")),
+                    "{options:?}"
+                );
+            }
+        }
+        for source in crate::SOURCES {
+            if BIT_PARITY_MODULES.contains(&source.module) {
+                continue;
+            }
+            assert!(
+                ["mlp", "portfolio_opt", "selftest"].contains(&source.module),
+                "{}: is it claimed to equal the CPU bit for bit? Add it to BIT_PARITY_MODULES or here",
+                source.module
+            );
+        }
     }
 
     #[test]

@@ -207,6 +207,11 @@ impl Device {
         .await;
         match opened {
             Ok(Ok(runtime)) => {
+                tracing::info!(
+                    gpu = runtime.ordinal,
+                    "kernels compiled with {}",
+                    runtime.compiler_summary()
+                );
                 for (module, why) in &runtime.disabled {
                     tracing::warn!(module, "GPU kernels off, these kinds run on the CPU: {why}");
                 }
