@@ -8,7 +8,7 @@
 //! same folder: `scripts/gpu-check`'s layout), `libnvrtc.so.12` by the
 //! loader's search (`LD_LIBRARY_PATH`, the loader cache), then the
 //! unversioned `libnvrtc.so` and `libnvrtc.so.13`. It opens the library
-//! with `dlopen` itself, once per process, and calls it through the
+//! with `libloading` itself (by path, never closed), once per process, and calls it through the
 //! function pointers it resolves; [`crate::runtime`] decides from its
 //! version what to compile for.
 //!
@@ -136,8 +136,6 @@ pub fn get() -> Result<&'static Nvrtc, &'static str> {
         .map_err(String::as_str)
 }
 
-const RTLD_NOW: c_int = 2;
-
 #[repr(C)]
 struct DlInfo {
     fname: *const c_char,
@@ -149,25 +147,7 @@ struct DlInfo {
 #[allow(unsafe_code)]
 #[link(name = "dl")]
 unsafe extern "C" {
-    fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
-    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-    fn dlerror() -> *const c_char;
     fn dladdr(addr: *const c_void, info: *mut DlInfo) -> c_int;
-}
-
-/// The last `dlerror` message, or `fallback`.
-#[allow(unsafe_code)]
-fn dl_error(fallback: &str) -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated string valid until
-    // the next dl call on this thread; it is copied at once.
-    let message = unsafe { dlerror() };
-    if message.is_null() {
-        return fallback.to_owned();
-    }
-    // SAFETY: as above.
-    unsafe { CStr::from_ptr(message) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Opens one candidate and resolves the functions.
@@ -181,22 +161,19 @@ fn load(path: &Path) -> Result<Nvrtc, String> {
             return Err(format!("{shown} (absent)"));
         }
     }
-    let c_path = CString::new(shown.clone()).map_err(|_| format!("{shown} (NUL in the path)"))?;
-    // SAFETY: dlopen with a valid C string; the handle is never closed, so
-    // the function pointers below stay valid for the process's life.
-    let handle = unsafe { dlopen(c_path.as_ptr(), RTLD_NOW) };
-    if handle.is_null() {
-        return Err(dl_error(&shown));
-    }
+    // SAFETY: loading NVRTC runs only its initialisers, which have no
+    // preconditions. The library is never closed (leaked), so the function
+    // pointers below stay valid for the process's life.
+    let library =
+        unsafe { libloading::os::unix::Library::open(Some(path), libloading::os::unix::RTLD_NOW) }
+            .map_err(|e| format!("{shown}: {e}"))?;
+    let library: &'static libloading::os::unix::Library = Box::leak(Box::new(library));
     let symbol = |name: &str| -> Result<*mut c_void, String> {
-        let c_name = CString::new(name).map_err(|e| e.to_string())?;
-        // SAFETY: a live handle and a valid C string.
-        let found = unsafe { dlsym(handle, c_name.as_ptr()) };
-        if found.is_null() {
-            Err(format!("{shown}: no {name}"))
-        } else {
-            Ok(found)
-        }
+        // SAFETY: the symbol is read as an untyped pointer; it is given its
+        // type below.
+        unsafe { library.get::<*mut c_void>(name.as_bytes()) }
+            .map(|found| *found)
+            .map_err(|_| format!("{shown}: no {name}"))
     };
     // SAFETY: each symbol is the NVRTC function of that name, whose C
     // signature (nvrtc.h, stable since CUDA 11) is the pointer type it is

@@ -535,7 +535,10 @@ fn dockerfile_builds_in_stages_and_ships_both_binaries() {
     // The CUDA base image's own driver check (r570+ for 12.8) would refuse
     // hosts the code runs on (r525+): the README states that requirement.
     assert!(
-        image.lines.iter().any(|l| l == "ENV NVIDIA_DISABLE_REQUIRE=1"),
+        image
+            .lines
+            .iter()
+            .any(|l| l == "ENV NVIDIA_DISABLE_REQUIRE=1"),
         "the base image's driver check is off"
     );
     assert!(
