@@ -12,9 +12,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use tandem_shared::TaskId;
+use tandem_shared::backoff::{RECONNECT, Retries};
 use tandem_shared::store::Store;
 use tandem_shared::wire::{Fields, TaskRecord};
 use tokio::sync::{oneshot, watch};
@@ -160,7 +160,9 @@ pub(crate) fn spawn(
 /// is dropped (its waiters with it).
 async fn listen(waiters: Weak<Waiters>, store: Store, stream: String, mut last_id: String) {
     let mut conn = None;
-    let mut backoff = Backoff::new();
+    // 50 ms after a failed connect or read, doubling up to 2 s, back to
+    // 50 ms after a successful read.
+    let mut backoff = Retries::new(RECONNECT);
     let mut reconnected = false;
     loop {
         let reader = match &mut conn {
@@ -256,33 +258,6 @@ async fn deliver(waiters: &Waiters, store: &Store, fields: &Fields) {
 fn send_all(senders: Vec<oneshot::Sender<TaskOutcome>>, outcome: &TaskOutcome) {
     for sender in senders {
         let _ = sender.send(outcome.clone());
-    }
-}
-
-/// The listener's pause after a failed connect or read: 50 ms, doubling up
-/// to 2 s, back to 50 ms after a successful read.
-#[derive(Debug)]
-struct Backoff {
-    delay: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(50);
-    const MAX: Duration = Duration::from_secs(2);
-
-    fn new() -> Self {
-        Self { delay: Self::FIRST }
-    }
-
-    /// The pause to take now; the next one is twice as long (up to the cap).
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.delay;
-        self.delay = (self.delay * 2).min(Self::MAX);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.delay = Self::FIRST;
     }
 }
 
@@ -385,17 +360,6 @@ mod tests {
         waiters.resync();
         assert_eq!(*early.borrow_and_update(), 2);
         assert_eq!(*late.borrow_and_update(), 2);
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_cap_and_resets_after_a_read() {
-        let mut backoff = Backoff::new();
-        let delays: Vec<u64> = (0..8)
-            .map(|_| backoff.next_delay().as_millis() as u64)
-            .collect();
-        assert_eq!(delays, [50, 100, 200, 400, 800, 1_600, 2_000, 2_000]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(50));
     }
 
     /// The trim check: notices were lost when the stream's newest deleted

@@ -21,6 +21,7 @@
 //! - [`signature`]: optional HMAC signing of task entries.
 //! - [`connect`]: Redis clients from the configuration (TLS included).
 //! - [`config`]: the one configuration type.
+//! - [`backoff`]: how retries are spaced (doubling, capped, optional jitter).
 //! - [`clock`]: wall-clock milliseconds since the Unix epoch ([`clock::now_ms`]).
 //! - [`logging`]: log set-up (text or JSON, `RUST_LOG` or `log_level`).
 //! - [`exit`]: the exit statuses of both binaries, and how they print errors.
@@ -39,6 +40,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod connect;

@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
+use tandem_shared::backoff::{RECONNECT, Retries};
 use tandem_shared::store::{BlockingConn, Store};
 use tokio::sync::{Notify, watch};
 
@@ -90,7 +90,7 @@ async fn wait_loop(
         woken.notify_one();
     };
     let mut conn: Option<BlockingConn> = None;
-    let mut backoff = Duration::from_millis(50);
+    let mut retries = Retries::new(RECONNECT);
     loop {
         // Wait to be armed with a point we have not consumed yet.
         if armed.changed().await.is_err() {
@@ -105,11 +105,11 @@ async fn wait_loop(
                 None => match store.blocking_connection(block_ms).await {
                     Ok(c) => conn.insert(c),
                     Err(err) => {
+                        let delay = retries.next_delay();
                         tracing::warn!(
-                            "waker cannot connect to Redis: {err}; retrying in {backoff:?}"
+                            "waker cannot connect to Redis: {err}; retrying in {delay:?}"
                         );
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        tokio::time::sleep(delay).await;
                         fire();
                         break;
                     }
@@ -117,7 +117,7 @@ async fn wait_loop(
             };
             match reader.xread(&point.keys, &point.ids, block_ms, 1).await {
                 Ok(read) if !read.is_empty() => {
-                    backoff = Duration::from_millis(50);
+                    retries.reset();
                     fire();
                     break;
                 }
@@ -134,8 +134,7 @@ async fn wait_loop(
                 Err(err) => {
                     tracing::warn!("waker read failed: {err}; reconnecting");
                     conn = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(retries.next_delay()).await;
                     // The streams may have been recreated; let the
                     // dispatcher claim and re-arm from fresh ids.
                     fire();

@@ -5,7 +5,6 @@
 //! Nothing here fails or panics outward. A GPU worker's task may also end in
 //! a [`DeviceFailure`]: its device is unusable and the worker must stop.
 
-use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,41 +33,7 @@ pub(crate) struct DeviceFailure {
     pub message: String,
 }
 
-/// How failed attempts are spaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The delay before attempt `attempt + 1` without jitter: base x
-    /// 2^(attempt - 1), capped. The claim loop waits this long after its
-    /// `attempt`-th failed round trip in a row.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(30);
-        self.base.saturating_mul(1 << exponent).min(self.max)
-    }
-
-    /// The delay before attempt `attempt + 1`: the [`Backoff::ceiling`],
-    /// drawn uniformly from its upper half ("equal jitter"), so tasks that
-    /// failed together do not retry together.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let full = self.ceiling(attempt);
-        let half = full / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        let random = random_u64() % jitter_ms.saturating_add(1);
-        half + Duration::from_millis(random)
-    }
-}
-
-/// A random number without a random-number crate: std seeds each
-/// `RandomState` from the OS.
-fn random_u64() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0x5eed);
-    hasher.finish()
-}
+pub(crate) use tandem_shared::backoff::Backoff;
 
 /// What the dispatcher knows about a task beyond its entry.
 #[derive(Debug)]

@@ -20,17 +20,14 @@ use std::time::Duration;
 use tandem_shared::store::{Blocked, DeadConsumer};
 use tokio::time::Instant;
 
-use crate::executor::Backoff;
+use tandem_shared::backoff::{Backoff, RECONNECT};
 
 /// How often the claim includes the aging pass that keeps low priorities
 /// from starving.
 const AGING_CHECK: Duration = Duration::from_secs(1);
 /// How long the loop waits after a failed round trip: 50 ms, doubling up to
 /// 2 s while Redis keeps failing (no jitter: one worker, one connection).
-const RETRY: Backoff = Backoff {
-    base: Duration::from_millis(50),
-    max: Duration::from_secs(2),
-};
+const RETRY: Backoff = RECONNECT;
 /// How far the next wake-up may lie when no timer asks for one sooner.
 const IDLE: Duration = Duration::from_secs(3600);
 

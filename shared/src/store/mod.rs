@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use redis::{Cmd, RedisError, Value};
 
+use crate::backoff::{RECONNECT, Retries};
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::scripts::{self, ScriptError};
@@ -301,7 +302,8 @@ where
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut delay = Duration::from_millis(50);
+    let mut retries = Retries::new(RECONNECT);
+    let mut delay = retries.next_delay();
     let mut failures = 0u32;
     loop {
         match op().await {
@@ -318,7 +320,7 @@ where
                     );
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                delay = retries.next_delay();
             }
             Ok(value) => {
                 if failures > 0 {
