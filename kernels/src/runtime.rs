@@ -714,6 +714,44 @@ mod tests {
     }
 
     #[test]
+    fn waves_count_the_last_partial_one() {
+        let check = |blocks: u64, resident: u64, expect_waves: u64, expect_used: f64| {
+            let (waves, used) = waves(blocks, resident);
+            assert_eq!(waves, expect_waves, "{blocks} on {resident}");
+            assert!(
+                (used - expect_used).abs() < 1e-3,
+                "{blocks} on {resident}: {used}"
+            );
+        };
+        // 1M Monte Carlo paths on a 60-SM RTX 4070 Ti: 245 blocks of 1024
+        // threads, one per SM, against 7 840 of 128, ten per SM.
+        check(245, 60, 5, 245.0 / 300.0);
+        check(7_840, 600, 14, 7_840.0 / 8_400.0);
+        check(480, 480, 1, 1.0);
+        check(481, 480, 2, 481.0 / 960.0);
+        check(0, 480, 0, 1.0);
+        check(3, 0, 3, 1.0);
+    }
+
+    #[test]
+    fn peak_bandwidth_is_clock_times_bus_times_two() {
+        // An H100 SXM's HBM3: 2 619 MHz, 5 120 bits: 3.35 TB/s.
+        let shape = DeviceShape {
+            sm_count: 132,
+            max_threads_per_sm: 2048,
+            clock_mhz: 1980,
+            memory_clock_mhz: 2619,
+            memory_bus_bits: 5120,
+        };
+        assert!((shape.peak_bytes_per_second() / 1e12 - 3.352).abs() < 1e-3);
+        let unknown = DeviceShape {
+            memory_clock_mhz: 0,
+            ..shape
+        };
+        assert_eq!(unknown.peak_bytes_per_second(), 0.0);
+    }
+
+    #[test]
     fn driver_versions_read_as_major_minor() {
         assert_eq!(CudaVersion::from_driver(12080), CudaVersion::new(12, 8));
         assert_eq!(CudaVersion::from_driver(13000), CudaVersion::new(13, 0));
