@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DevicePtr, PinnedHostSlice,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::driver::{DeviceError, Fault};
@@ -338,6 +340,25 @@ pub fn waves(blocks: u64, resident: u64) -> (u64, f64) {
     (waves, blocks as f64 / (waves * resident) as f64)
 }
 
+/// What a [`Gpu`] holds for its life besides its modules.
+struct Held {
+    /// The cuBLAS handle on [`Gpu::stream`], created by the first model
+    /// upload ([`crate::mlp_gpu::cublas`]) and shared by every model on
+    /// this GPU until the `Gpu` is dropped: creating and destroying a
+    /// handle per task synchronises the whole device.
+    blas: Mutex<Option<Arc<CudaBlas>>>,
+    /// A page-locked host buffer for device-to-host copies of f64 (the risk
+    /// tail's candidates), grown on demand and kept for the `Gpu`'s life:
+    /// page-locking costs milliseconds, more than it saves on one copy.
+    staging: Mutex<Option<PinnedHostSlice<f64>>>,
+    /// Whether [`Gpu::kernel_timer`] records events (off by default: the
+    /// worker does not pay for a synchronisation per launch).
+    timing: AtomicBool,
+    /// Kernel time measured by [`KernelTimer`]s since the last
+    /// [`Gpu::take_kernel_time`], nanoseconds.
+    kernel_nanos: AtomicU64,
+}
+
 /// A GPU ready to run kernels: its context, the one stream every launch
 /// and copy goes through, the modules that compiled and loaded, and the
 /// cuBLAS handle the MLP kinds share.
@@ -351,17 +372,9 @@ pub struct Gpu {
     /// this GPU goes through it, so they run in the order issued.
     stream: Arc<CudaStream>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
-    /// The cuBLAS handle on [`Gpu::stream`], created by the first model
-    /// upload ([`crate::mlp_gpu::cublas`]) and shared by every model on
-    /// this GPU until the `Gpu` is dropped: creating and destroying a
-    /// handle per task synchronises the whole device.
-    pub(crate) blas: Mutex<Option<Arc<CudaBlas>>>,
-    /// Whether [`Gpu::kernel_timer`] records events (off by default: the
-    /// worker does not pay for a synchronisation per launch).
-    timing: AtomicBool,
-    /// Kernel time measured by [`KernelTimer`]s since the last
-    /// [`Gpu::take_kernel_time`], nanoseconds.
-    kernel_nanos: AtomicU64,
+    /// What the `Gpu` keeps for its whole life besides its modules
+    /// (boxed: the handle stays small to move around).
+    held: Box<Held>,
     /// Sources whose GPU path is off, and why.
     pub disabled: Vec<(&'static str, String)>,
     /// Sources loaded from the cache rather than compiled.
@@ -430,9 +443,12 @@ impl Gpu {
             ctx,
             stream,
             modules: HashMap::new(),
-            blas: Mutex::new(None),
-            timing: AtomicBool::new(false),
-            kernel_nanos: AtomicU64::new(0),
+            held: Box::new(Held {
+                blas: Mutex::new(None),
+                staging: Mutex::new(None),
+                timing: AtomicBool::new(false),
+                kernel_nanos: AtomicU64::new(0),
+            }),
             disabled: Vec::new(),
             cached: Vec::new(),
             driver_version,
@@ -545,11 +561,53 @@ impl Gpu {
         Ok(kernel.occupancy_max_active_blocks_per_multiprocessor(threads, shared_bytes, None)?)
     }
 
+    /// Copies `src` from the device into the GPU's page-locked staging
+    /// buffer (growing it if needed), waits for the copy, and hands the
+    /// values to `read`. Calls take turns on the buffer; the lock is held
+    /// for the copy and `read` only.
+    pub fn read_back<R>(
+        &self,
+        src: &impl DevicePtr<f64>,
+        read: impl FnOnce(&[f64]) -> R,
+    ) -> Result<R, DeviceError> {
+        let len = src.len();
+        let mut staging = match self.held.staging.lock() {
+            Ok(staging) => staging,
+            // The buffer is only written by a copy that is waited for before
+            // reading: still sound after a panic.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let buffer = match staging.take() {
+            Some(buffer) if buffer.len() >= len => buffer,
+            smaller => {
+                // Free the smaller buffer first.
+                drop(smaller);
+                // SAFETY: the memory is uninitialised; only the part a copy
+                // below has written (and that was waited for) is ever read.
+                // Flags 0: cached memory (not write-combined, which the
+                // host reads slowly).
+                #[allow(unsafe_code)]
+                unsafe { self.ctx.alloc_pinned_with_flags::<f64>(len.max(1), 0) }?
+            }
+        };
+        let buffer = staging.insert(buffer);
+        self.stream.memcpy_dtoh(src, buffer)?;
+        self.stream.synchronize()?;
+        // Waits on the buffer's own event too (recorded after the copy).
+        let values = buffer.as_slice()?;
+        Ok(read(&values[..len]))
+    }
+
+    /// The GPU's cuBLAS handle, if [`crate::mlp_gpu::cublas`] made one.
+    pub(crate) fn blas_slot(&self) -> &Mutex<Option<Arc<CudaBlas>>> {
+        &self.held.blas
+    }
+
     /// Turns kernel timing on or off: while off, [`Gpu::kernel_timer`]
     /// gives timers that record nothing and cost nothing. The benchmarks
     /// turn it on; the worker leaves it off.
     pub fn time_kernels(&self, on: bool) {
-        self.timing.store(on, Ordering::Relaxed);
+        self.held.timing.store(on, Ordering::Relaxed);
     }
 
     /// Starts timing the work issued to [`Gpu::stream`] from now until
@@ -558,7 +616,7 @@ impl Gpu {
     /// launches (no copies) in a timer; the total is read with
     /// [`Gpu::take_kernel_time`].
     pub fn kernel_timer(&self) -> Result<KernelTimer<'_>, DeviceError> {
-        if !self.timing.load(Ordering::Relaxed) {
+        if !self.held.timing.load(Ordering::Relaxed) {
             return Ok(KernelTimer {
                 gpu: self,
                 start: None,
@@ -578,7 +636,7 @@ impl Gpu {
     /// The kernel time [`KernelTimer`]s measured since the last call, and
     /// zero it. Zero when timing is off or nothing was timed.
     pub fn take_kernel_time(&self) -> Duration {
-        Duration::from_nanos(self.kernel_nanos.swap(0, Ordering::Relaxed))
+        Duration::from_nanos(self.held.kernel_nanos.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -609,7 +667,10 @@ impl KernelTimer<'_> {
         let ms = start.elapsed_ms(&end)?;
         let elapsed = Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.gpu.kernel_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.gpu
+            .held
+            .kernel_nanos
+            .fetch_add(nanos, Ordering::Relaxed);
         Ok(elapsed)
     }
 }

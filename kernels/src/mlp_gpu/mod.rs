@@ -107,7 +107,7 @@ fn blas_error(err: cudarc::cublas::result::CublasError) -> DeviceError {
 /// found" when libcublas is not installed, so the caller can fall back to
 /// the CPU; a failed creation is tried again on the next call.
 pub fn cublas(gpu: &Gpu) -> Result<Arc<CudaBlas>, DeviceError> {
-    let mut slot = match gpu.blas.lock() {
+    let mut slot = match gpu.blas_slot().lock() {
         Ok(slot) => slot,
         // Only an `Option` is behind the lock: still sound after a panic.
         Err(poisoned) => poisoned.into_inner(),
