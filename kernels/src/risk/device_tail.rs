@@ -227,14 +227,29 @@ pub(super) struct Scratch {
     counts: CudaSlice<u32>,
     /// device [2]: candidates taken, keys at the floor.
     counters: CudaSlice<u32>,
-    /// device [capacity]
+    /// device [capacity or more]
     candidates: CudaSlice<f64>,
+    /// How many candidates a chunk may have (else it is copied whole).
+    capacity: usize,
 }
 
 impl Scratch {
     /// Buffers for chunks of up to `chunk_len` losses: room for half as
     /// many candidates (a chunk with more is copied whole).
     pub(super) fn new(gpu: &Gpu, chunk_len: usize) -> Result<Self, DeviceError> {
+        let candidates = gpu.stream().alloc_zeros::<f64>(Self::capacity(chunk_len))?;
+        Self::reusing(gpu, candidates, chunk_len)
+    }
+
+    /// [`Scratch::new`], the candidates written into `buffer`, a device
+    /// buffer the run no longer reads (the historical run's returns, once
+    /// its losses are computed: launches on the GPU's one stream run in
+    /// order, so the selection writes only after the losses kernel read).
+    pub(super) fn reusing(
+        gpu: &Gpu,
+        buffer: CudaSlice<f64>,
+        chunk_len: usize,
+    ) -> Result<Self, DeviceError> {
         let stream = gpu.stream();
         Ok(Self {
             block_sums: gpu.function(SOURCE.module, "risk_block_sums")?,
@@ -242,13 +257,18 @@ impl Scratch {
             select: gpu.function(SOURCE.module, "risk_tail_select")?,
             counts: stream.alloc_zeros::<u32>(BINS)?,
             counters: stream.alloc_zeros::<u32>(2)?,
-            candidates: stream.alloc_zeros::<f64>((chunk_len / 2).max(1))?,
+            capacity: Self::capacity(chunk_len).min(buffer.len()),
+            candidates: buffer,
         })
+    }
+
+    fn capacity(chunk_len: usize) -> usize {
+        (chunk_len / 2).max(1)
     }
 
     /// Device bytes [`Scratch::new`] allocates for `chunk_len`.
     pub(super) fn bytes(chunk_len: usize) -> u64 {
-        (4 * (BINS + 2) + 8 * (chunk_len / 2).max(1)) as u64
+        (4 * (BINS + 2) + 8 * Self::capacity(chunk_len)) as u64
     }
 
     /// Writes into `sums` the sum of each block of `super::BLOCK` losses of
@@ -320,7 +340,7 @@ impl Chunk for DeviceChunk<'_> {
     }
 
     fn capacity(&self) -> u64 {
-        self.scratch.candidates.len() as u64
+        self.scratch.capacity as u64
     }
 
     fn histogram(
@@ -357,7 +377,7 @@ impl Chunk for DeviceChunk<'_> {
     fn select(&mut self, floor: u64, threshold: u64) -> Result<(u64, u64), DeviceError> {
         let stream = self.gpu.stream();
         let count = self.losses.len() as u32;
-        let capacity = self.scratch.candidates.len() as u32;
+        let capacity = self.scratch.capacity as u32;
         stream.memset_zeros(&mut self.scratch.counters)?;
         let timer = self.gpu.kernel_timer()?;
         let mut launch = stream.launch_builder(&self.scratch.select);
@@ -371,7 +391,8 @@ impl Chunk for DeviceChunk<'_> {
             .arg(&mut self.scratch.counters);
         // SAFETY: the arguments match `risk_tail_select(u32, const double*,
         // u64, u64, u32, double*, u32*)`; `losses` holds `count` values,
-        // `candidates` `capacity` (the kernel writes no slot past it) and
+        // `candidates` at least `capacity` (the kernel writes no slot past
+        // it) and
         // `counters` 2; blocks of 256 threads, a multiple of 32.
         #[allow(unsafe_code)]
         unsafe {

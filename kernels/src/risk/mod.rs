@@ -799,7 +799,9 @@ pub fn historical_gpu_traffic(
     let n_blocks = blocks.end.saturating_sub(blocks.start);
     let chunk_len = (GPU_CHUNK_BLOCKS * BLOCK).min(u64::from(rows)) as usize;
     let mut sums = stream.alloc_zeros::<f64>(n_blocks as usize)?;
-    let mut scratch = device_tail::Scratch::new(gpu, chunk_len)?;
+    // The returns (rows x n values, at least a chunk) hold the candidates:
+    // no memory beyond the kind's estimate but the counts and the sums.
+    let mut scratch = device_tail::Scratch::reusing(gpu, returns, chunk_len)?;
     let mut top = TopK::new(keep);
     let mut traffic = TailTraffic::default();
     let mut start = blocks.start;
