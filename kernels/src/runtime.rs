@@ -605,7 +605,9 @@ impl Gpu {
 
     /// Turns kernel timing on or off: while off, [`Gpu::kernel_timer`]
     /// gives timers that record nothing and cost nothing. The benchmarks
-    /// turn it on; the worker leaves it off.
+    /// turn it on; the worker leaves it off. A timer spans whatever the
+    /// stream runs between its two events, so the figures mean kernel time
+    /// when one caller at a time uses the GPU, as a benchmark does.
     pub fn time_kernels(&self, on: bool) {
         self.held.timing.store(on, Ordering::Relaxed);
     }
