@@ -6,7 +6,9 @@
 //! symbols x 252 closes (one year), each with SMA(20), EMA(20), RSI(14),
 //! MACD(12,26,9) and Bollinger(20,2): nine lines. Items are input closes.
 //! One `BENCH {...}` line per measurement, the best of a few repetitions;
-//! the GPU time includes the copies to and from the device.
+//! the GPU's `seconds` include the copies to and from the device, its
+//! `kernel_seconds` only what the launch code times with CUDA events (zero
+//! while `indicators_gpu` times nothing).
 
 mod common;
 
@@ -46,7 +48,13 @@ fn walks(symbols: usize, closes: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-fn report(case: &str, implementation: &str, items: usize, seconds: f64, out: &[SeriesLines]) {
+fn report(
+    case: &str,
+    implementation: &str,
+    items: usize,
+    timing: common::Timing,
+    out: &[SeriesLines],
+) {
     let lines = indicators::total_lines(&ALL) as u64;
     common::Line {
         kind: "indicators",
@@ -54,9 +62,10 @@ fn report(case: &str, implementation: &str, items: usize, seconds: f64, out: &[S
         case,
         implementation,
         items: items as u64,
-        seconds,
+        timing,
         // The closes read once and every output line written once.
         bytes: Some(8 * items as u64 * (1 + lines)),
+        flops: None,
     }
     .print();
     if let Some(last) = out
@@ -75,12 +84,12 @@ fn main() {
         let items = symbols * closes;
         let (seconds, cpu) =
             common::best(REPETITIONS, || indicators::indicators_cpu(&series, &ALL));
-        report(case, "rust_cpu", items, seconds, &cpu);
+        report(case, "rust_cpu", items, common::Timing::cpu(seconds), &cpu);
         if let Some(gpu) = &gpu {
-            let (seconds, out) = common::best(REPETITIONS, || {
+            let (timing, out) = common::best_gpu(gpu, REPETITIONS, || {
                 indicators::indicators_gpu(gpu, &series, &ALL).expect("GPU run")
             });
-            report(case, "cuda", items, seconds, &out);
+            report(case, "cuda", items, timing, &out);
             let same = cpu
                 .iter()
                 .flatten()

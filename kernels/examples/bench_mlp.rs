@@ -54,15 +54,40 @@ fn data() -> (Vec<f32>, Vec<f32>) {
     (x, y)
 }
 
-fn report(kind: &str, case: &str, implementation: &str, unit: &str, items: u64, seconds: f64) {
+/// Multiply-adds of one sample through the layers' GEMMs: sum of inputs x
+/// outputs.
+fn gemm_macs() -> u64 {
+    SIZES.windows(2).map(|w| (w[0] * w[1]) as u64).sum()
+}
+
+/// GEMM flops per sample: a forward pass is 2 per multiply-add; a training
+/// step adds the weight and input gradients' GEMMs, 6 in all (the GEMMs
+/// only: the element-wise kernels are memory-bound and small beside them).
+fn flops(kind: &str, items: u64) -> Option<u64> {
+    match kind {
+        "infer" => Some(2 * gemm_macs() * items),
+        "train" => Some(6 * gemm_macs() * items),
+        _ => None,
+    }
+}
+
+fn report(
+    kind: &str,
+    case: &str,
+    implementation: &str,
+    unit: &str,
+    items: u64,
+    timing: common::Timing,
+) {
     common::Line {
         kind,
         unit,
         case,
         implementation,
         items,
-        seconds,
+        timing,
         bytes: None,
+        flops: flops(kind, items),
     }
     .print();
 }
@@ -87,7 +112,14 @@ fn main() {
     let (seconds, outputs) = common::best(5, || {
         mlp::forward_cpu(&model, &x, SAMPLES).expect("forward")
     });
-    report("infer", INFER_CASE, "rust_cpu", "samples", samples, seconds);
+    report(
+        "infer",
+        INFER_CASE,
+        "rust_cpu",
+        "samples",
+        samples,
+        common::Timing::cpu(seconds),
+    );
     eprintln!("  infer: output[0] {:.6}", outputs[0]);
 
     let config = train_config();
@@ -95,7 +127,14 @@ fn main() {
         let mut net = model.clone();
         mlp::train_cpu(&mut net, &x, &y, SAMPLES, &config).expect("train")
     });
-    report("train", TRAIN_CASE, "rust_cpu", "samples", samples, seconds);
+    report(
+        "train",
+        TRAIN_CASE,
+        "rust_cpu",
+        "samples",
+        samples,
+        common::Timing::cpu(seconds),
+    );
     eprintln!(
         "  train: {} steps, epoch loss {:.5}",
         trained.steps, trained.losses[0]
@@ -110,24 +149,33 @@ fn main() {
 /// warm request.
 fn bench_gpu(gpu: &Gpu, model: &Mlp, x: &[f32], y: &[f32]) {
     let samples = SAMPLES as u64;
-    let blas = mlp_gpu::cublas(gpu).expect("cuBLAS");
+    // A host without libcublas (a driver-only machine) skips the GPU cases
+    // with a message; any other failure is one.
+    let blas = match mlp_gpu::cublas(gpu) {
+        Ok(blas) => blas,
+        Err(err) if err.message.starts_with(mlp_gpu::CUBLAS_NOT_FOUND) => {
+            eprintln!("bench_mlp: skipped: no cuBLAS ({})", err.message);
+            return;
+        }
+        Err(err) => panic!("cuBLAS on GPU {}: {err}", gpu.ordinal),
+    };
     let resident = GpuMlp::upload_with(gpu, Arc::clone(&blas), model).expect("upload");
-    let (seconds, outputs) = common::best(5, || {
+    let (timing, outputs) = common::best_gpu(gpu, 5, || {
         resident.forward(gpu, x, SAMPLES).expect("GPU forward")
     });
-    report("infer", INFER_CASE, "cuda", "samples", samples, seconds);
+    report("infer", INFER_CASE, "cuda", "samples", samples, timing);
     eprintln!("  infer (cuda): output[0] {:.6}", outputs[0]);
 
     let config = train_config();
     let mut training = GpuMlp::upload_with(gpu, Arc::clone(&blas), model).expect("upload");
     // Each call starts from fresh optimiser moments; the weights carry on
     // from the last repetition, which does not change the work.
-    let (seconds, trained) = common::best(3, || {
+    let (timing, trained) = common::best_gpu(gpu, 3, || {
         training
             .train(gpu, x, y, SAMPLES, &config)
             .expect("GPU train")
     });
-    report("train", TRAIN_CASE, "cuda", "samples", samples, seconds);
+    report("train", TRAIN_CASE, "cuda", "samples", samples, timing);
     eprintln!(
         "  train (cuda): {} steps, epoch loss {:.5}",
         trained.steps, trained.losses[0]
@@ -138,22 +186,30 @@ fn bench_gpu(gpu: &Gpu, model: &Mlp, x: &[f32], y: &[f32]) {
     // Cold: a model not on the device yet. Timed by hand so that freeing
     // each fresh copy falls outside the clock.
     let mut cold = f64::INFINITY;
+    gpu.take_kernel_time();
+    let mut cold_kernel = f64::INFINITY;
     for _ in 0..5 {
         let start = Instant::now();
         let fresh = GpuMlp::upload_with(gpu, Arc::clone(&blas), model).expect("upload");
         fresh.forward(gpu, request, 1).expect("GPU forward");
         cold = cold.min(start.elapsed().as_secs_f64());
+        cold_kernel = cold_kernel.min(gpu.take_kernel_time().as_secs_f64());
         drop(fresh);
     }
-    report("infer", "cold_load", "cuda", "requests", 1, cold);
+    let cold_timing = common::Timing {
+        seconds: cold,
+        kernel_seconds: Some(cold_kernel),
+        peak: common::Peak::of(gpu),
+    };
+    report("infer", "cold_load", "cuda", "requests", 1, cold_timing);
     // Warm: the resident model, its workspace already allocated.
-    let (warm, _) = common::best(20, || {
+    let (warm, _) = common::best_gpu(gpu, 20, || {
         resident.forward(gpu, request, 1).expect("GPU forward")
     });
     report("infer", "warm", "cuda", "requests", 1, warm);
     eprintln!(
         "  cache: cold load {:.3} ms, warm {:.3} ms",
         cold * 1e3,
-        warm * 1e3
+        warm.seconds * 1e3
     );
 }

@@ -4,8 +4,9 @@
 //!
 //! Cases: 1000 symbols x 2520 bars and 10 000 symbols x 252 bars, default
 //! thresholds, all seven patterns. Items are bars. One `BENCH {...}` line
-//! per measurement, the best of a few repetitions; the GPU time includes
-//! the copies to and from the device.
+//! per measurement, the best of a few repetitions; the GPU's `seconds`
+//! include the copies to and from the device, its `kernel_seconds` only the
+//! kernel (CUDA events), with GB/s against the device's peak.
 
 mod common;
 
@@ -44,16 +45,23 @@ fn random_bars(symbols: usize, len: usize) -> Vec<Bars> {
         .collect()
 }
 
-fn report(case: &str, implementation: &str, items: usize, seconds: f64, out: &[Vec<u32>]) {
+fn report(
+    case: &str,
+    implementation: &str,
+    items: usize,
+    timing: common::Timing,
+    out: &[Vec<u32>],
+) {
     common::Line {
         kind: "patterns",
         unit: "bars",
         case,
         implementation,
         items: items as u64,
-        seconds,
+        timing,
         // Four f64 prices read and one u32 mask written per bar.
         bytes: Some(36 * items as u64),
+        flops: None,
     }
     .print();
     let counts: Vec<usize> = (0..patterns::NAMES.len())
@@ -83,12 +91,12 @@ fn main() {
             .collect();
         let items = symbols * len;
         let (seconds, cpu) = common::best(REPETITIONS, || patterns::patterns_cpu(&series, &th));
-        report(case, "rust_cpu", items, seconds, &cpu);
+        report(case, "rust_cpu", items, common::Timing::cpu(seconds), &cpu);
         if let Some(gpu) = &gpu {
-            let (seconds, out) = common::best(REPETITIONS, || {
+            let (timing, out) = common::best_gpu(gpu, REPETITIONS, || {
                 patterns::patterns_gpu(gpu, &series, &th).expect("GPU run")
             });
-            report(case, "cuda", items, seconds, &out);
+            report(case, "cuda", items, timing, &out);
             assert_eq!(out, cpu, "GPU masks differ from the CPU twin");
         }
     }

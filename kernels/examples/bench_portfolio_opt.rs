@@ -2,7 +2,9 @@
 //! refine) on 100 and 500 assets, both objectives: the CPU twin, and with
 //! `--gpu` the GPU search (the refine is on the CPU either way). Items are
 //! the random candidates (unit "portfolios"); each line's seconds cover the
-//! search and the refine. `bench/portfolio_opt_numpy.py` builds the same
+//! search and the refine; a GPU line's `kernel_seconds` what the launch
+//! code times with CUDA events (zero while `optimize_gpu` times nothing),
+//! with GFLOP/s against the device's FP32 peak. `bench/portfolio_opt_numpy.py` builds the same
 //! problems.
 //!
 //! Run with `cargo run --release -p tandem-kernels --example bench_portfolio_opt -- [--gpu]`.
@@ -38,15 +40,19 @@ fn problem_data(n: usize) -> (Vec<f64>, Vec<f64>) {
     (mu, cov)
 }
 
-fn line(case: &str, implementation: &str, seconds: f64) {
+fn line(case: &str, implementation: &str, n: usize, timing: common::Timing) {
+    let n = n as u64;
     common::Line {
         kind: "portfolio_opt",
         unit: "portfolios",
         case,
         implementation,
         items: u64::from(SAMPLES),
-        seconds,
+        timing,
         bytes: None,
+        // Each candidate's variance w' C w (n^2 multiply-adds) and return
+        // (n), the search's least arithmetic.
+        flops: Some(u64::from(SAMPLES) * (2 * n * n + 2 * n)),
     }
     .print();
 }
@@ -83,17 +89,17 @@ fn main() {
             let (seconds, ()) = common::best(REPEATS, || {
                 std::hint::black_box(portfolio_opt::optimize_cpu(&problem, &settings));
             });
-            line(&case, "rust_cpu", seconds);
+            line(&case, "rust_cpu", n, common::Timing::cpu(seconds));
             if let Some(gpu) = &gpu {
                 let mut failed = None;
-                let (seconds, ()) = common::best(REPEATS, || {
+                let (timing, ()) = common::best_gpu(gpu, REPEATS, || {
                     if let Err(err) = portfolio_opt::optimize_gpu(gpu, &problem, &settings) {
                         failed = Some(err.message);
                     }
                 });
                 match failed {
                     Some(message) => eprintln!("{case}: GPU failed: {message}"),
-                    None => line(&case, "cuda", seconds),
+                    None => line(&case, "cuda", n, timing),
                 }
             }
         }

@@ -4,7 +4,10 @@
 //!
 //! Cases: Monte Carlo, 50 assets x 10^6 scenarios; historical, 500 assets x
 //! 10^4 rows; both at confidence 0.95 and 0.99 (K = 5 % of the scenarios).
-//! One `BENCH {...}` line per measurement, the best of a few repetitions.
+//! One `BENCH {...}` line per measurement, the best of a few repetitions;
+//! a GPU line's `kernel_seconds` are the kernels' own (losses, block sums,
+//! the tail's selection), and stderr says how many losses crossed to the
+//! host.
 
 mod common;
 
@@ -40,7 +43,7 @@ fn report(
     case: &str,
     implementation: &str,
     items: u64,
-    seconds: f64,
+    timing: common::Timing,
     bytes: Option<u64>,
     tail: &Tail,
 ) {
@@ -50,8 +53,9 @@ fn report(
         case,
         implementation,
         items,
-        seconds,
+        timing,
         bytes,
+        flops: None,
     }
     .print();
     let k99 = items.div_ceil(100) as usize;
@@ -61,6 +65,18 @@ fn report(
             tail.mean(items)
         );
     }
+}
+
+/// How many losses crossed to the host: the device keeps the rest.
+fn print_traffic(case: &str, traffic: &risk::TailTraffic) {
+    eprintln!(
+        "  {case} cuda: {} of {} losses copied to the host ({:.1} %), {} whole chunks, {} failed checks",
+        traffic.copied,
+        traffic.losses,
+        100.0 * traffic.copied as f64 / traffic.losses.max(1) as f64,
+        traffic.whole_chunks,
+        traffic.check_failures
+    );
 }
 
 fn main() {
@@ -77,12 +93,20 @@ fn main() {
     let (seconds, tail) = common::best(REPETITIONS, || {
         risk::monte_carlo_cpu(&build(), blocks.clone(), keep)
     });
-    report(case, "rust_cpu", scenarios, seconds, None, &tail);
+    report(
+        case,
+        "rust_cpu",
+        scenarios,
+        common::Timing::cpu(seconds),
+        None,
+        &tail,
+    );
     if let Some(gpu) = &gpu {
-        let (seconds, tail) = common::best(REPETITIONS, || {
-            risk::monte_carlo_gpu(gpu, &build(), blocks.clone(), keep).expect("GPU run")
+        let (timing, (tail, traffic)) = common::best_gpu(gpu, REPETITIONS, || {
+            risk::monte_carlo_gpu_traffic(gpu, &build(), blocks.clone(), keep).expect("GPU run")
         });
-        report(case, "cuda", scenarios, seconds, None, &tail);
+        report(case, "cuda", scenarios, timing, None, &tail);
+        print_traffic(case, &traffic);
     }
 
     let n = 500;
@@ -101,11 +125,19 @@ fn main() {
     let (seconds, tail) = common::best(REPETITIONS, || {
         risk::historical_cpu(&run, blocks.clone(), keep)
     });
-    report(case, "rust_cpu", rows, seconds, bytes, &tail);
+    report(
+        case,
+        "rust_cpu",
+        rows,
+        common::Timing::cpu(seconds),
+        bytes,
+        &tail,
+    );
     if let Some(gpu) = &gpu {
-        let (seconds, tail) = common::best(REPETITIONS, || {
-            risk::historical_gpu(gpu, &run, blocks.clone(), keep).expect("GPU run")
+        let (timing, (tail, traffic)) = common::best_gpu(gpu, REPETITIONS, || {
+            risk::historical_gpu_traffic(gpu, &run, blocks.clone(), keep).expect("GPU run")
         });
-        report(case, "cuda", rows, seconds, bytes, &tail);
+        report(case, "cuda", rows, timing, bytes, &tail);
+        print_traffic(case, &traffic);
     }
 }

@@ -22,10 +22,10 @@
 //! at sigma sqrt(t) = 0.2). A level that falls in the underflow or overflow
 //! count reports the edge of the histogram.
 //!
-//! The GPU runs one CUDA block per 4096-path block, 1024 threads of four
-//! paths each (path = block * 4096 + k * 1024 + thread), with a fixed-order
-//! warp-shuffle reduction per block, and counts the histogram with integer
-//! atomics. Its prices agree with the CPU
+//! The GPU runs one thread per path and reduces each 4096-path block in a
+//! fixed order: 1024 lanes of four paths each (path = block * 4096 + k *
+//! 1024 + lane), then warp-shuffle trees (see [`run_gpu`]); it counts the
+//! histogram with integer atomics. Its prices agree with the CPU
 //! twin's within a relative 1e-4: the f32 path math differs by ulps (CUDA's
 //! `logf`, `sincospif` and `expf` against the host's polynomials, see
 //! [`philox::normal_pair`] and `exp_f32`). The CPU walks [`philox::LANES`]
@@ -44,7 +44,7 @@ use crate::runtime::{Gpu, Source};
 pub const SOURCE: Source = Source {
     module: "monte_carlo",
     code: include_str!("../cuda/monte_carlo.cu"),
-    kernels: &["gbm_paths"],
+    kernels: &["gbm_paths", "gbm_block_sums"],
 };
 
 /// Paths per block, the unit of merging (and of splitting).
@@ -56,8 +56,19 @@ pub const HISTOGRAM_LEN: usize = HISTOGRAM_BINS + 2;
 /// Half the width of the histogram, in standard deviations of the terminal
 /// log-price.
 const HISTOGRAM_HALF_WIDTH: f64 = 8.0;
-/// GPU threads per 4096-path block (`MC_THREADS` in the CUDA source).
-const GPU_THREADS: u32 = 1024;
+/// The lanes of a 4096-path block's fixed reduction (`MC_LANES` in the
+/// CUDA source): lane l adds paths l, l + 1024, l + 2048, l + 3072.
+const GPU_LANES: u32 = 1024;
+/// Paths per lane.
+const GPU_PATHS_PER_LANE: u32 = BLOCK_PATHS as u32 / GPU_LANES;
+/// CUDA blocks per 4096-path block: one per warp of lanes (`MC_WARPS`).
+pub const GPU_WARPS_PER_BLOCK: u32 = GPU_LANES / 32;
+/// Threads per CUDA block of `gbm_paths`: one warp of lanes, one thread per
+/// path (`MC_THREADS`).
+pub const GPU_THREADS: u32 = 32 * GPU_PATHS_PER_LANE;
+/// 4096-path blocks per pair of launches: bounds the warp-sum buffer
+/// (9.4 MiB) and the grid (131 072 CUDA blocks).
+const GPU_CHUNK_BLOCKS: u64 = 4096;
 /// Blocks a CPU task computes before adding its histogram to the shared one.
 const CPU_CHUNK_BLOCKS: u64 = 8;
 
@@ -393,6 +404,19 @@ pub fn run_cpu(config: &Config, blocks: Range<u64>) -> Blocks {
 
 /// The GPU path: the same sums and histogram as [`run_cpu`], within the
 /// module's tolerance.
+///
+/// `gbm_paths` runs one thread per path, [`GPU_THREADS`] per CUDA block and
+/// [`GPU_WARPS_PER_BLOCK`] CUDA blocks per 4096-path block, and writes one
+/// set of sums per warp of lanes; `gbm_block_sums` adds each block's warp
+/// sums. The order of the additions is the one of a block of 1024 threads
+/// of four paths each (the CUDA source says which), so the bits do not
+/// depend on the launch shape. One path per thread keeps the last wave
+/// short: on a 60-SM RTX 4070 Ti, 1M paths were 245 blocks of 1024 threads,
+/// one resident per SM, so 5 waves with the fifth 8 % full (82 % of the
+/// SMs' time used); they are now 7 840 blocks of 128 threads, 10 resident
+/// per SM (44 registers a thread, ptxas for sm_89), 14 waves, 93 % used
+/// (see [`crate::runtime::waves`]; `bench_monte_carlo` prints the
+/// driver's occupancy and the waves on the device it runs on).
 pub fn run_gpu(gpu: &Gpu, config: &Config, blocks: Range<u64>) -> Result<Blocks, DeviceError> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let n_blocks = blocks.end.saturating_sub(blocks.start);
@@ -402,59 +426,93 @@ pub fn run_gpu(gpu: &Gpu, config: &Config, blocks: Range<u64>) -> Result<Blocks,
             histogram: vec![0; HISTOGRAM_LEN],
         });
     }
-    let grid = u32::try_from(n_blocks).map_err(|_| DeviceError {
-        fault: crate::driver::Fault::Other,
-        message: format!("{n_blocks} blocks exceed one launch"),
-    })?;
     let walk = config.walk();
     let (lower, width) = config.histogram_range();
     let inv_width = 1.0 / width;
     let stream = gpu.stream();
-    let function = gpu.function(SOURCE.module, "gbm_paths")?;
+    let paths = gpu.function(SOURCE.module, "gbm_paths")?;
+    let block_sums = gpu.function(SOURCE.module, "gbm_block_sums")?;
+    let chunk_blocks = n_blocks.min(GPU_CHUNK_BLOCKS);
+    let warps_per_block = u64::from(GPU_WARPS_PER_BLOCK);
+    let mut warp_sums =
+        stream.alloc_zeros::<f64>((chunk_blocks * warps_per_block) as usize * BlockSums::LEN)?;
     let mut sums = stream.alloc_zeros::<f64>(n_blocks as usize * BlockSums::LEN)?;
     let mut histogram = stream.alloc_zeros::<u64>(HISTOGRAM_LEN)?;
-    let mut launch = stream.launch_builder(&function);
-    launch
-        .arg(&config.seed)
-        .arg(&config.paths)
-        .arg(&blocks.start)
-        .arg(&walk.steps)
-        .arg(&walk.x0)
-        .arg(&walk.drift)
-        .arg(&walk.vol)
-        .arg(&config.strike)
-        .arg(&lower)
-        .arg(&inv_width)
-        .arg(&mut sums)
-        .arg(&mut histogram);
-    let launch_config = LaunchConfig {
-        grid_dim: (grid, 1, 1),
-        block_dim: (GPU_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: the arguments match `gbm_paths(u64, u64, u64, u32, f32, f32,
-    // f32, f64, f64, f64, double*, u64*)`; `sums` holds 9 values for each of
-    // the `grid` blocks and `histogram` HISTOGRAM_LEN counts.
-    #[allow(unsafe_code)]
-    unsafe {
-        launch.launch(launch_config)?;
+    let timer = gpu.kernel_timer()?;
+    let mut first = blocks.start;
+    while first < blocks.end {
+        let count = (blocks.end - first).min(GPU_CHUNK_BLOCKS);
+        // At most GPU_CHUNK_BLOCKS x 32 CUDA blocks: far below 2^31.
+        let grid = (count * warps_per_block) as u32;
+        let mut launch = stream.launch_builder(&paths);
+        launch
+            .arg(&config.seed)
+            .arg(&config.paths)
+            .arg(&first)
+            .arg(&walk.steps)
+            .arg(&walk.x0)
+            .arg(&walk.drift)
+            .arg(&walk.vol)
+            .arg(&config.strike)
+            .arg(&lower)
+            .arg(&inv_width)
+            .arg(&mut warp_sums)
+            .arg(&mut histogram);
+        let launch_config = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (GPU_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match `gbm_paths(u64, u64, u64, u32, f32,
+        // f32, f32, f64, f64, f64, double*, u64*)`; `warp_sums` holds 9
+        // values for each of the `grid` CUDA blocks (grid <= chunk_blocks x
+        // 32) and `histogram` HISTOGRAM_LEN counts; blocks of GPU_THREADS,
+        // the kernel's MC_THREADS.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(launch_config)?;
+        }
+        let offset = ((first - blocks.start) as usize) * BlockSums::LEN;
+        let mut out = sums.slice_mut(offset..offset + count as usize * BlockSums::LEN);
+        let count32 = count as u32;
+        let mut launch = stream.launch_builder(&block_sums);
+        launch.arg(&count32).arg(&warp_sums).arg(&mut out);
+        // One warp per 4096-path block, 8 warps per CUDA block.
+        let launch_config = LaunchConfig {
+            grid_dim: (count32.div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match `gbm_block_sums(u32, const double*,
+        // double*)`; `warp_sums` holds count x 32 x 9 values written by the
+        // launch before on the same stream, `out` count x 9.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(launch_config)?;
+        }
+        first += count;
     }
-    let flat: Vec<f64> = stream.clone_dtoh(&sums)?;
+    timer.finish()?;
     let histogram: Vec<u64> = stream.clone_dtoh(&histogram)?;
-    let sums = flat
-        .chunks_exact(BlockSums::LEN)
-        .map(|chunk| {
-            let mut values = [0.0; BlockSums::LEN];
-            values.copy_from_slice(chunk);
-            BlockSums::from_array(&values)
-        })
-        .collect();
+    // 72 bytes per 4096 paths (18 MB at the 10^9-path limit), through the
+    // GPU's page-locked staging buffer.
+    let sums = gpu.read_back(&sums, |flat| {
+        flat.chunks_exact(BlockSums::LEN)
+            .map(|chunk| {
+                let mut values = [0.0; BlockSums::LEN];
+                values.copy_from_slice(chunk);
+                BlockSums::from_array(&values)
+            })
+            .collect()
+    })?;
     Ok(Blocks { sums, histogram })
 }
 
-/// Device memory [`run_gpu`] allocates for `blocks` blocks, in bytes.
+/// Device memory [`run_gpu`] allocates for `blocks` blocks, in bytes: the
+/// sums of each block, the warp sums of one chunk, the histogram.
 pub fn gpu_memory(blocks: u64) -> u64 {
-    blocks * BlockSums::LEN as u64 * 8 + HISTOGRAM_LEN as u64 * 8
+    let warp_sums = blocks.min(GPU_CHUNK_BLOCKS) * u64::from(GPU_WARPS_PER_BLOCK);
+    (blocks + warp_sums) * BlockSums::LEN as u64 * 8 + HISTOGRAM_LEN as u64 * 8
 }
 
 /// Prices and percentiles from every block's sums, given in block order,
@@ -814,6 +872,23 @@ mod gpu_tests {
 
     fn close(a: f64, b: f64, relative: f64) -> bool {
         (a - b).abs() <= relative * a.abs().max(b.abs())
+    }
+
+    /// A run longer than one chunk of launches gives, block for block, the
+    /// bits of the chunks run alone: the reduction of a 4096-path block
+    /// does not depend on where its launch starts.
+    #[test]
+    fn chunks_of_launches_give_the_bits_of_one() {
+        let gpu = gpu();
+        let c = config(GPU_CHUNK_BLOCKS * BLOCK_PATHS + 3 * BLOCK_PATHS + 5, 1);
+        let whole = run_gpu(&gpu, &c, 0..c.blocks()).unwrap();
+        let head = run_gpu(&gpu, &c, 0..GPU_CHUNK_BLOCKS).unwrap();
+        let tail = run_gpu(&gpu, &c, GPU_CHUNK_BLOCKS - 1..c.blocks()).unwrap();
+        assert_eq!(whole.sums.len() as u64, c.blocks());
+        assert_eq!(whole.sums[..head.sums.len()], head.sums[..]);
+        assert_eq!(whole.sums[GPU_CHUNK_BLOCKS as usize - 1..], tail.sums[..]);
+        let paths: u64 = whole.histogram.iter().sum();
+        assert_eq!(paths, c.paths);
     }
 
     /// Prices agree within a relative 1e-4; percentiles within one bin.

@@ -275,6 +275,7 @@ pub fn patterns_gpu(
         block_dim: (block, 1, 1),
         shared_mem_bytes: 0,
     };
+    let timer = gpu.kernel_timer()?;
     let mut launch = stream.launch_builder(&function);
     launch
         .arg(&d_bars)
@@ -290,6 +291,7 @@ pub fn patterns_gpu(
     unsafe {
         launch.launch(config)?;
     }
+    timer.finish()?;
     let masks = stream.clone_dtoh(&d_masks)?;
     Ok(offsets
         .windows(2)

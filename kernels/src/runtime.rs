@@ -17,9 +17,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DevicePtr, PinnedHostSlice,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::driver::{DeviceError, Fault};
@@ -297,14 +303,78 @@ fn driver_version() -> Result<CudaVersion, DeviceError> {
     Ok(CudaVersion::from_driver(version))
 }
 
-/// A GPU ready to run kernels: its context, a stream, and the modules that
-/// compiled and loaded.
+/// What the driver says about a device's size and speed: what occupancy,
+/// wave counts and peak figures are computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceShape {
+    /// Streaming multiprocessors.
+    pub sm_count: u32,
+    /// Resident threads an SM can hold.
+    pub max_threads_per_sm: u32,
+    /// The SM clock's peak, MHz.
+    pub clock_mhz: u32,
+    /// The memory clock's peak, MHz, and the memory bus width, bits.
+    pub memory_clock_mhz: u32,
+    pub memory_bus_bits: u32,
+}
+
+impl DeviceShape {
+    /// Peak memory bandwidth, bytes per second: memory clock x bus width x
+    /// 2 (double data rate), the figure NVIDIA's `deviceQuery` prints.
+    /// Zero when the driver did not say.
+    pub fn peak_bytes_per_second(&self) -> f64 {
+        2.0 * f64::from(self.memory_clock_mhz) * 1e6 * f64::from(self.memory_bus_bits) / 8.0
+    }
+}
+
+/// How many waves `blocks` blocks take on a device where `resident` blocks
+/// run at once (SMs x blocks per SM), and how full they are on average: a
+/// last wave with few blocks leaves most SMs idle while it runs. `(0, 1.0)`
+/// for no blocks; `resident` 0 is taken as 1.
+pub fn waves(blocks: u64, resident: u64) -> (u64, f64) {
+    if blocks == 0 {
+        return (0, 1.0);
+    }
+    let resident = resident.max(1);
+    let waves = blocks.div_ceil(resident);
+    (waves, blocks as f64 / (waves * resident) as f64)
+}
+
+/// What a [`Gpu`] holds for its life besides its modules.
+struct Held {
+    /// The cuBLAS handle on [`Gpu::stream`], created by the first model
+    /// upload ([`crate::mlp_gpu::cublas`]) and shared by every model on
+    /// this GPU until the `Gpu` is dropped: creating and destroying a
+    /// handle per task synchronises the whole device.
+    blas: Mutex<Option<Arc<CudaBlas>>>,
+    /// A page-locked host buffer for device-to-host copies of f64 (the risk
+    /// tail's candidates), grown on demand and kept for the `Gpu`'s life:
+    /// page-locking costs milliseconds, more than it saves on one copy.
+    staging: Mutex<Option<PinnedHostSlice<f64>>>,
+    /// Whether [`Gpu::kernel_timer`] records events (off by default: the
+    /// worker does not pay for a synchronisation per launch).
+    timing: AtomicBool,
+    /// Kernel time measured by [`KernelTimer`]s since the last
+    /// [`Gpu::take_kernel_time`], nanoseconds.
+    kernel_nanos: AtomicU64,
+}
+
+/// A GPU ready to run kernels: its context, the one stream every launch
+/// and copy goes through, the modules that compiled and loaded, and the
+/// cuBLAS handle the MLP kinds share.
 pub struct Gpu {
     pub ordinal: u32,
     pub compute_capability: (u32, u32),
     ctx: Arc<CudaContext>,
+    /// A stream of our own (non-blocking), not the legacy default stream,
+    /// which synchronises with every other blocking stream of the context
+    /// (cuBLAS's or a library's). Every launch, copy and cuBLAS call of
+    /// this GPU goes through it, so they run in the order issued.
     stream: Arc<CudaStream>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
+    /// What the `Gpu` keeps for its whole life besides its modules
+    /// (boxed: the handle stays small to move around).
+    held: Box<Held>,
     /// Sources whose GPU path is off, and why.
     pub disabled: Vec<(&'static str, String)>,
     /// Sources loaded from the cache rather than compiled.
@@ -359,7 +429,7 @@ impl Gpu {
             u32::try_from(major).unwrap_or(0),
             u32::try_from(minor).unwrap_or(0),
         );
-        let stream = ctx.default_stream();
+        let stream = ctx.new_stream()?;
         let driver_version = driver_version()?;
         let nvrtc = crate::nvrtc::get();
         let target = nvrtc.map_err(str::to_owned).and_then(|lib| {
@@ -373,6 +443,12 @@ impl Gpu {
             ctx,
             stream,
             modules: HashMap::new(),
+            held: Box::new(Held {
+                blas: Mutex::new(None),
+                staging: Mutex::new(None),
+                timing: AtomicBool::new(false),
+                kernel_nanos: AtomicU64::new(0),
+            }),
             disabled: Vec::new(),
             cached: Vec::new(),
             driver_version,
@@ -448,13 +524,156 @@ impl Gpu {
         Ok(loaded.load_function(kernel)?)
     }
 
-    /// The stream kernels launch on.
+    /// The stream kernels launch on: this GPU's own, the same for every
+    /// call.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// The device's size and speed, from the driver's attributes.
+    pub fn shape(&self) -> Result<DeviceShape, DeviceError> {
+        let attribute = |attr| -> Result<u32, DeviceError> {
+            Ok(u32::try_from(self.ctx.attribute(attr)?).unwrap_or(0))
+        };
+        use CUdevice_attribute as A;
+        Ok(DeviceShape {
+            sm_count: attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            max_threads_per_sm: attribute(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?,
+            clock_mhz: attribute(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)? / 1000,
+            memory_clock_mhz: attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)? / 1000,
+            memory_bus_bits: attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
+        })
+    }
+
+    /// Blocks of `threads` threads (and `shared_bytes` of dynamic shared
+    /// memory) of `kernel` that one SM holds at once, as the driver
+    /// computes it from the kernel's registers and shared memory.
+    pub fn blocks_per_sm(
+        &self,
+        kernel: &CudaFunction,
+        threads: u32,
+        shared_bytes: usize,
+    ) -> Result<u32, DeviceError> {
+        Ok(kernel.occupancy_max_active_blocks_per_multiprocessor(threads, shared_bytes, None)?)
+    }
+
+    /// Copies `src` from the device into the GPU's page-locked staging
+    /// buffer (growing it if needed), waits for the copy, and hands the
+    /// values to `read`. Calls take turns on the buffer; the lock is held
+    /// for the copy and `read` only.
+    pub fn read_back<R>(
+        &self,
+        src: &impl DevicePtr<f64>,
+        read: impl FnOnce(&[f64]) -> R,
+    ) -> Result<R, DeviceError> {
+        let len = src.len();
+        let mut staging = match self.held.staging.lock() {
+            Ok(staging) => staging,
+            // The buffer is only written by a copy that is waited for before
+            // reading: still sound after a panic.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let buffer = match staging.take() {
+            Some(buffer) if buffer.len() >= len => buffer,
+            smaller => {
+                // Free the smaller buffer first.
+                drop(smaller);
+                // SAFETY: the memory is uninitialised; only the part a copy
+                // below has written (and that was waited for) is ever read.
+                // Flags 0: cached memory (not write-combined, which the
+                // host reads slowly).
+                #[allow(unsafe_code)]
+                unsafe { self.ctx.alloc_pinned_with_flags::<f64>(len.max(1), 0) }?
+            }
+        };
+        let buffer = staging.insert(buffer);
+        self.stream.memcpy_dtoh(src, buffer)?;
+        self.stream.synchronize()?;
+        // Waits on the buffer's own event too (recorded after the copy).
+        let values = buffer.as_slice()?;
+        Ok(read(&values[..len]))
+    }
+
+    /// The GPU's cuBLAS handle, if [`crate::mlp_gpu::cublas`] made one.
+    pub(crate) fn blas_slot(&self) -> &Mutex<Option<Arc<CudaBlas>>> {
+        &self.held.blas
+    }
+
+    /// Turns kernel timing on or off: while off, [`Gpu::kernel_timer`]
+    /// gives timers that record nothing and cost nothing. The benchmarks
+    /// turn it on; the worker leaves it off. A timer spans whatever the
+    /// stream runs between its two events, so the figures mean kernel time
+    /// when one caller at a time uses the GPU, as a benchmark does.
+    pub fn time_kernels(&self, on: bool) {
+        self.held.timing.store(on, Ordering::Relaxed);
+    }
+
+    /// Starts timing the work issued to [`Gpu::stream`] from now until
+    /// [`KernelTimer::finish`], with CUDA events on that stream: the time
+    /// the device spent, not the host's. The launch code wraps only kernel
+    /// launches (no copies) in a timer; the total is read with
+    /// [`Gpu::take_kernel_time`].
+    pub fn kernel_timer(&self) -> Result<KernelTimer<'_>, DeviceError> {
+        if !self.held.timing.load(Ordering::Relaxed) {
+            return Ok(KernelTimer {
+                gpu: self,
+                start: None,
+            });
+        }
+        // Timing events (the default flags): CUDA's events are created
+        // without timing by cudarc unless asked.
+        let start = self
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        Ok(KernelTimer {
+            gpu: self,
+            start: Some(start),
+        })
+    }
+
+    /// The kernel time [`KernelTimer`]s measured since the last call, and
+    /// zero it. Zero when timing is off or nothing was timed.
+    pub fn take_kernel_time(&self) -> Duration {
+        Duration::from_nanos(self.held.kernel_nanos.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// A span of work on a [`Gpu`]'s stream being timed; see
+/// [`Gpu::kernel_timer`].
+#[derive(Debug)]
+#[must_use = "finish the timer to count its time"]
+pub struct KernelTimer<'a> {
+    gpu: &'a Gpu,
+    /// The event recorded on the GPU's stream at the start; `None` when
+    /// timing is off.
+    start: Option<CudaEvent>,
+}
+
+impl KernelTimer<'_> {
+    /// Records the end on the same stream, waits for the device to reach
+    /// it, and adds the time between the two events to the GPU's total.
+    /// Returns that time (zero when timing is off).
+    pub fn finish(self) -> Result<Duration, DeviceError> {
+        let Some(start) = self.start else {
+            return Ok(Duration::ZERO);
+        };
+        let end = self
+            .gpu
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        // Waits for both events, then reads the time between them.
+        let ms = start.elapsed_ms(&end)?;
+        let elapsed = Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.gpu
+            .held
+            .kernel_nanos
+            .fetch_add(nanos, Ordering::Relaxed);
+        Ok(elapsed)
     }
 }
 
@@ -555,6 +774,44 @@ mod tests {
         );
         // An NVRTC that cannot list its architectures: the device's.
         check(12080, (12, 9), &[], (8, 6), "CUBIN for sm_86");
+    }
+
+    #[test]
+    fn waves_count_the_last_partial_one() {
+        let check = |blocks: u64, resident: u64, expect_waves: u64, expect_used: f64| {
+            let (waves, used) = waves(blocks, resident);
+            assert_eq!(waves, expect_waves, "{blocks} on {resident}");
+            assert!(
+                (used - expect_used).abs() < 1e-3,
+                "{blocks} on {resident}: {used}"
+            );
+        };
+        // 1M Monte Carlo paths on a 60-SM RTX 4070 Ti: 245 blocks of 1024
+        // threads, one per SM, against 7 840 of 128, ten per SM.
+        check(245, 60, 5, 245.0 / 300.0);
+        check(7_840, 600, 14, 7_840.0 / 8_400.0);
+        check(480, 480, 1, 1.0);
+        check(481, 480, 2, 481.0 / 960.0);
+        check(0, 480, 0, 1.0);
+        check(3, 0, 3, 1.0);
+    }
+
+    #[test]
+    fn peak_bandwidth_is_clock_times_bus_times_two() {
+        // An H100 SXM's HBM3: 2 619 MHz, 5 120 bits: 3.35 TB/s.
+        let shape = DeviceShape {
+            sm_count: 132,
+            max_threads_per_sm: 2048,
+            clock_mhz: 1980,
+            memory_clock_mhz: 2619,
+            memory_bus_bits: 5120,
+        };
+        assert!((shape.peak_bytes_per_second() / 1e12 - 3.352).abs() < 1e-3);
+        let unknown = DeviceShape {
+            memory_clock_mhz: 0,
+            ..shape
+        };
+        assert_eq!(unknown.peak_bytes_per_second(), 0.0);
     }
 
     #[test]

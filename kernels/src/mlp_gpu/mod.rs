@@ -100,19 +100,49 @@ fn blas_error(err: cudarc::cublas::result::CublasError) -> DeviceError {
     }
 }
 
-/// A cuBLAS handle on `gpu`'s stream, in FP32 math (no TF32). One per
-/// device is enough: every [`GpuMlp`] on it can share it through
-/// [`GpuMlp::upload_with`]. Fails with "cuBLAS not found" when libcublas
-/// is not installed, so the caller can fall back to the CPU.
+/// The cuBLAS handle on `gpu`'s stream, in FP32 math (no TF32): the one
+/// the `Gpu` holds, created on the first call and shared by every
+/// [`GpuMlp`] on that GPU after it (a handle created and destroyed per
+/// model would synchronise the device each time). Fails with "cuBLAS not
+/// found" when libcublas is not installed, so the caller can fall back to
+/// the CPU; a failed creation is tried again on the next call.
 pub fn cublas(gpu: &Gpu) -> Result<Arc<CudaBlas>, DeviceError> {
-    let not_found = |why: &str| DeviceError {
-        fault: Fault::Other,
-        message: format!("cuBLAS not found: {why}; the MLP runs on the CPU"),
+    let mut slot = match gpu.blas_slot().lock() {
+        Ok(slot) => slot,
+        // Only an `Option` is behind the lock: still sound after a panic.
+        Err(poisoned) => poisoned.into_inner(),
     };
+    if let Some(blas) = slot.as_ref() {
+        return Ok(Arc::clone(blas));
+    }
+    let blas = new_handle(gpu)?;
+    *slot = Some(Arc::clone(&blas));
+    Ok(blas)
+}
+
+/// Why cuBLAS cannot be used on this machine, or `None` when it can be
+/// loaded: what the GPU tests and `bench_mlp` print when they skip.
+pub fn cublas_missing() -> Option<String> {
     // SAFETY: only tries to open the library by its usual names.
     #[allow(unsafe_code)]
-    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-        return Err(not_found("no libcublas on this machine"));
+    if unsafe { cudarc::cublas::sys::is_culib_present() } {
+        None
+    } else {
+        Some("no libcublas.so found by the dynamic loader (LD_LIBRARY_PATH)".into())
+    }
+}
+
+/// How the error of [`cublas`] starts when there is no usable libcublas
+/// (rather than a failing device).
+pub const CUBLAS_NOT_FOUND: &str = "cuBLAS not found";
+
+fn new_handle(gpu: &Gpu) -> Result<Arc<CudaBlas>, DeviceError> {
+    let not_found = |why: &str| DeviceError {
+        fault: Fault::Other,
+        message: format!("{CUBLAS_NOT_FOUND}: {why}; the MLP runs on the CPU"),
+    };
+    if let Some(why) = cublas_missing() {
+        return Err(not_found(&why));
     }
     // cudarc's loader panics when the library lacks a function it binds.
     let stream = Arc::clone(gpu.stream());
@@ -215,13 +245,14 @@ impl std::fmt::Debug for GpuMlp {
 }
 
 impl GpuMlp {
-    /// Uploads `mlp` to `gpu` with a cuBLAS handle of its own.
+    /// Uploads `mlp` to `gpu`, with the GPU's shared cuBLAS handle
+    /// ([`cublas`]).
     pub fn upload(gpu: &Gpu, mlp: &Mlp) -> Result<Self, GpuMlpError> {
         Self::upload_with(gpu, cublas(gpu)?, mlp)
     }
 
-    /// Uploads `mlp` to `gpu`, sharing `blas` (from [`cublas`] on the same
-    /// GPU) with other models.
+    /// Uploads `mlp` to `gpu` with `blas`, which must be a handle on
+    /// `gpu`'s stream ([`cublas`] gives the GPU's own).
     pub fn upload_with(gpu: &Gpu, blas: Arc<CudaBlas>, mlp: &Mlp) -> Result<Self, GpuMlpError> {
         validate(mlp)?;
         let stream = Arc::clone(gpu.stream());
@@ -348,7 +379,9 @@ impl GpuMlp {
             .stream
             .memcpy_htod(inputs, &mut ws.raw.slice_mut(..inputs.len()))
             .map_err(DeviceError::from)?;
+        let timer = gpu.kernel_timer()?;
         model.forward(ws, batch)?;
+        timer.finish()?;
         let outputs = batch * model.outputs();
         let mut out = vec![0.0f32; outputs];
         model

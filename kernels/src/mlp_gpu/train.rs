@@ -174,7 +174,9 @@ impl GpuMlp {
         stream
             .memcpy_htod(y, &mut training.targets.slice_mut(..y.len()))
             .map_err(DeviceError::from)?;
+        let timer = gpu.kernel_timer()?;
         step(model, ws, training, batch, optimizer, 0)?;
+        timer.finish()?;
         let sums = stream
             .clone_dtoh(&training.losses.slice(..model.outputs()))
             .map_err(DeviceError::from)?;
@@ -245,7 +247,7 @@ impl GpuMlp {
             stream
                 .memcpy_htod(&order, &mut data.order)
                 .map_err(DeviceError::from)?;
-            losses.push(self.epoch(&mut data, samples, batch, &config.optimizer)?);
+            losses.push(self.epoch(gpu, &mut data, samples, batch, &config.optimizer)?);
             steps += steps_per_epoch as u64;
         }
         Ok(TrainReport { losses, steps })
@@ -255,6 +257,7 @@ impl GpuMlp {
     /// over the epoch's samples, each taken before its step's update.
     fn epoch(
         &mut self,
+        gpu: &Gpu,
         data: &mut DeviceData,
         samples: usize,
         batch: usize,
@@ -263,6 +266,7 @@ impl GpuMlp {
         let (model, ws, training) = self.parts()?;
         let outputs = model.outputs();
         let steps = samples.div_ceil(batch);
+        let timer = gpu.kernel_timer()?;
         for s in 0..steps {
             let rows = s * batch..((s + 1) * batch).min(samples);
             let count = rows.len();
@@ -271,6 +275,7 @@ impl GpuMlp {
             gather(model, &order, &data.y, outputs, &mut training.targets)?;
             step(model, ws, training, count, optimizer, s)?;
         }
+        timer.finish()?;
         let sums = model
             .stream
             .clone_dtoh(&training.losses.slice(..steps * outputs))

@@ -21,9 +21,12 @@
 //! (see [`Historical::loss`]), an order that vectorises.
 //!
 //! GPU: one thread per Monte Carlo scenario, [`HIST_LANES`] per historical
-//! row (one per partial sum, added by shuffles), writes its loss; the losses
-//! come back to the host in chunks of [`GPU_CHUNK_BLOCKS`] blocks, where the
-//! same block code as the CPU twin sums and selects. Historical losses equal
+//! row (one per partial sum, added by shuffles), writes its loss; per chunk
+//! of [`GPU_CHUNK_BLOCKS`] blocks the device sums each block in scenario
+//! order and selects the losses that can be in the tail, and only those
+//! cross to the host's [`Tail`] (the `device_tail` module): the same bits as
+//! reducing every loss on the host, an exact selection and the same sums.
+//! Historical losses equal
 //! the CPU's bit for bit (the kernel does the same operations in the same
 //! order and does not fuse multiply-adds); Monte Carlo ones differ
 //! by a few f32 ulp of the normals (GPU `logf`/`sincospif` against the
@@ -39,16 +42,28 @@ use crate::driver::DeviceError;
 use crate::philox;
 use crate::runtime::{Gpu, Source};
 
+mod device_tail;
+
+pub use self::device_tail::TailTraffic;
+
 pub const SOURCE: Source = Source {
     module: "risk",
-    code: include_str!("../cuda/risk.cu"),
-    kernels: &["risk_mc_losses", "risk_hist_losses"],
+    code: include_str!("../../cuda/risk.cu"),
+    kernels: &[
+        "risk_mc_losses",
+        "risk_hist_losses",
+        "risk_block_sums",
+        "risk_tail_histogram",
+        "risk_tail_select",
+    ],
 };
 
 /// Scenarios per block.
 pub const BLOCK: u64 = 4096;
-/// Blocks per GPU launch (4 Mi scenarios, 32 MiB of losses).
-pub const GPU_CHUNK_BLOCKS: u64 = 1024;
+/// Blocks per GPU chunk (2 Mi scenarios, 16 MiB of losses, and room for
+/// half as many tail candidates: 24 MiB in all, within the 32 MiB the
+/// kind's memory estimate books).
+pub const GPU_CHUNK_BLOCKS: u64 = 512;
 /// Blocks a rayon task takes at a time.
 const GROUP: usize = 16;
 /// How far GPU results may stray from the CPU twin's, relative, on Monte
@@ -342,6 +357,8 @@ impl Historical<'_> {
         -hist_combine(&s)
     }
 
+    /// Rows of block `block` (the tests' generic reduction).
+    #[cfg(test)]
     fn block_range(&self, block: u64) -> Range<u64> {
         block * BLOCK..((block + 1) * BLOCK).min(self.rows())
     }
@@ -466,6 +483,17 @@ impl TopK {
             }
             self.values.truncate(self.keep);
         }
+    }
+
+    /// The smallest value that can still be in the result: the `keep`-th
+    /// largest pushed so far, once there are `keep`; `None` before (or when
+    /// `keep` is 0).
+    fn floor(&mut self) -> Option<f64> {
+        if self.keep == 0 || self.values.len() < self.keep {
+            return None;
+        }
+        self.shrink();
+        self.values.iter().copied().min_by(f64::total_cmp)
     }
 
     fn finish(mut self) -> Vec<f64> {
@@ -614,74 +642,127 @@ fn launch_config(count: u32) -> cudarc::driver::LaunchConfig {
     }
 }
 
+/// Device memory [`monte_carlo_gpu`] allocates for a run of `scenarios`
+/// scenarios (`blocks` blocks) and `n_assets` assets, bytes: one chunk of
+/// losses, the tail's scratch, the block sums and the exposure.
+pub fn monte_carlo_gpu_memory(scenarios: u64, blocks: u64, n_assets: usize) -> u64 {
+    let chunk_len = (GPU_CHUNK_BLOCKS * BLOCK).min(scenarios).max(1);
+    8 * (chunk_len + blocks.max(1) + n_assets as u64)
+        + device_tail::Scratch::bytes(chunk_len as usize)
+}
+
 /// The tail of Monte Carlo blocks `blocks` with the losses computed on the
-/// GPU, [`GPU_CHUNK_BLOCKS`] blocks per launch.
+/// GPU, [`GPU_CHUNK_BLOCKS`] blocks per launch, and reduced there (see
+/// [`monte_carlo_gpu_traffic`]).
 pub fn monte_carlo_gpu(
     gpu: &Gpu,
     run: &MonteCarlo,
     blocks: Range<u64>,
     keep: usize,
 ) -> Result<Tail, DeviceError> {
+    Ok(monte_carlo_gpu_traffic(gpu, run, blocks, keep)?.0)
+}
+
+/// [`monte_carlo_gpu`], and what crossed to the host. Per chunk, the
+/// device sums each block in scenario order and keeps only the losses
+/// that can be in the tail (the `device_tail` module): the same [`Tail`],
+/// bit for bit, as reducing every loss on the host.
+pub fn monte_carlo_gpu_traffic(
+    gpu: &Gpu,
+    run: &MonteCarlo,
+    blocks: Range<u64>,
+    keep: usize,
+) -> Result<(Tail, TailTraffic), DeviceError> {
     use cudarc::driver::PushKernelArg;
+    let n_blocks = blocks.end.saturating_sub(blocks.start);
+    let mut traffic = TailTraffic::default();
+    if n_blocks == 0 {
+        return Ok((Tail::default(), traffic));
+    }
     let stream = gpu.stream();
     let function = gpu.function(SOURCE.module, "risk_mc_losses")?;
     let exposure = stream.clone_htod(&run.exposure)?;
     let n_assets = run.exposure.len() as u32;
-    let chunk_len = (GPU_CHUNK_BLOCKS * BLOCK).min(run.scenarios) as usize;
-    let mut losses = stream.alloc_zeros::<f64>(chunk_len.max(1))?;
-    let mut host = vec![0.0f64; chunk_len];
-    let mut parts = Vec::new();
+    let chunk_len = (GPU_CHUNK_BLOCKS * BLOCK).min(run.scenarios).max(1) as usize;
+    let mut losses = stream.alloc_zeros::<f64>(chunk_len)?;
+    let mut sums = stream.alloc_zeros::<f64>(n_blocks as usize)?;
+    let mut scratch = device_tail::Scratch::new(gpu, chunk_len)?;
+    let mut top = TopK::new(keep);
     let mut start = blocks.start;
     while start < blocks.end {
         let chunk = start..(start + GPU_CHUNK_BLOCKS).min(blocks.end);
         let first = chunk.start * BLOCK;
-        let count = (chunk.end * BLOCK).min(run.scenarios) - first;
-        let mut launch = stream.launch_builder(&function);
+        // Blocks past the last scenario hold none.
+        let count = (chunk.end * BLOCK).min(run.scenarios).saturating_sub(first);
         let count32 = count as u32;
-        launch
-            .arg(&run.seed)
-            .arg(&first)
-            .arg(&count32)
-            .arg(&n_assets)
-            .arg(&run.base_loss)
-            .arg(&exposure)
-            .arg(&mut losses);
-        // SAFETY: the arguments match `risk_mc_losses(u64, u64, u32, u32,
-        // f64, const f64*, f64*)`; `exposure` holds n_assets values and
-        // `losses` at least `count` (a chunk is at most chunk_len).
-        #[allow(unsafe_code)]
-        unsafe {
-            launch.launch(launch_config(count32))?;
+        let timer = gpu.kernel_timer()?;
+        if count > 0 {
+            let mut launch = stream.launch_builder(&function);
+            launch
+                .arg(&run.seed)
+                .arg(&first)
+                .arg(&count32)
+                .arg(&n_assets)
+                .arg(&run.base_loss)
+                .arg(&exposure)
+                .arg(&mut losses);
+            // SAFETY: the arguments match `risk_mc_losses(u64, u64, u32,
+            // u32, f64, const f64*, f64*)`; `exposure` holds n_assets values
+            // and `losses` at least `count` (a chunk is at most chunk_len).
+            #[allow(unsafe_code)]
+            unsafe {
+                launch.launch(launch_config(count32))?;
+            }
         }
-        let out = &mut host[..count as usize];
-        stream.memcpy_dtoh(&losses.slice(..count as usize), out)?;
-        let out = &*out;
-        parts.push(reduce_blocks(chunk.clone(), keep, |block, buffer| {
-            let range = run.block_range(block);
-            buffer.extend_from_slice(
-                &out[(range.start - first) as usize..(range.end - first) as usize],
-            );
-        }));
+        let chunk_losses = losses.slice(..count as usize);
+        let at = (chunk.start - blocks.start) as usize;
+        let mut chunk_sums = sums.slice_mut(at..at + (chunk.end - chunk.start) as usize);
+        scratch.block_sums(gpu, &chunk_losses, &mut chunk_sums)?;
+        timer.finish()?;
+        device_tail::select_chunk(
+            &mut scratch.chunk(gpu, chunk_losses),
+            keep,
+            &mut top,
+            &mut traffic,
+        )?;
         start = chunk.end;
     }
-    Ok(Tail::merge(parts, keep))
+    let block_sums = stream.clone_dtoh(&sums)?;
+    Ok((
+        Tail {
+            top: top.finish(),
+            block_sums,
+        },
+        traffic,
+    ))
 }
 
 /// The tail of historical blocks `blocks` with the losses computed on the
-/// GPU (the shard's rows uploaded at once).
+/// GPU (the shard's rows uploaded at once) and reduced there, as
+/// [`monte_carlo_gpu`] does.
 pub fn historical_gpu(
     gpu: &Gpu,
     run: &Historical<'_>,
     blocks: Range<u64>,
     keep: usize,
 ) -> Result<Tail, DeviceError> {
+    Ok(historical_gpu_traffic(gpu, run, blocks, keep)?.0)
+}
+
+/// [`historical_gpu`], and what crossed to the host.
+pub fn historical_gpu_traffic(
+    gpu: &Gpu,
+    run: &Historical<'_>,
+    blocks: Range<u64>,
+    keep: usize,
+) -> Result<(Tail, TailTraffic), DeviceError> {
     use cudarc::driver::PushKernelArg;
     let n = run.weights.len();
     let first = (blocks.start * BLOCK).min(run.rows());
     let end = (blocks.end * BLOCK).min(run.rows());
     let rows = (end - first) as u32;
     if rows == 0 {
-        return Ok(historical_cpu(run, blocks, keep));
+        return Ok((historical_cpu(run, blocks, keep), TailTraffic::default()));
     }
     let stream = gpu.stream();
     let function = gpu.function(SOURCE.module, "risk_hist_losses")?;
@@ -689,6 +770,7 @@ pub fn historical_gpu(
     let returns = stream.clone_htod(&run.returns[first as usize * n..end as usize * n])?;
     let mut losses = stream.alloc_zeros::<f64>(rows as usize)?;
     let n_assets = n as u32;
+    let timer = gpu.kernel_timer()?;
     let mut launch = stream.launch_builder(&function);
     launch
         .arg(&rows)
@@ -713,12 +795,44 @@ pub fn historical_gpu(
     unsafe {
         launch.launch(config)?;
     }
-    let host = stream.clone_dtoh(&losses)?;
-    Ok(reduce_blocks(blocks, keep, |block, buffer| {
-        let range = run.block_range(block);
-        buffer
-            .extend_from_slice(&host[(range.start - first) as usize..(range.end - first) as usize]);
-    }))
+    timer.finish()?;
+    let n_blocks = blocks.end.saturating_sub(blocks.start);
+    let chunk_len = (GPU_CHUNK_BLOCKS * BLOCK).min(u64::from(rows)) as usize;
+    let mut sums = stream.alloc_zeros::<f64>(n_blocks as usize)?;
+    // The returns (rows x n values, at least a chunk) hold the candidates:
+    // no memory beyond the kind's estimate but the counts and the sums.
+    let mut scratch = device_tail::Scratch::reusing(gpu, returns, chunk_len)?;
+    let mut top = TopK::new(keep);
+    let mut traffic = TailTraffic::default();
+    let mut start = blocks.start;
+    while start < blocks.end {
+        let chunk = start..(start + GPU_CHUNK_BLOCKS).min(blocks.end);
+        // The chunk's rows, from the shard's first: blocks start at whole
+        // multiples of BLOCK, and those past the last row hold none.
+        let lo = ((chunk.start * BLOCK).min(end) - first) as usize;
+        let hi = ((chunk.end * BLOCK).min(end) - first) as usize;
+        let chunk_losses = losses.slice(lo..hi);
+        let at = (chunk.start - blocks.start) as usize;
+        let mut chunk_sums = sums.slice_mut(at..at + (chunk.end - chunk.start) as usize);
+        let timer = gpu.kernel_timer()?;
+        scratch.block_sums(gpu, &chunk_losses, &mut chunk_sums)?;
+        timer.finish()?;
+        device_tail::select_chunk(
+            &mut scratch.chunk(gpu, chunk_losses),
+            keep,
+            &mut top,
+            &mut traffic,
+        )?;
+        start = chunk.end;
+    }
+    let block_sums = stream.clone_dtoh(&sums)?;
+    Ok((
+        Tail {
+            top: top.finish(),
+            block_sums,
+        },
+        traffic,
+    ))
 }
 
 #[cfg(test)]
@@ -982,6 +1096,18 @@ mod tests {
         }
     }
 
+    /// The GPU path's device memory stays within what the kind books for a
+    /// run: 8 x (4 Mi + n) bytes (`Risk::memory_estimate`), at the largest
+    /// run (10^8 scenarios, 1 000 assets).
+    #[test]
+    fn the_gpu_path_fits_the_memory_the_kind_books() {
+        let (scenarios, n) = (100_000_000u64, 1_000usize);
+        let booked = 8 * ((1u64 << 22) + n as u64);
+        let used = monte_carlo_gpu_memory(scenarios, block_count(scenarios), n);
+        assert!(used <= booked, "{used} > {booked}");
+        assert!(monte_carlo_gpu_memory(10, 1, 3) <= 8 * (10 + 3) + 16_384);
+    }
+
     #[test]
     fn batched_losses_equal_the_scenario_losses() {
         let (weights, mu, cov) = portfolio();
@@ -1012,6 +1138,100 @@ mod gpu_tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= GPU_RELATIVE_TOLERANCE * a.abs().max(b.abs()).max(1e-12)
+    }
+
+    /// The old GPU path: every loss of `blocks` computed on the device,
+    /// copied to the host and reduced there by the CPU twin's code. The
+    /// device reduction must give its bits.
+    fn monte_carlo_host_reduced(
+        gpu: &Gpu,
+        run: &MonteCarlo,
+        blocks: Range<u64>,
+        keep: usize,
+    ) -> Tail {
+        use cudarc::driver::PushKernelArg;
+        let stream = gpu.stream();
+        let function = gpu
+            .function(SOURCE.module, "risk_mc_losses")
+            .expect("kernel");
+        let exposure = stream.clone_htod(&run.exposure).expect("upload");
+        let first = blocks.start * BLOCK;
+        let count = ((blocks.end * BLOCK).min(run.scenarios) - first) as u32;
+        let mut losses = stream.alloc_zeros::<f64>(count as usize).expect("alloc");
+        let n_assets = run.exposure.len() as u32;
+        let mut launch = stream.launch_builder(&function);
+        launch
+            .arg(&run.seed)
+            .arg(&first)
+            .arg(&count)
+            .arg(&n_assets)
+            .arg(&run.base_loss)
+            .arg(&exposure)
+            .arg(&mut losses);
+        // SAFETY: as in `monte_carlo_gpu_traffic`; `losses` holds `count`.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(launch_config(count)).expect("launch");
+        }
+        let host = stream.clone_dtoh(&losses).expect("copy");
+        reduce_blocks(blocks, keep, |block, buffer| {
+            let range = run.block_range(block);
+            buffer.extend_from_slice(
+                &host[(range.start - first) as usize..(range.end - first) as usize],
+            );
+        })
+    }
+
+    /// Issue 19 point 10: the tail reduced on the device equals, bit for
+    /// bit, every loss copied and reduced on the host, for tails smaller
+    /// than a chunk (few losses cross), larger (whole chunks), none, and
+    /// losses all equal (zero weights: no cut separates them).
+    #[test]
+    fn the_device_reduction_gives_the_host_reduction_bits() {
+        let gpu = Gpu::open(0, crate::SOURCES, None).expect("GPU 0");
+        assert!(gpu.has("risk"), "{:?}", gpu.disabled);
+        let n = 5;
+        let weights: Vec<f64> = (0..n).map(|i| 1_000.0 * (i as f64 + 1.0)).collect();
+        let mu = vec![0.0005; n];
+        let cov: Vec<f64> = (0..n * n)
+            .map(|ij| if ij / n == ij % n { 4e-4 } else { 1e-4 })
+            .collect();
+        let scenarios = 3 * GPU_CHUNK_BLOCKS * BLOCK + 777;
+        let run = MonteCarlo::new(&weights, &mu, &cov, scenarios, 5).unwrap();
+        let all = 0..block_count(scenarios);
+        for (blocks, keep) in [
+            (all.clone(), 20_000),
+            (all.clone(), 1),
+            (all.clone(), 3_000_000),
+            (all.clone(), 0),
+            (3..block_count(scenarios), 50_000),
+        ] {
+            let (tail, traffic) =
+                monte_carlo_gpu_traffic(&gpu, &run, blocks.clone(), keep).unwrap();
+            let want = monte_carlo_host_reduced(&gpu, &run, blocks.clone(), keep);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&tail.top), bits(&want.top), "{blocks:?} keep {keep}");
+            assert_eq!(bits(&tail.block_sums), bits(&want.block_sums), "{blocks:?}");
+            assert_eq!(traffic.check_failures, 0, "{traffic:?}");
+            if keep <= 50_000 {
+                assert!(
+                    traffic.copied <= traffic.losses / 10,
+                    "keep {keep}: {traffic:?}"
+                );
+            }
+        }
+        let flat = MonteCarlo::new(
+            &[0.0; 3],
+            &[0.0; 3],
+            &[1e-4, 0.0, 0.0, 0.0, 1e-4, 0.0, 0.0, 0.0, 1e-4],
+            100_000,
+            1,
+        )
+        .unwrap();
+        let blocks = 0..block_count(100_000);
+        let (tail, traffic) = monte_carlo_gpu_traffic(&gpu, &flat, blocks.clone(), 500).unwrap();
+        assert_eq!(tail, monte_carlo_host_reduced(&gpu, &flat, blocks, 500));
+        assert_eq!(traffic.check_failures, 0, "{traffic:?}");
     }
 
     #[test]
@@ -1069,7 +1289,28 @@ mod gpu_tests {
         let blocks = 0..block_count(hist.rows());
         assert_eq!(
             historical_cpu(&hist, blocks.clone(), 450),
-            historical_gpu(&gpu, &hist, blocks, 450).unwrap()
+            historical_gpu(&gpu, &hist, blocks.clone(), 450).unwrap()
         );
+        // More rows than a chunk, a tail of 1 % and one larger than a chunk:
+        // the device reduction equals the CPU twin bit for bit.
+        let rows = 2 * GPU_CHUNK_BLOCKS as usize * BLOCK as usize + 999;
+        let returns: Vec<f64> = (0..rows * 3)
+            .map(|i| ((i * 7919) % 20_011) as f64 / 1e5 - 0.1)
+            .collect();
+        let hist = Historical {
+            weights: &[1.0, -2.0, 3.0],
+            returns: &returns,
+        };
+        let blocks = 0..block_count(hist.rows());
+        for keep in [rows / 100, 3 * rows / 4] {
+            let (tail, traffic) =
+                historical_gpu_traffic(&gpu, &hist, blocks.clone(), keep).unwrap();
+            assert_eq!(
+                historical_cpu(&hist, blocks.clone(), keep),
+                tail,
+                "keep {keep}"
+            );
+            assert_eq!(traffic.check_failures, 0, "{traffic:?}");
+        }
     }
 }
