@@ -269,7 +269,12 @@ pub fn patterns_gpu(
     let total_u64 = total as u64;
     let n_series = series.len() as u32;
     let block = 256u32;
-    let blocks = u32::try_from(total.div_ceil(block as usize)).unwrap_or(u32::MAX);
+    // One thread per bar: past 2^32 blocks of 256 the launch could not
+    // cover them all, so say so rather than leave bars unmarked.
+    let blocks = u32::try_from(total.div_ceil(block as usize)).map_err(|_| DeviceError {
+        fault: crate::driver::Fault::Other,
+        message: format!("{total} bars exceed one launch of patterns_run"),
+    })?;
     let config = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (block, 1, 1),

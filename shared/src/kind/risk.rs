@@ -110,7 +110,9 @@ impl Risk {
     /// Relative asymmetry of the covariance tolerated (rounding in the
     /// producer's arithmetic).
     pub const SYMMETRY_TOLERANCE: f64 = 1e-9;
-    /// The scenarios the GPU computes per launch; its memory estimate.
+    /// The memory estimate's scenarios (8 bytes each): the GPU computes
+    /// 2 Mi scenarios per launch and keeps up to as many again of tail
+    /// candidates (`tandem_kernels::risk::GPU_CHUNK_BLOCKS`), within it.
     pub const GPU_CHUNK: u64 = 1 << 22;
 }
 
