@@ -1,7 +1,8 @@
 //! On a real GPU (the `gpu-tests` feature; `scripts/gpu-check` runs these):
 //! detection through NVML and the CUDA driver, the health probe, and two
-//! real worker processes sharing the one GPU, one killed mid-task, and the
-//! compute kinds on the GPU against a CPU worker.
+//! real worker processes sharing the one GPU, one killed mid-task, the
+//! compute kinds on the GPU against a CPU worker (failing when any kernel
+//! module or cuBLAS did not load: no silent CPU fallback).
 
 use std::process::Command;
 use std::time::Duration;
@@ -150,6 +151,7 @@ async fn compute_kinds_on_the_gpu_agree_with_a_cpu_worker() {
             .any(|w| w.health == Health::Healthy && w.device == uuid)
     })
     .await;
+    assert_every_gpu_path_loaded(&store, &uuid).await;
     let cpu = RedisServer::start();
     let _cpu_worker = WorkerProcess::start(&cpu, &[]).await;
 
@@ -224,7 +226,50 @@ async fn compute_kinds_on_the_gpu_agree_with_a_cpu_worker() {
 
     let log = gpu_worker.log_text();
     assert!(
-        !log.contains("GPU kernels off"),
-        "a kernel module failed:\n{log}"
+        !log.contains("CPU fallback on a GPU worker"),
+        "a kernel module or cuBLAS did not load:\n{log}"
     );
+}
+
+/// Fails unless the healthy worker on GPU `uuid` reports every GPU path
+/// (kernel module, cuBLAS) loaded: a worker whose NVRTC, kernels or cuBLAS
+/// did not load runs those kinds on its CPU, which must not pass for a
+/// GPU run.
+async fn assert_every_gpu_path_loaded(store: &Store, uuid: &str) {
+    wait_until(WAIT, "the GPU worker reports its GPU paths", || async {
+        store
+            .workers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.device == uuid && !(w.kernels_loaded.is_empty() && w.kernels_off.is_empty()))
+    })
+    .await;
+    for worker in store.workers().await.unwrap() {
+        if worker.device != uuid {
+            continue;
+        }
+        assert!(
+            worker.kernels_off.is_empty(),
+            "{}: GPU paths off: {:?} ({}); on its CPU: {:?}",
+            worker.id,
+            worker.kernels_off,
+            worker.kernels_off_why,
+            worker.cpu_fallback
+        );
+        for path in [
+            "monte_carlo",
+            "risk",
+            "indicators",
+            "patterns",
+            "portfolio_opt",
+            "mlp",
+            "cublas",
+        ] {
+            assert!(
+                worker.kernels_loaded.iter().any(|p| p == path),
+                "{path} not loaded: {worker:?}"
+            );
+        }
+    }
 }

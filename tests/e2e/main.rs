@@ -15,6 +15,7 @@ mod cli;
 mod cli_views;
 mod compose;
 mod compute;
+mod cpu_fallback;
 mod deadline;
 mod exit_codes;
 mod faults;

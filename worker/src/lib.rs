@@ -214,6 +214,7 @@ pub async fn run(
         stats: Arc::clone(&stats),
         running: running.clone(),
         device: Arc::clone(&device),
+        kinds: kinds.clone(),
         interval: Duration::from_millis(config.heartbeat_interval_ms),
         ttl_ms: config.heartbeat_ttl_ms,
         nudge: Arc::clone(&nudge),
@@ -263,6 +264,7 @@ pub async fn run(
         return Ok(WorkerReport::default());
     }
     stats.set_health(Health::Healthy);
+    report_cpu_fallback(&device, &kinds);
     nudge.notify_one();
 
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
@@ -439,6 +441,25 @@ impl Background {
     async fn stop(mut self) {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Says, once and at ERROR level, when a GPU worker runs kinds on its CPU
+/// because a GPU path (kernel module, cuBLAS) is off: a fleet must not
+/// believe such a worker computes on its GPU. Nothing when every path
+/// loaded, or on a CPU worker.
+fn report_cpu_fallback(device: &Device, kinds: &KindTable) {
+    let Some(paths) = device.gpu_paths() else {
+        return;
+    };
+    let (on_cpu, on_gpu) = kinds.by_gpu_path(|p| paths.has(p));
+    if let Some(line) = paths.start_line(&on_cpu, &on_gpu) {
+        tracing::error!(
+            device = %device.id(),
+            kernels_off = %paths.off().join(","),
+            cpu_fallback = %on_cpu.join(","),
+            "{line}"
+        );
     }
 }
 
