@@ -28,6 +28,7 @@ mod kinds;
 mod metrics;
 mod model_kinds;
 mod models;
+mod parity;
 mod portfolio_split;
 mod priority;
 mod producer;
