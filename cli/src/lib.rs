@@ -114,8 +114,9 @@ pub enum Command {
     Workers(WorkersArgs),
     /// A live full-screen view of workers and queues (q to quit).
     Top(TopArgs),
-    /// The latest alerts (hot or underused GPUs, failed devices, stalled
-    /// queues, growing dead letters), newest first.
+    /// The latest alerts (hot or underused GPUs, failed devices, GPU
+    /// workers computing on their CPU, stalled queues, growing dead
+    /// letters), newest first.
     Alerts(AlertsArgs),
     /// The dead-letter streams: list, show, requeue, purge.
     #[command(subcommand)]

@@ -96,11 +96,10 @@ async fn a_gpu_worker_without_nvrtc_or_cublas_says_so_everywhere() {
         let log = worker.log_text();
         let lines: Vec<&str> = log
             .lines()
-            .filter(|l| l.contains("CPU fallback on a GPU worker"))
+            .filter(|l| l.contains("CPU fallback on a GPU worker") && l.contains("ERROR"))
             .collect();
         assert_eq!(lines.len(), 1, "{log}");
         let line = lines[0];
-        assert!(line.contains("ERROR"), "{line}");
         assert!(line.contains(off), "{line}");
         assert!(
             line.contains(&format!("run on this worker's CPU: {kinds}")),
@@ -114,6 +113,21 @@ async fn a_gpu_worker_without_nvrtc_or_cublas_says_so_everywhere() {
         "{}",
         no_cublas.log_text()
     );
+
+    // One `gpu_cpu_fallback` alert from each, counting the kinds.
+    let alerts = crate::support::gpus::store(&redis)
+        .await
+        .alerts(20)
+        .await
+        .expect("alerts");
+    for (worker, kinds) in [(no_nvrtc, 8.0), (no_cublas, 3.0)] {
+        let theirs: Vec<_> = alerts
+            .iter()
+            .filter(|a| a.alert.alert == "gpu_cpu_fallback" && a.alert.worker == worker.id)
+            .collect();
+        assert_eq!(theirs.len(), 1, "{alerts:?}");
+        assert_eq!(theirs[0].alert.value, kinds, "{alerts:?}");
+    }
 
     // `tandem workers`: the kernels column, and why under the table.
     let text = tandem_ok(&redis, &["workers"]);

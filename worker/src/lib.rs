@@ -264,7 +264,7 @@ pub async fn run(
         return Ok(WorkerReport::default());
     }
     stats.set_health(Health::Healthy);
-    report_cpu_fallback(&device, &kinds);
+    report_cpu_fallback(&device, &kinds, &alerter).await;
     nudge.notify_one();
 
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
@@ -445,10 +445,10 @@ impl Background {
 }
 
 /// Says, once and at ERROR level, when a GPU worker runs kinds on its CPU
-/// because a GPU path (kernel module, cuBLAS) is off: a fleet must not
-/// believe such a worker computes on its GPU. Nothing when every path
-/// loaded, or on a CPU worker.
-fn report_cpu_fallback(device: &Device, kinds: &KindTable) {
+/// because a GPU path (kernel module, cuBLAS) is off, and raises
+/// `gpu_cpu_fallback`: a fleet must not believe such a worker computes on
+/// its GPU. Nothing when every path loaded, or on a CPU worker.
+async fn report_cpu_fallback(device: &Device, kinds: &KindTable, alerter: &alerts::Raiser) {
     let Some(paths) = device.gpu_paths() else {
         return;
     };
@@ -460,6 +460,7 @@ fn report_cpu_fallback(device: &Device, kinds: &KindTable) {
             cpu_fallback = %on_cpu.join(","),
             "{line}"
         );
+        alerter.gpu_cpu_fallback(on_cpu.len(), &line).await;
     }
 }
 
