@@ -1,6 +1,8 @@
 //! The [`KindTable`]: the kinds a worker runs, by name, each with its
-//! handler (types erased) and, for splittable kinds, its split operations.
-//! `KindTable::with_builtins` (in `kinds`) fills one with every kind this
+//! handler (types erased), for splittable kinds its split operations, and
+//! the GPU paths (kernel modules, `cublas`) it runs on when a GPU worker
+//! has them, from which a GPU worker says which kinds fall back to its
+//! CPU. `KindTable::with_builtins` (in `kinds`) fills one with every kind this
 //! crate defines; a service adds its own with [`KindTable::register`].
 
 use std::collections::HashMap;

@@ -12,7 +12,8 @@
 //! - `host`: the host's name (wall-clock milliseconds come from
 //!   `tandem_shared::clock`).
 //! - [`device`]: GPU detection, binding a worker to its device, the health
-//!   probe, simulated GPUs and their faults, the device memory ledger.
+//!   probe and the GPU paths it found loaded (kernel modules, cuBLAS),
+//!   simulated GPUs and their faults, the device memory ledger.
 //! - `running`: the running-task table: each task's cancel token, the entry
 //!   it holds (its lease) and the device memory it declared.
 //!
@@ -25,7 +26,8 @@
 //! - [`compute`]: the [`Compute`] trait (CPU twin, GPU path).
 //! - [`split`]: the [`Split`] trait, its type-erased `Splitter`, shard
 //!   planning, shard runs and the merge.
-//! - [`kind_table`]: the [`KindTable`], kind names to handlers.
+//! - [`kind_table`]: the [`KindTable`], kind names to handlers and the GPU
+//!   paths each needs.
 //! - `kinds`: the kinds this crate defines (`builtin`: `noop`, `sleep`,
 //!   `echo`, `fail` and the test kinds; one file per compute and model
 //!   kind) and `KindTable::with_builtins`.
