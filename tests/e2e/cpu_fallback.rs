@@ -88,7 +88,9 @@ async fn a_gpu_worker_without_nvrtc_or_cublas_says_so_everywhere() {
     assert_eq!(b.cpu_fallback, MODEL_KINDS, "{b:?}");
     assert!(b.kernels_off_why.starts_with("cublas: "), "{b:?}");
 
-    // One ERROR line at start, naming what is off, why, and what runs where.
+    // One ERROR line at start, naming what is off, why, and what runs
+    // where; the worker writes it, and raises the alert, before its record
+    // says `healthy`.
     for (worker, off, kinds) in [
         (no_nvrtc, "monte_carlo", "indicators, infer, monte_carlo"),
         (no_cublas, "cublas", "infer, predict_batch, train"),

@@ -265,8 +265,10 @@ pub async fn run(
         }
         return Ok(WorkerReport::default());
     }
-    stats.set_health(Health::Healthy);
+    // Said before the record reads `healthy`: whoever sees the worker
+    // healthy can find the line and the alert already written.
     report_cpu_fallback(&device, &kinds, &alerter).await;
+    stats.set_health(Health::Healthy);
     nudge.notify_one();
 
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
