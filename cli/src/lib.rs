@@ -60,6 +60,7 @@ pub use scaling::ScalingArgs;
 pub use soak::SoakArgs;
 pub use tasks::{SubmitArgs, TaskArgs, TaskViewArgs, WaitArgs};
 pub use top::TopArgs;
+pub use workers::WorkersArgs;
 
 /// Tandem: a GPU-aware job queue on Redis Streams.
 // `about` is spelled out: it was the package description while the tool lived
@@ -108,12 +109,14 @@ pub enum Command {
     /// Per stream: waiting, pending, consumers, oldest waiting age.
     Queues,
     /// The live workers: device, role, health, utilization, memory,
-    /// temperature, power, tasks, tasks/s.
-    Workers,
+    /// temperature, power, tasks, tasks/s, and the kinds a GPU worker runs
+    /// on its CPU because its kernels or cuBLAS did not load.
+    Workers(WorkersArgs),
     /// A live full-screen view of workers and queues (q to quit).
     Top(TopArgs),
-    /// The latest alerts (hot or underused GPUs, failed devices, stalled
-    /// queues, growing dead letters), newest first.
+    /// The latest alerts (hot or underused GPUs, failed devices, GPU
+    /// workers computing on their CPU, stalled queues, growing dead
+    /// letters), newest first.
     Alerts(AlertsArgs),
     /// The dead-letter streams: list, show, requeue, purge.
     #[command(subcommand)]
@@ -205,7 +208,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Task(args) => tasks::task(&config, args).await,
             Command::Cancel(args) => tasks::cancel(&config, args).await,
             Command::Queues => queues::run(&config).await,
-            Command::Workers => workers::run(&config).await,
+            Command::Workers(args) => workers::run(&config, args).await,
             Command::Top(args) => top::run(&config, args).await,
             Command::Alerts(args) => alerts::run(&config, args).await,
             Command::Dlq(command) => dlq::run(&config, command).await,

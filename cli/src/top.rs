@@ -145,12 +145,13 @@ fn quit_requested(interval: Duration) -> anyhow::Result<bool> {
 
 /// The workers' columns, most important first: when the terminal is
 /// narrow, columns are left out from the end of this list.
-const WORKER_COLUMNS: [&str; 16] = [
+const WORKER_COLUMNS: [&str; 17] = [
     "worker",
     "health",
     "role",
     "tasks",
     "util",
+    "kernels",
     "gpu memory",
     "done",
     "failed",

@@ -1,7 +1,12 @@
 //! `tandem workers`: the live worker registry, one line per worker, with
-//! each device's latest readings. `tandem top` shows the same rows.
+//! each device's latest readings and whether a GPU worker's kernels
+//! loaded (`--json`: one object per worker). `tandem top` shows the same
+//! rows.
 
 use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
 use tandem_shared::clock::now_ms;
 
 use tandem_shared::Config;
@@ -12,7 +17,7 @@ use tandem_shared::wire::WorkerInfo;
 use super::table;
 
 /// The column names, in the order [`row`] fills them.
-pub(crate) const HEADER: [&str; 16] = [
+pub(crate) const HEADER: [&str; 17] = [
     "host",
     "worker",
     "device",
@@ -29,17 +34,80 @@ pub(crate) const HEADER: [&str; 16] = [
     "done",
     "failed",
     "beat",
+    "kernels",
 ];
 
-pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// One JSON array of the workers (the registry's fields, numbers as
+    /// numbers, lists as arrays) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(crate) async fn run(config: &Config, args: WorkersArgs) -> anyhow::Result<ExitCode> {
     let store = Store::connect_retrying(config).await?;
     let workers = store.workers().await?;
+    if args.json {
+        let all: Vec<serde_json::Value> = workers.iter().map(to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if workers.is_empty() {
         println!("no live workers");
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", table::render(&rows(&workers, now_ms())));
+    // What a GPU worker runs on its CPU, and why, under the table: the
+    // column says which kinds, this says why.
+    for w in workers.iter().filter(|w| !w.kernels_off.is_empty()) {
+        println!(
+            "{}: GPU paths off: {} ({})",
+            w.id,
+            w.kernels_off.join(", "),
+            w.kernels_off_why
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A worker as `--json` prints it.
+fn to_json(w: &WorkerInfo) -> serde_json::Value {
+    let gpu = w.device != "cpu" && !w.device.is_empty();
+    json!({
+        "id": w.id,
+        "host": w.host,
+        "pid": w.pid,
+        "device": w.device,
+        "device_name": w.device_name,
+        "device_index": w.device_index,
+        "simulated": w.simulated,
+        "compute_capability": w.compute_capability,
+        "role": w.role.to_string(),
+        "health": w.health.to_string(),
+        "state": w.state,
+        "classes": w.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        "concurrency": w.concurrency,
+        "active": w.active,
+        "succeeded": w.succeeded,
+        "failed": w.failed,
+        "memory_total": w.memory_total,
+        "memory_budget": w.memory_budget,
+        "memory_reserved": w.memory_reserved,
+        "models": w.models,
+        "tasks_per_s": w.metrics.tasks_per_s,
+        "gpu_utilization": gpu.then_some(w.metrics.gpu_utilization),
+        "gpu_memory_used": gpu.then_some(w.metrics.gpu_memory_used),
+        "gpu_temperature_c": gpu.then_some(w.metrics.gpu_temperature_c),
+        "gpu_power_w": gpu.then_some(w.metrics.gpu_power_w),
+        "kernels_loaded": w.kernels_loaded,
+        "kernels_off": w.kernels_off,
+        "kernels_off_why": w.kernels_off_why,
+        "cpu_fallback": w.cpu_fallback,
+        "started_at_ms": w.started_at_ms,
+        "heartbeat_at_ms": w.heartbeat_at_ms,
+        "version": w.version,
+    })
 }
 
 /// The header and one row per worker.
@@ -83,7 +151,25 @@ fn row(w: &WorkerInfo, now_ms: u64) -> Vec<String> {
         table::thousands(w.succeeded),
         table::thousands(w.failed),
         table::age(now_ms.saturating_sub(w.heartbeat_at_ms)),
+        kernels(w),
     ]
+}
+
+/// A GPU worker's kernels: `ok` when every GPU path loaded, else the kinds
+/// it runs on its CPU (`CPU fallback: infer, train`), or the paths off when
+/// no kind needs them; `-` for a CPU worker and one not reporting (still
+/// probing, or older than the field).
+fn kernels(w: &WorkerInfo) -> String {
+    match (
+        w.kernels_loaded.is_empty() && w.kernels_off.is_empty(),
+        w.kernels_off.is_empty(),
+        w.cpu_fallback.is_empty(),
+    ) {
+        (true, _, _) => "-".to_owned(),
+        (false, true, _) => "ok".to_owned(),
+        (false, false, false) => format!("CPU fallback: {}", w.cpu_fallback.join(", ")),
+        (false, false, true) => format!("off: {}", w.kernels_off.join(", ")),
+    }
 }
 
 /// Utilization, memory used / total, temperature and power. A CPU worker
@@ -154,6 +240,33 @@ mod tests {
         assert_eq!(cell(&row(&w, 1_500), "health"), "failed");
         let cpu = WorkerInfo::default();
         assert_eq!(cell(&row(&cpu, 0), "booked"), "-");
+    }
+
+    #[test]
+    fn the_kernels_column_says_what_a_gpu_worker_runs_on_its_cpu() {
+        let mut w = WorkerInfo {
+            device: "GPU-1".into(),
+            ..WorkerInfo::default()
+        };
+        // Still probing, or a record older than the field: nothing known.
+        assert_eq!(cell(&row(&w, 0), "kernels"), "-");
+        w.kernels_loaded = vec!["risk".into(), "cublas".into()];
+        assert_eq!(cell(&row(&w, 0), "kernels"), "ok");
+        w.kernels_off = vec!["selftest".into()];
+        assert_eq!(cell(&row(&w, 0), "kernels"), "off: selftest");
+        w.kernels_off = vec!["mlp".into(), "cublas".into()];
+        w.cpu_fallback = vec!["infer".into(), "train".into()];
+        assert_eq!(cell(&row(&w, 0), "kernels"), "CPU fallback: infer, train");
+        let json = to_json(&w);
+        assert_eq!(json["cpu_fallback"], json!(["infer", "train"]));
+        assert_eq!(json["kernels_off"], json!(["mlp", "cublas"]));
+        assert_eq!(json["gpu_utilization"], json!(0.0));
+        let cpu = to_json(&WorkerInfo {
+            device: "cpu".into(),
+            ..WorkerInfo::default()
+        });
+        assert_eq!(cpu["gpu_utilization"], serde_json::Value::Null);
+        assert_eq!(cpu["cpu_fallback"], json!([]));
     }
 
     #[test]

@@ -138,6 +138,15 @@ pub struct Faults {
     /// description), as a copy to a GPU that failed does; so does every
     /// later task.
     pub upload_fails: bool,
+    /// The device has no NVRTC (`no_nvrtc` in the description): none of
+    /// its kernel modules loads, as on a real GPU whose host lacks
+    /// libnvrtc, so its compute kinds fall back to the CPU and it says so
+    /// (start-up error line, registry record, `/metrics`).
+    pub no_nvrtc: bool,
+    /// The device has no cuBLAS (`no_cublas` in the description): its
+    /// model kinds fall back to the CPU, as on a real GPU whose host lacks
+    /// libcublas, and it says so as for `no_nvrtc`.
+    pub no_cublas: bool,
 }
 
 impl Gpu {
@@ -294,7 +303,8 @@ pub struct SimulateError {
 /// `probe_failures=N`, `uuid=SIM-...`, `model_scale=N` (see
 /// [`Simulated::model_scale`]), `paced` (see [`Simulated::paced`]), `hot`
 /// (see [`Faults::hot`]), `underused` (see [`Faults::underused`]) and
-/// `upload_fails` (see [`Faults::upload_fails`]), as in
+/// `upload_fails` (see [`Faults::upload_fails`]), `no_nvrtc` (see
+/// [`Faults::no_nvrtc`]) and `no_cublas` (see [`Faults::no_cublas`]), as in
 /// `RTX 4070 Ti, 12 GiB, 40.09 TFLOPS; RTX 3060 Ti, 8 GiB, 16.2 TFLOPS`.
 /// Sizes take `GiB`, `MiB`, `GB`, `MB` or plain bytes. Each gets the UUID
 /// `SIM-<position>-<name>` unless it names one.
@@ -325,6 +335,10 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Gpu>, SimulateError> {
                 faults.underused = true;
             } else if part.eq_ignore_ascii_case("upload_fails") {
                 faults.upload_fails = true;
+            } else if part.eq_ignore_ascii_case("no_nvrtc") {
+                faults.no_nvrtc = true;
+            } else if part.eq_ignore_ascii_case("no_cublas") {
+                faults.no_cublas = true;
             } else if let Some((key, value)) = part.split_once('=') {
                 let value = value.trim();
                 let count = || {
@@ -783,7 +797,7 @@ mod tests {
     #[test]
     fn faults_and_uuids_parse() {
         let gpus = parse_simulated(
-            "A, 512 MiB, 1.5 TFLOPS, fail_after=3, oom_above=256MiB, probe_failures=2, uuid=SIM-a; B, 1GB, 2 tflops, hang_after=0, die_after=7, upload_fails",
+            "A, 512 MiB, 1.5 TFLOPS, fail_after=3, oom_above=256MiB, probe_failures=2, uuid=SIM-a; B, 1GB, 2 tflops, hang_after=0, die_after=7, upload_fails, no_nvrtc, NO_CUBLAS",
         )
         .unwrap();
         let a = gpus[0].simulated.as_ref().unwrap();
@@ -796,6 +810,8 @@ mod tests {
         assert_eq!(b.faults.hang_after, Some(0));
         assert_eq!(b.faults.die_after, Some(7));
         assert!(b.faults.upload_fails && !a.faults.upload_fails);
+        assert!(b.faults.no_nvrtc && b.faults.no_cublas);
+        assert!(!a.faults.no_nvrtc && !a.faults.no_cublas);
         assert_eq!(gpus[1].memory_total, 1_000_000_000);
         assert!(parse_simulated("").unwrap().is_empty());
     }

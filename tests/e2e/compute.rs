@@ -32,7 +32,7 @@ async fn run<K: KindSpec>(
     (outcome.result::<K::Output>().unwrap(), shards)
 }
 
-fn risk_params() -> RiskParams {
+pub(crate) fn risk_params() -> RiskParams {
     let n = 4;
     let vol = [0.02, 0.015, 0.03, 0.01];
     let mut covariance = vec![0.0; n * n];

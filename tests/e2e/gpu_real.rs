@@ -1,7 +1,10 @@
 //! On a real GPU (the `gpu-tests` feature; `scripts/gpu-check` runs these):
 //! detection through NVML and the CUDA driver, the health probe, and two
-//! real worker processes sharing the one GPU, one killed mid-task, and the
-//! compute kinds on the GPU against a CPU worker.
+//! real worker processes sharing the one GPU, one killed mid-task, the
+//! compute kinds on the GPU against a CPU worker (failing when any kernel
+//! module or cuBLAS did not load: no silent CPU fallback), and the parity
+//! statement across devices (a split task's shards on the GPU and on a CPU
+//! worker against the whole run on each).
 
 use std::process::Command;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use tandem_shared::kind::builtin::{Sleep, SleepParams};
 use tandem_shared::store::Store;
 use tandem_shared::{Class, Status};
 
+use crate::parity::Case;
 use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -150,6 +154,7 @@ async fn compute_kinds_on_the_gpu_agree_with_a_cpu_worker() {
             .any(|w| w.health == Health::Healthy && w.device == uuid)
     })
     .await;
+    assert_every_gpu_path_loaded(&store, &uuid).await;
     let cpu = RedisServer::start();
     let _cpu_worker = WorkerProcess::start(&cpu, &[]).await;
 
@@ -224,7 +229,221 @@ async fn compute_kinds_on_the_gpu_agree_with_a_cpu_worker() {
 
     let log = gpu_worker.log_text();
     assert!(
-        !log.contains("GPU kernels off"),
-        "a kernel module failed:\n{log}"
+        !log.contains("CPU fallback on a GPU worker"),
+        "a kernel module or cuBLAS did not load:\n{log}"
     );
+}
+
+/// Fails unless the healthy worker on GPU `uuid` reports every GPU path
+/// (kernel module, cuBLAS) loaded: a worker whose NVRTC, kernels or cuBLAS
+/// did not load runs those kinds on its CPU, which must not pass for a
+/// GPU run.
+async fn assert_every_gpu_path_loaded(store: &Store, uuid: &str) {
+    wait_until(WAIT, "the GPU worker reports its GPU paths", || async {
+        store
+            .workers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.device == uuid && !(w.kernels_loaded.is_empty() && w.kernels_off.is_empty()))
+    })
+    .await;
+    for worker in store.workers().await.unwrap() {
+        if worker.device != uuid {
+            continue;
+        }
+        assert!(
+            worker.kernels_off.is_empty(),
+            "{}: GPU paths off: {:?} ({}); on its CPU: {:?}",
+            worker.id,
+            worker.kernels_off,
+            worker.kernels_off_why,
+            worker.cpu_fallback
+        );
+        for path in [
+            "monte_carlo",
+            "risk",
+            "indicators",
+            "patterns",
+            "portfolio_opt",
+            "mlp",
+            "cublas",
+        ] {
+            assert!(
+                worker.kernels_loaded.iter().any(|p| p == path),
+                "{path} not loaded: {worker:?}"
+            );
+        }
+    }
+}
+
+fn relative(a: f64, b: f64) -> f64 {
+    (a - b).abs() / a.abs().max(b.abs()).max(1e-300)
+}
+
+/// The parity statement's bound between two results of `case` computed on
+/// different devices (docs/ARCHITECTURE.md, "Parity across devices");
+/// `historical` risk is bit for bit.
+fn assert_within_bound(case: &Case, a: &[u8], b: &[u8], what: &str) {
+    use tandem_shared::kind::monte_carlo::MonteCarloOutput;
+    use tandem_shared::kind::portfolio_opt::PortfolioOptOutput;
+    use tandem_shared::kind::risk::RiskOutput;
+    use tandem_shared::msgpack::decode;
+
+    let name = case.name();
+    match case {
+        Case::MonteCarlo(p) => {
+            let (x, y): (MonteCarloOutput, MonteCarloOutput) =
+                (decode(a).unwrap(), decode(b).unwrap());
+            for (g, c) in [
+                (&x.european_call, &y.european_call),
+                (&x.european_put, &y.european_put),
+                (&x.asian_arithmetic_call, &y.asian_arithmetic_call),
+                (&x.asian_geometric_call, &y.asian_geometric_call),
+            ] {
+                assert!(
+                    relative(g.price, c.price) <= 1e-4,
+                    "{what} {name}: {g:?} vs {c:?}"
+                );
+                assert!(
+                    relative(g.std_error, c.std_error) <= 1e-4,
+                    "{what} {name}: {g:?} vs {c:?}"
+                );
+            }
+            assert!(relative(x.mean_terminal_price, y.mean_terminal_price) <= 1e-4);
+            // A percentile is read from the histogram: within one bin, a
+            // log-price width of sigma sqrt(t) / 256.
+            let bin = p.sigma * p.maturity.sqrt() / 256.0;
+            for (g, c) in x.percentiles.iter().zip(&y.percentiles) {
+                assert!(
+                    (g.price.ln() - c.price.ln()).abs() <= bin,
+                    "{what} {name}: {g:?} vs {c:?}"
+                );
+            }
+        }
+        Case::Risk("historical", _) => assert_eq!(a, b, "{what} {name}: not bit for bit"),
+        Case::Risk(..) => {
+            let (x, y): (RiskOutput, RiskOutput) = (decode(a).unwrap(), decode(b).unwrap());
+            let scale = x.levels.iter().map(|l| l.var.abs()).fold(0.0, f64::max);
+            for (g, c) in x.levels.iter().zip(&y.levels) {
+                assert!(
+                    relative(g.var, c.var) <= 1e-5 && relative(g.cvar, c.cvar) <= 1e-5,
+                    "{what} {name}: {g:?} vs {c:?}"
+                );
+                assert_eq!(g.tail_count, c.tail_count);
+            }
+            assert!(
+                (x.mean_loss - y.mean_loss).abs() <= 1e-5 * scale,
+                "{what} {name}: {} vs {}",
+                x.mean_loss,
+                y.mean_loss
+            );
+        }
+        Case::Portfolio(_) => {
+            let (x, y): (PortfolioOptOutput, PortfolioOptOutput) =
+                (decode(a).unwrap(), decode(b).unwrap());
+            let worst = x
+                .weights
+                .iter()
+                .zip(&y.weights)
+                .map(|(g, c)| (g - c).abs())
+                .fold(0.0, f64::max);
+            assert!(worst <= 1e-7, "{what} {name}: weights differ by {worst}");
+            assert!(
+                relative(x.random_best_objective, y.random_best_objective) <= 1e-4,
+                "{what} {name}: {x:?} vs {y:?}"
+            );
+        }
+    }
+}
+
+/// The parity statement across devices: a split task's shards run on the
+/// GPU (two workers share it, so the fleet splits) and on a CPU worker,
+/// and the merged result is checked against the whole run on the GPU and
+/// on a CPU worker: bit for bit against the whole run on the device type
+/// that ran every shard, within the stated bound otherwise (bit for bit
+/// for historical risk whatever the devices).
+#[tokio::test]
+async fn split_tasks_across_the_gpu_and_a_cpu_worker_keep_the_parity_statement() {
+    let uuid = detect()["gpus"][0]["uuid"].as_str().unwrap().to_owned();
+    let mixed = RedisServer::start();
+    let gpu_env = [
+        ("TANDEM_DEVICE", uuid.as_str()),
+        ("TANDEM_CONCURRENCY", "1"),
+        ("TANDEM_SHARDS_PER_GPU", "4"),
+    ];
+    let _gpu_workers = [
+        WorkerProcess::spawn(&mixed, &gpu_env),
+        WorkerProcess::spawn(&mixed, &gpu_env),
+    ];
+    // A CPU worker with room for most shards, taking any parallel task
+    // that waited a millisecond: the shards spread over both devices.
+    let _cpu_worker = WorkerProcess::spawn(
+        &mixed,
+        &[
+            ("TANDEM_CONCURRENCY", "8"),
+            ("TANDEM_CPU_FALLBACK_MS", "1"),
+            ("TANDEM_SHARDS_PER_GPU", "4"),
+        ],
+    );
+    let store = Store::connect(&mixed.config()).await.unwrap();
+    wait_until(WAIT, "two GPU workers and a CPU worker healthy", || async {
+        let workers = store.workers().await.unwrap();
+        workers.len() == 3 && workers.iter().all(|w| w.health == Health::Healthy)
+    })
+    .await;
+    assert_every_gpu_path_loaded(&store, &uuid).await;
+    crate::support::gpus::settle(&store).await;
+    let mixed_producer = mixed.producer().await;
+
+    let on_gpu = RedisServer::start();
+    let _whole_gpu = WorkerProcess::spawn(&on_gpu, &[("TANDEM_DEVICE", uuid.as_str())]);
+    let gpu_store = Store::connect(&on_gpu.config()).await.unwrap();
+    wait_until(WAIT, "the whole-run GPU worker is healthy", || async {
+        gpu_store
+            .workers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.health == Health::Healthy)
+    })
+    .await;
+    let gpu_producer = on_gpu.producer().await;
+    let on_cpu = RedisServer::start();
+    let _whole_cpu = WorkerProcess::start(&on_cpu, &[]).await;
+    let cpu_producer = on_cpu.producer().await;
+
+    for case in Case::all() {
+        let name = case.name();
+        let (whole_gpu, record) = case.run(&on_gpu, &gpu_producer, 0).await;
+        assert_eq!(record.device.as_deref(), Some(uuid.as_str()), "{name}");
+        assert_eq!(record.shards, None, "{name}: one GPU runs it whole");
+        let (whole_cpu, _) = case.run(&on_cpu, &cpu_producer, 0).await;
+        assert_within_bound(&case, &whole_gpu, &whole_cpu, "whole GPU vs whole CPU");
+
+        let (split, parent) = case.run(&mixed, &mixed_producer, 0).await;
+        assert!(
+            parent.shards.unwrap_or(0) >= 2,
+            "{name}: not split: {parent:?}"
+        );
+        let devices = &parent.shards_devices;
+        eprintln!(
+            "{name}: {} shards on {devices:?}",
+            parent.shards.unwrap_or(0)
+        );
+        if devices.as_slice() == [uuid.as_str()] {
+            assert_eq!(
+                split, whole_gpu,
+                "{name}: every shard on the GPU, not bit for bit"
+            );
+        } else if devices.as_slice() == ["cpu"] {
+            assert_eq!(
+                split, whole_cpu,
+                "{name}: every shard on the CPU, not bit for bit"
+            );
+        } else {
+            assert_within_bound(&case, &split, &whole_gpu, "mixed split vs whole GPU");
+            assert_within_bound(&case, &split, &whole_cpu, "mixed split vs whole CPU");
+        }
+    }
 }

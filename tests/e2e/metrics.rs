@@ -34,6 +34,7 @@ const FAMILIES: &[&str] = &[
     "tandem_models_resident",
     "tandem_model_cache_hits_total",
     "tandem_model_cache_misses_total",
+    "tandem_gpu_kernels_loaded",
 ];
 
 async fn record(redis: &RedisServer, id: &str) -> Option<WorkerInfo> {
@@ -153,7 +154,7 @@ async fn a_simulated_gpu_workers_record_carries_its_metrics() {
 }
 
 /// `GET path` on the loopback port; the status line and the body.
-async fn get(port: u16, path: &str) -> (String, String) {
+pub(crate) async fn get(port: u16, path: &str) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -171,7 +172,7 @@ async fn get(port: u16, path: &str) -> (String, String) {
 }
 
 /// A sample line's metric name, labels and value; panics on anything else.
-fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
+pub(crate) fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
     let (series, value) = line
         .rsplit_once(' ')
         .unwrap_or_else(|| panic!("not `name{{labels}} value`: {line:?}"));
@@ -268,6 +269,22 @@ async fn a_fleet_serves_its_childrens_metrics_and_a_hot_gpu_reads_95_c() {
             .iter()
             .any(|(name, _, _)| name == "tandem_gpu_temperature_celsius");
         assert_eq!(has_gpu_series, worker.role != Role::Cpu, "{}", worker.id);
+        // A sound simulated GPU reports every GPU path loaded (the kernel
+        // modules and cuBLAS), a CPU worker none.
+        let paths: Vec<(&str, f64)> = theirs
+            .iter()
+            .filter(|(name, _, _)| name == "tandem_gpu_kernels_loaded")
+            .map(|(_, labels, value)| (labels["module"].as_str(), *value))
+            .collect();
+        assert!(worker.kernels_off.is_empty(), "{worker:?}");
+        assert_eq!(paths.len(), worker.kernels_loaded.len(), "{body}");
+        assert!(paths.iter().all(|(_, v)| *v == 1.0), "{body}");
+        assert_eq!(
+            paths.iter().any(|(module, _)| *module == "cublas"),
+            worker.role != Role::Cpu,
+            "{}: {body}",
+            worker.id
+        );
     }
     let hot = samples.iter().find(|(name, labels, _)| {
         name == "tandem_gpu_temperature_celsius" && labels["device"] == "SIM-1-hot"

@@ -17,7 +17,7 @@ use crate::support::{RedisServer, WorkerProcess};
 
 /// Twenty assets on one factor, at most 12 % in each, 4,096 candidates
 /// (16 search blocks).
-fn params(objective: Objective) -> PortfolioOptParams {
+pub(crate) fn params(objective: Objective) -> PortfolioOptParams {
     let n = 20;
     let beta: Vec<f64> = (0..n).map(|i| 0.6 + 0.04 * i as f64).collect();
     let mut covariance = vec![0.0; n * n];

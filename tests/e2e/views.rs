@@ -20,7 +20,7 @@ fn tandem(redis: &RedisServer, args: &[&str]) -> Output {
 }
 
 /// Runs `tandem` and returns its stdout, failing the test on a non-zero exit.
-fn tandem_ok(redis: &RedisServer, args: &[&str]) -> String {
+pub(crate) fn tandem_ok(redis: &RedisServer, args: &[&str]) -> String {
     let out = tandem(redis, args);
     assert!(
         out.status.success(),

@@ -3,7 +3,8 @@
 //!
 //! Device alerts (`gpu_hot`, `gpu_underused`) follow the metrics sampler's
 //! readings of this worker's own device; `device_failed` is raised by the
-//! worker as it gives up its device. Queue alerts (`queue_stalled`,
+//! worker as it gives up its device, `gpu_cpu_fallback` once as its probe
+//! passes with a GPU path off. Queue alerts (`queue_stalled`,
 //! `dead_letters_growing`, `unknown_stream`) concern the whole fleet: every
 //! worker tries each
 //! `alert_interval_ms`, and the one that takes the alert's lock
@@ -95,6 +96,20 @@ impl Raiser {
                 "cannot write the alert to Redis: {err}"
             );
         }
+    }
+
+    /// `gpu_cpu_fallback`, raised once as the probe passes when `kinds`
+    /// run on this GPU worker's CPU; `line` is the start-up line that says
+    /// what is off and why.
+    pub async fn gpu_cpu_fallback(&self, kinds: usize, line: &str) {
+        self.raise(Finding {
+            name: AlertName::GpuCpuFallback,
+            stream: String::new(),
+            value: kinds as f64,
+            threshold: 0.0,
+            message: line.to_owned(),
+        })
+        .await;
     }
 
     /// `device_failed`, raised as the worker gives its device up.

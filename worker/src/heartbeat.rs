@@ -21,8 +21,11 @@ pub(crate) struct Heartbeat {
     pub stats: Arc<Stats>,
     /// The running tasks, for the memory they reserve.
     pub running: Running,
-    /// The device, for the models resident in its memory ledger.
+    /// The device, for the models resident in its memory ledger and its
+    /// GPU paths.
     pub device: Arc<crate::device::Device>,
+    /// The kinds, for those a GPU path that is off leaves on the CPU.
+    pub kinds: crate::KindTable,
     pub interval: Duration,
     pub ttl_ms: u64,
     /// Asks for a beat now (the health changed).
@@ -53,6 +56,13 @@ impl Heartbeat {
         (self.info.model_hits, self.info.model_misses) = ledger.hits_and_misses();
         self.info.heartbeat_at_ms = now_ms();
         self.info.live_seen = self.live_seen.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(paths) = self.device.gpu_paths() {
+            let (on_cpu, _) = self.kinds.by_gpu_path(|p| paths.has(p));
+            self.info.kernels_loaded = paths.loaded().into_iter().map(str::to_owned).collect();
+            self.info.kernels_off = paths.off().into_iter().map(str::to_owned).collect();
+            self.info.kernels_off_why = paths.why_off();
+            self.info.cpu_fallback = on_cpu.into_iter().map(str::to_owned).collect();
+        }
         self.info.metrics = self
             .metrics
             .lock()

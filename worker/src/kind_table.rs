@@ -1,6 +1,8 @@
 //! The [`KindTable`]: the kinds a worker runs, by name, each with its
-//! handler (types erased) and, for splittable kinds, its split operations.
-//! `KindTable::with_builtins` (in `kinds`) fills one with every kind this
+//! handler (types erased), for splittable kinds its split operations, and
+//! the GPU paths (kernel modules, `cublas`) it runs on when a GPU worker
+//! has them, from which a GPU worker says which kinds fall back to its
+//! CPU. `KindTable::with_builtins` (in `kinds`) fills one with every kind this
 //! crate defines; a service adds its own with [`KindTable::register`].
 
 use std::collections::HashMap;
@@ -22,6 +24,9 @@ pub struct KindTable {
     handlers: HashMap<&'static str, Arc<dyn ErasedHandler>>,
     /// The split operations of splittable kinds.
     splitters: HashMap<&'static str, Arc<dyn Splitter>>,
+    /// The GPU paths (kernel modules, `cublas`) each kind runs on when a
+    /// GPU worker has them all; a kind not here runs on the CPU anywhere.
+    gpu_paths: HashMap<&'static str, Vec<&'static str>>,
 }
 
 impl fmt::Debug for KindTable {
@@ -39,12 +44,53 @@ impl KindTable {
     pub fn register<H: Handler>(&mut self, handler: H) -> &mut Self {
         self.handlers
             .insert(H::Spec::KIND, Arc::new(Typed(handler)));
+        self.gpu_paths.remove(H::Spec::KIND);
         self
     }
 
     /// Adds a compute kind.
     pub fn register_compute<C: Compute>(&mut self, kind: C) -> &mut Self {
         self.register(Computing(Arc::new(kind)))
+            .runs_on_gpu_paths::<C::Spec>(C::MODULE.as_slice())
+    }
+
+    /// Says which GPU paths the registered kind `K` runs on when a GPU
+    /// worker has them all (compute kinds say it through
+    /// [`Compute::MODULE`]): a GPU worker that lacks one reports `K` as
+    /// falling back to its CPU.
+    pub fn runs_on_gpu_paths<K: KindSpec>(&mut self, paths: &[&'static str]) -> &mut Self {
+        if paths.is_empty() {
+            self.gpu_paths.remove(K::KIND);
+        } else {
+            self.gpu_paths.insert(K::KIND, paths.to_vec());
+        }
+        self
+    }
+
+    /// The kinds with a GPU path, sorted, split into those that run on a
+    /// GPU with `has` paths (second) and those that fall back to its CPU
+    /// (first).
+    pub fn by_gpu_path(
+        &self,
+        has: impl Fn(&str) -> bool,
+    ) -> (Vec<&'static str>, Vec<&'static str>) {
+        let mut kinds: Vec<(&'static str, bool)> = self
+            .gpu_paths
+            .iter()
+            .map(|(kind, paths)| (*kind, paths.iter().all(|p| has(p))))
+            .collect();
+        kinds.sort_unstable();
+        let on_cpu = kinds
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(k, _)| *k)
+            .collect();
+        let on_gpu = kinds
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(k, _)| *k)
+            .collect();
+        (on_cpu, on_gpu)
     }
 
     /// Adds a splittable compute kind: it runs whole like any kind, and its
@@ -59,6 +105,7 @@ impl KindTable {
             Arc::new(Splitting(Arc::clone(&kind))),
         );
         self.register(Computing(kind))
+            .runs_on_gpu_paths::<S::Spec>(S::MODULE.as_slice())
     }
 
     /// Registered kind names, sorted.
@@ -104,5 +151,55 @@ impl KindTable {
             )
         })?;
         Arc::clone(handler).prepare(params, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which kinds a GPU worker runs on its CPU follows from the paths it
+    /// lacks: the model kinds need the MLP kernels and cuBLAS, each
+    /// compute kind its own module, the plain kinds none.
+    #[test]
+    fn kinds_fall_back_to_the_cpu_by_the_gpu_paths_they_need() {
+        let kinds = KindTable::with_builtins();
+        let (on_cpu, on_gpu) = kinds.by_gpu_path(|path| path != "cublas");
+        assert_eq!(on_cpu, ["infer", "predict_batch", "train"]);
+        assert_eq!(
+            on_gpu,
+            [
+                "indicators",
+                "monte_carlo",
+                "patterns",
+                "portfolio_opt",
+                "risk"
+            ]
+        );
+        let (on_cpu, on_gpu) = kinds.by_gpu_path(|path| path != "risk");
+        assert_eq!(on_cpu, ["risk"]);
+        assert_eq!(on_gpu.len(), 7);
+        let (on_cpu, on_gpu) = kinds.by_gpu_path(|_| false);
+        assert_eq!(on_cpu.len(), 8);
+        assert!(on_gpu.is_empty());
+        // A kind registered again as a plain handler needs no GPU path.
+        let mut kinds = KindTable::with_builtins();
+        kinds.register(CpuRisk);
+        assert!(!kinds.by_gpu_path(|_| false).0.contains(&"risk"));
+    }
+
+    /// A service's own `risk` handler, without a GPU path.
+    struct CpuRisk;
+
+    impl Handler for CpuRisk {
+        type Spec = tandem_shared::kind::risk::Risk;
+
+        async fn run(
+            &self,
+            _params: <Self::Spec as KindSpec>::Params,
+            _ctx: TaskContext,
+        ) -> Result<<Self::Spec as KindSpec>::Output, TaskError> {
+            Err(TaskError::fatal(ErrorCode::HANDLER_ERROR, "not run"))
+        }
     }
 }

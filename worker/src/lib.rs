@@ -12,7 +12,8 @@
 //! - `host`: the host's name (wall-clock milliseconds come from
 //!   `tandem_shared::clock`).
 //! - [`device`]: GPU detection, binding a worker to its device, the health
-//!   probe, simulated GPUs and their faults, the device memory ledger.
+//!   probe and the GPU paths it found loaded (kernel modules, cuBLAS),
+//!   simulated GPUs and their faults, the device memory ledger.
 //! - `running`: the running-task table: each task's cancel token, the entry
 //!   it holds (its lease) and the device memory it declared.
 //!
@@ -25,7 +26,8 @@
 //! - [`compute`]: the [`Compute`] trait (CPU twin, GPU path).
 //! - [`split`]: the [`Split`] trait, its type-erased `Splitter`, shard
 //!   planning, shard runs and the merge.
-//! - [`kind_table`]: the [`KindTable`], kind names to handlers.
+//! - [`kind_table`]: the [`KindTable`], kind names to handlers and the GPU
+//!   paths each needs.
 //! - `kinds`: the kinds this crate defines (`builtin`: `noop`, `sleep`,
 //!   `echo`, `fail` and the test kinds; one file per compute and model
 //!   kind) and `KindTable::with_builtins`.
@@ -214,6 +216,7 @@ pub async fn run(
         stats: Arc::clone(&stats),
         running: running.clone(),
         device: Arc::clone(&device),
+        kinds: kinds.clone(),
         interval: Duration::from_millis(config.heartbeat_interval_ms),
         ttl_ms: config.heartbeat_ttl_ms,
         nudge: Arc::clone(&nudge),
@@ -262,6 +265,9 @@ pub async fn run(
         }
         return Ok(WorkerReport::default());
     }
+    // Said before the record reads `healthy`: whoever sees the worker
+    // healthy can find the line and the alert already written.
+    report_cpu_fallback(&device, &kinds, &alerter).await;
     stats.set_health(Health::Healthy);
     nudge.notify_one();
 
@@ -439,6 +445,26 @@ impl Background {
     async fn stop(mut self) {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Says, once and at ERROR level, when a GPU worker runs kinds on its CPU
+/// because a GPU path (kernel module, cuBLAS) is off, and raises
+/// `gpu_cpu_fallback`: a fleet must not believe such a worker computes on
+/// its GPU. Nothing when every path loaded, or on a CPU worker.
+async fn report_cpu_fallback(device: &Device, kinds: &KindTable, alerter: &alerts::Raiser) {
+    let Some(paths) = device.gpu_paths() else {
+        return;
+    };
+    let (on_cpu, on_gpu) = kinds.by_gpu_path(|p| paths.has(p));
+    if let Some(line) = paths.start_line(&on_cpu, &on_gpu) {
+        tracing::error!(
+            device = %device.id(),
+            kernels_off = %paths.off().join(","),
+            cpu_fallback = %on_cpu.join(","),
+            "{line}"
+        );
+        alerter.gpu_cpu_fallback(on_cpu.len(), &line).await;
     }
 }
 

@@ -19,6 +19,7 @@ use tandem_shared::store::Store;
 use tandem_shared::{ErrorCode, Priority};
 
 use crate::device::Device;
+use crate::device::gpu_paths::MODEL_PATHS;
 use crate::error::TaskError;
 use crate::running::Running;
 
@@ -167,7 +168,12 @@ impl ModelCache {
                     return Err(err);
                 }
             }
-            if let Some(runtime) = self.device.runtime() {
+            // Without the MLP kernels or cuBLAS the model stays on the CPU;
+            // the worker said so once at start (`device::gpu_paths`), not
+            // here for every model.
+            if let Some(runtime) = self.device.runtime()
+                && self.device.has_gpu_paths(MODEL_PATHS)
+            {
                 let upload = Arc::clone(&mlp);
                 let uploaded =
                     tokio::task::spawn_blocking(move || GpuMlp::upload(&runtime, &upload))

@@ -34,16 +34,20 @@ pub enum AlertName {
     /// A stream under the prefix that no worker reads holds entries (a
     /// class or priority Tandem does not know, say).
     UnknownStream,
+    /// A GPU worker runs kinds on its CPU because a kernel module or
+    /// cuBLAS did not load; raised once, as its probe passes.
+    GpuCpuFallback,
 }
 
 impl AlertName {
-    pub const ALL: [AlertName; 6] = [
+    pub const ALL: [AlertName; 7] = [
         AlertName::GpuHot,
         AlertName::GpuUnderused,
         AlertName::DeviceFailed,
         AlertName::QueueStalled,
         AlertName::DeadLettersGrowing,
         AlertName::UnknownStream,
+        AlertName::GpuCpuFallback,
     ];
 
     /// The stable name in the stream's `alert` field and in log lines.
@@ -55,6 +59,7 @@ impl AlertName {
             AlertName::QueueStalled => "queue_stalled",
             AlertName::DeadLettersGrowing => "dead_letters_growing",
             AlertName::UnknownStream => "unknown_stream",
+            AlertName::GpuCpuFallback => "gpu_cpu_fallback",
         }
     }
 }
@@ -318,7 +323,8 @@ mod tests {
                 "device_failed",
                 "queue_stalled",
                 "dead_letters_growing",
-                "unknown_stream"
+                "unknown_stream",
+                "gpu_cpu_fallback"
             ]
         );
     }

@@ -86,6 +86,10 @@ pub mod worker {
     pub const MEMORY_MODELS: &str = "memory_models";
     pub const MODEL_HITS: &str = "model_hits";
     pub const MODEL_MISSES: &str = "model_misses";
+    pub const KERNELS_LOADED: &str = "kernels_loaded";
+    pub const KERNELS_OFF: &str = "kernels_off";
+    pub const KERNELS_OFF_WHY: &str = "kernels_off_why";
+    pub const CPU_FALLBACK: &str = "cpu_fallback";
     pub const CLASSES: &str = "classes";
     pub const CONCURRENCY: &str = "concurrency";
     pub const STATE: &str = "state";

@@ -56,6 +56,19 @@ pub struct WorkerInfo {
     /// Model cache hits and misses since the worker started.
     pub model_hits: u64,
     pub model_misses: u64,
+    /// A GPU worker's GPU paths (the kernel modules it compiled, and
+    /// `cublas` for the model kinds) that loaded, and those that did not,
+    /// once its probe passed. Both empty on a CPU worker, on a GPU worker
+    /// still probing, and in records of workers older than this field
+    /// (wire revision 2.1): "not reported", never "all loaded".
+    pub kernels_loaded: Vec<String>,
+    pub kernels_off: Vec<String>,
+    /// Why the paths in `kernels_off` are off, one line for people
+    /// (`monte_carlo, risk: NVRTC (libnvrtc) is not installed: ...`).
+    pub kernels_off_why: String,
+    /// The kinds this GPU worker runs on its CPU because a path they need
+    /// is off: what the fleet must not mistake for GPU work.
+    pub cpu_fallback: Vec<String>,
     pub classes: Vec<Class>,
     pub concurrency: usize,
     /// `running` or `draining` (stopping: claims nothing new).
@@ -164,6 +177,10 @@ impl WorkerInfo {
             (f::MEMORY_MODELS, self.memory_models.to_string()),
             (f::MODEL_HITS, self.model_hits.to_string()),
             (f::MODEL_MISSES, self.model_misses.to_string()),
+            (f::KERNELS_LOADED, self.kernels_loaded.join(",")),
+            (f::KERNELS_OFF, self.kernels_off.join(",")),
+            (f::KERNELS_OFF_WHY, one_line(&self.kernels_off_why)),
+            (f::CPU_FALLBACK, self.cpu_fallback.join(",")),
             (f::CLASSES, classes),
             (f::CONCURRENCY, self.concurrency.to_string()),
             (f::STATE, self.state.clone()),
@@ -196,7 +213,8 @@ impl WorkerInfo {
             (f::RECLAIMS, m.reclaims.to_string()),
         ];
         // A CPU worker has no device name, index, bus id or compute
-        // capability: those fields are left out rather than empty.
+        // capability, nor GPU paths: those fields are left out rather than
+        // empty.
         pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect()
     }
 
@@ -214,6 +232,13 @@ impl WorkerInfo {
                 .lenient::<f64>(name)
                 .filter(|v| v.is_finite())
                 .unwrap_or(0.0)
+        };
+        let owned_list = |name| -> Vec<String> {
+            fields
+                .lenient_list(name, ',')
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
         };
         let list = |name| -> Vec<&str> {
             fields
@@ -248,6 +273,10 @@ impl WorkerInfo {
             memory_models: number(f::MEMORY_MODELS),
             model_hits: number(f::MODEL_HITS),
             model_misses: number(f::MODEL_MISSES),
+            kernels_loaded: owned_list(f::KERNELS_LOADED),
+            kernels_off: owned_list(f::KERNELS_OFF),
+            kernels_off_why: text(f::KERNELS_OFF_WHY),
+            cpu_fallback: owned_list(f::CPU_FALLBACK),
             classes: list(f::CLASSES)
                 .into_iter()
                 .filter_map(|c| c.parse().ok())
@@ -288,6 +317,12 @@ impl WorkerInfo {
     }
 }
 
+/// `text` on one line: a reason quoted from a compiler or loader may span
+/// several, and the record's text fields are one line each.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +351,11 @@ mod tests {
             memory_models: 42_760,
             model_hits: 7,
             model_misses: 2,
+            kernels_loaded: vec!["selftest".into(), "mlp".into()],
+            kernels_off: vec!["monte_carlo".into(), "cublas".into()],
+            kernels_off_why:
+                "monte_carlo: NVRTC (libnvrtc) is not installed | cublas: no libcublas".into(),
+            cpu_fallback: vec!["infer".into(), "monte_carlo".into()],
             classes: vec![Class::Cpu, Class::Heavy],
             concurrency: 4,
             state: "running".into(),
@@ -354,5 +394,25 @@ mod tests {
             (old.role, old.health, old.device_index),
             (Role::Cpu, Health::Healthy, None)
         );
+        // A record from before wire revision 2.1 reports no GPU paths: not
+        // "all loaded", not "all off".
+        assert!(old.kernels_loaded.is_empty() && old.kernels_off.is_empty());
+        assert!(old.cpu_fallback.is_empty() && old.kernels_off_why.is_empty());
+    }
+
+    /// A reason that spans lines (an NVRTC log) is written on one.
+    #[test]
+    fn the_reason_kernels_are_off_is_one_line() {
+        let info = WorkerInfo {
+            kernels_off: vec!["risk".into()],
+            kernels_off_why: "risk: compile failed\n  error: x\n".into(),
+            ..WorkerInfo::default()
+        };
+        let pairs = info.to_pairs();
+        let why = pairs
+            .iter()
+            .find(|(k, _)| *k == field::worker::KERNELS_OFF_WHY)
+            .map(|(_, v)| v.as_str());
+        assert_eq!(why, Some("risk: compile failed error: x"));
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - `detect`: which GPUs this host has (NVML and the CUDA driver, matched
 //!   by UUID or PCI bus id), or the simulated ones the configuration names.
+//! - `gpu_paths`: which kernel modules and cuBLAS a GPU worker loaded, and
+//!   which kinds that leaves on its CPU.
 //! - this module: binding a worker to one of them with its role and memory
 //!   budget, the health probe, and the faults a simulated GPU injects.
 //!
@@ -10,6 +12,7 @@
 //! CPU, and says `(simulated)` wherever it is shown.
 
 pub mod detect;
+pub mod gpu_paths;
 pub mod ledger;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -21,6 +24,7 @@ use tandem_shared::Config;
 use tandem_shared::device::{Faults, Gpu, Role};
 
 pub use detect::Detection;
+pub use gpu_paths::GpuPaths;
 
 /// A worker's device, bound at start.
 #[derive(Debug)]
@@ -38,6 +42,8 @@ pub struct Device {
     sim: SimState,
     /// A real GPU's kernels, compiled and loaded by the first passing probe.
     runtime: OnceLock<Arc<Runtime>>,
+    /// A GPU's paths (real or simulated), set by the first passing probe.
+    paths: OnceLock<GpuPaths>,
 }
 
 /// A simulated GPU's fault counters, for this process.
@@ -74,6 +80,7 @@ impl Device {
             ledger: ledger::Ledger::new(0),
             sim: SimState::default(),
             runtime: OnceLock::new(),
+            paths: OnceLock::new(),
         }
     }
 
@@ -104,6 +111,7 @@ impl Device {
             ledger: ledger::Ledger::new(budget),
             sim: SimState::default(),
             runtime: OnceLock::new(),
+            paths: OnceLock::new(),
         })
     }
 
@@ -168,10 +176,25 @@ impl Device {
         self.runtime.get().cloned()
     }
 
+    /// A GPU's paths once a probe passed; `None` on the CPU and before.
+    pub fn gpu_paths(&self) -> Option<&GpuPaths> {
+        self.paths.get()
+    }
+
+    /// Whether this GPU worker runs work needing `paths` on its GPU: a
+    /// probe passed and every one of them loaded.
+    pub fn has_gpu_paths(&self, paths: &[&str]) -> bool {
+        self.gpu_paths()
+            .is_some_and(|have| paths.iter().all(|p| have.has(p)))
+    }
+
     /// Checks the device works before it takes tasks: a real GPU writes and
-    /// reads back device memory, then compiles and loads the kernels and
-    /// runs the self-test kernel against the CPU's Philox; a simulated one
-    /// fails its first `probe_failures` probes.
+    /// reads back device memory, then compiles and loads the kernels, runs
+    /// the self-test kernel against the CPU's Philox and opens cuBLAS; a
+    /// simulated one fails its first `probe_failures` probes. A passing
+    /// probe records the GPU's paths ([`Device::gpu_paths`]): a path that
+    /// is off does not fail the probe (its kinds run on the CPU, and the
+    /// worker says so), a sticky device error does.
     pub async fn probe(&self) -> Result<(), String> {
         let Some(gpu) = &self.gpu else {
             return Ok(());
@@ -185,6 +208,7 @@ impl Device {
                     faults.probe_failures
                 ))
             } else {
+                let _ = self.paths.set(GpuPaths::simulated(&faults));
                 Ok(())
             };
         }
@@ -202,20 +226,28 @@ impl Device {
                     return Err("the self-test kernel's numbers differ from the CPU's".to_owned());
                 }
             }
-            Ok(runtime)
+            // cuBLAS once here, so that a host without it is reported at
+            // start (and once), not found out model by model.
+            let cublas_off = match tandem_kernels::mlp_gpu::cublas(&runtime) {
+                Ok(_) => None,
+                Err(err) if err.fault == tandem_kernels::driver::Fault::Sticky => {
+                    return Err(format!("opening cuBLAS: {}", err.message));
+                }
+                Err(err) => Some(err.message),
+            };
+            let paths = GpuPaths::of_runtime(&runtime, cublas_off);
+            Ok((runtime, paths))
         })
         .await;
         match opened {
-            Ok(Ok(runtime)) => {
+            Ok(Ok((runtime, paths))) => {
                 tracing::info!(
                     gpu = runtime.ordinal,
                     "kernels compiled with {}",
                     runtime.compiler_summary()
                 );
-                for (module, why) in &runtime.disabled {
-                    tracing::warn!(module, "GPU kernels off, these kinds run on the CPU: {why}");
-                }
                 let _ = self.runtime.set(Arc::new(runtime));
+                let _ = self.paths.set(paths);
                 Ok(())
             }
             Ok(Err(why)) => Err(why),
@@ -347,6 +379,39 @@ mod tests {
             Injected::Die
         );
         assert_eq!(Device::cpu().before_task(u64::MAX), Injected::None);
+    }
+
+    #[tokio::test]
+    async fn a_passing_probe_records_the_gpu_paths() {
+        let (mut config, detection) = simulated(
+            "A, 4 GiB, 10 TFLOPS, probe_failures=1, no_nvrtc; B, 4 GiB, 10 TFLOPS, no_cublas; C, 4 GiB, 10 TFLOPS",
+        );
+        config.device = DeviceSelector::Index(0);
+        let no_nvrtc = Device::bind(&config, &detection).unwrap();
+        assert!(no_nvrtc.probe().await.is_err());
+        assert_eq!(no_nvrtc.gpu_paths(), None, "not before a probe passed");
+        assert!(no_nvrtc.probe().await.is_ok());
+        let paths = no_nvrtc.gpu_paths().expect("set by the probe");
+        assert_eq!(paths.loaded(), [gpu_paths::CUBLAS]);
+        assert!(!no_nvrtc.has_gpu_paths(gpu_paths::MODEL_PATHS));
+        assert!(!no_nvrtc.has_gpu_paths(&["risk"]));
+
+        config.device = DeviceSelector::Index(1);
+        let no_cublas = Device::bind(&config, &detection).unwrap();
+        assert!(no_cublas.probe().await.is_ok());
+        assert!(no_cublas.has_gpu_paths(&["risk", "mlp"]));
+        assert!(!no_cublas.has_gpu_paths(gpu_paths::MODEL_PATHS));
+
+        config.device = DeviceSelector::Index(2);
+        let sound = Device::bind(&config, &detection).unwrap();
+        assert!(sound.probe().await.is_ok());
+        assert!(sound.gpu_paths().expect("set").off().is_empty());
+        assert!(sound.has_gpu_paths(gpu_paths::MODEL_PATHS));
+
+        let cpu = Device::cpu();
+        assert!(cpu.probe().await.is_ok());
+        assert_eq!(cpu.gpu_paths(), None);
+        assert!(!cpu.has_gpu_paths(&[]));
     }
 
     #[test]

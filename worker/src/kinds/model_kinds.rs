@@ -20,10 +20,14 @@ use crate::kind_table::KindTable;
 use crate::model_cache::{Loaded, from_mlp};
 
 pub(crate) fn register(kinds: &mut KindTable) {
+    use crate::device::gpu_paths::MODEL_PATHS;
     kinds
         .register(InferKind)
+        .runs_on_gpu_paths::<Infer>(MODEL_PATHS)
         .register(PredictBatchKind)
-        .register(TrainKind);
+        .runs_on_gpu_paths::<PredictBatch>(MODEL_PATHS)
+        .register(TrainKind)
+        .runs_on_gpu_paths::<Train>(MODEL_PATHS);
 }
 
 fn bad(message: String) -> TaskError {

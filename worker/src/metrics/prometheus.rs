@@ -145,10 +145,34 @@ pub(crate) fn render(workers: &[WorkerInfo]) -> String {
             );
         }
     }
+    kernels_loaded(&mut out, workers);
     completed(&mut out, workers);
     errors(&mut out, workers);
     latency(&mut out, workers);
     out
+}
+
+/// One sample per GPU path a GPU worker reported (its record's
+/// `kernels_loaded` and `kernels_off`): 1 loaded, 0 off, its kinds on the
+/// CPU. None for a CPU worker or one that has not reported yet.
+fn kernels_loaded(out: &mut String, workers: &[WorkerInfo]) {
+    let name = "tandem_gpu_kernels_loaded";
+    header(
+        out,
+        name,
+        Type::Gauge,
+        "Whether a GPU path (a kernel module, or cublas for the model kinds) loaded on the worker's GPU: 1, or 0 when the kinds that need it run on the worker's CPU.",
+    );
+    for worker in workers {
+        let paths = worker
+            .kernels_loaded
+            .iter()
+            .map(|m| (m, 1.0))
+            .chain(worker.kernels_off.iter().map(|m| (m, 0.0)));
+        for (module, value) in paths {
+            sample(out, name, &labels(worker, &[("module", module)]), value);
+        }
+    }
 }
 
 fn completed(out: &mut String, workers: &[WorkerInfo]) {
@@ -280,6 +304,16 @@ mod tests {
             role,
             memory_total: 8 << 30,
             active: 2,
+            kernels_loaded: if role == Role::Cpu {
+                Vec::new()
+            } else {
+                vec!["risk".into()]
+            },
+            kernels_off: if role == Role::Cpu {
+                Vec::new()
+            } else {
+                vec!["cublas".into()]
+            },
             metrics: WorkerMetrics {
                 gpu_utilization: 0.5,
                 gpu_sm_clock_mhz: 1_500,
@@ -366,6 +400,20 @@ mod tests {
         assert_eq!(
             find("tandem_task_latency_seconds_sum", "worker=\"g\""),
             Some(70.004)
+        );
+        // A GPU worker's paths: 1 loaded, 0 off; none for the CPU worker.
+        assert_eq!(
+            find("tandem_gpu_kernels_loaded", "module=\"risk\""),
+            Some(1.0)
+        );
+        assert_eq!(
+            find("tandem_gpu_kernels_loaded", "module=\"cublas\""),
+            Some(0.0)
+        );
+        assert!(
+            !samples
+                .iter()
+                .any(|(n, l, _)| *n == "tandem_gpu_kernels_loaded" && l.contains("worker=\"c\""))
         );
         // One HELP and TYPE per family, whatever the number of workers.
         assert_eq!(text.matches("# TYPE tandem_tasks_active gauge").count(), 1);
