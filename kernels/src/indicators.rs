@@ -383,70 +383,94 @@ impl GroupLayout {
         stretches
     }
 
-    /// The series' values in the layout's order: the kernel's input.
+    /// The group regions of a buffer laid out as the groups are, each
+    /// `per_value` values per value of the group, mutable and apart.
+    fn regions<'a>(&self, mut buffer: &'a mut [f64], per_value: usize) -> Vec<&'a mut [f64]> {
+        let mut regions = Vec::with_capacity(self.groups());
+        for g in 0..self.groups() {
+            let size = (self.bases[g + 1] - self.bases[g]) as usize * per_value;
+            let (region, rest) = buffer.split_at_mut(size);
+            regions.push(region);
+            buffer = rest;
+        }
+        regions
+    }
+
+    /// The series' values in the layout's order: the kernel's input. The
+    /// groups in parallel (rayon), a transpose each.
     fn gather(&self, series: &[&[f64]]) -> Vec<f64> {
         let total = self.bases.last().copied().unwrap_or(0) as usize;
         let mut out = vec![0.0; total];
-        for g in 0..self.groups() {
-            let group = &mut out[self.bases[g] as usize..self.bases[g + 1] as usize];
-            let members = &self.order[self.slots(g)];
-            for stretch in self.stretches(g) {
-                let width = stretch.width;
-                let rows = &mut group[stretch.at..][..stretch.rows.len() * width];
-                let columns: Vec<&[f64]> = members[..width]
-                    .iter()
-                    .map(|&s| &series[s][stretch.rows.clone()])
-                    .collect();
-                // A block of rows at a time, each member's values in turn:
-                // the block (16 KiB at most) stays in the L1 cache.
-                for (block, rows) in rows.chunks_mut(BLOCK_ROWS * width).enumerate() {
-                    let from = block * BLOCK_ROWS;
-                    for (m, column) in columns.iter().enumerate() {
-                        let values = &column[from..from + rows.len() / width];
-                        for (row, &value) in rows.chunks_exact_mut(width).zip(values) {
-                            row[m] = value;
+        self.regions(&mut out, 1)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(g, group)| {
+                let members = &self.order[self.slots(g)];
+                for stretch in self.stretches(g) {
+                    let width = stretch.width;
+                    let rows = &mut group[stretch.at..][..stretch.rows.len() * width];
+                    let columns: Vec<&[f64]> = members[..width]
+                        .iter()
+                        .map(|&s| &series[s][stretch.rows.clone()])
+                        .collect();
+                    // A block of rows at a time, each member's values in
+                    // turn: the block (16 KiB at most) stays in the L1 cache.
+                    for (block, rows) in rows.chunks_mut(BLOCK_ROWS * width).enumerate() {
+                        let from = block * BLOCK_ROWS;
+                        for (m, column) in columns.iter().enumerate() {
+                            let values = &column[from..from + rows.len() / width];
+                            for (row, &value) in rows.chunks_exact_mut(width).zip(values) {
+                                row[m] = value;
+                            }
                         }
                     }
                 }
-            }
-        }
+            });
         out
     }
 
     /// The kernel's output (`n_lines` lines per group, each in the layout's
-    /// order) as each series' lines; an empty series gets empty lines.
+    /// order) as each series' lines; an empty series gets empty lines. The
+    /// groups in parallel (rayon).
     fn scatter(&self, out: &[f64], lengths: &[usize], n_lines: usize) -> Vec<SeriesLines> {
-        let mut result: Vec<SeriesLines> = lengths.iter().map(|_| Vec::new()).collect();
-        for g in 0..self.groups() {
-            let members = &self.order[self.slots(g)];
-            let base = self.bases[g] as usize;
-            let size = self.bases[g + 1] as usize - base;
-            let stretches = self.stretches(g);
-            for l in 0..n_lines {
-                let line = &out[n_lines * base + l * size..][..size];
-                let mut columns: Vec<Vec<f64>> = members
+        let groups: Vec<Vec<(usize, SeriesLines)>> = (0..self.groups())
+            .into_par_iter()
+            .map(|g| {
+                let members = &self.order[self.slots(g)];
+                let base = self.bases[g] as usize;
+                let size = self.bases[g + 1] as usize - base;
+                let stretches = self.stretches(g);
+                let mut lines: Vec<SeriesLines> = members
                     .iter()
-                    .map(|&s| Vec::with_capacity(lengths[s]))
+                    .map(|_| Vec::with_capacity(n_lines))
                     .collect();
-                for stretch in &stretches {
-                    let width = stretch.width;
-                    let rows = &line[stretch.at..][..stretch.rows.len() * width];
-                    // A block of rows at a time, as in `gather`.
-                    for rows in rows.chunks(BLOCK_ROWS * width) {
-                        for (m, column) in columns[..width].iter_mut().enumerate() {
-                            column.extend(rows.chunks_exact(width).map(|row| row[m]));
+                for l in 0..n_lines {
+                    let line = &out[n_lines * base + l * size..][..size];
+                    let mut columns: Vec<Vec<f64>> = members
+                        .iter()
+                        .map(|&s| Vec::with_capacity(lengths[s]))
+                        .collect();
+                    for stretch in &stretches {
+                        let width = stretch.width;
+                        let rows = &line[stretch.at..][..stretch.rows.len() * width];
+                        // A block of rows at a time, as in `gather`.
+                        for rows in rows.chunks(BLOCK_ROWS * width) {
+                            for (m, column) in columns[..width].iter_mut().enumerate() {
+                                column.extend(rows.chunks_exact(width).map(|row| row[m]));
+                            }
                         }
                     }
+                    for (series_lines, column) in lines.iter_mut().zip(columns) {
+                        series_lines.push(column);
+                    }
                 }
-                for (&s, column) in members.iter().zip(columns) {
-                    result[s].push(column);
-                }
-            }
-        }
-        for (lines, &len) in result.iter_mut().zip(lengths) {
-            if len == 0 {
-                *lines = vec![Vec::new(); n_lines];
-            }
+                members.iter().copied().zip(lines).collect()
+            })
+            .collect();
+        let mut result: Vec<SeriesLines> =
+            lengths.iter().map(|_| vec![Vec::new(); n_lines]).collect();
+        for (s, lines) in groups.into_iter().flatten() {
+            result[s] = lines;
         }
         result
     }
