@@ -1,151 +1,44 @@
 // Technical indicators over close prices, in f64: one warp per (indicator,
-// group of up to 32 series), one lane per series, each lane running the
-// same single pass as the CPU twin in kernels/src/indicators.rs, operation
-// for operation. Products go through __dmul_rn so NVRTC cannot fuse them
-// with an addition into an FMA (which rounds once instead of twice and would
-// break bit-for-bit parity; the options also say --fmad=false); division
-// and sqrt are IEEE-rounded in double precision.
+// group of 32 consecutive series), one lane per series, each lane running
+// the same single pass as the CPU twin in kernels/src/indicators.rs,
+// operation for operation. Products go through __dmul_rn so NVRTC cannot
+// fuse them with an addition into an FMA (which rounds once instead of
+// twice and would break bit-for-bit parity; the options also say
+// --fmad=false); division and sqrt are IEEE-rounded in double precision.
 //
-// Layout, time-major within a group so that a warp's loads and stores at
-// one time step touch consecutive addresses: the host sorts the series by
-// length, longest first, and cuts them into groups of up to 32 (members).
-// Row t of a group holds x_m[t] of every member m still running at t (those
-// longer than t, a prefix of the members since they are sorted), at
-// offset(t) + m from the group's base, offset(t) = sum_m min(len_m, t).
-// Nothing is padded: a group's rows fill exactly the sum of its lengths.
-// Group g holds the slots 32 g .. 32 g + 31 (the last may hold fewer),
-// from bases[g] to bases[g + 1] (its size: the sum of its lengths); its
-// output line l has the same rows, at out + n_lines bases[g] + l size.
-// lens[slot]: the series' lengths, descending.
+// Layout, as the wire has it: closes of every series concatenated; series
+// s spans closes[offsets[s] .. offsets[s+1]]. Its output lines lie at
+// out[offsets[s] * n_lines + line * len ...], `len` values each.
 // codes[5 j ..]: kind (0 SMA, 1 EMA, 2 RSI, 3 MACD, 4 Bollinger), three
 // integer parameters, the indicator's first line.
+//
+// Each lane's series is contiguous, so a lane-per-series load or store
+// would touch 32 different sectors. The warp moves BATCH steps of its 32
+// series at a time instead, through shared memory: eight loads of 32
+// lanes, each lane v taking step v % 8 of series v / 8 (+ 4 per load), so
+// that a load reads 4 runs of 64 contiguous bytes; the lanes then run their
+// recurrence over the staged steps and stage their outputs, which the warp
+// stores back the same way, a line at a time.
 
 typedef unsigned long long u64;
 typedef unsigned int u32;
 
-// Rows read ahead: a lane issues BATCH independent loads before the
-// recurrence consumes them, so a warp waits for memory once per BATCH steps
-// rather than once per step (a group's warps are few: they are the
-// parallelism the recurrences allow).
+// Steps a warp stages at a time. It also keeps BATCH independent loads in
+// flight per lane before the recurrences consume them (a request's warps
+// are few: they are the parallelism the recurrences allow).
 #define BATCH 8
+// A staged row: BATCH values and a pad, so that the lanes reading their own
+// rows hit different banks.
+#define PITCH (BATCH + 1)
+// A staged tile: a row per lane.
+#define TILE (32 * PITCH)
+// Shared memory of a warp, in doubles: the closes, the closes `lag` steps
+// back and three output lines, then its series' offsets (32 u64) and
+// lengths (32 u32). indicators.rs sizes the launch with it.
+#define WARP_DOUBLES (5 * TILE + 32 + 16)
 
 __device__ __forceinline__ double nan_value() {
     return __longlong_as_double(0x7ff8000000000000LL);
-}
-
-// One lane's view of its group.
-struct Member {
-    const double* __restrict__ x;  // the group's rows
-    const u32* __restrict__ lens;  // the group's member lengths, descending
-    u32 width;                     // members in the group
-    u32 m;                         // this lane's member
-    u32 len;                       // its length
-};
-
-// A cursor over a group's rows; the same in every lane of the warp.
-struct Rows {
-    u32 t;       // the row
-    u32 at;      // its offset from the group's base
-    u32 active;  // members longer than t: the row's length
-    u32 drop;    // the next t at which `active` falls
-};
-
-__device__ __forceinline__ void rows_settle(Rows& r, const u32* __restrict__ lens) {
-    while (r.active > 0 && lens[r.active - 1] <= r.t) {
-        r.active -= 1;
-    }
-    r.drop = r.active > 0 ? lens[r.active - 1] : ~0u;
-}
-
-__device__ __forceinline__ Rows rows_at(const Member& g, u32 t) {
-    Rows r;
-    r.t = t;
-    r.at = 0;
-    r.active = 0;
-    for (u32 k = 0; k < g.width; ++k) {
-        const u32 len = g.lens[k];
-        r.at += len < t ? len : t;
-        r.active += len > t ? 1 : 0;
-    }
-    r.drop = r.active > 0 ? g.lens[r.active - 1] : ~0u;
-    return r;
-}
-
-__device__ __forceinline__ void rows_next(Rows& r, const u32* __restrict__ lens) {
-    r.at += r.active;
-    r.t += 1;
-    if (r.t >= r.drop) {
-        rows_settle(r, lens);
-    }
-}
-
-// Runs step(t, at, x[t], x[t - lag]) for t = 0 .. len-1 of the lane's
-// series, in order (x[t - lag] only when LAGGED and t >= lag, else 0), with
-// `at` the row offset where its outputs at t go.
-template <bool LAGGED, class Step>
-__device__ __forceinline__ void stream(const Member& g, u32 lag, Step& step) {
-    Rows now = rows_at(g, 0);
-    Rows back = now;
-    for (u32 t0 = 0; t0 < g.len; t0 += BATCH) {
-        u32 at[BATCH];
-        double v[BATCH];
-        double old[BATCH];
-#pragma unroll
-        for (int i = 0; i < BATCH; ++i) {
-            const u32 t = t0 + i;
-            at[i] = now.at;
-            v[i] = t < g.len ? g.x[now.at + g.m] : 0.0;
-            rows_next(now, g.lens);
-            old[i] = 0.0;
-            if (LAGGED && t >= lag) {
-                old[i] = t < g.len ? g.x[back.at + g.m] : 0.0;
-                rows_next(back, g.lens);
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < BATCH; ++i) {
-            if (t0 + i < g.len) {
-                step(t0 + i, at[i], v[i], old[i]);
-            }
-        }
-    }
-}
-
-// Every position of a line NaN, for an indicator the series is too short
-// for.
-__device__ void fill_nan(const Member& g, double* line) {
-    const double nan = nan_value();
-    Rows r = rows_at(g, 0);
-    for (u32 t = 0; t < g.len; ++t) {
-        line[r.at + g.m] = nan;
-        rows_next(r, g.lens);
-    }
-}
-
-// The sum of squared deviations from `mean` of x[from .. from + n], left to
-// right (the CPU twin's window_m2).
-__device__ double window_m2(const Member& g, u32 from, u32 n, double mean) {
-    Rows r = rows_at(g, from);
-    double m2 = 0.0;
-    for (u32 i0 = 0; i0 < n; i0 += BATCH) {
-        double v[BATCH];
-#pragma unroll
-        for (int i = 0; i < BATCH; ++i) {
-            v[i] = 0.0;
-            if (i0 + i < n) {
-                v[i] = g.x[r.at + g.m];
-                rows_next(r, g.lens);
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < BATCH; ++i) {
-            if (i0 + i < n) {
-                const double d = v[i] - mean;
-                m2 = __dadd_rn(m2, __dmul_rn(d, d));
-            }
-        }
-    }
-    return m2;
 }
 
 // The window sums of SMA and Bollinger: recomputed from scratch at t = n-1,
@@ -174,51 +67,59 @@ struct WindowSum {
     }
 };
 
+// A lane's staged outputs: line l of step i at o[l * TILE + i].
+#define OUT(l, i) o[(l) * TILE + (i)]
+
 struct Sma {
-    double* out;
-    u32 m;
+    bool valid;
     double nf;
     WindowSum window;
 
-    __device__ __forceinline__ void operator()(u32 t, u32 at, double x, double old) {
+    __device__ __forceinline__ void operator()(u32 t, int i, double x, double old, double* o) {
+        if (!valid) {
+            OUT(0, i) = nan_value();
+            return;
+        }
         const bool fresh = window.take(t, x);
         if (t + 1 < window.n) {
-            out[at + m] = nan_value();
+            OUT(0, i) = nan_value();
             return;
         }
         if (!fresh) {
             window.sum = window.sum + (x - old);
         }
-        out[at + m] = window.sum / nf;
+        OUT(0, i) = window.sum / nf;
     }
 };
 
 struct Ema {
-    double* out;
-    u32 m;
+    bool valid;
     u32 n;
     double alpha;
     double beta;
     double e;
 
-    __device__ __forceinline__ void operator()(u32 t, u32 at, double x, double) {
+    __device__ __forceinline__ void operator()(u32 t, int i, double x, double, double* o) {
+        if (!valid) {
+            OUT(0, i) = nan_value();
+            return;
+        }
         if (t < n) {
             e = e + x;
             if (t + 1 < n) {
-                out[at + m] = nan_value();
+                OUT(0, i) = nan_value();
                 return;
             }
             e = e / (double)n;
         } else {
             e = __dadd_rn(__dmul_rn(alpha, x), __dmul_rn(beta, e));
         }
-        out[at + m] = e;
+        OUT(0, i) = e;
     }
 };
 
 struct Rsi {
-    double* out;
-    u32 m;
+    bool valid;
     u32 n;
     double nf;
     double keep;
@@ -226,10 +127,10 @@ struct Rsi {
     double gain;
     double loss;
 
-    __device__ __forceinline__ void operator()(u32 t, u32 at, double x, double) {
-        if (t == 0) {
+    __device__ __forceinline__ void operator()(u32 t, int i, double x, double, double* o) {
+        if (!valid || t == 0) {
             previous = x;
-            out[at + m] = nan_value();
+            OUT(0, i) = nan_value();
             return;
         }
         const double d = x - previous;
@@ -239,7 +140,7 @@ struct Rsi {
         if (t < n) {
             gain = gain + g;
             loss = loss + l;
-            out[at + m] = nan_value();
+            OUT(0, i) = nan_value();
             return;
         }
         if (t == n) {
@@ -249,15 +150,12 @@ struct Rsi {
             gain = __dadd_rn(__dmul_rn(gain, keep), g) / nf;
             loss = __dadd_rn(__dmul_rn(loss, keep), l) / nf;
         }
-        out[at + m] = loss == 0.0 ? 100.0 : 100.0 - 100.0 / (1.0 + gain / loss);
+        OUT(0, i) = loss == 0.0 ? 100.0 : 100.0 - 100.0 / (1.0 + gain / loss);
     }
 };
 
 struct Macd {
-    double* out_macd;
-    double* out_signal;
-    double* out_hist;
-    u32 m;
+    bool valid;
     u32 fast;
     u32 slow;
     u32 signal;
@@ -271,8 +169,14 @@ struct Macd {
     double ema_slow;
     double sig;
 
-    __device__ __forceinline__ void operator()(u32 t, u32 at, double x, double) {
+    __device__ __forceinline__ void operator()(u32 t, int i, double x, double, double* o) {
         const double nan = nan_value();
+        if (!valid) {
+            OUT(0, i) = nan;
+            OUT(1, i) = nan;
+            OUT(2, i) = nan;
+            return;
+        }
         if (t < fast) {
             ema_fast = ema_fast + x;
             if (t == fast - 1) {
@@ -284,9 +188,9 @@ struct Macd {
         if (t < slow) {
             ema_slow = ema_slow + x;
             if (t < slow - 1) {
-                out_macd[at + m] = nan;
-                out_signal[at + m] = nan;
-                out_hist[at + m] = nan;
+                OUT(0, i) = nan;
+                OUT(1, i) = nan;
+                OUT(2, i) = nan;
                 return;
             }
             ema_slow = ema_slow / (double)slow;
@@ -294,162 +198,210 @@ struct Macd {
             ema_slow = __dadd_rn(__dmul_rn(alpha_slow, x), __dmul_rn(beta_slow, ema_slow));
         }
         const double value = ema_fast - ema_slow;
-        out_macd[at + m] = value;
-        const u32 i = t + 1 - slow;
-        if (i < signal) {
+        OUT(0, i) = value;
+        const u32 k = t + 1 - slow;
+        if (k < signal) {
             sig = sig + value;
-            if (i < signal - 1) {
-                out_signal[at + m] = nan;
-                out_hist[at + m] = nan;
+            if (k < signal - 1) {
+                OUT(1, i) = nan;
+                OUT(2, i) = nan;
                 return;
             }
             sig = sig / (double)signal;
         } else {
             sig = __dadd_rn(__dmul_rn(alpha_signal, value), __dmul_rn(beta_signal, sig));
         }
-        out_signal[at + m] = sig;
-        out_hist[at + m] = value - sig;
+        OUT(1, i) = sig;
+        OUT(2, i) = value - sig;
     }
 };
 
 struct Bollinger {
-    Member g;
-    double* mid;
-    double* up;
-    double* lo;
-    u32 m;
+    bool valid;
+    const double* x;  // the lane's series, for the second pass over a window
     double nf;
     double k;
     WindowSum window;
     double mean;
     double m2;
 
-    __device__ __forceinline__ void operator()(u32 t, u32 at, double x, double old) {
-        const bool fresh = window.take(t, x);
+    __device__ __forceinline__ void operator()(u32 t, int i, double close, double old, double* o) {
+        const double nan = nan_value();
+        if (!valid) {
+            OUT(0, i) = nan;
+            OUT(1, i) = nan;
+            OUT(2, i) = nan;
+            return;
+        }
+        const bool fresh = window.take(t, close);
         if (t + 1 < window.n) {
-            const double nan = nan_value();
-            mid[at + m] = nan;
-            up[at + m] = nan;
-            lo[at + m] = nan;
+            OUT(0, i) = nan;
+            OUT(1, i) = nan;
+            OUT(2, i) = nan;
             return;
         }
         if (fresh) {
             mean = window.sum / nf;
-            m2 = window_m2(g, t + 1 - window.n, window.n, mean);
+            // The window's squared deviations, left to right (the CPU
+            // twin's window_m2), from the lane's own series: the warp
+            // staged these closes moments ago, so the caches hold them.
+            m2 = 0.0;
+            for (u32 s = t + 1 - window.n; s <= t; ++s) {
+                const double d = x[s] - mean;
+                m2 = __dadd_rn(m2, __dmul_rn(d, d));
+            }
         } else {
             const double old_mean = mean;
-            window.sum = window.sum + (x - old);
+            window.sum = window.sum + (close - old);
             mean = window.sum / nf;
-            m2 = __dadd_rn(m2, __dmul_rn(x - old, (x - mean) + (old - old_mean)));
+            m2 = __dadd_rn(m2, __dmul_rn(close - old, (close - mean) + (old - old_mean)));
         }
         const double sd = sqrt((m2 > 0.0 ? m2 : 0.0) / nf);
         const double width = __dmul_rn(k, sd);
-        mid[at + m] = mean;
-        up[at + m] = mean + width;
-        lo[at + m] = mean - width;
+        OUT(0, i) = mean;
+        OUT(1, i) = mean + width;
+        OUT(2, i) = mean - width;
     }
 };
 
+// The warp's 32 series (a lane's own at row `lane` of each tile).
+struct Group {
+    const double* __restrict__ closes;
+    double* __restrict__ out;
+    u32 n_lines;
+    u32 first_line;     // the indicator's first line
+    u32 longest;        // the longest of the group's series
+    double* in;         // shared [TILE]: the closes of BATCH steps
+    double* back;       // shared [TILE]: the closes `lag` steps before them
+    double* staged;     // shared [3 TILE]: the outputs of BATCH steps
+    const u64* offset;  // shared [32]: each series' first close
+    const u32* len;     // shared [32]: each series' length (0 past the last)
+};
+
+// Runs step(t, i, x[t], x[t - lag], outputs) over every lane's series in
+// order, t = t0 + i (x[t - lag] only when LAGGED and t >= lag, else 0), and
+// stores the LINES lines it stages. Every lane of the warp takes part in
+// every batch (the __syncwarp), whatever its series' length.
+template <bool LAGGED, int LINES, class Step>
+__device__ __forceinline__ void stream(const Group& g, u32 lag, Step& step) {
+    const u32 lane = threadIdx.x & 31;
+    const u32 mine = g.len[lane];
+    for (u32 t0 = 0; t0 < g.longest; t0 += BATCH) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const u32 v = lane + 32 * j;
+            const u32 m = v / BATCH;
+            const u32 q = v % BATCH;
+            const u32 t = t0 + q;
+            const bool here = t < g.len[m];
+            g.in[m * PITCH + q] = here ? g.closes[g.offset[m] + t] : 0.0;
+            if (LAGGED) {
+                g.back[m * PITCH + q] = here && t >= lag ? g.closes[g.offset[m] + t - lag] : 0.0;
+            }
+        }
+        __syncwarp();
+        double* o = g.staged + lane * PITCH;
+#pragma unroll
+        for (int i = 0; i < BATCH; ++i) {
+            if (t0 + i < mine) {
+                step(t0 + i, i, g.in[lane * PITCH + i], LAGGED ? g.back[lane * PITCH + i] : 0.0, o);
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int l = 0; l < LINES; ++l) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const u32 v = lane + 32 * j;
+                const u32 m = v / BATCH;
+                const u32 q = v % BATCH;
+                const u32 t = t0 + q;
+                if (t < g.len[m]) {
+                    const u64 at = g.offset[m] * g.n_lines + (u64)(g.first_line + l) * g.len[m] + t;
+                    g.out[at] = g.staged[l * TILE + m * PITCH + q];
+                }
+            }
+        }
+        __syncwarp();
+    }
+}
+
 extern "C" __global__ void indicators_run(
-    const double* __restrict__ closes,  // device [total], the groups' rows
-    const u64* __restrict__ bases,      // device [n_groups + 1]
-    const u32* __restrict__ lens,       // device [n_slots]
-    unsigned int n_slots,
+    const double* __restrict__ closes,       // device [total]
+    const u64* __restrict__ offsets,         // device [n_series + 1]
+    unsigned int n_series,
     const unsigned int* __restrict__ codes,  // device [5 n_indicators]
     const double* __restrict__ ks,           // device [n_indicators]
     unsigned int n_indicators,
     unsigned int n_lines,
     double* __restrict__ out                 // device [total n_lines]
 ) {
+    extern __shared__ double shared[];       // [WARP_DOUBLES] per warp
     // Neighbouring warps take the same indicator on neighbouring groups, so
-    // a warp runs one code path and its lanes walk the same rows.
-    const unsigned int n_groups = (n_slots + 31) / 32;
+    // a warp runs one code path.
+    const u32 n_groups = (n_series + 31) / 32;
     const u64 warp = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    const unsigned int lane = threadIdx.x & 31;
+    const u32 lane = threadIdx.x & 31;
     if (warp >= (u64)n_groups * n_indicators) {
-        return;
+        return;  // the whole warp: the condition is the warp's
     }
-    const unsigned int j = (unsigned int)(warp / n_groups);
-    const unsigned int group = (unsigned int)(warp % n_groups);
-    const unsigned int first = 32 * group;
-    const unsigned int width = n_slots - first < 32 ? n_slots - first : 32;
-    if (lane >= width) {
-        return;
+    const u32 j = (u32)(warp / n_groups);
+    const u32 first = 32 * (u32)(warp % n_groups);
+    double* mine = shared + (threadIdx.x >> 5) * WARP_DOUBLES;
+    u64* offset = (u64*)(mine + 5 * TILE);
+    u32* len = (u32*)(mine + 5 * TILE + 32);
+    const u32 s = first + lane;
+    offset[lane] = s < n_series ? offsets[s] : 0;
+    len[lane] = s < n_series ? (u32)(offsets[s + 1] - offsets[s]) : 0;
+    u32 longest = len[lane];
+#pragma unroll
+    for (int step = 16; step > 0; step >>= 1) {
+        const u32 other = __shfl_xor_sync(0xffffffffu, longest, step);
+        longest = other > longest ? other : longest;
     }
-    const u64 base = bases[group];
-    const u64 size = bases[group + 1] - base;
-    Member g;
-    g.x = closes + base;
-    g.lens = lens + first;
-    g.width = width;
-    g.m = lane;
-    g.len = g.lens[lane];
+    __syncwarp();
     const unsigned int* code = codes + 5 * j;
-    double* line = out + (u64)n_lines * base + (u64)code[4] * size;
-    const u32 len = g.len;
+    Group g = {closes, out, n_lines, code[4], longest, mine, mine + TILE, mine + 2 * TILE,
+               offset, len};
+    const u32 length = len[lane];
     switch (code[0]) {
     case 0: {
         const u32 n = code[1];
-        if (n == 0 || n > len) {
-            fill_nan(g, line);
-            break;
-        }
-        Sma step = {line, lane, (double)n, {n, 0, 0.0, 0.0}};
-        stream<true>(g, n, step);
+        Sma step = {n != 0 && n <= length, (double)n, {n, 0, 0.0, 0.0}};
+        stream<true, 1>(g, n, step);
         break;
     }
     case 1: {
         const u32 n = code[1];
-        if (n == 0 || n > len) {
-            fill_nan(g, line);
-            break;
-        }
         const double alpha = 2.0 / ((double)n + 1.0);
-        Ema step = {line, lane, n, alpha, 1.0 - alpha, 0.0};
-        stream<false>(g, 0, step);
+        Ema step = {n != 0 && n <= length, n, alpha, 1.0 - alpha, 0.0};
+        stream<false, 1>(g, 0, step);
         break;
     }
     case 2: {
         const u32 n = code[1];
-        if (n == 0 || n >= len) {
-            fill_nan(g, line);
-            break;
-        }
-        Rsi step = {line, lane, n, (double)n, (double)(n - 1), 0.0, 0.0, 0.0};
-        stream<false>(g, 0, step);
+        Rsi step = {n != 0 && n < length, n, (double)n, (double)(n - 1), 0.0, 0.0, 0.0};
+        stream<false, 1>(g, 0, step);
         break;
     }
     case 3: {
         const u32 fast = code[1];
         const u32 slow = code[2];
         const u32 signal = code[3];
-        if (fast == 0 || signal == 0 || slow <= fast || slow > len) {
-            fill_nan(g, line);
-            fill_nan(g, line + size);
-            fill_nan(g, line + 2 * size);
-            break;
-        }
         const double alpha_fast = 2.0 / ((double)fast + 1.0);
         const double alpha_slow = 2.0 / ((double)slow + 1.0);
         const double alpha_signal = 2.0 / ((double)signal + 1.0);
-        Macd step = {line, line + size, line + 2 * size, lane, fast, slow, signal,
-                     alpha_fast, alpha_slow, alpha_signal,
-                     1.0 - alpha_fast, 1.0 - alpha_slow, 1.0 - alpha_signal,
-                     0.0, 0.0, 0.0};
-        stream<false>(g, 0, step);
+        Macd step = {fast != 0 && signal != 0 && slow > fast && slow <= length,
+                     fast, slow, signal, alpha_fast, alpha_slow, alpha_signal,
+                     1.0 - alpha_fast, 1.0 - alpha_slow, 1.0 - alpha_signal, 0.0, 0.0, 0.0};
+        stream<false, 3>(g, 0, step);
         break;
     }
     case 4: {
         const u32 n = code[1];
-        if (n == 0 || n > len) {
-            fill_nan(g, line);
-            fill_nan(g, line + size);
-            fill_nan(g, line + 2 * size);
-            break;
-        }
-        Bollinger step = {g, line, line + size, line + 2 * size, lane, (double)n, ks[j],
+        Bollinger step = {n != 0 && n <= length, closes + offset[lane], (double)n, ks[j],
                           {n, 0, 0.0, 0.0}, 0.0, 0.0};
-        stream<true>(g, n, step);
+        stream<true, 3>(g, n, step);
         break;
     }
     default:

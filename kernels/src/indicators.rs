@@ -4,16 +4,17 @@
 //! Every indicator is a recurrence along one series, so the work is cut by
 //! (series, indicator): the CPU twin runs one series per rayon task, the GPU
 //! one lane per (indicator, series), a warp per indicator and group of 32
-//! series laid out time-major (the host sorts the series by length and
-//! interleaves each group's values step by step, without padding; see
-//! `GroupLayout`), so that a warp's loads and stores at each step are
-//! consecutive. A parallel scan would change the order of the floating-point
-//! operations, so the recurrences stay sequential: a request has as many
-//! independent chains as (indicator, series) pairs. Both run the same single
-//! pass with the same operations in the same order (the CUDA code multiplies
-//! with `__dmul_rn` and compiles with `--fmad=false`, so no product is fused
-//! into an FMA), so the GPU result is meant to equal the CPU twin bit for
-//! bit; the parity test allows 1e-12 relative.
+//! consecutive series. A lane's series is contiguous (the wire's layout,
+//! concatenated), so the warp stages 8 steps of its 32 series at a time
+//! through shared memory, loading and storing runs of 64 contiguous bytes
+//! rather than 32 scattered values per instruction. A parallel scan would
+//! change the order of the floating-point operations, so the recurrences
+//! stay sequential: a request has as many independent chains as
+//! (indicator, series) pairs. Both run the same single pass with the same
+//! operations in the same order (the CUDA code multiplies with `__dmul_rn`
+//! and compiles with `--fmad=false`, so no product is fused into an FMA), so
+//! the GPU result is meant to equal the CPU twin bit for bit; the parity
+//! test allows 1e-12 relative.
 //!
 //! Each output line has the length of its series; positions before the
 //! indicator is defined hold NaN. Definitions and warm-up (NaN positions,
@@ -303,186 +304,32 @@ fn bollinger(x: &[f64], n: usize, k: f64, mid: &mut [f64], up: &mut [f64], lo: &
     }
 }
 
-/// Series in a warp's group: one lane each.
-const GROUP: usize = 32;
-/// Rows [`GroupLayout::gather`] and [`GroupLayout::scatter`] move at a
-/// time: 64 rows of 32 values are 16 KiB.
-const BLOCK_ROWS: usize = 64;
-/// The kernel counts a group's values in `u32` and adds a few steps to
-/// them: a group holds fewer than 2^31.
-const GROUP_VALUES: u64 = 1 << 31;
+/// Shared memory a warp of the kernel stages its batches in: five tiles of
+/// 32 rows of 9 f64 (the closes, the closes `period` steps back, three
+/// output lines), its series' offsets (32 u64) and lengths (32 u32);
+/// `WARP_DOUBLES` f64 in `indicators.cu`.
+const WARP_SHARED_BYTES: u32 = 8 * (5 * 32 * 9 + 32 + 16);
+// The largest block (4 warps) stages within the 48 KiB a block gets
+// without opting in.
+const _: () = assert!(4 * WARP_SHARED_BYTES <= 48 * 1024);
+/// The kernel counts a series' closes in `u32` and adds a few steps to
+/// them: a series holds fewer than 2^31.
+const MAX_SERIES_LEN: usize = 1 << 31;
 
-/// Where the GPU keeps the series: sorted by length, longest first (ties
-/// in index order), cut into groups of [`GROUP`] slots (the last may hold
-/// fewer), each group time-major: its row `t` holds, member by member, the
-/// values at `t` of the members longer than `t` (a prefix of them), so that
-/// a warp's lanes read and write consecutive addresses at every step.
-/// Empty series take no slot. Nothing is padded: the layout holds exactly
-/// the values of the series, and an output line of a group the same rows.
-#[derive(Debug, Clone, PartialEq)]
-struct GroupLayout {
-    /// The series in each slot.
-    order: Vec<usize>,
-    /// The length of each slot's series, descending.
-    lens: Vec<u32>,
-    /// Where each group starts, and the total after the last: group `g`
-    /// holds the values `bases[g] .. bases[g + 1]`.
-    bases: Vec<u64>,
-}
-
-impl GroupLayout {
-    /// The layout of series of `lengths`; `None` when a group would hold
-    /// [`GROUP_VALUES`] values or more (the kernel counts them in `u32`).
-    fn new(lengths: &[usize]) -> Option<Self> {
-        let mut order: Vec<usize> = (0..lengths.len()).filter(|&s| lengths[s] > 0).collect();
-        order.sort_by_key(|&s| std::cmp::Reverse(lengths[s]));
-        let lens = order
-            .iter()
-            .map(|&s| u32::try_from(lengths[s]).ok())
-            .collect::<Option<Vec<u32>>>()?;
-        let mut bases = Vec::with_capacity(lens.len().div_ceil(GROUP) + 1);
-        bases.push(0);
-        let mut at = 0;
-        for group in lens.chunks(GROUP) {
-            let size: u64 = group.iter().map(|&len| u64::from(len)).sum();
-            if size >= GROUP_VALUES {
-                return None;
-            }
-            at += size;
-            bases.push(at);
-        }
-        Some(GroupLayout { order, lens, bases })
+/// Warps per block for `warps` warps on `sms` multiprocessors: one while
+/// that spreads them over every multiprocessor with room to spare (a block
+/// goes to one multiprocessor, and a few long recurrences per
+/// multiprocessor are all the parallelism a small request has), four once
+/// there are more than 16 per multiprocessor, so blocks fill it rather
+/// than stopping at its 32 resident blocks. Four warps' staging
+/// ([`WARP_SHARED_BYTES`] each) fit the 48 KiB a block gets without opting
+/// in.
+fn warps_per_block(warps: u64, sms: u32) -> u32 {
+    if warps <= 16 * u64::from(sms.max(1)) {
+        1
+    } else {
+        4
     }
-
-    fn groups(&self) -> usize {
-        self.bases.len() - 1
-    }
-
-    /// The slots of group `g`.
-    fn slots(&self, g: usize) -> std::ops::Range<usize> {
-        g * GROUP..((g + 1) * GROUP).min(self.order.len())
-    }
-
-    /// The group's rows as stretches of rows of one width, in order.
-    fn stretches(&self, g: usize) -> Vec<Stretch> {
-        let lens = &self.lens[self.slots(g)];
-        let mut stretches = Vec::new();
-        let (mut from, mut at) = (0, 0);
-        for width in (1..=lens.len()).rev() {
-            let to = lens[width - 1] as usize;
-            if to > from {
-                stretches.push(Stretch {
-                    rows: from..to,
-                    width,
-                    at,
-                });
-                at += (to - from) * width;
-                from = to;
-            }
-        }
-        stretches
-    }
-
-    /// The group regions of a buffer laid out as the groups are, each
-    /// `per_value` values per value of the group, mutable and apart.
-    fn regions<'a>(&self, mut buffer: &'a mut [f64], per_value: usize) -> Vec<&'a mut [f64]> {
-        let mut regions = Vec::with_capacity(self.groups());
-        for g in 0..self.groups() {
-            let size = (self.bases[g + 1] - self.bases[g]) as usize * per_value;
-            let (region, rest) = buffer.split_at_mut(size);
-            regions.push(region);
-            buffer = rest;
-        }
-        regions
-    }
-
-    /// The series' values in the layout's order: the kernel's input. The
-    /// groups in parallel (rayon), a transpose each.
-    fn gather(&self, series: &[&[f64]]) -> Vec<f64> {
-        let total = self.bases.last().copied().unwrap_or(0) as usize;
-        let mut out = vec![0.0; total];
-        self.regions(&mut out, 1)
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(g, group)| {
-                let members = &self.order[self.slots(g)];
-                for stretch in self.stretches(g) {
-                    let width = stretch.width;
-                    let rows = &mut group[stretch.at..][..stretch.rows.len() * width];
-                    let columns: Vec<&[f64]> = members[..width]
-                        .iter()
-                        .map(|&s| &series[s][stretch.rows.clone()])
-                        .collect();
-                    // A block of rows at a time, each member's values in
-                    // turn: the block (16 KiB at most) stays in the L1 cache.
-                    for (block, rows) in rows.chunks_mut(BLOCK_ROWS * width).enumerate() {
-                        let from = block * BLOCK_ROWS;
-                        for (m, column) in columns.iter().enumerate() {
-                            let values = &column[from..from + rows.len() / width];
-                            for (row, &value) in rows.chunks_exact_mut(width).zip(values) {
-                                row[m] = value;
-                            }
-                        }
-                    }
-                }
-            });
-        out
-    }
-
-    /// The kernel's output (`n_lines` lines per group, each in the layout's
-    /// order) as each series' lines; an empty series gets empty lines. The
-    /// groups in parallel (rayon).
-    fn scatter(&self, out: &[f64], lengths: &[usize], n_lines: usize) -> Vec<SeriesLines> {
-        let groups: Vec<Vec<(usize, SeriesLines)>> = (0..self.groups())
-            .into_par_iter()
-            .map(|g| {
-                let members = &self.order[self.slots(g)];
-                let base = self.bases[g] as usize;
-                let size = self.bases[g + 1] as usize - base;
-                let stretches = self.stretches(g);
-                let mut lines: Vec<SeriesLines> = members
-                    .iter()
-                    .map(|_| Vec::with_capacity(n_lines))
-                    .collect();
-                for l in 0..n_lines {
-                    let line = &out[n_lines * base + l * size..][..size];
-                    let mut columns: Vec<Vec<f64>> = members
-                        .iter()
-                        .map(|&s| Vec::with_capacity(lengths[s]))
-                        .collect();
-                    for stretch in &stretches {
-                        let width = stretch.width;
-                        let rows = &line[stretch.at..][..stretch.rows.len() * width];
-                        // A block of rows at a time, as in `gather`.
-                        for rows in rows.chunks(BLOCK_ROWS * width) {
-                            for (m, column) in columns[..width].iter_mut().enumerate() {
-                                column.extend(rows.chunks_exact(width).map(|row| row[m]));
-                            }
-                        }
-                    }
-                    for (series_lines, column) in lines.iter_mut().zip(columns) {
-                        series_lines.push(column);
-                    }
-                }
-                members.iter().copied().zip(lines).collect()
-            })
-            .collect();
-        let mut result: Vec<SeriesLines> =
-            lengths.iter().map(|_| vec![Vec::new(); n_lines]).collect();
-        for (s, lines) in groups.into_iter().flatten() {
-            result[s] = lines;
-        }
-        result
-    }
-}
-
-/// Rows of a group that hold the same members: `rows` (their `t`), each
-/// `width` values long, from `at` in the group.
-#[derive(Debug, Clone, PartialEq)]
-struct Stretch {
-    rows: std::ops::Range<usize>,
-    width: usize,
-    at: usize,
 }
 
 /// The indicators as the kernel reads them: per indicator its kind, three
@@ -503,23 +350,10 @@ fn kernel_codes(indicators: &[Indicator]) -> (Vec<u32>, Vec<f64>) {
     (codes, ks)
 }
 
-/// Warps per block for `warps` warps on `sms` multiprocessors: one while
-/// that spreads them over every multiprocessor with room to spare (a block
-/// goes to one multiprocessor, and a few long recurrences per
-/// multiprocessor are all the parallelism a small request has), four once
-/// there are more than 16 per multiprocessor, so blocks fill it to 64 warps
-/// rather than stopping at its 32 resident blocks.
-fn warps_per_block(warps: u64, sms: u32) -> u32 {
-    if warps <= 16 * u64::from(sms.max(1)) {
-        1
-    } else {
-        4
-    }
-}
-
-/// The GPU path: one warp per (indicator, group of [`GROUP`] series), one
-/// lane per series, on the time-major [`GroupLayout`]. Same result as
-/// [`indicators_cpu`], bit for bit.
+/// The GPU path: one warp per (indicator, group of 32 consecutive series),
+/// one lane per series, the warp staging 8 steps of its series at a time
+/// through shared memory so that its loads and stores are coalesced. Same
+/// result as [`indicators_cpu`], bit for bit.
 pub fn indicators_gpu(
     gpu: &Gpu,
     series: &[&[f64]],
@@ -529,24 +363,23 @@ pub fn indicators_gpu(
     use cudarc::driver::{LaunchConfig, PushKernelArg};
 
     let n_lines = total_lines(indicators);
-    let lengths: Vec<usize> = series.iter().map(|s| s.len()).collect();
-    let total: usize = lengths.iter().sum();
+    let total: usize = series.iter().map(|s| s.len()).sum();
     if total == 0 || n_lines == 0 {
-        return Ok(lengths
+        return Ok(series
             .iter()
-            .map(|&len| vec![vec![f64::NAN; len]; n_lines])
+            .map(|s| vec![vec![f64::NAN; s.len()]; n_lines])
             .collect());
     }
     let too_large = |message: String| DeviceError {
         fault: crate::driver::Fault::Other,
         message,
     };
-    let layout = GroupLayout::new(&lengths).ok_or_else(|| {
-        too_large(format!(
-            "{GROUP} series of these lengths hold 2^31 closes or more, more than the kernel counts"
-        ))
-    })?;
-    let n_slots = u32::try_from(layout.order.len())
+    if let Some(long) = series.iter().position(|s| s.len() >= MAX_SERIES_LEN) {
+        return Err(too_large(format!(
+            "series {long} holds 2^31 closes or more, more than the kernel counts"
+        )));
+    }
+    let n_series = u32::try_from(series.len())
         .ok()
         .filter(|&n| n <= u32::MAX - 31)
         .ok_or_else(|| {
@@ -555,7 +388,13 @@ pub fn indicators_gpu(
                 series.len()
             ))
         })?;
-    let closes = layout.gather(series);
+    let mut closes = Vec::with_capacity(total);
+    let mut offsets = Vec::with_capacity(series.len() + 1);
+    offsets.push(0u64);
+    for s in series {
+        closes.extend_from_slice(s);
+        offsets.push(closes.len() as u64);
+    }
     let (codes, ks) = kernel_codes(indicators);
 
     let stream = gpu.stream();
@@ -564,8 +403,7 @@ pub fn indicators_gpu(
         .context()
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
     let d_closes = stream.clone_htod(&closes)?; // device [total]
-    let d_bases = stream.clone_htod(&layout.bases)?; // device [n_groups + 1]
-    let d_lens = stream.clone_htod(&layout.lens)?; // device [n_slots]
+    let d_offsets = stream.clone_htod(&offsets)?; // device [n_series + 1]
     let d_codes = stream.clone_htod(&codes)?; // device [5 n_indicators]
     let d_ks = stream.clone_htod(&ks)?; // device [n_indicators]
     // SAFETY: the kernel writes every value of every line (NaN where the
@@ -574,38 +412,48 @@ pub fn indicators_gpu(
     let mut d_out = unsafe { stream.alloc::<f64>(total * n_lines)? }; // device [total n_lines]
     let n_indicators = indicators.len() as u32;
     let n_lines_u32 = n_lines as u32;
-    let warps = layout.groups() as u64 * u64::from(n_indicators);
+    let warps = u64::from(n_series.div_ceil(32)) * u64::from(n_indicators);
     let block_warps = warps_per_block(warps, u32::try_from(sms).unwrap_or(1));
     let blocks = u32::try_from(warps.div_ceil(u64::from(block_warps)))
         .map_err(|_| too_large(format!("{warps} warps is more than one launch holds")))?;
     let config = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (32 * block_warps, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: block_warps * WARP_SHARED_BYTES,
     };
     let mut launch = stream.launch_builder(&function);
     launch
         .arg(&d_closes)
-        .arg(&d_bases)
-        .arg(&d_lens)
-        .arg(&n_slots)
+        .arg(&d_offsets)
+        .arg(&n_series)
         .arg(&d_codes)
         .arg(&d_ks)
         .arg(&n_indicators)
         .arg(&n_lines_u32)
         .arg(&mut d_out);
     // SAFETY: the arguments match `indicators_run(const double*, const
-    // u64*, const u32*, unsigned, const unsigned*, const double*, unsigned,
-    // unsigned, double*)`; group g's lane m reads its own values within
-    // closes[bases[g] .. bases[g+1]] and writes within out[n_lines bases[g]
-    // .. n_lines bases[g+1]], inside the buffers; warps past the last
-    // (indicator, group) return at once.
+    // u64*, unsigned, const unsigned*, const double*, unsigned, unsigned,
+    // double*)`; every series s is read within closes[offsets[s] ..
+    // offsets[s+1]] and written only within out[offsets[s] n_lines ..
+    // offsets[s+1] n_lines], inside the buffers; each warp stages in its
+    // own WARP_SHARED_BYTES of the dynamic shared memory (block_warps of
+    // them, at most 47 616 bytes); warps past the last (indicator, group)
+    // return at once.
     #[allow(unsafe_code)]
     unsafe {
         launch.launch(config)?;
     }
     let out = stream.clone_dtoh(&d_out)?;
-    Ok(layout.scatter(&out, &lengths, n_lines))
+    Ok(series
+        .iter()
+        .zip(&offsets)
+        .map(|(s, &offset)| {
+            let base = offset as usize * n_lines;
+            (0..n_lines)
+                .map(|l| out[base + l * s.len()..base + (l + 1) * s.len()].to_vec())
+                .collect()
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -919,111 +767,18 @@ mod tests {
         assert_eq!(defined(6), defined(7));
     }
 
-    /// Series whose value at `t` names it: `1000 s + t`.
-    fn named(lengths: &[usize]) -> Vec<Vec<f64>> {
-        lengths
-            .iter()
-            .enumerate()
-            .map(|(s, &len)| (0..len).map(|t| (1000 * s + t) as f64).collect())
-            .collect()
-    }
-
+    /// `WARP_SHARED_BYTES` is what `indicators.cu` stages per warp.
     #[test]
-    fn group_layout_is_time_major_longest_first_without_padding() {
-        let lengths = [3, 0, 5, 5, 1];
-        let layout = GroupLayout::new(&lengths).unwrap();
-        assert_eq!(layout.order, [2, 3, 0, 4]);
-        assert_eq!(layout.lens, [5, 5, 3, 1]);
-        assert_eq!(layout.bases, [0, 14]);
-        let data = named(&lengths);
-        let series: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
-        let rows: [&[f64]; 5] = [
-            &[2000.0, 3000.0, 0.0, 4000.0],
-            &[2001.0, 3001.0, 1.0],
-            &[2002.0, 3002.0, 2.0],
-            &[2003.0, 3003.0],
-            &[2004.0, 3004.0],
-        ];
-        assert_eq!(layout.gather(&series), rows.concat());
-    }
-
-    /// Where the kernel looks for member `m`'s value at `t` in its group:
-    /// `sum_k min(len_k, t) + m` (`rows_at` in `indicators.cu`).
-    fn kernel_offset(lens: &[u32], m: usize, t: usize) -> usize {
-        lens.iter().map(|&len| (len as usize).min(t)).sum::<usize>() + m
-    }
-
-    #[test]
-    fn group_layout_puts_each_value_where_the_kernel_reads_it() {
-        // 70 series (groups of 32, 32 and 6), lengths with ties and gaps.
-        let lengths: Vec<usize> = (0..70).map(|s| (s * 37) % 23 + (s % 3) * 5).collect();
-        let layout = GroupLayout::new(&lengths).unwrap();
-        assert_eq!(layout.groups(), 3);
-        assert_eq!(
-            layout.order.len(),
-            lengths.iter().filter(|&&l| l > 0).count()
-        );
-        assert!(layout.lens.windows(2).all(|w| w[0] >= w[1]));
-        let total: usize = lengths.iter().sum();
-        assert_eq!(*layout.bases.last().unwrap() as usize, total);
-        let data = named(&lengths);
-        let series: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
-        let closes = layout.gather(&series);
-        assert_eq!(closes.len(), total);
-        for g in 0..layout.groups() {
-            let slots = layout.slots(g);
-            let lens = &layout.lens[slots.clone()];
-            let base = layout.bases[g] as usize;
-            for (m, &s) in layout.order[slots].iter().enumerate() {
-                for (t, &value) in data[s].iter().enumerate() {
-                    assert_eq!(
-                        closes[base + kernel_offset(lens, m, t)],
-                        value,
-                        "series {s} t {t}"
-                    );
-                }
-            }
+    fn warp_shared_bytes_match_the_kernel() {
+        for define in [
+            "#define BATCH 8\n",
+            "#define PITCH (BATCH + 1)\n",
+            "#define TILE (32 * PITCH)\n",
+            "#define WARP_DOUBLES (5 * TILE + 32 + 16)\n",
+        ] {
+            assert!(SOURCE.code.contains(define), "{define}");
         }
-    }
-
-    #[test]
-    fn group_layout_scatter_undoes_the_layout_line_by_line() {
-        let lengths: Vec<usize> = (0..45).map(|s| [0, 1, 7, 7, 30][s % 5] + s / 9).collect();
-        let layout = GroupLayout::new(&lengths).unwrap();
-        let data = named(&lengths);
-        let series: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
-        let closes = layout.gather(&series);
-        // A kernel's output with 3 lines: line l of a group is its closes
-        // plus 1e6 l.
-        let n_lines = 3;
-        let mut out = Vec::new();
-        for g in 0..layout.groups() {
-            let group = &closes[layout.bases[g] as usize..layout.bases[g + 1] as usize];
-            for l in 0..n_lines {
-                out.extend(group.iter().map(|v| v + 1e6 * l as f64));
-            }
-        }
-        let lines = layout.scatter(&out, &lengths, n_lines);
-        for (s, series_lines) in lines.iter().enumerate() {
-            assert_eq!(series_lines.len(), n_lines);
-            for (l, line) in series_lines.iter().enumerate() {
-                let want: Vec<f64> = data[s].iter().map(|v| v + 1e6 * l as f64).collect();
-                assert_eq!(line, &want, "series {s} line {l}");
-            }
-        }
-    }
-
-    #[test]
-    fn group_layout_refuses_groups_past_u32_counts() {
-        assert!(GroupLayout::new(&[]).unwrap().bases == [0]);
-        assert!(GroupLayout::new(&[1 << 30, (1 << 30) - 1]).is_some());
-        assert!(GroupLayout::new(&[1 << 30, 1 << 30]).is_none());
-        assert!(GroupLayout::new(&[1 << 31]).is_none());
-        // 2^30 in each of two groups is fine: only a group's total counts.
-        let mut lengths = vec![1; 63];
-        lengths.push(1 << 30);
-        lengths.push((1 << 30) - 32);
-        assert!(GroupLayout::new(&lengths).is_some());
+        assert_eq!(WARP_SHARED_BYTES, 8 * (5 * 32 * (8 + 1) + 32 + 16));
     }
 
     #[test]
