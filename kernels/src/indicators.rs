@@ -3,11 +3,18 @@
 //!
 //! Every indicator is a recurrence along one series, so the work is cut by
 //! (series, indicator): the CPU twin runs one series per rayon task, the GPU
-//! one thread per (indicator, series). Both run the same single pass with
-//! the same operations in the same order (the CUDA code multiplies with
-//! `__dmul_rn` so no product is fused into an FMA), so the GPU result is
-//! meant to equal the CPU twin bit for bit; the parity test allows 1e-12
-//! relative.
+//! one lane per (indicator, series), a warp per indicator and group of 32
+//! consecutive series. A lane's series is contiguous (the wire's layout,
+//! concatenated), so the warp stages 8 steps of its 32 series at a time
+//! through shared memory, loading and storing runs of 64 contiguous bytes
+//! rather than 32 scattered values per instruction. A parallel scan would
+//! change the order of the floating-point operations, so the recurrences
+//! stay sequential: a request has as many independent chains as
+//! (indicator, series) pairs. Both run the same single pass with the same
+//! operations in the same order (the CUDA code multiplies with `__dmul_rn`
+//! and compiles with `--fmad=false`, so no product is fused into an FMA), so
+//! the GPU result is meant to equal the CPU twin bit for bit; the parity
+//! test allows 1e-12 relative.
 //!
 //! Each output line has the length of its series; positions before the
 //! indicator is defined hold NaN. Definitions and warm-up (NaN positions,
@@ -297,31 +304,37 @@ fn bollinger(x: &[f64], n: usize, k: f64, mid: &mut [f64], up: &mut [f64], lo: &
     }
 }
 
-/// The GPU path: one thread per (indicator, series). Same result as
-/// [`indicators_cpu`].
-pub fn indicators_gpu(
-    gpu: &Gpu,
-    series: &[&[f64]],
-    indicators: &[Indicator],
-) -> Result<Vec<SeriesLines>, DeviceError> {
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
+/// Shared memory a warp of the kernel stages its batches in: five tiles of
+/// 32 rows of 9 f64 (the closes, the closes `period` steps back, three
+/// output lines), its series' offsets (32 u64) and lengths (32 u32);
+/// `WARP_DOUBLES` f64 in `indicators.cu`.
+const WARP_SHARED_BYTES: u32 = 8 * (5 * 32 * 9 + 32 + 16);
+// The largest block (4 warps) stages within the 48 KiB a block gets
+// without opting in.
+const _: () = assert!(4 * WARP_SHARED_BYTES <= 48 * 1024);
+/// The kernel counts a series' closes in `u32` and adds a few steps to
+/// them: a series holds fewer than 2^31.
+const MAX_SERIES_LEN: usize = 1 << 31;
 
-    let n_lines = total_lines(indicators);
-    let total: usize = series.iter().map(|s| s.len()).sum();
-    if total == 0 || n_lines == 0 {
-        return Ok(series
-            .iter()
-            .map(|s| vec![vec![f64::NAN; s.len()]; n_lines])
-            .collect());
+/// Warps per block for `warps` warps on `sms` multiprocessors: one while
+/// that spreads them over every multiprocessor with room to spare (a block
+/// goes to one multiprocessor, and a few long recurrences per
+/// multiprocessor are all the parallelism a small request has), four once
+/// there are more than 16 per multiprocessor, so blocks fill it rather
+/// than stopping at its 32 resident blocks. Four warps' staging
+/// ([`WARP_SHARED_BYTES`] each) fit the 48 KiB a block gets without opting
+/// in.
+fn warps_per_block(warps: u64, sms: u32) -> u32 {
+    if warps <= 16 * u64::from(sms.max(1)) {
+        1
+    } else {
+        4
     }
-    let mut closes = Vec::with_capacity(total);
-    let mut offsets = Vec::with_capacity(series.len() + 1);
-    offsets.push(0u64);
-    for s in series {
-        closes.extend_from_slice(s);
-        offsets.push(closes.len() as u64);
-    }
-    // Per indicator: kind, three integer parameters, its first line.
+}
+
+/// The indicators as the kernel reads them: per indicator its kind, three
+/// integer parameters and its first line, and its `k` (Bollinger's, else 0).
+fn kernel_codes(indicators: &[Indicator]) -> (Vec<u32>, Vec<f64>) {
     let mut codes = Vec::with_capacity(5 * indicators.len());
     let mut ks = Vec::with_capacity(indicators.len());
     let mut line = 0u32;
@@ -334,23 +347,79 @@ pub fn indicators_gpu(
             _ => 0.0,
         });
     }
+    (codes, ks)
+}
+
+/// The GPU path: one warp per (indicator, group of 32 consecutive series),
+/// one lane per series, the warp staging 8 steps of its series at a time
+/// through shared memory so that its loads and stores are coalesced. Same
+/// result as [`indicators_cpu`], bit for bit.
+pub fn indicators_gpu(
+    gpu: &Gpu,
+    series: &[&[f64]],
+    indicators: &[Indicator],
+) -> Result<Vec<SeriesLines>, DeviceError> {
+    use cudarc::driver::sys::CUdevice_attribute;
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+    let n_lines = total_lines(indicators);
+    let total: usize = series.iter().map(|s| s.len()).sum();
+    if total == 0 || n_lines == 0 {
+        return Ok(series
+            .iter()
+            .map(|s| vec![vec![f64::NAN; s.len()]; n_lines])
+            .collect());
+    }
+    let too_large = |message: String| DeviceError {
+        fault: crate::driver::Fault::Other,
+        message,
+    };
+    if let Some(long) = series.iter().position(|s| s.len() >= MAX_SERIES_LEN) {
+        return Err(too_large(format!(
+            "series {long} holds 2^31 closes or more, more than the kernel counts"
+        )));
+    }
+    let n_series = u32::try_from(series.len())
+        .ok()
+        .filter(|&n| n <= u32::MAX - 31)
+        .ok_or_else(|| {
+            too_large(format!(
+                "{} series is more than the kernel counts",
+                series.len()
+            ))
+        })?;
+    let mut closes = Vec::with_capacity(total);
+    let mut offsets = Vec::with_capacity(series.len() + 1);
+    offsets.push(0u64);
+    for s in series {
+        closes.extend_from_slice(s);
+        offsets.push(closes.len() as u64);
+    }
+    let (codes, ks) = kernel_codes(indicators);
 
     let stream = gpu.stream();
     let function = gpu.function(SOURCE.module, "indicators_run")?;
+    let sms = gpu
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
     let d_closes = stream.clone_htod(&closes)?; // device [total]
     let d_offsets = stream.clone_htod(&offsets)?; // device [n_series + 1]
     let d_codes = stream.clone_htod(&codes)?; // device [5 n_indicators]
     let d_ks = stream.clone_htod(&ks)?; // device [n_indicators]
-    let mut d_out = stream.alloc_zeros::<f64>(total * n_lines)?; // device [total n_lines]
-    let n_series = series.len() as u32;
+    // SAFETY: the kernel writes every value of every line (NaN where the
+    // indicator is not defined) before anything reads the buffer.
+    #[allow(unsafe_code)]
+    let mut d_out = unsafe { stream.alloc::<f64>(total * n_lines)? }; // device [total n_lines]
     let n_indicators = indicators.len() as u32;
     let n_lines_u32 = n_lines as u32;
-    let threads = n_series * n_indicators;
-    let block = 128u32;
+    let warps = u64::from(n_series.div_ceil(32)) * u64::from(n_indicators);
+    let block_warps = warps_per_block(warps, u32::try_from(sms).unwrap_or(1));
+    let blocks = u32::try_from(warps.div_ceil(u64::from(block_warps)))
+        .map_err(|_| too_large(format!("{warps} warps is more than one launch holds")))?;
     let config = LaunchConfig {
-        grid_dim: (threads.div_ceil(block), 1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
+        grid_dim: (blocks, 1, 1),
+        block_dim: (32 * block_warps, 1, 1),
+        shared_mem_bytes: block_warps * WARP_SHARED_BYTES,
     };
     let mut launch = stream.launch_builder(&function);
     launch
@@ -363,9 +432,13 @@ pub fn indicators_gpu(
         .arg(&n_lines_u32)
         .arg(&mut d_out);
     // SAFETY: the arguments match `indicators_run(const double*, const
-    // unsigned long long*, unsigned, const unsigned*, const double*,
-    // unsigned, unsigned, double*)`; every series s writes only
-    // out[offsets[s] n_lines .. offsets[s+1] n_lines], inside the buffer.
+    // u64*, unsigned, const unsigned*, const double*, unsigned, unsigned,
+    // double*)`; every series s is read within closes[offsets[s] ..
+    // offsets[s+1]] and written only within out[offsets[s] n_lines ..
+    // offsets[s+1] n_lines], inside the buffers; each warp stages in its
+    // own WARP_SHARED_BYTES of the dynamic shared memory (block_warps of
+    // them, at most 47 616 bytes); warps past the last (indicator, group)
+    // return at once.
     #[allow(unsafe_code)]
     unsafe {
         launch.launch(config)?;
@@ -692,6 +765,34 @@ mod tests {
         assert!(defined(6).iter().all(|&v| v == 42.5));
         assert_eq!(defined(7), defined(8), "Bollinger width 0");
         assert_eq!(defined(6), defined(7));
+    }
+
+    /// `WARP_SHARED_BYTES` is what `indicators.cu` stages per warp.
+    #[test]
+    fn warp_shared_bytes_match_the_kernel() {
+        for define in [
+            "#define BATCH 8\n",
+            "#define PITCH (BATCH + 1)\n",
+            "#define TILE (32 * PITCH)\n",
+            "#define WARP_DOUBLES (5 * TILE + 32 + 16)\n",
+        ] {
+            assert!(SOURCE.code.contains(define), "{define}");
+        }
+        assert_eq!(WARP_SHARED_BYTES, 8 * (5 * 32 * (8 + 1) + 32 + 16));
+    }
+
+    #[test]
+    fn warps_per_block_spreads_few_warps_and_fills_with_many() {
+        for (warps, sms, want) in [
+            (1, 132, 1),
+            (160, 132, 1),
+            (16 * 132, 132, 1),
+            (16 * 132 + 1, 132, 4),
+            (100_000, 132, 4),
+            (10, 0, 1),
+        ] {
+            assert_eq!(warps_per_block(warps, sms), want, "{warps} warps on {sms}");
+        }
     }
 
     #[test]

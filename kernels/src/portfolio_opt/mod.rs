@@ -6,8 +6,9 @@
 //!    `j` is Philox stream `j`: exponentials `-ln u`, normalized), each
 //!    shrunk toward equal weights just enough to respect `max_weight`, each
 //!    scored (minus the variance, or the Sharpe ratio). [`search_gpu`] runs
-//!    it on the GPU (`cuda/portfolio_opt.cu`, one block per
-//!    [`CANDIDATES_PER_BLOCK`] candidates, the blocks' bests reduced on the
+//!    it on the GPU (`cuda/portfolio_opt.cu`, one block per tile of
+//!    [`gpu_tile`] candidates, whose weights sit in shared memory while
+//!    the block reads the covariance, the blocks' bests reduced on the
 //!    host in block order); [`search_cpu`] is its twin with rayon (tiles of
 //!    [`TILE`] candidates per pass over the covariance's lower triangle,
 //!    each candidate's score the same bits whatever its tile). Both pick
@@ -71,13 +72,41 @@ use crate::runtime::{Gpu, Source};
 pub const SOURCE: Source = Source {
     module: "portfolio_opt",
     code: include_str!("../../cuda/portfolio_opt.cu"),
-    kernels: &["random_search"],
+    kernels: &[
+        "random_search_4",
+        "random_search_8",
+        "random_search_16",
+        "random_search_32",
+    ],
 };
 
-/// Candidates one GPU block evaluates together (one pass over the
-/// covariance serves them all); `CANDIDATES` in the kernel.
-pub const CANDIDATES_PER_BLOCK: usize = 4;
+/// The tiles a GPU block may score, largest first (`random_search_<tile>`
+/// in the kernel): candidates that share the block's reads of the
+/// covariance.
+pub const GPU_TILES: [usize; 4] = [32, 16, 8, 4];
+/// Shared memory a GPU block may use: what every CUDA device gives a block
+/// without opting in, so a problem gets the same tile, and its candidates
+/// the same scores, on every device.
+pub const GPU_SHARED_BYTES: usize = 48 * 1024;
 const THREADS: u32 = 256;
+/// Warps of a GPU block (`WARPS` in the kernel).
+const WARPS: usize = THREADS as usize / 32;
+
+/// The tile of a GPU search over `n` assets: the largest of [`GPU_TILES`]
+/// whose weights (`tile n` f32 in dynamic shared memory) and reduction
+/// scratch (`tile (WARPS + 1)` f32, static) fit [`GPU_SHARED_BYTES`]; `None`
+/// when even the smallest does not (more than 3 063 assets).
+pub fn gpu_tile(n: usize) -> Option<usize> {
+    GPU_TILES
+        .into_iter()
+        .find(|&tile| gpu_shared_bytes(n, tile) <= GPU_SHARED_BYTES)
+}
+
+/// The shared memory a GPU block over `n` assets uses with `tile`: the
+/// weights (dynamic) and the scratch (static).
+fn gpu_shared_bytes(n: usize, tile: usize) -> usize {
+    n.saturating_add(WARPS + 1).saturating_mul(4 * tile)
+}
 /// Candidates the CPU twin scores together, in one pass over the
 /// covariance.
 const TILE: usize = 16;
@@ -88,12 +117,12 @@ const PARALLEL_ROWS: usize = 256;
 /// Bisection steps of a projection before its closed-form finish.
 const BISECTIONS: usize = 100;
 /// Candidates per block of the search as a split cuts it: a shard is a run
-/// of whole blocks. A multiple of [`CANDIDATES_PER_BLOCK`] and of
+/// of whole blocks. A multiple of every one of [`GPU_TILES`] and of
 /// [`TILE`] times [`CPU_TILES_PER_TASK`], so that a shard's GPU blocks and
 /// CPU tasks are the unsplit run's.
 pub const SEARCH_BLOCK: u64 = 256;
 const _: () = assert!(
-    SEARCH_BLOCK.is_multiple_of(CANDIDATES_PER_BLOCK as u64)
+    SEARCH_BLOCK.is_multiple_of(GPU_TILES[0] as u64)
         && SEARCH_BLOCK.is_multiple_of((TILE * CPU_TILES_PER_TASK) as u64)
 );
 

@@ -7,8 +7,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{
-    CANDIDATES_PER_BLOCK, CPU_TILES_PER_TASK, Objective, Problem, SOURCE, SearchBest, Settings,
-    THREADS, TILE,
+    CPU_TILES_PER_TASK, Objective, Problem, SOURCE, SearchBest, Settings, THREADS, TILE, gpu_tile,
 };
 use crate::driver::DeviceError;
 use crate::philox;
@@ -375,11 +374,11 @@ pub fn search_gpu(
 }
 
 /// The random search on the GPU over the candidates `candidates` (within
-/// `u32`): one block per [`CANDIDATES_PER_BLOCK`] candidates from
+/// `u32`): one block per tile of [`gpu_tile`] candidates from
 /// `candidates.start`, the blocks' bests merged in block order. A
-/// candidate's score does not depend on the block it falls in (each sums
-/// its own moments in a fixed order), so runs merge exactly
-/// ([`merge_bests`]).
+/// candidate's score does not depend on the block it falls in nor on its
+/// place in the tile (each sums its own moments in a fixed order, the same
+/// for every place), so runs merge exactly ([`merge_bests`]).
 pub fn search_gpu_range(
     gpu: &Gpu,
     problem: &Problem,
@@ -391,21 +390,26 @@ pub fn search_gpu_range(
         index: candidates.start,
         score: f32::NEG_INFINITY,
     };
-    // The kernel counts candidates in u32; a search has at most 2^24.
+    // The kernel counts candidates in u32, the last block's tile included;
+    // a search has at most 2^24.
     let (Ok(start), Ok(end)) = (
         u32::try_from(candidates.start),
         u32::try_from(candidates.end),
     ) else {
         return Ok(empty);
     };
-    if start >= end {
+    if start >= end || end > u32::MAX - 32 {
         return Ok(empty);
     }
     let n = problem.assets();
+    let tile = gpu_tile(n).ok_or_else(|| DeviceError {
+        fault: crate::driver::Fault::Other,
+        message: format!("{n} assets do not fit the GPU search's shared memory"),
+    })?;
     let (covariance, excess) = search_inputs(problem);
-    let blocks = (end - start).div_ceil(CANDIDATES_PER_BLOCK as u32);
+    let blocks = (end - start).div_ceil(tile as u32);
     let stream = gpu.stream();
-    let function = gpu.function(SOURCE.module, "random_search")?;
+    let function = gpu.function(SOURCE.module, &format!("random_search_{tile}"))?;
     let covariance = stream.clone_htod(&covariance)?;
     let excess = stream.clone_htod(&excess)?;
     let mut best_index = stream.alloc_zeros::<u32>(blocks as usize)?;
@@ -416,7 +420,7 @@ pub fn search_gpu_range(
     let config = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: (CANDIDATES_PER_BLOCK * n * std::mem::size_of::<f32>()) as u32,
+        shared_mem_bytes: (tile * n * std::mem::size_of::<f32>()) as u32,
     };
     let mut launch = stream.launch_builder(&function);
     launch
@@ -430,12 +434,13 @@ pub fn search_gpu_range(
         .arg(&excess)
         .arg(&mut best_index)
         .arg(&mut best_score);
-    // SAFETY: the arguments match `random_search(u64, u32, u32, u32, f32,
-    // i32, const f32*, const f32*, u32*, f32*)`; the covariance holds n * n
-    // values and the excess n; each output holds one value per block
-    // (ceil((end - start) / 4) of them); the dynamic shared memory holds
-    // the block's 4 n weights (at most 32 000 bytes for n <= 2000, under
-    // the 48 KiB default).
+    // SAFETY: the arguments match `random_search_<tile>(u64, u32, u32, u32,
+    // f32, i32, const f32*, const f32*, u32*, f32*)`; the covariance holds
+    // n * n values and the excess n; each output holds one value per block
+    // (ceil((end - start) / tile) of them); the dynamic shared memory holds
+    // the tile's weights, tile * n f32, which with the kernel's static
+    // scratch fit the 48 KiB a block gets without opting in (`gpu_tile`);
+    // `end + tile` does not overflow u32.
     #[allow(unsafe_code)]
     unsafe {
         launch.launch(config)?;

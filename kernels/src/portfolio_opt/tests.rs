@@ -292,6 +292,37 @@ fn reference_score(matrix: &SearchMatrix, seed: u64, j: u64, max_weight: f32, sh
     }
 }
 
+/// The GPU tile for each size: the largest whose weights and scratch fit
+/// 48 KiB, down to 4 at the largest size allowed (2000 assets) and beyond.
+#[test]
+fn gpu_tile_is_the_largest_that_fits_shared_memory() {
+    for (n, tile) in [
+        (1, Some(32)),
+        (100, Some(32)),
+        (375, Some(32)),
+        (376, Some(16)),
+        (500, Some(16)),
+        (759, Some(16)),
+        (760, Some(8)),
+        (1527, Some(8)),
+        (1528, Some(4)),
+        (2000, Some(4)),
+        (3063, Some(4)),
+        (3064, None),
+        (usize::MAX, None),
+    ] {
+        assert_eq!(gpu_tile(n), tile, "n = {n}");
+    }
+    for n in 1..=2000 {
+        let tile = gpu_tile(n).unwrap();
+        // Weights (dynamic) plus the kernel's static scratch: tile * WARPS
+        // f32 for the reductions and tile f32 for the returns.
+        let bytes = 4 * tile * n + 4 * tile * (8 + 1);
+        assert!(bytes <= 48 * 1024, "n = {n}, tile {tile}: {bytes} bytes");
+        assert!(SEARCH_BLOCK.is_multiple_of(tile as u64));
+    }
+}
+
 #[test]
 fn philox_tile_is_philox() {
     let key = philox::key(0x1234_5678_9abc_def0);
