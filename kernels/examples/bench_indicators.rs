@@ -7,8 +7,7 @@
 //! MACD(12,26,9) and Bollinger(20,2): nine lines. Items are input closes.
 //! One `BENCH {...}` line per measurement, the best of a few repetitions;
 //! the GPU's `seconds` include the copies to and from the device, its
-//! `kernel_seconds` only what the launch code times with CUDA events (zero
-//! while `indicators_gpu` times nothing).
+//! `kernel_seconds` only the kernel, timed with CUDA events.
 
 mod common;
 

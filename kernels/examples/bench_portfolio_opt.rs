@@ -2,9 +2,8 @@
 //! refine) on 100 and 500 assets, both objectives: the CPU twin, and with
 //! `--gpu` the GPU search (the refine is on the CPU either way). Items are
 //! the random candidates (unit "portfolios"); each line's seconds cover the
-//! search and the refine; a GPU line's `kernel_seconds` what the launch
-//! code times with CUDA events (zero while `optimize_gpu` times nothing),
-//! with GFLOP/s against the device's FP32 peak. `bench/portfolio_opt_numpy.py` builds the same
+//! search and the refine; a GPU line's `kernel_seconds` the search
+//! kernel's time from CUDA events, with GFLOP/s against the device's FP32 peak. `bench/portfolio_opt_numpy.py` builds the same
 //! problems.
 //!
 //! Run with `cargo run --release -p tandem-kernels --example bench_portfolio_opt -- [--gpu]`.

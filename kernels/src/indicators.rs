@@ -421,6 +421,7 @@ pub fn indicators_gpu(
         block_dim: (32 * block_warps, 1, 1),
         shared_mem_bytes: block_warps * WARP_SHARED_BYTES,
     };
+    let timer = gpu.kernel_timer()?;
     let mut launch = stream.launch_builder(&function);
     launch
         .arg(&d_closes)
@@ -443,6 +444,7 @@ pub fn indicators_gpu(
     unsafe {
         launch.launch(config)?;
     }
+    timer.finish()?;
     let out = stream.clone_dtoh(&d_out)?;
     Ok(series
         .iter()

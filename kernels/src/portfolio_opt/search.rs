@@ -422,6 +422,7 @@ pub fn search_gpu_range(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: (tile * n * std::mem::size_of::<f32>()) as u32,
     };
+    let timer = gpu.kernel_timer()?;
     let mut launch = stream.launch_builder(&function);
     launch
         .arg(&settings.seed)
@@ -445,6 +446,7 @@ pub fn search_gpu_range(
     unsafe {
         launch.launch(config)?;
     }
+    timer.finish()?;
     let index = stream.clone_dtoh(&best_index)?;
     let score = stream.clone_dtoh(&best_score)?;
     Ok(
