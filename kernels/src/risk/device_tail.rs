@@ -303,6 +303,23 @@ impl Scratch {
         Ok(())
     }
 
+    /// The device's part of every chunk: sums its blocks into `sums` (timed
+    /// as kernel time) and adds the losses that can be in the tail to `top`.
+    pub(super) fn reduce(
+        &mut self,
+        gpu: &Gpu,
+        losses: CudaView<'_, f64>,
+        sums: &mut cudarc::driver::CudaViewMut<'_, f64>,
+        keep: usize,
+        top: &mut TopK,
+        traffic: &mut TailTraffic,
+    ) -> Result<(), DeviceError> {
+        let timer = gpu.kernel_timer()?;
+        self.block_sums(gpu, &losses, sums)?;
+        timer.finish()?;
+        select_chunk(&mut self.chunk(gpu, losses), keep, top, traffic)
+    }
+
     /// The chunk `losses` of a run on `gpu`, for [`select_chunk`].
     pub(super) fn chunk<'a>(
         &'a mut self,

@@ -714,13 +714,13 @@ pub fn monte_carlo_gpu_traffic(
                 launch.launch(launch_config(count32))?;
             }
         }
-        let chunk_losses = losses.slice(..count as usize);
+        timer.finish()?;
         let at = (chunk.start - blocks.start) as usize;
         let mut chunk_sums = sums.slice_mut(at..at + (chunk.end - chunk.start) as usize);
-        scratch.block_sums(gpu, &chunk_losses, &mut chunk_sums)?;
-        timer.finish()?;
-        device_tail::select_chunk(
-            &mut scratch.chunk(gpu, chunk_losses),
+        scratch.reduce(
+            gpu,
+            losses.slice(..count as usize),
+            &mut chunk_sums,
             keep,
             &mut top,
             &mut traffic,
@@ -811,14 +811,12 @@ pub fn historical_gpu_traffic(
         // multiples of BLOCK, and those past the last row hold none.
         let lo = ((chunk.start * BLOCK).min(end) - first) as usize;
         let hi = ((chunk.end * BLOCK).min(end) - first) as usize;
-        let chunk_losses = losses.slice(lo..hi);
         let at = (chunk.start - blocks.start) as usize;
         let mut chunk_sums = sums.slice_mut(at..at + (chunk.end - chunk.start) as usize);
-        let timer = gpu.kernel_timer()?;
-        scratch.block_sums(gpu, &chunk_losses, &mut chunk_sums)?;
-        timer.finish()?;
-        device_tail::select_chunk(
-            &mut scratch.chunk(gpu, chunk_losses),
+        scratch.reduce(
+            gpu,
+            losses.slice(lo..hi),
+            &mut chunk_sums,
             keep,
             &mut top,
             &mut traffic,
