@@ -268,6 +268,37 @@ mod tests {
         assert!(a.is_finite() && b.is_finite());
     }
 
+    /// Box-Muller against the formula in f64, at uniforms across (0, 1):
+    /// `r = sqrt(-2 ln u1)`, `(r cos 2 pi u2, r sin 2 pi u2)`, within a few
+    /// f32 ulp. (The moments alone would pass a constant pair (1, -1).)
+    #[test]
+    fn normal_pairs_are_box_muller_of_their_uniforms() {
+        for (a, b) in [
+            (0u32, 0u32),
+            (0x0100_0000, 0x4000_0000),
+            (0x1234_5678, 0x9abc_def0),
+            (1 << 31, 0xc000_0000),
+            (0xdead_beef, 0x2000_0000),
+            (u32::MAX, u32::MAX),
+        ] {
+            let (u1, u2) = (f64::from(u01(a)), f64::from(u01(b)));
+            let r = (-2.0 * u1.ln()).sqrt();
+            let angle = std::f64::consts::TAU * u2;
+            let (z0, z1) = normal_pair(a, b);
+            let tolerance = 1e-5 * r.max(1.0);
+            assert!(
+                (f64::from(z0) - r * angle.cos()).abs() < tolerance,
+                "{a:#x} {b:#x}: {z0} vs {}",
+                r * angle.cos()
+            );
+            assert!(
+                (f64::from(z1) - r * angle.sin()).abs() < tolerance,
+                "{a:#x} {b:#x}: {z1} vs {}",
+                r * angle.sin()
+            );
+        }
+    }
+
     #[test]
     fn normals_have_the_right_moments() {
         let k = key(42);

@@ -235,6 +235,7 @@ mod tests {
     fn key_names_read_plainly() {
         let keys = Keys::new("tandem");
         let id: TaskId = "0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b".parse().unwrap();
+        assert_eq!(keys.prefix(), "tandem");
         assert_eq!(
             keys.stream(Class::Heavy, Priority::Critical),
             "tandem:{heavy}:stream:critical"

@@ -648,6 +648,53 @@ mod tests {
         assert_eq!(rule.wire(), "0/7 30/-1");
     }
 
+    /// Only running, healthy workers other than this one count: a
+    /// draining, probing or failed worker takes nothing, so routing must
+    /// not leave work to it.
+    #[test]
+    fn live_peers_are_the_other_running_healthy_workers() {
+        let worker = |id: &str, state: &str, health: Health, role: Role| WorkerInfo {
+            id: id.into(),
+            state: state.into(),
+            health,
+            role,
+            memory_budget: 7 * GIB,
+            device: format!("SIM-{id}"),
+            ..WorkerInfo::default()
+        };
+        let workers = [
+            worker("me", "running", Health::Healthy, Role::Heavy),
+            worker("light", "running", Health::Healthy, Role::Light),
+            worker("draining", "draining", Health::Healthy, Role::Light),
+            worker("probing", "running", Health::Probing, Role::Light),
+            worker("failed", "running", Health::Failed, Role::Light),
+        ];
+        assert_eq!(
+            Peer::live(&workers, "me"),
+            [Peer {
+                role: Role::Light,
+                memory_budget: 7 * GIB,
+                device: "SIM-light".into(),
+            }]
+        );
+        // Seen from another worker, "me" is a live peer too.
+        let devices: Vec<String> = Peer::live(&workers, "light")
+            .into_iter()
+            .map(|p| p.device)
+            .collect();
+        assert_eq!(devices, ["SIM-me"]);
+    }
+
+    /// What `tandem workers` and the logs print for a class's rule.
+    #[test]
+    fn a_class_rule_prints_its_class_wire_form_and_reason() {
+        let heavy = &rules(Role::Light, true, &[peer(Role::Heavy, 11)], &POLICY)[0];
+        assert_eq!(
+            heavy.to_string(),
+            "heavy: 2000/-1 (primary busy past the spill bound: secondary takes what fits)"
+        );
+    }
+
     #[test]
     fn claim_order_puts_the_roles_main_classes_first() {
         let all = [Class::Cpu, Class::Light, Class::Parallel, Class::Heavy];

@@ -131,6 +131,13 @@ mod tests {
         assert!(Signer::new("").is_none());
     }
 
+    /// A signer in a log line or a panic message never shows its key.
+    #[test]
+    fn a_signer_prints_without_its_key() {
+        let signer = Signer::new("shared secret").unwrap();
+        assert_eq!(format!("{signer:?}"), "Signer(***)");
+    }
+
     /// The same vector as the Python recipe in docs/wire-format.md gives.
     #[test]
     fn matches_the_documented_python_recipe() {

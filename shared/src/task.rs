@@ -308,6 +308,32 @@ mod tests {
         assert_eq!(a.as_uuid().get_version_num(), 7);
         assert_eq!(a.to_string().parse::<TaskId>(), Ok(a));
         assert!("not-a-uuid".parse::<TaskId>().is_err());
+        // The default id is a fresh one, never a shared nil id.
+        let (c, d) = (TaskId::default(), TaskId::default());
+        assert!(b < c && c < d);
+        assert_eq!(c.as_uuid().get_version_num(), 7);
+    }
+
+    /// A parse error names what was expected and, for a closed set, every
+    /// accepted value; long input is cut to 80 characters.
+    #[test]
+    fn parse_errors_name_the_field_and_the_accepted_values() {
+        let message = |err: ParseError| err.to_string();
+        assert_eq!(
+            message("urgent".parse::<Priority>().unwrap_err()),
+            "invalid priority: \"urgent\" (one of: critical, high, normal, low)"
+        );
+        assert_eq!(
+            message("gpu".parse::<Class>().unwrap_err()),
+            "invalid class: \"gpu\" (one of: heavy, light, parallel, cpu)"
+        );
+        assert_eq!(
+            message("x".parse::<TaskId>().unwrap_err()),
+            "invalid task id: \"x\""
+        );
+        let long = "y".repeat(200);
+        let err = long.parse::<TaskId>().unwrap_err();
+        assert_eq!(err.value, "y".repeat(80));
     }
 
     /// The four final statuses, and only they: a wait ends, a record
@@ -361,6 +387,7 @@ mod tests {
         check("lower", false);
         check("9LIVES", false);
         check("WITH SPACE", false);
+        check(&"A".repeat(64), true);
         check(&"A".repeat(65), false);
     }
 }

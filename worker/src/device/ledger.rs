@@ -237,6 +237,10 @@ mod tests {
         assert_eq!(ledger.hits_and_misses(), (1, 1));
         let order: Vec<String> = ledger.residents().into_iter().map(|m| m.name).collect();
         assert_eq!(order, ["n", "m"], "m was used last");
+        assert!(ledger.touch("n", Priority::Low));
+        assert!(!ledger.touch("absent", Priority::Low));
+        assert!(ledger.touch("m", Priority::Low));
+        assert_eq!(ledger.hits_and_misses(), (3, 2));
     }
 
     #[test]
@@ -315,6 +319,38 @@ mod tests {
             Ok(vec!["low".to_owned(), "normal".to_owned()])
         );
         assert_eq!(ledger.models_bytes(), 0);
+    }
+
+    /// A critical task evicts as a high one does; no task evicts a model
+    /// of its own priority.
+    #[test]
+    fn critical_tasks_evict_too_but_never_a_model_of_their_own_priority() {
+        let ledger = Ledger::new(4 * GIB);
+        ledger.admit("high", 2 * GIB, Priority::High);
+        ledger.admit("low", GIB, Priority::Low);
+        // A high task may evict only "low": 2 GiB at most, 3 GiB asked.
+        let err = ledger.make_room(3 * GIB, Priority::High, 0).unwrap_err();
+        assert_eq!((err.free, err.models), (GIB, 2 * GIB));
+        assert_eq!(
+            ledger.make_room(3 * GIB, Priority::Critical, 0),
+            Ok(vec!["low".to_owned(), "high".to_owned()])
+        );
+        assert_eq!(ledger.models_bytes(), 0);
+    }
+
+    /// Eviction stops as soon as the task fits: an exact fit leaves the
+    /// next candidate resident.
+    #[test]
+    fn eviction_stops_once_the_task_fits_exactly() {
+        let ledger = Ledger::new(4 * GIB);
+        for name in ["a", "b", "c"] {
+            ledger.admit(name, GIB, Priority::Low);
+        }
+        assert_eq!(
+            ledger.make_room(2 * GIB, Priority::High, 0),
+            Ok(vec!["a".to_owned()])
+        );
+        assert_eq!(ledger.models_bytes(), 2 * GIB);
     }
 
     #[test]
