@@ -63,14 +63,12 @@ pub use top::TopArgs;
 pub use workers::WorkersArgs;
 
 /// Tandem: a GPU-aware job queue on Redis Streams.
-// `about` is spelled out: it was the package description while the tool lived
-// in `tandem-producer`, and `tandem --help` keeps printing the same text
-// (clap's bare `about` would print this crate's description instead).
 #[derive(Debug, Parser)]
 #[command(
     name = "tandem",
     version,
-    about = "Tandem's producer library and the `tandem` command-line tool",
+    about = "Tandem, a GPU-aware job queue on Redis Streams: submit and inspect tasks, \
+             watch queues, workers and alerts, manage models and dead letters",
     arg_required_else_help = true
 )]
 pub struct Cli {

@@ -15,6 +15,11 @@ fn help_names_every_command() {
     let out = tandem().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
+    // The headline says what the tool is, not which crate it came from.
+    assert!(
+        text.starts_with("Tandem, a GPU-aware job queue on Redis Streams"),
+        "{text}"
+    );
     for command in [
         "submit", "wait", "status", "cancel", "queues", "demo", "bench", "settings",
     ] {
