@@ -634,6 +634,39 @@ pub fn historical_cpu(run: &Historical<'_>, blocks: Range<u64>, keep: usize) -> 
 }
 
 /// Grid for `count` threads, 256 per block.
+/// Launches `risk_mc_losses` for scenarios `first .. first + count` of
+/// `run` into `losses[..count]`.
+fn launch_mc_losses(
+    gpu: &Gpu,
+    function: &cudarc::driver::CudaFunction,
+    run: &MonteCarlo,
+    first: u64,
+    count: u32,
+    exposure: &cudarc::driver::CudaSlice<f64>,
+    losses: &mut cudarc::driver::CudaSlice<f64>,
+) -> Result<(), DeviceError> {
+    use cudarc::driver::PushKernelArg;
+    assert!(losses.len() >= count as usize && exposure.len() == run.exposure.len());
+    let n_assets = run.exposure.len() as u32;
+    let mut launch = gpu.stream().launch_builder(function);
+    launch
+        .arg(&run.seed)
+        .arg(&first)
+        .arg(&count)
+        .arg(&n_assets)
+        .arg(&run.base_loss)
+        .arg(exposure)
+        .arg(losses);
+    // SAFETY: the arguments match `risk_mc_losses(u64, u64, u32, u32, f64,
+    // const f64*, f64*)`; `exposure` holds n_assets values and `losses` at
+    // least `count` (asserted).
+    #[allow(unsafe_code)]
+    unsafe {
+        launch.launch(launch_config(count))?;
+    }
+    Ok(())
+}
+
 fn launch_config(count: u32) -> cudarc::driver::LaunchConfig {
     cudarc::driver::LaunchConfig {
         grid_dim: (count.div_ceil(256), 1, 1),
@@ -673,7 +706,6 @@ pub fn monte_carlo_gpu_traffic(
     blocks: Range<u64>,
     keep: usize,
 ) -> Result<(Tail, TailTraffic), DeviceError> {
-    use cudarc::driver::PushKernelArg;
     let n_blocks = blocks.end.saturating_sub(blocks.start);
     let mut traffic = TailTraffic::default();
     if n_blocks == 0 {
@@ -682,7 +714,6 @@ pub fn monte_carlo_gpu_traffic(
     let stream = gpu.stream();
     let function = gpu.function(SOURCE.module, "risk_mc_losses")?;
     let exposure = stream.clone_htod(&run.exposure)?;
-    let n_assets = run.exposure.len() as u32;
     let chunk_len = (GPU_CHUNK_BLOCKS * BLOCK).min(run.scenarios).max(1) as usize;
     let mut losses = stream.alloc_zeros::<f64>(chunk_len)?;
     let mut sums = stream.alloc_zeros::<f64>(n_blocks as usize)?;
@@ -697,22 +728,8 @@ pub fn monte_carlo_gpu_traffic(
         let count32 = count as u32;
         let timer = gpu.kernel_timer()?;
         if count > 0 {
-            let mut launch = stream.launch_builder(&function);
-            launch
-                .arg(&run.seed)
-                .arg(&first)
-                .arg(&count32)
-                .arg(&n_assets)
-                .arg(&run.base_loss)
-                .arg(&exposure)
-                .arg(&mut losses);
-            // SAFETY: the arguments match `risk_mc_losses(u64, u64, u32,
-            // u32, f64, const f64*, f64*)`; `exposure` holds n_assets values
-            // and `losses` at least `count` (a chunk is at most chunk_len).
-            #[allow(unsafe_code)]
-            unsafe {
-                launch.launch(launch_config(count32))?;
-            }
+            // A chunk is at most chunk_len, the losses' length.
+            launch_mc_losses(gpu, &function, run, first, count32, &exposure, &mut losses)?;
         }
         timer.finish()?;
         let at = (chunk.start - blocks.start) as usize;
@@ -1147,7 +1164,6 @@ mod gpu_tests {
         blocks: Range<u64>,
         keep: usize,
     ) -> Tail {
-        use cudarc::driver::PushKernelArg;
         let stream = gpu.stream();
         let function = gpu
             .function(SOURCE.module, "risk_mc_losses")
@@ -1156,21 +1172,8 @@ mod gpu_tests {
         let first = blocks.start * BLOCK;
         let count = ((blocks.end * BLOCK).min(run.scenarios) - first) as u32;
         let mut losses = stream.alloc_zeros::<f64>(count as usize).expect("alloc");
-        let n_assets = run.exposure.len() as u32;
-        let mut launch = stream.launch_builder(&function);
-        launch
-            .arg(&run.seed)
-            .arg(&first)
-            .arg(&count)
-            .arg(&n_assets)
-            .arg(&run.base_loss)
-            .arg(&exposure)
-            .arg(&mut losses);
-        // SAFETY: as in `monte_carlo_gpu_traffic`; `losses` holds `count`.
-        #[allow(unsafe_code)]
-        unsafe {
-            launch.launch(launch_config(count)).expect("launch");
-        }
+        launch_mc_losses(gpu, &function, run, first, count, &exposure, &mut losses)
+            .expect("launch");
         let host = stream.clone_dtoh(&losses).expect("copy");
         reduce_blocks(blocks, keep, |block, buffer| {
             let range = run.block_range(block);
