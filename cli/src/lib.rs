@@ -11,6 +11,7 @@
 //! - [`Cli`], [`Command`], [`run`]: the flags, the commands, and the one
 //!   function that loads the configuration and runs a command.
 //! - `tasks`: submit, wait, status, task (a task's whole story), cancel.
+//! - `kinds`: the kinds, their parameters and JSON Schemas (no Redis).
 //! - `queues`, `workers`, `top`, `alerts`: the views of the queue and fleet.
 //! - `dlq`, `model`: the dead-letter streams and the model registry.
 //! - `demo/`, `bench`, `soak`, `scaling`, `chaos`: workloads and benchmarks,
@@ -34,6 +35,7 @@ mod chaos;
 mod demo;
 mod dlq;
 mod errors;
+mod kinds;
 mod local;
 mod model;
 mod queues;
@@ -55,6 +57,7 @@ pub use bench::BenchArgs;
 pub use chaos::ChaosArgs;
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
+pub use kinds::KindsArgs;
 pub use model::{ModelCommand, NewArgs as ModelNewArgs};
 pub use scaling::ScalingArgs;
 pub use soak::SoakArgs;
@@ -136,6 +139,9 @@ pub enum Command {
     /// Kill and stop workers of a fleet at random while tasks run: how fast
     /// each dead worker's tasks restart elsewhere (a private Redis and fleet).
     Chaos(ChaosArgs),
+    /// Every kind: class, whether it splits, parameters (type, bounds,
+    /// default, meaning) and an example; --json-schema for JSON Schemas.
+    Kinds(KindsArgs),
     /// Print every setting with its environment variable, default and meaning.
     Settings {
         /// As a Markdown table (the README's).
@@ -180,6 +186,9 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     tandem_shared::logging::init(&config);
 
+    if let Command::Kinds(args) = command {
+        return kinds::run(args);
+    }
     if let Command::Settings { markdown } = command {
         settings(markdown);
         return ExitCode::SUCCESS;
@@ -216,7 +225,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Soak(args) => soak::run(config, redis_url_given, args).await,
             Command::Scaling(args) => scaling::run(config, args).await,
             Command::Chaos(args) => chaos::run(config, args).await,
-            Command::Settings { .. } => Ok(ExitCode::SUCCESS),
+            Command::Settings { .. } | Command::Kinds(_) => Ok(ExitCode::SUCCESS),
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -25,6 +25,7 @@ mod gpus;
 mod ha;
 mod idempotency;
 mod kinds;
+mod kinds_cli;
 mod metrics;
 mod model_kinds;
 mod models;

@@ -36,12 +36,13 @@ impl KindSpec for Noop {
 #[derive(Debug)]
 pub struct Sleep;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SleepParams {
+    #[schemars(range(max = Sleep::MAX_MS))]
     pub ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SleepOutput {
     pub slept_ms: u64,
 }
@@ -83,7 +84,7 @@ impl KindSpec for Echo {
 #[derive(Debug)]
 pub struct Fail;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FailParams {
     pub code: String,
     #[serde(default)]
@@ -113,7 +114,7 @@ impl KindSpec for Fail {
 #[derive(Debug)]
 pub struct Panic;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PanicParams {
     #[serde(default)]
     pub message: String,
@@ -156,7 +157,7 @@ impl KindSpec for GpuOnly {
 #[derive(Debug)]
 pub struct SplitSum;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SplitSumParams {
     pub n: u64,
     /// Terms per block.
@@ -181,7 +182,7 @@ impl SplitSumParams {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SplitSumOutput {
     pub sum: f64,
     pub blocks: u64,

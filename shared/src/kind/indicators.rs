@@ -36,7 +36,7 @@ use crate::task::Class;
 pub struct Indicators;
 
 /// One series of close prices.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Series {
     /// A name for the series, echoed in the result.
     pub symbol: String,
@@ -45,7 +45,7 @@ pub struct Series {
 }
 
 /// One indicator to compute, tagged by `type`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum IndicatorSpec {
     Sma {
@@ -120,14 +120,14 @@ impl IndicatorSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IndicatorsParams {
     pub series: Vec<Series>,
     pub indicators: Vec<IndicatorSpec>,
 }
 
 /// The lines of one series.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SeriesValues {
     pub symbol: String,
     /// `values[line][t]`, lines as named in [`IndicatorsOutput::lines`];
@@ -135,7 +135,7 @@ pub struct SeriesValues {
     pub values: Vec<Vec<f64>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IndicatorsOutput {
     /// The name of every line, in order (`sma(20)`, `macd(12,26,9).signal`).
     pub lines: Vec<String>,

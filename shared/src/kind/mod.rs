@@ -6,6 +6,7 @@
 //! a handler that runs it. The built-in kinds live in [`builtin`].
 
 pub mod builtin;
+pub mod catalog;
 pub mod indicators;
 pub mod model_kinds;
 pub mod monte_carlo;

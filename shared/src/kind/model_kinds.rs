@@ -70,7 +70,7 @@ fn activation_bytes(rows: u64) -> u64 {
 #[derive(Debug)]
 pub struct Infer;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InferParams {
     /// The registered model's name.
     pub model: String,
@@ -79,7 +79,7 @@ pub struct InferParams {
     pub batch: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InferOutput {
     /// `batch` rows of `width` outputs, row-major.
     pub outputs: Vec<f32>,
@@ -118,26 +118,26 @@ impl KindSpec for Infer {
 #[derive(Debug)]
 pub struct PredictBatch;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SymbolWindow {
     pub symbol: String,
     /// The model's input width of features.
     pub features: Vec<f32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PredictBatchParams {
     pub model: String,
     pub symbols: Vec<SymbolWindow>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Prediction {
     pub symbol: String,
     pub values: Vec<f32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PredictBatchOutput {
     /// One per symbol, in the order given.
     pub predictions: Vec<Prediction>,
@@ -191,7 +191,7 @@ impl KindSpec for PredictBatch {
 }
 
 /// How training steps update the weights.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Optimizer {
     Sgd {
@@ -226,7 +226,7 @@ fn default_eps() -> f32 {
 #[derive(Debug)]
 pub struct Train;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TrainParams {
     pub model: String,
     /// `samples` rows of the model's input width.
@@ -245,7 +245,7 @@ pub struct TrainParams {
     pub out: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TrainOutput {
     /// Mean loss of each epoch.
     pub losses: Vec<f32>,
@@ -254,6 +254,7 @@ pub struct TrainOutput {
     pub model_version: u64,
     /// The fine-tuned model as a safetensors file, unless `out` was given.
     #[serde(with = "serde_bytes_opt", default)]
+    #[schemars(with = "Option<Vec<u8>>", extend("x-msgpack" = "bin"))]
     pub weights: Option<Vec<u8>>,
     /// Where it was written, when `out` was given.
     pub path: Option<String>,

@@ -59,11 +59,13 @@ impl MonteCarlo {
 }
 
 /// What to simulate and price.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MonteCarloParams {
     /// Spot price.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub s0: f64,
     /// Strike of every option.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub strike: f64,
     /// Risk-free rate, continuously compounded, per year (0.03 = 3%).
     pub rate: f64,
@@ -71,29 +73,34 @@ pub struct MonteCarloParams {
     #[serde(default)]
     pub dividend: f64,
     /// Volatility, per square root of a year (0.2 = 20%).
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub sigma: f64,
     /// Time to expiry, in years.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub maturity: f64,
     /// Time steps per path; the Asian options average the price at each.
+    #[schemars(range(min = 1, max = MonteCarlo::MAX_STEPS))]
     pub steps: u32,
     /// Number of simulated paths.
+    #[schemars(range(min = 1, max = MonteCarlo::MAX_PATHS))]
     pub paths: u64,
     /// The generator's key: the same seed gives the same result bit for bit.
     pub seed: u64,
     /// Percent levels in (0, 100) of the terminal price distribution.
     #[serde(default)]
+    #[schemars(length(max = MonteCarlo::MAX_PERCENTILES))]
     pub percentiles: Vec<f64>,
 }
 
 /// A price and its Monte Carlo standard error (same units as the price).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Estimate {
     pub price: f64,
     pub std_error: f64,
 }
 
 /// A level of the terminal price distribution.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Percentile {
     /// Percent, as requested.
     pub level: f64,
@@ -101,7 +108,7 @@ pub struct Percentile {
     pub price: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MonteCarloOutput {
     /// Discounted European call price.
     pub european_call: Estimate,

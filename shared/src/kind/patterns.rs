@@ -51,7 +51,7 @@ pub const PATTERN_NAMES: [&str; 7] = [
 ];
 
 /// One series of bars, oldest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OhlcSeries {
     /// A name for the series, echoed in the result.
     pub symbol: String,
@@ -62,7 +62,7 @@ pub struct OhlcSeries {
 }
 
 /// The ratios the rules compare with.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Thresholds {
     /// Doji: body at most this fraction of the range (0.1).
@@ -92,7 +92,7 @@ impl Default for Thresholds {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PatternsParams {
     pub series: Vec<OhlcSeries>,
     #[serde(default)]
@@ -100,14 +100,14 @@ pub struct PatternsParams {
 }
 
 /// The masks of one series.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SeriesMasks {
     pub symbol: String,
     /// One bitmask per bar; bit `p` is pattern `PATTERN_NAMES[p]`.
     pub masks: Vec<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PatternsOutput {
     /// The pattern of each bit, by bit index.
     pub patterns: Vec<String>,

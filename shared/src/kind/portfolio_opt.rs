@@ -91,7 +91,9 @@ impl PortfolioOpt {
 }
 
 /// What to optimize.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Objective {
     /// The least variance `w' S w`.
@@ -102,7 +104,7 @@ pub enum Objective {
 }
 
 /// How the refine solved the problem.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// A convex problem solved to its global optimum.
@@ -111,7 +113,7 @@ pub enum Method {
     LocalAscent,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PortfolioOptParams {
     /// Expected return per asset and period, as a fraction.
     pub mu: Vec<f64>,
@@ -154,7 +156,7 @@ fn default_samples() -> u64 {
     65_536
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PortfolioOptOutput {
     /// Weight of each asset; non-negative, at most `max_weight`, sum 1.
     pub weights: Vec<f64>,

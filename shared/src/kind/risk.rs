@@ -42,7 +42,7 @@ use crate::task::Class;
 pub struct Risk;
 
 /// How the scenarios are made: the `method` field on the wire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum RiskParams {
     MonteCarlo(MonteCarloRisk),
@@ -50,7 +50,7 @@ pub enum RiskParams {
 }
 
 /// Gaussian returns simulated with Philox normals.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MonteCarloRisk {
     /// Position value per asset, in currency units.
     pub weights: Vec<f64>,
@@ -59,26 +59,29 @@ pub struct MonteCarloRisk {
     /// Covariance of the horizon returns, n x n, row-major.
     pub covariance: Vec<f64>,
     /// Number of scenarios N.
+    #[schemars(range(min = 1, max = Risk::MAX_SCENARIOS))]
     pub scenarios: u64,
     /// Philox seed: scenario j depends only on (seed, j).
     pub seed: u64,
     /// Confidence levels, each in (0, 1).
+    #[schemars(length(min = 1, max = Risk::MAX_LEVELS))]
     pub confidence: Vec<f64>,
 }
 
 /// One scenario per row of observed returns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoricalRisk {
     /// Position value per asset, in currency units.
     pub weights: Vec<f64>,
     /// Returns, T rows (scenarios) of n assets, row-major, as fractions.
     pub returns: Vec<f64>,
     /// Confidence levels, each in (0, 1).
+    #[schemars(length(min = 1, max = Risk::MAX_LEVELS))]
     pub confidence: Vec<f64>,
 }
 
 /// The risk measures at one confidence level.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RiskLevel {
     pub confidence: f64,
     /// Value at risk: the k-th largest loss, in currency units.
@@ -89,7 +92,7 @@ pub struct RiskLevel {
     pub tail_count: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RiskOutput {
     /// One entry per requested level, in the order requested.
     pub levels: Vec<RiskLevel>,
