@@ -105,7 +105,9 @@ fn test_only(mut info: KindInfo) -> KindInfo {
     info
 }
 
-/// Every kind this crate defines, in the order `tandem kinds` lists them:
+/// Every kind this crate defines (the model kinds' examples fit one model,
+/// `alpha-mlp`, of 4 inputs and 1 output: `tandem model new alpha-mlp
+/// --layers 4,8,1 --upload`), in the order `tandem kinds` lists them:
 /// the ones every worker runs, then the compute and model kinds, then the
 /// test kinds.
 pub fn catalog() -> Vec<KindInfo> {
@@ -165,11 +167,11 @@ pub fn catalog() -> Vec<KindInfo> {
         ),
         typed::<model_kinds::PredictBatch>(
             "runs a registered model on each symbol's features",
-            json!({"model": "alpha-mlp", "symbols": [{"symbol": "ES", "features": [0.1, 0.2]}]}),
+            json!({"model": "alpha-mlp", "symbols": [{"symbol": "ES", "features": [0.1, 0.2, 0.3, 0.4]}]}),
         ),
         typed::<model_kinds::Train>(
             "fine-tunes a registered model on samples",
-            json!({"model": "alpha-mlp", "x": [0.1, 0.2], "y": [1.0], "samples": 1, "epochs": 1,
+            json!({"model": "alpha-mlp", "x": [0.1, 0.2, 0.3, 0.4], "y": [1.0], "samples": 1, "epochs": 1,
                    "batch_size": 1, "optimizer": {"type": "adam", "lr": 0.001}}),
         ),
         test_only(typed::<builtin::Panic>(

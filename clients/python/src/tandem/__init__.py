@@ -1,0 +1,55 @@
+"""Tandem's Python client: submit tasks to a Tandem fleet, wait for their
+results, read their status, cancel them. It behaves as the Rust producer
+(`tandem-producer`) does: the same Lua scripts, reply streams, signing,
+idempotency keys and retries while Redis is away.
+
+- `Client` (blocking) and `AsyncClient` (asyncio), with `Task` for
+  `submit_many`.
+- `kinds`: typed parameter and result classes of every built-in kind,
+  generated from `tandem kinds --json-schema`.
+- `errors`: `InvalidTask` (refused before sending, naming the field),
+  `RedisUnavailable`, `TaskNotFound`, `WaitTimeout`, and `TaskFailed` with
+  one subclass per error code.
+- `Outcome`: how a task ended.
+
+Quick start::
+
+    from tandem import Client, kinds
+
+    client = Client("redis://127.0.0.1:6379")
+    task = client.submit("monte_carlo", kinds.MonteCarloParams(
+        s0=100, strike=100, rate=0.05, sigma=0.2, maturity=1,
+        steps=64, paths=200_000, seed=42))
+    print(client.wait(task).european_call.price)
+"""
+
+from . import errors, kinds
+from ._core import Settings
+from .aio import AsyncClient
+from .client import Client, Task
+from .errors import (
+    InvalidTask,
+    RedisUnavailable,
+    TaskFailed,
+    TaskNotFound,
+    TandemError,
+    WaitTimeout,
+)
+from .outcome import Outcome
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "InvalidTask",
+    "Outcome",
+    "RedisUnavailable",
+    "Settings",
+    "Task",
+    "TaskFailed",
+    "TaskNotFound",
+    "TandemError",
+    "WaitTimeout",
+    "errors",
+    "kinds",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,270 @@
+"""What the sync and asyncio clients share: settings, checking and
+completing a task before it is sent (the Rust producer's `Task::into_new_task`
+and `Producer::prepare`), the Lua scripts, and reading records."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from . import _estimates, _schema, _wire
+from .errors import InvalidTask
+from .outcome import Outcome
+
+Seconds = Union[float, int, datetime.timedelta]
+
+# Kinds whose class is their model's registered class unless given (the
+# Rust producer's MODEL_CLASS_KINDS; `train` only with train_on_primary off).
+MODEL_CLASS_KINDS = ("infer", "train")
+
+
+@dataclass
+class Settings:
+    """The producer settings of docs/operations.md, with the same defaults
+    and environment variables as the Rust producer."""
+
+    redis_url: str = "redis://127.0.0.1:6379"
+    prefix: str = "tandem"
+    producer_id: str = ""
+    signing_key: Optional[bytes] = None
+    reconnect_timeout: float = 30.0
+    default_max_attempts: int = 3
+    max_payload_bytes: int = 1 << 20
+    idempotency_ttl_s: int = 86_400
+    result_ttl_s: int = 86_400
+    reply_maxlen: int = 10_000
+    reply_ttl_s: int = 3_600
+    train_on_primary: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        env = os.environ
+
+        def num(name: str, default: Any, kind: Any = int) -> Any:
+            value = env.get(name)
+            if value is None or value == "":
+                return default
+            try:
+                return kind(value)
+            except ValueError:
+                raise InvalidTask(f"{name}={value!r} is not a number") from None
+
+        key = env.get("TANDEM_SIGNING_KEY", "")
+        settings = cls(
+            redis_url=env.get("REDIS_URL") or env.get("TANDEM_REDIS_URL") or cls.redis_url,
+            prefix=env.get("TANDEM_PREFIX") or cls.prefix,
+            producer_id=env.get("TANDEM_PRODUCER_ID", ""),
+            signing_key=key.encode() if key else None,
+            reconnect_timeout=num("TANDEM_RECONNECT_TIMEOUT_MS", 30_000) / 1000,
+            default_max_attempts=num("TANDEM_DEFAULT_MAX_ATTEMPTS", 3),
+            max_payload_bytes=num("TANDEM_MAX_PAYLOAD_BYTES", 1 << 20),
+            idempotency_ttl_s=num("TANDEM_IDEMPOTENCY_TTL_S", 86_400),
+            result_ttl_s=num("TANDEM_RESULT_TTL_S", 86_400),
+            reply_maxlen=num("TANDEM_REPLY_MAXLEN", 10_000),
+            reply_ttl_s=num("TANDEM_REPLY_TTL_S", 3_600),
+            train_on_primary=env.get("TANDEM_TRAIN_ON_PRIMARY", "true").lower() not in ("false", "0", "no"),
+        )
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(settings, name, value)
+        if isinstance(settings.signing_key, str):
+            settings.signing_key = settings.signing_key.encode()
+        return settings
+
+
+def new_producer_id() -> str:
+    """`p-` and the last 12 hex digits of a UUID v7, as the Rust producer."""
+    return "p-" + uuid.UUID(_wire.new_task_id()).hex[-12:]
+
+
+class Script:
+    """One Lua script: `common.lua` followed by its own file, as
+    `shared/src/scripts.rs` builds it, so the SHA matches the Rust one."""
+
+    def __init__(self, name: str) -> None:
+        lua = resources.files("tandem") / "lua"
+        common = (lua / "common.lua").read_text()
+        body = (lua / name).read_text()
+        self.name = name
+        self.source = f"{common}\n-- {name}\n{body}"
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+SUBMIT = Script("submit.lua")
+CANCEL = Script("cancel.lua")
+FIND = Script("find.lua")
+SCRIPTS = (SUBMIT, CANCEL, FIND)
+
+
+def _catalog() -> Dict[str, Any]:
+    text = (resources.files("tandem") / "kinds.json").read_text()
+    return json.loads(text)
+
+
+CATALOG: Dict[str, Any] = _catalog()
+
+
+def seconds(value: Optional[Seconds], name: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InvalidTask(f"{name}: expected seconds, 0 or more, got {value!r}", field=name)
+    return float(value)
+
+
+def prepare(
+    settings: Settings,
+    kind: str,
+    params: Any,
+    *,
+    cls: Optional[str],
+    priority: str,
+    max_attempts: Optional[int],
+    deadline: Optional[Seconds],
+    idempotency_key: Optional[str],
+    memory_bytes: Optional[int],
+) -> Tuple[_wire.NewTask, Optional[str]]:
+    """Checks a task and fills in defaults; returns it and the model whose
+    registered class decides its class (looked up by the caller), if any."""
+    if not isinstance(kind, str) or not kind:
+        raise InvalidTask(f"kind: expected a kind's name, got {kind!r}", field="kind")
+    if hasattr(params, "to_wire"):
+        params = params.to_wire()
+    entry = CATALOG.get(kind)
+    if entry is not None:
+        try:
+            _schema.check(entry["params"], params)
+        except _schema.SchemaError as err:
+            raise InvalidTask(f"bad parameters for kind {kind}: {err}", kind=kind, field=err.path) from None
+    try:
+        packed = _wire.pack(params)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise InvalidTask(f"parameters of kind {kind} cannot be sent as MessagePack: {err}", kind=kind) from None
+    if len(packed) > settings.max_payload_bytes:
+        raise InvalidTask(
+            f"parameters are {len(packed)} bytes; the limit is {settings.max_payload_bytes} (max_payload_bytes)",
+            kind=kind,
+        )
+    if priority not in _wire.PRIORITIES:
+        raise InvalidTask(
+            f"priority: {priority!r} is not one of {', '.join(_wire.PRIORITIES)}", kind=kind, field="priority"
+        )
+    if cls is not None and cls not in _wire.CLASSES:
+        raise InvalidTask(f"cls: {cls!r} is not one of {', '.join(_wire.CLASSES)}", kind=kind, field="cls")
+    model = None
+    if cls is None:
+        if entry is None:
+            raise InvalidTask(f"kind {kind!r} is not built in, so its class must be given (cls=...)", kind=kind)
+        cls = _estimates.kind_class(kind, params, entry["class"])
+        if kind in MODEL_CLASS_KINDS and not (kind == "train" and settings.train_on_primary):
+            model = params.get("model") if isinstance(params, dict) else None
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str)
+        or not idempotency_key
+        or len(idempotency_key) > 200
+        or any(c.isspace() or not c.isprintable() for c in idempotency_key)
+    ):
+        raise InvalidTask(
+            f"idempotency_key: {idempotency_key!r} must be 1-200 characters without whitespace",
+            kind=kind,
+            field="idempotency_key",
+        )
+    attempts = settings.default_max_attempts if max_attempts is None else max_attempts
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise InvalidTask(f"max_attempts: must be at least 1, got {attempts!r}", kind=kind, field="max_attempts")
+    if memory_bytes is None or memory_bytes == 0:
+        # As the Rust producer: 0 (or nothing) means the kind's estimate.
+        memory_bytes = _estimates.memory_estimate(kind, params) if entry is not None else 0
+    if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 0:
+        raise InvalidTask(f"memory_bytes: expected bytes, 0 or more, got {memory_bytes!r}", field="memory_bytes")
+    deadline_s = seconds(deadline, "deadline")
+    task = _wire.NewTask(
+        id=_wire.new_task_id(),
+        kind=kind,
+        cls=cls,
+        priority=priority,
+        params=packed,
+        max_attempts=attempts,
+        memory_bytes=memory_bytes,
+        deadline_in_ms=max(1, round(deadline_s * 1000)) if deadline_s is not None else 0,
+        idempotency_key=idempotency_key,
+    )
+    return task, model
+
+
+def sign(settings: Settings, task: _wire.NewTask, reply_to: str) -> None:
+    if settings.signing_key:
+        task.signature = _wire.signature(
+            settings.signing_key,
+            task.id,
+            task.kind,
+            task.cls,
+            task.priority,
+            task.max_attempts,
+            reply_to,
+            task.params,
+        )
+
+
+def parse_submitted(reply: Any) -> Tuple[str, bool]:
+    """submit.lua's reply: (task id, created)."""
+    if not isinstance(reply, (list, tuple)) or len(reply) != 2:
+        raise _wire_error("submit", reply)
+    return _wire.text(reply[0]), int(reply[1]) == 1
+
+
+def parse_found(reply: Any) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """find.lua's reply: (class, record fields) or None."""
+    if not isinstance(reply, (list, tuple)) or not reply:
+        raise _wire_error("find", reply)
+    index = int(reply[0])
+    if index == 0:
+        return None
+    return _wire.CLASSES[index - 1], _wire.fields(reply[1])
+
+
+def find_keys(keys: _wire.Keys, task_id: str) -> List[str]:
+    return [keys.task(cls, task_id) for cls in _wire.CLASSES]
+
+
+def cancel_args(settings: Settings, keys: _wire.Keys, cls: str, task_id: str) -> Tuple[List[str], List[Any]]:
+    return [keys.task(cls, task_id)], [
+        keys.cancel_channel(),
+        settings.result_ttl_s,
+        settings.reply_maxlen,
+        settings.reply_ttl_s,
+        task_id,
+    ]
+
+
+def cancel_outcome(reply: Any) -> Optional[str]:
+    """`cancelled`, `requested`, `finished <status>`, or None (not found
+    in this class)."""
+    words = [_wire.text(w) for w in reply]
+    if words[0] == "not_found":
+        return None
+    return " ".join(words)
+
+
+def left_out(fields: Dict[str, Any]) -> bool:
+    """A succeeded notice whose result was over `inline_result_bytes`."""
+    return fields.get("status") == "succeeded" and "result" not in fields and "result_bytes" in fields
+
+
+def outcome(task_id: str, fields: Dict[str, Any]) -> Outcome:
+    return Outcome.from_fields(task_id, fields)
+
+
+def _wire_error(what: str, reply: Any) -> Exception:
+    from .errors import TandemError
+
+    return TandemError(f"{what}: unexpected reply from Redis: {reply!r}")

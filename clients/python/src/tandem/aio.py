@@ -1,0 +1,330 @@
+"""`AsyncClient`: the asyncio API, the same calls as `Client` as
+coroutines.
+
+As in the Rust producer, one listener task per reply stream blocks in
+`XREAD` and hands each notice to whoever waits for that task. A wait
+registers first, makes sure the listener of the task's stream runs (it
+notes where it starts reading before the record is read), then reads the
+record: a task that finished before is found there, one that finishes
+after is announced on the stream, so none is missed and none is polled
+for. Many waits share one listener: `asyncio.gather` over thousands of
+`wait` calls costs one blocking read per class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+
+import redis
+import redis.asyncio as aioredis
+
+from . import _core, _wire
+from ._core import Seconds, Settings
+from .client import BLOCK_MS, RETRIED, Task, _redacted
+from .errors import RedisUnavailable, TaskNotFound, WaitTimeout
+from .outcome import Outcome
+
+# Wakes a waiter so that it reads its record again (the listener's
+# connection broke: notices may be lost).
+_RESYNC = object()
+
+
+class AsyncClient:
+    """A producer for asyncio code.
+
+    >>> async with AsyncClient("redis://127.0.0.1:6379") as client:   # doctest: +SKIP
+    ...     task = await client.submit("sleep", {"ms": 10})
+    ...     result = await client.wait(task)
+    """
+
+    def __init__(self, redis_url: Optional[str] = None, **settings: Any) -> None:
+        self.settings = Settings.from_env(redis_url=redis_url, **settings)
+        self.keys = _wire.Keys(self.settings.prefix)
+        self.producer_id = self.settings.producer_id or _core.new_producer_id()
+        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        self._scripts_loaded = False
+        self._listeners: Dict[str, asyncio.Task] = {}
+        self._listener_lock = asyncio.Lock()
+        # Task id -> the futures of its waits.
+        self._waiters: Dict[str, Set[asyncio.Future]] = {}
+
+    @property
+    def redis(self) -> "aioredis.Redis":
+        return self._redis
+
+    async def close(self) -> None:
+        for task in self._listeners.values():
+            task.cancel()
+        for task in self._listeners.values():
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._listeners.clear()
+        await self._redis.aclose() if hasattr(self._redis, "aclose") else await self._redis.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # --- submitting ----------------------------------------------------------
+
+    async def submit(
+        self,
+        kind: str,
+        params: Any = None,
+        *,
+        cls: Optional[str] = None,
+        priority: str = "normal",
+        max_attempts: Optional[int] = None,
+        deadline: Optional[Seconds] = None,
+        idempotency_key: Optional[str] = None,
+        memory_bytes: Optional[int] = None,
+    ) -> str:
+        """As `Client.submit`."""
+        task = Task(
+            kind,
+            params,
+            cls=cls,
+            priority=priority,
+            max_attempts=max_attempts,
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            memory_bytes=memory_bytes,
+        )
+        return (await self.submit_many([task]))[0]
+
+    async def submit_many(self, tasks: Iterable[Task]) -> List[str]:
+        """As `Client.submit_many`: one round trip, nothing sent if one task
+        is invalid."""
+        prepared = [_core.prepare(self.settings, t.kind, t.params, **t.options) for t in tasks]
+        models = sorted({m for _, m in prepared if m})
+        classes = await self._retry(lambda: self._model_classes(models)) if models else {}
+        new_tasks = []
+        for task, model in prepared:
+            if model and classes.get(model):
+                task.cls = classes[model]
+            _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
+            new_tasks.append(task)
+        replies = await self._retry(lambda: self._send(new_tasks))
+        ids = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise _core._wire_error("submit", reply)
+            ids.append(_core.parse_submitted(reply)[0])
+        return ids
+
+    async def _send(self, tasks: Sequence[_wire.NewTask]) -> List[Any]:
+        await self._load_scripts()
+        pipe = self._redis.pipeline(transaction=False)
+        for task in tasks:
+            reply_to = self.keys.reply(task.cls, self.producer_id)
+            keys, args = task.submit_args(self.keys, self.producer_id, reply_to, self.settings.idempotency_ttl_s)
+            pipe.evalsha(_core.SUBMIT.sha, len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
+
+    async def _model_classes(self, models: List[str]) -> Dict[str, str]:
+        pipe = self._redis.pipeline(transaction=False)
+        for name in models:
+            pipe.hget(self.keys.model(name), "class")
+        found = await pipe.execute(raise_on_error=False)
+        return {
+            name: _wire.text(cls)
+            for name, cls in zip(models, found)
+            if isinstance(cls, bytes) and _wire.text(cls) in _wire.CLASSES
+        }
+
+    # --- reading and cancelling ---------------------------------------------
+
+    async def status(self, task_id: str) -> str:
+        found = await self._find(task_id)
+        if found is None or "status" not in found[1]:
+            raise TaskNotFound(task_id)
+        return found[1]["status"]
+
+    async def record(self, task_id: str) -> Optional[Dict[str, Any]]:
+        found = await self._find(task_id)
+        return found[1] if found else None
+
+    async def cancel(self, task_id: str) -> str:
+        """As `Client.cancel`."""
+
+        async def run() -> Optional[str]:
+            await self._load_scripts()
+            pipe = self._redis.pipeline(transaction=False)
+            for cls in _wire.CLASSES:
+                keys, args = _core.cancel_args(self.settings, self.keys, cls, task_id)
+                pipe.evalsha(_core.CANCEL.sha, len(keys), *keys, *args)
+            for reply in await pipe.execute():
+                answer = _core.cancel_outcome(reply)
+                if answer is not None:
+                    return answer
+            return None
+
+        answer = await self._retry(run)
+        if answer is None:
+            raise TaskNotFound(task_id)
+        return answer
+
+    async def _find(self, task_id: str):
+        async def run():
+            await self._load_scripts()
+            keys = _core.find_keys(self.keys, task_id)
+            return _core.parse_found(await self._redis.evalsha(_core.FIND.sha, len(keys), *keys))
+
+        return await self._retry(run)
+
+    # --- waiting -------------------------------------------------------------
+
+    async def wait(self, task_id: str, timeout: Optional[Seconds] = 60.0) -> Any:
+        """As `Client.wait`."""
+        return (await self.wait_outcome(task_id, timeout)).value()
+
+    async def run(self, kind: str, params: Any = None, *, timeout: Optional[Seconds] = 60.0, **options: Any) -> Any:
+        return await self.wait(await self.submit(kind, params, **options), timeout)
+
+    async def wait_many(self, task_ids: Sequence[str], timeout: Optional[Seconds] = 60.0) -> List[Outcome]:
+        """Outcomes of several tasks, in order, waited for together."""
+        return list(await asyncio.gather(*(self.wait_outcome(t, timeout) for t in task_ids)))
+
+    async def wait_outcome(self, task_id: str, timeout: Optional[Seconds] = 60.0) -> Outcome:
+        limit = _core.seconds(timeout, "timeout")
+        try:
+            if limit is None:
+                fields = await self._wait_fields(task_id)
+            else:
+                fields = await asyncio.wait_for(self._wait_fields(task_id), limit)
+        except asyncio.TimeoutError:
+            raise WaitTimeout(task_id, limit or 0.0) from None
+        return await self._complete(task_id, fields)
+
+    async def _wait_fields(self, task_id: str) -> Dict[str, Any]:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, set()).add(future)
+        try:
+            found = await self._find(task_id)
+            if found is None:
+                raise TaskNotFound(task_id)
+            cls, record = found
+            if record.get("status") in _wire.FINAL:
+                return record
+            stream = record.get("reply_to") or ""
+            if not self.keys.is_reply_for(cls, stream):
+                return await self._await_by_record(task_id)
+            if await self._ensure_listener(stream):
+                # The listener started after the read above: the notice may
+                # have come before it, so look once more.
+                found = await self._find(task_id)
+                if found is None:
+                    raise TaskNotFound(task_id)
+                if found[1].get("status") in _wire.FINAL:
+                    return found[1]
+            while True:
+                got = await future
+                if got is not _RESYNC:
+                    return got
+                future = asyncio.get_running_loop().create_future()
+                self._waiters.setdefault(task_id, set()).add(future)
+                found = await self._find(task_id)
+                if found is None:
+                    raise TaskNotFound(task_id)
+                if found[1].get("status") in _wire.FINAL:
+                    return found[1]
+        finally:
+            waiting = self._waiters.get(task_id)
+            if waiting is not None:
+                waiting.discard(future)
+                if not waiting:
+                    del self._waiters[task_id]
+
+    async def _await_by_record(self, task_id: str) -> Dict[str, Any]:
+        pause = 1.0
+        while True:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 8.0)
+            found = await self._find(task_id)
+            if found is None:
+                raise TaskNotFound(task_id)
+            if found[1].get("status") in _wire.FINAL:
+                return found[1]
+
+    async def _ensure_listener(self, stream: str) -> bool:
+        """Starts the listener of `stream` unless one runs; True when this
+        call started it."""
+        async with self._listener_lock:
+            running = self._listeners.get(stream)
+            if running is not None and not running.done():
+                return False
+
+            async def newest() -> bytes:
+                last = await self._redis.xrevrange(stream, "+", "-", count=1)
+                return last[0][0] if last else b"0-0"
+
+            start = await self._retry(newest)
+            self._listeners[stream] = asyncio.get_running_loop().create_task(self._listen(stream, start))
+            return True
+
+    async def _listen(self, stream: str, cursor: bytes) -> None:
+        while True:
+            try:
+                replies = await self._redis.xread({stream: cursor}, block=BLOCK_MS) or []
+            except RETRIED:
+                await self._retry(self._redis.ping)
+                self._wake_all(_RESYNC)
+                continue
+            for _, notices in replies:
+                for notice_id, notice in notices:
+                    cursor = notice_id
+                    fields = _wire.fields(notice)
+                    for future in self._waiters.get(fields.get("id", ""), ()):
+                        if not future.done():
+                            future.set_result(fields)
+
+    def _wake_all(self, value: Any) -> None:
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(value)
+
+    async def _complete(self, task_id: str, fields: Dict[str, Any]) -> Outcome:
+        if _core.left_out(fields):
+            key = self.keys.task(fields.get("class", ""), task_id)
+            found = await self._retry(lambda: self._redis.hget(key, "result"))
+            fields = dict(fields, result=found)
+        return _core.outcome(task_id, fields)
+
+    # --- Redis ---------------------------------------------------------------
+
+    async def _load_scripts(self) -> None:
+        if self._scripts_loaded:
+            return
+        for script in _core.SCRIPTS:
+            got = _wire.text(await self._redis.script_load(script.source))
+            if got != script.sha:
+                raise RedisUnavailable(
+                    f"Redis named script {script.name} {got}, expected {script.sha}: the script was altered in transit"
+                )
+        self._scripts_loaded = True
+
+    async def _retry(self, op):
+        give_up = time.monotonic() + self.settings.reconnect_timeout
+        pause = 0.05
+        while True:
+            try:
+                return await op()
+            except redis.exceptions.NoScriptError:
+                self._scripts_loaded = False
+                continue
+            except RETRIED as err:
+                if time.monotonic() >= give_up:
+                    raise RedisUnavailable(
+                        f"Redis at {_redacted(self.settings.redis_url)} unreachable for "
+                        f"{self.settings.reconnect_timeout:g} s: {err}"
+                    ) from err
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                self._scripts_loaded = False

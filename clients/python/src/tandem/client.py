@@ -1,0 +1,401 @@
+"""`Client`: the blocking API. Submit tasks, wait for them, read their
+status, cancel them; as the Rust producer (`producer/src/producer.rs`)
+does, through the same Lua scripts.
+
+Waiting blocks in `XREAD` on this client's reply streams (one per class it
+submitted to), so a result wakes the wait within one round trip of its
+commit, without polling. Notices of this client's other tasks that arrive
+meanwhile are kept for their own wait.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+
+import redis
+
+from . import _core, _wire
+from ._core import Seconds, Settings
+from .errors import RedisUnavailable, TaskNotFound, WaitTimeout
+from .outcome import Outcome
+
+# Errors that mean "Redis is away or not ready": retried for
+# `reconnect_timeout`, as the Rust producer does.
+RETRIED = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# A blocking read is re-issued at least this often (ms).
+BLOCK_MS = 5_000
+
+
+class Task:
+    """One task for `submit_many`: the arguments of `Client.submit`."""
+
+    def __init__(
+        self,
+        kind: str,
+        params: Any = None,
+        *,
+        cls: Optional[str] = None,
+        priority: str = "normal",
+        max_attempts: Optional[int] = None,
+        deadline: Optional[Seconds] = None,
+        idempotency_key: Optional[str] = None,
+        memory_bytes: Optional[int] = None,
+    ) -> None:
+        self.kind = kind
+        self.params = params
+        self.options: Dict[str, Any] = dict(
+            cls=cls,
+            priority=priority,
+            max_attempts=max_attempts,
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            memory_bytes=memory_bytes,
+        )
+
+
+class Client:
+    """A producer: submits tasks and waits for them.
+
+    >>> from tandem import Client, kinds
+    >>> client = Client("redis://127.0.0.1:6379")                # doctest: +SKIP
+    >>> task = client.submit("sleep", kinds.SleepParams(ms=10))   # doctest: +SKIP
+    >>> client.wait(task).slept_ms                                # doctest: +SKIP
+    10
+
+    Settings left out come from the environment as for the Rust producer
+    (`REDIS_URL`, `TANDEM_PREFIX`, `TANDEM_SIGNING_KEY`, ...).
+    """
+
+    def __init__(self, redis_url: Optional[str] = None, **settings: Any) -> None:
+        self.settings = Settings.from_env(redis_url=redis_url, **settings)
+        self.keys = _wire.Keys(self.settings.prefix)
+        self.producer_id = self.settings.producer_id or _core.new_producer_id()
+        # A blocking XREAD outlasts any socket timeout: `block=` bounds it.
+        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        self._scripts_loaded = False
+        # Reply stream -> the id notices are read after.
+        self._cursors: Dict[str, bytes] = {}
+        # Tasks this client submitted whose outcome nobody collected yet,
+        # and the notices that came for them.
+        self._pending: Set[str] = set()
+        self._arrived: Dict[str, Dict[str, Any]] = {}
+
+    @property
+    def redis(self) -> "redis.Redis":
+        """The connection underneath, for inspection."""
+        return self._redis
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- submitting ----------------------------------------------------------
+
+    def submit(
+        self,
+        kind: str,
+        params: Any = None,
+        *,
+        cls: Optional[str] = None,
+        priority: str = "normal",
+        max_attempts: Optional[int] = None,
+        deadline: Optional[Seconds] = None,
+        idempotency_key: Optional[str] = None,
+        memory_bytes: Optional[int] = None,
+    ) -> str:
+        """Submits one task; returns its id once its entry is in Redis.
+
+        `params` is a parameter class of `tandem.kinds`, or plain values
+        (dicts, lists, NumPy arrays). `deadline`: seconds (or a timedelta)
+        from now within which it must start, else it ends `expired`.
+        With an `idempotency_key` that already names a task (of the same
+        class, within `idempotency_ttl_s`), returns that task's id."""
+        task = Task(
+            kind,
+            params,
+            cls=cls,
+            priority=priority,
+            max_attempts=max_attempts,
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            memory_bytes=memory_bytes,
+        )
+        return self.submit_many([task])[0]
+
+    def submit_many(self, tasks: Iterable[Task]) -> List[str]:
+        """Submits tasks in one round trip (one more when model kinds need
+        their model's class). Every task is checked first; if one is
+        invalid (`InvalidTask`), nothing is sent."""
+        prepared = [(_core.prepare(self.settings, t.kind, t.params, **t.options)) for t in tasks]
+        models = sorted({m for _, m in prepared if m})
+        classes = self._retry(lambda: self._model_classes(models)) if models else {}
+        new_tasks = []
+        for task, model in prepared:
+            if model and classes.get(model):
+                task.cls = classes[model]
+            _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
+            new_tasks.append(task)
+        for cls in sorted({t.cls for t in new_tasks}):
+            self._listen(self.keys.reply(cls, self.producer_id))
+        replies = self._retry(lambda: self._send(new_tasks))
+        ids = []
+        for task, reply in zip(new_tasks, replies):
+            if isinstance(reply, Exception):
+                raise _core._wire_error("submit", reply)
+            task_id, created = _core.parse_submitted(reply)
+            if created:
+                self._pending.add(task_id)
+            ids.append(task_id)
+        return ids
+
+    def _send(self, tasks: Sequence[_wire.NewTask]) -> List[Any]:
+        """One pipeline of submit.lua calls. A retry after a lost reply
+        creates nothing twice: each task carries the id chosen before the
+        first try, and the script creates a task only when its id has no
+        record yet (and its idempotency key names none)."""
+        self._load_scripts()
+        pipe = self._redis.pipeline(transaction=False)
+        for task in tasks:
+            reply_to = self.keys.reply(task.cls, self.producer_id)
+            keys, args = task.submit_args(self.keys, self.producer_id, reply_to, self.settings.idempotency_ttl_s)
+            pipe.evalsha(_core.SUBMIT.sha, len(keys), *keys, *args)
+        return pipe.execute(raise_on_error=False)
+
+    def _model_classes(self, models: List[str]) -> Dict[str, str]:
+        pipe = self._redis.pipeline(transaction=False)
+        for name in models:
+            pipe.hget(self.keys.model(name), "class")
+        found = pipe.execute(raise_on_error=False)
+        return {
+            name: _wire.text(cls)
+            for name, cls in zip(models, found)
+            if isinstance(cls, bytes) and _wire.text(cls) in _wire.CLASSES
+        }
+
+    # --- reading and cancelling ---------------------------------------------
+
+    def status(self, task_id: str) -> str:
+        """The task's status: `queued`, `running`, `retrying` or final."""
+        found = self._find(task_id)
+        if found is None or "status" not in found[1]:
+            raise TaskNotFound(task_id)
+        return found[1]["status"]
+
+    def record(self, task_id: str) -> Optional[Dict[str, Any]]:
+        """The task's record (docs/wire-format.md, "Task record"), or None."""
+        found = self._find(task_id)
+        return found[1] if found else None
+
+    def cancel(self, task_id: str) -> str:
+        """Cancels a task: `cancelled` (it was queued: it never starts),
+        `requested` (it is running: its worker stops it and it ends
+        `cancelled`), `finished <status>` (too late), or raises
+        `TaskNotFound`."""
+
+        def run() -> Optional[str]:
+            self._load_scripts()
+            pipe = self._redis.pipeline(transaction=False)
+            for cls in _wire.CLASSES:
+                keys, args = _core.cancel_args(self.settings, self.keys, cls, task_id)
+                pipe.evalsha(_core.CANCEL.sha, len(keys), *keys, *args)
+            for reply in pipe.execute():
+                answer = _core.cancel_outcome(reply)
+                if answer is not None:
+                    return answer
+            return None
+
+        answer = self._retry(run)
+        if answer is None:
+            raise TaskNotFound(task_id)
+        return answer
+
+    def _find(self, task_id: str):
+        def run():
+            self._load_scripts()
+            keys = _core.find_keys(self.keys, task_id)
+            return _core.parse_found(self._redis.evalsha(_core.FIND.sha, len(keys), *keys))
+
+        return self._retry(run)
+
+    # --- waiting -------------------------------------------------------------
+
+    def wait(self, task_id: str, timeout: Optional[Seconds] = 60.0) -> Any:
+        """Waits for the task and returns its result (typed for built-in
+        kinds); raises the `TaskFailed` subclass of its error code when it
+        did not succeed, `WaitTimeout` after `timeout` seconds (None: no
+        limit)."""
+        return self.wait_outcome(task_id, timeout).value()
+
+    def run(self, kind: str, params: Any = None, *, timeout: Optional[Seconds] = 60.0, **options: Any) -> Any:
+        """`submit`, then `wait`."""
+        return self.wait(self.submit(kind, params, **options), timeout)
+
+    def wait_many(self, task_ids: Sequence[str], timeout: Optional[Seconds] = 60.0) -> List[Outcome]:
+        """Outcomes of several tasks, in order; `timeout` bounds the whole."""
+        limit = _core.seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        outcomes = []
+        for task_id in task_ids:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            outcomes.append(self.wait_outcome(task_id, left))
+        return outcomes
+
+    def wait_outcome(self, task_id: str, timeout: Optional[Seconds] = 60.0) -> Outcome:
+        """Waits for the task and returns how it ended, whatever that was."""
+        limit = _core.seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        fields = self._arrived.pop(task_id, None)
+        if fields is None and task_id not in self._pending:
+            fields = self._await_other(task_id, deadline, limit)
+        if fields is None:
+            fields = self._await_own(task_id, deadline, limit)
+        self._pending.discard(task_id)
+        return self._complete(task_id, fields)
+
+    def _await_own(self, task_id: str, deadline: Optional[float], limit: Optional[float]) -> Dict[str, Any]:
+        """Reads this client's reply streams until the task's notice came."""
+        while task_id not in self._arrived:
+            if not self._read_notices(deadline):
+                # The connection broke and came back (notices may be lost
+                # with a restarted Redis), or the time is up: the record
+                # decides.
+                found = self._find(task_id)
+                if found is None:
+                    raise TaskNotFound(task_id)
+                if found[1].get("status") in _wire.FINAL:
+                    return found[1]
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(task_id, limit or 0.0)
+        return self._arrived.pop(task_id)
+
+    def _await_other(self, task_id: str, deadline: Optional[float], limit: Optional[float]) -> Optional[Dict[str, Any]]:
+        """A task this client did not submit (or submitted by an earlier
+        instance): the record says whether it is final; if not, its reply
+        stream is read from a point noted before the record was read, so the
+        notice cannot be missed. None when the task turns out to be one of
+        this client's, left to `_await_own`."""
+        found = self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        cls, record = found
+        if record.get("status") in _wire.FINAL:
+            return record
+        stream = record.get("reply_to") or ""
+        if not self.keys.is_reply_for(cls, stream):
+            return self._await_by_record(task_id, deadline, limit)
+        if stream not in self._cursors:
+            self._listen(stream)
+            found = self._find(task_id)
+            if found is None:
+                raise TaskNotFound(task_id)
+            if found[1].get("status") in _wire.FINAL:
+                return found[1]
+        self._pending.add(task_id)
+        return None
+
+    def _await_by_record(self, task_id: str, deadline: Optional[float], limit: Optional[float]) -> Dict[str, Any]:
+        """A task with no reply stream (submitted raw): its record is read
+        at growing intervals, 1 s to 8 s, as the Rust producer does."""
+        pause = 1.0
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeout(task_id, limit or 0.0)
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 8.0)
+            found = self._find(task_id)
+            if found is None:
+                raise TaskNotFound(task_id)
+            if found[1].get("status") in _wire.FINAL:
+                return found[1]
+
+    def _listen(self, stream: str) -> None:
+        """Notes the newest id of a reply stream, once, before the first
+        task whose notice goes there: notices after it are ours to read."""
+        if stream in self._cursors:
+            return
+
+        def newest() -> bytes:
+            last = self._redis.xrevrange(stream, "+", "-", count=1)
+            return last[0][0] if last else b"0-0"
+
+        self._cursors[stream] = self._retry(newest)
+
+    def _read_notices(self, deadline: Optional[float]) -> bool:
+        """One blocking read of every reply stream; keeps the notices of
+        pending tasks. False when the time is up or the connection broke
+        (after reconnecting): the caller then reads the record."""
+        left_ms = BLOCK_MS
+        if deadline is not None:
+            left_ms = min(left_ms, int((deadline - time.monotonic()) * 1000))
+            if left_ms <= 0:
+                return False
+        try:
+            replies = self._redis.xread(dict(self._cursors), block=max(1, left_ms)) or []
+        except RETRIED:
+            self._retry(self._redis.ping)
+            return False
+        for stream, notices in replies:
+            for notice_id, notice in notices:
+                self._cursors[_wire.text(stream)] = notice_id
+                fields = _wire.fields(notice)
+                task_id = fields.get("id")
+                if task_id in self._pending:
+                    self._arrived[task_id] = fields
+        return True
+
+    def _complete(self, task_id: str, fields: Dict[str, Any]) -> Outcome:
+        if _core.left_out(fields):
+            cls = fields.get("class")
+            found = self._retry(lambda: self._redis.hget(self.keys.task(cls, task_id), "result"))
+            fields = dict(fields, result=found)
+        return _core.outcome(task_id, fields)
+
+    # --- Redis ---------------------------------------------------------------
+
+    def _load_scripts(self) -> None:
+        if self._scripts_loaded:
+            return
+        for script in _core.SCRIPTS:
+            got = _wire.text(self._redis.script_load(script.source))
+            if got != script.sha:
+                raise RedisUnavailable(
+                    f"Redis named script {script.name} {got}, expected {script.sha}: the script was altered in transit"
+                )
+        self._scripts_loaded = True
+
+    def _retry(self, op):
+        """Runs `op` until it succeeds, fails for a reason other than the
+        connection, or Redis stayed away for `reconnect_timeout` seconds.
+        A Redis that restarted has lost the scripts: they are loaded again."""
+        give_up = time.monotonic() + self.settings.reconnect_timeout
+        pause = 0.05
+        while True:
+            try:
+                return op()
+            except redis.exceptions.NoScriptError:
+                self._scripts_loaded = False
+                continue
+            except RETRIED as err:
+                if time.monotonic() >= give_up:
+                    raise RedisUnavailable(
+                        f"Redis at {_redacted(self.settings.redis_url)} unreachable for "
+                        f"{self.settings.reconnect_timeout:g} s: {err}"
+                    ) from err
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                self._scripts_loaded = False
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,262 @@
+-- Helpers shared by every Tandem script; each script's source is this file
+-- followed by the script's own body (see shared/src/scripts.rs).
+--
+-- Numbers leave Lua through string.format('%d'), never tostring: Redis turns
+-- a Lua number into text with 14 significant digits, which would write large
+-- times in exponent form.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- The value of `name` in a flat {name, value, name, value, ...} list.
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then
+      return fields[i + 1]
+    end
+  end
+  return nil
+end
+
+-- `tandem:{cpu}:` from `tandem:{cpu}:stream:high`: the part every key of a
+-- class shares.
+local function base_of(stream_key)
+  return string.match(stream_key, '^(.*:)stream:[^:]+$')
+end
+
+local function is_terminal(status)
+  return status == 'succeeded' or status == 'failed' or status == 'cancelled' or status == 'expired'
+end
+
+local function is_task_id(text)
+  return string.match(text, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil
+end
+
+-- Redis does not roll a script back when one of its commands fails: a
+-- WRONGTYPE error after the first write leaves the writes before it in
+-- place (a task `succeeded` and acknowledged, but its notice missing).
+-- So every script that writes more than one key first checks each key it
+-- will write (or read between writes) with this: `checks` is a flat list
+-- {key, type, key, type, ...}, a type as TYPE names it ('hash', 'stream',
+-- 'zset', 'string'); an absent key passes. Returns nil, or a message naming
+-- the first key of another type, which the script returns as a WRONGTYPE
+-- error before writing anything.
+local function wrong_type(checks)
+  for i = 1, #checks, 2 do
+    local found = redis.call('TYPE', checks[i])['ok']
+    if found ~= 'none' and found ~= checks[i + 1] then
+      return 'WRONGTYPE ' .. checks[i] .. ' holds a ' .. found .. ', not a ' .. checks[i + 1]
+        .. '; the call changed nothing'
+    end
+  end
+  return nil
+end
+
+-- Adds to `checks` the record of every shard in `shard_ids` (a hash) and,
+-- for each, the stream its priority names (where cancel_shards deletes a
+-- queued shard's entry).
+local function add_shard_checks(checks, base, shard_ids)
+  for shard_id in string.gmatch(shard_ids or '', '%S+') do
+    local key = base .. 'task:' .. shard_id
+    checks[#checks + 1] = key
+    checks[#checks + 1] = 'hash'
+    if redis.call('TYPE', key)['ok'] == 'hash' then
+      local priority = redis.call('HGET', key, 'priority')
+      if priority then
+        checks[#checks + 1] = base .. 'stream:' .. priority
+        checks[#checks + 1] = 'stream'
+      end
+    end
+  end
+end
+
+-- The record fields a completion notice repeats besides the outcome: every
+-- field a view of the finished task shows, so that what a waiting producer
+-- learns from the notice equals what the record says.
+local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms', 'shards', 'kind',
+  'priority', 'max_attempts', 'producer', 'deadline_ms', 'shards_done', 'parent', 'shard',
+  'cancel_requested_at_ms'}
+
+-- Appends a completion notice for task `id` to a producer's reply stream of
+-- the task's class (the caller checks it is one, so it shares the slot):
+-- `known`, the values of NOTICE_FIELDS in the record (HMGET order), then the
+-- outcome `pairs` (status, finish time, worker, result or error, ...).
+--
+-- The reply stream belongs to the producer, not to the task: when its key
+-- holds another type, the outcome stands and only the notice is left out.
+-- Returns nil when the notice was written, else why not (the caller keeps
+-- that in the record as `notice_error`, and it goes to Redis's log): the
+-- producer's waiter finds the outcome in the record when it re-reads it.
+local function notify(reply_key, id, known, pairs, maxlen, ttl_s)
+  local args = {reply_key, 'MAXLEN', '~', maxlen, '*', 'id', id}
+  for i = 1, #NOTICE_FIELDS do
+    if known[i] then
+      args[#args + 1] = NOTICE_FIELDS[i]
+      args[#args + 1] = known[i]
+    end
+  end
+  for i = 1, #pairs do
+    args[#args + 1] = pairs[i]
+  end
+  -- A failed XADD writes nothing; only a key of another type is expected
+  -- (and costs the TYPE that names it), anything else fails the script.
+  local added = redis.pcall('XADD', unpack(args))
+  if type(added) == 'table' and added.err then
+    local found = redis.call('TYPE', reply_key)['ok']
+    if found == 'none' or found == 'stream' then
+      error(added.err)
+    end
+    local why = 'no completion notice: reply_to ' .. reply_key .. ' holds a ' .. found .. ', not a stream'
+    redis.log(redis.LOG_WARNING, 'tandem: task ' .. id .. ': ' .. why)
+    return why
+  end
+  redis.call('EXPIRE', reply_key, ttl_s)
+  return nil
+end
+
+-- Appends one attempt to the record's history: a JSON array, one object per
+-- attempt, every value a string (cjson would print large numbers in
+-- exponent form).
+local function add_history(record_key, attempt)
+  local history = {}
+  local current = redis.call('HGET', record_key, 'history')
+  if current then
+    local ok, decoded = pcall(cjson.decode, current)
+    if ok and type(decoded) == 'table' then
+      history = decoded
+    end
+  end
+  history[#history + 1] = attempt
+  local encoded = cjson.encode(history)
+  redis.call('HSET', record_key, 'history', encoded)
+  return encoded
+end
+
+-- Appends an entry's original fields, with why it died, to a dead-letter
+-- stream; returns the dead letter's id. `fields` may be empty when the entry
+-- itself is gone.
+local function bury(dead_key, maxlen, fields, why)
+  local args = {dead_key, 'MAXLEN', '~', maxlen, '*'}
+  for i = 1, #fields do
+    args[#args + 1] = fields[i]
+  end
+  for i = 1, #why do
+    args[#args + 1] = why[i]
+  end
+  return redis.call('XADD', unpack(args))
+end
+
+-- The entry's fields, or an empty list when it was deleted.
+local function entry_fields(stream_key, entry_id)
+  local found = redis.call('XRANGE', stream_key, entry_id, entry_id)
+  if #found == 1 then
+    return found[1][2]
+  end
+  return {}
+end
+
+-- True when `consumer` still owns the pending entry: the fence every step
+-- that finishes or extends a task passes first.
+local function owns(stream_key, group, entry_id, consumer)
+  local pending = redis.call('XPENDING', stream_key, group, entry_id, entry_id, 1)
+  return #pending == 1 and pending[1][2] == consumer
+end
+
+-- Split tasks (split.lua). A split parent's record holds `shards`,
+-- `shards_done` and `shard_ids`; its entry's fields wait in
+-- `<base>split:<id>` and its shards' partial results in `<base>parts:<id>`
+-- (field = shard index), both dropped once the parent is final.
+
+-- Drops what a split parent keeps while its shards run.
+local function drop_split(base, parent_id)
+  redis.call('DEL', base .. 'split:' .. parent_id, base .. 'parts:' .. parent_id)
+end
+
+-- Ends every shard of a parent that is not final yet as `cancelled` (so no
+-- worker starts one, and a running one's commit changes nothing), deleting
+-- queued shards' entries.
+local function cancel_shards(base, shard_ids, now, ttl_s, message)
+  for shard_id in string.gmatch(shard_ids or '', '%S+') do
+    local key = base .. 'task:' .. shard_id
+    local found = redis.call('HMGET', key, 'status', 'entry', 'priority')
+    if found[1] and not is_terminal(found[1]) then
+      redis.call('HSET', key, 'status', 'cancelled', 'finished_at_ms', int(now),
+        'error_code', 'CANCELLED', 'error_message', message)
+      redis.call('HDEL', key, 'owner')
+      redis.call('EXPIRE', key, ttl_s)
+      if found[1] == 'queued' and found[2] and found[3] then
+        redis.call('XDEL', base .. 'stream:' .. found[3], found[2])
+      end
+    end
+  end
+end
+
+-- Adds to `checks` what fail_parent (below) may write for a shard of
+-- `parent_id`: the parent's record, split and parts hashes, the class's
+-- dead-letter stream and the parent's other shards.
+local function add_parent_checks(checks, base, parent_id)
+  local parent_key = base .. 'task:' .. parent_id
+  for _, pair in ipairs({{parent_key, 'hash'}, {base .. 'split:' .. parent_id, 'hash'},
+      {base .. 'parts:' .. parent_id, 'hash'}, {base .. 'dead', 'stream'}}) do
+    checks[#checks + 1] = pair[1]
+    checks[#checks + 1] = pair[2]
+  end
+  if redis.call('TYPE', parent_key)['ok'] == 'hash' then
+    add_shard_checks(checks, base, redis.call('HGET', parent_key, 'shard_ids'))
+  end
+end
+
+-- A shard failed for good: its parent ends `failed` with the shard's error,
+-- the parent's own entry goes to the dead-letter stream (requeueing it runs
+-- the whole task again), the other shards are cancelled and the parent's
+-- producer is told (on `reply_to` only when it starts with
+-- `opts.reply_prefix`, the class's `<base>reply:`: a reply stream of the
+-- same slot). A parent whose cancel was requested ends `cancelled`
+-- instead, with no dead letter. Returns the dead letter's id, or nil when
+-- there is none (the parent was already final, or is cancelled).
+local function fail_parent(base, parent_id, shard_index, code, message, now, opts)
+  local parent_key = base .. 'task:' .. parent_id
+  local parent = redis.call('HMGET', parent_key, 'status', 'shards', 'shard_ids', 'reply_to',
+    'cancel_requested_at_ms')
+  if not parent[1] or is_terminal(parent[1]) then
+    return nil
+  end
+  local text = 'shard ' .. shard_index .. ' of ' .. (parent[2] or '?') .. ' failed: ' .. (message or '')
+  local outcome, dead_id
+  if parent[5] then
+    -- A producer asked to cancel the task (before it was split): it ends
+    -- `cancelled`, as its commit would have made it, not `failed`, and
+    -- nothing is dead-lettered.
+    outcome = {'status', 'cancelled', 'finished_at_ms', int(now), 'error_code', 'CANCELLED',
+      'error_message', 'cancelled by a producer while its shards ran (' .. text .. ')'}
+  else
+    local fields = redis.call('HGETALL', base .. 'split:' .. parent_id)
+    local priority = field(fields, 'priority')
+    dead_id = bury(base .. 'dead', opts.dead_maxlen, fields, {'reason', code, 'error_message', text,
+      'attempts', field(fields, 'attempt') or '1', 'history', '[]', 'dead_at_ms', int(now),
+      'stream', priority and (base .. 'stream:' .. priority) or '', 'entry', ''})
+    outcome = {'status', 'failed', 'finished_at_ms', int(now), 'error_code', code,
+      'error_message', text, 'dead_letter', dead_id}
+  end
+  redis.call('HSET', parent_key, unpack(outcome))
+  redis.call('HDEL', parent_key, 'owner')
+  redis.call('EXPIRE', parent_key, opts.ttl_s)
+  cancel_shards(base, parent[3], now, opts.ttl_s, 'another shard of the task failed')
+  drop_split(base, parent_id)
+  local reply_to = parent[4]
+  if reply_to and string.sub(reply_to, 1, #opts.reply_prefix) == opts.reply_prefix
+      and #reply_to > #opts.reply_prefix then
+    local unsent = notify(reply_to, parent_id, redis.call('HMGET', parent_key, unpack(NOTICE_FIELDS)), outcome,
+      opts.reply_maxlen, opts.reply_ttl_s)
+    if unsent then
+      redis.call('HSET', parent_key, 'notice_error', unsent)
+    end
+  end
+  return dead_id
+end

@@ -1,0 +1,75 @@
+-- Submits one task: appends its entry to the stream and creates its record,
+-- unless an idempotency key already names a task, which is then returned,
+-- or the task id already has a record: submitting the same task again (a
+-- producer retrying after a lost reply) creates nothing new.
+--
+-- KEYS[1] the class and priority's stream
+-- KEYS[2] the task record
+-- KEYS[3] the idempotency key (only when the task has one)
+-- ARGV[1] task id
+-- ARGV[2] deadline relative to now, ms (0 = none)
+-- ARGV[3] idempotency key TTL, s
+-- ARGV[4] the idempotency key as given (copied into the record)
+-- ARGV[5] params (MessagePack)
+-- ARGV[6..] metadata pairs, copied into the entry and the record
+--
+-- Returns {task id, 1} for a new task or {existing task id, 0}; a WRONGTYPE
+-- error, with nothing written, when a key holds another type.
+
+local checks = {KEYS[1], 'stream', KEYS[2], 'hash'}
+if #KEYS >= 3 then
+  checks[#checks + 1] = KEYS[3]
+  checks[#checks + 1] = 'string'
+end
+local problem = wrong_type(checks)
+if problem then
+  return redis.error_reply(problem)
+end
+
+if #KEYS >= 3 then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then
+    return {existing, 0}
+  end
+end
+
+-- Claims the record (and says `queued`) only if the task id has none yet.
+if redis.call('HSETNX', KEYS[2], 'status', 'queued') == 0 then
+  return {ARGV[1], 0}
+end
+
+local now = now_ms()
+local deadline_in = tonumber(ARGV[2]) or 0
+
+local entry = {KEYS[1], '*'}
+local record = {KEYS[2], 'submitted_at_ms', int(now)}
+for i = 6, #ARGV, 2 do
+  entry[#entry + 1] = ARGV[i]
+  entry[#entry + 1] = ARGV[i + 1]
+  record[#record + 1] = ARGV[i]
+  record[#record + 1] = ARGV[i + 1]
+end
+entry[#entry + 1] = 'submitted_at_ms'
+entry[#entry + 1] = int(now)
+if deadline_in > 0 then
+  entry[#entry + 1] = 'deadline_ms'
+  entry[#entry + 1] = int(now + deadline_in)
+  record[#record + 1] = 'deadline_ms'
+  record[#record + 1] = int(now + deadline_in)
+end
+-- Only the entry carries the parameters (`tandem task` reads them there,
+-- or in the retry hash or dead letter): a copy in the record would turn it
+-- from a compact listpack into a hash table once over 64 bytes.
+entry[#entry + 1] = 'params'
+entry[#entry + 1] = ARGV[5]
+
+local entry_id = redis.call('XADD', unpack(entry))
+record[#record + 1] = 'entry'
+record[#record + 1] = entry_id
+if #KEYS >= 3 then
+  record[#record + 1] = 'idempotency_key'
+  record[#record + 1] = ARGV[4]
+  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+end
+redis.call('HSET', unpack(record))
+return {ARGV[1], 1}

@@ -1,0 +1,160 @@
+"""What needs no fleet: the generated classes and Lua copies against their
+sources, the schema checks, the NumPy encoding, the signature."""
+
+import json
+import subprocess
+
+import msgpack
+import numpy as np
+import pytest
+
+import tandem
+from tandem import _codegen, _core, _wire, kinds
+from tandem.errors import InvalidTask
+
+from conftest import ROOT, binary
+
+PACKAGE = ROOT / "clients" / "python" / "src" / "tandem"
+
+
+def test_generated_classes_match_tandem_kinds_json_schema():
+    out = subprocess.run([binary("tandem"), "kinds", "--json-schema"], check=True, capture_output=True).stdout
+    code, catalog = _codegen.generate(json.loads(out))
+    hint = "run `python clients/python/scripts/generate_kinds.py` and commit the result"
+    assert (PACKAGE / "kinds.json").read_text() == catalog, f"kinds.json drifted from tandem kinds: {hint}"
+    assert (PACKAGE / "kinds.py").read_text() == code, f"kinds.py drifted from tandem kinds: {hint}"
+
+
+@pytest.mark.parametrize("name", ["common.lua", "submit.lua", "cancel.lua", "find.lua"])
+def test_lua_scripts_are_the_workers_own(name):
+    ours = (PACKAGE / "lua" / name).read_text()
+    theirs = (ROOT / "shared" / "lua" / name).read_text()
+    assert ours == theirs, f"copy shared/lua/{name} to clients/python/src/tandem/lua/"
+
+
+def test_every_kind_has_classes_and_an_example_that_passes_the_schema():
+    for kind, entry in _core.CATALOG.items():
+        assert kind in kinds.PARAMS and kind in kinds.RESULTS, kind
+        task, _ = _core.prepare(_core.Settings(), kind, entry["example"], cls=None, priority="normal",
+                                max_attempts=None, deadline=None, idempotency_key=None, memory_bytes=None)
+        assert task.cls == entry["class"], kind
+        assert msgpack.unpackb(task.params) == entry["example"], kind
+
+
+def check(kind, params):
+    return _core.prepare(_core.Settings(), kind, params, cls=None, priority="normal", max_attempts=None,
+                         deadline=None, idempotency_key=None, memory_bytes=None)
+
+
+MC = {"s0": 100.0, "strike": 100.0, "rate": 0.05, "sigma": 0.2, "maturity": 1.0, "steps": 4, "paths": 4096,
+      "seed": 1}
+
+
+@pytest.mark.parametrize(
+    "kind, params, field, message",
+    [
+        ("monte_carlo", {**MC, "sigma": "0.2"}, "sigma", 'sigma: expected a number, got a string ("0.2")'),
+        ("monte_carlo", {k: v for k, v in MC.items() if k != "sigma"}, "sigma", "sigma: required field is missing"),
+        ("monte_carlo", {**MC, "dividends": 0.1}, "dividends", "dividends: unknown field; the fields are"),
+        ("monte_carlo", {**MC, "steps": 0}, "steps", "steps: must be at least 1, got 0"),
+        ("monte_carlo", {**MC, "sigma": 0.0}, "sigma", "sigma: must be more than 0, got 0.0"),
+        ("sleep", {"ms": -1}, "ms", "ms: must be at least 0, got -1"),
+        ("sleep", "ten", "", 'expected a map, got a string ("ten")'),
+        ("risk", {"weights": [1.0]}, "method", "method: required field is missing"),
+        ("risk", {"method": "parametric"}, "method", 'method: "parametric" is not one of "monte_carlo", "historical"'),
+        ("risk", {"method": "historical", "weights": [1.0], "returns": [0.1], "confidence": []}, "confidence",
+         "confidence: must hold at least 1 items, got 0"),
+        ("predict_batch", {"model": "m", "symbols": [{"symbol": "A", "features": [1.0]},
+                                                     {"symbol": 2, "features": [2.0]}]},
+         "symbols[1].symbol", "symbols[1].symbol: expected a string, got an integer (2)"),
+        ("portfolio_opt", {"mu": [0.1], "covariance": [0.04], "objective": "max_return"}, "objective",
+         '"max_return" is not one of "min_variance", "max_sharpe"'),
+        ("train", {"model": "m", "x": [1.0], "y": [1.0], "samples": 1, "epochs": 1, "batch_size": 1,
+                   "optimizer": {"type": "sgd"}}, "optimizer.lr", "optimizer.lr: required field is missing"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_the_field(kind, params, field, message):
+    with pytest.raises(InvalidTask) as err:
+        check(kind, params)
+    assert message in str(err.value)
+    assert str(err.value).startswith(f"bad parameters for kind {kind}: ")
+    assert (err.value.field or "") == field
+    assert err.value.kind == kind
+
+
+def test_other_bad_tasks_are_refused_naming_the_problem():
+    with pytest.raises(InvalidTask, match="its class must be given"):
+        check("my_kind", {})
+    with pytest.raises(InvalidTask, match="priority: 'urgent' is not one of critical, high, normal, low"):
+        _core.prepare(_core.Settings(), "noop", None, cls=None, priority="urgent", max_attempts=None,
+                      deadline=None, idempotency_key=None, memory_bytes=None)
+    with pytest.raises(InvalidTask, match="idempotency_key"):
+        _core.prepare(_core.Settings(), "noop", None, cls=None, priority="normal", max_attempts=None,
+                      deadline=None, idempotency_key="two words", memory_bytes=None)
+    with pytest.raises(InvalidTask, match="max_attempts: must be at least 1"):
+        _core.prepare(_core.Settings(), "noop", None, cls=None, priority="normal", max_attempts=0,
+                      deadline=None, idempotency_key=None, memory_bytes=None)
+    with pytest.raises(InvalidTask, match="the limit is 1048576"):
+        check("echo", {"blob": b"x" * (1 << 20)})
+
+
+def test_typed_parameters_send_what_plain_ones_do():
+    typed = kinds.MonteCarloParams(**MC)
+    assert msgpack.unpackb(check("monte_carlo", typed)[0].params) == {**MC, "dividend": 0.0}
+    risk = kinds.RiskParamsHistorical(weights=[1.0, 2.0], returns=[0.01, 0.02], confidence=[0.99])
+    assert risk.to_wire()["method"] == "historical"
+    spec = kinds.IndicatorsParams(
+        series=[kinds.IndicatorsSeries(symbol="ES", closes=[1.0, 2.0, 3.0])],
+        indicators=[kinds.IndicatorsIndicatorSpecRsi(period=2)],
+    )
+    assert spec.to_wire()["indicators"] == [{"type": "rsi", "period": 2}]
+
+
+def test_results_decode_into_their_classes_and_ignore_new_fields():
+    est = {"price": 10.0, "std_error": 0.1}
+    raw = {"european_call": est, "european_put": est, "asian_arithmetic_call": est, "asian_geometric_call": est,
+           "mean_terminal_price": 105.0, "percentiles": [{"level": 5.0, "price": 80.0}], "paths": 4096,
+           "added_by_a_newer_worker": 1}
+    result = kinds.MonteCarloResult.from_wire(raw)
+    assert result.european_call.price == 10.0
+    assert result.percentiles[0].level == 5.0
+    assert isinstance(result.percentiles[0], kinds.MonteCarloPercentile)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.int32, np.uint8, np.bool_])
+def test_numpy_arrays_encode_as_msgpack_would_encode_their_lists(dtype):
+    array = (np.random.default_rng(1).random((7, 5)) * 100).astype(dtype)
+    ours = _wire.pack({"returns": array, "n": 3})
+    as_list = msgpack.unpackb(ours)["returns"]
+    assert as_list == array.reshape(-1).tolist()
+    if dtype in (np.float64, np.bool_):
+        # Byte for byte what msgpack writes for the list.
+        assert ours == msgpack.packb({"returns": array.reshape(-1).tolist(), "n": 3})
+
+
+def test_a_large_array_is_encoded_without_a_python_loop_per_element():
+    big = np.arange(2_000_000, dtype=np.float64)
+    packed = _wire.pack({"returns": big})
+    assert len(packed) == 1 + len(b"returns") + 1 + 5 + 9 * big.size
+    assert msgpack.unpackb(packed)["returns"][-1] == 1_999_999.0
+
+
+def test_signature_matches_the_wire_format_example():
+    # docs/wire-format.md "Signed tasks", computed by hand the same way.
+    sig = _wire.signature(b"k", "id", "echo", "cpu", "high", 3, "r", b"\x80")
+    import hashlib
+    import hmac
+
+    assert sig == hmac.new(b"k", b"1:2,2:id,4:echo,3:cpu,4:high,1:3,1:r,1:\x80,", hashlib.sha256).hexdigest()
+
+
+def test_scripts_hash_as_the_rust_store_names_them():
+    for script in _core.SCRIPTS:
+        assert script.source.startswith((PACKAGE / "lua" / "common.lua").read_text())
+        assert f"\n-- {script.name}\n" in script.source
+
+
+def test_the_package_exports_its_api():
+    for name in tandem.__all__:
+        assert hasattr(tandem, name), name
+    assert (PACKAGE / "py.typed").exists()
