@@ -1,8 +1,10 @@
-//! The Python example (`examples/python/producer.py`, redis-py and msgpack
-//! alone) against a real fleet: a CPU worker and a simulated GPU, which the
-//! `monte_carlo` task is routed to. CI sets `TANDEM_PYTHON` to a venv with
-//! both libraries, so these tests always run there; elsewhere they use
-//! `python3` when it imports them, and are skipped (saying why) when not.
+//! The Python example (`examples/python/producer.py`, a thin use of the
+//! `tandem` package in clients/python) against a real fleet: a CPU worker
+//! and a simulated GPU, which the `monte_carlo` task is routed to. CI sets
+//! `TANDEM_PYTHON` to a venv with the package installed, so these tests
+//! always run there; elsewhere they use `python3` when it imports it, and
+//! are skipped (saying why) when not. The package's own tests are pytest's
+//! (clients/python/tests, run by .ci/run).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -41,13 +43,13 @@ async fn python_producer_signs_tasks_for_workers_that_require_it() {
 }
 
 /// The Python to run the example with, or `None` (after saying why) when
-/// none has redis-py and msgpack outside CI.
+/// none has the `tandem` package outside CI.
 fn python() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("TANDEM_PYTHON") {
         let path = PathBuf::from(path);
         assert!(
             imports_libraries(&path),
-            "TANDEM_PYTHON={} cannot import redis and msgpack",
+            "TANDEM_PYTHON={} cannot import tandem (pip install ./clients/python)",
             path.display()
         );
         return Some(path);
@@ -58,17 +60,17 @@ fn python() -> Option<PathBuf> {
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "CI must run the Python example: set TANDEM_PYTHON to a python with redis and msgpack (.ci/run does)"
+        "CI must run the Python example: set TANDEM_PYTHON to a python with the tandem package (.ci/run does)"
     );
     eprintln!(
-        "skipped: no python with redis and msgpack (set TANDEM_PYTHON, or `pip install -r examples/python/requirements.txt`)"
+        "skipped: no python with the tandem package (set TANDEM_PYTHON, or `pip install ./clients/python`)"
     );
     None
 }
 
 fn imports_libraries(python: &Path) -> bool {
     std::process::Command::new(python)
-        .args(["-c", "import redis, msgpack"])
+        .args(["-c", "import tandem"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -101,6 +103,7 @@ async fn run_producer(python: &Path, redis: &RedisServer, env: &[(&str, &str)]) 
         .args(["--timeout-s", &WAIT.as_secs().to_string()])
         .env("REDIS_URL", redis.url())
         .env("TANDEM_PREFIX", "tandem")
+        .env_remove("TANDEM_REDIS_URL")
         .env_remove("TANDEM_SIGNING_KEY")
         .envs(env.iter().copied())
         .stdout(std::fs::File::create(&stdout).expect("stdout file"))
