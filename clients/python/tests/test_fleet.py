@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import redis
 
-from conftest import GPU_UUID, WAIT, wait_until
+from conftest import GPU_UUID, ROOT, WAIT, wait_until
 
 import tandem
 from tandem import AsyncClient, Client, Task, _core, errors, kinds
@@ -219,3 +219,13 @@ def test_the_asyncio_api_submits_waits_cancels_and_reads_status(fleet):
             assert await client.wait(sync_id, WAIT) == "from sync"
 
     asyncio.run(main())
+
+
+def test_the_readme_quick_start_runs(fleet, monkeypatch, capsys):
+    readme = (ROOT / "clients" / "python" / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("REDIS_URL", fleet.url)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.startswith("call "), out
+    assert "95% VaR " in out and "99% VaR " in out, out
