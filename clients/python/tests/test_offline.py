@@ -158,3 +158,17 @@ def test_the_package_exports_its_api():
     for name in tandem.__all__:
         assert hasattr(tandem, name), name
     assert (PACKAGE / "py.typed").exists()
+
+
+def test_the_package_type_checks():
+    """py.typed promises types: mypy finds no error in the package."""
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mypy", "--ignore-missing-imports", str(PACKAGE)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_url_the_client_cannot_speak_is_refused_naming_it():
+    with pytest.raises(InvalidTask, match="redis_url: 'redis\\+sentinel' is not supported"):
+        tandem.Client("redis+sentinel://s1:26379/mymaster")

@@ -79,6 +79,18 @@ class Settings:
         return settings
 
 
+def check_url(url: str) -> None:
+    """One Redis server (`redis://`, `rediss://` for TLS, `unix://`): the
+    Rust producer's Sentinel and Cluster URLs are not spoken here yet."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise InvalidTask(
+            f"redis_url: {scheme or url!r} is not supported by the Python client; "
+            "use redis://, rediss:// or unix:// (Sentinel and Cluster URLs: not yet)",
+            field="redis_url",
+        )
+
+
 def new_producer_id() -> str:
     """`p-` and the last 12 hex digits of a UUID v7, as the Rust producer."""
     return "p-" + uuid.UUID(_wire.new_task_id()).hex[-12:]

@@ -116,7 +116,7 @@ def _check(schema: Dict[str, Any], value: Any, path: str, defs: Dict[str, Any]) 
     if types is not None:
         options = types if isinstance(types, list) else [types]
         if not any(_type_ok(t, value, schema) for t in options):
-            wanted = " or ".join(_EXPECTED.get(t, t) for t in options)
+            wanted = " or ".join(_EXPECTED.get(str(t), str(t)) for t in options)
             raise SchemaError(path, f"expected {wanted}, got {_got(value)}")
         if value is None:
             return

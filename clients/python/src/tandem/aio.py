@@ -41,6 +41,7 @@ class AsyncClient:
 
     def __init__(self, redis_url: Optional[str] = None, **settings: Any) -> None:
         self.settings = Settings.from_env(redis_url=redis_url, **settings)
+        _core.check_url(self.settings.redis_url)
         self.keys = _wire.Keys(self.settings.prefix)
         self.producer_id = self.settings.producer_id or _core.new_producer_id()
         self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
@@ -260,7 +261,7 @@ class AsyncClient:
             if running is not None and not running.done():
                 return False
 
-            async def newest() -> bytes:
+            async def newest() -> Any:
                 last = await self._redis.xrevrange(stream, "+", "-", count=1)
                 return last[0][0] if last else b"0-0"
 
@@ -268,10 +269,10 @@ class AsyncClient:
             self._listeners[stream] = asyncio.get_running_loop().create_task(self._listen(stream, start))
             return True
 
-    async def _listen(self, stream: str, cursor: bytes) -> None:
+    async def _listen(self, stream: str, cursor: Any) -> None:
         while True:
             try:
-                replies = await self._redis.xread({stream: cursor}, block=BLOCK_MS) or []
+                replies: Any = await self._redis.xread({stream: cursor}, block=BLOCK_MS) or []
             except RETRIED:
                 await self._retry(self._redis.ping)
                 self._wake_all(_RESYNC)

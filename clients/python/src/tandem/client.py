@@ -22,7 +22,7 @@ from .outcome import Outcome
 
 # Errors that mean "Redis is away or not ready": retried for
 # `reconnect_timeout`, as the Rust producer does.
-RETRIED = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+RETRIED = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
 # A blocking read is re-issued at least this often (ms).
 BLOCK_MS = 5_000
 
@@ -69,13 +69,14 @@ class Client:
 
     def __init__(self, redis_url: Optional[str] = None, **settings: Any) -> None:
         self.settings = Settings.from_env(redis_url=redis_url, **settings)
+        _core.check_url(self.settings.redis_url)
         self.keys = _wire.Keys(self.settings.prefix)
         self.producer_id = self.settings.producer_id or _core.new_producer_id()
         # A blocking XREAD outlasts any socket timeout: `block=` bounds it.
         self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
         self._scripts_loaded = False
         # Reply stream -> the id notices are read after.
-        self._cursors: Dict[str, bytes] = {}
+        self._cursors: Dict[Any, Any] = {}
         # Tasks this client submitted whose outcome nobody collected yet,
         # and the notices that came for them.
         self._pending: Set[str] = set()
@@ -321,7 +322,7 @@ class Client:
         if stream in self._cursors:
             return
 
-        def newest() -> bytes:
+        def newest() -> Any:
             last = self._redis.xrevrange(stream, "+", "-", count=1)
             return last[0][0] if last else b"0-0"
 
@@ -337,7 +338,7 @@ class Client:
             if left_ms <= 0:
                 return False
         try:
-            replies = self._redis.xread(dict(self._cursors), block=max(1, left_ms)) or []
+            replies: Any = self._redis.xread(dict(self._cursors), block=max(1, left_ms)) or []
         except RETRIED:
             self._retry(self._redis.ping)
             return False
@@ -352,7 +353,7 @@ class Client:
 
     def _complete(self, task_id: str, fields: Dict[str, Any]) -> Outcome:
         if _core.left_out(fields):
-            cls = fields.get("class")
+            cls = str(fields.get("class", ""))
             found = self._retry(lambda: self._redis.hget(self.keys.task(cls, task_id), "result"))
             fields = dict(fields, result=found)
         return _core.outcome(task_id, fields)
