@@ -102,3 +102,29 @@ def test_a_wait_rides_out_a_redis_restart(redis_server):
     # The restarted Redis lost the task (no persistence): the wait says so.
     thread.join(WAIT)
     assert isinstance(result.get("error"), errors.TaskNotFound), result
+
+
+def test_an_asyncio_wait_rides_out_a_redis_restart(redis_server):
+    """The listener's blocking read breaks; once Redis is back every waiter
+    reads its record again: the task (lost with the unpersisted Redis) is
+    not found, and a task submitted afterwards is still woken by its
+    notice."""
+    conn = redis_server.conn()
+
+    async def main():
+        async with AsyncClient(redis_server.url, reconnect_timeout=WAIT) as client:
+            task = await client.submit("echo", "x", cls="cpu")
+            waiting = asyncio.ensure_future(client.wait(task, WAIT))
+            while not any(c.get("cmd") == "xread" for c in conn.client_list()):
+                await asyncio.sleep(0.02)
+            redis_server.stop()
+            redis_server.start()
+            with pytest.raises(errors.TaskNotFound):
+                await waiting
+            worker = Worker(redis_server, {})
+            try:
+                assert await client.run("echo", "after", cls="cpu", timeout=WAIT) == "after"
+            finally:
+                worker.stop()
+
+    asyncio.run(main())
