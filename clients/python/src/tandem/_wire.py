@@ -191,7 +191,9 @@ def _has_ndarray(value: Any, depth: int) -> bool:
     if isinstance(value, dict):
         return any(_has_ndarray(v, depth + 1) for v in value.values())
     if isinstance(value, (list, tuple)):
-        # Lists of scalars are the common case; only look inside containers.
+        # A list of numbers (the common case, and often long) holds none.
+        if value and isinstance(value[0], (int, float)) and isinstance(value[-1], (int, float)):
+            return False
         return any(
             _has_ndarray(v, depth + 1) for v in value if isinstance(v, (dict, list, tuple)) or _is_ndarray(v)
         )
