@@ -50,6 +50,9 @@ class AsyncClient:
         self._listener_lock = asyncio.Lock()
         # Task id -> the futures of its waits.
         self._waiters: Dict[str, Set[asyncio.Future]] = {}
+        # Tasks this client created, registered before they were sent (as
+        # the Rust producer's `submit_handle`): their wait reads nothing.
+        self._submitted: Dict[str, asyncio.Future] = {}
 
     @property
     def redis(self) -> "aioredis.Redis":
@@ -111,13 +114,40 @@ class AsyncClient:
                 task.cls = classes[model]
             _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
             new_tasks.append(task)
-        replies = await self._retry(lambda: self._send(new_tasks))
+        # Listen first and register every task before it is sent, so that
+        # no notice can come before its waiter.
+        for cls in sorted({t.cls for t in new_tasks}):
+            await self._ensure_listener(self.keys.reply(cls, self.producer_id))
+        loop = asyncio.get_running_loop()
+        for task in new_tasks:
+            future = loop.create_future()
+            self._submitted[task.id] = future
+            self._waiters.setdefault(task.id, set()).add(future)
+        try:
+            replies = await self._retry(lambda: self._send(new_tasks))
+        except BaseException:
+            for task in new_tasks:
+                self._unregister(task.id, self._submitted.pop(task.id, None))
+            raise
         ids = []
-        for reply in replies:
+        for task, reply in zip(new_tasks, replies):
             if isinstance(reply, Exception):
+                self._unregister(task.id, self._submitted.pop(task.id, None))
                 raise _core._wire_error("submit", reply)
-            ids.append(_core.parse_submitted(reply)[0])
+            task_id, created = _core.parse_submitted(reply)
+            if not created:
+                # An idempotency key named an earlier task, which may have
+                # finished already: its wait goes the general way.
+                self._unregister(task.id, self._submitted.pop(task.id, None))
+            ids.append(task_id)
         return ids
+
+    def _unregister(self, task_id: str, future: Optional[asyncio.Future]) -> None:
+        waiting = self._waiters.get(task_id)
+        if waiting is not None and future is not None:
+            waiting.discard(future)
+            if not waiting:
+                del self._waiters[task_id]
 
     async def _send(self, tasks: Sequence[_wire.NewTask]) -> List[Any]:
         await self._load_scripts()
@@ -204,6 +234,15 @@ class AsyncClient:
         return await self._complete(task_id, fields)
 
     async def _wait_fields(self, task_id: str) -> Dict[str, Any]:
+        registered = self._submitted.pop(task_id, None)
+        if registered is not None:
+            try:
+                got = await registered
+            finally:
+                self._unregister(task_id, registered)
+            if got is not _RESYNC:
+                return got
+            # The listener reconnected: the record decides (below).
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, set()).add(future)
         try:

@@ -161,11 +161,22 @@ class Client:
         first try, and the script creates a task only when its id has no
         record yet (and its idempotency key names none)."""
         self._load_scripts()
-        pipe = self._redis.pipeline(transaction=False)
+        calls = []
         for task in tasks:
             reply_to = self.keys.reply(task.cls, self.producer_id)
             keys, args = task.submit_args(self.keys, self.producer_id, reply_to, self.settings.idempotency_ttl_s)
-            pipe.evalsha(_core.SUBMIT.sha, len(keys), *keys, *args)
+            calls.append((len(keys), *keys, *args))
+        if len(calls) == 1:
+            # One task: a plain call costs less than a pipeline in redis-py.
+            try:
+                return [self._redis.evalsha(_core.SUBMIT.sha, *calls[0])]
+            except redis.ResponseError as err:
+                if isinstance(err, redis.exceptions.NoScriptError):
+                    raise
+                return [err]
+        pipe = self._redis.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(_core.SUBMIT.sha, *call)
         return pipe.execute(raise_on_error=False)
 
     def _model_classes(self, models: List[str]) -> Dict[str, str]:
