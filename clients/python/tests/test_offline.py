@@ -172,3 +172,17 @@ def test_the_package_type_checks():
 def test_a_url_the_client_cannot_speak_is_refused_naming_it():
     with pytest.raises(InvalidTask, match="redis_url: 'redis\\+sentinel' is not supported"):
         tandem.Client("redis+sentinel://s1:26379/mymaster")
+
+
+def test_models_nested_in_plain_values_and_timedeltas_are_accepted():
+    import datetime
+
+    params = {"series": [kinds.IndicatorsSeries(symbol="ES", closes=np.array([1.0, 2.0, 3.0]))],
+              "indicators": [kinds.IndicatorsIndicatorSpecSma(period=2)]}
+    task, _ = _core.prepare(_core.Settings(), "indicators", params, cls=None, priority="high", max_attempts=2,
+                            deadline=datetime.timedelta(seconds=1.5), idempotency_key="k-1", memory_bytes=None)
+    assert msgpack.unpackb(task.params) == {"series": [{"closes": [1.0, 2.0, 3.0], "symbol": "ES"}],
+                                            "indicators": [{"period": 2, "type": "sma"}]}
+    assert (task.deadline_in_ms, task.max_attempts, task.idempotency_key) == (1500, 2, "k-1")
+    # The kind's memory estimate, as the Rust producer computes it.
+    assert task.memory_bytes == 8 * 3 + 8 * 2 + 8 * 3 * 1 + 28

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from . import _estimates, _schema, _wire
+from . import _estimates, _model, _schema, _wire
 from .errors import InvalidTask
 from .outcome import Outcome
 
@@ -149,8 +149,7 @@ def prepare(
     registered class decides its class (looked up by the caller), if any."""
     if not isinstance(kind, str) or not kind:
         raise InvalidTask(f"kind: expected a kind's name, got {kind!r}", field="kind")
-    if hasattr(params, "to_wire"):
-        params = params.to_wire()
+    params = _model._wire_value(params)
     entry = CATALOG.get(kind)
     if entry is not None:
         try:

@@ -67,8 +67,12 @@ def _model_of(target: Any, value: Any) -> Any:
 
 
 def _wire_value(value: Any) -> Any:
+    """Models anywhere in plain values (a dict of lists of models) as maps;
+    everything else, NumPy arrays included, as it is."""
     if isinstance(value, WireModel):
         return value.to_wire()
     if isinstance(value, (list, tuple)):
         return [_wire_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _wire_value(v) for k, v in value.items()}
     return value
