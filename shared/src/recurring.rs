@@ -78,6 +78,9 @@ pub enum ScheduleError {
     BadName(String),
     #[error("catch_up: {0:?} is not `once` or `skip`")]
     BadCatchUp(String),
+    /// A field of a schedule's hash, named in the message.
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}: the time is out of range")]
     OutOfRange(String),
 }
