@@ -270,7 +270,7 @@ impl Producer {
     /// Checks, completes and (with a key) signs tasks before sending. Every
     /// task is checked before any model is looked up, so an invalid batch
     /// costs no round trip.
-    async fn prepare(&self, tasks: Vec<Task>) -> Result<Vec<NewTask>, ProducerError> {
+    pub(crate) async fn prepare(&self, tasks: Vec<Task>) -> Result<Vec<NewTask>, ProducerError> {
         let inner = &self.inner;
         let mut checked = Vec::with_capacity(tasks.len());
         for t in tasks {
