@@ -185,6 +185,10 @@ impl Cadence {
     /// Parses a period such as `5m`, `90s`, `1h30m` or `2 days` (jiff's
     /// friendly duration format, or ISO 8601 `PT5M`) into milliseconds.
     pub fn parse_every(text: &str) -> Result<u64, ScheduleError> {
+        // jiff wants a unit; a bare zero is zero in any unit.
+        if text.trim() == "0" {
+            return Ok(0);
+        }
         let duration: SignedDuration = text.trim().parse().map_err(|err| {
             ScheduleError::BadEvery(format!(
                 "{text:?} is not a duration such as 30s, 5m, 1h30m ({err})"

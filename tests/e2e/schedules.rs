@@ -1,0 +1,609 @@
+//! Recurring schedules against real redis-server and worker processes:
+//! every tick fires once across workers, a worker SIGKILLed as a tick
+//! fires and a Redis restart (AOF) double-fire nothing, missed ticks are
+//! caught up by policy, pause/resume/rm, DST fire times through the CLI,
+//! schedules written by hand in Redis, and bad input refused.
+//!
+//! Each tick's task id is derived from the schedule and the tick
+//! (`recurring::tick_task_id`), so the tests count tasks by tick: a tick
+//! that fired twice would show as two records with the same
+//! `scheduled_for_ms`, or as `fired + skipped` over the number of ticks.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use tandem_producer::{CatchUp, Schedule, Task};
+use tandem_shared::recurring::tick_task_id;
+use tandem_shared::{Class, TaskId};
+
+use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
+
+type Conn = redis::aio::MultiplexedConnection;
+
+fn tandem(redis: &RedisServer, args: &[&str]) -> Output {
+    Command::new(bin("tandem"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis.url())
+        .output()
+        .expect("run tandem")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn redis_now(conn: &mut Conn) -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    secs * 1000 + micros / 1000
+}
+
+/// A schedule's hash, its values as text (`params` is MessagePack).
+async fn hash(conn: &mut Conn, name: &str) -> HashMap<String, String> {
+    let raw: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+        .arg(format!("tandem:{{cpu}}:schedule:{name}"))
+        .query_async(conn)
+        .await
+        .expect("HGETALL");
+    raw.into_iter().map(|(k, v)| (k, text(&v))).collect()
+}
+
+fn num(hash: &HashMap<String, String>, field: &str) -> i64 {
+    hash.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The tasks schedule `name` created: (tick, id, status), by tick.
+async fn tick_tasks(conn: &mut Conn, name: &str) -> Vec<(i64, TaskId, String)> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("tandem:{cpu}:task:*")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .expect("SCAN");
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = Vec::new();
+    for key in keys {
+        let (schedule, tick, id, status): (
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        ) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("schedule")
+            .arg("scheduled_for_ms")
+            .arg("id")
+            .arg("status")
+            .query_async(conn)
+            .await
+            .expect("HMGET");
+        if schedule.as_deref() == Some(name) {
+            let id = id
+                .expect("a scheduled task's record has its id")
+                .parse()
+                .expect("a task id");
+            out.push((
+                tick.expect("scheduled_for_ms"),
+                id,
+                status.unwrap_or_default(),
+            ));
+        }
+    }
+    out.sort_by_key(|(tick, _, _)| *tick);
+    out
+}
+
+/// Every tick of an `every period_ms` schedule from `first_tick` up to its
+/// current next fire was either fired once (one task, with the id derived
+/// from the tick) or counted as skipped; returns the tasks.
+async fn assert_each_tick_once(
+    conn: &mut Conn,
+    name: &str,
+    first_tick: i64,
+    period_ms: i64,
+) -> Vec<(i64, TaskId, String)> {
+    let state = hash(conn, name).await;
+    let next = num(&state, "next_fire_ms");
+    let seed = state.get("created_at_ms").cloned().unwrap_or_default();
+    let tasks: Vec<_> = tick_tasks(conn, name)
+        .await
+        .into_iter()
+        .filter(|(tick, _, _)| *tick < next)
+        .collect();
+    let ticks: HashSet<i64> = tasks.iter().map(|(tick, _, _)| *tick).collect();
+    assert_eq!(ticks.len(), tasks.len(), "a tick fired twice: {tasks:?}");
+    for (tick, id, _) in &tasks {
+        assert_eq!(
+            (tick - first_tick) % period_ms,
+            0,
+            "tick {tick} is off the grid"
+        );
+        assert_eq!(
+            *id,
+            tick_task_id(Class::Cpu, name, &seed, *tick),
+            "tick {tick}"
+        );
+    }
+    assert_eq!(num(&state, "fired"), tasks.len() as i64, "{state:?}");
+    assert_eq!(
+        num(&state, "fired") + num(&state, "skipped"),
+        (next - first_tick) / period_ms,
+        "every tick from {first_tick} to {next} is fired or skipped once: {state:?}"
+    );
+    tasks
+}
+
+async fn wait_fired(conn: &Conn, name: &str, at_least: i64, what: &str) {
+    wait_until(Duration::from_secs(60), what, || {
+        let mut conn = conn.clone();
+        let name = name.to_owned();
+        async move { num(&hash(&mut conn, &name).await, "fired") >= at_least }
+    })
+    .await;
+}
+
+async fn wait_all_succeeded(conn: &Conn, name: &str) {
+    wait_until(
+        Duration::from_secs(60),
+        "every scheduled task succeeded",
+        || {
+            let mut conn = conn.clone();
+            let name = name.to_owned();
+            async move {
+                tick_tasks(&mut conn, &name)
+                    .await
+                    .iter()
+                    .all(|(_, _, status)| status == "succeeded")
+            }
+        },
+    )
+    .await;
+}
+
+fn echo() -> Task {
+    Task::new("echo", &"tick")
+        .expect("a task")
+        .class(Class::Cpu)
+}
+
+#[tokio::test]
+async fn an_every_schedule_fires_each_tick_once_with_three_workers() {
+    let redis = RedisServer::start();
+    let workers: Vec<WorkerProcess> = vec![
+        WorkerProcess::start(&redis, &[]).await,
+        WorkerProcess::start(&redis, &[]).await,
+        WorkerProcess::start(&redis, &[]).await,
+    ];
+    let producer = redis.producer().await;
+    let added = producer
+        .schedule_add(Schedule::every("book", Duration::from_secs(1), echo()).expect("a schedule"))
+        .await
+        .expect("added");
+    assert!(added.created);
+    assert_eq!(added.class, Class::Cpu);
+    let mut conn = redis.conn().await;
+    wait_fired(&conn, "book", 5, "five ticks fired").await;
+    let tasks = assert_each_tick_once(&mut conn, "book", added.next_fire_ms, 1_000).await;
+    assert!(tasks.len() >= 5);
+    wait_all_succeeded(&conn, "book").await;
+    // The schedule reads plainly in Redis, and through the library.
+    let state = hash(&mut conn, "book").await;
+    assert_eq!(state.get("every_ms").map(String::as_str), Some("1000"));
+    assert_eq!(state.get("kind").map(String::as_str), Some("echo"));
+    let shown = producer
+        .schedule("book")
+        .await
+        .expect("read")
+        .expect("there");
+    assert!(shown.next_fire_ms.expect("a next fire") > added.next_fire_ms);
+    drop(workers);
+}
+
+#[tokio::test]
+async fn a_worker_sigkilled_as_ticks_fire_and_a_redis_restart_double_fire_nothing() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut workers = vec![
+        WorkerProcess::start(&redis, &[]).await,
+        WorkerProcess::start(&redis, &[]).await,
+        WorkerProcess::start(&redis, &[]).await,
+    ];
+    let producer = redis.producer().await;
+    let first = producer
+        .schedule_add(Schedule::every("risk", Duration::from_secs(1), echo()).expect("a schedule"))
+        .await
+        .expect("added")
+        .next_fire_ms;
+    let mut conn = redis.conn().await;
+    for round in 0..3 {
+        // Kill a worker the moment a tick comes due, when every worker
+        // wakes to fire it.
+        let next = num(&hash(&mut conn, "risk").await, "next_fire_ms");
+        wait_until(Duration::from_secs(30), "the tick is due", || {
+            let mut conn = conn.clone();
+            async move { redis_now(&mut conn).await >= next }
+        })
+        .await;
+        workers.remove(0).signal("KILL");
+        workers.push(WorkerProcess::spawn(&redis, &[]));
+        let fired = num(&hash(&mut conn, "risk").await, "fired");
+        wait_fired(&conn, "risk", fired + 2, "two more ticks").await;
+        let tasks = assert_each_tick_once(&mut conn, "risk", first, 1_000).await;
+        assert!(tasks.len() >= 2 * (round + 1), "round {round}: {tasks:?}");
+    }
+    // Redis crashes (SIGKILL) and comes back from its append-only file.
+    let before = num(&hash(&mut conn, "risk").await, "fired");
+    redis.crash_and_restart();
+    let mut conn = redis.conn().await;
+    wait_fired(&conn, "risk", before + 3, "three ticks after the restart").await;
+    assert_each_tick_once(&mut conn, "risk", first, 1_000).await;
+    wait_all_succeeded(&conn, "risk").await;
+}
+
+/// Ticks missed while no worker ran: the stored next fire lies 2.5 periods
+/// in the past (as after a 2.5-hour outage of an hourly schedule) when the
+/// first worker starts.
+#[tokio::test]
+async fn missed_ticks_fire_once_by_default_and_not_at_all_with_skip() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let hour = Duration::from_secs(3_600);
+    for (name, catch_up) in [("once", CatchUp::Once), ("skip", CatchUp::Skip)] {
+        producer
+            .schedule_add(
+                Schedule::every(name, hour, echo())
+                    .expect("a schedule")
+                    .catch_up(catch_up),
+            )
+            .await
+            .expect("added");
+    }
+    let mut conn = redis.conn().await;
+    let missed_since = redis_now(&mut conn).await - 9_000_000;
+    for name in ["once", "skip"] {
+        let _: () = redis::cmd("HSET")
+            .arg(format!("tandem:{{cpu}}:schedule:{name}"))
+            .arg("next_fire_ms")
+            .arg(missed_since)
+            .query_async(&mut conn)
+            .await
+            .expect("HSET");
+        let _: () = redis::cmd("ZADD")
+            .arg("tandem:{cpu}:schedules")
+            .arg(missed_since)
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .expect("ZADD");
+    }
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    wait_until(Duration::from_secs(30), "both schedules caught up", || {
+        let mut conn = conn.clone();
+        async move {
+            let mut done = true;
+            for name in ["once", "skip"] {
+                done &= num(&hash(&mut conn, name).await, "next_fire_ms") != missed_since;
+            }
+            done
+        }
+    })
+    .await;
+    let hour_ms = 3_600_000;
+    // Three ticks were due (-2.5 h, -1.5 h, -0.5 h): `once` fired the
+    // latest and counted two skipped, `skip` fired none.
+    let once = hash(&mut conn, "once").await;
+    assert_eq!(
+        (num(&once, "fired"), num(&once, "skipped")),
+        (1, 2),
+        "{once:?}"
+    );
+    assert_eq!(num(&once, "next_fire_ms"), missed_since + 3 * hour_ms);
+    let fired = tick_tasks(&mut conn, "once").await;
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].0, missed_since + 2 * hour_ms);
+    let skip = hash(&mut conn, "skip").await;
+    assert_eq!(
+        (num(&skip, "fired"), num(&skip, "skipped")),
+        (0, 3),
+        "{skip:?}"
+    );
+    assert_eq!(num(&skip, "next_fire_ms"), missed_since + 3 * hour_ms);
+    assert!(tick_tasks(&mut conn, "skip").await.is_empty());
+    wait_all_succeeded(&conn, "once").await;
+}
+
+#[tokio::test]
+async fn pause_resume_and_rm_through_the_cli() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let out = tandem(
+        &redis,
+        &[
+            "schedule", "add", "pulse", "--every", "1s", "--kind", "echo", "--params", "\"hi\"",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("added schedule pulse (class cpu); next fire "));
+    let mut conn = redis.conn().await;
+    wait_fired(&conn, "pulse", 2, "two ticks").await;
+
+    let out = tandem(&redis, &["schedule", "pause", "pulse"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let paused = hash(&mut conn, "pulse").await;
+    assert_eq!(paused.get("paused").map(String::as_str), Some("1"));
+    let listed = text(&tandem(&redis, &["schedule", "list"]).stdout);
+    assert!(listed.contains("paused"), "{listed}");
+    // Three periods pass (by the Redis clock) with nothing fired.
+    let until = redis_now(&mut conn).await + 3_000;
+    wait_until(Duration::from_secs(30), "three periods passed", || {
+        let mut conn = conn.clone();
+        async move { redis_now(&mut conn).await >= until }
+    })
+    .await;
+    assert_eq!(
+        num(&hash(&mut conn, "pulse").await, "fired"),
+        num(&paused, "fired")
+    );
+
+    let resumed_at = redis_now(&mut conn).await;
+    let out = tandem(&redis, &["schedule", "resume", "pulse"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // No catch-up of the paused ticks: the next fire is after the resume.
+    assert!(num(&hash(&mut conn, "pulse").await, "next_fire_ms") > resumed_at);
+    wait_fired(
+        &conn,
+        "pulse",
+        num(&paused, "fired") + 1,
+        "a tick after resume",
+    )
+    .await;
+
+    let show = tandem(&redis, &["schedule", "show", "pulse"]);
+    let shown = text(&show.stdout);
+    assert!(
+        shown.contains("every 1s") && shown.contains("active"),
+        "{shown}"
+    );
+    let out = tandem(&redis, &["schedule", "rm", "pulse"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(hash(&mut conn, "pulse").await.is_empty());
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg("tandem:{cpu}:schedules")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("ZRANGE");
+    assert!(members.is_empty());
+    assert_eq!(
+        text(&tandem(&redis, &["schedule", "list"]).stdout),
+        "no schedules\n"
+    );
+    // Its tasks stay; a second rm says there is nothing to remove.
+    assert!(!tick_tasks(&mut conn, "pulse").await.is_empty());
+    assert_eq!(
+        tandem(&redis, &["schedule", "rm", "pulse"]).status.code(),
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn cron_fire_times_across_dst_changes_are_stored_and_shown_in_both_zones() {
+    let redis = RedisServer::start();
+    // The second Sunday of March at 02:30 in New York: the US spring-forward
+    // day, when 02:30 does not exist; the first Sunday of November at
+    // 01:30: the fall-back day, when it happens twice.
+    for (name, cron) in [("spring", "30 2 * 3 0#2"), ("fall", "30 1 * 11 0#1")] {
+        let out = tandem(
+            &redis,
+            &[
+                "schedule",
+                "add",
+                name,
+                "--cron",
+                cron,
+                "--tz",
+                "America/New_York",
+                "--kind",
+                "echo",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let mut conn = redis.conn().await;
+    let spring = num(&hash(&mut conn, "spring").await, "next_fire_ms");
+    let fall = num(&hash(&mut conn, "fall").await, "next_fire_ms");
+    let show = |name: &str| {
+        let out = tandem(&redis, &["schedule", "show", name, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let spring_shown = show("spring");
+    assert_eq!(spring_shown["next_fire_ms"], spring);
+    // Fires at the jump: 03:00 EDT, 07:00 UTC.
+    let utc = spring_shown["next_fire_utc"].as_str().expect("utc");
+    let local = spring_shown["next_fire_local"].as_str().expect("local");
+    assert!(utc.ends_with(" 07:00:00 UTC"), "{utc}");
+    assert!(local.ends_with(" 03:00:00 EDT"), "{local}");
+    assert_eq!(&utc[..10], &local[..10]);
+    // Fires once, at the first 01:30 (EDT, 05:30 UTC), not at 01:30 EST.
+    let fall_shown = show("fall");
+    assert_eq!(fall_shown["next_fire_ms"], fall);
+    let utc = fall_shown["next_fire_utc"].as_str().expect("utc");
+    let local = fall_shown["next_fire_local"].as_str().expect("local");
+    assert!(utc.ends_with(" 05:30:00 UTC"), "{utc}");
+    assert!(local.ends_with(" 01:30:00 EDT"), "{local}");
+    let listed = text(&tandem(&redis, &["schedule", "list"]).stdout);
+    assert!(
+        listed.contains("03:00:00 EDT") && listed.contains("01:30:00 EDT"),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
+async fn schedules_written_by_hand_in_redis_fire_and_bad_ones_are_marked() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    // What a service in another language writes: a hash and an index
+    // entry due now (`0`), no first fire time, no id seed.
+    let params = rmpv::Value::from("raw");
+    let mut blob = Vec::new();
+    rmpv::encode::write_value(&mut blob, &params).expect("msgpack");
+    for (name, fields) in [
+        ("raw", vec![("every_ms", "1000")]),
+        ("badcron", vec![("cron", "61 * * * *")]),
+        (
+            "badzone",
+            vec![("cron", "* * * * *"), ("tz", "Mars/Olympus")],
+        ),
+    ] {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(format!("tandem:{{cpu}}:schedule:{name}"))
+            .arg("kind")
+            .arg("echo")
+            .arg("class")
+            .arg("cpu")
+            .arg("params")
+            .arg(blob.as_slice());
+        for (field, value) in fields {
+            cmd.arg(field).arg(value);
+        }
+        let _: () = cmd.query_async(&mut conn).await.expect("HSET");
+        let _: () = redis::cmd("ZADD")
+            .arg("tandem:{cpu}:schedules")
+            .arg(0)
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .expect("ZADD");
+    }
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    wait_fired(&conn, "raw", 2, "the hand-written schedule fired twice").await;
+    let state = hash(&mut conn, "raw").await;
+    let first = tick_tasks(&mut conn, "raw").await[0].0;
+    assert_each_tick_once(&mut conn, "raw", first, 1_000).await;
+    assert!(state.contains_key("created_at_ms"), "{state:?}");
+    wait_all_succeeded(&conn, "raw").await;
+    for (name, why) in [
+        (
+            "badcron",
+            "cron: \"61 * * * *\" is not a valid cron expression",
+        ),
+        ("badzone", "tz: \"Mars/Olympus\" is not a known time zone"),
+    ] {
+        wait_until(
+            Duration::from_secs(30),
+            "the bad schedule is marked",
+            || {
+                let mut conn = conn.clone();
+                async move { hash(&mut conn, name).await.contains_key("error") }
+            },
+        )
+        .await;
+        let state = hash(&mut conn, name).await;
+        assert!(state["error"].contains(why), "{state:?}");
+        let score: Option<String> = redis::cmd("ZSCORE")
+            .arg("tandem:{cpu}:schedules")
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .expect("ZSCORE");
+        assert_eq!(score.as_deref(), Some("inf"));
+        assert!(tick_tasks(&mut conn, name).await.is_empty());
+    }
+    let listed = text(&tandem(&redis, &["schedule", "list"]).stdout);
+    assert!(listed.contains("broken"), "{listed}");
+}
+
+#[tokio::test]
+async fn bad_schedules_are_refused_with_the_flag_and_the_problem() {
+    let redis = RedisServer::start();
+    let add = |extra: &[&str]| {
+        let mut args = vec!["schedule", "add", "bad", "--kind", "echo"];
+        args.extend_from_slice(extra);
+        tandem(&redis, &args)
+    };
+    for (extra, expect) in [
+        (
+            &["--cron", "61 * * * *"][..],
+            "--cron: \"61 * * * *\" is not a valid cron expression",
+        ),
+        (
+            &["--cron", "every day"][..],
+            "--cron: \"every day\" is not a valid cron expression",
+        ),
+        (
+            &["--cron", "30 17 * * 1-5", "--tz", "America/Nowhere"][..],
+            "--tz: \"America/Nowhere\" is not a known time zone",
+        ),
+        (&["--every", "0"][..], "--every: must be more than 0"),
+        (&["--every", "0s"][..], "--every: must be more than 0"),
+        (
+            &["--every", "soon"][..],
+            "--every: \"soon\" is not a duration",
+        ),
+        (
+            &["--every", "5m", "--catch-up", "all"][..],
+            "--catch-up: \"all\" is not `once` or `skip`",
+        ),
+    ] {
+        let out = add(extra);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{extra:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(expect),
+            "{extra:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = tandem(
+        &redis,
+        &["schedule", "add", "a b", "--every", "5m", "--kind", "echo"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("NAME: \"a b\" must be 1-64 characters"));
+    // Neither cron nor every: clap says which flags are missing.
+    assert_eq!(add(&[]).status.code(), Some(2));
+    // Nothing was written.
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tandem:*schedule*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert!(keys.is_empty(), "{keys:?}");
+    // A name another class holds is refused by the library.
+    let producer = redis.producer().await;
+    producer
+        .schedule_add(Schedule::every("dup", Duration::from_secs(60), echo()).expect("a schedule"))
+        .await
+        .expect("added");
+    let heavy = Task::new("echo", &"x").expect("a task").class(Class::Heavy);
+    let err = producer
+        .schedule_add(Schedule::every("dup", Duration::from_secs(60), heavy).expect("a schedule"))
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("exists in class cpu"), "{err}");
+    assert_eq!(
+        tandem(&redis, &["schedule", "pause", "nothing"])
+            .status
+            .code(),
+        Some(3)
+    );
+}
