@@ -176,6 +176,11 @@ impl Producer {
         &self.inner.producer_id
     }
 
+    /// The signing key's signer, when one is configured.
+    pub(crate) fn signer(&self) -> Option<&Signer> {
+        self.inner.signer.as_ref()
+    }
+
     /// The queue connection underneath, for inspection.
     pub fn store(&self) -> &Store {
         &self.inner.store

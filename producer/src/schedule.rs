@@ -136,7 +136,7 @@ impl Producer {
         let task = prepared.pop().ok_or_else(|| {
             ProducerError::Schedule(ScheduleError::Invalid("task: nothing to schedule".into()))
         })?;
-        let def = ScheduleDef {
+        let mut def = ScheduleDef {
             name: schedule.name,
             cadence: schedule.cadence,
             catch_up: schedule.catch_up,
@@ -147,7 +147,11 @@ impl Producer {
             max_attempts: task.max_attempts,
             memory_bytes: task.memory_bytes,
             deadline_in_ms: task.deadline_in_ms,
+            signature: None,
         };
+        if let Some(signer) = self.signer() {
+            def.signature = Some(def.sign(signer));
+        }
         let store = self.store();
         for (class, _) in store.find_schedule(&def.name).await? {
             if class != def.class {

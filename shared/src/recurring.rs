@@ -264,6 +264,15 @@ impl Cadence {
         }
     }
 
+    /// The cadence exactly, for signatures: `cron <pattern> <zone>` or
+    /// `every_ms <n>`.
+    pub fn describe_exact(&self) -> String {
+        match self {
+            Cadence::Cron { pattern, zone, .. } => format!("cron {pattern} {zone}"),
+            Cadence::Every { every_ms } => format!("every_ms {every_ms}"),
+        }
+    }
+
     /// The cadence as people write it: `cron "30 17 * * 1-5" America/New_York`
     /// or `every 5m`.
     pub fn describe(&self) -> String {

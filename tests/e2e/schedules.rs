@@ -607,3 +607,66 @@ async fn bad_schedules_are_refused_with_the_flag_and_the_problem() {
         Some(3)
     );
 }
+
+/// On a fleet that requires signed tasks, a schedule a producer with the
+/// key added fires signed tasks that run; one written into Redis without
+/// the key never fires (it would make workers sign anything).
+#[tokio::test]
+async fn a_signing_fleet_fires_only_schedules_signed_with_its_key() {
+    let redis = RedisServer::start();
+    let key = "k1-very-secret";
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_SIGNING_KEY", key)]).await;
+    let config = tandem_shared::Config {
+        signing_key: tandem_shared::config::Secret::new(key),
+        ..redis.config()
+    };
+    let producer = tandem_producer::Producer::connect(&config)
+        .await
+        .expect("producer");
+    let first = producer
+        .schedule_add(
+            Schedule::every("signed", Duration::from_secs(1), echo()).expect("a schedule"),
+        )
+        .await
+        .expect("added")
+        .next_fire_ms;
+    let mut conn = redis.conn().await;
+    assert!(hash(&mut conn, "signed").await.contains_key("signature"));
+    // A forged copy: the same definition without the signature.
+    let _: () = redis::cmd("HSET")
+        .arg("tandem:{cpu}:schedule:forged")
+        .arg("kind")
+        .arg("echo")
+        .arg("class")
+        .arg("cpu")
+        .arg("every_ms")
+        .arg(1000)
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    let _: () = redis::cmd("ZADD")
+        .arg("tandem:{cpu}:schedules")
+        .arg(0)
+        .arg("forged")
+        .query_async(&mut conn)
+        .await
+        .expect("ZADD");
+    wait_fired(&conn, "signed", 2, "two signed ticks").await;
+    assert_each_tick_once(&mut conn, "signed", first, 1_000).await;
+    wait_all_succeeded(&conn, "signed").await;
+    wait_until(
+        Duration::from_secs(30),
+        "the forged schedule is marked",
+        || {
+            let mut conn = conn.clone();
+            async move { hash(&mut conn, "forged").await.contains_key("error") }
+        },
+    )
+    .await;
+    let forged = hash(&mut conn, "forged").await;
+    assert!(
+        forged["error"].starts_with("signature: missing or wrong"),
+        "{forged:?}"
+    );
+    assert!(tick_tasks(&mut conn, "forged").await.is_empty());
+}

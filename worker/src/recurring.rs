@@ -99,6 +99,15 @@ impl Recurring {
             }
             Err(err) => return broken(err.to_string()).await,
         };
+        if let Some(signer) = &self.signer
+            && !def.verify(signer)
+        {
+            return broken(
+                "signature: missing or wrong (workers with a signing_key fire only schedules a producer with the key signed)"
+                    .to_owned(),
+            )
+            .await;
+        }
         let plan = match record.next_fire_ms {
             // Written by hand without a first fire time: compute it.
             None => def.cadence.next_after(now_ms).map(|next| {

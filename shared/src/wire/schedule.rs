@@ -11,6 +11,7 @@ use super::field;
 use super::field::schedule as sfield;
 use super::reader::FieldReader;
 use crate::recurring::{Cadence, CatchUp, ScheduleError};
+use crate::signature::{Signed, Signer};
 use crate::task::{Class, Priority, TaskId};
 
 /// A schedule's definition: when, and the task each tick creates (its id
@@ -29,6 +30,10 @@ pub struct ScheduleDef {
     pub memory_bytes: u64,
     /// Each task's deadline, counted from its creation.
     pub deadline_in_ms: Option<u64>,
+    /// The producer's HMAC of the definition ([`ScheduleDef::signed`]),
+    /// when producers sign: workers with a `signing_key` fire only
+    /// schedules whose signature verifies, as they run only signed tasks.
+    pub signature: Option<String>,
 }
 
 impl ScheduleDef {
@@ -56,8 +61,56 @@ impl ScheduleDef {
         if let Some(ms) = self.deadline_in_ms {
             pairs.push((sfield::DEADLINE_IN_MS, text(ms.to_string())));
         }
+        if let Some(signature) = &self.signature {
+            pairs.push((field::SIGNATURE, text(signature.clone())));
+        }
         pairs.push((field::PARAMS, self.params.clone()));
         pairs
+    }
+
+    /// What a schedule's signature covers, in a task signature's form: the
+    /// task's kind, class, priority, max attempts and parameters; as its
+    /// id, the schedule's (`tick_task_id` of the name with seed
+    /// `definition` at tick 0); as its reply stream, the schedule's name,
+    /// cadence and catch-up (`schedule <name> <cadence> catch_up=<policy>`).
+    /// Returns the id and that text; sign with [`ScheduleDef::sign`].
+    fn signed_parts(&self) -> (TaskId, String) {
+        (
+            crate::recurring::tick_task_id(self.class, &self.name, "definition", 0),
+            format!(
+                "schedule {} {} catch_up={}",
+                self.name,
+                self.cadence.describe_exact(),
+                self.catch_up
+            ),
+        )
+    }
+
+    /// The signature of this definition with `signer`.
+    pub fn sign(&self, signer: &Signer) -> String {
+        let (id, form) = self.signed_parts();
+        signer.sign(&self.signed(&id, &form))
+    }
+
+    /// True when `signature` (the hash's, if any) is `signer`'s signature
+    /// of this definition.
+    pub fn verify(&self, signer: &Signer) -> bool {
+        let (id, form) = self.signed_parts();
+        self.signature
+            .as_deref()
+            .is_some_and(|given| signer.verify(&self.signed(&id, &form), given))
+    }
+
+    fn signed<'a>(&'a self, id: &'a TaskId, form: &'a str) -> Signed<'a> {
+        Signed {
+            id,
+            kind: &self.kind,
+            class: self.class,
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            reply_to: form,
+            params: &self.params,
+        }
     }
 
     /// The task the tick at `tick_ms` creates, for a schedule whose ids
@@ -116,6 +169,8 @@ pub struct ScheduleRecord {
     pub last_task: Option<TaskId>,
     /// Why workers do not fire it (its definition is unreadable).
     pub error: Option<String>,
+    /// The producer's signature of the definition, when producers sign.
+    pub signature: Option<String>,
 }
 
 impl ScheduleRecord {
@@ -152,6 +207,7 @@ impl ScheduleRecord {
             last_fired_at_ms: reader.lenient(sfield::LAST_FIRED_AT_MS),
             last_task: reader.lenient(sfield::LAST_TASK),
             error: text(sfield::ERROR),
+            signature: text(field::SIGNATURE),
         }
     }
 
@@ -195,6 +251,7 @@ impl ScheduleRecord {
             max_attempts: self.max_attempts.unwrap_or(default_max_attempts),
             memory_bytes: self.memory_bytes.unwrap_or(0),
             deadline_in_ms: self.deadline_in_ms.filter(|&ms| ms > 0),
+            signature: self.signature.clone(),
         })
     }
 }
@@ -226,6 +283,7 @@ mod tests {
             max_attempts: 2,
             memory_bytes: 5,
             deadline_in_ms: Some(60_000),
+            signature: Some("ab".into()),
         };
         let stored: HashMap<Vec<u8>, Vec<u8>> = def
             .pairs()
@@ -286,5 +344,29 @@ mod tests {
             (Priority::Normal, 3, CatchUp::Once)
         );
         assert_eq!(def.producer(), "schedule:x");
+    }
+
+    #[test]
+    fn a_signature_covers_the_task_and_the_cadence() {
+        let signer = Signer::new("k").expect("a signer");
+        let record =
+            ScheduleRecord::from_map("x", &map(&[(K, "echo"), (C, "cpu"), ("every_ms", "1000")]));
+        let mut def = record.definition(3).expect("a definition");
+        assert!(!def.verify(&signer), "unsigned");
+        def.signature = Some(def.sign(&signer));
+        assert!(def.verify(&signer));
+        assert!(!def.verify(&Signer::new("other").expect("a signer")));
+        for change in [
+            |d: &mut ScheduleDef| d.cadence = Cadence::every(2_000).expect("every"),
+            |d: &mut ScheduleDef| d.catch_up = CatchUp::Skip,
+            |d: &mut ScheduleDef| d.kind = "noop".into(),
+            |d: &mut ScheduleDef| d.params = vec![1],
+            |d: &mut ScheduleDef| d.name = "y".into(),
+            |d: &mut ScheduleDef| d.priority = Priority::High,
+        ] {
+            let mut changed = def.clone();
+            change(&mut changed);
+            assert!(!changed.verify(&signer), "{changed:?}");
+        }
     }
 }
