@@ -95,12 +95,16 @@ pub(crate) async fn run(config: &Config, command: ScheduleCommand) -> anyhow::Re
                 .schedule_add(schedule)
                 .await
                 .map_err(for_the_shell)?;
+            let local = if zone == "UTC" {
+                String::new()
+            } else {
+                format!(" ({})", format_in(added.next_fire_ms, &zone))
+            };
             println!(
-                "{} schedule {name} (class {}); next fire {} ({})",
+                "{} schedule {name} (class {}); next fire {}{local}",
                 if added.created { "added" } else { "replaced" },
                 added.class,
                 format_in(added.next_fire_ms, "UTC"),
-                format_in(added.next_fire_ms, &zone),
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -307,7 +311,9 @@ fn print_one(record: &ScheduleRecord) {
         line("error", error.clone());
     }
     line("next fire (UTC)", utc);
-    line(&format!("next fire ({zone})"), zoned);
+    if zone != "UTC" {
+        line(&format!("next fire ({zone})"), zoned);
+    }
     line("kind", record.kind.clone().unwrap_or_default());
     line(
         "priority",
@@ -330,10 +336,12 @@ fn print_one(record: &ScheduleRecord) {
     line("fired", record.fired.to_string());
     line("skipped", record.skipped.to_string());
     if let Some(ms) = record.last_fire_ms {
-        line(
-            "last tick",
-            format!("{} ({})", format_in(ms, "UTC"), format_in(ms, zone)),
-        );
+        let local = if zone == "UTC" {
+            String::new()
+        } else {
+            format!(" ({})", format_in(ms, zone))
+        };
+        line("last tick", format!("{}{local}", format_in(ms, "UTC")));
     }
     if let Some(id) = record.last_task {
         line("last task", id.to_string());

@@ -421,6 +421,12 @@ async fn cron_fire_times_across_dst_changes_are_stored_and_shown_in_both_zones()
             ],
         );
         assert!(out.status.success(), "{}", text(&out.stderr));
+        // The first fire, in UTC and in New York.
+        let said = text(&out.stdout);
+        assert!(
+            said.contains(" UTC (") && said.ends_with(" EDT)\n"),
+            "{said}"
+        );
     }
     let mut conn = redis.conn().await;
     let spring = num(&hash(&mut conn, "spring").await, "next_fire_ms");
