@@ -676,3 +676,49 @@ async fn a_signing_fleet_fires_only_schedules_signed_with_its_key() {
     );
     assert!(tick_tasks(&mut conn, "forged").await.is_empty());
 }
+
+/// On a three-master Redis Cluster every class's schedules live in its
+/// slot, so the fire script (schedule, index, stream and task record in one
+/// call) runs there; the views read every class's master.
+#[tokio::test]
+async fn schedules_of_several_classes_fire_on_a_redis_cluster() {
+    let cluster = crate::support::ha::RedisCluster::start();
+    let _worker = WorkerProcess::spawn_with(&cluster.env(), &[("TANDEM_CPU_FALLBACK_MS", "0")]);
+    let producer = tandem_producer::Producer::connect(&cluster.config())
+        .await
+        .expect("producer connects to the cluster");
+    let every = Duration::from_secs(1);
+    for (name, class) in [("c-cpu", Class::Cpu), ("c-parallel", Class::Parallel)] {
+        let task = Task::new("echo", &name).expect("a task").class(class);
+        let added = producer
+            .schedule_add(Schedule::every(name, every, task).expect("a schedule"))
+            .await
+            .expect("added");
+        assert_eq!(added.class, class);
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "both classes' schedules fired twice",
+        || {
+            let producer = producer.clone();
+            async move {
+                let all = producer.schedules().await.expect("list");
+                all.len() == 2 && all.iter().all(|s| s.fired >= 2)
+            }
+        },
+    )
+    .await;
+    for name in ["c-cpu", "c-parallel"] {
+        let record = producer.schedule(name).await.expect("read").expect("there");
+        let id = record.last_task.expect("a last task");
+        let task = producer
+            .record(id)
+            .await
+            .expect("read")
+            .expect("its task exists");
+        assert_eq!(task.producer.as_deref(), Some(&*format!("schedule:{name}")));
+        producer.schedule_pause(name).await.expect("paused");
+        producer.schedule_remove(name).await.expect("removed");
+    }
+    assert!(producer.schedules().await.expect("list").is_empty());
+}
