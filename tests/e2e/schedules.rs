@@ -338,6 +338,15 @@ async fn pause_resume_and_rm_through_the_cli() {
     assert!(text(&out.stdout).starts_with("added schedule pulse (class cpu); next fire "));
     let mut conn = redis.conn().await;
     wait_fired(&conn, "pulse", 2, "two ticks").await;
+    // A task's story names its schedule and tick.
+    let (tick, id, _) = tick_tasks(&mut conn, "pulse").await[0];
+    let story = tandem(&redis, &["task", &id.to_string(), "--json"]);
+    let story: serde_json::Value = serde_json::from_slice(&story.stdout).expect("JSON");
+    assert_eq!(story["submitted"]["schedule"], "pulse");
+    assert_eq!(story["submitted"]["scheduled_for_ms"], tick);
+    assert_eq!(story["submitted"]["producer"], "schedule:pulse");
+    let story = text(&tandem(&redis, &["task", &id.to_string()]).stdout);
+    assert!(story.contains("schedule    pulse, its tick of "), "{story}");
 
     let out = tandem(&redis, &["schedule", "pause", "pulse"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
