@@ -654,6 +654,25 @@ mod tests {
     }
 
     #[test]
+    fn a_long_catch_up_finds_the_latest_tick_past_the_walk() {
+        // Every second, missed for two hours: 7200 ticks, more than the
+        // walk takes one by one.
+        let cadence = Cadence::cron("* * * * * *", None).expect("a cadence");
+        let tick = utc("2026-12-03T10:00:00Z");
+        let now = utc("2026-12-03T12:00:00.250Z");
+        let planned = plan(&cadence, CatchUp::Once, tick, now)
+            .expect("a plan")
+            .expect("due");
+        assert_eq!(planned.fire, Some(utc("2026-12-03T12:00:00Z")));
+        assert_eq!(planned.next_fire_ms, utc("2026-12-03T12:00:01Z"));
+        // Inside a second: the next fire is the next whole second.
+        assert_eq!(
+            cadence.next_after(utc("2026-12-03T12:00:00.250Z")),
+            Ok(utc("2026-12-03T12:00:01Z"))
+        );
+    }
+
+    #[test]
     fn a_catch_up_across_a_dst_change_resumes_on_the_new_offset() {
         // A 02:30 daily job in New York, last fired Saturday 02:30 EST;
         // nothing ran until Monday 12:00 EDT: the latest missed tick is

@@ -331,7 +331,17 @@ async fn pause_resume_and_rm_through_the_cli() {
     let out = tandem(
         &redis,
         &[
-            "schedule", "add", "pulse", "--every", "1s", "--kind", "echo", "--params", "\"hi\"",
+            "schedule",
+            "add",
+            "pulse",
+            "--every",
+            "1s",
+            "--kind",
+            "echo",
+            "--params",
+            "\"hi\"",
+            "--deadline",
+            "30s",
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -345,6 +355,12 @@ async fn pause_resume_and_rm_through_the_cli() {
     assert_eq!(story["submitted"]["schedule"], "pulse");
     assert_eq!(story["submitted"]["scheduled_for_ms"], tick);
     assert_eq!(story["submitted"]["producer"], "schedule:pulse");
+    // Its deadline is 30 s after its creation (`--deadline 30s`).
+    let deadline = story["submitted"]["deadline_ms"]
+        .as_i64()
+        .expect("a deadline");
+    let submitted = story["submitted"]["at_ms"].as_i64().expect("submitted");
+    assert_eq!(deadline - submitted, 30_000);
     let story = text(&tandem(&redis, &["task", &id.to_string()]).stdout);
     assert!(story.contains("schedule    pulse, its tick of "), "{story}");
 
