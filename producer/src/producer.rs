@@ -176,6 +176,17 @@ impl Producer {
         &self.inner.producer_id
     }
 
+    /// Runs a store call, retried while Redis is unreachable or not ready
+    /// for up to `reconnect_timeout_ms`, as every producer call is. Only
+    /// calls that are safe to repeat belong here.
+    pub(crate) async fn retrying<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.inner.retry(op).await
+    }
+
     /// The signing key's signer, when one is configured.
     pub(crate) fn signer(&self) -> Option<&Signer> {
         self.inner.signer.as_ref()

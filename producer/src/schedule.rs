@@ -153,7 +153,7 @@ impl Producer {
             def.signature = Some(def.sign(signer));
         }
         let store = self.store();
-        for (class, _) in store.find_schedule(&def.name).await? {
+        for (class, _) in self.retrying(|| store.find_schedule(&def.name)).await? {
             if class != def.class {
                 return Err(ProducerError::ScheduleNameTaken {
                     name: def.name,
@@ -161,9 +161,13 @@ impl Producer {
                 });
             }
         }
-        let now = store.redis_now_ms().await?;
+        let now = self.retrying(|| store.redis_now_ms()).await?;
         let next_fire_ms = def.cadence.next_after(now)?;
-        let put = store.put_schedule(&def, next_fire_ms).await?;
+        // A put repeated after a lost reply writes the same definition
+        // again (its revision one more).
+        let put = self
+            .retrying(|| store.put_schedule(&def, next_fire_ms))
+            .await?;
         Ok(ScheduleAdded {
             class: def.class,
             created: put.created,
@@ -174,9 +178,9 @@ impl Producer {
     /// Every schedule, by class, then by next fire time (paused and broken
     /// ones last).
     pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>, ProducerError> {
+        let store = self.store();
         Ok(self
-            .store()
-            .list_schedules(Class::ALL)
+            .retrying(|| store.list_schedules(Class::ALL))
             .await?
             .into_iter()
             .map(|(class, mut record)| {
@@ -189,9 +193,9 @@ impl Producer {
     /// The schedule `name`, when there is one.
     pub async fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, ProducerError> {
         recurring::check_name(name)?;
+        let store = self.store();
         Ok(self
-            .store()
-            .find_schedule(name)
+            .retrying(|| store.find_schedule(name))
             .await?
             .into_iter()
             .next()
@@ -211,7 +215,8 @@ impl Producer {
     /// `error` of a schedule a worker could not read (written by hand),
     /// once it reads.
     pub async fn schedule_resume(&self, name: &str) -> Result<(), ProducerError> {
-        let now = self.store().redis_now_ms().await?;
+        let store = self.store();
+        let now = self.retrying(|| store.redis_now_ms()).await?;
         self.change(name, |record| {
             let def = record.definition(3)?;
             Ok(ScheduleChange::Resume {
@@ -233,12 +238,18 @@ impl Producer {
     ) -> Result<(), ProducerError> {
         recurring::check_name(name)?;
         let store = self.store();
-        let found = store.find_schedule(name).await?;
+        let found = self.retrying(|| store.find_schedule(name)).await?;
         if found.is_empty() {
             return Err(ProducerError::ScheduleNotFound(name.to_owned()));
         }
         for (class, record) in found {
-            if store.change_schedule(class, name, change(&record)?).await? == Changed::NotFound {
+            let change = change(&record)?;
+            // Pause, resume and remove may be repeated after a lost reply.
+            if self
+                .retrying(|| store.change_schedule(class, name, change))
+                .await?
+                == Changed::NotFound
+            {
                 return Err(ProducerError::ScheduleNotFound(name.to_owned()));
             }
         }

@@ -56,7 +56,7 @@ if s[4] == '1' then
   return {'stale', 'paused'}
 end
 local now = now_ms()
-if tonumber(ARGV[3]) > now then
+if (tonumber(ARGV[3]) or 0) > now then
   return {'stale', 'early'}
 end
 

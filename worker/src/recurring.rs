@@ -60,8 +60,16 @@ impl Recurring {
         let due = self.store.due_schedules().await?;
         let mut moved = 0;
         for (class, name) in &due.due {
-            if self.fire_one(*class, name, due.now_ms).await? {
-                moved += 1;
+            match self.fire_one(*class, name, due.now_ms).await {
+                Ok(true) => moved += 1,
+                Ok(false) => {}
+                // Redis is away: the next look retries them all.
+                Err(err) if err.is_connection() => return Err(err),
+                // One schedule's failure (a key of another type, say)
+                // holds up no other.
+                Err(err) => {
+                    tracing::warn!(schedule = %name, %class, "cannot fire the schedule: {err}");
+                }
             }
         }
         if moved > 0 {
