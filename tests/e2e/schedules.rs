@@ -747,3 +747,79 @@ async fn schedules_of_several_classes_fire_on_a_redis_cluster() {
     }
     assert!(producer.schedules().await.expect("list").is_empty());
 }
+
+/// A key of the wrong type where a tick's task record goes: the fire
+/// changes nothing (no half-written tick), the worker goes on firing the
+/// other schedules, and the tick fires once the key is fixed.
+#[tokio::test]
+async fn a_wrong_typed_key_holds_up_its_own_tick_only() {
+    let redis = RedisServer::start();
+    let worker = WorkerProcess::start(&redis, &[]).await;
+    let producer = redis.producer().await;
+    let minute = Duration::from_secs(60);
+    let mut conn = redis.conn().await;
+    for name in ["stuck", "fine"] {
+        producer
+            .schedule_add(Schedule::every(name, minute, echo()).expect("a schedule"))
+            .await
+            .expect("added");
+    }
+    // Both due now, by the Redis clock (their next tick a minute later).
+    let tick = redis_now(&mut conn).await;
+    let seed = hash(&mut conn, "stuck").await["created_at_ms"].clone();
+    let record = format!(
+        "tandem:{{cpu}}:task:{}",
+        tick_task_id(Class::Cpu, "stuck", &seed, tick)
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&record)
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    for name in ["stuck", "fine"] {
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(format!("tandem:{{cpu}}:schedule:{name}"))
+            .arg("next_fire_ms")
+            .arg(tick)
+            .cmd("ZADD")
+            .arg("tandem:{cpu}:schedules")
+            .arg(tick)
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .expect("MULTI");
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "the worker met the wrong type",
+        || {
+            let log = worker.log_text();
+            async move { log.contains("WRONGTYPE") }
+        },
+    )
+    .await;
+    wait_fired(&conn, "fine", 1, "the other schedule fired").await;
+    let state = hash(&mut conn, "stuck").await;
+    assert_eq!(num(&state, "fired"), 0, "{state:?}");
+    assert_eq!(
+        num(&state, "next_fire_ms"),
+        tick,
+        "nothing moved: {state:?}"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&record)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    wait_fired(&conn, "stuck", 1, "the stuck tick fired once fixed").await;
+    let fired = tick_tasks(&mut conn, "stuck").await;
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].0, tick);
+    assert_eq!(
+        num(&hash(&mut conn, "stuck").await, "next_fire_ms"),
+        tick + 60_000
+    );
+}
