@@ -823,3 +823,54 @@ async fn a_wrong_typed_key_holds_up_its_own_tick_only() {
         tick + 60_000
     );
 }
+
+/// Adding a schedule under a name it already has replaces its definition
+/// (the next task carries the new parameters) and keeps its counters and
+/// id seed; the fences make a worker that read the old definition fire
+/// nothing from it.
+#[tokio::test]
+async fn adding_again_replaces_the_definition_and_keeps_the_counters() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let producer = redis.producer().await;
+    let every = Duration::from_secs(1);
+    let old = Task::new("echo", &"old").expect("a task").class(Class::Cpu);
+    producer
+        .schedule_add(Schedule::every("book", every, old).expect("a schedule"))
+        .await
+        .expect("added");
+    let mut conn = redis.conn().await;
+    wait_fired(&conn, "book", 2, "two ticks").await;
+    let before = hash(&mut conn, "book").await;
+    let new = Task::new("echo", &"new").expect("a task").class(Class::Cpu);
+    let replaced = producer
+        .schedule_add(Schedule::every("book", every, new).expect("a schedule"))
+        .await
+        .expect("replaced");
+    assert!(!replaced.created);
+    let after = hash(&mut conn, "book").await;
+    assert_eq!(after["created_at_ms"], before["created_at_ms"]);
+    assert_eq!(num(&after, "revision"), 2);
+    assert!(num(&after, "fired") >= num(&before, "fired"));
+    wait_fired(
+        &conn,
+        "book",
+        num(&after, "fired") + 1,
+        "a tick after the replacement",
+    )
+    .await;
+    // The newest task carries the new parameters.
+    let latest = tick_tasks(&mut conn, "book").await.pop().expect("a task");
+    let producer_outcome = producer
+        .wait(latest.1, Duration::from_secs(30))
+        .await
+        .expect("the task finishes");
+    let echoed: String = producer_outcome.result().expect("an echo");
+    assert_eq!(echoed, "new");
+    let ticks: HashSet<i64> = tick_tasks(&mut conn, "book")
+        .await
+        .iter()
+        .map(|t| t.0)
+        .collect();
+    assert_eq!(ticks.len(), tick_tasks(&mut conn, "book").await.len());
+}
