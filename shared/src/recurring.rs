@@ -239,27 +239,32 @@ impl Cadence {
     }
 
     /// The latest tick at or before `now_ms`, walking from `tick_ms` (a
-    /// tick at or before `now_ms`).
-    fn latest_due(&self, tick_ms: i64, now_ms: i64) -> Result<i64, ScheduleError> {
+    /// tick at or before `now_ms`), and how many ticks were due from
+    /// `tick_ms` to it, both included (a cron catch-up counts one by one
+    /// up to [`CATCH_UP_WALK`] ticks; past that the count is a floor).
+    fn latest_due(&self, tick_ms: i64, now_ms: i64) -> Result<(i64, u64), ScheduleError> {
         match self {
             Cadence::Every { every_ms } => {
                 let every = *every_ms as i64;
-                Ok(tick_ms + (now_ms - tick_ms) / every * every)
+                let periods = (now_ms - tick_ms) / every;
+                Ok((tick_ms + periods * every, periods as u64 + 1))
             }
             Cadence::Cron { cron, tz, .. } => {
                 let mut latest = tick_ms;
+                let mut count = 1;
                 for _ in 0..CATCH_UP_WALK {
                     let next = self.next_after(latest)?;
                     if next > now_ms {
-                        return Ok(latest);
+                        return Ok((latest, count));
                     }
                     latest = next;
+                    count += 1;
                 }
                 let previous = cron
                     .find_previous_occurrence(&zoned(now_ms, tz)?, true)
                     .map(|z| z.timestamp().as_millisecond())
                     .unwrap_or(latest);
-                Ok(previous.clamp(latest, now_ms))
+                Ok((previous.clamp(latest, now_ms), count + 1))
             }
         }
     }
@@ -371,19 +376,7 @@ pub fn plan(
             next_fire_ms: successor,
         }));
     }
-    let latest = cadence.latest_due(tick_ms, now_ms)?;
-    let due_ticks = match cadence {
-        Cadence::Every { every_ms } => ((latest - tick_ms) / *every_ms as i64) as u64 + 1,
-        // Counted while walking would cost as much as the walk; a cron
-        // catch-up says 2 for "more than one" unless it was one late tick.
-        Cadence::Cron { .. } => {
-            if latest == tick_ms {
-                1
-            } else {
-                2
-            }
-        }
-    };
+    let (latest, due_ticks) = cadence.latest_due(tick_ms, now_ms)?;
     Ok(Some(FirePlan {
         fire: match catch_up {
             CatchUp::Once => Some(latest),
@@ -645,7 +638,8 @@ mod tests {
             .expect("due");
         assert_eq!(planned.fire, Some(utc("2026-03-10T21:30:00Z")));
         assert_eq!(planned.next_fire_ms, utc("2026-03-11T21:30:00Z"));
-        assert_eq!(planned.due_ticks, 2);
+        // Friday 6th, Monday 9th, Tuesday 10th.
+        assert_eq!(planned.due_ticks, 3);
         let skipped = plan(&cadence, CatchUp::Skip, tick, now)
             .expect("a plan")
             .expect("due");
@@ -665,6 +659,8 @@ mod tests {
             .expect("due");
         assert_eq!(planned.fire, Some(utc("2026-12-03T12:00:00Z")));
         assert_eq!(planned.next_fire_ms, utc("2026-12-03T12:00:01Z"));
+        // Counted one by one up to the walk's length, then a floor.
+        assert_eq!(planned.due_ticks, CATCH_UP_WALK as u64 + 2);
         // Inside a second: the next fire is the next whole second.
         assert_eq!(
             cadence.next_after(utc("2026-12-03T12:00:00.250Z")),
