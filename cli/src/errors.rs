@@ -36,8 +36,12 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
                 | ProducerError::BadParams { .. }
                 | ProducerError::PayloadTooLarge { .. }
                 | ProducerError::MissingClass(_)
-                | ProducerError::BadIdempotencyKey(_) => return exit::USAGE,
-                ProducerError::NotFound(_) => return exit::NOT_FOUND,
+                | ProducerError::BadIdempotencyKey(_)
+                | ProducerError::Schedule(_)
+                | ProducerError::ScheduleNameTaken { .. } => return exit::USAGE,
+                ProducerError::NotFound(_) | ProducerError::ScheduleNotFound(_) => {
+                    return exit::NOT_FOUND;
+                }
                 ProducerError::Timeout { .. } => return exit::TIMED_OUT,
                 ProducerError::TaskFailed { .. } => return exit::TASK_FAILED,
                 ProducerError::Connect { source, .. } | ProducerError::Store(source)

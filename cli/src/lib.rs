@@ -14,6 +14,7 @@
 //! - `kinds`: the kinds, their parameters and JSON Schemas (no Redis).
 //! - `queues`, `workers`, `top`, `alerts`: the views of the queue and fleet.
 //! - `dlq`, `model`: the dead-letter streams and the model registry.
+//! - `schedule`: recurring schedules (add, list, show, pause, resume, rm).
 //! - `demo/`, `bench`, `soak`, `scaling`, `chaos`: workloads and benchmarks,
 //!   most on a private Redis and fleet started by `local` (which spawns
 //!   `redis-server` and `tandem-worker` processes).
@@ -40,6 +41,7 @@ mod local;
 mod model;
 mod queues;
 mod scaling;
+mod schedule;
 mod soak;
 mod table;
 mod tasks;
@@ -60,6 +62,7 @@ pub use dlq::DlqCommand;
 pub use kinds::KindsArgs;
 pub use model::{ModelCommand, NewArgs as ModelNewArgs};
 pub use scaling::ScalingArgs;
+pub use schedule::{AddArgs as ScheduleAddArgs, ScheduleCommand};
 pub use soak::SoakArgs;
 pub use tasks::{SubmitArgs, TaskArgs, TaskViewArgs, WaitArgs};
 pub use top::TopArgs;
@@ -125,6 +128,10 @@ pub enum Command {
     /// The model registry: new, register, upload, list, show, rm.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Recurring schedules (cron in a time zone, or every period): add,
+    /// list, show, pause, resume, rm.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Start a local Redis (unless REDIS_URL is set) and workers, run a mixed
     /// workload with a progress bar, print a summary, clean up.
     Demo(DemoArgs),
@@ -220,6 +227,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Alerts(args) => alerts::run(&config, args).await,
             Command::Dlq(command) => dlq::run(&config, command).await,
             Command::Model(command) => model::run(&config, command).await,
+            Command::Schedule(command) => schedule::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
             Command::Soak(args) => soak::run(config, redis_url_given, args).await,

@@ -342,6 +342,8 @@ fn story_json(record: &TaskRecord, attempts: &[Attempt]) -> serde_json::Value {
             "priority": text(record.priority.map(|p| p.to_string())),
             "max_attempts": record.max_attempts,
             "deadline_ms": record.deadline_ms,
+            "schedule": record.schedule,
+            "scheduled_for_ms": record.scheduled_for_ms,
         },
         "attempts": attempts,
         "hand_backs": hand_backs,
@@ -410,6 +412,17 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
     line("params", params_text(record));
     if let Some(deadline) = record.deadline_ms {
         line("deadline", table::time(deadline));
+    }
+    if let Some(name) = &record.schedule {
+        line(
+            "schedule",
+            format!(
+                "{name}, its tick of {}",
+                record
+                    .scheduled_for_ms
+                    .map_or_else(|| "-".to_owned(), table::time)
+            ),
+        );
     }
     if let Some(shards) = record.shards {
         line(

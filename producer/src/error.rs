@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use tandem_shared::config::ConfigError;
 use tandem_shared::msgpack::CodecError;
+use tandem_shared::recurring::ScheduleError;
 use tandem_shared::store::StoreError;
-use tandem_shared::{ErrorCode, Status, TaskId};
+use tandem_shared::{Class, ErrorCode, Status, TaskId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
@@ -29,6 +30,15 @@ pub enum ProducerError {
     NotFound(TaskId),
     #[error("task {id} did not finish within {waited:?}")]
     Timeout { id: TaskId, waited: Duration },
+    /// A schedule's setting is invalid; the message names it.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("no schedule {0:?}")]
+    ScheduleNotFound(String),
+    #[error(
+        "schedule {name:?} exists in class {class}; remove it first (names are unique across classes)"
+    )]
+    ScheduleNameTaken { name: String, class: Class },
     #[error("task {id} ended {status}: {code}: {message}")]
     TaskFailed {
         id: TaskId,

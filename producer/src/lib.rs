@@ -12,6 +12,9 @@
 //!   waiting calls, and the bookkeeping of who waits for what.
 //! - [`Task`]: a task to submit, with its options (priority, deadline,
 //!   idempotency key, ...), checked before it is sent.
+//! - [`Schedule`]: a recurring schedule (cron in a time zone, or a
+//!   period) of a task; `Producer::schedule_add`, `schedules`, `schedule`,
+//!   `schedule_pause`, `schedule_resume`, `schedule_remove`.
 //! - [`TaskOutcome`]: how a task ended.
 //! - [`ProducerError`]: every way a call can fail.
 //!
@@ -42,11 +45,15 @@ mod handle;
 mod listener;
 mod outcome;
 mod producer;
+mod schedule;
 mod task;
 
 pub use error::ProducerError;
 pub use handle::TaskHandle;
 pub use outcome::TaskOutcome;
 pub use producer::Producer;
+pub use schedule::{Schedule, ScheduleAdded};
+pub use tandem_shared::recurring::CatchUp;
 pub use tandem_shared::store::CancelOutcome;
+pub use tandem_shared::wire::ScheduleRecord;
 pub use task::Task;

@@ -176,6 +176,22 @@ impl Producer {
         &self.inner.producer_id
     }
 
+    /// Runs a store call, retried while Redis is unreachable or not ready
+    /// for up to `reconnect_timeout_ms`, as every producer call is. Only
+    /// calls that are safe to repeat belong here.
+    pub(crate) async fn retrying<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.inner.retry(op).await
+    }
+
+    /// The signing key's signer, when one is configured.
+    pub(crate) fn signer(&self) -> Option<&Signer> {
+        self.inner.signer.as_ref()
+    }
+
     /// The queue connection underneath, for inspection.
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -270,7 +286,7 @@ impl Producer {
     /// Checks, completes and (with a key) signs tasks before sending. Every
     /// task is checked before any model is looked up, so an invalid batch
     /// costs no round trip.
-    async fn prepare(&self, tasks: Vec<Task>) -> Result<Vec<NewTask>, ProducerError> {
+    pub(crate) async fn prepare(&self, tasks: Vec<Task>) -> Result<Vec<NewTask>, ProducerError> {
         let inner = &self.inner;
         let mut checked = Vec::with_capacity(tasks.len());
         for t in tasks {

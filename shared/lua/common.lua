@@ -260,3 +260,39 @@ local function fail_parent(base, parent_id, shard_index, code, message, now, opt
   end
   return dead_id
 end
+
+-- Creates a task whose record the caller has just claimed (`HSETNX
+-- <record> status queued` answered 1), as submit.lua does: appends its
+-- entry to `stream_key` (the metadata `pairs`, a flat list, then
+-- `submitted_at_ms`, `deadline_ms` when `deadline_in` > 0, and `params`)
+-- and writes the same metadata, the times and the entry id into the
+-- record, with the flat list `extra` of record-only fields. Returns the
+-- entry id. Used by fire.lua (a schedule's tick).
+local function add_task(stream_key, record_key, now, deadline_in, params, pairs, extra)
+  local entry = {stream_key, '*'}
+  local record = {record_key, 'submitted_at_ms', int(now)}
+  for i = 1, #pairs, 2 do
+    entry[#entry + 1] = pairs[i]
+    entry[#entry + 1] = pairs[i + 1]
+    record[#record + 1] = pairs[i]
+    record[#record + 1] = pairs[i + 1]
+  end
+  entry[#entry + 1] = 'submitted_at_ms'
+  entry[#entry + 1] = int(now)
+  if deadline_in > 0 then
+    entry[#entry + 1] = 'deadline_ms'
+    entry[#entry + 1] = int(now + deadline_in)
+    record[#record + 1] = 'deadline_ms'
+    record[#record + 1] = int(now + deadline_in)
+  end
+  entry[#entry + 1] = 'params'
+  entry[#entry + 1] = params
+  local entry_id = redis.call('XADD', unpack(entry))
+  record[#record + 1] = 'entry'
+  record[#record + 1] = entry_id
+  for i = 1, #extra do
+    record[#record + 1] = extra[i]
+  end
+  redis.call('HSET', unpack(record))
+  return entry_id
+end

@@ -126,6 +126,19 @@ impl Keys {
             .is_some_and(|id| !id.is_empty())
     }
 
+    /// A recurring schedule of tasks of `class` (a hash: its definition and
+    /// its state), under the class's hash tag so the script that fires it
+    /// creates the task in the same slot.
+    pub fn schedule(&self, class: Class, name: &str) -> String {
+        format!("{}schedule:{}", self.class_base(class), name)
+    }
+
+    /// The names of a class's schedules, scored by their next fire time
+    /// (ms; `+inf` while paused or unreadable): what workers poll.
+    pub fn schedules(&self, class: Class) -> String {
+        format!("{}schedules", self.class_base(class))
+    }
+
     /// A worker's registry record (a hash with a heartbeat TTL).
     pub fn worker(&self, worker_id: &str) -> String {
         format!("{}:worker:{}", self.prefix, worker_id)
@@ -251,6 +264,11 @@ mod tests {
         assert_eq!(keys.reply(Class::Heavy, "p1"), "tandem:{heavy}:reply:p1");
         assert_eq!(keys.worker("w1"), "tandem:worker:w1");
         assert_eq!(keys.workers(), "tandem:workers");
+        assert_eq!(
+            keys.schedule(Class::Cpu, "book"),
+            "tandem:{cpu}:schedule:book"
+        );
+        assert_eq!(keys.schedules(Class::Heavy), "tandem:{heavy}:schedules");
         assert_eq!(keys.cancel_channel(), "tandem:cancel");
         assert_eq!(keys.model("mlp-1"), "tandem:{models}:model:mlp-1");
         assert_eq!(keys.model_blob("mlp-1"), "tandem:{models}:model:mlp-1:blob");

@@ -18,6 +18,9 @@
 //!   sends queue commands.
 //! - [`model_format`]: the price-prediction model (an MLP) and its safetensors file.
 //! - [`msgpack`]: parameter and result encoding.
+//! - [`recurring`]: recurring schedules without I/O: cron patterns and
+//!   periods, next fire times (DST included), the catch-up policy, the ids
+//!   of the tasks ticks create.
 //! - [`signature`]: optional HMAC signing of task entries.
 //! - [`connect`]: Redis clients from the configuration (TLS included).
 //! - [`config`]: the one configuration type.
@@ -51,6 +54,7 @@ pub mod kind;
 pub mod logging;
 pub mod model_format;
 pub mod msgpack;
+pub mod recurring;
 pub mod routing;
 pub mod scripts;
 pub mod signature;

@@ -106,11 +106,16 @@ pub static REQUEUE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("requeue.lua", lua!("requeue.lua")));
 pub static RELEASE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("release.lua", lua!("release.lua")));
+pub static SCHEDULE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("schedule.lua", lua!("schedule.lua")));
+pub static FIRE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("fire.lua", lua!("fire.lua")));
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 10] {
+pub fn all() -> [&'static LuaScript; 12] {
     [
         &SUBMIT, &CLAIM, &COMPLETE, &SPLIT, &CANCEL, &FIND, &EXTEND, &BURY, &REQUEUE, &RELEASE,
+        &SCHEDULE, &FIRE,
     ]
 }
 

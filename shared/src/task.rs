@@ -28,6 +28,14 @@ impl TaskId {
     }
 }
 
+/// A task id made elsewhere (a schedule's tick ids:
+/// `crate::recurring::tick_task_id`).
+impl From<Uuid> for TaskId {
+    fn from(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+}
+
 impl Default for TaskId {
     fn default() -> Self {
         Self::new()

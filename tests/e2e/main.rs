@@ -37,6 +37,7 @@ mod python;
 mod reliability;
 mod retry;
 mod routing_rules;
+mod schedules;
 mod security;
 mod split;
 mod tracing;

@@ -44,6 +44,8 @@
 //! - `schedule`: the claim loop's decisions without I/O: what each round
 //!   trip carries, when to wake, the Redis retry backoff.
 //! - `heartbeat`: keeps the worker's registry record fresh.
+//! - `recurring`: fires the recurring schedules that come due (every
+//!   worker runs it; the fire script's fence makes each tick fire once).
 //! - `metrics`: samples the device and the task counters into the registry
 //!   record every `metrics_interval_ms`; `/metrics` for Prometheus.
 //! - `alerts`: raises alerts (hot or underused GPU, failed device, stalled
@@ -82,6 +84,7 @@ pub mod kind_table;
 mod kinds;
 mod metrics;
 pub mod model_cache;
+mod recurring;
 mod router;
 mod running;
 mod schedule;
@@ -249,6 +252,15 @@ pub async fn run(
             raiser: alerter.clone(),
             thresholds: alerts::Thresholds::from(config),
             samples,
+        }
+        .run(),
+    );
+    background.spawn(
+        recurring::Recurring {
+            store: store.clone(),
+            signer: tandem_shared::signature::Signer::new(config.signing_key.expose()),
+            default_max_attempts: config.default_max_attempts,
+            worker_id: worker_id.clone(),
         }
         .run(),
     );

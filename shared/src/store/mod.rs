@@ -15,6 +15,8 @@
 //!   dead-letter counts they compare.
 //! - `dead`: the dead-letter streams.
 //! - `model_registry`: the model registry (records, uploaded files).
+//! - `schedules`: recurring schedules: put, pause, resume, remove, list,
+//!   the due ones, and firing a tick (fire.lua).
 //! - `stats`: queue depths for the CLI, streams no worker reads; key
 //!   clean-up.
 //! - `reply`: typed reading of Redis replies.
@@ -30,6 +32,7 @@ mod link;
 mod model_registry;
 mod reply;
 mod round_trip;
+mod schedules;
 mod stats;
 mod tasks;
 mod workers;
@@ -56,6 +59,7 @@ pub use model_registry::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
 };
 pub use round_trip::{Trip, TripResult};
+pub use schedules::{Changed, DUE_BATCH, Due, Fired, Put, ScheduleChange};
 pub use stats::{StreamStats, UnknownStream};
 pub use tasks::{CancelOutcome, Submitted};
 pub use workers::{Consumer, ProcessRef};

@@ -114,3 +114,31 @@ pub mod worker {
     pub const VERSION: &str = "version";
     pub const WIRE: &str = "wire";
 }
+
+/// On the record of a task a recurring schedule created (revision 2.2):
+/// the schedule's name, and the tick it was created for (Unix ms).
+pub const SCHEDULE: &str = "schedule";
+pub const SCHEDULED_FOR_MS: &str = "scheduled_for_ms";
+
+/// Fields of a recurring schedule's hash (`tandem:{<class>}:schedule:<name>`,
+/// revision 2.2), besides the task's own (`kind`, `class`, `priority`,
+/// `max_attempts`, `memory_bytes`, `params`), which keep their names.
+pub mod schedule {
+    pub const NAME: &str = "name";
+    pub const CRON: &str = "cron";
+    pub const TZ: &str = "tz";
+    pub const EVERY_MS: &str = "every_ms";
+    pub const CATCH_UP: &str = "catch_up";
+    pub const DEADLINE_IN_MS: &str = "deadline_in_ms";
+    pub const PAUSED: &str = "paused";
+    pub const NEXT_FIRE_MS: &str = "next_fire_ms";
+    pub const REVISION: &str = "revision";
+    pub const CREATED_AT_MS: &str = "created_at_ms";
+    pub const UPDATED_AT_MS: &str = "updated_at_ms";
+    pub const FIRED: &str = "fired";
+    pub const SKIPPED: &str = "skipped";
+    pub const LAST_FIRE_MS: &str = "last_fire_ms";
+    pub const LAST_FIRED_AT_MS: &str = "last_fired_at_ms";
+    pub const LAST_TASK: &str = "last_task";
+    pub const ERROR: &str = "error";
+}

@@ -18,6 +18,8 @@
 //!   completion notice repeats; a notice reads as a [`TaskRecord`].
 //! - `worker_record`: [`WorkerInfo`] and [`WorkerMetrics`], a worker's
 //!   registry record.
+//! - `schedule`: [`ScheduleDef`] and [`ScheduleRecord`], a recurring
+//!   schedule's hash (revision 2.2).
 //! - `reader`: the one field reader all of them decode with, which names a
 //!   missing or malformed field in its error.
 
@@ -26,12 +28,14 @@ pub mod field;
 mod notice;
 mod reader;
 mod record;
+mod schedule;
 mod worker_record;
 
 pub use entry::{EntryError, NewTask, SplitRole, TaskEntry};
 pub use field::worker as worker_field;
 pub use notice::{Finish, FinishOutcome};
 pub use record::{TaskFailure, TaskRecord};
+pub use schedule::{ScheduleDef, ScheduleRecord};
 pub use worker_record::{LATENCY_BUCKETS_MS, WorkerInfo, WorkerMetrics};
 
 /// The wire version this build writes and the only one it reads. Version 2

@@ -65,6 +65,10 @@ pub struct TaskRecord {
     /// The task's MessagePack parameters, as submitted (records written by
     /// the submit script; absent from notices).
     pub params: Option<Vec<u8>>,
+    /// On a task a recurring schedule created: the schedule's name and the
+    /// tick (ms) it was created for (revision 2.2).
+    pub schedule: Option<String>,
+    pub scheduled_for_ms: Option<u64>,
 }
 
 impl TaskRecord {
@@ -93,6 +97,8 @@ impl TaskRecord {
             class: fields.lenient(field::CLASS),
             priority: fields.lenient(field::PRIORITY),
             producer: text(field::PRODUCER),
+            schedule: text(field::SCHEDULE),
+            scheduled_for_ms: fields.lenient(field::SCHEDULED_FOR_MS),
             reply_to: text(field::REPLY_TO),
             entry: text(field::ENTRY),
             worker: text(field::WORKER),
