@@ -144,6 +144,45 @@ pub(crate) fn is_unavailable_code(code: &str) -> bool {
     )
 }
 
+/// True when a Redis Cluster reply says the command's slot is moving
+/// between masters, so the command did not run there and will run once it
+/// is sent where the slot is (`MOVED`, `ASK`) or once the keys it needs are
+/// together again (`TRYAGAIN`), and, for a Lua script, that it met a key
+/// that had already moved (Redis stops the script at that call, which it
+/// reports as an `ERR`). Such a script may have done its first writes:
+/// every queue operation is safe to repeat (see `Store::submit_many`), but
+/// a claim stopped after reading entries leaves them pending until their
+/// lease runs out (docs/operations.md, "Resharding").
+pub(crate) fn is_slot_moving(code: &str, detail: &str) -> bool {
+    matches!(code, "MOVED" | "ASK" | "TRYAGAIN")
+        || ([
+            // Redis 7: a key of the script's slot that is not here.
+            "attempted to access a non local key",
+            // A key not declared to EVAL, mid-migration.
+            "undeclared keys were accessed during rehashing",
+            "attempted to access a slot not served",
+            "while the cluster is down",
+        ]
+        .iter()
+        .any(|text| detail.contains(text)))
+}
+
+/// A reply in a command's place that says the cluster cannot serve it now
+/// (its slot is moving, or its master is failing over or loading): sent
+/// again, it will run.
+pub(crate) fn is_retryable_reply(err: &redis::ServerError) -> bool {
+    is_unavailable_code(err.code()) || is_slot_moving(err.code(), err.details().unwrap_or(""))
+}
+
+/// [`is_retryable_reply`] for an error redis-rs returned after its own
+/// retries (it follows `MOVED` and `ASK` and waits out `TRYAGAIN` a few
+/// times first).
+pub(crate) fn is_retryable_redirect(err: &RedisError) -> bool {
+    err.code().is_some_and(|code| {
+        is_unavailable_code(code) || is_slot_moving(code, err.detail().unwrap_or(""))
+    })
+}
+
 /// How long finished things stay in Redis, and how big notices get.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {

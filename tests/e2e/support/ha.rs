@@ -419,6 +419,20 @@ impl RedisCluster {
     /// and MIGRATING, `MIGRATE` in batches, then the new owner everywhere.
     /// Afterwards [`RedisCluster::owner_of`] no longer tells the truth for it.
     pub fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        self.move_slot_paced(slot, from, to, 100, Duration::ZERO);
+    }
+
+    /// [`RedisCluster::move_slot`], `batch` keys per `MIGRATE` and a pause
+    /// after each, as a cautious operator's script does; returns how many
+    /// keys moved.
+    pub fn move_slot_paced(
+        &self,
+        slot: u16,
+        from: usize,
+        to: usize,
+        batch: usize,
+        pause: Duration,
+    ) -> usize {
         let id = |i: usize| -> String {
             query(&self.nodes[i], &redis::cmd("CLUSTER").arg("MYID").clone()).expect("node id")
         };
@@ -430,18 +444,20 @@ impl RedisCluster {
         };
         setslot(to, &["IMPORTING", &from_id]);
         setslot(from, &["MIGRATING", &to_id]);
+        let mut moved = 0;
         loop {
             let keys: Vec<String> = query(
                 &self.nodes[from],
                 redis::cmd("CLUSTER")
                     .arg("GETKEYSINSLOT")
                     .arg(slot)
-                    .arg(100),
+                    .arg(batch),
             )
             .expect("GETKEYSINSLOT");
             if keys.is_empty() {
                 break;
             }
+            moved += keys.len();
             let mut migrate = redis::cmd("MIGRATE");
             migrate
                 .arg("127.0.0.1")
@@ -452,10 +468,12 @@ impl RedisCluster {
                 .arg("KEYS")
                 .arg(&keys);
             query::<String>(&self.nodes[from], &migrate).expect("MIGRATE");
+            std::thread::sleep(pause);
         }
         for i in 0..self.nodes.len() {
             setslot(i, &["NODE", &to_id]);
         }
+        moved
     }
 
     pub fn is_empty(&self) -> bool {
