@@ -881,3 +881,319 @@ async fn a_sentinel_naming_a_replica_is_passed_over_for_one_naming_the_master() 
         .unwrap();
     assert_eq!(port[1], master.port.to_string(), "connected to the master");
 }
+
+// ---- Failovers under a long-lived producer and the CLI (issue 20) ----
+
+/// What one submit gave: when it started, and the task id or the error.
+type SubmitSeen = (Instant, Result<TaskId, String>);
+
+/// A long-lived library producer submitting `cpu` sleeps in a task of its
+/// own, one every 10 ms at most (a producer's steady stream, not a flood
+/// that thousands of waits would have to check afterwards), noting what
+/// each call gave.
+struct Submitter {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<SubmitSeen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Submitter {
+    fn start(producer: Producer) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (stop, seen) = (stop.clone(), seen.clone());
+            async move {
+                let mut pace = tokio::time::interval(Duration::from_millis(10));
+                while !stop.load(Ordering::SeqCst) {
+                    pace.tick().await;
+                    let started = Instant::now();
+                    let result = producer.submit(sleep_task(Class::Cpu, 1, 0)).await;
+                    let result = result.map_err(|e| format!("{e:#}"));
+                    seen.lock().unwrap().push((started, result));
+                }
+            }
+        });
+        Submitter { stop, seen, task }
+    }
+
+    /// Acknowledged submissions that started at `since` or later.
+    fn acked_since(&self, since: Instant) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|(at, result)| *at >= since && result.is_ok())
+            .count()
+    }
+
+    async fn wait_acked_since(&self, since: Instant, count: usize, what: &str) {
+        wait_until(Duration::from_secs(90), what, || async {
+            self.acked_since(since) >= count
+        })
+        .await;
+    }
+
+    async fn stop(self) -> Vec<SubmitSeen> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// One `tandem submit` process: when it started, how long it took, and its
+/// exit status, standard output and standard error.
+#[derive(Debug)]
+struct CliSubmit {
+    started: Instant,
+    took: Duration,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `tandem submit` processes one after another until `done` is set
+/// and `after` more have run since (a failover's whole span, and past it).
+fn cli_submits_until(url: &str, done: &AtomicBool, after: usize) -> Vec<CliSubmit> {
+    let mut runs = Vec::new();
+    let mut since_done = 0;
+    while since_done < after {
+        if done.load(Ordering::SeqCst) {
+            since_done += 1;
+        }
+        let started = Instant::now();
+        let out = tandem(
+            url,
+            &[
+                "submit",
+                "sleep",
+                "--params",
+                r#"{"ms": 1}"#,
+                "--class",
+                "cpu",
+            ],
+        );
+        runs.push(CliSubmit {
+            started,
+            took: started.elapsed(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    runs
+}
+
+/// Every submission succeeded, library and CLI alike; returns the task ids.
+fn all_acknowledged(seen: &[SubmitSeen], cli: &[CliSubmit]) -> Vec<(Instant, TaskId)> {
+    let errors: Vec<&String> = seen.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    assert!(
+        errors.is_empty(),
+        "{} of {} library submits failed: {:?}",
+        errors.len(),
+        seen.len(),
+        &errors[..errors.len().min(5)]
+    );
+    let failed: Vec<&CliSubmit> = cli.iter().filter(|run| run.code != Some(0)).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} `tandem submit` runs failed: {:?}",
+        failed.len(),
+        cli.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let mut ids: Vec<(Instant, TaskId)> = seen
+        .iter()
+        .filter_map(|(at, r)| Some((*at, *r.as_ref().ok()?)))
+        .collect();
+    for run in cli {
+        let id: TaskId = run
+            .stdout
+            .parse()
+            .unwrap_or_else(|e| panic!("`tandem submit` printed {:?}: {e:?}", run.stdout));
+        ids.push((run.started, id));
+    }
+    ids
+}
+
+/// A span of time in which an acknowledged submission may be lost with
+/// Redis's asynchronous replication (`redis_wait_replicas` is for that):
+/// the second before a master is killed, or a failover nobody asked for.
+#[derive(Debug, Clone, Copy)]
+struct Risky {
+    from: Instant,
+    to: Instant,
+}
+
+impl Risky {
+    /// The second before a kill at `kill`.
+    fn before_kill(kill: Instant) -> Self {
+        Risky {
+            from: kill.checked_sub(Duration::from_secs(1)).unwrap_or(kill),
+            to: kill,
+        }
+    }
+}
+
+/// Waits for every task; one may be missing only when it was acknowledged
+/// in a `risky` span. Returns how many were lost that way.
+async fn all_succeed(producer: &Producer, ids: &[(Instant, TaskId)], risky: &[Risky]) -> usize {
+    let mut lost = 0;
+    for (at, id) in ids {
+        match producer.wait(*id, Duration::from_secs(90)).await {
+            Ok(outcome) => assert_eq!(outcome.status, Status::Succeeded, "{id}"),
+            Err(ProducerError::NotFound(_))
+                if risky.iter().any(|span| (span.from..=span.to).contains(at)) =>
+            {
+                lost += 1;
+            }
+            Err(e) => panic!(
+                "task {id}, submitted {:?} ago (risky spans {:?} ago): {e}",
+                at.elapsed(),
+                risky
+                    .iter()
+                    .map(|span| (span.from.elapsed(), span.to.elapsed()))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+    lost
+}
+
+/// Issue 20, point 2 (regression: two `tandem submit` runs failed with
+/// `redis: Moved: 9296 127.0.0.1:7745` while a master failed over). The
+/// master of the `cpu` slot dies; its replica takes over. A long-lived
+/// library producer and `tandem submit` processes, one after another,
+/// submit through the whole failover without an error, and the worker runs
+/// every task on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_failover_is_followed_by_the_library_the_cli_and_the_worker() {
+    let mut cluster = RedisCluster::start();
+    let cpu_slot = 9296;
+    let home = cluster.owner_of(cpu_slot);
+    let replica = cluster.add_replica(home);
+    let config = cluster.config();
+    let worker = WorkerProcess::spawn_with(&cluster.env(), &[("TANDEM_LEASE_TIMEOUT_MS", "3000")]);
+    let store = store(&config).await;
+    wait_healthy(&store, &worker).await;
+    let producer = Producer::connect(&config).await.unwrap();
+    let started = Instant::now();
+    let submitter = Submitter::start(producer.clone());
+    submitter
+        .wait_acked_since(started, 20, "20 submissions before the kill")
+        .await;
+
+    let promoted = Arc::new(AtomicBool::new(false));
+    let cli = tokio::task::spawn_blocking({
+        let (url, promoted) = (cluster.url(), promoted.clone());
+        move || cli_submits_until(&url, &promoted, 3)
+    });
+    let killed = Instant::now();
+    cluster.kill_node(home);
+    tokio::task::block_in_place(|| {
+        cluster.wait_promoted(replica, cpu_slot, Duration::from_secs(60));
+    });
+    let failover = killed.elapsed();
+    promoted.store(true, Ordering::SeqCst);
+    let after = Instant::now();
+    submitter
+        .wait_acked_since(after, 20, "20 submissions after the failover")
+        .await;
+    let cli = cli.await.unwrap();
+    let seen = submitter.stop().await;
+    let slowest = cli.iter().map(|run| run.took).max().unwrap_or_default();
+    let ids = all_acknowledged(&seen, &cli);
+    let lost = all_succeed(&producer, &ids, &[Risky::before_kill(killed)]).await;
+    println!(
+        "failover in {failover:?}; {} library submits, {} `tandem submit` runs (slowest \
+         {slowest:?}), no error; {lost} acknowledged just before the kill were lost with \
+         the master",
+        seen.len(),
+        cli.len()
+    );
+    assert!(
+        cli.iter()
+            .any(|run| run.started >= killed && run.started < after),
+        "no `tandem submit` ran during the failover: {cli:?}"
+    );
+}
+
+/// Issue 20, point 3 (regression: during a Sentinel failover's ~2.3 s,
+/// `tandem submit` failed at once with `Connection refused`, and once with
+/// `loading script: Connection reset by peer`). One library producer lives
+/// through two failovers (there and back) and keeps submitting; `tandem
+/// submit` processes run through each. No submit fails: each waits until
+/// the sentinels name the new master, within `reconnect_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_submits_through_two_sentinel_failovers() {
+    let mut setup = SentinelSetup::start();
+    let env = setup.env();
+    let workers: Vec<WorkerProcess> = (0..2)
+        .map(|_| WorkerProcess::spawn_with(&env, &[]))
+        .collect();
+    let config = Config {
+        reconnect_timeout_ms: 30_000,
+        ..setup.config()
+    };
+    let store = store(&config).await;
+    for worker in &workers {
+        wait_healthy(&store, worker).await;
+    }
+    let producer = Producer::connect(&config).await.unwrap();
+    let submitter = Submitter::start(producer.clone());
+    let mut risky = Vec::new();
+    let mut cli = Vec::new();
+    let mut failovers = Vec::new();
+    for round in 0..2 {
+        let since = Instant::now();
+        submitter
+            .wait_acked_since(since, 30, &format!("30 submissions before kill {round}"))
+            .await;
+        let promoted = Arc::new(AtomicBool::new(false));
+        let runs = tokio::task::spawn_blocking({
+            let (url, promoted) = (setup.url(), promoted.clone());
+            move || cli_submits_until(&url, &promoted, 3)
+        });
+        let killed = Instant::now();
+        let next = setup.kill_current_master().await;
+        risky.push(Risky::before_kill(killed));
+        setup.wait_failover_to(next, Duration::from_secs(30)).await;
+        failovers.push(killed.elapsed());
+        promoted.store(true, Ordering::SeqCst);
+        let after = Instant::now();
+        submitter
+            .wait_acked_since(after, 30, &format!("30 submissions after failover {round}"))
+            .await;
+        let runs = runs.await.unwrap();
+        assert!(
+            runs.iter()
+                .any(|run| run.started >= killed && run.started < after),
+            "no `tandem submit` ran during failover {round}: {runs:?}"
+        );
+        cli.extend(runs);
+        // The pair whole again, for the next failover. On a loaded machine
+        // the sentinels may fail over once more, back to the restarted node
+        // once it has synced (see `restart_old_master_as_replica`): what the
+        // demoted master acknowledged in between is lost with it.
+        let restarting = Instant::now();
+        setup
+            .restart_killed_as_replica(Duration::from_secs(60))
+            .await;
+        if setup.current_master_port().await != next {
+            println!("the sentinels failed over once more while the killed node rejoined");
+            risky.push(Risky {
+                from: restarting,
+                to: Instant::now(),
+            });
+        }
+    }
+    let seen = submitter.stop().await;
+    let slowest = cli.iter().map(|run| run.took).max().unwrap_or_default();
+    let ids = all_acknowledged(&seen, &cli);
+    let lost = all_succeed(&producer, &ids, &risky).await;
+    println!(
+        "failovers in {failovers:?}; {} library submits, {} `tandem submit` runs (slowest \
+         {slowest:?}), no error; {lost} acknowledged just before a kill were lost with the \
+         master",
+        seen.len(),
+        cli.len()
+    );
+}
