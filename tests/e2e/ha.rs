@@ -1197,3 +1197,129 @@ async fn a_producer_submits_through_two_sentinel_failovers() {
         cli.len()
     );
 }
+
+// ---- Data lost by an empty restart (issue 20, point 4) ----
+
+/// Issue 20, point 4 (regression: a Redis restarted without persistence
+/// lost 660 acknowledged tasks, and the only sign was one WARN line from
+/// one of two workers). Two workers; tasks queued behind two long ones;
+/// Redis restarts empty. Exactly one `redis_data_lost` alert comes, from
+/// the worker that saw it, with what it saw (its registry record gone, the
+/// tasks that were in the streams); `tandem queues` and `tandem workers`
+/// say so in a line; `tandem wait` on a lost task says its record vanished
+/// with the data, and on a task submitted since, that it was never
+/// submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_data_is_loud() {
+    let mut redis = RedisServer::start();
+    let workers = [
+        WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "1")]).await,
+        WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "1")]).await,
+    ];
+    let producer = Producer::connect(&Config {
+        reconnect_timeout_ms: 30_000,
+        ..redis.config()
+    })
+    .await
+    .unwrap();
+    let done = producer.submit(sleep_task(Class::Cpu, 1, 0)).await.unwrap();
+    assert_eq!(
+        producer.wait(done, WAIT).await.unwrap().status,
+        Status::Succeeded
+    );
+    let queued: Vec<Task> = (0..12).map(|_| sleep_task(Class::Cpu, 60_000, 0)).collect();
+    let queued = producer.submit_many(queued).await.unwrap();
+    // Every worker has checked the data since: its registry record was
+    // written again after the submission, just after its check.
+    let submitted = tandem_shared::clock::now_ms();
+    let store = producer.store().clone();
+    wait_until(
+        WAIT,
+        "a heartbeat of each worker after the submission",
+        || async {
+            let seen = store.workers().await.unwrap_or_default();
+            workers.iter().all(|w| {
+                seen.iter()
+                    .any(|s| s.id == w.id && s.heartbeat_at_ms > submitted + 300)
+            })
+        },
+    )
+    .await;
+
+    redis.crash_and_restart();
+    let lost_at = tandem_shared::clock::now_ms();
+    let alerts = || async {
+        store
+            .alerts(100)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.alert.alert == "redis_data_lost")
+            .collect::<Vec<_>>()
+    };
+    wait_until(WAIT, "a redis_data_lost alert", || async {
+        !alerts().await.is_empty()
+    })
+    .await;
+    // Both workers have beaten (and checked) twice since: still one alert.
+    let raised = tandem_shared::clock::now_ms();
+    wait_until(WAIT, "two more heartbeats of each worker", || async {
+        let seen = store.workers().await.unwrap_or_default();
+        workers.iter().all(|w| {
+            seen.iter()
+                .any(|s| s.id == w.id && s.heartbeat_at_ms > raised + 400)
+        })
+    })
+    .await;
+    let alerts = alerts().await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0].alert;
+    assert!(workers.iter().any(|w| w.id == alert.worker), "{alert:?}");
+    assert!(alert.at_ms >= lost_at, "{alert:?}");
+    // 12 queued or running tasks were in the streams.
+    assert_eq!(alert.value, 12.0, "{alert:?}");
+    for part in [
+        "Redis lost its data",
+        "canary gone for cpu",
+        "worker registry gone",
+        "12 queued or running task(s)",
+    ] {
+        assert!(alert.message.contains(part), "{part:?} not in {alert:?}");
+    }
+    let reporter = workers.iter().find(|w| w.id == alert.worker).unwrap();
+    wait_until(WAIT, "the reporter's error line", || async {
+        reporter.log_text().contains("Redis lost its data")
+    })
+    .await;
+
+    let url = redis.url();
+    for view in ["queues", "workers"] {
+        let text = tandem_ok(&url, &[view]);
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("DATA LOST ") && first.contains("12 queued or running task(s)"),
+            "tandem {view}:\n{text}"
+        );
+    }
+    let out = tandem(
+        &url,
+        &["wait", &queued[0].to_string(), "--timeout-ms", "5000"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("its record vanished with Redis's data"),
+        "{stderr}"
+    );
+    let never = TaskId::new();
+    let out = tandem(&url, &["wait", &never.to_string(), "--timeout-ms", "5000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("never submitted"), "{stderr}");
+    let out = tandem(&url, &["status", &done.to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("its record vanished with Redis's data"),
+        "{stderr}"
+    );
+}

@@ -14,6 +14,8 @@
 //! - `alerts`: the alerts stream, the fleet-wide alert locks and the
 //!   dead-letter counts they compare.
 //! - `dead`: the dead-letter streams.
+//! - `data_loss`: telling that Redis lost its data (the canaries), and the
+//!   record of the last loss.
 //! - `model_registry`: the model registry (records, uploaded files).
 //! - `stats`: queue depths for the CLI, streams no worker reads; key
 //!   clean-up.
@@ -24,6 +26,7 @@
 mod alerts;
 mod claim;
 mod commit;
+mod data_loss;
 mod dead;
 mod lease;
 mod link;
@@ -50,6 +53,7 @@ use link::Link;
 pub use alerts::{ALERTS_MAXLEN, Alert, AlertEntry, AlertName, DeadGrowth};
 pub use claim::{Blocked, ClaimRequest, Claimed, ClaimedEntry, DeadConsumer, Verdict};
 pub use commit::{Committed, Completion, Disposition};
+pub use data_loss::{ClassData, DataCheck, DataLoss};
 pub use dead::DeadLetter;
 pub use link::Conn;
 pub use model_registry::{
