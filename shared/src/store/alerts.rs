@@ -330,7 +330,8 @@ mod tests {
                 "queue_stalled",
                 "dead_letters_growing",
                 "unknown_stream",
-                "gpu_cpu_fallback"
+                "gpu_cpu_fallback",
+                "redis_data_lost"
             ]
         );
     }
