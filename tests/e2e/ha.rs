@@ -992,10 +992,14 @@ fn all_acknowledged(seen: &[SubmitSeen], cli: &[CliSubmit]) -> Vec<(Instant, Tas
         seen.len(),
         &errors[..errors.len().min(5)]
     );
-    let failed: Vec<&CliSubmit> = cli.iter().filter(|run| run.code != Some(0)).collect();
+    let failed: Vec<(Option<i32>, &str)> = cli
+        .iter()
+        .filter(|run| run.code != Some(0))
+        .map(|run| (run.code, run.stderr.as_str()))
+        .collect();
     assert!(
         failed.is_empty(),
-        "{} of {} `tandem submit` runs failed: {:?}",
+        "{} of {} `tandem submit` runs failed (exit status, stderr): {:?}",
         failed.len(),
         cli.len(),
         &failed[..failed.len().min(5)]
