@@ -1109,9 +1109,12 @@ async fn a_cluster_failover_is_followed_by_the_library_the_cli_and_the_worker() 
     println!(
         "failover in {failover:?}; {} library submits, {} `tandem submit` runs (slowest \
          {slowest:?}), no error; {lost} acknowledged just before the kill were lost with \
-         the master",
+         the master; the worker connected to the cluster afresh: {}",
         seen.len(),
-        cli.len()
+        cli.len(),
+        worker
+            .log_text()
+            .contains("connected to the cluster afresh")
     );
     assert!(
         cli.iter()

@@ -116,12 +116,19 @@ enum Mode {
     Sentinel(SentinelLink),
     Cluster {
         client: ClusterClient,
-        conn: ClusterConnection,
+        /// The cluster connection now; replaced by a fresh one when calls
+        /// time out (see [`Link::renew_cluster`]).
+        conn: RwLock<ClusterConnection>,
+        /// When it was last replaced.
+        renewed: tokio::sync::Mutex<Instant>,
         seeds: Vec<(String, u16)>,
         tls: bool,
         userinfo: String,
     },
 }
+
+/// A cluster connection that timed out is replaced at most this often.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
 
 /// How a store reaches Redis. Shared by a store's clones.
 pub(super) struct Link {
@@ -205,7 +212,8 @@ impl Link {
                     .await?;
                 Mode::Cluster {
                     client,
-                    conn,
+                    conn: RwLock::new(conn),
+                    renewed: tokio::sync::Mutex::new(Instant::now()),
                     seeds: nodes,
                     tls,
                     userinfo,
@@ -230,7 +238,7 @@ impl Link {
         match &self.mode {
             Mode::Single { conn, .. } => Conn::Server(conn.clone()),
             Mode::Sentinel(link) => Conn::Server(link.master().conn),
-            Mode::Cluster { conn, .. } => Conn::Cluster(conn.clone()),
+            Mode::Cluster { conn, .. } => Conn::Cluster(current_cluster(conn)),
         }
     }
 
@@ -322,7 +330,13 @@ impl Link {
         let result = match &self.mode {
             Mode::Cluster { conn, .. } => {
                 let patience = Duration::from_millis(self.config.reconnect_timeout_ms);
-                run_cluster(conn, cmds, wait, patience).await
+                let result = run_cluster(&current_cluster(conn), cmds, wait, patience).await;
+                if let Err(StoreError::Redis(err)) = &result
+                    && err.is_timeout()
+                {
+                    self.renew_cluster().await;
+                }
+                result
             }
             _ => run_one(self.conn(), cmds.iter().collect(), wait).await,
         };
@@ -341,7 +355,7 @@ impl Link {
         let Mode::Cluster { conn, .. } = &self.mode else {
             return Ok(Vec::new());
         };
-        let mut conn = conn.clone();
+        let mut conn = current_cluster(conn);
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
@@ -358,7 +372,7 @@ impl Link {
         let Mode::Cluster { conn, .. } = &self.mode else {
             return Ok(None);
         };
-        let mut conn = conn.clone();
+        let mut conn = current_cluster(conn);
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
@@ -382,13 +396,56 @@ impl Link {
             let mut conn = self.conn();
             return Ok(cmd.query_async(&mut conn).await?);
         };
-        let mut conn = conn.clone();
+        let mut conn = current_cluster(conn);
         let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
             host: host.to_owned(),
             port,
         });
         Ok(conn.route_command(cmd, route).await?)
     }
+}
+
+impl Link {
+    /// Replaces the cluster connection with a fresh one, which finds the
+    /// slot map from the seed nodes again: after a master died, redis-rs's
+    /// connection can hang in a slot refresh that never ends, and every call
+    /// on it then times out (seen in
+    /// `ha::a_cluster_failover_is_followed_by_the_library_the_cli_and_the_worker`).
+    /// At most once per [`RENEW_EVERY`]; calls in flight on the old one end
+    /// as they would have.
+    async fn renew_cluster(&self) {
+        let Mode::Cluster {
+            client,
+            conn,
+            renewed,
+            ..
+        } = &self.mode
+        else {
+            return;
+        };
+        let mut renewed = renewed.lock().await;
+        if renewed.elapsed() < RENEW_EVERY {
+            return;
+        }
+        *renewed = Instant::now();
+        let config = cluster_config(&self.config, self.config.redis_timeout());
+        match client.get_async_connection_with_config(config).await {
+            Ok(fresh) => {
+                tracing::warn!("Redis Cluster calls timed out; connected to the cluster afresh");
+                *conn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            }
+            Err(err) => tracing::warn!("cannot connect to the Redis Cluster afresh yet: {err}"),
+        }
+    }
+}
+
+/// The cluster connection a link holds now.
+fn current_cluster(conn: &RwLock<ClusterConnection>) -> ClusterConnection {
+    conn.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 impl SentinelLink {
