@@ -429,6 +429,39 @@ mod tests {
     }
 
     #[test]
+    fn a_moving_slot_is_told_from_a_script_error() {
+        use super::is_slot_moving;
+        let check = |code: &str, detail: &str, moving: bool| {
+            assert_eq!(is_slot_moving(code, detail), moving, "{code} {detail}");
+        };
+        check("MOVED", "9296 127.0.0.1:7745", true);
+        check("ASK", "9296 127.0.0.1:7745", true);
+        check(
+            "TRYAGAIN",
+            "Multiple keys request during rehashing of slot",
+            true,
+        );
+        // Issue 20: what a script meets when a key it touches moved.
+        check(
+            "ERR",
+            "Script attempted to access a non local key in a cluster node script: 7a1b..., on @user_script:88.",
+            true,
+        );
+        check(
+            "ERR",
+            "Unable to execute command 'hget' in script because undeclared keys were accessed during rehashing of the slot",
+            true,
+        );
+        check("ERR", "user_script:12: bad argument #1", false);
+        check(
+            "WRONGTYPE",
+            "Operation against a key holding the wrong kind of value",
+            false,
+        );
+        check("NOSCRIPT", "No matching script", false);
+    }
+
+    #[test]
     fn loading_and_lost_connections_are_retried_and_bad_certificates_are_not() {
         let io = |kind: std::io::ErrorKind, text: &str| {
             StoreError::Redis(RedisError::from(std::io::Error::new(kind, text)))
