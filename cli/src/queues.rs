@@ -3,13 +3,15 @@
 
 use std::process::ExitCode;
 
-use tandem_shared::store::Store;
+use tandem_shared::clock::now_ms;
+use tandem_shared::store::{DataLoss, Store};
 use tandem_shared::{Class, Config};
 
 use super::table;
 
 pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let store = Store::connect_retrying(config).await?;
+    print_data_loss(&store).await?;
     let stats = store.queue_stats(Class::ALL).await?;
     let mut rows = vec![
         [
@@ -60,6 +62,25 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         print!("\n{}", table::render(&rows));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The last data loss a worker recorded (`redis_data_lost`), as one line
+/// above the tables: the queues shown are what is left after it.
+pub(crate) async fn print_data_loss(store: &Store) -> anyhow::Result<()> {
+    if let Some(loss) = store.data_loss().await? {
+        println!("{}\n", data_loss_line(&loss));
+    }
+    Ok(())
+}
+
+/// `DATA LOST 12s ago: <what was seen>; ...`
+pub(crate) fn data_loss_line(loss: &DataLoss) -> String {
+    format!(
+        "DATA LOST {} ago: {}. Tasks submitted before then, and their records, are gone \
+         (see docs/operations.md, \"When Redis loses its data\")",
+        table::age(now_ms().saturating_sub(loss.at_ms)),
+        loss.summary()
+    )
 }
 
 /// Streams under the prefix that no worker reads (a class or priority

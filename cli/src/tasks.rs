@@ -10,7 +10,7 @@ use tandem_shared::{Class, Config, Priority, Status, TaskId, exit, msgpack};
 
 use super::errors::{Usage, for_the_shell};
 use super::table;
-use tandem_producer::{CancelOutcome, Producer, Task, TaskOutcome};
+use tandem_producer::{CancelOutcome, Producer, ProducerError, Task, TaskOutcome};
 
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {
@@ -100,7 +100,19 @@ pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<
 pub(crate) async fn wait(config: &Config, args: WaitArgs) -> anyhow::Result<ExitCode> {
     let producer = Producer::connect(config).await?;
     let outcome =
-        wait_showing_shards(&producer, args.id, Duration::from_millis(args.timeout_ms)).await?;
+        match wait_showing_shards(&producer, args.id, Duration::from_millis(args.timeout_ms)).await
+        {
+            Err(err)
+                if matches!(
+                    err.downcast_ref::<ProducerError>(),
+                    Some(ProducerError::NotFound(_))
+                ) =>
+            {
+                eprintln!("{}", not_found(producer.store(), args.id).await);
+                return Ok(ExitCode::from(exit::NOT_FOUND));
+            }
+            other => other?,
+        };
     print_outcome(&outcome);
     Ok(exit_code(&outcome))
 }
@@ -113,10 +125,7 @@ pub(crate) async fn status(config: &Config, args: TaskArgs) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            eprintln!(
-                "task {} not found (never submitted, or its record expired)",
-                args.id
-            );
+            eprintln!("{}", not_found(producer.store(), args.id).await);
             Ok(ExitCode::from(exit::NOT_FOUND))
         }
     }
@@ -125,10 +134,7 @@ pub(crate) async fn status(config: &Config, args: TaskArgs) -> anyhow::Result<Ex
 pub(crate) async fn task(config: &Config, args: TaskViewArgs) -> anyhow::Result<ExitCode> {
     let producer = Producer::connect(config).await?;
     let Some(mut record) = producer.record(args.id).await? else {
-        eprintln!(
-            "task {} not found (never submitted, or its record expired)",
-            args.id
-        );
+        eprintln!("{}", not_found(producer.store(), args.id).await);
         return Ok(ExitCode::from(exit::NOT_FOUND));
     };
     // The parameters live in the entry (or retry hash, or dead letter),
@@ -169,6 +175,22 @@ pub(crate) async fn cancel(config: &Config, args: TaskArgs) -> anyhow::Result<Ex
     };
     println!("{}: {text}", args.id);
     Ok(ExitCode::from(code))
+}
+
+/// Why task `id` has no record. When a worker recorded a data loss
+/// (`redis_data_lost`) after the task was submitted, its record vanished
+/// with Redis's data; otherwise it was never submitted, or its record
+/// expired after `result_ttl_s`.
+async fn not_found(store: &Store, id: TaskId) -> String {
+    match store.data_loss().await {
+        Ok(Some(loss)) if loss.predates(&id) => format!(
+            "task {id} not found: its record vanished with Redis's data, lost before {} ago \
+             ({}); submit it again (see docs/operations.md, \"When Redis loses its data\")",
+            table::age(tandem_shared::clock::now_ms().saturating_sub(loss.at_ms)),
+            loss.summary()
+        ),
+        _ => format!("task {id} not found (never submitted, or its record expired)"),
+    }
 }
 
 /// How often a wait reads a parallel task's record for its shards.

@@ -53,6 +53,7 @@ pub(crate) async fn run(config: &Config, args: WorkersArgs) -> anyhow::Result<Ex
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(ExitCode::SUCCESS);
     }
+    super::queues::print_data_loss(&store).await?;
     if workers.is_empty() {
         println!("no live workers");
         return Ok(ExitCode::SUCCESS);

@@ -231,10 +231,18 @@ pub fn cluster_client(
         .iter()
         .map(|(host, port)| node_url(tls, userinfo, &host_port(host, *port)))
         .collect();
+    // redis-rs follows MOVED and ASK itself and waits out TRYAGAIN a few
+    // times, by default at least 1.28 s each time: far longer than a slot
+    // stays unsettled in a failover or a resharding. Short waits, and the
+    // link's own retries after them (`store::link::run_cluster`), let
+    // work resume within a fifth of a second of the slot settling.
     let mut builder = ClusterClientBuilder::new(urls)
         .connection_timeout(config.connect_timeout())
         .response_timeout(config.redis_timeout())
-        .retries(3);
+        .retries(3)
+        .min_retry_wait(10)
+        .max_retry_wait(200)
+        .retry_wait_formula(10, 2);
     if tls && let Some(certs) = certificates(config)? {
         builder = builder.certs(certs);
     }

@@ -139,6 +139,20 @@ impl Keys {
         format!("{}schedules", self.class_base(class))
     }
 
+    /// A key nothing deletes, one per class in the class's slot (so on its
+    /// master in Cluster): workers set it and check that it is still there;
+    /// its absence means Redis lost the class's data (restarted without
+    /// persistence, flushed). A string: the Unix ms it was set.
+    pub fn canary(&self, class: Class) -> String {
+        format!("{}canary", self.class_base(class))
+    }
+
+    /// The last data loss a worker saw (a hash; see
+    /// `Store::record_data_loss`), kept for `result_ttl_s`.
+    pub fn data_lost(&self) -> String {
+        format!("{}:data-lost", self.prefix)
+    }
+
     /// A worker's registry record (a hash with a heartbeat TTL).
     pub fn worker(&self, worker_id: &str) -> String {
         format!("{}:worker:{}", self.prefix, worker_id)

@@ -112,6 +112,19 @@ impl Raiser {
         .await;
     }
 
+    /// `redis_data_lost`, raised by the worker that saw the loss first
+    /// (see `data_watch`); `value` is how many tasks were in the streams.
+    pub async fn redis_data_lost(&self, loss: &tandem_shared::store::DataLoss) {
+        self.raise(Finding {
+            name: AlertName::RedisDataLost,
+            stream: loss.streams_gone.join(","),
+            value: loss.tasks_lost() as f64,
+            threshold: 0.0,
+            message: loss.summary(),
+        })
+        .await;
+    }
+
     /// `device_failed`, raised as the worker gives its device up.
     pub async fn device_failed(&self, why: &str) {
         self.raise(Finding {

@@ -38,6 +38,9 @@ pub(crate) struct Heartbeat {
     /// Live workers in the registry look the router last took in (the
     /// record's `live_seen`).
     pub live_seen: Arc<std::sync::atomic::AtomicUsize>,
+    /// Checks, before each beat (which writes the registry record again),
+    /// that Redis still has the data it had.
+    pub data_watch: crate::data_watch::DataWatch,
 }
 
 impl Heartbeat {
@@ -72,7 +75,11 @@ impl Heartbeat {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone_from(&self.info);
-        self.store.heartbeat(&self.info, self.ttl_ms).await
+        let registered = self.store.heartbeat(&self.info, self.ttl_ms).await?;
+        if !registered {
+            self.data_watch.registry_rejoined = true;
+        }
+        Ok(())
     }
 
     /// Beats every interval until the worker stops it.
@@ -84,6 +91,7 @@ impl Heartbeat {
                 _ = tick.tick() => {}
                 () = self.nudge.notified() => {}
             }
+            self.data_watch.check().await;
             if let Err(err) = self.beat().await {
                 tracing::warn!("heartbeat failed: {err}");
             }

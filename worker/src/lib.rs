@@ -46,6 +46,8 @@
 //! - `heartbeat`: keeps the worker's registry record fresh.
 //! - `recurring`: fires the recurring schedules that come due (every
 //!   worker runs it; the fire script's fence makes each tick fire once).
+//! - `data_watch`: before each heartbeat, tells whether Redis lost its data
+//!   (the classes' canaries) and raises `redis_data_lost` once per fleet.
 //! - `metrics`: samples the device and the task counters into the registry
 //!   record every `metrics_interval_ms`; `/metrics` for Prometheus.
 //! - `alerts`: raises alerts (hot or underused GPU, failed device, stalled
@@ -71,6 +73,7 @@ mod alerts;
 mod cancel;
 pub mod compute;
 pub mod context;
+mod data_watch;
 pub mod device;
 mod dispatcher;
 mod doorbell;
@@ -192,6 +195,11 @@ pub async fn run(
     let published = metrics::Published::default();
     let live_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let gpu = device.gpu.as_ref();
+    let alerter = alerts::Raiser {
+        store: store.clone(),
+        worker: worker_id.clone(),
+        device: device.id(),
+    };
     let mut heartbeat = heartbeat::Heartbeat {
         store: store.clone(),
         info: WorkerInfo {
@@ -226,6 +234,13 @@ pub async fn run(
         metrics: Arc::clone(&latest_metrics),
         published: Arc::clone(&published),
         live_seen: Arc::clone(&live_seen),
+        data_watch: data_watch::DataWatch {
+            raiser: alerter.clone(),
+            streams: streams.clone(),
+            alert_interval: Duration::from_millis(config.alert_interval_ms),
+            last_lengths: None,
+            registry_rejoined: false,
+        },
     };
     heartbeat.beat().await?;
     let mut background = Background::new();
@@ -242,11 +257,6 @@ pub async fn run(
         }
         .run(),
     );
-    let alerter = alerts::Raiser {
-        store: store.clone(),
-        worker: worker_id.clone(),
-        device: device.id(),
-    };
     background.spawn(
         alerts::Alerts {
             raiser: alerter.clone(),

@@ -37,10 +37,14 @@ pub enum AlertName {
     /// A GPU worker runs kinds on its CPU because a kernel module or
     /// cuBLAS did not load; raised once, as its probe passes.
     GpuCpuFallback,
+    /// Redis lost its data (a class's canary vanished: a restart without
+    /// persistence, a flush); raised once per fleet by the worker that saw
+    /// it (see `store::data_loss`).
+    RedisDataLost,
 }
 
 impl AlertName {
-    pub const ALL: [AlertName; 7] = [
+    pub const ALL: [AlertName; 8] = [
         AlertName::GpuHot,
         AlertName::GpuUnderused,
         AlertName::DeviceFailed,
@@ -48,6 +52,7 @@ impl AlertName {
         AlertName::DeadLettersGrowing,
         AlertName::UnknownStream,
         AlertName::GpuCpuFallback,
+        AlertName::RedisDataLost,
     ];
 
     /// The stable name in the stream's `alert` field and in log lines.
@@ -60,6 +65,7 @@ impl AlertName {
             AlertName::DeadLettersGrowing => "dead_letters_growing",
             AlertName::UnknownStream => "unknown_stream",
             AlertName::GpuCpuFallback => "gpu_cpu_fallback",
+            AlertName::RedisDataLost => "redis_data_lost",
         }
     }
 }
@@ -324,7 +330,8 @@ mod tests {
                 "queue_stalled",
                 "dead_letters_growing",
                 "unknown_stream",
-                "gpu_cpu_fallback"
+                "gpu_cpu_fallback",
+                "redis_data_lost"
             ]
         );
     }

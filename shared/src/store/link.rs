@@ -7,14 +7,17 @@
 //!   (`READONLY`), the link asks the sentinels again and moves to the new
 //!   master; the caller's retry then lands there;
 //! - Cluster: redis-rs's cluster connection, which follows the slot map and
-//!   `MOVED`/`ASK` redirects. A pipeline must stay within one slot there, so
-//!   [`Link::run`] cuts it into one pipeline per slot, sends them at once
-//!   and puts the replies back in order. Every Lua script touches the keys
-//!   of one class, which share the class's hash tag, hence one slot.
+//!   `MOVED`/`ASK` redirects. [`Link::run`] sends each command of a call as
+//!   a request of its own (redis-rs pipelines them on each master's
+//!   connection), so that a redirection repeats only the command it
+//!   answers, and sends again, after a short backoff, the commands the
+//!   cluster cannot serve while a slot moves or a master fails over, for up
+//!   to `reconnect_timeout_ms`. Every Lua script touches the keys of one
+//!   class, which share the class's hash tag, hence one slot.
 //!
 //! With `redis_wait_replicas` > 0, a pipeline that asks for it ends with
-//! `WAIT n timeout` (in Cluster, each slot's pipeline does, on its own
-//! master), and fewer acknowledgements than asked is an error.
+//! `WAIT n timeout` (in Cluster, each master written to gets one after the
+//! commands), and fewer acknowledgements than asked is an error.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -30,6 +33,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Arg, AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use super::StoreError;
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::connect::{self, Target};
 use crate::scripts;
@@ -112,12 +116,19 @@ enum Mode {
     Sentinel(SentinelLink),
     Cluster {
         client: ClusterClient,
-        conn: ClusterConnection,
+        /// The cluster connection now; replaced by a fresh one when calls
+        /// time out (see [`Link::renew_cluster`]).
+        conn: RwLock<ClusterConnection>,
+        /// When it was last replaced.
+        renewed: tokio::sync::Mutex<Instant>,
         seeds: Vec<(String, u16)>,
         tls: bool,
         userinfo: String,
     },
 }
+
+/// A cluster connection that timed out is replaced at most this often.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
 
 /// How a store reaches Redis. Shared by a store's clones.
 pub(super) struct Link {
@@ -201,7 +212,8 @@ impl Link {
                     .await?;
                 Mode::Cluster {
                     client,
-                    conn,
+                    conn: RwLock::new(conn),
+                    renewed: tokio::sync::Mutex::new(Instant::now()),
                     seeds: nodes,
                     tls,
                     userinfo,
@@ -226,7 +238,7 @@ impl Link {
         match &self.mode {
             Mode::Single { conn, .. } => Conn::Server(conn.clone()),
             Mode::Sentinel(link) => Conn::Server(link.master().conn),
-            Mode::Cluster { conn, .. } => Conn::Cluster(conn.clone()),
+            Mode::Cluster { conn, .. } => Conn::Cluster(current_cluster(conn)),
         }
     }
 
@@ -305,9 +317,10 @@ impl Link {
         }
     }
 
-    /// Runs `cmds` as pipelines (one per slot in Cluster) and returns one
-    /// reply per command; a command's own failure is a `Value::ServerError`
-    /// in its place. With `replicated`, each pipeline ends with `WAIT`.
+    /// Runs `cmds` as one pipeline (in Cluster, each command on its own, see
+    /// [`run_cluster`]) and returns one reply per command; a command's own
+    /// failure is a `Value::ServerError` in its place. With `replicated`,
+    /// `WAIT` follows.
     pub(super) async fn run(
         &self,
         cmds: &[Cmd],
@@ -315,7 +328,16 @@ impl Link {
     ) -> Result<Vec<Value>, StoreError> {
         let wait = if replicated { self.wait } else { None };
         let result = match &self.mode {
-            Mode::Cluster { conn, .. } => run_cluster(conn, cmds, wait).await,
+            Mode::Cluster { conn, .. } => {
+                let patience = Duration::from_millis(self.config.reconnect_timeout_ms);
+                let result = run_cluster(&current_cluster(conn), cmds, wait, patience).await;
+                if let Err(StoreError::Redis(err)) = &result
+                    && err.is_timeout()
+                {
+                    self.renew_cluster().await;
+                }
+                result
+            }
             _ => run_one(self.conn(), cmds.iter().collect(), wait).await,
         };
         if let Err(err) = &result
@@ -333,7 +355,7 @@ impl Link {
         let Mode::Cluster { conn, .. } = &self.mode else {
             return Ok(Vec::new());
         };
-        let mut conn = conn.clone();
+        let mut conn = current_cluster(conn);
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
@@ -350,7 +372,7 @@ impl Link {
         let Mode::Cluster { conn, .. } = &self.mode else {
             return Ok(None);
         };
-        let mut conn = conn.clone();
+        let mut conn = current_cluster(conn);
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
@@ -374,13 +396,56 @@ impl Link {
             let mut conn = self.conn();
             return Ok(cmd.query_async(&mut conn).await?);
         };
-        let mut conn = conn.clone();
+        let mut conn = current_cluster(conn);
         let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
             host: host.to_owned(),
             port,
         });
         Ok(conn.route_command(cmd, route).await?)
     }
+}
+
+impl Link {
+    /// Replaces the cluster connection with a fresh one, which finds the
+    /// slot map from the seed nodes again: after a master died, redis-rs's
+    /// connection can hang in a slot refresh that never ends, and every call
+    /// on it then times out (seen in
+    /// `ha::a_cluster_failover_is_followed_by_the_library_the_cli_and_the_worker`).
+    /// At most once per [`RENEW_EVERY`]; calls in flight on the old one end
+    /// as they would have.
+    async fn renew_cluster(&self) {
+        let Mode::Cluster {
+            client,
+            conn,
+            renewed,
+            ..
+        } = &self.mode
+        else {
+            return;
+        };
+        let mut renewed = renewed.lock().await;
+        if renewed.elapsed() < RENEW_EVERY {
+            return;
+        }
+        *renewed = Instant::now();
+        let config = cluster_config(&self.config, self.config.redis_timeout());
+        match client.get_async_connection_with_config(config).await {
+            Ok(fresh) => {
+                tracing::warn!("Redis Cluster calls timed out; connected to the cluster afresh");
+                *conn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            }
+            Err(err) => tracing::warn!("cannot connect to the Redis Cluster afresh yet: {err}"),
+        }
+    }
+}
+
+/// The cluster connection a link holds now.
+fn current_cluster(conn: &RwLock<ClusterConnection>) -> ClusterConnection {
+    conn.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 impl SentinelLink {
@@ -535,42 +600,133 @@ fn first_key(cmd: &Cmd) -> Option<Vec<u8>> {
     Some(key.to_vec())
 }
 
-/// The pipelines of a cluster call: commands grouped by slot, in order of
-/// first appearance. Keyless commands form a group of their own.
-fn slot_groups(cmds: &[Cmd]) -> Vec<Vec<usize>> {
-    let mut groups: Vec<(Option<u16>, Vec<usize>)> = Vec::new();
-    for (index, cmd) in cmds.iter().enumerate() {
-        let slot = first_key(cmd).map(slot_of);
-        match groups.iter_mut().find(|(s, _)| *s == slot) {
-            Some((_, members)) => members.push(index),
-            None => groups.push((slot, vec![index])),
-        }
-    }
-    groups.into_iter().map(|(_, members)| members).collect()
-}
+/// How long a cluster command whose slot is moving (or whose master is
+/// failing over) waits before it is sent again: doubling from 10 ms up to
+/// 200 ms, so work resumes within a fifth of a second of the slot settling.
+const SLOT_MOVING: Backoff = Backoff {
+    base: Duration::from_millis(10),
+    max: Duration::from_millis(200),
+};
 
+/// Runs `cmds` on a cluster, each command a request of its own: redis-rs
+/// routes each by its key and pipelines the requests on each master's
+/// connection, so the commands of one slot still share round trips. Sending
+/// them one by one means a redirection or a `TRYAGAIN` repeats only the
+/// command it answers: a pipeline would be sent again whole by redis-rs,
+/// running its other commands twice (a claim that ran twice leaves the
+/// first run's entries pending until their lease runs out).
+///
+/// A command the cluster cannot serve now, because its slot is moving
+/// between masters (`MOVED`, `ASK`, `TRYAGAIN`, a script that met a key
+/// already moved, see [`super::is_slot_moving`]) or its master is failing
+/// over (`CLUSTERDOWN`, `LOADING`, ...), is sent again after a short
+/// backoff ([`SLOT_MOVING`]), until `patience` has passed; then the call
+/// fails with its error. Every queue operation is safe to repeat (see
+/// `Store::submit_many`), and one that did nothing surely is.
+///
+/// With `wait`, each master written to gets `WAIT` once the commands are
+/// answered (on the same connection, which is one per master).
 async fn run_cluster(
     conn: &ClusterConnection,
     cmds: &[Cmd],
     wait: Option<(u32, u64)>,
+    patience: Duration,
 ) -> Result<Vec<Value>, StoreError> {
-    let groups = slot_groups(cmds);
-    if groups.len() <= 1 {
-        return run_one(Conn::Cluster(conn.clone()), cmds.iter().collect(), wait).await;
-    }
-    let runs = groups.iter().map(|members| {
-        let conn = Conn::Cluster(conn.clone());
-        let group: Vec<&Cmd> = members.iter().map(|&i| &cmds[i]).collect();
-        run_one(conn, group, wait)
-    });
-    let results = futures_util::future::join_all(runs).await;
+    let deadline = Instant::now() + patience;
     let mut replies: Vec<Value> = vec![Value::Nil; cmds.len()];
-    for (members, result) in groups.iter().zip(results) {
-        for (&index, reply) in members.iter().zip(result?) {
-            replies[index] = reply;
+    let mut todo: Vec<usize> = (0..cmds.len()).collect();
+    let mut tries = 0u32;
+    let mut scripts_loaded = false;
+    while !todo.is_empty() {
+        let sent = todo.iter().map(|&index| {
+            let mut conn = conn.clone();
+            async move { conn.req_packed_command(&cmds[index]).await }
+        });
+        let answers = futures_util::future::join_all(sent).await;
+        let mut again = Vec::new();
+        let mut noscript = false;
+        let mut last: Option<RedisError> = None;
+        for (&index, answer) in todo.iter().zip(answers) {
+            match answer {
+                Ok(Value::ServerError(e)) if e.code() == "NOSCRIPT" && !scripts_loaded => {
+                    noscript = true;
+                    again.push(index);
+                }
+                Ok(Value::ServerError(e)) if super::is_retryable_reply(&e) => {
+                    again.push(index);
+                    last = Some(RedisError::from(e));
+                }
+                Ok(value) => replies[index] = value,
+                Err(err) if super::is_retryable_redirect(&err) => {
+                    again.push(index);
+                    last = Some(err);
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
+        if noscript {
+            // A NOSCRIPT reply means the command did nothing: load the
+            // scripts (on every master) and send it again at once.
+            scripts::load_all(&mut Conn::Cluster(conn.clone())).await?;
+            scripts_loaded = true;
+        }
+        if let Some(err) = last {
+            tries += 1;
+            let delay = SLOT_MOVING.ceiling(tries);
+            if Instant::now() + delay >= deadline {
+                return Err(err.into());
+            }
+            if tries == 1 {
+                tracing::debug!(
+                    commands = again.len(),
+                    "the cluster cannot serve these commands now ({err}); sending them again"
+                );
+            }
+            tokio::time::sleep(delay).await;
+        }
+        todo = again;
+    }
+    if let Some((replicas, timeout_ms)) = wait {
+        wait_on_masters(conn, cmds, replicas, timeout_ms).await?;
     }
     Ok(replies)
+}
+
+/// `WAIT replicas timeout_ms` on the master of each slot `cmds` address;
+/// fewer acknowledgements than asked anywhere is an error.
+async fn wait_on_masters(
+    conn: &ClusterConnection,
+    cmds: &[Cmd],
+    replicas: u32,
+    timeout_ms: u64,
+) -> Result<(), StoreError> {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let mut slots: Vec<u16> = cmds.iter().filter_map(first_key).map(slot_of).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let waits = slots.into_iter().map(|slot| {
+        let mut conn = conn.clone();
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout_ms);
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+            slot,
+            SlotAddr::Master,
+        )));
+        async move { conn.route_command(cmd, route).await }
+    });
+    for acked in futures_util::future::join_all(waits).await {
+        let acked = match acked? {
+            Value::Int(n) => n,
+            other => return Err(StoreError::protocol("WAIT", &other)),
+        };
+        if acked < i64::from(replicas) {
+            return Err(StoreError::NotReplicated {
+                acked: u32::try_from(acked).unwrap_or(0),
+                wanted: replicas,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs one pipeline on one connection. When Redis lost the scripts
@@ -740,7 +896,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commands_group_by_slot() {
+    fn commands_are_routed_by_their_first_key() {
         let eval = |key: &str| {
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg("abc").arg(1).arg(key).arg("x");
@@ -750,15 +906,21 @@ mod tests {
         xgroup.arg("CREATE").arg("t:{cpu}:stream:low").arg("g");
         let mut hget = redis::cmd("HGET");
         hget.arg("t:{heavy}:task:1").arg("status");
-        let cmds = vec![
+        let mut keyless = redis::cmd("EVALSHA");
+        keyless.arg("abc").arg(0);
+        let slots: Vec<Option<u16>> = [
             eval("t:{cpu}:task:1"),
             hget,
             redis::cmd("TIME"),
             xgroup,
             eval("t:{heavy}:stream:high"),
-        ];
-        assert_eq!(slot_groups(&cmds), vec![vec![0, 3], vec![1, 4], vec![2]]);
-        assert_eq!(first_key(&cmds[2]), None);
+            keyless,
+        ]
+        .iter()
+        .map(|cmd| first_key(cmd).map(slot_of))
+        .collect();
+        let (cpu, heavy) = (Some(slot_of("{cpu}")), Some(slot_of("{heavy}")));
+        assert_eq!(slots, [cpu, heavy, None, cpu, heavy, None]);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - `alerts`: the alerts stream, the fleet-wide alert locks and the
 //!   dead-letter counts they compare.
 //! - `dead`: the dead-letter streams.
+//! - `data_loss`: telling that Redis lost its data (the canaries), and the
+//!   record of the last loss.
 //! - `model_registry`: the model registry (records, uploaded files).
 //! - `schedules`: recurring schedules: put, pause, resume, remove, list,
 //!   the due ones, and firing a tick (fire.lua).
@@ -26,6 +28,7 @@
 mod alerts;
 mod claim;
 mod commit;
+mod data_loss;
 mod dead;
 mod lease;
 mod link;
@@ -53,6 +56,7 @@ use link::Link;
 pub use alerts::{ALERTS_MAXLEN, Alert, AlertEntry, AlertName, DeadGrowth};
 pub use claim::{Blocked, ClaimRequest, Claimed, ClaimedEntry, DeadConsumer, Verdict};
 pub use commit::{Committed, Completion, Disposition};
+pub use data_loss::{ClassData, DataCheck, DataLoss};
 pub use dead::DeadLetter;
 pub use link::Conn;
 pub use model_registry::{
@@ -146,6 +150,45 @@ pub(crate) fn is_unavailable_code(code: &str) -> bool {
         code,
         "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "READONLY" | "CLUSTERDOWN"
     )
+}
+
+/// True when a Redis Cluster reply says the command's slot is moving
+/// between masters, so the command did not run there and will run once it
+/// is sent where the slot is (`MOVED`, `ASK`) or once the keys it needs are
+/// together again (`TRYAGAIN`), and, for a Lua script, that it met a key
+/// that had already moved (Redis stops the script at that call, which it
+/// reports as an `ERR`). Such a script may have done its first writes:
+/// every queue operation is safe to repeat (see `Store::submit_many`), but
+/// a claim stopped after reading entries leaves them pending until their
+/// lease runs out (docs/operations.md, "Resharding").
+pub(crate) fn is_slot_moving(code: &str, detail: &str) -> bool {
+    matches!(code, "MOVED" | "ASK" | "TRYAGAIN")
+        || ([
+            // Redis 7: a key of the script's slot that is not here.
+            "attempted to access a non local key",
+            // A key not declared to EVAL, mid-migration.
+            "undeclared keys were accessed during rehashing",
+            "attempted to access a slot not served",
+            "while the cluster is down",
+        ]
+        .iter()
+        .any(|text| detail.contains(text)))
+}
+
+/// A reply in a command's place that says the cluster cannot serve it now
+/// (its slot is moving, or its master is failing over or loading): sent
+/// again, it will run.
+pub(crate) fn is_retryable_reply(err: &redis::ServerError) -> bool {
+    is_unavailable_code(err.code()) || is_slot_moving(err.code(), err.details().unwrap_or(""))
+}
+
+/// [`is_retryable_reply`] for an error redis-rs returned after its own
+/// retries (it follows `MOVED` and `ASK` and waits out `TRYAGAIN` a few
+/// times first).
+pub(crate) fn is_retryable_redirect(err: &RedisError) -> bool {
+    err.code().is_some_and(|code| {
+        is_unavailable_code(code) || is_slot_moving(code, err.detail().unwrap_or(""))
+    })
 }
 
 /// How long finished things stay in Redis, and how big notices get.
@@ -387,6 +430,39 @@ mod tests {
             wanted: 1,
         };
         assert!(!not_replicated.is_connection());
+    }
+
+    #[test]
+    fn a_moving_slot_is_told_from_a_script_error() {
+        use super::is_slot_moving;
+        let check = |code: &str, detail: &str, moving: bool| {
+            assert_eq!(is_slot_moving(code, detail), moving, "{code} {detail}");
+        };
+        check("MOVED", "9296 127.0.0.1:7745", true);
+        check("ASK", "9296 127.0.0.1:7745", true);
+        check(
+            "TRYAGAIN",
+            "Multiple keys request during rehashing of slot",
+            true,
+        );
+        // Issue 20: what a script meets when a key it touches moved.
+        check(
+            "ERR",
+            "Script attempted to access a non local key in a cluster node script: 7a1b..., on @user_script:88.",
+            true,
+        );
+        check(
+            "ERR",
+            "Unable to execute command 'hget' in script because undeclared keys were accessed during rehashing of the slot",
+            true,
+        );
+        check("ERR", "user_script:12: bad argument #1", false);
+        check(
+            "WRONGTYPE",
+            "Operation against a key holding the wrong kind of value",
+            false,
+        );
+        check("NOSCRIPT", "No matching script", false);
     }
 
     #[test]

@@ -10,8 +10,10 @@ use crate::keys::GROUP;
 use crate::wire::{WorkerInfo, worker_field};
 
 impl Store {
-    /// Writes a worker's registry record with a TTL and adds it to the set.
-    pub async fn heartbeat(&self, info: &WorkerInfo, ttl_ms: u64) -> Result<(), StoreError> {
+    /// Writes a worker's registry record with a TTL and adds it to the set;
+    /// true when the set held it already (false at the first heartbeat, and
+    /// after the registry was lost or the worker was dropped from it).
+    pub async fn heartbeat(&self, info: &WorkerInfo, ttl_ms: u64) -> Result<bool, StoreError> {
         let key = self.keys.worker(&info.id);
         let mut hset = redis::cmd("HSET");
         hset.arg(&key);
@@ -22,10 +24,13 @@ impl Store {
         expire.arg(&key).arg(ttl_ms);
         let mut sadd = redis::cmd("SADD");
         sadd.arg(self.keys.workers()).arg(&info.id);
+        let mut added = 0;
         for reply in self.pipeline(&[hset, expire, sadd]).await? {
-            reply_ok(reply)?;
+            if let Value::Int(n) = reply_ok(reply)? {
+                added = n;
+            }
         }
-        Ok(())
+        Ok(added == 0)
     }
 
     /// Removes a worker's registry record.

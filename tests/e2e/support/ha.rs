@@ -268,6 +268,51 @@ pub const SLOT_RANGES: [(u16, u16); 3] = [(0, 7000), (7001, 9000), (9001, 16383)
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisProcess>,
+    /// Replicas added by [`RedisCluster::add_replica`], apart from the
+    /// three masters so that indices and [`RedisCluster::len`] keep meaning
+    /// the masters.
+    replicas: Vec<RedisProcess>,
+}
+
+/// One cluster-enabled data node (not yet part of a cluster).
+fn cluster_node(role: &str) -> RedisProcess {
+    RedisProcess::start(role, |port, _| {
+        // The bus port is chosen, not port + 10000, which may be past
+        // 65535 for an ephemeral port.
+        let bus = std::iter::repeat_with(free_port)
+            .find(|bus| *bus != port)
+            .expect("a free port");
+        let mut args = data_node_args(port);
+        args.extend(
+            [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",
+                &bus.to_string(),
+                // Every node names itself 127.0.0.1 in CLUSTER SLOTS even
+                // before it has heard a MEET.
+                "--cluster-announce-ip",
+                "127.0.0.1",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args
+    })
+}
+
+/// The cluster bus port of a node [`cluster_node`] started.
+fn bus_port(node: &RedisProcess) -> u16 {
+    let args = &node.args;
+    args.iter()
+        .position(|a| a == "--cluster-port")
+        .and_then(|at| args.get(at + 1))
+        .and_then(|port| port.parse().ok())
+        .expect("bus port")
 }
 
 impl RedisCluster {
@@ -275,48 +320,110 @@ impl RedisCluster {
     /// every node reports `cluster_state:ok` and the same slot map.
     pub fn start() -> Self {
         let nodes: Vec<RedisProcess> = (0..3)
-            .map(|i| {
-                RedisProcess::start(&format!("cluster node {i}"), |port, _| {
-                    // The bus port is chosen, not port + 10000, which may be
-                    // past 65535 for an ephemeral port.
-                    let bus = std::iter::repeat_with(free_port)
-                        .find(|bus| *bus != port)
-                        .expect("a free port");
-                    let mut args = data_node_args(port);
-                    args.extend(
-                        [
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-config-file",
-                            "nodes.conf",
-                            "--cluster-node-timeout",
-                            "2000",
-                            "--cluster-port",
-                            &bus.to_string(),
-                            // Every node names itself 127.0.0.1 in CLUSTER
-                            // SLOTS even before it has heard a MEET.
-                            "--cluster-announce-ip",
-                            "127.0.0.1",
-                        ]
-                        .iter()
-                        .map(|s| s.to_string()),
-                    );
-                    args
-                })
-            })
+            .map(|i| cluster_node(&format!("cluster node {i}")))
             .collect();
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            replicas: Vec::new(),
+        };
         cluster.form();
         cluster
     }
 
     fn bus_port(&self, i: usize) -> u16 {
-        let args = &self.nodes[i].args;
-        args.iter()
-            .position(|a| a == "--cluster-port")
-            .and_then(|at| args.get(at + 1))
-            .and_then(|port| port.parse().ok())
-            .expect("bus port")
+        bus_port(&self.nodes[i])
+    }
+
+    /// Starts a replica of node `of` and waits until it is in sync and
+    /// every master knows it as a replica; returns its index for
+    /// [`RedisCluster::replica`].
+    pub fn add_replica(&mut self, of: usize) -> usize {
+        let index = self.replicas.len();
+        let replica = cluster_node(&format!("cluster replica {index} of node {of}"));
+        let master_id: String =
+            query(&self.nodes[of], redis::cmd("CLUSTER").arg("MYID")).expect("node id");
+        let _: () = query(
+            &self.nodes[0],
+            redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(replica.port)
+                .arg(bus_port(&replica)),
+        )
+        .expect("CLUSTER MEET the replica");
+        // The replica must have heard of its master before it can follow it.
+        wait_blocking(CLUSTER_UP, "the replica to follow its master", || {
+            query::<String>(
+                &replica,
+                redis::cmd("CLUSTER").arg("REPLICATE").arg(&master_id),
+            )
+            .map(|_| ())
+        });
+        let replica_id: String =
+            query(&replica, redis::cmd("CLUSTER").arg("MYID")).expect("node id");
+        wait_blocking(CLUSTER_UP, "the replica to sync and be known", || {
+            let info: String = query(&self.nodes[of], redis::cmd("INFO").arg("replication"))?;
+            let online = info_field(&info, "slave0").is_some_and(|slave| {
+                slave.contains(&format!("port={},", replica.port)) && slave.contains("state=online")
+            });
+            if !online {
+                return Err(info);
+            }
+            for (i, node) in self.nodes.iter().enumerate() {
+                let nodes: String = query(node, redis::cmd("CLUSTER").arg("NODES"))?;
+                let known = nodes.lines().any(|line| {
+                    line.starts_with(&replica_id)
+                        && line.contains("slave")
+                        && line.contains(&master_id)
+                });
+                if !known {
+                    return Err(format!("node {i} sees: {nodes}"));
+                }
+            }
+            Ok(())
+        });
+        self.replicas.push(replica);
+        index
+    }
+
+    /// Replica `i` (see [`RedisCluster::add_replica`]).
+    pub fn replica(&self, i: usize) -> &RedisProcess {
+        &self.replicas[i]
+    }
+
+    /// SIGKILLs node `i`: no shutdown, no save, as a crash.
+    pub fn kill_node(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Waits until replica `replica` serves `slot` as a master and every
+    /// live node agrees and says the cluster is ok again.
+    pub fn wait_promoted(&self, replica: usize, slot: u16, timeout: Duration) {
+        let promoted = &self.replicas[replica];
+        wait_blocking(timeout, "the replica to take over the slot", || {
+            let live = self
+                .nodes
+                .iter()
+                .filter(|node| node.try_conn().is_ok())
+                .chain(std::iter::once(promoted));
+            for node in live {
+                let info: String = query(node, redis::cmd("CLUSTER").arg("INFO"))?;
+                if info_field(&info, "cluster_state") != Some("ok") {
+                    return Err(format!("port {}: {info}", node.port));
+                }
+                let owner = cluster_slots(node)?
+                    .into_iter()
+                    .find(|(start, end, _, _)| (*start..=*end).contains(&i64::from(slot)))
+                    .map(|(_, _, _, port)| port);
+                if owner != Some(i64::from(promoted.port)) {
+                    return Err(format!(
+                        "port {} names port {owner:?} for slot {slot}",
+                        node.port
+                    ));
+                }
+            }
+            Ok(())
+        });
     }
 
     fn form(&self) {
@@ -419,6 +526,20 @@ impl RedisCluster {
     /// and MIGRATING, `MIGRATE` in batches, then the new owner everywhere.
     /// Afterwards [`RedisCluster::owner_of`] no longer tells the truth for it.
     pub fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        self.move_slot_paced(slot, from, to, 100, Duration::ZERO);
+    }
+
+    /// [`RedisCluster::move_slot`], `batch` keys per `MIGRATE` and a pause
+    /// after each, as a cautious operator's script does; returns how many
+    /// keys moved.
+    pub fn move_slot_paced(
+        &self,
+        slot: u16,
+        from: usize,
+        to: usize,
+        batch: usize,
+        pause: Duration,
+    ) -> usize {
         let id = |i: usize| -> String {
             query(&self.nodes[i], &redis::cmd("CLUSTER").arg("MYID").clone()).expect("node id")
         };
@@ -430,18 +551,20 @@ impl RedisCluster {
         };
         setslot(to, &["IMPORTING", &from_id]);
         setslot(from, &["MIGRATING", &to_id]);
+        let mut moved = 0;
         loop {
             let keys: Vec<String> = query(
                 &self.nodes[from],
                 redis::cmd("CLUSTER")
                     .arg("GETKEYSINSLOT")
                     .arg(slot)
-                    .arg(100),
+                    .arg(batch),
             )
             .expect("GETKEYSINSLOT");
             if keys.is_empty() {
                 break;
             }
+            moved += keys.len();
             let mut migrate = redis::cmd("MIGRATE");
             migrate
                 .arg("127.0.0.1")
@@ -452,10 +575,12 @@ impl RedisCluster {
                 .arg("KEYS")
                 .arg(&keys);
             query::<String>(&self.nodes[from], &migrate).expect("MIGRATE");
+            std::thread::sleep(pause);
         }
         for i in 0..self.nodes.len() {
             setslot(i, &["NODE", &to_id]);
         }
+        moved
     }
 
     pub fn is_empty(&self) -> bool {
@@ -694,6 +819,68 @@ impl SentinelSetup {
     /// SIGKILLs the process that started as the master.
     pub fn kill_master(&mut self) {
         self.master.kill();
+    }
+
+    /// SIGKILLs whichever data node the sentinels name as the master now;
+    /// returns the port of the other one, which they should promote.
+    pub async fn kill_current_master(&mut self) -> u16 {
+        if self.current_master_port().await == self.master.port {
+            self.master.kill();
+            self.replica.port
+        } else {
+            self.replica.kill();
+            self.master.port
+        }
+    }
+
+    /// Starts the data node that was killed again (empty: nothing was
+    /// persisted) and waits, as [`SentinelSetup::restart_old_master_as_replica`]
+    /// does, until the pair is whole again.
+    pub async fn restart_killed_as_replica(&mut self, timeout: Duration) {
+        if self.replica.child.is_none() {
+            std::mem::swap(&mut self.master, &mut self.replica);
+            self.restart_old_master_as_replica(timeout).await;
+            std::mem::swap(&mut self.master, &mut self.replica);
+        } else {
+            self.restart_old_master_as_replica(timeout).await;
+        }
+    }
+
+    /// Waits until every sentinel names the node on `port` as the master
+    /// and that node has taken the role.
+    pub async fn wait_failover_to(&self, port: u16, timeout: Duration) {
+        let node = if port == self.master.port {
+            &self.master
+        } else {
+            &self.replica
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut last = String::new();
+            let mut promoted = true;
+            for (i, sentinel) in self.sentinels.iter().enumerate() {
+                match sentinel_master_port(sentinel) {
+                    Ok(named) if named == port => {}
+                    other => {
+                        promoted = false;
+                        last = format!("sentinel {i}: {other:?}");
+                    }
+                }
+            }
+            if promoted {
+                let info: Result<String, String> =
+                    query(node, redis::cmd("INFO").arg("replication"));
+                match info {
+                    Ok(info) if info_field(&info, "role") == Some("master") => return,
+                    other => last = format!("node {port}: {other:?}"),
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failover to port {port} within {timeout:?}; last seen: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Starts the killed master again (empty: nothing was persisted) and
