@@ -106,11 +106,16 @@ pub static REQUEUE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("requeue.lua", lua!("requeue.lua")));
 pub static RELEASE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("release.lua", lua!("release.lua")));
+pub static PROMOTE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("promote.lua", lua!("promote.lua")));
+pub static FLOW: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("flow.lua", lua!("flow.lua")));
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 10] {
+pub fn all() -> [&'static LuaScript; 12] {
     [
         &SUBMIT, &CLAIM, &COMPLETE, &SPLIT, &CANCEL, &FIND, &EXTEND, &BURY, &REQUEUE, &RELEASE,
+        &PROMOTE, &FLOW,
     ]
 }
 

@@ -17,6 +17,7 @@ mod compose;
 mod compute;
 mod cpu_fallback;
 mod deadline;
+mod delayed;
 mod exit_codes;
 mod faults;
 #[cfg(feature = "gpu-tests")]

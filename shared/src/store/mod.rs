@@ -14,6 +14,8 @@
 //! - `alerts`: the alerts stream, the fleet-wide alert locks and the
 //!   dead-letter counts they compare.
 //! - `dead`: the dead-letter streams.
+//! - `flow`: flow control: promoting due delayed tasks, pauses, rate
+//!   limits, a class's flow state.
 //! - `model_registry`: the model registry (records, uploaded files).
 //! - `stats`: queue depths for the CLI, streams no worker reads; key
 //!   clean-up.
@@ -25,6 +27,7 @@ mod alerts;
 mod claim;
 mod commit;
 mod dead;
+mod flow;
 mod lease;
 mod link;
 mod model_registry;
@@ -51,6 +54,7 @@ pub use alerts::{ALERTS_MAXLEN, Alert, AlertEntry, AlertName, DeadGrowth};
 pub use claim::{Blocked, ClaimRequest, Claimed, ClaimedEntry, DeadConsumer, Verdict};
 pub use commit::{Committed, Completion, Disposition};
 pub use dead::DeadLetter;
+pub use flow::{FlowState, LimitState, PROMOTE_BATCH, Promoted};
 pub use link::Conn;
 pub use model_registry::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
