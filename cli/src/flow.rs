@@ -62,7 +62,10 @@ fn classes(class: Option<Class>) -> Vec<Class> {
 }
 
 fn pause_target(args: &PauseArgs) -> anyhow::Result<PauseTarget> {
-    let target: PauseTarget = args.target.parse().map_err(|e: tandem_shared::flow::FlowError| Usage(e.0))?;
+    let target: PauseTarget = args
+        .target
+        .parse()
+        .map_err(|e: tandem_shared::flow::FlowError| Usage(e.0))?;
     if let PauseTarget::Kind(name) = &target {
         check_kind(name, args.custom_kind)?;
     } else if args.class.is_some() {
@@ -118,7 +121,9 @@ pub(crate) async fn resume(config: &Config, args: PauseArgs) -> anyhow::Result<E
 
 pub(crate) async fn limit(config: &Config, command: LimitCommand) -> anyhow::Result<ExitCode> {
     let parse_target = |text: &str, custom: bool| -> anyhow::Result<LimitTarget> {
-        let target: LimitTarget = text.parse().map_err(|e: tandem_shared::flow::FlowError| Usage(e.0))?;
+        let target: LimitTarget = text
+            .parse()
+            .map_err(|e: tandem_shared::flow::FlowError| Usage(e.0))?;
         if let LimitTarget::Kind(name) = &target {
             check_kind(name, custom)?;
         }
@@ -132,7 +137,9 @@ pub(crate) async fn limit(config: &Config, command: LimitCommand) -> anyhow::Res
             custom_kind,
         } => {
             let target = parse_target(&target, custom_kind)?;
-            let rate: Rate = rate.parse().map_err(|e: tandem_shared::flow::FlowError| Usage(e.0))?;
+            let rate: Rate = rate
+                .parse()
+                .map_err(|e: tandem_shared::flow::FlowError| Usage(e.0))?;
             let store = Store::connect_retrying(config).await?;
             store.set_limit(&target, rate, &classes(class)).await?;
             println!(
@@ -169,11 +176,20 @@ pub(crate) async fn limit(config: &Config, command: LimitCommand) -> anyhow::Res
 
 /// One row per pause and limit: class, what, state, since / next start.
 pub(crate) fn flow_rows(classes: &[Class], states: &[FlowState]) -> Vec<Vec<String>> {
-    let mut rows = vec![["class", "flow control", "state", "detail"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["class", "flow control", "state", "detail"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for (class, state) in classes.iter().zip(states) {
         let since = |ms: u64| format!("since {} ago", table::age(state.now_ms.saturating_sub(ms)));
         if let Some(ms) = state.paused_since_ms {
-            rows.push(vec![class.to_string(), class.to_string(), "paused".into(), since(ms)]);
+            rows.push(vec![
+                class.to_string(),
+                class.to_string(),
+                "paused".into(),
+                since(ms),
+            ]);
         }
         for (priority, ms) in &state.paused_priorities {
             rows.push(vec![
