@@ -37,7 +37,7 @@ fn noop() -> Task {
     Task::of::<Noop>(&rmpv::Value::Nil).unwrap()
 }
 
-fn sleep(ms: u64) -> Task {
+fn sleep_task(ms: u64) -> Task {
     Task::of::<Sleep>(&SleepParams { ms }).unwrap()
 }
 
@@ -51,7 +51,7 @@ async fn a_paused_class_finishes_running_tasks_and_starts_nothing_until_resumed(
     let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "2")]).await;
     let producer = redis.producer().await;
 
-    let running = producer.submit(sleep(1_500)).await.unwrap();
+    let running = producer.submit(sleep_task(1_500)).await.unwrap();
     wait_until(Duration::from_secs(20), "the sleep runs", || {
         let producer = producer.clone();
         async move { status(&producer, running).await == Status::Running }
@@ -143,7 +143,7 @@ async fn a_paused_kind_is_held_without_blocking_the_kinds_behind_it() {
 
     // Sleeps first in the stream, then a noop: the noop runs.
     let sleeps = producer
-        .submit_many((0..3).map(|_| sleep(1)).collect())
+        .submit_many((0..3).map(|_| sleep_task(1)).collect())
         .await
         .unwrap();
     let after = producer.submit(noop()).await.unwrap();

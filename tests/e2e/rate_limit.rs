@@ -115,7 +115,7 @@ async fn a_limited_task_waits_parked_without_blocking_other_kinds_or_keys() {
         )
         .await
         .unwrap();
-    let sleep = |key: &str| {
+    let sleep_task = |key: &str| {
         Task::of::<Sleep>(&SleepParams { ms: 1 })
             .unwrap()
             .rate_key(key)
@@ -123,13 +123,13 @@ async fn a_limited_task_waits_parked_without_blocking_other_kinds_or_keys() {
     // Three for vendor-a first, then one for vendor-b and a noop.
     let a: Vec<TaskId> = producer
         .submit_many(vec![
-            sleep("vendor-a"),
-            sleep("vendor-a"),
-            sleep("vendor-a"),
+            sleep_task("vendor-a"),
+            sleep_task("vendor-a"),
+            sleep_task("vendor-a"),
         ])
         .await
         .unwrap();
-    let b = producer.submit(sleep("vendor-b")).await.unwrap();
+    let b = producer.submit(sleep_task("vendor-b")).await.unwrap();
     let other = producer.submit(noop()).await.unwrap();
     for id in [a[0], b, other] {
         let outcome = producer.wait(id, Duration::from_secs(30)).await.unwrap();
