@@ -379,6 +379,9 @@ mod tests {
             ("task:", id.clone(), keys.task(class, &id.parse().unwrap())),
             ("stream:", "high".into(), stream.clone()),
             ("reply:", "p1".into(), keys.reply(class, "p1")),
+            ("flow", String::new(), keys.flow(class)),
+            ("limit_tat", String::new(), keys.limit_tat(class)),
+            ("held:", "risk".into(), keys.held(class, "risk")),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
         let mut built = std::collections::BTreeSet::new();
