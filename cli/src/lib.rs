@@ -30,6 +30,7 @@
 
 mod alerts;
 mod bench;
+mod bench_flow;
 mod chaos;
 mod demo;
 mod dlq;
