@@ -71,6 +71,13 @@ async fn a_paused_class_finishes_running_tasks_and_starts_nothing_until_resumed(
         "{}",
         text(&queues.stdout)
     );
+    let workers = tandem(&redis, &["workers"]);
+    assert!(
+        text(&workers.stdout)
+            .contains("paused fleet-wide (nothing new of these starts; tandem resume ...): cpu"),
+        "{}",
+        text(&workers.stdout)
+    );
 
     // Producers still submit; the tasks wait.
     let held: Vec<TaskId> = producer
