@@ -176,8 +176,10 @@ pub(crate) async fn run(
             figures.push(f);
         }
     }
-    println!();
-    print!("{}", summary_table(&figures));
+    if !figures.is_empty() {
+        println!();
+        print!("{}", summary_table(&figures));
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&figures)?)
             .with_context(|| format!("writing {}", path.display()))?;

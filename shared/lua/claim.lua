@@ -423,8 +423,12 @@ end
 -- emission interval T = P / N, so starts are at least T apart. A task that
 -- must wait reserves its turn the same way (the time goes into the entry
 -- as `limit_slot_us`) and is parked until then; back in its stream it
--- starts on that reservation within T of it, else it queues again. So the
--- waiting tasks of a limit come back one per T, in order, without polling.
+-- starts on that reservation when claimed within T + RESERVATION_GRACE_US
+-- of it, else it queues again. So the waiting tasks of a limit come back
+-- one per T, in order, without polling, and a promotion a few ms late
+-- does not waste its turn (at 100/s T is 10 ms; a turn missed costs the
+-- rate one start).
+local RESERVATION_GRACE_US = 50000
 local function flow_hold(base, fields)
   local flow = flows[base]
   local kind = field(fields, 'kind') or ''
@@ -453,7 +457,7 @@ local function flow_hold(base, fields)
     for _, each in ipairs(intervals) do
       widest = math.max(widest, each)
     end
-    if clock >= slot and clock < slot + widest then
+    if clock >= slot and clock < slot + widest + RESERVATION_GRACE_US then
       return nil
     end
   end

@@ -87,11 +87,11 @@ async fn a_kind_limit_holds_fleet_wide_across_competing_workers() {
     }
     starts.sort_unstable();
     // GCRA without burst spaces starts 100 ms apart; a reserved turn may
-    // start up to one interval late, so a window of the period holds at
-    // most N + 1.
+    // start up to one interval and 50 ms late, so a window of the period
+    // holds at most N + 2.
     let most = most_in_window(&starts, 1_000);
     assert!(
-        most <= 11,
+        most <= 12,
         "{most} starts in one second under 10/s: {starts:?}"
     );
     let span = starts[TASKS - 1] - starts[0];
