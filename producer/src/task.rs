@@ -366,6 +366,33 @@ mod tests {
         assert_eq!(deadline.deadline_in_ms, Some(1));
     }
 
+    #[test]
+    fn delays_and_rate_keys_before_sending() {
+        let noop = || Task::raw("noop", vec![0xc0]);
+        let delayed = check(noop().delay(Duration::from_millis(1_500))).unwrap();
+        assert_eq!(delayed.run_at, Some(RunAt::In(1_500)));
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let timed = check(noop().delay(Duration::from_secs(1)).run_at(at)).unwrap();
+        assert_eq!(
+            timed.run_at,
+            Some(RunAt::At(1_800_000_000_000)),
+            "the last one set wins"
+        );
+        let early = UNIX_EPOCH - Duration::from_secs(1);
+        let err = check(noop().run_at(early)).unwrap_err();
+        assert!(err.to_string().contains("run_at"), "{err}");
+        let keyed = check(noop().rate_key("vendor-a")).unwrap();
+        assert_eq!(keyed.rate_key.as_deref(), Some("vendor-a"));
+        for bad in ["", "has space", "tab\there"] {
+            let err = check(noop().rate_key(bad)).unwrap_err();
+            assert!(err.to_string().contains("rate_key"), "{bad:?}: {err}");
+        }
+        let pairs = keyed.metadata("p", None);
+        assert!(pairs.contains(&("rate_key", "vendor-a".to_owned())));
+        let pairs = delayed.metadata("p", None);
+        assert!(pairs.contains(&("delay_ms", "1500".to_owned())));
+    }
+
     fn infer_params(model: &str) -> InferParams {
         InferParams {
             model: model.into(),
