@@ -157,6 +157,15 @@ async fn the_cli_submits_delayed_tasks_and_refuses_bad_times() {
     let producer = redis.producer().await;
     let record = producer.record(id).await.unwrap().unwrap();
     assert_eq!(record.run_at_ms, Some(32_501_233_800_000));
+    // A delayed task's deadline counts from its time.
+    let out = tandem(
+        &redis,
+        &["submit", "noop", "--delay", "1h", "--deadline-ms", "5000"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id: TaskId = text(&out.stdout).trim().parse().unwrap();
+    let record = producer.record(id).await.unwrap().unwrap();
+    assert_eq!(record.deadline_ms, Some(record.run_at_ms.unwrap() + 5_000));
 
     for (args, complaint) in [
         (vec!["--delay", "-5s"], "negative"),
@@ -228,7 +237,9 @@ async fn raw_redis_submits_a_delayed_task_per_the_wire_format() {
     let producer = redis.producer().await;
     let outcome = producer.wait(id, Duration::from_secs(30)).await.unwrap();
     assert_eq!(outcome.status, Status::Succeeded);
-    assert!(outcome.record.started_at_ms.unwrap() >= outcome.record.run_at_ms.unwrap());
+    // A completion notice does not repeat `run_at_ms`; the record has it.
+    let record = producer.record(id).await.unwrap().unwrap();
+    assert!(record.started_at_ms.unwrap() >= record.run_at_ms.unwrap());
 }
 
 /// Two workers' promoters race for the same due tasks: each task enters
@@ -275,4 +286,68 @@ async fn entries_added(conn: &mut redis::aio::MultiplexedConnection, stream: &st
         }
     }
     panic!("XINFO STREAM {stream} has no entries-added")
+}
+
+/// On a Redis Cluster (each class its own slot): a delayed task is promoted
+/// by the worker's promoter, a kind's pause written to every class holds,
+/// and a key's limit parks a second task; all through the cluster client.
+#[tokio::test]
+async fn delayed_tasks_pauses_and_limits_work_on_a_cluster() {
+    use tandem_shared::flow::{LimitTarget, PauseTarget};
+    let cluster = crate::support::ha::RedisCluster::start();
+    let config = cluster.config();
+    let producer = tandem_producer::Producer::connect(&config).await.unwrap();
+    let mut worker_env: Vec<(&str, &str)> = vec![("TANDEM_CLASSES", "cpu")];
+    worker_env.push(("TANDEM_DEVICE", "cpu"));
+    let _worker = WorkerProcess::spawn_with(&cluster.env(), &worker_env);
+
+    let delayed = producer
+        .submit(noop().delay(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    let outcome = producer
+        .wait(delayed, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, Status::Succeeded);
+    // A completion notice does not repeat `run_at_ms`; the record has it.
+    let record = producer.record(delayed).await.unwrap().unwrap();
+    assert!(record.started_at_ms.unwrap() >= record.run_at_ms.unwrap());
+
+    let sleep = PauseTarget::Kind("sleep".into());
+    assert_eq!(
+        producer.pause(&sleep).await.unwrap(),
+        4,
+        "paused in every class"
+    );
+    let held = producer
+        .submit(
+            Task::of::<tandem_shared::kind::builtin::Sleep>(
+                &tandem_shared::kind::builtin::SleepParams { ms: 1 },
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    producer
+        .set_rate_limit(&LimitTarget::Key("k".into()), "1/h".parse().unwrap())
+        .await
+        .unwrap();
+    let ids = producer
+        .submit_many(vec![noop().rate_key("k"), noop().rate_key("k")])
+        .await
+        .unwrap();
+    producer
+        .wait(ids[0], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let after = producer.submit(noop()).await.unwrap();
+    producer.wait(after, Duration::from_secs(60)).await.unwrap();
+    let record = producer.record(ids[1]).await.unwrap().unwrap();
+    assert_eq!(record.delay_reason, Some(DelayReason::Limited));
+    let record = producer.record(held).await.unwrap().unwrap();
+    assert_eq!(record.delay_reason, Some(DelayReason::Paused));
+    assert_eq!(producer.resume(&sleep).await.unwrap(), (4, 1));
+    let outcome = producer.wait(held, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(outcome.status, Status::Succeeded);
 }
