@@ -2,7 +2,8 @@
 -- `<base>flow` hash holds pauses (`pause`, `pause:priority:<p>`,
 -- `pause:kind:<k>`, each valued by when it began, ms) and rate limits
 -- (`limit:kind:<k>`, `limit:key:<k>`, valued `N/P`: at most N starts per P
--- ms). The claim script reads it; see docs/wire-format.md.
+-- ms). The claim script reads it; see docs/wire-format.md. Removing a
+-- limit also removes its state from `<base>limit_tat`.
 --
 -- KEYS[1] the class's flow hash
 -- ARGV[1] `pause`, `resume`, `limit` or `unlimit`
@@ -47,6 +48,11 @@ elseif op == 'limit' then
   redis.call('HSET', KEYS[1], name, ARGV[3])
   return {changed and 1 or 0, 0}
 elseif op == 'unlimit' then
+  -- Its state goes too (tasks it parked keep their reserved turns).
+  local target = string.match(name, '^limit:(.+)$')
+  if target and redis.call('TYPE', base .. 'limit_tat')['ok'] == 'hash' then
+    redis.call('HDEL', base .. 'limit_tat', target)
+  end
   return {redis.call('HDEL', KEYS[1], name), 0}
 end
 

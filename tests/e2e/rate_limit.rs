@@ -176,6 +176,23 @@ async fn a_limited_task_waits_parked_without_blocking_other_kinds_or_keys() {
     );
     let parked: u64 = conn.zcard("tandem:{cpu}:delayed").await.unwrap();
     assert_eq!(parked, 1);
+    let out = tandem(&redis, &["limit", "rm", "key:vendor-a"]);
+    assert!(
+        text(&out.stdout).contains("key:vendor-a: no limit"),
+        "{}",
+        text(&out.stdout)
+    );
+    let state: bool = conn
+        .hexists("tandem:{cpu}:limit_tat", "key:vendor-a")
+        .await
+        .unwrap();
+    assert!(!state, "a removed limit leaves no state");
+    let out = tandem(&redis, &["limit", "rm", "key:vendor-a"]);
+    assert!(
+        text(&out.stdout).contains("had no limit"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 /// A worker SIGKILLed while a rate-limited task waits: the task is not the
