@@ -351,3 +351,53 @@ async fn delayed_tasks_pauses_and_limits_work_on_a_cluster() {
     let outcome = producer.wait(held, Duration::from_secs(60)).await.unwrap();
     assert_eq!(outcome.status, Status::Succeeded);
 }
+
+/// A producer that writes entries with `XADD` itself delays a task by hand,
+/// in one `MULTI`, as docs/wire-format.md's "Flow control" says.
+#[tokio::test]
+async fn a_task_delayed_by_hand_in_one_multi_runs_at_its_time() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let mut conn = redis.conn().await;
+    let id = TaskId::new();
+    let now: u64 = {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        secs * 1000 + micros / 1000
+    };
+    let due = now + 400;
+    let record = format!("tandem:{{cpu}}:task:{id}");
+    let _: () = redis::pipe()
+        .atomic()
+        .hset_multiple(
+            format!("tandem:{{cpu}}:retry:{id}"),
+            &[
+                ("version", "2"),
+                ("id", &id.to_string()),
+                // No `params`: absent reads as nil.
+                ("kind", "noop"),
+            ],
+        )
+        .zadd(DELAYED, id.to_string(), due)
+        .hset_multiple(
+            &record,
+            &[
+                ("status", "delayed"),
+                ("kind", "noop"),
+                ("class", "cpu"),
+                ("priority", "normal"),
+                ("delay_reason", "scheduled"),
+                ("retry_at_ms", &due.to_string()),
+                ("retry_stream", STREAM),
+            ],
+        )
+        .publish("tandem:promote", "tandem:{cpu}:")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let producer = redis.producer().await;
+    let outcome = producer.wait(id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(outcome.status, Status::Succeeded);
+    let record = producer.record(id).await.unwrap().unwrap();
+    assert!(record.started_at_ms.unwrap() >= due);
+    assert_eq!(record.attempt, Some(1));
+}
