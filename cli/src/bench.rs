@@ -14,6 +14,11 @@
 //! when its producer's `wait` returned, i.e. the result is committed and
 //! acknowledged in Redis and the producer was notified. Latency is measured
 //! from just before the submit call to that moment.
+//!
+//! Two phases measure flow control instead, and run only when named
+//! (`--phases delayed,rate-limit`; see `bench_flow`): how late delayed
+//! tasks enter their streams and start, and how close a rate limit's start
+//! rate stays to the limit with workers competing.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +41,12 @@ pub enum Phase {
     Enqueue,
     Drain,
     Latency,
+    /// Delayed tasks: lateness of promotion and start (`--n` tasks due
+    /// over `--duration` s, `--backlog` more a day ahead).
+    Delayed,
+    /// A rate limit of `--rate`/s on the no-op kind, `--workers`
+    /// competing, for `--duration` s.
+    RateLimit,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -70,6 +81,10 @@ pub struct BenchArgs {
     /// Runs of each phase; the table shows the median and the range.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// For the delayed phase: delayed tasks waiting a day ahead in the same
+    /// set while it runs.
+    #[arg(long, default_value_t = 0)]
+    pub backlog: usize,
     /// Also write every run's figures to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -129,6 +144,24 @@ pub(crate) async fn run(
 
     let mut figures = Vec::new();
     for &phase in &args.phases {
+        if matches!(phase, Phase::Delayed | Phase::RateLimit) {
+            for run in 1..=args.runs {
+                let base = config.prefix.clone();
+                config.prefix = format!("{base}-bench-{}-{run}", std::process::id());
+                let outcome = if phase == Phase::Delayed {
+                    super::bench_flow::delayed(&config, &args).await
+                } else {
+                    super::bench_flow::rate_limit(&config, &args).await
+                };
+                let store = Store::connect(&config).await?;
+                if let Err(err) = store.purge_prefix().await {
+                    tracing::warn!("cannot delete the run's keys: {err}");
+                }
+                config.prefix = base;
+                outcome.with_context(|| format!("{phase:?} run {run}"))?;
+            }
+            continue;
+        }
         for run in 1..=args.runs {
             let base = config.prefix.clone();
             config.prefix = format!("{base}-bench-{}-{run}", std::process::id());
@@ -143,8 +176,10 @@ pub(crate) async fn run(
             figures.push(f);
         }
     }
-    println!();
-    print!("{}", summary_table(&figures));
+    if !figures.is_empty() {
+        println!();
+        print!("{}", summary_table(&figures));
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&figures)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -218,6 +253,9 @@ async fn one_run(
             figures.failed = timings.iter().filter(|t| !t.ok).count();
             latencies(&mut figures, &timings);
             figures.tasks = args.n;
+        }
+        Phase::Delayed | Phase::RateLimit => {
+            anyhow::bail!("the {phase:?} phase is run by bench_flow")
         }
         Phase::Latency => {
             _workers = start_workers(&store, args.workers, &env).await?;
@@ -469,6 +507,8 @@ fn summary_table(figures: &[RunFigures]) -> String {
             Phase::Enqueue => "enqueue, then consume",
             Phase::Drain => "drain",
             Phase::Latency => "latency",
+            Phase::Delayed => "delayed",
+            Phase::RateLimit => "rate-limit",
         };
         rows.push(vec![
             name.to_owned(),

@@ -32,10 +32,12 @@
 
 mod alerts;
 mod bench;
+mod bench_flow;
 mod chaos;
 mod demo;
 mod dlq;
 mod errors;
+mod flow;
 mod kinds;
 mod local;
 mod model;
@@ -59,6 +61,7 @@ pub use bench::BenchArgs;
 pub use chaos::ChaosArgs;
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
+pub use flow::{LimitCommand, PauseArgs};
 pub use kinds::KindsArgs;
 pub use model::{ModelCommand, NewArgs as ModelNewArgs};
 pub use scaling::ScalingArgs;
@@ -110,8 +113,18 @@ pub enum Command {
     Task(TaskViewArgs),
     /// Cancel a task.
     Cancel(TaskArgs),
-    /// Per stream: waiting, pending, consumers, oldest waiting age.
+    /// Per stream: waiting, pending, consumers, oldest waiting age; then
+    /// delayed tasks, pauses and rate limits.
     Queues,
+    /// Pause a class (heavy), a class and priority (heavy:high) or a kind
+    /// (kind:risk) fleet-wide: running tasks finish, nothing new starts,
+    /// submitting still works.
+    Pause(PauseArgs),
+    /// Resume what `tandem pause` paused.
+    Resume(PauseArgs),
+    /// Fleet-wide rate limits per kind or per key: set, rm, list.
+    #[command(subcommand)]
+    Limit(LimitCommand),
     /// The live workers: device, role, health, utilization, memory,
     /// temperature, power, tasks, tasks/s, and the kinds a GPU worker runs
     /// on its CPU because its kernels or cuBLAS did not load.
@@ -222,6 +235,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Task(args) => tasks::task(&config, args).await,
             Command::Cancel(args) => tasks::cancel(&config, args).await,
             Command::Queues => queues::run(&config).await,
+            Command::Pause(args) => flow::pause(&config, args).await,
+            Command::Resume(args) => flow::resume(&config, args).await,
+            Command::Limit(command) => flow::limit(&config, command).await,
             Command::Workers(args) => workers::run(&config, args).await,
             Command::Top(args) => top::run(&config, args).await,
             Command::Alerts(args) => alerts::run(&config, args).await,

@@ -1,5 +1,6 @@
-//! `tandem queues`: what waits where, and what waits in streams no worker
-//! reads.
+//! `tandem queues`: what waits where (streams, then delayed sets), what is
+//! paused or rate-limited and when a limit next starts a task, and what
+//! waits in streams no worker reads.
 
 use std::process::ExitCode;
 
@@ -48,6 +49,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         table::thousands(waiting),
         table::thousands(pending)
     );
+    print_flow(&store).await?;
     print_unknown_streams(&store).await?;
     if let Some(homes) = store.class_homes(Class::ALL).await? {
         // Redis Cluster: each class is one hash slot on one master.
@@ -69,6 +71,51 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
 pub(crate) async fn print_data_loss(store: &Store) -> anyhow::Result<()> {
     if let Some(loss) = store.data_loss().await? {
         println!("{}\n", data_loss_line(&loss));
+    }
+    Ok(())
+}
+
+/// Delayed tasks per class, then every pause and rate limit.
+async fn print_flow(store: &Store) -> anyhow::Result<()> {
+    let states = store.flow_states(Class::ALL).await?;
+    let mut rows = vec![
+        ["class", "delayed", "next due", "paused"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for (class, state) in Class::ALL.iter().zip(&states) {
+        if state.delayed == 0 && state.is_free() {
+            continue;
+        }
+        let mut paused: Vec<String> = Vec::new();
+        if state.paused_since_ms.is_some() {
+            paused.push("whole class".into());
+        }
+        paused.extend(state.paused_priorities.iter().map(|(p, _)| p.to_string()));
+        paused.extend(state.paused_kinds.iter().map(|(k, _)| format!("kind:{k}")));
+        rows.push(vec![
+            class.to_string(),
+            table::thousands(state.delayed),
+            state.next_due_ms.map_or_else(
+                || "-".to_owned(),
+                |ms| match ms.checked_sub(state.now_ms) {
+                    Some(ahead) if ahead > 0 => format!("in {}", table::age(ahead)),
+                    _ => "now".to_owned(),
+                },
+            ),
+            if paused.is_empty() {
+                "-".to_owned()
+            } else {
+                paused.join(", ")
+            },
+        ]);
+    }
+    if rows.len() > 1 {
+        print!("\n{}", table::render(&rows));
+    }
+    let flow = super::flow::flow_rows(Class::ALL, &states);
+    if flow.len() > 1 {
+        print!("\n{}", table::render(&flow));
     }
     Ok(())
 }

@@ -37,6 +37,18 @@ pub struct SubmitArgs {
     /// the kind's estimate.
     #[arg(long, value_parser = parse_memory)]
     pub memory_bytes: Option<u64>,
+    /// Run it later: this long after submission, e.g. 30s, 5m, 1h30m,
+    /// 250ms (a delayed task; its status is `delayed` until then).
+    #[arg(long, value_parser = parse_delay, conflicts_with = "at", allow_hyphen_values = true)]
+    pub delay: Option<Duration>,
+    /// Run it at this time, RFC 3339 with an offset, e.g.
+    /// 2026-12-03T17:30:00Z or 2026-12-03T12:30:00-05:00.
+    #[arg(long, value_parser = parse_at)]
+    pub at: Option<std::time::SystemTime>,
+    /// Count it against this key's rate limit (`tandem limit set
+    /// key:<key> ...`) besides its kind's: a tenant, a vendor, a symbol.
+    #[arg(long)]
+    pub rate_key: Option<String>,
     /// Wait for the outcome and print it.
     #[arg(long)]
     pub wait: bool,
@@ -83,6 +95,15 @@ pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<
     }
     if let Some(bytes) = args.memory_bytes {
         task = task.memory_bytes(bytes);
+    }
+    if let Some(after) = args.delay {
+        task = task.delay(after);
+    }
+    if let Some(time) = args.at {
+        task = task.run_at(time);
+    }
+    if let Some(key) = args.rate_key {
+        task = task.rate_key(key);
     }
     let producer = Producer::connect(config).await?;
     let id = producer.submit(task).await.map_err(for_the_shell)?;
@@ -253,6 +274,43 @@ fn exit_code(outcome: &TaskOutcome) -> ExitCode {
 }
 
 /// `--memory-bytes`: plain bytes or a size, read as simulated GPUs' sizes are.
+/// Why and until when a delayed task waits, as a line of text.
+fn delayed_text(record: &TaskRecord) -> String {
+    use tandem_shared::task::DelayReason;
+    let until = record
+        .retry_at_ms
+        .map_or_else(String::new, |ms| format!(" until {}", table::time(ms)));
+    match record.delay_reason {
+        Some(DelayReason::Scheduled) | None => format!("scheduled{until}"),
+        Some(DelayReason::Limited) => format!("rate-limited: its turn comes{until}"),
+        Some(DelayReason::Paused) => "held: its kind is paused (tandem resume kind:...)".to_owned(),
+    }
+}
+
+/// `--delay`: a duration in jiff's friendly form (30s, 5m, 1h30m, 250ms,
+/// "2 hours"), not negative.
+fn parse_delay(text: &str) -> Result<Duration, String> {
+    let signed: jiff::SignedDuration = text.trim().parse().map_err(|e| {
+        format!("{text:?} is not a duration ({e}); write it like 30s, 5m, 1h30m or 250ms")
+    })?;
+    if signed.is_negative() {
+        return Err(format!(
+            "{text:?} is negative; a delay is 0 or more (to run at once, leave it out)"
+        ));
+    }
+    Duration::try_from(signed).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// `--at`: an RFC 3339 time with an offset (Z or +hh:mm).
+fn parse_at(text: &str) -> Result<std::time::SystemTime, String> {
+    let time: jiff::Timestamp = text.trim().parse().map_err(|e| {
+        format!(
+            "{text:?} is not a time with an offset ({e}); write it like 2026-12-03T17:30:00Z or 2026-12-03T12:30:00-05:00"
+        )
+    })?;
+    Ok(std::time::SystemTime::from(time))
+}
+
 fn parse_memory(text: &str) -> Result<u64, String> {
     tandem_shared::device::parse_size(text)
 }
@@ -371,6 +429,11 @@ fn story_json(record: &TaskRecord, attempts: &[Attempt]) -> serde_json::Value {
         "hand_backs": hand_backs,
         "retries": retries,
         "retry_at_ms": record.retry_at_ms,
+        "delayed": {
+            "reason": text(record.delay_reason.map(|r| r.to_string())),
+            "run_at_ms": record.run_at_ms,
+            "rate_key": record.rate_key,
+        },
         "split": {
             "shards": record.shards,
             "shards_done": record.shards_done,
@@ -484,6 +547,14 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
         .filter(|_| record.status == Some(Status::Retrying))
     {
         line("retry due", offset(Some(due)));
+    }
+    if record.status == Some(Status::Delayed) {
+        line("delayed", delayed_text(record));
+    } else if let Some(ms) = record.run_at_ms {
+        line("run at", table::time(ms));
+    }
+    if let Some(key) = &record.rate_key {
+        line("rate key", key.clone());
     }
     if let Some(ms) = record.cancel_requested_at_ms {
         line("cancel asked", offset(Some(ms)));
@@ -682,6 +753,9 @@ fn record_text(record: &TaskRecord) -> String {
         row("shard of", format!("{parent} (shard {shard})"));
     }
     row("submitted", opt(time(record.submitted_at_ms)));
+    if record.status == Some(Status::Delayed) {
+        row("delayed", delayed_text(record));
+    }
     if let Some(deadline) = record.deadline_ms {
         row("deadline", table::time(deadline));
     }

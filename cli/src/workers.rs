@@ -9,10 +9,10 @@ use clap::Args;
 use serde_json::json;
 use tandem_shared::clock::now_ms;
 
-use tandem_shared::Config;
 use tandem_shared::device::Health;
 use tandem_shared::store::Store;
 use tandem_shared::wire::WorkerInfo;
+use tandem_shared::{Class, Config};
 
 use super::table;
 
@@ -67,6 +67,33 @@ pub(crate) async fn run(config: &Config, args: WorkersArgs) -> anyhow::Result<Ex
             w.id,
             w.kernels_off.join(", "),
             w.kernels_off_why
+        );
+    }
+    // Pauses are the fleet's, not a worker's: every worker of a paused
+    // class starts nothing of it.
+    let states = store.flow_states(Class::ALL).await?;
+    let mut paused = Vec::new();
+    for (class, state) in Class::ALL.iter().zip(&states) {
+        if state.paused_since_ms.is_some() {
+            paused.push(class.to_string());
+        }
+        paused.extend(
+            state
+                .paused_priorities
+                .iter()
+                .map(|(p, _)| format!("{class}:{p}")),
+        );
+        paused.extend(
+            state
+                .paused_kinds
+                .iter()
+                .map(|(k, _)| format!("kind:{k} in {class}")),
+        );
+    }
+    if !paused.is_empty() {
+        println!(
+            "paused fleet-wide (nothing new of these starts; tandem resume ...): {}",
+            paused.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //!
-//! - [`Producer`]: the connection; submit, wait, status, cancel.
+//! - [`Producer`]: the connection; submit (now or delayed), wait, status,
+//!   cancel; pause, resume and rate limits.
 //! - [`TaskHandle`]: an awaitable task (`handle.await`), from
 //!   [`Producer::submit_handle`] or [`Producer::handle`].
 //! - `listener`: the reply-stream listener that hands completion notices to

@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tandem_shared::flow::{LimitTarget, PauseTarget, Rate};
 use tandem_shared::signature::Signer;
 use tandem_shared::store::{self, CancelOutcome, ModelStoreError, Store, StoreError, Submitted};
 use tandem_shared::wire::{NewTask, TaskRecord};
@@ -378,6 +379,34 @@ impl Producer {
     /// stop and ends as `cancelled`.
     pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, ProducerError> {
         Ok(self.inner.retry(|| self.inner.store.cancel(&id)).await?)
+    }
+
+    /// Pauses `target` fleet-wide: running tasks finish, nothing it covers
+    /// starts, submitting still works. A kind is paused in every class.
+    /// Returns how many classes were not paused for it before.
+    pub async fn pause(&self, target: &PauseTarget) -> Result<u64, ProducerError> {
+        Ok(self.inner.store.pause(target, Class::ALL).await?)
+    }
+
+    /// Resumes `target`; the tasks a paused kind held run. Returns how many
+    /// classes it was paused in, and the held tasks released.
+    pub async fn resume(&self, target: &PauseTarget) -> Result<(u64, u64), ProducerError> {
+        Ok(self.inner.store.resume(target, Class::ALL).await?)
+    }
+
+    /// Sets a fleet-wide rate limit: at most `rate` starts of `target`'s
+    /// tasks, in each class (see [`tandem_shared::flow`]).
+    pub async fn set_rate_limit(
+        &self,
+        target: &LimitTarget,
+        rate: Rate,
+    ) -> Result<(), ProducerError> {
+        Ok(self.inner.store.set_limit(target, rate, Class::ALL).await?)
+    }
+
+    /// Removes a rate limit; returns how many classes had it.
+    pub async fn remove_rate_limit(&self, target: &LimitTarget) -> Result<u64, ProducerError> {
+        Ok(self.inner.store.remove_limit(target, Class::ALL).await?)
     }
 
     /// Waits for a task with no wait registered yet: registers, reads the

@@ -1,11 +1,12 @@
 //! [`Task`]: what a producer submits, built and checked before it is sent.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tandem_shared::kind;
 use tandem_shared::kind::KindSpec;
 use tandem_shared::kind::model_kinds::{Infer, Train};
+use tandem_shared::wire::RunAt;
 use tandem_shared::{Class, Priority, TaskId, msgpack};
 
 use crate::error::ProducerError;
@@ -54,6 +55,15 @@ pub struct Task {
     pub(crate) memory_bytes: u64,
     pub(crate) deadline: Option<Duration>,
     pub(crate) idempotency_key: Option<String>,
+    pub(crate) run_at: Option<When>,
+    pub(crate) rate_key: Option<String>,
+}
+
+/// When a delayed task is to run, as the producer was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    In(Duration),
+    At(SystemTime),
 }
 
 impl Task {
@@ -91,6 +101,8 @@ impl Task {
             memory_bytes: 0,
             deadline: None,
             idempotency_key: None,
+            run_at: None,
+            rate_key: None,
         }
     }
 
@@ -122,6 +134,30 @@ impl Task {
     /// clock) never starts and ends as `expired`.
     pub fn deadline(mut self, within: Duration) -> Self {
         self.deadline = Some(within);
+        self
+    }
+
+    /// A delayed task: it enters its stream this long after Redis accepts
+    /// it (by the Redis clock), and no worker sees it before. Until then its
+    /// status is `delayed`; cancel works on it. A deadline counts from that
+    /// time. Replaces an earlier [`Task::run_at`].
+    pub fn delay(mut self, after: Duration) -> Self {
+        self.run_at = Some(When::In(after));
+        self
+    }
+
+    /// A delayed task that runs at `time` (by the Redis clock); a time past
+    /// runs it at once. See [`Task::delay`].
+    pub fn run_at(mut self, time: SystemTime) -> Self {
+        self.run_at = Some(When::At(time));
+        self
+    }
+
+    /// Counts the task against the rate limit of this key (a tenant, a
+    /// vendor, a symbol: `tandem limit set key:<key> 100/s`) besides its
+    /// kind's. Without a limit on the key it changes nothing.
+    pub fn rate_key(mut self, key: impl Into<String>) -> Self {
+        self.rate_key = Some(key.into());
         self
     }
 
@@ -200,6 +236,24 @@ impl Task {
         {
             return Err(ProducerError::BadIdempotencyKey(key.clone()));
         }
+        if let Some(key) = &self.rate_key {
+            tandem_shared::flow::check_name("rate_key", key).map_err(|e| bad(e.0))?;
+        }
+        let run_at = match self.run_at {
+            None => None,
+            Some(When::In(after)) => Some(RunAt::In(
+                u64::try_from(after.as_millis())
+                    .map_err(|_| bad(format!("delay {after:?} is too long")))?,
+            )),
+            Some(When::At(time)) => Some(RunAt::At(
+                time.duration_since(UNIX_EPOCH)
+                    .ok()
+                    .and_then(|since| u64::try_from(since.as_millis()).ok())
+                    .ok_or_else(|| {
+                        bad(format!("run_at {time:?} is before 1970 or too far ahead"))
+                    })?,
+            )),
+        };
         if self.max_attempts == Some(0) {
             return Err(bad("max_attempts must be at least 1".into()));
         }
@@ -225,6 +279,8 @@ impl Task {
             idempotency_key: self.idempotency_key,
             params: self.params,
             signature: None,
+            run_at,
+            rate_key: self.rate_key,
         })
     }
 }
@@ -308,6 +364,33 @@ mod tests {
         let deadline =
             check(Task::raw("noop", vec![]).deadline(Duration::from_micros(10))).unwrap();
         assert_eq!(deadline.deadline_in_ms, Some(1));
+    }
+
+    #[test]
+    fn delays_and_rate_keys_before_sending() {
+        let noop = || Task::raw("noop", vec![0xc0]);
+        let delayed = check(noop().delay(Duration::from_millis(1_500))).unwrap();
+        assert_eq!(delayed.run_at, Some(RunAt::In(1_500)));
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let timed = check(noop().delay(Duration::from_secs(1)).run_at(at)).unwrap();
+        assert_eq!(
+            timed.run_at,
+            Some(RunAt::At(1_800_000_000_000)),
+            "the last one set wins"
+        );
+        let early = UNIX_EPOCH - Duration::from_secs(1);
+        let err = check(noop().run_at(early)).unwrap_err();
+        assert!(err.to_string().contains("run_at"), "{err}");
+        let keyed = check(noop().rate_key("vendor-a")).unwrap();
+        assert_eq!(keyed.rate_key.as_deref(), Some("vendor-a"));
+        for bad in ["", "has space", "tab\there"] {
+            let err = check(noop().rate_key(bad)).unwrap_err();
+            assert!(err.to_string().contains("rate_key"), "{bad:?}: {err}");
+        }
+        let pairs = keyed.metadata("p", None);
+        assert!(pairs.contains(&("rate_key", "vendor-a".to_owned())));
+        let pairs = delayed.metadata("p", None);
+        assert!(pairs.contains(&("delay_ms", "1500".to_owned())));
     }
 
     fn infer_params(model: &str) -> InferParams {

@@ -1,6 +1,8 @@
 -- Cancels a task. A queued task is finished as `cancelled` at once and its
 -- entry deleted, so no worker ever starts it; a task waiting for a retry
--- leaves the delayed set the same way. A running task gets
+-- leaves the delayed set the same way, and so does a delayed task
+-- (scheduled for later, parked by a rate limit, or held by a paused kind:
+-- it leaves `<base>held:<kind>`). A running task gets
 -- `cancel_requested_at_ms`, and its id is published so the worker running it
 -- stops it; the worker's commit then records `cancelled`. A split task
 -- whose shards are running (no worker holds the parent) is cancelled at
@@ -37,10 +39,14 @@ if status == 'running' and not waiting_for_shards then
   return {'requested'}
 end
 
-local found = redis.call('HMGET', KEYS[1], 'entry', 'priority', 'reply_to')
-local entry, priority, reply_to = found[1], found[2], found[3]
+local found = redis.call('HMGET', KEYS[1], 'entry', 'priority', 'reply_to', 'kind')
+local entry, priority, reply_to, kind = found[1], found[2], found[3], found[4]
 local base = string.match(KEYS[1], '^(.*:)task:[^:]+$')
 local checks = {base .. 'delayed', 'zset'}
+if status == 'delayed' and kind then
+  checks[#checks + 1] = base .. 'held:' .. kind
+  checks[#checks + 1] = 'zset'
+end
 if priority then
   checks[#checks + 1] = base .. 'stream:' .. priority
   checks[#checks + 1] = 'stream'
@@ -54,13 +60,17 @@ if problem then
 end
 local outcome = {'status', 'cancelled', 'finished_at_ms', int(now),
   'error_code', 'CANCELLED', 'error_message', waiting_for_shards and 'cancelled by a producer while its shards ran'
+  or (status == 'delayed' and 'cancelled by a producer while it was delayed')
   or 'cancelled by a producer before it started'}
 redis.call('HSET', KEYS[1], unpack(outcome))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if status == 'retrying' then
+if status == 'retrying' or status == 'delayed' then
   redis.call('ZREM', base .. 'delayed', ARGV[5])
+  if kind then
+    redis.call('ZREM', base .. 'held:' .. kind, ARGV[5])
+  end
   redis.call('DEL', base .. 'retry:' .. ARGV[5])
-  redis.call('HDEL', KEYS[1], 'retry_at_ms', 'retry_stream')
+  redis.call('HDEL', KEYS[1], 'retry_at_ms', 'retry_stream', 'delay_reason')
 elseif entry and priority then
   redis.call('XDEL', base .. 'stream:' .. priority, entry)
 end

@@ -79,6 +79,73 @@
 -- off), N > 0 (a clause admits it in N ms), -1 (it does not fit the free
 -- memory), -2 (no clause admits it).
 
+-- Flow control, read before anything is written: each class's
+-- `<base>flow` hash (written by `tandem pause` and `tandem limit`; see
+-- docs/wire-format.md) holds its pauses and rate limits. An empty or
+-- absent hash (the usual case) costs one HGETALL per class and nothing per
+-- entry. A paused class or priority is passed over like a stream whose
+-- rule is off; a paused kind's entries and rate-limited entries are parked
+-- (see park in common.lua) as they are read, so they hold no slot and do
+-- not block the entries behind them.
+local flows = {}
+local flow_bases = {}
+for idx = 1, #KEYS do
+  local base = base_of(KEYS[idx])
+  if base and not flows[base] then
+    local flow_key = base .. 'flow'
+    local raw = redis.pcall('HGETALL', flow_key)
+    if type(raw) == 'table' and raw.err then
+      return redis.error_reply('WRONGTYPE ' .. flow_key .. ' holds a ' .. redis.call('TYPE', flow_key)['ok']
+        .. ', not a hash; the call changed nothing')
+    end
+    local flow = {paused = false, priorities = {}, kinds = {}, limits = {}, checks = false}
+    for i = 1, #raw, 2 do
+      local name, value = raw[i], raw[i + 1]
+      local priority = string.match(name, '^pause:priority:(.+)$')
+      local kind = string.match(name, '^pause:kind:(.+)$')
+      local target = string.match(name, '^limit:(.+)$')
+      if name == 'pause' then
+        flow.paused = true
+      elseif priority then
+        flow.priorities[priority] = true
+      elseif kind then
+        flow.kinds[kind] = true
+        flow.checks = true
+      elseif target then
+        -- `N/P`: at most N starts per P ms; kept as the emission interval
+        -- in microseconds (GCRA's T). A value in another form is ignored.
+        local count, period = string.match(value, '^(%d+)/(%d+)$')
+        if count and tonumber(count) > 0 and tonumber(period) > 0 then
+          flow.limits[target] = tonumber(period) * 1000 / tonumber(count)
+          flow.checks = true
+        end
+      end
+    end
+    flows[base] = flow
+    if flow.checks then
+      flow_bases[#flow_bases + 1] = base
+    end
+  end
+end
+do
+  -- What parking may write, checked here for the same reason as below.
+  local checks = {}
+  for _, base in ipairs(flow_bases) do
+    for _, pair in ipairs({{base .. 'delayed', 'zset'}, {base .. 'limit_tat', 'hash'}}) do
+      checks[#checks + 1] = pair[1]
+      checks[#checks + 1] = pair[2]
+    end
+    for kind in pairs(flows[base].kinds) do
+      checks[#checks + 1] = base .. 'held:' .. kind
+      checks[#checks + 1] = 'zset'
+    end
+  end
+  local problem = wrong_type(checks)
+  if problem then
+    return redis.error_reply(problem)
+  end
+end
+
 -- Type checks before the first write (see wrong_type in common.lua). The
 -- only writes before the streams' XLEN below are the promotion of due
 -- retries (once a second): when it runs, the streams, each class's delayed
@@ -103,25 +170,7 @@ if ARGV[9] == '1' then
   -- retries are among these.
   local horizon = now_ms() + 1000
   for _, base in ipairs(bases) do
-    local delayed = base .. 'delayed'
-    checks[#checks + 1] = delayed
-    checks[#checks + 1] = 'zset'
-    if redis.call('TYPE', delayed)['ok'] == 'zset' then
-      for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', horizon, 'LIMIT', 0, 100)) do
-        local record_key = base .. 'task:' .. id
-        for _, pair in ipairs({{base .. 'retry:' .. id, 'hash'}, {record_key, 'hash'}}) do
-          checks[#checks + 1] = pair[1]
-          checks[#checks + 1] = pair[2]
-        end
-        if redis.call('TYPE', record_key)['ok'] == 'hash' then
-          local retry_stream = redis.call('HGET', record_key, 'retry_stream')
-          if retry_stream and base_of(retry_stream) == base then
-            checks[#checks + 1] = retry_stream
-            checks[#checks + 1] = 'stream'
-          end
-        end
-      end
-    end
+    add_promote_checks(checks, base, horizon, 100)
   end
   local problem = wrong_type(checks)
   if problem then
@@ -206,6 +255,18 @@ else
 end
 local taken_per_class = {}
 
+-- A paused class or priority: its streams are passed over, take-overs
+-- included (nothing starts), and `blocked` says -3 while an entry waits.
+local paused_stream = {}
+for idx = 1, #KEYS do
+  local base = base_at(idx)
+  local flow = base and flows[base]
+  if flow and (flow.paused or flow.priorities[string.match(KEYS[idx], ':stream:([^:]+)$')]) then
+    paused_stream[idx] = true
+    rules[idx] = {limit = 0, clauses = {}, off = true, plain = false}
+  end
+end
+
 -- Whether stream idx's rule admits an entry with these fields that has
 -- waited age ms. Returns true, or false and the `blocked` code.
 local function admits(idx, fields, age)
@@ -266,43 +327,15 @@ local function waited(entry_id)
   return now - added
 end
 
--- 1. Promote due retries.
+-- 1. Promote due retries (and delayed tasks: the workers' promoters move
+-- those on time; this is the backstop).
 if promote then
   local seen = {}
   for idx = 1, #KEYS do
     local base = base_at(idx)
     if base and not seen[base] then
       seen[base] = true
-      local delayed = base .. 'delayed'
-      for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 100)) do
-        local retry_key = base .. 'retry:' .. id
-        local record_key = base .. 'task:' .. id
-        local fields = redis.call('HGETALL', retry_key)
-        local stream_key = redis.call('HGET', record_key, 'retry_stream')
-        if #fields > 0 and stream_key and base_of(stream_key) == base then
-          local entry = {stream_key, '*'}
-          local attempt = 1
-          for i = 1, #fields, 2 do
-            local value = fields[i + 1]
-            if fields[i] == 'attempt' then
-              attempt = (tonumber(value) or 1) + 1
-              value = int(attempt)
-            end
-            entry[#entry + 1] = fields[i]
-            entry[#entry + 1] = value
-          end
-          if field(fields, 'attempt') == nil then
-            attempt = 2
-            entry[#entry + 1] = 'attempt'
-            entry[#entry + 1] = '2'
-          end
-          local entry_id = redis.call('XADD', unpack(entry))
-          redis.call('HSET', record_key, 'status', 'queued', 'entry', entry_id, 'attempt', int(attempt))
-          redis.call('HDEL', record_key, 'retry_at_ms', 'retry_stream')
-        end
-        redis.call('DEL', retry_key)
-        redis.call('ZREM', delayed, id)
-      end
+      promote_due(base, now, 100)
     end
   end
 end
@@ -317,6 +350,9 @@ for idx = 1, #KEYS do
       .. ', not a stream; the call changed nothing')
   end
   lengths[idx] = length
+  if paused_stream[idx] and length > 0 then
+    refuse(idx, -3)
+  end
 end
 
 -- Entries taken over from each consumer in this claim so far, and what
@@ -369,8 +405,104 @@ local function observed(alone, shared, stalls, interrupted, blame)
     alone, shared, stalls, interrupted, blame / 1000, max_deliveries)
 end
 
+-- Entries parked by one claim at most, so that a claim stays short behind
+-- a long run of held entries (the next claim goes on).
+local parks_left = 256
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Whether a first delivery with these fields must wait: nil, or why
+-- (`paused`, `limited`) and, for a limit, when it may start (us).
+--
+-- Rate limits are GCRA without burst: each limit (`kind:K`, `key:K`) keeps
+-- its theoretical arrival time in `<base>limit_tat` (us); a task starts when
+-- every limit that applies has reached it, and moves each on by its
+-- emission interval T = P / N, so starts are at least T apart. A task that
+-- must wait reserves its turn the same way (the time goes into the entry
+-- as `limit_slot_us`) and is parked until then; back in its stream it
+-- starts on that reservation when claimed within T + RESERVATION_GRACE_US
+-- of it, else it queues again. So the waiting tasks of a limit come back
+-- one per T, in order, without polling, and a promotion a few ms late
+-- does not waste its turn (at 100/s T is 10 ms; a turn missed costs the
+-- rate one start).
+local RESERVATION_GRACE_US = 50000
+local function flow_hold(base, fields)
+  local flow = flows[base]
+  local kind = field(fields, 'kind') or ''
+  if flow.kinds[kind] then
+    return 'paused'
+  end
+  local names, intervals = {}, {}
+  local interval = flow.limits['kind:' .. kind]
+  if interval then
+    names[#names + 1] = 'kind:' .. kind
+    intervals[#intervals + 1] = interval
+  end
+  local rate_key = field(fields, 'rate_key')
+  interval = rate_key and flow.limits['key:' .. rate_key]
+  if interval then
+    names[#names + 1] = 'key:' .. rate_key
+    intervals[#intervals + 1] = interval
+  end
+  if #names == 0 then
+    return nil
+  end
+  local clock = now_us()
+  local slot = tonumber(field(fields, 'limit_slot_us') or '')
+  if slot then
+    local widest = 0
+    for _, each in ipairs(intervals) do
+      widest = math.max(widest, each)
+    end
+    if clock >= slot and clock < slot + widest + RESERVATION_GRACE_US then
+      return nil
+    end
+  end
+  local tat_key = base .. 'limit_tat'
+  local tats = redis.call('HMGET', tat_key, unpack(names))
+  local go = clock
+  for i = 1, #names do
+    go = math.max(go, tonumber(tats[i]) or 0)
+  end
+  for i = 1, #names do
+    redis.call('HSET', tat_key, names[i], string.format('%d', go + intervals[i]))
+  end
+  if go <= clock then
+    return nil
+  end
+  return 'limited', go
+end
+
+-- Parks a delivered entry (see park in common.lua) and takes it out of
+-- its stream.
+local function park_entry(idx, entry_id, id, fields, reason, go_us)
+  local base = base_at(idx)
+  local kept = {}
+  for i = 1, #fields, 2 do
+    if fields[i] ~= 'limit_slot_us' then
+      kept[#kept + 1] = fields[i]
+      kept[#kept + 1] = fields[i + 1]
+    end
+  end
+  if reason == 'limited' then
+    kept[#kept + 1] = 'limit_slot_us'
+    kept[#kept + 1] = string.format('%d', go_us)
+    park(base, id, KEYS[idx], kept, base .. 'delayed', math.ceil(go_us / 1000), 'limited')
+  else
+    park(base, id, KEYS[idx], kept, base .. 'held:' .. (field(fields, 'kind') or ''), now, 'paused')
+  end
+  redis.call('XACK', KEYS[idx], group, entry_id)
+  redis.call('XDEL', KEYS[idx], entry_id)
+  parks_left = parks_left - 1
+end
+
 -- Starts one claimed entry, delivered `deliveries` times so far; `prev`
 -- names the worker it is taken over from (nil for a first delivery).
+-- Returns true when the entry was parked instead (flow control): it is
+-- not claimed, and takes none of `max`.
 local function start(idx, entry, deliveries, prev)
   local entry_id, fields = entry[1], entry[2]
   local id = field(fields, 'id')
@@ -451,6 +583,14 @@ local function start(idx, entry, deliveries, prev)
         redis.call('HSET', record, 'owner', owner)
         verdict = 'expired'
       else
+        local base = base_at(idx)
+        if not prev and flows[base].checks then
+          local reason, go_us = flow_hold(base, fields)
+          if reason then
+            park_entry(idx, entry_id, id, fields, reason, go_us)
+            return true
+          end
+        end
         redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'device', device,
           'attempt', int(attempt), 'started_at_ms', int(now), 'owner', owner)
         verdict = 'run'
@@ -619,14 +759,28 @@ local function waiting(idx, count)
   return redis.call('XRANGE', KEYS[idx], '(' .. last_delivered, '+', 'COUNT', count)
 end
 
+-- Reads `count` entries and starts them; entries parked instead (flow
+-- control) free their places, which the entries behind them take, up to
+-- parks_left.
 local function read(idx, count)
-  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
-    'STREAMS', KEYS[idx], '>')
-  if reply then
+  while count > 0 do
+    local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+      'STREAMS', KEYS[idx], '>')
+    if not reply then
+      return
+    end
+    local parked = 0
     for _, entry in ipairs(reply[1][2]) do
       remaining = remaining - 1
-      start(idx, entry, 1)
+      if start(idx, entry, 1) then
+        remaining = remaining + 1
+        parked = parked + 1
+      end
     end
+    if parked == 0 or parks_left <= 0 or not rules[idx].plain then
+      return
+    end
+    count = math.min(parked, remaining)
   end
 end
 

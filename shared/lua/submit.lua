@@ -11,12 +11,44 @@
 -- ARGV[3] idempotency key TTL, s
 -- ARGV[4] the idempotency key as given (copied into the record)
 -- ARGV[5] params (MessagePack)
--- ARGV[6..] metadata pairs, copied into the entry and the record
+-- ARGV[6..] metadata pairs, copied into the entry and the record; two
+--          names are not copied but read: `run_at_ms` (when to run it, ms
+--          since the epoch by the Redis clock) and `delay_ms` (ms from
+--          now), which make it a delayed task (see below)
+--
+-- A delayed task whose time has not come does not enter its stream: its
+-- entry's fields wait in `<base>retry:<id>` and its id in the class's
+-- delayed set, scored by its time; its record says `delayed` with
+-- `delay_reason` `scheduled`, `run_at_ms` and `retry_at_ms`, and the
+-- workers' promoters append it to the stream when it is due. Its deadline
+-- counts from that time, not from now.
 --
 -- Returns {task id, 1} for a new task or {existing task id, 0}; a WRONGTYPE
 -- error, with nothing written, when a key holds another type.
 
+-- The delayed task's time, read before anything is written.
+local run_at = nil
+for i = 6, #ARGV, 2 do
+  local name = ARGV[i]
+  if name == 'run_at_ms' or name == 'delay_ms' then
+    local value = tonumber(ARGV[i + 1])
+    if not value or value ~= math.floor(value) or value < 0 then
+      return redis.error_reply('ERR ' .. name .. ' must be a whole number of ms, 0 or more; got '
+        .. string.format('%q', ARGV[i + 1]))
+    end
+    if name == 'delay_ms' then
+      value = now_ms() + value
+    end
+    run_at = math.max(run_at or 0, value)
+  end
+end
+
+local base = string.match(KEYS[2], '^(.*:)task:[^:]+$')
 local checks = {KEYS[1], 'stream', KEYS[2], 'hash'}
+if run_at and base then
+  checks[#checks + 1] = base .. 'delayed'
+  checks[#checks + 1] = 'zset'
+end
 if #KEYS >= 3 then
   checks[#checks + 1] = KEYS[3]
   checks[#checks + 1] = 'string'
@@ -40,22 +72,30 @@ end
 
 local now = now_ms()
 local deadline_in = tonumber(ARGV[2]) or 0
+-- A delayed task's deadline counts from its time.
+local deadline_from = math.max(now, run_at or now)
 
 local entry = {KEYS[1], '*'}
 local record = {KEYS[2], 'submitted_at_ms', int(now)}
 for i = 6, #ARGV, 2 do
-  entry[#entry + 1] = ARGV[i]
-  entry[#entry + 1] = ARGV[i + 1]
-  record[#record + 1] = ARGV[i]
-  record[#record + 1] = ARGV[i + 1]
+  if ARGV[i] ~= 'run_at_ms' and ARGV[i] ~= 'delay_ms' then
+    entry[#entry + 1] = ARGV[i]
+    entry[#entry + 1] = ARGV[i + 1]
+    record[#record + 1] = ARGV[i]
+    record[#record + 1] = ARGV[i + 1]
+  end
 end
 entry[#entry + 1] = 'submitted_at_ms'
 entry[#entry + 1] = int(now)
 if deadline_in > 0 then
   entry[#entry + 1] = 'deadline_ms'
-  entry[#entry + 1] = int(now + deadline_in)
+  entry[#entry + 1] = int(deadline_from + deadline_in)
   record[#record + 1] = 'deadline_ms'
-  record[#record + 1] = int(now + deadline_in)
+  record[#record + 1] = int(deadline_from + deadline_in)
+end
+if run_at then
+  record[#record + 1] = 'run_at_ms'
+  record[#record + 1] = int(run_at)
 end
 -- Only the entry carries the parameters (`tandem task` reads them there,
 -- or in the retry hash or dead letter): a copy in the record would turn it
@@ -63,9 +103,19 @@ end
 entry[#entry + 1] = 'params'
 entry[#entry + 1] = ARGV[5]
 
-local entry_id = redis.call('XADD', unpack(entry))
-record[#record + 1] = 'entry'
-record[#record + 1] = entry_id
+if run_at and run_at > now and base then
+  -- Not due yet: it waits in the delayed set (park writes the record's
+  -- status and times; the entry's fields are those XADD would write).
+  local fields = {}
+  for i = 3, #entry do
+    fields[#fields + 1] = entry[i]
+  end
+  park(base, ARGV[1], KEYS[1], fields, base .. 'delayed', run_at, 'scheduled')
+else
+  local entry_id = redis.call('XADD', unpack(entry))
+  record[#record + 1] = 'entry'
+  record[#record + 1] = entry_id
+end
 if #KEYS >= 3 then
   record[#record + 1] = 'idempotency_key'
   record[#record + 1] = ARGV[4]

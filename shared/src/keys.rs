@@ -76,6 +76,30 @@ impl Keys {
         &self.class_keys(class).1
     }
 
+    /// A class's flow control (a hash): its pauses and rate limits, which
+    /// the claim script reads. See docs/wire-format.md.
+    pub fn flow(&self, class: Class) -> String {
+        format!("{}flow", self.class_base(class))
+    }
+
+    /// The rate limits' state (a hash): per limit, the time its next start
+    /// is allowed (GCRA's theoretical arrival time), microseconds.
+    pub fn limit_tat(&self, class: Class) -> String {
+        format!("{}limit_tat", self.class_base(class))
+    }
+
+    /// Tasks of a paused kind, parked until it resumes (a sorted set, by
+    /// when each was parked).
+    pub fn held(&self, class: Class, kind: &str) -> String {
+        format!("{}held:{}", self.class_base(class), kind)
+    }
+
+    /// The channel that wakes the workers' promoters: a delayed set got an
+    /// earlier head, or a resume released held tasks.
+    pub fn promote_channel(&self) -> String {
+        format!("{}:promote", self.prefix)
+    }
+
     /// A task's entry fields while it waits for a retry.
     pub fn retry(&self, class: Class, id: &TaskId) -> String {
         format!("{}retry:{}", self.class_base(class), id)
@@ -284,6 +308,10 @@ mod tests {
         );
         assert_eq!(keys.schedules(Class::Heavy), "tandem:{heavy}:schedules");
         assert_eq!(keys.cancel_channel(), "tandem:cancel");
+        assert_eq!(keys.promote_channel(), "tandem:promote");
+        assert_eq!(keys.flow(Class::Heavy), "tandem:{heavy}:flow");
+        assert_eq!(keys.limit_tat(Class::Cpu), "tandem:{cpu}:limit_tat");
+        assert_eq!(keys.held(Class::Light, "risk"), "tandem:{light}:held:risk");
         assert_eq!(keys.model("mlp-1"), "tandem:{models}:model:mlp-1");
         assert_eq!(keys.model_blob("mlp-1"), "tandem:{models}:model:mlp-1:blob");
         assert_eq!(keys.models(), "tandem:{models}:index");
@@ -383,6 +411,9 @@ mod tests {
             ("task:", id.clone(), keys.task(class, &id.parse().unwrap())),
             ("stream:", "high".into(), stream.clone()),
             ("reply:", "p1".into(), keys.reply(class, "p1")),
+            ("flow", String::new(), keys.flow(class)),
+            ("limit_tat", String::new(), keys.limit_tat(class)),
+            ("held:", "risk".into(), keys.held(class, "risk")),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
         let mut built = std::collections::BTreeSet::new();

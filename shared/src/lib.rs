@@ -9,6 +9,8 @@
 //!   built-in kinds (`noop`, `sleep`, `echo`, `fail`, the compute and model
 //!   kinds, the test kinds).
 //! - [`device`]: GPUs, capability scores, roles, simulated GPUs.
+//! - [`flow`]: flow control's vocabulary: pause targets, rate-limit
+//!   targets, rates.
 //! - [`routing`]: which waiting tasks a worker takes, from the worker registry.
 //! - [`wire`]: the fields of entries, records, notices and worker records
 //!   (wire format v2), one file per format.
@@ -49,6 +51,7 @@ pub mod config;
 pub mod connect;
 pub mod device;
 pub mod exit;
+pub mod flow;
 pub mod keys;
 pub mod kind;
 pub mod logging;

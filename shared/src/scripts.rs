@@ -110,12 +110,16 @@ pub static SCHEDULE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("schedule.lua", lua!("schedule.lua")));
 pub static FIRE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("fire.lua", lua!("fire.lua")));
+pub static PROMOTE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("promote.lua", lua!("promote.lua")));
+pub static FLOW: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("flow.lua", lua!("flow.lua")));
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 12] {
+pub fn all() -> [&'static LuaScript; 14] {
     [
         &SUBMIT, &CLAIM, &COMPLETE, &SPLIT, &CANCEL, &FIND, &EXTEND, &BURY, &REQUEUE, &RELEASE,
-        &SCHEDULE, &FIRE,
+        &SCHEDULE, &FIRE, &PROMOTE, &FLOW,
     ]
 }
 

@@ -185,6 +185,9 @@ text_enum! {
         Running = "running",
         /// Failed an attempt; waits in the delayed set for its next one.
         Retrying = "retrying",
+        /// Not in its stream yet: submitted for later, or parked by a rate
+        /// limit or a paused kind (the record's `delay_reason` says which).
+        Delayed = "delayed",
         /// Finished; the record holds the result.
         Succeeded = "succeeded",
         /// Finished with an error code and message.
@@ -193,6 +196,18 @@ text_enum! {
         Cancelled = "cancelled",
         /// Found past its deadline before it started; never ran.
         Expired = "expired",
+    }
+}
+
+text_enum! {
+    /// Why a `delayed` task waits.
+    pub enum DelayReason ("delay_reason") {
+        /// Submitted to run later (`run_at_ms`, `delay_ms`).
+        Scheduled = "scheduled",
+        /// A rate limit's next start is its; it waits for it.
+        Limited = "limited",
+        /// Its kind is paused; a resume releases it.
+        Paused = "paused",
     }
 }
 

@@ -101,6 +101,8 @@ proptest! {
             idempotency_key: None,
             params: params.clone(),
             signature: Some("ab".repeat(32)),
+            run_at: None,
+            rate_key: None,
         };
         let reply_to = format!("tandem:{{{}}}:reply:producer-1", task.class);
         let mut fields: Fields = task

@@ -75,6 +75,9 @@ pub(crate) struct Dispatcher {
     /// registry record (`live_seen`), and the heartbeat's nudge to write it.
     pub live_seen: Arc<std::sync::atomic::AtomicUsize>,
     pub nudge: Arc<tokio::sync::Notify>,
+    /// Rung by the promoter when it moved due tasks into streams or a
+    /// flow control changed (a resume): look again.
+    pub flow_changed: Arc<tokio::sync::Notify>,
     pub router: Router,
     /// The worker's device: its memory ledger says what a claim may take.
     pub device_memory: Arc<crate::device::Device>,
@@ -207,6 +210,7 @@ impl Dispatcher {
             tokio::select! {
                 Some(done) = done_rx.recv() => schedule.task_finished(outcomes.absorb(done)),
                 () = waker.woken(), if !draining => schedule.woken(),
+                () = self.flow_changed.notified(), if !draining => schedule.woken(),
                 Ok(()) = self.observations.changed() => {
                     let seen = self.observations.borrow_and_update().clone();
                     self.take_in(seen, &mut schedule);

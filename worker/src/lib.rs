@@ -37,6 +37,7 @@
 //! - `executor`: runs one task; turns results, errors and panics into commits.
 //! - `doorbell`: wakes an idle worker when a task arrives (blocking `XREAD`).
 //! - `cancel`: the pub/sub listener that stops tasks a producer cancelled.
+//! - `promoter`: moves due delayed tasks into their streams on time.
 //! - `watch`: reads the registry: live workers (for routing) and dead ones
 //!   (whose tasks are taken over at once).
 //! - `router`: this worker's routing rules, from the registry and its role.
@@ -87,6 +88,7 @@ pub mod kind_table;
 mod kinds;
 mod metrics;
 pub mod model_cache;
+mod promoter;
 mod recurring;
 mod router;
 mod running;
@@ -322,6 +324,18 @@ pub async fn run(
         Err(err) => tracing::warn!("cannot read the worker registry yet: {err}"),
     }
 
+    let flow_changed = Arc::new(tokio::sync::Notify::new());
+    let mut promoted_classes: Vec<tandem_shared::Class> = Vec::new();
+    for stream in &streams {
+        if !promoted_classes.contains(&stream.class) {
+            promoted_classes.push(stream.class);
+        }
+    }
+    background.spawn(promoter::run(
+        store.clone(),
+        promoted_classes,
+        Arc::clone(&flow_changed),
+    ));
     background.spawn(cancel::listen(
         store.clone(),
         running.clone(),
@@ -400,6 +414,7 @@ pub async fn run(
         observations: seen_rx,
         live_seen,
         nudge: Arc::clone(&nudge),
+        flow_changed,
     };
     let report = dispatcher.run(shutdown).await;
 

@@ -107,6 +107,8 @@ pub enum Blocked {
     Memory,
     /// No clause of the routing rule admits it.
     Rule,
+    /// Its class or priority is paused (`tandem pause`).
+    Paused,
 }
 
 impl Store {
@@ -390,6 +392,7 @@ pub(super) fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claim
             int(v, "claim").map(|code| match code {
                 0 => Blocked::No,
                 -1 => Blocked::Memory,
+                -3 => Blocked::Paused,
                 n if n > 0 => Blocked::For(u64::try_from(n).unwrap_or(0)),
                 _ => Blocked::Rule,
             })

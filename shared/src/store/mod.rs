@@ -16,6 +16,8 @@
 //! - `dead`: the dead-letter streams.
 //! - `data_loss`: telling that Redis lost its data (the canaries), and the
 //!   record of the last loss.
+//! - `flow`: flow control: promoting due delayed tasks, pauses, rate
+//!   limits, a class's flow state.
 //! - `model_registry`: the model registry (records, uploaded files).
 //! - `schedules`: recurring schedules: put, pause, resume, remove, list,
 //!   the due ones, and firing a tick (fire.lua).
@@ -30,6 +32,7 @@ mod claim;
 mod commit;
 mod data_loss;
 mod dead;
+mod flow;
 mod lease;
 mod link;
 mod model_registry;
@@ -58,6 +61,7 @@ pub use claim::{Blocked, ClaimRequest, Claimed, ClaimedEntry, DeadConsumer, Verd
 pub use commit::{Committed, Completion, Disposition};
 pub use data_loss::{ClassData, DataCheck, DataLoss};
 pub use dead::DeadLetter;
+pub use flow::{FlowState, LimitState, PROMOTE_BATCH, Promoted};
 pub use link::Conn;
 pub use model_registry::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,

@@ -24,6 +24,20 @@ pub struct NewTask {
     pub params: Vec<u8>,
     /// The HMAC signature, when the producer signs (see [`crate::signature`]).
     pub signature: Option<String>,
+    /// When set and in the future, a delayed task: it enters its stream
+    /// then (see `submit.lua`).
+    pub run_at: Option<RunAt>,
+    /// The key whose rate limit the task also counts against.
+    pub rate_key: Option<String>,
+}
+
+/// When a delayed task is to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAt {
+    /// This many ms after Redis accepts it (by the Redis clock).
+    In(u64),
+    /// At this time, ms since the Unix epoch (by the Redis clock).
+    At(u64),
 }
 
 impl NewTask {
@@ -60,6 +74,15 @@ impl NewTask {
         }
         if let Some(signature) = &self.signature {
             pairs.push((field::SIGNATURE, signature.clone()));
+        }
+        if let Some(rate_key) = &self.rate_key {
+            pairs.push((field::RATE_KEY, rate_key.clone()));
+        }
+        // Read by the submit script, not copied into the entry.
+        match self.run_at {
+            Some(RunAt::In(ms)) => pairs.push((field::DELAY_MS, ms.to_string())),
+            Some(RunAt::At(ms)) => pairs.push((field::RUN_AT_MS, ms.to_string())),
+            None => {}
         }
         pairs
     }
@@ -399,6 +422,8 @@ mod tests {
             idempotency_key: None,
             params: vec![0x80],
             signature: None,
+            run_at: None,
+            rate_key: None,
         }
     }
 

@@ -34,6 +34,18 @@ pub const SHARD: &str = "shard";
 pub const SHARDS: &str = "shards";
 /// Written by the last shard's commit on the parent's merge entry: `1`.
 pub const MERGE: &str = "merge";
+/// Flow control (wire 2.x, issue 13). Sent by producers as metadata pairs
+/// the submit script reads and does not copy into the entry: when a
+/// delayed task is due, ms since the epoch by the Redis clock, or ms from
+/// now.
+pub const RUN_AT_MS: &str = "run_at_ms";
+pub const DELAY_MS: &str = "delay_ms";
+/// The key whose rate limit (`limit:key:<rate_key>`) a task counts
+/// against, besides its kind's: a tenant, a vendor, a symbol.
+pub const RATE_KEY: &str = "rate_key";
+/// Written by the claim script on an entry parked by a rate limit: the
+/// start time it reserved, microseconds since the epoch.
+pub const LIMIT_SLOT_US: &str = "limit_slot_us";
 
 pub const STATUS: &str = "status";
 pub const ENTRY: &str = "entry";
@@ -49,6 +61,8 @@ pub const ERROR_CODE: &str = "error_code";
 pub const ERROR_MESSAGE: &str = "error_message";
 pub const CANCEL_REQUESTED_AT_MS: &str = "cancel_requested_at_ms";
 pub const RETRY_AT_MS: &str = "retry_at_ms";
+/// On a `delayed` record: why it waits (`scheduled`, `limited`, `paused`).
+pub const DELAY_REASON: &str = "delay_reason";
 pub const HISTORY: &str = "history";
 pub const DEAD_LETTER: &str = "dead_letter";
 /// On a split parent's record: shards committed so far, and the shard

@@ -31,7 +31,7 @@ mod record;
 mod schedule;
 mod worker_record;
 
-pub use entry::{EntryError, NewTask, SplitRole, TaskEntry};
+pub use entry::{EntryError, NewTask, RunAt, SplitRole, TaskEntry};
 pub use field::worker as worker_field;
 pub use notice::{Finish, FinishOutcome};
 pub use record::{TaskFailure, TaskRecord};

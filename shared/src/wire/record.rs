@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::field;
 use super::reader::FieldReader;
-use crate::task::{Class, ErrorCode, Priority, Status, TaskId};
+use crate::task::{Class, DelayReason, ErrorCode, Priority, Status, TaskId};
 
 /// Why a task did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +42,15 @@ pub struct TaskRecord {
     pub result_bytes: Option<u64>,
     pub error: Option<TaskFailure>,
     pub cancel_requested_at_ms: Option<u64>,
-    /// When a task waiting for a retry is due.
+    /// When a task waiting for a retry, or a delayed task, is due (absent
+    /// while a paused kind holds it).
     pub retry_at_ms: Option<u64>,
+    /// On a delayed task: why it waits.
+    pub delay_reason: Option<DelayReason>,
+    /// When a delayed task was submitted to run (ms since the epoch).
+    pub run_at_ms: Option<u64>,
+    /// The key whose rate limit the task counts against.
+    pub rate_key: Option<String>,
     /// Every attempt so far, as a JSON array.
     pub history: Option<String>,
     /// The dead-letter entry of a task that ended there.
@@ -117,6 +124,9 @@ impl TaskRecord {
             error,
             cancel_requested_at_ms: fields.lenient(field::CANCEL_REQUESTED_AT_MS),
             retry_at_ms: fields.lenient(field::RETRY_AT_MS),
+            delay_reason: fields.lenient(field::DELAY_REASON),
+            run_at_ms: fields.lenient(field::RUN_AT_MS),
+            rate_key: text(field::RATE_KEY),
             history: text(field::HISTORY),
             dead_letter: text(field::DEAD_LETTER),
             parent: fields.lenient(field::PARENT),

@@ -127,6 +127,9 @@ impl ScheduleDef {
             idempotency_key: None,
             params: self.params.clone(),
             signature: None,
+            // A tick's task is due at its tick, and is not rate-keyed.
+            run_at: None,
+            rate_key: None,
         }
     }
 

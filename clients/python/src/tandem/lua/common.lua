@@ -58,6 +58,121 @@ local function wrong_type(checks)
   return nil
 end
 
+-- Flow control: delayed tasks, pauses and rate limits (promote.lua, the
+-- claim's flow checks, submit.lua's `run_at_ms`). A task that must wait
+-- leaves its stream: its entry's fields go to `<base>retry:<id>` (as a
+-- retry's do), its id to the class's delayed set scored by when it may run
+-- (or, held by a paused kind, to `<base>held:<kind>` until a resume), and
+-- its record says `delayed` with a `delay_reason`: `scheduled` (submitted
+-- for later), `limited` (a rate limit's next start) or `paused`. Promotion
+-- appends it to the end of its stream again with the same attempt.
+
+-- The channel every worker's promoter listens on: a delayed set got an
+-- earlier head, or a resume released held tasks. `tandem:{cpu}:` gives
+-- `tandem:promote`.
+local function promote_channel(base)
+  return (string.match(base, '^(.*):{[^}]*}:$') or 'tandem') .. ':promote'
+end
+
+-- Parks task `id` of stream `stream_key`: `fields` (the entry's, flat) into
+-- its retry hash, its id into `zset_key` at `score` (ms), its record marked
+-- `delayed` for `reason`. The caller deletes the stream entry, if any.
+local function park(base, id, stream_key, fields, zset_key, score, reason)
+  local retry_key = base .. 'retry:' .. id
+  redis.call('DEL', retry_key)
+  redis.call('HSET', retry_key, unpack(fields))
+  if zset_key == base .. 'delayed' then
+    -- The promoters sleep until the set's head is due: one that is to
+    -- come sooner wakes them.
+    local head = redis.call('ZRANGE', zset_key, 0, 0, 'WITHSCORES')
+    if #head == 0 or tonumber(head[2]) > score then
+      redis.call('PUBLISH', promote_channel(base), base)
+    end
+  end
+  redis.call('ZADD', zset_key, score, id)
+  local record_key = base .. 'task:' .. id
+  redis.call('HSET', record_key, 'status', 'delayed', 'delay_reason', reason, 'retry_stream', stream_key)
+  if reason == 'paused' then
+    redis.call('HDEL', record_key, 'entry', 'owner', 'retry_at_ms')
+  else
+    redis.call('HSET', record_key, 'retry_at_ms', int(score))
+    redis.call('HDEL', record_key, 'entry', 'owner')
+  end
+end
+
+-- Adds to `checks` what promote_due (below) may write for the tasks of
+-- class `base` due by `horizon`: the delayed set, each one's retry hash,
+-- record and stream.
+local function add_promote_checks(checks, base, horizon, limit)
+  local delayed = base .. 'delayed'
+  checks[#checks + 1] = delayed
+  checks[#checks + 1] = 'zset'
+  if redis.call('TYPE', delayed)['ok'] ~= 'zset' then
+    return
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', horizon, 'LIMIT', 0, limit)) do
+    local record_key = base .. 'task:' .. id
+    for _, pair in ipairs({{base .. 'retry:' .. id, 'hash'}, {record_key, 'hash'}}) do
+      checks[#checks + 1] = pair[1]
+      checks[#checks + 1] = pair[2]
+    end
+    if redis.call('TYPE', record_key)['ok'] == 'hash' then
+      local retry_stream = redis.call('HGET', record_key, 'retry_stream')
+      if retry_stream and base_of(retry_stream) == base then
+        checks[#checks + 1] = retry_stream
+        checks[#checks + 1] = 'stream'
+      end
+    end
+  end
+end
+
+-- Moves up to `limit` tasks of class `base` due by `now` from its delayed
+-- set back into their streams; returns how many were looked at. A retry
+-- comes back as its next attempt; a delayed task (scheduled, limited,
+-- paused) as the same attempt. The cost is flat in the set's size: one
+-- ZRANGEBYSCORE with LIMIT, then constant work per task. Scripts run one
+-- at a time, and ZREM takes the id out in the same script, so two workers
+-- never promote one task twice.
+local function promote_due(base, now, limit)
+  local delayed = base .. 'delayed'
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    local retry_key = base .. 'retry:' .. id
+    local record_key = base .. 'task:' .. id
+    local fields = redis.call('HGETALL', retry_key)
+    local known = redis.call('HMGET', record_key, 'retry_stream', 'status')
+    local stream_key, status = known[1], known[2]
+    if #fields > 0 and stream_key and base_of(stream_key) == base and status and not is_terminal(status) then
+      local same_attempt = status == 'delayed'
+      local entry = {stream_key, '*'}
+      local attempt = 1
+      for i = 1, #fields, 2 do
+        local value = fields[i + 1]
+        if fields[i] == 'attempt' then
+          attempt = tonumber(value) or 1
+          if not same_attempt then
+            attempt = attempt + 1
+          end
+          value = int(attempt)
+        end
+        entry[#entry + 1] = fields[i]
+        entry[#entry + 1] = value
+      end
+      if field(fields, 'attempt') == nil and not same_attempt then
+        attempt = 2
+        entry[#entry + 1] = 'attempt'
+        entry[#entry + 1] = '2'
+      end
+      local entry_id = redis.call('XADD', unpack(entry))
+      redis.call('HSET', record_key, 'status', 'queued', 'entry', entry_id, 'attempt', int(attempt))
+      redis.call('HDEL', record_key, 'retry_at_ms', 'retry_stream', 'delay_reason')
+    end
+    redis.call('DEL', retry_key)
+    redis.call('ZREM', delayed, id)
+  end
+  return #due
+end
+
 -- Adds to `checks` the record of every shard in `shard_ids` (a hash) and,
 -- for each, the stream its priority names (where cancel_shards deletes a
 -- queued shard's entry).
@@ -259,4 +374,40 @@ local function fail_parent(base, parent_id, shard_index, code, message, now, opt
     end
   end
   return dead_id
+end
+
+-- Creates a task whose record the caller has just claimed (`HSETNX
+-- <record> status queued` answered 1), as submit.lua does: appends its
+-- entry to `stream_key` (the metadata `pairs`, a flat list, then
+-- `submitted_at_ms`, `deadline_ms` when `deadline_in` > 0, and `params`)
+-- and writes the same metadata, the times and the entry id into the
+-- record, with the flat list `extra` of record-only fields. Returns the
+-- entry id. Used by fire.lua (a schedule's tick).
+local function add_task(stream_key, record_key, now, deadline_in, params, pairs, extra)
+  local entry = {stream_key, '*'}
+  local record = {record_key, 'submitted_at_ms', int(now)}
+  for i = 1, #pairs, 2 do
+    entry[#entry + 1] = pairs[i]
+    entry[#entry + 1] = pairs[i + 1]
+    record[#record + 1] = pairs[i]
+    record[#record + 1] = pairs[i + 1]
+  end
+  entry[#entry + 1] = 'submitted_at_ms'
+  entry[#entry + 1] = int(now)
+  if deadline_in > 0 then
+    entry[#entry + 1] = 'deadline_ms'
+    entry[#entry + 1] = int(now + deadline_in)
+    record[#record + 1] = 'deadline_ms'
+    record[#record + 1] = int(now + deadline_in)
+  end
+  entry[#entry + 1] = 'params'
+  entry[#entry + 1] = params
+  local entry_id = redis.call('XADD', unpack(entry))
+  record[#record + 1] = 'entry'
+  record[#record + 1] = entry_id
+  for i = 1, #extra do
+    record[#record + 1] = extra[i]
+  end
+  redis.call('HSET', unpack(record))
+  return entry_id
 end
