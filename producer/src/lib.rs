@@ -45,8 +45,9 @@ mod producer;
 mod task;
 
 pub use error::ProducerError;
-pub use handle::TaskHandle;
+pub use handle::{ProgressStream, TaskHandle};
 pub use outcome::TaskOutcome;
 pub use producer::Producer;
 pub use tandem_shared::store::CancelOutcome;
+pub use tandem_shared::wire::TaskProgress;
 pub use task::Task;

@@ -333,6 +333,12 @@ settings! {
     retry_max_ms: u64 = 60_000, "TANDEM_RETRY_MAX_MS";
     /// Approximate length cap of each class's dead-letter stream (entries).
     dead_letter_maxlen: u64 = 100_000, "TANDEM_DEAD_LETTER_MAXLEN";
+    /// Write lifecycle events (submitted, started, progress, retried, succeeded, failed, ...) to each class's `events` stream; set it alike on producers and workers (each writes the events of the changes it makes).
+    events: bool = true, "TANDEM_EVENTS";
+    /// How long a task past its `timeout` has to stop before its worker abandons it (ms).
+    timeout_grace_ms: u64 = 2_000, "TANDEM_TIMEOUT_GRACE_MS";
+    /// Least time between two progress writes of one task (ms); reports in between are dropped, the last one kept for later.
+    progress_interval_ms: u64 = 250, "TANDEM_PROGRESS_INTERVAL_MS";
     /// How long an idle worker's blocking wait for new tasks lasts before it re-arms (ms).
     block_ms: u64 = 2_000, "TANDEM_BLOCK_MS";
     /// How often a worker refreshes its registry record (ms).

@@ -91,6 +91,11 @@ impl Keys {
         format!("{}parts:{}", self.class_base(class), id)
     }
 
+    /// The lifecycle events of a class's tasks (a stream, capped).
+    pub fn events(&self, class: Class) -> String {
+        format!("{}events", self.class_base(class))
+    }
+
     /// The dead-letter stream of a class.
     pub fn dead(&self, class: Class) -> &str {
         &self.class_keys(class).2

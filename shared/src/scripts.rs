@@ -4,11 +4,26 @@
 //! by `EVALSHA`; [`load_all`] loads them with `SCRIPT LOAD` and checks that
 //! Redis computed the same SHA1 as we did, so a proxy or server that rewrote
 //! a script is caught at start, not by a wrong result later.
+//!
+//! Every script comes twice: with lifecycle events on (the line before
+//! `common.lua` sets `EVENTS_MAXLEN` to [`EVENTS_MAXLEN`]) and off (`0`, so
+//! that `emit_event` returns at once). A [`Store`](crate::store::Store) calls
+//! the variant its configuration's `events` names.
 
 use redis::{Cmd, Script};
 use std::sync::LazyLock;
 
+/// The approximate cap (`XADD MAXLEN ~`) of each class's events stream;
+/// the literal in `lua!` below must say the same (a unit test checks).
+pub const EVENTS_MAXLEN: u64 = 100_000;
+
 macro_rules! lua {
+    ($name:literal, events) => {
+        concat!("local EVENTS_MAXLEN = 100000\n", lua!($name))
+    };
+    ($name:literal, quiet) => {
+        concat!("local EVENTS_MAXLEN = 0\n", lua!($name))
+    };
     ($name:literal) => {
         concat!(
             include_str!("../lua/common.lua"),
@@ -20,33 +35,47 @@ macro_rules! lua {
     };
 }
 
-/// One embedded script.
+/// One embedded script, in its two variants: with lifecycle events and
+/// without.
 #[derive(Debug)]
 pub struct LuaScript {
     pub name: &'static str,
+    /// The source with events on.
     pub source: &'static str,
     script: Script,
+    /// The source with events off.
+    pub quiet_source: &'static str,
+    quiet: Script,
 }
 
 impl LuaScript {
-    fn new(name: &'static str, source: &'static str) -> Self {
+    fn new(name: &'static str, source: &'static str, quiet_source: &'static str) -> Self {
         Self {
             name,
             source,
             script: Script::new(source),
+            quiet_source,
+            quiet: Script::new(quiet_source),
         }
     }
 
-    /// The SHA1 that `EVALSHA` names the script by.
+    /// The SHA1 that `EVALSHA` names the script by (events on).
     pub fn sha(&self) -> &str {
         self.script.get_hash()
     }
 
-    /// An `EVALSHA` command; the caller adds keys and arguments in the order
-    /// the script's header documents, via [`Invocation`].
-    pub fn invocation(&self) -> Invocation {
+    /// The SHA1 of the variant without events.
+    pub fn quiet_sha(&self) -> &str {
+        self.quiet.get_hash()
+    }
+
+    /// An `EVALSHA` command of the variant with lifecycle events (`events`)
+    /// or without; the caller adds keys and arguments in the order the
+    /// script's header documents, via [`Invocation`].
+    pub fn invocation(&self, events: bool) -> Invocation {
+        let sha = if events { self.sha() } else { self.quiet_sha() };
         Invocation {
-            sha: self.sha().to_owned(),
+            sha: sha.to_owned(),
             keys: Vec::new(),
             args: Vec::new(),
         }
@@ -86,31 +115,90 @@ impl Invocation {
     }
 }
 
-pub static SUBMIT: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("submit.lua", lua!("submit.lua")));
-pub static CLAIM: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("claim.lua", lua!("claim.lua")));
-pub static COMPLETE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("complete.lua", lua!("complete.lua")));
-pub static SPLIT: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("split.lua", lua!("split.lua")));
-pub static CANCEL: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("cancel.lua", lua!("cancel.lua")));
-pub static FIND: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("find.lua", lua!("find.lua")));
-pub static EXTEND: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("extend.lua", lua!("extend.lua")));
-pub static BURY: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("bury.lua", lua!("bury.lua")));
-pub static REQUEUE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("requeue.lua", lua!("requeue.lua")));
-pub static RELEASE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("release.lua", lua!("release.lua")));
+pub static SUBMIT: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "submit.lua",
+        lua!("submit.lua", events),
+        lua!("submit.lua", quiet),
+    )
+});
+pub static CLAIM: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "claim.lua",
+        lua!("claim.lua", events),
+        lua!("claim.lua", quiet),
+    )
+});
+pub static COMPLETE: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "complete.lua",
+        lua!("complete.lua", events),
+        lua!("complete.lua", quiet),
+    )
+});
+pub static SPLIT: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "split.lua",
+        lua!("split.lua", events),
+        lua!("split.lua", quiet),
+    )
+});
+pub static CANCEL: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "cancel.lua",
+        lua!("cancel.lua", events),
+        lua!("cancel.lua", quiet),
+    )
+});
+pub static FIND: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "find.lua",
+        lua!("find.lua", events),
+        lua!("find.lua", quiet),
+    )
+});
+pub static EXTEND: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "extend.lua",
+        lua!("extend.lua", events),
+        lua!("extend.lua", quiet),
+    )
+});
+pub static BURY: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "bury.lua",
+        lua!("bury.lua", events),
+        lua!("bury.lua", quiet),
+    )
+});
+pub static REQUEUE: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "requeue.lua",
+        lua!("requeue.lua", events),
+        lua!("requeue.lua", quiet),
+    )
+});
+pub static RELEASE: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "release.lua",
+        lua!("release.lua", events),
+        lua!("release.lua", quiet),
+    )
+});
+
+pub static PROGRESS: LazyLock<LuaScript> = LazyLock::new(|| {
+    LuaScript::new(
+        "progress.lua",
+        lua!("progress.lua", events),
+        lua!("progress.lua", quiet),
+    )
+});
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 10] {
+pub fn all() -> [&'static LuaScript; 11] {
     [
         &SUBMIT, &CLAIM, &COMPLETE, &SPLIT, &CANCEL, &FIND, &EXTEND, &BURY, &REQUEUE, &RELEASE,
+        &PROGRESS,
     ]
 }
 
@@ -135,21 +223,26 @@ pub enum ScriptError {
 /// Loads every script into Redis and verifies its SHA1.
 pub async fn load_all<C: redis::aio::ConnectionLike>(conn: &mut C) -> Result<(), ScriptError> {
     for script in all() {
-        let got: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(script.source)
-            .query_async(conn)
-            .await
-            .map_err(|source| ScriptError::Load {
-                name: script.name,
-                source,
-            })?;
-        if got != script.sha() {
-            return Err(ScriptError::ShaMismatch {
-                name: script.name,
-                expected: script.sha().to_owned(),
-                got,
-            });
+        for (source, sha) in [
+            (script.source, script.sha()),
+            (script.quiet_source, script.quiet_sha()),
+        ] {
+            let got: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(source)
+                .query_async(conn)
+                .await
+                .map_err(|source| ScriptError::Load {
+                    name: script.name,
+                    source,
+                })?;
+            if got != sha {
+                return Err(ScriptError::ShaMismatch {
+                    name: script.name,
+                    expected: sha.to_owned(),
+                    got,
+                });
+            }
         }
     }
     Ok(())
@@ -174,6 +267,23 @@ mod tests {
         for script in all() {
             assert_eq!(Script::new(script.source).get_hash(), script.sha());
             assert!(script.source.contains("local function now_ms()"));
+            assert_eq!(
+                Script::new(script.quiet_source).get_hash(),
+                script.quiet_sha()
+            );
+            assert_ne!(script.sha(), script.quiet_sha());
+        }
+    }
+
+    #[test]
+    fn the_events_variants_set_the_cap_the_constant_states() {
+        for script in all() {
+            assert!(
+                script
+                    .source
+                    .starts_with(&format!("local EVENTS_MAXLEN = {EVENTS_MAXLEN}\n"))
+            );
+            assert!(script.quiet_source.starts_with("local EVENTS_MAXLEN = 0\n"));
         }
     }
 }

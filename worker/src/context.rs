@@ -3,11 +3,14 @@
 //! at between steps, and the [`Work`] that counts its computations on
 //! blocking threads, so that a cancelled task keeps its slot and device
 //! memory until they ended (a thread cannot be dropped like a future).
+//! [`Progress`] is how a task reports how far it is: throttled in place
+//! (an atomic check), handed to the worker's progress writer.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use tandem_shared::{ErrorCode, TaskId};
+use tandem_shared::{Class, ErrorCode, TaskId};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::TaskError;
@@ -31,6 +34,8 @@ pub struct TaskContext {
     /// The task's computations on blocking threads, so that a cancelled
     /// task holds its slot (and its device memory) until they stopped.
     work: Work,
+    /// Where its progress reports go (none in unit tests and benches).
+    progress: Option<Progress>,
 }
 
 impl TaskContext {
@@ -44,6 +49,26 @@ impl TaskContext {
             models: None,
             cancel,
             work: Work::default(),
+            progress: None,
+        }
+    }
+
+    /// The same context reporting progress through `progress`.
+    pub(crate) fn with_progress(mut self, progress: Option<Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Reports how far the task is: `fraction` done (0 to 1, clamped) and a
+    /// short message (cut at 200 bytes). Cheap enough for a hot loop: a
+    /// report within `progress_interval_ms` of the last one written is
+    /// dropped after one clock read and one atomic load, and `message` is
+    /// only called for a report that goes out. The last written value is in
+    /// the task record (`progress`, `progress_msg`) and, with events on, a
+    /// `progress` event.
+    pub fn progress(&self, fraction: f64, message: impl FnOnce() -> String) {
+        if let Some(progress) = &self.progress {
+            progress.report(fraction, message);
         }
     }
 
@@ -97,35 +122,62 @@ impl TaskContext {
         self.cancel.cancelled().await
     }
 
-    /// The flag a computation on a blocking thread checks between steps.
+    /// The flag a computation on a blocking thread checks between steps
+    /// (it carries the task's progress reporter too).
     pub fn stop(&self) -> Stop {
-        Stop::new(self.cancel.clone())
+        Stop {
+            cancel: self.cancel.clone(),
+            progress: self.progress.clone(),
+        }
     }
 
     /// The task's computations on blocking threads.
     pub(crate) fn work(&self) -> &Work {
         &self.work
     }
+
+    /// Waits until the task's progress reports so far are written.
+    pub(crate) async fn flush_progress(&self) {
+        if let Some(progress) = &self.progress {
+            progress.flush().await;
+        }
+    }
 }
 
 /// Tells a computation that its task was cancelled. Checked between
 /// steps (chunks of blocks, epochs): the computation then ends with
 /// `CANCELLED` and frees its thread, its slot and its device memory.
+///
+/// It also carries the task's progress reporter, so that a computation
+/// reports how far it is between the same steps ([`Stop::progress`]).
 #[derive(Debug, Clone)]
-pub struct Stop(CancellationToken);
+pub struct Stop {
+    cancel: CancellationToken,
+    progress: Option<Progress>,
+}
 
 impl Stop {
     pub fn new(cancel: CancellationToken) -> Self {
-        Self(cancel)
+        Self {
+            cancel,
+            progress: None,
+        }
     }
 
     /// A flag that is never set (benches, tests).
     pub fn never() -> Self {
-        Self(CancellationToken::new())
+        Self::new(CancellationToken::new())
     }
 
     pub fn is_set(&self) -> bool {
-        self.0.is_cancelled()
+        self.cancel.is_cancelled()
+    }
+
+    /// [`TaskContext::progress`], from a blocking thread.
+    pub fn progress(&self, fraction: f64, message: impl FnOnce() -> String) {
+        if let Some(progress) = &self.progress {
+            progress.report(fraction, message);
+        }
     }
 
     /// `Err(CANCELLED)` once the task was cancelled.
@@ -201,5 +253,184 @@ pub(crate) async fn blocking<T: Send + 'static>(
             ErrorCode::HANDLER_PANIC,
             format!("the computation panicked: {join}"),
         )),
+    }
+}
+
+/// One progress report on its way to Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ProgressReport {
+    pub class: Class,
+    pub id: TaskId,
+    /// `<worker> <entry id>`: the record's owner, which fences the write.
+    pub owner: String,
+    pub fraction: f64,
+    pub message: String,
+}
+
+/// What goes to the progress writer: a report, or a request to say when
+/// every report sent before it is written.
+#[derive(Debug)]
+pub(crate) enum ProgressItem {
+    Report(ProgressReport),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Where a worker's tasks send their progress reports (the progress
+/// writer, `progress`, drains it), and how often one task may write.
+#[derive(Debug, Clone)]
+pub struct ProgressSink {
+    pub(crate) reports: tokio::sync::mpsc::UnboundedSender<ProgressItem>,
+    pub(crate) interval: Duration,
+}
+
+/// A running task's progress reporter, shared by its context and its
+/// computations' [`Stop`]s.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress(Arc<ProgressState>);
+
+#[derive(Debug)]
+struct ProgressState {
+    sink: ProgressSink,
+    class: Class,
+    id: TaskId,
+    owner: String,
+    /// When the reporter was made; report times count from here.
+    epoch: Instant,
+    /// Microseconds after `epoch` of the last report that went out, plus
+    /// one (0: none yet).
+    last_us: AtomicU64,
+}
+
+/// How long a finished task waits for its last progress reports to be
+/// written before its commit (which would fence them out) goes anyway.
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+impl Progress {
+    pub(crate) fn new(sink: ProgressSink, class: Class, id: TaskId, owner: String) -> Self {
+        Self(Arc::new(ProgressState {
+            sink,
+            class,
+            id,
+            owner,
+            epoch: Instant::now(),
+            last_us: AtomicU64::new(0),
+        }))
+    }
+
+    /// Waits (a bounded time) until every report sent so far is written,
+    /// so that the task's last report is in its record before its commit
+    /// ends the task. Costs nothing for a task that sent none.
+    pub(crate) async fn flush(&self) {
+        if self.0.last_us.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.0.sink.reports.send(ProgressItem::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(FLUSH_LIMIT, written).await;
+        }
+    }
+
+    fn report(&self, fraction: f64, message: impl FnOnce() -> String) {
+        let state = &*self.0;
+        let now_us = u64::try_from(state.epoch.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = state.last_us.load(Ordering::Relaxed);
+        let interval_us = u64::try_from(state.sink.interval.as_micros()).unwrap_or(u64::MAX);
+        if last != 0 && now_us.saturating_sub(last) < interval_us {
+            return;
+        }
+        // One report per interval even when threads race for it.
+        if state
+            .last_us
+            .compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let mut message = message();
+        if message.len() > tandem_shared::store::PROGRESS_MSG_MAX {
+            let mut cut = tandem_shared::store::PROGRESS_MSG_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        // The writer is gone only while the worker stops.
+        let _ = state
+            .sink
+            .reports
+            .send(ProgressItem::Report(ProgressReport {
+                class: state.class,
+                id: state.id,
+                owner: state.owner.clone(),
+                fraction,
+                message,
+            }));
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    struct Received(tokio::sync::mpsc::UnboundedReceiver<ProgressItem>);
+
+    impl Received {
+        fn try_recv(&mut self) -> Result<ProgressReport, ()> {
+            match self.0.try_recv() {
+                Ok(ProgressItem::Report(report)) => Ok(report),
+                _ => Err(()),
+            }
+        }
+    }
+
+    fn reporter(interval: Duration) -> (Progress, Received) {
+        let (reports, received) = tokio::sync::mpsc::unbounded_channel();
+        let sink = ProgressSink { reports, interval };
+        (
+            Progress::new(sink, Class::Cpu, TaskId::new(), "w 1-0".into()),
+            Received(received),
+        )
+    }
+
+    #[test]
+    fn reports_within_the_interval_of_the_last_one_are_dropped() {
+        let (progress, mut received) = reporter(Duration::from_secs(3600));
+        for step in 0..1000 {
+            progress.report(f64::from(step) / 1000.0, || format!("step {step}"));
+        }
+        let first = received.try_recv().expect("the first report goes out");
+        assert_eq!((first.fraction, first.message.as_str()), (0.0, "step 0"));
+        assert!(
+            received.try_recv().is_err(),
+            "the rest fall within the hour"
+        );
+    }
+
+    #[test]
+    fn without_an_interval_every_report_goes_out_clamped_and_cut() {
+        let (progress, mut received) = reporter(Duration::ZERO);
+        progress.report(1.5, || "é".repeat(150));
+        progress.report(f64::NAN, String::new);
+        progress.report(-1.0, String::new);
+        let first = received.try_recv().unwrap();
+        assert_eq!(first.fraction, 1.0);
+        assert!(first.message.len() <= tandem_shared::store::PROGRESS_MSG_MAX);
+        assert!(first.message.chars().all(|c| c == 'é'));
+        assert_eq!(received.try_recv().unwrap().fraction, 0.0);
+        assert_eq!(received.try_recv().unwrap().fraction, 0.0);
+    }
+
+    #[test]
+    fn a_dropped_report_does_not_build_its_message() {
+        let (progress, _received) = reporter(Duration::from_secs(3600));
+        progress.report(0.1, String::new);
+        progress.report(0.2, || unreachable!("dropped reports build no message"));
     }
 }

@@ -37,6 +37,7 @@
 //! - `executor`: runs one task; turns results, errors and panics into commits.
 //! - `doorbell`: wakes an idle worker when a task arrives (blocking `XREAD`).
 //! - `cancel`: the pub/sub listener that stops tasks a producer cancelled.
+//! - `progress`: writes running tasks' progress reports (`progress.lua`).
 //! - `watch`: reads the registry: live workers (for routing) and dead ones
 //!   (whose tasks are taken over at once).
 //! - `router`: this worker's routing rules, from the registry and its role.
@@ -82,6 +83,7 @@ pub mod kind_table;
 mod kinds;
 mod metrics;
 pub mod model_cache;
+mod progress;
 mod router;
 mod running;
 mod schedule;
@@ -300,6 +302,8 @@ pub async fn run(
         Err(err) => tracing::warn!("cannot read the worker registry yet: {err}"),
     }
 
+    let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    background.spawn(progress::write(store.clone(), progress_rx));
     background.spawn(cancel::listen(
         store.clone(),
         running.clone(),
@@ -358,6 +362,11 @@ pub async fn run(
                 base: Duration::from_millis(config.retry_base_ms),
                 max: Duration::from_millis(config.retry_max_ms),
             },
+            timeout_grace: Duration::from_millis(config.timeout_grace_ms),
+            progress: Some(context::ProgressSink {
+                reports: progress_tx,
+                interval: Duration::from_millis(config.progress_interval_ms),
+            }),
         }),
         router,
         device_memory: Arc::clone(&device),

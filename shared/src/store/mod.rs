@@ -14,6 +14,8 @@
 //! - `alerts`: the alerts stream, the fleet-wide alert locks and the
 //!   dead-letter counts they compare.
 //! - `dead`: the dead-letter streams.
+//! - `events`: the lifecycle events streams, read from a point or followed;
+//!   a running task's progress (`progress.lua`).
 //! - `model_registry`: the model registry (records, uploaded files).
 //! - `stats`: queue depths for the CLI, streams no worker reads; key
 //!   clean-up.
@@ -25,6 +27,7 @@ mod alerts;
 mod claim;
 mod commit;
 mod dead;
+mod events;
 mod lease;
 mod link;
 mod model_registry;
@@ -51,6 +54,7 @@ pub use alerts::{ALERTS_MAXLEN, Alert, AlertEntry, AlertName, DeadGrowth};
 pub use claim::{Blocked, ClaimRequest, Claimed, ClaimedEntry, DeadConsumer, Verdict};
 pub use commit::{Committed, Completion, Disposition};
 pub use dead::DeadLetter;
+pub use events::{EventCursor, PROGRESS_MSG_MAX, ProgressError, check_progress};
 pub use link::Conn;
 pub use model_registry::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
@@ -79,6 +83,9 @@ pub enum StoreError {
          a failover could lose it"
     )]
     NotReplicated { acked: u32, wanted: u32 },
+    /// A progress report out of bounds (checked before it is sent).
+    #[error(transparent)]
+    BadProgress(#[from] ProgressError),
 }
 
 impl StoreError {
@@ -183,6 +190,9 @@ pub struct Store {
     keys: Keys,
     retention: Retention,
     blocking_timeout_margin_ms: u64,
+    /// Whether the scripts this store calls write lifecycle events
+    /// (setting `events`): it picks each script's variant.
+    events: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -205,6 +215,7 @@ impl Store {
             keys: Keys::new(config.prefix.clone()),
             retention: Retention::from(config),
             blocking_timeout_margin_ms: config.redis_timeout_ms,
+            events: config.events,
         })
     }
 

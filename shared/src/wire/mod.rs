@@ -18,10 +18,12 @@
 //!   completion notice repeats; a notice reads as a [`TaskRecord`].
 //! - `worker_record`: [`WorkerInfo`] and [`WorkerMetrics`], a worker's
 //!   registry record.
+//! - `event`: [`TaskEvent`], an entry of a class's lifecycle events stream.
 //! - `reader`: the one field reader all of them decode with, which names a
 //!   missing or malformed field in its error.
 
 mod entry;
+mod event;
 pub mod field;
 mod notice;
 mod reader;
@@ -29,9 +31,10 @@ mod record;
 mod worker_record;
 
 pub use entry::{EntryError, NewTask, SplitRole, TaskEntry};
+pub use event::TaskEvent;
 pub use field::worker as worker_field;
 pub use notice::{Finish, FinishOutcome};
-pub use record::{TaskFailure, TaskRecord};
+pub use record::{TaskFailure, TaskProgress, TaskRecord};
 pub use worker_record::{LATENCY_BUCKETS_MS, WorkerInfo, WorkerMetrics};
 
 /// The wire version this build writes and the only one it reads. Version 2
