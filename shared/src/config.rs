@@ -337,7 +337,7 @@ settings! {
     events: bool = true, "TANDEM_EVENTS";
     /// How long a task past its `timeout` has to stop before its worker abandons it (ms).
     timeout_grace_ms: u64 = 2_000, "TANDEM_TIMEOUT_GRACE_MS";
-    /// Least time between two progress writes of one task (ms); reports in between are dropped, the last one kept for later.
+    /// Least time between two progress writes of one task (ms); a report sooner than that after the last one written is dropped (0: write every report).
     progress_interval_ms: u64 = 250, "TANDEM_PROGRESS_INTERVAL_MS";
     /// How long an idle worker's blocking wait for new tasks lasts before it re-arms (ms).
     block_ms: u64 = 2_000, "TANDEM_BLOCK_MS";

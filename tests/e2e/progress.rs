@@ -1,7 +1,9 @@
 //! Progress reports: a handler's reports reach the task record, the
 //! `progress` events and the producer's `TaskHandle::progress()` stream;
-//! the built-in Monte Carlo kinds report their steps; `tandem wait` and
-//! `tandem task` show them.
+//! the stepped kinds (`monte_carlo`, `risk`, `portfolio_opt`, here the
+//! cheap `split_sum` that runs the same steps) report their steps;
+//! `tandem wait` and `tandem task` show them. (`train` reports its epochs:
+//! `model_kinds.rs`.)
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,8 +12,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use tandem_producer::Task;
 use tandem_shared::Status;
-use tandem_shared::kind::builtin::{Spin, SpinParams};
-use tandem_shared::kind::monte_carlo::{MonteCarlo, MonteCarloParams};
+use tandem_shared::kind::builtin::{Spin, SpinParams, SplitSum, SplitSumParams};
 
 use crate::support::{RedisServer, WorkerProcess, bin};
 
@@ -69,11 +70,11 @@ async fn a_handlers_reports_reach_the_record_the_events_and_the_producers_stream
     assert!(last.at_ms.is_some());
     assert!(last.message.ends_with(" of 1500 ms"));
     let mut conn = redis.conn().await;
-    let fields: std::collections::HashMap<String, String> = conn
-        .hgetall(format!("tandem:{{cpu}}:task:{}", handle.id()))
+    let fraction: String = conn
+        .hget(format!("tandem:{{cpu}}:task:{}", handle.id()), "progress")
         .await
         .unwrap();
-    assert!(fields["progress"].parse::<f64>().is_ok());
+    assert!(fraction.parse::<f64>().is_ok(), "{fraction}");
     let events: redis::streams::StreamRangeReply =
         conn.xrange_all("tandem:{cpu}:events").await.unwrap();
     let progress_events = events
@@ -88,25 +89,27 @@ async fn a_handlers_reports_reach_the_record_the_events_and_the_producers_stream
 }
 
 #[tokio::test]
-async fn monte_carlo_reports_its_steps_and_the_cli_shows_them() {
+async fn a_stepped_kind_reports_its_steps_and_the_cli_shows_them() {
     let redis = RedisServer::start();
-    let _worker = WorkerProcess::start(&redis, &[("TANDEM_PROGRESS_INTERVAL_MS", "0")]).await;
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[
+            ("TANDEM_TEST_KINDS", "true"),
+            ("TANDEM_PROGRESS_INTERVAL_MS", "0"),
+        ],
+    )
+    .await;
     let producer = redis.producer().await;
-    // 2^20 paths of 256 steps: four steps of 2^26 path-steps on the CPU.
-    let params = MonteCarloParams {
-        s0: 100.0,
-        strike: 100.0,
-        rate: 0.05,
-        dividend: 0.0,
-        sigma: 0.2,
-        maturity: 1.0,
-        steps: 256,
-        paths: 1 << 20,
-        seed: 7,
-        percentiles: vec![],
+    // Eight blocks of 100 ms, run whole (one worker, no GPU) in steps of
+    // two blocks: four steps.
+    let params = SplitSumParams {
+        n: 8_000,
+        block: 1_000,
+        block_ms: 100,
+        fail_block: None,
     };
     let id = producer
-        .submit(Task::of::<MonteCarlo>(&params).unwrap())
+        .submit(Task::of::<SplitSum>(&params).unwrap())
         .await
         .unwrap();
     let out = Command::new(bin("tandem"))
@@ -141,7 +144,7 @@ async fn monte_carlo_reports_its_steps_and_the_cli_shows_them() {
         stdout.contains("progress    100.0 % step 4 of 4"),
         "{stdout}"
     );
-    // monte_carlo is a `parallel` kind: its events are that class's.
+    // split_sum is a `parallel` kind: its events are that class's.
     let mut conn = redis.conn().await;
     let events: redis::streams::StreamRangeReply =
         conn.xrange_all("tandem:{parallel}:events").await.unwrap();

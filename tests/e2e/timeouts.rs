@@ -222,7 +222,7 @@ async fn a_zero_timeout_is_refused_by_the_producer_and_the_cli() {
         ("-5s", "give a duration with its unit"),
     ] {
         let out = Command::new(bin("tandem"))
-            .args(["submit", "noop", "--timeout", flag])
+            .args(["submit", "noop", &format!("--timeout={flag}")])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("REDIS_URL", redis.url())

@@ -63,7 +63,8 @@ impl TaskContext {
     /// short message (cut at 200 bytes). Cheap enough for a hot loop: a
     /// report within `progress_interval_ms` of the last one written is
     /// dropped after one clock read and one atomic load, and `message` is
-    /// only called for a report that goes out. The last written value is in
+    /// only called for a report that goes out. A report of 1 (all done) is
+    /// never dropped. The last written value is in
     /// the task record (`progress`, `progress_msg`) and, with events on, a
     /// `progress` event.
     pub fn progress(&self, fraction: f64, message: impl FnOnce() -> String) {
@@ -337,11 +338,16 @@ impl Progress {
             .saturating_add(1);
         let last = state.last_us.load(Ordering::Relaxed);
         let interval_us = u64::try_from(state.sink.interval.as_micros()).unwrap_or(u64::MAX);
-        if last != 0 && now_us.saturating_sub(last) < interval_us {
+        // The final report (all done) always goes, so that the record ends
+        // saying so however fast the last steps came.
+        let last_step = fraction >= 1.0;
+        if !last_step && last != 0 && now_us.saturating_sub(last) < interval_us {
             return;
         }
         // One report per interval even when threads race for it.
-        if state
+        if last_step {
+            state.last_us.store(now_us, Ordering::Relaxed);
+        } else if state
             .last_us
             .compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
@@ -425,6 +431,17 @@ mod progress_tests {
         assert!(first.message.chars().all(|c| c == 'é'));
         assert_eq!(received.try_recv().unwrap().fraction, 0.0);
         assert_eq!(received.try_recv().unwrap().fraction, 0.0);
+    }
+
+    #[test]
+    fn the_final_report_goes_out_within_the_interval() {
+        let (progress, mut received) = reporter(Duration::from_secs(3600));
+        progress.report(0.5, || "half".into());
+        progress.report(0.9, || "dropped".into());
+        progress.report(1.0, || "done".into());
+        assert_eq!(received.try_recv().unwrap().message, "half");
+        assert_eq!(received.try_recv().unwrap().message, "done");
+        assert!(received.try_recv().is_err());
     }
 
     #[test]

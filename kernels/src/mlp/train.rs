@@ -59,12 +59,13 @@ pub fn train_cpu(
     samples: usize,
     config: &TrainConfig,
 ) -> Result<TrainReport, MlpError> {
-    train_cpu_until(mlp, x, y, samples, config, &|| false)
+    train_cpu_until(mlp, x, y, samples, config, &|| false, &|_, _| {})
 }
 
 /// [`train_cpu`], asking `stop` before each epoch: once it says yes,
 /// training ends with [`MlpError::Stopped`] (the weights are then those of
-/// the last whole epoch).
+/// the last whole epoch). `epoch_done` hears each finished epoch (its
+/// number from 0, its loss): a progress hook.
 pub fn train_cpu_until(
     mlp: &mut Mlp,
     x: &[f32],
@@ -72,6 +73,7 @@ pub fn train_cpu_until(
     samples: usize,
     config: &TrainConfig,
     stop: &dyn Fn() -> bool,
+    epoch_done: &dyn Fn(usize, f64),
 ) -> Result<TrainReport, MlpError> {
     check_training(mlp, x, y, samples)?;
     config.optimizer.check()?;
@@ -101,6 +103,7 @@ pub fn train_cpu_until(
             weighted += loss * indices.len() as f64;
         }
         losses.push(weighted / samples as f64);
+        epoch_done(epoch, weighted / samples as f64);
     }
     Ok(TrainReport {
         losses,

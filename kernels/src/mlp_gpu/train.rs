@@ -195,11 +195,12 @@ impl GpuMlp {
         samples: usize,
         config: &TrainConfig,
     ) -> Result<TrainReport, GpuMlpError> {
-        self.train_until(gpu, x, y, samples, config, &|| false)
+        self.train_until(gpu, x, y, samples, config, &|| false, &|_, _| {})
     }
 
     /// [`GpuMlp::train`], asking `stop` before each epoch: once it says
-    /// yes, training ends with [`MlpError::Stopped`].
+    /// yes, training ends with [`MlpError::Stopped`]. `epoch_done` hears
+    /// each finished epoch (its number from 0, its loss).
     pub fn train_until(
         &mut self,
         gpu: &Gpu,
@@ -208,6 +209,7 @@ impl GpuMlp {
         samples: usize,
         config: &TrainConfig,
         stop: &dyn Fn() -> bool,
+        epoch_done: &dyn Fn(usize, f64),
     ) -> Result<TrainReport, GpuMlpError> {
         check_rows("training inputs", x, samples, self.inputs())?;
         check_rows("training targets", y, samples, self.outputs())?;
@@ -247,7 +249,9 @@ impl GpuMlp {
             stream
                 .memcpy_htod(&order, &mut data.order)
                 .map_err(DeviceError::from)?;
-            losses.push(self.epoch(gpu, &mut data, samples, batch, &config.optimizer)?);
+            let loss = self.epoch(gpu, &mut data, samples, batch, &config.optimizer)?;
+            losses.push(loss);
+            epoch_done(epoch, loss);
             steps += steps_per_epoch as u64;
         }
         Ok(TrainReport { losses, steps })

@@ -298,6 +298,44 @@ mod tests {
 
     /// The split machinery (`split`) end to end, through the table, with
     /// the `split_sum` test kind.
+    #[test]
+    fn a_whole_run_reports_each_of_its_steps() {
+        let (reports, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let sink = crate::context::ProgressSink {
+            reports,
+            interval: Duration::ZERO,
+        };
+        let ctx = TaskContext::for_test();
+        let progress = crate::context::Progress::new(
+            sink,
+            tandem_shared::Class::Parallel,
+            ctx.id,
+            "w 1-0".into(),
+        );
+        let stop = ctx.with_progress(Some(progress)).stop();
+        let params = SplitSumParams {
+            n: 8_000,
+            block: 1_000,
+            block_ms: 0,
+            fail_block: None,
+        };
+        assert_eq!(SplitSum.cpu_steps(&params), 4);
+        SplitSum.cpu(&params, &stop).unwrap();
+        let mut seen = Vec::new();
+        while let Ok(crate::context::ProgressItem::Report(report)) = received.try_recv() {
+            seen.push((report.fraction, report.message));
+        }
+        assert_eq!(
+            seen,
+            [
+                (0.25, "step 1 of 4".to_owned()),
+                (0.5, "step 2 of 4".to_owned()),
+                (0.75, "step 3 of 4".to_owned()),
+                (1.0, "step 4 of 4".to_owned()),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_split_run_equals_the_whole_run_bit_for_bit() {
         let mut kinds = KindTable::new();
