@@ -80,16 +80,16 @@ mod tests {
     fn an_event_reads_every_field_it_carries() {
         let id = TaskId::new();
         let event = read(&[
-            ("event", "retried"),
-            ("id", &id.to_string()),
-            ("class", "cpu"),
-            ("at_ms", "1700000000000"),
-            ("kind", "fail"),
-            ("worker", "w1"),
-            ("device", "cpu"),
-            ("attempt", "2"),
-            ("error_code", "HANDLER_ERROR"),
-            ("retry_at_ms", "1700000001000"),
+            (field::EVENT, "retried"),
+            (field::ID, &id.to_string()),
+            (field::CLASS, "cpu"),
+            (field::AT_MS, "1700000000000"),
+            (field::KIND, "fail"),
+            (field::WORKER, "w1"),
+            (field::DEVICE, "cpu"),
+            (field::ATTEMPT, "2"),
+            (field::ERROR_CODE, "HANDLER_ERROR"),
+            (field::RETRY_AT_MS, "1700000001000"),
         ]);
         assert_eq!(event.event, "retried");
         assert_eq!(event.id, Some(id));
@@ -106,13 +106,13 @@ mod tests {
     #[test]
     fn malformed_values_read_as_absent() {
         let event = read(&[
-            ("event", "progress"),
-            ("id", "not-a-uuid"),
-            ("progress", "NaN"),
-            ("attempt", "-1"),
-            ("class", "gpu"),
+            (field::EVENT, "started"),
+            (field::ID, "not-a-uuid"),
+            (field::PROGRESS, "NaN"),
+            (field::ATTEMPT, "-1"),
+            (field::CLASS, "gpu"),
         ]);
-        assert_eq!(event.event, "progress");
+        assert_eq!(event.event, "started");
         assert_eq!(event.id, None);
         assert_eq!(event.progress, None);
         assert_eq!(event.attempt, None);
