@@ -253,3 +253,49 @@ async fn a_zero_timeout_is_refused_by_the_producer_and_the_cli() {
     let record = producer.record(id).await.unwrap().unwrap();
     assert_eq!(record.timeout_ms, Some(1500));
 }
+
+#[tokio::test]
+async fn a_gpu_worker_whose_computation_cannot_be_stopped_commits_then_restarts() {
+    use crate::support::gpus;
+    let redis = RedisServer::start();
+    let mut worker = gpus::start(
+        &redis,
+        "0",
+        "Sim, 8 GiB, 10 TFLOPS",
+        &[
+            ("TANDEM_TEST_KINDS", "true"),
+            ("TANDEM_TIMEOUT_GRACE_MS", "100"),
+        ],
+    )
+    .await;
+    let producer = redis.producer().await;
+    // A kernel-like computation: it never looks at its Stop.
+    let stuck = producer
+        .submit(
+            spin(TEN_MINUTES_MS, true)
+                .class(tandem_shared::Class::Heavy)
+                .timeout(Duration::from_millis(200))
+                .max_attempts(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        worker.wait_exit(gpus::WAIT),
+        Some(3),
+        "the worker exits for its fleet to restart it:\n{}",
+        worker.log_text()
+    );
+    // The outcome was committed before it went.
+    let record = producer.record(stuck).await.unwrap().unwrap();
+    assert_eq!(record.status, Some(Status::Failed));
+    let failure = record.error.unwrap();
+    assert_eq!(failure.code.as_str(), "TIMEOUT");
+    assert!(failure.message.contains("abandoned"), "{}", failure.message);
+    assert!(
+        worker
+            .log_text()
+            .contains("cannot be stopped: restarting the worker"),
+        "{}",
+        worker.log_text()
+    );
+}

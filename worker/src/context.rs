@@ -7,8 +7,8 @@
 //! (an atomic check), handed to the worker's progress writer.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tandem_shared::{Class, ErrorCode, TaskId};
 use tokio_util::sync::CancellationToken;
@@ -62,9 +62,9 @@ impl TaskContext {
     /// Reports how far the task is: `fraction` done (0 to 1, clamped) and a
     /// short message (cut at 200 bytes). Cheap enough for a hot loop: a
     /// report within `progress_interval_ms` of the last one written is
-    /// dropped after one clock read and one atomic load, and `message` is
-    /// only called for a report that goes out. A report of 1 (all done) is
-    /// never dropped. The last written value is in
+    /// dropped after one atomic load (a timer re-arms the reporter), and
+    /// `message` is only called for a report that goes out. A report of 1
+    /// (all done) is never dropped. The last written value is in
     /// the task record (`progress`, `progress_msg`) and, with events on, a
     /// `progress` event.
     pub fn progress(&self, fraction: f64, message: impl FnOnce() -> String) {
@@ -168,6 +168,24 @@ impl Stop {
     /// A flag that is never set (benches, tests).
     pub fn never() -> Self {
         Self::new(CancellationToken::new())
+    }
+
+    /// A flag that is never set, carrying a progress reporter throttled to
+    /// one report per `interval` whose reports go nowhere: for the bench
+    /// of what reporting in a hot loop costs (`examples/bench_progress`).
+    /// Call it inside a Tokio runtime, which re-arms the throttle.
+    pub fn never_reporting(interval: Duration) -> Self {
+        let (reports, _dropped) = tokio::sync::mpsc::unbounded_channel();
+        let sink = ProgressSink { reports, interval };
+        Self {
+            cancel: CancellationToken::new(),
+            progress: Some(Progress::new(
+                sink,
+                Class::Cpu,
+                TaskId::new(),
+                String::new(),
+            )),
+        }
     }
 
     pub fn is_set(&self) -> bool {
@@ -295,11 +313,15 @@ struct ProgressState {
     class: Class,
     id: TaskId,
     owner: String,
-    /// When the reporter was made; report times count from here.
-    epoch: Instant,
-    /// Microseconds after `epoch` of the last report that went out, plus
-    /// one (0: none yet).
-    last_us: AtomicU64,
+    /// Whether the next report may go out: cleared by a report that goes,
+    /// set again `interval` later by a timer on the runtime. A report
+    /// finding it clear costs one atomic load.
+    due: Arc<AtomicBool>,
+    /// Whether any report went out (a flush of none costs nothing).
+    sent: AtomicBool,
+    /// The runtime the re-arming timers run on (none in plain unit tests:
+    /// then only the final report follows the first).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// How long a finished task waits for its last progress reports to be
@@ -313,8 +335,9 @@ impl Progress {
             class,
             id,
             owner,
-            epoch: Instant::now(),
-            last_us: AtomicU64::new(0),
+            due: Arc::new(AtomicBool::new(true)),
+            sent: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }))
     }
 
@@ -322,7 +345,7 @@ impl Progress {
     /// so that the task's last report is in its record before its commit
     /// ends the task. Costs nothing for a task that sent none.
     pub(crate) async fn flush(&self) {
-        if self.0.last_us.load(Ordering::Relaxed) == 0 {
+        if !self.0.sent.load(Ordering::Relaxed) {
             return;
         }
         let (done, written) = tokio::sync::oneshot::channel();
@@ -333,27 +356,28 @@ impl Progress {
 
     fn report(&self, fraction: f64, message: impl FnOnce() -> String) {
         let state = &*self.0;
-        let now_us = u64::try_from(state.epoch.elapsed().as_micros())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let last = state.last_us.load(Ordering::Relaxed);
-        let interval_us = u64::try_from(state.sink.interval.as_micros()).unwrap_or(u64::MAX);
         // The final report (all done) always goes, so that the record ends
         // saying so however fast the last steps came.
         let last_step = fraction >= 1.0;
-        if !last_step && last != 0 && now_us.saturating_sub(last) < interval_us {
+        if !last_step && !state.due.load(Ordering::Relaxed) {
             return;
         }
-        // One report per interval even when threads race for it.
-        if last_step {
-            state.last_us.store(now_us, Ordering::Relaxed);
-        } else if state
-            .last_us
-            .compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
+        let interval = state.sink.interval;
+        if !interval.is_zero() {
+            // One report per interval even when threads race for it.
+            let was_due = state.due.swap(false, Ordering::Relaxed);
+            if !was_due && !last_step {
+                return;
+            }
+            if was_due && let Some(runtime) = &state.runtime {
+                let due = Arc::clone(&state.due);
+                runtime.spawn(async move {
+                    tokio::time::sleep(interval).await;
+                    due.store(true, Ordering::Relaxed);
+                });
+            }
         }
+        state.sent.store(true, Ordering::Relaxed);
         let fraction = if fraction.is_finite() {
             fraction.clamp(0.0, 1.0)
         } else {
@@ -442,6 +466,27 @@ mod progress_tests {
         assert_eq!(received.try_recv().unwrap().message, "half");
         assert_eq!(received.try_recv().unwrap().message, "done");
         assert!(received.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn the_reporter_is_rearmed_an_interval_after_a_report() {
+        let (progress, mut received) = reporter(Duration::from_millis(20));
+        progress.report(0.1, || "first".into());
+        progress.report(0.2, || "too soon".into());
+        assert_eq!(received.try_recv().unwrap().message, "first");
+        assert!(received.try_recv().is_err());
+        // Reports keep coming; one goes out once the timer re-armed (a
+        // bounded wait for it, not a fixed sleep).
+        let limit = std::time::Instant::now() + Duration::from_secs(30);
+        let second = loop {
+            progress.report(0.3, || "later".into());
+            if let Ok(report) = received.try_recv() {
+                break report;
+            }
+            assert!(std::time::Instant::now() < limit, "never re-armed");
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(second.message, "later");
     }
 
     #[test]

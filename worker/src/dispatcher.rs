@@ -92,9 +92,9 @@ pub(crate) enum Finished {
     Abandoned,
     /// An abandoned task's computation ended: its slot is free.
     Released,
-    /// An abandoned task's computation runs on a real GPU, where it cannot
-    /// be stopped: after the commits, the worker exits for its fleet to
-    /// restart it (as after a device failure).
+    /// An abandoned task's computation runs on a GPU worker, where a kernel
+    /// cannot be stopped: after the commits, the worker exits for its fleet
+    /// to restart it (as after a device failure).
     Restart(String),
     /// Its device failed; the entry it holds is to be handed back.
     DeviceFailed {
@@ -712,13 +712,13 @@ impl Dispatcher {
             if let Some(work) = abandoned {
                 // Past its run-time limit and not stopped: the outcome is
                 // committed now, the slot and the device memory stay taken
-                // until the computation ends. A kernel on a real GPU cannot
-                // be stopped at all: the worker restarts once the commit is
-                // in.
+                // until the computation ends. A kernel on a GPU cannot be
+                // stopped at all: a GPU worker (a simulated one too, which
+                // behaves as one) restarts once the commit is in.
                 running.abandon(&id);
                 let _ = done.send(Finished::Abandoned);
                 let _ = done.send(finished);
-                if executor.device.runtime().is_some() {
+                if executor.device.is_gpu() {
                     let _ = done.send(Finished::Restart(format!(
                         "task {id} ran past its timeout and its GPU computation cannot be stopped: \
                          restarting the worker"

@@ -167,26 +167,22 @@ impl Handler for TrainKind {
                     format!("epoch {done} of {epochs}, loss {loss:.6}")
                 });
             };
+            let watch = mlp::TrainWatch {
+                stop: &stopped,
+                epoch_done: &epoch_done,
+            };
             let trained = match on_gpu {
                 Some(gpu) => {
                     let mut copy = GpuMlp::upload(&gpu, &start).map_err(TaskError::from)?;
-                    copy.train_until(&gpu, &p.x, &p.y, samples, &config, &stopped, &epoch_done)
+                    copy.train_until(&gpu, &p.x, &p.y, samples, &config, watch)
                         .map_err(TaskError::from)
                         .and_then(|report| Ok((copy.download().map_err(TaskError::from)?, report)))
                 }
                 None => {
                     let mut copy = start;
-                    mlp::train_cpu_until(
-                        &mut copy,
-                        &p.x,
-                        &p.y,
-                        samples,
-                        &config,
-                        &stopped,
-                        &epoch_done,
-                    )
-                    .map(|report| (copy, report))
-                    .map_err(|e| bad(e.to_string()))
+                    mlp::train_cpu_until(&mut copy, &p.x, &p.y, samples, &config, watch)
+                        .map(|report| (copy, report))
+                        .map_err(|e| bad(e.to_string()))
                 }
             };
             // A training the cancel cut short ends as cancelled, whatever
