@@ -81,7 +81,7 @@ end
 -- learns from the notice equals what the record says.
 local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms', 'shards', 'kind',
   'priority', 'max_attempts', 'producer', 'deadline_ms', 'shards_done', 'parent', 'shard',
-  'cancel_requested_at_ms'}
+  'cancel_requested_at_ms', 'timeout_ms', 'progress', 'progress_msg', 'progress_at_ms'}
 
 -- Appends a completion notice for task `id` to a producer's reply stream of
 -- the task's class (the caller checks it is one, so it shares the slot):
