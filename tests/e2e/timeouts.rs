@@ -299,3 +299,43 @@ async fn a_gpu_worker_whose_computation_cannot_be_stopped_commits_then_restarts(
         worker.log_text()
     );
 }
+
+#[tokio::test]
+async fn a_kinds_default_limit_applies_to_its_tasks_without_one() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[
+            ("TANDEM_TEST_KINDS", "true"),
+            ("TANDEM_KIND_TIMEOUT_MS", "spin=300"),
+        ],
+    )
+    .await;
+    let producer = redis.producer().await;
+    let defaulted = producer
+        .submit(spin(TEN_MINUTES_MS, false).max_attempts(1))
+        .await
+        .unwrap();
+    let outcome = producer
+        .wait(defaulted, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let failure = outcome.failure().unwrap();
+    assert_eq!(failure.code.as_str(), "TIMEOUT");
+    assert!(
+        failure.message.contains("timeout of 300 ms"),
+        "{}",
+        failure.message
+    );
+    // A task's own limit wins over its kind's.
+    let own = producer
+        .submit(
+            spin(1_000, false)
+                .timeout(Duration::from_secs(600))
+                .max_attempts(1),
+        )
+        .await
+        .unwrap();
+    let outcome = producer.wait(own, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(outcome.status, Status::Succeeded);
+}

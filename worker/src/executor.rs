@@ -95,6 +95,8 @@ pub(crate) struct Executor {
     /// How long a task past its run-time limit has to stop before it is
     /// abandoned (`timeout_grace_ms`).
     pub timeout_grace: Duration,
+    /// Run-time limits by kind for tasks without one (`kind_timeout_ms`).
+    pub kind_timeouts: std::collections::BTreeMap<String, u64>,
     /// Where running tasks' progress reports go (`None`: dropped).
     pub progress: Option<crate::context::ProgressSink>,
 }
@@ -430,7 +432,10 @@ impl Executor {
         .with_gpu(self.device.runtime())
         .with_models(entry.priority, self.models.clone())
         .with_progress(progress);
-        let limit = entry.timeout_ms.map(Duration::from_millis);
+        let limit = entry
+            .timeout_ms
+            .or_else(|| self.kind_timeouts.get(&entry.kind).copied())
+            .map(Duration::from_millis);
         let prepared = match (entry.split, parts) {
             (Some(SplitRole::Shard { .. }), _) => {
                 split::run_shard_entry(&*self.splitter(entry)?, &entry.params, &ctx)?
@@ -756,6 +761,7 @@ mod tests {
                 max: Duration::from_secs(1),
             },
             timeout_grace: Duration::from_millis(200),
+            kind_timeouts: std::collections::BTreeMap::new(),
             progress: None,
         }
     }

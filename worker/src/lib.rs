@@ -363,6 +363,7 @@ pub async fn run(
                 max: Duration::from_millis(config.retry_max_ms),
             },
             timeout_grace: Duration::from_millis(config.timeout_grace_ms),
+            kind_timeouts: config.kind_timeout_ms.clone(),
             progress: Some(context::ProgressSink {
                 reports: progress_tx,
                 interval: Duration::from_millis(config.progress_interval_ms),
