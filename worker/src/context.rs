@@ -316,7 +316,7 @@ struct ProgressState {
     /// Whether the next report may go out: cleared by a report that goes,
     /// set again `interval` later by a timer on the runtime. A report
     /// finding it clear costs one atomic load.
-    due: Arc<AtomicBool>,
+    due: AtomicBool,
     /// Whether any report went out (a flush of none costs nothing).
     sent: AtomicBool,
     /// The runtime the re-arming timers run on (none in plain unit tests:
@@ -335,7 +335,7 @@ impl Progress {
             class,
             id,
             owner,
-            due: Arc::new(AtomicBool::new(true)),
+            due: AtomicBool::new(true),
             sent: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }))
@@ -370,10 +370,10 @@ impl Progress {
                 return;
             }
             if was_due && let Some(runtime) = &state.runtime {
-                let due = Arc::clone(&state.due);
+                let rearm = Arc::clone(&self.0);
                 runtime.spawn(async move {
                     tokio::time::sleep(interval).await;
-                    due.store(true, Ordering::Relaxed);
+                    rearm.due.store(true, Ordering::Relaxed);
                 });
             }
         }
