@@ -88,6 +88,19 @@ pub struct BenchArgs {
     /// Also write every run's figures to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Lifecycle events on, off, or both interleaved (`on,off`: each run
+    /// of a phase once with events and once without, alternating), to
+    /// measure what they cost. Default: the `events` setting.
+    #[arg(long, value_delimiter = ',')]
+    pub events: Vec<Switch>,
+}
+
+/// `--events`: on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// One run of one phase.
@@ -95,6 +108,8 @@ pub struct BenchArgs {
 struct RunFigures {
     phase: Phase,
     run: usize,
+    /// Whether lifecycle events were written.
+    events: bool,
     tasks: usize,
     submitted_per_s: Option<f64>,
     completed_per_s: Option<f64>,
@@ -142,6 +157,12 @@ pub(crate) async fn run(
     config.result_ttl_s = 600;
     config.reply_maxlen = (args.n as u64).max(10_000) * 2;
 
+    let switches: Vec<bool> = if args.events.is_empty() {
+        vec![config.events]
+    } else {
+        args.events.iter().map(|s| *s == Switch::On).collect()
+    };
+    let configured_events = config.events;
     let mut figures = Vec::new();
     for &phase in &args.phases {
         if matches!(phase, Phase::Delayed | Phase::RateLimit) {
@@ -163,17 +184,28 @@ pub(crate) async fn run(
             continue;
         }
         for run in 1..=args.runs {
-            let base = config.prefix.clone();
-            config.prefix = format!("{base}-bench-{}-{run}", std::process::id());
-            let outcome = one_run(&config, &args, phase, run).await;
-            let store = Store::connect(&config).await?;
-            if let Err(err) = store.purge_prefix().await {
-                tracing::warn!("cannot delete the run's keys: {err}");
+            // Interleaved: on, off, on, off... so that drift in a noisy
+            // machine hits both alike.
+            for &events in &switches {
+                let base = config.prefix.clone();
+                config.prefix = format!("{base}-bench-{}-{run}", std::process::id());
+                config.events = events;
+                let outcome = one_run(&config, &args, phase, run).await;
+                let store = Store::connect(&config).await?;
+                if let Err(err) = store.purge_prefix().await {
+                    tracing::warn!("cannot delete the run's keys: {err}");
+                }
+                config.prefix = base;
+                config.events = configured_events;
+                let f = outcome.with_context(|| format!("{phase:?} run {run}"))?;
+                let label = if switches.len() > 1 {
+                    format!(" (events {})", if events { "on" } else { "off" })
+                } else {
+                    String::new()
+                };
+                println!("  {phase:?} run {run}{label}: {}", describe(&f));
+                figures.push(f);
             }
-            config.prefix = base;
-            let f = outcome.with_context(|| format!("{phase:?} run {run}"))?;
-            println!("  {phase:?} run {run}: {}", describe(&f));
-            figures.push(f);
         }
     }
     if !figures.is_empty() {
@@ -203,6 +235,7 @@ async fn one_run(
     let mut figures = RunFigures {
         phase,
         run,
+        events: config.events,
         tasks: 0,
         submitted_per_s: None,
         completed_per_s: None,
@@ -292,6 +325,7 @@ fn worker_env(config: &Config, args: &BenchArgs) -> Vec<(&'static str, String)> 
         ("TANDEM_RESULT_TTL_S", config.result_ttl_s.to_string()),
         ("TANDEM_REPLY_MAXLEN", config.reply_maxlen.to_string()),
         ("TANDEM_LOG_LEVEL", "warn".to_owned()),
+        ("TANDEM_EVENTS", config.events.to_string()),
     ];
     if let Some(batch) = args.claim_batch {
         env.push(("TANDEM_CLAIM_BATCH", batch.to_string()));
@@ -495,8 +529,15 @@ fn summary_table(figures: &[RunFigures]) -> String {
         .map(String::from)
         .to_vec(),
     ];
-    for phase in [Phase::Enqueue, Phase::Drain, Phase::Latency] {
-        let runs: Vec<&RunFigures> = figures.iter().filter(|f| f.phase == phase).collect();
+    let both = figures.iter().any(|f| f.events) && figures.iter().any(|f| !f.events);
+    let cases = [Phase::Enqueue, Phase::Drain, Phase::Latency]
+        .into_iter()
+        .flat_map(|phase| [(phase, true), (phase, false)]);
+    for (phase, events) in cases {
+        let runs: Vec<&RunFigures> = figures
+            .iter()
+            .filter(|f| f.phase == phase && f.events == events)
+            .collect();
         if runs.is_empty() {
             continue;
         }
@@ -510,8 +551,13 @@ fn summary_table(figures: &[RunFigures]) -> String {
             Phase::Delayed => "delayed",
             Phase::RateLimit => "rate-limit",
         };
+        let name = if both {
+            format!("{name}, events {}", if events { "on" } else { "off" })
+        } else {
+            name.to_owned()
+        };
         rows.push(vec![
-            name.to_owned(),
+            name,
             runs.len().to_string(),
             spread(&pick(|f| f.submitted_per_s), per_s),
             spread(&pick(|f| f.completed_per_s), per_s),

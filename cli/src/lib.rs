@@ -15,6 +15,7 @@
 //! - `queues`, `workers`, `top`, `alerts`: the views of the queue and fleet.
 //! - `dlq`, `model`: the dead-letter streams and the model registry.
 //! - `schedule`: recurring schedules (add, list, show, pause, resume, rm).
+//! - `events`: task lifecycle events, the latest and followed.
 //! - `demo/`, `bench`, `soak`, `scaling`, `chaos`: workloads and benchmarks,
 //!   most on a private Redis and fleet started by `local` (which spawns
 //!   `redis-server` and `tandem-worker` processes).
@@ -37,6 +38,7 @@ mod chaos;
 mod demo;
 mod dlq;
 mod errors;
+mod events;
 mod flow;
 mod kinds;
 mod local;
@@ -61,6 +63,7 @@ pub use bench::BenchArgs;
 pub use chaos::ChaosArgs;
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
+pub use events::EventsArgs;
 pub use flow::{LimitCommand, PauseArgs};
 pub use kinds::KindsArgs;
 pub use model::{ModelCommand, NewArgs as ModelNewArgs};
@@ -135,6 +138,10 @@ pub enum Command {
     /// workers computing on their CPU, stalled queues, growing dead
     /// letters), newest first.
     Alerts(AlertsArgs),
+    /// Task lifecycle events (submitted, started, progress, retried,
+    /// succeeded, failed, dead_lettered, cancelled, expired): the latest,
+    /// then with --follow each new one.
+    Events(EventsArgs),
     /// The dead-letter streams: list, show, requeue, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -241,6 +248,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Workers(args) => workers::run(&config, args).await,
             Command::Top(args) => top::run(&config, args).await,
             Command::Alerts(args) => alerts::run(&config, args).await,
+            Command::Events(args) => events::run(&config, args).await,
             Command::Dlq(command) => dlq::run(&config, command).await,
             Command::Model(command) => model::run(&config, command).await,
             Command::Schedule(command) => schedule::run(&config, command).await,

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tandem_shared::store::Store;
 use tandem_shared::wire::TaskRecord;
 use tandem_shared::{Class, Config, Priority, Status, TaskId, exit, msgpack};
@@ -27,6 +28,11 @@ pub struct SubmitArgs {
     /// Not started within this many ms of submission: expires.
     #[arg(long)]
     pub deadline_ms: Option<u64>,
+    /// Run-time limit of each attempt, with a unit (200ms, 30s, 5m): past
+    /// it the worker stops the task, which fails with TIMEOUT (retried while
+    /// attempts remain).
+    #[arg(long, value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     /// Submitting again with the same key returns the first task.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -52,7 +58,8 @@ pub struct SubmitArgs {
     /// Wait for the outcome and print it.
     #[arg(long)]
     pub wait: bool,
-    /// How long --wait waits, in ms.
+    /// How long --wait waits, in ms (not the task's run-time limit:
+    /// that is --timeout).
     #[arg(long, default_value_t = 60_000)]
     pub timeout_ms: u64,
 }
@@ -86,6 +93,9 @@ pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<
     }
     if let Some(ms) = args.deadline_ms {
         task = task.deadline(Duration::from_millis(ms));
+    }
+    if let Some(limit) = args.timeout {
+        task = task.timeout(limit);
     }
     if let Some(key) = args.idempotency_key {
         task = task.idempotency_key(key);
@@ -213,6 +223,9 @@ async fn not_found(store: &Store, id: TaskId) -> String {
         _ => format!("task {id} not found (never submitted, or its record expired)"),
     }
 }
+/// How long a finished wait gives the progress stream to hand over the
+/// reports written before the outcome.
+const PROGRESS_DRAIN: Duration = Duration::from_secs(2);
 
 /// How often a wait reads a parallel task's record for its shards.
 const SHARD_POLL: Duration = Duration::from_millis(250);
@@ -228,6 +241,9 @@ async fn wait_showing_shards(
 ) -> anyhow::Result<TaskOutcome> {
     let wait = producer.wait(id, timeout);
     tokio::pin!(wait);
+    let mut progress = producer.handle(id).progress();
+    let mut following = true;
+    let mut bar = ProgressView::new(id);
     let mut poll = tokio::time::interval(SHARD_POLL);
     let mut polling = true;
     let mut shown: Option<u32> = None;
@@ -243,6 +259,15 @@ async fn wait_showing_shards(
     let mut outcome = loop {
         tokio::select! {
             outcome = &mut wait => break outcome?,
+            report = progress.next(), if following => match report {
+                Some(Ok(report)) => bar.show(&report),
+                // Progress is a view: without it the wait goes on.
+                Some(Err(err)) => {
+                    tracing::debug!("cannot follow the task's progress: {err}");
+                    following = false;
+                }
+                None => following = false,
+            },
             _ = poll.tick(), if polling => {
                 if let Some(record) = producer.record(id).await? {
                     polling = record.class == Some(Class::Parallel) && !record.is_terminal();
@@ -251,6 +276,15 @@ async fn wait_showing_shards(
             }
         }
     };
+    // The reports written before the outcome, which the wait may have
+    // beaten to the screen (the stream ends with the task).
+    while following {
+        match tokio::time::timeout(PROGRESS_DRAIN, progress.next()).await {
+            Ok(Some(Ok(report))) => bar.show(&report),
+            _ => following = false,
+        }
+    }
+    bar.finish();
     // A notice from a worker older than the notice's full field list lacks
     // the kind (and more): the record has them.
     if outcome.record.kind.is_none()
@@ -271,6 +305,18 @@ fn exit_code(outcome: &TaskOutcome) -> ExitCode {
     } else {
         ExitCode::from(exit::TASK_FAILED)
     }
+}
+
+/// `--timeout`: a duration with its unit, at least 1 ms.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let limit = humantime::parse_duration(text)
+        .map_err(|err| format!("{err}; give a duration with its unit, e.g. 200ms, 30s, 5m"))?;
+    if limit < Duration::from_millis(1) {
+        return Err(format!(
+            "{text:?} is under 1 ms; a run-time limit must be at least 1ms"
+        ));
+    }
+    Ok(limit)
 }
 
 /// `--memory-bytes`: plain bytes or a size, read as simulated GPUs' sizes are.
@@ -424,7 +470,13 @@ fn story_json(record: &TaskRecord, attempts: &[Attempt]) -> serde_json::Value {
             "deadline_ms": record.deadline_ms,
             "schedule": record.schedule,
             "scheduled_for_ms": record.scheduled_for_ms,
+            "timeout_ms": record.timeout_ms,
         },
+        "progress": record.progress.as_ref().map(|p| serde_json::json!({
+            "fraction": p.fraction,
+            "message": p.message,
+            "at_ms": p.at_ms,
+        })),
         "attempts": attempts,
         "hand_backs": hand_backs,
         "retries": retries,
@@ -508,6 +560,12 @@ fn story_text(record: &TaskRecord, attempts: &[Attempt]) -> String {
                     .map_or_else(|| "-".to_owned(), table::time)
             ),
         );
+    }
+    if let Some(limit) = record.timeout_ms {
+        line("timeout", table::age(limit));
+    }
+    if let Some(progress) = &record.progress {
+        line("progress", progress_text(progress));
     }
     if let Some(shards) = record.shards {
         line(
@@ -705,6 +763,66 @@ fn attempts_table(attempts: &[Attempt], offset: impl Fn(Option<u64>) -> String) 
     table::render(&rows)
 }
 
+/// How a wait shows progress on stderr: a bar on a terminal, else a plain
+/// line per report.
+struct ProgressView {
+    id: TaskId,
+    /// The bar, on a terminal, once a first report came.
+    bar: Option<indicatif::ProgressBar>,
+    terminal: bool,
+}
+
+impl ProgressView {
+    fn new(id: TaskId) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            id,
+            bar: None,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&mut self, progress: &tandem_shared::wire::TaskProgress) {
+        if !self.terminal {
+            eprintln!("{}: progress {}", self.id, progress_text(progress));
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(1000);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40}] {percent:>3} %  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        // Per mille, so that the bar moves between whole percents.
+        bar.set_position((progress.fraction * 1000.0).round() as u64);
+        bar.set_message(progress.message.clone());
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A progress report as one line: `42.0 % step 3 of 7 (at 12:00:01.250)`.
+fn progress_text(progress: &tandem_shared::wire::TaskProgress) -> String {
+    let mut text = format!("{:.1} %", progress.fraction * 100.0);
+    if !progress.message.is_empty() {
+        text.push(' ');
+        text.push_str(&progress.message);
+    }
+    if let Some(at) = progress.at_ms {
+        text.push_str(&format!(" (at {})", table::time(at)));
+    }
+    text
+}
+
 /// A record as `field  value` lines, the result rendered as JSON: what
 /// `status` prints, and `wait` for the same task.
 fn print_record(record: &TaskRecord) {
@@ -758,6 +876,12 @@ fn record_text(record: &TaskRecord) -> String {
     }
     if let Some(deadline) = record.deadline_ms {
         row("deadline", table::time(deadline));
+    }
+    if let Some(limit) = record.timeout_ms {
+        row("timeout", table::age(limit));
+    }
+    if let Some(progress) = &record.progress {
+        row("progress", progress_text(progress));
     }
     let started = record.shards_started_at_ms.or(record.started_at_ms);
     row("started", opt(time(started)));

@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tandem_shared::store::CancelOutcome;
+use tandem_shared::store::{BlockingConn, CancelOutcome, EventCursor};
+use tandem_shared::wire::TaskProgress;
 use tandem_shared::{Status, TaskId};
 
 use crate::error::ProducerError;
@@ -79,6 +80,162 @@ impl TaskHandle {
     pub async fn cancel(&self) -> Result<CancelOutcome, ProducerError> {
         self.producer.cancel(self.id).await
     }
+
+    /// The task's progress reports as they come: first the record's last
+    /// one (when it has one), then each new one, ending when the task
+    /// finishes. Woken by the `progress` events of the task's class (one
+    /// blocking `XREAD` on a connection of its own; never a poll) and by
+    /// the task's completion notice; with `events` off on the workers only
+    /// the record's value comes, and the stream ends with the task.
+    pub fn progress(&self) -> ProgressStream {
+        progress_stream(self.producer.clone(), self.id)
+    }
+}
+
+/// [`TaskHandle::progress`]'s stream.
+pub type ProgressStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<TaskProgress, ProducerError>> + Send>>;
+
+/// How long one blocking read of the events waits before it re-arms.
+const PROGRESS_BLOCK_MS: u64 = 5_000;
+
+/// Where a progress stream stands.
+struct Following {
+    producer: Producer,
+    id: TaskId,
+    /// Set once the first step read the record and placed the cursor.
+    place: Option<(EventCursor, BlockingConn)>,
+    /// Reports read and not yet handed out, oldest first.
+    pending: std::collections::VecDeque<TaskProgress>,
+    /// The last report handed out: a repeat is skipped.
+    last: Option<(u64, String)>,
+    /// Completes when the task finishes (its notice).
+    finished: Pin<Box<dyn Future<Output = Result<TaskOutcome, ProducerError>> + Send>>,
+    done: bool,
+}
+
+impl Following {
+    fn push(&mut self, progress: TaskProgress) {
+        let key = (progress.fraction.to_bits(), progress.message.clone());
+        if self.last.as_ref() != Some(&key) {
+            self.last = Some(key);
+            self.pending.push_back(progress);
+        }
+    }
+
+    /// Reads the record and places the cursor after the class's newest
+    /// event, then reads the record again: a report written in between is
+    /// in the second read or after the cursor.
+    async fn start(&mut self) -> Result<(), ProducerError> {
+        let store = self.producer.store().clone();
+        let record = self
+            .producer
+            .record(self.id)
+            .await?
+            .ok_or(ProducerError::NotFound(self.id))?;
+        let class = record.class.ok_or(ProducerError::NotFound(self.id))?;
+        let cursor = store
+            .events_now(&[class])
+            .await
+            .map_err(ProducerError::from)?;
+        let conn = store
+            .blocking_connection(PROGRESS_BLOCK_MS)
+            .await
+            .map_err(ProducerError::from)?;
+        let record = self
+            .producer
+            .record(self.id)
+            .await?
+            .ok_or(ProducerError::NotFound(self.id))?;
+        if record.is_terminal() {
+            self.done = true;
+        }
+        if let Some(progress) = record.progress {
+            self.push(progress);
+        }
+        self.place = Some((cursor, conn));
+        Ok(())
+    }
+
+    /// Waits for the next reports, or the end of the task.
+    async fn next_reports(&mut self) -> Result<(), ProducerError> {
+        let store = self.producer.store().clone();
+        let Some((cursor, conn)) = &mut self.place else {
+            return Ok(());
+        };
+        let events = tokio::select! {
+            read = store.follow_events(conn, cursor, PROGRESS_BLOCK_MS, 256) => {
+                let (events, next) = read.map_err(ProducerError::from)?;
+                *cursor = next;
+                events
+            }
+            _ = &mut self.finished => {
+                // Its reports were written before its commit: whatever of
+                // them the blocking read has not brought yet is there now.
+                self.done = true;
+                let (events, next) = store
+                    .read_events(cursor, 10_000)
+                    .await
+                    .map_err(ProducerError::from)?;
+                *cursor = next;
+                events
+            }
+        };
+        let mut reports = Vec::new();
+        for event in events.into_iter().filter(|e| e.id == Some(self.id)) {
+            match (event.event.as_str(), event.progress) {
+                ("progress", Some(fraction)) => reports.push(TaskProgress {
+                    fraction,
+                    message: event.progress_msg.unwrap_or_default(),
+                    at_ms: event.at_ms,
+                }),
+                ("succeeded" | "failed" | "cancelled" | "expired", _) => self.done = true,
+                _ => {}
+            }
+        }
+        for report in reports {
+            self.push(report);
+        }
+        Ok(())
+    }
+}
+
+fn progress_stream(producer: Producer, id: TaskId) -> ProgressStream {
+    let finished = {
+        let producer = producer.clone();
+        Box::pin(async move { producer.wait_forever(id).await })
+    };
+    let state = Following {
+        producer,
+        id,
+        place: None,
+        pending: std::collections::VecDeque::new(),
+        last: None,
+        finished,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            loop {
+                if let Some(progress) = state.pending.pop_front() {
+                    return Some((Ok(progress), state));
+                }
+                if state.done {
+                    return None;
+                }
+                let step = if state.place.is_none() {
+                    state.start().await
+                } else {
+                    state.next_reports().await
+                };
+                if let Err(err) = step {
+                    state.done = true;
+                    return Some((Err(err), state));
+                }
+            }
+        },
+    ))
 }
 
 impl IntoFuture for TaskHandle {

@@ -50,11 +50,12 @@ mod schedule;
 mod task;
 
 pub use error::ProducerError;
-pub use handle::TaskHandle;
+pub use handle::{ProgressStream, TaskHandle};
 pub use outcome::TaskOutcome;
 pub use producer::Producer;
 pub use schedule::{Schedule, ScheduleAdded};
 pub use tandem_shared::recurring::CatchUp;
 pub use tandem_shared::store::CancelOutcome;
 pub use tandem_shared::wire::ScheduleRecord;
+pub use tandem_shared::wire::TaskProgress;
 pub use task::Task;

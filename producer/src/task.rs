@@ -54,6 +54,8 @@ pub struct Task {
     pub(crate) max_attempts: Option<u32>,
     pub(crate) memory_bytes: u64,
     pub(crate) deadline: Option<Duration>,
+    /// The run-time limit of each attempt ([`Task::timeout`]).
+    pub(crate) timeout: Option<Duration>,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) run_at: Option<When>,
     pub(crate) rate_key: Option<String>,
@@ -100,6 +102,7 @@ impl Task {
             max_attempts: None,
             memory_bytes: 0,
             deadline: None,
+            timeout: None,
             idempotency_key: None,
             run_at: None,
             rate_key: None,
@@ -158,6 +161,18 @@ impl Task {
     /// kind's. Without a limit on the key it changes nothing.
     pub fn rate_key(mut self, key: impl Into<String>) -> Self {
         self.rate_key = Some(key.into());
+        self
+    }
+
+    /// A run-time limit for each attempt, from its start: past it the
+    /// worker stops the task, which fails with `TIMEOUT` (and is retried
+    /// while attempts remain). A computation that does not stop within the
+    /// worker's `timeout_grace_ms` is abandoned: the task fails all the
+    /// same, and its slot stays taken until the computation ends. Unlike
+    /// [`Task::deadline`], which bounds the wait before the start. At least
+    /// 1 ms.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
         self
     }
 
@@ -261,6 +276,13 @@ impl Task {
             .class
             .or_else(|| known.as_ref().map(|k| k.class))
             .ok_or_else(|| ProducerError::MissingClass(self.kind.clone()))?;
+        let timeout_ms = match self.timeout {
+            Some(limit) if limit.is_zero() => {
+                return Err(bad("timeout must be at least 1 ms".into()));
+            }
+            Some(limit) => Some(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1)),
+            None => None,
+        };
         let deadline_in_ms = self
             .deadline
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
@@ -276,6 +298,7 @@ impl Task {
                 declared => declared,
             },
             deadline_in_ms,
+            timeout_ms,
             idempotency_key: self.idempotency_key,
             params: self.params,
             signature: None,

@@ -594,6 +594,7 @@ local function start(idx, entry, deliveries, prev)
         redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'device', device,
           'attempt', int(attempt), 'started_at_ms', int(now), 'owner', owner)
         verdict = 'run'
+        emit_event(base_at(idx), 'started', id, record, {kind = field(fields, 'kind')})
       end
     end
   end

@@ -196,7 +196,7 @@ end
 -- learns from the notice equals what the record says.
 local NOTICE_FIELDS = {'class', 'attempt', 'submitted_at_ms', 'started_at_ms', 'shards', 'kind',
   'priority', 'max_attempts', 'producer', 'deadline_ms', 'shards_done', 'parent', 'shard',
-  'cancel_requested_at_ms'}
+  'cancel_requested_at_ms', 'timeout_ms', 'progress', 'progress_msg', 'progress_at_ms'}
 
 -- Appends a completion notice for task `id` to a producer's reply stream of
 -- the task's class (the caller checks it is one, so it shares the slot):
@@ -283,6 +283,52 @@ local function owns(stream_key, group, entry_id, consumer)
   return #pending == 1 and pending[1][2] == consumer
 end
 
+-- Lifecycle events (the wire format's "Events"): one entry per change of a
+-- task in its class's `<base>events` stream, capped at about EVENTS_MAXLEN
+-- entries. EVENTS_MAXLEN is the line the loader puts before this file
+-- (shared/src/scripts.rs): 0 in the scripts a process loads with `events`
+-- off, where this returns before any call, so that off costs one
+-- comparison.
+--
+-- `event` is the event's name (submitted, started, progress, retried,
+-- succeeded, failed, dead_lettered, cancelled, expired, requeued), `id` the
+-- task's id, `record_key` its record, read for the kind, worker, device and
+-- attempt after the change; `over` (name -> value, may be nil) replaces or
+-- adds fields. The event is written after the change it reports; a key of
+-- another type only loses the event (the change stands), as a reply stream
+-- of another type only loses a notice.
+local EVENT_FIELDS = {'kind', 'worker', 'device', 'attempt'}
+local function emit_event(base, event, id, record_key, over)
+  if EVENTS_MAXLEN == 0 then
+    return
+  end
+  over = over or {}
+  local known = redis.call('HMGET', record_key, unpack(EVENT_FIELDS))
+  local args = {base .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', event, 'id', id,
+    'class', string.match(base, '{(.-)}') or '', 'at_ms', int(now_ms())}
+  for i = 1, #EVENT_FIELDS do
+    local name = EVENT_FIELDS[i]
+    local value = over[name]
+    if value == nil then
+      value = known[i]
+    end
+    if value then
+      args[#args + 1] = name
+      args[#args + 1] = value
+    end
+  end
+  for name, value in pairs(over) do
+    if value and not (name == 'kind' or name == 'worker' or name == 'device' or name == 'attempt') then
+      args[#args + 1] = name
+      args[#args + 1] = value
+    end
+  end
+  local added = redis.pcall('XADD', unpack(args))
+  if type(added) == 'table' and added.err then
+    redis.log(redis.LOG_WARNING, 'tandem: no ' .. event .. ' event for task ' .. id .. ': ' .. added.err)
+  end
+end
+
 -- Split tasks (split.lua). A split parent's record holds `shards`,
 -- `shards_done` and `shard_ids`; its entry's fields wait in
 -- `<base>split:<id>` and its shards' partial results in `<base>parts:<id>`
@@ -364,6 +410,10 @@ local function fail_parent(base, parent_id, shard_index, code, message, now, opt
   redis.call('EXPIRE', parent_key, opts.ttl_s)
   cancel_shards(base, parent[3], now, opts.ttl_s, 'another shard of the task failed')
   drop_split(base, parent_id)
+  emit_event(base, outcome[2], parent_id, parent_key, {error_code = code, dead_letter = dead_id})
+  if dead_id then
+    emit_event(base, 'dead_lettered', parent_id, parent_key, {error_code = code, dead_letter = dead_id})
+  end
   local reply_to = parent[4]
   if reply_to and string.sub(reply_to, 1, #opts.reply_prefix) == opts.reply_prefix
       and #reply_to > #opts.reply_prefix then

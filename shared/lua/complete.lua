@@ -235,6 +235,8 @@ if disposition == 'retry' then
   redis.call('HDEL', record_key, 'owner')
   redis.call('XACK', stream_key, group, entry_id)
   redis.call('XDEL', stream_key, entry_id)
+  emit_event(base, 'retried', task_id, record_key, {error_code = outcome('error_code'),
+    retry_at_ms = int(due)})
   return 1
 end
 
@@ -302,6 +304,11 @@ redis.call('HSET', record_key, unpack(record))
 redis.call('EXPIRE', record_key, ARGV[4])
 redis.call('XACK', stream_key, group, entry_id)
 redis.call('XDEL', stream_key, entry_id)
+emit_event(base, status, ARGV[8], record_key, {error_code = outcome('error_code'), dead_letter = dead_id})
+if dead_id and not parent_id then
+  emit_event(base, 'dead_lettered', ARGV[8], record_key, {error_code = outcome('error_code'),
+    dead_letter = dead_id})
+end
 
 if split_parent then
   drop_split(base, ARGV[8])
@@ -318,6 +325,14 @@ if parent_id and status == 'succeeded' then
     end
     redis.call('HSET', base .. 'parts:' .. parent_id, shard_index, result)
     local done = redis.call('HINCRBY', parent_key, 'shards_done', 1)
+    -- The parent's progress, by shards done (the merge is the rest).
+    local total = tonumber(parent[2]) or 0
+    if total > 0 then
+      local fraction = string.format('%.4f', math.min(done / total, 1))
+      local message = int(done) .. ' of ' .. int(total) .. ' shards done'
+      redis.call('HSET', parent_key, 'progress', fraction, 'progress_msg', message, 'progress_at_ms', int(now))
+      emit_event(base, 'progress', parent_id, parent_key, {progress = fraction, progress_msg = message})
+    end
     if done >= (tonumber(parent[2]) or 0) then
       local merge = redis.call('HGETALL', base .. 'split:' .. parent_id)
       if #merge > 0 then

@@ -76,6 +76,7 @@ if ARGV[4] ~= '' then
   if redis.call('HSETNX', KEYS[4], 'status', 'queued') == 1 then
     add_task(KEYS[3], KEYS[4], now, tonumber(ARGV[7]) or 0, ARGV[8], pairs,
       {'schedule', ARGV[1], 'scheduled_for_ms', ARGV[4]})
+    emit_event(base_of(KEYS[3]), 'submitted', id, KEYS[4])
     created = 1
   end
   fired = 1

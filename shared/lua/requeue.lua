@@ -53,6 +53,7 @@ if id and is_task_id(id) then
     'finished_at_ms', 'dead_letter', 'started_at_ms', 'worker', 'device', 'cancel_requested_at_ms')
   redis.call('HSET', record_key, 'status', 'queued', 'entry', entry_id, 'attempt', '1')
   redis.call('PERSIST', record_key)
+  emit_event(base_of(stream_key), 'requeued', id, record_key)
 else
   id = ''
 end

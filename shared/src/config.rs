@@ -180,6 +180,30 @@ impl SettingValue for BTreeMap<String, Role> {
     }
 }
 
+/// `kind_timeout_ms`: kind names to run-time limits in ms.
+impl SettingValue for BTreeMap<String, u64> {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        let mut limits = BTreeMap::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (kind, ms) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not KIND=MS (e.g. risk=30000)"))?;
+            let ms: u64 = ms
+                .trim()
+                .parse()
+                .map_err(|_| format!("{pair:?}: the limit must be a whole number of ms"))?;
+            limits.insert(kind.trim().to_owned(), ms);
+        }
+        Ok(limits)
+    }
+    fn show_setting(&self) -> String {
+        self.iter()
+            .map(|(kind, ms)| format!("{kind}={ms}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// A secret setting: never shown in logs, `--check-config` or `Debug`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -333,6 +357,14 @@ settings! {
     retry_max_ms: u64 = 60_000, "TANDEM_RETRY_MAX_MS";
     /// Approximate length cap of each class's dead-letter stream (entries).
     dead_letter_maxlen: u64 = 100_000, "TANDEM_DEAD_LETTER_MAXLEN";
+    /// Write lifecycle events (submitted, started, progress, retried, succeeded, failed, ...) to each class's `events` stream; set it alike on producers and workers (each writes the events of the changes it makes).
+    events: bool = true, "TANDEM_EVENTS";
+    /// How long a task past its `timeout` has to stop before its worker abandons it (ms).
+    timeout_grace_ms: u64 = 2_000, "TANDEM_TIMEOUT_GRACE_MS";
+    /// A worker's run-time limit for tasks of a kind that carry no `timeout` of their own (ms): a TOML table, or `risk=30000,train=600000`.
+    kind_timeout_ms: BTreeMap<String, u64> = BTreeMap::new(), "TANDEM_KIND_TIMEOUT_MS";
+    /// Least time between two progress writes of one task (ms); a report sooner than that after the last one written is dropped (0: write every report).
+    progress_interval_ms: u64 = 250, "TANDEM_PROGRESS_INTERVAL_MS";
     /// How long an idle worker's blocking wait for new tasks lasts before it re-arms (ms).
     block_ms: u64 = 2_000, "TANDEM_BLOCK_MS";
     /// How often a worker refreshes its registry record (ms).
@@ -519,6 +551,16 @@ impl Config {
         }
         if let Err(err) = crate::device::parse_simulated(&self.simulate_gpus) {
             return invalid("simulate_gpus", &err.to_string());
+        }
+        for (kind, &ms) in &self.kind_timeout_ms {
+            if kind.is_empty() || ms == 0 {
+                return invalid(
+                    "kind_timeout_ms",
+                    &format!(
+                        "{kind:?} = {ms}: each entry needs a kind name and a limit of at least 1 ms"
+                    ),
+                );
+            }
         }
         if let Err(message) = crate::device::check_role_pins(&self.device_roles) {
             return invalid("device_roles", &message);
@@ -765,6 +807,45 @@ mod tests {
         ] {
             let err = load(&[(var, value)], None).unwrap_err().to_string();
             assert!(err.contains(needle), "{var}={value}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kind_timeouts_read_from_file_and_env_and_bad_ones_are_named() {
+        let dir = std::env::temp_dir().join(format!("tandem-config-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("limits.toml");
+        std::fs::write(
+            &path,
+            "[kind_timeout_ms]
+risk = 30000
+",
+        )
+        .unwrap();
+        let config = load(&[], Some(&path)).unwrap();
+        assert_eq!(config.kind_timeout_ms.get("risk"), Some(&30_000));
+        let config = load(
+            &[("TANDEM_KIND_TIMEOUT_MS", "risk=5000, train=600000")],
+            Some(&path),
+        )
+        .unwrap();
+        assert_eq!(config.kind_timeout_ms.len(), 2);
+        assert!(
+            config
+                .to_string()
+                .contains("kind_timeout_ms = risk=5000,train=600000")
+        );
+        for (value, needle) in [
+            ("risk", "is not KIND=MS"),
+            ("risk=soon", "whole number of ms"),
+            ("risk=0", "at least 1 ms"),
+            ("=100", "a kind name"),
+        ] {
+            let err = load(&[("TANDEM_KIND_TIMEOUT_MS", value)], None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{value}: {err}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -115,6 +115,11 @@ impl Keys {
         format!("{}parts:{}", self.class_base(class), id)
     }
 
+    /// The lifecycle events of a class's tasks (a stream, capped).
+    pub fn events(&self, class: Class) -> String {
+        format!("{}events", self.class_base(class))
+    }
+
     /// The dead-letter stream of a class.
     pub fn dead(&self, class: Class) -> &str {
         &self.class_keys(class).2
@@ -235,11 +240,13 @@ impl Keys {
 
     /// Why no worker reads the stream `key` (under this prefix), in words;
     /// `None` when it is a stream Tandem uses: a task stream of a known
-    /// class and priority, a reply stream, a dead-letter stream, or the
-    /// alerts stream.
+    /// class and priority, a reply stream, a dead-letter stream, an events
+    /// stream, or the alerts stream.
     pub fn unknown_stream(&self, key: &str) -> Option<String> {
         let known = Class::ALL.iter().any(|&class| {
-            self.class_keys(class).0.iter().any(|s| s == key) || self.dead(class) == key
+            self.class_keys(class).0.iter().any(|s| s == key)
+                || self.dead(class) == key
+                || self.events(class) == key
         }) || self.is_reply(key)
             || key == self.alerts();
         if known {
@@ -355,6 +362,7 @@ mod tests {
             keys.dead(Class::Parallel).to_owned(),
             keys.reply(Class::Light, "p1"),
             keys.alerts(),
+            keys.events(Class::Heavy),
         ] {
             assert_eq!(keys.unknown_stream(&known), None, "{known}");
         }
@@ -393,6 +401,7 @@ mod tests {
         let expected: Vec<(&str, String, String)> = vec![
             ("delayed", String::new(), keys.delayed(class).to_owned()),
             ("dead", String::new(), keys.dead(class).to_owned()),
+            ("events", String::new(), keys.events(class)),
             (
                 "retry:",
                 id.clone(),

@@ -4,11 +4,26 @@
 //! by `EVALSHA`; [`load_all`] loads them with `SCRIPT LOAD` and checks that
 //! Redis computed the same SHA1 as we did, so a proxy or server that rewrote
 //! a script is caught at start, not by a wrong result later.
+//!
+//! Every script comes twice: with lifecycle events on (the line before
+//! `common.lua` sets `EVENTS_MAXLEN` to [`EVENTS_MAXLEN`]) and off (`0`, so
+//! that `emit_event` returns at once). A [`Store`](crate::store::Store) calls
+//! the variant its configuration's `events` names.
 
 use redis::{Cmd, Script};
 use std::sync::LazyLock;
 
+/// The approximate cap (`XADD MAXLEN ~`) of each class's events stream;
+/// the literal in `lua!` below must say the same (a unit test checks).
+pub const EVENTS_MAXLEN: u64 = 100_000;
+
 macro_rules! lua {
+    ($name:literal, events) => {
+        concat!("local EVENTS_MAXLEN = 100000\n", lua!($name))
+    };
+    ($name:literal, quiet) => {
+        concat!("local EVENTS_MAXLEN = 0\n", lua!($name))
+    };
     ($name:literal) => {
         concat!(
             include_str!("../lua/common.lua"),
@@ -20,33 +35,47 @@ macro_rules! lua {
     };
 }
 
-/// One embedded script.
+/// One embedded script, in its two variants: with lifecycle events and
+/// without.
 #[derive(Debug)]
 pub struct LuaScript {
     pub name: &'static str,
+    /// The source with events on.
     pub source: &'static str,
     script: Script,
+    /// The source with events off.
+    pub quiet_source: &'static str,
+    quiet: Script,
 }
 
 impl LuaScript {
-    fn new(name: &'static str, source: &'static str) -> Self {
+    fn new(name: &'static str, source: &'static str, quiet_source: &'static str) -> Self {
         Self {
             name,
             source,
             script: Script::new(source),
+            quiet_source,
+            quiet: Script::new(quiet_source),
         }
     }
 
-    /// The SHA1 that `EVALSHA` names the script by.
+    /// The SHA1 that `EVALSHA` names the script by (events on).
     pub fn sha(&self) -> &str {
         self.script.get_hash()
     }
 
-    /// An `EVALSHA` command; the caller adds keys and arguments in the order
-    /// the script's header documents, via [`Invocation`].
-    pub fn invocation(&self) -> Invocation {
+    /// The SHA1 of the variant without events.
+    pub fn quiet_sha(&self) -> &str {
+        self.quiet.get_hash()
+    }
+
+    /// An `EVALSHA` command of the variant with lifecycle events (`events`)
+    /// or without; the caller adds keys and arguments in the order the
+    /// script's header documents, via [`Invocation`].
+    pub fn invocation(&self, events: bool) -> Invocation {
+        let sha = if events { self.sha() } else { self.quiet_sha() };
         Invocation {
-            sha: self.sha().to_owned(),
+            sha: sha.to_owned(),
             keys: Vec::new(),
             args: Vec::new(),
         }
@@ -86,40 +115,35 @@ impl Invocation {
     }
 }
 
-pub static SUBMIT: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("submit.lua", lua!("submit.lua")));
-pub static CLAIM: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("claim.lua", lua!("claim.lua")));
-pub static COMPLETE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("complete.lua", lua!("complete.lua")));
-pub static SPLIT: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("split.lua", lua!("split.lua")));
-pub static CANCEL: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("cancel.lua", lua!("cancel.lua")));
-pub static FIND: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("find.lua", lua!("find.lua")));
-pub static EXTEND: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("extend.lua", lua!("extend.lua")));
-pub static BURY: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("bury.lua", lua!("bury.lua")));
-pub static REQUEUE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("requeue.lua", lua!("requeue.lua")));
-pub static RELEASE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("release.lua", lua!("release.lua")));
-pub static SCHEDULE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("schedule.lua", lua!("schedule.lua")));
-pub static FIRE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("fire.lua", lua!("fire.lua")));
-pub static PROMOTE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("promote.lua", lua!("promote.lua")));
-pub static FLOW: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("flow.lua", lua!("flow.lua")));
+/// Declares one embedded script, in its two variants.
+macro_rules! script {
+    ($static:ident, $name:literal) => {
+        pub static $static: LazyLock<LuaScript> =
+            LazyLock::new(|| LuaScript::new($name, lua!($name, events), lua!($name, quiet)));
+    };
+}
+
+script!(SUBMIT, "submit.lua");
+script!(CLAIM, "claim.lua");
+script!(COMPLETE, "complete.lua");
+script!(SPLIT, "split.lua");
+script!(CANCEL, "cancel.lua");
+script!(FIND, "find.lua");
+script!(EXTEND, "extend.lua");
+script!(BURY, "bury.lua");
+script!(REQUEUE, "requeue.lua");
+script!(RELEASE, "release.lua");
+script!(PROGRESS, "progress.lua");
+script!(SCHEDULE, "schedule.lua");
+script!(FIRE, "fire.lua");
+script!(PROMOTE, "promote.lua");
+script!(FLOW, "flow.lua");
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 14] {
+pub fn all() -> [&'static LuaScript; 15] {
     [
         &SUBMIT, &CLAIM, &COMPLETE, &SPLIT, &CANCEL, &FIND, &EXTEND, &BURY, &REQUEUE, &RELEASE,
-        &SCHEDULE, &FIRE, &PROMOTE, &FLOW,
+        &PROGRESS, &SCHEDULE, &FIRE, &PROMOTE, &FLOW,
     ]
 }
 
@@ -144,21 +168,26 @@ pub enum ScriptError {
 /// Loads every script into Redis and verifies its SHA1.
 pub async fn load_all<C: redis::aio::ConnectionLike>(conn: &mut C) -> Result<(), ScriptError> {
     for script in all() {
-        let got: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(script.source)
-            .query_async(conn)
-            .await
-            .map_err(|source| ScriptError::Load {
-                name: script.name,
-                source,
-            })?;
-        if got != script.sha() {
-            return Err(ScriptError::ShaMismatch {
-                name: script.name,
-                expected: script.sha().to_owned(),
-                got,
-            });
+        for (source, sha) in [
+            (script.source, script.sha()),
+            (script.quiet_source, script.quiet_sha()),
+        ] {
+            let got: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(source)
+                .query_async(conn)
+                .await
+                .map_err(|source| ScriptError::Load {
+                    name: script.name,
+                    source,
+                })?;
+            if got != sha {
+                return Err(ScriptError::ShaMismatch {
+                    name: script.name,
+                    expected: sha.to_owned(),
+                    got,
+                });
+            }
         }
     }
     Ok(())
@@ -183,6 +212,23 @@ mod tests {
         for script in all() {
             assert_eq!(Script::new(script.source).get_hash(), script.sha());
             assert!(script.source.contains("local function now_ms()"));
+            assert_eq!(
+                Script::new(script.quiet_source).get_hash(),
+                script.quiet_sha()
+            );
+            assert_ne!(script.sha(), script.quiet_sha());
+        }
+    }
+
+    #[test]
+    fn the_events_variants_set_the_cap_the_constant_states() {
+        for script in all() {
+            assert!(
+                script
+                    .source
+                    .starts_with(&format!("local EVENTS_MAXLEN = {EVENTS_MAXLEN}\n"))
+            );
+            assert!(script.quiet_source.starts_with("local EVENTS_MAXLEN = 0\n"));
         }
     }
 }

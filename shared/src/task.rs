@@ -263,6 +263,10 @@ impl ErrorCode {
     pub const MAX_DELIVERIES: ErrorCode = ErrorCode::from_static("MAX_DELIVERIES");
     /// The entry's signature is missing or wrong.
     pub const BAD_SIGNATURE: ErrorCode = ErrorCode::from_static("BAD_SIGNATURE");
+    /// It ran past its run-time limit (`timeout_ms`) and was stopped, or
+    /// abandoned when it did not stop within the grace period. Retryable
+    /// per the task's attempts.
+    pub const TIMEOUT: ErrorCode = ErrorCode::from_static("TIMEOUT");
 
     pub const fn from_static(code: &'static str) -> Self {
         Self(Cow::Borrowed(code))

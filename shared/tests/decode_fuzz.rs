@@ -98,6 +98,7 @@ proptest! {
             max_attempts,
             memory_bytes: memory,
             deadline_in_ms: None,
+            timeout_ms: None,
             idempotency_key: None,
             params: params.clone(),
             signature: Some("ab".repeat(32)),

@@ -232,7 +232,7 @@ async fn a_split_task_whose_cancel_was_requested_ends_cancelled_when_a_shard_fai
 
     // Shard 0 fails for good.
     let commit = tandem_shared::scripts::COMPLETE
-        .invocation()
+        .invocation(true)
         .key(record(&failing))
         .key(&stream)
         .key(format!("{base}delayed"))

@@ -148,6 +148,23 @@ async fn a_registered_model_runs_infer_predict_and_train_and_stays_resident() {
     let weights = trained.weights.expect("the model comes back");
     assert_eq!(sha256_hex(&weights), trained.sha256);
     assert_eq!(Model::decode(&weights).unwrap().shape(), model.shape());
+    // It reported its progress by epoch with the loss; the last report
+    // (all done) is never throttled away.
+    let stored = producer.record(record.id.unwrap()).await.unwrap().unwrap();
+    let progress = stored.progress.expect("train reports its epochs");
+    assert_eq!(progress.fraction, 1.0);
+    assert!(
+        progress.message.starts_with("epoch 30 of 30, loss "),
+        "{}",
+        progress.message
+    );
+    let reported: f64 = progress.message["epoch 30 of 30, loss ".len()..]
+        .parse()
+        .unwrap();
+    assert!(
+        (reported - f64::from(last)).abs() < 1e-5,
+        "{reported} vs {last}"
+    );
 
     // An unknown model fails for good, saying so.
     let (record, _) = run::<Infer>(&producer, &infer("nope", 1, 4), Priority::Normal).await;

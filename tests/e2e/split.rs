@@ -99,6 +99,12 @@ async fn a_split_task_spreads_over_the_gpus_by_speed_and_merges_to_the_whole_res
     let parent = record(&redis, &id).await;
     assert_eq!(parent.shards, Some(8), "2 GPUs x 4 shards: {parent:?}");
     assert_eq!(parent.shards_done, Some(8));
+    // Its progress went by shards done, the last one all of them.
+    let progress = parent.progress.as_ref().expect("progress by shards");
+    assert_eq!(
+        (progress.fraction, progress.message.as_str()),
+        (1.0, "8 of 8 shards done")
+    );
     let shards = shards(&redis, &id).await;
     assert_eq!(shards.len(), 8);
     let on = |device: &str| {

@@ -89,6 +89,16 @@ pub(crate) struct Dispatcher {
 #[derive(Debug)]
 pub(crate) enum Finished {
     Done(Completion),
+    /// Sent before the `Done` of a task abandoned past its run-time limit:
+    /// its computation still runs, so its slot stays taken after the
+    /// commit, until `Released`.
+    Abandoned,
+    /// An abandoned task's computation ended: its slot is free.
+    Released,
+    /// An abandoned task's computation runs on a GPU worker, where a kernel
+    /// cannot be stopped: after the commits, the worker exits for its fleet
+    /// to restart it (as after a device failure).
+    Restart(String),
     /// Its device failed; the entry it holds is to be handed back.
     DeviceFailed {
         id: TaskId,
@@ -111,11 +121,27 @@ struct Outcomes {
 }
 
 impl Outcomes {
+    /// Takes in what a task's run reported and tells the schedule.
+    fn take(&mut self, done: Finished, schedule: &mut Schedule) {
+        match done {
+            // The abandoned computation holds a slot of its own from now
+            // until it ends; the commit frees the task's.
+            Finished::Abandoned => schedule.accepted(1),
+            Finished::Released => schedule.task_finished(true),
+            done => schedule.task_finished(self.absorb(done)),
+        }
+    }
+
     /// Queues a finished task's commit, unless its lease was lost: then its
     /// outcome is dropped (the worker that took it over commits). True when
     /// the task's slot came free without a commit.
     fn absorb(&mut self, done: Finished) -> bool {
         match done {
+            Finished::Abandoned | Finished::Released => false,
+            Finished::Restart(message) => {
+                self.device_failure.get_or_insert(message);
+                true
+            }
             Finished::Done(done) => {
                 if self.lost.remove(&done.id) {
                     tracing::info!(task = %done.id, "outcome dropped: the task's lease was lost");
@@ -171,7 +197,7 @@ impl Dispatcher {
 
         loop {
             while let Ok(done) = done_rx.try_recv() {
-                schedule.task_finished(outcomes.absorb(done));
+                outcomes.take(done, &mut schedule);
             }
             // A busy worker takes in the registry's latest look here, not
             // only when it sleeps.
@@ -208,7 +234,7 @@ impl Dispatcher {
             let wake_at = schedule.next_wake(now, !self.running.is_empty());
             let draining = schedule.is_draining();
             tokio::select! {
-                Some(done) = done_rx.recv() => schedule.task_finished(outcomes.absorb(done)),
+                Some(done) = done_rx.recv() => outcomes.take(done, &mut schedule),
                 () = waker.woken(), if !draining => schedule.woken(),
                 () = self.flow_changed.notified(), if !draining => schedule.woken(),
                 Ok(()) = self.observations.changed() => {
@@ -671,8 +697,9 @@ impl Dispatcher {
                 ),
                 _ => Plan::Run { split_into },
             };
+            let mut abandoned = None;
             let finished = match executor
-                .execute(entry, entry_id.clone(), cancel, plan, fleet)
+                .execute_tracked(entry, entry_id.clone(), cancel, plan, fleet, &mut abandoned)
                 .instrument(tracing::info_span!("execute"))
                 .await
             {
@@ -684,11 +711,33 @@ impl Dispatcher {
                     failure,
                 },
             };
-            running.finish(&id);
-            stats.task_ended();
             // The receiver lives as long as the dispatcher; if it is gone the
             // worker is exiting and the entry was handed back.
-            let _ = done.send(finished);
+            if let Some(work) = abandoned {
+                // Past its run-time limit and not stopped: the outcome is
+                // committed now, the slot and the device memory stay taken
+                // until the computation ends. A kernel on a GPU cannot be
+                // stopped at all: a GPU worker (a simulated one too, which
+                // behaves as one) restarts once the commit is in.
+                running.abandon(&id);
+                let _ = done.send(Finished::Abandoned);
+                let _ = done.send(finished);
+                if executor.device.is_gpu() {
+                    let _ = done.send(Finished::Restart(format!(
+                        "task {id} ran past its timeout and its GPU computation cannot be stopped: \
+                         restarting the worker"
+                    )));
+                }
+                work.finished().await;
+                tracing::info!(task = %id, "the abandoned computation ended; its slot is free");
+                running.finish(&id);
+                stats.task_ended();
+                let _ = done.send(Finished::Released);
+            } else {
+                running.finish(&id);
+                stats.task_ended();
+                let _ = done.send(finished);
+            }
         };
         tokio::spawn(run.instrument(span));
         1

@@ -92,10 +92,18 @@ pub(crate) struct Executor {
     pub signer: Option<tandem_shared::signature::Signer>,
     /// The model cache the model kinds use.
     pub models: Option<Arc<crate::model_cache::ModelCache>>,
+    /// How long a task past its run-time limit has to stop before it is
+    /// abandoned (`timeout_grace_ms`).
+    pub timeout_grace: Duration,
+    /// Run-time limits by kind for tasks without one (`kind_timeout_ms`).
+    pub kind_timeouts: std::collections::BTreeMap<String, u64>,
+    /// Where running tasks' progress reports go (`None`: dropped).
+    pub progress: Option<crate::context::ProgressSink>,
 }
 
 impl Executor {
     /// Runs a started task to its completion, or to its device's failure.
+    #[cfg(test)]
     pub async fn execute(
         &self,
         entry: TaskEntry,
@@ -103,6 +111,25 @@ impl Executor {
         cancel: CancellationToken,
         plan: Plan,
         fleet: Arc<Fleet>,
+    ) -> Result<Completion, DeviceFailure> {
+        let mut abandoned = None;
+        self.execute_tracked(entry, entry_id, cancel, plan, fleet, &mut abandoned)
+            .await
+    }
+
+    /// [`Executor::execute`]; when the task ran past its run-time limit and
+    /// its computation did not stop within the grace period, the completion
+    /// says `TIMEOUT` at once and `abandoned` holds the computation's
+    /// [`Work`](crate::context::Work): the task's slot and device memory stay
+    /// taken until it ends.
+    pub async fn execute_tracked(
+        &self,
+        entry: TaskEntry,
+        entry_id: String,
+        cancel: CancellationToken,
+        plan: Plan,
+        fleet: Arc<Fleet>,
+        abandoned: &mut Option<crate::context::Work>,
     ) -> Result<Completion, DeviceFailure> {
         let started = Instant::now();
         let parts = match plan {
@@ -129,7 +156,10 @@ impl Executor {
             Plan::Merge(parts) => Some(parts),
         };
         let outcome = match self.device.before_task(entry.memory_bytes) {
-            Injected::None => self.run_watched(&entry, cancel, parts).await,
+            Injected::None => {
+                self.run_watched(&entry, &entry_id, cancel, parts, abandoned)
+                    .await
+            }
             Injected::Fail(message) => Err(TaskError::device_failed(message)),
             Injected::OutOfMemory(message) => Err(TaskError::out_of_memory(message)),
             Injected::Hang => {
@@ -253,10 +283,13 @@ impl Executor {
     async fn run_watched(
         &self,
         entry: &TaskEntry,
+        entry_id: &str,
         cancel: CancellationToken,
         parts: Option<Result<Vec<Vec<u8>>, PartsError>>,
+        abandoned: &mut Option<crate::context::Work>,
     ) -> Result<Vec<u8>, TaskError> {
-        self.watched(self.run(entry, cancel, parts)).await
+        self.watched(self.run(entry, entry_id, cancel, parts, abandoned))
+            .await
     }
 
     async fn watched(
@@ -376,10 +409,20 @@ impl Executor {
     async fn run(
         &self,
         entry: &TaskEntry,
+        entry_id: &str,
         cancel: CancellationToken,
         parts: Option<Result<Vec<Vec<u8>>, PartsError>>,
+        abandoned: &mut Option<crate::context::Work>,
     ) -> Result<Vec<u8>, TaskError> {
         self.check_size(entry)?;
+        let progress = self.progress.as_ref().map(|sink| {
+            crate::context::Progress::new(
+                sink.clone(),
+                entry.class,
+                entry.id,
+                format!("{} {entry_id}", self.worker_id),
+            )
+        });
         let ctx = TaskContext::new(
             entry.id,
             entry.attempt,
@@ -387,7 +430,12 @@ impl Executor {
             cancel.clone(),
         )
         .with_gpu(self.device.runtime())
-        .with_models(entry.priority, self.models.clone());
+        .with_models(entry.priority, self.models.clone())
+        .with_progress(progress);
+        let limit = entry
+            .timeout_ms
+            .or_else(|| self.kind_timeouts.get(&entry.kind).copied())
+            .map(Duration::from_millis);
         let prepared = match (entry.split, parts) {
             (Some(SplitRole::Shard { .. }), _) => {
                 split::run_shard_entry(&*self.splitter(entry)?, &entry.params, &ctx)?
@@ -425,7 +473,46 @@ impl Executor {
                 ErrorCode::CANCELLED,
                 "cancelled by a producer while running",
             )),
+            () = past(limit) => {
+                // The same path as a cancel: the token sets the task's Stop.
+                cancel.cancel();
+                Err(TaskError::new(
+                    ErrorCode::TIMEOUT,
+                    format!(
+                        "ran past its timeout of {} ms and was stopped",
+                        limit.map_or(0, |l| l.as_millis())
+                    ),
+                ))
+            }
         };
+        let timed_out = matches!(&outcome, Err(err) if err.code == ErrorCode::TIMEOUT);
+        if timed_out {
+            // Stopped within the grace period: the slot comes free with the
+            // commit, as after a cancel. Else abandoned: the outcome is
+            // committed now, and the slot stays taken until the computation
+            // ends (the dispatcher waits on `abandoned`).
+            if tokio::time::timeout(self.timeout_grace, ctx.work().finished())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    task = %entry.id, kind = %entry.kind,
+                    grace_ms = self.timeout_grace.as_millis(),
+                    "the task ran past its timeout and did not stop within the grace period: abandoned; \
+                     its slot and device memory stay taken until its computation ends"
+                );
+                *abandoned = Some(ctx.work().clone());
+                return Err(TaskError::new(
+                    ErrorCode::TIMEOUT,
+                    format!(
+                        "ran past its timeout of {} ms and did not stop within {} ms: abandoned",
+                        limit.map_or(0, |l| l.as_millis()),
+                        self.timeout_grace.as_millis()
+                    ),
+                ));
+            }
+            return outcome;
+        }
         // After a cancel the handler's future is dropped, which stops async
         // work; a computation on a blocking thread stops at its next look at
         // the cancel. Until it has, the task keeps its slot and its device
@@ -434,6 +521,9 @@ impl Executor {
         if cancel.is_cancelled() {
             self.wait_for_computations(entry, ctx.work()).await;
         }
+        // The last report goes in before the commit, which ends the task
+        // (and fences later reports out).
+        ctx.flush_progress().await;
         outcome
     }
 
@@ -552,6 +642,14 @@ impl Executor {
     }
 }
 
+/// Completes once `limit` has passed (never without one).
+async fn past(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn completion(
     entry: TaskEntry,
     entry_id: String,
@@ -662,6 +760,9 @@ mod tests {
                 base: Duration::from_millis(100),
                 max: Duration::from_secs(1),
             },
+            timeout_grace: Duration::from_millis(200),
+            kind_timeouts: std::collections::BTreeMap::new(),
+            progress: None,
         }
     }
 
@@ -675,6 +776,7 @@ mod tests {
             max_attempts: 3,
             memory_bytes: 0,
             deadline_ms: None,
+            timeout_ms: None,
             producer: "p".into(),
             submitted_at_ms: None,
             reply_to: None,

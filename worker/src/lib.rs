@@ -38,6 +38,7 @@
 //! - `doorbell`: wakes an idle worker when a task arrives (blocking `XREAD`).
 //! - `cancel`: the pub/sub listener that stops tasks a producer cancelled.
 //! - `promoter`: moves due delayed tasks into their streams on time.
+//! - `progress`: writes running tasks' progress reports (`progress.lua`).
 //! - `watch`: reads the registry: live workers (for routing) and dead ones
 //!   (whose tasks are taken over at once).
 //! - `router`: this worker's routing rules, from the registry and its role.
@@ -88,6 +89,7 @@ pub mod kind_table;
 mod kinds;
 mod metrics;
 pub mod model_cache;
+mod progress;
 mod promoter;
 mod recurring;
 mod router;
@@ -336,6 +338,8 @@ pub async fn run(
         promoted_classes,
         Arc::clone(&flow_changed),
     ));
+    let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    background.spawn(progress::write(store.clone(), progress_rx));
     background.spawn(cancel::listen(
         store.clone(),
         running.clone(),
@@ -394,6 +398,12 @@ pub async fn run(
                 base: Duration::from_millis(config.retry_base_ms),
                 max: Duration::from_millis(config.retry_max_ms),
             },
+            timeout_grace: Duration::from_millis(config.timeout_grace_ms),
+            kind_timeouts: config.kind_timeout_ms.clone(),
+            progress: Some(context::ProgressSink {
+                reports: progress_tx,
+                interval: Duration::from_millis(config.progress_interval_ms),
+            }),
         }),
         router,
         device_memory: Arc::clone(&device),

@@ -37,6 +37,10 @@ pub(crate) struct Tasks {
     /// can reach the dispatcher after the cancel of the task it started
     /// reached the listener. Kept for [`EARLY_CANCEL_TTL`].
     early: HashMap<TaskId, Instant>,
+    /// Tasks abandoned past their run-time limit whose computation still
+    /// runs: their outcome is committed (no lease to extend), their device
+    /// memory still taken.
+    abandoned: HashMap<TaskId, u64>,
 }
 
 /// How long a cancel for a task this worker is not running is remembered.
@@ -68,13 +72,28 @@ impl Running {
         token
     }
 
-    /// The device memory the running tasks declared, together.
+    /// The device memory the running tasks declared, together (abandoned
+    /// ones included: their computation still holds it).
     pub fn reserved(&self) -> u64 {
-        self.lock().running.values().map(|t| t.memory).sum()
+        let tasks = self.lock();
+        tasks.running.values().map(|t| t.memory).sum::<u64>()
+            + tasks.abandoned.values().sum::<u64>()
     }
 
     pub fn finish(&self, id: &TaskId) {
-        self.lock().running.remove(id);
+        let mut tasks = self.lock();
+        tasks.running.remove(id);
+        tasks.abandoned.remove(id);
+    }
+
+    /// A task abandoned past its run-time limit: its outcome is being
+    /// committed, so its lease is no longer extended, but its device memory
+    /// stays reserved until [`Running::finish`].
+    pub fn abandon(&self, id: &TaskId) {
+        let mut tasks = self.lock();
+        if let Some(task) = tasks.running.remove(id) {
+            tasks.abandoned.insert(*id, task.memory);
+        }
     }
 
     /// Cancels a running task; a task not running here is remembered for a

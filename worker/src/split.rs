@@ -124,11 +124,19 @@ pub fn whole<S: Split>(
         None => kind.cpu_steps(params).max(1),
     };
     let mut parts = Vec::with_capacity(steps);
-    for shard in kind.split(params, steps) {
+    let shards = kind.split(params, steps);
+    let count = shards.len();
+    for shard in shards {
         stop.check()?;
         parts.push(match gpu {
             Some(gpu) => kind.gpu_shard(gpu, params, &shard)?,
             None => kind.cpu_shard(params, &shard)?,
+        });
+        // Progress by steps (runs of blocks: path batches for the Monte
+        // Carlo kinds); the merge is the rest.
+        let done = parts.len();
+        stop.progress(done as f64 / count as f64, || {
+            format!("step {done} of {count}")
         });
     }
     // A merge may be long too (`portfolio_opt` refines there).

@@ -149,9 +149,16 @@ def test_signature_matches_the_wire_format_example():
 
 
 def test_scripts_hash_as_the_rust_store_names_them():
+    # shared/src/scripts.rs: `local EVENTS_MAXLEN = N` (0 without events),
+    # then common.lua, then the script's own file.
+    rust = (ROOT / "shared" / "src" / "scripts.rs").read_text()
+    assert f"pub const EVENTS_MAXLEN: u64 = {_core.EVENTS_MAXLEN:_};" in rust
+    common = (PACKAGE / "lua" / "common.lua").read_text()
     for script in _core.SCRIPTS:
-        assert script.source.startswith((PACKAGE / "lua" / "common.lua").read_text())
+        assert script.source.startswith(f"local EVENTS_MAXLEN = {_core.EVENTS_MAXLEN}\n{common}")
+        assert script.quiet_source.startswith(f"local EVENTS_MAXLEN = 0\n{common}")
         assert f"\n-- {script.name}\n" in script.source
+        assert script.variant(True)[1] != script.variant(False)[1]
 
 
 def test_the_package_exports_its_api():

@@ -12,7 +12,8 @@ mod train;
 pub use forward::{forward_cpu, loss_cpu};
 pub use optimizer::{Optimizer, OptimizerState, Params};
 pub use train::{
-    TrainConfig, TrainReport, epoch_order, gradients_cpu, train_cpu, train_cpu_until, train_step,
+    TrainConfig, TrainReport, TrainWatch, epoch_order, gradients_cpu, train_cpu, train_cpu_until,
+    train_step,
 };
 
 /// The activation between hidden layers; the output layer is linear.

@@ -393,7 +393,17 @@ fn training_stops_between_epochs_when_asked() {
         asked.get() > 2
     };
     let mut stopped = Mlp::random(&[2, 8, 1], Activation::Tanh, 3).expect("sizes");
-    let err = crate::mlp::train_cpu_until(&mut stopped, &x, &y, samples, &config, &stop);
+    let err = crate::mlp::train_cpu_until(
+        &mut stopped,
+        &x,
+        &y,
+        samples,
+        &config,
+        crate::mlp::TrainWatch {
+            stop: &stop,
+            epoch_done: &|_, _| {},
+        },
+    );
     assert!(matches!(err, Err(MlpError::Stopped)), "{err:?}");
     assert_eq!(asked.get(), 3);
 

@@ -33,6 +33,29 @@ pub struct TrainReport {
     pub steps: u64,
 }
 
+/// What a caller hears from a training run between epochs: whether to
+/// stop (asked before each epoch), and each finished epoch (its number
+/// from 0, its loss), a progress hook.
+#[derive(Clone, Copy)]
+pub struct TrainWatch<'a> {
+    pub stop: &'a dyn Fn() -> bool,
+    pub epoch_done: &'a dyn Fn(usize, f64),
+}
+
+impl std::fmt::Debug for TrainWatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrainWatch")
+    }
+}
+
+impl TrainWatch<'static> {
+    /// Never stops, hears nothing.
+    pub const NONE: Self = Self {
+        stop: &|| false,
+        epoch_done: &|_, _| {},
+    };
+}
+
 /// The order of the samples in epoch `epoch` of a run seeded `seed`: a
 /// Fisher-Yates shuffle driven by splitmix64 (the GPU path shuffles on the
 /// host with this same function).
@@ -59,19 +82,19 @@ pub fn train_cpu(
     samples: usize,
     config: &TrainConfig,
 ) -> Result<TrainReport, MlpError> {
-    train_cpu_until(mlp, x, y, samples, config, &|| false)
+    train_cpu_until(mlp, x, y, samples, config, TrainWatch::NONE)
 }
 
-/// [`train_cpu`], asking `stop` before each epoch: once it says yes,
+/// [`train_cpu`], asking `watch.stop` before each epoch: once it says yes,
 /// training ends with [`MlpError::Stopped`] (the weights are then those of
-/// the last whole epoch).
+/// the last whole epoch). `watch.epoch_done` hears each finished epoch.
 pub fn train_cpu_until(
     mlp: &mut Mlp,
     x: &[f32],
     y: &[f32],
     samples: usize,
     config: &TrainConfig,
-    stop: &dyn Fn() -> bool,
+    watch: TrainWatch<'_>,
 ) -> Result<TrainReport, MlpError> {
     check_training(mlp, x, y, samples)?;
     config.optimizer.check()?;
@@ -82,7 +105,7 @@ pub fn train_cpu_until(
     let mut workspace = Workspace::new(mlp);
     let mut losses = Vec::with_capacity(config.epochs);
     for epoch in 0..config.epochs {
-        if stop() {
+        if (watch.stop)() {
             return Err(MlpError::Stopped);
         }
         let order = epoch_order(samples, config.seed, epoch);
@@ -101,6 +124,7 @@ pub fn train_cpu_until(
             weighted += loss * indices.len() as f64;
         }
         losses.push(weighted / samples as f64);
+        (watch.epoch_done)(epoch, weighted / samples as f64);
     }
     Ok(TrainReport {
         losses,

@@ -9,7 +9,7 @@ use super::device::{DeviceModel, Workspace, ensure_workspace};
 use super::step::{gather, step};
 use super::{GpuMlp, GpuMlpError, check_rows};
 use crate::driver::{DeviceError, Fault};
-use crate::mlp::{MlpError, Optimizer, TrainConfig, TrainReport};
+use crate::mlp::{MlpError, Optimizer, TrainConfig, TrainReport, TrainWatch};
 use crate::runtime::Gpu;
 
 /// Checks an optimiser's constants as the CPU twin does.
@@ -195,11 +195,12 @@ impl GpuMlp {
         samples: usize,
         config: &TrainConfig,
     ) -> Result<TrainReport, GpuMlpError> {
-        self.train_until(gpu, x, y, samples, config, &|| false)
+        self.train_until(gpu, x, y, samples, config, TrainWatch::NONE)
     }
 
-    /// [`GpuMlp::train`], asking `stop` before each epoch: once it says
-    /// yes, training ends with [`MlpError::Stopped`].
+    /// [`GpuMlp::train`], asking `watch.stop` before each epoch: once it
+    /// says yes, training ends with [`MlpError::Stopped`].
+    /// `watch.epoch_done` hears each finished epoch.
     pub fn train_until(
         &mut self,
         gpu: &Gpu,
@@ -207,7 +208,7 @@ impl GpuMlp {
         y: &[f32],
         samples: usize,
         config: &TrainConfig,
-        stop: &dyn Fn() -> bool,
+        watch: TrainWatch<'_>,
     ) -> Result<TrainReport, GpuMlpError> {
         check_rows("training inputs", x, samples, self.inputs())?;
         check_rows("training targets", y, samples, self.outputs())?;
@@ -239,7 +240,7 @@ impl GpuMlp {
         let mut losses = Vec::with_capacity(config.epochs);
         let mut steps = 0;
         for epoch in 0..config.epochs {
-            if stop() {
+            if (watch.stop)() {
                 return Err(MlpError::Stopped.into());
             }
             let order = crate::mlp::epoch_order(samples, config.seed, epoch);
@@ -247,7 +248,9 @@ impl GpuMlp {
             stream
                 .memcpy_htod(&order, &mut data.order)
                 .map_err(DeviceError::from)?;
-            losses.push(self.epoch(gpu, &mut data, samples, batch, &config.optimizer)?);
+            let loss = self.epoch(gpu, &mut data, samples, batch, &config.optimizer)?;
+            losses.push(loss);
+            (watch.epoch_done)(epoch, loss);
             steps += steps_per_epoch as u64;
         }
         Ok(TrainReport { losses, steps })

@@ -14,6 +14,7 @@
 //! | `panic` | cpu | `{message}` | the handler panics |
 //! | `abort` | cpu | anything | the worker process aborts (dies at once) |
 //! | `gpu_only` | heavy | `{ms}` | sleeps like `sleep`, but has no CPU path: a CPU worker never runs it (a task too large for every live GPU fails with `INSUFFICIENT_GPU_MEMORY`) |
+//! | `spin` | cpu | `{ms, ignore_stop}` | `{spun_ms}`: keeps a blocking thread busy for `ms` (at most one hour), reporting its progress each millisecond (throttled by the worker) and looking at its `Stop` between milliseconds, unless `ignore_stop`: then it runs to the end whatever happens (a computation that cannot be stopped, as a GPU kernel) |
 //! | `split_sum` | parallel | `{n, block, block_ms, fail_block}` | `{sum, blocks}`: the sum of 1/(i+1) over i < n in blocks of `block`, sleeping `block_ms` per block; splittable, so it exercises split tasks; the shard holding block `fail_block` fails for good |
 
 use serde::{Deserialize, Serialize};
@@ -150,6 +151,36 @@ impl KindSpec for GpuOnly {
 
     fn validate(params: &SleepParams) -> Result<(), BadParams> {
         Sleep::validate(params)
+    }
+}
+
+/// A test kind: a computation on a blocking thread that reports progress,
+/// and stops when asked unless told to ignore it.
+#[derive(Debug)]
+pub struct Spin;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpinParams {
+    pub ms: u64,
+    /// Never look at the task's `Stop`: run to the end.
+    #[serde(default)]
+    pub ignore_stop: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpinOutput {
+    pub spun_ms: u64,
+}
+
+impl KindSpec for Spin {
+    const KIND: &'static str = "spin";
+    const CLASS: Class = Class::Cpu;
+    type Params = SpinParams;
+    type Output = SpinOutput;
+
+    fn validate(params: &SpinParams) -> Result<(), BadParams> {
+        Sleep::validate(&SleepParams { ms: params.ms })
     }
 }
 

@@ -107,6 +107,7 @@ pub fn known(kind: &str, params: &[u8]) -> Option<Known> {
         builtin::Abort,
         builtin::SplitSum,
         builtin::GpuOnly,
+        builtin::Spin,
         monte_carlo::MonteCarlo,
         risk::Risk,
         indicators::Indicators,

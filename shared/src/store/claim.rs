@@ -144,7 +144,7 @@ impl Store {
         consumer: &str,
         request: &ClaimRequest<'_>,
     ) -> Cmd {
-        let mut call = scripts::CLAIM.invocation();
+        let mut call = scripts::CLAIM.invocation(self.events);
         for stream in streams {
             call = call.key(&stream.key);
         }

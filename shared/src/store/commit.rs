@@ -65,7 +65,7 @@ impl Store {
     fn split_cmd(&self, consumer: &str, completion: &Completion, shards: &[TaskEntry]) -> Cmd {
         let class = completion.class;
         let mut call = scripts::SPLIT
-            .invocation()
+            .invocation(self.events)
             .key(self.keys.task(class, &completion.id))
             .key(self.keys.stream_ref(class, completion.priority))
             .arg(GROUP)
@@ -86,7 +86,7 @@ impl Store {
     pub(super) fn complete_cmd(&self, consumer: &str, completion: &Completion) -> Cmd {
         let class = completion.class;
         let mut call = scripts::COMPLETE
-            .invocation()
+            .invocation(self.events)
             .key(self.keys.task(class, &completion.id))
             .key(self.keys.stream_ref(class, completion.priority))
             .key(self.keys.delayed(class))
@@ -135,7 +135,7 @@ impl Store {
         message: &str,
     ) -> Result<Option<String>, StoreError> {
         let cmd = scripts::BURY
-            .invocation()
+            .invocation(self.events)
             .key(&stream.key)
             .key(self.keys.dead(stream.class))
             .arg(GROUP)

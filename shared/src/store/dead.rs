@@ -117,7 +117,7 @@ impl Store {
         id: &str,
     ) -> Result<Option<(Option<TaskId>, String)>, StoreError> {
         let cmd = scripts::REQUEUE
-            .invocation()
+            .invocation(self.events)
             .key(self.keys.dead(class))
             .arg(id)
             .into_cmd();

@@ -75,7 +75,7 @@ impl Store {
             .iter()
             .map(|&class| {
                 scripts::PROMOTE
-                    .invocation()
+                    .invocation(self.events)
                     .key(self.keys.delayed(class))
                     .arg(PROMOTE_BATCH)
                     .into_cmd()
@@ -87,7 +87,7 @@ impl Store {
 
     fn flow_cmd(&self, class: Class, op: &str, field: &str, value: Option<&str>) -> Cmd {
         let mut call = scripts::FLOW
-            .invocation()
+            .invocation(self.events)
             .key(self.keys.flow(class))
             .arg(op)
             .arg(field);

@@ -16,7 +16,7 @@ impl Store {
         consumer: &str,
         held: &[(usize, String)],
     ) -> Cmd {
-        let mut call = scripts::EXTEND.invocation();
+        let mut call = scripts::EXTEND.invocation(self.events);
         for stream in streams {
             call = call.key(&stream.key);
         }
@@ -46,7 +46,7 @@ impl Store {
             if held.is_empty() {
                 continue;
             }
-            let mut call = scripts::RELEASE.invocation();
+            let mut call = scripts::RELEASE.invocation(self.events);
             for &i in &members {
                 call = call.key(&streams[i].key);
             }

@@ -18,6 +18,8 @@
 //!   record of the last loss.
 //! - `flow`: flow control: promoting due delayed tasks, pauses, rate
 //!   limits, a class's flow state.
+//! - `events`: the lifecycle events streams, read from a point or followed;
+//!   a running task's progress (`progress.lua`).
 //! - `model_registry`: the model registry (records, uploaded files).
 //! - `schedules`: recurring schedules: put, pause, resume, remove, list,
 //!   the due ones, and firing a tick (fire.lua).
@@ -32,6 +34,7 @@ mod claim;
 mod commit;
 mod data_loss;
 mod dead;
+mod events;
 mod flow;
 mod lease;
 mod link;
@@ -61,6 +64,7 @@ pub use claim::{Blocked, ClaimRequest, Claimed, ClaimedEntry, DeadConsumer, Verd
 pub use commit::{Committed, Completion, Disposition};
 pub use data_loss::{ClassData, DataCheck, DataLoss};
 pub use dead::DeadLetter;
+pub use events::{EventCursor, PROGRESS_MSG_MAX, ProgressError, check_progress};
 pub use flow::{FlowState, LimitState, PROMOTE_BATCH, Promoted};
 pub use link::Conn;
 pub use model_registry::{
@@ -91,6 +95,9 @@ pub enum StoreError {
          a failover could lose it"
     )]
     NotReplicated { acked: u32, wanted: u32 },
+    /// A progress report out of bounds (checked before it is sent).
+    #[error(transparent)]
+    BadProgress(#[from] ProgressError),
 }
 
 impl StoreError {
@@ -234,6 +241,9 @@ pub struct Store {
     keys: Keys,
     retention: Retention,
     blocking_timeout_margin_ms: u64,
+    /// Whether the scripts this store calls write lifecycle events
+    /// (setting `events`): it picks each script's variant.
+    events: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -256,6 +266,7 @@ impl Store {
             keys: Keys::new(config.prefix.clone()),
             retention: Retention::from(config),
             blocking_timeout_margin_ms: config.redis_timeout_ms,
+            events: config.events,
         })
     }
 

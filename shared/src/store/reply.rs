@@ -90,6 +90,19 @@ pub(super) fn fields(value: Value, what: &'static str) -> Result<Fields, StoreEr
     Ok(out)
 }
 
+/// An `XRANGE` / `XREVRANGE` reply: (entry id, fields) per entry.
+pub(super) fn stream_entries(reply: Value) -> Result<Vec<(String, Fields)>, StoreError> {
+    array(reply, "XRANGE")?
+        .into_iter()
+        .map(|entry| {
+            let mut parts = array(entry, "XRANGE")?.into_iter();
+            let id = text(parts.next().unwrap_or(Value::Nil), "XRANGE")?;
+            let fields = fields(parts.next().unwrap_or(Value::Nil), "XRANGE")?;
+            Ok((id, fields))
+        })
+        .collect()
+}
+
 pub(super) fn parse_stream_read(reply: Value) -> Result<StreamRead, StoreError> {
     let streams = match reply {
         Value::Nil => return Ok(Vec::new()),

@@ -102,7 +102,7 @@ impl Store {
         first_fire_ms: i64,
     ) -> Result<Put, StoreError> {
         let mut call = scripts::SCHEDULE
-            .invocation()
+            .invocation(self.events)
             .key(self.keys.schedule(def.class, &def.name))
             .key(self.keys.schedules(def.class))
             .arg("put")
@@ -133,7 +133,7 @@ impl Store {
         change: ScheduleChange,
     ) -> Result<Changed, StoreError> {
         let call = scripts::SCHEDULE
-            .invocation()
+            .invocation(self.events)
             .key(self.keys.schedule(class, name))
             .key(self.keys.schedules(class));
         let call = match change {
@@ -169,7 +169,7 @@ impl Store {
         why: &str,
     ) -> Result<(), StoreError> {
         let cmd = scripts::SCHEDULE
-            .invocation()
+            .invocation(self.events)
             .key(self.keys.schedule(class, &record.name))
             .key(self.keys.schedules(class))
             .arg("broken")
@@ -324,7 +324,7 @@ impl Store {
         let nil = TaskId::from(uuid::Uuid::nil());
         let id = task.map_or(nil, |t| t.id);
         let mut call = scripts::FIRE
-            .invocation()
+            .invocation(self.events)
             .key(self.keys.schedule(class, &record.name))
             .key(self.keys.schedules(class))
             .key(self.keys.stream(class, def.priority))

@@ -33,7 +33,7 @@ pub enum CancelOutcome {
 impl Store {
     fn submit_cmd(&self, task: &NewTask, producer: &str, reply_to: Option<&str>) -> Cmd {
         let mut call = scripts::SUBMIT
-            .invocation()
+            .invocation(self.events)
             .key(self.keys.stream(task.class, task.priority))
             .key(self.keys.task(task.class, &task.id));
         if let Some(key) = &task.idempotency_key {
@@ -179,7 +179,7 @@ impl Store {
         let cmds: Vec<Cmd> = groups
             .iter()
             .map(|classes| {
-                let mut call = scripts::FIND.invocation();
+                let mut call = scripts::FIND.invocation(self.events);
                 for &class in *classes {
                     call = call.key(self.keys.task(class, id));
                 }
@@ -264,7 +264,7 @@ impl Store {
             .iter()
             .map(|&class| {
                 scripts::CANCEL
-                    .invocation()
+                    .invocation(self.events)
                     .key(self.keys.task(class, id))
                     .arg(self.keys.cancel_channel())
                     .arg(self.retention.result_ttl_s)

@@ -19,6 +19,8 @@ pub struct NewTask {
     /// Relative to the moment Redis accepts the task; the submit script
     /// turns it into an absolute `deadline_ms` on the server's clock.
     pub deadline_in_ms: Option<u64>,
+    /// The run-time limit, ms from the start of each attempt.
+    pub timeout_ms: Option<u64>,
     pub idempotency_key: Option<String>,
     /// MessagePack.
     pub params: Vec<u8>,
@@ -72,6 +74,9 @@ impl NewTask {
         if let Some(reply_to) = reply_to {
             pairs.push((field::REPLY_TO, reply_to.to_owned()));
         }
+        if let Some(timeout_ms) = self.timeout_ms {
+            pairs.push((field::TIMEOUT_MS, timeout_ms.to_string()));
+        }
         if let Some(signature) = &self.signature {
             pairs.push((field::SIGNATURE, signature.clone()));
         }
@@ -99,6 +104,9 @@ pub struct TaskEntry {
     pub max_attempts: u32,
     pub memory_bytes: u64,
     pub deadline_ms: Option<u64>,
+    /// The run-time limit, ms from the start of each attempt: past it the
+    /// task is stopped and fails with `TIMEOUT`.
+    pub timeout_ms: Option<u64>,
     pub producer: String,
     pub submitted_at_ms: Option<u64>,
     pub reply_to: Option<String>,
@@ -219,6 +227,13 @@ impl TaskEntry {
         let memory_bytes = number(field::MEMORY_BYTES)?.unwrap_or(0);
         let deadline_ms = number(field::DEADLINE_MS)?.filter(|&ms| ms > 0);
         let submitted_at_ms = number(field::SUBMITTED_AT_MS)?;
+        let timeout_ms = number(field::TIMEOUT_MS)?;
+        if timeout_ms == Some(0) {
+            return Err(bad(format!(
+                "field {}: a run-time limit must be at least 1 ms",
+                field::TIMEOUT_MS
+            )));
+        }
         let producer = reader
             .text(field::PRODUCER)
             .map_err(bad_field)?
@@ -250,6 +265,7 @@ impl TaskEntry {
             max_attempts,
             memory_bytes,
             deadline_ms,
+            timeout_ms,
             producer,
             submitted_at_ms,
             reply_to,
@@ -336,6 +352,7 @@ impl TaskEntry {
         ];
         let optional = [
             (field::DEADLINE_MS, self.deadline_ms.map(|v| v.to_string())),
+            (field::TIMEOUT_MS, self.timeout_ms.map(|v| v.to_string())),
             (
                 field::SUBMITTED_AT_MS,
                 self.submitted_at_ms.map(|v| v.to_string()),
@@ -419,6 +436,7 @@ mod tests {
             max_attempts: 3,
             memory_bytes: 0,
             deadline_in_ms: None,
+            timeout_ms: None,
             idempotency_key: None,
             params: vec![0x80],
             signature: None,

@@ -75,6 +75,18 @@ pub const SHARD_IDS: &str = "shard_ids";
 pub const SHARDS_STARTED_AT_MS: &str = "shards_started_at_ms";
 pub const SHARDS_RUN_US: &str = "shards_run_us";
 pub const SHARDS_DEVICES: &str = "shards_devices";
+/// A task's run-time limit (ms from its start), in its entry and record.
+pub const TIMEOUT_MS: &str = "timeout_ms";
+/// A running task's last progress report (written by `progress.lua`):
+/// the fraction done (0 to 1), a short message, when it was written.
+pub const PROGRESS: &str = "progress";
+pub const PROGRESS_MSG: &str = "progress_msg";
+pub const PROGRESS_AT_MS: &str = "progress_at_ms";
+/// Fields of an entry of a class's events stream (besides `id`, `kind`,
+/// `class`, `worker`, `device`, `attempt`, `error_code`, `retry_at_ms`,
+/// `dead_letter` and the progress fields): the event's name and time.
+pub const EVENT: &str = "event";
+pub const AT_MS: &str = "at_ms";
 
 /// Registry record field names (`tandem:worker:<id>`), also reachable as
 /// `wire::worker_field`.

@@ -20,10 +20,12 @@
 //!   registry record.
 //! - `schedule`: [`ScheduleDef`] and [`ScheduleRecord`], a recurring
 //!   schedule's hash (revision 2.2).
+//! - `event`: [`TaskEvent`], an entry of a class's lifecycle events stream.
 //! - `reader`: the one field reader all of them decode with, which names a
 //!   missing or malformed field in its error.
 
 mod entry;
+mod event;
 pub mod field;
 mod notice;
 mod reader;
@@ -32,9 +34,10 @@ mod schedule;
 mod worker_record;
 
 pub use entry::{EntryError, NewTask, RunAt, SplitRole, TaskEntry};
+pub use event::TaskEvent;
 pub use field::worker as worker_field;
 pub use notice::{Finish, FinishOutcome};
-pub use record::{TaskFailure, TaskRecord};
+pub use record::{TaskFailure, TaskProgress, TaskRecord};
 pub use schedule::{ScheduleDef, ScheduleRecord};
 pub use worker_record::{LATENCY_BUCKETS_MS, WorkerInfo, WorkerMetrics};
 

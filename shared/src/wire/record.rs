@@ -76,6 +76,21 @@ pub struct TaskRecord {
     /// tick (ms) it was created for (revision 2.2).
     pub schedule: Option<String>,
     pub scheduled_for_ms: Option<u64>,
+    /// The run-time limit of each attempt, ms.
+    pub timeout_ms: Option<u64>,
+    /// The last progress report of a running (or finished) task.
+    pub progress: Option<TaskProgress>,
+}
+
+/// A task's progress report, as its record keeps the last one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskProgress {
+    /// Done, from 0 to 1.
+    pub fraction: f64,
+    pub message: String,
+    /// When it was written (Redis clock); absent on events, which carry
+    /// their own time.
+    pub at_ms: Option<u64>,
 }
 
 impl TaskRecord {
@@ -147,6 +162,15 @@ impl TaskRecord {
                 .map(str::to_owned)
                 .collect(),
             params: fields.raw(field::PARAMS).map(<[u8]>::to_vec),
+            timeout_ms: fields.lenient(field::TIMEOUT_MS).filter(|&ms: &u64| ms > 0),
+            progress: fields
+                .lenient::<f64>(field::PROGRESS)
+                .filter(|p| (0.0..=1.0).contains(p))
+                .map(|fraction| TaskProgress {
+                    fraction,
+                    message: text(field::PROGRESS_MSG).unwrap_or_default(),
+                    at_ms: fields.lenient(field::PROGRESS_AT_MS),
+                }),
         }
     }
 

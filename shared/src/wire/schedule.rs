@@ -130,6 +130,7 @@ impl ScheduleDef {
             // A tick's task is due at its tick, and is not rate-keyed.
             run_at: None,
             rate_key: None,
+            timeout_ms: None,
         }
     }
 

@@ -1,17 +1,17 @@
 //! Handlers of the built-in kinds (`noop`, `sleep`, `echo`, `fail`) and of
-//! the test kinds (`panic`, `abort`, `gpu_only`, `split_sum`), whose
-//! specs live in `tandem_shared::kind::builtin`.
+//! the test kinds (`panic`, `abort`, `gpu_only`, `spin`, `split_sum`),
+//! whose specs live in `tandem_shared::kind::builtin`.
 
 use std::time::Duration;
 
 use tandem_shared::ErrorCode;
 use tandem_shared::kind::builtin::{
-    Abort, Echo, Fail, FailParams, Noop, Panic, PanicParams, Sleep, SleepOutput, SleepParams,
-    SplitSumOutput, SplitSumParams,
+    Abort, Echo, Fail, FailParams, Noop, Panic, PanicParams, Sleep, SleepOutput, SleepParams, Spin,
+    SpinOutput, SpinParams, SplitSumOutput, SplitSumParams,
 };
 
 use crate::compute::Compute;
-use crate::context::{Stop, TaskContext};
+use crate::context::{Stop, TaskContext, blocking};
 use crate::error::TaskError;
 use crate::handler::Handler;
 use crate::kind_table::KindTable;
@@ -31,7 +31,40 @@ pub(crate) fn register_test_kinds(kinds: &mut KindTable) {
         .register(PanicHandler)
         .register(AbortHandler)
         .register(GpuOnlyHandler)
+        .register(SpinHandler)
         .register_split(SplitSum);
+}
+
+/// The `spin` test kind: a blocking computation, stoppable or not.
+#[derive(Debug)]
+struct SpinHandler;
+
+impl Handler for SpinHandler {
+    type Spec = Spin;
+
+    async fn run(&self, params: SpinParams, ctx: TaskContext) -> Result<SpinOutput, TaskError> {
+        blocking(&ctx, move |stop| spin(&params, stop)).await
+    }
+}
+
+/// Spins for `params.ms`, a millisecond at a time.
+fn spin(params: &SpinParams, stop: &Stop) -> Result<SpinOutput, TaskError> {
+    let started = std::time::Instant::now();
+    let total = Duration::from_millis(params.ms);
+    loop {
+        let spun = started.elapsed();
+        if spun >= total {
+            return Ok(SpinOutput { spun_ms: params.ms });
+        }
+        if !params.ignore_stop {
+            stop.check()?;
+        }
+        let done = spun.as_secs_f64() / total.as_secs_f64();
+        stop.progress(done, || {
+            format!("spun {} of {} ms", spun.as_millis(), params.ms)
+        });
+        std::thread::sleep(Duration::from_millis(1).min(total - spun));
+    }
 }
 
 /// The `gpu_only` test kind: sleeps, on GPU workers only.
@@ -265,6 +298,44 @@ mod tests {
 
     /// The split machinery (`split`) end to end, through the table, with
     /// the `split_sum` test kind.
+    #[test]
+    fn a_whole_run_reports_each_of_its_steps() {
+        let (reports, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let sink = crate::context::ProgressSink {
+            reports,
+            interval: Duration::ZERO,
+        };
+        let ctx = TaskContext::for_test();
+        let progress = crate::context::Progress::new(
+            sink,
+            tandem_shared::Class::Parallel,
+            ctx.id,
+            "w 1-0".into(),
+        );
+        let stop = ctx.with_progress(Some(progress)).stop();
+        let params = SplitSumParams {
+            n: 8_000,
+            block: 1_000,
+            block_ms: 0,
+            fail_block: None,
+        };
+        assert_eq!(SplitSum.cpu_steps(&params), 4);
+        SplitSum.cpu(&params, &stop).unwrap();
+        let mut seen = Vec::new();
+        while let Ok(crate::context::ProgressItem::Report(report)) = received.try_recv() {
+            seen.push((report.fraction, report.message));
+        }
+        assert_eq!(
+            seen,
+            [
+                (0.25, "step 1 of 4".to_owned()),
+                (0.5, "step 2 of 4".to_owned()),
+                (0.75, "step 3 of 4".to_owned()),
+                (1.0, "step 4 of 4".to_owned()),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_split_run_equals_the_whole_run_bit_for_bit() {
         let mut kinds = KindTable::new();

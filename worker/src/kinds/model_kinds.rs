@@ -159,16 +159,28 @@ impl Handler for TrainKind {
         let samples = p.samples as usize;
         let (trained, report) = blocking(&ctx, move |stop| {
             let stopped = || stop.is_set();
+            // Progress by epoch, with its loss.
+            let epochs = config.epochs;
+            let epoch_done = |epoch: usize, loss: f64| {
+                let done = epoch + 1;
+                stop.progress(done as f64 / epochs.max(1) as f64, || {
+                    format!("epoch {done} of {epochs}, loss {loss:.6}")
+                });
+            };
+            let watch = mlp::TrainWatch {
+                stop: &stopped,
+                epoch_done: &epoch_done,
+            };
             let trained = match on_gpu {
                 Some(gpu) => {
                     let mut copy = GpuMlp::upload(&gpu, &start).map_err(TaskError::from)?;
-                    copy.train_until(&gpu, &p.x, &p.y, samples, &config, &stopped)
+                    copy.train_until(&gpu, &p.x, &p.y, samples, &config, watch)
                         .map_err(TaskError::from)
                         .and_then(|report| Ok((copy.download().map_err(TaskError::from)?, report)))
                 }
                 None => {
                     let mut copy = start;
-                    mlp::train_cpu_until(&mut copy, &p.x, &p.y, samples, &config, &stopped)
+                    mlp::train_cpu_until(&mut copy, &p.x, &p.y, samples, &config, watch)
                         .map(|report| (copy, report))
                         .map_err(|e| bad(e.to_string()))
                 }

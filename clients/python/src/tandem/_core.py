@@ -41,6 +41,7 @@ class Settings:
     reply_maxlen: int = 10_000
     reply_ttl_s: int = 3_600
     train_on_primary: bool = True
+    events: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -70,6 +71,7 @@ class Settings:
             reply_maxlen=num("TANDEM_REPLY_MAXLEN", 10_000),
             reply_ttl_s=num("TANDEM_REPLY_TTL_S", 3_600),
             train_on_primary=env.get("TANDEM_TRAIN_ON_PRIMARY", "true").lower() not in ("false", "0", "no"),
+            events=env.get("TANDEM_EVENTS", "true").lower() not in ("false", "0", "no"),
         )
         for name, value in overrides.items():
             if value is not None:
@@ -98,15 +100,29 @@ def new_producer_id() -> str:
 
 class Script:
     """One Lua script: `common.lua` followed by its own file, as
-    `shared/src/scripts.rs` builds it, so the SHA matches the Rust one."""
+    `shared/src/scripts.rs` builds it, so the SHA matches the Rust one. It
+    comes in two variants, as there: with lifecycle events (the setting
+    `events`, on by default) and without."""
 
     def __init__(self, name: str) -> None:
         lua = resources.files("tandem") / "lua"
         common = (lua / "common.lua").read_text()
         body = (lua / name).read_text()
         self.name = name
-        self.source = f"{common}\n-- {name}\n{body}"
+        base = f"{common}\n-- {name}\n{body}"
+        self.source = f"local EVENTS_MAXLEN = {EVENTS_MAXLEN}\n{base}"
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.quiet_source = f"local EVENTS_MAXLEN = 0\n{base}"
+        self.quiet_sha = hashlib.sha1(self.quiet_source.encode()).hexdigest()
+
+    def variant(self, events: bool) -> Tuple[str, str]:
+        """(source, SHA) of the variant the setting `events` names."""
+        return (self.source, self.sha) if events else (self.quiet_source, self.quiet_sha)
+
+
+# The approximate cap of each class's events stream (scripts.rs's
+# EVENTS_MAXLEN; a test checks they agree).
+EVENTS_MAXLEN = 100_000
 
 
 SUBMIT = Script("submit.lua")

@@ -155,7 +155,7 @@ class AsyncClient:
         for task in tasks:
             reply_to = self.keys.reply(task.cls, self.producer_id)
             keys, args = task.submit_args(self.keys, self.producer_id, reply_to, self.settings.idempotency_ttl_s)
-            pipe.evalsha(_core.SUBMIT.sha, len(keys), *keys, *args)
+            pipe.evalsha(_core.SUBMIT.variant(self.settings.events)[1], len(keys), *keys, *args)
         return await pipe.execute(raise_on_error=False)
 
     async def _model_classes(self, models: List[str]) -> Dict[str, str]:
@@ -189,7 +189,7 @@ class AsyncClient:
             pipe = self._redis.pipeline(transaction=False)
             for cls in _wire.CLASSES:
                 keys, args = _core.cancel_args(self.settings, self.keys, cls, task_id)
-                pipe.evalsha(_core.CANCEL.sha, len(keys), *keys, *args)
+                pipe.evalsha(_core.CANCEL.variant(self.settings.events)[1], len(keys), *keys, *args)
             for reply in await pipe.execute():
                 answer = _core.cancel_outcome(reply)
                 if answer is not None:
@@ -205,7 +205,7 @@ class AsyncClient:
         async def run():
             await self._load_scripts()
             keys = _core.find_keys(self.keys, task_id)
-            return _core.parse_found(await self._redis.evalsha(_core.FIND.sha, len(keys), *keys))
+            return _core.parse_found(await self._redis.evalsha(_core.FIND.variant(self.settings.events)[1], len(keys), *keys))
 
         return await self._retry(run)
 
@@ -343,10 +343,11 @@ class AsyncClient:
         if self._scripts_loaded:
             return
         for script in _core.SCRIPTS:
-            got = _wire.text(await self._redis.script_load(script.source))
-            if got != script.sha:
+            source, sha = script.variant(self.settings.events)
+            got = _wire.text(await self._redis.script_load(source))
+            if got != sha:
                 raise RedisUnavailable(
-                    f"Redis named script {script.name} {got}, expected {script.sha}: the script was altered in transit"
+                    f"Redis named script {script.name} {got}, expected {sha}: the script was altered in transit"
                 )
         self._scripts_loaded = True
 

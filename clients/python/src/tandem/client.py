@@ -169,14 +169,14 @@ class Client:
         if len(calls) == 1:
             # One task: a plain call costs less than a pipeline in redis-py.
             try:
-                return [self._redis.evalsha(_core.SUBMIT.sha, *calls[0])]
+                return [self._redis.evalsha(_core.SUBMIT.variant(self.settings.events)[1], *calls[0])]
             except redis.ResponseError as err:
                 if isinstance(err, redis.exceptions.NoScriptError):
                     raise
                 return [err]
         pipe = self._redis.pipeline(transaction=False)
         for call in calls:
-            pipe.evalsha(_core.SUBMIT.sha, *call)
+            pipe.evalsha(_core.SUBMIT.variant(self.settings.events)[1], *call)
         return pipe.execute(raise_on_error=False)
 
     def _model_classes(self, models: List[str]) -> Dict[str, str]:
@@ -215,7 +215,7 @@ class Client:
             pipe = self._redis.pipeline(transaction=False)
             for cls in _wire.CLASSES:
                 keys, args = _core.cancel_args(self.settings, self.keys, cls, task_id)
-                pipe.evalsha(_core.CANCEL.sha, len(keys), *keys, *args)
+                pipe.evalsha(_core.CANCEL.variant(self.settings.events)[1], len(keys), *keys, *args)
             for reply in pipe.execute():
                 answer = _core.cancel_outcome(reply)
                 if answer is not None:
@@ -231,7 +231,7 @@ class Client:
         def run():
             self._load_scripts()
             keys = _core.find_keys(self.keys, task_id)
-            return _core.parse_found(self._redis.evalsha(_core.FIND.sha, len(keys), *keys))
+            return _core.parse_found(self._redis.evalsha(_core.FIND.variant(self.settings.events)[1], len(keys), *keys))
 
         return self._retry(run)
 
@@ -375,10 +375,11 @@ class Client:
         if self._scripts_loaded:
             return
         for script in _core.SCRIPTS:
-            got = _wire.text(self._redis.script_load(script.source))
-            if got != script.sha:
+            source, sha = script.variant(self.settings.events)
+            got = _wire.text(self._redis.script_load(source))
+            if got != sha:
                 raise RedisUnavailable(
-                    f"Redis named script {script.name} {got}, expected {script.sha}: the script was altered in transit"
+                    f"Redis named script {script.name} {got}, expected {sha}: the script was altered in transit"
                 )
         self._scripts_loaded = True
 

@@ -86,4 +86,5 @@ if reply_to and string.sub(reply_to, 1, #reply_prefix) == reply_prefix and #repl
     redis.call('HSET', KEYS[1], 'notice_error', unsent)
   end
 end
+emit_event(base, 'cancelled', ARGV[5], KEYS[1])
 return {'cancelled'}

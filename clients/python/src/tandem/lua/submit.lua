@@ -122,4 +122,5 @@ if #KEYS >= 3 then
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 end
 redis.call('HSET', unpack(record))
+emit_event(base_of(KEYS[1]), 'submitted', ARGV[1], KEYS[2])
 return {ARGV[1], 1}
