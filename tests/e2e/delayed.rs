@@ -2,7 +2,6 @@
 //! producer, the CLI and raw Redis; promoted on time, once, however many
 //! workers race; cancel, status and `tandem task` work while they wait.
 
-use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use redis::AsyncCommands;
@@ -11,24 +10,10 @@ use tandem_shared::kind::builtin::Noop;
 use tandem_shared::task::DelayReason;
 use tandem_shared::{Status, TaskId};
 
-use crate::support::{RedisServer, WorkerProcess, bin};
+use crate::support::{RedisServer, WorkerProcess, tandem, text};
 
 const DELAYED: &str = "tandem:{cpu}:delayed";
 const STREAM: &str = "tandem:{cpu}:stream:normal";
-
-fn tandem(redis: &RedisServer, args: &[&str]) -> Output {
-    Command::new(bin("tandem"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", redis.url())
-        .output()
-        .expect("run tandem")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn noop() -> Task {
     Task::of::<Noop>(&rmpv::Value::Nil).unwrap()

@@ -7,7 +7,6 @@
 //! ones, runs on the same worker; so the worker claimed past them, and a
 //! slow machine cannot make the test pass by being slow.
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -17,21 +16,7 @@ use tandem_shared::kind::builtin::{Noop, Sleep, SleepParams};
 use tandem_shared::task::DelayReason;
 use tandem_shared::{Class, Priority, Status, TaskId};
 
-use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
-
-fn tandem(redis: &RedisServer, args: &[&str]) -> Output {
-    Command::new(bin("tandem"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", redis.url())
-        .output()
-        .expect("run tandem")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::support::{RedisServer, WorkerProcess, tandem, text, wait_until};
 
 fn noop() -> Task {
     Task::of::<Noop>(&rmpv::Value::Nil).unwrap()

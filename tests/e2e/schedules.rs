@@ -10,30 +10,15 @@
 //! `scheduled_for_ms`, or as `fired + skipped` over the number of ticks.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use tandem_producer::{CatchUp, Schedule, Task};
 use tandem_shared::recurring::tick_task_id;
 use tandem_shared::{Class, TaskId};
 
-use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
+use crate::support::{RedisServer, WorkerProcess, tandem, text, wait_until};
 
 type Conn = redis::aio::MultiplexedConnection;
-
-fn tandem(redis: &RedisServer, args: &[&str]) -> Output {
-    Command::new(bin("tandem"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", redis.url())
-        .output()
-        .expect("run tandem")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 async fn redis_now(conn: &mut Conn) -> i64 {
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");

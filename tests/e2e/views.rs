@@ -2,22 +2,11 @@
 //! workers`, `tandem task ID` (the whole story of a task), `tandem top
 //! --once`.
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use tandem_shared::{Status, TaskId};
 
-use crate::support::{RedisServer, WorkerProcess, bin, wait_until};
-
-fn tandem(redis: &RedisServer, args: &[&str]) -> Output {
-    Command::new(bin("tandem"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", redis.url())
-        .output()
-        .expect("run tandem")
-}
+use crate::support::{RedisServer, WorkerProcess, tandem, wait_until};
 
 /// Runs `tandem` and returns its stdout, failing the test on a non-zero exit.
 pub(crate) fn tandem_ok(redis: &RedisServer, args: &[&str]) -> String {

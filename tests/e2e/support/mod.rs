@@ -510,6 +510,23 @@ fn wait_for_pong(child: &mut Child, port: u16) -> bool {
     false
 }
 
+/// Runs the `tandem` CLI against `redis`, with nothing from this process's
+/// environment but `PATH`.
+pub fn tandem(redis: &RedisServer, args: &[&str]) -> std::process::Output {
+    Command::new(bin("tandem"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis.url())
+        .output()
+        .expect("run tandem")
+}
+
+/// A process's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
