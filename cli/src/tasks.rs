@@ -309,14 +309,27 @@ fn exit_code(outcome: &TaskOutcome) -> ExitCode {
 
 /// `--timeout`: a duration with its unit, at least 1 ms.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let limit = humantime::parse_duration(text)
-        .map_err(|err| format!("{err}; give a duration with its unit, e.g. 200ms, 30s, 5m"))?;
+    let limit = parse_duration(text, "a run-time limit is at least 1ms")?;
     if limit < Duration::from_millis(1) {
         return Err(format!(
             "{text:?} is under 1 ms; a run-time limit must be at least 1ms"
         ));
     }
     Ok(limit)
+}
+
+/// A duration in jiff's friendly form (200ms, 30s, 5m, 1h30m, "2 hours"),
+/// not negative; `negative` says what a negative one should have been.
+fn parse_duration(text: &str, negative: &str) -> Result<Duration, String> {
+    let signed: jiff::SignedDuration = text.trim().parse().map_err(|e| {
+        format!("{text:?} is not a duration ({e}); give a duration with its unit, e.g. 250ms, 30s, 5m or 1h30m")
+    })?;
+    if signed.is_negative() {
+        return Err(format!(
+            "{text:?} is negative ({negative}); give a duration with its unit, e.g. 250ms, 30s, 5m or 1h30m"
+        ));
+    }
+    Duration::try_from(signed).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// `--memory-bytes`: plain bytes or a size, read as simulated GPUs' sizes are.
@@ -333,18 +346,9 @@ fn delayed_text(record: &TaskRecord) -> String {
     }
 }
 
-/// `--delay`: a duration in jiff's friendly form (30s, 5m, 1h30m, 250ms,
-/// "2 hours"), not negative.
+/// `--delay`: a duration (see [`parse_duration`]), 0 or more.
 fn parse_delay(text: &str) -> Result<Duration, String> {
-    let signed: jiff::SignedDuration = text.trim().parse().map_err(|e| {
-        format!("{text:?} is not a duration ({e}); write it like 30s, 5m, 1h30m or 250ms")
-    })?;
-    if signed.is_negative() {
-        return Err(format!(
-            "{text:?} is negative; a delay is 0 or more (to run at once, leave it out)"
-        ));
-    }
-    Duration::try_from(signed).map_err(|e| format!("{text:?}: {e}"))
+    parse_duration(text, "a delay is 0 or more; to run at once, leave it out")
 }
 
 /// `--at`: an RFC 3339 time with an offset (Z or +hh:mm).
