@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import json
 import os
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
@@ -160,6 +161,10 @@ def prepare(
     deadline: Optional[Seconds],
     idempotency_key: Optional[str],
     memory_bytes: Optional[int],
+    delay: Optional[Seconds] = None,
+    run_at: Optional[datetime.datetime] = None,
+    rate_key: Optional[str] = None,
+    timeout: Optional[Seconds] = None,
 ) -> Tuple[_wire.NewTask, Optional[str]]:
     """Checks a task and fills in defaults; returns it and the model whose
     registered class decides its class (looked up by the caller), if any."""
@@ -214,6 +219,17 @@ def prepare(
     if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 0:
         raise InvalidTask(f"memory_bytes: expected bytes, 0 or more, got {memory_bytes!r}", field="memory_bytes")
     deadline_s = seconds(deadline, "deadline")
+    if rate_key is not None and (
+        not isinstance(rate_key, str)
+        or not rate_key
+        or len(rate_key.encode()) > 200
+        or any(c.isspace() or unicodedata.category(c) == "Cc" for c in rate_key)
+    ):
+        raise InvalidTask(
+            f"rate_key {rate_key!r} must be 1-200 characters, without whitespace or control characters",
+            kind=kind,
+            field="rate_key",
+        )
     task = _wire.NewTask(
         id=_wire.new_task_id(),
         kind=kind,
@@ -224,8 +240,70 @@ def prepare(
         memory_bytes=memory_bytes,
         deadline_in_ms=max(1, round(deadline_s * 1000)) if deadline_s is not None else 0,
         idempotency_key=idempotency_key,
+        timeout_ms=_timeout_ms(timeout, kind),
+        rate_key=rate_key,
+        run_at=_run_at(delay, run_at, kind),
     )
     return task, model
+
+
+def _run_at(delay: Optional[Seconds], run_at: Optional[datetime.datetime], kind: str) -> Optional[Tuple[str, int]]:
+    """submit.lua's `delay_ms` or `run_at_ms` pair, as the Rust producer's
+    `Task::delay` and `Task::run_at` send them (whole ms, rounded down)."""
+    if delay is not None and run_at is not None:
+        raise InvalidTask("delay and run_at: give one of them, not both", kind=kind, field="delay")
+    if delay is not None:
+        value = delay.total_seconds() if isinstance(delay, datetime.timedelta) else delay
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise InvalidTask(
+                f"delay: expected seconds (or a timedelta), got {delay!r}", kind=kind, field="delay"
+            )
+        if value < 0:
+            raise InvalidTask(
+                f"delay: {delay!r} is negative; a delay is 0 or more (to run at once, leave it out)",
+                kind=kind,
+                field="delay",
+            )
+        if value == float("inf") or value * 1000 >= 2**64:
+            raise InvalidTask(f"delay {delay!r} is too long", kind=kind, field="delay")
+        return ("delay_ms", int(value * 1000))
+    if run_at is not None:
+        if not isinstance(run_at, datetime.datetime):
+            raise InvalidTask(
+                f"run_at: expected a datetime with a time zone, got {run_at!r}", kind=kind, field="run_at"
+            )
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise InvalidTask(
+                f"run_at: {run_at.isoformat()} has no time zone; give one "
+                "(datetime.now(timezone.utc) + timedelta(...), or tzinfo=...)",
+                kind=kind,
+                field="run_at",
+            )
+        ms = (run_at - _EPOCH) // datetime.timedelta(milliseconds=1)
+        if ms < 0:
+            raise InvalidTask(
+                f"run_at {run_at.isoformat()} is before 1970 or too far ahead", kind=kind, field="run_at"
+            )
+        return ("run_at_ms", ms)
+    return None
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _timeout_ms(timeout: Optional[Seconds], kind: str) -> Optional[int]:
+    """The run-time limit in whole ms (rounded down, at least 1), as the
+    Rust producer's `Task::timeout`."""
+    if timeout is None:
+        return None
+    value = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        raise InvalidTask(
+            f"timeout: expected seconds (or a timedelta) above 0, got {timeout!r}", kind=kind, field="timeout"
+        )
+    if value == 0:
+        raise InvalidTask("timeout must be at least 1 ms", kind=kind, field="timeout")
+    return max(1, min(int(min(value, 1e300) * 1000), 2**64 - 1))
 
 
 def sign(settings: Settings, task: _wire.NewTask, reply_to: str) -> None:

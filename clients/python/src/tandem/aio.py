@@ -14,6 +14,7 @@ for. Many waits share one listener: `asyncio.gather` over thousands of
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
@@ -88,6 +89,10 @@ class AsyncClient:
         deadline: Optional[Seconds] = None,
         idempotency_key: Optional[str] = None,
         memory_bytes: Optional[int] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
+        rate_key: Optional[str] = None,
+        timeout: Optional[Seconds] = None,
     ) -> str:
         """As `Client.submit`."""
         task = Task(
@@ -99,6 +104,10 @@ class AsyncClient:
             deadline=deadline,
             idempotency_key=idempotency_key,
             memory_bytes=memory_bytes,
+            delay=delay,
+            run_at=run_at,
+            rate_key=rate_key,
+            timeout=timeout,
         )
         return (await self.submit_many([task]))[0]
 

@@ -10,6 +10,7 @@ meanwhile are kept for their own wait.
 
 from __future__ import annotations
 
+import datetime
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
@@ -41,6 +42,10 @@ class Task:
         deadline: Optional[Seconds] = None,
         idempotency_key: Optional[str] = None,
         memory_bytes: Optional[int] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
+        rate_key: Optional[str] = None,
+        timeout: Optional[Seconds] = None,
     ) -> None:
         self.kind = kind
         self.params = params
@@ -51,6 +56,10 @@ class Task:
             deadline=deadline,
             idempotency_key=idempotency_key,
             memory_bytes=memory_bytes,
+            delay=delay,
+            run_at=run_at,
+            rate_key=rate_key,
+            timeout=timeout,
         )
 
 
@@ -109,6 +118,10 @@ class Client:
         deadline: Optional[Seconds] = None,
         idempotency_key: Optional[str] = None,
         memory_bytes: Optional[int] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
+        rate_key: Optional[str] = None,
+        timeout: Optional[Seconds] = None,
     ) -> str:
         """Submits one task; returns its id once its entry is in Redis.
 
@@ -116,7 +129,17 @@ class Client:
         (dicts, lists, NumPy arrays). `deadline`: seconds (or a timedelta)
         from now within which it must start, else it ends `expired`.
         With an `idempotency_key` that already names a task (of the same
-        class, within `idempotency_ttl_s`), returns that task's id."""
+        class, within `idempotency_ttl_s`), returns that task's id.
+
+        `delay` (seconds or a timedelta, 0 or more) or `run_at` (a datetime
+        with a time zone; a time past runs it at once): a delayed task,
+        which enters its stream then (by the Redis clock); until then its
+        status is `delayed`, and cancel works on it. A deadline counts from
+        that time. `rate_key`: the task also counts against this key's rate
+        limit (`tandem limit set key:<key> 100/s`). `timeout` (seconds or a
+        timedelta, at least 1 ms): the run-time limit of each attempt, past
+        which the worker stops it and it fails with `TIMEOUT` (retried
+        while attempts remain)."""
         task = Task(
             kind,
             params,
@@ -126,6 +149,10 @@ class Client:
             deadline=deadline,
             idempotency_key=idempotency_key,
             memory_bytes=memory_bytes,
+            delay=delay,
+            run_at=run_at,
+            rate_key=rate_key,
+            timeout=timeout,
         )
         return self.submit_many([task])[0]
 
@@ -193,7 +220,7 @@ class Client:
     # --- reading and cancelling ---------------------------------------------
 
     def status(self, task_id: str) -> str:
-        """The task's status: `queued`, `running`, `retrying` or final."""
+        """The task's status: `queued`, `delayed`, `running`, `retrying` or final."""
         found = self._find(task_id)
         if found is None or "status" not in found[1]:
             raise TaskNotFound(task_id)

@@ -1,0 +1,140 @@
+"""Delays, run-time limits, rate keys and progress against a real fleet:
+what the Rust producer's `Task::delay`, `run_at`, `timeout`, `rate_key` and
+`TaskHandle::progress()` do, from the sync and asyncio APIs."""
+
+import asyncio
+import datetime
+import json
+import math
+from typing import Iterator
+
+import pytest
+
+from conftest import WAIT, Fleet, wait_until
+
+from tandem import AsyncClient, Client, Task, errors
+
+HOUR = 3600
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    """Test kinds on, progress written at most every 50 ms."""
+    f = Fleet({"TANDEM_TEST_KINDS": "true", "TANDEM_PROGRESS_INTERVAL_MS": "50"})
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@pytest.fixture()
+def client(fleet):
+    with Client(fleet.url) as c:
+        yield c
+
+
+def record_of(fleet, cls, task_id):
+    raw = fleet.redis.conn().hgetall(f"tandem:{{{cls}}}:task:{task_id}")
+    return {k.decode(): v.decode(errors="backslashreplace") for k, v in raw.items()}
+
+
+# --- delays -------------------------------------------------------------------
+
+
+def test_a_delayed_task_is_delayed_until_cancelled(fleet, client):
+    task = client.submit("noop", delay=HOUR)
+    assert client.status(task) == "delayed"
+    record = record_of(fleet, "cpu", task)
+    assert record["delay_reason"] == "scheduled"
+    assert int(record["run_at_ms"]) - int(record["submitted_at_ms"]) == HOUR * 1000
+    assert "entry" not in record, "a delayed task is not in its stream yet"
+    assert client.cancel(task) == "cancelled"
+    assert client.status(task) == "cancelled"
+    outcome = client.wait_outcome(task, WAIT)
+    assert outcome.status == "cancelled" and outcome.error_code == "CANCELLED"
+
+
+def test_a_delayed_task_runs_once_its_time_came(fleet, client):
+    task = client.submit("noop", delay=datetime.timedelta(milliseconds=300))
+    outcome = client.wait_outcome(task, WAIT)
+    assert outcome.status == "succeeded", outcome
+    record = record_of(fleet, "cpu", task)
+    assert int(record["run_at_ms"]) == int(record["submitted_at_ms"]) + 300
+    assert int(record["started_at_ms"]) >= int(record["run_at_ms"])
+
+
+def test_run_at_is_the_time_given_and_cancel_works_from_asyncio(fleet):
+    when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(hours=2)
+
+    async def go():
+        async with AsyncClient(fleet.url) as client:
+            task = await client.submit("echo", [1], run_at=when)
+            assert await client.status(task) == "delayed"
+            record = await client.record(task)
+            assert record is not None
+            assert int(record["run_at_ms"]) == int(when.timestamp() * 1000)
+            assert await client.cancel(task) == "cancelled"
+            with pytest.raises(errors.Cancelled):
+                await client.wait(task, WAIT)
+
+    asyncio.run(go())
+
+
+def test_a_run_at_in_the_past_runs_at_once(client):
+    past = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)
+    assert client.wait_outcome(client.submit("noop", run_at=past), WAIT).status == "succeeded"
+
+
+def test_submit_many_sends_each_tasks_own_options(fleet, client):
+    delayed, keyed = client.submit_many(
+        [Task("noop", delay=HOUR, timeout=5), Task("echo", [2], rate_key="tenant-many")]
+    )
+    assert client.status(delayed) == "delayed"
+    assert record_of(fleet, "cpu", delayed)["timeout_ms"] == "5000"
+    assert client.wait(keyed, WAIT) == [2]
+    assert record_of(fleet, "cpu", keyed)["rate_key"] == "tenant-many"
+    assert client.cancel(delayed) == "cancelled"
+
+
+def test_the_entry_and_record_match_the_rust_producers(fleet, client):
+    """The same options through `tandem submit` and this client: the same
+    record fields and the same parked entry fields."""
+    rust = fleet.tandem(
+        "submit", "noop", "--delay", "1h", "--rate-key", "tenant-a", "--timeout", "2500ms", "--priority", "low"
+    ).stdout.strip()
+    ours = client.submit("noop", delay=HOUR, rate_key="tenant-a", timeout=2.5, priority="low")
+    conn = fleet.redis.conn()
+    rust_record, our_record = record_of(fleet, "cpu", rust), record_of(fleet, "cpu", ours)
+    assert sorted(rust_record) == sorted(our_record)
+    for name in ("status", "delay_reason", "rate_key", "timeout_ms", "priority", "kind", "class"):
+        assert rust_record[name] == our_record[name], name
+    assert our_record["timeout_ms"] == "2500" and our_record["status"] == "delayed"
+    rust_entry = conn.hgetall(f"tandem:{{cpu}}:retry:{rust}")
+    our_entry = conn.hgetall(f"tandem:{{cpu}}:retry:{ours}")
+    assert rust_entry and sorted(rust_entry) == sorted(our_entry)
+    for task in (rust, ours):
+        assert client.cancel(task) == "cancelled"
+
+
+# --- run-time limits and rate keys ---------------------------------------------
+
+
+def test_a_task_past_its_timeout_fails_with_timeout(client):
+    task = client.submit("spin", {"ms": 600_000, "ignore_stop": False}, cls="cpu", timeout=0.2, max_attempts=1)
+    with pytest.raises(errors.TaskTimedOut) as caught:
+        client.wait(task, WAIT)
+    assert caught.value.code == "TIMEOUT"
+
+
+def test_a_rate_key_counts_against_its_limit(fleet, client):
+    fleet.tandem("limit", "set", "key:py-tenant", "1/h")
+    first, second = client.submit_many([Task("noop", rate_key="py-tenant"), Task("noop", rate_key="py-tenant")])
+    # One start an hour: one of them runs, the other waits its turn.
+    done = client.wait_outcome(first, WAIT)
+    assert done.status == "succeeded"
+    wait_until("the second task to be held by the limit", lambda: client.status(second) == "delayed")
+    assert client.record(second)["delay_reason"] == "limited"
+    # Without the key, the same kind runs at once.
+    assert client.wait_outcome(client.submit("noop"), WAIT).status == "succeeded"
+    assert client.cancel(second) == "cancelled"
+    fleet.tandem("limit", "clear", "key:py-tenant", check=False)
