@@ -360,6 +360,77 @@ def cancel_outcome(reply: Any) -> Optional[str]:
     return " ".join(words)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A task's progress report: the fraction done (0 to 1), a short
+    message, and when it was written (ms since the epoch, Redis clock)."""
+
+    fraction: float
+    message: str
+    at_ms: Optional[int]
+
+    @classmethod
+    def from_fields(cls, fields: Dict[str, Any], at: str) -> Optional["Progress"]:
+        """From a record (`at` = `progress_at_ms`) or a `progress` event
+        (`at_ms`); None when it holds no readable report."""
+        try:
+            fraction = float(fields["progress"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        try:
+            at_ms: Optional[int] = int(fields[at])
+        except (KeyError, TypeError, ValueError):
+            at_ms = None
+        return cls(fraction, str(fields.get("progress_msg") or ""), at_ms)
+
+
+# How long one blocking read of the events waits before it re-arms (ms),
+# as the Rust producer's PROGRESS_BLOCK_MS.
+PROGRESS_BLOCK_MS = 5_000
+# Events that end a task's progress: it is final.
+FINAL_EVENTS = frozenset(("succeeded", "failed", "cancelled", "expired"))
+
+
+class Following:
+    """Where a progress reader stands (the Rust producer's `Following`):
+    reports read and not handed out, the last one handed out (a repeat is
+    skipped), whether the task ended."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.pending: List[Progress] = []
+        self.last: Optional[Tuple[float, str]] = None
+        self.done = False
+
+    def push(self, progress: Optional[Progress]) -> None:
+        if progress is not None and (progress.fraction, progress.message) != self.last:
+            self.last = (progress.fraction, progress.message)
+            self.pending.append(progress)
+
+    def record(self, fields: Dict[str, Any]) -> None:
+        """The record read after the cursor was placed."""
+        if fields.get("status") in _wire.FINAL:
+            self.done = True
+        self.push(Progress.from_fields(fields, "progress_at_ms"))
+
+    def events(self, replies: Any) -> Any:
+        """Takes this task's reports and end from an XREAD reply; returns
+        the id to read after (None: nothing read)."""
+        cursor = None
+        for _stream, entries in replies or []:
+            for entry_id, raw in entries:
+                cursor = entry_id
+                fields = _wire.fields(raw)
+                if fields.get("id") != self.task_id:
+                    continue
+                event = fields.get("event")
+                if event == "progress":
+                    self.push(Progress.from_fields(fields, "at_ms"))
+                elif event in FINAL_EVENTS:
+                    self.done = True
+        return cursor
+
+
 def left_out(fields: Dict[str, Any]) -> bool:
     """A succeeded notice whose result was over `inline_result_bytes`."""
     return fields.get("status") == "succeeded" and "result" not in fields and "result_bytes" in fields

@@ -48,6 +48,10 @@ class Keys:
     def model(self, name: str) -> str:
         return f"{self.prefix}:{{models}}:model:{name}"
 
+    def events(self, cls: str) -> str:
+        """The class's lifecycle events stream (section "Events")."""
+        return f"{self.prefix}:{{{cls}}}:events"
+
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Set
 
 import redis
 import redis.asyncio as aioredis
 
 from . import _core, _wire
-from ._core import Seconds, Settings
+from ._core import Progress, Seconds, Settings
 from .client import BLOCK_MS, RETRIED, Task, _redacted
 from .errors import RedisUnavailable, TaskNotFound, WaitTimeout
 from .outcome import Outcome
@@ -209,6 +209,50 @@ class AsyncClient:
         if answer is None:
             raise TaskNotFound(task_id)
         return answer
+
+    async def last_progress(self, task_id: str) -> Optional[Progress]:
+        """As `Client.last_progress`."""
+        found = await self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        return Progress.from_fields(found[1], "progress_at_ms")
+
+    async def progress(self, task_id: str) -> AsyncIterator[Progress]:
+        """As `Client.progress`, an async iterator: `async for report in
+        client.progress(task_id)`."""
+        found = await self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        stream = self.keys.events(found[0])
+        following = _core.Following(task_id)
+
+        async def newest() -> Any:
+            last = await self._redis.xrevrange(stream, "+", "-", count=1)
+            return last[0][0] if last else b"0-0"
+
+        cursor = await self._retry(newest)
+        found = await self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        following.record(found[1])
+        while True:
+            while following.pending:
+                yield following.pending.pop(0)
+            if following.done:
+                return
+            try:
+                replies = await self._redis.xread({stream: cursor}, count=256, block=_core.PROGRESS_BLOCK_MS)
+            except RETRIED:
+                await self._retry(self._redis.ping)
+                replies = None
+            read = following.events(replies)
+            if read is not None:
+                cursor = read
+            else:
+                found = await self._find(task_id)
+                if found is None:
+                    raise TaskNotFound(task_id)
+                following.record(found[1])
 
     async def _find(self, task_id: str):
         async def run():

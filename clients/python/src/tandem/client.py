@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 import redis
 
 from . import _core, _wire
-from ._core import Seconds, Settings
+from ._core import Progress, Seconds, Settings
 from .errors import RedisUnavailable, TaskNotFound, WaitTimeout
 from .outcome import Outcome
 
@@ -261,6 +261,61 @@ class Client:
             return _core.parse_found(self._redis.evalsha(_core.FIND.variant(self.settings.events)[1], len(keys), *keys))
 
         return self._retry(run)
+
+    def last_progress(self, task_id: str) -> Optional[Progress]:
+        """The task's last progress report (its record's), or None when it
+        reported none yet; raises `TaskNotFound`."""
+        found = self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        return Progress.from_fields(found[1], "progress_at_ms")
+
+    def progress(self, task_id: str) -> Iterator[Progress]:
+        """The task's progress reports: the last one (when it has one), then
+        each new one, ending when the task ends. Woken by the `progress`
+        events of the task's class (a blocking `XREAD`; never a poll), as
+        the Rust producer's `TaskHandle::progress()`. With events off on the
+        workers only the record's report comes; the iteration then ends
+        within `PROGRESS_BLOCK_MS` of the task's end, when a read that
+        found nothing finds its record final. Raises `TaskNotFound`."""
+        found = self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        stream = self.keys.events(found[0])
+        following = _core.Following(task_id)
+
+        def newest() -> Any:
+            last = self._redis.xrevrange(stream, "+", "-", count=1)
+            return last[0][0] if last else b"0-0"
+
+        # The cursor goes after the newest event, then the record is read
+        # again: a report written in between is in the record or after the
+        # cursor.
+        cursor = self._retry(newest)
+        found = self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        following.record(found[1])
+        while True:
+            while following.pending:
+                yield following.pending.pop(0)
+            if following.done:
+                return
+            try:
+                replies = self._redis.xread({stream: cursor}, count=256, block=_core.PROGRESS_BLOCK_MS)
+            except RETRIED:
+                self._retry(self._redis.ping)
+                replies = None
+            read = following.events(replies)
+            if read is not None:
+                cursor = read
+            else:
+                # Nothing for a while (or the connection came back): the
+                # record says whether the task ended unseen.
+                found = self._find(task_id)
+                if found is None:
+                    raise TaskNotFound(task_id)
+                following.record(found[1])
 
     # --- waiting -------------------------------------------------------------
 
