@@ -178,8 +178,36 @@ def test_the_package_type_checks():
 
 
 def test_a_url_the_client_cannot_speak_is_refused_naming_it():
-    with pytest.raises(InvalidTask, match="redis_url: 'redis\\+sentinel' is not supported"):
-        tandem.Client("redis+sentinel://s1:26379/mymaster")
+    with pytest.raises(InvalidTask, match="redis_url: 'redis\\+cluster' is not supported") as caught:
+        tandem.Client("redis+cluster://n1:7000,n2:7001")
+    assert caught.value.field == "redis_url"
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("redis+sentinel://s1:26379", "a sentinel URL ends with /<master name>"),
+        ("redis+sentinel://s1/m", "node 's1' must be host:port"),
+        ("redis+sentinel://s1:x/m", "node 's1:x' has a bad port"),
+        ("redis+sentinel://:26379/m", "node ':26379' has no host"),
+        ("redis+sentinel://s1:1/m/x", "bad database number 'x'"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_saying_why(url, words):
+    # The same URLs connect.rs's tests refuse.
+    with pytest.raises(InvalidTask) as caught:
+        tandem.Client(url)
+    assert caught.value.field == "redis_url" and words in str(caught.value), str(caught.value)
+
+
+def test_a_sentinel_url_is_read_as_the_rust_producer_reads_it():
+    target = _core.check_url("rediss+sentinel://u:p%40w@s1:26379,[::1]:26380/mymaster/3")
+    assert target == _core.SentinelTarget(
+        sentinels=[("s1", 26379), ("::1", 26380)], master="mymaster", tls=True, username="u", password="p@w", db=3
+    )
+    plain = _core.check_url("redis+sentinel://s1:26379/mymaster")
+    assert plain is not None and (plain.tls, plain.username, plain.password, plain.db) == (False, None, None, 0)
+    assert _core.check_url("redis://127.0.0.1:7000/2") is None
 
 
 def test_models_nested_in_plain_values_and_timedeltas_are_accepted():

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional, Tuple, Union
+from urllib.parse import unquote
 
 from . import _estimates, _model, _schema, _wire
 from .errors import InvalidTask
@@ -43,6 +44,9 @@ class Settings:
     reply_ttl_s: int = 3_600
     train_on_primary: bool = True
     events: bool = True
+    # The sentinels' own password (`TANDEM_REDIS_SENTINEL_PASSWORD`), when
+    # they require one; the data nodes' is in `redis_url`.
+    sentinel_password: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -73,6 +77,7 @@ class Settings:
             reply_ttl_s=num("TANDEM_REPLY_TTL_S", 3_600),
             train_on_primary=env.get("TANDEM_TRAIN_ON_PRIMARY", "true").lower() not in ("false", "0", "no"),
             events=env.get("TANDEM_EVENTS", "true").lower() not in ("false", "0", "no"),
+            sentinel_password=env.get("TANDEM_REDIS_SENTINEL_PASSWORD") or None,
         )
         for name, value in overrides.items():
             if value is not None:
@@ -82,16 +87,87 @@ class Settings:
         return settings
 
 
-def check_url(url: str) -> None:
-    """One Redis server (`redis://`, `rediss://` for TLS, `unix://`): the
-    Rust producer's Sentinel and Cluster URLs are not spoken here yet."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix"):
+@dataclass
+class SentinelTarget:
+    """A master watched by Sentinel (`redis+sentinel://`): the sentinels
+    to ask and the master's name; credentials, TLS and db are the data
+    nodes' (shared/src/connect.rs)."""
+
+    sentinels: List[Tuple[str, int]]
+    master: str
+    tls: bool
+    username: Optional[str]
+    password: Optional[str]
+    db: int
+
+
+def check_url(url: str) -> Optional[SentinelTarget]:
+    """One Redis server (`redis://`, `rediss://` for TLS, `unix://`): None;
+    a Sentinel URL, `redis+sentinel://[user:password@]s1:p1,s2:p2/<master>[/db]`
+    (`rediss+sentinel://` for TLS): its parts, parsed as the Rust producer
+    parses them. Cluster URLs are not spoken here yet."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme = ""
+    if scheme in ("redis", "rediss", "unix"):
+        return None
+    if scheme not in ("redis+sentinel", "rediss+sentinel"):
         raise InvalidTask(
-            f"redis_url: {scheme or url!r} is not supported by the Python client; "
-            "use redis://, rediss:// or unix:// (Sentinel and Cluster URLs: not yet)",
+            f"redis_url: {scheme or url!r} is not supported by the Python client; use redis://, "
+            "rediss://, unix:// or redis+sentinel:// (Cluster URLs: not yet)",
             field="redis_url",
         )
+
+    def bad(problem: str) -> InvalidTask:
+        return InvalidTask(f"redis_url: {problem}", field="redis_url")
+
+    authority, _, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at:
+        userinfo, hosts = "", authority
+    sentinels = []
+    for node in hosts.split(","):
+        host, colon, port = node.rpartition(":")
+        if not colon:
+            raise bad(f"node {node!r} must be host:port")
+        if not port.isdigit() or int(port) > 65535:
+            raise bad(f"node {node!r} has a bad port")
+        if not host:
+            raise bad(f"node {node!r} has no host")
+        sentinels.append((host.strip("[]"), int(port)))
+    master, _, db = path.partition("/")
+    if not master:
+        raise bad("a sentinel URL ends with /<master name>")
+    try:
+        number = int(db) if db else 0
+    except ValueError:
+        raise bad(f"bad database number {db!r}") from None
+    username, colon, password = userinfo.partition(":")
+    return SentinelTarget(
+        sentinels=sentinels,
+        master=unquote(master),
+        tls=scheme == "rediss+sentinel",
+        # As in a redis:// URL: `user:password@`, `:password@` or `user@`.
+        username=unquote(username) or None,
+        password=(unquote(password) or None) if colon else None,
+        db=number,
+    )
+
+
+def sentinel_args(settings: Settings, target: SentinelTarget) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The keyword arguments of redis-py's `Sentinel` for the data nodes
+    and for the sentinels (whose password is `sentinel_password`)."""
+    node: Dict[str, Any] = {"db": target.db, "socket_timeout": None}
+    if target.username:
+        node["username"] = target.username
+    if target.password:
+        node["password"] = target.password
+    if target.tls:
+        node["ssl"] = True
+    asked: Dict[str, Any] = {}
+    if settings.sentinel_password:
+        asked["password"] = settings.sentinel_password
+    return node, asked
 
 
 def new_producer_id() -> str:

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence,
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
 from . import _core, _wire
 from ._core import Progress, Seconds, Settings
@@ -42,10 +43,15 @@ class AsyncClient:
 
     def __init__(self, redis_url: Optional[str] = None, **settings: Any) -> None:
         self.settings = Settings.from_env(redis_url=redis_url, **settings)
-        _core.check_url(self.settings.redis_url)
+        target = _core.check_url(self.settings.redis_url)
         self.keys = _wire.Keys(self.settings.prefix)
         self.producer_id = self.settings.producer_id or _core.new_producer_id()
-        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        if target is None:
+            self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        else:
+            node, asked = _core.sentinel_args(self.settings, target)
+            sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=asked, **node)
+            self._redis = sentinel.master_for(target.master, **node)
         self._scripts_loaded = False
         self._listeners: Dict[str, asyncio.Task] = {}
         self._listener_lock = asyncio.Lock()

@@ -15,6 +15,7 @@ import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 import redis
+from redis.sentinel import Sentinel
 
 from . import _core, _wire
 from ._core import Progress, Seconds, Settings
@@ -78,11 +79,18 @@ class Client:
 
     def __init__(self, redis_url: Optional[str] = None, **settings: Any) -> None:
         self.settings = Settings.from_env(redis_url=redis_url, **settings)
-        _core.check_url(self.settings.redis_url)
+        target = _core.check_url(self.settings.redis_url)
         self.keys = _wire.Keys(self.settings.prefix)
         self.producer_id = self.settings.producer_id or _core.new_producer_id()
         # A blocking XREAD outlasts any socket timeout: `block=` bounds it.
-        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        if target is None:
+            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        else:
+            # The sentinels say where the master is, again after a failover
+            # (a connection that breaks or meets a demoted node asks anew).
+            node, asked = _core.sentinel_args(self.settings, target)
+            sentinel = Sentinel(target.sentinels, sentinel_kwargs=asked, **node)
+            self._redis = sentinel.master_for(target.master, **node)
         self._scripts_loaded = False
         # Reply stream -> the id notices are read after.
         self._cursors: Dict[Any, Any] = {}
