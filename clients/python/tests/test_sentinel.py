@@ -15,7 +15,7 @@ import redis
 
 from conftest import WAIT, RedisServer, Worker, free_port, wait_until
 
-from tandem import AsyncClient, Client
+from tandem import AsyncClient, Client, errors
 
 MASTER = "mymaster"
 
@@ -23,7 +23,7 @@ MASTER = "mymaster"
 class Sentinel:
     """A redis-server in sentinel mode watching `MASTER` alone (quorum 1)."""
 
-    def __init__(self, watched: int) -> None:
+    def __init__(self, watched: int, requirepass: Optional[str] = None) -> None:
         self.port = free_port()
         assert self.port != 6379
         self.dir = tempfile.mkdtemp(prefix="tandem-py-sentinel-")
@@ -31,14 +31,15 @@ class Sentinel:
         with open(conf, "w") as f:
             f.write(
                 f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-                f"sentinel monitor {MASTER} 127.0.0.1 {watched} 1\n"
+                + (f"requirepass {requirepass}\n" if requirepass else "")
+                + f"sentinel monitor {MASTER} 127.0.0.1 {watched} 1\n"
                 f"sentinel down-after-milliseconds {MASTER} 1000\n"
                 f"sentinel failover-timeout {MASTER} 4000\n"
             )
         self.proc = subprocess.Popen(
             ["redis-server", conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        self.conn = redis.Redis(port=self.port, decode_responses=True)
+        self.conn = redis.Redis(port=self.port, password=requirepass, decode_responses=True)
 
     def master_port(self) -> Optional[int]:
         try:
@@ -143,3 +144,18 @@ def test_a_failover_moves_the_client_to_the_new_master(setup):
         assert client.record(after) is not None
         # The worker, which asks the sentinel too, runs it there.
         assert client.wait(after, WAIT) == ["after"]
+
+
+def test_a_sentinel_with_a_password_is_asked_with_sentinel_password(redis_server):
+    sentinel = Sentinel(redis_server.port, requirepass="sentinel-secret")
+    try:
+        wait_until("the guarded sentinel to name the master", lambda: sentinel.master_port() == redis_server.port)
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/{MASTER}"
+        with Client(url, sentinel_password="sentinel-secret") as client:
+            task = client.submit("noop")
+        assert redis_server.conn().exists(f"tandem:{{cpu}}:task:{task}")
+        with Client(url, reconnect_timeout=0.5) as client:
+            with pytest.raises(errors.RedisUnavailable):
+                client.submit("noop")
+    finally:
+        sentinel.close()
