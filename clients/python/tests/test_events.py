@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from conftest import Fleet
+
 from tandem import AsyncClient, Client, Task
 
 
@@ -57,3 +59,19 @@ def test_cancel_writes_an_event_only_with_events_on(redis_server, events):
         assert client.cancel(task) == "cancelled"
     names = [e["event"] for e in events_of(redis_server, "cpu") if e["id"] == task]
     assert names == (["submitted", "cancelled"] if events else [])
+
+
+def test_progress_with_events_off_on_the_workers_ends_with_the_task():
+    """No `progress` events to wake the reader: it yields the record's
+    report and ends once a read that found nothing finds the task final."""
+    fleet = Fleet({"TANDEM_TEST_KINDS": "true", "TANDEM_EVENTS": "false", "TANDEM_PROGRESS_INTERVAL_MS": "50"})
+    try:
+        with Client(fleet.url, events=False) as client:
+            task = client.submit("spin", {"ms": 300, "ignore_stop": False}, cls="cpu")
+            reports = list(client.progress(task))
+            assert client.status(task) == "succeeded"
+            last = client.last_progress(task)
+            assert last is not None and reports and reports[-1] == last
+            assert not fleet.redis.conn().exists("tandem:{cpu}:events")
+    finally:
+        fleet.close()
