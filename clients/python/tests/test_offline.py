@@ -265,3 +265,9 @@ def test_delays_timeouts_and_rate_keys_are_sent_as_the_rust_producer_sends_them(
     timed = _prepare(run_at=at, timeout=datetime.timedelta(minutes=2))
     assert timed.run_at == ("run_at_ms", 1_798_877_045_678) and timed.timeout_ms == 120_000
     assert _prepare().metadata("p", None)[-2:] == ["producer", "p"]
+    # Seconds as floats count to the microsecond, then round down to ms.
+    assert _prepare(delay=1.001).run_at == ("delay_ms", 1001)
+    assert _prepare(delay=0).run_at == ("delay_ms", 0)
+    assert _prepare(timeout=0.0299999).timeout_ms == 30
+    assert _prepare(timeout=datetime.timedelta(microseconds=1999)).timeout_ms == 1
+    assert _prepare(timeout=1e308).timeout_ms == 2**64 - 1

@@ -342,7 +342,7 @@ def _run_at(delay: Optional[Seconds], run_at: Optional[datetime.datetime], kind:
             )
         if value == float("inf") or value * 1000 >= 2**64:
             raise InvalidTask(f"delay {delay!r} is too long", kind=kind, field="delay")
-        return ("delay_ms", int(value * 1000))
+        return ("delay_ms", _whole_ms(delay))
     if run_at is not None:
         if not isinstance(run_at, datetime.datetime):
             raise InvalidTask(
@@ -379,7 +379,16 @@ def _timeout_ms(timeout: Optional[Seconds], kind: str) -> Optional[int]:
         )
     if value == 0:
         raise InvalidTask("timeout must be at least 1 ms", kind=kind, field="timeout")
-    return max(1, min(int(min(value, 1e300) * 1000), 2**64 - 1))
+    return max(1, min(_whole_ms(timeout if value < 1e300 else 1e300), 2**64 - 1))
+
+
+def _whole_ms(value: Seconds) -> int:
+    """Whole ms, rounded down: a timedelta exactly; seconds as a float to
+    the nearest microsecond first, so that 1.001 s is 1001 ms, not the
+    1000.999... ms its binary value holds."""
+    if isinstance(value, datetime.timedelta):
+        return value // datetime.timedelta(milliseconds=1)
+    return round(value * 1_000_000) // 1000
 
 
 def sign(settings: Settings, task: _wire.NewTask, reply_to: str) -> None:
