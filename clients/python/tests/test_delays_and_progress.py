@@ -153,3 +153,102 @@ def test_a_rate_key_counts_against_its_limit(fleet, client):
         assert client.cancel(held) == "cancelled"
     finally:
         fleet.tandem("limit", "rm", "key:py-tenant")
+
+
+# --- progress -------------------------------------------------------------------
+
+
+def check_reports(reports, of_ms):
+    assert reports, "at least the last report comes"
+    for earlier, later in zip(reports, reports[1:]):
+        assert earlier.fraction <= later.fraction, reports
+    for report in reports:
+        assert 0.0 <= report.fraction <= 1.0, report
+        assert report.message.startswith("spun ") and report.message.endswith(f" of {of_ms} ms"), report
+        assert report.at_ms is not None
+
+
+def test_progress_yields_each_report_until_the_task_ends(fleet, client):
+    task = client.submit("spin", {"ms": 1500, "ignore_stop": False}, cls="cpu")
+    reports = list(client.progress(task))  # ends when the task does
+    assert client.wait_outcome(task, WAIT).status == "succeeded"
+    # A 1.5 s spin reporting every millisecond, written at most every 50 ms.
+    assert len(reports) >= 2, reports
+    check_reports(reports, 1500)
+    # Each report the reader gave is one the worker wrote as an event.
+    conn = fleet.redis.conn()
+    events = [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in conn.xrange("tandem:{cpu}:events")
+    ]
+    written = [(float(e["progress"]), e["progress_msg"]) for e in events if e["id"] == task and e["event"] == "progress"]
+    assert [(r.fraction, r.message) for r in reports if (r.fraction, r.message) in written] == \
+        [(r.fraction, r.message) for r in reports]
+    # The record keeps the last one.
+    last = client.last_progress(task)
+    assert last is not None and (last.fraction, last.message) == (reports[-1].fraction, reports[-1].message)
+    record = client.record(task)
+    assert record["progress_msg"] == last.message and int(record["progress_at_ms"]) == last.at_ms
+
+
+def test_progress_of_a_finished_task_is_its_last_report(client):
+    task = client.submit("spin", {"ms": 200, "ignore_stop": False}, cls="cpu")
+    client.wait(task, WAIT)
+    reports = list(client.progress(task))
+    assert len(reports) == 1 and reports[0] == client.last_progress(task)
+    assert list(client.progress(client.submit("noop"))) in ([],), "noop reports nothing"
+
+
+def test_progress_of_an_unknown_task_raises(client):
+    with pytest.raises(errors.TaskNotFound):
+        list(client.progress("0190a5b4-0000-7000-8000-000000000000"))
+    with pytest.raises(errors.TaskNotFound):
+        client.last_progress("0190a5b4-0000-7000-8000-000000000000")
+
+
+def test_progress_from_asyncio_follows_a_split_tasks_shards(fleet):
+    async def go():
+        async with AsyncClient(fleet.url) as client:
+            spin = await client.submit("spin", {"ms": 1000, "ignore_stop": False}, cls="cpu")
+            reports = [r async for r in client.progress(spin)]
+            assert (await client.wait_outcome(spin, WAIT)).status == "succeeded"
+            check_reports(reports, 1000)
+            assert len(reports) >= 2, reports
+
+            split = await client.submit("split_sum", {"n": 100_000, "block": 10_000, "block_ms": 20})
+            shards = [r async for r in client.progress(split)]
+            result = await client.wait(split, WAIT)
+            assert math.isclose(result.sum, sum(1 / (i + 1) for i in range(100_000)), rel_tol=1e-9)
+            assert shards, "a split task reports its shards' commits"
+            for earlier, later in zip(shards, shards[1:]):
+                assert earlier.fraction <= later.fraction, shards
+            # Unsplit it reports its steps; split, its shards' commits.
+            for report in shards:
+                assert re.fullmatch(r"step \d+ of \d+|\d+ of \d+ shards done", report.message), shards
+
+    asyncio.run(go())
+
+
+def test_progress_is_woken_by_events_not_by_polling(fleet, client):
+    """While a 2 s spin reports, the reader's own reads are a few blocking
+    XREADs of the events stream, not a loop of record reads."""
+    task = client.submit("spin", {"ms": 2000, "ignore_stop": False}, cls="cpu")
+    sent = []
+    execute = client.redis.execute_command
+
+    def counted(*args, **options):
+        sent.append(args[0])
+        return execute(*args, **options)
+
+    client.redis.execute_command = counted
+    try:
+        reports = list(client.progress(task))
+    finally:
+        del client.redis.execute_command
+    assert len(reports) >= 2
+    # One read per wake-up (each brings at least one event) and a few to
+    # start: far fewer than a poll every few ms over 2 s would be.
+    # (The task's `started` and `succeeded` events wake it too, and a read
+    # that waited 5 s in vain reads the record once.)
+    assert sent.count("XREAD") <= 2 * len(reports) + 4, sent
+    assert len(sent) <= 3 * len(reports) + 10, sent
