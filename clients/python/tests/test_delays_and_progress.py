@@ -196,7 +196,7 @@ def test_progress_of_a_finished_task_is_its_last_report(client):
     client.wait(task, WAIT)
     reports = list(client.progress(task))
     assert len(reports) == 1 and reports[0] == client.last_progress(task)
-    assert list(client.progress(client.submit("noop"))) in ([],), "noop reports nothing"
+    assert list(client.progress(client.submit("noop"))) == [], "noop reports nothing; the reader ends with it"
 
 
 def test_progress_of_an_unknown_task_raises(client):
