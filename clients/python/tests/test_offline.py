@@ -1,6 +1,7 @@
 """What needs no fleet: the generated classes and Lua copies against their
 sources, the schema checks, the NumPy encoding, the signature."""
 
+import datetime
 import json
 import subprocess
 
@@ -177,8 +178,36 @@ def test_the_package_type_checks():
 
 
 def test_a_url_the_client_cannot_speak_is_refused_naming_it():
-    with pytest.raises(InvalidTask, match="redis_url: 'redis\\+sentinel' is not supported"):
-        tandem.Client("redis+sentinel://s1:26379/mymaster")
+    with pytest.raises(InvalidTask, match="redis_url: 'redis\\+cluster' is not supported") as caught:
+        tandem.Client("redis+cluster://n1:7000,n2:7001")
+    assert caught.value.field == "redis_url"
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("redis+sentinel://s1:26379", "a sentinel URL ends with /<master name>"),
+        ("redis+sentinel://s1/m", "node 's1' must be host:port"),
+        ("redis+sentinel://s1:x/m", "node 's1:x' has a bad port"),
+        ("redis+sentinel://:26379/m", "node ':26379' has no host"),
+        ("redis+sentinel://s1:1/m/x", "bad database number 'x'"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_saying_why(url, words):
+    # The same URLs connect.rs's tests refuse.
+    with pytest.raises(InvalidTask) as caught:
+        tandem.Client(url)
+    assert caught.value.field == "redis_url" and words in str(caught.value), str(caught.value)
+
+
+def test_a_sentinel_url_is_read_as_the_rust_producer_reads_it():
+    target = _core.check_url("rediss+sentinel://u:p%40w@s1:26379,[::1]:26380/mymaster/3")
+    assert target == _core.SentinelTarget(
+        sentinels=[("s1", 26379), ("::1", 26380)], master="mymaster", tls=True, username="u", password="p@w", db=3
+    )
+    plain = _core.check_url("redis+sentinel://s1:26379/mymaster")
+    assert plain is not None and (plain.tls, plain.username, plain.password, plain.db) == (False, None, None, 0)
+    assert _core.check_url("redis://127.0.0.1:7000/2") is None
 
 
 def test_models_nested_in_plain_values_and_timedeltas_are_accepted():
@@ -193,3 +222,52 @@ def test_models_nested_in_plain_values_and_timedeltas_are_accepted():
     assert (task.deadline_in_ms, task.max_attempts, task.idempotency_key) == (1500, 2, "k-1")
     # The kind's memory estimate, as the Rust producer computes it.
     assert task.memory_bytes == 8 * 3 + 8 * 2 + 8 * 3 * 1 + 28
+
+
+def _prepare(**options):
+    base = dict(cls=None, priority="normal", max_attempts=None, deadline=None, idempotency_key=None, memory_bytes=None)
+    return _core.prepare(_core.Settings(), "noop", None, **{**base, **options})[0]
+
+
+@pytest.mark.parametrize(
+    "options, field, words",
+    [
+        (dict(delay=-1), "delay", "is negative; a delay is 0 or more (to run at once, leave it out)"),
+        (dict(delay="5s"), "delay", "expected seconds"),
+        (dict(delay=float("inf")), "delay", "is too long"),
+        (dict(run_at=datetime.datetime(2030, 1, 1)), "run_at", "has no time zone"),
+        (dict(run_at=1_900_000_000), "run_at", "expected a datetime with a time zone"),
+        (dict(run_at=datetime.datetime(1969, 1, 1, tzinfo=datetime.timezone.utc)), "run_at", "before 1970"),
+        (dict(delay=1, run_at=datetime.datetime.now(datetime.timezone.utc)), "delay", "not both"),
+        (dict(timeout=0), "timeout", "timeout must be at least 1 ms"),
+        (dict(timeout=datetime.timedelta(0)), "timeout", "timeout must be at least 1 ms"),
+        (dict(timeout=-2), "timeout", "above 0"),
+        (dict(rate_key=""), "rate_key", "must be 1-200 characters, without whitespace or control characters"),
+        (dict(rate_key="a b"), "rate_key", "without whitespace"),
+        (dict(rate_key="x" * 201), "rate_key", "1-200 characters"),
+    ],
+)
+def test_bad_delays_timeouts_and_rate_keys_are_refused_naming_the_field(options, field, words):
+    with pytest.raises(InvalidTask) as caught:
+        _prepare(**options)
+    assert caught.value.field == field and words in str(caught.value), str(caught.value)
+
+
+def test_delays_timeouts_and_rate_keys_are_sent_as_the_rust_producer_sends_them():
+    # NewTask::metadata's order: ..., reply_to, timeout_ms, signature,
+    # rate_key, then the delay pair the submit script reads.
+    task = _prepare(delay=datetime.timedelta(seconds=1.5), timeout=0.0004, rate_key="tenant-7")
+    task.signature = "sig"
+    tail = task.metadata("p-1", "reply")[-10:]
+    assert tail == ["reply_to", "reply", "timeout_ms", "1", "signature", "sig", "rate_key", "tenant-7",
+                    "delay_ms", "1500"]
+    at = datetime.datetime(2027, 1, 2, 3, 4, 5, 678_000, tzinfo=datetime.timezone(datetime.timedelta(hours=-5)))
+    timed = _prepare(run_at=at, timeout=datetime.timedelta(minutes=2))
+    assert timed.run_at == ("run_at_ms", 1_798_877_045_678) and timed.timeout_ms == 120_000
+    assert _prepare().metadata("p", None)[-2:] == ["producer", "p"]
+    # Seconds as floats count to the microsecond, then round down to ms.
+    assert _prepare(delay=1.001).run_at == ("delay_ms", 1001)
+    assert _prepare(delay=0).run_at == ("delay_ms", 0)
+    assert _prepare(timeout=0.0299999).timeout_ms == 30
+    assert _prepare(timeout=datetime.timedelta(microseconds=1999)).timeout_ms == 1
+    assert _prepare(timeout=1e308).timeout_ms == 2**64 - 1

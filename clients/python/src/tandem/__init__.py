@@ -24,7 +24,7 @@ Quick start::
 """
 
 from . import errors, kinds
-from ._core import Settings
+from ._core import Progress, Settings
 from .aio import AsyncClient
 from .client import Client, Task
 from .errors import (
@@ -42,6 +42,7 @@ __all__ = [
     "Client",
     "InvalidTask",
     "Outcome",
+    "Progress",
     "RedisUnavailable",
     "Settings",
     "Task",

@@ -8,10 +8,12 @@ import datetime
 import hashlib
 import json
 import os
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional, Tuple, Union
+from urllib.parse import unquote
 
 from . import _estimates, _model, _schema, _wire
 from .errors import InvalidTask
@@ -42,6 +44,9 @@ class Settings:
     reply_ttl_s: int = 3_600
     train_on_primary: bool = True
     events: bool = True
+    # The sentinels' own password (`TANDEM_REDIS_SENTINEL_PASSWORD`), when
+    # they require one; the data nodes' is in `redis_url`.
+    sentinel_password: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -72,6 +77,7 @@ class Settings:
             reply_ttl_s=num("TANDEM_REPLY_TTL_S", 3_600),
             train_on_primary=env.get("TANDEM_TRAIN_ON_PRIMARY", "true").lower() not in ("false", "0", "no"),
             events=env.get("TANDEM_EVENTS", "true").lower() not in ("false", "0", "no"),
+            sentinel_password=env.get("TANDEM_REDIS_SENTINEL_PASSWORD") or None,
         )
         for name, value in overrides.items():
             if value is not None:
@@ -81,16 +87,87 @@ class Settings:
         return settings
 
 
-def check_url(url: str) -> None:
-    """One Redis server (`redis://`, `rediss://` for TLS, `unix://`): the
-    Rust producer's Sentinel and Cluster URLs are not spoken here yet."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix"):
+@dataclass
+class SentinelTarget:
+    """A master watched by Sentinel (`redis+sentinel://`): the sentinels
+    to ask and the master's name; credentials, TLS and db are the data
+    nodes' (shared/src/connect.rs)."""
+
+    sentinels: List[Tuple[str, int]]
+    master: str
+    tls: bool
+    username: Optional[str]
+    password: Optional[str]
+    db: int
+
+
+def check_url(url: str) -> Optional[SentinelTarget]:
+    """One Redis server (`redis://`, `rediss://` for TLS, `unix://`): None;
+    a Sentinel URL, `redis+sentinel://[user:password@]s1:p1,s2:p2/<master>[/db]`
+    (`rediss+sentinel://` for TLS): its parts, parsed as the Rust producer
+    parses them. Cluster URLs are not spoken here yet."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme = ""
+    if scheme in ("redis", "rediss", "unix"):
+        return None
+    if scheme not in ("redis+sentinel", "rediss+sentinel"):
         raise InvalidTask(
-            f"redis_url: {scheme or url!r} is not supported by the Python client; "
-            "use redis://, rediss:// or unix:// (Sentinel and Cluster URLs: not yet)",
+            f"redis_url: {scheme or url!r} is not supported by the Python client; use redis://, "
+            "rediss://, unix:// or redis+sentinel:// (Cluster URLs: not yet)",
             field="redis_url",
         )
+
+    def bad(problem: str) -> InvalidTask:
+        return InvalidTask(f"redis_url: {problem}", field="redis_url")
+
+    authority, _, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at:
+        userinfo, hosts = "", authority
+    sentinels = []
+    for node in hosts.split(","):
+        host, colon, port = node.rpartition(":")
+        if not colon:
+            raise bad(f"node {node!r} must be host:port")
+        if not port.isdigit() or int(port) > 65535:
+            raise bad(f"node {node!r} has a bad port")
+        if not host:
+            raise bad(f"node {node!r} has no host")
+        sentinels.append((host.strip("[]"), int(port)))
+    master, _, db = path.partition("/")
+    if not master:
+        raise bad("a sentinel URL ends with /<master name>")
+    try:
+        number = int(db) if db else 0
+    except ValueError:
+        raise bad(f"bad database number {db!r}") from None
+    username, colon, password = userinfo.partition(":")
+    return SentinelTarget(
+        sentinels=sentinels,
+        master=unquote(master),
+        tls=scheme == "rediss+sentinel",
+        # As in a redis:// URL: `user:password@`, `:password@` or `user@`.
+        username=unquote(username) or None,
+        password=(unquote(password) or None) if colon else None,
+        db=number,
+    )
+
+
+def sentinel_args(settings: Settings, target: SentinelTarget) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The keyword arguments of redis-py's `Sentinel` for the data nodes
+    and for the sentinels (whose password is `sentinel_password`)."""
+    node: Dict[str, Any] = {"db": target.db, "socket_timeout": None}
+    if target.username:
+        node["username"] = target.username
+    if target.password:
+        node["password"] = target.password
+    if target.tls:
+        node["ssl"] = True
+    asked: Dict[str, Any] = {}
+    if settings.sentinel_password:
+        asked["password"] = settings.sentinel_password
+    return node, asked
 
 
 def new_producer_id() -> str:
@@ -160,6 +237,10 @@ def prepare(
     deadline: Optional[Seconds],
     idempotency_key: Optional[str],
     memory_bytes: Optional[int],
+    delay: Optional[Seconds] = None,
+    run_at: Optional[datetime.datetime] = None,
+    rate_key: Optional[str] = None,
+    timeout: Optional[Seconds] = None,
 ) -> Tuple[_wire.NewTask, Optional[str]]:
     """Checks a task and fills in defaults; returns it and the model whose
     registered class decides its class (looked up by the caller), if any."""
@@ -214,6 +295,17 @@ def prepare(
     if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 0:
         raise InvalidTask(f"memory_bytes: expected bytes, 0 or more, got {memory_bytes!r}", field="memory_bytes")
     deadline_s = seconds(deadline, "deadline")
+    if rate_key is not None and (
+        not isinstance(rate_key, str)
+        or not rate_key
+        or len(rate_key.encode()) > 200
+        or any(c.isspace() or unicodedata.category(c) == "Cc" for c in rate_key)
+    ):
+        raise InvalidTask(
+            f"rate_key {rate_key!r} must be 1-200 characters, without whitespace or control characters",
+            kind=kind,
+            field="rate_key",
+        )
     task = _wire.NewTask(
         id=_wire.new_task_id(),
         kind=kind,
@@ -224,8 +316,79 @@ def prepare(
         memory_bytes=memory_bytes,
         deadline_in_ms=max(1, round(deadline_s * 1000)) if deadline_s is not None else 0,
         idempotency_key=idempotency_key,
+        timeout_ms=_timeout_ms(timeout, kind),
+        rate_key=rate_key,
+        run_at=_run_at(delay, run_at, kind),
     )
     return task, model
+
+
+def _run_at(delay: Optional[Seconds], run_at: Optional[datetime.datetime], kind: str) -> Optional[Tuple[str, int]]:
+    """submit.lua's `delay_ms` or `run_at_ms` pair, as the Rust producer's
+    `Task::delay` and `Task::run_at` send them (whole ms, rounded down)."""
+    if delay is not None and run_at is not None:
+        raise InvalidTask("delay and run_at: give one of them, not both", kind=kind, field="delay")
+    if delay is not None:
+        value = delay.total_seconds() if isinstance(delay, datetime.timedelta) else delay
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise InvalidTask(
+                f"delay: expected seconds (or a timedelta), got {delay!r}", kind=kind, field="delay"
+            )
+        if value < 0:
+            raise InvalidTask(
+                f"delay: {delay!r} is negative; a delay is 0 or more (to run at once, leave it out)",
+                kind=kind,
+                field="delay",
+            )
+        if value == float("inf") or value * 1000 >= 2**64:
+            raise InvalidTask(f"delay {delay!r} is too long", kind=kind, field="delay")
+        return ("delay_ms", _whole_ms(delay))
+    if run_at is not None:
+        if not isinstance(run_at, datetime.datetime):
+            raise InvalidTask(
+                f"run_at: expected a datetime with a time zone, got {run_at!r}", kind=kind, field="run_at"
+            )
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise InvalidTask(
+                f"run_at: {run_at.isoformat()} has no time zone; give one "
+                "(datetime.now(timezone.utc) + timedelta(...), or tzinfo=...)",
+                kind=kind,
+                field="run_at",
+            )
+        ms = (run_at - _EPOCH) // datetime.timedelta(milliseconds=1)
+        if ms < 0:
+            raise InvalidTask(
+                f"run_at {run_at.isoformat()} is before 1970 or too far ahead", kind=kind, field="run_at"
+            )
+        return ("run_at_ms", ms)
+    return None
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _timeout_ms(timeout: Optional[Seconds], kind: str) -> Optional[int]:
+    """The run-time limit in whole ms (rounded down, at least 1), as the
+    Rust producer's `Task::timeout`."""
+    if timeout is None:
+        return None
+    value = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        raise InvalidTask(
+            f"timeout: expected seconds (or a timedelta) above 0, got {timeout!r}", kind=kind, field="timeout"
+        )
+    if value == 0:
+        raise InvalidTask("timeout must be at least 1 ms", kind=kind, field="timeout")
+    return max(1, min(_whole_ms(timeout if value < 1e300 else 1e300), 2**64 - 1))
+
+
+def _whole_ms(value: Seconds) -> int:
+    """Whole ms, rounded down: a timedelta exactly; seconds as a float to
+    the nearest microsecond first, so that 1.001 s is 1001 ms, not the
+    1000.999... ms its binary value holds."""
+    if isinstance(value, datetime.timedelta):
+        return value // datetime.timedelta(milliseconds=1)
+    return round(value * 1_000_000) // 1000
 
 
 def sign(settings: Settings, task: _wire.NewTask, reply_to: str) -> None:
@@ -280,6 +443,77 @@ def cancel_outcome(reply: Any) -> Optional[str]:
     if words[0] == "not_found":
         return None
     return " ".join(words)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A task's progress report: the fraction done (0 to 1), a short
+    message, and when it was written (ms since the epoch, Redis clock)."""
+
+    fraction: float
+    message: str
+    at_ms: Optional[int]
+
+    @classmethod
+    def from_fields(cls, fields: Dict[str, Any], at: str) -> Optional["Progress"]:
+        """From a record (`at` = `progress_at_ms`) or a `progress` event
+        (`at_ms`); None when it holds no readable report."""
+        try:
+            fraction = float(fields["progress"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        try:
+            at_ms: Optional[int] = int(fields[at])
+        except (KeyError, TypeError, ValueError):
+            at_ms = None
+        return cls(fraction, str(fields.get("progress_msg") or ""), at_ms)
+
+
+# How long one blocking read of the events waits before it re-arms (ms),
+# as the Rust producer's PROGRESS_BLOCK_MS.
+PROGRESS_BLOCK_MS = 5_000
+# Events that end a task's progress: it is final.
+FINAL_EVENTS = frozenset(("succeeded", "failed", "cancelled", "expired"))
+
+
+class Following:
+    """Where a progress reader stands (the Rust producer's `Following`):
+    reports read and not handed out, the last one handed out (a repeat is
+    skipped), whether the task ended."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.pending: List[Progress] = []
+        self.last: Optional[Tuple[float, str]] = None
+        self.done = False
+
+    def push(self, progress: Optional[Progress]) -> None:
+        if progress is not None and (progress.fraction, progress.message) != self.last:
+            self.last = (progress.fraction, progress.message)
+            self.pending.append(progress)
+
+    def record(self, fields: Dict[str, Any]) -> None:
+        """The record read after the cursor was placed."""
+        if fields.get("status") in _wire.FINAL:
+            self.done = True
+        self.push(Progress.from_fields(fields, "progress_at_ms"))
+
+    def events(self, replies: Any) -> Any:
+        """Takes this task's reports and end from an XREAD reply; returns
+        the id to read after (None: nothing read)."""
+        cursor = None
+        for _stream, entries in replies or []:
+            for entry_id, raw in entries:
+                cursor = entry_id
+                fields = _wire.fields(raw)
+                if fields.get("id") != self.task_id:
+                    continue
+                event = fields.get("event")
+                if event == "progress":
+                    self.push(Progress.from_fields(fields, "at_ms"))
+                elif event in FINAL_EVENTS:
+                    self.done = True
+        return cursor
 
 
 def left_out(fields: Dict[str, Any]) -> bool:

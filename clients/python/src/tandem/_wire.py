@@ -14,7 +14,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import msgpack
 
@@ -47,6 +47,10 @@ class Keys:
 
     def model(self, name: str) -> str:
         return f"{self.prefix}:{{models}}:model:{name}"
+
+    def events(self, cls: str) -> str:
+        """The class's lifecycle events stream (section "Events")."""
+        return f"{self.prefix}:{{{cls}}}:events"
 
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
@@ -104,10 +108,14 @@ class NewTask:
     deadline_in_ms: int
     idempotency_key: Optional[str]
     signature: Optional[str] = None
-    # Delays (a task that becomes due later) and progress reports are being
-    # added to the wire format by other work; their entry fields and submit
-    # arguments belong here and in `metadata` below, as the Rust producer's
-    # `NewTask` gains them.
+    # The run-time limit of each attempt, ms from its start (`timeout_ms`).
+    timeout_ms: Optional[int] = None
+    # The key whose rate limit the task also counts against (`rate_key`).
+    rate_key: Optional[str] = None
+    # A delayed task: ("delay_ms", ms from when Redis accepts it) or
+    # ("run_at_ms", ms since the epoch), both by the Redis clock. Read by
+    # submit.lua, not copied into the entry.
+    run_at: Optional[Tuple[str, int]] = None
 
     def metadata(self, producer: str, reply_to: Optional[str]) -> List[str]:
         """The entry's fields after `params`, in the Rust producer's order
@@ -125,8 +133,14 @@ class NewTask:
         ]  # fmt: skip
         if reply_to is not None:
             pairs += ["reply_to", reply_to]
+        if self.timeout_ms is not None:
+            pairs += ["timeout_ms", str(self.timeout_ms)]
         if self.signature is not None:
             pairs += ["signature", self.signature]
+        if self.rate_key is not None:
+            pairs += ["rate_key", self.rate_key]
+        if self.run_at is not None:
+            pairs += [self.run_at[0], str(self.run_at[1])]
         return pairs
 
     def submit_args(self, keys: Keys, producer: str, reply_to: Optional[str], idempotency_ttl_s: int):

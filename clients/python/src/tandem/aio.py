@@ -14,14 +14,16 @@ for. Many waits share one listener: `asyncio.gather` over thousands of
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Set
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
 from . import _core, _wire
-from ._core import Seconds, Settings
+from ._core import Progress, Seconds, Settings
 from .client import BLOCK_MS, RETRIED, Task, _redacted
 from .errors import RedisUnavailable, TaskNotFound, WaitTimeout
 from .outcome import Outcome
@@ -41,10 +43,15 @@ class AsyncClient:
 
     def __init__(self, redis_url: Optional[str] = None, **settings: Any) -> None:
         self.settings = Settings.from_env(redis_url=redis_url, **settings)
-        _core.check_url(self.settings.redis_url)
+        target = _core.check_url(self.settings.redis_url)
         self.keys = _wire.Keys(self.settings.prefix)
         self.producer_id = self.settings.producer_id or _core.new_producer_id()
-        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        if target is None:
+            self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        else:
+            node, asked = _core.sentinel_args(self.settings, target)
+            sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=asked, **node)
+            self._redis = sentinel.master_for(target.master, **node)
         self._scripts_loaded = False
         self._listeners: Dict[str, asyncio.Task] = {}
         self._listener_lock = asyncio.Lock()
@@ -88,6 +95,10 @@ class AsyncClient:
         deadline: Optional[Seconds] = None,
         idempotency_key: Optional[str] = None,
         memory_bytes: Optional[int] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
+        rate_key: Optional[str] = None,
+        timeout: Optional[Seconds] = None,
     ) -> str:
         """As `Client.submit`."""
         task = Task(
@@ -99,6 +110,10 @@ class AsyncClient:
             deadline=deadline,
             idempotency_key=idempotency_key,
             memory_bytes=memory_bytes,
+            delay=delay,
+            run_at=run_at,
+            rate_key=rate_key,
+            timeout=timeout,
         )
         return (await self.submit_many([task]))[0]
 
@@ -200,6 +215,50 @@ class AsyncClient:
         if answer is None:
             raise TaskNotFound(task_id)
         return answer
+
+    async def last_progress(self, task_id: str) -> Optional[Progress]:
+        """As `Client.last_progress`."""
+        found = await self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        return Progress.from_fields(found[1], "progress_at_ms")
+
+    async def progress(self, task_id: str) -> AsyncIterator[Progress]:
+        """As `Client.progress`, an async iterator: `async for report in
+        client.progress(task_id)`."""
+        found = await self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        stream = self.keys.events(found[0])
+        following = _core.Following(task_id)
+
+        async def newest() -> Any:
+            last = await self._redis.xrevrange(stream, "+", "-", count=1)
+            return last[0][0] if last else b"0-0"
+
+        cursor = await self._retry(newest)
+        found = await self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        following.record(found[1])
+        while True:
+            while following.pending:
+                yield following.pending.pop(0)
+            if following.done:
+                return
+            try:
+                replies = await self._redis.xread({stream: cursor}, count=256, block=_core.PROGRESS_BLOCK_MS)
+            except RETRIED:
+                await self._retry(self._redis.ping)
+                replies = None
+            read = following.events(replies)
+            if read is not None:
+                cursor = read
+            else:
+                found = await self._find(task_id)
+                if found is None:
+                    raise TaskNotFound(task_id)
+                following.record(found[1])
 
     async def _find(self, task_id: str):
         async def run():

@@ -10,13 +10,15 @@ meanwhile are kept for their own wait.
 
 from __future__ import annotations
 
+import datetime
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 import redis
+from redis.sentinel import Sentinel
 
 from . import _core, _wire
-from ._core import Seconds, Settings
+from ._core import Progress, Seconds, Settings
 from .errors import RedisUnavailable, TaskNotFound, WaitTimeout
 from .outcome import Outcome
 
@@ -41,6 +43,10 @@ class Task:
         deadline: Optional[Seconds] = None,
         idempotency_key: Optional[str] = None,
         memory_bytes: Optional[int] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
+        rate_key: Optional[str] = None,
+        timeout: Optional[Seconds] = None,
     ) -> None:
         self.kind = kind
         self.params = params
@@ -51,6 +57,10 @@ class Task:
             deadline=deadline,
             idempotency_key=idempotency_key,
             memory_bytes=memory_bytes,
+            delay=delay,
+            run_at=run_at,
+            rate_key=rate_key,
+            timeout=timeout,
         )
 
 
@@ -69,11 +79,18 @@ class Client:
 
     def __init__(self, redis_url: Optional[str] = None, **settings: Any) -> None:
         self.settings = Settings.from_env(redis_url=redis_url, **settings)
-        _core.check_url(self.settings.redis_url)
+        target = _core.check_url(self.settings.redis_url)
         self.keys = _wire.Keys(self.settings.prefix)
         self.producer_id = self.settings.producer_id or _core.new_producer_id()
         # A blocking XREAD outlasts any socket timeout: `block=` bounds it.
-        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        if target is None:
+            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=None)
+        else:
+            # The sentinels say where the master is, again after a failover
+            # (a connection that breaks or meets a demoted node asks anew).
+            node, asked = _core.sentinel_args(self.settings, target)
+            sentinel = Sentinel(target.sentinels, sentinel_kwargs=asked, **node)
+            self._redis = sentinel.master_for(target.master, **node)
         self._scripts_loaded = False
         # Reply stream -> the id notices are read after.
         self._cursors: Dict[Any, Any] = {}
@@ -109,6 +126,10 @@ class Client:
         deadline: Optional[Seconds] = None,
         idempotency_key: Optional[str] = None,
         memory_bytes: Optional[int] = None,
+        delay: Optional[Seconds] = None,
+        run_at: Optional[datetime.datetime] = None,
+        rate_key: Optional[str] = None,
+        timeout: Optional[Seconds] = None,
     ) -> str:
         """Submits one task; returns its id once its entry is in Redis.
 
@@ -116,7 +137,17 @@ class Client:
         (dicts, lists, NumPy arrays). `deadline`: seconds (or a timedelta)
         from now within which it must start, else it ends `expired`.
         With an `idempotency_key` that already names a task (of the same
-        class, within `idempotency_ttl_s`), returns that task's id."""
+        class, within `idempotency_ttl_s`), returns that task's id.
+
+        `delay` (seconds or a timedelta, 0 or more) or `run_at` (a datetime
+        with a time zone; a time past runs it at once): a delayed task,
+        which enters its stream then (by the Redis clock); until then its
+        status is `delayed`, and cancel works on it. A deadline counts from
+        that time. `rate_key`: the task also counts against this key's rate
+        limit (`tandem limit set key:<key> 100/s`). `timeout` (seconds or a
+        timedelta, at least 1 ms): the run-time limit of each attempt, past
+        which the worker stops it and it fails with `TIMEOUT` (retried
+        while attempts remain)."""
         task = Task(
             kind,
             params,
@@ -126,6 +157,10 @@ class Client:
             deadline=deadline,
             idempotency_key=idempotency_key,
             memory_bytes=memory_bytes,
+            delay=delay,
+            run_at=run_at,
+            rate_key=rate_key,
+            timeout=timeout,
         )
         return self.submit_many([task])[0]
 
@@ -193,7 +228,7 @@ class Client:
     # --- reading and cancelling ---------------------------------------------
 
     def status(self, task_id: str) -> str:
-        """The task's status: `queued`, `running`, `retrying` or final."""
+        """The task's status: `queued`, `delayed`, `running`, `retrying` or final."""
         found = self._find(task_id)
         if found is None or "status" not in found[1]:
             raise TaskNotFound(task_id)
@@ -234,6 +269,61 @@ class Client:
             return _core.parse_found(self._redis.evalsha(_core.FIND.variant(self.settings.events)[1], len(keys), *keys))
 
         return self._retry(run)
+
+    def last_progress(self, task_id: str) -> Optional[Progress]:
+        """The task's last progress report (its record's), or None when it
+        reported none yet; raises `TaskNotFound`."""
+        found = self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        return Progress.from_fields(found[1], "progress_at_ms")
+
+    def progress(self, task_id: str) -> Iterator[Progress]:
+        """The task's progress reports: the last one (when it has one), then
+        each new one, ending when the task ends. Woken by the `progress`
+        events of the task's class (a blocking `XREAD`; never a poll), as
+        the Rust producer's `TaskHandle::progress()`. With events off on the
+        workers only the record's report comes; the iteration then ends
+        within `PROGRESS_BLOCK_MS` of the task's end, when a read that
+        found nothing finds its record final. Raises `TaskNotFound`."""
+        found = self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        stream = self.keys.events(found[0])
+        following = _core.Following(task_id)
+
+        def newest() -> Any:
+            last = self._redis.xrevrange(stream, "+", "-", count=1)
+            return last[0][0] if last else b"0-0"
+
+        # The cursor goes after the newest event, then the record is read
+        # again: a report written in between is in the record or after the
+        # cursor.
+        cursor = self._retry(newest)
+        found = self._find(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        following.record(found[1])
+        while True:
+            while following.pending:
+                yield following.pending.pop(0)
+            if following.done:
+                return
+            try:
+                replies = self._redis.xread({stream: cursor}, count=256, block=_core.PROGRESS_BLOCK_MS)
+            except RETRIED:
+                self._retry(self._redis.ping)
+                replies = None
+            read = following.events(replies)
+            if read is not None:
+                cursor = read
+            else:
+                # Nothing for a while (or the connection came back): the
+                # record says whether the task ended unseen.
+                found = self._find(task_id)
+                if found is None:
+                    raise TaskNotFound(task_id)
+                following.record(found[1])
 
     # --- waiting -------------------------------------------------------------
 

@@ -139,6 +139,13 @@ class DeviceFailed(TaskFailed):
     code = "DEVICE_FAILED"
 
 
+class TaskTimedOut(TaskFailed):
+    """An attempt ran past its run-time limit (`submit(..., timeout=...)`)
+    and no attempts remained."""
+
+    code = "TIMEOUT"
+
+
 ERRORS: Dict[str, Type[TaskFailed]] = {
     cls.code: cls
     for cls in (
@@ -158,6 +165,7 @@ ERRORS: Dict[str, Type[TaskFailed]] = {
         BadResult,
         InsufficientGpuMemory,
         DeviceFailed,
+        TaskTimedOut,
     )
 }
 
