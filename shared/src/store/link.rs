@@ -121,6 +121,10 @@ enum Mode {
         conn: RwLock<ClusterConnection>,
         /// When it was last replaced.
         renewed: tokio::sync::Mutex<Instant>,
+        /// When a command last met a slot on the move (a redirection,
+        /// `TRYAGAIN`, ...): for [`UNSETTLED`] after it, a request
+        /// unanswered for [`WEDGED`] means the connection is wedged.
+        moving: std::sync::Mutex<Option<Instant>>,
         seeds: Vec<(String, u16)>,
         tls: bool,
         userinfo: String,
@@ -129,6 +133,18 @@ enum Mode {
 
 /// A cluster connection that timed out is replaced at most this often.
 const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How long after a command met a moving slot the cluster counts as
+/// unsettled (see [`WEDGED`]).
+const UNSETTLED: Duration = Duration::from_secs(10);
+/// While the cluster is unsettled, how long a request may go unanswered
+/// before the connection counts as wedged and is replaced: redis-rs's
+/// cluster connection can hang after a slot refresh (seen after a slot
+/// migration, `ha::a_class_slot_moves_to_another_master_while_the_fleet_runs`,
+/// about one run in four), and waiting out `redis_timeout_ms` stalled the
+/// class for 5 s more. Queue commands answer in milliseconds; a longer one
+/// (a large model blob) cut here fails as a timeout and is retried by its
+/// caller like any other.
+const WEDGED: Duration = Duration::from_millis(500);
 
 /// How a store reaches Redis. Shared by a store's clones.
 pub(super) struct Link {
@@ -214,6 +230,7 @@ impl Link {
                     client,
                     conn: RwLock::new(conn),
                     renewed: tokio::sync::Mutex::new(Instant::now()),
+                    moving: std::sync::Mutex::new(None),
                     seeds: nodes,
                     tls,
                     userinfo,
@@ -328,9 +345,10 @@ impl Link {
     ) -> Result<Vec<Value>, StoreError> {
         let wait = if replicated { self.wait } else { None };
         let result = match &self.mode {
-            Mode::Cluster { conn, .. } => {
+            Mode::Cluster { conn, moving, .. } => {
                 let patience = Duration::from_millis(self.config.reconnect_timeout_ms);
-                let result = run_cluster(&current_cluster(conn), cmds, wait, patience).await;
+                let result =
+                    run_cluster(&current_cluster(conn), cmds, wait, patience, moving).await;
                 if let Err(StoreError::Redis(err)) = &result
                     && err.is_timeout()
                 {
@@ -631,8 +649,15 @@ async fn run_cluster(
     cmds: &[Cmd],
     wait: Option<(u32, u64)>,
     patience: Duration,
+    moving: &std::sync::Mutex<Option<Instant>>,
 ) -> Result<Vec<Value>, StoreError> {
     let deadline = Instant::now() + patience;
+    let unsettled = || {
+        moving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < UNSETTLED)
+    };
     let mut replies: Vec<Value> = vec![Value::Nil; cmds.len()];
     let mut todo: Vec<usize> = (0..cmds.len()).collect();
     let mut tries = 0u32;
@@ -642,7 +667,18 @@ async fn run_cluster(
             let mut conn = conn.clone();
             async move { conn.req_packed_command(&cmds[index]).await }
         });
-        let answers = futures_util::future::join_all(sent).await;
+        let answers = if unsettled() {
+            tokio::time::timeout(WEDGED, futures_util::future::join_all(sent))
+                .await
+                .map_err(|_| {
+                    RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer within 0.5 s while the cluster's slots move: the connection is taken as wedged",
+                    ))
+                })?
+        } else {
+            futures_util::future::join_all(sent).await
+        };
         let mut again = Vec::new();
         let mut noscript = false;
         let mut last: Option<RedisError> = None;
@@ -671,6 +707,9 @@ async fn run_cluster(
             scripts_loaded = true;
         }
         if let Some(err) = last {
+            *moving
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
             tries += 1;
             let delay = SLOT_MOVING.ceiling(tries);
             if Instant::now() + delay >= deadline {
