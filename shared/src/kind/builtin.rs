@@ -159,7 +159,7 @@ impl KindSpec for GpuOnly {
 #[derive(Debug)]
 pub struct Spin;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpinParams {
     pub ms: u64,
@@ -168,7 +168,7 @@ pub struct SpinParams {
     pub ignore_stop: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SpinOutput {
     pub spun_ms: u64,
 }

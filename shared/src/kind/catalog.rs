@@ -191,6 +191,10 @@ pub fn catalog() -> Vec<KindInfo> {
             "sums 1/(i+1) over i < n in blocks, splittable: exercises split tasks",
             json!({"n": 100_000, "block": 10_000}),
         ))),
+        test_only(typed::<builtin::Spin>(
+            "computes for `ms` milliseconds on a blocking thread, reporting progress; stops when asked unless `ignore_stop`",
+            json!({"ms": 500}),
+        )),
     ]
 }
 

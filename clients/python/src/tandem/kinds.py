@@ -405,6 +405,18 @@ class SleepResult(WireModel):
 
 
 @dataclass(kw_only=True)
+class SpinParams(WireModel):
+    ignore_stop: bool = False
+    """Never look at the task's `Stop`: run to the end."""
+    ms: int
+
+
+@dataclass(kw_only=True)
+class SpinResult(WireModel):
+    spun_ms: int
+
+
+@dataclass(kw_only=True)
 class SplitSumParams(WireModel):
     block: int = 1000
     """Terms per block."""
@@ -489,6 +501,7 @@ PARAMS = {
     'predict_batch': PredictBatchParams,
     'risk': RiskParams,
     'sleep': SleepParams,
+    'spin': SpinParams,
     'split_sum': SplitSumParams,
     'train': TrainParams,
 }
@@ -509,6 +522,7 @@ RESULTS = {
     'predict_batch': PredictBatchResult,
     'risk': RiskResult,
     'sleep': SleepResult,
+    'spin': SpinResult,
     'split_sum': SplitSumResult,
     'train': TrainResult,
 }
