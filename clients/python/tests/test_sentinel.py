@@ -132,7 +132,20 @@ def test_a_failover_moves_the_client_to_the_new_master(setup):
     with Client(setup.url, reconnect_timeout=WAIT) as client:
         before = client.submit("noop")
         assert setup.master.conn().exists(f"tandem:{{cpu}}:task:{before}")
-        setup.sentinel.conn.execute_command("SENTINEL", "FAILOVER", MASTER)
+
+        def failover() -> bool:
+            # NOGOODSLAVE: the sentinel has not yet seen the replica linked
+            # to the master (it learns replicas from INFO, every 10 s at
+            # first); asked again until it has, within WAIT.
+            try:
+                setup.sentinel.conn.execute_command("SENTINEL", "FAILOVER", MASTER)
+            except redis.exceptions.ResponseError as err:
+                if "NOGOODSLAVE" in str(err):
+                    return False
+                raise
+            return True
+
+        wait_until("the sentinel to accept a failover (it knows a good replica)", failover)
         wait_until("the sentinel to name the replica", lambda: setup.sentinel.master_port() == setup.replica.port)
         wait_until(
             "the old master to follow the new one",
