@@ -89,60 +89,72 @@
 -- not block the entries behind them.
 local flows = {}
 local flow_bases = {}
-for idx = 1, #KEYS do
-  local base = base_of(KEYS[idx])
-  if base and not flows[base] then
-    local flow_key = base .. 'flow'
-    local raw = redis.pcall('HGETALL', flow_key)
-    if type(raw) == 'table' and raw.err then
-      return redis.error_reply('WRONGTYPE ' .. flow_key .. ' holds a ' .. redis.call('TYPE', flow_key)['ok']
-        .. ', not a hash; the call changed nothing')
-    end
-    local flow = {paused = false, priorities = {}, kinds = {}, limits = {}, checks = false}
-    for i = 1, #raw, 2 do
-      local name, value = raw[i], raw[i + 1]
-      local priority = string.match(name, '^pause:priority:(.+)$')
-      local kind = string.match(name, '^pause:kind:(.+)$')
-      local target = string.match(name, '^limit:(.+)$')
-      if name == 'pause' then
-        flow.paused = true
-      elseif priority then
-        flow.priorities[priority] = true
-      elseif kind then
-        flow.kinds[kind] = true
+-- Reads the flow hash of class `base` (once) and checks the keys its
+-- parking may write; returns an error reply, or nil.
+local function load_flow(base)
+  if flows[base] then
+    return nil
+  end
+  local flow_key = base .. 'flow'
+  local raw = redis.pcall('HGETALL', flow_key)
+  if type(raw) == 'table' and raw.err then
+    return redis.error_reply('WRONGTYPE ' .. flow_key .. ' holds a ' .. redis.call('TYPE', flow_key)['ok']
+      .. ', not a hash; the call changed nothing')
+  end
+  local flow = {paused = false, priorities = {}, kinds = {}, limits = {}, checks = false}
+  for i = 1, #raw, 2 do
+    local name, value = raw[i], raw[i + 1]
+    local priority = string.match(name, '^pause:priority:(.+)$')
+    local kind = string.match(name, '^pause:kind:(.+)$')
+    local target = string.match(name, '^limit:(.+)$')
+    if name == 'pause' then
+      flow.paused = true
+    elseif priority then
+      flow.priorities[priority] = true
+    elseif kind then
+      flow.kinds[kind] = true
+      flow.checks = true
+    elseif target then
+      -- `N/P`: at most N starts per P ms; kept as the emission interval
+      -- in microseconds (GCRA's T). A value in another form is ignored.
+      local count, period = string.match(value, '^(%d+)/(%d+)$')
+      if count and tonumber(count) > 0 and tonumber(period) > 0 then
+        flow.limits[target] = tonumber(period) * 1000 / tonumber(count)
         flow.checks = true
-      elseif target then
-        -- `N/P`: at most N starts per P ms; kept as the emission interval
-        -- in microseconds (GCRA's T). A value in another form is ignored.
-        local count, period = string.match(value, '^(%d+)/(%d+)$')
-        if count and tonumber(count) > 0 and tonumber(period) > 0 then
-          flow.limits[target] = tonumber(period) * 1000 / tonumber(count)
-          flow.checks = true
-        end
       end
     end
-    flows[base] = flow
-    if flow.checks then
-      flow_bases[#flow_bases + 1] = base
-    end
   end
-end
-do
-  -- What parking may write, checked here for the same reason as below.
-  local checks = {}
-  for _, base in ipairs(flow_bases) do
-    for _, pair in ipairs({{base .. 'delayed', 'zset'}, {base .. 'limit_tat', 'hash'}}) do
-      checks[#checks + 1] = pair[1]
-      checks[#checks + 1] = pair[2]
-    end
-    for kind in pairs(flows[base].kinds) do
+  flows[base] = flow
+  if flow.checks then
+    flow_bases[#flow_bases + 1] = base
+    -- What parking may write, checked here for the same reason as below.
+    local checks = {base .. 'delayed', 'zset', base .. 'limit_tat', 'hash'}
+    for kind in pairs(flow.kinds) do
       checks[#checks + 1] = base .. 'held:' .. kind
       checks[#checks + 1] = 'zset'
     end
+    local problem = wrong_type(checks)
+    if problem then
+      return redis.error_reply(problem)
+    end
   end
-  local problem = wrong_type(checks)
-  if problem then
-    return redis.error_reply(problem)
+  return nil
+end
+-- Which classes' flows are read: every class's when this claim may write
+-- before its streams' XLEN (a promotion) or take over pending entries (a
+-- reap or a sweep: a stream of length 0 may still hold some), else only
+-- those of classes with an entry waiting (read after the XLEN below: a
+-- claim of one free slot over 4 classes then reads 1 hash, not 4).
+local flows_first = ARGV[9] == '1' or (tonumber(ARGV[7]) or 0) > 0 or (tonumber(ARGV[11]) or 0) > 0
+if flows_first then
+  for idx = 1, #KEYS do
+    local base = base_of(KEYS[idx])
+    if base then
+      local problem = load_flow(base)
+      if problem then
+        return problem
+      end
+    end
   end
 end
 
@@ -258,13 +270,18 @@ local taken_per_class = {}
 -- A paused class or priority: its streams are passed over, take-overs
 -- included (nothing starts), and `blocked` says -3 while an entry waits.
 local paused_stream = {}
-for idx = 1, #KEYS do
-  local base = base_at(idx)
-  local flow = base and flows[base]
-  if flow and (flow.paused or flow.priorities[string.match(KEYS[idx], ':stream:([^:]+)$')]) then
-    paused_stream[idx] = true
-    rules[idx] = {limit = 0, clauses = {}, off = true, plain = false}
+local function mark_paused()
+  for idx = 1, #KEYS do
+    local base = base_at(idx)
+    local flow = base and flows[base]
+    if flow and (flow.paused or flow.priorities[string.match(KEYS[idx], ':stream:([^:]+)$')]) then
+      paused_stream[idx] = true
+      rules[idx] = {limit = 0, clauses = {}, off = true, plain = false}
+    end
   end
+end
+if flows_first then
+  mark_paused()
 end
 
 -- Whether stream idx's rule admits an entry with these fields that has
@@ -350,7 +367,21 @@ for idx = 1, #KEYS do
       .. ', not a stream; the call changed nothing')
   end
   lengths[idx] = length
-  if paused_stream[idx] and length > 0 then
+end
+if not flows_first then
+  for idx = 1, #KEYS do
+    local base = base_at(idx)
+    if base and lengths[idx] > 0 then
+      local problem = load_flow(base)
+      if problem then
+        return problem
+      end
+    end
+  end
+  mark_paused()
+end
+for idx = 1, #KEYS do
+  if paused_stream[idx] and lengths[idx] > 0 then
     refuse(idx, -3)
   end
 end
@@ -517,15 +548,16 @@ local function start(idx, entry, deliveries, prev)
   -- entries of this claim were started: the claim would be half-done and
   -- the stream blocked at this entry. Such an entry goes to the dead
   -- letters, as one without a task id does, saying why.
-  local record_type = record and redis.call('TYPE', record)['ok']
+  -- (The HMGET is the type check: it fails on a key of another type, and
+  -- only then is the type asked for, to name it.)
+  local current = record and redis.pcall('HMGET', record, 'status', 'deaths', 'died_with',
+    'started_at_ms', 'attempt', 'device', 'owner')
   if not record then
     verdict = 'malformed'
-  elseif record_type ~= 'none' and record_type ~= 'hash' then
+  elseif current.err then
     verdict = 'malformed'
-    note = 'its task record ' .. record .. ' holds a ' .. record_type .. ', not a hash'
+    note = 'its task record ' .. record .. ' holds a ' .. redis.call('TYPE', record)['ok'] .. ', not a hash'
   else
-    local current = redis.call('HMGET', record, 'status', 'deaths', 'died_with', 'started_at_ms',
-      'attempt', 'device', 'owner')
     local status = current[1]
     local blame, alone, shared, stalls = read_deaths(current[2], entry_id)
     if prev and status and not is_terminal(status) then
@@ -584,7 +616,7 @@ local function start(idx, entry, deliveries, prev)
         verdict = 'expired'
       else
         local base = base_at(idx)
-        if not prev and flows[base].checks then
+        if not prev and flows[base] and flows[base].checks then
           local reason, go_us = flow_hold(base, fields)
           if reason then
             park_entry(idx, entry_id, id, fields, reason, go_us)
@@ -594,7 +626,9 @@ local function start(idx, entry, deliveries, prev)
         redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'device', device,
           'attempt', int(attempt), 'started_at_ms', int(now), 'owner', owner)
         verdict = 'run'
-        emit_event(base_at(idx), 'started', id, record, {kind = field(fields, 'kind')})
+        -- Every field of the event is known here: it reads nothing back.
+        emit_event(base_at(idx), 'started', id, record, {kind = field(fields, 'kind'),
+          worker = consumer, device = device, attempt = int(attempt)}, now)
       end
     end
   end
@@ -850,7 +884,9 @@ local last_ids = {}
 if remaining > 0 and want_last_ids then
   for idx = 1, #KEYS do
     last_ids[idx] = '0-0'
-    if redis.call('XLEN', KEYS[idx]) > 0 then
+    -- A stream empty at the start is empty still: this claim only takes
+    -- entries out (or parks them), never adds any.
+    if lengths[idx] > 0 and redis.call('XLEN', KEYS[idx]) > 0 then
       local newest = redis.call('XREVRANGE', KEYS[idx], '+', '-', 'COUNT', 1)
       if #newest > 0 then
         last_ids[idx] = newest[1][1]

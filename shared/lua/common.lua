@@ -298,14 +298,22 @@ end
 -- another type only loses the event (the change stands), as a reply stream
 -- of another type only loses a notice.
 local EVENT_FIELDS = {'kind', 'worker', 'device', 'attempt'}
-local function emit_event(base, event, id, record_key, over)
+local function emit_event(base, event, id, record_key, over, at_ms)
   if EVENTS_MAXLEN == 0 then
     return
   end
   over = over or {}
-  local known = redis.call('HMGET', record_key, unpack(EVENT_FIELDS))
+  -- The record is read only for what `over` does not give (the hot paths
+  -- give all four, and the time as `at_ms`, and read nothing).
+  local known = {}
+  for i = 1, #EVENT_FIELDS do
+    if over[EVENT_FIELDS[i]] == nil then
+      known = redis.call('HMGET', record_key, unpack(EVENT_FIELDS))
+      break
+    end
+  end
   local args = {base .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', event, 'id', id,
-    'class', string.match(base, '{(.-)}') or '', 'at_ms', int(now_ms())}
+    'class', string.match(base, '{(.-)}') or '', 'at_ms', int(at_ms or now_ms())}
   for i = 1, #EVENT_FIELDS do
     local name = EVENT_FIELDS[i]
     local value = over[name]
@@ -427,13 +435,20 @@ local function fail_parent(base, parent_id, shard_index, code, message, now, opt
 end
 
 -- Creates a task whose record the caller has just claimed (`HSETNX
--- <record> status queued` answered 1), as submit.lua does: appends its
--- entry to `stream_key` (the metadata `pairs`, a flat list, then
--- `submitted_at_ms`, `deadline_ms` when `deadline_in` > 0, and `params`)
--- and writes the same metadata, the times and the entry id into the
--- record, with the flat list `extra` of record-only fields. Returns the
--- entry id. Used by fire.lua (a schedule's tick).
-local function add_task(stream_key, record_key, now, deadline_in, params, pairs, extra)
+-- <record> status queued` answered 1): appends its entry to `stream_key`
+-- (the metadata `pairs`, a flat list, then `submitted_at_ms`, `deadline_ms`
+-- when `deadline_in` > 0, and `params`) and writes the same metadata, the
+-- times and the entry id into the record, with the flat list `extra` of
+-- record-only fields. The one creation path of submit.lua and fire.lua (a
+-- schedule's tick).
+--
+-- `later` (may be nil) makes it a delayed task: {run_at = ms, base = the
+-- class prefix, id = the task id}. Its deadline counts from run_at, the
+-- record gets `run_at_ms`, and when run_at is still ahead the entry's
+-- fields are parked in the class's delayed set instead of the stream (see
+-- park; promotion appends them when due). Returns the entry id, or nil
+-- when parked.
+local function add_task(stream_key, record_key, now, deadline_in, params, pairs, extra, later)
   local entry = {stream_key, '*'}
   local record = {record_key, 'submitted_at_ms', int(now)}
   for i = 1, #pairs, 2 do
@@ -445,16 +460,35 @@ local function add_task(stream_key, record_key, now, deadline_in, params, pairs,
   entry[#entry + 1] = 'submitted_at_ms'
   entry[#entry + 1] = int(now)
   if deadline_in > 0 then
+    local deadline = math.max(now, later and later.run_at or now) + deadline_in
     entry[#entry + 1] = 'deadline_ms'
-    entry[#entry + 1] = int(now + deadline_in)
+    entry[#entry + 1] = int(deadline)
     record[#record + 1] = 'deadline_ms'
-    record[#record + 1] = int(now + deadline_in)
+    record[#record + 1] = int(deadline)
   end
+  if later then
+    record[#record + 1] = 'run_at_ms'
+    record[#record + 1] = int(later.run_at)
+  end
+  -- Only the entry carries the parameters (`tandem task` reads them there,
+  -- or in the retry hash or dead letter): a copy in the record would turn
+  -- it from a compact listpack into a hash table once over 64 bytes.
   entry[#entry + 1] = 'params'
   entry[#entry + 1] = params
-  local entry_id = redis.call('XADD', unpack(entry))
-  record[#record + 1] = 'entry'
-  record[#record + 1] = entry_id
+  local entry_id = nil
+  if later and later.run_at > now and later.base then
+    -- Not due yet: it waits in the delayed set (park writes the record's
+    -- status and times; the fields are those XADD would write).
+    local fields = {}
+    for i = 3, #entry do
+      fields[#fields + 1] = entry[i]
+    end
+    park(later.base, later.id, stream_key, fields, later.base .. 'delayed', later.run_at, 'scheduled')
+  else
+    entry_id = redis.call('XADD', unpack(entry))
+    record[#record + 1] = 'entry'
+    record[#record + 1] = entry_id
+  end
   for i = 1, #extra do
     record[#record + 1] = extra[i]
   end

@@ -304,7 +304,12 @@ redis.call('HSET', record_key, unpack(record))
 redis.call('EXPIRE', record_key, ARGV[4])
 redis.call('XACK', stream_key, group, entry_id)
 redis.call('XDEL', stream_key, entry_id)
-emit_event(base, status, ARGV[8], record_key, {error_code = outcome('error_code'), dead_letter = dead_id})
+-- The event's fields as the record holds them now (read above, or written
+-- here), so that it reads nothing back when the worker sent its name and
+-- device.
+emit_event(base, status, ARGV[8], record_key, {error_code = outcome('error_code'), dead_letter = dead_id,
+  kind = outcome('kind') or known.kind, attempt = outcome('attempt') or known.attempt,
+  worker = outcome('worker'), device = outcome('device')}, now)
 if dead_id and not parent_id then
   emit_event(base, 'dead_lettered', ARGV[8], record_key, {error_code = outcome('error_code'),
     dead_letter = dead_id})
@@ -313,6 +318,10 @@ end
 if split_parent then
   drop_split(base, ARGV[8])
 end
+
+-- Side effects of a success: the record is final and the entry gone; what
+-- a succeeded task releases elsewhere (a shard's part of its parent) goes
+-- here, before the notice below.
 if parent_id and status == 'succeeded' then
   local parent_key = base .. 'task:' .. parent_id
   local parent = redis.call('HMGET', parent_key, 'status', 'shards')

@@ -19,20 +19,93 @@ pub const EVENTS_MAXLEN: u64 = 100_000;
 
 macro_rules! lua {
     ($name:literal, events) => {
-        concat!("local EVENTS_MAXLEN = 100000\n", lua!($name))
+        format!("local EVENTS_MAXLEN = 100000\n{}", lua!($name))
     };
     ($name:literal, quiet) => {
-        concat!("local EVENTS_MAXLEN = 0\n", lua!($name))
+        format!("local EVENTS_MAXLEN = 0\n{}", lua!($name))
     };
     ($name:literal) => {
-        concat!(
+        compose(
             include_str!("../lua/common.lua"),
-            "\n-- ",
             $name,
-            "\n",
-            include_str!(concat!("../lua/", $name))
+            include_str!(concat!("../lua/", $name)),
         )
     };
+}
+
+/// `common.lua` followed by the script's own file, keeping of `common.lua`
+/// only the definitions the script uses (and those they use), in their
+/// order. Redis runs a script's top level on every call, and each `local
+/// function` there creates a closure: all of `common.lua` cost about 8 us
+/// per `EVALSHA` (three per task: submit, claim, commit), whatever the
+/// script needed of it (see docs/BENCHMARKS.md, "Where the time goes").
+///
+/// A definition is a line at column 0 starting `local` (`local function
+/// NAME` or `local NAME =`), with the comment and blank lines before it; it
+/// is kept when its name occurs as a word in the script or in a definition
+/// kept. A word match may keep one too many, never one too few.
+fn compose(common: &str, name: &str, body: &str) -> String {
+    // (name, text) per definition, in order.
+    let mut defs: Vec<(String, String)> = Vec::new();
+    let mut pending = String::new();
+    for line in common.split_inclusive('\n') {
+        let defined = line
+            .strip_prefix("local function ")
+            .or_else(|| line.strip_prefix("local "))
+            .map(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|n| !n.is_empty());
+        // Blank and comment lines between two definitions belong to the one
+        // that follows; a blank line inside a body, to its definition.
+        if let Some(def_name) = defined {
+            let mut text = std::mem::take(&mut pending);
+            text.push_str(line);
+            defs.push((def_name, text));
+        } else if is_gap(line) {
+            pending.push_str(line);
+        } else if let Some((_, text)) = defs.last_mut() {
+            text.push_str(&std::mem::take(&mut pending));
+            text.push_str(line);
+        } else {
+            pending.push_str(line);
+        }
+    }
+    // (A `pending` left over at the end is the file's tail: kept.)
+    let uses = |text: &str, word: &str| {
+        text.match_indices(word).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + word.len()..].chars().next();
+            let part = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            !part(before) && !part(after)
+        })
+    };
+    let mut keep = vec![false; defs.len()];
+    let mut frontier = vec![body.to_owned()];
+    while let Some(text) = frontier.pop() {
+        for (i, (def_name, def_text)) in defs.iter().enumerate() {
+            if !keep[i] && uses(&text, def_name) {
+                keep[i] = true;
+                frontier.push(def_text.clone());
+            }
+        }
+    }
+    let mut out = String::new();
+    for ((_, text), kept) in defs.iter().zip(keep) {
+        if kept {
+            out.push_str(text);
+        }
+    }
+    out.push_str(&pending);
+    format!("{out}\n-- {name}\n{body}")
+}
+
+/// A line that separates definitions: blank or a comment at column 0 (the
+/// body of a definition is indented, or its closing `end` / `}`).
+fn is_gap(line: &str) -> bool {
+    line.trim().is_empty() || line.starts_with("--")
 }
 
 /// One embedded script, in its two variants: with lifecycle events and
@@ -118,8 +191,13 @@ impl Invocation {
 /// Declares one embedded script, in its two variants.
 macro_rules! script {
     ($static:ident, $name:literal) => {
-        pub static $static: LazyLock<LuaScript> =
-            LazyLock::new(|| LuaScript::new($name, lua!($name, events), lua!($name, quiet)));
+        pub static $static: LazyLock<LuaScript> = LazyLock::new(|| {
+            LuaScript::new(
+                $name,
+                Box::leak(lua!($name, events).into_boxed_str()),
+                Box::leak(lua!($name, quiet).into_boxed_str()),
+            )
+        });
     };
 }
 
@@ -211,13 +289,36 @@ mod tests {
         assert_eq!(shas.len(), all().len());
         for script in all() {
             assert_eq!(Script::new(script.source).get_hash(), script.sha());
-            assert!(script.source.contains("local function now_ms()"));
             assert_eq!(
                 Script::new(script.quiet_source).get_hash(),
                 script.quiet_sha()
             );
             assert_ne!(script.sha(), script.quiet_sha());
         }
+    }
+
+    #[test]
+    fn a_script_carries_the_helpers_it_uses_and_no_others() {
+        // submit uses add_task, which uses park, which uses int.
+        for helper in [
+            "local function add_task(",
+            "local function park(",
+            "local function int(",
+            "local function emit_event(",
+            "local EVENT_FIELDS =",
+        ] {
+            assert!(SUBMIT.source.contains(helper), "submit.lua lacks {helper}");
+        }
+        assert!(!CLAIM.source.contains("local function add_task("));
+        assert!(!FIND.source.contains("local function add_task("));
+        assert!(CLAIM.source.contains("local function now_ms()"));
+        // The comment before a kept definition stays with it.
+        assert!(
+            SUBMIT
+                .source
+                .contains("-- Creates a task whose record the caller")
+        );
+        assert!(SUBMIT.source.contains("\n-- submit.lua\n"));
     }
 
     #[test]

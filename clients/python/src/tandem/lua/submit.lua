@@ -71,56 +71,21 @@ if redis.call('HSETNX', KEYS[2], 'status', 'queued') == 0 then
 end
 
 local now = now_ms()
-local deadline_in = tonumber(ARGV[2]) or 0
--- A delayed task's deadline counts from its time.
-local deadline_from = math.max(now, run_at or now)
-
-local entry = {KEYS[1], '*'}
-local record = {KEYS[2], 'submitted_at_ms', int(now)}
+local pairs_in = {}
 for i = 6, #ARGV, 2 do
   if ARGV[i] ~= 'run_at_ms' and ARGV[i] ~= 'delay_ms' then
-    entry[#entry + 1] = ARGV[i]
-    entry[#entry + 1] = ARGV[i + 1]
-    record[#record + 1] = ARGV[i]
-    record[#record + 1] = ARGV[i + 1]
+    pairs_in[#pairs_in + 1] = ARGV[i]
+    pairs_in[#pairs_in + 1] = ARGV[i + 1]
   end
 end
-entry[#entry + 1] = 'submitted_at_ms'
-entry[#entry + 1] = int(now)
-if deadline_in > 0 then
-  entry[#entry + 1] = 'deadline_ms'
-  entry[#entry + 1] = int(deadline_from + deadline_in)
-  record[#record + 1] = 'deadline_ms'
-  record[#record + 1] = int(deadline_from + deadline_in)
-end
-if run_at then
-  record[#record + 1] = 'run_at_ms'
-  record[#record + 1] = int(run_at)
-end
--- Only the entry carries the parameters (`tandem task` reads them there,
--- or in the retry hash or dead letter): a copy in the record would turn it
--- from a compact listpack into a hash table once over 64 bytes.
-entry[#entry + 1] = 'params'
-entry[#entry + 1] = ARGV[5]
-
-if run_at and run_at > now and base then
-  -- Not due yet: it waits in the delayed set (park writes the record's
-  -- status and times; the entry's fields are those XADD would write).
-  local fields = {}
-  for i = 3, #entry do
-    fields[#fields + 1] = entry[i]
-  end
-  park(base, ARGV[1], KEYS[1], fields, base .. 'delayed', run_at, 'scheduled')
-else
-  local entry_id = redis.call('XADD', unpack(entry))
-  record[#record + 1] = 'entry'
-  record[#record + 1] = entry_id
-end
+local extra = {}
 if #KEYS >= 3 then
-  record[#record + 1] = 'idempotency_key'
-  record[#record + 1] = ARGV[4]
+  extra = {'idempotency_key', ARGV[4]}
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 end
-redis.call('HSET', unpack(record))
-emit_event(base_of(KEYS[1]), 'submitted', ARGV[1], KEYS[2])
+local later = run_at and {run_at = run_at, base = base, id = ARGV[1]}
+add_task(KEYS[1], KEYS[2], now, tonumber(ARGV[2]) or 0, ARGV[5], pairs_in, extra, later)
+-- Every field of the event is known here: it reads nothing back.
+emit_event(base_of(KEYS[1]), 'submitted', ARGV[1], KEYS[2], {kind = field(pairs_in, 'kind') or false,
+  attempt = field(pairs_in, 'attempt') or false, worker = false, device = false}, now)
 return {ARGV[1], 1}
