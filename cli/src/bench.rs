@@ -31,6 +31,7 @@ use tandem_shared::kind::builtin::Noop;
 use tandem_shared::store::Store;
 use tokio::sync::mpsc;
 
+use super::bench_cost::{Snapshot, process_cpu_s, processes_cpu_s};
 use super::local::{LocalRedis, LocalWorkers};
 use super::table;
 use tandem_producer::{Producer, Task, TaskHandle};
@@ -47,6 +48,10 @@ pub enum Phase {
     /// A rate limit of `--rate`/s on the no-op kind, `--workers`
     /// competing, for `--duration` s.
     RateLimit,
+    /// The ceiling: the enqueue phase's work done with raw stream commands
+    /// (XADD; XREADGROUP; XACK + XDEL + result SET), no Lua, no client
+    /// logic (see `bench_ceiling`).
+    Ceiling,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -119,6 +124,8 @@ struct RunFigures {
     /// Redis memory still held per task after the run (records, notices).
     redis_bytes_per_task: Option<f64>,
     failed: usize,
+    /// Where the time went, per task (see `bench_cost`).
+    cost: Option<super::bench_cost::Cost>,
 }
 
 /// When one task was submitted and when its producer saw it finish.
@@ -244,7 +251,14 @@ async fn one_run(
         latency_max_ms: None,
         redis_bytes_per_task: None,
         failed: 0,
+        cost: None,
     };
+    let stats_before = Snapshot::take(&store).await;
+    let me = std::process::id();
+    let producer_cpu_before = process_cpu_s(me);
+    // Worker CPU from after their start (registration and settling are
+    // not the run's) to the end of the run.
+    let mut workers_cpu_before = None;
     let _workers;
     match phase {
         Phase::Enqueue => {
@@ -259,6 +273,7 @@ async fn one_run(
             drop(tx);
             tokio::time::sleep(Duration::from_millis(500)).await;
             _workers = start_workers(&store, args.workers, &env).await?;
+            workers_cpu(&_workers, &mut workers_cpu_before);
             let timings = collect(&mut rx, args.n).await?;
             let mut finished: Vec<Instant> = timings.iter().map(|t| t.finished).collect();
             finished.sort();
@@ -271,6 +286,7 @@ async fn one_run(
         }
         Phase::Drain => {
             _workers = start_workers(&store, args.workers, &env).await?;
+            workers_cpu(&_workers, &mut workers_cpu_before);
             let (tx, mut rx) = mpsc::unbounded_channel();
             let first_submit = Instant::now();
             let (_, submit_secs) = submit_all(&producers, args.n, args.batch, Some(tx)).await?;
@@ -290,8 +306,23 @@ async fn one_run(
         Phase::Delayed | Phase::RateLimit => {
             anyhow::bail!("the {phase:?} phase is run by bench_flow")
         }
+        Phase::Ceiling => {
+            _workers = LocalWorkers::default();
+            let (submitted, consumed) = super::bench_ceiling::run(
+                config,
+                args.n,
+                args.batch,
+                args.workers,
+                args.concurrency,
+            )
+            .await?;
+            figures.submitted_per_s = Some(submitted);
+            figures.completed_per_s = Some(consumed);
+            figures.tasks = args.n;
+        }
         Phase::Latency => {
             _workers = start_workers(&store, args.workers, &env).await?;
+            workers_cpu(&_workers, &mut workers_cpu_before);
             let producer = &producers[0];
             let total = (args.rate * args.duration).round() as usize;
             let (tx, mut rx) = mpsc::unbounded_channel();
@@ -310,6 +341,22 @@ async fn one_run(
             figures.tasks = total;
         }
     }
+    let stats_after = Snapshot::take(&store).await;
+    let workers_cpu_s = if phase == Phase::Ceiling {
+        Some(0.0)
+    } else {
+        workers_cpu(&_workers, &mut workers_cpu_before)
+    };
+    let producer_cpu_s = process_cpu_s(me)
+        .zip(producer_cpu_before)
+        .map(|(a, b)| a - b);
+    figures.cost = Some(super::bench_cost::cost(
+        &stats_before,
+        &stats_after,
+        figures.tasks,
+        producer_cpu_s,
+        workers_cpu_s,
+    ));
     if let (Some(before), Some(after)) = (memory_before, store.used_memory().await) {
         figures.redis_bytes_per_task =
             Some(after.saturating_sub(before) as f64 / figures.tasks as f64);
@@ -331,6 +378,19 @@ fn worker_env(config: &Config, args: &BenchArgs) -> Vec<(&'static str, String)> 
         env.push(("TANDEM_CLAIM_BATCH", batch.to_string()));
     }
     env
+}
+
+/// The first call notes the workers' CPU seconds so far in `before` (and
+/// returns None); the next returns the CPU they used since.
+fn workers_cpu(workers: &LocalWorkers, before: &mut Option<f64>) -> Option<f64> {
+    let now = processes_cpu_s(&workers.pids());
+    match before.take() {
+        None => {
+            *before = now;
+            None
+        }
+        Some(b) => now.map(|n| n - b),
+    }
 }
 
 /// Starts the workers and waits until all are registered, plus a second to
@@ -491,7 +551,12 @@ fn describe(f: &RunFigures) -> String {
     if f.failed > 0 {
         parts.push(format!("{} FAILED", f.failed));
     }
-    parts.join(", ")
+    let mut line = parts.join(", ");
+    if let Some(cost) = &f.cost {
+        line.push_str("\n    ");
+        line.push_str(&super::bench_cost::describe(cost));
+    }
+    line
 }
 
 /// `median [min–max]` of one figure over the runs of one phase.
@@ -525,12 +590,14 @@ fn summary_table(figures: &[RunFigures]) -> String {
             "p99 ms",
             "max ms",
             "B/task in Redis",
+            "Redis us/task",
+            "client CPU us/task",
         ]
         .map(String::from)
         .to_vec(),
     ];
     let both = figures.iter().any(|f| f.events) && figures.iter().any(|f| !f.events);
-    let cases = [Phase::Enqueue, Phase::Drain, Phase::Latency]
+    let cases = [Phase::Enqueue, Phase::Drain, Phase::Latency, Phase::Ceiling]
         .into_iter()
         .flat_map(|phase| [(phase, true), (phase, false)]);
     for (phase, events) in cases {
@@ -550,6 +617,7 @@ fn summary_table(figures: &[RunFigures]) -> String {
             Phase::Latency => "latency",
             Phase::Delayed => "delayed",
             Phase::RateLimit => "rate-limit",
+            Phase::Ceiling => "ceiling (raw XADD, XREADGROUP, XACK+XDEL+SET)",
         };
         let name = if both {
             format!("{name}, events {}", if events { "on" } else { "off" })
@@ -565,6 +633,16 @@ fn summary_table(figures: &[RunFigures]) -> String {
             spread(&pick(|f| f.latency_p99_ms), table::ms),
             spread(&pick(|f| f.latency_max_ms), table::ms),
             spread(&pick(|f| f.redis_bytes_per_task), |v| format!("{v:.0}")),
+            spread(&pick(|f| f.cost.as_ref().map(|c| c.redis_us)), |v| {
+                format!("{v:.1}")
+            }),
+            spread(
+                &pick(|f| {
+                    let c = f.cost.as_ref()?;
+                    Some(c.producer_cpu_us? + c.workers_cpu_us?)
+                }),
+                |v| format!("{v:.0}"),
+            ),
         ]);
     }
     table::render(&rows)

@@ -33,6 +33,8 @@
 
 mod alerts;
 mod bench;
+mod bench_ceiling;
+mod bench_cost;
 mod bench_flow;
 mod chaos;
 mod demo;

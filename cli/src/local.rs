@@ -178,6 +178,11 @@ impl LocalWorkers {
         Ok(workers)
     }
 
+    /// The workers' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, child)| child.id()).collect()
+    }
+
     /// Fails when a worker already exited (a bad setting, Redis unreachable).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for (id, child) in &mut self.children {

@@ -1,0 +1,176 @@
+//! `tandem bench --phases ceiling`: the most a queue on Redis Streams can do
+//! on this redis-server, with the fewest commands the delivery guarantees
+//! allow and no Lua and no client logic: each task is one `XADD` (awaited,
+//! or `--batch` per pipeline), consumers take them with `XREADGROUP` (at
+//! most `--concurrency` a call, one connection per consumer, `--workers`
+//! consumers in this process), and finish each with `XACK` + `XDEL` + a
+//! result `SET ... EX` in one pipeline: acknowledged, deleted, result kept.
+//! No records, no notices, no events, no fencing. Measured like the enqueue
+//! phase: the queue is filled first (submitted/s), then consumed
+//! (consumed/s from the first to the last finish). Tandem's figures are read
+//! as a percentage of it, on the same server in the same run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use redis::Value;
+use tandem_shared::Config;
+
+/// The no-op payload as Tandem sends it (MessagePack), so entries are the
+/// same size.
+fn payload(i: usize) -> anyhow::Result<Vec<u8>> {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let value = rmpv::Value::Map(vec![
+        ("i".into(), (i as u64).into()),
+        ("ts".into(), now_us.into()),
+        ("user_id".into(), ((i % 1000) as u64).into()),
+        (
+            "email".into(),
+            format!("user{}@example.com", i % 1000).into(),
+        ),
+        ("amount".into(), 12.5.into()),
+    ]);
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &value)?;
+    Ok(out)
+}
+
+/// Fills the stream, then consumes it. Returns (submitted/s, consumed/s).
+pub(crate) async fn run(
+    config: &Config,
+    n: usize,
+    batch: usize,
+    consumers: usize,
+    per_read: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let client = redis::Client::open(config.redis_url.as_str())
+        .context("the ceiling phase needs a plain redis:// URL (no Cluster)")?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let stream = format!("{}:{{ceiling}}:stream", config.prefix);
+    let group = "ceiling";
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await?;
+    let started = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let mut pipe = redis::pipe();
+        for j in i..(i + batch).min(n) {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("id")
+                .arg(j)
+                .arg("params")
+                .arg(payload(j)?)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        i += batch;
+    }
+    let submitted_per_s = n as f64 / started.elapsed().as_secs_f64();
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let result_prefix = format!("{}:{{ceiling}}:result:", config.prefix);
+    let mut jobs = Vec::new();
+    for c in 0..consumers {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let (stream, result_prefix, done) = (stream.clone(), result_prefix.clone(), done.clone());
+        jobs.push(tokio::spawn(async move {
+            let consumer = format!("c{c}");
+            let mut first = None;
+            let mut last = None;
+            while done.load(Ordering::Relaxed) < n {
+                let reply: Value = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg(&consumer)
+                    .arg("COUNT")
+                    .arg(per_read)
+                    .arg("BLOCK")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query_async(&mut conn)
+                    .await?;
+                let ids = entry_ids(reply);
+                if ids.is_empty() {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.cmd("XACK").arg(&stream).arg(group).arg(id).ignore();
+                    pipe.cmd("XDEL").arg(&stream).arg(id).ignore();
+                    pipe.cmd("SET")
+                        .arg(format!("{result_prefix}{id}"))
+                        .arg("ok")
+                        .arg("EX")
+                        .arg(600)
+                        .ignore();
+                }
+                let _: () = pipe.query_async(&mut conn).await?;
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = Some(now);
+                done.fetch_add(ids.len(), Ordering::Relaxed);
+            }
+            anyhow::Ok((first, last))
+        }));
+    }
+    let mut first: Option<Instant> = None;
+    let mut last: Option<Instant> = None;
+    for job in jobs {
+        let (f, l) = tokio::time::timeout(Duration::from_secs(300), job)
+            .await
+            .context("the ceiling's consumers did not finish within 300 s")???;
+        first = match (first, f) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        last = last.max(l);
+    }
+    let span = match (first, last) {
+        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    };
+    Ok((submitted_per_s, (n - 1) as f64 / span.max(1e-9)))
+}
+
+/// The entry ids of an `XREADGROUP` reply of one stream (RESP2 arrays or a
+/// RESP3 map; nil when it timed out).
+fn entry_ids(reply: Value) -> Vec<String> {
+    let streams: Vec<Value> = match reply {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(pairs) => pairs.into_iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    let mut ids = Vec::new();
+    for entries in streams {
+        if let Value::Array(entries) = entries {
+            for entry in entries {
+                if let Value::Array(parts) = entry
+                    && let Some(Value::BulkString(id)) = parts.into_iter().next()
+                {
+                    ids.push(String::from_utf8_lossy(&id).into_owned());
+                }
+            }
+        }
+    }
+    ids
+}
