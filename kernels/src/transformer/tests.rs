@@ -104,62 +104,40 @@ fn gradients_match_finite_differences() {
     }
 }
 
-/// Under the causal mask a step's state never sees later steps: with
-/// pooling over the last step only and one layer, changing the first steps
-/// changes the output, while a causal model's mean-pooled output changes
-/// when only the last step changes (it is seen by the last position).
+/// Under the causal mask a step never sees later steps: a model of window
+/// 3 sharing every weight (its positions the first 3 rows) gives the same
+/// last-step output for the first 3 steps of a window whatever steps 3 and
+/// 4 hold, while the window-5 model's output moves with them.
 #[test]
 fn the_causal_mask_hides_the_future() {
-    let config = Config {
-        pooling: Pooling::Mean,
-        ..small(true, Pooling::Mean, Positions::Learned)
-    };
+    let config = small(true, Pooling::Last, Positions::Learned);
     let model = Transformer::random(config, 5).unwrap();
     let x = inputs(&config, 1, 11);
-    // The output of a window truncated to its first 3 steps equals the
-    // full model's positions 0..3: compare through a model of window 3
-    // sharing every weight (positions cut to 3 rows).
-    let short_config = Config {
-        window: 3,
-        ..config
-    };
-    let offsets = Offsets::new(&config);
-    let at = offsets.position.unwrap();
-    let d = config.d_model;
-    let mut params = model.params[..at + 3 * d].to_vec();
-    params.extend_from_slice(&model.params[at + 5 * d..]);
-    let short = Transformer {
-        config: short_config,
-        params,
-    };
-    // Mean over 3 positions of the long model needs its states; instead
-    // check invariance: changing steps 3 and 4 leaves the short prefix's
-    // output (computed on the first 3 steps) equal to the long model's
-    // prefix when the long model is causal. We compare last-pooled outputs:
-    let last_long = Transformer {
-        config: Config {
-            pooling: Pooling::Last,
-            ..config
-        },
-        params: model.params.clone(),
-    };
     let mut changed = x.clone();
     for v in &mut changed[3 * config.features..] {
         *v += 1.0;
     }
-    let a = forward_cpu(&last_long, &x, 1).unwrap();
-    let b = forward_cpu(&last_long, &changed, 1).unwrap();
-    assert_ne!(a, b, "the last step sees itself");
-    let short_last = Transformer {
+    assert_ne!(
+        forward_cpu(&model, &x, 1).unwrap(),
+        forward_cpu(&model, &changed, 1).unwrap(),
+        "the last step sees itself"
+    );
+    let at = Offsets::new(&config).position.unwrap();
+    let d = config.d_model;
+    let mut params = model.params[..at + 3 * d].to_vec();
+    params.extend_from_slice(&model.params[at + 5 * d..]);
+    let short = Transformer {
         config: Config {
-            pooling: Pooling::Last,
-            ..short.config
+            window: 3,
+            ..config
         },
-        params: short.params.clone(),
+        params,
     };
-    let prefix = forward_cpu(&short_last, &x[..3 * config.features], 1).unwrap();
-    let prefix_changed = forward_cpu(&short_last, &changed[..3 * config.features], 1).unwrap();
-    assert_eq!(prefix, prefix_changed);
+    let prefix = 3 * config.features;
+    assert_eq!(
+        forward_cpu(&short, &x[..prefix], 1).unwrap(),
+        forward_cpu(&short, &changed[..prefix], 1).unwrap()
+    );
 }
 
 #[test]
@@ -222,4 +200,93 @@ fn training_learns_a_pattern() {
     let after = loss_cpu(&model, &x, &y, samples).unwrap();
     assert_eq!(report.steps, 30 * 4);
     assert!(after < before / 5.0, "loss {before} -> {after}");
+}
+
+/// `tandem model new --arch transformer` makes its weights in the shared
+/// crate; they are these bits, in this order.
+#[test]
+fn the_file_formats_random_weights_are_the_twins() {
+    use tandem_shared::model_format::transformer as format;
+    for positions in [Positions::Learned, Positions::Sinusoidal] {
+        let config = Config {
+            positions,
+            ..small(true, Pooling::Mean, positions)
+        };
+        let ours = Transformer::random(config, 42).unwrap();
+        let shape = format::TransformerShape {
+            features: config.features,
+            window: config.window,
+            d_model: config.d_model,
+            heads: config.heads,
+            layers: config.layers,
+            ff: config.ff,
+            outputs: config.outputs,
+            causal: config.causal,
+            pooling: format::Pooling::Mean,
+            positions: match positions {
+                Positions::Learned => format::Positions::Learned,
+                Positions::Sinusoidal => format::Positions::Sinusoidal,
+            },
+        };
+        let file = format::TransformerModel::random(shape, 42).unwrap();
+        assert_eq!(file.params, ours.params);
+        let names: Vec<_> = shape.tensors();
+        assert_eq!(names, tensor_list(&config));
+        assert_eq!(shape.parameter_count() as usize, config.parameter_count());
+    }
+}
+
+/// The independent NumPy reference (`bench/transformer_numpy.py
+/// reference`, its output committed as `numpy_reference.txt`): the same
+/// closed-form weights and inputs, every variant, within 1e-5 relative.
+#[test]
+fn outputs_match_the_numpy_reference() {
+    let reference = include_str!("numpy_reference.txt");
+    let mut checked = 0;
+    for line in reference.lines() {
+        let mut fields = line.split_whitespace();
+        let name = fields.next().unwrap();
+        let expected: Vec<f32> = fields.map(|v| v.parse().unwrap()).collect();
+        let config = Config {
+            features: 3,
+            window: 6,
+            d_model: 8,
+            heads: 2,
+            layers: 2,
+            ff: 12,
+            outputs: 2,
+            causal: name.contains("causal=true"),
+            pooling: if name.contains("pooling=mean") {
+                Pooling::Mean
+            } else {
+                Pooling::Last
+            },
+            positions: if name.contains("positions=sinusoidal") {
+                Positions::Sinusoidal
+            } else {
+                Positions::Learned
+            },
+        };
+        let f = config.features;
+        let params: Vec<f32> = (0..config.parameter_count())
+            .map(|i| match i {
+                i if i < f => 0.1 * i as f32,
+                i if i < 2 * f => 1.0 + 0.25 * (i - f) as f32,
+                i => (0.3 * (0.7 * i as f64 + 0.1).sin()) as f32,
+            })
+            .collect();
+        let model = Transformer { config, params };
+        let batch = 4;
+        let x: Vec<f32> = (0..batch * config.window_floats())
+            .map(|j| ((0.37 * j as f64).sin() + 0.1 * (1.3 * j as f64).cos()) as f32)
+            .collect();
+        let ours = forward_cpu(&model, &x, batch).unwrap();
+        assert_eq!(ours.len(), expected.len(), "{name}");
+        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in ours.iter().zip(&expected) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{name}: twin {a}, numpy {b}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 8);
 }

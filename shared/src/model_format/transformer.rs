@@ -264,6 +264,40 @@ pub fn is_transformer(bytes: &[u8]) -> bool {
 }
 
 impl TransformerModel {
+    /// Seeded random weights, as `tandem_kernels::transformer::Transformer::
+    /// random` makes them (the same bits): projections uniform in
+    /// `+-sqrt(1 / inputs)`, learned positions `+-0.02`, LayerNorm gains 1,
+    /// biases 0, identity normalisation.
+    pub fn random(shape: TransformerShape, seed: u64) -> Result<Self, TransformerFormatError> {
+        shape.check()?;
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32 * (1.0 / 16_777_216.0)
+        };
+        let mut params = Vec::with_capacity(shape.parameter_count() as usize);
+        for (name, dims) in shape.tensors() {
+            let count: usize = dims.iter().product();
+            let gain = name.ends_with("std") || name.contains("norm") && name.ends_with("weight");
+            if gain {
+                params.extend(std::iter::repeat_n(1.0, count));
+            } else if name.ends_with("bias") || name.ends_with("mean") {
+                params.extend(std::iter::repeat_n(0.0, count));
+            } else {
+                let limit = if name == "position.weight" {
+                    0.02
+                } else {
+                    (1.0 / dims[1] as f64).sqrt() as f32
+                };
+                params.extend((0..count).map(|_| limit * (2.0 * next() - 1.0)));
+            }
+        }
+        Ok(Self { shape, params })
+    }
+
     /// Reads a transformer file, checking every rule of the format.
     pub fn decode(bytes: &[u8]) -> Result<Self, TransformerFormatError> {
         let (header_len, metadata) = SafeTensors::read_metadata(bytes)
