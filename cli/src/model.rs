@@ -8,6 +8,9 @@ use tandem_shared::clock::now_ms;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tandem_shared::Config;
+use tandem_shared::model_format::transformer::{
+    Pooling, Positions, TransformerModel, TransformerShape,
+};
 use tandem_shared::model_format::{Activation, Model};
 use tandem_shared::store::{ModelInfo, ModelPolicy, ModelSource, Store, check_model_name};
 
@@ -34,9 +37,40 @@ pub enum ModelCommand {
 #[command(group(clap::ArgGroup::new("destination").required(true).args(["out", "upload"])))]
 pub struct NewArgs {
     pub name: String,
-    /// Layer widths from inputs to outputs, e.g. 16,64,64,1.
+    /// mlp, or transformer (the encoder-only price-prediction transformer).
+    #[arg(long, default_value = "mlp", value_parser = ["mlp", "transformer"])]
+    pub arch: String,
+    /// mlp: layer widths from inputs to outputs, e.g. 16,64,64,1;
+    /// transformer: the number of blocks, e.g. 4.
     #[arg(long, value_delimiter = ',', required = true)]
     pub layers: Vec<usize>,
+    /// transformer: the model width.
+    #[arg(long, default_value_t = 256)]
+    pub d_model: usize,
+    /// transformer: attention heads (they divide d_model).
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    /// transformer: time steps per input window.
+    #[arg(long, default_value_t = 128)]
+    pub window: usize,
+    /// transformer: features per time step.
+    #[arg(long, default_value_t = 32)]
+    pub features: usize,
+    /// transformer: the feed-forward width (default 4 x d_model).
+    #[arg(long)]
+    pub ff: Option<usize>,
+    /// transformer: outputs of the regression head.
+    #[arg(long, default_value_t = 1)]
+    pub outputs: usize,
+    /// transformer: each step attends only to itself and earlier steps.
+    #[arg(long)]
+    pub causal: bool,
+    /// transformer: the head reads the last step or the mean of all.
+    #[arg(long, default_value = "last")]
+    pub pooling: Pooling,
+    /// transformer: learned or sinusoidal positions.
+    #[arg(long, default_value = "learned")]
+    pub positions: Positions,
     /// Between hidden layers: relu (He init) or tanh (Xavier init).
     #[arg(long, default_value = "relu")]
     pub activation: Activation,
@@ -106,6 +140,9 @@ pub(crate) async fn run(config: &Config, command: ModelCommand) -> anyhow::Resul
 
 async fn new(config: &Config, policy: &ModelPolicy, args: NewArgs) -> anyhow::Result<ExitCode> {
     check_model_name(&args.name)?;
+    if args.arch == "transformer" {
+        return new_transformer(policy, args);
+    }
     let model = Model::random(&args.layers, args.activation, args.seed)
         .context("cannot create the model")?;
     let shape = model.shape();
@@ -131,6 +168,49 @@ async fn new(config: &Config, policy: &ModelPolicy, args: NewArgs) -> anyhow::Re
             _ => store.upload_model(&args.name, &file, policy).await?,
         };
         print_registered(&info);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tandem model new --arch transformer`: writes the file. The registry
+/// and the model kinds serve MLPs only so far, so it is not registered.
+fn new_transformer(policy: &ModelPolicy, args: NewArgs) -> anyhow::Result<ExitCode> {
+    let &[layers] = args.layers.as_slice() else {
+        anyhow::bail!(
+            "--layers: a transformer takes one number (its blocks), got {:?}",
+            args.layers
+        );
+    };
+    if args.register || args.upload {
+        anyhow::bail!(
+            "--register/--upload: the model registry serves MLPs only so far; \
+             write the transformer with --out"
+        );
+    }
+    let shape = TransformerShape {
+        features: args.features,
+        window: args.window,
+        d_model: args.d_model,
+        heads: args.heads,
+        layers,
+        ff: args.ff.unwrap_or(4 * args.d_model),
+        outputs: args.outputs,
+        causal: args.causal,
+        pooling: args.pooling,
+        positions: args.positions,
+    };
+    let model = TransformerModel::random(shape, args.seed).context("cannot create the model")?;
+    let file = model.encode();
+    let summary = format!(
+        "{}, {} parameters ({} bytes), {}",
+        shape.summary(),
+        table::thousands(shape.parameter_count()),
+        table::thousands(shape.parameter_bytes()),
+        shape.class(policy.heavy_threshold_bytes),
+    );
+    if let Some(out) = &args.out {
+        std::fs::write(out, &file).with_context(|| format!("cannot write {}", out.display()))?;
+        println!("wrote {}: {summary}", out.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,7 @@ pub mod runtime;
 pub mod selftest;
 #[cfg(test)]
 mod test_device;
+pub mod transformer;
 
 /// Every CUDA source of the crate: what a GPU worker compiles at start and
 /// the compile check assembles for each architecture.

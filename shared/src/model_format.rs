@@ -31,6 +31,9 @@ use sha2::{Digest, Sha256};
 
 use crate::task::{Class, ParseError, text_enum};
 
+/// The price-prediction transformer's file (`tandem-transformer`).
+pub mod transformer;
+
 /// The `format` metadata value of a model file.
 pub const FORMAT: &str = "tandem-mlp";
 /// The `version` metadata value this code reads and writes.

@@ -47,6 +47,7 @@ mod security;
 mod split;
 mod timeouts;
 mod tracing;
+mod transformer;
 mod views;
 mod volume;
 mod wire;
