@@ -33,6 +33,7 @@
 
 mod alerts;
 mod bench;
+mod bench_backlog;
 mod bench_ceiling;
 mod bench_cost;
 mod bench_flow;
