@@ -52,6 +52,10 @@ pub enum Phase {
     /// (XADD; XREADGROUP; XACK + XDEL + result SET), no Lua, no client
     /// logic (see `bench_ceiling`).
     Ceiling,
+    /// A deep backlog: tasks waiting across all priorities, at 10,000,
+    /// 100,000, ... up to `--n`: memory per waiting task, `tandem queues`
+    /// time, claim cost per task (see `bench_backlog`).
+    Backlog,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -172,6 +176,19 @@ pub(crate) async fn run(
     let configured_events = config.events;
     let mut figures = Vec::new();
     for &phase in &args.phases {
+        if phase == Phase::Backlog {
+            let base = config.prefix.clone();
+            config.prefix = format!("{base}-bench-{}-backlog", std::process::id());
+            let env = worker_env(&config, &args);
+            let outcome = super::bench_backlog::run(&config, &args, &env).await;
+            let store = Store::connect(&config).await?;
+            if let Err(err) = store.purge_prefix().await {
+                tracing::warn!("cannot delete the run's keys: {err}");
+            }
+            config.prefix = base;
+            outcome.context("backlog")?;
+            continue;
+        }
         if matches!(phase, Phase::Delayed | Phase::RateLimit) {
             for run in 1..=args.runs {
                 let base = config.prefix.clone();
@@ -303,8 +320,8 @@ async fn one_run(
             latencies(&mut figures, &timings);
             figures.tasks = args.n;
         }
-        Phase::Delayed | Phase::RateLimit => {
-            anyhow::bail!("the {phase:?} phase is run by bench_flow")
+        Phase::Delayed | Phase::RateLimit | Phase::Backlog => {
+            anyhow::bail!("the {phase:?} phase has a runner of its own")
         }
         Phase::Ceiling => {
             _workers = LocalWorkers::default();
@@ -618,6 +635,7 @@ fn summary_table(figures: &[RunFigures]) -> String {
             Phase::Delayed => "delayed",
             Phase::RateLimit => "rate-limit",
             Phase::Ceiling => "ceiling (raw XADD, XREADGROUP, XACK+XDEL+SET)",
+            Phase::Backlog => "backlog",
         };
         let name = if both {
             format!("{name}, events {}", if events { "on" } else { "off" })

@@ -115,6 +115,13 @@ impl Snapshot {
         };
         snapshot
     }
+
+    /// Calls and usec of `command` since `before`.
+    pub fn delta(&self, before: &Self, command: &str) -> (u64, u64) {
+        let (calls, usec) = self.commands.get(command).copied().unwrap_or((0, 0));
+        let (calls0, usec0) = before.commands.get(command).copied().unwrap_or((0, 0));
+        (calls.saturating_sub(calls0), usec.saturating_sub(usec0))
+    }
 }
 
 /// CPU seconds (user + system) a process has used so far, from

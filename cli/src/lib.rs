@@ -33,6 +33,7 @@
 
 mod alerts;
 mod bench;
+mod bench_backlog;
 mod bench_ceiling;
 mod bench_cost;
 mod bench_flow;
@@ -69,6 +70,7 @@ pub use events::EventsArgs;
 pub use flow::{LimitCommand, PauseArgs};
 pub use kinds::KindsArgs;
 pub use model::{ModelCommand, NewArgs as ModelNewArgs};
+pub use queues::QueuesArgs;
 pub use scaling::ScalingArgs;
 pub use schedule::{AddArgs as ScheduleAddArgs, ScheduleCommand};
 pub use soak::SoakArgs;
@@ -120,7 +122,7 @@ pub enum Command {
     Cancel(TaskArgs),
     /// Per stream: waiting, pending, consumers, oldest waiting age; then
     /// delayed tasks, pauses and rate limits.
-    Queues,
+    Queues(QueuesArgs),
     /// Pause a class (heavy), a class and priority (heavy:high) or a kind
     /// (kind:risk) fleet-wide: running tasks finish, nothing new starts,
     /// submitting still works.
@@ -243,7 +245,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status(args) => tasks::status(&config, args).await,
             Command::Task(args) => tasks::task(&config, args).await,
             Command::Cancel(args) => tasks::cancel(&config, args).await,
-            Command::Queues => queues::run(&config).await,
+            Command::Queues(args) => queues::run(&config, &args).await,
             Command::Pause(args) => flow::pause(&config, args).await,
             Command::Resume(args) => flow::resume(&config, args).await,
             Command::Limit(command) => flow::limit(&config, command).await,

@@ -1,16 +1,36 @@
 //! `tandem queues`: what waits where (streams, then delayed sets), what is
 //! paused or rate-limited and when a limit next starts a task, and what
 //! waits in streams no worker reads.
+//!
+//! Everything but the last costs a few commands per stream whatever the
+//! backlog (`XLEN`, `XINFO GROUPS`, `XRANGE ... COUNT 1`). Streams no worker
+//! reads can only be found by a pass over every key (`SCAN`), so above
+//! [`SCAN_MAX_KEYS`] keys the view shows what the workers' own interval
+//! scan found (their `unknown_stream` alerts) instead, unless `--scan`.
 
 use std::process::ExitCode;
 
 use tandem_shared::clock::now_ms;
-use tandem_shared::store::{DataLoss, Store};
+use tandem_shared::store::{AlertName, DataLoss, Store};
 use tandem_shared::{Class, Config};
 
 use super::table;
 
-pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
+/// The most keys `tandem queues` passes over to find streams no worker
+/// reads: a pass costs Redis about a microsecond per key, and a million
+/// waiting tasks are a million records.
+pub(crate) const SCAN_MAX_KEYS: u64 = 10_000;
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct QueuesArgs {
+    /// Look for streams no worker reads with a pass over every key, however
+    /// many (by default only up to 10,000 keys; above, the workers' last
+    /// `unknown_stream` alerts are shown).
+    #[arg(long)]
+    pub scan: bool,
+}
+
+pub(crate) async fn run(config: &Config, args: &QueuesArgs) -> anyhow::Result<ExitCode> {
     let store = Store::connect_retrying(config).await?;
     print_data_loss(&store).await?;
     let stats = store.queue_stats(Class::ALL).await?;
@@ -50,7 +70,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         table::thousands(pending)
     );
     print_flow(&store).await?;
-    print_unknown_streams(&store).await?;
+    print_unknown_streams(&store, args.scan).await?;
     if let Some(homes) = store.class_homes(Class::ALL).await? {
         // Redis Cluster: each class is one hash slot on one master.
         let mut rows = vec![["class", "slot", "master"].map(String::from).to_vec()];
@@ -132,7 +152,13 @@ pub(crate) fn data_loss_line(loss: &DataLoss) -> String {
 
 /// Streams under the prefix that no worker reads (a class or priority
 /// Tandem does not know): their entries would otherwise wait unseen.
-async fn print_unknown_streams(store: &Store) -> anyhow::Result<()> {
+/// Found by a pass over every key when there are at most
+/// [`SCAN_MAX_KEYS`] (or `scan`); else from the workers' alerts.
+async fn print_unknown_streams(store: &Store, scan: bool) -> anyhow::Result<()> {
+    let keys = store.key_count().await?;
+    if !scan && keys > SCAN_MAX_KEYS {
+        return print_unknown_stream_alerts(store, keys).await;
+    }
     let unknown = store.unknown_streams().await?;
     if unknown.is_empty() {
         return Ok(());
@@ -161,6 +187,47 @@ async fn print_unknown_streams(store: &Store) -> anyhow::Result<()> {
         "\n{} entries in {} streams no worker reads: resubmit them to a task stream, then delete the streams",
         table::thousands(entries),
         unknown.len()
+    );
+    Ok(())
+}
+
+/// Alerts read to find the workers' latest `unknown_stream` findings.
+const ALERTS_READ: usize = 500;
+
+/// The streams no worker reads as the workers' own scan last found them
+/// (each `unknown_stream` alert, newest per stream), with a line saying
+/// why this view did not scan.
+async fn print_unknown_stream_alerts(store: &Store, keys: u64) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rows = vec![
+        ["unknown stream", "entries", "alerted", "message"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let now = now_ms();
+    for entry in store.alerts(ALERTS_READ).await? {
+        let alert = entry.alert;
+        if alert.alert != AlertName::UnknownStream.as_str() || !seen.insert(alert.stream.clone()) {
+            continue;
+        }
+        rows.push(vec![
+            alert.stream,
+            table::thousands(alert.value as u64),
+            format!("{} ago", table::age(now.saturating_sub(alert.at_ms))),
+            alert.message,
+        ]);
+    }
+    if rows.len() > 1 {
+        print!("\n{}", table::render(&rows));
+    }
+    println!(
+        "\nStreams no worker reads: not looked for here ({} keys; finding them is a pass over every key): {}; `tandem queues --scan` looks now",
+        table::thousands(keys),
+        if rows.len() > 1 {
+            "above, as the workers' `unknown_stream` alerts last found them"
+        } else {
+            "the workers look each alert interval and have raised no `unknown_stream` alert lately"
+        }
     );
     Ok(())
 }

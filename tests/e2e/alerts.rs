@@ -217,8 +217,14 @@ async fn add_entries(conn: &mut impl redis::aio::ConnectionLike, key: &str, coun
 
 /// `tandem queues` against `url`; its output.
 fn tandem_queues(url: &str) -> String {
+    tandem_queues_with(url, &[])
+}
+
+/// `tandem queues ARGS` against `url`; its output.
+fn tandem_queues_with(url: &str, args: &[&str]) -> String {
     let out = Command::new(bin("tandem"))
         .arg("queues")
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TANDEM_REDIS_URL", url)
@@ -327,6 +333,43 @@ async fn entries_in_streams_no_worker_reads_raise_unknown_stream_and_show_in_que
         section.contains("3 entries in 3 streams no worker reads"),
         "{text}"
     );
+}
+
+/// A deep backlog is a key per waiting task, and finding unknown streams
+/// is a pass over every key: above 10,000 keys `tandem queues` shows the
+/// workers' `unknown_stream` alerts instead (so it answers in
+/// milliseconds at a million waiting tasks), and scans on `--scan`.
+#[tokio::test]
+async fn above_ten_thousand_keys_queues_shows_unknown_streams_from_the_alerts() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    add_entries(&mut conn, "tandem:{cpu}:stream:urgent", 2).await;
+    let worker = WorkerProcess::start(&redis, &env(&[])).await;
+    wait_alert(&redis, "unknown_stream", &worker.id).await;
+    // Small keyspace: the scan runs.
+    let text = tandem_queues(&redis.url());
+    assert!(text.contains("2 entries in 1 streams"), "{text}");
+
+    let mut pipe = redis::pipe();
+    for i in 0..10_001 {
+        pipe.cmd("SET")
+            .arg(format!("elsewhere:{i}"))
+            .arg(1)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    let text = tandem_queues(&redis.url());
+    assert!(
+        text.contains("not looked for here") && !text.contains("entries in 1 streams"),
+        "{text}"
+    );
+    let line = row(&text, "tandem:{cpu}:stream:urgent");
+    assert_eq!(line.split_whitespace().nth(1), Some("2"), "{line}");
+    assert!(line.contains("priority \"urgent\""), "{line}");
+
+    let text = tandem_queues_with(&redis.url(), &["--scan"]);
+    assert!(text.contains("2 entries in 1 streams"), "{text}");
+    assert!(!text.contains("not looked for here"), "{text}");
 }
 
 #[tokio::test]

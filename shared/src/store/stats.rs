@@ -131,6 +131,21 @@ impl Store {
         }
     }
 
+    /// Keys in the database (`DBSIZE`, O(1); in Cluster, the masters'
+    /// sum): what a pass over every key, such as [`Self::unknown_streams`],
+    /// would visit.
+    pub async fn key_count(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for (host, port) in self.scan_nodes().await? {
+            let reply = match host.as_deref() {
+                Some(host) => self.link.on_node(host, port, redis::cmd("DBSIZE")).await?,
+                None => self.single(redis::cmd("DBSIZE")).await?,
+            };
+            total += u64::try_from(int(reply_ok(reply)?, "DBSIZE")?).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
     /// Every stream under the prefix that no worker reads, by key, with its
     /// length, its oldest entry's age and why (see [`UnknownStream`]).
     /// `SCAN ... TYPE stream` over the whole keyspace (every master in
