@@ -34,6 +34,7 @@
 mod alerts;
 mod bench;
 mod bench_flow;
+mod blob;
 mod chaos;
 mod demo;
 mod dlq;
@@ -152,6 +153,10 @@ pub enum Command {
     /// list, show, pause, resume, rm.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// The blob store: put a file (for a task's parameters), get, stat,
+    /// sweep.
+    #[command(subcommand)]
+    Blob(blob::BlobCommand),
     /// Start a local Redis (unless REDIS_URL is set) and workers, run a mixed
     /// workload with a progress bar, print a summary, clean up.
     Demo(DemoArgs),
@@ -252,6 +257,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Dlq(command) => dlq::run(&config, command).await,
             Command::Model(command) => model::run(&config, command).await,
             Command::Schedule(command) => schedule::run(&config, command).await,
+            Command::Blob(command) => blob::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
             Command::Soak(args) => soak::run(config, redis_url_given, args).await,
