@@ -342,7 +342,7 @@ settings! {
     /// Where blobs (parameters and results above `blob_threshold_bytes`) are stored: `redis`, a directory on a volume every producer and worker shares (`/mnt/blobs` or `file:///mnt/blobs`), or an S3-compatible bucket (`s3://bucket[/prefix]`, credentials and region from `AWS_*` variables).
     blob_store: String = "redis".into(), "TANDEM_BLOB_STORE";
     /// Parameters and results larger than this travel as a blob reference instead of inline (bytes; 0: never, and `max_payload_bytes` caps parameters).
-    blob_threshold_bytes: usize = 256 * 1024, "TANDEM_BLOB_THRESHOLD_BYTES";
+    blob_threshold_bytes: usize = 1 << 20, "TANDEM_BLOB_THRESHOLD_BYTES";
     /// How long an unreleased blob lives after its last reference was taken (s): the backstop for references nobody gives back.
     blob_ttl_s: u64 = 86_400, "TANDEM_BLOB_TTL_S";
     /// Blobs are written and read in chunks of this size (bytes).

@@ -262,8 +262,8 @@ async fn a_large_result_comes_back_by_reference_and_resolves_transparently() {
     let redis = RedisServer::start();
     let _worker = WorkerProcess::start(&redis, &[]).await;
     let producer = redis.producer().await;
-    // `echo` returns its parameters: 300 KiB in, 300 KiB out.
-    let payload = rmpv::Value::Binary((0..300 * 1024).map(|i| (i * 31 % 251) as u8).collect());
+    // `echo` returns its parameters: 1.2 MiB in, 1.2 MiB out.
+    let payload = rmpv::Value::Binary((0..1200 * 1024).map(|i| (i * 31 % 251) as u8).collect());
     let bytes = msgpack::encode(&payload).unwrap();
     let id = producer
         .submit(Task::new("echo", &payload).unwrap())
@@ -559,4 +559,46 @@ async fn the_s3_backend_keeps_bytes_in_a_bucket() {
         ..redis.config()
     };
     round_trip_through_objects(&redis, &config, None).await;
+}
+
+/// `tandem submit --params-file`: parameters above the threshold go by
+/// reference from the command line too, and `--wait` prints the result the
+/// blob holds.
+#[tokio::test]
+async fn tandem_submit_sends_a_large_params_file_by_reference() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let dir = ScratchDir::new("blob-submit");
+    let file = dir.path().join("params.json");
+    let text = "r".repeat(1200 * 1024);
+    std::fs::write(&file, serde_json::to_string(&text).unwrap()).unwrap();
+    let getrange_before = calls(&redis, "getrange").await;
+    let out = crate::support::tandem(
+        &redis,
+        &[
+            "submit",
+            "echo",
+            "--params-file",
+            file.to_str().unwrap(),
+            "--wait",
+        ],
+    );
+    let stdout = crate::support::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        crate::support::text(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&text),
+        "the echoed 1.2 MiB string is printed"
+    );
+    // The worker read the parameters' blob, and `--wait` the result's.
+    assert!(calls(&redis, "getrange").await > getrange_before);
+    let out = crate::support::tandem(
+        &redis,
+        &["submit", "echo", "--params-file", "/nonexistent.json"],
+    );
+    assert!(!out.status.success());
+    assert!(crate::support::text(&out.stderr).contains("--params-file /nonexistent.json"));
 }
