@@ -37,6 +37,7 @@ mod bench_backlog;
 mod bench_ceiling;
 mod bench_cost;
 mod bench_flow;
+mod blob;
 mod chaos;
 mod demo;
 mod dlq;
@@ -156,6 +157,10 @@ pub enum Command {
     /// list, show, pause, resume, rm.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// The blob store: put a file (for a task's parameters), get, stat,
+    /// sweep.
+    #[command(subcommand)]
+    Blob(blob::BlobCommand),
     /// Start a local Redis (unless REDIS_URL is set) and workers, run a mixed
     /// workload with a progress bar, print a summary, clean up.
     Demo(DemoArgs),
@@ -256,6 +261,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Dlq(command) => dlq::run(&config, command).await,
             Command::Model(command) => model::run(&config, command).await,
             Command::Schedule(command) => schedule::run(&config, command).await,
+            Command::Blob(command) => blob::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
             Command::Soak(args) => soak::run(config, redis_url_given, args).await,

@@ -20,6 +20,10 @@ pub struct SubmitArgs {
     /// Parameters as JSON, sent as MessagePack, e.g. '{"ms": 100}'.
     #[arg(long, default_value = "null")]
     pub params: String,
+    /// Parameters as JSON, read from this file instead of --params (for
+    /// large ones: above blob_threshold_bytes they travel as a blob).
+    #[arg(long, conflicts_with = "params")]
+    pub params_file: Option<std::path::PathBuf>,
     #[arg(long, default_value = "normal")]
     pub priority: Priority,
     /// The class, when the kind is not built in.
@@ -85,8 +89,20 @@ pub struct TaskViewArgs {
 }
 
 pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let json: serde_json::Value = serde_json::from_str(&args.params)
-        .map_err(|e| Usage(format!("--params is not valid JSON: {e}")))?;
+    let json: serde_json::Value = match &args.params_file {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| Usage(format!("--params-file {}: {e}", path.display())))?;
+            serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| {
+                Usage(format!(
+                    "--params-file {} is not valid JSON: {e}",
+                    path.display()
+                ))
+            })?
+        }
+        None => serde_json::from_str(&args.params)
+            .map_err(|e| Usage(format!("--params is not valid JSON: {e}")))?,
+    };
     let mut task = Task::new(args.kind, &json)?.priority(args.priority);
     if let Some(class) = args.class {
         task = task.class(class);

@@ -39,6 +39,10 @@ pub enum ProducerError {
         "schedule {name:?} exists in class {class}; remove it first (names are unique across classes)"
     )]
     ScheduleNameTaken { name: String, class: Class },
+    #[error(transparent)]
+    Blob(#[from] tandem_shared::blob::BlobError),
+    #[error("parameters are {bytes} bytes; the largest blob is {limit} bytes (max_blob_bytes)")]
+    BlobTooLarge { bytes: usize, limit: u64 },
     #[error("task {id} ended {status}: {code}: {message}")]
     TaskFailed {
         id: TaskId,

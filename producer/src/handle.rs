@@ -50,7 +50,8 @@ impl TaskHandle {
 
     /// Waits until the task finishes, at most `timeout`.
     pub async fn wait(&self, timeout: Duration) -> Result<TaskOutcome, ProducerError> {
-        within(self.id, timeout, self.wait_forever()).await
+        let outcome = within(self.id, timeout, self.wait_forever()).await?;
+        self.producer.resolve(outcome).await
     }
 
     async fn wait_forever(&self) -> Result<TaskOutcome, ProducerError> {

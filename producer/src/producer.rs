@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tandem_shared::blob::{BlobRef, BlobStore};
 use tandem_shared::flow::{LimitTarget, PauseTarget, Rate};
 use tandem_shared::signature::Signer;
 use tandem_shared::store::{self, CancelOutcome, ModelStoreError, Store, StoreError, Submitted};
@@ -96,6 +97,11 @@ struct Inner {
     signer: Option<Signer>,
     /// `train` tasks go to the heavy class whatever their model.
     train_on_primary: bool,
+    /// Where parameters above `blob_threshold_bytes` go, and results
+    /// that came back as a blob reference are read from.
+    blobs: BlobStore,
+    /// Largest blob this producer stores (`max_blob_bytes`).
+    max_blob_bytes: u64,
 }
 
 impl Inner {
@@ -149,8 +155,11 @@ impl Producer {
             .iter()
             .map(|&class| store.keys().reply(class, &producer_id))
             .collect();
+        let blobs = BlobStore::open(store.clone(), config)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                blobs,
+                max_blob_bytes: config.max_blob_bytes,
                 store,
                 producer_id,
                 reply_keys,
@@ -290,10 +299,31 @@ impl Producer {
     pub(crate) async fn prepare(&self, tasks: Vec<Task>) -> Result<Vec<NewTask>, ProducerError> {
         let inner = &self.inner;
         let mut checked = Vec::with_capacity(tasks.len());
+        let threshold = inner.blobs.threshold();
         for t in tasks {
             let model = t.model_deciding_class(inner.train_on_primary);
-            let task = t.into_new_task(inner.default_max_attempts, inner.max_payload_bytes)?;
+            // Parameters above the blob threshold travel as a reference:
+            // checked whole here, then stored once the batch checks out.
+            let by_ref = threshold.is_some_and(|threshold| t.params.len() > threshold);
+            if by_ref && t.params.len() as u64 > inner.max_blob_bytes {
+                return Err(ProducerError::BlobTooLarge {
+                    bytes: t.params.len(),
+                    limit: inner.max_blob_bytes,
+                });
+            }
+            let limit = if by_ref {
+                usize::MAX
+            } else {
+                inner.max_payload_bytes
+            };
+            let task = t.into_new_task(inner.default_max_attempts, limit)?;
             checked.push((task, model));
+        }
+        for (task, _) in &mut checked {
+            if threshold.is_some_and(|threshold| task.params.len() > threshold) {
+                let blob = inner.blobs.put(&task.params, inner.blobs.ttl_ms()).await?;
+                task.params = blob.encode();
+            }
         }
         let classes = self
             .model_classes(checked.iter().filter_map(|(_, model)| model.as_deref()))
@@ -356,7 +386,8 @@ impl Producer {
 
     /// Waits until the task finishes, at most `timeout`.
     pub async fn wait(&self, id: TaskId, timeout: Duration) -> Result<TaskOutcome, ProducerError> {
-        within(id, timeout, self.wait_forever(id)).await
+        let outcome = within(id, timeout, self.wait_forever(id)).await?;
+        self.resolve(outcome).await
     }
 
     /// The task's current record, or `None` when no record exists.
@@ -509,6 +540,41 @@ impl Producer {
                 .await?;
         }
         TaskOutcome::from_record(id, record).ok_or(ProducerError::NotFound(id))
+    }
+
+    /// A result that came back as a blob reference, replaced by the blob's
+    /// bytes (a result inline stays as it is).
+    pub(crate) async fn resolve(
+        &self,
+        mut outcome: TaskOutcome,
+    ) -> Result<TaskOutcome, ProducerError> {
+        if let Some(bytes) = self
+            .resolve_result(outcome.record.result.as_deref())
+            .await?
+        {
+            outcome.record.result = Some(bytes);
+        }
+        Ok(outcome)
+    }
+
+    /// The bytes behind a result that is a blob reference; `None` for any
+    /// other result.
+    pub async fn resolve_result(
+        &self,
+        result: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, ProducerError> {
+        match result.and_then(BlobRef::detect) {
+            None => Ok(None),
+            Some(blob) => {
+                let blob = blob.map_err(tandem_shared::blob::BlobError::from)?;
+                Ok(Some(self.inner.blobs.get(&blob).await?))
+            }
+        }
+    }
+
+    /// The blob store this producer puts large parameters in.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.inner.blobs
     }
 
     fn register(&self, id: TaskId) -> Registration {

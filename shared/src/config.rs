@@ -327,7 +327,7 @@ settings! {
     producer_id: String = String::new(), "TANDEM_PRODUCER_ID";
     /// Attempts a task gets when its producer does not say.
     default_max_attempts: u32 = 3, "TANDEM_DEFAULT_MAX_ATTEMPTS";
-    /// Largest parameter blob a producer may send and a worker accepts (bytes).
+    /// Largest parameters a producer sends inline and a worker accepts inline (bytes); larger ones travel as a blob reference while `blob_threshold_bytes` is on.
     max_payload_bytes: usize = 1 << 20, "TANDEM_MAX_PAYLOAD_BYTES";
     /// How long a finished task's record and result stay in Redis (s).
     result_ttl_s: u64 = 86_400, "TANDEM_RESULT_TTL_S";
@@ -339,6 +339,26 @@ settings! {
     reply_ttl_s: u64 = 3_600, "TANDEM_REPLY_TTL_S";
     /// Results up to this size travel inside the completion notice; larger ones are fetched (bytes).
     inline_result_bytes: usize = 16 * 1024, "TANDEM_INLINE_RESULT_BYTES";
+    /// Where blobs (parameters and results above `blob_threshold_bytes`) are stored: `redis`, a directory on a volume every producer and worker shares (`/mnt/blobs` or `file:///mnt/blobs`), or an S3-compatible bucket (`s3://bucket[/prefix]`, credentials and region from `AWS_*` variables).
+    blob_store: String = "redis".into(), "TANDEM_BLOB_STORE";
+    /// Parameters and results larger than this travel as a blob reference instead of inline (bytes; 0: never, and `max_payload_bytes` caps parameters).
+    blob_threshold_bytes: usize = 1 << 20, "TANDEM_BLOB_THRESHOLD_BYTES";
+    /// How long an unreleased blob lives after its last reference was taken (s): the backstop for references nobody gives back.
+    blob_ttl_s: u64 = 86_400, "TANDEM_BLOB_TTL_S";
+    /// Blobs are written and read in chunks of this size (bytes).
+    blob_chunk_bytes: usize = 1 << 20, "TANDEM_BLOB_CHUNK_BYTES";
+    /// Largest blob a producer stores (bytes).
+    max_blob_bytes: u64 = 1 << 30, "TANDEM_MAX_BLOB_BYTES";
+    /// A worker keeps the blobs it fetched, up to this many bytes, so that a blob is fetched once per device (bytes; 0: no cache).
+    blob_cache_bytes: u64 = 1 << 30, "TANDEM_BLOB_CACHE_BYTES";
+    /// The S3 endpoint for an `s3://` `blob_store` other than AWS (MinIO, Ceph, moto): `http://host:port`; empty: AWS's.
+    blob_s3_endpoint: String = String::new(), "TANDEM_BLOB_S3_ENDPOINT";
+    /// The region of an `s3://` `blob_store`; empty: `AWS_REGION`, else `us-east-1`.
+    blob_s3_region: String = String::new(), "TANDEM_BLOB_S3_REGION";
+    /// The access key id for an `s3://` `blob_store`; empty: `AWS_ACCESS_KEY_ID` (or the instance's role).
+    blob_s3_access_key_id: String = String::new(), "TANDEM_BLOB_S3_ACCESS_KEY_ID";
+    /// The secret access key for an `s3://` `blob_store`; empty: `AWS_SECRET_ACCESS_KEY`.
+    blob_s3_secret_access_key: Secret = Secret::default(), "TANDEM_BLOB_S3_SECRET_ACCESS_KEY";
     /// This worker's id (its consumer name); empty means `<host>-<device>-<pid>-<4 hex digits>`, new for each process.
     worker_id: String = String::new(), "TANDEM_WORKER_ID";
     /// Tasks a worker runs at once; 0 means one per CPU core.
@@ -515,6 +535,12 @@ impl Config {
                 "worker_id",
                 "may hold only letters, digits, '-', '_', '.', '@'",
             );
+        }
+        if self.blob_chunk_bytes == 0 {
+            return invalid("blob_chunk_bytes", "must be at least 1");
+        }
+        if self.blob_ttl_s == 0 {
+            return invalid("blob_ttl_s", "must be at least 1");
         }
         if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
             return invalid(

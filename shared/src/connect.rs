@@ -126,6 +126,11 @@ fn config_error(what: &'static str, detail: String) -> RedisError {
 
 /// The TLS certificates the configuration names, if any.
 fn certificates(config: &Config) -> Result<Option<TlsCertificates>, RedisError> {
+    // rustls picks its process-wide provider itself only when one crypto
+    // backend is built in; `object_store`'s S3 client (the blob store)
+    // brings aws-lc-rs beside our ring, so name ring before redis-rs
+    // builds a TLS configuration (an error means one is set already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if config.tls_ca_file.is_empty() && config.tls_cert_file.is_empty() {
         return Ok(None);
     }

@@ -283,6 +283,14 @@ impl Keys {
             })
             .collect()
     }
+    /// The part shared by every key of one blob (shared/src/blob/):
+    /// `tandem:{blob:<sha256>}:`, its hash tag keeping them in one slot.
+    /// Then `meta` (its length, once complete), `refs` (its reference
+    /// count), `data` (its bytes, with the Redis backend) and
+    /// `partial:<uuid>` (an upload under way).
+    pub fn blob(&self, sha256: &str) -> String {
+        format!("{}:{{blob:{}}}:", self.prefix, sha256)
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@
 //! - [`scripts`]: the Lua scripts of `shared/lua/`, loaded and verified.
 //! - [`store`]: the queue's Redis operations, typed; the only code that
 //!   sends queue commands.
+//! - [`blob`]: the blob store: parameters and results above
+//!   `blob_threshold_bytes`, stored once by SHA-256 (in Redis, a shared
+//!   directory or S3) and passed by reference.
 //! - [`model_format`]: the price-prediction model (an MLP) and its safetensors file.
 //! - [`msgpack`]: parameter and result encoding.
 //! - [`recurring`]: recurring schedules without I/O: cron patterns and
@@ -46,6 +49,7 @@
 //! ```
 
 pub mod backoff;
+pub mod blob;
 pub mod clock;
 pub mod config;
 pub mod connect;

@@ -8,6 +8,7 @@ mod support;
 
 mod alerts;
 mod atomicity;
+mod blobs;
 mod cancel;
 mod cancel_race;
 mod chaos;

@@ -530,6 +530,7 @@ impl Dispatcher {
             Ok(Committed::Cancelled) => Status::Cancelled,
             _ => completion.finish.status,
         };
+        self.executor.committed(completion, &outcome);
         if matches!(outcome, Ok(Committed::Written | Committed::Cancelled)) {
             self.stats.tasks.committed(completion, status);
         } else {

@@ -99,6 +99,8 @@ pub(crate) struct Executor {
     pub kind_timeouts: std::collections::BTreeMap<String, u64>,
     /// Where running tasks' progress reports go (`None`: dropped).
     pub progress: Option<crate::context::ProgressSink>,
+    /// Parameters and results by blob reference (`None`: inline only).
+    pub blobs: Option<Arc<crate::blob_cache::BlobCache>>,
 }
 
 impl Executor {
@@ -272,6 +274,11 @@ impl Executor {
         if split_into < 2 || entry.class != Class::Parallel || entry.split.is_some() {
             return Ok(None);
         }
+        // Parameters that came as a blob run whole: each shard's entry
+        // would carry their bytes inline.
+        if tandem_shared::blob::BlobRef::detect(&entry.params).is_some() {
+            return Ok(None);
+        }
         let Some(splitter) = self.kinds.splitter(&entry.kind) else {
             return Ok(None);
         };
@@ -415,6 +422,13 @@ impl Executor {
         abandoned: &mut Option<crate::context::Work>,
     ) -> Result<Vec<u8>, TaskError> {
         self.check_size(entry)?;
+        // Parameters that came as a blob reference: its bytes, from the
+        // worker's cache or fetched once.
+        let from_blob = match &self.blobs {
+            Some(blobs) => blobs.params(entry.id, &entry.params).await?,
+            None => None,
+        };
+        let params = from_blob.as_deref().map_or(&entry.params[..], |b| &b[..]);
         let progress = self.progress.as_ref().map(|sink| {
             crate::context::Progress::new(
                 sink.clone(),
@@ -459,8 +473,7 @@ impl Executor {
             }
             _ => {
                 let for_handler = ctx.clone();
-                self.kinds
-                    .prepare(&entry.kind, &entry.params, for_handler)?
+                self.kinds.prepare(&entry.kind, params, for_handler)?
             }
         };
         let outcome = tokio::select! {
@@ -524,7 +537,23 @@ impl Executor {
         // The last report goes in before the commit, which ends the task
         // (and fences later reports out).
         ctx.flush_progress().await;
-        outcome
+        match (outcome, &self.blobs) {
+            // A result above the threshold goes as a blob reference.
+            (Ok(result), Some(blobs)) => blobs.result(result).await,
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// After a commit (the dispatcher's): gives back the task's parameter
+    /// blob once its outcome is final.
+    pub fn committed(
+        &self,
+        completion: &Completion,
+        outcome: &Result<tandem_shared::store::Committed, tandem_shared::store::StoreError>,
+    ) {
+        if let Some(blobs) = &self.blobs {
+            blobs.committed(completion, outcome);
+        }
     }
 
     /// Waits until no computation of the task runs on a blocking thread,
@@ -763,6 +792,7 @@ mod tests {
             timeout_grace: Duration::from_millis(200),
             kind_timeouts: std::collections::BTreeMap::new(),
             progress: None,
+            blobs: None,
         }
     }
 

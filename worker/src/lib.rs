@@ -52,6 +52,9 @@
 //!   (the classes' canaries) and raises `redis_data_lost` once per fleet.
 //! - `metrics`: samples the device and the task counters into the registry
 //!   record every `metrics_interval_ms`; `/metrics` for Prometheus.
+//! - `blob_cache`: parameters that came as blob references, fetched once
+//!   per device and kept up to `blob_cache_bytes`; results above
+//!   `blob_threshold_bytes` stored as blobs.
 //! - `alerts`: raises alerts (hot or underused GPU, failed device, stalled
 //!   queue, growing dead letters) into the log and `<prefix>:alerts`.
 //! - [`shutdown`]: the stop signal; SIGTERM and SIGINT trigger it.
@@ -72,6 +75,7 @@
 //! ```
 
 mod alerts;
+mod blob_cache;
 mod cancel;
 pub mod compute;
 pub mod context;
@@ -135,6 +139,8 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("cannot use device {selector}: {message}")]
     Device { selector: String, message: String },
+    #[error(transparent)]
+    Blobs(#[from] tandem_shared::blob::BlobError),
 }
 
 /// Binds the device `config.device` names: the CPU, or a detected (or
@@ -404,6 +410,11 @@ pub async fn run(
                 reports: progress_tx,
                 interval: Duration::from_millis(config.progress_interval_ms),
             }),
+            blobs: Some(Arc::new(blob_cache::BlobCache::new(
+                tandem_shared::blob::BlobStore::open(store.clone(), config)?,
+                config.blob_cache_bytes,
+                config.result_ttl_s.saturating_mul(1000),
+            ))),
         }),
         router,
         device_memory: Arc::clone(&device),

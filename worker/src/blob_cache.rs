@@ -1,0 +1,205 @@
+//! The worker's side of the blob store: parameters that came as a blob
+//! reference are fetched once per device (one worker process per device)
+//! and kept, least recently used first out, up to `blob_cache_bytes`;
+//! results above `blob_threshold_bytes` are stored as blobs; a task's
+//! parameter blob is released once its final outcome is committed.
+//!
+//! Tasks that need the same blob at once share one fetch: the first asks
+//! the store, the others wait for its bytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tandem_shared::blob::{BlobError, BlobRef, BlobStore};
+use tandem_shared::store::{Committed, Completion, Disposition, StoreError};
+use tandem_shared::{ErrorCode, TaskId};
+use tokio::sync::OnceCell;
+
+use crate::error::TaskError;
+
+type Bytes = Arc<Vec<u8>>;
+
+/// One cached blob, or its fetch under way.
+#[derive(Debug)]
+struct Slot {
+    bytes: Arc<OnceCell<Bytes>>,
+    /// Counted in `Lru::bytes` (set once fetched).
+    counted: u64,
+    last_used: u64,
+}
+
+#[derive(Debug, Default)]
+struct Lru {
+    slots: HashMap<String, Slot>,
+    bytes: u64,
+    clock: u64,
+}
+
+/// A worker's blob cache, and the parameter blobs its running tasks hold.
+#[derive(Debug)]
+pub(crate) struct BlobCache {
+    blobs: BlobStore,
+    capacity: u64,
+    /// How long a result blob lives: as long as the record naming it
+    /// (`result_ttl_s`, ms).
+    result_ttl_ms: u64,
+    lru: std::sync::Mutex<Lru>,
+    /// The parameter blob of each task this worker ran from one, until its
+    /// commit.
+    held: std::sync::Mutex<HashMap<TaskId, BlobRef>>,
+}
+
+impl BlobCache {
+    pub fn new(blobs: BlobStore, capacity: u64, result_ttl_ms: u64) -> Self {
+        Self {
+            blobs,
+            capacity,
+            result_ttl_ms,
+            lru: std::sync::Mutex::default(),
+            held: std::sync::Mutex::default(),
+        }
+    }
+
+    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, BlobRef>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The parameters of task `id`, when they came as a blob reference:
+    /// the blob's bytes, from the cache or fetched. `None`: inline.
+    pub async fn params(&self, id: TaskId, params: &[u8]) -> Result<Option<Bytes>, TaskError> {
+        let blob = match BlobRef::detect(params) {
+            None => return Ok(None),
+            Some(Err(err)) => {
+                return Err(TaskError::fatal(ErrorCode::BAD_PAYLOAD, err.to_string()));
+            }
+            Some(Ok(blob)) => blob,
+        };
+        let bytes = self.get(&blob).await.map_err(|err| {
+            let message = format!("cannot fetch the parameters' blob: {err}");
+            if err.is_transient() {
+                TaskError::new(ErrorCode::HANDLER_ERROR, message)
+            } else {
+                TaskError::fatal(ErrorCode::BAD_PAYLOAD, message)
+            }
+        })?;
+        self.held().insert(id, blob);
+        Ok(Some(bytes))
+    }
+
+    /// A blob's bytes: cached, being fetched by another task, or fetched
+    /// now.
+    async fn get(&self, blob: &BlobRef) -> Result<Bytes, BlobError> {
+        let cell = {
+            let mut lru = self.lru();
+            lru.clock += 1;
+            let now = lru.clock;
+            let slot = lru
+                .slots
+                .entry(blob.sha256.clone())
+                .or_insert_with(|| Slot {
+                    bytes: Arc::default(),
+                    counted: 0,
+                    last_used: now,
+                });
+            slot.last_used = now;
+            Arc::clone(&slot.bytes)
+        };
+        let bytes = cell
+            .get_or_try_init(|| async {
+                tracing::debug!(blob = %blob.sha256, len = blob.len, "fetching a blob");
+                self.blobs.get(blob).await.map(Arc::new)
+            })
+            .await;
+        let bytes = match bytes {
+            Ok(bytes) => Arc::clone(bytes),
+            Err(err) => {
+                self.lru().slots.remove(&blob.sha256);
+                return Err(err);
+            }
+        };
+        self.keep(&blob.sha256, bytes.len() as u64);
+        Ok(bytes)
+    }
+
+    /// Counts a fetched blob in the cache and evicts the least recently
+    /// used ones beyond the capacity (this one too, when it alone is
+    /// larger).
+    fn keep(&self, sha256: &str, len: u64) {
+        let mut lru = self.lru();
+        if let Some(slot) = lru.slots.get_mut(sha256)
+            && slot.counted == 0
+        {
+            slot.counted = len.max(1);
+            lru.bytes += len.max(1);
+        }
+        while lru.bytes > self.capacity {
+            let Some(oldest) = lru
+                .slots
+                .iter()
+                .filter(|(_, slot)| slot.counted > 0)
+                .min_by_key(|(_, slot)| slot.last_used)
+                .map(|(sha, _)| sha.clone())
+            else {
+                break;
+            };
+            if let Some(slot) = lru.slots.remove(&oldest) {
+                lru.bytes -= slot.counted;
+            }
+        }
+    }
+
+    /// A result above the threshold becomes a blob, and the result its
+    /// reference; smaller ones stay as they are.
+    pub async fn result(&self, result: Vec<u8>) -> Result<Vec<u8>, TaskError> {
+        match self.blobs.threshold() {
+            Some(threshold) if result.len() > threshold => {}
+            _ => return Ok(result),
+        }
+        let blob = self
+            .blobs
+            .put(&result, self.result_ttl_ms)
+            .await
+            .map_err(|err| {
+                TaskError::new(
+                    ErrorCode::HANDLER_ERROR,
+                    format!("cannot store the result as a blob: {err}"),
+                )
+            })?;
+        Ok(blob.encode())
+    }
+
+    /// After a commit: a task whose outcome is now final gives back its
+    /// parameter blob (in the background; the blob's TTL is the backstop
+    /// when that fails). A retry or a hand-back keeps it for the next
+    /// attempt, wherever that runs.
+    pub fn committed(
+        self: &Arc<Self>,
+        completion: &Completion,
+        outcome: &Result<Committed, StoreError>,
+    ) {
+        let Some(blob) = self.held().remove(&completion.id) else {
+            return;
+        };
+        let final_now = matches!(
+            completion.disposition,
+            Disposition::Final | Disposition::Dead
+        ) && matches!(outcome, Ok(Committed::Written | Committed::Cancelled));
+        if !final_now {
+            return;
+        }
+        let cache = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(err) = cache.blobs.release(&blob).await {
+                tracing::warn!(blob = %blob.sha256, "cannot release a parameter blob ({err}); it expires after blob_ttl_s");
+            }
+        });
+    }
+}
