@@ -39,6 +39,11 @@ pub enum ProducerError {
         "schedule {name:?} exists in class {class}; remove it first (names are unique across classes)"
     )]
     ScheduleNameTaken { name: String, class: Class },
+    /// A workflow refused at submit; the message names the node.
+    #[error(transparent)]
+    Workflow(#[from] tandem_shared::workflow::WorkflowError),
+    #[error("workflow {0} not found (never submitted, or its record expired)")]
+    WorkflowNotFound(TaskId),
     #[error("task {id} ended {status}: {code}: {message}")]
     TaskFailed {
         id: TaskId,

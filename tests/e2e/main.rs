@@ -50,3 +50,4 @@ mod tracing;
 mod views;
 mod volume;
 mod wire;
+mod workflows;
