@@ -47,6 +47,11 @@ pub enum Phase {
     /// A rate limit of `--rate`/s on the no-op kind, `--workers`
     /// competing, for `--duration` s.
     RateLimit,
+    /// A workflow: a chain of `--n` no-op nodes (see `bench_workflow`).
+    Chain,
+    /// A workflow: `--n` no-op nodes fanned out from one and fanned in
+    /// to one (a group and a chord).
+    Fan,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -165,14 +170,18 @@ pub(crate) async fn run(
     let configured_events = config.events;
     let mut figures = Vec::new();
     for &phase in &args.phases {
-        if matches!(phase, Phase::Delayed | Phase::RateLimit) {
+        if matches!(
+            phase,
+            Phase::Delayed | Phase::RateLimit | Phase::Chain | Phase::Fan
+        ) {
             for run in 1..=args.runs {
                 let base = config.prefix.clone();
                 config.prefix = format!("{base}-bench-{}-{run}", std::process::id());
-                let outcome = if phase == Phase::Delayed {
-                    super::bench_flow::delayed(&config, &args).await
-                } else {
-                    super::bench_flow::rate_limit(&config, &args).await
+                let outcome = match phase {
+                    Phase::Delayed => super::bench_flow::delayed(&config, &args).await,
+                    Phase::Chain => super::bench_workflow::chain(&config, &args).await,
+                    Phase::Fan => super::bench_workflow::fan(&config, &args).await,
+                    _ => super::bench_flow::rate_limit(&config, &args).await,
                 };
                 let store = Store::connect(&config).await?;
                 if let Err(err) = store.purge_prefix().await {
@@ -287,7 +296,7 @@ async fn one_run(
             latencies(&mut figures, &timings);
             figures.tasks = args.n;
         }
-        Phase::Delayed | Phase::RateLimit => {
+        Phase::Delayed | Phase::RateLimit | Phase::Chain | Phase::Fan => {
             anyhow::bail!("the {phase:?} phase is run by bench_flow")
         }
         Phase::Latency => {
@@ -550,6 +559,8 @@ fn summary_table(figures: &[RunFigures]) -> String {
             Phase::Latency => "latency",
             Phase::Delayed => "delayed",
             Phase::RateLimit => "rate-limit",
+            Phase::Chain => "chain",
+            Phase::Fan => "fan",
         };
         let name = if both {
             format!("{name}, events {}", if events { "on" } else { "off" })

@@ -36,6 +36,7 @@
 mod alerts;
 mod bench;
 mod bench_flow;
+mod bench_workflow;
 mod chaos;
 mod demo;
 mod dlq;
