@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use tandem_producer::{OnFailure, Producer, Task, Workflow, WorkflowCancel, WorkflowRef};
+use tandem_producer::{
+    CancelOutcome, OnFailure, Producer, Task, Workflow, WorkflowCancel, WorkflowRef,
+};
 use tandem_shared::kind::builtin::{Sleep, SleepParams};
 use tandem_shared::{Config, Status, msgpack};
 
@@ -208,6 +210,37 @@ async fn continue_lets_independent_branches_finish() {
     assert_eq!(results, vec!["after_good"]);
     let value: Value = msgpack::decode(&outcome.results["after_good"]).unwrap();
     assert_eq!(value, json!({"ok": true}));
+}
+
+#[tokio::test]
+async fn cancelling_one_waiting_node_settles_its_workflow() {
+    let redis = RedisServer::start();
+    // No worker: every node stays queued or waiting.
+    let producer = redis.producer().await;
+    let workflow = Workflow::new()
+        .on_failure(OnFailure::Continue)
+        .node("a", echo(json!(1)))
+        .node_after("b", echo(json!(2)), &["a"])
+        .node_after("c", echo(json!(3)), &["b"]);
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let b = handle.node("b").unwrap().id();
+    assert_eq!(producer.cancel(b).await.unwrap(), CancelOutcome::Cancelled);
+    // Its descendant went with it; its parent is still queued.
+    let state = handle.state().await.unwrap().unwrap();
+    let statuses: Vec<(&str, &str)> = state
+        .nodes
+        .iter()
+        .map(|n| (n.graph.name.as_str(), n.status.as_str()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![("a", "queued"), ("b", "cancelled"), ("c", "cancelled")]
+    );
+    let a = handle.node("a").unwrap().id();
+    assert_eq!(producer.cancel(a).await.unwrap(), CancelOutcome::Cancelled);
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "failed");
+    assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
 }
 
 #[tokio::test]
