@@ -25,7 +25,7 @@ fn echo(params: Value) -> Task {
     Task::new("echo", &params).unwrap()
 }
 
-fn sleep(ms: u64) -> Task {
+fn sleeping_task(ms: u64) -> Task {
     Task::of::<Sleep>(&SleepParams { ms }).unwrap()
 }
 
@@ -128,7 +128,7 @@ async fn a_node_waits_while_a_parent_runs_and_starts_when_it_succeeds() {
     // would outlast any machine, so the check cannot pass by luck.
     let workflow = Workflow::new()
         .node("fast", echo(json!(1)))
-        .node("slow", sleep(600_000))
+        .node("slow", sleeping_task(600_000))
         .node_after("after_both", echo(json!(2)), &["fast", "slow"]);
     let handle = producer.submit_workflow(workflow).await.unwrap();
     let fast = handle.node("fast").unwrap().wait(WAIT).await.unwrap();
@@ -164,7 +164,7 @@ async fn fail_fast_cancels_the_rest_after_the_nodes_own_retries() {
         .max_attempts(2);
     let workflow = Workflow::new()
         .node("bad", failing)
-        .node("long", sleep(600_000))
+        .node("long", sleeping_task(600_000))
         .node_after("after_bad", echo(json!(1)), &["bad"])
         .node_after("after_long", echo(json!(2)), &["long"]);
     let handle = producer.submit_workflow(workflow).await.unwrap();
@@ -250,7 +250,7 @@ async fn cancelling_a_workflow_cancels_every_unfinished_node() {
     let producer = redis.producer().await;
     let workflow = Workflow::new()
         .node("done", echo(json!(1)))
-        .node("running", sleep(600_000))
+        .node("running", sleeping_task(600_000))
         .node_after("waiting", echo(json!(2)), &["running"])
         .node_after("also_waiting", echo(json!(3)), &["running", "done"]);
     let handle = producer.submit_workflow(workflow).await.unwrap();
@@ -421,7 +421,7 @@ async fn nodes_start_once_after_their_parents_under_kills_and_a_redis_restart() 
     for _ in 0..WORKFLOWS {
         // a -> (b, c) -> d -> e, each sleeping as long as its parent says.
         let workflow = Workflow::new()
-            .node("a", sleep(400))
+            .node("a", sleeping_task(400))
             .node_after(
                 "b",
                 Task::new(
@@ -431,7 +431,7 @@ async fn nodes_start_once_after_their_parents_under_kills_and_a_redis_restart() 
                 .unwrap(),
                 &["a"],
             )
-            .node_after("c", sleep(300), &["a"])
+            .node_after("c", sleeping_task(300), &["a"])
             .node_after(
                 "d",
                 Task::new(
