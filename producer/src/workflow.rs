@@ -4,18 +4,18 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use serde_json::json;
 //! use tandem_producer::{Producer, Task, Workflow, WorkflowRef};
 //!
 //! # async fn example() -> Result<(), tandem_producer::ProducerError> {
 //! let producer = Producer::from_env().await?;
 //! let workflow = Workflow::new()
-//!     .node("a", Task::new("echo", &json!({"x": 1}))?)
-//!     .node("b", Task::new("echo", &json!({"x": 2}))?)
-//!     // A chord: `sum` starts once `a` and `b` succeeded, with their results.
+//!     .node("a", Task::new("echo", &("x", 1))?)
+//!     .node("b", Task::new("echo", &("y", 2))?)
+//!     // A chord: `sum` starts once `a` and `b` succeeded, with their
+//!     // results: `a`'s second element, and all of `b`'s.
 //!     .node_after(
 //!         "sum",
-//!         Task::new("echo", &json!({"a": WorkflowRef::to("a").at("/x"), "b": WorkflowRef::to("b")}))?,
+//!         Task::new("echo", &[WorkflowRef::to("a").at("/1"), WorkflowRef::to("b")])?,
 //!         &["a", "b"],
 //!     );
 //! let handle = producer.submit_workflow(workflow).await?;
