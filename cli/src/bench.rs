@@ -56,6 +56,11 @@ pub enum Phase {
     /// 100,000, ... up to `--n`: memory per waiting task, `tandem queues`
     /// time, claim cost per task (see `bench_backlog`).
     Backlog,
+    /// A workflow: a chain of `--n` no-op nodes (see `bench_workflow`).
+    Chain,
+    /// A workflow: `--n` no-op nodes fanned out from one and fanned in
+    /// to one (a group and a chord).
+    Fan,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -190,13 +195,18 @@ pub(crate) async fn run(
             continue;
         }
         if matches!(phase, Phase::Delayed | Phase::RateLimit) {
+        if matches!(
+            phase,
+            Phase::Delayed | Phase::RateLimit | Phase::Chain | Phase::Fan
+        ) {
             for run in 1..=args.runs {
                 let base = config.prefix.clone();
                 config.prefix = format!("{base}-bench-{}-{run}", std::process::id());
-                let outcome = if phase == Phase::Delayed {
-                    super::bench_flow::delayed(&config, &args).await
-                } else {
-                    super::bench_flow::rate_limit(&config, &args).await
+                let outcome = match phase {
+                    Phase::Delayed => super::bench_flow::delayed(&config, &args).await,
+                    Phase::Chain => super::bench_workflow::chain(&config, &args).await,
+                    Phase::Fan => super::bench_workflow::fan(&config, &args).await,
+                    _ => super::bench_flow::rate_limit(&config, &args).await,
                 };
                 let store = Store::connect(&config).await?;
                 if let Err(err) = store.purge_prefix().await {
@@ -336,6 +346,8 @@ async fn one_run(
             figures.submitted_per_s = Some(submitted);
             figures.completed_per_s = Some(consumed);
             figures.tasks = args.n;
+        Phase::Delayed | Phase::RateLimit | Phase::Chain | Phase::Fan => {
+            anyhow::bail!("the {phase:?} phase is run by bench_flow")
         }
         Phase::Latency => {
             _workers = start_workers(&store, args.workers, &env).await?;
@@ -636,6 +648,8 @@ fn summary_table(figures: &[RunFigures]) -> String {
             Phase::RateLimit => "rate-limit",
             Phase::Ceiling => "ceiling (raw XADD, XREADGROUP, XACK+XDEL+SET)",
             Phase::Backlog => "backlog",
+            Phase::Chain => "chain",
+            Phase::Fan => "fan",
         };
         let name = if both {
             format!("{name}, events {}", if events { "on" } else { "off" })

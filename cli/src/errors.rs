@@ -38,8 +38,11 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
                 | ProducerError::MissingClass(_)
                 | ProducerError::BadIdempotencyKey(_)
                 | ProducerError::Schedule(_)
-                | ProducerError::ScheduleNameTaken { .. } => return exit::USAGE,
-                ProducerError::NotFound(_) | ProducerError::ScheduleNotFound(_) => {
+                | ProducerError::ScheduleNameTaken { .. }
+                | ProducerError::Workflow(_) => return exit::USAGE,
+                ProducerError::NotFound(_)
+                | ProducerError::ScheduleNotFound(_)
+                | ProducerError::WorkflowNotFound(_) => {
                     return exit::NOT_FOUND;
                 }
                 ProducerError::Timeout { .. } => return exit::TIMED_OUT,

@@ -16,6 +16,8 @@
 //! - `dlq`, `model`: the dead-letter streams and the model registry.
 //! - `schedule`: recurring schedules (add, list, show, pause, resume, rm).
 //! - `events`: task lifecycle events, the latest and followed.
+//! - `workflow`: `tandem flow submit | status | cancel`, workflows from a
+//!   JSON or YAML file.
 //! - `demo/`, `bench`, `soak`, `scaling`, `chaos`: workloads and benchmarks,
 //!   most on a private Redis and fleet started by `local` (which spawns
 //!   `redis-server` and `tandem-worker` processes).
@@ -38,6 +40,7 @@ mod bench_ceiling;
 mod bench_cost;
 mod bench_flow;
 mod blob;
+mod bench_workflow;
 mod chaos;
 mod demo;
 mod dlq;
@@ -55,6 +58,7 @@ mod table;
 mod tasks;
 mod top;
 mod workers;
+mod workflow;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +82,7 @@ pub use soak::SoakArgs;
 pub use tasks::{SubmitArgs, TaskArgs, TaskViewArgs, WaitArgs};
 pub use top::TopArgs;
 pub use workers::WorkersArgs;
+pub use workflow::WorkflowCommand;
 
 /// Tandem: a GPU-aware job queue on Redis Streams.
 #[derive(Debug, Parser)]
@@ -161,6 +166,10 @@ pub enum Command {
     /// sweep.
     #[command(subcommand)]
     Blob(blob::BlobCommand),
+    /// Workflows: graphs of tasks submitted as one unit (chains, groups,
+    /// chords) from a JSON or YAML file; their status and cancel.
+    #[command(subcommand)]
+    Flow(WorkflowCommand),
     /// Start a local Redis (unless REDIS_URL is set) and workers, run a mixed
     /// workload with a progress bar, print a summary, clean up.
     Demo(DemoArgs),
@@ -262,6 +271,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Model(command) => model::run(&config, command).await,
             Command::Schedule(command) => schedule::run(&config, command).await,
             Command::Blob(command) => blob::run(&config, command).await,
+            Command::Flow(command) => workflow::run(&config, command).await,
             Command::Demo(args) => demo::run(config, redis_url_given, args).await,
             Command::Bench(args) => bench::run(config, redis_url_given, args).await,
             Command::Soak(args) => soak::run(config, redis_url_given, args).await,

@@ -43,6 +43,11 @@ pub enum ProducerError {
     Blob(#[from] tandem_shared::blob::BlobError),
     #[error("parameters are {bytes} bytes; the largest blob is {limit} bytes (max_blob_bytes)")]
     BlobTooLarge { bytes: usize, limit: u64 },
+    /// A workflow refused at submit; the message names the node.
+    #[error(transparent)]
+    Workflow(#[from] tandem_shared::workflow::WorkflowError),
+    #[error("workflow {0} not found (never submitted, or its record expired)")]
+    WorkflowNotFound(TaskId),
     #[error("task {id} ended {status}: {code}: {message}")]
     TaskFailed {
         id: TaskId,

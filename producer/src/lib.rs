@@ -17,6 +17,10 @@
 //!   period) of a task; `Producer::schedule_add`, `schedules`, `schedule`,
 //!   `schedule_pause`, `schedule_resume`, `schedule_remove`.
 //! - [`TaskOutcome`]: how a task ended.
+//! - [`Workflow`]: a graph of tasks submitted as one unit (chains, groups,
+//!   chords), whose nodes take their parents' results through
+//!   [`WorkflowRef`] placeholders; [`Producer::submit_workflow`] returns a
+//!   [`WorkflowHandle`] (wait, state, cancel).
 //! - [`ProducerError`]: every way a call can fail.
 //!
 //! # Example
@@ -48,6 +52,7 @@ mod outcome;
 mod producer;
 mod schedule;
 mod task;
+mod workflow;
 
 pub use error::ProducerError;
 pub use handle::{ProgressStream, TaskHandle};
@@ -56,6 +61,9 @@ pub use producer::Producer;
 pub use schedule::{Schedule, ScheduleAdded};
 pub use tandem_shared::recurring::CatchUp;
 pub use tandem_shared::store::CancelOutcome;
+pub use tandem_shared::store::{NodeState, WorkflowCancel, WorkflowState};
 pub use tandem_shared::wire::ScheduleRecord;
 pub use tandem_shared::wire::TaskProgress;
+pub use tandem_shared::workflow::OnFailure;
 pub use task::Task;
+pub use workflow::{Workflow, WorkflowHandle, WorkflowOutcome, WorkflowRef};

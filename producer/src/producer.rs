@@ -577,6 +577,46 @@ impl Producer {
         &self.inner.blobs
     }
 
+    /// Sends a prepared workflow (see `workflow.rs`) and returns a handle
+    /// on each node, in the workflow's order, registered before the send
+    /// as [`Producer::submit_handles`] does; false when a workflow with its
+    /// id existed already (a retried submit). Retried while Redis is
+    /// unreachable: the script creates nothing when the id exists.
+    pub(crate) async fn send_workflow(
+        &self,
+        workflow: &tandem_shared::store::NewWorkflow,
+    ) -> Result<(bool, Vec<TaskHandle>), ProducerError> {
+        let inner: &Inner = &self.inner;
+        for &class in Class::ALL {
+            if workflow.nodes.iter().any(|n| n.task.class == class) {
+                self.ensure_listener(inner.reply_key(class)).await?;
+            }
+        }
+        let registrations: Vec<Registration> = workflow
+            .nodes
+            .iter()
+            .map(|n| self.register(n.task.id))
+            .collect();
+        let created = inner
+            .retry(|| {
+                inner
+                    .store
+                    .submit_workflow(workflow, &inner.producer_id, |class| {
+                        Some(inner.reply_key(class))
+                    })
+            })
+            .await?;
+        let handles = workflow
+            .nodes
+            .iter()
+            .zip(registrations)
+            .map(|(n, registration)| {
+                TaskHandle::new(n.task.id, self.clone(), created.then_some(registration))
+            })
+            .collect();
+        Ok((created, handles))
+    }
+
     fn register(&self, id: TaskId) -> Registration {
         self.inner.waiters.register(id)
     }

@@ -59,6 +59,10 @@ pub struct Task {
     pub(crate) idempotency_key: Option<String>,
     pub(crate) run_at: Option<When>,
     pub(crate) rate_key: Option<String>,
+    /// A workflow node whose parameters hold placeholders for its parents'
+    /// results: the kind's checks run on the worker, once they are
+    /// replaced (`workflow.rs`).
+    pub(crate) takes_results: bool,
 }
 
 /// When a delayed task is to run, as the producer was told.
@@ -106,6 +110,7 @@ impl Task {
             idempotency_key: None,
             run_at: None,
             rate_key: None,
+            takes_results: false,
         }
     }
 
@@ -241,7 +246,9 @@ impl Task {
             });
         }
         let known = kind::known(&self.kind, &self.params);
-        if let Some(Err(e)) = known.as_ref().map(|k| k.checked.clone()) {
+        if let Some(Err(e)) = known.as_ref().map(|k| k.checked.clone())
+            && !self.takes_results
+        {
             return Err(bad(e.0));
         }
         if let Some(key) = &self.idempotency_key

@@ -71,6 +71,10 @@ if status == 'retrying' or status == 'delayed' then
   end
   redis.call('DEL', base .. 'retry:' .. ARGV[5])
   redis.call('HDEL', KEYS[1], 'retry_at_ms', 'retry_stream', 'delay_reason')
+elseif status == 'waiting' then
+  -- A workflow node waiting for its parents: its entry waits here.
+  redis.call('DEL', base .. 'wait:' .. ARGV[5])
+  redis.call('HDEL', KEYS[1], 'wf_waiting')
 elseif entry and priority then
   redis.call('XDEL', base .. 'stream:' .. priority, entry)
 end
@@ -87,4 +91,6 @@ if reply_to and string.sub(reply_to, 1, #reply_prefix) == reply_prefix and #repl
   end
 end
 emit_event(base, 'cancelled', ARGV[5], KEYS[1])
+-- A workflow node: its workflow counts it and cancels by its policy.
+workflow_settle(KEYS[1], 'cancelled', nil, now, {ttl_s = ARGV[2], reply_maxlen = ARGV[3], reply_ttl_s = ARGV[4]})
 return {'cancelled'}

@@ -98,6 +98,10 @@ do
   if split_parent then
     add_shard_checks(checks, base, redis.call('HGET', record_key, 'shard_ids'))
   end
+  -- Workflows: the node's workflow and children (see workflow_settle).
+  if not parent_id then
+    add_workflow_checks(checks, record_key)
+  end
   local problem = wrong_type(checks)
   if problem then
     return redis.error_reply(problem)
@@ -357,6 +361,13 @@ if parent_id and status == 'succeeded' then
       end
     end
   end
+end
+
+-- Workflows: a node's success releases the children it was the last
+-- parent of, its failure cancels by the workflow's policy (common.lua).
+if not parent_id then
+  workflow_settle(record_key, status, outcome('result'), now,
+    {ttl_s = ARGV[4], reply_maxlen = ARGV[5], reply_ttl_s = ARGV[6]})
 end
 
 if #KEYS >= 5 then

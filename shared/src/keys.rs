@@ -115,6 +115,18 @@ impl Keys {
         format!("{}parts:{}", self.class_base(class), id)
     }
 
+    /// A workflow's hash (its state, graph and nodes' record keys), under
+    /// the tag of its first node's class.
+    pub fn workflow(&self, class: Class, id: &TaskId) -> String {
+        format!("{}workflow:{}", self.class_base(class), id)
+    }
+
+    /// A waiting workflow node's entry fields (and its parents' results so
+    /// far, `input:<node>`), until its last parent succeeds.
+    pub fn workflow_wait(&self, class: Class, id: &TaskId) -> String {
+        format!("{}wait:{}", self.class_base(class), id)
+    }
+
     /// The lifecycle events of a class's tasks (a stream, capped).
     pub fn events(&self, class: Class) -> String {
         format!("{}events", self.class_base(class))
@@ -431,6 +443,11 @@ mod tests {
             ("flow", String::new(), keys.flow(class)),
             ("limit_tat", String::new(), keys.limit_tat(class)),
             ("held:", "risk".into(), keys.held(class, "risk")),
+            (
+                "wait:",
+                id.clone(),
+                keys.workflow_wait(class, &id.parse().unwrap()),
+            ),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
         let mut built = std::collections::BTreeSet::new();

@@ -33,6 +33,8 @@
 //! - [`clock`]: wall-clock milliseconds since the Unix epoch ([`clock::now_ms`]).
 //! - [`logging`]: log set-up (text or JSON, `RUST_LOG` or `log_level`).
 //! - [`exit`]: the exit statuses of both binaries, and how they print errors.
+//! - [`workflow`]: workflows without I/O: the graph of tasks and its checks,
+//!   the placeholders that take a parent's result, the workflow file.
 //!
 //! # Example
 //!
@@ -68,6 +70,7 @@ pub mod signature;
 pub mod store;
 pub mod task;
 pub mod wire;
+pub mod workflow;
 
 pub use config::Config;
 pub use task::{Class, ErrorCode, Priority, Status, TaskId};

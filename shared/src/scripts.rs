@@ -216,12 +216,29 @@ script!(SCHEDULE, "schedule.lua");
 script!(FIRE, "fire.lua");
 script!(PROMOTE, "promote.lua");
 script!(FLOW, "flow.lua");
+script!(WORKFLOW_SUBMIT, "workflow_submit.lua");
+script!(WORKFLOW_CANCEL, "workflow_cancel.lua");
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 15] {
+pub fn all() -> [&'static LuaScript; 17] {
     [
-        &SUBMIT, &CLAIM, &COMPLETE, &SPLIT, &CANCEL, &FIND, &EXTEND, &BURY, &REQUEUE, &RELEASE,
-        &PROGRESS, &SCHEDULE, &FIRE, &PROMOTE, &FLOW,
+        &SUBMIT,
+        &CLAIM,
+        &COMPLETE,
+        &SPLIT,
+        &CANCEL,
+        &FIND,
+        &EXTEND,
+        &BURY,
+        &REQUEUE,
+        &RELEASE,
+        &PROGRESS,
+        &SCHEDULE,
+        &FIRE,
+        &PROMOTE,
+        &FLOW,
+        &WORKFLOW_SUBMIT,
+        &WORKFLOW_CANCEL,
     ]
 }
 

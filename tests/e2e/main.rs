@@ -52,3 +52,4 @@ mod transformer;
 mod views;
 mod volume;
 mod wire;
+mod workflows;

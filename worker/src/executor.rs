@@ -134,6 +134,25 @@ impl Executor {
         abandoned: &mut Option<crate::context::Work>,
     ) -> Result<Completion, DeviceFailure> {
         let started = Instant::now();
+        // A workflow node: its parents' results replace the placeholders
+        // in its parameters before anything else reads them (the
+        // signature, checked before, covers the parameters as submitted).
+        let entry = match entry
+            .inputs
+            .as_deref()
+            .map(|inputs| tandem_shared::workflow::refs::substitute(&entry.params, inputs))
+        {
+            None => entry,
+            Some(Ok(params)) => TaskEntry {
+                params,
+                inputs: None,
+                ..entry
+            },
+            Some(Err(message)) => {
+                let err = TaskError::fatal(ErrorCode::BAD_PARAMS, message);
+                return Ok(self.conclude(entry, entry_id, 0, Err(err)));
+            }
+        };
         let parts = match plan {
             Plan::Run { split_into } => {
                 if let Some(completion) = self.needs_a_gpu(&entry, &entry_id, fleet.gpu_budget) {
@@ -814,6 +833,7 @@ mod tests {
             signature: None,
             split: None,
             avoid: Vec::new(),
+            inputs: None,
         }
     }
 

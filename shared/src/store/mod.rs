@@ -45,6 +45,7 @@ mod schedules;
 mod stats;
 mod tasks;
 mod workers;
+mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +76,7 @@ pub use schedules::{Changed, DUE_BATCH, Due, Fired, Put, ScheduleChange};
 pub use stats::{StreamStats, UnknownStream};
 pub use tasks::{CancelOutcome, Submitted};
 pub use workers::{Consumer, ProcessRef};
+pub use workflow::{GraphEntry, NewNode, NewWorkflow, NodeState, WorkflowCancel, WorkflowState};
 
 use reply::reply_ok;
 

@@ -117,6 +117,10 @@ pub struct TaskEntry {
     pub split: Option<SplitRole>,
     /// Devices that handed this task back (out of memory there).
     pub avoid: Vec<String>,
+    /// On a workflow node: its parents' results (MessagePack map from node
+    /// name to result), which replace the placeholders in `params` before
+    /// the handler runs (see [`crate::workflow::refs`]).
+    pub inputs: Option<Vec<u8>>,
 }
 
 /// What part of a split task an entry is.
@@ -244,6 +248,7 @@ impl TaskEntry {
             .map_err(bad_field)?
             .map(str::to_owned);
         let params = reader.raw(field::PARAMS).unwrap_or_default().to_vec();
+        let inputs = reader.raw(field::INPUTS).map(<[u8]>::to_vec);
         let split = Self::decode_split(&reader).map_err(bad)?;
         let avoid = reader
             .text(field::AVOID)
@@ -273,6 +278,7 @@ impl TaskEntry {
             signature,
             split,
             avoid,
+            inputs,
         })
     }
 
@@ -385,6 +391,9 @@ impl TaskEntry {
             }
             None => {}
         }
+        if let Some(inputs) = &self.inputs {
+            pairs.push((field::INPUTS, inputs.clone()));
+        }
         pairs.push((field::PARAMS, self.params.clone()));
         pairs
     }
@@ -408,6 +417,7 @@ impl TaskEntry {
                 count,
             }),
             avoid: Vec::new(),
+            inputs: None,
             ..self.clone()
         }
     }

@@ -27,6 +27,9 @@ pub const INTERRUPTED: &str = "interrupted";
 /// Written by workers when they hand a task back: the devices (comma
 /// separated) whose workers leave it for another device.
 pub const AVOID: &str = "avoid";
+/// On a released workflow node: its parents' results, a MessagePack map
+/// from parent node name to result (written by the commit that released it).
+pub const INPUTS: &str = "inputs";
 /// Written by workers on the shards of a split task: the parent task's
 /// id, this shard's index (from 0) and the number of shards.
 pub const PARENT: &str = "parent";

@@ -366,6 +366,244 @@ local function cancel_shards(base, shard_ids, now, ttl_s, message)
   end
 end
 
+-- Workflows (workflow_submit.lua, workflow_cancel.lua, and the commit's
+-- hook in complete.lua). A node is a task whose record holds `workflow`
+-- (the key of the workflow's hash), `wf_node` (its name) and
+-- `wf_children` (its children's record keys, space-separated). A node
+-- whose parents have not all succeeded is `waiting`: its entry's fields
+-- wait in `<base>wait:<id>` and `wf_waiting` counts the parents still to
+-- succeed. The commit that makes a node `succeeded` copies its result into
+-- each waiting child's wait hash as `input:<node>` and, for a child whose
+-- count reaches 0, appends the child's entry to its stream (the results
+-- in its field `inputs`): in the same script, so a crash cannot lose or
+-- repeat a release.
+
+-- The pub/sub channel of cancel requests: `tandem:cancel` from
+-- `tandem:{cpu}:`.
+local function cancel_channel(base)
+  return (string.match(base, '^(.*):{[^}]*}:$') or 'tandem') .. ':cancel'
+end
+
+-- Counts one node of workflow `wf_key` as final (`ok`: it succeeded); the
+-- last one makes the workflow final and sets its TTL.
+local function wf_count_final(wf_key, ok, now, ttl_s)
+  if redis.call('TYPE', wf_key)['ok'] ~= 'hash' then
+    return
+  end
+  if not ok then
+    redis.call('HINCRBY', wf_key, 'failed', 1)
+  end
+  if redis.call('HINCRBY', wf_key, 'remaining', -1) <= 0 then
+    local state = redis.call('HMGET', wf_key, 'failed', 'cancel_requested_at_ms')
+    local status = 'succeeded'
+    if state[2] then
+      status = 'cancelled'
+    elseif (tonumber(state[1]) or 0) > 0 then
+      status = 'failed'
+    end
+    redis.call('HSET', wf_key, 'status', status, 'finished_at_ms', int(now))
+    redis.call('EXPIRE', wf_key, ttl_s)
+  end
+end
+
+-- Cancels one node that is not final: at once when it waits, is queued,
+-- retrying or delayed (its entry, wait hash or retry hash deleted, its
+-- producer notified), by request when it runs (the commit makes it
+-- `cancelled`). Returns 'final', 'requested', or nil when it was final
+-- already. `opts`: ttl_s, reply_maxlen, reply_ttl_s, message.
+local function wf_cancel_node(record_key, now, opts)
+  local found = redis.call('HMGET', record_key, 'status', 'entry', 'priority', 'kind', 'reply_to',
+    'owner', 'shards', 'shard_ids', 'cancel_requested_at_ms')
+  local status = found[1]
+  if not status or is_terminal(status) then
+    return nil
+  end
+  local base, id = string.match(record_key, '^(.*:)task:([^:]+)$')
+  local waiting_for_shards = found[7] and not found[6]
+  if status == 'running' and not waiting_for_shards then
+    if not found[9] then
+      redis.call('HSET', record_key, 'cancel_requested_at_ms', int(now))
+      redis.call('PUBLISH', cancel_channel(base), id)
+    end
+    return 'requested'
+  end
+  local outcome = {'status', 'cancelled', 'finished_at_ms', int(now), 'error_code', 'CANCELLED',
+    'error_message', opts.message}
+  redis.call('HSET', record_key, unpack(outcome))
+  redis.call('HDEL', record_key, 'owner', 'wf_waiting')
+  redis.call('EXPIRE', record_key, opts.ttl_s)
+  if status == 'retrying' or status == 'delayed' then
+    redis.call('ZREM', base .. 'delayed', id)
+    if found[4] then
+      redis.call('ZREM', base .. 'held:' .. found[4], id)
+    end
+    redis.call('DEL', base .. 'retry:' .. id)
+    redis.call('HDEL', record_key, 'retry_at_ms', 'retry_stream', 'delay_reason')
+  elseif status == 'waiting' then
+    redis.call('DEL', base .. 'wait:' .. id)
+  elseif found[2] and found[3] then
+    redis.call('XDEL', base .. 'stream:' .. found[3], found[2])
+  end
+  if waiting_for_shards then
+    cancel_shards(base, found[8], now, opts.ttl_s, 'the task it is a shard of was cancelled')
+    drop_split(base, id)
+  end
+  local reply_prefix = base .. 'reply:'
+  local reply_to = found[5]
+  if reply_to and string.sub(reply_to, 1, #reply_prefix) == reply_prefix and #reply_to > #reply_prefix then
+    local unsent = notify(reply_to, id, redis.call('HMGET', record_key, unpack(NOTICE_FIELDS)), outcome,
+      opts.reply_maxlen, opts.reply_ttl_s)
+    if unsent then
+      redis.call('HSET', record_key, 'notice_error', unsent)
+    end
+  end
+  emit_event(base, 'cancelled', id, record_key)
+  return 'final'
+end
+
+-- Cancels the given nodes (record keys), counting those that end now.
+local function wf_cancel_nodes(wf_key, targets, now, opts)
+  for _, target in ipairs(targets) do
+    if wf_cancel_node(target, now, opts) == 'final' then
+      wf_count_final(wf_key, false, now, opts.ttl_s)
+    end
+  end
+end
+
+-- Adds to `checks` what workflow_settle may write for node `record_key`:
+-- the workflow's hash, and each child's record, wait hash and stream.
+local function add_workflow_checks(checks, record_key)
+  if redis.call('TYPE', record_key)['ok'] ~= 'hash' then
+    return
+  end
+  local wf = redis.call('HMGET', record_key, 'workflow', 'wf_children')
+  if not wf[1] then
+    return
+  end
+  checks[#checks + 1] = wf[1]
+  checks[#checks + 1] = 'hash'
+  for child in string.gmatch(wf[2] or '', '%S+') do
+    checks[#checks + 1] = child
+    checks[#checks + 1] = 'hash'
+    local base, id = string.match(child, '^(.*:)task:([^:]+)$')
+    if base then
+      checks[#checks + 1] = base .. 'wait:' .. id
+      checks[#checks + 1] = 'hash'
+      local priority = redis.call('TYPE', child)['ok'] == 'hash' and redis.call('HGET', child, 'priority')
+      if priority then
+        checks[#checks + 1] = base .. 'stream:' .. priority
+        checks[#checks + 1] = 'stream'
+      end
+    end
+  end
+end
+
+-- MessagePack of a string (a map key).
+local function mp_str(text)
+  local n = #text
+  if n < 32 then
+    return string.char(0xa0 + n) .. text
+  elseif n < 256 then
+    return string.char(0xd9, n) .. text
+  elseif n < 65536 then
+    return struct.pack('>BI2', 0xda, n) .. text
+  end
+  return struct.pack('>BI4', 0xdb, n) .. text
+end
+
+-- A released node's entry fields from its wait hash (flat): the parents'
+-- results, each kept as `input:<parent>`, become one field `inputs`, a
+-- MessagePack map from parent name to result, so that a chord of
+-- thousands of parents is still an entry of a few fields.
+local function wf_entry_fields(waiting)
+  local fields = {}
+  local parts = {}
+  local count = 0
+  for i = 1, #waiting, 2 do
+    local name = waiting[i]
+    if string.sub(name, 1, 6) == 'input:' then
+      count = count + 1
+      local result = waiting[i + 1]
+      if result == '' then
+        result = string.char(0xc0)
+      end
+      parts[#parts + 1] = mp_str(string.sub(name, 7))
+      parts[#parts + 1] = result
+    else
+      fields[#fields + 1] = name
+      fields[#fields + 1] = waiting[i + 1]
+    end
+  end
+  if count > 0 then
+    fields[#fields + 1] = 'inputs'
+    fields[#fields + 1] = struct.pack('>BI4', 0xdf, count) .. table.concat(parts)
+  end
+  return fields
+end
+
+-- The commit's hook: node `record_key` became final with `status` (and
+-- `result` when it succeeded). Releases the children whose last parent
+-- this was; on any other outcome cancels, by the workflow's `on_failure`,
+-- every node not yet final (`fail_fast`) or this node's descendants
+-- (`continue`). Does nothing for a task of no workflow.
+local function workflow_settle(record_key, status, result, now, opts)
+  local node = redis.call('HMGET', record_key, 'workflow', 'wf_node', 'wf_children')
+  local wf_key, name, children = node[1], node[2], node[3]
+  if not wf_key then
+    return
+  end
+  wf_count_final(wf_key, status == 'succeeded', now, opts.ttl_s)
+  if status == 'succeeded' then
+    for child in string.gmatch(children or '', '%S+') do
+      local found = redis.call('HMGET', child, 'status', 'priority')
+      local base, id = string.match(child, '^(.*:)task:([^:]+)$')
+      if found[1] == 'waiting' and found[2] and base then
+        local wait_key = base .. 'wait:' .. id
+        redis.call('HSET', wait_key, 'input:' .. (name or ''), result or '')
+        if redis.call('HINCRBY', child, 'wf_waiting', -1) <= 0 then
+          local entry_id = redis.call('XADD', base .. 'stream:' .. found[2], '*',
+            unpack(wf_entry_fields(redis.call('HGETALL', wait_key))))
+          redis.call('HSET', child, 'status', 'queued', 'entry', entry_id, 'released_at_ms', int(now))
+          redis.call('HDEL', child, 'wf_waiting')
+          redis.call('DEL', wait_key)
+        end
+      end
+    end
+    return
+  end
+  local why = 'workflow node ' .. (name or '?') .. ' ended ' .. status
+  local cancel_opts = {ttl_s = opts.ttl_s, reply_maxlen = opts.reply_maxlen, reply_ttl_s = opts.reply_ttl_s,
+    message = why}
+  local targets = {}
+  if redis.call('HGET', wf_key, 'on_failure') == 'continue' then
+    -- The descendants, breadth first, each once.
+    local seen = {}
+    local queue = {}
+    for child in string.gmatch(children or '', '%S+') do
+      queue[#queue + 1] = child
+    end
+    local i = 1
+    while i <= #queue do
+      local at = queue[i]
+      i = i + 1
+      if not seen[at] then
+        seen[at] = true
+        targets[#targets + 1] = at
+        for grandchild in string.gmatch(redis.call('HGET', at, 'wf_children') or '', '%S+') do
+          queue[#queue + 1] = grandchild
+        end
+      end
+    end
+  else
+    for other in string.gmatch(redis.call('HGET', wf_key, 'records') or '', '%S+') do
+      if other ~= record_key then
+        targets[#targets + 1] = other
+      end
+    end
+  end
+  wf_cancel_nodes(wf_key, targets, now, cancel_opts)
+end
+
 -- Adds to `checks` what fail_parent (below) may write for a shard of
 -- `parent_id`: the parent's record, split and parts hashes, the class's
 -- dead-letter stream and the parent's other shards.
@@ -419,6 +657,8 @@ local function fail_parent(base, parent_id, shard_index, code, message, now, opt
   cancel_shards(base, parent[3], now, opts.ttl_s, 'another shard of the task failed')
   drop_split(base, parent_id)
   emit_event(base, outcome[2], parent_id, parent_key, {error_code = code, dead_letter = dead_id})
+  -- A split task that is a workflow node: its workflow learns it failed.
+  workflow_settle(parent_key, outcome[2], nil, now, opts)
   if dead_id then
     emit_event(base, 'dead_lettered', parent_id, parent_key, {error_code = code, dead_letter = dead_id})
   end

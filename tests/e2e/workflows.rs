@@ -1,0 +1,536 @@
+//! Workflows: graphs of tasks submitted as one unit, with real redis-server
+//! and worker processes. A node starts only after all its parents
+//! succeeded, released by its last parent's commit in the same script, and
+//! its parameters take its parents' results without the producer seeing
+//! them; failures cancel by the workflow's policy, a cancel cascades, and
+//! nothing is left behind without a TTL.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use tandem_producer::{
+    CancelOutcome, OnFailure, Producer, Task, Workflow, WorkflowCancel, WorkflowRef,
+};
+use tandem_shared::kind::builtin::{Sleep, SleepParams};
+use tandem_shared::{Config, Status, msgpack};
+
+use crate::support::chaos::{Lcg, until_next_fault};
+use crate::support::{RedisServer, ScratchDir, WorkerProcess, tandem, text, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn echo(params: Value) -> Task {
+    Task::new("echo", &params).unwrap()
+}
+
+fn sleeping_task(ms: u64) -> Task {
+    Task::of::<Sleep>(&SleepParams { ms }).unwrap()
+}
+
+/// Every key a task or workflow leaves that has no TTL: records, workflow
+/// hashes, wait, retry, split and parts hashes (the others are the fleet's
+/// and the classes', which live on by design).
+async fn keys_without_ttl(redis: &RedisServer) -> Vec<String> {
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = conn.keys("tandem:*").await.unwrap();
+    let mut left = Vec::new();
+    for key in keys {
+        let per_task = [
+            ":task:",
+            ":workflow:",
+            ":wait:",
+            ":retry:",
+            ":split:",
+            ":parts:",
+        ]
+        .iter()
+        .any(|part| key.contains(part));
+        let ttl: i64 = conn.ttl(&key).await.unwrap();
+        if per_task && ttl < 0 {
+            left.push(key);
+        }
+    }
+    left
+}
+
+#[tokio::test]
+async fn chains_groups_and_chords_run_in_order_on_their_parents_results() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let producer = redis.producer().await;
+    // root -> (left, right) -> join -> last: a chain, a group, a chord.
+    let workflow = Workflow::new()
+        .node("root", echo(json!({"x": 3, "list": [10, 20, 30]})))
+        .node_after(
+            "left",
+            echo(json!({"v": WorkflowRef::to("root").at("/x")})),
+            &["root"],
+        )
+        .node_after(
+            "right",
+            echo(json!({"w": WorkflowRef::to("root").at("/list/2")})),
+            &["root"],
+        )
+        .node_after(
+            "join",
+            echo(json!({"l": WorkflowRef::to("left"), "r": WorkflowRef::to("right").at("/w")})),
+            &["left", "right"],
+        )
+        .node_after(
+            "last",
+            echo(json!([WorkflowRef::to("join").at("/l/v"), "done"])),
+            &["join"],
+        );
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "succeeded");
+    // The workflow's result is its sink's.
+    assert_eq!(outcome.results.keys().collect::<Vec<_>>(), vec!["last"]);
+    let last: Value = msgpack::decode(&outcome.results["last"]).unwrap();
+    assert_eq!(last, json!([3, "done"]));
+    let join: Value = outcome.nodes["join"].result().unwrap();
+    assert_eq!(join, json!({"l": {"v": 3}, "r": 30}));
+
+    // Each node started after every parent finished, once.
+    let state = handle.state().await.unwrap().unwrap();
+    let by_name: HashMap<&str, _> = state
+        .nodes
+        .iter()
+        .map(|n| (n.graph.name.as_str(), n))
+        .collect();
+    for node in &state.nodes {
+        assert_eq!(node.status, "succeeded", "{}", node.graph.name);
+        assert_eq!(node.record.attempt, Some(1), "{}", node.graph.name);
+        let started = node.record.started_at_ms.unwrap();
+        for parent in &node.graph.parents {
+            let finished = by_name[parent.as_str()].record.finished_at_ms.unwrap();
+            assert!(
+                started >= finished,
+                "{} started before {parent} finished",
+                node.graph.name
+            );
+            assert!(node.released_at_ms.unwrap() >= finished);
+        }
+    }
+    // Nothing is left without a TTL: records, the workflow's hash, no wait
+    // hashes.
+    assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_node_waits_while_a_parent_runs_and_starts_when_it_succeeds() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let producer = redis.producer().await;
+    // `slow` sleeps until it is released by hand: a sleep of 10 minutes
+    // would outlast any machine, so the check cannot pass by luck.
+    let workflow = Workflow::new()
+        .node("fast", echo(json!(1)))
+        .node("slow", sleeping_task(600_000))
+        .node_after("after_both", echo(json!(2)), &["fast", "slow"]);
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let fast = handle.node("fast").unwrap().wait(WAIT).await.unwrap();
+    assert!(fast.succeeded());
+    let after = handle.node("after_both").unwrap().id();
+    let mut conn = redis.conn().await;
+    let key = format!("tandem:{{cpu}}:task:{after}");
+    let status: String = conn.hget(&key, "status").await.unwrap();
+    assert_eq!(status, "waiting");
+    let waiting: u32 = conn.hget(&key, "wf_waiting").await.unwrap();
+    assert_eq!(waiting, 1, "one parent (slow) still to succeed");
+    // The slow parent fails (cancelled): fail fast cancels the waiting node.
+    let slow = handle.node("slow").unwrap().id();
+    producer.cancel(slow).await.unwrap();
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "failed");
+    assert_eq!(outcome.nodes["after_both"].status, Status::Cancelled);
+    assert_eq!(outcome.nodes["after_both"].record.started_at_ms, None);
+    assert!(outcome.results.is_empty());
+}
+
+#[tokio::test]
+async fn fail_fast_cancels_the_rest_after_the_nodes_own_retries() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[("TANDEM_CONCURRENCY", "4"), ("TANDEM_RETRY_BASE_MS", "10")],
+    )
+    .await;
+    let producer = redis.producer().await;
+    let failing = Task::new("fail", &json!({"code": "BOOM", "retry": true}))
+        .unwrap()
+        .max_attempts(2);
+    let workflow = Workflow::new()
+        .node("bad", failing)
+        .node("long", sleeping_task(600_000))
+        .node_after("after_bad", echo(json!(1)), &["bad"])
+        .node_after("after_long", echo(json!(2)), &["long"]);
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "failed");
+    let bad = &outcome.nodes["bad"];
+    assert_eq!(bad.status, Status::Failed);
+    assert_eq!(bad.record.attempt, Some(2), "its own retries came first");
+    // The running branch was stopped, the waiting nodes never started.
+    assert_eq!(outcome.nodes["long"].status, Status::Cancelled);
+    for name in ["after_bad", "after_long"] {
+        assert_eq!(outcome.nodes[name].status, Status::Cancelled, "{name}");
+        assert_eq!(outcome.nodes[name].record.started_at_ms, None, "{name}");
+    }
+    assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn continue_lets_independent_branches_finish() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let producer = redis.producer().await;
+    let workflow = Workflow::new()
+        .on_failure(OnFailure::Continue)
+        .node("bad", Task::new("fail", &json!({"code": "BOOM"})).unwrap())
+        .node("good", echo(json!({"ok": true})))
+        .node_after("after_bad", echo(json!(1)), &["bad"])
+        .node_after("after_after_bad", echo(json!(1)), &["after_bad"])
+        .node_after(
+            "after_good",
+            echo(json!(WorkflowRef::to("good"))),
+            &["good"],
+        );
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "failed", "a node failed");
+    assert_eq!(outcome.nodes["bad"].status, Status::Failed);
+    assert_eq!(outcome.nodes["after_bad"].status, Status::Cancelled);
+    assert_eq!(outcome.nodes["after_after_bad"].status, Status::Cancelled);
+    assert_eq!(outcome.nodes["after_good"].status, Status::Succeeded);
+    // The sinks that succeeded are the result.
+    let results: Vec<&String> = outcome.results.keys().collect();
+    assert_eq!(results, vec!["after_good"]);
+    let value: Value = msgpack::decode(&outcome.results["after_good"]).unwrap();
+    assert_eq!(value, json!({"ok": true}));
+}
+
+#[tokio::test]
+async fn cancelling_one_waiting_node_settles_its_workflow() {
+    let redis = RedisServer::start();
+    // No worker: every node stays queued or waiting.
+    let producer = redis.producer().await;
+    let workflow = Workflow::new()
+        .on_failure(OnFailure::Continue)
+        .node("a", echo(json!(1)))
+        .node_after("b", echo(json!(2)), &["a"])
+        .node_after("c", echo(json!(3)), &["b"]);
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let b = handle.node("b").unwrap().id();
+    assert_eq!(producer.cancel(b).await.unwrap(), CancelOutcome::Cancelled);
+    // Its descendant went with it; its parent is still queued.
+    let state = handle.state().await.unwrap().unwrap();
+    let statuses: Vec<(&str, &str)> = state
+        .nodes
+        .iter()
+        .map(|n| (n.graph.name.as_str(), n.status.as_str()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![("a", "queued"), ("b", "cancelled"), ("c", "cancelled")]
+    );
+    let a = handle.node("a").unwrap().id();
+    assert_eq!(producer.cancel(a).await.unwrap(), CancelOutcome::Cancelled);
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "failed");
+    assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn cancelling_a_workflow_cancels_every_unfinished_node() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "2")]).await;
+    let producer = redis.producer().await;
+    let workflow = Workflow::new()
+        .node("done", echo(json!(1)))
+        .node("running", sleeping_task(600_000))
+        .node_after("waiting", echo(json!(2)), &["running"])
+        .node_after("also_waiting", echo(json!(3)), &["running", "done"]);
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    handle.node("done").unwrap().wait(WAIT).await.unwrap();
+    let running = handle.node("running").unwrap().id();
+    wait_until(WAIT, "node running", || {
+        let producer = producer.clone();
+        async move { producer.status(running).await.unwrap() == Status::Running }
+    })
+    .await;
+    match handle.cancel().await.unwrap() {
+        WorkflowCancel::Cancelled { ended, asked } => assert_eq!((ended, asked), (2, 1)),
+        other => panic!("{other:?}"),
+    }
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "cancelled");
+    assert_eq!(outcome.nodes["done"].status, Status::Succeeded);
+    for name in ["running", "waiting", "also_waiting"] {
+        assert_eq!(outcome.nodes[name].status, Status::Cancelled, "{name}");
+    }
+    assert_eq!(
+        handle.cancel().await.unwrap(),
+        WorkflowCancel::Finished("cancelled".into())
+    );
+    assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn bad_workflow_files_are_refused_naming_the_node() {
+    let redis = RedisServer::start();
+    let dir = ScratchDir::new("workflows");
+    let cases: Vec<(&str, &str, &str)> = vec![
+        (
+            "cycle.json",
+            r#"{"nodes": [{"name": "a", "kind": "noop", "after": ["b"]},
+                          {"name": "b", "kind": "noop", "after": ["a"]}]}"#,
+            "node \"a\": it is on a cycle",
+        ),
+        (
+            "missing.yaml",
+            "nodes:\n  - name: a\n    kind: noop\n    after: [ghost]\n",
+            "node \"a\": parent \"ghost\" is not a node of the workflow",
+        ),
+        (
+            "unknown.json",
+            r#"{"nodes": [{"name": "x", "kind": "no_such_kind"}]}"#,
+            "node \"x\": kind \"no_such_kind\" is unknown",
+        ),
+        (
+            "path.yaml",
+            "nodes:\n  - name: var\n    kind: risk\n    params: {}\n  - name: use\n    kind: echo\n    after: [var]\n    params: {x: {$ref: var, path: /levels/0/nope}}\n",
+            "node \"use\": path \"/levels/0/nope\" into the result of \"var\": a risk result has no field \"nope\"",
+        ),
+        (
+            "notparent.json",
+            r#"{"nodes": [{"name": "a", "kind": "echo"},
+                          {"name": "b", "kind": "echo", "params": {"$ref": "a"}}]}"#,
+            "node \"b\": its params take the result of \"a\", which is not one of its parents",
+        ),
+        (
+            "badparams.json",
+            r#"{"nodes": [{"name": "s", "kind": "sleep", "params": {"ms": "long"}}]}"#,
+            "node \"s\": bad parameters for kind sleep",
+        ),
+    ];
+    for (file, body, expect) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, body).unwrap();
+        let out = tandem(&redis, &["flow", "submit", path.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
+        assert!(
+            err.contains(expect),
+            "{file}: expected {expect:?} in {err:?}"
+        );
+    }
+    // Nothing was written.
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = conn.keys("tandem:*").await.unwrap();
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains(":task:") && !k.contains(":workflow:")),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn flow_submit_and_status_show_each_nodes_state_device_and_time() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let dir = ScratchDir::new("workflows");
+    let path = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &path,
+        "on_failure: continue\nnodes:\n  - name: first\n    kind: echo\n    params: {a: 1}\n  - name: second\n    kind: echo\n    after: [first]\n    params: {b: {$ref: first, path: /a}}\n",
+    )
+    .unwrap();
+    let out = tandem(
+        &redis,
+        &["flow", "submit", path.to_str().unwrap(), "--wait"],
+    );
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}{}", text(&out.stderr));
+    assert!(
+        shown.contains("succeeded  (on failure: continue)"),
+        "{shown}"
+    );
+    assert!(shown.contains("second: {\"b\":1}"), "{shown}");
+    let id = text(&out.stderr)
+        .trim()
+        .strip_prefix("submitted workflow ")
+        .unwrap()
+        .to_owned();
+    let out = tandem(&redis, &["flow", "status", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(status["result"], json!({"second": {"b": 1}}));
+    for node in status["nodes"].as_array().unwrap() {
+        assert_eq!(node["status"], "succeeded");
+        assert_eq!(node["device"], "cpu");
+        assert!(
+            node["run_us"].is_u64() && node["waited_ms"].is_u64(),
+            "{node}"
+        );
+    }
+    let out = tandem(&redis, &["flow", "cancel", &id]);
+    assert!(text(&out.stdout).contains("had already finished: succeeded"));
+    let out = tandem(
+        &redis,
+        &["flow", "status", "01a21a05-0223-7150-a48a-bb5c548aed3d"],
+    );
+    assert_eq!(out.status.code(), Some(3), "not found");
+}
+
+/// Workflows under chaos: workers SIGKILLed and Redis crashed and restarted
+/// from its append-only file while chains and chords run. Every node is
+/// released once (one `submitted`-or-release start: its lifecycle events
+/// show one start per attempt the record accounts for), never before its
+/// parents succeeded, and every workflow succeeds.
+#[tokio::test]
+async fn nodes_start_once_after_their_parents_under_kills_and_a_redis_restart() {
+    const WORKFLOWS: usize = 24;
+    const ENV: &[(&str, &str)] = &[
+        ("TANDEM_LEASE_TIMEOUT_MS", "1000"),
+        ("TANDEM_CONCURRENCY", "4"),
+        ("TANDEM_LOG_LEVEL", "warn"),
+        ("TANDEM_MAX_DELIVERIES", "100"),
+    ];
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("workflow chaos seed {seed}");
+    let mut rng = Lcg(seed);
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut workers = [
+        WorkerProcess::start(&redis, ENV).await,
+        WorkerProcess::start(&redis, ENV).await,
+    ];
+    let producer = Producer::connect(&Config {
+        reconnect_timeout_ms: 60_000,
+        ..redis.config()
+    })
+    .await
+    .unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..WORKFLOWS {
+        // a -> (b, c) -> d -> e, each sleeping as long as its parent says.
+        let workflow = Workflow::new()
+            .node("a", sleeping_task(400))
+            .node_after(
+                "b",
+                Task::new(
+                    "sleep",
+                    &json!({"ms": WorkflowRef::to("a").at("/slept_ms")}),
+                )
+                .unwrap(),
+                &["a"],
+            )
+            .node_after("c", sleeping_task(300), &["a"])
+            .node_after(
+                "d",
+                Task::new(
+                    "sleep",
+                    &json!({"ms": WorkflowRef::to("b").at("/slept_ms")}),
+                )
+                .unwrap(),
+                &["b", "c"],
+            )
+            .node_after(
+                "e",
+                Task::new(
+                    "sleep",
+                    &json!({"ms": WorkflowRef::to("d").at("/slept_ms")}),
+                )
+                .unwrap(),
+                &["d"],
+            );
+        handles.push(producer.submit_workflow(workflow).await.unwrap());
+    }
+    // Faults while they run: a worker killed, Redis crashed, another kill.
+    for fault in 0..3 {
+        until_next_fault(&mut rng).await;
+        if fault == 1 {
+            redis.crash_and_restart();
+        } else {
+            let victim = rng.next(workers.len() as u64) as usize;
+            workers[victim].signal("KILL");
+            workers[victim] = WorkerProcess::spawn(&redis, ENV);
+        }
+    }
+    let mut started_events: HashMap<String, u32> = HashMap::new();
+    for handle in &handles {
+        let outcome = handle.wait(Duration::from_secs(120)).await.unwrap();
+        assert_eq!(outcome.status, "succeeded", "workflow {}", handle.id());
+        let state = handle.state().await.unwrap().unwrap();
+        let by_name: HashMap<&str, _> = state
+            .nodes
+            .iter()
+            .map(|n| (n.graph.name.as_str(), n))
+            .collect();
+        for node in &state.nodes {
+            // The first start of the node (an attempt a dead worker began
+            // is in its history) came after every parent finished.
+            let history: Vec<Value> = node
+                .record
+                .history
+                .as_deref()
+                .map(|h| serde_json::from_str(h).unwrap())
+                .unwrap_or_default();
+            let first_start = history
+                .iter()
+                .filter_map(|a| a["started_at_ms"].as_str()?.parse::<u64>().ok())
+                .chain(node.record.started_at_ms)
+                .min()
+                .unwrap();
+            for parent in &node.graph.parents {
+                let finished = by_name[parent.as_str()].record.finished_at_ms.unwrap();
+                assert!(
+                    first_start >= finished,
+                    "{} started before {parent}",
+                    node.graph.name
+                );
+            }
+            started_events.insert(node.graph.id.to_string(), 1 + history.len() as u32);
+        }
+    }
+    // Every `started` event of a node is an attempt its record accounts
+    // for: a release twice would start it once more than that.
+    let mut conn = redis.conn().await;
+    let events: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("tandem:{cpu}:events")
+        .arg("-")
+        .arg("+")
+        .query_async::<redis::streams::StreamRangeReply>(&mut conn)
+        .await
+        .unwrap()
+        .ids
+        .into_iter()
+        .map(|e| {
+            let map = e
+                .map
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, redis::from_redis_value::<String>(v).ok()?)))
+                .collect();
+            (e.id, map)
+        })
+        .collect();
+    let mut starts: HashMap<String, u32> = HashMap::new();
+    for (_, event) in &events {
+        if event.get("event").map(String::as_str) == Some("started") {
+            *starts.entry(event["id"].clone()).or_default() += 1;
+        }
+    }
+    for (id, allowed) in &started_events {
+        let seen = starts.get(id).copied().unwrap_or(0);
+        assert!(
+            seen >= 1 && seen <= *allowed,
+            "node {id}: {seen} starts, {allowed} attempts recorded"
+        );
+    }
+}
