@@ -194,7 +194,6 @@ pub(crate) async fn run(
             outcome.context("backlog")?;
             continue;
         }
-        if matches!(phase, Phase::Delayed | Phase::RateLimit) {
         if matches!(
             phase,
             Phase::Delayed | Phase::RateLimit | Phase::Chain | Phase::Fan
@@ -330,7 +329,7 @@ async fn one_run(
             latencies(&mut figures, &timings);
             figures.tasks = args.n;
         }
-        Phase::Delayed | Phase::RateLimit | Phase::Backlog => {
+        Phase::Delayed | Phase::RateLimit | Phase::Chain | Phase::Fan | Phase::Backlog => {
             anyhow::bail!("the {phase:?} phase has a runner of its own")
         }
         Phase::Ceiling => {
@@ -346,8 +345,6 @@ async fn one_run(
             figures.submitted_per_s = Some(submitted);
             figures.completed_per_s = Some(consumed);
             figures.tasks = args.n;
-        Phase::Delayed | Phase::RateLimit | Phase::Chain | Phase::Fan => {
-            anyhow::bail!("the {phase:?} phase is run by bench_flow")
         }
         Phase::Latency => {
             _workers = start_workers(&store, args.workers, &env).await?;
