@@ -11,6 +11,7 @@
 //! - [`Cli`], [`Command`], [`run`]: the flags, the commands, and the one
 //!   function that loads the configuration and runs a command.
 //! - `tasks`: submit, wait, status, task (a task's whole story), cancel.
+//! - `task_list`: `tandem tasks --status`, the newest tasks in a state.
 //! - `kinds`: the kinds, their parameters and JSON Schemas (no Redis).
 //! - `queues`, `workers`, `top`, `alerts`: the views of the queue and fleet.
 //! - `dlq`, `model`: the dead-letter streams and the model registry.
@@ -48,6 +49,7 @@ mod scaling;
 mod schedule;
 mod soak;
 mod table;
+mod task_list;
 mod tasks;
 mod top;
 mod workers;
@@ -116,6 +118,9 @@ pub enum Command {
     Task(TaskViewArgs),
     /// Cancel a task.
     Cancel(TaskArgs),
+    /// The newest tasks in a state (running, succeeded, failed, cancelled,
+    /// expired, dead), from the state index; --kind and --class filter.
+    Tasks(task_list::TasksArgs),
     /// Per stream: waiting, pending, consumers, oldest waiting age; then
     /// delayed tasks, pauses and rate limits.
     Queues,
@@ -241,6 +246,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status(args) => tasks::status(&config, args).await,
             Command::Task(args) => tasks::task(&config, args).await,
             Command::Cancel(args) => tasks::cancel(&config, args).await,
+            Command::Tasks(args) => task_list::run(&config, args).await,
             Command::Queues => queues::run(&config).await,
             Command::Pause(args) => flow::pause(&config, args).await,
             Command::Resume(args) => flow::resume(&config, args).await,

@@ -120,6 +120,12 @@ impl Keys {
         format!("{}events", self.class_base(class))
     }
 
+    /// The state index of a class: task ids in `state` (`running`,
+    /// `succeeded`, ...), scored by when they entered it (store::index).
+    pub fn index(&self, class: Class, state: &str) -> String {
+        format!("{}index:{}", self.class_base(class), state)
+    }
+
     /// The dead-letter stream of a class.
     pub fn dead(&self, class: Class) -> &str {
         &self.class_keys(class).2

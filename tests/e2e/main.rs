@@ -16,6 +16,7 @@ mod cli_views;
 mod compose;
 mod compute;
 mod cpu_fallback;
+mod dashboard;
 mod deadline;
 mod delayed;
 mod events;

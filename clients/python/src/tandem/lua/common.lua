@@ -283,6 +283,35 @@ local function owns(stream_key, group, entry_id, consumer)
   return #pending == 1 and pending[1][2] == consumer
 end
 
+-- The state index (shared/src/store/index.rs; wire format "State index"):
+-- per class, one sorted set per state, `<base>index:<state>`, task ids
+-- scored by when they entered it (ms), so that `tandem tasks --status` and
+-- the dashboard list recent tasks by state without a scan. Kept up by
+-- emit_event, the one call every change of state makes, whether events
+-- are on or not: `started` adds to `running`; an end (succeeded, failed,
+-- cancelled, expired) leaves `running` and adds to its own; dead_lettered
+-- adds to `dead`; retried leaves `running`; requeued leaves `dead` and
+-- `failed`. Each set keeps its newest INDEX_MAX ids; readers skip ids whose
+-- record expired or moved on. A key of another type only loses the index
+-- entry (pcall), as an event stream of another type only loses the event.
+local INDEX_MAX = 10000
+local INDEX_STATE = {started = 'running', succeeded = 'succeeded', failed = 'failed',
+  cancelled = 'cancelled', expired = 'expired', dead_lettered = 'dead'}
+local function index_state(base, event, id)
+  local state = INDEX_STATE[event]
+  if state ~= 'running' and state ~= 'dead' and (state or event == 'retried') then
+    redis.pcall('ZREM', base .. 'index:running', id)
+  elseif event == 'requeued' then
+    redis.pcall('ZREM', base .. 'index:dead', id)
+    redis.pcall('ZREM', base .. 'index:failed', id)
+  end
+  if state then
+    local key = base .. 'index:' .. state
+    redis.pcall('ZADD', key, now_ms(), id)
+    redis.pcall('ZREMRANGEBYRANK', key, 0, -(INDEX_MAX + 1))
+  end
+end
+
 -- Lifecycle events (the wire format's "Events"): one entry per change of a
 -- task in its class's `<base>events` stream, capped at about EVENTS_MAXLEN
 -- entries. EVENTS_MAXLEN is the line the loader puts before this file
@@ -299,6 +328,7 @@ end
 -- of another type only loses a notice.
 local EVENT_FIELDS = {'kind', 'worker', 'device', 'attempt'}
 local function emit_event(base, event, id, record_key, over)
+  index_state(base, event, id)
   if EVENTS_MAXLEN == 0 then
     return
   end
