@@ -20,6 +20,7 @@
 //! - `demo/`, `bench`, `soak`, `scaling`, `chaos`: workloads and benchmarks,
 //!   most on a private Redis and fleet started by `local` (which spawns
 //!   `redis-server` and `tandem-worker` processes).
+//! - `exporter`: `tandem exporter`, the queue metrics for Prometheus.
 //! - `errors`: the message and exit code of a failed command.
 //! - `table`: plain-text tables.
 //!
@@ -40,6 +41,7 @@ mod demo;
 mod dlq;
 mod errors;
 mod events;
+mod exporter;
 mod flow;
 mod kinds;
 mod local;
@@ -118,6 +120,10 @@ pub enum Command {
     Task(TaskViewArgs),
     /// Cancel a task.
     Cancel(TaskArgs),
+    /// Serve the queue metrics (waiting, running, oldest waiting age,
+    /// delayed, retrying, dead letters per class and priority) on
+    /// /metrics for Prometheus, from a host without a fleet.
+    Exporter(exporter::ExporterArgs),
     /// The newest tasks in a state (running, succeeded, failed, cancelled,
     /// expired, dead), from the state index; --kind and --class filter.
     Tasks(task_list::TasksArgs),
@@ -247,6 +253,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Task(args) => tasks::task(&config, args).await,
             Command::Cancel(args) => tasks::cancel(&config, args).await,
             Command::Tasks(args) => task_list::run(&config, args).await,
+            Command::Exporter(args) => exporter::run(&config, args).await,
             Command::Queues => queues::run(&config).await,
             Command::Pause(args) => flow::pause(&config, args).await,
             Command::Resume(args) => flow::resume(&config, args).await,

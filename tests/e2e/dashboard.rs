@@ -106,3 +106,158 @@ async fn tasks_by_status_follow_each_task_through_its_states() {
     let err = text(&out.stderr);
     assert!(err.contains("--status") && err.contains("running"), "{err}");
 }
+
+/// `GET path` on a loopback port: (status line, body).
+pub(crate) async fn http(port: u16, method: &str, path: &str, extra: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut reply))
+        .await
+        .expect("a response")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+/// The value of the sample `series` (`name{labels}`, exactly) in an
+/// exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A `tandem` process that is killed when the test ends, even a failed one.
+pub(crate) struct Serving(std::process::Child);
+
+impl Serving {
+    pub(crate) fn start(redis: &RedisServer, args: &[&str]) -> Self {
+        let child = std::process::Command::new(crate::support::bin("tandem"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("REDIS_URL", redis.url())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn tandem");
+        Serving(child)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tandem exporter` serves the queues: waiting per class and priority,
+/// the oldest waiting age, running, retrying and dead letters; a worker
+/// counts a kind it does not know as `other`.
+#[tokio::test]
+async fn the_exporter_serves_queue_metrics_and_kinds_are_bounded() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    for _ in 0..5 {
+        producer
+            .submit(
+                Task::of::<Noop>(&rmpv::Value::Nil)
+                    .unwrap()
+                    .priority(tandem_shared::Priority::High),
+            )
+            .await
+            .unwrap();
+    }
+    let port = crate::support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _exporter = Serving::start(&redis, &["exporter", "--listen", &listen]);
+    let text = std::sync::Mutex::new(String::new());
+    wait_until(WAIT, "the exporter answering", || async {
+        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return false;
+        };
+        drop(stream);
+        let (status, body) = http(port, "GET", "/metrics", "").await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        *text.lock().unwrap() = body;
+        true
+    })
+    .await;
+    let text = text.into_inner().unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            "tandem_queue_waiting_tasks{class=\"cpu\",priority=\"high\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tandem_queue_waiting_tasks{class=\"cpu\",priority=\"low\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    let age = sample(
+        &text,
+        "tandem_queue_oldest_waiting_age_seconds{class=\"cpu\",priority=\"high\"}",
+    );
+    assert!(age.is_some_and(|a| a >= 0.0), "{text}");
+    assert_eq!(
+        sample(&text, "tandem_queue_dead_letters{class=\"cpu\"}"),
+        Some(0.0),
+        "{text}"
+    );
+
+    // A worker runs them, and a task of a kind nobody registered, whose
+    // failure it counts under `other` (with its dead letter in the queues).
+    let worker = WorkerProcess::start(&redis, &[("TANDEM_METRICS_INTERVAL_MS", "100")]).await;
+    let stray = producer
+        .submit(Task::raw("no_such_kind_42", Vec::new()).class(tandem_shared::Class::Cpu))
+        .await
+        .unwrap();
+    assert_eq!(
+        producer.wait(stray, WAIT).await.unwrap().status,
+        Status::Failed
+    );
+    wait_until(WAIT, "the stray kind counted as other", || async {
+        crate::support::gpus::registry(&redis)
+            .await
+            .iter()
+            .any(|w| w.id == worker.id && w.metrics.completed.get("other/cpu/failed") == Some(&1))
+    })
+    .await;
+    let info = crate::support::gpus::registry(&redis).await;
+    assert!(
+        info.iter().all(|w| w
+            .metrics
+            .completed
+            .keys()
+            .all(|k| !k.contains("no_such_kind"))),
+        "{info:?}"
+    );
+    wait_until(
+        WAIT,
+        "the queues drained and a dead letter counted",
+        || async {
+            let (_, body) = http(port, "GET", "/metrics", "").await;
+            sample(
+                &body,
+                "tandem_queue_waiting_tasks{class=\"cpu\",priority=\"high\"}",
+            ) == Some(0.0)
+                && sample(&body, "tandem_queue_dead_letters{class=\"cpu\"}") == Some(1.0)
+        },
+    )
+    .await;
+}

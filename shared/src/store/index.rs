@@ -4,7 +4,8 @@
 //! `emit_event`, the one call every change of state makes); this module
 //! reads it for `tandem tasks --status` and the dashboard.
 //!
-//! Each set holds its newest 10,000 ids ([`INDEX_MAX`]). An id can outlive
+//! `running` and `retrying` hold the tasks in that state now; each set of
+//! ends keeps its newest 10,000 ids ([`INDEX_MAX`]). An id can outlive
 //! its record (records expire) or its state (a handed-back task is queued
 //! again before its next start): readers check each id against its record
 //! and skip those that no longer match, so the index never shows a wrong
@@ -30,6 +31,8 @@ text_enum! {
     pub enum IndexState ("status") {
         /// Started by a worker and not finished.
         Running = "running",
+        /// Failed an attempt; waits for its next one.
+        Retrying = "retrying",
         Succeeded = "succeeded",
         /// Ended with an error (a dead-lettered task is also `dead`).
         Failed = "failed",
@@ -46,6 +49,7 @@ impl IndexState {
         let status = record.status;
         match self {
             IndexState::Running => status == Some(Status::Running),
+            IndexState::Retrying => status == Some(Status::Retrying),
             IndexState::Succeeded => status == Some(Status::Succeeded),
             IndexState::Failed => status == Some(Status::Failed),
             IndexState::Cancelled => status == Some(Status::Cancelled),
@@ -143,8 +147,9 @@ impl Store {
         Ok(found)
     }
 
-    /// How many ids each class's set of `state` holds (ZCARD: O(1)); an
-    /// upper bound on the tasks in the state, capped at [`INDEX_MAX`].
+    /// How many ids each class's set of `state` holds (ZCARD: O(1)): for
+    /// `running` and `retrying` the tasks in the state now; for an end, at
+    /// most [`INDEX_MAX`].
     pub async fn index_sizes(&self, state: IndexState) -> Result<Vec<(Class, u64)>, StoreError> {
         let cmds: Vec<Cmd> = Class::ALL
             .iter()

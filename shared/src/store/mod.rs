@@ -26,6 +26,7 @@
 //! - `index`: the state index: recent tasks by state (running, succeeded,
 //!   failed, cancelled, expired, dead) for `tandem tasks --status` and the
 //!   dashboard.
+//! - `queue_metrics`: the queues for Prometheus, read without a scan.
 //! - `stats`: queue depths for the CLI, streams no worker reads; key
 //!   clean-up.
 //! - `reply`: typed reading of Redis replies.
@@ -43,6 +44,7 @@ mod index;
 mod lease;
 mod link;
 mod model_registry;
+mod queue_metrics;
 mod reply;
 mod round_trip;
 mod schedules;
@@ -75,6 +77,7 @@ pub use link::Conn;
 pub use model_registry::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
 };
+pub use queue_metrics::{ClassCounts, QueueSnapshot};
 pub use round_trip::{Trip, TripResult};
 pub use schedules::{Changed, DUE_BATCH, Due, Fired, Put, ScheduleChange};
 pub use stats::{StreamStats, UnknownStream};

@@ -285,30 +285,39 @@ end
 
 -- The state index (shared/src/store/index.rs; wire format "State index"):
 -- per class, one sorted set per state, `<base>index:<state>`, task ids
--- scored by when they entered it (ms), so that `tandem tasks --status` and
--- the dashboard list recent tasks by state without a scan. Kept up by
--- emit_event, the one call every change of state makes, whether events
--- are on or not: `started` adds to `running`; an end (succeeded, failed,
--- cancelled, expired) leaves `running` and adds to its own; dead_lettered
--- adds to `dead`; retried leaves `running`; requeued leaves `dead` and
--- `failed`. Each set keeps its newest INDEX_MAX ids; readers skip ids whose
--- record expired or moved on. A key of another type only loses the index
--- entry (pcall), as an event stream of another type only loses the event.
+-- scored by when they entered it (ms), so that `tandem tasks --status`, the
+-- dashboard and the queue metrics find tasks by state without a scan. Kept
+-- by emit_event, the one call every change of state makes, whether events
+-- are on or not. `running` and `retrying` hold the tasks in that state now
+-- (an id leaves at its next change); the sets of ends (succeeded, failed,
+-- cancelled, expired, dead) keep their newest INDEX_MAX ids. Readers skip
+-- ids whose record expired or moved on. A key of another type only loses
+-- the index entry (pcall), as an events stream of another type only loses
+-- the event.
 local INDEX_MAX = 10000
-local INDEX_STATE = {started = 'running', succeeded = 'succeeded', failed = 'failed',
-  cancelled = 'cancelled', expired = 'expired', dead_lettered = 'dead'}
+local INDEX_STATE = {started = 'running', retried = 'retrying', succeeded = 'succeeded',
+  failed = 'failed', cancelled = 'cancelled', expired = 'expired', dead_lettered = 'dead'}
 local function index_state(base, event, id)
-  local state = INDEX_STATE[event]
-  if state ~= 'running' and state ~= 'dead' and (state or event == 'retried') then
-    redis.pcall('ZREM', base .. 'index:running', id)
-  elseif event == 'requeued' then
-    redis.pcall('ZREM', base .. 'index:dead', id)
-    redis.pcall('ZREM', base .. 'index:failed', id)
+  local index = base .. 'index:'
+  if event == 'requeued' then
+    redis.pcall('ZREM', index .. 'dead', id)
+    redis.pcall('ZREM', index .. 'failed', id)
+    return
   end
-  if state then
-    local key = base .. 'index:' .. state
-    redis.pcall('ZADD', key, now_ms(), id)
-    redis.pcall('ZREMRANGEBYRANK', key, 0, -(INDEX_MAX + 1))
+  local state = INDEX_STATE[event]
+  if not state then
+    return
+  end
+  -- A task leaves `retrying` when it starts again, or ends without starting.
+  if state == 'running' or state == 'cancelled' or state == 'expired' then
+    redis.pcall('ZREM', index .. 'retrying', id)
+  end
+  if state ~= 'running' and state ~= 'dead' then
+    redis.pcall('ZREM', index .. 'running', id)
+  end
+  redis.pcall('ZADD', index .. state, now_ms(), id)
+  if state ~= 'running' and state ~= 'retrying' then
+    redis.pcall('ZREMRANGEBYRANK', index .. state, 0, -(INDEX_MAX + 1))
   end
 end
 
