@@ -20,6 +20,8 @@
 //! - `demo/`, `bench`, `soak`, `scaling`, `chaos`: workloads and benchmarks,
 //!   most on a private Redis and fleet started by `local` (which spawns
 //!   `redis-server` and `tandem-worker` processes).
+//! - `dashboard/`: `tandem dashboard`, the web page (axum, embedded assets,
+//!   server-sent events) and its write actions.
 //! - `exporter`: `tandem exporter`, the queue metrics for Prometheus.
 //! - `errors`: the message and exit code of a failed command.
 //! - `table`: plain-text tables.
@@ -37,6 +39,7 @@ mod alerts;
 mod bench;
 mod bench_flow;
 mod chaos;
+mod dashboard;
 mod demo;
 mod dlq;
 mod errors;
@@ -120,6 +123,9 @@ pub enum Command {
     Task(TaskViewArgs),
     /// Cancel a task.
     Cancel(TaskArgs),
+    /// A web dashboard (loopback by default): the fleet, the queues, tasks
+    /// by state, dead letters (requeue, purge), alerts and schedules, live.
+    Dashboard(dashboard::DashboardArgs),
     /// Serve the queue metrics (waiting, running, oldest waiting age,
     /// delayed, retrying, dead letters per class and priority) on
     /// /metrics for Prometheus, from a host without a fleet.
@@ -254,6 +260,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Cancel(args) => tasks::cancel(&config, args).await,
             Command::Tasks(args) => task_list::run(&config, args).await,
             Command::Exporter(args) => exporter::run(&config, args).await,
+            Command::Dashboard(args) => dashboard::run(&config, args).await,
             Command::Queues => queues::run(&config).await,
             Command::Pause(args) => flow::pause(&config, args).await,
             Command::Resume(args) => flow::resume(&config, args).await,

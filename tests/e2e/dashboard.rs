@@ -261,3 +261,277 @@ async fn the_exporter_serves_queue_metrics_and_kinds_are_bounded() {
     )
     .await;
 }
+
+const TOKEN: &str = "dashboard-test-token";
+
+/// The headless Chromium the browser tests drive: `TANDEM_CHROMIUM` (set
+/// by .ci/run, so that CI always runs them), else `chromium` on PATH; the
+/// test is skipped, saying so, only where neither exists.
+fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("TANDEM_CHROMIUM") {
+        return Some(path.into());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("chromium"))
+            .find(|path| path.is_file())
+    })
+}
+
+/// Where the browser tests leave their screenshots: target/dashboard-screenshots.
+fn artefacts() -> std::path::PathBuf {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
+    std::fs::create_dir_all(&dir).expect("artefact dir");
+    dir
+}
+
+/// Loads `url` in headless Chromium; returns the DOM after the page's
+/// scripts ran, and with `screenshot`, saves the page there too.
+fn browse(chromium: &std::path::Path, url: &str, screenshot: Option<&std::path::Path>) -> String {
+    let profile = crate::support::ScratchDir::new("chromium");
+    let mut cmd = std::process::Command::new(chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1400,1300",
+        "--timeout=3000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd.arg(url).output().expect("run chromium");
+    assert!(out.status.success(), "chromium: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// One `data:` line of each server-sent event on `/api/live`, the first
+/// `count` of them.
+async fn live_snapshots(port: u16, count: usize) -> Vec<serde_json::Value> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /api/live HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let mut found = Vec::new();
+    while found.len() < count {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("an event")
+            .unwrap()
+            .expect("the stream open");
+        if let Some(data) = line.strip_prefix("data: ") {
+            found.push(serde_json::from_str(data).expect("a JSON snapshot"));
+        }
+    }
+    found
+}
+
+/// The dashboard against a live fleet of two simulated GPUs and a CPU
+/// worker: the pages render in a real browser (screenshots under
+/// target/dashboard-screenshots), live values change while tasks run, a
+/// requeue puts a dead letter back, and writes without the token, or to a
+/// read-only dashboard, are refused.
+#[tokio::test]
+async fn the_dashboard_shows_a_live_fleet_and_guards_its_writes() {
+    let redis = RedisServer::start();
+    let _fleet = WorkerProcess::spawn_fleet(
+        &redis,
+        &[
+            (
+                "TANDEM_SIMULATE_GPUS",
+                "RTX 4070 Ti, 12 GiB, 40 TFLOPS; RTX 3060 Ti, 8 GiB, 16 TFLOPS",
+            ),
+            ("TANDEM_METRICS_INTERVAL_MS", "200"),
+            ("TANDEM_CONCURRENCY", "2"),
+        ],
+    );
+    wait_until(WAIT, "three members live", || async {
+        crate::support::gpus::registry(&redis).await.len() == 3
+    })
+    .await;
+    let producer = redis.producer().await;
+    let failing = Task::of::<Fail>(&FailParams {
+        code: "E_DASHBOARD".into(),
+        message: "shown on the page".into(),
+        retry: false,
+    })
+    .unwrap();
+    let failing = producer.submit(failing).await.unwrap();
+    let letter = producer
+        .wait(failing, WAIT)
+        .await
+        .unwrap()
+        .record
+        .dead_letter
+        .expect("dead-lettered");
+
+    let port = crate::support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _dashboard = Serving::start(
+        &redis,
+        &[
+            "dashboard",
+            "--listen",
+            &listen,
+            "--token",
+            TOKEN,
+            "--interval-ms",
+            "200",
+        ],
+    );
+    wait_until(WAIT, "the dashboard answering", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+
+    // Live: while sleeps run, the snapshots the page receives change
+    // without a reload (the fleet's finished count grows).
+    let mut sleeps = Vec::new();
+    for _ in 0..8 {
+        let task = Task::of::<Sleep>(&SleepParams { ms: 300 }).unwrap();
+        sleeps.push(producer.submit(task).await.unwrap());
+    }
+    let done = |snap: &serde_json::Value| snap["completed_total"].as_u64().unwrap_or(0);
+    let snaps = std::sync::Mutex::new(Vec::new());
+    wait_until(
+        WAIT,
+        "a live snapshot counting more finished tasks",
+        || async {
+            let batch = live_snapshots(port, 3).await;
+            let changed = batch.windows(2).any(|w| done(&w[1]) > done(&w[0]));
+            *snaps.lock().unwrap() = batch;
+            changed
+        },
+    )
+    .await;
+    let snaps = snaps.into_inner().unwrap();
+    assert_eq!(snaps[0]["workers"].as_array().map(Vec::len), Some(3));
+    for id in &sleeps {
+        producer.wait(*id, WAIT).await.unwrap();
+    }
+
+    // The page in a real browser: the fleet, the queues, the dead letter.
+    if let Some(chromium) = chromium() {
+        let url = format!("http://{listen}/");
+        let mut dom = String::new();
+        wait_until(WAIT, "the page rendered with a snapshot", || {
+            dom = browse(&chromium, &url, None);
+            let ready = dom.contains("data-member=\"sim0\"") && dom.contains(&letter);
+            async move { ready }
+        })
+        .await;
+        for expected in [
+            "data-member=\"sim1\"",
+            "data-member=\"cpu\"",
+            "RTX 4070 Ti (simulated)",
+            "data-cell=\"cpu:normal\"",
+            "data-class=\"cpu\"",
+            "E_DASHBOARD",
+            ">requeue</button>",
+        ] {
+            assert!(dom.contains(expected), "{expected} missing from\n{dom}");
+        }
+        let task_url = format!("http://{listen}/#task/{failing}");
+        wait_until(WAIT, "the task page rendered", || {
+            dom = browse(&chromium, &task_url, None);
+            let ready = dom.contains("id=\"task-status\">failed<");
+            async move { ready }
+        })
+        .await;
+        assert!(
+            dom.contains("shown on the page") && dom.contains("E_DASHBOARD"),
+            "{dom}"
+        );
+        browse(&chromium, &url, Some(&artefacts().join("overview.png")));
+        browse(&chromium, &task_url, Some(&artefacts().join("task.png")));
+    } else {
+        eprintln!(
+            "no chromium (TANDEM_CHROMIUM, or chromium on PATH): the browser part is skipped"
+        );
+    }
+
+    // Writes: refused without the token and with a wrong one; a requeue
+    // with it puts the dead letter back into its stream.
+    let requeue = format!("/api/dlq/cpu/{letter}/requeue");
+    let (status, body) = http(port, "POST", &requeue, "").await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{body}");
+    assert!(body.contains("token"), "{body}");
+    let (status, _) = http(
+        port,
+        "POST",
+        &requeue,
+        "Authorization: Bearer wrong-token\r\n",
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let letters = |snap: serde_json::Value| snap["classes"][3]["dead_letters"].as_u64();
+    let (_, body) = http(port, "GET", "/api/snapshot", "").await;
+    assert_eq!(
+        letters(serde_json::from_str(&body).unwrap()),
+        Some(1),
+        "{body}"
+    );
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (status, body) = http(port, "POST", &requeue, &auth).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains(&failing.to_string()), "{body}");
+    // It ran again: a new dead letter, the old one gone.
+    wait_until(WAIT, "the requeued task dead-lettered anew", || async {
+        producer
+            .record(failing)
+            .await
+            .unwrap()
+            .is_some_and(|r| r.dead_letter.is_some_and(|d| d != letter))
+    })
+    .await;
+    let (status, _) = http(port, "POST", &requeue, &auth).await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+    // A read-only dashboard has no token, and refuses every write.
+    let ro_port = crate::support::free_port();
+    let ro_listen = format!("127.0.0.1:{ro_port}");
+    let _read_only = Serving::start(
+        &redis,
+        &["dashboard", "--listen", &ro_listen, "--read-only"],
+    );
+    wait_until(WAIT, "the read-only dashboard answering", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", ro_port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let (status, body) = http(
+        ro_port,
+        "POST",
+        &format!("/api/tasks/{failing}/cancel"),
+        &auth,
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 403 Forbidden", "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    let (_, body) = http(ro_port, "GET", "/api/snapshot", "").await;
+    assert!(body.contains("\"read_only\":true"), "{body}");
+
+    // Without a token and without --read-only it does not start.
+    let out = tandem(&redis, &["dashboard", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--read-only"),
+        "{}",
+        text(&out.stderr)
+    );
+}
