@@ -121,15 +121,7 @@ pub(crate) async fn run(config: &Config, args: DashboardArgs) -> anyhow::Result<
 
 fn router(app: Shared) -> Router {
     Router::new()
-        .route(
-            "/",
-            get(|| {
-                asset(
-                    "text/html; charset=utf-8",
-                    include_str!("assets/index.html"),
-                )
-            }),
-        )
+        .route("/", get(page))
         .route(
             "/app.js",
             get(|| {
@@ -151,6 +143,22 @@ fn router(app: Shared) -> Router {
         .route("/api/tasks/{id}/cancel", post(actions::cancel))
         .route("/metrics", get(metrics))
         .with_state(app)
+}
+
+/// The page, with a snapshot read now inside it, so that it shows the
+/// fleet at once (before its event stream connects) and a screenshot
+/// taken at load shows data.
+async fn page(State(app): State<Shared>) -> Response {
+    let value = snapshot(&app.store, app.token.is_none())
+        .await
+        .unwrap_or_else(|e| json!({ "error": e }));
+    // `<` escaped, so that no text in the data can close the script tag.
+    let data = value.to_string().replace('<', "\\u003c");
+    let html = include_str!("assets/index.html").replace(
+        "<!--SNAPSHOT-->",
+        &format!("<script id=\"initial\" type=\"application/json\">{data}</script>"),
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {

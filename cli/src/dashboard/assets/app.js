@@ -174,6 +174,9 @@ document.addEventListener("click", (e) => {
 window.addEventListener("hashchange", route);
 route();
 
+// The snapshot the page came with, then the live ones.
+const initial = $("initial");
+if (initial) render(JSON.parse(initial.textContent));
 const live = new EventSource("/api/live");
 live.addEventListener("snapshot", (e) => render(JSON.parse(e.data)));
 live.onerror = () => { $("status").textContent = "reconnecting…"; $("status").classList.add("down"); };
