@@ -429,6 +429,7 @@ mod tests {
             ("flow", String::new(), keys.flow(class)),
             ("limit_tat", String::new(), keys.limit_tat(class)),
             ("held:", "risk".into(), keys.held(class, "risk")),
+            ("index:", "running".into(), keys.index(class, "running")),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
         let mut built = std::collections::BTreeSet::new();
