@@ -11,6 +11,7 @@
 //! - [`Cli`], [`Command`], [`run`]: the flags, the commands, and the one
 //!   function that loads the configuration and runs a command.
 //! - `tasks`: submit, wait, status, task (a task's whole story), cancel.
+//! - `task_list`: `tandem tasks --status`, the newest tasks in a state.
 //! - `kinds`: the kinds, their parameters and JSON Schemas (no Redis).
 //! - `queues`, `workers`, `top`, `alerts`: the views of the queue and fleet.
 //! - `dlq`, `model`: the dead-letter streams and the model registry.
@@ -21,6 +22,9 @@
 //! - `demo/`, `bench`, `soak`, `scaling`, `chaos`: workloads and benchmarks,
 //!   most on a private Redis and fleet started by `local` (which spawns
 //!   `redis-server` and `tandem-worker` processes).
+//! - `dashboard/`: `tandem dashboard`, the web page (axum, embedded assets,
+//!   server-sent events) and its write actions.
+//! - `exporter`: `tandem exporter`, the queue metrics for Prometheus.
 //! - `errors`: the message and exit code of a failed command.
 //! - `table`: plain-text tables.
 //!
@@ -42,10 +46,12 @@ mod bench_flow;
 mod bench_workflow;
 mod blob;
 mod chaos;
+mod dashboard;
 mod demo;
 mod dlq;
 mod errors;
 mod events;
+mod exporter;
 mod flow;
 mod kinds;
 mod local;
@@ -55,6 +61,7 @@ mod scaling;
 mod schedule;
 mod soak;
 mod table;
+mod task_list;
 mod tasks;
 mod top;
 mod workers;
@@ -126,6 +133,16 @@ pub enum Command {
     Task(TaskViewArgs),
     /// Cancel a task.
     Cancel(TaskArgs),
+    /// A web dashboard (loopback by default): the fleet, the queues, tasks
+    /// by state, dead letters (requeue, purge), alerts and schedules, live.
+    Dashboard(dashboard::DashboardArgs),
+    /// Serve the queue metrics (waiting, running, oldest waiting age,
+    /// delayed, retrying, dead letters per class and priority) on
+    /// /metrics for Prometheus, from a host without a fleet.
+    Exporter(exporter::ExporterArgs),
+    /// The newest tasks in a state (running, succeeded, failed, cancelled,
+    /// expired, dead), from the state index; --kind and --class filter.
+    Tasks(task_list::TasksArgs),
     /// Per stream: waiting, pending, consumers, oldest waiting age; then
     /// delayed tasks, pauses and rate limits.
     Queues(QueuesArgs),
@@ -259,6 +276,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status(args) => tasks::status(&config, args).await,
             Command::Task(args) => tasks::task(&config, args).await,
             Command::Cancel(args) => tasks::cancel(&config, args).await,
+            Command::Tasks(args) => task_list::run(&config, args).await,
+            Command::Exporter(args) => exporter::run(&config, args).await,
+            Command::Dashboard(args) => dashboard::run(&config, args).await,
             Command::Queues(args) => queues::run(&config, &args).await,
             Command::Pause(args) => flow::pause(&config, args).await,
             Command::Resume(args) => flow::resume(&config, args).await,

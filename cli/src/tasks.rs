@@ -474,6 +474,12 @@ fn result_json(record: &TaskRecord) -> serde_json::Value {
     }
 }
 
+/// A task's whole story as `tandem task --json` prints it (the dashboard's
+/// task page reads it too).
+pub(crate) fn task_json(record: &TaskRecord) -> serde_json::Value {
+    story_json(record, &attempts(record))
+}
+
 fn story_json(record: &TaskRecord, attempts: &[Attempt]) -> serde_json::Value {
     let (hand_backs, retries) = hand_backs_and_retries(record, attempts);
     let text = |v: Option<String>| v.map_or(serde_json::Value::Null, serde_json::Value::from);

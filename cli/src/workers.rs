@@ -100,7 +100,7 @@ pub(crate) async fn run(config: &Config, args: WorkersArgs) -> anyhow::Result<Ex
 }
 
 /// A worker as `--json` prints it.
-fn to_json(w: &WorkerInfo) -> serde_json::Value {
+pub(crate) fn to_json(w: &WorkerInfo) -> serde_json::Value {
     let gpu = w.device != "cpu" && !w.device.is_empty();
     json!({
         "id": w.id,

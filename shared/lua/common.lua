@@ -283,6 +283,44 @@ local function owns(stream_key, group, entry_id, consumer)
   return #pending == 1 and pending[1][2] == consumer
 end
 
+-- The state index (shared/src/store/index.rs; wire format "State index"):
+-- per class, one sorted set per state, `<base>index:<state>`, task ids
+-- scored by when they entered it (ms), so that `tandem tasks --status`, the
+-- dashboard and the queue metrics find tasks by state without a scan. Kept
+-- by emit_event, the one call every change of state makes, whether events
+-- are on or not. `running` and `retrying` hold the tasks in that state now
+-- (an id leaves at its next change); the sets of ends (succeeded, failed,
+-- cancelled, expired, dead) keep their newest INDEX_MAX ids. Readers skip
+-- ids whose record expired or moved on. A key of another type only loses
+-- the index entry (pcall), as an events stream of another type only loses
+-- the event.
+local INDEX_MAX = 10000
+local INDEX_STATE = {started = 'running', retried = 'retrying', succeeded = 'succeeded',
+  failed = 'failed', cancelled = 'cancelled', expired = 'expired', dead_lettered = 'dead'}
+local function index_state(base, event, id, at_ms)
+  local index = base .. 'index:'
+  if event == 'requeued' then
+    redis.pcall('ZREM', index .. 'dead', id)
+    redis.pcall('ZREM', index .. 'failed', id)
+    return
+  end
+  local state = INDEX_STATE[event]
+  if not state then
+    return
+  end
+  -- A task leaves `retrying` when it starts again, or ends without starting.
+  if state == 'running' or state == 'cancelled' or state == 'expired' then
+    redis.pcall('ZREM', index .. 'retrying', id)
+  end
+  if state ~= 'running' and state ~= 'dead' then
+    redis.pcall('ZREM', index .. 'running', id)
+  end
+  redis.pcall('ZADD', index .. state, at_ms or now_ms(), id)
+  if state ~= 'running' and state ~= 'retrying' then
+    redis.pcall('ZREMRANGEBYRANK', index .. state, 0, -(INDEX_MAX + 1))
+  end
+end
+
 -- Lifecycle events (the wire format's "Events"): one entry per change of a
 -- task in its class's `<base>events` stream, capped at about EVENTS_MAXLEN
 -- entries. EVENTS_MAXLEN is the line the loader puts before this file
@@ -299,6 +337,7 @@ end
 -- of another type only loses a notice.
 local EVENT_FIELDS = {'kind', 'worker', 'device', 'attempt'}
 local function emit_event(base, event, id, record_key, over, at_ms)
+  index_state(base, event, id, at_ms)
   if EVENTS_MAXLEN == 0 then
     return
   end

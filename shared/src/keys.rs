@@ -132,6 +132,12 @@ impl Keys {
         format!("{}events", self.class_base(class))
     }
 
+    /// The state index of a class: task ids in `state` (`running`,
+    /// `succeeded`, ...), scored by when they entered it (store::index).
+    pub fn index(&self, class: Class, state: &str) -> String {
+        format!("{}index:{}", self.class_base(class), state)
+    }
+
     /// The dead-letter stream of a class.
     pub fn dead(&self, class: Class) -> &str {
         &self.class_keys(class).2
@@ -448,6 +454,7 @@ mod tests {
                 id.clone(),
                 keys.workflow_wait(class, &id.parse().unwrap()),
             ),
+            ("index:", "running".into(), keys.index(class, "running")),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
         let mut built = std::collections::BTreeSet::new();

@@ -17,6 +17,7 @@ mod cli_views;
 mod compose;
 mod compute;
 mod cpu_fallback;
+mod dashboard;
 mod deadline;
 mod delayed;
 mod events;

@@ -35,7 +35,27 @@ const FAMILIES: &[&str] = &[
     "tandem_model_cache_hits_total",
     "tandem_model_cache_misses_total",
     "tandem_gpu_kernels_loaded",
+    "tandem_build_info",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_start_time_seconds",
+    "tandem_queue_waiting_tasks",
+    "tandem_queue_running_tasks",
+    "tandem_queue_oldest_waiting_age_seconds",
+    "tandem_queue_consumers",
+    "tandem_queue_delayed_tasks",
+    "tandem_queue_retrying_tasks",
+    "tandem_queue_dead_letters",
 ];
+
+/// The `member` label of a worker's series: the fleet's name for it.
+fn member(worker: &WorkerInfo) -> String {
+    match worker.device_index {
+        Some(index) if worker.role != Role::Cpu => format!("sim{index}"),
+        _ => "cpu".to_owned(),
+    }
+}
 
 async fn record(redis: &RedisServer, id: &str) -> Option<WorkerInfo> {
     registry(redis).await.into_iter().find(|w| w.id == id)
@@ -238,7 +258,7 @@ async fn a_fleet_serves_its_childrens_metrics_and_a_hot_gpu_reads_95_c() {
         assert_eq!(status, "HTTP/1.1 200 OK", "{text}");
         let all = workers
             .iter()
-            .all(|w| text.contains(&format!("worker=\"{}\"", w.id)));
+            .all(|w| text.contains(&format!("member=\"{}\"", member(w))));
         *body.lock().unwrap() = text;
         all
     })
@@ -258,13 +278,39 @@ async fn a_fleet_serves_its_childrens_metrics_and_a_hot_gpu_reads_95_c() {
     for worker in &workers {
         let theirs: Vec<_> = samples
             .iter()
-            .filter(|(_, labels, _)| labels.get("worker") == Some(&worker.id))
+            .filter(|(_, labels, _)| labels.get("member") == Some(&member(worker)))
             .collect();
         assert!(!theirs.is_empty(), "{}", worker.id);
         for (_, labels, _) in &theirs {
             assert_eq!(labels["device"], worker.device);
             assert_eq!(labels["role"], worker.role.to_string());
+            assert_eq!(labels["host"], worker.host);
+            // No label names the process: a restarted worker continues
+            // the same series.
+            assert!(
+                labels
+                    .values()
+                    .all(|v| !v.contains(&worker.pid.to_string()))
+            );
+            // A GPU worker's series carry DCGM's labels, as DCGM spells them.
+            if worker.role != Role::Cpu {
+                assert_eq!(labels["UUID"], worker.device);
+                assert_eq!(labels["gpu"], worker.device_index.unwrap().to_string());
+                assert_eq!(labels["modelName"], worker.device_name);
+                assert_eq!(labels["Hostname"], worker.host);
+            }
         }
+        // Its process, read from /proc, and its version.
+        let family = |name: &str| theirs.iter().find(|(n, _, _)| n == name).map(|s| s.2);
+        assert!(
+            family("process_resident_memory_bytes").unwrap_or(0.0) > 0.0,
+            "{body}"
+        );
+        assert!(
+            family("process_start_time_seconds").unwrap_or(0.0) > 1.0e9,
+            "{body}"
+        );
+        assert_eq!(family("tandem_build_info"), Some(1.0), "{body}");
         let has_gpu_series = theirs
             .iter()
             .any(|(name, _, _)| name == "tandem_gpu_temperature_celsius");

@@ -636,9 +636,17 @@ impl Dispatcher {
         // The delivery's attempt is the entry's plus its earlier deliveries:
         // more means a worker that had it died or stalled.
         let reclaimed = attempt > entry.attempt;
+        // A kind this worker has not registered is counted as `other`: the
+        // kind comes from whoever submitted, and Prometheus series must
+        // not grow with what producers type.
+        let counted_kind = if self.executor.kinds.class_of(&entry.kind).is_some() {
+            entry.kind.as_str()
+        } else {
+            crate::metrics::tasks::OTHER_KIND
+        };
         self.stats
             .tasks
-            .claimed(entry.id, Some(&entry.kind), reclaimed);
+            .claimed(entry.id, Some(counted_kind), reclaimed);
         entry.attempt = attempt;
         if let Some(refused) = self.executor.unsigned(&entry, &entry_id) {
             tracing::warn!(task = %entry.id, "refusing a task without a valid signature");

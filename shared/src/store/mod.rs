@@ -23,6 +23,10 @@
 //! - `model_registry`: the model registry (records, uploaded files).
 //! - `schedules`: recurring schedules: put, pause, resume, remove, list,
 //!   the due ones, and firing a tick (fire.lua).
+//! - `index`: the state index: recent tasks by state (running, succeeded,
+//!   failed, cancelled, expired, dead) for `tandem tasks --status` and the
+//!   dashboard.
+//! - `queue_metrics`: the queues for Prometheus, read without a scan.
 //! - `stats`: queue depths for the CLI, streams no worker reads; key
 //!   clean-up.
 //! - `reply`: typed reading of Redis replies.
@@ -36,9 +40,11 @@ mod data_loss;
 mod dead;
 mod events;
 mod flow;
+mod index;
 mod lease;
 mod link;
 mod model_registry;
+mod queue_metrics;
 mod reply;
 mod round_trip;
 mod schedules;
@@ -67,10 +73,12 @@ pub use data_loss::{ClassData, DataCheck, DataLoss};
 pub use dead::DeadLetter;
 pub use events::{EventCursor, PROGRESS_MSG_MAX, ProgressError, check_progress};
 pub use flow::{FlowState, LimitState, PROMOTE_BATCH, Promoted};
+pub use index::{INDEX_MAX, IndexState, Indexed};
 pub use link::Conn;
 pub use model_registry::{
     MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
 };
+pub use queue_metrics::{ClassCounts, QueueSnapshot};
 pub use round_trip::{Trip, TripResult};
 pub use schedules::{Changed, DUE_BATCH, Due, Fired, Put, ScheduleChange};
 pub use stats::{StreamStats, UnknownStream};

@@ -238,6 +238,13 @@ impl FleetSource {
             .into_iter()
             .filter(|w| w.host == self.host && pids.contains(&w.pid))
             .collect();
-        Ok(prometheus::render(&mine))
+        let mut text = prometheus::render(&mine);
+        // The queues: the same for every fleet on the same Redis (a
+        // Prometheus rule aggregates them with `max without (instance)`).
+        match store.queue_snapshot().await {
+            Ok(queues) => text.push_str(&queues.render()),
+            Err(err) => return Err(format!("cannot read the queues: {err}")),
+        }
+        Ok(text)
     }
 }

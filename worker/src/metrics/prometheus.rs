@@ -1,6 +1,12 @@
 //! Workers' registry records in the Prometheus text exposition format
 //! (version 0.0.4): one `# HELP` and `# TYPE` per metric family, then a
-//! sample per worker, labelled `worker`, `host`, `device` and `role`.
+//! sample per worker, labelled with what stays the same when the worker
+//! restarts: `host`, `member` (`gpu0`, `gpu1`, `sim0`, `cpu`: the fleet's
+//! name for it), `device` and `role`; a GPU worker's also with the labels
+//! of NVIDIA's DCGM exporter (`gpu`, `UUID`, `modelName`, `Hostname`), so
+//! its series join DCGM's without relabelling. `tandem_build_info` and the
+//! `process_*` families (CPU time, resident memory, open files, start time,
+//! read from /proc for each worker's pid on this host) follow.
 //!
 //! A worker serves its own record; a fleet serves all its children's, which
 //! is why everything here is rendered from [`WorkerInfo`] and nothing from
@@ -81,13 +87,6 @@ const SIMPLE: &[Simple] = &[
         value: |w| w.active as f64,
     },
     Simple {
-        name: "tandem_tasks_per_second",
-        kind: Type::Gauge,
-        help: "Tasks the worker finished per second over the last sample period.",
-        gpu_only: false,
-        value: |w| w.metrics.tasks_per_s,
-    },
-    Simple {
         name: "tandem_lease_extensions_total",
         kind: Type::Counter,
         help: "Leases of running tasks the worker extended.",
@@ -149,7 +148,94 @@ pub(crate) fn render(workers: &[WorkerInfo]) -> String {
     completed(&mut out, workers);
     errors(&mut out, workers);
     latency(&mut out, workers);
+    build_info(&mut out, workers);
+    process(&mut out, workers);
     out
+}
+
+/// `tandem_build_info`: 1 per worker, labelled with its version.
+fn build_info(out: &mut String, workers: &[WorkerInfo]) {
+    let name = "tandem_build_info";
+    header(
+        out,
+        name,
+        Type::Gauge,
+        "The Tandem version each worker runs (always 1).",
+    );
+    for worker in workers {
+        let extra = [("version", worker.version.as_str())];
+        sample(out, name, &labels(worker, &extra), 1.0);
+    }
+}
+
+/// The `process_*` families of the Prometheus client libraries, for each
+/// worker whose pid runs on this host (a fleet serves only its own
+/// children; a worker itself); none where /proc cannot be read.
+fn process(out: &mut String, workers: &[WorkerInfo]) {
+    let host = crate::host::hostname();
+    let read: Vec<(&WorkerInfo, ProcessSample)> = workers
+        .iter()
+        .filter(|w| w.host == host)
+        .filter_map(|w| ProcessSample::read(w.pid).map(|p| (w, p)))
+        .collect();
+    type Value = fn(&ProcessSample) -> f64;
+    let families: [(&str, Type, &str, Value); 4] = [
+        (
+            "process_cpu_seconds_total",
+            Type::Counter,
+            "User and system CPU time the worker process spent, seconds.",
+            |p| p.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            Type::Gauge,
+            "Resident memory of the worker process.",
+            |p| p.resident_bytes,
+        ),
+        (
+            "process_open_fds",
+            Type::Gauge,
+            "Open file descriptors of the worker process.",
+            |p| p.open_fds,
+        ),
+        (
+            "process_start_time_seconds",
+            Type::Gauge,
+            "When the worker process started, seconds since the epoch.",
+            |p| p.start_time_seconds,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        header(out, name, kind, help);
+        for (worker, sample_of) in &read {
+            sample(out, name, &labels(worker, &[]), value(sample_of));
+        }
+    }
+}
+
+/// One read of a process's /proc entries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ProcessSample {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    open_fds: f64,
+    start_time_seconds: f64,
+}
+
+impl ProcessSample {
+    /// `None` when the process is gone or /proc is not there (not Linux).
+    fn read(pid: u32) -> Option<Self> {
+        let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+        let stat = process.stat().ok()?;
+        let ticks = procfs::ticks_per_second().max(1) as f64;
+        let boot = procfs::boot_time_secs().ok()? as f64;
+        Some(ProcessSample {
+            cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+            resident_bytes: (stat.rss * procfs::page_size()) as f64,
+            open_fds: process.fd_count().map_or(0.0, |n| n as f64),
+            start_time_seconds: boot + stat.starttime as f64 / ticks,
+        })
+    }
 }
 
 /// One sample per GPU path a GPU worker reported (its record's
@@ -252,15 +338,39 @@ fn sample(out: &mut String, name: &str, labels: &str, value: f64) {
     let _ = writeln!(out, "{name}{{{labels}}} {}", number(value));
 }
 
+/// The fleet's name for a worker, stable across restarts: `gpu<index>`
+/// (`sim<index>` for a simulated GPU), or `cpu`.
+pub(crate) fn member(worker: &WorkerInfo) -> String {
+    match (worker.role, worker.device_index) {
+        (Role::Cpu, _) | (_, None) => "cpu".to_owned(),
+        (_, Some(index)) if worker.simulated => format!("sim{index}"),
+        (_, Some(index)) => format!("gpu{index}"),
+    }
+}
+
 /// The worker's labels, then `extra`, as `name="value",...`.
 fn labels(worker: &WorkerInfo, extra: &[(&str, &str)]) -> String {
     let role = worker.role.to_string();
-    let base = [
-        ("worker", worker.id.as_str()),
+    let member = member(worker);
+    let mut base = vec![
         ("host", worker.host.as_str()),
+        ("member", member.as_str()),
         ("device", worker.device.as_str()),
         ("role", role.as_str()),
     ];
+    // DCGM exporter's labels: its series and these join on them as they
+    // are (`gpu` is the index, as DCGM's).
+    let gpu = worker.device_index.map(|i| i.to_string());
+    if worker.role != Role::Cpu
+        && let Some(gpu) = gpu.as_deref()
+    {
+        base.extend([
+            ("gpu", gpu),
+            ("UUID", worker.device.as_str()),
+            ("modelName", worker.device_name.as_str()),
+            ("Hostname", worker.host.as_str()),
+        ]);
+    }
     base.iter()
         .chain(extra)
         .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
@@ -301,6 +411,15 @@ mod tests {
             id: id.into(),
             host: "h".into(),
             device: if role == Role::Cpu { "cpu" } else { "SIM-0-a" }.into(),
+            device_index: (role != Role::Cpu).then_some(0),
+            device_name: if role == Role::Cpu {
+                ""
+            } else {
+                "Sim (simulated)"
+            }
+            .into(),
+            simulated: true,
+            version: "0.1.0".into(),
             role,
             memory_total: 8 << 30,
             active: 2,
@@ -359,16 +478,16 @@ mod tests {
                 .map(|(_, _, v)| *v)
         };
         assert_eq!(
-            find("tandem_gpu_utilization_ratio", "worker=\"g\""),
+            find("tandem_gpu_utilization_ratio", "member=\"sim0\""),
             Some(0.5)
         );
         assert_eq!(
-            find("tandem_gpu_sm_clock_hertz", "worker=\"g\""),
+            find("tandem_gpu_sm_clock_hertz", "member=\"sim0\""),
             Some(1.5e9)
         );
         // A CPU worker has no GPU series.
-        assert_eq!(find("tandem_gpu_utilization_ratio", "worker=\"c\""), None);
-        assert_eq!(find("tandem_tasks_active", "worker=\"c\""), Some(2.0));
+        assert_eq!(find("tandem_gpu_utilization_ratio", "member=\"cpu\""), None);
+        assert_eq!(find("tandem_tasks_active", "member=\"cpu\""), Some(2.0));
         assert_eq!(
             find(
                 "tandem_tasks_completed_total",
@@ -394,11 +513,11 @@ mod tests {
             Some(4.0)
         );
         assert_eq!(
-            find("tandem_task_latency_seconds_count", "worker=\"g\""),
+            find("tandem_task_latency_seconds_count", "member=\"sim0\""),
             Some(4.0)
         );
         assert_eq!(
-            find("tandem_task_latency_seconds_sum", "worker=\"g\""),
+            find("tandem_task_latency_seconds_sum", "member=\"sim0\""),
             Some(70.004)
         );
         // A GPU worker's paths: 1 loaded, 0 off; none for the CPU worker.
@@ -413,8 +532,24 @@ mod tests {
         assert!(
             !samples
                 .iter()
-                .any(|(n, l, _)| *n == "tandem_gpu_kernels_loaded" && l.contains("worker=\"c\""))
+                .any(|(n, l, _)| *n == "tandem_gpu_kernels_loaded" && l.contains("member=\"cpu\""))
         );
+        // DCGM's labels on a GPU worker's series, none on a CPU worker's.
+        assert_eq!(
+            find(
+                "tandem_gpu_temperature_celsius",
+                "gpu=\"0\",UUID=\"SIM-0-a\",modelName=\"Sim (simulated)\",Hostname=\"h\""
+            ),
+            Some(0.0)
+        );
+        assert!(
+            !samples
+                .iter()
+                .any(|(_, l, _)| l.contains("member=\"cpu\"") && l.contains("UUID="))
+        );
+        assert_eq!(find("tandem_build_info", "version=\"0.1.0\""), Some(1.0));
+        // The pre-computed rate is gone: rate() over the counter replaces it.
+        assert!(!text.contains("tandem_tasks_per_second"));
         // One HELP and TYPE per family, whatever the number of workers.
         assert_eq!(text.matches("# TYPE tandem_tasks_active gauge").count(), 1);
     }

@@ -17,6 +17,10 @@ use tandem_shared::{Status, TaskId};
 /// The kind recorded for a commit whose entry could not be decoded.
 const UNKNOWN_KIND: &str = "unknown";
 
+/// The kind recorded for a task of a kind the worker has not registered
+/// (the dispatcher maps it), so that the counters' kinds are bounded.
+pub(crate) const OTHER_KIND: &str = "other";
+
 /// The task counters, shared by the dispatcher (writer) and the sampler.
 #[derive(Debug, Default)]
 pub(crate) struct TaskCounters(Mutex<Counts>);
