@@ -433,10 +433,16 @@ async fn start_workers(
 
 /// The peers' payload, as MessagePack.
 fn noop(i: usize) -> anyhow::Result<Task> {
+    Ok(Task::of::<Noop>(&noop_payload(i))?)
+}
+
+/// The payload every peer's no-op job carries (see ../shared/peers), the
+/// same bytes for Tandem's tasks and the raw ceiling's entries.
+pub(super) fn noop_payload(i: usize) -> rmpv::Value {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    let payload = rmpv::Value::Map(vec![
+    rmpv::Value::Map(vec![
         ("i".into(), (i as u64).into()),
         ("ts".into(), now_us.into()),
         ("user_id".into(), ((i % 1000) as u64).into()),
@@ -445,8 +451,7 @@ fn noop(i: usize) -> anyhow::Result<Task> {
             format!("user{}@example.com", i % 1000).into(),
         ),
         ("amount".into(), 12.5.into()),
-    ]);
-    Ok(Task::of::<Noop>(&payload)?)
+    ])
 }
 
 /// Each producer submits its share of `n` tasks, `batch` per call, each call

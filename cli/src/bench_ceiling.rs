@@ -21,19 +21,7 @@ use tandem_shared::Config;
 /// The no-op payload as Tandem sends it (MessagePack), so entries are the
 /// same size.
 fn payload(i: usize) -> anyhow::Result<Vec<u8>> {
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    let value = rmpv::Value::Map(vec![
-        ("i".into(), (i as u64).into()),
-        ("ts".into(), now_us.into()),
-        ("user_id".into(), ((i % 1000) as u64).into()),
-        (
-            "email".into(),
-            format!("user{}@example.com", i % 1000).into(),
-        ),
-        ("amount".into(), 12.5.into()),
-    ]);
+    let value = super::bench::noop_payload(i);
     let mut out = Vec::new();
     rmpv::encode::write_value(&mut out, &value)?;
     Ok(out)
