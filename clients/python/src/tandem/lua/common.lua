@@ -173,21 +173,25 @@ local function promote_due(base, now, limit)
   return #due
 end
 
--- Adds to `checks` the record of every shard in `shard_ids` (a hash) and,
--- for each, the stream its priority names (where cancel_shards deletes a
--- queued shard's entry).
+-- Adds to `checks` a task's record `key` (a hash) and, when it is one, the
+-- stream its priority names (where a cancel deletes a queued task's entry).
+local function add_record_checks(checks, base, key)
+  checks[#checks + 1] = key
+  checks[#checks + 1] = 'hash'
+  if redis.call('TYPE', key)['ok'] == 'hash' then
+    local priority = redis.call('HGET', key, 'priority')
+    if priority then
+      checks[#checks + 1] = base .. 'stream:' .. priority
+      checks[#checks + 1] = 'stream'
+    end
+  end
+end
+
+-- Adds to `checks` the record of every shard in `shard_ids` and its stream
+-- (see add_record_checks).
 local function add_shard_checks(checks, base, shard_ids)
   for shard_id in string.gmatch(shard_ids or '', '%S+') do
-    local key = base .. 'task:' .. shard_id
-    checks[#checks + 1] = key
-    checks[#checks + 1] = 'hash'
-    if redis.call('TYPE', key)['ok'] == 'hash' then
-      local priority = redis.call('HGET', key, 'priority')
-      if priority then
-        checks[#checks + 1] = base .. 'stream:' .. priority
-        checks[#checks + 1] = 'stream'
-      end
-    end
+    add_record_checks(checks, base, base .. 'task:' .. shard_id)
   end
 end
 
@@ -522,17 +526,14 @@ local function add_workflow_checks(checks, record_key)
   checks[#checks + 1] = wf[1]
   checks[#checks + 1] = 'hash'
   for child in string.gmatch(wf[2] or '', '%S+') do
-    checks[#checks + 1] = child
-    checks[#checks + 1] = 'hash'
     local base, id = string.match(child, '^(.*:)task:([^:]+)$')
     if base then
       checks[#checks + 1] = base .. 'wait:' .. id
       checks[#checks + 1] = 'hash'
-      local priority = redis.call('TYPE', child)['ok'] == 'hash' and redis.call('HGET', child, 'priority')
-      if priority then
-        checks[#checks + 1] = base .. 'stream:' .. priority
-        checks[#checks + 1] = 'stream'
-      end
+      add_record_checks(checks, base, child)
+    else
+      checks[#checks + 1] = child
+      checks[#checks + 1] = 'hash'
     end
   end
 end
