@@ -179,6 +179,9 @@ text_enum! {
     /// Where a task is in its life. The last four are terminal: once a task
     /// reaches one of them its record never changes again.
     pub enum Status ("status") {
+        /// A workflow node whose parents have not all succeeded; its last
+        /// parent's commit puts it in its stream (wire revision 2.7).
+        Waiting = "waiting",
         /// In its stream, not yet started.
         Queued = "queued",
         /// Started by a worker; the record names which.

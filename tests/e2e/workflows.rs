@@ -140,6 +140,7 @@ async fn a_node_waits_while_a_parent_runs_and_starts_when_it_succeeds() {
     assert_eq!(status, "waiting");
     let waiting: u32 = conn.hget(&key, "wf_waiting").await.unwrap();
     assert_eq!(waiting, 1, "one parent (slow) still to succeed");
+    assert_eq!(producer.status(after).await.unwrap(), Status::Waiting);
     // The slow parent fails (cancelled): fail fast cancels the waiting node.
     let slow = handle.node("slow").unwrap().id();
     producer.cancel(slow).await.unwrap();
