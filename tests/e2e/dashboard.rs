@@ -535,3 +535,126 @@ async fn the_dashboard_shows_a_live_fleet_and_guards_its_writes() {
         text(&out.stderr)
     );
 }
+
+/// Waits until a dashboard on `port` accepts connections.
+async fn answering(port: u16) {
+    wait_until(WAIT, "the dashboard answering", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
+/// The pause targets the dashboard's snapshot shows.
+async fn paused(port: u16) -> Vec<String> {
+    let (_, body) = http(port, "GET", "/api/snapshot", "").await;
+    let snap: serde_json::Value = serde_json::from_str(&body).expect("a JSON snapshot");
+    snap["paused"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no paused list in {body}"))
+        .iter()
+        .map(|t| t.as_str().expect("a target").to_owned())
+        .collect()
+}
+
+/// The token comes from the `dashboard_token` setting of the config file
+/// (`--token` overrides it); pause and resume (a class's priority, a kind)
+/// are write actions behind it, and the queues view shows what is paused,
+/// the same pause `tandem pause` and `tandem resume` see.
+#[tokio::test]
+async fn the_dashboard_pauses_and_resumes_with_the_token_from_config() {
+    let redis = RedisServer::start();
+    let dir = crate::support::ScratchDir::new("dashboard-config");
+    let config = dir.path().join("tandem.toml");
+    std::fs::write(&config, format!("dashboard_token = \"{TOKEN}\"\n")).unwrap();
+    let config = config.display().to_string();
+    let port = crate::support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _dashboard = Serving::start(
+        &redis,
+        &["--config", &config, "dashboard", "--listen", &listen],
+    );
+    answering(port).await;
+    assert!(paused(port).await.is_empty());
+
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (status, body) = http(port, "POST", "/api/pause/cpu:high", "").await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{body}");
+    assert!(paused(port).await.is_empty());
+    let (status, body) = http(port, "POST", "/api/pause/cpu:high", &auth).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let (status, body) = http(port, "POST", "/api/pause/kind:noop", &auth).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    wait_until(WAIT, "both pauses shown", || async {
+        paused(port).await == ["cpu:high", "kind:noop"]
+    })
+    .await;
+    // A bad target is refused, naming it.
+    let (status, body) = http(port, "POST", "/api/pause/warm", &auth).await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request", "{body}");
+    assert!(body.contains("target"), "{body}");
+
+    // The same pause as the CLI's: `tandem resume` finds it.
+    let out = tandem(&redis, &["resume", "cpu:high"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("resumed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let (status, body) = http(port, "POST", "/api/resume/kind:noop", &auth).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    wait_until(WAIT, "nothing paused", || async {
+        paused(port).await.is_empty()
+    })
+    .await;
+    let (status, _) = http(port, "POST", "/api/resume/kind:noop", &auth).await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+    // --token overrides the file's token.
+    let flag_port = crate::support::free_port();
+    let flag_listen = format!("127.0.0.1:{flag_port}");
+    let _flagged = Serving::start(
+        &redis,
+        &[
+            "--config",
+            &config,
+            "dashboard",
+            "--listen",
+            &flag_listen,
+            "--token",
+            "token-from-the-flag",
+        ],
+    );
+    answering(flag_port).await;
+    let (status, _) = http(flag_port, "POST", "/api/pause/cpu", &auth).await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let (status, body) = http(
+        flag_port,
+        "POST",
+        "/api/pause/cpu",
+        "Authorization: Bearer token-from-the-flag\r\n",
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert_eq!(paused(flag_port).await, ["cpu"]);
+
+    // A token in the file too short is refused, naming the setting.
+    std::fs::write(
+        dir.path().join("short.toml"),
+        "dashboard_token = \"short\"\n",
+    )
+    .unwrap();
+    let short = dir.path().join("short.toml").display().to_string();
+    let out = tandem(
+        &redis,
+        &["--config", &short, "dashboard", "--listen", "127.0.0.1:0"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("dashboard_token"),
+        "{}",
+        text(&out.stderr)
+    );
+}
