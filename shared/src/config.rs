@@ -459,6 +459,8 @@ settings! {
     tls_key_file: String = String::new(), "TANDEM_TLS_KEY_FILE";
     /// Shared key for HMAC-SHA256 task signatures: producers sign, workers refuse unsigned or wrongly signed tasks; empty: off.
     signing_key: Secret = Secret::default(), "TANDEM_SIGNING_KEY";
+    /// The token `tandem dashboard`'s write actions (requeue, purge, cancel, pause) must send as `Authorization: Bearer <token>` (at least 8 characters; `--token` overrides it); empty: the dashboard needs `--token` or `--read-only`.
+    dashboard_token: Secret = Secret::default(), "TANDEM_DASHBOARD_TOKEN";
     /// Log line format: `text` or `json`.
     log_format: LogFormat = LogFormat::Text, "TANDEM_LOG_FORMAT";
     /// Log filter, as RUST_LOG (which wins when set): `info`, `tandem_worker=debug`, ...

@@ -535,3 +535,361 @@ async fn the_dashboard_shows_a_live_fleet_and_guards_its_writes() {
         text(&out.stderr)
     );
 }
+
+/// Waits until a dashboard on `port` accepts connections.
+async fn answering(port: u16) {
+    wait_until(WAIT, "the dashboard answering", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
+/// The pause targets the dashboard's snapshot shows.
+async fn paused(port: u16) -> Vec<String> {
+    let (_, body) = http(port, "GET", "/api/snapshot", "").await;
+    let snap: serde_json::Value = serde_json::from_str(&body).expect("a JSON snapshot");
+    snap["paused"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no paused list in {body}"))
+        .iter()
+        .map(|t| t.as_str().expect("a target").to_owned())
+        .collect()
+}
+
+/// The token comes from the `dashboard_token` setting of the config file
+/// (`--token` overrides it); pause and resume (a class's priority, a kind)
+/// are write actions behind it, and the queues view shows what is paused,
+/// the same pause `tandem pause` and `tandem resume` see.
+#[tokio::test]
+async fn the_dashboard_pauses_and_resumes_with_the_token_from_config() {
+    let redis = RedisServer::start();
+    let dir = crate::support::ScratchDir::new("dashboard-config");
+    let config = dir.path().join("tandem.toml");
+    std::fs::write(&config, format!("dashboard_token = \"{TOKEN}\"\n")).unwrap();
+    let config = config.display().to_string();
+    let port = crate::support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _dashboard = Serving::start(
+        &redis,
+        &["--config", &config, "dashboard", "--listen", &listen],
+    );
+    answering(port).await;
+    assert!(paused(port).await.is_empty());
+
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (status, body) = http(port, "POST", "/api/pause/cpu:high", "").await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{body}");
+    assert!(paused(port).await.is_empty());
+    let (status, body) = http(port, "POST", "/api/pause/cpu:high", &auth).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let (status, body) = http(port, "POST", "/api/pause/kind:noop", &auth).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    wait_until(WAIT, "both pauses shown", || async {
+        paused(port).await == ["cpu:high", "kind:noop"]
+    })
+    .await;
+    // A bad target is refused, naming it.
+    let (status, body) = http(port, "POST", "/api/pause/warm", &auth).await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request", "{body}");
+    assert!(body.contains("target"), "{body}");
+
+    // The same pause as the CLI's: `tandem resume` finds it.
+    let out = tandem(&redis, &["resume", "cpu:high"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("resumed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let (status, body) = http(port, "POST", "/api/resume/kind:noop", &auth).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    wait_until(WAIT, "nothing paused", || async {
+        paused(port).await.is_empty()
+    })
+    .await;
+    let (status, _) = http(port, "POST", "/api/resume/kind:noop", &auth).await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+    // --token overrides the file's token.
+    let flag_port = crate::support::free_port();
+    let flag_listen = format!("127.0.0.1:{flag_port}");
+    let _flagged = Serving::start(
+        &redis,
+        &[
+            "--config",
+            &config,
+            "dashboard",
+            "--listen",
+            &flag_listen,
+            "--token",
+            "token-from-the-flag",
+        ],
+    );
+    answering(flag_port).await;
+    let (status, _) = http(flag_port, "POST", "/api/pause/cpu", &auth).await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let (status, body) = http(
+        flag_port,
+        "POST",
+        "/api/pause/cpu",
+        "Authorization: Bearer token-from-the-flag\r\n",
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert_eq!(paused(flag_port).await, ["cpu"]);
+
+    // A token in the file too short is refused, naming the setting.
+    std::fs::write(
+        dir.path().join("short.toml"),
+        "dashboard_token = \"short\"\n",
+    )
+    .unwrap();
+    let short = dir.path().join("short.toml").display().to_string();
+    let out = tandem(
+        &redis,
+        &["--config", &short, "dashboard", "--listen", "127.0.0.1:0"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("dashboard_token"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// chromedriver: `TANDEM_CHROMEDRIVER` (set by .ci/run), else
+/// `chromedriver` on PATH.
+fn chromedriver() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("TANDEM_CHROMEDRIVER") {
+        return Some(path.into());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("chromedriver"))
+            .find(|path| path.is_file())
+    })
+}
+
+/// A chromedriver process on a loopback port, killed when the test ends.
+struct Driver(std::process::Child, u16);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A headless Chromium session driven over WebDriver (plain HTTP on
+/// loopback: no TLS in the client).
+async fn browser(
+    driver: &std::path::Path,
+    chromium: &std::path::Path,
+    profile: &std::path::Path,
+) -> (Driver, fantoccini::Client) {
+    let port = crate::support::free_port();
+    let child = std::process::Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn chromedriver");
+    let driver = Driver(child, port);
+    answering(driver.1).await;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": chromium.display().to_string(),
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                "--window-size=1400,1300",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = fantoccini::ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.1))
+        .await
+        .expect("a WebDriver session");
+    (driver, client)
+}
+
+/// The text of the element `css` on the open page ("" while it is absent
+/// or being re-rendered).
+async fn text_of(page: &fantoccini::Client, css: &str) -> String {
+    match page.find(fantoccini::Locator::Css(css)).await {
+        Ok(element) => element.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Clicks the element `css`; false while it is absent, or was replaced by
+/// the next snapshot between finding and clicking it.
+async fn click(page: &fantoccini::Client, css: &str) -> bool {
+    match page.find(fantoccini::Locator::Css(css)).await {
+        Ok(element) => element.click().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The dashboard in a real browser, driven by clicks over WebDriver: the
+/// page, open once, shows values that change while tasks run (server-sent
+/// events, no reload); a requeue clicked without the token is refused and
+/// the page says so; with the token typed in, the click puts the dead
+/// letter back; a pause typed and clicked shows in the queues view, and
+/// its resume button lifts it.
+#[tokio::test]
+async fn the_dashboard_is_driven_by_clicks_in_a_real_browser() {
+    let (Some(chromium), Some(driver)) = (chromium(), chromedriver()) else {
+        eprintln!(
+            "no chromium (TANDEM_CHROMIUM or PATH) or no chromedriver (TANDEM_CHROMEDRIVER or PATH): the click-driven browser test is skipped"
+        );
+        return;
+    };
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[
+            ("TANDEM_CONCURRENCY", "2"),
+            ("TANDEM_METRICS_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    let producer = redis.producer().await;
+    let failing = Task::of::<Fail>(&FailParams {
+        code: "E_CLICKED".into(),
+        message: "requeued by a click".into(),
+        retry: false,
+    })
+    .unwrap();
+    let failing = producer.submit(failing).await.unwrap();
+    let letter = producer
+        .wait(failing, WAIT)
+        .await
+        .unwrap()
+        .record
+        .dead_letter
+        .expect("dead-lettered");
+
+    let port = crate::support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _dashboard = Serving::start(
+        &redis,
+        &[
+            "dashboard",
+            "--listen",
+            &listen,
+            "--token",
+            TOKEN,
+            "--interval-ms",
+            "300",
+        ],
+    );
+    answering(port).await;
+    let profile = crate::support::ScratchDir::new("chromium-webdriver");
+    let (_driver, page) = browser(&driver, &chromium, profile.path()).await;
+    page.goto(&format!("http://{listen}/")).await.unwrap();
+
+    // Live: the CPU worker's finished count in the open page grows while
+    // sleeps run, with no reload.
+    let done = |text: String| text.trim().parse::<u64>().ok();
+    let cell = "tr[data-member=\"cpu\"] td.done";
+    let before = std::sync::Mutex::new(None);
+    wait_until(WAIT, "the page showing the worker", || async {
+        let shown = done(text_of(&page, cell).await);
+        *before.lock().unwrap() = shown;
+        shown.is_some()
+    })
+    .await;
+    let before = before.into_inner().unwrap().unwrap_or_default();
+    let mut sleeps = Vec::new();
+    for _ in 0..4 {
+        let task = Task::of::<Sleep>(&SleepParams { ms: 100 }).unwrap();
+        sleeps.push(producer.submit(task).await.unwrap());
+    }
+    for id in &sleeps {
+        producer.wait(*id, WAIT).await.unwrap();
+    }
+    wait_until(
+        WAIT,
+        "the open page counting the finished sleeps",
+        || async { done(text_of(&page, cell).await).is_some_and(|now| now >= before + 4) },
+    )
+    .await;
+
+    // A requeue clicked without the token: refused, and the page says so.
+    let requeue = format!("button[data-act=\"requeue\"][data-id=\"{letter}\"]");
+    wait_until(WAIT, "the requeue button clicked", || {
+        click(&page, &requeue)
+    })
+    .await;
+    wait_until(WAIT, "the refusal shown", || async {
+        text_of(&page, "#action-result")
+            .await
+            .contains("refused (401)")
+    })
+    .await;
+    assert_eq!(
+        producer
+            .record(failing)
+            .await
+            .unwrap()
+            .and_then(|r| r.dead_letter),
+        Some(letter.clone())
+    );
+
+    // With the token typed in, the same click puts the dead letter back:
+    // the task runs again and is dead-lettered anew.
+    let token = page.find(fantoccini::Locator::Css("#token")).await.unwrap();
+    token.send_keys(TOKEN).await.unwrap();
+    wait_until(WAIT, "the requeue button clicked", || {
+        click(&page, &requeue)
+    })
+    .await;
+    wait_until(WAIT, "the requeue shown", || async {
+        text_of(&page, "#action-result")
+            .await
+            .starts_with("requeue: ")
+    })
+    .await;
+    wait_until(WAIT, "the requeued task dead-lettered anew", || async {
+        producer
+            .record(failing)
+            .await
+            .unwrap()
+            .is_some_and(|r| r.dead_letter.is_some_and(|d| d != letter))
+    })
+    .await;
+
+    // Pause typed and clicked; shown in the queues view; its resume
+    // button lifts it.
+    page.find(fantoccini::Locator::Css("#pause-target"))
+        .await
+        .unwrap()
+        .send_keys("cpu:low")
+        .await
+        .unwrap();
+    assert!(click(&page, "#pause-go").await);
+    wait_until(WAIT, "the pause shown in the queues view", || async {
+        text_of(&page, "#paused").await.contains("cpu:low")
+    })
+    .await;
+    let resume = "button[data-act=\"resume\"][data-target=\"cpu:low\"]";
+    wait_until(WAIT, "the resume button clicked", || click(&page, resume)).await;
+    wait_until(WAIT, "nothing paused shown", || async {
+        text_of(&page, "#paused").await == "nothing"
+    })
+    .await;
+    let shot = page.screenshot().await.unwrap();
+    std::fs::write(artefacts().join("clicked.png"), shot).unwrap();
+    page.close().await.unwrap();
+}

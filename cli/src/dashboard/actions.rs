@@ -1,5 +1,5 @@
 //! The dashboard's write actions: requeue or purge a dead letter, cancel a
-//! task. Each needs `Authorization: Bearer <token>` with the token the
+//! task, pause or resume a class, a class's priority or a kind. Each needs `Authorization: Bearer <token>` with the token the
 //! dashboard was started with; in `--read-only` mode there is none and
 //! every action is refused.
 
@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
+use tandem_shared::flow::PauseTarget;
 use tandem_shared::store::CancelOutcome;
 use tandem_shared::{Class, TaskId};
 
@@ -123,6 +124,59 @@ pub(super) async fn cancel(
             };
             Json(json!({ "task": id.to_string(), "outcome": said })).into_response()
         }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// The target of a pause or a resume, as `tandem pause` takes it: a class
+/// (`heavy`), a class's priority (`heavy:high`) or a kind (`kind:risk`,
+/// in every class).
+fn pause_target(text: &str) -> Result<PauseTarget, String> {
+    text.parse::<PauseTarget>()
+        .map_err(|e| format!("target: {}", e.0))
+}
+
+pub(super) async fn pause(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(target): Path<String>,
+) -> Response {
+    if let Some(refusal) = refused(&app, &headers) {
+        return refusal;
+    }
+    let target = match pause_target(&target) {
+        Ok(target) => target,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    match app.store.pause(&target, Class::ALL).await {
+        Ok(newly) => Json(json!({
+            "paused": target.to_string(),
+            "already": newly == 0,
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+pub(super) async fn resume(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(target): Path<String>,
+) -> Response {
+    if let Some(refusal) = refused(&app, &headers) {
+        return refusal;
+    }
+    let target = match pause_target(&target) {
+        Ok(target) => target,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    match app.store.resume(&target, Class::ALL).await {
+        Ok((0, _)) => error(StatusCode::NOT_FOUND, format!("{target} is not paused")),
+        Ok((_, released)) => Json(json!({
+            "resumed": target.to_string(),
+            "released": released,
+        }))
+        .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -6,7 +6,7 @@
 //! open page.
 //!
 //! - this module: the flags, the routes and the snapshot.
-//! - `actions`: the write actions (requeue, purge, cancel), each checked
+//! - `actions`: the write actions (requeue, purge, cancel, pause, resume), each checked
 //!   against the token; none in `--read-only` mode.
 //! - `assets/`: `index.html`, `app.js`, `style.css`.
 //!
@@ -30,6 +30,7 @@ use axum::routing::{get, post};
 use clap::Args;
 use futures_util::stream::Stream;
 use serde_json::{Value, json};
+use tandem_shared::flow::PauseTarget;
 use tandem_shared::store::{IndexState, Store};
 use tandem_shared::{Class, Config, TaskId};
 
@@ -39,9 +40,11 @@ pub struct DashboardArgs {
     /// front before exposing it.
     #[arg(long, default_value = "127.0.0.1:9470")]
     pub listen: SocketAddr,
-    /// The token write actions (requeue, purge, cancel) must send as
+    /// The token write actions (requeue, purge, cancel, pause) must send as
     /// `Authorization: Bearer <token>`. Needed unless --read-only.
-    #[arg(long, env = "TANDEM_DASHBOARD_TOKEN", hide_env_values = true)]
+    /// Overrides the `dashboard_token` setting (file or
+    /// `TANDEM_DASHBOARD_TOKEN`).
+    #[arg(long)]
     pub token: Option<String>,
     /// No write actions at all: the page shows, and changes nothing.
     #[arg(long)]
@@ -69,12 +72,14 @@ type Shared = Arc<App>;
 const LISTED: usize = 25;
 
 pub(crate) async fn run(config: &Config, args: DashboardArgs) -> anyhow::Result<ExitCode> {
-    let token = match (args.read_only, args.token) {
+    let from_config = Some(config.dashboard_token.expose().to_owned()).filter(|t| !t.is_empty());
+    let token = match (args.read_only, args.token.or(from_config)) {
         (true, _) => None,
         (false, Some(token)) if token.len() >= 8 => Some(token),
-        (false, Some(_)) => anyhow::bail!("--token: at least 8 characters"),
+        (false, Some(_)) => anyhow::bail!("--token (or dashboard_token): at least 8 characters"),
         (false, None) => anyhow::bail!(
-            "--token (or TANDEM_DASHBOARD_TOKEN) is needed for the write actions; \
+            "--token (or the dashboard_token setting, TANDEM_DASHBOARD_TOKEN) is needed for \
+             the write actions; \
              or run with --read-only"
         ),
     };
@@ -141,6 +146,8 @@ fn router(app: Shared) -> Router {
         .route("/api/dlq/{class}/{id}/requeue", post(actions::requeue))
         .route("/api/dlq/{class}/{id}/purge", post(actions::purge))
         .route("/api/tasks/{id}/cancel", post(actions::cancel))
+        .route("/api/pause/{target}", post(actions::pause))
+        .route("/api/resume/{target}", post(actions::resume))
         .route("/metrics", get(metrics))
         .with_state(app)
 }
@@ -249,6 +256,25 @@ async fn snapshot(store: &Store, read_only: bool) -> Result<Value, String> {
     let alerts = store.alerts(LISTED).await.map_err(text)?;
     let dead = store.dead_letters(Class::ALL, LISTED).await.map_err(text)?;
     let schedules = store.list_schedules(Class::ALL).await.map_err(text)?;
+    let flows = store.flow_states(Class::ALL).await.map_err(text)?;
+    let mut paused = Vec::new();
+    let mut kinds = Vec::new();
+    for (&class, flow) in Class::ALL.iter().zip(&flows) {
+        if flow.paused_since_ms.is_some() {
+            paused.push(PauseTarget::Class(class).to_string());
+        }
+        for (priority, _) in &flow.paused_priorities {
+            paused.push(PauseTarget::Priority(class, *priority).to_string());
+        }
+        for (kind, _) in &flow.paused_kinds {
+            let target = PauseTarget::Kind(kind.clone()).to_string();
+            if !kinds.contains(&target) {
+                kinds.push(target);
+            }
+        }
+    }
+    // Classes and their priorities first, then kinds (paused in every class).
+    paused.append(&mut kinds);
     let mut tasks = serde_json::Map::new();
     for state in [
         IndexState::Running,
@@ -296,6 +322,7 @@ async fn snapshot(store: &Store, read_only: bool) -> Result<Value, String> {
             "retrying": c.retrying,
             "dead_letters": c.dead_letters,
         })).collect::<Vec<_>>(),
+        "paused": paused,
         "tasks": tasks,
         "dead_letters": dead.iter().map(|d| json!({
             "id": d.id,

@@ -64,6 +64,9 @@ function renderQueues(snap) {
     return `<td class="num" data-cell="${c}:${p}"><span class="waiting">${esc(s.waiting ?? 0)}</span> / <span class="running">${esc(s.running ?? 0)}</span> / ${age(s.oldest_waiting_ms)}</td>`;
   }).join("")}</tr>`).join("");
   $("classes").tBodies[0].innerHTML = snap.classes.map((c) => `<tr data-class="${esc(c.class)}"><td>${esc(c.class)}</td>${num(c.delayed)}${num(c.retrying)}${num(c.dead_letters)}</tr>`).join("");
+  const writable = !snap.read_only;
+  $("paused").innerHTML = (snap.paused || []).map((t) => `<span class="paused" data-target="${esc(t)}">${esc(t)}${writable ? ` <button data-act="resume" data-target="${esc(t)}">resume</button>` : ""}</span>`).join(" ") || "nothing";
+  document.querySelectorAll("#flow .writable").forEach((e) => { e.hidden = !writable; });
   // Throughput: completions between two snapshots, over their interval.
   if (lastCompleted && snap.completed_total >= lastCompleted.total) {
     const seconds = Math.max(0.001, (snap.at_ms - lastCompleted.at) / 1000);
@@ -146,7 +149,8 @@ async function openTask(id) {
 
 async function act(button) {
   const { act: action, id } = button.dataset;
-  const path = action === "cancel" ? `/api/tasks/${encodeURIComponent(id)}/cancel` : `/api/dlq/${encodeURIComponent(button.dataset.class)}/${encodeURIComponent(id)}/${action}`;
+  const target = action === "pause" ? $("pause-target").value.trim() : button.dataset.target;
+  const path = action === "pause" || action === "resume" ? `/api/${action}/${encodeURIComponent(target)}` : action === "cancel" ? `/api/tasks/${encodeURIComponent(id)}/cancel` : `/api/dlq/${encodeURIComponent(button.dataset.class)}/${encodeURIComponent(id)}/${action}`;
   const token = $("token").value;
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   const reply = await fetch(path, { method: "POST", headers });
