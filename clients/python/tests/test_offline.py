@@ -26,7 +26,9 @@ def test_generated_classes_match_tandem_kinds_json_schema():
     assert (PACKAGE / "kinds.py").read_text() == code, f"kinds.py drifted from tandem kinds: {hint}"
 
 
-@pytest.mark.parametrize("name", ["common.lua", "submit.lua", "cancel.lua", "find.lua"])
+@pytest.mark.parametrize(
+    "name", ["common.lua", "submit.lua", "cancel.lua", "find.lua", "workflow_submit.lua", "workflow_cancel.lua", "blob.lua"]
+)
 def test_lua_scripts_are_the_workers_own(name):
     ours = (PACKAGE / "lua" / name).read_text()
     theirs = (ROOT / "shared" / "lua" / name).read_text()

@@ -11,6 +11,12 @@ idempotency keys and retries while Redis is away.
   `RedisUnavailable`, `TaskNotFound`, `WaitTimeout`, and `TaskFailed` with
   one subclass per error code.
 - `Outcome`: how a task ended.
+- `Workflow` and `ref`: a graph of tasks submitted as one unit
+  (`Client.submit_workflow`), whose nodes take their parents' results;
+  `WorkflowHandle` to follow it (`status`, `wait`, `result`, `cancel`).
+- Blobs: parameters above `blob_threshold_bytes` travel as a reference to
+  the blob store by themselves, and results that came as one are read on
+  `wait`; `Client.put_blob`, `get_blob`, `read_blob`, `blob_stat` by hand.
 
 Quick start::
 
@@ -24,23 +30,34 @@ Quick start::
 """
 
 from . import errors, kinds
+from ._blob import BlobRef, BlobStat
 from ._core import Progress, Settings
+from ._workflow import NodeState, Workflow, WorkflowState, ref
 from .aio import AsyncClient
-from .client import Client, Task
+from .client import Client, Task, WorkflowHandle
 from .errors import (
+    BlobError,
     InvalidTask,
+    InvalidWorkflow,
     RedisUnavailable,
     TaskFailed,
     TaskNotFound,
     TandemError,
     WaitTimeout,
+    WorkflowFailed,
+    WorkflowNotFound,
 )
-from .outcome import Outcome
+from .outcome import Outcome, WorkflowOutcome
 
 __all__ = [
     "AsyncClient",
+    "BlobError",
+    "BlobRef",
+    "BlobStat",
     "Client",
     "InvalidTask",
+    "InvalidWorkflow",
+    "NodeState",
     "Outcome",
     "Progress",
     "RedisUnavailable",
@@ -50,7 +67,14 @@ __all__ = [
     "TaskNotFound",
     "TandemError",
     "WaitTimeout",
+    "Workflow",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowNotFound",
+    "WorkflowOutcome",
+    "WorkflowState",
     "errors",
+    "ref",
     "kinds",
 ]
 __version__ = "0.1.0"

@@ -47,6 +47,16 @@ class Settings:
     # The sentinels' own password (`TANDEM_REDIS_SENTINEL_PASSWORD`), when
     # they require one; the data nodes' is in `redis_url`.
     sentinel_password: Optional[str] = None
+    # The blob store (docs/wire-format.md, "Blob references"): parameters
+    # and results above `blob_threshold_bytes` travel as a reference (0:
+    # never), written and read in chunks of `blob_chunk_bytes`; a put's
+    # reference lives `blob_ttl_s` unless given back. `blob_store` is
+    # `redis` (the default) or a directory every worker shares.
+    blob_store: str = "redis"
+    blob_threshold_bytes: int = 1 << 20
+    blob_ttl_s: int = 86_400
+    blob_chunk_bytes: int = 1 << 20
+    max_blob_bytes: int = 1 << 30
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -78,12 +88,21 @@ class Settings:
             train_on_primary=env.get("TANDEM_TRAIN_ON_PRIMARY", "true").lower() not in ("false", "0", "no"),
             events=env.get("TANDEM_EVENTS", "true").lower() not in ("false", "0", "no"),
             sentinel_password=env.get("TANDEM_REDIS_SENTINEL_PASSWORD") or None,
+            blob_store=env.get("TANDEM_BLOB_STORE") or cls.blob_store,
+            blob_threshold_bytes=num("TANDEM_BLOB_THRESHOLD_BYTES", 1 << 20),
+            blob_ttl_s=num("TANDEM_BLOB_TTL_S", 86_400),
+            blob_chunk_bytes=num("TANDEM_BLOB_CHUNK_BYTES", 1 << 20),
+            max_blob_bytes=num("TANDEM_MAX_BLOB_BYTES", 1 << 30),
         )
         for name, value in overrides.items():
             if value is not None:
                 setattr(settings, name, value)
         if isinstance(settings.signing_key, str):
             settings.signing_key = settings.signing_key.encode()
+        for name, least in (("blob_chunk_bytes", 1), ("blob_ttl_s", 1), ("blob_threshold_bytes", 0)):
+            value = getattr(settings, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidTask(f"{name}: must be a whole number, at least {least}, got {value!r}", field=name)
         return settings
 
 
@@ -177,15 +196,22 @@ def new_producer_id() -> str:
 
 class Script:
     """One Lua script: `common.lua` followed by its own file, as
-    `shared/src/scripts.rs` builds it, so the SHA matches the Rust one. It
+    `shared/src/scripts.rs` builds it (which keeps of `common.lua` only
+    what the script uses: the SHA differs, the behaviour does not). It
     comes in two variants, as there: with lifecycle events (the setting
-    `events`, on by default) and without."""
+    `events`, on by default) and without. A `standalone` script
+    (`blob.lua`) is its file alone, as `shared/src/blob/` loads it, in one
+    variant."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, standalone: bool = False) -> None:
         lua = resources.files("tandem") / "lua"
-        common = (lua / "common.lua").read_text()
         body = (lua / name).read_text()
         self.name = name
+        if standalone:
+            self.source = self.quiet_source = body
+            self.sha = self.quiet_sha = hashlib.sha1(body.encode()).hexdigest()
+            return
+        common = (lua / "common.lua").read_text()
         base = f"{common}\n-- {name}\n{body}"
         self.source = f"local EVENTS_MAXLEN = {EVENTS_MAXLEN}\n{base}"
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
@@ -205,7 +231,10 @@ EVENTS_MAXLEN = 100_000
 SUBMIT = Script("submit.lua")
 CANCEL = Script("cancel.lua")
 FIND = Script("find.lua")
-SCRIPTS = (SUBMIT, CANCEL, FIND)
+WORKFLOW_SUBMIT = Script("workflow_submit.lua")
+WORKFLOW_CANCEL = Script("workflow_cancel.lua")
+BLOB = Script("blob.lua", standalone=True)
+SCRIPTS = (SUBMIT, CANCEL, FIND, WORKFLOW_SUBMIT, WORKFLOW_CANCEL, BLOB)
 
 
 def _catalog() -> Dict[str, Any]:
@@ -241,14 +270,20 @@ def prepare(
     run_at: Optional[datetime.datetime] = None,
     rate_key: Optional[str] = None,
     timeout: Optional[Seconds] = None,
+    takes_results: bool = False,
 ) -> Tuple[_wire.NewTask, Optional[str]]:
     """Checks a task and fills in defaults; returns it and the model whose
-    registered class decides its class (looked up by the caller), if any."""
+    registered class decides its class (looked up by the caller), if any.
+    Parameters above `blob_threshold_bytes` are checked against
+    `max_blob_bytes` instead of `max_payload_bytes`: the caller stores them
+    as a blob and sends its reference (`by_reference`). A workflow node
+    whose parameters take its parents' results (`takes_results`) skips the
+    kind's schema check: the worker checks them once the results are in."""
     if not isinstance(kind, str) or not kind:
         raise InvalidTask(f"kind: expected a kind's name, got {kind!r}", field="kind")
     params = _model._wire_value(params)
     entry = CATALOG.get(kind)
-    if entry is not None:
+    if entry is not None and not takes_results:
         try:
             _schema.check(entry["params"], params)
         except _schema.SchemaError as err:
@@ -257,7 +292,14 @@ def prepare(
         packed = _wire.pack(params)
     except (TypeError, ValueError, OverflowError) as err:
         raise InvalidTask(f"parameters of kind {kind} cannot be sent as MessagePack: {err}", kind=kind) from None
-    if len(packed) > settings.max_payload_bytes:
+    if by_reference(settings, packed):
+        if len(packed) > settings.max_blob_bytes:
+            raise InvalidTask(
+                f"parameters are {len(packed)} bytes; the largest blob is {settings.max_blob_bytes} bytes "
+                "(max_blob_bytes)",
+                kind=kind,
+            )
+    elif len(packed) > settings.max_payload_bytes:
         raise InvalidTask(
             f"parameters are {len(packed)} bytes; the limit is {settings.max_payload_bytes} (max_payload_bytes)",
             kind=kind,
@@ -291,7 +333,16 @@ def prepare(
         raise InvalidTask(f"max_attempts: must be at least 1, got {attempts!r}", kind=kind, field="max_attempts")
     if memory_bytes is None or memory_bytes == 0:
         # As the Rust producer: 0 (or nothing) means the kind's estimate.
-        memory_bytes = _estimates.memory_estimate(kind, params) if entry is not None else 0
+        memory_bytes = 0
+        if entry is not None:
+            try:
+                memory_bytes = _estimates.memory_estimate(kind, params)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                # Placeholders stand where the estimate reads (a node that
+                # takes its parents' results): the worker sizes it.
+                if not takes_results:
+                    raise
+
     if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 0:
         raise InvalidTask(f"memory_bytes: expected bytes, 0 or more, got {memory_bytes!r}", field="memory_bytes")
     deadline_s = seconds(deadline, "deadline")
@@ -321,6 +372,12 @@ def prepare(
         run_at=_run_at(delay, run_at, kind),
     )
     return task, model
+
+
+def by_reference(settings: Settings, packed: bytes) -> bool:
+    """Whether parameters travel as a blob reference (above
+    `blob_threshold_bytes`; 0: never), as the Rust producer decides."""
+    return 0 < settings.blob_threshold_bytes < len(packed)
 
 
 def _run_at(delay: Optional[Seconds], run_at: Optional[datetime.datetime], kind: str) -> Optional[Tuple[str, int]]:

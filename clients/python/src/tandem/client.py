@@ -11,16 +11,20 @@ meanwhile are kept for their own wait.
 from __future__ import annotations
 
 import datetime
+import json
+import os
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Union
 
 import redis
 from redis.sentinel import Sentinel
 
-from . import _core, _wire
+from . import _blob, _core, _wire, _workflow
+from ._blob import BlobRef, BlobStat
 from ._core import Progress, Seconds, Settings
-from .errors import RedisUnavailable, TaskNotFound, WaitTimeout
-from .outcome import Outcome
+from ._workflow import Workflow, WorkflowState
+from .errors import InvalidTask, InvalidWorkflow, RedisUnavailable, TaskNotFound, WaitTimeout, WorkflowNotFound
+from .outcome import Outcome, WorkflowOutcome
 
 # Errors that mean "Redis is away or not ready": retried for
 # `reconnect_timeout`, as the Rust producer does.
@@ -98,6 +102,7 @@ class Client:
         # and the notices that came for them.
         self._pending: Set[str] = set()
         self._arrived: Dict[str, Dict[str, Any]] = {}
+        self._blobs = _blob.Layout(self.settings.prefix, self.settings.blob_store)
 
     @property
     def redis(self) -> "redis.Redis":
@@ -169,14 +174,7 @@ class Client:
         their model's class). Every task is checked first; if one is
         invalid (`InvalidTask`), nothing is sent."""
         prepared = [(_core.prepare(self.settings, t.kind, t.params, **t.options)) for t in tasks]
-        models = sorted({m for _, m in prepared if m})
-        classes = self._retry(lambda: self._model_classes(models)) if models else {}
-        new_tasks = []
-        for task, model in prepared:
-            if model and classes.get(model):
-                task.cls = classes[model]
-            _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
-            new_tasks.append(task)
+        new_tasks = self._finish(prepared)
         for cls in sorted({t.cls for t in new_tasks}):
             self._listen(self.keys.reply(cls, self.producer_id))
         replies = self._retry(lambda: self._send(new_tasks))
@@ -189,6 +187,24 @@ class Client:
                 self._pending.add(task_id)
             ids.append(task_id)
         return ids
+
+    def _finish(self, prepared: List[Any]) -> List[_wire.NewTask]:
+        """Completes checked tasks as the Rust producer's `prepare`: the
+        class of model kinds from their model's record, parameters above
+        `blob_threshold_bytes` stored as a blob (one reference per task,
+        given back by the worker that commits its final outcome) and sent
+        as its reference, then the signature (over what is sent)."""
+        models = sorted({m for _, m in prepared if m})
+        classes = self._retry(lambda: self._model_classes(models)) if models else {}
+        new_tasks = []
+        for task, model in prepared:
+            if model and classes.get(model):
+                task.cls = classes[model]
+            if _core.by_reference(self.settings, task.params):
+                task.params = self.put_blob(task.params).encode()
+            _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
+            new_tasks.append(task)
+        return new_tasks
 
     def _send(self, tasks: Sequence[_wire.NewTask]) -> List[Any]:
         """One pipeline of submit.lua calls. A retry after a lost reply
@@ -457,7 +473,307 @@ class Client:
             cls = str(fields.get("class", ""))
             found = self._retry(lambda: self._redis.hget(self.keys.task(cls, task_id), "result"))
             fields = dict(fields, result=found)
-        return _core.outcome(task_id, fields)
+        # A result above the blob threshold came as a reference: read it.
+        blob = BlobRef.detect(fields.get("result"))
+        if blob is not None:
+            fields = dict(fields, result=self.get_blob(blob))
+        outcome = _core.outcome(task_id, fields)
+        outcome.result_blob = blob
+        return outcome
+
+    # --- workflows -----------------------------------------------------------
+
+    def submit_workflow(self, workflow: Union[Workflow, Dict[str, Any]]) -> "WorkflowHandle":
+        """Submits a workflow (a `Workflow`, or a spec as `tandem flow
+        submit` reads it, as a dict) as one unit, in one script. Checked
+        first, nothing sent when it is refused (`InvalidWorkflow`, naming
+        the node): a cycle, a missing parent, a kind that is not built in
+        without a class, bad parameters of a node that takes no results, a
+        placeholder for a node that is not a parent, a path the parent
+        kind's result cannot hold. Returns its handle."""
+        if isinstance(workflow, dict):
+            workflow = Workflow.from_spec(workflow)
+        order, takes = _workflow.check(workflow.nodes, _core.CATALOG)
+        prepared = []
+        for i in order:
+            node = workflow.nodes[i]
+            try:
+                prepared.append(
+                    _core.prepare(self.settings, node.kind, node.params, takes_results=takes[i], **node.options)
+                )
+            except InvalidWorkflow:
+                raise
+            except InvalidTask as err:
+                raise InvalidWorkflow(
+                    f"node {json.dumps(node.name)}: {err}", node=node.name, kind=err.kind, field=err.field
+                ) from None
+        tasks = self._finish(prepared)
+        ordered = [(workflow.nodes[i].name, task, workflow.nodes[i].after) for i, task in zip(order, tasks)]
+        for cls in sorted({t.cls for t in tasks}):
+            self._listen(self.keys.reply(cls, self.producer_id))
+        keys, args = _workflow.submit_args(
+            self.keys, workflow.id, workflow.on_failure, ordered, self.producer_id,
+            lambda cls: self.keys.reply(cls, self.producer_id),
+        )
+
+        def send() -> Any:
+            self._load_scripts()
+            sha = _core.WORKFLOW_SUBMIT.variant(self.settings.events)[1]
+            return self._redis.evalsha(sha, len(keys), *keys, *args)
+
+        try:
+            reply = self._retry(send)
+        except redis.ResponseError as err:
+            raise InvalidWorkflow(f"workflow {workflow.id}: {err}") from None
+        created = int(reply[1]) == 1
+        nodes = {name: task.id for name, task, _ in ordered}
+        if created:
+            self._pending.update(nodes.values())
+        else:
+            # A workflow of this id was there (a retried submit): its own
+            # nodes are the ones to follow.
+            found = self.workflow_status(workflow.id)
+            if found is not None:
+                nodes = {n.name: n.id for n in found.nodes}
+        return WorkflowHandle(self, workflow.id, nodes, created)
+
+    def workflow_status(self, workflow_id: str) -> Optional[WorkflowState]:
+        """The workflow's state with every node's record (state, device,
+        times, result, error), or None when unknown or expired."""
+
+        def run() -> Optional[WorkflowState]:
+            found = self._find_workflow(workflow_id)
+            if found is None:
+                return None
+            fields = found[1]
+            graph = _workflow.parse_graph(fields)
+            pipe = self._redis.pipeline(transaction=False)
+            for entry in graph:
+                pipe.hgetall(self.keys.task(entry["class"], entry["id"]))
+            records = [_wire.fields(r) for r in pipe.execute()] if graph else []
+            return _workflow.state(workflow_id, fields, graph, records)
+
+        return self._retry(run)
+
+    def _find_workflow(self, workflow_id: str):
+        """(class, hash fields) of the workflow, or None."""
+        pipe = self._redis.pipeline(transaction=False)
+        for cls in _wire.CLASSES:
+            pipe.hgetall(_workflow.workflow_key(self.keys, cls, workflow_id))
+        for cls, found in zip(_wire.CLASSES, pipe.execute()):
+            if found:
+                return cls, _wire.fields(found)
+        return None
+
+    def wait_workflow(self, workflow_id: str, timeout: Optional[Seconds] = 60.0) -> WorkflowOutcome:
+        """Waits until every node of the workflow is final (`timeout`
+        bounds the whole; woken by each node's completion notice, no
+        polling) and returns how it ended: its status, its sink nodes'
+        results (`results`) and every node's outcome."""
+        found = self.workflow_status(workflow_id)
+        if found is None:
+            raise WorkflowNotFound(workflow_id)
+        return self._wait_nodes(workflow_id, {n.name: n.id for n in found.nodes}, timeout)
+
+    def _wait_nodes(self, workflow_id: str, nodes: Dict[str, str], timeout: Optional[Seconds]) -> WorkflowOutcome:
+        outcomes = self.wait_many(list(nodes.values()), timeout)
+        state = self.workflow_status(workflow_id)
+        if state is None:
+            raise WorkflowNotFound(workflow_id)
+        return WorkflowOutcome.of(state, dict(zip(nodes, outcomes)))
+
+    def cancel_workflow(self, workflow_id: str) -> str:
+        """Cancels every node not yet finished: `cancelled <ended now>
+        <running nodes asked to stop>`, or `finished <status>` (too late);
+        raises `WorkflowNotFound`."""
+
+        def run() -> str:
+            self._load_scripts()
+            found = self._find_workflow(workflow_id)
+            if found is None:
+                return "not_found"
+            sha = _core.WORKFLOW_CANCEL.variant(self.settings.events)[1]
+            key = _workflow.workflow_key(self.keys, found[0], workflow_id)
+            reply = self._redis.evalsha(
+                sha, 1, key, self.settings.result_ttl_s, self.settings.reply_maxlen, self.settings.reply_ttl_s
+            )
+            return _workflow.cancel_outcome(reply)
+
+        answer = self._retry(run)
+        if answer == "not_found":
+            raise WorkflowNotFound(workflow_id)
+        return answer
+
+    # --- blobs ---------------------------------------------------------------
+
+    def _blob_script(self, sha256: str, op: str, ttl_ms: int, size: int, partial: Optional[str] = None) -> int:
+        self._load_scripts()
+        keys = self._blobs.keys(sha256) + ([partial] if partial else [])
+        return int(self._redis.evalsha(_core.BLOB.sha, len(keys), *keys, op, ttl_ms, size))
+
+    def _ttl_ms(self, ttl: Optional[Seconds]) -> int:
+        limit = _core.seconds(ttl, "ttl")
+        return max(1, round((self.settings.blob_ttl_s if limit is None else limit) * 1000))
+
+    def put_blob(self, data: bytes, ttl: Optional[Seconds] = None) -> BlobRef:
+        """Stores `data` in the blob store (unless it holds them already),
+        in chunks of `blob_chunk_bytes`, and takes one reference to them,
+        alive for `ttl` seconds at least (default `blob_ttl_s`). Put the
+        reference's `encode()` where a task's parameters go (`submit` does
+        this by itself above `blob_threshold_bytes`)."""
+        self._blobs.check()
+        data = bytes(data)
+        blob = BlobRef.of(data)
+        ttl_ms = self._ttl_ms(ttl)
+        self._upload(blob, ttl_ms, lambda: _blob.chunks_of(data, self.settings.blob_chunk_bytes))
+        return blob
+
+    def put_blob_file(self, path: "Union[str, os.PathLike[str]]", ttl: Optional[Seconds] = None) -> BlobRef:
+        """Stores a file's bytes, read twice in chunks (once for the
+        digest, once to upload), never whole in memory; one reference."""
+        self._blobs.check()
+        chunk_bytes = self.settings.blob_chunk_bytes
+        blob = _blob.file_digest(path, chunk_bytes)
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while True:
+                    chunk = f.read(chunk_bytes)
+                    if not chunk:
+                        return
+                    yield chunk
+
+        self._upload(blob, self._ttl_ms(ttl), chunks)
+        return blob
+
+    def _upload(self, blob: BlobRef, ttl_ms: int, chunks: Any) -> None:
+        def run() -> None:
+            if self._blob_script(blob.sha256, "ref", ttl_ms, blob.len) == 1:
+                return
+            if self._blobs.directory is not None:
+                self._upload_file(blob, chunks())
+                self._blob_script(blob.sha256, "stored", ttl_ms, blob.len)
+                return
+            # Appended to a key of its own, renamed once complete: a reader
+            # never sees half a blob, and an upload that dies half-way
+            # leaves a key that expires.
+            partial = self._blobs.partial(blob.sha256)
+            wrote = False
+            for chunk in chunks():
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.append(partial, bytes(chunk))
+                pipe.pexpire(partial, ttl_ms)
+                pipe.execute()
+                wrote = True
+            # An empty blob has no chunk: its data key is never made.
+            self._blob_script(blob.sha256, "stored", ttl_ms, blob.len, partial if wrote else None)
+
+        self._retry(run)
+
+    def _upload_file(self, blob: BlobRef, chunks: Iterable[bytes]) -> None:
+        """Writes the object under the shared directory: to a file of its
+        own, renamed once complete."""
+        target = self._blobs.object_path(blob.sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{blob.sha256}.{_wire.new_task_id()}")
+        try:
+            with open(staging, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+            os.replace(staging, target)
+        finally:
+            if staging.exists():
+                staging.unlink()
+
+    def read_blob(self, blob: Union[BlobRef, str]) -> Iterator[bytes]:
+        """The blob's bytes in chunks of `blob_chunk_bytes` (GETRANGE), so
+        that a caller writing them out never holds the whole; the digest
+        is checked as they come and `BlobError` raised after the last chunk
+        when it does not match (or when the blob is missing). A digest
+        alone (`str`) reads the length the store recorded."""
+        self._blobs.check()
+        if isinstance(blob, str):
+            stat = self.blob_stat(blob)
+            if stat is None:
+                raise _blob.missing(blob)
+            blob = BlobRef(stat.sha256, stat.len)
+        _blob.check_digest(blob.sha256)
+        meta, _, data = self._blobs.keys(blob.sha256)
+        stored = self._retry(lambda: self._redis.get(meta))
+        if stored is None:
+            raise _blob.missing(blob.sha256)
+        if int(stored) != blob.len:
+            raise _blob.damaged(blob, f"a length of {int(stored)}, not {blob.len}")
+        reader = _blob.Reader(blob)
+        if self._blobs.directory is not None:
+            try:
+                f = open(self._blobs.object_path(blob.sha256), "rb")
+            except FileNotFoundError:
+                raise _blob.missing(blob.sha256) from None
+            with f:
+                while True:
+                    chunk = f.read(self.settings.blob_chunk_bytes)
+                    if not chunk:
+                        break
+                    reader.take(chunk)
+                    yield chunk
+        else:
+            for start, end in _blob.ranges(blob.len, self.settings.blob_chunk_bytes):
+                chunk = self._retry(lambda: self._redis.getrange(data, start, end))
+                if not chunk:
+                    raise _blob.missing(blob.sha256)
+                reader.take(chunk)
+                yield chunk
+        reader.finish()
+
+    def get_blob(self, blob: Union[BlobRef, str]) -> bytes:
+        """The blob's bytes, read in chunks and checked against its
+        digest; `BlobError` when it is missing or damaged."""
+        out = bytearray()
+        for chunk in self.read_blob(blob):
+            out += chunk
+        return bytes(out)
+
+    def get_blob_to(self, blob: Union[BlobRef, str], out: IO[bytes]) -> BlobRef:
+        """Writes the blob's bytes to a binary file, chunk by chunk."""
+        for chunk in self.read_blob(blob):
+            out.write(chunk)
+        if isinstance(blob, str):
+            stat = self.blob_stat(blob)
+            return BlobRef(blob, stat.len if stat else 0)
+        return blob
+
+    def blob_stat(self, sha256: str) -> Optional[BlobStat]:
+        """Its length, references, time to live and backend, or None when
+        the store holds no such blob."""
+        _blob.check_digest(sha256)
+        meta, refs, _ = self._blobs.keys(sha256)
+
+        def run() -> Any:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(meta)
+            pipe.get(refs)
+            pipe.pttl(meta)
+            return pipe.execute()
+
+        size, count, ttl = self._retry(run)
+        if size is None:
+            return None
+        return BlobStat(sha256, int(size), int(count or 0), int(ttl) if int(ttl) >= 0 else None,
+                        self._blobs.backend)
+
+    def release_blob(self, blob: BlobRef) -> bool:
+        """Gives back one reference (one a `put_blob` took and no task
+        used); the last one deletes the blob. True when it was deleted."""
+        self._blobs.check()
+        _blob.check_digest(blob.sha256)
+        deleted = self._retry(lambda: self._blob_script(blob.sha256, "release", 0, 0)) == 1
+        if deleted and self._blobs.directory is not None:
+            try:
+                self._blobs.object_path(blob.sha256).unlink()
+            except FileNotFoundError:
+                pass
+        return deleted
 
     # --- Redis ---------------------------------------------------------------
 
@@ -494,6 +810,41 @@ class Client:
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
                 self._scripts_loaded = False
+
+
+class WorkflowHandle:
+    """A submitted workflow: its id, its nodes' task ids by name, and
+    whether this submit created it (False: a workflow of this id existed)."""
+
+    def __init__(self, client: Client, workflow_id: str, nodes: Dict[str, str], created: bool) -> None:
+        self.client = client
+        self.id = workflow_id
+        self.nodes = nodes
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle(id={self.id!r}, nodes={list(self.nodes)})"
+
+    def status(self) -> WorkflowState:
+        """Every node's state, device and times, now."""
+        state = self.client.workflow_status(self.id)
+        if state is None:
+            raise WorkflowNotFound(self.id)
+        return state
+
+    def wait(self, timeout: Optional[Seconds] = 60.0) -> WorkflowOutcome:
+        """Waits for every node to be final; see `Client.wait_workflow`."""
+        return self.client._wait_nodes(self.id, self.nodes, timeout)
+
+    def result(self, timeout: Optional[Seconds] = 60.0) -> Dict[str, Any]:
+        """The workflow's result, its sink nodes' results by name (typed
+        for built-in kinds); raises `WorkflowFailed` when it did not
+        succeed."""
+        return self.wait(timeout).value()
+
+    def cancel(self) -> str:
+        """Cancels every node not yet finished; see `Client.cancel_workflow`."""
+        return self.client.cancel_workflow(self.id)
 
 
 def _redacted(url: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, Optional, Type
 
 if TYPE_CHECKING:
-    from .outcome import Outcome
+    from .outcome import Outcome, WorkflowOutcome
 
 
 class TandemError(Exception):
@@ -29,6 +29,46 @@ class InvalidTask(TandemError, ValueError):
         super().__init__(message)
         self.kind = kind
         self.field = field
+
+
+class InvalidWorkflow(InvalidTask):
+    """A workflow refused before anything was sent: a cycle, a missing
+    parent, a bad name, an unknown kind without a class, a placeholder for
+    a node that is not a parent, a path the parent kind's result cannot
+    hold, a node's bad parameters. `node` names the node at fault (None
+    when the problem is the whole workflow's, such as having no nodes)."""
+
+    def __init__(self, message: str, node: Optional[str] = None, kind: Optional[str] = None,
+                 field: Optional[str] = None) -> None:
+        super().__init__(message, kind=kind, field=field)
+        self.node = node
+
+
+class WorkflowNotFound(TandemError, LookupError):
+    """No workflow of that id: never submitted, or expired (`result_ttl_s`)."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"workflow {workflow_id} not found (never submitted, or expired after result_ttl_s)")
+        self.workflow_id = workflow_id
+
+
+class WorkflowFailed(TandemError):
+    """The workflow ended `failed` or `cancelled`; `outcome` says how each
+    node ended."""
+
+    def __init__(self, outcome: "WorkflowOutcome") -> None:
+        ended = ", ".join(
+            f"{name} {o.status}" + (f" ({o.error_code}: {o.error_message})" if o.error_code else "")
+            for name, o in outcome.nodes.items()
+            if not o.succeeded
+        )
+        super().__init__(f"workflow {outcome.id} ended {outcome.status}: {ended}")
+        self.outcome = outcome
+
+
+class BlobError(TandemError):
+    """A blob that is missing (expired, released, never stored), reads back
+    damaged, or that the configured `blob_store` cannot hold here."""
 
 
 class RedisUnavailable(TandemError, ConnectionError):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import _wire
+
+if TYPE_CHECKING:
+    from ._blob import BlobRef
+    from ._workflow import WorkflowState
 
 
 @dataclass
@@ -28,6 +32,10 @@ class Outcome:
     """The result as the worker wrote it (MessagePack)."""
     fields: Dict[str, Any] = field(default_factory=dict, repr=False)
     """Every field of the notice or record, as text (`result` as bytes)."""
+    result_blob: Optional["BlobRef"] = None
+    """When the result came as a blob reference (above the workers'
+    `blob_threshold_bytes`): the reference; `result_bytes` holds the blob's
+    bytes, read by the wait."""
 
     @classmethod
     def from_fields(cls, task_id: str, fields: Dict[str, Any]) -> "Outcome":
@@ -75,3 +83,40 @@ class Outcome:
         if isinstance(model, type) and hasattr(model, "from_wire") and isinstance(raw, dict):
             return model.from_wire(raw)
         return raw
+
+
+@dataclass
+class WorkflowOutcome:
+    """A finished workflow. `status` is `succeeded`, `failed` (a node did
+    not succeed) or `cancelled`; `results` are its sink nodes' results (the
+    nodes no node waits for; typed for built-in kinds), by node name, a
+    sink that did not succeed left out; `nodes` every node's outcome."""
+
+    id: str
+    status: str
+    results: Dict[str, Any]
+    nodes: Dict[str, Outcome]
+    state: "WorkflowState" = field(repr=False)
+
+    @classmethod
+    def of(cls, state: "WorkflowState", nodes: Dict[str, Outcome]) -> "WorkflowOutcome":
+        results = {
+            sink: nodes[sink].value() for sink in state.sinks if sink in nodes and nodes[sink].succeeded
+        }
+        return cls(id=state.id, status=state.status, results=results, nodes=nodes, state=state)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    def failed_nodes(self) -> List[Outcome]:
+        return [o for o in self.nodes.values() if not o.succeeded]
+
+    def value(self) -> Dict[str, Any]:
+        """`results`; raises `WorkflowFailed` when the workflow did not
+        succeed."""
+        from . import errors
+
+        if not self.succeeded:
+            raise errors.WorkflowFailed(self)
+        return self.results

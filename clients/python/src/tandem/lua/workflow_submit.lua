@@ -1,0 +1,108 @@
+-- Submits a workflow: its hash and every node's record in one step. A node
+-- without parents enters its stream at once; every other node's record
+-- says `waiting` and its entry's fields wait in `<base>wait:<id>` until
+-- the commit of its last parent releases it (workflow_settle in
+-- common.lua). Submitting the same workflow id again (a producer retrying
+-- after a lost reply) creates nothing new.
+--
+-- Every key is named in the arguments (on Redis Cluster all of them must
+-- share one slot: the producer refuses a workflow whose nodes' classes
+-- differ there).
+--
+-- KEYS[1]  the workflow's hash, `<base>workflow:<id>`
+-- ARGV[1]  workflow id
+-- ARGV[2]  on_failure: fail_fast or continue
+-- ARGV[3]  graph, JSON (for views: each node's name, id, class, kind,
+--          parents), kept in the hash as `graph`
+-- ARGV[4]  sink node names, space-separated
+-- ARGV[5]  number of nodes N
+-- then N blocks, parents before children:
+--   name, task id, record key, stream key, number of parents,
+--   children's record keys (space-separated), params, number of metadata
+--   pairs M, then M name/value pairs (as submit.lua's, copied into the
+--   entry and the record)
+--
+-- Returns {workflow id, 1} when created, {workflow id, 0} when it existed;
+-- an error, with nothing written, when a key holds another type or a
+-- node's task id already has a record.
+
+local wf_key = KEYS[1]
+local n = tonumber(ARGV[5]) or 0
+local nodes = {}
+local at = 6
+for i = 1, n do
+  local node = {name = ARGV[at], id = ARGV[at + 1], record = ARGV[at + 2], stream = ARGV[at + 3],
+    parents = tonumber(ARGV[at + 4]) or 0, children = ARGV[at + 5], params = ARGV[at + 6]}
+  local m = tonumber(ARGV[at + 7]) or 0
+  node.pairs = {}
+  for j = 1, 2 * m do
+    node.pairs[j] = ARGV[at + 7 + j]
+  end
+  at = at + 8 + 2 * m
+  nodes[i] = node
+end
+
+local checks = {wf_key, 'hash'}
+for _, node in ipairs(nodes) do
+  local base = string.match(node.record, '^(.*:)task:[^:]+$') or ''
+  for _, pair in ipairs({{node.record, 'hash'}, {node.stream, 'stream'}, {base .. 'wait:' .. node.id, 'hash'}}) do
+    checks[#checks + 1] = pair[1]
+    checks[#checks + 1] = pair[2]
+  end
+end
+local problem = wrong_type(checks)
+if problem then
+  return redis.error_reply(problem)
+end
+if redis.call('EXISTS', wf_key) == 1 then
+  return {ARGV[1], 0}
+end
+for _, node in ipairs(nodes) do
+  if redis.call('EXISTS', node.record) == 1 then
+    return redis.error_reply('ERR node ' .. node.name .. ': task id ' .. node.id
+      .. ' already has a record; the workflow was not submitted')
+  end
+end
+
+local now = now_ms()
+local records = {}
+for i, node in ipairs(nodes) do
+  records[i] = node.record
+end
+redis.call('HSET', wf_key, 'id', ARGV[1], 'status', 'running', 'on_failure', ARGV[2],
+  'submitted_at_ms', int(now), 'nodes', int(n), 'remaining', int(n), 'failed', '0',
+  'graph', ARGV[3], 'sinks', ARGV[4], 'records', table.concat(records, ' '))
+
+for _, node in ipairs(nodes) do
+  local base = string.match(node.record, '^(.*:)task:[^:]+$')
+  local fields = {}
+  local record = {node.record, 'submitted_at_ms', int(now), 'workflow', wf_key, 'wf_node', node.name,
+    'wf_children', node.children}
+  for j = 1, #node.pairs, 2 do
+    fields[#fields + 1] = node.pairs[j]
+    fields[#fields + 1] = node.pairs[j + 1]
+    record[#record + 1] = node.pairs[j]
+    record[#record + 1] = node.pairs[j + 1]
+  end
+  fields[#fields + 1] = 'submitted_at_ms'
+  fields[#fields + 1] = int(now)
+  fields[#fields + 1] = 'params'
+  fields[#fields + 1] = node.params
+  if node.parents == 0 then
+    local entry_id = redis.call('XADD', node.stream, '*', unpack(fields))
+    record[#record + 1] = 'status'
+    record[#record + 1] = 'queued'
+    record[#record + 1] = 'entry'
+    record[#record + 1] = entry_id
+  else
+    redis.call('DEL', base .. 'wait:' .. node.id)
+    redis.call('HSET', base .. 'wait:' .. node.id, unpack(fields))
+    record[#record + 1] = 'status'
+    record[#record + 1] = 'waiting'
+    record[#record + 1] = 'wf_waiting'
+    record[#record + 1] = int(node.parents)
+  end
+  redis.call('HSET', unpack(record))
+  emit_event(base, 'submitted', node.id, node.record)
+end
+return {ARGV[1], 1}

@@ -1,0 +1,365 @@
+"""Workflows and blobs from Python (issue 14) against real redis-server and
+worker processes: a chain, a group and a chord run by the fleet with the
+result read here; a cancel; bad specs refused naming the node, with
+nothing written; parameters above the blob threshold sent by reference and
+run by a worker, a large result read back; blobs put and read in chunks,
+byte for byte, and across `tandem blob put|get` both ways."""
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+from conftest import GPU_UUID, WAIT, binary, wait_until
+
+from tandem import (
+    BlobError,
+    BlobRef,
+    Client,
+    InvalidWorkflow,
+    Workflow,
+    WorkflowFailed,
+    WorkflowNotFound,
+    _core,
+    _wire,
+    errors,
+    ref,
+)
+
+
+@pytest.fixture()
+def client(fleet):
+    with Client(fleet.url) as c:
+        yield c
+
+
+def historical_risk(weights, returns, levels):
+    """VaR and CVaR as `shared/src/kind/risk.rs` defines them: losses
+    sorted descending, k = ceil((1 - c) N), VaR the k-th largest, CVaR the
+    mean of the k largest."""
+    losses = np.sort(-(np.asarray(returns).reshape(-1, len(weights)) @ np.asarray(weights)))[::-1]
+    out = []
+    for c in levels:
+        k = math.ceil(round((1 - c) * len(losses), 9))
+        out.append((losses[k - 1], losses[:k].mean()))
+    return out, losses.mean()
+
+
+# --- workflows ---------------------------------------------------------------------
+
+
+def test_a_chain_group_and_chord_run_on_the_fleet_and_the_result_is_read_here(fleet, client):
+    weights = [1_000_000.0, 500_000.0]
+    returns = [0.01, -0.02, -0.015, 0.005, 0.002, -0.03, 0.012, 0.0, -0.04, 0.01]
+    flow = (
+        Workflow()
+        # A chain: data -> var (on the GPU: `risk` is parallel) -> report.
+        .node("data", "echo", {"weights": weights, "returns": returns})
+        .node("var", "risk", {"method": "historical", "confidence": [0.9],
+                              "weights": ref("data", "/weights"), "returns": ref("data", "/returns")},
+              after=["data"])
+        # A group: `first` runs beside `var`, from the same parent.
+        .node("first", "echo", {"row": ref("data", "/returns/0")}, after=["data"])
+        # A chord: `report` waits for both and takes parts of each result.
+        .node("report", "echo", {"var90": ref("var", "/levels/0/var"), "first": ref("first", "/row")},
+              after=["var", "first"])
+    )
+    handle = client.submit_workflow(flow)
+    assert handle.created and list(handle.nodes) == ["data", "var", "first", "report"]
+
+    outcome = handle.wait(WAIT)
+    assert outcome.status == "succeeded", outcome.failed_nodes()
+    [(var90, _)], _ = historical_risk(weights, returns, [0.9])
+    assert outcome.results == {"report": {"var90": pytest.approx(var90, rel=1e-12), "first": 0.01}}
+    assert handle.result(WAIT) == outcome.results
+    assert outcome.nodes["var"].value().levels[0].var == pytest.approx(var90, rel=1e-12)
+
+    state = handle.status()
+    assert state.status == "succeeded" and state.sinks == ["report"] and state.is_final
+    by_name = {n.name: n for n in state.nodes}
+    assert by_name["var"].device == GPU_UUID and by_name["data"].device == "cpu"
+    assert by_name["report"].parents == ["var", "first"]
+    for node in state.nodes:
+        assert node.status == "succeeded", node
+        assert node.started_at_ms is not None and node.finished_at_ms is not None and node.run_us is not None
+        assert node.waited_ms is not None
+    # A child is released by its last parent's commit, never before.
+    for name in ("var", "first", "report"):
+        node = by_name[name]
+        assert node.released_at_ms is not None and node.started_at_ms >= node.released_at_ms
+    # The Rust CLI reads the workflow Python submitted.
+    view = json.loads(fleet.tandem("flow", "status", handle.id, "--json").stdout)
+    assert view["status"] == "succeeded", view
+    # Waiting by id (another client, say) sees the same.
+    with Client(fleet.url) as other:
+        assert other.wait_workflow(handle.id, WAIT).results == outcome.results
+
+
+def test_a_spec_as_json_yaml_or_dict_describes_the_same_workflow(fleet, client):
+    spec = {
+        "on_failure": "continue",
+        "nodes": [
+            {"name": "a", "kind": "echo", "params": [1, 2, 3]},
+            {"name": "b", "kind": "echo", "after": ["a"], "params": {"x": {"$ref": "a", "path": "/2"}},
+             "priority": "high", "max_attempts": 2, "timeout_ms": 30000},
+        ],
+    }
+    handles = [client.submit_workflow(spec), client.submit_workflow(Workflow.from_json(json.dumps(spec)))]
+    yaml = pytest.importorskip("yaml")
+    handles.append(client.submit_workflow(Workflow.from_yaml(yaml.safe_dump(spec))))
+    for handle in handles:
+        assert handle.result(WAIT) == {"b": {"x": 3}}
+        assert handle.status().on_failure == "continue"
+        record = client.record(handle.nodes["b"])
+        assert (record["priority"], record["max_attempts"], record["timeout_ms"]) == ("high", "2", "30000")
+
+
+def test_cancelling_a_workflow_cancels_every_node_not_finished(fleet, client):
+    flow = (
+        Workflow()
+        # Holds the CPU worker (concurrency 1) until cancelled.
+        .node("hold", "sleep", {"ms": 600_000})
+        .node("after", "echo", {"never": True}, after=["hold"])
+    )
+    handle = client.submit_workflow(flow)
+    wait_until("the first node to run", lambda: handle.status().node("hold").status == "running")
+    assert handle.status().node("after").status == "waiting"
+    # The waiting node ends now; the running one is asked to stop.
+    assert handle.cancel() == "cancelled 1 1"
+    outcome = handle.wait(WAIT)
+    assert outcome.status == "cancelled" and outcome.results == {}
+    assert {name: o.status for name, o in outcome.nodes.items()} == {"hold": "cancelled", "after": "cancelled"}
+    assert outcome.nodes["after"].error_message == "its workflow was cancelled"
+    assert handle.status().node("after").started_at_ms is None
+    with pytest.raises(WorkflowFailed, match="ended cancelled"):
+        outcome.value()
+    assert handle.cancel() == "finished cancelled"
+    with pytest.raises(WorkflowNotFound):
+        client.cancel_workflow(_wire.new_task_id())
+
+
+def test_a_failed_node_fails_the_workflow_fast(fleet, client):
+    flow = (
+        Workflow()
+        .node("bad", "fail", {"code": "E_STALE", "message": "stale quotes"}, max_attempts=1)
+        .node("child", "echo", {"x": ref("bad")}, after=["bad"])
+    )
+    outcome = client.submit_workflow(flow).wait(WAIT)
+    assert outcome.status == "failed"
+    assert outcome.nodes["bad"].error_code == "E_STALE"
+    assert outcome.nodes["child"].status == "cancelled"
+    assert "workflow node bad ended failed" in outcome.nodes["child"].error_message
+
+
+BAD_SPECS = [
+    # (nodes as (name, kind, params, after), the message's start)
+    ([("a", "echo", 1, ["b"]), ("b", "echo", 1, ["a"])],
+     'node "a": it is on a cycle (nodes that wait for one another: a, b)'),
+    ([("a", "echo", 1, []), ("b", "echo", 1, ["ghost"])], 'node "b": parent "ghost" is not a node of the workflow'),
+    ([("a", "echo", 1, []), ("x", "mystery", {}, ["a"])],
+     "node \"x\": kind 'mystery' is not built in, so its class must be given"),
+    ([("r", "risk", {"method": "historical", "weights": [1.0], "returns": [0.1], "confidence": [0.9]}, []),
+      ("c", "echo", {"v": ref("r", "/levels/0/nope")}, ["r"])],
+     'node "c": path "/levels/0/nope" into the result of "r": a risk result has no field "nope"; its fields are '
+     "confidence, cvar, tail_count, var"),
+    ([("a", "echo", 1, []), ("b", "echo", {"v": ref("a")}, [])],
+     'node "b": its params take the result of "a", which is not one of its parents (it has none)'),
+    ([("mc", "monte_carlo", {**_core.CATALOG["monte_carlo"]["example"], "s0": "100"}, [])],
+     'node "mc": bad parameters for kind monte_carlo: s0: expected a number, got a string ("100")'),
+    ([("a b", "echo", 1, [])], "node \"a b\": the name \"a b\" must be 1-64 letters"),
+    ([("a", "echo", {"$ref": "x", "other": 1}, [])], 'node "a": params: a map with "$ref" may hold only'),
+]
+
+
+@pytest.mark.parametrize("nodes, message", BAD_SPECS)
+def test_a_bad_spec_is_refused_naming_the_node_and_nothing_is_written(redis_server, nodes, message):
+    flow = Workflow()
+    for name, kind, params, after in nodes:
+        flow.node(name, kind, params, after=after)
+    with Client(redis_server.url) as client:
+        with pytest.raises(InvalidWorkflow) as refused:
+            client.submit_workflow(flow)
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert refused.value.node == message.split('"')[1]
+    assert redis_server.conn().dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"nodes": [], "retries": 1}, "workflow spec: unknown field 'retries'"),
+        ({"nodes": [{"name": "a", "kind": "echo", "parents": ["x"]}]}, "node 'a': unknown field 'parents'"),
+        ({"nodes": [{"name": "a"}]}, "node 'a': `kind` must be a string"),
+        ({"on_failure": "sometimes", "nodes": []}, "on_failure is 'sometimes'; expected fail_fast or continue"),
+        ({"nodes": []}, "workflow: it has no nodes"),
+    ],
+)
+def test_a_malformed_spec_is_refused_naming_the_field(redis_server, spec, message):
+    with Client(redis_server.url) as client:
+        with pytest.raises(InvalidWorkflow, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+            client.submit_workflow(spec)
+    assert redis_server.conn().dbsize() == 0
+
+
+# --- blobs: large parameters and results ---------------------------------------------
+
+
+def test_a_large_returns_matrix_travels_by_reference_and_runs_on_the_gpu(fleet, client):
+    rng = np.random.default_rng(7)
+    weights = rng.uniform(1e4, 1e6, 20)
+    returns = rng.normal(0.0, 0.02, (8_000, 20))
+    params = {"method": "historical", "weights": weights, "returns": returns, "confidence": [0.95, 0.99]}
+    packed = _wire.pack(params)
+    assert len(packed) > client.settings.max_payload_bytes
+    blob = BlobRef.of(packed)
+
+    # Submitted for later, its entry waits in its retry hash, where the
+    # reference can be read: the entry carries it, the blob store the bytes.
+    later = client.submit("risk", params, delay=3600)
+    held = fleet.redis.conn().hget(f"tandem:{{parallel}}:retry:{later}", "params")
+    assert held == blob.encode() and BlobRef.detect(held) == blob
+    stat = client.blob_stat(blob.sha256)
+    assert (stat.len, stat.refs) == (len(packed), 1)
+    assert client.cancel(later) == "cancelled"
+
+    task = client.submit("risk", params)
+    outcome = client.wait_outcome(task, WAIT)
+    assert outcome.status == "succeeded", outcome
+    assert outcome.device == GPU_UUID
+    expected, mean_loss = historical_risk(weights, returns, [0.95, 0.99])
+    result = outcome.value()
+    assert result.scenarios == 8_000
+    for level, (var, cvar) in zip(result.levels, expected):
+        assert level.var == pytest.approx(var, rel=1e-9) and level.cvar == pytest.approx(cvar, rel=1e-9)
+    assert result.mean_loss == pytest.approx(mean_loss, rel=1e-9, abs=1e-6)
+    # The worker gave its task's reference back; the cancelled task's stays
+    # until blob_ttl_s (a reference nobody gives back expires).
+    wait_until("the worker to release its reference", lambda: client.blob_stat(blob.sha256).refs == 1)
+
+
+def test_a_large_result_comes_back_as_a_blob_and_is_read_on_wait(fleet, client):
+    payload = {"tick": os.urandom(1_500_000), "n": 7}
+    task = client.submit("echo", payload)
+    outcome = client.wait_outcome(task, WAIT)
+    assert outcome.status == "succeeded", outcome
+    # The record holds a reference; the wait read the blob behind it.
+    record = client.record(task)
+    assert BlobRef.detect(record["result"]) == outcome.result_blob is not None
+    assert outcome.result_blob.len == len(outcome.result_bytes) > client.settings.blob_threshold_bytes
+    assert outcome.value() == payload
+    assert client.blob_stat(outcome.result_blob.sha256).refs == 1
+
+
+def test_parameters_over_max_blob_bytes_are_refused(redis_server):
+    with Client(redis_server.url, max_blob_bytes=2 << 20) as client:
+        with pytest.raises(errors.InvalidTask, match=r"the largest blob is 2097152 bytes \(max_blob_bytes\)"):
+            client.submit("echo", b"x" * (3 << 20))
+    assert redis_server.conn().dbsize() == 0
+
+
+# --- blobs by hand ------------------------------------------------------------------------
+
+
+def command_calls(conn, name):
+    return conn.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0)
+
+
+def test_a_blob_round_trips_in_chunks_byte_for_byte(redis_server):
+    chunk = 64 << 10
+    data = os.urandom(3 * chunk + 123)
+    conn = redis_server.conn()
+    with Client(redis_server.url, blob_chunk_bytes=chunk, blob_ttl_s=600) as client:
+        appends = command_calls(conn, "append")
+        blob = client.put_blob(data)
+        assert blob == BlobRef.of(data) and blob.len == len(data)
+        assert command_calls(conn, "append") - appends == 4, "one APPEND per chunk"
+        ranges = command_calls(conn, "getrange")
+        assert client.get_blob(blob) == data
+        assert command_calls(conn, "getrange") - ranges == 4, "one GETRANGE per chunk"
+        chunks = list(client.read_blob(blob.sha256))
+        assert [len(c) for c in chunks] == [chunk, chunk, chunk, 123] and b"".join(chunks) == data
+
+        stat = client.blob_stat(blob.sha256)
+        assert (stat.len, stat.refs, stat.backend) == (len(data), 1, "redis")
+        assert 0 < stat.ttl_ms <= 600_000
+        # The same bytes again: one more reference, nothing uploaded.
+        appends = command_calls(conn, "append")
+        assert client.put_blob(data) == blob
+        assert command_calls(conn, "append") == appends and client.blob_stat(blob.sha256).refs == 2
+        assert client.release_blob(blob) is False
+        assert client.release_blob(blob) is True
+        assert client.blob_stat(blob.sha256) is None
+        with pytest.raises(BlobError, match="is not in the blob store"):
+            client.get_blob(blob)
+        # The empty blob has no data key, and reads back empty.
+        empty = client.put_blob(b"")
+        assert client.get_blob(empty) == b"" and client.blob_stat(empty.sha256).len == 0
+        assert client.release_blob(empty)
+    # Every key went with the last reference (no partial key left either).
+    assert conn.dbsize() == 0
+
+
+def test_damaged_or_malformed_blobs_are_named(redis_server):
+    with Client(redis_server.url, blob_chunk_bytes=1000) as client:
+        blob = client.put_blob(b"a" * 2500)
+        redis_server.conn().setrange(f"tandem:{{blob:{blob.sha256}}}:data", 1200, b"b")
+        with pytest.raises(BlobError, match=f"blob {blob.sha256}: read back bytes whose SHA-256 is"):
+            client.get_blob(blob)
+        with pytest.raises(BlobError, match="must be 64 lowercase hex digits"):
+            client.blob_stat("NOT-HEX")
+        bad_ref = _wire.msgpack.packb({"tandem_blob": "x" * 64, "len": 1})
+        with pytest.raises(BlobError, match="must be 64 lowercase hex digits"):
+            BlobRef.detect(bad_ref)
+        assert BlobRef.detect(_wire.msgpack.packb({"len": 1, "tandem_blob": "a" * 64})) is None
+
+
+def tandem_cli(url, *args, env=None):
+    full = {"PATH": os.environ.get("PATH", ""), "REDIS_URL": url, **(env or {})}
+    return subprocess.run([binary("tandem"), *args], env=full, capture_output=True, timeout=WAIT)
+
+
+@pytest.mark.parametrize("backend", ["redis", "directory"])
+def test_blobs_interoperate_with_tandem_blob_put_and_get(redis_server, backend):
+    with tempfile.TemporaryDirectory(prefix="tandem-py-blobs-") as scratch:
+        store = "redis" if backend == "redis" else os.path.join(scratch, "store")
+        env = {"TANDEM_BLOB_STORE": store, "TANDEM_BLOB_CHUNK_BYTES": "100000"}
+        with Client(redis_server.url, blob_store=store, blob_chunk_bytes=70_000) as client:
+            # Python puts, the Rust CLI reads.
+            ours = os.urandom(1_234_567)
+            blob = client.put_blob(ours)
+            out = os.path.join(scratch, "out")
+            got = tandem_cli(redis_server.url, "blob", "get", blob.sha256, "--out", out, env=env)
+            assert got.returncode == 0, got.stderr
+            assert open(out, "rb").read() == ours
+            stat = tandem_cli(redis_server.url, "blob", "stat", blob.sha256, env=env).stdout.decode()
+            assert f"len      {len(ours)}" in stat and "refs     1" in stat
+
+            # The Rust CLI puts, Python reads (the reference is the same JSON).
+            theirs = os.urandom(777_777)
+            path = os.path.join(scratch, "in")
+            with open(path, "wb") as f:
+                f.write(theirs)
+            put = tandem_cli(redis_server.url, "blob", "put", path, env=env)
+            assert put.returncode == 0, put.stderr
+            printed = json.loads(put.stdout)
+            assert printed == BlobRef.of(theirs).to_json()
+            assert client.get_blob(BlobRef(printed["tandem_blob"], printed["len"])) == theirs
+            with open(os.path.join(scratch, "copy"), "wb") as f:
+                client.get_blob_to(printed["tandem_blob"], f)
+            assert open(os.path.join(scratch, "copy"), "rb").read() == theirs
+            # A file put by Python streams the same way.
+            assert client.put_blob_file(path) == BlobRef.of(theirs)
+            assert client.blob_stat(printed["tandem_blob"]).refs == 2
+            if backend == "directory":
+                assert open(os.path.join(store, "blobs", blob.sha256), "rb").read() == ours
+
+
+def test_an_s3_blob_store_is_refused_with_a_clear_error(redis_server):
+    with Client(redis_server.url, blob_store="s3://bucket/prefix") as client:
+        assert client.submit("echo", {"small": True})
+        with pytest.raises(BlobError, match="blob_store: 's3://bucket/prefix': S3 is not spoken by the Python"):
+            client.put_blob(b"x")
