@@ -14,6 +14,9 @@
 //! 4. The wire code names fields through the `field` constants: no string
 //!    or byte-string literal equal to a field name in `shared/src/wire.rs`
 //!    or `shared/src/wire/` outside the constants' own file.
+//! 5. The Python client's Lua scripts (`clients/python/src/tandem/lua/`)
+//!    are byte-identical copies of `shared/lua/`'s: see
+//!    [`python_client_lua_is_a_copy_of_shared_lua`].
 //!
 //! Run with `cargo test -p tandem-tests --test tidy`.
 
@@ -318,6 +321,41 @@ fn no_fixed_sleeps_in_e2e_tests_outside_support() {
         }
     }
     report("no `sleep(` in tests/e2e/ outside support/", &failures);
+}
+
+/// Rule 5: the Python client runs the workers' own scripts, so every
+/// `.lua` file it packages must be byte-identical to the one of that name
+/// in `shared/lua/` (its pytest suite checks the same; this catches a
+/// script edited on the Rust side by whoever never runs pytest).
+#[test]
+fn python_client_lua_is_a_copy_of_shared_lua() {
+    let ours = root().join("clients/python/src/tandem/lua");
+    let theirs = root().join("shared/lua");
+    let mut copies: Vec<PathBuf> = fs::read_dir(&ours)
+        .unwrap_or_else(|e| panic!("read {}: {e}", ours.display()))
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "lua"))
+        .collect();
+    copies.sort();
+    assert!(!copies.is_empty(), "no Lua scripts in {}", relative(&ours));
+    let mut failures = Vec::new();
+    for copy in copies {
+        let name = copy.file_name().unwrap_or_default();
+        let source = theirs.join(name);
+        if !source.exists() {
+            failures.push(format!(
+                "{}: no script of that name in shared/lua/",
+                relative(&copy)
+            ));
+        } else if read(&copy) != read(&source) {
+            failures.push(format!(
+                "{}: differs from {} (copy it over)",
+                relative(&copy),
+                relative(&source)
+            ));
+        }
+    }
+    report("the Python client's Lua is shared/lua's", &failures);
 }
 
 /// The `&str` constants declared at the top level of `block`. A nested

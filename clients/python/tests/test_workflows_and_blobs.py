@@ -5,6 +5,7 @@ nothing written; parameters above the blob threshold sent by reference and
 run by a worker, a large result read back; blobs put and read in chunks,
 byte for byte, and across `tandem blob put|get` both ways."""
 
+import asyncio
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import pytest
 from conftest import GPU_UUID, WAIT, binary, wait_until
 
 from tandem import (
+    AsyncClient,
     BlobError,
     BlobRef,
     Client,
@@ -363,3 +365,30 @@ def test_an_s3_blob_store_is_refused_with_a_clear_error(redis_server):
         assert client.submit("echo", {"small": True})
         with pytest.raises(BlobError, match="blob_store: 's3://bucket/prefix': S3 is not spoken by the Python"):
             client.put_blob(b"x")
+
+
+def test_the_asyncio_client_runs_workflows_and_blobs(fleet):
+    async def scenario():
+        async with AsyncClient(fleet.url, blob_chunk_bytes=300_000) as client:
+            big = os.urandom(1_100_000)
+            flow = (Workflow()
+                    .node("big", "echo", {"big": big})
+                    .node("small", "echo", {"n": 1})
+                    .node("next", "echo", {"n": ref("small", "/n")}, after=["small"]))
+            handle = await client.submit_workflow(flow)
+            # The sink `big` went by reference and came back as a blob.
+            assert await handle.result(WAIT) == {"big": {"big": big}, "next": {"n": 1}}
+            assert (await handle.status()).node("next").device == "cpu"
+            blob = await client.put_blob(big[:700_001])
+            chunks = [c async for c in client.read_blob(blob)]
+            assert [len(c) for c in chunks] == [300_000, 300_000, 100_001]
+            assert await client.get_blob(blob.sha256) == big[:700_001]
+            assert (await client.blob_stat(blob.sha256)).refs == 1
+            assert await client.release_blob(blob) and await client.blob_stat(blob.sha256) is None
+            held = await client.submit_workflow(
+                Workflow().node("hold", "sleep", {"ms": 600_000}, cls="light").node("next", "noop", after=["hold"])
+            )
+            assert (await client.cancel_workflow(held.id)).startswith("cancelled ")
+            assert (await held.wait(WAIT)).status == "cancelled"
+
+    asyncio.run(scenario())

@@ -33,7 +33,7 @@ from . import errors, kinds
 from ._blob import BlobRef, BlobStat
 from ._core import Progress, Settings
 from ._workflow import NodeState, Workflow, WorkflowState, ref
-from .aio import AsyncClient
+from .aio import AsyncClient, AsyncWorkflowHandle
 from .client import Client, Task, WorkflowHandle
 from .errors import (
     BlobError,
@@ -51,6 +51,7 @@ from .outcome import Outcome, WorkflowOutcome
 
 __all__ = [
     "AsyncClient",
+    "AsyncWorkflowHandle",
     "BlobError",
     "BlobRef",
     "BlobStat",

@@ -18,10 +18,11 @@ import os
 import pathlib
 import re
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 import msgpack
 
+from ._wire import Keys
 from .errors import BlobError
 
 # The map key that marks a reference.
@@ -98,8 +99,8 @@ class Layout:
     """The key names of one deployment's blobs and, with a directory
     backend, where their objects lie."""
 
-    def __init__(self, prefix: str, blob_store: str) -> None:
-        self.prefix = prefix
+    def __init__(self, keys: Keys, blob_store: str) -> None:
+        self.wire_keys = keys
         self.backend = blob_store.strip() or "redis"
         self.directory: Optional[pathlib.Path] = None
         if self.backend != "redis":
@@ -126,7 +127,7 @@ class Layout:
             raise BlobError(self.problem)
 
     def base(self, sha256: str) -> str:
-        return f"{self.prefix}:{{blob:{sha256}}}:"
+        return self.wire_keys.blob(sha256)
 
     def keys(self, sha256: str) -> List[str]:
         """`blob.lua`'s KEYS[1..3]: meta, refs, data."""
@@ -149,6 +150,23 @@ def chunks_of(data: bytes, size: int):
     view = memoryview(data)
     for start in range(0, len(data), size):
         yield view[start : start + size]
+
+
+def write_object(layout: Layout, blob: BlobRef, chunks: Iterable[Any]) -> None:
+    """Writes a blob's object under the shared directory, chunk by chunk,
+    to a file of its own renamed once complete (as object_store's
+    LocalFileSystem does), so that a reader never sees half of it."""
+    target = layout.object_path(blob.sha256)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{blob.sha256}.{os.getpid()}.{os.urandom(8).hex()}")
+    try:
+        with open(staging, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            staging.unlink()
 
 
 def file_digest(path: "os.PathLike[str] | str", chunk_bytes: int) -> BlobRef:

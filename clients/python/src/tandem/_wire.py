@@ -55,6 +55,15 @@ class Keys:
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
 
+    def workflow(self, cls: str, workflow_id: str) -> str:
+        """A workflow's hash (revision 2.7), under its first node's class."""
+        return f"{self.prefix}:{{{cls}}}:workflow:{workflow_id}"
+
+    def blob(self, sha256: str) -> str:
+        """The base of one blob's keys (revision 2.6): `meta`, `refs`,
+        `data`, `partial:<uuid>` follow it."""
+        return f"{self.prefix}:{{blob:{sha256}}}:"
+
 
 def new_task_id() -> str:
     """A UUID v7 (section "Conventions": ids sort by creation time)."""

@@ -401,7 +401,7 @@ def submit_args(
 
 
 def workflow_key(keys: _wire.Keys, cls: str, workflow_id: str) -> str:
-    return f"{keys.prefix}:{{{cls}}}:workflow:{workflow_id}"
+    return keys.workflow(cls, workflow_id)
 
 
 # --- state read back ------------------------------------------------------------

@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import time
-from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Set
+from typing import IO, Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Set, Union
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
-from . import _core, _wire
+from . import _blob, _core, _wire, _workflow
+from ._blob import BlobRef, BlobStat
 from ._core import Progress, Seconds, Settings
+from ._workflow import Workflow, WorkflowState
 from .client import BLOCK_MS, RETRIED, Task, _redacted
-from .errors import RedisUnavailable, TaskNotFound, WaitTimeout
-from .outcome import Outcome
+from .errors import InvalidTask, InvalidWorkflow, RedisUnavailable, TaskNotFound, WaitTimeout, WorkflowNotFound
+from .outcome import Outcome, WorkflowOutcome
 
 # Wakes a waiter so that it reads its record again (the listener's
 # connection broke: notices may be lost).
@@ -60,6 +63,7 @@ class AsyncClient:
         # Tasks this client created, registered before they were sent (as
         # the Rust producer's `submit_handle`): their wait reads nothing.
         self._submitted: Dict[str, asyncio.Future] = {}
+        self._blobs = _blob.Layout(self.keys, self.settings.blob_store)
 
     @property
     def redis(self) -> "aioredis.Redis":
@@ -121,14 +125,7 @@ class AsyncClient:
         """As `Client.submit_many`: one round trip, nothing sent if one task
         is invalid."""
         prepared = [_core.prepare(self.settings, t.kind, t.params, **t.options) for t in tasks]
-        models = sorted({m for _, m in prepared if m})
-        classes = await self._retry(lambda: self._model_classes(models)) if models else {}
-        new_tasks = []
-        for task, model in prepared:
-            if model and classes.get(model):
-                task.cls = classes[model]
-            _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
-            new_tasks.append(task)
+        new_tasks = await self._finish(prepared)
         # Listen first and register every task before it is sent, so that
         # no notice can come before its waiter.
         for cls in sorted({t.cls for t in new_tasks}):
@@ -156,6 +153,20 @@ class AsyncClient:
                 self._unregister(task.id, self._submitted.pop(task.id, None))
             ids.append(task_id)
         return ids
+
+    async def _finish(self, prepared: List[Any]) -> List[_wire.NewTask]:
+        """As `Client._finish`: model classes, blob references, signatures."""
+        models = sorted({m for _, m in prepared if m})
+        classes = await self._retry(lambda: self._model_classes(models)) if models else {}
+        new_tasks = []
+        for task, model in prepared:
+            if model and classes.get(model):
+                task.cls = classes[model]
+            if _core.by_reference(self.settings, task.params):
+                task.params = (await self.put_blob(task.params)).encode()
+            _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
+            new_tasks.append(task)
+        return new_tasks
 
     def _unregister(self, task_id: str, future: Optional[asyncio.Future]) -> None:
         waiting = self._waiters.get(task_id)
@@ -394,7 +405,246 @@ class AsyncClient:
             key = self.keys.task(fields.get("class", ""), task_id)
             found = await self._retry(lambda: self._redis.hget(key, "result"))
             fields = dict(fields, result=found)
-        return _core.outcome(task_id, fields)
+        blob = BlobRef.detect(fields.get("result"))
+        if blob is not None:
+            fields = dict(fields, result=await self.get_blob(blob))
+        outcome = _core.outcome(task_id, fields)
+        outcome.result_blob = blob
+        return outcome
+
+    # --- workflows -----------------------------------------------------------
+
+    async def submit_workflow(self, workflow: Union[Workflow, Dict[str, Any]]) -> "AsyncWorkflowHandle":
+        """As `Client.submit_workflow`."""
+        if isinstance(workflow, dict):
+            workflow = Workflow.from_spec(workflow)
+        order, takes = _workflow.check(workflow.nodes, _core.CATALOG)
+        prepared = []
+        for i in order:
+            node = workflow.nodes[i]
+            try:
+                prepared.append(
+                    _core.prepare(self.settings, node.kind, node.params, takes_results=takes[i], **node.options)
+                )
+            except InvalidWorkflow:
+                raise
+            except InvalidTask as err:
+                raise InvalidWorkflow(
+                    f"node {json.dumps(node.name)}: {err}", node=node.name, kind=err.kind, field=err.field
+                ) from None
+        tasks = await self._finish(prepared)
+        ordered = [(workflow.nodes[i].name, task, workflow.nodes[i].after) for i, task in zip(order, tasks)]
+        for cls in sorted({t.cls for t in tasks}):
+            await self._ensure_listener(self.keys.reply(cls, self.producer_id))
+        keys, args = _workflow.submit_args(
+            self.keys, workflow.id, workflow.on_failure, ordered, self.producer_id,
+            lambda cls: self.keys.reply(cls, self.producer_id),
+        )
+        loop = asyncio.get_running_loop()
+        for task in tasks:
+            future = loop.create_future()
+            self._submitted[task.id] = future
+            self._waiters.setdefault(task.id, set()).add(future)
+
+        async def send() -> Any:
+            await self._load_scripts()
+            sha = _core.WORKFLOW_SUBMIT.variant(self.settings.events)[1]
+            return await self._redis.evalsha(sha, len(keys), *keys, *args)
+
+        try:
+            reply = await self._retry(send)
+            created = int(reply[1]) == 1
+        except BaseException as err:
+            for task in tasks:
+                self._unregister(task.id, self._submitted.pop(task.id, None))
+            if isinstance(err, redis.ResponseError):
+                raise InvalidWorkflow(f"workflow {workflow.id}: {err}") from None
+            raise
+        nodes = {name: task.id for name, task, _ in ordered}
+        if not created:
+            for task in tasks:
+                self._unregister(task.id, self._submitted.pop(task.id, None))
+            found = await self.workflow_status(workflow.id)
+            if found is not None:
+                nodes = {n.name: n.id for n in found.nodes}
+        return AsyncWorkflowHandle(self, workflow.id, nodes, created)
+
+    async def workflow_status(self, workflow_id: str) -> Optional[WorkflowState]:
+        """As `Client.workflow_status`."""
+
+        async def run() -> Optional[WorkflowState]:
+            found = await self._find_workflow(workflow_id)
+            if found is None:
+                return None
+            graph = _workflow.parse_graph(found[1])
+            pipe = self._redis.pipeline(transaction=False)
+            for entry in graph:
+                pipe.hgetall(self.keys.task(entry["class"], entry["id"]))
+            records = [_wire.fields(r) for r in await pipe.execute()] if graph else []
+            return _workflow.state(workflow_id, found[1], graph, records)
+
+        return await self._retry(run)
+
+    async def _find_workflow(self, workflow_id: str):
+        pipe = self._redis.pipeline(transaction=False)
+        for cls in _wire.CLASSES:
+            pipe.hgetall(self.keys.workflow(cls, workflow_id))
+        for cls, found in zip(_wire.CLASSES, await pipe.execute()):
+            if found:
+                return cls, _wire.fields(found)
+        return None
+
+    async def wait_workflow(self, workflow_id: str, timeout: Optional[Seconds] = 60.0) -> WorkflowOutcome:
+        """As `Client.wait_workflow`."""
+        found = await self.workflow_status(workflow_id)
+        if found is None:
+            raise WorkflowNotFound(workflow_id)
+        return await self._wait_nodes(workflow_id, {n.name: n.id for n in found.nodes}, timeout)
+
+    async def _wait_nodes(self, workflow_id: str, nodes: Dict[str, str],
+                          timeout: Optional[Seconds]) -> WorkflowOutcome:
+        outcomes = await self.wait_many(list(nodes.values()), timeout)
+        state = await self.workflow_status(workflow_id)
+        if state is None:
+            raise WorkflowNotFound(workflow_id)
+        return WorkflowOutcome.of(state, dict(zip(nodes, outcomes)))
+
+    async def cancel_workflow(self, workflow_id: str) -> str:
+        """As `Client.cancel_workflow`."""
+
+        async def run() -> str:
+            await self._load_scripts()
+            found = await self._find_workflow(workflow_id)
+            if found is None:
+                return "not_found"
+            sha = _core.WORKFLOW_CANCEL.variant(self.settings.events)[1]
+            reply = await self._redis.evalsha(
+                sha, 1, self.keys.workflow(found[0], workflow_id), self.settings.result_ttl_s,
+                self.settings.reply_maxlen, self.settings.reply_ttl_s,
+            )
+            return _workflow.cancel_outcome(reply)
+
+        answer = await self._retry(run)
+        if answer == "not_found":
+            raise WorkflowNotFound(workflow_id)
+        return answer
+
+    # --- blobs ---------------------------------------------------------------
+
+    async def _blob_script(self, sha256: str, op: str, ttl_ms: int, size: int,
+                           partial: Optional[str] = None) -> int:
+        await self._load_scripts()
+        keys = self._blobs.keys(sha256) + ([partial] if partial else [])
+        return int(await self._redis.evalsha(_core.BLOB.sha, len(keys), *keys, op, ttl_ms, size))
+
+    async def put_blob(self, data: bytes, ttl: Optional[Seconds] = None) -> BlobRef:
+        """As `Client.put_blob` (the Redis backend; a directory's file is
+        written by a thread)."""
+        self._blobs.check()
+        data = bytes(data)
+        blob = BlobRef.of(data)
+        limit = _core.seconds(ttl, "ttl")
+        ttl_ms = max(1, round((self.settings.blob_ttl_s if limit is None else limit) * 1000))
+
+        async def run() -> None:
+            if await self._blob_script(blob.sha256, "ref", ttl_ms, blob.len) == 1:
+                return
+            if self._blobs.directory is not None:
+                chunks = _blob.chunks_of(data, self.settings.blob_chunk_bytes)
+                await asyncio.to_thread(_blob.write_object, self._blobs, blob, chunks)
+                await self._blob_script(blob.sha256, "stored", ttl_ms, blob.len)
+                return
+            partial = self._blobs.partial(blob.sha256)
+            wrote = False
+            for chunk in _blob.chunks_of(data, self.settings.blob_chunk_bytes):
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.append(partial, bytes(chunk))
+                pipe.pexpire(partial, ttl_ms)
+                await pipe.execute()
+                wrote = True
+            await self._blob_script(blob.sha256, "stored", ttl_ms, blob.len, partial if wrote else None)
+
+        await self._retry(run)
+        return blob
+
+    async def read_blob(self, blob: Union[BlobRef, str]) -> AsyncIterator[bytes]:
+        """As `Client.read_blob`: chunks, the digest checked at the end."""
+        self._blobs.check()
+        if isinstance(blob, str):
+            stat = await self.blob_stat(blob)
+            if stat is None:
+                raise _blob.missing(blob)
+            blob = BlobRef(stat.sha256, stat.len)
+        _blob.check_digest(blob.sha256)
+        meta, _, data = self._blobs.keys(blob.sha256)
+        stored = await self._retry(lambda: self._redis.get(meta))
+        if stored is None:
+            raise _blob.missing(blob.sha256)
+        if int(stored) != blob.len:
+            raise _blob.damaged(blob, f"a length of {int(stored)}, not {blob.len}")
+        reader = _blob.Reader(blob)
+        if self._blobs.directory is not None:
+            try:
+                f = open(self._blobs.object_path(blob.sha256), "rb")
+            except FileNotFoundError:
+                raise _blob.missing(blob.sha256) from None
+            with f:
+                while True:
+                    chunk = await asyncio.to_thread(f.read, self.settings.blob_chunk_bytes)
+                    if not chunk:
+                        break
+                    reader.take(chunk)
+                    yield chunk
+        else:
+            for start, end in _blob.ranges(blob.len, self.settings.blob_chunk_bytes):
+                chunk = await self._retry(lambda: self._redis.getrange(data, start, end))
+                if not chunk:
+                    raise _blob.missing(blob.sha256)
+                reader.take(chunk)
+                yield chunk
+        reader.finish()
+
+    async def get_blob(self, blob: Union[BlobRef, str]) -> bytes:
+        """As `Client.get_blob`."""
+        out = bytearray()
+        async for chunk in self.read_blob(blob):
+            out += chunk
+        return bytes(out)
+
+    async def get_blob_to(self, blob: Union[BlobRef, str], out: IO[bytes]) -> None:
+        """As `Client.get_blob_to`."""
+        async for chunk in self.read_blob(blob):
+            out.write(chunk)
+
+    async def blob_stat(self, sha256: str) -> Optional[BlobStat]:
+        """As `Client.blob_stat`."""
+        _blob.check_digest(sha256)
+        meta, refs, _ = self._blobs.keys(sha256)
+
+        async def run() -> Any:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(meta)
+            pipe.get(refs)
+            pipe.pttl(meta)
+            return await pipe.execute()
+
+        size, count, ttl = await self._retry(run)
+        if size is None:
+            return None
+        return BlobStat(sha256, int(size), int(count or 0), int(ttl) if int(ttl) >= 0 else None,
+                        self._blobs.backend)
+
+    async def release_blob(self, blob: BlobRef) -> bool:
+        """As `Client.release_blob`."""
+        self._blobs.check()
+        _blob.check_digest(blob.sha256)
+        deleted = await self._retry(lambda: self._blob_script(blob.sha256, "release", 0, 0)) == 1
+        if deleted and self._blobs.directory is not None:
+            try:
+                self._blobs.object_path(blob.sha256).unlink()
+            except FileNotFoundError:
+                pass
+        return deleted
 
     # --- Redis ---------------------------------------------------------------
 
@@ -428,3 +678,31 @@ class AsyncClient:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
                 self._scripts_loaded = False
+
+
+class AsyncWorkflowHandle:
+    """As `WorkflowHandle`, for asyncio."""
+
+    def __init__(self, client: AsyncClient, workflow_id: str, nodes: Dict[str, str], created: bool) -> None:
+        self.client = client
+        self.id = workflow_id
+        self.nodes = nodes
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"AsyncWorkflowHandle(id={self.id!r}, nodes={list(self.nodes)})"
+
+    async def status(self) -> WorkflowState:
+        state = await self.client.workflow_status(self.id)
+        if state is None:
+            raise WorkflowNotFound(self.id)
+        return state
+
+    async def wait(self, timeout: Optional[Seconds] = 60.0) -> WorkflowOutcome:
+        return await self.client._wait_nodes(self.id, self.nodes, timeout)
+
+    async def result(self, timeout: Optional[Seconds] = 60.0) -> Dict[str, Any]:
+        return (await self.wait(timeout)).value()
+
+    async def cancel(self) -> str:
+        return await self.client.cancel_workflow(self.id)

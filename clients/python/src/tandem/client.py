@@ -102,7 +102,7 @@ class Client:
         # and the notices that came for them.
         self._pending: Set[str] = set()
         self._arrived: Dict[str, Dict[str, Any]] = {}
-        self._blobs = _blob.Layout(self.settings.prefix, self.settings.blob_store)
+        self._blobs = _blob.Layout(self.keys, self.settings.blob_store)
 
     @property
     def redis(self) -> "redis.Redis":
@@ -651,7 +651,7 @@ class Client:
             if self._blob_script(blob.sha256, "ref", ttl_ms, blob.len) == 1:
                 return
             if self._blobs.directory is not None:
-                self._upload_file(blob, chunks())
+                _blob.write_object(self._blobs, blob, chunks())
                 self._blob_script(blob.sha256, "stored", ttl_ms, blob.len)
                 return
             # Appended to a key of its own, renamed once complete: a reader
@@ -669,21 +669,6 @@ class Client:
             self._blob_script(blob.sha256, "stored", ttl_ms, blob.len, partial if wrote else None)
 
         self._retry(run)
-
-    def _upload_file(self, blob: BlobRef, chunks: Iterable[bytes]) -> None:
-        """Writes the object under the shared directory: to a file of its
-        own, renamed once complete."""
-        target = self._blobs.object_path(blob.sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.with_name(f".{blob.sha256}.{_wire.new_task_id()}")
-        try:
-            with open(staging, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-            os.replace(staging, target)
-        finally:
-            if staging.exists():
-                staging.unlink()
 
     def read_blob(self, blob: Union[BlobRef, str]) -> Iterator[bytes]:
         """The blob's bytes in chunks of `blob_chunk_bytes` (GETRANGE), so
