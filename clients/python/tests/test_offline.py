@@ -97,8 +97,13 @@ def test_other_bad_tasks_are_refused_naming_the_problem():
     with pytest.raises(InvalidTask, match="max_attempts: must be at least 1"):
         _core.prepare(_core.Settings(), "noop", None, cls=None, priority="normal", max_attempts=0,
                       deadline=None, idempotency_key=None, memory_bytes=None)
+    # Over max_payload_bytes: refused when blobs are off (threshold 0);
+    # with the default threshold they travel by reference instead.
     with pytest.raises(InvalidTask, match="the limit is 1048576"):
-        check("echo", {"blob": b"x" * (1 << 20)})
+        _core.prepare(_core.Settings(blob_threshold_bytes=0), "echo", {"blob": b"x" * (1 << 20)}, cls=None,
+                      priority="normal", max_attempts=None, deadline=None, idempotency_key=None, memory_bytes=None)
+    task, _ = check("echo", {"blob": b"x" * (1 << 20)})
+    assert _core.by_reference(_core.Settings(), task.params)
 
 
 def test_typed_parameters_send_what_plain_ones_do():
@@ -157,7 +162,11 @@ def test_scripts_hash_as_the_rust_store_names_them():
     rust = (ROOT / "shared" / "src" / "scripts.rs").read_text()
     assert f"pub const EVENTS_MAXLEN: u64 = {_core.EVENTS_MAXLEN:_};" in rust
     common = (PACKAGE / "lua" / "common.lua").read_text()
+    # blob.lua is loaded alone, as shared/src/blob/ loads it.
+    assert _core.BLOB.source == (PACKAGE / "lua" / "blob.lua").read_text()
     for script in _core.SCRIPTS:
+        if script is _core.BLOB:
+            continue
         assert script.source.startswith(f"local EVENTS_MAXLEN = {_core.EVENTS_MAXLEN}\n{common}")
         assert script.quiet_source.startswith(f"local EVENTS_MAXLEN = 0\n{common}")
         assert f"\n-- {script.name}\n" in script.source

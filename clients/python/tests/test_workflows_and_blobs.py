@@ -392,3 +392,65 @@ def test_the_asyncio_client_runs_workflows_and_blobs(fleet):
             assert (await held.wait(WAIT)).status == "cancelled"
 
     asyncio.run(scenario())
+
+
+# --- without a fleet: the pieces the Rust unit tests pin ------------------------------
+
+
+def test_a_reference_round_trips_and_plain_bytes_are_not_one():
+    # shared/src/blob/reference.rs's case.
+    blob = BlobRef.of(b"hello")
+    assert blob.sha256 == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert blob.encode().startswith(b"\x82\xabtandem_blob") and BlobRef.detect(blob.encode()) == blob
+    for plain in (_wire.pack({"n": 1, "len": 2}), b"", b"\xc0"):
+        assert BlobRef.detect(plain) is None
+
+
+def test_placeholders_are_found_in_order_and_paths_checked_against_the_result_schema():
+    from tandem import _workflow
+
+    params = {"a": {"$ref": "x"}, "b": [1, {"$ref": "y", "path": "/p/0"}]}
+    assert _workflow.refs_in(params) == [("x", None), ("y", "/p/0")]
+    assert _workflow.refs_in({"a": 1}) == []
+    for value, problem in [
+        ({"$ref": 3}, '"$ref" must be a node name (a string)'),
+        ({"$ref": "x", "other": 1}, 'a map with "$ref" may hold only "$ref" and "path"'),
+        ({"$ref": "x", "path": "a/b"}, '"path" "a/b" must be empty or start with \'/\' (a JSON Pointer)'),
+    ]:
+        with pytest.raises(ValueError) as err:
+            _workflow.refs_in(value)
+        assert str(err.value) == problem
+    check = lambda kind, path: _workflow.check_path(_core.CATALOG, kind, path)  # noqa: E731
+    check("risk", "/levels/0/cvar")
+    check("risk", "/mean_loss")
+    check("my_own_kind", "/anything")
+    check("echo", "/anything/0")
+    with pytest.raises(ValueError, match="must be an index"):
+        check("risk", "/levels/x")
+    with pytest.raises(ValueError, match='has no field "nope"'):
+        check("risk", "/nope")
+
+
+def test_the_submit_script_gets_parents_first_with_children_and_sinks():
+    from tandem import _workflow
+
+    flow = Workflow().node("sum", "echo", 1, after=["x", "y"]).node("x", "echo", 1, after=["root"]) \
+        .node("y", "echo", 1, after=["root"]).node("root", "echo", 1)
+    order, takes = _workflow.check(flow.nodes, _core.CATALOG)
+    assert [flow.nodes[i].name for i in order] == ["root", "x", "y", "sum"] and takes == [False] * 4
+    keys = _wire.Keys("tandem")
+    ordered = []
+    for i in order:
+        task, _ = _core.prepare(_core.Settings(), "echo", 1, cls=None, priority="normal", max_attempts=None,
+                                deadline=None, idempotency_key=None, memory_bytes=None)
+        ordered.append((flow.nodes[i].name, task, flow.nodes[i].after))
+    call_keys, args = _workflow.submit_args(keys, flow.id, "fail_fast", ordered, "p-1", lambda c: f"r:{c}")
+    assert call_keys == [f"tandem:{{cpu}}:workflow:{flow.id}"]
+    graph = json.loads(args[2])
+    assert [(n["name"], n["parents"]) for n in graph] == [("root", []), ("x", ["root"]), ("y", ["root"]),
+                                                          ("sum", ["x", "y"])]
+    assert args[3] == "sum" and args[4] == 4
+    # root's block: name, id, record, stream, parents, children's records.
+    x_record, y_record = (keys.task("cpu", ordered[i][1].id) for i in (1, 2))
+    assert args[5:11] == ["root", ordered[0][1].id, keys.task("cpu", ordered[0][1].id),
+                          "tandem:{cpu}:stream:normal", 0, f"{x_record} {y_record}"]

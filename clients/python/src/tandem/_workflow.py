@@ -86,10 +86,11 @@ class Workflow:
         max_attempts: Optional[int] = None,
         memory_bytes: Optional[int] = None,
         timeout: Optional[Union[float, int, datetime.timedelta]] = None,
-        deadline: Optional[Union[float, int, datetime.timedelta]] = None,
     ) -> "Workflow":
         """Adds a node that starts once every node in `after` succeeded (at
-        once without). The options are `Client.submit`'s."""
+        once without). The options are `Client.submit`'s that a node can
+        have (as the spec's): no deadline, delay or idempotency key, which
+        the workflow script does not take."""
         if isinstance(after, str):
             after = [after]
         self.nodes.append(
@@ -99,7 +100,7 @@ class Workflow:
                 params,
                 list(after),
                 dict(cls=cls, priority=priority, max_attempts=max_attempts, memory_bytes=memory_bytes,
-                     timeout=timeout, deadline=deadline, idempotency_key=None),
+                     timeout=timeout, deadline=None, idempotency_key=None),
             )
         )
         return self
