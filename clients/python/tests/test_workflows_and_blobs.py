@@ -351,7 +351,7 @@ def test_blobs_interoperate_with_tandem_blob_put_and_get(redis_server, backend):
             assert printed == BlobRef.of(theirs).to_json()
             assert client.get_blob(BlobRef(printed["tandem_blob"], printed["len"])) == theirs
             with open(os.path.join(scratch, "copy"), "wb") as f:
-                client.get_blob_to(printed["tandem_blob"], f)
+                assert client.get_blob_to(printed["tandem_blob"], f) == len(theirs)
             assert open(os.path.join(scratch, "copy"), "rb").read() == theirs
             # A file put by Python streams the same way.
             assert client.put_blob_file(path) == BlobRef.of(theirs)
@@ -454,3 +454,22 @@ def test_the_submit_script_gets_parents_first_with_children_and_sinks():
     x_record, y_record = (keys.task("cpu", ordered[i][1].id) for i in (1, 2))
     assert args[5:11] == ["root", ordered[0][1].id, keys.task("cpu", ordered[0][1].id),
                           "tandem:{cpu}:stream:normal", 0, f"{x_record} {y_record}"]
+
+
+def test_the_workflow_example_runs_on_the_fleet(fleet):
+    import sys
+
+    from conftest import ROOT
+
+    env = {"PATH": os.environ.get("PATH", ""), "REDIS_URL": fleet.url}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "python" / "workflow.py"), "--timeout-s",
+                          str(WAIT)], env=env, capture_output=True, text=True, timeout=WAIT + 30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "bytes of MessagePack (by reference)" in out.stdout, out.stdout
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  ")}
+    assert set(lines) == {"historical", "parametric", "report"}, out.stdout
+    assert all(" succeeded " in line for line in lines.values()), out.stdout
+    # Where each ran depends on who was free (the GPU, or the CPU worker
+    # taking a parallel task while the GPU is busy): one of the two.
+    assert all(f" on {GPU_UUID} " in line or " on cpu " in line for line in lines.values()), out.stdout
+    assert "99% VaR: historical" in out.stdout

@@ -611,10 +611,13 @@ class AsyncClient:
             out += chunk
         return bytes(out)
 
-    async def get_blob_to(self, blob: Union[BlobRef, str], out: IO[bytes]) -> None:
+    async def get_blob_to(self, blob: Union[BlobRef, str], out: IO[bytes]) -> int:
         """As `Client.get_blob_to`."""
+        written = 0
         async for chunk in self.read_blob(blob):
             out.write(chunk)
+            written += len(chunk)
+        return written
 
     async def blob_stat(self, sha256: str) -> Optional[BlobStat]:
         """As `Client.blob_stat`."""

@@ -719,14 +719,15 @@ class Client:
             out += chunk
         return bytes(out)
 
-    def get_blob_to(self, blob: Union[BlobRef, str], out: IO[bytes]) -> BlobRef:
-        """Writes the blob's bytes to a binary file, chunk by chunk."""
+    def get_blob_to(self, blob: Union[BlobRef, str], out: IO[bytes]) -> int:
+        """Writes the blob's bytes to a binary file, chunk by chunk (never
+        whole in memory); returns how many. A damaged blob raises
+        `BlobError` after its last chunk was written."""
+        written = 0
         for chunk in self.read_blob(blob):
             out.write(chunk)
-        if isinstance(blob, str):
-            stat = self.blob_stat(blob)
-            return BlobRef(blob, stat.len if stat else 0)
-        return blob
+            written += len(chunk)
+        return written
 
     def blob_stat(self, sha256: str) -> Optional[BlobStat]:
         """Its length, references, time to live and backend, or None when
