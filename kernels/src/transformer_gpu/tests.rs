@@ -414,3 +414,11 @@ fn the_plan_check_refuses_bad_ops() {
             .is_err_and(|e| e.contains("reads the buffer it writes"))
     );
 }
+
+/// The worker's model cache shares a resident model between task threads,
+/// as it does a `GpuMlp`.
+#[test]
+fn a_resident_model_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<GpuTransformer>();
+}
