@@ -422,3 +422,35 @@ fn a_resident_model_can_be_shared_between_threads() {
     fn shared<T: Send + Sync>() {}
     shared::<GpuTransformer>();
 }
+
+/// The launch shapes the host picks match the kernels: every kernel the
+/// module lists is defined in the .cu, the warp-per-row kernels' rows per
+/// block is the .cu's `TF_ROWS`, and each grid covers its work.
+#[test]
+fn launch_shapes_match_the_kernels() {
+    for name in SOURCE.kernels {
+        assert!(
+            SOURCE
+                .code
+                .contains(&format!("extern \"C\" __global__ void {name}(")),
+            "{name} is not in transformer.cu"
+        );
+    }
+    let rows_define = format!("#define TF_ROWS {}\n", device::ROWS_PER_BLOCK);
+    assert!(
+        SOURCE.code.contains(&rows_define),
+        "TF_ROWS is not {rows_define}"
+    );
+    for n in [1usize, 255, 256, 257, 1000 * 128 * 1024] {
+        let config = device::elementwise(n);
+        assert_eq!(config.block_dim, (THREADS, 1, 1));
+        let threads = u64::from(config.grid_dim.0) * u64::from(THREADS);
+        assert!(threads >= n as u64 && threads < n as u64 + u64::from(THREADS));
+    }
+    for rows in [1usize, 7, 8, 9, 1000 * 8 * 128] {
+        let config = device::warp_per_row(rows);
+        assert_eq!(config.block_dim, (32, device::ROWS_PER_BLOCK, 1));
+        let covered = u64::from(config.grid_dim.0) * u64::from(device::ROWS_PER_BLOCK);
+        assert!(covered >= rows as u64 && covered < rows as u64 + 8);
+    }
+}
