@@ -11,6 +11,10 @@
 //! - [`mlp`] and [`mlp_gpu`]: the model kinds' network, its CPU twin and
 //!   its GPU path (cuBLAS GEMMs and the kernels of `cuda/mlp.cu`, the model
 //!   resident on the device).
+//! - [`transformer`] and [`transformer_gpu`]: the price-prediction
+//!   transformer, its CPU twin and its GPU forward pass (cuBLAS GEMMs,
+//!   strided-batched for attention, and the kernels of
+//!   `cuda/transformer.cu`).
 //! - [`philox`]: Philox4x32-10, the counter-based generator, in Rust.
 //! - [`nvrtc`]: which NVRTC library (12.x before an unversioned one), loaded
 //!   by path, and its raw calls.
@@ -42,6 +46,7 @@ pub mod selftest;
 #[cfg(test)]
 mod test_device;
 pub mod transformer;
+pub mod transformer_gpu;
 
 /// Every CUDA source of the crate: what a GPU worker compiles at start and
 /// the compile check assembles for each architecture.
@@ -53,4 +58,5 @@ pub const SOURCES: &[runtime::Source] = &[
     patterns::SOURCE,
     portfolio_opt::SOURCE,
     mlp_gpu::SOURCE,
+    transformer_gpu::SOURCE,
 ];

@@ -97,6 +97,21 @@ impl From<tandem_kernels::mlp_gpu::GpuMlpError> for TaskError {
     }
 }
 
+/// A transformer on the GPU failed: bad input fails for good, a device
+/// error by what it means for the device.
+impl From<tandem_kernels::transformer_gpu::GpuTransformerError> for TaskError {
+    fn from(err: tandem_kernels::transformer_gpu::GpuTransformerError) -> Self {
+        use tandem_kernels::transformer_gpu::GpuTransformerError;
+        match err {
+            GpuTransformerError::Device(err) => err.into(),
+            GpuTransformerError::Invalid(err) => {
+                TaskError::fatal(ErrorCode::BAD_PARAMS, err.to_string())
+            }
+            other => TaskError::fatal(ErrorCode::HANDLER_ERROR, other.to_string()),
+        }
+    }
+}
+
 /// Bytes that are not one MessagePack value are a bad payload; MessagePack
 /// of the wrong shape is bad parameters, named by field (`sigma: expected a
 /// number, got a string ("0.2")`).

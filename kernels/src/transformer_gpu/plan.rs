@@ -1,0 +1,613 @@
+//! The forward pass as a list of operations on named buffers, built on the
+//! host: every GEMM's shape, leading dimensions and batch strides, every
+//! kernel's extent. The device executes the list (`device.rs`); the unit
+//! tests execute the same list with a reference GEMM and reference kernels
+//! on the host and compare it with the CPU twin, which checks every offset,
+//! leading dimension and stride without a GPU.
+//!
+//! Row-major data through column-major cuBLAS: a row-major `r x c` matrix
+//! is the column-major `c x r` matrix, its transpose. So `Y = X W^T` (`X`
+//! rows x inputs, `W` outputs x inputs) is the column-major `Y^T = W X^T`:
+//! `W`'s buffer read transposed (`lda = inputs`), `X`'s as it is
+//! (`ldb = inputs`), `ldc = outputs`. One head's `Q`, `K`, `V` are
+//! `window x head_dim` blocks of the `qkv` rows (`3 d_model` wide), so
+//! their leading dimension is `3 d_model`.
+
+use crate::transformer::{Config, Offsets, Pooling, Positions};
+
+/// Where a view points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Buf {
+    /// The flat parameters (read only).
+    Params,
+    /// The sinusoidal table, `window x d_model` (read only; only with
+    /// sinusoidal positions).
+    Positions,
+    /// A workspace buffer, by its index in [`WORKSPACE`].
+    Work(usize),
+}
+
+/// The workspace buffers: name and floats per window of the batch.
+pub(super) const WORKSPACE: [&str; 10] = [
+    "raw",        // window x features: the inputs as they arrive
+    "normalised", // window x features
+    "stream",     // window x d_model: the residual stream
+    "normed",     // window x d_model: a LayerNorm's output
+    "qkv",        // window x 3 d_model: the projections
+    "scores",     // heads x window x window: the attention weights
+    "attended",   // window x d_model: the heads' contexts side by side
+    "hidden",     // window x ff: the feed-forward hidden layer
+    "pooled",     // d_model
+    "out",        // outputs
+];
+
+pub(super) const RAW: usize = 0;
+pub(super) const NORMALISED: usize = 1;
+pub(super) const STREAM: usize = 2;
+pub(super) const NORMED: usize = 3;
+pub(super) const QKV: usize = 4;
+pub(super) const SCORES: usize = 5;
+pub(super) const ATTENDED: usize = 6;
+pub(super) const HIDDEN: usize = 7;
+pub(super) const POOLED: usize = 8;
+pub(super) const OUT: usize = 9;
+
+/// Floats per window of each workspace buffer, in [`WORKSPACE`] order.
+pub(super) fn per_window(config: &Config) -> [usize; 10] {
+    let (t, f, d) = (config.window, config.features, config.d_model);
+    [
+        t * f,
+        t * f,
+        t * d,
+        t * d,
+        3 * t * d,
+        config.heads * t * t,
+        t * d,
+        t * config.ff,
+        d,
+        config.outputs,
+    ]
+}
+
+/// Floats of the sinusoidal table the device keeps (0 with learned
+/// positions, which are parameters).
+pub(super) fn table_floats(config: &Config) -> usize {
+    match config.positions {
+        Positions::Learned => 0,
+        Positions::Sinusoidal => config.window * config.d_model,
+    }
+}
+
+/// A stretch of a buffer: `len` floats from `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct View {
+    pub(super) buf: Buf,
+    pub(super) offset: usize,
+    pub(super) len: usize,
+}
+
+/// A column-major (strided-batched when `batch > 1`) GEMM
+/// `C_i = alpha op(A_i) op(B_i) + beta C_i`, `A_i` at `a.offset + i
+/// stride_a`, and so on.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct GemmOp {
+    pub(super) transpose_a: bool,
+    pub(super) transpose_b: bool,
+    /// C is m x n; op(A) m x k; op(B) k x n.
+    pub(super) m: usize,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) alpha: f32,
+    pub(super) beta: f32,
+    pub(super) lda: usize,
+    pub(super) ldb: usize,
+    pub(super) ldc: usize,
+    pub(super) batch: usize,
+    pub(super) stride_a: usize,
+    pub(super) stride_b: usize,
+    pub(super) stride_c: usize,
+    pub(super) a: View,
+    pub(super) b: View,
+    pub(super) c: View,
+}
+
+impl GemmOp {
+    /// Rows and columns of A, B and C as stored (column-major).
+    fn stored(&self) -> [(usize, usize); 3] {
+        let a = if self.transpose_a {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        };
+        let b = if self.transpose_b {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
+        [a, b, (self.m, self.n)]
+    }
+}
+
+/// One step of the forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Op {
+    Gemm(GemmOp),
+    /// `out = (x - mean) / std` per feature.
+    Normalize {
+        n: usize,
+        features: usize,
+        x: View,
+        mean: View,
+        std: View,
+        out: View,
+    },
+    /// `y = (y + bias) + positions[row % period]`.
+    BiasPositions {
+        n: usize,
+        cols: usize,
+        period: usize,
+        bias: View,
+        positions: View,
+        y: View,
+    },
+    /// `y += bias`.
+    BiasAdd {
+        n: usize,
+        cols: usize,
+        bias: View,
+        y: View,
+    },
+    /// `y = gelu(y + bias)`.
+    BiasGelu {
+        n: usize,
+        cols: usize,
+        bias: View,
+        y: View,
+    },
+    LayerNorm {
+        rows: usize,
+        width: usize,
+        x: View,
+        gain: View,
+        bias: View,
+        out: View,
+    },
+    /// Scaled, masked softmax of each row, in place.
+    Softmax {
+        rows: usize,
+        width: usize,
+        causal: bool,
+        scale: f32,
+        scores: View,
+    },
+    Pool {
+        n: usize,
+        steps: usize,
+        width: usize,
+        mean: bool,
+        z: View,
+        pooled: View,
+    },
+}
+
+impl Op {
+    /// The view the operation writes.
+    pub(super) fn output(&self) -> View {
+        match self {
+            Op::Gemm(g) => g.c,
+            Op::Normalize { out, .. } | Op::LayerNorm { out, .. } => *out,
+            Op::BiasPositions { y, .. } | Op::BiasAdd { y, .. } | Op::BiasGelu { y, .. } => *y,
+            Op::Softmax { scores, .. } => *scores,
+            Op::Pool { pooled, .. } => *pooled,
+        }
+    }
+
+    /// The views the operation reads (besides its output, which the
+    /// in-place ones read too).
+    pub(super) fn inputs(&self) -> Vec<View> {
+        match self {
+            Op::Gemm(g) => vec![g.a, g.b],
+            Op::Normalize { x, mean, std, .. } => vec![*x, *mean, *std],
+            Op::BiasPositions {
+                bias, positions, ..
+            } => vec![*bias, *positions],
+            Op::BiasAdd { bias, .. } | Op::BiasGelu { bias, .. } => vec![*bias],
+            Op::LayerNorm { x, gain, bias, .. } => vec![*x, *gain, *bias],
+            Op::Softmax { .. } => vec![],
+            Op::Pool { z, .. } => vec![*z],
+        }
+    }
+
+    /// Checks every access the operation makes lies in its views, every
+    /// view in its buffer (`lengths(buf)` floats), and that it writes a
+    /// workspace buffer none of its inputs is in: what must hold before
+    /// the device runs it.
+    pub(super) fn check(&self, lengths: &dyn Fn(Buf) -> usize) -> Result<(), String> {
+        let out = self.output();
+        if !matches!(out.buf, Buf::Work(_)) {
+            return Err(format!("{self:?} writes a read-only buffer"));
+        }
+        for view in self.inputs().iter().chain([&out]) {
+            if view.offset + view.len > lengths(view.buf) {
+                return Err(format!(
+                    "{view:?} runs past its buffer ({} floats)",
+                    lengths(view.buf)
+                ));
+            }
+        }
+        if self.inputs().iter().any(|v| v.buf == out.buf) {
+            return Err(format!("{self:?} reads the buffer it writes"));
+        }
+        let need = |what: &str, view: &View, len: usize| {
+            if len <= view.len {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} needs {len} floats, its view has {}",
+                    view.len
+                ))
+            }
+        };
+        match self {
+            Op::Gemm(g) => {
+                if [g.m, g.n, g.k, g.batch].contains(&0) {
+                    return Err(format!("{g:?} has an empty dimension"));
+                }
+                let [a, b, c] = g.stored();
+                let parts = [
+                    ("A", a, g.lda, g.stride_a, &g.a),
+                    ("B", b, g.ldb, g.stride_b, &g.b),
+                    ("C", c, g.ldc, g.stride_c, &g.c),
+                ];
+                for (name, (rows, cols), ld, stride, view) in parts {
+                    if ld < rows {
+                        return Err(format!("GEMM {name}: leading dimension {ld} < rows {rows}"));
+                    }
+                    need(name, view, (g.batch - 1) * stride + ld * (cols - 1) + rows)?;
+                }
+                let largest = [g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.batch];
+                if largest.iter().any(|v| i32::try_from(*v).is_err()) {
+                    return Err(format!("{g:?}: a dimension exceeds cuBLAS's i32"));
+                }
+                Ok(())
+            }
+            Op::Normalize {
+                n,
+                features,
+                x,
+                mean,
+                std,
+                out,
+            } => {
+                need("x", x, *n)?;
+                need("out", out, *n)?;
+                need("mean", mean, *features)?;
+                need("std", std, *features)
+            }
+            Op::BiasPositions {
+                n,
+                cols,
+                period,
+                bias,
+                positions,
+                y,
+            } => {
+                need("y", y, *n)?;
+                need("bias", bias, *cols)?;
+                need("positions", positions, period * cols)
+            }
+            Op::BiasAdd { n, cols, bias, y } | Op::BiasGelu { n, cols, bias, y } => {
+                need("y", y, *n)?;
+                need("bias", bias, *cols)
+            }
+            Op::LayerNorm {
+                rows,
+                width,
+                x,
+                gain,
+                bias,
+                out,
+            } => {
+                need("x", x, rows * width)?;
+                need("out", out, rows * width)?;
+                need("gain", gain, *width)?;
+                need("bias", bias, *width)
+            }
+            Op::Softmax {
+                rows,
+                width,
+                scores,
+                ..
+            } => need("scores", scores, rows * width),
+            Op::Pool {
+                n,
+                steps,
+                width,
+                z,
+                pooled,
+                ..
+            } => {
+                need("z", z, (n / width) * steps * width)?;
+                need("pooled", pooled, *n)
+            }
+        }
+    }
+}
+
+fn params(offset: usize, len: usize) -> View {
+    View {
+        buf: Buf::Params,
+        offset,
+        len,
+    }
+}
+
+fn work(index: usize, offset: usize, len: usize) -> View {
+    View {
+        buf: Buf::Work(index),
+        offset,
+        len,
+    }
+}
+
+/// A GEMM `Y = X W^T` (+ `Y` when `accumulate`), row-major: `X` is `rows x
+/// inputs` in `x`, `W` is `outputs x inputs` in the parameters at
+/// `weight`, `Y` is `rows x outputs` in `y`.
+fn linear(
+    x: View,
+    weight: usize,
+    y: View,
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    accumulate: bool,
+) -> Op {
+    Op::Gemm(GemmOp {
+        transpose_a: true,
+        transpose_b: false,
+        m: outputs,
+        n: rows,
+        k: inputs,
+        alpha: 1.0,
+        beta: if accumulate { 1.0 } else { 0.0 },
+        lda: inputs,
+        ldb: inputs,
+        ldc: outputs,
+        batch: 1,
+        stride_a: 0,
+        stride_b: 0,
+        stride_c: 0,
+        a: params(weight, outputs * inputs),
+        b: View {
+            len: rows * inputs,
+            ..x
+        },
+        c: View {
+            len: rows * outputs,
+            ..y
+        },
+    })
+}
+
+/// The forward pass of `windows` windows (the first `windows` of each
+/// workspace buffer), from `raw` to `out` (`windows x outputs`).
+pub(super) fn forward_plan(config: &Config, offsets: &Offsets, windows: usize) -> Vec<Op> {
+    let (t, f, d, ff, o) = (
+        config.window,
+        config.features,
+        config.d_model,
+        config.ff,
+        config.outputs,
+    );
+    let (heads, dh) = (config.heads, config.head_dim());
+    let rows = windows * t;
+    let sizes = per_window(config);
+    let whole = |index: usize| work(index, 0, windows * sizes[index]);
+    let mut ops = vec![
+        Op::Normalize {
+            n: rows * f,
+            features: f,
+            x: whole(RAW),
+            mean: params(offsets.mean, f),
+            std: params(offsets.std, f),
+            out: whole(NORMALISED),
+        },
+        linear(
+            whole(NORMALISED),
+            offsets.embed_w,
+            whole(STREAM),
+            rows,
+            f,
+            d,
+            false,
+        ),
+        Op::BiasPositions {
+            n: rows * d,
+            cols: d,
+            period: t,
+            bias: params(offsets.embed_b, d),
+            positions: match offsets.position {
+                Some(at) => params(at, t * d),
+                None => View {
+                    buf: Buf::Positions,
+                    offset: 0,
+                    len: t * d,
+                },
+            },
+            y: whole(STREAM),
+        },
+    ];
+    let layer_norm = |gain: usize, bias: usize| Op::LayerNorm {
+        rows,
+        width: d,
+        x: whole(STREAM),
+        gain: params(gain, d),
+        bias: params(bias, d),
+        out: whole(NORMED),
+    };
+    let qkv_len = windows * sizes[QKV];
+    let scores_len = windows * sizes[SCORES];
+    let attended_len = windows * sizes[ATTENDED];
+    // Views that start inside a buffer run to its end: the batched GEMM
+    // walks every window from there.
+    let qkv_from = |offset: usize| work(QKV, offset, qkv_len - offset);
+    for b in &offsets.blocks {
+        ops.push(layer_norm(b.norm1_w, b.norm1_b));
+        // One GEMM projects Q, K and V together: in_proj stacks their
+        // weights, so each row of qkv is [q | k | v].
+        ops.push(linear(
+            whole(NORMED),
+            b.in_w,
+            whole(QKV),
+            rows,
+            d,
+            3 * d,
+            false,
+        ));
+        ops.push(Op::BiasAdd {
+            n: rows * 3 * d,
+            cols: 3 * d,
+            bias: params(b.in_b, 3 * d),
+            y: whole(QKV),
+        });
+        // Scores S = Q K^T per (window, head), as S^T = K Q^T column-major:
+        // K and Q are stored as column-major head_dim x window with
+        // leading dimension 3 d_model; S^T (window x window, ld window) is
+        // S row-major. One call per head, batched over the windows.
+        for head in 0..heads {
+            ops.push(Op::Gemm(GemmOp {
+                transpose_a: true,
+                transpose_b: false,
+                m: t,
+                n: t,
+                k: dh,
+                alpha: 1.0,
+                beta: 0.0,
+                lda: 3 * d,
+                ldb: 3 * d,
+                ldc: t,
+                batch: windows,
+                stride_a: t * 3 * d,
+                stride_b: t * 3 * d,
+                stride_c: heads * t * t,
+                a: qkv_from(d + head * dh),
+                b: qkv_from(head * dh),
+                c: work(SCORES, head * t * t, scores_len - head * t * t),
+            }));
+        }
+        ops.push(Op::Softmax {
+            rows: windows * heads * t,
+            width: t,
+            causal: config.causal,
+            scale: 1.0 / (dh as f32).sqrt(),
+            scores: work(SCORES, 0, scores_len),
+        });
+        // Context O = P V per (window, head), as O^T = V^T P^T
+        // column-major: V^T is V's storage (ld 3 d_model), P^T is P's
+        // (ld window), O^T lands in the head's columns of `attended`
+        // (ld d_model).
+        for head in 0..heads {
+            ops.push(Op::Gemm(GemmOp {
+                transpose_a: false,
+                transpose_b: false,
+                m: dh,
+                n: t,
+                k: t,
+                alpha: 1.0,
+                beta: 0.0,
+                lda: 3 * d,
+                ldb: t,
+                ldc: d,
+                batch: windows,
+                stride_a: t * 3 * d,
+                stride_b: heads * t * t,
+                stride_c: t * d,
+                a: qkv_from(2 * d + head * dh),
+                b: work(SCORES, head * t * t, scores_len - head * t * t),
+                c: work(ATTENDED, head * dh, attended_len - head * dh),
+            }));
+        }
+        // The residual adds ride on the GEMMs: beta = 1 adds the product
+        // to the stream.
+        ops.push(linear(
+            whole(ATTENDED),
+            b.out_w,
+            whole(STREAM),
+            rows,
+            d,
+            d,
+            true,
+        ));
+        ops.push(Op::BiasAdd {
+            n: rows * d,
+            cols: d,
+            bias: params(b.out_b, d),
+            y: whole(STREAM),
+        });
+        ops.push(layer_norm(b.norm2_w, b.norm2_b));
+        ops.push(linear(
+            whole(NORMED),
+            b.ff1_w,
+            whole(HIDDEN),
+            rows,
+            d,
+            ff,
+            false,
+        ));
+        ops.push(Op::BiasGelu {
+            n: rows * ff,
+            cols: ff,
+            bias: params(b.ff1_b, ff),
+            y: whole(HIDDEN),
+        });
+        ops.push(linear(
+            whole(HIDDEN),
+            b.ff2_w,
+            whole(STREAM),
+            rows,
+            ff,
+            d,
+            true,
+        ));
+        ops.push(Op::BiasAdd {
+            n: rows * d,
+            cols: d,
+            bias: params(b.ff2_b, d),
+            y: whole(STREAM),
+        });
+    }
+    ops.push(layer_norm(offsets.final_w, offsets.final_b));
+    ops.push(Op::Pool {
+        n: windows * d,
+        steps: t,
+        width: d,
+        mean: config.pooling == Pooling::Mean,
+        z: whole(NORMED),
+        pooled: whole(POOLED),
+    });
+    ops.push(linear(
+        whole(POOLED),
+        offsets.head_w,
+        whole(OUT),
+        windows,
+        d,
+        o,
+        false,
+    ));
+    ops.push(Op::BiasAdd {
+        n: windows * o,
+        cols: o,
+        bias: params(offsets.head_b, o),
+        y: whole(OUT),
+    });
+    ops
+}
+
+/// The batch's windows cut into runs of at most `capacity`: the ranges
+/// each pass takes.
+pub(super) fn chunks(windows: usize, capacity: usize) -> Vec<std::ops::Range<usize>> {
+    let capacity = capacity.max(1);
+    (0..windows.div_ceil(capacity))
+        .map(|i| i * capacity..((i + 1) * capacity).min(windows))
+        .collect()
+}
