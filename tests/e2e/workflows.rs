@@ -535,3 +535,45 @@ async fn nodes_start_once_after_their_parents_under_kills_and_a_redis_restart() 
         );
     }
 }
+
+/// A parent's result above `blob_threshold_bytes` is committed as a blob
+/// reference; its child's placeholder, and a path into it, still see the
+/// result itself, read from the blob before the placeholders are filled.
+#[tokio::test]
+async fn a_childs_path_reaches_into_a_parents_result_that_went_by_blob() {
+    let redis = RedisServer::start();
+    let threshold = ("TANDEM_BLOB_THRESHOLD_BYTES", "4096");
+    let _worker = WorkerProcess::start(&redis, &[threshold]).await;
+    let config = Config {
+        blob_threshold_bytes: 4096,
+        ..redis.config()
+    };
+    let producer = Producer::connect(&config).await.unwrap();
+    let big: Vec<u64> = (0..5_000).collect();
+    let workflow = Workflow::new()
+        .node("root", echo(json!({"big": big, "tag": "root"})))
+        .node_after(
+            "pick",
+            echo(json!({"third": WorkflowRef::to("root").at("/big/3"),
+                        "tag": WorkflowRef::to("root").at("/tag")})),
+            &["root"],
+        )
+        .node_after(
+            "whole",
+            echo(json!({"n": WorkflowRef::to("root")})),
+            &["root"],
+        );
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "succeeded", "{:?}", outcome.nodes);
+    let pick: Value = outcome.nodes["pick"].result().unwrap();
+    assert_eq!(pick, json!({"third": 3, "tag": "root"}));
+    // The root's result itself went by reference (so the test tests the
+    // blob path), and the whole of it reached `whole`.
+    let mut conn = redis.conn().await;
+    let blobs: Vec<String> = conn.keys("tandem:{blob:*").await.unwrap();
+    assert!(!blobs.is_empty(), "the root's result went inline");
+    let whole: Value = outcome.nodes["whole"].result().unwrap();
+    assert_eq!(whole["n"]["big"].as_array().map(Vec::len), Some(5_000));
+    assert_eq!(whole["n"]["tag"], json!("root"));
+}

@@ -75,23 +75,51 @@ impl BlobCache {
     /// The parameters of task `id`, when they came as a blob reference:
     /// the blob's bytes, from the cache or fetched. `None`: inline.
     pub async fn params(&self, id: TaskId, params: &[u8]) -> Result<Option<Bytes>, TaskError> {
-        let blob = match BlobRef::detect(params) {
+        let Some((blob, bytes)) = self.fetch_ref(params, "the parameters'").await? else {
+            return Ok(None);
+        };
+        self.held().insert(id, blob);
+        Ok(Some(bytes))
+    }
+
+    /// A workflow parent's result that came as a blob reference: the
+    /// result's bytes, from the cache or fetched. `None`: inline. The
+    /// blob's reference belongs to the parent's record, so none is held.
+    pub async fn parent_result(
+        &self,
+        node: &str,
+        result: &[u8],
+    ) -> Result<Option<Bytes>, TaskError> {
+        let what = format!("parent {node:?}'s result");
+        Ok(self.fetch_ref(result, &what).await?.map(|(_, bytes)| bytes))
+    }
+
+    /// The blob `bytes` refer to and its contents; `None` when `bytes` are
+    /// no blob reference. `what` names the bytes in errors.
+    async fn fetch_ref(
+        &self,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<Option<(BlobRef, Bytes)>, TaskError> {
+        let blob = match BlobRef::detect(bytes) {
             None => return Ok(None),
             Some(Err(err)) => {
-                return Err(TaskError::fatal(ErrorCode::BAD_PAYLOAD, err.to_string()));
+                return Err(TaskError::fatal(
+                    ErrorCode::BAD_PAYLOAD,
+                    format!("{what} blob reference: {err}"),
+                ));
             }
             Some(Ok(blob)) => blob,
         };
-        let bytes = self.get(&blob).await.map_err(|err| {
-            let message = format!("cannot fetch the parameters' blob: {err}");
+        let contents = self.get(&blob).await.map_err(|err| {
+            let message = format!("cannot fetch {what} blob: {err}");
             if err.is_transient() {
                 TaskError::new(ErrorCode::HANDLER_ERROR, message)
             } else {
                 TaskError::fatal(ErrorCode::BAD_PAYLOAD, message)
             }
         })?;
-        self.held().insert(id, blob);
-        Ok(Some(bytes))
+        Ok(Some((blob, contents)))
     }
 
     /// A blob's bytes: cached, being fetched by another task, or fetched

@@ -104,6 +104,89 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
+    /// A workflow node: its parents' results replace the placeholders in
+    /// its parameters before anything else reads them (the signature,
+    /// checked before, covers the parameters as submitted). Parameters
+    /// and parents' results that came as blob references are read first,
+    /// so a placeholder and its path see the real values.
+    async fn fill_placeholders(
+        &self,
+        entry: TaskEntry,
+    ) -> Result<TaskEntry, (Box<TaskEntry>, TaskError)> {
+        let Some(inputs) = entry.inputs.as_deref() else {
+            return Ok(entry);
+        };
+        let resolved = match &self.blobs {
+            Some(blobs) => self.read_blob_inputs(blobs, &entry, inputs).await,
+            None => Ok((None, None)),
+        };
+        let (params, inputs) = match resolved {
+            Ok(resolved) => resolved,
+            Err(err) => return Err((Box::new(entry), err)),
+        };
+        let params = params.as_deref().unwrap_or(&entry.params);
+        let inputs = inputs.as_deref().unwrap_or(inputs_of(&entry));
+        match tandem_shared::workflow::refs::substitute(params, inputs) {
+            Ok(params) => Ok(TaskEntry {
+                params,
+                inputs: None,
+                ..entry
+            }),
+            Err(message) => Err((
+                Box::new(entry),
+                TaskError::fatal(ErrorCode::BAD_PARAMS, message),
+            )),
+        }
+    }
+
+    /// The parameters' bytes when they came as a blob reference, and the
+    /// `inputs` map re-encoded with every parent result that came as a
+    /// blob reference replaced by the result itself (`None`: as they are).
+    async fn read_blob_inputs(
+        &self,
+        blobs: &crate::blob_cache::BlobCache,
+        entry: &TaskEntry,
+        inputs: &[u8],
+    ) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), TaskError> {
+        let params = blobs
+            .params(entry.id, &entry.params)
+            .await?
+            .map(|bytes| bytes.to_vec());
+        let bad = |message: String| TaskError::fatal(ErrorCode::BAD_PAYLOAD, message);
+        let mut map: rmpv::Value = tandem_shared::msgpack::decode(inputs)
+            .map_err(|e| bad(format!("field inputs is not a MessagePack map: {e}")))?;
+        let rmpv::Value::Map(results) = &mut map else {
+            return Err(bad("field inputs is not a MessagePack map".into()));
+        };
+        let mut changed = false;
+        for (node, result) in results.iter_mut() {
+            let is_ref = matches!(result, rmpv::Value::Map(pairs)
+                if pairs.first().and_then(|(k, _)| k.as_str()) == Some("tandem_blob"));
+            if !is_ref {
+                continue;
+            }
+            let node = node.as_str().unwrap_or("?").to_owned();
+            let reference = tandem_shared::msgpack::encode(&*result)
+                .map_err(|e| bad(format!("parent {node:?}'s result: {e}")))?;
+            if let Some(bytes) = blobs.parent_result(&node, &reference).await? {
+                *result = tandem_shared::msgpack::decode(&bytes).map_err(|e| {
+                    bad(format!(
+                        "parent {node:?}'s result blob is not MessagePack: {e}"
+                    ))
+                })?;
+                changed = true;
+            }
+        }
+        let inputs = match changed {
+            true => Some(
+                tandem_shared::msgpack::encode(&map)
+                    .map_err(|e| bad(format!("field inputs: {e}")))?,
+            ),
+            false => None,
+        };
+        Ok((params, inputs))
+    }
+
     /// Runs a started task to its completion, or to its device's failure.
     #[cfg(test)]
     pub async fn execute(
@@ -134,24 +217,9 @@ impl Executor {
         abandoned: &mut Option<crate::context::Work>,
     ) -> Result<Completion, DeviceFailure> {
         let started = Instant::now();
-        // A workflow node: its parents' results replace the placeholders
-        // in its parameters before anything else reads them (the
-        // signature, checked before, covers the parameters as submitted).
-        let entry = match entry
-            .inputs
-            .as_deref()
-            .map(|inputs| tandem_shared::workflow::refs::substitute(&entry.params, inputs))
-        {
-            None => entry,
-            Some(Ok(params)) => TaskEntry {
-                params,
-                inputs: None,
-                ..entry
-            },
-            Some(Err(message)) => {
-                let err = TaskError::fatal(ErrorCode::BAD_PARAMS, message);
-                return Ok(self.conclude(entry, entry_id, 0, Err(err)));
-            }
+        let entry = match self.fill_placeholders(entry).await {
+            Ok(entry) => entry,
+            Err((entry, err)) => return Ok(self.conclude(*entry, entry_id, 0, Err(err))),
         };
         let parts = match plan {
             Plan::Run { split_into } => {
@@ -1227,4 +1295,9 @@ mod tests {
             .unwrap();
         assert!(matches!(done.disposition, Disposition::HandBack { .. }));
     }
+}
+
+/// The entry's `inputs` field (empty when it has none).
+fn inputs_of(entry: &TaskEntry) -> &[u8] {
+    entry.inputs.as_deref().unwrap_or_default()
 }
