@@ -45,7 +45,8 @@ end
 -- The recent workflows, for views (`tandem dashboard`): ids scored by submit
 -- time in `<base>workflows` (same slot), the newest 1,000 kept. An id can
 -- outlive its hash's TTL; readers skip it.
-local recent = (string.match(wf_key, '^(.*:)workflow:[^:]+$') or '') .. 'workflows'
+local wf_base = string.match(wf_key, '^(.*:)workflow:[^:]+$') or ''
+local recent = wf_base .. 'workflows'
 local checks = {wf_key, 'hash', recent, 'zset'}
 for _, node in ipairs(nodes) do
   local base = string.match(node.record, '^(.*:)task:[^:]+$') or ''

@@ -462,6 +462,7 @@ mod tests {
                 keys.workflow_wait(class, &id.parse().unwrap()),
             ),
             ("index:", "running".into(), keys.index(class, "running")),
+            ("workflows", String::new(), keys.workflows(class)),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
         let mut built = std::collections::BTreeSet::new();
