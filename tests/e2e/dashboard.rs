@@ -1140,9 +1140,10 @@ async fn the_dashboard_shows_workflows_and_cancels_one_with_the_token() {
 /// A workflow in a real browser: the page, open before the workflow can
 /// run (its kind paused), shows the nodes waiting, then, with no reload,
 /// every node reaching `succeeded` and the sink's result; a 1,002-node
-/// workflow is summarised by layer; a cancel clicked without the token is
+/// fan-out and a 1,000-node chain are summarised by layer; a cancel clicked without the token is
 /// refused, with it the running workflow is cancelled. Screenshots:
-/// target/dashboard-screenshots/workflow.png, workflow-large.png,
+/// target/dashboard-screenshots/workflow.png, workflow-large.png (a
+/// fan-out of 1,000), workflow-chain.png (a chain of 1,000),
 /// workflow-cancelled.png.
 #[tokio::test]
 async fn a_workflow_page_follows_its_nodes_and_cancels_by_click() {
@@ -1257,6 +1258,38 @@ async fn a_workflow_page_follows_its_nodes_and_cancels_by_click() {
     )
     .unwrap();
     producer.cancel_workflow(large.id()).await.unwrap();
+
+    // A chain of 1,000 (its kind still paused): 1,000 layers, the table of
+    // layers grouped into 40 rows of 25.
+    let mut chain = tandem_producer::Workflow::new();
+    for i in 0..1000 {
+        let task = Task::of::<Noop>(&rmpv::Value::Nil).unwrap();
+        let name = format!("step{i:04}");
+        chain = match i {
+            0 => chain.node(&name, task),
+            _ => chain.node_after(&name, task, &[&format!("step{:04}", i - 1)]),
+        };
+    }
+    let chain = producer.submit_workflow(chain).await.unwrap();
+    page.goto(&format!("http://{listen}/#workflow/{}", chain.id()))
+        .await
+        .unwrap();
+    wait_until(WAIT, "the chain summarised by layer", || async {
+        text_of(&page, "#wf-progress").await == "0 of 1000"
+    })
+    .await;
+    let bands = page
+        .find_all(fantoccini::Locator::Css("#wf-layers tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(bands.len(), 40);
+    assert!(text_of(&page, "#wf-layers").await.contains("975–999"));
+    std::fs::write(
+        artefacts().join("workflow-chain.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    producer.cancel_workflow(chain.id()).await.unwrap();
 
     // The cancel: clicked without the token, refused; with it, the
     // running workflow ends cancelled, shown live.

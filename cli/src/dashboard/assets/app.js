@@ -204,7 +204,7 @@ function layerChart(wf) {
   });
   return `<svg id="wf-graph" width="${width}" height="${H + TOP + 18}" viewBox="0 0 ${width} ${H + TOP + 18}">${bars}
     <text x="0" y="${H + TOP + 14}">layer 0</text><text x="${width}" y="${H + TOP + 14}" text-anchor="end">layer ${layers.length - 1}</text>
-    <text x="${width}" y="11" text-anchor="end">widest layer: ${most} nodes</text></svg>`;
+    <text x="${width}" y="11" text-anchor="end">widest layer: ${most} node${most === 1 ? "" : "s"}</text></svg>`;
 }
 
 // The layers as a table, grouped into at most 40 rows.
