@@ -121,6 +121,13 @@ impl Keys {
         format!("{}workflow:{}", self.class_base(class), id)
     }
 
+    /// The recent workflows whose hash is under this class's tag: ids
+    /// scored by submit time (ms), the newest
+    /// [`crate::store::RECENT_WORKFLOWS_MAX`] kept (`workflow_submit.lua`).
+    pub fn workflows(&self, class: Class) -> String {
+        format!("{}workflows", self.class_base(class))
+    }
+
     /// A waiting workflow node's entry fields (and its parents' results so
     /// far, `input:<node>`), until its last parent succeeds.
     pub fn workflow_wait(&self, class: Class, id: &TaskId) -> String {
@@ -455,6 +462,7 @@ mod tests {
                 keys.workflow_wait(class, &id.parse().unwrap()),
             ),
             ("index:", "running".into(), keys.index(class, "running")),
+            ("workflows", String::new(), keys.workflows(class)),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
         let mut built = std::collections::BTreeSet::new();

@@ -893,3 +893,448 @@ async fn the_dashboard_is_driven_by_clicks_in_a_real_browser() {
     std::fs::write(artefacts().join("clicked.png"), shot).unwrap();
     page.close().await.unwrap();
 }
+
+fn echo(params: serde_json::Value) -> Task {
+    Task::new("echo", &params).unwrap()
+}
+
+/// root -> (left, right) -> join -> last: a chain, a group and a chord,
+/// whose sink `last` ends with `[3, "done"]`.
+fn chain_and_chord() -> tandem_producer::Workflow {
+    use serde_json::json;
+    use tandem_producer::{Workflow, WorkflowRef};
+    Workflow::new()
+        .node("root", echo(json!({"x": 3, "list": [10, 20, 30]})))
+        .node_after(
+            "left",
+            echo(json!({"v": WorkflowRef::to("root").at("/x")})),
+            &["root"],
+        )
+        .node_after(
+            "right",
+            echo(json!({"w": WorkflowRef::to("root").at("/list/2")})),
+            &["root"],
+        )
+        .node_after(
+            "join",
+            echo(json!({"l": WorkflowRef::to("left"), "r": WorkflowRef::to("right").at("/w")})),
+            &["left", "right"],
+        )
+        .node_after(
+            "last",
+            echo(json!([WorkflowRef::to("join").at("/l/v"), "done"])),
+            &["join"],
+        )
+}
+
+/// A sleep of an hour that only a cancel ends, and a node after it.
+fn cancellable() -> tandem_producer::Workflow {
+    tandem_producer::Workflow::new()
+        .node(
+            "long",
+            Task::of::<Sleep>(&SleepParams { ms: Sleep::MAX_MS }).unwrap(),
+        )
+        .node_after("after", echo(serde_json::json!(1)), &["long"])
+}
+
+async fn get_json(port: u16, path: &str) -> (String, serde_json::Value) {
+    let (status, body) = http(port, "GET", path, "").await;
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, value)
+}
+
+/// The workflows view over HTTP: the snapshot lists the recent workflows
+/// newest first with their progress; a workflow's page has every node
+/// with its layer, state, worker, device and times, and the sinks'
+/// results; its live stream ends with the final state; the cancel is a
+/// write action (401 without the token, 403 read-only).
+#[tokio::test]
+async fn the_dashboard_shows_workflows_and_cancels_one_with_the_token() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "2")]).await;
+    let producer = redis.producer().await;
+    let done = producer.submit_workflow(chain_and_chord()).await.unwrap();
+    assert_eq!(done.wait(WAIT).await.unwrap().status, "succeeded");
+    let running = producer.submit_workflow(cancellable()).await.unwrap();
+    let long = running.node("long").unwrap().id();
+    wait_until(WAIT, "the long node running", || async {
+        producer
+            .record(long)
+            .await
+            .unwrap()
+            .is_some_and(|r| r.status == Some(Status::Running))
+    })
+    .await;
+
+    let port = crate::support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _dashboard = Serving::start(
+        &redis,
+        &[
+            "dashboard",
+            "--listen",
+            &listen,
+            "--token",
+            TOKEN,
+            "--interval-ms",
+            "200",
+        ],
+    );
+    answering(port).await;
+
+    // The list: newest first, with progress and sinks.
+    let (status, snap) = get_json(port, "/api/snapshot").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let listed = snap["workflows"].as_array().expect("a workflows list");
+    assert_eq!(listed.len(), 2, "{snap}");
+    assert_eq!(listed[0]["id"], running.id().to_string());
+    assert_eq!(listed[0]["status"], "running");
+    assert_eq!(listed[0]["nodes"], 2);
+    assert_eq!(listed[0]["finished"], 0);
+    assert_eq!(listed[1]["id"], done.id().to_string());
+    assert_eq!(listed[1]["status"], "succeeded");
+    assert_eq!(listed[1]["nodes"], 5);
+    assert_eq!(listed[1]["finished"], 5);
+    assert_eq!(listed[1]["succeeded"], 5);
+    assert_eq!(listed[1]["sinks"], serde_json::json!(["last"]));
+    let took = listed[1]["took_ms"].as_u64().expect("took_ms");
+    let (start, end) = (
+        listed[1]["submitted_at_ms"].as_u64().unwrap(),
+        listed[1]["finished_at_ms"].as_u64().unwrap(),
+    );
+    assert_eq!(took, end - start);
+
+    // The finished workflow's page: every node, its layer and parents,
+    // where it ran, its times; the sink's result.
+    let (status, page) = get_json(port, &format!("/api/workflows/{}", done.id())).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{page}");
+    assert_eq!(page["status"], "succeeded");
+    assert_eq!(page["nodes_total"], 5);
+    assert_eq!(page["nodes_finished"], 5);
+    assert_eq!(page["nodes_omitted"], 0);
+    let layer_of: std::collections::HashMap<&str, u64> = page["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["layer"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        layer_of,
+        [
+            ("root", 0),
+            ("left", 1),
+            ("right", 1),
+            ("join", 2),
+            ("last", 3)
+        ]
+        .into_iter()
+        .collect()
+    );
+    for node in page["nodes"].as_array().unwrap() {
+        assert_eq!(node["status"], "succeeded", "{node}");
+        assert_eq!(node["kind"], "echo", "{node}");
+        assert!(
+            node["worker"].is_string() && node["device"] == "cpu",
+            "{node}"
+        );
+        assert!(
+            node["waited_ms"].is_u64() && node["run_us"].is_u64(),
+            "{node}"
+        );
+        assert!(node["started_at_ms"].as_u64() <= node["finished_at_ms"].as_u64());
+    }
+    let join = page["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "join")
+        .unwrap();
+    assert_eq!(join["after"], serde_json::json!(["left", "right"]));
+    assert_eq!(
+        page["layers"],
+        serde_json::json!([
+            {"nodes": 1, "by_status": {"succeeded": 1}, "kinds": ["echo"]},
+            {"nodes": 2, "by_status": {"succeeded": 2}, "kinds": ["echo"]},
+            {"nodes": 1, "by_status": {"succeeded": 1}, "kinds": ["echo"]},
+            {"nodes": 1, "by_status": {"succeeded": 1}, "kinds": ["echo"]},
+        ])
+    );
+    assert_eq!(page["result"], serde_json::json!({"last": [3, "done"]}));
+
+    // Its live stream sends the final state once and ends.
+    let (status, body) = http(
+        port,
+        "GET",
+        &format!("/api/workflows/{}/live", done.id()),
+        "",
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let events: Vec<&str> = body.lines().filter(|l| l.starts_with("event: ")).collect();
+    assert_eq!(events, ["event: workflow"], "{body}");
+    assert!(body.contains("\"status\":\"succeeded\""), "{body}");
+
+    // Bad and unknown ids.
+    let (status, body) = http(port, "GET", "/api/workflows/not-an-id", "").await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request", "{body}");
+    assert!(body.contains("workflow id"), "{body}");
+    let unknown = tandem_shared::TaskId::new();
+    let (status, body) = http(port, "GET", &format!("/api/workflows/{unknown}"), "").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found", "{body}");
+    let (_, body) = http(port, "GET", &format!("/api/workflows/{unknown}/live"), "").await;
+    assert!(body.contains("event: missing"), "{body}");
+
+    // The cancel: refused without the token, with a wrong one, and by a
+    // read-only dashboard; the running workflow untouched.
+    let cancel = format!("/api/workflows/{}/cancel", running.id());
+    let (status, body) = http(port, "POST", &cancel, "").await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{body}");
+    let (status, _) = http(
+        port,
+        "POST",
+        &cancel,
+        "Authorization: Bearer wrong-token\r\n",
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let ro_port = crate::support::free_port();
+    let ro_listen = format!("127.0.0.1:{ro_port}");
+    let _read_only = Serving::start(
+        &redis,
+        &["dashboard", "--listen", &ro_listen, "--read-only"],
+    );
+    answering(ro_port).await;
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (status, body) = http(ro_port, "POST", &cancel, &auth).await;
+    assert_eq!(status, "HTTP/1.1 403 Forbidden", "{body}");
+    let (_, page) = get_json(port, &format!("/api/workflows/{}", running.id())).await;
+    assert_eq!(page["status"], "running", "{page}");
+
+    // With the token: every unfinished node cancelled, the running one
+    // asked to stop.
+    let (status, body) = http(port, "POST", &cancel, &auth).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["outcome"], "cancelled", "{body}");
+    wait_until(WAIT, "the workflow cancelled", || async {
+        let (_, page) = get_json(port, &format!("/api/workflows/{}", running.id())).await;
+        page["status"] == "cancelled"
+            && page["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().all(|n| n["status"] == "cancelled"))
+    })
+    .await;
+    let (status, body) = http(port, "POST", &cancel, &auth).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("already finished"), "{body}");
+    let (status, _) = http(
+        port,
+        "POST",
+        &format!("/api/workflows/{unknown}/cancel"),
+        &auth,
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+/// A workflow in a real browser: the page, open before the workflow can
+/// run (its kind paused), shows the nodes waiting, then, with no reload,
+/// every node reaching `succeeded` and the sink's result; a 1,002-node
+/// fan-out and a 1,000-node chain are summarised by layer; a cancel clicked without the token is
+/// refused, with it the running workflow is cancelled. Screenshots:
+/// target/dashboard-screenshots/workflow.png, workflow-large.png (a
+/// fan-out of 1,000), workflow-chain.png (a chain of 1,000),
+/// workflow-cancelled.png.
+#[tokio::test]
+async fn a_workflow_page_follows_its_nodes_and_cancels_by_click() {
+    let (Some(chromium), Some(driver)) = (chromium(), chromedriver()) else {
+        eprintln!(
+            "no chromium (TANDEM_CHROMIUM or PATH) or no chromedriver (TANDEM_CHROMEDRIVER or PATH): the workflow browser test is skipped"
+        );
+        return;
+    };
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "2")]).await;
+    let producer = redis.producer().await;
+    let out = tandem(&redis, &["pause", "kind:echo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let flow = producer.submit_workflow(chain_and_chord()).await.unwrap();
+
+    let port = crate::support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _dashboard = Serving::start(
+        &redis,
+        &[
+            "dashboard",
+            "--listen",
+            &listen,
+            "--token",
+            TOKEN,
+            "--interval-ms",
+            "300",
+        ],
+    );
+    answering(port).await;
+    let profile = crate::support::ScratchDir::new("chromium-workflow");
+    let (_driver, page) = browser(&driver, &chromium, profile.path()).await;
+    page.goto(&format!("http://{listen}/")).await.unwrap();
+
+    // The list links to the workflow's page.
+    let link = format!("tr[data-workflow=\"{}\"] a", flow.id());
+    wait_until(WAIT, "the workflow listed and clicked", || {
+        click(&page, &link)
+    })
+    .await;
+    let node_state = |name: &str| format!("#wf-nodes tr[data-node=\"{name}\"] td.node-status");
+    wait_until(WAIT, "the chord shown waiting", || async {
+        text_of(&page, &node_state("join")).await == "waiting"
+    })
+    .await;
+    assert_eq!(text_of(&page, "#wf-status").await, "running");
+    assert_eq!(text_of(&page, "#wf-progress").await, "0 of 5");
+
+    // Resumed: the open page follows every node to `succeeded`.
+    let out = tandem(&redis, &["resume", "kind:echo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(WAIT, "every node shown succeeded", || async {
+        let mut all = true;
+        for name in ["root", "left", "right", "join", "last"] {
+            all &= text_of(&page, &node_state(name)).await == "succeeded";
+        }
+        all && text_of(&page, "#wf-status").await == "succeeded"
+    })
+    .await;
+    assert_eq!(text_of(&page, "#wf-progress").await, "5 of 5");
+    let result: serde_json::Value =
+        serde_json::from_str(&text_of(&page, "#wf-result").await).expect("the result as JSON");
+    assert_eq!(result, serde_json::json!({"last": [3, "done"]}));
+    // Drawn node by node: five boxes in the graph.
+    let boxes = page
+        .find_all(fantoccini::Locator::Css("#wf-graph g[data-node]"))
+        .await
+        .unwrap();
+    assert_eq!(boxes.len(), 5);
+    std::fs::write(
+        artefacts().join("workflow.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // 1,002 nodes: a root, a fan-out of 1,000 (their kind paused) and a
+    // chord: summarised by layer, the table capped.
+    let out = tandem(&redis, &["pause", "kind:noop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut large = tandem_producer::Workflow::new().node("root", echo(serde_json::json!(0)));
+    let fan: Vec<String> = (0..1000).map(|i| format!("part{i:04}")).collect();
+    for name in &fan {
+        large = large.node_after(
+            name,
+            Task::of::<Noop>(&rmpv::Value::Nil).unwrap(),
+            &["root"],
+        );
+    }
+    let parents: Vec<&str> = fan.iter().map(String::as_str).collect();
+    large = large.node_after("gather", echo(serde_json::json!(1)), &parents);
+    let large = producer.submit_workflow(large).await.unwrap();
+    large.node("root").unwrap().wait(WAIT).await.unwrap();
+    page.goto(&format!("http://{listen}/#workflow/{}", large.id()))
+        .await
+        .unwrap();
+    wait_until(WAIT, "the large workflow summarised by layer", || async {
+        let layers = text_of(&page, "#wf-layers").await;
+        layers.contains("1000") && layers.contains("succeeded 1")
+    })
+    .await;
+    assert_eq!(text_of(&page, "#wf-progress").await, "1 of 1002");
+    let rows = page
+        .find_all(fantoccini::Locator::Css("#wf-nodes tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 300);
+    assert!(text_of(&page, "#wf-more").await.contains("702 more nodes"));
+    std::fs::write(
+        artefacts().join("workflow-large.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    producer.cancel_workflow(large.id()).await.unwrap();
+
+    // A chain of 1,000 (its kind still paused): 1,000 layers, the table of
+    // layers grouped into 40 rows of 25.
+    let mut chain = tandem_producer::Workflow::new();
+    for i in 0..1000 {
+        let task = Task::of::<Noop>(&rmpv::Value::Nil).unwrap();
+        let name = format!("step{i:04}");
+        chain = match i {
+            0 => chain.node(&name, task),
+            _ => chain.node_after(&name, task, &[&format!("step{:04}", i - 1)]),
+        };
+    }
+    let chain = producer.submit_workflow(chain).await.unwrap();
+    page.goto(&format!("http://{listen}/#workflow/{}", chain.id()))
+        .await
+        .unwrap();
+    wait_until(WAIT, "the chain summarised by layer", || async {
+        text_of(&page, "#wf-progress").await == "0 of 1000"
+    })
+    .await;
+    let bands = page
+        .find_all(fantoccini::Locator::Css("#wf-layers tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(bands.len(), 40);
+    assert!(text_of(&page, "#wf-layers").await.contains("975–999"));
+    std::fs::write(
+        artefacts().join("workflow-chain.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    producer.cancel_workflow(chain.id()).await.unwrap();
+
+    // The cancel: clicked without the token, refused; with it, the
+    // running workflow ends cancelled, shown live.
+    let running = producer.submit_workflow(cancellable()).await.unwrap();
+    page.goto(&format!("http://{listen}/#workflow/{}", running.id()))
+        .await
+        .unwrap();
+    wait_until(WAIT, "the long node shown running", || async {
+        text_of(&page, &node_state("long")).await == "running"
+    })
+    .await;
+    wait_until(WAIT, "the cancel clicked", || click(&page, "#wf-cancel")).await;
+    wait_until(WAIT, "the refusal shown", || async {
+        text_of(&page, "#workflow-action")
+            .await
+            .contains("refused (401)")
+    })
+    .await;
+    assert_eq!(
+        producer
+            .workflow_state(running.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "running"
+    );
+    let token = page.find(fantoccini::Locator::Css("#token")).await.unwrap();
+    token.send_keys(TOKEN).await.unwrap();
+    wait_until(WAIT, "the cancel clicked", || click(&page, "#wf-cancel")).await;
+    wait_until(WAIT, "the workflow shown cancelled", || async {
+        text_of(&page, "#wf-status").await == "cancelled"
+            && text_of(&page, &node_state("long")).await == "cancelled"
+            && text_of(&page, &node_state("after")).await == "cancelled"
+    })
+    .await;
+    assert!(
+        text_of(&page, "#workflow-action")
+            .await
+            .contains("\"outcome\":\"cancelled\"")
+    );
+    std::fs::write(
+        artefacts().join("workflow-cancelled.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    page.close().await.unwrap();
+}

@@ -1,5 +1,5 @@
 //! The dashboard's write actions: requeue or purge a dead letter, cancel a
-//! task, pause or resume a class, a class's priority or a kind. Each needs `Authorization: Bearer <token>` with the token the
+//! task or a workflow, pause or resume a class, a class's priority or a kind. Each needs `Authorization: Bearer <token>` with the token the
 //! dashboard was started with; in `--read-only` mode there is none and
 //! every action is refused.
 
@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 use tandem_shared::flow::PauseTarget;
-use tandem_shared::store::CancelOutcome;
+use tandem_shared::store::{CancelOutcome, WorkflowCancel};
 use tandem_shared::{Class, TaskId};
 
 use super::{Shared, error};
@@ -124,6 +124,41 @@ pub(super) async fn cancel(
             };
             Json(json!({ "task": id.to_string(), "outcome": said })).into_response()
         }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Cancels every node of a workflow that has not finished
+/// (`tandem flow cancel`).
+pub(super) async fn cancel_workflow(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(refusal) = refused(&app, &headers) {
+        return refusal;
+    }
+    let Ok(id) = id.parse::<TaskId>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("workflow id {id:?} is not a workflow id"),
+        );
+    };
+    match app.store.cancel_workflow(&id).await {
+        Ok(WorkflowCancel::NotFound) => error(StatusCode::NOT_FOUND, format!("no workflow {id}")),
+        Ok(WorkflowCancel::Finished(status)) => Json(json!({
+            "workflow": id.to_string(),
+            "outcome": "already finished",
+            "status": status,
+        }))
+        .into_response(),
+        Ok(WorkflowCancel::Cancelled { ended, asked }) => Json(json!({
+            "workflow": id.to_string(),
+            "outcome": "cancelled",
+            "nodes_cancelled": ended,
+            "running_asked_to_stop": asked,
+        }))
+        .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -1,19 +1,24 @@
 //! `tandem dashboard`: a web page for the fleet, the queues, tasks by
-//! state, dead letters, alerts and schedules, served by the binary itself
+//! state, workflows, dead letters, alerts and schedules, served by the binary itself
 //! (axum; the page, its script and its style are embedded with
 //! `include_str!`, so nothing is built with Node) and live through
 //! server-sent events: one snapshot a second, read by one task for every
 //! open page.
 //!
 //! - this module: the flags, the routes and the snapshot.
-//! - `actions`: the write actions (requeue, purge, cancel, pause, resume), each checked
-//!   against the token; none in `--read-only` mode.
+//! - `actions`: the write actions (requeue, purge, cancel a task or a
+//!   workflow, pause, resume), each checked against the token; none in
+//!   `--read-only` mode.
+//! - `workflows`: the recent workflows in the snapshot, a workflow's page
+//!   (its graph by layer, its nodes, the sinks' results) and its live
+//!   stream.
 //! - `assets/`: `index.html`, `app.js`, `style.css`.
 //!
 //! Bound to loopback by default. Reads go through `Store` as every view
 //! does; the only writes are the actions.
 
 mod actions;
+mod workflows;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -146,6 +151,9 @@ fn router(app: Shared) -> Router {
         .route("/api/dlq/{class}/{id}/requeue", post(actions::requeue))
         .route("/api/dlq/{class}/{id}/purge", post(actions::purge))
         .route("/api/tasks/{id}/cancel", post(actions::cancel))
+        .route("/api/workflows/{id}", get(workflows::workflow))
+        .route("/api/workflows/{id}/live", get(workflows::live))
+        .route("/api/workflows/{id}/cancel", post(actions::cancel_workflow))
         .route("/api/pause/{target}", post(actions::pause))
         .route("/api/resume/{target}", post(actions::resume))
         .route("/metrics", get(metrics))
@@ -257,6 +265,7 @@ async fn snapshot(store: &Store, read_only: bool) -> Result<Value, String> {
     let dead = store.dead_letters(Class::ALL, LISTED).await.map_err(text)?;
     let schedules = store.list_schedules(Class::ALL).await.map_err(text)?;
     let flows = store.flow_states(Class::ALL).await.map_err(text)?;
+    let recent = store.recent_workflows(LISTED).await.map_err(text)?;
     let mut paused = Vec::new();
     let mut kinds = Vec::new();
     for (&class, flow) in Class::ALL.iter().zip(&flows) {
@@ -299,8 +308,9 @@ async fn snapshot(store: &Store, read_only: bool) -> Result<Value, String> {
         .iter()
         .flat_map(|w| w.metrics.completed.values())
         .sum();
+    let at_ms = tandem_shared::clock::now_ms();
     Ok(json!({
-        "at_ms": tandem_shared::clock::now_ms(),
+        "at_ms": at_ms,
         "read_only": read_only,
         "workers": sorted.iter().map(|w| {
             let mut v = crate::workers::to_json(w);
@@ -324,6 +334,10 @@ async fn snapshot(store: &Store, read_only: bool) -> Result<Value, String> {
         })).collect::<Vec<_>>(),
         "paused": paused,
         "tasks": tasks,
+        "workflows": recent
+            .iter()
+            .map(|w| workflows::summary_json(w, at_ms))
+            .collect::<Vec<_>>(),
         "dead_letters": dead.iter().map(|d| json!({
             "id": d.id,
             "class": d.class.as_str(),

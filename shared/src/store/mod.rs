@@ -26,6 +26,9 @@
 //! - `index`: the state index: recent tasks by state (running, succeeded,
 //!   failed, cancelled, expired, dead) for `tandem tasks --status` and the
 //!   dashboard.
+//! - `workflow`: workflows: submit one as a unit, read its state, cancel
+//!   it; `workflow_index`: the recent workflows (summaries, for the
+//!   dashboard).
 //! - `queue_metrics`: the queues for Prometheus, read without a scan.
 //! - `stats`: queue depths for the CLI, streams no worker reads; key
 //!   clean-up.
@@ -52,6 +55,7 @@ mod stats;
 mod tasks;
 mod workers;
 mod workflow;
+mod workflow_index;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +89,7 @@ pub use stats::{StreamStats, UnknownStream};
 pub use tasks::{CancelOutcome, Submitted};
 pub use workers::{Consumer, ProcessRef};
 pub use workflow::{GraphEntry, NewNode, NewWorkflow, NodeState, WorkflowCancel, WorkflowState};
+pub use workflow_index::{RECENT_WORKFLOWS_MAX, WorkflowSummary};
 
 use reply::reply_ok;
 
