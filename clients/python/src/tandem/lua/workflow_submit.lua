@@ -42,7 +42,12 @@ for i = 1, n do
   nodes[i] = node
 end
 
-local checks = {wf_key, 'hash'}
+-- The recent workflows, for views (`tandem dashboard`): ids scored by submit
+-- time in `<base>workflows` (same slot), the newest 1,000 kept. An id can
+-- outlive its hash's TTL; readers skip it.
+local wf_base = string.match(wf_key, '^(.*:)workflow:[^:]+$') or ''
+local recent = wf_base .. 'workflows'
+local checks = {wf_key, 'hash', recent, 'zset'}
 for _, node in ipairs(nodes) do
   local base = string.match(node.record, '^(.*:)task:[^:]+$') or ''
   for _, pair in ipairs({{node.record, 'hash'}, {node.stream, 'stream'}, {base .. 'wait:' .. node.id, 'hash'}}) do
@@ -72,6 +77,8 @@ end
 redis.call('HSET', wf_key, 'id', ARGV[1], 'status', 'running', 'on_failure', ARGV[2],
   'submitted_at_ms', int(now), 'nodes', int(n), 'remaining', int(n), 'failed', '0',
   'graph', ARGV[3], 'sinks', ARGV[4], 'records', table.concat(records, ' '))
+redis.call('ZADD', recent, int(now), ARGV[1])
+redis.call('ZREMRANGEBYRANK', recent, 0, -1001)
 
 for _, node in ipairs(nodes) do
   local base = string.match(node.record, '^(.*:)task:[^:]+$')
