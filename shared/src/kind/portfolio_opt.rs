@@ -386,11 +386,11 @@ impl PortfolioOptParams {
             for (c, (&r, &m)) in centered.iter_mut().zip(row.iter().zip(&mu)) {
                 *c = r - m;
             }
-            for i in 0..n {
-                let ci = centered[i];
-                let out = &mut covariance[i * n..i * n + n];
-                for j in i..n {
-                    out[j] += ci * centered[j];
+            // The upper triangle, row i from column i on.
+            for (i, &ci) in centered.iter().enumerate() {
+                let row = &mut covariance[i * n + i..i * n + n];
+                for (out, &cj) in row.iter_mut().zip(&centered[i..]) {
+                    *out += ci * cj;
                 }
             }
         }
