@@ -1,6 +1,6 @@
 //! `tandem events`: the lifecycle events of tasks (submitted, started,
 //! progress, retried, succeeded, failed, dead_lettered, cancelled, expired,
-//! requeued), from every class's events stream: the latest ones, then, with
+//! requeued, released), from every class's events stream: the latest ones, then, with
 //! `--follow`, each new one as it is written.
 
 use std::process::ExitCode;
@@ -24,6 +24,7 @@ const EVENT_NAMES: &[&str] = &[
     "cancelled",
     "expired",
     "requeued",
+    "released",
 ];
 
 /// How long one blocking read waits before it re-arms.
@@ -45,7 +46,7 @@ pub struct EventsArgs {
     pub task: Option<TaskId>,
     /// Only events of these names (repeatable): submitted, started,
     /// progress, retried, succeeded, failed, dead_lettered, cancelled,
-    /// expired, requeued.
+    /// expired, requeued, released.
     #[arg(long)]
     pub event: Vec<String>,
     /// How many of the latest events to print first (before following).
@@ -149,6 +150,7 @@ fn event_json(event: &TaskEvent) -> serde_json::Value {
         "dead_letter": event.dead_letter,
         "progress": event.progress,
         "progress_msg": event.progress_msg,
+        "parent_node": event.parent_node,
     })
 }
 
@@ -183,6 +185,9 @@ fn event_text(event: &TaskEvent) -> String {
     }
     if let Some(dead) = &event.dead_letter {
         text.push_str(&format!("  dead letter {dead}"));
+    }
+    if let Some(parent) = &event.parent_node {
+        text.push_str(&format!("  after {parent}"));
     }
     text
 }

@@ -24,8 +24,17 @@ end
 local checks = {stream_key, 'stream'}
 local task_id = field(fields, 'id')
 if task_id and is_task_id(task_id) then
-  checks[#checks + 1] = base_of(stream_key) .. 'task:' .. task_id
+  local record_key = base_of(stream_key) .. 'task:' .. task_id
+  checks[#checks + 1] = record_key
   checks[#checks + 1] = 'hash'
+  -- A workflow node's requeue counts it in its workflow again.
+  if redis.call('TYPE', record_key)['ok'] == 'hash' then
+    local wf_key = redis.call('HGET', record_key, 'workflow')
+    if wf_key then
+      checks[#checks + 1] = wf_key
+      checks[#checks + 1] = 'hash'
+    end
+  end
 end
 local problem = wrong_type(checks)
 if problem then
@@ -53,6 +62,7 @@ if id and is_task_id(id) then
     'finished_at_ms', 'dead_letter', 'started_at_ms', 'worker', 'device', 'cancel_requested_at_ms')
   redis.call('HSET', record_key, 'status', 'queued', 'entry', entry_id, 'attempt', '1')
   redis.call('PERSIST', record_key)
+  workflow_requeued(record_key)
   emit_event(base_of(stream_key), 'requeued', id, record_key)
 else
   id = ''

@@ -169,9 +169,26 @@ async fn a_40_mb_returns_matrix_runs_through_historical_risk_and_portfolio_opt_b
             covariance[i * ASSETS + j] = covariance[j * ASSETS + i];
         }
     }
+    // The same portfolio from the returns themselves, by blob reference:
+    // the worker computes the moments.
+    let from_returns = PortfolioOptParams {
+        mu: Vec::new(),
+        covariance: Vec::new(),
+        returns: Some(returns.clone()),
+        assets: Some(ASSETS as u64),
+        risk_free: 0.0,
+        objective: Objective::MinVariance,
+        max_weight: 0.05,
+        tolerance: 1e-8,
+        max_iterations: 20_000,
+        seed: 1,
+        samples: 16,
+    };
     let opt = PortfolioOptParams {
         mu,
         covariance,
+        returns: None,
+        assets: None,
         risk_free: 0.0,
         objective: Objective::MinVariance,
         max_weight: 0.05,
@@ -192,6 +209,33 @@ async fn a_40_mb_returns_matrix_runs_through_historical_risk_and_portfolio_opt_b
     assert!((total - 1.0).abs() < 1e-6, "weights sum to {total}");
     assert!(out.weights.iter().all(|w| *w <= 0.05 + 1e-9));
     wait_for_no_blobs(&redis, "portfolio_opt released its parameter blob").await;
+
+    assert!(task_params_len_of(&from_returns) > 40_000_000);
+    let id = producer
+        .submit(Task::of::<PortfolioOpt>(&from_returns).unwrap())
+        .await
+        .unwrap();
+    let outcome = producer.wait(id, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
+    let same: PortfolioOptOutput = outcome.result().unwrap();
+    // The moments agree with the test's to rounding (it sums in another
+    // order), so the portfolios agree to the solver's tolerance.
+    assert_eq!(same.weights.len(), ASSETS);
+    let apart = same
+        .weights
+        .iter()
+        .zip(&out.weights)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f64, f64::max);
+    assert!(apart < 1e-5, "weights differ by up to {apart}");
+    assert!(
+        (same.volatility - out.volatility).abs() <= 1e-7 * out.volatility,
+        "volatility {} vs {}",
+        same.volatility,
+        out.volatility
+    );
+    assert!((same.expected_return - out.expected_return).abs() < 1e-9);
+    wait_for_no_blobs(&redis, "portfolio_opt released the returns' blob").await;
 }
 
 fn task_params_len(params: &RiskParams) -> usize {

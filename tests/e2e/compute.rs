@@ -157,6 +157,8 @@ async fn the_light_and_optimisation_kinds_round_trip_a_worker() {
     let portfolio = PortfolioOptParams {
         mu: vec![0.05, 0.03],
         covariance: vec![0.04, 0.0, 0.0, 0.01],
+        returns: None,
+        assets: None,
         risk_free: 0.0,
         objective: Objective::MinVariance,
         max_weight: 1.0,

@@ -30,6 +30,8 @@ pub(crate) fn params(objective: Objective) -> PortfolioOptParams {
     PortfolioOptParams {
         mu: (0..n).map(|i| 0.03 + 0.004 * (i % 7) as f64).collect(),
         covariance,
+        returns: None,
+        assets: None,
         risk_free: 0.01,
         objective,
         max_weight: 0.12,
@@ -45,6 +47,8 @@ fn indefinite(objective: Objective) -> PortfolioOptParams {
     PortfolioOptParams {
         mu: vec![0.1, 0.2],
         covariance: vec![1.0, -2.0, -2.0, 1.0],
+        returns: None,
+        assets: None,
         risk_free: 0.0,
         objective,
         max_weight: 1.0,

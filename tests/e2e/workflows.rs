@@ -576,4 +576,280 @@ async fn a_childs_path_reaches_into_a_parents_result_that_went_by_blob() {
     let whole: Value = outcome.nodes["whole"].result().unwrap();
     assert_eq!(whole["n"]["big"].as_array().map(Vec::len), Some(5_000));
     assert_eq!(whole["n"]["tag"], json!("root"));
+/// The workflow hash's `status` and `remaining`.
+async fn workflow_counts(redis: &RedisServer, id: impl std::fmt::Display) -> (String, i64) {
+    let mut conn = redis.conn().await;
+    let key = format!("tandem:{{cpu}}:workflow:{id}");
+    let (status, remaining): (String, i64) = redis::cmd("HMGET")
+        .arg(&key)
+        .arg("status")
+        .arg("remaining")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (status, remaining)
+}
+
+/// Regression: `tandem dlq requeue` of a dead workflow node counted it
+/// final twice (once when it was dead-lettered, once at its next end), so
+/// the workflow ended while another node still ran. A requeue counts it
+/// as not final again, and reopens a workflow it had ended.
+#[tokio::test]
+async fn a_requeued_dead_node_counts_once_in_its_workflow() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let producer = redis.producer().await;
+    let failing = || Task::new("fail", &json!({"code": "BOOM"})).unwrap();
+    let workflow = Workflow::new()
+        .on_failure(OnFailure::Continue)
+        .node("bad", failing())
+        .node("long", sleeping_task(600_000));
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let bad = handle.node("bad").unwrap();
+    let first = bad.wait(WAIT).await.unwrap();
+    let letter = first.record.dead_letter.clone().expect("a dead letter");
+    assert_eq!(
+        workflow_counts(&redis, handle.id()).await,
+        ("running".to_owned(), 1)
+    );
+
+    let out = tandem(&redis, &["dlq", "requeue", &letter]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(WAIT, "the requeued node's new dead letter", || async {
+        let record = producer.record(bad.id()).await.unwrap();
+        record.is_some_and(|r| r.dead_letter.is_some_and(|d| d != letter))
+    })
+    .await;
+    // `long` still runs: the workflow is not over, and counts it alone.
+    assert_eq!(
+        workflow_counts(&redis, handle.id()).await,
+        ("running".to_owned(), 1)
+    );
+    handle.cancel().await.unwrap();
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "cancelled");
+    assert_eq!(
+        workflow_counts(&redis, handle.id()).await,
+        ("cancelled".to_owned(), 0)
+    );
+
+    // A requeue reopens a workflow its failure had ended, until it ends
+    // again.
+    let alone = producer
+        .submit_workflow(Workflow::new().node("only", failing()))
+        .await
+        .unwrap();
+    let only = alone.node("only").unwrap();
+    let letter = only.wait(WAIT).await.unwrap().record.dead_letter.unwrap();
+    assert_eq!(
+        workflow_counts(&redis, alone.id()).await,
+        ("failed".to_owned(), 0)
+    );
+    let out = tandem(&redis, &["dlq", "requeue", &letter]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(WAIT, "the reopened workflow to end again", || async {
+        let record = producer.record(only.id()).await.unwrap();
+        record.is_some_and(|r| r.dead_letter.is_some_and(|d| d != letter))
+    })
+    .await;
+    assert_eq!(
+        workflow_counts(&redis, alone.id()).await,
+        ("failed".to_owned(), 0)
+    );
+    let mut conn = redis.conn().await;
+    let failed: i64 = conn
+        .hget(format!("tandem:{{cpu}}:workflow:{}", alone.id()), "failed")
+        .await
+        .unwrap();
+    assert_eq!(failed, 1);
+    assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
+}
+
+/// A node's release is a lifecycle event, `released`, naming the parent
+/// whose commit released it, between that commit's `succeeded` and the
+/// node's `started`.
+#[tokio::test]
+async fn a_node_release_is_a_lifecycle_event() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let producer = redis.producer().await;
+    let workflow = Workflow::new()
+        .node("a", echo(json!(1)))
+        .node("b", echo(json!(2)))
+        .node_after("c", echo(json!(3)), &["a", "b"]);
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    assert_eq!(handle.wait(WAIT).await.unwrap().status, "succeeded");
+    let c = handle.node("c").unwrap().id().to_string();
+    let mut conn = redis.conn().await;
+    let entries: redis::streams::StreamRangeReply =
+        conn.xrange_all("tandem:{cpu}:events").await.unwrap();
+    let events: Vec<(String, String, Option<String>)> = entries
+        .ids
+        .iter()
+        .map(|e| {
+            let get = |name: &str| e.get::<String>(name);
+            (
+                get("event").unwrap_or_default(),
+                get("id").unwrap_or_default(),
+                get("parent_node"),
+            )
+        })
+        .collect();
+    let released: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i].0 == "released")
+        .collect();
+    assert_eq!(released.len(), 1, "one release, of c: {events:?}");
+    let at = released[0];
+    assert_eq!(events[at].1, c);
+    let parent = events[at].2.clone().expect("parent_node");
+    let parent_id = handle.node(&parent).unwrap().id().to_string();
+    let position = |event: &str, id: &str| {
+        events
+            .iter()
+            .position(|(e, i, _)| e == event && i == id)
+            .unwrap_or_else(|| panic!("no {event} of {id}: {events:?}"))
+    };
+    // Its last parent's success came first; the other parent's too.
+    assert_eq!(position("succeeded", &parent_id) + 1, at, "{events:?}");
+    let other = if parent == "a" { "b" } else { "a" };
+    assert!(position("succeeded", &handle.node(other).unwrap().id().to_string()) < at);
+    assert!(position("started", &c) > at);
+}
+
+/// A path projects a parent's result into the shape the next kind takes:
+/// a portfolio optimised from a returns matrix, its weights the book of a
+/// historical VaR over the same matrix, and `*` collecting every level's
+/// VaR into one array (a negative index counting from the end). A path
+/// that the parent kind's result cannot hold is refused at submit, naming
+/// the node.
+#[tokio::test]
+async fn paths_project_results_into_the_next_kinds_inputs() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let producer = redis.producer().await;
+    // 60 periods of 4 assets, from a fixed generator.
+    let mut lcg = Lcg(7);
+    let returns: Vec<f64> = (0..60 * 4)
+        .map(|k| 0.0005 * (k % 4) as f64 + 0.02 * (lcg.next(1_000_000) as f64 / 1e6 - 0.5))
+        .collect();
+    let opt = Task::new(
+        "portfolio_opt",
+        &json!({
+            "returns": returns, "assets": 4, "objective": "min_variance",
+            "max_weight": 0.6, "samples": 256, "seed": 3,
+        }),
+    )
+    .unwrap();
+    let var = Task::new(
+        "risk",
+        &json!({
+            "method": "historical",
+            "weights": WorkflowRef::to("opt").at("/weights"),
+            "returns": returns,
+            "confidence": [0.95, 0.99],
+        }),
+    )
+    .unwrap();
+    let report = echo(json!({
+        "vars": WorkflowRef::to("var").at("/levels/*/var"),
+        "last": WorkflowRef::to("var").at("/levels/-1/confidence"),
+        "weights": WorkflowRef::to("opt").at("/weights"),
+    }));
+    let workflow = Workflow::new()
+        .node("opt", opt.clone())
+        .node_after("var", var.clone(), &["opt"])
+        .node_after("report", report, &["var", "opt"]);
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "succeeded");
+    let weights: Vec<f64> = outcome.nodes["opt"].result::<Value>().unwrap()["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_f64().unwrap())
+        .collect();
+    assert_eq!(weights.len(), 4);
+    let levels: Value = outcome.nodes["var"].result().unwrap();
+    let vars: Vec<Value> = levels["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["var"].clone())
+        .collect();
+    assert_eq!(vars.len(), 2);
+    let report: Value = msgpack::decode(&outcome.results["report"]).unwrap();
+    assert_eq!(
+        report,
+        json!({"vars": vars, "last": 0.99, "weights": weights})
+    );
+    // The VaR is the optimised book's: the same risk task with the weights
+    // written out gives the same levels.
+    let direct = Task::new(
+        "risk",
+        &json!({
+            "method": "historical", "weights": weights, "returns": returns,
+            "confidence": [0.95, 0.99],
+        }),
+    )
+    .unwrap();
+    let id = producer.submit(direct).await.unwrap();
+    let direct: Value = producer.wait(id, WAIT).await.unwrap().result().unwrap();
+    assert_eq!(direct["levels"], levels["levels"]);
+
+    // A path into a field the parent kind's result does not have, past a
+    // wildcard: refused before anything is sent.
+    let bad = Workflow::new().node("opt", opt).node_after(
+        "var",
+        Task::new(
+            "echo",
+            &json!({"w": WorkflowRef::to("opt").at("/weights/*/value")}),
+        )
+        .unwrap(),
+        &["opt"],
+    );
+    let err = producer.submit_workflow(bad).await.unwrap_err().to_string();
+    assert!(
+        err.contains("node \"var\": path \"/weights/*/value\" into the result of \"opt\""),
+        "{err}"
+    );
+}
+
+/// examples/workflows/portfolio-var.yaml, as its header says to run it:
+/// three kinds as one workflow, each step's inputs projected from its
+/// parents' results.
+#[tokio::test]
+async fn the_portfolio_var_example_runs_with_flow_submit() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "2")]).await;
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/workflows/portfolio-var.yaml"
+    );
+    let out = tandem(&redis, &["flow", "submit", example, "--wait"]);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}{}", text(&out.stderr));
+    let id = text(&out.stderr)
+        .trim()
+        .strip_prefix("submitted workflow ")
+        .unwrap()
+        .to_owned();
+    let out = tandem(&redis, &["flow", "status", &id, "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let report = &status["result"]["report"];
+    let weights = report["weights"].as_array().expect("weights");
+    assert_eq!(weights.len(), 4, "{report}");
+    let total: f64 = weights.iter().map(|w| w.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{report}");
+    assert!(weights.iter().all(|w| w.as_f64().unwrap() <= 0.5 + 1e-9));
+    let var = report["var"].as_array().expect("var");
+    let cvar = report["cvar"].as_array().expect("cvar");
+    assert_eq!((var.len(), cvar.len()), (2, 2), "{report}");
+    // 99 % VaR at least the 95 %, and each CVaR at least its VaR.
+    assert!(var[1].as_f64() >= var[0].as_f64(), "{report}");
+    assert!(cvar[0].as_f64() >= var[0].as_f64(), "{report}");
+    assert_eq!(report["confidence"], json!(0.99));
+    for node in status["nodes"].as_array().unwrap() {
+        assert_eq!(node["status"], "succeeded", "{node}");
+    }
 }

@@ -281,6 +281,8 @@ fn portfolio(seed: u64, max_sharpe: bool) -> PortfolioOptParams {
             .map(|a| 0.0003 * market.beta[a] + 0.0002 * rng.normal())
             .collect(),
         covariance: market.covariance(),
+        returns: None,
+        assets: None,
         risk_free: 0.0001,
         objective: if max_sharpe {
             Objective::MaxSharpe

@@ -5,8 +5,10 @@
 //!
 //! | parameter | type | default | meaning |
 //! |---|---|---|---|
-//! | `mu` | `[f64; n]` | required | expected return of each asset, per period (a fraction: 0.08 is 8 %), 1 <= n <= 2000 |
-//! | `covariance` | `[f64; n*n]` | required | covariance of the returns, row-major, symmetric within 1e-9 relative, positive semidefinite (below) |
+//! | `mu` | `[f64; n]` | with `covariance`, or `returns` | expected return of each asset, per period (a fraction: 0.08 is 8 %), 1 <= n <= 2000 |
+//! | `covariance` | `[f64; n*n]` | with `mu` | covariance of the returns, row-major, symmetric within 1e-9 relative, positive semidefinite (below) |
+//! | `returns` | `[f64; T*n]` | instead of `mu` and `covariance` | a returns matrix, row-major: `T >= 2` periods (rows) of `assets` returns each; `mu` is its column means and `covariance` its sample covariance (divided by `T - 1`) |
+//! | `assets` | u64 | with `returns` | `n`, the columns of `returns` |
 //! | `risk_free` | f64 | 0 | the risk-free return per period, same unit as `mu` |
 //! | `objective` | `"min_variance"` or `"max_sharpe"` | `"min_variance"` | what to optimize |
 //! | `max_weight` | f64 | 1 | upper bound of every weight, in (0, 1], with `n * max_weight >= 1` |
@@ -62,6 +64,14 @@
 //! divided by `sum y`. It is 0 exactly at a KKT point. The search runs in
 //! f32; the refine and every reported number in f64.
 //!
+//! `returns` is the alternative to `mu` and `covariance` (a task gives
+//! exactly one of the two; anything else is refused naming the field): a
+//! history of many periods, 40 MB for 500 assets over 10,000 days, travels
+//! by blob reference like any large parameters, and the worker computes the
+//! moments on the CPU (`n^2 T / 2` multiply-adds), also when the search then
+//! runs on a GPU; from there the task is the `mu`/`covariance` task of those
+//! moments, bit for bit. The result is the same either way.
+//!
 //! Errors (`BAD_PARAMS`): sizes or values out of bounds, non-finite values,
 //! an asymmetric covariance, a negative variance, `max_sharpe` where no
 //! feasible portfolio has a return above `risk_free`; and, from the worker,
@@ -115,10 +125,21 @@ pub enum Method {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PortfolioOptParams {
-    /// Expected return per asset and period, as a fraction.
+    /// Expected return per asset and period, as a fraction (with
+    /// `covariance`; empty when `returns` is given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mu: Vec<f64>,
-    /// Covariance of the returns, `n * n`, row-major.
+    /// Covariance of the returns, `n * n`, row-major (with `mu`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub covariance: Vec<f64>,
+    /// Instead of `mu` and `covariance`: returns, `T * assets`, row-major
+    /// (one row per period), whose column means and sample covariance
+    /// they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returns: Option<Vec<f64>>,
+    /// The columns of `returns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assets: Option<u64>,
     /// Risk-free return per period, as a fraction.
     #[serde(default)]
     pub risk_free: f64,
@@ -187,6 +208,19 @@ impl KindSpec for PortfolioOpt {
     type Output = PortfolioOptOutput;
 
     fn validate(p: &PortfolioOptParams) -> Result<(), BadParams> {
+        if let Some(returns) = &p.returns {
+            return Self::validate_returns(p, returns);
+        }
+        if p.assets.is_some() {
+            return Err(BadParams::new(
+                "assets goes with returns (the returns matrix's columns); with mu and covariance leave it out",
+            ));
+        }
+        if p.mu.is_empty() && p.covariance.is_empty() {
+            return Err(BadParams::new(
+                "give either mu and covariance, or returns (with assets)",
+            ));
+        }
         let n = p.mu.len();
         if n == 0 || n > Self::MAX_ASSETS {
             return Err(BadParams::new(format!(
@@ -225,6 +259,55 @@ impl KindSpec for PortfolioOpt {
                 }
             }
         }
+        Self::validate_settings(p, n, &p.mu)
+    }
+
+    /// The covariance and returns in f32, and one (index, score) per block
+    /// of candidates.
+    fn memory_estimate(p: &PortfolioOptParams) -> u64 {
+        let n = p.assets_count() as u64;
+        let blocks = p.samples.div_ceil(Self::CANDIDATES_PER_BLOCK);
+        4 * (n * n + n) + 8 * blocks
+    }
+}
+
+impl PortfolioOpt {
+    /// `returns` instead of `mu` and `covariance`: its shape and values,
+    /// then the settings as for the moments it gives.
+    fn validate_returns(p: &PortfolioOptParams, returns: &[f64]) -> Result<(), BadParams> {
+        if !p.mu.is_empty() || !p.covariance.is_empty() {
+            let given = if p.mu.is_empty() { "covariance" } else { "mu" };
+            return Err(BadParams::new(format!(
+                "{given} and returns are both given: give either mu and covariance, or returns (with assets)"
+            )));
+        }
+        let Some(assets) = p.assets else {
+            return Err(BadParams::new(
+                "assets must say how many columns returns has (one per asset)",
+            ));
+        };
+        let n = usize::try_from(assets).unwrap_or(usize::MAX);
+        if n == 0 || n > Self::MAX_ASSETS {
+            return Err(BadParams::new(format!(
+                "assets must be 1 to {}, got {assets}",
+                Self::MAX_ASSETS
+            )));
+        }
+        if !returns.len().is_multiple_of(n) || returns.len() / n < 2 {
+            return Err(BadParams::new(format!(
+                "returns must hold T * assets values with T >= 2 periods, got {} values for {n} assets",
+                returns.len()
+            )));
+        }
+        for (k, &r) in returns.iter().enumerate() {
+            finite(&format!("returns[{}][{}]", k / n, k % n), r)?;
+        }
+        let (mu, _) = column_means(returns, n);
+        Self::validate_settings(p, n, &mu)
+    }
+
+    /// What does not depend on how the moments were given.
+    fn validate_settings(p: &PortfolioOptParams, n: usize, mu: &[f64]) -> Result<(), BadParams> {
         if !(p.max_weight > 0.0 && p.max_weight <= 1.0) {
             return Err(BadParams::new(format!(
                 "max_weight must be in (0, 1], got {}",
@@ -267,7 +350,7 @@ impl KindSpec for PortfolioOpt {
             )));
         }
         if p.objective == Objective::MaxSharpe {
-            let best = max_excess_return(&p.mu, p.risk_free, p.max_weight);
+            let best = max_excess_return(mu, p.risk_free, p.max_weight);
             if best <= 0.0 {
                 return Err(BadParams::new(format!(
                     "max_sharpe needs a feasible portfolio with a return above risk_free = {}; the best return within max_weight = {} exceeds it by {best}",
@@ -277,14 +360,85 @@ impl KindSpec for PortfolioOpt {
         }
         Ok(())
     }
+}
 
-    /// The covariance and returns in f32, and one (index, score) per block
-    /// of candidates.
-    fn memory_estimate(p: &PortfolioOptParams) -> u64 {
-        let n = p.mu.len() as u64;
-        let blocks = p.samples.div_ceil(Self::CANDIDATES_PER_BLOCK);
-        4 * (n * n + n) + 8 * blocks
+impl PortfolioOptParams {
+    /// `n`, the assets: `mu`'s length, or `assets` with `returns`.
+    pub fn assets_count(&self) -> usize {
+        match (&self.returns, self.assets) {
+            (Some(_), Some(assets)) => usize::try_from(assets).unwrap_or(usize::MAX),
+            _ => self.mu.len(),
+        }
     }
+
+    /// The parameters with `mu` and `covariance` in place of `returns`:
+    /// the column means and the sample covariance (divided by `T - 1`) of
+    /// the returns matrix, `n^2 T / 2` multiply-adds. `None` when there is
+    /// no `returns` (the parameters are that already). Assumes
+    /// [`KindSpec::validate`] passed.
+    pub fn with_moments(&self) -> Option<PortfolioOptParams> {
+        let returns = self.returns.as_deref()?;
+        let n = self.assets_count();
+        let (mu, periods) = column_means(returns, n);
+        let mut covariance = vec![0.0; n * n];
+        let mut centered = vec![0.0; n];
+        for row in returns.chunks_exact(n) {
+            for (c, (&r, &m)) in centered.iter_mut().zip(row.iter().zip(&mu)) {
+                *c = r - m;
+            }
+            // The upper triangle, row i from column i on.
+            for (i, &ci) in centered.iter().enumerate() {
+                let row = &mut covariance[i * n + i..i * n + n];
+                for (out, &cj) in row.iter_mut().zip(&centered[i..]) {
+                    *out += ci * cj;
+                }
+            }
+        }
+        let denominator = (periods - 1) as f64;
+        for i in 0..n {
+            for j in i..n {
+                let value = covariance[i * n + j] / denominator;
+                covariance[i * n + j] = value;
+                covariance[j * n + i] = value;
+            }
+        }
+        Some(PortfolioOptParams {
+            mu,
+            covariance,
+            ..self.clone_settings()
+        })
+    }
+
+    /// These parameters without their data (no clone of a large matrix).
+    fn clone_settings(&self) -> PortfolioOptParams {
+        PortfolioOptParams {
+            mu: Vec::new(),
+            covariance: Vec::new(),
+            returns: None,
+            assets: None,
+            risk_free: self.risk_free,
+            objective: self.objective,
+            max_weight: self.max_weight,
+            tolerance: self.tolerance,
+            max_iterations: self.max_iterations,
+            seed: self.seed,
+            samples: self.samples,
+        }
+    }
+}
+
+/// The column means of a row-major matrix of `n` columns, and its rows.
+fn column_means(returns: &[f64], n: usize) -> (Vec<f64>, usize) {
+    let mut sums = vec![0.0; n];
+    let mut periods = 0usize;
+    for row in returns.chunks_exact(n) {
+        for (s, &r) in sums.iter_mut().zip(row) {
+            *s += r;
+        }
+        periods += 1;
+    }
+    let count = periods.max(1) as f64;
+    (sums.into_iter().map(|s| s / count).collect(), periods)
 }
 
 fn finite(name: &str, value: f64) -> Result<(), BadParams> {
@@ -324,6 +478,8 @@ mod tests {
         PortfolioOptParams {
             mu: vec![0.05, 0.08, 0.12],
             covariance: vec![0.04, 0.006, 0.0, 0.006, 0.09, 0.01, 0.0, 0.01, 0.16],
+            returns: None,
+            assets: None,
             risk_free: 0.02,
             objective: Objective::MaxSharpe,
             max_weight: 1.0,
@@ -387,6 +543,97 @@ mod tests {
             },
             "max_sharpe needs a feasible portfolio",
         );
+    }
+
+    /// Four periods of three assets.
+    fn with_returns() -> PortfolioOptParams {
+        PortfolioOptParams {
+            mu: Vec::new(),
+            covariance: Vec::new(),
+            returns: Some(vec![
+                0.01, 0.02, 0.05, //
+                -0.01, 0.03, -0.02, //
+                0.02, -0.01, 0.08, //
+                0.00, 0.04, 0.01,
+            ]),
+            assets: Some(3),
+            ..params()
+        }
+    }
+
+    #[test]
+    fn returns_give_the_column_means_and_the_sample_covariance() {
+        let p = with_returns();
+        PortfolioOpt::validate(&p).unwrap();
+        assert_eq!(p.assets_count(), 3);
+        let moments = p.with_moments().expect("computed");
+        assert_eq!(moments.returns, None);
+        assert_eq!(moments.assets, None);
+        PortfolioOpt::validate(&moments).unwrap();
+        let rows: Vec<&[f64]> = p.returns.as_deref().unwrap().chunks(3).collect();
+        for j in 0..3 {
+            let mean = rows.iter().map(|r| r[j]).sum::<f64>() / 4.0;
+            assert!((moments.mu[j] - mean).abs() < 1e-15, "mu[{j}]");
+            for k in 0..3 {
+                let mean_k = rows.iter().map(|r| r[k]).sum::<f64>() / 4.0;
+                let cov = rows
+                    .iter()
+                    .map(|r| (r[j] - mean) * (r[k] - mean_k))
+                    .sum::<f64>()
+                    / 3.0;
+                assert!(
+                    (moments.covariance[j * 3 + k] - cov).abs() < 1e-15,
+                    "[{j}][{k}]"
+                );
+            }
+        }
+        assert_eq!(moments.covariance[1], moments.covariance[3], "symmetric");
+        assert_eq!(params().with_moments(), None);
+        assert_eq!(
+            PortfolioOpt::memory_estimate(&p),
+            PortfolioOpt::memory_estimate(&moments)
+        );
+    }
+
+    #[test]
+    fn returns_or_mu_and_covariance_exactly_one_of_the_two() {
+        let check_returns = |edit: &dyn Fn(&mut PortfolioOptParams), expect: &str| {
+            let mut p = with_returns();
+            edit(&mut p);
+            let err = PortfolioOpt::validate(&p).expect_err(expect);
+            assert!(err.0.contains(expect), "{:?} lacks {expect:?}", err.0);
+        };
+        check_returns(
+            &|p| p.mu = vec![0.1; 3],
+            "mu and returns are both given: give either mu and covariance, or returns",
+        );
+        check_returns(
+            &|p| p.covariance = vec![0.1; 9],
+            "covariance and returns are both given",
+        );
+        check_returns(&|p| p.assets = None, "assets must say how many columns");
+        check_returns(&|p| p.assets = Some(0), "assets must be 1 to 2000, got 0");
+        check_returns(
+            &|p| p.assets = Some(5),
+            "returns must hold T * assets values with T >= 2 periods, got 12 values for 5 assets",
+        );
+        check_returns(
+            &|p| p.assets = Some(12),
+            "returns must hold T * assets values with T >= 2 periods",
+        );
+        check_returns(
+            &|p| p.returns.as_mut().unwrap()[4] = f64::NAN,
+            "returns[1][1] must be finite",
+        );
+        check_returns(&|p| p.max_weight = 0.3, "max_weight * n must be at least 1");
+        check(
+            |p| {
+                p.mu.clear();
+                p.covariance.clear();
+            },
+            "give either mu and covariance, or returns (with assets)",
+        );
+        check(|p| p.assets = Some(3), "assets goes with returns");
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub struct TaskEvent {
     /// The stream entry id (`<ms>-<seq>`), where a reader resumes.
     pub entry_id: String,
     /// `submitted`, `started`, `progress`, `retried`, `succeeded`,
-    /// `failed`, `dead_lettered`, `cancelled`, `expired` or `requeued`.
+    /// `failed`, `dead_lettered`, `cancelled`, `expired`, `requeued` or
+    /// `released` (a workflow node whose last parent succeeded).
     pub event: String,
     pub id: Option<TaskId>,
     pub kind: Option<String>,
@@ -32,6 +33,8 @@ pub struct TaskEvent {
     /// On `progress`: the fraction done (0 to 1) and the message.
     pub progress: Option<f64>,
     pub progress_msg: Option<String>,
+    /// On `released`: the parent node whose commit released it.
+    pub parent_node: Option<String>,
 }
 
 impl TaskEvent {
@@ -61,6 +64,7 @@ impl TaskEvent {
                 .lenient::<f64>(field::PROGRESS)
                 .filter(|p| p.is_finite()),
             progress_msg: text(field::PROGRESS_MSG),
+            parent_node: text(field::PARENT_NODE),
         }
     }
 }

@@ -33,6 +33,8 @@ pub const INPUTS: &str = "inputs";
 /// Written by workers on the shards of a split task: the parent task's
 /// id, this shard's index (from 0) and the number of shards.
 pub const PARENT: &str = "parent";
+/// On a `released` event: the workflow node whose commit released it.
+pub const PARENT_NODE: &str = "parent_node";
 pub const SHARD: &str = "shard";
 pub const SHARDS: &str = "shards";
 /// Written by the last shard's commit on the parent's merge entry: `1`.

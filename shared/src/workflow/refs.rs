@@ -10,10 +10,27 @@
 //! by parent name; the worker that claims the child replaces every
 //! placeholder before anything reads the parameters ([`substitute`]). The
 //! producer never sees the result.
+//!
+//! Paths project as well as point ([`project`]), so that one kind's result
+//! fits the next kind's input without a step of glue:
+//!
+//! - a segment `*` takes every element of an array (or every value of a
+//!   map, in order) and collects what the rest of the path names in each
+//!   into an array: `/predictions/*/values/0` is the first value of every
+//!   prediction, `[0.1, 0.3, ...]`; two `*` give an array of arrays;
+//! - a negative index counts from the end of an array: `-1` is the last
+//!   element (`/series/*/values/*/-1`: every line's latest value, per
+//!   series).
+//!
+//! Otherwise a segment is RFC 6901's (`~1` for `/`, `~0` for `~`); a map
+//! key that is exactly `*` cannot be named.
 
 use rmpv::Value;
 
 use crate::kind::catalog;
+
+/// The path segment that takes every element.
+pub const WILDCARD: &str = "*";
 
 /// The key that makes a map a placeholder.
 pub const REF_KEY: &str = "$ref";
@@ -153,15 +170,15 @@ fn replace(value: &mut Value, inputs: &[(Value, Value)]) -> Result<(), String> {
                         )
                     })?;
                 let part = match &r.path {
-                    None => result,
-                    Some(path) => pointer(result, path).ok_or_else(|| {
+                    None => result.clone(),
+                    Some(path) => project(result, path).map_err(|problem| {
                         format!(
-                            "{REF_KEY} {:?}: its result has nothing at {PATH_KEY} {path:?}",
+                            "{REF_KEY} {:?}: its result has nothing at {PATH_KEY} {path:?} ({problem})",
                             r.node
                         )
                     })?,
                 };
-                *value = part.clone();
+                *value = part;
             }
             None => {
                 for (_, v) in entries.iter_mut() {
@@ -184,24 +201,86 @@ fn unescape(segment: &str) -> String {
     segment.replace("~1", "/").replace("~0", "~")
 }
 
-/// The value at JSON Pointer `path` in a MessagePack value.
+/// The value at JSON Pointer `path` in a MessagePack value (no wildcards;
+/// a negative index counts from the end).
 pub fn pointer<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     if path.is_empty() {
         return Some(value);
     }
     let mut at = value;
     for segment in path.strip_prefix('/')?.split('/') {
-        let segment = unescape(segment);
-        at = match at {
-            Value::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(segment.as_str()))
-                .map(|(_, v)| v)?,
-            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
+        at = step(at, &unescape(segment)).ok()?;
     }
     Some(at)
+}
+
+/// One segment into a value: a map's key, or an array's index (negative:
+/// from the end).
+fn step<'a>(at: &'a Value, segment: &str) -> Result<&'a Value, String> {
+    match at {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(segment))
+            .map(|(_, v)| v)
+            .ok_or_else(|| format!("no key {segment:?}")),
+        Value::Array(items) => {
+            let index = segment
+                .parse::<i64>()
+                .map_err(|_| format!("{segment:?} is not an index into an array"))?;
+            let resolved = if index < 0 {
+                i64::try_from(items.len()).unwrap_or(i64::MAX) + index
+            } else {
+                index
+            };
+            usize::try_from(resolved)
+                .ok()
+                .and_then(|i| items.get(i))
+                .ok_or_else(|| format!("index {index} is outside an array of {}", items.len()))
+        }
+        _ => Err(format!(
+            "{segment:?} goes into a value that is no map or array"
+        )),
+    }
+}
+
+/// What `path` names in `value`: [`pointer`], where a segment `*` takes
+/// every element of an array (or value of a map) and collects what the
+/// rest of the path names in each into an array. The error says what was
+/// missing.
+pub fn project(value: &Value, path: &str) -> Result<Value, String> {
+    if path.is_empty() {
+        return Ok(value.clone());
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("a JSON Pointer must be empty or start with '/'".into());
+    };
+    let segments: Vec<String> = rest.split('/').map(unescape).collect();
+    project_segments(value, &segments)
+}
+
+fn project_segments(value: &Value, segments: &[String]) -> Result<Value, String> {
+    let mut at = value;
+    for (i, segment) in segments.iter().enumerate() {
+        if segment == WILDCARD {
+            let items: Vec<&Value> = match at {
+                Value::Array(items) => items.iter().collect(),
+                Value::Map(entries) => entries.iter().map(|(_, v)| v).collect(),
+                _ => return Err("\"*\" goes into a value that is no array or map".into()),
+            };
+            let rest = &segments[i + 1..];
+            return items
+                .into_iter()
+                .enumerate()
+                .map(|(n, item)| {
+                    project_segments(item, rest)
+                        .map_err(|problem| format!("element {n}: {problem}"))
+                })
+                .collect::<Result<Vec<Value>, String>>()
+                .map(Value::Array);
+        }
+        at = step(at, segment)?;
+    }
+    Ok(at.clone())
 }
 
 /// Checks that a result of `kind` can hold something at `path`, from the
@@ -235,12 +314,21 @@ pub fn check_path(kind: &str, path: &str) -> Result<(), String> {
                 }
             }
         } else if let Some(items) = at.get("items") {
-            if segment.parse::<usize>().is_err() {
+            if segment != WILDCARD && segment.parse::<i64>().is_err() {
                 return Err(format!(
-                    "{segment:?} must be an index: that part of a {kind} result is an array"
+                    "{segment:?} must be an index or \"*\": that part of a {kind} result is an array"
                 ));
             }
             at = items;
+        } else if at
+            .get("type")
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| t != "object" && t != "array")
+        {
+            return Err(format!(
+                "{segment:?} goes into a {} of a {kind} result, which has no parts",
+                at["type"].as_str().unwrap_or("value")
+            ));
         } else {
             // The schema says no more (any value, a choice of shapes):
             // the worker checks the rest against the actual result.
@@ -337,13 +425,82 @@ mod tests {
         let missing = pack(json!({"x": {"$ref": "b", "path": "/levels/5"}}));
         assert_eq!(
             substitute(&missing, &inputs),
-            Err("$ref \"b\": its result has nothing at path \"/levels/5\"".to_owned())
+            Err(
+                "$ref \"b\": its result has nothing at path \"/levels/5\" (index 5 is outside an array of 2)"
+                    .to_owned()
+            )
         );
         let absent = pack(json!({"x": {"$ref": "c"}}));
         assert!(
             substitute(&absent, &inputs)
                 .unwrap_err()
                 .contains("no result of that node")
+        );
+    }
+
+    #[test]
+    fn wildcards_collect_and_negative_indexes_count_from_the_end() {
+        let result = crate::msgpack::encode(&json!({
+            "predictions": [
+                {"symbol": "A", "values": [0.5, 1.0]},
+                {"symbol": "B", "values": [-0.25, 2.0]},
+            ],
+            "series": [{"values": [[1, 2, 3], [4, 5, 6]]}, {"values": [[7], [8, 9]]}],
+            "by_name": {"x": {"v": 1}, "y": {"v": 2}},
+        }))
+        .expect("encode");
+        let result: Value = crate::msgpack::decode(&result).expect("decode");
+        let check = |path: &str, expect: Result<serde_json::Value, &str>| {
+            let got = project(&result, path).map(|v| {
+                crate::msgpack::decode::<serde_json::Value>(
+                    &crate::msgpack::encode(&v).expect("encode"),
+                )
+                .expect("decode")
+            });
+            assert_eq!(got, expect.map_err(str::to_owned), "{path}");
+        };
+        check("/predictions/*/values/0", Ok(json!([0.5, -0.25])));
+        check("/predictions/*/symbol", Ok(json!(["A", "B"])));
+        check("/predictions/-1/symbol", Ok(json!("B")));
+        check("/series/*/values/*/-1", Ok(json!([[3, 6], [7, 9]])));
+        check("/by_name/*/v", Ok(json!([1, 2])));
+        check(
+            "/predictions/*",
+            Ok(json!([
+                {"symbol": "A", "values": [0.5, 1.0]},
+                {"symbol": "B", "values": [-0.25, 2.0]},
+            ])),
+        );
+        check(
+            "/series/*/values/*/2",
+            Err("element 1: element 0: index 2 is outside an array of 1"),
+        );
+        check("/predictions/*/nope", Err("element 0: no key \"nope\""));
+        check("/predictions/-3", Err("index -3 is outside an array of 2"));
+        check(
+            "/predictions/0/symbol/*",
+            Err("\"*\" goes into a value that is no array or map"),
+        );
+    }
+
+    #[test]
+    fn wildcard_paths_are_checked_against_the_result_schema() {
+        assert_eq!(
+            check_path("predict_batch", "/predictions/*/values/0"),
+            Ok(())
+        );
+        assert_eq!(check_path("predict_batch", "/predictions/*/symbol"), Ok(()));
+        assert_eq!(check_path("indicators", "/series/*/values/*/-1"), Ok(()));
+        assert_eq!(check_path("portfolio_opt", "/weights"), Ok(()));
+        assert!(
+            check_path("predict_batch", "/predictions/*/value")
+                .unwrap_err()
+                .contains("has no field \"value\""),
+        );
+        assert!(
+            check_path("predict_batch", "/model_version/*")
+                .unwrap_err()
+                .contains("which has no parts"),
         );
     }
 

@@ -11,6 +11,14 @@
 //! once per task rather than per shard): an indefinite one fails the task
 //! with `BAD_PARAMS`, and a merge only happens after every shard, that one
 //! included, succeeded. A task run whole is the one-shard split.
+//!
+//! A task given `returns` instead of `mu` and `covariance` has its moments
+//! computed on the CPU first ([`PortfolioOptParams::with_moments`]), on a
+//! GPU worker too, and then runs as the task of those moments; a shard of
+//! such a task computes them for itself (a task whose parameters came by
+//! blob reference, as a long history does, runs whole).
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use tandem_kernels::portfolio_opt as kernel;
@@ -43,6 +51,15 @@ pub(crate) struct SearchPartial {
 
 fn bad(message: impl std::fmt::Display) -> TaskError {
     TaskError::fatal(ErrorCode::BAD_PARAMS, message.to_string())
+}
+
+/// The parameters with `mu` and `covariance`, computed from `returns` when
+/// the task gave those.
+fn with_moments(p: &PortfolioOptParams) -> Cow<'_, PortfolioOptParams> {
+    match p.with_moments() {
+        Some(owned) => Cow::Owned(owned),
+        None => Cow::Borrowed(p),
+    }
 }
 
 fn problem(p: &PortfolioOptParams) -> Result<kernel::Problem<'_>, TaskError> {
@@ -113,7 +130,7 @@ impl Compute for PortfolioOptKind {
         params: &PortfolioOptParams,
         stop: &Stop,
     ) -> Result<PortfolioOptOutput, TaskError> {
-        whole(self, None, params, stop)
+        whole(self, None, &with_moments(params), stop)
     }
 
     fn gpu(
@@ -122,7 +139,7 @@ impl Compute for PortfolioOptKind {
         params: &PortfolioOptParams,
         stop: &Stop,
     ) -> Result<PortfolioOptOutput, TaskError> {
-        whole(self, Some(gpu), params, stop)
+        whole(self, Some(gpu), &with_moments(params), stop)
     }
 }
 
@@ -139,7 +156,7 @@ impl Split for PortfolioOptKind {
     /// 20 ms on two cores), and at least 4 blocks.
     fn cpu_steps(&self, params: &PortfolioOptParams) -> usize {
         let samples = u32::try_from(params.samples).unwrap_or(u32::MAX);
-        let n = params.mu.len().max(1) as u64;
+        let n = params.assets_count().max(1) as u64;
         let per_block = kernel::SEARCH_BLOCK * n * n;
         steps_of(
             kernel::search_blocks(samples),
@@ -152,7 +169,8 @@ impl Split for PortfolioOptKind {
         params: &PortfolioOptParams,
         shard: &BlockRange,
     ) -> Result<SearchPartial, TaskError> {
-        let (problem, settings, candidates) = shard_inputs(params, shard)?;
+        let params = with_moments(params);
+        let (problem, settings, candidates) = shard_inputs(&params, shard)?;
         Ok(partial(
             shard,
             kernel::search_cpu_range(&problem, &settings, candidates),
@@ -165,7 +183,8 @@ impl Split for PortfolioOptKind {
         params: &PortfolioOptParams,
         shard: &BlockRange,
     ) -> Result<SearchPartial, TaskError> {
-        let (problem, settings, candidates) = shard_inputs(params, shard)?;
+        let params = with_moments(params);
+        let (problem, settings, candidates) = shard_inputs(&params, shard)?;
         Ok(partial(
             shard,
             kernel::search_gpu_range(gpu, &problem, &settings, candidates)?,
@@ -179,8 +198,9 @@ impl Split for PortfolioOptKind {
         params: &PortfolioOptParams,
         parts: Vec<SearchPartial>,
     ) -> Result<PortfolioOptOutput, TaskError> {
-        let problem = problem(params)?;
-        let settings = settings(params)?;
+        let params = with_moments(params);
+        let problem = problem(&params)?;
+        let settings = settings(&params)?;
         let blocks = kernel::search_blocks(settings.samples);
         let bad_result = |message: String| TaskError::fatal(ErrorCode::BAD_RESULT, message);
         let mut next = 0;
@@ -223,6 +243,8 @@ mod tests {
         PortfolioOptParams {
             mu: vec![0.05, 0.08, 0.12],
             covariance: vec![0.04, 0.006, 0.0, 0.006, 0.09, 0.01, 0.0, 0.01, 0.16],
+            returns: None,
+            assets: None,
             risk_free: 0.02,
             objective,
             max_weight: 1.0,
@@ -283,6 +305,8 @@ mod tests {
         PortfolioOptParams {
             mu: (0..n).map(|i| 0.04 + 0.005 * (i % 5) as f64).collect(),
             covariance,
+            returns: None,
+            assets: None,
             risk_free: 0.01,
             objective,
             max_weight,
@@ -392,6 +416,8 @@ mod tests {
             let p = PortfolioOptParams {
                 mu: vec![0.1, 0.2],
                 covariance: vec![1.0, -2.0, -2.0, 1.0],
+                returns: None,
+                assets: None,
                 risk_free: 0.0,
                 objective,
                 max_weight: 1.0,

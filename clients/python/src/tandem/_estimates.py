@@ -60,7 +60,8 @@ def _patterns(p: Dict[str, Any]) -> int:
 
 
 def _portfolio_opt(p: Dict[str, Any]) -> int:
-    n = _len(p["mu"])
+    # With `returns` (instead of mu and covariance), n is `assets`.
+    n = int(p["assets"]) if p.get("returns") is not None and "assets" in p else _len(p.get("mu", []))
     blocks = _div_ceil(int(p.get("samples", _PO_DEFAULT_SAMPLES)), _PO_CANDIDATES_PER_BLOCK)
     return 4 * (n * n + n) + 8 * blocks
 

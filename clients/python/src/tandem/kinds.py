@@ -259,14 +259,21 @@ PortfolioOptObjective = Literal['min_variance', 'max_sharpe']
 
 @dataclass(kw_only=True)
 class PortfolioOptParams(WireModel):
-    covariance: Floats
-    """Covariance of the returns, `n * n`, row-major."""
+    assets: Optional[int] = None
+    """The columns of `returns`."""
+    covariance: Optional[Floats] = None
+    """Covariance of the returns, `n * n`, row-major (with `mu`)."""
     max_iterations: int = 100000
     max_weight: float = 1.0
     """Upper bound of every weight."""
-    mu: Floats
-    """Expected return per asset and period, as a fraction."""
+    mu: Optional[Floats] = None
+    """Expected return per asset and period, as a fraction (with
+`covariance`; empty when `returns` is given)."""
     objective: PortfolioOptObjective = 'min_variance'
+    returns: Optional[Floats] = None
+    """Instead of `mu` and `covariance`: returns, `T * assets`, row-major
+(one row per period), whose column means and sample covariance
+they are."""
     risk_free: float = 0.0
     """Risk-free return per period, as a fraction."""
     samples: int = 65536

@@ -606,6 +606,7 @@ local function workflow_settle(record_key, status, result, now, opts)
           redis.call('HSET', child, 'status', 'queued', 'entry', entry_id, 'released_at_ms', int(now))
           redis.call('HDEL', child, 'wf_waiting')
           redis.call('DEL', wait_key)
+          emit_event(base, 'released', id, child, {parent_node = name, at_ms = now})
         end
       end
     end
@@ -642,6 +643,28 @@ local function workflow_settle(record_key, status, result, now, opts)
     end
   end
   wf_cancel_nodes(wf_key, targets, now, cancel_opts)
+end
+
+-- A dead workflow node put back in its stream (requeue.lua): its failure
+-- was counted final when it was dead-lettered, so the workflow counts it
+-- as not final again (`remaining` up, `failed` down) and, when that ended
+-- the workflow, runs again (`status` `running`, no `finished_at_ms`, no
+-- TTL). Its commit then counts it once more, as any node's. Nodes that its
+-- failure cancelled stay cancelled. Does nothing for a task of no
+-- workflow, or whose workflow's hash is gone.
+local function workflow_requeued(record_key)
+  local wf_key = redis.call('HGET', record_key, 'workflow')
+  if not wf_key or redis.call('TYPE', wf_key)['ok'] ~= 'hash' then
+    return
+  end
+  if (tonumber(redis.call('HGET', wf_key, 'failed')) or 0) > 0 then
+    redis.call('HINCRBY', wf_key, 'failed', -1)
+  end
+  if redis.call('HINCRBY', wf_key, 'remaining', 1) == 1 then
+    redis.call('HSET', wf_key, 'status', 'running')
+    redis.call('HDEL', wf_key, 'finished_at_ms')
+    redis.call('PERSIST', wf_key)
+  end
 end
 
 -- Adds to `checks` what fail_parent (below) may write for a shard of
