@@ -64,11 +64,22 @@ local group, entry_id, consumer = ARGV[1], ARGV[2], ARGV[3]
 -- One read for everything below: the status, history and owner, then the
 -- fields a notice repeats (among them the cancel request, the start, and a
 -- shard's parent or a split task's shard count), by name in `known`.
-local current = redis.call('HMGET', record_key, 'status', 'history', 'owner', unpack(NOTICE_FIELDS))
+-- The workflow fields come last: a task outside any workflow then pays no
+-- further read for the workflow checks and hook below.
+local read = {'status', 'history', 'owner'}
+for i = 1, #NOTICE_FIELDS do
+  read[#read + 1] = NOTICE_FIELDS[i]
+end
+for _, name in ipairs({'workflow', 'wf_node', 'wf_children'}) do
+  read[#read + 1] = name
+end
+local current = redis.call('HMGET', record_key, unpack(read))
 local known = {}
 for i = 1, #NOTICE_FIELDS do
   known[NOTICE_FIELDS[i]] = current[3 + i]
 end
+local wf_at = 3 + #NOTICE_FIELDS
+local workflow_node = {current[wf_at + 1], current[wf_at + 2], current[wf_at + 3]}
 local owner = current[3]
 local parent_id, shard_index, split_parent = known.parent, known.shard, known.shards
 local started_at_ms = known.started_at_ms
@@ -100,7 +111,7 @@ do
   end
   -- Workflows: the node's workflow and children (see workflow_settle).
   if not parent_id then
-    add_workflow_checks(checks, record_key)
+    add_workflow_checks(checks, record_key, {workflow_node[1], workflow_node[3]})
   end
   local problem = wrong_type(checks)
   if problem then
@@ -367,7 +378,7 @@ end
 -- parent of, its failure cancels by the workflow's policy (common.lua).
 if not parent_id then
   workflow_settle(record_key, status, outcome('result'), now,
-    {ttl_s = ARGV[4], reply_maxlen = ARGV[5], reply_ttl_s = ARGV[6]})
+    {ttl_s = ARGV[4], reply_maxlen = ARGV[5], reply_ttl_s = ARGV[6]}, workflow_node)
 end
 
 if #KEYS >= 5 then
