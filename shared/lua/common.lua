@@ -294,11 +294,16 @@ end
 -- by emit_event, the one call every change of state makes, whether events
 -- are on or not. `running` and `retrying` hold the tasks in that state now
 -- (an id leaves at its next change); the sets of ends (succeeded, failed,
--- cancelled, expired, dead) keep their newest INDEX_MAX ids. Readers skip
+-- cancelled, expired, dead) keep their newest INDEX_MAX ids, trimmed back
+-- to that on one add in 16 (INDEX_TRIM_DIGIT): an id ends in random hex
+-- digits (UUIDv7, or a schedule tick's hash), so between two trims a set
+-- holds a few dozen ids over the cap, and a change of state costs one call
+-- less the other 15 times. Readers skip
 -- ids whose record expired or moved on. A key of another type only loses
 -- the index entry (pcall), as an events stream of another type only loses
 -- the event.
 local INDEX_MAX = 10000
+local INDEX_TRIM_DIGIT = 48 -- '0'
 local INDEX_STATE = {started = 'running', retried = 'retrying', succeeded = 'succeeded',
   failed = 'failed', cancelled = 'cancelled', expired = 'expired', dead_lettered = 'dead'}
 local function index_state(base, event, id, at_ms)
@@ -320,7 +325,7 @@ local function index_state(base, event, id, at_ms)
     redis.pcall('ZREM', index .. 'running', id)
   end
   redis.pcall('ZADD', index .. state, at_ms or now_ms(), id)
-  if state ~= 'running' and state ~= 'retrying' then
+  if state ~= 'running' and state ~= 'retrying' and string.byte(id, -1) == INDEX_TRIM_DIGIT then
     redis.pcall('ZREMRANGEBYRANK', index .. state, 0, -(INDEX_MAX + 1))
   end
 end
@@ -515,11 +520,17 @@ end
 
 -- Adds to `checks` what workflow_settle may write for node `record_key`:
 -- the workflow's hash, and each child's record, wait hash and stream.
-local function add_workflow_checks(checks, record_key)
-  if redis.call('TYPE', record_key)['ok'] ~= 'hash' then
-    return
+-- `node`, when the caller has read them already: {workflow, wf_children}
+-- of the record (a commit reads them with the rest of it, so that a task
+-- outside any workflow costs no call here).
+local function add_workflow_checks(checks, record_key, node)
+  local wf = node
+  if not wf then
+    if redis.call('TYPE', record_key)['ok'] ~= 'hash' then
+      return
+    end
+    wf = redis.call('HMGET', record_key, 'workflow', 'wf_children')
   end
-  local wf = redis.call('HMGET', record_key, 'workflow', 'wf_children')
   if not wf[1] then
     return
   end
@@ -586,8 +597,9 @@ end
 -- this was; on any other outcome cancels, by the workflow's `on_failure`,
 -- every node not yet final (`fail_fast`) or this node's descendants
 -- (`continue`). Does nothing for a task of no workflow.
-local function workflow_settle(record_key, status, result, now, opts)
-  local node = redis.call('HMGET', record_key, 'workflow', 'wf_node', 'wf_children')
+local function workflow_settle(record_key, status, result, now, opts, node)
+  -- `node`: {workflow, wf_node, wf_children} when the caller read them.
+  node = node or redis.call('HMGET', record_key, 'workflow', 'wf_node', 'wf_children')
   local wf_key, name, children = node[1], node[2], node[3]
   if not wf_key then
     return

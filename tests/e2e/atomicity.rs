@@ -260,3 +260,146 @@ async fn a_claim_that_meets_a_stream_of_another_type_writes_nothing() {
     let () = conn.del(wrong).await.unwrap();
     assert!(producer.wait(id, WAIT).await.unwrap().succeeded());
 }
+
+/// A commit batch (one `complete.lua` call for several tasks) keeps each
+/// task's fence and outcome: a task whose lease another worker took over
+/// changes nothing and says so, a task whose dead-letter stream is of
+/// another type fails alone with WRONGTYPE, and the others commit.
+#[tokio::test]
+async fn a_commit_batch_keeps_each_tasks_fence_and_outcome() {
+    let redis = RedisServer::start();
+    // Connecting loads the scripts.
+    let _producer = redis.producer().await;
+    let mut conn = redis.conn().await;
+    let base = "tandem:{cpu}:";
+    let stream = format!("{base}stream:normal");
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let bad_dead = format!("{base}dead-of-another-type");
+    let () = conn.set(&bad_dead, "not a stream").await.unwrap();
+    // Four running tasks held by w1; the second was taken over by w2.
+    let ids: Vec<TaskId> = (0..4).map(|_| TaskId::new()).collect();
+    let mut entries = Vec::new();
+    for id in &ids {
+        let entry: String = conn
+            .xadd(&stream, "*", &[("id", id.to_string())])
+            .await
+            .unwrap();
+        entries.push(entry);
+    }
+    let _: redis::streams::StreamReadReply = conn
+        .xread_options(
+            &[&stream],
+            &[">"],
+            &redis::streams::StreamReadOptions::default().group("workers", "w1"),
+        )
+        .await
+        .unwrap();
+    for (i, (id, entry)) in ids.iter().zip(&entries).enumerate() {
+        let holder = if i == 1 { "w2" } else { "w1" };
+        let owner = format!("{holder} {entry}");
+        let () = conn
+            .hset_multiple(
+                record_key(id),
+                &[
+                    ("status", "running"),
+                    ("priority", "normal"),
+                    ("attempt", "1"),
+                    ("owner", owner.as_str()),
+                    ("started_at_ms", "1"),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    // Tasks 0, 1 and 3 succeed; task 2 dies into a key of another type.
+    let mut call = tandem_shared::scripts::COMPLETE.invocation(true);
+    for (i, id) in ids.iter().enumerate() {
+        let dead = if i == 2 {
+            bad_dead.clone()
+        } else {
+            format!("{base}dead")
+        };
+        call = call
+            .key(record_key(id))
+            .key(&stream)
+            .key(format!("{base}delayed"))
+            .key(dead);
+    }
+    call = call.arg(ids.len());
+    for (i, (id, entry)) in ids.iter().zip(&entries).enumerate() {
+        let (status, disposition, pairs) = if i == 2 {
+            (
+                "failed",
+                "dead",
+                ["error_code", "BOOM", "error_message", "no"],
+            )
+        } else {
+            ("succeeded", "final", ["worker", "w1", "result", "ok"])
+        };
+        call = call
+            .arg(4)
+            .arg(13 + pairs.len())
+            .arg("workers")
+            .arg(entry)
+            .arg("w1")
+            .arg(60)
+            .arg(100)
+            .arg(60)
+            .arg(1_000)
+            .arg(id.to_string())
+            .arg(status)
+            .arg(disposition)
+            .arg(0)
+            .arg(100)
+            .arg(1);
+        for value in pairs {
+            call = call.arg(value);
+        }
+    }
+    // As the worker sends it (a pipeline that keeps errors as values): one
+    // task's error is an element of the array.
+    let mut pipe = redis::pipe();
+    pipe.add_command(call.into_cmd()).ignore_errors();
+    let mut replies: Vec<redis::Value> = pipe.query_async(&mut conn).await.unwrap();
+    let reply = replies.pop().unwrap();
+    let redis::Value::Array(replies) = reply else {
+        panic!("a commit batch answers with an array: {reply:?}");
+    };
+    assert_eq!(replies.len(), 4, "one reply per task: {replies:?}");
+    assert_eq!(replies[0], redis::Value::Int(1));
+    assert_eq!(replies[1], redis::Value::Int(-1), "w2 holds task 1 now");
+    assert!(
+        matches!(&replies[2], redis::Value::ServerError(err) if err.code() == "WRONGTYPE"),
+        "task 2's dead-letter stream is a string: {:?}",
+        replies[2]
+    );
+    assert_eq!(replies[3], redis::Value::Int(1));
+
+    for (i, id) in ids.iter().enumerate() {
+        let status: String = conn.hget(record_key(id), "status").await.unwrap();
+        let want = if i == 0 || i == 3 {
+            "succeeded"
+        } else {
+            "running"
+        };
+        assert_eq!(status, want, "task {i}");
+    }
+    let result: String = conn.hget(record_key(&ids[3]), "result").await.unwrap();
+    assert_eq!(result, "ok");
+    // Only the committed tasks' entries are gone; the fenced one and the
+    // one that failed stay pending for whoever holds them.
+    let left: redis::streams::StreamRangeReply = conn.xrange_all(&stream).await.unwrap();
+    let left: Vec<&str> = left.ids.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(left, [entries[1].as_str(), entries[2].as_str()]);
+    let pending: redis::streams::StreamPendingReply =
+        conn.xpending(&stream, "workers").await.unwrap();
+    assert_eq!(pending.count(), 2);
+}

@@ -237,6 +237,10 @@ async fn a_split_task_whose_cancel_was_requested_ends_cancelled_when_a_shard_fai
         .key(&stream)
         .key(format!("{base}delayed"))
         .key(format!("{base}dead"))
+        // A commit batch of one task: its 4 keys and 17 arguments.
+        .arg(1)
+        .arg(4)
+        .arg(17)
         .arg("workers")
         .arg(&entry)
         .arg("w1")
@@ -255,8 +259,8 @@ async fn a_split_task_whose_cancel_was_requested_ends_cancelled_when_a_shard_fai
         .arg("error_message")
         .arg("boom")
         .into_cmd();
-    let committed: i64 = commit.query_async(&mut conn).await.unwrap();
-    assert_eq!(committed, 1);
+    let committed: Vec<i64> = commit.query_async(&mut conn).await.unwrap();
+    assert_eq!(committed, [1]);
 
     let status: String = conn.hget(record(&parent), "status").await.unwrap();
     assert_eq!(

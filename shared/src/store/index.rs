@@ -5,7 +5,8 @@
 //! reads it for `tandem tasks --status` and the dashboard.
 //!
 //! `running` and `retrying` hold the tasks in that state now; each set of
-//! ends keeps its newest 10,000 ids ([`INDEX_MAX`]). An id can outlive
+//! ends keeps its newest 10,000 ids ([`INDEX_MAX`]), trimmed on one add in
+//! 16, so a few dozen more between trims. An id can outlive
 //! its record (records expire) or its state (a handed-back task is queued
 //! again before its next start): readers check each id against its record
 //! and skip those that no longer match, so the index never shows a wrong
@@ -148,8 +149,8 @@ impl Store {
     }
 
     /// How many ids each class's set of `state` holds (ZCARD: O(1)): for
-    /// `running` and `retrying` the tasks in the state now; for an end, at
-    /// most [`INDEX_MAX`].
+    /// `running` and `retrying` the tasks in the state now; for an end,
+    /// [`INDEX_MAX`] and the few dozen added since its last trim.
     pub async fn index_sizes(&self, state: IndexState) -> Result<Vec<(Class, u64)>, StoreError> {
         let cmds: Vec<Cmd> = Class::ALL
             .iter()

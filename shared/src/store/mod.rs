@@ -122,6 +122,23 @@ impl StoreError {
         StoreError::Protocol { what, detail }
     }
 
+    /// The same error again, for each task of a commit batch that failed as
+    /// a whole (the Redis error kept as it is, so that its code still
+    /// tells what happened; the others by their message).
+    pub(super) fn duplicate(&self) -> Self {
+        match self {
+            StoreError::Redis(err) => StoreError::Redis(err.clone()),
+            StoreError::Protocol { what, detail } => StoreError::Protocol {
+                what,
+                detail: detail.clone(),
+            },
+            other => StoreError::Protocol {
+                what: "commit",
+                detail: other.to_string(),
+            },
+        }
+    }
+
     /// True when the error says a consumer group or its stream is missing
     /// (Redis was flushed or restarted without persistence).
     pub fn is_missing_group(&self) -> bool {

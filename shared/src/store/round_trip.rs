@@ -1,12 +1,13 @@
 //! A worker's round trip: the commits of every task finished since the
-//! last one, the lease extensions that are due and a claim, as one
-//! pipeline (in Cluster, one per slot). The parts are in [`super::claim`],
+//! last one (one `complete.lua` call per class for all of them, see
+//! [`super::commit`]), the lease extensions that are due and a claim, as
+//! one pipeline (in Cluster, one per slot). The parts are in [`super::claim`],
 //! [`super::commit`] and [`super::lease`]; this file puts them together.
 
 use redis::{Cmd, Value};
 
 use super::claim::{ClaimRequest, Claimed, ClassClaims, parse_claimed};
-use super::commit::{Committed, Completion, parse_committed};
+use super::commit::{CommitShape, Committed, Completion, parse_commits};
 use super::lease::local_held;
 use super::reply::{array, reply_ok, text};
 use super::{Store, StoreError, StreamRef};
@@ -44,11 +45,11 @@ impl Store {
         if groups.len() > 1 {
             return self.round_trip_by_class(trip, &groups).await;
         }
-        let mut cmds: Vec<Cmd> = trip
-            .completions
-            .iter()
-            .map(|c| self.complete_cmd(trip.consumer, c))
-            .collect();
+        let (mut cmds, shapes): (Vec<Cmd>, Vec<CommitShape>) = self
+            .commit_cmds(trip.consumer, trip.completions)
+            .into_iter()
+            .unzip();
+        let commit_count = cmds.len();
         if !trip.extend.is_empty() {
             cmds.push(self.extend_cmd(trip.streams, trip.consumer, trip.extend));
         }
@@ -75,7 +76,8 @@ impl Store {
                     .collect()
             })
         });
-        let commits = replies.into_iter().map(parse_committed).collect();
+        replies.truncate(commit_count);
+        let commits = parse_commits(trip.completions.len(), &shapes, replies);
         Ok(TripResult {
             commits,
             lost,
@@ -111,11 +113,10 @@ impl Store {
         trip: &Trip<'_>,
         groups: &[Vec<usize>],
     ) -> Result<TripResult, StoreError> {
-        let mut cmds: Vec<Cmd> = trip
-            .completions
-            .iter()
-            .map(|c| self.complete_cmd(trip.consumer, c))
-            .collect();
+        let (mut cmds, shapes): (Vec<Cmd>, Vec<CommitShape>) = self
+            .commit_cmds(trip.consumer, trip.completions)
+            .into_iter()
+            .unzip();
         let commit_count = cmds.len();
         for members in groups {
             let held = local_held(members, trip.extend);
@@ -155,11 +156,11 @@ impl Store {
             });
         }
         let mut replies = replies.into_iter();
-        let commits = replies
-            .by_ref()
-            .take(commit_count)
-            .map(parse_committed)
-            .collect();
+        let commits = parse_commits(
+            trip.completions.len(),
+            &shapes,
+            replies.by_ref().take(commit_count).collect(),
+        );
         let extends: Vec<Value> = replies.by_ref().take(extend_count).collect();
         let lost = (!trip.extend.is_empty()).then(|| {
             let mut lost = Vec::new();
