@@ -135,6 +135,9 @@ struct RunFigures {
     failed: usize,
     /// Where the time went, per task (see `bench_cost`).
     cost: Option<super::bench_cost::Cost>,
+    /// The chain and fan phases' figures (see `bench_workflow`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workflow: Option<super::bench_workflow::WorkflowFigures>,
 }
 
 /// When one task was submitted and when its producer saw it finish.
@@ -202,17 +205,38 @@ pub(crate) async fn run(
                 let base = config.prefix.clone();
                 config.prefix = format!("{base}-bench-{}-{run}", std::process::id());
                 let outcome = match phase {
-                    Phase::Delayed => super::bench_flow::delayed(&config, &args).await,
-                    Phase::Chain => super::bench_workflow::chain(&config, &args).await,
-                    Phase::Fan => super::bench_workflow::fan(&config, &args).await,
-                    _ => super::bench_flow::rate_limit(&config, &args).await,
+                    Phase::Delayed => super::bench_flow::delayed(&config, &args)
+                        .await
+                        .map(|()| None),
+                    Phase::Chain => super::bench_workflow::chain(&config, &args).await.map(Some),
+                    Phase::Fan => super::bench_workflow::fan(&config, &args).await.map(Some),
+                    _ => super::bench_flow::rate_limit(&config, &args)
+                        .await
+                        .map(|()| None),
                 };
                 let store = Store::connect(&config).await?;
                 if let Err(err) = store.purge_prefix().await {
                     tracing::warn!("cannot delete the run's keys: {err}");
                 }
                 config.prefix = base;
-                outcome.with_context(|| format!("{phase:?} run {run}"))?;
+                let workflow = outcome.with_context(|| format!("{phase:?} run {run}"))?;
+                if let Some(workflow) = workflow {
+                    figures.push(RunFigures {
+                        phase,
+                        run,
+                        events: config.events,
+                        tasks: workflow.nodes,
+                        submitted_per_s: None,
+                        completed_per_s: Some(workflow.nodes as f64 / workflow.wall_s),
+                        latency_p50_ms: None,
+                        latency_p99_ms: None,
+                        latency_max_ms: None,
+                        redis_bytes_per_task: None,
+                        failed: 0,
+                        cost: None,
+                        workflow: Some(workflow),
+                    });
+                }
             }
             continue;
         }
@@ -278,6 +302,7 @@ async fn one_run(
         redis_bytes_per_task: None,
         failed: 0,
         cost: None,
+        workflow: None,
     };
     let stats_before = Snapshot::take(&store).await;
     let me = std::process::id();

@@ -11,7 +11,9 @@
 //!   on top, so the depth is the same before and after) and the Redis
 //!   script time over them, from `INFO commandstats`, is divided by the
 //!   tasks acknowledged (`XACK` calls, each commit's own): claim plus
-//!   commit script microseconds per task, and script calls per task.
+//!   commit script microseconds per task, and script calls per task; and
+//!   the same sample's Redis time by command (the commands the scripts
+//!   call included, per task acknowledged), to see which one grows.
 //!
 //! Flat figures down the table are what a deep backlog must show.
 
@@ -132,6 +134,16 @@ pub(crate) async fn run(
                 .map_or("?".into(), |u| format!("{u:.1}")),
             row.script_calls_per_task
                 .map_or("?".into(), |c| format!("{c:.2}")),
+        );
+        println!(
+            "    by command: {}",
+            super::bench_cost::describe(&super::bench_cost::cost(
+                &before,
+                &after,
+                usize::try_from(acked).unwrap_or(usize::MAX),
+                None,
+                None
+            ))
         );
         rows.push(row);
     }

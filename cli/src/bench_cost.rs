@@ -201,7 +201,7 @@ pub(crate) fn describe(cost: &Cost) -> String {
     let top: Vec<String> = cost
         .commands
         .iter()
-        .take(6)
+        .take(12)
         .map(|c| format!("{} {:.1}x {:.1}", c.command, c.calls, c.us))
         .collect();
     let mut out = format!(

@@ -11,6 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use tandem_producer::{Producer, Task, Workflow};
 use tandem_shared::Config;
 use tandem_shared::kind::builtin::Noop;
@@ -18,6 +20,24 @@ use tandem_shared::store::Store;
 
 use super::bench::BenchArgs;
 use super::local::LocalWorkers;
+
+/// One run of the chain or fan phase (in `tandem bench --json`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WorkflowFigures {
+    /// Nodes in the workflow (fan: the root, `--n` and the chord).
+    pub nodes: usize,
+    /// From just before the submit call to the workflow's end, seen by the
+    /// producer.
+    pub wall_s: f64,
+    /// The submit call alone.
+    pub submit_s: f64,
+    /// Chain: a node's end to its child's start, on the Redis clock (whole
+    /// ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boundary_p50_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boundary_p99_ms: Option<i64>,
+}
 
 fn noop() -> anyhow::Result<Task> {
     Ok(Task::of::<Noop>(&rmpv::Value::Nil)?)
@@ -37,7 +57,7 @@ async fn workers(store: &Store, config: &Config, args: &BenchArgs) -> anyhow::Re
     Ok(workers)
 }
 
-pub(crate) async fn chain(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn chain(config: &Config, args: &BenchArgs) -> anyhow::Result<WorkflowFigures> {
     let store = Store::connect(config).await?;
     let producer = Producer::connect(config).await?;
     let _workers = workers(&store, config, args).await?;
@@ -49,6 +69,7 @@ pub(crate) async fn chain(config: &Config, args: &BenchArgs) -> anyhow::Result<(
     }
     let started = Instant::now();
     let handle = producer.submit_workflow(workflow).await?;
+    let submitted = started.elapsed();
     let outcome = handle.wait(Duration::from_secs(600)).await?;
     let wall = started.elapsed();
     anyhow::ensure!(
@@ -68,6 +89,7 @@ pub(crate) async fn chain(config: &Config, args: &BenchArgs) -> anyhow::Result<(
             gaps.push(start as i64 - end as i64);
         }
     }
+    anyhow::ensure!(!gaps.is_empty(), "no node of the chain has its times");
     gaps.sort_unstable();
     let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q).round() as usize];
     println!(
@@ -79,10 +101,16 @@ pub(crate) async fn chain(config: &Config, args: &BenchArgs) -> anyhow::Result<(
         at(0.99),
         gaps[gaps.len() - 1]
     );
-    Ok(())
+    Ok(WorkflowFigures {
+        nodes: n,
+        wall_s: wall.as_secs_f64(),
+        submit_s: submitted.as_secs_f64(),
+        boundary_p50_ms: Some(at(0.5)),
+        boundary_p99_ms: Some(at(0.99)),
+    })
 }
 
-pub(crate) async fn fan(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn fan(config: &Config, args: &BenchArgs) -> anyhow::Result<WorkflowFigures> {
     let store = Store::connect(config).await?;
     let producer = Producer::connect(config).await?;
     let _workers = workers(&store, config, args).await?;
@@ -110,5 +138,11 @@ pub(crate) async fn fan(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
         submitted.as_secs_f64(),
         (n + 2) as f64 / wall.as_secs_f64()
     );
-    Ok(())
+    Ok(WorkflowFigures {
+        nodes: n + 2,
+        wall_s: wall.as_secs_f64(),
+        submit_s: submitted.as_secs_f64(),
+        boundary_p50_ms: None,
+        boundary_p99_ms: None,
+    })
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use tandem_producer::Task;
 use tandem_shared::Class;
 use tandem_shared::kind::builtin::{Fail, FailParams, Sleep, SleepParams};
-use tandem_shared::store::{Alert, AlertEntry};
+use tandem_shared::store::{Alert, AlertEntry, ScanPosition};
 
 use crate::support::gpus::{WAIT, store, wait_healthy};
 use crate::support::ha::RedisCluster;
@@ -370,6 +370,57 @@ async fn above_ten_thousand_keys_queues_shows_unknown_streams_from_the_alerts() 
     let text = tandem_queues_with(&redis.url(), &["--scan"]);
     assert!(text.contains("2 entries in 1 streams"), "{text}");
     assert!(!text.contains("not looked for here"), "{text}");
+}
+
+/// A worker's `unknown_stream` check takes the pass over every key in
+/// slices of at most 10 `SCAN` steps and carries the cursor to its next
+/// turn, so that a check costs the same at a million keys: at 30,000 keys
+/// one step is not the whole pass, slices in turn cover it, and the
+/// worker still finds and alerts a stream no worker reads.
+#[tokio::test]
+async fn above_ten_thousand_keys_the_workers_scan_in_slices_and_still_alert() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let mut pipe = redis::pipe();
+    for i in 0..30_000 {
+        pipe.cmd("SET")
+            .arg(format!("elsewhere:{i}"))
+            .arg(1)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    add_entries(&mut conn, "tandem:{cpu}:stream:urgent", 3).await;
+
+    let store = tandem_shared::store::Store::connect(&redis.config())
+        .await
+        .expect("store");
+    let (_, next) = store
+        .unknown_streams_slice(ScanPosition::default(), 1)
+        .await
+        .expect("one step");
+    assert!(next.is_some(), "one SCAN step passed over 30,001 keys");
+    let mut at = Some(ScanPosition::default());
+    let mut slices = 0;
+    let mut found = Vec::new();
+    while let Some(from) = at {
+        let (streams, next) = store
+            .unknown_streams_slice(from, 10)
+            .await
+            .expect("a slice");
+        found.extend(streams.into_iter().map(|s| (s.key, s.length)));
+        slices += 1;
+        at = next;
+    }
+    assert!(slices >= 2, "30,001 keys in {slices} slice(s) of 10 steps");
+    assert_eq!(found, [("tandem:{cpu}:stream:urgent".to_owned(), 3)]);
+
+    let worker = WorkerProcess::start(&redis, &env(&[])).await;
+    let alert = wait_alert(&redis, "unknown_stream", &worker.id).await;
+    assert_eq!(
+        (alert.stream.as_str(), alert.value),
+        ("tandem:{cpu}:stream:urgent", 3.0),
+        "{alert:?}"
+    );
 }
 
 #[tokio::test]

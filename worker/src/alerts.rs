@@ -12,16 +12,27 @@
 //! condition that stays true repeats at most once per `alert_interval_ms`:
 //! per worker for device alerts (a local record of when each was last
 //! raised), per fleet for queue alerts (the lock).
+//!
+//! `unknown_stream` needs a pass over every key (`SCAN`): each check takes
+//! at most [`UNKNOWN_SCAN_STEPS`] steps of it (about 10,000 keys) and the
+//! worker carries the cursor to its next turn, so a check costs Redis the
+//! same at a million waiting tasks as at a thousand; a pass over `K` keys
+//! takes `K / 10,000` of this worker's turns.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tandem_shared::store::{Alert, AlertName, Store, StoreError};
+use tandem_shared::store::{Alert, AlertName, ScanPosition, Store, StoreError};
 use tandem_shared::{Class, Config};
 use tokio::sync::watch;
 
 use crate::metrics::DeviceSample;
 use tandem_shared::clock::now_ms;
+
+/// `SCAN` steps (`COUNT 1000` each) one `unknown_stream` check takes: a
+/// keyspace of up to about 10,000 keys (`tandem queues`' bound for its own
+/// pass) is covered in one check.
+pub(crate) const UNKNOWN_SCAN_STEPS: usize = 10;
 
 /// The alert settings, read once from the configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +165,9 @@ impl Alerts {
     /// Checks until the worker stops it.
     pub async fn run(mut self) {
         let mut device = DeviceWatch::default();
+        // Where this worker's pass over every key, for unknown streams,
+        // stands between its checks.
+        let mut scan = ScanPosition::default();
         let mut tick = tokio::time::interval(self.thresholds.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Once the sampler stops, `changed` fails at once on every call:
@@ -173,19 +187,19 @@ impl Alerts {
                         }
                     }
                 }
-                _ = tick.tick() => self.check_queues().await,
+                _ = tick.tick() => self.check_queues(&mut scan).await,
             }
         }
     }
 
-    async fn check_queues(&self) {
+    async fn check_queues(&self, scan: &mut ScanPosition) {
         if let Err(err) = self.check_stalled().await {
             tracing::warn!("cannot check the queues for alerts: {err}");
         }
         if let Err(err) = self.check_dead_letters().await {
             tracing::warn!("cannot check the dead-letter streams for alerts: {err}");
         }
-        if let Err(err) = self.check_unknown_streams().await {
+        if let Err(err) = self.check_unknown_streams(scan).await {
             tracing::warn!("cannot look for streams no worker reads: {err}");
         }
     }
@@ -257,12 +271,20 @@ impl Alerts {
 
     /// Entries in a stream no worker reads get no record, no dead letter
     /// and no outcome: without this alert they would wait unseen for ever.
-    /// An empty unknown stream harms nothing and raises nothing.
-    async fn check_unknown_streams(&self) -> Result<(), StoreError> {
+    /// An empty unknown stream harms nothing and raises nothing. One slice
+    /// of the pass over every key per check, from `scan`, which it moves
+    /// on (a failed slice is taken again next time).
+    async fn check_unknown_streams(&self, scan: &mut ScanPosition) -> Result<(), StoreError> {
         if !self.my_turn(AlertName::UnknownStream).await? {
             return Ok(());
         }
-        for stream in self.raiser.store.unknown_streams().await? {
+        let (streams, next) = self
+            .raiser
+            .store
+            .unknown_streams_slice(*scan, UNKNOWN_SCAN_STEPS)
+            .await?;
+        *scan = next.unwrap_or_default();
+        for stream in streams {
             if stream.length == 0 {
                 continue;
             }

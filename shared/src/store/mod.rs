@@ -85,7 +85,7 @@ pub use model_registry::{
 pub use queue_metrics::{ClassCounts, QueueSnapshot};
 pub use round_trip::{Trip, TripResult};
 pub use schedules::{Changed, DUE_BATCH, Due, Fired, Put, ScheduleChange};
-pub use stats::{StreamStats, UnknownStream};
+pub use stats::{ScanPosition, StreamStats, UnknownStream};
 pub use tasks::{CancelOutcome, Submitted};
 pub use workers::{Consumer, ProcessRef};
 pub use workflow::{GraphEntry, NewNode, NewWorkflow, NodeState, WorkflowCancel, WorkflowState};

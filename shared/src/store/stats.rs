@@ -149,28 +149,81 @@ impl Store {
     /// Every stream under the prefix that no worker reads, by key, with its
     /// length, its oldest entry's age and why (see [`UnknownStream`]).
     /// `SCAN ... TYPE stream` over the whole keyspace (every master in
-    /// Cluster), so it costs a pass over all keys: for the CLI and a
-    /// once-an-interval alert, not for a hot path.
+    /// Cluster), so it costs a pass over all keys: for the CLI, not for a
+    /// hot path; a worker's interval check takes the pass in slices
+    /// ([`Self::unknown_streams_slice`]).
     pub async fn unknown_streams(&self) -> Result<Vec<UnknownStream>, StoreError> {
-        let pattern = self.keys.scan_pattern();
         let mut found: Vec<(String, String)> = Vec::new();
-        for (host, port) in self.scan_nodes().await? {
-            let node = host.as_deref().map(|host| (host, port));
-            let mut cursor = 0;
-            loop {
-                let (next, keys) = self
-                    .scan_step(node, cursor, &pattern, Some("stream"))
-                    .await?;
-                found.extend(
-                    keys.into_iter()
-                        .filter_map(|key| self.keys.unknown_stream(&key).map(|why| (key, why))),
-                );
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+        let mut at = Some(ScanPosition::default());
+        while let Some(from) = at {
+            let (keys, next) = self.unknown_stream_keys(from, usize::MAX).await?;
+            found.extend(keys);
+            at = next;
         }
+        self.describe_unknown_streams(found).await
+    }
+
+    /// One slice of the pass [`Self::unknown_streams`] makes: at most
+    /// `steps` `SCAN` steps (of `COUNT 1000`) from `from`, so its cost is
+    /// bounded whatever the keyspace. Returns the streams found in the
+    /// slice and where the next one starts (`None`: the pass is complete;
+    /// start the next pass at `ScanPosition::default()`).
+    pub async fn unknown_streams_slice(
+        &self,
+        from: ScanPosition,
+        steps: usize,
+    ) -> Result<(Vec<UnknownStream>, Option<ScanPosition>), StoreError> {
+        let (found, next) = self.unknown_stream_keys(from, steps.max(1)).await?;
+        Ok((self.describe_unknown_streams(found).await?, next))
+    }
+
+    /// The unknown streams' keys (and why) in at most `steps` `SCAN` steps
+    /// from `from`, and where the pass stands after them.
+    async fn unknown_stream_keys(
+        &self,
+        from: ScanPosition,
+        steps: usize,
+    ) -> Result<(Vec<(String, String)>, Option<ScanPosition>), StoreError> {
+        let pattern = self.keys.scan_pattern();
+        let nodes = self.scan_nodes().await?;
+        let mut found: Vec<(String, String)> = Vec::new();
+        let mut at = from;
+        let mut taken = 0;
+        // The masters may have changed since the last slice: past the last
+        // one, the pass is over.
+        while let Some((host, port)) = nodes.get(at.node) {
+            if taken == steps {
+                return Ok((found, Some(at)));
+            }
+            let node = host.as_deref().map(|host| (host, *port));
+            let (next, keys) = self
+                .scan_step(node, at.cursor, &pattern, Some("stream"))
+                .await?;
+            taken += 1;
+            found.extend(
+                keys.into_iter()
+                    .filter_map(|key| self.keys.unknown_stream(&key).map(|why| (key, why))),
+            );
+            at = if next == 0 {
+                ScanPosition {
+                    node: at.node + 1,
+                    cursor: 0,
+                }
+            } else {
+                ScanPosition {
+                    node: at.node,
+                    cursor: next,
+                }
+            };
+        }
+        Ok((found, None))
+    }
+
+    /// Each unknown stream's length and oldest entry's age.
+    async fn describe_unknown_streams(
+        &self,
+        mut found: Vec<(String, String)>,
+    ) -> Result<Vec<UnknownStream>, StoreError> {
         // SCAN may return a key more than once.
         found.sort();
         found.dedup();
@@ -383,4 +436,13 @@ mod tests {
         ])]);
         assert_eq!(group_info(reply).unwrap(), (3, 2, Some("5-0".to_owned())));
     }
+}
+
+/// Where a pass over every key in slices stands (see
+/// [`Store::unknown_streams_slice`]): the server (in Cluster, the index of
+/// a master) and its `SCAN` cursor. The default is a pass's start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanPosition {
+    node: usize,
+    cursor: u64,
 }
