@@ -539,11 +539,14 @@ async fn nodes_start_once_after_their_parents_under_kills_and_a_redis_restart() 
 /// A parent's result above `blob_threshold_bytes` is committed as a blob
 /// reference; its child's placeholder, and a path into it, still see the
 /// result itself, read from the blob before the placeholders are filled.
+/// The worker's payload limit (8 KiB here) holds the entries as they come
+/// from the stream, not the parameters filled from a 15 KB result.
 #[tokio::test]
 async fn a_childs_path_reaches_into_a_parents_result_that_went_by_blob() {
     let redis = RedisServer::start();
     let threshold = ("TANDEM_BLOB_THRESHOLD_BYTES", "4096");
-    let _worker = WorkerProcess::start(&redis, &[threshold]).await;
+    let limit = ("TANDEM_MAX_PAYLOAD_BYTES", "8192");
+    let _worker = WorkerProcess::start(&redis, &[threshold, limit]).await;
     let config = Config {
         blob_threshold_bytes: 4096,
         ..redis.config()
@@ -576,6 +579,8 @@ async fn a_childs_path_reaches_into_a_parents_result_that_went_by_blob() {
     let whole: Value = outcome.nodes["whole"].result().unwrap();
     assert_eq!(whole["n"]["big"].as_array().map(Vec::len), Some(5_000));
     assert_eq!(whole["n"]["tag"], json!("root"));
+}
+
 /// The workflow hash's `status` and `remaining`.
 async fn workflow_counts(redis: &RedisServer, id: impl std::fmt::Display) -> (String, i64) {
     let mut conn = redis.conn().await;

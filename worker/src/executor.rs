@@ -217,6 +217,12 @@ impl Executor {
         abandoned: &mut Option<crate::context::Work>,
     ) -> Result<Completion, DeviceFailure> {
         let started = Instant::now();
+        // The entry as it came from the stream is held to the payload
+        // limit; parameters filled from parents' results or read from a
+        // blob below are not (the blob store has its own limit).
+        if let Err(err) = self.check_size(&entry) {
+            return Ok(self.conclude(entry, entry_id, 0, Err(err)));
+        }
         let entry = match self.fill_placeholders(entry).await {
             Ok(entry) => entry,
             Err((entry, err)) => return Ok(self.conclude(*entry, entry_id, 0, Err(err))),
@@ -366,10 +372,14 @@ impl Executor {
         if tandem_shared::blob::BlobRef::detect(&entry.params).is_some() {
             return Ok(None);
         }
+        // Nor do parameters a workflow node's placeholders filled beyond
+        // the payload limit: its shards' entries would break it.
+        if entry.params.len() > self.max_payload_bytes {
+            return Ok(None);
+        }
         let Some(splitter) = self.kinds.splitter(&entry.kind) else {
             return Ok(None);
         };
-        self.check_size(entry)?;
         split::shard_entries(&*splitter, entry, split_into, self.signer.as_ref())
     }
 
@@ -508,7 +518,6 @@ impl Executor {
         parts: Option<Result<Vec<Vec<u8>>, PartsError>>,
         abandoned: &mut Option<crate::context::Work>,
     ) -> Result<Vec<u8>, TaskError> {
-        self.check_size(entry)?;
         // Parameters that came as a blob reference: its bytes, from the
         // worker's cache or fetched once.
         let from_blob = match &self.blobs {
@@ -798,6 +807,11 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown payload".to_owned());
     format!("handler panicked: {detail}")
+}
+
+/// The entry's `inputs` field (empty when it has none).
+fn inputs_of(entry: &TaskEntry) -> &[u8] {
+    entry.inputs.as_deref().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -1295,9 +1309,4 @@ mod tests {
             .unwrap();
         assert!(matches!(done.disposition, Disposition::HandBack { .. }));
     }
-}
-
-/// The entry's `inputs` field (empty when it has none).
-fn inputs_of(entry: &TaskEntry) -> &[u8] {
-    entry.inputs.as_deref().unwrap_or_default()
 }
