@@ -47,8 +47,9 @@ def main():
     parser.add_argument("--windows", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--twin", default=str(ROOT / "target/release/examples/transformer_check"))
     args = parser.parse_args()
-    twin = ROOT / "target/release/examples/transformer_check"
+    twin = Path(args.twin)
     if not twin.exists():
         sys.exit(f"{twin} is missing: cargo build --release -p tandem-kernels --example transformer_check")
     torch_cmd = [sys.executable, str(ROOT / "bench/transformer_torch.py"), "bench", str(args.windows)]
