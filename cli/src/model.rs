@@ -12,7 +12,9 @@ use tandem_shared::model_format::transformer::{
     Pooling, Positions, TransformerModel, TransformerShape,
 };
 use tandem_shared::model_format::{Activation, Model};
-use tandem_shared::store::{ModelInfo, ModelPolicy, ModelSource, Store, check_model_name};
+use tandem_shared::store::{
+    ModelArch, ModelInfo, ModelPolicy, ModelSource, Store, check_model_name,
+};
 
 use super::table;
 
@@ -141,7 +143,7 @@ pub(crate) async fn run(config: &Config, command: ModelCommand) -> anyhow::Resul
 async fn new(config: &Config, policy: &ModelPolicy, args: NewArgs) -> anyhow::Result<ExitCode> {
     check_model_name(&args.name)?;
     if args.arch == "transformer" {
-        return new_transformer(policy, args);
+        return new_transformer(config, policy, args).await;
     }
     let model = Model::random(&args.layers, args.activation, args.seed)
         .context("cannot create the model")?;
@@ -159,34 +161,23 @@ async fn new(config: &Config, policy: &ModelPolicy, args: NewArgs) -> anyhow::Re
         std::fs::write(out, &file).with_context(|| format!("cannot write {}", out.display()))?;
         println!("wrote {}: {summary}", out.display());
     }
-    if args.register || args.upload {
-        let store = Store::connect_retrying(config).await?;
-        let info = match &args.out {
-            Some(out) if args.register => {
-                store.register_model_path(&args.name, out, policy).await?
-            }
-            _ => store.upload_model(&args.name, &file, policy).await?,
-        };
-        print_registered(&info);
-    }
+    register_new(config, policy, &args, &file).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tandem model new --arch transformer`: writes the file. The registry
-/// and the model kinds serve MLPs only so far, so it is not registered.
-fn new_transformer(policy: &ModelPolicy, args: NewArgs) -> anyhow::Result<ExitCode> {
+/// `tandem model new --arch transformer`: writes the file (and registers
+/// its path) or uploads it, as for an MLP.
+async fn new_transformer(
+    config: &Config,
+    policy: &ModelPolicy,
+    args: NewArgs,
+) -> anyhow::Result<ExitCode> {
     let &[layers] = args.layers.as_slice() else {
         anyhow::bail!(
             "--layers: a transformer takes one number (its blocks), got {:?}",
             args.layers
         );
     };
-    if args.register || args.upload {
-        anyhow::bail!(
-            "--register/--upload: the model registry serves MLPs only so far; \
-             write the transformer with --out"
-        );
-    }
     let shape = TransformerShape {
         features: args.features,
         window: args.window,
@@ -212,7 +203,28 @@ fn new_transformer(policy: &ModelPolicy, args: NewArgs) -> anyhow::Result<ExitCo
         std::fs::write(out, &file).with_context(|| format!("cannot write {}", out.display()))?;
         println!("wrote {}: {summary}", out.display());
     }
+    register_new(config, policy, &args, &file).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--register` (the written file by its path) or `--upload` (the bytes).
+async fn register_new(
+    config: &Config,
+    policy: &ModelPolicy,
+    args: &NewArgs,
+    file: &[u8],
+) -> anyhow::Result<()> {
+    if args.register || args.upload {
+        let store = Store::connect_retrying(config).await?;
+        let info = match &args.out {
+            Some(out) if args.register => {
+                store.register_model_path(&args.name, out, policy).await?
+            }
+            _ => store.upload_model(&args.name, file, policy).await?,
+        };
+        print_registered(&info);
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -221,12 +233,13 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 fn print_registered(info: &ModelInfo) {
     println!(
-        "registered model {} version {} ({}, {}, layers {}, {} bytes)",
+        "registered model {} version {} ({}, {}, {} {}, {} bytes)",
         info.name,
         info.version,
         where_(info),
         info.class,
-        info.shape.sizes_text(),
+        info.arch.name(),
+        info.arch.describe(),
         table::thousands(info.bytes),
     );
 }
@@ -245,7 +258,8 @@ fn print_list(models: &[ModelInfo]) {
         [
             "model",
             "class",
-            "layers",
+            "arch",
+            "shape",
             "activation",
             "bytes",
             "version",
@@ -259,8 +273,9 @@ fn print_list(models: &[ModelInfo]) {
         rows.push(vec![
             info.name.clone(),
             info.class.to_string(),
-            info.shape.sizes_text(),
-            info.shape.activation.to_string(),
+            info.arch.name().to_owned(),
+            info.arch.describe(),
+            info.arch.activation(),
             table::thousands(info.bytes),
             info.version.to_string(),
             table::age(now.saturating_sub(info.registered_at_ms)),
@@ -277,8 +292,19 @@ fn print_info(info: &ModelInfo) {
         ("field", "value".to_owned()),
         ("model", info.name.clone()),
         ("class", info.class.to_string()),
-        ("layers", info.shape.sizes_text()),
-        ("activation", info.shape.activation.to_string()),
+        ("arch", info.arch.name().to_owned()),
+        (
+            "format",
+            format!("{} version {}", info.arch.format().0, info.arch.format().1),
+        ),
+        (
+            match info.arch {
+                ModelArch::Mlp(_) => "layers",
+                ModelArch::Transformer(_) => "config",
+            },
+            info.arch.describe(),
+        ),
+        ("activation", info.arch.activation()),
         ("bytes", table::thousands(info.bytes)),
         ("parameter bytes", table::thousands(info.parameter_bytes)),
         ("source", info.source.as_str().to_owned()),

@@ -256,6 +256,11 @@ async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up(
         "portfolio_opt",
         "monte_carlo revaluation (heavy)",
         "Black-Scholes",
+        // The design's PredictPriceAsync: the transformer on the heavy
+        // GPU, which runs it on its CPU twin (and says so).
+        "transformer predictions (price_prediction_transformer, version 1",
+        "128 symbols, heavy, high priority, on SIM-0-rtx-4070-ti",
+        "ran on the CPU twin (CPU fallback)",
     ] {
         assert!(text.contains(needle), "{needle:?} missing:\n{text}");
     }

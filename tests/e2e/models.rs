@@ -85,12 +85,21 @@ async fn new_register_list_show_upload_and_rm() {
     // (17*64 + 65*64 + 65) + 2*16 floats = 5345 * 4 bytes of parameters.
     let row = list_row(&redis, "m1");
     assert_eq!(
-        row[1..6],
-        ["light", "16,64,64,1", "relu", &thousands(file.len()), "1"]
+        row[1..7],
+        [
+            "light",
+            "mlp",
+            "16,64,64,1",
+            "relu",
+            &thousands(file.len()),
+            "1"
+        ]
     );
     let text = ok(&redis, &[], &["model", "show", "m1"]);
     assert_eq!(show_field(&text, "class"), "light");
     assert_eq!(show_field(&text, "layers"), "16,64,64,1");
+    assert_eq!(show_field(&text, "arch"), "mlp");
+    assert_eq!(show_field(&text, "format"), "tandem-mlp version 1");
     assert_eq!(show_field(&text, "parameter bytes"), "21,380");
     assert_eq!(show_field(&text, "source"), "path");
     assert_eq!(show_field(&text, "sha256"), sha256_hex(&file));
@@ -109,7 +118,7 @@ async fn new_register_list_show_upload_and_rm() {
         "{text}"
     );
     assert_eq!(list_row(&redis, "m1")[1], "heavy");
-    assert_eq!(list_row(&redis, "m1")[5], "2");
+    assert_eq!(list_row(&redis, "m1")[6], "2");
 
     // A small one uploaded into Redis: the registry hands back the same
     // bytes, checked against their SHA-256.
@@ -134,8 +143,8 @@ async fn new_register_list_show_upload_and_rm() {
         "{text}"
     );
     let row = list_row(&redis, "m2");
-    assert_eq!(row[1..4], ["light", "4,8,2", "tanh"]);
-    assert_eq!(row[7], "redis");
+    assert_eq!(row[1..5], ["light", "mlp", "4,8,2", "tanh"]);
+    assert_eq!(row[8], "redis");
     let store = Store::connect(&redis.config()).await.unwrap();
     let (info, bytes) = store.load_model_file("m2").await.unwrap().unwrap();
     let expected = Model::random(&[4, 8, 2], Activation::Tanh, 3)

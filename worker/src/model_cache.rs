@@ -1,8 +1,12 @@
-//! The worker's model cache: registered models (`tandem model`) loaded on
-//! first use, checked (SHA-256, format), and kept resident between tasks:
-//! on a real GPU as a [`GpuMlp`] in device memory, on a simulated GPU as
-//! host memory booked in the device's memory ledger as if it were on the
-//! device, on a CPU worker in host memory. A model whose registry version
+//! The worker's model cache: registered models (`tandem model`), MLPs and
+//! transformers, loaded on first use, checked (SHA-256, format), and kept
+//! resident between tasks: an MLP on a real GPU as a [`GpuMlp`] in device
+//! memory, on a simulated GPU as host memory booked in the device's memory
+//! ledger as if it were on the device, on a CPU worker in host memory. A
+//! transformer runs its CPU twin on every worker for now
+//! ([`ResidentTransformer`]: the GPU path is not wired in yet); a simulated
+//! GPU books it in the ledger like an MLP, a real GPU books nothing for it
+//! (it is in host memory). A model whose registry version
 //! changed is loaded again. Room on a device is made by the ledger's
 //! eviction rule (only `high` and `critical` tasks evict, lower priorities
 //! first, least recently used first); a model that cannot be made to fit
@@ -14,6 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tandem_kernels::mlp::{Activation as MlpActivation, Layer as MlpLayer, Mlp};
 use tandem_kernels::mlp_gpu::{GpuMlp, GpuMlpError};
+use tandem_kernels::transformer::{self as xf, Transformer};
+use tandem_shared::model_format::transformer::{self as xf_format, TransformerModel};
 use tandem_shared::model_format::{Activation, Layer, Model};
 use tandem_shared::store::Store;
 use tandem_shared::{ErrorCode, Priority};
@@ -35,10 +41,79 @@ const CPU_RESIDENT: usize = 8;
 pub struct Loaded {
     pub name: String,
     pub version: u64,
-    pub mlp: Arc<Mlp>,
-    /// The model on the worker's real GPU; `None` on CPU workers, simulated
-    /// GPUs, or when cuBLAS is missing (the CPU twin runs then).
-    pub gpu: Option<Arc<GpuMlp>>,
+    pub weights: Weights,
+}
+
+/// A resident model of either architecture.
+#[derive(Debug)]
+pub enum Weights {
+    Mlp {
+        mlp: Arc<Mlp>,
+        /// The model on the worker's real GPU; `None` on CPU workers,
+        /// simulated GPUs, or when cuBLAS is missing (the CPU twin runs
+        /// then).
+        gpu: Option<Arc<GpuMlp>>,
+    },
+    Transformer(ResidentTransformer),
+}
+
+/// Where a transformer is resident: the seam for its GPU path.
+///
+/// Only the CPU twin is wired in: every worker, GPU workers included, runs
+/// transformers on its CPU (`tandem_kernels::transformer::forward_cpu`,
+/// `train_cpu_until`). The GPU path
+/// (`tandem_kernels::transformer_gpu::GpuTransformer`: `upload(gpu,
+/// &Transformer)`, `forward(gpu, inputs, windows)`, `device_bytes`,
+/// `forward_bytes(config, batch)`, training, `download`) lands in a
+/// variant `Gpu { host: Arc<Transformer>, device: Arc<GpuTransformer> }`
+/// made in [`ModelCache::place`] and matched in the model kinds' dispatch
+/// (`crate::kinds::model_kinds`).
+#[derive(Debug)]
+pub enum ResidentTransformer {
+    /// In host memory; the CPU twin runs it.
+    Cpu(Arc<Transformer>),
+}
+
+impl ResidentTransformer {
+    /// The weights in host memory.
+    pub fn host(&self) -> &Arc<Transformer> {
+        match self {
+            ResidentTransformer::Cpu(model) => model,
+        }
+    }
+}
+
+impl Weights {
+    /// Floats in one input row (an MLP's input width, a transformer's
+    /// `window x features`).
+    pub fn input_width(&self) -> usize {
+        match self {
+            Weights::Mlp { mlp, .. } => mlp.inputs(),
+            Weights::Transformer(t) => t.host().config.window_floats(),
+        }
+    }
+
+    /// Outputs per row.
+    pub fn output_width(&self) -> usize {
+        match self {
+            Weights::Mlp { mlp, .. } => mlp.outputs(),
+            Weights::Transformer(t) => t.host().config.outputs,
+        }
+    }
+
+    /// What the parameters occupy (f32).
+    pub fn parameter_bytes(&self) -> u64 {
+        match self {
+            Weights::Mlp { mlp, .. } => mlp.parameter_bytes(),
+            Weights::Transformer(t) => t.host().config.parameter_bytes(),
+        }
+    }
+}
+
+/// A decoded model file, before it is placed.
+enum Decoded {
+    Mlp(Arc<Mlp>),
+    Transformer(Arc<Transformer>),
 }
 
 #[derive(Debug)]
@@ -117,11 +192,26 @@ impl ModelCache {
             .ok_or_else(|| {
                 TaskError::fatal(MODEL_NOT_FOUND, format!("model {name:?} was removed"))
             })?;
-        let model = Model::decode(&file)
-            .map_err(|e| TaskError::fatal(MODEL_INVALID, format!("model {name:?}: {e}")))?;
-        let mlp = Arc::new(to_mlp(model));
-        let loaded = self.place(name, info.version, mlp, priority).await?;
+        let invalid = |e: String| TaskError::fatal(MODEL_INVALID, format!("model {name:?}: {e}"));
+        let decoded = if xf_format::is_transformer(&file) {
+            let model = TransformerModel::decode(&file).map_err(|e| invalid(e.to_string()))?;
+            let model = to_transformer(model);
+            model.check().map_err(|e| invalid(e.to_string()))?;
+            Decoded::Transformer(Arc::new(model))
+        } else {
+            let model = Model::decode(&file).map_err(|e| invalid(e.to_string()))?;
+            Decoded::Mlp(Arc::new(to_mlp(model)))
+        };
+        let loaded = self.place(name, info.version, decoded, priority).await?;
         Ok((loaded, false))
+    }
+
+    /// Memory the model kinds may still use for activations on this
+    /// device: the ledger's free memory (`Device::free_memory`); `None` on
+    /// a CPU worker (host memory, no ledger). A transformer's batch is cut
+    /// to fit it ([`windows_per_pass`]).
+    pub fn activation_room(&self) -> Option<u64> {
+        self.device.free_memory(self.running.reserved())
     }
 
     /// Counts a use (the ledger's hit or miss counter on a GPU worker).
@@ -140,9 +230,15 @@ impl ModelCache {
         &self,
         name: &str,
         version: u64,
-        mlp: Arc<Mlp>,
+        decoded: Decoded,
         priority: Priority,
     ) -> Result<Arc<Loaded>, TaskError> {
+        let mlp = match decoded {
+            Decoded::Mlp(mlp) => mlp,
+            Decoded::Transformer(model) => {
+                return self.place_transformer(name, version, model, priority);
+            }
+        };
         let mut gpu = None;
         if self.device.is_gpu() {
             let bytes = mlp
@@ -193,15 +289,60 @@ impl ModelCache {
         } else {
             self.trim_cpu();
         }
+        Ok(self.keep(name, version, Weights::Mlp { mlp, gpu }))
+    }
+
+    /// Makes a transformer resident. Its GPU path is not wired in: it runs
+    /// the CPU twin everywhere. A simulated GPU books it in the ledger as
+    /// it books an MLP (evicting what the rule allows); a real GPU books
+    /// nothing, as nothing of it is on the device.
+    fn place_transformer(
+        &self,
+        name: &str,
+        version: u64,
+        model: Arc<Transformer>,
+        priority: Priority,
+    ) -> Result<Arc<Loaded>, TaskError> {
+        if self.device.is_gpu() && self.device.runtime().is_none() {
+            let bytes = model
+                .config
+                .parameter_bytes()
+                .saturating_mul(self.device.model_scale());
+            let evicted = self
+                .device
+                .ledger
+                .make_room(bytes, priority, self.running.reserved())
+                .map_err(|no_room| {
+                    TaskError::out_of_memory(format!("model {name:?} ({bytes} bytes): {no_room}"))
+                })?;
+            for victim in &evicted {
+                tracing::info!(model = %victim, evicted_for = %name, %priority, "model evicted");
+                self.resident().remove(victim);
+            }
+            self.device.ledger.admit(name, bytes, priority);
+        } else if !self.device.is_gpu() {
+            self.trim_cpu();
+        }
+        Ok(self.keep(
+            name,
+            version,
+            Weights::Transformer(ResidentTransformer::Cpu(model)),
+        ))
+    }
+
+    fn keep(&self, name: &str, version: u64, weights: Weights) -> Arc<Loaded> {
+        let arch = match weights {
+            Weights::Mlp { .. } => "mlp",
+            Weights::Transformer(_) => "transformer",
+        };
         let loaded = Arc::new(Loaded {
             name: name.to_owned(),
             version,
-            mlp,
-            gpu,
+            weights,
         });
         self.resident().insert(name.to_owned(), Arc::clone(&loaded));
-        tracing::info!(model = %name, version, device = %self.device.id(), "model loaded");
-        Ok(loaded)
+        tracing::info!(model = %name, version, arch, device = %self.device.id(), "model loaded");
+        loaded
     }
 
     fn forget(&self, name: &str) {
@@ -303,9 +444,111 @@ pub fn from_mlp(mlp: Mlp) -> Model {
     }
 }
 
+/// How many windows of a transformer's batch run in one pass: all of them
+/// when `room` is unknown (a CPU worker), else as many as the room holds at
+/// `per_window` bytes each, at least one (a batch that does not fit is cut
+/// into passes, never failed).
+pub fn windows_per_pass(room: Option<u64>, per_window: u64, windows: usize) -> usize {
+    let all = windows.max(1);
+    match room {
+        None => all,
+        Some(room) => {
+            let fit = room / per_window.max(1);
+            usize::try_from(fit).unwrap_or(usize::MAX).clamp(1, all)
+        }
+    }
+}
+
+/// The file format's transformer as the kernels crate sees it.
+pub fn to_transformer(model: TransformerModel) -> Transformer {
+    let s = model.shape;
+    Transformer {
+        config: xf::Config {
+            features: s.features,
+            window: s.window,
+            d_model: s.d_model,
+            heads: s.heads,
+            layers: s.layers,
+            ff: s.ff,
+            outputs: s.outputs,
+            causal: s.causal,
+            pooling: match s.pooling {
+                xf_format::Pooling::Last => xf::Pooling::Last,
+                xf_format::Pooling::Mean => xf::Pooling::Mean,
+            },
+            positions: match s.positions {
+                xf_format::Positions::Learned => xf::Positions::Learned,
+                xf_format::Positions::Sinusoidal => xf::Positions::Sinusoidal,
+            },
+        },
+        params: model.params,
+    }
+}
+
+/// The kernels' transformer back in the file format's form (to save a
+/// trained one).
+pub fn from_transformer(model: Transformer) -> TransformerModel {
+    let c = model.config;
+    TransformerModel {
+        shape: xf_format::TransformerShape {
+            features: c.features,
+            window: c.window,
+            d_model: c.d_model,
+            heads: c.heads,
+            layers: c.layers,
+            ff: c.ff,
+            outputs: c.outputs,
+            causal: c.causal,
+            pooling: match c.pooling {
+                xf::Pooling::Last => xf_format::Pooling::Last,
+                xf::Pooling::Mean => xf_format::Pooling::Mean,
+            },
+            positions: match c.positions {
+                xf::Positions::Learned => xf_format::Positions::Learned,
+                xf::Positions::Sinusoidal => xf_format::Positions::Sinusoidal,
+            },
+        },
+        params: model.params,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_cut_to_the_room_never_refused() {
+        // A CPU worker: no ledger, one pass.
+        assert_eq!(windows_per_pass(None, 1_000, 1_000), 1_000);
+        // Room for 250 windows: four passes of 250.
+        assert_eq!(windows_per_pass(Some(250_500), 1_000, 1_000), 250);
+        // More room than the batch needs: one pass.
+        assert_eq!(windows_per_pass(Some(u64::MAX), 1_000, 1_000), 1_000);
+        // No room at all: one window at a time, not a failure.
+        assert_eq!(windows_per_pass(Some(0), 1_000, 1_000), 1);
+        assert_eq!(windows_per_pass(Some(10), 0, 3), 3);
+    }
+
+    #[test]
+    fn transformers_convert_both_ways_unchanged() {
+        let shape = xf_format::TransformerShape {
+            features: 3,
+            window: 5,
+            d_model: 8,
+            heads: 2,
+            layers: 2,
+            ff: 16,
+            outputs: 2,
+            causal: true,
+            pooling: xf_format::Pooling::Mean,
+            positions: xf_format::Positions::Sinusoidal,
+        };
+        let model = TransformerModel::random(shape, 9).unwrap();
+        let kernels = to_transformer(model.clone());
+        assert_eq!(kernels, Transformer::random(kernels.config, 9).unwrap());
+        assert_eq!(kernels.config.parameter_bytes(), shape.parameter_bytes());
+        assert_eq!(from_transformer(kernels), model);
+    }
 
     #[test]
     fn a_failed_upload_fails_the_device_only_when_the_device_is_dead() {

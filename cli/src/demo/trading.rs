@@ -6,8 +6,15 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use tandem_producer::Task;
 use tandem_shared::device::{Health, Role};
-use tandem_shared::store::Store;
+use tandem_shared::kind::model_kinds::{
+    PredictBatch, PredictBatchOutput, PredictBatchParams, SymbolWindow,
+};
+use tandem_shared::model_format::transformer::{
+    Pooling, Positions, TransformerModel, TransformerShape,
+};
+use tandem_shared::store::{ModelPolicy, Store};
 use tandem_shared::wire::WorkerInfo;
 use tandem_shared::{Class, Config, Status, TaskId};
 
@@ -98,6 +105,9 @@ pub(super) async fn trading(
     tokio::time::sleep(Duration::from_millis(config.heartbeat_interval_ms + 200)).await;
 
     let producer = Producer::connect(config).await?;
+    if let Err(err) = transformer_predictions(config, store, &producer).await {
+        println!("transformer predictions: failed: {err:#}\n");
+    }
     let run = drive(&producer, tasks, trading_workload, &mut interrupts).await?;
     let code = if run.interrupted {
         println!("interrupted: stopping workers and cleaning up");
@@ -113,6 +123,90 @@ pub(super) async fn trading(
     };
     workers.stop(Duration::from_secs(10));
     Ok(code)
+}
+
+/// The name the design gives its heavy model.
+const TRANSFORMER: &str = "price_prediction_transformer";
+/// Symbols whose windows the transformer predicts.
+const TRANSFORMER_SYMBOLS: usize = 128;
+
+/// The design's `PredictPriceAsync`: a seeded price-prediction transformer
+/// (32 features x 128 steps per window) is uploaded to the registry, and
+/// one `predict_batch` over [`TRANSFORMER_SYMBOLS`] symbols' windows (2
+/// MiB: a blob reference) goes as `heavy`, `high` priority, to the heavy
+/// GPU; prints where it ran and what ran it. The transformer's GPU path is
+/// not wired into the worker yet: every worker, the heavy GPU's included,
+/// runs its CPU twin, and the output says so.
+async fn transformer_predictions(
+    config: &Config,
+    store: &Store,
+    producer: &Producer,
+) -> anyhow::Result<()> {
+    let shape = TransformerShape {
+        features: 32,
+        window: 128,
+        d_model: 32,
+        heads: 4,
+        layers: 2,
+        ff: 64,
+        outputs: 1,
+        causal: true,
+        pooling: Pooling::Last,
+        positions: Positions::Learned,
+    };
+    let model = TransformerModel::random(shape, 17)?;
+    let info = store
+        .upload_model(TRANSFORMER, &model.encode(), &ModelPolicy::from(config))
+        .await?;
+    let per = shape.window * shape.features;
+    let symbols: Vec<SymbolWindow> = (0..TRANSFORMER_SYMBOLS)
+        .map(|s| SymbolWindow {
+            symbol: format!("SYM{s:03}"),
+            features: (0..per)
+                .map(|i| ((s * 31 + i) as f32 * 0.013).sin())
+                .collect(),
+        })
+        .collect();
+    let params = PredictBatchParams {
+        model: TRANSFORMER.into(),
+        symbols,
+    };
+    let task = Task::of::<PredictBatch>(&params)?
+        .class(Class::Heavy)
+        .priority(tandem_shared::Priority::High);
+    let started = Instant::now();
+    let id = producer.submit(task).await?;
+    let outcome = producer.wait(id, Duration::from_secs(300)).await?;
+    let record = &outcome.record;
+    let out: PredictBatchOutput = outcome
+        .result()
+        .map_err(|e| anyhow::anyhow!("{e} ({:?})", record.error))?;
+    let device = record.device.clone().unwrap_or_else(|| "?".into());
+    let first = out
+        .predictions
+        .first()
+        .map(|p| {
+            format!(
+                "{} {:.4}",
+                p.symbol,
+                p.values.first().copied().unwrap_or(f32::NAN)
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "transformer predictions ({TRANSFORMER}, version {}, {} parameters, {}): {} symbols, \
+         heavy, high priority, on {device} in {:.2?}; first: {first}",
+        info.version,
+        table::thousands(shape.parameter_count()),
+        info.class,
+        out.predictions.len(),
+        started.elapsed(),
+    );
+    println!(
+        "  ran on the CPU twin (CPU fallback): the transformer's GPU path is not wired into \
+         the worker yet, so every worker, the heavy GPU's included, runs it on its CPU\n"
+    );
+    Ok(())
 }
 
 /// Waits until the fleet's `expected` members are registered and healthy;

@@ -1,6 +1,10 @@
 //! The model kinds' contracts: `infer`, `predict_batch` and `train` run a
-//! registered price-prediction model (`crate::model_format`, registered with
-//! `tandem model`), kept resident on the worker's device between tasks.
+//! registered price-prediction model (an MLP, `crate::model_format`, or the
+//! encoder-only transformer, `crate::model_format::transformer`, registered
+//! with `tandem model`), kept resident on the worker's device between tasks.
+//! For a transformer a row (an `infer` row, a symbol's `features`, a
+//! training sample) is one window, `window x features` floats, time steps
+//! by features, row-major.
 //!
 //! | kind | class | parameters | result |
 //! |---|---|---|---|

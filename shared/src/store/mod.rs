@@ -80,7 +80,8 @@ pub use flow::{FlowState, LimitState, PROMOTE_BATCH, Promoted};
 pub use index::{INDEX_MAX, IndexState, Indexed};
 pub use link::Conn;
 pub use model_registry::{
-    MAX_MODEL_NAME, ModelInfo, ModelPolicy, ModelSource, ModelStoreError, check_model_name,
+    MAX_MODEL_NAME, ModelArch, ModelInfo, ModelPolicy, ModelSource, ModelStoreError,
+    check_model_name,
 };
 pub use queue_metrics::{ClassCounts, QueueSnapshot};
 pub use round_trip::{Trip, TripResult};

@@ -17,25 +17,173 @@ use redis::Value;
 use super::reply::{array, bytes, hash_map, int, reply_ok, text};
 use super::{Store, StoreError};
 use crate::config::Config;
-use crate::model_format::{Model, ModelError, ModelFile, ModelShape, sha256_hex};
+use crate::model_format::transformer::{
+    self as transformer_format, Pooling, Positions, TransformerFormatError, TransformerModel,
+    TransformerShape, is_transformer,
+};
+use crate::model_format::{
+    self as mlp_format, Model, ModelError, ModelFile, ModelShape, sha256_hex,
+};
 use crate::task::Class;
 
 /// Longest model name.
 pub const MAX_MODEL_NAME: usize = 64;
 
-/// The hash fields a registration writes; `version` is kept and bumped.
-const FIELDS: [&str; 10] = [
+/// The hash fields a registration writes (an MLP's record has no
+/// `config`, a transformer's no `layers`); `version` is kept and bumped.
+const FIELDS: [&str; 14] = [
     "name",
     "source",
     "path",
     "bytes",
     "parameter_bytes",
     "sha256",
+    "arch",
+    "format",
+    "format_version",
     "layers",
+    "config",
     "activation",
     "class",
     "registered_at_ms",
 ];
+
+/// A registered model's architecture, as its record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelArch {
+    /// A multi-layer perceptron (`tandem-mlp` files).
+    Mlp(ModelShape),
+    /// The encoder-only price-prediction transformer (`tandem-transformer`
+    /// files).
+    Transformer(TransformerShape),
+}
+
+impl ModelArch {
+    /// The `arch` field: `mlp` or `transformer`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelArch::Mlp(_) => "mlp",
+            ModelArch::Transformer(_) => "transformer",
+        }
+    }
+
+    /// The file format's tag and version (the `format` and
+    /// `format_version` fields).
+    pub fn format(&self) -> (&'static str, &'static str) {
+        match self {
+            ModelArch::Mlp(_) => (mlp_format::FORMAT, mlp_format::VERSION),
+            ModelArch::Transformer(_) => (transformer_format::FORMAT, transformer_format::VERSION),
+        }
+    }
+
+    /// What the parameters occupy on a device (f32).
+    pub fn parameter_bytes(&self) -> u64 {
+        match self {
+            ModelArch::Mlp(shape) => shape.parameter_bytes(),
+            ModelArch::Transformer(shape) => shape.parameter_bytes(),
+        }
+    }
+
+    /// Heavy when the parameters are over `threshold_bytes`, else light.
+    pub fn class(&self, threshold_bytes: u64) -> Class {
+        match self {
+            ModelArch::Mlp(shape) => shape.class(threshold_bytes),
+            ModelArch::Transformer(shape) => shape.class(threshold_bytes),
+        }
+    }
+
+    /// The activation between layers: `relu`, `tanh` or `gelu-tanh`.
+    pub fn activation(&self) -> String {
+        match self {
+            ModelArch::Mlp(shape) => shape.activation.to_string(),
+            ModelArch::Transformer(_) => transformer_format::ACTIVATION.to_owned(),
+        }
+    }
+
+    /// The architecture in one line: an MLP's widths (`16,64,1`), a
+    /// transformer's `config` field.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelArch::Mlp(shape) => shape.sizes_text(),
+            ModelArch::Transformer(shape) => config_text(shape),
+        }
+    }
+}
+
+/// A transformer's `config` field: `features=32 window=128 d_model=256
+/// heads=8 layers=4 ff=1024 outputs=1 causal=true pooling=last
+/// positions=learned`.
+pub fn config_text(shape: &TransformerShape) -> String {
+    format!(
+        "features={} window={} d_model={} heads={} layers={} ff={} outputs={} causal={} pooling={} positions={}",
+        shape.features,
+        shape.window,
+        shape.d_model,
+        shape.heads,
+        shape.layers,
+        shape.ff,
+        shape.outputs,
+        shape.causal,
+        shape.pooling,
+        shape.positions
+    )
+}
+
+/// Reads [`config_text`] back: every key once, none unknown, the shape
+/// within the format's bounds; the error names the key and the problem.
+pub fn parse_config_text(text: &str) -> Result<TransformerShape, String> {
+    let mut values: HashMap<&str, &str> = HashMap::new();
+    for pair in text.split_whitespace() {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        if values.insert(key, value).is_some() {
+            return Err(format!("`{key}` is given twice"));
+        }
+    }
+    let mut take = |key: &str| {
+        values
+            .remove(key)
+            .ok_or_else(|| format!("`{key}` is missing"))
+    };
+    let mut number = |key: &str| -> Result<usize, String> {
+        let value = take(key)?;
+        value
+            .parse()
+            .map_err(|_| format!("`{key}` is {value:?}, not a whole number"))
+    };
+    let features = number("features")?;
+    let window = number("window")?;
+    let d_model = number("d_model")?;
+    let heads = number("heads")?;
+    let layers = number("layers")?;
+    let ff = number("ff")?;
+    let outputs = number("outputs")?;
+    let causal = match take("causal")? {
+        "true" => true,
+        "false" => false,
+        other => return Err(format!("`causal` is {other:?}, not true or false")),
+    };
+    let pooling: Pooling = take("pooling")?.parse().map_err(|e| format!("{e}"))?;
+    let positions: Positions = take("positions")?.parse().map_err(|e| format!("{e}"))?;
+    if let Some(key) = values.keys().min() {
+        return Err(format!("`{key}` is not a transformer setting"));
+    }
+    let shape = TransformerShape {
+        features,
+        window,
+        d_model,
+        heads,
+        layers,
+        ff,
+        outputs,
+        causal,
+        pooling,
+        positions,
+    };
+    shape.check().map_err(|e| e.to_string())?;
+    Ok(shape)
+}
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +194,11 @@ pub enum ModelStoreError {
     // once, whether printed plainly or as an error chain.
     #[error("{origin} is not a valid model: {error}")]
     Invalid { origin: String, error: ModelError },
+    #[error("{origin} is not a valid transformer: {error}")]
+    InvalidTransformer {
+        origin: String,
+        error: TransformerFormatError,
+    },
     #[error(
         "invalid model name {0:?}: 1 to {MAX_MODEL_NAME} characters of letters, digits, '_', '.', '-'"
     )]
@@ -100,7 +253,9 @@ pub struct ModelInfo {
     pub parameter_bytes: u64,
     /// SHA-256 of the file, lower-case hex.
     pub sha256: String,
-    pub shape: ModelShape,
+    /// The architecture (a record without `arch`, from before transformers,
+    /// is an MLP).
+    pub arch: ModelArch,
     pub class: Class,
     pub registered_at_ms: u64,
     /// 1 on first registration, one more on each re-registration.
@@ -146,7 +301,7 @@ struct Registration {
     source: ModelSource,
     bytes: u64,
     sha256: String,
-    shape: ModelShape,
+    arch: ModelArch,
     class: Class,
     registered_at_ms: u64,
 }
@@ -157,37 +312,46 @@ impl Registration {
         source: ModelSource,
         bytes: u64,
         sha256: String,
-        shape: ModelShape,
+        arch: ModelArch,
         policy: &ModelPolicy,
     ) -> Self {
-        let class = shape.class(policy.heavy_threshold_bytes);
+        let class = arch.class(policy.heavy_threshold_bytes);
         let registered_at_ms = crate::clock::now_ms();
         Self {
             name: name.to_owned(),
             source,
             bytes,
             sha256,
-            shape,
+            arch,
             class,
             registered_at_ms,
         }
     }
 
-    /// The hash fields, in [`FIELDS`] order.
-    fn pairs(&self) -> [(&'static str, String); 10] {
+    /// The hash fields, in [`FIELDS`] order: an MLP's `layers`, a
+    /// transformer's `config`.
+    fn pairs(&self) -> Vec<(&'static str, String)> {
         let path = match &self.source {
             ModelSource::Path(path) => path.to_string_lossy().into_owned(),
             ModelSource::Redis => String::new(),
         };
-        [
+        let (format, format_version) = self.arch.format();
+        let shape = match &self.arch {
+            ModelArch::Mlp(shape) => ("layers", shape.sizes_text()),
+            ModelArch::Transformer(shape) => ("config", config_text(shape)),
+        };
+        vec![
             ("name", self.name.clone()),
             ("source", self.source.as_str().to_owned()),
             ("path", path),
             ("bytes", self.bytes.to_string()),
-            ("parameter_bytes", self.shape.parameter_bytes().to_string()),
+            ("parameter_bytes", self.arch.parameter_bytes().to_string()),
             ("sha256", self.sha256.clone()),
-            ("layers", self.shape.sizes_text()),
-            ("activation", self.shape.activation.to_string()),
+            ("arch", self.arch.name().to_owned()),
+            ("format", format.to_owned()),
+            ("format_version", format_version.to_owned()),
+            shape,
+            ("activation", self.arch.activation()),
             ("class", self.class.to_string()),
             ("registered_at_ms", self.registered_at_ms.to_string()),
         ]
@@ -195,12 +359,12 @@ impl Registration {
 
     fn into_info(self, version: u64) -> ModelInfo {
         ModelInfo {
-            parameter_bytes: self.shape.parameter_bytes(),
+            parameter_bytes: self.arch.parameter_bytes(),
             name: self.name,
             source: self.source,
             bytes: self.bytes,
             sha256: self.sha256,
-            shape: self.shape,
+            arch: self.arch,
             class: self.class,
             registered_at_ms: self.registered_at_ms,
             version,
@@ -224,21 +388,15 @@ impl Store {
         })?;
         // Files may be gigabytes: scan off the runtime's thread.
         let scan_path = path.clone();
-        let scanned = tokio::task::spawn_blocking(move || ModelFile::scan(&scan_path))
+        let scanned = tokio::task::spawn_blocking(move || scan_file(&scan_path))
             .await
             .map_err(|e| ModelStoreError::Io {
                 path: path.clone(),
                 error: std::io::Error::other(e.to_string()),
             })?;
-        let file = scanned.map_err(|error| invalid(&path, error))?;
-        let registration = Registration::new(
-            name,
-            ModelSource::Path(path),
-            file.bytes,
-            file.sha256,
-            file.shape,
-            policy,
-        );
+        let (bytes, sha256, arch) = scanned?;
+        let registration =
+            Registration::new(name, ModelSource::Path(path), bytes, sha256, arch, policy);
         self.write_model(registration, None).await
     }
 
@@ -257,16 +415,28 @@ impl Store {
                 limit: policy.max_upload_bytes as u64,
             });
         }
-        let model = Model::decode(file).map_err(|error| ModelStoreError::Invalid {
-            origin: format!("the upload for {name}"),
-            error,
-        })?;
+        let origin = || format!("the upload for {name}");
+        let arch = if is_transformer(file) {
+            let model = TransformerModel::decode(file).map_err(|error| {
+                ModelStoreError::InvalidTransformer {
+                    origin: origin(),
+                    error,
+                }
+            })?;
+            ModelArch::Transformer(model.shape)
+        } else {
+            let model = Model::decode(file).map_err(|error| ModelStoreError::Invalid {
+                origin: origin(),
+                error,
+            })?;
+            ModelArch::Mlp(model.shape())
+        };
         let registration = Registration::new(
             name,
             ModelSource::Redis,
             file.len() as u64,
             sha256_hex(file),
-            model.shape(),
+            arch,
             policy,
         );
         self.write_model(registration, Some(file)).await
@@ -444,6 +614,61 @@ impl Store {
     }
 }
 
+/// Checks and hashes the model file at `path`: a transformer (its
+/// header's `format` says so) is read whole and decoded, an MLP streamed
+/// through [`ModelFile::scan`]. Returns its size, SHA-256 and architecture.
+fn scan_file(path: &Path) -> Result<(u64, String, ModelArch), ModelStoreError> {
+    let io = |error| ModelStoreError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    if header_format(path).map_err(io)?.as_deref() == Some(transformer_format::FORMAT) {
+        let file = std::fs::read(path).map_err(io)?;
+        let model = TransformerModel::decode(&file).map_err(|error| {
+            ModelStoreError::InvalidTransformer {
+                origin: path.display().to_string(),
+                error,
+            }
+        })?;
+        return Ok((
+            file.len() as u64,
+            sha256_hex(&file),
+            ModelArch::Transformer(model.shape),
+        ));
+    }
+    let file = ModelFile::scan(path).map_err(|error| invalid(path, error))?;
+    Ok((file.bytes, file.sha256, ModelArch::Mlp(file.shape)))
+}
+
+/// The `format` in a safetensors file's `__metadata__`, reading only its
+/// header; `None` when the file is too short, the header is not JSON or
+/// has no format (the MLP scan then names what is wrong).
+fn header_format(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut prefix = [0u8; 8];
+    if size < 8 {
+        return Ok(None);
+    }
+    file.read_exact(&mut prefix)?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > size - 8 || header_len > 100 << 20 {
+        return Ok(None);
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)?;
+    let format = serde_json::from_slice::<serde_json::Value>(&header)
+        .ok()
+        .and_then(|v| {
+            v.get("__metadata__")?
+                .get("format")?
+                .as_str()
+                .map(str::to_owned)
+        });
+    Ok(format)
+}
+
 fn invalid(path: &Path, error: ModelError) -> ModelStoreError {
     match error {
         // An unreadable file is not an invalid one.
@@ -479,15 +704,32 @@ fn parse_info(name: &str, map: &HashMap<Vec<u8>, Vec<u8>>) -> Result<ModelInfo, 
         "redis" => ModelSource::Redis,
         other => return Err(corrupt(format!("`source` is {other:?}"))),
     };
-    let sizes: Vec<usize> = field("layers")?
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|_| corrupt("`layers` is not a list of widths".into()))?;
-    let activation = field("activation")?
-        .parse()
-        .map_err(|e| corrupt(format!("{e}")))?;
-    let shape = ModelShape::new(&sizes, activation).map_err(|e| corrupt(e.to_string()))?;
+    // A record from before transformers has no `arch`: an MLP.
+    let arch = match map.get("arch".as_bytes()) {
+        None => "mlp".to_owned(),
+        Some(_) => field("arch")?,
+    };
+    let arch = match arch.as_str() {
+        "mlp" => {
+            let sizes: Vec<usize> = field("layers")?
+                .split(',')
+                .map(|s| s.trim().parse())
+                .collect::<Result<_, _>>()
+                .map_err(|_| corrupt("`layers` is not a list of widths".into()))?;
+            let activation = field("activation")?
+                .parse()
+                .map_err(|e| corrupt(format!("{e}")))?;
+            ModelArch::Mlp(ModelShape::new(&sizes, activation).map_err(|e| corrupt(e.to_string()))?)
+        }
+        "transformer" => ModelArch::Transformer(
+            parse_config_text(&field("config")?).map_err(|e| corrupt(format!("`config`: {e}")))?,
+        ),
+        other => {
+            return Err(corrupt(format!(
+                "`arch` is {other:?}, not mlp or transformer"
+            )));
+        }
+    };
     let class = field("class")?
         .parse()
         .map_err(|e| corrupt(format!("{e}")))?;
@@ -497,7 +739,7 @@ fn parse_info(name: &str, map: &HashMap<Vec<u8>, Vec<u8>>) -> Result<ModelInfo, 
         bytes: number("bytes")?,
         parameter_bytes: number("parameter_bytes")?,
         sha256: field("sha256")?,
-        shape,
+        arch,
         class,
         registered_at_ms: number("registered_at_ms")?,
         version: number("version")?,
@@ -538,9 +780,9 @@ mod tests {
             sha256: "ab".repeat(32),
             class: Class::Light,
             registered_at_ms: 1_700_000_000_000,
-            shape,
+            arch: ModelArch::Mlp(shape),
         };
-        let mut pairs: Vec<(&str, String)> = registration.pairs().to_vec();
+        let mut pairs: Vec<(&str, String)> = registration.pairs();
         pairs.push(("version", "3".into()));
         let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let info = parse_info("m", &record(&borrowed)).unwrap();
@@ -560,6 +802,104 @@ mod tests {
         assert_eq!(
             err,
             "model m: the registry record is damaged: `layers` is not a list of widths"
+        );
+    }
+
+    #[test]
+    fn records_from_before_transformers_read_as_mlps() {
+        // A 2.8 record: no arch, format, format_version or config.
+        let old = [
+            ("name", "old"),
+            ("source", "redis"),
+            ("path", ""),
+            ("bytes", "900"),
+            ("parameter_bytes", "420"),
+            ("sha256", "cd"),
+            ("layers", "4,8,2"),
+            ("activation", "tanh"),
+            ("class", "light"),
+            ("registered_at_ms", "1"),
+            ("version", "2"),
+        ];
+        let info = parse_info("old", &record(&old)).unwrap();
+        let ModelArch::Mlp(shape) = info.arch else {
+            panic!("{info:?}");
+        };
+        assert_eq!(shape.sizes_text(), "4,8,2");
+        assert_eq!(info.version, 2);
+    }
+
+    #[test]
+    fn transformer_records_read_back_and_a_bad_config_is_named() {
+        let shape = TransformerShape {
+            features: 32,
+            window: 128,
+            d_model: 64,
+            heads: 4,
+            layers: 2,
+            ff: 256,
+            outputs: 1,
+            causal: true,
+            pooling: Pooling::Last,
+            positions: Positions::Sinusoidal,
+        };
+        let registration = Registration {
+            name: "xf".into(),
+            source: ModelSource::Redis,
+            bytes: 12_345,
+            sha256: "ef".repeat(32),
+            class: Class::Heavy,
+            registered_at_ms: 5,
+            arch: ModelArch::Transformer(shape),
+        };
+        let mut pairs = registration.pairs();
+        assert!(pairs.iter().all(|(k, _)| *k != "layers"));
+        assert!(pairs.contains(&("format", "tandem-transformer".into())));
+        assert!(pairs.contains(&("format_version", "1".into())));
+        assert!(
+            pairs.contains(&(
+                "config",
+                "features=32 window=128 d_model=64 heads=4 layers=2 ff=256 outputs=1 \
+             causal=true pooling=last positions=sinusoidal"
+                    .into()
+            ))
+        );
+        pairs.push(("version", "1".into()));
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let info = parse_info("xf", &record(&borrowed)).unwrap();
+        assert_eq!(info, registration.into_info(1));
+        assert_eq!(info.parameter_bytes, shape.parameter_bytes());
+
+        for (config, expect) in [
+            ("features=32", "`window` is missing"),
+            (
+                "features=32 window=128 d_model=64 heads=5 layers=2 ff=256 outputs=1 causal=true pooling=last positions=learned",
+                "5 heads do not divide d_model 64",
+            ),
+            (
+                "features=x window=128 d_model=64 heads=4 layers=2 ff=256 outputs=1 causal=true pooling=last positions=learned",
+                "`features` is \"x\", not a whole number",
+            ),
+            (
+                "features=32 window=128 d_model=64 heads=4 layers=2 ff=256 outputs=1 causal=true pooling=last positions=learned dropout=1",
+                "`dropout` is not a transformer setting",
+            ),
+        ] {
+            let mut damaged = borrowed.clone();
+            damaged.push(("config", config));
+            let err = parse_info("xf", &record(&damaged)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("model xf: the registry record is damaged: `config`: ")
+                    && err.contains(expect),
+                "{err}"
+            );
+        }
+        let mut damaged = borrowed;
+        damaged.push(("arch", "rnn"));
+        let err = parse_info("xf", &record(&damaged)).unwrap_err().to_string();
+        assert!(
+            err.contains("`arch` is \"rnn\", not mlp or transformer"),
+            "{err}"
         );
     }
 }

@@ -1,11 +1,15 @@
 //! The model kinds on a worker: `infer`, `predict_batch` and `train` run a
-//! registered model from the worker's cache (`crate::model_cache`): on the GPU
-//! through cuBLAS when the model is resident there, else the CPU twin.
+//! registered model from the worker's cache (`crate::model_cache`): an MLP
+//! on the GPU through cuBLAS when the model is resident there, else its CPU
+//! twin; a transformer on its CPU twin on every worker (its GPU path is not
+//! wired in: see `ResidentTransformer`), its batch cut into passes that fit
+//! the device's free memory where a ledger keeps it.
 
 use std::sync::Arc;
 
 use tandem_kernels::mlp::{self, Mlp, TrainConfig};
 use tandem_kernels::mlp_gpu::GpuMlp;
+use tandem_kernels::transformer::{self as xf, Transformer};
 use tandem_shared::ErrorCode;
 use tandem_shared::kind::model_kinds::{
     Infer, InferOutput, InferParams, Optimizer, PredictBatch, PredictBatchOutput,
@@ -17,7 +21,9 @@ use crate::context::{TaskContext, blocking};
 use crate::error::TaskError;
 use crate::handler::Handler;
 use crate::kind_table::KindTable;
-use crate::model_cache::{Loaded, from_mlp};
+use crate::model_cache::{
+    Loaded, ResidentTransformer, Weights, from_mlp, from_transformer, windows_per_pass,
+};
 
 pub(crate) fn register(kinds: &mut KindTable) {
     use crate::device::gpu_paths::MODEL_PATHS;
@@ -46,8 +52,9 @@ fn check_width(what: &str, values: &[f32], rows: u64, width: usize) -> Result<()
     Ok(())
 }
 
-/// Runs `rows` rows through the loaded model, on its GPU copy when there
-/// is one.
+/// Runs `rows` rows through the loaded model: an MLP on its GPU copy when
+/// there is one, a transformer on its CPU twin in passes of
+/// [`windows_per_pass`] windows.
 async fn forward(
     loaded: Arc<Loaded>,
     ctx: &TaskContext,
@@ -55,11 +62,36 @@ async fn forward(
     rows: usize,
 ) -> Result<Vec<f32>, TaskError> {
     let gpu = ctx.gpu.clone();
-    blocking(ctx, move |_| match (&loaded.gpu, gpu) {
-        (Some(resident), Some(gpu)) => resident
-            .forward(&gpu, &inputs, rows)
-            .map_err(TaskError::from),
-        _ => mlp::forward_cpu(&loaded.mlp, &inputs, rows).map_err(|e| bad(e.to_string())),
+    let room = ctx.model_cache()?.activation_room();
+    blocking(ctx, move |stop| match &loaded.weights {
+        Weights::Mlp { mlp, gpu: resident } => match (resident, gpu) {
+            (Some(resident), Some(gpu)) => resident
+                .forward(&gpu, &inputs, rows)
+                .map_err(TaskError::from),
+            _ => mlp::forward_cpu(mlp, &inputs, rows).map_err(|e| bad(e.to_string())),
+        },
+        // The GPU arm goes here: `ResidentTransformer::Gpu { device, .. }`
+        // with `ctx.gpu` runs `device.forward(&gpu, chunk, n)` per pass,
+        // its passes sized by `GpuTransformer::forward_bytes`.
+        Weights::Transformer(ResidentTransformer::Cpu(model)) => {
+            let per_window = model.config.activation_bytes_per_window();
+            let pass = windows_per_pass(room, per_window, rows);
+            if pass < rows {
+                tracing::debug!(
+                    model = %loaded.name,
+                    rows,
+                    pass,
+                    "transformer batch cut to fit the device's free memory"
+                );
+            }
+            let mut outputs = Vec::with_capacity(rows * model.config.outputs);
+            for chunk in inputs.chunks(pass * model.config.window_floats()) {
+                stop.check()?;
+                let n = chunk.len() / model.config.window_floats().max(1);
+                outputs.extend(xf::forward_cpu(model, chunk, n).map_err(|e| bad(e.to_string()))?);
+            }
+            Ok(outputs)
+        }
     })
     .await
 }
@@ -71,8 +103,8 @@ impl Handler for InferKind {
 
     async fn run(&self, p: InferParams, ctx: TaskContext) -> Result<InferOutput, TaskError> {
         let (loaded, cache_hit) = ctx.model_cache()?.get(&p.model, ctx.priority).await?;
-        check_width("inputs", &p.inputs, p.batch, loaded.mlp.inputs())?;
-        let width = loaded.mlp.outputs() as u64;
+        check_width("inputs", &p.inputs, p.batch, loaded.weights.input_width())?;
+        let width = loaded.weights.output_width() as u64;
         let version = loaded.version;
         let outputs = forward(loaded, &ctx, p.inputs, p.batch as usize).await?;
         Ok(InferOutput {
@@ -102,8 +134,13 @@ impl Handler for PredictBatchKind {
             .iter()
             .flat_map(|s| s.features.iter().copied())
             .collect();
-        check_width("features", &inputs, rows as u64, loaded.mlp.inputs())?;
-        let width = loaded.mlp.outputs();
+        check_width(
+            "features",
+            &inputs,
+            rows as u64,
+            loaded.weights.input_width(),
+        )?;
+        let width = loaded.weights.output_width();
         let version = loaded.version;
         let outputs = forward(loaded, &ctx, inputs, rows).await?;
         let predictions = p
@@ -130,8 +167,8 @@ impl Handler for TrainKind {
 
     async fn run(&self, p: TrainParams, ctx: TaskContext) -> Result<TrainOutput, TaskError> {
         let (loaded, _) = ctx.model_cache()?.get(&p.model, ctx.priority).await?;
-        check_width("x", &p.x, p.samples, loaded.mlp.inputs())?;
-        check_width("y", &p.y, p.samples, loaded.mlp.outputs())?;
+        check_width("x", &p.x, p.samples, loaded.weights.input_width())?;
+        check_width("y", &p.y, p.samples, loaded.weights.output_width())?;
         let config = TrainConfig {
             epochs: p.epochs as usize,
             batch_size: p.batch_size as usize,
@@ -152,12 +189,21 @@ impl Handler for TrainKind {
             seed: p.seed,
         };
         let version = loaded.version;
-        let start: Mlp = (*loaded.mlp).clone();
-        // Training changes the weights: it works on its own copy, on the
-        // GPU when the model is resident there.
-        let on_gpu = loaded.gpu.is_some().then(|| ctx.gpu.clone()).flatten();
+        // Training changes the weights: it works on its own copy, an MLP on
+        // the GPU when the model is resident there.
+        let start = match &loaded.weights {
+            Weights::Mlp { mlp, gpu } => Start::Mlp {
+                mlp: (**mlp).clone(),
+                on_gpu: gpu.is_some().then(|| ctx.gpu.clone()).flatten(),
+            },
+            // The GPU arm goes here: a `ResidentTransformer::Gpu` trains
+            // through `GpuTransformer` (upload a copy, train, download).
+            Weights::Transformer(ResidentTransformer::Cpu(model)) => {
+                Start::Transformer((**model).clone())
+            }
+        };
         let samples = p.samples as usize;
-        let (trained, report) = blocking(&ctx, move |stop| {
+        let (file, report) = blocking(&ctx, move |stop| {
             let stopped = || stop.is_set();
             // Progress by epoch, with its loss.
             let epochs = config.epochs;
@@ -171,17 +217,28 @@ impl Handler for TrainKind {
                 stop: &stopped,
                 epoch_done: &epoch_done,
             };
-            let trained = match on_gpu {
-                Some(gpu) => {
+            let trained = match start {
+                Start::Mlp {
+                    mlp: start,
+                    on_gpu: Some(gpu),
+                } => {
                     let mut copy = GpuMlp::upload(&gpu, &start).map_err(TaskError::from)?;
                     copy.train_until(&gpu, &p.x, &p.y, samples, &config, watch)
                         .map_err(TaskError::from)
-                        .and_then(|report| Ok((copy.download().map_err(TaskError::from)?, report)))
+                        .and_then(|report| {
+                            let trained = copy.download().map_err(TaskError::from)?;
+                            Ok((from_mlp(trained).encode(), report))
+                        })
                 }
-                None => {
-                    let mut copy = start;
-                    mlp::train_cpu_until(&mut copy, &p.x, &p.y, samples, &config, watch)
-                        .map(|report| (copy, report))
+                Start::Mlp {
+                    mlp: mut copy,
+                    on_gpu: None,
+                } => mlp::train_cpu_until(&mut copy, &p.x, &p.y, samples, &config, watch)
+                    .map(|report| (from_mlp(copy).encode(), report))
+                    .map_err(|e| bad(e.to_string())),
+                Start::Transformer(mut copy) => {
+                    xf::train_cpu_until(&mut copy, &p.x, &p.y, samples, &config, watch)
+                        .map(|report| (from_transformer(copy).encode(), report))
                         .map_err(|e| bad(e.to_string()))
                 }
             };
@@ -191,7 +248,6 @@ impl Handler for TrainKind {
             trained
         })
         .await?;
-        let file = from_mlp(trained).encode();
         let sha256 = sha256_hex(&file);
         let path = match p.out {
             Some(name) => Some(write_out(ctx.model_cache()?.model_dir(), &name, &file).await?),
@@ -206,6 +262,16 @@ impl Handler for TrainKind {
             sha256,
         })
     }
+}
+
+/// What training starts from: its own copy of the weights.
+enum Start {
+    Mlp {
+        mlp: Mlp,
+        /// The GPU to train on, when the model is resident there.
+        on_gpu: Option<Arc<tandem_kernels::runtime::Gpu>>,
+    },
+    Transformer(Transformer),
 }
 
 /// Writes a trained model to `model_dir/<name>` (the fleet's shared
