@@ -447,3 +447,74 @@ async fn split_tasks_across_the_gpu_and_a_cpu_worker_keep_the_parity_statement()
         }
     }
 }
+
+/// The transformer through a worker on the real GPU (its forward pass in
+/// cuBLAS and `cuda/transformer.cu`, the `transformer` path loaded: no
+/// silent CPU fallback) against the CPU twin run here on the same weights
+/// and windows, causal and not, within 1e-4 of the outputs' scale.
+#[tokio::test]
+async fn the_transformer_on_the_gpu_agrees_with_its_cpu_twin() {
+    use tandem_kernels::transformer as xf;
+    use tandem_shared::kind::model_kinds::{
+        PredictBatch, PredictBatchOutput, PredictBatchParams, SymbolWindow,
+    };
+
+    use crate::transformer::{market, shape, twin, upload_transformer};
+
+    let gpu = RedisServer::start();
+    let uuid = detect()["gpus"][0]["uuid"].as_str().unwrap().to_owned();
+    let _gpu_worker = WorkerProcess::spawn(&gpu, &[("TANDEM_DEVICE", uuid.as_str())]);
+    let store = Store::connect(&gpu.config()).await.unwrap();
+    wait_until(WAIT, "the GPU worker is healthy", || async {
+        store
+            .workers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.health == Health::Healthy && w.device == uuid)
+    })
+    .await;
+    assert_every_gpu_path_loaded(&store, &uuid).await;
+    let producer = gpu.producer().await;
+    let (symbols, window, features) = (256, 64, 16);
+    for (name, causal) in [("gpu-xf", false), ("gpu-xf-causal", true)] {
+        let model = upload_transformer(&store, name, shape(features, window, 32, causal), 1).await;
+        let inputs = market(symbols, window, features);
+        let params = PredictBatchParams {
+            model: name.into(),
+            symbols: inputs
+                .chunks(window * features)
+                .enumerate()
+                .map(|(i, w)| SymbolWindow {
+                    symbol: format!("S{i}"),
+                    features: w.to_vec(),
+                })
+                .collect(),
+        };
+        let id = producer
+            .submit(Task::of::<PredictBatch>(&params).unwrap())
+            .await
+            .unwrap();
+        let outcome = producer.wait(id, WAIT).await.unwrap();
+        assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
+        assert_eq!(outcome.record.device.as_deref(), Some(uuid.as_str()));
+        let out: PredictBatchOutput = outcome.result().unwrap();
+        let got: Vec<f32> = out
+            .predictions
+            .iter()
+            .flat_map(|p| p.values.clone())
+            .collect();
+        let want = xf::forward_cpu(&twin(&model), &inputs, symbols).unwrap();
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst / scale <= 1e-4,
+            "{name}: max |gpu - twin| / max |twin| = {:e}",
+            worst / scale
+        );
+    }
+}

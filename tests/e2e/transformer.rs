@@ -145,7 +145,12 @@ fn model_new_writes_a_seeded_transformer() {
     }
 }
 
-fn shape(features: usize, window: usize, d_model: usize, causal: bool) -> TransformerShape {
+pub(crate) fn shape(
+    features: usize,
+    window: usize,
+    d_model: usize,
+    causal: bool,
+) -> TransformerShape {
     TransformerShape {
         features,
         window,
@@ -160,7 +165,7 @@ fn shape(features: usize, window: usize, d_model: usize, causal: bool) -> Transf
     }
 }
 
-async fn upload_transformer(
+pub(crate) async fn upload_transformer(
     store: &Store,
     name: &str,
     shape: TransformerShape,
@@ -180,7 +185,7 @@ async fn upload_transformer(
 }
 
 /// The kernels' twin of a file's model (the worker converts the same way).
-fn twin(model: &TransformerModel) -> xf::Transformer {
+pub(crate) fn twin(model: &TransformerModel) -> xf::Transformer {
     let s = model.shape;
     xf::Transformer {
         config: xf::Config {
@@ -200,7 +205,7 @@ fn twin(model: &TransformerModel) -> xf::Transformer {
 }
 
 /// A slow wave per symbol plus noise-like wiggles, `window x features`.
-fn market(symbols: usize, window: usize, features: usize) -> Vec<f32> {
+pub(crate) fn market(symbols: usize, window: usize, features: usize) -> Vec<f32> {
     (0..symbols * window * features)
         .map(|i| {
             let (s, rest) = (i / (window * features), i % (window * features));

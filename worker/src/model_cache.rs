@@ -3,10 +3,10 @@
 //! resident between tasks: an MLP on a real GPU as a [`GpuMlp`] in device
 //! memory, on a simulated GPU as host memory booked in the device's memory
 //! ledger as if it were on the device, on a CPU worker in host memory. A
-//! transformer runs its CPU twin on every worker for now
-//! ([`ResidentTransformer`]: the GPU path is not wired in yet); a simulated
-//! GPU books it in the ledger like an MLP, a real GPU books nothing for it
-//! (it is in host memory). A model whose registry version
+//! transformer likewise: on a real GPU as a [`GpuTransformer`] (its forward
+//! pass; `train` runs the CPU twin, the GPU backward is not built), booked
+//! in the ledger, on a simulated GPU booked as if it were there, elsewhere
+//! in host memory ([`ResidentTransformer`]). A model whose registry version
 //! changed is loaded again. Room on a device is made by the ledger's
 //! eviction rule (only `high` and `critical` tasks evict, lower priorities
 //! first, least recently used first); a model that cannot be made to fit
@@ -19,13 +19,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tandem_kernels::mlp::{Activation as MlpActivation, Layer as MlpLayer, Mlp};
 use tandem_kernels::mlp_gpu::{GpuMlp, GpuMlpError};
 use tandem_kernels::transformer::{self as xf, Transformer};
+use tandem_kernels::transformer_gpu::{GpuTransformer, GpuTransformerError};
 use tandem_shared::model_format::transformer::{self as xf_format, TransformerModel};
 use tandem_shared::model_format::{Activation, Layer, Model};
 use tandem_shared::store::Store;
 use tandem_shared::{ErrorCode, Priority};
 
 use crate::device::Device;
-use crate::device::gpu_paths::MODEL_PATHS;
+use crate::device::gpu_paths::{MODEL_PATHS, TRANSFORMER_PATHS};
 use crate::error::TaskError;
 use crate::running::Running;
 
@@ -57,28 +58,27 @@ pub enum Weights {
     Transformer(ResidentTransformer),
 }
 
-/// Where a transformer is resident: the seam for its GPU path.
-///
-/// Only the CPU twin is wired in: every worker, GPU workers included, runs
-/// transformers on its CPU (`tandem_kernels::transformer::forward_cpu`,
-/// `train_cpu_until`). The GPU path
-/// (`tandem_kernels::transformer_gpu::GpuTransformer`: `upload(gpu,
-/// &Transformer)`, `forward(gpu, inputs, windows)`, `device_bytes`,
-/// `forward_bytes(config, batch)`, training, `download`) lands in a
-/// variant `Gpu { host: Arc<Transformer>, device: Arc<GpuTransformer> }`
-/// made in [`ModelCache::place`] and matched in the model kinds' dispatch
-/// (`crate::kinds::model_kinds`).
+/// Where a transformer is resident.
 #[derive(Debug)]
 pub enum ResidentTransformer {
-    /// In host memory; the CPU twin runs it.
+    /// In host memory; the CPU twin runs it (CPU workers, simulated GPUs,
+    /// and a real GPU whose transformer kernels or cuBLAS are off, or whose
+    /// upload failed without harm to the device).
     Cpu(Arc<Transformer>),
+    /// On the worker's real GPU: its forward pass runs there (cuBLAS and
+    /// `cuda/transformer.cu`); the host copy serves `train`, which runs the
+    /// CPU twin (the GPU backward is not built).
+    Gpu {
+        host: Arc<Transformer>,
+        device: Arc<GpuTransformer>,
+    },
 }
 
 impl ResidentTransformer {
     /// The weights in host memory.
     pub fn host(&self) -> &Arc<Transformer> {
         match self {
-            ResidentTransformer::Cpu(model) => model,
+            ResidentTransformer::Cpu(model) | ResidentTransformer::Gpu { host: model, .. } => model,
         }
     }
 }
@@ -236,7 +236,7 @@ impl ModelCache {
         let mlp = match decoded {
             Decoded::Mlp(mlp) => mlp,
             Decoded::Transformer(model) => {
-                return self.place_transformer(name, version, model, priority);
+                return self.place_transformer(name, version, model, priority).await;
             }
         };
         let mut gpu = None;
@@ -292,17 +292,67 @@ impl ModelCache {
         Ok(self.keep(name, version, Weights::Mlp { mlp, gpu }))
     }
 
-    /// Makes a transformer resident. Its GPU path is not wired in: it runs
-    /// the CPU twin everywhere. A simulated GPU books it in the ledger as
-    /// it books an MLP (evicting what the rule allows); a real GPU books
-    /// nothing, as nothing of it is on the device.
-    fn place_transformer(
+    /// Makes a transformer resident. A real GPU with the transformer
+    /// kernels and cuBLAS books its parameters (and position table) in the
+    /// ledger, evicting what the rule allows, and uploads it; its forward
+    /// passes' activations are booked per batch by the model kinds
+    /// ([`ModelCache::activation_room`]). A simulated GPU books it as it
+    /// books an MLP. A real GPU without those paths, or whose upload failed
+    /// without harm to the device, runs the CPU twin and books nothing.
+    async fn place_transformer(
         &self,
         name: &str,
         version: u64,
         model: Arc<Transformer>,
         priority: Priority,
     ) -> Result<Arc<Loaded>, TaskError> {
+        if let Some(runtime) = self.device.runtime()
+            && self.device.has_gpu_paths(TRANSFORMER_PATHS)
+        {
+            let bytes = GpuTransformer::forward_bytes(&model.config, 0);
+            let evicted = self
+                .device
+                .ledger
+                .make_room(bytes, priority, self.running.reserved())
+                .map_err(|no_room| {
+                    TaskError::out_of_memory(format!("model {name:?} ({bytes} bytes): {no_room}"))
+                })?;
+            for victim in &evicted {
+                tracing::info!(model = %victim, evicted_for = %name, %priority, "model evicted");
+                self.resident().remove(victim);
+            }
+            if let Some(message) = self.device.before_upload() {
+                return Err(TaskError::device_failed(format!(
+                    "uploading model {name:?}: {message}"
+                )));
+            }
+            let upload = Arc::clone(&model);
+            let uploaded =
+                tokio::task::spawn_blocking(move || GpuTransformer::upload(&runtime, &upload))
+                    .await
+                    .map_err(|e| TaskError::new(ErrorCode::HANDLER_PANIC, e.to_string()))?;
+            match uploaded {
+                Ok(device) => {
+                    self.device.ledger.admit(name, bytes, priority);
+                    let resident = ResidentTransformer::Gpu {
+                        host: model,
+                        device: Arc::new(device),
+                    };
+                    return Ok(self.keep(name, version, Weights::Transformer(resident)));
+                }
+                Err(err) => match transformer_upload_failure(name, err) {
+                    UploadFailure::Fail(err) => return Err(err),
+                    UploadFailure::RunOnCpu(why) => {
+                        tracing::warn!(model = %name, "transformer runs on the CPU: {why}");
+                    }
+                },
+            }
+            return Ok(self.keep(
+                name,
+                version,
+                Weights::Transformer(ResidentTransformer::Cpu(model)),
+            ));
+        }
         if self.device.is_gpu() && self.device.runtime().is_none() {
             let bytes = model
                 .config
@@ -396,6 +446,14 @@ fn upload_failure(name: &str, err: GpuMlpError) -> UploadFailure {
             ))),
             Fault::Other => UploadFailure::RunOnCpu(err.message),
         },
+        other => UploadFailure::RunOnCpu(other.to_string()),
+    }
+}
+
+/// [`upload_failure`] for a transformer's upload: the same rule.
+fn transformer_upload_failure(name: &str, err: GpuTransformerError) -> UploadFailure {
+    match err {
+        GpuTransformerError::Device(err) => upload_failure(name, GpuMlpError::Device(err)),
         other => UploadFailure::RunOnCpu(other.to_string()),
     }
 }

@@ -134,9 +134,8 @@ const TRANSFORMER_SYMBOLS: usize = 128;
 /// (32 features x 128 steps per window) is uploaded to the registry, and
 /// one `predict_batch` over [`TRANSFORMER_SYMBOLS`] symbols' windows (2
 /// MiB: a blob reference) goes as `heavy`, `high` priority, to the heavy
-/// GPU; prints where it ran and what ran it. The transformer's GPU path is
-/// not wired into the worker yet: every worker, the heavy GPU's included,
-/// runs its CPU twin, and the output says so.
+/// GPU; prints where it ran and what ran it: a simulated GPU runs the CPU
+/// twin, and the output says so.
 async fn transformer_predictions(
     config: &Config,
     store: &Store,
@@ -202,10 +201,17 @@ async fn transformer_predictions(
         out.predictions.len(),
         started.elapsed(),
     );
-    println!(
-        "  ran on the CPU twin (CPU fallback): the transformer's GPU path is not wired into \
-         the worker yet, so every worker, the heavy GPU's included, runs it on its CPU\n"
-    );
+    if device.starts_with("SIM-") {
+        println!(
+            "  ran on the CPU twin (CPU fallback): {device} is a simulated GPU; on a real one \
+             the forward pass runs in cuBLAS and cuda/transformer.cu\n"
+        );
+    } else {
+        println!(
+            "  ran on {device}: its forward pass on the GPU when the transformer kernels and \
+             cuBLAS loaded there, else its CPU twin (the worker logs which)\n"
+        );
+    }
     Ok(())
 }
 

@@ -21,6 +21,10 @@ pub const CUBLAS: &str = "cublas";
 /// MLP kernels and cuBLAS.
 pub const MODEL_PATHS: &[&str] = &["mlp", CUBLAS];
 
+/// The paths a transformer's GPU copy needs: its kernels and cuBLAS.
+/// Without them a transformer runs its CPU twin on a GPU worker too.
+pub const TRANSFORMER_PATHS: &[&str] = &["transformer", CUBLAS];
+
 /// A GPU worker's paths, in `SOURCES` order then `cublas`, each `None`
 /// when loaded or `Some(why)` when off. Set once, when the first probe
 /// passes.

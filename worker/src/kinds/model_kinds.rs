@@ -1,15 +1,17 @@
 //! The model kinds on a worker: `infer`, `predict_batch` and `train` run a
 //! registered model from the worker's cache (`crate::model_cache`): an MLP
 //! on the GPU through cuBLAS when the model is resident there, else its CPU
-//! twin; a transformer on its CPU twin on every worker (its GPU path is not
-//! wired in: see `ResidentTransformer`), its batch cut into passes that fit
-//! the device's free memory where a ledger keeps it.
+//! twin; a transformer's forward pass on the GPU (cuBLAS and
+//! `cuda/transformer.cu`) when it is resident there, else its CPU twin, its
+//! batch cut into passes that fit the device's free memory where a ledger
+//! keeps it. `train` runs a transformer's CPU twin (no GPU backward yet).
 
 use std::sync::Arc;
 
 use tandem_kernels::mlp::{self, Mlp, TrainConfig};
 use tandem_kernels::mlp_gpu::GpuMlp;
 use tandem_kernels::transformer::{self as xf, Transformer};
+use tandem_kernels::transformer_gpu::GpuTransformer;
 use tandem_shared::ErrorCode;
 use tandem_shared::kind::model_kinds::{
     Infer, InferOutput, InferParams, Optimizer, PredictBatch, PredictBatchOutput,
@@ -70,30 +72,70 @@ async fn forward(
                 .map_err(TaskError::from),
             _ => mlp::forward_cpu(mlp, &inputs, rows).map_err(|e| bad(e.to_string())),
         },
-        // The GPU arm goes here: `ResidentTransformer::Gpu { device, .. }`
-        // with `ctx.gpu` runs `device.forward(&gpu, chunk, n)` per pass,
-        // its passes sized by `GpuTransformer::forward_bytes`.
-        Weights::Transformer(ResidentTransformer::Cpu(model)) => {
-            let per_window = model.config.activation_bytes_per_window();
+        // On the GPU: each pass's workspace is what
+        // `GpuTransformer::forward_bytes` adds per window over the
+        // parameters the cache booked.
+        Weights::Transformer(ResidentTransformer::Gpu { device, .. }) if gpu.is_some() => {
+            let config = *device.config();
+            let per_window = GpuTransformer::forward_bytes(&config, 1)
+                - GpuTransformer::forward_bytes(&config, 0);
             let pass = windows_per_pass(room, per_window, rows);
-            if pass < rows {
-                tracing::debug!(
-                    model = %loaded.name,
-                    rows,
-                    pass,
-                    "transformer batch cut to fit the device's free memory"
-                );
-            }
-            let mut outputs = Vec::with_capacity(rows * model.config.outputs);
-            for chunk in inputs.chunks(pass * model.config.window_floats()) {
-                stop.check()?;
-                let n = chunk.len() / model.config.window_floats().max(1);
-                outputs.extend(xf::forward_cpu(model, chunk, n).map_err(|e| bad(e.to_string()))?);
-            }
-            Ok(outputs)
+            in_passes(
+                &loaded.name,
+                &config,
+                &inputs,
+                rows,
+                pass,
+                stop,
+                |chunk, n| match &gpu {
+                    Some(gpu) => device.forward(gpu, chunk, n).map_err(TaskError::from),
+                    None => Err(bad("no GPU for a GPU-resident transformer".into())),
+                },
+            )
+        }
+        Weights::Transformer(resident) => {
+            let model = resident.host();
+            let pass = windows_per_pass(room, model.config.activation_bytes_per_window(), rows);
+            in_passes(
+                &loaded.name,
+                &model.config,
+                &inputs,
+                rows,
+                pass,
+                stop,
+                |chunk, n| xf::forward_cpu(model, chunk, n).map_err(|e| bad(e.to_string())),
+            )
         }
     })
     .await
+}
+
+/// Runs `rows` windows through `run` in passes of `pass` windows (a batch
+/// that does not fit is cut, never failed), asking `stop` before each.
+fn in_passes(
+    name: &str,
+    config: &xf::Config,
+    inputs: &[f32],
+    rows: usize,
+    pass: usize,
+    stop: &crate::context::Stop,
+    mut run: impl FnMut(&[f32], usize) -> Result<Vec<f32>, TaskError>,
+) -> Result<Vec<f32>, TaskError> {
+    if pass < rows {
+        tracing::debug!(
+            model = %name,
+            rows,
+            pass,
+            "transformer batch cut to fit the device's free memory"
+        );
+    }
+    let per = config.window_floats().max(1);
+    let mut outputs = Vec::with_capacity(rows * config.outputs);
+    for chunk in inputs.chunks(pass.max(1) * per) {
+        stop.check()?;
+        outputs.extend(run(chunk, chunk.len() / per)?);
+    }
+    Ok(outputs)
 }
 
 struct InferKind;
@@ -196,11 +238,9 @@ impl Handler for TrainKind {
                 mlp: (**mlp).clone(),
                 on_gpu: gpu.is_some().then(|| ctx.gpu.clone()).flatten(),
             },
-            // The GPU arm goes here: a `ResidentTransformer::Gpu` trains
-            // through `GpuTransformer` (upload a copy, train, download).
-            Weights::Transformer(ResidentTransformer::Cpu(model)) => {
-                Start::Transformer((**model).clone())
-            }
+            // A transformer trains on its CPU twin, GPU-resident or not:
+            // the GPU backward is not built.
+            Weights::Transformer(resident) => Start::Transformer((**resident.host()).clone()),
         };
         let samples = p.samples as usize;
         let (file, report) = blocking(&ctx, move |stop| {
