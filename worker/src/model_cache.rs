@@ -214,6 +214,24 @@ impl ModelCache {
         self.device.free_memory(self.running.reserved())
     }
 
+    /// Makes room for `bytes` of model `name` in the device's ledger,
+    /// evicting what the rule allows (and forgetting the evicted models);
+    /// out of device memory when it cannot.
+    fn make_room(&self, name: &str, bytes: u64, priority: Priority) -> Result<(), TaskError> {
+        let evicted = self
+            .device
+            .ledger
+            .make_room(bytes, priority, self.running.reserved())
+            .map_err(|no_room| {
+                TaskError::out_of_memory(format!("model {name:?} ({bytes} bytes): {no_room}"))
+            })?;
+        for victim in &evicted {
+            tracing::info!(model = %victim, evicted_for = %name, %priority, "model evicted");
+            self.resident().remove(victim);
+        }
+        Ok(())
+    }
+
     /// Counts a use (the ledger's hit or miss counter on a GPU worker).
     fn used(&self, name: &str, priority: Priority) {
         if self.device.is_gpu() {
@@ -244,17 +262,7 @@ impl ModelCache {
             let bytes = mlp
                 .parameter_bytes()
                 .saturating_mul(self.device.model_scale());
-            let evicted = self
-                .device
-                .ledger
-                .make_room(bytes, priority, self.running.reserved())
-                .map_err(|no_room| {
-                    TaskError::out_of_memory(format!("model {name:?} ({bytes} bytes): {no_room}"))
-                })?;
-            for victim in &evicted {
-                tracing::info!(model = %victim, evicted_for = %name, %priority, "model evicted");
-                self.resident().remove(victim);
-            }
+            self.make_room(name, bytes, priority)?;
             if let Some(message) = self.device.before_upload() {
                 let sticky = GpuMlpError::Device(tandem_kernels::driver::DeviceError {
                     fault: tandem_kernels::driver::Fault::Sticky,
@@ -310,17 +318,7 @@ impl ModelCache {
             && self.device.has_gpu_paths(TRANSFORMER_PATHS)
         {
             let bytes = GpuTransformer::forward_bytes(&model.config, 0);
-            let evicted = self
-                .device
-                .ledger
-                .make_room(bytes, priority, self.running.reserved())
-                .map_err(|no_room| {
-                    TaskError::out_of_memory(format!("model {name:?} ({bytes} bytes): {no_room}"))
-                })?;
-            for victim in &evicted {
-                tracing::info!(model = %victim, evicted_for = %name, %priority, "model evicted");
-                self.resident().remove(victim);
-            }
+            self.make_room(name, bytes, priority)?;
             if let Some(message) = self.device.before_upload() {
                 return Err(TaskError::device_failed(format!(
                     "uploading model {name:?}: {message}"
@@ -358,17 +356,7 @@ impl ModelCache {
                 .config
                 .parameter_bytes()
                 .saturating_mul(self.device.model_scale());
-            let evicted = self
-                .device
-                .ledger
-                .make_room(bytes, priority, self.running.reserved())
-                .map_err(|no_room| {
-                    TaskError::out_of_memory(format!("model {name:?} ({bytes} bytes): {no_room}"))
-                })?;
-            for victim in &evicted {
-                tracing::info!(model = %victim, evicted_for = %name, %priority, "model evicted");
-                self.resident().remove(victim);
-            }
+            self.make_room(name, bytes, priority)?;
             self.device.ledger.admit(name, bytes, priority);
         } else if !self.device.is_gpu() {
             self.trim_cpu();

@@ -98,19 +98,33 @@ pub(super) async fn purge(
     }
 }
 
+/// The write's token checked, then `id` parsed as the id of a `what`
+/// (a task or a workflow): the refusal or the 400 as the response.
+fn guarded_id(
+    app: &Shared,
+    headers: &HeaderMap,
+    id: &str,
+    what: &str,
+) -> Result<TaskId, Box<Response>> {
+    if let Some(refusal) = refused(app, headers) {
+        return Err(Box::new(refusal));
+    }
+    id.parse::<TaskId>().map_err(|_| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("{what} id {id:?} is not a {what} id"),
+        ))
+    })
+}
+
 pub(super) async fn cancel(
     State(app): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(refusal) = refused(&app, &headers) {
-        return refusal;
-    }
-    let Ok(id) = id.parse::<TaskId>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("task id {id:?} is not a task id"),
-        );
+    let id = match guarded_id(&app, &headers, &id, "task") {
+        Ok(id) => id,
+        Err(refusal) => return *refusal,
     };
     match app.store.cancel(&id).await {
         Ok(outcome) => {
@@ -135,14 +149,9 @@ pub(super) async fn cancel_workflow(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(refusal) = refused(&app, &headers) {
-        return refusal;
-    }
-    let Ok(id) = id.parse::<TaskId>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("workflow id {id:?} is not a workflow id"),
-        );
+    let id = match guarded_id(&app, &headers, &id, "workflow") {
+        Ok(id) => id,
+        Err(refusal) => return *refusal,
     };
     match app.store.cancel_workflow(&id).await {
         Ok(WorkflowCancel::NotFound) => error(StatusCode::NOT_FOUND, format!("no workflow {id}")),
