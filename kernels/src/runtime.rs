@@ -836,9 +836,9 @@ mod tests {
                 );
                 assert!(options.contains(&target.option()), "{options:?}");
             }
-            // The MLP and the portfolio search are compared within a
-            // tolerance and keep their FMAs.
-            for module in ["mlp", "portfolio_opt"] {
+            // The MLP, the transformer and the portfolio search are
+            // compared within a tolerance and keep their FMAs.
+            for module in ["mlp", "transformer", "portfolio_opt"] {
                 let options = options(module, target);
                 assert!(
                     !options.iter().any(|o| o.starts_with("--fmad")),
@@ -851,7 +851,7 @@ mod tests {
                 continue;
             }
             assert!(
-                ["mlp", "portfolio_opt", "selftest"].contains(&source.module),
+                ["mlp", "transformer", "portfolio_opt", "selftest"].contains(&source.module),
                 "{}: is it claimed to equal the CPU bit for bit? Add it to BIT_PARITY_MODULES or here",
                 source.module
             );
