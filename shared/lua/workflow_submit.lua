@@ -20,7 +20,23 @@
 --   name, task id, record key, stream key, number of parents,
 --   children's record keys (space-separated), params, number of metadata
 --   pairs M, then M name/value pairs (as submit.lua's, copied into the
---   entry and the record)
+--   entry and the record); three names are not copied but read:
+--   `deadline_in_ms` (the node's deadline, ms), `delay_ms` and `run_at_ms`
+--   (when it may start)
+--
+-- A node's schedule, as a plain task's in submit.lua, with its parents
+-- first. A node without parents is a plain task: `delay_ms` from now or
+-- `run_at_ms` parks it in the class's delayed set (status `delayed`,
+-- `delay_reason` `scheduled`) until due, and its deadline counts from that
+-- time. A node with parents starts no earlier than `delay_ms` after its
+-- last parent's commit released it, and no earlier than `run_at_ms`: its
+-- record keeps `wf_delay_ms` and `run_at_ms` until the release
+-- (workflow_settle in common.lua) parks it until then. Its deadline is
+-- fixed here, counted from now (from `run_at_ms` when that is later): a
+-- deadline that passes while its parents run expires it when released, as
+-- a plain task past its deadline, and the workflow's `on_failure` applies
+-- as for a failure. `deadline_ms` goes in the entry and the record; none of
+-- the three names does.
 --
 -- Returns {workflow id, 1} when created, {workflow id, 0} when it existed;
 -- an error, with nothing written, when a key holds another type or a
@@ -35,8 +51,20 @@ for i = 1, n do
     parents = tonumber(ARGV[at + 4]) or 0, children = ARGV[at + 5], params = ARGV[at + 6]}
   local m = tonumber(ARGV[at + 7]) or 0
   node.pairs = {}
-  for j = 1, 2 * m do
-    node.pairs[j] = ARGV[at + 7 + j]
+  for j = 1, 2 * m, 2 do
+    local name, value = ARGV[at + 7 + j], ARGV[at + 8 + j]
+    if name == 'deadline_in_ms' or name == 'delay_ms' or name == 'run_at_ms' then
+      local ms = tonumber(value)
+      if not ms or ms ~= math.floor(ms) or ms < 0 then
+        return redis.error_reply('ERR node ' .. tostring(node.name) .. ': ' .. name
+          .. ' must be a whole number of ms, 0 or more; got ' .. string.format('%q', tostring(value))
+          .. '; the workflow was not submitted')
+      end
+      node[name] = ms
+    else
+      node.pairs[#node.pairs + 1] = name
+      node.pairs[#node.pairs + 1] = value
+    end
   end
   at = at + 8 + 2 * m
   nodes[i] = node
@@ -50,7 +78,13 @@ local recent = wf_base .. 'workflows'
 local checks = {wf_key, 'hash', recent, 'zset'}
 for _, node in ipairs(nodes) do
   local base = string.match(node.record, '^(.*:)task:[^:]+$') or ''
-  for _, pair in ipairs({{node.record, 'hash'}, {node.stream, 'stream'}, {base .. 'wait:' .. node.id, 'hash'}}) do
+  local writes = {{node.record, 'hash'}, {node.stream, 'stream'}, {base .. 'wait:' .. node.id, 'hash'}}
+  if node.parents == 0 and (node.delay_ms or node.run_at_ms) then
+    -- It may be parked now (a node with parents is parked at its release).
+    writes[#writes + 1] = {base .. 'retry:' .. node.id, 'hash'}
+    writes[#writes + 1] = {base .. 'delayed', 'zset'}
+  end
+  for _, pair in ipairs(writes) do
     checks[#checks + 1] = pair[1]
     checks[#checks + 1] = pair[2]
   end
@@ -93,9 +127,30 @@ for _, node in ipairs(nodes) do
   end
   fields[#fields + 1] = 'submitted_at_ms'
   fields[#fields + 1] = int(now)
+  -- When it may start, as far as known now: a node with parents learns the
+  -- rest (its delay after them) at its release.
+  local run_at = node.run_at_ms
+  if node.parents == 0 and node.delay_ms then
+    run_at = math.max(run_at or 0, now + node.delay_ms)
+  end
+  if (node.deadline_in_ms or 0) > 0 then
+    local deadline = math.max(now, run_at or now) + node.deadline_in_ms
+    fields[#fields + 1] = 'deadline_ms'
+    fields[#fields + 1] = int(deadline)
+    record[#record + 1] = 'deadline_ms'
+    record[#record + 1] = int(deadline)
+  end
+  if run_at then
+    record[#record + 1] = 'run_at_ms'
+    record[#record + 1] = int(run_at)
+  end
   fields[#fields + 1] = 'params'
   fields[#fields + 1] = node.params
-  if node.parents == 0 then
+  if node.parents == 0 and run_at and run_at > now then
+    -- Not due yet: it waits in the delayed set, as submit.lua's delayed
+    -- task (park writes the record's status and times).
+    park(base, node.id, node.stream, fields, base .. 'delayed', run_at, 'scheduled')
+  elseif node.parents == 0 then
     local entry_id = redis.call('XADD', node.stream, '*', unpack(fields))
     record[#record + 1] = 'status'
     record[#record + 1] = 'queued'
@@ -108,6 +163,10 @@ for _, node in ipairs(nodes) do
     record[#record + 1] = 'waiting'
     record[#record + 1] = 'wf_waiting'
     record[#record + 1] = int(node.parents)
+    if node.delay_ms then
+      record[#record + 1] = 'wf_delay_ms'
+      record[#record + 1] = int(node.delay_ms)
+    end
   end
   redis.call('HSET', unpack(record))
   emit_event(base, 'submitted', node.id, node.record)

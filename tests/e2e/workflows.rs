@@ -858,3 +858,212 @@ async fn the_portfolio_var_example_runs_with_flow_submit() {
         assert_eq!(node["status"], "succeeded", "{node}");
     }
 }
+
+/// A node's deadline holds, as a plain task's (regression:
+/// `workflow_submit.lua` dropped it): fixed at submit, it passes while the
+/// node waits for its parent, and the node, released past it, expires
+/// without starting. The workflow's `on_failure` applies to an expired
+/// node as to a failure: fail fast cancels the rest, continue only its
+/// descendants.
+#[tokio::test]
+async fn a_node_whose_deadline_passes_while_its_parent_runs_expires() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let producer = redis.producer().await;
+    // The parent sleeps 400 ms from its start, which comes after the
+    // submit: it commits past `late`'s deadline (submit + 100 ms) however
+    // slow the machine.
+    let late = || echo(json!("late")).deadline(Duration::from_millis(100));
+    let check_late = |outcome: &tandem_producer::WorkflowOutcome| {
+        let late = &outcome.nodes["late"];
+        assert_eq!(late.status, Status::Expired);
+        assert_eq!(late.failure().unwrap().code.as_str(), "EXPIRED");
+        assert_eq!(
+            late.record.started_at_ms, None,
+            "an expired node never starts"
+        );
+        let deadline = late
+            .record
+            .deadline_ms
+            .expect("the node's deadline is kept");
+        assert_eq!(deadline, late.record.submitted_at_ms.unwrap() + 100);
+        let parent_done = outcome.nodes["parent"].record.finished_at_ms.unwrap();
+        assert!(parent_done > deadline, "it passed while the parent ran");
+        assert_eq!(outcome.nodes["after_late"].status, Status::Cancelled);
+        assert_eq!(outcome.nodes["after_late"].record.started_at_ms, None);
+        assert_eq!(outcome.status, "failed");
+    };
+
+    // Fail fast: the expiry cancels the independent branch still running.
+    let workflow = Workflow::new()
+        .node("parent", sleeping_task(400))
+        .node_after("late", late(), &["parent"])
+        .node_after("after_late", echo(json!(2)), &["late"])
+        .node("long", sleeping_task(600_000));
+    let outcome = producer
+        .submit_workflow(workflow)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    check_late(&outcome);
+    assert_eq!(outcome.nodes["long"].status, Status::Cancelled);
+
+    // Continue: a sibling with a deadline it meets runs; only the expired
+    // node's descendants are cancelled.
+    let workflow = Workflow::new()
+        .on_failure(OnFailure::Continue)
+        .node("parent", sleeping_task(400))
+        .node_after("late", late(), &["parent"])
+        .node_after("after_late", echo(json!(2)), &["late"])
+        .node_after(
+            "in_time",
+            echo(json!("in time")).deadline(Duration::from_secs(600)),
+            &["parent"],
+        );
+    let outcome = producer
+        .submit_workflow(workflow)
+        .await
+        .unwrap()
+        .wait(WAIT)
+        .await
+        .unwrap();
+    check_late(&outcome);
+    let in_time = &outcome.nodes["in_time"];
+    assert_eq!(in_time.status, Status::Succeeded);
+    assert_eq!(
+        in_time.record.deadline_ms,
+        Some(in_time.record.submitted_at_ms.unwrap() + 600_000)
+    );
+    assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
+}
+
+/// A node's delay counts from its release: it starts no earlier than its
+/// delay after its last parent's commit (a node without parents, after its
+/// submit, as a plain delayed task). Judged on the timestamps Redis
+/// recorded, not on a clock here. Regression: `workflow_submit.lua` copied
+/// `delay_ms` into the entry and ran the node at once.
+#[tokio::test]
+async fn a_delayed_node_starts_its_delay_after_its_parent_finishes() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let producer = redis.producer().await;
+    let workflow = Workflow::new()
+        .node("first", echo(json!(1)).delay(Duration::from_millis(200)))
+        .node_after(
+            "second",
+            echo(json!(WorkflowRef::to("first"))).delay(Duration::from_millis(300)),
+            &["first"],
+        );
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "succeeded");
+    let state = producer.workflow_state(handle.id()).await.unwrap().unwrap();
+    let node = |name: &str| {
+        state
+            .nodes
+            .iter()
+            .find(|n| n.graph.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    };
+    let first = &node("first").record;
+    let run_at = first.run_at_ms.expect("a delayed root node has its time");
+    assert_eq!(run_at, first.submitted_at_ms.unwrap() + 200);
+    assert!(first.started_at_ms.unwrap() >= run_at, "{first:?}");
+
+    let second = node("second");
+    let released = second.released_at_ms.expect("released by its parent");
+    assert_eq!(
+        released,
+        first.finished_at_ms.unwrap(),
+        "by its parent's commit"
+    );
+    assert_eq!(second.record.run_at_ms, Some(released + 300));
+    let started = second.record.started_at_ms.unwrap();
+    assert!(
+        started >= released + 300,
+        "started {started}, released {released}"
+    );
+    let value: Value = msgpack::decode(&outcome.results["second"]).unwrap();
+    assert_eq!(value, json!(1), "it still took its parent's result");
+}
+
+/// A delayed node waits in the delayed set, as a plain delayed task, its
+/// entry's fields without the scheduling fields a worker would misread
+/// (`delay_ms`, `run_at_ms`, `deadline_in_ms`) but with its `deadline_ms`
+/// and its parent's result; a workflow cancel takes it out.
+#[tokio::test]
+async fn a_delayed_node_waits_in_the_delayed_set_until_cancelled() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let producer = redis.producer().await;
+    let hour = Duration::from_secs(3600);
+    let workflow = Workflow::new()
+        .node("root_later", echo(json!(0)).delay(hour))
+        .node("parent", echo(json!(1)))
+        .node_after(
+            "child_later",
+            echo(json!(WorkflowRef::to("parent")))
+                .delay(hour)
+                .deadline(2 * hour),
+            &["parent"],
+        );
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let mut conn = redis.conn().await;
+    for name in ["root_later", "child_later"] {
+        let id = handle.node(name).unwrap().id();
+        let record = format!("tandem:{{cpu}}:task:{id}");
+        wait_until(WAIT, "the node is delayed", || {
+            let mut conn = conn.clone();
+            let record = record.clone();
+            async move {
+                let status: Option<String> = conn.hget(&record, "status").await.unwrap();
+                status.as_deref() == Some("delayed")
+            }
+        })
+        .await;
+        let reason: String = conn.hget(&record, "delay_reason").await.unwrap();
+        assert_eq!(reason, "scheduled", "{name}");
+        let score: Option<f64> = conn
+            .zscore("tandem:{cpu}:delayed", id.to_string())
+            .await
+            .unwrap();
+        assert!(score.is_some(), "{name} is in the delayed set");
+        let fields: HashMap<String, Vec<u8>> = conn
+            .hgetall(format!("tandem:{{cpu}}:retry:{id}"))
+            .await
+            .unwrap();
+        for scheduling in ["delay_ms", "run_at_ms", "deadline_in_ms", "wf_delay_ms"] {
+            assert!(
+                !fields.contains_key(scheduling),
+                "{name}: {scheduling} in {fields:?}"
+            );
+        }
+        assert!(fields.contains_key("params"), "{name}");
+        if name == "child_later" {
+            assert!(
+                fields.contains_key("inputs"),
+                "the parent's result goes with it"
+            );
+            let deadline: u64 = String::from_utf8_lossy(&fields["deadline_ms"])
+                .parse()
+                .unwrap();
+            let submitted: u64 = conn.hget(&record, "submitted_at_ms").await.unwrap();
+            assert_eq!(deadline, submitted + 2 * 3_600_000);
+        }
+    }
+    match producer.cancel_workflow(handle.id()).await.unwrap() {
+        WorkflowCancel::Cancelled { ended, .. } => assert_eq!(ended, 2),
+        other => panic!("{other:?}"),
+    }
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "cancelled");
+    for name in ["root_later", "child_later"] {
+        assert_eq!(outcome.nodes[name].status, Status::Cancelled, "{name}");
+        assert_eq!(outcome.nodes[name].record.started_at_ms, None, "{name}");
+    }
+    let delayed: u64 = conn.zcard("tandem:{cpu}:delayed").await.unwrap();
+    assert_eq!(delayed, 0);
+    assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
+}

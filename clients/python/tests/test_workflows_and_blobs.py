@@ -157,6 +157,32 @@ def test_a_failed_node_fails_the_workflow_fast(fleet, client):
     assert "workflow node bad ended failed" in outcome.nodes["child"].error_message
 
 
+def test_a_nodes_deadline_and_delay_hold(fleet, client):
+    """A node's deadline counts from the submit and passes while its parent
+    runs (400 ms, from its start after the submit): released past it, the
+    node expires unstarted, a failure to `continue`. A node's delay counts
+    from its release: judged on the times Redis recorded."""
+    flow = (Workflow(on_failure="continue")
+            .node("parent", "sleep", {"ms": 400}, cls="light")
+            .node("late", "echo", {"n": 1}, after=["parent"], deadline=0.1)
+            .node("after_late", "echo", {"n": 2}, after=["late"])
+            .node("later", "echo", {"n": 3}, after=["parent"], delay=0.3, deadline=600))
+    handle = client.submit_workflow(flow)
+    outcome = handle.wait(WAIT)
+    assert outcome.status == "failed"
+    assert outcome.nodes["late"].status == "expired" and outcome.nodes["late"].error_code == "EXPIRED"
+    assert outcome.nodes["after_late"].status == "cancelled"
+    assert outcome.nodes["later"].status == "succeeded"
+    nodes = {node.name: node for node in handle.status().nodes}
+    late = nodes["late"]
+    assert late.started_at_ms is None
+    assert int(late.record["deadline_ms"]) == late.submitted_at_ms + 100 < nodes["parent"].finished_at_ms
+    later = nodes["later"]
+    assert later.released_at_ms == nodes["parent"].finished_at_ms
+    assert int(later.record["run_at_ms"]) == later.released_at_ms + 300 <= later.started_at_ms
+    assert int(later.record["deadline_ms"]) == later.submitted_at_ms + 600_000
+
+
 BAD_SPECS = [
     # (nodes as (name, kind, params, after), the message's start)
     ([("a", "echo", 1, ["b"]), ("b", "echo", 1, ["a"])],

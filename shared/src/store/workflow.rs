@@ -13,7 +13,7 @@ use super::reply::{array, hash_map, int, reply_ok, text};
 use super::{Store, StoreError};
 use crate::scripts;
 use crate::task::{Class, TaskId};
-use crate::wire::{NewTask, TaskRecord};
+use crate::wire::{NewTask, TaskRecord, field};
 use crate::workflow::OnFailure;
 
 /// A checked workflow, ready to send.
@@ -151,7 +151,11 @@ impl Store {
             .arg(workflow.nodes.len());
         for node in &workflow.nodes {
             let task = &node.task;
-            let metadata = task.metadata(producer, reply_to(task.class));
+            let mut metadata = task.metadata(producer, reply_to(task.class));
+            // Read by the script (which writes `deadline_ms`), not copied.
+            if let Some(ms) = task.deadline_in_ms.filter(|&ms| ms > 0) {
+                metadata.push((field::DEADLINE_IN_MS, ms.to_string()));
+            }
             call = call
                 .arg(node.name.as_str())
                 .arg(task.id.to_string())

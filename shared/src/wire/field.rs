@@ -45,6 +45,12 @@ pub const MERGE: &str = "merge";
 /// now.
 pub const RUN_AT_MS: &str = "run_at_ms";
 pub const DELAY_MS: &str = "delay_ms";
+/// A workflow node's deadline, ms (revision 2.13): sent among the node's
+/// metadata pairs, read by `workflow_submit.lua` (which writes
+/// `deadline_ms`) and not copied, as `run_at_ms` and `delay_ms`. A node
+/// with parents keeps its delay as `wf_delay_ms` in its record until its
+/// release.
+pub const DEADLINE_IN_MS: &str = "deadline_in_ms";
 /// The key whose rate limit (`limit:key:<rate_key>`) a task counts
 /// against, besides its kind's: a tenant, a vendor, a symbol.
 pub const RATE_KEY: &str = "rate_key";

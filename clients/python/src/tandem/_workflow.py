@@ -86,11 +86,18 @@ class Workflow:
         max_attempts: Optional[int] = None,
         memory_bytes: Optional[int] = None,
         timeout: Optional[Union[float, int, datetime.timedelta]] = None,
+        deadline: Optional[Union[float, int, datetime.timedelta]] = None,
+        delay: Optional[Union[float, int, datetime.timedelta]] = None,
+        run_at: Optional[datetime.datetime] = None,
     ) -> "Workflow":
         """Adds a node that starts once every node in `after` succeeded (at
         once without). The options are `Client.submit`'s that a node can
-        have (as the spec's): no deadline, delay or idempotency key, which
-        the workflow script does not take."""
+        have, all but the idempotency key. `deadline` counts from the
+        workflow's submit (from `run_at` when later), so it can pass while
+        the node waits for its parents: it then expires unstarted, a
+        failure to `on_failure`. `delay` counts from the node's release,
+        when its last parent succeeded (from the submit for a node without
+        parents); `run_at` is a time it does not start before."""
         if isinstance(after, str):
             after = [after]
         self.nodes.append(
@@ -100,7 +107,7 @@ class Workflow:
                 params,
                 list(after),
                 dict(cls=cls, priority=priority, max_attempts=max_attempts, memory_bytes=memory_bytes,
-                     timeout=timeout, deadline=None, idempotency_key=None),
+                     timeout=timeout, deadline=deadline, delay=delay, run_at=run_at, idempotency_key=None),
             )
         )
         return self
@@ -387,6 +394,9 @@ def submit_args(
     ]
     for name, task, parents in ordered:
         metadata = task.metadata(producer, reply_to(task.cls))
+        if task.deadline_in_ms > 0:
+            # Read by the script (which writes `deadline_ms`), not copied.
+            metadata += ["deadline_in_ms", str(task.deadline_in_ms)]
         args += [
             name,
             task.id,

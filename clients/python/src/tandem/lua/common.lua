@@ -542,6 +542,11 @@ local function add_workflow_checks(checks, record_key, node)
       checks[#checks + 1] = base .. 'wait:' .. id
       checks[#checks + 1] = 'hash'
       add_record_checks(checks, base, child)
+      -- A child with a delay or a run_at is parked at its release.
+      checks[#checks + 1] = base .. 'retry:' .. id
+      checks[#checks + 1] = 'hash'
+      checks[#checks + 1] = base .. 'delayed'
+      checks[#checks + 1] = 'zset'
     else
       checks[#checks + 1] = child
       checks[#checks + 1] = 'hash'
@@ -594,7 +599,10 @@ end
 
 -- The commit's hook: node `record_key` became final with `status` (and
 -- `result` when it succeeded). Releases the children whose last parent
--- this was; on any other outcome cancels, by the workflow's `on_failure`,
+-- this was: into their stream, or, for one with a `wf_delay_ms` (ms after
+-- this release) or a `run_at_ms` still to come, into the delayed set until
+-- the later of the two (workflow_submit.lua's header); on any other
+-- outcome cancels, by the workflow's `on_failure`,
 -- every node not yet final (`fail_fast`) or this node's descendants
 -- (`continue`). Does nothing for a task of no workflow.
 local function workflow_settle(record_key, status, result, now, opts, node)
@@ -607,17 +615,27 @@ local function workflow_settle(record_key, status, result, now, opts, node)
   wf_count_final(wf_key, status == 'succeeded', now, opts.ttl_s)
   if status == 'succeeded' then
     for child in string.gmatch(children or '', '%S+') do
-      local found = redis.call('HMGET', child, 'status', 'priority')
+      local found = redis.call('HMGET', child, 'status', 'priority', 'wf_delay_ms', 'run_at_ms')
       local base, id = string.match(child, '^(.*:)task:([^:]+)$')
       if found[1] == 'waiting' and found[2] and base then
         local wait_key = base .. 'wait:' .. id
         redis.call('HSET', wait_key, 'input:' .. (name or ''), result or '')
         if redis.call('HINCRBY', child, 'wf_waiting', -1) <= 0 then
-          local entry_id = redis.call('XADD', base .. 'stream:' .. found[2], '*',
-            unpack(wf_entry_fields(redis.call('HGETALL', wait_key))))
-          redis.call('HSET', child, 'status', 'queued', 'entry', entry_id, 'released_at_ms', int(now))
-          redis.call('HDEL', child, 'wf_waiting')
+          local stream = base .. 'stream:' .. found[2]
+          local fields = wf_entry_fields(redis.call('HGETALL', wait_key))
+          local due = tonumber(found[4]) or 0
+          if found[3] then
+            due = math.max(due, now + (tonumber(found[3]) or 0))
+          end
+          redis.call('HDEL', child, 'wf_waiting', 'wf_delay_ms')
           redis.call('DEL', wait_key)
+          if due > now then
+            park(base, id, stream, fields, base .. 'delayed', due, 'scheduled')
+            redis.call('HSET', child, 'released_at_ms', int(now), 'run_at_ms', int(due))
+          else
+            local entry_id = redis.call('XADD', stream, '*', unpack(fields))
+            redis.call('HSET', child, 'status', 'queued', 'entry', entry_id, 'released_at_ms', int(now))
+          end
           emit_event(base, 'released', id, child, {parent_node = name, at_ms = now})
         end
       end
