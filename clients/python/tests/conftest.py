@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Callable, Dict, Iterator, List, Optional
@@ -202,6 +203,83 @@ def signed_fleet() -> Iterator[Fleet]:
 @pytest.fixture()
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def moto_server_binary() -> Optional[str]:
+    """The moto S3 server to test the S3 blob store against, as
+    tests/e2e/blobs.rs finds it: `TANDEM_MOTO_SERVER`, else the one `.ci/run`
+    installs in target/moto-venv, else `moto_server` next to this Python
+    (`pip install 'moto[server]'`). None outside CI when there is none; in
+    CI (`CI` set) a missing moto fails the test instead of skipping it."""
+    named = os.environ.get("TANDEM_MOTO_SERVER")
+    if named:
+        return named
+    for candidate in (ROOT / "target" / "moto-venv" / "bin" / "moto_server",
+                      pathlib.Path(sys.executable).parent / "moto_server"):
+        if candidate.exists():
+            return str(candidate)
+    if os.environ.get("CI"):
+        pytest.fail("CI must run the S3 tests: set TANDEM_MOTO_SERVER (.ci/run installs moto in target/moto-venv)")
+    return None
+
+
+class MotoServer:
+    """A moto S3 server on a free loopback port, with the bucket
+    `tandem-blobs` made; `settings` and `env` reach it from a client and
+    from the Rust binaries (the same names)."""
+
+    BUCKET = "tandem-blobs"
+
+    def __init__(self, path: str) -> None:
+        import boto3
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([path, "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.s3 = boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id="test", aws_secret_access_key="test",
+        )
+
+        def bucket_made() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"moto_server exited with {self.proc.returncode}")
+            try:
+                self.s3.create_bucket(Bucket=self.BUCKET)
+                return True
+            except Exception:  # not listening yet
+                return False
+
+        try:
+            wait_until("moto answers and makes the bucket", bucket_made)
+        except BaseException:
+            self.close()
+            raise
+
+    def settings(self, prefix: str) -> Dict[str, str]:
+        return dict(blob_store=f"s3://{self.BUCKET}/{prefix}", blob_s3_endpoint=self.endpoint,
+                    blob_s3_region="us-east-1", blob_s3_access_key_id="test", blob_s3_secret_access_key="test")
+
+    def env(self, prefix: str) -> Dict[str, str]:
+        return {f"TANDEM_{name.upper()}": value for name, value in self.settings(prefix).items()}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    path = moto_server_binary()
+    if path is None:
+        pytest.skip("no moto server (pip install 'moto[server]'; set TANDEM_MOTO_SERVER)")
+    server = MotoServer(path)
     try:
         yield server
     finally:

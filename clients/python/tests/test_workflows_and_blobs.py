@@ -10,12 +10,13 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
 import pytest
 
-from conftest import GPU_UUID, WAIT, binary, wait_until
+from conftest import GPU_UUID, WAIT, Fleet, binary, wait_until
 
 from tandem import (
     AsyncClient,
@@ -350,12 +351,17 @@ def tandem_cli(url, *args, env=None):
     return subprocess.run([binary("tandem"), *args], env=full, capture_output=True, timeout=WAIT)
 
 
-@pytest.mark.parametrize("backend", ["redis", "directory"])
-def test_blobs_interoperate_with_tandem_blob_put_and_get(redis_server, backend):
+@pytest.mark.parametrize("backend", ["redis", "directory", "s3"])
+def test_blobs_interoperate_with_tandem_blob_put_and_get(redis_server, backend, request):
     with tempfile.TemporaryDirectory(prefix="tandem-py-blobs-") as scratch:
-        store = "redis" if backend == "redis" else os.path.join(scratch, "store")
-        env = {"TANDEM_BLOB_STORE": store, "TANDEM_BLOB_CHUNK_BYTES": "100000"}
-        with Client(redis_server.url, blob_store=store, blob_chunk_bytes=70_000) as client:
+        if backend == "s3":
+            moto = request.getfixturevalue("moto")
+            settings = moto.settings("interop")
+        else:
+            settings = {"blob_store": "redis" if backend == "redis" else os.path.join(scratch, "store")}
+        env = {f"TANDEM_{name.upper()}": value for name, value in settings.items()}
+        env["TANDEM_BLOB_CHUNK_BYTES"] = "100000"
+        with Client(redis_server.url, blob_chunk_bytes=70_000, **settings) as client:
             # Python puts, the Rust CLI reads.
             ours = os.urandom(1_234_567)
             blob = client.put_blob(ours)
@@ -383,13 +389,138 @@ def test_blobs_interoperate_with_tandem_blob_put_and_get(redis_server, backend):
             assert client.put_blob_file(path) == BlobRef.of(theirs)
             assert client.blob_stat(printed["tandem_blob"]).refs == 2
             if backend == "directory":
-                assert open(os.path.join(store, "blobs", blob.sha256), "rb").read() == ours
+                assert open(os.path.join(settings["blob_store"], "blobs", blob.sha256), "rb").read() == ours
+            if backend == "s3":
+                # One object per blob, `<prefix>/<sha256>`, whoever wrote it.
+                for sha256, data in ((blob.sha256, ours), (printed["tandem_blob"], theirs)):
+                    obj = moto.s3.get_object(Bucket=moto.BUCKET, Key=f"interop/{sha256}")
+                    assert obj["Body"].read() == data
+                # Nothing of the bytes went to Redis.
+                assert redis_server.conn().keys("tandem:{blob:*}:data") == []
 
 
-def test_an_s3_blob_store_is_refused_with_a_clear_error(redis_server):
+def test_the_s3_blob_store_keeps_one_object_per_blob_with_counted_references(redis_server, moto):
+    """Put, get, stat and release against a real S3 server (moto): the
+    layout, the multipart upload above 5 MiB (parts of max(chunk, 5 MiB)),
+    chunked reads, references and TTL kept in Redis as with every backend,
+    the object deleted with the last reference; a large blob put by the
+    Rust CLI (its own multipart upload) read back here."""
+    settings = moto.settings("round-trip")
+    with Client(redis_server.url, blob_chunk_bytes=1 << 20, blob_ttl_s=600, **settings) as client:
+        big = os.urandom(11 * (1 << 20) + 12_345)
+        blob = client.put_blob(big)
+        assert blob == BlobRef.of(big)
+        key = f"round-trip/{blob.sha256}"
+        head = moto.s3.head_object(Bucket=moto.BUCKET, Key=key)
+        assert head["ContentLength"] == len(big) and head["Metadata"] == {}
+        # Three parts: 5 MiB, 5 MiB and the rest (S3 ETags of multipart
+        # uploads end with the part count).
+        assert head["ETag"].strip('"').endswith("-3"), head["ETag"]
+        stat = client.blob_stat(blob.sha256)
+        assert (stat.len, stat.refs, stat.backend) == (len(big), 1, settings["blob_store"])
+        assert 0 < stat.ttl_ms <= 600_000
+        chunks = list(client.read_blob(blob))
+        assert {len(c) for c in chunks[:-1]} == {1 << 20} and b"".join(chunks) == big
+
+        # The same bytes again: a second reference, no second object.
+        assert client.put_blob(big) == blob
+        assert client.blob_stat(blob.sha256).refs == 2
+        listed = moto.s3.list_objects_v2(Bucket=moto.BUCKET, Prefix="round-trip/")
+        assert [o["Key"] for o in listed["Contents"]] == [key]
+
+        # A small one goes in one request; the empty blob too.
+        small = client.put_blob(b"small")
+        assert moto.s3.get_object(Bucket=moto.BUCKET, Key=f"round-trip/{small.sha256}")["Body"].read() == b"small"
+        empty = client.put_blob(b"")
+        assert client.get_blob(empty) == b""
+
+        # The last release deletes the object and the keys.
+        assert not client.release_blob(blob)
+        assert client.release_blob(blob)
+        with pytest.raises(Exception) as gone:
+            moto.s3.head_object(Bucket=moto.BUCKET, Key=key)
+        assert gone.value.response["Error"]["Code"] in ("404", "NoSuchKey")
+        assert client.blob_stat(blob.sha256) is None
+        with pytest.raises(BlobError, match="is not in the blob store"):
+            client.get_blob(blob)
+        # An object gone while Redis still counts it reads as missing.
+        moto.s3.delete_object(Bucket=moto.BUCKET, Key=f"round-trip/{small.sha256}")
+        with pytest.raises(BlobError, match=f"blob {small.sha256} is not in the blob store"):
+            client.get_blob(small)
+
+        # A 6 MiB file put by the Rust CLI (a multipart upload of its own).
+        with tempfile.TemporaryDirectory(prefix="tandem-py-s3-") as scratch:
+            theirs = os.urandom(6 * (1 << 20) + 1)
+            path = os.path.join(scratch, "in")
+            with open(path, "wb") as f:
+                f.write(theirs)
+            env = {f"TANDEM_{name.upper()}": value for name, value in settings.items()}
+            put = tandem_cli(redis_server.url, "blob", "put", path, env=env)
+            assert put.returncode == 0, put.stderr
+            printed = json.loads(put.stdout)
+            assert client.get_blob(printed["tandem_blob"]) == theirs
+
+
+def test_the_asyncio_client_speaks_s3_too(redis_server, moto):
+    async def scenario():
+        settings = moto.settings("async")
+        async with AsyncClient(redis_server.url, blob_chunk_bytes=2 << 20, **settings) as client:
+            data = os.urandom(6 * (1 << 20) + 7)
+            blob = await client.put_blob(data)
+            head = moto.s3.head_object(Bucket=moto.BUCKET, Key=f"async/{blob.sha256}")
+            assert head["ContentLength"] == len(data)
+            chunks = [c async for c in client.read_blob(blob)]
+            assert [len(c) for c in chunks] == [2 << 20, 2 << 20, 2 << 20, 7]
+            assert b"".join(chunks) == data
+            assert (await client.blob_stat(blob.sha256)).refs == 1
+            assert await client.release_blob(blob)
+            assert await client.blob_stat(blob.sha256) is None
+            with pytest.raises(BlobError, match="is not in the blob store"):
+                await client.get_blob(blob)
+
+    asyncio.run(scenario())
+
+
+def test_a_workflows_large_parameter_goes_through_s3_to_a_real_worker(moto):
+    env = {"TANDEM_TEST_KINDS": "true", **moto.env("flow")}
+    fleet = Fleet(env)
+    try:
+        with Client(fleet.url, **moto.settings("flow")) as client:
+            big = os.urandom(1_100_000)
+            flow = (Workflow()
+                    .node("big", "echo", {"big": big})
+                    .node("next", "echo", {"copy": ref("big")}, after=["big"]))
+            handle = client.submit_workflow(flow)
+            # The parameters, the parent's result and the child's result all
+            # went by reference: the bytes are objects in the bucket, none
+            # in Redis.
+            assert handle.result(WAIT) == {"next": {"copy": {"big": big}}}
+            assert fleet.redis.conn().keys("tandem:{blob:*}:data") == []
+            # `big`'s parameters are its result too (echo): one object, its
+            # task's reference given back and its record's taken; `next`'s
+            # result is another object.
+            first = BlobRef.of(_wire.pack({"big": big}))
+            second = BlobRef.of(_wire.pack({"copy": {"big": big}}))
+            listed = moto.s3.list_objects_v2(Bucket=moto.BUCKET, Prefix="flow/")
+            assert sorted(o["Key"] for o in listed["Contents"]) == sorted(
+                f"flow/{blob.sha256}" for blob in (first, second))
+            wait_until("the worker to give the task's reference back",
+                       lambda: client.blob_stat(first.sha256).refs == 1)
+            assert client.blob_stat(second.sha256).refs == 1
+    finally:
+        fleet.close()
+
+
+def test_a_bad_s3_blob_store_is_refused_with_a_clear_error(redis_server, monkeypatch):
+    with Client(redis_server.url, blob_store="s3:///prefix") as client:
+        assert client.submit("echo", {"small": True})
+        with pytest.raises(BlobError, match=r"blob_store: 's3:///prefix' names no bucket \(s3://bucket\[/prefix\]\)"):
+            client.put_blob(b"x")
+    # boto3 is imported on first use only, with a clear error without it.
+    monkeypatch.setitem(sys.modules, "boto3", None)
     with Client(redis_server.url, blob_store="s3://bucket/prefix") as client:
         assert client.submit("echo", {"small": True})
-        with pytest.raises(BlobError, match="blob_store: 's3://bucket/prefix': S3 is not spoken by the Python"):
+        with pytest.raises(BlobError, match=r"'s3://bucket/prefix' needs boto3, .*pip install 'tandem-client\[s3\]'"):
             client.put_blob(b"x")
 
 

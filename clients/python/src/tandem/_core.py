@@ -51,12 +51,18 @@ class Settings:
     # and results above `blob_threshold_bytes` travel as a reference (0:
     # never), written and read in chunks of `blob_chunk_bytes`; a put's
     # reference lives `blob_ttl_s` unless given back. `blob_store` is
-    # `redis` (the default) or a directory every worker shares.
+    # `redis` (the default), a directory every worker shares, or an
+    # S3-compatible bucket, `s3://bucket[/prefix]`, reached with the
+    # `blob_s3_*` settings (empty: the usual `AWS_*` variables).
     blob_store: str = "redis"
     blob_threshold_bytes: int = 1 << 20
     blob_ttl_s: int = 86_400
     blob_chunk_bytes: int = 1 << 20
     max_blob_bytes: int = 1 << 30
+    blob_s3_endpoint: str = ""
+    blob_s3_region: str = ""
+    blob_s3_access_key_id: str = ""
+    blob_s3_secret_access_key: str = field(default="", repr=False)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -93,6 +99,10 @@ class Settings:
             blob_ttl_s=num("TANDEM_BLOB_TTL_S", 86_400),
             blob_chunk_bytes=num("TANDEM_BLOB_CHUNK_BYTES", 1 << 20),
             max_blob_bytes=num("TANDEM_MAX_BLOB_BYTES", 1 << 30),
+            blob_s3_endpoint=env.get("TANDEM_BLOB_S3_ENDPOINT", ""),
+            blob_s3_region=env.get("TANDEM_BLOB_S3_REGION", ""),
+            blob_s3_access_key_id=env.get("TANDEM_BLOB_S3_ACCESS_KEY_ID", ""),
+            blob_s3_secret_access_key=env.get("TANDEM_BLOB_S3_SECRET_ACCESS_KEY", ""),
         )
         for name, value in overrides.items():
             if value is not None:

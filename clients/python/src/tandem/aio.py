@@ -63,7 +63,7 @@ class AsyncClient:
         # Tasks this client created, registered before they were sent (as
         # the Rust producer's `submit_handle`): their wait reads nothing.
         self._submitted: Dict[str, asyncio.Future] = {}
-        self._blobs = _blob.Layout(self.keys, self.settings.blob_store)
+        self._blobs = _blob.Layout(self.keys, self.settings)
 
     @property
     def redis(self) -> "aioredis.Redis":
@@ -538,7 +538,7 @@ class AsyncClient:
         return int(await self._redis.evalsha(_core.BLOB.sha, len(keys), *keys, op, ttl_ms, size))
 
     async def put_blob(self, data: bytes, ttl: Optional[Seconds] = None) -> BlobRef:
-        """As `Client.put_blob` (the Redis backend; a directory's file is
+        """As `Client.put_blob` (a directory's file or an S3 object is
         written by a thread)."""
         self._blobs.check()
         data = bytes(data)
@@ -549,9 +549,9 @@ class AsyncClient:
         async def run() -> None:
             if await self._blob_script(blob.sha256, "ref", ttl_ms, blob.len) == 1:
                 return
-            if self._blobs.directory is not None:
+            if self._blobs.objects is not None:
                 chunks = _blob.chunks_of(data, self.settings.blob_chunk_bytes)
-                await asyncio.to_thread(_blob.write_object, self._blobs, blob, chunks)
+                await asyncio.to_thread(self._blobs.objects.write, blob, chunks)
                 await self._blob_script(blob.sha256, "stored", ttl_ms, blob.len)
                 return
             partial = self._blobs.partial(blob.sha256)
@@ -583,18 +583,17 @@ class AsyncClient:
         if int(stored) != blob.len:
             raise _blob.damaged(blob, f"a length of {int(stored)}, not {blob.len}")
         reader = _blob.Reader(blob)
-        if self._blobs.directory is not None:
+        if self._blobs.objects is not None:
+            f = await asyncio.to_thread(self._blobs.objects.open, blob)
             try:
-                f = open(self._blobs.object_path(blob.sha256), "rb")
-            except FileNotFoundError:
-                raise _blob.missing(blob.sha256) from None
-            with f:
                 while True:
                     chunk = await asyncio.to_thread(f.read, self.settings.blob_chunk_bytes)
                     if not chunk:
                         break
                     reader.take(chunk)
                     yield chunk
+            finally:
+                f.close()
         else:
             for start, end in _blob.ranges(blob.len, self.settings.blob_chunk_bytes):
                 chunk = await self._retry(lambda: self._redis.getrange(data, start, end))
@@ -642,11 +641,8 @@ class AsyncClient:
         self._blobs.check()
         _blob.check_digest(blob.sha256)
         deleted = await self._retry(lambda: self._blob_script(blob.sha256, "release", 0, 0)) == 1
-        if deleted and self._blobs.directory is not None:
-            try:
-                self._blobs.object_path(blob.sha256).unlink()
-            except FileNotFoundError:
-                pass
+        if deleted and self._blobs.objects is not None:
+            await asyncio.to_thread(self._blobs.objects.delete, blob)
         return deleted
 
     # --- Redis ---------------------------------------------------------------

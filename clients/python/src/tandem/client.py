@@ -102,7 +102,7 @@ class Client:
         # and the notices that came for them.
         self._pending: Set[str] = set()
         self._arrived: Dict[str, Dict[str, Any]] = {}
-        self._blobs = _blob.Layout(self.keys, self.settings.blob_store)
+        self._blobs = _blob.Layout(self.keys, self.settings)
 
     @property
     def redis(self) -> "redis.Redis":
@@ -650,8 +650,8 @@ class Client:
         def run() -> None:
             if self._blob_script(blob.sha256, "ref", ttl_ms, blob.len) == 1:
                 return
-            if self._blobs.directory is not None:
-                _blob.write_object(self._blobs, blob, chunks())
+            if self._blobs.objects is not None:
+                self._blobs.objects.write(blob, chunks())
                 self._blob_script(blob.sha256, "stored", ttl_ms, blob.len)
                 return
             # Appended to a key of its own, renamed once complete: a reader
@@ -671,7 +671,8 @@ class Client:
         self._retry(run)
 
     def read_blob(self, blob: Union[BlobRef, str]) -> Iterator[bytes]:
-        """The blob's bytes in chunks of `blob_chunk_bytes` (GETRANGE), so
+        """The blob's bytes in chunks of `blob_chunk_bytes` (GETRANGE, or
+        reads of the object), so
         that a caller writing them out never holds the whole; the digest
         is checked as they come and `BlobError` raised after the last chunk
         when it does not match (or when the blob is missing). A digest
@@ -690,18 +691,17 @@ class Client:
         if int(stored) != blob.len:
             raise _blob.damaged(blob, f"a length of {int(stored)}, not {blob.len}")
         reader = _blob.Reader(blob)
-        if self._blobs.directory is not None:
+        if self._blobs.objects is not None:
+            f = self._blobs.objects.open(blob)
             try:
-                f = open(self._blobs.object_path(blob.sha256), "rb")
-            except FileNotFoundError:
-                raise _blob.missing(blob.sha256) from None
-            with f:
                 while True:
                     chunk = f.read(self.settings.blob_chunk_bytes)
                     if not chunk:
                         break
                     reader.take(chunk)
                     yield chunk
+            finally:
+                f.close()
         else:
             for start, end in _blob.ranges(blob.len, self.settings.blob_chunk_bytes):
                 chunk = self._retry(lambda: self._redis.getrange(data, start, end))
@@ -754,11 +754,8 @@ class Client:
         self._blobs.check()
         _blob.check_digest(blob.sha256)
         deleted = self._retry(lambda: self._blob_script(blob.sha256, "release", 0, 0)) == 1
-        if deleted and self._blobs.directory is not None:
-            try:
-                self._blobs.object_path(blob.sha256).unlink()
-            except FileNotFoundError:
-                pass
+        if deleted and self._blobs.objects is not None:
+            self._blobs.objects.delete(blob)
         return deleted
 
     # --- Redis ---------------------------------------------------------------
