@@ -94,6 +94,12 @@ pub(crate) fn workflow_of(spec: WorkflowSpec) -> anyhow::Result<Workflow> {
         if let Some(ms) = node.timeout_ms {
             task = task.timeout(Duration::from_millis(ms));
         }
+        if let Some(ms) = node.deadline_ms {
+            task = task.deadline(Duration::from_millis(ms));
+        }
+        if let Some(ms) = node.delay_ms {
+            task = task.delay(Duration::from_millis(ms));
+        }
         let parents: Vec<&str> = node.after.iter().map(String::as_str).collect();
         workflow = workflow.node_after(&node.name, task, &parents);
     }

@@ -1067,3 +1067,48 @@ async fn a_delayed_node_waits_in_the_delayed_set_until_cancelled() {
     assert_eq!(delayed, 0);
     assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
 }
+
+/// A workflow file's `delay_ms` and `deadline_ms` hold as the producer's
+/// do: the delayed node becomes runnable its delay after its parent's
+/// commit released it, and the node whose deadline passes while its parent
+/// runs expires (under `continue`, its sibling branch goes on).
+#[tokio::test]
+async fn a_workflow_files_delay_and_deadline_hold() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "4")]).await;
+    let dir = ScratchDir::new("workflows");
+    let path = dir.path().join("scheduled.yaml");
+    std::fs::write(
+        &path,
+        "on_failure: continue\nnodes:\n  - {name: first, kind: echo, params: {a: 1}}\n  - {name: later, kind: echo, after: [first], delay_ms: 300, params: {$ref: first, path: /a}}\n  - {name: slow, kind: sleep, params: {ms: 400}}\n  - {name: hurried, kind: echo, after: [slow], deadline_ms: 1, params: {}}\n",
+    )
+    .unwrap();
+    let out = tandem(
+        &redis,
+        &["flow", "submit", path.to_str().unwrap(), "--wait"],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let id: tandem_shared::TaskId = text(&out.stderr)
+        .trim()
+        .strip_prefix("submitted workflow ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let producer = redis.producer().await;
+    let state = producer.workflow_state(id).await.unwrap().unwrap();
+    let node = |name: &str| {
+        state
+            .nodes
+            .iter()
+            .find(|n| n.graph.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    };
+    let later = node("later");
+    let released = later.released_at_ms.expect("released by its parent");
+    assert_eq!(later.record.status, Status::Succeeded);
+    assert_eq!(later.record.run_at_ms, Some(released + 300));
+    assert!(later.record.started_at_ms.unwrap() >= released + 300);
+    let hurried = &node("hurried").record;
+    assert_eq!(hurried.status, Status::Expired, "{hurried:?}");
+    assert_eq!(hurried.started_at_ms, None);
+}

@@ -158,16 +158,30 @@ def test_a_failed_node_fails_the_workflow_fast(fleet, client):
     assert "workflow node bad ended failed" in outcome.nodes["child"].error_message
 
 
-def test_a_nodes_deadline_and_delay_hold(fleet, client):
+SCHEDULED_SPEC = {"on_failure": "continue", "nodes": [
+    {"name": "parent", "kind": "sleep", "params": {"ms": 400}, "class": "light"},
+    {"name": "late", "kind": "echo", "params": {"n": 1}, "after": ["parent"], "deadline_ms": 100},
+    {"name": "after_late", "kind": "echo", "params": {"n": 2}, "after": ["late"]},
+    {"name": "later", "kind": "echo", "params": {"n": 3}, "after": ["parent"], "delay_ms": 300,
+     "deadline_ms": 600_000},
+]}
+
+
+@pytest.mark.parametrize("built_by", ["builder", "spec"])
+def test_a_nodes_deadline_and_delay_hold(fleet, client, built_by):
     """A node's deadline counts from the submit and passes while its parent
     runs (400 ms, from its start after the submit): released past it, the
     node expires unstarted, a failure to `continue`. A node's delay counts
-    from its release: judged on the times Redis recorded."""
-    flow = (Workflow(on_failure="continue")
-            .node("parent", "sleep", {"ms": 400}, cls="light")
-            .node("late", "echo", {"n": 1}, after=["parent"], deadline=0.1)
-            .node("after_late", "echo", {"n": 2}, after=["late"])
-            .node("later", "echo", {"n": 3}, after=["parent"], delay=0.3, deadline=600))
+    from its release: judged on the times Redis recorded. A spec's
+    `deadline_ms` and `delay_ms` say the same as the builder's arguments."""
+    if built_by == "builder":
+        flow = (Workflow(on_failure="continue")
+                .node("parent", "sleep", {"ms": 400}, cls="light")
+                .node("late", "echo", {"n": 1}, after=["parent"], deadline=0.1)
+                .node("after_late", "echo", {"n": 2}, after=["late"])
+                .node("later", "echo", {"n": 3}, after=["parent"], delay=0.3, deadline=600))
+    else:
+        flow = Workflow.from_spec(SCHEDULED_SPEC)
     handle = client.submit_workflow(flow)
     outcome = handle.wait(WAIT)
     assert outcome.status == "failed"
@@ -225,6 +239,8 @@ def test_a_bad_spec_is_refused_naming_the_node_and_nothing_is_written(redis_serv
         ({"nodes": [{"name": "a"}]}, "node 'a': `kind` must be a string"),
         ({"on_failure": "sometimes", "nodes": []}, "on_failure is 'sometimes'; expected fail_fast or continue"),
         ({"nodes": []}, "workflow: it has no nodes"),
+        ({"nodes": [{"name": "a", "kind": "echo", "delay_ms": -5}]},
+         "node 'a': `delay_ms` must be a whole number, 0 or more, got -5"),
     ],
 )
 def test_a_malformed_spec_is_refused_naming_the_field(redis_server, spec, message):

@@ -54,4 +54,12 @@ pub struct NodeSpec {
     pub memory_bytes: Option<u64>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Not started this long after the workflow's submit: the node expires
+    /// (a failure to `on_failure`).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Runnable this long after its release (its last parent's commit; for
+    /// a node without parents, the submit).
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
 }

@@ -119,7 +119,8 @@ class Workflow:
         """The workflow a spec describes, as `tandem flow submit FILE` reads
         it (`shared/src/workflow/spec.rs`): `{"on_failure": ..., "nodes":
         [{"name", "kind", "params", "after", "class", "priority",
-        "max_attempts", "memory_bytes", "timeout_ms"}, ...]}`. Unknown
+        "max_attempts", "memory_bytes", "timeout_ms", "deadline_ms",
+        "delay_ms"}, ...]}`. Unknown
         fields are refused, naming them."""
         if not isinstance(spec, dict):
             raise InvalidWorkflow(f"a workflow spec is a map with `nodes`, got {type(spec).__name__}")
@@ -148,7 +149,7 @@ class Workflow:
             return InvalidWorkflow(f"node {label!r}: {problem}", node=label, field=field_name)
 
         fields = ("name", "kind", "params", "after", "class", "priority", "max_attempts", "memory_bytes",
-                  "timeout_ms")
+                  "timeout_ms", "deadline_ms", "delay_ms")
         for key in node:
             if key not in fields:
                 raise bad(f"unknown field {key!r}; the fields are {', '.join(fields)}", str(key))
@@ -159,7 +160,9 @@ class Workflow:
         if not isinstance(after, list) or not all(isinstance(p, str) for p in after):
             raise bad(f"`after` must be a list of node names, got {after!r}", "after")
         timeout_ms = node.get("timeout_ms")
-        for number in ("max_attempts", "memory_bytes", "timeout_ms"):
+        deadline_ms = node.get("deadline_ms")
+        delay_ms = node.get("delay_ms")
+        for number in ("max_attempts", "memory_bytes", "timeout_ms", "deadline_ms", "delay_ms"):
             value = node.get(number)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise bad(f"`{number}` must be a whole number, 0 or more, got {value!r}", number)
@@ -173,6 +176,8 @@ class Workflow:
             max_attempts=node.get("max_attempts"),
             memory_bytes=node.get("memory_bytes"),
             timeout=None if timeout_ms is None else datetime.timedelta(milliseconds=timeout_ms),
+            deadline=None if deadline_ms is None else datetime.timedelta(milliseconds=deadline_ms),
+            delay=None if delay_ms is None else datetime.timedelta(milliseconds=delay_ms),
         )
 
     @classmethod
