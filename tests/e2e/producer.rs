@@ -209,7 +209,7 @@ async fn a_batch_is_one_script_call_per_run_and_a_bad_task_fails_alone() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let n = SUBMIT_BATCH + 72;
+    let n = SUBMIT_BATCH + 7;
     let ids = producer
         .submit_many((0..n).map(|_| noop()).collect())
         .await

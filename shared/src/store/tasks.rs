@@ -8,10 +8,11 @@ use crate::scripts;
 use crate::task::{Class, Status, TaskId};
 use crate::wire::{NewTask, TaskRecord};
 
-/// The most tasks one `submit_many.lua` call carries: a call runs
-/// atomically, so a larger batch would hold Redis for longer than the
-/// round trips it saves are worth.
-pub const SUBMIT_BATCH: usize = 128;
+/// The most tasks one `submit_many.lua` call carries. Redis's time per task
+/// falls from 1 to 8-32 tasks a call and rises again beyond (about 35 us at
+/// 8-32, 38 at 64, 60 at 100 and more: `scripts/lua-cost`, see
+/// docs/BENCHMARKS.md), and a call holds Redis for all of its tasks.
+pub const SUBMIT_BATCH: usize = 32;
 
 /// What `submit` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
