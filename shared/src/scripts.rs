@@ -202,6 +202,7 @@ macro_rules! script {
 }
 
 script!(SUBMIT, "submit.lua");
+script!(SUBMIT_MANY, "submit_many.lua");
 script!(CLAIM, "claim.lua");
 script!(COMPLETE, "complete.lua");
 script!(SPLIT, "split.lua");
@@ -220,9 +221,10 @@ script!(WORKFLOW_SUBMIT, "workflow_submit.lua");
 script!(WORKFLOW_CANCEL, "workflow_cancel.lua");
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 17] {
+pub fn all() -> [&'static LuaScript; 18] {
     [
         &SUBMIT,
+        &SUBMIT_MANY,
         &CLAIM,
         &COMPLETE,
         &SPLIT,
@@ -336,6 +338,10 @@ mod tests {
                 .contains("-- Creates a task whose record the caller")
         );
         assert!(SUBMIT.source.contains("\n-- submit.lua\n"));
+        // Both submit scripts share the one per-task path.
+        for script in [&*SUBMIT, &*SUBMIT_MANY] {
+            assert!(script.source.contains("local function submit_task("));
+        }
     }
 
     #[test]

@@ -174,3 +174,79 @@ async fn idle_wait_futures_do_not_stall_later_submits() {
         assert!(outcome.unwrap().succeeded());
     }
 }
+
+/// The `Calls` figure of `INFO commandstats` for one command, 0 when it
+/// has not run since the last `CONFIG RESETSTAT`.
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// A batch goes to Redis as one `submit_many.lua` call per run of up to
+/// `SUBMIT_BATCH` tasks of a class, its entries in the batch's order; a
+/// task that cannot be submitted fails alone, its error naming its index.
+#[tokio::test]
+async fn a_batch_is_one_script_call_per_run_and_a_bad_task_fails_alone() {
+    use tandem_shared::kind::builtin::Noop;
+    use tandem_shared::store::SUBMIT_BATCH;
+
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let mut conn = redis.conn().await;
+    let noop = || Task::of::<Noop>(&rmpv::Value::Nil).unwrap();
+    let stream = "tandem:{cpu}:stream:normal";
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let n = SUBMIT_BATCH + 7;
+    let ids = producer
+        .submit_many((0..n).map(|_| noop()).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        command_calls(&mut conn, "evalsha").await,
+        2,
+        "two calls for {n} tasks"
+    );
+    let entries: redis::streams::StreamRangeReply = conn.xrange_all(stream).await.unwrap();
+    let in_stream: Vec<String> = entries
+        .ids
+        .iter()
+        .map(|entry| entry.get::<String>("id").unwrap())
+        .collect();
+    let submitted: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        in_stream, submitted,
+        "one entry per task, in the batch's order"
+    );
+
+    // An idempotency key that holds a hash: that task fails, naming its
+    // index, and writes nothing; the tasks around it are submitted.
+    let clash = "tandem:{cpu}:idem:clash";
+    let _: () = conn.hset(clash, "not", "a string").await.unwrap();
+    let batch = vec![noop(), noop().idempotency_key("clash"), noop()];
+    let err = producer.submit_many(batch).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("WRONGTYPE") && text.contains("task 1:"),
+        "{text}"
+    );
+    assert_eq!(conn.xlen::<_, usize>(stream).await.unwrap(), n + 2);
+    let kind: String = redis::cmd("TYPE")
+        .arg(clash)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kind, "hash");
+}

@@ -87,7 +87,7 @@ pub use queue_metrics::{ClassCounts, QueueSnapshot};
 pub use round_trip::{Trip, TripResult};
 pub use schedules::{Changed, DUE_BATCH, Due, Fired, Put, ScheduleChange};
 pub use stats::{ScanPosition, StreamStats, UnknownStream};
-pub use tasks::{CancelOutcome, Submitted};
+pub use tasks::{CancelOutcome, SUBMIT_BATCH, Submitted};
 pub use workers::{Consumer, ProcessRef};
 pub use workflow::{GraphEntry, NewNode, NewWorkflow, NodeState, WorkflowCancel, WorkflowState};
 pub use workflow_index::{RECENT_WORKFLOWS_MAX, WorkflowSummary};

@@ -8,6 +8,12 @@ use crate::scripts;
 use crate::task::{Class, Status, TaskId};
 use crate::wire::{NewTask, TaskRecord};
 
+/// The most tasks one `submit_many.lua` call carries. Redis's time per task
+/// falls from 1 to 8-32 tasks a call and rises again beyond (about 35 us at
+/// 8-32, 38 at 64, 60 at 100 and more: `scripts/lua-cost`, see
+/// docs/BENCHMARKS.md), and a call holds Redis for all of its tasks.
+pub const SUBMIT_BATCH: usize = 32;
+
 /// What `submit` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
@@ -51,11 +57,53 @@ impl Store {
         call.into_cmd()
     }
 
+    /// One `submit_many.lua` call for the tasks of `batch` (indices into
+    /// `tasks`, all of one class, so of one Cluster slot); see that
+    /// script's header for the argument layout.
+    fn submit_batch_cmd(
+        &self,
+        tasks: &[NewTask],
+        batch: &[usize],
+        producer: &str,
+        reply_to: Option<&str>,
+    ) -> Cmd {
+        let mut call = scripts::SUBMIT_MANY
+            .invocation(self.events)
+            .arg(batch.len())
+            .arg(batch.first().copied().unwrap_or(0));
+        for &i in batch {
+            let task = &tasks[i];
+            call = call
+                .key(self.keys.stream(task.class, task.priority))
+                .key(self.keys.task(task.class, &task.id));
+            if let Some(key) = &task.idempotency_key {
+                call = call.key(self.keys.idempotency(task.class, key));
+            }
+            let metadata = task.metadata(producer, reply_to);
+            call = call
+                .arg(if task.idempotency_key.is_some() { 3 } else { 2 })
+                .arg(task.id.to_string())
+                .arg(task.deadline_in_ms.unwrap_or(0))
+                .arg(self.retention.idempotency_ttl_s)
+                .arg(task.idempotency_key.as_deref().unwrap_or(""))
+                .arg(task.params.as_slice())
+                .arg(metadata.len());
+            for (name, value) in metadata {
+                call = call.arg(name).arg(value);
+            }
+        }
+        call.into_cmd()
+    }
+
     /// Submits tasks in one round trip. Each returned item matches the task
     /// at the same position; one task's failure does not fail the others.
     /// `reply_to` names the stream a task's completion notice goes to, by
     /// the task's class: a reply stream of that class ([`Keys::reply`]), as
     /// workers notify no other key.
+    ///
+    /// A lone task goes by `submit.lua`; more go by `submit_many.lua`, one
+    /// call per run of up to [`SUBMIT_BATCH`] tasks of one class (a call's
+    /// keys must share a Cluster slot), all calls in one pipeline.
     ///
     /// [`Keys::reply`]: crate::keys::Keys::reply
     pub async fn submit_many<'a>(
@@ -64,22 +112,59 @@ impl Store {
         producer: &str,
         reply_to: impl Fn(Class) -> Option<&'a str>,
     ) -> Result<Vec<Result<Submitted, StoreError>>, StoreError> {
-        let cmds: Vec<Cmd> = tasks
+        if let [task] = tasks {
+            let replies = self
+                .pipeline_replicated(&[self.submit_cmd(task, producer, reply_to(task.class))])
+                .await?;
+            let reply = replies
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Protocol {
+                    what: "submit",
+                    detail: "no reply for 1 task".to_owned(),
+                })?;
+            return Ok(vec![parse_submitted(task.class, reply)]);
+        }
+        // Runs of consecutive tasks of one class, each at most SUBMIT_BATCH.
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for (i, task) in tasks.iter().enumerate() {
+            match batches.last_mut() {
+                Some(batch)
+                    if batch.len() < SUBMIT_BATCH && tasks[batch[0]].class == task.class =>
+                {
+                    batch.push(i)
+                }
+                _ => batches.push(vec![i]),
+            }
+        }
+        let cmds: Vec<Cmd> = batches
             .iter()
-            .map(|t| self.submit_cmd(t, producer, reply_to(t.class)))
+            .map(|batch| {
+                let class = tasks[batch[0]].class;
+                self.submit_batch_cmd(tasks, batch, producer, reply_to(class))
+            })
             .collect();
         let replies = self.pipeline_replicated(&cmds).await?;
-        if replies.len() != tasks.len() {
+        if replies.len() != batches.len() {
             return Err(StoreError::Protocol {
-                what: "submit",
-                detail: format!("{} replies for {} tasks", replies.len(), tasks.len()),
+                what: "submit_many",
+                detail: format!("{} replies for {} calls", replies.len(), batches.len()),
             });
         }
-        Ok(tasks
-            .iter()
-            .zip(replies)
-            .map(|(task, reply)| parse_submitted(task.class, reply))
-            .collect())
+        let mut out = Vec::with_capacity(tasks.len());
+        for (batch, reply) in batches.iter().zip(replies) {
+            let items = array(reply_ok(reply)?, "submit_many")?;
+            if items.len() != batch.len() {
+                return Err(StoreError::Protocol {
+                    what: "submit_many",
+                    detail: format!("{} replies for {} tasks", items.len(), batch.len()),
+                });
+            }
+            for (&i, item) in batch.iter().zip(items) {
+                out.push(parse_submitted(tasks[i].class, item));
+            }
+        }
+        Ok(out)
     }
 
     /// The newest entry id of a stream, or `0-0` when it is empty or absent:

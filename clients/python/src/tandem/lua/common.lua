@@ -828,3 +828,77 @@ local function add_task(stream_key, record_key, now, deadline_in, params, pairs,
   redis.call('HSET', unpack(record))
   return entry_id
 end
+
+-- Submits one task (submit.lua's whole work; submit_many.lua's per task):
+-- appends its entry and creates its record, unless the idempotency key
+-- `idem_key` (nil when the task has none) already names a task, which is
+-- then returned, or the task id already has a record. `args[first..last]`
+-- are the metadata pairs (see submit.lua for `run_at_ms` and `delay_ms`).
+-- Returns {id, 1} for a new task, {existing id, 0}, or an error table
+-- ({err = ...}) with nothing written.
+local function submit_task(stream_key, record_key, idem_key, id, deadline_in, ttl, idem_given, params,
+    args, first, last)
+  -- The delayed task's time, read before anything is written.
+  local run_at = nil
+  for i = first, last, 2 do
+    local name = args[i]
+    if name == 'run_at_ms' or name == 'delay_ms' then
+      local value = tonumber(args[i + 1])
+      if not value or value ~= math.floor(value) or value < 0 then
+        return redis.error_reply('ERR ' .. name .. ' must be a whole number of ms, 0 or more; got '
+          .. string.format('%q', args[i + 1]))
+      end
+      if name == 'delay_ms' then
+        value = now_ms() + value
+      end
+      run_at = math.max(run_at or 0, value)
+    end
+  end
+
+  local base = string.match(record_key, '^(.*:)task:[^:]+$')
+  local checks = {stream_key, 'stream', record_key, 'hash'}
+  if run_at and base then
+    checks[#checks + 1] = base .. 'delayed'
+    checks[#checks + 1] = 'zset'
+  end
+  if idem_key then
+    checks[#checks + 1] = idem_key
+    checks[#checks + 1] = 'string'
+  end
+  local problem = wrong_type(checks)
+  if problem then
+    return redis.error_reply(problem)
+  end
+
+  if idem_key then
+    local existing = redis.call('GET', idem_key)
+    if existing then
+      return {existing, 0}
+    end
+  end
+
+  -- Claims the record (and says `queued`) only if the task id has none yet.
+  if redis.call('HSETNX', record_key, 'status', 'queued') == 0 then
+    return {id, 0}
+  end
+
+  local now = now_ms()
+  local pairs_in = {}
+  for i = first, last, 2 do
+    if args[i] ~= 'run_at_ms' and args[i] ~= 'delay_ms' then
+      pairs_in[#pairs_in + 1] = args[i]
+      pairs_in[#pairs_in + 1] = args[i + 1]
+    end
+  end
+  local extra = {}
+  if idem_key then
+    extra = {'idempotency_key', idem_given}
+    redis.call('SET', idem_key, id, 'EX', ttl)
+  end
+  local later = run_at and {run_at = run_at, base = base, id = id}
+  add_task(stream_key, record_key, now, tonumber(deadline_in) or 0, params, pairs_in, extra, later)
+  -- Every field of the event is known here: it reads nothing back.
+  emit_event(base_of(stream_key), 'submitted', id, record_key, {kind = field(pairs_in, 'kind') or false,
+    attempt = field(pairs_in, 'attempt') or false, worker = false, device = false}, now)
+  return {id, 1}
+end
