@@ -1,5 +1,5 @@
 use super::*;
-use crate::mlp_gpu::CUBLAS_NOT_FOUND;
+use crate::mlp_gpu::{CUBLAS_NOT_FOUND, cublas};
 use crate::transformer::{
     AdamState, Optimizer, Pooling, TrainConfig, TrainWatch, forward_cpu, gradients_cpu,
     train_cpu_until, train_step,

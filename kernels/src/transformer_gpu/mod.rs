@@ -42,7 +42,7 @@ use cudarc::cublas::CudaBlas;
 use self::device::{DeviceModel, Kernels, Workspace, ensure_workspace};
 use self::plan::{OUT, RAW, chunks, forward_plan, per_window, table_floats};
 use crate::driver::DeviceError;
-use crate::mlp_gpu::cublas;
+use crate::mlp_gpu::cublas_for;
 use crate::runtime::{Gpu, Source};
 use crate::transformer::{Offsets, Positions, Transformer, TransformerError, sinusoidal};
 
@@ -144,13 +144,17 @@ impl std::fmt::Debug for GpuTransformer {
 
 impl GpuTransformer {
     /// Uploads `model` to `gpu`, with the GPU's shared cuBLAS handle
-    /// ([`cublas`]).
+    /// ([`crate::mlp_gpu::cublas`]).
     pub fn upload(gpu: &Gpu, model: &Transformer) -> Result<Self, GpuTransformerError> {
-        Self::upload_with(gpu, cublas(gpu)?, model)
+        Self::upload_with(
+            gpu,
+            cublas_for(gpu, "the transformer runs on its CPU twin")?,
+            model,
+        )
     }
 
     /// Uploads `model` to `gpu` with `blas`, which must be a handle on
-    /// `gpu`'s stream ([`cublas`] gives the GPU's own, in FP32 math).
+    /// `gpu`'s stream ([`crate::mlp_gpu::cublas`] gives the GPU's own, in FP32 math).
     pub fn upload_with(
         gpu: &Gpu,
         blas: Arc<CudaBlas>,
