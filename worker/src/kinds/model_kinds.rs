@@ -359,19 +359,19 @@ struct TrainData<'a> {
 }
 
 /// How many windows one training run on the GPU takes: what the free
-/// memory `room` holds once the training copy's fixed part (its
-/// parameters, Adam's two moments and the gradient: what
-/// [`GpuTransformer::train_bytes`] adds over the resident model's booked
-/// [`GpuTransformer::forward_bytes`]) is set aside, at most a mini-batch
-/// (a larger mini-batch is cut into runs whose gradients add up). `None`
-/// when not even one window fits: the CPU twin trains it then.
+/// memory `room` holds once the training copy's fixed part (its own
+/// parameters and position table beside the resident model's, Adam's two
+/// moments and the gradient: [`GpuTransformer::train_bytes`] of no
+/// windows) is set aside, at most a mini-batch (a larger mini-batch is cut
+/// into runs whose gradients add up). `None` when not even one window
+/// fits: the CPU twin trains it then.
 fn gpu_training(
     name: &str,
     config: &xf::Config,
     room: Option<u64>,
     batch_size: usize,
 ) -> Option<usize> {
-    let fixed = GpuTransformer::train_bytes(config, 0) - GpuTransformer::forward_bytes(config, 0);
+    let fixed = GpuTransformer::train_bytes(config, 0);
     let per_window =
         GpuTransformer::train_bytes(config, 1) - GpuTransformer::train_bytes(config, 0);
     let room = match room {
@@ -479,4 +479,94 @@ async fn write_out(dir: &str, name: &str, file: &[u8]) -> Result<String, TaskErr
             )
         })?;
     Ok(path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_shared::kind::model_kinds::{transformer_forward_bytes, transformer_train_bytes};
+    use tandem_shared::model_format::transformer::{Pooling, Positions, TransformerShape};
+
+    use super::*;
+
+    fn config(shape: &TransformerShape) -> xf::Config {
+        xf::Config {
+            features: shape.features,
+            window: shape.window,
+            d_model: shape.d_model,
+            heads: shape.heads,
+            layers: shape.layers,
+            ff: shape.ff,
+            outputs: shape.outputs,
+            causal: shape.causal,
+            pooling: match shape.pooling {
+                Pooling::Last => xf::Pooling::Last,
+                Pooling::Mean => xf::Pooling::Mean,
+            },
+            positions: match shape.positions {
+                Positions::Learned => xf::Positions::Learned,
+                Positions::Sinusoidal => xf::Positions::Sinusoidal,
+            },
+        }
+    }
+
+    /// The estimate a task declares from the registry record's shape
+    /// (shared) is what the GPU path holds for it (kernels): the forward's
+    /// workspace for its windows, and the whole training copy.
+    #[test]
+    fn the_declared_memory_is_what_the_gpu_path_holds() {
+        for (layers, positions) in [(1, Positions::Learned), (4, Positions::Sinusoidal)] {
+            let shape = TransformerShape {
+                features: 32,
+                window: 128,
+                d_model: 256,
+                heads: 8,
+                layers,
+                ff: 1024,
+                outputs: 2,
+                causal: true,
+                pooling: Pooling::Mean,
+                positions,
+            };
+            let c = config(&shape);
+            for windows in [1u64, 16, 1000] {
+                let n = windows as usize;
+                assert_eq!(
+                    transformer_forward_bytes(&shape, windows),
+                    GpuTransformer::forward_bytes(&c, n) - GpuTransformer::forward_bytes(&c, 0),
+                    "{shape:?} forward of {windows}"
+                );
+                assert_eq!(
+                    transformer_train_bytes(&shape, windows),
+                    GpuTransformer::train_bytes(&c, n),
+                    "{shape:?} training runs of {windows}"
+                );
+            }
+        }
+    }
+
+    /// A training run takes what the room holds after the training copy's
+    /// fixed part, at most a mini-batch; with no room for one window the
+    /// CPU twin trains; with no ledger (no room known) the whole
+    /// mini-batch goes in one run.
+    #[test]
+    fn training_runs_are_cut_to_the_room() {
+        let c = xf::Config {
+            features: 4,
+            window: 16,
+            d_model: 16,
+            heads: 2,
+            layers: 1,
+            ff: 32,
+            outputs: 1,
+            causal: true,
+            pooling: xf::Pooling::Last,
+            positions: xf::Positions::Learned,
+        };
+        let room = |windows: usize| Some(GpuTransformer::train_bytes(&c, windows));
+        assert_eq!(gpu_training("m", &c, room(5), 16), Some(5));
+        assert_eq!(gpu_training("m", &c, room(64), 16), Some(16));
+        assert_eq!(gpu_training("m", &c, room(1), 16), Some(1));
+        assert_eq!(gpu_training("m", &c, room(1).map(|r| r - 1), 16), None);
+        assert_eq!(gpu_training("m", &c, None, 16), Some(16));
+    }
 }
