@@ -667,6 +667,30 @@ fn the_backward_plan_computes_the_cpu_twins_gradient() {
     }
 }
 
+/// One window of one step, one head, one feature, one layer (batch 1 in
+/// every strided GEMM): the training plans at the edges.
+#[test]
+fn the_backward_plan_holds_at_the_edges() {
+    let config = Config {
+        features: 1,
+        window: 1,
+        d_model: 4,
+        heads: 1,
+        layers: 1,
+        ff: 3,
+        outputs: 1,
+        causal: true,
+        pooling: Pooling::Mean,
+        positions: Positions::Learned,
+    };
+    let model = model(config);
+    let x = inputs(3, &config);
+    let targets = [0.5, -0.25, 1.0];
+    let (expect, _) = gradients_cpu(&model, &x, &targets, 3).expect("cpu");
+    let (got, _) = run_train_plans(&model, &x, &targets, 3, 1);
+    assert_gradients_close("edge", &got, &expect, 1e-5);
+}
+
 /// The training ledger figure: parameters, moments, gradient, the table
 /// and every training buffer; `train_batch_that_fits` inverts it.
 #[test]
