@@ -331,7 +331,7 @@ async fn predict_batch_serves_a_thousand_symbol_transformer_by_blob_reference() 
 #[tokio::test]
 async fn train_fine_tunes_a_transformer_and_its_loss_falls() {
     let redis = RedisServer::start();
-    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let worker = WorkerProcess::start(&redis, &[]).await;
     let store = crate::support::gpus::store(&redis).await;
     let producer = redis.producer().await;
     let (samples, window, features) = (64, 16, 4);
@@ -371,6 +371,9 @@ async fn train_fine_tunes_a_transformer_and_its_loss_falls() {
         .unwrap_or_else(|e| panic!("{e}: {record:?}"));
     assert_eq!(out.losses.len(), epochs as usize);
     assert_eq!(out.steps, u64::from(epochs) * 4);
+    // A CPU worker trains on the twin, and says so.
+    let log = worker.log_text();
+    assert!(log.contains("transformer trained on the CPU twin"), "{log}");
     let (first, last) = (out.losses[0], out.losses[epochs as usize - 1]);
     assert!(
         last < first / 4.0,

@@ -4,7 +4,7 @@
 //! memory, on a simulated GPU as host memory booked in the device's memory
 //! ledger as if it were on the device, on a CPU worker in host memory. A
 //! transformer likewise: on a real GPU as a [`GpuTransformer`] (its forward
-//! pass; `train` runs the CPU twin, the GPU backward is not built), booked
+//! pass; `train` fine-tunes a copy of it there, forward and backward), booked
 //! in the ledger, on a simulated GPU booked as if it were there, elsewhere
 //! in host memory ([`ResidentTransformer`]). A model whose registry version
 //! changed is loaded again. Room on a device is made by the ledger's
@@ -66,8 +66,8 @@ pub enum ResidentTransformer {
     /// upload failed without harm to the device).
     Cpu(Arc<Transformer>),
     /// On the worker's real GPU: its forward pass runs there (cuBLAS and
-    /// `cuda/transformer.cu`); the host copy serves `train`, which runs the
-    /// CPU twin (the GPU backward is not built).
+    /// `cuda/transformer.cu`); `train` uploads its own copy of the host
+    /// weights and trains it there (forward, backward and Adam on the GPU).
     Gpu {
         host: Arc<Transformer>,
         device: Arc<GpuTransformer>,
@@ -405,7 +405,7 @@ impl ModelCache {
 
 /// What a failed upload to a real GPU does to the attempt.
 #[derive(Debug, PartialEq, Eq)]
-enum UploadFailure {
+pub(crate) enum UploadFailure {
     /// The attempt fails with this error: `DEVICE_FAILED` (the device is
     /// dead: the executor marks it failed, hands every running task back
     /// and the worker exits for its fleet to restart it) or out of memory
@@ -439,7 +439,7 @@ fn upload_failure(name: &str, err: GpuMlpError) -> UploadFailure {
 }
 
 /// [`upload_failure`] for a transformer's upload: the same rule.
-fn transformer_upload_failure(name: &str, err: GpuTransformerError) -> UploadFailure {
+pub(crate) fn transformer_upload_failure(name: &str, err: GpuTransformerError) -> UploadFailure {
     match err {
         GpuTransformerError::Device(err) => upload_failure(name, GpuMlpError::Device(err)),
         other => UploadFailure::RunOnCpu(other.to_string()),

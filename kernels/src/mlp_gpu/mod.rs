@@ -132,6 +132,22 @@ pub fn cublas_missing() -> Option<String> {
     }
 }
 
+/// [`cublas`] for a model's upload: when cuBLAS is missing, the error
+/// says what runs instead (`fallback`: "the MLP runs on the CPU"), so a
+/// log names the model architecture it was for.
+pub fn cublas_for(gpu: &Gpu, fallback: &str) -> Result<Arc<CudaBlas>, DeviceError> {
+    cublas(gpu).map_err(|err| with_fallback(err, fallback))
+}
+
+/// A "cuBLAS not found" error with what runs instead appended; any other
+/// error as it is.
+fn with_fallback(mut err: DeviceError, fallback: &str) -> DeviceError {
+    if err.message.starts_with(CUBLAS_NOT_FOUND) {
+        err.message = format!("{}; {fallback}", err.message);
+    }
+    err
+}
+
 /// How the error of [`cublas`] starts when there is no usable libcublas
 /// (rather than a failing device).
 pub const CUBLAS_NOT_FOUND: &str = "cuBLAS not found";
@@ -139,7 +155,7 @@ pub const CUBLAS_NOT_FOUND: &str = "cuBLAS not found";
 fn new_handle(gpu: &Gpu) -> Result<Arc<CudaBlas>, DeviceError> {
     let not_found = |why: &str| DeviceError {
         fault: Fault::Other,
-        message: format!("{CUBLAS_NOT_FOUND}: {why}; the MLP runs on the CPU"),
+        message: format!("{CUBLAS_NOT_FOUND}: {why}"),
     };
     if let Some(why) = cublas_missing() {
         return Err(not_found(&why));
@@ -248,7 +264,7 @@ impl GpuMlp {
     /// Uploads `mlp` to `gpu`, with the GPU's shared cuBLAS handle
     /// ([`cublas`]).
     pub fn upload(gpu: &Gpu, mlp: &Mlp) -> Result<Self, GpuMlpError> {
-        Self::upload_with(gpu, cublas(gpu)?, mlp)
+        Self::upload_with(gpu, cublas_for(gpu, "the MLP runs on the CPU")?, mlp)
     }
 
     /// Uploads `mlp` to `gpu` with `blas`, which must be a handle on

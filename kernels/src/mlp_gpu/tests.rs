@@ -176,3 +176,31 @@ fn cublas_statuses_are_classified_by_what_they_mean_for_the_device() {
     check(S::CUBLAS_STATUS_NOT_SUPPORTED, Fault::Other);
     check(S::CUBLAS_STATUS_LICENSE_ERROR, Fault::Other);
 }
+
+/// A missing cuBLAS names what runs instead, for the architecture whose
+/// upload needed it; a device error is left as it is.
+#[test]
+fn a_missing_cublas_names_the_model_it_was_for() {
+    let missing = || DeviceError {
+        fault: Fault::Other,
+        message: format!("{CUBLAS_NOT_FOUND}: no libcublas.so found"),
+    };
+    for fallback in [
+        "the MLP runs on the CPU",
+        "the transformer runs on its CPU twin",
+    ] {
+        let err = with_fallback(missing(), fallback);
+        assert_eq!(
+            err.message,
+            format!("{CUBLAS_NOT_FOUND}: no libcublas.so found; {fallback}")
+        );
+    }
+    let sticky = DeviceError {
+        fault: Fault::Sticky,
+        message: "CUDA_ERROR_ILLEGAL_ADDRESS".into(),
+    };
+    assert_eq!(
+        with_fallback(sticky, "the MLP runs on the CPU").message,
+        "CUDA_ERROR_ILLEGAL_ADDRESS"
+    );
+}

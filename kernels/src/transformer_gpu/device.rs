@@ -26,6 +26,14 @@ pub(super) struct Kernels {
     layer_norm: CudaFunction,
     softmax: CudaFunction,
     pool: CudaFunction,
+    gelu: CudaFunction,
+    gelu_backward: CudaFunction,
+    ln_stats: CudaFunction,
+    ln_backward: CudaFunction,
+    ln_gain_grad: CudaFunction,
+    column_sums: CudaFunction,
+    softmax_backward: CudaFunction,
+    pool_backward: CudaFunction,
 }
 
 impl Kernels {
@@ -39,6 +47,14 @@ impl Kernels {
             layer_norm: function("tf_layer_norm")?,
             softmax: function("tf_softmax")?,
             pool: function("tf_pool")?,
+            gelu: function("tf_gelu")?,
+            gelu_backward: function("tf_gelu_backward")?,
+            ln_stats: function("tf_ln_stats")?,
+            ln_backward: function("tf_ln_backward")?,
+            ln_gain_grad: function("tf_ln_gain_grad")?,
+            column_sums: function("tf_column_sums")?,
+            softmax_backward: function("tf_softmax_backward")?,
+            pool_backward: function("tf_pool_backward")?,
         })
     }
 }
@@ -64,6 +80,16 @@ pub(super) fn warp_per_row(rows: usize) -> LaunchConfig {
             1,
         ),
         block_dim: (32, ROWS_PER_BLOCK, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Columns per block of the column-sum kernels (`tf_column_sums`,
+/// `tf_ln_gain_grad`): blocks of (32, `TF_SUM_LANES` = 8).
+pub(super) fn column_blocks(cols: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((cols as u64).div_ceil(32) as u32, 1, 1),
+        block_dim: (32, 8, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -95,11 +121,23 @@ impl Workspace {
         config: &Config,
         capacity: usize,
     ) -> Result<Self, DeviceError> {
-        let buffers = per_window(config)
+        let ws = Self::with_sizes(stream, &per_window(config), &[0; 10], capacity)?;
+        debug_assert_eq!(ws.buffers.len(), WORKSPACE.len());
+        Ok(ws)
+    }
+
+    /// Buffers of `capacity x per[i] + fixed[i]` floats each.
+    pub(super) fn with_sizes(
+        stream: &Arc<CudaStream>,
+        per: &[usize],
+        fixed: &[usize],
+        capacity: usize,
+    ) -> Result<Self, DeviceError> {
+        let buffers = per
             .iter()
-            .map(|floats| stream.alloc_zeros::<f32>(capacity * floats))
+            .zip(fixed)
+            .map(|(floats, fixed)| stream.alloc_zeros::<f32>(capacity * floats + fixed))
             .collect::<Result<Vec<_>, _>>()?;
-        debug_assert_eq!(buffers.len(), WORKSPACE.len());
         Ok(Self { capacity, buffers })
     }
 
@@ -116,6 +154,18 @@ pub(super) fn ensure_workspace<'a>(
     slot: &'a mut Option<Workspace>,
     wanted: usize,
 ) -> Result<&'a mut Workspace, DeviceError> {
+    ensure_with(slot, wanted, |capacity| {
+        Workspace::new(&model.stream, &model.config, capacity)
+    })
+}
+
+/// [`ensure_workspace`] with any constructor (the training workspace's
+/// too).
+pub(super) fn ensure_with(
+    slot: &mut Option<Workspace>,
+    wanted: usize,
+    make: impl Fn(usize) -> Result<Workspace, DeviceError>,
+) -> Result<&mut Workspace, DeviceError> {
     let wanted = wanted.max(1);
     // Free a workspace too small before allocating the larger one.
     slot.take_if(|ws| ws.capacity < wanted);
@@ -124,7 +174,7 @@ pub(super) fn ensure_workspace<'a>(
     }
     let mut capacity = wanted;
     loop {
-        match Workspace::new(&model.stream, &model.config, capacity) {
+        match make(capacity) {
             Ok(ws) => return Ok(slot.insert(ws)),
             Err(err) if err.fault == Fault::OutOfMemory && capacity > 1 => {
                 capacity = capacity.div_ceil(2);
@@ -326,6 +376,147 @@ impl DeviceModel {
                 // SAFETY: tf_pool(u64, u32, u32, u32, const f32*, f32*);
                 // pooled holds n = windows x width values, z windows x
                 // steps x width.
+                #[allow(unsafe_code)]
+                unsafe {
+                    launch.launch(elementwise(*n))?;
+                }
+            }
+            Op::Copy { src, .. } => {
+                let mut dst = out.slice_mut(..src.len);
+                self.stream.memcpy_dtod(&inputs[0], &mut dst)?;
+            }
+            Op::Gelu { n, .. } | Op::GeluBack { n, .. } => {
+                let function = match op {
+                    Op::Gelu { .. } => &k.gelu,
+                    _ => &k.gelu_backward,
+                };
+                let n64 = *n as u64;
+                let mut launch = self.stream.launch_builder(function);
+                launch.arg(&n64).arg(&inputs[0]).arg(&mut out);
+                // SAFETY: tf_gelu / tf_gelu_backward(u64, const f32*,
+                // f32*); u and the output hold n values (Op::check).
+                #[allow(unsafe_code)]
+                unsafe {
+                    launch.launch(elementwise(*n))?;
+                }
+            }
+            Op::LnStats { rows, width, .. } => {
+                let (rows32, width) = (u32_of(*rows), u32_of(*width));
+                let mut launch = self.stream.launch_builder(&k.ln_stats);
+                launch
+                    .arg(&rows32)
+                    .arg(&width)
+                    .arg(&inputs[0])
+                    .arg(&mut out);
+                // SAFETY: tf_ln_stats(u32, u32, const f32*, f32*) in blocks
+                // of (32, TF_ROWS); x holds rows x width values, stats 2
+                // rows (Op::check).
+                #[allow(unsafe_code)]
+                unsafe {
+                    launch.launch(warp_per_row(*rows))?;
+                }
+            }
+            Op::LnBack {
+                rows,
+                width,
+                accumulate,
+                ..
+            } => {
+                let (rows32, width) = (u32_of(*rows), u32_of(*width));
+                let accumulate = u32::from(*accumulate);
+                let mut launch = self.stream.launch_builder(&k.ln_backward);
+                launch
+                    .arg(&rows32)
+                    .arg(&width)
+                    .arg(&accumulate)
+                    .arg(&inputs[0])
+                    .arg(&inputs[1])
+                    .arg(&inputs[2])
+                    .arg(&inputs[3])
+                    .arg(&mut out);
+                // SAFETY: tf_ln_backward(u32, u32, u32, const f32* dy,
+                // const f32* x, const f32* stats, const f32* gain, f32*
+                // dx) in blocks of (32, TF_ROWS); dy, x and dx hold rows x
+                // width values, stats 2 rows, gain width (Op::check).
+                #[allow(unsafe_code)]
+                unsafe {
+                    launch.launch(warp_per_row(*rows))?;
+                }
+            }
+            Op::LnGainGrad { rows, width, .. } => {
+                let (rows32, width32) = (u32_of(*rows), u32_of(*width));
+                let mut launch = self.stream.launch_builder(&k.ln_gain_grad);
+                launch
+                    .arg(&rows32)
+                    .arg(&width32)
+                    .arg(&inputs[0])
+                    .arg(&inputs[1])
+                    .arg(&inputs[2])
+                    .arg(&mut out);
+                // SAFETY: tf_ln_gain_grad(u32, u32, const f32* dy, const
+                // f32* x, const f32* stats, f32* dgain) in blocks of (32,
+                // 8); dy and x hold rows x width values, stats 2 rows,
+                // dgain width (Op::check).
+                #[allow(unsafe_code)]
+                unsafe {
+                    launch.launch(column_blocks(*width))?;
+                }
+            }
+            Op::ColumnSums { rows, cols, .. } => {
+                let (rows32, cols32) = (u32_of(*rows), u32_of(*cols));
+                let mut launch = self.stream.launch_builder(&k.column_sums);
+                launch
+                    .arg(&rows32)
+                    .arg(&cols32)
+                    .arg(&inputs[0])
+                    .arg(&mut out);
+                // SAFETY: tf_column_sums(u32, u32, const f32*, f32*) in
+                // blocks of (32, 8); m holds rows x cols values, sums cols
+                // (Op::check).
+                #[allow(unsafe_code)]
+                unsafe {
+                    launch.launch(column_blocks(*cols))?;
+                }
+            }
+            Op::SoftmaxBack {
+                rows, width, scale, ..
+            } => {
+                let (rows64, width) = (*rows as u64, u32_of(*width));
+                let mut launch = self.stream.launch_builder(&k.softmax_backward);
+                launch
+                    .arg(&rows64)
+                    .arg(&width)
+                    .arg(scale)
+                    .arg(&inputs[0])
+                    .arg(&mut out);
+                // SAFETY: tf_softmax_backward(u64, u32, f32, const f32*,
+                // f32*) in blocks of (32, TF_ROWS); probs and d hold rows x
+                // width values (Op::check).
+                #[allow(unsafe_code)]
+                unsafe {
+                    launch.launch(warp_per_row(*rows))?;
+                }
+            }
+            Op::PoolBack {
+                n,
+                steps,
+                width,
+                mean,
+                ..
+            } => {
+                let (n64, steps, width) = (*n as u64, u32_of(*steps), u32_of(*width));
+                let mean = u32::from(*mean);
+                let mut launch = self.stream.launch_builder(&k.pool_backward);
+                launch
+                    .arg(&n64)
+                    .arg(&steps)
+                    .arg(&width)
+                    .arg(&mean)
+                    .arg(&inputs[0])
+                    .arg(&mut out);
+                // SAFETY: tf_pool_backward(u64, u32, u32, u32, const f32*,
+                // f32*); dz holds n = windows x steps x width values,
+                // dpooled windows x width (Op::check).
                 #[allow(unsafe_code)]
                 unsafe {
                     launch.launch(elementwise(*n))?;

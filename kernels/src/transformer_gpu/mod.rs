@@ -21,13 +21,19 @@
 //! order, so results differ from the CPU twin's by rounding (under 1e-4
 //! relative); on one GPU model they are the same on every run.
 //!
-//! Training is not on the GPU yet: the backward pass (attention, LayerNorm
-//! and GELU backwards, the GEMM gradients) is not written, so training runs
-//! on the CPU twin ([`crate::transformer::train_cpu_until`]) and the new
-//! weights are uploaded again.
+//! Training runs on the GPU too ([`GpuTransformer::train_until`],
+//! `train.rs`): a forward that keeps every layer's activations, the
+//! backward as a plan like the forward's (`backward.rs`: the GEMMs'
+//! gradients in cuBLAS, attention's strided-batched, the LayerNorm, GELU,
+//! softmax and pooling backwards in `cuda/transformer.cu`), then Adam or
+//! SGD on the device; [`GpuTransformer::train_bytes`] is what it holds. It
+//! takes the CPU twin's steps ([`crate::transformer::train_cpu_until`])
+//! within rounding.
 
+mod backward;
 mod device;
 mod plan;
+mod train;
 
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +42,7 @@ use cudarc::cublas::CudaBlas;
 use self::device::{DeviceModel, Kernels, Workspace, ensure_workspace};
 use self::plan::{OUT, RAW, chunks, forward_plan, per_window, table_floats};
 use crate::driver::DeviceError;
-use crate::mlp_gpu::cublas;
+use crate::mlp_gpu::cublas_for;
 use crate::runtime::{Gpu, Source};
 use crate::transformer::{Offsets, Positions, Transformer, TransformerError, sinusoidal};
 
@@ -53,6 +59,16 @@ pub const SOURCE: Source = Source {
         "tf_layer_norm",
         "tf_softmax",
         "tf_pool",
+        "tf_gelu",
+        "tf_gelu_backward",
+        "tf_ln_stats",
+        "tf_ln_backward",
+        "tf_ln_gain_grad",
+        "tf_column_sums",
+        "tf_softmax_backward",
+        "tf_pool_backward",
+        "tf_sgd",
+        "tf_adam",
     ],
 };
 
@@ -108,8 +124,12 @@ pub struct GpuTransformer {
     /// Forward buffers sized for the largest run seen (at most
     /// `max_batch` windows); a smaller run reuses them.
     workspace: Mutex<Option<Workspace>>,
-    /// The most windows one pass takes; a larger batch is cut.
+    /// The most windows one pass takes (a training run too); a larger
+    /// batch is cut.
     max_batch: usize,
+    /// The optimiser's state and the training buffers, from the first
+    /// training step until [`GpuTransformer::release_training`].
+    training: Option<train::Training>,
 }
 
 impl std::fmt::Debug for GpuTransformer {
@@ -124,13 +144,17 @@ impl std::fmt::Debug for GpuTransformer {
 
 impl GpuTransformer {
     /// Uploads `model` to `gpu`, with the GPU's shared cuBLAS handle
-    /// ([`cublas`]).
+    /// ([`crate::mlp_gpu::cublas`]).
     pub fn upload(gpu: &Gpu, model: &Transformer) -> Result<Self, GpuTransformerError> {
-        Self::upload_with(gpu, cublas(gpu)?, model)
+        Self::upload_with(
+            gpu,
+            cublas_for(gpu, "the transformer runs on its CPU twin")?,
+            model,
+        )
     }
 
     /// Uploads `model` to `gpu` with `blas`, which must be a handle on
-    /// `gpu`'s stream ([`cublas`] gives the GPU's own, in FP32 math).
+    /// `gpu`'s stream ([`crate::mlp_gpu::cublas`] gives the GPU's own, in FP32 math).
     pub fn upload_with(
         gpu: &Gpu,
         blas: Arc<CudaBlas>,
@@ -162,6 +186,7 @@ impl GpuTransformer {
             model: device,
             workspace: Mutex::new(None),
             max_batch: usize::MAX,
+            training: None,
         })
     }
 
@@ -185,8 +210,8 @@ impl GpuTransformer {
         self.workspace_mut().take_if(|ws| ws.capacity > cap);
     }
 
-    /// Device memory this model holds now: parameters, the position table
-    /// and the forward workspace (not cuBLAS's own workspace, which belongs
+    /// Device memory this model holds now: parameters, the position table,
+    /// the forward workspace and any training state (not cuBLAS's own workspace, which belongs
     /// to the handle).
     pub fn device_bytes(&self) -> u64 {
         let fixed = self.model.params.len() + self.model.positions.as_ref().map_or(0, |p| p.len());
@@ -194,7 +219,7 @@ impl GpuTransformer {
             Ok(guard) => guard.as_ref().map_or(0, Workspace::bytes),
             Err(poisoned) => poisoned.into_inner().as_ref().map_or(0, Workspace::bytes),
         };
-        4 * fixed as u64 + workspace
+        4 * fixed as u64 + workspace + self.training_bytes()
     }
 
     /// Device bytes a model of `config` needs to run `batch` windows in one

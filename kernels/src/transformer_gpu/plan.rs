@@ -188,6 +188,76 @@ pub(super) enum Op {
         z: View,
         pooled: View,
     },
+    /// `dst = src` (the forward for training keeps the residual stream
+    /// before each add).
+    Copy {
+        src: View,
+        dst: View,
+    },
+    /// `g = gelu(u)`, the pre-activation `u` kept apart.
+    Gelu {
+        n: usize,
+        u: View,
+        g: View,
+    },
+    /// `du *= gelu'(u)`.
+    GeluBack {
+        n: usize,
+        u: View,
+        du: View,
+    },
+    /// Each row's mean and reciprocal standard deviation, as `LayerNorm`.
+    LnStats {
+        rows: usize,
+        width: usize,
+        x: View,
+        stats: View,
+    },
+    /// LayerNorm backwards to its input `x` (`dx +=` when `accumulate`).
+    LnBack {
+        rows: usize,
+        width: usize,
+        accumulate: bool,
+        dy: View,
+        x: View,
+        stats: View,
+        gain: View,
+        dx: View,
+    },
+    /// `dgain += column sums of dy xhat`.
+    LnGainGrad {
+        rows: usize,
+        width: usize,
+        dy: View,
+        x: View,
+        stats: View,
+        dgain: View,
+    },
+    /// `sums += column sums of m` (`rows x cols`).
+    ColumnSums {
+        rows: usize,
+        cols: usize,
+        m: View,
+        sums: View,
+    },
+    /// The scaled, masked softmax backwards, in place on `d`.
+    SoftmaxBack {
+        rows: usize,
+        width: usize,
+        scale: f32,
+        probs: View,
+        d: View,
+    },
+    /// The pooling backwards, `dz` (`n = windows x steps x width`) from
+    /// `dpooled`.
+    PoolBack {
+        n: usize,
+        steps: usize,
+        width: usize,
+        mean: bool,
+        dpooled: View,
+        dz: View,
+    },
 }
 
 impl Op {
@@ -199,6 +269,15 @@ impl Op {
             Op::BiasPositions { y, .. } | Op::BiasAdd { y, .. } | Op::BiasGelu { y, .. } => *y,
             Op::Softmax { scores, .. } => *scores,
             Op::Pool { pooled, .. } => *pooled,
+            Op::Copy { dst, .. } => *dst,
+            Op::Gelu { g, .. } => *g,
+            Op::GeluBack { du, .. } => *du,
+            Op::LnStats { stats, .. } => *stats,
+            Op::LnBack { dx, .. } => *dx,
+            Op::LnGainGrad { dgain, .. } => *dgain,
+            Op::ColumnSums { sums, .. } => *sums,
+            Op::SoftmaxBack { d, .. } => *d,
+            Op::PoolBack { dz, .. } => *dz,
         }
     }
 
@@ -215,6 +294,16 @@ impl Op {
             Op::LayerNorm { x, gain, bias, .. } => vec![*x, *gain, *bias],
             Op::Softmax { .. } => vec![],
             Op::Pool { z, .. } => vec![*z],
+            Op::Copy { src, .. } => vec![*src],
+            Op::Gelu { u, .. } | Op::GeluBack { u, .. } => vec![*u],
+            Op::LnStats { x, .. } => vec![*x],
+            Op::LnBack {
+                dy, x, stats, gain, ..
+            } => vec![*dy, *x, *stats, *gain],
+            Op::LnGainGrad { dy, x, stats, .. } => vec![*dy, *x, *stats],
+            Op::ColumnSums { m, .. } => vec![*m],
+            Op::SoftmaxBack { probs, .. } => vec![*probs],
+            Op::PoolBack { dpooled, .. } => vec![*dpooled],
         }
     }
 
@@ -330,11 +419,91 @@ impl Op {
                 need("z", z, (n / width) * steps * width)?;
                 need("pooled", pooled, *n)
             }
+            Op::Copy { src, dst } => need("dst", dst, src.len),
+            Op::Gelu { n, u, g } => {
+                need("u", u, *n)?;
+                need("g", g, *n)
+            }
+            Op::GeluBack { n, u, du } => {
+                need("u", u, *n)?;
+                need("du", du, *n)
+            }
+            Op::LnStats {
+                rows,
+                width,
+                x,
+                stats,
+            } => {
+                need("x", x, rows * width)?;
+                need("stats", stats, 2 * rows)
+            }
+            Op::LnBack {
+                rows,
+                width,
+                dy,
+                x,
+                stats,
+                gain,
+                dx,
+                ..
+            } => {
+                need("dy", dy, rows * width)?;
+                need("x", x, rows * width)?;
+                need("dx", dx, rows * width)?;
+                need("stats", stats, 2 * rows)?;
+                need("gain", gain, *width)
+            }
+            Op::LnGainGrad {
+                rows,
+                width,
+                dy,
+                x,
+                stats,
+                dgain,
+            } => {
+                need("dy", dy, rows * width)?;
+                need("x", x, rows * width)?;
+                need("stats", stats, 2 * rows)?;
+                need("dgain", dgain, *width)
+            }
+            Op::ColumnSums {
+                rows,
+                cols,
+                m,
+                sums,
+            } => {
+                need("m", m, rows * cols)?;
+                need("sums", sums, *cols)
+            }
+            Op::SoftmaxBack {
+                rows,
+                width,
+                probs,
+                d,
+                ..
+            } => {
+                need("probs", probs, rows * width)?;
+                need("d", d, rows * width)
+            }
+            Op::PoolBack {
+                n,
+                steps,
+                width,
+                dpooled,
+                dz,
+                ..
+            } => {
+                if *width == 0 || *steps == 0 || n % (steps * width) != 0 {
+                    return Err(format!("{self:?}: n is not windows x steps x width"));
+                }
+                need("dpooled", dpooled, (n / steps / width) * width)?;
+                need("dz", dz, *n)
+            }
         }
     }
 }
 
-fn params(offset: usize, len: usize) -> View {
+pub(super) fn params(offset: usize, len: usize) -> View {
     View {
         buf: Buf::Params,
         offset,
@@ -342,7 +511,7 @@ fn params(offset: usize, len: usize) -> View {
     }
 }
 
-fn work(index: usize, offset: usize, len: usize) -> View {
+pub(super) fn work(index: usize, offset: usize, len: usize) -> View {
     View {
         buf: Buf::Work(index),
         offset,
@@ -353,7 +522,7 @@ fn work(index: usize, offset: usize, len: usize) -> View {
 /// A GEMM `Y = X W^T` (+ `Y` when `accumulate`), row-major: `X` is `rows x
 /// inputs` in `x`, `W` is `outputs x inputs` in the parameters at
 /// `weight`, `Y` is `rows x outputs` in `y`.
-fn linear(
+pub(super) fn linear(
     x: View,
     weight: usize,
     y: View,

@@ -3,9 +3,13 @@
 //! twin's outputs, which checks every offset, leading dimension and batch
 //! stride the device will be given; the sizing and cutting arithmetic.
 
+use super::backward::{
+    T_DOUT, T_GRAD, T_OUT, T_RAW, TRAIN_WORKSPACE, backward_plan, train_fixed, train_forward_plan,
+    train_per_window,
+};
 use super::plan::{Buf, GemmOp, Op, View, WORKSPACE, chunks, forward_plan, per_window};
 use super::*;
-use crate::transformer::{Pooling, forward_cpu};
+use crate::transformer::{Pooling, forward_cpu, gradients_cpu};
 
 /// `C_i = alpha op(A_i) op(B_i) + beta C_i`, column-major, as cuBLAS's
 /// `sgemmStridedBatched` (beta 0 ignores what C held).
@@ -157,8 +161,106 @@ impl HostBuffers {
                     };
                 }
             }
+            Op::Copy { src, .. } => y[..src.len].copy_from_slice(&inputs[0]),
+            Op::Gelu { n, .. } => {
+                for i in 0..*n {
+                    y[i] = gelu(inputs[0][i]);
+                }
+            }
+            Op::GeluBack { n, .. } => {
+                for i in 0..*n {
+                    y[i] *= gelu_derivative(inputs[0][i]);
+                }
+            }
+            Op::LnStats { rows, width, .. } => {
+                let w = *width;
+                for r in 0..*rows {
+                    let row = &inputs[0][r * w..(r + 1) * w];
+                    let mean = row.iter().sum::<f32>() / w as f32;
+                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
+                    y[2 * r] = mean;
+                    y[2 * r + 1] = 1.0 / (var + crate::transformer::LN_EPS).sqrt();
+                }
+            }
+            Op::LnBack {
+                rows,
+                width,
+                accumulate,
+                ..
+            } => {
+                let (dy, x, stats, gain) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3]);
+                let w = *width;
+                for r in 0..*rows {
+                    let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+                    let h = |c: usize| (x[r * w + c] - mean) * rstd;
+                    let d = |c: usize| dy[r * w + c] * gain[c];
+                    let mean_d = (0..w).map(d).sum::<f32>() / w as f32;
+                    let mean_dh = (0..w).map(|c| d(c) * h(c)).sum::<f32>() / w as f32;
+                    for c in 0..w {
+                        let value = rstd * (d(c) - mean_d - h(c) * mean_dh);
+                        let at = &mut y[r * w + c];
+                        *at = if *accumulate { *at + value } else { value };
+                    }
+                }
+            }
+            Op::LnGainGrad { rows, width, .. } => {
+                let (dy, x, stats) = (&inputs[0], &inputs[1], &inputs[2]);
+                let w = *width;
+                for c in 0..w {
+                    for r in 0..*rows {
+                        let h = (x[r * w + c] - stats[2 * r]) * stats[2 * r + 1];
+                        y[c] += dy[r * w + c] * h;
+                    }
+                }
+            }
+            Op::ColumnSums { rows, cols, .. } => {
+                for c in 0..*cols {
+                    for r in 0..*rows {
+                        y[c] += inputs[0][r * cols + c];
+                    }
+                }
+            }
+            Op::SoftmaxBack {
+                rows, width, scale, ..
+            } => {
+                let w = *width;
+                for r in 0..*rows {
+                    let p = &inputs[0][r * w..(r + 1) * w];
+                    let g = &mut y[r * w..(r + 1) * w];
+                    let dot: f32 = g.iter().zip(p).map(|(a, b)| a * b).sum();
+                    for (value, prob) in g.iter_mut().zip(p) {
+                        *value = prob * (*value - dot) * scale;
+                    }
+                }
+            }
+            Op::PoolBack {
+                n,
+                steps,
+                width,
+                mean,
+                ..
+            } => {
+                for (i, out) in y.iter_mut().enumerate().take(*n) {
+                    let (c, row) = (i % width, i / width);
+                    let (w, t) = (row / steps, row % steps);
+                    let g = inputs[0][w * width + c];
+                    *out = if *mean {
+                        g / *steps as f32
+                    } else if t == steps - 1 {
+                        g
+                    } else {
+                        0.0
+                    };
+                }
+            }
         }
     }
+}
+
+fn gelu_derivative(u: f32) -> f32 {
+    let c = 0.797_884_6f32;
+    let th = (c * (u + 0.044_715 * u * u * u)).tanh();
+    0.5 * (1.0 + th) + 0.5 * u * (1.0 - th * th) * c * (1.0 + 3.0 * 0.044_715 * u * u)
 }
 
 /// The plan's outputs for `windows` windows, run on the host in runs of at
@@ -441,6 +543,21 @@ fn launch_shapes_match_the_kernels() {
         SOURCE.code.contains(&rows_define),
         "TF_ROWS is not {rows_define}"
     );
+    // The column sums' blocks are (32, TF_SUM_LANES) and cover every
+    // column.
+    let lanes = device::column_blocks(1).block_dim.1;
+    assert!(
+        SOURCE
+            .code
+            .contains(&format!("#define TF_SUM_LANES {lanes}\n")),
+        "TF_SUM_LANES is not {lanes}"
+    );
+    for cols in [1usize, 31, 32, 33, 128 * 256] {
+        let config = device::column_blocks(cols);
+        assert_eq!(config.block_dim.0, 32);
+        let covered = u64::from(config.grid_dim.0) * 32;
+        assert!(covered >= cols as u64 && covered < cols as u64 + 32);
+    }
     for n in [1usize, 255, 256, 257, 1000 * 128 * 1024] {
         let config = device::elementwise(n);
         assert_eq!(config.block_dim, (THREADS, 1, 1));
@@ -453,4 +570,154 @@ fn launch_shapes_match_the_kernels() {
         let covered = u64::from(config.grid_dim.0) * u64::from(device::ROWS_PER_BLOCK);
         assert!(covered >= rows as u64 && covered < rows as u64 + 8);
     }
+}
+
+/// The training plans run on the host, as `GpuTransformer::accumulate`
+/// runs them on the device (runs of at most `capacity`, the loss gradient
+/// from the host between the two plans): the gradient and the loss.
+fn run_train_plans(
+    model: &Transformer,
+    inputs: &[f32],
+    targets: &[f32],
+    windows: usize,
+    capacity: usize,
+) -> (Vec<f32>, f64) {
+    let config = &model.config;
+    let offsets = Offsets::new(config);
+    let (per_sizes, fixed) = (train_per_window(config), train_fixed(config));
+    let mut host = HostBuffers {
+        params: model.params.clone(),
+        positions: match config.positions {
+            Positions::Learned => Vec::new(),
+            Positions::Sinusoidal => sinusoidal(config.window, config.d_model),
+        },
+        work: per_sizes
+            .iter()
+            .zip(&fixed)
+            .map(|(floats, fixed)| vec![f32::NAN; capacity * floats + fixed])
+            .collect(),
+    };
+    host.work[T_GRAD].fill(0.0);
+    let (per, o) = (config.window_floats(), config.outputs);
+    let factor = 2.0 / (windows * o) as f32;
+    let mut error = 0.0;
+    for run in chunks(windows, capacity) {
+        host.work[T_RAW][..run.len() * per]
+            .copy_from_slice(&inputs[run.start * per..run.end * per]);
+        for op in train_forward_plan(config, &offsets, run.len()) {
+            host.run(&op);
+        }
+        let y = host.work[T_OUT][..run.len() * o].to_vec();
+        for (i, (y, t)) in y
+            .iter()
+            .zip(&targets[run.start * o..run.end * o])
+            .enumerate()
+        {
+            error += (f64::from(*y) - f64::from(*t)).powi(2);
+            host.work[T_DOUT][i] = factor * (y - t);
+        }
+        for op in backward_plan(config, &offsets, run.len()) {
+            host.run(&op);
+        }
+    }
+    (host.work[T_GRAD].clone(), error / (windows * o) as f64)
+}
+
+/// Each gradient within `tolerance` of the CPU twin's, relative to the
+/// largest gradient of the model (rounding in sums of many terms).
+fn assert_gradients_close(what: &str, got: &[f32], expect: &[f32], tolerance: f32) {
+    assert_eq!(got.len(), expect.len(), "{what}: lengths");
+    let scale = expect.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{what}: an all-zero gradient checks nothing");
+    for (i, (g, e)) in got.iter().zip(expect).enumerate() {
+        assert!(
+            (g - e).abs() <= tolerance * scale,
+            "{what}[{i}]: plan {g}, CPU twin {e} (largest {scale})"
+        );
+    }
+}
+
+/// Every mask, pooling and positions kind: the training plans (every
+/// transpose, leading dimension and stride of the backward's GEMMs, the
+/// per-layer slots, the backward kernels' formulas) give the CPU twin's
+/// gradient and loss, in one run and cut into runs.
+#[test]
+fn the_backward_plan_computes_the_cpu_twins_gradient() {
+    for causal in [false, true] {
+        for pooling in [Pooling::Last, Pooling::Mean] {
+            for positions in [Positions::Learned, Positions::Sinusoidal] {
+                let config = config(causal, pooling, positions);
+                let model = model(config);
+                let x = inputs(5, &config);
+                let targets: Vec<f32> = (0..5 * config.outputs)
+                    .map(|i| (i as f32 * 0.9).cos())
+                    .collect();
+                let (expect, loss) = gradients_cpu(&model, &x, &targets, 5).expect("cpu");
+                let what = format!("{causal} {pooling:?} {positions:?}");
+                for capacity in [5, 2] {
+                    let (got, got_loss) = run_train_plans(&model, &x, &targets, 5, capacity);
+                    let what = format!("{what} runs of {capacity}");
+                    assert_gradients_close(&what, &got, &expect, 1e-5);
+                    assert!((got_loss - loss).abs() <= 1e-6 * loss.max(1.0), "{what}");
+                }
+                // The normalisation is data: no gradient.
+                assert!(expect[..2 * config.features].iter().all(|g| *g == 0.0));
+            }
+        }
+    }
+}
+
+/// One window of one step, one head, one feature, one layer (batch 1 in
+/// every strided GEMM): the training plans at the edges.
+#[test]
+fn the_backward_plan_holds_at_the_edges() {
+    let config = Config {
+        features: 1,
+        window: 1,
+        d_model: 4,
+        heads: 1,
+        layers: 1,
+        ff: 3,
+        outputs: 1,
+        causal: true,
+        pooling: Pooling::Mean,
+        positions: Positions::Learned,
+    };
+    let model = model(config);
+    let x = inputs(3, &config);
+    let targets = [0.5, -0.25, 1.0];
+    let (expect, _) = gradients_cpu(&model, &x, &targets, 3).expect("cpu");
+    let (got, _) = run_train_plans(&model, &x, &targets, 3, 1);
+    assert_gradients_close("edge", &got, &expect, 1e-5);
+}
+
+/// The training ledger figure: parameters, moments, gradient, the table
+/// and every training buffer; `train_batch_that_fits` inverts it.
+#[test]
+fn train_bytes_books_what_training_allocates() {
+    let config = config(true, Pooling::Last, Positions::Sinusoidal);
+    let per: usize = train_per_window(&config).iter().sum();
+    let table = 4 * (config.window * config.d_model) as u64;
+    let fixed = 4 * config.parameter_bytes() + table;
+    assert_eq!(GpuTransformer::train_bytes(&config, 0), fixed);
+    assert_eq!(
+        GpuTransformer::train_bytes(&config, 10),
+        fixed + 4 * 10 * per as u64
+    );
+    // Per layer, a window keeps its activations: more than the forward's
+    // whole workspace once there are two layers.
+    assert!(
+        GpuTransformer::train_bytes(&config, 1) - fixed
+            > GpuTransformer::forward_bytes(&config, 1) - GpuTransformer::forward_bytes(&config, 0)
+    );
+    for batch in [1usize, 3, 64] {
+        let bytes = GpuTransformer::train_bytes(&config, batch);
+        assert_eq!(GpuTransformer::train_batch_that_fits(&config, bytes), batch);
+        assert_eq!(
+            GpuTransformer::train_batch_that_fits(&config, bytes - 1),
+            batch - 1
+        );
+    }
+    assert_eq!(GpuTransformer::train_batch_that_fits(&config, fixed - 1), 0);
+    assert_eq!(TRAIN_WORKSPACE.len(), train_per_window(&config).len());
 }

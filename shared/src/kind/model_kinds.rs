@@ -19,10 +19,19 @@
 //!
 //! Memory: a task declares what its activations need on a device; the
 //! model itself is booked by the worker's memory ledger while resident.
+//! [`KindSpec::memory_estimate`] sees only the parameters (an MLP's
+//! activations at an assumed width); once the model's registry record is
+//! at hand, `Infer::memory_for`, `PredictBatch::memory_for` and
+//! `Train::memory_for` give a transformer's own figure from its shape
+//! (the GPU forward's workspace per window; for training the training
+//! copy, its optimiser state and gradient, and every layer's activations
+//! of a mini-batch), the same bytes the worker's GPU path holds.
 
 use serde::{Deserialize, Serialize};
 
 use super::{BadParams, KindSpec};
+use crate::model_format::transformer::{Positions, TransformerShape};
+use crate::store::ModelArch;
 use crate::task::Class;
 
 /// Most numbers in one task's inputs or training data.
@@ -70,6 +79,67 @@ fn activation_bytes(rows: u64) -> u64 {
     rows.saturating_mul(ASSUMED_WIDTH).saturating_mul(2 * 4)
 }
 
+/// f32 floats one window of a transformer's forward pass holds on a GPU:
+/// the GPU forward's workspace per window (`transformer_gpu::plan::
+/// per_window`): raw and normalised inputs, the residual stream, a
+/// LayerNorm's output, Q/K/V, the attention weights, the heads' contexts,
+/// the feed-forward hidden layer, the pooled row and the outputs.
+fn forward_floats_per_window(s: &TransformerShape) -> u64 {
+    let (t, f, d, ff) = (
+        s.window as u64,
+        s.features as u64,
+        s.d_model as u64,
+        s.ff as u64,
+    );
+    let heads = s.heads as u64;
+    2 * t * f + 6 * t * d + heads * t * t + t * ff + d + s.outputs as u64
+}
+
+/// f32 floats one window of a transformer's training run holds on a GPU
+/// (`transformer_gpu::backward::train_per_window`): every layer's
+/// activations, kept for the backward, and the backward's buffers.
+fn train_floats_per_window(s: &TransformerShape) -> u64 {
+    let (t, f, d, ff) = (
+        s.window as u64,
+        s.features as u64,
+        s.d_model as u64,
+        s.ff as u64,
+    );
+    let (heads, layers, o) = (s.heads as u64, s.layers as u64, s.outputs as u64);
+    let scores = heads * t * t;
+    let kept = 2 * t * f
+        + (layers + 1) * t * d
+        + layers * (4 * t * d + 3 * t * d + scores + 2 * t * ff)
+        + t * d
+        + d
+        + o;
+    let backward = 2 * t + o + d + 3 * t * d + t * ff + 3 * t * d + scores;
+    kept + backward
+}
+
+/// A transformer's device memory for a task of `windows` windows beyond
+/// the resident model (which the worker's ledger books): its forward
+/// activations, from the registry record's shape.
+pub fn transformer_forward_bytes(shape: &TransformerShape, windows: u64) -> u64 {
+    windows.saturating_mul(4 * forward_floats_per_window(shape))
+}
+
+/// A transformer's device memory for training in runs of `windows`
+/// windows, beside the resident model (which the worker's ledger books):
+/// the training copy of the parameters and its position table, Adam's two
+/// moments and the gradient (4 x the parameter bytes), and per window
+/// every layer's activations and the backward's buffers
+/// (`GpuTransformer::train_bytes`).
+pub fn transformer_train_bytes(shape: &TransformerShape, windows: u64) -> u64 {
+    let table = match shape.positions {
+        Positions::Learned => 0,
+        Positions::Sinusoidal => 4 * (shape.window * shape.d_model) as u64,
+    };
+    (4 * shape.parameter_bytes())
+        .saturating_add(table)
+        .saturating_add(windows.saturating_mul(4 * train_floats_per_window(shape)))
+}
+
 /// A batch of inputs through one model.
 #[derive(Debug)]
 pub struct Infer;
@@ -115,6 +185,18 @@ impl KindSpec for Infer {
 
     fn memory_estimate(p: &InferParams) -> u64 {
         activation_bytes(p.batch)
+    }
+}
+
+impl Infer {
+    /// [`KindSpec::memory_estimate`] once the model's registry record is
+    /// known (`arch`): a transformer's forward activations for the batch's
+    /// windows, an MLP's estimate as before.
+    pub fn memory_for(p: &InferParams, arch: &ModelArch) -> u64 {
+        match arch {
+            ModelArch::Transformer(shape) => transformer_forward_bytes(shape, p.batch),
+            ModelArch::Mlp(_) => Self::memory_estimate(p),
+        }
     }
 }
 
@@ -330,6 +412,36 @@ impl KindSpec for Train {
     }
 }
 
+impl PredictBatch {
+    /// [`KindSpec::memory_estimate`] once the model's registry record is
+    /// known: a transformer's forward activations for one window per
+    /// symbol, an MLP's estimate as before.
+    pub fn memory_for(p: &PredictBatchParams, arch: &ModelArch) -> u64 {
+        match arch {
+            ModelArch::Transformer(shape) => {
+                transformer_forward_bytes(shape, p.symbols.len() as u64)
+            }
+            ModelArch::Mlp(_) => Self::memory_estimate(p),
+        }
+    }
+}
+
+impl Train {
+    /// [`KindSpec::memory_estimate`] once the model's registry record is
+    /// known: a transformer's training on the GPU (the training copy, its
+    /// optimiser state and gradient, and a mini-batch's activations kept
+    /// for the backward; the data stays on the host), an MLP's estimate as
+    /// before.
+    pub fn memory_for(p: &TrainParams, arch: &ModelArch) -> u64 {
+        match arch {
+            ModelArch::Transformer(shape) => {
+                transformer_train_bytes(shape, u64::from(p.batch_size).min(p.samples))
+            }
+            ModelArch::Mlp(_) => Self::memory_estimate(p),
+        }
+    }
+}
+
 /// `Option<Vec<u8>>` as MessagePack bin, not an array of numbers.
 mod serde_bytes_opt {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -483,5 +595,87 @@ mod tests {
             .collect();
         map.push(("lr".into(), lr.into()));
         rmpv::Value::Map(map)
+    }
+
+    fn seed_shape() -> TransformerShape {
+        TransformerShape {
+            features: 32,
+            window: 128,
+            d_model: 256,
+            heads: 8,
+            layers: 4,
+            ff: 1024,
+            outputs: 1,
+            causal: true,
+            pooling: crate::model_format::transformer::Pooling::Last,
+            positions: Positions::Sinusoidal,
+        }
+    }
+
+    /// A transformer's estimate comes from its registry record's shape, not
+    /// the MLP formula: the forward's activations per window for `infer`
+    /// and `predict_batch`, forward and backward for `train`; an MLP keeps
+    /// the kind's estimate.
+    #[test]
+    fn a_transformers_memory_comes_from_its_registered_shape() {
+        let shape = seed_shape();
+        let arch = ModelArch::Transformer(shape);
+        let (t, f, d) = (128u64, 32u64, 256u64);
+        let forward_per_window = 4 * (2 * t * f + 6 * t * d + 8 * t * t + t * 1024 + d + 1);
+        let p = InferParams {
+            model: "px".into(),
+            inputs: vec![0.0; 2 * 128 * 32],
+            batch: 2,
+        };
+        assert_eq!(Infer::memory_for(&p, &arch), 2 * forward_per_window);
+        assert_ne!(Infer::memory_for(&p, &arch), Infer::memory_estimate(&p));
+        let mlp = ModelArch::Mlp(crate::model_format::ModelShape {
+            sizes: vec![4, 8, 1],
+            activation: crate::model_format::Activation::Relu,
+        });
+        assert_eq!(Infer::memory_for(&p, &mlp), Infer::memory_estimate(&p));
+        let symbols = PredictBatchParams {
+            model: "px".into(),
+            symbols: (0..1000)
+                .map(|i| SymbolWindow {
+                    symbol: format!("S{i}"),
+                    features: vec![0.0; 128 * 32],
+                })
+                .collect(),
+        };
+        assert_eq!(
+            PredictBatch::memory_for(&symbols, &arch),
+            1000 * forward_per_window
+        );
+        // Training keeps every layer's activations: per window more than
+        // the forward's, plus 4 x the parameters (copy, two moments,
+        // gradient) and the sinusoidal table.
+        let train = |batch_size: u32, samples: u64| TrainParams {
+            model: "px".into(),
+            x: Vec::new(),
+            y: Vec::new(),
+            samples,
+            epochs: 1,
+            batch_size,
+            optimizer: Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.0,
+            },
+            seed: 0,
+            out: None,
+        };
+        let fixed = 4 * shape.parameter_bytes() + 4 * t * d;
+        let one = Train::memory_for(&train(1, 64), &arch);
+        assert!(one - fixed > 4 * forward_per_window, "{one}");
+        let per_window = one - fixed;
+        assert_eq!(
+            Train::memory_for(&train(16, 64), &arch),
+            fixed + 16 * per_window
+        );
+        // A mini-batch larger than the data takes the data's windows.
+        assert_eq!(
+            Train::memory_for(&train(512, 10), &arch),
+            fixed + 10 * per_window
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! twin; a transformer's forward pass on the GPU (cuBLAS and
 //! `cuda/transformer.cu`) when it is resident there, else its CPU twin, its
 //! batch cut into passes that fit the device's free memory where a ledger
-//! keeps it. `train` runs a transformer's CPU twin (no GPU backward yet).
+//! keeps it. `train` fine-tunes a transformer on the GPU (forward, backward
+//! and Adam, its runs cut to the free memory) when it is resident there,
+//! else on its CPU twin; the worker logs which ran it.
 
 use std::sync::Arc;
 
@@ -24,7 +26,8 @@ use crate::error::TaskError;
 use crate::handler::Handler;
 use crate::kind_table::KindTable;
 use crate::model_cache::{
-    Loaded, ResidentTransformer, Weights, from_mlp, from_transformer, windows_per_pass,
+    Loaded, ResidentTransformer, UploadFailure, Weights, from_mlp, from_transformer,
+    transformer_upload_failure, windows_per_pass,
 };
 
 pub(crate) fn register(kinds: &mut KindTable) {
@@ -238,10 +241,25 @@ impl Handler for TrainKind {
                 mlp: (**mlp).clone(),
                 on_gpu: gpu.is_some().then(|| ctx.gpu.clone()).flatten(),
             },
-            // A transformer trains on its CPU twin, GPU-resident or not:
-            // the GPU backward is not built.
-            Weights::Transformer(resident) => Start::Transformer((**resident.host()).clone()),
+            // A transformer resident on the real GPU trains there, on a
+            // copy uploaded for the task, its runs cut to the free memory.
+            Weights::Transformer(ResidentTransformer::Gpu { host, .. }) if ctx.gpu.is_some() => {
+                Start::Transformer {
+                    model: (**host).clone(),
+                    on_gpu: ctx.gpu.clone().map(|gpu| {
+                        (
+                            gpu,
+                            ctx.model_cache().ok().and_then(|c| c.activation_room()),
+                        )
+                    }),
+                }
+            }
+            Weights::Transformer(resident) => Start::Transformer {
+                model: (**resident.host()).clone(),
+                on_gpu: None,
+            },
         };
+        let name = loaded.name.clone();
         let samples = p.samples as usize;
         let (file, report) = blocking(&ctx, move |stop| {
             let stopped = || stop.is_set();
@@ -276,10 +294,23 @@ impl Handler for TrainKind {
                 } => mlp::train_cpu_until(&mut copy, &p.x, &p.y, samples, &config, watch)
                     .map(|report| (from_mlp(copy).encode(), report))
                     .map_err(|e| bad(e.to_string())),
-                Start::Transformer(mut copy) => {
-                    xf::train_cpu_until(&mut copy, &p.x, &p.y, samples, &config, watch)
-                        .map(|report| (from_transformer(copy).encode(), report))
-                        .map_err(|e| bad(e.to_string()))
+                Start::Transformer { model, on_gpu } => {
+                    let data = TrainData {
+                        x: &p.x,
+                        y: &p.y,
+                        samples,
+                        config: &config,
+                    };
+                    let on_gpu = on_gpu.and_then(|(gpu, room)| {
+                        gpu_training(&name, &model.config, room, config.batch_size)
+                            .map(|runs| (gpu, runs))
+                    });
+                    match on_gpu {
+                        Some((gpu, runs)) => {
+                            train_transformer_on_gpu(&name, model, &gpu, runs, &data, watch)
+                        }
+                        None => train_transformer_on_cpu(&name, model, &data, watch),
+                    }
                 }
             };
             // A training the cancel cut short ends as cancelled, whatever
@@ -311,7 +342,108 @@ enum Start {
         /// The GPU to train on, when the model is resident there.
         on_gpu: Option<Arc<tandem_kernels::runtime::Gpu>>,
     },
-    Transformer(Transformer),
+    Transformer {
+        model: Transformer,
+        /// The GPU to train on and the memory free there for training's
+        /// buffers, when the model is resident on a real GPU.
+        on_gpu: Option<(Arc<tandem_kernels::runtime::Gpu>, Option<u64>)>,
+    },
+}
+
+/// A `train` task's data and settings.
+struct TrainData<'a> {
+    x: &'a [f32],
+    y: &'a [f32],
+    samples: usize,
+    config: &'a TrainConfig,
+}
+
+/// How many windows one training run on the GPU takes: what the free
+/// memory `room` holds once the training copy's fixed part (its own
+/// parameters and position table beside the resident model's, Adam's two
+/// moments and the gradient: [`GpuTransformer::train_bytes`] of no
+/// windows) is set aside, at most a mini-batch (a larger mini-batch is cut
+/// into runs whose gradients add up). `None` when not even one window
+/// fits: the CPU twin trains it then.
+fn gpu_training(
+    name: &str,
+    config: &xf::Config,
+    room: Option<u64>,
+    batch_size: usize,
+) -> Option<usize> {
+    let fixed = GpuTransformer::train_bytes(config, 0);
+    let per_window =
+        GpuTransformer::train_bytes(config, 1) - GpuTransformer::train_bytes(config, 0);
+    let room = match room {
+        Some(room) => match room.checked_sub(fixed) {
+            Some(left) if left >= per_window => Some(left),
+            _ => {
+                tracing::warn!(
+                    model = %name,
+                    room,
+                    needed = fixed + per_window,
+                    "transformer trains on the CPU twin: too little free device memory"
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
+    Some(windows_per_pass(room, per_window, batch_size))
+}
+
+/// Trains a copy of `model` on `gpu` in runs of at most `runs` windows.
+/// An upload that fails without harm to the device (no cuBLAS, a kernel
+/// that did not load) leaves it to the CPU twin; a sticky fault fails the
+/// device, an out-of-memory hands the task back.
+fn train_transformer_on_gpu(
+    name: &str,
+    model: Transformer,
+    gpu: &Arc<tandem_kernels::runtime::Gpu>,
+    runs: usize,
+    data: &TrainData<'_>,
+    watch: mlp::TrainWatch<'_>,
+) -> Result<(Vec<u8>, mlp::TrainReport), TaskError> {
+    let mut copy = match GpuTransformer::upload(gpu, &model) {
+        Ok(copy) => copy,
+        Err(err) => match transformer_upload_failure(name, err) {
+            UploadFailure::Fail(err) => return Err(err),
+            UploadFailure::RunOnCpu(why) => {
+                tracing::warn!(model = %name, "transformer trains on the CPU twin: {why}");
+                return train_transformer_on_cpu(name, model, data, watch);
+            }
+        },
+    };
+    copy.set_max_batch(runs);
+    let report = copy
+        .train_until(gpu, data.x, data.y, data.samples, data.config, watch)
+        .map_err(TaskError::from)?;
+    let trained = copy.download().map_err(TaskError::from)?;
+    tracing::info!(
+        model = %name,
+        path = "gpu",
+        runs,
+        steps = report.steps,
+        "transformer trained on the GPU"
+    );
+    Ok((from_transformer(trained).encode(), report))
+}
+
+fn train_transformer_on_cpu(
+    name: &str,
+    mut model: Transformer,
+    data: &TrainData<'_>,
+    watch: mlp::TrainWatch<'_>,
+) -> Result<(Vec<u8>, mlp::TrainReport), TaskError> {
+    let report = xf::train_cpu_until(&mut model, data.x, data.y, data.samples, data.config, watch)
+        .map_err(|e| bad(e.to_string()))?;
+    tracing::info!(
+        model = %name,
+        path = "cpu_twin",
+        steps = report.steps,
+        "transformer trained on the CPU twin"
+    );
+    Ok((from_transformer(model).encode(), report))
 }
 
 /// Writes a trained model to `model_dir/<name>` (the fleet's shared
@@ -347,4 +479,94 @@ async fn write_out(dir: &str, name: &str, file: &[u8]) -> Result<String, TaskErr
             )
         })?;
     Ok(path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_shared::kind::model_kinds::{transformer_forward_bytes, transformer_train_bytes};
+    use tandem_shared::model_format::transformer::{Pooling, Positions, TransformerShape};
+
+    use super::*;
+
+    fn config(shape: &TransformerShape) -> xf::Config {
+        xf::Config {
+            features: shape.features,
+            window: shape.window,
+            d_model: shape.d_model,
+            heads: shape.heads,
+            layers: shape.layers,
+            ff: shape.ff,
+            outputs: shape.outputs,
+            causal: shape.causal,
+            pooling: match shape.pooling {
+                Pooling::Last => xf::Pooling::Last,
+                Pooling::Mean => xf::Pooling::Mean,
+            },
+            positions: match shape.positions {
+                Positions::Learned => xf::Positions::Learned,
+                Positions::Sinusoidal => xf::Positions::Sinusoidal,
+            },
+        }
+    }
+
+    /// The estimate a task declares from the registry record's shape
+    /// (shared) is what the GPU path holds for it (kernels): the forward's
+    /// workspace for its windows, and the whole training copy.
+    #[test]
+    fn the_declared_memory_is_what_the_gpu_path_holds() {
+        for (layers, positions) in [(1, Positions::Learned), (4, Positions::Sinusoidal)] {
+            let shape = TransformerShape {
+                features: 32,
+                window: 128,
+                d_model: 256,
+                heads: 8,
+                layers,
+                ff: 1024,
+                outputs: 2,
+                causal: true,
+                pooling: Pooling::Mean,
+                positions,
+            };
+            let c = config(&shape);
+            for windows in [1u64, 16, 1000] {
+                let n = windows as usize;
+                assert_eq!(
+                    transformer_forward_bytes(&shape, windows),
+                    GpuTransformer::forward_bytes(&c, n) - GpuTransformer::forward_bytes(&c, 0),
+                    "{shape:?} forward of {windows}"
+                );
+                assert_eq!(
+                    transformer_train_bytes(&shape, windows),
+                    GpuTransformer::train_bytes(&c, n),
+                    "{shape:?} training runs of {windows}"
+                );
+            }
+        }
+    }
+
+    /// A training run takes what the room holds after the training copy's
+    /// fixed part, at most a mini-batch; with no room for one window the
+    /// CPU twin trains; with no ledger (no room known) the whole
+    /// mini-batch goes in one run.
+    #[test]
+    fn training_runs_are_cut_to_the_room() {
+        let c = xf::Config {
+            features: 4,
+            window: 16,
+            d_model: 16,
+            heads: 2,
+            layers: 1,
+            ff: 32,
+            outputs: 1,
+            causal: true,
+            pooling: xf::Pooling::Last,
+            positions: xf::Positions::Learned,
+        };
+        let room = |windows: usize| Some(GpuTransformer::train_bytes(&c, windows));
+        assert_eq!(gpu_training("m", &c, room(5), 16), Some(5));
+        assert_eq!(gpu_training("m", &c, room(64), 16), Some(16));
+        assert_eq!(gpu_training("m", &c, room(1), 16), Some(1));
+        assert_eq!(gpu_training("m", &c, room(1).map(|r| r - 1), 16), None);
+        assert_eq!(gpu_training("m", &c, None, 16), Some(16));
+    }
 }
