@@ -7,6 +7,7 @@
 
 pub mod builtin;
 pub mod catalog;
+pub mod features;
 pub mod indicators;
 pub mod model_kinds;
 pub mod monte_carlo;
@@ -116,6 +117,8 @@ pub fn known(kind: &str, params: &[u8]) -> Option<Known> {
         model_kinds::Infer,
         model_kinds::PredictBatch,
         model_kinds::Train,
+        features::Features,
+        features::Book,
     )
 }
 
