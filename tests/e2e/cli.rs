@@ -225,11 +225,12 @@ fn demo_cleans_up_on_ctrl_c() {
     );
 }
 
-#[tokio::test]
-async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up() {
-    let redis = RedisServer::start();
+/// `tandem demo --trading ARGS` against `redis`, to its end: its output
+/// and its pid (whose worker children must be gone).
+fn trading_demo(redis: &RedisServer, args: &[&str]) -> (Output, u32) {
     let child = Command::new(bin("tandem"))
-        .args(["demo", "--trading", "--tasks", "20"])
+        .args(["demo", "--trading"])
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TANDEM_WORKER_BIN", bin("tandem-worker"))
@@ -241,7 +242,13 @@ async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up(
         .spawn()
         .unwrap();
     let demo_pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    (child.wait_with_output().unwrap(), demo_pid)
+}
+
+#[tokio::test]
+async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up() {
+    let redis = RedisServer::start();
+    let (out, demo_pid) = trading_demo(&redis, &["--tasks", "20"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     for needle in [
@@ -299,26 +306,7 @@ async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up(
 #[tokio::test]
 async fn demo_trading_pipeline_runs_one_workflow_and_shows_each_step() {
     let redis = RedisServer::start();
-    let child = Command::new(bin("tandem"))
-        .args([
-            "demo",
-            "--trading",
-            "--pipeline",
-            "--symbols",
-            "50",
-            "--keep",
-        ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TANDEM_WORKER_BIN", bin("tandem-worker"))
-        .env("REDIS_URL", redis.url())
-        .env("CUDA_VISIBLE_DEVICES", "")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let demo_pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (out, demo_pid) = trading_demo(&redis, &["--pipeline", "--symbols", "50", "--keep"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     // The per-step table: every node, its kind, a worker and a device.

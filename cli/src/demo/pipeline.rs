@@ -24,7 +24,7 @@ use tandem_shared::workflow::OnFailure;
 use tandem_shared::{Config, msgpack};
 
 use super::trading::{Column, Fleet, start_fleet};
-use super::trading_workload::market_bars;
+use super::trading_workload::{indicator_specs, market_bars};
 use super::{DemoArgs, Interrupts};
 use crate::table;
 use crate::workflow::{ran_us, render_with, wait_ms};
@@ -50,19 +50,6 @@ const MU_SCALE: f64 = 0.0001;
 pub(super) const MIN_SYMBOLS: usize = 10;
 /// The target for a step boundary on an idle fleet (issue 14).
 const BOUNDARY_TARGET_MS: u64 = 5;
-
-/// The indicators the features are made of: 7 lines.
-fn indicator_specs() -> Vec<IndicatorSpec> {
-    vec![
-        IndicatorSpec::Rsi { period: 14 },
-        IndicatorSpec::Macd {
-            fast: 12,
-            slow: 26,
-            signal: 9,
-        },
-        IndicatorSpec::Bollinger { period: 20, k: 2.0 },
-    ]
-}
 
 /// The model's input width: `WINDOW` bars of every line and pattern.
 fn input_width() -> usize {

@@ -257,16 +257,22 @@ fn indicators(seed: u64) -> IndicatorsParams {
                 closes: s.close,
             })
             .collect(),
-        indicators: vec![
-            IndicatorSpec::Rsi { period: 14 },
-            IndicatorSpec::Macd {
-                fast: 12,
-                slow: 26,
-                signal: 9,
-            },
-            IndicatorSpec::Bollinger { period: 20, k: 2.0 },
-        ],
+        indicators: indicator_specs(),
     }
+}
+
+/// The indicators both trading demos compute: RSI(14), MACD(12,26,9) and
+/// Bollinger(20,2), 7 lines.
+pub(super) fn indicator_specs() -> Vec<IndicatorSpec> {
+    vec![
+        IndicatorSpec::Rsi { period: 14 },
+        IndicatorSpec::Macd {
+            fast: 12,
+            slow: 26,
+            signal: 9,
+        },
+        IndicatorSpec::Bollinger { period: 20, k: 2.0 },
+    ]
 }
 
 fn patterns(seed: u64) -> PatternsParams {

@@ -56,6 +56,20 @@ mod tests {
     use super::*;
     use crate::context::TaskContext;
 
+    async fn run(kinds: &KindTable, kind: &str, params: &impl serde::Serialize) -> Vec<u8> {
+        kinds
+            .prepare(
+                kind,
+                &msgpack::encode(params).unwrap(),
+                TaskContext::for_test(),
+            )
+            .map_err(|e| e.message)
+            .unwrap()
+            .await
+            .map_err(|e| e.message)
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn both_run_through_the_registry() {
         let mut kinds = KindTable::new();
@@ -72,17 +86,7 @@ mod tests {
             window: 1,
             standardize: false,
         };
-        let result = kinds
-            .prepare(
-                "features",
-                &msgpack::encode(&params).unwrap(),
-                TaskContext::for_test(),
-            )
-            .map_err(|e| e.message)
-            .unwrap()
-            .await
-            .map_err(|e| e.message)
-            .unwrap();
+        let result = run(&kinds, "features", &params).await;
         let out: FeaturesOutput = msgpack::decode(&result).unwrap();
         assert_eq!(out.symbols[0].features, [40.0]);
 
@@ -112,17 +116,7 @@ mod tests {
             output: 0,
             mu_scale: 0.001,
         };
-        let result = kinds
-            .prepare(
-                "book",
-                &msgpack::encode(&book).unwrap(),
-                TaskContext::for_test(),
-            )
-            .map_err(|e| e.message)
-            .unwrap()
-            .await
-            .map_err(|e| e.message)
-            .unwrap();
+        let result = run(&kinds, "book", &book).await;
         let out: BookOutput = msgpack::decode(&result).unwrap();
         assert_eq!(out.symbols, ["AAA"]);
         assert_eq!(out.covariance.len(), 1);
