@@ -29,7 +29,7 @@
 //! |---|---|---|---|
 //! | `predictions` | a `predict_batch` result's `predictions` (`[{symbol, values}]`) | required | what the model says of each symbol |
 //! | `series` | `[{symbol, closes}]` (as `indicators` takes) | required | close prices, oldest first, every predicted symbol's, all equally long (at least 3) |
-//! | `top` | u32 | every symbol | keep the `top` symbols of greatest expected return, 1 to 2000 |
+//! | `top` | u32 | every symbol, at most 2000 | keep the `top` symbols of greatest expected return, 1 to 2000 |
 //! | `output` | u32 | 0 | which of a prediction's `values` to use |
 //! | `mu_scale` | f64 | 0.001 | expected return per period of one cross-sectional standard deviation of the prediction |
 //!
@@ -316,7 +316,7 @@ pub struct BookParams {
     /// Close prices of every predicted symbol, oldest first.
     pub series: Vec<Series>,
     /// Keep this many symbols, those of greatest expected return (default:
-    /// every symbol).
+    /// every symbol, at most 2000).
     #[serde(default)]
     #[schemars(range(min = 1, max = Book::MAX_ASSETS))]
     pub top: Option<u32>,

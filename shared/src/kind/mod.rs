@@ -240,6 +240,23 @@ mod tests {
                 json!("0.01"),
                 r#"optimizer.lr: expected a number, got a string ("0.01")"#,
             ),
+            (
+                "features",
+                json!({"indicators": {"lines": ["sma(1)"],
+                                      "series": [{"symbol": "A", "values": [[1.0, 2.0]]}]},
+                       "window": 2}),
+                "/window",
+                json!("2"),
+                r#"window: expected an integer from 0 to 4294967295, got a string ("2")"#,
+            ),
+            (
+                "book",
+                json!({"predictions": [{"symbol": "A", "values": [0.5]}],
+                       "series": [{"symbol": "A", "closes": [1.0, 1.1, 1.2]}]}),
+                "/predictions/0/values/0",
+                json!(null),
+                "predictions[0].values[0]: expected a number, got nil",
+            ),
         ];
         for (kind, good, pointer, bad_value, message) in cases {
             let known = super::known(kind, &crate::msgpack::encode(&good).unwrap())

@@ -45,7 +45,7 @@ deviation of the prediction."""
     """Close prices of every predicted symbol, oldest first."""
     top: Optional[int] = None
     """Keep this many symbols, those of greatest expected return (default:
-every symbol)."""
+every symbol, at most 2000)."""
     _nested = {'predictions': '[]BookPrediction', 'series': '[]BookSeries'}
 
 
