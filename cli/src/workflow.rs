@@ -176,13 +176,26 @@ fn ready_at_ms(node: &NodeState) -> Option<u64> {
     node.released_at_ms.or(node.record.submitted_at_ms)
 }
 
+/// When the node started: its first shard's start for a split node (its
+/// `started_at_ms` is its merge's), else its start.
+fn started_at_ms(node: &NodeState) -> Option<u64> {
+    node.record
+        .shards_started_at_ms
+        .or(node.record.started_at_ms)
+}
+
 /// The node's wait between becoming ready and starting, ms.
 pub(crate) fn wait_ms(node: &NodeState) -> Option<u64> {
-    Some(
-        node.record
-            .started_at_ms?
-            .saturating_sub(ready_at_ms(node)?),
-    )
+    Some(started_at_ms(node)?.saturating_sub(ready_at_ms(node)?))
+}
+
+/// How long the node ran, µs: for a split node from its first shard's
+/// start to its merge's commit (its `run_us` is the merge's alone).
+pub(crate) fn ran_us(node: &NodeState) -> Option<u64> {
+    match (node.record.shards_started_at_ms, node.record.finished_at_ms) {
+        (Some(first), Some(finished)) => Some(finished.saturating_sub(first).saturating_mul(1000)),
+        _ => node.record.run_us,
+    }
 }
 
 fn result_json(node: &NodeState) -> serde_json::Value {
@@ -194,20 +207,26 @@ fn result_json(node: &NodeState) -> serde_json::Value {
 }
 
 pub(crate) fn render(state: &WorkflowState) -> String {
+    render_with(state, |device| device.to_owned())
+}
+
+/// [`render`], each device shown as `describe` says (`tandem demo
+/// --trading --pipeline` names the fleet's GPUs, simulated or real).
+pub(crate) fn render_with(state: &WorkflowState, describe: impl Fn(&str) -> String) -> String {
     let mut out = format!(
         "workflow {}  {}  (on failure: {})",
         state.id, state.status, state.on_failure
     );
     if let (Some(start), Some(end)) = (state.submitted_at_ms, state.finished_at_ms) {
         out.push_str(&format!(
-            "  took {}",
+            "  took {} ms",
             table::ms(end.saturating_sub(start) as f64)
         ));
     }
     out.push('\n');
     let mut rows = vec![
         [
-            "node", "kind", "class", "status", "device", "after", "waited", "ran",
+            "node", "kind", "class", "status", "worker", "device", "after", "waited", "ran",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -220,14 +239,15 @@ pub(crate) fn render(state: &WorkflowState) -> String {
             node.graph.kind.clone(),
             node.graph.class.to_string(),
             node.status.clone(),
-            record.device.clone().unwrap_or_else(|| "-".into()),
+            record.worker.clone().unwrap_or_else(|| "-".into()),
+            record.device.as_deref().map_or("-".into(), &describe),
             if node.graph.parents.is_empty() {
                 "-".into()
             } else {
                 node.graph.parents.join(",")
             },
             wait_ms(node).map_or("-".into(), |ms| table::ms(ms as f64)),
-            record.run_us.map_or("-".into(), table::micros),
+            ran_us(node).map_or("-".into(), table::micros),
         ]);
         if let Some(failure) = &record.error {
             errors.push(format!(
@@ -273,6 +293,7 @@ pub(crate) fn to_json(state: &WorkflowState) -> serde_json::Value {
                 "released_at_ms": node.released_at_ms,
                 "started_at_ms": record.started_at_ms,
                 "finished_at_ms": record.finished_at_ms,
+                "shards_started_at_ms": record.shards_started_at_ms,
                 "waited_ms": wait_ms(node),
                 "run_us": record.run_us,
                 "error_code": record.error.as_ref().map(|e| e.code.to_string()),

@@ -225,11 +225,12 @@ fn demo_cleans_up_on_ctrl_c() {
     );
 }
 
-#[tokio::test]
-async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up() {
-    let redis = RedisServer::start();
+/// `tandem demo --trading ARGS` against `redis`, to its end: its output
+/// and its pid (whose worker children must be gone).
+fn trading_demo(redis: &RedisServer, args: &[&str]) -> (Output, u32) {
     let child = Command::new(bin("tandem"))
-        .args(["demo", "--trading", "--tasks", "20"])
+        .args(["demo", "--trading"])
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TANDEM_WORKER_BIN", bin("tandem-worker"))
@@ -241,7 +242,13 @@ async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up(
         .spawn()
         .unwrap();
     let demo_pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    (child.wait_with_output().unwrap(), demo_pid)
+}
+
+#[tokio::test]
+async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up() {
+    let redis = RedisServer::start();
+    let (out, demo_pid) = trading_demo(&redis, &["--tasks", "20"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     for needle in [
@@ -290,6 +297,95 @@ async fn demo_trading_runs_the_trading_kinds_on_a_simulated_fleet_and_cleans_up(
     let mut conn = redis.conn().await;
     let keys: Vec<String> = conn.keys("*").await.unwrap();
     assert!(keys.is_empty(), "left behind: {keys:?}");
+}
+
+/// Issue 14, point 4: the trading pipeline as one workflow. Every step is
+/// in the table with its worker and device, the result holds the VaR and
+/// a fully invested book, and the workflow Redis kept (`--keep`) is
+/// `succeeded`. No timing is asserted: the step boundaries are printed.
+#[tokio::test]
+async fn demo_trading_pipeline_runs_one_workflow_and_shows_each_step() {
+    let redis = RedisServer::start();
+    let (out, demo_pid) = trading_demo(&redis, &["--pipeline", "--symbols", "50", "--keep"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    // The per-step table: every node, its kind, a worker and a device.
+    let table = text
+        .split("\nnode ")
+        .nth(1)
+        .and_then(|t| t.split("result (sink nodes)").next())
+        .unwrap_or_else(|| panic!("no step table:\n{text}"));
+    for (node, kind) in [
+        ("indicators", "indicators"),
+        ("patterns", "patterns"),
+        ("features", "features"),
+        ("predict", "predict_batch"),
+        ("book", "book"),
+        ("optimise", "portfolio_opt"),
+        ("var", "risk"),
+        ("report", "echo"),
+    ] {
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(node))
+            .unwrap_or_else(|| panic!("no {node} row:\n{text}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[1], kind, "{row}");
+        assert_eq!(cells[3], "succeeded", "{row}");
+        assert!(cells[4].starts_with("vm-"), "a worker: {row}");
+        assert!(
+            row.contains("simulated GPU RTX") || row.contains("cpu (CPU worker)"),
+            "a device: {row}"
+        );
+    }
+    assert!(text.contains("step boundary ("), "{text}");
+    assert!(text.contains("the 5 ms target"), "{text}");
+    assert!(
+        demo_worker_pids(demo_pid).is_empty(),
+        "worker processes left running"
+    );
+
+    // The workflow as Redis kept it, under the run's prefix.
+    let line = |start: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(start))
+            .unwrap_or_else(|| panic!("no {start:?} line:\n{text}"))
+            .to_owned()
+    };
+    let id = line("submitted workflow ");
+    let id = id.split(':').next().expect("an id").to_owned();
+    let prefix = line("kept the run's keys under the prefix ");
+    let status = Command::new(bin("tandem"))
+        .args(["flow", "status", &id, "--json"])
+        .env_clear()
+        .env("REDIS_URL", redis.url())
+        .env("TANDEM_PREFIX", prefix.trim())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", stderr(&status));
+    let state: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(state["status"], "succeeded", "{state}");
+    assert_eq!(state["nodes"].as_array().map(Vec::len), Some(8), "{state}");
+    let report = &state["result"]["report"];
+    let weights: Vec<f64> = report["weights"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no weights: {state}"))
+        .iter()
+        .map(|w| w.as_f64().expect("a number"))
+        .collect();
+    assert_eq!(weights.len(), 50, "{report}");
+    assert!(weights.iter().all(|w| *w >= 0.0), "{report}");
+    let sum: f64 = weights.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-6, "weights sum to {sum}: {report}");
+    let var: Vec<f64> = report["var"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no VaR: {report}"))
+        .iter()
+        .map(|v| v.as_f64().expect("a number"))
+        .collect();
+    assert_eq!(var.len(), 2, "{report}");
+    assert!(var.iter().all(|v| v.is_finite()), "{report}");
+    assert!(text.contains("VaR 99 %: "), "{text}");
 }
 
 #[test]

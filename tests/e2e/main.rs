@@ -35,6 +35,7 @@ mod model_kinds;
 mod models;
 mod parity;
 mod pause;
+mod pipeline;
 mod portfolio_split;
 mod priority;
 mod producer;

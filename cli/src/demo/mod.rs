@@ -8,8 +8,12 @@
 //! which device ran each workload (and each shard of a split one) and
 //! prices one option against Black-Scholes, so the numbers can be checked.
 //!
+//! `tandem demo --trading --pipeline` runs issue 14's trading pipeline on
+//! that fleet as one workflow ([`pipeline`]) and prints each step's
+//! worker, device, wait and run time.
+//!
 //! Here: the command, its arguments, and the submit-and-wait loop both
-//! runs share ([`drive`]). [`plain`] is the mixed workload, [`trading`] the
+//! runs share ([`drive`]). [`plain`] is the mixed workload, [`pipeline`] the workflow, [`trading`] the
 //! fleet, [`trading_workload`] its tasks and their market data, and
 //! [`summary`] the tables printed at the end.
 
@@ -24,6 +28,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use super::local::LocalRedis;
 use tandem_producer::{Producer, Task};
 
+mod pipeline;
 mod plain;
 mod summary;
 mod trading;
@@ -47,6 +52,21 @@ pub struct DemoArgs {
     /// task did not succeed.
     #[arg(long)]
     pub trading: bool,
+    /// With --trading: run the trading pipeline as ONE workflow instead
+    /// (indicators + patterns -> features -> predict_batch with a seeded
+    /// model -> book -> portfolio_opt -> Monte Carlo VaR), and print where
+    /// each step ran, how long it took and waited, and the result. Exits 1
+    /// when the workflow did not succeed.
+    #[arg(long, requires = "trading")]
+    pub pipeline: bool,
+    /// With --pipeline: the symbols (at least 10).
+    #[arg(long, default_value_t = 1000, requires = "pipeline")]
+    pub symbols: usize,
+    /// Keep the run's keys in Redis (when REDIS_URL is given), so that
+    /// `tandem flow status ID` (with the printed TANDEM_PREFIX) can show
+    /// the run afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// One task of a workload, before it is submitted.
@@ -122,12 +142,16 @@ pub(crate) async fn run(
     // A prefix of its own, so the demo never touches real queues.
     config.prefix = format!("{}-demo-{}", config.prefix, std::process::id());
     let store = Store::connect(&config).await?;
-    let code = if args.trading {
+    let code = if args.pipeline {
+        pipeline::pipeline(&config, &store, &args).await?
+    } else if args.trading {
         trading::trading(&config, &store, &args).await?
     } else {
         plain::plain(&config, &store, &args).await?
     };
-    if redis_url_given && let Err(err) = store.purge_prefix().await {
+    if redis_url_given && args.keep {
+        println!("kept the run's keys under the prefix {}", config.prefix);
+    } else if redis_url_given && let Err(err) = store.purge_prefix().await {
         tracing::warn!("cannot delete the run's keys: {err}");
     }
     Ok(code)

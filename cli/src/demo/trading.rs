@@ -46,6 +46,52 @@ pub(super) async fn trading(
     // Installed first: starting a fleet on real GPUs takes a while (each
     // worker compiles its kernels), and a Ctrl-C meanwhile must clean up.
     let mut interrupts = Interrupts::install()?;
+    let Some(Fleet {
+        mut workers,
+        columns,
+    }) = start_fleet(config, store, args, &mut interrupts).await?
+    else {
+        return Ok(ExitCode::from(130));
+    };
+
+    let producer = Producer::connect(config).await?;
+    if let Err(err) = transformer_predictions(config, store, &producer).await {
+        println!("transformer predictions: failed: {err:#}\n");
+    }
+    let run = drive(&producer, tasks, trading_workload, &mut interrupts).await?;
+    let code = if run.interrupted {
+        println!("interrupted: stopping workers and cleaning up");
+        ExitCode::from(130)
+    } else {
+        let shards = shard_devices(&producer, &run.done).await?;
+        let all_succeeded = trading_summary(&run, &columns, &shards);
+        if all_succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    };
+    workers.stop(Duration::from_secs(10));
+    Ok(code)
+}
+
+/// A started fleet: its processes and its devices.
+pub(super) struct Fleet {
+    pub(super) workers: LocalWorkers,
+    /// One per device, as the summaries name them.
+    pub(super) columns: Vec<Column>,
+}
+
+/// Starts the fleet (this host's GPUs, or the seed's two simulated, plus
+/// a CPU worker), waits until every member is healthy and routes knowing
+/// the others, and prints its devices; `None` when interrupted first (the
+/// workers are stopped).
+pub(super) async fn start_fleet(
+    config: &Config,
+    store: &Store,
+    args: &DemoArgs,
+    interrupts: &mut Interrupts,
+) -> anyhow::Result<Option<Fleet>> {
     let detected = detect_gpus()?;
     let mut env = worker_env(config, args);
     env.push(("TANDEM_FLEET_CPU_WORKER", "true".to_owned()));
@@ -85,12 +131,11 @@ pub(super) async fn trading(
     } else {
         180
     });
-    let Some(live) =
-        wait_fleet_ready(store, &mut workers, expected + 1, bound, &mut interrupts).await?
+    let Some(live) = wait_fleet_ready(store, &mut workers, expected + 1, bound, interrupts).await?
     else {
         println!("interrupted: stopping workers and cleaning up");
         workers.stop(Duration::from_secs(10));
-        return Ok(ExitCode::from(130));
+        return Ok(None);
     };
     let columns = Column::from_registry(&live);
     println!(
@@ -103,26 +148,7 @@ pub(super) async fn trading(
     // Every member re-reads the registry once a heartbeat; after this long
     // each one routes knowing all the others.
     tokio::time::sleep(Duration::from_millis(config.heartbeat_interval_ms + 200)).await;
-
-    let producer = Producer::connect(config).await?;
-    if let Err(err) = transformer_predictions(config, store, &producer).await {
-        println!("transformer predictions: failed: {err:#}\n");
-    }
-    let run = drive(&producer, tasks, trading_workload, &mut interrupts).await?;
-    let code = if run.interrupted {
-        println!("interrupted: stopping workers and cleaning up");
-        ExitCode::from(130)
-    } else {
-        let shards = shard_devices(&producer, &run.done).await?;
-        let all_succeeded = trading_summary(&run, &columns, &shards);
-        if all_succeeded {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }
-    };
-    workers.stop(Duration::from_secs(10));
-    Ok(code)
+    Ok(Some(Fleet { workers, columns }))
 }
 
 /// The name the design gives its heavy model.

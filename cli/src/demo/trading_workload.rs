@@ -216,18 +216,24 @@ const BARS: usize = 390;
 
 /// A day of one-minute OHLC bars per symbol, from a random walk.
 fn bars(seed: u64) -> Vec<OhlcSeries> {
+    market_bars(seed, SYMBOLS, BARS)
+}
+
+/// `bars` one-minute OHLC bars of each of `symbols` symbols (`SYM00`,
+/// `SYM01`, ...), from a random walk.
+pub(super) fn market_bars(seed: u64, symbols: usize, bars: usize) -> Vec<OhlcSeries> {
     let mut rng = SplitMix64(seed);
-    (0..SYMBOLS)
+    (0..symbols)
         .map(|s| {
             let mut close = 20.0 + 200.0 * rng.uniform();
             let mut series = OhlcSeries {
                 symbol: format!("SYM{s:02}"),
-                open: Vec::with_capacity(BARS),
-                high: Vec::with_capacity(BARS),
-                low: Vec::with_capacity(BARS),
-                close: Vec::with_capacity(BARS),
+                open: Vec::with_capacity(bars),
+                high: Vec::with_capacity(bars),
+                low: Vec::with_capacity(bars),
+                close: Vec::with_capacity(bars),
             };
-            for _ in 0..BARS {
+            for _ in 0..bars {
                 let open = close;
                 close = open * (0.0012 * rng.normal()).exp();
                 let top = open.max(close) * (1.0 + 0.0008 * rng.uniform());
@@ -251,16 +257,22 @@ fn indicators(seed: u64) -> IndicatorsParams {
                 closes: s.close,
             })
             .collect(),
-        indicators: vec![
-            IndicatorSpec::Rsi { period: 14 },
-            IndicatorSpec::Macd {
-                fast: 12,
-                slow: 26,
-                signal: 9,
-            },
-            IndicatorSpec::Bollinger { period: 20, k: 2.0 },
-        ],
+        indicators: indicator_specs(),
     }
+}
+
+/// The indicators both trading demos compute: RSI(14), MACD(12,26,9) and
+/// Bollinger(20,2), 7 lines.
+pub(super) fn indicator_specs() -> Vec<IndicatorSpec> {
+    vec![
+        IndicatorSpec::Rsi { period: 14 },
+        IndicatorSpec::Macd {
+            fast: 12,
+            slow: 26,
+            signal: 9,
+        },
+        IndicatorSpec::Bollinger { period: 20, k: 2.0 },
+    ]
 }
 
 fn patterns(seed: u64) -> PatternsParams {

@@ -14,7 +14,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::{Value, json};
 
 use super::{
-    KindSpec, builtin, indicators, model_kinds, monte_carlo, patterns, portfolio_opt, risk,
+    KindSpec, builtin, features, indicators, model_kinds, monte_carlo, patterns, portfolio_opt,
+    risk,
 };
 use crate::task::Class;
 
@@ -173,6 +174,19 @@ pub fn catalog() -> Vec<KindInfo> {
             "fine-tunes a registered model on samples",
             json!({"model": "alpha-mlp", "x": [0.1, 0.2, 0.3, 0.4], "y": [1.0], "samples": 1, "epochs": 1,
                    "batch_size": 1, "optimizer": {"type": "adam", "lr": 0.001}}),
+        ),
+        typed::<features::Features>(
+            "joins an indicators result and a patterns result into each symbol's model input",
+            json!({"indicators": {"lines": ["rsi(2)"], "series": [{"symbol": "ES", "values": [[50.0, 61.5]]}]},
+                   "patterns": {"patterns": ["doji"], "series": [{"symbol": "ES", "masks": [0, 1]}]},
+                   "window": 2, "standardize": false}),
+        ),
+        typed::<features::Book>(
+            "expected returns from predictions and the covariance of a price history: a book to optimise",
+            json!({"predictions": [{"symbol": "ES", "values": [0.4]}, {"symbol": "NQ", "values": [-0.1]}],
+                   "series": [{"symbol": "ES", "closes": [4700.0, 4712.5, 4698.25]},
+                              {"symbol": "NQ", "closes": [16500.0, 16610.0, 16480.0]}],
+                   "top": 2}),
         ),
         test_only(typed::<builtin::Panic>(
             "the handler panics",

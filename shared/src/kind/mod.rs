@@ -7,6 +7,7 @@
 
 pub mod builtin;
 pub mod catalog;
+pub mod features;
 pub mod indicators;
 pub mod model_kinds;
 pub mod monte_carlo;
@@ -116,6 +117,8 @@ pub fn known(kind: &str, params: &[u8]) -> Option<Known> {
         model_kinds::Infer,
         model_kinds::PredictBatch,
         model_kinds::Train,
+        features::Features,
+        features::Book,
     )
 }
 
@@ -236,6 +239,23 @@ mod tests {
                 "/optimizer/lr",
                 json!("0.01"),
                 r#"optimizer.lr: expected a number, got a string ("0.01")"#,
+            ),
+            (
+                "features",
+                json!({"indicators": {"lines": ["sma(1)"],
+                                      "series": [{"symbol": "A", "values": [[1.0, 2.0]]}]},
+                       "window": 2}),
+                "/window",
+                json!("2"),
+                r#"window: expected an integer from 0 to 4294967295, got a string ("2")"#,
+            ),
+            (
+                "book",
+                json!({"predictions": [{"symbol": "A", "values": [0.5]}],
+                       "series": [{"symbol": "A", "closes": [1.0, 1.1, 1.2]}]}),
+                "/predictions/0/values/0",
+                json!(null),
+                "predictions[0].values[0]: expected a number, got nil",
             ),
         ];
         for (kind, good, pointer, bad_value, message) in cases {

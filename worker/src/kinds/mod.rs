@@ -7,6 +7,7 @@
 //! `kind_table`) and nothing below imports them.
 
 mod builtin;
+mod features;
 mod indicators;
 mod model_kinds;
 mod monte_carlo;
@@ -28,6 +29,7 @@ impl KindTable {
         model_kinds::register(&mut kinds);
         patterns::register(&mut kinds);
         portfolio_opt::register(&mut kinds);
+        features::register(&mut kinds);
         kinds
     }
 

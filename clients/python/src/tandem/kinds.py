@@ -17,11 +17,125 @@ from ._model import Floats, WireModel
 
 
 @dataclass(kw_only=True)
+class BookPrediction(WireModel):
+    symbol: str
+    values: Floats
+
+
+@dataclass(kw_only=True)
+class BookSeries(WireModel):
+    """One series of close prices."""
+
+    closes: Floats
+    """Close prices, oldest first."""
+    symbol: str
+    """A name for the series, echoed in the result."""
+
+
+@dataclass(kw_only=True)
+class BookParams(WireModel):
+    mu_scale: float = 0.001
+    """Expected return per period of one cross-sectional standard
+deviation of the prediction."""
+    output: int = 0
+    """Which of a prediction's values to use."""
+    predictions: Sequence[BookPrediction]
+    """A `predict_batch` result's predictions."""
+    series: Sequence[BookSeries]
+    """Close prices of every predicted symbol, oldest first."""
+    top: Optional[int] = None
+    """Keep this many symbols, those of greatest expected return (default:
+every symbol, at most 2000)."""
+    _nested = {'predictions': '[]BookPrediction', 'series': '[]BookSeries'}
+
+
+@dataclass(kw_only=True)
+class BookResult(WireModel):
+    covariance: Floats
+    """Sample covariance of their returns, n x n, row-major."""
+    mu: Floats
+    """Expected return per period of each, in `symbols` order."""
+    periods: int
+    """Rows of returns the covariance is computed from."""
+    symbols: Sequence[str]
+    """The kept symbols, greatest expected return first."""
+
+
+@dataclass(kw_only=True)
 class FailParams(WireModel):
     code: str
     message: str = ''
     retry: bool = False
     """Whether the failure is worth retrying (default: no)."""
+
+
+@dataclass(kw_only=True)
+class FeaturesSeriesValues(WireModel):
+    """The lines of one series."""
+
+    symbol: str
+    values: Sequence[Floats]
+    """`values[line][t]`, lines as named in [`IndicatorsOutput::lines`];
+NaN where an indicator is not yet defined."""
+
+
+@dataclass(kw_only=True)
+class FeaturesIndicatorsOutput(WireModel):
+    lines: Sequence[str]
+    """The name of every line, in order (`sma(20)`, `macd(12,26,9).signal`)."""
+    series: Sequence[FeaturesSeriesValues]
+    """One entry per input series, in input order."""
+    _nested = {'series': '[]FeaturesSeriesValues'}
+
+
+@dataclass(kw_only=True)
+class FeaturesSeriesMasks(WireModel):
+    """The masks of one series."""
+
+    masks: Sequence[int]
+    """One bitmask per bar; bit `p` is pattern `PATTERN_NAMES[p]`."""
+    symbol: str
+
+
+@dataclass(kw_only=True)
+class FeaturesPatternsOutput(WireModel):
+    patterns: Sequence[str]
+    """The pattern of each bit, by bit index."""
+    series: Sequence[FeaturesSeriesMasks]
+    """One entry per input series, in input order."""
+    _nested = {'series': '[]FeaturesSeriesMasks'}
+
+
+@dataclass(kw_only=True)
+class FeaturesParams(WireModel):
+    indicators: FeaturesIndicatorsOutput
+    """An `indicators` result."""
+    patterns: Optional[FeaturesPatternsOutput] = None
+    """A `patterns` result over the same symbols and bars."""
+    standardize: bool = True
+    """Each feature becomes its z-score across the symbols."""
+    window: int = 1
+    """The latest bars each window holds."""
+    _nested = {'indicators': 'FeaturesIndicatorsOutput'}
+
+
+@dataclass(kw_only=True)
+class FeaturesSymbolWindow(WireModel):
+    features: Floats
+    """The model's input width of features."""
+    symbol: str
+
+
+@dataclass(kw_only=True)
+class FeaturesResult(WireModel):
+    names: Sequence[str]
+    """The features of one bar, in order: the indicator lines, then the
+patterns."""
+    symbols: Sequence[FeaturesSymbolWindow]
+    """One per indicator series, in its order: `window x names` floats."""
+    window: int
+    """Bars per window."""
+    _nested = {'symbols': '[]FeaturesSymbolWindow'}
 
 
 @dataclass(kw_only=True)
@@ -495,8 +609,10 @@ class TrainResult(WireModel):
 
 PARAMS = {
     'abort': Any,
+    'book': BookParams,
     'echo': Any,
     'fail': FailParams,
+    'features': FeaturesParams,
     'gpu_only': GpuOnlyParams,
     'indicators': IndicatorsParams,
     'infer': InferParams,
@@ -516,8 +632,10 @@ PARAMS = {
 
 RESULTS = {
     'abort': None,
+    'book': BookResult,
     'echo': Any,
     'fail': None,
+    'features': FeaturesResult,
     'gpu_only': GpuOnlyResult,
     'indicators': IndicatorsResult,
     'infer': InferResult,
