@@ -45,8 +45,11 @@ use std::time::Duration;
 
 use tandem_shared::blob::{BlobRef, BlobStore};
 use tandem_shared::flow::{LimitTarget, PauseTarget, Rate};
+use tandem_shared::kind::model_kinds::memory_for_model;
 use tandem_shared::signature::Signer;
-use tandem_shared::store::{self, CancelOutcome, ModelStoreError, Store, StoreError, Submitted};
+use tandem_shared::store::{
+    self, CancelOutcome, ModelArch, ModelStoreError, Store, StoreError, Submitted,
+};
 use tandem_shared::wire::{NewTask, TaskRecord};
 use tandem_shared::{Class, Config, Status, TaskId};
 
@@ -302,6 +305,7 @@ impl Producer {
         let threshold = inner.blobs.threshold();
         for t in tasks {
             let model = t.model_deciding_class(inner.train_on_primary);
+            let memory_model = t.model_deciding_memory();
             // Parameters above the blob threshold travel as a reference:
             // checked whole here, then stored once the batch checks out.
             let by_ref = threshold.is_some_and(|threshold| t.params.len() > threshold);
@@ -317,23 +321,34 @@ impl Producer {
                 inner.max_payload_bytes
             };
             let task = t.into_new_task(inner.default_max_attempts, limit)?;
-            checked.push((task, model));
+            checked.push((task, model, memory_model));
         }
-        for (task, _) in &mut checked {
+        let names: Vec<&str> = checked
+            .iter()
+            .flat_map(|(_, model, memory)| [model.as_deref(), memory.as_deref()])
+            .flatten()
+            .collect();
+        let models = self.registered_models(names).await?;
+        let mut prepared = Vec::with_capacity(checked.len());
+        for (mut task, model, memory_model) in checked {
+            if let Some((class, _)) = model.and_then(|m| models.get(&m)) {
+                task.class = *class;
+            }
+            if let Some(bytes) = memory_model.and_then(|m| {
+                let (_, arch) = models.get(&m)?;
+                memory_for_model(&task.kind, &task.params, arch)
+            }) {
+                task.memory_bytes = bytes;
+            }
             if threshold.is_some_and(|threshold| task.params.len() > threshold) {
                 let blob = inner.blobs.put(&task.params, inner.blobs.ttl_ms()).await?;
                 task.params = blob.encode();
             }
+            prepared.push(task);
         }
-        let classes = self
-            .model_classes(checked.iter().filter_map(|(_, model)| model.as_deref()))
-            .await?;
-        Ok(checked
+        Ok(prepared
             .into_iter()
-            .map(|(mut task, model)| {
-                if let Some(class) = model.and_then(|m| classes.get(&m)) {
-                    task.class = *class;
-                }
+            .map(|mut task| {
                 if let Some(signer) = &inner.signer {
                     task.signature =
                         Some(signer.sign(&task.signed(Some(inner.reply_key(task.class)))));
@@ -343,21 +358,21 @@ impl Producer {
             .collect())
     }
 
-    /// The registered class of each named model, looked up once per
-    /// distinct name, the lookups sharing the connection concurrently (one
-    /// pipelined round trip). A model that is not registered is absent, and
-    /// so is one whose record is damaged (logged; the worker fails its
-    /// tasks, saying why): their tasks keep the kind's class.
-    async fn model_classes<'a>(
+    /// The registered class and architecture of each named model, looked
+    /// up once per distinct name, the lookups sharing the connection
+    /// concurrently (one pipelined round trip). A model that is not
+    /// registered is absent, and so is one whose record is damaged (logged;
+    /// the worker fails its tasks, saying why): their tasks keep the kind's
+    /// class and memory estimate.
+    async fn registered_models(
         &self,
-        names: impl Iterator<Item = &'a str>,
-    ) -> Result<HashMap<String, Class>, ProducerError> {
-        let mut distinct: Vec<&str> = names.collect();
+        mut distinct: Vec<&str>,
+    ) -> Result<HashMap<String, (Class, ModelArch)>, ProducerError> {
         distinct.sort_unstable();
         distinct.dedup();
         let lookups = distinct.into_iter().map(|name| async move {
-            let class = self.inner.retry(|| self.registered_class(name)).await?;
-            Ok::<_, ProducerError>(class.map(|class| (name.to_owned(), class)))
+            let model = self.inner.retry(|| self.registered_model(name)).await?;
+            Ok::<_, ProducerError>(model.map(|model| (name.to_owned(), model)))
         });
         Ok(futures_util::future::try_join_all(lookups)
             .await?
@@ -366,11 +381,11 @@ impl Producer {
             .collect())
     }
 
-    /// One model's registered class; only a failure to reach Redis is an
-    /// error (and is retried).
-    async fn registered_class(&self, name: &str) -> Result<Option<Class>, StoreError> {
+    /// One model's registered class and architecture; only a failure to
+    /// reach Redis is an error (and is retried).
+    async fn registered_model(&self, name: &str) -> Result<Option<(Class, ModelArch)>, StoreError> {
         match self.inner.store.model_info(name).await {
-            Ok(info) => Ok(info.map(|info| info.class)),
+            Ok(info) => Ok(info.map(|info| (info.class, info.arch))),
             Err(ModelStoreError::Store(err)) => Err(err),
             Err(err) => {
                 tracing::warn!(model = name, "submitting with the kind's class: {err}");

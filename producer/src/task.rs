@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tandem_shared::kind;
 use tandem_shared::kind::KindSpec;
-use tandem_shared::kind::model_kinds::{Infer, Train};
+use tandem_shared::kind::model_kinds::{Infer, PredictBatch, Train};
 use tandem_shared::wire::RunAt;
 use tandem_shared::{Class, Priority, TaskId, msgpack};
 
@@ -17,6 +17,9 @@ use crate::error::ProducerError;
 /// 100 symbols; `train` is heavy whatever its model while
 /// `train_on_primary` holds.)
 const MODEL_CLASS_KINDS: [&str; 2] = [Infer::KIND, Train::KIND];
+
+/// Kinds whose device memory comes from their model's registered shape.
+const MODEL_MEMORY_KINDS: [&str; 3] = [Infer::KIND, PredictBatch::KIND, Train::KIND];
 
 /// The one field a model kind's parameters are read for here; the others
 /// are skipped without being kept.
@@ -49,6 +52,9 @@ pub struct Task {
     /// Whether `class` was chosen with [`Task::class`]: then it wins over
     /// the model's class.
     pub(crate) class_chosen: bool,
+    /// Set by [`Task::memory_bytes`]: the model kinds' estimate from the
+    /// registered model's shape does not replace it.
+    pub(crate) memory_declared: bool,
     pub(crate) priority: Priority,
     pub(crate) params: Vec<u8>,
     pub(crate) max_attempts: Option<u32>,
@@ -101,6 +107,7 @@ impl Task {
             kind: kind.into(),
             class: None,
             class_chosen: false,
+            memory_declared: false,
             priority: Priority::Normal,
             params,
             max_attempts: None,
@@ -135,6 +142,7 @@ impl Task {
     /// Device memory the task needs, when the kind cannot estimate it.
     pub fn memory_bytes(mut self, bytes: u64) -> Self {
         self.memory_bytes = bytes;
+        self.memory_declared = true;
         self
     }
 
@@ -215,6 +223,19 @@ impl Task {
             || !MODEL_CLASS_KINDS.contains(&self.kind.as_str())
             || (train_on_primary && self.kind == Train::KIND)
         {
+            return None;
+        }
+        msgpack::decode::<ModelRef>(&self.params)
+            .ok()
+            .map(|r| r.model)
+    }
+
+    /// The model whose registered shape decides this task's device memory:
+    /// the `model` parameter of an `infer`, `predict_batch` or `train` task
+    /// that declares no memory of its own (a transformer's activations are
+    /// not an MLP's, and only the registry record tells them apart).
+    pub(crate) fn model_deciding_memory(&self) -> Option<String> {
+        if self.memory_declared || !MODEL_MEMORY_KINDS.contains(&self.kind.as_str()) {
             return None;
         }
         msgpack::decode::<ModelRef>(&self.params)

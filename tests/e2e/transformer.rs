@@ -6,10 +6,13 @@
 //! reference, `infer`) with the CPU twin's bits, and `train` fine-tunes it.
 
 use std::process::{Command, Output};
+
+use redis::AsyncCommands;
 use std::time::Duration;
 
 use tandem_kernels::transformer as xf;
 use tandem_producer::Task;
+use tandem_shared::kind::KindSpec;
 use tandem_shared::kind::model_kinds::{
     Infer, InferOutput, InferParams, Optimizer, PredictBatch, PredictBatchOutput,
     PredictBatchParams, SymbolWindow, Train, TrainOutput, TrainParams,
@@ -410,4 +413,76 @@ async fn train_fine_tunes_a_transformer_and_its_loss_falls() {
         served.outputs,
         xf::forward_cpu(&twin(&tuned), &infer.inputs, 1).unwrap()
     );
+}
+
+/// A model kind's device memory, which the claim fits to a GPU's free
+/// memory, comes from the registered model's shape: a transformer's
+/// activations (forward for `infer` and `predict_batch`, forward and
+/// backward for `train`), not the MLP's formula; a task that declares its
+/// own memory keeps it. Read from the task records, no worker running.
+#[tokio::test]
+async fn a_transformer_tasks_memory_comes_from_its_registered_shape() {
+    let redis = RedisServer::start();
+    let store = crate::support::gpus::store(&redis).await;
+    let producer = redis.producer().await;
+    let s = shape(8, 16, 32, true);
+    upload_transformer(&store, "mem-xf", s, 1 << 30).await;
+    let arch = ModelArch::Transformer(s);
+    let window = 16 * 8;
+    let infer = InferParams {
+        model: "mem-xf".into(),
+        inputs: vec![0.25; 4 * window],
+        batch: 4,
+    };
+    let predict = PredictBatchParams {
+        model: "mem-xf".into(),
+        symbols: (0..3)
+            .map(|i| SymbolWindow {
+                symbol: format!("S{i}"),
+                features: vec![0.5; window],
+            })
+            .collect(),
+    };
+    let train = TrainParams {
+        model: "mem-xf".into(),
+        x: vec![0.1; 32 * window],
+        y: vec![0.0; 32],
+        samples: 32,
+        epochs: 1,
+        batch_size: 8,
+        optimizer: Optimizer::Sgd {
+            lr: 0.01,
+            momentum: 0.0,
+        },
+        seed: 1,
+        out: None,
+    };
+    let expected = [
+        Infer::memory_for(&infer, &arch),
+        PredictBatch::memory_for(&predict, &arch),
+        Train::memory_for(&train, &arch),
+        12_345,
+    ];
+    assert_ne!(
+        expected[0],
+        Infer::memory_estimate(&infer),
+        "a transformer's own figure"
+    );
+    let tasks = vec![
+        Task::of::<Infer>(&infer).unwrap(),
+        Task::of::<PredictBatch>(&predict).unwrap(),
+        Task::of::<Train>(&train).unwrap(),
+        Task::of::<Infer>(&infer).unwrap().memory_bytes(12_345),
+    ];
+    let ids = producer.submit_many(tasks).await.unwrap();
+    let mut conn = redis.conn().await;
+    for (id, expected) in ids.into_iter().zip(expected) {
+        let record = producer.record(id).await.unwrap().unwrap();
+        let class = record.class.expect("a class");
+        let stored: u64 = conn
+            .hget(format!("tandem:{{{class}}}:task:{id}"), "memory_bytes")
+            .await
+            .unwrap();
+        assert_eq!(stored, expected, "{record:?}");
+    }
 }

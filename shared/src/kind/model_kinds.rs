@@ -442,6 +442,27 @@ impl Train {
     }
 }
 
+/// A model kind's device memory once its model's registry record is known
+/// (`memory_for` of [`Infer`], [`PredictBatch`] and [`Train`]), from its
+/// encoded parameters; `None` for another kind or parameters that do not
+/// decode (the kind's own checks report those).
+pub fn memory_for_model(kind: &str, params: &[u8], arch: &ModelArch) -> Option<u64> {
+    fn decoded<P: Serialize + serde::de::DeserializeOwned + 'static>(
+        params: &[u8],
+        memory: impl FnOnce(&P) -> u64,
+    ) -> Option<u64> {
+        crate::msgpack::decode_params::<P>(params)
+            .ok()
+            .map(|p| memory(&p))
+    }
+    match kind {
+        Infer::KIND => decoded(params, |p| Infer::memory_for(p, arch)),
+        PredictBatch::KIND => decoded(params, |p| PredictBatch::memory_for(p, arch)),
+        Train::KIND => decoded(params, |p| Train::memory_for(p, arch)),
+        _ => None,
+    }
+}
+
 /// `Option<Vec<u8>>` as MessagePack bin, not an array of numbers.
 mod serde_bytes_opt {
     use serde::{Deserialize, Deserializer, Serializer};
