@@ -36,6 +36,7 @@ mod models;
 mod parity;
 mod pause;
 mod portfolio_split;
+mod prefetch;
 mod priority;
 mod producer;
 mod progress;
