@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tandem_shared::store::{
     ClaimRequest, ClaimedEntry, Committed, Completion, DeadConsumer, Store, StoreError, StreamRef,
     Trip, Verdict,
@@ -222,6 +223,18 @@ impl Dispatcher {
             if outcomes.device_failure.is_some() {
                 break;
             }
+            // A busy loop goes from trip to trip without reaching the wait
+            // below (with prefetch at concurrency 1 it always is: the next
+            // task runs while the trip goes), so a shutdown and a flow
+            // change are looked at here too.
+            if !schedule.is_draining() {
+                if shutdown.is_triggered() {
+                    self.begin_drain(&mut schedule, &mut prefetched).await;
+                } else if self.flow_changed.notified().now_or_never().is_some() {
+                    schedule.woken();
+                    self.release_paused(&mut prefetched, &mut schedule).await;
+                }
+            }
             self.settle_prefetched(&mut prefetched, &mut outcomes, &mut schedule, &done_tx);
             let now = Instant::now();
             let commits = outcomes.to_commit.len();
@@ -269,15 +282,7 @@ impl Dispatcher {
                     self.take_in(seen, &mut schedule);
                 }
                 () = shutdown.wait(), if !draining => {
-                    schedule.drain(Instant::now());
-                    self.stats.draining.store(true, Ordering::Relaxed);
-                    // Tasks that have not started go back at once, for
-                    // another worker to start now, not after the grace.
-                    let waiting = prefetched.drain();
-                    for kept in self.release_held(waiting, &mut schedule, "draining").await {
-                        prefetched.push(kept);
-                    }
-                    tracing::info!(running = schedule.held(), "draining: no new claims; waiting up to {:?} for running tasks", self.shutdown_grace);
+                    self.begin_drain(&mut schedule, &mut prefetched).await;
                 }
                 () = tokio::time::sleep_until(wake_at) => {
                     if schedule.timer_fired(Instant::now()) {
@@ -301,6 +306,23 @@ impl Dispatcher {
             handed_back,
             device_failed: None,
         }
+    }
+
+    /// Shutdown began: no new claims, the running tasks get the grace
+    /// period, and the prefetched ones, not started, go back at once for
+    /// another worker to start now, not after the grace.
+    async fn begin_drain(&self, schedule: &mut Schedule, prefetched: &mut Prefetched) {
+        schedule.drain(Instant::now());
+        self.stats.draining.store(true, Ordering::Relaxed);
+        let waiting = prefetched.drain();
+        for kept in self.release_held(waiting, schedule, "draining").await {
+            prefetched.push(kept);
+        }
+        tracing::info!(
+            running = schedule.held(),
+            "draining: no new claims; waiting up to {:?} for running tasks",
+            self.shutdown_grace
+        );
     }
 
     /// Sends one planned round trip to Redis, acts on what it brought back
