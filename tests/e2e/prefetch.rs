@@ -220,3 +220,45 @@ async fn a_higher_priority_waits_for_the_one_prefetched_task_at_most() {
     let (_, order) = notices(&redis, &producer).await;
     assert_eq!(order, vec![running, prefetched, urgent, behind]);
 }
+
+/// Regression: with prefetch a busy worker goes from round trip to round
+/// trip and never reached the wait that saw SIGTERM, so it kept claiming
+/// until the backlog ran dry (the backlog bench's stopped workers were
+/// killed still holding entries).
+#[tokio::test]
+async fn a_busy_worker_with_prefetch_stops_claiming_at_sigterm() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    const BACKLOG: usize = 20_000;
+    let tasks: Vec<Task> = (0..BACKLOG)
+        .map(|_| Task::of::<tandem_shared::kind::builtin::Noop>(&rmpv::Value::Nil).unwrap())
+        .collect();
+    let ids = producer.submit_many(tasks).await.unwrap();
+    let mut worker = WorkerProcess::start(&redis, ONE_SLOT).await;
+    let first = ids[0];
+    wait_until(WAIT, "the worker busy with the backlog", || async {
+        status(&producer, first).await == Some(Status::Succeeded)
+    })
+    .await;
+
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(WAIT), Some(0), "{}", worker.log_text());
+    let mut conn = redis.conn().await;
+    let stream = "tandem:{cpu}:stream:normal";
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("workers")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.count(), 0, "the worker left entries pending");
+    let left: usize = redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        left > 0,
+        "the worker ran the whole backlog of {BACKLOG} after SIGTERM instead of stopping"
+    );
+}
