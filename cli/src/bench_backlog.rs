@@ -15,6 +15,12 @@
 //!   the same sample's Redis time by command (the commands the scripts
 //!   call included, per task acknowledged), to see which one grows.
 //!
+//! Each depth starts clean: once a sample's workers have stopped (and
+//! committed what they held), their consumers are removed from the
+//! groups. Left there, they are dead consumers to the next depth's
+//! workers, whose claims would take them over during that sample and
+//! charge the cost to the deeper backlog.
+//!
 //! Flat figures down the table are what a deep backlog must show.
 
 use std::process::{Command, Stdio};
@@ -22,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tandem_producer::{Producer, Task};
+use tandem_shared::keys::GROUP;
 use tandem_shared::kind::builtin::Noop;
 use tandem_shared::store::Store;
 use tandem_shared::{Class, Config, Priority};
@@ -111,6 +118,7 @@ pub(crate) async fn run(
         }
         workers.stop(Duration::from_secs(10));
         let after = Snapshot::take(&store).await;
+        remove_consumers(&store).await?;
         let acked = after.delta(&before, "xack").0;
         let (calls, usec) = after.delta(&before, "evalsha");
         let per_task = |x: u64| (acked > 0).then(|| x as f64 / acked as f64);
@@ -178,6 +186,93 @@ async fn fill(producers: &[Producer], first: usize, count: usize) -> anyhow::Res
         job.await??;
     }
     Ok(())
+}
+
+/// Removes every consumer from the task streams' groups once the sample's
+/// workers stopped. A stopped worker hands back or commits what it held, so
+/// none has pending entries; one that does (a worker killed past its grace)
+/// is an error: removing it would strand its entries, and keeping it would
+/// have the next sample take it over.
+async fn remove_consumers(store: &Store) -> anyhow::Result<()> {
+    let keys: Vec<String> = store
+        .keys()
+        .streams_in_claim_order(Class::ALL)
+        .into_iter()
+        .map(|(_, _, key)| key)
+        .collect();
+    let infos: Vec<redis::Cmd> = keys
+        .iter()
+        .map(|key| {
+            let mut cmd = redis::cmd("XINFO");
+            cmd.arg("CONSUMERS").arg(key).arg(GROUP);
+            cmd
+        })
+        .collect();
+    let mut removals = Vec::new();
+    for (key, reply) in keys.iter().zip(store.pipeline(&infos).await?) {
+        // A stream or group not created yet has no consumers.
+        let redis::Value::Array(consumers) = reply else {
+            continue;
+        };
+        for consumer in consumers {
+            let fields = consumer_fields(consumer)
+                .with_context(|| format!("reading the consumers of {key}"))?;
+            anyhow::ensure!(
+                fields.pending == 0,
+                "consumer {} of {key} still holds {} entries after its worker stopped",
+                fields.name,
+                fields.pending
+            );
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("DELCONSUMER").arg(key).arg(GROUP).arg(&fields.name);
+            removals.push(cmd);
+        }
+    }
+    if !removals.is_empty() {
+        store.pipeline(&removals).await?;
+    }
+    Ok(())
+}
+
+/// A consumer's name and pending count, from `XINFO CONSUMERS`.
+struct ConsumerFields {
+    name: String,
+    pending: u64,
+}
+
+fn consumer_fields(consumer: redis::Value) -> anyhow::Result<ConsumerFields> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let pairs: Vec<(Value, Value)> = match consumer {
+        Value::Map(pairs) => pairs,
+        Value::Array(flat) => {
+            anyhow::ensure!(flat.len() % 2 == 0, "an odd number of fields");
+            let mut flat = flat.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+        other => anyhow::bail!("a consumer is {other:?}, not fields"),
+    };
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some(name))
+            .map(|(_, v)| v)
+            .with_context(|| format!("no `{name}` field"))
+    };
+    let name = text(field("name")?).context("field `name` is not text")?;
+    let pending = match field("pending")? {
+        Value::Int(n) => u64::try_from(*n).context("field `pending` is negative")?,
+        other => anyhow::bail!("field `pending` is {other:?}, not a count"),
+    };
+    Ok(ConsumerFields { name, pending })
 }
 
 /// Tasks waiting (not yet claimed) in every task stream.

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::device::{DeviceSelector, Role};
 use crate::task::Class;
 
+/// The most tasks `prefetch` may hold ahead of a worker's slots.
+const MAX_PREFETCH: usize = 1024;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -165,6 +168,22 @@ impl SettingValue for Option<Role> {
     }
     fn show_setting(&self) -> String {
         self.map_or_else(|| "auto".to_owned(), |r| r.to_string())
+    }
+}
+
+/// `prefetch`: a count, or `auto` (empty) for the default by concurrency.
+impl SettingValue for Option<usize> {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "" | "auto" => Ok(None),
+            other => other
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{other:?} is not `auto` or a whole number of tasks")),
+        }
+    }
+    fn show_setting(&self) -> String {
+        self.map_or_else(|| "auto".to_owned(), |n| n.to_string())
     }
 }
 
@@ -367,6 +386,8 @@ settings! {
     classes: Vec<Class> = vec![Class::Cpu, Class::Light, Class::Parallel, Class::Heavy], "TANDEM_CLASSES";
     /// Most tasks a worker claims in one round trip.
     claim_batch: usize = 64, "TANDEM_CLAIM_BATCH";
+    /// Tasks a worker claims ahead of its free slots while its tasks run, to start the next one without a claim round trip (leased to it, handed back at shutdown, cancels and pauses honoured); `auto`: 1 at `concurrency` 1, else 0; 0: off.
+    prefetch: Option<usize> = None, "TANDEM_PREFETCH";
     /// A claimed task's lease: a worker extends it while the task runs; one not extended this long is taken over (ms).
     lease_timeout_ms: u64 = 30_000, "TANDEM_LEASE_TIMEOUT_MS";
     /// A task blamed for this many worker deaths (1 when it was its worker's only task, 1/n among n, 0 for a stalled worker) or failed devices is dead-lettered without running.
@@ -556,6 +577,12 @@ impl Config {
         if self.claim_batch == 0 {
             return invalid("claim_batch", "must be at least 1");
         }
+        if self.prefetch.is_some_and(|n| n > MAX_PREFETCH) {
+            return invalid(
+                "prefetch",
+                "must be at most 1024 (each prefetched task waits, leased, behind the running ones)",
+            );
+        }
         if self.default_max_attempts == 0 {
             return invalid("default_max_attempts", "must be at least 1");
         }
@@ -660,6 +687,15 @@ impl Config {
         }
     }
 
+    /// Tasks the worker claims ahead of its free slots, with `auto`
+    /// resolved: one at concurrency 1 (the worker would otherwise wait a
+    /// claim round trip between every two tasks), none above it (a free
+    /// slot among several is refilled while the others run).
+    pub fn effective_prefetch(&self) -> usize {
+        self.prefetch
+            .unwrap_or(usize::from(self.effective_concurrency() == 1))
+    }
+
     /// The routing bounds.
     pub fn routing_policy(&self) -> crate::routing::Policy {
         crate::routing::Policy {
@@ -744,6 +780,33 @@ mod tests {
         assert_eq!(config, Config::default());
         assert_eq!(config.prefix, "tandem");
         assert_eq!(Config::SETTINGS.len(), config.values().len());
+    }
+
+    #[test]
+    fn prefetch_is_auto_by_concurrency_or_a_count() {
+        let one = load(&[("TANDEM_CONCURRENCY", "1")], None).unwrap();
+        assert_eq!(one.prefetch, None);
+        assert_eq!(one.effective_prefetch(), 1);
+        let four = load(&[("TANDEM_CONCURRENCY", "4")], None).unwrap();
+        assert_eq!(four.effective_prefetch(), 0);
+        let off = load(
+            &[("TANDEM_CONCURRENCY", "1"), ("TANDEM_PREFETCH", "0")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(off.effective_prefetch(), 0);
+        let auto = load(&[("TANDEM_PREFETCH", "auto")], None).unwrap();
+        assert_eq!(auto.prefetch, None);
+        let two = load(&[("TANDEM_PREFETCH", "2")], None).unwrap();
+        assert_eq!(two.effective_prefetch(), 2);
+        let err = load(&[("TANDEM_PREFETCH", "some")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TANDEM_PREFETCH"), "{err}");
+        let err = load(&[("TANDEM_PREFETCH", "5000")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefetch"), "{err}");
     }
 
     #[test]

@@ -501,7 +501,13 @@ async fn raise_alert(redis: &RedisServer, worker: &str) {
 #[tokio::test]
 async fn top_fits_small_and_large_terminals() {
     let redis = RedisServer::start();
-    let env = [("TANDEM_TEST_KINDS", "1"), ("TANDEM_CONCURRENCY", "1")];
+    // Without prefetch: each worker claims its one task and no more, so
+    // the waiting count below is the tasks less the workers.
+    let env = [
+        ("TANDEM_TEST_KINDS", "1"),
+        ("TANDEM_CONCURRENCY", "1"),
+        ("TANDEM_PREFETCH", "0"),
+    ];
     let fleet = [
         start(&redis, PRIMARY, PACED, &env).await,
         start(&redis, SECONDARY, PACED, &env).await,

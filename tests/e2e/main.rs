@@ -37,6 +37,7 @@ mod parity;
 mod pause;
 mod pipeline;
 mod portfolio_split;
+mod prefetch;
 mod priority;
 mod producer;
 mod progress;

@@ -93,8 +93,10 @@ async fn a_killed_workers_task_completes_on_another_within_the_heartbeat_ttl_and
     let redis = RedisServer::start();
     let producer = redis.producer().await;
     // The survivor starts first and is kept busy for a moment, so the
-    // victim, started next, is the one to take the task.
-    let survivor = WorkerProcess::start(&redis, FAST).await;
+    // victim, started next, is the one to take the task (without prefetch:
+    // a busy survivor would otherwise claim it ahead).
+    let survivor =
+        WorkerProcess::start(&redis, &[FAST, &[("TANDEM_PREFETCH", "0")]].concat()).await;
     let blocker = producer.submit(sleep_task(800)).await.unwrap();
     wait_running_on(&producer, blocker, &survivor).await;
     let victim = WorkerProcess::start(&redis, FAST).await;

@@ -94,6 +94,9 @@ async fn a_task_that_ignores_its_stop_is_abandoned_and_holds_its_slot_until_it_e
             ("TANDEM_TEST_KINDS", "true"),
             ("TANDEM_CONCURRENCY", "1"),
             ("TANDEM_TIMEOUT_GRACE_MS", "100"),
+            // The check below reads `started_at_ms`, which a prefetched
+            // task gets at its claim, not at its start.
+            ("TANDEM_PREFETCH", "0"),
         ],
     )
     .await;

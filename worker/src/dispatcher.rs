@@ -20,6 +20,13 @@
 //! [`Schedule`]'s, which does no I/O; this loop sends its plans to Redis,
 //! acts on the results and feeds them back.
 //!
+//! Prefetch: with `prefetch` above 0 the claims ask for that many entries
+//! beyond the free slots; those wait, claimed and leased, in [`Prefetched`]
+//! and start the moment a slot frees, while the trip that commits the
+//! finished task claims the next one to hold. A cancel settles a waiting
+//! one at once, a pause or a drain hands it back to its stream at once, a
+//! deadline that passed while it waited expires it at its turn.
+//!
 //! Device failure: when a task ends with its device unusable, the worker
 //! stops claiming, commits what finished, hands every running task back at
 //! once, and returns with the failure, for the process to exit and its
@@ -30,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tandem_shared::store::{
     ClaimRequest, ClaimedEntry, Committed, Completion, DeadConsumer, Store, StoreError, StreamRef,
     Trip, Verdict,
@@ -42,6 +50,7 @@ use tracing::Instrument;
 
 use crate::doorbell::{Doorbell, WaitPoint};
 use crate::executor::{DeviceFailure, Executor, Plan};
+use crate::prefetch::{Prefetched, Ready};
 use crate::router::Router;
 use crate::running::Running;
 use crate::schedule::{ClaimResult, Limits, Schedule, TripInputs, TripPlan, TripResult};
@@ -58,6 +67,9 @@ pub(crate) struct Dispatcher {
     pub worker_id: String,
     pub device: String,
     pub concurrency: usize,
+    /// Tasks claimed ahead of the free slots, to start without a claim
+    /// round trip when a slot frees (0: none).
+    pub prefetch: usize,
     pub claim_batch: usize,
     pub aging_ms: u64,
     pub block_ms: u64,
@@ -186,8 +198,11 @@ impl Dispatcher {
         let waker = Doorbell::spawn(self.store.clone(), self.block_ms);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let mut outcomes = Outcomes::default();
+        let mut prefetched = Prefetched::default();
+        // The schedule counts every claimed entry as a slot: the prefetched
+        // ones are slots that do not run yet.
         let limits = Limits {
-            concurrency: self.concurrency,
+            concurrency: self.concurrency + self.prefetch,
             claim_batch: self.claim_batch,
             lease_timeout: self.lease_timeout,
             promote_interval: self.promote_interval,
@@ -208,6 +223,19 @@ impl Dispatcher {
             if outcomes.device_failure.is_some() {
                 break;
             }
+            // A busy loop goes from trip to trip without reaching the wait
+            // below (with prefetch at concurrency 1 it always is: the next
+            // task runs while the trip goes), so a shutdown and a flow
+            // change are looked at here too.
+            if !schedule.is_draining() {
+                if shutdown.is_triggered() {
+                    self.begin_drain(&mut schedule, &mut prefetched).await;
+                } else if self.flow_changed.notified().now_or_never().is_some() {
+                    schedule.woken();
+                    self.release_paused(&mut prefetched, &mut schedule).await;
+                }
+            }
+            self.settle_prefetched(&mut prefetched, &mut outcomes, &mut schedule, &done_tx);
             let now = Instant::now();
             let commits = outcomes.to_commit.len();
             if self.router.set_idle(schedule.idle_after(commits)) {
@@ -223,8 +251,15 @@ impl Dispatcher {
                 wait_armed: waker.is_armed(),
             };
             if let Some(plan) = schedule.plan(now, &inputs) {
-                self.round_trip(plan, &mut schedule, &mut outcomes, &waker, &done_tx)
-                    .await;
+                self.round_trip(
+                    plan,
+                    &mut schedule,
+                    &mut outcomes,
+                    &mut prefetched,
+                    &waker,
+                    &done_tx,
+                )
+                .await;
                 continue;
             }
             if schedule.drained() {
@@ -236,15 +271,18 @@ impl Dispatcher {
             tokio::select! {
                 Some(done) = done_rx.recv() => outcomes.take(done, &mut schedule),
                 () = waker.woken(), if !draining => schedule.woken(),
-                () = self.flow_changed.notified(), if !draining => schedule.woken(),
+                () = self.flow_changed.notified(), if !draining => {
+                    schedule.woken();
+                    self.release_paused(&mut prefetched, &mut schedule).await;
+                }
+                // Settled at the top of the loop.
+                () = self.running.held_cancelled(), if !prefetched.is_empty() => {}
                 Ok(()) = self.observations.changed() => {
                     let seen = self.observations.borrow_and_update().clone();
                     self.take_in(seen, &mut schedule);
                 }
                 () = shutdown.wait(), if !draining => {
-                    schedule.drain(Instant::now());
-                    self.stats.draining.store(true, Ordering::Relaxed);
-                    tracing::info!(running = schedule.held(), "draining: no new claims; waiting up to {:?} for running tasks", self.shutdown_grace);
+                    self.begin_drain(&mut schedule, &mut prefetched).await;
                 }
                 () = tokio::time::sleep_until(wake_at) => {
                     if schedule.timer_fired(Instant::now()) {
@@ -254,6 +292,10 @@ impl Dispatcher {
             }
         }
 
+        // Tasks that never started are handed back plainly, whatever
+        // stopped the loop: a device failure is not theirs.
+        let waiting = prefetched.drain();
+        let _kept = self.release_held(waiting, &mut schedule, "stopping").await;
         if let Some(message) = outcomes.device_failure.take() {
             return self.device_failed(message, outcomes).await;
         }
@@ -266,6 +308,23 @@ impl Dispatcher {
         }
     }
 
+    /// Shutdown began: no new claims, the running tasks get the grace
+    /// period, and the prefetched ones, not started, go back at once for
+    /// another worker to start now, not after the grace.
+    async fn begin_drain(&self, schedule: &mut Schedule, prefetched: &mut Prefetched) {
+        schedule.drain(Instant::now());
+        self.stats.draining.store(true, Ordering::Relaxed);
+        let waiting = prefetched.drain();
+        for kept in self.release_held(waiting, schedule, "draining").await {
+            prefetched.push(kept);
+        }
+        tracing::info!(
+            running = schedule.held(),
+            "draining: no new claims; waiting up to {:?} for running tasks",
+            self.shutdown_grace
+        );
+    }
+
     /// Sends one planned round trip to Redis, acts on what it brought back
     /// (records the commits, stops tasks whose lease was lost, arms the
     /// blocking wait, starts the claimed tasks) and feeds the outcome to the
@@ -275,6 +334,7 @@ impl Dispatcher {
         plan: TripPlan,
         schedule: &mut Schedule,
         outcomes: &mut Outcomes,
+        prefetched: &mut Prefetched,
         waker: &Doorbell,
         done: &mpsc::UnboundedSender<Finished>,
     ) {
@@ -388,7 +448,9 @@ impl Dispatcher {
                 tracing::warn!(entry = %gone, "a pending entry was deleted from its stream before it finished; its task cannot be recovered");
             }
             for entry in claimed.entries {
-                let slots = self.accept(entry, done, &mut outcomes.to_commit).await;
+                let slots = self
+                    .accept(entry, done, &mut outcomes.to_commit, prefetched)
+                    .await;
                 schedule.accepted(slots);
             }
         }
@@ -570,6 +632,7 @@ impl Dispatcher {
         claimed: ClaimedEntry,
         done: &mpsc::UnboundedSender<Finished>,
         to_commit: &mut Vec<Completion>,
+        prefetched: &mut Prefetched,
     ) -> usize {
         let ClaimedEntry {
             stream_index,
@@ -667,10 +730,153 @@ impl Dispatcher {
             _ => {}
         }
 
+        // Every slot runs: this one waits, claimed ahead, for the first to
+        // free (claims ask for more than the free slots only to prefetch).
+        if self.running.executing() >= self.concurrency {
+            let token =
+                self.running
+                    .hold(entry.id, stream_index, entry_id.clone(), entry.memory_bytes);
+            tracing::debug!(task = %entry.id, "prefetched: starts when a slot frees");
+            prefetched.push(Ready {
+                entry,
+                stream: stream_index,
+                entry_id,
+                token,
+            });
+            return 1;
+        }
+        let cancel =
+            self.running
+                .start(entry.id, stream_index, entry_id.clone(), entry.memory_bytes);
+        self.launch(entry, stream_index, entry_id, cancel, done);
+        1
+    }
+
+    /// Settles the prefetched tasks the loop can act on now: the cancelled
+    /// ones (a cancel request commits `cancelled`, a lost lease drops
+    /// them), then, while slots are free and the worker is not draining,
+    /// starts the next ones in claim order (a deadline that passed while
+    /// one waited expires it instead).
+    fn settle_prefetched(
+        &self,
+        prefetched: &mut Prefetched,
+        outcomes: &mut Outcomes,
+        schedule: &mut Schedule,
+        done: &mpsc::UnboundedSender<Finished>,
+    ) {
+        if prefetched.is_empty() {
+            return;
+        }
+        for ready in prefetched.take_cancelled() {
+            let id = ready.id();
+            self.running.finish(&id);
+            if outcomes.lost.remove(&id) {
+                tracing::info!(task = %id, "prefetched task dropped: its lease was lost");
+                schedule.task_finished(true);
+            } else {
+                tracing::info!(task = %id, "cancel requested before the prefetched task started");
+                outcomes.to_commit.push(
+                    self.executor
+                        .cancelled_before_start(ready.entry, ready.entry_id),
+                );
+            }
+        }
+        if schedule.is_draining() {
+            return;
+        }
+        while self.running.executing() < self.concurrency {
+            let Some(ready) = prefetched.next() else {
+                break;
+            };
+            let id = ready.id();
+            if ready.expired(tandem_shared::clock::now_ms()) {
+                tracing::info!(task = %id, kind = %ready.entry.kind, "deadline passed while prefetched: expired");
+                self.running.finish(&id);
+                outcomes
+                    .to_commit
+                    .push(self.executor.expired(ready.entry, ready.entry_id));
+                continue;
+            }
+            self.running.begin(&id);
+            self.launch(ready.entry, ready.stream, ready.entry_id, ready.token, done);
+        }
+    }
+
+    /// A flow control changed: the prefetched tasks a pause now holds (their
+    /// class, priority or kind) go back to their streams, where the claim
+    /// passes them over or parks them until the resume.
+    async fn release_paused(&self, prefetched: &mut Prefetched, schedule: &mut Schedule) {
+        if prefetched.is_empty() {
+            return;
+        }
+        let classes = prefetched.classes();
+        let flows = match self.store.flow_states(&classes).await {
+            Ok(flows) => classes.into_iter().zip(flows).collect::<Vec<_>>(),
+            Err(err) => {
+                tracing::warn!(
+                    "cannot read the flow controls after a change: {err}; the prefetched tasks stay"
+                );
+                return;
+            }
+        };
+        let paused = prefetched.take_paused(&flows);
+        for kept in self.release_held(paused, schedule, "paused").await {
+            prefetched.push(kept);
+        }
+    }
+
+    /// Hands prefetched tasks that never started back to their streams, as
+    /// new entries another worker can start at once, and frees their slots.
+    /// When Redis cannot be reached they are returned, to be held again:
+    /// they stay in the running-task table, the hand-back at the end of the
+    /// run tries again, and failing that their leases lapse and another
+    /// worker takes them over.
+    async fn release_held(
+        &self,
+        held: Vec<Ready>,
+        schedule: &mut Schedule,
+        why: &str,
+    ) -> Vec<Ready> {
+        if held.is_empty() {
+            return held;
+        }
+        let leases: Vec<(usize, String)> = held.iter().map(Ready::lease).collect();
+        let ids: Vec<TaskId> = held.iter().map(Ready::id).collect();
+        match self
+            .store
+            .release(&self.streams, &self.worker_id, &leases, None)
+            .await
+        {
+            Ok(count) => {
+                tracing::info!(
+                    "{why}: handed {count} prefetched tasks back to their streams: {ids:?}"
+                );
+                for id in &ids {
+                    self.running.finish(id);
+                    schedule.task_finished(true);
+                }
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::warn!(
+                    "{why}: cannot hand back {} prefetched tasks ({err}); they go back with the running ones, or when their lease runs out",
+                    ids.len()
+                );
+                held
+            }
+        }
+    }
+
+    /// Starts a task on its own tokio task; its run reports to `done`.
+    fn launch(
+        &self,
+        entry: TaskEntry,
+        stream_index: usize,
+        entry_id: String,
+        cancel: tokio_util::sync::CancellationToken,
+        done: &mpsc::UnboundedSender<Finished>,
+    ) {
         let id = entry.id;
-        let cancel = self
-            .running
-            .start(id, stream_index, entry_id.clone(), entry.memory_bytes);
         self.stats.task_started();
         let executor = Arc::clone(&self.executor);
         let running = self.running.clone();
@@ -749,6 +955,5 @@ impl Dispatcher {
             }
         };
         tokio::spawn(run.instrument(span));
-        1
     }
 }

@@ -727,6 +727,16 @@ impl Executor {
         ))
     }
 
+    /// The completion of a task cancelled while it waited, prefetched, for
+    /// a slot: it never ran.
+    pub fn cancelled_before_start(&self, entry: TaskEntry, entry_id: String) -> Completion {
+        let err = TaskError::fatal(
+            ErrorCode::CANCELLED,
+            "cancelled by a producer before it started",
+        );
+        self.conclude(entry, entry_id, 0, Err(err))
+    }
+
     /// The completion of a task found past its deadline before it started.
     pub fn expired(&self, entry: TaskEntry, entry_id: String) -> Completion {
         let failure = TaskFailure {

@@ -43,6 +43,8 @@
 //!   (whose tasks are taken over at once).
 //! - `router`: this worker's routing rules, from the registry and its role.
 //! - `dispatcher`: the claim loop (commit, claim, start, wait).
+//! - `prefetch`: the tasks claimed ahead of the free slots, started the
+//!   moment a slot frees.
 //! - `schedule`: the claim loop's decisions without I/O: what each round
 //!   trip carries, when to wake, the Redis retry backoff.
 //! - `heartbeat`: keeps the worker's registry record fresh.
@@ -93,6 +95,7 @@ pub mod kind_table;
 mod kinds;
 mod metrics;
 pub mod model_cache;
+mod prefetch;
 mod progress;
 mod promoter;
 mod recurring;
@@ -377,6 +380,7 @@ pub async fn run(
         why = %device.why,
         memory_budget = device.budget,
         concurrency,
+        prefetch = config.effective_prefetch(),
         classes = ?config.classes,
         kinds = ?kinds.names(),
         redis = %config.redis_url_redacted(),
@@ -423,6 +427,7 @@ pub async fn run(
         worker_id: worker_id.clone(),
         device: device.id(),
         concurrency,
+        prefetch: config.effective_prefetch(),
         claim_batch: config.claim_batch,
         aging_ms: config.aging_ms,
         block_ms: config.block_ms,

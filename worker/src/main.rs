@@ -62,6 +62,10 @@ struct CommonArgs {
     /// Tasks run at once per worker (0: one per core).
     #[arg(long, global = true)]
     concurrency: Option<usize>,
+    /// Tasks claimed ahead of the free slots (default: 1 at concurrency 1,
+    /// else 0; 0: off).
+    #[arg(long, global = true)]
+    prefetch: Option<usize>,
     /// Classes to take: cpu,light,parallel,heavy (routing decides among them).
     #[arg(long, global = true, value_delimiter = ',')]
     classes: Option<Vec<Class>>,
@@ -100,6 +104,9 @@ impl CommonArgs {
         if let Some(v) = self.concurrency {
             config.concurrency = v;
         }
+        if let Some(v) = self.prefetch {
+            config.prefetch = Some(v);
+        }
         if let Some(v) = &self.classes {
             config.classes = v.clone();
         }
@@ -116,6 +123,9 @@ impl CommonArgs {
         }
         if let Some(v) = self.concurrency {
             args.extend(["--concurrency".to_owned(), v.to_string()]);
+        }
+        if let Some(v) = self.prefetch {
+            args.extend(["--prefetch".to_owned(), v.to_string()]);
         }
         if let Some(v) = &self.classes {
             let list: Vec<&str> = v.iter().map(|c| c.as_str()).collect();

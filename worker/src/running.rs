@@ -1,6 +1,8 @@
 //! The running-task table: the tasks running on this worker, each with its
 //! cancel token, the stream entry it holds (its lease, extended by the
-//! dispatcher while the task runs) and the device memory it declared.
+//! dispatcher while the task runs) and the device memory it declared. Tasks
+//! claimed ahead of a free slot (`prefetch`) stand here too, not started:
+//! their leases are extended, their memory booked and a cancel finds them.
 //!
 //! The dispatcher starts and finishes tasks here and reads the leases to
 //! extend; the cancel listener (`cancel`) cancels tasks by id; the
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem_shared::TaskId;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// A task running on this worker: how to stop it, and which entry it holds.
@@ -23,12 +26,19 @@ pub(crate) struct RunningTask {
     pub entry_id: String,
     /// The device memory the task declared.
     pub memory: u64,
+    /// False while the task waits, prefetched, for a slot.
+    pub started: bool,
 }
 
 /// The tasks running on this worker, shared by the dispatcher (which starts
 /// them and extends their leases) and the cancel listener.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Running(Arc<Mutex<Tasks>>);
+pub(crate) struct Running {
+    tasks: Arc<Mutex<Tasks>>,
+    /// Rung when a cancel stops a task that waits, prefetched, for a slot:
+    /// the dispatcher settles it at once.
+    held_cancelled: Arc<Notify>,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Tasks {
@@ -47,12 +57,55 @@ pub(crate) struct Tasks {
 const EARLY_CANCEL_TTL: Duration = Duration::from_secs(10);
 
 impl Running {
+    /// A task starts now.
     pub fn start(
         &self,
         id: TaskId,
         stream: usize,
         entry_id: String,
         memory: u64,
+    ) -> CancellationToken {
+        self.enter(id, stream, entry_id, memory, true)
+    }
+
+    /// A task claimed ahead of a free slot: it holds its entry and its
+    /// memory, and starts later ([`Running::begin`]).
+    pub fn hold(
+        &self,
+        id: TaskId,
+        stream: usize,
+        entry_id: String,
+        memory: u64,
+    ) -> CancellationToken {
+        self.enter(id, stream, entry_id, memory, false)
+    }
+
+    /// A held task starts.
+    pub fn begin(&self, id: &TaskId) {
+        if let Some(task) = self.lock().running.get_mut(id) {
+            task.started = true;
+        }
+    }
+
+    /// Tasks that occupy a slot: started and not finished, abandoned ones
+    /// included (their computation still runs).
+    pub fn executing(&self) -> usize {
+        let tasks = self.lock();
+        tasks.running.values().filter(|t| t.started).count() + tasks.abandoned.len()
+    }
+
+    /// Completes when a cancel stopped a held (prefetched) task.
+    pub async fn held_cancelled(&self) {
+        self.held_cancelled.notified().await;
+    }
+
+    fn enter(
+        &self,
+        id: TaskId,
+        stream: usize,
+        entry_id: String,
+        memory: u64,
+        started: bool,
     ) -> CancellationToken {
         let token = CancellationToken::new();
         let mut tasks = self.lock();
@@ -67,6 +120,7 @@ impl Running {
                 stream,
                 entry_id,
                 memory,
+                started,
             },
         );
         token
@@ -102,6 +156,9 @@ impl Running {
         let mut tasks = self.lock();
         if let Some(task) = tasks.running.get(id) {
             task.token.cancel();
+            if !task.started {
+                self.held_cancelled.notify_one();
+            }
             return true;
         }
         let now = Instant::now();
@@ -147,7 +204,7 @@ impl Running {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tasks> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert, remove or lookup).
-        self.0
+        self.tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
