@@ -15,7 +15,7 @@ import redis
 from conftest import GPU_UUID, ROOT, WAIT, wait_until
 
 import tandem
-from tandem import AsyncClient, Client, Task, _core, errors, kinds
+from tandem import AsyncClient, Client, Task, _core, _estimates, errors, kinds
 from tandem._model import WireModel
 
 
@@ -81,6 +81,74 @@ def test_results_and_records_agree_with_the_rust_producer(fleet, client, kind):
     assert sorted(rust_record) == sorted(py_record)
     for field in (b"version", b"kind", b"class", b"priority", b"max_attempts", b"memory_bytes", b"attempt"):
         assert rust_record[field] == py_record[field], (kind, field)
+
+
+# A small transformer (tandem model new --arch transformer): 3 features, a
+# 4-step window, d_model 8, 2 heads, 1 block, ff 32, 1 output.
+XF_ARGS = ["--arch", "transformer", "--layers", "1", "--d-model", "8", "--heads", "2", "--window", "4",
+           "--features", "3", "--ff", "32", "--upload"]
+XF_WINDOW = 4 * 3
+
+
+def model_tasks(model):
+    """An `infer`, `predict_batch` and `train` of `model`, each as the
+    Rust CLI's arguments and as this client's submit keywords: the kind's
+    memory from the model, also under an explicit class; a caller's memory
+    kept. `train`'s mini-batch is larger than its data (its windows)."""
+    train = {"model": model, "x": [0.1] * (3 * XF_WINDOW), "y": [0.5, 0.2, 0.1], "samples": 3, "epochs": 1,
+             "batch_size": 8, "optimizer": {"type": "sgd", "lr": 0.01}}
+    infer = {"model": model, "inputs": [0.1] * (2 * XF_WINDOW), "batch": 2}
+    symbols = {"model": model, "symbols": [{"symbol": s, "features": [0.2] * XF_WINDOW} for s in ("A", "B", "C")]}
+    return [
+        ("infer", infer, [], {}),
+        ("infer", infer, ["--class", "light"], {"cls": "light"}),
+        ("predict_batch", symbols, [], {}),
+        ("train", train, [], {}),
+        ("train", {**train, "batch_size": 2}, ["--class", "heavy"], {"cls": "heavy"}),
+        ("infer", infer, ["--memory-bytes", "12345"], {"memory_bytes": 12345}),
+        ("train", train, ["--memory-bytes", "54321"], {"memory_bytes": 54321}),
+    ]
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_a_model_kinds_memory_comes_from_its_registered_transformer_as_with_the_rust_producer(
+        fleet, client, positions):
+    model = f"xf-{positions}"
+    fleet.tandem("model", "new", model, *XF_ARGS, "--positions", positions)
+    shape = {"features": 3, "window": 4, "d_model": 8, "heads": 2, "layers": 1, "ff": 32, "outputs": 1,
+             "causal": "false", "pooling": "last", "positions": positions}
+
+    async def submit_async(kind, params, options):
+        async with AsyncClient(fleet.url) as c:
+            return await c.submit(kind, params, **options)
+
+    for i, (kind, params, rust_args, options) in enumerate(model_tasks(model)):
+        rust_id = fleet.tandem("submit", kind, "--params", json.dumps(params), *rust_args).stdout.strip()
+        py_ids = [client.submit(kind, params, **options), asyncio.run(submit_async(kind, params, options))]
+        rust = client.record(rust_id)
+        for py_id in py_ids:
+            ours = client.record(py_id)
+            for field in ("kind", "class", "memory_bytes"):
+                assert ours[field] == rust[field], (kind, options, field, ours[field], rust[field])
+        memory = int(rust["memory_bytes"])
+        if "memory_bytes" in options:
+            assert memory == options["memory_bytes"]
+        else:
+            assert memory == _estimates.memory_for_model(kind, params, shape)
+            assert memory != _estimates.memory_estimate(kind, params), "the MLP formula"
+        outcomes = [client.wait_outcome(t, WAIT) for t in (rust_id, *py_ids)]
+        assert len({o.status for o in outcomes}) == 1, (kind, outcomes)
+
+
+def test_a_model_kinds_memory_from_a_registered_mlp_is_the_kinds_estimate(fleet, client):
+    # `alpha-mlp`, which the fleet fixture uploaded: the plain estimate.
+    for kind in ("infer", "predict_batch", "train"):
+        params = _core.CATALOG[kind]["example"]
+        rust_id = fleet.tandem("submit", kind, "--params", json.dumps(params)).stdout.strip()
+        py_id = client.submit(kind, params)
+        assert client.record(py_id)["memory_bytes"] == client.record(rust_id)["memory_bytes"]
+        assert int(client.record(py_id)["memory_bytes"]) == _estimates.memory_estimate(kind, params)
+        client.wait_many([rust_id, py_id], WAIT)
 
 
 def test_a_pandas_dataframe_of_returns_prices_as_its_lists_do(client):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tandem
-from tandem import _codegen, _core, _wire, kinds
+from tandem import _codegen, _core, _estimates, _wire, kinds
 from tandem.errors import InvalidTask
 
 from conftest import ROOT, binary
@@ -233,6 +233,92 @@ def test_models_nested_in_plain_values_and_timedeltas_are_accepted():
     assert (task.deadline_in_ms, task.max_attempts, task.idempotency_key) == (1500, 2, "k-1")
     # The kind's memory estimate, as the Rust producer computes it.
     assert task.memory_bytes == 8 * 3 + 8 * 2 + 8 * 3 * 1 + 28
+
+
+XF_CONFIG = "features=3 window=4 d_model=8 heads=2 layers=2 ff=32 outputs=2 causal=false pooling=last positions={}"
+
+
+# Figures the Rust producer wrote for this shape: `tandem model new xf
+# --arch transformer --layers 2 --d-model 8 --heads 2 --window 4 --features 3
+# --ff 32 --outputs 2 --positions P --upload` (the record's
+# `parameter_bytes`), then `tandem submit` of each task (the record's
+# `memory_bytes`). `train` takes min(batch_size, samples) windows.
+@pytest.mark.parametrize(
+    "positions, infer_3, predict_5, train_4_of_10, train_16_of_10",
+    [("learned", 4632, 7720, 54_464, 91_808), ("sinusoidal", 4632, 7720, 54_080, 91_424)],
+)
+def test_a_transformers_memory_is_the_rust_producers(positions, infer_3, predict_5, train_4_of_10, train_16_of_10):
+    shape = _estimates.parse_transformer_config(XF_CONFIG.format(positions))
+    if positions == "learned":
+        assert _estimates.transformer_parameter_bytes(shape) == 7392
+    assert _estimates.memory_for_model("infer", {"batch": 3, "inputs": [], "model": "xf"}, shape) == infer_3
+    assert _estimates.memory_for_model("predict_batch", {"symbols": [{}] * 5}, shape) == predict_5
+    assert _estimates.memory_for_model("train", {"batch_size": 4, "samples": 10, "x": [], "y": []}, shape) \
+        == train_4_of_10
+    assert _estimates.memory_for_model("train", {"batch_size": 16, "samples": 10}, shape) == train_16_of_10
+    # An MLP (no shape) keeps the kind's estimate.
+    train = {"batch_size": 4, "samples": 10, "x": [0.0] * 40, "y": [0.0] * 10}
+    assert _estimates.memory_for_model("train", train, None) == _estimates.memory_estimate("train", train)
+
+
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        (XF_CONFIG.format("learned") + " depth=3", "`depth` is not a transformer setting"),
+        (XF_CONFIG.format("learned").replace(" heads=2", ""), "`heads` is missing"),
+        (XF_CONFIG.format("learned").replace("heads=2", "heads=3"), "3 heads do not divide d_model 8"),
+        (XF_CONFIG.format("learned").replace("ff=32", "ff=-1"), "`ff` is '-1', not a whole number"),
+        (XF_CONFIG.format("learned").replace("layers=2", "layers=0"), "`layers`: 0 is not within 1..=256"),
+        (XF_CONFIG.format("rotary"), "`positions` is 'rotary', not learned or sinusoidal"),
+        (XF_CONFIG.format("learned") + " ff=8", "`ff` is given twice"),
+    ],
+)
+def test_a_damaged_transformer_config_is_named_and_its_model_skipped(config, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        _estimates.parse_transformer_config(config)
+    # The producer treats the record as absent: the kind's class and estimate.
+    assert _core.registered_model([b"heavy", b"transformer", config.encode()]) is None
+
+
+def test_a_registry_record_gives_the_class_and_the_shape():
+    config = XF_CONFIG.format("learned")
+    assert _core.registered_model([b"heavy", b"transformer", config.encode()]) == (
+        "heavy", _estimates.parse_transformer_config(config))
+    # A record from before transformers has no `arch`: an MLP.
+    assert _core.registered_model([b"light", None, None]) == ("light", None)
+    assert _core.registered_model([b"light", b"mlp", None]) == ("light", None)
+    assert _core.registered_model([None, None, None]) is None  # not registered
+    assert _core.registered_model([b"huge", b"mlp", None]) is None
+    assert _core.registered_model([b"light", b"rnn", None]) is None
+    assert _core.registered_model([b"light", b"transformer", None]) is None
+
+
+def test_only_undeclared_model_kinds_wait_on_their_models_memory():
+    base = dict(priority="normal", max_attempts=None, deadline=None, idempotency_key=None)
+    infer = {"model": "xf", "inputs": [0.1] * 4, "batch": 1}
+    _, lookup = _core.prepare(_core.Settings(), "infer", infer, cls=None, memory_bytes=None, **base)
+    assert lookup == _core.ModelLookup(class_model="xf", memory_model="xf", params=infer)
+    # An explicit class: the memory still comes from the model, as in Rust.
+    _, lookup = _core.prepare(_core.Settings(), "infer", infer, cls="light", memory_bytes=None, **base)
+    assert lookup is not None and (lookup.class_model, lookup.memory_model) == (None, "xf")
+    # A declared memory (even 0: the kind's estimate) is kept.
+    for declared in (0, 4096):
+        task, lookup = _core.prepare(_core.Settings(), "infer", infer, cls=None, memory_bytes=declared, **base)
+        assert lookup is not None and (lookup.class_model, lookup.memory_model) == ("xf", None)
+        shape = _estimates.parse_transformer_config(XF_CONFIG.format("learned"))
+        _core.apply_models(task, lookup, {"xf": ("heavy", shape)})
+        assert task.memory_bytes == (declared or _estimates.memory_estimate("infer", infer))
+        assert task.cls == "heavy"
+    # `train` on the primary takes no class from its model, but its memory.
+    train = dict(_core.CATALOG["train"]["example"], model="xf")
+    task, lookup = _core.prepare(_core.Settings(), "train", train, cls=None, memory_bytes=None, **base)
+    assert lookup is not None and (lookup.class_model, lookup.memory_model) == (None, "xf")
+    shape = _estimates.parse_transformer_config(XF_CONFIG.format("learned"))
+    _core.apply_models(task, lookup, {"xf": ("light", shape)})
+    assert (task.cls, task.memory_bytes) == ("heavy", _estimates.memory_for_model("train", train, shape))
+    assert task.memory_bytes != _estimates.memory_estimate("train", train)
+    _, lookup = _core.prepare(_core.Settings(), "echo", {"model": "xf"}, cls=None, memory_bytes=None, **base)
+    assert lookup is None
 
 
 def _prepare(**options):

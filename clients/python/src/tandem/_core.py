@@ -12,7 +12,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 from urllib.parse import unquote
 
 from . import _estimates, _model, _schema, _wire
@@ -24,6 +24,74 @@ Seconds = Union[float, int, datetime.timedelta]
 # Kinds whose class is their model's registered class unless given (the
 # Rust producer's MODEL_CLASS_KINDS; `train` only with train_on_primary off).
 MODEL_CLASS_KINDS = ("infer", "train")
+# The registry record's fields `_finish` reads (docs/wire-format.md,
+# "Models"): the class, and the architecture that decides a model kind's
+# memory (`arch` absent: an MLP).
+MODEL_FIELDS = ("class", "arch", "config")
+
+
+@dataclass(frozen=True)
+class ModelLookup:
+    """What a checked task waits on from the model registry (the Rust
+    producer's `model_deciding_class` and `model_deciding_memory`): the
+    model whose registered class becomes its class, and the model whose
+    registered shape decides its memory (an `infer`, `predict_batch` or
+    `train` task that declares none), with the parameters to size."""
+
+    class_model: Optional[str]
+    memory_model: Optional[str]
+    params: Any
+
+
+def registered_model(fields: Any) -> Optional[Tuple[str, Optional[Dict[str, Any]]]]:
+    """A model's class and shape (a transformer's; None for an MLP) from
+    `HMGET <model> class arch config`, or None when the model is not
+    registered or its record is damaged: as the Rust producer, its tasks
+    then keep the kind's class and memory estimate."""
+    if not isinstance(fields, (list, tuple)) or len(fields) != len(MODEL_FIELDS):
+        return None
+    cls, arch, config = (_wire.text(v) if isinstance(v, bytes) else None for v in fields)
+    if cls not in _wire.CLASSES:
+        return None
+    if arch is None or arch == "mlp":
+        return cls, None
+    if arch != "transformer" or config is None:
+        return None
+    try:
+        return cls, _estimates.parse_transformer_config(config)
+    except ValueError:
+        return None
+
+
+def models_to_look_up(prepared: List[Tuple[_wire.NewTask, Optional[ModelLookup]]]) -> List[str]:
+    """Each model the checked tasks name, once."""
+    names: Set[str] = set()
+    for _, lookup in prepared:
+        if lookup is not None:
+            names.update(m for m in (lookup.class_model, lookup.memory_model) if m)
+    return sorted(names)
+
+
+def apply_models(
+    task: _wire.NewTask,
+    lookup: Optional[ModelLookup],
+    models: Dict[str, Tuple[str, Optional[Dict[str, Any]]]],
+) -> None:
+    """Sets the task's class from its model's registered class and its
+    memory from its model's registered shape, as the Rust producer's
+    `prepare` (`model_kinds::memory_for_model`)."""
+    if lookup is None:
+        return
+    found = models.get(lookup.class_model) if lookup.class_model else None
+    if found is not None:
+        task.cls = found[0]
+    found = models.get(lookup.memory_model) if lookup.memory_model else None
+    if found is not None:
+        try:
+            task.memory_bytes = _estimates.memory_for_model(task.kind, lookup.params, found[1])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            # Parameters the kind's own checks report; the estimate stays.
+            pass
 
 
 @dataclass
@@ -281,9 +349,10 @@ def prepare(
     rate_key: Optional[str] = None,
     timeout: Optional[Seconds] = None,
     takes_results: bool = False,
-) -> Tuple[_wire.NewTask, Optional[str]]:
-    """Checks a task and fills in defaults; returns it and the model whose
-    registered class decides its class (looked up by the caller), if any.
+) -> Tuple[_wire.NewTask, Optional[ModelLookup]]:
+    """Checks a task and fills in defaults; returns it and, for a model
+    kind, the models whose registered class and shape decide its class and
+    memory (looked up by the caller: `apply_models`).
     Parameters above `blob_threshold_bytes` are checked against
     `max_blob_bytes` instead of `max_payload_bytes`: the caller stores them
     as a blob and sends its reference (`by_reference`). A workflow node
@@ -341,6 +410,9 @@ def prepare(
     attempts = settings.default_max_attempts if max_attempts is None else max_attempts
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise InvalidTask(f"max_attempts: must be at least 1, got {attempts!r}", kind=kind, field="max_attempts")
+    # As the Rust producer's `Task::memory_bytes`: a given value (even 0,
+    # which means the kind's estimate) is not replaced by the model's.
+    memory_declared = memory_bytes is not None
     if memory_bytes is None or memory_bytes == 0:
         # As the Rust producer: 0 (or nothing) means the kind's estimate.
         memory_bytes = 0
@@ -381,7 +453,17 @@ def prepare(
         rate_key=rate_key,
         run_at=_run_at(delay, run_at, kind),
     )
-    return task, model
+    memory_model = None
+    if kind in _estimates.MODEL_MEMORY_KINDS and not memory_declared and not takes_results:
+        memory_model = params.get("model") if isinstance(params, dict) else None
+    lookup = None
+    if isinstance(model, str) or isinstance(memory_model, str):
+        lookup = ModelLookup(
+            class_model=model if isinstance(model, str) else None,
+            memory_model=memory_model if isinstance(memory_model, str) else None,
+            params=params,
+        )
+    return task, lookup
 
 
 def by_reference(settings: Settings, packed: bytes) -> bool:

@@ -17,7 +17,7 @@ import asyncio
 import datetime
 import json
 import time
-from typing import IO, Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Set, Union
+from typing import IO, Any, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import redis
 import redis.asyncio as aioredis
@@ -155,13 +155,12 @@ class AsyncClient:
         return ids
 
     async def _finish(self, prepared: List[Any]) -> List[_wire.NewTask]:
-        """As `Client._finish`: model classes, blob references, signatures."""
-        models = sorted({m for _, m in prepared if m})
-        classes = await self._retry(lambda: self._model_classes(models)) if models else {}
+        """As `Client._finish`: model classes and memory, blob references, signatures."""
+        names = _core.models_to_look_up(prepared)
+        models = await self._retry(lambda: self._registered_models(names)) if names else {}
         new_tasks = []
-        for task, model in prepared:
-            if model and classes.get(model):
-                task.cls = classes[model]
+        for task, lookup in prepared:
+            _core.apply_models(task, lookup, models)
             if _core.by_reference(self.settings, task.params):
                 task.params = (await self.put_blob(task.params)).encode()
             _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
@@ -184,16 +183,20 @@ class AsyncClient:
             pipe.evalsha(_core.SUBMIT.variant(self.settings.events)[1], len(keys), *keys, *args)
         return await pipe.execute(raise_on_error=False)
 
-    async def _model_classes(self, models: List[str]) -> Dict[str, str]:
+    async def _registered_models(self, names: List[str]) -> Dict[str, Tuple[str, Optional[Dict[str, Any]]]]:
+        """Each named model's registered class and shape, one pipelined
+        round trip; a model not registered, or whose record is damaged, is
+        absent (its tasks keep the kind's class and memory estimate)."""
         pipe = self._redis.pipeline(transaction=False)
-        for name in models:
-            pipe.hget(self.keys.model(name), "class")
+        for name in names:
+            pipe.hmget(self.keys.model(name), *_core.MODEL_FIELDS)
         found = await pipe.execute(raise_on_error=False)
-        return {
-            name: _wire.text(cls)
-            for name, cls in zip(models, found)
-            if isinstance(cls, bytes) and _wire.text(cls) in _wire.CLASSES
-        }
+        models = {}
+        for name, fields in zip(names, found):
+            model = _core.registered_model(fields)
+            if model is not None:
+                models[name] = model
+        return models
 
     # --- reading and cancelling ---------------------------------------------
 

@@ -14,7 +14,7 @@ import datetime
 import json
 import os
 import time
-from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Union
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import redis
 from redis.sentinel import Sentinel
@@ -190,16 +190,17 @@ class Client:
 
     def _finish(self, prepared: List[Any]) -> List[_wire.NewTask]:
         """Completes checked tasks as the Rust producer's `prepare`: the
-        class of model kinds from their model's record, parameters above
+        class of model kinds from their model's record and, for those that
+        declare no memory, the memory from its shape (one lookup per
+        distinct model), parameters above
         `blob_threshold_bytes` stored as a blob (one reference per task,
         given back by the worker that commits its final outcome) and sent
         as its reference, then the signature (over what is sent)."""
-        models = sorted({m for _, m in prepared if m})
-        classes = self._retry(lambda: self._model_classes(models)) if models else {}
+        names = _core.models_to_look_up(prepared)
+        models = self._retry(lambda: self._registered_models(names)) if names else {}
         new_tasks = []
-        for task, model in prepared:
-            if model and classes.get(model):
-                task.cls = classes[model]
+        for task, lookup in prepared:
+            _core.apply_models(task, lookup, models)
             if _core.by_reference(self.settings, task.params):
                 task.params = self.put_blob(task.params).encode()
             _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
@@ -230,16 +231,20 @@ class Client:
             pipe.evalsha(_core.SUBMIT.variant(self.settings.events)[1], *call)
         return pipe.execute(raise_on_error=False)
 
-    def _model_classes(self, models: List[str]) -> Dict[str, str]:
+    def _registered_models(self, names: List[str]) -> Dict[str, Tuple[str, Optional[Dict[str, Any]]]]:
+        """Each named model's registered class and shape, one pipelined
+        round trip; a model not registered, or whose record is damaged, is
+        absent (its tasks keep the kind's class and memory estimate)."""
         pipe = self._redis.pipeline(transaction=False)
-        for name in models:
-            pipe.hget(self.keys.model(name), "class")
+        for name in names:
+            pipe.hmget(self.keys.model(name), *_core.MODEL_FIELDS)
         found = pipe.execute(raise_on_error=False)
-        return {
-            name: _wire.text(cls)
-            for name, cls in zip(models, found)
-            if isinstance(cls, bytes) and _wire.text(cls) in _wire.CLASSES
-        }
+        models = {}
+        for name, fields in zip(names, found):
+            model = _core.registered_model(fields)
+            if model is not None:
+                models[name] = model
+        return models
 
     # --- reading and cancelling ---------------------------------------------
 
