@@ -838,6 +838,9 @@ end
 -- ({err = ...}) with nothing written.
 local function submit_task(stream_key, record_key, idem_key, id, deadline_in, ttl, idem_given, params,
     args, first, last)
+  -- One clock reading for the whole submit: TIME moves on while a script
+  -- runs, and a delay counts from the submit time the record shows.
+  local now = now_ms()
   -- The delayed task's time, read before anything is written.
   local run_at = nil
   for i = first, last, 2 do
@@ -849,7 +852,7 @@ local function submit_task(stream_key, record_key, idem_key, id, deadline_in, tt
           .. string.format('%q', args[i + 1]))
       end
       if name == 'delay_ms' then
-        value = now_ms() + value
+        value = now + value
       end
       run_at = math.max(run_at or 0, value)
     end
@@ -882,7 +885,6 @@ local function submit_task(stream_key, record_key, idem_key, id, deadline_in, tt
     return {id, 0}
   end
 
-  local now = now_ms()
   local pairs_in = {}
   for i = first, last, 2 do
     if args[i] ~= 'run_at_ms' and args[i] ~= 'delay_ms' then

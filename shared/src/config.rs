@@ -386,8 +386,8 @@ settings! {
     classes: Vec<Class> = vec![Class::Cpu, Class::Light, Class::Parallel, Class::Heavy], "TANDEM_CLASSES";
     /// Most tasks a worker claims in one round trip.
     claim_batch: usize = 64, "TANDEM_CLAIM_BATCH";
-    /// Tasks a worker claims ahead of its free slots while its tasks run, to start the next one without a claim round trip (leased to it, handed back at shutdown, cancels and pauses honoured); `auto`: 1 at `concurrency` 1, else 0; 0: off.
-    prefetch: Option<usize> = None, "TANDEM_PREFETCH";
+    /// Tasks a worker claims ahead of its free slots while its tasks run, to start the next one without a claim round trip (leased to it, handed back at shutdown, cancels and pauses honoured); 0: off, as by default (a busy GPU worker holding the next task keeps it from an idle device: heavy spill, light help); `auto`: 1 at `concurrency` 1, else 0.
+    prefetch: Option<usize> = Some(0), "TANDEM_PREFETCH";
     /// A claimed task's lease: a worker extends it while the task runs; one not extended this long is taken over (ms).
     lease_timeout_ms: u64 = 30_000, "TANDEM_LEASE_TIMEOUT_MS";
     /// A task blamed for this many worker deaths (1 when it was its worker's only task, 1/n among n, 0 for a stalled worker) or failed devices is dead-lettered without running.
@@ -687,10 +687,11 @@ impl Config {
         }
     }
 
-    /// Tasks the worker claims ahead of its free slots, with `auto`
-    /// resolved: one at concurrency 1 (the worker would otherwise wait a
-    /// claim round trip between every two tasks), none above it (a free
-    /// slot among several is refilled while the others run).
+    /// Tasks the worker claims ahead of its free slots (0 unless set),
+    /// with `auto` resolved: one at concurrency 1 (the worker would
+    /// otherwise wait a claim round trip between every two tasks), none
+    /// above it (a free slot among several is refilled while the others
+    /// run).
     pub fn effective_prefetch(&self) -> usize {
         self.prefetch
             .unwrap_or(usize::from(self.effective_concurrency() == 1))
@@ -783,11 +784,21 @@ mod tests {
     }
 
     #[test]
-    fn prefetch_is_auto_by_concurrency_or_a_count() {
+    fn prefetch_is_off_unless_set_to_auto_or_a_count() {
         let one = load(&[("TANDEM_CONCURRENCY", "1")], None).unwrap();
-        assert_eq!(one.prefetch, None);
-        assert_eq!(one.effective_prefetch(), 1);
-        let four = load(&[("TANDEM_CONCURRENCY", "4")], None).unwrap();
+        assert_eq!(one.prefetch, Some(0));
+        assert_eq!(one.effective_prefetch(), 0);
+        let auto_one = load(
+            &[("TANDEM_CONCURRENCY", "1"), ("TANDEM_PREFETCH", "auto")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(auto_one.effective_prefetch(), 1);
+        let four = load(
+            &[("TANDEM_CONCURRENCY", "4"), ("TANDEM_PREFETCH", "auto")],
+            None,
+        )
+        .unwrap();
         assert_eq!(four.effective_prefetch(), 0);
         let off = load(
             &[("TANDEM_CONCURRENCY", "1"), ("TANDEM_PREFETCH", "0")],

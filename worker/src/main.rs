@@ -62,8 +62,7 @@ struct CommonArgs {
     /// Tasks run at once per worker (0: one per core).
     #[arg(long, global = true)]
     concurrency: Option<usize>,
-    /// Tasks claimed ahead of the free slots (default: 1 at concurrency 1,
-    /// else 0; 0: off).
+    /// Tasks claimed ahead of the free slots (default 0: off).
     #[arg(long, global = true)]
     prefetch: Option<usize>,
     /// Classes to take: cpu,light,parallel,heavy (routing decides among them).
