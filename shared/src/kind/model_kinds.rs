@@ -442,23 +442,41 @@ impl Train {
     }
 }
 
-/// A model kind's device memory once its model's registry record is known
-/// (`memory_for` of [`Infer`], [`PredictBatch`] and [`Train`]), from its
-/// encoded parameters; `None` for another kind or parameters that do not
-/// decode (the kind's own checks report those).
+/// A transformer task's device memory once its model's registry record is
+/// known (what `memory_for` of [`Infer`], [`PredictBatch`] and [`Train`]
+/// give), from its encoded parameters; `None` for an MLP (the kind's own
+/// estimate, already set), another kind, or parameters that do not decode
+/// (the kind's own checks report those). Reads only the counts it needs:
+/// the inputs are skipped, not decoded a second time.
 pub fn memory_for_model(kind: &str, params: &[u8], arch: &ModelArch) -> Option<u64> {
-    fn decoded<P: Serialize + serde::de::DeserializeOwned + 'static>(
-        params: &[u8],
-        memory: impl FnOnce(&P) -> u64,
-    ) -> Option<u64> {
-        crate::msgpack::decode_params::<P>(params)
-            .ok()
-            .map(|p| memory(&p))
+    use serde::de::IgnoredAny;
+    #[derive(Deserialize)]
+    struct Windows {
+        batch: u64,
     }
+    #[derive(Deserialize)]
+    struct Symbols {
+        symbols: Vec<IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Runs {
+        samples: u64,
+        batch_size: u32,
+    }
+    let ModelArch::Transformer(shape) = arch else {
+        return None;
+    };
+    use crate::msgpack::decode;
     match kind {
-        Infer::KIND => decoded(params, |p| Infer::memory_for(p, arch)),
-        PredictBatch::KIND => decoded(params, |p| PredictBatch::memory_for(p, arch)),
-        Train::KIND => decoded(params, |p| Train::memory_for(p, arch)),
+        Infer::KIND => decode::<Windows>(params)
+            .ok()
+            .map(|p| transformer_forward_bytes(shape, p.batch)),
+        PredictBatch::KIND => decode::<Symbols>(params)
+            .ok()
+            .map(|p| transformer_forward_bytes(shape, p.symbols.len() as u64)),
+        Train::KIND => decode::<Runs>(params)
+            .ok()
+            .map(|p| transformer_train_bytes(shape, u64::from(p.batch_size).min(p.samples))),
         _ => None,
     }
 }
