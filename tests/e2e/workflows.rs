@@ -1112,3 +1112,189 @@ async fn a_workflow_files_delay_and_deadline_hold() {
     assert_eq!(hurried.status, Some(Status::Expired), "{hurried:?}");
     assert_eq!(hurried.started_at_ms, None);
 }
+
+/// One node of a workflow as a service in another language lays it out
+/// for `workflow_submit.lua` (docs/wire-format.md, "Workflows").
+struct RawNode {
+    name: &'static str,
+    id: tandem_shared::TaskId,
+    parents: usize,
+    children: Vec<tandem_shared::TaskId>,
+    params: Value,
+}
+
+fn raw_node(name: &'static str, parents: usize, params: Value) -> RawNode {
+    RawNode {
+        name,
+        id: tandem_shared::TaskId::new(),
+        parents,
+        children: Vec::new(),
+        params,
+    }
+}
+
+fn raw_record(id: &tandem_shared::TaskId) -> String {
+    format!("tandem:{{cpu}}:task:{id}")
+}
+
+/// `EVAL` of `workflow_submit.lua` (with `common.lua`, as every script) on
+/// workflow `id` and `nodes` in the order given: `echo` tasks of class
+/// `cpu`, no reply stream.
+fn raw_workflow_submit(id: &tandem_shared::TaskId, nodes: &[RawNode]) -> redis::Cmd {
+    let graph: Vec<Value> = nodes
+        .iter()
+        .map(|n| json!({"name": n.name, "id": n.id.to_string(), "class": "cpu", "kind": "echo", "parents": []}))
+        .collect();
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(tandem_shared::scripts::WORKFLOW_SUBMIT.source)
+        .arg(1)
+        .arg(format!("tandem:{{cpu}}:workflow:{id}"))
+        .arg(id.to_string())
+        .arg("fail_fast")
+        .arg(serde_json::to_string(&graph).unwrap())
+        .arg(nodes.last().map_or("", |n| n.name))
+        .arg(nodes.len());
+    for node in nodes {
+        let children: Vec<String> = node.children.iter().map(raw_record).collect();
+        let id = node.id.to_string();
+        let pairs = [
+            ("version", "2"),
+            ("id", id.as_str()),
+            ("kind", "echo"),
+            ("class", "cpu"),
+            ("priority", "normal"),
+            ("attempt", "1"),
+            ("max_attempts", "3"),
+            ("producer", "raw-service"),
+        ];
+        cmd.arg(node.name)
+            .arg(&id)
+            .arg(raw_record(&node.id))
+            .arg("tandem:{cpu}:stream:normal")
+            .arg(node.parents)
+            .arg(children.join(" "))
+            .arg(msgpack::encode(&node.params).unwrap())
+            .arg(pairs.len());
+        for (name, value) in pairs {
+            cmd.arg(name).arg(value);
+        }
+    }
+    cmd
+}
+
+/// The wire format's entry point: `workflow_submit.lua` called directly,
+/// as a service in another language does. A consistent layout runs (a
+/// chain whose child takes a path into its parent's result, filled by the
+/// worker). A layout whose shape is wrong is refused naming the node, with
+/// nothing written: before this check, a cycle or a parent count nobody
+/// meets left nodes `waiting` forever, without a TTL, and the workflow
+/// `running`.
+#[tokio::test]
+async fn the_submit_script_refuses_a_bad_graph_from_any_caller_naming_the_node() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let mut conn = redis.conn().await;
+
+    // a -> b, b takes a's /x.
+    let mut a = raw_node("a", 0, json!({"x": 7, "y": [1, 2]}));
+    let b = raw_node("b", 1, json!({"got": {"$ref": "a", "path": "/y/1"}}));
+    a.children.push(b.id);
+    let (a_id, b_id) = (a.id, b.id);
+    let wf = tandem_shared::TaskId::new();
+    let reply: Vec<redis::Value> = raw_workflow_submit(&wf, &[a, b])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(reply.len(), 2);
+    wait_until(WAIT, "the raw workflow succeeds", || async {
+        let mut conn = redis.conn().await;
+        let status: Option<String> = conn
+            .hget(format!("tandem:{{cpu}}:workflow:{wf}"), "status")
+            .await
+            .unwrap();
+        status.as_deref() == Some("succeeded")
+    })
+    .await;
+    let result: Vec<u8> = conn.hget(raw_record(&b_id), "result").await.unwrap();
+    let result: Value = msgpack::decode(&result).unwrap();
+    assert_eq!(result, json!({"got": 2}));
+    let a_status: String = conn.hget(raw_record(&a_id), "status").await.unwrap();
+    assert_eq!(a_status, "succeeded");
+
+    // What a submit writes: records, workflow hashes, wait hashes, stream
+    // entries and the index of recent workflows.
+    async fn written(conn: &mut redis::aio::MultiplexedConnection) -> (Vec<String>, u64, u64) {
+        let mut keys: Vec<String> = conn.keys("tandem:*").await.unwrap();
+        keys.retain(|k| {
+            [":task:", ":workflow:", ":wait:"]
+                .iter()
+                .any(|p| k.contains(p))
+        });
+        keys.sort();
+        let entries: u64 = conn.xlen("tandem:{cpu}:stream:normal").await.unwrap();
+        let recent: u64 = conn.zcard("tandem:{cpu}:workflows").await.unwrap();
+        (keys, entries, recent)
+    }
+    let before = written(&mut conn).await;
+    type Layout = fn() -> Vec<RawNode>;
+    let cases: Vec<(&str, Layout, &str)> = vec![
+        (
+            "a cycle: each names the other as its child",
+            || {
+                let mut a = raw_node("a", 1, json!(1));
+                let mut b = raw_node("b", 1, json!(2));
+                a.children.push(b.id);
+                b.children.push(a.id);
+                vec![a, b]
+            },
+            "node \"a\": it comes before its parent \"b\"",
+        ),
+        (
+            "a parent nobody is: b waits for one, no node names it",
+            || vec![raw_node("a", 0, json!(1)), raw_node("b", 1, json!(2))],
+            "node \"b\": it says 1 parents, but 0 nodes name it as a child",
+        ),
+        (
+            "a child that is no node of the workflow",
+            || {
+                let mut a = raw_node("a", 0, json!(1));
+                a.children.push(tandem_shared::TaskId::new());
+                vec![a]
+            },
+            "node \"a\": its child \"tandem:{cpu}:task:",
+        ),
+        (
+            "a child before its parent",
+            || {
+                let mut a = raw_node("a", 0, json!(1));
+                let b = raw_node("b", 1, json!(2));
+                a.children.push(b.id);
+                vec![b, a]
+            },
+            "node \"b\": it comes before its parent \"a\"",
+        ),
+        (
+            "a name used twice",
+            || vec![raw_node("a", 0, json!(1)), raw_node("a", 0, json!(2))],
+            "node \"a\": the name is used by another node too",
+        ),
+    ];
+    for (what, layout, expect) in cases {
+        let nodes = layout();
+        let err = raw_workflow_submit(&tandem_shared::TaskId::new(), &nodes)
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .expect_err(what)
+            .to_string();
+        assert!(
+            err.contains(expect),
+            "{what}: expected {expect:?} in {err:?}"
+        );
+        assert!(err.contains("the workflow was not submitted"), "{err}");
+    }
+    assert_eq!(
+        written(&mut conn).await,
+        before,
+        "a refused submit writes nothing"
+    );
+}

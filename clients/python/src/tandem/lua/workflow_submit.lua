@@ -70,6 +70,60 @@ for i = 1, n do
   nodes[i] = node
 end
 
+-- The graph's shape, as the arguments give it, checked before anything is
+-- written (a caller other than the Rust producer, `tandem flow submit` and
+-- the Python client, which check it first, could get it wrong, and a node
+-- that waits for a parent that never commits would wait forever): names
+-- and task ids unique, every child's record key a node of this workflow
+-- that comes after its parent (parents first, so no cycle), and each
+-- node's number of parents the number of nodes that name it as a child.
+-- Kinds and paths into results are the caller's to check: Redis knows no
+-- kind's result.
+local function refuse(name, problem)
+  return redis.error_reply('ERR node ' .. string.format('%q', tostring(name)) .. ': ' .. problem
+    .. '; the workflow was not submitted')
+end
+if n < 1 then
+  return redis.error_reply('ERR workflow: it has no nodes (ARGV[5] is ' .. string.format('%q', tostring(ARGV[5]))
+    .. '); the workflow was not submitted')
+end
+local by_name, by_record, named = {}, {}, {}
+for i, node in ipairs(nodes) do
+  if not node.name or node.name == '' or not node.id or node.id == '' then
+    return refuse(node.name, 'block ' .. i .. ' lacks a name or a task id')
+  end
+  if by_name[node.name] then
+    return refuse(node.name, 'the name is used by another node too')
+  end
+  if not node.record or by_record[node.record] then
+    return refuse(node.name, 'its record key ' .. string.format('%q', tostring(node.record))
+      .. ' is missing or another node\'s too')
+  end
+  if node.parents < 0 or node.parents ~= math.floor(node.parents) then
+    return refuse(node.name, 'its number of parents must be a whole number, 0 or more')
+  end
+  by_name[node.name], by_record[node.record], named[i] = i, i, 0
+end
+for i, node in ipairs(nodes) do
+  for child in string.gmatch(node.children or '', '%S+') do
+    local j = by_record[child]
+    if not j then
+      return refuse(node.name, 'its child ' .. string.format('%q', child) .. ' is not the record of a node of the workflow')
+    end
+    if j <= i then
+      return refuse(nodes[j].name, 'it comes before its parent ' .. string.format('%q', node.name)
+        .. ' (parents come first; a node that waits for itself, through others or not, is on a cycle)')
+    end
+    named[j] = named[j] + 1
+  end
+end
+for j, node in ipairs(nodes) do
+  if named[j] ~= node.parents then
+    return refuse(node.name, 'it says ' .. node.parents .. ' parents, but ' .. named[j]
+      .. ' nodes name it as a child')
+  end
+end
+
 -- The recent workflows, for views (`tandem dashboard`): ids scored by submit
 -- time in `<base>workflows` (same slot), the newest 1,000 kept. An id can
 -- outlive its hash's TTL; readers skip it.
