@@ -1298,3 +1298,55 @@ async fn the_submit_script_refuses_a_bad_graph_from_any_caller_naming_the_node()
         "a refused submit writes nothing"
     );
 }
+
+/// The Rust producer refuses what `tandem flow submit` refuses, naming the
+/// node, with nothing sent: a cycle, a missing parent, an unknown kind
+/// (without a class), a path into a result that does not exist.
+#[tokio::test]
+async fn the_rust_producer_refuses_bad_workflows_naming_the_node() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let cases: Vec<(Workflow, &str)> = vec![
+        (
+            Workflow::new()
+                .node_after("a", echo(json!(1)), &["b"])
+                .node_after("b", echo(json!(2)), &["a"]),
+            "node \"a\": it is on a cycle",
+        ),
+        (
+            Workflow::new().node_after("a", echo(json!(1)), &["ghost"]),
+            "node \"a\": parent \"ghost\" is not a node of the workflow",
+        ),
+        (
+            Workflow::new()
+                .node("ok", echo(json!(1)))
+                .node("x", Task::new("no_such_kind", &json!({})).unwrap()),
+            "node \"x\": kind \"no_such_kind\" is unknown",
+        ),
+        (
+            Workflow::new()
+                .node("var", Task::new("risk", &json!({})).unwrap())
+                .node_after(
+                    "use",
+                    echo(json!({"x": WorkflowRef::to("var").at("/levels/0/nope")})),
+                    &["var"],
+                ),
+            "node \"use\": path \"/levels/0/nope\" into the result of \"var\": a risk result has no field \"nope\"",
+        ),
+    ];
+    for (workflow, expect) in cases {
+        let err = producer
+            .submit_workflow(workflow)
+            .await
+            .expect_err(expect)
+            .to_string();
+        assert!(err.contains(expect), "expected {expect:?} in {err:?}");
+    }
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = conn.keys("tandem:*").await.unwrap();
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains(":task:") && !k.contains(":workflow")),
+        "nothing was written: {keys:?}"
+    );
+}
