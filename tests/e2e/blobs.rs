@@ -2,7 +2,8 @@
 //! parameters and results above `blob_threshold_bytes` travel as blob
 //! references, a 40 MB returns matrix runs through historical `risk` and a
 //! fine-tuning set above 1 MiB through `train`, a worker fetches each blob
-//! once, reference counts leave nothing behind after 1,000 round trips, and
+//! once and keeps the hot ones (least recently used out), reference counts
+//! leave nothing behind after 1,000 round trips, and
 //! the directory and S3 backends (a real moto server on loopback) hold the
 //! bytes instead of Redis.
 
@@ -645,4 +646,79 @@ async fn tandem_submit_sends_a_large_params_file_by_reference() {
     );
     assert!(!out.status.success());
     assert!(crate::support::text(&out.stderr).contains("--params-file /nonexistent.json"));
+}
+
+/// Parameters of 1.2 MiB (above the 1 MiB threshold: they go by
+/// reference), one blob per `which`.
+fn cache_params(which: u8) -> rmpv::Value {
+    rmpv::Value::Binary(
+        (0..1_200 * 1024u32)
+            .map(|k| (k % 251) as u8 ^ which)
+            .collect(),
+    )
+}
+
+/// A worker with `TANDEM_CONCURRENCY` 1 and `TANDEM_BLOB_CACHE_BYTES`
+/// `cache_bytes` runs one `noop` task at a time, on the parameter blob
+/// each of `sequence` names; per task, how many chunks the worker read
+/// from Redis (`GETRANGE` calls). Each blob is released (gone from the
+/// store) before the next task puts it again, so only the worker's cache
+/// can spare a read.
+async fn chunk_reads(cache_bytes: u64, sequence: &[u8]) -> Vec<u64> {
+    let redis = RedisServer::start();
+    let cache = cache_bytes.to_string();
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[
+            ("TANDEM_CONCURRENCY", "1"),
+            ("TANDEM_BLOB_CACHE_BYTES", cache.as_str()),
+        ],
+    )
+    .await;
+    let producer = redis.producer().await;
+    let mut reads = Vec::new();
+    for which in sequence {
+        let before = calls(&redis, "getrange").await;
+        let id = producer
+            .submit(Task::new("noop", &cache_params(*which)).unwrap())
+            .await
+            .unwrap();
+        let outcome = producer.wait(id, WAIT).await.unwrap();
+        assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
+        wait_for_no_blobs(&redis, "the task released its parameter blob").await;
+        reads.push(calls(&redis, "getrange").await - before);
+    }
+    reads
+}
+
+/// "A worker fetches each blob once per device and keeps hot ones cached"
+/// (one worker process per device): a blob it ran a task on is not read
+/// again, even after the store dropped and got it back; without a cache
+/// it is read every time; with room for two blobs the least recently
+/// used goes first, and a hot one stays.
+#[tokio::test]
+async fn a_worker_fetches_a_blob_once_and_keeps_the_hot_ones() {
+    let len = msgpack::encode(&cache_params(0)).unwrap().len();
+    let chunks = len.div_ceil(Config::default().blob_chunk_bytes) as u64;
+    assert!(chunks >= 2, "{len} bytes in {chunks} chunks");
+    let (x, y, z) = (1, 2, 3);
+
+    assert_eq!(
+        chunk_reads(Config::default().blob_cache_bytes, &[x, x, x]).await,
+        [chunks, 0, 0],
+        "the default cache: read once for three tasks"
+    );
+    assert_eq!(
+        chunk_reads(0, &[x, x]).await,
+        [chunks, chunks],
+        "no cache: read for each task"
+    );
+    // Room for two: x, y, x (x hot), z (evicts y, the least recently
+    // used), x (still there), y (read again; evicts z).
+    let room_for_two = (len as u64) * 5 / 2;
+    assert_eq!(
+        chunk_reads(room_for_two, &[x, y, x, z, x, y]).await,
+        [chunks, chunks, 0, chunks, 0, chunks],
+        "least recently used out first"
+    );
 }
