@@ -3,7 +3,7 @@
 //! references, a 40 MB returns matrix runs through historical `risk` and a
 //! fine-tuning set above 1 MiB through `train`, a worker fetches each blob
 //! once and keeps the hot ones (least recently used out), reference counts
-//! leave nothing behind after 1,000 round trips, and
+//! leave nothing behind after 1,000 round trips and 1,000 workflows, and
 //! the directory and S3 backends (a real moto server on loopback) hold the
 //! bytes instead of Redis.
 
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use tandem_producer::{Producer, Task};
+use tandem_producer::{Producer, Task, Workflow, WorkflowRef};
 use tandem_shared::blob::{BlobRef, BlobStore};
 use tandem_shared::config::Config;
 use tandem_shared::kind::model_kinds::{Optimizer, Train, TrainOutput, TrainParams};
@@ -720,5 +720,115 @@ async fn a_worker_fetches_a_blob_once_and_keeps_the_hot_ones() {
         chunk_reads(room_for_two, &[x, y, x, z, x, y]).await,
         [chunks, chunks, 0, chunks, 0, chunks],
         "least recently used out first"
+    );
+}
+
+/// "Nothing leaks (measure keys and memory after 1,000 workflows)": 1,000
+/// workflows `a -> (b, c) -> d` whose root takes 8 KiB of parameters and
+/// returns them (both above a 4 KiB threshold: by reference), its children
+/// take paths into that result, and the chord `d` both children's
+/// results. After them: no parameter blob, one result blob per root (the
+/// blob of a result lives as long as its record), no wait hash, and every
+/// record, workflow hash and blob key with a TTL within `result_ttl_s`.
+/// The figures printed are in docs/BENCHMARKS.md.
+#[tokio::test]
+async fn a_thousand_workflows_leave_only_records_with_a_ttl_and_their_result_blobs() {
+    const N: usize = 1_000;
+    let redis = RedisServer::start();
+    let threshold = ("TANDEM_BLOB_THRESHOLD_BYTES", "4096");
+    let _worker = WorkerProcess::start(&redis, &[threshold, ("TANDEM_CONCURRENCY", "8")]).await;
+    let config = Config {
+        blob_threshold_bytes: 4096,
+        ..redis.config()
+    };
+    let producer = Producer::connect(&config).await.unwrap();
+    let mut conn = redis.conn().await;
+    let keys_before: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    let memory_before = info_field(&redis, "memory", "used_memory").await;
+    let data = |i: usize| -> Vec<u8> {
+        (0..8192)
+            .map(|k| ((k * 7 + i * 13) % 256) as u8)
+            .chain((i as u32).to_le_bytes())
+            .collect()
+    };
+    let echo = |params: serde_json::Value| Task::new("echo", &params).unwrap();
+    for batch in 0..N / 100 {
+        let mut handles = Vec::new();
+        for i in batch * 100..(batch + 1) * 100 {
+            let root = rmpv::Value::Map(vec![
+                ("n".into(), (i as u64).into()),
+                ("data".into(), rmpv::Value::Binary(data(i))),
+            ]);
+            let workflow = Workflow::new()
+                .node("a", Task::new("echo", &root).unwrap())
+                .node_after(
+                    "b",
+                    echo(serde_json::json!({"n": WorkflowRef::to("a").at("/n")})),
+                    &["a"],
+                )
+                .node_after(
+                    "c",
+                    echo(serde_json::json!({"m": WorkflowRef::to("a").at("/n")})),
+                    &["a"],
+                )
+                .node_after(
+                    "d",
+                    echo(serde_json::json!({"b": WorkflowRef::to("b"), "c": WorkflowRef::to("c")})),
+                    &["b", "c"],
+                );
+            handles.push((i, producer.submit_workflow(workflow).await.unwrap()));
+        }
+        for (i, handle) in handles {
+            let outcome = handle.wait(WAIT).await.unwrap();
+            assert_eq!(outcome.status, "succeeded", "workflow {i}");
+            let d: serde_json::Value = msgpack::decode(&outcome.results["d"]).unwrap();
+            assert_eq!(d, serde_json::json!({"b": {"n": i}, "c": {"m": i}}));
+        }
+    }
+
+    // The roots gave their parameter blobs back; their results' blobs
+    // stay, one reference each (the record's).
+    wait_until(WAIT, "one result blob per root, nothing else", || async {
+        let keys = blob_keys(&redis).await;
+        if keys.len() != 3 * N {
+            return false;
+        }
+        let mut conn = redis.conn().await;
+        for key in keys.iter().filter(|k| k.ends_with(":refs")) {
+            let n: i64 = conn.get(key).await.unwrap();
+            if n != 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let limit_ms = config.result_ttl_s * 1000;
+    let keys: Vec<String> = conn.keys("tandem:*").await.unwrap();
+    let mut counts = [0usize; 4];
+    for key in &keys {
+        let per_workflow = [":task:", ":workflow:", ":wait:", "{blob:"]
+            .iter()
+            .position(|part| key.contains(part));
+        let Some(at) = per_workflow else { continue };
+        counts[at] += 1;
+        let ttl: i64 = conn.pttl(key).await.unwrap();
+        assert!(
+            ttl > 0 && ttl as u64 <= limit_ms,
+            "{key}: a TTL of {ttl} ms (at most result_ttl_s)"
+        );
+    }
+    assert_eq!(
+        counts,
+        [4 * N, N, 0, 3 * N],
+        "records, workflows, wait hashes, blob keys"
+    );
+    let dbsize: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    let memory = info_field(&redis, "memory", "used_memory").await;
+    eprintln!(
+        "after {N} workflows a -> (b, c) -> d (8 KiB root params and result by reference): {dbsize} keys ({} records, {N} workflow hashes, {} blob keys, 0 wait hashes; every one with a TTL within result_ttl_s); used_memory {memory} bytes (before: {keys_before} keys, {memory_before} bytes; {} bytes per workflow)",
+        4 * N,
+        3 * N,
+        (memory.saturating_sub(memory_before)) / N as u64
     );
 }
