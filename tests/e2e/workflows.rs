@@ -465,6 +465,7 @@ async fn nodes_start_once_after_their_parents_under_kills_and_a_redis_restart() 
         }
     }
     let mut started_events: HashMap<String, u32> = HashMap::new();
+    let mut released_nodes: Vec<(String, usize)> = Vec::new();
     for handle in &handles {
         let outcome = handle.wait(Duration::from_secs(120)).await.unwrap();
         assert_eq!(outcome.status, "succeeded", "workflow {}", handle.id());
@@ -498,6 +499,7 @@ async fn nodes_start_once_after_their_parents_under_kills_and_a_redis_restart() 
                 );
             }
             started_events.insert(node.graph.id.to_string(), 1 + history.len() as u32);
+            released_nodes.push((node.graph.id.to_string(), node.graph.parents.len()));
         }
     }
     // Every `started` event of a node is an attempt its record accounts
@@ -522,9 +524,12 @@ async fn nodes_start_once_after_their_parents_under_kills_and_a_redis_restart() 
         })
         .collect();
     let mut starts: HashMap<String, u32> = HashMap::new();
+    let mut releases: HashMap<String, u32> = HashMap::new();
     for (_, event) in &events {
-        if event.get("event").map(String::as_str) == Some("started") {
-            *starts.entry(event["id"].clone()).or_default() += 1;
+        match event.get("event").map(String::as_str) {
+            Some("started") => *starts.entry(event["id"].clone()).or_default() += 1,
+            Some("released") => *releases.entry(event["id"].clone()).or_default() += 1,
+            _ => {}
         }
     }
     for (id, allowed) in &started_events {
@@ -532,6 +537,18 @@ async fn nodes_start_once_after_their_parents_under_kills_and_a_redis_restart() 
         assert!(
             seen >= 1 && seen <= *allowed,
             "node {id}: {seen} starts, {allowed} attempts recorded"
+        );
+    }
+    // Each node with parents was released exactly once (by its last
+    // parent's commit), a root never: kills and the restart neither
+    // repeated nor lost a release.
+    assert_eq!(released_nodes.len(), WORKFLOWS * 5);
+    for (id, parents) in &released_nodes {
+        let seen = releases.get(id).copied().unwrap_or(0);
+        assert_eq!(
+            seen,
+            u32::from(*parents > 0),
+            "node {id} ({parents} parents): released {seen} times"
         );
     }
 }
