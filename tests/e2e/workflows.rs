@@ -1367,3 +1367,56 @@ async fn the_rust_producer_refuses_bad_workflows_naming_the_node() {
         "nothing was written: {keys:?}"
     );
 }
+
+/// "Each node is a normal task of any kind, class and priority, routed to
+/// the right GPU as usual": on the seed's host (simulated primary and
+/// secondary cards, a CPU worker), a workflow whose nodes are heavy, light
+/// and cpu runs each on the device its class goes to, released across
+/// classes, with a critical-priority chord.
+#[tokio::test]
+async fn a_workflows_nodes_run_where_their_class_routes_them() {
+    use crate::support::gpus::{PAIR, PRIMARY, SECONDARY, settle, start, store};
+    use tandem_shared::{Class, Priority};
+
+    let redis = RedisServer::start();
+    let _primary = start(&redis, PRIMARY, PAIR, &[]).await;
+    let _secondary = start(&redis, SECONDARY, PAIR, &[]).await;
+    let _cpu = start(&redis, "cpu", PAIR, &[]).await;
+    settle(&store(&redis).await).await;
+    let producer = redis.producer().await;
+    let on = |class: Class| {
+        sleeping_task(20)
+            .class(class)
+            .memory_bytes(if class == Class::Cpu { 0 } else { 1 << 30 })
+    };
+    let workflow = Workflow::new()
+        .node("heavy_root", on(Class::Heavy))
+        .node_after("light", on(Class::Light), &["heavy_root"])
+        .node_after("cpu", on(Class::Cpu), &["heavy_root"])
+        .node_after(
+            "heavy_chord",
+            on(Class::Heavy).priority(Priority::Critical),
+            &["light", "cpu"],
+        );
+    let handle = producer.submit_workflow(workflow).await.unwrap();
+    let outcome = handle.wait(WAIT).await.unwrap();
+    assert_eq!(outcome.status, "succeeded");
+    for (name, device, class) in [
+        ("heavy_root", PRIMARY, "heavy"),
+        ("light", SECONDARY, "light"),
+        ("cpu", "cpu", "cpu"),
+        ("heavy_chord", PRIMARY, "heavy"),
+    ] {
+        let record = &outcome.nodes[name].record;
+        assert_eq!(record.device.as_deref(), Some(device), "{name}: {record:?}");
+        assert_eq!(
+            record.class.map(|c| c.to_string()).as_deref(),
+            Some(class),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        outcome.nodes["heavy_chord"].record.priority,
+        Some(Priority::Critical)
+    );
+}
