@@ -1420,3 +1420,62 @@ async fn a_workflows_nodes_run_where_their_class_routes_them() {
         Some(Priority::Critical)
     );
 }
+
+/// `tandem flow cancel ID` on a workflow still running: the running node is
+/// asked to stop, the waiting one ends at once, and `tandem flow status`
+/// shows every node but the finished one `cancelled`.
+#[tokio::test]
+async fn flow_cancel_from_the_command_line_cancels_every_unfinished_node() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "2")]).await;
+    let dir = ScratchDir::new("workflows");
+    let path = dir.path().join("long.yaml");
+    std::fs::write(
+        &path,
+        "nodes:\n  - name: quick\n    kind: echo\n    params: 1\n  - name: long\n    kind: sleep\n    params: {ms: 600000}\n  - name: after\n    kind: echo\n    after: [long, quick]\n    params: 2\n",
+    )
+    .unwrap();
+    let out = tandem(&redis, &["flow", "submit", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id: tandem_shared::TaskId = text(&out.stdout).trim().parse().unwrap();
+    let producer = redis.producer().await;
+    wait_until(WAIT, "quick done and long running", || async {
+        let state = producer.workflow_state(id).await.unwrap().unwrap();
+        let status = |name: &str| {
+            state
+                .nodes
+                .iter()
+                .find(|n| n.graph.name == name)
+                .map(|n| n.status.clone())
+        };
+        status("quick").as_deref() == Some("succeeded")
+            && status("long").as_deref() == Some("running")
+    })
+    .await;
+    let out = tandem(&redis, &["flow", "cancel", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 nodes cancelled, 1 running nodes asked to stop"),
+        "{}",
+        text(&out.stdout)
+    );
+    wait_until(WAIT, "the workflow ends cancelled", || async {
+        let out = tandem(&redis, &["flow", "status", &id.to_string(), "--json"]);
+        let Ok(status) = serde_json::from_slice::<Value>(&out.stdout) else {
+            return false;
+        };
+        status["status"] == "cancelled"
+    })
+    .await;
+    let out = tandem(&redis, &["flow", "status", &id.to_string(), "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for node in status["nodes"].as_array().unwrap() {
+        let expect = if node["name"] == "quick" {
+            "succeeded"
+        } else {
+            "cancelled"
+        };
+        assert_eq!(node["status"], expect, "{node}");
+    }
+    assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
+}
