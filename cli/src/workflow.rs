@@ -116,23 +116,46 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("submitted workflow {}", handle.id());
     let outcome = handle.wait(Duration::from_millis(args.timeout_ms)).await?;
-    let state = producer
+    let mut state = producer
         .workflow_state(outcome.id)
         .await?
         .ok_or(tandem_producer::ProducerError::WorkflowNotFound(outcome.id))?;
+    resolve_sinks(&producer, &mut state).await;
     print!("{}", render(&state));
     Ok(exit_of(&state))
 }
 
+/// The sinks' results that came back as blob references (above
+/// `blob_threshold_bytes`), replaced by the blobs' bytes: what is shown is
+/// the workflow's result, not where it lies. A blob that cannot be read
+/// (expired, or the store unreachable) leaves the reference, with a
+/// warning naming the node.
+async fn resolve_sinks(producer: &Producer, state: &mut WorkflowState) {
+    for node in &mut state.nodes {
+        if !state.sinks.contains(&node.graph.name) {
+            continue;
+        }
+        match producer.resolve_result(node.record.result.as_deref()).await {
+            Ok(Some(bytes)) => node.record.result = Some(bytes),
+            Ok(None) => {}
+            Err(err) => eprintln!(
+                "warning: node {:?}'s result is a blob that cannot be read ({err}); its reference is shown",
+                node.graph.name
+            ),
+        }
+    }
+}
+
 async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let producer = Producer::connect(config).await?;
-    let Some(state) = producer.workflow_state(args.id).await? else {
+    let Some(mut state) = producer.workflow_state(args.id).await? else {
         eprintln!(
             "workflow {} not found (never submitted, or expired after result_ttl_s)",
             args.id
         );
         return Ok(ExitCode::from(exit::NOT_FOUND));
     };
+    resolve_sinks(&producer, &mut state).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&to_json(&state))?);
     } else {

@@ -1479,3 +1479,66 @@ async fn flow_cancel_from_the_command_line_cancels_every_unfinished_node() {
     }
     assert_eq!(keys_without_ttl(&redis).await, Vec::<String>::new());
 }
+
+/// `tandem flow submit` with a node whose parameters are above
+/// `blob_threshold_bytes` (1.2 MiB): they go by reference from the command
+/// line, the sink's result comes back as a blob, and `--wait` and `tandem
+/// flow status` print the result itself, not the reference.
+#[tokio::test]
+async fn flow_submit_sends_large_params_by_reference_and_shows_a_blob_result() {
+    let redis = RedisServer::start();
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let dir = ScratchDir::new("workflows");
+    let path = dir.path().join("large.json");
+    let big = "q".repeat(1_200 * 1024);
+    let spec = json!({"nodes": [
+        {"name": "first", "kind": "echo", "params": {"big": big, "n": 5}},
+        {"name": "second", "kind": "echo", "after": ["first"],
+         "params": {"n": {"$ref": "first", "path": "/n"}, "big": {"$ref": "first", "path": "/big"}}},
+    ]});
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let mut conn = redis.conn().await;
+    let out = tandem(
+        &redis,
+        &["flow", "submit", path.to_str().unwrap(), "--wait"],
+    );
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        shown.contains(&big) && !shown.contains("tandem_blob"),
+        "the sink's result is printed, not its reference: {}",
+        &shown[..shown.len().min(2_000)]
+    );
+    let id = text(&out.stderr)
+        .trim()
+        .strip_prefix("submitted workflow ")
+        .unwrap()
+        .to_owned();
+    // The parameters went by reference (the record keeps the reference,
+    // not 1.2 MiB), and the sink's result is a blob.
+    let state = redis
+        .producer()
+        .await
+        .workflow_state(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    for node in &state.nodes {
+        let result = node.record.result.as_deref().unwrap();
+        assert!(
+            tandem_shared::blob::BlobRef::detect(result).is_some(),
+            "{}'s result went by blob",
+            node.graph.name
+        );
+    }
+    let blobs: Vec<String> = conn.keys("tandem:{blob:*").await.unwrap();
+    assert!(!blobs.is_empty());
+    let out = tandem(&redis, &["flow", "status", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["result"]["second"]["n"], json!(5));
+    assert_eq!(
+        status["result"]["second"]["big"].as_str(),
+        Some(big.as_str())
+    );
+}
