@@ -727,7 +727,9 @@ fn train_bytes_books_what_training_allocates() {
 fn without_views(op: &Op) -> String {
     let mut text = format!("{op:?}");
     while let Some(start) = text.find("View {") {
-        let end = text[start..].find('}').map_or(text.len(), |e| start + e + 1);
+        let end = text[start..]
+            .find('}')
+            .map_or(text.len(), |e| start + e + 1);
         text.replace_range(start..end, "_");
     }
     text
