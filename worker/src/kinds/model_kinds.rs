@@ -67,7 +67,7 @@ async fn forward(
     rows: usize,
 ) -> Result<Vec<f32>, TaskError> {
     let gpu = ctx.gpu.clone();
-    let room = ctx.model_cache()?.activation_room();
+    let room = ctx.model_cache()?.activation_room(&ctx.id);
     blocking(ctx, move |stop| match &loaded.weights {
         Weights::Mlp { mlp, gpu: resident } => match (resident, gpu) {
             (Some(resident), Some(gpu)) => resident
@@ -254,7 +254,9 @@ impl Handler for TrainKind {
                     on_gpu: ctx.gpu.clone().map(|gpu| {
                         (
                             gpu,
-                            ctx.model_cache().ok().and_then(|c| c.activation_room()),
+                            ctx.model_cache()
+                                .ok()
+                                .and_then(|c| c.activation_room(&ctx.id)),
                         )
                     }),
                 }
