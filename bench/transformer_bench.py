@@ -10,8 +10,8 @@ the same model (32 features, window 128, d_model 64, 4 heads, 2 layers, ff
 training epoch of Adam in batches of 32, each the best of three inside its
 process. Both sides get the same thread count (`RAYON_NUM_THREADS`,
 `OMP_NUM_THREADS`, `MKL_NUM_THREADS`). Prints each round's figures and a
-table of the median seconds and Tandem's speed as a ratio of torch's
-(above 1: Tandem is faster).
+table of the seconds and of Tandem's speed as a ratio of torch's within
+each round (above 1: Tandem is faster), each as median [min-max].
 """
 
 import argparse
@@ -62,13 +62,21 @@ def main():
                 seconds[name].setdefault(case, []).append(s)
             print(f"round {round_ + 1} {name}: " + ", ".join(f"{c} {s:.3f}s" for c, s in figures.items()))
     print()
-    print(f"{args.windows} windows, {args.threads} threads, median of {args.rounds} rounds")
-    print("| case | PyTorch CPU (s) | Tandem CPU twin (s) | Tandem speed / torch |")
+    print(f"{args.windows} windows, {args.threads} threads, {args.rounds} rounds")
+    print("| case | PyTorch CPU (s), median [min-max] | Tandem CPU twin (s), median [min-max] | Tandem speed / torch per round, median [min-max] |")
     print("|---|---|---|---|")
+
+    def spread(values, digits):
+        return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
     for case in seconds["torch"]:
-        t = statistics.median(seconds["torch"][case])
-        r = statistics.median(seconds["tandem"].get(case, [float("nan")]))
-        print(f"| {case} | {t:.3f} | {r:.3f} | {t / r:.2f} |")
+        t = seconds["torch"][case]
+        r = seconds["tandem"].get(case, [])
+        # Each round's ratio (its torch run beside its Tandem run): the
+        # machine's load moves single figures, much less a round's ratio.
+        ratios = [a / b for a, b in zip(t, r) if b > 0]
+        ratio = spread(ratios, 2) if ratios else "-"
+        print(f"| {case} | {spread(t, 3)} | {spread(r, 3) if r else '-'} | {ratio} |")
     return 0
 
 

@@ -14,13 +14,29 @@ example's `bench WINDOWS` does (same model, inference over WINDOWS windows
 and one epoch of Adam in batches of 32), `BENCH {...}` lines with
 `"impl":"torch"`. Set the same thread count on both sides
 (`RAYON_NUM_THREADS`, `torch.set_num_threads` follows `OMP_NUM_THREADS`).
+
+GPU peer: `python3 bench/transformer_torch.py price WINDOWS [cuda|cpu]`
+times what `kernels/examples/bench_transformer_gpu.rs --gpu` does: the
+seed's price model (32 features, window 128, d_model 256, 8 heads, 4
+blocks, ff 1024, causal, sinusoidal positions, last-step head), FP32 with
+TF32 off (as cuBLAS's default math on the Rust side), each repetition one
+forward of WINDOWS windows with the inputs copied from the host and the
+outputs back inside the timing, best of 5 after a warm-up; one `BENCH`
+line with `"impl":"torch"` and the example's case name.
+`scripts/gpu-check` runs it with `cuda` when torch imports; `cpu` is a
+dry run of the same code.
 """
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
+
+# Deterministic algorithms (below) on CUDA need cuBLAS's fixed workspace,
+# set before CUDA starts; the CPU ignores it.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import numpy as np
 import torch
@@ -87,7 +103,7 @@ class Transformer(torch.nn.Module):
         h, dh = self.heads, d // self.heads
         mask = None
         if self.causal:
-            mask = torch.triu(torch.full((t, t), float("-inf")), diagonal=1)
+            mask = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
         for i in range(self.layers):
             l = lambda n: self.p(f"layer.{i}.{n}")
             y = F.layer_norm(x, (d,), l("norm1.weight"), l("norm1.bias"), 1e-5)
@@ -245,7 +261,64 @@ def bench(windows):
     return 0
 
 
+def price(windows, device):
+    """The seed's price model on `device`, as bench_transformer_gpu times it."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    d, f, t, ff, layers, heads = 256, 32, 128, 1024, 4, 8
+    meta = dict(heads=str(heads), window=str(t), causal="true", pooling="last", positions="sinusoidal")
+    g = torch.Generator().manual_seed(1)
+
+    def lin(o, i):
+        return (torch.rand(o, i, generator=g) * 2 - 1) / math.sqrt(i)
+
+    tensors = {"input.mean": torch.zeros(f), "input.std": torch.ones(f)}
+    tensors["embed.weight"], tensors["embed.bias"] = lin(d, f), torch.zeros(d)
+    for i in range(layers):
+        p = f"layer.{i}."
+        tensors[p + "norm1.weight"], tensors[p + "norm1.bias"] = torch.ones(d), torch.zeros(d)
+        tensors[p + "attn.in_proj.weight"], tensors[p + "attn.in_proj.bias"] = lin(3 * d, d), torch.zeros(3 * d)
+        tensors[p + "attn.out_proj.weight"], tensors[p + "attn.out_proj.bias"] = lin(d, d), torch.zeros(d)
+        tensors[p + "norm2.weight"], tensors[p + "norm2.bias"] = torch.ones(d), torch.zeros(d)
+        tensors[p + "ff.linear1.weight"], tensors[p + "ff.linear1.bias"] = lin(ff, d), torch.zeros(ff)
+        tensors[p + "ff.linear2.weight"], tensors[p + "ff.linear2.bias"] = lin(d, ff), torch.zeros(d)
+    tensors["final_norm.weight"], tensors["final_norm.bias"] = torch.ones(d), torch.zeros(d)
+    tensors["head.weight"], tensors["head.bias"] = lin(1, d), torch.zeros(1)
+    model = Transformer(meta, tensors).to(device)
+    x = torch.rand(windows, t, f, generator=g) * 2 - 1
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def once():
+        with torch.inference_mode():
+            return model(x.to(device)).cpu()
+
+    out = once()  # warm-up: kernels chosen, memory pooled
+    assert out.shape == (windows, 1) and bool(torch.isfinite(out).all()), out
+    best = math.inf
+    for _ in range(5):
+        sync()
+        start = time.perf_counter()
+        once()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(
+        f'BENCH {{"kind":"infer","unit":"windows","case":"tf_f32_w128_d256_h8_l4","impl":"torch",'
+        f'"device":{json.dumps(name)},"items":{windows},"seconds":{best:.6f},'
+        f'"windows_per_s":{windows / best:.1f}}}'
+    )
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "price":
+        device = sys.argv[3] if len(sys.argv) == 4 else "cuda"
+        if device not in ("cuda", "cpu"):
+            sys.exit(f"device: cuda or cpu, not {device!r}")
+        sys.exit(price(int(sys.argv[2]), device))
     if len(sys.argv) == 3 and sys.argv[1] == "check":
         sys.exit(check(sys.argv[2]))
     if len(sys.argv) == 3 and sys.argv[1] == "bench":

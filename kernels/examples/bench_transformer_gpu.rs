@@ -14,8 +14,10 @@
 //! small host): compare per window. One `BENCH {...}` line per
 //! measurement.
 //!
-//! Training has no GPU path yet (no backward on the device): a `train`
-//! task runs on the CPU twin, so there is no `train` line here.
+//! `bench/transformer_torch.py price 1000 cuda` times the same request in
+//! PyTorch CUDA (`scripts/gpu-check` runs both). Training runs on the GPU
+//! too (`transformer_gpu::train`) but has no bench line yet: the GPU tests
+//! check it against the CPU twin.
 
 mod common;
 

@@ -3,7 +3,8 @@
 //! `TransformerModel::random` makes, names what is wrong with bad arguments
 //! and registers it; a real worker serves a registered transformer
 //! (`predict_batch` of 1,000 symbols x 128 steps x 32 features by blob
-//! reference, `infer`) with the CPU twin's bits, and `train` fine-tunes it.
+//! reference, `infer`) with the CPU twin's bits, and `train` fine-tunes it;
+//! the NumPy reference the twin is held to runs here too.
 
 use std::process::{Command, Output};
 
@@ -484,5 +485,96 @@ async fn a_transformer_tasks_memory_comes_from_its_registered_shape() {
             .await
             .unwrap();
         assert_eq!(stored, expected, "{record:?}");
+    }
+}
+
+/// A Python with NumPy: `TANDEM_PYTHON` (CI's venv, which has it), else
+/// `python3` when it imports numpy; `None` (after saying why) outside CI
+/// when neither does.
+fn python_with_numpy() -> Option<std::path::PathBuf> {
+    let imports = |python: &std::path::Path| {
+        Command::new(python)
+            .args(["-c", "import numpy"])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if let Ok(path) = std::env::var("TANDEM_PYTHON") {
+        let path = std::path::PathBuf::from(path);
+        assert!(
+            imports(&path),
+            "TANDEM_PYTHON={} cannot import numpy",
+            path.display()
+        );
+        return Some(path);
+    }
+    let python3 = std::path::PathBuf::from("python3");
+    if imports(&python3) {
+        return Some(python3);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the NumPy reference: set TANDEM_PYTHON to a python with numpy (.ci/run does)"
+    );
+    eprintln!("skipped: no python with numpy (set TANDEM_PYTHON)");
+    None
+}
+
+/// Each line of a reference file: the model's name and its outputs.
+fn reference_lines(text: &str) -> Vec<(String, Vec<f64>)> {
+    text.lines()
+        .map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.next().expect("a model name").to_string();
+            let values = fields
+                .map(|v| v.parse().unwrap_or_else(|e| panic!("{name}: {v:?}: {e}")))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+/// The independent NumPy reference runs here, not only its committed
+/// output: `bench/transformer_numpy.py reference` prints what
+/// `kernels/src/transformer/numpy_reference.txt` holds (which the CPU
+/// twin's unit test `outputs_match_the_numpy_reference` is held to), every
+/// model of it, within 1e-6 of the largest output (NumPy's float32 sums
+/// may round differently from one build to another).
+#[test]
+fn the_numpy_reference_is_what_its_script_computes() {
+    let Some(python) = python_with_numpy() else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let out = Command::new(&python)
+        .arg(root.join("bench/transformer_numpy.py"))
+        .arg("reference")
+        .output()
+        .expect("run bench/transformer_numpy.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let computed = reference_lines(&String::from_utf8_lossy(&out.stdout));
+    let committed = reference_lines(include_str!(
+        "../../kernels/src/transformer/numpy_reference.txt"
+    ));
+    assert_eq!(computed.len(), 8, "every variant");
+    let names = |lines: &[(String, Vec<f64>)]| -> Vec<String> {
+        lines.iter().map(|(name, _)| name.clone()).collect()
+    };
+    assert_eq!(names(&computed), names(&committed));
+    for ((name, now), (_, then)) in computed.iter().zip(&committed) {
+        assert_eq!(now.len(), then.len(), "{name}");
+        let scale = then.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{name}: all zero");
+        for (a, b) in now.iter().zip(then) {
+            assert!(
+                (a - b).abs() <= 1e-6 * scale,
+                "{name}: the script prints {a}, the committed reference {b}"
+            );
+        }
     }
 }

@@ -103,7 +103,13 @@ impl From<tandem_kernels::transformer_gpu::GpuTransformerError> for TaskError {
     fn from(err: tandem_kernels::transformer_gpu::GpuTransformerError) -> Self {
         use tandem_kernels::transformer_gpu::GpuTransformerError;
         match err {
-            GpuTransformerError::Device(err) => err.into(),
+            // The device's own message (a cuBLAS status, a kernel
+            // launch) does not say which model kind ran: name it.
+            GpuTransformerError::Device(err) => tandem_kernels::driver::DeviceError {
+                message: format!("transformer on the GPU: {}", err.message),
+                ..err
+            }
+            .into(),
             GpuTransformerError::Invalid(err) => {
                 TaskError::fatal(ErrorCode::BAD_PARAMS, err.to_string())
             }
@@ -121,4 +127,46 @@ pub(crate) fn decode_error(err: &msgpack::CodecError) -> TaskError {
         _ => err.to_string(),
     };
     TaskError::fatal(err.code(), message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_kernels::driver::{DeviceError, Fault};
+    use tandem_kernels::transformer_gpu::GpuTransformerError;
+
+    /// A transformer's device failure names the model kind and keeps what
+    /// it means for the device: out of memory hands the task back, a
+    /// sticky fault fails the device.
+    #[test]
+    fn a_transformer_device_error_names_the_arch_and_keeps_its_fault() {
+        let cases = [
+            (Fault::OutOfMemory, ErrorCode::DEVICE_OUT_OF_MEMORY),
+            (Fault::Other, ErrorCode::HANDLER_ERROR),
+        ];
+        for (fault, code) in cases {
+            let err = TaskError::from(GpuTransformerError::Device(DeviceError {
+                fault,
+                message: "cuBLAS: CUBLAS_STATUS_ALLOC_FAILED".into(),
+            }));
+            assert_eq!(err.code, code, "{fault:?}");
+            assert_eq!(
+                err.message,
+                "transformer on the GPU: cuBLAS: CUBLAS_STATUS_ALLOC_FAILED"
+            );
+        }
+        let sticky = TaskError::from(GpuTransformerError::Device(DeviceError {
+            fault: Fault::Sticky,
+            message: "an illegal address".into(),
+        }));
+        assert_eq!(
+            sticky.code,
+            TaskError::device_failed("x").code,
+            "{}",
+            sticky.message
+        );
+        assert!(sticky.message.starts_with("transformer on the GPU: "));
+        let wrong = TaskError::from(GpuTransformerError::WrongGpu(1));
+        assert!(wrong.message.contains("transformer"), "{}", wrong.message);
+    }
 }

@@ -29,6 +29,7 @@ use crate::device::Device;
 use crate::device::gpu_paths::{MODEL_PATHS, TRANSFORMER_PATHS};
 use crate::error::TaskError;
 use crate::running::Running;
+use tandem_shared::TaskId;
 
 /// A model is not registered.
 pub const MODEL_NOT_FOUND: ErrorCode = ErrorCode::from_static("MODEL_NOT_FOUND");
@@ -206,12 +207,20 @@ impl ModelCache {
         Ok((loaded, false))
     }
 
-    /// Memory the model kinds may still use for activations on this
-    /// device: the ledger's free memory (`Device::free_memory`); `None` on
-    /// a CPU worker (host memory, no ledger). A transformer's batch is cut
-    /// to fit it ([`windows_per_pass`]).
-    pub fn activation_room(&self) -> Option<u64> {
-        self.device.free_memory(self.running.reserved())
+    /// Memory task `task` may use for activations on this device: what it
+    /// declared (its reservation, which the producer sized for them) plus
+    /// the ledger's free memory (`Device::free_memory`, the other tasks'
+    /// reservations and the models set aside); `None` on a CPU worker (host
+    /// memory, no ledger). A transformer's batch is cut to fit it
+    /// ([`windows_per_pass`]). Without its own reservation counted, a task
+    /// whose declaration filled the device would run in passes of one
+    /// window while the memory booked for it lay unused.
+    pub fn activation_room(&self, task: &TaskId) -> Option<u64> {
+        let others = self
+            .running
+            .reserved()
+            .saturating_sub(self.running.memory_of(task));
+        self.device.free_memory(others)
     }
 
     /// Makes room for `bytes` of model `name` in the device's ledger,

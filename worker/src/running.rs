@@ -134,6 +134,12 @@ impl Running {
             + tasks.abandoned.values().sum::<u64>()
     }
 
+    /// The device memory task `id` declared when it started here (0 when
+    /// it is not running).
+    pub fn memory_of(&self, id: &TaskId) -> u64 {
+        self.lock().running.get(id).map_or(0, |t| t.memory)
+    }
+
     pub fn finish(&self, id: &TaskId) {
         let mut tasks = self.lock();
         tasks.running.remove(id);
@@ -207,5 +213,28 @@ impl Running {
         self.tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task's own declaration is told apart from the others' (the model
+    /// kinds add it back to the room their activations may use), held
+    /// ones included; a task not running here declared nothing.
+    #[test]
+    fn a_tasks_own_memory_is_told_apart() {
+        let running = Running::default();
+        let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
+        running.start(a, 0, "1-0".into(), 300);
+        running.hold(b, 0, "2-0".into(), 50);
+        assert_eq!(running.reserved(), 350);
+        assert_eq!(running.memory_of(&a), 300);
+        assert_eq!(running.memory_of(&b), 50);
+        assert_eq!(running.memory_of(&c), 0);
+        assert_eq!(running.reserved() - running.memory_of(&a), 50);
+        running.finish(&a);
+        assert_eq!(running.memory_of(&a), 0);
     }
 }

@@ -14,7 +14,7 @@
 //! are. In attention, per (window, head): `dV = P^T dO`, `dP = dO V^T`,
 //! the softmax backwards to `dS`, `dQ = dS K`, `dK = dS^T Q`.
 
-use super::plan::{Buf, GemmOp, Op, View, linear, params, work};
+use super::plan::{BlockViews, ForwardViews, GemmOp, Op, View, forward_ops, from, params, work};
 use crate::transformer::{Config, Offsets, Pooling, Positions};
 
 /// The training workspace: name and what it holds per window of the
@@ -118,15 +118,6 @@ pub(super) fn train_fixed(config: &Config) -> [usize; 24] {
     fixed
 }
 
-/// The stretch of buffer `index` from `offset` to the end of `whole`.
-fn from(whole: View, offset: usize) -> View {
-    View {
-        buf: whole.buf,
-        offset: whole.offset + offset,
-        len: whole.len - offset,
-    }
-}
-
 /// `dW += dY^T X`, row-major: `dY` rows x outputs in `dy`, `X` rows x
 /// inputs in `x`, `dW` outputs x inputs in the gradient at `weight`.
 fn weight_grad(dy: View, x: View, weight: usize, rows: usize, inputs: usize, outputs: usize) -> Op {
@@ -228,197 +219,46 @@ impl Slots {
     }
 }
 
-/// The forward pass of `windows` windows for training: the outputs in
-/// `out`, and every activation the backward needs kept.
-pub(super) fn train_forward_plan(config: &Config, offsets: &Offsets, windows: usize) -> Vec<Op> {
-    let (t, f, d, ff, o) = (
-        config.window,
-        config.features,
-        config.d_model,
-        config.ff,
-        config.outputs,
-    );
-    let (heads, dh, layers) = (config.heads, config.head_dim(), config.layers);
-    let rows = windows * t;
+/// The training workspace's views for `windows` windows: every block's
+/// activations in its own slot, the stream before each residual add and
+/// the pre-GELU hidden layer kept (the backward reads them).
+pub(super) fn training_views(config: &Config, windows: usize) -> ForwardViews {
+    let layers = config.layers;
     let s = Slots {
         windows,
         per: train_per_window(config),
     };
     let stream = |l: usize| s.layer(T_STREAMS, l, layers + 1);
-    let mut ops = vec![
-        Op::Normalize {
-            n: rows * f,
-            features: f,
-            x: s.whole(T_RAW),
-            mean: params(offsets.mean, f),
-            std: params(offsets.std, f),
-            out: s.whole(T_NORMALISED),
-        },
-        linear(
-            s.whole(T_NORMALISED),
-            offsets.embed_w,
-            stream(0),
-            rows,
-            f,
-            d,
-            false,
-        ),
-        Op::BiasPositions {
-            n: rows * d,
-            cols: d,
-            period: t,
-            bias: params(offsets.embed_b, d),
-            positions: match offsets.position {
-                Some(at) => params(at, t * d),
-                None => View {
-                    buf: Buf::Positions,
-                    offset: 0,
-                    len: t * d,
-                },
-            },
-            y: stream(0),
-        },
-    ];
-    let layer_norm = |x: View, gain: usize, bias: usize, out: View| Op::LayerNorm {
-        rows,
-        width: d,
-        x,
-        gain: params(gain, d),
-        bias: params(bias, d),
-        out,
-    };
-    for (l, b) in offsets.blocks.iter().enumerate() {
-        let (normed1, qkv) = (s.layer(T_NORMED1, l, layers), s.layer(T_QKV, l, layers));
-        let (probs, attended) = (s.layer(T_PROBS, l, layers), s.layer(T_ATTENDED, l, layers));
-        let (mid, normed2) = (s.layer(T_MIDS, l, layers), s.layer(T_NORMED2, l, layers));
-        let (pre, hidden) = (s.layer(T_PRE_GELU, l, layers), s.layer(T_HIDDEN, l, layers));
-        ops.push(layer_norm(stream(l), b.norm1_w, b.norm1_b, normed1));
-        ops.push(linear(normed1, b.in_w, qkv, rows, d, 3 * d, false));
-        ops.push(Op::BiasAdd {
-            n: rows * 3 * d,
-            cols: 3 * d,
-            bias: params(b.in_b, 3 * d),
-            y: qkv,
-        });
-        // S^T = K Q^T per (window, head), as in `forward_plan`.
-        for head in 0..heads {
-            ops.push(Op::Gemm(GemmOp {
-                transpose_a: true,
-                transpose_b: false,
-                m: t,
-                n: t,
-                k: dh,
-                alpha: 1.0,
-                beta: 0.0,
-                lda: 3 * d,
-                ldb: 3 * d,
-                ldc: t,
-                batch: windows,
-                stride_a: t * 3 * d,
-                stride_b: t * 3 * d,
-                stride_c: heads * t * t,
-                a: from(qkv, d + head * dh),
-                b: from(qkv, head * dh),
-                c: from(probs, head * t * t),
-            }));
-        }
-        ops.push(Op::Softmax {
-            rows: windows * heads * t,
-            width: t,
-            causal: config.causal,
-            scale: 1.0 / (dh as f32).sqrt(),
-            scores: probs,
-        });
-        // O^T = V^T P^T per (window, head), as in `forward_plan`.
-        for head in 0..heads {
-            ops.push(Op::Gemm(GemmOp {
-                transpose_a: false,
-                transpose_b: false,
-                m: dh,
-                n: t,
-                k: t,
-                alpha: 1.0,
-                beta: 0.0,
-                lda: 3 * d,
-                ldb: t,
-                ldc: d,
-                batch: windows,
-                stride_a: t * 3 * d,
-                stride_b: heads * t * t,
-                stride_c: t * d,
-                a: from(qkv, 2 * d + head * dh),
-                b: from(probs, head * t * t),
-                c: from(attended, head * dh),
-            }));
-        }
-        // The stream before each residual add stays: LayerNorm's backward
-        // reads its input.
-        ops.push(Op::Copy {
-            src: stream(l),
-            dst: mid,
-        });
-        ops.push(linear(attended, b.out_w, mid, rows, d, d, true));
-        ops.push(Op::BiasAdd {
-            n: rows * d,
-            cols: d,
-            bias: params(b.out_b, d),
-            y: mid,
-        });
-        ops.push(layer_norm(mid, b.norm2_w, b.norm2_b, normed2));
-        ops.push(linear(normed2, b.ff1_w, pre, rows, d, ff, false));
-        ops.push(Op::BiasAdd {
-            n: rows * ff,
-            cols: ff,
-            bias: params(b.ff1_b, ff),
-            y: pre,
-        });
-        ops.push(Op::Gelu {
-            n: rows * ff,
-            u: pre,
-            g: hidden,
-        });
-        ops.push(Op::Copy {
-            src: mid,
-            dst: stream(l + 1),
-        });
-        ops.push(linear(hidden, b.ff2_w, stream(l + 1), rows, ff, d, true));
-        ops.push(Op::BiasAdd {
-            n: rows * d,
-            cols: d,
-            bias: params(b.ff2_b, d),
-            y: stream(l + 1),
-        });
-    }
-    ops.push(layer_norm(
-        stream(layers),
-        offsets.final_w,
-        offsets.final_b,
-        s.whole(T_FINAL),
-    ));
-    ops.push(Op::Pool {
-        n: windows * d,
-        steps: t,
-        width: d,
-        mean: config.pooling == Pooling::Mean,
-        z: s.whole(T_FINAL),
+    ForwardViews {
+        raw: s.whole(T_RAW),
+        normalised: s.whole(T_NORMALISED),
+        embedded: stream(0),
+        blocks: (0..layers)
+            .map(|l| BlockViews {
+                input: stream(l),
+                normed1: s.layer(T_NORMED1, l, layers),
+                qkv: s.layer(T_QKV, l, layers),
+                probs: s.layer(T_PROBS, l, layers),
+                attended: s.layer(T_ATTENDED, l, layers),
+                mid: s.layer(T_MIDS, l, layers),
+                normed2: s.layer(T_NORMED2, l, layers),
+                pre_gelu: s.layer(T_PRE_GELU, l, layers),
+                hidden: s.layer(T_HIDDEN, l, layers),
+                output: stream(l + 1),
+            })
+            .collect(),
+        final_normed: s.whole(T_FINAL),
         pooled: s.whole(T_POOLED),
-    });
-    ops.push(linear(
-        s.whole(T_POOLED),
-        offsets.head_w,
-        s.whole(T_OUT),
-        windows,
-        d,
-        o,
-        false,
-    ));
-    ops.push(Op::BiasAdd {
-        n: windows * o,
-        cols: o,
-        bias: params(offsets.head_b, o),
-        y: s.whole(T_OUT),
-    });
-    ops
+        out: s.whole(T_OUT),
+    }
+}
+
+/// The forward pass of `windows` windows for training: the outputs in
+/// `out`, and every activation the backward needs kept. The same op
+/// sequence as the inference plan ([`forward_ops`]), over the training
+/// workspace's views.
+pub(super) fn train_forward_plan(config: &Config, offsets: &Offsets, windows: usize) -> Vec<Op> {
+    forward_ops(config, offsets, windows, &training_views(config, windows))
 }
 
 /// LayerNorm backwards: its input `x`'s row statistics, `dx` from `dy`

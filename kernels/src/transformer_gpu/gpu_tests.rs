@@ -143,6 +143,20 @@ fn device_bytes_and_download() {
         resident.device_bytes(),
         GpuTransformer::forward_bytes(&config, 6)
     );
+    // Freed on a shared model, the workspace is gone; the next forward
+    // allocates again and gives the same outputs.
+    let before = resident
+        .forward(&gpu, &inputs(6, &config, 0.0), 6)
+        .expect("forward");
+    resident.free_workspace();
+    assert_eq!(
+        resident.device_bytes(),
+        GpuTransformer::forward_bytes(&config, 0)
+    );
+    let again = resident
+        .forward(&gpu, &inputs(6, &config, 0.0), 6)
+        .expect("forward after the workspace was freed");
+    assert_eq!(before, again);
     assert_eq!(resident.download().expect("download"), model);
 }
 

@@ -84,10 +84,10 @@ pub enum GpuTransformerError {
     Invalid(#[from] TransformerError),
     /// A dimension beyond what one cuBLAS call takes (`i32`); the CPU twin
     /// can still run it.
-    #[error("too large for the GPU path: {0}")]
+    #[error("transformer too large for the GPU path: {0}")]
     TooLarge(String),
     /// The model was uploaded to another GPU than the one passed.
-    #[error("the model lives on another GPU than GPU {0}")]
+    #[error("the transformer lives on another GPU than GPU {0}")]
     WrongGpu(u32),
     /// The device failed (or has no room); the CPU twin may still run it.
     #[error(transparent)]
@@ -249,6 +249,20 @@ impl GpuTransformer {
     /// Frees the forward workspace (the next forward allocates again).
     pub fn release_workspace(&mut self) {
         *self.workspace_mut() = None;
+    }
+
+    /// [`GpuTransformer::release_workspace`] on a shared model: waits for
+    /// a forward in flight on another thread (they take turns on the
+    /// workspace), then frees it. The ledger books a forward's activations
+    /// only while its task runs, so a worker frees them when the task is
+    /// done rather than leave memory the ledger counts as free held by an
+    /// idle model.
+    pub fn free_workspace(&self) {
+        let mut guard = match self.workspace.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = None;
     }
 
     fn workspace_mut(&mut self) -> &mut Option<Workspace> {

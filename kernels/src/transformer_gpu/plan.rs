@@ -558,9 +558,107 @@ pub(super) fn linear(
     })
 }
 
+/// The stretch of `whole` from `offset` to its end: a strided-batched
+/// GEMM that starts inside a buffer walks every window from there.
+pub(super) fn from(whole: View, offset: usize) -> View {
+    View {
+        buf: whole.buf,
+        offset: whole.offset + offset,
+        len: whole.len - offset,
+    }
+}
+
+/// Where one block's activations go in a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BlockViews {
+    /// The residual stream entering the block.
+    pub(super) input: View,
+    pub(super) normed1: View,
+    pub(super) qkv: View,
+    /// The attention weights (the scores, softmaxed in place).
+    pub(super) probs: View,
+    pub(super) attended: View,
+    /// The stream after attention's residual add. `input` itself when the
+    /// stream is added to in place (inference); otherwise `input` is
+    /// copied there first and stays as it was (training: LayerNorm's
+    /// backward reads its input).
+    pub(super) mid: View,
+    pub(super) normed2: View,
+    /// The hidden layer before GELU. `hidden` itself when it is not kept
+    /// (bias and GELU fused, inference); otherwise the pre-activation
+    /// stays for GELU's backward.
+    pub(super) pre_gelu: View,
+    pub(super) hidden: View,
+    /// The stream leaving the block: `mid` when added to in place;
+    /// otherwise `mid` is copied there first.
+    pub(super) output: View,
+}
+
+/// Where a forward pass reads and writes: the one op sequence
+/// ([`forward_ops`]) runs over the inference workspace
+/// ([`inference_views`]) and over the training one, which keeps every
+/// layer's activations (`backward::training_views`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ForwardViews {
+    pub(super) raw: View,
+    pub(super) normalised: View,
+    /// The input projection's output, plus biases and positions: the
+    /// first block's input.
+    pub(super) embedded: View,
+    pub(super) blocks: Vec<BlockViews>,
+    /// The final LayerNorm's output.
+    pub(super) final_normed: View,
+    pub(super) pooled: View,
+    pub(super) out: View,
+}
+
+/// The inference workspace's views for `windows` windows (the first
+/// `windows` of each buffer): one residual stream added to in place, the
+/// buffers reused by every layer.
+pub(super) fn inference_views(config: &Config, windows: usize) -> ForwardViews {
+    let sizes = per_window(config);
+    let whole = |index: usize| work(index, 0, windows * sizes[index]);
+    let stream = whole(STREAM);
+    let block = BlockViews {
+        input: stream,
+        normed1: whole(NORMED),
+        qkv: whole(QKV),
+        probs: whole(SCORES),
+        attended: whole(ATTENDED),
+        mid: stream,
+        normed2: whole(NORMED),
+        pre_gelu: whole(HIDDEN),
+        hidden: whole(HIDDEN),
+        output: stream,
+    };
+    ForwardViews {
+        raw: whole(RAW),
+        normalised: whole(NORMALISED),
+        embedded: stream,
+        blocks: vec![block; config.layers],
+        final_normed: whole(NORMED),
+        pooled: whole(POOLED),
+        out: whole(OUT),
+    }
+}
+
 /// The forward pass of `windows` windows (the first `windows` of each
 /// workspace buffer), from `raw` to `out` (`windows x outputs`).
 pub(super) fn forward_plan(config: &Config, offsets: &Offsets, windows: usize) -> Vec<Op> {
+    forward_ops(config, offsets, windows, &inference_views(config, windows))
+}
+
+/// The forward pass's operations over `views`: the one op sequence of
+/// both the inference plan and the training forward. A block whose `mid`
+/// (or `output`) differs from its input gets a copy before the residual
+/// add; one whose `pre_gelu` differs from `hidden` gets the bias add and
+/// GELU apart, the pre-activation kept.
+pub(super) fn forward_ops(
+    config: &Config,
+    offsets: &Offsets,
+    windows: usize,
+    views: &ForwardViews,
+) -> Vec<Op> {
     let (t, f, d, ff, o) = (
         config.window,
         config.features,
@@ -570,21 +668,19 @@ pub(super) fn forward_plan(config: &Config, offsets: &Offsets, windows: usize) -
     );
     let (heads, dh) = (config.heads, config.head_dim());
     let rows = windows * t;
-    let sizes = per_window(config);
-    let whole = |index: usize| work(index, 0, windows * sizes[index]);
     let mut ops = vec![
         Op::Normalize {
             n: rows * f,
             features: f,
-            x: whole(RAW),
+            x: views.raw,
             mean: params(offsets.mean, f),
             std: params(offsets.std, f),
-            out: whole(NORMALISED),
+            out: views.normalised,
         },
         linear(
-            whole(NORMALISED),
+            views.normalised,
             offsets.embed_w,
-            whole(STREAM),
+            views.embedded,
             rows,
             f,
             d,
@@ -603,41 +699,27 @@ pub(super) fn forward_plan(config: &Config, offsets: &Offsets, windows: usize) -
                     len: t * d,
                 },
             },
-            y: whole(STREAM),
+            y: views.embedded,
         },
     ];
-    let layer_norm = |gain: usize, bias: usize| Op::LayerNorm {
+    let layer_norm = |x: View, gain: usize, bias: usize, out: View| Op::LayerNorm {
         rows,
         width: d,
-        x: whole(STREAM),
+        x,
         gain: params(gain, d),
         bias: params(bias, d),
-        out: whole(NORMED),
+        out,
     };
-    let qkv_len = windows * sizes[QKV];
-    let scores_len = windows * sizes[SCORES];
-    let attended_len = windows * sizes[ATTENDED];
-    // Views that start inside a buffer run to its end: the batched GEMM
-    // walks every window from there.
-    let qkv_from = |offset: usize| work(QKV, offset, qkv_len - offset);
-    for b in &offsets.blocks {
-        ops.push(layer_norm(b.norm1_w, b.norm1_b));
+    for (b, v) in offsets.blocks.iter().zip(&views.blocks) {
+        ops.push(layer_norm(v.input, b.norm1_w, b.norm1_b, v.normed1));
         // One GEMM projects Q, K and V together: in_proj stacks their
         // weights, so each row of qkv is [q | k | v].
-        ops.push(linear(
-            whole(NORMED),
-            b.in_w,
-            whole(QKV),
-            rows,
-            d,
-            3 * d,
-            false,
-        ));
+        ops.push(linear(v.normed1, b.in_w, v.qkv, rows, d, 3 * d, false));
         ops.push(Op::BiasAdd {
             n: rows * 3 * d,
             cols: 3 * d,
             bias: params(b.in_b, 3 * d),
-            y: whole(QKV),
+            y: v.qkv,
         });
         // Scores S = Q K^T per (window, head), as S^T = K Q^T column-major:
         // K and Q are stored as column-major head_dim x window with
@@ -659,9 +741,9 @@ pub(super) fn forward_plan(config: &Config, offsets: &Offsets, windows: usize) -
                 stride_a: t * 3 * d,
                 stride_b: t * 3 * d,
                 stride_c: heads * t * t,
-                a: qkv_from(d + head * dh),
-                b: qkv_from(head * dh),
-                c: work(SCORES, head * t * t, scores_len - head * t * t),
+                a: from(v.qkv, d + head * dh),
+                b: from(v.qkv, head * dh),
+                c: from(v.probs, head * t * t),
             }));
         }
         ops.push(Op::Softmax {
@@ -669,7 +751,7 @@ pub(super) fn forward_plan(config: &Config, offsets: &Offsets, windows: usize) -
             width: t,
             causal: config.causal,
             scale: 1.0 / (dh as f32).sqrt(),
-            scores: work(SCORES, 0, scores_len),
+            scores: v.probs,
         });
         // Context O = P V per (window, head), as O^T = V^T P^T
         // column-major: V^T is V's storage (ld 3 d_model), P^T is P's
@@ -691,73 +773,81 @@ pub(super) fn forward_plan(config: &Config, offsets: &Offsets, windows: usize) -
                 stride_a: t * 3 * d,
                 stride_b: heads * t * t,
                 stride_c: t * d,
-                a: qkv_from(2 * d + head * dh),
-                b: work(SCORES, head * t * t, scores_len - head * t * t),
-                c: work(ATTENDED, head * dh, attended_len - head * dh),
+                a: from(v.qkv, 2 * d + head * dh),
+                b: from(v.probs, head * t * t),
+                c: from(v.attended, head * dh),
             }));
         }
         // The residual adds ride on the GEMMs: beta = 1 adds the product
-        // to the stream.
-        ops.push(linear(
-            whole(ATTENDED),
-            b.out_w,
-            whole(STREAM),
-            rows,
-            d,
-            d,
-            true,
-        ));
+        // to the stream (to its copy, when the block's input is kept).
+        if v.mid != v.input {
+            ops.push(Op::Copy {
+                src: v.input,
+                dst: v.mid,
+            });
+        }
+        ops.push(linear(v.attended, b.out_w, v.mid, rows, d, d, true));
         ops.push(Op::BiasAdd {
             n: rows * d,
             cols: d,
             bias: params(b.out_b, d),
-            y: whole(STREAM),
+            y: v.mid,
         });
-        ops.push(layer_norm(b.norm2_w, b.norm2_b));
-        ops.push(linear(
-            whole(NORMED),
-            b.ff1_w,
-            whole(HIDDEN),
-            rows,
-            d,
-            ff,
-            false,
-        ));
-        ops.push(Op::BiasGelu {
-            n: rows * ff,
-            cols: ff,
-            bias: params(b.ff1_b, ff),
-            y: whole(HIDDEN),
-        });
-        ops.push(linear(
-            whole(HIDDEN),
-            b.ff2_w,
-            whole(STREAM),
-            rows,
-            ff,
-            d,
-            true,
-        ));
+        ops.push(layer_norm(v.mid, b.norm2_w, b.norm2_b, v.normed2));
+        ops.push(linear(v.normed2, b.ff1_w, v.pre_gelu, rows, d, ff, false));
+        if v.pre_gelu == v.hidden {
+            ops.push(Op::BiasGelu {
+                n: rows * ff,
+                cols: ff,
+                bias: params(b.ff1_b, ff),
+                y: v.hidden,
+            });
+        } else {
+            ops.push(Op::BiasAdd {
+                n: rows * ff,
+                cols: ff,
+                bias: params(b.ff1_b, ff),
+                y: v.pre_gelu,
+            });
+            ops.push(Op::Gelu {
+                n: rows * ff,
+                u: v.pre_gelu,
+                g: v.hidden,
+            });
+        }
+        if v.output != v.mid {
+            ops.push(Op::Copy {
+                src: v.mid,
+                dst: v.output,
+            });
+        }
+        ops.push(linear(v.hidden, b.ff2_w, v.output, rows, ff, d, true));
         ops.push(Op::BiasAdd {
             n: rows * d,
             cols: d,
             bias: params(b.ff2_b, d),
-            y: whole(STREAM),
+            y: v.output,
         });
     }
-    ops.push(layer_norm(offsets.final_w, offsets.final_b));
+    let last = views.blocks.last().map_or(views.embedded, |v| v.output);
+    ops.push(layer_norm(
+        last,
+        offsets.final_w,
+        offsets.final_b,
+        views.final_normed,
+    ));
     ops.push(Op::Pool {
         n: windows * d,
         steps: t,
         width: d,
         mean: config.pooling == Pooling::Mean,
-        z: whole(NORMED),
-        pooled: whole(POOLED),
+        z: views.final_normed,
+        pooled: views.pooled,
     });
     ops.push(linear(
-        whole(POOLED),
+        views.pooled,
         offsets.head_w,
-        whole(OUT),
+        views.out,
         windows,
         d,
         o,
@@ -767,7 +857,7 @@ pub(super) fn forward_plan(config: &Config, offsets: &Offsets, windows: usize) -
         n: windows * o,
         cols: o,
         bias: params(offsets.head_b, o),
-        y: whole(OUT),
+        y: views.out,
     });
     ops
 }

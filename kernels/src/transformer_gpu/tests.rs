@@ -721,3 +721,86 @@ fn train_bytes_books_what_training_allocates() {
     assert_eq!(GpuTransformer::train_batch_that_fits(&config, fixed - 1), 0);
     assert_eq!(TRAIN_WORKSPACE.len(), train_per_window(&config).len());
 }
+
+/// `op`'s Debug form with every view left out: what it computes, not
+/// where.
+fn without_views(op: &Op) -> String {
+    let mut text = format!("{op:?}");
+    while let Some(start) = text.find("View {") {
+        let end = text[start..]
+            .find('}')
+            .map_or(text.len(), |e| start + e + 1);
+        text.replace_range(start..end, "_");
+    }
+    text
+}
+
+/// The training forward is the inference plan's op sequence (one builder,
+/// `plan::forward_ops`) over other views: with the copies that keep the
+/// residual stream and the split of the fused bias and GELU taken out,
+/// every operation is the same, GEMM shapes, leading dimensions and
+/// strides included.
+#[test]
+fn the_training_forward_is_the_inference_plan_keeping_activations() {
+    for causal in [false, true] {
+        for positions in [Positions::Learned, Positions::Sinusoidal] {
+            let config = config(causal, Pooling::Mean, positions);
+            let offsets = Offsets::new(&config);
+            let inference: Vec<String> = forward_plan(&config, &offsets, 3)
+                .iter()
+                .map(without_views)
+                .collect();
+            let training = train_forward_plan(&config, &offsets, 3);
+            let copies = training
+                .iter()
+                .filter(|op| matches!(op, Op::Copy { .. }))
+                .count();
+            assert_eq!(copies, 2 * config.layers, "two kept streams a block");
+            let mut merged: Vec<String> = Vec::new();
+            let mut ops = training.iter().peekable();
+            while let Some(op) = ops.next() {
+                match (op, ops.peek()) {
+                    (Op::Copy { .. }, _) => {}
+                    (Op::BiasAdd { n, cols, bias, y }, Some(Op::Gelu { u, g, .. })) if u == y => {
+                        merged.push(without_views(&Op::BiasGelu {
+                            n: *n,
+                            cols: *cols,
+                            bias: *bias,
+                            y: *g,
+                        }));
+                        ops.next();
+                    }
+                    (op, _) => merged.push(without_views(op)),
+                }
+            }
+            assert_eq!(merged, inference, "{causal} {positions:?}");
+        }
+    }
+}
+
+/// The training forward's outputs on the host are the inference plan's,
+/// bit for bit: the same operations in the same order.
+#[test]
+fn the_training_forward_gives_the_inference_outputs() {
+    for pooling in [Pooling::Last, Pooling::Mean] {
+        let config = config(true, pooling, Positions::Sinusoidal);
+        let model = model(config);
+        let offsets = Offsets::new(&config);
+        let x = inputs(4, &config);
+        let mut host = HostBuffers {
+            params: model.params.clone(),
+            positions: sinusoidal(config.window, config.d_model),
+            work: train_per_window(&config)
+                .iter()
+                .zip(&train_fixed(&config))
+                .map(|(floats, fixed)| vec![f32::NAN; 4 * floats + fixed])
+                .collect(),
+        };
+        host.work[T_RAW][..x.len()].copy_from_slice(&x);
+        for op in train_forward_plan(&config, &offsets, 4) {
+            host.run(&op);
+        }
+        let trained = host.work[T_OUT][..4 * config.outputs].to_vec();
+        assert_eq!(trained, run_plan(&model, &x, 4, 4), "{pooling:?}");
+    }
+}

@@ -67,7 +67,7 @@ async fn forward(
     rows: usize,
 ) -> Result<Vec<f32>, TaskError> {
     let gpu = ctx.gpu.clone();
-    let room = ctx.model_cache()?.activation_room();
+    let room = ctx.model_cache()?.activation_room(&ctx.id);
     blocking(ctx, move |stop| match &loaded.weights {
         Weights::Mlp { mlp, gpu: resident } => match (resident, gpu) {
             (Some(resident), Some(gpu)) => resident
@@ -83,7 +83,7 @@ async fn forward(
             let per_window = GpuTransformer::forward_bytes(&config, 1)
                 - GpuTransformer::forward_bytes(&config, 0);
             let pass = windows_per_pass(room, per_window, rows);
-            in_passes(
+            let outputs = in_passes(
                 &loaded.name,
                 &config,
                 &inputs,
@@ -94,7 +94,12 @@ async fn forward(
                     Some(gpu) => device.forward(gpu, chunk, n).map_err(TaskError::from),
                     None => Err(bad("no GPU for a GPU-resident transformer".into())),
                 },
-            )
+            );
+            // The activations were this task's: booked while it ran (its
+            // room), freed when it is done, so the idle model holds only
+            // what the ledger admitted.
+            device.free_workspace();
+            outputs
         }
         Weights::Transformer(resident) => {
             let model = resident.host();
@@ -249,7 +254,9 @@ impl Handler for TrainKind {
                     on_gpu: ctx.gpu.clone().map(|gpu| {
                         (
                             gpu,
-                            ctx.model_cache().ok().and_then(|c| c.activation_room()),
+                            ctx.model_cache()
+                                .ok()
+                                .and_then(|c| c.activation_room(&ctx.id)),
                         )
                     }),
                 }
