@@ -84,8 +84,12 @@ impl Ledger {
     /// What tasks may still declare: the budget less the running tasks'
     /// `tasks_reserved` and the models, and never more than the driver's
     /// free memory (`driver_free`, when known: another process may use the
-    /// device too) less what the running tasks declared but may not have
-    /// allocated yet.
+    /// device too). The driver's figure is not reduced by what running
+    /// tasks declared: the ledger does not know how much of that they have
+    /// allocated already, and subtracting it would count an allocated task
+    /// twice. A task admitted into memory that another process took
+    /// meanwhile meets an out-of-memory error, which hands it back to the
+    /// queue (`ErrorCode::DEVICE_OUT_OF_MEMORY`), never fails it.
     pub fn free(&self, tasks_reserved: u64, driver_free: Option<u64>) -> u64 {
         let booked = self
             .budget
