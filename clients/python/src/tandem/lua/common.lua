@@ -771,8 +771,8 @@ end
 -- Creates a task whose record the caller has just claimed (`HSETNX
 -- <record> status queued` answered 1): appends its entry to `stream_key`
 -- (the metadata `pairs`, a flat list, then `submitted_at_ms`, `deadline_ms`
--- when `deadline_in` > 0, and `params`) and writes the same metadata (but
--- `version` and `memory_bytes`), the times and the entry id into the record, with the flat list `extra` of
+-- when `deadline_in` > 0, and `params`) and writes the same metadata, the
+-- times and the entry id into the record, with the flat list `extra` of
 -- record-only fields. The one creation path of submit.lua and fire.lua (a
 -- schedule's tick).
 --
@@ -786,15 +786,10 @@ local function add_task(stream_key, record_key, now, deadline_in, params, pairs,
   local entry = {stream_key, '*'}
   local record = {record_key, 'submitted_at_ms', int(now)}
   for i = 1, #pairs, 2 do
-    local name = pairs[i]
-    entry[#entry + 1] = name
+    entry[#entry + 1] = pairs[i]
     entry[#entry + 1] = pairs[i + 1]
-    -- (Revision 2.15: `version` and `memory_bytes` stay in the entry only;
-    -- no reader of a record reads them.)
-    if name ~= 'version' and name ~= 'memory_bytes' then
-      record[#record + 1] = name
-      record[#record + 1] = pairs[i + 1]
-    end
+    record[#record + 1] = pairs[i]
+    record[#record + 1] = pairs[i + 1]
   end
   entry[#entry + 1] = 'submitted_at_ms'
   entry[#entry + 1] = int(now)
