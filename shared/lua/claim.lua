@@ -380,9 +380,11 @@ end
 -- pass compares the streams, and a claim that reads flows first may have
 -- written already); otherwise the main pass reads them one at a time,
 -- highest priority first, and stops when the claim is full: a claim of
--- one slot whose first stream has work reads 1 length, not 16. A claim
--- that ends with free slots has read them all (its `last_ids` and
--- `blocked` are then as before).
+-- one slot whose first stream has work reads the lengths down to that
+-- stream, not all 16. A stream with fewer entries than the claim's free
+-- slots has the rest read before its entries are. A claim that ends with
+-- free slots has read them all (its `last_ids` and `blocked` are then as
+-- before).
 local eager_lengths = flows_first or (tonumber(ARGV[5]) or 0) > 0
 -- Whether the main pass read any entry, and whether it stopped at a key
 -- of another type after that (see below).
@@ -933,12 +935,32 @@ for idx = 1, #KEYS do
       -- stands: it ends here with what it took, and without `last_ids`;
       -- the next claim that finds the streams above empty (at the latest
       -- the aging pass's, which reads every length first) fails with this
-      -- error and changes nothing.
+      -- error and changes nothing. (Only when a stream's length counted
+      -- entries that others hold: see below.)
       if read_any then
         cut_short = true
         break
       end
       return problem
+    end
+    -- A stream that cannot fill the claim: the lengths below it are read
+    -- now, before its entries, so that a key of another type there fails
+    -- the claim before its first write, as when all are read first.
+    if lengths[idx] > 0 and lengths[idx] < remaining then
+      for below = idx + 1, #KEYS do
+        problem = read_length(below) or screen(below)
+        if problem then
+          if read_any then
+            cut_short = true
+            break
+          end
+          return problem
+        end
+      end
+      if cut_short then
+        break
+      end
+      eager_lengths = true
     end
   end
   if lengths[idx] > 0 then
