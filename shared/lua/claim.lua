@@ -27,7 +27,10 @@
 -- Nothing is taken beyond `max`, so a worker never holds more than it can
 -- start. Entries are deleted when acknowledged, so a stream of length 0 has
 -- nothing to deliver: XLEN (cheap) screens streams out of the new-entry and
--- aging passes.
+-- aging passes. Without the aging pass, a promotion or a take-over, the
+-- main pass reads each stream's length as it comes to it and stops when
+-- the claim is full (a claim of one slot reads the lengths down to the
+-- first stream with work, not all 16).
 --
 -- KEYS     the worker's task streams, highest priority first
 -- ARGV[1]  consumer group
@@ -357,32 +360,70 @@ if promote then
   end
 end
 
+-- The streams' lengths, read with XLEN. Without a promotion nothing was
+-- written yet, so a stream of another type can still fail the claim
+-- cleanly (with one, it was checked above); that holds for a stream first
+-- read in the main pass too, since a stream is read there before anything
+-- is written to it, and the writes of the streams above it (their started
+-- records) are a claim that stands on its own.
 local lengths = {}
-for idx = 1, #KEYS do
-  -- Without a promotion nothing was written yet, so a stream of another
-  -- type can still fail the claim cleanly (with one, it was checked above).
+local function read_length(idx)
   local length = redis.pcall('XLEN', KEYS[idx])
   if type(length) == 'table' and length.err then
     return redis.error_reply('WRONGTYPE ' .. KEYS[idx] .. ' holds a ' .. redis.call('TYPE', KEYS[idx])['ok']
       .. ', not a stream; the call changed nothing')
   end
   lengths[idx] = length
+  return nil
 end
-if not flows_first then
-  for idx = 1, #KEYS do
+-- Whether every stream's length is read before anything else (the aging
+-- pass compares the streams, and a claim that reads flows first may have
+-- written already); otherwise the main pass reads them one at a time,
+-- highest priority first, and stops when the claim is full: a claim of
+-- one slot whose first stream has work reads the lengths down to that
+-- stream, not all 16. A stream with fewer entries than the claim's free
+-- slots has the rest read before its entries are. A claim that ends with
+-- free slots has read them all (its `last_ids` and `blocked` are then as
+-- before).
+local eager_lengths = flows_first or (tonumber(ARGV[5]) or 0) > 0
+-- Whether the main pass read any entry, and whether it stopped at a key
+-- of another type after that (see below).
+local read_any, cut_short = false, false
+-- The flow and pause of stream idx once its length is known (a class's
+-- flow is read when one of its streams has an entry waiting).
+local function screen(idx)
+  if not flows_first and lengths[idx] > 0 then
     local base = base_at(idx)
-    if base and lengths[idx] > 0 then
+    if base then
       local problem = load_flow(base)
       if problem then
         return problem
       end
+      local flow = flows[base]
+      if flow and (flow.paused or (next(flow.priorities) ~= nil
+          and flow.priorities[string.match(KEYS[idx], ':stream:([^:]+)$')])) then
+        paused_stream[idx] = true
+        rules[idx] = {limit = 0, clauses = {}, off = true, plain = false}
+      end
     end
   end
-  mark_paused()
-end
-for idx = 1, #KEYS do
   if paused_stream[idx] and lengths[idx] > 0 then
     refuse(idx, -3)
+  end
+  return nil
+end
+if eager_lengths then
+  for idx = 1, #KEYS do
+    local problem = read_length(idx)
+    if problem then
+      return problem
+    end
+  end
+  for idx = 1, #KEYS do
+    local problem = screen(idx)
+    if problem then
+      return problem
+    end
   end
 end
 
@@ -623,12 +664,23 @@ local function start(idx, entry, deliveries, prev)
             return true
           end
         end
-        redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'device', device,
-          'attempt', int(attempt), 'started_at_ms', int(now), 'owner', owner)
+        -- The record's `attempt` is written only when it changes (a
+        -- take-over's next delivery): the submit or the promotion that
+        -- queued this entry wrote the same number already.
+        local attempt_text = int(attempt)
+        if current[5] == attempt_text then
+          redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'device', device,
+            'started_at_ms', int(now), 'owner', owner)
+        else
+          redis.call('HSET', record, 'status', 'running', 'worker', consumer, 'device', device,
+            'attempt', attempt_text, 'started_at_ms', int(now), 'owner', owner)
+        end
         verdict = 'run'
         -- Every field of the event is known here: it reads nothing back.
+        -- A first attempt was never `retrying` (only a retry's promotion
+        -- queues an attempt above 1): the state index skips that ZREM.
         emit_event(base_at(idx), 'started', id, record, {kind = field(fields, 'kind'),
-          worker = consumer, device = device, attempt = int(attempt)}, now)
+          worker = consumer, device = device, attempt = attempt_text}, now, attempt == 1)
       end
     end
   end
@@ -804,6 +856,7 @@ local function read(idx, count)
     if not reply then
       return
     end
+    read_any = true
     local parked = 0
     for _, entry in ipairs(reply[1][2]) do
       remaining = remaining - 1
@@ -875,13 +928,48 @@ end
 -- 5. New entries, highest priority first.
 for idx = 1, #KEYS do
   if remaining <= 0 then break end
+  if not eager_lengths then
+    local problem = read_length(idx) or screen(idx)
+    if problem then
+      -- Once entries were read (started, skipped or parked), the claim
+      -- stands: it ends here with what it took, and without `last_ids`;
+      -- the next claim that finds the streams above empty (at the latest
+      -- the aging pass's, which reads every length first) fails with this
+      -- error and changes nothing. (Only when a stream's length counted
+      -- entries that others hold: see below.)
+      if read_any then
+        cut_short = true
+        break
+      end
+      return problem
+    end
+    -- A stream that cannot fill the claim: the lengths below it are read
+    -- now, before its entries, so that a key of another type there fails
+    -- the claim before its first write, as when all are read first.
+    if lengths[idx] > 0 and lengths[idx] < remaining then
+      for below = idx + 1, #KEYS do
+        problem = read_length(below) or screen(below)
+        if problem then
+          if read_any then
+            cut_short = true
+            break
+          end
+          return problem
+        end
+      end
+      if cut_short then
+        break
+      end
+      eager_lengths = true
+    end
+  end
   if lengths[idx] > 0 then
     read_admitted(idx, remaining)
   end
 end
 
 local last_ids = {}
-if remaining > 0 and want_last_ids then
+if remaining > 0 and want_last_ids and not cut_short then
   for idx = 1, #KEYS do
     last_ids[idx] = '0-0'
     -- A stream empty at the start is empty still: this claim only takes

@@ -397,26 +397,24 @@ local function commit_task(KEYS, ARGV)
   if #KEYS >= 5 then
     local inline_limit = tonumber(ARGV[7])
     local notice = {}
-    for i = 1, #record, 2 do
-      if not (record[i] == 'result' and #record[i + 1] > inline_limit) then
-        notice[#notice + 1] = record[i]
-        notice[#notice + 1] = record[i + 1]
-      end
-    end
     -- What the record says now, so that a wait shows what `status` shows:
     -- the fields as read above, or as this commit wrote them (no other step
     -- of a commit writes a notice field of its own record).
+    local written = {}
+    for i = 1, #record, 2 do
+      local name = record[i]
+      written[name] = record[i + 1]
+      if not (name == 'result' and #record[i + 1] > inline_limit) then
+        notice[#notice + 1] = name
+        notice[#notice + 1] = record[i + 1]
+      end
+    end
     local now_known = {}
     for i = 1, #NOTICE_FIELDS do
       local name = NOTICE_FIELDS[i]
-      local written = nil
-      for j = 1, #record, 2 do
-        if record[j] == name then
-          written = record[j + 1]
-        end
-      end
-      if written ~= nil then
-        now_known[i] = written
+      local value = written[name]
+      if value ~= nil then
+        now_known[i] = value
       else
         now_known[i] = known[name]
       end

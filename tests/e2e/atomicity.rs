@@ -235,14 +235,16 @@ async fn an_entry_whose_record_is_not_a_hash_is_dead_lettered_and_the_stream_goe
 
 /// A claim that meets a stream of another type fails before its first write
 /// (the stream's XLEN checks it when no retry is promoted), naming the key;
-/// once the key is fixed the worker claims as before.
+/// once the key is fixed the worker claims as before. The stream is above
+/// the task's (`high` before `normal`), so every claim meets it before it
+/// reads an entry.
 #[tokio::test]
 async fn a_claim_that_meets_a_stream_of_another_type_writes_nothing() {
     let redis = RedisServer::start();
     let producer = redis.producer().await;
     let mut conn = redis.conn().await;
     let worker = WorkerProcess::start(&redis, &[]).await;
-    let wrong = "tandem:{cpu}:stream:low";
+    let wrong = "tandem:{cpu}:stream:high";
     let () = conn.del(wrong).await.unwrap();
     let () = conn.set(wrong, "not a stream").await.unwrap();
     let id = producer
@@ -259,6 +261,38 @@ async fn a_claim_that_meets_a_stream_of_another_type_writes_nothing() {
     assert_eq!(status.as_deref(), Some("queued"), "the claim wrote nothing");
     let () = conn.del(wrong).await.unwrap();
     assert!(producer.wait(id, WAIT).await.unwrap().succeeded());
+}
+
+/// A stream of another type below the stream with work does not stop it
+/// (revision 2.15): a claim reads the streams' lengths in priority order
+/// only as far as it needs, so a one-slot claim whose task waits above the
+/// key never meets it. The claims that do reach it (the aging pass's, once
+/// a second, which reads every length first, and those that find the
+/// queue empty) fail before their first write and name it, as above.
+#[tokio::test]
+async fn a_stream_of_another_type_below_the_work_does_not_hold_it_up() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let mut conn = redis.conn().await;
+    let worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "1")]).await;
+    let wrong = "tandem:{cpu}:stream:low";
+    let () = conn.del(wrong).await.unwrap();
+    let () = conn.set(wrong, "not a stream").await.unwrap();
+    for _ in 0..3 {
+        let id = producer
+            .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+            .await
+            .unwrap();
+        assert!(producer.wait(id, WAIT).await.unwrap().succeeded());
+    }
+    wait_until(WAIT, "a claim refused", || async {
+        worker
+            .log_text()
+            .contains(&format!("{wrong} holds a string, not a stream"))
+    })
+    .await;
+    let kept: String = conn.get(wrong).await.unwrap();
+    assert_eq!(kept, "not a stream");
 }
 
 /// A commit batch (one `complete.lua` call for several tasks) keeps each

@@ -306,7 +306,7 @@ local INDEX_MAX = 10000
 local INDEX_TRIM_DIGIT = 48 -- '0'
 local INDEX_STATE = {started = 'running', retried = 'retrying', succeeded = 'succeeded',
   failed = 'failed', cancelled = 'cancelled', expired = 'expired', dead_lettered = 'dead'}
-local function index_state(base, event, id, at_ms)
+local function index_state(base, event, id, at_ms, never_retrying)
   local index = base .. 'index:'
   if event == 'requeued' then
     redis.pcall('ZREM', index .. 'dead', id)
@@ -318,7 +318,8 @@ local function index_state(base, event, id, at_ms)
     return
   end
   -- A task leaves `retrying` when it starts again, or ends without starting.
-  if state == 'running' or state == 'cancelled' or state == 'expired' then
+  -- (`never_retrying`: the caller knows it was not, a first attempt's start.)
+  if (state == 'running' and not never_retrying) or state == 'cancelled' or state == 'expired' then
     redis.pcall('ZREM', index .. 'retrying', id)
   end
   if state ~= 'running' and state ~= 'dead' then
@@ -345,8 +346,8 @@ end
 -- another type only loses the event (the change stands), as a reply stream
 -- of another type only loses a notice.
 local EVENT_FIELDS = {'kind', 'worker', 'device', 'attempt'}
-local function emit_event(base, event, id, record_key, over, at_ms)
-  index_state(base, event, id, at_ms)
+local function emit_event(base, event, id, record_key, over, at_ms, never_retrying)
+  index_state(base, event, id, at_ms, never_retrying)
   if EVENTS_MAXLEN == 0 then
     return
   end
@@ -859,7 +860,9 @@ local function submit_task(stream_key, record_key, idem_key, id, deadline_in, tt
   end
 
   local base = string.match(record_key, '^(.*:)task:[^:]+$')
-  local checks = {stream_key, 'stream', record_key, 'hash'}
+  -- (The record is checked by its HSETNX below, the first write: it fails
+  -- on a key of another type, and only then is the type asked for.)
+  local checks = {stream_key, 'stream'}
   if run_at and base then
     checks[#checks + 1] = base .. 'delayed'
     checks[#checks + 1] = 'zset'
@@ -881,7 +884,12 @@ local function submit_task(stream_key, record_key, idem_key, id, deadline_in, tt
   end
 
   -- Claims the record (and says `queued`) only if the task id has none yet.
-  if redis.call('HSETNX', record_key, 'status', 'queued') == 0 then
+  local fresh = redis.pcall('HSETNX', record_key, 'status', 'queued')
+  if type(fresh) == 'table' and fresh.err then
+    return redis.error_reply('WRONGTYPE ' .. record_key .. ' holds a ' .. redis.call('TYPE', record_key)['ok']
+      .. ', not a hash; the call changed nothing')
+  end
+  if fresh == 0 then
     return {id, 0}
   end
 
