@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use tandem_shared::store::{
-    ClaimRequest, ClaimedEntry, Committed, Completion, DeadConsumer, Store, StoreError, StreamRef,
-    Trip, Verdict,
+    ClaimRequest, ClaimedEntry, Committed, Completion, DeadConsumer, Disposition, Store,
+    StoreError, StreamRef, Trip, Verdict,
 };
 use tandem_shared::wire::{SplitRole, TaskEntry};
 use tandem_shared::{ErrorCode, Status, TaskId};
@@ -181,6 +181,20 @@ impl Outcomes {
     }
 }
 
+/// Whether committing `done` may put work into the streams at once: a
+/// success can release a workflow node's children or queue a split's merge
+/// (its last shard's), a split puts its shards in. The worker cannot tell a
+/// workflow node or a last shard from here (the record knows), so every
+/// success counts: the trip's claim then costs one claim script when
+/// nothing came.
+fn may_release(done: &Completion) -> bool {
+    match done.disposition {
+        Disposition::Split { .. } => true,
+        Disposition::Final => done.finish.status == Status::Succeeded,
+        Disposition::Retry { .. } | Disposition::Dead | Disposition::HandBack { .. } => false,
+    }
+}
+
 /// How a worker's run ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -246,6 +260,7 @@ impl Dispatcher {
                 .collect();
             let inputs = TripInputs {
                 commits,
+                may_release: outcomes.to_commit.iter().any(may_release),
                 running: !self.running.is_empty(),
                 streams_on: &streams_on,
                 wait_armed: waker.is_armed(),

@@ -118,6 +118,13 @@ async fn wait_loop(
             match reader.xread(&point.keys, &point.ids, block_ms, 1).await {
                 Ok(read) if !read.is_empty() => {
                     retries.reset();
+                    // A point armed while this wait blocked came from a
+                    // claim that ran before the fire: the claim the fire
+                    // brings about sees everything since and arms afresh
+                    // (the fire clears `is_armed`, after this). Waiting
+                    // from the older point would only ring again at once
+                    // for the same arrival, and cost a claim for nothing.
+                    armed.borrow_and_update();
                     fire();
                     break;
                 }

@@ -53,6 +53,14 @@ pub(crate) struct Limits {
 pub(crate) struct TripInputs<'a> {
     /// Finished tasks whose commits wait for the trip (every one goes).
     pub commits: usize,
+    /// Whether one of those commits may bring work into the streams at
+    /// once: a workflow node's outcome releases its children, a split puts
+    /// its shards in, a shard's commit may queue its parent's merge. The
+    /// trip then carries a claim for the free slots even after a short
+    /// claim, which takes that work in the same round trip, after the
+    /// commit scripts, instead of one blocking-wait wake-up and a trip
+    /// later.
+    pub may_release: bool,
     /// Whether a task runs now: its lease needs extending.
     pub running: bool,
     /// Per stream, whether the routing rules leave it on.
@@ -216,7 +224,8 @@ impl Schedule {
     pub fn plan(&mut self, now: Instant, inputs: &TripInputs<'_>) -> Option<TripPlan> {
         let running_after = self.held.saturating_sub(inputs.commits);
         let free = self.limits.concurrency.saturating_sub(running_after);
-        let want = if self.is_draining() || !self.may_have_work {
+        let may_have_work = self.may_have_work || (inputs.commits > 0 && inputs.may_release);
+        let want = if self.is_draining() || !may_have_work {
             0
         } else {
             free.min(self.limits.claim_batch)
@@ -431,6 +440,7 @@ mod tests {
     fn inputs(commits: usize, running: bool) -> TripInputs<'static> {
         TripInputs {
             commits,
+            may_release: false,
             running,
             streams_on: BOTH_ON,
             wait_armed: true,
@@ -664,6 +674,45 @@ mod tests {
         let (clock, mut schedule) = Clock::new();
         run_dry(&mut schedule, clock.at(0));
         schedule.task_finished(false);
+        assert_eq!(claim_at(&mut schedule, clock.at(0)), None);
+    }
+
+    #[test]
+    fn a_commit_that_may_release_work_carries_a_claim_after_a_short_one() {
+        // (commits, whether one may release work, the claim's size)
+        for (commits, may_release, max) in [(1, false, None), (1, true, Some(3)), (0, true, None)] {
+            let (clock, mut schedule) = Clock::new();
+            schedule.accepted(commits);
+            run_dry(&mut schedule, clock.at(0));
+            schedule.task_finished(false);
+            let inputs = TripInputs {
+                may_release,
+                ..inputs(commits, false)
+            };
+            let plan = schedule.plan(clock.at(0), &inputs);
+            assert_eq!(
+                plan.map(|p| p.claim.map(|c| c.max)),
+                (commits > 0).then_some(max),
+                "{commits} commits, may release: {may_release}"
+            );
+        }
+        // A claim that comes back short after it stops claiming again.
+        let (clock, mut schedule) = Clock::new();
+        schedule.accepted(1);
+        run_dry(&mut schedule, clock.at(0));
+        schedule.task_finished(false);
+        let inputs = TripInputs {
+            may_release: true,
+            ..inputs(1, false)
+        };
+        assert!(schedule.plan(clock.at(0), &inputs).is_some());
+        schedule.apply(
+            clock.at(0),
+            TripResult {
+                committed: 1,
+                ..claimed(0, &[], false)
+            },
+        );
         assert_eq!(claim_at(&mut schedule, clock.at(0)), None);
     }
 
