@@ -124,18 +124,38 @@ impl Executor {
             Ok(resolved) => resolved,
             Err(err) => return Err((Box::new(entry), err)),
         };
-        let params = params.as_deref().unwrap_or(&entry.params);
-        let inputs = inputs.as_deref().unwrap_or(inputs_of(&entry));
-        match tandem_shared::workflow::refs::substitute(params, inputs) {
-            Ok(params) => Ok(TaskEntry {
-                params,
-                inputs: None,
-                ..entry
-            }),
-            Err(message) => Err((
-                Box::new(entry),
-                TaskError::fatal(ErrorCode::BAD_PARAMS, message),
-            )),
+        // Decoding the parents' results and encoding the filled parameters
+        // grow with the results (megabytes for a large fan-in): on a
+        // blocking thread, not the claim loop's. The entry keeps the rest.
+        let mut entry = entry;
+        let own_params = std::mem::take(&mut entry.params);
+        let own_inputs = entry.inputs.take();
+        let size = [&params, &inputs, &own_inputs]
+            .iter()
+            .filter_map(|b| b.as_ref().map(Vec::len))
+            .sum::<usize>()
+            + own_params.len();
+        let filled = off_the_loop(size, "filling the placeholders", move || {
+            let filled = tandem_shared::workflow::refs::substitute(
+                params.as_deref().unwrap_or(&own_params),
+                inputs
+                    .as_deref()
+                    .unwrap_or(own_inputs.as_deref().unwrap_or_default()),
+            );
+            Ok((filled, own_params, own_inputs))
+        })
+        .await;
+        match filled {
+            Ok((Ok(params), _, _)) => Ok(TaskEntry { params, ..entry }),
+            Ok((Err(message), params, inputs)) => {
+                entry.params = params;
+                entry.inputs = inputs;
+                Err((
+                    Box::new(entry),
+                    TaskError::fatal(ErrorCode::BAD_PARAMS, message),
+                ))
+            }
+            Err(err) => Err((Box::new(entry), err)),
         }
     }
 
@@ -232,10 +252,14 @@ impl Executor {
                 if let Some(completion) = self.needs_a_gpu(&entry, &entry_id, fleet.gpu_budget) {
                     return Ok(completion);
                 }
-                match self.split(&entry, split_into) {
+                let cutting = Instant::now();
+                match self.split(&entry, split_into).await {
                     Ok(Some(shards)) => {
+                        // The cut lies inside the node's step boundary (its
+                        // first shard starts after the split's commit).
                         tracing::info!(
                             task = %entry.id, kind = %entry.kind, shards = shards.len(),
+                            cut_us = u64::try_from(cutting.elapsed().as_micros()).unwrap_or(u64::MAX),
                             "split into shards"
                         );
                         let finish =
@@ -358,8 +382,11 @@ impl Executor {
     }
 
     /// The shards of a splittable `parallel` task, when it is one and
-    /// splits into 2 or more; `None`: run it whole.
-    fn split(
+    /// splits into 2 or more; `None`: run it whole. The cutting (decoding,
+    /// checking and encoding the parameters once a shard, signing) runs on
+    /// a blocking thread: on the worker's one runtime thread it would hold
+    /// up the claim loop, and with it the commit of the split itself.
+    async fn split(
         &self,
         entry: &TaskEntry,
         split_into: u32,
@@ -380,7 +407,12 @@ impl Executor {
         let Some(splitter) = self.kinds.splitter(&entry.kind) else {
             return Ok(None);
         };
-        split::shard_entries(&*splitter, entry, split_into, self.signer.as_ref())
+        let entry = entry.clone();
+        let signer = self.signer.clone();
+        off_the_loop(usize::MAX, "cutting the task into shards", move || {
+            split::shard_entries(&*splitter, &entry, split_into, signer.as_ref())
+        })
+        .await
     }
 
     /// Runs the task under the device watchdog, when there is one.
@@ -777,6 +809,31 @@ impl Executor {
     }
 }
 
+/// Below this many bytes of input, work a task needs before it starts runs
+/// in place: a blocking thread's hand-off would cost more than the work.
+const IN_PLACE_BYTES: usize = 64 * 1024;
+
+/// Runs CPU work a task needs before it starts (`what`, over `bytes` of
+/// input) on a blocking thread: the worker's one runtime thread runs the
+/// claim loop and every connection, which must not wait for it. A panic
+/// there fails the attempt. Small work runs in place.
+async fn off_the_loop<T: Send + 'static>(
+    bytes: usize,
+    what: &str,
+    work: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
+) -> Result<T, TaskError> {
+    if bytes < IN_PLACE_BYTES {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => Err(TaskError::new(
+            ErrorCode::HANDLER_PANIC,
+            format!("{what} panicked: {join}"),
+        )),
+    }
+}
+
 /// Completes once `limit` has passed (never without one).
 async fn past(limit: Option<Duration>) {
     match limit {
@@ -817,11 +874,6 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown payload".to_owned());
     format!("handler panicked: {detail}")
-}
-
-/// The entry's `inputs` field (empty when it has none).
-fn inputs_of(entry: &TaskEntry) -> &[u8] {
-    entry.inputs.as_deref().unwrap_or_default()
 }
 
 #[cfg(test)]
