@@ -159,6 +159,26 @@ struct ShardTask<P, S> {
     shard: S,
 }
 
+/// A [`ShardTask`]'s bytes from the task's parameters as they came (they
+/// decoded as the kind's, unknown fields refused) and the encoded shard:
+/// the map `{params, shard}` that encoding a `ShardTask` writes, without
+/// encoding the parameters again for every shard (a covariance matrix of
+/// thousands of values, once a shard, is what made cutting slow).
+fn shard_task(params: &[u8], shard: &[u8]) -> Vec<u8> {
+    // Empty parameters read as nil (`msgpack::decode`).
+    let params: &[u8] = if params.is_empty() { &[0xc0] } else { params };
+    let mut out = Vec::with_capacity(params.len() + shard.len() + 14);
+    // A map of 2; fixstr "params"; the parameters; fixstr "shard"; the shard.
+    out.push(0x82);
+    out.push(0xa0 | 6);
+    out.extend_from_slice(b"params");
+    out.extend_from_slice(params);
+    out.push(0xa0 | 5);
+    out.extend_from_slice(b"shard");
+    out.extend_from_slice(shard);
+    out
+}
+
 /// The split operations of a kind, with the types erased (MessagePack in
 /// and out), as the executor calls them.
 pub(crate) trait Splitter: Send + Sync {
@@ -195,19 +215,14 @@ impl<S: Split> Splitter for Splitting<S>
 where
     Params<S>: Clone + Sync,
 {
-    fn split(&self, params: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TaskError> {
-        let params: Params<S> = decode_params(params)?;
+    fn split(&self, bytes: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TaskError> {
+        let params: Params<S> = decode_params(bytes)?;
         <S::Spec as KindSpec>::validate(&params)
             .map_err(|e| TaskError::fatal(ErrorCode::BAD_PARAMS, e.0))?;
         self.0
             .split(&params, n.max(1))
             .into_iter()
-            .map(|shard| {
-                encode(&ShardTask {
-                    params: params.clone(),
-                    shard,
-                })
-            })
+            .map(|shard| Ok(shard_task(bytes, &encode(&shard)?)))
             .collect()
     }
 
@@ -302,4 +317,38 @@ pub(crate) fn merge_entry(
 ) -> Prepared {
     let merge_ctx = ctx.clone();
     Box::pin(async move { blocking(&merge_ctx, move |_| splitter.merge(&params, &parts)).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// A shard task spliced from the parameters' bytes is the one encoding
+    /// a `ShardTask` writes, and decodes to the same parameters and shard.
+    #[test]
+    fn a_spliced_shard_task_is_the_encoded_one() {
+        let params: BTreeMap<String, Vec<f64>> = [
+            ("covariance".to_owned(), vec![0.25, -1.5e-3, 3.0]),
+            ("mu".to_owned(), vec![1.0, 2.0]),
+        ]
+        .into();
+        let shard = BlockRange { first: 3, end: 7 };
+        let bytes = msgpack::encode(&params).unwrap();
+        let spliced = shard_task(&bytes, &msgpack::encode(&shard).unwrap());
+        let encoded = msgpack::encode(&ShardTask {
+            params: params.clone(),
+            shard,
+        })
+        .unwrap();
+        assert_eq!(spliced, encoded);
+        let back: ShardTask<BTreeMap<String, Vec<f64>>, BlockRange> =
+            msgpack::decode_params(&spliced).unwrap();
+        assert_eq!((back.params, back.shard), (params, shard));
+        // Empty parameters (a kind that takes none) are nil.
+        let none: ShardTask<(), BlockRange> =
+            msgpack::decode_params(&shard_task(&[], &msgpack::encode(&shard).unwrap())).unwrap();
+        assert_eq!(none.shard, shard);
+    }
 }
