@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::doorbell::{Doorbell, WaitPoint};
+use crate::doorbell::{Doorbell, Ring, WaitPoint};
 use crate::executor::{DeviceFailure, Executor, Plan};
 use crate::prefetch::{Prefetched, Ready};
 use crate::router::Router;
@@ -195,6 +195,39 @@ fn may_release(done: &Completion) -> bool {
     }
 }
 
+/// The newest entry of each stream this worker claimed, to tell its own
+/// arrivals from others' when the doorbell rings.
+#[derive(Debug, Default)]
+struct OwnClaims {
+    newest: std::collections::HashMap<String, (u64, u64)>,
+}
+
+impl OwnClaims {
+    fn took(&mut self, stream: &str, entry_id: &str) {
+        if let Some(id) = parse_entry_id(entry_id) {
+            let newest = self.newest.entry(stream.to_owned()).or_insert(id);
+            *newest = (*newest).max(id);
+        }
+    }
+
+    /// Whether every arrival of `ring` is an entry this worker claimed (or
+    /// one before it in its stream, which the claim passed).
+    fn covers(&self, ring: &Ring) -> bool {
+        ring.arrivals.iter().all(|(stream, id)| {
+            match (self.newest.get(stream), parse_entry_id(id)) {
+                (Some(newest), Some(id)) => id <= *newest,
+                _ => false,
+            }
+        })
+    }
+}
+
+/// A stream entry id, `<ms>-<seq>`, as a pair that orders like the ids.
+fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// How a worker's run ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -223,6 +256,7 @@ impl Dispatcher {
             shutdown_grace: self.shutdown_grace,
         };
         let mut schedule = Schedule::new(limits, Instant::now());
+        let mut own = OwnClaims::default();
 
         loop {
             while let Ok(done) = done_rx.try_recv() {
@@ -271,7 +305,7 @@ impl Dispatcher {
                     &mut schedule,
                     &mut outcomes,
                     &mut prefetched,
-                    &waker,
+                    (&waker, &mut own),
                     &done_tx,
                 )
                 .await;
@@ -285,7 +319,7 @@ impl Dispatcher {
             let draining = schedule.is_draining();
             tokio::select! {
                 Some(done) = done_rx.recv() => outcomes.take(done, &mut schedule),
-                () = waker.woken(), if !draining => schedule.woken(),
+                () = waker.woken(), if !draining => self.rang(&waker, &own, &mut schedule),
                 () = self.flow_changed.notified(), if !draining => {
                     schedule.woken();
                     self.release_paused(&mut prefetched, &mut schedule).await;
@@ -350,7 +384,7 @@ impl Dispatcher {
         schedule: &mut Schedule,
         outcomes: &mut Outcomes,
         prefetched: &mut Prefetched,
-        waker: &Doorbell,
+        (waker, own): (&Doorbell, &mut OwnClaims),
         done: &mpsc::UnboundedSender<Finished>,
     ) {
         let lease_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -463,6 +497,9 @@ impl Dispatcher {
                 tracing::warn!(entry = %gone, "a pending entry was deleted from its stream before it finished; its task cannot be recovered");
             }
             for entry in claimed.entries {
+                if let Some(stream) = self.streams.get(entry.stream_index) {
+                    own.took(&stream.key, &entry.entry_id);
+                }
                 let slots = self
                     .accept(entry, done, &mut outcomes.to_commit, prefetched)
                     .await;
@@ -482,6 +519,22 @@ impl Dispatcher {
                 tracing::error!("claim failed: {err}");
                 schedule.failed(Instant::now());
             }
+        }
+    }
+
+    /// The doorbell rang. When every arrival it read is an entry this
+    /// worker's own claims already took (the child its commit released,
+    /// claimed in the same round trip, or its own shards), there is nothing
+    /// to look for: the wait moves past them, no claim goes. Anything else
+    /// (another's entry, a failed wait) is a wake-up.
+    fn rang(&self, waker: &Doorbell, own: &OwnClaims, schedule: &mut Schedule) {
+        let rings = waker.take_rings();
+        let last = rings.rings.last();
+        match last {
+            Some(last) if !rings.blind && rings.rings.iter().all(|r| own.covers(r)) => {
+                waker.arm(WaitPoint::past(last));
+            }
+            _ => schedule.woken(),
         }
     }
 
@@ -970,5 +1023,57 @@ impl Dispatcher {
             }
         };
         tokio::spawn(run.instrument(span));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::doorbell::Ring;
+
+    fn ring(arrivals: &[(&str, &str)]) -> Ring {
+        Ring {
+            point: Arc::new(WaitPoint {
+                keys: vec!["a".into(), "b".into()],
+                ids: vec!["5-0".into(), "7-1".into()],
+            }),
+            arrivals: arrivals
+                .iter()
+                .map(|(k, id)| ((*k).to_owned(), (*id).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// A ring is the worker's own when each arrival is at or before the
+    /// newest entry it claimed in that stream; ids order by ms, then seq.
+    #[test]
+    fn a_ring_is_the_workers_own_only_for_entries_its_claims_passed() {
+        let mut own = OwnClaims::default();
+        own.took("a", "10-2");
+        own.took("a", "9-5");
+        own.took("b", "not an id");
+        for (arrivals, covered) in [
+            (vec![("a", "10-2")], true),
+            (vec![("a", "9-9")], true),
+            (vec![("a", "10-3")], false),
+            (vec![("a", "11-0")], false),
+            (vec![("a", "10-1"), ("b", "8-0")], false),
+            (vec![("c", "1-0")], false),
+            (vec![("a", "x-1")], false),
+        ] {
+            assert_eq!(own.covers(&ring(&arrivals)), covered, "{arrivals:?}");
+        }
+        assert!(parse_entry_id("10-2") < parse_entry_id("10-10"));
+        assert!(parse_entry_id("9-99") < parse_entry_id("10-0"));
+    }
+
+    /// The wait moves past a ring's arrivals, in their streams only.
+    #[test]
+    fn the_wait_moves_past_the_arrivals_of_a_ring() {
+        let point = WaitPoint::past(&ring(&[("b", "8-0")]));
+        assert_eq!(point.keys, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(point.ids, vec!["5-0".to_owned(), "8-0".to_owned()]);
     }
 }

@@ -22,11 +22,43 @@ pub(crate) struct WaitPoint {
     pub ids: Vec<String>,
 }
 
+impl WaitPoint {
+    /// The point just after `ring`'s arrivals: the same streams, each one
+    /// that had an arrival waited on from that entry.
+    pub fn past(ring: &Ring) -> WaitPoint {
+        let mut point = WaitPoint::clone(&ring.point);
+        for (key, id) in &ring.arrivals {
+            if let Some(at) = point.keys.iter().position(|k| k == key) {
+                point.ids[at].clone_from(id);
+            }
+        }
+        point
+    }
+}
+
+/// What rang: the point the wait read from, and each stream's first entry
+/// after it (the read asks for one a stream).
+#[derive(Debug, Clone)]
+pub(crate) struct Ring {
+    pub point: Arc<WaitPoint>,
+    pub arrivals: Vec<(String, String)>,
+}
+
+/// The rings since the dispatcher last looked.
+#[derive(Debug, Default)]
+pub(crate) struct Rings {
+    pub rings: Vec<Ring>,
+    /// A ring that was no arrival (the wait failed): look again, whatever
+    /// the others were.
+    pub blind: bool,
+}
+
 /// Rings (wakes the dispatcher) when an entry arrives after the wait point
 /// it was armed with. (Its log lines say "waker", the name it had first.)
 #[derive(Debug)]
 pub(crate) struct Doorbell {
     arm: watch::Sender<Option<Arc<WaitPoint>>>,
+    rings: Arc<std::sync::Mutex<Rings>>,
     /// True from `arm` until the wait fires: while armed, the wait point in
     /// force still covers every arrival, and a claim needs no fresh one.
     armed: Arc<AtomicBool>,
@@ -39,15 +71,18 @@ impl Doorbell {
         let (arm, armed) = watch::channel(None);
         let woken = Arc::new(Notify::new());
         let is_armed = Arc::new(AtomicBool::new(false));
+        let rings = Arc::new(std::sync::Mutex::new(Rings::default()));
         let task = tokio::spawn(wait_loop(
             store,
             block_ms,
             armed,
             Arc::clone(&is_armed),
             Arc::clone(&woken),
+            Arc::clone(&rings),
         ));
         Self {
             arm,
+            rings,
             armed: is_armed,
             woken,
             task,
@@ -70,6 +105,18 @@ impl Doorbell {
     pub async fn woken(&self) {
         self.woken.notified().await
     }
+
+    /// The rings since the last call, emptied.
+    pub fn take_rings(&self) -> Rings {
+        match self.rings.lock() {
+            Ok(mut rings) => std::mem::take(&mut *rings),
+            // A panic while the lock was held: the rings are unknown.
+            Err(_) => Rings {
+                rings: Vec::new(),
+                blind: true,
+            },
+        }
+    }
 }
 
 impl Drop for Doorbell {
@@ -84,7 +131,16 @@ async fn wait_loop(
     mut armed: watch::Receiver<Option<Arc<WaitPoint>>>,
     is_armed: Arc<AtomicBool>,
     woken: Arc<Notify>,
+    rings: Arc<std::sync::Mutex<Rings>>,
 ) {
+    let note = |ring: Option<Ring>| {
+        if let Ok(mut rings) = rings.lock() {
+            match ring {
+                Some(ring) => rings.rings.push(ring),
+                None => rings.blind = true,
+            }
+        }
+    };
     let fire = || {
         is_armed.store(false, Ordering::SeqCst);
         woken.notify_one();
@@ -110,6 +166,7 @@ async fn wait_loop(
                             "waker cannot connect to Redis: {err}; retrying in {delay:?}"
                         );
                         tokio::time::sleep(delay).await;
+                        note(None);
                         fire();
                         break;
                     }
@@ -125,6 +182,15 @@ async fn wait_loop(
                     // from the older point would only ring again at once
                     // for the same arrival, and cost a claim for nothing.
                     armed.borrow_and_update();
+                    note(Some(Ring {
+                        arrivals: read
+                            .iter()
+                            .filter_map(|(key, entries)| {
+                                entries.first().map(|(id, _)| (key.clone(), id.clone()))
+                            })
+                            .collect(),
+                        point: Arc::clone(&point),
+                    }));
                     fire();
                     break;
                 }
@@ -144,6 +210,7 @@ async fn wait_loop(
                     tokio::time::sleep(retries.next_delay()).await;
                     // The streams may have been recreated; let the
                     // dispatcher claim and re-arm from fresh ids.
+                    note(None);
                     fire();
                     break;
                 }
