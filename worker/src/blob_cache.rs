@@ -82,6 +82,16 @@ impl BlobCache {
         Ok(Some(bytes))
     }
 
+    /// Task `id`'s parameter blob, when its parameters are a blob
+    /// reference, is held from its claim, whether the task runs or not:
+    /// one that ends unrun (expired, cancelled while prefetched, refused,
+    /// dead-lettered as a worker killer) gives it back at its commit too.
+    pub fn hold(&self, id: TaskId, params: &[u8]) {
+        if let Some(Ok(blob)) = BlobRef::detect(params) {
+            self.held().insert(id, blob);
+        }
+    }
+
     /// A workflow parent's result that came as a blob reference: the
     /// result's bytes, from the cache or fetched. `None`: inline. The
     /// blob's reference belongs to the parent's record, so none is held.
@@ -207,7 +217,9 @@ impl BlobCache {
     /// After a commit: a task whose outcome is now final gives back its
     /// parameter blob (in the background; the blob's TTL is the backstop
     /// when that fails). A retry or a hand-back keeps it for the next
-    /// attempt, wherever that runs.
+    /// attempt, wherever that runs; so does a commit that changed nothing
+    /// (already final: whoever ended it gave it back, see common.lua's
+    /// `give_back_params`; lease lost: the task's new owner holds it).
     pub fn committed(
         self: &Arc<Self>,
         completion: &Completion,
