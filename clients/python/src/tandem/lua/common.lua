@@ -435,14 +435,22 @@ local function give_back_params(base, params)
 end
 
 -- The parameters a task's stream entry, retry hash or wait hash holds,
--- by its status (nil when none).
+-- by its status (nil when none, or when the key holds another type: only
+-- the give-back is lost, as the callers' checks do not cover these reads).
 local function held_params(base, id, status, entry, priority)
+  local got
   if status == 'retrying' or status == 'delayed' then
-    return redis.call('HGET', base .. 'retry:' .. id, 'params') or nil
+    got = redis.pcall('HGET', base .. 'retry:' .. id, 'params')
   elseif status == 'waiting' then
-    return redis.call('HGET', base .. 'wait:' .. id, 'params') or nil
+    got = redis.pcall('HGET', base .. 'wait:' .. id, 'params')
   elseif entry and priority then
-    return field(entry_fields(base .. 'stream:' .. priority, entry), 'params')
+    local found = redis.pcall('XRANGE', base .. 'stream:' .. priority, entry, entry)
+    if type(found) == 'table' and not found.err and #found == 1 then
+      got = field(found[1][2], 'params')
+    end
+  end
+  if type(got) == 'string' then
+    return got
   end
   return nil
 end
