@@ -302,3 +302,66 @@ async fn a_task_that_expired_before_it_started_gives_its_parameter_blob_back() {
     assert_eq!(outcome.record.started_at_ms, None);
     wait_gone(&redis, &blob, "the expired task's blob released").await;
 }
+
+/// A dead letter keeps its task's reference for `tandem dlq requeue`: the
+/// requeued task reads its parameters again, and a blob another task
+/// shares is given back once per task, never twice.
+#[tokio::test]
+async fn a_dead_letter_keeps_its_reference_for_its_requeue() {
+    let redis = RedisServer::start();
+    let producer = producer(&redis).await;
+    let _worker = worker(&redis).await;
+    let noop = PauseTarget::Kind("noop".into());
+    producer.pause(&noop).await.unwrap();
+    let message: String = (0..8192)
+        .map(|k| char::from(b'a' + (k % 26) as u8))
+        .collect();
+    let value = json!({"code": "BOOM", "message": message});
+    let blob = blob_of(&value);
+    let twin = producer
+        .submit(Task::new("noop", &value).unwrap())
+        .await
+        .unwrap();
+    let failing = producer
+        .submit(Task::new("fail", &value).unwrap())
+        .await
+        .unwrap();
+    let first = producer.wait(failing, WAIT).await.unwrap();
+    assert_eq!(first.status, Status::Failed);
+    let letter = first.record.dead_letter.clone().expect("a dead letter");
+    assert_eq!(
+        refs(&redis, &blob).await,
+        (Some(2), true),
+        "the dead letter's and the twin's"
+    );
+
+    let out = crate::support::tandem(&redis, &["dlq", "requeue", &letter]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    wait_until(WAIT, "the requeued task's new dead letter", || async {
+        let record = producer.record(failing).await.unwrap();
+        record.is_some_and(|r| r.dead_letter.is_some_and(|d| d != letter))
+    })
+    .await;
+    let second = producer.record(failing).await.unwrap().unwrap();
+    assert_eq!(
+        second.error.as_ref().map(|e| e.code.as_str()),
+        Some("BOOM"),
+        "it read its parameters again: {second:?}"
+    );
+    assert_eq!(refs(&redis, &blob).await, (Some(2), true));
+
+    producer.resume(&noop).await.unwrap();
+    let outcome = producer.wait(twin, WAIT).await.unwrap();
+    assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.failure());
+    wait_for_refs(
+        &redis,
+        &blob,
+        1,
+        "the twin's reference released, the dead letter's kept",
+    )
+    .await;
+}

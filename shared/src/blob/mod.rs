@@ -13,11 +13,14 @@
 //! (`meta`), its reference count (`refs`) and, with the Redis backend, its
 //! bytes (`data`). `shared/lua/blob.lua` changes them atomically. A
 //! producer's put is one reference (one per task); the worker releases it
-//! once the task's final outcome is committed, and the last release deletes
-//! the blob. A result blob is one reference that lives as long as the
-//! task's record (`result_ttl_s`). Every key carries a TTL, raised (never
-//! lowered) by each reference, so that a reference nobody releases (a
-//! producer that died mid-submit, a task cancelled while waiting) costs
+//! once the task's final outcome is committed (a dead letter keeps it for
+//! its requeue), a cancelling script hands the reference of a task no
+//! worker holds to the class's `blobs:release` list
+//! ([`BlobStore::drain_releases`]), and the last release deletes the blob.
+//! A result blob is one reference that lives as long as the task's record
+//! (`result_ttl_s`). Every key carries a TTL, raised (never lowered) by
+//! each reference, so that a reference nobody releases (a producer that
+//! died mid-submit, a purged dead letter, a release that failed) costs
 //! nothing after `blob_ttl_s`. An object store's objects have no TTL of
 //! their own: `tandem blob sweep` deletes those whose Redis keys are gone.
 //!
