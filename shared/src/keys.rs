@@ -145,6 +145,15 @@ impl Keys {
         format!("{}index:{}", self.class_base(class), state)
     }
 
+    /// Parameter blob references given back by tasks of a class that ended
+    /// without a worker (a cancel while queued, retrying, delayed or
+    /// waiting; a workflow's cancel or fail fast): a list of `<ms> <params>`
+    /// that workers drain, releasing each once (revision 2.16,
+    /// `BlobStore::drain_releases`).
+    pub fn blob_releases(&self, class: Class) -> String {
+        format!("{}blobs:release", self.class_base(class))
+    }
+
     /// The dead-letter stream of a class.
     pub fn dead(&self, class: Class) -> &str {
         &self.class_keys(class).2

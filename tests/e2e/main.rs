@@ -8,6 +8,7 @@ mod support;
 
 mod alerts;
 mod atomicity;
+mod blob_release;
 mod blobs;
 mod cancel;
 mod cancel_race;

@@ -82,6 +82,16 @@ impl BlobCache {
         Ok(Some(bytes))
     }
 
+    /// Task `id`'s parameter blob, when its parameters are a blob
+    /// reference, is held from its claim, whether the task runs or not:
+    /// one that ends unrun (expired, cancelled while prefetched, refused)
+    /// gives it back at its commit too.
+    pub fn hold(&self, id: TaskId, params: &[u8]) {
+        if let Some(Ok(blob)) = BlobRef::detect(params) {
+            self.held().insert(id, blob);
+        }
+    }
+
     /// A workflow parent's result that came as a blob reference: the
     /// result's bytes, from the cache or fetched. `None`: inline. The
     /// blob's reference belongs to the parent's record, so none is held.
@@ -207,7 +217,11 @@ impl BlobCache {
     /// After a commit: a task whose outcome is now final gives back its
     /// parameter blob (in the background; the blob's TTL is the backstop
     /// when that fails). A retry or a hand-back keeps it for the next
-    /// attempt, wherever that runs.
+    /// attempt, wherever that runs, and a dead letter keeps it for its
+    /// requeue (a purged or trimmed one leaves it to the blob's TTL); so
+    /// does a commit that changed nothing
+    /// (already final: whoever ended it gave it back, see common.lua's
+    /// `give_back_params`; lease lost: the task's new owner holds it).
     pub fn committed(
         self: &Arc<Self>,
         completion: &Completion,
@@ -216,10 +230,11 @@ impl BlobCache {
         let Some(blob) = self.held().remove(&completion.id) else {
             return;
         };
-        let final_now = matches!(
-            completion.disposition,
-            Disposition::Final | Disposition::Dead
-        ) && matches!(outcome, Ok(Committed::Written | Committed::Cancelled));
+        // A dead letter keeps the reference with the entry's fields: `tandem
+        // dlq requeue` hands them to a new entry, whose final commit gives
+        // it back (releasing it here too would give it back twice).
+        let final_now = matches!(completion.disposition, Disposition::Final)
+            && matches!(outcome, Ok(Committed::Written | Committed::Cancelled));
         if !final_now {
             return;
         }

@@ -764,6 +764,9 @@ impl Dispatcher {
                 };
             }
         };
+        if let Some(blobs) = &self.executor.blobs {
+            blobs.hold(entry.id, &entry.params);
+        }
         // The delivery's attempt is the entry's plus its earlier deliveries:
         // more means a worker that had it died or stalled.
         let reclaimed = attempt > entry.attempt;

@@ -56,7 +56,12 @@
 //!   record every `metrics_interval_ms`; `/metrics` for Prometheus.
 //! - `blob_cache`: parameters that came as blob references, fetched once
 //!   per device and kept up to `blob_cache_bytes`; results above
-//!   `blob_threshold_bytes` stored as blobs.
+//!   `blob_threshold_bytes` stored as blobs; a task's parameter blob held
+//!   from its claim and given back at its final commit.
+//! - `blob_release`: gives back the parameter blobs of tasks that ended
+//!   without a worker (cancelled while queued, waiting or delayed; a
+//!   workflow's cancel or fail fast), from the classes' `blobs:release`
+//!   lists.
 //! - `alerts`: raises alerts (hot or underused GPU, failed device, stalled
 //!   queue, growing dead letters) into the log and `<prefix>:alerts`.
 //! - [`shutdown`]: the stop signal; SIGTERM and SIGINT trigger it.
@@ -78,6 +83,7 @@
 
 mod alerts;
 mod blob_cache;
+mod blob_release;
 mod cancel;
 pub mod compute;
 pub mod context;
@@ -342,6 +348,11 @@ pub async fn run(
             promoted_classes.push(stream.class);
         }
     }
+    let blob_store = tandem_shared::blob::BlobStore::open(store.clone(), config)?;
+    background.spawn(blob_release::run(
+        blob_store.clone(),
+        promoted_classes.clone(),
+    ));
     background.spawn(promoter::run(
         store.clone(),
         promoted_classes,
@@ -415,7 +426,7 @@ pub async fn run(
                 interval: Duration::from_millis(config.progress_interval_ms),
             }),
             blobs: Some(Arc::new(blob_cache::BlobCache::new(
-                tandem_shared::blob::BlobStore::open(store.clone(), config)?,
+                blob_store,
                 config.blob_cache_bytes,
                 config.result_ttl_s.saturating_mul(1000),
             ))),

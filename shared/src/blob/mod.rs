@@ -13,11 +13,14 @@
 //! (`meta`), its reference count (`refs`) and, with the Redis backend, its
 //! bytes (`data`). `shared/lua/blob.lua` changes them atomically. A
 //! producer's put is one reference (one per task); the worker releases it
-//! once the task's final outcome is committed, and the last release deletes
-//! the blob. A result blob is one reference that lives as long as the
-//! task's record (`result_ttl_s`). Every key carries a TTL, raised (never
-//! lowered) by each reference, so that a reference nobody releases (a
-//! producer that died mid-submit, a task cancelled while waiting) costs
+//! once the task's final outcome is committed (a dead letter keeps it for
+//! its requeue), a cancelling script hands the reference of a task no
+//! worker holds to the class's `blobs:release` list
+//! ([`BlobStore::drain_releases`]), and the last release deletes the blob.
+//! A result blob is one reference that lives as long as the task's record
+//! (`result_ttl_s`). Every key carries a TTL, raised (never lowered) by
+//! each reference, so that a reference nobody releases (a producer that
+//! died mid-submit, a purged dead letter, a release that failed) costs
 //! nothing after `blob_ttl_s`. An object store's objects have no TTL of
 //! their own: `tandem blob sweep` deletes those whose Redis keys are gone.
 //!
@@ -436,6 +439,52 @@ impl BlobStore {
         Ok(deleted)
     }
 
+    /// Releases the parameter blob references that tasks of `class` gave
+    /// back when they ended without a worker (`<class base>blobs:release`,
+    /// pushed by common.lua's `give_back_params`), at most `limit` of
+    /// them. Each element is popped (`LPOP`: one worker gets it) before it
+    /// is released, so none is released twice; one whose release fails
+    /// after the pop is lost, and the blob's TTL is its backstop. One
+    /// older than `blob_ttl_s` is dropped unreleased: its reference has
+    /// expired, and the blob, if it exists, may be a later put's.
+    pub async fn drain_releases(
+        &self,
+        class: crate::Class,
+        limit: usize,
+    ) -> Result<Drained, BlobError> {
+        let key = self.store.keys().blob_releases(class);
+        let mut conn = self.store.connection();
+        let popped: Option<Vec<Vec<u8>>> = redis::cmd("LPOP")
+            .arg(&key)
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await?;
+        let now = crate::clock::now_ms();
+        let mut drained = Drained::default();
+        for element in popped.unwrap_or_default() {
+            match parse_release(&element) {
+                Some((at_ms, blob)) if now.saturating_sub(at_ms) <= self.ttl_ms => {
+                    match self.release(&blob).await {
+                        Ok(deleted) => {
+                            drained.released += 1;
+                            drained.deleted += u64::from(deleted);
+                        }
+                        Err(err) => {
+                            drained.failed += 1;
+                            tracing::warn!(blob = %blob.sha256, "cannot release a given-back parameter blob ({err}); it expires after blob_ttl_s");
+                        }
+                    }
+                }
+                Some(_) => drained.stale += 1,
+                None => {
+                    drained.unreadable += 1;
+                    tracing::warn!(key = %key, "skipping an element that is no `<ms> <blob reference>`");
+                }
+            }
+        }
+        Ok(drained)
+    }
+
     /// With an object store: deletes the objects whose Redis keys are gone
     /// (expired after `blob_ttl_s` unreleased) and that are older than
     /// `blob_ttl_s` (so that no upload under way is taken). Returns how
@@ -468,6 +517,37 @@ impl BlobStore {
         }
         Ok(swept)
     }
+}
+
+/// What one [`BlobStore::drain_releases`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// References released.
+    pub released: u64,
+    /// Of those, the last ones: the blob was deleted.
+    pub deleted: u64,
+    /// Older than `blob_ttl_s`: dropped unreleased.
+    pub stale: u64,
+    /// Not `<ms> <blob reference>`: dropped.
+    pub unreadable: u64,
+    /// Popped, but the release failed: left to the blob's TTL.
+    pub failed: u64,
+}
+
+impl Drained {
+    /// How many elements were popped.
+    pub fn popped(&self) -> u64 {
+        self.released + self.stale + self.unreadable + self.failed
+    }
+}
+
+/// One element of a class's `blobs:release` list: when it was given back
+/// (ms, Redis clock) and the reference; `None` when it is not that.
+fn parse_release(element: &[u8]) -> Option<(u64, BlobRef)> {
+    let space = element.iter().position(|&b| b == b' ')?;
+    let at_ms = std::str::from_utf8(&element[..space]).ok()?.parse().ok()?;
+    let blob = BlobRef::detect(&element[space + 1..])?.ok()?;
+    Some((at_ms, blob))
 }
 
 /// The backend `blob_store` names: `redis`, a directory (`file:///path` or
@@ -526,4 +606,30 @@ fn backend(config: &Config) -> Result<Backend, BlobError> {
         prefix: ObjectPath::from("blobs"),
         url: url.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::*;
+
+    #[test]
+    fn a_given_back_element_reads_as_its_time_and_reference() {
+        let blob = BlobRef::of(b"parameters");
+        let mut element = b"1733370000000 ".to_vec();
+        element.extend(blob.encode());
+        assert_eq!(
+            parse_release(&element),
+            Some((1_733_370_000_000, blob.clone()))
+        );
+
+        let mut no_time = b"soon ".to_vec();
+        no_time.extend(blob.encode());
+        assert_eq!(parse_release(&no_time), None);
+        assert_eq!(parse_release(&blob.encode()), None, "no time");
+        assert_eq!(
+            parse_release(b"1733370000000 \x81\xa1a\x01"),
+            None,
+            "no reference"
+        );
+    }
 }

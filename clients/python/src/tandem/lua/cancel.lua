@@ -6,7 +6,8 @@
 -- `cancel_requested_at_ms`, and its id is published so the worker running it
 -- stops it; the worker's commit then records `cancelled`. A split task
 -- whose shards are running (no worker holds the parent) is cancelled at
--- once, with its shards.
+-- once, with its shards. A task that ends here without a worker gives its
+-- parameter blob's reference back (common.lua's give_back_params).
 --
 -- KEYS[1] the task record
 -- ARGV[1] cancel channel
@@ -62,6 +63,9 @@ local outcome = {'status', 'cancelled', 'finished_at_ms', int(now),
   'error_code', 'CANCELLED', 'error_message', waiting_for_shards and 'cancelled by a producer while its shards ran'
   or (status == 'delayed' and 'cancelled by a producer while it was delayed')
   or 'cancelled by a producer before it started'}
+if not waiting_for_shards then
+  give_back_params(base, held_params(base, ARGV[5], status, entry, priority))
+end
 redis.call('HSET', KEYS[1], unpack(outcome))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if status == 'retrying' or status == 'delayed' then

@@ -415,6 +415,47 @@ local function cancel_shards(base, shard_ids, now, ttl_s, message)
   end
 end
 
+-- Parameter blobs of tasks no worker will run (revision 2.16). A task whose
+-- `params` are a blob reference (wire format "Blob references": the
+-- MessagePack map {"tandem_blob": ..., "len": ...}, these keys in this
+-- order) holds one reference, kept by whatever holds its fields: its
+-- stream entry, its retry hash, its workflow wait hash, a worker running
+-- it (whose final commit gives it back, worker/src/blob_cache.rs). A
+-- script that deletes those fields for good without a worker (a cancel of
+-- a queued, retrying, delayed or waiting task, a workflow's cancel or
+-- fail fast) calls this, once per task as the deletion is: the reference
+-- goes onto the class's list `<base>blobs:release` as `<ms> <params>`,
+-- which workers drain, releasing each once (worker/src/blob_release.rs).
+-- A key of another type only loses the entry (pcall): the blob's TTL
+-- remains the backstop.
+local BLOB_REF_PREFIX = '\130\171tandem_blob'
+local function give_back_params(base, params)
+  if params and string.sub(params, 1, #BLOB_REF_PREFIX) == BLOB_REF_PREFIX then
+    redis.pcall('RPUSH', base .. 'blobs:release', int(now_ms()) .. ' ' .. params)
+  end
+end
+
+-- The parameters a task's stream entry, retry hash or wait hash holds,
+-- by its status (nil when none, or when the key holds another type: only
+-- the give-back is lost, as the callers' checks do not cover these reads).
+local function held_params(base, id, status, entry, priority)
+  local got
+  if status == 'retrying' or status == 'delayed' then
+    got = redis.pcall('HGET', base .. 'retry:' .. id, 'params')
+  elseif status == 'waiting' then
+    got = redis.pcall('HGET', base .. 'wait:' .. id, 'params')
+  elseif entry and priority then
+    local found = redis.pcall('XRANGE', base .. 'stream:' .. priority, entry, entry)
+    if type(found) == 'table' and not found.err and #found == 1 then
+      got = field(found[1][2], 'params')
+    end
+  end
+  if type(got) == 'string' then
+    return got
+  end
+  return nil
+end
+
 -- Workflows (workflow_submit.lua, workflow_cancel.lua, and the commit's
 -- hook in complete.lua). A node is a task whose record holds `workflow`
 -- (the key of the workflow's hash), `wf_node` (its name) and
@@ -457,8 +498,8 @@ end
 
 -- Cancels one node that is not final: at once when it waits, is queued,
 -- retrying or delayed (its entry, wait hash or retry hash deleted, its
--- producer notified), by request when it runs (the commit makes it
--- `cancelled`). Returns 'final', 'requested', or nil when it was final
+-- producer notified, its parameter blob's reference given back), by
+-- request when it runs (the commit makes it `cancelled`). Returns 'final', 'requested', or nil when it was final
 -- already. `opts`: ttl_s, reply_maxlen, reply_ttl_s, message.
 local function wf_cancel_node(record_key, now, opts)
   local found = redis.call('HMGET', record_key, 'status', 'entry', 'priority', 'kind', 'reply_to',
@@ -476,6 +517,7 @@ local function wf_cancel_node(record_key, now, opts)
     end
     return 'requested'
   end
+  give_back_params(base, held_params(base, id, status, found[2], found[3]))
   local outcome = {'status', 'cancelled', 'finished_at_ms', int(now), 'error_code', 'CANCELLED',
     'error_message', opts.message}
   redis.call('HSET', record_key, unpack(outcome))
