@@ -212,17 +212,17 @@ def check(dir):
     return 0 if ok else 1
 
 
-def bench(windows):
-    d, f, t, ff, layers, heads = 64, 32, 128, 256, 2, 4
-    meta = dict(heads=str(heads), window=str(t), causal="true", pooling="last", positions="learned")
-    g = torch.Generator().manual_seed(1)
-    tensors = {"input.mean": torch.zeros(f), "input.std": torch.ones(f)}
+def seeded_tensors(g, d, f, ff, layers, positions):
+    """A seeded model's tensors, drawn from `g` in a fixed order: learned
+    positions of `positions` steps when given (sinusoidal ones have none)."""
 
     def lin(o, i):
         return (torch.rand(o, i, generator=g) * 2 - 1) / math.sqrt(i)
 
+    tensors = {"input.mean": torch.zeros(f), "input.std": torch.ones(f)}
     tensors["embed.weight"], tensors["embed.bias"] = lin(d, f), torch.zeros(d)
-    tensors["position.weight"] = lin(t, d) * 0.02
+    if positions is not None:
+        tensors["position.weight"] = lin(positions, d) * 0.02
     for i in range(layers):
         p = f"layer.{i}."
         tensors[p + "norm1.weight"], tensors[p + "norm1.bias"] = torch.ones(d), torch.zeros(d)
@@ -233,6 +233,14 @@ def bench(windows):
         tensors[p + "ff.linear2.weight"], tensors[p + "ff.linear2.bias"] = lin(d, ff), torch.zeros(d)
     tensors["final_norm.weight"], tensors["final_norm.bias"] = torch.ones(d), torch.zeros(d)
     tensors["head.weight"], tensors["head.bias"] = lin(1, d), torch.zeros(1)
+    return tensors
+
+
+def bench(windows):
+    d, f, t, ff, layers, heads = 64, 32, 128, 256, 2, 4
+    meta = dict(heads=str(heads), window=str(t), causal="true", pooling="last", positions="learned")
+    g = torch.Generator().manual_seed(1)
+    tensors = seeded_tensors(g, d, f, ff, layers, positions=t)
     x = torch.rand(windows, t, f, generator=g) * 2 - 1
     y = torch.rand(windows, 1, generator=g) * 2 - 1
     threads = torch.get_num_threads()
@@ -268,22 +276,7 @@ def price(windows, device):
     d, f, t, ff, layers, heads = 256, 32, 128, 1024, 4, 8
     meta = dict(heads=str(heads), window=str(t), causal="true", pooling="last", positions="sinusoidal")
     g = torch.Generator().manual_seed(1)
-
-    def lin(o, i):
-        return (torch.rand(o, i, generator=g) * 2 - 1) / math.sqrt(i)
-
-    tensors = {"input.mean": torch.zeros(f), "input.std": torch.ones(f)}
-    tensors["embed.weight"], tensors["embed.bias"] = lin(d, f), torch.zeros(d)
-    for i in range(layers):
-        p = f"layer.{i}."
-        tensors[p + "norm1.weight"], tensors[p + "norm1.bias"] = torch.ones(d), torch.zeros(d)
-        tensors[p + "attn.in_proj.weight"], tensors[p + "attn.in_proj.bias"] = lin(3 * d, d), torch.zeros(3 * d)
-        tensors[p + "attn.out_proj.weight"], tensors[p + "attn.out_proj.bias"] = lin(d, d), torch.zeros(d)
-        tensors[p + "norm2.weight"], tensors[p + "norm2.bias"] = torch.ones(d), torch.zeros(d)
-        tensors[p + "ff.linear1.weight"], tensors[p + "ff.linear1.bias"] = lin(ff, d), torch.zeros(ff)
-        tensors[p + "ff.linear2.weight"], tensors[p + "ff.linear2.bias"] = lin(d, ff), torch.zeros(d)
-    tensors["final_norm.weight"], tensors["final_norm.bias"] = torch.ones(d), torch.zeros(d)
-    tensors["head.weight"], tensors["head.bias"] = lin(1, d), torch.zeros(1)
+    tensors = seeded_tensors(g, d, f, ff, layers, positions=None)
     model = Transformer(meta, tensors).to(device)
     x = torch.rand(windows, t, f, generator=g) * 2 - 1
 
