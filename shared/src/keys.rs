@@ -472,6 +472,7 @@ mod tests {
             ),
             ("index:", "running".into(), keys.index(class, "running")),
             ("workflows", String::new(), keys.workflows(class)),
+            ("blobs:release", String::new(), keys.blob_releases(class)),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
         let mut built = std::collections::BTreeSet::new();
