@@ -362,6 +362,8 @@ settings! {
     blob_store: String = "redis".into(), "TANDEM_BLOB_STORE";
     /// Parameters and results larger than this travel as a blob reference instead of inline (bytes; 0: never, and `max_payload_bytes` caps parameters).
     blob_threshold_bytes: usize = 1 << 20, "TANDEM_BLOB_THRESHOLD_BYTES";
+    /// A workflow node with children sends a result larger than this as a blob reference, so that the commit releasing its children passes them the reference instead of copying the bytes into each (bytes; the smaller of this and `blob_threshold_bytes` when both are on; 0: `blob_threshold_bytes` alone). Sinks and plain tasks keep `blob_threshold_bytes`.
+    workflow_blob_threshold_bytes: usize = 64 * 1024, "TANDEM_WORKFLOW_BLOB_THRESHOLD_BYTES";
     /// How long an unreleased blob lives after its last reference was taken (s): the backstop for references nobody gives back.
     blob_ttl_s: u64 = 86_400, "TANDEM_BLOB_TTL_S";
     /// Blobs are written and read in chunks of this size (bytes).

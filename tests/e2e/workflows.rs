@@ -598,6 +598,57 @@ async fn a_childs_path_reaches_into_a_parents_result_that_went_by_blob() {
     assert_eq!(whole["n"]["tag"], json!("root"));
 }
 
+/// A node with children sends a result above `workflow_blob_threshold_bytes`
+/// (64 KiB by default, well under `blob_threshold_bytes`' 1 MiB) as a blob
+/// reference, so the commit releasing its child passes the reference, not
+/// ~100 KB; the child still gets the bytes. A sink's result of the same
+/// size stays inline (the workflow's outcome is unchanged), and so does the
+/// parent's on a worker with the setting off.
+#[tokio::test]
+async fn a_parents_large_result_goes_to_its_child_by_reference() {
+    use tandem_shared::blob::BlobRef;
+    let big = "f".repeat(100 * 1024);
+    let chain = || {
+        Workflow::new()
+            .node("a", echo(json!({"big": big})))
+            .node_after(
+                "b",
+                echo(json!({"got": WorkflowRef::to("a").at("/big")})),
+                &["a"],
+            )
+    };
+    for (setting, parent_by_blob) in [(None, true), (Some("0"), false)] {
+        let redis = RedisServer::start();
+        let env: Vec<(&str, &str)> = setting
+            .map(|v| ("TANDEM_WORKFLOW_BLOB_THRESHOLD_BYTES", v))
+            .into_iter()
+            .collect();
+        let _worker = WorkerProcess::start(&redis, &env).await;
+        let producer = redis.producer().await;
+        let handle = producer.submit_workflow(chain()).await.unwrap();
+        let outcome = handle.wait(WAIT).await.unwrap();
+        assert_eq!(outcome.status, "succeeded", "{:?}", outcome.nodes);
+        // The child received the parent's bytes: its result echoes them.
+        let b: Value = outcome.nodes["b"].result().unwrap();
+        assert_eq!(b["got"].as_str(), Some(big.as_str()));
+        let state = producer.workflow_state(handle.id()).await.unwrap().unwrap();
+        let result = |name: &str| {
+            let node = state.nodes.iter().find(|n| n.graph.name == name).unwrap();
+            node.record.result.clone().unwrap()
+        };
+        let a = result("a");
+        assert_eq!(
+            BlobRef::detect(&a).is_some(),
+            parent_by_blob,
+            "setting {setting:?}: a's result ({} bytes) went by blob",
+            a.len()
+        );
+        // The sink keeps the normal threshold: its ~100 KB result is inline.
+        let b = result("b");
+        assert!(BlobRef::detect(&b).is_none() && b.len() > 100 * 1024);
+    }
+}
+
 /// The workflow hash's `status` and `remaining`.
 async fn workflow_counts(redis: &RedisServer, id: impl std::fmt::Display) -> (String, i64) {
     let mut conn = redis.conn().await;

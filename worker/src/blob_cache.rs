@@ -1,7 +1,9 @@
 //! The worker's side of the blob store: parameters that came as a blob
 //! reference are fetched once per device (one worker process per device)
 //! and kept, least recently used first out, up to `blob_cache_bytes`;
-//! results above `blob_threshold_bytes` are stored as blobs; a task's
+//! results above `blob_threshold_bytes` are stored as blobs (above
+//! `workflow_blob_threshold_bytes` for a workflow node with children, whose
+//! result the releasing commit would otherwise copy into each); a task's
 //! parameter blob is released once its final outcome is committed.
 //!
 //! Tasks that need the same blob at once share one fetch: the first asks
@@ -43,6 +45,8 @@ pub(crate) struct BlobCache {
     /// How long a result blob lives: as long as the record naming it
     /// (`result_ttl_s`, ms).
     result_ttl_ms: u64,
+    /// `workflow_blob_threshold_bytes` (0: off).
+    workflow_threshold: usize,
     lru: std::sync::Mutex<Lru>,
     /// The parameter blob of each task this worker ran from one, until its
     /// commit.
@@ -50,11 +54,17 @@ pub(crate) struct BlobCache {
 }
 
 impl BlobCache {
-    pub fn new(blobs: BlobStore, capacity: u64, result_ttl_ms: u64) -> Self {
+    pub fn new(
+        blobs: BlobStore,
+        capacity: u64,
+        result_ttl_ms: u64,
+        workflow_threshold: usize,
+    ) -> Self {
         Self {
             blobs,
             capacity,
             result_ttl_ms,
+            workflow_threshold,
             lru: std::sync::Mutex::default(),
             held: std::sync::Mutex::default(),
         }
@@ -194,10 +204,24 @@ impl BlobCache {
         }
     }
 
-    /// A result above the threshold becomes a blob, and the result its
+    /// The size above which a result goes as a blob (`None`: never):
+    /// `blob_threshold_bytes`, or for a workflow node that feeds children
+    /// the smaller of it and `workflow_blob_threshold_bytes` (either one
+    /// alone when the other is off).
+    pub fn result_threshold(&self, feeds: u32) -> Option<usize> {
+        let workflow =
+            (feeds > 0 && self.workflow_threshold > 0).then_some(self.workflow_threshold);
+        match (self.blobs.threshold(), workflow) {
+            (Some(all), Some(node)) => Some(all.min(node)),
+            (all, node) => all.or(node),
+        }
+    }
+
+    /// A result above the threshold ([`Self::result_threshold`] for a task
+    /// feeding `feeds` workflow children) becomes a blob, and the result its
     /// reference; smaller ones stay as they are.
-    pub async fn result(&self, result: Vec<u8>) -> Result<Vec<u8>, TaskError> {
-        match self.blobs.threshold() {
+    pub async fn result(&self, result: Vec<u8>, feeds: u32) -> Result<Vec<u8>, TaskError> {
+        match self.result_threshold(feeds) {
             Some(threshold) if result.len() > threshold => {}
             _ => return Ok(result),
         }

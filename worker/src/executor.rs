@@ -666,8 +666,9 @@ impl Executor {
         // (and fences later reports out).
         ctx.flush_progress().await;
         match (outcome, &self.blobs) {
-            // A result above the threshold goes as a blob reference.
-            (Ok(result), Some(blobs)) => blobs.result(result).await,
+            // A result above the threshold goes as a blob reference (a
+            // lower one for a workflow node whose children take it).
+            (Ok(result), Some(blobs)) => blobs.result(result, entry.feeds).await,
             (outcome, _) => outcome,
         }
     }
@@ -978,6 +979,7 @@ mod tests {
             split: None,
             avoid: Vec::new(),
             inputs: None,
+            feeds: 0,
         }
     }
 

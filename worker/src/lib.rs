@@ -429,6 +429,7 @@ pub async fn run(
                 blob_store,
                 config.blob_cache_bytes,
                 config.result_ttl_s.saturating_mul(1000),
+                config.workflow_blob_threshold_bytes,
             ))),
         }),
         router,

@@ -151,6 +151,7 @@ mod tests {
                 split: None,
                 avoid: Vec::new(),
                 inputs: None,
+                feeds: 0,
             },
             stream: 0,
             entry_id: "1-0".into(),

@@ -121,6 +121,10 @@ pub struct TaskEntry {
     /// name to result), which replace the placeholders in `params` before
     /// the handler runs (see [`crate::workflow::refs`]).
     pub inputs: Option<Vec<u8>>,
+    /// On a workflow node: how many children take its result (0: none, or
+    /// not a workflow node); its worker then sends a result above
+    /// `workflow_blob_threshold_bytes` by blob reference.
+    pub feeds: u32,
 }
 
 /// What part of a split task an entry is.
@@ -229,6 +233,10 @@ impl TaskEntry {
             .map_err(bad_field)?
             .unwrap_or(3);
         let memory_bytes = number(field::MEMORY_BYTES)?.unwrap_or(0);
+        let feeds = reader
+            .number::<u32>(field::FEEDS)
+            .map_err(bad_field)?
+            .unwrap_or(0);
         let deadline_ms = number(field::DEADLINE_MS)?.filter(|&ms| ms > 0);
         let submitted_at_ms = number(field::SUBMITTED_AT_MS)?;
         let timeout_ms = number(field::TIMEOUT_MS)?;
@@ -279,6 +287,7 @@ impl TaskEntry {
             split,
             avoid,
             inputs,
+            feeds,
         })
     }
 
@@ -366,6 +375,10 @@ impl TaskEntry {
             (field::REPLY_TO, self.reply_to.clone()),
             (field::SIGNATURE, self.signature.clone()),
             (
+                field::FEEDS,
+                (self.feeds > 0).then(|| self.feeds.to_string()),
+            ),
+            (
                 field::AVOID,
                 (!self.avoid.is_empty()).then(|| self.avoid.join(",")),
             ),
@@ -418,6 +431,8 @@ impl TaskEntry {
             }),
             avoid: Vec::new(),
             inputs: None,
+            // A shard's partial result goes to the merge, not to children.
+            feeds: 0,
             ..self.clone()
         }
     }
@@ -544,6 +559,38 @@ mod tests {
         assert_eq!(entry.deadline_ms, None);
         assert!(entry.params.is_empty());
         assert_eq!(entry.class, Class::Light);
+    }
+
+    #[test]
+    fn feeds_is_read_leniently_and_round_trips() {
+        use crate::wire::field::FEEDS;
+        let id = TaskId::new().to_string();
+        let base: [(&str, &[u8]); 3] = [(VERSION, b"2"), (ID, id.as_bytes()), (KIND, b"noop")];
+        // Absent: 0 (a plain task, a sink, an entry from before 2.17).
+        let plain = TaskEntry::decode(&fields(&base), Class::Cpu, Priority::Normal).unwrap();
+        assert_eq!(plain.feeds, 0);
+        assert!(plain.fields().iter().all(|(name, _)| *name != FEEDS));
+        let mut pairs = base.to_vec();
+        pairs.push((FEEDS, b"3"));
+        let node = TaskEntry::decode(&fields(&pairs), Class::Cpu, Priority::Normal).unwrap();
+        assert_eq!(node.feeds, 3);
+        // A retry re-encodes the entry: the field goes with it.
+        let encoded: Fields = node
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v))
+            .collect();
+        assert_eq!(
+            TaskEntry::decode(&encoded, Class::Cpu, Priority::Normal).unwrap(),
+            node
+        );
+        // A shard's partial result goes to its merge, not to the children.
+        assert_eq!(node.shard(TaskId::new(), 0, 2, Vec::new()).feeds, 0);
+        for bad in [&b"many"[..], b"-1"] {
+            let mut pairs = base.to_vec();
+            pairs.push((FEEDS, bad));
+            check_refused(&pairs, ErrorCode::BAD_PAYLOAD, true, "field feeds");
+        }
     }
 
     fn check_refused(pairs: &[(&str, &[u8])], code: ErrorCode, keeps_id: bool, needle: &str) {

@@ -30,6 +30,10 @@ pub const AVOID: &str = "avoid";
 /// On a released workflow node: its parents' results, a MessagePack map
 /// from parent node name to result (written by the commit that released it).
 pub const INPUTS: &str = "inputs";
+/// On a workflow node with children (written by `workflow_submit.lua`):
+/// how many, so that its worker sends a large result by blob reference
+/// (`workflow_blob_threshold_bytes`) instead of copying it into each child.
+pub const FEEDS: &str = "feeds";
 /// Written by workers on the shards of a split task: the parent task's
 /// id, this shard's index (from 0) and the number of shards.
 pub const PARENT: &str = "parent";

@@ -181,6 +181,17 @@ for _, node in ipairs(nodes) do
   end
   fields[#fields + 1] = 'submitted_at_ms'
   fields[#fields + 1] = int(now)
+  -- A node with children says how many (wire 2.17), so that its worker
+  -- sends a large result by reference (`workflow_blob_threshold_bytes`)
+  -- instead of having the releasing commit copy it into each child.
+  local feeds = 0
+  for _ in string.gmatch(node.children or '', '%S+') do
+    feeds = feeds + 1
+  end
+  if feeds > 0 then
+    fields[#fields + 1] = 'feeds'
+    fields[#fields + 1] = int(feeds)
+  end
   -- When it may start, as far as known now: a node with parents learns the
   -- rest (its delay after them) at its release.
   local run_at = node.run_at_ms
