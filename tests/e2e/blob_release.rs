@@ -137,8 +137,16 @@ async fn a_shared_blob_keeps_the_other_tasks_reference_and_it_still_runs() {
         .await
         .unwrap();
     assert_eq!(refs(&redis, &blob).await, (Some(2), true));
-    let record = producer.record(cancelled).await.unwrap().unwrap();
-    assert_eq!(record.status, Some(Status::Delayed), "held by the pause");
+    // The worker's next claim parks it (the pause holds it as `delayed`).
+    wait_until(
+        WAIT,
+        "the cancelled-to-be task held by the pause",
+        || async {
+            let record = producer.record(cancelled).await.unwrap().unwrap();
+            record.status == Some(Status::Delayed)
+        },
+    )
+    .await;
 
     assert_eq!(
         producer.cancel(cancelled).await.unwrap(),
