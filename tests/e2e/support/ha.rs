@@ -892,8 +892,31 @@ impl SentinelSetup {
     /// rejoined node once it is in sync: then the pair is whole the other
     /// way round, which is as good. So the wait is for whichever node the
     /// sentinels name to have the other one as an online replica.
+    ///
+    /// It comes back as a replica of the current master with
+    /// `replica-priority 0`, raised to 100 only once it has synced: Sentinel
+    /// may otherwise promote a replica that has never synced (its
+    /// `master_link_down_since_seconds` reads -1, which passes the staleness
+    /// check: redis/redis#13533), and on a loaded machine it did, in a
+    /// second failover while the empty node's first sync ran, after which
+    /// the pair copied the empty node and every earlier task was gone.
+    /// docs/operations.md tells operators the same.
     pub async fn restart_old_master_as_replica(&mut self, timeout: Duration) {
+        let master_now = self.current_master_port().await;
+        let usual = self.master.args.clone();
+        self.master.args.extend(
+            [
+                "--replicaof",
+                "127.0.0.1",
+                &master_now.to_string(),
+                "--replica-priority",
+                "0",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
         self.master.restart();
+        self.master.args = usual;
         let deadline = Instant::now() + timeout;
         loop {
             let named = self.current_master_port().await;
@@ -910,7 +933,23 @@ impl SentinelSetup {
                             && slave.contains("state=online")
                     })
             });
-            if synced {
+            // In sync once the replica itself says its link is up (the
+            // master says `online` when it has sent the snapshot, before
+            // the replica has loaded it).
+            let loaded = synced
+                && query::<String>(replica, redis::cmd("INFO").arg("replication"))
+                    .is_ok_and(|info| info_field(&info, "master_link_status") == Some("up"));
+            // Now it may be promoted (a later failover may need it to be).
+            if loaded
+                && query::<String>(
+                    &self.master,
+                    redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg("replica-priority")
+                        .arg("100"),
+                )
+                .is_ok()
+            {
                 return;
             }
             assert!(
