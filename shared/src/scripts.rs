@@ -211,6 +211,7 @@ script!(FIND, "find.lua");
 script!(EXTEND, "extend.lua");
 script!(BURY, "bury.lua");
 script!(REQUEUE, "requeue.lua");
+script!(DEAD_PURGE, "dead_purge.lua");
 script!(RELEASE, "release.lua");
 script!(PROGRESS, "progress.lua");
 script!(SCHEDULE, "schedule.lua");
@@ -221,7 +222,7 @@ script!(WORKFLOW_SUBMIT, "workflow_submit.lua");
 script!(WORKFLOW_CANCEL, "workflow_cancel.lua");
 
 /// Every script, for loading.
-pub fn all() -> [&'static LuaScript; 18] {
+pub fn all() -> [&'static LuaScript; 19] {
     [
         &SUBMIT,
         &SUBMIT_MANY,
@@ -233,6 +234,7 @@ pub fn all() -> [&'static LuaScript; 18] {
         &EXTEND,
         &BURY,
         &REQUEUE,
+        &DEAD_PURGE,
         &RELEASE,
         &PROGRESS,
         &SCHEDULE,

@@ -372,3 +372,79 @@ async fn a_dead_letter_keeps_its_reference_for_its_requeue() {
     )
     .await;
 }
+
+/// Purging a dead letter is the last use of its task's reference: `tandem
+/// dlq purge ID` and `purge --all` give it back (revision 2.18), so the blob
+/// goes once nothing else holds it, not when its TTL runs out.
+#[tokio::test]
+async fn a_purged_dead_letter_gives_its_reference_back() {
+    let redis = RedisServer::start();
+    let producer = producer(&redis).await;
+    let _worker = worker(&redis).await;
+    let failing = |seed: u8| {
+        let message: String = (0..8192)
+            .map(|k| char::from(b'a' + ((k + usize::from(seed)) % 26) as u8))
+            .collect();
+        json!({"code": "BOOM", "message": message})
+    };
+    let (one, two, three) = (failing(1), failing(2), failing(3));
+    let mut letters = Vec::new();
+    for value in [&one, &two, &three] {
+        let id = producer
+            .submit(Task::new("fail", value).unwrap().max_attempts(1))
+            .await
+            .unwrap();
+        let outcome = producer.wait(id, WAIT).await.unwrap();
+        assert_eq!(outcome.status, Status::Failed);
+        letters.push(outcome.record.dead_letter.clone().expect("a dead letter"));
+        assert_eq!(
+            refs(&redis, &blob_of(value)).await,
+            (Some(1), true),
+            "the dead letter holds the reference"
+        );
+    }
+
+    let out = crate::support::tandem(&redis, &["dlq", "purge", &letters[0]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    assert!(
+        crate::support::text(&out.stdout).contains("purged 1 dead letters"),
+        "{}",
+        crate::support::text(&out.stdout)
+    );
+    wait_gone(&redis, &blob_of(&one), "the purged letter's blob released").await;
+    assert_eq!(
+        refs(&redis, &blob_of(&two)).await,
+        (Some(1), true),
+        "the other letters keep theirs"
+    );
+
+    let out = crate::support::tandem(&redis, &["dlq", "purge", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    assert!(
+        crate::support::text(&out.stdout).contains("purged 2 dead letters"),
+        "{}",
+        crate::support::text(&out.stdout)
+    );
+    wait_gone(
+        &redis,
+        &blob_of(&two),
+        "a letter purged with --all released",
+    )
+    .await;
+    wait_gone(
+        &redis,
+        &blob_of(&three),
+        "a letter purged with --all released",
+    )
+    .await;
+    let left: u64 = redis.conn().await.xlen("tandem:{cpu}:dead").await.unwrap();
+    assert_eq!(left, 0);
+}

@@ -3,11 +3,14 @@
 
 use redis::{Cmd, Value};
 
-use super::reply::{array, fields, int, reply_ok, text};
+use super::reply::{array, fields, int, reply_ok, stream_entries, text};
 use super::{Store, StoreError};
 use crate::scripts;
 use crate::task::{Class, TaskId};
 use crate::wire::Fields;
+
+/// At most this many dead letters are deleted by one script call.
+const PURGE_PAGE: usize = 500;
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,30 +133,52 @@ impl Store {
         Ok(Some((task.parse().ok(), entry)))
     }
 
-    /// Deletes the given dead letters of a class, or all of them.
+    /// Deletes the given dead letters of a class, or all of them (those
+    /// there when the call starts; later ones stay), giving back the
+    /// parameter blob reference each held (`dead_purge.lua`, at most
+    /// [`PURGE_PAGE`] entries a call, so a long stream does not hold Redis
+    /// up).
     pub async fn purge_dead(
         &self,
         class: Class,
         ids: Option<&[String]>,
     ) -> Result<u64, StoreError> {
         let key = self.keys.dead(class);
-        let cmd = match ids {
-            Some([]) => return Ok(0),
+        let mut deleted = 0;
+        match ids {
             Some(ids) => {
-                let mut cmd = redis::cmd("XDEL");
-                cmd.arg(key).arg(ids);
-                cmd
+                for page in ids.chunks(PURGE_PAGE) {
+                    deleted += self.purge_call(key, "ids", page).await?;
+                }
             }
             None => {
-                let mut len = redis::cmd("XLEN");
-                len.arg(key);
-                let count = int(self.single(len).await?, "XLEN")?;
-                let mut del = redis::cmd("DEL");
-                del.arg(key);
-                self.single(del).await?;
-                return Ok(u64::try_from(count).unwrap_or(0));
+                let mut last = redis::cmd("XREVRANGE");
+                last.arg(key).arg("+").arg("-").arg("COUNT").arg(1);
+                let Some((newest, _)) = stream_entries(self.single(last).await?)?.pop() else {
+                    return Ok(0);
+                };
+                loop {
+                    let page = PURGE_PAGE.to_string();
+                    let purged = self
+                        .purge_call(key, "upto", &[newest.clone(), page])
+                        .await?;
+                    deleted += purged;
+                    if purged < PURGE_PAGE as u64 {
+                        break;
+                    }
+                }
             }
-        };
-        Ok(u64::try_from(int(self.single(cmd).await?, "XDEL")?).unwrap_or(0))
+        }
+        Ok(deleted)
+    }
+
+    async fn purge_call(&self, key: &str, mode: &str, args: &[String]) -> Result<u64, StoreError> {
+        let cmd = scripts::DEAD_PURGE
+            .invocation(self.events)
+            .key(key)
+            .arg(mode)
+            .arg(args)
+            .into_cmd();
+        Ok(u64::try_from(int(self.single(cmd).await?, "dead_purge")?).unwrap_or(0))
     }
 }

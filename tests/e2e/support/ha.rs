@@ -897,9 +897,12 @@ impl SentinelSetup {
     /// `replica-priority 0`, raised to 100 only once it has synced: Sentinel
     /// may otherwise promote a replica that has never synced (its
     /// `master_link_down_since_seconds` reads -1, which passes the staleness
-    /// check: redis/redis#13533), and on a loaded machine it did, in a
-    /// second failover while the empty node's first sync ran, after which
-    /// the pair copied the empty node and every earlier task was gone.
+    /// check: redis/redis#13533). A second failover while the empty node's
+    /// first sync ran would elect it, the pair would copy it, and every
+    /// earlier task would be gone: what the one failure of
+    /// `ha::sentinel_failover_loses_no_replicated_submission` under load
+    /// showed (each task acknowledged before the kill missing, those
+    /// after it present).
     /// docs/operations.md tells operators the same.
     pub async fn restart_old_master_as_replica(&mut self, timeout: Duration) {
         let master_now = self.current_master_port().await;
