@@ -24,7 +24,9 @@
 -- counts from that time, not from now.
 --
 -- Returns {task id, 1} for a new task or {existing task id, 0}; a WRONGTYPE
--- error, with nothing written, when a key holds another type. The work is
+-- error, with nothing written, when a key holds another type; the server's
+-- own refusal of the first write (READONLY on a replica, OOM) as Redis gave
+-- it, code and all (revision 2.18; before, it came back as WRONGTYPE). The work is
 -- common.lua's submit_task, which submit_many.lua runs once per task.
 
 local idem_key = nil

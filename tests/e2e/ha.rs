@@ -511,12 +511,27 @@ async fn sentinel_failover_loses_no_replicated_submission() {
         .restart_old_master_as_replica(Duration::from_secs(60))
         .await;
     let rejoined = kill.elapsed();
-    wait_until(
-        Duration::from_secs(90),
-        "100 submissions acknowledged after the kill",
-        || async { count(true) >= 100 },
-    )
-    .await;
+    let acked =
+        crate::support::eventually(Duration::from_secs(90), || async { count(true) >= 100 }).await;
+    if !acked {
+        let master = setup.current_master_port().await;
+        let seen = seen.lock().unwrap();
+        panic!(
+            "fewer than 100 submissions acknowledged within 90 s after the old master \
+             rejoined ({rejoined:?} after the kill; failover after {failover:?}): {} before the \
+             kill, {} after; submit errors {} before, {} after, samples {:?}; the sentinels \
+             name port {master} (first master {}, replica {}); replication: {:?} / {:?}",
+            seen.acked_before.len(),
+            seen.acked_after.len(),
+            seen.errors_before,
+            seen.errors_after,
+            seen.error_samples,
+            setup.first_master_port,
+            setup.replica().port,
+            setup.master().info_replication(),
+            setup.replica().info_replication(),
+        );
+    }
     stop.store(true, Ordering::SeqCst);
     submitting.await.unwrap();
 
@@ -580,6 +595,74 @@ async fn sentinel_failover_loses_no_replicated_submission() {
         seen.acked_after.len(),
         &last[..last.len().min(10)]
     );
+}
+
+// ---- A master demoted under its clients ----
+
+/// A client whose server turned into a replica (a Sentinel failover
+/// demoted it) must see that, as an error of the connection's kind that
+/// sends it to look for the master again. The submit script's first write
+/// is a pcall (to tell a key of another type); it used to turn the
+/// replica's READONLY into a WRONGTYPE, and the WAIT after it gave an
+/// error nobody recognised: under load a producer stayed on the replica,
+/// failing every submit, for as long as it ran.
+#[tokio::test]
+async fn a_submit_to_a_demoted_master_is_refused_as_readonly_not_wrongtype() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    wait_until(Duration::from_secs(60), "the replica to sync", || async {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut replica.conn().await)
+            .await
+            .unwrap();
+        info.contains("master_link_status:up")
+    })
+    .await;
+
+    for wait_replicas in [0, 1] {
+        let config = Config {
+            redis_wait_replicas: wait_replicas,
+            redis_wait_timeout_ms: 100,
+            reconnect_timeout_ms: 300,
+            ..replica.config()
+        };
+        let producer = Producer::connect(&config).await.unwrap();
+        let err = producer
+            .submit(Task::of::<Noop>(&rmpv::Value::Nil).unwrap())
+            .await
+            .expect_err("a replica takes no submission");
+        let text = format!("{err:#}");
+        assert!(
+            matches!(&err, ProducerError::Store(e) if e.is_connection()),
+            "WAIT {wait_replicas}: not an error of the connection's kind: {text}"
+        );
+        assert!(
+            matches!(&err, ProducerError::Store(StoreError::Redis(e)) if e.code() == Some("READONLY")),
+            "WAIT {wait_replicas}: {text}"
+        );
+    }
+
+    // The script itself, as a raw Redis caller runs it (the producers above
+    // loaded it there): READONLY, code and all.
+    let sha = tandem_shared::scripts::SUBMIT.sha().to_owned();
+    let mut conn = replica.conn().await;
+    let err = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(2)
+        .arg("tandem:{cpu}:stream:normal")
+        .arg("tandem:{cpu}:task:0199d3c4-0000-7000-8000-000000000001")
+        .arg("0199d3c4-0000-7000-8000-000000000001")
+        .arg(0)
+        .arg(60)
+        .arg("")
+        .arg(b"\xc0".as_slice())
+        .arg("kind")
+        .arg("noop")
+        .query_async::<redis::Value>(&mut conn)
+        .await
+        .expect_err("a replica refuses the write");
+    assert_eq!(err.code(), Some("READONLY"), "{err}");
 }
 
 // ---- WAIT without replicas ----

@@ -812,6 +812,9 @@ async fn run_one(
     if let Some((replicas, _)) = wait {
         let acked = match replies.pop() {
             Some(Value::Int(n)) => n,
+            // A replica refuses `WAIT` (`is_connection_error` knows the
+            // reply): a master demoted under this connection.
+            Some(Value::ServerError(e)) => return Err(RedisError::from(e).into()),
             Some(other) => return Err(StoreError::protocol("WAIT", &other)),
             None => 0,
         };

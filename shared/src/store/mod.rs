@@ -182,6 +182,18 @@ fn is_connection_error(err: &RedisError) -> bool {
         || err.is_timeout()
         || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
         || err.code().is_some_and(is_unavailable_code)
+        || is_wait_on_replica(err)
+}
+
+/// `WAIT` sent to a replica: `ERR WAIT cannot be used with replica
+/// instances`. The connection reached a master that was demoted (a Sentinel
+/// failover), like `READONLY`, which a write there would have answered
+/// unless a script caught it first.
+fn is_wait_on_replica(err: &RedisError) -> bool {
+    err.code() == Some("ERR")
+        && err
+            .detail()
+            .is_some_and(|d| d.starts_with("WAIT cannot be used with replica"))
 }
 
 /// Server replies that say the server did not run the command because it
@@ -478,6 +490,21 @@ mod tests {
             wanted: 1,
         };
         assert!(!not_replicated.is_connection());
+        // Server replies, as Redis sends them.
+        let reply = |text: &str| match redis::parse_redis_value(format!("-{text}\r\n").as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => StoreError::Redis(RedisError::from(e)),
+            other => panic!("{other:?}"),
+        };
+        assert!(reply("READONLY You can't write against a read only replica.").is_connection());
+        assert!(
+            reply("ERR WAIT cannot be used with replica instances. Please also note ...")
+                .is_connection()
+        );
+        assert!(!reply("ERR wrong number of arguments for 'wait' command").is_connection());
+        assert!(
+            !reply("WRONGTYPE Operation against a key holding the wrong kind of value")
+                .is_connection()
+        );
     }
 
     #[test]

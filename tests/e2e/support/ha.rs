@@ -147,6 +147,11 @@ impl RedisProcess {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `INFO replication`, or why it could not be read: for test failures.
+    pub fn info_replication(&self) -> Result<String, String> {
+        query(self, redis::cmd("INFO").arg("replication"))
+    }
+
     /// A blocking connection with short timeouts, for setting up and probing.
     pub fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
         let conn =

@@ -928,6 +928,14 @@ local function submit_task(stream_key, record_key, idem_key, id, deadline_in, tt
   -- Claims the record (and says `queued`) only if the task id has none yet.
   local fresh = redis.pcall('HSETNX', record_key, 'status', 'queued')
   if type(fresh) == 'table' and fresh.err then
+    -- Only a key of another type is the task's problem. Any other error is
+    -- the server's (READONLY from a master demoted to a replica, OOM) and
+    -- goes to the caller as it came, code and all, so that it retries
+    -- where it should. This task wrote nothing (a batch's earlier tasks
+    -- stand, and a retry finds them by their ids).
+    if string.sub(fresh.err, 1, 10) ~= 'WRONGTYPE ' then
+      error(fresh)
+    end
     return redis.error_reply('WRONGTYPE ' .. record_key .. ' holds a ' .. redis.call('TYPE', record_key)['ok']
       .. ', not a hash; the call changed nothing')
   end
