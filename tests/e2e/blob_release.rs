@@ -404,17 +404,18 @@ async fn a_purged_dead_letter_gives_its_reference_back() {
         );
     }
 
-    let out = crate::support::tandem(&redis, &["dlq", "purge", &letters[0]]);
-    assert!(
-        out.status.success(),
-        "{}",
-        crate::support::text(&out.stderr)
-    );
-    assert!(
-        crate::support::text(&out.stdout).contains("purged 1 dead letters"),
-        "{}",
-        crate::support::text(&out.stdout)
-    );
+    // `tandem dlq purge ARGS` succeeds and says how many it purged.
+    let purge = |args: &[&str], said: &str| {
+        let out = crate::support::tandem(&redis, &[&["dlq", "purge"], args].concat());
+        let stdout = crate::support::text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            crate::support::text(&out.stderr)
+        );
+        assert!(stdout.contains(said), "{stdout}");
+    };
+    purge(&[&letters[0]], "purged 1 dead letters");
     wait_gone(&redis, &blob_of(&one), "the purged letter's blob released").await;
     assert_eq!(
         refs(&redis, &blob_of(&two)).await,
@@ -422,17 +423,7 @@ async fn a_purged_dead_letter_gives_its_reference_back() {
         "the other letters keep theirs"
     );
 
-    let out = crate::support::tandem(&redis, &["dlq", "purge", "--all"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        crate::support::text(&out.stderr)
-    );
-    assert!(
-        crate::support::text(&out.stdout).contains("purged 2 dead letters"),
-        "{}",
-        crate::support::text(&out.stdout)
-    );
+    purge(&["--all"], "purged 2 dead letters");
     wait_gone(
         &redis,
         &blob_of(&two),
