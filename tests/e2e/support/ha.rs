@@ -873,8 +873,7 @@ impl SentinelSetup {
                 }
             }
             if promoted {
-                let info: Result<String, String> =
-                    query(node, redis::cmd("INFO").arg("replication"));
+                let info = node.info_replication();
                 match info {
                     Ok(info) if info_field(&info, "role") == Some("master") => return,
                     other => last = format!("node {port}: {other:?}"),
@@ -933,7 +932,7 @@ impl SentinelSetup {
             } else {
                 (&self.replica, &self.master)
             };
-            let info: Result<String, String> = query(master, redis::cmd("INFO").arg("replication"));
+            let info = master.info_replication();
             let synced = info.as_ref().is_ok_and(|info| {
                 info_field(info, "role") == Some("master")
                     && info_field(info, "slave0").is_some_and(|slave| {
@@ -945,7 +944,8 @@ impl SentinelSetup {
             // master says `online` when it has sent the snapshot, before
             // the replica has loaded it).
             let loaded = synced
-                && query::<String>(replica, redis::cmd("INFO").arg("replication"))
+                && replica
+                    .info_replication()
                     .is_ok_and(|info| info_field(&info, "master_link_status") == Some("up"));
             // Now it may be promoted (a later failover may need it to be).
             if loaded
@@ -1008,8 +1008,7 @@ impl SentinelSetup {
                 }
             }
             if promoted {
-                let info: Result<String, String> =
-                    query(&self.replica, redis::cmd("INFO").arg("replication"));
+                let info = self.replica.info_replication();
                 match info {
                     Ok(info) if info_field(&info, "role") == Some("master") => return,
                     other => last = format!("replica: {other:?}"),
