@@ -49,9 +49,12 @@
 -- ARGV[12..] dead consumers, two values each: the name, then `dead` (its
 --          process ended, or nothing more is known) or `stalled` (its
 --          process still exists: stopped or hung, so its tasks did not kill
---          it); then one rule per key: `off`, or `limit=N` (optional) then
---          clauses `AGE/OVER` (ms waited, memory floor in bytes, -1 for
---          none): `0/-1` takes everything at once
+--          it); then the number of doorbell arrivals that follow (see
+--          Wake-ups below; 0 for none) and two values each: the stream's
+--          position in KEYS and the entry id; then one rule per key: `off`,
+--          or `limit=N` (optional) then clauses `AGE/OVER` (ms waited,
+--          memory floor in bytes, -1 for none): `0/-1` takes everything at
+--          once
 --
 -- Blame: a take-over tells apart a task that kills its worker from one
 -- whose worker died for other reasons. The worker it is taken from held n
@@ -63,6 +66,19 @@
 -- entry's `interrupted` (hand-backs by failed devices) reaches max
 -- deliveries is poison. When a dead worker's entries are not all taken in
 -- one claim, the rest are marked (`died_with`) with the n it died holding.
+--
+-- Wake-ups: an idle worker claims when its doorbell (a blocking XREAD on
+-- its streams) reads an arrival, and every idle worker watching the stream
+-- reads the same one. The worker passes the arrivals that woke it. When the
+-- claim has nothing else to do (no promotion, sweep, take-over or aging
+-- pass) and the group has already delivered every one of them (its
+-- last-delivered-id is at or past each: another worker's claim, run first,
+-- took them and all before them), there is nothing new for this claim: it
+-- returns at once, {{}, {}, {}, {}, 1}, without reading a length or an
+-- entry, and the worker waits again from just past the arrivals. An arrival
+-- still undelivered (no claim ran yet, or the one that ran was full or its
+-- routing refused it) makes the claim run in full, so routing and priority
+-- order are as without the gate; only the claims for nothing are cut.
 --
 -- Returns {claimed, last_ids, gone, blocked}. claimed holds {stream index, entry id,
 -- verdict, fields, attempt, observed} per entry; verdict is
@@ -90,6 +106,45 @@
 -- rule is off; a paused kind's entries and rate-limited entries are parked
 -- (see park in common.lua) as they are read, so they hold no slot and do
 -- not block the entries behind them.
+-- Wake-ups (see above): the arrivals that woke the worker, all delivered?
+local function delivered_to_group(idx, id)
+  local infos = redis.pcall('XINFO', 'GROUPS', KEYS[idx])
+  if type(infos) ~= 'table' or infos.err then
+    return false
+  end
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  for _, info in ipairs(infos) do
+    if field(info, 'name') == ARGV[1] then
+      local last_ms, last_seq = string.match(field(info, 'last-delivered-id') or '', '^(%d+)-(%d+)$')
+      if not (ms and last_ms) then
+        return false
+      end
+      ms, last_ms = tonumber(ms), tonumber(last_ms)
+      return last_ms > ms or (last_ms == ms and tonumber(last_seq) >= tonumber(seq))
+    end
+  end
+  return false
+end
+do
+  local dead_n = tonumber(ARGV[11]) or 0
+  local at = 12 + 2 * dead_n
+  local arrivals = tonumber(ARGV[at]) or 0
+  if arrivals > 0 and dead_n == 0 and ARGV[9] ~= '1' and (tonumber(ARGV[7]) or 0) == 0
+      and (tonumber(ARGV[5]) or 0) == 0 then
+    local elsewhere = true
+    for i = at + 1, at + 2 * arrivals, 2 do
+      local idx = tonumber(ARGV[i])
+      if not (idx and KEYS[idx] and delivered_to_group(idx, ARGV[i + 1])) then
+        elsewhere = false
+        break
+      end
+    end
+    if elsewhere then
+      return {{}, {}, {}, {}, 1}
+    end
+  end
+end
+
 local flows = {}
 local flow_bases = {}
 -- Reads the flow hash of class `base` (once) and checks the keys its
@@ -251,7 +306,7 @@ local function parse_rule(text)
   return rule
 end
 local rules = {}
-local first_rule = 12 + 2 * dead_count
+local first_rule = 13 + 2 * dead_count + 2 * (tonumber(ARGV[12 + 2 * dead_count]) or 0)
 if #ARGV < first_rule then
   for idx = 1, #KEYS do
     rules[idx] = PLAIN

@@ -55,5 +55,6 @@ mod tracing;
 mod transformer;
 mod views;
 mod volume;
+mod wakeups;
 mod wire;
 mod workflows;

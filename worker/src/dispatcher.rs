@@ -257,6 +257,9 @@ impl Dispatcher {
         };
         let mut schedule = Schedule::new(limits, Instant::now());
         let mut own = OwnClaims::default();
+        // The ring that alone brought the next claim about: the claim passes
+        // its arrivals (see `ClaimRequest::arrivals`).
+        let mut gate: Option<Ring> = None;
 
         loop {
             while let Ok(done) = done_rx.try_recv() {
@@ -305,7 +308,7 @@ impl Dispatcher {
                     &mut schedule,
                     &mut outcomes,
                     &mut prefetched,
-                    (&waker, &mut own),
+                    (&waker, &mut own, &mut gate),
                     &done_tx,
                 )
                 .await;
@@ -319,7 +322,18 @@ impl Dispatcher {
             let draining = schedule.is_draining();
             tokio::select! {
                 Some(done) = done_rx.recv() => outcomes.take(done, &mut schedule),
-                () = waker.woken(), if !draining => self.rang(&waker, &own, &mut schedule),
+                () = waker.woken(), if !draining => {
+                    let ring = self.rang(&waker, &own, &mut schedule);
+                    gate = match (gate.take(), ring) {
+                        (None, ring) => ring,
+                        (Some(kept), None) => Some(kept),
+                        // Two rings before one claim: no gate, claim in full.
+                        (Some(_), Some(_)) => {
+                            schedule.woken();
+                            None
+                        }
+                    };
+                }
                 () = self.flow_changed.notified(), if !draining => {
                     schedule.woken();
                     self.release_paused(&mut prefetched, &mut schedule).await;
@@ -384,7 +398,7 @@ impl Dispatcher {
         schedule: &mut Schedule,
         outcomes: &mut Outcomes,
         prefetched: &mut Prefetched,
-        (waker, own): (&Doorbell, &mut OwnClaims),
+        (waker, own, gate): (&Doorbell, &mut OwnClaims, &mut Option<Ring>),
         done: &mpsc::UnboundedSender<Finished>,
     ) {
         let lease_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -394,6 +408,16 @@ impl Dispatcher {
             Vec::new()
         };
         let want = plan.claim.as_ref().map_or(0, |claim| claim.max);
+        // Any claim uses the ring up; only a gated one passes its arrivals.
+        let ring = if plan.claim.is_some() {
+            gate.take()
+        } else {
+            None
+        };
+        let arrivals: Vec<(usize, String)> = match (&ring, &plan.claim) {
+            (Some(ring), Some(claim)) if claim.gate => self.arrivals_of(ring),
+            _ => Vec::new(),
+        };
         let free_memory = self.device_memory.free_memory(self.running.reserved());
         let outcome = {
             let rules: &[String] = if self.router.is_plain() && free_memory.is_none() {
@@ -412,6 +436,7 @@ impl Dispatcher {
                 dead_consumers: schedule.dead_workers(),
                 free_memory,
                 rules,
+                arrivals: &arrivals,
             });
             let to_commit = &outcomes.to_commit;
             let trip = Trip {
@@ -475,11 +500,19 @@ impl Dispatcher {
                     taken: claimed.entries.len(),
                     blocked: claimed.blocked.clone(),
                     last_ids: claimed.last_ids.is_some(),
+                    taken_elsewhere: claimed.taken_elsewhere,
                 }),
                 claim_failed: claim_error.is_some(),
             },
         );
         if let Some(claimed) = claimed {
+            // Another worker's claim took the arrivals: wait again from just
+            // past them, as after one's own (see `rang`).
+            if claimed.taken_elsewhere
+                && let Some(ring) = &ring
+            {
+                waker.arm(WaitPoint::past(ring));
+            }
             if let (Some(ids), Some(watch)) = (claimed.last_ids, arm) {
                 let (keys, ids): (Vec<String>, Vec<String>) = self
                     .streams
@@ -525,17 +558,41 @@ impl Dispatcher {
     /// The doorbell rang. When every arrival it read is an entry this
     /// worker's own claims already took (the child its commit released,
     /// claimed in the same round trip, or its own shards), there is nothing
-    /// to look for: the wait moves past them, no claim goes. Anything else
-    /// (another's entry, a failed wait) is a wake-up.
-    fn rang(&self, waker: &Doorbell, own: &OwnClaims, schedule: &mut Schedule) {
+    /// to look for: the wait moves past them, no claim goes. Another's
+    /// arrival is a wake-up, and the ring is returned for the claim to be
+    /// gated on: every idle worker watching the stream read the same
+    /// arrival, and only the first claim to reach Redis needs to run in
+    /// full. A failed wait is a wake-up with no gate.
+    fn rang(&self, waker: &Doorbell, own: &OwnClaims, schedule: &mut Schedule) -> Option<Ring> {
         let rings = waker.take_rings();
-        let last = rings.rings.last();
-        match last {
-            Some(last) if !rings.blind && rings.rings.iter().all(|r| own.covers(r)) => {
+        match rings.rings.as_slice() {
+            [.., last] if !rings.blind && rings.rings.iter().all(|r| own.covers(r)) => {
                 waker.arm(WaitPoint::past(last));
+                None
             }
-            _ => schedule.woken(),
+            [only] if !rings.blind && !only.arrivals.is_empty() => {
+                schedule.rung();
+                Some(only.clone())
+            }
+            _ => {
+                schedule.woken();
+                None
+            }
         }
+    }
+
+    /// A ring's arrivals as (position in this worker's streams, entry id);
+    /// empty (no gate) if one is not among them.
+    fn arrivals_of(&self, ring: &Ring) -> Vec<(usize, String)> {
+        let found: Option<Vec<(usize, String)>> = ring
+            .arrivals
+            .iter()
+            .map(|(key, id)| {
+                let at = self.streams.iter().position(|s| &s.key == key)?;
+                Some((at, id.clone()))
+            })
+            .collect();
+        found.unwrap_or_default()
     }
 
     /// Takes in a look at the registry: the router's view of the live

@@ -97,6 +97,11 @@ pub(crate) struct ClaimPlan {
     /// Per stream, whether the blocking wait should cover it: the rules
     /// leave it on and its next entry was not refused.
     pub watch: Vec<bool>,
+    /// Only the blocking wait's arrivals brought this claim about, and it
+    /// carries no periodic pass, take-over or released work: it may pass
+    /// the arrivals, and end at once when another worker's claim took
+    /// them (see `ClaimRequest::arrivals`).
+    pub gate: bool,
 }
 
 /// What a round trip that reached Redis brought back.
@@ -123,6 +128,9 @@ pub(crate) struct ClaimResult {
     pub blocked: Vec<Blocked>,
     /// Whether it returned the streams' newest ids (they ran dry).
     pub last_ids: bool,
+    /// It ended at once: another worker's claim had taken the arrivals it
+    /// was gated on. The refusals of the claim before still stand.
+    pub taken_elsewhere: bool,
 }
 
 /// The claim loop's state and decisions.
@@ -168,6 +176,9 @@ pub(crate) struct Schedule {
     planned_watch: Vec<bool>,
     /// How many entries the last planned claim asked for.
     planned_claim: usize,
+    /// Arrivals read by the blocking wait are the only reason to look for
+    /// work since the last claim (see [`Schedule::rung`]).
+    ring_only: bool,
 }
 
 impl Schedule {
@@ -193,6 +204,7 @@ impl Schedule {
             watching: Vec::new(),
             planned_watch: Vec::new(),
             planned_claim: 0,
+            ring_only: false,
         }
     }
 
@@ -255,6 +267,15 @@ impl Schedule {
             .map(|(i, on)| *on && self.blocked.get(i).is_none_or(|b| *b == Blocked::No))
             .collect();
         let want_last_ids = !inputs.wait_armed || watch != self.watching;
+        let gate = want > 0
+            && self.ring_only
+            && !(aging || sweep || promote)
+            && self.dead_workers.is_empty()
+            && !(inputs.commits > 0 && inputs.may_release)
+            && watch == self.watching;
+        if want > 0 {
+            self.ring_only = false;
+        }
         self.planned_watch.clone_from(&watch);
         self.planned_claim = want;
         Some(TripPlan {
@@ -267,6 +288,7 @@ impl Schedule {
                 promote,
                 want_last_ids,
                 watch,
+                gate,
             }),
         })
     }
@@ -284,6 +306,9 @@ impl Schedule {
         let claimed = result.claim?;
         if claimed.taken < self.planned_claim {
             self.may_have_work = false;
+        }
+        if claimed.taken_elsewhere {
+            return None;
         }
         self.blocked = claimed.blocked;
         self.memory_blocked = self.blocked.contains(&Blocked::Memory);
@@ -325,18 +350,35 @@ impl Schedule {
             self.held = self.held.saturating_sub(1);
         }
         if self.memory_blocked {
-            self.may_have_work = true;
+            self.look_again();
         }
     }
 
     /// The routing rules changed: streams they refused may deliver now.
     pub fn rules_changed(&mut self) {
+        self.look_again();
+    }
+
+    /// The blocking wait failed, or something other than an arrival may
+    /// have brought work: the next claim runs in full.
+    pub fn woken(&mut self) {
+        self.look_again();
+    }
+
+    /// The blocking wait read an arrival (another's entry). When nothing
+    /// else made the loop look for work since its last claim, the next
+    /// claim may be gated on the arrivals ([`ClaimPlan::gate`]).
+    pub fn rung(&mut self) {
+        if !self.may_have_work {
+            self.ring_only = true;
+        }
         self.may_have_work = true;
     }
 
-    /// The blocking wait saw a task arrive (or failed).
-    pub fn woken(&mut self) {
+    /// Something may have brought work: the next plan claims, in full.
+    fn look_again(&mut self) {
         self.may_have_work = true;
+        self.ring_only = false;
     }
 
     /// Takes in the dead workers of a look at the registry. True when the
@@ -348,7 +390,7 @@ impl Schedule {
         };
         let newly = !self.is_draining() && !dead.is_empty() && !same(&dead, &self.dead_workers);
         if newly {
-            self.may_have_work = true;
+            self.look_again();
         }
         self.dead_workers = if self.is_draining() { Vec::new() } else { dead };
         newly
@@ -374,11 +416,11 @@ impl Schedule {
             return true;
         }
         if !self.is_draining() && now >= self.next_promote.min(self.next_sweep) {
-            self.may_have_work = true;
+            self.look_again();
         }
         if self.blocked_until.is_some_and(|at| now >= at) {
             self.blocked_until = None;
-            self.may_have_work = true;
+            self.look_again();
         }
         false
     }
@@ -459,6 +501,7 @@ mod tests {
                 taken,
                 blocked: blocked.to_vec(),
                 last_ids,
+                taken_elsewhere: false,
             }),
             claim_failed: false,
         }
@@ -498,9 +541,126 @@ mod tests {
                     promote: true,
                     want_last_ids: true,
                     watch: vec![true, true],
+                    gate: false,
                 }),
             })
         );
+    }
+
+    /// After a dry claim at 0 whose periodic passes ran, a ring at `ms`
+    /// (before any of them is due again) and the claim it brings.
+    fn claim_after_ring(schedule: &mut Schedule, clock: &Clock, ms: u64) -> ClaimPlan {
+        assert!(claim_at(schedule, clock.at(0)).is_some(), "a claim was due");
+        let armed = schedule.apply(clock.at(0), claimed(0, &[], true));
+        assert_eq!(armed, Some(vec![true, true]), "the wait is armed");
+        schedule.rung();
+        claim_at(schedule, clock.at(ms)).expect("a ring brings a claim")
+    }
+
+    #[test]
+    fn a_claim_only_a_ring_brought_about_is_gated_on_it() {
+        let (clock, mut schedule) = Clock::new();
+        let claim = claim_after_ring(&mut schedule, &clock, 100);
+        assert!(
+            claim.gate && !claim.aging && !claim.promote && !claim.sweep,
+            "{claim:?}"
+        );
+
+        // The ring is used up by the claim: the next one (a full claim came
+        // back, there may be more) is not gated.
+        schedule.apply(clock.at(100), claimed(claim.max, &[], false));
+        let next = claim_at(&mut schedule, clock.at(150)).expect("a claim");
+        assert!(!next.gate, "{next:?}");
+    }
+
+    #[test]
+    fn a_claim_any_other_wake_up_brought_about_is_not_gated() {
+        type Wake = fn(&mut Schedule);
+        let others: [(&str, Wake); 4] = [
+            ("a failed wait", Schedule::woken),
+            ("routing rules", Schedule::rules_changed),
+            ("a dead worker", |s: &mut Schedule| {
+                s.workers_seen(dead(&["w9"]));
+            }),
+            ("freed memory", |s: &mut Schedule| {
+                s.memory_blocked = true;
+                s.task_finished(true);
+            }),
+        ];
+        for (what, wake) in others {
+            // The other reason before the ring, and after it.
+            for first in [true, false] {
+                let (clock, mut schedule) = Clock::new();
+                assert!(claim_at(&mut schedule, clock.at(0)).is_some());
+                schedule.apply(clock.at(0), claimed(0, &[], true));
+                if first {
+                    wake(&mut schedule);
+                    schedule.rung();
+                } else {
+                    schedule.rung();
+                    wake(&mut schedule);
+                }
+                let claim = claim_at(&mut schedule, clock.at(100)).expect("a claim");
+                assert!(!claim.gate, "{what} (first: {first}): {claim:?}");
+            }
+        }
+
+        // A ring whose claim carries a periodic pass, or commits that may
+        // release work, is not gated either.
+        let (clock, mut schedule) = Clock::new();
+        let claim = claim_after_ring(&mut schedule, &clock, 500);
+        assert!(claim.promote && !claim.gate, "{claim:?}");
+        let (clock, mut schedule) = Clock::new();
+        assert!(claim_at(&mut schedule, clock.at(0)).is_some());
+        schedule.apply(clock.at(0), claimed(0, &[], true));
+        schedule.rung();
+        let releasing = TripInputs {
+            may_release: true,
+            ..inputs(1, false)
+        };
+        let plan = schedule.plan(clock.at(100), &releasing).expect("a trip");
+        assert!(!plan.claim.expect("a claim").gate);
+    }
+
+    #[test]
+    fn a_claim_another_worker_answered_keeps_the_refusals_and_stops_claiming() {
+        let (clock, mut schedule) = Clock::new();
+        let refused = [Blocked::No, Blocked::Memory];
+        assert!(claim_at(&mut schedule, clock.at(0)).is_some());
+        schedule.apply(clock.at(0), claimed(0, &refused, true));
+        // The wait is armed without the refused stream from the next claim on.
+        schedule.woken();
+        let claim = claim_at(&mut schedule, clock.at(50)).expect("a claim");
+        assert_eq!(claim.watch, vec![true, false]);
+        schedule.apply(clock.at(50), claimed(0, &refused, true));
+        schedule.rung();
+        let claim = claim_at(&mut schedule, clock.at(100)).expect("a claim");
+        assert!(claim.gate, "{claim:?}");
+        let elsewhere = TripResult {
+            committed: 0,
+            claim: Some(ClaimResult {
+                taken: 0,
+                blocked: Vec::new(),
+                last_ids: false,
+                taken_elsewhere: true,
+            }),
+            claim_failed: false,
+        };
+        assert_eq!(
+            schedule.apply(clock.at(100), elsewhere),
+            None,
+            "nothing to arm from"
+        );
+        assert_eq!(
+            claim_at(&mut schedule, clock.at(150)),
+            None,
+            "no claim until something comes"
+        );
+        assert_eq!(schedule.blocked, refused.to_vec());
+        // The memory refusal of the claim before still stands: a task that
+        // ends brings a claim.
+        schedule.task_finished(false);
+        assert!(claim_at(&mut schedule, clock.at(200)).is_some());
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub struct ClaimRequest<'a> {
     /// One routing rule per stream, in the wire form of
     /// [`crate::routing::Rule::wire`]; empty: take everything.
     pub rules: &'a [String],
+    /// The doorbell arrivals that woke an idle worker, as (position in the
+    /// claim's streams, entry id): when the claim has nothing else to do
+    /// and the group has delivered them all (another worker's claim took
+    /// them first), the script returns at once with
+    /// [`Claimed::taken_elsewhere`]. Empty: claim in full.
+    pub arrivals: &'a [(usize, String)],
 }
 
 /// A worker whose tasks are to be taken over, and what is known of it.
@@ -94,6 +100,10 @@ pub struct Claimed {
     pub gone: Vec<String>,
     /// Per stream (empty when none was), why its next entry was not taken.
     pub blocked: Vec<Blocked>,
+    /// The claim looked no further: every arrival it was given had been
+    /// delivered to another claim already (see [`ClaimRequest::arrivals`]).
+    /// Nothing else in the result is meaningful then.
+    pub taken_elsewhere: bool,
 }
 
 /// Why a stream's next entry was not taken.
@@ -168,6 +178,10 @@ impl Store {
             call = call
                 .arg(dead.name.as_str())
                 .arg(if dead.stalled { "stalled" } else { "dead" });
+        }
+        call = call.arg(request.arrivals.len());
+        for (index, entry_id) in request.arrivals {
+            call = call.arg(index + 1).arg(entry_id.as_str());
         }
         for rule in request.rules {
             call = call.arg(rule.as_str());
@@ -246,6 +260,9 @@ impl<'t, 'a> ClassClaims<'t, 'a> {
         let sub = ClaimRequest {
             max,
             rules: &rules,
+            // Positions would have to be mapped per class, and a later
+            // class's claim comes after this one's writes: claim in full.
+            arrivals: &[],
             free_memory: self
                 .request
                 .free_memory
@@ -398,8 +415,13 @@ pub(super) fn parse_claimed(reply: Value, streams: &[StreamRef]) -> Result<Claim
             })
         })
         .collect::<Result<_, _>>()?;
+    let taken_elsewhere = match parts.next() {
+        None => false,
+        Some(flag) => int(flag, "claim")? == 1,
+    };
     let mut claimed = Claimed {
         blocked,
+        taken_elsewhere,
         entries: Vec::with_capacity(entries.len()),
         last_ids: None,
         gone: gone
