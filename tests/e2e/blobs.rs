@@ -67,22 +67,6 @@ async fn blob_keys(redis: &RedisServer) -> Vec<String> {
     keys
 }
 
-/// How many times Redis ran `command` (INFO commandstats).
-async fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let mut conn = redis.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn info_field(redis: &RedisServer, section: &str, field: &str) -> u64 {
     let mut conn = redis.conn().await;
     let info: String = redis::cmd("INFO")
@@ -119,7 +103,7 @@ async fn a_40_mb_returns_matrix_runs_through_historical_risk_and_portfolio_opt_b
 
     // Three tasks with the same matrix: one blob, fetched once by the
     // worker (its chunks read once), whatever the store holds meanwhile.
-    let getrange_before = calls(&redis, "getrange").await;
+    let getrange_before = redis.command_calls("getrange").await;
     let mut ids = vec![producer.submit(task).await.unwrap()];
     for _ in 0..2 {
         ids.push(
@@ -142,7 +126,7 @@ async fn a_40_mb_returns_matrix_runs_through_historical_risk_and_portfolio_opt_b
     }
     let chunk = Config::default().blob_chunk_bytes;
     assert_eq!(
-        calls(&redis, "getrange").await - getrange_before,
+        redis.command_calls("getrange").await - getrange_before,
         params_len.div_ceil(chunk) as u64,
         "the worker read the blob's chunks once for three tasks"
     );
@@ -617,7 +601,7 @@ async fn tandem_submit_sends_a_large_params_file_by_reference() {
     let file = dir.path().join("params.json");
     let text = "r".repeat(1200 * 1024);
     std::fs::write(&file, serde_json::to_string(&text).unwrap()).unwrap();
-    let getrange_before = calls(&redis, "getrange").await;
+    let getrange_before = redis.command_calls("getrange").await;
     let out = crate::support::tandem(
         &redis,
         &[
@@ -639,7 +623,7 @@ async fn tandem_submit_sends_a_large_params_file_by_reference() {
         "the echoed 1.2 MiB string is printed"
     );
     // The worker read the parameters' blob, and `--wait` the result's.
-    assert!(calls(&redis, "getrange").await > getrange_before);
+    assert!(redis.command_calls("getrange").await > getrange_before);
     let out = crate::support::tandem(
         &redis,
         &["submit", "echo", "--params-file", "/nonexistent.json"],
@@ -678,7 +662,7 @@ async fn chunk_reads(cache_bytes: u64, sequence: &[u8]) -> Vec<u64> {
     let producer = redis.producer().await;
     let mut reads = Vec::new();
     for which in sequence {
-        let before = calls(&redis, "getrange").await;
+        let before = redis.command_calls("getrange").await;
         let id = producer
             .submit(Task::new("noop", &cache_params(*which)).unwrap())
             .await
@@ -686,7 +670,7 @@ async fn chunk_reads(cache_bytes: u64, sequence: &[u8]) -> Vec<u64> {
         let outcome = producer.wait(id, WAIT).await.unwrap();
         assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.record);
         wait_for_no_blobs(&redis, "the task released its parameter blob").await;
-        reads.push(calls(&redis, "getrange").await - before);
+        reads.push(redis.command_calls("getrange").await - before);
     }
     reads
 }

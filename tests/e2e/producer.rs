@@ -175,21 +175,6 @@ async fn idle_wait_futures_do_not_stall_later_submits() {
     }
 }
 
-/// The `Calls` figure of `INFO commandstats` for one command, 0 when it
-/// has not run since the last `CONFIG RESETSTAT`.
-async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
-}
-
 /// A batch goes to Redis as one `submit_many.lua` call per run of up to
 /// `SUBMIT_BATCH` tasks of a class, its entries in the batch's order; a
 /// task that cannot be submitted fails alone, its error naming its index.
@@ -215,7 +200,7 @@ async fn a_batch_is_one_script_call_per_run_and_a_bad_task_fails_alone() {
         .await
         .unwrap();
     assert_eq!(
-        command_calls(&mut conn, "evalsha").await,
+        redis.command_calls("evalsha").await,
         2,
         "two calls for {n} tasks"
     );

@@ -24,21 +24,6 @@ const IDLE_WORKER: &[(&str, &str)] = &[
 ];
 const WAIT: Duration = Duration::from_secs(60);
 
-/// `calls` of one command in `INFO commandstats` (0 when it has not run
-/// since the last `CONFIG RESETSTAT`).
-async fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut redis.conn().await)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 /// Four idle workers, tasks submitted one at a time, each awaited: the
 /// streams are read (`XREADGROUP`) about once a task, by the claim that
 /// takes it, and not by the three other workers' claims for nothing. A
@@ -75,8 +60,8 @@ async fn an_arrival_is_read_by_one_idle_workers_claim_not_by_all() {
         ran_on.insert(outcome.record.worker.unwrap_or_default());
     }
     let elapsed = started.elapsed().as_secs() + 1;
-    let reads = calls(&redis, "xreadgroup").await;
-    let gates = calls(&redis, "xinfo|groups").await;
+    let reads = redis.command_calls("xreadgroup").await;
+    let gates = redis.command_calls("xinfo|groups").await;
     let bound = TASKS + 2 * WORKERS * (elapsed + 2);
     eprintln!(
         "{TASKS} tasks in {elapsed} s on {} workers: {reads} XREADGROUP, {gates} XINFO (bound {bound})",

@@ -234,6 +234,23 @@ impl RedisServer {
     }
 
     /// A plain connection, to look at Redis as `redis-cli` would.
+    /// How many times Redis ran `command` since it started or the last
+    /// `CONFIG RESETSTAT` (`calls` in `INFO commandstats`; 0 when never).
+    /// A subcommand is named as Redis names it: `xinfo|groups`.
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         let config =
             redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
