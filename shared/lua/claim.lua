@@ -106,45 +106,6 @@
 -- rule is off; a paused kind's entries and rate-limited entries are parked
 -- (see park in common.lua) as they are read, so they hold no slot and do
 -- not block the entries behind them.
--- Wake-ups (see above): the arrivals that woke the worker, all delivered?
-local function delivered_to_group(idx, id)
-  local infos = redis.pcall('XINFO', 'GROUPS', KEYS[idx])
-  if type(infos) ~= 'table' or infos.err then
-    return false
-  end
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  for _, info in ipairs(infos) do
-    if field(info, 'name') == ARGV[1] then
-      local last_ms, last_seq = string.match(field(info, 'last-delivered-id') or '', '^(%d+)-(%d+)$')
-      if not (ms and last_ms) then
-        return false
-      end
-      ms, last_ms = tonumber(ms), tonumber(last_ms)
-      return last_ms > ms or (last_ms == ms and tonumber(last_seq) >= tonumber(seq))
-    end
-  end
-  return false
-end
-do
-  local dead_n = tonumber(ARGV[11]) or 0
-  local at = 12 + 2 * dead_n
-  local arrivals = tonumber(ARGV[at]) or 0
-  if arrivals > 0 and dead_n == 0 and ARGV[9] ~= '1' and (tonumber(ARGV[7]) or 0) == 0
-      and (tonumber(ARGV[5]) or 0) == 0 then
-    local elsewhere = true
-    for i = at + 1, at + 2 * arrivals, 2 do
-      local idx = tonumber(ARGV[i])
-      if not (idx and KEYS[idx] and delivered_to_group(idx, ARGV[i + 1])) then
-        elsewhere = false
-        break
-      end
-    end
-    if elsewhere then
-      return {{}, {}, {}, {}, 1}
-    end
-  end
-end
-
 local flows = {}
 local flow_bases = {}
 -- Reads the flow hash of class `base` (once) and checks the keys its
@@ -274,6 +235,48 @@ for i = 12, 10 + 2 * dead_count, 2 do
   dead[#dead + 1] = ARGV[i]
   stalled[ARGV[i]] = ARGV[i + 1] == 'stalled'
 end
+local arrivals_at = 12 + 2 * dead_count
+local arrival_count = tonumber(ARGV[arrivals_at]) or 0
+
+-- The id of the newest entry the group has given out in stream `idx`
+-- (`0-0` when none yet; nil when the key holds no stream).
+local function last_delivered(idx)
+  local infos = redis.pcall('XINFO', 'GROUPS', KEYS[idx])
+  if type(infos) ~= 'table' or infos.err then
+    return nil
+  end
+  for _, info in ipairs(infos) do
+    if field(info, 'name') == group then
+      return field(info, 'last-delivered-id')
+    end
+  end
+  return '0-0'
+end
+
+-- Wake-ups (see above): has the group given out entry `id` of stream `idx`?
+local function delivered(idx, id)
+  local last = KEYS[idx] and last_delivered(idx)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  local last_ms, last_seq = string.match(last or '', '^(%d+)-(%d+)$')
+  if not (ms and last_ms) then
+    return false
+  end
+  ms, last_ms = tonumber(ms), tonumber(last_ms)
+  return last_ms > ms or (last_ms == ms and tonumber(last_seq) >= tonumber(seq))
+end
+if arrival_count > 0 and dead_count == 0 and not promote and sweep_ms == 0 and aging_ms == 0 then
+  local elsewhere = true
+  for i = arrivals_at + 1, arrivals_at + 2 * arrival_count, 2 do
+    local idx = tonumber(ARGV[i])
+    if not (idx and delivered(idx, ARGV[i + 1])) then
+      elsewhere = false
+      break
+    end
+  end
+  if elsewhere then
+    return {{}, {}, {}, {}, 1}
+  end
+end
 local now = now_ms()
 local claimed = {}
 local gone = {}
@@ -306,7 +309,7 @@ local function parse_rule(text)
   return rule
 end
 local rules = {}
-local first_rule = 13 + 2 * dead_count + 2 * (tonumber(ARGV[12 + 2 * dead_count]) or 0)
+local first_rule = arrivals_at + 1 + 2 * arrival_count
 if #ARGV < first_rule then
   for idx = 1, #KEYS do
     rules[idx] = PLAIN
@@ -892,13 +895,7 @@ end
 
 -- The next entries no worker has been given yet, oldest first.
 local function waiting(idx, count)
-  local last_delivered = '0-0'
-  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[idx])) do
-    if field(info, 'name') == group then
-      last_delivered = field(info, 'last-delivered-id')
-    end
-  end
-  return redis.call('XRANGE', KEYS[idx], '(' .. last_delivered, '+', 'COUNT', count)
+  return redis.call('XRANGE', KEYS[idx], '(' .. (last_delivered(idx) or '0-0'), '+', 'COUNT', count)
 end
 
 -- Reads `count` entries and starts them; entries parked instead (flow

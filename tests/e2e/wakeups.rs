@@ -72,8 +72,8 @@ async fn an_arrival_is_read_by_one_idle_workers_claim_not_by_all() {
         reads <= bound,
         "{reads} stream reads for {TASKS} tasks on {WORKERS} idle workers in {elapsed} s (at most {bound}): idle workers' claims read for nothing"
     );
-    // The claims that ended at the gate, one per idle worker that lost the
-    // arrival, most of the time.
+    // Every claim an arrival brought checked it at the gate (one
+    // `XINFO GROUPS` each, the winner's included), most of the time.
     assert!(gates >= TASKS, "the gate ran: {gates} XINFO");
 }
 

@@ -267,8 +267,7 @@ impl Schedule {
             .map(|(i, on)| *on && self.blocked.get(i).is_none_or(|b| *b == Blocked::No))
             .collect();
         let want_last_ids = !inputs.wait_armed || watch != self.watching;
-        let gate = want > 0
-            && self.ring_only
+        let gate = self.ring_only
             && !(aging || sweep || promote)
             && self.dead_workers.is_empty()
             && !(inputs.commits > 0 && inputs.may_release)
