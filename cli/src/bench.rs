@@ -13,7 +13,12 @@
 //! "Completed" is stricter than the peers' "the handler ran": a task counts
 //! when its producer's `wait` returned, i.e. the result is committed and
 //! acknowledged in Redis and the producer was notified. Latency is measured
-//! from just before the submit call to that moment.
+//! from just before the submit call to that moment. With `--notices off`
+//! the enqueue and drain phases submit fire-and-forget tasks
+//! (`Task::without_notice`), as the peers' producers do: nothing notifies
+//! the producer, and a task counts as completed at its commit, by the
+//! record's `finished_at_ms` (read once the run's streams are empty and its
+//! cost figures taken).
 //!
 //! Two phases measure flow control instead, and run only when named
 //! (`--phases delayed,rate-limit`; see `bench_flow`): how late delayed
@@ -35,6 +40,8 @@ use super::bench_cost::{Snapshot, process_cpu_s, processes_cpu_s};
 use super::local::{LocalRedis, LocalWorkers};
 use super::table;
 use tandem_producer::{Producer, Task, TaskHandle};
+use tandem_shared::TaskId;
+use tandem_shared::wire::field;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,6 +114,12 @@ pub struct BenchArgs {
     /// measure what they cost. Default: the `events` setting.
     #[arg(long, value_delimiter = ',')]
     pub events: Vec<Switch>,
+    /// Completion notices on (each task's producer waits for its notice),
+    /// or off (fire-and-forget submits in the enqueue and drain phases,
+    /// completion read from the records afterwards; the latency phase
+    /// needs notices).
+    #[arg(long, value_enum, default_value = "on")]
+    pub notices: Switch,
 }
 
 /// `--events`: on or off.
@@ -124,6 +137,8 @@ struct RunFigures {
     run: usize,
     /// Whether lifecycle events were written.
     events: bool,
+    /// Whether each task's commit notified its producer.
+    notices: bool,
     tasks: usize,
     submitted_per_s: Option<f64>,
     completed_per_s: Option<f64>,
@@ -158,9 +173,13 @@ pub(crate) async fn run(
         args.n > 1 && args.workers > 0 && args.producers > 0 && args.batch > 0,
         "n > 1, workers, producers and batch > 0"
     );
+    anyhow::ensure!(
+        args.notices == Switch::On || !args.phases.contains(&Phase::Latency),
+        "--notices off: the latency phase times each task by its notice; run it with notices on"
+    );
     let _redis = LocalRedis::unless_given(&mut config, redis_url_given)?;
     println!(
-        "tandem bench: redis {}, {} worker processes x concurrency {}, {} producer(s), {} per submit call, N = {}",
+        "tandem bench: redis {}, {} worker processes x concurrency {}, {} producer(s), {} per submit call, N = {}{}",
         config.redis_url_redacted(),
         args.workers,
         args.concurrency,
@@ -170,7 +189,12 @@ pub(crate) async fn run(
         } else {
             format!("{} tasks", args.batch)
         },
-        args.n
+        args.n,
+        if args.notices == Switch::Off {
+            ", no completion notices"
+        } else {
+            ""
+        }
     );
     // Results are not needed after a run: keep them briefly.
     config.result_ttl_s = 600;
@@ -225,6 +249,7 @@ pub(crate) async fn run(
                         phase,
                         run,
                         events: config.events,
+                        notices: true,
                         tasks: workflow.nodes,
                         submitted_per_s: None,
                         completed_per_s: Some(workflow.nodes as f64 / workflow.wall_s),
@@ -289,10 +314,12 @@ async fn one_run(
         producers.push(Producer::connect(config).await?);
     }
     let env = worker_env(config, args);
+    let notices = args.notices == Switch::On;
     let mut figures = RunFigures {
         phase,
         run,
         events: config.events,
+        notices,
         tasks: 0,
         submitted_per_s: None,
         completed_per_s: None,
@@ -310,10 +337,36 @@ async fn one_run(
     // Worker CPU from after their start (registration and settling are
     // not the run's) to the end of the run.
     let mut workers_cpu_before = None;
+    // Without notices: the tasks whose records tell when they finished,
+    // read after the cost figures are taken, and the submits' first moment.
+    let mut unnotified = None;
     let _workers;
     match phase {
+        Phase::Enqueue if !notices => {
+            let (handles, submit_secs) =
+                submit_all(&producers, args.n, args.batch, None, false).await?;
+            figures.submitted_per_s = Some(args.n as f64 / submit_secs);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            _workers = start_workers(&store, args.workers, &env).await?;
+            workers_cpu(&_workers, &mut workers_cpu_before);
+            drained(&store).await?;
+            unnotified = Some((handles, None));
+            figures.tasks = args.n;
+        }
+        Phase::Drain if !notices => {
+            _workers = start_workers(&store, args.workers, &env).await?;
+            workers_cpu(&_workers, &mut workers_cpu_before);
+            let first_submit_ms = epoch_ms();
+            let (handles, submit_secs) =
+                submit_all(&producers, args.n, args.batch, None, false).await?;
+            figures.submitted_per_s = Some(args.n as f64 / submit_secs);
+            drained(&store).await?;
+            unnotified = Some((handles, Some(first_submit_ms)));
+            figures.tasks = args.n;
+        }
         Phase::Enqueue => {
-            let (handles, submit_secs) = submit_all(&producers, args.n, args.batch, None).await?;
+            let (handles, submit_secs) =
+                submit_all(&producers, args.n, args.batch, None, true).await?;
             figures.submitted_per_s = Some(args.n as f64 / submit_secs);
             // The waits were registered with the submits; start awaiting them
             // before any worker runs.
@@ -340,7 +393,8 @@ async fn one_run(
             workers_cpu(&_workers, &mut workers_cpu_before);
             let (tx, mut rx) = mpsc::unbounded_channel();
             let first_submit = Instant::now();
-            let (_, submit_secs) = submit_all(&producers, args.n, args.batch, Some(tx)).await?;
+            let (_, submit_secs) =
+                submit_all(&producers, args.n, args.batch, Some(tx), true).await?;
             let timings = collect(&mut rx, args.n).await?;
             let last = timings
                 .iter()
@@ -412,7 +466,91 @@ async fn one_run(
         figures.redis_bytes_per_task =
             Some(after.saturating_sub(before) as f64 / figures.tasks as f64);
     }
+    if let Some((handles, first_submit_ms)) = unnotified {
+        let ids: Vec<TaskId> = handles.iter().map(|(h, _)| h.id()).collect();
+        let (finished_ms, failed) = finished_by_records(&store, &ids).await?;
+        figures.failed = failed;
+        let (first, last) = (finished_ms[0], finished_ms[finished_ms.len() - 1]);
+        figures.completed_per_s = Some(match first_submit_ms {
+            // Drain: N over first submit to last commit.
+            Some(start) => args.n as f64 / (last.saturating_sub(start).max(1) as f64 / 1000.0),
+            // Consume: between the first and the last commit.
+            None => (args.n - 1) as f64 / (last.saturating_sub(first).max(1) as f64 / 1000.0),
+        });
+    }
     Ok(figures)
+}
+
+/// Milliseconds since the Unix epoch: the clock of the records' times
+/// (Redis runs on this host).
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Waits until the no-op tasks' stream is empty: every submitted entry
+/// was committed (a commit deletes its entry, and a no-op task is never
+/// retried). One `XLEN` every 2 ms, a few hundred calls a second.
+async fn drained(store: &Store) -> anyhow::Result<()> {
+    let class = noop(0)?.preset_class().context("the no-op kind's class")?;
+    let stream = store.keys().stream(class, tandem_shared::Priority::Normal);
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    loop {
+        let mut cmd = redis::cmd("XLEN");
+        cmd.arg(&stream);
+        let reply = store.pipeline(&[cmd]).await?;
+        let left = match reply.first() {
+            Some(redis::Value::Int(n)) => *n,
+            other => anyhow::bail!("XLEN {stream}: unexpected reply {other:?}"),
+        };
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{left} tasks still queued in {stream} after {PHASE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Every task's commit time from its record (`finished_at_ms`, sorted),
+/// and how many did not succeed; read 1,000 records per round trip.
+async fn finished_by_records(store: &Store, ids: &[TaskId]) -> anyhow::Result<(Vec<u64>, usize)> {
+    let class = noop(0)?.preset_class().context("the no-op kind's class")?;
+    let mut finished = Vec::with_capacity(ids.len());
+    let mut failed = 0;
+    for chunk in ids.chunks(1000) {
+        let cmds: Vec<redis::Cmd> = chunk
+            .iter()
+            .map(|id| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(store.keys().task(class, id))
+                    .arg(field::STATUS)
+                    .arg(field::FINISHED_AT_MS);
+                cmd
+            })
+            .collect();
+        for (id, reply) in chunk.iter().zip(store.pipeline(&cmds).await?) {
+            let values: Vec<Option<String>> = redis::from_redis_value(reply)
+                .with_context(|| format!("the record of task {id}"))?;
+            let (status, at) = match values.as_slice() {
+                [status, at] => (status.as_deref(), at.as_deref()),
+                _ => anyhow::bail!("the record of task {id}: HMGET gave {values:?}"),
+            };
+            let at = at
+                .and_then(|at| at.parse::<u64>().ok())
+                .with_context(|| format!("task {id} has no finished_at_ms (status {status:?})"))?;
+            if status != Some("succeeded") {
+                failed += 1;
+            }
+            finished.push(at);
+        }
+    }
+    finished.sort_unstable();
+    anyhow::ensure!(!finished.is_empty(), "no task to time");
+    Ok((finished, failed))
 }
 
 fn worker_env(config: &Config, args: &BenchArgs) -> Vec<(&'static str, String)> {
@@ -480,15 +618,16 @@ pub(super) fn noop_payload(i: usize) -> rmpv::Value {
 }
 
 /// Each producer submits its share of `n` tasks, `batch` per call, each call
-/// awaited before the next. With `waits`, every task's wait starts as soon as
-/// its submit returns; without, the handles are returned with their submit
-/// start times. Also returns the seconds from the first call to the last
-/// return.
+/// awaited before the next; without `notices`, fire-and-forget tasks. With
+/// `waits`, every task's wait starts as soon as its submit returns; without,
+/// the handles are returned with their submit start times. Also returns the
+/// seconds from the first call to the last return.
 async fn submit_all(
     producers: &[Producer],
     n: usize,
     batch: usize,
     waits: Option<mpsc::UnboundedSender<Timing>>,
+    notices: bool,
 ) -> anyhow::Result<(Vec<(TaskHandle, Instant)>, f64)> {
     let shares = producers.len();
     let started = Instant::now();
@@ -502,7 +641,7 @@ async fn submit_all(
             for chunk in indices.chunks(batch) {
                 let tasks = chunk
                     .iter()
-                    .map(|&i| noop(i))
+                    .map(|&i| noop(i).map(|t| if notices { t } else { t.without_notice() }))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let submit_started = Instant::now();
                 let handles = if tasks.len() == 1 {

@@ -62,6 +62,11 @@ pub struct SubmitArgs {
     /// Wait for the outcome and print it.
     #[arg(long)]
     pub wait: bool,
+    /// Fire and forget: the worker's commit writes no completion notice
+    /// (the outcome is in the task's record all the same; `tandem wait`
+    /// then re-reads the record, 1 s to 8 s apart, instead of being told).
+    #[arg(long, conflicts_with = "wait")]
+    pub no_notice: bool,
     /// How long --wait waits, in ms (not the task's run-time limit:
     /// that is --timeout).
     #[arg(long, default_value_t = 60_000)]
@@ -130,6 +135,9 @@ pub(crate) async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<
     }
     if let Some(key) = args.rate_key {
         task = task.rate_key(key);
+    }
+    if args.no_notice {
+        task = task.without_notice();
     }
     let producer = Producer::connect(config).await?;
     let id = producer.submit(task).await.map_err(for_the_shell)?;

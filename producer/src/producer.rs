@@ -278,19 +278,23 @@ impl Producer {
         let inner = &self.inner;
         let tasks = self.prepare(tasks).await?;
         for &class in Class::ALL {
-            if tasks.iter().any(|t| t.class == class) {
+            if tasks.iter().any(|t| t.class == class && t.notice) {
                 self.ensure_listener(inner.reply_key(class)).await?;
             }
         }
-        let mut registrations: Vec<Registration> =
-            tasks.iter().map(|t| self.register(t.id)).collect();
+        // A task without a notice has nothing to register for: its handle
+        // waits the general way (re-reading the record).
+        let mut registrations: Vec<Option<Registration>> = tasks
+            .iter()
+            .map(|t| t.notice.then(|| self.register(t.id)))
+            .collect();
         let submitted = self.send(&tasks).await?;
         let mut handles = Vec::with_capacity(tasks.len());
         for (submitted, registration) in submitted.into_iter().zip(registrations.drain(..)) {
             let submitted = submitted?;
             // An idempotency key that named an earlier task: that task may
             // have finished already, so its handle waits the general way.
-            let registration = submitted.created.then_some(registration);
+            let registration = registration.filter(|_| submitted.created);
             handles.push(TaskHandle::new(submitted.id, self.clone(), registration));
         }
         Ok(handles)
@@ -350,8 +354,8 @@ impl Producer {
             .into_iter()
             .map(|mut task| {
                 if let Some(signer) = &inner.signer {
-                    task.signature =
-                        Some(signer.sign(&task.signed(Some(inner.reply_key(task.class)))));
+                    let reply_to = task.notice.then(|| inner.reply_key(task.class));
+                    task.signature = Some(signer.sign(&task.signed(reply_to)));
                 }
                 task
             })

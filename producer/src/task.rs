@@ -69,6 +69,9 @@ pub struct Task {
     /// results: the kind's checks run on the worker, once they are
     /// replaced (`workflow.rs`).
     pub(crate) takes_results: bool,
+    /// Whether the commit sends this producer a completion notice
+    /// ([`Task::without_notice`]).
+    pub(crate) notice: bool,
 }
 
 /// When a delayed task is to run, as the producer was told.
@@ -118,6 +121,7 @@ impl Task {
             run_at: None,
             rate_key: None,
             takes_results: false,
+            notice: true,
         }
     }
 
@@ -166,6 +170,24 @@ impl Task {
     /// runs it at once. See [`Task::delay`].
     pub fn run_at(mut self, time: SystemTime) -> Self {
         self.run_at = Some(When::At(time));
+        self
+    }
+
+    /// Fire and forget: the worker that commits the task writes no
+    /// completion notice to this producer (the task's entry names no reply
+    /// stream). The outcome is in the task's record all the same, for
+    /// `tandem task`, [`Producer::status`], [`Producer::record`] and
+    /// [`Producer::wait`]; a wait on such a task re-reads the record (after
+    /// 1 s, then backing off to 8 s) instead of being told, so use it
+    /// for tasks whose outcome nobody awaits, as `tandem submit` without
+    /// `--wait` does. Saves the commit's notice and the producer's read of
+    /// it (see docs/BENCHMARKS.md). A workflow's nodes always notify.
+    ///
+    /// [`Producer::status`]: crate::Producer::status
+    /// [`Producer::record`]: crate::Producer::record
+    /// [`Producer::wait`]: crate::Producer::wait
+    pub fn without_notice(mut self) -> Self {
+        self.notice = false;
         self
     }
 
@@ -332,6 +354,7 @@ impl Task {
             signature: None,
             run_at,
             rate_key: self.rate_key,
+            notice: self.notice,
         })
     }
 }

@@ -225,7 +225,14 @@ impl Producer {
         let (id, on_failure, ordered) = workflow.checked()?;
         let names: Vec<String> = ordered.iter().map(|(n, _, _)| n.clone()).collect();
         let parents: Vec<Vec<String>> = ordered.iter().map(|(_, _, p)| p.clone()).collect();
-        let tasks = ordered.into_iter().map(|(_, t, _)| t).collect::<Vec<_>>();
+        // Every node notifies: its handle and the workflow's wait listen.
+        let tasks = ordered
+            .into_iter()
+            .map(|(_, mut t, _)| {
+                t.notice = true;
+                t
+            })
+            .collect::<Vec<_>>();
         let kinds: Vec<String> = tasks.iter().map(|t| t.kind().to_owned()).collect();
         let prepared = self.prepare(tasks).await.map_err(|err| match err {
             ProducerError::BadParams { kind, message } => {

@@ -104,6 +104,7 @@ proptest! {
             signature: Some("ab".repeat(32)),
             run_at: None,
             rate_key: None,
+            notice: true,
         };
         let reply_to = format!("tandem:{{{}}}:reply:producer-1", task.class);
         let mut fields: Fields = task

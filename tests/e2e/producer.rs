@@ -235,3 +235,81 @@ async fn a_batch_is_one_script_call_per_run_and_a_bad_task_fails_alone() {
         .unwrap();
     assert_eq!(kind, "hash");
 }
+
+#[tokio::test]
+async fn a_task_without_notice_writes_none_and_its_outcome_is_in_the_record() {
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let _worker = WorkerProcess::start(&redis, &[]).await;
+    let mut conn = redis.conn().await;
+
+    // One batch of both: a call names one reply stream, so they go apart.
+    let ids = producer
+        .submit_many(vec![
+            Task::of::<Echo>(&"quiet".into()).unwrap().without_notice(),
+            Task::of::<Echo>(&"told".into()).unwrap(),
+        ])
+        .await
+        .unwrap();
+    let (quiet, told) = (ids[0], ids[1]);
+    for (id, text) in [(quiet, "quiet"), (told, "told")] {
+        let outcome = producer.wait(id, Duration::from_secs(30)).await.unwrap();
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert_eq!(outcome.result::<String>().unwrap(), text);
+    }
+    let class = producer
+        .record(quiet)
+        .await
+        .unwrap()
+        .unwrap()
+        .class
+        .unwrap();
+    let quiet_key = format!("tandem:{{{class}}}:task:{quiet}");
+    let reply_to: Option<String> = conn.hget(&quiet_key, "reply_to").await.unwrap();
+    assert_eq!(reply_to, None, "the entry named no reply stream");
+
+    // The reply stream holds the one notice asked for.
+    let stream = format!("tandem:{{{class}}}:reply:{}", producer.id());
+    let notices: redis::streams::StreamRangeReply = conn.xrange_all(&stream).await.unwrap();
+    let noticed: Vec<String> = notices
+        .ids
+        .iter()
+        .map(|n| n.get::<String>("id").unwrap())
+        .collect();
+    assert_eq!(noticed, vec![told.to_string()]);
+
+    // The CLI's fire and forget: no reply stream at all, and `tandem wait`
+    // reads the outcome from the record.
+    let cli = RedisServer::start();
+    let _cli_worker = WorkerProcess::start(&cli, &[]).await;
+    let out = crate::support::tandem(
+        &cli,
+        &[
+            "submit",
+            "echo",
+            "--params",
+            "\"from the shell\"",
+            "--no-notice",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    let id = crate::support::text(&out.stdout).trim().to_owned();
+    let out = crate::support::tandem(&cli, &["wait", &id, "--timeout-ms", "30000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    assert!(
+        crate::support::text(&out.stdout).contains("from the shell"),
+        "{}",
+        crate::support::text(&out.stdout)
+    );
+    let mut cli_conn = cli.conn().await;
+    let replies: Vec<String> = cli_conn.keys("tandem:*reply*").await.unwrap();
+    assert!(replies.is_empty(), "reply streams: {replies:?}");
+}

@@ -258,6 +258,25 @@ def test_waiting_for_another_producers_task_uses_its_reply_stream(fleet, client)
         assert other.wait(task, WAIT).slept_ms == 50
 
 
+def test_a_task_without_notice_writes_none_and_its_outcome_is_in_the_record(fleet, client):
+    quiet, told = client.submit_many([Task("echo", {"q": "quiet"}, notice=False), Task("echo", {"q": "told"})])
+    assert client.wait(told, WAIT) == {"q": "told"}
+    assert client.wait(quiet, WAIT) == {"q": "quiet"}
+    record = client.record(quiet)
+    assert "reply_to" not in record, record
+    conn = redis.Redis.from_url(fleet.url)
+    notices = conn.xrange(client.keys.reply(record["class"], client.producer_id))
+    assert [n[b"id"].decode() for _, n in notices] == [told]
+
+    async def main():
+        async with AsyncClient(fleet.url) as aclient:
+            task = await aclient.submit("echo", {"q": "async"}, notice=False)
+            assert await aclient.wait(task, WAIT) == {"q": "async"}
+            assert conn.exists(aclient.keys.reply(record["class"], aclient.producer_id)) == 0
+
+    asyncio.run(main())
+
+
 def test_the_asyncio_api_submits_waits_cancels_and_reads_status(fleet):
     async def main():
         async with AsyncClient(fleet.url) as client:

@@ -99,7 +99,8 @@ impl Store {
     /// at the same position; one task's failure does not fail the others.
     /// `reply_to` names the stream a task's completion notice goes to, by
     /// the task's class: a reply stream of that class ([`Keys::reply`]), as
-    /// workers notify no other key.
+    /// workers notify no other key. A task without [`NewTask::notice`]
+    /// names none.
     ///
     /// A lone task goes by `submit.lua`; more go by `submit_many.lua`, one
     /// call per run of up to [`SUBMIT_BATCH`] tasks of one class (a call's
@@ -114,7 +115,11 @@ impl Store {
     ) -> Result<Vec<Result<Submitted, StoreError>>, StoreError> {
         if let [task] = tasks {
             let replies = self
-                .pipeline_replicated(&[self.submit_cmd(task, producer, reply_to(task.class))])
+                .pipeline_replicated(&[self.submit_cmd(
+                    task,
+                    producer,
+                    reply_to(task.class).filter(|_| task.notice),
+                )])
                 .await?;
             let reply = replies
                 .into_iter()
@@ -125,12 +130,15 @@ impl Store {
                 })?;
             return Ok(vec![parse_submitted(task.class, reply)]);
         }
-        // Runs of consecutive tasks of one class, each at most SUBMIT_BATCH.
+        // Runs of consecutive tasks of one class and one `notice` (a call
+        // names one reply stream), each at most SUBMIT_BATCH.
         let mut batches: Vec<Vec<usize>> = Vec::new();
         for (i, task) in tasks.iter().enumerate() {
             match batches.last_mut() {
                 Some(batch)
-                    if batch.len() < SUBMIT_BATCH && tasks[batch[0]].class == task.class =>
+                    if batch.len() < SUBMIT_BATCH
+                        && tasks[batch[0]].class == task.class
+                        && tasks[batch[0]].notice == task.notice =>
                 {
                     batch.push(i)
                 }
@@ -140,8 +148,9 @@ impl Store {
         let cmds: Vec<Cmd> = batches
             .iter()
             .map(|batch| {
-                let class = tasks[batch[0]].class;
-                self.submit_batch_cmd(tasks, batch, producer, reply_to(class))
+                let first = &tasks[batch[0]];
+                let reply = reply_to(first.class).filter(|_| first.notice);
+                self.submit_batch_cmd(tasks, batch, producer, reply)
             })
             .collect();
         let replies = self.pipeline_replicated(&cmds).await?;

@@ -31,6 +31,11 @@ pub struct NewTask {
     pub run_at: Option<RunAt>,
     /// The key whose rate limit the task also counts against.
     pub rate_key: Option<String>,
+    /// Whether the commit notifies the submitting producer: its entry then
+    /// names the producer's reply stream (`reply_to`) and the commit writes
+    /// a completion notice there. Without, the outcome is in the record
+    /// only (a fire-and-forget submit: no notice, no reply stream).
+    pub notice: bool,
 }
 
 /// When a delayed task is to run.
@@ -467,6 +472,7 @@ mod tests {
             signature: None,
             run_at: None,
             rate_key: None,
+            notice: true,
         }
     }
 

@@ -131,6 +131,8 @@ impl ScheduleDef {
             run_at: None,
             rate_key: None,
             timeout_ms: None,
+            // Nobody waits on a tick's task by a reply stream.
+            notice: false,
         }
     }
 

@@ -349,6 +349,7 @@ def prepare(
     rate_key: Optional[str] = None,
     timeout: Optional[Seconds] = None,
     takes_results: bool = False,
+    notice: bool = True,
 ) -> Tuple[_wire.NewTask, Optional[ModelLookup]]:
     """Checks a task and fills in defaults; returns it and, for a model
     kind, the models whose registered class and shape decide its class and
@@ -452,6 +453,7 @@ def prepare(
         timeout_ms=_timeout_ms(timeout, kind),
         rate_key=rate_key,
         run_at=_run_at(delay, run_at, kind),
+        notice=bool(notice),
     )
     memory_model = None
     if kind in _estimates.MODEL_MEMORY_KINDS and not memory_declared and not takes_results:
@@ -540,7 +542,7 @@ def _whole_ms(value: Seconds) -> int:
     return round(value * 1_000_000) // 1000
 
 
-def sign(settings: Settings, task: _wire.NewTask, reply_to: str) -> None:
+def sign(settings: Settings, task: _wire.NewTask, reply_to: Optional[str]) -> None:
     if settings.signing_key:
         task.signature = _wire.signature(
             settings.signing_key,
@@ -549,7 +551,7 @@ def sign(settings: Settings, task: _wire.NewTask, reply_to: str) -> None:
             task.cls,
             task.priority,
             task.max_attempts,
-            reply_to,
+            reply_to or "",
             task.params,
         )
 

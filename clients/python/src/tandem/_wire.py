@@ -125,6 +125,10 @@ class NewTask:
     # ("run_at_ms", ms since the epoch), both by the Redis clock. Read by
     # submit.lua, not copied into the entry.
     run_at: Optional[Tuple[str, int]] = None
+    # Whether the commit writes a completion notice to the submitting
+    # client's reply stream (the entry then names it in `reply_to`); without,
+    # the outcome is in the record only (`Task(..., notice=False)`).
+    notice: bool = True
 
     def metadata(self, producer: str, reply_to: Optional[str]) -> List[str]:
         """The entry's fields after `params`, in the Rust producer's order

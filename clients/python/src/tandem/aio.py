@@ -103,6 +103,7 @@ class AsyncClient:
         run_at: Optional[datetime.datetime] = None,
         rate_key: Optional[str] = None,
         timeout: Optional[Seconds] = None,
+        notice: bool = True,
     ) -> str:
         """As `Client.submit`."""
         task = Task(
@@ -118,6 +119,7 @@ class AsyncClient:
             run_at=run_at,
             rate_key=rate_key,
             timeout=timeout,
+            notice=notice,
         )
         return (await self.submit_many([task]))[0]
 
@@ -128,10 +130,12 @@ class AsyncClient:
         new_tasks = await self._finish(prepared)
         # Listen first and register every task before it is sent, so that
         # no notice can come before its waiter.
-        for cls in sorted({t.cls for t in new_tasks}):
+        for cls in sorted({t.cls for t in new_tasks if t.notice}):
             await self._ensure_listener(self.keys.reply(cls, self.producer_id))
         loop = asyncio.get_running_loop()
-        for task in new_tasks:
+        # A task without a notice has nothing to register for: its wait goes
+        # the general way (the record).
+        for task in (t for t in new_tasks if t.notice):
             future = loop.create_future()
             self._submitted[task.id] = future
             self._waiters.setdefault(task.id, set()).add(future)
@@ -163,7 +167,7 @@ class AsyncClient:
             _core.apply_models(task, lookup, models)
             if _core.by_reference(self.settings, task.params):
                 task.params = (await self.put_blob(task.params)).encode()
-            _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
+            _core.sign(self.settings, task, self._reply_to(task))
             new_tasks.append(task)
         return new_tasks
 
@@ -174,11 +178,15 @@ class AsyncClient:
             if not waiting:
                 del self._waiters[task_id]
 
+    def _reply_to(self, task: _wire.NewTask) -> Optional[str]:
+        """As `Client._reply_to`."""
+        return self.keys.reply(task.cls, self.producer_id) if task.notice else None
+
     async def _send(self, tasks: Sequence[_wire.NewTask]) -> List[Any]:
         await self._load_scripts()
         pipe = self._redis.pipeline(transaction=False)
         for task in tasks:
-            reply_to = self.keys.reply(task.cls, self.producer_id)
+            reply_to = self._reply_to(task)
             keys, args = task.submit_args(self.keys, self.producer_id, reply_to, self.settings.idempotency_ttl_s)
             pipe.evalsha(_core.SUBMIT.variant(self.settings.events)[1], len(keys), *keys, *args)
         return await pipe.execute(raise_on_error=False)

@@ -51,6 +51,7 @@ class Task:
         run_at: Optional[datetime.datetime] = None,
         rate_key: Optional[str] = None,
         timeout: Optional[Seconds] = None,
+        notice: bool = True,
     ) -> None:
         self.kind = kind
         self.params = params
@@ -65,6 +66,7 @@ class Task:
             run_at=run_at,
             rate_key=rate_key,
             timeout=timeout,
+            notice=notice,
         )
 
 
@@ -135,6 +137,7 @@ class Client:
         run_at: Optional[datetime.datetime] = None,
         rate_key: Optional[str] = None,
         timeout: Optional[Seconds] = None,
+        notice: bool = True,
     ) -> str:
         """Submits one task; returns its id once its entry is in Redis.
 
@@ -152,7 +155,10 @@ class Client:
         limit (`tandem limit set key:<key> 100/s`). `timeout` (seconds or a
         timedelta, at least 1 ms): the run-time limit of each attempt, past
         which the worker stops it and it fails with `TIMEOUT` (retried
-        while attempts remain)."""
+        while attempts remain). `notice=False`: fire and forget, the
+        worker's commit writes no completion notice to this client (the
+        outcome is in the record all the same; a `wait` on the task then
+        re-reads the record, 1 s to 8 s apart, instead of being told)."""
         task = Task(
             kind,
             params,
@@ -166,6 +172,7 @@ class Client:
             run_at=run_at,
             rate_key=rate_key,
             timeout=timeout,
+            notice=notice,
         )
         return self.submit_many([task])[0]
 
@@ -175,7 +182,7 @@ class Client:
         invalid (`InvalidTask`), nothing is sent."""
         prepared = [(_core.prepare(self.settings, t.kind, t.params, **t.options)) for t in tasks]
         new_tasks = self._finish(prepared)
-        for cls in sorted({t.cls for t in new_tasks}):
+        for cls in sorted({t.cls for t in new_tasks if t.notice}):
             self._listen(self.keys.reply(cls, self.producer_id))
         replies = self._retry(lambda: self._send(new_tasks))
         ids = []
@@ -183,7 +190,7 @@ class Client:
             if isinstance(reply, Exception):
                 raise _core._wire_error("submit", reply)
             task_id, created = _core.parse_submitted(reply)
-            if created:
+            if created and task.notice:
                 self._pending.add(task_id)
             ids.append(task_id)
         return ids
@@ -203,9 +210,14 @@ class Client:
             _core.apply_models(task, lookup, models)
             if _core.by_reference(self.settings, task.params):
                 task.params = self.put_blob(task.params).encode()
-            _core.sign(self.settings, task, self.keys.reply(task.cls, self.producer_id))
+            _core.sign(self.settings, task, self._reply_to(task))
             new_tasks.append(task)
         return new_tasks
+
+    def _reply_to(self, task: _wire.NewTask) -> Optional[str]:
+        """The reply stream a task's notice goes to: this client's of its
+        class, or none for a task submitted with `notice=False`."""
+        return self.keys.reply(task.cls, self.producer_id) if task.notice else None
 
     def _send(self, tasks: Sequence[_wire.NewTask]) -> List[Any]:
         """One pipeline of submit.lua calls. A retry after a lost reply
@@ -215,7 +227,7 @@ class Client:
         self._load_scripts()
         calls = []
         for task in tasks:
-            reply_to = self.keys.reply(task.cls, self.producer_id)
+            reply_to = self._reply_to(task)
             keys, args = task.submit_args(self.keys, self.producer_id, reply_to, self.settings.idempotency_ttl_s)
             calls.append((len(keys), *keys, *args))
         if len(calls) == 1:
