@@ -71,6 +71,12 @@
 -- type only loses the notice: the outcome is committed, and the record's
 -- `notice_error` says why no notice came (see notify in common.lua).
 
+-- The record fields of NOTICE_FIELDS a commit reads for itself: a split's
+-- or shard's links, the start (for the history), a cancel request, and the
+-- kind and attempt (for the event).
+local COMMIT_FIELDS = {'parent', 'shard', 'shards', 'started_at_ms', 'cancel_requested_at_ms',
+  'kind', 'attempt'}
+
 local function commit_task(KEYS, ARGV)
   local record_key, stream_key = KEYS[1], KEYS[2]
   local group, entry_id, consumer = ARGV[1], ARGV[2], ARGV[3]
@@ -79,19 +85,25 @@ local function commit_task(KEYS, ARGV)
   -- shard's parent or a split task's shard count), by name in `known`.
   -- The workflow fields come last: a task outside any workflow then pays no
   -- further read for the workflow checks and hook below.
+  -- A task without a notice (no reply stream: KEYS[5] absent) reads only
+  -- the fields this script uses itself.
+  local repeated = NOTICE_FIELDS
+  if #KEYS < 5 then
+    repeated = COMMIT_FIELDS
+  end
   local read = {'status', 'history', 'owner'}
-  for i = 1, #NOTICE_FIELDS do
-    read[#read + 1] = NOTICE_FIELDS[i]
+  for i = 1, #repeated do
+    read[#read + 1] = repeated[i]
   end
   for _, name in ipairs({'workflow', 'wf_node', 'wf_children'}) do
     read[#read + 1] = name
   end
   local current = redis.call('HMGET', record_key, unpack(read))
   local known = {}
-  for i = 1, #NOTICE_FIELDS do
-    known[NOTICE_FIELDS[i]] = current[3 + i]
+  for i = 1, #repeated do
+    known[repeated[i]] = current[3 + i]
   end
-  local wf_at = 3 + #NOTICE_FIELDS
+  local wf_at = 3 + #repeated
   local workflow_node = {current[wf_at + 1], current[wf_at + 2], current[wf_at + 3]}
   local owner = current[3]
   local parent_id, shard_index, split_parent = known.parent, known.shard, known.shards
