@@ -356,7 +356,7 @@ async fn one_run(
         Phase::Drain if !notices => {
             _workers = start_workers(&store, args.workers, &env).await?;
             workers_cpu(&_workers, &mut workers_cpu_before);
-            let first_submit_ms = epoch_ms();
+            let first_submit_ms = redis_ms(&store).await?;
             let (handles, submit_secs) =
                 submit_all(&producers, args.n, args.batch, None, false).await?;
             figures.submitted_per_s = Some(args.n as f64 / submit_secs);
@@ -481,35 +481,45 @@ async fn one_run(
     Ok(figures)
 }
 
-/// Milliseconds since the Unix epoch: the clock of the records' times
-/// (Redis runs on this host).
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Milliseconds since the Unix epoch by the Redis clock, which stamps the
+/// records' times (Redis may run on another host).
+async fn redis_ms(store: &Store) -> anyhow::Result<u64> {
+    let reply = store.pipeline(&[redis::cmd("TIME")]).await?;
+    let time: Vec<u64> = match reply.into_iter().next() {
+        Some(value) => redis::from_redis_value(value).context("TIME")?,
+        None => anyhow::bail!("TIME: no reply"),
+    };
+    match time.as_slice() {
+        [secs, micros] => Ok(secs * 1000 + micros / 1000),
+        other => anyhow::bail!("TIME: unexpected reply {other:?}"),
+    }
 }
 
-/// Waits until the no-op tasks' stream is empty: every submitted entry
-/// was committed (a commit deletes its entry, and a no-op task is never
-/// retried). One `XLEN` every 2 ms, a few hundred calls a second.
+/// Waits until every submitted no-op task was committed for good: its
+/// stream is empty (a commit deletes the entry) and so is the class's
+/// delayed set (where a retried one would wait). An `XLEN` and a `ZCARD`
+/// every 2 ms, a few hundred calls a second.
 async fn drained(store: &Store) -> anyhow::Result<()> {
     let class = noop(0)?.preset_class().context("the no-op kind's class")?;
     let stream = store.keys().stream(class, tandem_shared::Priority::Normal);
+    let delayed = store.keys().delayed(class);
     let deadline = Instant::now() + PHASE_TIMEOUT;
     loop {
-        let mut cmd = redis::cmd("XLEN");
-        cmd.arg(&stream);
-        let reply = store.pipeline(&[cmd]).await?;
-        let left = match reply.first() {
-            Some(redis::Value::Int(n)) => *n,
-            other => anyhow::bail!("XLEN {stream}: unexpected reply {other:?}"),
+        let mut xlen = redis::cmd("XLEN");
+        xlen.arg(&stream);
+        let mut zcard = redis::cmd("ZCARD");
+        zcard.arg(delayed);
+        let replies = store.pipeline(&[xlen, zcard]).await?;
+        let left = match replies.as_slice() {
+            [redis::Value::Int(queued), redis::Value::Int(retrying)] => queued + retrying,
+            other => anyhow::bail!("XLEN {stream}, ZCARD {delayed}: unexpected reply {other:?}"),
         };
         if left == 0 {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "{left} tasks still queued in {stream} after {PHASE_TIMEOUT:?}"
+            "{left} tasks still queued in {stream} or {delayed} after {PHASE_TIMEOUT:?}"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -532,7 +542,14 @@ async fn finished_by_records(store: &Store, ids: &[TaskId]) -> anyhow::Result<(V
                 cmd
             })
             .collect();
-        for (id, reply) in chunk.iter().zip(store.pipeline(&cmds).await?) {
+        let replies = store.pipeline(&cmds).await?;
+        anyhow::ensure!(
+            replies.len() == chunk.len(),
+            "{} replies for {} record reads",
+            replies.len(),
+            chunk.len()
+        );
+        for (id, reply) in chunk.iter().zip(replies) {
             let values: Vec<Option<String>> = redis::from_redis_value(reply)
                 .with_context(|| format!("the record of task {id}"))?;
             let (status, at) = match values.as_slice() {

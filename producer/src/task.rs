@@ -179,8 +179,8 @@ impl Task {
     /// `tandem task`, [`Producer::status`], [`Producer::record`] and
     /// [`Producer::wait`]; a wait on such a task re-reads the record (after
     /// 1 s, then backing off to 8 s) instead of being told, so use it
-    /// for tasks whose outcome nobody awaits, as `tandem submit` without
-    /// `--wait` does. Saves the commit's notice and the producer's read of
+    /// for tasks whose outcome nobody awaits (`tandem submit --no-notice`).
+    /// Saves the commit's notice and the producer's read of
     /// it (see docs/BENCHMARKS.md). A workflow's nodes always notify.
     ///
     /// [`Producer::status`]: crate::Producer::status
