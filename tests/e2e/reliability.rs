@@ -655,3 +655,43 @@ async fn healthy_tasks_of_a_worker_killed_four_times_are_not_dead_lettered() {
     }
     assert!(holder.is_alive());
 }
+
+/// A worker's CPU seconds so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the worker's stat");
+    // The fields after the command name, which ends with the last ')'.
+    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::test]
+async fn a_worker_whose_slots_are_all_taken_sleeps_while_its_task_runs() {
+    // Its promotion and sweep timers come due while the task runs; it
+    // cannot claim then, and used to wake for them over and over (a whole
+    // core while a long task ran).
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let worker = WorkerProcess::start(&redis, &[("TANDEM_CONCURRENCY", "1")]).await;
+    let id = producer
+        .submit(Task::of::<Sleep>(&SleepParams { ms: 3_000 }).unwrap())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the task to start", || async {
+        producer.status(id).await.unwrap() == Status::Running
+    })
+    .await;
+    let (cpu_before, started) = (cpu_seconds(worker.pid()), Instant::now());
+    let outcome = producer.wait(id, Duration::from_secs(60)).await.unwrap();
+    assert!(outcome.succeeded(), "{outcome:?}");
+    let (cpu, wall) = (
+        cpu_seconds(worker.pid()) - cpu_before,
+        started.elapsed().as_secs_f64(),
+    );
+    // A sleeping loop uses a few ms; a spinning one all the CPU it is given.
+    assert!(
+        cpu < 0.25 * wall,
+        "the worker used {cpu:.2} s of CPU in {wall:.2} s while its one slot was taken"
+    );
+}

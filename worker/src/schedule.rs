@@ -434,7 +434,12 @@ impl Schedule {
         if running {
             wake_at = wake_at.min(self.next_extend);
         }
-        if !draining {
+        // The periodic passes and a refusal's lifting go with a claim, and
+        // a claim needs a free slot: a worker whose slots are all taken waits
+        // for a task to end (which wakes it) instead. Waking for a pass it
+        // cannot run would find the timer still due and spin.
+        let free = self.held < self.limits.concurrency;
+        if !draining && free {
             wake_at = wake_at.min(self.next_promote).min(self.next_sweep);
             if let Some(at) = self.blocked_until {
                 wake_at = wake_at.min(at);
@@ -522,6 +527,36 @@ mod tests {
         assert!(claim_at(schedule, now).is_some(), "a claim was due");
         assert_eq!(schedule.apply(now, claimed(0, &[], false)), None);
         assert_eq!(claim_at(schedule, now), None, "a dry claim stops claiming");
+    }
+
+    #[test]
+    fn a_full_worker_sleeps_through_its_due_passes_and_runs_them_once_a_slot_frees() {
+        let (clock, mut schedule) = Clock::new();
+        for want in [3, 1] {
+            assert_eq!(
+                claim_at(&mut schedule, clock.at(0)).map(|c| c.max),
+                Some(want)
+            );
+            schedule.apply(clock.at(0), claimed(want, &[], false));
+            for _ in 0..want {
+                schedule.accepted(1);
+            }
+        }
+        assert_eq!(schedule.held(), LIMITS.concurrency);
+
+        // The promotion is due at 500 ms; every slot is taken, so no trip
+        // goes, and the loop sleeps until the lease extension, not until a
+        // time already past.
+        let now = clock.at(600);
+        assert_eq!(schedule.plan(now, &inputs(0, true)), None);
+        let wake = schedule.next_wake(now, true);
+        assert!(wake > now, "woke {:?} before now", now - wake);
+        assert_eq!(wake, clock.at(1000), "the lease extension's time");
+
+        // A task ends: its commit's trip carries a claim with the passes due.
+        let plan = schedule.plan(now, &inputs(1, true)).expect("a trip");
+        let claim = plan.claim.expect("a claim for the freed slot");
+        assert_eq!((claim.max, claim.promote, claim.sweep), (1, true, false));
     }
 
     #[test]
