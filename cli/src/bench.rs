@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// Most tasks a worker claims per round trip (default: the setting).
     #[arg(long)]
     pub claim_batch: Option<usize>,
+    /// Tasks each worker claims ahead of its free slots (the `prefetch`
+    /// setting; default: the setting, 0). With a prefetch a worker commits
+    /// the tasks that end within `commit_linger_ms` in one round trip.
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Producers (connections) submitting in parallel.
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
@@ -179,10 +184,14 @@ pub(crate) async fn run(
     );
     let _redis = LocalRedis::unless_given(&mut config, redis_url_given)?;
     println!(
-        "tandem bench: redis {}, {} worker processes x concurrency {}, {} producer(s), {} per submit call, N = {}{}",
+        "tandem bench: redis {}, {} worker processes x concurrency {}{}, {} producer(s), {} per submit call, N = {}{}",
         config.redis_url_redacted(),
         args.workers,
         args.concurrency,
+        match args.prefetch {
+            Some(n) if n > 0 => format!(" (prefetch {n})"),
+            _ => String::new(),
+        },
         args.producers,
         if args.batch == 1 {
             "one task".to_owned()
@@ -582,6 +591,9 @@ fn worker_env(config: &Config, args: &BenchArgs) -> Vec<(&'static str, String)> 
     ];
     if let Some(batch) = args.claim_batch {
         env.push(("TANDEM_CLAIM_BATCH", batch.to_string()));
+    }
+    if let Some(prefetch) = args.prefetch {
+        env.push(("TANDEM_PREFETCH", prefetch.to_string()));
     }
     env
 }

@@ -390,6 +390,8 @@ settings! {
     claim_batch: usize = 64, "TANDEM_CLAIM_BATCH";
     /// Tasks a worker claims ahead of its free slots while its tasks run, to start the next one without a claim round trip (leased to it, handed back at shutdown, cancels and pauses honoured); 0: off, as by default (a busy GPU worker holding the next task keeps it from an idle device: heavy spill, light help); `auto`: 1 at `concurrency` 1, else 0.
     prefetch: Option<usize> = Some(0), "TANDEM_PREFETCH";
+    /// With a prefetch: how long a finished task's commit may wait while every slot runs a task and prefetched ones wait, so that one round trip commits the tasks that end meanwhile and refills the prefetch (ms; 0: each commit goes at once).
+    commit_linger_ms: u64 = 2, "TANDEM_COMMIT_LINGER_MS";
     /// A claimed task's lease: a worker extends it while the task runs; one not extended this long is taken over (ms).
     lease_timeout_ms: u64 = 30_000, "TANDEM_LEASE_TIMEOUT_MS";
     /// A task blamed for this many worker deaths (1 when it was its worker's only task, 1/n among n, 0 for a stalled worker) or failed devices is dead-lettered without running.
@@ -578,6 +580,12 @@ impl Config {
         }
         if self.claim_batch == 0 {
             return invalid("claim_batch", "must be at least 1");
+        }
+        if self.commit_linger_ms > 60_000 {
+            return invalid(
+                "commit_linger_ms",
+                "must be at most 60000 (a commit waits this long at most; its task's slot stays taken)",
+            );
         }
         if self.prefetch.is_some_and(|n| n > MAX_PREFETCH) {
             return invalid(

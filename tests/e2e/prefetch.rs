@@ -1,7 +1,8 @@
 //! Prefetch at concurrency 1: the task a worker claims ahead while its one
 //! task runs is the worker's (a killed worker loses it to nobody), goes back
 //! at once when the worker drains, settles at once when cancelled, and
-//! delays a higher priority by that one task at most.
+//! delays a higher priority by that one task at most; with a deeper
+//! prefetch, the tasks that end while more wait are committed together.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -261,4 +262,56 @@ async fn a_busy_worker_with_prefetch_stops_claiming_at_sigterm() {
         left > 0,
         "the worker ran the whole backlog of {BACKLOG} after SIGTERM instead of stopping"
     );
+}
+
+/// A worker of one slot holding 15 tasks ahead, with a commit linger:
+/// the tasks that end while it has more to run are committed together, in
+/// the round trip that claims the next ones, so a batch of short tasks
+/// costs one commit and one claim script, not one of each per task. Every
+/// task is still committed once, with its outcome. (The linger is long, so
+/// that a trip goes when the prefetched tasks run out, whatever the
+/// machine's speed.)
+#[tokio::test]
+async fn a_worker_with_a_prefetch_commits_the_tasks_that_end_meanwhile_together() {
+    const TASKS: u64 = 160;
+    let redis = RedisServer::start();
+    let producer = redis.producer().await;
+    let ids = producer
+        .submit_many((0..TASKS).map(|_| sleep_task(0)).collect())
+        .await
+        .unwrap();
+    let before = redis.command_calls("evalsha").await;
+    let started = std::time::Instant::now();
+    let _worker = WorkerProcess::start(
+        &redis,
+        &[
+            ("TANDEM_CONCURRENCY", "1"),
+            ("TANDEM_PREFETCH", "15"),
+            ("TANDEM_COMMIT_LINGER_MS", "60000"),
+        ],
+    )
+    .await;
+    // Every commit acknowledges its entry (a producer's wait, below, runs a
+    // script of its own, so the count is taken first).
+    wait_until(WAIT, "every task committed", || async {
+        redis.command_calls("xack").await >= TASKS
+    })
+    .await;
+    let scripts = redis.command_calls("evalsha").await - before;
+    let elapsed = started.elapsed().as_secs() + 1;
+    // A claim and a commit per task would be 2 x TASKS calls; batches of
+    // up to 16 make about TASKS / 8. The worker's registry and heartbeat
+    // scripts run on their timers: a few a second.
+    let bound = TASKS / 2 + 4 * elapsed;
+    eprintln!("{TASKS} tasks in {elapsed} s: {scripts} script calls (bound {bound})");
+    assert!(
+        scripts <= bound,
+        "{scripts} script calls for {TASKS} tasks in {elapsed} s (at most {bound}): commits were not batched"
+    );
+    let (count, _) = notices(&redis, &producer).await;
+    for id in &ids {
+        let outcome = producer.wait(*id, WAIT).await.unwrap();
+        assert!(outcome.succeeded(), "{id}: {:?}", outcome.status);
+        assert_eq!(count.get(id), Some(&1), "{id} committed once");
+    }
 }

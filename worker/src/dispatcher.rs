@@ -70,6 +70,8 @@ pub(crate) struct Dispatcher {
     /// Tasks claimed ahead of the free slots, to start without a claim
     /// round trip when a slot frees (0: none).
     pub prefetch: usize,
+    /// How long a commit may wait for the prefetched tasks that run next.
+    pub commit_linger: Duration,
     pub claim_batch: usize,
     pub aging_ms: u64,
     pub block_ms: u64,
@@ -251,6 +253,7 @@ impl Dispatcher {
         let limits = Limits {
             concurrency: self.concurrency + self.prefetch,
             claim_batch: self.claim_batch,
+            commit_linger: self.commit_linger,
             lease_timeout: self.lease_timeout,
             promote_interval: self.promote_interval,
             shutdown_grace: self.shutdown_grace,
@@ -301,6 +304,7 @@ impl Dispatcher {
                 running: !self.running.is_empty(),
                 streams_on: &streams_on,
                 wait_armed: waker.is_armed(),
+                ready: prefetched.len(),
             };
             if let Some(plan) = schedule.plan(now, &inputs) {
                 self.round_trip(

@@ -440,6 +440,7 @@ pub async fn run(
         device: device.id(),
         concurrency,
         prefetch: config.effective_prefetch(),
+        commit_linger: Duration::from_millis(config.commit_linger_ms),
         claim_batch: config.claim_batch,
         aging_ms: config.aging_ms,
         block_ms: config.block_ms,

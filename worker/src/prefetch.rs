@@ -81,6 +81,11 @@ impl Prefetched {
         self.queue.is_empty()
     }
 
+    /// How many tasks are held.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// The next task to start, in claim order.
     pub fn next(&mut self) -> Option<Ready> {
         self.queue.pop_front()

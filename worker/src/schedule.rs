@@ -39,6 +39,11 @@ pub(crate) struct Limits {
     pub concurrency: usize,
     /// The most entries one claim asks for.
     pub claim_batch: usize,
+    /// How long a finished task's commit may wait for the prefetched tasks
+    /// started after it, so that one round trip commits them together and
+    /// refills the prefetch (see [`TripInputs::ready`]; zero: it never
+    /// waits).
+    pub commit_linger: Duration,
     /// A running task's lease: extended every third of it; entries idle
     /// this long are swept every half of it.
     pub lease_timeout: Duration,
@@ -68,6 +73,12 @@ pub(crate) struct TripInputs<'a> {
     /// Whether the blocking wait is armed: while it is, the wait point in
     /// force covers every arrival and a claim needs no fresh one.
     pub wait_armed: bool,
+    /// Prefetched tasks waiting for a slot after the free ones were filled:
+    /// while there are, every slot runs a task, and the commits may linger
+    /// (up to [`Limits::commit_linger`], fewer than a claim batch) for the tasks
+    /// that end next, so that a worker with a prefetch sends one trip for
+    /// many short tasks rather than one each.
+    pub ready: usize,
 }
 
 /// What the next round trip carries.
@@ -179,6 +190,9 @@ pub(crate) struct Schedule {
     /// Arrivals read by the blocking wait are the only reason to look for
     /// work since the last claim (see [`Schedule::rung`]).
     ring_only: bool,
+    /// While commits linger for the prefetched tasks (see
+    /// [`TripInputs::ready`]): when they go at the latest.
+    linger_until: Option<Instant>,
 }
 
 impl Schedule {
@@ -205,6 +219,7 @@ impl Schedule {
             planned_watch: Vec::new(),
             planned_claim: 0,
             ring_only: false,
+            linger_until: None,
         }
     }
 
@@ -245,8 +260,13 @@ impl Schedule {
         let extend = now >= self.next_extend && inputs.running;
         let backing_off = self.retry_at.is_some_and(|at| now < at);
         if !(want > 0 || inputs.commits > 0 || extend) || backing_off {
+            self.linger_until = None;
             return None;
         }
+        if self.lingers(now, inputs, extend) {
+            return None;
+        }
+        self.linger_until = None;
         if extend {
             self.next_extend = now + self.limits.lease_timeout / 3;
         }
@@ -290,6 +310,25 @@ impl Schedule {
                 gate,
             }),
         })
+    }
+
+    /// Whether the commits wait at `now` for the prefetched tasks that run
+    /// next (see [`TripInputs::ready`]): every slot runs a task and more
+    /// wait, no lease extension is due, the commits are fewer than a claim batch and the first of them has not
+    /// waited [`Limits::commit_linger`]. Without a prefetch nothing waits.
+    fn lingers(&mut self, now: Instant, inputs: &TripInputs<'_>, extend: bool) -> bool {
+        let may = !self.limits.commit_linger.is_zero()
+            && inputs.commits > 0
+            && inputs.ready > 0
+            && !extend
+            && !self.is_draining()
+            && inputs.commits < self.limits.claim_batch;
+        if !may {
+            return false;
+        }
+        now < *self
+            .linger_until
+            .get_or_insert(now + self.limits.commit_linger)
     }
 
     /// Takes in a round trip that reached Redis, at `now`: the backoff
@@ -448,6 +487,9 @@ impl Schedule {
         if let Some(deadline) = self.drain_deadline {
             wake_at = wake_at.min(deadline);
         }
+        if let Some(at) = self.linger_until {
+            wake_at = wake_at.min(at);
+        }
         wake_at
     }
 }
@@ -461,6 +503,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         concurrency: 4,
         claim_batch: 3,
+        commit_linger: Duration::from_millis(2),
         lease_timeout: Duration::from_secs(3),
         promote_interval: Duration::from_millis(500),
         shutdown_grace: Duration::from_secs(10),
@@ -490,6 +533,7 @@ mod tests {
             running,
             streams_on: BOTH_ON,
             wait_armed: true,
+            ready: 0,
         }
     }
 
@@ -557,6 +601,97 @@ mod tests {
         let plan = schedule.plan(now, &inputs(1, true)).expect("a trip");
         let claim = plan.claim.expect("a claim for the freed slot");
         assert_eq!((claim.max, claim.promote, claim.sweep), (1, true, false));
+    }
+
+    /// A worker whose slots are all taken, with `held` entries claimed.
+    fn filled(clock: &Clock, schedule: &mut Schedule) {
+        for want in [3, 1] {
+            let claim = claim_at(schedule, clock.at(0)).expect("a claim");
+            assert_eq!(claim.max, want);
+            schedule.apply(clock.at(0), claimed(want, &[], false));
+            for _ in 0..want {
+                schedule.accepted(1);
+            }
+        }
+    }
+
+    #[test]
+    fn commits_wait_for_the_prefetched_tasks_up_to_the_linger_and_a_batch() {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).expect("ms");
+        let linger = ms(LIMITS.commit_linger);
+        let waiting = |commits: usize, ready: usize| TripInputs {
+            ready,
+            ..inputs(commits, true)
+        };
+        let (clock, mut schedule) = Clock::new();
+        filled(&clock, &mut schedule);
+        // A task ended and the next prefetched one took its slot while two
+        // more wait: the commit waits, the loop wakes by the linger.
+        let first = clock.at(100);
+        assert_eq!(schedule.plan(first, &waiting(1, 2)), None);
+        assert_eq!(schedule.next_wake(first, true), clock.at(100 + linger));
+        // The next task ends before the linger is out: both wait, and the
+        // linger still counts from the first.
+        let second = clock.at(100 + linger - 1);
+        assert_eq!(schedule.plan(second, &waiting(2, 1)), None);
+        assert_eq!(schedule.next_wake(second, true), clock.at(100 + linger));
+        // The linger is out: one trip commits both and claims their slots.
+        let plan = schedule
+            .plan(clock.at(100 + linger), &waiting(2, 1))
+            .expect("a trip");
+        assert_eq!(plan.commits, 2);
+        assert_eq!(plan.claim.map(|c| c.max), Some(2));
+        schedule.apply(
+            clock.at(100 + linger),
+            TripResult {
+                committed: 2,
+                ..claimed(2, &[], false)
+            },
+        );
+        schedule.accepted(1);
+        schedule.accepted(1);
+        // After a trip the next commit lingers afresh.
+        assert_eq!(schedule.plan(clock.at(200), &waiting(1, 2)), None);
+        assert_eq!(
+            schedule.next_wake(clock.at(200), true),
+            clock.at(200 + linger)
+        );
+
+        // The commit goes at once when no prefetched task waits, when the
+        // commits make a claim batch, when a lease extension is due, or
+        // while draining. (One that may release work waits like any: the
+        // worker has tasks to run, and its trip claims what came.)
+        for (what, inputs, at) in [
+            ("no prefetched task", waiting(1, 0), 300),
+            ("a claim batch", waiting(LIMITS.claim_batch, 2), 300),
+            ("an extension due", waiting(1, 2), 1000),
+        ] {
+            let (clock, mut schedule) = Clock::new();
+            filled(&clock, &mut schedule);
+            let plan = schedule.plan(clock.at(at), &inputs);
+            assert_eq!(plan.map(|p| p.commits), Some(inputs.commits), "{what}");
+            assert!(
+                schedule.next_wake(clock.at(at), true) > clock.at(at + linger),
+                "{what}: no linger timer left"
+            );
+        }
+        let (clock, mut schedule) = Clock::new();
+        filled(&clock, &mut schedule);
+        schedule.drain(clock.at(300));
+        let plan = schedule.plan(clock.at(300), &waiting(1, 2));
+        assert_eq!(plan.map(|p| p.commits), Some(1), "draining");
+        // A linger of zero: never.
+        let clock = Clock::new().0;
+        let mut schedule = Schedule::new(
+            Limits {
+                commit_linger: Duration::ZERO,
+                ..LIMITS
+            },
+            clock.at(0),
+        );
+        filled(&clock, &mut schedule);
+        let plan = schedule.plan(clock.at(300), &waiting(1, 2));
+        assert_eq!(plan.map(|p| p.commits), Some(1), "no linger");
     }
 
     #[test]
