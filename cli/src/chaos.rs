@@ -252,6 +252,21 @@ struct Report {
     outcomes: HashMap<String, usize>,
     /// Tasks dead-lettered as poison.
     poison: Vec<(TaskId, String)>,
+    /// Every take-over, to name the slowest (a tail's cause is in who
+    /// took what, of which class, from whom).
+    take_overs: Vec<TakeOver>,
+}
+
+/// One task taken over after a fault.
+#[derive(Debug)]
+struct TakeOver {
+    latency_ms: u64,
+    id: TaskId,
+    class: String,
+    kill: bool,
+    /// The worker hit, and the one whose attempt came next.
+    from: String,
+    to: String,
 }
 
 async fn collect(producer: &Producer, ids: &[TaskId], faults: &[Fault]) -> anyhow::Result<Report> {
@@ -282,7 +297,8 @@ async fn collect(producer: &Producer, ids: &[TaskId], faults: &[Fault]) -> anyho
         }
         let history: serde_json::Value =
             serde_json::from_str(record.history.as_deref().unwrap_or("[]")).unwrap_or_default();
-        for attempt in history.as_array().into_iter().flatten() {
+        let attempts: Vec<&serde_json::Value> = history.as_array().into_iter().flatten().collect();
+        for (n, attempt) in attempts.iter().enumerate() {
             if attempt["status"] != "taken_over" {
                 continue;
             }
@@ -303,6 +319,22 @@ async fn collect(producer: &Producer, ids: &[TaskId], faults: &[Fault]) -> anyho
                 continue;
             };
             let latency = at - fault.at_ms;
+            // The attempt after it, or the record's own for the last.
+            let to = attempts
+                .get(n + 1)
+                .and_then(|next| next["worker"].as_str())
+                .or(record.worker.as_deref())
+                .unwrap_or("?");
+            report.take_overs.push(TakeOver {
+                latency_ms: latency,
+                id: *id,
+                class: record
+                    .class
+                    .map_or_else(|| "?".to_owned(), |c| c.to_string()),
+                kill: fault.kill,
+                from: worker.to_owned(),
+                to: to.to_owned(),
+            });
             if fault.kill {
                 report.after_kill.push(latency);
             } else {
@@ -364,6 +396,19 @@ fn print(report: &Report, faults: &[Fault], ttl: Duration, took: Duration) -> Ex
         "\nreclaim latency: a worker's kill or stop to each of its tasks' take-over by another worker"
     );
     print!("{}", table::render(&rows));
+    let mut slowest: Vec<&TakeOver> = report.take_overs.iter().collect();
+    slowest.sort_by_key(|t| std::cmp::Reverse(t.latency_ms));
+    for t in slowest.iter().take(3) {
+        println!(
+            "slow take-over: {} ms, {} task {} of {} ({}), taken by {}",
+            table::thousands(t.latency_ms),
+            t.class,
+            t.id,
+            t.from,
+            if t.kill { "killed" } else { "stopped" },
+            t.to
+        );
+    }
     let mut outcomes: Vec<_> = report.outcomes.iter().collect();
     outcomes.sort();
     println!(

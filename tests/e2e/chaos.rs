@@ -214,4 +214,16 @@ fn tandem_chaos_reports_reclaim_latency_and_every_task_succeeds() {
     let taken_over: usize = all[3].parse().unwrap();
     assert!(faults >= 1, "{text}");
     assert!(taken_over >= 1, "{text}");
+    // The slowest take-overs are named: class, task, the worker hit and
+    // the one that took the task.
+    let slow: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("slow take-over: "))
+        .collect();
+    assert_eq!(slow.len(), taken_over.min(3), "{text}");
+    assert!(
+        slow.iter()
+            .all(|line| line.contains(" of ") && line.contains(" taken by ")),
+        "{text}"
+    );
 }
