@@ -831,6 +831,18 @@ mod tests {
     }
 
     #[test]
+    fn the_commit_linger_is_two_ms_and_at_most_a_minute() {
+        assert_eq!(load(&[], None).unwrap().commit_linger_ms, 2);
+        let off = load(&[("TANDEM_COMMIT_LINGER_MS", "0")], None).unwrap();
+        assert_eq!(off.commit_linger_ms, 0);
+        let err = load(&[("TANDEM_COMMIT_LINGER_MS", "60001")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("commit_linger_ms"), "{err}");
+        assert!(err.contains("at most 60000"), "{err}");
+    }
+
+    #[test]
     fn env_overrides_file_overrides_default() {
         let dir = std::env::temp_dir().join(format!("tandem-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
