@@ -7,7 +7,7 @@ use tandem_producer::{CancelOutcome, Task};
 use tandem_shared::kind::builtin::{Noop, Sleep, SleepParams};
 use tandem_shared::{Status, TaskId};
 
-use crate::support::{RedisServer, WorkerProcess, wait_until};
+use crate::support::{RedisServer, WorkerProcess, cpu_time, wait_until};
 
 #[tokio::test]
 async fn a_cancelled_queued_task_never_starts() {
@@ -106,17 +106,6 @@ async fn a_cancelled_running_task_is_stopped_and_ends_cancelled() {
             .unwrap()
             .succeeded()
     );
-}
-
-/// User plus system CPU time of a process, from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // The kernel's USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
 }
 
 /// The worker's CPU time while it runs one sleep task of two seconds.

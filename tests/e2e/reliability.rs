@@ -13,7 +13,7 @@ use tandem_shared::kind::builtin::{
 };
 use tandem_shared::{Status, TaskId};
 
-use crate::support::{RedisServer, WorkerProcess, wait_until};
+use crate::support::{RedisServer, WorkerProcess, cpu_time, wait_until};
 
 /// Short leases and backoffs, and the fault-injection kinds.
 const FAST: &[(&str, &str)] = &[
@@ -656,16 +656,6 @@ async fn healthy_tasks_of_a_worker_killed_four_times_are_not_dead_lettered() {
     assert!(holder.is_alive());
 }
 
-/// A worker's CPU seconds so far (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the worker's stat");
-    // The fields after the command name, which ends with the last ')'.
-    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
 #[tokio::test]
 async fn a_worker_whose_slots_are_all_taken_sleeps_while_its_task_runs() {
     // Its promotion and sweep timers come due while the task runs; it
@@ -682,11 +672,11 @@ async fn a_worker_whose_slots_are_all_taken_sleeps_while_its_task_runs() {
         producer.status(id).await.unwrap() == Status::Running
     })
     .await;
-    let (cpu_before, started) = (cpu_seconds(worker.pid()), Instant::now());
+    let (cpu_before, started) = (cpu_time(worker.pid()).as_secs_f64(), Instant::now());
     let outcome = producer.wait(id, Duration::from_secs(60)).await.unwrap();
     assert!(outcome.succeeded(), "{outcome:?}");
     let (cpu, wall) = (
-        cpu_seconds(worker.pid()) - cpu_before,
+        cpu_time(worker.pid()).as_secs_f64() - cpu_before,
         started.elapsed().as_secs_f64(),
     );
     // A sleeping loop uses a few ms; a spinning one all the CPU it is given.

@@ -75,9 +75,9 @@ pub(crate) struct TripInputs<'a> {
     pub wait_armed: bool,
     /// Prefetched tasks waiting for a slot after the free ones were filled:
     /// while there are, every slot runs a task, and the commits may linger
-    /// (up to [`Limits::commit_linger`], fewer than a claim batch) for the tasks
-    /// that end next, so that a worker with a prefetch sends one trip for
-    /// many short tasks rather than one each.
+    /// (up to [`Limits::commit_linger`], fewer than a claim batch) for the
+    /// tasks that end next, so that a worker with a prefetch sends one trip
+    /// for many short tasks rather than one each.
     pub ready: usize,
 }
 
@@ -314,8 +314,9 @@ impl Schedule {
 
     /// Whether the commits wait at `now` for the prefetched tasks that run
     /// next (see [`TripInputs::ready`]): every slot runs a task and more
-    /// wait, no lease extension is due, the commits are fewer than a claim batch and the first of them has not
-    /// waited [`Limits::commit_linger`]. Without a prefetch nothing waits.
+    /// wait, no lease extension is due, the commits are fewer than a claim
+    /// batch and the first of them has not waited
+    /// [`Limits::commit_linger`]. Without a prefetch nothing waits.
     fn lingers(&mut self, now: Instant, inputs: &TripInputs<'_>, extend: bool) -> bool {
         let may = !self.limits.commit_linger.is_zero()
             && inputs.commits > 0
@@ -573,19 +574,22 @@ mod tests {
         assert_eq!(claim_at(schedule, now), None, "a dry claim stops claiming");
     }
 
-    #[test]
-    fn a_full_worker_sleeps_through_its_due_passes_and_runs_them_once_a_slot_frees() {
-        let (clock, mut schedule) = Clock::new();
+    /// Fills every slot at `clock.at(0)`: a claim batch, then the rest.
+    fn filled(clock: &Clock, schedule: &mut Schedule) {
         for want in [3, 1] {
-            assert_eq!(
-                claim_at(&mut schedule, clock.at(0)).map(|c| c.max),
-                Some(want)
-            );
+            let claim = claim_at(schedule, clock.at(0)).expect("a claim");
+            assert_eq!(claim.max, want);
             schedule.apply(clock.at(0), claimed(want, &[], false));
             for _ in 0..want {
                 schedule.accepted(1);
             }
         }
+    }
+
+    #[test]
+    fn a_full_worker_sleeps_through_its_due_passes_and_runs_them_once_a_slot_frees() {
+        let (clock, mut schedule) = Clock::new();
+        filled(&clock, &mut schedule);
         assert_eq!(schedule.held(), LIMITS.concurrency);
 
         // The promotion is due at 500 ms; every slot is taken, so no trip
@@ -601,18 +605,6 @@ mod tests {
         let plan = schedule.plan(now, &inputs(1, true)).expect("a trip");
         let claim = plan.claim.expect("a claim for the freed slot");
         assert_eq!((claim.max, claim.promote, claim.sweep), (1, true, false));
-    }
-
-    /// A worker whose slots are all taken, with `held` entries claimed.
-    fn filled(clock: &Clock, schedule: &mut Schedule) {
-        for want in [3, 1] {
-            let claim = claim_at(schedule, clock.at(0)).expect("a claim");
-            assert_eq!(claim.max, want);
-            schedule.apply(clock.at(0), claimed(want, &[], false));
-            for _ in 0..want {
-                schedule.accepted(1);
-            }
-        }
     }
 
     #[test]
@@ -650,8 +642,14 @@ mod tests {
         );
         schedule.accepted(1);
         schedule.accepted(1);
-        // After a trip the next commit lingers afresh.
-        assert_eq!(schedule.plan(clock.at(200), &waiting(1, 2)), None);
+        // After a trip the next commit lingers afresh, one that may release
+        // work too: the worker has tasks to run, and its trip claims what
+        // came.
+        let releasing = TripInputs {
+            may_release: true,
+            ..waiting(1, 2)
+        };
+        assert_eq!(schedule.plan(clock.at(200), &releasing), None);
         assert_eq!(
             schedule.next_wake(clock.at(200), true),
             clock.at(200 + linger)
@@ -659,8 +657,7 @@ mod tests {
 
         // The commit goes at once when no prefetched task waits, when the
         // commits make a claim batch, when a lease extension is due, or
-        // while draining. (One that may release work waits like any: the
-        // worker has tasks to run, and its trip claims what came.)
+        // while draining.
         for (what, inputs, at) in [
             ("no prefetched task", waiting(1, 0), 300),
             ("a claim batch", waiting(LIMITS.claim_batch, 2), 300),
