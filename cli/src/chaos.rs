@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tandem_shared::clock::now_ms;
 
+use anyhow::Context;
 use clap::Args;
 use tandem_shared::device::Health;
 use tandem_shared::kind::builtin::{Sleep, SleepParams};
@@ -65,6 +66,12 @@ pub struct ChaosArgs {
     /// Seed of the fault schedule and task mix.
     #[arg(long, default_value_t = 11)]
     pub seed: u64,
+    /// Keep the fleet's log (its members' included, at `info`) in
+    /// `DIR/fleet.log`, to see why a take-over was slow: which worker saw
+    /// which dead, and what each claim took over. Without it the fleet
+    /// logs warnings only, to nowhere.
+    #[arg(long, value_name = "DIR")]
+    pub logs: Option<std::path::PathBuf>,
 }
 
 /// One fault the run injected.
@@ -102,9 +109,21 @@ pub(crate) async fn run(config: Config, args: ChaosArgs) -> anyhow::Result<ExitC
             "TANDEM_HEARTBEAT_TTL_MS",
             config.heartbeat_ttl_ms.to_string(),
         ),
-        ("TANDEM_LOG_LEVEL", "warn".to_owned()),
+        (
+            "TANDEM_LOG_LEVEL",
+            if args.logs.is_some() { "info" } else { "warn" }.to_owned(),
+        ),
     ];
-    let mut fleet = LocalWorkers::start_fleet(&env, &["TANDEM_WORKER_ID", "TANDEM_DEVICE"])?;
+    let log = match &args.logs {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--logs: cannot create {}", dir.display()))?;
+            Some(dir.join("fleet.log"))
+        }
+        None => None,
+    };
+    let mut fleet =
+        LocalWorkers::start_fleet(&env, &["TANDEM_WORKER_ID", "TANDEM_DEVICE"], log.as_deref())?;
     let store = Store::connect(&config).await?;
     let started = Instant::now();
     while store

@@ -137,15 +137,26 @@ impl LocalWorkers {
     /// per GPU it detects (or simulates) plus a CPU worker, which it
     /// restarts when they die and stops when it gets SIGTERM. Its members
     /// inherit `env`, so they get no fixed worker id; the variables in
-    /// `unset` are removed from it.
-    pub fn start_fleet(env: &[(&str, String)], unset: &[&str]) -> anyhow::Result<Self> {
+    /// `unset` are removed from it. Its output (its members' included) goes
+    /// to the file `log`, or nowhere.
+    pub fn start_fleet(
+        env: &[(&str, String)],
+        unset: &[&str],
+        log: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let binary = worker_binary()?;
         let mut cmd = Command::new(&binary);
-        cmd.arg("fleet")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
+        cmd.arg("fleet").stdin(Stdio::null()).process_group(0);
+        match log {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                cmd.stdout(file.try_clone()?).stderr(file);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
         for (key, value) in env {
             cmd.env(key, value);
         }

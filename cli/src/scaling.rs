@@ -134,7 +134,7 @@ async fn one_fleet(
         ("TANDEM_CPU_FALLBACK_MS", "600000".to_owned()),
         ("TANDEM_LOG_LEVEL", "warn".to_owned()),
     ];
-    let mut fleet = LocalWorkers::start_fleet(&env, &["TANDEM_WORKER_ID", "TANDEM_DEVICE"])?;
+    let mut fleet = LocalWorkers::start_fleet(&env, &["TANDEM_WORKER_ID", "TANDEM_DEVICE"], None)?;
     let store = Store::connect(&config).await?;
     let started = std::time::Instant::now();
     loop {

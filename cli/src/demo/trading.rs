@@ -124,7 +124,7 @@ pub(super) async fn start_fleet(
         println!("{whose}: {}", gpus.join("; "));
         detected.gpus.len()
     };
-    let mut workers = LocalWorkers::start_fleet(&env, &unset)?;
+    let mut workers = LocalWorkers::start_fleet(&env, &unset, None)?;
     // A real GPU's worker compiles its kernels before it takes tasks.
     let bound = Duration::from_secs(if detected.gpus.iter().all(|g| g.simulated) {
         30
