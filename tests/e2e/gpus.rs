@@ -531,6 +531,97 @@ async fn the_fleet_runs_a_worker_per_gpu_and_restarts_one_that_is_killed() {
     stop_fleet(&redis, &mut fleet).await;
 }
 
+/// A member restarted while a sibling is down (waiting out its restart
+/// delay) is not told of that sibling: told of it, it would count it live
+/// until seen live, up to 30 s, and leave its work alone (a GPU member
+/// takes no cpu task while it counts a CPU worker live). `tandem chaos`
+/// saw cpu tasks wait 30 s so: the CPU worker, killed again and again,
+/// waited out a 30 s delay while both GPU members were restarted.
+#[tokio::test]
+async fn a_member_restarted_while_a_sibling_is_down_is_not_told_of_it() {
+    let redis = RedisServer::start();
+    let mut fleet = WorkerProcess::spawn_fleet(
+        &redis,
+        &[
+            ("TANDEM_SIMULATE_GPUS", PAIR),
+            ("TANDEM_FLEET_RESTART_MS", "2000"),
+            ("TANDEM_FLEET_RESTART_MAX_MS", "600000"),
+        ],
+    );
+    // The healthy records of a role's workers (a killed one's lingers
+    // until its heartbeat lapses).
+    let pids = |role: Role| {
+        let redis = &redis;
+        async move {
+            registry(redis)
+                .await
+                .iter()
+                .filter(|w| w.role == role && w.health == Health::Healthy)
+                .map(|w| w.pid)
+                .collect::<Vec<u32>>()
+        }
+    };
+    let kill = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {pid}");
+    };
+    wait_until(WAIT, "three healthy members", || async {
+        registry(&redis)
+            .await
+            .iter()
+            .filter(|w| w.health == Health::Healthy)
+            .count()
+            == 3
+    })
+    .await;
+    let first_cpu = pids(Role::Cpu).await[0];
+    let primary = pids(Role::Heavy).await[0];
+    kill(first_cpu);
+    wait_until(WAIT, "the CPU worker restarted", || async {
+        pids(Role::Cpu).await.iter().any(|&p| p != first_cpu)
+    })
+    .await;
+    let cpu = pids(Role::Cpu).await.into_iter().find(|&p| p != first_cpu);
+    // Killed again within seconds of its start, the CPU worker waits twice
+    // the delay (4 s); the primary, killed for the first time, the delay
+    // (2 s): it restarts while the CPU worker is down.
+    kill(cpu.unwrap());
+    kill(primary);
+    wait_until(WAIT, "the primary restarted", || async {
+        pids(Role::Heavy).await.iter().any(|&p| p != primary)
+    })
+    .await;
+    let log = fleet.log_text();
+    let line_of = |needle: &[&str]| {
+        log.lines()
+            .position(|line| needle.iter().all(|n| line.contains(n)))
+    };
+    let primary_back = line_of(&["restarted (", "member=\"sim0\"", "restart=1"])
+        .unwrap_or_else(|| panic!("no restart of the primary in the log:\n{log}"));
+    let cpu_back = line_of(&["restarted (", "member=\"cpu\"", "restart=2"]);
+    assert!(
+        cpu_back.is_none_or(|line| line > primary_back),
+        "the CPU worker was back before the primary restarted; nothing to judge:\n{log}"
+    );
+    // What the restarted primary was told: the second line naming siblings
+    // that does not name its own device (the others' lines name it).
+    let told = log
+        .lines()
+        .filter(|line| line.contains("counting its members as live") && !line.contains(PRIMARY))
+        .nth(1)
+        .unwrap_or_else(|| panic!("the restarted primary names no siblings:\n{log}"));
+    assert!(told.contains(SECONDARY), "{told}");
+    assert!(
+        !told.contains("\"cpu\""),
+        "told of the CPU worker while it was down: {told}"
+    );
+
+    stop_fleet(&redis, &mut fleet).await;
+}
+
 #[tokio::test]
 async fn a_task_that_fails_every_device_it_touches_ends_as_poison() {
     let redis = RedisServer::start();

@@ -19,6 +19,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_shared::Config;
@@ -160,11 +161,12 @@ pub async fn run(members: Vec<Member>, launch: Launch, shutdown: Shutdown) {
             .collect::<Vec<_>>()
             .join("; ")
     );
-    let siblings = members
-        .iter()
-        .map(|m| format!("{}={}", m.device, m.role))
-        .collect::<Vec<_>>()
-        .join(",");
+    let roster: Arc<Vec<(String, String)>> = Arc::new(
+        members
+            .iter()
+            .map(|m| (m.tag.clone(), format!("{}={}", m.device, m.role)))
+            .collect(),
+    );
     let children = ChildPids::default();
     let metrics_server = match launch.metrics_port {
         0 => None,
@@ -175,7 +177,7 @@ pub async fn run(members: Vec<Member>, launch: Launch, shutdown: Shutdown) {
         .map(|member| {
             tokio::spawn(supervise(
                 member,
-                siblings.clone(),
+                Arc::clone(&roster),
                 launch.clone(),
                 children.clone(),
                 shutdown.clone(),
@@ -193,10 +195,31 @@ pub async fn run(members: Vec<Member>, launch: Launch, shutdown: Shutdown) {
     tracing::info!("fleet stopped");
 }
 
+/// The siblings (`device=role`, comma-separated) a member is told of when
+/// it starts: at its first start every member of the fleet (they all start
+/// now), at a restart only the members running then. A sibling that is down
+/// (in its own restart delay) must not count as live for [`SIBLING_GRACE`]:
+/// the work meant for it would wait for it (a GPU member told of a CPU
+/// worker takes no cpu task), as `tandem chaos` saw when the CPU worker
+/// waited out a 30 s restart delay and both GPU members, restarted
+/// meanwhile, left its tasks alone for 30 s.
+fn siblings_at_start(
+    roster: &[(String, String)],
+    first: bool,
+    running: impl Fn(&str) -> bool,
+) -> String {
+    roster
+        .iter()
+        .filter(|(tag, _)| first || running(tag))
+        .map(|(_, sibling)| sibling.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Keeps one member running until shutdown.
 async fn supervise(
     member: Member,
-    siblings: String,
+    roster: Arc<Vec<(String, String)>>,
     launch: Launch,
     children: ChildPids,
     mut shutdown: Shutdown,
@@ -206,6 +229,12 @@ async fn supervise(
     let mut starts = 0u32;
     while !shutdown.is_triggered() {
         let started = Instant::now();
+        let siblings = siblings_at_start(&roster, starts == 0, |tag| {
+            children
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(tag)
+        });
         let mut command = Command::new(&launch.exe);
         command
             .args(&launch.common)
@@ -397,6 +426,31 @@ mod tests {
             ]
         );
         assert!(parse_siblings("", "cpu").is_empty());
+    }
+
+    #[test]
+    fn a_restarted_member_is_told_only_of_the_siblings_running_then() {
+        let roster: Vec<(String, String)> = [
+            ("sim0", "SIM-0-a=heavy"),
+            ("sim1", "SIM-1-b=light"),
+            ("cpu", "cpu=cpu"),
+        ]
+        .iter()
+        .map(|(tag, sibling)| ((*tag).to_owned(), (*sibling).to_owned()))
+        .collect();
+        let nothing_runs = |_: &str| false;
+        assert_eq!(
+            siblings_at_start(&roster, true, nothing_runs),
+            "SIM-0-a=heavy,SIM-1-b=light,cpu=cpu"
+        );
+        // sim0 restarts while the CPU worker waits out its restart delay.
+        let told = siblings_at_start(&roster, false, |tag| tag == "sim1");
+        assert_eq!(told, "SIM-1-b=light");
+        assert_eq!(
+            parse_siblings(&told, "SIM-0-a"),
+            [("SIM-1-b".to_owned(), Role::Light)]
+        );
+        assert_eq!(siblings_at_start(&roster, false, nothing_runs), "");
     }
 
     #[test]
