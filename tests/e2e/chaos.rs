@@ -168,6 +168,7 @@ async fn chaos_loses_nothing_and_commits_each_task_once() {
 /// target the command also reports.
 #[test]
 fn tandem_chaos_reports_reclaim_latency_and_every_task_succeeds() {
+    let logs = crate::support::ScratchDir::new("chaos-logs");
     let out = std::process::Command::new(crate::support::bin("tandem"))
         .args([
             "chaos",
@@ -185,7 +186,9 @@ fn tandem_chaos_reports_reclaim_latency_and_every_task_succeeds() {
             "1",
             "--every-ms",
             "800",
+            "--logs",
         ])
+        .arg(logs.path())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TANDEM_WORKER_BIN", crate::support::bin("tandem-worker"))
@@ -225,5 +228,16 @@ fn tandem_chaos_reports_reclaim_latency_and_every_task_succeeds() {
         slow.iter()
             .all(|line| line.contains(" of ") && line.contains(" taken by ")),
         "{text}"
+    );
+    // `--logs`: the fleet's log, its members' lines at info among its own,
+    // the taker of a slow take-over seen taking over.
+    let log = std::fs::read_to_string(logs.path().join("fleet.log")).unwrap();
+    assert!(log.contains("fleet starting"), "{log}");
+    assert!(log.contains("killed by signal 9"), "{log}");
+    let taker = slow[0].rsplit(' ').next().unwrap();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("worker ready") && line.contains(taker)),
+        "{taker} not in the log:\n{log}"
     );
 }
