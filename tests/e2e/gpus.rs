@@ -93,6 +93,28 @@ fn history(record: &TaskRecord) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// Waits until `n` workers' records say healthy.
+async fn wait_healthy(redis: &RedisServer, n: usize) {
+    wait_until(WAIT, &format!("{n} healthy members"), || async {
+        registry(redis)
+            .await
+            .iter()
+            .filter(|w| w.health == Health::Healthy)
+            .count()
+            == n
+    })
+    .await;
+}
+
+/// SIGKILLs process `pid`.
+fn kill9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -KILL {pid}");
+}
+
 /// SIGTERM reaches every member of a fleet: they drain and deregister (a
 /// killed member's record expires with its heartbeat), and the fleet exits
 /// cleanly.
@@ -510,11 +532,7 @@ async fn the_fleet_runs_a_worker_per_gpu_and_restarts_one_that_is_killed() {
         .clone();
     assert_eq!(primary.device, PRIMARY);
     assert!(primary.id.contains("-sim0-"), "{}", primary.id);
-    let status = Command::new("kill")
-        .args(["-KILL", &primary.pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kill9(primary.pid);
     wait_until(WAIT, "the primary restarted", || async {
         registry(&redis)
             .await
@@ -561,25 +579,10 @@ async fn a_member_restarted_while_a_sibling_is_down_is_not_told_of_it() {
                 .collect::<Vec<u32>>()
         }
     };
-    let kill = |pid: u32| {
-        let status = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {pid}");
-    };
-    wait_until(WAIT, "three healthy members", || async {
-        registry(&redis)
-            .await
-            .iter()
-            .filter(|w| w.health == Health::Healthy)
-            .count()
-            == 3
-    })
-    .await;
+    wait_healthy(&redis, 3).await;
     let first_cpu = pids(Role::Cpu).await[0];
     let primary = pids(Role::Heavy).await[0];
-    kill(first_cpu);
+    kill9(first_cpu);
     wait_until(WAIT, "the CPU worker restarted", || async {
         pids(Role::Cpu).await.iter().any(|&p| p != first_cpu)
     })
@@ -588,8 +591,8 @@ async fn a_member_restarted_while_a_sibling_is_down_is_not_told_of_it() {
     // Killed again within seconds of its start, the CPU worker waits twice
     // the delay (4 s); the primary, killed for the first time, the delay
     // (2 s): it restarts while the CPU worker is down.
-    kill(cpu.unwrap());
-    kill(primary);
+    kill9(cpu.unwrap());
+    kill9(primary);
     wait_until(WAIT, "the primary restarted", || async {
         pids(Role::Heavy).await.iter().any(|&p| p != primary)
     })
@@ -751,15 +754,7 @@ async fn right_after_a_fleet_starts_heavy_goes_to_the_primary_and_parallel_split
         );
         let producer = redis.producer().await;
         if round % 2 == 1 {
-            wait_until(WAIT, "three healthy members", || async {
-                registry(&redis)
-                    .await
-                    .iter()
-                    .filter(|w| w.health == Health::Healthy)
-                    .count()
-                    == 3
-            })
-            .await;
+            wait_healthy(&redis, 3).await;
         }
         let heavy = producer.submit(task(Class::Heavy, 10, GIB)).await.unwrap();
         let params = SplitSumParams {
