@@ -587,11 +587,15 @@ async fn a_member_restarted_while_a_sibling_is_down_is_not_told_of_it() {
         pids(Role::Cpu).await.iter().any(|&p| p != first_cpu)
     })
     .await;
-    let cpu = pids(Role::Cpu).await.into_iter().find(|&p| p != first_cpu);
+    let cpu = pids(Role::Cpu)
+        .await
+        .into_iter()
+        .find(|&p| p != first_cpu)
+        .unwrap();
     // Killed again within seconds of its start, the CPU worker waits twice
     // the delay (4 s); the primary, killed for the first time, the delay
     // (2 s): it restarts while the CPU worker is down.
-    kill9(cpu.unwrap());
+    kill9(cpu);
     kill9(primary);
     wait_until(WAIT, "the primary restarted", || async {
         pids(Role::Heavy).await.iter().any(|&p| p != primary)

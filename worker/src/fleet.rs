@@ -33,8 +33,10 @@ use crate::shutdown::Shutdown;
 /// The variable a fleet sets in its children: its own pid.
 pub const PARENT_ENV: &str = "TANDEM_FLEET_PARENT";
 
-/// The variable a fleet sets in its children: every member's device and
-/// role (`SIM-0-...=heavy,SIM-1-...=light,cpu=cpu`). Until a child has seen
+/// The variable a fleet sets in its children: its members' devices and
+/// roles (`SIM-0-...=heavy,SIM-1-...=light,cpu=cpu`), every member's at the
+/// fleet's start, at a restart those running then (see
+/// `siblings_at_start`). Until a child has seen
 /// a sibling live (or for [`SIBLING_GRACE`]), it counts that sibling as
 /// present: right after the fleet starts, no member takes work meant for a
 /// sibling that is still starting, or leaves a parallel task unsplit.
