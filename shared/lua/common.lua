@@ -5,9 +5,16 @@
 -- a Lua number into text with 14 significant digits, which would write large
 -- times in exponent form.
 
+-- The clock, read once a call: every time a call writes (a batch's tasks
+-- included) is the same instant, as the call is one atomic step; Redis's
+-- own expiry also holds the clock still while a script runs.
+local clock_ms = nil
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if clock_ms == nil then
+    local t = redis.call('TIME')
+    clock_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock_ms
 end
 
 local function int(n)
@@ -25,9 +32,15 @@ local function field(fields, name)
 end
 
 -- `tandem:{cpu}:` from `tandem:{cpu}:stream:high`: the part every key of a
--- class shares.
+-- class shares (nil for a key of no stream). Matched once a key a call.
+local bases_of = {}
 local function base_of(stream_key)
-  return string.match(stream_key, '^(.*:)stream:[^:]+$')
+  local base = bases_of[stream_key]
+  if base == nil then
+    base = string.match(stream_key, '^(.*:)stream:[^:]+$') or false
+    bases_of[stream_key] = base
+  end
+  return base or nil
 end
 
 local function is_terminal(status)
@@ -46,13 +59,20 @@ end
 -- {key, type, key, type, ...}, a type as TYPE names it ('hash', 'stream',
 -- 'zset', 'string'); an absent key passes. Returns nil, or a message naming
 -- the first key of another type, which the script returns as a WRONGTYPE
--- error before writing anything.
+-- error before writing anything. A key found fit for a type is not asked
+-- again in the same call (a batch's tasks share their stream and sets):
+-- the scripts write each key only as the type they checked it for.
+local types_checked = {}
 local function wrong_type(checks)
   for i = 1, #checks, 2 do
-    local found = redis.call('TYPE', checks[i])['ok']
-    if found ~= 'none' and found ~= checks[i + 1] then
-      return 'WRONGTYPE ' .. checks[i] .. ' holds a ' .. found .. ', not a ' .. checks[i + 1]
-        .. '; the call changed nothing'
+    local key, want = checks[i], checks[i + 1]
+    if types_checked[key] ~= want then
+      local found = redis.call('TYPE', key)['ok']
+      if found ~= 'none' and found ~= want then
+        return 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. want
+          .. '; the call changed nothing'
+      end
+      types_checked[key] = want
     end
   end
   return nil
@@ -346,6 +366,8 @@ end
 -- another type only loses the event (the change stands), as a reply stream
 -- of another type only loses a notice.
 local EVENT_FIELDS = {'kind', 'worker', 'device', 'attempt'}
+-- The class in a base's braces (`cpu` of `tandem:{cpu}:`), once a call.
+local classes_of = {}
 local function emit_event(base, event, id, record_key, over, at_ms, never_retrying)
   index_state(base, event, id, at_ms, never_retrying)
   if EVENTS_MAXLEN == 0 then
@@ -361,8 +383,13 @@ local function emit_event(base, event, id, record_key, over, at_ms, never_retryi
       break
     end
   end
+  local class = classes_of[base]
+  if class == nil then
+    class = string.match(base, '{(.-)}') or ''
+    classes_of[base] = class
+  end
   local args = {base .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', event, 'id', id,
-    'class', string.match(base, '{(.-)}') or '', 'at_ms', int(at_ms or now_ms())}
+    'class', class, 'at_ms', int(at_ms or now_ms())}
   for i = 1, #EVENT_FIELDS do
     local name = EVENT_FIELDS[i]
     local value = over[name]

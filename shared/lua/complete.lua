@@ -77,6 +77,25 @@
 local COMMIT_FIELDS = {'parent', 'shard', 'shards', 'started_at_ms', 'cancel_requested_at_ms',
   'kind', 'attempt'}
 
+-- What a commit's one HMGET reads (see below), with a notice's fields or
+-- without: built once a call, not once a task of a batch.
+local read_lists = {}
+local function read_list(with_notice)
+  local read = read_lists[with_notice]
+  if read == nil then
+    local repeated = with_notice and NOTICE_FIELDS or COMMIT_FIELDS
+    read = {'status', 'history', 'owner'}
+    for i = 1, #repeated do
+      read[#read + 1] = repeated[i]
+    end
+    for _, name in ipairs({'workflow', 'wf_node', 'wf_children'}) do
+      read[#read + 1] = name
+    end
+    read_lists[with_notice] = read
+  end
+  return read
+end
+
 local function commit_task(KEYS, ARGV)
   local record_key, stream_key = KEYS[1], KEYS[2]
   local group, entry_id, consumer = ARGV[1], ARGV[2], ARGV[3]
@@ -91,14 +110,7 @@ local function commit_task(KEYS, ARGV)
   if #KEYS < 5 then
     repeated = COMMIT_FIELDS
   end
-  local read = {'status', 'history', 'owner'}
-  for i = 1, #repeated do
-    read[#read + 1] = repeated[i]
-  end
-  for _, name in ipairs({'workflow', 'wf_node', 'wf_children'}) do
-    read[#read + 1] = name
-  end
-  local current = redis.call('HMGET', record_key, unpack(read))
+  local current = redis.call('HMGET', record_key, unpack(read_list(#KEYS >= 5)))
   local known = {}
   for i = 1, #repeated do
     known[repeated[i]] = current[3 + i]
@@ -156,34 +168,35 @@ local function commit_task(KEYS, ARGV)
     status, disposition = 'cancelled', 'final'
   end
 
-  -- The record's new fields: status and finish time first (the retry and dead
-  -- paths below read the outcome pairs that follow them).
+  -- The record's new fields: status and finish time first, then the
+  -- outcome pairs (worker, device, error_code, ...), also kept by name for
+  -- the retry and dead paths below (the first of a name counts).
   local record = {'status', status, 'finished_at_ms', int(now)}
+  local outcomes = {}
+  local function add_outcome(name, value)
+    record[#record + 1] = name
+    record[#record + 1] = value
+    if outcomes[name] == nil then
+      outcomes[name] = value
+    end
+  end
   for i = 14, #ARGV, 2 do
     local name = ARGV[i]
     local dropped = (cancelled and (name == 'result' or name == 'result_bytes' or name == 'error_code'
       or name == 'error_message')) or (parent_id and name == 'result')
     if not dropped then
-      record[#record + 1] = name
-      record[#record + 1] = ARGV[i + 1]
+      add_outcome(name, ARGV[i + 1])
     end
   end
   if cancelled then
     redis.call('HDEL', record_key, 'result', 'result_bytes')
-    record[#record + 1] = 'error_code'
-    record[#record + 1] = 'CANCELLED'
-    record[#record + 1] = 'error_message'
-    record[#record + 1] = 'cancelled by a producer while running'
+    add_outcome('error_code', 'CANCELLED')
+    add_outcome('error_message', 'cancelled by a producer while running')
   end
 
-  -- The value of an outcome pair (worker, device, error_code, ...).
+  -- The value of an outcome pair.
   local function outcome(name)
-    for i = 5, #record, 2 do
-      if record[i] == name then
-        return record[i + 1]
-      end
-    end
-    return nil
+    return outcomes[name]
   end
 
   if disposition == 'handback' then
@@ -281,8 +294,11 @@ local function commit_task(KEYS, ARGV)
   end
 
   local base = base_of(stream_key)
-  local split_opts = {dead_maxlen = ARGV[12], ttl_s = ARGV[4], reply_maxlen = ARGV[5], reply_ttl_s = ARGV[6],
-    reply_prefix = base .. 'reply:'}
+  local split_opts = nil
+  if parent_id then
+    split_opts = {dead_maxlen = ARGV[12], ttl_s = ARGV[4], reply_maxlen = ARGV[5], reply_ttl_s = ARGV[6],
+      reply_prefix = base .. 'reply:'}
+  end
   local dead_id = nil
   if parent_id and status ~= 'succeeded' then
     -- The parent's dead letter stands for the shard's.
@@ -401,7 +417,7 @@ local function commit_task(KEYS, ARGV)
 
   -- Workflows: a node's success releases the children it was the last
   -- parent of, its failure cancels by the workflow's policy (common.lua).
-  if not parent_id then
+  if not parent_id and workflow_node[1] then
     workflow_settle(record_key, status, outcome('result'), now,
       {ttl_s = ARGV[4], reply_maxlen = ARGV[5], reply_ttl_s = ARGV[6]}, workflow_node)
   end
@@ -452,13 +468,8 @@ local results = {}
 local key_at, arg_at = 1, 2
 for t = 1, n do
   local key_count, arg_count = tonumber(ARGV[arg_at]), tonumber(ARGV[arg_at + 1])
-  local keys, args = {}, {}
-  for i = 1, key_count do
-    keys[i] = KEYS[key_at + i - 1]
-  end
-  for i = 1, arg_count do
-    args[i] = ARGV[arg_at + 1 + i]
-  end
+  local keys = {unpack(KEYS, key_at, key_at + key_count - 1)}
+  local args = {unpack(ARGV, arg_at + 2, arg_at + 1 + arg_count)}
   key_at = key_at + key_count
   arg_at = arg_at + 2 + arg_count
   local ok, result = pcall(commit_task, keys, args)
