@@ -59,6 +59,13 @@ pub enum Phase {
     /// (XADD; XREADGROUP; XACK + XDEL + result SET), no Lua, no client
     /// logic (see `bench_ceiling`).
     Ceiling,
+    /// The floor: the drain phase's work done by scripts that write only
+    /// what Tandem's guarantees and views need of a task, and a blocking
+    /// `XREADGROUP` per consumer (see `bench_floor`).
+    Floor,
+    /// The floor of the enqueue phase's consume: the queue filled by the
+    /// floor's submits, then consumed by its consumers.
+    FloorConsume,
     /// A deep backlog: tasks waiting across all priorities, at 10,000,
     /// 100,000, ... up to `--n`: memory per waiting task, `tandem queues`
     /// time, claim cost per task (see `bench_backlog`).
@@ -434,6 +441,23 @@ async fn one_run(
             figures.completed_per_s = Some(consumed);
             figures.tasks = args.n;
         }
+        Phase::Floor | Phase::FloorConsume => {
+            _workers = LocalWorkers::default();
+            // As many entries a read as a worker of these settings claims.
+            let per_read = args.concurrency + args.prefetch.unwrap_or(0);
+            let (submitted, completed) = super::bench_floor::run(
+                config,
+                args.n,
+                args.batch,
+                args.workers,
+                per_read,
+                phase == Phase::FloorConsume,
+            )
+            .await?;
+            figures.submitted_per_s = Some(submitted);
+            figures.completed_per_s = Some(completed);
+            figures.tasks = args.n;
+        }
         Phase::Latency => {
             _workers = start_workers(&store, args.workers, &env).await?;
             workers_cpu(&_workers, &mut workers_cpu_before);
@@ -456,7 +480,9 @@ async fn one_run(
         }
     }
     let stats_after = Snapshot::take(&store).await;
-    let workers_cpu_s = if phase == Phase::Ceiling {
+    // (The ceiling's and the floor's consumers run in this process: their
+    // CPU is the producer's figure.)
+    let workers_cpu_s = if matches!(phase, Phase::Ceiling | Phase::Floor | Phase::FloorConsume) {
         Some(0.0)
     } else {
         workers_cpu(&_workers, &mut workers_cpu_before)
@@ -821,9 +847,16 @@ fn summary_table(figures: &[RunFigures]) -> String {
         .to_vec(),
     ];
     let both = figures.iter().any(|f| f.events) && figures.iter().any(|f| !f.events);
-    let cases = [Phase::Enqueue, Phase::Drain, Phase::Latency, Phase::Ceiling]
-        .into_iter()
-        .flat_map(|phase| [(phase, true), (phase, false)]);
+    let cases = [
+        Phase::Enqueue,
+        Phase::Drain,
+        Phase::Latency,
+        Phase::Ceiling,
+        Phase::Floor,
+        Phase::FloorConsume,
+    ]
+    .into_iter()
+    .flat_map(|phase| [(phase, true), (phase, false)]);
     for (phase, events) in cases {
         let runs: Vec<&RunFigures> = figures
             .iter()
@@ -842,6 +875,8 @@ fn summary_table(figures: &[RunFigures]) -> String {
             Phase::Delayed => "delayed",
             Phase::RateLimit => "rate-limit",
             Phase::Ceiling => "ceiling (raw XADD, XREADGROUP, XACK+XDEL+SET)",
+            Phase::Floor => "floor (drain, only the writes the guarantees need)",
+            Phase::FloorConsume => "floor (enqueue, then consume)",
             Phase::Backlog => "backlog",
             Phase::Chain => "chain",
             Phase::Fan => "fan",

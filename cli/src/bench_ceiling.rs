@@ -35,19 +35,9 @@ pub(crate) async fn run(
     consumers: usize,
     per_read: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let client = redis::Client::open(config.redis_url.as_str())
-        .context("the ceiling phase needs a plain redis:// URL (no Cluster)")?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
     let stream = format!("{}:{{ceiling}}:stream", config.prefix);
     let group = "ceiling";
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await?;
+    let (client, mut conn) = stream_with_group(config, "ceiling", &stream, group).await?;
     let started = Instant::now();
     let mut i = 0;
     while i < n {
@@ -91,7 +81,7 @@ pub(crate) async fn run(
                     .arg(">")
                     .query_async(&mut conn)
                     .await?;
-                let ids = entry_ids(reply);
+                let ids: Vec<String> = read_entries(reply)?.into_iter().map(|(id, _)| id).collect();
                 if ids.is_empty() {
                     continue;
                 }
@@ -115,18 +105,7 @@ pub(crate) async fn run(
             anyhow::Ok((first, last))
         }));
     }
-    let mut first: Option<Instant> = None;
-    let mut last: Option<Instant> = None;
-    for job in jobs {
-        let (f, l) = tokio::time::timeout(Duration::from_secs(300), job)
-            .await
-            .context("the ceiling's consumers did not finish within 300 s")???;
-        first = match (first, f) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        last = last.max(l);
-    }
+    let (first, last) = first_and_last(jobs, "ceiling").await?;
     let span = match (first, last) {
         (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
         _ => 0.0,
@@ -134,10 +113,59 @@ pub(crate) async fn run(
     Ok((submitted_per_s, (n - 1) as f64 / span.max(1e-9)))
 }
 
-/// The entry ids of an `XREADGROUP` reply of one stream (RESP2 arrays or a
-/// RESP3 map; nil when it timed out).
-fn entry_ids(reply: Value) -> Vec<String> {
+/// A plain connection (no Cluster) to `config`'s server, and `stream`
+/// created with the consumer group `group` (for the `phase` named in the
+/// error).
+pub(crate) async fn stream_with_group(
+    config: &Config,
+    phase: &str,
+    stream: &str,
+    group: &str,
+) -> anyhow::Result<(redis::Client, redis::aio::MultiplexedConnection)> {
+    let client = redis::Client::open(config.redis_url.as_str())
+        .with_context(|| format!("the {phase} phase needs a plain redis:// URL (no Cluster)"))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await?;
+    Ok((client, conn))
+}
+
+/// When a consumer finished its first and its last task (None: it finished
+/// none).
+pub(crate) type Span = (Option<Instant>, Option<Instant>);
+
+/// Awaits the consumers (at most 300 s): the earliest first finish and the
+/// latest last.
+pub(crate) async fn first_and_last(
+    jobs: Vec<tokio::task::JoinHandle<anyhow::Result<Span>>>,
+    phase: &str,
+) -> anyhow::Result<Span> {
+    let mut first: Option<Instant> = None;
+    let mut last: Option<Instant> = None;
+    for job in jobs {
+        let (f, l) = tokio::time::timeout(Duration::from_secs(300), job)
+            .await
+            .with_context(|| format!("the {phase}'s consumers did not finish within 300 s"))???;
+        first = match (first, f) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        last = last.max(l);
+    }
+    Ok((first, last))
+}
+
+/// (entry id, fields) of each entry of an `XREADGROUP` reply of one stream
+/// (RESP2 arrays or a RESP3 map; nil when it timed out).
+pub(crate) fn read_entries(reply: Value) -> anyhow::Result<Vec<(String, Vec<Vec<u8>>)>> {
     let streams: Vec<Value> = match reply {
+        Value::Nil => return Ok(Vec::new()),
         Value::Array(items) => items
             .into_iter()
             .filter_map(|s| match s {
@@ -146,19 +174,13 @@ fn entry_ids(reply: Value) -> Vec<String> {
             })
             .collect(),
         Value::Map(pairs) => pairs.into_iter().map(|(_, entries)| entries).collect(),
-        _ => Vec::new(),
+        other => anyhow::bail!("XREADGROUP: unexpected reply {other:?}"),
     };
-    let mut ids = Vec::new();
-    for entries in streams {
-        if let Value::Array(entries) = entries {
-            for entry in entries {
-                if let Value::Array(parts) = entry
-                    && let Some(Value::BulkString(id)) = parts.into_iter().next()
-                {
-                    ids.push(String::from_utf8_lossy(&id).into_owned());
-                }
-            }
-        }
+    let mut out = Vec::new();
+    for stream in streams {
+        let entries: Vec<(String, Vec<Vec<u8>>)> =
+            redis::from_redis_value(stream).context("XREADGROUP: an entry")?;
+        out.extend(entries);
     }
-    ids
+    Ok(out)
 }

@@ -42,6 +42,7 @@ mod bench;
 mod bench_backlog;
 mod bench_ceiling;
 mod bench_cost;
+mod bench_floor;
 mod bench_flow;
 mod bench_workflow;
 mod blob;

@@ -414,6 +414,81 @@ fn bench_runs_every_phase() {
     assert!(!text.contains("FAILED"), "{text}");
 }
 
+/// The floor phases finish every task and write, per task, exactly what
+/// docs/BENCHMARKS.md says the floor writes (the counts of `INFO
+/// commandstats` do not depend on the machine's speed), with events and
+/// without.
+#[test]
+fn bench_floor_phases_write_only_what_a_task_needs() {
+    let scratch = crate::support::ScratchDir::new("floor");
+    let json = scratch.path().join("floor.json");
+    let out = tandem(
+        None,
+        &[
+            "bench",
+            "--phases",
+            "floor,floor-consume",
+            "--events",
+            "on,off",
+            "--n",
+            "300",
+            "--runs",
+            "1",
+            "--workers",
+            "2",
+            "--prefetch",
+            "4",
+            "--json",
+            json.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for row in ["floor (drain", "floor (enqueue, then consume)"] {
+        assert!(text.contains(row), "{row} missing:\n{text}");
+    }
+    let runs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the --json file")).unwrap();
+    let runs = runs.as_array().expect("a list of runs");
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    for run in runs {
+        assert_eq!(run["tasks"], 300, "{run}");
+        assert!(
+            run["completed_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{run}"
+        );
+        let calls = |command: &str| -> f64 {
+            run["cost"]["commands"]
+                .as_array()
+                .expect("commands")
+                .iter()
+                .find(|c| c["command"] == command)
+                .and_then(|c| c["calls"].as_f64())
+                .unwrap_or(0.0)
+        };
+        // Entry, plus three events when they are on.
+        let xadds = if run["events"] == true { 4.0 } else { 1.0 };
+        let expected = [
+            ("hsetnx", 1.0),
+            ("xadd", xadds),
+            ("hset", 3.0),
+            ("hmget", 2.0),
+            ("zadd", 2.0),
+            ("zrem", 1.0),
+            ("expire", 1.0),
+            ("xack", 1.0),
+            ("xdel", 1.0),
+        ];
+        for (command, per_task) in expected {
+            assert!(
+                (calls(command) - per_task).abs() < 1e-9,
+                "{command}: {} a task, not {per_task}: {run}",
+                calls(command)
+            );
+        }
+    }
+}
+
 #[test]
 fn scaling_splits_over_each_fleet_and_reports_gaps() {
     let out = tandem(
