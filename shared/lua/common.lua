@@ -32,15 +32,15 @@ local function field(fields, name)
 end
 
 -- `tandem:{cpu}:` from `tandem:{cpu}:stream:high`: the part every key of a
--- class shares (nil for a key of no stream). Matched once a key a call.
-local bases_of = {}
+-- class shares (nil for a key of no stream). The last key's is kept: a
+-- batch's tasks share their stream (a cache of one allocates nothing, so a
+-- call of one task pays nothing for it).
+local base_key, base_found = nil, nil
 local function base_of(stream_key)
-  local base = bases_of[stream_key]
-  if base == nil then
-    base = string.match(stream_key, '^(.*:)stream:[^:]+$') or false
-    bases_of[stream_key] = base
+  if stream_key ~= base_key then
+    base_key, base_found = stream_key, string.match(stream_key, '^(.*:)stream:[^:]+$')
   end
-  return base or nil
+  return base_found
 end
 
 local function is_terminal(status)
@@ -59,20 +59,20 @@ end
 -- {key, type, key, type, ...}, a type as TYPE names it ('hash', 'stream',
 -- 'zset', 'string'); an absent key passes. Returns nil, or a message naming
 -- the first key of another type, which the script returns as a WRONGTYPE
--- error before writing anything. A key found fit for a type is not asked
--- again in the same call (a batch's tasks share their stream and sets):
--- the scripts write each key only as the type they checked it for.
-local types_checked = {}
+-- error before writing anything. The last key found fit for a type is not
+-- asked again in the same call (a batch's tasks share their stream): the
+-- scripts write each key only as the type they checked it for.
+local fit_key, fit_type = nil, nil
 local function wrong_type(checks)
   for i = 1, #checks, 2 do
     local key, want = checks[i], checks[i + 1]
-    if types_checked[key] ~= want then
+    if key ~= fit_key or want ~= fit_type then
       local found = redis.call('TYPE', key)['ok']
       if found ~= 'none' and found ~= want then
         return 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. want
           .. '; the call changed nothing'
       end
-      types_checked[key] = want
+      fit_key, fit_type = key, want
     end
   end
   return nil
@@ -366,8 +366,9 @@ end
 -- another type only loses the event (the change stands), as a reply stream
 -- of another type only loses a notice.
 local EVENT_FIELDS = {'kind', 'worker', 'device', 'attempt'}
--- The class in a base's braces (`cpu` of `tandem:{cpu}:`), once a call.
-local classes_of = {}
+-- The class in a base's braces (`cpu` of `tandem:{cpu}:`): the last
+-- base's is kept.
+local class_base, class_found = nil, nil
 local function emit_event(base, event, id, record_key, over, at_ms, never_retrying)
   index_state(base, event, id, at_ms, never_retrying)
   if EVENTS_MAXLEN == 0 then
@@ -383,11 +384,10 @@ local function emit_event(base, event, id, record_key, over, at_ms, never_retryi
       break
     end
   end
-  local class = classes_of[base]
-  if class == nil then
-    class = string.match(base, '{(.-)}') or ''
-    classes_of[base] = class
+  if base ~= class_base then
+    class_base, class_found = base, string.match(base, '{(.-)}') or ''
   end
+  local class = class_found
   local args = {base .. 'events', 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', event, 'id', id,
     'class', class, 'at_ms', int(at_ms or now_ms())}
   for i = 1, #EVENT_FIELDS do
