@@ -39,7 +39,7 @@ use super::bench_ceiling::{Span, first_and_last, read_entries, stream_with_group
 /// The floor's scripts (see the module docs).
 struct Scripts {
     submit: Script,
-    start: Script,
+    claim: Script,
     commit: Script,
 }
 
@@ -49,7 +49,7 @@ impl Scripts {
         let load = |source: &str| Script::new(&format!("local EVENTS = {events}\n{source}"));
         Self {
             submit: load(include_str!("bench_floor/submit.lua")),
-            start: load(include_str!("bench_floor/start.lua")),
+            claim: load(include_str!("bench_floor/claim.lua")),
             commit: load(include_str!("bench_floor/commit.lua")),
         }
     }
@@ -198,16 +198,17 @@ impl Consumer {
             if read.is_empty() {
                 continue;
             }
-            let records: Vec<String> = read
-                .iter()
-                .map(|(_, task_id)| format!("{}{task_id}", keys.task_prefix))
-                .collect();
-            let mut start = scripts.start.prepare_invoke();
+            // The start of what was delivered (claim.lua, which reads
+            // nothing itself when given entries).
+            let mut start = scripts.claim.prepare_invoke();
             start
+                .key(&keys.stream)
                 .key(&keys.events)
                 .key(&keys.running)
+                .arg(GROUP)
                 .arg(&self.name)
-                .arg(read.len());
+                .arg(read.len())
+                .arg(&keys.task_prefix);
             let mut commit = scripts.commit.prepare_invoke();
             commit
                 .key(&keys.stream)
@@ -217,9 +218,12 @@ impl Consumer {
                 .arg(GROUP)
                 .arg(&self.name)
                 .arg(read.len());
-            for ((entry_id, task_id), record) in read.iter().zip(&records) {
-                start.key(record).arg(entry_id).arg(task_id);
-                commit.key(record).arg(task_id).arg(entry_id);
+            for (entry_id, task_id) in &read {
+                start.arg(entry_id).arg(task_id);
+                commit
+                    .key(format!("{}{task_id}", keys.task_prefix))
+                    .arg(task_id)
+                    .arg(entry_id);
             }
             let _: Value = start.invoke_async(&mut conn).await.context("floor start")?;
             let _: Value = commit

@@ -77,23 +77,22 @@
 local COMMIT_FIELDS = {'parent', 'shard', 'shards', 'started_at_ms', 'cancel_requested_at_ms',
   'kind', 'attempt'}
 
--- What a commit's one HMGET reads (see below), with a notice's fields or
--- without: built once a call, not once a task of a batch.
-local read_lists = {}
-local function read_list(with_notice)
-  local read = read_lists[with_notice]
-  if read == nil then
-    local repeated = with_notice and NOTICE_FIELDS or COMMIT_FIELDS
-    read = {'status', 'history', 'owner'}
+-- What a commit's one HMGET reads (see below) for the `repeated` fields
+-- (NOTICE_FIELDS or COMMIT_FIELDS): built once a call, not once a task of
+-- a batch (the last list is kept).
+local read_for, read_built = nil, nil
+local function read_list(repeated)
+  if repeated ~= read_for then
+    local read = {'status', 'history', 'owner'}
     for i = 1, #repeated do
       read[#read + 1] = repeated[i]
     end
     for _, name in ipairs({'workflow', 'wf_node', 'wf_children'}) do
       read[#read + 1] = name
     end
-    read_lists[with_notice] = read
+    read_for, read_built = repeated, read
   end
-  return read
+  return read_built
 end
 
 local function commit_task(KEYS, ARGV)
@@ -110,7 +109,7 @@ local function commit_task(KEYS, ARGV)
   if #KEYS < 5 then
     repeated = COMMIT_FIELDS
   end
-  local current = redis.call('HMGET', record_key, unpack(read_list(#KEYS >= 5)))
+  local current = redis.call('HMGET', record_key, unpack(read_list(repeated)))
   local known = {}
   for i = 1, #repeated do
     known[repeated[i]] = current[3 + i]
